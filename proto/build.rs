@@ -1,0 +1,28 @@
+//! Compiles the .proto files with protox (pure Rust) so that no system
+//! `protoc` is needed, then hands the descriptors to prost-build.
+
+use prost::Message;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "proto/log/v1/log.proto",
+    "proto/grpc/health/v1/health.proto",
+    "proto/google/rpc/status.proto",
+    "proto/google/rpc/error_details.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Kept so that a reflection service can be added later.
+    std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    // `Bytes` lets the server hand record values to storage without copying.
+    prost_build::Config::new()
+        .out_dir(&out)
+        .bytes(["."])
+        .compile_fds(fds)?;
+    Ok(())
+}
