@@ -1,0 +1,322 @@
+//! Record batches: the unit in which records travel to and from the data file.
+//!
+//! Byte layout (little-endian), documented in `docs/format.md`:
+//!
+//! ```text
+//! header, HEADER_LEN = 48 bytes
+//!   0  u32  magic          0x474F4C50 ("PLOG")
+//!   4  u8   version        1
+//!   5  u8   flags          0 (reserved)
+//!   6  u16  header_len     48
+//!   8  u64  base_offset    offset of the first record
+//!  16  u64  term           Raft term that wrote the batch (0 on a single node)
+//!  24  i64  timestamp_ms   append time, Unix milliseconds
+//!  32  u32  record_count   >= 1
+//!  36  u32  payload_len    bytes of records that follow the header
+//!  40  u32  reserved       0
+//!  44  u32  crc32c         over bytes 0..44 of the header, then the payload
+//! payload: record_count records, each
+//!   0  u32  value_len
+//!   4  u32  type
+//!   8  value_len bytes of value
+//! ```
+
+use bytes::Bytes;
+
+pub const MAGIC: u32 = 0x474F_4C50;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 48;
+pub const RECORD_OVERHEAD: usize = 8;
+
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = OFF_MAGIC + 4;
+const OFF_FLAGS: usize = OFF_VERSION + 1;
+const OFF_HEADER_LEN: usize = OFF_FLAGS + 1;
+const OFF_BASE: usize = OFF_HEADER_LEN + 2;
+const OFF_TERM: usize = OFF_BASE + 8;
+const OFF_TIMESTAMP: usize = OFF_TERM + 8;
+const OFF_COUNT: usize = OFF_TIMESTAMP + 8;
+const OFF_PAYLOAD_LEN: usize = OFF_COUNT + 4;
+const OFF_RESERVED: usize = OFF_PAYLOAD_LEN + 4;
+const OFF_CRC: usize = OFF_RESERVED + 4;
+const _: () = assert!(OFF_CRC + 4 == HEADER_LEN);
+
+/// A record as it is appended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRecord {
+    pub value: Bytes,
+    /// Application-defined type (the book's `Record.type`).
+    pub rtype: u32,
+}
+
+impl NewRecord {
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        NewRecord {
+            value: value.into(),
+            rtype: 0,
+        }
+    }
+}
+
+/// A record as it is read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub term: u64,
+    pub timestamp_ms: i64,
+    pub rtype: u32,
+    pub value: Bytes,
+}
+
+/// A decoded batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub base_offset: u64,
+    pub term: u64,
+    pub timestamp_ms: i64,
+    pub record_count: u32,
+    pub payload_len: u32,
+    pub crc: u32,
+}
+
+impl Header {
+    /// Header plus payload.
+    pub fn batch_len(&self) -> usize {
+        HEADER_LEN + self.payload_len as usize
+    }
+    /// The offset after this batch's last record.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+}
+
+/// What the bytes at a position hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A header whose fields are plausible; the CRC is not checked yet.
+    Header(Header),
+    /// All-zero bytes: the end of written data (files are zero-padded to the block size).
+    End,
+    /// Bytes that are not a header.
+    Invalid(&'static str),
+}
+
+/// Parses a header from `buf` (which must hold at least `HEADER_LEN` bytes).
+pub fn parse_header(buf: &[u8]) -> Parsed {
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        return Parsed::Invalid("short header");
+    };
+    if h.iter().all(|&b| b == 0) {
+        return Parsed::End;
+    }
+    if u32_at(h, OFF_MAGIC) != MAGIC {
+        return Parsed::Invalid("bad magic");
+    }
+    if h[OFF_VERSION] != VERSION {
+        return Parsed::Invalid("unknown batch version");
+    }
+    if u16::from_le_bytes([h[OFF_HEADER_LEN], h[OFF_HEADER_LEN + 1]]) as usize != HEADER_LEN {
+        return Parsed::Invalid("bad header length");
+    }
+    let header = Header {
+        base_offset: u64_at(h, OFF_BASE),
+        term: u64_at(h, OFF_TERM),
+        timestamp_ms: u64_at(h, OFF_TIMESTAMP) as i64,
+        record_count: u32_at(h, OFF_COUNT),
+        payload_len: u32_at(h, OFF_PAYLOAD_LEN),
+        crc: u32_at(h, OFF_CRC),
+    };
+    if header.record_count == 0 {
+        return Parsed::Invalid("empty batch");
+    }
+    if (header.payload_len as u64) < u64::from(header.record_count) * RECORD_OVERHEAD as u64 {
+        return Parsed::Invalid("payload too short for its record count");
+    }
+    Parsed::Header(header)
+}
+
+/// Checks the CRC of a whole batch (header and payload, `batch.len() == batch_len`).
+pub fn crc_ok(header: &Header, batch: &[u8]) -> bool {
+    batch.len() == header.batch_len() && checksum(batch) == header.crc
+}
+
+fn checksum(batch: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&batch[..OFF_CRC]);
+    crc32c::crc32c_append(crc, &batch[HEADER_LEN..])
+}
+
+/// Bytes a batch of these records takes on disk.
+pub fn encoded_len<'a>(values: impl IntoIterator<Item = &'a NewRecord>) -> usize {
+    HEADER_LEN
+        + values
+            .into_iter()
+            .map(|r| RECORD_OVERHEAD + r.value.len())
+            .sum::<usize>()
+}
+
+/// Appends an encoded batch to `out`.
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    term: u64,
+    timestamp_ms: i64,
+    records: &[NewRecord],
+) {
+    let start = out.len();
+    let payload_len = encoded_len(records) - HEADER_LEN;
+    out.reserve(HEADER_LEN + payload_len);
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.push(VERSION);
+    out.push(0);
+    out.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+    out.extend_from_slice(&base_offset.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+        out.extend_from_slice(&r.rtype.to_le_bytes());
+        out.extend_from_slice(&r.value);
+    }
+    let crc = checksum(&out[start..]);
+    out[start + OFF_CRC..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the records of a batch whose CRC has been checked. `batch` is shared so values are
+/// zero-copy slices of it. Returns `None` if the payload does not add up (which a good CRC makes
+/// a bug, but bytes from disk are never trusted with a panic).
+pub fn decode_records(header: &Header, batch: &Bytes) -> Option<Vec<Record>> {
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    let mut pos = HEADER_LEN;
+    for i in 0..u64::from(header.record_count) {
+        let len = u32_at(batch.get(pos..pos + 4)?, 0) as usize;
+        let rtype = u32_at(batch.get(pos + 4..pos + 8)?, 0);
+        let start = pos + RECORD_OVERHEAD;
+        let end = start.checked_add(len)?;
+        if end > batch.len() {
+            return None;
+        }
+        records.push(Record {
+            offset: header.base_offset + i,
+            term: header.term,
+            timestamp_ms: header.timestamp_ms,
+            rtype,
+            value: batch.slice(start..end),
+        });
+        pos = end;
+    }
+    (pos == batch.len()).then_some(records)
+}
+
+/// Re-encodes the first `keep` records of a checked batch as a batch of its own (same base
+/// offset, term and timestamp). Used to cut a log inside a batch.
+pub fn truncate_batch(header: &Header, batch: &Bytes, keep: u32) -> Option<Vec<u8>> {
+    let records = decode_records(header, batch)?;
+    let kept: Vec<NewRecord> = records
+        .into_iter()
+        .take(keep as usize)
+        .map(|r| NewRecord {
+            value: r.value,
+            rtype: r.rtype,
+        })
+        .collect();
+    let mut out = Vec::new();
+    encode_into(
+        &mut out,
+        header.base_offset,
+        header.term,
+        header.timestamp_ms,
+        &kept,
+    );
+    Some(out)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(n: usize) -> Vec<NewRecord> {
+        (0..n)
+            .map(|i| NewRecord {
+                value: Bytes::from(vec![i as u8; i * 3]),
+                rtype: i as u32,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        let r = recs(5);
+        encode_into(&mut buf, 42, 7, 1234, &r);
+        assert_eq!(buf.len(), encoded_len(&r));
+        let Parsed::Header(h) = parse_header(&buf) else {
+            panic!("no header")
+        };
+        assert_eq!(
+            (h.base_offset, h.term, h.timestamp_ms, h.record_count),
+            (42, 7, 1234, 5)
+        );
+        assert!(crc_ok(&h, &buf));
+        let out = decode_records(&h, &Bytes::from(buf)).expect("decodes");
+        assert_eq!(out.len(), 5);
+        for (i, rec) in out.iter().enumerate() {
+            assert_eq!(rec.offset, 42 + i as u64);
+            assert_eq!(rec.value, r[i].value);
+            assert_eq!(rec.rtype, i as u32);
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, 0, 1, 99, &recs(3));
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x5a;
+            let ok = match parse_header(&bad) {
+                Parsed::Header(h) => crc_ok(&h, &bad),
+                _ => false,
+            };
+            assert!(!ok, "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn zeros_are_the_end() {
+        assert_eq!(parse_header(&[0u8; HEADER_LEN]), Parsed::End);
+        assert!(matches!(
+            parse_header(&[1u8; HEADER_LEN]),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(parse_header(&[0u8; 10]), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn truncate_keeps_a_prefix() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, 10, 2, 5, &recs(4));
+        let Parsed::Header(h) = parse_header(&buf) else {
+            panic!()
+        };
+        let cut = truncate_batch(&h, &Bytes::from(buf), 2).expect("cut");
+        let Parsed::Header(h2) = parse_header(&cut) else {
+            panic!()
+        };
+        assert!(crc_ok(&h2, &cut));
+        assert_eq!((h2.base_offset, h2.record_count, h2.term), (10, 2, 2));
+    }
+}

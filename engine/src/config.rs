@@ -1,0 +1,187 @@
+//! Settings of logs and of the engine, with their defaults and bounds.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When an append is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "policy")]
+pub enum Durability {
+    /// An append resolves only after `fdatasync` of its data. Concurrent appends share one
+    /// `fdatasync` (group commit).
+    Always,
+    /// Data is written and `fdatasync`ed every `interval_ms`; appends resolve once buffered.
+    Interval { interval_ms: u64 },
+    /// Data is written out in the background, never explicitly synced; appends resolve once
+    /// buffered.
+    Never,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Always
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "never" => Ok(Durability::Never),
+            "interval" => Ok(Durability::Interval { interval_ms: 100 }),
+            other => match other.strip_prefix("interval:").map(|ms| ms.trim_end_matches("ms").parse::<u64>()) {
+                Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval { interval_ms: ms }),
+                _ => Err(format!(
+                    "unknown durability {other:?}: expected always, never, interval or interval:<ms>"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Never => f.write_str("never"),
+            Durability::Interval { interval_ms } => write!(f, "interval:{interval_ms}"),
+        }
+    }
+}
+
+/// Settings of one partition log. Persisted per topic in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    pub durability: Durability,
+    /// A segment rolls once its data file reaches this size.
+    pub segment_bytes: u64,
+    /// One sparse index entry per this many data bytes (and one per term change).
+    pub index_interval_bytes: u32,
+    /// Delete the oldest sealed segments while the log is larger than this (0 = no limit).
+    pub retention_bytes: u64,
+    /// Delete sealed segments whose last write is older than this (0 = keep forever).
+    pub retention_ms: u64,
+    /// The offset of the first record of a new, empty log.
+    pub initial_offset: u64,
+    /// The most bytes of records buffered in memory before appends wait for a flush.
+    pub write_behind_bytes: usize,
+    /// Background write-out period for `never` (and the timer of `interval`), in ms.
+    pub flush_ms: u64,
+    pub max_record_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_records: usize,
+}
+
+/// Hard ceilings: a segment's positions are u32 in the index.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 31;
+pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            durability: Durability::Always,
+            segment_bytes: 256 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            retention_bytes: 0,
+            retention_ms: 0,
+            initial_offset: 0,
+            write_behind_bytes: 8 * 1024 * 1024,
+            flush_ms: 200,
+            max_record_bytes: 1024 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_batch_records: 65536,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the settings against their bounds; the message names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(format!(
+                "segment_bytes {} outside [{MIN_SEGMENT_BYTES}, {MAX_SEGMENT_BYTES}]",
+                self.segment_bytes
+            ));
+        }
+        if self.max_record_bytes == 0 || self.max_batch_bytes < self.max_record_bytes {
+            return Err(format!(
+                "max_batch_bytes {} must be at least max_record_bytes {} (> 0)",
+                self.max_batch_bytes, self.max_record_bytes
+            ));
+        }
+        if self.max_batch_bytes as u64 + crate::batch::HEADER_LEN as u64 > self.segment_bytes {
+            return Err(format!(
+                "max_batch_bytes {} must fit in a segment of {} bytes",
+                self.max_batch_bytes, self.segment_bytes
+            ));
+        }
+        if self.write_behind_bytes < self.max_batch_bytes + crate::batch::HEADER_LEN {
+            return Err(format!(
+                "write_behind_bytes {} must hold at least one full batch ({} bytes)",
+                self.write_behind_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.max_batch_records == 0 {
+            return Err("max_batch_records must be > 0".into());
+        }
+        if let Durability::Interval { interval_ms: 0 } = self.durability {
+            return Err("durability interval must be > 0 ms".into());
+        }
+        if self.flush_ms == 0 {
+            return Err("flush_ms must be > 0".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush_period(&self) -> Duration {
+        match self.durability {
+            Durability::Interval { interval_ms } => Duration::from_millis(interval_ms),
+            _ => Duration::from_millis(self.flush_ms),
+        }
+    }
+}
+
+/// Settings of the whole engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Number of shards (executors); 0 = one per available CPU.
+    pub shards: usize,
+    /// Pin shard i to CPU i when that CPU exists.
+    pub pin: bool,
+    /// Requests queued per shard before callers get `Overloaded`.
+    pub queue_depth: usize,
+    /// Open segment files per shard (each open segment holds a data and an index file).
+    pub max_open_segments_per_shard: usize,
+    /// Settings for topics created without explicit ones.
+    pub default_log: LogConfig,
+    /// How often each shard applies retention.
+    pub retention_check: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            shards: 0,
+            pin: true,
+            queue_depth: 4096,
+            max_open_segments_per_shard: 1024,
+            default_log: LogConfig::default(),
+            retention_check: Duration::from_secs(30),
+        }
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}

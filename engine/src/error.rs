@@ -1,0 +1,130 @@
+//! The engine's error type.
+//!
+//! Expected outcomes (an offset outside the log, an unknown topic) are cheap variants that the
+//! server maps to gRPC statuses; I/O failures carry the operation and the path they concern.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything an engine operation can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The offset is below the lowest or at/after the next offset of the log.
+    #[error("offset out of range: {offset} (log holds [{lowest}, {next}))")]
+    OffsetOutOfRange { offset: u64, lowest: u64, next: u64 },
+
+    /// An I/O operation failed. `op` names what we were doing.
+    #[error("{op} {path}: {source}", path = path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// Bytes on disk failed validation (checksum, magic, bounds).
+    #[error("corrupt data in {path} at byte {position}: {reason}", path = path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+
+    /// A previous write or fsync failed; the log refuses writes until it is reopened, because
+    /// retrying an fsync after a failure can silently lose data.
+    #[error("log {path} is read-only after an earlier I/O error ({cause}); reopen it to recover", path = path.display())]
+    Latched { path: PathBuf, cause: String },
+
+    /// A record is larger than the configured limit.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+
+    /// A batch is larger than the configured limit (bytes or records).
+    #[error("batch of {size} {unit} exceeds the limit of {limit} {unit}")]
+    BatchTooLarge {
+        size: usize,
+        limit: usize,
+        unit: &'static str,
+    },
+
+    /// The caller passed something the engine cannot accept.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// No such topic.
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+
+    /// No such partition in an existing topic.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+
+    /// A topic with this name exists already.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+
+    /// A shard's request queue is full: the caller should back off.
+    #[error("shard {shard} is overloaded ({depth} requests queued)")]
+    Overloaded { shard: usize, depth: usize },
+
+    /// The engine (or the log) is shutting down or closed.
+    #[error("engine is shut down")]
+    ShutDown,
+
+    /// A data directory holds something we did not write and will not touch.
+    #[error("unexpected content in {path}: {reason}", path = path.display())]
+    Foreign { path: PathBuf, reason: String },
+}
+
+impl Error {
+    /// Wraps an `std::io::Error` with the operation and path it concerns.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Wraps a glommio error with the operation and path it concerns.
+    pub fn glommio(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: glommio::GlommioError<()>,
+    ) -> Self {
+        Self::io(op, path, std::io::Error::from(source))
+    }
+
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        position: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            position,
+            reason: reason.into(),
+        }
+    }
+
+    /// True for errors that leave the log unchanged and concern only the request.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::OffsetOutOfRange { .. }
+                | Error::RecordTooLarge { .. }
+                | Error::BatchTooLarge { .. }
+                | Error::InvalidArgument(_)
+                | Error::UnknownTopic(_)
+                | Error::UnknownPartition { .. }
+                | Error::TopicExists(_)
+        )
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

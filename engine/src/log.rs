@@ -1,0 +1,1522 @@
+//! A partition log: an ordered list of segments with dense offsets.
+//!
+//! A `Log` lives on one shard (it is `!Send`) and is shared there as `Rc<Log>`. Appends encode
+//! their batch straight into the active segment's write-behind buffer without awaiting, so
+//! offsets are assigned in call order; what they then wait for depends on the durability
+//! policy. Everything that touches files of the active segment (write-out, fdatasync, roll,
+//! truncation, reset) runs under `io`, a one-permit semaphore: the first appender that needs
+//! durability writes out and syncs everything buffered so far, and every appender that queued
+//! behind it finds its data already durable (group commit).
+//!
+//! Invariants (checked where cheap):
+//! - `segments` is non-empty, sorted by base, contiguous (`s[i].next == s[i+1].base`), and only
+//!   the last segment has a writer.
+//! - `lowest == segments[0].base`, `next == last.next`, `durable_next <= next`.
+//! - Bytes of the active segment before `writer.buf_pos` are on the device; bytes from it on
+//!   are in `writer.buf` (which may also have reached the device).
+
+use crate::batch::{self, Header, NewRecord, Parsed, Record, HEADER_LEN};
+use crate::config::{Durability, LogConfig};
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::meta;
+use crate::segment::{self, align_down, align_up, FileBudget, OpenFiles, Segment, Writer};
+use bytes::Bytes;
+use event_listener::Event;
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, SystemTime};
+
+/// Offsets assigned to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// Counters of one log, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub lowest_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub segments: usize,
+    pub appends: u64,
+    pub records_appended: u64,
+    pub writes: u64,
+    pub fdatasyncs: u64,
+}
+
+/// Raw batches as stored, for replication and snapshots.
+#[derive(Debug, Clone)]
+pub struct RawBatches {
+    /// Whole batches, back to back, in the on-disk format.
+    pub bytes: Bytes,
+    /// Offset of the first record in `bytes` (may be below the offset asked for).
+    pub first_offset: u64,
+    /// Offset after the last record in `bytes`.
+    pub next_offset: u64,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+enum Need {
+    Roll,
+    WriteOut,
+}
+
+enum Payload<'a> {
+    Records { term: u64, records: &'a [NewRecord] },
+    Raw { header: Header, bytes: &'a [u8] },
+}
+
+struct State {
+    segments: Vec<Segment>,
+    lowest: u64,
+    next: u64,
+    durable_next: u64,
+    /// Term stamped on batches appended with `append`.
+    term: u64,
+    latched: Option<String>,
+    rolling: bool,
+    closed: bool,
+    stats: LogStats,
+}
+
+/// One partition's log.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    budget: Rc<FileBudget>,
+    state: RefCell<State>,
+    io: Semaphore,
+    appended: Event,
+    index_capacity: usize,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it if needed) and recovers its active segment: the tail
+    /// is validated batch by batch, a torn or corrupt tail is cut off, and the index is rebuilt
+    /// from the data.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        budget: Rc<FileBudget>,
+    ) -> Result<Rc<Log>> {
+        let dir = dir.as_ref().to_owned();
+        config.validate().map_err(Error::InvalidArgument)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating log directory", &dir, e))?;
+        let index_capacity =
+            (config.segment_bytes / u64::from(config.index_interval_bytes.max(1))) as usize + 1024;
+        let bases = list_segments(&dir)?;
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment::data_path(&dir, base);
+            let md =
+                std::fs::metadata(&path).map_err(|e| Error::io("reading metadata of", &path, e))?;
+            let mut seg = Segment::new_sealed(
+                &dir,
+                base,
+                md.len(),
+                md.modified().unwrap_or(SystemTime::now()),
+            );
+            if let Some(&next_base) = bases.get(i + 1) {
+                if next_base <= base {
+                    return Err(Error::corrupt(&path, 0, "segments overlap"));
+                }
+                seg.next = next_base;
+            }
+            segments.push(seg);
+        }
+        let log = Rc::new(Log {
+            dir: dir.clone(),
+            budget,
+            state: RefCell::new(State {
+                segments,
+                lowest: 0,
+                next: 0,
+                durable_next: 0,
+                term: 0,
+                latched: None,
+                rolling: false,
+                closed: false,
+                stats: LogStats::default(),
+            }),
+            io: Semaphore::new(1),
+            appended: Event::new(),
+            index_capacity,
+            config,
+        });
+        if bases.is_empty() {
+            let seg = log.create_segment(log.config.initial_offset).await?;
+            log.state.borrow_mut().segments.push(seg);
+        } else {
+            log.recover_active().await?;
+        }
+        {
+            let mut st = log.state.borrow_mut();
+            st.lowest = st.segments[0].base;
+            st.next = st.segments.last().map(|s| s.next).unwrap_or(0);
+            st.durable_next = st.next;
+            st.term = st.segments.last().map(|s| s.last_term).unwrap_or(0);
+        }
+        Self::spawn_flusher(&log);
+        Ok(log)
+    }
+
+    fn spawn_flusher(log: &Rc<Log>) {
+        let weak: Weak<Log> = Rc::downgrade(log);
+        let period = log.config.flush_period();
+        let sync = matches!(log.config.durability, Durability::Interval { .. });
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(period).await;
+                let Some(log) = weak.upgrade() else { return };
+                if log.state.borrow().closed {
+                    return;
+                }
+                if log.is_dirty() {
+                    let Ok(_permit) = log.io.acquire_permit(1).await else {
+                        return;
+                    };
+                    if let Err(e) = log.write_out_locked(sync).await {
+                        log::error!("background flush of {} failed: {e}", log.dir.display());
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    fn is_dirty(&self) -> bool {
+        let st = self.state.borrow();
+        st.durable_next < st.next
+            || st
+                .segments
+                .last()
+                .and_then(|s| s.writer.as_ref().map(|w| w.written < s.size))
+                .unwrap_or(false)
+    }
+
+    async fn create_segment(&self, base: u64) -> Result<Segment> {
+        let data_path = segment::data_path(&self.dir, base);
+        let index_path = segment::index_path(&self.dir, base);
+        let data = segment::open_dma(&data_path, true).await?;
+        data.truncate(0)
+            .await
+            .map_err(|e| Error::glommio("truncating new data file", &data_path, e))?;
+        let index = Index::open(&index_path, self.index_capacity)?;
+        meta::sync_dir(&self.dir)?;
+        let mut seg = Segment::new_sealed(&self.dir, base, 0, SystemTime::now());
+        seg.writer = Some(Writer {
+            data: Rc::new(data),
+            index,
+            buf_pos: 0,
+            buf: Vec::new(),
+            written: 0,
+            since_index: 0,
+        });
+        Ok(seg)
+    }
+
+    /// Scans the last segment, cuts what does not validate, and makes it the active segment.
+    async fn recover_active(&self) -> Result<()> {
+        let (base, data_path, index_path) = {
+            let st = self.state.borrow();
+            let s = st.segments.last().ok_or(Error::ShutDown)?;
+            (s.base, s.data_path.clone(), s.index_path.clone())
+        };
+        let data = segment::open_dma(&data_path, false).await?;
+        let mut index = Index::open(&index_path, self.index_capacity)?;
+        let scan = segment::scan(
+            &data,
+            &data_path,
+            base,
+            &mut index,
+            u64::from(self.config.index_interval_bytes),
+        )
+        .await?;
+        if let Some(why) = &scan.stopped {
+            log::warn!(
+                "{}: cutting {} bytes after the last valid batch ({why}); offsets continue at {}",
+                data_path.display(),
+                scan.file_len.saturating_sub(scan.valid_len),
+                scan.next
+            );
+        }
+        let buf_pos = align_down(scan.valid_len);
+        let buf = if buf_pos < scan.valid_len {
+            segment::read_at(
+                &data,
+                &data_path,
+                buf_pos,
+                (scan.valid_len - buf_pos) as usize,
+            )
+            .await?
+            .to_vec()
+        } else {
+            Vec::new()
+        };
+        if buf.len() as u64 != scan.valid_len - buf_pos {
+            return Err(Error::corrupt(
+                &data_path,
+                buf_pos,
+                "data file shrank during recovery",
+            ));
+        }
+        if scan.file_len > align_up(scan.valid_len) || scan.stopped.is_some() {
+            // Zero whatever follows the valid data in its block and drop later blocks, so that
+            // nothing cut here can reappear after another crash.
+            rewrite_tail(&data, &data_path, buf_pos, &buf).await?;
+            data.truncate(align_up(scan.valid_len))
+                .await
+                .map_err(|e| Error::glommio("cutting torn tail of", &data_path, e))?;
+            data.fdatasync()
+                .await
+                .map_err(|e| Error::glommio("syncing repaired", &data_path, e))?;
+        }
+        index.flush()?;
+        let mut st = self.state.borrow_mut();
+        let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+        seg.size = scan.valid_len;
+        seg.next = scan.next;
+        seg.last_term = scan.last_term;
+        seg.writer = Some(Writer {
+            data: Rc::new(data),
+            index,
+            buf_pos,
+            written: scan.valid_len,
+            buf,
+            since_index: scan.since_index,
+        });
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- appends
+
+    /// Appends records as one batch under the log's current term; resolves once the
+    /// durability policy is satisfied.
+    pub async fn append(&self, records: &[NewRecord]) -> Result<Appended> {
+        let term = self.state.borrow().term;
+        self.append_with_term(term, records).await
+    }
+
+    /// Appends records as one batch stamped with `term`.
+    pub async fn append_with_term(&self, term: u64, records: &[NewRecord]) -> Result<Appended> {
+        self.check_batch(records)?;
+        let appended = self
+            .append_payload(Payload::Records { term, records })
+            .await?;
+        self.after_append(appended).await
+    }
+
+    /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
+    /// is checked (CRC, continuity with the log's next offset) before anything is written.
+    pub async fn append_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
+        let mut pos = 0usize;
+        let mut expect = self.next_offset();
+        let mut batches = Vec::new();
+        while pos < bytes.len() {
+            let header = match batch::parse_header(&bytes[pos..]) {
+                Parsed::Header(h) => h,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "raw batches: no valid batch header at byte {pos}"
+                    )))
+                }
+            };
+            let end = pos + header.batch_len();
+            if end > bytes.len() || !batch::crc_ok(&header, &bytes[pos..end]) {
+                return Err(Error::InvalidArgument(format!(
+                    "raw batches: batch at byte {pos} is torn or corrupt"
+                )));
+            }
+            if header.base_offset != expect {
+                return Err(Error::InvalidArgument(format!(
+                    "raw batches: batch at byte {pos} starts at offset {} but the log continues at {expect}",
+                    header.base_offset
+                )));
+            }
+            if header.payload_len as usize > self.config.max_batch_bytes {
+                return Err(Error::BatchTooLarge {
+                    size: header.payload_len as usize,
+                    limit: self.config.max_batch_bytes,
+                    unit: "bytes",
+                });
+            }
+            expect = header.next_offset();
+            batches.push((header, pos, end));
+            pos = end;
+        }
+        let mut result: Option<Appended> = None;
+        for (header, start, end) in batches {
+            let a = self
+                .append_payload(Payload::Raw {
+                    header,
+                    bytes: &bytes[start..end],
+                })
+                .await?;
+            result = Some(Appended {
+                base_offset: result.map(|r| r.base_offset).unwrap_or(a.base_offset),
+                last_offset: a.last_offset,
+            });
+        }
+        match result {
+            Some(a) => self.after_append(a).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn check_batch(&self, records: &[NewRecord]) -> Result<()> {
+        let c = &self.config;
+        if records.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        if records.len() > c.max_batch_records {
+            return Err(Error::BatchTooLarge {
+                size: records.len(),
+                limit: c.max_batch_records,
+                unit: "records",
+            });
+        }
+        if let Some(r) = records.iter().find(|r| r.value.len() > c.max_record_bytes) {
+            return Err(Error::RecordTooLarge {
+                size: r.value.len(),
+                limit: c.max_record_bytes,
+            });
+        }
+        let len = batch::encoded_len(records) - HEADER_LEN;
+        if len > c.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                size: len,
+                limit: c.max_batch_bytes,
+                unit: "bytes",
+            });
+        }
+        Ok(())
+    }
+
+    async fn after_append(&self, appended: Appended) -> Result<Appended> {
+        self.appended.notify(usize::MAX);
+        if self.config.durability == Durability::Always {
+            self.wait_durable(appended.last_offset + 1).await?;
+        }
+        Ok(appended)
+    }
+
+    async fn append_payload(&self, payload: Payload<'_>) -> Result<Appended> {
+        let len = match &payload {
+            Payload::Records { records, .. } => batch::encoded_len(*records),
+            Payload::Raw { bytes, .. } => bytes.len(),
+        } as u64;
+        loop {
+            let need = {
+                let mut st = self.state.borrow_mut();
+                self.check_writable(&st)?;
+                let st = &mut *st;
+                let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+                let Some(w) = seg.writer.as_mut() else {
+                    return Err(Error::ShutDown);
+                };
+                if (seg.size + len > self.config.segment_bytes && seg.size > 0) || w.index.is_full()
+                {
+                    Need::Roll
+                } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
+                    Need::WriteOut
+                } else {
+                    let base = st.next;
+                    let pos = seg.size;
+                    let start = w.buf.len();
+                    let (header, count) = match &payload {
+                        Payload::Records { term, records } => {
+                            batch::encode_into(&mut w.buf, base, *term, now_ms(), records);
+                            let Parsed::Header(h) = batch::parse_header(&w.buf[start..]) else {
+                                unreachable!("a batch just encoded parses")
+                            };
+                            (h, records.len() as u64)
+                        }
+                        Payload::Raw { header, bytes } => {
+                            w.buf.extend_from_slice(bytes);
+                            (*header, u64::from(header.record_count))
+                        }
+                    };
+                    let interval = u64::from(self.config.index_interval_bytes);
+                    if !segment::index_batch(
+                        &mut w.index,
+                        seg.base,
+                        pos,
+                        &header,
+                        seg.last_term,
+                        &mut w.since_index,
+                        interval,
+                    ) {
+                        // The index filled up between the check above and here: cannot happen
+                        // on one thread, but never leave an unindexed batch behind.
+                        w.buf.truncate(start);
+                        return Err(Error::InvalidArgument("segment index is full".into()));
+                    }
+                    seg.size += len;
+                    seg.next = base + count;
+                    seg.last_term = header.term;
+                    seg.modified = SystemTime::now();
+                    st.next = base + count;
+                    st.stats.appends += 1;
+                    st.stats.records_appended += count;
+                    return Ok(Appended {
+                        base_offset: base,
+                        last_offset: base + count - 1,
+                    });
+                }
+            };
+            let _permit = self
+                .io
+                .acquire_permit(1)
+                .await
+                .map_err(|_| Error::ShutDown)?;
+            match need {
+                Need::Roll => self.roll_locked(len).await?,
+                Need::WriteOut => self.write_out_locked(false).await?,
+            }
+        }
+    }
+
+    fn check_writable(&self, st: &State) -> Result<()> {
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        if let Some(cause) = &st.latched {
+            return Err(Error::Latched {
+                path: self.dir.clone(),
+                cause: cause.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn latch(&self, e: &Error) {
+        let mut st = self.state.borrow_mut();
+        if st.latched.is_none() {
+            log::error!("{}: latching into read-only state: {e}", self.dir.display());
+            st.latched = Some(e.to_string());
+        }
+    }
+
+    /// Waits until offsets below `target` are durable, syncing if no one else is.
+    async fn wait_durable(&self, target: u64) -> Result<()> {
+        loop {
+            {
+                let st = self.state.borrow();
+                if st.durable_next >= target {
+                    return Ok(());
+                }
+                self.check_writable(&st)?;
+            }
+            let _permit = self
+                .io
+                .acquire_permit(1)
+                .await
+                .map_err(|_| Error::ShutDown)?;
+            if self.state.borrow().durable_next >= target {
+                return Ok(());
+            }
+            self.write_out_locked(true).await?;
+        }
+    }
+
+    /// Writes the active segment's buffer to the device (whole aligned blocks, the partial
+    /// tail block zero-padded and rewritten next time), then optionally fdatasyncs. Caller
+    /// holds `io`. Any failure latches the log.
+    async fn write_out_locked(&self, sync: bool) -> Result<()> {
+        let r = self.write_out_inner(sync).await;
+        if let Err(e) = &r {
+            if !matches!(e, Error::Latched { .. } | Error::ShutDown) {
+                self.latch(e);
+            }
+        }
+        r
+    }
+
+    async fn write_out_inner(&self, sync: bool) -> Result<()> {
+        let (file, path, pos, dma, n, target) = {
+            let mut st = self.state.borrow_mut();
+            self.check_writable(&st)?;
+            let target = st.next;
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            let path = seg.data_path.clone();
+            let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+            if w.written == seg.size {
+                (Rc::clone(&w.data), path, w.buf_pos, None, 0, target)
+            } else {
+                let n = w.buf.len();
+                let mut dma = w.data.alloc_dma_buffer(align_up(n as u64) as usize);
+                let bytes = dma.as_bytes_mut();
+                bytes[..n].copy_from_slice(&w.buf);
+                bytes[n..].fill(0);
+                (Rc::clone(&w.data), path, w.buf_pos, Some(dma), n, target)
+            }
+        };
+        if let Some(dma) = dma {
+            let want = dma.len();
+            let wrote = file
+                .write_at(dma, pos)
+                .await
+                .map_err(|e| Error::glommio("writing", &path, e))?;
+            if wrote != want {
+                return Err(Error::io(
+                    "writing",
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {wrote} of {want} bytes"),
+                    ),
+                ));
+            }
+            let mut st = self.state.borrow_mut();
+            st.stats.writes += 1;
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+            w.written = pos + n as u64;
+            let full = align_down(n as u64) as usize;
+            w.buf.drain(..full);
+            w.buf_pos += full as u64;
+        }
+        if sync {
+            file.fdatasync()
+                .await
+                .map_err(|e| Error::glommio("syncing", &path, e))?;
+            let mut st = self.state.borrow_mut();
+            st.stats.fdatasyncs += 1;
+            st.durable_next = st.durable_next.max(target);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (everything written and synced, index cut to size) and starts
+    /// a new one at the next offset. Caller holds `io`.
+    async fn roll_locked(&self, len: u64) -> Result<()> {
+        {
+            let st = self.state.borrow();
+            self.check_writable(&st)?;
+            let seg = st.segments.last().ok_or(Error::ShutDown)?;
+            let index_full = seg.writer.as_ref().is_some_and(|w| w.index.is_full());
+            // Someone else may have rolled while we waited for the lock.
+            if seg.size == 0 || (seg.size + len <= self.config.segment_bytes && !index_full) {
+                return Ok(());
+            }
+        }
+        self.state.borrow_mut().rolling = true;
+        let r = self.roll_inner().await;
+        self.state.borrow_mut().rolling = false;
+        if let Err(e) = &r {
+            self.latch(e);
+        }
+        r
+    }
+
+    async fn roll_inner(&self) -> Result<()> {
+        self.write_out_inner(true).await?;
+        let (writer, size, path, next) = {
+            let mut st = self.state.borrow_mut();
+            let next = st.next;
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            (seg.writer.take(), seg.size, seg.data_path.clone(), next)
+        };
+        let Some(mut w) = writer else {
+            return Err(Error::ShutDown);
+        };
+        w.data
+            .truncate(size)
+            .await
+            .map_err(|e| Error::glommio("cutting sealed segment", &path, e))?;
+        w.data
+            .fdatasync()
+            .await
+            .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
+        w.index.seal()?;
+        let new = self.create_segment(next).await?;
+        let mut st = self.state.borrow_mut();
+        if let Some(seg) = st.segments.last_mut() {
+            let files = OpenFiles::new(w.data, w.index);
+            *seg.slot.borrow_mut() = Some(files);
+            self.budget.opened(&seg.slot);
+            if let Some(f) = seg.slot.borrow().as_ref() {
+                self.budget.touch(&seg.slot, f);
+            }
+        }
+        st.segments.push(new);
+        Ok(())
+    }
+
+    /// Writes out and fdatasyncs everything appended so far, whatever the policy.
+    pub async fn sync(&self) -> Result<()> {
+        let target = self.next_offset();
+        self.wait_durable(target).await
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    pub fn lowest_offset(&self) -> u64 {
+        self.state.borrow().lowest
+    }
+
+    /// The offset the next append will get.
+    pub fn next_offset(&self) -> u64 {
+        self.state.borrow().next
+    }
+
+    /// The last offset in the log, or `None` when it is empty.
+    pub fn highest_offset(&self) -> Option<u64> {
+        let st = self.state.borrow();
+        (st.next > st.lowest).then(|| st.next - 1)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.state.borrow();
+        LogStats {
+            lowest_offset: st.lowest,
+            next_offset: st.next,
+            size_bytes: st.segments.iter().map(|s| s.size).sum(),
+            segments: st.segments.len(),
+            ..st.stats
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Sets the term stamped on later `append`s.
+    pub fn set_term(&self, term: u64) {
+        self.state.borrow_mut().term = term;
+    }
+
+    /// Resolves once the log holds `offset` (for tailing readers), or at once if it does; also
+    /// resolves when the log is closed or reset.
+    pub async fn wait_for(&self, offset: u64) {
+        loop {
+            if self.next_offset() > offset || self.state.borrow().closed {
+                return;
+            }
+            let listener = self.appended.listen();
+            if self.next_offset() > offset || self.state.borrow().closed {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Reads the record at `offset`.
+    pub async fn read(&self, offset: u64) -> Result<Record> {
+        let mut records = self.read_range(offset, 1, 1).await?;
+        records.pop().ok_or_else(|| self.out_of_range(offset))
+    }
+
+    /// Reads records from `from`: at most `max_records`, and at most `max_bytes` of values
+    /// except that the first record is returned whatever its size.
+    pub async fn read_range(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let (batches, _) = self.read_batches(from, max_bytes, max_records).await?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        'batches: for (header, pos, path, data) in batches {
+            let records = batch::decode_records(&header, &data).ok_or_else(|| {
+                Error::corrupt(&path, pos, "records do not add up to the batch length")
+            })?;
+            for r in records {
+                if r.offset < from {
+                    continue;
+                }
+                if out.len() >= max_records
+                    || (!out.is_empty() && bytes + r.value.len() > max_bytes)
+                {
+                    break 'batches;
+                }
+                bytes += r.value.len();
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads whole batches in the on-disk format from the batch holding `from`, up to about
+    /// `max_bytes` (at least one batch).
+    pub async fn read_raw(&self, from: u64, max_bytes: usize) -> Result<RawBatches> {
+        let (batches, _) = self.read_batches(from, max_bytes, usize::MAX).await?;
+        let first_offset = batches.first().map(|b| b.0.base_offset).unwrap_or(from);
+        let next_offset = batches.last().map(|b| b.0.next_offset()).unwrap_or(from);
+        let bytes = if batches.len() == 1 {
+            batches[0].3.clone()
+        } else {
+            let mut v = Vec::with_capacity(batches.iter().map(|b| b.3.len()).sum());
+            for b in &batches {
+                v.extend_from_slice(&b.3);
+            }
+            Bytes::from(v)
+        };
+        Ok(RawBatches {
+            bytes,
+            first_offset,
+            next_offset,
+        })
+    }
+
+    /// The term of the record at `offset`.
+    pub async fn term_of(&self, offset: u64) -> Result<u64> {
+        let idx = self.segment_for(offset)?;
+        self.ensure_open(idx).await?;
+        let st = self.state.borrow();
+        let seg = st
+            .segments
+            .get(idx)
+            .ok_or_else(|| self.out_of_range(offset))?;
+        let rel = (offset - seg.base) as u32;
+        let entry = match &seg.writer {
+            Some(w) => w.index.lookup(rel).map(|e| e.1),
+            None => seg
+                .slot
+                .borrow()
+                .as_ref()
+                .and_then(|f| f.index.lookup(rel).map(|e| e.1)),
+        };
+        entry.map(|e| e.term).ok_or_else(|| {
+            Error::corrupt(
+                &seg.index_path,
+                0,
+                format!("no index entry covers offset {offset}"),
+            )
+        })
+    }
+
+    fn out_of_range(&self, offset: u64) -> Error {
+        let st = self.state.borrow();
+        Error::OffsetOutOfRange {
+            offset,
+            lowest: st.lowest,
+            next: st.next,
+        }
+    }
+
+    /// Index of the segment holding `offset` (binary search).
+    fn segment_for(&self, offset: u64) -> Result<usize> {
+        let st = self.state.borrow();
+        if offset < st.lowest || offset >= st.next {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                lowest: st.lowest,
+                next: st.next,
+            });
+        }
+        Ok(st.segments.partition_point(|s| s.base <= offset) - 1)
+    }
+
+    /// Opens a sealed segment's files if they are closed, validating its index.
+    async fn ensure_open(&self, idx: usize) -> Result<()> {
+        let (slot, data_path, index_path, base, next, size) = {
+            let st = self.state.borrow();
+            let seg = &st.segments[idx];
+            if seg.writer.is_some() {
+                return Ok(());
+            }
+            if let Some(f) = seg.slot.borrow().as_ref() {
+                self.budget.touch(&seg.slot, f);
+                return Ok(());
+            }
+            (
+                Rc::clone(&seg.slot),
+                seg.data_path.clone(),
+                seg.index_path.clone(),
+                seg.base,
+                seg.next,
+                seg.size,
+            )
+        };
+        let data = segment::open_dma(&data_path, false).await?;
+        let (mut index, entries) = match Index::open_sealed(&index_path) {
+            Ok(x) => x,
+            Err(_) => (Index::open(&index_path, 0)?, 0),
+        };
+        let trusted = segment::validate_sealed_index(&index, entries, size, base, next);
+        if trusted == entries && entries > 0 {
+            index.trust_prefix(entries);
+        } else {
+            log::warn!(
+                "{}: index has {entries} entries of which {trusted} check out; rebuilding it from the data",
+                index_path.display()
+            );
+            index.reopen_for_append(self.index_capacity)?;
+            let scan = segment::scan(
+                &data,
+                &data_path,
+                base,
+                &mut index,
+                u64::from(self.config.index_interval_bytes),
+            )
+            .await?;
+            if scan.next != next || scan.valid_len != size {
+                log::error!(
+                    "{}: sealed segment holds offsets [{base}, {}) in {} bytes; expected [{base}, {next}) in {size} bytes",
+                    data_path.display(),
+                    scan.next,
+                    scan.valid_len
+                );
+            }
+            index.seal()?;
+        }
+        if slot.borrow().is_some() {
+            // Opened concurrently by another reader; keep theirs.
+            return Ok(());
+        }
+        *slot.borrow_mut() = Some(OpenFiles::new(Rc::new(data), index));
+        self.budget.opened(&slot);
+        if let Some(f) = slot.borrow().as_ref() {
+            self.budget.touch(&slot, f);
+        }
+        Ok(())
+    }
+
+    /// Reads whole, checked batches starting with the one that holds `from`.
+    #[allow(clippy::type_complexity)]
+    async fn read_batches(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_records: usize,
+    ) -> Result<(Vec<(Header, u64, PathBuf, Bytes)>, u64)> {
+        let mut out: Vec<(Header, u64, PathBuf, Bytes)> = Vec::new();
+        let mut want = from;
+        let mut bytes = 0usize;
+        let mut records = 0usize;
+        loop {
+            let idx = match self.segment_for(want) {
+                Ok(i) => i,
+                Err(e) if out.is_empty() => return Err(e),
+                Err(_) => break,
+            };
+            self.ensure_open(idx).await?;
+            // Locate the start position and gather bytes: from memory where the active
+            // segment's buffer holds them, otherwise with one DMA read.
+            let window = (max_bytes.saturating_sub(bytes)).clamp(64 * 1024, 8 << 20)
+                + self.config.index_interval_bytes as usize;
+            let (path, start, mem, file_part) = {
+                let st = self.state.borrow();
+                let seg = &st.segments[idx];
+                let rel = (want - seg.base) as u32;
+                let slot = seg.slot.borrow();
+                let (index, data, mem_from) = match &seg.writer {
+                    Some(w) => (&w.index, Rc::clone(&w.data), Some((w.buf_pos, &w.buf))),
+                    None => {
+                        let f = slot.as_ref().ok_or(Error::ShutDown)?;
+                        (&f.index, Rc::clone(&f.data), None)
+                    }
+                };
+                let (_, entry) = index.lookup(rel).ok_or_else(|| {
+                    Error::corrupt(
+                        &seg.index_path,
+                        0,
+                        format!("no index entry covers offset {want}"),
+                    )
+                })?;
+                let start = u64::from(entry.position);
+                let end = (start + window as u64).min(seg.size);
+                let (mem, file_end) = match mem_from {
+                    Some((buf_pos, buf)) if end > buf_pos => {
+                        let m0 = start.max(buf_pos);
+                        let m = Bytes::copy_from_slice(
+                            &buf[(m0 - buf_pos) as usize..(end - buf_pos) as usize],
+                        );
+                        (
+                            m,
+                            if start < buf_pos {
+                                buf_pos.min(end)
+                            } else {
+                                start
+                            },
+                        )
+                    }
+                    _ => (Bytes::new(), end),
+                };
+                let file_part = (file_end > start).then(|| (data, file_end));
+                (seg.data_path.clone(), start, mem, file_part)
+            };
+            let chunk = match file_part {
+                Some((data, file_end)) => {
+                    let disk =
+                        segment::read_at(&data, &path, start, (file_end - start) as usize).await?;
+                    if disk.len() as u64 != file_end - start {
+                        return Err(Error::corrupt(
+                            &path,
+                            start + disk.len() as u64,
+                            "data file ends before the log does",
+                        ));
+                    }
+                    if mem.is_empty() {
+                        disk
+                    } else {
+                        let mut v = Vec::with_capacity(disk.len() + mem.len());
+                        v.extend_from_slice(&disk);
+                        v.extend_from_slice(&mem);
+                        Bytes::from(v)
+                    }
+                }
+                None => mem,
+            };
+            // Walk the batches in the chunk.
+            let mut at = 0usize;
+            let mut progressed = false;
+            while at + HEADER_LEN <= chunk.len() {
+                let pos = start + at as u64;
+                let header = match batch::parse_header(&chunk[at..]) {
+                    Parsed::Header(h) => h,
+                    Parsed::End => {
+                        return Err(Error::corrupt(
+                            &path,
+                            pos,
+                            "zeroes where a batch was expected",
+                        ))
+                    }
+                    Parsed::Invalid(why) => return Err(Error::corrupt(&path, pos, why)),
+                };
+                let len = header.batch_len();
+                if at + len > chunk.len() {
+                    break;
+                }
+                let data = chunk.slice(at..at + len);
+                if !batch::crc_ok(&header, &data) {
+                    return Err(Error::corrupt(&path, pos, "checksum mismatch"));
+                }
+                at += len;
+                if header.next_offset() <= want {
+                    continue;
+                }
+                if header.base_offset > want {
+                    return Err(Error::corrupt(
+                        &path,
+                        pos,
+                        format!(
+                            "batch starts at offset {} where {want} was expected",
+                            header.base_offset
+                        ),
+                    ));
+                }
+                let n = (header.next_offset() - want) as usize;
+                if !out.is_empty() && bytes + len > max_bytes {
+                    return Ok((out, want));
+                }
+                bytes += len;
+                records += n;
+                want = header.next_offset();
+                out.push((header, pos, path.clone(), data));
+                progressed = true;
+                if bytes >= max_bytes || records >= max_records {
+                    return Ok((out, want));
+                }
+            }
+            if !progressed {
+                // The batch holding `want` is larger than the window: read exactly it.
+                if at + HEADER_LEN <= chunk.len() || chunk.len() >= HEADER_LEN {
+                    if let Parsed::Header(h) = batch::parse_header(&chunk[at..]) {
+                        let pos = start + at as u64;
+                        let data = self.read_exact(idx, pos, h.batch_len(), &path).await?;
+                        if !batch::crc_ok(&h, &data) {
+                            return Err(Error::corrupt(&path, pos, "checksum mismatch"));
+                        }
+                        if h.base_offset > want || h.next_offset() <= want {
+                            return Err(Error::corrupt(
+                                &path,
+                                pos,
+                                "batch does not hold the offset its index points to",
+                            ));
+                        }
+                        bytes += data.len();
+                        records += (h.next_offset() - want) as usize;
+                        want = h.next_offset();
+                        out.push((h, pos, path.clone(), data));
+                        if bytes >= max_bytes || records >= max_records {
+                            return Ok((out, want));
+                        }
+                        continue;
+                    }
+                }
+                return Err(Error::corrupt(
+                    &path,
+                    start + at as u64,
+                    "batch runs past the end of the segment",
+                ));
+            }
+        }
+        Ok((out, want))
+    }
+
+    async fn read_exact(&self, idx: usize, pos: u64, len: usize, path: &Path) -> Result<Bytes> {
+        let (data, mem) = {
+            let st = self.state.borrow();
+            let seg = &st.segments[idx];
+            match &seg.writer {
+                Some(w) if pos + len as u64 > w.buf_pos => {
+                    if pos < w.buf_pos {
+                        (Some(Rc::clone(&w.data)), None)
+                    } else {
+                        let at = (pos - w.buf_pos) as usize;
+                        (None, w.buf.get(at..at + len).map(Bytes::copy_from_slice))
+                    }
+                }
+                Some(w) => (Some(Rc::clone(&w.data)), None),
+                None => (seg.slot.borrow().as_ref().map(|f| Rc::clone(&f.data)), None),
+            }
+        };
+        if let Some(m) = mem {
+            return Ok(m);
+        }
+        let data = data.ok_or(Error::ShutDown)?;
+        // A batch straddling the buffer start: what is below buf_pos is on the device, and so
+        // is the rest up to `written`, which covers any batch that is not brand new.
+        let b = segment::read_at(&data, path, pos, len).await?;
+        if b.len() != len {
+            return Err(Error::corrupt(path, pos, "data file ends inside a batch"));
+        }
+        Ok(b)
+    }
+
+    // ---------------------------------------------------------------- truncation & retention
+
+    /// Removes every whole segment whose records all have offsets <= `lowest` (the book's
+    /// `Truncate`). The active segment is never removed.
+    pub async fn truncate_prefix(&self, lowest: u64) -> Result<Removed> {
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        self.remove_prefix_while(|seg, _| {
+            seg.next <= lowest.saturating_add(1) && seg.next > seg.base
+        })
+    }
+
+    /// Deletes the oldest sealed segments while the log exceeds `retention_bytes`, and those
+    /// last written before `now - retention_ms`.
+    pub async fn apply_retention(&self, now: SystemTime) -> Result<Removed> {
+        let (max_bytes, max_age) = (self.config.retention_bytes, self.config.retention_ms);
+        if max_bytes == 0 && max_age == 0 {
+            return Ok(Removed::default());
+        }
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        let cutoff = now.checked_sub(Duration::from_millis(max_age));
+        self.remove_prefix_while(|seg, total| {
+            (max_bytes > 0 && total > max_bytes)
+                || (max_age > 0 && cutoff.is_some_and(|c| seg.modified < c))
+        })
+    }
+
+    fn remove_prefix_while(&self, mut pred: impl FnMut(&Segment, u64) -> bool) -> Result<Removed> {
+        let mut removed = Removed::default();
+        let mut doomed = Vec::new();
+        {
+            let mut st = self.state.borrow_mut();
+            let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+            while st.segments.len() > 1 && pred(&st.segments[0], total) {
+                let seg = st.segments.remove(0);
+                total -= seg.size;
+                removed.segments += 1;
+                removed.bytes += seg.size;
+                doomed.push(seg);
+            }
+            st.lowest = st.segments[0].base;
+        }
+        for seg in doomed {
+            self.delete_segment_files(seg)?;
+        }
+        if removed.segments > 0 {
+            meta::sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    fn delete_segment_files(&self, seg: Segment) -> Result<()> {
+        if seg.slot.borrow_mut().take().is_some() {
+            self.budget.closed();
+        }
+        for p in [&seg.data_path, &seg.index_path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every record after `last_kept` (Raft: a follower's log conflicts with its
+    /// leader's). The cut is durable when this returns.
+    pub async fn truncate_suffix(&self, last_kept: u64) -> Result<()> {
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        let new_next = last_kept.saturating_add(1);
+        {
+            let st = self.state.borrow();
+            self.check_writable(&st)?;
+            if new_next >= st.next {
+                return Ok(());
+            }
+            if new_next < st.lowest {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot truncate after {last_kept}: the log starts at {}",
+                    st.lowest
+                )));
+            }
+        }
+        let r = self.truncate_suffix_inner(new_next).await;
+        if let Err(e) = &r {
+            self.latch(e);
+        }
+        r
+    }
+
+    async fn truncate_suffix_inner(&self, new_next: u64) -> Result<()> {
+        // Make the device match memory first, so the cut below works on the files only.
+        self.write_out_inner(false).await?;
+        let t = {
+            let st = self.state.borrow();
+            st.segments.partition_point(|s| s.base < new_next).max(1) - 1
+        };
+        self.ensure_open(t).await?;
+        let (base, path) = {
+            let st = self.state.borrow();
+            (st.segments[t].base, st.segments[t].data_path.clone())
+        };
+        // Where the cut falls: after a whole batch, or inside one that must be re-encoded.
+        let (cut_pos, rewritten) = if new_next == base {
+            (0u64, None)
+        } else {
+            let (batches, _) = self.read_batches(new_next - 1, 1, 1).await?;
+            let (h, pos, _, data) = batches
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::corrupt(&path, 0, "batch holding the cut point not found"))?;
+            if h.next_offset() == new_next {
+                (pos + h.batch_len() as u64, None)
+            } else {
+                let keep = (new_next - h.base_offset) as u32;
+                let bytes = batch::truncate_batch(&h, &data, keep).ok_or_else(|| {
+                    Error::corrupt(&path, pos, "records do not add up to the batch length")
+                })?;
+                (pos + bytes.len() as u64, Some((pos, bytes)))
+            }
+        };
+        // Drop later segments (the active one too when the cut is before it) and take segment
+        // t's files to make it the active segment again.
+        let (doomed, taken) = {
+            let mut st = self.state.borrow_mut();
+            let doomed: Vec<Segment> = st.segments.drain(t + 1..).collect();
+            let seg = &mut st.segments[t];
+            let taken = match seg.writer.take() {
+                Some(w) => Some((w.data, w.index)),
+                None => seg.slot.borrow_mut().take().map(|f| {
+                    self.budget.closed();
+                    (f.data, f.index)
+                }),
+            };
+            (doomed, taken)
+        };
+        for mut seg in doomed {
+            seg.writer = None;
+            self.delete_segment_files(seg)?;
+        }
+        let (data, mut index) = taken.ok_or(Error::ShutDown)?;
+        index.reopen_for_append(self.index_capacity)?;
+        let keep_entries = match (new_next - base).checked_sub(1) {
+            Some(rel) => index.lookup(rel as u32).map(|(i, _)| i + 1).unwrap_or(0),
+            None => 0,
+        };
+        index.truncate(keep_entries);
+        // Rewrite from the block holding the first changed byte: the bytes before it in that
+        // block, then the re-encoded batch if any, zero-padded; then drop everything after.
+        let changed = rewritten.as_ref().map(|(p, _)| *p).unwrap_or(cut_pos);
+        let w0 = align_down(changed);
+        let mut content = if changed > w0 {
+            segment::read_at(&data, &path, w0, (changed - w0) as usize)
+                .await?
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        if content.len() as u64 != changed - w0 {
+            return Err(Error::corrupt(
+                &path,
+                w0,
+                "data file ends before the cut point",
+            ));
+        }
+        if let Some((_, bytes)) = &rewritten {
+            content.extend_from_slice(bytes);
+        }
+        rewrite_tail(&data, &path, w0, &content).await?;
+        data.truncate(align_up(cut_pos))
+            .await
+            .map_err(|e| Error::glommio("cutting", &path, e))?;
+        data.fdatasync()
+            .await
+            .map_err(|e| Error::glommio("syncing", &path, e))?;
+        index.flush()?;
+        let buf_pos = align_down(cut_pos);
+        let buf = content
+            .get((buf_pos - w0) as usize..)
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        let since_index = index
+            .last()
+            .map(|e| cut_pos - u64::from(e.position))
+            .unwrap_or(0);
+        let last_term = index.last().map(|e| e.term).unwrap_or(0);
+        let mut st = self.state.borrow_mut();
+        let seg = &mut st.segments[t];
+        seg.size = cut_pos;
+        seg.next = new_next;
+        seg.last_term = last_term;
+        seg.modified = SystemTime::now();
+        seg.writer = Some(Writer {
+            data,
+            index,
+            buf_pos,
+            buf,
+            written: cut_pos,
+            since_index,
+        });
+        st.next = new_next;
+        st.durable_next = st.durable_next.min(new_next);
+        st.lowest = st.segments[0].base;
+        Ok(())
+    }
+
+    /// Removes every segment and starts empty at `next_offset` (also the first step of
+    /// installing a snapshot).
+    pub async fn reset(&self, next_offset: u64) -> Result<()> {
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        let doomed: Vec<Segment> = std::mem::take(&mut self.state.borrow_mut().segments);
+        for mut seg in doomed {
+            seg.writer = None;
+            self.delete_segment_files(seg)?;
+        }
+        let seg = self.create_segment(next_offset).await?;
+        let mut st = self.state.borrow_mut();
+        st.segments.push(seg);
+        st.lowest = next_offset;
+        st.next = next_offset;
+        st.durable_next = next_offset;
+        st.latched = None;
+        drop(st);
+        self.appended.notify(usize::MAX);
+        Ok(())
+    }
+
+    /// Flushes, syncs and closes the log. Later calls fail with `ShutDown`.
+    pub async fn close(&self) -> Result<()> {
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        let r = if self.state.borrow().latched.is_none() && !self.state.borrow().closed {
+            self.write_out_inner(true).await
+        } else {
+            Ok(())
+        };
+        let mut st = self.state.borrow_mut();
+        st.closed = true;
+        for seg in st.segments.iter_mut() {
+            if let Some(w) = seg.writer.take() {
+                w.index.flush()?;
+            }
+            if seg.slot.borrow_mut().take().is_some() {
+                self.budget.closed();
+            }
+        }
+        drop(st);
+        self.appended.notify(usize::MAX);
+        r
+    }
+
+    /// Closes the log and deletes its directory.
+    pub async fn remove(&self) -> Result<()> {
+        let _ = self.close().await;
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(|e| Error::io("removing log directory", &self.dir, e))
+    }
+
+    /// Writes a small metadata file in the log's directory atomically (Raft's hard state).
+    pub fn write_meta(&self, name: &str, payload: &[u8]) -> Result<()> {
+        check_meta_name(name)?;
+        meta::write(&self.dir, name, payload)
+    }
+
+    pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        check_meta_name(name)?;
+        meta::read(&self.dir, name)
+    }
+
+    /// A reader that streams the log from `from` as raw batches.
+    pub fn snapshot_reader(self: &Rc<Self>, from: u64) -> SnapshotReader {
+        SnapshotReader {
+            log: Rc::clone(self),
+            next: from,
+            end: self.next_offset(),
+        }
+    }
+
+    /// Replaces the log's content with a snapshot stream: resets to `first_offset`, then
+    /// appends each chunk of raw batches, then syncs.
+    pub async fn install_snapshot<I>(&self, first_offset: u64, chunks: I) -> Result<()>
+    where
+        I: IntoIterator<Item = Bytes>,
+    {
+        self.reset(first_offset).await?;
+        for chunk in chunks {
+            self.append_raw(&chunk).await?;
+        }
+        self.sync().await
+    }
+}
+
+fn check_meta_name(name: &str) -> Result<()> {
+    if name.ends_with(".meta") && !name.contains('/') && name.len() < 100 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "metadata file name {name:?} must end in .meta"
+        )))
+    }
+}
+
+/// Streams a log's batches from an offset up to the end it had when the reader was made.
+pub struct SnapshotReader {
+    log: Rc<Log>,
+    next: u64,
+    end: u64,
+}
+
+impl SnapshotReader {
+    /// The next chunk of whole batches (about `max_bytes`), or `None` at the end.
+    pub async fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>> {
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let raw = self.log.read_raw(self.next, max_bytes).await?;
+        if raw.next_offset <= self.next {
+            return Ok(None);
+        }
+        self.next = raw.next_offset;
+        Ok(Some(raw.bytes))
+    }
+
+    /// Offset of the first record the next chunk holds.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+/// Writes the block at `buf_pos` holding `buf` (the valid bytes of the tail block) with zeros
+/// after it.
+async fn rewrite_tail(
+    data: &glommio::io::DmaFile,
+    path: &Path,
+    buf_pos: u64,
+    buf: &[u8],
+) -> Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let mut dma = data.alloc_dma_buffer(align_up(buf.len() as u64) as usize);
+    let d = dma.as_bytes_mut();
+    d.fill(0);
+    d[..buf.len()].copy_from_slice(buf);
+    let want = d.len();
+    let wrote = data
+        .write_at(dma, buf_pos)
+        .await
+        .map_err(|e| Error::glommio("rewriting tail of", path, e))?;
+    if wrote != want {
+        return Err(Error::corrupt(
+            path,
+            buf_pos,
+            "short write while rewriting the tail block",
+        ));
+    }
+    Ok(())
+}
+
+/// Lists the segments of a log directory by base offset, removing leftovers we own (temporary
+/// files, an index without data) and refusing files that look like ours but are not.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            log::warn!("{}: ignoring a file whose name is not UTF-8", dir.display());
+            continue;
+        };
+        if name.ends_with(".meta") {
+            continue;
+        }
+        if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        match segment::parse_file_name(name) {
+            Some((base, "log")) => logs.push(base),
+            Some((base, _)) => indexes.push(base),
+            None if name.ends_with(".log") || name.ends_with(".index") => {
+                return Err(Error::Foreign {
+                    path: entry.path(),
+                    reason: "a segment file's name must be its base offset in 20 digits".into(),
+                })
+            }
+            None => log::warn!("{}: ignoring unexpected file {name:?}", dir.display()),
+        }
+    }
+    logs.sort_unstable();
+    for base in indexes {
+        if logs.binary_search(&base).is_err() {
+            let p = segment::index_path(dir, base);
+            log::warn!("{}: removing index without a data file", p.display());
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    Ok(logs)
+}

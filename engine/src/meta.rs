@@ -1,0 +1,136 @@
+//! Small metadata files replaced atomically: the catalog and, later, Raft's hard state.
+//!
+//! Byte layout of a `.meta` file (little-endian), documented in `docs/format.md`:
+//!
+//! ```text
+//!  0  u32  magic        0x4154454D ("META")
+//!  4  u32  version      1
+//!  8  u32  payload_len
+//! 12  u32  crc32c       of the payload
+//! 16  payload_len bytes
+//! ```
+//!
+//! Replacement: write `<name>.tmp`, fsync it, rename over `<name>`, fsync the directory. A crash
+//! leaves either the old or the new file; a stray `.tmp` is removed on open.
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::path::Path;
+
+const MAGIC: u32 = 0x4154_454D;
+const VERSION: u32 = 1;
+const HEADER: usize = 16;
+/// Metadata is small by design; a larger file is not ours or is damaged.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+/// Writes `payload` to `dir/name` atomically and durably.
+pub fn write(dir: &Path, name: &str, payload: &[u8]) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(Error::InvalidArgument(format!(
+            "metadata {name} of {} bytes exceeds {MAX_PAYLOAD}",
+            payload.len()
+        )));
+    }
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(&MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    f.write_all(&bytes)
+        .map_err(|e| Error::io("writing", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming into place", &path, e))?;
+    sync_dir(dir)
+}
+
+/// Reads `dir/name`: `Ok(None)` when absent, an error naming the file when damaged.
+pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("reading", &path, e)),
+    };
+    let field = |at: usize| -> u32 {
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    };
+    if bytes.len() < HEADER {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            "metadata file shorter than its header",
+        ));
+    }
+    if field(0) != MAGIC {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            "not a proglog metadata file (bad magic)",
+        ));
+    }
+    if field(4) != VERSION {
+        return Err(Error::corrupt(
+            &path,
+            4,
+            format!("unknown metadata version {}", field(4)),
+        ));
+    }
+    let len = field(8) as usize;
+    if len > MAX_PAYLOAD || HEADER + len != bytes.len() {
+        return Err(Error::corrupt(
+            &path,
+            8,
+            format!("payload length {len} does not match the file"),
+        ));
+    }
+    let payload = &bytes[HEADER..];
+    if crc32c::crc32c(payload) != field(12) {
+        return Err(Error::corrupt(&path, 12, "checksum mismatch"));
+    }
+    Ok(Some(payload.to_vec()))
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_replace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read(dir.path(), "hs.meta").expect("read"), None);
+        write(dir.path(), "hs.meta", b"one").expect("write");
+        write(dir.path(), "hs.meta", b"two").expect("write");
+        assert_eq!(
+            read(dir.path(), "hs.meta").expect("read").as_deref(),
+            Some(&b"two"[..])
+        );
+        assert!(!dir.path().join("hs.meta.tmp").exists());
+    }
+
+    #[test]
+    fn damage_is_reported_with_the_file_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "x.meta", b"payload").expect("write");
+        let path = dir.path().join("x.meta");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = read(dir.path(), "x.meta").expect_err("must fail");
+        assert!(err.to_string().contains("x.meta"), "{err}");
+        std::fs::write(&path, b"garbage").expect("write");
+        assert!(read(dir.path(), "x.meta").is_err());
+    }
+}

@@ -1,0 +1,377 @@
+//! One segment: a data file of batches written with O_DIRECT, and its mmap'd index.
+//!
+//! `<base>.log` holds batches back to back from byte 0 (layout in `batch.rs`). While a segment
+//! is active the file is written in whole aligned blocks from a write-behind buffer, so it is
+//! zero-padded past the last batch; a sealed segment's file is cut to its exact length.
+//! File names are the segment's base offset in 20 decimal digits.
+
+use crate::batch::{self, Header, Parsed, HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::index::{Entry, Index};
+use bytes::Bytes;
+use glommio::io::{DmaFile, OpenOptions};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+
+/// O_DIRECT block size. 4 KiB satisfies both 512-byte and 4 KiB logical-sector devices.
+pub const BLOCK: u64 = 4096;
+/// Bytes read per I/O when scanning a data file.
+const SCAN_CHUNK: usize = 1 << 20;
+
+pub fn align_down(x: u64) -> u64 {
+    x & !(BLOCK - 1)
+}
+
+pub fn align_up(x: u64) -> u64 {
+    (x + BLOCK - 1) & !(BLOCK - 1)
+}
+
+pub fn data_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+pub fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+/// Parses a segment file name into its base offset and kind.
+pub fn parse_file_name(name: &str) -> Option<(u64, &'static str)> {
+    let (stem, kind) = if let Some(s) = name.strip_suffix(".log") {
+        (s, "log")
+    } else if let Some(s) = name.strip_suffix(".index") {
+        (s, "index")
+    } else {
+        return None;
+    };
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok().map(|b| (b, kind))
+}
+
+pub async fn open_dma(path: &Path, create: bool) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await
+        .map_err(|e| Error::glommio("opening data file", path, e))
+}
+
+/// Reads `len` bytes at `pos`, or fewer at the end of the file.
+pub async fn read_at(file: &DmaFile, path: &Path, pos: u64, len: usize) -> Result<Bytes> {
+    let r = file
+        .read_at(pos, len)
+        .await
+        .map_err(|e| Error::glommio("reading data file", path, e))?;
+    Ok(Bytes::copy_from_slice(&r))
+}
+
+/// The files of a segment while they are open. Sealed segments share a per-shard budget of
+/// open files and are closed when least recently used.
+pub struct OpenFiles {
+    pub data: Rc<DmaFile>,
+    pub index: Index,
+    last_use: Cell<u64>,
+}
+
+pub type Slot = Rc<RefCell<Option<OpenFiles>>>;
+
+/// Per-shard bound on open sealed segments (each holds two descriptors).
+pub struct FileBudget {
+    limit: usize,
+    open: Cell<usize>,
+    tick: Cell<u64>,
+    lru: RefCell<VecDeque<(u64, Weak<RefCell<Option<OpenFiles>>>)>>,
+}
+
+impl FileBudget {
+    pub fn new(limit: usize) -> Rc<FileBudget> {
+        Rc::new(FileBudget {
+            limit: limit.max(1),
+            open: Cell::new(0),
+            tick: Cell::new(0),
+            lru: RefCell::new(VecDeque::new()),
+        })
+    }
+
+    pub fn open_segments(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Records a use of a sealed segment's files.
+    pub fn touch(&self, slot: &Slot, files: &OpenFiles) {
+        let t = self.tick.get() + 1;
+        self.tick.set(t);
+        files.last_use.set(t);
+        let mut lru = self.lru.borrow_mut();
+        lru.push_back((t, Rc::downgrade(slot)));
+        // Stale entries (older ticks of the same slot) are dropped lazily; keep the queue bounded.
+        if lru.len() > 4 * self.limit + 64 {
+            lru.retain(|(t, w)| {
+                w.upgrade()
+                    .is_some_and(|s| s.borrow().as_ref().is_some_and(|f| f.last_use.get() == *t))
+            });
+        }
+    }
+
+    /// Accounts for a newly opened sealed segment and closes the least recently used ones
+    /// beyond the limit. `keep` is never closed.
+    pub fn opened(&self, keep: &Slot) {
+        self.open.set(self.open.get() + 1);
+        let mut lru = self.lru.borrow_mut();
+        while self.open.get() > self.limit {
+            let Some((t, w)) = lru.pop_front() else { break };
+            let Some(slot) = w.upgrade() else { continue };
+            if Rc::ptr_eq(&slot, keep) {
+                lru.push_back((t, w));
+                if lru.len() == 1 {
+                    break;
+                }
+                continue;
+            }
+            let mut s = slot.borrow_mut();
+            if s.as_ref().is_some_and(|f| f.last_use.get() == t) {
+                *s = None;
+                self.open.set(self.open.get() - 1);
+            }
+        }
+    }
+
+    /// Accounts for files closed by their owner.
+    pub fn closed(&self) {
+        self.open.set(self.open.get().saturating_sub(1));
+    }
+}
+
+/// Writer state of the active segment.
+pub struct Writer {
+    pub data: Rc<DmaFile>,
+    pub index: Index,
+    /// Aligned file position where `buf` starts. Bytes before it are on the device.
+    pub buf_pos: u64,
+    /// Bytes from `buf_pos` to the logical end of the segment.
+    pub buf: Vec<u8>,
+    /// Logical bytes handed to the device by completed writes.
+    pub written: u64,
+    /// Data bytes since the last index entry.
+    pub since_index: u64,
+}
+
+/// One segment of a log.
+pub struct Segment {
+    pub base: u64,
+    /// Offset after the segment's last record.
+    pub next: u64,
+    /// Logical bytes of batches.
+    pub size: u64,
+    /// Term of the last batch (valid when `next > base`).
+    pub last_term: u64,
+    /// Last write, for retention by age.
+    pub modified: std::time::SystemTime,
+    pub data_path: PathBuf,
+    pub index_path: PathBuf,
+    /// Open files of a sealed segment (None while closed).
+    pub slot: Slot,
+    /// Present only on the active segment.
+    pub writer: Option<Writer>,
+}
+
+impl Segment {
+    pub fn new_sealed(
+        dir: &Path,
+        base: u64,
+        size: u64,
+        modified: std::time::SystemTime,
+    ) -> Segment {
+        Segment {
+            base,
+            next: base,
+            size,
+            last_term: 0,
+            modified,
+            data_path: data_path(dir, base),
+            index_path: index_path(dir, base),
+            slot: Rc::new(RefCell::new(None)),
+            writer: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next == self.base
+    }
+}
+
+/// What a scan of a data file found.
+pub struct Scan {
+    /// Bytes of valid batches from the start of the file.
+    pub valid_len: u64,
+    pub next: u64,
+    pub last_term: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stopped: Option<String>,
+    pub file_len: u64,
+    pub since_index: u64,
+}
+
+/// Scans a data file from the start, validating every batch (CRC, offsets continuous from
+/// `base`), and rebuilds `index` from what it finds. Stops at the first zero block, bad or
+/// torn batch.
+pub async fn scan(
+    file: &DmaFile,
+    path: &Path,
+    base: u64,
+    index: &mut Index,
+    interval: u64,
+) -> Result<Scan> {
+    let file_len = file
+        .file_size()
+        .await
+        .map_err(|e| Error::glommio("reading size of data file", path, e))?;
+    index.truncate(0);
+    let mut s = Scan {
+        valid_len: 0,
+        next: base,
+        last_term: 0,
+        stopped: None,
+        file_len,
+        since_index: 0,
+    };
+    let mut chunk_pos = 0u64;
+    let mut chunk = Bytes::new();
+    loop {
+        let pos = s.valid_len;
+        if pos >= file_len {
+            break;
+        }
+        let want_header = (pos + HEADER_LEN as u64).min(file_len) - pos;
+        if pos + want_header > chunk_pos + chunk.len() as u64 {
+            chunk_pos = pos;
+            chunk = read_at(file, path, pos, SCAN_CHUNK.min((file_len - pos) as usize)).await?;
+        }
+        let at = (pos - chunk_pos) as usize;
+        let header = match batch::parse_header(&chunk[at..]) {
+            Parsed::Header(h) => h,
+            Parsed::End => break,
+            Parsed::Invalid(why) => {
+                s.stopped = Some(format!("{why} at byte {pos}"));
+                break;
+            }
+        };
+        let len = header.batch_len() as u64;
+        if pos + len > file_len {
+            s.stopped = Some(format!(
+                "torn batch at byte {pos}: {len} bytes claimed, file ends at {file_len}"
+            ));
+            break;
+        }
+        if pos + len > chunk_pos + chunk.len() as u64 {
+            chunk_pos = pos;
+            chunk = read_at(
+                file,
+                path,
+                pos,
+                SCAN_CHUNK.max(len as usize).min((file_len - pos) as usize),
+            )
+            .await?;
+        }
+        let at = (pos - chunk_pos) as usize;
+        let bytes = &chunk[at..at + len as usize];
+        if !batch::crc_ok(&header, bytes) {
+            s.stopped = Some(format!("checksum mismatch in batch at byte {pos}"));
+            break;
+        }
+        if header.base_offset != s.next {
+            s.stopped = Some(format!(
+                "batch at byte {pos} starts at offset {} where {} was expected",
+                header.base_offset, s.next
+            ));
+            break;
+        }
+        if !index_batch(
+            index,
+            base,
+            pos,
+            &header,
+            s.last_term,
+            &mut s.since_index,
+            interval,
+        ) {
+            s.stopped = Some("index is full".into());
+            break;
+        }
+        s.valid_len = pos + len;
+        s.next = header.next_offset();
+        s.last_term = header.term;
+    }
+    Ok(s)
+}
+
+/// Adds an index entry for a batch at `pos` when the indexing rule asks for one. False if the
+/// index is full.
+pub fn index_batch(
+    index: &mut Index,
+    base: u64,
+    pos: u64,
+    header: &Header,
+    prev_term: u64,
+    since_index: &mut u64,
+    interval: u64,
+) -> bool {
+    let needed = index.len() == 0 || *since_index >= interval || header.term != prev_term;
+    if needed {
+        let entry = Entry {
+            relative_offset: (header.base_offset - base) as u32,
+            position: pos as u32,
+            term: header.term,
+        };
+        if !index.push(entry) {
+            return false;
+        }
+        *since_index = 0;
+    }
+    *since_index += header.batch_len() as u64;
+    true
+}
+
+/// Checks the entries of a sealed segment's index: strictly increasing, inside the data, first
+/// entry at the start. Returns how many can be trusted.
+pub fn validate_sealed_index(
+    index: &Index,
+    entries: usize,
+    data_len: u64,
+    base: u64,
+    next: u64,
+) -> usize {
+    let mut prev: Option<Entry> = None;
+    for i in 0..entries {
+        let Some(e) = index.raw_entry(i) else {
+            return i;
+        };
+        let ok = match prev {
+            None => e.relative_offset == 0 && e.position == 0,
+            Some(p) => e.relative_offset > p.relative_offset && e.position > p.position,
+        };
+        if !ok
+            || u64::from(e.position) + HEADER_LEN as u64 > data_len
+            || base + u64::from(e.relative_offset) >= next
+        {
+            return i;
+        }
+        prev = Some(e);
+    }
+    entries
+}
+
+impl OpenFiles {
+    pub fn new(data: Rc<DmaFile>, index: Index) -> OpenFiles {
+        OpenFiles {
+            data,
+            index,
+            last_use: Cell::new(0),
+        }
+    }
+}

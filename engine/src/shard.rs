@@ -1,0 +1,680 @@
+//! The shard-per-core runtime: one glommio executor per shard, each owning the partitions that
+//! hash to it, and a `Send + Clone` handle that routes any operation to the owning shard.
+//!
+//! Routing: a caller on the owning shard runs the operation in place. Any other caller (another
+//! shard, or a plain thread) sends a job through that shard's bounded crossbeam channel and
+//! wakes its receiver task; the job runs as a local task on the owner, and the result comes
+//! back through a oneshot channel. glommio wakers may be woken from foreign threads, which is
+//! what makes both directions work without polling.
+
+use crate::batch::{NewRecord, Record};
+use crate::catalog::{self, Catalog, TopicInfo};
+use crate::config::{EngineConfig, LogConfig};
+use crate::error::{Error, Result};
+use crate::log::{Appended, Log, LogStats};
+use crate::segment::FileBudget;
+use atomic_waker::AtomicWaker;
+use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
+use futures_channel::oneshot;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::SystemTime;
+
+type Job = Box<dyn FnOnce(&Rc<ShardCtx>) + Send>;
+
+static NEXT_ENGINE_ID: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static CURRENT: RefCell<Option<(usize, Rc<ShardCtx>)>> = const { RefCell::new(None) };
+}
+
+struct ShardTx {
+    tx: Sender<Job>,
+    waker: Arc<AtomicWaker>,
+}
+
+struct Shared {
+    id: usize,
+    config: EngineConfig,
+    shards: Vec<ShardTx>,
+    catalog: Mutex<Catalog>,
+    stopping: AtomicBool,
+}
+
+/// State of one shard, living on its executor thread.
+pub struct ShardCtx {
+    pub index: usize,
+    data_dir: PathBuf,
+    budget: Rc<FileBudget>,
+    logs: RefCell<HashMap<(String, u32), Rc<Log>>>,
+    stop: std::cell::Cell<bool>,
+}
+
+impl ShardCtx {
+    fn log(&self, topic: &str, partition: u32) -> Result<Rc<Log>> {
+        self.logs
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+    }
+
+    async fn open_log(&self, topic: &str, partition: u32, config: LogConfig) -> Result<Rc<Log>> {
+        if let Ok(l) = self.log(topic, partition) {
+            return Ok(l);
+        }
+        let dir = partition_dir(&self.data_dir, topic, partition);
+        let log = Log::open(&dir, config, Rc::clone(&self.budget)).await?;
+        self.logs
+            .borrow_mut()
+            .insert((topic.to_owned(), partition), Rc::clone(&log));
+        Ok(log)
+    }
+
+    /// Open files of this shard's segments.
+    pub fn open_segments(&self) -> usize {
+        self.budget.open_segments()
+    }
+}
+
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir
+        .join("topics")
+        .join(topic)
+        .join(partition.to_string())
+}
+
+/// A running engine. Dropping it without `shutdown` stops the shards without a final sync.
+pub struct Engine {
+    handle: EngineHandle,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    _lock: std::fs::File,
+}
+
+/// A cheap, `Send + Sync` handle to the engine, usable from any thread or shard.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+/// Where one partition stands.
+#[derive(Debug, Clone)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub shard: usize,
+    pub stats: LogStats,
+}
+
+const PROBE_FILE: &str = "dma-probe";
+
+impl Engine {
+    /// Starts the shards, recovers every partition in the catalog, and returns once all are
+    /// ready to serve.
+    pub fn start(config: EngineConfig) -> Result<Engine> {
+        config
+            .default_log
+            .validate()
+            .map_err(Error::InvalidArgument)?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(dir.join("topics"))
+            .map_err(|e| Error::io("creating data directory", &dir, e))?;
+        let lock = lock_data_dir(&dir)?;
+        write_probe_file(&dir)?;
+        let catalog = catalog::load(&dir)?;
+        let n = config.shard_count();
+        let mut rxs = Vec::with_capacity(n);
+        let mut shards = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = channel::bounded(config.queue_depth.max(1));
+            let waker = Arc::new(AtomicWaker::new());
+            shards.push(ShardTx {
+                tx,
+                waker: Arc::clone(&waker),
+            });
+            rxs.push((rx, waker));
+        }
+        let shared = Arc::new(Shared {
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            shards,
+            catalog: Mutex::new(catalog),
+            stopping: AtomicBool::new(false),
+        });
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let (ready_tx, ready_rx) = channel::unbounded::<(usize, Result<()>)>();
+        let mut threads = Vec::with_capacity(n);
+        for (i, (rx, waker)) in rxs.into_iter().enumerate() {
+            let placement = if shared.config.pin && i < cpus {
+                Placement::Fixed(i)
+            } else {
+                Placement::Unbound
+            };
+            let shared2 = Arc::clone(&shared);
+            let ready = ready_tx.clone();
+            let t = LocalExecutorBuilder::new(placement)
+                .name(&format!("proglog-shard-{i}"))
+                .spawn(move || shard_main(i, shared2, rx, waker, ready))
+                .map_err(|e| {
+                    Error::io(
+                        "starting shard executor",
+                        &dir,
+                        std::io::Error::other(e.to_string()),
+                    )
+                })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let handle = EngineHandle { shared };
+        let engine = Engine {
+            handle,
+            threads,
+            _lock: lock,
+        };
+        let mut first_err = None;
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((i, Err(e))) => {
+                    log::error!("shard {i} failed to start: {e}");
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::ShutDown);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            engine.shutdown_inner();
+            return Err(e);
+        }
+        Ok(engine)
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Closes every log (flushing and syncing what is buffered) and stops the shards.
+    pub fn shutdown(self) {
+        self.shutdown_inner();
+    }
+
+    fn shutdown_inner(mut self) -> () {
+        let shared = &self.handle.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        for s in &shared.shards {
+            let job: Job = Box::new(|ctx: &Rc<ShardCtx>| ctx.stop.set(true));
+            // A full queue still drains; block until the stop job fits.
+            let _ = s.tx.send(job);
+            s.waker.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::io(
+            "locking data directory (is another proglog using it?)",
+            &path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(f)
+}
+
+/// glommio decides once per thread and device whether the device supports polled I/O, by
+/// reading from the first file opened with DMA; on an empty file that read wrongly succeeds and
+/// every later DMA read fails with EOPNOTSUPP. A non-empty file opened first avoids that.
+fn write_probe_file(dir: &Path) -> Result<()> {
+    let path = dir.join(PROBE_FILE);
+    let ok = std::fs::metadata(&path)
+        .map(|m| m.len() >= 4096)
+        .unwrap_or(false);
+    if !ok {
+        std::fs::write(&path, vec![0x50u8; 4096]).map_err(|e| Error::io("writing", &path, e))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn dma_probe(dir: &Path) -> Result<()> {
+    let path = dir.join(PROBE_FILE);
+    let f = glommio::io::DmaFile::open(&path)
+        .await
+        .map_err(|e| Error::glommio("opening probe file", &path, e))?;
+    f.read_at(0, 4096)
+        .await
+        .map_err(|e| Error::glommio("reading probe file", &path, e))?;
+    let _ = f.close().await;
+    Ok(())
+}
+
+async fn shard_main(
+    index: usize,
+    shared: Arc<Shared>,
+    rx: Receiver<Job>,
+    waker: Arc<AtomicWaker>,
+    ready: Sender<(usize, Result<()>)>,
+) {
+    let dir = shared.config.data_dir.clone();
+    let ctx = Rc::new(ShardCtx {
+        index,
+        data_dir: dir.clone(),
+        budget: FileBudget::new(shared.config.max_open_segments_per_shard),
+        logs: RefCell::new(HashMap::new()),
+        stop: std::cell::Cell::new(false),
+    });
+    CURRENT.with(|c| *c.borrow_mut() = Some((shared.id, Rc::clone(&ctx))));
+    let started = async {
+        dma_probe(&dir).await?;
+        let owned: Vec<(String, u32, LogConfig)> = {
+            let cat = shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+            cat.topics
+                .iter()
+                .flat_map(|(name, t)| {
+                    (0..t.partitions).map(move |p| (name.clone(), p, t.config.clone()))
+                })
+                .filter(|(name, p, _)| owner(name, *p, shared.shards.len()) == index)
+                .collect()
+        };
+        for (name, p, config) in owned {
+            ctx.open_log(&name, p, config).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let failed = started.is_err();
+    let _ = ready.send((index, started));
+    if failed {
+        return;
+    }
+    spawn_retention(&ctx, shared.config.retention_check);
+    let mut handled = 0u32;
+    while !ctx.stop.get() {
+        match rx.try_recv() {
+            Ok(job) => {
+                job(&ctx);
+                handled += 1;
+                if handled % 64 == 0 {
+                    glommio::yield_if_needed().await;
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                futures_lite::future::poll_fn(|cx| {
+                    waker.register(cx.waker());
+                    if !rx.is_empty() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+            }
+        }
+    }
+    let logs: Vec<Rc<Log>> = ctx.logs.borrow_mut().drain().map(|(_, l)| l).collect();
+    for log in logs {
+        if let Err(e) = log.close().await {
+            log::error!("closing {}: {e}", log.dir().display());
+        }
+    }
+    CURRENT.with(|c| *c.borrow_mut() = None);
+}
+
+fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {
+    let weak = Rc::downgrade(ctx);
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(every).await;
+            let Some(ctx) = weak.upgrade() else { return };
+            if ctx.stop.get() {
+                return;
+            }
+            let logs: Vec<Rc<Log>> = ctx.logs.borrow().values().cloned().collect();
+            for log in logs {
+                match log.apply_retention(SystemTime::now()).await {
+                    Ok(r) if r.segments > 0 => log::info!(
+                        "{}: retention removed {} segments ({} bytes)",
+                        log.dir().display(),
+                        r.segments,
+                        r.bytes
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::error!("{}: retention failed: {e}", log.dir().display()),
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// The shard that owns a partition: a stable hash of topic and partition.
+pub fn owner(topic: &str, partition: u32, shards: usize) -> usize {
+    let mut h = crc32c::crc32c(topic.as_bytes());
+    h = crc32c::crc32c_append(h, &partition.to_le_bytes());
+    (h as usize) % shards.max(1)
+}
+
+impl EngineHandle {
+    pub fn shards(&self) -> usize {
+        self.shared.shards.len()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.shared.config.data_dir
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Requests queued for each shard.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.shared.shards.iter().map(|s| s.tx.len()).collect()
+    }
+
+    /// The shard that owns `topic`/`partition`.
+    pub fn shard_of(&self, topic: &str, partition: u32) -> usize {
+        owner(topic, partition, self.shards())
+    }
+
+    /// The shard the calling thread runs, when it is one of this engine's.
+    pub fn current_shard(&self) -> Option<usize> {
+        CURRENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(id, _)| *id == self.shared.id)
+                .map(|(_, ctx)| ctx.index)
+        })
+    }
+
+    fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+        let t = cat
+            .topics
+            .get(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        if partition >= t.partitions {
+            return Err(Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: t.partitions,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the shard with index `shard` and returns its result.
+    pub async fn on_shard<R, F, Fut>(&self, shard: usize, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<ShardCtx>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + 'static,
+    {
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return Err(Error::ShutDown);
+        }
+        let local = CURRENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(id, ctx)| *id == self.shared.id && ctx.index == shard)
+                .map(|(_, ctx)| Rc::clone(ctx))
+        });
+        if let Some(ctx) = local {
+            return f(ctx).await;
+        }
+        let target = self
+            .shared
+            .shards
+            .get(shard)
+            .ok_or_else(|| Error::InvalidArgument(format!("no shard {shard}")))?;
+        let (tx, rx) = oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(move |ctx: &Rc<ShardCtx>| {
+            let ctx = Rc::clone(ctx);
+            glommio::spawn_local(async move {
+                let r = f(ctx).await;
+                let _ = tx.send(r);
+            })
+            .detach();
+        });
+        match target.tx.try_send(job) {
+            Ok(()) => target.waker.wake(),
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::Overloaded {
+                    shard,
+                    depth: target.tx.len(),
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(Error::ShutDown),
+        }
+        rx.await.map_err(|_| Error::ShutDown)?
+    }
+
+    /// Runs `f` with the log of `topic`/`partition` on its owning shard.
+    pub async fn with_log<R, F, Fut>(&self, topic: &str, partition: u32, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Log>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + 'static,
+    {
+        self.check_partition(topic, partition)?;
+        let shard = self.shard_of(topic, partition);
+        let topic = topic.to_owned();
+        self.on_shard(shard, move |ctx| async move {
+            let log = ctx.log(&topic, partition)?;
+            f(log).await
+        })
+        .await
+    }
+
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<Appended> {
+        self.with_log(topic, partition, move |log| async move {
+            log.append(&records).await
+        })
+        .await
+    }
+
+    pub async fn read(&self, topic: &str, partition: u32, offset: u64) -> Result<Record> {
+        self.with_log(topic, partition, move |log| async move {
+            log.read(offset).await
+        })
+        .await
+    }
+
+    pub async fn read_range(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        self.with_log(topic, partition, move |log| async move {
+            log.read_range(from, max_records, max_bytes).await
+        })
+        .await
+    }
+
+    /// Resolves once the partition holds `offset`; returns its next offset then. Dropping the
+    /// future cancels the wait on the owning shard.
+    pub async fn wait_for(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        let r = self
+            .with_log(topic, partition, move |log| async move {
+                let wait = async {
+                    log.wait_for(offset).await;
+                    true
+                };
+                let cancelled = async {
+                    let _ = cancel_rx.await;
+                    false
+                };
+                let _ = futures_lite::future::or(wait, cancelled).await;
+                Ok(log.next_offset())
+            })
+            .await;
+        drop(cancel_tx);
+        r
+    }
+
+    pub async fn stats(&self, topic: &str, partition: u32) -> Result<LogStats> {
+        self.with_log(topic, partition, |log| async move { Ok(log.stats()) })
+            .await
+    }
+
+    /// Creates a topic with `partitions` partitions, each opened on its owning shard.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: LogConfig,
+    ) -> Result<TopicInfo> {
+        catalog::check_topic_name(name)?;
+        if partitions == 0 || partitions > catalog::MAX_PARTITIONS {
+            return Err(Error::InvalidArgument(format!(
+                "a topic needs between 1 and {} partitions, not {partitions}",
+                catalog::MAX_PARTITIONS
+            )));
+        }
+        config.validate().map_err(Error::InvalidArgument)?;
+        let info = TopicInfo {
+            name: name.to_owned(),
+            partitions,
+            config: config.clone(),
+        };
+        {
+            let mut cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+            if cat.topics.contains_key(name) {
+                return Err(Error::TopicExists(name.to_owned()));
+            }
+            let dir = self.data_dir().join("topics").join(name);
+            if dir.exists() {
+                // Leftovers of a topic whose deletion was interrupted: the catalog, which is
+                // authoritative, no longer lists it.
+                log::warn!("{}: removing leftovers of a deleted topic", dir.display());
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+            }
+            let mut next = cat.clone();
+            next.topics.insert(
+                name.to_owned(),
+                catalog::TopicEntry {
+                    partitions,
+                    config: config.clone(),
+                },
+            );
+            catalog::save(self.data_dir(), &next)?;
+            *cat = next;
+        }
+        for p in 0..partitions {
+            let shard = self.shard_of(name, p);
+            let (n, c) = (name.to_owned(), config.clone());
+            self.on_shard(shard, move |ctx| async move {
+                ctx.open_log(&n, p, c).await.map(|_| ())
+            })
+            .await?;
+        }
+        Ok(info)
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let partitions = {
+            let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+            cat.topics
+                .get(name)
+                .ok_or_else(|| Error::UnknownTopic(name.to_owned()))?
+                .partitions
+        };
+        for p in 0..partitions {
+            let shard = self.shard_of(name, p);
+            let n = name.to_owned();
+            self.on_shard(shard, move |ctx| async move {
+                let log = ctx.logs.borrow_mut().remove(&(n, p));
+                if let Some(log) = log {
+                    log.remove().await?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let dir = self.data_dir().join("topics").join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+        }
+        let mut cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+        let mut next = cat.clone();
+        next.topics.remove(name);
+        catalog::save(self.data_dir(), &next)?;
+        *cat = next;
+        Ok(())
+    }
+
+    pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+        Ok(cat
+            .topics
+            .iter()
+            .map(|(name, t)| TopicInfo {
+                name: name.clone(),
+                partitions: t.partitions,
+                config: t.config.clone(),
+            })
+            .collect())
+    }
+
+    pub fn topic(&self, name: &str) -> Result<TopicInfo> {
+        let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
+        let t = cat
+            .topics
+            .get(name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))?;
+        Ok(TopicInfo {
+            name: name.to_owned(),
+            partitions: t.partitions,
+            config: t.config.clone(),
+        })
+    }
+
+    /// Each partition of a topic with its offsets and size.
+    pub async fn describe_topic(&self, name: &str) -> Result<Vec<PartitionInfo>> {
+        let t = self.topic(name)?;
+        let mut out = Vec::with_capacity(t.partitions as usize);
+        for p in 0..t.partitions {
+            let stats = self.stats(name, p).await?;
+            out.push(PartitionInfo {
+                partition: p,
+                shard: self.shard_of(name, p),
+                stats,
+            });
+        }
+        Ok(out)
+    }
+}
