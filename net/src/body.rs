@@ -1,0 +1,128 @@
+//! Moving gRPC messages over one HTTP/2 stream, shared by client and server.
+//!
+//! Both directions respect HTTP/2 flow control: a reader releases window
+//! only for bytes it has pulled, and a writer waits for window before it
+//! hands bytes to h2 (whose `send_data` would otherwise buffer without limit).
+
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+
+use crate::codec::FrameDecoder;
+use crate::Status;
+
+/// Reads length-prefixed messages from a request or response body.
+#[derive(Debug)]
+pub(crate) struct MessageReader {
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    eos: bool,
+    failed: bool,
+}
+
+impl MessageReader {
+    pub(crate) fn new(recv: RecvStream, max_recv_bytes: usize) -> MessageReader {
+        MessageReader {
+            recv,
+            decoder: FrameDecoder::new(max_recv_bytes),
+            eos: false,
+            failed: false,
+        }
+    }
+
+    /// The next message; `Ok(None)` at a clean end of the body.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.failed {
+            return Err(Status::internal("message stream already failed"));
+        }
+        let r = self.next_inner().await;
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    async fn next_inner(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if let Some(m) = self.decoder.next_message()? {
+                return Ok(Some(m));
+            }
+            if self.eos {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+            match self.recv.data().await {
+                Some(Ok(chunk)) => {
+                    // The bytes now live in the decoder, which is bounded by
+                    // the message limit, so the peer may send more.
+                    let _ = self.recv.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(&chunk);
+                }
+                Some(Err(e)) => return Err(Status::from_h2(&e)),
+                None => self.eos = true,
+            }
+        }
+    }
+
+    /// Trailers after the body (client side: where the status is).
+    pub(crate) async fn trailers(&mut self) -> Result<Option<http::HeaderMap>, Status> {
+        self.recv.trailers().await.map_err(|e| Status::from_h2(&e))
+    }
+}
+
+/// Hands `data` to h2 as flow-control window becomes available. Returns
+/// `Pending` while waiting; `data` shrinks as it is sent.
+pub(crate) fn poll_send(
+    stream: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+    data: &mut Bytes,
+) -> Poll<Result<(), Status>> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let avail = stream.capacity();
+        if avail > 0 {
+            let chunk = data.split_to(avail.min(data.len()));
+            stream
+                .send_data(chunk, false)
+                .map_err(|e| Status::from_h2(&e))?;
+            continue;
+        }
+        match stream.poll_capacity(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Status::from_h2(&e))),
+            Poll::Ready(None) => {
+                // The stream is gone; ask why.
+                return Poll::Ready(Err(match stream.poll_reset(cx) {
+                    Poll::Ready(Ok(reason)) => {
+                        Status::cancelled(format!("stream reset by peer: {reason}"))
+                    }
+                    Poll::Ready(Err(e)) => Status::from_h2(&e),
+                    Poll::Pending => Status::cancelled("stream closed by peer"),
+                }));
+            }
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Runs `fut` until `deadline`, after which it is dropped and the call
+/// fails with DEADLINE_EXCEEDED.
+pub(crate) async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => fut.await,
+        Some(d) => {
+            let timer = async {
+                let left = d.saturating_duration_since(Instant::now());
+                glommio::timer::Timer::new(left).await;
+                Err(Status::deadline_exceeded("deadline exceeded"))
+            };
+            futures_lite::future::or(fut, timer).await
+        }
+    }
+}

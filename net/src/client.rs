@@ -1,0 +1,503 @@
+//! The gRPC client: one HTTP/2 connection, many concurrent calls.
+//!
+//! A [`Channel`] lives on the glommio executor that created it (its
+//! connection is driven by a local task there). Calls pipeline freely:
+//! clone the channel and run calls from as many local tasks as you like.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use bytes::Bytes;
+//! use net::client::{CallOptions, Channel, ClientConfig};
+//!
+//! let ch = Channel::connect("127.0.0.1:50051".parse()?, ClientConfig::default()).await?;
+//! let reply = ch.unary("/echo.Echo/Say", Bytes::from_static(b"hi"), CallOptions::default()).await?;
+//! let (mut tx, mut rx) = ch.streaming("/echo.Echo/Chat", CallOptions::default()).await?;
+//! tx.send(Bytes::from_static(b"one")).await?;
+//! tx.finish()?;
+//! while let Some(msg) = rx.message().await? { let _ = msg; }
+//! # Ok(()) }
+//! ```
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::SendStream;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::body::{poll_send, with_deadline, MessageReader};
+use crate::codec::{self, encode_frame, format_timeout, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::keepalive::KeepAlive;
+use crate::{Error, Status};
+
+/// Limits and timers of a client connection.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub max_recv_message_bytes: usize,
+    pub max_send_message_bytes: usize,
+    pub connect_timeout: Duration,
+    /// Interval between keepalive PINGs; `None` disables them.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub initial_stream_window_bytes: u32,
+    pub initial_connection_window_bytes: u32,
+    pub max_header_list_bytes: u32,
+    /// Bytes h2 may buffer per stream for sending.
+    pub max_send_buffer_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            max_recv_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_send_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+            initial_stream_window_bytes: 1024 * 1024,
+            initial_connection_window_bytes: 8 * 1024 * 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_send_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Per-call settings.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Sent as `grpc-timeout` and enforced locally.
+    pub timeout: Option<Duration>,
+    /// Extra request headers (custom metadata).
+    pub metadata: HeaderMap,
+}
+
+impl CallOptions {
+    pub fn timeout(d: Duration) -> CallOptions {
+        CallOptions {
+            timeout: Some(d),
+            ..Default::default()
+        }
+    }
+}
+
+/// A client connection. Cheap to clone; `!Send`.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    send: SendRequest<Bytes>,
+    authority: String,
+    config: ClientConfig,
+}
+
+impl Channel {
+    /// Connects over plain TCP and performs the HTTP/2 handshake.
+    pub async fn connect(addr: SocketAddr, config: ClientConfig) -> Result<Channel, Error> {
+        let stream = TcpStream::connect_timeout(addr, config.connect_timeout)
+            .await
+            .map_err(|e| Error::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("set_nodelay to {addr}: {e}");
+        }
+        Channel::handshake(stream.compat(), &addr.to_string(), config).await
+    }
+
+    /// Runs HTTP/2 over an already-established transport: the seam for TLS
+    /// (wrap the TCP stream, then call this). `authority` becomes `:authority`.
+    pub async fn handshake<T>(
+        io: T,
+        authority: &str,
+        config: ClientConfig,
+    ) -> Result<Channel, Error>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(config.initial_stream_window_bytes)
+            .initial_connection_window_size(config.initial_connection_window_bytes)
+            .max_header_list_size(config.max_header_list_bytes)
+            .max_send_buffer_size(config.max_send_buffer_bytes)
+            .handshake::<T, Bytes>(io)
+            .await
+            .map_err(|e| Error::Handshake {
+                peer: None,
+                source: e,
+            })?;
+        let mut keepalive = match (config.keepalive_interval, conn.ping_pong()) {
+            (Some(i), Some(pp)) => Some(KeepAlive::new(pp, i, config.keepalive_timeout)),
+            _ => None,
+        };
+        let peer = authority.to_owned();
+        // h2 spawns nothing: this task moves every byte of the connection.
+        // It ends when every Channel clone and call on it is gone.
+        glommio::spawn_local(async move {
+            let r = poll_fn(|cx| {
+                if let Some(ka) = keepalive.as_mut() {
+                    if let Poll::Ready(Err(e)) = ka.poll(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Pin::new(&mut conn).poll(cx).map_err(|e| Error::Connection {
+                    peer: None,
+                    source: e,
+                })
+            })
+            .await;
+            match r {
+                Ok(()) => log::debug!("connection to {peer} closed"),
+                Err(e) => log::info!("connection to {peer}: {e}"),
+            }
+        })
+        .detach();
+        Ok(Channel {
+            inner: Rc::new(Inner {
+                send,
+                authority: authority.to_owned(),
+                config,
+            }),
+        })
+    }
+
+    fn build_request(&self, path: &str, opts: &CallOptions) -> Result<http::Request<()>, Status> {
+        let uri = format!("http://{}{}", self.inner.authority, path);
+        let mut req = http::Request::post(uri)
+            .body(())
+            .map_err(|e| Status::internal(format!("invalid request for {path}: {e}")))?;
+        let h = req.headers_mut();
+        for (k, v) in opts.metadata.iter() {
+            h.append(k, v.clone());
+        }
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("proglog-net/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(t) = opts.timeout {
+            if let Ok(v) = HeaderValue::from_str(&format_timeout(t)) {
+                h.insert("grpc-timeout", v);
+            }
+        }
+        Ok(req)
+    }
+
+    async fn start(
+        &self,
+        path: &str,
+        opts: &CallOptions,
+    ) -> Result<(Streaming, SendStream<Bytes>), Status> {
+        let req = self.build_request(path, opts)?;
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        // Waiting for a stream slot (max concurrent streams) counts
+        // against the deadline too.
+        let mut send = with_deadline(deadline, async {
+            self.inner
+                .send
+                .clone()
+                .ready()
+                .await
+                .map_err(|e| Status::from_h2(&e))
+        })
+        .await?;
+        let (resp, stream) = send
+            .send_request(req, false)
+            .map_err(|e| Status::from_h2(&e))?;
+        let streaming = Streaming {
+            state: RecvState::Waiting(resp),
+            deadline,
+            max_recv_bytes: self.inner.config.max_recv_message_bytes,
+            headers: None,
+        };
+        Ok((streaming, stream))
+    }
+
+    /// One request, one response.
+    pub async fn unary(&self, path: &str, msg: Bytes, opts: CallOptions) -> Result<Bytes, Status> {
+        let frame = encode_frame(&msg, self.inner.config.max_send_message_bytes)?;
+        let (mut streaming, mut stream) = self.start(path, &opts).await?;
+        let deadline = streaming.deadline;
+        with_deadline(
+            deadline,
+            send_request_body(&mut stream, frame, &mut streaming),
+        )
+        .await?;
+        streaming.single().await
+    }
+
+    /// Unary on prost types.
+    pub async fn unary_prost<Req, Resp>(
+        &self,
+        path: &str,
+        req: &Req,
+        opts: CallOptions,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let b = self.unary(path, codec::encode(req), opts).await?;
+        codec::decode_response(b)
+    }
+
+    /// One request, a stream of responses.
+    pub async fn server_streaming(
+        &self,
+        path: &str,
+        msg: Bytes,
+        opts: CallOptions,
+    ) -> Result<Streaming, Status> {
+        let frame = encode_frame(&msg, self.inner.config.max_send_message_bytes)?;
+        let (mut streaming, mut stream) = self.start(path, &opts).await?;
+        let deadline = streaming.deadline;
+        with_deadline(
+            deadline,
+            send_request_body(&mut stream, frame, &mut streaming),
+        )
+        .await?;
+        Ok(streaming)
+    }
+
+    /// Client-streaming and bidi calls: a request sender and the response
+    /// stream, usable from different tasks. For client streaming, send,
+    /// [`finish`](Sender::finish), then [`Streaming::single`].
+    pub async fn streaming(
+        &self,
+        path: &str,
+        opts: CallOptions,
+    ) -> Result<(Sender, Streaming), Status> {
+        let (streaming, stream) = self.start(path, &opts).await?;
+        let sender = Sender {
+            stream,
+            deadline: streaming.deadline,
+            max_send_bytes: self.inner.config.max_send_message_bytes,
+            finished: false,
+        };
+        Ok((sender, streaming))
+    }
+}
+
+/// Sends the single request message of a unary or server-streaming call
+/// and half-closes, but stops early when the server has already answered
+/// with a trailers-only status (it is not going to read the rest).
+async fn send_request_body(
+    stream: &mut SendStream<Bytes>,
+    mut frame: Bytes,
+    streaming: &mut Streaming,
+) -> Result<(), Status> {
+    poll_fn(|cx| {
+        if streaming.poll_headers(cx).is_ready() && streaming.is_finished() {
+            return Poll::Ready(Ok(()));
+        }
+        match poll_send(stream, cx, &mut frame) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                if let Err(e) = stream.send_data(Bytes::new(), true) {
+                    log::debug!("half-close failed: {e}");
+                }
+                Poll::Ready(Ok(()))
+            }
+            // The response (read next) says why, e.g. a status sent
+            // before a reset; do not mask it with the send error.
+            Poll::Ready(Err(e)) => {
+                log::debug!("sending request failed: {e}");
+                Poll::Ready(Ok(()))
+            }
+        }
+    })
+    .await
+}
+
+/// The request half of a streaming call. Dropping it half-closes.
+pub struct Sender {
+    stream: SendStream<Bytes>,
+    deadline: Option<Instant>,
+    max_send_bytes: usize,
+    finished: bool,
+}
+
+impl Sender {
+    /// Sends one message, waiting for flow-control window. An error here
+    /// often means the server ended the call: read the [`Streaming`] for
+    /// its status.
+    pub async fn send(&mut self, msg: Bytes) -> Result<(), Status> {
+        if self.finished {
+            return Err(Status::internal("send after finish"));
+        }
+        let mut frame = encode_frame(&msg, self.max_send_bytes)?;
+        let stream = &mut self.stream;
+        with_deadline(
+            self.deadline,
+            poll_fn(|cx| poll_send(stream, cx, &mut frame)),
+        )
+        .await
+    }
+
+    pub async fn send_message<M: prost::Message>(&mut self, m: &M) -> Result<(), Status> {
+        self.send(codec::encode(m)).await
+    }
+
+    /// Half-closes: the server sees the end of the request stream.
+    pub fn finish(&mut self) -> Result<(), Status> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        self.stream
+            .send_data(Bytes::new(), true)
+            .map_err(|e| Status::from_h2(&e))
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+enum RecvState {
+    Waiting(ResponseFuture),
+    Body(MessageReader),
+    /// The call ended; an error status is reported once, then end of stream.
+    Finished(Option<Status>),
+}
+
+/// The response half of a call: messages, then the status.
+pub struct Streaming {
+    state: RecvState,
+    deadline: Option<Instant>,
+    max_recv_bytes: usize,
+    headers: Option<HeaderMap>,
+}
+
+fn status_from_http(code: StatusCode) -> Status {
+    // The gRPC HTTP/2 spec's mapping for responses without grpc-status.
+    let c = match code.as_u16() {
+        400 => crate::Code::Internal,
+        401 => crate::Code::Unauthenticated,
+        403 => crate::Code::PermissionDenied,
+        404 => crate::Code::Unimplemented,
+        429 | 502 | 503 | 504 => crate::Code::Unavailable,
+        _ => crate::Code::Unknown,
+    };
+    Status::new(c, format!("HTTP status {code}"))
+}
+
+impl Streaming {
+    fn is_finished(&self) -> bool {
+        matches!(self.state, RecvState::Finished(_))
+    }
+
+    /// Response headers, once they have arrived.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        self.headers.as_ref()
+    }
+
+    fn poll_headers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let RecvState::Waiting(fut) = &mut self.state else {
+            return Poll::Ready(());
+        };
+        let resp = match Pin::new(fut).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.state = RecvState::Finished(Some(Status::from_h2(&e)));
+                return Poll::Ready(());
+            }
+            Poll::Ready(Ok(resp)) => resp,
+        };
+        let (parts, body) = resp.into_parts();
+        let trailers_only = Status::from_headers(&parts.headers);
+        self.state = if let Some(st) = trailers_only {
+            RecvState::Finished((st.code != crate::Code::Ok).then_some(st))
+        } else if parts.status != StatusCode::OK {
+            RecvState::Finished(Some(status_from_http(parts.status)))
+        } else {
+            RecvState::Body(MessageReader::new(body, self.max_recv_bytes))
+        };
+        self.headers = Some(parts.headers);
+        Poll::Ready(())
+    }
+
+    /// The next response message; `Ok(None)` when the call ended with OK;
+    /// `Err` with the call's status otherwise.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        let deadline = self.deadline;
+        let r = with_deadline(deadline, self.message_inner()).await;
+        if let Err(e) = &r {
+            if e.code == crate::Code::DeadlineExceeded {
+                // Dropping the stream resets it: the server stops too.
+                self.state = RecvState::Finished(None);
+            }
+        }
+        r
+    }
+
+    async fn message_inner(&mut self) -> Result<Option<Bytes>, Status> {
+        poll_fn(|cx| self.poll_headers(cx)).await;
+        let reader = match &mut self.state {
+            RecvState::Body(reader) => reader,
+            RecvState::Finished(st) => {
+                return match st.take() {
+                    Some(st) => Err(st),
+                    None => Ok(None),
+                }
+            }
+            RecvState::Waiting(_) => return Err(Status::internal("response headers pending")),
+        };
+        let next = reader.next().await;
+        let status = match next {
+            Ok(Some(m)) => return Ok(Some(m)),
+            Err(st) => st,
+            Ok(None) => match reader.trailers().await {
+                Ok(Some(t)) => Status::from_headers(&t)
+                    .unwrap_or_else(|| Status::internal("trailers without grpc-status")),
+                Ok(None) => Status::internal("stream ended without trailers"),
+                Err(st) => st,
+            },
+        };
+        self.state = RecvState::Finished(None);
+        if status.code == crate::Code::Ok {
+            Ok(None)
+        } else {
+            Err(status)
+        }
+    }
+
+    /// [`message`](Self::message), decoded.
+    pub async fn message_as<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        match self.message().await? {
+            Some(b) => codec::decode_response(b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Exactly one message followed by OK: the reply of a unary or
+    /// client-streaming call.
+    pub async fn single(mut self) -> Result<Bytes, Status> {
+        let m = self
+            .message()
+            .await?
+            .ok_or_else(|| Status::internal("server sent no response message"))?;
+        match self.message().await? {
+            None => Ok(m),
+            Some(_) => Err(Status::internal(
+                "server sent more than one response message",
+            )),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! gRPC message framing (length-prefixed messages), `grpc-timeout`, and
+//! typed prost helpers.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::Status;
+
+/// 1-byte compressed flag + 4-byte big-endian length.
+pub const HEADER_LEN: usize = 5;
+
+/// Default for both the receive and the send limit, as in grpc-go and grpcio.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Frames one message. Fails when it is larger than `max_send_bytes`.
+pub fn encode_frame(msg: &[u8], max_send_bytes: usize) -> Result<Bytes, Status> {
+    if msg.len() > max_send_bytes || msg.len() > u32::MAX as usize {
+        return Err(Status::resource_exhausted(format!(
+            "trying to send message larger than max ({} vs. {})",
+            msg.len(),
+            max_send_bytes
+        )));
+    }
+    let mut b = BytesMut::with_capacity(HEADER_LEN + msg.len());
+    b.put_u8(0);
+    b.put_u32(msg.len() as u32);
+    b.put_slice(msg);
+    Ok(b.freeze())
+}
+
+/// Incremental decoder of length-prefixed messages from HTTP/2 DATA chunks.
+///
+/// Invariant: `buf` never holds more than one header plus `max_recv_bytes`
+/// of unconsumed message bytes beyond what has been pushed in one chunk, because
+/// the length is checked against the limit before the body is awaited.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_recv_bytes: usize,
+    /// Length of the message whose header has been read, body pending.
+    pending: Option<usize>,
+}
+
+impl FrameDecoder {
+    pub fn new(max_recv_bytes: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            max_recv_bytes,
+            pending: None,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete message, if buffered.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        let len = match self.pending {
+            Some(len) => len,
+            None => {
+                if self.buf.len() < HEADER_LEN {
+                    return Ok(None);
+                }
+                let flag = self.buf[0];
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                match flag {
+                    0 => {}
+                    1 => {
+                        return Err(Status::internal(
+                            "compressed messages are not supported: \
+                             compressed flag set but no grpc-encoding was negotiated",
+                        ))
+                    }
+                    f => {
+                        return Err(Status::internal(format!(
+                            "invalid compressed flag {f} in message header"
+                        )))
+                    }
+                }
+                if len > self.max_recv_bytes {
+                    return Err(Status::resource_exhausted(format!(
+                        "received message larger than max ({} vs. {})",
+                        len, self.max_recv_bytes
+                    )));
+                }
+                self.buf.advance(HEADER_LEN);
+                self.pending = Some(len);
+                len
+            }
+        };
+        if self.buf.len() < len {
+            // Reserve once for the whole message: the length is already
+            // bounded by max_recv_bytes.
+            self.buf.reserve(len - self.buf.len());
+            return Ok(None);
+        }
+        self.pending = None;
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Call at end of stream: leftover bytes mean the peer lied about a length
+    /// or cut the stream short.
+    pub fn finish(&self) -> Result<(), Status> {
+        match self.pending {
+            Some(len) => Err(Status::internal(format!(
+                "truncated message: header announced {} bytes, stream ended after {}",
+                len,
+                self.buf.len()
+            ))),
+            None if !self.buf.is_empty() => Err(Status::internal(format!(
+                "truncated message: stream ended inside a message header ({} of {} bytes)",
+                self.buf.len(),
+                HEADER_LEN
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Parses `grpc-timeout`: 1 to 8 ASCII digits and a unit (H M S m u n).
+pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most 8 digits: cannot overflow u64.
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit[0] {
+        b'H' => Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => Duration::from_secs(n.saturating_mul(60)),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a `grpc-timeout` value, choosing the finest unit that fits in
+/// 8 digits so that precision is lost only for long timeouts.
+pub fn format_timeout(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    if nanos <= MAX {
+        return format!("{nanos}n");
+    }
+    let micros = nanos.div_ceil(1_000);
+    if micros <= MAX {
+        return format!("{micros}u");
+    }
+    let millis = nanos.div_ceil(1_000_000);
+    if millis <= MAX {
+        return format!("{millis}m");
+    }
+    let secs = nanos.div_ceil(1_000_000_000);
+    if secs <= MAX {
+        return format!("{secs}S");
+    }
+    let mins = secs.div_ceil(60);
+    if mins <= MAX {
+        return format!("{mins}M");
+    }
+    format!("{}H", secs.div_ceil(3600).min(MAX))
+}
+
+/// Serializes a prost message.
+pub fn encode<M: prost::Message>(m: &M) -> Bytes {
+    Bytes::from(m.encode_to_vec())
+}
+
+/// Deserializes a request message; bad bytes are the caller's fault.
+pub fn decode<M: prost::Message + Default>(b: Bytes) -> Result<M, Status> {
+    M::decode(b).map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))
+}
+
+/// Deserializes a response message; bad bytes mean the server is broken.
+pub fn decode_response<M: prost::Message + Default>(b: Bytes) -> Result<M, Status> {
+    M::decode(b).map_err(|e| Status::internal(format!("malformed response message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_anywhere() {
+        let mut wire = Vec::new();
+        for m in [&b""[..], b"a", b"hello world"] {
+            wire.extend_from_slice(&encode_frame(m, 100).unwrap());
+        }
+        for cut in 1..wire.len() {
+            let mut d = FrameDecoder::new(100);
+            let mut got = Vec::new();
+            for part in wire.chunks(cut) {
+                d.push(part);
+                while let Some(m) = d.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            d.finish().unwrap();
+            assert_eq!(got, vec![&b""[..], b"a", b"hello world"]);
+        }
+    }
+
+    #[test]
+    fn limits_and_truncation() {
+        let mut d = FrameDecoder::new(3);
+        d.push(&[0, 0, 0, 0, 4]);
+        assert_eq!(
+            d.next_message().unwrap_err().code,
+            crate::Code::ResourceExhausted
+        );
+
+        let mut d = FrameDecoder::new(100);
+        d.push(&[0, 0, 0, 0, 50, 1, 2]);
+        assert_eq!(d.next_message().unwrap(), None);
+        let e = d.finish().unwrap_err();
+        assert!(e.message.contains("truncated"), "{e}");
+
+        let mut d = FrameDecoder::new(100);
+        d.push(&[1, 0, 0, 0, 1, 9]);
+        assert!(d.next_message().unwrap_err().message.contains("compressed"));
+        assert!(encode_frame(b"1234", 3).is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout(b"4m"), Some(Duration::from_millis(4)));
+        assert_eq!(parse_timeout(b"5u"), Some(Duration::from_micros(5)));
+        assert_eq!(
+            parse_timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in [&b""[..], b"S", b"123456789S", b"1x", b"-1S", b"1 S"] {
+            assert_eq!(parse_timeout(bad), None, "{bad:?}");
+        }
+        for d in [
+            Duration::from_nanos(1),
+            Duration::from_millis(250),
+            Duration::from_secs(30),
+            Duration::from_secs(86400 * 365),
+        ] {
+            let f = format_timeout(d);
+            let back = parse_timeout(f.as_bytes()).unwrap();
+            assert!(back >= d, "{d:?} -> {f} -> {back:?}");
+        }
+    }
+}

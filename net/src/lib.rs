@@ -1,0 +1,94 @@
+//! A gRPC codec over HTTP/2 (the `h2` crate) on glommio: server and client.
+//!
+//! # What this crate owns
+//!
+//! Everything between a TCP socket and a handler that takes and returns
+//! message bytes: HTTP/2 connections, gRPC framing, status codes and
+//! trailers, deadlines, flow control, keepalive, limits and graceful
+//! shutdown. It knows nothing of the log: handlers are registered by full
+//! method path (`/log.v1.Log/Produce`) on a [`server::Router`].
+//!
+//! # Threading model
+//!
+//! Shard-per-core: every glommio executor runs its own [`server::Server`]
+//! with its own SO_REUSEPORT listener on the same address; the kernel spreads
+//! connections over them. A connection, its calls and its handlers all stay
+//! on the executor that accepted it, so handlers are `!Send` futures that
+//! may hold `Rc` state of their shard. There is no tokio runtime: tokio is
+//! used only for its `AsyncRead`/`AsyncWrite` traits, which h2 needs.
+//!
+//! # Invariants
+//!
+//! * Bad input never panics and never outlives its scope: a bad call ends
+//!   with a status and leaves the connection usable; a bad HTTP/2 frame
+//!   closes only its own connection.
+//! * Memory per call is bounded: reads pull from h2 only when the handler
+//!   asks for the next message (at most one message of
+//!   `max_recv_message_bytes` is buffered); writes wait for flow-control
+//!   window, and streaming handlers write into a bounded sink, so a client
+//!   that stops reading blocks the handler instead of growing a buffer.
+//! * Every call ends with exactly one status: in trailers, or as a
+//!   trailers-only response when it fails before its first message.
+//! * A deadline (`grpc-timeout`) or a client reset drops the handler future.
+//!
+//! # Use
+//!
+//! Server: build a [`server::Router`] per executor, then
+//! [`server::Server::serve`] on each executor, or [`server::spawn_pool`]
+//! to start N executors at once; [`Shutdown::trigger`] stops them
+//! gracefully. Client: [`client::Channel::connect`] on a glommio executor,
+//! or [`blocking::BlockingChannel`] from an ordinary thread.
+//!
+//! Transports other than plain TCP (TLS) plug in through
+//! [`server::Server::serve_connection`] and [`client::Channel::handshake`],
+//! which take any tokio `AsyncRead + AsyncWrite` stream.
+
+pub mod blocking;
+mod body;
+pub mod client;
+pub mod codec;
+mod keepalive;
+pub mod server;
+mod shutdown;
+mod status;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use codec::{decode, encode};
+pub use shutdown::Shutdown;
+pub use status::{percent_decode, percent_encode, Code, Status};
+
+/// Transport-level failures: binding, connecting, whole connections.
+/// Failures of single calls are [`Status`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 handshake with {peer:?}: {source}")]
+    Handshake {
+        peer: Option<SocketAddr>,
+        source: h2::Error,
+    },
+    #[error("HTTP/2 handshake with {0:?} timed out")]
+    HandshakeTimeout(Option<SocketAddr>),
+    #[error("HTTP/2 connection with {peer:?}: {source}")]
+    Connection {
+        peer: Option<SocketAddr>,
+        source: h2::Error,
+    },
+    #[error("keepalive PING not acknowledged within {0:?}")]
+    KeepaliveTimeout(Duration),
+    #[error("connection with {0:?} still had calls in flight {1:?} after shutdown began")]
+    DrainTimeout(Option<SocketAddr>, Duration),
+    #[error("executor: {0}")]
+    Executor(String),
+}

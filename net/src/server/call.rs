@@ -1,0 +1,320 @@
+//! One gRPC call on one HTTP/2 stream: validate, read, run the handler,
+//! write, end with a status.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::channels::local_channel;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::conn::ConnShared;
+use super::router::{MessageStream, Request, Response, ResponseSink, Route};
+use crate::body::{poll_send, with_deadline, MessageReader};
+use crate::codec::{encode_frame, parse_timeout};
+use crate::Status;
+
+const CONTENT_TYPE: &str = "application/grpc";
+
+/// The response half of a call. Headers go out lazily with the first
+/// message so that an error before any message is a trailers-only response.
+enum Out {
+    Headers(SendResponse<Bytes>),
+    Body(SendStream<Bytes>),
+    Done,
+}
+
+struct Responder {
+    out: Out,
+}
+
+fn grpc_response(extra: Option<HeaderMap>) -> http::Response<()> {
+    let mut resp = http::Response::new(());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(CONTENT_TYPE),
+    );
+    if let Some(extra) = extra {
+        for (k, v) in extra.iter() {
+            resp.headers_mut().append(k, v.clone());
+        }
+    }
+    resp
+}
+
+impl Responder {
+    fn body(&mut self, extra: Option<HeaderMap>) -> Result<&mut SendStream<Bytes>, Status> {
+        if let Out::Headers(_) = self.out {
+            let Out::Headers(mut respond) = std::mem::replace(&mut self.out, Out::Done) else {
+                unreachable!("checked above")
+            };
+            let stream = respond
+                .send_response(grpc_response(extra), false)
+                .map_err(|e| Status::from_h2(&e))?;
+            self.out = Out::Body(stream);
+        }
+        match &mut self.out {
+            Out::Body(s) => Ok(s),
+            _ => Err(Status::internal("response already finished")),
+        }
+    }
+
+    fn finish(&mut self, status: &Status) {
+        match std::mem::replace(&mut self.out, Out::Done) {
+            Out::Headers(mut respond) => {
+                let mut resp = grpc_response(None);
+                status.write_headers(resp.headers_mut());
+                // Failure means the stream is gone: nobody to tell.
+                let _ = respond.send_response(resp, true);
+            }
+            Out::Body(mut stream) => {
+                let mut trailers = HeaderMap::new();
+                status.write_headers(&mut trailers);
+                let _ = stream.send_trailers(trailers);
+            }
+            Out::Done => {}
+        }
+    }
+
+    /// Ready when the client reset the stream or the connection died.
+    fn poll_reset(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Status> {
+        let r = match &mut self.out {
+            Out::Headers(r) => r.poll_reset(cx),
+            Out::Body(s) => s.poll_reset(cx),
+            Out::Done => return Poll::Pending,
+        };
+        r.map(|r| match r {
+            Ok(reason) => Status::cancelled(format!("call cancelled by client: {reason}")),
+            Err(e) => Status::from_h2(&e),
+        })
+    }
+}
+
+/// Rejections at the HTTP level, before gRPC semantics apply.
+fn http_reject(req: &http::Request<RecvStream>) -> Option<(StatusCode, &'static str)> {
+    if req.method() != Method::POST {
+        return Some((StatusCode::METHOD_NOT_ALLOWED, "gRPC requires POST"));
+    }
+    let ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !ct.starts_with(CONTENT_TYPE.as_bytes()) {
+        return Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type must start with application/grpc",
+        ));
+    }
+    None
+}
+
+pub(crate) async fn serve_call(
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    conn: Rc<ConnShared>,
+) {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    if let Some((code, why)) = http_reject(&req) {
+        log::debug!(
+            "rejecting {} {path} from {:?}: {why}",
+            req.method(),
+            conn.peer
+        );
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = code;
+        resp.headers_mut().insert(
+            "grpc-status",
+            HeaderValue::from(crate::Code::Internal.as_i32()),
+        );
+        resp.headers_mut()
+            .insert("grpc-message", HeaderValue::from_static(why));
+        let _ = respond.send_response(resp, true);
+        return;
+    }
+    let out = RefCell::new(Responder {
+        out: Out::Headers(respond),
+    });
+    let status = match run(req, &out, &conn, &path).await {
+        Ok(()) => Status::ok(),
+        Err(s) => s,
+    };
+    out.borrow_mut().finish(&status);
+    log::debug!(
+        "{path} from {:?}: {} in {:?}",
+        conn.peer,
+        status.code,
+        started.elapsed()
+    );
+}
+
+async fn run(
+    req: http::Request<RecvStream>,
+    out: &RefCell<Responder>,
+    conn: &ConnShared,
+    path: &str,
+) -> Result<(), Status> {
+    if conn.draining.get() {
+        return Err(Status::unavailable("server is shutting down"));
+    }
+    if let Some(enc) = req.headers().get("grpc-encoding") {
+        if enc.as_bytes() != b"identity" {
+            return Err(Status::unimplemented(format!(
+                "grpc-encoding {enc:?} is not supported; only identity"
+            )));
+        }
+    }
+    let deadline = match req.headers().get("grpc-timeout") {
+        None => None,
+        Some(v) => match parse_timeout(v.as_bytes()) {
+            Some(d) => Some(Instant::now() + d),
+            None => return Err(Status::internal(format!("malformed grpc-timeout: {v:?}"))),
+        },
+    };
+    let route = conn
+        .router
+        .get(path)
+        .cloned()
+        .ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
+
+    let (parts, body) = req.into_parts();
+    let cfg = &conn.config;
+    let reader = MessageReader::new(body, cfg.max_recv_message_bytes);
+    let request = Request {
+        path: path.to_owned(),
+        metadata: parts.headers,
+        peer: conn.peer,
+        deadline,
+        message: reader,
+    };
+
+    let main = dispatch(route, request, out, conn);
+    let reset = poll_fn(|cx| out.borrow_mut().poll_reset(cx).map(Err));
+    with_deadline(deadline, futures_lite::future::or(main, reset)).await
+}
+
+async fn read_one(reader: &mut MessageReader) -> Result<Bytes, Status> {
+    let first = reader
+        .next()
+        .await?
+        .ok_or_else(|| Status::internal("missing request message"))?;
+    if reader.next().await?.is_some() {
+        return Err(Status::internal(
+            "expected exactly one request message, got more",
+        ));
+    }
+    Ok(first)
+}
+
+async fn dispatch(
+    route: Route,
+    request: Request<MessageReader>,
+    out: &RefCell<Responder>,
+    conn: &ConnShared,
+) -> Result<(), Status> {
+    let max_send = conn.config.max_send_message_bytes;
+    match route {
+        Route::Unary(h) => {
+            let mut request = request;
+            let msg = read_one(&mut request.message).await?;
+            let resp = h(request.map(|_| msg)).await?;
+            write_response(out, resp, max_send).await
+        }
+        Route::ClientStreaming(h) => {
+            let resp = h(request.map(|reader| MessageStream { reader })).await?;
+            write_response(out, resp, max_send).await
+        }
+        Route::ServerStreaming(h) => {
+            let mut request = request;
+            let msg = read_one(&mut request.message).await?;
+            let (sink, rx) = sink(conn);
+            let handler = h(request.map(|_| msg), sink);
+            run_streaming(handler, rx, out).await
+        }
+        Route::Bidi(h) => {
+            let (sink, rx) = sink(conn);
+            let handler = h(request.map(|reader| MessageStream { reader }), sink);
+            run_streaming(handler, rx, out).await
+        }
+    }
+}
+
+fn sink(conn: &ConnShared) -> (ResponseSink, local_channel::LocalReceiver<Bytes>) {
+    let (tx, rx) = local_channel::new_bounded(conn.config.response_buffer_messages.max(1));
+    let sink = ResponseSink {
+        tx,
+        max_send_bytes: conn.config.max_send_message_bytes,
+    };
+    (sink, rx)
+}
+
+async fn write_response(
+    out: &RefCell<Responder>,
+    resp: Response,
+    max_send: usize,
+) -> Result<(), Status> {
+    let mut frame = encode_frame(&resp.message, max_send)?;
+    let mut extra = Some(resp.metadata);
+    poll_fn(|cx| {
+        let mut o = out.borrow_mut();
+        let stream = o.body(extra.take())?;
+        poll_send(stream, cx, &mut frame)
+    })
+    .await
+}
+
+/// Runs a streaming handler and the writer that drains its sink into h2
+/// side by side. The writer failing (client gone) ends the call at once,
+/// dropping the handler; the handler finishing ends it once the queued
+/// messages are written.
+async fn run_streaming(
+    handler: impl Future<Output = Result<(), Status>>,
+    rx: local_channel::LocalReceiver<Bytes>,
+    out: &RefCell<Responder>,
+) -> Result<(), Status> {
+    let writer = async move {
+        while let Some(mut frame) = rx.recv().await {
+            poll_fn(|cx| {
+                let mut o = out.borrow_mut();
+                let stream = o.body(None)?;
+                poll_send(stream, cx, &mut frame)
+            })
+            .await?;
+        }
+        Ok::<(), Status>(())
+    };
+    let mut handler = pin!(handler);
+    let mut writer = pin!(writer);
+    let mut handler_result: Option<Result<(), Status>> = None;
+    let mut writer_done = false;
+    poll_fn(|cx| {
+        if handler_result.is_none() {
+            if let Poll::Ready(r) = handler.as_mut().poll(cx) {
+                // The handler's sink is dropped with it, so the writer will
+                // see the channel close after the last queued message.
+                handler_result = Some(r);
+            }
+        }
+        if !writer_done {
+            match writer.as_mut().poll(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => writer_done = true,
+                Poll::Pending => {}
+            }
+        }
+        if writer_done {
+            if let Some(r) = handler_result.take() {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

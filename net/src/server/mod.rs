@@ -1,0 +1,297 @@
+//! The gRPC server: one SO_REUSEPORT listener per executor, one local task
+//! per connection, one local task per call.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use net::server::{Router, Response, Server, ServerConfig};
+//! use net::Shutdown;
+//!
+//! let shutdown = Shutdown::new();
+//! let make_router = || {
+//!     Router::new().unary("/echo.Echo/Say", |req| async move {
+//!         Ok(Response::new(req.message))
+//!     })
+//! };
+//! let pool = net::server::spawn_pool(
+//!     2,
+//!     "127.0.0.1:50051".parse().unwrap(),
+//!     ServerConfig::default(),
+//!     make_router,
+//!     shutdown.clone(),
+//! )
+//! .unwrap();
+//! // ... later, from any thread:
+//! shutdown.trigger();
+//! pool.join().unwrap();
+//! ```
+
+mod call;
+mod conn;
+mod router;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::sync::Gate;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
+
+use crate::codec::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::{Error, Shutdown};
+use conn::ConnShared;
+
+/// Limits and timers of a server. Every limit is per executor (shard) or
+/// per connection, as named.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connections one executor serves at once; more are closed on accept.
+    pub max_connections_per_shard: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls in flight per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub max_header_list_bytes: u32,
+    pub max_recv_message_bytes: usize,
+    pub max_send_message_bytes: usize,
+    /// HTTP/2 receive windows: how much a client may send before we read.
+    pub initial_stream_window_bytes: u32,
+    pub initial_connection_window_bytes: u32,
+    /// Bytes h2 may buffer per stream for sending.
+    pub max_send_buffer_bytes: usize,
+    /// Messages a streaming handler may queue ahead of the socket.
+    pub response_buffer_messages: usize,
+    /// Interval between keepalive PINGs; `None` disables them.
+    pub keepalive_interval: Option<Duration>,
+    /// How long to wait for a PING ack before closing the connection.
+    pub keepalive_timeout: Duration,
+    /// Bound on the HTTP/2 preface and SETTINGS exchange.
+    pub handshake_timeout: Duration,
+    /// How long in-flight calls may run after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            max_connections_per_shard: 4096,
+            max_concurrent_streams: 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_recv_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_send_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            initial_stream_window_bytes: 1024 * 1024,
+            initial_connection_window_bytes: 8 * 1024 * 1024,
+            max_send_buffer_bytes: 256 * 1024,
+            response_buffer_messages: 16,
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A server bound to the current executor. Build one per executor: the
+/// router's handlers are `!Send`.
+pub struct Server {
+    config: Rc<ServerConfig>,
+    router: Rc<Router>,
+    connections: Rc<Cell<usize>>,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig, router: Router) -> Server {
+        Server {
+            config: Rc::new(config),
+            router: Rc::new(router),
+            connections: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// Connections currently open on this executor.
+    pub fn connection_count(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Binds `addr` with SO_REUSEPORT on the current executor and serves
+    /// until `shutdown` fires and every connection has drained.
+    pub async fn serve(self, addr: SocketAddr, shutdown: Shutdown) -> Result<(), Error> {
+        let listener = TcpListener::bind(addr).map_err(|e| Error::Bind {
+            addr,
+            source: e.into(),
+        })?;
+        self.serve_listener(listener, shutdown).await
+    }
+
+    /// Serves an already-bound listener (see [`serve`](Self::serve)).
+    pub async fn serve_listener(
+        self,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), Error> {
+        let local = listener.local_addr().ok();
+        log::info!("serving gRPC on {local:?}");
+        let gate = Gate::new();
+        let result = loop {
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    shutdown.wait().await;
+                    None
+                })
+                .await;
+            let stream = match accepted {
+                None => break Ok(()),
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    let e: std::io::Error = e.into();
+                    // Running out of descriptors or memory is transient:
+                    // back off instead of spinning or dying.
+                    log::warn!("accept on {local:?}: {e}");
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let peer = stream.peer_addr().ok();
+            if self.connections.get() >= self.config.max_connections_per_shard {
+                log::warn!(
+                    "closing connection from {peer:?}: {} connections open on this shard",
+                    self.connections.get()
+                );
+                drop(stream);
+                continue;
+            }
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("set_nodelay for {peer:?}: {e}");
+            }
+            let fut = self.connection_task(stream.compat(), peer, shutdown.clone());
+            if gate.spawn(fut).map(|t| t.detach()).is_err() {
+                break Ok(());
+            }
+        };
+        drop(listener);
+        // Connections received the same signal: wait for them to drain.
+        let _ = gate.close().await;
+        log::info!("gRPC server on {local:?} stopped");
+        result
+    }
+
+    /// Serves one already-accepted connection: the seam for transports
+    /// other than plain TCP (a TLS acceptor wraps the socket and hands the
+    /// result here). Counts toward `connection_count`.
+    pub async fn serve_connection<T>(
+        &self,
+        io: T,
+        peer: Option<SocketAddr>,
+        shutdown: Shutdown,
+    ) -> Result<(), Error>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let guard = CountGuard::new(&self.connections);
+        self.drive(io, peer, shutdown, guard).await
+    }
+
+    async fn drive<T>(
+        &self,
+        io: T,
+        peer: Option<SocketAddr>,
+        shutdown: Shutdown,
+        _guard: CountGuard,
+    ) -> Result<(), Error>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let shared = Rc::new(ConnShared {
+            router: self.router.clone(),
+            config: self.config.clone(),
+            peer,
+            draining: Rc::new(Cell::new(false)),
+        });
+        conn::drive(io, shared, shutdown).await
+    }
+
+    fn connection_task<T>(
+        &self,
+        io: T,
+        peer: Option<SocketAddr>,
+        shutdown: Shutdown,
+    ) -> impl std::future::Future<Output = ()> + 'static
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let this = Server {
+            config: self.config.clone(),
+            router: self.router.clone(),
+            connections: self.connections.clone(),
+        };
+        // Counted now, not when the task first runs, so that a burst of
+        // accepts cannot overshoot the limit.
+        let guard = CountGuard::new(&self.connections);
+        async move {
+            match this.drive(io, peer, shutdown, guard).await {
+                Ok(()) => log::debug!("connection {peer:?} closed"),
+                Err(e) => log::info!("{e}"),
+            }
+        }
+    }
+}
+
+struct CountGuard(Rc<Cell<usize>>);
+
+impl CountGuard {
+    fn new(count: &Rc<Cell<usize>>) -> CountGuard {
+        count.set(count.get() + 1);
+        CountGuard(count.clone())
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Executors started by [`spawn_pool`].
+pub struct ServerPool {
+    handles: glommio::PoolThreadHandles<Result<(), Error>>,
+}
+
+impl ServerPool {
+    /// Waits for every executor to stop (after the shutdown signal).
+    pub fn join(self) -> Result<(), Error> {
+        for r in self.handles.join_all() {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(Error::Executor(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts `executors` glommio executors (unpinned), each serving `addr`
+/// with its own SO_REUSEPORT listener and its own router from `make_router`.
+pub fn spawn_pool<F>(
+    executors: usize,
+    addr: SocketAddr,
+    config: ServerConfig,
+    make_router: F,
+    shutdown: Shutdown,
+) -> Result<ServerPool, Error>
+where
+    F: Fn() -> Router + Send + Sync + Clone + 'static,
+{
+    let handles =
+        glommio::LocalExecutorPoolBuilder::new(glommio::PoolPlacement::Unbound(executors))
+            .on_all_shards(move || async move {
+                Server::new(config, make_router())
+                    .serve(addr, shutdown)
+                    .await
+            })
+            .map_err(|e| Error::Executor(e.to_string()))?;
+    Ok(ServerPool { handles })
+}

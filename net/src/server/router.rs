@@ -1,0 +1,243 @@
+//! Handler registration: one handler per full method path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::channels::local_channel::LocalSender;
+use http::HeaderMap;
+
+use crate::body::MessageReader;
+use crate::codec::{self, encode_frame};
+use crate::Status;
+
+/// A `!Send` boxed future: handlers run on the executor that accepted the call.
+pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T> + 'static>>;
+
+/// What a handler learns about the call besides the message.
+#[derive(Debug, Clone)]
+pub struct Request<T> {
+    /// Full method path, e.g. `/log.v1.Log/Produce`.
+    pub path: String,
+    /// Request headers without HTTP/2 pseudo-headers (custom metadata,
+    /// `user-agent`, `grpc-timeout`, ...).
+    pub metadata: HeaderMap,
+    pub peer: Option<SocketAddr>,
+    /// When the server will cancel the call (from `grpc-timeout`).
+    pub deadline: Option<Instant>,
+    pub message: T,
+}
+
+impl<T> Request<T> {
+    /// Replaces the message, keeping the call information.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Request<U> {
+        Request {
+            path: self.path,
+            metadata: self.metadata,
+            peer: self.peer,
+            deadline: self.deadline,
+            message: f(self.message),
+        }
+    }
+}
+
+/// A unary or client-streaming reply.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    pub message: Bytes,
+    /// Extra response headers sent before the message.
+    pub metadata: HeaderMap,
+}
+
+impl Response {
+    pub fn new(message: Bytes) -> Response {
+        Response {
+            message,
+            metadata: HeaderMap::new(),
+        }
+    }
+
+    /// Encodes a prost message as the reply.
+    pub fn from_message<M: prost::Message>(m: &M) -> Response {
+        Response::new(codec::encode(m))
+    }
+}
+
+/// The request messages of a client-streaming or bidi call, pulled on
+/// demand so that a slow handler back-pressures the client.
+#[derive(Debug)]
+pub struct MessageStream {
+    pub(crate) reader: MessageReader,
+}
+
+impl MessageStream {
+    /// The next request message; `Ok(None)` once the client half-closed.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        self.reader.next().await
+    }
+
+    /// [`message`](Self::message), decoded.
+    pub async fn message_as<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        match self.reader.next().await? {
+            Some(b) => codec::decode(b).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Where a streaming handler puts response messages. Bounded: `send`
+/// waits while the client is not reading, so memory does not grow.
+#[derive(Debug)]
+pub struct ResponseSink {
+    pub(crate) tx: LocalSender<Bytes>,
+    pub(crate) max_send_bytes: usize,
+}
+
+impl ResponseSink {
+    /// Queues one message. Fails when it exceeds the send limit, or with
+    /// CANCELLED when the call is over (client gone, deadline passed).
+    pub async fn send(&self, message: Bytes) -> Result<(), Status> {
+        let frame = encode_frame(&message, self.max_send_bytes)?;
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| Status::cancelled("call is no longer active"))
+    }
+
+    /// Encodes and queues a prost message.
+    pub async fn send_message<M: prost::Message>(&self, m: &M) -> Result<(), Status> {
+        self.send(codec::encode(m)).await
+    }
+}
+
+pub(crate) type UnaryFn = dyn Fn(Request<Bytes>) -> LocalBoxFuture<Result<Response, Status>>;
+pub(crate) type ServerStreamingFn =
+    dyn Fn(Request<Bytes>, ResponseSink) -> LocalBoxFuture<Result<(), Status>>;
+pub(crate) type ClientStreamingFn =
+    dyn Fn(Request<MessageStream>) -> LocalBoxFuture<Result<Response, Status>>;
+pub(crate) type BidiFn =
+    dyn Fn(Request<MessageStream>, ResponseSink) -> LocalBoxFuture<Result<(), Status>>;
+
+#[derive(Clone)]
+pub(crate) enum Route {
+    Unary(Rc<UnaryFn>),
+    ServerStreaming(Rc<ServerStreamingFn>),
+    ClientStreaming(Rc<ClientStreamingFn>),
+    Bidi(Rc<BidiFn>),
+}
+
+/// Maps full method paths to handlers. Built once per executor, since
+/// handlers are `!Send` and capture that executor's state.
+#[derive(Default, Clone)]
+pub struct Router {
+    routes: HashMap<String, Route>,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    fn add(mut self, path: &str, route: Route) -> Router {
+        // A duplicate is a wiring mistake in the program, not an input error.
+        assert!(
+            !self.routes.contains_key(path),
+            "duplicate gRPC route {path}"
+        );
+        assert!(
+            path.starts_with('/'),
+            "gRPC path must start with '/': {path}"
+        );
+        self.routes.insert(path.to_owned(), route);
+        self
+    }
+
+    pub(crate) fn get(&self, path: &str) -> Option<&Route> {
+        self.routes.get(path)
+    }
+
+    /// Registered paths, for logging and reflection.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// One request message, one response message.
+    pub fn unary<F, Fut>(self, path: &str, f: F) -> Router
+    where
+        F: Fn(Request<Bytes>) -> Fut + 'static,
+        Fut: Future<Output = Result<Response, Status>> + 'static,
+    {
+        self.add(path, Route::Unary(Rc::new(move |r| Box::pin(f(r)))))
+    }
+
+    /// One request message, any number of response messages.
+    pub fn server_streaming<F, Fut>(self, path: &str, f: F) -> Router
+    where
+        F: Fn(Request<Bytes>, ResponseSink) -> Fut + 'static,
+        Fut: Future<Output = Result<(), Status>> + 'static,
+    {
+        self.add(
+            path,
+            Route::ServerStreaming(Rc::new(move |r, s| Box::pin(f(r, s)))),
+        )
+    }
+
+    /// Any number of request messages, one response message.
+    pub fn client_streaming<F, Fut>(self, path: &str, f: F) -> Router
+    where
+        F: Fn(Request<MessageStream>) -> Fut + 'static,
+        Fut: Future<Output = Result<Response, Status>> + 'static,
+    {
+        self.add(
+            path,
+            Route::ClientStreaming(Rc::new(move |r| Box::pin(f(r)))),
+        )
+    }
+
+    /// Both directions streaming, independently.
+    pub fn bidi_streaming<F, Fut>(self, path: &str, f: F) -> Router
+    where
+        F: Fn(Request<MessageStream>, ResponseSink) -> Fut + 'static,
+        Fut: Future<Output = Result<(), Status>> + 'static,
+    {
+        self.add(path, Route::Bidi(Rc::new(move |r, s| Box::pin(f(r, s)))))
+    }
+
+    /// A unary handler on prost types: bad request bytes are
+    /// INVALID_ARGUMENT before the handler runs.
+    pub fn unary_prost<Req, Resp, F, Fut>(self, path: &str, f: F) -> Router
+    where
+        Req: prost::Message + Default + 'static,
+        Resp: prost::Message + 'static,
+        F: Fn(Request<Req>) -> Fut + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + 'static,
+    {
+        let f = Rc::new(f);
+        self.unary(path, move |r: Request<Bytes>| {
+            let f = f.clone();
+            async move {
+                let Request {
+                    path,
+                    metadata,
+                    peer,
+                    deadline,
+                    message,
+                } = r;
+                let message: Req = codec::decode(message)?;
+                let resp = f(Request {
+                    path,
+                    metadata,
+                    peer,
+                    deadline,
+                    message,
+                })
+                .await?;
+                Ok(Response::from_message(&resp))
+            }
+        })
+    }
+}
