@@ -786,13 +786,10 @@ impl Log {
 
     /// The term of the record at `offset`.
     pub async fn term_of(&self, offset: u64) -> Result<u64> {
-        let idx = self.segment_for(offset)?;
-        self.ensure_open(idx).await?;
+        let base = self.segment_for(offset)?;
+        self.ensure_open(base).await?;
         let st = self.state.borrow();
-        let seg = st
-            .segments
-            .get(idx)
-            .ok_or_else(|| self.out_of_range(offset))?;
+        let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(offset))?;
         let rel = (offset - seg.base) as u32;
         let entry = match &seg.writer {
             Some(w) => w.index.lookup(rel).map(|e| e.1),
@@ -820,8 +817,9 @@ impl Log {
         }
     }
 
-    /// Index of the segment holding `offset` (binary search).
-    fn segment_for(&self, offset: u64) -> Result<usize> {
+    /// Base offset of the segment holding `offset` (binary search). Segments are named by
+    /// base rather than position because retention may remove segments while a read awaits.
+    fn segment_for(&self, offset: u64) -> Result<u64> {
         let st = self.state.borrow();
         if offset < st.lowest || offset >= st.next {
             return Err(Error::OffsetOutOfRange {
@@ -830,14 +828,15 @@ impl Log {
                 next: st.next,
             });
         }
-        Ok(st.segments.partition_point(|s| s.base <= offset) - 1)
+        let i = st.segments.partition_point(|s| s.base <= offset) - 1;
+        Ok(st.segments[i].base)
     }
 
     /// Opens a sealed segment's files if they are closed, validating its index.
-    async fn ensure_open(&self, idx: usize) -> Result<()> {
-        let (slot, data_path, index_path, base, next, size) = {
+    async fn ensure_open(&self, base: u64) -> Result<()> {
+        let (slot, data_path, index_path, next, size) = {
             let st = self.state.borrow();
-            let seg = &st.segments[idx];
+            let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
             if seg.writer.is_some() {
                 return Ok(());
             }
@@ -849,7 +848,6 @@ impl Log {
                 Rc::clone(&seg.slot),
                 seg.data_path.clone(),
                 seg.index_path.clone(),
-                seg.base,
                 seg.next,
                 seg.size,
             )
@@ -868,14 +866,8 @@ impl Log {
                 index_path.display()
             );
             index.reopen_for_append(self.index_capacity)?;
-            let scan = segment::scan(
-                &data,
-                &data_path,
-                base,
-                &mut index,
-                u64::from(self.config.index_interval_bytes),
-            )
-            .await?;
+            let interval = u64::from(self.config.index_interval_bytes);
+            let scan = segment::scan(&data, &data_path, base, &mut index, interval).await?;
             if scan.next != next || scan.valid_len != size {
                 log::error!(
                     "{}: sealed segment holds offsets [{base}, {}) in {} bytes; expected [{base}, {next}) in {size} bytes",
@@ -898,7 +890,59 @@ impl Log {
         Ok(())
     }
 
-    /// Reads whole, checked batches starting with the one that holds `from`.
+    /// Bytes `[pos, pos + len)` of a segment's data, or fewer at its end: from memory where
+    /// the active segment's buffer holds them, from the device (one DMA read) otherwise.
+    async fn fetch(&self, base: u64, pos: u64, len: usize) -> Result<Bytes> {
+        let (path, mem, file_part) = {
+            let st = self.state.borrow();
+            let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
+            let end = (pos + len as u64).min(seg.size);
+            if pos >= end {
+                return Ok(Bytes::new());
+            }
+            let (data, mem_from) = match &seg.writer {
+                Some(w) => (Rc::clone(&w.data), Some((w.buf_pos, &w.buf))),
+                None => {
+                    let slot = seg.slot.borrow();
+                    let f = slot.as_ref().ok_or(Error::ShutDown)?;
+                    (Rc::clone(&f.data), None)
+                }
+            };
+            let (mem, file_end) = match mem_from {
+                Some((buf_pos, buf)) if end > buf_pos => {
+                    let m0 = pos.max(buf_pos);
+                    let m = Bytes::copy_from_slice(
+                        &buf[(m0 - buf_pos) as usize..(end - buf_pos) as usize],
+                    );
+                    (m, pos.max(buf_pos.min(end)))
+                }
+                _ => (Bytes::new(), end),
+            };
+            let file_part = (file_end > pos).then_some((data, file_end));
+            (seg.data_path.clone(), mem, file_part)
+        };
+        let Some((data, file_end)) = file_part else {
+            return Ok(mem);
+        };
+        let disk = segment::read_at(&data, &path, pos, (file_end - pos) as usize).await?;
+        if disk.len() as u64 != file_end - pos {
+            return Err(Error::corrupt(
+                &path,
+                pos + disk.len() as u64,
+                "data file ends before the log does",
+            ));
+        }
+        if mem.is_empty() {
+            return Ok(disk);
+        }
+        let mut v = Vec::with_capacity(disk.len() + mem.len());
+        v.extend_from_slice(&disk);
+        v.extend_from_slice(&mem);
+        Ok(Bytes::from(v))
+    }
+
+    /// Reads whole, checked batches starting with the one that holds `from`, until about
+    /// `max_bytes` or `max_records` (at least one batch).
     #[allow(clippy::type_complexity)]
     async fn read_batches(
         &self,
@@ -910,85 +954,46 @@ impl Log {
         let mut want = from;
         let mut bytes = 0usize;
         let mut records = 0usize;
+        let window =
+            max_bytes.clamp(64 * 1024, 8 << 20) + self.config.index_interval_bytes as usize;
         loop {
-            let idx = match self.segment_for(want) {
-                Ok(i) => i,
+            let base = match self.segment_for(want) {
+                Ok(b) => b,
                 Err(e) if out.is_empty() => return Err(e),
                 Err(_) => break,
             };
-            self.ensure_open(idx).await?;
-            // Locate the start position and gather bytes: from memory where the active
-            // segment's buffer holds them, otherwise with one DMA read.
-            let window = (max_bytes.saturating_sub(bytes)).clamp(64 * 1024, 8 << 20)
-                + self.config.index_interval_bytes as usize;
-            let (path, start, mem, file_part) = {
+            self.ensure_open(base).await?;
+            let (path, index_path, mut pos, size) = {
                 let st = self.state.borrow();
-                let seg = &st.segments[idx];
-                let rel = (want - seg.base) as u32;
+                let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(want))?;
                 let slot = seg.slot.borrow();
-                let (index, data, mem_from) = match &seg.writer {
-                    Some(w) => (&w.index, Rc::clone(&w.data), Some((w.buf_pos, &w.buf))),
-                    None => {
-                        let f = slot.as_ref().ok_or(Error::ShutDown)?;
-                        (&f.index, Rc::clone(&f.data), None)
-                    }
+                let index = match (&seg.writer, slot.as_ref()) {
+                    (Some(w), _) => &w.index,
+                    (None, Some(f)) => &f.index,
+                    (None, None) => return Err(Error::ShutDown),
                 };
-                let (_, entry) = index.lookup(rel).ok_or_else(|| {
+                let (_, entry) = index.lookup((want - seg.base) as u32).ok_or_else(|| {
                     Error::corrupt(
                         &seg.index_path,
                         0,
                         format!("no index entry covers offset {want}"),
                     )
                 })?;
-                let start = u64::from(entry.position);
-                let end = (start + window as u64).min(seg.size);
-                let (mem, file_end) = match mem_from {
-                    Some((buf_pos, buf)) if end > buf_pos => {
-                        let m0 = start.max(buf_pos);
-                        let m = Bytes::copy_from_slice(
-                            &buf[(m0 - buf_pos) as usize..(end - buf_pos) as usize],
-                        );
-                        (
-                            m,
-                            if start < buf_pos {
-                                buf_pos.min(end)
-                            } else {
-                                start
-                            },
-                        )
-                    }
-                    _ => (Bytes::new(), end),
-                };
-                let file_part = (file_end > start).then(|| (data, file_end));
-                (seg.data_path.clone(), start, mem, file_part)
+                (
+                    seg.data_path.clone(),
+                    seg.index_path.clone(),
+                    u64::from(entry.position),
+                    seg.size,
+                )
             };
-            let chunk = match file_part {
-                Some((data, file_end)) => {
-                    let disk =
-                        segment::read_at(&data, &path, start, (file_end - start) as usize).await?;
-                    if disk.len() as u64 != file_end - start {
-                        return Err(Error::corrupt(
-                            &path,
-                            start + disk.len() as u64,
-                            "data file ends before the log does",
-                        ));
-                    }
-                    if mem.is_empty() {
-                        disk
-                    } else {
-                        let mut v = Vec::with_capacity(disk.len() + mem.len());
-                        v.extend_from_slice(&disk);
-                        v.extend_from_slice(&mem);
-                        Bytes::from(v)
-                    }
+            let (mut chunk_pos, mut chunk) = (pos, Bytes::new());
+            let before = want;
+            while pos < size {
+                if pos + HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
+                    chunk = self.fetch(base, pos, window).await?;
+                    chunk_pos = pos;
                 }
-                None => mem,
-            };
-            // Walk the batches in the chunk.
-            let mut at = 0usize;
-            let mut progressed = false;
-            while at + HEADER_LEN <= chunk.len() {
-                let pos = start + at as u64;
+                let at = (pos - chunk_pos) as usize;
                 let header = match batch::parse_header(&chunk[at..]) {
                     Parsed::Header(h) => h,
                     Parsed::End => {
@@ -1001,104 +1006,57 @@ impl Log {
                     Parsed::Invalid(why) => return Err(Error::corrupt(&path, pos, why)),
                 };
                 let len = header.batch_len();
-                if at + len > chunk.len() {
-                    break;
+                if pos + len as u64 > chunk_pos + chunk.len() as u64 {
+                    chunk = self.fetch(base, pos, window.max(len)).await?;
+                    chunk_pos = pos;
+                    if chunk.len() < len {
+                        return Err(Error::corrupt(
+                            &path,
+                            pos,
+                            "batch runs past the end of the segment",
+                        ));
+                    }
                 }
+                let at = (pos - chunk_pos) as usize;
                 let data = chunk.slice(at..at + len);
                 if !batch::crc_ok(&header, &data) {
                     return Err(Error::corrupt(&path, pos, "checksum mismatch"));
                 }
-                at += len;
+                let batch_pos = pos;
+                pos += len as u64;
                 if header.next_offset() <= want {
                     continue;
                 }
                 if header.base_offset > want {
                     return Err(Error::corrupt(
                         &path,
-                        pos,
+                        batch_pos,
                         format!(
                             "batch starts at offset {} where {want} was expected",
                             header.base_offset
                         ),
                     ));
                 }
-                let n = (header.next_offset() - want) as usize;
                 if !out.is_empty() && bytes + len > max_bytes {
                     return Ok((out, want));
                 }
                 bytes += len;
-                records += n;
+                records += (header.next_offset() - want) as usize;
                 want = header.next_offset();
-                out.push((header, pos, path.clone(), data));
-                progressed = true;
+                out.push((header, batch_pos, path.clone(), data));
                 if bytes >= max_bytes || records >= max_records {
                     return Ok((out, want));
                 }
             }
-            if !progressed {
-                // The batch holding `want` is larger than the window: read exactly it.
-                if at + HEADER_LEN <= chunk.len() || chunk.len() >= HEADER_LEN {
-                    if let Parsed::Header(h) = batch::parse_header(&chunk[at..]) {
-                        let pos = start + at as u64;
-                        let data = self.read_exact(idx, pos, h.batch_len(), &path).await?;
-                        if !batch::crc_ok(&h, &data) {
-                            return Err(Error::corrupt(&path, pos, "checksum mismatch"));
-                        }
-                        if h.base_offset > want || h.next_offset() <= want {
-                            return Err(Error::corrupt(
-                                &path,
-                                pos,
-                                "batch does not hold the offset its index points to",
-                            ));
-                        }
-                        bytes += data.len();
-                        records += (h.next_offset() - want) as usize;
-                        want = h.next_offset();
-                        out.push((h, pos, path.clone(), data));
-                        if bytes >= max_bytes || records >= max_records {
-                            return Ok((out, want));
-                        }
-                        continue;
-                    }
-                }
+            if want == before {
                 return Err(Error::corrupt(
-                    &path,
-                    start + at as u64,
-                    "batch runs past the end of the segment",
+                    &index_path,
+                    0,
+                    format!("offset {want} is not in the segment its index points to"),
                 ));
             }
         }
         Ok((out, want))
-    }
-
-    async fn read_exact(&self, idx: usize, pos: u64, len: usize, path: &Path) -> Result<Bytes> {
-        let (data, mem) = {
-            let st = self.state.borrow();
-            let seg = &st.segments[idx];
-            match &seg.writer {
-                Some(w) if pos + len as u64 > w.buf_pos => {
-                    if pos < w.buf_pos {
-                        (Some(Rc::clone(&w.data)), None)
-                    } else {
-                        let at = (pos - w.buf_pos) as usize;
-                        (None, w.buf.get(at..at + len).map(Bytes::copy_from_slice))
-                    }
-                }
-                Some(w) => (Some(Rc::clone(&w.data)), None),
-                None => (seg.slot.borrow().as_ref().map(|f| Rc::clone(&f.data)), None),
-            }
-        };
-        if let Some(m) = mem {
-            return Ok(m);
-        }
-        let data = data.ok_or(Error::ShutDown)?;
-        // A batch straddling the buffer start: what is below buf_pos is on the device, and so
-        // is the rest up to `written`, which covers any batch that is not brand new.
-        let b = segment::read_at(&data, path, pos, len).await?;
-        if b.len() != len {
-            return Err(Error::corrupt(path, pos, "data file ends inside a batch"));
-        }
-        Ok(b)
     }
 
     // ---------------------------------------------------------------- truncation & retention
@@ -1209,7 +1167,8 @@ impl Log {
             let st = self.state.borrow();
             st.segments.partition_point(|s| s.base < new_next).max(1) - 1
         };
-        self.ensure_open(t).await?;
+        let t_base = self.state.borrow().segments[t].base;
+        self.ensure_open(t_base).await?;
         let (base, path) = {
             let st = self.state.borrow();
             (st.segments[t].base, st.segments[t].data_path.clone())
@@ -1519,4 +1478,12 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         }
     }
     Ok(logs)
+}
+
+/// The segment with base offset `base` (binary search).
+fn find(segments: &[Segment], base: u64) -> Option<&Segment> {
+    segments
+        .binary_search_by_key(&base, |s| s.base)
+        .ok()
+        .map(|i| &segments[i])
 }
