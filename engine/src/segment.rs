@@ -291,18 +291,19 @@ pub async fn scan(
             ));
             break;
         }
-        if !index_batch(
-            index,
-            base,
-            pos,
-            &header,
-            s.last_term,
-            &mut s.since_index,
-            interval,
-        ) {
-            s.stopped = Some("index is full".into());
-            break;
+        let mut since = s.since_index;
+        if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
+            // Valid data outgrew the index (settings changed since it was written, or many
+            // term changes): grow the index rather than cut acknowledged data.
+            let grown = (index.len() * 2).max(1024);
+            index.reopen_for_append(grown)?;
+            since = s.since_index;
+            if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
+                s.stopped = Some("index cannot grow".into());
+                break;
+            }
         }
+        s.since_index = since;
         s.valid_len = pos + len;
         s.next = header.next_offset();
         s.last_term = header.term;
