@@ -91,7 +91,7 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
         .join(partition.to_string())
 }
 
-/// A running engine. Dropping it without `shutdown` stops the shards without a final sync.
+/// A running engine. Dropping it shuts it down like `shutdown`.
 pub struct Engine {
     handle: EngineHandle,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -194,6 +194,7 @@ impl Engine {
             }
         }
         if let Some(e) = first_err {
+            let mut engine = engine;
             engine.shutdown_inner();
             return Err(e);
         }
@@ -205,11 +206,14 @@ impl Engine {
     }
 
     /// Closes every log (flushing and syncing what is buffered) and stops the shards.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
         self.shutdown_inner();
     }
 
-    fn shutdown_inner(mut self) -> () {
+    fn shutdown_inner(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
         let shared = &self.handle.shared;
         shared.stopping.store(true, Ordering::SeqCst);
         for s in &shared.shards {
@@ -221,6 +225,12 @@ impl Engine {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown_inner();
     }
 }
 
