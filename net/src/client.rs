@@ -112,14 +112,16 @@ impl Channel {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set_nodelay to {addr}: {e}");
         }
-        Channel::handshake(stream.compat(), &addr.to_string(), config).await
+        Channel::handshake(stream.compat(), &addr.to_string(), Some(addr), config).await
     }
 
     /// Runs HTTP/2 over an already-established transport: the seam for TLS
-    /// (wrap the TCP stream, then call this). `authority` becomes `:authority`.
+    /// (wrap the TCP stream, then call this). `authority` becomes
+    /// `:authority`; `peer` is only for error messages.
     pub async fn handshake<T>(
         io: T,
         authority: &str,
+        peer: Option<SocketAddr>,
         config: ClientConfig,
     ) -> Result<Channel, Error>
     where
@@ -132,15 +134,12 @@ impl Channel {
             .max_send_buffer_size(config.max_send_buffer_bytes)
             .handshake::<T, Bytes>(io)
             .await
-            .map_err(|e| Error::Handshake {
-                peer: None,
-                source: e,
-            })?;
+            .map_err(|e| Error::Handshake { peer, source: e })?;
         let mut keepalive = match (config.keepalive_interval, conn.ping_pong()) {
-            (Some(i), Some(pp)) => Some(KeepAlive::new(pp, i, config.keepalive_timeout)),
+            (Some(i), Some(pp)) => Some(KeepAlive::new(pp, peer, i, config.keepalive_timeout)),
             _ => None,
         };
-        let peer = authority.to_owned();
+        let name = authority.to_owned();
         // h2 spawns nothing: this task moves every byte of the connection.
         // It ends when every Channel clone and call on it is gone.
         glommio::spawn_local(async move {
@@ -157,8 +156,8 @@ impl Channel {
             })
             .await;
             match r {
-                Ok(()) => log::debug!("connection to {peer} closed"),
-                Err(e) => log::info!("connection to {peer}: {e}"),
+                Ok(()) => log::debug!("connection to {name} closed"),
+                Err(e) => log::info!("connection to {name}: {e}"),
             }
         })
         .detach();

@@ -6,6 +6,7 @@
 //! was blocked on flow control is busy and dead at once.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::Error;
 /// Sends PINGs on a timer and fails the connection when one goes unanswered.
 pub(crate) struct KeepAlive {
     pp: h2::PingPong,
+    peer: Option<SocketAddr>,
     interval: Duration,
     timeout: Duration,
     timer: Timer,
@@ -25,9 +27,15 @@ pub(crate) struct KeepAlive {
 }
 
 impl KeepAlive {
-    pub(crate) fn new(pp: h2::PingPong, interval: Duration, timeout: Duration) -> KeepAlive {
+    pub(crate) fn new(
+        pp: h2::PingPong,
+        peer: Option<SocketAddr>,
+        interval: Duration,
+        timeout: Duration,
+    ) -> KeepAlive {
         KeepAlive {
             pp,
+            peer,
             interval,
             timeout,
             timer: Timer::new(interval),
@@ -49,7 +57,10 @@ impl KeepAlive {
                     Poll::Pending => {}
                 }
                 if Pin::new(&mut self.timer).poll(cx).is_ready() {
-                    return Poll::Ready(Err(Error::KeepaliveTimeout(self.timeout)));
+                    return Poll::Ready(Err(Error::KeepaliveTimeout {
+                        peer: self.peer,
+                        timeout: self.timeout,
+                    }));
                 }
                 return Poll::Pending;
             }

@@ -85,8 +85,11 @@ pub enum Error {
         peer: Option<SocketAddr>,
         source: h2::Error,
     },
-    #[error("keepalive PING not acknowledged within {0:?}")]
-    KeepaliveTimeout(Duration),
+    #[error("keepalive: {peer:?} did not acknowledge a PING within {timeout:?}")]
+    KeepaliveTimeout {
+        peer: Option<SocketAddr>,
+        timeout: Duration,
+    },
     #[error("connection with {0:?} still had calls in flight {1:?} after shutdown began")]
     DrainTimeout(Option<SocketAddr>, Duration),
     #[error("executor: {0}")]

@@ -51,7 +51,9 @@ where
         };
 
     let mut keepalive = match (cfg.keepalive_interval, conn.ping_pong()) {
-        (Some(interval), Some(pp)) => Some(KeepAlive::new(pp, interval, cfg.keepalive_timeout)),
+        (Some(interval), Some(pp)) => {
+            Some(KeepAlive::new(pp, peer, interval, cfg.keepalive_timeout))
+        }
         _ => None,
     };
     let mut shutdown_wait = pin!(shutdown.wait());
