@@ -14,22 +14,36 @@ use bytes::Bytes;
 use net::server::{Response, Router, Server, ServerConfig};
 use net::{Shutdown, Status};
 
-/// Picks a port that nothing listens on. SO_REUSEPORT listeners would
-/// share port 0 picks, so ports are explicit: a per-process starting point
-/// and a bind check (a plain std bind fails on a port in use).
-pub fn free_port() -> u16 {
+/// A port reserved for this process until dropped.
+pub struct Port {
+    pub port: u16,
+    _lock: std::fs::File,
+}
+
+/// Picks a port nothing listens on. SO_REUSEPORT listeners would share a
+/// port-0 pick, and two test processes whose bind checks race could both
+/// bind the same explicit port (SO_REUSEPORT lets them), so each port is
+/// also claimed with an exclusive file lock, released when the process ends.
+pub fn free_port() -> Port {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 20_000) as u16,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let start = 20_000 + ((std::process::id() as u64 * 7919) % 30_000) as u16;
+    let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join("net-test-ports");
+    std::fs::create_dir_all(&dir).expect("create port lock dir");
     loop {
         let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = if p >= 60_000 { 20_000 + p % 20_000 } else { p };
+        let p = if p >= 60_000 { 20_000 + p % 30_000 } else { p };
+        let Ok(lock) = std::fs::File::create(dir.join(p.to_string())) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
+            return Port {
+                port: p,
+                _lock: lock,
+            };
         }
     }
 }
@@ -61,6 +75,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: Shutdown,
     pub probes: Arc<Probes>,
+    _port: Port,
     thread: Option<JoinHandle<Result<(), net::Error>>>,
 }
 
@@ -71,7 +86,8 @@ impl TestServer {
 
     pub fn with_config(config: ServerConfig) -> TestServer {
         let _ = env_logger::builder().is_test(true).try_init();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{}", port.port).parse().unwrap();
         let shutdown = Shutdown::new();
         let probes = Arc::new(Probes::default());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -90,6 +106,7 @@ impl TestServer {
             addr,
             shutdown,
             probes,
+            _port: port,
             thread: Some(thread),
         }
     }
