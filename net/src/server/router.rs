@@ -132,6 +132,9 @@ pub(crate) enum Route {
 
 /// Maps full method paths to handlers. Built once per executor, since
 /// handlers are `!Send` and capture that executor's state.
+///
+/// Registering panics on a duplicate path or one not starting with `/`:
+/// both are wiring mistakes found at start-up, never input errors.
 #[derive(Default, Clone)]
 pub struct Router {
     routes: HashMap<String, Route>,
