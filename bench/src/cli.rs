@@ -50,8 +50,10 @@ APPEND SCENARIOS (every combination of the four lists below is run):
     --write-behind-mib MIB  LogConfig::write_behind_bytes for the scenarios (default: the
                             engine's default, 8).
 
-READ SCENARIOS (over a dataset of 1 KiB records in batches of 64, written first):
+READ SCENARIOS (over a dataset of 1 KiB records, written first under durability never):
     --read-mib MIB          Size of the dataset (default 1024).
+    --read-batch N          Records per batch in the dataset (default 64). A point read reads
+                            and checks the whole batch holding the record.
     --read-chunk-kib KIB    max_bytes of each read_range call of the sequential catch-up read
                             (default 1024).
     --read-secs SECS        Duration of each random point-read test (default 3).
@@ -105,6 +107,7 @@ pub struct Options {
     pub write_behind_mib: Option<usize>,
 
     pub read_mib: u64,
+    pub read_batch: usize,
     pub read_chunk_kib: usize,
     pub read_secs: f64,
     pub read_concurrency: Vec<usize>,
@@ -134,6 +137,7 @@ impl Default for Options {
             durability: vec![Durability::Always, Durability::Never],
             write_behind_mib: None,
             read_mib: 1024,
+            read_batch: 64,
             read_chunk_kib: 1024,
             read_secs: 3.0,
             read_concurrency: vec![1, 64],
@@ -262,6 +266,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed> {
             }
             "--write-behind-mib" => o.write_behind_mib = Some(one(&name, v)?),
             "--read-mib" => o.read_mib = one(&name, v)?,
+            "--read-batch" => o.read_batch = one(&name, v)?,
             "--read-chunk-kib" => o.read_chunk_kib = one(&name, v)?,
             "--read-secs" => o.read_secs = one(&name, v)?,
             "--read-concurrency" => o.read_concurrency = list(&name, v)?,
@@ -301,6 +306,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed> {
     positive("--read-concurrency", &o.read_concurrency)?;
     if o.disk_block_kib == 0 || o.disk_block_kib % 4 != 0 {
         bail!("--disk-block-kib must be a positive multiple of 4");
+    }
+    if o.read_batch == 0 {
+        bail!("--read-batch must be > 0");
     }
     if o.read_chunk_kib == 0 {
         bail!("--read-chunk-kib must be > 0");

@@ -26,12 +26,14 @@ pub struct Bandwidth {
     pub bytes: u64,
     pub secs: f64,
     pub mb_s: f64,
+    /// Bytes /proc/self/io says the process read from the storage layer meanwhile.
+    pub device_read_bytes: Option<u64>,
 }
 
 impl Bandwidth {
     fn json(&self) -> Value {
         json!({"qd": self.qd, "bytes": self.bytes, "secs": crate::round2(self.secs * 1000.0) / 1000.0,
-               "mb_s": crate::round2(self.mb_s)})
+               "mb_s": crate::round2(self.mb_s), "device_read_bytes": self.device_read_bytes})
     }
 }
 
@@ -141,6 +143,7 @@ async fn seq_write(path: &Path, o: &DiskOptions, qd: usize) -> Result<Bandwidth>
         bytes,
         secs,
         mb_s: mb_per_s(bytes, secs),
+        device_read_bytes: None,
     })
 }
 
@@ -155,6 +158,7 @@ async fn seq_read(path: &Path, len: u64, o: &DiskOptions, qd: usize) -> Result<B
     );
     let next = Rc::new(Cell::new(0u64));
     let done = Rc::new(Cell::new(0u64));
+    let io0 = crate::proc_io();
     let block = o.block as u64;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(o.secs);
@@ -185,11 +189,16 @@ async fn seq_read(path: &Path, len: u64, o: &DiskOptions, qd: usize) -> Result<B
     }
     let secs = start.elapsed().as_secs_f64();
     let bytes = done.get();
+    let dev = match (io0, crate::proc_io()) {
+        (Some(a), Some(b)) => Some(b.0.saturating_sub(a.0)),
+        _ => None,
+    };
     Ok(Bandwidth {
         qd,
         bytes,
         secs,
         mb_s: mb_per_s(bytes, secs),
+        device_read_bytes: dev,
     })
 }
 
@@ -215,6 +224,7 @@ async fn sync_write(path: &Path, o: &DiskOptions) -> Result<Bandwidth> {
         bytes: pos,
         secs,
         mb_s: mb_per_s(pos, secs),
+        device_read_bytes: None,
     })
 }
 

@@ -226,6 +226,7 @@ pub fn append(dir: &Path, spec: &AppendSpec) -> Result<AppendResult> {
 #[derive(Debug, Clone)]
 pub struct ReadSpec {
     pub dataset_bytes: u64,
+    pub batch: usize,
     pub chunk_bytes: usize,
     pub secs: f64,
     pub concurrency: Vec<usize>,
@@ -247,6 +248,7 @@ pub struct RandomRead {
 pub struct ReadResult {
     pub records: u64,
     pub record_size: usize,
+    pub batch: usize,
     pub write_secs: f64,
     pub seq_records: u64,
     pub seq_secs: f64,
@@ -267,6 +269,7 @@ impl ReadResult {
         json!({
             "dataset_records": self.records,
             "record_bytes": self.record_size,
+            "batch_records": self.batch,
             "dataset_write_secs": round2(self.write_secs),
             "sequential": {
                 "records": self.seq_records,
@@ -289,10 +292,10 @@ impl ReadResult {
     }
 }
 
-/// Appends `bytes` of payload as 1 KiB records in batches of 64 under `never`, then syncs.
-async fn fill(log: &Rc<Log>, bytes: u64, record_size: usize) -> Result<u64> {
-    let batch = make_batch(record_size, 64, 42);
-    let per = (record_size * 64) as u64;
+/// Appends `bytes` of payload as records of `record_size` in batches of `batch`, then syncs.
+async fn fill(log: &Rc<Log>, bytes: u64, record_size: usize, batch: usize) -> Result<u64> {
+    let per = (record_size * batch) as u64;
+    let batch = make_batch(record_size, batch, 42);
     let mut written = 0;
     while written < bytes {
         log.append(&batch).await.map_err(eerr)?;
@@ -316,7 +319,7 @@ pub fn read(dir: &Path, spec: &ReadSpec) -> Result<ReadResult> {
             let log = Log::open(&d, cfg.clone(), FileBudget::new(1024))
                 .await
                 .map_err(eerr)?;
-            fill(&log, spec2.dataset_bytes, record_size).await?;
+            fill(&log, spec2.dataset_bytes, record_size, spec2.batch).await?;
             log.close().await.map_err(eerr)?;
         }
         let write_secs = t0.elapsed().as_secs_f64();
@@ -422,6 +425,7 @@ pub fn read(dir: &Path, spec: &ReadSpec) -> Result<ReadResult> {
         Ok::<_, anyhow::Error>(ReadResult {
             records: next - lowest,
             record_size,
+            batch: spec2.batch,
             write_secs,
             seq_records,
             seq_secs,
@@ -494,7 +498,7 @@ pub fn restart(dir: &Path, gib: f64, segment_bytes: Option<u64>, write_behind: O
     let written = engine::run_local(dir, move || async move {
         let log = Log::open(&d, c, FileBudget::new(1024)).await.map_err(eerr)?;
         let t0 = Instant::now();
-        fill(&log, bytes, 1024).await?;
+        fill(&log, bytes, 1024, 64).await?;
         let write_secs = t0.elapsed().as_secs_f64();
         let st = log.stats();
         let t1 = Instant::now();

@@ -77,7 +77,15 @@ fn machine(dir: &Path) -> serde_json::Value {
             .ok()
             .map(|s| s.trim().to_owned())
     };
+    let git = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%h %cs", "--", "engine"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     json!({
+        "engine_commit": git,
+        "loadavg_start": loadavg(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "mem_gib": mem_kib.map(|k| (k as f64 / 1048576.0 * 10.0).round() / 10.0),
         "kernel": kernel,
@@ -89,6 +97,12 @@ fn machine(dir: &Path) -> serde_json::Value {
         "io_poll": sysq("io_poll"),
         "free_gib": free_bytes(dir).map(|b| (b as f64 / (1u64 << 30) as f64).round()),
     })
+}
+
+fn loadavg() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn progress(json_mode: bool, msg: &str) {
@@ -209,6 +223,7 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
             dir,
             &ReadSpec {
                 dataset_bytes: o.read_mib << 20,
+                batch: o.read_batch,
                 chunk_bytes: o.read_chunk_kib << 10,
                 secs: o.read_secs,
                 concurrency: o.read_concurrency.clone(),
@@ -252,6 +267,9 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
     }
 
     rep.total_secs = started.elapsed().as_secs_f64();
+    if let Some(m) = rep.machine.as_object_mut() {
+        m.insert("loadavg_end".into(), json!(loadavg()));
+    }
     let doc = rep.json();
     if let Some(p) = &o.json_file {
         std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
