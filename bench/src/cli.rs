@@ -45,8 +45,11 @@ APPEND SCENARIOS (every combination of the four lists below is run):
     --record-sizes LIST     Record value sizes in bytes (default 100,1024).
     --batches LIST          Records per append call (default 1,64).
     --appenders LIST        Concurrent appender tasks on the log's executor (default 1,64).
-    --durability LIST       Durability policies: always, never, interval:<ms>
-                            (default always,never).
+    --durability LIST       Durability policies: always, never, interval:<ms>, and
+                            always-gc: the log runs under `never` while one bench task calls
+                            sync() in a loop and each append waits for a sync that started
+                            after it (an emulation of leader/follower group commit, to show
+                            what `always` could reach). Default always,never,always-gc.
     --write-behind-mib MIB  LogConfig::write_behind_bytes for the scenarios (default: the
                             engine's default, 8).
 
@@ -104,6 +107,8 @@ pub struct Options {
     pub batches: Vec<usize>,
     pub appenders: Vec<usize>,
     pub durability: Vec<Durability>,
+    /// Also run the emulated group commit (`always-gc`).
+    pub emulated_group_commit: bool,
     pub write_behind_mib: Option<usize>,
 
     pub read_mib: u64,
@@ -135,6 +140,7 @@ impl Default for Options {
             batches: vec![1, 64],
             appenders: vec![1, 64],
             durability: vec![Durability::Always, Durability::Never],
+            emulated_group_commit: true,
             write_behind_mib: None,
             read_mib: 1024,
             read_batch: 64,
@@ -259,8 +265,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed> {
             "--batches" => o.batches = list(&name, v)?,
             "--appenders" => o.appenders = list(&name, v)?,
             "--durability" => {
-                o.durability = list::<String>(&name, v)?
+                let items = list::<String>(&name, v)?;
+                o.emulated_group_commit = items.iter().any(|d| d == crate::scenarios::EMULATED);
+                o.durability = items
                     .iter()
+                    .filter(|d| *d != crate::scenarios::EMULATED)
                     .map(|d| Durability::from_str(d).map_err(|e| anyhow!("--durability: {e}")))
                     .collect::<Result<_>>()?
             }

@@ -52,16 +52,103 @@ pub struct AppendSpec {
     pub batch: usize,
     pub appenders: usize,
     pub durability: Durability,
+    /// Emulate the group commit `always` should give: the log runs under `never` and one
+    /// bench task syncs in a loop; an append resolves once a sync that started after it has
+    /// completed (the leader/follower scheme proposed for the engine). `durability` is then
+    /// `Never`.
+    pub emulated_group_commit: bool,
     pub secs: f64,
     pub write_behind: Option<usize>,
 }
 
+/// `--durability` value of the emulated group commit.
+pub const EMULATED: &str = "always-gc";
+
 impl AppendSpec {
+    pub fn mode(&self) -> String {
+        if self.emulated_group_commit {
+            EMULATED.to_owned()
+        } else {
+            self.durability.to_string()
+        }
+    }
+
     pub fn name(&self) -> String {
         format!(
             "{}B x{} c{} {}",
-            self.record_size, self.batch, self.appenders, self.durability
+            self.record_size,
+            self.batch,
+            self.appenders,
+            self.mode()
         )
+    }
+}
+
+/// Shared state of the emulated group commit.
+#[derive(Default)]
+struct Syncer {
+    /// Offsets below this are durable.
+    synced: Cell<u64>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+    wake_syncer: RefCell<Option<std::task::Waker>>,
+    stop: Cell<bool>,
+    failed: RefCell<Option<String>>,
+}
+
+impl Syncer {
+    fn wake_all(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self, target: u64) -> Result<()> {
+        if self.synced.get() < target {
+            if let Some(w) = self.wake_syncer.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        futures_lite::future::poll_fn(|cx| {
+            if let Some(e) = self.failed.borrow().as_ref() {
+                return std::task::Poll::Ready(Err(anyhow!("sync failed: {e}")));
+            }
+            if self.synced.get() >= target {
+                std::task::Poll::Ready(Ok(()))
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// One sync at a time, each covering everything appended before it started.
+    async fn run(self: Rc<Self>, log: Rc<Log>) {
+        loop {
+            let target = log.next_offset();
+            if target > self.synced.get() {
+                if let Err(e) = log.sync().await {
+                    *self.failed.borrow_mut() = Some(e.to_string());
+                    self.wake_all();
+                    return;
+                }
+                self.synced.set(target);
+                self.wake_all();
+                continue;
+            }
+            if self.stop.get() {
+                return;
+            }
+            futures_lite::future::poll_fn(|cx| {
+                if self.stop.get() || log.next_offset() > self.synced.get() {
+                    std::task::Poll::Ready(())
+                } else {
+                    *self.wake_syncer.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+        }
     }
 }
 
@@ -107,7 +194,8 @@ impl AppendResult {
             "record_bytes": s.record_size,
             "batch_records": s.batch,
             "appenders": s.appenders,
-            "durability": s.durability.to_string(),
+            "durability": s.mode(),
+            "emulated_group_commit": s.emulated_group_commit,
             "append_secs": round2(self.append_secs * 1000.0) / 1000.0,
             "total_secs_incl_final_sync": round2(self.total_secs * 1000.0) / 1000.0,
             "appends": self.appends,
@@ -146,11 +234,16 @@ async fn append_load(
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(spec.secs);
     let failed: Rc<Cell<Option<String>>> = Rc::new(Cell::new(None));
+    let syncer = spec.emulated_group_commit.then(|| Rc::new(Syncer::default()));
+    let syncer_task = syncer
+        .as_ref()
+        .map(|s| glommio::spawn_local(Rc::clone(s).run(Rc::clone(log))));
     let mut tasks = Vec::new();
     for t in 0..spec.appenders {
         let log = Rc::clone(log);
         let hist = Rc::clone(&hist);
         let failed = Rc::clone(&failed);
+        let syncer = syncer.clone();
         let batch = make_batch(spec.record_size, spec.batch, 1 + t as u64);
         tasks.push(glommio::spawn_local(async move {
             loop {
@@ -158,9 +251,19 @@ async fn append_load(
                 if t0 >= deadline {
                     break;
                 }
-                if let Err(e) = log.append(&batch).await {
-                    failed.set(Some(e.to_string()));
-                    break;
+                match log.append(&batch).await {
+                    Ok(a) => {
+                        if let Some(s) = &syncer {
+                            if let Err(e) = s.wait(a.last_offset + 1).await {
+                                failed.set(Some(e.to_string()));
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failed.set(Some(e.to_string()));
+                        break;
+                    }
                 }
                 hist.borrow_mut()
                     .saturating_record(t0.elapsed().as_nanos() as u64);
@@ -171,6 +274,13 @@ async fn append_load(
         }));
     }
     for t in tasks {
+        t.await;
+    }
+    if let (Some(s), Some(t)) = (&syncer, syncer_task) {
+        s.stop.set(true);
+        if let Some(w) = s.wake_syncer.borrow_mut().take() {
+            w.wake();
+        }
         t.await;
     }
     if let Some(e) = failed.take() {
@@ -188,7 +298,10 @@ async fn append_load(
 pub fn append(dir: &Path, spec: &AppendSpec) -> Result<AppendResult> {
     let logdir = dir.join(format!(
         "append-{}-{}-{}-{}",
-        spec.record_size, spec.batch, spec.appenders, spec.durability
+        spec.record_size,
+        spec.batch,
+        spec.appenders,
+        spec.mode()
     ));
     let _ = std::fs::remove_dir_all(&logdir);
     let spec2 = spec.clone();

@@ -185,7 +185,12 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
     }
 
     if wants(Part::Append) {
-        for &durability in &o.durability {
+        let mut modes: Vec<(engine::Durability, bool)> =
+            o.durability.iter().map(|&d| (d, false)).collect();
+        if o.emulated_group_commit {
+            modes.push((engine::Durability::Never, true));
+        }
+        for &(durability, emulated_group_commit) in &modes {
             for &record_size in &o.record_sizes {
                 for &batch in &o.batches {
                     for &appenders in &o.appenders {
@@ -194,6 +199,7 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
                             batch,
                             appenders,
                             durability,
+                            emulated_group_commit,
                             secs: o.append_secs,
                             write_behind,
                         };
