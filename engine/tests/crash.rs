@@ -139,7 +139,8 @@ struct Ack {
 struct Snapshot {
     lowest: u64,
     next: u64,
-    records: Vec<(u64, Bytes)>,
+    /// Each offset's value, or why it could not be read.
+    records: Vec<(u64, Result<Bytes, String>)>,
 }
 
 fn read_back(root: &Path) -> Snapshot {
@@ -152,15 +153,21 @@ fn read_back(root: &Path) -> Snapshot {
         let mut records = Vec::with_capacity((next - lowest) as usize);
         let mut from = lowest;
         while from < next {
-            let rs = log
-                .read_range(from, 100_000, 16 << 20)
-                .await
-                .unwrap_or_else(|e| panic!("parent: read_range({from}): {e}"));
+            let rs = match log.read_range(from, 100_000, 16 << 20).await {
+                Ok(rs) => rs,
+                Err(_) => {
+                    // Read record by record so that the checks name the offsets that fail.
+                    let r = log.read(from).await.map_err(|e| e.to_string());
+                    records.push((from, r.map(|r| r.value)));
+                    from += 1;
+                    continue;
+                }
+            };
             assert!(!rs.is_empty(), "read_range({from}) returned nothing below next {next}");
             for r in rs {
                 assert_eq!(r.offset, from, "offsets are dense");
                 from += 1;
-                records.push((r.offset, r.value));
+                records.push((r.offset, Ok(r.value)));
             }
         }
         log.close().await.expect("parent: close");
@@ -273,7 +280,26 @@ fn kill_9_never_loses_acknowledged_records() {
         }
         assert_eq!(snap.records.len() as u64, snap.next, "{ctx}: record count");
         let mut next_seq: HashMap<u32, u64> = HashMap::new();
+        let unreadable: Vec<String> = snap
+            .records
+            .iter()
+            .filter_map(|(o, r)| {
+                let e = r.as_ref().err()?;
+                let acked = match acked.get(o) {
+                    Some(a) => format!("acknowledged in round {}", a.round),
+                    None => "not acknowledged".to_string(),
+                };
+                Some(format!("offset {o} ({acked}): {e}"))
+            })
+            .collect();
+        assert!(
+            unreadable.is_empty(),
+            "{ctx}: {} records cannot be read back:\n{}",
+            unreadable.len(),
+            unreadable.join("\n")
+        );
         for (offset, value) in &snap.records {
+            let value = value.as_ref().expect("checked above");
             let (writer, seq) = parse_value(value).unwrap_or_else(|| {
                 panic!("{ctx}: record {offset} ({} bytes) does not hold a value a writer wrote", value.len())
             });
