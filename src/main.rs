@@ -1,4 +1,84 @@
-fn main() {
-    eprintln!("proglog: the server lands with the net crate");
-    std::process::exit(2);
+//! `proglog`: the commit-log server, and a command-line client for it.
+//!
+//! With no subcommand (or `serve`) it runs a server; every other subcommand is a client.
+
+mod client;
+mod config;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use client::ClientCommand;
+use config::{ServeArgs, Settings};
+
+const AFTER_HELP: &str = "\
+Server settings come from flags, then PROGLOG_<FLAG> environment variables \
+(e.g. PROGLOG_DATA_DIR, PROGLOG_RPC_PORT), then --config-file (YAML, or TOML for a .toml \
+file, with the flag names as keys, e.g. `data-dir: /var/lib/proglog`), then the defaults. \
+With none at all, a single node keeps its data in ./data and serves gRPC on 127.0.0.1:8400, \
+with a `default` topic for clients that name none.
+
+SIGTERM or SIGINT stops the server gracefully: clients are sent GOAWAY, calls in flight \
+finish, and every log is flushed and synced before exit.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "proglog",
+    version,
+    about = "A distributed commit-log service: server and client",
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (what `proglog` with no subcommand does)
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&args)?;
+    env_logger::Builder::new()
+        .parse_filters(&settings.log_level)
+        .format_timestamp_millis()
+        .init();
+    match server::run(settings) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            // Reported through the log, like everything else the server says, once.
+            log::error!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Client(cmd)) => {
+            // Client diagnostics stay quiet unless asked for.
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            client::run(cmd)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("proglog: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

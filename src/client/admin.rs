@@ -1,0 +1,188 @@
+//! `proglog topics ...`: the Admin service.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use engine::Durability;
+use proto::log::v1::{self as pb, paths};
+
+use super::Conn;
+use crate::config::ByteSize;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create a topic
+    Create(CreateArgs),
+    /// List topic names
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a topic's settings and each partition's offsets and size
+    Describe {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// Delete a topic and all its data
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    pub name: String,
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// always | interval:<ms> | never [default: the server's]
+    #[arg(long, value_name = "POLICY")]
+    pub durability: Option<Durability>,
+    /// [default: the server's]
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<ByteSize>,
+    /// Delete the oldest segments beyond this size [default: unlimited]
+    #[arg(long, value_name = "BYTES")]
+    pub retention_bytes: Option<ByteSize>,
+    /// Delete segments older than this [default: forever]
+    #[arg(long, value_name = "MS")]
+    pub retention_ms: Option<u64>,
+}
+
+fn wire_durability(d: Option<Durability>) -> (pb::Durability, u64) {
+    match d {
+        None => (pb::Durability::Unspecified, 0),
+        Some(Durability::Always) => (pb::Durability::Always, 0),
+        Some(Durability::Never) => (pb::Durability::Never, 0),
+        Some(Durability::Interval { interval_ms }) => (pb::Durability::Interval, interval_ms),
+    }
+}
+
+pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TopicsCommand::Create(a) => {
+            let ch = a.conn.connect().await?;
+            let (durability, flush_interval_ms) = wire_durability(a.durability);
+            let req = pb::CreateTopicRequest {
+                name: a.name.clone(),
+                config: Some(pb::TopicConfig {
+                    partitions: a.partitions,
+                    durability: durability as i32,
+                    segment_bytes: a.segment_bytes.map_or(0, |b| b.0),
+                    retention_bytes: a.retention_bytes.map_or(0, |b| b.0),
+                    retention_ms: a.retention_ms.unwrap_or(0),
+                    flush_interval_ms,
+                }),
+            };
+            let resp: pb::CreateTopicResponse = ch
+                .unary_prost(paths::CREATE_TOPIC, &req, a.conn.opts())
+                .await?;
+            match resp.topic {
+                Some(t) => print_topic(a.conn.json, &t),
+                None => println!("created {}", a.name),
+            }
+        }
+        TopicsCommand::List { conn } => {
+            let ch = conn.connect().await?;
+            let resp: pb::ListTopicsResponse = ch
+                .unary_prost(paths::LIST_TOPICS, &pb::ListTopicsRequest {}, conn.opts())
+                .await?;
+            if conn.json {
+                println!("{}", serde_json::json!({ "names": resp.names }));
+            } else {
+                for n in resp.names {
+                    println!("{n}");
+                }
+            }
+        }
+        TopicsCommand::Describe { conn, name } => {
+            let ch = conn.connect().await?;
+            let resp: pb::DescribeTopicResponse = ch
+                .unary_prost(
+                    paths::DESCRIBE_TOPIC,
+                    &pb::DescribeTopicRequest { name },
+                    conn.opts(),
+                )
+                .await?;
+            if let Some(t) = resp.topic {
+                print_topic(conn.json, &t);
+            }
+        }
+        TopicsCommand::Delete { conn, name } => {
+            let ch = conn.connect().await?;
+            let _: pb::DeleteTopicResponse = ch
+                .unary_prost(
+                    paths::DELETE_TOPIC,
+                    &pb::DeleteTopicRequest { name: name.clone() },
+                    conn.opts(),
+                )
+                .await?;
+            if conn.json {
+                println!("{}", serde_json::json!({ "deleted": name }));
+            } else {
+                println!("deleted {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn durability_text(c: &pb::TopicConfig) -> String {
+    match pb::Durability::try_from(c.durability) {
+        Ok(pb::Durability::Always) => "always".into(),
+        Ok(pb::Durability::Never) => "never".into(),
+        Ok(pb::Durability::Interval) => format!("interval:{}", c.flush_interval_ms),
+        _ => "server default".into(),
+    }
+}
+
+fn print_topic(json: bool, t: &pb::TopicDescription) {
+    let c = t.config.clone().unwrap_or_default();
+    if json {
+        let parts: Vec<serde_json::Value> = t
+            .partitions
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "partition": p.partition,
+                    "lowest_offset": p.lowest_offset,
+                    "next_offset": p.next_offset,
+                    "size_bytes": p.size_bytes,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": t.name,
+                "partitions": c.partitions,
+                "durability": durability_text(&c),
+                "segment_bytes": c.segment_bytes,
+                "retention_bytes": c.retention_bytes,
+                "retention_ms": c.retention_ms,
+                "partition_stats": parts,
+            })
+        );
+        return;
+    }
+    println!(
+        "topic {}: {} partition(s), durability {}, segment-bytes {}, retention-bytes {}, retention-ms {}",
+        t.name,
+        c.partitions,
+        durability_text(&c),
+        c.segment_bytes,
+        c.retention_bytes,
+        c.retention_ms
+    );
+    println!("partition\tlowest\tnext\tsize-bytes");
+    for p in &t.partitions {
+        println!(
+            "{}\t{}\t{}\t{}",
+            p.partition, p.lowest_offset, p.next_offset, p.size_bytes
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! The command-line client: produce, consume, topic administration, servers, health.
+//!
+//! Runs the async gRPC client on a single glommio executor in this process. Human-readable
+//! output by default; `--json` prints one JSON object per line.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use net::client::{CallOptions, Channel, ClientConfig};
+
+mod admin;
+mod consume;
+mod produce;
+
+pub use admin::TopicsCommand;
+pub use consume::ConsumeArgs;
+pub use produce::ProduceArgs;
+
+/// Where and how to talk to the server; shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// Server address
+    #[arg(long, default_value = "127.0.0.1:8400", value_name = "ADDR")]
+    pub addr: SocketAddr,
+    /// Print one JSON object per line instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Deadline of each call in seconds (streams that follow the log have none)
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+impl Conn {
+    pub fn opts(&self) -> CallOptions {
+        if self.timeout > 0.0 && self.timeout.is_finite() {
+            CallOptions::timeout(Duration::from_secs_f64(self.timeout))
+        } else {
+            CallOptions::default()
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        };
+        Channel::connect(self.addr, config)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Append records: the VALUES given, or one per line of standard input
+    Produce(ProduceArgs),
+    /// Read records from an offset; --follow keeps waiting for new ones like tail -f
+    Consume(ConsumeArgs),
+    /// Create, list, describe or delete topics
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// List the servers of the cluster (GetServers)
+    Servers {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Ask the gRPC health service whether the server is SERVING (exit status 0 if so)
+    Health {
+        #[command(flatten)]
+        conn: Conn,
+        /// Service to ask about; empty means the whole server
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+/// Runs a client command to completion on a local executor.
+pub fn run(command: ClientCommand) -> anyhow::Result<ExitCode> {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("proglog-client")
+        .make()
+        .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?;
+    ex.run(async move {
+        match command {
+            ClientCommand::Produce(a) => produce::run(a).await,
+            ClientCommand::Consume(a) => consume::run(a).await,
+            ClientCommand::Topics { command } => admin::run(command).await,
+            ClientCommand::Servers { conn } => servers(conn).await,
+            ClientCommand::Health { conn, service } => health(conn, service).await,
+        }
+    })
+}
+
+async fn servers(conn: Conn) -> anyhow::Result<ExitCode> {
+    use proto::log::v1::{paths, GetServersRequest, GetServersResponse};
+    let ch = conn.connect().await?;
+    let resp: GetServersResponse = ch
+        .unary_prost(paths::GET_SERVERS, &GetServersRequest {}, conn.opts())
+        .await?;
+    for s in resp.servers {
+        if conn.json {
+            println!(
+                "{}",
+                serde_json::json!({"id": s.id, "rpc_addr": s.rpc_addr, "is_leader": s.is_leader})
+            );
+        } else {
+            let role = if s.is_leader { "leader" } else { "follower" };
+            println!("{}\t{}\t{role}", s.id, s.rpc_addr);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn health(conn: Conn, service: String) -> anyhow::Result<ExitCode> {
+    use proto::health::v1::health_check_response::ServingStatus;
+    use proto::health::v1::{paths, HealthCheckRequest, HealthCheckResponse};
+    let ch = conn.connect().await?;
+    let resp: HealthCheckResponse = ch
+        .unary_prost(paths::CHECK, &HealthCheckRequest { service }, conn.opts())
+        .await?;
+    let status = ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown);
+    if conn.json {
+        println!("{}", serde_json::json!({"status": status.as_str_name()}));
+    } else {
+        println!("{}", status.as_str_name());
+    }
+    Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A record value for JSON: text when it is UTF-8, base64 otherwise.
+pub fn json_value(v: &[u8]) -> (&'static str, serde_json::Value) {
+    match std::str::from_utf8(v) {
+        Ok(s) => ("value", serde_json::Value::String(s.to_owned())),
+        Err(_) => {
+            use base64::Engine;
+            (
+                "value_base64",
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        }
+    }
+}

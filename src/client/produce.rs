@@ -1,0 +1,168 @@
+//! `proglog produce`: ProduceStream (pipelined) by default, ProduceBatch with --batch.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use futures_channel::mpsc;
+use futures_lite::StreamExt;
+use proto::log::v1::{
+    paths, ProduceBatchRequest, ProduceBatchResponse, ProduceRequest, ProduceResponse, Record,
+};
+
+use super::Conn;
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Topic; empty means "default"
+    #[arg(long, default_value = "")]
+    pub topic: String,
+    #[arg(long, default_value_t = 0)]
+    pub partition: u32,
+    /// Send ProduceBatch calls of up to N records each (atomic per call) instead of a stream
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1000")]
+    pub batch: Option<usize>,
+    /// Record values; without any, each line of standard input is one record
+    pub values: Vec<String>,
+}
+
+/// Values queued ahead of the network.
+const QUEUE: usize = 1024;
+
+/// Feeds values from the arguments or from stdin through a bounded channel, read on a
+/// separate thread so that a slow stdin never blocks the executor.
+fn values(args: Vec<String>) -> anyhow::Result<mpsc::Receiver<std::io::Result<Bytes>>> {
+    let (mut tx, rx) = mpsc::channel(QUEUE);
+    std::thread::Builder::new()
+        .name("proglog-stdin".into())
+        .spawn(move || {
+            let push = |tx: &mut mpsc::Sender<std::io::Result<Bytes>>, v| {
+                let ready =
+                    futures_lite::future::block_on(std::future::poll_fn(|cx| tx.poll_ready(cx)));
+                ready.is_ok() && tx.start_send(v).is_ok()
+            };
+            if !args.is_empty() {
+                for a in args {
+                    if !push(&mut tx, Ok(Bytes::from(a))) {
+                        return;
+                    }
+                }
+                return;
+            }
+            for line in std::io::stdin().lock().lines() {
+                let stop = line.is_err();
+                if !push(&mut tx, line.map(Bytes::from)) || stop {
+                    return;
+                }
+            }
+        })
+        .context("starting the input thread")?;
+    Ok(rx)
+}
+
+pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let ch = a.conn.connect().await?;
+    let mut input = values(a.values.clone())?;
+    match a.batch {
+        Some(n) => batches(&a, &ch, &mut input, n.max(1)).await?,
+        None => stream(&a, &ch, &mut input).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_offset(json: bool, offset: u64) {
+    if json {
+        println!("{}", serde_json::json!({ "offset": offset }));
+    } else {
+        println!("{offset}");
+    }
+}
+
+async fn stream(
+    a: &ProduceArgs,
+    ch: &net::client::Channel,
+    input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
+) -> anyhow::Result<()> {
+    // No deadline: stdin may stream for as long as the user likes.
+    let (mut tx, mut rx) = ch
+        .streaming(paths::PRODUCE_STREAM, net::client::CallOptions::default())
+        .await?;
+    let send = async {
+        while let Some(v) = input.next().await {
+            let value = v.context("reading standard input")?;
+            let req = ProduceRequest {
+                record: Some(Record {
+                    value,
+                    ..Default::default()
+                }),
+                topic: a.topic.clone(),
+                partition: a.partition,
+            };
+            if let Err(e) = tx.send_message(&req).await {
+                // The server ended the call; the response side reports why.
+                log::debug!("send: {e}");
+                break;
+            }
+        }
+        tx.finish()?;
+        Ok::<(), anyhow::Error>(())
+    };
+    let recv = async {
+        while let Some(resp) = rx.message_as::<ProduceResponse>().await? {
+            print_offset(a.conn.json, resp.offset);
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let (sent, received) = futures_lite::future::zip(send, recv).await;
+    received?;
+    sent
+}
+
+async fn batches(
+    a: &ProduceArgs,
+    ch: &net::client::Channel,
+    input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
+    n: usize,
+) -> anyhow::Result<()> {
+    loop {
+        let mut records = Vec::new();
+        while records.len() < n {
+            match input.next().await {
+                Some(v) => records.push(Record {
+                    value: v.context("reading standard input")?,
+                    ..Default::default()
+                }),
+                None => break,
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let last = records.len() < n;
+        let req = ProduceBatchRequest {
+            topic: a.topic.clone(),
+            partition: a.partition,
+            records,
+        };
+        let resp: ProduceBatchResponse = ch
+            .unary_prost(paths::PRODUCE_BATCH, &req, a.conn.opts())
+            .await?;
+        if a.conn.json {
+            println!(
+                "{}",
+                serde_json::json!({"base_offset": resp.base_offset, "last_offset": resp.last_offset, "count": resp.count})
+            );
+        } else {
+            for o in resp.base_offset..=resp.last_offset {
+                println!("{o}");
+            }
+        }
+        if last {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! `CreateTopic`.
+
+use std::sync::Arc;
+
+use net::server::Request;
+use net::Status;
+use proto::log::v1::{CreateTopicRequest, CreateTopicResponse};
+
+use super::super::error::to_status;
+use super::super::state::AppState;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<CreateTopicRequest>,
+) -> Result<CreateTopicResponse, Status> {
+    let r = req.message;
+    let wire = r.config.unwrap_or_default();
+    let config = super::log_config(&state.default_log, &wire)?;
+    let partitions = wire.partitions.max(1);
+    state
+        .engine
+        .create_topic(&r.name, partitions, config)
+        .await
+        .map_err(to_status)?;
+    log::info!("created topic {:?} with {partitions} partitions", r.name);
+    Ok(CreateTopicResponse {
+        topic: Some(super::describe(&state, &r.name).await?),
+    })
+}

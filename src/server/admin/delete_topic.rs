@@ -1,0 +1,20 @@
+//! `DeleteTopic`.
+
+use std::sync::Arc;
+
+use net::server::Request;
+use net::Status;
+use proto::log::v1::{DeleteTopicRequest, DeleteTopicResponse};
+
+use super::super::error::to_status;
+use super::super::state::AppState;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<DeleteTopicRequest>,
+) -> Result<DeleteTopicResponse, Status> {
+    let name = req.message.name;
+    state.engine.delete_topic(&name).await.map_err(to_status)?;
+    log::info!("deleted topic {name:?}");
+    Ok(DeleteTopicResponse {})
+}

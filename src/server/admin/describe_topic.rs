@@ -1,0 +1,18 @@
+//! `DescribeTopic`.
+
+use std::sync::Arc;
+
+use net::server::Request;
+use net::Status;
+use proto::log::v1::{DescribeTopicRequest, DescribeTopicResponse};
+
+use super::super::state::AppState;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<DescribeTopicRequest>,
+) -> Result<DescribeTopicResponse, Status> {
+    Ok(DescribeTopicResponse {
+        topic: Some(super::describe(&state, &req.message.name).await?),
+    })
+}

@@ -1,0 +1,93 @@
+//! `log.v1.Admin`: topic administration, one file per RPC.
+
+pub mod create_topic;
+pub mod delete_topic;
+pub mod describe_topic;
+pub mod list_topics;
+
+use engine::{Durability, LogConfig};
+use net::Status;
+use proto::log::v1::{self as pb, PartitionDescription, TopicDescription};
+
+use super::error::to_status;
+use super::state::AppState;
+
+/// Interval used when a topic asks for interval durability without saying how often and the
+/// server's default policy is not an interval.
+const DEFAULT_FLUSH_INTERVAL_MS: u64 = 100;
+
+/// Wire settings over the server's defaults: 0 and UNSPECIFIED keep the default.
+pub fn log_config(defaults: &LogConfig, c: &pb::TopicConfig) -> Result<LogConfig, Status> {
+    let mut out = defaults.clone();
+    let default_interval = match defaults.durability {
+        Durability::Interval { interval_ms } => interval_ms,
+        _ => DEFAULT_FLUSH_INTERVAL_MS,
+    };
+    out.durability = match pb::Durability::try_from(c.durability) {
+        Ok(pb::Durability::Unspecified) => match (defaults.durability, c.flush_interval_ms) {
+            (Durability::Interval { .. }, ms) if ms > 0 => Durability::Interval { interval_ms: ms },
+            (d, _) => d,
+        },
+        Ok(pb::Durability::Always) => Durability::Always,
+        Ok(pb::Durability::Never) => Durability::Never,
+        Ok(pb::Durability::Interval) => Durability::Interval {
+            interval_ms: if c.flush_interval_ms > 0 {
+                c.flush_interval_ms
+            } else {
+                default_interval
+            },
+        },
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown durability {}",
+                c.durability
+            )))
+        }
+    };
+    if c.segment_bytes > 0 {
+        out.segment_bytes = c.segment_bytes;
+    }
+    if c.retention_bytes > 0 {
+        out.retention_bytes = c.retention_bytes;
+    }
+    if c.retention_ms > 0 {
+        out.retention_ms = c.retention_ms;
+    }
+    out.validate().map_err(Status::invalid_argument)?;
+    Ok(out)
+}
+
+pub fn wire_config(partitions: u32, c: &LogConfig) -> pb::TopicConfig {
+    let (durability, flush_interval_ms) = match c.durability {
+        Durability::Always => (pb::Durability::Always, 0),
+        Durability::Never => (pb::Durability::Never, 0),
+        Durability::Interval { interval_ms } => (pb::Durability::Interval, interval_ms),
+    };
+    pb::TopicConfig {
+        partitions,
+        durability: durability as i32,
+        segment_bytes: c.segment_bytes,
+        retention_bytes: c.retention_bytes,
+        retention_ms: c.retention_ms,
+        flush_interval_ms,
+    }
+}
+
+/// A topic's settings and each partition's offsets and size.
+pub async fn describe(state: &AppState, name: &str) -> Result<TopicDescription, Status> {
+    let info = state.engine.topic(name).map_err(to_status)?;
+    let parts = state.engine.describe_topic(name).await.map_err(to_status)?;
+    Ok(TopicDescription {
+        name: info.name,
+        config: Some(wire_config(info.partitions, &info.config)),
+        partitions: parts
+            .into_iter()
+            .map(|p| PartitionDescription {
+                partition: p.partition,
+                lowest_offset: p.stats.lowest_offset,
+                next_offset: p.stats.next_offset,
+                size_bytes: p.stats.size_bytes,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,47 @@
+//! `ConsumeBatchStream`: batches from an offset, then tails the partition.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use net::server::{Request, ResponseSink};
+use net::Status;
+use proto::log::v1::{topic_or_default, ConsumeBatchRequest};
+
+use super::consume_batch::response;
+use super::reader;
+use super::state::AppState;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Bytes>,
+    sink: ResponseSink,
+) -> Result<(), Status> {
+    let r: ConsumeBatchRequest = net::decode(req.message)?;
+    let topic = topic_or_default(&r.topic).to_owned();
+    let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
+    let tail = async {
+        let mut offset = r.offset;
+        loop {
+            let (recs, hw) =
+                reader::read_chunk(
+                &state,
+                &topic,
+                r.partition,
+                offset,
+                max_records,
+                max_bytes,
+                reader::PastEnd::Empty,
+            )
+            .await?;
+            if recs.is_empty() {
+                reader::wait_for(&state, &topic, r.partition, offset).await?;
+                continue;
+            }
+            let resp = response(recs, offset, hw);
+            offset = resp.next_offset;
+            // Waits while the client is not reading: the sink is bounded.
+            sink.send_message(&resp).await?;
+        }
+    };
+    futures_lite::future::or(tail, state.draining()).await
+}

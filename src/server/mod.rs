@@ -1,0 +1,343 @@
+//! The proglog server: the storage engine's shards, each also serving gRPC.
+//!
+//! Executors: one per core, shared. The engine starts one glommio executor per shard; the
+//! gRPC server is spawned ON each of those executors (through `EngineHandle::on_shard`), each
+//! with its own SO_REUSEPORT listener on the same address. A call for a partition owned by
+//! the shard that accepted the connection runs in place, with no thread hop; any other
+//! partition is reached through the engine's routing (`with_log`), which sends the operation
+//! to its owner and wakes the caller when it completes.
+//!
+//! Shutdown, on SIGTERM or SIGINT: health turns NOT_SERVING, the net servers send GOAWAY and
+//! drain (long-lived streams end with UNAVAILABLE), then the engine flushes and syncs every
+//! log and stops its shards.
+
+pub mod admin;
+pub mod consume;
+pub mod consume_batch;
+pub mod consume_batch_stream;
+pub mod consume_stream;
+pub mod error;
+pub mod get_servers;
+pub mod health;
+pub mod produce;
+pub mod produce_batch;
+pub mod produce_stream;
+pub mod reader;
+pub mod records;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use net::server::{Request, Router, Server, ServerConfig};
+use net::{Shutdown, Status};
+use proto::health::v1::health_check_response::ServingStatus;
+use proto::log::v1::{paths, DEFAULT_TOPIC};
+
+use crate::config::Settings;
+use health::Health;
+use state::AppState;
+
+/// How long calls in flight may run once draining begins. Below the usual 30 s grace period
+/// of process supervisors, so that the final flush and sync still happen before a SIGKILL.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Adapts `handler(state, request)` to the router's `Fn(request)`.
+fn bind<T, R, F, Fut>(state: &Arc<AppState>, handler: F) -> impl Fn(Request<T>) -> Fut + 'static
+where
+    F: Fn(Arc<AppState>, Request<T>) -> Fut + 'static,
+    Fut: Future<Output = Result<R, Status>> + 'static,
+    T: 'static,
+{
+    let state = state.clone();
+    move |req| handler(state.clone(), req)
+}
+
+/// Every RPC of the node. Built once per shard: routes hold `!Send` handler futures.
+pub fn router(state: &Arc<AppState>) -> Router {
+    let s = state;
+    let (s1, s2, s3, s4) = (s.clone(), s.clone(), s.clone(), s.clone());
+    Router::new()
+        .unary_prost(paths::PRODUCE, bind(s, produce::handle))
+        .unary_prost(paths::CONSUME, bind(s, consume::handle))
+        .server_streaming(paths::CONSUME_STREAM, move |r, sink| {
+            consume_stream::handle(s1.clone(), r, sink)
+        })
+        .bidi_streaming(paths::PRODUCE_STREAM, move |r, sink| {
+            produce_stream::handle(s2.clone(), r, sink)
+        })
+        .unary_prost(paths::GET_SERVERS, bind(s, get_servers::handle))
+        .unary_prost(paths::PRODUCE_BATCH, bind(s, produce_batch::handle))
+        .unary_prost(paths::CONSUME_BATCH, bind(s, consume_batch::handle))
+        .server_streaming(paths::CONSUME_BATCH_STREAM, move |r, sink| {
+            consume_batch_stream::handle(s3.clone(), r, sink)
+        })
+        .unary_prost(paths::CREATE_TOPIC, bind(s, admin::create_topic::handle))
+        .unary_prost(paths::LIST_TOPICS, bind(s, admin::list_topics::handle))
+        .unary_prost(paths::DESCRIBE_TOPIC, bind(s, admin::describe_topic::handle))
+        .unary_prost(paths::DELETE_TOPIC, bind(s, admin::delete_topic::handle))
+        .unary_prost(proto::health::v1::paths::CHECK, bind(s, health::check))
+        .server_streaming(proto::health::v1::paths::WATCH, move |r, sink| {
+            health::watch(s4.clone(), r, sink)
+        })
+}
+
+enum Event {
+    /// A shard's listener is bound (or failed to bind).
+    Bound(usize, Result<(), String>),
+    /// A shard's gRPC server returned: after shutdown, or on failure.
+    Stopped(usize, Result<(), String>),
+    Signal(i32),
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}
+
+/// Every shard binds with SO_REUSEPORT, which would let this server silently share a port
+/// with another proglog of the same user. A plain bind first fails if anyone holds the port.
+fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("gRPC address {addr} is not available"))
+}
+
+fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> anyhow::Result<()> {
+    if engine.topic(DEFAULT_TOPIC).is_ok() {
+        return Ok(());
+    }
+    let created = futures_lite::future::block_on(engine.create_topic(
+        DEFAULT_TOPIC,
+        1,
+        settings.log_config(),
+    ));
+    match created {
+        Ok(_) => {
+            log::info!("created topic {DEFAULT_TOPIC:?} (1 partition) for clients that name none");
+            Ok(())
+        }
+        Err(engine::Error::TopicExists(_)) => Ok(()),
+        Err(e) => Err(anyhow!(e)).context("creating the default topic"),
+    }
+}
+
+/// Runs a server until SIGTERM or SIGINT, then stops it gracefully.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    log::info!(
+        "proglog {} starting: {settings}",
+        env!("CARGO_PKG_VERSION")
+    );
+    check_port_free(settings.listen)?;
+    // Registered before any thread starts, so that a signal during start-up is seen here
+    // instead of killing the process half-way.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    let signals_handle = signals.handle();
+    let (tx, events) = mpsc::channel::<Event>();
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("proglog-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(Event::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the signal thread")?;
+    }
+
+    let engine = engine::Engine::start(settings.engine_config()).with_context(|| {
+        format!(
+            "starting the storage engine in {} (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, \
+             and in containers a seccomp profile allowing io_uring_setup/enter/register)",
+            settings.data_dir.display()
+        )
+    })?;
+    let handle = engine.handle();
+    if let Err(e) = ensure_default_topic(&handle, &settings) {
+        engine.shutdown();
+        return Err(e);
+    }
+
+    let shutdown = Shutdown::new();
+    let state = Arc::new(AppState {
+        engine: handle.clone(),
+        health: Arc::new(Health::new()),
+        shutdown: shutdown.clone(),
+        node_name: settings.node_name.clone(),
+        rpc_addr: settings.advertised_rpc_addr(),
+        max_message_bytes: settings.max_message_bytes,
+        default_log: settings.log_config(),
+    });
+    let server_config = ServerConfig {
+        max_recv_message_bytes: settings.max_message_bytes,
+        max_send_message_bytes: settings.max_message_bytes,
+        drain_timeout: DRAIN_TIMEOUT,
+        ..ServerConfig::default()
+    };
+    let shards = handle.shards();
+    let mut started = 0;
+    for shard in 0..shards {
+        if let Err(e) = spawn_server(
+            shard,
+            &handle,
+            &state,
+            server_config.clone(),
+            settings.listen,
+            tx.clone(),
+        ) {
+            log::error!("{e:#}");
+            break;
+        }
+        started += 1;
+    }
+    drop(tx);
+
+    let outcome = serve_until_signal(&events, &state, started, shards, settings.listen);
+    let mut stopped = match &outcome {
+        Err(StopReason::ServerStopped) => 1,
+        _ => 0,
+    };
+
+    // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
+    state.health.set(ServingStatus::NotServing);
+    shutdown.trigger();
+    let deadline = Instant::now() + DRAIN_TIMEOUT + Duration::from_secs(2);
+    while stopped < started {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Stopped(i, r)) => {
+                stopped += 1;
+                if let Err(e) = r {
+                    log::warn!("shard {i}: gRPC server: {e}");
+                }
+            }
+            Ok(Event::Signal(sig)) => {
+                log::warn!(
+                    "{} during shutdown: exiting without waiting for the drain",
+                    signal_name(sig)
+                );
+                std::process::exit(130);
+            }
+            Ok(Event::Bound(..)) => {}
+            Err(_) => {
+                log::error!("gRPC servers did not drain in time; stopping the engine anyway");
+                break;
+            }
+        }
+    }
+    engine.shutdown();
+    signals_handle.close();
+    match outcome {
+        Ok(()) => {
+            log::info!("proglog stopped cleanly");
+            Ok(())
+        }
+        Err(StopReason::Failed(e)) | Err(StopReason::BindFailed(e)) => Err(e),
+        Err(StopReason::ServerStopped) => bail!("a gRPC server stopped unexpectedly"),
+    }
+}
+
+enum StopReason {
+    BindFailed(anyhow::Error),
+    Failed(anyhow::Error),
+    ServerStopped,
+}
+
+/// Marks the node SERVING once every shard listens, and waits for a signal or a failure.
+fn serve_until_signal(
+    events: &mpsc::Receiver<Event>,
+    state: &AppState,
+    started: usize,
+    shards: usize,
+    listen: SocketAddr,
+) -> Result<(), StopReason> {
+    if started < shards {
+        return Err(StopReason::Failed(anyhow!(
+            "could only start the gRPC server on {started} of {shards} shards"
+        )));
+    }
+    let mut bound = 0;
+    loop {
+        match events.recv() {
+            Ok(Event::Bound(_, Ok(()))) => {
+                bound += 1;
+                if bound == shards {
+                    state.health.set(ServingStatus::Serving);
+                    log::info!("ready: serving gRPC on {listen} from {shards} shards");
+                }
+            }
+            Ok(Event::Bound(i, Err(e))) => {
+                return Err(StopReason::BindFailed(anyhow!(
+                    "shard {i}: binding {listen}: {e}"
+                )))
+            }
+            Ok(Event::Signal(sig)) => {
+                log::info!("{} received: shutting down", signal_name(sig));
+                return Ok(());
+            }
+            Ok(Event::Stopped(i, r)) => {
+                log::error!("shard {i}: gRPC server stopped: {r:?}");
+                return Err(StopReason::ServerStopped);
+            }
+            Err(_) => return Err(StopReason::Failed(anyhow!("every event source is gone"))),
+        }
+    }
+}
+
+/// Starts shard `shard`'s gRPC server on that shard's own executor. A helper thread waits on
+/// the engine's completion handle so that the main thread only ever waits on `events`.
+fn spawn_server(
+    shard: usize,
+    engine: &engine::EngineHandle,
+    state: &Arc<AppState>,
+    config: ServerConfig,
+    addr: SocketAddr,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<()> {
+    let engine = engine.clone();
+    let state = state.clone();
+    let shutdown = state.shutdown.clone();
+    std::thread::Builder::new()
+        .name(format!("proglog-serve-{shard}"))
+        .spawn(move || {
+            let bound = events.clone();
+            let served = futures_lite::future::block_on(engine.on_shard(shard, move |_ctx| {
+                async move {
+                    // Bound here, on the shard's thread, so the listener registers with this
+                    // executor's reactor.
+                    let listener = match glommio::net::TcpListener::bind(addr) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let e = std::io::Error::from(e).to_string();
+                            let _ = bound.send(Event::Bound(shard, Err(e.clone())));
+                            return Ok(Err(e));
+                        }
+                    };
+                    let _ = bound.send(Event::Bound(shard, Ok(())));
+                    let server = Server::new(config, router(&state));
+                    Ok(server
+                        .serve_listener(listener, shutdown)
+                        .await
+                        .map_err(|e| e.to_string()))
+                }
+            }));
+            let result = served.unwrap_or_else(|e| Err(e.to_string()));
+            let _ = events.send(Event::Stopped(shard, result));
+        })
+        .context("starting a server thread")?;
+    Ok(())
+}
