@@ -1,0 +1,273 @@
+//! Black-box harness: starts the real `proglog` binary on a free port with its own data
+//! directory, waits until gRPC health says SERVING, and kills it when dropped.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::blocking::BlockingChannel;
+use net::client::{CallOptions, ClientConfig};
+use net::Status;
+use proto::health::v1::health_check_response::ServingStatus;
+use proto::health::v1::{paths as hpaths, HealthCheckRequest, HealthCheckResponse};
+use proto::log::v1::*;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_proglog");
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    extra: Vec<String>,
+    // Held so the directory outlives the server; `None` when the caller owns the directory.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A port nobody listens on right now. Racy by nature, but the server refuses a port in use
+/// instead of sharing it, and `start` retries.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+pub fn opts() -> CallOptions {
+    CallOptions::timeout(Duration::from_secs(10))
+}
+
+impl TestServer {
+    /// A server on a fresh temporary directory, two shards.
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on `data_dir` (kept after the server stops, for restarts).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut s = TestServer {
+                child: None,
+                addr,
+                data_dir: data_dir.to_owned(),
+                log_path: data_dir.with_extension(format!("{}.log", addr.port())),
+                extra: extra.clone(),
+                _tmp: None,
+            };
+            s.spawn();
+            if s.wait_serving(Duration::from_secs(20)) {
+                return s;
+            }
+            last_log = s.log();
+            s.kill();
+        }
+        panic!("server did not become SERVING; its log:\n{last_log}");
+    }
+
+    fn spawn(&mut self) {
+        let log = File::create(&self.log_path).expect("log file");
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(["--shards", "2", "--node-name", "test-node", "--log-level", "info"])
+            .args(&self.extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn proglog");
+        self.child = Some(child);
+    }
+
+    /// Stops the server with SIGTERM (graceful) and starts it again on the same directory
+    /// and port.
+    pub fn restart(&mut self) {
+        let status = self.sigterm();
+        assert!(status.success(), "graceful stop failed: {status:?}\n{}", self.log());
+        self.spawn();
+        assert!(
+            self.wait_serving(Duration::from_secs(20)),
+            "server did not come back; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    fn wait_serving(&mut self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if self.exited() {
+                return false;
+            }
+            if let Ok(ch) = BlockingChannel::connect(self.addr, ClientConfig::default()) {
+                let r: Result<HealthCheckResponse, Status> = ch.unary_prost(
+                    hpaths::CHECK,
+                    &HealthCheckRequest::default(),
+                    CallOptions::timeout(Duration::from_secs(2)),
+                );
+                if r.is_ok_and(|r| r.status == ServingStatus::Serving as i32) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn channel(&self) -> BlockingChannel {
+        BlockingChannel::connect(self.addr, ClientConfig::default()).expect("connect")
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub fn signal(&mut self, sig: i32) -> ExitStatus {
+        let child = self.child.as_mut().expect("running server");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet, so it is ours.
+        unsafe { libc::kill(pid, sig) };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < until, "server did not exit after signal {sig}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn sigterm(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this server; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        run_cli(self.addr, args, stdin)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+pub fn run_cli(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--addr")
+        .arg(addr.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn cli");
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().expect("stdin");
+        si.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("cli output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs an async test body on its own glommio executor thread.
+pub fn run_async<T, F, Fut>(f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(f)
+        .expect("executor")
+        .join()
+        .expect("executor thread")
+}
+
+pub fn record(v: impl Into<Bytes>) -> Option<Record> {
+    Some(Record {
+        value: v.into(),
+        ..Default::default()
+    })
+}
+
+pub fn produce(ch: &BlockingChannel, topic: &str, partition: u32, v: &str) -> Result<u64, Status> {
+    let r: ProduceResponse = ch.unary_prost(
+        paths::PRODUCE,
+        &ProduceRequest {
+            record: record(v.to_owned()),
+            topic: topic.into(),
+            partition,
+        },
+        opts(),
+    )?;
+    Ok(r.offset)
+}
+
+pub fn consume(ch: &BlockingChannel, topic: &str, partition: u32, offset: u64) -> Result<Record, Status> {
+    let r: ConsumeResponse = ch.unary_prost(
+        paths::CONSUME,
+        &ConsumeRequest {
+            offset,
+            topic: topic.into(),
+            partition,
+        },
+        opts(),
+    )?;
+    r.record.ok_or_else(|| Status::internal("no record"))
+}
+
+pub fn create_topic(ch: &BlockingChannel, name: &str, partitions: u32) -> Result<TopicDescription, Status> {
+    let r: CreateTopicResponse = ch.unary_prost(
+        paths::CREATE_TOPIC,
+        &CreateTopicRequest {
+            name: name.into(),
+            config: Some(TopicConfig {
+                partitions,
+                ..Default::default()
+            }),
+        },
+        opts(),
+    )?;
+    r.topic.ok_or_else(|| Status::internal("no topic"))
+}

@@ -1,0 +1,243 @@
+//! Every unary RPC of log.v1.Log, log.v1.Admin and grpc.health.v1.Health, and the error
+//! statuses clients depend on.
+
+mod common;
+
+use common::*;
+use net::Code;
+use prost::Message;
+use proto::google::rpc;
+use proto::log::v1::*;
+
+#[test]
+fn produce_consume_and_get_servers() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    // A book client sends no topic: it lands in "default", partition 0.
+    assert_eq!(produce(&ch, "", 0, "hello").unwrap(), 0);
+    assert_eq!(produce(&ch, "", 0, "world").unwrap(), 1);
+    let r = consume(&ch, "", 0, 1).unwrap();
+    assert_eq!(&r.value[..], b"world");
+    assert_eq!(r.offset, 1);
+    assert!(r.timestamp_ms > 0, "the server stamps the append time");
+    assert_eq!(&consume(&ch, "default", 0, 0).unwrap().value[..], b"hello");
+
+    let servers: GetServersResponse = ch
+        .unary_prost(paths::GET_SERVERS, &GetServersRequest {}, opts())
+        .unwrap();
+    assert_eq!(
+        servers.servers,
+        vec![Server {
+            id: "test-node".into(),
+            rpc_addr: s.addr.to_string(),
+            is_leader: true
+        }]
+    );
+}
+
+#[test]
+fn consume_past_the_end_is_out_of_range_with_details() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    produce(&ch, "", 0, "only").unwrap();
+    let st = consume(&ch, "", 0, 5).unwrap_err();
+    assert_eq!(st.code, Code::OutOfRange);
+    assert_eq!(st.message, "offset out of range: 5");
+    let details = rpc::Status::decode(st.details.as_ref()).expect("grpc-status-details-bin");
+    assert_eq!(details.code, 11);
+    assert_eq!(details.message, "offset out of range: 5");
+    assert_eq!(
+        details.details[0].type_url,
+        "type.googleapis.com/google.rpc.LocalizedMessage"
+    );
+    let lm = rpc::find_localized_message(&details).expect("LocalizedMessage");
+    assert_eq!(lm.locale, "en-US");
+    assert_eq!(lm.message, "The requested offset is outside of the log: 5");
+    // The offset just past the last record too.
+    assert_eq!(consume(&ch, "", 0, 1).unwrap_err().code, Code::OutOfRange);
+}
+
+#[test]
+fn unknown_topic_and_partition_are_not_found() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    assert_eq!(produce(&ch, "nope", 0, "x").unwrap_err().code, Code::NotFound);
+    assert_eq!(consume(&ch, "nope", 0, 0).unwrap_err().code, Code::NotFound);
+    assert_eq!(produce(&ch, "", 1, "x").unwrap_err().code, Code::NotFound);
+    // A request without a record is the client's mistake.
+    let st = ch
+        .unary_prost::<_, ProduceResponse>(paths::PRODUCE, &ProduceRequest::default(), opts())
+        .unwrap_err();
+    assert_eq!(st.code, Code::InvalidArgument);
+}
+
+#[test]
+fn admin_topics_lifecycle() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    let t = create_topic(&ch, "events", 3).unwrap();
+    assert_eq!(t.name, "events");
+    assert_eq!(t.partitions.len(), 3);
+    assert_eq!(t.config.as_ref().map(|c| c.partitions), Some(3));
+    assert_eq!(
+        create_topic(&ch, "events", 1).unwrap_err().code,
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        create_topic(&ch, "bad/name", 1).unwrap_err().code,
+        Code::InvalidArgument
+    );
+
+    // Partitions land on different shards; routing is invisible to the client.
+    for p in 0..3 {
+        for i in 0..=p {
+            assert_eq!(produce(&ch, "events", p, &format!("{p}-{i}")).unwrap(), i as u64);
+        }
+    }
+    assert_eq!(&consume(&ch, "events", 2, 2).unwrap().value[..], b"2-2");
+
+    let list: ListTopicsResponse = ch
+        .unary_prost(paths::LIST_TOPICS, &ListTopicsRequest {}, opts())
+        .unwrap();
+    assert_eq!(list.names, vec!["default".to_string(), "events".to_string()]);
+
+    let d: DescribeTopicResponse = ch
+        .unary_prost(
+            paths::DESCRIBE_TOPIC,
+            &DescribeTopicRequest { name: "events".into() },
+            opts(),
+        )
+        .unwrap();
+    let parts = d.topic.unwrap().partitions;
+    let next: Vec<u64> = parts.iter().map(|p| p.next_offset).collect();
+    assert_eq!(next, vec![1, 2, 3]);
+    assert!(parts.iter().all(|p| p.size_bytes > 0));
+
+    let _: DeleteTopicResponse = ch
+        .unary_prost(
+            paths::DELETE_TOPIC,
+            &DeleteTopicRequest { name: "events".into() },
+            opts(),
+        )
+        .unwrap();
+    let st = ch
+        .unary_prost::<_, DescribeTopicResponse>(
+            paths::DESCRIBE_TOPIC,
+            &DescribeTopicRequest { name: "events".into() },
+            opts(),
+        )
+        .unwrap_err();
+    assert_eq!(st.code, Code::NotFound);
+    assert_eq!(produce(&ch, "events", 0, "x").unwrap_err().code, Code::NotFound);
+}
+
+#[test]
+fn produce_batch_and_consume_batch() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    let records = (0..10).map(|i| record(format!("v{i}")).unwrap()).collect();
+    let r: ProduceBatchResponse = ch
+        .unary_prost(
+            paths::PRODUCE_BATCH,
+            &ProduceBatchRequest {
+                records,
+                ..Default::default()
+            },
+            opts(),
+        )
+        .unwrap();
+    assert_eq!((r.base_offset, r.last_offset, r.count), (0, 9, 10));
+
+    let get = |offset, max_records| -> Result<ConsumeBatchResponse, net::Status> {
+        ch.unary_prost(
+            paths::CONSUME_BATCH,
+            &ConsumeBatchRequest {
+                offset,
+                max_records,
+                ..Default::default()
+            },
+            opts(),
+        )
+    };
+    let b = get(3, 4).unwrap();
+    let offsets: Vec<u64> = b.records.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, vec![3, 4, 5, 6]);
+    assert_eq!(&b.records[0].value[..], b"v3");
+    assert_eq!((b.next_offset, b.high_watermark), (7, 10));
+    // At the end: empty, not an error; past it: OUT_OF_RANGE.
+    let end = get(10, 0).unwrap();
+    assert!(end.records.is_empty());
+    assert_eq!((end.next_offset, end.high_watermark), (10, 10));
+    assert_eq!(get(11, 0).unwrap_err().code, Code::OutOfRange);
+
+    // An empty batch is invalid.
+    let st = ch
+        .unary_prost::<_, ProduceBatchResponse>(
+            paths::PRODUCE_BATCH,
+            &ProduceBatchRequest::default(),
+            opts(),
+        )
+        .unwrap_err();
+    assert_eq!(st.code, Code::InvalidArgument);
+}
+
+#[test]
+fn oversized_messages_are_resource_exhausted_and_the_connection_survives() {
+    let s = TestServer::start_with(&["--max-message-bytes", "64KiB", "--max-record-bytes", "16KiB"]);
+    let ch = s.channel();
+    // Over the gRPC message limit: refused by the codec.
+    let big = "x".repeat(100 * 1024);
+    assert_eq!(
+        produce(&ch, "", 0, &big).unwrap_err().code,
+        Code::ResourceExhausted
+    );
+    // Within the message limit but over the record limit: refused by the engine.
+    let mid = "y".repeat(20 * 1024);
+    assert_eq!(
+        produce(&ch, "", 0, &mid).unwrap_err().code,
+        Code::ResourceExhausted
+    );
+    // Same connection, still fine.
+    assert_eq!(produce(&ch, "", 0, "small").unwrap(), 0);
+    assert_eq!(&consume(&ch, "", 0, 0).unwrap().value[..], b"small");
+}
+
+#[test]
+fn health_check() {
+    use proto::health::v1::health_check_response::ServingStatus;
+    use proto::health::v1::*;
+    let s = TestServer::start();
+    let ch = s.channel();
+    for service in ["", "log.v1.Log", "log.v1.Admin"] {
+        let r: HealthCheckResponse = ch
+            .unary_prost(
+                paths::CHECK,
+                &HealthCheckRequest {
+                    service: service.into(),
+                },
+                opts(),
+            )
+            .unwrap();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let st = ch
+        .unary_prost::<_, HealthCheckResponse>(
+            paths::CHECK,
+            &HealthCheckRequest {
+                service: "no.such.Service".into(),
+            },
+            opts(),
+        )
+        .unwrap_err();
+    assert_eq!(st.code, Code::NotFound);
+}
+
+#[test]
+fn unknown_method_is_unimplemented() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    let st = ch
+        .unary("/log.v1.Log/Nope", bytes::Bytes::new(), opts())
+        .unwrap_err();
+    assert_eq!(st.code, Code::Unimplemented);
+}
