@@ -85,7 +85,13 @@ struct State {
     /// Term stamped on batches appended with `append`.
     term: u64,
     latched: Option<String>,
-    rolling: bool,
+    /// Set while a roll, truncation or reset holds `io` and rebuilds the active segment:
+    /// appends wait for it instead of writing into a segment that is being replaced.
+    exclusive: bool,
+    /// Bumped by every truncate-suffix and reset; with `cut_floor` (the lowest offset any of
+    /// them cut from), lets an appender that waited across one see that its record was cut.
+    cut_epoch: u64,
+    cut_floor: u64,
     closed: bool,
     stats: LogStats,
 }
@@ -152,7 +158,9 @@ impl Log {
                 durable_next: 0,
                 term: 0,
                 latched: None,
-                rolling: false,
+                exclusive: false,
+                cut_epoch: 0,
+                cut_floor: u64::MAX,
                 closed: false,
                 stats: LogStats::default(),
             }),
@@ -173,6 +181,20 @@ impl Log {
             st.next = st.segments.last().map(|s| s.next).unwrap_or(0);
             st.durable_next = st.next;
             st.term = st.segments.last().map(|s| s.last_term).unwrap_or(0);
+        }
+        // An empty active segment (a crash right after a roll) knows no term: take the term
+        // of the last record, from the previous segment's index.
+        let empty_active = log
+            .state
+            .borrow()
+            .segments
+            .last()
+            .is_some_and(|s| s.is_empty());
+        if let (true, Some(last)) = (empty_active, log.highest_offset()) {
+            match log.term_of(last).await {
+                Ok(term) => log.state.borrow_mut().term = term,
+                Err(e) => log::warn!("{}: term of the last record unknown: {e}", dir.display()),
+            }
         }
         Self::spawn_flusher(&log);
         Ok(log)
@@ -415,7 +437,15 @@ impl Log {
     async fn after_append(&self, appended: Appended) -> Result<Appended> {
         self.appended.notify(usize::MAX);
         if self.config.durability == Durability::Always {
+            let epoch = self.state.borrow().cut_epoch;
             self.wait_durable(appended.last_offset + 1).await?;
+            let st = self.state.borrow();
+            if st.cut_epoch != epoch && st.cut_floor <= appended.last_offset {
+                return Err(Error::InvalidArgument(format!(
+                    "offsets {}..={} were truncated before they became durable",
+                    appended.base_offset, appended.last_offset
+                )));
+            }
         }
         Ok(appended)
     }
@@ -426,6 +456,14 @@ impl Log {
             Payload::Raw { bytes, .. } => bytes.len(),
         } as u64;
         loop {
+            if self.state.borrow().exclusive {
+                let _permit = self
+                    .io
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| Error::ShutDown)?;
+                continue;
+            }
             let need = {
                 let mut st = self.state.borrow_mut();
                 self.check_writable(&st)?;
@@ -620,9 +658,9 @@ impl Log {
                 return Ok(());
             }
         }
-        self.state.borrow_mut().rolling = true;
+        self.state.borrow_mut().exclusive = true;
         let r = self.roll_inner().await;
-        self.state.borrow_mut().rolling = false;
+        self.state.borrow_mut().exclusive = false;
         if let Err(e) = &r {
             self.latch(e);
         }
@@ -821,7 +859,7 @@ impl Log {
     /// base rather than position because retention may remove segments while a read awaits.
     fn segment_for(&self, offset: u64) -> Result<u64> {
         let st = self.state.borrow();
-        if offset < st.lowest || offset >= st.next {
+        if offset < st.lowest || offset >= st.next || st.segments.is_empty() {
             return Err(Error::OffsetOutOfRange {
                 offset,
                 lowest: st.lowest,
@@ -1153,7 +1191,14 @@ impl Log {
                 )));
             }
         }
+        self.state.borrow_mut().exclusive = true;
         let r = self.truncate_suffix_inner(new_next).await;
+        {
+            let mut st = self.state.borrow_mut();
+            st.exclusive = false;
+            st.cut_epoch += 1;
+            st.cut_floor = st.cut_floor.min(new_next);
+        }
         if let Err(e) = &r {
             self.latch(e);
         }
@@ -1285,6 +1330,19 @@ impl Log {
             .acquire_permit(1)
             .await
             .map_err(|_| Error::ShutDown)?;
+        let old_lowest = self.state.borrow().lowest;
+        self.state.borrow_mut().exclusive = true;
+        let r = self.reset_inner(next_offset).await;
+        let mut st = self.state.borrow_mut();
+        st.exclusive = false;
+        st.cut_epoch += 1;
+        st.cut_floor = st.cut_floor.min(next_offset).min(old_lowest);
+        drop(st);
+        self.appended.notify(usize::MAX);
+        r
+    }
+
+    async fn reset_inner(&self, next_offset: u64) -> Result<()> {
         let doomed: Vec<Segment> = std::mem::take(&mut self.state.borrow_mut().segments);
         for mut seg in doomed {
             seg.writer = None;
@@ -1297,8 +1355,6 @@ impl Log {
         st.next = next_offset;
         st.durable_next = next_offset;
         st.latched = None;
-        drop(st);
-        self.appended.notify(usize::MAX);
         Ok(())
     }
 
