@@ -88,6 +88,8 @@ struct State {
     /// Set while a roll, truncation or reset holds `io` and rebuilds the active segment:
     /// appends wait for it instead of writing into a segment that is being replaced.
     exclusive: bool,
+    /// A leader is writing out (and maybe syncing) on behalf of everyone; see `wait_durable`.
+    io_busy: bool,
     /// Bumped by every truncate-suffix and reset; with `cut_floor` (the lowest offset any of
     /// them cut from), lets an appender that waited across one see that its record was cut.
     cut_epoch: u64,
@@ -104,6 +106,8 @@ pub struct Log {
     state: RefCell<State>,
     io: Semaphore,
     appended: Event,
+    /// Notified when a leader's write-out ends.
+    io_done: Event,
     index_capacity: usize,
 }
 
@@ -159,6 +163,7 @@ impl Log {
                 term: 0,
                 latched: None,
                 exclusive: false,
+                io_busy: false,
                 cut_epoch: 0,
                 cut_floor: u64::MAX,
                 closed: false,
@@ -166,6 +171,7 @@ impl Log {
             }),
             io: Semaphore::new(1),
             appended: Event::new(),
+            io_done: Event::new(),
             index_capacity,
             config,
         });
@@ -215,8 +221,14 @@ impl Log {
                     let Ok(_permit) = log.io.acquire_permit(1).await else {
                         return;
                     };
-                    if let Err(e) = log.write_out_locked(sync).await {
-                        log::error!("background flush of {} failed: {e}", log.dir.display());
+                    if log.state.borrow().closed {
+                        return;
+                    }
+                    match log.write_out_locked(sync).await {
+                        Ok(()) | Err(Error::ShutDown) => {}
+                        Err(e) => {
+                            log::error!("background flush of {} failed: {e}", log.dir.display())
+                        }
                     }
                 }
             }
@@ -522,14 +534,17 @@ impl Log {
                     });
                 }
             };
-            let _permit = self
-                .io
-                .acquire_permit(1)
-                .await
-                .map_err(|_| Error::ShutDown)?;
             match need {
-                Need::Roll => self.roll_locked(len).await?,
-                Need::WriteOut => self.write_out_locked(false).await?,
+                Need::Roll => {
+                    let _permit = self
+                        .io
+                        .acquire_permit(1)
+                        .await
+                        .map_err(|_| Error::ShutDown)?;
+                    self.roll_locked(len).await?
+                }
+                Need::WriteOut if self.state.borrow().io_busy => self.wait_io().await,
+                Need::WriteOut => self.lead_io(false).await?,
             }
         }
     }
@@ -555,7 +570,11 @@ impl Log {
         }
     }
 
-    /// Waits until offsets below `target` are durable, syncing if no one else is.
+    /// Waits until offsets below `target` are durable. Group commit: if a write-out is under
+    /// way, wait for it and check again; otherwise lead one, which writes and syncs everything
+    /// buffered so far on behalf of every appender waiting behind it. Followers never queue on
+    /// the semaphore (glommio's does not hand permits over in order, so a busy appender could
+    /// otherwise take it again and again while others starve).
     async fn wait_durable(&self, target: u64) -> Result<()> {
         loop {
             {
@@ -565,15 +584,52 @@ impl Log {
                 }
                 self.check_writable(&st)?;
             }
-            let _permit = self
-                .io
-                .acquire_permit(1)
-                .await
-                .map_err(|_| Error::ShutDown)?;
-            if self.state.borrow().durable_next >= target {
-                return Ok(());
+            if self.state.borrow().io_busy {
+                self.wait_io().await;
+            } else {
+                self.lead_io(true).await?;
             }
-            self.write_out_locked(true).await?;
+        }
+    }
+
+    /// Runs one write-out (and fdatasync if `sync`) as the leader. The flag is cleared and
+    /// followers are woken even if this future is dropped.
+    async fn lead_io(&self, sync: bool) -> Result<()> {
+        struct Busy<'a>(&'a Log);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().io_busy = false;
+                self.0.io_done.notify(usize::MAX);
+            }
+        }
+        self.state.borrow_mut().io_busy = true;
+        let _busy = Busy(self);
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        self.write_out_locked(sync).await
+    }
+
+    /// Marks the active segment as being rebuilt until the guard drops (even if the future
+    /// holding it is dropped midway).
+    fn exclusive(&self) -> impl Drop + '_ {
+        struct Exclusive<'a>(&'a Log);
+        impl Drop for Exclusive<'_> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().exclusive = false;
+            }
+        }
+        self.state.borrow_mut().exclusive = true;
+        Exclusive(self)
+    }
+
+    /// Resolves when the current leader's write-out ends (at once if there is none).
+    async fn wait_io(&self) {
+        let listener = self.io_done.listen();
+        if self.state.borrow().io_busy {
+            listener.await;
         }
     }
 
@@ -658,7 +714,7 @@ impl Log {
                 return Ok(());
             }
         }
-        self.state.borrow_mut().exclusive = true;
+        let _exclusive = self.exclusive();
         let r = self.roll_inner().await;
         self.state.borrow_mut().exclusive = false;
         if let Err(e) = &r {
@@ -1191,7 +1247,7 @@ impl Log {
                 )));
             }
         }
-        self.state.borrow_mut().exclusive = true;
+        let _exclusive = self.exclusive();
         let r = self.truncate_suffix_inner(new_next).await;
         {
             let mut st = self.state.borrow_mut();
@@ -1331,7 +1387,7 @@ impl Log {
             .await
             .map_err(|_| Error::ShutDown)?;
         let old_lowest = self.state.borrow().lowest;
-        self.state.borrow_mut().exclusive = true;
+        let _exclusive = self.exclusive();
         let r = self.reset_inner(next_offset).await;
         let mut st = self.state.borrow_mut();
         st.exclusive = false;

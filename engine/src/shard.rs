@@ -454,7 +454,14 @@ impl EngineHandle {
                 .map(|(_, ctx)| Rc::clone(ctx))
         });
         if let Some(ctx) = local {
-            return f(ctx).await;
+            // Run as a detached task even in place: an operation, once started, completes
+            // even if the caller goes away (a roll or truncation must not stop halfway).
+            let (tx, rx) = oneshot::channel::<Result<R>>();
+            glommio::spawn_local(async move {
+                let _ = tx.send(f(ctx).await);
+            })
+            .detach();
+            return rx.await.map_err(|_| Error::ShutDown)?;
         }
         let target = self
             .shared
