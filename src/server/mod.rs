@@ -103,11 +103,28 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 /// Every shard binds with SO_REUSEPORT, which would let this server silently share a port
-/// with another proglog of the same user. A plain bind first fails if anyone holds the port.
+/// with another proglog of the same user: the kernel would split connections between them.
+/// A connection attempt tells whether anyone listens there. (A plain bind is no test: it
+/// also fails on the TIME_WAIT sockets our own previous run left behind, which the
+/// SO_REUSEPORT listeners do not mind.) A listener without SO_REUSEPORT makes the shards'
+/// bind fail anyway.
 fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .with_context(|| format!("gRPC address {addr} is not available"))
+    let probe = if addr.ip().is_unspecified() {
+        let lo: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(lo, addr.port())
+    } else {
+        addr
+    };
+    match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
+        Ok(_) => bail!(
+            "gRPC address {addr} is not available: a process already listens on it (another proglog?)"
+        ),
+        Err(_) => Ok(()),
+    }
 }
 
 fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> anyhow::Result<()> {

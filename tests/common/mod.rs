@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -29,13 +28,22 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A port nobody listens on right now. Racy by nature, but the server refuses a port in use
-/// instead of sharing it, and `start` retries.
+/// A port nobody uses right now, below the kernel's ephemeral range (32768 and up here): a
+/// port taken from that range can be handed to some client's `connect` the moment a server
+/// releases it, which breaks restarts on the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + seed.wrapping_add(n.wrapping_mul(104_729)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn opts() -> CallOptions {
@@ -81,7 +89,12 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let log = File::create(&self.log_path).expect("log file");
+        // Appended, so that the log of a run survives the restart after it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
         let child = Command::new(BIN)
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -162,6 +175,20 @@ impl TestServer {
             assert!(Instant::now() < until, "server did not exit after signal {sig}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// User + system CPU time the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("running server").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name, from `state`; utime and stime are
+        // fields 14 and 15 of the whole line.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     pub fn sigterm(&mut self) -> ExitStatus {
