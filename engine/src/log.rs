@@ -1048,8 +1048,7 @@ impl Log {
         let mut want = from;
         let mut bytes = 0usize;
         let mut records = 0usize;
-        let window =
-            max_bytes.clamp(64 * 1024, 8 << 20) + self.config.index_interval_bytes as usize;
+        let window = max_bytes.clamp(4096, 8 << 20) + self.config.index_interval_bytes as usize;
         loop {
             let base = match self.segment_for(want) {
                 Ok(b) => b,
@@ -1100,25 +1099,11 @@ impl Log {
                     Parsed::Invalid(why) => return Err(Error::corrupt(&path, pos, why)),
                 };
                 let len = header.batch_len();
-                if pos + len as u64 > chunk_pos + chunk.len() as u64 {
-                    chunk = self.fetch(base, pos, window.max(len)).await?;
-                    chunk_pos = pos;
-                    if chunk.len() < len {
-                        return Err(Error::corrupt(
-                            &path,
-                            pos,
-                            "batch runs past the end of the segment",
-                        ));
-                    }
-                }
-                let at = (pos - chunk_pos) as usize;
-                let data = chunk.slice(at..at + len);
-                if !batch::crc_ok(&header, &data) {
-                    return Err(Error::corrupt(&path, pos, "checksum mismatch"));
-                }
                 let batch_pos = pos;
-                pos += len as u64;
                 if header.next_offset() <= want {
+                    // Before the offset asked for: skip without reading its body. Whatever is
+                    // returned is still checked (CRC and offset continuity) below.
+                    pos += len as u64;
                     continue;
                 }
                 if header.base_offset > want {
@@ -1134,6 +1119,24 @@ impl Log {
                 if !out.is_empty() && bytes + len > max_bytes {
                     return Ok((out, want));
                 }
+                if pos + len as u64 > chunk_pos + chunk.len() as u64 {
+                    let need = len.max(max_bytes.saturating_sub(bytes).min(window));
+                    chunk = self.fetch(base, pos, need).await?;
+                    chunk_pos = pos;
+                    if chunk.len() < len {
+                        return Err(Error::corrupt(
+                            &path,
+                            pos,
+                            "batch runs past the end of the segment",
+                        ));
+                    }
+                }
+                let at = (pos - chunk_pos) as usize;
+                let data = chunk.slice(at..at + len);
+                if !batch::crc_ok(&header, &data) {
+                    return Err(Error::corrupt(&path, pos, "checksum mismatch"));
+                }
+                pos += len as u64;
                 bytes += len;
                 records += (header.next_offset() - want) as usize;
                 want = header.next_offset();
