@@ -40,7 +40,9 @@ fn over_limit_records_and_batches_are_refused_and_the_log_goes_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     run(tmp.path(), move || async move {
-        let log = Log::open(&dir, limits(), FileBudget::new(4)).await.expect("open");
+        let log = Log::open(&dir, limits(), FileBudget::new(4))
+            .await
+            .expect("open");
         log.append(&recs(&[10])).await.expect("append");
         for term in [None, Some(3u64)] {
             let append = |r: Vec<NewRecord>| {
@@ -52,29 +54,60 @@ fn over_limit_records_and_batches_are_refused_and_the_log_goes_on() {
                     }
                 }
             };
-            let e = append(recs(&[1001])).await.expect_err("record over the limit");
+            let e = append(recs(&[1001]))
+                .await
+                .expect_err("record over the limit");
             assert!(
-                matches!(e, Error::RecordTooLarge { size: 1001, limit: 1000 }),
+                matches!(
+                    e,
+                    Error::RecordTooLarge {
+                        size: 1001,
+                        limit: 1000
+                    }
+                ),
                 "{e:?}"
             );
             let msg = e.to_string();
             assert!(msg.contains("1001") && msg.contains("1000"), "{msg}");
             assert!(e.is_client_error());
 
-            let e = append(recs(&[10, 10, 1001])).await.expect_err("one record over");
-            assert!(matches!(e, Error::RecordTooLarge { size: 1001, .. }), "{e:?}");
+            let e = append(recs(&[10, 10, 1001]))
+                .await
+                .expect_err("one record over");
+            assert!(
+                matches!(e, Error::RecordTooLarge { size: 1001, .. }),
+                "{e:?}"
+            );
 
             // 5 records of 900 bytes: 4540 payload bytes with their record headers.
-            let e = append(recs(&[900; 5])).await.expect_err("batch over max_batch_bytes");
+            let e = append(recs(&[900; 5]))
+                .await
+                .expect_err("batch over max_batch_bytes");
             assert!(
-                matches!(e, Error::BatchTooLarge { size: 4540, limit: 4000, unit: "bytes" }),
+                matches!(
+                    e,
+                    Error::BatchTooLarge {
+                        size: 4540,
+                        limit: 4000,
+                        unit: "bytes"
+                    }
+                ),
                 "{e:?}"
             );
             assert!(e.to_string().contains("4540 bytes"), "{e}");
 
-            let e = append(recs(&[1; 6])).await.expect_err("batch over max_batch_records");
+            let e = append(recs(&[1; 6]))
+                .await
+                .expect_err("batch over max_batch_records");
             assert!(
-                matches!(e, Error::BatchTooLarge { size: 6, limit: 5, unit: "records" }),
+                matches!(
+                    e,
+                    Error::BatchTooLarge {
+                        size: 6,
+                        limit: 5,
+                        unit: "records"
+                    }
+                ),
                 "{e:?}"
             );
             assert!(e.to_string().contains("6 records"), "{e}");
@@ -84,13 +117,23 @@ fn over_limit_records_and_batches_are_refused_and_the_log_goes_on() {
                 Error::InvalidArgument(m) => assert!(m.contains("at least one record"), "{m}"),
                 other => panic!("empty batch gave {other:?}"),
             }
-            assert_eq!(log.next_offset(), log.stats().records_appended, "nothing was appended");
+            assert_eq!(
+                log.next_offset(),
+                log.stats().records_appended,
+                "nothing was appended"
+            );
         }
         // Exactly at the limits is fine: a 1000-byte record, 5 records, 4000 payload bytes.
         let n0 = log.next_offset();
-        log.append(&recs(&[1000])).await.expect("record at the limit");
-        log.append(&recs(&[1; 5])).await.expect("records at the limit");
-        log.append(&recs(&[992; 4])).await.expect("bytes at the limit");
+        log.append(&recs(&[1000]))
+            .await
+            .expect("record at the limit");
+        log.append(&recs(&[1; 5]))
+            .await
+            .expect("records at the limit");
+        log.append(&recs(&[992; 4]))
+            .await
+            .expect("bytes at the limit");
         assert_eq!(log.next_offset(), n0 + 10);
         let r = log.read(n0).await.expect("read");
         assert_eq!(r.value.len(), 1000);
@@ -107,10 +150,34 @@ fn config_out_of_bounds_is_refused_with_its_name() {
     let dir = tmp.path().join("log");
     run(tmp.path(), move || async move {
         let bad = [
-            (LogConfig { segment_bytes: 1000, ..limits() }, "segment_bytes"),
-            (LogConfig { max_batch_records: 0, ..limits() }, "max_batch_records"),
-            (LogConfig { max_record_bytes: 5000, ..limits() }, "max_batch_bytes"),
-            (LogConfig { flush_ms: 0, ..limits() }, "flush_ms"),
+            (
+                LogConfig {
+                    segment_bytes: 1000,
+                    ..limits()
+                },
+                "segment_bytes",
+            ),
+            (
+                LogConfig {
+                    max_batch_records: 0,
+                    ..limits()
+                },
+                "max_batch_records",
+            ),
+            (
+                LogConfig {
+                    max_record_bytes: 5000,
+                    ..limits()
+                },
+                "max_batch_bytes",
+            ),
+            (
+                LogConfig {
+                    flush_ms: 0,
+                    ..limits()
+                },
+                "flush_ms",
+            ),
         ];
         for (config, name) in bad {
             match Log::open(&dir, config, FileBudget::new(4)).await {
@@ -122,10 +189,23 @@ fn config_out_of_bounds_is_refused_with_its_name() {
     });
 }
 
-fn assert_oor(what: &str, r: Result<impl std::fmt::Debug, Error>, offset: u64, lowest: u64, next: u64) {
+fn assert_oor(
+    what: &str,
+    r: Result<impl std::fmt::Debug, Error>,
+    offset: u64,
+    lowest: u64,
+    next: u64,
+) {
     match r {
         Err(e @ Error::OffsetOutOfRange { .. }) => {
-            let Error::OffsetOutOfRange { offset: o, lowest: l, next: n } = e else { unreachable!() };
+            let Error::OffsetOutOfRange {
+                offset: o,
+                lowest: l,
+                next: n,
+            } = e
+            else {
+                unreachable!()
+            };
             assert_eq!((o, l, n), (offset, lowest, next), "{what}");
             assert!(e.to_string().contains("out of range"), "{what}: {e}");
             assert!(e.is_client_error());
@@ -139,7 +219,9 @@ fn offsets_outside_the_log_are_out_of_range() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
     run(tmp.path(), move || async move {
-        let log = Log::open(&dir, limits(), FileBudget::new(4)).await.expect("open");
+        let log = Log::open(&dir, limits(), FileBudget::new(4))
+            .await
+            .expect("open");
         assert_oor("empty log", log.read(0).await, 0, 0, 0);
         for i in 0..200u64 {
             log.append(&recs(&[900])).await.expect("append");
@@ -149,11 +231,29 @@ fn offsets_outside_the_log_are_out_of_range() {
         let (lo, next) = (log.lowest_offset(), log.next_offset());
         assert!(lo > 0 && lo <= 101, "lowest {lo}");
         assert_oor("below lowest", log.read(0).await, 0, lo, next);
-        assert_oor("just below lowest", log.read(lo - 1).await, lo - 1, lo, next);
+        assert_oor(
+            "just below lowest",
+            log.read(lo - 1).await,
+            lo - 1,
+            lo,
+            next,
+        );
         assert_oor("at next", log.read(next).await, next, lo, next);
         assert_oor("far past", log.read(u64::MAX).await, u64::MAX, lo, next);
-        assert_oor("range at next", log.read_range(next, 10, 1000).await, next, lo, next);
-        assert_oor("range below", log.read_range(lo - 1, 10, 1000).await, lo - 1, lo, next);
+        assert_oor(
+            "range at next",
+            log.read_range(next, 10, 1000).await,
+            next,
+            lo,
+            next,
+        );
+        assert_oor(
+            "range below",
+            log.read_range(lo - 1, 10, 1000).await,
+            lo - 1,
+            lo,
+            next,
+        );
         assert_oor("term_of at next", log.term_of(next).await, next, lo, next);
         assert_oor("term_of below", log.term_of(0).await, 0, lo, next);
         assert_eq!(log.read(lo).await.expect("lowest").offset, lo);
@@ -165,7 +265,10 @@ fn offsets_outside_the_log_are_out_of_range() {
         }
         assert_eq!((log.lowest_offset(), log.next_offset()), (lo, next));
         log.close().await.expect("close");
-        assert!(matches!(log.append(&recs(&[1])).await, Err(Error::ShutDown)));
+        assert!(matches!(
+            log.append(&recs(&[1])).await,
+            Err(Error::ShutDown)
+        ));
     });
 }
 
@@ -183,19 +286,30 @@ fn open_err(dir: PathBuf) -> Result<(u64, u64), Error> {
 #[test]
 fn foreign_files_in_a_log_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for name in ["garbage.log", "123.log", "0000000000000000000x.log", "abc.index", "00000000000000000000000.log"] {
+    for name in [
+        "garbage.log",
+        "123.log",
+        "0000000000000000000x.log",
+        "abc.index",
+        "00000000000000000000000.log",
+    ] {
         let dir = tmp.path().join(format!("foreign-{name}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join(name), b"not ours").expect("write");
         match open_err(dir.clone()) {
             Err(e @ Error::Foreign { .. }) => {
-                let Error::Foreign { path, .. } = &e else { unreachable!() };
+                let Error::Foreign { path, .. } = &e else {
+                    unreachable!()
+                };
                 assert_eq!(path, &dir.join(name), "{name}");
                 assert!(e.to_string().contains(name), "{name}: {e}");
             }
             other => panic!("{name}: expected Foreign, got {other:?}"),
         }
-        assert!(dir.join(name).exists(), "{name}: a foreign file must not be touched");
+        assert!(
+            dir.join(name).exists(),
+            "{name}: a foreign file must not be touched"
+        );
     }
     // Unrelated files are ignored; our leftovers (temporary files, an index without its
     // data) are removed.
@@ -208,7 +322,10 @@ fn foreign_files_in_a_log_directory() {
     assert_eq!(open_err(dir.clone()).expect("open"), (0, 0));
     assert!(dir.join("README").exists() && dir.join("notes.txt").exists());
     assert!(!dir.join("catalog.meta.tmp").exists(), "stray .tmp removed");
-    assert!(!dir.join(format!("{:020}.index", 77)).exists(), "orphan index removed");
+    assert!(
+        !dir.join(format!("{:020}.index", 77)).exists(),
+        "orphan index removed"
+    );
 }
 
 #[test]
@@ -244,9 +361,14 @@ fn a_data_file_of_garbage_recovers_to_empty() {
             let a = log.append(&recs(&[5, 6])).await.expect("append");
             assert_eq!(a.base_offset, base);
             log.close().await.expect("close");
-            let log = Log::open(&d, limits(), FileBudget::new(4)).await.expect("reopen");
+            let log = Log::open(&d, limits(), FileBudget::new(4))
+                .await
+                .expect("reopen");
             assert_eq!(log.next_offset(), base + 2);
-            assert_eq!(&log.read(base + 1).await.expect("read").value[..], &[2u8; 6][..]);
+            assert_eq!(
+                &log.read(base + 1).await.expect("read").value[..],
+                &[2u8; 6][..]
+            );
             log.close().await.expect("close");
         });
     }
@@ -258,22 +380,31 @@ fn a_data_file_of_garbage_recovers_to_empty() {
     std::fs::write(dir.join(format!("{:020}.log", 1000)), b"").expect("write");
     let d = dir.clone();
     run(tmp.path(), move || async move {
-        let log = Log::open(&d, limits(), FileBudget::new(4)).await.expect("open");
+        let log = Log::open(&d, limits(), FileBudget::new(4))
+            .await
+            .expect("open");
         assert_eq!((log.lowest_offset(), log.next_offset()), (0, 1000));
         for o in [0u64, 1, 500, 999] {
             match log.read(o).await {
                 // The index is rebuilt from the data and finds nothing: either file of the
                 // segment may be named.
                 Err(Error::Corrupt { path, .. }) => assert!(
-                    path == d.join(format!("{:020}.log", 0)) || path == d.join(format!("{:020}.index", 0)),
+                    path == d.join(format!("{:020}.log", 0))
+                        || path == d.join(format!("{:020}.index", 0)),
                     "read({o}): {}",
                     path.display()
                 ),
                 other => panic!("read({o}) of a garbage sealed segment gave {other:?}"),
             }
         }
-        assert!(matches!(log.read_range(0, 10, 10_000).await, Err(Error::Corrupt { .. })));
-        let a = log.append(&recs(&[3])).await.expect("append after the garbage");
+        assert!(matches!(
+            log.read_range(0, 10, 10_000).await,
+            Err(Error::Corrupt { .. })
+        ));
+        let a = log
+            .append(&recs(&[3]))
+            .await
+            .expect("append after the garbage");
         assert_eq!(a.base_offset, 1000);
         log.close().await.expect("close");
     });
@@ -331,9 +462,15 @@ fn a_damaged_catalog_stops_the_start_with_its_name() {
         ("cut to 5 bytes", good[..5].to_vec()),
         ("cut inside the payload", good[..good.len() - 3].to_vec()),
         ("empty", Vec::new()),
-        ("not a metadata file", b"{\"version\":1,\"topics\":{}}".to_vec()),
+        (
+            "not a metadata file",
+            b"{\"version\":1,\"topics\":{}}".to_vec(),
+        ),
         ("payload is not JSON", meta_file(b"this is not json")),
-        ("unknown catalog version", meta_file(b"{\"version\":7,\"topics\":{}}")),
+        (
+            "unknown catalog version",
+            meta_file(b"{\"version\":7,\"topics\":{}}"),
+        ),
         (
             "topic with a bad name",
             meta_file(br#"{"version":1,"topics":{"../x":{"partitions":1,"config":{}}}}"#),
@@ -377,7 +514,10 @@ fn a_second_engine_on_the_same_directory_is_refused() {
     block_on(h.create_topic("still-here", 1, topic_config())).expect("create");
     first.shutdown();
     let again = start(&dir);
-    assert_eq!(again.handle().list_topics().expect("list")[0].name, "still-here");
+    assert_eq!(
+        again.handle().list_topics().expect("list")[0].name,
+        "still-here"
+    );
     again.shutdown();
 }
 
@@ -387,18 +527,36 @@ fn unknown_topics_partitions_and_bad_names() {
     let engine = start(&tmp.path().join("data"));
     let h = engine.handle();
     block_on(async {
-        h.create_topic("known", 3, topic_config()).await.expect("create");
+        h.create_topic("known", 3, topic_config())
+            .await
+            .expect("create");
         match h.append("unknown", 0, recs(&[1])).await {
             Err(Error::UnknownTopic(t)) => assert_eq!(t, "unknown"),
             other => panic!("append to an unknown topic: {other:?}"),
         }
-        assert!(matches!(h.read("unknown", 0, 0).await, Err(Error::UnknownTopic(_))));
-        assert!(matches!(h.stats("unknown", 0).await, Err(Error::UnknownTopic(_))));
-        assert!(matches!(h.delete_topic("unknown").await, Err(Error::UnknownTopic(_))));
+        assert!(matches!(
+            h.read("unknown", 0, 0).await,
+            Err(Error::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            h.stats("unknown", 0).await,
+            Err(Error::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            h.delete_topic("unknown").await,
+            Err(Error::UnknownTopic(_))
+        ));
         assert!(matches!(h.topic("unknown"), Err(Error::UnknownTopic(_))));
         match h.append("known", 3, recs(&[1])).await {
             Err(e @ Error::UnknownPartition { .. }) => {
-                assert!(matches!(e, Error::UnknownPartition { partition: 3, partitions: 3, .. }));
+                assert!(matches!(
+                    e,
+                    Error::UnknownPartition {
+                        partition: 3,
+                        partitions: 3,
+                        ..
+                    }
+                ));
                 assert!(e.to_string().contains("no partition 3"), "{e}");
             }
             other => panic!("append to partition 3 of 3: {other:?}"),
@@ -408,9 +566,22 @@ fn unknown_topics_partitions_and_bad_names() {
             Err(Error::UnknownPartition { .. })
         ));
         let long = "x".repeat(250);
-        for name in ["", ".", "..", "a/b", "../etc", "with space", "tab\t", "é", "a\0b", long.as_str()] {
+        for name in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../etc",
+            "with space",
+            "tab\t",
+            "é",
+            "a\0b",
+            long.as_str(),
+        ] {
             match h.create_topic(name, 1, topic_config()).await {
-                Err(Error::InvalidArgument(m)) => assert!(m.contains("topic name"), "{name:?}: {m}"),
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.contains("topic name"), "{name:?}: {m}")
+                }
                 other => panic!("topic name {name:?}: {other:?}"),
             }
         }
@@ -426,15 +597,33 @@ fn unknown_topics_partitions_and_bad_names() {
                 other => panic!("{n} partitions: {other:?}"),
             }
         }
-        let bad = LogConfig { segment_bytes: 10, ..topic_config() };
-        assert!(matches!(h.create_topic("badcfg", 1, bad).await, Err(Error::InvalidArgument(_))));
+        let bad = LogConfig {
+            segment_bytes: 10,
+            ..topic_config()
+        };
+        assert!(matches!(
+            h.create_topic("badcfg", 1, bad).await,
+            Err(Error::InvalidArgument(_))
+        ));
         match h.create_topic("known", 5, topic_config()).await {
             Err(Error::TopicExists(t)) => assert_eq!(t, "known"),
             other => panic!("duplicate topic: {other:?}"),
         }
-        assert_eq!(h.topic("known").expect("topic").partitions, 3, "the first one stays");
-        let names: BTreeSet<String> = h.list_topics().expect("list").into_iter().map(|t| t.name).collect();
-        assert!(!names.contains("parts") && !names.contains("badcfg"), "{names:?}");
+        assert_eq!(
+            h.topic("known").expect("topic").partitions,
+            3,
+            "the first one stays"
+        );
+        let names: BTreeSet<String> = h
+            .list_topics()
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert!(
+            !names.contains("parts") && !names.contains("badcfg"),
+            "{names:?}"
+        );
         // Client errors leave the engine working.
         let a = h.append("known", 2, recs(&[7])).await.expect("append");
         assert_eq!(a.base_offset, 0);
@@ -452,11 +641,17 @@ fn partitions_spread_over_shards_and_appends_from_many_threads_are_dense() {
     assert_eq!(h.current_shard(), None, "a plain thread is no shard");
     let parts = 16u32;
     let described = block_on(async {
-        h.create_topic("spread", parts, topic_config()).await.expect("create");
+        h.create_topic("spread", parts, topic_config())
+            .await
+            .expect("create");
         h.describe_topic("spread").await.expect("describe")
     });
     let shards: BTreeSet<usize> = described.iter().map(|p| p.shard).collect();
-    assert_eq!(shards, BTreeSet::from([0, 1]), "16 partitions over 2 shards");
+    assert_eq!(
+        shards,
+        BTreeSet::from([0, 1]),
+        "16 partitions over 2 shards"
+    );
     for p in &described {
         assert_eq!(p.shard, h.shard_of("spread", p.partition));
     }
@@ -473,7 +668,8 @@ fn partitions_spread_over_shards_and_appends_from_many_threads_are_dense() {
                 let mut out = Vec::new();
                 for i in 0..per {
                     let p = (t + i) % parts;
-                    let v = Bytes::from(format!("thread {t} append {i} partition {p}").into_bytes());
+                    let v =
+                        Bytes::from(format!("thread {t} append {i} partition {p}").into_bytes());
                     let n = 1 + (i % 3) as usize;
                     let batch: Vec<NewRecord> = (0..n).map(|_| NewRecord::new(v.clone())).collect();
                     let a = block_on(h.append("spread", p, batch))
@@ -486,7 +682,10 @@ fn partitions_spread_over_shards_and_appends_from_many_threads_are_dense() {
         })
         .collect();
     let mut by_part: BTreeMap<u32, Vec<(u64, usize, Bytes)>> = BTreeMap::new();
-    by_part.entry(0).or_default().push((0, 1, Bytes::from(vec![1u8; 3])));
+    by_part
+        .entry(0)
+        .or_default()
+        .push((0, 1, Bytes::from(vec![1u8; 3])));
     for j in joins {
         for (p, base, n, v) in j.join().expect("thread") {
             by_part.entry(p).or_default().push((base, n, v));
@@ -501,20 +700,32 @@ fn partitions_spread_over_shards_and_appends_from_many_threads_are_dense() {
                 assert_eq!(*base, next, "partition {p}: offsets are dense");
                 next += *n as u64;
             }
-            let all = block_on(h.read_range("spread", *p, 0, usize::MAX, usize::MAX)).expect("read_range");
+            let all = block_on(h.read_range("spread", *p, 0, usize::MAX, usize::MAX))
+                .expect("read_range");
             assert_eq!(all.len() as u64, next, "partition {p}");
             for (base, n, v) in &list {
                 for k in 0..*n as u64 {
-                    assert_eq!(all[(base + k) as usize].value, *v, "partition {p} offset {}", base + k);
+                    assert_eq!(
+                        all[(base + k) as usize].value,
+                        *v,
+                        "partition {p} offset {}",
+                        base + k
+                    );
                 }
             }
-            assert_eq!(block_on(h.stats("spread", *p)).expect("stats").next_offset, next);
+            assert_eq!(
+                block_on(h.stats("spread", *p)).expect("stats").next_offset,
+                next
+            );
         }
     };
     check(&h, &by_part);
     let before: Vec<_> = block_on(h.describe_topic("spread")).expect("describe");
     engine.shutdown();
-    assert!(matches!(block_on(h.append("spread", 0, recs(&[1]))), Err(Error::ShutDown)));
+    assert!(matches!(
+        block_on(h.append("spread", 0, recs(&[1]))),
+        Err(Error::ShutDown)
+    ));
 
     // The catalog brings the topic back after a restart, with its settings and data.
     let engine = start(&dir);
@@ -525,18 +736,34 @@ fn partitions_spread_over_shards_and_appends_from_many_threads_are_dense() {
     let after: Vec<_> = block_on(h.describe_topic("spread")).expect("describe");
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(
-            (b.partition, b.shard, b.stats.lowest_offset, b.stats.next_offset),
-            (a.partition, a.shard, a.stats.lowest_offset, a.stats.next_offset)
+            (
+                b.partition,
+                b.shard,
+                b.stats.lowest_offset,
+                b.stats.next_offset
+            ),
+            (
+                a.partition,
+                a.shard,
+                a.stats.lowest_offset,
+                a.stats.next_offset
+            )
         );
     }
     let a = block_on(h.append("spread", 5, recs(&[1]))).expect("append after restart");
-    assert_eq!(a.base_offset, after[5].stats.next_offset, "offsets continue");
+    assert_eq!(
+        a.base_offset, after[5].stats.next_offset,
+        "offsets continue"
+    );
     // A deleted topic stays deleted after a restart.
     block_on(h.create_topic("gone", 2, topic_config())).expect("create");
     block_on(h.delete_topic("gone")).expect("delete");
     engine.shutdown();
     let engine = start(&dir);
-    assert!(matches!(engine.handle().topic("gone"), Err(Error::UnknownTopic(_))));
+    assert!(matches!(
+        engine.handle().topic("gone"),
+        Err(Error::UnknownTopic(_))
+    ));
     assert!(!dir.join("topics").join("gone").exists());
     engine.shutdown();
 }

@@ -163,7 +163,10 @@ fn read_back(root: &Path) -> Snapshot {
                     continue;
                 }
             };
-            assert!(!rs.is_empty(), "read_range({from}) returned nothing below next {next}");
+            assert!(
+                !rs.is_empty(),
+                "read_range({from}) returned nothing below next {next}"
+            );
             for r in rs {
                 assert_eq!(r.offset, from, "offsets are dense");
                 from += 1;
@@ -207,7 +210,10 @@ fn kill_9_never_loses_acknowledged_records() {
             .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &root)
             .env("PROGLOG_CRASH_ROUND", round.to_string())
-            .env("PROGLOG_CRASH_CHILD_SEED", (seed ^ u64::from(round)).to_string())
+            .env(
+                "PROGLOG_CRASH_CHILD_SEED",
+                (seed ^ u64::from(round)).to_string(),
+            )
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -253,7 +259,10 @@ fn kill_9_never_loses_acknowledged_records() {
             match f.next() {
                 Some("OPEN") => {
                     let n: u64 = f.next().and_then(|x| x.parse().ok()).expect("OPEN line");
-                    assert_eq!(n, last_next, "{ctx}: the child opened the log at {n}, the parent left it at {last_next}");
+                    assert_eq!(
+                        n, last_next,
+                        "{ctx}: the child opened the log at {n}, the parent left it at {last_next}"
+                    );
                     opened = Some(n);
                 }
                 Some("ACK") => {
@@ -274,9 +283,17 @@ fn kill_9_never_loses_acknowledged_records() {
 
         let snap = read_back(&root);
         assert_eq!(snap.lowest, 0, "{ctx}: lowest offset");
-        assert!(snap.next >= last_next, "{ctx}: the log shrank from {last_next} to {}", snap.next);
+        assert!(
+            snap.next >= last_next,
+            "{ctx}: the log shrank from {last_next} to {}",
+            snap.next
+        );
         if let Some((&max_ack, _)) = acked.last_key_value() {
-            assert!(snap.next > max_ack, "{ctx}: offset {max_ack} was acknowledged but the log ends at {}", snap.next);
+            assert!(
+                snap.next > max_ack,
+                "{ctx}: offset {max_ack} was acknowledged but the log ends at {}",
+                snap.next
+            );
         }
         assert_eq!(snap.records.len() as u64, snap.next, "{ctx}: record count");
         let mut next_seq: HashMap<u32, u64> = HashMap::new();
@@ -301,10 +318,16 @@ fn kill_9_never_loses_acknowledged_records() {
         for (offset, value) in &snap.records {
             let value = value.as_ref().expect("checked above");
             let (writer, seq) = parse_value(value).unwrap_or_else(|| {
-                panic!("{ctx}: record {offset} ({} bytes) does not hold a value a writer wrote", value.len())
+                panic!(
+                    "{ctx}: record {offset} ({} bytes) does not hold a value a writer wrote",
+                    value.len()
+                )
             });
             let want = next_seq.entry(writer).or_default();
-            assert_eq!(seq, *want, "{ctx}: record {offset}: writer {writer} sequence gap");
+            assert_eq!(
+                seq, *want,
+                "{ctx}: record {offset}: writer {writer} sequence gap"
+            );
             *want += 1;
             if let Some(a) = acked.get(offset) {
                 assert_eq!(

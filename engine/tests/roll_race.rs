@@ -40,7 +40,9 @@ fn an_append_during_a_roll_is_durable_and_reads_back() {
             let mut expected: Vec<Bytes> = Vec::new();
             while log.stats().size_bytes < 64 * 1024 - 1000 - 4096 {
                 let v = value(expected.len() as u64, 4000);
-                log.append(&[NewRecord::new(v.clone())]).await.expect("fill");
+                log.append(&[NewRecord::new(v.clone())])
+                    .await
+                    .expect("fill");
                 expected.push(v);
             }
             let room = 64 * 1024 - log.stats().size_bytes as usize;
@@ -68,9 +70,9 @@ fn an_append_during_a_roll_is_durable_and_reads_back() {
             }
             let mut got = Vec::new();
             for (i, t) in tasks.into_iter().enumerate() {
-                let a = t
-                    .await
-                    .unwrap_or_else(|e| panic!("{durability}: append {i} during the roll failed: {e}"));
+                let a = t.await.unwrap_or_else(|e| {
+                    panic!("{durability}: append {i} during the roll failed: {e}")
+                });
                 got.push(a.base_offset);
             }
             let mut all: Vec<(u64, Bytes)> = expected
@@ -99,7 +101,11 @@ fn an_append_during_a_roll_is_durable_and_reads_back() {
             let log = Log::open(&dir, config(durability), FileBudget::new(4))
                 .await
                 .expect("reopen");
-            assert_eq!(log.next_offset(), all.len() as u64, "{durability}: next after reopen");
+            assert_eq!(
+                log.next_offset(),
+                all.len() as u64,
+                "{durability}: next after reopen"
+            );
             for (o, v) in &all {
                 let r = log
                     .read(*o)
@@ -146,7 +152,11 @@ fn concurrent_appenders_across_many_rolls() {
                 all.extend(t.await);
             }
             all.sort_by_key(|x| x.0);
-            assert!(log.stats().segments > 10, "{} segments", log.stats().segments);
+            assert!(
+                log.stats().segments > 10,
+                "{} segments",
+                log.stats().segments
+            );
             log.close().await.expect("close");
             drop(log);
             let log = Log::open(&dir, config(durability), FileBudget::new(2))
