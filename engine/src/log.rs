@@ -448,7 +448,10 @@ impl Log {
 
     async fn after_append(&self, appended: Appended) -> Result<Appended> {
         self.appended.notify(usize::MAX);
-        if self.config.durability == Durability::Always {
+        if self.config.durability != Durability::Always {
+            // Buffered appends complete without awaiting anything; let other tasks run.
+            glommio::yield_if_needed().await;
+        } else {
             let epoch = self.state.borrow().cut_epoch;
             self.wait_durable(appended.last_offset + 1).await?;
             let st = self.state.borrow();
@@ -467,6 +470,9 @@ impl Log {
             Payload::Records { records, .. } => batch::encoded_len(*records),
             Payload::Raw { bytes, .. } => bytes.len(),
         } as u64;
+        // An appender that already waited for buffer space may use up to twice the limit, so
+        // appenders that keep finding room cannot starve one that waited.
+        let mut buffer_limit = self.config.write_behind_bytes as u64;
         loop {
             if self.state.borrow().exclusive {
                 let _permit = self
@@ -487,7 +493,7 @@ impl Log {
                 if (seg.size + len > self.config.segment_bytes && seg.size > 0) || w.index.is_full()
                 {
                     Need::Roll
-                } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
+                } else if w.buf.len() as u64 + len > buffer_limit {
                     Need::WriteOut
                 } else {
                     let base = st.next;
@@ -543,8 +549,14 @@ impl Log {
                         .map_err(|_| Error::ShutDown)?;
                     self.roll_locked(len).await?
                 }
-                Need::WriteOut if self.state.borrow().io_busy => self.wait_io().await,
-                Need::WriteOut => self.lead_io(false).await?,
+                Need::WriteOut => {
+                    buffer_limit = 2 * self.config.write_behind_bytes as u64;
+                    if self.state.borrow().io_busy {
+                        self.wait_io().await
+                    } else {
+                        self.lead_io(false).await?
+                    }
+                }
             }
         }
     }
