@@ -262,12 +262,15 @@ impl Sources<'_> {
             return Ok(flag);
         }
         if let Some(v) = (self.env)(&env_name(key)) {
-            return v.parse().map(Some).map_err(|e: T::Err| ConfigError::Invalid {
-                key,
-                value: v.clone(),
-                origin: "environment",
-                reason: e.to_string(),
-            });
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    key,
+                    value: v.clone(),
+                    origin: "environment",
+                    reason: e.to_string(),
+                });
         }
         Ok(file)
     }
@@ -367,14 +370,54 @@ impl Settings {
             });
         }
         let unimplemented: [(&'static str, Option<PathBuf>, Option<PathBuf>, &'static str); 8] = [
-            ("acl-model-file", a.acl_model_file, file.acl_model_file.clone(), "authorization (book chapter 5)"),
-            ("acl-policy-file", a.acl_policy_file, file.acl_policy_file.clone(), "authorization (book chapter 5)"),
-            ("server-tls-cert-file", a.server_tls_cert_file, file.server_tls_cert_file.clone(), "TLS (book chapter 5)"),
-            ("server-tls-key-file", a.server_tls_key_file, file.server_tls_key_file.clone(), "TLS (book chapter 5)"),
-            ("server-tls-ca-file", a.server_tls_ca_file, file.server_tls_ca_file.clone(), "TLS client authentication (book chapter 5)"),
-            ("peer-tls-cert-file", a.peer_tls_cert_file, file.peer_tls_cert_file.clone(), "TLS between cluster nodes (book chapters 5 and 8)"),
-            ("peer-tls-key-file", a.peer_tls_key_file, file.peer_tls_key_file.clone(), "TLS between cluster nodes (book chapters 5 and 8)"),
-            ("peer-tls-ca-file", a.peer_tls_ca_file, file.peer_tls_ca_file.clone(), "TLS between cluster nodes (book chapters 5 and 8)"),
+            (
+                "acl-model-file",
+                a.acl_model_file,
+                file.acl_model_file.clone(),
+                "authorization (book chapter 5)",
+            ),
+            (
+                "acl-policy-file",
+                a.acl_policy_file,
+                file.acl_policy_file.clone(),
+                "authorization (book chapter 5)",
+            ),
+            (
+                "server-tls-cert-file",
+                a.server_tls_cert_file,
+                file.server_tls_cert_file.clone(),
+                "TLS (book chapter 5)",
+            ),
+            (
+                "server-tls-key-file",
+                a.server_tls_key_file,
+                file.server_tls_key_file.clone(),
+                "TLS (book chapter 5)",
+            ),
+            (
+                "server-tls-ca-file",
+                a.server_tls_ca_file,
+                file.server_tls_ca_file.clone(),
+                "TLS client authentication (book chapter 5)",
+            ),
+            (
+                "peer-tls-cert-file",
+                a.peer_tls_cert_file,
+                file.peer_tls_cert_file.clone(),
+                "TLS between cluster nodes (book chapters 5 and 8)",
+            ),
+            (
+                "peer-tls-key-file",
+                a.peer_tls_key_file,
+                file.peer_tls_key_file.clone(),
+                "TLS between cluster nodes (book chapters 5 and 8)",
+            ),
+            (
+                "peer-tls-ca-file",
+                a.peer_tls_ca_file,
+                file.peer_tls_ca_file.clone(),
+                "TLS between cluster nodes (book chapters 5 and 8)",
+            ),
         ];
         for (key, flag, from_file, feature) in unimplemented {
             let v: Option<PathBuf> = src.pick(key, flag, from_file)?;
@@ -389,12 +432,15 @@ impl Settings {
         let node_name = src
             .pick("node-name", a.node_name, file.node_name.clone())?
             .unwrap_or_else(host_name);
-        let bind_addr: SocketAddr = match src.pick_str("bind-addr", a.bind_addr, file.bind_addr.as_ref())? {
-            Some(v) => v,
-            None => DEFAULT_BIND_ADDR.parse().map_err(|e: std::net::AddrParseError| {
-                ConfigError::Inconsistent(format!("built-in bind-addr: {e}"))
-            })?,
-        };
+        let bind_addr: SocketAddr =
+            match src.pick_str("bind-addr", a.bind_addr, file.bind_addr.as_ref())? {
+                Some(v) => v,
+                None => DEFAULT_BIND_ADDR
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| {
+                        ConfigError::Inconsistent(format!("built-in bind-addr: {e}"))
+                    })?,
+            };
         let rpc_port = src
             .pick("rpc-port", a.rpc_port, file.rpc_port)?
             .unwrap_or(DEFAULT_RPC_PORT);
@@ -410,10 +456,18 @@ impl Settings {
             .pick("segment-bytes", a.segment_bytes, file.segment_bytes)?
             .map_or(defaults.segment_bytes, |b| b.0);
         let max_record_bytes = src
-            .pick("max-record-bytes", a.max_record_bytes, file.max_record_bytes)?
+            .pick(
+                "max-record-bytes",
+                a.max_record_bytes,
+                file.max_record_bytes,
+            )?
             .map_or(defaults.max_record_bytes as u64, |b| b.0);
         let max_message_bytes = src
-            .pick("max-message-bytes", a.max_message_bytes, file.max_message_bytes)?
+            .pick(
+                "max-message-bytes",
+                a.max_message_bytes,
+                file.max_message_bytes,
+            )?
             .map_or(DEFAULT_MAX_MESSAGE_BYTES, |b| b.0);
         let log_level = src
             .pick("log-level", a.log_level, file.log_level.clone())?
@@ -497,11 +551,12 @@ impl Settings {
     /// The address other nodes and clients should use: the listen address, unless it is a
     /// wildcard, in which case the bind address's IP stands in for it.
     pub fn advertised_rpc_addr(&self) -> SocketAddr {
-        let ip: IpAddr = if self.listen.ip().is_unspecified() && !self.bind_addr.ip().is_unspecified() {
-            self.bind_addr.ip()
-        } else {
-            self.listen.ip()
-        };
+        let ip: IpAddr =
+            if self.listen.ip().is_unspecified() && !self.bind_addr.ip().is_unspecified() {
+                self.bind_addr.ip()
+            } else {
+                self.listen.ip()
+            };
         SocketAddr::new(ip, self.listen.port())
     }
 }
@@ -565,13 +620,24 @@ mod tests {
     fn flag_beats_env_beats_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "data-dir: /from/file\nrpc-port: 9000\nnode-name: file\nsegment-bytes: 1MiB\n").unwrap();
+        std::fs::write(
+            &path,
+            "data-dir: /from/file\nrpc-port: 9000\nnode-name: file\nsegment-bytes: 1MiB\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config_file: Some(path),
             node_name: Some("flag".into()),
             ..Default::default()
         };
-        let s = resolve(args, &[("PROGLOG_DATA_DIR", "/from/env"), ("PROGLOG_NODE_NAME", "env")]).unwrap();
+        let s = resolve(
+            args,
+            &[
+                ("PROGLOG_DATA_DIR", "/from/env"),
+                ("PROGLOG_NODE_NAME", "env"),
+            ],
+        )
+        .unwrap();
         assert_eq!(s.node_name, "flag");
         assert_eq!(s.data_dir, PathBuf::from("/from/env"));
         assert_eq!(s.listen.port(), 9000);
@@ -582,7 +648,11 @@ mod tests {
     fn toml_by_extension() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9100\"\ndurability = \"interval:50\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9100\"\ndurability = \"interval:50\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config_file: Some(path),
             ..Default::default()
@@ -601,7 +671,10 @@ mod tests {
             config_file: Some(path),
             ..Default::default()
         };
-        assert!(matches!(resolve(args, &[]), Err(ConfigError::ParseFile { .. })));
+        assert!(matches!(
+            resolve(args, &[]),
+            Err(ConfigError::ParseFile { .. })
+        ));
     }
 
     #[test]
@@ -611,13 +684,27 @@ mod tests {
             ..Default::default()
         };
         let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(e.contains("server-tls-cert-file") && e.contains("TLS"), "{e}");
+        assert!(
+            e.contains("server-tls-cert-file") && e.contains("TLS"),
+            "{e}"
+        );
         let e = resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "true")]).unwrap_err();
         assert!(e.to_string().contains("Raft"), "{e}");
-        let e = resolve(ServeArgs::default(), &[("PROGLOG_START_JOIN_ADDRS", "a:1,b:2")]).unwrap_err();
+        let e = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_START_JOIN_ADDRS", "a:1,b:2")],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("membership"), "{e}");
         // Explicitly false or empty is fine.
-        resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "false"), ("PROGLOG_START_JOIN_ADDRS", "")]).unwrap();
+        resolve(
+            ServeArgs::default(),
+            &[
+                ("PROGLOG_BOOTSTRAP", "false"),
+                ("PROGLOG_START_JOIN_ADDRS", ""),
+            ],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -634,6 +721,9 @@ mod tests {
             max_record_bytes: Some(ByteSize(4 << 20)),
             ..Default::default()
         };
-        assert!(matches!(resolve(args, &[]), Err(ConfigError::Inconsistent(_))));
+        assert!(matches!(
+            resolve(args, &[]),
+            Err(ConfigError::Inconsistent(_))
+        ));
     }
 }

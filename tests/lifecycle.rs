@@ -11,9 +11,14 @@ use proto::log::v1::*;
 
 fn produce_stream(addr: std::net::SocketAddr, n: usize, prefix: &'static str) -> Vec<u64> {
     run_async(move || async move {
-        let ch = Channel::connect(addr, ClientConfig::default()).await.unwrap();
+        let ch = Channel::connect(addr, ClientConfig::default())
+            .await
+            .unwrap();
         let (mut tx, mut rx) = ch
-            .streaming(paths::PRODUCE_STREAM, CallOptions::timeout(Duration::from_secs(20)))
+            .streaming(
+                paths::PRODUCE_STREAM,
+                CallOptions::timeout(Duration::from_secs(20)),
+            )
             .await
             .unwrap();
         let send = async move {
@@ -42,7 +47,10 @@ fn produce_stream(addr: std::net::SocketAddr, n: usize, prefix: &'static str) ->
 fn sigterm_exits_zero_and_restart_keeps_acknowledged_data() {
     let mut s = TestServer::start();
     create_topic(&s.channel(), "keep", 2).unwrap();
-    assert_eq!(produce_stream(s.addr, 200, "a"), (0..200).collect::<Vec<u64>>());
+    assert_eq!(
+        produce_stream(s.addr, 200, "a"),
+        (0..200).collect::<Vec<u64>>()
+    );
     produce(&s.channel(), "keep", 1, "k").unwrap();
 
     s.restart(); // asserts exit status 0 on SIGTERM
@@ -51,7 +59,10 @@ fn sigterm_exits_zero_and_restart_keeps_acknowledged_data() {
 
     let ch = s.channel();
     for i in [0u64, 100, 199] {
-        assert_eq!(consume(&ch, "", 0, i).unwrap().value, format!("a{i}").into_bytes());
+        assert_eq!(
+            consume(&ch, "", 0, i).unwrap().value,
+            format!("a{i}").into_bytes()
+        );
     }
     assert_eq!(&consume(&ch, "keep", 1, 0).unwrap().value[..], b"k");
     // Offsets continue where they stopped.
@@ -114,7 +125,10 @@ fn config_file_and_environment_are_honoured() {
     let servers = servers.expect("server from the config file answered");
     // The environment beats the file.
     assert_eq!(servers.servers[0].id, "from-env");
-    assert!(data.join("catalog.meta").exists(), "data-dir from the file is used");
+    assert!(
+        data.join("catalog.meta").exists(),
+        "data-dir from the file is used"
+    );
 }
 
 #[test]
@@ -128,10 +142,16 @@ fn unimplemented_features_and_bad_settings_refuse_to_start() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, err) = run(&["--server-tls-cert-file", "cert.pem"]);
-    assert!(!ok && err.contains("server-tls-cert-file") && err.contains("TLS"), "{err}");
+    assert!(
+        !ok && err.contains("server-tls-cert-file") && err.contains("TLS"),
+        "{err}"
+    );
     let (ok, err) = run(&["--acl-model-file", "model.conf"]);
     assert!(!ok && err.contains("authorization"), "{err}");
     let (ok, err) = run(&["--start-join-addrs", "127.0.0.1:8401"]);
@@ -154,7 +174,12 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     let out = Command::new(BIN)
         .arg("--data-dir")
         .arg(&s.data_dir)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--shards", "1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--shards",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -61,7 +61,10 @@ fn consume_past_the_end_is_out_of_range_with_details() {
 fn unknown_topic_and_partition_are_not_found() {
     let s = TestServer::start();
     let ch = s.channel();
-    assert_eq!(produce(&ch, "nope", 0, "x").unwrap_err().code, Code::NotFound);
+    assert_eq!(
+        produce(&ch, "nope", 0, "x").unwrap_err().code,
+        Code::NotFound
+    );
     assert_eq!(consume(&ch, "nope", 0, 0).unwrap_err().code, Code::NotFound);
     assert_eq!(produce(&ch, "", 1, "x").unwrap_err().code, Code::NotFound);
     // A request without a record is the client's mistake.
@@ -91,7 +94,10 @@ fn admin_topics_lifecycle() {
     // Partitions land on different shards; routing is invisible to the client.
     for p in 0..3 {
         for i in 0..=p {
-            assert_eq!(produce(&ch, "events", p, &format!("{p}-{i}")).unwrap(), i as u64);
+            assert_eq!(
+                produce(&ch, "events", p, &format!("{p}-{i}")).unwrap(),
+                i as u64
+            );
         }
     }
     assert_eq!(&consume(&ch, "events", 2, 2).unwrap().value[..], b"2-2");
@@ -99,12 +105,17 @@ fn admin_topics_lifecycle() {
     let list: ListTopicsResponse = ch
         .unary_prost(paths::LIST_TOPICS, &ListTopicsRequest {}, opts())
         .unwrap();
-    assert_eq!(list.names, vec!["default".to_string(), "events".to_string()]);
+    assert_eq!(
+        list.names,
+        vec!["default".to_string(), "events".to_string()]
+    );
 
     let d: DescribeTopicResponse = ch
         .unary_prost(
             paths::DESCRIBE_TOPIC,
-            &DescribeTopicRequest { name: "events".into() },
+            &DescribeTopicRequest {
+                name: "events".into(),
+            },
             opts(),
         )
         .unwrap();
@@ -116,19 +127,26 @@ fn admin_topics_lifecycle() {
     let _: DeleteTopicResponse = ch
         .unary_prost(
             paths::DELETE_TOPIC,
-            &DeleteTopicRequest { name: "events".into() },
+            &DeleteTopicRequest {
+                name: "events".into(),
+            },
             opts(),
         )
         .unwrap();
     let st = ch
         .unary_prost::<_, DescribeTopicResponse>(
             paths::DESCRIBE_TOPIC,
-            &DescribeTopicRequest { name: "events".into() },
+            &DescribeTopicRequest {
+                name: "events".into(),
+            },
             opts(),
         )
         .unwrap_err();
     assert_eq!(st.code, Code::NotFound);
-    assert_eq!(produce(&ch, "events", 0, "x").unwrap_err().code, Code::NotFound);
+    assert_eq!(
+        produce(&ch, "events", 0, "x").unwrap_err().code,
+        Code::NotFound
+    );
 }
 
 #[test]
@@ -183,7 +201,12 @@ fn produce_batch_and_consume_batch() {
 
 #[test]
 fn oversized_messages_are_resource_exhausted_and_the_connection_survives() {
-    let s = TestServer::start_with(&["--max-message-bytes", "64KiB", "--max-record-bytes", "16KiB"]);
+    let s = TestServer::start_with(&[
+        "--max-message-bytes",
+        "64KiB",
+        "--max-record-bytes",
+        "16KiB",
+    ]);
     let ch = s.channel();
     // Over the gRPC message limit: refused by the codec.
     let big = "x".repeat(100 * 1024);

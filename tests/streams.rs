@@ -17,9 +17,14 @@ fn produce_stream_pipelines_and_answers_in_order() {
     let s = TestServer::start();
     let addr = s.addr;
     let offsets = run_async(move || async move {
-        let ch = Channel::connect(addr, ClientConfig::default()).await.unwrap();
+        let ch = Channel::connect(addr, ClientConfig::default())
+            .await
+            .unwrap();
         let (mut tx, mut rx) = ch
-            .streaming(paths::PRODUCE_STREAM, CallOptions::timeout(Duration::from_secs(20)))
+            .streaming(
+                paths::PRODUCE_STREAM,
+                CallOptions::timeout(Duration::from_secs(20)),
+            )
             .await
             .unwrap();
         // Every request goes out before any response is read: all of them in flight.
@@ -47,7 +52,10 @@ fn produce_stream_pipelines_and_answers_in_order() {
     assert_eq!(offsets, (0..PIPELINED as u64).collect::<Vec<_>>());
     let ch = s.channel();
     for i in [0, 1, 499, 999] {
-        assert_eq!(consume(&ch, "", 0, i).unwrap().value, format!("r{i}").into_bytes());
+        assert_eq!(
+            consume(&ch, "", 0, i).unwrap().value,
+            format!("r{i}").into_bytes()
+        );
     }
 }
 
@@ -57,9 +65,14 @@ fn produce_stream_mixes_partitions_and_reports_errors_in_order() {
     create_topic(&s.channel(), "two", 2).unwrap();
     let addr = s.addr;
     let (offsets, end) = run_async(move || async move {
-        let ch = Channel::connect(addr, ClientConfig::default()).await.unwrap();
+        let ch = Channel::connect(addr, ClientConfig::default())
+            .await
+            .unwrap();
         let (mut tx, mut rx) = ch
-            .streaming(paths::PRODUCE_STREAM, CallOptions::timeout(Duration::from_secs(20)))
+            .streaming(
+                paths::PRODUCE_STREAM,
+                CallOptions::timeout(Duration::from_secs(20)),
+            )
             .await
             .unwrap();
         for i in 0..10u32 {
@@ -103,7 +116,9 @@ fn consume_stream_tails_new_records() {
     // The consumer starts first and waits at the end of the log.
     let consumer = std::thread::spawn(move || {
         run_async(move || async move {
-            let ch = Channel::connect(addr, ClientConfig::default()).await.unwrap();
+            let ch = Channel::connect(addr, ClientConfig::default())
+                .await
+                .unwrap();
             let mut stream = ch
                 .server_streaming(
                     paths::CONSUME_STREAM,
@@ -114,7 +129,11 @@ fn consume_stream_tails_new_records() {
                 .unwrap();
             let mut got = Vec::new();
             while got.len() < 6 {
-                let r = stream.message_as::<ConsumeResponse>().await.unwrap().unwrap();
+                let r = stream
+                    .message_as::<ConsumeResponse>()
+                    .await
+                    .unwrap()
+                    .unwrap();
                 let rec = r.record.unwrap();
                 got.push((rec.offset, String::from_utf8(rec.value.to_vec()).unwrap()));
             }
@@ -126,7 +145,10 @@ fn consume_stream_tails_new_records() {
     let cpu = s.cpu_time();
     std::thread::sleep(Duration::from_millis(500));
     let idle = s.cpu_time() - cpu;
-    assert!(idle < Duration::from_millis(100), "idle tailing used {idle:?} of CPU");
+    assert!(
+        idle < Duration::from_millis(100),
+        "idle tailing used {idle:?} of CPU"
+    );
     for i in 0..5 {
         produce(&ch, "", 0, &format!("later{i}")).unwrap();
     }
@@ -147,7 +169,9 @@ fn consume_batch_stream_tails_from_the_middle() {
     let addr = s.addr;
     let consumer = std::thread::spawn(move || {
         run_async(move || async move {
-            let ch = Channel::connect(addr, ClientConfig::default()).await.unwrap();
+            let ch = Channel::connect(addr, ClientConfig::default())
+                .await
+                .unwrap();
             let req = ConsumeBatchRequest {
                 topic: "t".into(),
                 partition: 3,
@@ -164,7 +188,11 @@ fn consume_batch_stream_tails_from_the_middle() {
                 .unwrap();
             let mut got = Vec::new();
             while got.len() < 8 {
-                let b = stream.message_as::<ConsumeBatchResponse>().await.unwrap().unwrap();
+                let b = stream
+                    .message_as::<ConsumeBatchResponse>()
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(b.next_offset, b.records.last().unwrap().offset + 1);
                 got.extend(b.records.into_iter().map(|r| r.offset));
             }
@@ -205,7 +233,9 @@ fn health_watch_sees_not_serving_on_graceful_stop() {
     let (tx, rx) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
         run_async(move || async move {
-            let ch = Channel::connect(addr, ClientConfig::default()).await.unwrap();
+            let ch = Channel::connect(addr, ClientConfig::default())
+                .await
+                .unwrap();
             let mut stream = ch
                 .server_streaming(
                     paths::WATCH,
@@ -228,13 +258,17 @@ fn health_watch_sees_not_serving_on_graceful_stop() {
             (seen, end)
         })
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("first Watch message");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("first Watch message");
     let status = s.sigterm();
     assert!(status.success(), "exit status {status:?}\n{}", s.log());
     let (seen, end) = watcher.join().unwrap();
     assert_eq!(
         seen,
-        vec![ServingStatus::Serving as i32, ServingStatus::NotServing as i32]
+        vec![
+            ServingStatus::Serving as i32,
+            ServingStatus::NotServing as i32
+        ]
     );
     assert_eq!(end, Code::Unavailable);
 }

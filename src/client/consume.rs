@@ -94,6 +94,10 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             print(a.conn.json, r);
+            // Stop at the limit now, not when a record past it arrives.
+            if done(r.offset + 1) {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -22,8 +22,7 @@ pub async fn handle(
     let tail = async {
         let mut offset = r.offset;
         loop {
-            let (recs, hw) =
-                reader::read_chunk(
+            let (recs, hw) = reader::read_chunk(
                 &state,
                 &topic,
                 r.partition,

@@ -78,7 +78,10 @@ pub fn router(state: &Arc<AppState>) -> Router {
         })
         .unary_prost(paths::CREATE_TOPIC, bind(s, admin::create_topic::handle))
         .unary_prost(paths::LIST_TOPICS, bind(s, admin::list_topics::handle))
-        .unary_prost(paths::DESCRIBE_TOPIC, bind(s, admin::describe_topic::handle))
+        .unary_prost(
+            paths::DESCRIBE_TOPIC,
+            bind(s, admin::describe_topic::handle),
+        )
         .unary_prost(paths::DELETE_TOPIC, bind(s, admin::delete_topic::handle))
         .unary_prost(proto::health::v1::paths::CHECK, bind(s, health::check))
         .server_streaming(proto::health::v1::paths::WATCH, move |r, sink| {
@@ -148,10 +151,7 @@ fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> a
 
 /// Runs a server until SIGTERM or SIGINT, then stops it gracefully.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    log::info!(
-        "proglog {} starting: {settings}",
-        env!("CARGO_PKG_VERSION")
-    );
+    log::info!("proglog {} starting: {settings}", env!("CARGO_PKG_VERSION"));
     check_port_free(settings.listen)?;
     // Registered before any thread starts, so that a signal during start-up is seen here
     // instead of killing the process half-way.

@@ -100,7 +100,14 @@ impl TestServer {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(self.addr.to_string())
-            .args(["--shards", "2", "--node-name", "test-node", "--log-level", "info"])
+            .args([
+                "--shards",
+                "2",
+                "--node-name",
+                "test-node",
+                "--log-level",
+                "info",
+            ])
             .args(&self.extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -115,7 +122,11 @@ impl TestServer {
     /// and port.
     pub fn restart(&mut self) {
         let status = self.sigterm();
-        assert!(status.success(), "graceful stop failed: {status:?}\n{}", self.log());
+        assert!(
+            status.success(),
+            "graceful stop failed: {status:?}\n{}",
+            self.log()
+        );
         self.spawn();
         assert!(
             self.wait_serving(Duration::from_secs(20)),
@@ -172,7 +183,10 @@ impl TestServer {
                 self.child = None;
                 return st;
             }
-            assert!(Instant::now() < until, "server did not exit after signal {sig}");
+            assert!(
+                Instant::now() < until,
+                "server did not exit after signal {sig}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -184,7 +198,10 @@ impl TestServer {
         // Fields after the parenthesised command name, from `state`; utime and stime are
         // fields 14 and 15 of the whole line.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
         // SAFETY: sysconf has no memory effects.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
@@ -223,7 +240,11 @@ pub fn run_cli(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> (bool, S
         .arg(addr.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     let mut child = cmd.spawn().expect("spawn cli");
     if let Some(input) = stdin {
         let mut si = child.stdin.take().expect("stdin");
@@ -271,7 +292,12 @@ pub fn produce(ch: &BlockingChannel, topic: &str, partition: u32, v: &str) -> Re
     Ok(r.offset)
 }
 
-pub fn consume(ch: &BlockingChannel, topic: &str, partition: u32, offset: u64) -> Result<Record, Status> {
+pub fn consume(
+    ch: &BlockingChannel,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<Record, Status> {
     let r: ConsumeResponse = ch.unary_prost(
         paths::CONSUME,
         &ConsumeRequest {
@@ -284,7 +310,11 @@ pub fn consume(ch: &BlockingChannel, topic: &str, partition: u32, offset: u64) -
     r.record.ok_or_else(|| Status::internal("no record"))
 }
 
-pub fn create_topic(ch: &BlockingChannel, name: &str, partitions: u32) -> Result<TopicDescription, Status> {
+pub fn create_topic(
+    ch: &BlockingChannel,
+    name: &str,
+    partitions: u32,
+) -> Result<TopicDescription, Status> {
     let r: CreateTopicResponse = ch.unary_prost(
         paths::CREATE_TOPIC,
         &CreateTopicRequest {

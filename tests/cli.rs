@@ -1,0 +1,125 @@
+//! The command-line client against a real server.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn produce_and_consume_round_trip() {
+    let s = TestServer::start();
+    let (ok, out, err) = s.cli(&["produce", "one", "two"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "0\n1\n");
+    let (ok, out, err) = s.cli(&["produce"], Some("three\nfour\n"));
+    assert!(ok, "{err}");
+    assert_eq!(out, "2\n3\n");
+    let (ok, out, err) = s.cli(&["produce", "--batch", "--json"], Some("five\nsix\n"));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"{"base_offset":4,"count":2,"last_offset":5}"#);
+
+    let (ok, out, err) = s.cli(&["consume"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive\n5\tsix\n");
+    let (ok, out, err) = s.cli(&["consume", "--from", "1", "--count", "2", "--json"], None);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["offset"], 1);
+    assert_eq!(lines[0]["value"], "two");
+    assert_eq!(lines[1]["value"], "three");
+    let (ok, out, _) = s.cli(&["consume", "--from", "4", "--to", "5"], None);
+    assert!(ok);
+    assert_eq!(out, "4\tfive\n");
+}
+
+#[test]
+fn consume_follow_prints_later_records() {
+    let s = TestServer::start();
+    s.cli(&["produce", "first"], None);
+    let follower = Command::new(BIN)
+        .args([
+            "consume",
+            "--follow",
+            "--count",
+            "3",
+            "--addr",
+            &s.addr.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _, err) = s.cli(&["produce", "second", "third"], None);
+    assert!(ok, "{err}");
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\tfirst\n1\tsecond\n2\tthird\n"
+    );
+}
+
+#[test]
+fn topics_servers_and_health() {
+    let s = TestServer::start();
+    let (ok, out, err) = s.cli(
+        &[
+            "topics",
+            "create",
+            "logs",
+            "--partitions",
+            "2",
+            "--durability",
+            "interval:50",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("topic logs: 2 partition(s), durability interval:50"),
+        "{out}"
+    );
+    let (ok, out, _) = s.cli(&["topics", "list"], None);
+    assert!(ok);
+    assert_eq!(out, "default\nlogs\n");
+    s.cli(
+        &["produce", "--topic", "logs", "--partition", "1", "x"],
+        None,
+    );
+    let (ok, out, _) = s.cli(&["topics", "describe", "logs", "--json"], None);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["partition_stats"][1]["next_offset"], 1);
+    let (ok, _, err) = s.cli(&["topics", "create", "logs"], None);
+    assert!(!ok && err.contains("ALREADY_EXISTS"), "{err}");
+    let (ok, out, _) = s.cli(&["topics", "delete", "logs"], None);
+    assert!(ok && out.contains("deleted logs"));
+    let (ok, _, err) = s.cli(&["consume", "--topic", "logs"], None);
+    assert!(!ok && err.contains("NOT_FOUND"), "{err}");
+
+    let (ok, out, _) = s.cli(&["servers"], None);
+    assert!(ok);
+    assert_eq!(out, format!("test-node\t{}\tleader\n", s.addr));
+    let (ok, out, _) = s.cli(&["health"], None);
+    assert!(ok);
+    assert_eq!(out, "SERVING\n");
+}
+
+#[test]
+fn cli_reports_an_unreachable_server() {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (ok, _, err) = run_cli(addr, &["health"], None);
+    assert!(!ok);
+    assert!(err.contains("connecting to"), "{err}");
+}
