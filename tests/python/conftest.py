@@ -13,6 +13,7 @@ the server runs.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import signal
@@ -90,6 +91,15 @@ def claim_port():
 
 # --- the server process ----------------------------------------------------------------
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the server if the test process dies, so that a
+    killed pytest leaves no server behind (Linux PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 _running: list["ProglogServer"] = []
 
 
@@ -129,7 +139,12 @@ class ProglogServer:
         self._stderr.write(f"$ {' '.join(cmd)}\n".encode())
         self._stderr.flush()
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            env=env,
+            preexec_fn=_die_with_parent,
         )
         _running.append(self)
         try:
