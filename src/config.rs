@@ -535,8 +535,11 @@ impl Settings {
             ..LogConfig::default()
         };
         // A batch must hold at least one record of the largest size, and the write-behind
-        // buffer at least one batch.
-        c.max_batch_bytes = c.max_batch_bytes.max(c.max_record_bytes);
+        // buffer at least one batch; a small segment caps the batch instead of failing.
+        let fits_segment = usize::try_from(c.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(engine::batch::HEADER_LEN);
+        c.max_batch_bytes = c.max_batch_bytes.min(fits_segment).max(c.max_record_bytes);
         c.write_behind_bytes = c.write_behind_bytes.max(c.max_batch_bytes + 64 * 1024);
         c
     }
@@ -622,7 +625,7 @@ mod tests {
         let path = dir.path().join("c.yaml");
         std::fs::write(
             &path,
-            "data-dir: /from/file\nrpc-port: 9000\nnode-name: file\nsegment-bytes: 1MiB\n",
+            "data-dir: /from/file\nrpc-port: 9000\nnode-name: file\nsegment-bytes: 8MiB\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -641,7 +644,7 @@ mod tests {
         assert_eq!(s.node_name, "flag");
         assert_eq!(s.data_dir, PathBuf::from("/from/env"));
         assert_eq!(s.listen.port(), 9000);
-        assert_eq!(s.segment_bytes, 1 << 20);
+        assert_eq!(s.segment_bytes, 8 << 20);
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn durability_text(c: &pb::TopicConfig) -> String {
 }
 
 fn print_topic(json: bool, t: &pb::TopicDescription) {
-    let c = t.config.clone().unwrap_or_default();
+    let c = t.config.unwrap_or_default();
     if json {
         let parts: Vec<serde_json::Value> = t
             .partitions

@@ -46,6 +46,12 @@ pub fn log_config(defaults: &LogConfig, c: &pb::TopicConfig) -> Result<LogConfig
     };
     if c.segment_bytes > 0 {
         out.segment_bytes = c.segment_bytes;
+        // A smaller segment caps the batch size rather than refusing the topic; records of
+        // the server's maximum size must still fit, which validate() checks.
+        let fits = usize::try_from(c.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(engine::batch::HEADER_LEN);
+        out.max_batch_bytes = out.max_batch_bytes.min(fits).max(out.max_record_bytes);
     }
     if c.retention_bytes > 0 {
         out.retention_bytes = c.retention_bytes;
