@@ -76,7 +76,8 @@ pub fn check_topic_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "topic name {name:?} must be 1 to {MAX_TOPIC_NAME} characters of letters, digits, '.', '_' or '-'"
+            "topic name {} must be 1 to {MAX_TOPIC_NAME} characters of letters, digits, '.', '_' or '-'",
+            crate::error::shorten(name)
         )))
     }
 }

@@ -52,11 +52,14 @@ pub enum Error {
     InvalidArgument(String),
 
     /// No such topic.
-    #[error("topic {0:?} does not exist")]
+    #[error("topic {} does not exist", shorten(.0))]
     UnknownTopic(String),
 
     /// No such partition in an existing topic.
-    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    #[error(
+        "topic {} has no partition {partition} (it has {partitions})",
+        shorten(topic)
+    )]
     UnknownPartition {
         topic: String,
         partition: u32,
@@ -64,7 +67,7 @@ pub enum Error {
     },
 
     /// A topic with this name exists already.
-    #[error("topic {0:?} already exists")]
+    #[error("topic {} already exists", shorten(.0))]
     TopicExists(String),
 
     /// A shard's request queue is full: the caller should back off.
@@ -128,3 +131,15 @@ impl Error {
 
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Quotes a client-supplied name for an error message, cut to a length that keeps the message
+/// (which travels in a gRPC trailer) small whatever the client sent.
+pub fn shorten(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    if name.chars().count() <= MAX_CHARS {
+        format!("{name:?}")
+    } else {
+        let head: String = name.chars().take(MAX_CHARS).collect();
+        format!("{head:?}... ({} bytes)", name.len())
+    }
+}

@@ -871,12 +871,6 @@ def test_128_threads_at_once(server):
     assert [consume(stub, o).value for o in offsets] == [b"barrier-%03d" % i for i in range(n)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: error messages echo the whole client-supplied name, so the "
-    "grpc-message trailer can exceed grpcio's 16 KiB metadata limit and the client sees "
-    "RESOURCE_EXHAUSTED 'Stream removed' instead of the server's status",
-)
 def test_long_names_in_errors_stay_within_client_metadata_limits(server):
     """grpcio refuses response metadata over 16 KiB (8 KiB soft limit). A status message
     that repeats an arbitrary-length client value must be cut short."""
