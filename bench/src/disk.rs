@@ -76,7 +76,10 @@ impl DiskResult {
     }
 }
 
-fn gerr<T>(what: &'static str, path: &Path) -> impl FnOnce(glommio::GlommioError<T>) -> anyhow::Error
+fn gerr<T>(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(glommio::GlommioError<T>) -> anyhow::Error
 where
     T: std::fmt::Debug,
 {

@@ -27,7 +27,13 @@ pub struct Target {
 }
 
 impl Report {
-    fn find(&self, size: usize, batch: usize, appenders: usize, d: Durability) -> Option<&AppendResult> {
+    fn find(
+        &self,
+        size: usize,
+        batch: usize,
+        appenders: usize,
+        d: Durability,
+    ) -> Option<&AppendResult> {
         self.appends.iter().find(|a| {
             a.spec.record_size == size
                 && a.spec.batch == batch
@@ -69,7 +75,10 @@ impl Report {
             for c in [1usize, self.max_appenders().unwrap_or(1)] {
                 if let Some(a) = self.find(1024, 64, c, Durability::Always) {
                     out.push((
-                        format!("append 1024B x64 c{c} always / disk write+fdatasync ({} MiB chunks)", chunk >> 20),
+                        format!(
+                            "append 1024B x64 c{c} always / disk write+fdatasync ({} MiB chunks)",
+                            chunk >> 20
+                        ),
                         a.payload_mb_s() / sw.mb_s,
                         format!("{:.0} / {:.0} MB/s", a.payload_mb_s(), sw.mb_s),
                     ));
@@ -118,16 +127,12 @@ impl Report {
                 }
             }
         }
-        for a in self
-            .appends
-            .iter()
-            .filter(|a| {
-                a.spec.appenders == many
-                    && many > 1
-                    && a.spec.durability == Durability::Always
-                    && !a.spec.emulated_group_commit
-            })
-        {
+        for a in self.appends.iter().filter(|a| {
+            a.spec.appenders == many
+                && many > 1
+                && a.spec.durability == Durability::Always
+                && !a.spec.emulated_group_commit
+        }) {
             t.push(Target {
                 name: format!("fdatasync per append, {}", a.spec.name()),
                 goal: "< 0.1".into(),
@@ -141,7 +146,10 @@ impl Report {
                 t.push(Target {
                     name: format!("(what a fixed group commit would give) {}", a.spec.name()),
                     goal: ">= 50% of O_DIRECT seq write, < 0.1 fdatasync/append".into(),
-                    measured: format!("{pct:.1}%, {:.4} fdatasync/append", a.fdatasync_per_append()),
+                    measured: format!(
+                        "{pct:.1}%, {:.4} fdatasync/append",
+                        a.fdatasync_per_append()
+                    ),
                     met: None,
                 });
             }
@@ -175,25 +183,65 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "machine: {}", self.machine);
         if let Some(d) = &self.disk {
-            let _ = writeln!(s, "\nDISK LIMITS (O_DIRECT via glommio DmaFile, {} KiB blocks, same filesystem)", d.block >> 10);
+            let _ = writeln!(
+                s,
+                "\nDISK LIMITS (O_DIRECT via glommio DmaFile, {} KiB blocks, same filesystem)",
+                d.block >> 10
+            );
             for b in &d.seq_write {
                 let _ = writeln!(s, "  seq write  qd {:>2}: {:>8.0} MB/s  ({} MiB in {:.2} s, incl. final fdatasync)", b.qd, b.mb_s, b.bytes >> 20, b.secs);
             }
             for b in &d.seq_read {
-                let _ = writeln!(s, "  seq read   qd {:>2}: {:>8.0} MB/s  ({} MiB in {:.2} s{})", b.qd, b.mb_s, b.bytes >> 20, b.secs,
-                    b.device_read_bytes.map(|d| format!("; /proc/self/io read_bytes {} MiB", d >> 20)).unwrap_or_default());
+                let _ = writeln!(
+                    s,
+                    "  seq read   qd {:>2}: {:>8.0} MB/s  ({} MiB in {:.2} s{})",
+                    b.qd,
+                    b.mb_s,
+                    b.bytes >> 20,
+                    b.secs,
+                    b.device_read_bytes
+                        .map(|d| format!("; /proc/self/io read_bytes {} MiB", d >> 20))
+                        .unwrap_or_default()
+                );
             }
             if let Some((chunk, b)) = &d.sync_write {
-                let _ = writeln!(s, "  write {} MiB + fdatasync loop: {:>6.0} MB/s", chunk >> 20, b.mb_s);
+                let _ = writeln!(
+                    s,
+                    "  write {} MiB + fdatasync loop: {:>6.0} MB/s",
+                    chunk >> 20,
+                    b.mb_s
+                );
             }
-            for (n, l) in [("4K append write + fdatasync", &d.sync_append_4k), ("4K overwrite + fdatasync  ", &d.sync_overwrite_4k)] {
-                let _ = writeln!(s, "  {n}: p50 {:.0} us  p99 {:.0} us  max {:.0} us  (n={})", l.p50_us, l.p99_us, l.max_us, l.count);
+            for (n, l) in [
+                ("4K append write + fdatasync", &d.sync_append_4k),
+                ("4K overwrite + fdatasync  ", &d.sync_overwrite_4k),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "  {n}: p50 {:.0} us  p99 {:.0} us  max {:.0} us  (n={})",
+                    l.p50_us, l.p99_us, l.max_us, l.count
+                );
             }
         }
         if !self.appends.is_empty() {
             let _ = writeln!(s, "\nAPPENDS (engine::Log on one glommio executor; MB/s = record payload, incl. final sync)");
-            let _ = writeln!(s, "  {:<9} {:>6} {:>5} {:>4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
-                "durab.", "rec B", "batch", "conc", "records/s", "MB/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "fsync/app", "cpu %");
+            let _ = writeln!(
+                s,
+                "  {:<9} {:>6} {:>5} {:>4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
+                "durab.",
+                "rec B",
+                "batch",
+                "conc",
+                "records/s",
+                "MB/s",
+                "p50 us",
+                "p90 us",
+                "p99 us",
+                "p99.9 us",
+                "max us",
+                "fsync/app",
+                "cpu %"
+            );
             for a in &self.appends {
                 let l = &a.latency;
                 let _ = writeln!(s, "  {:<9} {:>6} {:>5} {:>4} {:>11.0} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>10.4} {:>8.0}",
@@ -204,8 +252,16 @@ impl Report {
         }
         if let Some(r) = &self.read {
             let _ = writeln!(s, "\nREADS ({} records of {} B in batches of {}, written in {:.1} s, page cache evicted before reading)", r.records, r.record_size, r.batch, r.write_secs);
-            let _ = writeln!(s, "  sequential read_range: {:.0} records/s, {:.0} MB/s ({} calls{})", r.seq_records_per_s(), r.seq_mb_s(), r.seq_calls,
-                r.seq_device_bytes.map(|b| format!(", {} MiB read from the device", b >> 20)).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "  sequential read_range: {:.0} records/s, {:.0} MB/s ({} calls{})",
+                r.seq_records_per_s(),
+                r.seq_mb_s(),
+                r.seq_calls,
+                r.seq_device_bytes
+                    .map(|b| format!(", {} MiB read from the device", b >> 20))
+                    .unwrap_or_default()
+            );
             for q in &r.random {
                 let _ = writeln!(s, "  random point reads, {:>2} readers: {:>8.0} reads/s {:>7.1} MB/s  p50 {:.0} us  p99 {:.0} us  max {:.0} us{}",
                     q.concurrency, q.reads as f64 / q.secs, mb_per_s(q.reads * r.record_size as u64, q.secs),
@@ -214,9 +270,22 @@ impl Report {
             }
         }
         if let Some(r) = &self.restart {
-            let _ = writeln!(s, "\nRESTART ({} GiB: {} records, {} segments of {} MiB, active segment {} MiB)",
-                r.gib, r.records, r.segments, r.segment_bytes >> 20, r.active_segment_bytes >> 20);
-            let _ = writeln!(s, "  write (never, 1 KiB x64): {:.1} s = {:.0} MB/s; close {:.0} ms", r.write_secs, mb_per_s(r.records * 1024, r.write_secs), r.close_secs * 1000.0);
+            let _ = writeln!(
+                s,
+                "\nRESTART ({} GiB: {} records, {} segments of {} MiB, active segment {} MiB)",
+                r.gib,
+                r.records,
+                r.segments,
+                r.segment_bytes >> 20,
+                r.active_segment_bytes >> 20
+            );
+            let _ = writeln!(
+                s,
+                "  write (never, 1 KiB x64): {:.1} s = {:.0} MB/s; close {:.0} ms",
+                r.write_secs,
+                mb_per_s(r.records * 1024, r.write_secs),
+                r.close_secs * 1000.0
+            );
             let _ = writeln!(s, "  reopen (files evicted from page cache): open {:.1} ms{}; read(first offset) {:.1} ms; read(last offset) {:.1} ms; open + first read {:.1} ms",
                 r.open_secs * 1000.0,
                 r.open_device_bytes.map(|b| format!(" ({} MiB read)", b >> 20)).unwrap_or_default(),

@@ -226,15 +226,14 @@ fn thread_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-async fn append_load(
-    log: &Rc<Log>,
-    spec: &AppendSpec,
-) -> Result<(f64, Latency, LogStats, f64)> {
+async fn append_load(log: &Rc<Log>, spec: &AppendSpec) -> Result<(f64, Latency, LogStats, f64)> {
     let hist = Rc::new(RefCell::new(new_hist()));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(spec.secs);
     let failed: Rc<Cell<Option<String>>> = Rc::new(Cell::new(None));
-    let syncer = spec.emulated_group_commit.then(|| Rc::new(Syncer::default()));
+    let syncer = spec
+        .emulated_group_commit
+        .then(|| Rc::new(Syncer::default()));
     let syncer_task = syncer
         .as_ref()
         .map(|s| glommio::spawn_local(Rc::clone(s).run(Rc::clone(log))));
@@ -308,7 +307,9 @@ pub fn append(dir: &Path, spec: &AppendSpec) -> Result<AppendResult> {
     let d = logdir.clone();
     let r = engine::run_local(dir, move || async move {
         let cfg = base_config(spec2.durability, spec2.write_behind);
-        let log = Log::open(&d, cfg, FileBudget::new(1024)).await.map_err(eerr)?;
+        let log = Log::open(&d, cfg, FileBudget::new(1024))
+            .await
+            .map_err(eerr)?;
         let cpu0 = thread_cpu();
         let (append_secs, latency, stats, total_secs) = append_load(&log, &spec2).await?;
         let cpu = thread_cpu() - cpu0;
@@ -437,7 +438,9 @@ pub fn read(dir: &Path, spec: &ReadSpec) -> Result<ReadResult> {
         }
         let write_secs = t0.elapsed().as_secs_f64();
         let _ = crate::evict_page_cache(&d);
-        let log = Log::open(&d, cfg, FileBudget::new(1024)).await.map_err(eerr)?;
+        let log = Log::open(&d, cfg, FileBudget::new(1024))
+            .await
+            .map_err(eerr)?;
         let (lowest, next) = (log.lowest_offset(), log.next_offset());
 
         // Sequential catch-up.
@@ -599,7 +602,12 @@ impl RestartResult {
     }
 }
 
-pub fn restart(dir: &Path, gib: f64, segment_bytes: Option<u64>, write_behind: Option<usize>) -> Result<RestartResult> {
+pub fn restart(
+    dir: &Path,
+    gib: f64,
+    segment_bytes: Option<u64>,
+    write_behind: Option<usize>,
+) -> Result<RestartResult> {
     let logdir: PathBuf = dir.join("restart");
     let _ = std::fs::remove_dir_all(&logdir);
     let mut cfg = base_config(Durability::Never, write_behind);
@@ -609,7 +617,9 @@ pub fn restart(dir: &Path, gib: f64, segment_bytes: Option<u64>, write_behind: O
     let bytes = (gib * (1u64 << 30) as f64) as u64;
     let (d, c) = (logdir.clone(), cfg.clone());
     let written = engine::run_local(dir, move || async move {
-        let log = Log::open(&d, c, FileBudget::new(1024)).await.map_err(eerr)?;
+        let log = Log::open(&d, c, FileBudget::new(1024))
+            .await
+            .map_err(eerr)?;
         let t0 = Instant::now();
         fill(&log, bytes, 1024, 64).await?;
         let write_secs = t0.elapsed().as_secs_f64();
@@ -630,7 +640,9 @@ pub fn restart(dir: &Path, gib: f64, segment_bytes: Option<u64>, write_behind: O
     let reopened = engine::run_local(dir, move || async move {
         let io0 = crate::proc_io();
         let t0 = Instant::now();
-        let log = Log::open(&d, c, FileBudget::new(1024)).await.map_err(eerr)?;
+        let log = Log::open(&d, c, FileBudget::new(1024))
+            .await
+            .map_err(eerr)?;
         let open_secs = t0.elapsed().as_secs_f64();
         let io1 = crate::proc_io();
         let first = log.lowest_offset();
@@ -656,7 +668,14 @@ pub fn restart(dir: &Path, gib: f64, segment_bytes: Option<u64>, write_behind: O
             (Some(a), Some(b)) => Some(b.0.saturating_sub(a.0)),
             _ => None,
         };
-        Ok::<_, anyhow::Error>((open_secs, first_read_secs, last_read_secs, st2, active, open_dev))
+        Ok::<_, anyhow::Error>((
+            open_secs,
+            first_read_secs,
+            last_read_secs,
+            st2,
+            active,
+            open_dev,
+        ))
     });
     let out = reopened.map_err(eerr).and_then(|r| r);
     let _ = std::fs::remove_dir_all(&logdir);

@@ -57,13 +57,11 @@ fn mount_of(dir: &Path) -> Option<(String, String, String)> {
 }
 
 fn machine(dir: &Path) -> serde_json::Value {
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        });
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .ok();
@@ -140,7 +138,10 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
         machine: machine(dir),
         ..Report::default()
     };
-    progress(j, &format!("data directory {} ({})", dir.display(), rep.machine));
+    progress(
+        j,
+        &format!("data directory {} ({})", dir.display(), rep.machine),
+    );
     let wants = |p: Part| o.parts.contains(&p);
     let write_behind = o.write_behind_mib.map(|m| m << 20);
 
@@ -160,7 +161,10 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
     }
 
     if wants(Part::Disk) {
-        progress(j, "disk baseline: O_DIRECT sequential write/read, write+fdatasync");
+        progress(
+            j,
+            "disk baseline: O_DIRECT sequential write/read, write+fdatasync",
+        );
         let d = disk::run(
             dir,
             &DiskOptions {
