@@ -90,6 +90,8 @@ struct State {
     exclusive: bool,
     /// A leader is writing out (and maybe syncing) on behalf of everyone; see `wait_durable`.
     io_busy: bool,
+    /// The highest target of any fdatasync started by a leader (in flight or done).
+    sync_requested: u64,
     /// Bumped by every truncate-suffix and reset; with `cut_floor` (the lowest offset any of
     /// them cut from), lets an appender that waited across one see that its record was cut.
     cut_epoch: u64,
@@ -164,6 +166,7 @@ impl Log {
                 latched: None,
                 exclusive: false,
                 io_busy: false,
+                sync_requested: 0,
                 cut_epoch: 0,
                 cut_floor: u64::MAX,
                 closed: false,
@@ -582,11 +585,14 @@ impl Log {
         }
     }
 
-    /// Waits until offsets below `target` are durable. Group commit: if a write-out is under
-    /// way, wait for it and check again; otherwise lead one, which writes and syncs everything
-    /// buffered so far on behalf of every appender waiting behind it. Followers never queue on
-    /// the semaphore (glommio's does not hand permits over in order, so a busy appender could
-    /// otherwise take it again and again while others starve).
+    /// Waits until offsets below `target` are durable.
+    ///
+    /// Group commit, pipelined: one leader at a time writes out everything buffered (holding
+    /// `io` only for the write), then fdatasyncs without holding it, so the next leader's write
+    /// overlaps this leader's sync. An appender whose data is already covered by a sync in
+    /// flight, or that finds a write under way, waits for it and checks again; followers never
+    /// queue on the semaphore (glommio's does not hand permits over in order, so a busy
+    /// appender could otherwise take it again and again while others starve).
     async fn wait_durable(&self, target: u64) -> Result<()> {
         loop {
             {
@@ -596,17 +602,79 @@ impl Log {
                 }
                 self.check_writable(&st)?;
             }
-            if self.state.borrow().io_busy {
-                self.wait_io().await;
-            } else {
-                self.lead_io(true).await?;
+            if self.must_wait(target) {
+                let listener = self.io_done.listen();
+                if self.must_wait(target) {
+                    listener.await;
+                }
+                continue;
             }
+            self.lead_sync().await?;
         }
     }
 
-    /// Runs one write-out (and fdatasync if `sync`) as the leader. The flag is cleared and
-    /// followers are woken even if this future is dropped.
-    async fn lead_io(&self, sync: bool) -> Result<()> {
+    /// True while someone else's write or sync will move `target` along.
+    fn must_wait(&self, target: u64) -> bool {
+        let st = self.state.borrow();
+        st.durable_next < target
+            && st.latched.is_none()
+            && !st.closed
+            && (st.io_busy || st.sync_requested >= target)
+    }
+
+    /// Leads one round: write out under `io`, then fdatasync outside it.
+    async fn lead_sync(&self) -> Result<()> {
+        let epoch = self.state.borrow().cut_epoch;
+        let (file, path, target) = {
+            let _busy = self.busy();
+            let _permit = self
+                .io
+                .acquire_permit(1)
+                .await
+                .map_err(|_| Error::ShutDown)?;
+            match self.write_phase().await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.latch(&e);
+                    return Err(e);
+                }
+            }
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            st.sync_requested = st.sync_requested.max(target);
+        }
+        let r = file
+            .fdatasync()
+            .await
+            .map_err(|e| Error::glommio("syncing", &path, e));
+        {
+            let mut st = self.state.borrow_mut();
+            match &r {
+                Ok(()) => {
+                    st.stats.fdatasyncs += 1;
+                    // A truncation or reset while the sync ran may have reused these offsets
+                    // for records this sync did not cover.
+                    if st.cut_epoch == epoch {
+                        st.durable_next = st.durable_next.max(target.min(st.next));
+                    }
+                }
+                Err(_) => {}
+            }
+            if st.cut_epoch != epoch {
+                st.sync_requested = st.durable_next;
+            }
+        }
+        if let Err(e) = &r {
+            self.latch(e);
+        }
+        self.io_done.notify(usize::MAX);
+        r
+    }
+
+    /// Marks a leader's write-out as under way until the guard drops (even if the future
+    /// holding it is dropped midway), then wakes the waiters.
+    fn busy(&self) -> impl Drop + '_ {
         struct Busy<'a>(&'a Log);
         impl Drop for Busy<'_> {
             fn drop(&mut self) {
@@ -615,7 +683,13 @@ impl Log {
             }
         }
         self.state.borrow_mut().io_busy = true;
-        let _busy = Busy(self);
+        Busy(self)
+    }
+
+    /// Runs one write-out (and fdatasync if `sync`) as the leader. The flag is cleared and
+    /// followers are woken even if this future is dropped.
+    async fn lead_io(&self, sync: bool) -> Result<()> {
+        let _busy = self.busy();
         let _permit = self
             .io
             .acquire_permit(1)
@@ -659,6 +733,21 @@ impl Log {
     }
 
     async fn write_out_inner(&self, sync: bool) -> Result<()> {
+        let (file, path, target) = self.write_phase().await?;
+        if sync {
+            file.fdatasync()
+                .await
+                .map_err(|e| Error::glommio("syncing", &path, e))?;
+            let mut st = self.state.borrow_mut();
+            st.stats.fdatasyncs += 1;
+            st.durable_next = st.durable_next.max(target);
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer out; returns the file written, its path, and the offset below which
+    /// everything is now on the device.
+    async fn write_phase(&self) -> Result<(Rc<glommio::io::DmaFile>, PathBuf, u64)> {
         let (file, path, pos, dma, n, target) = {
             let mut st = self.state.borrow_mut();
             self.check_writable(&st)?;
@@ -702,15 +791,7 @@ impl Log {
             w.buf.drain(..full);
             w.buf_pos += full as u64;
         }
-        if sync {
-            file.fdatasync()
-                .await
-                .map_err(|e| Error::glommio("syncing", &path, e))?;
-            let mut st = self.state.borrow_mut();
-            st.stats.fdatasyncs += 1;
-            st.durable_next = st.durable_next.max(target);
-        }
-        Ok(())
+        Ok((file, path, target))
     }
 
     /// Seals the active segment (everything written and synced, index cut to size) and starts
@@ -1389,6 +1470,7 @@ impl Log {
         });
         st.next = new_next;
         st.durable_next = st.durable_next.min(new_next);
+        st.sync_requested = st.durable_next;
         st.lowest = st.segments[0].base;
         Ok(())
     }
@@ -1426,6 +1508,7 @@ impl Log {
         st.next = next_offset;
         st.durable_next = next_offset;
         st.latched = None;
+        st.sync_requested = next_offset;
         Ok(())
     }
 
