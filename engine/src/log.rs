@@ -68,8 +68,34 @@ pub struct Removed {
 }
 
 enum Need {
+    /// Appenders that arrived earlier are still waiting.
+    Turn,
+    /// A roll, truncation or reset is rebuilding the active segment.
+    Exclusive,
     Roll,
     WriteOut,
+}
+
+/// An appender's place in the admission queue; leaving it (appended, failed or dropped)
+/// wakes the others.
+struct Ticket<'a> {
+    log: &'a Log,
+    id: Option<u64>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut st = self.log.state.borrow_mut();
+            if st.admission.front() == Some(&id) {
+                st.admission.pop_front();
+            } else {
+                st.admission.retain(|&t| t != id);
+            }
+            drop(st);
+            self.log.io_done.notify(usize::MAX);
+        }
+    }
 }
 
 enum Payload<'a> {
@@ -90,6 +116,9 @@ struct State {
     exclusive: bool,
     /// A leader is writing out (and maybe syncing) on behalf of everyone; see `wait_durable`.
     io_busy: bool,
+    /// Tickets of appenders waiting to append, first come first served.
+    admission: std::collections::VecDeque<u64>,
+    next_ticket: u64,
     /// The highest target of any fdatasync started by a leader (in flight or done).
     sync_requested: u64,
     /// Bumped by every truncate-suffix and reset; with `cut_floor` (the lowest offset any of
@@ -166,6 +195,8 @@ impl Log {
                 latched: None,
                 exclusive: false,
                 io_busy: false,
+                admission: std::collections::VecDeque::new(),
+                next_ticket: 0,
                 sync_requested: 0,
                 cut_epoch: 0,
                 cut_floor: u64::MAX,
@@ -473,32 +504,50 @@ impl Log {
             Payload::Records { records, .. } => batch::encoded_len(*records),
             Payload::Raw { bytes, .. } => bytes.len(),
         } as u64;
-        // An appender that already waited for buffer space may use up to twice the limit, so
-        // appenders that keep finding room cannot starve one that waited.
-        let mut buffer_limit = self.config.write_behind_bytes as u64;
+        // Admission is first come, first served: an appender that cannot append at once takes
+        // a ticket, and while tickets are queued nobody else appends out of turn. So offsets
+        // follow call order and no appender starves behind others that keep finding room.
+        let mut ticket = Ticket {
+            log: self,
+            id: None,
+        };
         loop {
-            if self.state.borrow().exclusive {
-                let _permit = self
-                    .io
-                    .acquire_permit(1)
-                    .await
-                    .map_err(|_| Error::ShutDown)?;
-                continue;
-            }
             let need = {
                 let mut st = self.state.borrow_mut();
                 self.check_writable(&st)?;
                 let st = &mut *st;
-                let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
-                let Some(w) = seg.writer.as_mut() else {
-                    return Err(Error::ShutDown);
+                let my_turn = match ticket.id {
+                    None => st.admission.is_empty(),
+                    Some(id) => st.admission.front() == Some(&id),
                 };
-                if (seg.size + len > self.config.segment_bytes && seg.size > 0) || w.index.is_full()
-                {
-                    Need::Roll
-                } else if w.buf.len() as u64 + len > buffer_limit {
-                    Need::WriteOut
+                let needs = if !my_turn {
+                    Some(Need::Turn)
+                } else if st.exclusive {
+                    Some(Need::Exclusive)
                 } else {
+                    let seg = st.segments.last().ok_or(Error::ShutDown)?;
+                    let w = seg.writer.as_ref().ok_or(Error::ShutDown)?;
+                    if (seg.size + len > self.config.segment_bytes && seg.size > 0)
+                        || w.index.is_full()
+                    {
+                        Some(Need::Roll)
+                    } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
+                        Some(Need::WriteOut)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(need) = needs {
+                    if ticket.id.is_none() {
+                        let id = st.next_ticket;
+                        st.next_ticket += 1;
+                        st.admission.push_back(id);
+                        ticket.id = Some(id);
+                    }
+                    need
+                } else {
+                    let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+                    let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
                     let base = st.next;
                     let pos = seg.size;
                     let start = w.buf.len();
@@ -537,6 +586,10 @@ impl Log {
                     st.next = base + count;
                     st.stats.appends += 1;
                     st.stats.records_appended += count;
+                    if let Some(id) = ticket.id.take() {
+                        st.admission.retain(|&t| t != id);
+                        self.io_done.notify(usize::MAX);
+                    }
                     return Ok(Appended {
                         base_offset: base,
                         last_offset: base + count - 1,
@@ -544,6 +597,25 @@ impl Log {
                 }
             };
             match need {
+                Need::Turn => {
+                    let listener = self.io_done.listen();
+                    let still_waiting = {
+                        let st = self.state.borrow();
+                        st.admission.front() != ticket.id.as_ref()
+                            && st.latched.is_none()
+                            && !st.closed
+                    };
+                    if still_waiting {
+                        listener.await;
+                    }
+                }
+                Need::Exclusive => {
+                    let _permit = self
+                        .io
+                        .acquire_permit(1)
+                        .await
+                        .map_err(|_| Error::ShutDown)?;
+                }
                 Need::Roll => {
                     let _permit = self
                         .io
@@ -553,7 +625,6 @@ impl Log {
                     self.roll_locked(len).await?
                 }
                 Need::WriteOut => {
-                    buffer_limit = 2 * self.config.write_behind_bytes as u64;
                     if self.state.borrow().io_busy {
                         self.wait_io().await
                     } else {
