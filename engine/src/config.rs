@@ -66,8 +66,7 @@ pub struct LogConfig {
     pub retention_ms: u64,
     /// The offset of the first record of a new, empty log.
     pub initial_offset: u64,
-    /// Bytes of records buffered in memory before appends wait for a write-out (an appender
-    /// that already waited may go up to twice this, so none starves).
+    /// Bytes of records buffered in memory before appends wait for a write-out.
     pub write_behind_bytes: usize,
     /// Background write-out period for `never` (and the timer of `interval`), in ms.
     pub flush_ms: u64,
