@@ -36,6 +36,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use crate::body::{poll_send, with_deadline, MessageReader};
 use crate::codec::{self, encode_frame, format_timeout, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::keepalive::KeepAlive;
+use crate::tls::ClientTls;
 use crate::{Error, Status};
 
 /// Limits and timers of a client connection.
@@ -52,6 +53,10 @@ pub struct ClientConfig {
     pub max_header_list_bytes: u32,
     /// Bytes h2 may buffer per stream for sending.
     pub max_send_buffer_bytes: usize,
+    /// TLS (and mutual TLS with a client certificate); `None` is plaintext. Build it with
+    /// [`ClientTlsOptions::load`](crate::tls::ClientTlsOptions::load). The TLS handshake
+    /// counts against `connect_timeout`.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +71,7 @@ impl Default for ClientConfig {
             initial_connection_window_bytes: 8 * 1024 * 1024,
             max_header_list_bytes: 16 * 1024,
             max_send_buffer_bytes: 256 * 1024,
+            tls: None,
         }
     }
 }
@@ -101,8 +107,10 @@ struct Inner {
 }
 
 impl Channel {
-    /// Connects over plain TCP and performs the HTTP/2 handshake.
+    /// Connects over TCP, with TLS when `config.tls` is set, and performs the HTTP/2
+    /// handshake.
     pub async fn connect(addr: SocketAddr, config: ClientConfig) -> Result<Channel, Error> {
+        let started = Instant::now();
         let stream = TcpStream::connect_timeout(addr, config.connect_timeout)
             .await
             .map_err(|e| Error::Connect {
@@ -112,7 +120,29 @@ impl Channel {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set_nodelay to {addr}: {e}");
         }
-        Channel::handshake(stream.compat(), &addr.to_string(), Some(addr), config).await
+        let Some(tls) = config.tls.clone() else {
+            return Channel::handshake(stream.compat(), &addr.to_string(), Some(addr), config)
+                .await;
+        };
+        let name = tls.server_name_for(addr);
+        // :authority names the server the way the certificate was checked.
+        let authority = match &name {
+            rustls::pki_types::ServerName::DnsName(d) => format!("{}:{}", d.as_ref(), addr.port()),
+            _ => addr.to_string(),
+        };
+        let left = config.connect_timeout.saturating_sub(started.elapsed());
+        let connecting = tls.connector().connect(name, stream.compat());
+        let io = match glommio::timer::timeout(left, async { Ok(connecting.await) }).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(source)) => {
+                return Err(Error::TlsHandshake {
+                    peer: Some(addr),
+                    source,
+                })
+            }
+            Err(_) => return Err(Error::TlsHandshakeTimeout(Some(addr))),
+        };
+        Channel::handshake(io, &authority, Some(addr), config).await
     }
 
     /// Runs HTTP/2 over an already-established transport: the seam for TLS

@@ -39,7 +39,11 @@
 //! gracefully. Client: [`client::Channel::connect`] on a glommio executor,
 //! or [`blocking::BlockingChannel`] from an ordinary thread.
 //!
-//! Transports other than plain TCP (TLS) plug in through
+//! TLS (rustls, `ring` provider) is built in: set
+//! [`server::ServerConfig::tls`] and [`client::ClientConfig::tls`]; see
+//! [`tls`]. One port serves everything: the server looks at the first byte
+//! of each connection (see [`server`]: TLS, plaintext HTTP/2, and a byte
+//! reserved for replication). Other transports plug in through
 //! [`server::Server::serve_connection`] and [`client::Channel::handshake`],
 //! which take any tokio `AsyncRead + AsyncWrite` stream.
 
@@ -51,6 +55,7 @@ mod keepalive;
 pub mod server;
 mod shutdown;
 mod status;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,6 +78,15 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS handshake with {peer:?}: {source}")]
+    TlsHandshake {
+        peer: Option<SocketAddr>,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {0:?} timed out")]
+    TlsHandshakeTimeout(Option<SocketAddr>),
+    #[error("TLS settings: {0}")]
+    TlsConfig(#[from] tls::TlsError),
     #[error("HTTP/2 handshake with {peer:?}: {source}")]
     Handshake {
         peer: Option<SocketAddr>,

@@ -191,6 +191,7 @@ async fn run(
         path: path.to_owned(),
         metadata: parts.headers,
         peer: conn.peer,
+        tls: conn.tls.clone(),
         deadline,
         message: reader,
     };

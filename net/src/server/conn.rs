@@ -6,6 +6,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use super::call::serve_call;
 use super::router::Router;
 use super::ServerConfig;
 use crate::keepalive::KeepAlive;
+use crate::tls::TlsInfo;
 use crate::{Error, Shutdown};
 
 /// What every call on a connection shares.
@@ -23,6 +25,7 @@ pub(crate) struct ConnShared {
     pub(crate) router: Rc<Router>,
     pub(crate) config: Rc<ServerConfig>,
     pub(crate) peer: Option<SocketAddr>,
+    pub(crate) tls: Option<Arc<TlsInfo>>,
     /// Set once shutdown began: streams that h2 still accepts (opened before
     /// the client saw GOAWAY) get UNAVAILABLE instead of running.
     pub(crate) draining: Rc<Cell<bool>>,

@@ -1,6 +1,9 @@
 //! The gRPC server: one SO_REUSEPORT listener per executor, one local task
 //! per connection, one local task per call.
 //!
+//! Each connection's first byte says what it speaks (TLS, plaintext HTTP/2,
+//! or the byte reserved for replication); see [`transport`] for the table.
+//!
 //! ```no_run
 //! use bytes::Bytes;
 //! use net::server::{Router, Response, Server, ServerConfig};
@@ -28,13 +31,15 @@
 mod call;
 mod conn;
 mod router;
+pub mod transport;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -42,8 +47,10 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
 
 use crate::codec::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown};
 use conn::ConnShared;
+use transport::{REPLICATION_BYTE, TLS_HANDSHAKE_BYTE};
 
 /// Limits and timers of a server. Every limit is per executor (shard) or
 /// per connection, as named.
@@ -72,6 +79,11 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How long in-flight calls may run after shutdown begins.
     pub drain_timeout: Duration,
+    /// TLS for every connection (with a client CA: mutual TLS). When set, plaintext
+    /// connections are refused; when not, TLS ClientHellos are.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Bound on waiting for a connection's first byte and on the TLS handshake, each.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +102,8 @@ impl Default for ServerConfig {
             keepalive_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -166,7 +180,7 @@ impl Server {
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("set_nodelay for {peer:?}: {e}");
             }
-            let fut = self.connection_task(stream.compat(), peer, shutdown.clone());
+            let fut = self.connection_task(stream, peer, shutdown.clone());
             if gate.spawn(fut).map(|t| t.detach()).is_err() {
                 break Ok(());
             }
@@ -191,13 +205,14 @@ impl Server {
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let guard = CountGuard::new(&self.connections);
-        self.drive(io, peer, shutdown, guard).await
+        self.drive(io, peer, None, shutdown, guard).await
     }
 
     async fn drive<T>(
         &self,
         io: T,
         peer: Option<SocketAddr>,
+        tls: Option<Arc<TlsInfo>>,
         shutdown: Shutdown,
         _guard: CountGuard,
     ) -> Result<(), Error>
@@ -208,20 +223,82 @@ impl Server {
             router: self.router.clone(),
             config: self.config.clone(),
             peer,
+            tls,
             draining: Rc::new(Cell::new(false)),
         });
         conn::drive(io, shared, shutdown).await
     }
 
-    fn connection_task<T>(
+    /// Dispatches an accepted TCP connection on its first byte (see [`transport`]).
+    async fn accept(
         &self,
-        io: T,
+        stream: TcpStream,
         peer: Option<SocketAddr>,
         shutdown: Shutdown,
-    ) -> impl std::future::Future<Output = ()> + 'static
-    where
-        T: AsyncRead + AsyncWrite + Unpin + 'static,
-    {
+        guard: CountGuard,
+    ) -> Result<(), Error> {
+        let within = self.config.tls_handshake_timeout;
+        let first =
+            glommio::timer::timeout(within, async { Ok(transport::peek_first(&stream).await) })
+                .await;
+        let first = match first {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
+                log::debug!("connection from {peer:?}: {e}");
+                return Ok(());
+            }
+            Err(_) => return Err(Error::HandshakeTimeout(peer)),
+        };
+        match (first, &self.config.tls) {
+            (REPLICATION_BYTE, _) => {
+                log::warn!(
+                    "replication connection from {peer:?} (first byte 0x01): this server does not serve replication yet; closing it"
+                );
+                Ok(())
+            }
+            (TLS_HANDSHAKE_BYTE, None) => {
+                log::warn!(
+                    "TLS connection from {peer:?} to a plaintext port (no server certificate configured): closing it"
+                );
+                Ok(())
+            }
+            (TLS_HANDSHAKE_BYTE, Some(tls)) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let accepting = acceptor.accept(stream.compat());
+                let io = match glommio::timer::timeout(within, async { Ok(accepting.await) }).await
+                {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(source)) => return Err(Error::TlsHandshake { peer, source }),
+                    Err(_) => return Err(Error::TlsHandshakeTimeout(peer)),
+                };
+                let info = TlsInfo::from_server(io.get_ref().1);
+                log::debug!(
+                    "TLS from {peer:?}: {} {} client {:?}",
+                    info.protocol_version,
+                    info.cipher_suite,
+                    info.client_subject
+                );
+                self.drive(io, peer, Some(Arc::new(info)), shutdown, guard)
+                    .await
+            }
+            (_, Some(_)) => {
+                transport::reject_plaintext(stream, peer).await;
+                Ok(())
+            }
+            (_, None) => {
+                self.drive(stream.compat(), peer, None, shutdown, guard)
+                    .await
+            }
+        }
+    }
+
+    fn connection_task(
+        &self,
+        stream: TcpStream,
+        peer: Option<SocketAddr>,
+        shutdown: Shutdown,
+    ) -> impl std::future::Future<Output = ()> + 'static {
         let this = Server {
             config: self.config.clone(),
             router: self.router.clone(),
@@ -231,7 +308,7 @@ impl Server {
         // accepts cannot overshoot the limit.
         let guard = CountGuard::new(&self.connections);
         async move {
-            match this.drive(io, peer, shutdown, guard).await {
+            match this.accept(stream, peer, shutdown, guard).await {
                 Ok(()) => log::debug!("connection {peer:?} closed"),
                 Err(e) => log::info!("{e}"),
             }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use http::HeaderMap;
 
 use crate::body::MessageReader;
 use crate::codec::{self, encode_frame};
+use crate::tls::TlsInfo;
 use crate::Status;
 
 /// A `!Send` boxed future: handlers run on the executor that accepted the call.
@@ -27,6 +29,9 @@ pub struct Request<T> {
     /// `user-agent`, `grpc-timeout`, ...).
     pub metadata: HeaderMap,
     pub peer: Option<SocketAddr>,
+    /// What TLS proved about the peer (its certificate's Common Name under mutual TLS);
+    /// `None` on a plaintext connection. Shared by every call of the connection.
+    pub tls: Option<Arc<TlsInfo>>,
     /// When the server will cancel the call (from `grpc-timeout`).
     pub deadline: Option<Instant>,
     pub message: T,
@@ -39,6 +44,7 @@ impl<T> Request<T> {
             path: self.path,
             metadata: self.metadata,
             peer: self.peer,
+            tls: self.tls,
             deadline: self.deadline,
             message: f(self.message),
         }
@@ -227,6 +233,7 @@ impl Router {
                     path,
                     metadata,
                     peer,
+                    tls,
                     deadline,
                     message,
                 } = r;
@@ -235,6 +242,7 @@ impl Router {
                     path,
                     metadata,
                     peer,
+                    tls,
                     deadline,
                     message,
                 })
