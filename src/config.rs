@@ -8,10 +8,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::Args;
 use engine::{Durability, EngineConfig, LogConfig};
+use net::tls::ServerTlsFiles;
 use serde::Deserialize;
+
+use crate::server::acl::AclFiles;
 
 /// Protobuf overhead of one record inside a `ConsumeResponse` (tags, lengths, and the
 /// offset/term/type/timestamp varints at their largest), rounded up.
@@ -68,19 +72,19 @@ pub struct ServeArgs {
     /// Bootstrap a new Raft cluster (needs replication; not implemented yet)
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub bootstrap: Option<bool>,
-    /// Casbin ACL model (needs authorization; not implemented yet)
+    /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
     #[arg(long, value_name = "PATH")]
     pub acl_model_file: Option<PathBuf>,
-    /// Casbin ACL policy (needs authorization; not implemented yet)
+    /// Casbin ACL policy (`p, subject, object, action` lines); reloaded on SIGHUP and change
     #[arg(long, value_name = "PATH")]
     pub acl_policy_file: Option<PathBuf>,
-    /// Server certificate (needs TLS; not implemented yet)
+    /// Server certificate chain, PEM; with server-tls-key-file the port speaks only TLS
     #[arg(long, value_name = "PATH")]
     pub server_tls_cert_file: Option<PathBuf>,
-    /// Server key (needs TLS; not implemented yet)
+    /// Server private key, PEM (PKCS#8, PKCS#1 or SEC1)
     #[arg(long, value_name = "PATH")]
     pub server_tls_key_file: Option<PathBuf>,
-    /// CA for client certificates (needs TLS; not implemented yet)
+    /// CA for client certificates, PEM: turns on mutual TLS (clients must present one)
     #[arg(long, value_name = "PATH")]
     pub server_tls_ca_file: Option<PathBuf>,
     /// Peer certificate (needs TLS between nodes; not implemented yet)
@@ -113,6 +117,55 @@ pub struct ServeArgs {
     /// Log filter, env_logger syntax (e.g. info, proglog=debug) [default: $RUST_LOG or info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// How long calls in flight may run once shutdown begins, e.g. 20s, 500ms [default: 20s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<DurationArg>,
+}
+
+/// A duration written with a unit (`500ms`, `20s`, `2m`, `1h`) or as plain seconds (`20`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub Duration);
+
+impl FromStr for DurationArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DurationArg, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (e.g. 20s, 500ms, 2m)"))?;
+        let ms: u64 = match unit.trim() {
+            "" | "s" => 1000,
+            "ms" => 1,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+                ))
+            }
+        };
+        n.checked_mul(ms)
+            .map(|ms| DurationArg(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{s:?} is too long"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DurationArg, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(DurationArg(Duration::from_secs(n))),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// A byte count written as a number or with a unit: `1048576`, `1MiB`, `64KiB`, `2GB`.
@@ -214,6 +267,7 @@ struct FileConfig {
     max_message_bytes: Option<ByteSize>,
     listen: Option<String>,
     log_level: Option<String>,
+    drain_timeout: Option<DurationArg>,
 }
 
 /// The effective settings of a server, every default filled in.
@@ -231,11 +285,19 @@ pub struct Settings {
     pub max_record_bytes: usize,
     pub max_message_bytes: usize,
     pub log_level: String,
+    /// TLS on the gRPC port; `None` serves plaintext.
+    pub tls: Option<ServerTlsFiles>,
+    /// Authorization; `None` lets every caller do everything.
+    pub acl: Option<AclFiles>,
+    pub drain_timeout: Duration,
 }
 
 pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8401";
 pub const DEFAULT_RPC_PORT: u16 = 8400;
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
+/// Below the usual 30 s grace period of process supervisors, so that the final flush and
+/// sync still happen before a SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where a value came from, for error messages.
 struct Sources<'a> {
@@ -348,8 +410,8 @@ impl Settings {
         let a = args.clone();
 
         // Accepted for compatibility with the book's agent, refused until implemented:
-        // silently ignoring TLS or ACL settings would run an open server the operator
-        // believes is locked down.
+        // silently ignoring cluster or peer-TLS settings would run a node that is not what
+        // the operator believes it is.
         let joins = match a.start_join_addrs {
             Some(v) => Some(v),
             None => match env(&env_name("start-join-addrs")) {
@@ -369,37 +431,7 @@ impl Settings {
                 feature: "Raft replication (book chapter 8)",
             });
         }
-        let unimplemented: [(&'static str, Option<PathBuf>, Option<PathBuf>, &'static str); 8] = [
-            (
-                "acl-model-file",
-                a.acl_model_file,
-                file.acl_model_file.clone(),
-                "authorization (book chapter 5)",
-            ),
-            (
-                "acl-policy-file",
-                a.acl_policy_file,
-                file.acl_policy_file.clone(),
-                "authorization (book chapter 5)",
-            ),
-            (
-                "server-tls-cert-file",
-                a.server_tls_cert_file,
-                file.server_tls_cert_file.clone(),
-                "TLS (book chapter 5)",
-            ),
-            (
-                "server-tls-key-file",
-                a.server_tls_key_file,
-                file.server_tls_key_file.clone(),
-                "TLS (book chapter 5)",
-            ),
-            (
-                "server-tls-ca-file",
-                a.server_tls_ca_file,
-                file.server_tls_ca_file.clone(),
-                "TLS client authentication (book chapter 5)",
-            ),
+        let unimplemented: [(&'static str, Option<PathBuf>, Option<PathBuf>, &'static str); 3] = [
             (
                 "peer-tls-cert-file",
                 a.peer_tls_cert_file,
@@ -425,6 +457,63 @@ impl Settings {
                 return Err(ConfigError::NotImplemented { key, feature });
             }
         }
+        // An empty path counts as unset, so that an environment can clear a file's value.
+        let path = |key: &'static str, flag: Option<PathBuf>, from_file: &Option<PathBuf>| {
+            src.pick(key, flag, from_file.clone())
+                .map(|v| v.filter(|p: &PathBuf| !p.as_os_str().is_empty()))
+        };
+        let cert = path(
+            "server-tls-cert-file",
+            a.server_tls_cert_file,
+            &file.server_tls_cert_file,
+        )?;
+        let key = path(
+            "server-tls-key-file",
+            a.server_tls_key_file,
+            &file.server_tls_key_file,
+        )?;
+        let ca = path(
+            "server-tls-ca-file",
+            a.server_tls_ca_file,
+            &file.server_tls_ca_file,
+        )?;
+        let tls =
+            match (cert, key, ca) {
+                (None, None, None) => None,
+                (Some(cert_file), Some(key_file), client_ca_file) => Some(ServerTlsFiles {
+                    cert_file,
+                    key_file,
+                    client_ca_file,
+                }),
+                (None, None, Some(_)) => {
+                    return Err(ConfigError::Inconsistent(
+                        "server-tls-ca-file needs server-tls-cert-file and server-tls-key-file: \
+                     mutual TLS is TLS with client certificates"
+                            .into(),
+                    ))
+                }
+                _ => return Err(ConfigError::Inconsistent(
+                    "server-tls-cert-file and server-tls-key-file go together: set both or neither"
+                        .into(),
+                )),
+            };
+        let model = path("acl-model-file", a.acl_model_file, &file.acl_model_file)?;
+        let policy = path("acl-policy-file", a.acl_policy_file, &file.acl_policy_file)?;
+        let acl = match (model, policy) {
+            (None, None) => None,
+            (Some(model_file), Some(policy_file)) => Some(AclFiles {
+                model_file,
+                policy_file,
+            }),
+            _ => {
+                return Err(ConfigError::Inconsistent(
+                    "acl-model-file and acl-policy-file go together: set both or neither".into(),
+                ))
+            }
+        };
+        let drain_timeout = src
+            .pick("drain-timeout", a.drain_timeout, file.drain_timeout)?
+            .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0);
 
         let data_dir = src
             .pick("data-dir", a.data_dir, file.data_dir.clone())?
@@ -495,6 +584,9 @@ impl Settings {
             max_record_bytes: to_usize("max-record-bytes", max_record_bytes)?,
             max_message_bytes: to_usize("max-message-bytes", max_message_bytes)?,
             log_level,
+            tls,
+            acl,
+            drain_timeout,
         };
         s.validate()?;
         Ok(s)
@@ -578,11 +670,30 @@ impl std::fmt::Display for Settings {
         } else {
             self.shards.to_string()
         };
+        let tls = match &self.tls {
+            None => "off".to_owned(),
+            Some(t) => match &t.client_ca_file {
+                None => format!("on (cert {})", t.cert_file.display()),
+                Some(ca) => format!(
+                    "mutual (cert {}, client CA {})",
+                    t.cert_file.display(),
+                    ca.display()
+                ),
+            },
+        };
+        let acl = match &self.acl {
+            None => "off".to_owned(),
+            Some(a) => format!(
+                "on (model {}, policy {})",
+                a.model_file.display(),
+                a.policy_file.display()
+            ),
+        };
         write!(
             f,
             "config-file={file} data-dir={} node-name={} bind-addr={} rpc-port={} listen={} \
              shards={shards} durability={} segment-bytes={} max-record-bytes={} \
-             max-message-bytes={} log-level={}",
+             max-message-bytes={} log-level={} drain-timeout={:?} tls={tls} acl={acl}",
             self.data_dir.display(),
             self.node_name,
             self.bind_addr,
@@ -592,7 +703,8 @@ impl std::fmt::Display for Settings {
             self.segment_bytes,
             self.max_record_bytes,
             self.max_message_bytes,
-            self.log_level
+            self.log_level,
+            self.drain_timeout
         )
     }
 }
@@ -683,14 +795,11 @@ mod tests {
     #[test]
     fn unimplemented_features_are_refused() {
         let args = ServeArgs {
-            server_tls_cert_file: Some("cert.pem".into()),
+            peer_tls_cert_file: Some("cert.pem".into()),
             ..Default::default()
         };
         let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(
-            e.contains("server-tls-cert-file") && e.contains("TLS"),
-            "{e}"
-        );
+        assert!(e.contains("peer-tls-cert-file") && e.contains("TLS"), "{e}");
         let e = resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "true")]).unwrap_err();
         assert!(e.to_string().contains("Raft"), "{e}");
         let e = resolve(
@@ -708,6 +817,70 @@ mod tests {
             ],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn tls_and_acl_files_come_in_pairs() {
+        let s = resolve(
+            ServeArgs {
+                server_tls_cert_file: Some("c.pem".into()),
+                server_tls_key_file: Some("k.pem".into()),
+                ..Default::default()
+            },
+            &[
+                ("PROGLOG_SERVER_TLS_CA_FILE", "ca.pem"),
+                ("PROGLOG_ACL_MODEL_FILE", "model.conf"),
+                ("PROGLOG_ACL_POLICY_FILE", "policy.csv"),
+            ],
+        )
+        .unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(s.acl.unwrap().policy_file, PathBuf::from("policy.csv"));
+        for env in [
+            &[("PROGLOG_SERVER_TLS_CERT_FILE", "c.pem")][..],
+            &[("PROGLOG_SERVER_TLS_CA_FILE", "ca.pem")][..],
+            &[("PROGLOG_ACL_MODEL_FILE", "m.conf")][..],
+        ] {
+            assert!(
+                matches!(
+                    resolve(ServeArgs::default(), env),
+                    Err(ConfigError::Inconsistent(_))
+                ),
+                "{env:?}"
+            );
+        }
+        assert!(resolve(ServeArgs::default(), &[]).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn drain_timeout_from_every_source() {
+        assert_eq!(
+            resolve(ServeArgs::default(), &[]).unwrap().drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT
+        );
+        let s = resolve(ServeArgs::default(), &[("PROGLOG_DRAIN_TIMEOUT", "1500ms")]).unwrap();
+        assert_eq!(s.drain_timeout, Duration::from_millis(1500));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "drain-timeout: 3\n").unwrap();
+        let args = ServeArgs {
+            config_file: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(args.clone(), &[]).unwrap().drain_timeout,
+            Duration::from_secs(3)
+        );
+        let args = ServeArgs {
+            drain_timeout: Some("2m".parse().unwrap()),
+            ..args
+        };
+        assert_eq!(
+            resolve(args, &[]).unwrap().drain_timeout,
+            Duration::from_secs(120)
+        );
+        assert!("5x".parse::<DurationArg>().is_err());
     }
 
     #[test]

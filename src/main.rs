@@ -2,6 +2,7 @@
 //!
 //! With no subcommand (or `serve`) it runs a server; every other subcommand is a client.
 
+mod cert;
 mod client;
 mod config;
 mod server;
@@ -21,7 +22,14 @@ With none at all, a single node keeps its data in ./data and serves gRPC on 127.
 with a `default` topic for clients that name none.
 
 SIGTERM or SIGINT stops the server gracefully: clients are sent GOAWAY, calls in flight \
-finish, and every log is flushed and synced before exit.";
+finish (for at most --drain-timeout), and every log is flushed and synced before exit. \
+SIGHUP reloads the TLS certificates and the ACL policy (they are also reloaded when their \
+files change); a file that does not load is logged and the previous settings stay.
+
+Secure start: `proglog cert ca`, `proglog cert server localhost 127.0.0.1`, \
+`proglog cert client root`, then serve with --server-tls-cert-file server.pem \
+--server-tls-key-file server-key.pem --server-tls-ca-file ca.pem and clients with \
+--tls-ca-file ca.pem --tls-cert-file root-client.pem --tls-key-file root-client-key.pem.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +52,11 @@ struct Cli {
 enum Command {
     /// Run the server (what `proglog` with no subcommand does)
     Serve(ServeArgs),
+    /// Create a CA, server and client certificates (PEM) for TLS and mutual TLS
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -69,6 +82,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Cert { command }) => cert::run(command),
         Some(Command::Client(cmd)) => {
             // Client diagnostics stay quiet unless asked for.
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))

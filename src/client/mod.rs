@@ -4,12 +4,14 @@
 //! output by default; `--json` prints one JSON object per line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use net::client::{CallOptions, Channel, ClientConfig};
+use net::tls::ClientTlsOptions;
 
 mod admin;
 mod consume;
@@ -31,6 +33,18 @@ pub struct Conn {
     /// Deadline of each call in seconds (streams that follow the log have none)
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub timeout: f64,
+    /// CA that signed the server's certificate (PEM): turns TLS on
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; its Common Name is the ACL subject
+    #[arg(long, value_name = "PATH", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Key of the client certificate (PEM)
+    #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Name the server certificate must carry [default: the IP address of --addr]
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 impl Conn {
@@ -43,8 +57,16 @@ impl Conn {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let tls = ClientTlsOptions {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
+        .load()?;
         let config = ClientConfig {
             connect_timeout: Duration::from_secs(5),
+            tls,
             ..ClientConfig::default()
         };
         Channel::connect(self.addr, config)

@@ -6,6 +6,7 @@ use net::server::Request;
 use net::Status;
 use proto::log::v1::{topic_or_default, ConsumeRequest, ConsumeResponse};
 
+use super::acl::Action;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -14,6 +15,7 @@ pub async fn handle(
     state: Arc<AppState>,
     req: Request<ConsumeRequest>,
 ) -> Result<ConsumeResponse, Status> {
+    state.authorize(&req, Action::Consume, Some(&req.message.topic))?;
     let r = req.message;
     let record = state
         .engine

@@ -6,6 +6,7 @@ use net::server::Request;
 use net::Status;
 use proto::log::v1::{topic_or_default, ConsumeBatchRequest, ConsumeBatchResponse};
 
+use super::acl::Action;
 use super::reader;
 use super::records;
 use super::state::AppState;
@@ -14,6 +15,7 @@ pub async fn handle(
     state: Arc<AppState>,
     req: Request<ConsumeBatchRequest>,
 ) -> Result<ConsumeBatchResponse, Status> {
+    state.authorize(&req, Action::Consume, Some(&req.message.topic))?;
     let r = req.message;
     let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
     let (recs, high_watermark) = reader::read_chunk(

@@ -7,6 +7,7 @@ use net::server::{Request, ResponseSink};
 use net::Status;
 use proto::log::v1::{topic_or_default, ConsumeBatchRequest};
 
+use super::acl::Action;
 use super::consume_batch::response;
 use super::reader;
 use super::state::AppState;
@@ -16,7 +17,8 @@ pub async fn handle(
     req: Request<Bytes>,
     sink: ResponseSink,
 ) -> Result<(), Status> {
-    let r: ConsumeBatchRequest = net::decode(req.message)?;
+    let r: ConsumeBatchRequest = net::decode(req.message.clone())?;
+    state.authorize(&req, Action::Consume, Some(&r.topic))?;
     let topic = topic_or_default(&r.topic).to_owned();
     let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
     let tail = async {

@@ -11,6 +11,7 @@ use net::server::{Request, ResponseSink};
 use net::Status;
 use proto::log::v1::{topic_or_default, ConsumeRequest, ConsumeResponse};
 
+use super::acl::Action;
 use super::reader;
 use super::records;
 use super::state::AppState;
@@ -23,7 +24,8 @@ pub async fn handle(
     req: Request<Bytes>,
     sink: ResponseSink,
 ) -> Result<(), Status> {
-    let r: ConsumeRequest = net::decode(req.message)?;
+    let r: ConsumeRequest = net::decode(req.message.clone())?;
+    state.authorize(&req, Action::Consume, Some(&r.topic))?;
     let topic = topic_or_default(&r.topic).to_owned();
     let (_, max_bytes) = reader::limits(&state, 0, 0);
     let tail = async {

@@ -7,10 +7,15 @@
 //! partition is reached through the engine's routing (`with_log`), which sends the operation
 //! to its owner and wakes the caller when it completes.
 //!
+//! Security: with TLS files the one port speaks only TLS (mutual TLS with a client CA); with
+//! ACL files every Log and Admin call is authorized against the client certificate's Common
+//! Name (see [`acl`]). Both reload on SIGHUP and when their files change ([`reload`]).
+//!
 //! Shutdown, on SIGTERM or SIGINT: health turns NOT_SERVING, the net servers send GOAWAY and
 //! drain (long-lived streams end with UNAVAILABLE), then the engine flushes and syncs every
 //! log and stops its shards.
 
+pub mod acl;
 pub mod admin;
 pub mod consume;
 pub mod consume_batch;
@@ -24,6 +29,7 @@ pub mod produce_batch;
 pub mod produce_stream;
 pub mod reader;
 pub mod records;
+pub mod reload;
 pub mod state;
 
 use std::future::Future;
@@ -41,10 +47,6 @@ use proto::log::v1::{paths, DEFAULT_TOPIC};
 use crate::config::Settings;
 use health::Health;
 use state::AppState;
-
-/// How long calls in flight may run once draining begins. Below the usual 30 s grace period
-/// of process supervisors, so that the final flush and sync still happen before a SIGKILL.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Adapts `handler(state, request)` to the router's `Fn(request)`.
 fn bind<T, R, F, Fut>(state: &Arc<AppState>, handler: F) -> impl Fn(Request<T>) -> Fut + 'static
@@ -101,6 +103,7 @@ fn signal_name(sig: i32) -> &'static str {
     match sig {
         signal_hook::consts::SIGTERM => "SIGTERM",
         signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGHUP => "SIGHUP",
         _ => "signal",
     }
 }
@@ -153,27 +156,73 @@ fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> a
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     log::info!("proglog {} starting: {settings}", env!("CARGO_PKG_VERSION"));
     check_port_free(settings.listen)?;
+    // Loaded before anything starts, so that a bad file stops start-up with its own error.
+    let tls = match &settings.tls {
+        None => None,
+        Some(files) => Some(Arc::new(
+            net::tls::ServerTls::from_files(files).context("loading the TLS settings")?,
+        )),
+    };
+    let authz = match &settings.acl {
+        None => Arc::new(acl::Authorizer::disabled()),
+        Some(files) => {
+            let acl = files.load().context("loading the ACL")?;
+            log::info!(
+                "authorization on: {} grants from {}",
+                acl.len(),
+                files.policy_file.display()
+            );
+            match &settings.tls {
+                None => log::warn!(
+                    "authorization is on but TLS is not: every Log and Admin call will fail with UNAUTHENTICATED"
+                ),
+                Some(t) if t.client_ca_file.is_none() => log::warn!(
+                    "authorization is on without mutual TLS (server-tls-ca-file): clients have no identity, so every Log and Admin call will fail with UNAUTHENTICATED"
+                ),
+                Some(_) => {}
+            }
+            Arc::new(acl::Authorizer::new(acl))
+        }
+    };
     // Registered before any thread starts, so that a signal during start-up is seen here
     // instead of killing the process half-way.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
     let signals_handle = signals.handle();
     let (tx, events) = mpsc::channel::<Event>();
+    let (hup_tx, hup_rx) = mpsc::channel::<()>();
     {
         let tx = tx.clone();
         std::thread::Builder::new()
             .name("proglog-signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
-                    if tx.send(Event::Signal(sig)).is_err() {
+                    let sent = if sig == signal_hook::consts::SIGHUP {
+                        hup_tx.send(()).is_ok()
+                    } else {
+                        tx.send(Event::Signal(sig)).is_ok()
+                    };
+                    if !sent {
                         break;
                     }
                 }
             })
             .context("starting the signal thread")?;
+    }
+    {
+        let reloader = reload::Reloader::new(
+            settings.tls.clone().zip(tls.clone()),
+            settings.acl.clone().zip(Some(authz.clone())),
+        );
+        // Detached: it ends with the signal thread, or with the process.
+        std::thread::Builder::new()
+            .name("proglog-reload".into())
+            .spawn(move || reloader.run(hup_rx))
+            .context("starting the reload thread")?;
     }
 
     let engine = engine::Engine::start(settings.engine_config()).with_context(|| {
@@ -198,11 +247,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         rpc_addr: settings.advertised_rpc_addr(),
         max_message_bytes: settings.max_message_bytes,
         default_log: settings.log_config(),
+        authz,
     });
     let server_config = ServerConfig {
         max_recv_message_bytes: settings.max_message_bytes,
         max_send_message_bytes: settings.max_message_bytes,
-        drain_timeout: DRAIN_TIMEOUT,
+        drain_timeout: settings.drain_timeout,
+        tls,
         ..ServerConfig::default()
     };
     let shards = handle.shards();
@@ -232,7 +283,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
     state.health.set(ServingStatus::NotServing);
     shutdown.trigger();
-    let deadline = Instant::now() + DRAIN_TIMEOUT + Duration::from_secs(2);
+    let deadline = Instant::now() + settings.drain_timeout + Duration::from_secs(2);
     while stopped < started {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {

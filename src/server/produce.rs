@@ -6,6 +6,7 @@ use net::server::Request;
 use net::Status;
 use proto::log::v1::{topic_or_default, ProduceRequest, ProduceResponse};
 
+use super::acl::Action;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -14,6 +15,7 @@ pub async fn handle(
     state: Arc<AppState>,
     req: Request<ProduceRequest>,
 ) -> Result<ProduceResponse, Status> {
+    state.authorize(&req, Action::Produce, Some(&req.message.topic))?;
     let r = req.message;
     let record = records::to_new(records::required(r.record)?);
     let appended = state

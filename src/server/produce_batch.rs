@@ -6,6 +6,7 @@ use net::server::Request;
 use net::Status;
 use proto::log::v1::{topic_or_default, ProduceBatchRequest, ProduceBatchResponse};
 
+use super::acl::Action;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -14,6 +15,7 @@ pub async fn handle(
     state: Arc<AppState>,
     req: Request<ProduceBatchRequest>,
 ) -> Result<ProduceBatchResponse, Status> {
+    state.authorize(&req, Action::Produce, Some(&req.message.topic))?;
     let r = req.message;
     let count = u32::try_from(r.records.len())
         .map_err(|_| Status::resource_exhausted("too many records in one batch"))?;

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use glommio::channels::local_channel::{self, LocalReceiver};
 use net::server::{MessageStream, Request, ResponseSink};
+use net::tls::TlsInfo;
 use net::Status;
 use proto::log::v1::{topic_or_default, ProduceRequest, ProduceResponse};
 
+use super::acl::Action;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -29,6 +31,7 @@ pub async fn handle(
     req: Request<MessageStream>,
     sink: ResponseSink,
 ) -> Result<(), Status> {
+    let tls = req.tls.clone();
     let mut requests = req.message;
     let (tx, rx) = local_channel::new_bounded::<Item>(MAX_IN_FLIGHT);
     let reader = async move {
@@ -48,7 +51,7 @@ pub async fn handle(
         drop(tx);
         futures_lite::future::pending::<Result<(), Status>>().await
     };
-    futures_lite::future::or(write_loop(&state, rx, &sink), reader).await
+    futures_lite::future::or(write_loop(&state, tls.as_deref(), rx, &sink), reader).await
 }
 
 /// How much one engine batch may take, from the topic's settings.
@@ -74,6 +77,7 @@ fn encoded(r: &engine::NewRecord) -> usize {
 
 async fn write_loop(
     state: &AppState,
+    tls: Option<&TlsInfo>,
     rx: LocalReceiver<Item>,
     sink: &ResponseSink,
 ) -> Result<(), Status> {
@@ -86,6 +90,9 @@ async fn write_loop(
                 None => return Ok(()),
             },
         }?;
+        // Checked per batch, not per stream: a policy reload applies to open streams, and
+        // every request in a batch has the same topic as its first.
+        state.authorize_tls(tls, Action::Produce, Some(&first.topic))?;
         let topic = topic_or_default(&first.topic).to_owned();
         let partition = first.partition;
         let lim = limits(state, &topic)?;

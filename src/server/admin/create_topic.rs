@@ -8,11 +8,13 @@ use proto::log::v1::{CreateTopicRequest, CreateTopicResponse};
 
 use super::super::error::to_status;
 use super::super::state::AppState;
+use crate::server::acl::Action;
 
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<CreateTopicRequest>,
 ) -> Result<CreateTopicResponse, Status> {
+    state.authorize(&req, Action::Admin, Some(&req.message.name))?;
     let r = req.message;
     let wire = r.config.unwrap_or_default();
     let config = super::log_config(&state.default_log, &wire)?;

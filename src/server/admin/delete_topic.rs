@@ -8,11 +8,13 @@ use proto::log::v1::{DeleteTopicRequest, DeleteTopicResponse};
 
 use super::super::error::to_status;
 use super::super::state::AppState;
+use crate::server::acl::Action;
 
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<DeleteTopicRequest>,
 ) -> Result<DeleteTopicResponse, Status> {
+    state.authorize(&req, Action::Admin, Some(&req.message.name))?;
     let name = req.message.name;
     state.engine.delete_topic(&name).await.map_err(to_status)?;
     log::info!("deleted topic {name:?}");

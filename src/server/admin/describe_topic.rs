@@ -7,11 +7,13 @@ use net::Status;
 use proto::log::v1::{DescribeTopicRequest, DescribeTopicResponse};
 
 use super::super::state::AppState;
+use crate::server::acl::Action;
 
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<DescribeTopicRequest>,
 ) -> Result<DescribeTopicResponse, Status> {
+    state.authorize(&req, Action::Admin, Some(&req.message.name))?;
     Ok(DescribeTopicResponse {
         topic: Some(super::describe(&state, &req.message.name).await?),
     })
