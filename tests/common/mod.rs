@@ -24,6 +24,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     extra: Vec<String>,
+    /// How the harness itself connects (TLS settings for a TLS server).
+    pub client: ClientConfig,
     // Held so the directory outlives the server; `None` when the caller owns the directory.
     _tmp: Option<tempfile::TempDir>,
 }
@@ -66,6 +68,24 @@ impl TestServer {
 
     /// A server on `data_dir` (kept after the server stops, for restarts).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::start_in_with_client(data_dir, extra, ClientConfig::default())
+    }
+
+    /// A server on a fresh temporary directory that the harness reaches with `client`
+    /// (e.g. a TLS client with a certificate the server's ACL lets check health).
+    pub fn start_with_client(extra: &[&str], client: ClientConfig) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in_with_client(&dir, extra, client);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in_with_client(
+        data_dir: &Path,
+        extra: &[&str],
+        client: ClientConfig,
+    ) -> TestServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut last_log = String::new();
         for _ in 0..3 {
@@ -76,6 +96,7 @@ impl TestServer {
                 data_dir: data_dir.to_owned(),
                 log_path: data_dir.with_extension(format!("{}.log", addr.port())),
                 extra: extra.clone(),
+                client: client.clone(),
                 _tmp: None,
             };
             s.spawn();
@@ -135,6 +156,15 @@ impl TestServer {
         );
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running server").id()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        !self.exited()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -152,7 +182,7 @@ impl TestServer {
             if self.exited() {
                 return false;
             }
-            if let Ok(ch) = BlockingChannel::connect(self.addr, ClientConfig::default()) {
+            if let Ok(ch) = BlockingChannel::connect(self.addr, self.client.clone()) {
                 let r: Result<HealthCheckResponse, Status> = ch.unary_prost(
                     hpaths::CHECK,
                     &HealthCheckRequest::default(),
@@ -168,7 +198,7 @@ impl TestServer {
     }
 
     pub fn channel(&self) -> BlockingChannel {
-        BlockingChannel::connect(self.addr, ClientConfig::default()).expect("connect")
+        BlockingChannel::connect(self.addr, self.client.clone()).expect("connect")
     }
 
     /// Sends `sig` and waits for the process to exit.
