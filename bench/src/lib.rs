@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod disk;
+pub mod grpc;
 pub mod report;
 pub mod scenarios;
 

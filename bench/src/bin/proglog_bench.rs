@@ -1,0 +1,42 @@
+//! `proglog-bench`: a load generator for any log.v1 gRPC server. See `--help` and
+//! docs/benchmarks.md.
+
+use std::process::ExitCode;
+
+use bench::grpc::{self, opts::Opts};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let opts = Opts::parse();
+    // Bad combinations of options are usage errors, like the ones clap reports: exit 2.
+    if let Err(e) = opts.validate() {
+        eprintln!("proglog-bench: {e}\n\nFor more information, try '--help'.");
+        return ExitCode::from(2);
+    }
+    let json = opts.json;
+    match grpc::main(opts) {
+        Ok(out) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out.report.json()).unwrap_or_default()
+                );
+            } else {
+                print!("{}", out.report.human());
+            }
+            if out.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                for f in &out.failed {
+                    eprintln!("proglog-bench: run failed: {f}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("proglog-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
