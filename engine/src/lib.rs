@@ -38,6 +38,7 @@ pub mod error;
 pub mod index;
 pub mod log;
 pub mod meta;
+pub mod metrics;
 pub mod segment;
 pub mod shard;
 
@@ -46,8 +47,9 @@ pub use catalog::TopicInfo;
 pub use config::{Durability, EngineConfig, LogConfig};
 pub use error::{Error, Result};
 pub use log::{Appended, Log, LogStats, RawBatches, Removed, SnapshotReader};
+pub use metrics::AppendTiming;
 pub use segment::FileBudget;
-pub use shard::{Engine, EngineHandle, PartitionInfo, ShardCtx};
+pub use shard::{Engine, EngineHandle, PartitionInfo, ShardCtx, ShardReport};
 
 /// Runs `f` on a fresh single glommio executor thread with the DMA probe fix applied for
 /// `dir`'s device, and returns its output. For tests, tools and benchmarks that drive a [`Log`]

@@ -27,7 +27,9 @@ use glommio::sync::Semaphore;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::metrics::{self, AppendTiming};
 
 /// Offsets assigned to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,9 @@ struct State {
     cut_floor: u64,
     closed: bool,
     stats: LogStats,
+    /// `stats.appends` covered by the latest completed fdatasync: the next sync's
+    /// group-commit batch is the difference.
+    synced_appends: u64,
 }
 
 /// One partition's log.
@@ -202,6 +207,7 @@ impl Log {
                 cut_floor: u64::MAX,
                 closed: false,
                 stats: LogStats::default(),
+                synced_appends: 0,
             }),
             io: Semaphore::new(1),
             appended: Event::new(),
@@ -390,6 +396,25 @@ impl Log {
             .append_payload(Payload::Records { term, records })
             .await?;
         self.after_append(appended).await
+    }
+
+    /// [`append`](Self::append), also reporting where the time went (for slow-request logs).
+    /// `queue` is left zero: only the caller knows how long it took to get here.
+    pub async fn append_timed(&self, records: &[NewRecord]) -> Result<(Appended, AppendTiming)> {
+        let started = Instant::now();
+        let term = self.state.borrow().term;
+        self.check_batch(records)?;
+        let appended = self
+            .append_payload(Payload::Records { term, records })
+            .await?;
+        let buffered = Instant::now();
+        let appended = self.after_append(appended).await?;
+        let timing = AppendTiming {
+            queue: Duration::ZERO,
+            append: buffered - started,
+            fsync: buffered.elapsed(),
+        };
+        Ok((appended, timing))
     }
 
     /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
@@ -696,7 +721,7 @@ impl Log {
     /// Leads one round: write out under `io`, then fdatasync outside it.
     async fn lead_sync(&self) -> Result<()> {
         let epoch = self.state.borrow().cut_epoch;
-        let (file, path, target) = {
+        let (file, path, target, appends) = {
             let _busy = self.busy();
             let _permit = self
                 .io
@@ -715,6 +740,7 @@ impl Log {
             let mut st = self.state.borrow_mut();
             st.sync_requested = st.sync_requested.max(target);
         }
+        let sync_started = Instant::now();
         let r = file
             .fdatasync()
             .await
@@ -724,6 +750,7 @@ impl Log {
             match &r {
                 Ok(()) => {
                     st.stats.fdatasyncs += 1;
+                    record_sync(&mut st, sync_started, Some(appends));
                     // A truncation or reset while the sync ran may have reused these offsets
                     // for records this sync did not cover.
                     if st.cut_epoch == epoch {
@@ -804,37 +831,48 @@ impl Log {
     }
 
     async fn write_out_inner(&self, sync: bool) -> Result<()> {
-        let (file, path, target) = self.write_phase().await?;
+        let (file, path, target, appends) = self.write_phase().await?;
         if sync {
+            let sync_started = Instant::now();
             file.fdatasync()
                 .await
                 .map_err(|e| Error::glommio("syncing", &path, e))?;
             let mut st = self.state.borrow_mut();
             st.stats.fdatasyncs += 1;
+            record_sync(&mut st, sync_started, Some(appends));
             st.durable_next = st.durable_next.max(target);
         }
         Ok(())
     }
 
-    /// Writes the buffer out; returns the file written, its path, and the offset below which
-    /// everything is now on the device.
-    async fn write_phase(&self) -> Result<(Rc<glommio::io::DmaFile>, PathBuf, u64)> {
-        let (file, path, pos, dma, n, target) = {
+    /// Writes the buffer out; returns the file written, its path, the offset below which
+    /// everything is now on the device, and how many appends that covers (`stats.appends`).
+    async fn write_phase(&self) -> Result<(Rc<glommio::io::DmaFile>, PathBuf, u64, u64)> {
+        let (file, path, pos, dma, n, target, appends) = {
             let mut st = self.state.borrow_mut();
             self.check_writable(&st)?;
             let target = st.next;
+            let appends = st.stats.appends;
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
             let path = seg.data_path.clone();
             let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
             if w.written == seg.size {
-                (Rc::clone(&w.data), path, w.buf_pos, None, 0, target)
+                (Rc::clone(&w.data), path, w.buf_pos, None, 0, target, appends)
             } else {
                 let n = w.buf.len();
                 let mut dma = w.data.alloc_dma_buffer(align_up(n as u64) as usize);
                 let bytes = dma.as_bytes_mut();
                 bytes[..n].copy_from_slice(&w.buf);
                 bytes[n..].fill(0);
-                (Rc::clone(&w.data), path, w.buf_pos, Some(dma), n, target)
+                (
+                    Rc::clone(&w.data),
+                    path,
+                    w.buf_pos,
+                    Some(dma),
+                    n,
+                    target,
+                    appends,
+                )
             }
         };
         if let Some(dma) = dma {
@@ -862,7 +900,7 @@ impl Log {
             w.buf.drain(..full);
             w.buf_pos += full as u64;
         }
-        Ok((file, path, target))
+        Ok((file, path, target, appends))
     }
 
     /// Seals the active segment (everything written and synced, index cut to size) and starts
@@ -902,10 +940,12 @@ impl Log {
             .truncate(size)
             .await
             .map_err(|e| Error::glommio("cutting sealed segment", &path, e))?;
+        let sync_started = Instant::now();
         w.data
             .fdatasync()
             .await
             .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
+        record_sync(&mut self.state.borrow_mut(), sync_started, None);
         w.index.seal()?;
         let new = self.create_segment(next).await?;
         let mut st = self.state.borrow_mut();
@@ -1511,9 +1551,11 @@ impl Log {
         data.truncate(align_up(cut_pos))
             .await
             .map_err(|e| Error::glommio("cutting", &path, e))?;
+        let sync_started = Instant::now();
         data.fdatasync()
             .await
             .map_err(|e| Error::glommio("syncing", &path, e))?;
+        record_sync(&mut self.state.borrow_mut(), sync_started, None);
         index.flush()?;
         let buf_pos = align_down(cut_pos);
         let buf = content
@@ -1649,6 +1691,25 @@ impl Log {
         }
         self.sync().await
     }
+}
+
+/// Records a completed fdatasync in the shard's metrics: its duration, and when it made
+/// appends durable (`covered`: `stats.appends` when its write-out began), how many it
+/// newly covered. Syncs may complete out of order under pipelining; the count never goes
+/// back, so an overtaken sync records the appends it alone covered, possibly none.
+fn record_sync(st: &mut State, started: Instant, covered: Option<u64>) {
+    let elapsed = started.elapsed();
+    let batch = covered.map(|c| {
+        let n = c.saturating_sub(st.synced_appends);
+        st.synced_appends = st.synced_appends.max(c);
+        n
+    });
+    metrics::with_local(|m| {
+        m.fdatasync_ns.observe_duration(elapsed);
+        if let Some(n) = batch.filter(|&n| n > 0) {
+            m.group_commit_appends.observe(n);
+        }
+    });
 }
 
 fn check_meta_name(name: &str) -> Result<()> {

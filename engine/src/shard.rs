@@ -12,6 +12,7 @@ use crate::catalog::{self, Catalog, TopicInfo};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
 use crate::log::{Appended, Log, LogStats};
+use crate::metrics::{self, AppendTiming, ShardMetrics, ShardMetricsSnapshot, ShardSlot};
 use crate::segment::FileBudget;
 use atomic_waker::AtomicWaker;
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
@@ -46,6 +47,8 @@ struct Shared {
     shards: Vec<ShardTx>,
     catalog: Mutex<Catalog>,
     stopping: AtomicBool,
+    /// One per shard, written only by that shard's thread; read by scrapes.
+    metrics: Vec<ShardSlot>,
 }
 
 /// State of one shard, living on its executor thread.
@@ -104,6 +107,17 @@ pub struct EngineHandle {
     shared: Arc<Shared>,
 }
 
+/// What a shard reports to a metrics scrape.
+#[derive(Debug, Clone)]
+pub struct ShardReport {
+    pub shard: usize,
+    /// Every partition the shard owns, sorted by topic and partition.
+    pub partitions: Vec<(String, u32, LogStats)>,
+    /// Sealed segments whose files are open (each holds two descriptors); every log's
+    /// active segment is open besides.
+    pub open_sealed_segments: usize,
+}
+
 /// Where one partition stands.
 #[derive(Debug, Clone)]
 pub struct PartitionInfo {
@@ -146,6 +160,9 @@ impl Engine {
             shards,
             catalog: Mutex::new(catalog),
             stopping: AtomicBool::new(false),
+            metrics: (0..n)
+                .map(|_| Arc::new(crossbeam::utils::CachePadded::new(ShardMetrics::default())))
+                .collect(),
         });
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -297,6 +314,7 @@ async fn shard_main(
         stop: std::cell::Cell::new(false),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some((shared.id, Rc::clone(&ctx))));
+    metrics::set_local(shared.metrics.get(index).cloned());
     let started = async {
         dma_probe(&dir).await?;
         let owned: Vec<(String, u32, LogConfig)> = {
@@ -352,6 +370,7 @@ async fn shard_main(
         }
     }
     CURRENT.with(|c| *c.borrow_mut() = None);
+    metrics::set_local(None);
 }
 
 fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {
@@ -404,6 +423,31 @@ impl EngineHandle {
     /// Requests queued for each shard.
     pub fn queue_depths(&self) -> Vec<usize> {
         self.shared.shards.iter().map(|s| s.tx.len()).collect()
+    }
+
+    /// Each shard's metrics as of now, read without involving the shards.
+    pub fn shard_metrics(&self) -> Vec<ShardMetricsSnapshot> {
+        self.shared.metrics.iter().map(|m| m.snapshot()).collect()
+    }
+
+    /// What shard `shard` owns and how each of its partitions stands, asked of the shard
+    /// itself (it fails with `Overloaded` when the shard's queue is full).
+    pub async fn shard_report(&self, shard: usize) -> Result<ShardReport> {
+        self.on_shard(shard, move |ctx| async move {
+            let mut partitions: Vec<(String, u32, LogStats)> = ctx
+                .logs
+                .borrow()
+                .iter()
+                .map(|((t, p), log)| (t.clone(), *p, log.stats()))
+                .collect();
+            partitions.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            Ok(ShardReport {
+                shard,
+                partitions,
+                open_sealed_segments: ctx.open_segments(),
+            })
+        })
+        .await
     }
 
     /// The shard that owns `topic`/`partition`.
@@ -515,6 +559,23 @@ impl EngineHandle {
     ) -> Result<Appended> {
         self.with_log(topic, partition, move |log| async move {
             log.append(&records).await
+        })
+        .await
+    }
+
+    /// [`append`](Self::append), also reporting where the time went: the hop to the owning
+    /// shard, buffering, and waiting for durability.
+    pub async fn append_timed(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<(Appended, AppendTiming)> {
+        let sent = std::time::Instant::now();
+        self.with_log(topic, partition, move |log| async move {
+            let queue = sent.elapsed();
+            let (appended, timing) = log.append_timed(&records).await?;
+            Ok((appended, AppendTiming { queue, ..timing }))
         })
         .await
     }
