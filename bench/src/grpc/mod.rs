@@ -98,7 +98,9 @@ fn watch(load: &run::Load, w: Window, opts: &Opts) -> (Option<Cpu>, Option<Cpu>)
                 wake = t;
             }
         }
-        let nap = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
+        let nap = wake
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(50));
         std::thread::sleep(nap);
     }
     let diff = |a: Option<(f64, f64)>, b: Option<(f64, f64)>, wall: f64| match (a, b) {
@@ -124,7 +126,10 @@ pub fn main(opts: Opts) -> Result<Outcome> {
     let epoch = Instant::now();
     let loopback = if opts.measure_loopback {
         if !opts.quiet {
-            eprintln!("measuring loopback TCP bandwidth for {:?} ...", opts.loopback_duration);
+            eprintln!(
+                "measuring loopback TCP bandwidth for {:?} ...",
+                opts.loopback_duration
+            );
         }
         Some(loopback::measure(opts.loopback_duration)?)
     } else {
@@ -174,7 +179,10 @@ pub fn main(opts: Opts) -> Result<Outcome> {
                     v.lost,
                     v.duplicates,
                     v.mismatches,
-                    v.read_error.as_ref().map(|e| format!(", {e}")).unwrap_or_default()
+                    v.read_error
+                        .as_ref()
+                        .map(|e| format!(", {e}"))
+                        .unwrap_or_default()
                 ));
             }
             verify_result = Some(v);
@@ -205,7 +213,8 @@ pub fn main(opts: Opts) -> Result<Outcome> {
         .filter(|(p, _)| p.kind != opts::Kind::Tail && p.kind != opts::Kind::None)
         .map(|(_, s)| s.records)
         .sum();
-    if load_wanted && produced == 0 && report.parts.iter().any(|(p, _)| p.kind != opts::Kind::Tail) {
+    if load_wanted && produced == 0 && report.parts.iter().any(|(p, _)| p.kind != opts::Kind::Tail)
+    {
         failed.push("no request completed inside the measurement window".into());
     }
     Ok(Outcome { report, failed })

@@ -98,7 +98,12 @@ seconds).";
 )]
 pub struct Opts {
     /// Server address (HOST:PORT)
-    #[arg(long, short = 'a', default_value = "127.0.0.1:8400", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        short = 'a',
+        default_value = "127.0.0.1:8400",
+        value_name = "HOST:PORT"
+    )]
     pub addr: String,
 
     /// Workloads to run concurrently, comma-separated, each optionally with its own
@@ -314,7 +319,11 @@ impl Kind {
     pub fn windowed(self) -> bool {
         matches!(
             self,
-            Kind::Produce | Kind::ProduceStream | Kind::ProduceBatch | Kind::Consume | Kind::EndToEnd
+            Kind::Produce
+                | Kind::ProduceStream
+                | Kind::ProduceBatch
+                | Kind::Consume
+                | Kind::EndToEnd
         )
     }
 }
@@ -402,7 +411,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "kb" => 1000,
         "m" | "mib" => 1024 * 1024,
         "mb" => 1_000_000,
-        other => return Err(format!("{s:?}: unknown size unit {other:?} (B, KiB, MiB, KB, MB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (B, KiB, MiB, KB, MB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?}: size too large"))
@@ -446,7 +459,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => v * 60.0,
         other => return Err(format!("{s:?}: unknown duration unit {other:?} (ms, s, m)")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e7 {
+    if !secs.is_finite() || !(0.0..=1e7).contains(&secs) {
         return Err(format!("{s:?}: duration out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -475,7 +488,9 @@ impl Opts {
         }
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0) {
-                return Err(format!("--rate {r}: must be a positive number of requests per second"));
+                return Err(format!(
+                    "--rate {r}: must be a positive number of requests per second"
+                ));
             }
         }
         if let Some(cpus) = &self.pin_cpus {

@@ -32,7 +32,7 @@ pub struct Pattern {
 impl Pattern {
     pub fn new(run_id: u32, max_record: usize) -> Pattern {
         let mut v = vec![0u8; max_record + PATTERN_SLACK];
-        crate::Rng::new(u64::from(run_id) ^ 0x5eed_0f_b0d1).fill(&mut v);
+        crate::Rng::new(u64::from(run_id) ^ 0x5eed_f0b0_d1).fill(&mut v);
         Pattern { bytes: v.into() }
     }
 
@@ -123,7 +123,9 @@ pub fn check(v: &[u8], pattern: Option<&Pattern>) -> Result<Stamp, Bad> {
         return Err(Bad::Checksum);
     }
     if let Some(p) = pattern {
-        if body.len() + PATTERN_SLACK > p.bytes.len() || p.body(stamp.lane, stamp.seq, body.len()) != body {
+        if body.len() + PATTERN_SLACK > p.bytes.len()
+            || p.body(stamp.lane, stamp.seq, body.len()) != body
+        {
             return Err(Bad::Body);
         }
     }
@@ -146,7 +148,10 @@ mod tests {
         let v = build(&p, s, 100);
         assert_eq!(v.len(), 100);
         assert_eq!(check(&v, Some(&p)), Ok(s));
-        assert_eq!(check(&build_corrupt(&p, s, 100), Some(&p)), Err(Bad::Checksum));
+        assert_eq!(
+            check(&build_corrupt(&p, s, 100), Some(&p)),
+            Err(Bad::Checksum)
+        );
         assert_eq!(check(b"hello", None), Err(Bad::Foreign));
         assert_eq!(build(&p, s, 10).len(), 10);
         // Another sequence's body under this header fails even with a valid checksum.

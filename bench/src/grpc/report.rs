@@ -114,7 +114,18 @@ impl RunReport {
         let _ = writeln!(
             s,
             "{:<22} {:>11} {:>6} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
-            "workload", "conns x str", "window", "req/s", "records/s", "MB/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "errors"
+            "workload",
+            "conns x str",
+            "window",
+            "req/s",
+            "records/s",
+            "MB/s",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "errors"
         );
         for (p, st) in &self.parts {
             if p.kind == Kind::None {
@@ -170,7 +181,8 @@ impl RunReport {
         }
         for (p, st) in &self.parts {
             if st.error_count() > 0 {
-                let codes: Vec<String> = st.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let codes: Vec<String> =
+                    st.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 let _ = writeln!(
                     s,
                     "errors in {}: {} (first: {})",
@@ -180,7 +192,11 @@ impl RunReport {
                 );
             }
             if st.unfinished > 0 {
-                let _ = writeln!(s, "{}: {} requests still unanswered at the end", p.kind, st.unfinished);
+                let _ = writeln!(
+                    s,
+                    "{}: {} requests still unanswered at the end",
+                    p.kind, st.unfinished
+                );
             }
         }
         if let Some(c) = &self.bench_cpu {
@@ -268,21 +284,33 @@ impl RunReport {
                 m.insert("kind".into(), json!(p.kind.name()));
                 m.insert("connections".into(), json!(p.connections));
                 m.insert("streams_per_connection".into(), json!(p.streams));
-                m.insert("window".into(), json!(p.kind.windowed().then_some(o.window)));
+                m.insert(
+                    "window".into(),
+                    json!(p.kind.windowed().then_some(o.window)),
+                );
                 if p.kind == Kind::ProduceBatch {
                     m.insert("batch".into(), json!(o.batch));
                 }
                 m.insert("requests".into(), json!(st.requests));
                 m.insert("records".into(), json!(st.records));
                 m.insert("bytes".into(), json!(st.bytes));
-                m.insert("requests_per_s".into(), json!(self.rate(st.requests).round()));
+                m.insert(
+                    "requests_per_s".into(),
+                    json!(self.rate(st.requests).round()),
+                );
                 m.insert("records_per_s".into(), json!(self.rate(st.records).round()));
-                m.insert("mb_per_s".into(), json!(round2(mb_per_s(st.bytes, self.secs))));
+                m.insert(
+                    "mb_per_s".into(),
+                    json!(round2(mb_per_s(st.bytes, self.secs))),
+                );
                 m.insert("latency_us".into(), Latency::of(&st.latency).json());
                 if p.kind == Kind::EndToEnd {
                     m.insert("consumers".into(), json!(p.consumers));
                     m.insert("received_records".into(), json!(st.e2e_records));
-                    m.insert("received_per_s".into(), json!(self.rate(st.e2e_records).round()));
+                    m.insert(
+                        "received_per_s".into(),
+                        json!(self.rate(st.e2e_records).round()),
+                    );
                     m.insert("e2e_latency_us".into(), Latency::of(&st.e2e).json());
                 }
                 m.insert("errors".into(), json!(st.errors));

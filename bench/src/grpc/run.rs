@@ -151,7 +151,8 @@ impl Ctx {
 
     /// Whether this record should be the one sent broken (`--inject-fault`).
     fn take_fault(&self, f: Fault) -> bool {
-        self.shared.opts.inject_fault == Some(f) && !self.shared.fault_done.swap(true, Ordering::SeqCst)
+        self.shared.opts.inject_fault == Some(f)
+            && !self.shared.fault_done.swap(true, Ordering::SeqCst)
     }
 
     fn check_record(&self, value: &[u8]) {
@@ -279,7 +280,9 @@ fn remaining(end: Instant) -> Duration {
 
 /// `fut`, or `None` once `d` has passed.
 async fn within<T>(d: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    glommio::timer::timeout(d, async { Ok(fut.await) }).await.ok()
+    glommio::timer::timeout(d, async { Ok(fut.await) })
+        .await
+        .ok()
 }
 
 // --- produce-stream (and the producers of end-to-end) ---------------------------------------
@@ -300,7 +303,10 @@ async fn produce_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, 
     let mut seq = 0u64;
     let mut finished = false;
     while !finished {
-        let (mut tx, mut rx) = match ch.streaming(paths::PRODUCE_STREAM, CallOptions::default()).await {
+        let (mut tx, mut rx) = match ch
+            .streaming(paths::PRODUCE_STREAM, CallOptions::default())
+            .await
+        {
             Ok(s) => s,
             Err(st) => {
                 ctx.error(part, &st, 1);
@@ -321,7 +327,8 @@ async fn produce_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, 
                         Ok(Some(resp)) => {
                             let p = pending.borrow_mut().pop_front();
                             let Some(p) = p else {
-                                let st = Status::internal("ProduceStream: more responses than requests");
+                                let st =
+                                    Status::internal("ProduceStream: more responses than requests");
                                 ctx.error(part, &st, 1);
                                 break;
                             };
@@ -447,19 +454,29 @@ where
 async fn produce_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: usize) {
     let timeout = ctx.shared.opts.timeout;
     let seq = Rc::new(Cell::new(0u64));
-    let rng = Rc::new(RefCell::new(Rng::new(u64::from(ctx.shared.run_id) << 32 | u64::from(lane))));
+    let rng = Rc::new(RefCell::new(Rng::new(
+        u64::from(ctx.shared.run_id) << 32 | u64::from(lane),
+    )));
     let c2 = ctx.clone();
     unary_lane(ctx, part, index, move |origin| {
         let (ctx, ch, seq, rng) = (c2.clone(), ch.clone(), seq.clone(), rng.clone());
         let s = seq.get();
         seq.set(s + 1);
         let (v, len) = value(&ctx, &mut rng.borrow_mut(), lane, s, origin);
-        let copies = if ctx.take_fault(Fault::Duplicate) { 2 } else { 1 };
+        let copies = if ctx.take_fault(Fault::Duplicate) {
+            2
+        } else {
+            1
+        };
         async move {
             for _ in 0..copies {
                 let req = produce_request(&ctx.shared, v.clone());
                 let r = ch
-                    .unary_prost::<_, ProduceResponse>(paths::PRODUCE, &req, CallOptions::timeout(timeout))
+                    .unary_prost::<_, ProduceResponse>(
+                        paths::PRODUCE,
+                        &req,
+                        CallOptions::timeout(timeout),
+                    )
                     .await;
                 match r {
                     Ok(resp) => {
@@ -483,7 +500,9 @@ async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, i
     let timeout = ctx.shared.opts.timeout;
     let batch = ctx.shared.opts.batch;
     let seq = Rc::new(Cell::new(0u64));
-    let rng = Rc::new(RefCell::new(Rng::new(u64::from(ctx.shared.run_id) << 32 | u64::from(lane))));
+    let rng = Rc::new(RefCell::new(Rng::new(
+        u64::from(ctx.shared.run_id) << 32 | u64::from(lane),
+    )));
     let c2 = ctx.clone();
     unary_lane(ctx, part, index, move |origin| {
         let (ctx, ch) = (c2.clone(), ch.clone());
@@ -509,11 +528,17 @@ async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, i
         };
         async move {
             let r = ch
-                .unary_prost::<_, ProduceBatchResponse>(paths::PRODUCE_BATCH, &req, CallOptions::timeout(timeout))
+                .unary_prost::<_, ProduceBatchResponse>(
+                    paths::PRODUCE_BATCH,
+                    &req,
+                    CallOptions::timeout(timeout),
+                )
                 .await;
             match r {
-                Ok(resp) if resp.count as usize == lens.len()
-                    && resp.last_offset.checked_sub(resp.base_offset) == Some(lens.len() as u64 - 1) =>
+                Ok(resp)
+                    if resp.count as usize == lens.len()
+                        && resp.last_offset.checked_sub(resp.base_offset)
+                            == Some(lens.len() as u64 - 1) =>
                 {
                     for (i, len) in lens.iter().enumerate() {
                         ctx.ack(Ack {
@@ -544,14 +569,18 @@ async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, i
 }
 
 async fn consume_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: usize) {
-    let Some((base, end)) = ctx.shared.prefill else { return };
+    let Some((base, end)) = ctx.shared.prefill else {
+        return;
+    };
     let n = end - base;
     let timeout = ctx.shared.opts.timeout;
     let lanes = ctx.shared.lanes_per_part[part].max(1) as u64;
     // Sequential lanes start spread over the range so they do not all read the same records.
     let cursor = Rc::new(Cell::new(n * index as u64 / lanes));
     let random = ctx.shared.opts.consume_order == ConsumeOrder::Random;
-    let rng = Rc::new(RefCell::new(Rng::new(u64::from(ctx.shared.run_id) << 32 | u64::from(lane))));
+    let rng = Rc::new(RefCell::new(Rng::new(
+        u64::from(ctx.shared.run_id) << 32 | u64::from(lane),
+    )));
     let c2 = ctx.clone();
     unary_lane(ctx, part, index, move |origin| {
         let (ctx, ch) = (c2.clone(), ch.clone());
@@ -569,7 +598,11 @@ async fn consume_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: 
         };
         async move {
             let r = ch
-                .unary_prost::<_, ConsumeResponse>(paths::CONSUME, &req, CallOptions::timeout(timeout))
+                .unary_prost::<_, ConsumeResponse>(
+                    paths::CONSUME,
+                    &req,
+                    CallOptions::timeout(timeout),
+                )
                 .await;
             match r {
                 Ok(resp) => {
@@ -600,14 +633,20 @@ async fn open_consume_stream(ctx: &Ctx, ch: &Channel, offset: u64) -> Result<Str
         topic: topic(&ctx.shared),
         partition: ctx.shared.opts.partition,
     };
-    ch.server_streaming(paths::CONSUME_STREAM, net::encode(&req), CallOptions::default())
-        .await
+    ch.server_streaming(
+        paths::CONSUME_STREAM,
+        net::encode(&req),
+        CallOptions::default(),
+    )
+    .await
 }
 
 /// consume-stream: reads the prefilled range from its start, then reopens; the latency
 /// histogram holds the gaps between consecutive messages.
 async fn consume_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel) {
-    let Some((base, end)) = ctx.shared.prefill else { return };
+    let Some((base, end)) = ctx.shared.prefill else {
+        return;
+    };
     let stop = ctx.window.end;
     while Instant::now() < stop {
         let mut rx = match open_consume_stream(&ctx, &ch, base).await {
@@ -648,7 +687,9 @@ async fn consume_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel) {
 /// A tailing ConsumeStream from the end of the log until the run ends. With `e2e`, every
 /// record of this run gives a produce-to-receive latency from its stamp.
 async fn tail_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, e2e: bool) {
-    let Some(from) = ctx.shared.tail_from else { return };
+    let Some(from) = ctx.shared.tail_from else {
+        return;
+    };
     let stop = ctx.window.end;
     let mut next = from;
     while Instant::now() < stop {
@@ -712,8 +753,16 @@ fn plan(opts: &Opts) -> (Vec<Part>, Vec<ConnPlan>, Vec<usize>) {
     let mut lanes_per_part = Vec::new();
     let mut next_lane = 0u32;
     for (i, w) in opts.workload.iter().enumerate() {
-        let connections = if w.kind == Kind::None { 0 } else { opts.connections_of(w) };
-        let consumers = if w.kind == Kind::EndToEnd { opts.consumers } else { 0 };
+        let connections = if w.kind == Kind::None {
+            0
+        } else {
+            opts.connections_of(w)
+        };
+        let consumers = if w.kind == Kind::EndToEnd {
+            opts.consumers
+        } else {
+            0
+        };
         parts.push(Part {
             kind: w.kind,
             connections,
@@ -750,7 +799,12 @@ async fn run_conn(ctx: Rc<Ctx>, plan: ConnPlan, ch: Channel, first_index: usize)
     let part = plan.part;
     let mut tasks = Vec::new();
     if let Role::Consumer = plan.role {
-        tasks.push(glommio::spawn_local(tail_lane(ctx.clone(), part, ch.clone(), true)));
+        tasks.push(glommio::spawn_local(tail_lane(
+            ctx.clone(),
+            part,
+            ch.clone(),
+            true,
+        )));
     } else {
         for (k, lane) in plan.lanes.iter().copied().enumerate() {
             let (ctx, ch) = (ctx.clone(), ch.clone());
@@ -832,7 +886,12 @@ fn executor_main(
         });
         let mut tasks = Vec::new();
         for ((plan, first_index), ch) in conns.into_iter().zip(channels) {
-            tasks.push(glommio::spawn_local(run_conn(ctx.clone(), plan, ch, first_index)));
+            tasks.push(glommio::spawn_local(run_conn(
+                ctx.clone(),
+                plan,
+                ch,
+                first_index,
+            )));
         }
         for t in tasks {
             t.await;
@@ -862,7 +921,13 @@ fn placement(opts: &Opts, i: usize) -> Placement {
 }
 
 /// Starts the executors; each connects its share of connections, then waits.
-pub fn launch(opts: &Opts, addr: SocketAddr, config: ClientConfig, run_id: u32, setup: Setup) -> Result<Load> {
+pub fn launch(
+    opts: &Opts,
+    addr: SocketAddr,
+    config: ClientConfig,
+    run_id: u32,
+    setup: Setup,
+) -> Result<Load> {
     let (parts, conns, lanes_per_part) = plan(opts);
     let cores = opts.cores;
     let shared = Arc::new(Shared {
@@ -938,7 +1003,12 @@ impl Load {
     }
 
     pub fn join(self) -> Result<(Vec<PartStats>, Vec<Ack>, u64)> {
-        let mut parts: Vec<PartStats> = self.shared.parts.iter().map(|_| PartStats::default()).collect();
+        let mut parts: Vec<PartStats> = self
+            .shared
+            .parts
+            .iter()
+            .map(|_| PartStats::default())
+            .collect();
         let mut acks = Vec::new();
         let mut bad = 0;
         for h in self.handles {
@@ -976,11 +1046,19 @@ fn status_err(what: &str, st: Status) -> anyhow::Error {
 
 /// Creates the topic if asked, prefills records for consume workloads and finds the end of
 /// the log for tailing streams.
-pub fn setup(opts: &Opts, addr: SocketAddr, config: ClientConfig, run_id: u32, epoch: Instant) -> Result<Setup> {
+pub fn setup(
+    opts: &Opts,
+    addr: SocketAddr,
+    config: ClientConfig,
+    run_id: u32,
+    epoch: Instant,
+) -> Result<Setup> {
     let opts = opts.clone();
     on_executor("bench-setup", move || async move {
         // net's error already names the address and the OS error.
-        let ch = Channel::connect(addr, config).await.map_err(|e| anyhow!("{e}"))?;
+        let ch = Channel::connect(addr, config)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         let topic_name = opts.topic.clone().unwrap_or_default();
         let timeout = CallOptions::timeout(opts.timeout);
         if opts.create_topic {

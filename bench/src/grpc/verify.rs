@@ -85,7 +85,9 @@ pub fn verify(
             ..Default::default()
         };
         if bad_during_load > 0 {
-            r.note(format!("{bad_during_load} records failed their checksum while consumers read them"));
+            r.note(format!(
+                "{bad_during_load} records failed their checksum while consumers read them"
+            ));
         }
         acks.sort_unstable();
         // Two acknowledgements of one offset: the server gave one offset to two records.
@@ -95,7 +97,9 @@ pub fn verify(
         if dup_offsets > 0 {
             r.duplicates += dup_offsets;
             r.mismatches += dup_offsets;
-            r.note(format!("{dup_offsets} offsets were acknowledged for two different records"));
+            r.note(format!(
+                "{dup_offsets} offsets were acknowledged for two different records"
+            ));
         }
         let (Some(first), Some(last)) = (acks.first().copied(), acks.last().copied()) else {
             return Ok(r);
@@ -103,7 +107,9 @@ pub fn verify(
         // `--inject-fault skip` drops one record as if the server had lost it.
         let skip = (opts.inject_fault == Some(Fault::Skip)).then(|| acks[acks.len() / 2].offset);
         let pattern = Pattern::new(run_id, opts.record_size.max);
-        let ch = Channel::connect(addr, config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ch = Channel::connect(addr, config)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let req = ConsumeRequest {
             offset: first.offset,
             topic: opts.topic.clone().unwrap_or_default(),
@@ -113,19 +119,37 @@ pub fn verify(
         let mut next_ack = 0usize;
         let mut found = vec![false; acks.len()];
         match ch
-            .server_streaming(paths::CONSUME_STREAM, net::encode(&req), CallOptions::default())
+            .server_streaming(
+                paths::CONSUME_STREAM,
+                net::encode(&req),
+                CallOptions::default(),
+            )
             .await
         {
-            Err(st) => r.read_error = Some(format!("ConsumeStream({}): {} {}", first.offset, st.code.name(), st.message)),
+            Err(st) => {
+                r.read_error = Some(format!(
+                    "ConsumeStream({}): {} {}",
+                    first.offset,
+                    st.code.name(),
+                    st.message
+                ))
+            }
             Ok(mut rx) => loop {
-                let m = glommio::timer::timeout(STALL, async { Ok(rx.message_as::<ConsumeResponse>().await) }).await;
+                let m = glommio::timer::timeout(STALL, async {
+                    Ok(rx.message_as::<ConsumeResponse>().await)
+                })
+                .await;
                 let rec = match m {
                     Err(_) => {
-                        r.note(format!("read-back stalled: no record for {STALL:?} before offset {}", last.offset));
+                        r.note(format!(
+                            "read-back stalled: no record for {STALL:?} before offset {}",
+                            last.offset
+                        ));
                         break;
                     }
                     Ok(Err(st)) => {
-                        r.read_error = Some(format!("ConsumeStream: {} {}", st.code.name(), st.message));
+                        r.read_error =
+                            Some(format!("ConsumeStream: {} {}", st.code.name(), st.message));
                         break;
                     }
                     Ok(Ok(None)) => break,
@@ -137,12 +161,18 @@ pub fn verify(
                 while next_ack < acks.len() && acks[next_ack].offset < rec.offset {
                     next_ack += 1;
                 }
-                let ack = acks.get(next_ack).filter(|a| a.offset == rec.offset).copied();
+                let ack = acks
+                    .get(next_ack)
+                    .filter(|a| a.offset == rec.offset)
+                    .copied();
                 match payload::check(&rec.value, Some(&pattern)) {
                     Err(Bad::Foreign) => {
                         if ack.is_some() {
                             r.mismatches += 1;
-                            r.note(format!("offset {}: acknowledged, but holds a record that is not ours", rec.offset));
+                            r.note(format!(
+                                "offset {}: acknowledged, but holds a record that is not ours",
+                                rec.offset
+                            ));
                         } else {
                             r.foreign += 1;
                         }
@@ -154,7 +184,10 @@ pub fn verify(
                     Ok(st) if st.run_id != run_id => {
                         if ack.is_some() {
                             r.mismatches += 1;
-                            r.note(format!("offset {}: holds a record of another run", rec.offset));
+                            r.note(format!(
+                                "offset {}: holds a record of another run",
+                                rec.offset
+                            ));
                         } else {
                             r.foreign += 1;
                         }
@@ -168,7 +201,10 @@ pub fn verify(
                             ));
                         }
                         if let Some(a) = ack {
-                            if a.lane == st.lane && a.seq == st.seq && a.len as usize == rec.value.len() {
+                            if a.lane == st.lane
+                                && a.seq == st.seq
+                                && a.len as usize == rec.value.len()
+                            {
                                 r.ok += 1;
                             } else {
                                 r.mismatches += 1;
@@ -192,7 +228,10 @@ pub fn verify(
             if !f {
                 r.lost += 1;
                 if r.examples.len() < EXAMPLES {
-                    r.note(format!("offset {}: acknowledged (lane {} sequence {}) but not read back", a.offset, a.lane, a.seq));
+                    r.note(format!(
+                        "offset {}: acknowledged (lane {} sequence {}) but not read back",
+                        a.offset, a.lane, a.seq
+                    ));
                 }
             }
         }
