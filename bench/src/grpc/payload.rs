@@ -32,7 +32,7 @@ pub struct Pattern {
 impl Pattern {
     pub fn new(run_id: u32, max_record: usize) -> Pattern {
         let mut v = vec![0u8; max_record + PATTERN_SLACK];
-        crate::Rng::new(u64::from(run_id) ^ 0x5eed_f0b0_d1).fill(&mut v);
+        crate::Rng::new(u64::from(run_id) ^ 0x005e_edf0_b0d1).fill(&mut v);
         Pattern { bytes: v.into() }
     }
 

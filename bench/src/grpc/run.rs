@@ -830,11 +830,8 @@ async fn run_conn(ctx: Rc<Ctx>, plan: ConnPlan, ch: Channel, first_index: usize)
     }
 }
 
-fn executor_main(
-    shared: Arc<Shared>,
-    conns: Vec<(ConnPlan, usize)>,
-) -> impl std::future::Future<Output = ExecOut> {
-    async move {
+async fn executor_main(shared: Arc<Shared>, conns: Vec<(ConnPlan, usize)>) -> ExecOut {
+    {
         let mut channels = Vec::new();
         let mut failure = None;
         for (c, _) in &conns {
