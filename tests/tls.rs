@@ -278,10 +278,10 @@ fn rejected_connections_leave_the_server_unharmed() {
         .expect("refused");
     assert!(e.to_string().contains("not valid for name"), "{e}");
 
-    // Plaintext gRPC to the TLS port: closed with a GOAWAY that says why.
+    // Plaintext gRPC to the TLS port: told why, then closed.
     let plain = connect(&s, ClientConfig::default()).expect("TCP connect");
     let st = health(&plain).unwrap_err();
-    assert_eq!(st.code, Code::Unavailable, "{st:?}");
+    assert_eq!(st.code, Code::Unauthenticated, "{st:?}");
     assert!(st.message.contains("requires TLS"), "{st:?}");
     wait_for_log(&s, "plaintext connection from");
 
@@ -472,4 +472,18 @@ fn unsupported_model_and_bad_files_stop_start_up() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds no PEM certificate"), "{err}");
+}
+
+#[test]
+fn tls_to_a_plaintext_port_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    cli_certs(dir.path(), &["root"]);
+    let s = TestServer::start();
+    let e = match connect(&s, client(dir.path(), Some("root"))) {
+        Err(e) => e.to_string(),
+        Ok(ch) => health(&ch).unwrap_err().to_string(),
+    };
+    assert!(!e.is_empty());
+    wait_for_log(&s, "TLS connection from");
+    produce(&s.channel(), "", 0, "plaintext still works").unwrap();
 }

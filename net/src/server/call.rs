@@ -161,6 +161,9 @@ async fn run(
     conn: &ConnShared,
     path: &str,
 ) -> Result<(), Status> {
+    if let Some(st) = &conn.refuse {
+        return Err(st.clone());
+    }
     if conn.draining.get() {
         return Err(Status::unavailable("server is shutting down"));
     }

@@ -18,7 +18,7 @@ use super::router::Router;
 use super::ServerConfig;
 use crate::keepalive::KeepAlive;
 use crate::tls::TlsInfo;
-use crate::{Error, Shutdown};
+use crate::{Error, Shutdown, Status};
 
 /// What every call on a connection shares.
 pub(crate) struct ConnShared {
@@ -26,6 +26,9 @@ pub(crate) struct ConnShared {
     pub(crate) config: Rc<ServerConfig>,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) tls: Option<Arc<TlsInfo>>,
+    /// Set on a plaintext connection to a TLS port: every call gets this status, and the
+    /// connection closes after the first call or the TLS handshake timeout.
+    pub(crate) refuse: Option<Status>,
     /// Set once shutdown began: streams that h2 still accepts (opened before
     /// the client saw GOAWAY) get UNAVAILABLE instead of running.
     pub(crate) draining: Rc<Cell<bool>>,
@@ -61,6 +64,12 @@ where
     };
     let mut shutdown_wait = pin!(shutdown.wait());
     let mut drain_timer: Option<Timer> = None;
+    // A refused connection lives only long enough to tell its client why.
+    let mut refuse_timer = shared
+        .refuse
+        .is_some()
+        .then(|| Timer::new(cfg.tls_handshake_timeout));
+    let mut refused_one = false;
 
     poll_fn(|cx| {
         if drain_timer.is_none() && shutdown_wait.as_mut().poll(cx).is_ready() {
@@ -74,6 +83,11 @@ where
                 return Poll::Ready(Err(Error::DrainTimeout(peer, cfg.drain_timeout)));
             }
         }
+        if let Some(t) = refuse_timer.as_mut() {
+            if Pin::new(t).poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+        }
         if let Some(ka) = keepalive.as_mut() {
             if let Poll::Ready(Err(e)) = ka.poll(cx) {
                 return Poll::Ready(Err(e));
@@ -82,6 +96,10 @@ where
         loop {
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
+                    if shared.refuse.is_some() && !refused_one {
+                        refused_one = true;
+                        conn.graceful_shutdown();
+                    }
                     let shared = shared.clone();
                     glommio::spawn_local(serve_call(req, respond, shared)).detach();
                 }

@@ -48,7 +48,7 @@ pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink,
 
 use crate::codec::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::tls::{ServerTls, TlsInfo};
-use crate::{Error, Shutdown};
+use crate::{Error, Shutdown, Status};
 use conn::ConnShared;
 use transport::{REPLICATION_BYTE, TLS_HANDSHAKE_BYTE};
 
@@ -224,6 +224,7 @@ impl Server {
             config: self.config.clone(),
             peer,
             tls,
+            refuse: None,
             draining: Rc::new(Cell::new(false)),
         });
         conn::drive(io, shared, shutdown).await
@@ -255,12 +256,14 @@ impl Server {
                 log::warn!(
                     "replication connection from {peer:?} (first byte 0x01): this server does not serve replication yet; closing it"
                 );
+                transport::close_gracefully(stream).await;
                 Ok(())
             }
             (TLS_HANDSHAKE_BYTE, None) => {
                 log::warn!(
                     "TLS connection from {peer:?} to a plaintext port (no server certificate configured): closing it"
                 );
+                transport::close_gracefully(stream).await;
                 Ok(())
             }
             (TLS_HANDSHAKE_BYTE, Some(tls)) => {
@@ -283,8 +286,27 @@ impl Server {
                     .await
             }
             (_, Some(_)) => {
-                transport::reject_plaintext(stream, peer).await;
-                Ok(())
+                log::warn!(
+                    "plaintext connection from {peer:?} to a TLS-only port: answering its calls with UNAUTHENTICATED and closing it"
+                );
+                // Spoken to in HTTP/2, so that a gRPC client reports why instead of
+                // "connection reset"; no call runs. Anything else fails the HTTP/2
+                // handshake and is closed.
+                let shared = Rc::new(ConnShared {
+                    router: self.router.clone(),
+                    config: self.config.clone(),
+                    peer,
+                    tls: None,
+                    refuse: Some(Status::unauthenticated(transport::TLS_REQUIRED)),
+                    draining: Rc::new(Cell::new(false)),
+                });
+                match conn::drive(stream.compat(), shared, shutdown).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        log::debug!("refused plaintext connection: {e}");
+                        Ok(())
+                    }
+                }
             }
             (_, None) => {
                 self.drive(stream.compat(), peer, None, shutdown, guard)
