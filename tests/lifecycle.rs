@@ -147,13 +147,19 @@ fn unimplemented_features_and_bad_settings_refuse_to_start() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // TLS and ACL files come in pairs (tests/tls.rs covers them working).
     let (ok, err) = run(&["--server-tls-cert-file", "cert.pem"]);
     assert!(
-        !ok && err.contains("server-tls-cert-file") && err.contains("TLS"),
+        !ok && err.contains("server-tls-cert-file") && err.contains("server-tls-key-file"),
         "{err}"
     );
     let (ok, err) = run(&["--acl-model-file", "model.conf"]);
-    assert!(!ok && err.contains("authorization"), "{err}");
+    assert!(!ok && err.contains("acl-policy-file"), "{err}");
+    let (ok, err) = run(&["--peer-tls-cert-file", "peer.pem"]);
+    assert!(
+        !ok && err.contains("peer-tls-cert-file") && err.contains("TLS"),
+        "{err}"
+    );
     let (ok, err) = run(&["--start-join-addrs", "127.0.0.1:8401"]);
     assert!(!ok && err.contains("membership"), "{err}");
     let (ok, err) = run(&["--bootstrap"]);
