@@ -18,6 +18,7 @@ use super::conn::ConnShared;
 use super::router::{MessageStream, Request, Response, ResponseSink, Route};
 use crate::body::{poll_send, with_deadline, MessageReader};
 use crate::codec::{encode_frame, parse_timeout};
+use crate::observe::{self, CallInfo, TraceContext};
 use crate::Status;
 
 const CONTENT_TYPE: &str = "application/grpc";
@@ -142,17 +143,38 @@ pub(crate) async fn serve_call(
     let out = RefCell::new(Responder {
         out: Out::Headers(respond),
     });
-    let status = match run(req, &out, &conn, &path).await {
-        Ok(()) => Status::ok(),
-        Err(s) => s,
+    let Some(observer) = conn.observer.clone() else {
+        let status = match run(req, &out, &conn, &path).await {
+            Ok(()) => Status::ok(),
+            Err(s) => s,
+        };
+        out.borrow_mut().finish(&status);
+        log::debug!(
+            "{path} from {:?}: {} in {:?}",
+            conn.peer,
+            status.code,
+            started.elapsed()
+        );
+        return;
     };
-    out.borrow_mut().finish(&status);
-    log::debug!(
-        "{path} from {:?}: {} in {:?}",
+    let call = Rc::new(CallInfo::new(
+        path.clone(),
         conn.peer,
-        status.code,
-        started.elapsed()
-    );
+        conn.tls.as_ref().and_then(|t| t.client_subject.clone()),
+        TraceContext::from_headers(req.headers()),
+    ));
+    // The whole call, its final line included, runs as the current call, so that every log
+    // line written on its behalf carries its trace id.
+    observe::scoped(call.clone(), async {
+        observer.call_started(&call);
+        let status = match run(req, &out, &conn, &path).await {
+            Ok(()) => Status::ok(),
+            Err(s) => s,
+        };
+        out.borrow_mut().finish(&status);
+        observer.call_finished(&call, &status);
+    })
+    .await;
 }
 
 async fn run(
@@ -209,6 +231,7 @@ async fn read_one(reader: &mut MessageReader) -> Result<Bytes, Status> {
         .next()
         .await?
         .ok_or_else(|| Status::internal("missing request message"))?;
+    observe::with_current(|c| c.received(first.len() + crate::codec::HEADER_LEN));
     if reader.next().await?.is_some() {
         return Err(Status::internal(
             "expected exactly one request message, got more",
@@ -265,6 +288,7 @@ async fn write_response(
     max_send: usize,
 ) -> Result<(), Status> {
     let mut frame = encode_frame(&resp.message, max_send)?;
+    observe::with_current(|c| c.sent(frame.len()));
     let mut extra = Some(resp.metadata);
     poll_fn(|cx| {
         let mut o = out.borrow_mut();
@@ -285,6 +309,7 @@ async fn run_streaming(
 ) -> Result<(), Status> {
     let writer = async move {
         while let Some(mut frame) = rx.recv().await {
+            observe::with_current(|c| c.sent(frame.len()));
             poll_fn(|cx| {
                 let mut o = out.borrow_mut();
                 let stream = o.body(None)?;

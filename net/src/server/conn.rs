@@ -32,6 +32,8 @@ pub(crate) struct ConnShared {
     /// Set once shutdown began: streams that h2 still accepts (opened before
     /// the client saw GOAWAY) get UNAVAILABLE instead of running.
     pub(crate) draining: Rc<Cell<bool>>,
+    /// Hears of every call (metrics, call logs); `None` costs nothing.
+    pub(crate) observer: Option<Rc<dyn crate::observe::CallObserver>>,
 }
 
 /// Drives one connection to its end. Returns when the peer closed, the

@@ -47,6 +47,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
 
 use crate::codec::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::observe::CallObserver;
 use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown, Status};
 use conn::ConnShared;
@@ -114,6 +115,7 @@ pub struct Server {
     config: Rc<ServerConfig>,
     router: Rc<Router>,
     connections: Rc<Cell<usize>>,
+    observer: Option<Rc<dyn CallObserver>>,
 }
 
 impl Server {
@@ -122,7 +124,15 @@ impl Server {
             config: Rc::new(config),
             router: Rc::new(router),
             connections: Rc::new(Cell::new(0)),
+            observer: None,
         }
+    }
+
+    /// Reports this executor's connections and calls to `observer` (metrics, call logs),
+    /// and makes each call's trace context current while it runs (see [`crate::observe`]).
+    pub fn with_observer(mut self, observer: Rc<dyn CallObserver>) -> Server {
+        self.observer = Some(observer);
+        self
     }
 
     /// Connections currently open on this executor.
@@ -226,8 +236,16 @@ impl Server {
             tls,
             refuse: None,
             draining: Rc::new(Cell::new(false)),
+            observer: self.observer.clone(),
         });
-        conn::drive(io, shared, shutdown).await
+        if let Some(o) = &self.observer {
+            o.connection_opened(peer);
+        }
+        let r = conn::drive(io, shared, shutdown).await;
+        if let Some(o) = &self.observer {
+            o.connection_closed(peer);
+        }
+        r
     }
 
     /// Dispatches an accepted TCP connection on its first byte (see [`transport`]).
@@ -299,6 +317,7 @@ impl Server {
                     tls: None,
                     refuse: Some(Status::unauthenticated(transport::TLS_REQUIRED)),
                     draining: Rc::new(Cell::new(false)),
+                    observer: self.observer.clone(),
                 });
                 match conn::drive(stream.compat(), shared, shutdown).await {
                     Ok(()) => Ok(()),
@@ -325,6 +344,7 @@ impl Server {
             config: self.config.clone(),
             router: self.router.clone(),
             connections: self.connections.clone(),
+            observer: self.observer.clone(),
         };
         // Counted now, not when the task first runs, so that a burst of
         // accepts cannot overshoot the limit.

@@ -83,12 +83,16 @@ pub struct MessageStream {
 impl MessageStream {
     /// The next request message; `Ok(None)` once the client half-closed.
     pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
-        self.reader.next().await
+        let m = self.reader.next().await?;
+        if let Some(m) = &m {
+            crate::observe::with_current(|c| c.received(m.len() + crate::codec::HEADER_LEN));
+        }
+        Ok(m)
     }
 
     /// [`message`](Self::message), decoded.
     pub async fn message_as<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
-        match self.reader.next().await? {
+        match self.message().await? {
             Some(b) => codec::decode(b).map(Some),
             None => Ok(None),
         }
