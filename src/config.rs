@@ -15,6 +15,7 @@ use engine::{Durability, EngineConfig, LogConfig};
 use net::tls::ServerTlsFiles;
 use serde::Deserialize;
 
+use crate::observe::logging::LogFormat;
 use crate::server::acl::AclFiles;
 
 /// Protobuf overhead of one record inside a `ConsumeResponse` (tags, lengths, and the
@@ -120,9 +121,37 @@ pub struct ServeArgs {
     /// How long calls in flight may run once shutdown begins, e.g. 20s, 500ms [default: 20s]
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<DurationArg>,
+    /// Admin HTTP address for /metrics, /healthz and /readyz, or `off` [default: 127.0.0.1:9400]
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_addr: Option<AdminAddr>,
+    /// Log line format: human or json (one object per line) [default: human]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Calls slower than this are logged at warn with their timing breakdown; 0 = never
+    /// [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub slow_call_threshold: Option<DurationArg>,
 }
 
-/// A duration written with a unit (`500ms`, `20s`, `2m`, `1h`) or as plain seconds (`20`).
+/// The admin HTTP address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+impl FromStr for AdminAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AdminAddr, String> {
+        match s.trim() {
+            "" | "off" | "none" => Ok(AdminAddr(None)),
+            a => a
+                .parse()
+                .map(|a| AdminAddr(Some(a)))
+                .map_err(|e| format!("{a:?} is not an address (e.g. 127.0.0.1:9400) or off: {e}")),
+        }
+    }
+}
+
+/// A duration written with a unit (`250us`, `500ms`, `20s`, `2m`, `1h`) or as plain seconds (`20`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationArg(pub Duration);
 
@@ -136,19 +165,20 @@ impl FromStr for DurationArg {
         let n: u64 = num
             .parse()
             .map_err(|_| format!("{s:?} is not a duration (e.g. 20s, 500ms, 2m)"))?;
-        let ms: u64 = match unit.trim() {
-            "" | "s" => 1000,
-            "ms" => 1,
-            "m" => 60_000,
-            "h" => 3_600_000,
+        let us: u64 = match unit.trim() {
+            "" | "s" => 1_000_000,
+            "ms" => 1000,
+            "us" | "µs" => 1,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
             other => {
                 return Err(format!(
-                    "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+                    "unknown unit {other:?} in {s:?}; use us, ms, s, m or h"
                 ))
             }
         };
-        n.checked_mul(ms)
-            .map(|ms| DurationArg(Duration::from_millis(ms)))
+        n.checked_mul(us)
+            .map(|us| DurationArg(Duration::from_micros(us)))
             .ok_or_else(|| format!("{s:?} is too long"))
     }
 }
@@ -268,6 +298,9 @@ struct FileConfig {
     listen: Option<String>,
     log_level: Option<String>,
     drain_timeout: Option<DurationArg>,
+    admin_addr: Option<String>,
+    log_format: Option<String>,
+    slow_call_threshold: Option<DurationArg>,
 }
 
 /// The effective settings of a server, every default filled in.
@@ -290,6 +323,11 @@ pub struct Settings {
     /// Authorization; `None` lets every caller do everything.
     pub acl: Option<AclFiles>,
     pub drain_timeout: Duration,
+    /// Where /metrics, /healthz and /readyz are served; `None` turns the admin port off.
+    pub admin_addr: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    /// `None`: no call is logged as slow.
+    pub slow_call_threshold: Option<Duration>,
 }
 
 pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8401";
@@ -298,6 +336,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
 /// Below the usual 30 s grace period of process supervisors, so that the final flush and
 /// sync still happen before a SIGKILL.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Loopback only: metrics name topics and clients. Not 8401 (the book's gossip bind-addr),
+/// and 9400 is clear of Prometheus's own 9090-9100 exporters' usual ports.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9400";
+pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(1);
 
 /// Where a value came from, for error messages.
 struct Sources<'a> {
@@ -515,6 +557,28 @@ impl Settings {
             .pick("drain-timeout", a.drain_timeout, file.drain_timeout)?
             .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0);
 
+        let admin_addr =
+            match src.pick_str("admin-addr", a.admin_addr, file.admin_addr.as_ref())? {
+                Some(a) => a.0,
+                None => Some(DEFAULT_ADMIN_ADDR.parse().map_err(
+                    |e: std::net::AddrParseError| {
+                        ConfigError::Inconsistent(format!("built-in admin-addr: {e}"))
+                    },
+                )?),
+            };
+        let log_format = src
+            .pick_str("log-format", a.log_format, file.log_format.as_ref())?
+            .unwrap_or_default();
+        let slow_call_threshold = match src.pick(
+            "slow-call-threshold",
+            a.slow_call_threshold,
+            file.slow_call_threshold,
+        )? {
+            None => Some(DEFAULT_SLOW_CALL_THRESHOLD),
+            Some(d) if d.0.is_zero() => None,
+            Some(d) => Some(d.0),
+        };
+
         let data_dir = src
             .pick("data-dir", a.data_dir, file.data_dir.clone())?
             .unwrap_or_else(|| PathBuf::from("./data"));
@@ -584,6 +648,9 @@ impl Settings {
             max_record_bytes: to_usize("max-record-bytes", max_record_bytes)?,
             max_message_bytes: to_usize("max-message-bytes", max_message_bytes)?,
             log_level,
+            admin_addr,
+            log_format,
+            slow_call_threshold,
             tls,
             acl,
             drain_timeout,
@@ -593,6 +660,12 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_addr == Some(self.listen) {
+            return Err(ConfigError::Inconsistent(format!(
+                "admin-addr and the gRPC address are both {}",
+                self.listen
+            )));
+        }
         if self.listen.port() == 0 {
             // Every shard binds its own SO_REUSEPORT listener: port 0 would give each a
             // different port.
@@ -681,6 +754,12 @@ impl std::fmt::Display for Settings {
                 ),
             },
         };
+        let admin = self
+            .admin_addr
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let slow = self
+            .slow_call_threshold
+            .map_or_else(|| "off".to_owned(), |d| format!("{d:?}"));
         let acl = match &self.acl {
             None => "off".to_owned(),
             Some(a) => format!(
@@ -693,7 +772,8 @@ impl std::fmt::Display for Settings {
             f,
             "config-file={file} data-dir={} node-name={} bind-addr={} rpc-port={} listen={} \
              shards={shards} durability={} segment-bytes={} max-record-bytes={} \
-             max-message-bytes={} log-level={} drain-timeout={:?} tls={tls} acl={acl}",
+             max-message-bytes={} log-level={} log-format={} drain-timeout={:?} tls={tls} \
+             acl={acl} admin-addr={admin} slow-call-threshold={slow}",
             self.data_dir.display(),
             self.node_name,
             self.bind_addr,
@@ -704,6 +784,7 @@ impl std::fmt::Display for Settings {
             self.max_record_bytes,
             self.max_message_bytes,
             self.log_level,
+            self.log_format,
             self.drain_timeout
         )
     }
@@ -881,6 +962,53 @@ mod tests {
             Duration::from_secs(120)
         );
         assert!("5x".parse::<DurationArg>().is_err());
+        assert_eq!(
+            "250us".parse::<DurationArg>(),
+            Ok(DurationArg(Duration::from_micros(250)))
+        );
+    }
+
+    #[test]
+    fn observability_settings() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(s.admin_addr, Some(DEFAULT_ADMIN_ADDR.parse().unwrap()));
+        assert_eq!(s.log_format, LogFormat::Human);
+        assert_eq!(s.slow_call_threshold, Some(DEFAULT_SLOW_CALL_THRESHOLD));
+        let s = resolve(
+            ServeArgs::default(),
+            &[
+                ("PROGLOG_ADMIN_ADDR", "off"),
+                ("PROGLOG_LOG_FORMAT", "json"),
+                ("PROGLOG_SLOW_CALL_THRESHOLD", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.admin_addr, None);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.slow_call_threshold, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "admin-addr: 127.0.0.1:9999\nslow-call-threshold: 250ms\nlog-format: json\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config_file: Some(path),
+            ..Default::default()
+        };
+        let s = resolve(args, &[]).unwrap();
+        assert_eq!(s.admin_addr, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(s.slow_call_threshold, Some(Duration::from_millis(250)));
+        let line = s.to_string();
+        assert!(line.contains("admin-addr=127.0.0.1:9999"), "{line}");
+        assert!(line.contains("log-format=json"), "{line}");
+        let same = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_ADMIN_ADDR", "127.0.0.1:8400")],
+        );
+        assert!(matches!(same, Err(ConfigError::Inconsistent(_))));
+        assert!("nowhere".parse::<AdminAddr>().is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod cert;
 mod client;
 mod config;
+mod observe;
 mod server;
 
 use std::process::ExitCode;
@@ -19,7 +20,9 @@ Server settings come from flags, then PROGLOG_<FLAG> environment variables \
 (e.g. PROGLOG_DATA_DIR, PROGLOG_RPC_PORT), then --config-file (YAML, or TOML for a .toml \
 file, with the flag names as keys, e.g. `data-dir: /var/lib/proglog`), then the defaults. \
 With none at all, a single node keeps its data in ./data and serves gRPC on 127.0.0.1:8400, \
-with a `default` topic for clients that name none.
+with a `default` topic for clients that name none, and serves Prometheus metrics, liveness \
+and readiness on http://127.0.0.1:9400 (/metrics, /healthz, /readyz; --admin-addr off \
+turns that port off).
 
 SIGTERM or SIGINT stops the server gracefully: clients are sent GOAWAY, calls in flight \
 finish (for at most --drain-timeout), and every log is flushed and synced before exit. \
@@ -63,10 +66,7 @@ enum Command {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args)?;
-    env_logger::Builder::new()
-        .parse_filters(&settings.log_level)
-        .format_timestamp_millis()
-        .init();
+    observe::logging::init(&settings.log_level, settings.log_format)?;
     match server::run(settings) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {

@@ -18,9 +18,9 @@ pub fn to_status(e: engine::Error) -> Status {
         }
         E::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         E::ShutDown => Status::unavailable(e.to_string()),
+        // Not logged here: the call's line logs INTERNAL at error level with this message
+        // (and the call's trace id), once.
         E::Io { .. } | E::Corrupt { .. } | E::Latched { .. } | E::Foreign { .. } => {
-            // Logged here, where it is turned into a reply, and nowhere else.
-            log::error!("engine: {e}");
             Status::internal(e.to_string())
         }
     }

@@ -17,6 +17,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod append;
 pub mod consume;
 pub mod consume_batch;
 pub mod consume_batch_stream;
@@ -34,6 +35,7 @@ pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +47,9 @@ use proto::health::v1::health_check_response::ServingStatus;
 use proto::log::v1::{paths, DEFAULT_TOPIC};
 
 use crate::config::Settings;
+use crate::observe::admin::AdminServer;
+use crate::observe::rpc::{RpcMetrics, ShardObserver};
+use crate::observe::{Observability, Phase};
 use health::Health;
 use state::AppState;
 
@@ -152,10 +157,17 @@ fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> a
     }
 }
 
+/// Test hook: holds the server in its recovering phase this long, so that black-box tests
+/// can watch `/readyz` and gRPC health before the node is ready. Never set in production.
+const HOLD_RECOVERY_ENV: &str = "PROGLOG_TEST_HOLD_RECOVERY_MS";
+
 /// Runs a server until SIGTERM or SIGINT, then stops it gracefully.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     log::info!("proglog {} starting: {settings}", env!("CARGO_PKG_VERSION"));
     check_port_free(settings.listen)?;
+    let obs = Arc::new(Observability::new());
+    // First, so that probes get answers (alive, not ready) through recovery.
+    let admin = start_admin(settings.admin_addr, &obs)?;
     // Loaded before anything starts, so that a bad file stops start-up with its own error.
     let tls = match &settings.tls {
         None => None,
@@ -225,6 +237,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             .context("starting the reload thread")?;
     }
 
+    obs.set_phase(Phase::Recovering);
+    if let Some(ms) = std::env::var(HOLD_RECOVERY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        log::warn!("{HOLD_RECOVERY_ENV}={ms}: holding recovery for tests");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let engine = engine::Engine::start(settings.engine_config()).with_context(|| {
         format!(
             "starting the storage engine in {} (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, \
@@ -233,7 +253,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         )
     })?;
     let handle = engine.handle();
+    obs.set_engine(Some(handle.clone()));
     if let Err(e) = ensure_default_topic(&handle, &settings) {
+        obs.set_engine(None);
         engine.shutdown();
         return Err(e);
     }
@@ -257,14 +279,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         ..ServerConfig::default()
     };
     let shards = handle.shards();
+    // Every shard's router has the same paths: they are the method labels.
+    let rpc = Arc::new(RpcMetrics::new(router(&state).paths(), shards));
+    obs.set_rpc(rpc.clone());
     let mut started = 0;
     for shard in 0..shards {
+        let observe = ShardObserve {
+            rpc: rpc.clone(),
+            slow: settings.slow_call_threshold,
+        };
         if let Err(e) = spawn_server(
             shard,
             &handle,
             &state,
             server_config.clone(),
             settings.listen,
+            observe,
             tx.clone(),
         ) {
             log::error!("{e:#}");
@@ -274,13 +304,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     drop(tx);
 
-    let outcome = serve_until_signal(&events, &state, started, shards, settings.listen);
+    let outcome = serve_until_signal(&events, &state, &obs, started, shards, settings.listen);
     let mut stopped = match &outcome {
         Err(StopReason::ServerStopped) => 1,
         _ => 0,
     };
 
     // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
+    obs.set_phase(Phase::Draining);
     state.health.set(ServingStatus::NotServing);
     shutdown.trigger();
     let deadline = Instant::now() + settings.drain_timeout + Duration::from_secs(2);
@@ -307,8 +338,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
+    obs.set_engine(None);
     engine.shutdown();
     signals_handle.close();
+    if let Some(a) = admin {
+        a.stop();
+    }
     match outcome {
         Ok(()) => {
             log::info!("proglog stopped cleanly");
@@ -316,6 +351,27 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
         Err(StopReason::Failed(e)) | Err(StopReason::BindFailed(e)) => Err(e),
         Err(StopReason::ServerStopped) => bail!("a gRPC server stopped unexpectedly"),
+    }
+}
+
+/// Starts the admin HTTP server. When the default address is taken (another proglog on this
+/// host, a test running servers side by side) the server runs without it and says so; an
+/// address the operator chose must work.
+fn start_admin(
+    addr: Option<SocketAddr>,
+    obs: &Arc<Observability>,
+) -> anyhow::Result<Option<AdminServer>> {
+    let Some(addr) = addr else {
+        log::info!("admin HTTP off: no /metrics, /healthz or /readyz");
+        return Ok(None);
+    };
+    match AdminServer::start(addr, obs.clone()) {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if Some(addr) == crate::config::DEFAULT_ADMIN_ADDR.parse().ok() => {
+            log::warn!("{e}: running without /metrics, /healthz and /readyz; set --admin-addr to serve them elsewhere");
+            Ok(None)
+        }
+        Err(e) => Err(e).context("starting the admin HTTP server"),
     }
 }
 
@@ -329,6 +385,7 @@ enum StopReason {
 fn serve_until_signal(
     events: &mpsc::Receiver<Event>,
     state: &AppState,
+    obs: &Observability,
     started: usize,
     shards: usize,
     listen: SocketAddr,
@@ -344,6 +401,7 @@ fn serve_until_signal(
             Ok(Event::Bound(_, Ok(()))) => {
                 bound += 1;
                 if bound == shards {
+                    obs.set_phase(Phase::Serving);
                     state.health.set(ServingStatus::Serving);
                     log::info!("ready: serving gRPC on {listen} from {shards} shards");
                 }
@@ -366,6 +424,12 @@ fn serve_until_signal(
     }
 }
 
+/// What a shard's server needs to report its calls.
+struct ShardObserve {
+    rpc: Arc<RpcMetrics>,
+    slow: Option<Duration>,
+}
+
 /// Starts shard `shard`'s gRPC server on that shard's own executor. A helper thread waits on
 /// the engine's completion handle so that the main thread only ever waits on `events`.
 fn spawn_server(
@@ -374,6 +438,7 @@ fn spawn_server(
     state: &Arc<AppState>,
     config: ServerConfig,
     addr: SocketAddr,
+    observe: ShardObserve,
     events: mpsc::Sender<Event>,
 ) -> anyhow::Result<()> {
     let engine = engine.clone();
@@ -396,7 +461,9 @@ fn spawn_server(
                         }
                     };
                     let _ = bound.send(Event::Bound(shard, Ok(())));
-                    let server = Server::new(config, router(&state));
+                    let observer = ShardObserver::new(observe.rpc, shard, observe.slow);
+                    let server =
+                        Server::new(config, router(&state)).with_observer(Rc::new(observer));
                     Ok(server
                         .serve_listener(listener, shutdown)
                         .await

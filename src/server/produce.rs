@@ -7,6 +7,7 @@ use net::Status;
 use proto::log::v1::{topic_or_default, ProduceRequest, ProduceResponse};
 
 use super::acl::Action;
+use super::append;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -18,11 +19,14 @@ pub async fn handle(
     state.authorize(&req, Action::Produce, Some(&req.message.topic))?;
     let r = req.message;
     let record = records::to_new(records::required(r.record)?);
-    let appended = state
-        .engine
-        .append(topic_or_default(&r.topic), r.partition, vec![record])
-        .await
-        .map_err(to_status)?;
+    let appended = append::append(
+        &state.engine,
+        topic_or_default(&r.topic),
+        r.partition,
+        vec![record],
+    )
+    .await
+    .map_err(to_status)?;
     Ok(ProduceResponse {
         offset: appended.base_offset,
     })

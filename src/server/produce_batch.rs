@@ -7,6 +7,7 @@ use net::Status;
 use proto::log::v1::{topic_or_default, ProduceBatchRequest, ProduceBatchResponse};
 
 use super::acl::Action;
+use super::append;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -21,11 +22,14 @@ pub async fn handle(
         .map_err(|_| Status::resource_exhausted("too many records in one batch"))?;
     // The engine rejects an empty batch as INVALID_ARGUMENT, which is what we want too.
     let batch = r.records.into_iter().map(records::to_new).collect();
-    let a = state
-        .engine
-        .append(topic_or_default(&r.topic), r.partition, batch)
-        .await
-        .map_err(to_status)?;
+    let a = append::append(
+        &state.engine,
+        topic_or_default(&r.topic),
+        r.partition,
+        batch,
+    )
+    .await
+    .map_err(to_status)?;
     Ok(ProduceBatchResponse {
         base_offset: a.base_offset,
         last_offset: a.last_offset,

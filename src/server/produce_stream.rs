@@ -17,6 +17,7 @@ use net::Status;
 use proto::log::v1::{topic_or_default, ProduceRequest, ProduceResponse};
 
 use super::acl::Action;
+use super::append;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
@@ -132,9 +133,7 @@ async fn write_loop(
             carry = Some(next);
             break;
         }
-        let appended = state
-            .engine
-            .append(&topic, partition, batch)
+        let appended = append::append(&state.engine, &topic, partition, batch)
             .await
             .map_err(to_status)?;
         for offset in appended.base_offset..=appended.last_offset {

@@ -1,0 +1,299 @@
+//! RPC metrics and the one log line per finished call.
+//!
+//! Each shard's gRPC server reports to its own [`ShardObserver`], which writes only that
+//! shard's slot of [`RpcMetrics`] (relaxed atomic adds on cache lines no other core writes);
+//! a scrape sums the slots. Methods are the router's paths, fixed at start-up, plus `other`
+//! for paths nobody registered, so a client cannot grow the label set.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crossbeam::utils::CachePadded;
+use engine::metrics::{Histogram, HistogramSnapshot, LATENCY_BOUNDS_NS};
+use log::Level;
+use net::observe::{CallInfo, CallObserver};
+use net::{Code, Status};
+
+/// gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED).
+pub const CODES: usize = 17;
+/// Label of calls to paths no handler is registered for.
+pub const OTHER_METHOD: &str = "other";
+/// Log target of the per-call lines, so they can be filtered on their own
+/// (`--log-level info,proglog::rpc=debug` logs every call).
+pub const RPC_TARGET: &str = "proglog::rpc";
+
+/// One shard's RPC counters.
+#[derive(Debug)]
+pub struct ShardRpc {
+    /// `[method * CODES + code]`.
+    calls: Box<[AtomicU64]>,
+    latency_ns: Box<[Histogram]>,
+    bytes_in: Box<[AtomicU64]>,
+    bytes_out: Box<[AtomicU64]>,
+    pub connections_open: AtomicI64,
+    pub connections_total: AtomicU64,
+    /// Calls (HTTP/2 streams) running now.
+    pub calls_open: AtomicI64,
+}
+
+/// The RPC metrics of every shard.
+#[derive(Debug)]
+pub struct RpcMetrics {
+    /// Sorted registered paths, then [`OTHER_METHOD`].
+    methods: Vec<String>,
+    index: HashMap<String, usize>,
+    shards: Vec<CachePadded<ShardRpc>>,
+}
+
+/// One method's totals over every shard.
+#[derive(Debug, Clone)]
+pub struct MethodTotals {
+    pub method: String,
+    pub calls_by_code: [u64; CODES],
+    pub latency_ns: HistogramSnapshot,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl RpcMetrics {
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>, shards: usize) -> RpcMetrics {
+        let mut methods: Vec<String> = paths.into_iter().map(str::to_owned).collect();
+        methods.sort_unstable();
+        methods.dedup();
+        methods.push(OTHER_METHOD.to_owned());
+        let index = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.clone(), i))
+            .collect();
+        let n = methods.len();
+        let shard = || {
+            CachePadded::new(ShardRpc {
+                calls: (0..n * CODES).map(|_| AtomicU64::new(0)).collect(),
+                latency_ns: (0..n).map(|_| Histogram::new(LATENCY_BOUNDS_NS)).collect(),
+                bytes_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                bytes_out: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                connections_open: AtomicI64::new(0),
+                connections_total: AtomicU64::new(0),
+                calls_open: AtomicI64::new(0),
+            })
+        };
+        RpcMetrics {
+            methods,
+            index,
+            shards: (0..shards.max(1)).map(|_| shard()).collect(),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn shard(&self, i: usize) -> &ShardRpc {
+        // Shard indexes come from the engine, which has as many shards as this has slots;
+        // clamp anyway rather than panic on a wiring mistake.
+        &self.shards[i.min(self.shards.len() - 1)]
+    }
+
+    fn method_index(&self, path: &str) -> usize {
+        self.index
+            .get(path)
+            .copied()
+            .unwrap_or(self.methods.len() - 1)
+    }
+
+    /// Sums of every method over the shards.
+    pub fn totals(&self) -> Vec<MethodTotals> {
+        self.methods
+            .iter()
+            .enumerate()
+            .map(|(m, name)| {
+                let mut t = MethodTotals {
+                    method: name.clone(),
+                    calls_by_code: [0; CODES],
+                    latency_ns: HistogramSnapshot::empty(LATENCY_BOUNDS_NS),
+                    bytes_in: 0,
+                    bytes_out: 0,
+                };
+                for s in &self.shards {
+                    for (c, slot) in t.calls_by_code.iter_mut().enumerate() {
+                        *slot += s.calls[m * CODES + c].load(Relaxed);
+                    }
+                    t.latency_ns.merge(&s.latency_ns[m].snapshot());
+                    t.bytes_in += s.bytes_in[m].load(Relaxed);
+                    t.bytes_out += s.bytes_out[m].load(Relaxed);
+                }
+                t
+            })
+            .collect()
+    }
+}
+
+/// The level of a finished call's line: routine outcomes stay below the default `info`,
+/// what a client did wrong is `info`, what may need an operator is `warn`, and server
+/// faults are `error` (logged here once, with the status message).
+pub fn level_for(code: Code) -> Level {
+    match code {
+        // Reading past the end is how clients find it; a cancel is the client leaving.
+        Code::Ok | Code::OutOfRange | Code::Cancelled => Level::Debug,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::Unimplemented => Level::Info,
+        Code::ResourceExhausted | Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => {
+            Level::Warn
+        }
+        Code::Internal | Code::Unknown | Code::DataLoss => Level::Error,
+    }
+}
+
+/// `queue=12µs append=30µs fsync=910µs`.
+pub fn format_breakdown(parts: &[(&'static str, Duration)]) -> String {
+    let mut s = String::new();
+    for (name, d) in parts {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(&format!("{name}={d:?}"));
+    }
+    s
+}
+
+/// One shard's observer: records into its slot and logs each finished call.
+pub struct ShardObserver {
+    metrics: std::sync::Arc<RpcMetrics>,
+    shard: usize,
+    /// Calls slower than this are logged at `warn` with their timing breakdown.
+    slow: Option<Duration>,
+}
+
+impl ShardObserver {
+    pub fn new(
+        metrics: std::sync::Arc<RpcMetrics>,
+        shard: usize,
+        slow: Option<Duration>,
+    ) -> ShardObserver {
+        ShardObserver {
+            metrics,
+            shard,
+            slow,
+        }
+    }
+
+    fn slot(&self) -> &ShardRpc {
+        self.metrics.shard(self.shard)
+    }
+}
+
+fn peer_str(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "-".to_owned(), |p| p.to_string())
+}
+
+impl CallObserver for ShardObserver {
+    fn connection_opened(&self, _peer: Option<SocketAddr>) {
+        let s = self.slot();
+        s.connections_open.fetch_add(1, Relaxed);
+        s.connections_total.fetch_add(1, Relaxed);
+    }
+
+    fn connection_closed(&self, _peer: Option<SocketAddr>) {
+        self.slot().connections_open.fetch_sub(1, Relaxed);
+    }
+
+    fn call_started(&self, _call: &CallInfo) {
+        self.slot().calls_open.fetch_add(1, Relaxed);
+    }
+
+    fn call_finished(&self, call: &CallInfo, status: &Status) {
+        let elapsed = call.elapsed();
+        let s = self.slot();
+        s.calls_open.fetch_sub(1, Relaxed);
+        let m = self.metrics.method_index(&call.method);
+        let code = usize::try_from(status.code.as_i32())
+            .unwrap_or(0)
+            .min(CODES - 1);
+        s.calls[m * CODES + code].fetch_add(1, Relaxed);
+        s.latency_ns[m].observe_duration(elapsed);
+        s.bytes_in[m].fetch_add(call.bytes_in(), Relaxed);
+        s.bytes_out[m].fetch_add(call.bytes_out(), Relaxed);
+
+        let slow = self.slow.is_some_and(|t| elapsed >= t);
+        let mut level = level_for(status.code);
+        if slow && level > Level::Warn {
+            level = Level::Warn;
+        }
+        if !log::log_enabled!(target: RPC_TARGET, level) {
+            return;
+        }
+        let peer = peer_str(call.peer);
+        let subject = call.subject.as_deref().unwrap_or("-");
+        let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let breakdown = if slow {
+            format_breakdown(&call.breakdown())
+        } else {
+            String::new()
+        };
+        let what = if slow { "slow call " } else { "" };
+        log::log!(
+            target: RPC_TARGET,
+            level,
+            method = call.method.as_str(),
+            code = status.code.name(),
+            duration_us = duration_us,
+            peer = peer.as_str(),
+            subject = subject,
+            bytes_in = call.bytes_in(),
+            bytes_out = call.bytes_out(),
+            breakdown = breakdown.as_str();
+            "{what}{} {} in {elapsed:?}{}{}",
+            call.method,
+            status.code.name(),
+            if status.message.is_empty() { "" } else { ": " },
+            status.message,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net::observe::TraceContext;
+
+    #[test]
+    fn totals_sum_shards_and_unknown_paths_are_other() {
+        let m = std::sync::Arc::new(RpcMetrics::new(["/a.A/X", "/a.A/Y"], 2));
+        for (shard, path, status) in [
+            (0, "/a.A/X", Status::ok()),
+            (1, "/a.A/X", Status::ok()),
+            (1, "/a.A/X", Status::not_found("t")),
+            (0, "/nope", Status::unimplemented("?")),
+        ] {
+            let o = ShardObserver::new(m.clone(), shard, None);
+            let call = CallInfo::new(path.into(), None, None, TraceContext::fresh());
+            o.call_started(&call);
+            o.call_finished(&call, &status);
+        }
+        let t = m.totals();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].method, "/a.A/X");
+        assert_eq!(t[0].calls_by_code[0], 2);
+        assert_eq!(t[0].calls_by_code[Code::NotFound.as_i32() as usize], 1);
+        assert_eq!(t[0].latency_ns.count, 3);
+        assert_eq!(t[2].method, OTHER_METHOD);
+        assert_eq!(t[2].calls_by_code[Code::Unimplemented.as_i32() as usize], 1);
+        assert_eq!(m.shard(0).calls_open.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn levels_follow_outcomes() {
+        assert_eq!(level_for(Code::Ok), Level::Debug);
+        assert_eq!(level_for(Code::NotFound), Level::Info);
+        assert_eq!(level_for(Code::Unavailable), Level::Warn);
+        assert_eq!(level_for(Code::Internal), Level::Error);
+    }
+}
