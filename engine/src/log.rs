@@ -857,7 +857,15 @@ impl Log {
             let path = seg.data_path.clone();
             let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
             if w.written == seg.size {
-                (Rc::clone(&w.data), path, w.buf_pos, None, 0, target, appends)
+                (
+                    Rc::clone(&w.data),
+                    path,
+                    w.buf_pos,
+                    None,
+                    0,
+                    target,
+                    appends,
+                )
             } else {
                 let n = w.buf.len();
                 let mut dma = w.data.alloc_dma_buffer(align_up(n as u64) as usize);

@@ -115,7 +115,10 @@ impl HistogramSnapshot {
     /// Adds `other`'s observations. Both must have the same bounds (they come from the same
     /// constant); a mismatch is a programming error.
     pub fn merge(&mut self, other: &HistogramSnapshot) {
-        assert_eq!(self.bounds, other.bounds, "merging histograms of other buckets");
+        assert_eq!(
+            self.bounds, other.bounds,
+            "merging histograms of other buckets"
+        );
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
