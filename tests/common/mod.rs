@@ -121,15 +121,9 @@ impl TestServer {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(self.addr.to_string())
-            .args([
-                "--shards",
-                "2",
-                "--node-name",
-                "test-node",
-                "--log-level",
-                "info",
-            ])
+            .args(["--shards", "2", "--node-name", "test-node"])
             .args(&self.extra)
+            .args(self.defaults())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -137,6 +131,24 @@ impl TestServer {
             .spawn()
             .expect("spawn proglog");
         self.child = Some(child);
+    }
+
+    /// Flags a test may set itself, else these. Servers run side by side: unless a test
+    /// picks the admin address, each takes a port of its own (`admin_addr` reads which from
+    /// the log).
+    fn defaults(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (flag, value) in [("--log-level", "info"), ("--admin-addr", "127.0.0.1:0")] {
+            if !self.extra.iter().any(|a| a.starts_with(flag)) {
+                out.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        out
+    }
+
+    /// The admin HTTP address of the running server, from its log.
+    pub fn admin_addr(&self) -> SocketAddr {
+        admin_addr_in(&self.log()).expect("the server logs its admin address")
     }
 
     /// Stops the server with SIGTERM (graceful) and starts it again on the same directory
@@ -286,6 +298,33 @@ pub fn run_cli(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> (bool, S
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The last admin address a server log announces.
+pub fn admin_addr_in(log: &str) -> Option<SocketAddr> {
+    const MARK: &str = "admin HTTP on http://";
+    let at = log.rfind(MARK)? + MARK.len();
+    log[at..].split_whitespace().next()?.parse().ok()
+}
+
+/// A GET on the admin port: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
 }
 
 /// Runs an async test body on its own glommio executor thread.

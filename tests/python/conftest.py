@@ -132,6 +132,10 @@ class ProglogServer:
             "--listen", self.address,
             *self.extra_args,
         ]
+        # Servers run side by side: each takes an admin port of its own unless told one
+        # (admin_url reads which from the log).
+        if not any(a.startswith("--admin-addr") for a in self.extra_args):
+            cmd += ["--admin-addr", "127.0.0.1:0"]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
@@ -214,6 +218,17 @@ class ProglogServer:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    @property
+    def admin_url(self) -> str:
+        """http://host:port of the admin server (/metrics, /healthz, /readyz), from the
+        server's log."""
+        mark = "admin HTTP on http://"
+        text = self.stderr_path.read_text(errors="replace")
+        at = text.rfind(mark)
+        if at < 0:
+            raise RuntimeError("the server did not log an admin address:\n" + text[-4000:])
+        return "http://" + text[at + len(mark):].split()[0]
 
     def stderr_tail(self, max_bytes: int = 16_000) -> str:
         try:

@@ -1,0 +1,458 @@
+//! Observability against the real binary: /metrics after a known workload, /healthz and
+//! /readyz through start-up and drain, and trace ids from `traceparent` in the log.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::HeaderValue;
+use net::client::{CallOptions, Channel, ClientConfig};
+use net::Code;
+use proto::health::v1::health_check_response::ServingStatus;
+use proto::health::v1::{paths as hpaths, HealthCheckRequest, HealthCheckResponse};
+use proto::log::v1::*;
+
+/// Samples of an exposition by `name{labels}` as written, after checking the structure
+/// the format asks for: every sample belongs to the family of the last TYPE line, no family
+/// appears twice, histogram buckets ascend and end with +Inf equal to `_count`.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    let mut families = std::collections::HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(families.insert(name.to_owned()), "family {name} twice");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "type {kind}"
+            );
+            current = Some((name.to_owned(), kind.to_owned()));
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let value: f64 = value.parse().expect("numeric value");
+        let name = series.split('{').next().unwrap_or(series);
+        let (family, kind) = current.as_ref().expect("sample after a TYPE line");
+        let ok = match kind.as_str() {
+            "histogram" => [
+                format!("{family}_bucket"),
+                format!("{family}_sum"),
+                format!("{family}_count"),
+            ]
+            .contains(&name.to_owned()),
+            _ => name == family,
+        };
+        assert!(ok, "sample {name} outside its family {family}");
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "series {series} twice"
+        );
+    }
+    samples
+}
+
+fn get(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no series {series}"))
+}
+
+fn sum_of(samples: &HashMap<String, f64>, name_prefix: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(name_prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn rpc(method: &str, code: &str) -> String {
+    format!("proglog_rpc_requests_total{{method=\"/log.v1.Log/{method}\",code=\"{code}\"}}")
+}
+
+#[test]
+fn metrics_count_a_known_workload() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    create_topic(&ch, "obs", 2).unwrap();
+    for i in 0..10 {
+        produce(&ch, "obs", 0, &format!("a{i}")).unwrap();
+    }
+    for i in 0..5 {
+        produce(&ch, "obs", 1, &format!("b{i}")).unwrap();
+    }
+    let r: ProduceBatchResponse = ch
+        .unary_prost(
+            paths::PRODUCE_BATCH,
+            &ProduceBatchRequest {
+                records: vec![
+                    record("x").unwrap(),
+                    record("y").unwrap(),
+                    record("z").unwrap(),
+                ],
+                topic: "obs".into(),
+                partition: 0,
+            },
+            opts(),
+        )
+        .unwrap();
+    assert_eq!((r.base_offset, r.last_offset), (10, 12));
+    for off in 0..4 {
+        consume(&ch, "obs", 0, off).unwrap();
+    }
+    let e = consume(&ch, "obs", 1, 99).unwrap_err();
+    assert_eq!(e.code, Code::OutOfRange);
+
+    let (code, text) = http_get(s.admin_addr(), "/metrics").unwrap();
+    assert_eq!(code, 200, "{text}");
+    let m = parse_exposition(&text);
+    assert_eq!(get(&m, &rpc("Produce", "OK")), 15.0);
+    assert_eq!(get(&m, &rpc("ProduceBatch", "OK")), 1.0);
+    assert_eq!(get(&m, &rpc("Consume", "OK")), 4.0);
+    assert_eq!(get(&m, &rpc("Consume", "OUT_OF_RANGE")), 1.0);
+    assert_eq!(
+        get(
+            &m,
+            "proglog_rpc_requests_total{method=\"/log.v1.Admin/CreateTopic\",code=\"OK\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "proglog_rpc_duration_seconds_count{method=\"/log.v1.Log/Produce\"}"
+        ),
+        15.0
+    );
+    // Each Produce request carries at least its 1-byte-plus record in a 5-byte frame.
+    assert!(
+        get(
+            &m,
+            "proglog_rpc_received_bytes_total{method=\"/log.v1.Log/Produce\"}"
+        ) > 15.0 * 7.0
+    );
+    assert!(
+        get(
+            &m,
+            "proglog_rpc_sent_bytes_total{method=\"/log.v1.Log/Consume\"}"
+        ) > 0.0
+    );
+
+    let p =
+        |name: &str, part: u32| get(&m, &format!("{name}{{topic=\"obs\",partition=\"{part}\"}}"));
+    assert_eq!(p("proglog_partition_lowest_offset", 0), 0.0);
+    assert_eq!(p("proglog_partition_highest_offset", 0), 12.0);
+    assert_eq!(p("proglog_partition_next_offset", 0), 13.0);
+    assert_eq!(p("proglog_partition_highest_offset", 1), 4.0);
+    assert_eq!(p("proglog_partition_appends_total", 0), 11.0);
+    assert_eq!(p("proglog_partition_records_appended_total", 0), 13.0);
+    assert_eq!(p("proglog_partition_appends_total", 1), 5.0);
+    assert_eq!(p("proglog_partition_segments", 0), 1.0);
+    assert!(p("proglog_partition_size_bytes", 0) > 13.0);
+    // The `default` topic exists and is empty: no highest offset.
+    assert!(!m.contains_key("proglog_partition_highest_offset{topic=\"default\",partition=\"0\"}"));
+
+    // Durability `always`: every append was made durable by exactly one fdatasync.
+    let appends = sum_of(&m, "proglog_partition_appends_total");
+    assert_eq!(appends, 16.0);
+    assert_eq!(get(&m, "proglog_group_commit_appends_sum"), appends);
+    let syncs = sum_of(&m, "proglog_partition_fdatasyncs_total");
+    assert!(syncs >= 1.0);
+    assert_eq!(get(&m, "proglog_fdatasync_duration_seconds_count"), syncs);
+    assert_eq!(
+        get(&m, "proglog_fdatasync_duration_seconds_bucket{le=\"+Inf\"}"),
+        syncs
+    );
+
+    assert!(sum_of(&m, "proglog_connections_open") >= 1.0);
+    assert!(sum_of(&m, "proglog_rpc_streams_open") >= 0.0);
+    for shard in 0..2 {
+        get(
+            &m,
+            &format!("proglog_shard_queue_depth{{shard=\"{shard}\"}}"),
+        );
+        assert_eq!(
+            get(&m, &format!("proglog_shard_report_up{{shard=\"{shard}\"}}")),
+            1.0
+        );
+        get(
+            &m,
+            &format!("proglog_open_sealed_segments{{shard=\"{shard}\"}}"),
+        );
+    }
+    assert!(get(&m, "process_resident_memory_bytes") > 1e6);
+    assert!(get(&m, "process_open_fds") > 0.0);
+    assert_eq!(get(&m, "proglog_ready"), 1.0);
+    assert_eq!(get(&m, "proglog_phase{phase=\"serving\"}"), 1.0);
+
+    // A second scrape sees the counters move by what happened in between, and only that.
+    produce(&ch, "obs", 1, "c").unwrap();
+    let (_, text) = http_get(s.admin_addr(), "/metrics").unwrap();
+    let m2 = parse_exposition(&text);
+    assert_eq!(get(&m2, &rpc("Produce", "OK")), 16.0);
+    assert_eq!(get(&m2, &rpc("Consume", "OK")), 4.0);
+}
+
+fn health(addr: SocketAddr) -> Option<i32> {
+    let ch = net::blocking::BlockingChannel::connect(addr, ClientConfig::default()).ok()?;
+    let r: HealthCheckResponse = ch
+        .unary_prost(
+            hpaths::CHECK,
+            &HealthCheckRequest::default(),
+            CallOptions::timeout(Duration::from_secs(2)),
+        )
+        .ok()?;
+    Some(r.status)
+}
+
+/// Polls `f` every 5 ms until it returns `Some`, for at most `within`.
+fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn readyz_flips_during_start_up_and_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log_path = tmp.path().join("server.log");
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--listen", &addr.to_string()])
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--shards", "2", "--drain-timeout", "20s"])
+        .env_remove("RUST_LOG")
+        // Long enough to look at the admin port while the engine "recovers".
+        .env("PROGLOG_TEST_HOLD_RECOVERY_MS", "1500")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // Alive at once, not ready while recovering, and gRPC is not serving either.
+    let alive = wait_for(Duration::from_secs(10), || {
+        http_get(admin, "/healthz").ok().filter(|(c, _)| *c == 200)
+    });
+    assert!(alive.is_some(), "no /healthz; log:\n{}", log());
+    let recovering = wait_for(Duration::from_secs(10), || {
+        let (code, body) = http_get(admin, "/readyz").ok()?;
+        assert_eq!(code, 503, "{body}");
+        (body == "recovering\n").then_some(())
+    });
+    assert!(recovering.is_some(), "{}", log());
+    assert_ne!(health(addr), Some(ServingStatus::Serving as i32));
+    let (_, metrics) = http_get(admin, "/metrics").unwrap();
+    assert!(metrics.contains("proglog_ready 0\n"), "{metrics}");
+
+    let ready = wait_for(Duration::from_secs(20), || {
+        http_get(admin, "/readyz").ok().filter(|(c, _)| *c == 200)
+    });
+    assert_eq!(
+        ready.map(|r| r.1),
+        Some("serving\n".to_owned()),
+        "{}",
+        log()
+    );
+    assert_eq!(health(addr), Some(ServingStatus::Serving as i32));
+
+    // A ProduceStream left open holds the drain: the window in which to look.
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        run_async(move || async move {
+            let ch = Channel::connect(addr, ClientConfig::default())
+                .await
+                .unwrap();
+            let (mut tx, mut rx) = ch
+                .streaming(
+                    paths::PRODUCE_STREAM,
+                    CallOptions::timeout(Duration::from_secs(30)),
+                )
+                .await
+                .unwrap();
+            tx.send_message(&ProduceRequest {
+                record: record("held"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let first = rx.message_as::<ProduceResponse>().await.unwrap();
+            assert_eq!(first.map(|r| r.offset), Some(0));
+            opened_tx.send(()).unwrap();
+            // Blocking this executor is fine: the stream only has to stay open.
+            close_rx.recv().unwrap();
+            tx.finish().unwrap();
+            while rx.message().await.unwrap().is_some() {}
+        })
+    });
+    opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let draining = wait_for(Duration::from_secs(10), || {
+        http_get(admin, "/readyz").ok().filter(|(c, _)| *c == 503)
+    });
+    assert_eq!(
+        draining.map(|r| r.1),
+        Some("draining\n".to_owned()),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        http_get(admin, "/healthz").unwrap().0,
+        200,
+        "alive while draining"
+    );
+    close_tx.send(()).unwrap();
+    client.join().unwrap();
+    let status = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{:?}\n{}",
+        status,
+        log()
+    );
+    assert!(
+        http_get(admin, "/healthz").is_err(),
+        "admin port closed after exit"
+    );
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn traced() -> CallOptions {
+    let mut o = opts();
+    o.metadata.insert(
+        "traceparent",
+        HeaderValue::from_str(&format!("00-{TRACE_ID}-00f067aa0ba902b7-01")).unwrap(),
+    );
+    o
+}
+
+#[test]
+fn traceparent_reaches_the_call_log_lines() {
+    // Every call is logged (rpc=debug) and counts as slow (1 µs), so it shows its breakdown.
+    let s = TestServer::start_with(&[
+        "--log-level",
+        "info,proglog::rpc=debug",
+        "--slow-call-threshold",
+        "1us",
+    ]);
+    let ch = s.channel();
+    let r: ProduceResponse = ch
+        .unary_prost(
+            paths::PRODUCE,
+            &ProduceRequest {
+                record: record("traced"),
+                ..Default::default()
+            },
+            traced(),
+        )
+        .unwrap();
+    assert_eq!(r.offset, 0);
+    // And one without: a fresh trace id of its own.
+    produce(&ch, "", 0, "untraced").unwrap();
+    let e: Result<ConsumeResponse, _> = ch.unary_prost(
+        paths::CONSUME,
+        &ConsumeRequest {
+            offset: 7,
+            ..Default::default()
+        },
+        traced(),
+    );
+    assert_eq!(e.unwrap_err().code, Code::OutOfRange);
+
+    let log = wait_for(Duration::from_secs(5), || {
+        let l = s.log();
+        (l.matches(TRACE_ID).count() >= 2).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("trace id not logged:\n{}", s.log()));
+    let produce_line = log
+        .lines()
+        .find(|l| l.contains(TRACE_ID) && l.contains("/log.v1.Log/Produce"))
+        .unwrap_or_else(|| panic!("no Produce line with the trace id:\n{log}"));
+    assert!(produce_line.contains("WARN"), "{produce_line}");
+    assert!(produce_line.contains("slow call"), "{produce_line}");
+    for part in [
+        "queue=",
+        "append=",
+        "fsync=",
+        "code=OK",
+        "peer=127.0.0.1:",
+        "bytes_in=",
+    ] {
+        assert!(
+            produce_line.contains(part),
+            "{part} missing: {produce_line}"
+        );
+    }
+    assert!(log
+        .lines()
+        .any(|l| l.contains(TRACE_ID) && l.contains("OUT_OF_RANGE")));
+    let fresh: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("/log.v1.Log/Produce") && !l.contains(TRACE_ID))
+        .collect();
+    assert_eq!(fresh.len(), 1, "{log}");
+    assert!(fresh[0].contains("trace_id="), "{}", fresh[0]);
+}
+
+#[test]
+fn json_log_lines_carry_the_trace_id() {
+    let s = TestServer::start_with(&[
+        "--log-format",
+        "json",
+        "--log-level",
+        "info,proglog::rpc=debug",
+    ]);
+    let ch = s.channel();
+    let _: ProduceResponse = ch
+        .unary_prost(
+            paths::PRODUCE,
+            &ProduceRequest {
+                record: record("j"),
+                ..Default::default()
+            },
+            traced(),
+        )
+        .unwrap();
+    let log = wait_for(Duration::from_secs(5), || {
+        let l = s.log();
+        l.contains(TRACE_ID).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("trace id not logged:\n{}", s.log()));
+    // Every line is one JSON object.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let call = lines
+        .iter()
+        .find(|v| v["trace_id"] == TRACE_ID)
+        .expect("the call's line");
+    assert_eq!(call["method"], "/log.v1.Log/Produce");
+    assert_eq!(call["code"], "OK");
+    assert_eq!(call["level"], "DEBUG");
+    assert!(call["bytes_in"].as_u64().is_some_and(|b| b > 5));
+    assert!(call["duration_us"].is_u64());
+    // Start-up states the effective settings.
+    assert!(lines.iter().any(|v| v["msg"]
+        .as_str()
+        .is_some_and(|m| m.contains("starting:") && m.contains("admin-addr="))));
+}
