@@ -756,6 +756,8 @@ impl Log {
                     if st.cut_epoch == epoch {
                         st.durable_next = st.durable_next.max(target.min(st.next));
                     }
+                    // Records just became readable: wake tailing readers.
+                    self.appended.notify(usize::MAX);
                 }
                 Err(_) => {}
             }
@@ -841,6 +843,8 @@ impl Log {
             st.stats.fdatasyncs += 1;
             record_sync(&mut st, sync_started, Some(appends));
             st.durable_next = st.durable_next.max(target);
+            drop(st);
+            self.appended.notify(usize::MAX);
         }
         Ok(())
     }
@@ -986,6 +990,33 @@ impl Log {
         self.state.borrow().next
     }
 
+    /// The offset after the last record readers may see. Under `always` that is the durable
+    /// mark: a record is visible only once it is on disk, so no consumer ever sees a record
+    /// that a crash could take back (and whose offset could then be reused). Under
+    /// `interval` and `never`, every appended record is visible.
+    pub fn readable_next(&self) -> u64 {
+        let st = self.state.borrow();
+        if self.config.durability == Durability::Always {
+            st.durable_next.min(st.next)
+        } else {
+            st.next
+        }
+    }
+
+    /// Checks that `from` is readable; returns the end of what readers may see.
+    fn readable_from(&self, from: u64) -> Result<u64> {
+        let end = self.readable_next();
+        let lowest = self.lowest_offset();
+        if from < lowest || from >= end {
+            return Err(Error::OffsetOutOfRange {
+                offset: from,
+                lowest,
+                next: end,
+            });
+        }
+        Ok(end)
+    }
+
     /// The last offset in the log, or `None` when it is empty.
     pub fn highest_offset(&self) -> Option<u64> {
         let st = self.state.borrow();
@@ -1020,11 +1051,11 @@ impl Log {
     /// resolves when the log is closed or reset.
     pub async fn wait_for(&self, offset: u64) {
         loop {
-            if self.next_offset() > offset || self.state.borrow().closed {
+            if self.readable_next() > offset || self.state.borrow().closed {
                 return;
             }
             let listener = self.appended.listen();
-            if self.next_offset() > offset || self.state.borrow().closed {
+            if self.readable_next() > offset || self.state.borrow().closed {
                 return;
             }
             listener.await;
@@ -1045,7 +1076,8 @@ impl Log {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
-        let (batches, _) = self.read_batches(from, max_bytes, max_records).await?;
+        let end = self.readable_from(from)?;
+        let (batches, _) = self.read_batches(from, max_bytes, max_records, end).await?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         'batches: for (header, pos, path, data) in batches {
@@ -1071,7 +1103,8 @@ impl Log {
     /// Reads whole batches in the on-disk format from the batch holding `from`, up to about
     /// `max_bytes` (at least one batch).
     pub async fn read_raw(&self, from: u64, max_bytes: usize) -> Result<RawBatches> {
-        let (batches, _) = self.read_batches(from, max_bytes, usize::MAX).await?;
+        let end = self.readable_from(from)?;
+        let (batches, _) = self.read_batches(from, max_bytes, usize::MAX, end).await?;
         let first_offset = batches.first().map(|b| b.0.base_offset).unwrap_or(from);
         let next_offset = batches.last().map(|b| b.0.next_offset()).unwrap_or(from);
         let bytes = if batches.len() == 1 {
@@ -1255,6 +1288,7 @@ impl Log {
         from: u64,
         max_bytes: usize,
         max_records: usize,
+        end: u64,
     ) -> Result<(Vec<(Header, u64, PathBuf, Bytes)>, u64)> {
         let mut out: Vec<(Header, u64, PathBuf, Bytes)> = Vec::new();
         let mut want = from;
@@ -1262,6 +1296,9 @@ impl Log {
         let mut records = 0usize;
         let window = max_bytes.clamp(4096, 8 << 20) + self.config.index_interval_bytes as usize;
         loop {
+            if want >= end && !out.is_empty() {
+                break;
+            }
             let base = match self.segment_for(want) {
                 Ok(b) => b,
                 Err(e) if out.is_empty() => return Err(e),
@@ -1353,7 +1390,7 @@ impl Log {
                 records += (header.next_offset() - want) as usize;
                 want = header.next_offset();
                 out.push((header, batch_pos, path.clone(), data));
-                if bytes >= max_bytes || records >= max_records {
+                if bytes >= max_bytes || records >= max_records || want >= end {
                     return Ok((out, want));
                 }
             }
@@ -1493,7 +1530,7 @@ impl Log {
         let (cut_pos, rewritten) = if new_next == base {
             (0u64, None)
         } else {
-            let (batches, _) = self.read_batches(new_next - 1, 1, 1).await?;
+            let (batches, _) = self.read_batches(new_next - 1, 1, 1, u64::MAX).await?;
             let (h, pos, _, data) = batches
                 .into_iter()
                 .next()

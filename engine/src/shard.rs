@@ -601,7 +601,8 @@ impl EngineHandle {
         .await
     }
 
-    /// Resolves once the partition holds `offset`; returns its next offset then. Dropping the
+    /// Resolves once the partition holds `offset` and readers may see it (see
+    /// `Log::readable_next`); returns the readable end then. Dropping the
     /// future cancels the wait on the owning shard.
     pub async fn wait_for(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
@@ -616,7 +617,7 @@ impl EngineHandle {
                     false
                 };
                 let _ = futures_lite::future::or(wait, cancelled).await;
-                Ok(log.next_offset())
+                Ok(log.readable_next())
             })
             .await;
         drop(cancel_tx);

@@ -31,7 +31,11 @@ fn issue_order_is_offset_order(durability: Durability) {
         for i in 0..400usize {
             let (log, got) = (Rc::clone(&log), Rc::clone(&got));
             // Sizes vary so that small appends could slip in ahead of large waiting ones.
-            let size = if i % 7 == 0 { 60 * 1024 } else { 100 + (i * 37) % 3000 };
+            let size = if i % 7 == 0 {
+                60 * 1024
+            } else {
+                100 + (i * 37) % 3000
+            };
             tasks.push(glommio::spawn_local(async move {
                 let a = log
                     .append(&[NewRecord::new(Bytes::from(vec![i as u8; size]))])
@@ -55,7 +59,10 @@ fn issue_order_is_offset_order(durability: Durability) {
                 w[1].1
             );
         }
-        assert!(log.stats().segments > 1, "the test must cross segment rolls");
+        assert!(
+            log.stats().segments > 1,
+            "the test must cross segment rolls"
+        );
     })
     .expect("executor");
 }

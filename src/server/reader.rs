@@ -51,7 +51,7 @@ pub async fn read_chunk(
     state
         .engine
         .with_log(topic, partition, move |log| async move {
-            let next = log.next_offset();
+            let next = log.readable_next();
             let at_end = match past_end {
                 PastEnd::OutOfRange => offset == next,
                 PastEnd::Empty => offset >= next,
@@ -60,7 +60,7 @@ pub async fn read_chunk(
                 return Ok((Vec::new(), next));
             }
             let records = log.read_range(offset, max_records, max_bytes).await?;
-            Ok((records, log.next_offset()))
+            Ok((records, log.readable_next()))
         })
         .await
         .map_err(to_status)
