@@ -16,6 +16,10 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+
+# grpcio's fork handlers can abort a child between fork and exec when a server is started
+# while grpcio's threads run; the children exec at once and need none of its state.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import signal
 import socket
 import subprocess
