@@ -39,12 +39,6 @@ if not (GEN / "log" / "v1" / "log_pb2.py").exists():
     )
 sys.path.insert(0, str(GEN))
 
-# Servers are started with fork + a preexec_fn (for PR_SET_PDEATHSIG). With grpcio's fork
-# support on, its at-fork handler restarts the event engine's poller in the child, which then
-# dies on the descriptors subprocess closes before exec (SIGABRT, "epoll_wait error: Bad file
-# descriptor") about once in a few runs. The tests never use grpc in a forked child.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 import grpc  # noqa: E402
 
 from health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
