@@ -13,7 +13,9 @@ fn check(durability: Durability) {
             durability,
             ..LogConfig::default()
         };
-        let log = Log::open(&dir, config, FileBudget::new(4)).await.expect("open");
+        let log = Log::open(&dir, config, FileBudget::new(4))
+            .await
+            .expect("open");
         let l2 = Rc::clone(&log);
         let task = glommio::spawn_local(async move {
             l2.append(&[NewRecord::new(Bytes::from_static(b"x"))])
@@ -32,7 +34,11 @@ fn check(durability: Durability) {
                 assert_eq!(log.readable_next(), 0, "not durable yet, so not readable");
                 assert!(matches!(
                     log.read(0).await,
-                    Err(Error::OffsetOutOfRange { offset: 0, next: 0, .. })
+                    Err(Error::OffsetOutOfRange {
+                        offset: 0,
+                        next: 0,
+                        ..
+                    })
                 ));
             }
             _ => {
