@@ -24,20 +24,9 @@ pub async fn handle(
     let tail = async {
         let mut offset = r.offset;
         loop {
-            let (recs, hw) = reader::read_chunk(
-                &state,
-                &topic,
-                r.partition,
-                offset,
-                max_records,
-                max_bytes,
-                reader::PastEnd::Empty,
-            )
-            .await?;
-            if recs.is_empty() {
-                reader::wait_for(&state, &topic, r.partition, offset).await?;
-                continue;
-            }
+            let (recs, hw) =
+                reader::next_chunk(&state, &topic, r.partition, offset, max_records, max_bytes)
+                    .await?;
             let resp = response(recs, offset, hw);
             offset = resp.next_offset;
             // Waits while the client is not reading: the sink is bounded.

@@ -31,20 +31,15 @@ pub async fn handle(
     let tail = async {
         let mut offset = r.offset;
         loop {
-            let (recs, _) = reader::read_chunk(
+            let (recs, _) = reader::next_chunk(
                 &state,
                 &topic,
                 r.partition,
                 offset,
                 CHUNK_RECORDS,
                 max_bytes,
-                reader::PastEnd::Empty,
             )
             .await?;
-            if recs.is_empty() {
-                reader::wait_for(&state, &topic, r.partition, offset).await?;
-                continue;
-            }
             for rec in recs {
                 offset = rec.offset + 1;
                 sink.send_message(&ConsumeResponse {

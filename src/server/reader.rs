@@ -86,3 +86,31 @@ pub async fn wait_for(
     }
     Ok(())
 }
+
+/// Records from `offset` for a tailing reader: waits (woken by the log, no polling) until
+/// there is at least one, then returns them with the partition's readable end.
+pub async fn next_chunk(
+    state: &AppState,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Record>, u64), Status> {
+    loop {
+        let (recs, end) = read_chunk(
+            state,
+            topic,
+            partition,
+            offset,
+            max_records,
+            max_bytes,
+            PastEnd::Empty,
+        )
+        .await?;
+        if !recs.is_empty() {
+            return Ok((recs, end));
+        }
+        wait_for(state, topic, partition, offset).await?;
+    }
+}
