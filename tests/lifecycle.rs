@@ -6,42 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use net::client::{CallOptions, Channel, ClientConfig};
+use net::client::ClientConfig;
 use proto::log::v1::*;
-
-fn produce_stream(addr: std::net::SocketAddr, n: usize, prefix: &'static str) -> Vec<u64> {
-    run_async(move || async move {
-        let ch = Channel::connect(addr, ClientConfig::default())
-            .await
-            .unwrap();
-        let (mut tx, mut rx) = ch
-            .streaming(
-                paths::PRODUCE_STREAM,
-                CallOptions::timeout(Duration::from_secs(20)),
-            )
-            .await
-            .unwrap();
-        let send = async move {
-            for i in 0..n {
-                tx.send_message(&ProduceRequest {
-                    record: record(format!("{prefix}{i}")),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            }
-            tx.finish().unwrap();
-        };
-        let recv = async move {
-            let mut got = Vec::new();
-            while let Some(r) = rx.message_as::<ProduceResponse>().await.unwrap() {
-                got.push(r.offset);
-            }
-            got
-        };
-        futures_lite::future::zip(send, recv).await.1
-    })
-}
 
 #[test]
 fn sigterm_exits_zero_and_restart_keeps_acknowledged_data() {

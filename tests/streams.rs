@@ -16,39 +16,7 @@ const PIPELINED: usize = 1000;
 fn produce_stream_pipelines_and_answers_in_order() {
     let s = TestServer::start();
     let addr = s.addr;
-    let offsets = run_async(move || async move {
-        let ch = Channel::connect(addr, ClientConfig::default())
-            .await
-            .unwrap();
-        let (mut tx, mut rx) = ch
-            .streaming(
-                paths::PRODUCE_STREAM,
-                CallOptions::timeout(Duration::from_secs(20)),
-            )
-            .await
-            .unwrap();
-        // Every request goes out before any response is read: all of them in flight.
-        let send = async move {
-            for i in 0..PIPELINED {
-                tx.send_message(&ProduceRequest {
-                    record: record(format!("r{i}")),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            }
-            tx.finish().unwrap();
-        };
-        let recv = async move {
-            let mut got = Vec::new();
-            // Ends with OK after the half-close, not the reference's Unknown "EOF".
-            while let Some(r) = rx.message_as::<ProduceResponse>().await.unwrap() {
-                got.push(r.offset);
-            }
-            got
-        };
-        futures_lite::future::zip(send, recv).await.1
-    });
+    let offsets = produce_stream(addr, PIPELINED, "r");
     assert_eq!(offsets, (0..PIPELINED as u64).collect::<Vec<_>>());
     let ch = s.channel();
     for i in [0, 1, 499, 999] {

@@ -397,3 +397,40 @@ pub fn create_topic(
     )?;
     r.topic.ok_or_else(|| Status::internal("no topic"))
 }
+
+/// Sends `n` ProduceStream requests (values `<prefix><i>`), every one before any response is
+/// read, so all are in flight at once; returns the offsets in the order they were answered.
+/// The call must end with OK after the half-close (not the reference's Unknown "EOF").
+pub fn produce_stream(addr: SocketAddr, n: usize, prefix: &'static str) -> Vec<u64> {
+    run_async(move || async move {
+        let ch = net::client::Channel::connect(addr, ClientConfig::default())
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = ch
+            .streaming(
+                paths::PRODUCE_STREAM,
+                CallOptions::timeout(Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        let send = async move {
+            for i in 0..n {
+                tx.send_message(&ProduceRequest {
+                    record: record(format!("{prefix}{i}")),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            tx.finish().unwrap();
+        };
+        let recv = async move {
+            let mut got = Vec::new();
+            while let Some(r) = rx.message_as::<ProduceResponse>().await.unwrap() {
+                got.push(r.offset);
+            }
+            got
+        };
+        futures_lite::future::zip(send, recv).await.1
+    })
+}
