@@ -417,7 +417,7 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
     } else {
-        serde_yaml::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        yaml_serde::from_str(&text).map_err(|e| parse_err(e.to_string()))
     }
 }
 
