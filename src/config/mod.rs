@@ -1,338 +1,66 @@
-//! The server's settings: command-line flags, `PROGLOG_*` environment variables, and a
+//! The server's settings: command-line flags, `PROGLOG_*` environment variables and a
 //! `--config-file`, merged in that order of precedence (flag > env > file > default), as the
 //! book's agent does with viper.
 //!
-//! Every key of the config file equals a flag name (`data-dir: ./data`). YAML is the default
-//! format; a file whose name ends in `.toml` is read as TOML.
+//! Every setting is declared once, in the `settings!` table below: its doc comment is the
+//! flag's help, and its field name gives the flag (`data_dir` -> `--data-dir`), the variable
+//! (`PROGLOG_DATA_DIR`) and the config-file key (`data-dir: ./data`). YAML is the default file
+//! format; a file whose name ends in `.toml` is read as TOML. Every origin's text goes through
+//! the same parser ([`value`]), and a bad value is reported with its key, the value, where it
+//! came from and why. Unknown file keys are refused, naming the key.
+//!
+//! # Adding a setting
+//!
+//! 1. Add an entry to the `settings {}` block of the table, where it belongs in `--help`:
+//!
+//!    ```text
+//!    /// Interval between gossip rounds
+//!    gossip_interval: DurationArg => Duration, "DURATION", default("200ms");
+//!    ```
+//!
+//!    - `name: Value`: the field (flag `--gossip-interval`, `PROGLOG_GOSSIP_INTERVAL`, file key
+//!      `gossip-interval`) and the type its text is parsed into: any [`SettingValue`](value::SettingValue)
+//!      (`u16`, `usize`, `bool`, `String`, `PathBuf`, `SocketAddr`, [`ByteSize`],
+//!      [`DurationArg`], [`AddrList`], ...). A new kind of value implements `SettingValue`
+//!      in `value.rs`.
+//!    - `=> Landed` (optional): the type the field has in [`Settings`], when it is not
+//!      `Value`; a [`Land`](value::Land) impl in `value.rs` converts (e.g. `ByteSize => usize`,
+//!      `DurationArg => Option<Duration>` where 0 is off, `PathBuf => Option<PathBuf>` where
+//!      empty is no file).
+//!    - `"DURATION"`: the flag's value name in `--help`.
+//!    - `default(...)`, one of: a value or its text (`default("200ms")`,
+//!      `default(DurationArg(GOSSIP_INTERVAL))`), shown as `[default: 200ms]`; a computed one
+//!      with its text for `--help`, `default(|env| ..., "bind-addr's host")`, whose closure
+//!      gets the environment lookup and may read any setting above it by name; or
+//!      `default(unset)` for an `Option`, `bool` or `Vec` that is simply absent.
+//!    - Optional checks, run on the landed value in table order:
+//!      `check(|v| at_least(*v, 1024))` (its `Err(reason)` is reported with the key, value
+//!      and origin), and `refused("feature")` for a setting accepted but not implemented yet.
+//! 2. Read it where it is used: `settings.gossip_interval`. It is on the start-up line already.
+//! 3. A rule that ties several settings together goes in [`Settings::validate`]; a value
+//!    built from several settings is a `derived {}` entry.
+//! 4. Test it in this file's tests: a value from one origin at least, and a refused value.
+
+mod declare;
+mod file;
+mod value;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
 use engine::{Durability, EngineConfig, LogConfig};
 use net::tls::ServerTlsFiles;
-use serde::Deserialize;
 
 use crate::observe::logging::LogFormat;
 use crate::server::acl::AclFiles;
+use declare::settings;
+pub use value::{AddrList, AdminAddr, ByteSize, DurationArg};
 
 /// Protobuf overhead of one record inside a `ConsumeResponse` (tags, lengths, and the
 /// offset/term/type/timestamp varints at their largest), rounded up.
 pub const RECORD_OVERHEAD_BYTES: usize = 64;
 
-/// Settings errors: all are reported before anything starts.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing config file {path}: {reason}")]
-    ParseFile { path: PathBuf, reason: String },
-    #[error("invalid value {value:?} for {key} (from {origin}): {reason}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        origin: &'static str,
-        reason: String,
-    },
-    #[error("{key} is set, but it needs {feature}, which this build does not implement yet; remove it to start a single unsecured node")]
-    NotImplemented {
-        key: &'static str,
-        feature: &'static str,
-    },
-    #[error("{0}")]
-    Inconsistent(String),
-}
-
-/// Server flags. All optional here so that an unset flag can fall back to the environment,
-/// then to the config file, then to the default named in its help.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// YAML (or .toml) file whose keys are these flag names [env: PROGLOG_CONFIG_FILE]
-    #[arg(long, value_name = "PATH")]
-    pub config_file: Option<PathBuf>,
-    /// Directory holding the topics and the catalog [default: ./data]
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// This node's id, reported by GetServers [default: the host name]
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// Gossip address; the RPC listener takes its IP [default: 127.0.0.1:8401]
-    #[arg(long, value_name = "ADDR")]
-    pub bind_addr: Option<SocketAddr>,
-    /// gRPC port on bind-addr's IP [default: 8400]
-    #[arg(long, value_name = "PORT")]
-    pub rpc_port: Option<u16>,
-    /// Cluster members to join (needs membership; not implemented yet)
-    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
-    pub start_join_addrs: Option<Vec<String>>,
-    /// Bootstrap a new Raft cluster (needs replication; not implemented yet)
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub bootstrap: Option<bool>,
-    /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
-    #[arg(long, value_name = "PATH")]
-    pub acl_model_file: Option<PathBuf>,
-    /// Casbin ACL policy (`p, subject, object, action` lines); reloaded on SIGHUP and change
-    #[arg(long, value_name = "PATH")]
-    pub acl_policy_file: Option<PathBuf>,
-    /// Server certificate chain, PEM; with server-tls-key-file the port speaks only TLS
-    #[arg(long, value_name = "PATH")]
-    pub server_tls_cert_file: Option<PathBuf>,
-    /// Server private key, PEM (PKCS#8, PKCS#1 or SEC1)
-    #[arg(long, value_name = "PATH")]
-    pub server_tls_key_file: Option<PathBuf>,
-    /// CA for client certificates, PEM: turns on mutual TLS (clients must present one)
-    #[arg(long, value_name = "PATH")]
-    pub server_tls_ca_file: Option<PathBuf>,
-    /// Peer certificate (needs TLS between nodes; not implemented yet)
-    #[arg(long, value_name = "PATH")]
-    pub peer_tls_cert_file: Option<PathBuf>,
-    /// Peer key (needs TLS between nodes; not implemented yet)
-    #[arg(long, value_name = "PATH")]
-    pub peer_tls_key_file: Option<PathBuf>,
-    /// CA for peer certificates (needs TLS between nodes; not implemented yet)
-    #[arg(long, value_name = "PATH")]
-    pub peer_tls_ca_file: Option<PathBuf>,
-    /// Engine shards, one executor each; 0 = one per CPU [default: 0]
-    #[arg(long, value_name = "N")]
-    pub shards: Option<usize>,
-    /// Default durability of new topics: always | interval:<ms> | never [default: always]
-    #[arg(long, value_name = "POLICY")]
-    pub durability: Option<Durability>,
-    /// Default segment size of new topics, e.g. 256MiB [default: 256MiB]
-    #[arg(long, value_name = "BYTES")]
-    pub segment_bytes: Option<ByteSize>,
-    /// Largest record value accepted [default: 1MiB]
-    #[arg(long, value_name = "BYTES")]
-    pub max_record_bytes: Option<ByteSize>,
-    /// Largest gRPC message received or sent [default: 4MiB]
-    #[arg(long, value_name = "BYTES")]
-    pub max_message_bytes: Option<ByteSize>,
-    /// gRPC listen address; overrides bind-addr's IP + rpc-port [default: 127.0.0.1:8400]
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Log filter, env_logger syntax (e.g. info, proglog=debug) [default: $RUST_LOG or info]
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// How long calls in flight may run once shutdown begins, e.g. 20s, 500ms [default: 20s]
-    #[arg(long, value_name = "DURATION")]
-    pub drain_timeout: Option<DurationArg>,
-    /// Admin HTTP address for /metrics, /healthz and /readyz, or `off` [default: 127.0.0.1:9400]
-    #[arg(long, value_name = "ADDR|off")]
-    pub admin_addr: Option<AdminAddr>,
-    /// Log line format: human or json (one object per line) [default: human]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Calls slower than this are logged at warn with their timing breakdown; 0 = never
-    /// [default: 1s]
-    #[arg(long, value_name = "DURATION")]
-    pub slow_call_threshold: Option<DurationArg>,
-}
-
-/// The admin HTTP address, or none (`off`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminAddr(pub Option<SocketAddr>);
-
-impl FromStr for AdminAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<AdminAddr, String> {
-        match s.trim() {
-            "" | "off" | "none" => Ok(AdminAddr(None)),
-            a => a
-                .parse()
-                .map(|a| AdminAddr(Some(a)))
-                .map_err(|e| format!("{a:?} is not an address (e.g. 127.0.0.1:9400) or off: {e}")),
-        }
-    }
-}
-
-/// A duration written with a unit (`250us`, `500ms`, `20s`, `2m`, `1h`) or as plain seconds (`20`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationArg(pub Duration);
-
-impl FromStr for DurationArg {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<DurationArg, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration (e.g. 20s, 500ms, 2m)"))?;
-        let us: u64 = match unit.trim() {
-            "" | "s" => 1_000_000,
-            "ms" => 1000,
-            "us" | "µs" => 1,
-            "m" => 60_000_000,
-            "h" => 3_600_000_000,
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} in {s:?}; use us, ms, s, m or h"
-                ))
-            }
-        };
-        n.checked_mul(us)
-            .map(|us| DurationArg(Duration::from_micros(us)))
-            .ok_or_else(|| format!("{s:?} is too long"))
-    }
-}
-
-impl<'de> Deserialize<'de> for DurationArg {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DurationArg, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(DurationArg(Duration::from_secs(n))),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A byte count written as a number or with a unit: `1048576`, `1MiB`, `64KiB`, `2GB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '_')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("{s:?} is not a byte count"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1000 * 1000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "gib" => 1 << 30,
-            other => return Err(format!("unknown unit {other:?} in {s:?}")),
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Either a list or one comma-separated string, as YAML users write both.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum AddrList {
-    List(Vec<String>),
-    One(String),
-}
-
-impl AddrList {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            AddrList::List(v) => v,
-            AddrList::One(s) => split_list(&s),
-        }
-    }
-}
-
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The config file: the same keys as the flags. Unknown keys are an error so that a typo does
-/// not silently fall back to a default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    node_name: Option<String>,
-    bind_addr: Option<String>,
-    rpc_port: Option<u16>,
-    start_join_addrs: Option<AddrList>,
-    bootstrap: Option<bool>,
-    acl_model_file: Option<PathBuf>,
-    acl_policy_file: Option<PathBuf>,
-    server_tls_cert_file: Option<PathBuf>,
-    server_tls_key_file: Option<PathBuf>,
-    server_tls_ca_file: Option<PathBuf>,
-    peer_tls_cert_file: Option<PathBuf>,
-    peer_tls_key_file: Option<PathBuf>,
-    peer_tls_ca_file: Option<PathBuf>,
-    shards: Option<usize>,
-    durability: Option<String>,
-    segment_bytes: Option<ByteSize>,
-    max_record_bytes: Option<ByteSize>,
-    max_message_bytes: Option<ByteSize>,
-    listen: Option<String>,
-    log_level: Option<String>,
-    drain_timeout: Option<DurationArg>,
-    admin_addr: Option<String>,
-    log_format: Option<String>,
-    slow_call_threshold: Option<DurationArg>,
-}
-
-/// The effective settings of a server, every default filled in.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub config_file: Option<PathBuf>,
-    pub data_dir: PathBuf,
-    pub node_name: String,
-    pub bind_addr: SocketAddr,
-    pub rpc_port: u16,
-    pub listen: SocketAddr,
-    pub shards: usize,
-    pub durability: Durability,
-    pub segment_bytes: u64,
-    pub max_record_bytes: usize,
-    pub max_message_bytes: usize,
-    pub log_level: String,
-    /// TLS on the gRPC port; `None` serves plaintext.
-    pub tls: Option<ServerTlsFiles>,
-    /// Authorization; `None` lets every caller do everything.
-    pub acl: Option<AclFiles>,
-    pub drain_timeout: Duration,
-    /// Where /metrics, /healthz and /readyz are served; `None` turns the admin port off.
-    pub admin_addr: Option<SocketAddr>,
-    pub log_format: LogFormat,
-    /// `None`: no call is logged as slow.
-    pub slow_call_threshold: Option<Duration>,
-}
-
-pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8401";
-pub const DEFAULT_RPC_PORT: u16 = 8400;
-pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
 /// Below the usual 30 s grace period of process supervisors, so that the final flush and
 /// sync still happen before a SIGKILL.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -341,83 +69,153 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9400";
 pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(1);
 
-/// Where a value came from, for error messages.
-struct Sources<'a> {
-    file: &'a FileConfig,
-    env: &'a dyn Fn(&str) -> Option<String>,
+const CLUSTER_TLS: &str = "TLS between cluster nodes (book chapters 5 and 8)";
+
+settings! {
+    settings {
+        /// Directory holding the topics and the catalog
+        data_dir: PathBuf, "DIR", default("./data");
+        /// This node's id, reported by GetServers
+        node_name: String, "NODE_NAME", default(|_| host_name(), "the host name");
+        /// Gossip address; the RPC listener takes its IP
+        bind_addr: SocketAddr, "ADDR", default("127.0.0.1:8401");
+        /// gRPC port on bind-addr's IP
+        rpc_port: u16, "PORT", default(8400u16);
+        /// Cluster members to join (needs membership; not implemented yet)
+        start_join_addrs: AddrList => Vec<String>, "ADDR,...", default(unset),
+            refused("cluster membership (discovery, book chapter 8)");
+        /// Bootstrap a new Raft cluster (needs replication; not implemented yet)
+        bootstrap: bool, "BOOL", default(unset), refused("Raft replication (book chapter 8)");
+        /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
+        acl_model_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// Casbin ACL policy (`p, subject, object, action` lines); reloaded on SIGHUP and change
+        acl_policy_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// Server certificate chain, PEM; with server-tls-key-file the port speaks only TLS
+        server_tls_cert_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// Server private key, PEM (PKCS#8, PKCS#1 or SEC1)
+        server_tls_key_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// CA for client certificates, PEM: turns on mutual TLS (clients must present one)
+        server_tls_ca_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// Peer certificate (needs TLS between nodes; not implemented yet)
+        peer_tls_cert_file: PathBuf => Option<PathBuf>, "PATH", default(unset),
+            refused(CLUSTER_TLS);
+        /// Peer key (needs TLS between nodes; not implemented yet)
+        peer_tls_key_file: PathBuf => Option<PathBuf>, "PATH", default(unset),
+            refused(CLUSTER_TLS);
+        /// CA for peer certificates (needs TLS between nodes; not implemented yet)
+        peer_tls_ca_file: PathBuf => Option<PathBuf>, "PATH", default(unset),
+            refused(CLUSTER_TLS);
+        /// Engine shards, one executor each; 0 = one per CPU
+        shards: usize, "N", default(0usize);
+        /// Default durability of new topics: always | interval:<ms> | never
+        durability: Durability, "POLICY", default(Durability::Always);
+        /// Default segment size of new topics, e.g. 256MiB
+        segment_bytes: ByteSize => u64, "BYTES",
+            default(ByteSize(LogConfig::default().segment_bytes));
+        /// Largest record value accepted
+        max_record_bytes: ByteSize => usize, "BYTES",
+            default(ByteSize(LogConfig::default().max_record_bytes as u64));
+        /// Largest gRPC message received or sent
+        max_message_bytes: ByteSize => usize, "BYTES",
+            default(ByteSize(net::codec::DEFAULT_MAX_MESSAGE_BYTES as u64)),
+            check(|n| at_least(*n, 1024));
+        /// gRPC listen address; overrides bind-addr's IP + rpc-port
+        listen: SocketAddr, "ADDR",
+            default(|_| SocketAddr::new(bind_addr.ip(), rpc_port), "127.0.0.1:8400");
+        /// Log filter, env_logger syntax (e.g. info, proglog=debug)
+        log_level: String, "FILTER",
+            default(|env| env("RUST_LOG").unwrap_or_else(|| "info".to_owned()), "$RUST_LOG or info");
+        /// How long calls in flight may run once shutdown begins, e.g. 20s, 500ms
+        drain_timeout: DurationArg => Duration, "DURATION",
+            default(DurationArg(DEFAULT_DRAIN_TIMEOUT));
+        /// Admin HTTP address for /metrics, /healthz and /readyz, or `off`
+        admin_addr: AdminAddr => Option<SocketAddr>, "ADDR|off", default(DEFAULT_ADMIN_ADDR);
+        /// Log line format: human or json (one object per line)
+        log_format: LogFormat, "FORMAT", default(LogFormat::Human);
+        /// Calls slower than this are logged at warn with their timing breakdown; 0 = never
+        slow_call_threshold: DurationArg => Option<Duration>, "DURATION",
+            default(DurationArg(DEFAULT_SLOW_CALL_THRESHOLD));
+    }
+    derived {
+        /// TLS on the gRPC port; `None` serves plaintext.
+        tls: Option<ServerTlsFiles> = tls_files(
+            server_tls_cert_file.clone(),
+            server_tls_key_file.clone(),
+            server_tls_ca_file.clone(),
+        )?;
+        /// Authorization; `None` lets every caller do everything.
+        acl: Option<AclFiles> = acl_files(acl_model_file.clone(), acl_policy_file.clone())?;
+    }
 }
 
-fn env_name(key: &str) -> String {
-    format!("PROGLOG_{}", key.replace('-', "_").to_ascii_uppercase())
+/// Settings errors: all are reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {reason}")]
+    ReadFile {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("parsing config file {path}: {reason}")]
+    ParseFile { path: PathBuf, reason: String },
+    #[error("invalid value {value:?} for {key} (from {origin}): {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("{key} is set, but it needs {feature}, which this build does not implement yet; remove it to start a single unsecured node")]
+    NotImplemented { key: String, feature: &'static str },
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
-impl Sources<'_> {
-    /// flag > env > file, parsing the environment's string with `FromStr`.
-    fn pick<T: FromStr>(
-        &self,
-        key: &'static str,
-        flag: Option<T>,
-        file: Option<T>,
-    ) -> Result<Option<T>, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        if flag.is_some() {
-            return Ok(flag);
-        }
-        if let Some(v) = (self.env)(&env_name(key)) {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|e: T::Err| ConfigError::Invalid {
-                    key,
-                    value: v.clone(),
-                    origin: "environment",
-                    reason: e.to_string(),
-                });
-        }
-        Ok(file)
+/// A `check` for a lower bound.
+fn at_least(n: usize, min: usize) -> Result<(), String> {
+    if n < min {
+        return Err(format!("below the minimum of {min}"));
     }
+    Ok(())
+}
 
-    /// Like `pick` for values the file holds as strings (addresses, policies).
-    fn pick_str<T: FromStr>(
-        &self,
-        key: &'static str,
-        flag: Option<T>,
-        file: Option<&String>,
-    ) -> Result<Option<T>, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let file = match file {
-            None => None,
-            Some(s) => Some(s.parse().map_err(|e: T::Err| ConfigError::Invalid {
-                key,
-                value: s.clone(),
-                origin: "config file",
-                reason: e.to_string(),
-            })?),
-        };
-        self.pick(key, flag, file)
+/// The server's TLS files: a certificate and its key, and with a client CA mutual TLS.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<ServerTlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert_file), Some(key_file), client_ca_file) => Ok(Some(ServerTlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file,
+        })),
+        (None, None, Some(_)) => Err(ConfigError::Inconsistent(
+            "server-tls-ca-file needs server-tls-cert-file and server-tls-key-file: \
+             mutual TLS is TLS with client certificates"
+                .into(),
+        )),
+        _ => Err(ConfigError::Inconsistent(
+            "server-tls-cert-file and server-tls-key-file go together: set both or neither".into(),
+        )),
     }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
-        path: path.to_owned(),
-        source: e,
-    })?;
-    let parse_err = |reason: String| ConfigError::ParseFile {
-        path: path.to_owned(),
-        reason,
-    };
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    if path.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
-    } else {
-        yaml_serde::from_str(&text).map_err(|e| parse_err(e.to_string()))
+fn acl_files(
+    model: Option<PathBuf>,
+    policy: Option<PathBuf>,
+) -> Result<Option<AclFiles>, ConfigError> {
+    match (model, policy) {
+        (None, None) => Ok(None),
+        (Some(model_file), Some(policy_file)) => Ok(Some(AclFiles {
+            model_file,
+            policy_file,
+        })),
+        _ => Err(ConfigError::Inconsistent(
+            "acl-model-file and acl-policy-file go together: set both or neither".into(),
+        )),
     }
 }
 
@@ -435,230 +233,7 @@ impl Settings {
         Settings::resolve_with(args, &|k| std::env::var(k).ok())
     }
 
-    /// [`resolve`](Self::resolve) with an explicit environment, for tests.
-    pub fn resolve_with(
-        args: &ServeArgs,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
-        let config_file = match &args.config_file {
-            Some(p) => Some(p.clone()),
-            None => env(&env_name("config-file")).map(PathBuf::from),
-        };
-        let file = match &config_file {
-            Some(p) => load_file(p)?,
-            None => FileConfig::default(),
-        };
-        let src = Sources { file: &file, env };
-        let a = args.clone();
-
-        // Accepted for compatibility with the book's agent, refused until implemented:
-        // silently ignoring cluster or peer-TLS settings would run a node that is not what
-        // the operator believes it is.
-        let joins = match a.start_join_addrs {
-            Some(v) => Some(v),
-            None => match env(&env_name("start-join-addrs")) {
-                Some(s) => Some(split_list(&s)),
-                None => src.file.start_join_addrs.clone().map(AddrList::into_vec),
-            },
-        };
-        if joins.is_some_and(|v| !v.is_empty()) {
-            return Err(ConfigError::NotImplemented {
-                key: "start-join-addrs",
-                feature: "cluster membership (discovery, book chapter 8)",
-            });
-        }
-        if src.pick("bootstrap", a.bootstrap, file.bootstrap)? == Some(true) {
-            return Err(ConfigError::NotImplemented {
-                key: "bootstrap",
-                feature: "Raft replication (book chapter 8)",
-            });
-        }
-        let unimplemented: [(&'static str, Option<PathBuf>, Option<PathBuf>, &'static str); 3] = [
-            (
-                "peer-tls-cert-file",
-                a.peer_tls_cert_file,
-                file.peer_tls_cert_file.clone(),
-                "TLS between cluster nodes (book chapters 5 and 8)",
-            ),
-            (
-                "peer-tls-key-file",
-                a.peer_tls_key_file,
-                file.peer_tls_key_file.clone(),
-                "TLS between cluster nodes (book chapters 5 and 8)",
-            ),
-            (
-                "peer-tls-ca-file",
-                a.peer_tls_ca_file,
-                file.peer_tls_ca_file.clone(),
-                "TLS between cluster nodes (book chapters 5 and 8)",
-            ),
-        ];
-        for (key, flag, from_file, feature) in unimplemented {
-            let v: Option<PathBuf> = src.pick(key, flag, from_file)?;
-            if v.is_some_and(|p| !p.as_os_str().is_empty()) {
-                return Err(ConfigError::NotImplemented { key, feature });
-            }
-        }
-        // An empty path counts as unset, so that an environment can clear a file's value.
-        let path = |key: &'static str, flag: Option<PathBuf>, from_file: &Option<PathBuf>| {
-            src.pick(key, flag, from_file.clone())
-                .map(|v| v.filter(|p: &PathBuf| !p.as_os_str().is_empty()))
-        };
-        let cert = path(
-            "server-tls-cert-file",
-            a.server_tls_cert_file,
-            &file.server_tls_cert_file,
-        )?;
-        let key = path(
-            "server-tls-key-file",
-            a.server_tls_key_file,
-            &file.server_tls_key_file,
-        )?;
-        let ca = path(
-            "server-tls-ca-file",
-            a.server_tls_ca_file,
-            &file.server_tls_ca_file,
-        )?;
-        let tls =
-            match (cert, key, ca) {
-                (None, None, None) => None,
-                (Some(cert_file), Some(key_file), client_ca_file) => Some(ServerTlsFiles {
-                    cert_file,
-                    key_file,
-                    client_ca_file,
-                }),
-                (None, None, Some(_)) => {
-                    return Err(ConfigError::Inconsistent(
-                        "server-tls-ca-file needs server-tls-cert-file and server-tls-key-file: \
-                     mutual TLS is TLS with client certificates"
-                            .into(),
-                    ))
-                }
-                _ => return Err(ConfigError::Inconsistent(
-                    "server-tls-cert-file and server-tls-key-file go together: set both or neither"
-                        .into(),
-                )),
-            };
-        let model = path("acl-model-file", a.acl_model_file, &file.acl_model_file)?;
-        let policy = path("acl-policy-file", a.acl_policy_file, &file.acl_policy_file)?;
-        let acl = match (model, policy) {
-            (None, None) => None,
-            (Some(model_file), Some(policy_file)) => Some(AclFiles {
-                model_file,
-                policy_file,
-            }),
-            _ => {
-                return Err(ConfigError::Inconsistent(
-                    "acl-model-file and acl-policy-file go together: set both or neither".into(),
-                ))
-            }
-        };
-        let drain_timeout = src
-            .pick("drain-timeout", a.drain_timeout, file.drain_timeout)?
-            .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0);
-
-        let admin_addr =
-            match src.pick_str("admin-addr", a.admin_addr, file.admin_addr.as_ref())? {
-                Some(a) => a.0,
-                None => Some(DEFAULT_ADMIN_ADDR.parse().map_err(
-                    |e: std::net::AddrParseError| {
-                        ConfigError::Inconsistent(format!("built-in admin-addr: {e}"))
-                    },
-                )?),
-            };
-        let log_format = src
-            .pick_str("log-format", a.log_format, file.log_format.as_ref())?
-            .unwrap_or_default();
-        let slow_call_threshold = match src.pick(
-            "slow-call-threshold",
-            a.slow_call_threshold,
-            file.slow_call_threshold,
-        )? {
-            None => Some(DEFAULT_SLOW_CALL_THRESHOLD),
-            Some(d) if d.0.is_zero() => None,
-            Some(d) => Some(d.0),
-        };
-
-        let data_dir = src
-            .pick("data-dir", a.data_dir, file.data_dir.clone())?
-            .unwrap_or_else(|| PathBuf::from("./data"));
-        let node_name = src
-            .pick("node-name", a.node_name, file.node_name.clone())?
-            .unwrap_or_else(host_name);
-        let bind_addr: SocketAddr =
-            match src.pick_str("bind-addr", a.bind_addr, file.bind_addr.as_ref())? {
-                Some(v) => v,
-                None => DEFAULT_BIND_ADDR
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| {
-                        ConfigError::Inconsistent(format!("built-in bind-addr: {e}"))
-                    })?,
-            };
-        let rpc_port = src
-            .pick("rpc-port", a.rpc_port, file.rpc_port)?
-            .unwrap_or(DEFAULT_RPC_PORT);
-        let listen = src
-            .pick_str("listen", a.listen, file.listen.as_ref())?
-            .unwrap_or_else(|| SocketAddr::new(bind_addr.ip(), rpc_port));
-        let shards = src.pick("shards", a.shards, file.shards)?.unwrap_or(0);
-        let durability = src
-            .pick_str("durability", a.durability, file.durability.as_ref())?
-            .unwrap_or(Durability::Always);
-        let defaults = LogConfig::default();
-        let segment_bytes = src
-            .pick("segment-bytes", a.segment_bytes, file.segment_bytes)?
-            .map_or(defaults.segment_bytes, |b| b.0);
-        let max_record_bytes = src
-            .pick(
-                "max-record-bytes",
-                a.max_record_bytes,
-                file.max_record_bytes,
-            )?
-            .map_or(defaults.max_record_bytes as u64, |b| b.0);
-        let max_message_bytes = src
-            .pick(
-                "max-message-bytes",
-                a.max_message_bytes,
-                file.max_message_bytes,
-            )?
-            .map_or(DEFAULT_MAX_MESSAGE_BYTES, |b| b.0);
-        let log_level = src
-            .pick("log-level", a.log_level, file.log_level.clone())?
-            .or_else(|| env("RUST_LOG"))
-            .unwrap_or_else(|| "info".to_owned());
-
-        let to_usize = |key: &'static str, v: u64| {
-            usize::try_from(v).map_err(|_| ConfigError::Invalid {
-                key,
-                value: v.to_string(),
-                origin: "settings",
-                reason: "too large for this platform".into(),
-            })
-        };
-        let s = Settings {
-            config_file,
-            data_dir,
-            node_name,
-            bind_addr,
-            rpc_port,
-            listen,
-            shards,
-            durability,
-            segment_bytes,
-            max_record_bytes: to_usize("max-record-bytes", max_record_bytes)?,
-            max_message_bytes: to_usize("max-message-bytes", max_message_bytes)?,
-            log_level,
-            admin_addr,
-            log_format,
-            slow_call_threshold,
-            tls,
-            acl,
-            drain_timeout,
-        };
-        s.validate()?;
-        Ok(s)
-    }
-
+    /// Rules that tie settings together; each setting's own checks are in the table.
     fn validate(&self) -> Result<(), ConfigError> {
         if self.admin_addr == Some(self.listen) {
             return Err(ConfigError::Inconsistent(format!(
@@ -673,12 +248,6 @@ impl Settings {
                 "the gRPC port must be explicit, not 0".into(),
             ));
         }
-        if self.max_message_bytes < 1024 {
-            return Err(ConfigError::Inconsistent(format!(
-                "max-message-bytes {} is below the minimum of 1024",
-                self.max_message_bytes
-            )));
-        }
         // A record we accept must fit in the message that returns it on Consume.
         if self.max_record_bytes + RECORD_OVERHEAD_BYTES > self.max_message_bytes {
             return Err(ConfigError::Inconsistent(format!(
@@ -690,7 +259,6 @@ impl Settings {
             .validate()
             .map_err(|e| ConfigError::Inconsistent(format!("log settings: {e}")))
     }
-
     /// Settings of topics created without explicit ones (including `default`).
     pub fn log_config(&self) -> LogConfig {
         let mut c = LogConfig {
@@ -729,64 +297,25 @@ impl Settings {
     }
 }
 
+/// The start-up line: every setting that has a value, as it would be written, then whether
+/// TLS and authorization are on.
 impl std::fmt::Display for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let file = self
             .config_file
             .as_ref()
             .map_or_else(|| "none".to_owned(), |p| p.display().to_string());
-        let shards = if self.shards == 0 {
-            format!(
-                "0 (one per CPU: {})",
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            )
-        } else {
-            self.shards.to_string()
-        };
+        write!(f, "config-file={file}")?;
+        for e in self.effective.iter().filter(|e| !e.shown.is_empty()) {
+            write!(f, " {}={}", e.key, e.shown)?;
+        }
         let tls = match &self.tls {
-            None => "off".to_owned(),
-            Some(t) => match &t.client_ca_file {
-                None => format!("on (cert {})", t.cert_file.display()),
-                Some(ca) => format!(
-                    "mutual (cert {}, client CA {})",
-                    t.cert_file.display(),
-                    ca.display()
-                ),
-            },
+            None => "off",
+            Some(t) if t.client_ca_file.is_some() => "mutual",
+            Some(_) => "on",
         };
-        let admin = self
-            .admin_addr
-            .map_or_else(|| "off".to_owned(), |a| a.to_string());
-        let slow = self
-            .slow_call_threshold
-            .map_or_else(|| "off".to_owned(), |d| format!("{d:?}"));
-        let acl = match &self.acl {
-            None => "off".to_owned(),
-            Some(a) => format!(
-                "on (model {}, policy {})",
-                a.model_file.display(),
-                a.policy_file.display()
-            ),
-        };
-        write!(
-            f,
-            "config-file={file} data-dir={} node-name={} bind-addr={} rpc-port={} listen={} \
-             shards={shards} durability={} segment-bytes={} max-record-bytes={} \
-             max-message-bytes={} log-level={} log-format={} drain-timeout={:?} tls={tls} \
-             acl={acl} admin-addr={admin} slow-call-threshold={slow}",
-            self.data_dir.display(),
-            self.node_name,
-            self.bind_addr,
-            self.rpc_port,
-            self.listen,
-            self.durability,
-            self.segment_bytes,
-            self.max_record_bytes,
-            self.max_message_bytes,
-            self.log_level,
-            self.log_format,
-            self.drain_timeout
-        )
+        let acl = if self.acl.is_some() { "on" } else { "off" };
+        write!(f, " tls={tls} acl={acl}")
     }
 }
 
@@ -1029,5 +558,262 @@ mod tests {
             resolve(args, &[]),
             Err(ConfigError::Inconsistent(_))
         ));
+    }
+
+    /// Writes `text` as a YAML config file and returns args naming it (the dir must outlive
+    /// the resolve).
+    fn with_file(dir: &tempfile::TempDir, text: &str) -> ServeArgs {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        ServeArgs {
+            config_file: Some(path),
+            ..Default::default()
+        }
+    }
+
+    /// For settings of different types: the default, then file, env and flag each beating
+    /// what is below it.
+    #[test]
+    fn each_origin_beats_the_ones_below_it() {
+        fn check<T: PartialEq + std::fmt::Debug>(
+            file_line: &str,
+            env: (&str, &str),
+            flag: impl Fn(&mut ServeArgs),
+            get: impl Fn(&Settings) -> T,
+            [default, from_file, from_env, from_flag]: [T; 4],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            assert_eq!(get(&resolve(ServeArgs::default(), &[]).unwrap()), default);
+            let args = with_file(&dir, file_line);
+            assert_eq!(get(&resolve(args.clone(), &[]).unwrap()), from_file);
+            assert_eq!(get(&resolve(args.clone(), &[env]).unwrap()), from_env);
+            let mut args = args;
+            flag(&mut args);
+            assert_eq!(get(&resolve(args, &[env]).unwrap()), from_flag);
+        }
+        check(
+            "rpc-port: 9001\n",
+            ("PROGLOG_RPC_PORT", "9002"),
+            |a| a.rpc_port = Some(9003),
+            |s| (s.rpc_port, s.listen.port()),
+            [(8400, 8400), (9001, 9001), (9002, 9002), (9003, 9003)],
+        );
+        check(
+            "data-dir: /file\n",
+            ("PROGLOG_DATA_DIR", "/env"),
+            |a| a.data_dir = Some("/flag".into()),
+            |s| s.data_dir.clone(),
+            ["./data", "/file", "/env", "/flag"].map(PathBuf::from),
+        );
+        check(
+            "max-record-bytes: 64KiB\n",
+            ("PROGLOG_MAX_RECORD_BYTES", "65537"),
+            |a| a.max_record_bytes = Some(ByteSize(2 << 20)),
+            |s| s.max_record_bytes,
+            [1 << 20, 64 << 10, 65537, 2 << 20],
+        );
+        check(
+            "slow-call-threshold: 0\n",
+            ("PROGLOG_SLOW_CALL_THRESHOLD", "250ms"),
+            |a| a.slow_call_threshold = Some(DurationArg(Duration::ZERO)),
+            |s| s.slow_call_threshold,
+            [
+                Some(DEFAULT_SLOW_CALL_THRESHOLD),
+                None,
+                Some(Duration::from_millis(250)),
+                None,
+            ],
+        );
+        check(
+            "durability: never\n",
+            ("PROGLOG_DURABILITY", "interval:20"),
+            |a| a.durability = Some(Durability::Always),
+            |s| s.durability,
+            [
+                Durability::Always,
+                Durability::Never,
+                Durability::Interval { interval_ms: 20 },
+                Durability::Always,
+            ],
+        );
+        check(
+            "log-format: json\n",
+            ("PROGLOG_LOG_FORMAT", "human"),
+            |a| a.log_format = Some(LogFormat::Json),
+            |s| s.log_format,
+            [
+                LogFormat::Human,
+                LogFormat::Json,
+                LogFormat::Human,
+                LogFormat::Json,
+            ],
+        );
+        // An empty environment value clears an optional file the config file names.
+        let dir = tempfile::tempdir().unwrap();
+        let args = with_file(&dir, "acl-model-file: m\nacl-policy-file: p\n");
+        assert!(resolve(args.clone(), &[]).unwrap().acl.is_some());
+        let cleared = resolve(
+            args,
+            &[
+                ("PROGLOG_ACL_MODEL_FILE", ""),
+                ("PROGLOG_ACL_POLICY_FILE", ""),
+            ],
+        );
+        assert!(cleared.unwrap().acl.is_none());
+    }
+
+    /// `(key, value, origin)` of an `Invalid` error, or a panic naming what came instead.
+    fn invalid(r: Result<Settings, ConfigError>) -> (String, String, String) {
+        match r {
+            Err(ConfigError::Invalid {
+                key, value, origin, ..
+            }) => (key, value, origin),
+            other => panic!("expected an invalid value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_key_value_and_origin() {
+        let env = invalid(resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_RPC_PORT", "80x")],
+        ));
+        assert_eq!(
+            env,
+            (
+                "rpc-port".into(),
+                "80x".into(),
+                "environment variable PROGLOG_RPC_PORT".into()
+            )
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let args = with_file(&dir, "segment-bytes: 4XB\n");
+        let (key, value, origin) = invalid(resolve(args.clone(), &[]));
+        assert_eq!((key.as_str(), value.as_str()), ("segment-bytes", "4XB"));
+        assert!(
+            origin.starts_with("config file ") && origin.ends_with("c.yaml"),
+            "{origin}"
+        );
+        // Still refused when the environment overrides it: the file itself is wrong.
+        let (key, ..) = invalid(resolve(args, &[("PROGLOG_SEGMENT_BYTES", "8MiB")]));
+        assert_eq!(key, "segment-bytes");
+
+        // Flags are parsed by clap; what a flag can still get wrong is the setting's own
+        // check, and that names the flag.
+        let args = ServeArgs {
+            max_message_bytes: Some(ByteSize(512)),
+            ..Default::default()
+        };
+        let flag = resolve(args, &[]).unwrap_err();
+        assert!(matches!(flag, ConfigError::Invalid { .. }));
+        assert_eq!(
+            flag.to_string(),
+            "invalid value \"512\" for max-message-bytes (from flag --max-message-bytes): \
+             below the minimum of 1024"
+        );
+
+        // A list where one value is expected.
+        let args = with_file(&dir, "listen: [a, b]\n");
+        assert_eq!(invalid(resolve(args, &[])).0, "listen");
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, says) in [
+            ("data-dir: x\nretention: 7d\n", "unknown key `retention`"),
+            (
+                "rpc_port: 1\n",
+                "unknown key `rpc_port` (did you mean `rpc-port`?)",
+            ),
+        ] {
+            let e = resolve(with_file(&dir, text), &[]).unwrap_err();
+            assert!(matches!(e, ConfigError::ParseFile { .. }), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        let args = ServeArgs {
+            config_file: Some(path),
+            ..Default::default()
+        };
+        let e = resolve(args, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown key `colour`") && e.contains("data-dir"),
+            "{e}"
+        );
+        // config-file names the file; it is not a key inside one.
+        let e = resolve(with_file(&dir, "config-file: other.yaml\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("`config-file`"), "{e}");
+    }
+
+    #[test]
+    fn flags_parse_through_clap_as_declared() {
+        use clap::{Args, FromArgMatches};
+        let cmd = ServeArgs::augment_args(clap::Command::new("proglog"));
+        cmd.clone().debug_assert();
+        let m = cmd
+            .clone()
+            .try_get_matches_from([
+                "proglog",
+                "--rpc-port",
+                "9000",
+                "--bootstrap",
+                "--start-join-addrs",
+                "a:1,b:2",
+                "--start-join-addrs",
+                "c:3",
+                "--segment-bytes",
+                "8MiB",
+            ])
+            .unwrap();
+        let a = ServeArgs::from_arg_matches(&m).unwrap();
+        assert_eq!(a.rpc_port, Some(9000));
+        assert_eq!(a.bootstrap, Some(true));
+        assert_eq!(
+            a.start_join_addrs,
+            Some(AddrList(vec!["a:1".into(), "b:2".into(), "c:3".into()]))
+        );
+        assert_eq!(a.segment_bytes, Some(ByteSize(8 << 20)));
+        assert_eq!(a.data_dir, None);
+        // Refused with the same error as from the environment or the file.
+        let e = Settings::resolve_with(&a, &|_| None).unwrap_err();
+        assert!(matches!(e, ConfigError::NotImplemented { .. }), "{e}");
+
+        let e = cmd
+            .try_get_matches_from(["proglog", "--rpc-port", "70000"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("70000 is not in 0..=65535"), "{e}");
+    }
+
+    #[test]
+    fn every_default_is_valid_and_in_the_help() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        let line = s.to_string();
+        for (field, shown) in [
+            ("segment_bytes", "256MiB"),
+            ("max_record_bytes", "1MiB"),
+            ("max_message_bytes", "4MiB"),
+            ("drain_timeout", "20s"),
+            ("admin_addr", DEFAULT_ADMIN_ADDR),
+            ("durability", "always"),
+        ] {
+            let key = declare::key(field);
+            assert!(line.contains(&format!(" {key}={shown}")), "{line}");
+        }
+        use clap::Args;
+        let help = ServeArgs::augment_args(clap::Command::new("proglog").term_width(1000))
+            .render_help()
+            .to_string();
+        assert!(help.contains("[default: 256MiB]"), "{help}");
+        assert!(help.contains("[default: the host name]"), "{help}");
+        for field in Settings::FIELDS {
+            assert!(
+                help.contains(&format!("--{}", declare::key(field))),
+                "{field}"
+            );
+        }
     }
 }
