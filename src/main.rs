@@ -5,6 +5,7 @@
 mod cert;
 mod client;
 mod config;
+mod limits;
 mod observe;
 mod server;
 

@@ -34,12 +34,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::body::{poll_send, with_deadline, MessageReader};
-use crate::codec::{self, encode_frame, format_timeout, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::codec::{self, encode_frame, format_timeout};
 use crate::keepalive::KeepAlive;
+use crate::limits;
 use crate::tls::ClientTls;
 use crate::{Error, Status};
 
-/// Limits and timers of a client connection.
+/// Limits and timers of a client connection; the defaults and their reasons are in
+/// [`limits`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub max_recv_message_bytes: usize,
@@ -62,15 +64,15 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> ClientConfig {
         ClientConfig {
-            max_recv_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_send_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            connect_timeout: Duration::from_secs(5),
+            max_recv_message_bytes: limits::MAX_MESSAGE_BYTES,
+            max_send_message_bytes: limits::MAX_MESSAGE_BYTES,
+            connect_timeout: limits::CONNECT_TIMEOUT,
             keepalive_interval: None,
-            keepalive_timeout: Duration::from_secs(20),
-            initial_stream_window_bytes: 1024 * 1024,
-            initial_connection_window_bytes: 8 * 1024 * 1024,
-            max_header_list_bytes: 16 * 1024,
-            max_send_buffer_bytes: 256 * 1024,
+            keepalive_timeout: limits::KEEPALIVE_TIMEOUT,
+            initial_stream_window_bytes: limits::STREAM_WINDOW_BYTES,
+            initial_connection_window_bytes: limits::CONNECTION_WINDOW_BYTES,
+            max_header_list_bytes: limits::MAX_HEADER_LIST_BYTES,
+            max_send_buffer_bytes: limits::MAX_SEND_BUFFER_BYTES,
             tls: None,
         }
     }

@@ -10,9 +10,6 @@ use crate::Status;
 /// 1-byte compressed flag + 4-byte big-endian length.
 pub const HEADER_LEN: usize = 5;
 
-/// Default for both the receive and the send limit, as in grpc-go and grpcio.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
 /// Frames one message. Fails when it is larger than `max_send_bytes`.
 pub fn encode_frame(msg: &[u8], max_send_bytes: usize) -> Result<Bytes, Status> {
     if msg.len() > max_send_bytes || msg.len() > u32::MAX as usize {

@@ -52,6 +52,7 @@ mod body;
 pub mod client;
 pub mod codec;
 mod keepalive;
+pub mod limits;
 pub mod observe;
 pub mod server;
 mod shutdown;

@@ -52,14 +52,11 @@ use std::time::Duration;
 use engine::{Durability, EngineConfig, LogConfig};
 use net::tls::ServerTlsFiles;
 
+use crate::limits::{MIN_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES};
 use crate::observe::logging::LogFormat;
 use crate::server::acl::AclFiles;
 use declare::settings;
 pub use value::{AddrList, AdminAddr, ByteSize, DurationArg};
-
-/// Protobuf overhead of one record inside a `ConsumeResponse` (tags, lengths, and the
-/// offset/term/type/timestamp varints at their largest), rounded up.
-pub const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// Below the usual 30 s grace period of process supervisors, so that the final flush and
 /// sync still happen before a SIGKILL.
@@ -117,8 +114,8 @@ settings! {
             default(ByteSize(LogConfig::default().max_record_bytes as u64));
         /// Largest gRPC message received or sent
         max_message_bytes: ByteSize => usize, "BYTES",
-            default(ByteSize(net::codec::DEFAULT_MAX_MESSAGE_BYTES as u64)),
-            check(|n| at_least(*n, 1024));
+            default(ByteSize(net::limits::MAX_MESSAGE_BYTES as u64)),
+            check(|n| at_least(*n, MIN_MESSAGE_BYTES));
         /// gRPC listen address; overrides bind-addr's IP + rpc-port
         listen: SocketAddr, "ADDR",
             default(|_| SocketAddr::new(bind_addr.ip(), rpc_port), "127.0.0.1:8400");

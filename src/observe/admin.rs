@@ -6,7 +6,7 @@
 //! queue for more than the one job per shard that collects partition numbers.
 //!
 //! Bounded everywhere: GET and HEAD only; a request head of at most 8 KiB, read within a
-//! timeout; at most [`MAX_CONNECTIONS`] connections at once (more are answered 503 and
+//! timeout; at most [`ADMIN_MAX_CONNECTIONS`] connections at once (more are answered 503 and
 //! closed); one request per connection (`Connection: close`), which Prometheus and probes
 //! handle fine and which leaves no idle connection to time out.
 
@@ -18,12 +18,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{prom, Observability};
-
-pub const MAX_CONNECTIONS: usize = 16;
-const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_MAX_BYTES: usize = 64 * 1024;
+use crate::limits::{
+    ADMIN_IO_TIMEOUT, ADMIN_LINGER, ADMIN_LINGER_MAX_BYTES, ADMIN_MAX_CONNECTIONS,
+    ADMIN_MAX_REQUEST_HEAD_BYTES,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -129,9 +127,9 @@ fn accept_loop(listener: TcpListener, obs: Arc<Observability>, stop: Arc<AtomicB
                 continue;
             }
         };
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+        if active.fetch_add(1, Ordering::SeqCst) >= ADMIN_MAX_CONNECTIONS {
             let _slot = Slot(active.clone());
             let mut stream = stream;
             let _ = respond(
@@ -203,7 +201,7 @@ fn read_head(stream: &mut TcpStream) -> Result<RequestLine, (u16, &'static str)>
     loop {
         match parse_head(&buf) {
             Parse::Done(r) => return r,
-            Parse::Incomplete if buf.len() >= MAX_REQUEST_HEAD_BYTES => {
+            Parse::Incomplete if buf.len() >= ADMIN_MAX_REQUEST_HEAD_BYTES => {
                 return Err((431, "request head too large\n"))
             }
             Parse::Incomplete => {}
@@ -286,10 +284,10 @@ fn respond(
     // request's rest) for a moment, so that closing with unread bytes does not reset the
     // connection before the client has read the response.
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(LINGER));
+    let _ = stream.set_read_timeout(Some(ADMIN_LINGER));
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
-    while drained < LINGER_MAX_BYTES {
+    while drained < ADMIN_LINGER_MAX_BYTES {
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,

@@ -15,9 +15,7 @@ use super::acl::Action;
 use super::reader;
 use super::records;
 use super::state::AppState;
-
-/// Records fetched per trip to the owning shard; each goes out as its own message.
-const CHUNK_RECORDS: usize = 256;
+use crate::limits::CONSUME_STREAM_CHUNK_RECORDS;
 
 pub async fn handle(
     state: Arc<AppState>,
@@ -36,7 +34,7 @@ pub async fn handle(
                 &topic,
                 r.partition,
                 offset,
-                CHUNK_RECORDS,
+                CONSUME_STREAM_CHUNK_RECORDS,
                 max_bytes,
             )
             .await?;

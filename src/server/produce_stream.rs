@@ -21,9 +21,7 @@ use super::append;
 use super::error::to_status;
 use super::records;
 use super::state::AppState;
-
-/// Requests read ahead of their responses, per stream.
-pub const MAX_IN_FLIGHT: usize = 1024;
+use crate::limits::PRODUCE_STREAM_MAX_IN_FLIGHT;
 
 type Item = Result<ProduceRequest, Status>;
 
@@ -34,7 +32,7 @@ pub async fn handle(
 ) -> Result<(), Status> {
     let tls = req.tls.clone();
     let mut requests = req.message;
-    let (tx, rx) = local_channel::new_bounded::<Item>(MAX_IN_FLIGHT);
+    let (tx, rx) = local_channel::new_bounded::<Item>(PRODUCE_STREAM_MAX_IN_FLIGHT);
     let reader = async move {
         loop {
             let item = match requests.message_as::<ProduceRequest>().await {
@@ -65,7 +63,10 @@ struct BatchLimits {
 fn limits(state: &AppState, topic: &str) -> Result<BatchLimits, Status> {
     let info = state.engine.topic(topic).map_err(to_status)?;
     Ok(BatchLimits {
-        records: info.config.max_batch_records.min(MAX_IN_FLIGHT),
+        records: info
+            .config
+            .max_batch_records
+            .min(PRODUCE_STREAM_MAX_IN_FLIGHT),
         bytes: info.config.max_batch_bytes,
         record_bytes: info.config.max_record_bytes,
     })

@@ -5,15 +5,15 @@ use net::Status;
 
 use super::error::to_status;
 use super::state::AppState;
-use crate::config::RECORD_OVERHEAD_BYTES;
-
-pub const DEFAULT_MAX_RECORDS: usize = 1000;
-pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+use crate::limits::{
+    READ_DEFAULT_BYTES, READ_DEFAULT_RECORDS, READ_MAX_RECORDS, RECORD_OVERHEAD_BYTES,
+};
 
 /// Bounds of one read: records and value bytes, so that a whole response fits in one gRPC
 /// message whatever the client asks for. 0 means the default.
 pub fn limits(state: &AppState, max_records: u32, max_bytes: u32) -> (usize, usize) {
-    let records_cap = (state.max_message_bytes / (2 * RECORD_OVERHEAD_BYTES)).clamp(1, 10_000);
+    let records_cap =
+        (state.max_message_bytes / (2 * RECORD_OVERHEAD_BYTES)).clamp(1, READ_MAX_RECORDS);
     let bytes_cap = state
         .max_message_bytes
         .saturating_sub(records_cap * RECORD_OVERHEAD_BYTES + RECORD_OVERHEAD_BYTES)
@@ -23,8 +23,8 @@ pub fn limits(state: &AppState, max_records: u32, max_bytes: u32) -> (usize, usi
         n => (n as usize).min(cap),
     };
     (
-        pick(max_records, DEFAULT_MAX_RECORDS, records_cap),
-        pick(max_bytes, DEFAULT_MAX_BYTES, bytes_cap),
+        pick(max_records, READ_DEFAULT_RECORDS, records_cap),
+        pick(max_bytes, READ_DEFAULT_BYTES, bytes_cap),
     )
 }
 

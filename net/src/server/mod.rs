@@ -46,7 +46,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
 
-use crate::codec::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::limits;
 use crate::observe::CallObserver;
 use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown, Status};
@@ -54,7 +54,7 @@ use conn::ConnShared;
 use transport::{REPLICATION_BYTE, TLS_HANDSHAKE_BYTE};
 
 /// Limits and timers of a server. Every limit is per executor (shard) or
-/// per connection, as named.
+/// per connection, as named; the defaults and their reasons are in [`limits`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Connections one executor serves at once; more are closed on accept.
@@ -90,21 +90,21 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
-            max_connections_per_shard: 4096,
-            max_concurrent_streams: 1024,
-            max_header_list_bytes: 16 * 1024,
-            max_recv_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_send_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            initial_stream_window_bytes: 1024 * 1024,
-            initial_connection_window_bytes: 8 * 1024 * 1024,
-            max_send_buffer_bytes: 256 * 1024,
-            response_buffer_messages: 16,
-            keepalive_interval: Some(Duration::from_secs(60)),
-            keepalive_timeout: Duration::from_secs(20),
-            handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
+            max_connections_per_shard: limits::MAX_CONNECTIONS_PER_SHARD,
+            max_concurrent_streams: limits::MAX_CONCURRENT_STREAMS,
+            max_header_list_bytes: limits::MAX_HEADER_LIST_BYTES,
+            max_recv_message_bytes: limits::MAX_MESSAGE_BYTES,
+            max_send_message_bytes: limits::MAX_MESSAGE_BYTES,
+            initial_stream_window_bytes: limits::STREAM_WINDOW_BYTES,
+            initial_connection_window_bytes: limits::CONNECTION_WINDOW_BYTES,
+            max_send_buffer_bytes: limits::MAX_SEND_BUFFER_BYTES,
+            response_buffer_messages: limits::RESPONSE_BUFFER_MESSAGES,
+            keepalive_interval: Some(limits::KEEPALIVE_INTERVAL),
+            keepalive_timeout: limits::KEEPALIVE_TIMEOUT,
+            handshake_timeout: limits::HANDSHAKE_TIMEOUT,
+            drain_timeout: limits::DRAIN_TIMEOUT,
             tls: None,
-            tls_handshake_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -174,7 +174,7 @@ impl Server {
                     // Running out of descriptors or memory is transient:
                     // back off instead of spinning or dying.
                     log::warn!("accept on {local:?}: {e}");
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    glommio::timer::sleep(limits::ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
             };

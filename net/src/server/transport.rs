@@ -17,10 +17,10 @@
 //! "connection reset", and a GOAWAY before any stream makes grpcio retry the call
 //! transparently until its deadline.
 
-use std::time::Duration;
-
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
+
+use crate::limits::{CLOSE_LINGER, CLOSE_LINGER_MAX_BYTES};
 
 /// First byte of a TLS handshake record.
 pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
@@ -38,9 +38,6 @@ pub(crate) async fn peek_first(stream: &TcpStream) -> std::io::Result<Option<u8>
     Ok((n == 1).then_some(b[0]))
 }
 
-/// How long a connection being closed may take to stop sending.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
 /// Closes a connection we will not serve with a FIN, not a reset: closing a socket that still
 /// holds unread input makes the kernel send RST, which the client reports as an error of the
 /// network rather than a refusal. Bounded in time and bytes.
@@ -49,7 +46,7 @@ pub(crate) async fn close_gracefully(mut stream: TcpStream) {
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
     let _ = glommio::timer::timeout(CLOSE_LINGER, async {
-        while drained < 256 * 1024 {
+        while drained < CLOSE_LINGER_MAX_BYTES {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => drained += n,

@@ -1,0 +1,92 @@
+//! Every limit and timer of the gRPC layer, in one place, each with the reason for its value.
+//!
+//! [`ServerConfig::default`](crate::server::ServerConfig) and
+//! [`ClientConfig::default`](crate::client::ClientConfig) are built from these; a server
+//! binary overrides some from its own settings (proglog sets the message limit and the drain
+//! timeout from `--max-message-bytes` and `--drain-timeout`). Per-connection and per-shard
+//! bounds are here; a server-wide memory budget is not in place yet.
+
+use std::time::Duration;
+
+// ---- Messages --------------------------------------------------------------------------
+
+/// Largest gRPC message received or sent: grpc-go's and grpcio's default receive limit, so
+/// that a client built with its defaults is never sent a message it refuses, and a message
+/// it may send is never refused here.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest HTTP/2 header block (SETTINGS_MAX_HEADER_LIST_SIZE). gRPC request headers are a
+/// few hundred bytes (path, content-type, grpc-timeout, traceparent); this leaves ample room
+/// for custom metadata while bounding what one header block makes h2 hold.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+// ---- Connections and calls (server) ----------------------------------------------------
+
+/// Connections one executor (shard) serves at once; more are closed on accept. Bounds the
+/// descriptors each core holds: a few thousand per core stays under the common 65,536
+/// open-file limit, which the log's segment files share.
+pub const MAX_CONNECTIONS_PER_SHARD: usize = 4096;
+
+/// Calls in flight on one connection (SETTINGS_MAX_CONCURRENT_STREAMS), each a local task:
+/// room for a client that pipelines hundreds of calls on one connection (the load generator
+/// runs 256), while one connection cannot start tasks without bound.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Messages a streaming handler may queue ahead of the socket: enough to overlap reading
+/// the log with sending, few enough that a client that stops reading stops the handler
+/// within 16 messages (and ConsumeStream stops reading the log).
+pub const RESPONSE_BUFFER_MESSAGES: usize = 16;
+
+// ---- Flow control (server and client) --------------------------------------------------
+
+/// How much one stream may send before its reader takes it (HTTP/2 initial stream window).
+/// h2's 64 KiB default would cap a stream at 64 KiB per round trip; 1 MiB lets a
+/// default-size record (1 MiB) arrive without waiting for a WINDOW_UPDATE, and still bounds
+/// unread input per stream.
+pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+
+/// The same for a whole connection: eight streams can fill their windows at once, and a
+/// connection's unread input stays at most 8 MiB.
+pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Bytes h2 buffers per stream for sending before the peer grants window: several DATA
+/// frames in flight keep a link busy, and a peer that stops reading holds at most this much
+/// per stream in our memory (send_data itself would buffer without limit).
+pub const MAX_SEND_BUFFER_BYTES: usize = 256 * 1024;
+
+// ---- Timers ----------------------------------------------------------------------------
+
+/// Interval between keepalive PINGs on an idle server connection: finds peers that vanished
+/// without a FIN (a crashed host, a dropped NAT mapping) within about a minute, at one small
+/// frame per idle minute.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a PING may go unanswered before the connection is closed: gRPC's default
+/// keepalive timeout; a live peer answers far sooner even on a loaded machine.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Bound on the HTTP/2 preface and SETTINGS exchange: a client that connects and never
+/// speaks holds a connection slot; on any real network the exchange takes milliseconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on waiting for a connection's first byte, and on the TLS handshake: the same
+/// reasoning as [`HANDSHAKE_TIMEOUT`].
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long calls in flight may run after shutdown begins, unless the server says
+/// otherwise: the usual 30 s grace period of process supervisors.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause after `accept` fails (out of descriptors or memory, which is transient): short
+/// enough to resume soon after connections close, long enough not to spin a core.
+pub const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// A connection we refuse is closed with a FIN after reading what the client already sent
+/// (closing a socket with unread input sends RST, which clients report as a network error).
+/// Bounded in time and bytes, so that a refused client cannot keep it open.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+pub const CLOSE_LINGER_MAX_BYTES: usize = 256 * 1024;
+
+/// A client's bound on TCP connect plus the TLS handshake: long enough for a loaded server
+/// or a cross-region link, short enough that a dead address is reported promptly.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
