@@ -264,7 +264,7 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default)]
         pub struct ServeArgs {
             /// YAML (or .toml) file whose keys are these flag names
-            pub config_file: Option<PathBuf>,
+            pub config_file: Option<::std::path::PathBuf>,
             $(
                 $(#[doc = $doc])*
                 pub $field: Option<$value>,
@@ -278,7 +278,7 @@ macro_rules! settings {
                         .long("config-file")
                         .value_name("PATH")
                         .help("YAML (or .toml) file whose keys are these flag names [env: PROGLOG_CONFIG_FILE]")
-                        .value_parser(clap::value_parser!(PathBuf))
+                        .value_parser(clap::value_parser!(::std::path::PathBuf))
                         .action(clap::ArgAction::Set),
                 )
                 $(
@@ -305,7 +305,7 @@ macro_rules! settings {
 
             fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
                 use $crate::config::value::SettingValue as _;
-                if let Some(p) = m.get_one::<PathBuf>("config_file") {
+                if let Some(p) = m.get_one::<::std::path::PathBuf>("config_file") {
                     self.config_file = Some(p.clone());
                 }
                 $(
@@ -318,11 +318,12 @@ macro_rules! settings {
         }
 
         /// The effective settings of a server, every default filled in.
-        // Settings refused for now (clustering) are kept, for the features that will read them.
+        // Every setting has its field, also those read only through another (rpc-port through
+        // listen, the TLS and ACL files through tls and acl) and those refused for now.
         #[allow(dead_code)]
         #[derive(Debug, Clone)]
         pub struct Settings {
-            pub config_file: Option<PathBuf>,
+            pub config_file: Option<::std::path::PathBuf>,
             $(
                 $(#[doc = $doc])*
                 pub $field: $crate::config::declare::settings!(@landed $value $(=> $landed)?),
@@ -343,11 +344,11 @@ macro_rules! settings {
             pub fn resolve_with(
                 args: &ServeArgs,
                 env: &$crate::config::declare::Env<'_>,
-            ) -> Result<Settings, ConfigError> {
+            ) -> Result<Settings, $crate::config::ConfigError> {
                 use $crate::config::declare::{Origin, Resolver};
                 let config_file = args.config_file.clone().or_else(|| {
                     env(&$crate::config::declare::env_var("config_file"))
-                        .map(PathBuf::from)
+                        .map(::std::path::PathBuf::from)
                         .filter(|p| !p.as_os_str().is_empty())
                 });
                 let mut r = Resolver::new(config_file.as_ref(), env, Self::FIELDS)?;
