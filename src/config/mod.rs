@@ -38,7 +38,10 @@
 //!      and origin), and `refused("feature")` for a setting accepted but not implemented yet.
 //! 2. Read it where it is used: `settings.gossip_interval`. It is on the start-up line already.
 //! 3. A rule that ties several settings together goes in [`Settings::validate`]; a value
-//!    built from several settings is a `derived {}` entry.
+//!    built from several settings, or one whose making can fail for reasons beyond its text
+//!    (resolving a host name), is a `derived {}` entry: `name: Type = expr;`, where `expr`
+//!    reads the settings by name and may use `?` with a [`ConfigError`]. Whether a setting was
+//!    given at all is its landing as an `Option` with `default(unset)`.
 //! 4. Test it in this file's tests: a value from one origin at least, and a refused value.
 
 mod declare;
