@@ -456,3 +456,150 @@ fn json_log_lines_carry_the_trace_id() {
         .as_str()
         .is_some_and(|m| m.contains("starting:") && m.contains("admin-addr="))));
 }
+
+/// Calls a client gives up on (its deadline passes, so it resets the stream) while the server
+/// is busy end as CANCELLED or DEADLINE_EXCEEDED in /metrics and the call log: never as
+/// UNAVAILABLE, which would tell an operator the server failed. Deadlines of a few
+/// milliseconds against durable appends on a loaded server make the client's RST_STREAM race
+/// the server's answer, the case where the answer used to fail as "unexpected frame type".
+#[test]
+fn cancelled_calls_are_counted_as_cancelled() {
+    const CONNS: usize = 4;
+    const CALLERS: usize = 32;
+    const CALLS: usize = 25;
+    let s = TestServer::start();
+    let addr = s.addr;
+    let mut made = 0u64;
+    let mut gave_up = 0u64;
+    let mut rounds = 0;
+    // Until the client has given up on some calls: a machine fast enough to answer every
+    // call within its deadline proves nothing. Bounded, so the test ends either way.
+    for round in 0..10 {
+        let (n, late) = run_async(move || async move {
+            let mut tasks = Vec::new();
+            for c in 0..CONNS {
+                let ch = Channel::connect(addr, ClientConfig::default())
+                    .await
+                    .unwrap();
+                for k in 0..CALLERS {
+                    let ch = ch.clone();
+                    tasks.push(glommio::spawn_local(async move {
+                        let mut late = 0u64;
+                        for i in 0..CALLS {
+                            // 1 to 16 ms: some answers come in time, some do not.
+                            let ms = 1 + ((c * 5 + k * 3 + i * 7 + round) % 16) as u64;
+                            let r: Result<ProduceResponse, _> = ch
+                                .unary_prost(
+                                    paths::PRODUCE,
+                                    &ProduceRequest {
+                                        record: record(vec![b'x'; 100]),
+                                        ..Default::default()
+                                    },
+                                    CallOptions::timeout(Duration::from_millis(ms)),
+                                )
+                                .await;
+                            match r {
+                                Ok(_) => {}
+                                Err(e) if e.code == Code::DeadlineExceeded => late += 1,
+                                Err(e) => panic!("unexpected status {e:?}"),
+                            }
+                        }
+                        late
+                    }));
+                }
+                // A tailing ConsumeStream the client abandons at its deadline.
+                let ch = ch.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let req = ConsumeRequest::default();
+                    let mut rx = ch
+                        .server_streaming(
+                            paths::CONSUME_STREAM,
+                            net::encode(&req),
+                            CallOptions::timeout(Duration::from_millis(20)),
+                        )
+                        .await
+                        .unwrap();
+                    loop {
+                        match rx.message().await {
+                            Ok(Some(_)) => {}
+                            Err(e) if e.code == Code::DeadlineExceeded => return 0,
+                            other => panic!("tail ended with {other:?}"),
+                        }
+                    }
+                }));
+            }
+            let mut late = 0;
+            for t in tasks {
+                late += t.await;
+            }
+            ((CONNS * CALLERS * CALLS) as u64, late)
+        });
+        made += n;
+        gave_up += late;
+        rounds += 1;
+        if gave_up >= 50 {
+            break;
+        }
+    }
+    assert!(gave_up > 0, "no call missed its deadline in {made} calls");
+
+    // The client's connections are closed; once the server has closed them too and no call
+    // is open, every call it saw has its one count. (A call whose deadline passed before its
+    // HEADERS left the client never reached the server.)
+    let admin = s.admin_addr();
+    let mut seen = String::new();
+    let m = wait_for(Duration::from_secs(30), || {
+        let (_, text) = http_get(admin, "/metrics").ok()?;
+        let m = parse_exposition(&text);
+        seen = text;
+        let idle = sum_of(&m, "proglog_rpc_streams_open") == 0.0
+            && sum_of(&m, "proglog_connections_open") == 0.0;
+        idle.then_some(m)
+    })
+    .unwrap_or_else(|| {
+        let rpc_lines: Vec<&str> = seen
+            .lines()
+            .filter(|l| l.contains("_open") || l.contains("requests_total"))
+            .collect();
+        panic!(
+            "calls or connections still open; metrics:\n{}\nlog:\n{}",
+            rpc_lines.join("\n"),
+            s.log()
+        )
+    });
+    let counted = sum_of(
+        &m,
+        "proglog_rpc_requests_total{method=\"/log.v1.Log/Produce\"",
+    );
+    let count = |code: &str| m.get(&rpc("Produce", code)).copied().unwrap_or(0.0);
+    let (ok, cancelled, deadline) = (count("OK"), count("CANCELLED"), count("DEADLINE_EXCEEDED"));
+    eprintln!(
+        "{made} calls, {gave_up} given up by the client; server: OK {ok}, CANCELLED {cancelled}, DEADLINE_EXCEEDED {deadline}, UNAVAILABLE {}",
+        count("UNAVAILABLE")
+    );
+    assert_eq!(
+        ok + cancelled + deadline,
+        counted,
+        "every call is OK, CANCELLED or DEADLINE_EXCEEDED; log:\n{}",
+        s.log()
+    );
+    assert!(counted <= made as f64);
+    // The client saw an answer for every call it did not give up on.
+    assert!(ok >= (made - gave_up) as f64);
+    let tail = |code: &str| {
+        m.get(&format!(
+            "proglog_rpc_requests_total{{method=\"/log.v1.Log/ConsumeStream\",code=\"{code}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        tail("CANCELLED") + tail("DEADLINE_EXCEEDED"),
+        sum_of(
+            &m,
+            "proglog_rpc_requests_total{method=\"/log.v1.Log/ConsumeStream\""
+        ),
+    );
+    assert!(tail("CANCELLED") + tail("DEADLINE_EXCEEDED") <= (rounds * CONNS) as f64);
+    assert!(!s.log().contains("unexpected frame type"), "{}", s.log());
+}

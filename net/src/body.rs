@@ -84,9 +84,16 @@ pub(crate) fn poll_send(
         let avail = stream.capacity();
         if avail > 0 {
             let chunk = data.split_to(avail.min(data.len()));
-            stream
-                .send_data(chunk, false)
-                .map_err(|e| Status::from_h2(&e))?;
+            if let Err(e) = stream.send_data(chunk, false) {
+                // A stream the peer reset refuses data with a "user error"; the reset is the
+                // reason, not a broken connection.
+                return Poll::Ready(Err(match stream.poll_reset(cx) {
+                    Poll::Ready(Ok(reason)) => {
+                        Status::cancelled(format!("stream reset by peer: {reason}"))
+                    }
+                    _ => Status::from_h2(&e),
+                }));
+            }
             continue;
         }
         match stream.poll_capacity(cx) {

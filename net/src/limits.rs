@@ -32,6 +32,14 @@ pub const MAX_CONNECTIONS_PER_SHARD: usize = 4096;
 /// runs 256), while one connection cannot start tasks without bound.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+/// Calls a client may reset before the server accepted them, per connection; one more and
+/// h2 closes the connection (GOAWAY ENHANCE_YOUR_CALM), its guard against "rapid reset"
+/// floods. Reset streams no longer count as concurrent, so this bounds the memory they hold.
+/// h2's own default, 20, killed the connection of an honest client that cancels a burst of
+/// short-deadline calls while the server is busy; as many as may be open is no more memory
+/// than open calls take.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = MAX_CONCURRENT_STREAMS as usize;
+
 /// Messages a streaming handler may queue ahead of the socket: enough to overlap reading
 /// the log with sending, few enough that a client that stops reading stops the handler
 /// within 16 messages (and ConsumeStream stops reading the log).

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -51,14 +51,16 @@ fn grpc_response(extra: Option<HeaderMap>) -> http::Response<()> {
 
 impl Responder {
     fn body(&mut self, extra: Option<HeaderMap>) -> Result<&mut SendStream<Bytes>, Status> {
-        if let Out::Headers(_) = self.out {
-            let Out::Headers(mut respond) = std::mem::replace(&mut self.out, Out::Done) else {
-                unreachable!("checked above")
-            };
-            let stream = respond
-                .send_response(grpc_response(extra), false)
-                .map_err(|e| Status::from_h2(&e))?;
-            self.out = Out::Body(stream);
+        if let Out::Headers(respond) = &mut self.out {
+            match respond.send_response(grpc_response(extra), false) {
+                Ok(stream) => self.out = Out::Body(stream),
+                Err(e) => {
+                    let status = reset_status(respond.poll_reset(&mut noop_cx()))
+                        .unwrap_or_else(|| Status::from_h2(&e));
+                    self.out = Out::Done;
+                    return Err(status);
+                }
+            }
         }
         match &mut self.out {
             Out::Body(s) => Ok(s),
@@ -84,17 +86,37 @@ impl Responder {
     }
 
     /// Ready when the client reset the stream or the connection died.
-    fn poll_reset(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Status> {
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Status> {
         let r = match &mut self.out {
             Out::Headers(r) => r.poll_reset(cx),
             Out::Body(s) => s.poll_reset(cx),
             Out::Done => return Poll::Pending,
         };
         r.map(|r| match r {
-            Ok(reason) => Status::cancelled(format!("call cancelled by client: {reason}")),
+            Ok(reason) => cancelled_by_client(reason),
+            // The client's connection closed under the call: the client left, as with a
+            // reset. UNAVAILABLE would blame this server.
+            Err(e) if e.is_io() => Status::cancelled(format!("client connection closed: {e}")),
             Err(e) => Status::from_h2(&e),
         })
     }
+}
+
+fn cancelled_by_client(reason: h2::Reason) -> Status {
+    Status::cancelled(format!("call cancelled by client: {reason}"))
+}
+
+/// The client's cancel, if the stream ended with a reset from the client.
+fn reset_status(r: Poll<Result<h2::Reason, h2::Error>>) -> Option<Status> {
+    match r {
+        Poll::Ready(Ok(reason)) => Some(cancelled_by_client(reason)),
+        _ => None,
+    }
+}
+
+/// A context for asking h2 about a stream's state without waiting: nothing is woken.
+fn noop_cx() -> Context<'static> {
+    Context::from_waker(Waker::noop())
 }
 
 /// Rejections at the HTTP level, before gRPC semantics apply.
@@ -223,7 +245,21 @@ async fn run(
 
     let main = dispatch(route, request, out, conn);
     let reset = poll_fn(|cx| out.borrow_mut().poll_reset(cx).map(Err));
-    with_deadline(deadline, futures_lite::future::or(main, reset)).await
+    match with_deadline(deadline, futures_lite::future::or(main, reset)).await {
+        // Clients reset the stream when their deadline passes (grpc-js, grpc-go, ours), often
+        // a moment before the server's own timer, which started later: past the deadline,
+        // the cancel is the deadline's.
+        Err(st)
+            if st.code == crate::Code::Cancelled
+                && deadline.is_some_and(|d| Instant::now() >= d) =>
+        {
+            Err(Status::deadline_exceeded(format!(
+                "deadline exceeded ({})",
+                st.message
+            )))
+        }
+        r => r,
+    }
 }
 
 async fn read_one(reader: &mut MessageReader) -> Result<Bytes, Status> {

@@ -46,6 +46,7 @@ where
     let peer = shared.peer;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(cfg.max_concurrent_streams)
+        .max_pending_accept_reset_streams(cfg.max_pending_accept_reset_streams)
         .max_header_list_size(cfg.max_header_list_bytes)
         .initial_window_size(cfg.initial_stream_window_bytes)
         .initial_connection_window_size(cfg.initial_connection_window_bytes)

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub max_connections_per_shard: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls in flight per connection.
     pub max_concurrent_streams: u32,
+    /// Calls a client reset before this server accepted them, per connection; more close
+    /// the connection with GOAWAY ENHANCE_YOUR_CALM (the HTTP/2 "rapid reset" guard).
+    pub max_pending_accept_reset_streams: usize,
     /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE.
     pub max_header_list_bytes: u32,
     pub max_recv_message_bytes: usize,
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections_per_shard: limits::MAX_CONNECTIONS_PER_SHARD,
             max_concurrent_streams: limits::MAX_CONCURRENT_STREAMS,
+            max_pending_accept_reset_streams: limits::MAX_PENDING_ACCEPT_RESET_STREAMS,
             max_header_list_bytes: limits::MAX_HEADER_LIST_BYTES,
             max_recv_message_bytes: limits::MAX_MESSAGE_BYTES,
             max_send_message_bytes: limits::MAX_MESSAGE_BYTES,
