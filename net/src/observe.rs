@@ -193,6 +193,23 @@ impl TraceContext {
     }
 }
 
+/// How a call's messages flow, as its route declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Unary,
+    ClientStreaming,
+    ServerStreaming,
+    Bidi,
+}
+
+impl CallKind {
+    /// A call whose length the client decides (how long it keeps sending or reading), so
+    /// that its duration says nothing of the server's speed.
+    pub fn is_streaming(self) -> bool {
+        self != CallKind::Unary
+    }
+}
+
 /// One call as the observer sees it.
 #[derive(Debug)]
 pub struct CallInfo {
@@ -213,6 +230,11 @@ pub struct CallInfo {
     /// Where the time went, as the handler reports it (`queue`, `append`, `fsync`, ...);
     /// a streaming call's entries of the same name add up.
     breakdown: RefCell<Vec<(&'static str, Duration)>>,
+    /// Known once the path matched a route; `None` for unknown methods.
+    kind: Cell<Option<CallKind>>,
+    /// The longest single operation done for the call (one append, from hop to fsync):
+    /// what "slow" means for a stream, whose own duration is the client's choice.
+    slowest_operation: Cell<Option<Duration>>,
 }
 
 impl CallInfo {
@@ -235,7 +257,30 @@ impl CallInfo {
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
             breakdown: RefCell::new(Vec::new()),
+            kind: Cell::new(None),
+            slowest_operation: Cell::new(None),
         }
+    }
+
+    pub fn kind(&self) -> Option<CallKind> {
+        self.kind.get()
+    }
+
+    /// Set by the server once the call's route is known.
+    pub fn set_kind(&self, kind: CallKind) {
+        self.kind.set(Some(kind));
+    }
+
+    /// Notes one whole operation done for the call (e.g. an append from the hop to its
+    /// fsync); the longest is kept.
+    pub fn add_operation(&self, d: Duration) {
+        if self.slowest_operation.get().is_none_or(|m| d > m) {
+            self.slowest_operation.set(Some(d));
+        }
+    }
+
+    pub fn slowest_operation(&self) -> Option<Duration> {
+        self.slowest_operation.get()
     }
 
     /// Request bytes received, gRPC framing included (5 bytes per message).

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam::utils::CachePadded;
 use engine::metrics::{Histogram, HistogramSnapshot, LATENCY_BOUNDS_NS};
 use log::Level;
-use net::observe::{CallInfo, CallObserver};
+use net::observe::{CallInfo, CallKind, CallObserver};
 use net::{Code, Status};
 
 /// gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED).
@@ -168,7 +168,8 @@ pub fn format_breakdown(parts: &[(&'static str, Duration)]) -> String {
 pub struct ShardObserver {
     metrics: std::sync::Arc<RpcMetrics>,
     shard: usize,
-    /// Calls slower than this are logged at `warn` with their timing breakdown.
+    /// Calls slower than this are logged at `warn` with their timing breakdown (for streams:
+    /// calls with an operation slower than this; see [`slowness`]).
     slow: Option<Duration>,
 }
 
@@ -187,6 +188,20 @@ impl ShardObserver {
 
     fn slot(&self) -> &ShardRpc {
         self.metrics.shard(self.shard)
+    }
+}
+
+/// Whether a finished call was slow, as the prefix of its log line. A unary call is slow when
+/// it took `threshold` or more. A stream lasts as long as its client wants (a tail is open for
+/// hours, a producer keeps one ProduceStream for its life), so its duration says nothing of
+/// the server: a stream is slow when one operation the server did for it (an append, from the
+/// hop to the owning shard to its fsync) took `threshold` or more.
+fn slowness(call: &CallInfo, elapsed: Duration, threshold: Duration) -> Option<String> {
+    if call.kind().is_some_and(CallKind::is_streaming) {
+        let op = call.slowest_operation().filter(|d| *d >= threshold)?;
+        Some(format!("slow stream (slowest operation {op:?}) "))
+    } else {
+        (elapsed >= threshold).then(|| "slow call ".to_owned())
     }
 }
 
@@ -222,9 +237,9 @@ impl CallObserver for ShardObserver {
         s.bytes_in[m].fetch_add(call.bytes_in(), Relaxed);
         s.bytes_out[m].fetch_add(call.bytes_out(), Relaxed);
 
-        let slow = self.slow.is_some_and(|t| elapsed >= t);
+        let slow = self.slow.and_then(|t| slowness(call, elapsed, t));
         let mut level = level_for(status.code);
-        if slow && level > Level::Warn {
+        if slow.is_some() && level > Level::Warn {
             level = Level::Warn;
         }
         if !log::log_enabled!(target: RPC_TARGET, level) {
@@ -233,12 +248,12 @@ impl CallObserver for ShardObserver {
         let peer = peer_str(call.peer);
         let subject = call.subject.as_deref().unwrap_or("-");
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let breakdown = if slow {
+        let breakdown = if slow.is_some() {
             format_breakdown(&call.breakdown())
         } else {
             String::new()
         };
-        let what = if slow { "slow call " } else { "" };
+        let what = slow.unwrap_or_default();
         log::log!(
             target: RPC_TARGET,
             level,
@@ -287,6 +302,32 @@ mod tests {
         assert_eq!(t[2].method, OTHER_METHOD);
         assert_eq!(t[2].calls_by_code[Code::Unimplemented.as_i32() as usize], 1);
         assert_eq!(m.shard(0).calls_open.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn streams_are_slow_by_their_operations_not_their_length() {
+        let second = Duration::from_secs(1);
+        let call = |kind| {
+            let c = CallInfo::new("/a.A/X".into(), None, None, TraceContext::fresh());
+            c.set_kind(kind);
+            c
+        };
+        let unary = call(CallKind::Unary);
+        assert!(slowness(&unary, 2 * second, second).is_some());
+        assert!(slowness(&unary, second / 2, second).is_none());
+        // An hour-long stream whose appends were quick is not slow...
+        let stream = call(CallKind::Bidi);
+        stream.add_operation(Duration::from_millis(3));
+        assert!(slowness(&stream, 3600 * second, second).is_none());
+        // ...one with a slow append is, however short.
+        stream.add_operation(2 * second);
+        stream.add_operation(Duration::from_millis(5));
+        assert_eq!(stream.slowest_operation(), Some(2 * second));
+        let line = slowness(&stream, second / 10, second).unwrap();
+        assert!(line.contains("slowest operation 2s"), "{line}");
+        // A tail does no appends: never slow.
+        let tail = call(CallKind::ServerStreaming);
+        assert!(slowness(&tail, 3600 * second, second).is_none());
     }
 
     #[test]

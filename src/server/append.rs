@@ -1,6 +1,7 @@
 //! Appends made on behalf of a call, reporting where the time went (the hop to the owning
 //! shard, buffering, the fsync wait) to the call's timing breakdown, which the call's log
-//! line shows when it is slow.
+//! line shows when it is slow, and each whole append as one operation (a stream is slow when
+//! one of its operations is).
 
 use engine::{Appended, EngineHandle, NewRecord};
 
@@ -15,6 +16,7 @@ pub async fn append(
         c.add_timing("queue", t.queue);
         c.add_timing("append", t.append);
         c.add_timing("fsync", t.fsync);
+        c.add_operation(t.queue + t.append + t.fsync);
     });
     Ok(appended)
 }

@@ -230,6 +230,7 @@ async fn run(
         .get(path)
         .cloned()
         .ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
+    observe::with_current(|c| c.set_kind(route.kind()));
 
     let (parts, body) = req.into_parts();
     let cfg = &conn.config;

@@ -140,6 +140,18 @@ pub(crate) enum Route {
     Bidi(Rc<BidiFn>),
 }
 
+impl Route {
+    pub(crate) fn kind(&self) -> crate::observe::CallKind {
+        use crate::observe::CallKind;
+        match self {
+            Route::Unary(_) => CallKind::Unary,
+            Route::ServerStreaming(_) => CallKind::ServerStreaming,
+            Route::ClientStreaming(_) => CallKind::ClientStreaming,
+            Route::Bidi(_) => CallKind::Bidi,
+        }
+    }
+}
+
 /// Maps full method paths to handlers. Built once per executor, since
 /// handlers are `!Send` and capture that executor's state.
 ///
