@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "proto/grpc/health/v1/health.proto",
     "proto/google/rpc/status.proto",
     "proto/google/rpc/error_details.proto",
+    "proto/grpc/reflection/v1/reflection.proto",
+    "proto/grpc/reflection/v1alpha/reflection.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    // Kept so that a reflection service can be added later.
+    // Served by the reflection service: every file above and everything they import.
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
     // `Bytes` lets the server hand record values to storage without copying.
     prost_build::Config::new()

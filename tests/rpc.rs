@@ -264,3 +264,144 @@ fn unknown_method_is_unimplemented() {
         .unwrap_err();
     assert_eq!(st.code, Code::Unimplemented);
 }
+
+/// Server reflection over a real socket, as grpcurl asks it (v1): list the services, fetch
+/// the file of `log.v1.Log` with its imports, be told NOT_FOUND for an unknown symbol on the
+/// same stream, then build a ProduceRequest from the reflected descriptor and send it.
+#[test]
+fn reflection_v1_describes_the_api() {
+    use proto::prost_types::FileDescriptorProto;
+    use proto::reflection::v1::server_reflection_request::MessageRequest as Q;
+    use proto::reflection::v1::server_reflection_response::MessageResponse as A;
+    use proto::reflection::v1::ServerReflectionRequest;
+    use proto::reflection::{v1, v1alpha};
+
+    let s = TestServer::start();
+    let ask = |q: Q| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(q),
+    };
+    let answers = reflect(
+        s.addr,
+        s.client.clone(),
+        v1::paths::INFO,
+        vec![
+            ask(Q::ListServices(String::new())),
+            ask(Q::FileContainingSymbol("log.v1.Log".into())),
+            ask(Q::FileContainingSymbol("log.v1.NoSuchThing".into())),
+            ask(Q::FileByFilename("google/rpc/status.proto".into())),
+        ],
+    )
+    .unwrap();
+    let Some(A::ListServicesResponse(list)) = &answers[0].message_response else {
+        panic!("{:?}", answers[0]);
+    };
+    let services: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        services,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "log.v1.Admin",
+            "log.v1.Log",
+        ]
+    );
+
+    let files = |a: &A| -> Vec<FileDescriptorProto> {
+        let A::FileDescriptorResponse(f) = a else {
+            panic!("{a:?}");
+        };
+        f.file_descriptor_proto
+            .iter()
+            .map(|b| FileDescriptorProto::decode(b.clone()).unwrap())
+            .collect()
+    };
+    let log_files = files(answers[1].message_response.as_ref().unwrap());
+    let log = &log_files[0];
+    assert_eq!(log.name(), "log/v1/log.proto");
+    let svc = log.service.iter().find(|s| s.name() == "Log").unwrap();
+    let methods: Vec<&str> = svc.method.iter().map(|m| m.name()).collect();
+    for m in [
+        "Produce",
+        "Consume",
+        "ConsumeStream",
+        "ProduceStream",
+        "GetServers",
+    ] {
+        assert!(methods.contains(&m), "{m} in {methods:?}");
+    }
+    // Every import of the file came along.
+    for dep in &log.dependency {
+        assert!(log_files.iter().any(|f| f.name() == dep), "{dep}");
+    }
+
+    let Some(A::ErrorResponse(e)) = &answers[2].message_response else {
+        panic!("{:?}", answers[2]);
+    };
+    assert_eq!(e.error_code, Code::NotFound.as_i32());
+    assert!(e.error_message.contains("log.v1.NoSuchThing"), "{e:?}");
+    let status_files = files(answers[3].message_response.as_ref().unwrap());
+    let names: Vec<&str> = status_files.iter().map(|f| f.name()).collect();
+    assert_eq!(
+        names,
+        ["google/rpc/status.proto", "google/protobuf/any.proto"]
+    );
+
+    // A request made from the reflected field numbers alone: field 1 of ProduceRequest holds
+    // a Record whose field 1 is the value.
+    let req = log
+        .message_type
+        .iter()
+        .find(|m| m.name() == "ProduceRequest")
+        .unwrap();
+    let record = req.field.iter().find(|f| f.name() == "record").unwrap();
+    assert_eq!(record.type_name(), ".log.v1.Record");
+    let mut bytes = Vec::new();
+    prost::encoding::bytes::encode(1, &b"reflected".to_vec(), &mut bytes);
+    let mut msg = Vec::new();
+    prost::encoding::encode_key(
+        record.number() as u32,
+        prost::encoding::WireType::LengthDelimited,
+        &mut msg,
+    );
+    prost::encoding::encode_varint(bytes.len() as u64, &mut msg);
+    msg.extend_from_slice(&bytes);
+    let ch = s.channel();
+    let reply = ch.unary(paths::PRODUCE, msg.into(), opts()).unwrap();
+    let offset = ProduceResponse::decode(reply).unwrap().offset;
+    assert_eq!(
+        &consume(&ch, "", 0, offset).unwrap().value[..],
+        b"reflected"
+    );
+
+    // The older version answers on its own path, the same way.
+    let alpha = reflect(
+        s.addr,
+        s.client.clone(),
+        v1alpha::paths::INFO,
+        vec![ask(Q::FileContainingSymbol("log.v1.Log.Produce".into()))],
+    )
+    .unwrap();
+    assert_eq!(
+        files(alpha[0].message_response.as_ref().unwrap())[0].name(),
+        "log/v1/log.proto"
+    );
+
+    // Bytes that are no request end the call with INVALID_ARGUMENT.
+    let bad = run_async({
+        let addr = s.addr;
+        move || async move {
+            let ch = net::client::Channel::connect(addr, Default::default())
+                .await
+                .unwrap();
+            let (mut tx, mut rx) = ch.streaming(v1::paths::INFO, opts()).await.unwrap();
+            tx.send(bytes::Bytes::from_static(&[0xff, 0xff, 0xff]))
+                .await
+                .unwrap();
+            tx.finish().unwrap();
+            rx.message().await.unwrap_err()
+        }
+    });
+    assert_eq!(bad.code, Code::InvalidArgument, "{bad:?}");
+}

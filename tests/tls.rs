@@ -168,6 +168,15 @@ fn produce_consume_as_root_and_nobody(certs: &Path) {
     let _: GetServersResponse = nobody
         .unary_prost(paths::GET_SERVERS, &GetServersRequest {}, opts())
         .expect("GetServers for nobody");
+    // Reflection describes the API to any authenticated client, over TLS, with no grant.
+    let listed = reflect(
+        s.addr,
+        client(certs, Some("nobody")),
+        proto::reflection::v1::paths::INFO,
+        vec![list_services()],
+    )
+    .expect("reflection for nobody");
+    assert_eq!(listed.len(), 1);
     // The book's policy grants no admin.
     let e = create_topic(&root, "t", 1).unwrap_err();
     assert_eq!(e.code, Code::PermissionDenied, "{e:?}");
@@ -314,6 +323,26 @@ fn authorization_without_tls_is_unauthenticated() {
     assert_eq!(e.code, Code::Unauthenticated, "{e:?}");
     assert_eq!(e.message, "no transport security being used");
     health(&ch).expect("health stays open");
+    // Reflection needs an identity under ACLs, like everything but health and GetServers.
+    let e = reflect(
+        s.addr,
+        s.client.clone(),
+        proto::reflection::v1alpha::paths::INFO,
+        vec![list_services()],
+    )
+    .unwrap_err();
+    assert_eq!(e.code, Code::Unauthenticated, "{e:?}");
+}
+
+fn list_services() -> proto::reflection::v1::ServerReflectionRequest {
+    proto::reflection::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            proto::reflection::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    }
 }
 
 #[test]

@@ -26,7 +26,8 @@
 //! * actions are `produce`, `consume` and `admin` (every `log.v1.Admin` RPC).
 //!
 //! Health and GetServers are not authorized (the reference does not authorize GetServers,
-//! and health probes must work).
+//! and health probes must work). Reflection needs an authenticated client, no grant: it
+//! describes the API, not the data.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -347,14 +348,7 @@ impl Authorizer {
         let Some(acl) = self.current() else {
             return Ok(());
         };
-        let Some(tls) = tls else {
-            return Err(Status::unauthenticated("no transport security being used"));
-        };
-        let Some(sub) = tls.client_subject.as_deref() else {
-            return Err(Status::unauthenticated(
-                "no client certificate: authorization needs mutual TLS (server-tls-ca-file)",
-            ));
-        };
+        let sub = subject(tls)?;
         if acl.allows(sub, obj, act) {
             return Ok(());
         }
@@ -364,6 +358,29 @@ impl Authorizer {
             cut(shown)
         )))
     }
+}
+
+impl Authorizer {
+    /// Allows any caller with an identity when authorization is on (any caller when it is
+    /// off): for calls every client may make, such as reflection, but not anonymously.
+    pub fn authenticate(&self, tls: Option<&TlsInfo>) -> Result<(), Status> {
+        if self.is_enabled() {
+            subject(tls)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who the caller proved to be: its client certificate's Common Name.
+fn subject(tls: Option<&TlsInfo>) -> Result<&str, Status> {
+    let Some(tls) = tls else {
+        return Err(Status::unauthenticated("no transport security being used"));
+    };
+    tls.client_subject.as_deref().ok_or_else(|| {
+        Status::unauthenticated(
+            "no client certificate: authorization needs mutual TLS (server-tls-ca-file)",
+        )
+    })
 }
 
 /// A name as an error message shows it: unquoted, as the book's message has it, and cut

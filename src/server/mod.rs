@@ -30,6 +30,7 @@ pub mod produce_batch;
 pub mod produce_stream;
 pub mod reader;
 pub mod records;
+pub mod reflection;
 pub mod reload;
 pub mod state;
 
@@ -64,11 +65,12 @@ where
     move |req| handler(state.clone(), req)
 }
 
-/// Every RPC of the node. Built once per shard: routes hold `!Send` handler futures.
+/// Every RPC of the node, reflection included. Built once per shard: routes hold `!Send`
+/// handler futures.
 pub fn router(state: &Arc<AppState>) -> Router {
     let s = state;
     let (s1, s2, s3, s4) = (s.clone(), s.clone(), s.clone(), s.clone());
-    Router::new()
+    let router = Router::new()
         .unary_prost(paths::PRODUCE, bind(s, produce::handle))
         .unary_prost(paths::CONSUME, bind(s, consume::handle))
         .server_streaming(paths::CONSUME_STREAM, move |r, sink| {
@@ -93,7 +95,8 @@ pub fn router(state: &Arc<AppState>) -> Router {
         .unary_prost(proto::health::v1::paths::CHECK, bind(s, health::check))
         .server_streaming(proto::health::v1::paths::WATCH, move |r, sink| {
             health::watch(s4.clone(), r, sink)
-        })
+        });
+    reflection::register(router, state)
 }
 
 enum Event {

@@ -62,6 +62,12 @@ impl AppState {
         self.authz.check(tls, act, obj, shown)
     }
 
+    /// Lets any authenticated caller through when authorization is on (see
+    /// [`Authorizer::authenticate`]).
+    pub fn authenticate<T>(&self, req: &Request<T>) -> Result<(), net::Status> {
+        self.authz.authenticate(req.tls.as_deref())
+    }
+
     /// Resolves once shutdown begins, with the status that long-lived calls end with.
     pub async fn draining(&self) -> Result<(), net::Status> {
         self.shutdown.wait().await;

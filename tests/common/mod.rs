@@ -434,3 +434,33 @@ pub fn produce_stream(addr: SocketAddr, n: usize, prefix: &'static str) -> Vec<u
         futures_lite::future::zip(send, recv).await.1
     })
 }
+
+/// Asks `questions` on one reflection stream at `path` (v1 or v1alpha) and returns the
+/// answers, or the status the call ended with.
+pub fn reflect(
+    addr: SocketAddr,
+    client: ClientConfig,
+    path: &'static str,
+    questions: Vec<proto::reflection::v1::ServerReflectionRequest>,
+) -> Result<Vec<proto::reflection::v1::ServerReflectionResponse>, Status> {
+    run_async(move || async move {
+        let ch = net::client::Channel::connect(addr, client)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (mut tx, mut rx) = ch.streaming(path, opts()).await?;
+        let mut answers = Vec::new();
+        // One question at a time, each answered before the next, as tools ask.
+        for q in questions {
+            tx.send_message(&q).await?;
+            match rx.message_as().await? {
+                Some(a) => answers.push(a),
+                None => return Err(Status::internal("stream ended before the answer")),
+            }
+        }
+        tx.finish()?;
+        match rx.message().await? {
+            None => Ok(answers),
+            Some(_) => Err(Status::internal("an answer nobody asked for")),
+        }
+    })
+}
