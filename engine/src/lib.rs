@@ -32,6 +32,7 @@
 //! ```
 
 pub mod batch;
+pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod error;
@@ -43,12 +44,12 @@ pub mod segment;
 pub mod shard;
 
 pub use batch::{NewRecord, Record};
+pub use budget::FileBudget;
 pub use catalog::TopicInfo;
 pub use config::{Durability, EngineConfig, LogConfig};
 pub use error::{Error, Result};
 pub use log::{Appended, Log, LogStats, RawBatches, Removed, SnapshotReader};
 pub use metrics::AppendTiming;
-pub use segment::FileBudget;
 pub use shard::{Engine, EngineHandle, PartitionInfo, ShardCtx, ShardReport};
 
 /// Runs `f` on a fresh single glommio executor thread with the DMA probe fix applied for

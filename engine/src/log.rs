@@ -16,11 +16,12 @@
 //!   are in `writer.buf` (which may also have reached the device).
 
 use crate::batch::{self, Header, NewRecord, Parsed, Record, HEADER_LEN};
+use crate::budget::{FileBudget, OpenFiles};
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::meta;
-use crate::segment::{self, align_down, align_up, FileBudget, OpenFiles, Segment, Writer};
+use crate::segment::{self, align_down, align_up, Segment, Writer};
 use bytes::Bytes;
 use event_listener::Event;
 use glommio::sync::Semaphore;
@@ -962,12 +963,8 @@ impl Log {
         let new = self.create_segment(next).await?;
         let mut st = self.state.borrow_mut();
         if let Some(seg) = st.segments.last_mut() {
-            let files = OpenFiles::new(w.data, w.index);
-            *seg.slot.borrow_mut() = Some(files);
-            self.budget.opened(&seg.slot);
-            if let Some(f) = seg.slot.borrow().as_ref() {
-                self.budget.touch(&seg.slot, f);
-            }
+            self.budget
+                .install(&seg.slot, OpenFiles::new(w.data, w.index));
         }
         st.segments.push(new);
         Ok(())
@@ -1179,8 +1176,7 @@ impl Log {
             if seg.writer.is_some() {
                 return Ok(());
             }
-            if let Some(f) = seg.slot.borrow().as_ref() {
-                self.budget.touch(&seg.slot, f);
+            if self.budget.touch(&seg.slot) {
                 return Ok(());
             }
             (
@@ -1221,11 +1217,8 @@ impl Log {
             // Opened concurrently by another reader; keep theirs.
             return Ok(());
         }
-        *slot.borrow_mut() = Some(OpenFiles::new(Rc::new(data), index));
-        self.budget.opened(&slot);
-        if let Some(f) = slot.borrow().as_ref() {
-            self.budget.touch(&slot, f);
-        }
+        self.budget
+            .install(&slot, OpenFiles::new(Rc::new(data), index));
         Ok(())
     }
 
@@ -1464,9 +1457,7 @@ impl Log {
     }
 
     fn delete_segment_files(&self, seg: Segment) -> Result<()> {
-        if seg.slot.borrow_mut().take().is_some() {
-            self.budget.closed();
-        }
+        self.budget.release(&seg.slot);
         for p in [&seg.data_path, &seg.index_path] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
@@ -1553,10 +1544,7 @@ impl Log {
             let seg = &mut st.segments[t];
             let taken = match seg.writer.take() {
                 Some(w) => Some((w.data, w.index)),
-                None => seg.slot.borrow_mut().take().map(|f| {
-                    self.budget.closed();
-                    (f.data, f.index)
-                }),
+                None => self.budget.release(&seg.slot).map(|f| (f.data, f.index)),
             };
             (doomed, taken)
         };
@@ -1688,9 +1676,7 @@ impl Log {
             if let Some(w) = seg.writer.take() {
                 w.index.flush()?;
             }
-            if seg.slot.borrow_mut().take().is_some() {
-                self.budget.closed();
-            }
+            self.budget.release(&seg.slot);
         }
         drop(st);
         self.appended.notify(usize::MAX);

@@ -6,14 +6,14 @@
 //! File names are the segment's base offset in 20 decimal digits.
 
 use crate::batch::{self, Header, Parsed, HEADER_LEN};
+use crate::budget::Slot;
 use crate::error::{Error, Result};
 use crate::index::{Entry, Index};
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 /// O_DIRECT block size. 4 KiB satisfies both 512-byte and 4 KiB logical-sector devices.
 pub const BLOCK: u64 = 4096;
@@ -68,83 +68,6 @@ pub async fn read_at(file: &DmaFile, path: &Path, pos: u64, len: usize) -> Resul
         .await
         .map_err(|e| Error::glommio("reading data file", path, e))?;
     Ok(Bytes::copy_from_slice(&r))
-}
-
-/// The files of a segment while they are open. Sealed segments share a per-shard budget of
-/// open files and are closed when least recently used.
-pub struct OpenFiles {
-    pub data: Rc<DmaFile>,
-    pub index: Index,
-    last_use: Cell<u64>,
-}
-
-pub type Slot = Rc<RefCell<Option<OpenFiles>>>;
-
-/// Per-shard bound on open sealed segments (each holds two descriptors).
-pub struct FileBudget {
-    limit: usize,
-    open: Cell<usize>,
-    tick: Cell<u64>,
-    lru: RefCell<VecDeque<(u64, Weak<RefCell<Option<OpenFiles>>>)>>,
-}
-
-impl FileBudget {
-    pub fn new(limit: usize) -> Rc<FileBudget> {
-        Rc::new(FileBudget {
-            limit: limit.max(1),
-            open: Cell::new(0),
-            tick: Cell::new(0),
-            lru: RefCell::new(VecDeque::new()),
-        })
-    }
-
-    pub fn open_segments(&self) -> usize {
-        self.open.get()
-    }
-
-    /// Records a use of a sealed segment's files.
-    pub fn touch(&self, slot: &Slot, files: &OpenFiles) {
-        let t = self.tick.get() + 1;
-        self.tick.set(t);
-        files.last_use.set(t);
-        let mut lru = self.lru.borrow_mut();
-        lru.push_back((t, Rc::downgrade(slot)));
-        // Stale entries (older ticks of the same slot) are dropped lazily; keep the queue bounded.
-        if lru.len() > 4 * self.limit + 64 {
-            lru.retain(|(t, w)| {
-                w.upgrade()
-                    .is_some_and(|s| s.borrow().as_ref().is_some_and(|f| f.last_use.get() == *t))
-            });
-        }
-    }
-
-    /// Accounts for a newly opened sealed segment and closes the least recently used ones
-    /// beyond the limit. `keep` is never closed.
-    pub fn opened(&self, keep: &Slot) {
-        self.open.set(self.open.get() + 1);
-        let mut lru = self.lru.borrow_mut();
-        while self.open.get() > self.limit {
-            let Some((t, w)) = lru.pop_front() else { break };
-            let Some(slot) = w.upgrade() else { continue };
-            if Rc::ptr_eq(&slot, keep) {
-                lru.push_back((t, w));
-                if lru.len() == 1 {
-                    break;
-                }
-                continue;
-            }
-            let mut s = slot.borrow_mut();
-            if s.as_ref().is_some_and(|f| f.last_use.get() == t) {
-                *s = None;
-                self.open.set(self.open.get() - 1);
-            }
-        }
-    }
-
-    /// Accounts for files closed by their owner.
-    pub fn closed(&self) {
-        self.open.set(self.open.get().saturating_sub(1));
-    }
 }
 
 /// Writer state of the active segment.
@@ -365,14 +288,4 @@ pub fn validate_sealed_index(
         prev = Some(e);
     }
     entries
-}
-
-impl OpenFiles {
-    pub fn new(data: Rc<DmaFile>, index: Index) -> OpenFiles {
-        OpenFiles {
-            data,
-            index,
-            last_use: Cell::new(0),
-        }
-    }
 }

@@ -8,12 +8,12 @@
 //! what makes both directions work without polling.
 
 use crate::batch::{NewRecord, Record};
+use crate::budget::FileBudget;
 use crate::catalog::{self, Catalog, TopicInfo};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
 use crate::log::{Appended, Log, LogStats};
 use crate::metrics::{self, AppendTiming, ShardMetrics, ShardMetricsSnapshot, ShardSlot};
-use crate::segment::FileBudget;
 use atomic_waker::AtomicWaker;
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 use futures_channel::oneshot;
