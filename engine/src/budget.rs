@@ -10,6 +10,7 @@
 //! they reach the front, or all at once when the queue grows past a bound.
 
 use crate::index::Index;
+use crate::limits;
 use glommio::io::DmaFile;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -83,7 +84,9 @@ impl FileBudget {
         let mut lru = self.lru.borrow_mut();
         lru.push_back((t, Rc::downgrade(slot)));
         // Stale entries (older ticks of the same slot) are dropped lazily; keep the queue bounded.
-        if lru.len() > 4 * self.limit + 64 {
+        if lru.len()
+            > limits::BUDGET_LRU_ENTRIES_PER_FILE * self.limit + limits::BUDGET_LRU_ENTRIES_SLACK
+        {
             lru.retain(|(t, w)| {
                 w.upgrade()
                     .is_some_and(|s| s.borrow().as_ref().is_some_and(|f| f.last_use.get() == *t))

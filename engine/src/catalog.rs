@@ -3,14 +3,13 @@
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
+use crate::limits::TOPIC_NAME_BYTES_MAX;
 use crate::meta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const FILE: &str = "catalog.meta";
-pub const MAX_PARTITIONS: u32 = 4096;
-pub const MAX_TOPIC_NAME: usize = 249;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {
@@ -63,10 +62,11 @@ pub fn save(dir: &Path, cat: &Catalog) -> Result<()> {
     meta::write(dir, FILE, &bytes)
 }
 
-/// Topic names become directory names: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// Topic names become directory names: 1 to `TOPIC_NAME_BYTES_MAX` of `[A-Za-z0-9._-]`, not
+/// `.` or `..`.
 pub fn check_topic_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= MAX_TOPIC_NAME
+        && name.len() <= TOPIC_NAME_BYTES_MAX
         && name != "."
         && name != ".."
         && name
@@ -76,7 +76,7 @@ pub fn check_topic_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "topic name {} must be 1 to {MAX_TOPIC_NAME} characters of letters, digits, '.', '_' or '-'",
+            "topic name {} must be 1 to {TOPIC_NAME_BYTES_MAX} characters of letters, digits, '.', '_' or '-'",
             crate::error::shorten(name)
         )))
     }

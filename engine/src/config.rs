@@ -1,15 +1,23 @@
 //! Settings of logs and of the engine, with their defaults and bounds.
 
+use crate::batch::HEADER_LEN;
+use crate::limits::{
+    BATCH_BYTES_MAX_DEFAULT, BATCH_RECORDS_MAX_DEFAULT, DURABILITY_INTERVAL_MS_DEFAULT,
+    FLUSH_MS_DEFAULT, INDEX_INTERVAL_BYTES_DEFAULT, OPEN_SEGMENTS_PER_SHARD_DEFAULT,
+    QUEUE_DEPTH_DEFAULT, RECORD_BYTES_MAX_DEFAULT, RETENTION_CHECK_DEFAULT, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BEHIND_BYTES_DEFAULT,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// When an append is acknowledged relative to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "policy")]
 pub enum Durability {
     /// An append resolves only after `fdatasync` of its data. Concurrent appends share one
     /// `fdatasync` (group commit).
+    #[default]
     Always,
     /// Data is written and `fdatasync`ed every `interval_ms`; appends resolve once buffered.
     Interval { interval_ms: u64 },
@@ -18,19 +26,15 @@ pub enum Durability {
     Never,
 }
 
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Always
-    }
-}
-
 impl std::str::FromStr for Durability {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "always" => Ok(Durability::Always),
             "never" => Ok(Durability::Never),
-            "interval" => Ok(Durability::Interval { interval_ms: 100 }),
+            "interval" => Ok(Durability::Interval {
+                interval_ms: DURABILITY_INTERVAL_MS_DEFAULT,
+            }),
             other => match other.strip_prefix("interval:").map(|ms| ms.trim_end_matches("ms").parse::<u64>()) {
                 Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval { interval_ms: ms }),
                 _ => Err(format!(
@@ -75,24 +79,28 @@ pub struct LogConfig {
     pub max_batch_records: usize,
 }
 
-/// Hard ceilings: a segment's positions are u32 in the index.
-pub const MAX_SEGMENT_BYTES: u64 = 1 << 31;
-pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+// The defaults pass `LogConfig::validate`.
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64 + 1);
+const _: () = assert!(RECORD_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!((BATCH_BYTES_MAX_DEFAULT + HEADER_LEN) as u64 <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT + HEADER_LEN <= WRITE_BEHIND_BYTES_DEFAULT);
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             durability: Durability::Always,
-            segment_bytes: 256 * 1024 * 1024,
-            index_interval_bytes: 4096,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             retention_bytes: 0,
             retention_ms: 0,
             initial_offset: 0,
-            write_behind_bytes: 8 * 1024 * 1024,
-            flush_ms: 200,
-            max_record_bytes: 1024 * 1024,
-            max_batch_bytes: 4 * 1024 * 1024,
-            max_batch_records: 65536,
+            write_behind_bytes: WRITE_BEHIND_BYTES_DEFAULT,
+            flush_ms: FLUSH_MS_DEFAULT,
+            max_record_bytes: RECORD_BYTES_MAX_DEFAULT,
+            max_batch_bytes: BATCH_BYTES_MAX_DEFAULT,
+            max_batch_records: BATCH_RECORDS_MAX_DEFAULT,
         }
     }
 }
@@ -100,9 +108,9 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Checks the settings against their bounds; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
-        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return Err(format!(
-                "segment_bytes {} outside [{MIN_SEGMENT_BYTES}, {MAX_SEGMENT_BYTES}]",
+                "segment_bytes {} outside [{SEGMENT_BYTES_MIN}, {SEGMENT_BYTES_MAX}]",
                 self.segment_bytes
             ));
         }
@@ -112,13 +120,13 @@ impl LogConfig {
                 self.max_batch_bytes, self.max_record_bytes
             ));
         }
-        if self.max_batch_bytes as u64 + crate::batch::HEADER_LEN as u64 > self.segment_bytes {
+        if self.max_batch_bytes as u64 + HEADER_LEN as u64 > self.segment_bytes {
             return Err(format!(
                 "max_batch_bytes {} must fit in a segment of {} bytes",
                 self.max_batch_bytes, self.segment_bytes
             ));
         }
-        if self.write_behind_bytes < self.max_batch_bytes + crate::batch::HEADER_LEN {
+        if self.write_behind_bytes < self.max_batch_bytes + HEADER_LEN {
             return Err(format!(
                 "write_behind_bytes {} must hold at least one full batch ({} bytes)",
                 self.write_behind_bytes, self.max_batch_bytes
@@ -168,10 +176,10 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             shards: 0,
             pin: true,
-            queue_depth: 4096,
-            max_open_segments_per_shard: 1024,
+            queue_depth: QUEUE_DEPTH_DEFAULT,
+            max_open_segments_per_shard: OPEN_SEGMENTS_PER_SHARD_DEFAULT,
             default_log: LogConfig::default(),
-            retention_check: Duration::from_secs(30),
+            retention_check: RETENTION_CHECK_DEFAULT,
         }
     }
 

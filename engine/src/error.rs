@@ -135,11 +135,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Quotes a client-supplied name for an error message, cut to a length that keeps the message
 /// (which travels in a gRPC trailer) small whatever the client sent.
 pub fn shorten(name: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    if name.chars().count() <= MAX_CHARS {
+    use crate::limits::QUOTED_NAME_CHARS_MAX;
+    if name.chars().count() <= QUOTED_NAME_CHARS_MAX {
         format!("{name:?}")
     } else {
-        let head: String = name.chars().take(MAX_CHARS).collect();
+        let head: String = name.chars().take(QUOTED_NAME_CHARS_MAX).collect();
         format!("{head:?}... ({} bytes)", name.len())
     }
 }

@@ -96,6 +96,10 @@ impl Index {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn is_full(&self) -> bool {
         self.len >= self.capacity
     }

@@ -37,6 +37,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod limits;
 pub mod log;
 pub mod meta;
 pub mod metrics;
@@ -63,13 +64,7 @@ where
 {
     let dir = dir.to_owned();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-    let probe = dir.join("dma-probe");
-    if std::fs::metadata(&probe)
-        .map(|m| m.len() < 4096)
-        .unwrap_or(true)
-    {
-        std::fs::write(&probe, vec![0x50u8; 4096]).map_err(|e| Error::io("writing", &probe, e))?;
-    }
+    shard::write_probe_file(&dir)?;
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
             shard::dma_probe(&dir).await?;

@@ -20,6 +20,7 @@ use crate::budget::{FileBudget, OpenFiles};
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::limits;
 use crate::meta;
 use crate::segment::{self, align_down, align_up, Segment, Writer};
 use bytes::Bytes;
@@ -167,8 +168,9 @@ impl Log {
         let dir = dir.as_ref().to_owned();
         config.validate().map_err(Error::InvalidArgument)?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating log directory", &dir, e))?;
-        let index_capacity =
-            (config.segment_bytes / u64::from(config.index_interval_bytes.max(1))) as usize + 1024;
+        let index_capacity = (config.segment_bytes / u64::from(config.index_interval_bytes.max(1)))
+            as usize
+            + limits::INDEX_ENTRIES_SLACK;
         let bases = list_segments(&dir)?;
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for (i, &base) in bases.iter().enumerate() {
@@ -1287,7 +1289,8 @@ impl Log {
         let mut want = from;
         let mut bytes = 0usize;
         let mut records = 0usize;
-        let window = max_bytes.clamp(4096, 8 << 20) + self.config.index_interval_bytes as usize;
+        let window = max_bytes.clamp(limits::READ_WINDOW_BYTES_MIN, limits::READ_WINDOW_BYTES_MAX)
+            + self.config.index_interval_bytes as usize;
         loop {
             if want >= end && !out.is_empty() {
                 break;
@@ -1744,7 +1747,7 @@ fn record_sync(st: &mut State, started: Instant, covered: Option<u64>) {
 }
 
 fn check_meta_name(name: &str) -> Result<()> {
-    if name.ends_with(".meta") && !name.contains('/') && name.len() < 100 {
+    if name.ends_with(".meta") && !name.contains('/') && name.len() <= limits::META_NAME_BYTES_MAX {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(

@@ -14,20 +14,19 @@
 //! leaves either the old or the new file; a stray `.tmp` is removed on open.
 
 use crate::error::{Error, Result};
+use crate::limits::META_PAYLOAD_BYTES_MAX;
 use std::io::Write;
 use std::path::Path;
 
 const MAGIC: u32 = 0x4154_454D;
 const VERSION: u32 = 1;
 const HEADER: usize = 16;
-/// Metadata is small by design; a larger file is not ours or is damaged.
-pub const MAX_PAYLOAD: usize = 16 << 20;
 
 /// Writes `payload` to `dir/name` atomically and durably.
 pub fn write(dir: &Path, name: &str, payload: &[u8]) -> Result<()> {
-    if payload.len() > MAX_PAYLOAD {
+    if payload.len() > META_PAYLOAD_BYTES_MAX {
         return Err(Error::InvalidArgument(format!(
-            "metadata {name} of {} bytes exceeds {MAX_PAYLOAD}",
+            "metadata {name} of {} bytes exceeds {META_PAYLOAD_BYTES_MAX}",
             payload.len()
         )));
     }
@@ -81,7 +80,7 @@ pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         ));
     }
     let len = field(8) as usize;
-    if len > MAX_PAYLOAD || HEADER + len != bytes.len() {
+    if len > META_PAYLOAD_BYTES_MAX || HEADER + len != bytes.len() {
         return Err(Error::corrupt(
             &path,
             8,

@@ -9,6 +9,7 @@ use crate::batch::{self, Header, Parsed, HEADER_LEN};
 use crate::budget::Slot;
 use crate::error::{Error, Result};
 use crate::index::{Entry, Index};
+use crate::limits::{INDEX_GROWTH_ENTRIES_MIN, READ_WINDOW_BYTES_MIN, SCAN_CHUNK_BYTES};
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use std::cell::RefCell;
@@ -17,8 +18,10 @@ use std::rc::Rc;
 
 /// O_DIRECT block size. 4 KiB satisfies both 512-byte and 4 KiB logical-sector devices.
 pub const BLOCK: u64 = 4096;
-/// Bytes read per I/O when scanning a data file.
-const SCAN_CHUNK: usize = 1 << 20;
+
+// A recovery read and the smallest read window are whole blocks.
+const _: () = assert!((SCAN_CHUNK_BYTES as u64).is_multiple_of(BLOCK));
+const _: () = assert!(READ_WINDOW_BYTES_MIN as u64 == BLOCK);
 
 pub fn align_down(x: u64) -> u64 {
     x & !(BLOCK - 1)
@@ -173,7 +176,13 @@ pub async fn scan(
         let want_header = (pos + HEADER_LEN as u64).min(file_len) - pos;
         if pos + want_header > chunk_pos + chunk.len() as u64 {
             chunk_pos = pos;
-            chunk = read_at(file, path, pos, SCAN_CHUNK.min((file_len - pos) as usize)).await?;
+            chunk = read_at(
+                file,
+                path,
+                pos,
+                SCAN_CHUNK_BYTES.min((file_len - pos) as usize),
+            )
+            .await?;
         }
         let at = (pos - chunk_pos) as usize;
         let header = match batch::parse_header(&chunk[at..]) {
@@ -197,7 +206,9 @@ pub async fn scan(
                 file,
                 path,
                 pos,
-                SCAN_CHUNK.max(len as usize).min((file_len - pos) as usize),
+                SCAN_CHUNK_BYTES
+                    .max(len as usize)
+                    .min((file_len - pos) as usize),
             )
             .await?;
         }
@@ -218,7 +229,7 @@ pub async fn scan(
         if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
             // Valid data outgrew the index (settings changed since it was written, or many
             // term changes): grow the index rather than cut acknowledged data.
-            let grown = (index.len() * 2).max(1024);
+            let grown = (index.len() * 2).max(INDEX_GROWTH_ENTRIES_MIN);
             index.reopen_for_append(grown)?;
             since = s.since_index;
             if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
@@ -245,7 +256,7 @@ pub fn index_batch(
     since_index: &mut u64,
     interval: u64,
 ) -> bool {
-    let needed = index.len() == 0 || *since_index >= interval || header.term != prev_term;
+    let needed = index.is_empty() || *since_index >= interval || header.term != prev_term;
     if needed {
         let entry = Entry {
             relative_offset: (header.base_offset - base) as u32,

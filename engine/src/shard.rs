@@ -12,6 +12,7 @@ use crate::budget::FileBudget;
 use crate::catalog::{self, Catalog, TopicInfo};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::log::{Appended, Log, LogStats};
 use crate::metrics::{self, AppendTiming, ShardMetrics, ShardMetricsSnapshot, ShardSlot};
 use atomic_waker::AtomicWaker;
@@ -127,6 +128,8 @@ pub struct PartitionInfo {
 }
 
 const PROBE_FILE: &str = "dma-probe";
+/// One block: the probe read must find data, and a DMA read is a whole block.
+const PROBE_BYTES: usize = crate::segment::BLOCK as usize;
 
 impl Engine {
     /// Starts the shards, recovers every partition in the catalog, and returns once all are
@@ -275,13 +278,14 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
 /// glommio decides once per thread and device whether the device supports polled I/O, by
 /// reading from the first file opened with DMA; on an empty file that read wrongly succeeds and
 /// every later DMA read fails with EOPNOTSUPP. A non-empty file opened first avoids that.
-fn write_probe_file(dir: &Path) -> Result<()> {
+pub(crate) fn write_probe_file(dir: &Path) -> Result<()> {
     let path = dir.join(PROBE_FILE);
     let ok = std::fs::metadata(&path)
-        .map(|m| m.len() >= 4096)
+        .map(|m| m.len() >= PROBE_BYTES as u64)
         .unwrap_or(false);
     if !ok {
-        std::fs::write(&path, vec![0x50u8; 4096]).map_err(|e| Error::io("writing", &path, e))?;
+        std::fs::write(&path, vec![0x50u8; PROBE_BYTES])
+            .map_err(|e| Error::io("writing", &path, e))?;
     }
     Ok(())
 }
@@ -291,7 +295,7 @@ pub(crate) async fn dma_probe(dir: &Path) -> Result<()> {
     let f = glommio::io::DmaFile::open(&path)
         .await
         .map_err(|e| Error::glommio("opening probe file", &path, e))?;
-    f.read_at(0, 4096)
+    f.read_at(0, PROBE_BYTES)
         .await
         .map_err(|e| Error::glommio("reading probe file", &path, e))?;
     let _ = f.close().await;
@@ -345,7 +349,7 @@ async fn shard_main(
             Ok(job) => {
                 job(&ctx);
                 handled += 1;
-                if handled % 64 == 0 {
+                if handled.is_multiple_of(limits::JOBS_PER_YIELD) {
                     glommio::yield_if_needed().await;
                 }
             }
@@ -637,10 +641,10 @@ impl EngineHandle {
         config: LogConfig,
     ) -> Result<TopicInfo> {
         catalog::check_topic_name(name)?;
-        if partitions == 0 || partitions > catalog::MAX_PARTITIONS {
+        if partitions == 0 || partitions > limits::PARTITIONS_MAX {
             return Err(Error::InvalidArgument(format!(
                 "a topic needs between 1 and {} partitions, not {partitions}",
-                catalog::MAX_PARTITIONS
+                limits::PARTITIONS_MAX
             )));
         }
         config.validate().map_err(Error::InvalidArgument)?;
