@@ -43,6 +43,7 @@ pub mod meta;
 pub mod metrics;
 pub mod segment;
 pub mod shard;
+pub mod topics;
 
 pub use batch::{NewRecord, Record};
 pub use budget::FileBudget;

@@ -9,12 +9,12 @@
 
 use crate::batch::{NewRecord, Record};
 use crate::budget::FileBudget;
-use crate::catalog::{self, Catalog, TopicInfo};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::log::{Appended, Log, LogStats};
 use crate::metrics::{self, AppendTiming, ShardMetrics, ShardMetricsSnapshot, ShardSlot};
+use crate::topics::{partition_dir, Topics};
 use atomic_waker::AtomicWaker;
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 use futures_channel::oneshot;
@@ -25,7 +25,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::SystemTime;
 
@@ -46,7 +46,7 @@ struct Shared {
     id: usize,
     config: EngineConfig,
     shards: Vec<ShardTx>,
-    catalog: Mutex<Catalog>,
+    topics: Topics,
     stopping: AtomicBool,
     /// One per shard, written only by that shard's thread; read by scrapes.
     metrics: Vec<ShardSlot>,
@@ -70,7 +70,13 @@ impl ShardCtx {
             .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
     }
 
-    async fn open_log(&self, topic: &str, partition: u32, config: LogConfig) -> Result<Rc<Log>> {
+    /// Opens the log of `topic`/`partition` (or returns it if it is open).
+    pub(crate) async fn open_log(
+        &self,
+        topic: &str,
+        partition: u32,
+        config: LogConfig,
+    ) -> Result<Rc<Log>> {
         if let Ok(l) = self.log(topic, partition) {
             return Ok(l);
         }
@@ -82,17 +88,17 @@ impl ShardCtx {
         Ok(log)
     }
 
+    /// Takes the log of `topic`/`partition` out of this shard (its topic is being deleted).
+    pub(crate) fn forget_log(&self, topic: &str, partition: u32) -> Option<Rc<Log>> {
+        self.logs
+            .borrow_mut()
+            .remove(&(topic.to_owned(), partition))
+    }
+
     /// Open files of this shard's segments.
     pub fn open_segments(&self) -> usize {
         self.budget.open_segments()
     }
-}
-
-pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
-    data_dir
-        .join("topics")
-        .join(topic)
-        .join(partition.to_string())
 }
 
 /// A running engine. Dropping it shuts it down like `shutdown`.
@@ -144,7 +150,7 @@ impl Engine {
             .map_err(|e| Error::io("creating data directory", &dir, e))?;
         let lock = lock_data_dir(&dir)?;
         write_probe_file(&dir)?;
-        let catalog = catalog::load(&dir)?;
+        let topics = Topics::load(&dir)?;
         let n = config.shard_count();
         let mut rxs = Vec::with_capacity(n);
         let mut shards = Vec::with_capacity(n);
@@ -161,7 +167,7 @@ impl Engine {
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
             config,
             shards,
-            catalog: Mutex::new(catalog),
+            topics,
             stopping: AtomicBool::new(false),
             metrics: (0..n)
                 .map(|_| Arc::new(crossbeam::utils::CachePadded::new(ShardMetrics::default())))
@@ -321,16 +327,10 @@ async fn shard_main(
     metrics::set_local(shared.metrics.get(index).cloned());
     let started = async {
         dma_probe(&dir).await?;
-        let owned: Vec<(String, u32, LogConfig)> = {
-            let cat = shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-            cat.topics
-                .iter()
-                .flat_map(|(name, t)| {
-                    (0..t.partitions).map(move |p| (name.clone(), p, t.config.clone()))
-                })
-                .filter(|(name, p, _)| owner(name, *p, shared.shards.len()) == index)
-                .collect()
-        };
+        let all = shared.topics.all_partitions()?;
+        let owned = all
+            .into_iter()
+            .filter(|(name, p, _)| owner(name, *p, shared.shards.len()) == index);
         for (name, p, config) in owned {
             ctx.open_log(&name, p, config).await?;
         }
@@ -469,20 +469,9 @@ impl EngineHandle {
         })
     }
 
-    fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
-        let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-        let t = cat
-            .topics
-            .get(topic)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-        if partition >= t.partitions {
-            return Err(Error::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-                partitions: t.partitions,
-            });
-        }
-        Ok(())
+    /// The catalog of topics (see `topics.rs` for the topic operations).
+    pub(crate) fn topics(&self) -> &Topics {
+        &self.shared.topics
     }
 
     /// Runs `f` on the shard with index `shard` and returns its result.
@@ -545,7 +534,7 @@ impl EngineHandle {
         F: FnOnce(Rc<Log>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + 'static,
     {
-        self.check_partition(topic, partition)?;
+        self.topics().check_partition(topic, partition)?;
         let shard = self.shard_of(topic, partition);
         let topic = topic.to_owned();
         self.on_shard(shard, move |ctx| async move {
@@ -631,133 +620,5 @@ impl EngineHandle {
     pub async fn stats(&self, topic: &str, partition: u32) -> Result<LogStats> {
         self.with_log(topic, partition, |log| async move { Ok(log.stats()) })
             .await
-    }
-
-    /// Creates a topic with `partitions` partitions, each opened on its owning shard.
-    pub async fn create_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        config: LogConfig,
-    ) -> Result<TopicInfo> {
-        catalog::check_topic_name(name)?;
-        if partitions == 0 || partitions > limits::PARTITIONS_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "a topic needs between 1 and {} partitions, not {partitions}",
-                limits::PARTITIONS_MAX
-            )));
-        }
-        config.validate().map_err(Error::InvalidArgument)?;
-        let info = TopicInfo {
-            name: name.to_owned(),
-            partitions,
-            config: config.clone(),
-        };
-        {
-            let mut cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-            if cat.topics.contains_key(name) {
-                return Err(Error::TopicExists(name.to_owned()));
-            }
-            let dir = self.data_dir().join("topics").join(name);
-            if dir.exists() {
-                // Leftovers of a topic whose deletion was interrupted: the catalog, which is
-                // authoritative, no longer lists it.
-                log::warn!("{}: removing leftovers of a deleted topic", dir.display());
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
-            }
-            let mut next = cat.clone();
-            next.topics.insert(
-                name.to_owned(),
-                catalog::TopicEntry {
-                    partitions,
-                    config: config.clone(),
-                },
-            );
-            catalog::save(self.data_dir(), &next)?;
-            *cat = next;
-        }
-        for p in 0..partitions {
-            let shard = self.shard_of(name, p);
-            let (n, c) = (name.to_owned(), config.clone());
-            self.on_shard(shard, move |ctx| async move {
-                ctx.open_log(&n, p, c).await.map(|_| ())
-            })
-            .await?;
-        }
-        Ok(info)
-    }
-
-    /// Deletes a topic and its data.
-    pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let partitions = {
-            let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-            cat.topics
-                .get(name)
-                .ok_or_else(|| Error::UnknownTopic(name.to_owned()))?
-                .partitions
-        };
-        for p in 0..partitions {
-            let shard = self.shard_of(name, p);
-            let n = name.to_owned();
-            self.on_shard(shard, move |ctx| async move {
-                let log = ctx.logs.borrow_mut().remove(&(n, p));
-                if let Some(log) = log {
-                    log.remove().await?;
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        let dir = self.data_dir().join("topics").join(name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
-        }
-        let mut cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-        let mut next = cat.clone();
-        next.topics.remove(name);
-        catalog::save(self.data_dir(), &next)?;
-        *cat = next;
-        Ok(())
-    }
-
-    pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-        Ok(cat
-            .topics
-            .iter()
-            .map(|(name, t)| TopicInfo {
-                name: name.clone(),
-                partitions: t.partitions,
-                config: t.config.clone(),
-            })
-            .collect())
-    }
-
-    pub fn topic(&self, name: &str) -> Result<TopicInfo> {
-        let cat = self.shared.catalog.lock().map_err(|_| Error::ShutDown)?;
-        let t = cat
-            .topics
-            .get(name)
-            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))?;
-        Ok(TopicInfo {
-            name: name.to_owned(),
-            partitions: t.partitions,
-            config: t.config.clone(),
-        })
-    }
-
-    /// Each partition of a topic with its offsets and size.
-    pub async fn describe_topic(&self, name: &str) -> Result<Vec<PartitionInfo>> {
-        let t = self.topic(name)?;
-        let mut out = Vec::with_capacity(t.partitions as usize);
-        for p in 0..t.partitions {
-            let stats = self.stats(name, p).await?;
-            out.push(PartitionInfo {
-                partition: p,
-                shard: self.shard_of(name, p),
-                stats,
-            });
-        }
-        Ok(out)
     }
 }
