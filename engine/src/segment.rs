@@ -73,6 +73,31 @@ pub async fn read_at(file: &DmaFile, path: &Path, pos: u64, len: usize) -> Resul
     Ok(Bytes::copy_from_slice(&r))
 }
 
+/// Writes the block at `buf_pos` holding `buf` (the valid bytes of the tail block) with zeros
+/// after it.
+pub async fn rewrite_tail(data: &DmaFile, path: &Path, buf_pos: u64, buf: &[u8]) -> Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let mut dma = data.alloc_dma_buffer(align_up(buf.len() as u64) as usize);
+    let d = dma.as_bytes_mut();
+    d.fill(0);
+    d[..buf.len()].copy_from_slice(buf);
+    let want = d.len();
+    let wrote = data
+        .write_at(dma, buf_pos)
+        .await
+        .map_err(|e| Error::glommio("rewriting tail of", path, e))?;
+    if wrote != want {
+        return Err(Error::corrupt(
+            path,
+            buf_pos,
+            "short write while rewriting the tail block",
+        ));
+    }
+    Ok(())
+}
+
 /// Writer state of the active segment.
 pub struct Writer {
     pub data: Rc<DmaFile>,

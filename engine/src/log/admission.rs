@@ -1,0 +1,277 @@
+//! Admission of appends: limits, then first come first served into the active segment's
+//! write-behind buffer, where each append gets its offsets; then, under `always`, the wait
+//! for durability (`commit.rs`).
+
+use super::{Appended, Log};
+use crate::batch::{self, Header, NewRecord, Parsed, HEADER_LEN};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::metrics::AppendTiming;
+use crate::segment;
+use std::time::{Duration, Instant, SystemTime};
+
+enum Need {
+    /// Appenders that arrived earlier are still waiting.
+    Turn,
+    /// A roll, truncation or reset is rebuilding the active segment.
+    Exclusive,
+    Roll,
+    WriteOut,
+}
+
+/// An appender's place in the admission queue; leaving it (appended, failed or dropped)
+/// wakes the others.
+struct Ticket<'a> {
+    log: &'a Log,
+    id: Option<u64>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut st = self.log.state.borrow_mut();
+            if st.admission.front() == Some(&id) {
+                st.admission.pop_front();
+            } else {
+                st.admission.retain(|&t| t != id);
+            }
+            drop(st);
+            self.log.io_done.notify(usize::MAX);
+        }
+    }
+}
+
+pub(super) enum Payload<'a> {
+    Records { term: u64, records: &'a [NewRecord] },
+    Raw { header: Header, bytes: &'a [u8] },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Log {
+    /// Appends records as one batch under the log's current term; resolves once the
+    /// durability policy is satisfied.
+    pub async fn append(&self, records: &[NewRecord]) -> Result<Appended> {
+        let term = self.state.borrow().term;
+        self.append_with_term(term, records).await
+    }
+
+    /// Appends records as one batch stamped with `term`.
+    pub async fn append_with_term(&self, term: u64, records: &[NewRecord]) -> Result<Appended> {
+        self.check_batch(records)?;
+        let appended = self
+            .append_payload(Payload::Records { term, records })
+            .await?;
+        self.after_append(appended).await
+    }
+
+    /// [`append`](Self::append), also reporting where the time went (for slow-request logs).
+    /// `queue` is left zero: only the caller knows how long it took to get here.
+    pub async fn append_timed(&self, records: &[NewRecord]) -> Result<(Appended, AppendTiming)> {
+        let started = Instant::now();
+        let term = self.state.borrow().term;
+        self.check_batch(records)?;
+        let appended = self
+            .append_payload(Payload::Records { term, records })
+            .await?;
+        let buffered = Instant::now();
+        let appended = self.after_append(appended).await?;
+        let timing = AppendTiming {
+            queue: Duration::ZERO,
+            append: buffered - started,
+            fsync: buffered.elapsed(),
+        };
+        Ok((appended, timing))
+    }
+
+    fn check_batch(&self, records: &[NewRecord]) -> Result<()> {
+        let c = &self.config;
+        if records.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        if records.len() > c.max_batch_records {
+            return Err(Error::BatchTooLarge {
+                size: records.len(),
+                limit: c.max_batch_records,
+                unit: "records",
+            });
+        }
+        if let Some(r) = records.iter().find(|r| r.value.len() > c.max_record_bytes) {
+            return Err(Error::RecordTooLarge {
+                size: r.value.len(),
+                limit: c.max_record_bytes,
+            });
+        }
+        let len = batch::encoded_len(records) - HEADER_LEN;
+        if len > c.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                size: len,
+                limit: c.max_batch_bytes,
+                unit: "bytes",
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) async fn after_append(&self, appended: Appended) -> Result<Appended> {
+        self.appended.notify(usize::MAX);
+        if self.config.durability != Durability::Always {
+            // Buffered appends complete without awaiting anything; let other tasks run.
+            glommio::yield_if_needed().await;
+        } else {
+            let epoch = self.state.borrow().cut_epoch;
+            self.wait_durable(appended.last_offset + 1).await?;
+            let st = self.state.borrow();
+            if st.cut_epoch != epoch && st.cut_floor <= appended.last_offset {
+                return Err(Error::InvalidArgument(format!(
+                    "offsets {}..={} were truncated before they became durable",
+                    appended.base_offset, appended.last_offset
+                )));
+            }
+        }
+        Ok(appended)
+    }
+
+    pub(super) async fn append_payload(&self, payload: Payload<'_>) -> Result<Appended> {
+        let len = match &payload {
+            Payload::Records { records, .. } => batch::encoded_len(*records),
+            Payload::Raw { bytes, .. } => bytes.len(),
+        } as u64;
+        // Admission is first come, first served: an appender that cannot append at once takes
+        // a ticket, and while tickets are queued nobody else appends out of turn. So offsets
+        // follow call order and no appender starves behind others that keep finding room.
+        let mut ticket = Ticket {
+            log: self,
+            id: None,
+        };
+        loop {
+            let need = {
+                let mut st = self.state.borrow_mut();
+                self.check_writable(&st)?;
+                let st = &mut *st;
+                let my_turn = match ticket.id {
+                    None => st.admission.is_empty(),
+                    Some(id) => st.admission.front() == Some(&id),
+                };
+                let needs = if !my_turn {
+                    Some(Need::Turn)
+                } else if st.exclusive {
+                    Some(Need::Exclusive)
+                } else {
+                    let seg = st.segments.last().ok_or(Error::ShutDown)?;
+                    let w = seg.writer.as_ref().ok_or(Error::ShutDown)?;
+                    if (seg.size + len > self.config.segment_bytes && seg.size > 0)
+                        || w.index.is_full()
+                    {
+                        Some(Need::Roll)
+                    } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
+                        Some(Need::WriteOut)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(need) = needs {
+                    if ticket.id.is_none() {
+                        let id = st.next_ticket;
+                        st.next_ticket += 1;
+                        st.admission.push_back(id);
+                        ticket.id = Some(id);
+                    }
+                    need
+                } else {
+                    let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+                    let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+                    let base = st.next;
+                    let pos = seg.size;
+                    let start = w.buf.len();
+                    let (header, count) = match &payload {
+                        Payload::Records { term, records } => {
+                            batch::encode_into(&mut w.buf, base, *term, now_ms(), records);
+                            let Parsed::Header(h) = batch::parse_header(&w.buf[start..]) else {
+                                unreachable!("a batch just encoded parses")
+                            };
+                            (h, records.len() as u64)
+                        }
+                        Payload::Raw { header, bytes } => {
+                            w.buf.extend_from_slice(bytes);
+                            (*header, u64::from(header.record_count))
+                        }
+                    };
+                    let interval = u64::from(self.config.index_interval_bytes);
+                    if !segment::index_batch(
+                        &mut w.index,
+                        seg.base,
+                        pos,
+                        &header,
+                        seg.last_term,
+                        &mut w.since_index,
+                        interval,
+                    ) {
+                        // The index filled up between the check above and here: cannot happen
+                        // on one thread, but never leave an unindexed batch behind.
+                        w.buf.truncate(start);
+                        return Err(Error::InvalidArgument("segment index is full".into()));
+                    }
+                    seg.size += len;
+                    seg.next = base + count;
+                    seg.last_term = header.term;
+                    seg.modified = SystemTime::now();
+                    st.next = base + count;
+                    st.stats.appends += 1;
+                    st.stats.records_appended += count;
+                    if let Some(id) = ticket.id.take() {
+                        st.admission.retain(|&t| t != id);
+                        self.io_done.notify(usize::MAX);
+                    }
+                    return Ok(Appended {
+                        base_offset: base,
+                        last_offset: base + count - 1,
+                    });
+                }
+            };
+            match need {
+                Need::Turn => {
+                    let listener = self.io_done.listen();
+                    let still_waiting = {
+                        let st = self.state.borrow();
+                        st.admission.front() != ticket.id.as_ref()
+                            && st.latched.is_none()
+                            && !st.closed
+                    };
+                    if still_waiting {
+                        listener.await;
+                    }
+                }
+                Need::Exclusive => {
+                    let _permit = self
+                        .io
+                        .acquire_permit(1)
+                        .await
+                        .map_err(|_| Error::ShutDown)?;
+                }
+                Need::Roll => {
+                    let _permit = self
+                        .io
+                        .acquire_permit(1)
+                        .await
+                        .map_err(|_| Error::ShutDown)?;
+                    self.roll_locked(len).await?
+                }
+                Need::WriteOut => {
+                    if self.state.borrow().io_busy {
+                        self.wait_io().await
+                    } else {
+                        self.lead_io(false).await?
+                    }
+                }
+            }
+        }
+    }
+}

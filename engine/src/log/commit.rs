@@ -1,0 +1,298 @@
+//! Group commit: writing the active segment's buffer out with O_DIRECT and making it durable
+//! with fdatasync, one leader at a time for every appender waiting, pipelined so one round's
+//! write overlaps the previous round's sync; and the background flusher of `interval` and
+//! `never`.
+
+use super::{Log, State};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::segment::{align_down, align_up};
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+impl Log {
+    /// Writes out and fdatasyncs everything appended so far, whatever the policy.
+    pub async fn sync(&self) -> Result<()> {
+        let target = self.next_offset();
+        self.wait_durable(target).await
+    }
+
+    /// Waits until offsets below `target` are durable.
+    ///
+    /// Group commit, pipelined: one leader at a time writes out everything buffered (holding
+    /// `io` only for the write), then fdatasyncs without holding it, so the next leader's write
+    /// overlaps this leader's sync. An appender whose data is already covered by a sync in
+    /// flight, or that finds a write under way, waits for it and checks again; followers never
+    /// queue on the semaphore (glommio's does not hand permits over in order, so a busy
+    /// appender could otherwise take it again and again while others starve).
+    pub(super) async fn wait_durable(&self, target: u64) -> Result<()> {
+        loop {
+            {
+                let st = self.state.borrow();
+                if st.durable_next >= target {
+                    return Ok(());
+                }
+                self.check_writable(&st)?;
+            }
+            if self.must_wait(target) {
+                let listener = self.io_done.listen();
+                if self.must_wait(target) {
+                    listener.await;
+                }
+                continue;
+            }
+            self.lead_sync().await?;
+        }
+    }
+
+    /// True while someone else's write or sync will move `target` along.
+    fn must_wait(&self, target: u64) -> bool {
+        let st = self.state.borrow();
+        st.durable_next < target
+            && st.latched.is_none()
+            && !st.closed
+            && (st.io_busy || st.sync_requested >= target)
+    }
+
+    /// Leads one round: write out under `io`, then fdatasync outside it.
+    async fn lead_sync(&self) -> Result<()> {
+        let epoch = self.state.borrow().cut_epoch;
+        let (file, path, target, appends) = {
+            let _busy = self.busy();
+            let _permit = self
+                .io
+                .acquire_permit(1)
+                .await
+                .map_err(|_| Error::ShutDown)?;
+            match self.write_phase().await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.latch(&e);
+                    return Err(e);
+                }
+            }
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            st.sync_requested = st.sync_requested.max(target);
+        }
+        let sync_started = Instant::now();
+        let r = file
+            .fdatasync()
+            .await
+            .map_err(|e| Error::glommio("syncing", &path, e));
+        {
+            let mut st = self.state.borrow_mut();
+            if r.is_ok() {
+                st.stats.fdatasyncs += 1;
+                record_sync(&mut st, sync_started, Some(appends));
+                // A truncation or reset while the sync ran may have reused these offsets
+                // for records this sync did not cover.
+                if st.cut_epoch == epoch {
+                    st.durable_next = st.durable_next.max(target.min(st.next));
+                }
+                // Records just became readable: wake tailing readers.
+                self.appended.notify(usize::MAX);
+            }
+            if st.cut_epoch != epoch {
+                st.sync_requested = st.durable_next;
+            }
+        }
+        if let Err(e) = &r {
+            self.latch(e);
+        }
+        self.io_done.notify(usize::MAX);
+        r
+    }
+
+    /// Marks a leader's write-out as under way until the guard drops (even if the future
+    /// holding it is dropped midway), then wakes the waiters.
+    fn busy(&self) -> impl Drop + '_ {
+        struct Busy<'a>(&'a Log);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().io_busy = false;
+                self.0.io_done.notify(usize::MAX);
+            }
+        }
+        self.state.borrow_mut().io_busy = true;
+        Busy(self)
+    }
+
+    /// Runs one write-out (and fdatasync if `sync`) as the leader. The flag is cleared and
+    /// followers are woken even if this future is dropped.
+    pub(super) async fn lead_io(&self, sync: bool) -> Result<()> {
+        let _busy = self.busy();
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        self.write_out_locked(sync).await
+    }
+
+    /// Resolves when the current leader's write-out ends (at once if there is none).
+    pub(super) async fn wait_io(&self) {
+        let listener = self.io_done.listen();
+        if self.state.borrow().io_busy {
+            listener.await;
+        }
+    }
+
+    /// Writes the active segment's buffer to the device (whole aligned blocks, the partial
+    /// tail block zero-padded and rewritten next time), then optionally fdatasyncs. Caller
+    /// holds `io`. Any failure latches the log.
+    async fn write_out_locked(&self, sync: bool) -> Result<()> {
+        let r = self.write_out_inner(sync).await;
+        if let Err(e) = &r {
+            if !matches!(e, Error::Latched { .. } | Error::ShutDown) {
+                self.latch(e);
+            }
+        }
+        r
+    }
+
+    pub(super) async fn write_out_inner(&self, sync: bool) -> Result<()> {
+        let (file, path, target, appends) = self.write_phase().await?;
+        if sync {
+            let sync_started = Instant::now();
+            file.fdatasync()
+                .await
+                .map_err(|e| Error::glommio("syncing", &path, e))?;
+            let mut st = self.state.borrow_mut();
+            st.stats.fdatasyncs += 1;
+            record_sync(&mut st, sync_started, Some(appends));
+            st.durable_next = st.durable_next.max(target);
+            drop(st);
+            self.appended.notify(usize::MAX);
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer out; returns the file written, its path, the offset below which
+    /// everything is now on the device, and how many appends that covers (`stats.appends`).
+    async fn write_phase(&self) -> Result<(Rc<glommio::io::DmaFile>, PathBuf, u64, u64)> {
+        let (file, path, pos, dma, n, target, appends) = {
+            let mut st = self.state.borrow_mut();
+            self.check_writable(&st)?;
+            let target = st.next;
+            let appends = st.stats.appends;
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            let path = seg.data_path.clone();
+            let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+            if w.written == seg.size {
+                (
+                    Rc::clone(&w.data),
+                    path,
+                    w.buf_pos,
+                    None,
+                    0,
+                    target,
+                    appends,
+                )
+            } else {
+                let n = w.buf.len();
+                let mut dma = w.data.alloc_dma_buffer(align_up(n as u64) as usize);
+                let bytes = dma.as_bytes_mut();
+                bytes[..n].copy_from_slice(&w.buf);
+                bytes[n..].fill(0);
+                (
+                    Rc::clone(&w.data),
+                    path,
+                    w.buf_pos,
+                    Some(dma),
+                    n,
+                    target,
+                    appends,
+                )
+            }
+        };
+        if let Some(dma) = dma {
+            let want = dma.len();
+            let wrote = file
+                .write_at(dma, pos)
+                .await
+                .map_err(|e| Error::glommio("writing", &path, e))?;
+            if wrote != want {
+                return Err(Error::io(
+                    "writing",
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {wrote} of {want} bytes"),
+                    ),
+                ));
+            }
+            let mut st = self.state.borrow_mut();
+            st.stats.writes += 1;
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+            w.written = pos + n as u64;
+            let full = align_down(n as u64) as usize;
+            w.buf.drain(..full);
+            w.buf_pos += full as u64;
+        }
+        Ok((file, path, target, appends))
+    }
+
+    pub(super) fn spawn_flusher(log: &Rc<Log>) {
+        let weak: Weak<Log> = Rc::downgrade(log);
+        let period = log.config.flush_period();
+        let sync = matches!(log.config.durability, Durability::Interval { .. });
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(period).await;
+                let Some(log) = weak.upgrade() else { return };
+                if log.state.borrow().closed {
+                    return;
+                }
+                if log.is_dirty() {
+                    let Ok(_permit) = log.io.acquire_permit(1).await else {
+                        return;
+                    };
+                    if log.state.borrow().closed {
+                        return;
+                    }
+                    match log.write_out_locked(sync).await {
+                        Ok(()) | Err(Error::ShutDown) => {}
+                        Err(e) => {
+                            log::error!("background flush of {} failed: {e}", log.dir.display())
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    fn is_dirty(&self) -> bool {
+        let st = self.state.borrow();
+        st.durable_next < st.next
+            || st
+                .segments
+                .last()
+                .and_then(|s| s.writer.as_ref().map(|w| w.written < s.size))
+                .unwrap_or(false)
+    }
+}
+
+/// Records a completed fdatasync in the shard's metrics: its duration, and when it made
+/// appends durable (`covered`: `stats.appends` when its write-out began), how many it
+/// newly covered. Syncs may complete out of order under pipelining; the count never goes
+/// back, so an overtaken sync records the appends it alone covered, possibly none.
+pub(super) fn record_sync(st: &mut State, started: Instant, covered: Option<u64>) {
+    let elapsed = started.elapsed();
+    let batch = covered.map(|c| {
+        let n = c.saturating_sub(st.synced_appends);
+        st.synced_appends = st.synced_appends.max(c);
+        n
+    });
+    metrics::with_local(|m| {
+        m.fdatasync_ns.observe_duration(elapsed);
+        if let Some(n) = batch.filter(|&n| n > 0) {
+            m.group_commit_appends.observe(n);
+        }
+    });
+}

@@ -1,0 +1,332 @@
+//! A partition log: an ordered list of segments with dense offsets.
+//!
+//! A `Log` lives on one shard (it is `!Send`) and is shared there as `Rc<Log>`. Appends encode
+//! their batch straight into the active segment's write-behind buffer without awaiting, so
+//! offsets are assigned in call order; what they then wait for depends on the durability
+//! policy. Everything that touches files of the active segment (write-out, fdatasync, roll,
+//! truncation, reset) runs under `io`, a one-permit semaphore: the first appender that needs
+//! durability writes out and syncs everything buffered so far, and every appender that queued
+//! behind it finds its data already durable (group commit).
+//!
+//! One file per concern, each an `impl Log` block:
+//! - `recovery.rs`: listing a directory's segments, validating the active one on open;
+//! - `admission.rs`: appends, from limits to the offset they get, first come first served;
+//! - `commit.rs`: write-out and fdatasync (pipelined group commit), the background flusher;
+//! - `roll.rs`: creating the active segment, sealing it and starting the next;
+//! - `read.rs`: what readers may see, and reading records and batches from segments;
+//! - `retention.rs`: removing whole old segments (by offset, size or age);
+//! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
+//! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files).
+//!
+//! Invariants (checked where cheap):
+//! - `segments` is non-empty, sorted by base, contiguous (`s[i].next == s[i+1].base`), and only
+//!   the last segment has a writer.
+//! - `lowest == segments[0].base`, `next == last.next`, `durable_next <= next`.
+//! - Bytes of the active segment before `writer.buf_pos` are on the device; bytes from it on
+//!   are in `writer.buf` (which may also have reached the device).
+
+mod admission;
+mod commit;
+mod read;
+mod recovery;
+mod replica;
+mod retention;
+mod roll;
+mod truncate;
+
+pub use replica::SnapshotReader;
+
+use crate::budget::FileBudget;
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::limits;
+use crate::segment::{self, Segment};
+use bytes::Bytes;
+use event_listener::Event;
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+/// Offsets assigned to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// Counters of one log, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub lowest_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub segments: usize,
+    pub appends: u64,
+    pub records_appended: u64,
+    pub writes: u64,
+    pub fdatasyncs: u64,
+}
+
+/// Raw batches as stored, for replication and snapshots.
+#[derive(Debug, Clone)]
+pub struct RawBatches {
+    /// Whole batches, back to back, in the on-disk format.
+    pub bytes: Bytes,
+    /// Offset of the first record in `bytes` (may be below the offset asked for).
+    pub first_offset: u64,
+    /// Offset after the last record in `bytes`.
+    pub next_offset: u64,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    lowest: u64,
+    next: u64,
+    durable_next: u64,
+    /// Term stamped on batches appended with `append`.
+    term: u64,
+    latched: Option<String>,
+    /// Set while a roll, truncation or reset holds `io` and rebuilds the active segment:
+    /// appends wait for it instead of writing into a segment that is being replaced.
+    exclusive: bool,
+    /// A leader is writing out (and maybe syncing) on behalf of everyone; see `wait_durable`.
+    io_busy: bool,
+    /// Tickets of appenders waiting to append, first come first served.
+    admission: std::collections::VecDeque<u64>,
+    next_ticket: u64,
+    /// The highest target of any fdatasync started by a leader (in flight or done).
+    sync_requested: u64,
+    /// Bumped by every truncate-suffix and reset; with `cut_floor` (the lowest offset any of
+    /// them cut from), lets an appender that waited across one see that its record was cut.
+    cut_epoch: u64,
+    cut_floor: u64,
+    closed: bool,
+    stats: LogStats,
+    /// `stats.appends` covered by the latest completed fdatasync: the next sync's
+    /// group-commit batch is the difference.
+    synced_appends: u64,
+}
+
+/// One partition's log.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    budget: Rc<FileBudget>,
+    state: RefCell<State>,
+    io: Semaphore,
+    appended: Event,
+    /// Notified when a leader's write-out ends.
+    io_done: Event,
+    index_capacity: usize,
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it if needed) and recovers its active segment: the tail
+    /// is validated batch by batch, a torn or corrupt tail is cut off, and the index is rebuilt
+    /// from the data.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        budget: Rc<FileBudget>,
+    ) -> Result<Rc<Log>> {
+        let dir = dir.as_ref().to_owned();
+        config.validate().map_err(Error::InvalidArgument)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating log directory", &dir, e))?;
+        let index_capacity = (config.segment_bytes / u64::from(config.index_interval_bytes.max(1)))
+            as usize
+            + limits::INDEX_ENTRIES_SLACK;
+        let bases = recovery::list_segments(&dir)?;
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment::data_path(&dir, base);
+            let md =
+                std::fs::metadata(&path).map_err(|e| Error::io("reading metadata of", &path, e))?;
+            let mut seg = Segment::new_sealed(
+                &dir,
+                base,
+                md.len(),
+                md.modified().unwrap_or(SystemTime::now()),
+            );
+            if let Some(&next_base) = bases.get(i + 1) {
+                if next_base <= base {
+                    return Err(Error::corrupt(&path, 0, "segments overlap"));
+                }
+                seg.next = next_base;
+            }
+            segments.push(seg);
+        }
+        let log = Rc::new(Log {
+            dir: dir.clone(),
+            budget,
+            state: RefCell::new(State {
+                segments,
+                lowest: 0,
+                next: 0,
+                durable_next: 0,
+                term: 0,
+                latched: None,
+                exclusive: false,
+                io_busy: false,
+                admission: std::collections::VecDeque::new(),
+                next_ticket: 0,
+                sync_requested: 0,
+                cut_epoch: 0,
+                cut_floor: u64::MAX,
+                closed: false,
+                stats: LogStats::default(),
+                synced_appends: 0,
+            }),
+            io: Semaphore::new(1),
+            appended: Event::new(),
+            io_done: Event::new(),
+            index_capacity,
+            config,
+        });
+        if bases.is_empty() {
+            let seg = log.create_segment(log.config.initial_offset).await?;
+            log.state.borrow_mut().segments.push(seg);
+        } else {
+            log.recover_active().await?;
+        }
+        {
+            let mut st = log.state.borrow_mut();
+            st.lowest = st.segments[0].base;
+            st.next = st.segments.last().map(|s| s.next).unwrap_or(0);
+            st.durable_next = st.next;
+            st.term = st.segments.last().map(|s| s.last_term).unwrap_or(0);
+        }
+        // An empty active segment (a crash right after a roll) knows no term: take the term
+        // of the last record, from the previous segment's index.
+        let empty_active = log
+            .state
+            .borrow()
+            .segments
+            .last()
+            .is_some_and(|s| s.is_empty());
+        if let (true, Some(last)) = (empty_active, log.highest_offset()) {
+            match log.term_of(last).await {
+                Ok(term) => log.state.borrow_mut().term = term,
+                Err(e) => log::warn!("{}: term of the last record unknown: {e}", dir.display()),
+            }
+        }
+        Self::spawn_flusher(&log);
+        Ok(log)
+    }
+
+    /// Flushes, syncs and closes the log. Later calls fail with `ShutDown`.
+    pub async fn close(&self) -> Result<()> {
+        let _permit = self
+            .io
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        let r = if self.state.borrow().latched.is_none() && !self.state.borrow().closed {
+            self.write_out_inner(true).await
+        } else {
+            Ok(())
+        };
+        let mut st = self.state.borrow_mut();
+        st.closed = true;
+        for seg in st.segments.iter_mut() {
+            if let Some(w) = seg.writer.take() {
+                w.index.flush()?;
+            }
+            self.budget.release(&seg.slot);
+        }
+        drop(st);
+        self.appended.notify(usize::MAX);
+        r
+    }
+
+    /// Closes the log and deletes its directory.
+    pub async fn remove(&self) -> Result<()> {
+        let _ = self.close().await;
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(|e| Error::io("removing log directory", &self.dir, e))
+    }
+
+    pub fn lowest_offset(&self) -> u64 {
+        self.state.borrow().lowest
+    }
+
+    /// The offset the next append will get.
+    pub fn next_offset(&self) -> u64 {
+        self.state.borrow().next
+    }
+
+    /// The last offset in the log, or `None` when it is empty.
+    pub fn highest_offset(&self) -> Option<u64> {
+        let st = self.state.borrow();
+        (st.next > st.lowest).then(|| st.next - 1)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.state.borrow();
+        LogStats {
+            lowest_offset: st.lowest,
+            next_offset: st.next,
+            size_bytes: st.segments.iter().map(|s| s.size).sum(),
+            segments: st.segments.len(),
+            ..st.stats
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    fn check_writable(&self, st: &State) -> Result<()> {
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        if let Some(cause) = &st.latched {
+            return Err(Error::Latched {
+                path: self.dir.clone(),
+                cause: cause.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn latch(&self, e: &Error) {
+        let mut st = self.state.borrow_mut();
+        if st.latched.is_none() {
+            log::error!("{}: latching into read-only state: {e}", self.dir.display());
+            st.latched = Some(e.to_string());
+        }
+    }
+
+    /// Marks the active segment as being rebuilt until the guard drops (even if the future
+    /// holding it is dropped midway).
+    fn exclusive(&self) -> impl Drop + '_ {
+        struct Exclusive<'a>(&'a Log);
+        impl Drop for Exclusive<'_> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().exclusive = false;
+            }
+        }
+        self.state.borrow_mut().exclusive = true;
+        Exclusive(self)
+    }
+}
+
+/// The segment with base offset `base` (binary search).
+fn find(segments: &[Segment], base: u64) -> Option<&Segment> {
+    segments
+        .binary_search_by_key(&base, |s| s.base)
+        .ok()
+        .map(|i| &segments[i])
+}

@@ -1,0 +1,376 @@
+//! Reads: what readers may see (`readable_next`), waiting for it to grow, and reading records
+//! and whole checked batches from segments, from the write-behind buffer where it holds them
+//! and with DMA reads otherwise.
+
+use super::{find, Log};
+use crate::batch::{self, Header, Parsed, Record, HEADER_LEN};
+use crate::budget::OpenFiles;
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::limits;
+use crate::segment;
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+impl Log {
+    /// The offset after the last record readers may see. Under `always` that is the durable
+    /// mark: a record is visible only once it is on disk, so no consumer ever sees a record
+    /// that a crash could take back (and whose offset could then be reused). Under
+    /// `interval` and `never`, every appended record is visible.
+    pub fn readable_next(&self) -> u64 {
+        let st = self.state.borrow();
+        if self.config.durability == Durability::Always {
+            st.durable_next.min(st.next)
+        } else {
+            st.next
+        }
+    }
+
+    /// Checks that `from` is readable; returns the end of what readers may see.
+    pub(super) fn readable_from(&self, from: u64) -> Result<u64> {
+        let end = self.readable_next();
+        let lowest = self.lowest_offset();
+        if from < lowest || from >= end {
+            return Err(Error::OffsetOutOfRange {
+                offset: from,
+                lowest,
+                next: end,
+            });
+        }
+        Ok(end)
+    }
+
+    /// Resolves once the log holds `offset` (for tailing readers), or at once if it does; also
+    /// resolves when the log is closed or reset.
+    pub async fn wait_for(&self, offset: u64) {
+        loop {
+            if self.readable_next() > offset || self.state.borrow().closed {
+                return;
+            }
+            let listener = self.appended.listen();
+            if self.readable_next() > offset || self.state.borrow().closed {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Reads the record at `offset`.
+    pub async fn read(&self, offset: u64) -> Result<Record> {
+        let mut records = self.read_range(offset, 1, 1).await?;
+        records.pop().ok_or_else(|| self.out_of_range(offset))
+    }
+
+    /// Reads records from `from`: at most `max_records`, and at most `max_bytes` of values
+    /// except that the first record is returned whatever its size.
+    pub async fn read_range(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let end = self.readable_from(from)?;
+        let (batches, _) = self.read_batches(from, max_bytes, max_records, end).await?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        'batches: for (header, pos, path, data) in batches {
+            let records = batch::decode_records(&header, &data).ok_or_else(|| {
+                Error::corrupt(&path, pos, "records do not add up to the batch length")
+            })?;
+            for r in records {
+                if r.offset < from {
+                    continue;
+                }
+                if out.len() >= max_records
+                    || (!out.is_empty() && bytes + r.value.len() > max_bytes)
+                {
+                    break 'batches;
+                }
+                bytes += r.value.len();
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The term of the record at `offset`.
+    pub async fn term_of(&self, offset: u64) -> Result<u64> {
+        let base = self.segment_for(offset)?;
+        self.ensure_open(base).await?;
+        let st = self.state.borrow();
+        let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(offset))?;
+        let rel = (offset - seg.base) as u32;
+        let entry = match &seg.writer {
+            Some(w) => w.index.lookup(rel).map(|e| e.1),
+            None => seg
+                .slot
+                .borrow()
+                .as_ref()
+                .and_then(|f| f.index.lookup(rel).map(|e| e.1)),
+        };
+        entry.map(|e| e.term).ok_or_else(|| {
+            Error::corrupt(
+                &seg.index_path,
+                0,
+                format!("no index entry covers offset {offset}"),
+            )
+        })
+    }
+
+    fn out_of_range(&self, offset: u64) -> Error {
+        let st = self.state.borrow();
+        Error::OffsetOutOfRange {
+            offset,
+            lowest: st.lowest,
+            next: st.next,
+        }
+    }
+
+    /// Base offset of the segment holding `offset` (binary search). Segments are named by
+    /// base rather than position because retention may remove segments while a read awaits.
+    fn segment_for(&self, offset: u64) -> Result<u64> {
+        let st = self.state.borrow();
+        if offset < st.lowest || offset >= st.next || st.segments.is_empty() {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                lowest: st.lowest,
+                next: st.next,
+            });
+        }
+        let i = st.segments.partition_point(|s| s.base <= offset) - 1;
+        Ok(st.segments[i].base)
+    }
+
+    /// Opens a sealed segment's files if they are closed, validating its index.
+    pub(super) async fn ensure_open(&self, base: u64) -> Result<()> {
+        let (slot, data_path, index_path, next, size) = {
+            let st = self.state.borrow();
+            let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
+            if seg.writer.is_some() {
+                return Ok(());
+            }
+            if self.budget.touch(&seg.slot) {
+                return Ok(());
+            }
+            (
+                Rc::clone(&seg.slot),
+                seg.data_path.clone(),
+                seg.index_path.clone(),
+                seg.next,
+                seg.size,
+            )
+        };
+        let data = segment::open_dma(&data_path, false).await?;
+        let (mut index, entries) = match Index::open_sealed(&index_path) {
+            Ok(x) => x,
+            Err(_) => (Index::open(&index_path, 0)?, 0),
+        };
+        let trusted = segment::validate_sealed_index(&index, entries, size, base, next);
+        if trusted == entries && entries > 0 {
+            index.trust_prefix(entries);
+        } else {
+            log::warn!(
+                "{}: index has {entries} entries of which {trusted} check out; rebuilding it from the data",
+                index_path.display()
+            );
+            index.reopen_for_append(self.index_capacity)?;
+            let interval = u64::from(self.config.index_interval_bytes);
+            let scan = segment::scan(&data, &data_path, base, &mut index, interval).await?;
+            if scan.next != next || scan.valid_len != size {
+                log::error!(
+                    "{}: sealed segment holds offsets [{base}, {}) in {} bytes; expected [{base}, {next}) in {size} bytes",
+                    data_path.display(),
+                    scan.next,
+                    scan.valid_len
+                );
+            }
+            index.seal()?;
+        }
+        if slot.borrow().is_some() {
+            // Opened concurrently by another reader; keep theirs.
+            return Ok(());
+        }
+        self.budget
+            .install(&slot, OpenFiles::new(Rc::new(data), index));
+        Ok(())
+    }
+
+    /// Bytes `[pos, pos + len)` of a segment's data, or fewer at its end: from memory where
+    /// the active segment's buffer holds them, from the device (one DMA read) otherwise.
+    async fn fetch(&self, base: u64, pos: u64, len: usize) -> Result<Bytes> {
+        let (path, mem, file_part) = {
+            let st = self.state.borrow();
+            let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
+            let end = (pos + len as u64).min(seg.size);
+            if pos >= end {
+                return Ok(Bytes::new());
+            }
+            let (data, mem_from) = match &seg.writer {
+                Some(w) => (Rc::clone(&w.data), Some((w.buf_pos, &w.buf))),
+                None => {
+                    let slot = seg.slot.borrow();
+                    let f = slot.as_ref().ok_or(Error::ShutDown)?;
+                    (Rc::clone(&f.data), None)
+                }
+            };
+            let (mem, file_end) = match mem_from {
+                Some((buf_pos, buf)) if end > buf_pos => {
+                    let m0 = pos.max(buf_pos);
+                    let m = Bytes::copy_from_slice(
+                        &buf[(m0 - buf_pos) as usize..(end - buf_pos) as usize],
+                    );
+                    (m, pos.max(buf_pos.min(end)))
+                }
+                _ => (Bytes::new(), end),
+            };
+            let file_part = (file_end > pos).then_some((data, file_end));
+            (seg.data_path.clone(), mem, file_part)
+        };
+        let Some((data, file_end)) = file_part else {
+            return Ok(mem);
+        };
+        let disk = segment::read_at(&data, &path, pos, (file_end - pos) as usize).await?;
+        if disk.len() as u64 != file_end - pos {
+            return Err(Error::corrupt(
+                &path,
+                pos + disk.len() as u64,
+                "data file ends before the log does",
+            ));
+        }
+        if mem.is_empty() {
+            return Ok(disk);
+        }
+        let mut v = Vec::with_capacity(disk.len() + mem.len());
+        v.extend_from_slice(&disk);
+        v.extend_from_slice(&mem);
+        Ok(Bytes::from(v))
+    }
+
+    /// Reads whole, checked batches starting with the one that holds `from`, until about
+    /// `max_bytes` or `max_records` (at least one batch).
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn read_batches(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_records: usize,
+        end: u64,
+    ) -> Result<(Vec<(Header, u64, PathBuf, Bytes)>, u64)> {
+        let mut out: Vec<(Header, u64, PathBuf, Bytes)> = Vec::new();
+        let mut want = from;
+        let mut bytes = 0usize;
+        let mut records = 0usize;
+        let window = max_bytes.clamp(limits::READ_WINDOW_BYTES_MIN, limits::READ_WINDOW_BYTES_MAX)
+            + self.config.index_interval_bytes as usize;
+        loop {
+            if want >= end && !out.is_empty() {
+                break;
+            }
+            let base = match self.segment_for(want) {
+                Ok(b) => b,
+                Err(e) if out.is_empty() => return Err(e),
+                Err(_) => break,
+            };
+            self.ensure_open(base).await?;
+            let (path, index_path, mut pos, size) = {
+                let st = self.state.borrow();
+                let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(want))?;
+                let slot = seg.slot.borrow();
+                let index = match (&seg.writer, slot.as_ref()) {
+                    (Some(w), _) => &w.index,
+                    (None, Some(f)) => &f.index,
+                    (None, None) => return Err(Error::ShutDown),
+                };
+                let (_, entry) = index.lookup((want - seg.base) as u32).ok_or_else(|| {
+                    Error::corrupt(
+                        &seg.index_path,
+                        0,
+                        format!("no index entry covers offset {want}"),
+                    )
+                })?;
+                (
+                    seg.data_path.clone(),
+                    seg.index_path.clone(),
+                    u64::from(entry.position),
+                    seg.size,
+                )
+            };
+            let (mut chunk_pos, mut chunk) = (pos, Bytes::new());
+            let before = want;
+            while pos < size {
+                if pos + HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
+                    chunk = self.fetch(base, pos, window).await?;
+                    chunk_pos = pos;
+                }
+                let at = (pos - chunk_pos) as usize;
+                let header = match batch::parse_header(&chunk[at..]) {
+                    Parsed::Header(h) => h,
+                    Parsed::End => {
+                        return Err(Error::corrupt(
+                            &path,
+                            pos,
+                            "zeroes where a batch was expected",
+                        ))
+                    }
+                    Parsed::Invalid(why) => return Err(Error::corrupt(&path, pos, why)),
+                };
+                let len = header.batch_len();
+                let batch_pos = pos;
+                if header.next_offset() <= want {
+                    // Before the offset asked for: skip without reading its body. Whatever is
+                    // returned is still checked (CRC and offset continuity) below.
+                    pos += len as u64;
+                    continue;
+                }
+                if header.base_offset > want {
+                    return Err(Error::corrupt(
+                        &path,
+                        batch_pos,
+                        format!(
+                            "batch starts at offset {} where {want} was expected",
+                            header.base_offset
+                        ),
+                    ));
+                }
+                if !out.is_empty() && bytes + len > max_bytes {
+                    return Ok((out, want));
+                }
+                if pos + len as u64 > chunk_pos + chunk.len() as u64 {
+                    let need = len.max(max_bytes.saturating_sub(bytes).min(window));
+                    chunk = self.fetch(base, pos, need).await?;
+                    chunk_pos = pos;
+                    if chunk.len() < len {
+                        return Err(Error::corrupt(
+                            &path,
+                            pos,
+                            "batch runs past the end of the segment",
+                        ));
+                    }
+                }
+                let at = (pos - chunk_pos) as usize;
+                let data = chunk.slice(at..at + len);
+                if !batch::crc_ok(&header, &data) {
+                    return Err(Error::corrupt(&path, pos, "checksum mismatch"));
+                }
+                pos += len as u64;
+                bytes += len;
+                records += (header.next_offset() - want) as usize;
+                want = header.next_offset();
+                out.push((header, batch_pos, path.clone(), data));
+                if bytes >= max_bytes || records >= max_records || want >= end {
+                    return Ok((out, want));
+                }
+            }
+            if want == before {
+                return Err(Error::corrupt(
+                    &index_path,
+                    0,
+                    format!("offset {want} is not in the segment its index points to"),
+                ));
+            }
+        }
+        Ok((out, want))
+    }
+}

@@ -1,0 +1,169 @@
+//! What replication needs of a log: batches in the on-disk format read and appended as they
+//! are, the term stamped on appends, snapshots streamed out and installed, and small
+//! metadata files (Raft's hard state).
+
+use super::admission::Payload;
+use super::{Appended, Log, RawBatches};
+use crate::batch::{self, Parsed};
+use crate::error::{Error, Result};
+use crate::limits;
+use crate::meta;
+use bytes::Bytes;
+use std::rc::Rc;
+
+impl Log {
+    /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
+    /// is checked (CRC, continuity with the log's next offset) before anything is written.
+    pub async fn append_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
+        let mut pos = 0usize;
+        let mut expect = self.next_offset();
+        let mut batches = Vec::new();
+        while pos < bytes.len() {
+            let header = match batch::parse_header(&bytes[pos..]) {
+                Parsed::Header(h) => h,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "raw batches: no valid batch header at byte {pos}"
+                    )))
+                }
+            };
+            let end = pos + header.batch_len();
+            if end > bytes.len() || !batch::crc_ok(&header, &bytes[pos..end]) {
+                return Err(Error::InvalidArgument(format!(
+                    "raw batches: batch at byte {pos} is torn or corrupt"
+                )));
+            }
+            if header.base_offset != expect {
+                return Err(Error::InvalidArgument(format!(
+                    "raw batches: batch at byte {pos} starts at offset {} but the log continues at {expect}",
+                    header.base_offset
+                )));
+            }
+            if header.payload_len as usize > self.config.max_batch_bytes {
+                return Err(Error::BatchTooLarge {
+                    size: header.payload_len as usize,
+                    limit: self.config.max_batch_bytes,
+                    unit: "bytes",
+                });
+            }
+            expect = header.next_offset();
+            batches.push((header, pos, end));
+            pos = end;
+        }
+        let mut result: Option<Appended> = None;
+        for (header, start, end) in batches {
+            let a = self
+                .append_payload(Payload::Raw {
+                    header,
+                    bytes: &bytes[start..end],
+                })
+                .await?;
+            result = Some(Appended {
+                base_offset: result.map(|r| r.base_offset).unwrap_or(a.base_offset),
+                last_offset: a.last_offset,
+            });
+        }
+        match result {
+            Some(a) => self.after_append(a).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads whole batches in the on-disk format from the batch holding `from`, up to about
+    /// `max_bytes` (at least one batch).
+    pub async fn read_raw(&self, from: u64, max_bytes: usize) -> Result<RawBatches> {
+        let end = self.readable_from(from)?;
+        let (batches, _) = self.read_batches(from, max_bytes, usize::MAX, end).await?;
+        let first_offset = batches.first().map(|b| b.0.base_offset).unwrap_or(from);
+        let next_offset = batches.last().map(|b| b.0.next_offset()).unwrap_or(from);
+        let bytes = if batches.len() == 1 {
+            batches[0].3.clone()
+        } else {
+            let mut v = Vec::with_capacity(batches.iter().map(|b| b.3.len()).sum());
+            for b in &batches {
+                v.extend_from_slice(&b.3);
+            }
+            Bytes::from(v)
+        };
+        Ok(RawBatches {
+            bytes,
+            first_offset,
+            next_offset,
+        })
+    }
+
+    /// Sets the term stamped on later `append`s.
+    pub fn set_term(&self, term: u64) {
+        self.state.borrow_mut().term = term;
+    }
+
+    /// Writes a small metadata file in the log's directory atomically (Raft's hard state).
+    pub fn write_meta(&self, name: &str, payload: &[u8]) -> Result<()> {
+        check_meta_name(name)?;
+        meta::write(&self.dir, name, payload)
+    }
+
+    pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        check_meta_name(name)?;
+        meta::read(&self.dir, name)
+    }
+
+    /// A reader that streams the log from `from` as raw batches.
+    pub fn snapshot_reader(self: &Rc<Self>, from: u64) -> SnapshotReader {
+        SnapshotReader {
+            log: Rc::clone(self),
+            next: from,
+            end: self.next_offset(),
+        }
+    }
+
+    /// Replaces the log's content with a snapshot stream: resets to `first_offset`, then
+    /// appends each chunk of raw batches, then syncs.
+    pub async fn install_snapshot<I>(&self, first_offset: u64, chunks: I) -> Result<()>
+    where
+        I: IntoIterator<Item = Bytes>,
+    {
+        self.reset(first_offset).await?;
+        for chunk in chunks {
+            self.append_raw(&chunk).await?;
+        }
+        self.sync().await
+    }
+}
+
+fn check_meta_name(name: &str) -> Result<()> {
+    if name.ends_with(".meta") && !name.contains('/') && name.len() <= limits::META_NAME_BYTES_MAX {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "metadata file name {name:?} must end in .meta"
+        )))
+    }
+}
+
+/// Streams a log's batches from an offset up to the end it had when the reader was made.
+pub struct SnapshotReader {
+    log: Rc<Log>,
+    next: u64,
+    end: u64,
+}
+
+impl SnapshotReader {
+    /// The next chunk of whole batches (about `max_bytes`), or `None` at the end.
+    pub async fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Bytes>> {
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let raw = self.log.read_raw(self.next, max_bytes).await?;
+        if raw.next_offset <= self.next {
+            return Ok(None);
+        }
+        self.next = raw.next_offset;
+        Ok(Some(raw.bytes))
+    }
+
+    /// Offset of the first record the next chunk holds.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+}

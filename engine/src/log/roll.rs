@@ -1,0 +1,90 @@
+//! Segment rolls: creating an active segment, and sealing the active segment (written,
+//! synced, cut to size) to start the next one at the next offset.
+
+use super::Log;
+use crate::budget::OpenFiles;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::meta;
+use crate::segment::{self, Segment, Writer};
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use super::commit::record_sync;
+
+impl Log {
+    pub(super) async fn create_segment(&self, base: u64) -> Result<Segment> {
+        let data_path = segment::data_path(&self.dir, base);
+        let index_path = segment::index_path(&self.dir, base);
+        let data = segment::open_dma(&data_path, true).await?;
+        data.truncate(0)
+            .await
+            .map_err(|e| Error::glommio("truncating new data file", &data_path, e))?;
+        let index = Index::open(&index_path, self.index_capacity)?;
+        meta::sync_dir(&self.dir)?;
+        let mut seg = Segment::new_sealed(&self.dir, base, 0, SystemTime::now());
+        seg.writer = Some(Writer {
+            data: Rc::new(data),
+            index,
+            buf_pos: 0,
+            buf: Vec::new(),
+            written: 0,
+            since_index: 0,
+        });
+        Ok(seg)
+    }
+
+    /// Seals the active segment (everything written and synced, index cut to size) and starts
+    /// a new one at the next offset. Caller holds `io`.
+    pub(super) async fn roll_locked(&self, len: u64) -> Result<()> {
+        {
+            let st = self.state.borrow();
+            self.check_writable(&st)?;
+            let seg = st.segments.last().ok_or(Error::ShutDown)?;
+            let index_full = seg.writer.as_ref().is_some_and(|w| w.index.is_full());
+            // Someone else may have rolled while we waited for the lock.
+            if seg.size == 0 || (seg.size + len <= self.config.segment_bytes && !index_full) {
+                return Ok(());
+            }
+        }
+        let _exclusive = self.exclusive();
+        let r = self.roll_inner().await;
+        self.state.borrow_mut().exclusive = false;
+        if let Err(e) = &r {
+            self.latch(e);
+        }
+        r
+    }
+
+    async fn roll_inner(&self) -> Result<()> {
+        self.write_out_inner(true).await?;
+        let (writer, size, path, next) = {
+            let mut st = self.state.borrow_mut();
+            let next = st.next;
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            (seg.writer.take(), seg.size, seg.data_path.clone(), next)
+        };
+        let Some(mut w) = writer else {
+            return Err(Error::ShutDown);
+        };
+        w.data
+            .truncate(size)
+            .await
+            .map_err(|e| Error::glommio("cutting sealed segment", &path, e))?;
+        let sync_started = Instant::now();
+        w.data
+            .fdatasync()
+            .await
+            .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
+        record_sync(&mut self.state.borrow_mut(), sync_started, None);
+        w.index.seal()?;
+        let new = self.create_segment(next).await?;
+        let mut st = self.state.borrow_mut();
+        if let Some(seg) = st.segments.last_mut() {
+            self.budget
+                .install(&seg.slot, OpenFiles::new(w.data, w.index));
+        }
+        st.segments.push(new);
+        Ok(())
+    }
+}
