@@ -2,7 +2,7 @@
 //! write-behind buffer, where each append gets its offsets; then, under `always`, the wait
 //! for durability (`commit.rs`).
 
-use super::{Appended, Log};
+use super::{Appended, Log, State};
 use crate::batch::{self, Header, NewRecord, Parsed, HEADER_LEN};
 use crate::config::Durability;
 use crate::error::{Error, Result};
@@ -10,12 +10,15 @@ use crate::metrics::AppendTiming;
 use crate::segment;
 use std::time::{Duration, Instant, SystemTime};
 
+/// Why an append cannot be buffered yet.
 enum Need {
     /// Appenders that arrived earlier are still waiting.
     Turn,
     /// A roll, truncation or reset is rebuilding the active segment.
     Exclusive,
+    /// The batch does not fit in the active segment (or its index is full).
     Roll,
+    /// The batch does not fit in the write-behind buffer.
     WriteOut,
 }
 
@@ -24,6 +27,27 @@ enum Need {
 struct Ticket<'a> {
     log: &'a Log,
     id: Option<u64>,
+}
+
+impl Ticket<'_> {
+    /// Takes a place at the back of the queue, unless it holds one already.
+    fn queue(&mut self, st: &mut State) {
+        if self.id.is_none() {
+            let id = st.next_ticket;
+            st.next_ticket += 1;
+            st.admission.push_back(id);
+            self.id = Some(id);
+        }
+    }
+
+    /// Leaves the queue after appending; true if it held a place (the others must be woken).
+    fn leave(&mut self, st: &mut State) -> bool {
+        let Some(id) = self.id.take() else {
+            return false;
+        };
+        st.admission.retain(|&t| t != id);
+        true
+    }
 }
 
 impl Drop for Ticket<'_> {
@@ -41,9 +65,20 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// What an append writes: records to encode as one batch, or a batch already encoded.
 pub(super) enum Payload<'a> {
     Records { term: u64, records: &'a [NewRecord] },
     Raw { header: Header, bytes: &'a [u8] },
+}
+
+impl Payload<'_> {
+    /// Bytes the batch takes in the segment.
+    fn len(&self) -> u64 {
+        (match self {
+            Payload::Records { records, .. } => batch::encoded_len(*records),
+            Payload::Raw { bytes, .. } => bytes.len(),
+        }) as u64
+    }
 }
 
 fn now_ms() -> i64 {
@@ -120,6 +155,8 @@ impl Log {
         Ok(())
     }
 
+    /// Wakes tailing readers and, under `always`, waits until the batch is durable; fails if a
+    /// truncation or reset cut it meanwhile.
     pub(super) async fn after_append(&self, appended: Appended) -> Result<Appended> {
         self.appended.notify(usize::MAX);
         if self.config.durability != Durability::Always {
@@ -139,14 +176,14 @@ impl Log {
         Ok(appended)
     }
 
+    /// Appends one batch: waits for its turn and for room, then buffers it, with no await in
+    /// between, at the next offset.
+    ///
+    /// Admission is first come, first served: an appender that cannot append at once takes a
+    /// ticket, and while tickets are queued nobody else appends out of turn. So offsets follow
+    /// call order and no appender starves behind others that keep finding room.
     pub(super) async fn append_payload(&self, payload: Payload<'_>) -> Result<Appended> {
-        let len = match &payload {
-            Payload::Records { records, .. } => batch::encoded_len(*records),
-            Payload::Raw { bytes, .. } => bytes.len(),
-        } as u64;
-        // Admission is first come, first served: an appender that cannot append at once takes
-        // a ticket, and while tickets are queued nobody else appends out of turn. So offsets
-        // follow call order and no appender starves behind others that keep finding room.
+        let len = payload.len();
         let mut ticket = Ticket {
             log: self,
             id: None,
@@ -155,123 +192,126 @@ impl Log {
             let need = {
                 let mut st = self.state.borrow_mut();
                 self.check_writable(&st)?;
-                let st = &mut *st;
-                let my_turn = match ticket.id {
-                    None => st.admission.is_empty(),
-                    Some(id) => st.admission.front() == Some(&id),
-                };
-                let needs = if !my_turn {
-                    Some(Need::Turn)
-                } else if st.exclusive {
-                    Some(Need::Exclusive)
-                } else {
-                    let seg = st.segments.last().ok_or(Error::ShutDown)?;
-                    let w = seg.writer.as_ref().ok_or(Error::ShutDown)?;
-                    if (seg.size + len > self.config.segment_bytes && seg.size > 0)
-                        || w.index.is_full()
-                    {
-                        Some(Need::Roll)
-                    } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
-                        Some(Need::WriteOut)
-                    } else {
-                        None
+                match self.need(&st, &ticket, len)? {
+                    Some(need) => {
+                        ticket.queue(&mut st);
+                        need
                     }
-                };
-                if let Some(need) = needs {
-                    if ticket.id.is_none() {
-                        let id = st.next_ticket;
-                        st.next_ticket += 1;
-                        st.admission.push_back(id);
-                        ticket.id = Some(id);
-                    }
-                    need
-                } else {
-                    let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
-                    let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
-                    let base = st.next;
-                    let pos = seg.size;
-                    let start = w.buf.len();
-                    let (header, count) = match &payload {
-                        Payload::Records { term, records } => {
-                            batch::encode_into(&mut w.buf, base, *term, now_ms(), records);
-                            let Parsed::Header(h) = batch::parse_header(&w.buf[start..]) else {
-                                unreachable!("a batch just encoded parses")
-                            };
-                            (h, records.len() as u64)
+                    None => {
+                        let appended = self.buffer(&mut st, &payload, len)?;
+                        if ticket.leave(&mut st) {
+                            self.io_done.notify(usize::MAX);
                         }
-                        Payload::Raw { header, bytes } => {
-                            w.buf.extend_from_slice(bytes);
-                            (*header, u64::from(header.record_count))
-                        }
-                    };
-                    let interval = u64::from(self.config.index_interval_bytes);
-                    if !segment::index_batch(
-                        &mut w.index,
-                        seg.base,
-                        pos,
-                        &header,
-                        seg.last_term,
-                        &mut w.since_index,
-                        interval,
-                    ) {
-                        // The index filled up between the check above and here: cannot happen
-                        // on one thread, but never leave an unindexed batch behind.
-                        w.buf.truncate(start);
-                        return Err(Error::InvalidArgument("segment index is full".into()));
+                        return Ok(appended);
                     }
-                    seg.size += len;
-                    seg.next = base + count;
-                    seg.last_term = header.term;
-                    seg.modified = SystemTime::now();
-                    st.next = base + count;
-                    st.stats.appends += 1;
-                    st.stats.records_appended += count;
-                    if let Some(id) = ticket.id.take() {
-                        st.admission.retain(|&t| t != id);
-                        self.io_done.notify(usize::MAX);
-                    }
-                    return Ok(Appended {
-                        base_offset: base,
-                        last_offset: base + count - 1,
-                    });
                 }
             };
-            match need {
-                Need::Turn => {
-                    let listener = self.io_done.listen();
-                    let still_waiting = {
-                        let st = self.state.borrow();
-                        st.admission.front() != ticket.id.as_ref()
-                            && st.latched.is_none()
-                            && !st.closed
-                    };
-                    if still_waiting {
-                        listener.await;
-                    }
+            self.make_room(need, &ticket, len).await?;
+        }
+    }
+
+    /// What keeps an append of `len` bytes from being buffered now, if anything.
+    fn need(&self, st: &State, ticket: &Ticket<'_>, len: u64) -> Result<Option<Need>> {
+        let my_turn = match ticket.id {
+            None => st.admission.is_empty(),
+            Some(id) => st.admission.front() == Some(&id),
+        };
+        if !my_turn {
+            return Ok(Some(Need::Turn));
+        }
+        if st.exclusive {
+            return Ok(Some(Need::Exclusive));
+        }
+        let seg = st.segments.last().ok_or(Error::ShutDown)?;
+        let w = seg.writer.as_ref().ok_or(Error::ShutDown)?;
+        Ok(
+            if (seg.size + len > self.config.segment_bytes && seg.size > 0) || w.index.is_full() {
+                Some(Need::Roll)
+            } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
+                Some(Need::WriteOut)
+            } else {
+                None
+            },
+        )
+    }
+
+    /// Waits until `need` is met (or may be: the caller checks again).
+    async fn make_room(&self, need: Need, ticket: &Ticket<'_>, len: u64) -> Result<()> {
+        match need {
+            Need::Turn => {
+                let listener = self.io_done.listen();
+                let still_waiting = {
+                    let st = self.state.borrow();
+                    st.admission.front() != ticket.id.as_ref() && st.latched.is_none() && !st.closed
+                };
+                if still_waiting {
+                    listener.await;
                 }
-                Need::Exclusive => {
-                    let _permit = self
-                        .io
-                        .acquire_permit(1)
-                        .await
-                        .map_err(|_| Error::ShutDown)?;
-                }
-                Need::Roll => {
-                    let _permit = self
-                        .io
-                        .acquire_permit(1)
-                        .await
-                        .map_err(|_| Error::ShutDown)?;
-                    self.roll_locked(len).await?
-                }
-                Need::WriteOut => {
-                    if self.state.borrow().io_busy {
-                        self.wait_io().await
-                    } else {
-                        self.lead_io(false).await?
-                    }
+            }
+            Need::Exclusive => {
+                let _permit = self.lock_io().await?;
+            }
+            Need::Roll => {
+                let _permit = self.lock_io().await?;
+                self.roll_locked(len).await?
+            }
+            Need::WriteOut => {
+                if self.state.borrow().io_busy {
+                    self.wait_io().await
+                } else {
+                    self.lead_io(false).await?
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Encodes (or copies) the batch into the active segment's buffer at the next offset and
+    /// indexes it. The caller has checked that it fits.
+    fn buffer(&self, st: &mut State, payload: &Payload<'_>, len: u64) -> Result<Appended> {
+        let base = st.next;
+        let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+        let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+        let pos = seg.size;
+        let start = w.buf.len();
+        let (header, count) = match payload {
+            Payload::Records { term, records } => {
+                batch::encode_into(&mut w.buf, base, *term, now_ms(), records);
+                let Parsed::Header(h) = batch::parse_header(&w.buf[start..]) else {
+                    unreachable!("a batch just encoded parses")
+                };
+                (h, records.len() as u64)
+            }
+            Payload::Raw { header, bytes } => {
+                w.buf.extend_from_slice(bytes);
+                (*header, u64::from(header.record_count))
+            }
+        };
+        let interval = u64::from(self.config.index_interval_bytes);
+        if !segment::index_batch(
+            &mut w.index,
+            seg.base,
+            pos,
+            &header,
+            seg.last_term,
+            &mut w.since_index,
+            interval,
+        ) {
+            // The index filled up between the check and here: cannot happen on one thread,
+            // but never leave an unindexed batch behind.
+            w.buf.truncate(start);
+            return Err(Error::InvalidArgument("segment index is full".into()));
+        }
+        seg.size += len;
+        seg.next = base + count;
+        seg.last_term = header.term;
+        seg.modified = SystemTime::now();
+        st.next = base + count;
+        st.stats.appends += 1;
+        st.stats.records_appended += count;
+        Ok(Appended {
+            base_offset: base,
+            last_offset: base + count - 1,
+        })
     }
 }

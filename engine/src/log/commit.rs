@@ -8,6 +8,7 @@ use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::segment::{align_down, align_up};
+use glommio::io::{DmaBuffer, DmaFile};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::time::Instant;
@@ -59,13 +60,14 @@ impl Log {
     /// Leads one round: write out under `io`, then fdatasync outside it.
     async fn lead_sync(&self) -> Result<()> {
         let epoch = self.state.borrow().cut_epoch;
-        let (file, path, target, appends) = {
+        let Written {
+            file,
+            path,
+            target,
+            appends,
+        } = {
             let _busy = self.busy();
-            let _permit = self
-                .io
-                .acquire_permit(1)
-                .await
-                .map_err(|_| Error::ShutDown)?;
+            let _permit = self.lock_io().await?;
             match self.write_phase().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -125,11 +127,7 @@ impl Log {
     /// followers are woken even if this future is dropped.
     pub(super) async fn lead_io(&self, sync: bool) -> Result<()> {
         let _busy = self.busy();
-        let _permit = self
-            .io
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShutDown)?;
+        let _permit = self.lock_io().await?;
         self.write_out_locked(sync).await
     }
 
@@ -154,8 +152,15 @@ impl Log {
         r
     }
 
+    /// `write_out_locked` without the latch: for callers that latch on their own failure
+    /// (roll, truncation) or have nothing to latch (close). Caller holds `io`.
     pub(super) async fn write_out_inner(&self, sync: bool) -> Result<()> {
-        let (file, path, target, appends) = self.write_phase().await?;
+        let Written {
+            file,
+            path,
+            target,
+            appends,
+        } = self.write_phase().await?;
         if sync {
             let sync_started = Instant::now();
             file.fdatasync()
@@ -171,54 +176,21 @@ impl Log {
         Ok(())
     }
 
-    /// Writes the buffer out; returns the file written, its path, the offset below which
-    /// everything is now on the device, and how many appends that covers (`stats.appends`).
-    async fn write_phase(&self) -> Result<(Rc<glommio::io::DmaFile>, PathBuf, u64, u64)> {
-        let (file, path, pos, dma, n, target, appends) = {
-            let mut st = self.state.borrow_mut();
-            self.check_writable(&st)?;
-            let target = st.next;
-            let appends = st.stats.appends;
-            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
-            let path = seg.data_path.clone();
-            let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
-            if w.written == seg.size {
-                (
-                    Rc::clone(&w.data),
-                    path,
-                    w.buf_pos,
-                    None,
-                    0,
-                    target,
-                    appends,
-                )
-            } else {
-                let n = w.buf.len();
-                let mut dma = w.data.alloc_dma_buffer(align_up(n as u64) as usize);
-                let bytes = dma.as_bytes_mut();
-                bytes[..n].copy_from_slice(&w.buf);
-                bytes[n..].fill(0);
-                (
-                    Rc::clone(&w.data),
-                    path,
-                    w.buf_pos,
-                    Some(dma),
-                    n,
-                    target,
-                    appends,
-                )
-            }
-        };
-        if let Some(dma) = dma {
+    /// Writes the buffer out (whole aligned blocks, the partial tail block zero-padded and
+    /// rewritten next time).
+    async fn write_phase(&self) -> Result<Written> {
+        let (written, copy) = self.copy_out()?;
+        if let Some(Copied { pos, dma, len: n }) = copy {
             let want = dma.len();
-            let wrote = file
+            let wrote = written
+                .file
                 .write_at(dma, pos)
                 .await
-                .map_err(|e| Error::glommio("writing", &path, e))?;
+                .map_err(|e| Error::glommio("writing", &written.path, e))?;
             if wrote != want {
                 return Err(Error::io(
                     "writing",
-                    &path,
+                    &written.path,
                     std::io::Error::new(
                         std::io::ErrorKind::WriteZero,
                         format!("short write: {wrote} of {want} bytes"),
@@ -234,7 +206,40 @@ impl Log {
             w.buf.drain(..full);
             w.buf_pos += full as u64;
         }
-        Ok((file, path, target, appends))
+        Ok(written)
+    }
+
+    /// What a write-out will have written, and unless everything is written already, the
+    /// buffer copied into an aligned DMA buffer, with its file position and length.
+    fn copy_out(&self) -> Result<(Written, Option<Copied>)> {
+        let mut st = self.state.borrow_mut();
+        self.check_writable(&st)?;
+        let target = st.next;
+        let appends = st.stats.appends;
+        let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+        let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
+        let written = Written {
+            file: Rc::clone(&w.data),
+            path: seg.data_path.clone(),
+            target,
+            appends,
+        };
+        if w.written == seg.size {
+            return Ok((written, None));
+        }
+        let n = w.buf.len();
+        let mut dma = w.data.alloc_dma_buffer(align_up(n as u64) as usize);
+        let bytes = dma.as_bytes_mut();
+        bytes[..n].copy_from_slice(&w.buf);
+        bytes[n..].fill(0);
+        Ok((
+            written,
+            Some(Copied {
+                pos: w.buf_pos,
+                dma,
+                len: n,
+            }),
+        ))
     }
 
     pub(super) fn spawn_flusher(log: &Rc<Log>) {
@@ -249,7 +254,7 @@ impl Log {
                     return;
                 }
                 if log.is_dirty() {
-                    let Ok(_permit) = log.io.acquire_permit(1).await else {
+                    let Ok(_permit) = log.lock_io().await else {
                         return;
                     };
                     if log.state.borrow().closed {
@@ -295,4 +300,25 @@ pub(super) fn record_sync(st: &mut State, started: Instant, covered: Option<u64>
             m.group_commit_appends.observe(n);
         }
     });
+}
+
+/// What a write-out put on the device.
+struct Written {
+    /// The active segment's data file, to sync.
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    /// The offset below which every record is on the device.
+    target: u64,
+    /// `stats.appends` when the write-out began: what a sync of it covers.
+    appends: u64,
+}
+
+/// The write-behind buffer copied for one O_DIRECT write.
+struct Copied {
+    /// The file position of the buffer's first byte (block-aligned).
+    pos: u64,
+    /// The buffer, zero-padded to whole blocks.
+    dma: DmaBuffer,
+    /// The buffer's bytes before the padding.
+    len: usize,
 }

@@ -40,14 +40,14 @@ use crate::budget::FileBudget;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::segment::{self, Segment};
+use crate::segment::Segment;
 use bytes::Bytes;
 use event_listener::Event;
-use glommio::sync::Semaphore;
+use glommio::sync::{Permit, Semaphore};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::SystemTime;
 
 /// Offsets assigned to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ struct State {
     /// A leader is writing out (and maybe syncing) on behalf of everyone; see `wait_durable`.
     io_busy: bool,
     /// Tickets of appenders waiting to append, first come first served.
-    admission: std::collections::VecDeque<u64>,
+    admission: VecDeque<u64>,
     next_ticket: u64,
     /// The highest target of any fdatasync started by a leader (in flight or done).
     sync_requested: u64,
@@ -114,6 +114,33 @@ struct State {
     /// `stats.appends` covered by the latest completed fdatasync: the next sync's
     /// group-commit batch is the difference.
     synced_appends: u64,
+}
+
+impl State {
+    /// The state of a log just opened on `segments` (sorted, the last one active).
+    fn new(segments: Vec<Segment>) -> State {
+        let lowest = segments.first().map(|s| s.base).unwrap_or(0);
+        let next = segments.last().map(|s| s.next).unwrap_or(0);
+        let term = segments.last().map(|s| s.last_term).unwrap_or(0);
+        State {
+            segments,
+            lowest,
+            next,
+            durable_next: next,
+            term,
+            latched: None,
+            exclusive: false,
+            io_busy: false,
+            admission: VecDeque::new(),
+            next_ticket: 0,
+            sync_requested: 0,
+            cut_epoch: 0,
+            cut_floor: u64::MAX,
+            closed: false,
+            stats: LogStats::default(),
+            synced_appends: 0,
+        }
+    }
 }
 
 /// One partition's log.
@@ -144,91 +171,35 @@ impl Log {
         let index_capacity = (config.segment_bytes / u64::from(config.index_interval_bytes.max(1)))
             as usize
             + limits::INDEX_ENTRIES_SLACK;
-        let bases = recovery::list_segments(&dir)?;
-        let mut segments = Vec::with_capacity(bases.len().max(1));
-        for (i, &base) in bases.iter().enumerate() {
-            let path = segment::data_path(&dir, base);
-            let md =
-                std::fs::metadata(&path).map_err(|e| Error::io("reading metadata of", &path, e))?;
-            let mut seg = Segment::new_sealed(
-                &dir,
-                base,
-                md.len(),
-                md.modified().unwrap_or(SystemTime::now()),
-            );
-            if let Some(&next_base) = bases.get(i + 1) {
-                if next_base <= base {
-                    return Err(Error::corrupt(&path, 0, "segments overlap"));
-                }
-                seg.next = next_base;
+        let mut segments = recovery::sealed_segments(&dir)?;
+        match segments.last_mut() {
+            Some(active) => {
+                let interval = u64::from(config.index_interval_bytes);
+                recovery::recover_active(active, index_capacity, interval).await?
             }
-            segments.push(seg);
+            None => {
+                let base = config.initial_offset;
+                segments.push(roll::create_segment(&dir, base, index_capacity).await?)
+            }
         }
         let log = Rc::new(Log {
-            dir: dir.clone(),
+            dir,
+            config,
             budget,
-            state: RefCell::new(State {
-                segments,
-                lowest: 0,
-                next: 0,
-                durable_next: 0,
-                term: 0,
-                latched: None,
-                exclusive: false,
-                io_busy: false,
-                admission: std::collections::VecDeque::new(),
-                next_ticket: 0,
-                sync_requested: 0,
-                cut_epoch: 0,
-                cut_floor: u64::MAX,
-                closed: false,
-                stats: LogStats::default(),
-                synced_appends: 0,
-            }),
+            state: RefCell::new(State::new(segments)),
             io: Semaphore::new(1),
             appended: Event::new(),
             io_done: Event::new(),
             index_capacity,
-            config,
         });
-        if bases.is_empty() {
-            let seg = log.create_segment(log.config.initial_offset).await?;
-            log.state.borrow_mut().segments.push(seg);
-        } else {
-            log.recover_active().await?;
-        }
-        {
-            let mut st = log.state.borrow_mut();
-            st.lowest = st.segments[0].base;
-            st.next = st.segments.last().map(|s| s.next).unwrap_or(0);
-            st.durable_next = st.next;
-            st.term = st.segments.last().map(|s| s.last_term).unwrap_or(0);
-        }
-        // An empty active segment (a crash right after a roll) knows no term: take the term
-        // of the last record, from the previous segment's index.
-        let empty_active = log
-            .state
-            .borrow()
-            .segments
-            .last()
-            .is_some_and(|s| s.is_empty());
-        if let (true, Some(last)) = (empty_active, log.highest_offset()) {
-            match log.term_of(last).await {
-                Ok(term) => log.state.borrow_mut().term = term,
-                Err(e) => log::warn!("{}: term of the last record unknown: {e}", dir.display()),
-            }
-        }
+        log.recover_term().await;
         Self::spawn_flusher(&log);
         Ok(log)
     }
 
     /// Flushes, syncs and closes the log. Later calls fail with `ShutDown`.
     pub async fn close(&self) -> Result<()> {
-        let _permit = self
-            .io
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShutDown)?;
+        let _permit = self.lock_io().await?;
         let r = if self.state.borrow().latched.is_none() && !self.state.borrow().closed {
             self.write_out_inner(true).await
         } else {
@@ -286,6 +257,12 @@ impl Log {
 
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// Takes `io`, the one permit to touch the active segment's files. The semaphore is never
+    /// closed, so a failure can only mean the log is going away.
+    async fn lock_io(&self) -> Result<Permit<'_>> {
+        self.io.acquire_permit(1).await.map_err(|_| Error::ShutDown)
     }
 
     fn check_writable(&self, st: &State) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::index::Index;
 use crate::limits;
 use crate::segment;
 use bytes::Bytes;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 impl Log {
@@ -72,12 +72,12 @@ impl Log {
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
         let end = self.readable_from(from)?;
-        let (batches, _) = self.read_batches(from, max_bytes, max_records, end).await?;
+        let batches = self.read_batches(from, max_bytes, max_records, end).await?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        'batches: for (header, pos, path, data) in batches {
-            let records = batch::decode_records(&header, &data).ok_or_else(|| {
-                Error::corrupt(&path, pos, "records do not add up to the batch length")
+        'batches: for b in batches {
+            let records = batch::decode_records(&b.header, &b.bytes).ok_or_else(|| {
+                Error::corrupt(&b.path, b.pos, "records do not add up to the batch length")
             })?;
             for r in records {
                 if r.offset < from {
@@ -249,128 +249,190 @@ impl Log {
     }
 
     /// Reads whole, checked batches starting with the one that holds `from`, until about
-    /// `max_bytes` or `max_records` (at least one batch).
-    #[allow(clippy::type_complexity)]
+    /// `max_bytes` or `max_records`, or `end` (at least one batch).
     pub(super) async fn read_batches(
         &self,
         from: u64,
         max_bytes: usize,
         max_records: usize,
         end: u64,
-    ) -> Result<(Vec<(Header, u64, PathBuf, Bytes)>, u64)> {
-        let mut out: Vec<(Header, u64, PathBuf, Bytes)> = Vec::new();
-        let mut want = from;
-        let mut bytes = 0usize;
-        let mut records = 0usize;
+    ) -> Result<Vec<StoredBatch>> {
         let window = max_bytes.clamp(limits::READ_WINDOW_BYTES_MIN, limits::READ_WINDOW_BYTES_MAX)
             + self.config.index_interval_bytes as usize;
+        let mut c = Collect {
+            out: Vec::new(),
+            want: from,
+            bytes: 0,
+            records: 0,
+            max_bytes,
+            max_records,
+            end,
+            window,
+        };
         loop {
-            if want >= end && !out.is_empty() {
+            if c.want >= end && !c.out.is_empty() {
                 break;
             }
-            let base = match self.segment_for(want) {
+            let base = match self.segment_for(c.want) {
                 Ok(b) => b,
-                Err(e) if out.is_empty() => return Err(e),
+                Err(e) if c.out.is_empty() => return Err(e),
                 Err(_) => break,
             };
             self.ensure_open(base).await?;
-            let (path, index_path, mut pos, size) = {
-                let st = self.state.borrow();
-                let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(want))?;
-                let slot = seg.slot.borrow();
-                let index = match (&seg.writer, slot.as_ref()) {
-                    (Some(w), _) => &w.index,
-                    (None, Some(f)) => &f.index,
-                    (None, None) => return Err(Error::ShutDown),
-                };
-                let (_, entry) = index.lookup((want - seg.base) as u32).ok_or_else(|| {
-                    Error::corrupt(
-                        &seg.index_path,
-                        0,
-                        format!("no index entry covers offset {want}"),
-                    )
-                })?;
-                (
-                    seg.data_path.clone(),
-                    seg.index_path.clone(),
-                    u64::from(entry.position),
-                    seg.size,
-                )
-            };
-            let (mut chunk_pos, mut chunk) = (pos, Bytes::new());
-            let before = want;
-            while pos < size {
-                if pos + HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
-                    chunk = self.fetch(base, pos, window).await?;
-                    chunk_pos = pos;
-                }
-                let at = (pos - chunk_pos) as usize;
-                let header = match batch::parse_header(&chunk[at..]) {
-                    Parsed::Header(h) => h,
-                    Parsed::End => {
-                        return Err(Error::corrupt(
-                            &path,
-                            pos,
-                            "zeroes where a batch was expected",
-                        ))
-                    }
-                    Parsed::Invalid(why) => return Err(Error::corrupt(&path, pos, why)),
-                };
-                let len = header.batch_len();
-                let batch_pos = pos;
-                if header.next_offset() <= want {
-                    // Before the offset asked for: skip without reading its body. Whatever is
-                    // returned is still checked (CRC and offset continuity) below.
-                    pos += len as u64;
-                    continue;
-                }
-                if header.base_offset > want {
-                    return Err(Error::corrupt(
-                        &path,
-                        batch_pos,
-                        format!(
-                            "batch starts at offset {} where {want} was expected",
-                            header.base_offset
-                        ),
-                    ));
-                }
-                if !out.is_empty() && bytes + len > max_bytes {
-                    return Ok((out, want));
-                }
-                if pos + len as u64 > chunk_pos + chunk.len() as u64 {
-                    let need = len.max(max_bytes.saturating_sub(bytes).min(window));
-                    chunk = self.fetch(base, pos, need).await?;
-                    chunk_pos = pos;
-                    if chunk.len() < len {
-                        return Err(Error::corrupt(
-                            &path,
-                            pos,
-                            "batch runs past the end of the segment",
-                        ));
-                    }
-                }
-                let at = (pos - chunk_pos) as usize;
-                let data = chunk.slice(at..at + len);
-                if !batch::crc_ok(&header, &data) {
-                    return Err(Error::corrupt(&path, pos, "checksum mismatch"));
-                }
-                pos += len as u64;
-                bytes += len;
-                records += (header.next_offset() - want) as usize;
-                want = header.next_offset();
-                out.push((header, batch_pos, path.clone(), data));
-                if bytes >= max_bytes || records >= max_records || want >= end {
-                    return Ok((out, want));
-                }
-            }
-            if want == before {
-                return Err(Error::corrupt(
-                    &index_path,
-                    0,
-                    format!("offset {want} is not in the segment its index points to"),
-                ));
+            if self.read_segment(base, &mut c).await? {
+                break;
             }
         }
-        Ok((out, want))
+        Ok(c.out)
+    }
+
+    /// Collects batches of segment `base` from the one holding `c.want`; true once `c` has
+    /// all it asked for.
+    async fn read_segment(&self, base: u64, c: &mut Collect) -> Result<bool> {
+        let (path, index_path, mut pos, size) = self.locate(base, c.want)?;
+        let (mut chunk_pos, mut chunk) = (pos, Bytes::new());
+        let before = c.want;
+        while pos < size {
+            if pos + HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
+                chunk = self.fetch(base, pos, c.window).await?;
+                chunk_pos = pos;
+            }
+            let header = header_at(&chunk[(pos - chunk_pos) as usize..], &path, pos)?;
+            let len = header.batch_len();
+            if header.next_offset() <= c.want {
+                // Before the offset asked for: skip without reading its body. Whatever is
+                // returned is still checked (CRC and offset continuity) below.
+                pos += len as u64;
+                continue;
+            }
+            if header.base_offset > c.want {
+                return Err(Error::corrupt(
+                    &path,
+                    pos,
+                    format!(
+                        "batch starts at offset {} where {} was expected",
+                        header.base_offset, c.want
+                    ),
+                ));
+            }
+            if !c.out.is_empty() && c.bytes + len > c.max_bytes {
+                return Ok(true);
+            }
+            if pos + len as u64 > chunk_pos + chunk.len() as u64 {
+                let need = len.max(c.max_bytes.saturating_sub(c.bytes).min(c.window));
+                chunk = self.fetch(base, pos, need).await?;
+                chunk_pos = pos;
+                if chunk.len() < len {
+                    return Err(Error::corrupt(
+                        &path,
+                        pos,
+                        "batch runs past the end of the segment",
+                    ));
+                }
+            }
+            let at = (pos - chunk_pos) as usize;
+            let bytes = chunk.slice(at..at + len);
+            if !batch::crc_ok(&header, &bytes) {
+                return Err(Error::corrupt(&path, pos, "checksum mismatch"));
+            }
+            c.push(StoredBatch {
+                header,
+                pos,
+                path: path.clone(),
+                bytes,
+            });
+            pos += len as u64;
+            if c.done() {
+                return Ok(true);
+            }
+        }
+        if c.want == before {
+            return Err(Error::corrupt(
+                &index_path,
+                0,
+                format!(
+                    "offset {} is not in the segment its index points to",
+                    c.want
+                ),
+            ));
+        }
+        Ok(false)
+    }
+
+    /// Where to start reading segment `base` for `offset`: its data and index paths, the
+    /// position its index gives for the batch holding `offset` (or one before it), its size.
+    fn locate(&self, base: u64, offset: u64) -> Result<(PathBuf, PathBuf, u64, u64)> {
+        let st = self.state.borrow();
+        let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(offset))?;
+        let slot = seg.slot.borrow();
+        let index = match (&seg.writer, slot.as_ref()) {
+            (Some(w), _) => &w.index,
+            (None, Some(f)) => &f.index,
+            (None, None) => return Err(Error::ShutDown),
+        };
+        let (_, entry) = index.lookup((offset - seg.base) as u32).ok_or_else(|| {
+            Error::corrupt(
+                &seg.index_path,
+                0,
+                format!("no index entry covers offset {offset}"),
+            )
+        })?;
+        Ok((
+            seg.data_path.clone(),
+            seg.index_path.clone(),
+            u64::from(entry.position),
+            seg.size,
+        ))
+    }
+}
+
+/// A whole, checked batch as stored, and where it is.
+pub(super) struct StoredBatch {
+    pub(super) header: Header,
+    /// Byte position in the data file.
+    pub(super) pos: u64,
+    /// The data file.
+    pub(super) path: PathBuf,
+    /// The batch, header included, in the on-disk format.
+    pub(super) bytes: Bytes,
+}
+
+/// What a read has collected so far, and where it stops.
+struct Collect {
+    out: Vec<StoredBatch>,
+    /// The next offset the read wants.
+    want: u64,
+    bytes: usize,
+    records: usize,
+    max_bytes: usize,
+    max_records: usize,
+    end: u64,
+    /// Bytes a DMA read asks for.
+    window: usize,
+}
+
+impl Collect {
+    fn push(&mut self, b: StoredBatch) {
+        self.bytes += b.bytes.len();
+        self.records += (b.header.next_offset() - self.want) as usize;
+        self.want = b.header.next_offset();
+        self.out.push(b);
+    }
+
+    fn done(&self) -> bool {
+        self.bytes >= self.max_bytes || self.records >= self.max_records || self.want >= self.end
+    }
+}
+
+/// The header of the batch at the start of `bytes` (at `pos` in `path`).
+fn header_at(bytes: &[u8], path: &Path, pos: u64) -> Result<Header> {
+    match batch::parse_header(bytes) {
+        Parsed::Header(h) => Ok(h),
+        Parsed::End => Err(Error::corrupt(
+            path,
+            pos,
+            "zeroes where a batch was expected",
+        )),
+        Parsed::Invalid(why) => Err(Error::corrupt(path, pos, why)),
     }
 }

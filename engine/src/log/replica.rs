@@ -4,17 +4,41 @@
 
 use super::admission::Payload;
 use super::{Appended, Log, RawBatches};
-use crate::batch::{self, Parsed};
+use crate::batch::{self, Header, Parsed};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::meta;
 use bytes::Bytes;
+use std::ops::Range;
 use std::rc::Rc;
 
 impl Log {
     /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
     /// is checked (CRC, continuity with the log's next offset) before anything is written.
     pub async fn append_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
+        let batches = self.check_raw(bytes)?;
+        let mut result: Option<Appended> = None;
+        for (header, range) in batches {
+            let a = self
+                .append_payload(Payload::Raw {
+                    header,
+                    bytes: &bytes[range],
+                })
+                .await?;
+            result = Some(Appended {
+                base_offset: result.map(|r| r.base_offset).unwrap_or(a.base_offset),
+                last_offset: a.last_offset,
+            });
+        }
+        match result {
+            Some(a) => self.after_append(a).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Splits `bytes` into whole batches, each checked (header, CRC, size) and continuing the
+    /// offsets of the one before, the first continuing the log.
+    fn check_raw(&self, bytes: &[u8]) -> Result<Vec<(Header, Range<usize>)>> {
         let mut pos = 0usize;
         let mut expect = self.next_offset();
         let mut batches = Vec::new();
@@ -47,41 +71,31 @@ impl Log {
                 });
             }
             expect = header.next_offset();
-            batches.push((header, pos, end));
+            batches.push((header, pos..end));
             pos = end;
         }
-        let mut result: Option<Appended> = None;
-        for (header, start, end) in batches {
-            let a = self
-                .append_payload(Payload::Raw {
-                    header,
-                    bytes: &bytes[start..end],
-                })
-                .await?;
-            result = Some(Appended {
-                base_offset: result.map(|r| r.base_offset).unwrap_or(a.base_offset),
-                last_offset: a.last_offset,
-            });
-        }
-        match result {
-            Some(a) => self.after_append(a).await.map(Some),
-            None => Ok(None),
-        }
+        Ok(batches)
     }
 
     /// Reads whole batches in the on-disk format from the batch holding `from`, up to about
     /// `max_bytes` (at least one batch).
     pub async fn read_raw(&self, from: u64, max_bytes: usize) -> Result<RawBatches> {
         let end = self.readable_from(from)?;
-        let (batches, _) = self.read_batches(from, max_bytes, usize::MAX, end).await?;
-        let first_offset = batches.first().map(|b| b.0.base_offset).unwrap_or(from);
-        let next_offset = batches.last().map(|b| b.0.next_offset()).unwrap_or(from);
+        let batches = self.read_batches(from, max_bytes, usize::MAX, end).await?;
+        let first_offset = batches
+            .first()
+            .map(|b| b.header.base_offset)
+            .unwrap_or(from);
+        let next_offset = batches
+            .last()
+            .map(|b| b.header.next_offset())
+            .unwrap_or(from);
         let bytes = if batches.len() == 1 {
-            batches[0].3.clone()
+            batches[0].bytes.clone()
         } else {
-            let mut v = Vec::with_capacity(batches.iter().map(|b| b.3.len()).sum());
+            let mut v = Vec::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
             for b in &batches {
-                v.extend_from_slice(&b.3);
+                v.extend_from_slice(&b.bytes);
             }
             Bytes::from(v)
         };

@@ -11,11 +11,7 @@ impl Log {
     /// Removes every whole segment whose records all have offsets <= `lowest` (the book's
     /// `Truncate`). The active segment is never removed.
     pub async fn truncate_prefix(&self, lowest: u64) -> Result<Removed> {
-        let _permit = self
-            .io
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShutDown)?;
+        let _permit = self.lock_io().await?;
         self.remove_prefix_while(|seg, _| {
             seg.next <= lowest.saturating_add(1) && seg.next > seg.base
         })
@@ -28,11 +24,7 @@ impl Log {
         if max_bytes == 0 && max_age == 0 {
             return Ok(Removed::default());
         }
-        let _permit = self
-            .io
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShutDown)?;
+        let _permit = self.lock_io().await?;
         let cutoff = now.checked_sub(Duration::from_millis(max_age));
         self.remove_prefix_while(|seg, total| {
             (max_bytes > 0 && total > max_bytes)

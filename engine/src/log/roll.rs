@@ -7,33 +7,40 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::meta;
 use crate::segment::{self, Segment, Writer};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use super::commit::record_sync;
 
-impl Log {
-    pub(super) async fn create_segment(&self, base: u64) -> Result<Segment> {
-        let data_path = segment::data_path(&self.dir, base);
-        let index_path = segment::index_path(&self.dir, base);
-        let data = segment::open_dma(&data_path, true).await?;
-        data.truncate(0)
-            .await
-            .map_err(|e| Error::glommio("truncating new data file", &data_path, e))?;
-        let index = Index::open(&index_path, self.index_capacity)?;
-        meta::sync_dir(&self.dir)?;
-        let mut seg = Segment::new_sealed(&self.dir, base, 0, SystemTime::now());
-        seg.writer = Some(Writer {
-            data: Rc::new(data),
-            index,
-            buf_pos: 0,
-            buf: Vec::new(),
-            written: 0,
-            since_index: 0,
-        });
-        Ok(seg)
-    }
+/// Creates the files of a new, empty active segment at `base` in `dir`, durably (the
+/// directory is synced).
+pub(super) async fn create_segment(
+    dir: &Path,
+    base: u64,
+    index_capacity: usize,
+) -> Result<Segment> {
+    let data_path = segment::data_path(dir, base);
+    let index_path = segment::index_path(dir, base);
+    let data = segment::open_dma(&data_path, true).await?;
+    data.truncate(0)
+        .await
+        .map_err(|e| Error::glommio("truncating new data file", &data_path, e))?;
+    let index = Index::open(&index_path, index_capacity)?;
+    meta::sync_dir(dir)?;
+    let mut seg = Segment::new_sealed(dir, base, 0, SystemTime::now());
+    seg.writer = Some(Writer {
+        data: Rc::new(data),
+        index,
+        buf_pos: 0,
+        buf: Vec::new(),
+        written: 0,
+        since_index: 0,
+    });
+    Ok(seg)
+}
 
+impl Log {
     /// Seals the active segment (everything written and synced, index cut to size) and starts
     /// a new one at the next offset. Caller holds `io`.
     pub(super) async fn roll_locked(&self, len: u64) -> Result<()> {
@@ -78,7 +85,7 @@ impl Log {
             .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
         record_sync(&mut self.state.borrow_mut(), sync_started, None);
         w.index.seal()?;
-        let new = self.create_segment(next).await?;
+        let new = create_segment(&self.dir, next, self.index_capacity).await?;
         let mut st = self.state.borrow_mut();
         if let Some(seg) = st.segments.last_mut() {
             self.budget

@@ -6,20 +6,21 @@
 use super::Log;
 use crate::batch;
 use crate::error::{Error, Result};
+use crate::index::Index;
 use crate::segment::{self, align_down, align_up, Segment, Writer};
+use glommio::io::DmaFile;
+use std::path::Path;
+use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use super::commit::record_sync;
+use super::roll::create_segment;
 
 impl Log {
     /// Drops every record after `last_kept` (Raft: a follower's log conflicts with its
     /// leader's). The cut is durable when this returns.
     pub async fn truncate_suffix(&self, last_kept: u64) -> Result<()> {
-        let _permit = self
-            .io
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShutDown)?;
+        let _permit = self.lock_io().await?;
         let new_next = last_kept.saturating_add(1);
         {
             let st = self.state.borrow();
@@ -51,37 +52,84 @@ impl Log {
     async fn truncate_suffix_inner(&self, new_next: u64) -> Result<()> {
         // Make the device match memory first, so the cut below works on the files only.
         self.write_out_inner(false).await?;
+        // The segment the cut falls in: it becomes the active segment again.
         let t = {
             let st = self.state.borrow();
             st.segments.partition_point(|s| s.base < new_next).max(1) - 1
         };
-        let t_base = self.state.borrow().segments[t].base;
-        self.ensure_open(t_base).await?;
-        let (base, path) = {
-            let st = self.state.borrow();
-            (st.segments[t].base, st.segments[t].data_path.clone())
+        let base = self.state.borrow().segments[t].base;
+        self.ensure_open(base).await?;
+        let path = self.state.borrow().segments[t].data_path.clone();
+        let cut = self.cut_point(base, &path, new_next).await?;
+        let (data, mut index) = self.take_files_from(t)?;
+        index.reopen_for_append(self.index_capacity)?;
+        let keep_entries = match (new_next - base).checked_sub(1) {
+            Some(rel) => index.lookup(rel as u32).map(|(i, _)| i + 1).unwrap_or(0),
+            None => 0,
         };
-        // Where the cut falls: after a whole batch, or inside one that must be re-encoded.
-        let (cut_pos, rewritten) = if new_next == base {
-            (0u64, None)
-        } else {
-            let (batches, _) = self.read_batches(new_next - 1, 1, 1, u64::MAX).await?;
-            let (h, pos, _, data) = batches
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::corrupt(&path, 0, "batch holding the cut point not found"))?;
-            if h.next_offset() == new_next {
-                (pos + h.batch_len() as u64, None)
-            } else {
-                let keep = (new_next - h.base_offset) as u32;
-                let bytes = batch::truncate_batch(&h, &data, keep).ok_or_else(|| {
-                    Error::corrupt(&path, pos, "records do not add up to the batch length")
-                })?;
-                (pos + bytes.len() as u64, Some((pos, bytes)))
-            }
-        };
-        // Drop later segments (the active one too when the cut is before it) and take segment
-        // t's files to make it the active segment again.
+        index.truncate(keep_entries);
+        let tail = self.cut_data_file(&data, &path, &cut).await?;
+        index.flush()?;
+        let since_index = index
+            .last()
+            .map(|e| cut.end - u64::from(e.position))
+            .unwrap_or(0);
+        let last_term = index.last().map(|e| e.term).unwrap_or(0);
+        let mut st = self.state.borrow_mut();
+        let seg = &mut st.segments[t];
+        seg.size = cut.end;
+        seg.next = new_next;
+        seg.last_term = last_term;
+        seg.modified = SystemTime::now();
+        seg.writer = Some(Writer {
+            data,
+            index,
+            buf_pos: align_down(cut.end),
+            buf: tail,
+            written: cut.end,
+            since_index,
+        });
+        st.next = new_next;
+        st.durable_next = st.durable_next.min(new_next);
+        st.sync_requested = st.durable_next;
+        st.lowest = st.segments[0].base;
+        Ok(())
+    }
+
+    /// Where a cut before `new_next` falls in segment `base` (data file `path`): after a whole
+    /// batch, or inside one that must be re-encoded.
+    async fn cut_point(&self, base: u64, path: &Path, new_next: u64) -> Result<Cut> {
+        if new_next == base {
+            return Ok(Cut {
+                end: 0,
+                rewritten: None,
+            });
+        }
+        let b = self
+            .read_batches(new_next - 1, 1, 1, u64::MAX)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::corrupt(path, 0, "batch holding the cut point not found"))?;
+        if b.header.next_offset() == new_next {
+            return Ok(Cut {
+                end: b.pos + b.header.batch_len() as u64,
+                rewritten: None,
+            });
+        }
+        let keep = (new_next - b.header.base_offset) as u32;
+        let bytes = batch::truncate_batch(&b.header, &b.bytes, keep).ok_or_else(|| {
+            Error::corrupt(path, b.pos, "records do not add up to the batch length")
+        })?;
+        Ok(Cut {
+            end: b.pos + bytes.len() as u64,
+            rewritten: Some((b.pos, bytes)),
+        })
+    }
+
+    /// Drops the segments after segment `t` (the active one too when the cut is before it)
+    /// and takes segment `t`'s files, to make it the active segment again.
+    fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
         let (doomed, taken) = {
             let mut st = self.state.borrow_mut();
             let doomed: Vec<Segment> = st.segments.drain(t + 1..).collect();
@@ -96,19 +144,18 @@ impl Log {
             seg.writer = None;
             self.delete_segment_files(seg)?;
         }
-        let (data, mut index) = taken.ok_or(Error::ShutDown)?;
-        index.reopen_for_append(self.index_capacity)?;
-        let keep_entries = match (new_next - base).checked_sub(1) {
-            Some(rel) => index.lookup(rel as u32).map(|(i, _)| i + 1).unwrap_or(0),
-            None => 0,
-        };
-        index.truncate(keep_entries);
-        // Rewrite from the block holding the first changed byte: the bytes before it in that
-        // block, then the re-encoded batch if any, zero-padded; then drop everything after.
-        let changed = rewritten.as_ref().map(|(p, _)| *p).unwrap_or(cut_pos);
+        taken.ok_or(Error::ShutDown)
+    }
+
+    /// Rewrites the data file from the block holding the first changed byte (the bytes
+    /// before it in that block, then the re-encoded batch if any, zero-padded), drops
+    /// everything after the cut, and syncs. Returns the bytes of the block holding the new
+    /// end, before it: the new write-behind buffer.
+    async fn cut_data_file(&self, data: &DmaFile, path: &Path, cut: &Cut) -> Result<Vec<u8>> {
+        let changed = cut.rewritten.as_ref().map(|(p, _)| *p).unwrap_or(cut.end);
         let w0 = align_down(changed);
         let mut content = if changed > w0 {
-            segment::read_at(&data, &path, w0, (changed - w0) as usize)
+            segment::read_at(data, path, w0, (changed - w0) as usize)
                 .await?
                 .to_vec()
         } else {
@@ -116,63 +163,33 @@ impl Log {
         };
         if content.len() as u64 != changed - w0 {
             return Err(Error::corrupt(
-                &path,
+                path,
                 w0,
                 "data file ends before the cut point",
             ));
         }
-        if let Some((_, bytes)) = &rewritten {
+        if let Some((_, bytes)) = &cut.rewritten {
             content.extend_from_slice(bytes);
         }
-        segment::rewrite_tail(&data, &path, w0, &content).await?;
-        data.truncate(align_up(cut_pos))
+        segment::rewrite_tail(data, path, w0, &content).await?;
+        data.truncate(align_up(cut.end))
             .await
-            .map_err(|e| Error::glommio("cutting", &path, e))?;
+            .map_err(|e| Error::glommio("cutting", path, e))?;
         let sync_started = Instant::now();
         data.fdatasync()
             .await
-            .map_err(|e| Error::glommio("syncing", &path, e))?;
+            .map_err(|e| Error::glommio("syncing", path, e))?;
         record_sync(&mut self.state.borrow_mut(), sync_started, None);
-        index.flush()?;
-        let buf_pos = align_down(cut_pos);
-        let buf = content
-            .get((buf_pos - w0) as usize..)
+        Ok(content
+            .get((align_down(cut.end) - w0) as usize..)
             .map(|b| b.to_vec())
-            .unwrap_or_default();
-        let since_index = index
-            .last()
-            .map(|e| cut_pos - u64::from(e.position))
-            .unwrap_or(0);
-        let last_term = index.last().map(|e| e.term).unwrap_or(0);
-        let mut st = self.state.borrow_mut();
-        let seg = &mut st.segments[t];
-        seg.size = cut_pos;
-        seg.next = new_next;
-        seg.last_term = last_term;
-        seg.modified = SystemTime::now();
-        seg.writer = Some(Writer {
-            data,
-            index,
-            buf_pos,
-            buf,
-            written: cut_pos,
-            since_index,
-        });
-        st.next = new_next;
-        st.durable_next = st.durable_next.min(new_next);
-        st.sync_requested = st.durable_next;
-        st.lowest = st.segments[0].base;
-        Ok(())
+            .unwrap_or_default())
     }
 
     /// Removes every segment and starts empty at `next_offset` (also the first step of
     /// installing a snapshot).
     pub async fn reset(&self, next_offset: u64) -> Result<()> {
-        let _permit = self
-            .io
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::ShutDown)?;
+        let _permit = self.lock_io().await?;
         let old_lowest = self.state.borrow().lowest;
         let _exclusive = self.exclusive();
         let r = self.reset_inner(next_offset).await;
@@ -191,7 +208,7 @@ impl Log {
             seg.writer = None;
             self.delete_segment_files(seg)?;
         }
-        let seg = self.create_segment(next_offset).await?;
+        let seg = create_segment(&self.dir, next_offset, self.index_capacity).await?;
         let mut st = self.state.borrow_mut();
         st.segments.push(seg);
         st.lowest = next_offset;
@@ -201,4 +218,12 @@ impl Log {
         st.sync_requested = next_offset;
         Ok(())
     }
+}
+
+/// Where a cut falls in its segment's data file.
+struct Cut {
+    /// The data file's length after the cut.
+    end: u64,
+    /// A batch re-encoded without the records after the cut, and its position.
+    rewritten: Option<(u64, Vec<u8>)>,
 }
