@@ -53,7 +53,7 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            let mut st = self.log.state.borrow_mut();
+            let mut st = self.log.state_mut();
             if st.admission.front() == Some(&id) {
                 st.admission.pop_front();
             } else {
@@ -190,7 +190,7 @@ impl Log {
         };
         loop {
             let need = {
-                let mut st = self.state.borrow_mut();
+                let mut st = self.state_mut();
                 self.check_writable(&st)?;
                 match self.need(&st, &ticket, len)? {
                     Some(need) => {

@@ -77,7 +77,7 @@ impl Log {
             }
         };
         {
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             st.sync_requested = st.sync_requested.max(target);
         }
         let sync_started = Instant::now();
@@ -86,7 +86,7 @@ impl Log {
             .await
             .map_err(|e| Error::glommio("syncing", &path, e));
         {
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             if r.is_ok() {
                 st.stats.fdatasyncs += 1;
                 record_sync(&mut st, sync_started, Some(appends));
@@ -115,11 +115,11 @@ impl Log {
         struct Busy<'a>(&'a Log);
         impl Drop for Busy<'_> {
             fn drop(&mut self) {
-                self.0.state.borrow_mut().io_busy = false;
+                self.0.state_mut().io_busy = false;
                 self.0.io_done.notify(usize::MAX);
             }
         }
-        self.state.borrow_mut().io_busy = true;
+        self.state_mut().io_busy = true;
         Busy(self)
     }
 
@@ -166,7 +166,7 @@ impl Log {
             file.fdatasync()
                 .await
                 .map_err(|e| Error::glommio("syncing", &path, e))?;
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             st.stats.fdatasyncs += 1;
             record_sync(&mut st, sync_started, Some(appends));
             st.durable_next = st.durable_next.max(target);
@@ -197,7 +197,7 @@ impl Log {
                     ),
                 ));
             }
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             st.stats.writes += 1;
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
             let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
@@ -212,7 +212,7 @@ impl Log {
     /// What a write-out will have written, and unless everything is written already, the
     /// buffer copied into an aligned DMA buffer, with its file position and length.
     fn copy_out(&self) -> Result<(Written, Option<Copied>)> {
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         self.check_writable(&st)?;
         let target = st.next;
         let appends = st.stats.appends;

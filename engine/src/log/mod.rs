@@ -18,15 +18,23 @@
 //! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
 //! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files).
 //!
-//! Invariants (checked where cheap):
-//! - `segments` is non-empty, sorted by base, contiguous (`s[i].next == s[i+1].base`), and only
-//!   the last segment has a writer.
-//! - `lowest == segments[0].base`, `next == last.next`, `durable_next <= next`.
-//! - Bytes of the active segment before `writer.buf_pos` are on the device; bytes from it on
-//!   are in `writer.buf` (which may also have reached the device).
+//! Invariants of the state, checked in debug builds at the end of every change
+//! (`invariants.rs`):
+//! - `segments` is sorted by base and contiguous (`s[i].next == s[i+1].base`); only the last
+//!   segment may have a writer; `lowest == segments[0].base`; `durable_next <= next`.
+//! - Bytes of the active segment before `writer.buf_pos` (block-aligned) are on the device;
+//!   bytes from it on are in `writer.buf` (which may also have reached the device), up to the
+//!   segment's size: `buf_pos <= written <= size == buf_pos + buf.len()`.
+//! - A healthy log (not latched, no roll, truncation or reset under way) has segments,
+//!   `next == last.next`, and unless closed the last segment has a writer. A rebuild under
+//!   way (`exclusive`) or one that failed (which latches the log) may leave no segments
+//!   (a reset between deleting and creating), a last segment without a writer, or `next`
+//!   past the last segment (a truncation cut short); a latched log serves what reads still
+//!   find and refuses writes until it is reopened.
 
 mod admission;
 mod commit;
+mod invariants;
 mod read;
 mod recovery;
 mod replica;
@@ -205,7 +213,7 @@ impl Log {
         } else {
             Ok(())
         };
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         st.closed = true;
         for seg in st.segments.iter_mut() {
             if let Some(w) = seg.writer.take() {
@@ -279,7 +287,7 @@ impl Log {
     }
 
     fn latch(&self, e: &Error) {
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         if st.latched.is_none() {
             log::error!("{}: latching into read-only state: {e}", self.dir.display());
             st.latched = Some(e.to_string());
@@ -292,10 +300,10 @@ impl Log {
         struct Exclusive<'a>(&'a Log);
         impl Drop for Exclusive<'_> {
             fn drop(&mut self) {
-                self.0.state.borrow_mut().exclusive = false;
+                self.0.state_mut().exclusive = false;
             }
         }
-        self.state.borrow_mut().exclusive = true;
+        self.state_mut().exclusive = true;
         Exclusive(self)
     }
 }

@@ -129,7 +129,7 @@ impl Log {
             return;
         };
         match self.term_of(last).await {
-            Ok(term) => self.state.borrow_mut().term = term,
+            Ok(term) => self.state_mut().term = term,
             Err(e) => log::warn!(
                 "{}: term of the last record unknown: {e}",
                 self.dir.display()

@@ -108,7 +108,7 @@ impl Log {
 
     /// Sets the term stamped on later `append`s.
     pub fn set_term(&self, term: u64) {
-        self.state.borrow_mut().term = term;
+        self.state_mut().term = term;
     }
 
     /// Writes a small metadata file in the log's directory atomically (Raft's hard state).

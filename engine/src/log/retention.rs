@@ -36,7 +36,7 @@ impl Log {
         let mut removed = Removed::default();
         let mut doomed = Vec::new();
         {
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
             while st.segments.len() > 1 && pred(&st.segments[0], total) {
                 let seg = st.segments.remove(0);

@@ -54,19 +54,20 @@ impl Log {
                 return Ok(());
             }
         }
-        let _exclusive = self.exclusive();
+        let exclusive = self.exclusive();
         let r = self.roll_inner().await;
-        self.state.borrow_mut().exclusive = false;
+        // Latch before the rebuild ends: a roll cut short leaves no writer.
         if let Err(e) = &r {
             self.latch(e);
         }
+        drop(exclusive);
         r
     }
 
     async fn roll_inner(&self) -> Result<()> {
         self.write_out_inner(true).await?;
         let (writer, size, path, next) = {
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             let next = st.next;
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
             (seg.writer.take(), seg.size, seg.data_path.clone(), next)
@@ -83,10 +84,10 @@ impl Log {
             .fdatasync()
             .await
             .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
-        record_sync(&mut self.state.borrow_mut(), sync_started, None);
+        record_sync(&mut self.state_mut(), sync_started, None);
         w.index.seal()?;
         let new = create_segment(&self.dir, next, self.index_capacity).await?;
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         if let Some(seg) = st.segments.last_mut() {
             self.budget
                 .install(&seg.slot, OpenFiles::new(w.data, w.index));

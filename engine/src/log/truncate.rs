@@ -35,17 +35,18 @@ impl Log {
                 )));
             }
         }
-        let _exclusive = self.exclusive();
+        let exclusive = self.exclusive();
         let r = self.truncate_suffix_inner(new_next).await;
-        {
-            let mut st = self.state.borrow_mut();
-            st.exclusive = false;
-            st.cut_epoch += 1;
-            st.cut_floor = st.cut_floor.min(new_next);
-        }
+        // Latch before the rebuild ends: a truncation cut short may leave no writer.
         if let Err(e) = &r {
             self.latch(e);
         }
+        {
+            let mut st = self.state_mut();
+            st.cut_epoch += 1;
+            st.cut_floor = st.cut_floor.min(new_next);
+        }
+        drop(exclusive);
         r
     }
 
@@ -75,7 +76,7 @@ impl Log {
             .map(|e| cut.end - u64::from(e.position))
             .unwrap_or(0);
         let last_term = index.last().map(|e| e.term).unwrap_or(0);
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         let seg = &mut st.segments[t];
         seg.size = cut.end;
         seg.next = new_next;
@@ -131,7 +132,7 @@ impl Log {
     /// and takes segment `t`'s files, to make it the active segment again.
     fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
         let (doomed, taken) = {
-            let mut st = self.state.borrow_mut();
+            let mut st = self.state_mut();
             let doomed: Vec<Segment> = st.segments.drain(t + 1..).collect();
             let seg = &mut st.segments[t];
             let taken = match seg.writer.take() {
@@ -179,7 +180,7 @@ impl Log {
         data.fdatasync()
             .await
             .map_err(|e| Error::glommio("syncing", path, e))?;
-        record_sync(&mut self.state.borrow_mut(), sync_started, None);
+        record_sync(&mut self.state_mut(), sync_started, None);
         Ok(content
             .get((align_down(cut.end) - w0) as usize..)
             .map(|b| b.to_vec())
@@ -193,7 +194,7 @@ impl Log {
         let old_lowest = self.state.borrow().lowest;
         let _exclusive = self.exclusive();
         let r = self.reset_inner(next_offset).await;
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         st.exclusive = false;
         st.cut_epoch += 1;
         st.cut_floor = st.cut_floor.min(next_offset).min(old_lowest);
@@ -203,13 +204,13 @@ impl Log {
     }
 
     async fn reset_inner(&self, next_offset: u64) -> Result<()> {
-        let doomed: Vec<Segment> = std::mem::take(&mut self.state.borrow_mut().segments);
+        let doomed: Vec<Segment> = std::mem::take(&mut self.state_mut().segments);
         for mut seg in doomed {
             seg.writer = None;
             self.delete_segment_files(seg)?;
         }
         let seg = create_segment(&self.dir, next_offset, self.index_capacity).await?;
-        let mut st = self.state.borrow_mut();
+        let mut st = self.state_mut();
         st.segments.push(seg);
         st.lowest = next_offset;
         st.next = next_offset;
