@@ -45,7 +45,10 @@ impl Log {
                 removed.bytes += seg.size;
                 doomed.push(seg);
             }
-            st.lowest = st.segments[0].base;
+            // A latched log may have no segments left (a reset that failed midway).
+            if let Some(first) = st.segments.first() {
+                st.lowest = first.base;
+            }
         }
         for seg in doomed {
             self.delete_segment_files(seg)?;

@@ -188,17 +188,24 @@ impl Log {
     }
 
     /// Removes every segment and starts empty at `next_offset` (also the first step of
-    /// installing a snapshot).
+    /// installing a snapshot). A reset that fails latches the log; one that succeeds clears
+    /// an earlier latch, as the files the latch distrusted are gone.
     pub async fn reset(&self, next_offset: u64) -> Result<()> {
         let _permit = self.lock_io().await?;
         let old_lowest = self.state.borrow().lowest;
-        let _exclusive = self.exclusive();
+        let exclusive = self.exclusive();
         let r = self.reset_inner(next_offset).await;
-        let mut st = self.state_mut();
-        st.exclusive = false;
-        st.cut_epoch += 1;
-        st.cut_floor = st.cut_floor.min(next_offset).min(old_lowest);
-        drop(st);
+        // A reset cut short has deleted some or all of the segments and may have none to
+        // write to: latch before the rebuild ends.
+        if let Err(e) = &r {
+            self.latch(e);
+        }
+        {
+            let mut st = self.state_mut();
+            st.cut_epoch += 1;
+            st.cut_floor = st.cut_floor.min(next_offset).min(old_lowest);
+        }
+        drop(exclusive);
         self.appended.notify(usize::MAX);
         r
     }
