@@ -100,3 +100,56 @@ fn a_reset_that_cannot_delete_its_segments_latches_the_log() {
         "removing",
     );
 }
+
+#[test]
+fn a_reset_after_a_failed_reset_leaves_no_old_segment_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    let dir = root.join("log");
+    engine::run_local(&root, move || async move {
+        let log = Log::open(&dir, config(), FileBudget::new(4))
+            .await
+            .expect("open");
+        for _ in 0..20 {
+            log.append(&records(1)).await.expect("append");
+        }
+        let mut data_files = segment_files(&dir, ".log");
+        assert!(data_files.len() >= 3, "the test wants sealed segments");
+        // The second segment's data file becomes a directory: the reset deletes the first
+        // segment, then fails (EISDIR) and leaves the later ones on disk.
+        let second = data_files.remove(1);
+        std::fs::remove_file(&second).expect("remove a data file");
+        std::fs::create_dir(&second).expect("a directory in its place");
+        match log.reset(1000).await {
+            Err(Error::Io { op: "removing", .. }) => {}
+            other => panic!("reset with a data file it cannot remove: {other:?}"),
+        }
+        std::fs::remove_dir(&second).expect("remove the directory");
+
+        log.reset(1000).await.expect("a second reset");
+        let a = log.append(&records(1)).await.expect("append after reset");
+        assert_eq!(a.base_offset, 1000);
+        log.close().await.expect("close");
+        assert_eq!(
+            segment_files(&dir, ".log"),
+            vec![dir.join(format!("{:020}.log", 1000))],
+            "only the new segment may remain"
+        );
+        let log = Log::open(&dir, config(), FileBudget::new(4))
+            .await
+            .expect("reopen");
+        assert_eq!((log.lowest_offset(), log.next_offset()), (1000, 1001));
+    })
+    .expect("executor");
+}
+
+/// The files in `dir` whose names end in `suffix`, sorted.
+fn segment_files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}

@@ -1,10 +1,11 @@
 //! Retention: removing whole old segments, below an offset (`truncate_prefix`) or beyond the
 //! log's size and age limits. The active segment is never removed.
 
-use super::{Log, Removed};
+use super::{find, Log, Removed};
 use crate::error::{Error, Result};
 use crate::meta;
-use crate::segment::Segment;
+use crate::segment::{self, Segment};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 impl Log {
@@ -61,13 +62,47 @@ impl Log {
 
     pub(super) fn delete_segment_files(&self, seg: Segment) -> Result<()> {
         self.budget.release(&seg.slot);
-        for p in [&seg.data_path, &seg.index_path] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("removing", p, e)),
+        remove_file(&seg.data_path)?;
+        remove_file(&seg.index_path)
+    }
+
+    /// Deletes the segment files in the log's directory that its state does not hold: what a
+    /// reset or truncation that failed midway took out of the state but could not delete.
+    pub(super) fn delete_stray_segment_files(&self) -> Result<()> {
+        let listing = |e| Error::io("listing", &self.dir, e);
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            // No directory, no strays (creating the next segment will fail on its own).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(listing(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(listing)?;
+            let Some((base, _)) = entry
+                .file_name()
+                .to_str()
+                .and_then(segment::parse_file_name)
+            else {
+                continue;
+            };
+            let known = find(&self.state.borrow().segments, base).is_some();
+            if !known {
+                log::warn!(
+                    "{}: removing a segment file left by a failed reset or truncation",
+                    entry.path().display()
+                );
+                remove_file(&entry.path())?;
             }
         }
         Ok(())
+    }
+}
+
+/// Removes a file; one that is already gone is fine.
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
     }
 }

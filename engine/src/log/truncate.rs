@@ -216,6 +216,9 @@ impl Log {
             seg.writer = None;
             self.delete_segment_files(seg)?;
         }
+        // A reset removes every segment, those an earlier failure lost track of included: a
+        // reopen would find them and serve records this reset removed.
+        self.delete_stray_segment_files()?;
         let seg = create_segment(&self.dir, next_offset, self.index_capacity).await?;
         let mut st = self.state_mut();
         st.segments.push(seg);
