@@ -12,7 +12,8 @@
 //!   or fsync latches the log read-only until it is reopened.
 //! - [`Engine`]: one executor per shard; every partition is owned by one shard (by hash), and
 //!   an [`EngineHandle`] routes operations to the owner from any thread.
-//! - The catalog of topics and small atomically replaced metadata files.
+//! - [`topics`]: topic administration over the catalog of topics; small atomically replaced
+//!   metadata files ([`meta`]); the engine's limits and defaults in one place ([`limits`]).
 //!
 //! On-disk formats are drawn byte by byte in `docs/format.md`.
 //!
