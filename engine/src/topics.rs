@@ -1,7 +1,7 @@
 //! Topic administration: the catalog of topics held in memory under one lock, where topics
 //! live on disk, and the engine's topic operations (create, delete, list, describe).
 //!
-//! [`Topics`] is the only holder of the catalog: routing asks it whether a partition exists,
+//! `Topics` is the only holder of the catalog: routing asks it whether a partition exists,
 //! shards ask it what to open at start, and the operations below change it. Changes write
 //! `catalog.meta` (see `catalog.rs`) before they take effect in memory. Creation writes the
 //! catalog first, then opens the partitions on their shards; deletion removes the data first,
