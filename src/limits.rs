@@ -1,7 +1,7 @@
 //! Every fixed limit of the proglog server, in one place, each with the reason for its value.
 //!
 //! The gRPC layer's own limits (message size, connections, streams, windows, timers) are in
-//! `net::limits`; the storage engine's in the `engine` crate; what an operator may change is a
+//! `net::limits`; the storage engine's in `engine::limits`; what an operator may change is a
 //! setting (`config`), whose default is in its table entry.
 
 use std::time::Duration;

@@ -85,7 +85,7 @@ impl FileBudget {
         lru.push_back((t, Rc::downgrade(slot)));
         // Stale entries (older ticks of the same slot) are dropped lazily; keep the queue bounded.
         if lru.len()
-            > limits::BUDGET_LRU_ENTRIES_PER_FILE * self.limit + limits::BUDGET_LRU_ENTRIES_SLACK
+            > limits::BUDGET_LRU_ENTRIES_PER_FILE * self.limit + limits::BUDGET_LRU_SLACK_ENTRIES
         {
             lru.retain(|(t, w)| {
                 w.upgrade()

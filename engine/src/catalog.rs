@@ -3,7 +3,7 @@
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::limits::TOPIC_NAME_BYTES_MAX;
+use crate::limits::MAX_TOPIC_NAME_BYTES;
 use crate::meta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,11 +62,11 @@ pub fn save(dir: &Path, cat: &Catalog) -> Result<()> {
     meta::write(dir, FILE, &bytes)
 }
 
-/// Topic names become directory names: 1 to `TOPIC_NAME_BYTES_MAX` of `[A-Za-z0-9._-]`, not
+/// Topic names become directory names: 1 to `MAX_TOPIC_NAME_BYTES` of `[A-Za-z0-9._-]`, not
 /// `.` or `..`.
 pub fn check_topic_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= TOPIC_NAME_BYTES_MAX
+        && name.len() <= MAX_TOPIC_NAME_BYTES
         && name != "."
         && name != ".."
         && name
@@ -76,7 +76,7 @@ pub fn check_topic_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "topic name {} must be 1 to {TOPIC_NAME_BYTES_MAX} characters of letters, digits, '.', '_' or '-'",
+            "topic name {} must be 1 to {MAX_TOPIC_NAME_BYTES} characters of letters, digits, '.', '_' or '-'",
             crate::error::shorten(name)
         )))
     }

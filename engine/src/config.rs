@@ -2,10 +2,10 @@
 
 use crate::batch::HEADER_LEN;
 use crate::limits::{
-    BATCH_BYTES_MAX_DEFAULT, BATCH_RECORDS_MAX_DEFAULT, DURABILITY_INTERVAL_MS_DEFAULT,
-    FLUSH_MS_DEFAULT, INDEX_INTERVAL_BYTES_DEFAULT, OPEN_SEGMENTS_PER_SHARD_DEFAULT,
-    QUEUE_DEPTH_DEFAULT, RECORD_BYTES_MAX_DEFAULT, RETENTION_CHECK_DEFAULT, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BEHIND_BYTES_DEFAULT,
+    DEFAULT_FLUSH_MS, DEFAULT_INDEX_INTERVAL_BYTES, DEFAULT_INTERVAL_MS, DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_RECORDS, DEFAULT_MAX_OPEN_SEGMENTS_PER_SHARD, DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_QUEUE_DEPTH, DEFAULT_RETENTION_CHECK, DEFAULT_SEGMENT_BYTES,
+    DEFAULT_WRITE_BEHIND_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ impl std::str::FromStr for Durability {
             "always" => Ok(Durability::Always),
             "never" => Ok(Durability::Never),
             "interval" => Ok(Durability::Interval {
-                interval_ms: DURABILITY_INTERVAL_MS_DEFAULT,
+                interval_ms: DEFAULT_INTERVAL_MS,
             }),
             other => match other.strip_prefix("interval:").map(|ms| ms.trim_end_matches("ms").parse::<u64>()) {
                 Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval { interval_ms: ms }),
@@ -80,27 +80,27 @@ pub struct LogConfig {
 }
 
 // The defaults pass `LogConfig::validate`.
-const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64 + 1);
-const _: () = assert!(RECORD_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX_DEFAULT);
-const _: () = assert!((BATCH_BYTES_MAX_DEFAULT + HEADER_LEN) as u64 <= SEGMENT_BYTES_DEFAULT);
-const _: () = assert!(BATCH_BYTES_MAX_DEFAULT + HEADER_LEN <= WRITE_BEHIND_BYTES_DEFAULT);
+const _: () = assert!(MIN_SEGMENT_BYTES <= DEFAULT_SEGMENT_BYTES);
+const _: () = assert!(DEFAULT_SEGMENT_BYTES <= MAX_SEGMENT_BYTES);
+const _: () = assert!(MAX_SEGMENT_BYTES <= u32::MAX as u64 + 1);
+const _: () = assert!(DEFAULT_MAX_RECORD_BYTES <= DEFAULT_MAX_BATCH_BYTES);
+const _: () = assert!((DEFAULT_MAX_BATCH_BYTES + HEADER_LEN) as u64 <= DEFAULT_SEGMENT_BYTES);
+const _: () = assert!(DEFAULT_MAX_BATCH_BYTES + HEADER_LEN <= DEFAULT_WRITE_BEHIND_BYTES);
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             durability: Durability::Always,
-            segment_bytes: SEGMENT_BYTES_DEFAULT,
-            index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             retention_bytes: 0,
             retention_ms: 0,
             initial_offset: 0,
-            write_behind_bytes: WRITE_BEHIND_BYTES_DEFAULT,
-            flush_ms: FLUSH_MS_DEFAULT,
-            max_record_bytes: RECORD_BYTES_MAX_DEFAULT,
-            max_batch_bytes: BATCH_BYTES_MAX_DEFAULT,
-            max_batch_records: BATCH_RECORDS_MAX_DEFAULT,
+            write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
+            flush_ms: DEFAULT_FLUSH_MS,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
         }
     }
 }
@@ -108,9 +108,9 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Checks the settings against their bounds; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
-        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return Err(format!(
-                "segment_bytes {} outside [{SEGMENT_BYTES_MIN}, {SEGMENT_BYTES_MAX}]",
+                "segment_bytes {} outside [{MIN_SEGMENT_BYTES}, {MAX_SEGMENT_BYTES}]",
                 self.segment_bytes
             ));
         }
@@ -176,10 +176,10 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             shards: 0,
             pin: true,
-            queue_depth: QUEUE_DEPTH_DEFAULT,
-            max_open_segments_per_shard: OPEN_SEGMENTS_PER_SHARD_DEFAULT,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            max_open_segments_per_shard: DEFAULT_MAX_OPEN_SEGMENTS_PER_SHARD,
             default_log: LogConfig::default(),
-            retention_check: RETENTION_CHECK_DEFAULT,
+            retention_check: DEFAULT_RETENTION_CHECK,
         }
     }
 

@@ -135,11 +135,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Quotes a client-supplied name for an error message, cut to a length that keeps the message
 /// (which travels in a gRPC trailer) small whatever the client sent.
 pub fn shorten(name: &str) -> String {
-    use crate::limits::QUOTED_NAME_CHARS_MAX;
-    if name.chars().count() <= QUOTED_NAME_CHARS_MAX {
+    use crate::limits::MAX_QUOTED_NAME_CHARS;
+    if name.chars().count() <= MAX_QUOTED_NAME_CHARS {
         format!("{name:?}")
     } else {
-        let head: String = name.chars().take(QUOTED_NAME_CHARS_MAX).collect();
+        let head: String = name.chars().take(MAX_QUOTED_NAME_CHARS).collect();
         format!("{head:?}... ({} bytes)", name.len())
     }
 }

@@ -1,8 +1,9 @@
 //! The engine's hard limits and defaults, in one place, each with the reason for its value.
 //!
-//! Hard limits (`_MIN`, `_MAX`) are checked where input enters the engine; defaults
-//! (`_DEFAULT`) are the values of settings nobody set, themselves bounded by
-//! `LogConfig::validate`. Names carry their unit, then `_MIN`, `_MAX` or `_DEFAULT`.
+//! Hard limits (`MIN_`, `MAX_`) are checked where input enters the engine; defaults
+//! (`DEFAULT_`) are the values of settings nobody set, themselves bounded by
+//! `LogConfig::validate`. Names end with their unit, as in `net::limits` and the server's
+//! `limits`.
 //!
 //! Constants that define an on-disk format (the block size, header and entry lengths, magic
 //! numbers) stay with the format they define (`segment.rs`, `batch.rs`, `index.rs`,
@@ -12,90 +13,90 @@
 
 use std::time::Duration;
 
-// ---------------------------------------------------------------- topics
+// ---- Topics ----------------------------------------------------------------------------
 
 /// Partitions of one topic. Every partition keeps its active segment open (a data and an
 /// index file) and mapped: 4,096 partitions of one topic hold 8,192 descriptors, well within
 /// the 65,536 the systemd unit in `deploy/` allows, with room for connections and sealed
 /// segments.
-pub const PARTITIONS_MAX: u32 = 4096;
+pub const MAX_PARTITIONS: u32 = 4096;
 
 /// Bytes of a topic name. A topic is a directory named after it, and Linux file systems allow
 /// 255 bytes a name; 249 is also Kafka's limit, so every Kafka topic name is valid here.
-pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+pub const MAX_TOPIC_NAME_BYTES: usize = 249;
 
-// ---------------------------------------------------------------- segments and indexes
+// ---- Segments and indexes --------------------------------------------------------------
 
 /// Positions inside a segment are u32 in its index; 2 GiB leaves a batch that starts below
 /// it room to end within u32 range.
-pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 31;
 
 /// Sixteen 4 KiB blocks. Every segment costs two files and a directory fsync when it is
 /// created and sealed; smaller segments would roll on nearly every append.
-pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// The active segment is scanned in full when a log opens, so this bounds recovery time;
 /// it is also large enough that rolls (two fsyncs and a directory fsync) are rare.
-pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Kafka's choice: an index entry per 4 KiB of data keeps a read's walk from its entry to
 /// about a block, and the index of a full default segment to 1 MiB (65,536 entries of 16
 /// bytes), small enough to stay resident (a page fault on the map blocks the executor).
-pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
 
 /// Entries an active segment's index holds beyond one per `index_interval_bytes`: batches
 /// also take an entry when their term changes. When they run out the segment rolls early.
-pub const INDEX_ENTRIES_SLACK: usize = 1024;
+pub const INDEX_SLACK_ENTRIES: usize = 1024;
 
 /// When recovered data needs more entries than its index holds (settings changed since it
 /// was written), the index at least doubles, and grows by no fewer entries than this.
-pub const INDEX_GROWTH_ENTRIES_MIN: usize = 1024;
+pub const MIN_INDEX_GROWTH_ENTRIES: usize = 1024;
 
 /// Recovery reads a data file in reads of this size: large enough for sequential bandwidth,
 /// small enough that a scan never holds a segment's worth of memory.
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
-// ---------------------------------------------------------------- records and batches
+// ---- Records and batches ---------------------------------------------------------------
 
 /// Kafka's default (`message.max.bytes`, about 1 MB): a record is a message, not a file.
-pub const RECORD_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// A batch arrives in one gRPC message, which grpcio clients refuse above 4 MiB by default.
-pub const BATCH_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bounds the per-record work of one batch (decoding, one `Record` each) whatever the
 /// records' sizes: 4 MiB of empty records would otherwise be half a million.
-pub const BATCH_RECORDS_MAX_DEFAULT: usize = 65536;
+pub const DEFAULT_MAX_BATCH_RECORDS: usize = 65536;
 
-// ---------------------------------------------------------------- buffering and durability
+// ---- Buffering and durability ----------------------------------------------------------
 
 /// Each partition's write-behind buffer: twice the largest default batch, so a full batch
 /// can be buffered while the one before it is written out; it bounds memory per partition.
-pub const WRITE_BEHIND_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+pub const DEFAULT_WRITE_BEHIND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Under `never`, buffered data reaches the device within this time; often enough that a
 /// crash loses little, rarely enough that the timer costs nothing.
-pub const FLUSH_MS_DEFAULT: u64 = 200;
+pub const DEFAULT_FLUSH_MS: u64 = 200;
 
 /// `interval` without a period: at most about 100 ms of appends lost in a crash, for ten
 /// fdatasyncs a second per partition.
-pub const DURABILITY_INTERVAL_MS_DEFAULT: u64 = 100;
+pub const DEFAULT_INTERVAL_MS: u64 = 100;
 
-// ---------------------------------------------------------------- reads
+// ---- Reads -----------------------------------------------------------------------------
 
 /// The smallest DMA read a read issues: one block, the unit O_DIRECT reads anyway.
-pub const READ_WINDOW_BYTES_MIN: usize = 4096;
+pub const MIN_READ_WINDOW_BYTES: usize = 4096;
 
 /// The largest DMA read a read issues (plus an index interval), whatever `max_bytes` the
 /// caller passes: bounds the memory one read holds per I/O.
-pub const READ_WINDOW_BYTES_MAX: usize = 8 << 20;
+pub const MAX_READ_WINDOW_BYTES: usize = 8 << 20;
 
-// ---------------------------------------------------------------- shards
+// ---- Shards ----------------------------------------------------------------------------
 
 /// Jobs queued for one shard before callers get `Overloaded`. A job only starts a task on the
 /// shard, so 4,096 queued is far more than any healthy burst; a longer queue means the shard
 /// is behind, and callers should back off rather than grow its memory.
-pub const QUEUE_DEPTH_DEFAULT: usize = 4096;
+pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
 /// A shard's receiver yields to its tasks after this many jobs, so the tasks the jobs start
 /// (and I/O completions) run between bursts without a yield per job.
@@ -104,31 +105,31 @@ pub const JOBS_PER_YIELD: u32 = 64;
 /// Sealed segments whose files one shard keeps open: two descriptors each, 2,048 a shard,
 /// within the 65,536 the systemd unit in `deploy/` allows for a machine's shards besides
 /// connections and active segments.
-pub const OPEN_SEGMENTS_PER_SHARD_DEFAULT: usize = 1024;
+pub const DEFAULT_MAX_OPEN_SEGMENTS_PER_SHARD: usize = 1024;
 
 /// The open-file budget's LRU queue keeps stale entries (older uses of a slot) until it
-/// holds this many per budgeted file plus `BUDGET_LRU_ENTRIES_SLACK`. Pruning walks the whole
+/// holds this many per budgeted file plus `BUDGET_LRU_SLACK_ENTRIES`. Pruning walks the whole
 /// queue and leaves at most one entry per open file, so it runs at most once per three uses
 /// per budgeted file: O(1) a use, amortized.
 pub const BUDGET_LRU_ENTRIES_PER_FILE: usize = 4;
-pub const BUDGET_LRU_ENTRIES_SLACK: usize = 64;
+pub const BUDGET_LRU_SLACK_ENTRIES: usize = 64;
 
 /// How often each shard applies retention. Retention deletes whole sealed segments, which
 /// fill in minutes at the soonest; a check every 30 s costs nothing and lets a log exceed its
 /// limit by about 30 s of writes at most.
-pub const RETENTION_CHECK_DEFAULT: Duration = Duration::from_secs(30);
+pub const DEFAULT_RETENTION_CHECK: Duration = Duration::from_secs(30);
 
-// ---------------------------------------------------------------- metadata and messages
+// ---- Metadata and messages -------------------------------------------------------------
 
 /// Metadata (the catalog, Raft's hard state) is small by design; a larger file is not ours
 /// or is damaged, and is refused before it is read into memory.
-pub const META_PAYLOAD_BYTES_MAX: usize = 16 << 20;
+pub const MAX_META_PAYLOAD_BYTES: usize = 16 << 20;
 
 /// Bytes of a log's metadata file name (it ends in `.meta`). Callers use short fixed names; the
 /// bound keeps a name far below the file system's 255 bytes, `.tmp` of the atomic replacement
 /// included.
-pub const META_NAME_BYTES_MAX: usize = 99;
+pub const MAX_META_NAME_BYTES: usize = 99;
 
 /// Characters of a client-supplied name quoted in an error message. Messages travel in a
 /// gRPC trailer; the cut keeps them small whatever the client sent.
-pub const QUOTED_NAME_CHARS_MAX: usize = 64;
+pub const MAX_QUOTED_NAME_CHARS: usize = 64;

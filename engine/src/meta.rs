@@ -14,7 +14,7 @@
 //! leaves either the old or the new file; a stray `.tmp` is removed on open.
 
 use crate::error::{Error, Result};
-use crate::limits::META_PAYLOAD_BYTES_MAX;
+use crate::limits::MAX_META_PAYLOAD_BYTES;
 use std::io::Write;
 use std::path::Path;
 
@@ -24,9 +24,9 @@ const HEADER: usize = 16;
 
 /// Writes `payload` to `dir/name` atomically and durably.
 pub fn write(dir: &Path, name: &str, payload: &[u8]) -> Result<()> {
-    if payload.len() > META_PAYLOAD_BYTES_MAX {
+    if payload.len() > MAX_META_PAYLOAD_BYTES {
         return Err(Error::InvalidArgument(format!(
-            "metadata {name} of {} bytes exceeds {META_PAYLOAD_BYTES_MAX}",
+            "metadata {name} of {} bytes exceeds {MAX_META_PAYLOAD_BYTES}",
             payload.len()
         )));
     }
@@ -80,7 +80,7 @@ pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         ));
     }
     let len = field(8) as usize;
-    if len > META_PAYLOAD_BYTES_MAX || HEADER + len != bytes.len() {
+    if len > MAX_META_PAYLOAD_BYTES || HEADER + len != bytes.len() {
         return Err(Error::corrupt(
             &path,
             8,

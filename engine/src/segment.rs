@@ -9,7 +9,7 @@ use crate::batch::{self, Header, Parsed, HEADER_LEN};
 use crate::budget::Slot;
 use crate::error::{Error, Result};
 use crate::index::{Entry, Index};
-use crate::limits::{INDEX_GROWTH_ENTRIES_MIN, READ_WINDOW_BYTES_MIN, SCAN_CHUNK_BYTES};
+use crate::limits::{MIN_INDEX_GROWTH_ENTRIES, MIN_READ_WINDOW_BYTES, SCAN_CHUNK_BYTES};
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use std::cell::RefCell;
@@ -21,7 +21,7 @@ pub const BLOCK: u64 = 4096;
 
 // A recovery read and the smallest read window are whole blocks.
 const _: () = assert!((SCAN_CHUNK_BYTES as u64).is_multiple_of(BLOCK));
-const _: () = assert!(READ_WINDOW_BYTES_MIN as u64 == BLOCK);
+const _: () = assert!(MIN_READ_WINDOW_BYTES as u64 == BLOCK);
 
 pub fn align_down(x: u64) -> u64 {
     x & !(BLOCK - 1)
@@ -254,7 +254,7 @@ pub async fn scan(
         if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
             // Valid data outgrew the index (settings changed since it was written, or many
             // term changes): grow the index rather than cut acknowledged data.
-            let grown = (index.len() * 2).max(INDEX_GROWTH_ENTRIES_MIN);
+            let grown = (index.len() * 2).max(MIN_INDEX_GROWTH_ENTRIES);
             index.reopen_for_append(grown)?;
             since = s.since_index;
             if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {

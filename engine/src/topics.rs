@@ -11,7 +11,7 @@
 use crate::catalog::{self, Catalog, TopicEntry, TopicInfo};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::limits::PARTITIONS_MAX;
+use crate::limits::MAX_PARTITIONS;
 use crate::shard::{EngineHandle, PartitionInfo};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -143,9 +143,9 @@ fn info(name: &str, t: &TopicEntry) -> TopicInfo {
 /// Checks what a new topic would be before anything is written.
 fn check_new_topic(name: &str, partitions: u32, config: &LogConfig) -> Result<()> {
     catalog::check_topic_name(name)?;
-    if partitions == 0 || partitions > PARTITIONS_MAX {
+    if partitions == 0 || partitions > MAX_PARTITIONS {
         return Err(Error::InvalidArgument(format!(
-            "a topic needs between 1 and {PARTITIONS_MAX} partitions, not {partitions}"
+            "a topic needs between 1 and {MAX_PARTITIONS} partitions, not {partitions}"
         )));
     }
     config.validate().map_err(Error::InvalidArgument)

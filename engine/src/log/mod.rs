@@ -178,7 +178,7 @@ impl Log {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating log directory", &dir, e))?;
         let index_capacity = (config.segment_bytes / u64::from(config.index_interval_bytes.max(1)))
             as usize
-            + limits::INDEX_ENTRIES_SLACK;
+            + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
         match segments.last_mut() {
             Some(active) => {

@@ -257,7 +257,7 @@ impl Log {
         max_records: usize,
         end: u64,
     ) -> Result<Vec<StoredBatch>> {
-        let window = max_bytes.clamp(limits::READ_WINDOW_BYTES_MIN, limits::READ_WINDOW_BYTES_MAX)
+        let window = max_bytes.clamp(limits::MIN_READ_WINDOW_BYTES, limits::MAX_READ_WINDOW_BYTES)
             + self.config.index_interval_bytes as usize;
         let mut c = Collect {
             out: Vec::new(),

@@ -146,7 +146,7 @@ impl Log {
 }
 
 fn check_meta_name(name: &str) -> Result<()> {
-    if name.ends_with(".meta") && !name.contains('/') && name.len() <= limits::META_NAME_BYTES_MAX {
+    if name.ends_with(".meta") && !name.contains('/') && name.len() <= limits::MAX_META_NAME_BYTES {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
