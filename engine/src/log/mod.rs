@@ -16,10 +16,10 @@
 //! - `read.rs`: what readers may see, and reading records and batches from segments;
 //! - `retention.rs`: removing whole old segments (by offset, size or age);
 //! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
-//! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files).
+//! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files);
+//! - `invariants.rs`: the checks of the invariants below, at the end of every change of state.
 //!
-//! Invariants of the state, checked in debug builds at the end of every change
-//! (`invariants.rs`):
+//! Invariants of the state (checked in debug builds):
 //! - `segments` is sorted by base and contiguous (`s[i].next == s[i+1].base`); only the last
 //!   segment may have a writer; `lowest == segments[0].base`; `durable_next <= next`.
 //! - Bytes of the active segment before `writer.buf_pos` (block-aligned) are on the device;
@@ -30,7 +30,7 @@
 //!   way (`exclusive`) or one that failed (which latches the log) may leave no segments
 //!   (a reset between deleting and creating), a last segment without a writer, or `next`
 //!   past the last segment (a truncation cut short); a latched log serves what reads still
-//!   find and refuses writes until it is reopened.
+//!   find and refuses writes until it is reopened (or reset).
 
 mod admission;
 mod commit;

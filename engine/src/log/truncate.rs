@@ -37,17 +37,21 @@ impl Log {
         }
         let exclusive = self.exclusive();
         let r = self.truncate_suffix_inner(new_next).await;
-        // Latch before the rebuild ends: a truncation cut short may leave no writer.
-        if let Err(e) = &r {
-            self.latch(e);
-        }
-        {
-            let mut st = self.state_mut();
-            st.cut_epoch += 1;
-            st.cut_floor = st.cut_floor.min(new_next);
-        }
+        self.end_cut(&r, new_next);
         drop(exclusive);
         r
+    }
+
+    /// Ends a truncation or reset, before it lets appends in again: latches the log if it
+    /// failed (it may have left no writer, or no segments), and bumps the cut epoch so that
+    /// appenders and syncs that waited across it see that offsets from `floor` on were cut.
+    fn end_cut(&self, r: &Result<()>, floor: u64) {
+        if let Err(e) = r {
+            self.latch(e);
+        }
+        let mut st = self.state_mut();
+        st.cut_epoch += 1;
+        st.cut_floor = st.cut_floor.min(floor);
     }
 
     async fn truncate_suffix_inner(&self, new_next: u64) -> Result<()> {
@@ -195,16 +199,7 @@ impl Log {
         let old_lowest = self.state.borrow().lowest;
         let exclusive = self.exclusive();
         let r = self.reset_inner(next_offset).await;
-        // A reset cut short has deleted some or all of the segments and may have none to
-        // write to: latch before the rebuild ends.
-        if let Err(e) = &r {
-            self.latch(e);
-        }
-        {
-            let mut st = self.state_mut();
-            st.cut_epoch += 1;
-            st.cut_floor = st.cut_floor.min(next_offset).min(old_lowest);
-        }
+        self.end_cut(&r, next_offset.min(old_lowest));
         drop(exclusive);
         self.appended.notify(usize::MAX);
         r
