@@ -9,12 +9,12 @@
 
 use crate::batch::{NewRecord, Record};
 use crate::budget::FileBudget;
+use crate::catalog::{partition_dir, Topics};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::log::{Appended, Log, LogStats};
 use crate::metrics::{self, AppendTiming, ShardMetrics, ShardMetricsSnapshot, ShardSlot};
-use crate::topics::{partition_dir, Topics};
 use atomic_waker::AtomicWaker;
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 use futures_channel::oneshot;
@@ -469,7 +469,7 @@ impl EngineHandle {
         })
     }
 
-    /// The catalog of topics (see `topics.rs` for the topic operations).
+    /// The catalog of topics (the topic operations are in `topics.rs`).
     pub(crate) fn topics(&self) -> &Topics {
         &self.shared.topics
     }
