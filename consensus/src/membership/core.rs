@@ -385,9 +385,9 @@ impl Core {
                     self.schedule_join(io, self.config.join_backoff_min);
                 }
             }
-            OwnedNotification::Rejoin(id) => log::warn!(
-                "gossip: this node was declared down by the cluster; rejoined as {id:?}"
-            ),
+            OwnedNotification::Rejoin(id) => {
+                log::warn!("gossip: this node was declared down by the cluster; rejoined as {id:?}")
+            }
             OwnedNotification::Defunct => {
                 if !self.leaving {
                     log::warn!("gossip: this node was declared down and cannot rejoin");
@@ -405,13 +405,22 @@ impl Core {
     }
 
     /// A datagram from `from`. Anything that does not check out is dropped and counted.
-    pub fn handle_packet(&mut self, from: SocketAddr, data: &[u8], now: Duration, io: &mut impl Io) {
+    pub fn handle_packet(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        now: Duration,
+        io: &mut impl Io,
+    ) {
         let stats = &self.shared.stats;
         GossipStats::add(&stats.packets_received, 1);
         GossipStats::add(&stats.bytes_received, data.len() as u64);
         if data.len() > self.config.max_packet_bytes {
             GossipStats::add(&stats.dropped_malformed, 1);
-            log::debug!("gossip: dropped {} bytes from {from}: too large", data.len());
+            log::debug!(
+                "gossip: dropped {} bytes from {from}: too large",
+                data.len()
+            );
             return;
         }
         match envelope::open(self.key.as_ref(), data) {

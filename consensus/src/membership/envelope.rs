@@ -84,7 +84,11 @@ pub fn answer(nonce: u64, rpc_addr: SocketAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(&nonce.to_le_bytes());
     // A socket address prints in at most 47 bytes; the check keeps the no-amplification
     // promise even if that ever changed.
-    let text = if text.len() <= MAX_ADDR_TEXT { text } else { String::new() };
+    let text = if text.len() <= MAX_ADDR_TEXT {
+        text
+    } else {
+        String::new()
+    };
     out.push(text.len() as u8);
     out.extend_from_slice(text.as_bytes());
 }
@@ -172,7 +176,10 @@ mod tests {
         seal_swim(Some(&k), b"payload", &mut out);
         assert_eq!(out.len(), b"payload".len() + OVERHEAD_BYTES);
         assert_eq!(open(Some(&k), &out), Ok(Opened::Swim(b"payload")));
-        assert!(matches!(open(None, &out), Err(Rejected::Unauthenticated(_))));
+        assert!(matches!(
+            open(None, &out),
+            Err(Rejected::Unauthenticated(_))
+        ));
         let other = GossipKey::generate().unwrap();
         assert!(matches!(
             open(Some(&other), &out),

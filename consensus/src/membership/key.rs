@@ -132,7 +132,9 @@ mod tests {
         let tag = k.sign(b"hello");
         assert!(back.verify(b"hello", &tag.as_ref()[..16]));
         assert!(!back.verify(b"hellO", &tag.as_ref()[..16]));
-        assert!(!GossipKey::generate().unwrap().verify(b"hello", &tag.as_ref()[..16]));
+        assert!(!GossipKey::generate()
+            .unwrap()
+            .verify(b"hello", &tag.as_ref()[..16]));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
