@@ -13,30 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::membership::{
-    Core, GossipKey, GossipStats, Io, MemberState, MembershipConfig, NodeId, NodeIdentity, Shared,
-    Timer,
+    Core, Effects, GossipKey, GossipStats, MemberState, MembershipConfig, NodeId, NodeIdentity,
+    Shared, Timer,
 };
 use rand010::rngs::SmallRng;
 use rand010::{RngExt, SeedableRng};
-
-#[derive(Default)]
-struct Effects {
-    sends: Vec<(SocketAddr, Vec<u8>)>,
-    timers: Vec<(Duration, Timer)>,
-    join: bool,
-}
-
-impl Io for Effects {
-    fn send_to(&mut self, to: SocketAddr, packet: &[u8]) {
-        self.sends.push((to, packet.to_vec()));
-    }
-    fn schedule(&mut self, after: Duration, timer: Timer) {
-        self.timers.push((after, timer));
-    }
-    fn request_join(&mut self) {
-        self.join = true;
-    }
-}
 
 enum Event {
     Packet {

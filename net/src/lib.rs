@@ -43,7 +43,9 @@
 //! [`server::ServerConfig::tls`] and [`client::ClientConfig::tls`]; see
 //! [`tls`]. One port serves everything: the server looks at the first byte
 //! of each connection (see [`server`]: TLS, plaintext HTTP/2, and a byte
-//! reserved for replication). Other transports plug in through
+//! reserved for replication). Node-to-node connections (the byte `0x01`, then mutual TLS
+//! with peer certificates, then typed frames) are served by a [`peer::PeerHandler`] given in
+//! [`server::ServerConfig::peer`]; see [`peer`]. Other transports plug in through
 //! [`server::Server::serve_connection`] and [`client::Channel::handshake`],
 //! which take any tokio `AsyncRead + AsyncWrite` stream.
 
@@ -54,6 +56,7 @@ pub mod codec;
 mod keepalive;
 pub mod limits;
 pub mod observe;
+pub mod peer;
 pub mod server;
 mod shutdown;
 mod status;

@@ -407,6 +407,10 @@ impl ClientTls {
         }
     }
 
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(self.config.clone())
     }

@@ -36,6 +36,28 @@ pub trait Io {
     fn request_join(&mut self);
 }
 
+/// An [`Io`] that only records what was asked, for a driver to carry out afterwards.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub sends: Vec<(SocketAddr, Vec<u8>)>,
+    pub timers: Vec<(Duration, Timer)>,
+    pub join: bool,
+}
+
+impl Io for Effects {
+    fn send_to(&mut self, to: SocketAddr, packet: &[u8]) {
+        self.sends.push((to, packet.to_vec()));
+    }
+
+    fn schedule(&mut self, after: Duration, timer: Timer) {
+        self.timers.push((after, timer));
+    }
+
+    fn request_join(&mut self) {
+        self.join = true;
+    }
+}
+
 /// Timers of the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Timer {

@@ -38,8 +38,8 @@ pub mod view;
 
 use std::path::PathBuf;
 
-pub use self::core::{Core, Io, MembershipConfig, Timer};
-// DRIVER pub use driver::{Membership, MembershipSettings};
+pub use self::core::{Core, Effects, Io, MembershipConfig, Timer};
+pub use driver::{Membership, MembershipSettings};
 pub use identity::{NodeId, NodeIdentity};
 pub use key::GossipKey;
 pub use view::{GossipStats, Member, MemberList, MemberState, MembershipWatch, Shared};

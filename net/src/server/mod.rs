@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<ServerTls>>,
     /// Bound on waiting for a connection's first byte and on the TLS handshake, each.
     pub tls_handshake_timeout: Duration,
+    /// Serves peer connections (first byte 0x01); `None` closes them.
+    pub peer: Option<crate::peer::PeerService>,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +111,7 @@ impl Default for ServerConfig {
             drain_timeout: limits::DRAIN_TIMEOUT,
             tls: None,
             tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT,
+            peer: None,
         }
     }
 }
@@ -274,13 +277,16 @@ impl Server {
             Err(_) => return Err(Error::HandshakeTimeout(peer)),
         };
         match (first, &self.config.tls) {
-            (REPLICATION_BYTE, _) => {
-                log::warn!(
-                    "replication connection from {peer:?} (first byte 0x01): this server does not serve replication yet; closing it"
-                );
-                transport::close_gracefully(stream).await;
-                Ok(())
-            }
+            (REPLICATION_BYTE, _) => match self.config.peer.clone() {
+                Some(service) => self.accept_peer(stream, peer, service, guard).await,
+                None => {
+                    log::warn!(
+                        "peer connection from {peer:?} (first byte 0x01): this node serves no peer channel; closing it"
+                    );
+                    transport::close_gracefully(stream).await;
+                    Ok(())
+                }
+            },
             (TLS_HANDSHAKE_BYTE, None) => {
                 log::warn!(
                     "TLS connection from {peer:?} to a plaintext port (no server certificate configured): closing it"
@@ -336,6 +342,48 @@ impl Server {
                     .await
             }
         }
+    }
+
+    /// A peer connection: consume the mark, run mutual TLS when configured, hand over.
+    async fn accept_peer(
+        &self,
+        mut stream: TcpStream,
+        peer: Option<SocketAddr>,
+        service: crate::peer::PeerService,
+        _guard: CountGuard,
+    ) -> Result<(), Error> {
+        use futures_lite::AsyncReadExt;
+        let mut mark = [0u8; 1];
+        if let Err(e) = stream.read_exact(&mut mark).await {
+            log::debug!("peer connection from {peer:?}: {e}");
+            return Ok(());
+        }
+        let within = self.config.tls_handshake_timeout;
+        let conn = match service.tls {
+            None => crate::peer::PeerConn {
+                stream: Box::new(stream.compat()),
+                peer,
+                tls: None,
+            },
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let accepting = acceptor.accept(stream.compat());
+                let io = match glommio::timer::timeout(within, async { Ok(accepting.await) }).await
+                {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(source)) => return Err(Error::TlsHandshake { peer, source }),
+                    Err(_) => return Err(Error::TlsHandshakeTimeout(peer)),
+                };
+                let info = TlsInfo::from_server(io.get_ref().1);
+                crate::peer::PeerConn {
+                    stream: Box::new(io),
+                    peer,
+                    tls: Some(info),
+                }
+            }
+        };
+        service.handler.serve(conn).await;
+        Ok(())
     }
 
     fn connection_task(

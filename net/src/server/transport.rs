@@ -5,7 +5,7 @@
 //! | first byte | meaning | served when |
 //! |---|---|---|
 //! | `0x16` | TLS handshake record (ClientHello) | TLS is configured |
-//! | `0x01` | replication (the book's Raft stream mark) | never yet: logged and closed |
+//! | `0x01` | the peer channel (the book's Raft stream mark): node to node, see [`crate::peer`] | a peer service is configured; otherwise logged and closed |
 //! | anything else | plaintext HTTP/2 (its preface starts with `P`) | TLS is not configured |
 //!
 //! No valid HTTP/2 preface or TLS record starts with `0x01`, so the mark cannot be taken for
@@ -24,8 +24,7 @@ use crate::limits::{CLOSE_LINGER, CLOSE_LINGER_MAX_BYTES};
 
 /// First byte of a TLS handshake record.
 pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
-/// First byte of a replication connection, reserved now so that adding replication later
-/// does not change what any existing client sends.
+/// First byte of a peer-channel connection (membership's key exchange, later Raft).
 pub const REPLICATION_BYTE: u8 = 0x01;
 
 /// The status message a plaintext call to a TLS port gets.
