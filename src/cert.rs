@@ -40,6 +40,18 @@ pub enum CertCommand {
         #[arg(long, default_value = "server")]
         name: String,
     },
+    /// Create a peer certificate for node-to-node TLS (--peer-tls-*): usable as server and
+    /// client, for HOSTS (the names and addresses other nodes join this one by)
+    Peer {
+        #[command(flatten)]
+        common: Common,
+        /// Names and addresses peers dial, e.g. node-1 10.0.0.1
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Output file stem: <NAME>.pem and <NAME>-key.pem [default: <first HOST>-peer]
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Create a client certificate whose Common Name is the ACL subject, signed by the CA
     Client {
         #[command(flatten)]
@@ -94,6 +106,25 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<ExitCode> {
                 .map(|h| san(h))
                 .collect::<anyhow::Result<_>>()?;
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            sign_leaf(&common, params, &name)
+        }
+        CertCommand::Peer {
+            common,
+            hosts,
+            name,
+        } => {
+            let mut params = CertificateParams::default();
+            params.distinguished_name = dn(&hosts[0]);
+            params.subject_alt_names = hosts
+                .iter()
+                .map(|h| san(h))
+                .collect::<anyhow::Result<_>>()?;
+            // Every node dials its peers and is dialled by them with the same certificate.
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let name = name.unwrap_or_else(|| format!("{}-peer", hosts[0]));
             sign_leaf(&common, params, &name)
         }
         CertCommand::Client { common, cn, name } => {

@@ -9,8 +9,11 @@ use consensus::membership::{
 };
 
 fn settings(dir: &std::path::Path, name: &str, join: Vec<String>) -> MembershipSettings {
+    let (node_id, generation) = consensus::membership::store::start_generation(dir).unwrap();
     MembershipSettings {
         data_dir: dir.to_owned(),
+        node_id,
+        generation,
         node_name: name.into(),
         bind: "127.0.0.1:0".parse().unwrap(),
         advertise: "127.0.0.1:0".parse().unwrap(),

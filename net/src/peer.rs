@@ -252,9 +252,7 @@ pub async fn connect(
             .map_err(|_| ConnectError::ServerName(server_name.to_owned()))?,
     };
     let opened = glommio::timer::timeout(timeout, async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| std::io::Error::from(e));
+        let stream = TcpStream::connect(addr).await.map_err(std::io::Error::from);
         Ok(stream)
     })
     .await;

@@ -71,6 +71,7 @@ pub mod log {
             pub const LIST_TOPICS: &str = "/log.v1.Admin/ListTopics";
             pub const DESCRIBE_TOPIC: &str = "/log.v1.Admin/DescribeTopic";
             pub const DELETE_TOPIC: &str = "/log.v1.Admin/DeleteTopic";
+            pub const LIST_MEMBERS: &str = "/log.v1.Admin/ListMembers";
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The command-line client: produce, consume, topic administration, servers, health.
+//! The command-line client: produce, consume, topic administration, cluster members,
+//! servers, health.
 //!
 //! Runs the async gRPC client on a single glommio executor in this process. Human-readable
 //! output by default; `--json` prints one JSON object per line.
@@ -14,10 +15,12 @@ use net::client::{CallOptions, Channel, ClientConfig};
 use net::tls::ClientTlsOptions;
 
 mod admin;
+mod cluster;
 mod consume;
 mod produce;
 
 pub use admin::TopicsCommand;
+pub use cluster::ClusterCommand;
 pub use consume::ConsumeArgs;
 pub use produce::ProduceArgs;
 
@@ -86,6 +89,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// The cluster's members as a node's gossip sees them
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List the servers of the cluster (GetServers)
     Servers {
         #[command(flatten)]
@@ -112,6 +120,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<ExitCode> {
             ClientCommand::Produce(a) => produce::run(a).await,
             ClientCommand::Consume(a) => consume::run(a).await,
             ClientCommand::Topics { command } => admin::run(command).await,
+            ClientCommand::Cluster { command } => cluster::run(command).await,
             ClientCommand::Servers { conn } => servers(conn).await,
             ClientCommand::Health { conn, service } => health(conn, service).await,
         }

@@ -48,18 +48,20 @@ mod declare;
 mod file;
 mod value;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use engine::{Durability, EngineConfig, LogConfig};
+use net::peer::PeerTlsFiles;
 use net::tls::ServerTlsFiles;
 
 use crate::limits::{MIN_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES};
 use crate::observe::logging::LogFormat;
 use crate::server::acl::AclFiles;
 use declare::settings;
-pub use value::{AddrList, AdminAddr, ByteSize, DurationArg};
+use value::SettingValue;
+pub use value::{AddrList, AdminAddr, ByteSize, DurationArg, HostPort};
 
 /// Below the usual 30 s grace period of process supervisors, so that the final flush and
 /// sync still happen before a SIGKILL.
@@ -69,21 +71,40 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9400";
 pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(1);
 
-const CLUSTER_TLS: &str = "TLS between cluster nodes (book chapters 5 and 8)";
+/// The book's gossip bind-addr: what bind-addr means when not given (and gossip is off).
+pub const DEFAULT_BIND_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8401));
+
+/// Gossip membership settings; present when the node gossips.
+#[derive(Debug, Clone)]
+pub struct GossipSettings {
+    /// Where the UDP socket binds (resolved).
+    pub bind: SocketAddr,
+    /// The gossip address others use (resolved; never a wildcard).
+    pub advertise: SocketAddr,
+    /// `host:port` of members to join, resolved again at every attempt.
+    pub join: Vec<String>,
+    pub peer_tls: Option<PeerTlsFiles>,
+}
 
 settings! {
     settings {
         /// Directory holding the topics and the catalog
         data_dir: PathBuf, "DIR", default("./data");
-        /// This node's id, reported by GetServers
+        /// This node's human label in GetServers and cluster members
         node_name: String, "NODE_NAME", default(|_| host_name(), "the host name");
-        /// Gossip address; the RPC listener takes its IP
-        bind_addr: SocketAddr, "ADDR", default("127.0.0.1:8401");
+        /// Gossip address (UDP), a host name or IP with a port; the RPC listener takes its IP.
+        /// Given, it turns gossip on [default: 127.0.0.1:8401, no gossip]
+        bind_addr: HostPort => Option<SocketAddr>, "HOST:PORT", default(unset);
+        /// Gossip address other nodes should use, HOST[:PORT] (port: bind-addr's); needed
+        /// when bind-addr is a wildcard such as 0.0.0.0 [default: bind-addr]
+        advertise_addr: String => Option<String>, "HOST[:PORT]", default(unset);
         /// gRPC port on bind-addr's IP
         rpc_port: u16, "PORT", default(8400u16);
-        /// Cluster members to join (needs membership; not implemented yet)
-        start_join_addrs: AddrList => Vec<String>, "ADDR,...", default(unset),
-            refused("cluster membership (discovery, book chapter 8)");
+        /// Members to join: their bind-addr, HOST:PORT (names resolved again at every
+        /// attempt); turns gossip on
+        start_join_addrs: AddrList => Vec<String>, "HOST:PORT,...", default(unset),
+            check(|v| join_addrs(v));
         /// Bootstrap a new Raft cluster (needs replication; not implemented yet)
         bootstrap: bool, "BOOL", default(unset), refused("Raft replication (book chapter 8)");
         /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
@@ -96,15 +117,13 @@ settings! {
         server_tls_key_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
         /// CA for client certificates, PEM: turns on mutual TLS (clients must present one)
         server_tls_ca_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
-        /// Peer certificate (needs TLS between nodes; not implemented yet)
-        peer_tls_cert_file: PathBuf => Option<PathBuf>, "PATH", default(unset),
-            refused(CLUSTER_TLS);
-        /// Peer key (needs TLS between nodes; not implemented yet)
-        peer_tls_key_file: PathBuf => Option<PathBuf>, "PATH", default(unset),
-            refused(CLUSTER_TLS);
-        /// CA for peer certificates (needs TLS between nodes; not implemented yet)
-        peer_tls_ca_file: PathBuf => Option<PathBuf>, "PATH", default(unset),
-            refused(CLUSTER_TLS);
+        /// Peer certificate, PEM (server and client auth: `proglog cert peer`); with the key and
+        /// CA files only holders of a certificate from the peer CA may gossip with this node
+        peer_tls_cert_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// Peer key, PEM
+        peer_tls_key_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
+        /// CA that signs every peer certificate, PEM
+        peer_tls_ca_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
         /// Engine shards, one executor each; 0 = one per CPU
         shards: usize, "N", default(0usize);
         /// Default durability of new topics: always | interval:<ms> | never
@@ -121,7 +140,10 @@ settings! {
             check(|n| at_least(*n, MIN_MESSAGE_BYTES));
         /// gRPC listen address; overrides bind-addr's IP + rpc-port
         listen: SocketAddr, "ADDR",
-            default(|_| SocketAddr::new(bind_addr.ip(), rpc_port), "127.0.0.1:8400");
+            default(
+                |_| SocketAddr::new(bind_addr.unwrap_or(DEFAULT_BIND_ADDR).ip(), rpc_port),
+                "127.0.0.1:8400"
+            );
         /// Log filter, env_logger syntax (e.g. info, proglog=debug)
         log_level: String, "FILTER",
             default(|env| env("RUST_LOG").unwrap_or_else(|| "info".to_owned()), "$RUST_LOG or info");
@@ -145,6 +167,17 @@ settings! {
         )?;
         /// Authorization; `None` lets every caller do everything.
         acl: Option<AclFiles> = acl_files(acl_model_file.clone(), acl_policy_file.clone())?;
+        /// Gossip membership; `None` when the node was started without cluster flags.
+        gossip: Option<GossipSettings> = gossip_settings(
+            bind_addr,
+            advertise_addr.as_deref(),
+            &start_join_addrs,
+            peer_tls_files(
+                peer_tls_cert_file.clone(),
+                peer_tls_key_file.clone(),
+                peer_tls_ca_file.clone(),
+            )?,
+        )?;
     }
 }
 
@@ -219,6 +252,92 @@ fn acl_files(
     }
 }
 
+/// A `check`: every join address is HOST:PORT (resolved only when joining).
+fn join_addrs(v: &[String]) -> Result<(), String> {
+    for a in v {
+        HostPort::parse(a)?;
+    }
+    Ok(())
+}
+
+/// The peer TLS files: all three or none.
+fn peer_tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<PeerTlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert_file), Some(key_file), Some(ca_file)) => Ok(Some(PeerTlsFiles {
+            cert_file,
+            key_file,
+            ca_file,
+        })),
+        _ => Err(ConfigError::Inconsistent(
+            "peer-tls-cert-file, peer-tls-key-file and peer-tls-ca-file go together: set all \
+             three or none"
+                .into(),
+        )),
+    }
+}
+
+/// Gossip runs only when asked for (bind-addr given, or members to join): a node started
+/// without cluster flags stays exactly a single node, and tests that start many of them never
+/// contend for 8401/udp.
+fn gossip_settings(
+    bind: Option<SocketAddr>,
+    advertise_addr: Option<&str>,
+    join: &[String],
+    peer_tls: Option<PeerTlsFiles>,
+) -> Result<Option<GossipSettings>, ConfigError> {
+    if bind.is_none() && join.is_empty() {
+        if peer_tls.is_some() || advertise_addr.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "peer-tls-* and advertise-addr are cluster settings: give --bind-addr or \
+                 --start-join-addrs too"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let bind = bind.unwrap_or(DEFAULT_BIND_ADDR);
+    Ok(Some(GossipSettings {
+        bind,
+        advertise: advertise(bind, advertise_addr)?,
+        join: join.to_vec(),
+        peer_tls,
+    }))
+}
+
+/// The gossip address to advertise: `--advertise-addr` (HOST or HOST:PORT, resolved now),
+/// else bind-addr; never a wildcard.
+fn advertise(bind: SocketAddr, given: Option<&str>) -> Result<SocketAddr, ConfigError> {
+    let addr = match given.map(str::trim).filter(|s| !s.is_empty()) {
+        None => bind,
+        Some(g) => {
+            let with_port =
+                HostPort::parse(g).unwrap_or_else(|_| HostPort(format!("{g}:{}", bind.port())));
+            let mut a = with_port.resolve().map_err(|reason| ConfigError::Invalid {
+                key: "advertise-addr".into(),
+                value: g.to_owned(),
+                origin: "settings".into(),
+                reason,
+            })?;
+            if a.port() == 0 {
+                a.set_port(bind.port());
+            }
+            a
+        }
+    };
+    if addr.ip().is_unspecified() {
+        return Err(ConfigError::Inconsistent(format!(
+            "the gossip address {addr} is a wildcard, which other nodes cannot dial: set \
+             --advertise-addr to this node's reachable address or host name"
+        )));
+    }
+    Ok(addr)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -285,14 +404,18 @@ impl Settings {
     }
 
     /// The address other nodes and clients should use: the listen address, unless it is a
-    /// wildcard, in which case the bind address's IP stands in for it.
+    /// wildcard, in which case the advertised gossip address's IP (or else bind-addr's)
+    /// stands in for it.
     pub fn advertised_rpc_addr(&self) -> SocketAddr {
-        let ip: IpAddr =
-            if self.listen.ip().is_unspecified() && !self.bind_addr.ip().is_unspecified() {
-                self.bind_addr.ip()
-            } else {
-                self.listen.ip()
-            };
+        let stand_in = match &self.gossip {
+            Some(g) => g.advertise.ip(),
+            None => self.bind_addr.unwrap_or(DEFAULT_BIND_ADDR).ip(),
+        };
+        let ip: IpAddr = if self.listen.ip().is_unspecified() && !stand_in.is_unspecified() {
+            stand_in
+        } else {
+            self.listen.ip()
+        };
         SocketAddr::new(ip, self.listen.port())
     }
 }
@@ -315,7 +438,16 @@ impl std::fmt::Display for Settings {
             Some(_) => "on",
         };
         let acl = if self.acl.is_some() { "on" } else { "off" };
-        write!(f, " tls={tls} acl={acl}")
+        let gossip = match &self.gossip {
+            None => "off".to_owned(),
+            Some(g) => format!(
+                "on(bind {} advertise {} peer-tls {})",
+                g.bind,
+                g.advertise,
+                if g.peer_tls.is_some() { "on" } else { "off" }
+            ),
+        };
+        write!(f, " tls={tls} acl={acl} gossip={gossip}")
     }
 }
 
@@ -403,30 +535,92 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_features_are_refused() {
-        let args = ServeArgs {
-            peer_tls_cert_file: Some("cert.pem".into()),
-            ..Default::default()
-        };
-        let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(e.contains("peer-tls-cert-file") && e.contains("TLS"), "{e}");
+    fn bootstrap_is_refused_until_replication() {
         let e = resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "true")]).unwrap_err();
         assert!(e.to_string().contains("Raft"), "{e}");
-        let e = resolve(
+        resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "false")]).unwrap();
+    }
+
+    #[test]
+    fn gossip_only_with_cluster_flags() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        assert!(s.gossip.is_none());
+        assert_eq!(s.listen, "127.0.0.1:8400".parse().unwrap());
+        // An empty join list is no cluster either.
+        let s = resolve(ServeArgs::default(), &[("PROGLOG_START_JOIN_ADDRS", "")]).unwrap();
+        assert!(s.gossip.is_none());
+        let s = resolve(
             ServeArgs::default(),
-            &[("PROGLOG_START_JOIN_ADDRS", "a:1,b:2")],
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("membership"), "{e}");
-        // Explicitly false or empty is fine.
-        resolve(
-            ServeArgs::default(),
-            &[
-                ("PROGLOG_BOOTSTRAP", "false"),
-                ("PROGLOG_START_JOIN_ADDRS", ""),
-            ],
+            &[("PROGLOG_START_JOIN_ADDRS", "localhost:8401, 127.0.0.2:8401")],
         )
         .unwrap();
+        let g = s.gossip.unwrap();
+        assert_eq!(g.join, vec!["localhost:8401", "127.0.0.2:8401"]);
+        assert_eq!(g.advertise, DEFAULT_BIND_ADDR);
+        // Host names resolve; the RPC listener takes bind-addr's IP.
+        let s = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_BIND_ADDR", "localhost:9401")],
+        )
+        .unwrap();
+        let bind = s.bind_addr.unwrap();
+        assert!(bind.ip().is_loopback());
+        assert_eq!(s.listen, SocketAddr::new(bind.ip(), 8400));
+        assert!(s.gossip.unwrap().join.is_empty());
+        assert!(resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_START_JOIN_ADDRS", "no-port")]
+        )
+        .is_err());
+        assert!(resolve(ServeArgs::default(), &[("PROGLOG_BIND_ADDR", "no-port")]).is_err());
+    }
+
+    #[test]
+    fn a_wildcard_is_never_advertised() {
+        let wild = [("PROGLOG_BIND_ADDR", "0.0.0.0:8401")];
+        let e = resolve(ServeArgs::default(), &wild)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("advertise-addr"), "{e}");
+        let s = resolve(
+            ServeArgs::default(),
+            &[wild[0], ("PROGLOG_ADVERTISE_ADDR", "127.0.0.9")],
+        )
+        .unwrap();
+        assert_eq!(s.advertised_rpc_addr(), "127.0.0.9:8400".parse().unwrap());
+        assert_eq!(
+            s.gossip.unwrap().advertise,
+            "127.0.0.9:8401".parse().unwrap()
+        );
+        let s = resolve(
+            ServeArgs::default(),
+            &[wild[0], ("PROGLOG_ADVERTISE_ADDR", "localhost:7000")],
+        )
+        .unwrap();
+        assert_eq!(s.gossip.unwrap().advertise.port(), 7000);
+    }
+
+    #[test]
+    fn peer_tls_files_come_in_threes_and_need_a_cluster() {
+        let all = [
+            ("PROGLOG_PEER_TLS_CERT_FILE", "p.pem"),
+            ("PROGLOG_PEER_TLS_KEY_FILE", "p-key.pem"),
+            ("PROGLOG_PEER_TLS_CA_FILE", "ca.pem"),
+            ("PROGLOG_START_JOIN_ADDRS", "127.0.0.1:8401"),
+        ];
+        let s = resolve(ServeArgs::default(), &all).unwrap();
+        assert_eq!(
+            s.gossip.unwrap().peer_tls.unwrap().ca_file,
+            PathBuf::from("ca.pem")
+        );
+        assert!(matches!(
+            resolve(ServeArgs::default(), &all[1..]),
+            Err(ConfigError::Inconsistent(_))
+        ));
+        assert!(matches!(
+            resolve(ServeArgs::default(), &all[..3]),
+            Err(ConfigError::Inconsistent(_))
+        ));
     }
 
     #[test]

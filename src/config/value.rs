@@ -6,7 +6,7 @@
 //! holds may differ from what is written (`ByteSize` -> `usize`, `AdminAddr` ->
 //! `Option<SocketAddr>`): [`Land`] makes that step, and its `Err` is reported like a bad value.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -255,6 +255,54 @@ impl SettingValue for AddrList {
     fn from_matches(m: &ArgMatches, id: &str) -> Option<Self> {
         let all = m.get_many::<AddrList>(id)?;
         Some(AddrList(all.flat_map(|l| l.0.iter().cloned()).collect()))
+    }
+}
+
+/// `host:port` where the host is a name (resolved when the setting lands, or at every use)
+/// or an IP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort(pub String);
+
+impl SettingValue for HostPort {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+        if host.trim_matches(|c| c == '[' || c == ']').is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        port.parse::<u16>()
+            .map_err(|_| format!("{port:?} is not a port"))?;
+        Ok(HostPort(text.to_owned()))
+    }
+    fn show(&self) -> String {
+        self.0.clone()
+    }
+}
+
+impl HostPort {
+    /// The first address the name resolves to now.
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        self.0
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {}: {e}", self.0))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", self.0))
+    }
+}
+
+/// Resolved once, at start (`--bind-addr`: the node binds it).
+impl Land<Option<SocketAddr>> for HostPort {
+    fn land(self) -> Result<Option<SocketAddr>, String> {
+        self.resolve().map(Some)
+    }
+}
+
+/// Empty is unset.
+impl Land<Option<String>> for String {
+    fn land(self) -> Result<Option<String>, String> {
+        Ok(Some(self).filter(|s| !s.trim().is_empty()))
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use consensus::membership::{GossipStats, MemberState, MembershipWatch};
 use engine::metrics::{HistogramSnapshot, COUNT_BOUNDS, LATENCY_BOUNDS_NS};
 use engine::EngineHandle;
 
@@ -75,6 +76,7 @@ pub struct Observability {
     phase: AtomicU8,
     engine: Mutex<Option<EngineHandle>>,
     rpc: OnceLock<Arc<RpcMetrics>>,
+    membership: OnceLock<MembershipWatch>,
     start_time: SystemTime,
 }
 
@@ -90,6 +92,7 @@ impl Observability {
             phase: AtomicU8::new(Phase::Starting as u8),
             engine: Mutex::new(None),
             rpc: OnceLock::new(),
+            membership: OnceLock::new(),
             start_time: SystemTime::now(),
         }
     }
@@ -119,6 +122,11 @@ impl Observability {
     /// The RPC metrics every shard's server records into (set once).
     pub fn set_rpc(&self, rpc: Arc<RpcMetrics>) {
         let _ = self.rpc.set(rpc);
+    }
+
+    /// The member list and gossip counters to report (set once).
+    pub fn set_membership(&self, watch: MembershipWatch) {
+        let _ = self.membership.set(watch);
     }
 
     /// The whole Prometheus exposition, as of now.
@@ -156,6 +164,9 @@ impl Observability {
         if let Some(rpc) = self.rpc.get() {
             render_rpc(&mut e, rpc);
         }
+        if let Some(m) = self.membership.get() {
+            render_membership(&mut e, m);
+        }
         let engine = self.engine.lock().ok().and_then(|e| e.clone());
         if let Some(engine) = engine {
             render_engine(&mut e, &engine);
@@ -163,6 +174,93 @@ impl Observability {
         render_process(&mut e, &ProcessStats::read(), self.start_time);
         e.finish()
     }
+}
+
+fn render_membership(e: &mut Exposition, m: &MembershipWatch) {
+    let list = m.members();
+    e.family(
+        "proglog_members",
+        Kind::Gauge,
+        "Cluster members this node knows, by state (up, suspect, down, left); itself included.",
+    );
+    for s in MemberState::ALL {
+        e.sample(
+            "proglog_members",
+            &[("state", s.as_str())],
+            list.count(s) as f64,
+        );
+    }
+    let st = m.stats();
+    let get = GossipStats::get;
+    e.single(
+        "proglog_gossip_suspicions_total",
+        Kind::Counter,
+        "Times a member became suspect (a probe failed and was not yet refuted).",
+        get(&st.suspicions) as f64,
+    );
+    e.single(
+        "proglog_gossip_failed_probes_total",
+        Kind::Counter,
+        "Probes of a member that got no answer, directly or through others.",
+        get(&st.failed_probes) as f64,
+    );
+    e.family(
+        "proglog_gossip_packets_total",
+        Kind::Counter,
+        "Gossip datagrams, by direction.",
+    )
+    .sample(
+        "proglog_gossip_packets_total",
+        &[("direction", "sent")],
+        get(&st.packets_sent) as f64,
+    )
+    .sample(
+        "proglog_gossip_packets_total",
+        &[("direction", "received")],
+        get(&st.packets_received) as f64,
+    );
+    e.family(
+        "proglog_gossip_bytes_total",
+        Kind::Counter,
+        "Gossip bytes (UDP payload), by direction.",
+    )
+    .sample(
+        "proglog_gossip_bytes_total",
+        &[("direction", "sent")],
+        get(&st.bytes_sent) as f64,
+    )
+    .sample(
+        "proglog_gossip_bytes_total",
+        &[("direction", "received")],
+        get(&st.bytes_received) as f64,
+    );
+    e.family(
+        "proglog_gossip_dropped_packets_total",
+        Kind::Counter,
+        "Datagrams dropped: malformed (not ours, truncated, undecodable) or unauthenticated (no or another cluster key, bad tag).",
+    )
+    .sample(
+        "proglog_gossip_dropped_packets_total",
+        &[("reason", "malformed")],
+        get(&st.dropped_malformed) as f64,
+    )
+    .sample(
+        "proglog_gossip_dropped_packets_total",
+        &[("reason", "unauthenticated")],
+        get(&st.dropped_unauthenticated) as f64,
+    );
+    e.single(
+        "proglog_gossip_send_errors_total",
+        Kind::Counter,
+        "Gossip datagrams the operating system refused to send.",
+        get(&st.send_errors) as f64,
+    );
+    e.single(
+        "proglog_gossip_join_attempts_total",
+        Kind::Counter,
+        "Rounds of announcing this node to the start-join addresses (or asking them for the gossip key).",
+        get(&st.join_attempts) as f64,
+    );
 }
 
 fn render_rpc(e: &mut Exposition, rpc: &RpcMetrics) {

@@ -25,6 +25,7 @@ pub mod consume_stream;
 pub mod error;
 pub mod get_servers;
 pub mod health;
+pub mod membership;
 pub mod produce;
 pub mod produce_batch;
 pub mod produce_stream;
@@ -92,6 +93,7 @@ pub fn router(state: &Arc<AppState>) -> Router {
             bind(s, admin::describe_topic::handle),
         )
         .unary_prost(paths::DELETE_TOPIC, bind(s, admin::delete_topic::handle))
+        .unary_prost(paths::LIST_MEMBERS, bind(s, admin::list_members::handle))
         .unary_prost(proto::health::v1::paths::CHECK, bind(s, health::check))
         .server_streaming(proto::health::v1::paths::WATCH, move |r, sink| {
             health::watch(s4.clone(), r, sink)
@@ -263,6 +265,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         return Err(e);
     }
 
+    let cluster = match membership::start(&settings, &handle, &obs) {
+        Ok(c) => c,
+        Err(e) => {
+            obs.set_engine(None);
+            engine.shutdown();
+            return Err(e);
+        }
+    };
+
     let shutdown = Shutdown::new();
     let state = Arc::new(AppState {
         engine: handle.clone(),
@@ -273,12 +284,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         max_message_bytes: settings.max_message_bytes,
         default_log: settings.log_config(),
         authz,
+        members: cluster.watch.clone(),
+        gossip: cluster.running.is_some(),
     });
     let server_config = ServerConfig {
         max_recv_message_bytes: settings.max_message_bytes,
         max_send_message_bytes: settings.max_message_bytes,
         drain_timeout: settings.drain_timeout,
         tls,
+        peer: cluster.peer_service.clone(),
         ..ServerConfig::default()
     };
     let shards = handle.shards();
@@ -313,6 +327,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         _ => 0,
     };
 
+    // Leave the cluster first (the book's order): others list this node as left at once,
+    // not as down after a suspicion timeout.
+    cluster.leave();
     // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
     obs.set_phase(Phase::Draining);
     state.health.set(ServingStatus::NotServing);

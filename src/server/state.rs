@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use consensus::membership::MembershipWatch;
 use engine::{EngineHandle, LogConfig};
 use net::server::Request;
 use net::tls::TlsInfo;
@@ -28,6 +29,10 @@ pub struct AppState {
     pub default_log: LogConfig,
     /// Who may do what; disabled unless ACL files are configured. Reloaded in place.
     pub authz: Arc<Authorizer>,
+    /// The cluster's members as gossip sees them (this node alone without gossip).
+    pub members: MembershipWatch,
+    /// Whether this node gossips (started with --bind-addr or --start-join-addrs).
+    pub gossip: bool,
 }
 
 impl AppState {

@@ -31,13 +31,16 @@ use super::identity::{NodeId, NodeIdentity};
 use super::key::GossipKey;
 use super::peer::{self, KeyService};
 use super::view::{GossipStats, Member, MemberList, MemberState, MembershipWatch, Shared};
-use super::{store, MembershipError};
+use super::MembershipError;
 
 /// Everything a node's membership needs, resolved by the server's configuration.
 #[derive(Debug, Clone)]
 pub struct MembershipSettings {
-    /// Holds `node.meta` and `gossip-key.meta`.
+    /// Holds `gossip-key.meta`.
     pub data_dir: PathBuf,
+    /// From [`super::store::start_generation`], called once per start of the node.
+    pub node_id: NodeId,
+    pub generation: u64,
     pub node_name: String,
     /// Where the UDP socket binds (may be a wildcard).
     pub bind: SocketAddr,
@@ -68,8 +71,7 @@ pub struct Membership {
 
 impl Membership {
     /// Starts membership on the current glommio executor and returns at once; its tasks run
-    /// on this executor until [`leave`](Self::leave). The node's run is recorded in
-    /// `node.meta` (durably) before anything is sent.
+    /// on this executor until [`leave`](Self::leave).
     pub fn start(
         settings: MembershipSettings,
         keys: KeyService,
@@ -89,7 +91,7 @@ impl Membership {
         if advertise.port() == 0 {
             advertise.set_port(bound.port());
         }
-        let (node_id, generation) = store::start_generation(&settings.data_dir)?;
+        let (node_id, generation) = (settings.node_id, settings.generation);
         let started_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -200,6 +200,22 @@ impl MembershipWatch {
         MembershipWatch { shared }
     }
 
+    /// A list that never changes: this node alone, up (a node that runs no gossip).
+    pub fn single(identity: &NodeIdentity) -> MembershipWatch {
+        let shared = Arc::new(Shared::default());
+        shared.publish(MemberList {
+            version: 1,
+            as_of: Duration::ZERO,
+            members: vec![Member::from_identity(
+                identity,
+                MemberState::Up,
+                Duration::ZERO,
+                true,
+            )],
+        });
+        MembershipWatch { shared }
+    }
+
     /// The latest list.
     pub fn members(&self) -> Arc<MemberList> {
         self.shared.current()

@@ -1,8 +1,9 @@
-//! `log.v1.Admin`: topic administration, one file per RPC.
+//! `log.v1.Admin`: topic administration and cluster membership, one file per RPC.
 
 pub mod create_topic;
 pub mod delete_topic;
 pub mod describe_topic;
+pub mod list_members;
 pub mod list_topics;
 
 use engine::{Durability, LogConfig};
