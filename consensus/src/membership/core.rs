@@ -118,7 +118,9 @@ impl Default for MembershipConfig {
             retention: Duration::from_secs(3600),
             max_members: 1024,
             join_backoff_min: Duration::from_millis(500),
-            join_backoff_max: Duration::from_secs(30),
+            // A join attempt is one small datagram per address: retrying every few seconds
+            // costs nothing, and it bounds how long an isolated node takes to come back.
+            join_backoff_max: Duration::from_secs(5),
             max_answers_per_second: 50,
         }
     }
@@ -404,6 +406,7 @@ impl Core {
             OwnedNotification::Idle => {
                 if !self.leaving {
                     log::warn!("gossip: no live member left in view");
+                    self.join_backoff = self.config.join_backoff_min;
                     self.schedule_join(io, self.config.join_backoff_min);
                 }
             }
