@@ -403,20 +403,16 @@ impl Core {
                 log::info!("gossip: joined the cluster as {:?}", self.foca.identity());
                 self.join_backoff = self.config.join_backoff_min;
             }
-            OwnedNotification::Idle => {
-                if !self.leaving {
-                    log::warn!("gossip: no live member left in view");
-                    self.join_backoff = self.config.join_backoff_min;
-                    self.schedule_join(io, self.config.join_backoff_min);
-                }
+            OwnedNotification::Idle if !self.leaving => {
+                log::warn!("gossip: no live member left in view");
+                self.join_backoff = self.config.join_backoff_min;
+                self.schedule_join(io, self.config.join_backoff_min);
             }
             OwnedNotification::Rejoin(id) => {
                 log::warn!("gossip: this node was declared down by the cluster; rejoined as {id:?}")
             }
-            OwnedNotification::Defunct => {
-                if !self.leaving {
-                    log::warn!("gossip: this node was declared down and cannot rejoin");
-                }
+            OwnedNotification::Defunct if !self.leaving => {
+                log::warn!("gossip: this node was declared down and cannot rejoin");
             }
             _ => {}
         }

@@ -432,17 +432,14 @@ impl Driver {
     }
 
     async fn commands(self: Rc<Self>, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(cmd) = rx.next().await {
-            match cmd {
-                Command::Leave(done) => {
-                    self.leave().await;
-                    let _ = done.send(());
-                    return;
-                }
+        match rx.next().await {
+            Some(Command::Leave(done)) => {
+                self.leave().await;
+                let _ = done.send(());
             }
+            // Every handle is gone: nobody can ask for a clean leave any more.
+            None => self.halt(),
         }
-        // Every handle is gone: nobody can ask for a clean leave any more.
-        self.halt();
     }
 
     /// Announce the departure, push it out for two gossip rounds, leave, stop.
@@ -486,7 +483,7 @@ impl Driver {
                     Err(e) => log::warn!("gossip: {e}"),
                 }
             }
-            if attempt == 1 || attempt % 10 == 0 {
+            if attempt == 1 || attempt.is_multiple_of(10) {
                 log::warn!(
                     "gossip: no member at {:?} gave the gossip key yet (attempt {attempt}); retrying",
                     self.join
