@@ -410,6 +410,9 @@ fn five_nodes_find_each_other_by_name_and_report_down_restart_left() {
                 p[4..8].copy_from_slice(&[0, 0, 0, 0]);
             }
             let _ = s.send_to(&p, "10.77.0.2:8401");
+            // Paced: a burst would overflow the socket's receive buffer and be dropped by
+            // the kernel before the node could count it.
+            std::thread::sleep(Duration::from_millis(1));
         }
     });
     std::thread::sleep(Duration::from_secs(2));
