@@ -112,7 +112,7 @@ impl Default for MembershipConfig {
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
             announce_interval: Duration::from_secs(10),
-            announce_down_interval: Duration::from_secs(5),
+            announce_down_interval: Duration::from_secs(2),
             max_transmissions: 6,
             max_packet_bytes: 1400,
             retention: Duration::from_secs(3600),
@@ -409,7 +409,15 @@ impl Core {
                 self.schedule_join(io, self.config.join_backoff_min);
             }
             OwnedNotification::Rejoin(id) => {
-                log::warn!("gossip: this node was declared down by the cluster; rejoined as {id:?}")
+                log::warn!(
+                    "gossip: this node was declared down by the cluster; rejoined as {id:?}"
+                );
+                // foca tells only the members it sees live of the new identity; a node that
+                // sees none (it was cut off) announces itself through its join addresses now.
+                if self.joins && self.foca.num_members() == 0 {
+                    GossipStats::add(&self.shared.stats.join_attempts, 1);
+                    io.request_join();
+                }
             }
             OwnedNotification::Defunct if !self.leaving => {
                 log::warn!("gossip: this node was declared down and cannot rejoin");
