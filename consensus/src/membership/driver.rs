@@ -517,7 +517,7 @@ impl Driver {
         let wait = async {
             loop {
                 let Ok((n, from)) = self.socket.recv_from(&mut buf).await else {
-                    continue;
+                    return None;
                 };
                 if let Ok(Opened::Answer {
                     nonce: got,
