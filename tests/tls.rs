@@ -302,7 +302,7 @@ fn rejected_connections_leave_the_server_unharmed() {
         let mut buf = Vec::new();
         let _ = tcp.read_to_end(&mut buf);
     }
-    wait_for_log(&s, "replication connection from");
+    wait_for_log(&s, "peer connection from");
 
     let root = connect(&s, client(certs, Some("root"))).expect("root still connects");
     produce(&root, "", 0, "still serving").expect("server unharmed");
