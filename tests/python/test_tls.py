@@ -216,11 +216,11 @@ def test_rejections_leave_the_server_unharmed(tls_server, cli_certs, other_ca):
     plain.close()
     wait_log(srv, "plaintext connection from")
 
-    # The byte reserved for replication.
+    # The peer-channel byte (node to node), on a node that serves no peer channel.
     with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
         s.sendall(b"\x01\x00\x00\x00")
         assert s.recv(100) == b""
-    wait_log(srv, "replication connection from")
+    wait_log(srv, "peer connection from")
 
     assert srv.proc.poll() is None
     root = srv.secure_channel("root")
