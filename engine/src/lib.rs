@@ -42,6 +42,7 @@ pub mod limits;
 pub mod log;
 pub mod meta;
 pub mod metrics;
+pub mod seam;
 pub mod segment;
 pub mod shard;
 pub mod topics;
@@ -51,7 +52,7 @@ pub use budget::FileBudget;
 pub use catalog::TopicInfo;
 pub use config::{Durability, EngineConfig, LogConfig};
 pub use error::{Error, Result};
-pub use log::{Appended, Log, LogStats, RawBatches, Removed, SnapshotReader};
+pub use log::{Appended, Log, LogStats, RawBatches, Removed, SnapshotReader, Visibility};
 pub use metrics::AppendTiming;
 pub use shard::{Engine, EngineHandle, PartitionInfo, ShardCtx, ShardReport};
 

@@ -64,3 +64,53 @@ fn always_hides_records_until_they_are_durable() {
 fn never_shows_records_at_once() {
     check(Durability::Never);
 }
+
+/// Once an owner takes the visible mark, appends (durable or not) stay hidden until the
+/// owner raises it; raising it wakes parked readers; it never passes the log's end nor goes
+/// down, except that a truncation lowers it with the log.
+#[test]
+fn an_owner_sets_what_readers_see() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    engine::run_local(tmp.path(), move || async move {
+        let log = Log::open(&dir, LogConfig::default(), FileBudget::new(4))
+            .await
+            .expect("open");
+        log.append(&[NewRecord::new(Bytes::from_static(b"a"))])
+            .await
+            .expect("append");
+        log.take_visibility();
+        assert_eq!(log.visibility(), engine::Visibility::Owner);
+        assert_eq!(log.visible_end(), 1, "what was visible stays visible");
+        for v in [b"b", b"c", b"d"] {
+            log.append(&[NewRecord::new(Bytes::from_static(v))])
+                .await
+                .expect("append");
+        }
+        assert_eq!(log.policy_end(), 4, "durable under always");
+        assert_eq!(log.visible_end(), 1, "but not visible until the owner says so");
+        assert!(matches!(
+            log.read(1).await,
+            Err(Error::OffsetOutOfRange {
+                offset: 1,
+                next: 1,
+                ..
+            })
+        ));
+        let l2 = Rc::clone(&log);
+        let waiter = glommio::spawn_local(async move {
+            l2.wait_for(2).await;
+            l2.visible_end()
+        });
+        futures_lite::future::yield_now().await;
+        assert_eq!(log.set_visible(2), 2, "not far enough for the waiter");
+        assert_eq!(&log.read(1).await.expect("read").value[..], b"b");
+        assert_eq!(log.set_visible(99), 4, "never past the end");
+        assert_eq!(waiter.await, 4, "the parked reader woke");
+        assert_eq!(log.set_visible(3), 4, "never down");
+        log.truncate_suffix(1).await.expect("truncate");
+        assert_eq!(log.visible_end(), 2, "a truncation lowers it with the log");
+        assert_eq!(log.read_range(0, 10, 1 << 20).await.expect("read").len(), 2);
+    })
+    .expect("executor");
+}

@@ -2,7 +2,7 @@
 //! every change of its state: every mutable borrow of the state goes through
 //! [`Log::state_mut`], whose guard calls [`check_invariants`] when the borrow ends.
 
-use super::{Log, State};
+use super::{Log, State, Visibility};
 use crate::segment::BLOCK;
 use std::cell::RefMut;
 use std::ops::{Deref, DerefMut};
@@ -51,6 +51,9 @@ fn broken_invariant(st: &State) -> Option<String> {
             "durable_next {} is past next {}",
             st.durable_next, st.next
         ));
+    }
+    if st.visibility == Visibility::Owner && st.visible > st.next {
+        return Some(format!("visible {} is past next {}", st.visible, st.next));
     }
     let segs = &st.segments;
     for (i, pair) in segs.windows(2).enumerate() {
@@ -161,6 +164,10 @@ mod tests {
     fn each_broken_invariant_is_named() {
         let cases: &[(&str, Breaker)] = &[
             ("durable_next", |st| st.durable_next = st.next + 1),
+            ("visible", |st| {
+                st.visibility = Visibility::Owner;
+                st.visible = st.next + 1;
+            }),
             ("not followed", |st| st.segments[0].next += 1),
             ("not followed", |st| st.segments.swap(0, 1)),
             ("has a writer", |st| {

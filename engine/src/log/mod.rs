@@ -13,7 +13,8 @@
 //! - `admission.rs`: appends, from limits to the offset they get, first come first served;
 //! - `commit.rs`: write-out and fdatasync (pipelined group commit), the background flusher;
 //! - `roll.rs`: creating the active segment, sealing it and starting the next;
-//! - `read.rs`: what readers may see, and reading records and batches from segments;
+//! - `read.rs`: what readers may see (the visible mark), and reading records and batches
+//!   from segments;
 //! - `retention.rs`: removing whole old segments (by offset, size or age);
 //! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
 //! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files);
@@ -21,7 +22,8 @@
 //!
 //! Invariants of the state (checked in debug builds):
 //! - `segments` is sorted by base and contiguous (`s[i].next == s[i+1].base`); only the last
-//!   segment may have a writer; `lowest == segments[0].base`; `durable_next <= next`.
+//!   segment may have a writer; `lowest == segments[0].base`; `durable_next <= next`;
+//!   under `Visibility::Owner`, `visible <= next`.
 //! - Bytes of the active segment before `writer.buf_pos` (block-aligned) are on the device;
 //!   bytes from it on are in `writer.buf` (which may also have reached the device), up to the
 //!   segment's size: `buf_pos <= written <= size == buf_pos + buf.len()`.
@@ -56,6 +58,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Offsets assigned to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +98,27 @@ pub struct Removed {
     pub bytes: u64,
 }
 
+/// Who moves the end of what readers may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// The log itself, to what its durability policy makes visible: the durable end under
+    /// `always`, the end otherwise. For a log used on its own (tools, tests).
+    Policy,
+    /// Only the log's owner, with [`Log::set_visible`]: the engine's single-node owner to
+    /// the policy's end after each append, a Raft owner to the commit index.
+    Owner,
+}
+
 struct State {
     segments: Vec<Segment>,
     lowest: u64,
     next: u64,
     durable_next: u64,
+    /// Who moves the visible end; under `Owner`, `visible` is it.
+    visibility: Visibility,
+    /// The end of what readers may see when an owner sets it (unused under `Policy`).
+    /// Raised only by `set_visible`; lowered by truncation and reset.
+    visible: u64,
     /// Term stamped on batches appended with `append`.
     term: u64,
     latched: Option<String>,
@@ -135,6 +154,8 @@ impl State {
             lowest,
             next,
             durable_next: next,
+            visibility: Visibility::Policy,
+            visible: next,
             term,
             latched: None,
             exclusive: false,
@@ -154,6 +175,8 @@ impl State {
 /// One partition's log.
 pub struct Log {
     dir: PathBuf,
+    /// `dir`, shared with the chunks reads hand out (for their error messages).
+    origin: Arc<Path>,
     config: LogConfig,
     budget: Rc<FileBudget>,
     state: RefCell<State>,
@@ -191,6 +214,7 @@ impl Log {
             }
         }
         let log = Rc::new(Log {
+            origin: Arc::from(dir.as_path()),
             dir,
             config,
             budget,
@@ -257,6 +281,11 @@ impl Log {
             segments: st.segments.len(),
             ..st.stats
         }
+    }
+
+    /// Why the log refuses writes, if it does (a write or sync failed earlier).
+    pub fn latched_cause(&self) -> Option<String> {
+        self.state.borrow().latched.clone()
     }
 
     pub fn dir(&self) -> &Path {

@@ -1,36 +1,91 @@
-//! Reads: what readers may see (`readable_next`), waiting for it to grow, and reading records
-//! and whole checked batches from segments, from the write-behind buffer where it holds them
-//! and with DMA reads otherwise.
+//! Reads: what readers may see (the visible end: the durability policy's, or a mark the log's
+//! owner sets), waiting for it to grow, and reading records and whole batches from segments,
+//! from the write-behind buffer where it holds them and with DMA reads otherwise.
 
-use super::{find, Log};
+use super::{find, Log, State, Visibility};
 use crate::batch::{self, Header, Parsed, Record, HEADER_LEN};
 use crate::budget::OpenFiles;
-use crate::config::Durability;
+use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::limits;
+use crate::seam::{Chunk, PastEnd, ReadLimits, Run};
 use crate::segment;
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
+
+/// What `config`'s durability policy makes visible of a log in state `st`.
+fn policy_end(config: &LogConfig, st: &State) -> u64 {
+    if config.durability == Durability::Always {
+        st.durable_next.min(st.next)
+    } else {
+        st.next
+    }
+}
 
 impl Log {
-    /// The offset after the last record readers may see. Under `always` that is the durable
-    /// mark: a record is visible only once it is on disk, so no consumer ever sees a record
-    /// that a crash could take back (and whose offset could then be reused). Under
-    /// `interval` and `never`, every appended record is visible.
-    pub fn readable_next(&self) -> u64 {
+    /// What the durability policy makes visible: under `always` the durable mark, so that no
+    /// consumer ever reads a record a crash could take back (and whose offset could then be
+    /// reused); under `interval` and `never`, every appended record.
+    pub fn policy_end(&self) -> u64 {
+        policy_end(&self.config, &self.state.borrow())
+    }
+
+    /// The offset after the last record readers may see: [`policy_end`](Self::policy_end)
+    /// unless an owner took over the mark ([`take_visibility`](Self::take_visibility)), then
+    /// what the owner last set.
+    pub fn visible_end(&self) -> u64 {
         let st = self.state.borrow();
-        if self.config.durability == Durability::Always {
-            st.durable_next.min(st.next)
-        } else {
-            st.next
+        match st.visibility {
+            Visibility::Policy => policy_end(&self.config, &st),
+            Visibility::Owner => st.visible,
         }
     }
 
+    /// [`visible_end`](Self::visible_end) (the name tools and tests know).
+    pub fn readable_next(&self) -> u64 {
+        self.visible_end()
+    }
+
+    /// Hands the visible mark to the log's owner: from now on only
+    /// [`set_visible`](Self::set_visible) raises it. It starts where the policy has it, so
+    /// nothing visible disappears.
+    pub fn take_visibility(&self) {
+        let mut st = self.state_mut();
+        if st.visibility == Visibility::Policy {
+            st.visible = policy_end(&self.config, &st);
+            st.visibility = Visibility::Owner;
+        }
+    }
+
+    /// Who moves the visible mark.
+    pub fn visibility(&self) -> Visibility {
+        self.state.borrow().visibility
+    }
+
+    /// The owner raises the visible mark to `end` (never past the log's end, never down:
+    /// truncation and reset lower it themselves) and wakes the readers waiting for it.
+    /// Returns the mark. Ignored, apart from the return, unless the owner took the mark.
+    pub fn set_visible(&self, end: u64) -> u64 {
+        let mut st = self.state_mut();
+        if st.visibility != Visibility::Owner {
+            return policy_end(&self.config, &st);
+        }
+        let end = end.min(st.next);
+        if end <= st.visible {
+            return st.visible;
+        }
+        st.visible = end;
+        drop(st);
+        self.appended.notify(usize::MAX);
+        end
+    }
+
     /// Checks that `from` is readable; returns the end of what readers may see.
-    pub(super) fn readable_from(&self, from: u64) -> Result<u64> {
-        let end = self.readable_next();
+    pub(crate) fn readable_from(&self, from: u64) -> Result<u64> {
+        let end = self.visible_end();
         let lowest = self.lowest_offset();
         if from < lowest || from >= end {
             return Err(Error::OffsetOutOfRange {
@@ -42,15 +97,15 @@ impl Log {
         Ok(end)
     }
 
-    /// Resolves once the log holds `offset` (for tailing readers), or at once if it does; also
-    /// resolves when the log is closed or reset.
+    /// Resolves once readers may see `offset` (for tailing readers), or at once if they may;
+    /// also resolves when the log is closed or reset.
     pub async fn wait_for(&self, offset: u64) {
         loop {
-            if self.readable_next() > offset || self.state.borrow().closed {
+            if self.visible_end() > offset || self.state.borrow().closed {
                 return;
             }
             let listener = self.appended.listen();
-            if self.readable_next() > offset || self.state.borrow().closed {
+            if self.visible_end() > offset || self.state.borrow().closed {
                 return;
             }
             listener.await;
@@ -71,28 +126,40 @@ impl Log {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
-        let end = self.readable_from(from)?;
-        let batches = self.read_batches(from, max_bytes, max_records, end).await?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        'batches: for b in batches {
-            let records = batch::decode_records(&b.header, &b.bytes).ok_or_else(|| {
-                Error::corrupt(&b.path, b.pos, "records do not add up to the batch length")
-            })?;
-            for r in records {
-                if r.offset < from {
-                    continue;
-                }
-                if out.len() >= max_records
-                    || (!out.is_empty() && bytes + r.value.len() > max_bytes)
-                {
-                    break 'batches;
-                }
-                bytes += r.value.len();
-                out.push(r);
-            }
+        self.readable_from(from)?;
+        let limits = ReadLimits {
+            max_records,
+            max_bytes,
+            past_end: PastEnd::OutOfRange,
+        };
+        let chunk = self.read_chunk(from, limits).await?;
+        chunk.checked_records().collect()
+    }
+
+    /// Whole stored batches from the one holding `from`, up to about `limits.max_bytes`
+    /// (at least one batch) or `limits.max_records`, never past the visible end: what a
+    /// partition's owner hands a reader, who checks and decodes them on its own core (see
+    /// [`Chunk`]). Each header is parsed here (to walk the segment and check offset
+    /// continuity), but no CRC is computed and no record decoded. At the visible end (or
+    /// past it, under [`PastEnd::Empty`]) the chunk is empty; before the lowest offset, or
+    /// past the end under [`PastEnd::OutOfRange`], it is `OffsetOutOfRange`.
+    pub async fn read_chunk(&self, from: u64, limits: ReadLimits) -> Result<Chunk> {
+        let end = self.visible_end();
+        let lowest = self.lowest_offset();
+        let at_end = match limits.past_end {
+            PastEnd::OutOfRange => from == end,
+            PastEnd::Empty => from >= end,
+        };
+        let mut chunk = Chunk::new(from, end, limits, Arc::clone(&self.origin));
+        if at_end && from >= lowest {
+            return Ok(chunk);
         }
-        Ok(out)
+        self.readable_from(from)?;
+        let c = self
+            .collect_batches(from, limits.max_bytes, limits.max_records, end, false)
+            .await?;
+        chunk.runs = c.runs;
+        Ok(chunk)
     }
 
     /// The term of the record at `offset`.
@@ -257,10 +324,30 @@ impl Log {
         max_records: usize,
         end: u64,
     ) -> Result<Vec<StoredBatch>> {
+        Ok(self
+            .collect_batches(from, max_bytes, max_records, end, true)
+            .await?
+            .out)
+    }
+
+    /// Collects whole batches starting with the one that holds `from`, until about
+    /// `max_bytes` or `max_records`, or `end` (at least one batch), CRC-checking each when
+    /// `check` is set; both as batches and as runs of contiguous bytes.
+    async fn collect_batches(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_records: usize,
+        end: u64,
+        check: bool,
+    ) -> Result<Collect> {
         let window = max_bytes.clamp(limits::MIN_READ_WINDOW_BYTES, limits::MAX_READ_WINDOW_BYTES)
             + self.config.index_interval_bytes as usize;
         let mut c = Collect {
             out: Vec::new(),
+            runs: Vec::new(),
+            open: None,
+            check,
             want: from,
             bytes: 0,
             records: 0,
@@ -279,11 +366,13 @@ impl Log {
                 Err(_) => break,
             };
             self.ensure_open(base).await?;
-            if self.read_segment(base, &mut c).await? {
+            let done = self.read_segment(base, &mut c).await;
+            c.close_run();
+            if done? {
                 break;
             }
         }
-        Ok(c.out)
+        Ok(c)
     }
 
     /// Collects batches of segment `base` from the one holding `c.want`; true once `c` has
@@ -294,6 +383,7 @@ impl Log {
         let before = c.want;
         while pos < size {
             if pos + HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
+                c.close_run();
                 chunk = self.fetch(base, pos, c.window).await?;
                 chunk_pos = pos;
             }
@@ -320,6 +410,7 @@ impl Log {
             }
             if pos + len as u64 > chunk_pos + chunk.len() as u64 {
                 let need = len.max(c.max_bytes.saturating_sub(c.bytes).min(c.window));
+                c.close_run();
                 chunk = self.fetch(base, pos, need).await?;
                 chunk_pos = pos;
                 if chunk.len() < len {
@@ -332,15 +423,11 @@ impl Log {
             }
             let at = (pos - chunk_pos) as usize;
             let bytes = chunk.slice(at..at + len);
-            if !batch::crc_ok(&header, &bytes) {
+            if c.check && !batch::crc_ok(&header, &bytes) {
                 return Err(Error::corrupt(&path, pos, "checksum mismatch"));
             }
-            c.push(StoredBatch {
-                header,
-                pos,
-                path: path.clone(),
-                bytes,
-            });
+            c.extend_run(&chunk, at, len, base, pos);
+            c.push(StoredBatch { header, pos, bytes });
             pos += len as u64;
             if c.done() {
                 return Ok(true);
@@ -391,8 +478,6 @@ pub(super) struct StoredBatch {
     pub(super) header: Header,
     /// Byte position in the data file.
     pub(super) pos: u64,
-    /// The data file.
-    pub(super) path: PathBuf,
     /// The batch, header included, in the on-disk format.
     pub(super) bytes: Bytes,
 }
@@ -400,6 +485,13 @@ pub(super) struct StoredBatch {
 /// What a read has collected so far, and where it stops.
 struct Collect {
     out: Vec<StoredBatch>,
+    /// The same batches as runs of contiguous bytes of one fetched piece each.
+    runs: Vec<Run>,
+    /// The run being extended: the piece it is in, its start and end there.
+    open: Option<OpenRun>,
+    /// CRC-check each batch here (callers that hand batches on unchecked leave it to the
+    /// reader).
+    check: bool,
     /// The next offset the read wants.
     want: u64,
     bytes: usize,
@@ -411,7 +503,47 @@ struct Collect {
     window: usize,
 }
 
+/// A run of batches being collected from one fetched piece of a data file.
+struct OpenRun {
+    piece: Bytes,
+    start: usize,
+    end: usize,
+    segment: u64,
+    /// File position of `piece[start]`.
+    pos: u64,
+}
+
 impl Collect {
+    /// Adds `piece[at..at + len]` (at file position `pos` of segment `segment`) to the open
+    /// run if it continues it, else starts a new run.
+    fn extend_run(&mut self, piece: &Bytes, at: usize, len: usize, segment: u64, pos: u64) {
+        if let Some(o) = &mut self.open {
+            if o.end == at && o.segment == segment && o.piece.as_ptr() == piece.as_ptr() {
+                o.end += len;
+                return;
+            }
+        }
+        self.close_run();
+        self.open = Some(OpenRun {
+            piece: piece.clone(),
+            start: at,
+            end: at + len,
+            segment,
+            pos,
+        });
+    }
+
+    /// Ends the open run (the next batch comes from another piece).
+    fn close_run(&mut self) {
+        if let Some(o) = self.open.take() {
+            self.runs.push(Run {
+                bytes: o.piece.slice(o.start..o.end),
+                segment: Some(o.segment),
+                pos: o.pos,
+            });
+        }
+    }
+
     fn push(&mut self, b: StoredBatch) {
         self.bytes += b.bytes.len();
         self.records += (b.header.next_offset() - self.want) as usize;

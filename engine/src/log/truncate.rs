@@ -96,6 +96,7 @@ impl Log {
         });
         st.next = new_next;
         st.durable_next = st.durable_next.min(new_next);
+        st.visible = st.visible.min(new_next);
         st.sync_requested = st.durable_next;
         st.lowest = st.segments[0].base;
         Ok(())
@@ -220,6 +221,7 @@ impl Log {
         st.lowest = next_offset;
         st.next = next_offset;
         st.durable_next = next_offset;
+        st.visible = next_offset;
         st.latched = None;
         st.sync_requested = next_offset;
         Ok(())

@@ -1,0 +1,239 @@
+//! What a read hands back: whole stored batches as the owner found them (shared bytes, no
+//! copy, no per-record work on the owner), checked and decoded by the caller on its own core.
+
+use super::error::Result;
+use super::ReadLimits;
+use crate::batch::{self, Header, Parsed, Record, HEADER_LEN, RECORD_OVERHEAD};
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Whole stored batches, back to back, as one contiguous piece of a data file (or memory).
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub bytes: Bytes,
+    /// The base offset of the segment whose data file holds the run (`None`: not a file).
+    pub(crate) segment: Option<u64>,
+    /// Byte position of the run in that file.
+    pub(crate) pos: u64,
+}
+
+/// The result of one read: stored batches from the one holding `from`, never past
+/// `visible_end`, and the bounds [`records`](Chunk::records) applies.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// In offset order; the first batch may start before `from`.
+    pub runs: Vec<Run>,
+    /// The offset asked for.
+    pub from: u64,
+    /// The end of what readers could see when the read was served.
+    pub visible_end: u64,
+    pub limits: ReadLimits,
+    /// The partition's directory (or a name), for error messages.
+    pub(crate) origin: Arc<Path>,
+}
+
+impl Chunk {
+    pub(crate) fn new(from: u64, visible_end: u64, limits: ReadLimits, origin: Arc<Path>) -> Chunk {
+        Chunk {
+            runs: Vec::new(),
+            from,
+            visible_end,
+            limits,
+            origin,
+        }
+    }
+
+    /// True when the read found nothing (at or past the visible end).
+    pub fn is_empty(&self) -> bool {
+        self.runs.iter().all(|r| r.bytes.is_empty())
+    }
+
+    /// Stored bytes in the chunk.
+    pub fn stored_len(&self) -> usize {
+        self.runs.iter().map(|r| r.bytes.len()).sum()
+    }
+
+    /// The records at or after `from` and before `visible_end`, at most `max_records` and
+    /// `max_bytes` of values (the first whatever its size). Each batch's CRC is checked before
+    /// any of its records is yielded; a bad one ends the iteration with `Internal`, naming
+    /// the file and byte.
+    pub fn records(&self) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.checked_records().map(|r| r.map_err(Into::into))
+    }
+
+    /// [`records`](Self::records) with the engine's errors (`Corrupt` with path and position).
+    pub(crate) fn checked_records(&self) -> Records<'_> {
+        Records {
+            chunk: self,
+            run: 0,
+            pos: 0,
+            batch: None,
+            count: 0,
+            value_bytes: 0,
+            done: false,
+        }
+    }
+
+    fn corrupt(&self, run: &Run, at: usize, why: impl Into<String>) -> crate::Error {
+        let path: PathBuf = match run.segment {
+            Some(base) => crate::segment::data_path(&self.origin, base),
+            None => self.origin.to_path_buf(),
+        };
+        crate::Error::Corrupt {
+            path,
+            position: run.pos + at as u64,
+            reason: why.into(),
+        }
+    }
+}
+
+/// The batch a [`Records`] iterator is inside.
+struct Cursor {
+    header: Header,
+    bytes: Bytes,
+    /// Records of the batch yielded or skipped so far.
+    index: u32,
+    /// Where the next record starts in `bytes`.
+    at: usize,
+    /// Where the batch starts in its run (for error positions).
+    run_at: usize,
+}
+
+/// Iterator over a chunk's records; see [`Chunk::records`].
+pub struct Records<'a> {
+    chunk: &'a Chunk,
+    run: usize,
+    /// Where the next batch starts in the current run.
+    pos: usize,
+    batch: Option<Cursor>,
+    count: usize,
+    value_bytes: usize,
+    done: bool,
+}
+
+impl Records<'_> {
+    /// Moves to the next batch with records at or after `from`; `Ok(false)` at the end.
+    fn next_batch(&mut self) -> crate::Result<bool> {
+        loop {
+            let Some(run) = self.chunk.runs.get(self.run) else {
+                return Ok(false);
+            };
+            if self.pos >= run.bytes.len() {
+                self.run += 1;
+                self.pos = 0;
+                continue;
+            }
+            let rest = &run.bytes[self.pos..];
+            let header = match batch::parse_header(rest) {
+                Parsed::Header(h) => h,
+                Parsed::End => return Err(self.chunk.corrupt(run, self.pos, "zeroes where a batch was expected")),
+                Parsed::Invalid(why) => return Err(self.chunk.corrupt(run, self.pos, why)),
+            };
+            let len = header.batch_len();
+            if len > rest.len() {
+                return Err(self.chunk.corrupt(run, self.pos, "batch runs past the end of what was read"));
+            }
+            let at = self.pos;
+            self.pos += len;
+            if header.next_offset() <= self.chunk.from {
+                continue;
+            }
+            let bytes = run.bytes.slice(at..at + len);
+            if !batch::crc_ok(&header, &bytes) {
+                return Err(self.chunk.corrupt(run, at, "checksum mismatch"));
+            }
+            self.batch = Some(Cursor {
+                header,
+                bytes,
+                index: 0,
+                at: HEADER_LEN,
+                run_at: at,
+            });
+            return Ok(true);
+        }
+    }
+
+    /// The next record of the current batch, `Ok(None)` when it has no more.
+    fn next_in_batch(&mut self) -> crate::Result<Option<Record>> {
+        let Some(c) = self.batch.as_mut() else {
+            return Ok(None);
+        };
+        if c.index == c.header.record_count {
+            let whole = c.at == c.bytes.len();
+            let run_at = c.run_at;
+            self.batch = None;
+            if !whole {
+                let run = &self.chunk.runs[self.run.min(self.chunk.runs.len() - 1)];
+                return Err(self.chunk.corrupt(run, run_at, "records do not add up to the batch length"));
+            }
+            return Ok(None);
+        }
+        let b = &c.bytes;
+        let field = |at: usize| -> Option<u32> {
+            let s = b.get(at..at + 4)?;
+            Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        let parsed = field(c.at).zip(field(c.at + 4)).and_then(|(len, rtype)| {
+            let start = c.at + RECORD_OVERHEAD;
+            let end = start.checked_add(len as usize)?;
+            (end <= b.len()).then_some((rtype, start, end))
+        });
+        let Some((rtype, start, end)) = parsed else {
+            let run_at = c.run_at;
+            self.batch = None;
+            let run = &self.chunk.runs[self.run.min(self.chunk.runs.len() - 1)];
+            return Err(self.chunk.corrupt(run, run_at, "records do not add up to the batch length"));
+        };
+        let record = Record {
+            offset: c.header.base_offset + u64::from(c.index),
+            term: c.header.term,
+            timestamp_ms: c.header.timestamp_ms,
+            rtype,
+            value: b.slice(start..end),
+        };
+        c.index += 1;
+        c.at = end;
+        Ok(Some(record))
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = crate::Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let step = match self.next_in_batch() {
+                Ok(Some(r)) => Ok(Some(r)),
+                Ok(None) => self.next_batch().map(|_| None),
+                Err(e) => Err(e),
+            };
+            let more = self.batch.is_some() || self.run < self.chunk.runs.len();
+            match step {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(None) if !more => self.done = true,
+                Ok(None) => {}
+                Ok(Some(r)) => {
+                    if r.offset < self.chunk.from {
+                        continue;
+                    }
+                    let l = &self.chunk.limits;
+                    if r.offset >= self.chunk.visible_end
+                        || self.count >= l.max_records
+                        || (self.count > 0 && self.value_bytes + r.value.len() > l.max_bytes)
+                    {
+                        self.done = true;
+                        return None;
+                    }
+                    self.count += 1;
+                    self.value_bytes += r.value.len();
+                    return Some(Ok(r));
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,161 @@
+//! Batches encoded on the caller's core: records laid out as the data file stores them
+//! (`docs/format.md`: u32 value length, u32 type, value), with the CRC32C of that payload,
+//! so that the partition's owner only stamps a header on them.
+
+use super::error::{Error, Result};
+use crate::batch::{self, NewRecord, RECORD_OVERHEAD};
+use bytes::Bytes;
+
+/// Bytes one record takes in a stored batch, beyond the batch header.
+pub fn encoded_record_len(value_len: usize) -> usize {
+    RECORD_OVERHEAD + value_len
+}
+
+/// A non-empty batch of records in the stored payload layout, ready for the owner.
+///
+/// Invariant: `payload` holds exactly `record_count >= 1` records in the payload layout, the
+/// longest value has `max_value_len` bytes, `payload_crc == crc32c(payload)`, and every
+/// length fits in a u32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    payload: Bytes,
+    record_count: u32,
+    payload_crc: u32,
+    max_value_len: u32,
+}
+
+impl EncodedBatch {
+    /// Encodes `records` as one batch; fails on an empty batch.
+    pub fn encode(records: &[NewRecord]) -> Result<EncodedBatch> {
+        let len: usize = records
+            .iter()
+            .map(|r| encoded_record_len(r.value.len()))
+            .sum();
+        let mut b = BatchBuilder::with_capacity(len);
+        for r in records {
+            b.push(&r.value, r.rtype)?;
+        }
+        b.finish()
+    }
+
+    /// The records in the stored payload layout.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    /// CRC32C of the payload alone.
+    pub fn payload_crc(&self) -> u32 {
+        self.payload_crc
+    }
+
+    /// The length of the longest value: the owner checks the record limit with it.
+    pub fn max_value_len(&self) -> u32 {
+        self.max_value_len
+    }
+
+    /// The stored batch's header at `base_offset`, CRC included.
+    pub fn header(&self, base_offset: u64, term: u64, timestamp_ms: i64) -> [u8; batch::HEADER_LEN] {
+        batch::header_bytes(
+            base_offset,
+            term,
+            timestamp_ms,
+            self.record_count,
+            self.payload.len() as u32,
+            self.payload_crc,
+        )
+    }
+
+    /// The whole stored batch (header and payload) at `base_offset`.
+    pub fn stored(&self, base_offset: u64, term: u64, timestamp_ms: i64) -> Bytes {
+        let mut v = Vec::with_capacity(batch::HEADER_LEN + self.payload.len());
+        v.extend_from_slice(&self.header(base_offset, term, timestamp_ms));
+        v.extend_from_slice(&self.payload);
+        Bytes::from(v)
+    }
+}
+
+/// Builds an [`EncodedBatch`] one record at a time (a stream's requests as they arrive).
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    record_count: u32,
+    max_value_len: u32,
+}
+
+impl BatchBuilder {
+    pub fn new() -> BatchBuilder {
+        BatchBuilder::default()
+    }
+
+    /// A builder with room for `payload_bytes` of encoded records.
+    pub fn with_capacity(payload_bytes: usize) -> BatchBuilder {
+        BatchBuilder {
+            buf: Vec::with_capacity(payload_bytes),
+            ..BatchBuilder::default()
+        }
+    }
+
+    /// Adds a record. Fails only where the format's u32 lengths end.
+    pub fn push(&mut self, value: &[u8], rtype: u32) -> Result<()> {
+        let too_large = |what, size| Error::TooLarge {
+            what,
+            size,
+            limit: u32::MAX as usize,
+            unit: "bytes",
+        };
+        let value_len = u32::try_from(value.len()).map_err(|_| too_large("record", value.len()))?;
+        let after = self.buf.len() + encoded_record_len(value.len());
+        if after > u32::MAX as usize {
+            return Err(too_large("batch", after));
+        }
+        if self.record_count == u32::MAX {
+            return Err(Error::TooLarge {
+                what: "batch",
+                size: self.record_count as usize + 1,
+                limit: u32::MAX as usize,
+                unit: "records",
+            });
+        }
+        batch::push_record(&mut self.buf, value, rtype);
+        self.record_count += 1;
+        self.max_value_len = self.max_value_len.max(value_len);
+        Ok(())
+    }
+
+    /// Payload bytes so far.
+    pub fn payload_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// The batch, with its payload's CRC; an empty batch is invalid.
+    pub fn finish(self) -> Result<EncodedBatch> {
+        if self.record_count == 0 {
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        let payload_crc = crc32c::crc32c(&self.buf);
+        Ok(EncodedBatch {
+            payload: Bytes::from(self.buf),
+            record_count: self.record_count,
+            payload_crc,
+            max_value_len: self.max_value_len,
+        })
+    }
+}

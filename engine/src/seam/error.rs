@@ -1,0 +1,116 @@
+//! The seam's errors: what the server maps to gRPC statuses, whichever implementation is
+//! behind the seam. Implementations convert their own errors into these in one place.
+
+/// Everything a seam operation can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No such topic, or no such partition of it. The message names which.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The offset is before the lowest offset, or past the visible end where that is an error.
+    #[error("offset out of range: {offset} (log holds [{lowest}, {next}))")]
+    OffsetOutOfRange { offset: u64, lowest: u64, next: u64 },
+
+    /// The request cannot be served as asked.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A record or batch over the topic's limits.
+    #[error("{what} of {size} {unit} exceeds the limit of {limit} {unit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+        unit: &'static str,
+    },
+
+    /// The owner's queue is full: the caller should back off.
+    #[error("shard {shard} is overloaded ({depth} requests queued)")]
+    Overloaded { shard: usize, depth: usize },
+
+    /// A topic of that name exists. The message names it.
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// The partition refuses writes (a write or sync failed earlier).
+    #[error("{reason}")]
+    NotWritable { partition: String, reason: String },
+
+    /// This node does not lead the partition; the leader, when known, takes appends.
+    #[error("not the leader of this partition{}", leader_hint(.leader_id, .leader_addr))]
+    NotLeader {
+        leader_id: Option<String>,
+        leader_addr: Option<String>,
+    },
+
+    /// The partition has no leader now (an election is under way): retry later.
+    #[error("the partition has no leader at the moment; retry")]
+    NoLeader,
+
+    /// The append may or may not have been committed (leadership changed while it was in
+    /// flight): the caller must not assume either.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+
+    /// Shutting down, or the partition closed.
+    #[error("{0}")]
+    Unavailable(String),
+
+    /// I/O failure or corrupt data; the message names the file.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn leader_hint(id: &Option<String>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("; the leader is {id} at {addr}"),
+        (Some(id), None) => format!("; the leader is {id}"),
+        (None, Some(addr)) => format!("; the leader is at {addr}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// The seam's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::Error> for Error {
+    /// The engine's errors as the seam's, in one place. Exhaustive on purpose: a new engine
+    /// error must get a deliberate place.
+    fn from(e: crate::Error) -> Error {
+        use crate::Error as E;
+        match e {
+            E::OffsetOutOfRange {
+                offset,
+                lowest,
+                next,
+            } => Error::OffsetOutOfRange {
+                offset,
+                lowest,
+                next,
+            },
+            E::UnknownTopic(_) | E::UnknownPartition { .. } => Error::NotFound(e.to_string()),
+            E::TopicExists(_) => Error::AlreadyExists(e.to_string()),
+            E::RecordTooLarge { size, limit } => Error::TooLarge {
+                what: "record",
+                size,
+                limit,
+                unit: "bytes",
+            },
+            E::BatchTooLarge { size, limit, unit } => Error::TooLarge {
+                what: "batch",
+                size,
+                limit,
+                unit,
+            },
+            E::Overloaded { shard, depth } => Error::Overloaded { shard, depth },
+            E::InvalidArgument(m) => Error::InvalidArgument(m),
+            E::ShutDown => Error::Unavailable(e.to_string()),
+            E::Latched { ref path, .. } => Error::NotWritable {
+                partition: path.display().to_string(),
+                reason: e.to_string(),
+            },
+            E::Io { .. } | E::Corrupt { .. } | E::Foreign { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The partition seam: the one narrow interface through which the server reaches partitions,
+//! whoever keeps them.
+//!
+//! Two traits: [`Partitions`] (append a batch, read a range, wait for an offset to become
+//! visible, describe) and [`Topics`] (create, delete, list, look up). Two implementations
+//! here: [`local`], the engine-backed single node (routing to the owning shard and its
+//! [`Log`](crate::Log)), and [`memory`], a plain in-memory model with nothing of the storage
+//! code, which the conformance suite ([`conformance`]) checks against the same expectations.
+//! A Raft group implements the same traits later: an append resolves once committed, reads
+//! stop at the commit index, and the cluster outcomes have errors of their own
+//! ([`Error::NotLeader`], [`Error::NoLeader`], [`Error::OutcomeUnknown`]).
+//!
+//! Division of work (why the types look as they do): the caller's core does every per-record
+//! step. It builds an [`EncodedBatch`] (records laid out as stored, with the CRC32C of that
+//! payload) before calling [`Partitions::append`], and it checks and decodes the stored
+//! batches a [`Chunk`] hands back. The partition's owner only orders, stamps a 48-byte header
+//! (its CRC combined from the payload's, no pass over the payload), writes and syncs; on reads
+//! it finds whole stored batches and hands them over as shared bytes.
+//!
+//! Visibility is a watermark the owner sets: the end of what readers may see. The single-node
+//! owner sets it to what the topic's durability policy makes visible (the durable end under
+//! `always`, the end otherwise) after each append; a Raft owner sets it to the commit index.
+//! Reads never go past it, and [`Partitions::wait_for`] resolves when it passes an offset.
+//!
+//! Futures are `!Send`: the seam runs on glommio executors, one instance per shard (built on
+//! that shard by a `Send + Sync` [`Factory`]); an instance built elsewhere (a plain thread,
+//! a test) works too, by a slower path.
+
+mod chunk;
+mod encoded;
+mod error;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use crate::batch::{NewRecord, Record};
+pub use crate::catalog::TopicInfo;
+pub use crate::config::{Durability, LogConfig as TopicConfig};
+pub use crate::metrics::AppendTiming;
+pub use chunk::{Chunk, Records, Run};
+pub use encoded::{encoded_record_len, BatchBuilder, EncodedBatch};
+pub use error::{Error, Result};
+
+/// A boxed future that stays on its executor.
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// One partition of one topic.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PartitionId {
+    pub topic: Arc<str>,
+    pub partition: u32,
+}
+
+impl PartitionId {
+    pub fn new(topic: &str, partition: u32) -> PartitionId {
+        PartitionId {
+            topic: Arc::from(topic),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            crate::error::shorten(&self.topic),
+            self.partition
+        )
+    }
+}
+
+/// Offsets an acknowledged append got, and where its time went (for slow-call logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub timing: AppendTiming,
+}
+
+/// What a read does at and past the visible end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastEnd {
+    /// Reading at the visible end gives an empty chunk; after it, `OffsetOutOfRange`
+    /// (one-shot reads: the book's Consume, ConsumeBatch).
+    OutOfRange,
+    /// Anything at or after the visible end reads as empty: a tailing reader waits there.
+    Empty,
+}
+
+/// Bounds of one read. The owner hands back about `max_bytes` of stored batches (at least
+/// one batch); [`Chunk::records`] then yields at most `max_records` records and
+/// `max_bytes` of values, except that the first record comes whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub past_end: PastEnd,
+}
+
+/// A node of the cluster, as far as a partition's state names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    pub id: String,
+    /// Where clients reach its gRPC API.
+    pub addr: String,
+}
+
+/// How far a replica has the partition (empty on a single node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub node: NodeRef,
+    /// The offset after the last record the replica holds.
+    pub log_end: u64,
+}
+
+/// Whether a partition takes appends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writability {
+    Writable,
+    /// A write or sync failed earlier; the partition refuses writes until it is reopened.
+    Latched { cause: String },
+}
+
+/// Where a partition stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub lowest_offset: u64,
+    /// The end of what readers may see (the high watermark).
+    pub visible_end: u64,
+    /// The offset the next append gets (at or past `visible_end`).
+    pub log_end: u64,
+    pub size_bytes: u64,
+    pub segments: usize,
+    /// The shard (core) that owns the partition on this node.
+    pub shard: usize,
+    /// Who takes appends (on a single node: this node).
+    pub leader: Option<NodeRef>,
+    pub replicas: Vec<ReplicaState>,
+    pub writable: Writability,
+    /// Readers waiting for the visible end to pass an offset.
+    pub waiters: usize,
+    /// Appends and records appended, and fdatasyncs, since the partition was opened.
+    pub appends: u64,
+    pub records_appended: u64,
+    pub fdatasyncs: u64,
+}
+
+/// Partitions: appends, reads, waits and descriptions.
+pub trait Partitions {
+    /// Appends `batch` as one unit with consecutive offsets; resolves once the batch is
+    /// acknowledged (single node: durable per the topic's policy; Raft: committed), and by
+    /// then the owner has made it visible.
+    fn append<'a>(
+        &'a self,
+        id: &'a PartitionId,
+        batch: EncodedBatch,
+    ) -> LocalBoxFuture<'a, Result<Appended>>;
+
+    /// Whole stored batches from the one holding `from`, never past the visible end.
+    fn read<'a>(
+        &'a self,
+        id: &'a PartitionId,
+        from: u64,
+        limits: ReadLimits,
+    ) -> LocalBoxFuture<'a, Result<Chunk>>;
+
+    /// Resolves when the visible end passes `offset`, with the new visible end; fails with
+    /// `Unavailable` when the partition closes. Dropping the future cancels the wait where
+    /// it is parked (no waiter is left behind).
+    fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>>;
+
+    fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>>;
+}
+
+/// Topic administration. With Raft this goes through the controller group; on a single node,
+/// through the engine's catalog.
+pub trait Topics {
+    /// Creates a topic; every partition can be used once this resolves.
+    fn create_topic<'a>(
+        &'a self,
+        name: &'a str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>>;
+
+    /// Deletes a topic and its data; once this resolves, the name is unknown everywhere.
+    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>>;
+
+    fn list_topics(&self) -> Result<Vec<TopicInfo>>;
+
+    fn topic(&self, name: &str) -> Result<TopicInfo>;
+}
+
+/// The seam objects of one executor.
+#[derive(Clone)]
+pub struct Seam {
+    pub partitions: Rc<dyn Partitions>,
+    pub topics: Rc<dyn Topics>,
+}
+
+/// Builds the seam objects of the executor it is called on.
+pub trait Factory: Send + Sync {
+    fn build(&self) -> Seam;
+}
