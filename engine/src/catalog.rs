@@ -1,10 +1,12 @@
 //! The catalog: which topics exist and their settings, in `<data_dir>/catalog.meta` (a JSON
-//! payload in the atomically replaced metadata format of `meta.rs`), and in memory behind one
-//! lock (`Topics`); and where topics live on disk.
+//! payload in the atomically replaced metadata format of `meta.rs`), and in memory (`Topics`);
+//! and where topics live on disk.
 //!
-//! `Topics` is the only holder of the catalog in memory: routing asks it whether a partition
-//! exists, shards ask it what to open at start, and topic administration (`topics.rs`)
-//! changes it. A change is saved to `catalog.meta` before it takes effect in memory.
+//! `Topics` holds the authoritative copy behind one lock: topic administration (`topics.rs`)
+//! changes it, shards ask it what to open at start, and threads that are no shard route by
+//! it. A change is saved to `catalog.meta` before it takes effect in memory. The data path
+//! never takes that lock: every shard keeps its own snapshot (an immutable `Arc<Catalog>`),
+//! which topic administration replaces on every shard before it returns.
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
@@ -13,7 +15,7 @@ use crate::meta;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const FILE: &str = "catalog.meta";
 
@@ -35,6 +37,38 @@ pub struct TopicInfo {
     pub name: String,
     pub partitions: u32,
     pub config: LogConfig,
+}
+
+impl Catalog {
+    /// The topic's entry.
+    pub fn entry(&self, topic: &str) -> Result<&TopicEntry> {
+        self.topics
+            .get(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+    }
+
+    /// Fails unless `topic` exists and has `partition`.
+    pub fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let partitions = self.entry(topic)?.partitions;
+        if partition >= partitions {
+            return Err(Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions,
+            });
+        }
+        Ok(())
+    }
+
+    /// The topic as callers see it.
+    pub fn info(&self, name: &str) -> Result<TopicInfo> {
+        Ok(info(name, self.entry(name)?))
+    }
+
+    /// Every topic, by name.
+    pub fn list(&self) -> Vec<TopicInfo> {
+        self.topics.iter().map(|(name, t)| info(name, t)).collect()
+    }
 }
 
 pub fn load(dir: &Path) -> Result<Catalog> {
@@ -98,10 +132,11 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
     topic_dir(data_dir, topic).join(partition.to_string())
 }
 
-/// The catalog in memory, behind one lock, and the directory it is saved in.
+/// The catalog in memory, behind one lock, and the directory it is saved in. The lock guards
+/// an immutable snapshot that every change replaces, so shards can keep a copy of their own.
 pub(crate) struct Topics {
     data_dir: PathBuf,
-    catalog: Mutex<Catalog>,
+    catalog: Mutex<Arc<Catalog>>,
 }
 
 impl Topics {
@@ -109,35 +144,28 @@ impl Topics {
     pub(crate) fn load(data_dir: &Path) -> Result<Topics> {
         Ok(Topics {
             data_dir: data_dir.to_owned(),
-            catalog: Mutex::new(load(data_dir)?),
+            catalog: Mutex::new(Arc::new(load(data_dir)?)),
         })
     }
 
     /// A poisoned lock means a thread panicked while changing the catalog: refuse to go on.
-    fn lock(&self) -> Result<MutexGuard<'_, Catalog>> {
+    fn lock(&self) -> Result<MutexGuard<'_, Arc<Catalog>>> {
         self.catalog.lock().map_err(|_| Error::ShutDown)
+    }
+
+    /// The catalog as of now.
+    pub(crate) fn snapshot(&self) -> Result<Arc<Catalog>> {
+        Ok(Arc::clone(&*self.lock()?))
     }
 
     /// Fails unless `topic` exists and has `partition`.
     pub(crate) fn check_partition(&self, topic: &str, partition: u32) -> Result<()> {
-        let partitions = self.partitions(topic)?;
-        if partition >= partitions {
-            return Err(Error::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-                partitions,
-            });
-        }
-        Ok(())
+        self.lock()?.check_partition(topic, partition)
     }
 
     /// How many partitions `topic` has.
     pub(crate) fn partitions(&self, topic: &str) -> Result<u32> {
-        let cat = self.lock()?;
-        cat.topics
-            .get(topic)
-            .map(|t| t.partitions)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+        Ok(self.lock()?.entry(topic)?.partitions)
     }
 
     /// Every partition of every topic, with its topic's settings.
@@ -153,17 +181,11 @@ impl Topics {
     }
 
     pub(crate) fn list(&self) -> Result<Vec<TopicInfo>> {
-        let cat = self.lock()?;
-        Ok(cat.topics.iter().map(|(name, t)| info(name, t)).collect())
+        Ok(self.lock()?.list())
     }
 
     pub(crate) fn get(&self, name: &str) -> Result<TopicInfo> {
-        let cat = self.lock()?;
-        let t = cat
-            .topics
-            .get(name)
-            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))?;
-        Ok(info(name, t))
+        self.lock()?.info(name)
     }
 
     /// Adds a topic to the catalog, on disk first. Leftovers of an earlier topic of the same
@@ -180,7 +202,7 @@ impl Topics {
             log::warn!("{}: removing leftovers of a deleted topic", dir.display());
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
         }
-        let mut next = cat.clone();
+        let mut next = Catalog::clone(&cat);
         next.topics.insert(
             name.to_owned(),
             TopicEntry {
@@ -189,17 +211,17 @@ impl Topics {
             },
         );
         save(&self.data_dir, &next)?;
-        *cat = next;
+        *cat = Arc::new(next);
         Ok(())
     }
 
     /// Removes a topic from the catalog, on disk first.
     pub(crate) fn remove(&self, name: &str) -> Result<()> {
         let mut cat = self.lock()?;
-        let mut next = cat.clone();
+        let mut next = Catalog::clone(&cat);
         next.topics.remove(name);
         save(&self.data_dir, &next)?;
-        *cat = next;
+        *cat = Arc::new(next);
         Ok(())
     }
 }

@@ -3,13 +3,18 @@
 //!
 //! Creation writes the catalog first, then opens the partitions on their shards; deletion
 //! removes the data first, then the catalog entry, so an interrupted deletion never lets a new
-//! topic of the same name see old data.
+//! topic of the same name see old data. Either way, every shard's copy of the catalog is
+//! replaced before the operation returns (also when it fails halfway, with whatever the
+//! catalog then holds), so that routing on any shard agrees with the catalog from then on.
 
 use crate::catalog::{self, topic_dir, TopicInfo};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::limits::MAX_PARTITIONS;
+use crate::seam::PartitionId;
+use crate::shard::msg::ShardMsg;
 use crate::shard::{EngineHandle, PartitionInfo};
+use futures_channel::oneshot;
 
 /// Checks what a new topic would be before anything is written.
 fn check_new_topic(name: &str, partitions: u32, config: &LogConfig) -> Result<()> {
@@ -32,14 +37,9 @@ impl EngineHandle {
     ) -> Result<TopicInfo> {
         check_new_topic(name, partitions, &config)?;
         self.topics().add(name, partitions, &config)?;
-        for p in 0..partitions {
-            let shard = self.shard_of(name, p);
-            let (n, c) = (name.to_owned(), config.clone());
-            self.on_shard(shard, move |ctx| async move {
-                ctx.open_log(&n, p, c).await.map(|_| ())
-            })
-            .await?;
-        }
+        let opened = self.open_partitions(name, partitions, &config).await;
+        self.publish_catalog().await?;
+        opened?;
         Ok(TopicInfo {
             name: name.to_owned(),
             partitions,
@@ -47,19 +47,49 @@ impl EngineHandle {
         })
     }
 
+    async fn open_partitions(&self, name: &str, partitions: u32, config: &LogConfig) -> Result<()> {
+        let here = self.here();
+        for p in 0..partitions {
+            let id = PartitionId::new(name, p);
+            let shard = self.shard_of(name, p);
+            match here.as_ref().filter(|c| c.index == shard) {
+                Some(ctx) => {
+                    ctx.open_log(&id, config.clone()).await?;
+                }
+                None => {
+                    let (reply, rx) = oneshot::channel();
+                    let config = config.clone();
+                    self.send_control(shard, ShardMsg::Open { id, config, reply })
+                        .await?;
+                    rx.await.map_err(crate::shard::msg::gone)??;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let partitions = self.topics().partitions(name)?;
+        let removed = self.remove_topic_data(name, partitions).await;
+        self.publish_catalog().await?;
+        removed
+    }
+
+    async fn remove_topic_data(&self, name: &str, partitions: u32) -> Result<()> {
+        let here = self.here();
         for p in 0..partitions {
+            let id = PartitionId::new(name, p);
             let shard = self.shard_of(name, p);
-            let n = name.to_owned();
-            self.on_shard(shard, move |ctx| async move {
-                if let Some(log) = ctx.forget_log(&n, p) {
-                    log.remove().await?;
+            match here.as_ref().filter(|c| c.index == shard) {
+                Some(ctx) => crate::shard::owner::remove(ctx, &id).await?,
+                None => {
+                    let (reply, rx) = oneshot::channel();
+                    self.send_control(shard, ShardMsg::Remove { id, reply })
+                        .await?;
+                    rx.await.map_err(crate::shard::msg::gone)??;
                 }
-                Ok(())
-            })
-            .await?;
+            }
         }
         let dir = topic_dir(self.data_dir(), name);
         if dir.exists() {
@@ -68,12 +98,46 @@ impl EngineHandle {
         self.topics().remove(name)
     }
 
-    pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        self.topics().list()
+    /// Replaces every shard's copy of the catalog with the catalog as it is now, and waits
+    /// until each has it.
+    async fn publish_catalog(&self) -> Result<()> {
+        let catalog = self.topics().snapshot()?;
+        let here = self.here();
+        let mut acks = Vec::with_capacity(self.shards());
+        for shard in 0..self.shards() {
+            match here.as_ref().filter(|c| c.index == shard) {
+                Some(ctx) => ctx.set_catalog(catalog.clone()),
+                None => {
+                    let (done, rx) = oneshot::channel();
+                    let msg = ShardMsg::CatalogChanged {
+                        catalog: catalog.clone(),
+                        done,
+                    };
+                    self.send_control(shard, msg).await?;
+                    acks.push(rx);
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.map_err(crate::shard::msg::gone)?;
+        }
+        Ok(())
     }
 
+    /// Every topic: from the calling shard's copy of the catalog when called on a shard.
+    pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        match self.here() {
+            Some(ctx) => Ok(ctx.with_catalog(|c| c.list())),
+            None => self.topics().list(),
+        }
+    }
+
+    /// One topic: from the calling shard's copy of the catalog when called on a shard.
     pub fn topic(&self, name: &str) -> Result<TopicInfo> {
-        self.topics().get(name)
+        match self.here() {
+            Some(ctx) => ctx.with_catalog(|c| c.info(name)),
+            None => self.topics().get(name),
+        }
     }
 
     /// Each partition of a topic with its offsets and size.

@@ -27,8 +27,14 @@
 //! a test) works too, by a slower path.
 
 mod chunk;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod encoded;
 mod error;
+pub mod local;
+pub mod memory;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,35 +1,41 @@
 //! The shard-per-core runtime: one glommio executor per shard, each owning the partitions that
-//! hash to it, and a `Send + Clone` handle that routes any operation to the owning shard.
+//! hash to it, and a `Send + Clone` handle ([`EngineHandle`]) that routes any operation to the
+//! owning shard.
 //!
 //! Routing: a caller on the owning shard runs the operation in place. Any other caller (another
-//! shard, or a plain thread) sends a job through that shard's bounded crossbeam channel and
-//! wakes its receiver task; the job runs as a local task on the owner, and the result comes
-//! back through a oneshot channel. glommio wakers may be woken from foreign threads, which is
-//! what makes both directions work without polling.
+//! shard, or a plain thread) sends a typed message ([`msg::ShardMsg`]) through that shard's
+//! bounded crossbeam channel and wakes its receiver task; the message runs as a local task on
+//! the owner ([`owner`]), and the result comes back through a oneshot channel. glommio wakers
+//! may be woken from foreign threads, which is what makes both directions work without
+//! polling. Which shard owns a partition, and whether it exists, a shard reads from its own
+//! snapshot of the catalog: the data path takes no lock shared between cores.
 
-use crate::batch::{NewRecord, Record};
+mod handle;
+pub(crate) mod msg;
+pub(crate) mod owner;
+
+pub use handle::EngineHandle;
+
 use crate::budget::FileBudget;
-use crate::catalog::{partition_dir, Topics};
+use crate::catalog::{partition_dir, Catalog, Topics};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::log::{Appended, Log, LogStats};
-use crate::metrics::{self, AppendTiming, ShardMetrics, ShardMetricsSnapshot, ShardSlot};
+use crate::log::{Log, LogStats};
+use crate::metrics::{self, ShardMetrics, ShardSlot};
+use crate::seam::PartitionId;
 use atomic_waker::AtomicWaker;
-use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
-use futures_channel::oneshot;
+use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
 use glommio::{LocalExecutorBuilder, Placement};
-use std::cell::RefCell;
+use msg::ShardMsg;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::SystemTime;
-
-type Job = Box<dyn FnOnce(&Rc<ShardCtx>) + Send>;
 
 static NEXT_ENGINE_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -38,7 +44,7 @@ thread_local! {
 }
 
 struct ShardTx {
-    tx: Sender<Job>,
+    tx: Sender<ShardMsg>,
     waker: Arc<AtomicWaker>,
 }
 
@@ -52,52 +58,101 @@ struct Shared {
     metrics: Vec<ShardSlot>,
 }
 
+/// A partition as its owner holds it.
+pub(crate) struct Owned {
+    pub(crate) log: Rc<Log>,
+    /// Readers parked until the partition's visible end passes their offset.
+    pub(crate) waiters: Rc<Cell<usize>>,
+}
+
 /// State of one shard, living on its executor thread.
 pub struct ShardCtx {
     pub index: usize,
     data_dir: PathBuf,
     budget: Rc<FileBudget>,
-    logs: RefCell<HashMap<(String, u32), Rc<Log>>>,
-    stop: std::cell::Cell<bool>,
+    partitions: RefCell<HashMap<PartitionId, Owned>>,
+    /// This shard's copy of the catalog: routing reads it without a lock. Topic
+    /// administration replaces it (`ShardMsg::CatalogChanged`) on every shard before it
+    /// returns.
+    catalog: RefCell<Arc<Catalog>>,
+    stop: Cell<bool>,
 }
 
 impl ShardCtx {
-    fn log(&self, topic: &str, partition: u32) -> Result<Rc<Log>> {
-        self.logs
+    /// The log of `id`, with its waiter count.
+    pub(crate) fn owned(&self, id: &PartitionId) -> Result<(Rc<Log>, Rc<Cell<usize>>)> {
+        self.partitions
             .borrow()
-            .get(&(topic.to_owned(), partition))
-            .cloned()
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+            .get(id)
+            .map(|o| (Rc::clone(&o.log), Rc::clone(&o.waiters)))
+            .ok_or_else(|| Error::UnknownTopic(id.topic.to_string()))
     }
 
-    /// Opens the log of `topic`/`partition` (or returns it if it is open).
-    pub(crate) async fn open_log(
-        &self,
-        topic: &str,
-        partition: u32,
-        config: LogConfig,
-    ) -> Result<Rc<Log>> {
-        if let Ok(l) = self.log(topic, partition) {
+    pub(crate) fn log(&self, id: &PartitionId) -> Result<Rc<Log>> {
+        self.owned(id).map(|(log, _)| log)
+    }
+
+    /// Opens the log of `id` (or returns it if it is open). The shard is its owner: the
+    /// log's visible mark is the owner's to set from now on.
+    pub(crate) async fn open_log(&self, id: &PartitionId, config: LogConfig) -> Result<Rc<Log>> {
+        if let Ok(l) = self.log(id) {
             return Ok(l);
         }
-        let dir = partition_dir(&self.data_dir, topic, partition);
+        let dir = partition_dir(&self.data_dir, &id.topic, id.partition);
         let log = Log::open(&dir, config, Rc::clone(&self.budget)).await?;
-        self.logs
-            .borrow_mut()
-            .insert((topic.to_owned(), partition), Rc::clone(&log));
+        log.take_visibility();
+        self.partitions.borrow_mut().insert(
+            id.clone(),
+            Owned {
+                log: Rc::clone(&log),
+                waiters: Rc::new(Cell::new(0)),
+            },
+        );
         Ok(log)
     }
 
-    /// Takes the log of `topic`/`partition` out of this shard (its topic is being deleted).
-    pub(crate) fn forget_log(&self, topic: &str, partition: u32) -> Option<Rc<Log>> {
-        self.logs
-            .borrow_mut()
-            .remove(&(topic.to_owned(), partition))
+    /// Takes the log of `id` out of this shard (its topic is being deleted).
+    pub(crate) fn forget_log(&self, id: &PartitionId) -> Option<Rc<Log>> {
+        self.partitions.borrow_mut().remove(id).map(|o| o.log)
+    }
+
+    /// Every log this shard owns.
+    fn logs(&self) -> Vec<Rc<Log>> {
+        self.partitions
+            .borrow()
+            .values()
+            .map(|o| Rc::clone(&o.log))
+            .collect()
+    }
+
+    /// Runs `f` on this shard's copy of the catalog.
+    pub(crate) fn with_catalog<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
+        f(&self.catalog.borrow())
+    }
+
+    pub(crate) fn set_catalog(&self, catalog: Arc<Catalog>) {
+        *self.catalog.borrow_mut() = catalog;
     }
 
     /// Open files of this shard's segments.
     pub fn open_segments(&self) -> usize {
         self.budget.open_segments()
+    }
+
+    /// What this shard owns and how each of its partitions stands.
+    pub(crate) fn report(&self) -> ShardReport {
+        let mut partitions: Vec<(String, u32, LogStats)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(id, o)| (id.topic.to_string(), id.partition, o.log.stats()))
+            .collect();
+        partitions.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        ShardReport {
+            shard: self.index,
+            partitions,
+            open_sealed_segments: self.open_segments(),
+        }
     }
 }
 
@@ -106,12 +161,6 @@ pub struct Engine {
     handle: EngineHandle,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     _lock: std::fs::File,
-}
-
-/// A cheap, `Send + Sync` handle to the engine, usable from any thread or shard.
-#[derive(Clone)]
-pub struct EngineHandle {
-    shared: Arc<Shared>,
 }
 
 /// What a shard reports to a metrics scrape.
@@ -243,9 +292,8 @@ impl Engine {
         let shared = &self.handle.shared;
         shared.stopping.store(true, Ordering::SeqCst);
         for s in &shared.shards {
-            let job: Job = Box::new(|ctx: &Rc<ShardCtx>| ctx.stop.set(true));
-            // A full queue still drains; block until the stop job fits.
-            let _ = s.tx.send(job);
+            // A full queue still drains; block until the stop message fits.
+            let _ = s.tx.send(ShardMsg::Stop);
             s.waker.wake();
         }
         for t in self.threads.drain(..) {
@@ -311,17 +359,25 @@ pub(crate) async fn dma_probe(dir: &Path) -> Result<()> {
 async fn shard_main(
     index: usize,
     shared: Arc<Shared>,
-    rx: Receiver<Job>,
+    rx: Receiver<ShardMsg>,
     waker: Arc<AtomicWaker>,
     ready: Sender<(usize, Result<()>)>,
 ) {
     let dir = shared.config.data_dir.clone();
+    let catalog = match shared.topics.snapshot() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send((index, Err(e)));
+            return;
+        }
+    };
     let ctx = Rc::new(ShardCtx {
         index,
         data_dir: dir.clone(),
         budget: FileBudget::new(shared.config.max_open_segments_per_shard),
-        logs: RefCell::new(HashMap::new()),
-        stop: std::cell::Cell::new(false),
+        partitions: RefCell::new(HashMap::new()),
+        catalog: RefCell::new(catalog),
+        stop: Cell::new(false),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some((shared.id, Rc::clone(&ctx))));
     metrics::set_local(shared.metrics.get(index).cloned());
@@ -332,7 +388,7 @@ async fn shard_main(
             .into_iter()
             .filter(|(name, p, _)| owner(name, *p, shared.shards.len()) == index);
         for (name, p, config) in owned {
-            ctx.open_log(&name, p, config).await?;
+            ctx.open_log(&PartitionId::new(&name, p), config).await?;
         }
         Ok(())
     }
@@ -346,8 +402,8 @@ async fn shard_main(
     let mut handled = 0u32;
     while !ctx.stop.get() {
         match rx.try_recv() {
-            Ok(job) => {
-                job(&ctx);
+            Ok(msg) => {
+                msg.handle(&ctx);
                 handled += 1;
                 if handled.is_multiple_of(limits::JOBS_PER_YIELD) {
                     glommio::yield_if_needed().await;
@@ -367,7 +423,12 @@ async fn shard_main(
             }
         }
     }
-    let logs: Vec<Rc<Log>> = ctx.logs.borrow_mut().drain().map(|(_, l)| l).collect();
+    let logs: Vec<Rc<Log>> = ctx
+        .partitions
+        .borrow_mut()
+        .drain()
+        .map(|(_, o)| o.log)
+        .collect();
     for log in logs {
         if let Err(e) = log.close().await {
             log::error!("closing {}: {e}", log.dir().display());
@@ -386,8 +447,7 @@ fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {
             if ctx.stop.get() {
                 return;
             }
-            let logs: Vec<Rc<Log>> = ctx.logs.borrow().values().cloned().collect();
-            for log in logs {
+            for log in ctx.logs() {
                 match log.apply_retention(SystemTime::now()).await {
                     Ok(r) if r.segments > 0 => log::info!(
                         "{}: retention removed {} segments ({} bytes)",
@@ -409,216 +469,4 @@ pub fn owner(topic: &str, partition: u32, shards: usize) -> usize {
     let mut h = crc32c::crc32c(topic.as_bytes());
     h = crc32c::crc32c_append(h, &partition.to_le_bytes());
     (h as usize) % shards.max(1)
-}
-
-impl EngineHandle {
-    pub fn shards(&self) -> usize {
-        self.shared.shards.len()
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.shared.config.data_dir
-    }
-
-    pub fn config(&self) -> &EngineConfig {
-        &self.shared.config
-    }
-
-    /// Requests queued for each shard.
-    pub fn queue_depths(&self) -> Vec<usize> {
-        self.shared.shards.iter().map(|s| s.tx.len()).collect()
-    }
-
-    /// Each shard's metrics as of now, read without involving the shards.
-    pub fn shard_metrics(&self) -> Vec<ShardMetricsSnapshot> {
-        self.shared.metrics.iter().map(|m| m.snapshot()).collect()
-    }
-
-    /// What shard `shard` owns and how each of its partitions stands, asked of the shard
-    /// itself (it fails with `Overloaded` when the shard's queue is full).
-    pub async fn shard_report(&self, shard: usize) -> Result<ShardReport> {
-        self.on_shard(shard, move |ctx| async move {
-            let mut partitions: Vec<(String, u32, LogStats)> = ctx
-                .logs
-                .borrow()
-                .iter()
-                .map(|((t, p), log)| (t.clone(), *p, log.stats()))
-                .collect();
-            partitions.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-            Ok(ShardReport {
-                shard,
-                partitions,
-                open_sealed_segments: ctx.open_segments(),
-            })
-        })
-        .await
-    }
-
-    /// The shard that owns `topic`/`partition`.
-    pub fn shard_of(&self, topic: &str, partition: u32) -> usize {
-        owner(topic, partition, self.shards())
-    }
-
-    /// The shard the calling thread runs, when it is one of this engine's.
-    pub fn current_shard(&self) -> Option<usize> {
-        CURRENT.with(|c| {
-            c.borrow()
-                .as_ref()
-                .filter(|(id, _)| *id == self.shared.id)
-                .map(|(_, ctx)| ctx.index)
-        })
-    }
-
-    /// The catalog of topics (the topic operations are in `topics.rs`).
-    pub(crate) fn topics(&self) -> &Topics {
-        &self.shared.topics
-    }
-
-    /// Runs `f` on the shard with index `shard` and returns its result.
-    pub async fn on_shard<R, F, Fut>(&self, shard: usize, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(Rc<ShardCtx>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<R>> + 'static,
-    {
-        if self.shared.stopping.load(Ordering::Relaxed) {
-            return Err(Error::ShutDown);
-        }
-        let local = CURRENT.with(|c| {
-            c.borrow()
-                .as_ref()
-                .filter(|(id, ctx)| *id == self.shared.id && ctx.index == shard)
-                .map(|(_, ctx)| Rc::clone(ctx))
-        });
-        if let Some(ctx) = local {
-            // Run as a detached task even in place: an operation, once started, completes
-            // even if the caller goes away (a roll or truncation must not stop halfway).
-            let (tx, rx) = oneshot::channel::<Result<R>>();
-            glommio::spawn_local(async move {
-                let _ = tx.send(f(ctx).await);
-            })
-            .detach();
-            return rx.await.map_err(|_| Error::ShutDown)?;
-        }
-        let target = self
-            .shared
-            .shards
-            .get(shard)
-            .ok_or_else(|| Error::InvalidArgument(format!("no shard {shard}")))?;
-        let (tx, rx) = oneshot::channel::<Result<R>>();
-        let job: Job = Box::new(move |ctx: &Rc<ShardCtx>| {
-            let ctx = Rc::clone(ctx);
-            glommio::spawn_local(async move {
-                let r = f(ctx).await;
-                let _ = tx.send(r);
-            })
-            .detach();
-        });
-        match target.tx.try_send(job) {
-            Ok(()) => target.waker.wake(),
-            Err(TrySendError::Full(_)) => {
-                return Err(Error::Overloaded {
-                    shard,
-                    depth: target.tx.len(),
-                })
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(Error::ShutDown),
-        }
-        rx.await.map_err(|_| Error::ShutDown)?
-    }
-
-    /// Runs `f` with the log of `topic`/`partition` on its owning shard.
-    pub async fn with_log<R, F, Fut>(&self, topic: &str, partition: u32, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(Rc<Log>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<R>> + 'static,
-    {
-        self.topics().check_partition(topic, partition)?;
-        let shard = self.shard_of(topic, partition);
-        let topic = topic.to_owned();
-        self.on_shard(shard, move |ctx| async move {
-            let log = ctx.log(&topic, partition)?;
-            f(log).await
-        })
-        .await
-    }
-
-    pub async fn append(
-        &self,
-        topic: &str,
-        partition: u32,
-        records: Vec<NewRecord>,
-    ) -> Result<Appended> {
-        self.with_log(topic, partition, move |log| async move {
-            log.append(&records).await
-        })
-        .await
-    }
-
-    /// [`append`](Self::append), also reporting where the time went: the hop to the owning
-    /// shard, buffering, and waiting for durability.
-    pub async fn append_timed(
-        &self,
-        topic: &str,
-        partition: u32,
-        records: Vec<NewRecord>,
-    ) -> Result<(Appended, AppendTiming)> {
-        let sent = std::time::Instant::now();
-        self.with_log(topic, partition, move |log| async move {
-            let queue = sent.elapsed();
-            let (appended, timing) = log.append_timed(&records).await?;
-            Ok((appended, AppendTiming { queue, ..timing }))
-        })
-        .await
-    }
-
-    pub async fn read(&self, topic: &str, partition: u32, offset: u64) -> Result<Record> {
-        self.with_log(topic, partition, move |log| async move {
-            log.read(offset).await
-        })
-        .await
-    }
-
-    pub async fn read_range(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>> {
-        self.with_log(topic, partition, move |log| async move {
-            log.read_range(from, max_records, max_bytes).await
-        })
-        .await
-    }
-
-    /// Resolves once the partition holds `offset` and readers may see it (see
-    /// `Log::readable_next`); returns the readable end then. Dropping the
-    /// future cancels the wait on the owning shard.
-    pub async fn wait_for(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
-        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-        let r = self
-            .with_log(topic, partition, move |log| async move {
-                let wait = async {
-                    log.wait_for(offset).await;
-                    true
-                };
-                let cancelled = async {
-                    let _ = cancel_rx.await;
-                    false
-                };
-                let _ = futures_lite::future::or(wait, cancelled).await;
-                Ok(log.readable_next())
-            })
-            .await;
-        drop(cancel_tx);
-        r
-    }
-
-    pub async fn stats(&self, topic: &str, partition: u32) -> Result<LogStats> {
-        self.with_log(topic, partition, |log| async move { Ok(log.stats()) })
-            .await
-    }
 }

@@ -1,0 +1,102 @@
+//! What a partition's owner does, on the owner's core, for each operation: order, stamp,
+//! write and sync an encoded batch, then set the visible mark; hand out stored batches;
+//! park readers until the mark passes their offset; describe.
+//!
+//! The single-node rule for the visible mark lives here: after each append, the owner raises
+//! it to what the topic's durability policy makes visible (`Log::policy_end`: the durable end
+//! under `always`, the end otherwise). It does so before the append is acknowledged, so a
+//! producer that got its offset can read its record at once.
+
+use super::ShardCtx;
+use crate::error::Result;
+use crate::log::{Appended, LogStats};
+use crate::metrics::AppendTiming;
+use crate::seam::{Chunk, EncodedBatch, PartitionId, ReadLimits};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// How a partition stands, as its owner sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionReport {
+    pub(crate) stats: LogStats,
+    pub(crate) visible_end: u64,
+    pub(crate) latched: Option<String>,
+    pub(crate) waiters: usize,
+    pub(crate) shard: usize,
+}
+
+/// Appends an encoded batch; `sent` is when the caller sent it (the hop is timed as `queue`).
+pub(crate) async fn append(
+    ctx: &ShardCtx,
+    id: &PartitionId,
+    batch: &EncodedBatch,
+    sent: Instant,
+) -> Result<(Appended, AppendTiming)> {
+    let queue = sent.elapsed();
+    let log = ctx.log(id)?;
+    let (appended, timing) = log.append_encoded(batch).await?;
+    log.set_visible(log.policy_end());
+    Ok((appended, AppendTiming { queue, ..timing }))
+}
+
+/// Stored batches from `from` (see `Log::read_chunk`); with `strict`, `from` at the visible
+/// end is out of range rather than an empty chunk.
+pub(crate) async fn read(
+    ctx: &ShardCtx,
+    id: &PartitionId,
+    from: u64,
+    limits: ReadLimits,
+    strict: bool,
+) -> Result<Chunk> {
+    let log = ctx.log(id)?;
+    if strict {
+        log.readable_from(from)?;
+    }
+    log.read_chunk(from, limits).await
+}
+
+/// Resolves when the visible end passes `offset` or the log closes, with the visible end
+/// then. Counted as a waiter of the partition while it waits (the count drops when the future
+/// is dropped, cancelled or not).
+pub(crate) async fn wait_for(ctx: &ShardCtx, id: &PartitionId, offset: u64) -> Result<u64> {
+    let (log, waiters) = ctx.owned(id)?;
+    let _waiting = Waiting::new(waiters);
+    log.wait_for(offset).await;
+    Ok(log.visible_end())
+}
+
+pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionReport> {
+    let (log, waiters) = ctx.owned(id)?;
+    Ok(PartitionReport {
+        stats: log.stats(),
+        visible_end: log.visible_end(),
+        latched: log.latched_cause(),
+        waiters: waiters.get(),
+        shard: ctx.index,
+    })
+}
+
+/// Closes a partition of a topic being deleted and removes its data.
+pub(crate) async fn remove(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
+    if let Some(log) = ctx.forget_log(id) {
+        log.remove().await?;
+    }
+    Ok(())
+}
+
+/// One parked reader, counted while it lives.
+struct Waiting(Rc<Cell<usize>>);
+
+impl Waiting {
+    fn new(count: Rc<Cell<usize>>) -> Waiting {
+        count.set(count.get() + 1);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
