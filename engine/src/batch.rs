@@ -327,14 +327,7 @@ mod tests {
         encode_into(&mut whole, 9, 4, 77, &r);
         let mut payload = Vec::new();
         encode_payload_into(&mut payload, &r);
-        let h = header_bytes(
-            9,
-            4,
-            77,
-            7,
-            payload.len() as u32,
-            crc32c::crc32c(&payload),
-        );
+        let h = header_bytes(9, 4, 77, 7, payload.len() as u32, crc32c::crc32c(&payload));
         assert_eq!(&whole[..HEADER_LEN], &h[..]);
         assert_eq!(&whole[HEADER_LEN..], &payload[..]);
         assert_eq!(checksum(&whole), u32_at(&h, OFF_CRC));

@@ -88,7 +88,11 @@ fn an_owner_sets_what_readers_see() {
                 .expect("append");
         }
         assert_eq!(log.policy_end(), 4, "durable under always");
-        assert_eq!(log.visible_end(), 1, "but not visible until the owner says so");
+        assert_eq!(
+            log.visible_end(),
+            1,
+            "but not visible until the owner says so"
+        );
         assert!(matches!(
             log.read(1).await,
             Err(Error::OffsetOutOfRange {

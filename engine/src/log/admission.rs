@@ -138,7 +138,9 @@ impl Log {
         let started = Instant::now();
         self.check_encoded(batch)?;
         let term = self.state.borrow().term;
-        let appended = self.append_payload(Payload::Encoded { term, batch }).await?;
+        let appended = self
+            .append_payload(Payload::Encoded { term, batch })
+            .await?;
         let buffered = Instant::now();
         let appended = self.after_append(appended).await?;
         let timing = AppendTiming {

@@ -127,12 +127,22 @@ impl Records<'_> {
             let rest = &run.bytes[self.pos..];
             let header = match batch::parse_header(rest) {
                 Parsed::Header(h) => h,
-                Parsed::End => return Err(self.chunk.corrupt(run, self.pos, "zeroes where a batch was expected")),
+                Parsed::End => {
+                    return Err(self.chunk.corrupt(
+                        run,
+                        self.pos,
+                        "zeroes where a batch was expected",
+                    ))
+                }
                 Parsed::Invalid(why) => return Err(self.chunk.corrupt(run, self.pos, why)),
             };
             let len = header.batch_len();
             if len > rest.len() {
-                return Err(self.chunk.corrupt(run, self.pos, "batch runs past the end of what was read"));
+                return Err(self.chunk.corrupt(
+                    run,
+                    self.pos,
+                    "batch runs past the end of what was read",
+                ));
             }
             let at = self.pos;
             self.pos += len;
@@ -165,7 +175,11 @@ impl Records<'_> {
             self.batch = None;
             if !whole {
                 let run = &self.chunk.runs[self.run.min(self.chunk.runs.len() - 1)];
-                return Err(self.chunk.corrupt(run, run_at, "records do not add up to the batch length"));
+                return Err(self.chunk.corrupt(
+                    run,
+                    run_at,
+                    "records do not add up to the batch length",
+                ));
             }
             return Ok(None);
         }
@@ -183,7 +197,11 @@ impl Records<'_> {
             let run_at = c.run_at;
             self.batch = None;
             let run = &self.chunk.runs[self.run.min(self.chunk.runs.len() - 1)];
-            return Err(self.chunk.corrupt(run, run_at, "records do not add up to the batch length"));
+            return Err(self.chunk.corrupt(
+                run,
+                run_at,
+                "records do not add up to the batch length",
+            ));
         };
         let record = Record {
             offset: c.header.base_offset + u64::from(c.index),

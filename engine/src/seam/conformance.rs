@@ -10,8 +10,8 @@
 //! of records; it prints its seed and replays one from `PROGLOG_SEAM_SEED`.
 
 use super::{
-    BatchBuilder, Chunk, EncodedBatch, Error, Factory, NewRecord, PartitionId, PastEnd,
-    ReadLimits, Record, Seam, TopicConfig,
+    BatchBuilder, Chunk, EncodedBatch, Error, Factory, NewRecord, PartitionId, PastEnd, ReadLimits,
+    Record, Seam, TopicConfig,
 };
 use bytes::Bytes;
 use std::rc::Rc;
@@ -120,7 +120,10 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < DEADLINE, "{what}: not within {DEADLINE:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -134,14 +137,26 @@ pub async fn dense_offsets(seam: &Seam, topic: &str) {
         for n in 1..=5usize {
             let values: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; n]).collect();
             let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-            let a = seam.partitions.append(&id, batch(&refs)).await.expect("append");
+            let a = seam
+                .partitions
+                .append(&id, batch(&refs))
+                .await
+                .expect("append");
             assert_eq!(a.base_offset, next, "{id}: dense offsets");
-            assert_eq!(a.last_offset, next + n as u64 - 1, "{id}: a batch's offsets");
+            assert_eq!(
+                a.last_offset,
+                next + n as u64 - 1,
+                "{id}: a batch's offsets"
+            );
             next += n as u64;
         }
         let all = read_all(seam, &id, 0).await;
         let offsets: Vec<u64> = all.iter().map(|r| r.offset).collect();
-        assert_eq!(offsets, (0..next).collect::<Vec<_>>(), "{id}: read back in order");
+        assert_eq!(
+            offsets,
+            (0..next).collect::<Vec<_>>(),
+            "{id}: read back in order"
+        );
     }
 }
 
@@ -181,7 +196,10 @@ pub async fn concurrent_appenders(seam: &Seam, topic: &str) {
     }
     all.sort();
     let offsets: Vec<u64> = all.iter().map(|(o, _)| *o).collect();
-    assert_eq!(offsets, (0..u64::from(tasks * per_task)).collect::<Vec<_>>());
+    assert_eq!(
+        offsets,
+        (0..u64::from(tasks * per_task)).collect::<Vec<_>>()
+    );
     let read = read_all(seam, &id, 0).await;
     assert_eq!(read.len(), all.len());
     for (r, (o, v)) in read.iter().zip(&all) {
@@ -261,13 +279,21 @@ pub async fn read_from_the_middle_of_a_batch(seam: &Seam, topic: &str) {
 pub async fn past_the_visible_end(seam: &Seam, topic: &str) {
     create(seam, topic, 1, topic_config()).await;
     let id = PartitionId::new(topic, 0);
-    let empty = seam.partitions.read(&id, 0, ALL).await.expect("read an empty log");
+    let empty = seam
+        .partitions
+        .read(&id, 0, ALL)
+        .await
+        .expect("read an empty log");
     assert!(records(&empty).is_empty() && empty.visible_end == 0);
     seam.partitions
         .append(&id, batch(&[b"x", b"y"]))
         .await
         .expect("append");
-    let at_end = seam.partitions.read(&id, 2, ALL).await.expect("read at the end");
+    let at_end = seam
+        .partitions
+        .read(&id, 2, ALL)
+        .await
+        .expect("read at the end");
     assert!(records(&at_end).is_empty());
     assert_eq!(at_end.visible_end, 2);
     match seam.partitions.read(&id, 3, ALL).await {
@@ -290,11 +316,19 @@ pub async fn before_the_lowest_offset(seam: &Seam, topic: &str) {
     };
     create(seam, topic, 1, config).await;
     let id = PartitionId::new(topic, 0);
-    let a = seam.partitions.append(&id, batch(&[b"first"])).await.expect("append");
+    let a = seam
+        .partitions
+        .append(&id, batch(&[b"first"]))
+        .await
+        .expect("append");
     assert_eq!(a.base_offset, 100, "a new log starts at its initial offset");
     for past_end in [PastEnd::OutOfRange, PastEnd::Empty] {
         match seam.partitions.read(&id, 99, limits(1, 1, past_end)).await {
-            Err(Error::OffsetOutOfRange { offset: 99, lowest: 100, .. }) => {}
+            Err(Error::OffsetOutOfRange {
+                offset: 99,
+                lowest: 100,
+                ..
+            }) => {}
             other => panic!("a read before the lowest offset ({past_end:?}): {other:?}"),
         }
     }
@@ -307,13 +341,21 @@ pub async fn before_the_lowest_offset(seam: &Seam, topic: &str) {
 pub async fn wait_for_wakes_on_append(seam: &Seam, topic: &str) {
     create(seam, topic, 1, topic_config()).await;
     let id = PartitionId::new(topic, 0);
-    seam.partitions.append(&id, batch(&[b"0"])).await.expect("append");
+    seam.partitions
+        .append(&id, batch(&[b"0"]))
+        .await
+        .expect("append");
     assert_eq!(seam.partitions.wait_for(&id, 0).await.expect("visible"), 1);
     let partitions = Rc::clone(&seam.partitions);
     let wid = id.clone();
     let waiter = glommio::spawn_local(async move { partitions.wait_for(&wid, 1).await });
     eventually("the waiter parks", || async {
-        seam.partitions.describe(&id).await.expect("describe").waiters == 1
+        seam.partitions
+            .describe(&id)
+            .await
+            .expect("describe")
+            .waiters
+            == 1
     })
     .await;
     seam.partitions
@@ -334,12 +376,22 @@ pub async fn dropped_wait_leaves_no_waiter(seam: &Seam, topic: &str) {
             "nothing is visible yet"
         );
         eventually("the waiter parks", || async {
-            seam.partitions.describe(&id).await.expect("describe").waiters == 1
+            seam.partitions
+                .describe(&id)
+                .await
+                .expect("describe")
+                .waiters
+                == 1
         })
         .await;
     }
     eventually("the dropped waiter goes", || async {
-        seam.partitions.describe(&id).await.expect("describe").waiters == 0
+        seam.partitions
+            .describe(&id)
+            .await
+            .expect("describe")
+            .waiters
+            == 0
     })
     .await;
 }
@@ -376,19 +428,31 @@ pub async fn bad_batches(seam: &Seam, topic: &str) {
         BatchBuilder::new().finish(),
         Err(Error::InvalidArgument(_))
     ));
-    assert!(matches!(EncodedBatch::encode(&[]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        EncodedBatch::encode(&[]),
+        Err(Error::InvalidArgument(_))
+    ));
     let over_record = vec![1u8; c.max_record_bytes + 1];
     let fits = vec![2u8; c.max_record_bytes];
     let five: Vec<&[u8]> = vec![&fits; 5];
     let many: Vec<&[u8]> = vec![b"x"; c.max_batch_records + 1];
     let cases: Vec<(&str, EncodedBatch, &str)> = vec![
-        ("a record over the limit", batch(&[b"ok", &over_record]), "record"),
+        (
+            "a record over the limit",
+            batch(&[b"ok", &over_record]),
+            "record",
+        ),
         ("a batch over max_batch_bytes", batch(&five), "batch"),
         ("a batch over max_batch_records", batch(&many), "batch"),
     ];
     for (what, b, kind) in cases {
         match seam.partitions.append(&id, b).await {
-            Err(Error::TooLarge { what: w, size, limit, .. }) => {
+            Err(Error::TooLarge {
+                what: w,
+                size,
+                limit,
+                ..
+            }) => {
                 assert_eq!(w, kind, "{what}");
                 assert!(size > limit, "{what}: {size} > {limit}");
             }
@@ -396,8 +460,16 @@ pub async fn bad_batches(seam: &Seam, topic: &str) {
         }
     }
     let state = seam.partitions.describe(&id).await.expect("describe");
-    assert_eq!((state.log_end, state.appends), (0, 0), "nothing was appended");
-    let a = seam.partitions.append(&id, batch(&[&fits])).await.expect("append");
+    assert_eq!(
+        (state.log_end, state.appends),
+        (0, 0),
+        "nothing was appended"
+    );
+    let a = seam
+        .partitions
+        .append(&id, batch(&[&fits]))
+        .await
+        .expect("append");
     assert_eq!(a.base_offset, 0, "the partition works on");
 }
 
@@ -416,7 +488,11 @@ pub async fn topic_administration(seam: &Seam, topic: &str) {
         Err(Error::AlreadyExists(m)) => assert!(m.contains(topic), "{m}"),
         other => panic!("a second topic of the same name: {other:?}"),
     }
-    assert_eq!(t.topic(topic).expect("topic").partitions, 3, "the first one stays");
+    assert_eq!(
+        t.topic(topic).expect("topic").partitions,
+        3,
+        "the first one stays"
+    );
     for (name, n) in [("", 1), ("a/b", 1), (topic, 0)] {
         match t.create_topic(name, n, topic_config()).await {
             Err(Error::InvalidArgument(_)) | Err(Error::AlreadyExists(_)) => {}
@@ -424,16 +500,28 @@ pub async fn topic_administration(seam: &Seam, topic: &str) {
         }
     }
     let id = PartitionId::new(topic, 2);
-    seam.partitions.append(&id, batch(&[b"x"])).await.expect("append");
+    seam.partitions
+        .append(&id, batch(&[b"x"]))
+        .await
+        .expect("append");
     t.delete_topic(topic).await.expect("delete");
     assert!(matches!(t.topic(topic), Err(Error::NotFound(_))));
-    assert!(!t.list_topics().expect("list").iter().any(|i| i.name == topic));
+    assert!(!t
+        .list_topics()
+        .expect("list")
+        .iter()
+        .any(|i| i.name == topic));
     assert!(matches!(
         seam.partitions.describe(&id).await,
         Err(Error::NotFound(_))
     ));
-    assert!(matches!(t.delete_topic(topic).await, Err(Error::NotFound(_))));
-    t.create_topic(topic, 3, topic_config()).await.expect("create again");
+    assert!(matches!(
+        t.delete_topic(topic).await,
+        Err(Error::NotFound(_))
+    ));
+    t.create_topic(topic, 3, topic_config())
+        .await
+        .expect("create again");
     let state = seam.partitions.describe(&id).await.expect("describe");
     assert_eq!(state.log_end, 0, "a topic created again starts empty");
 }
@@ -444,7 +532,10 @@ pub async fn describe_counts(seam: &Seam, topic: &str) {
     let id = PartitionId::new(topic, 0);
     for n in 1..=4usize {
         let values: Vec<&[u8]> = vec![b"v"; n];
-        seam.partitions.append(&id, batch(&values)).await.expect("append");
+        seam.partitions
+            .append(&id, batch(&values))
+            .await
+            .expect("append");
     }
     let s = seam.partitions.describe(&id).await.expect("describe");
     assert_eq!((s.appends, s.records_appended), (4, 10));
@@ -519,7 +610,10 @@ pub async fn model(seam: &Seam, topic: &str, seed: u64) {
                     new.push((v, rtype));
                 }
                 let fits = b.payload_len() <= c.max_batch_bytes;
-                let r = seam.partitions.append(&id, b.finish().expect("finish")).await;
+                let r = seam
+                    .partitions
+                    .append(&id, b.finish().expect("finish"))
+                    .await;
                 match (fits, r) {
                     (true, Ok(a)) => {
                         assert_eq!(a.base_offset, log.len() as u64, "{ctx}");

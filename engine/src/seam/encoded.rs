@@ -62,7 +62,12 @@ impl EncodedBatch {
     }
 
     /// The stored batch's header at `base_offset`, CRC included.
-    pub fn header(&self, base_offset: u64, term: u64, timestamp_ms: i64) -> [u8; batch::HEADER_LEN] {
+    pub fn header(
+        &self,
+        base_offset: u64,
+        term: u64,
+        timestamp_ms: i64,
+    ) -> [u8; batch::HEADER_LEN] {
         batch::header_bytes(
             base_offset,
             term,

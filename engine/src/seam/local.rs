@@ -115,10 +115,7 @@ impl Partitions for LocalPartitions {
 
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {
         Box::pin(async move {
-            let r = self
-                .engine
-                .describe_routed(self.here.as_ref(), id)
-                .await?;
+            let r = self.engine.describe_routed(self.here.as_ref(), id).await?;
             Ok(PartitionState {
                 lowest_offset: r.stats.lowest_offset,
                 visible_end: r.visible_end,

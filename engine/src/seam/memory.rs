@@ -7,8 +7,8 @@
 
 use super::{
     AppendTiming, Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef,
-    PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam,
-    TopicConfig, TopicInfo, Topics, Writability,
+    PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam, TopicConfig,
+    TopicInfo, Topics, Writability,
 };
 use crate::limits::MAX_PARTITIONS;
 use event_listener::Event;
@@ -125,16 +125,13 @@ impl MemoryPartitions {
             .get_mut(&*id.topic)
             .ok_or_else(|| Error::from(crate::Error::UnknownTopic(id.topic.to_string())))?;
         let partitions = t.partitions.len() as u32;
-        let p = t
-            .partitions
-            .get_mut(id.partition as usize)
-            .ok_or_else(|| {
-                Error::from(crate::Error::UnknownPartition {
-                    topic: id.topic.to_string(),
-                    partition: id.partition,
-                    partitions,
-                })
-            })?;
+        let p = t.partitions.get_mut(id.partition as usize).ok_or_else(|| {
+            Error::from(crate::Error::UnknownPartition {
+                topic: id.topic.to_string(),
+                partition: id.partition,
+                partitions,
+            })
+        })?;
         f(&t.config, p)
     }
 }
@@ -233,8 +230,8 @@ impl Partitions for MemoryPartitions {
                 for b in &p.batches[first..] {
                     let stored = b.batch.stored(b.base, 0, b.timestamp_ms);
                     bytes += stored.len();
-                    records += (b.base + u64::from(b.batch.record_count())).saturating_sub(from)
-                        as usize;
+                    records +=
+                        (b.base + u64::from(b.batch.record_count())).saturating_sub(from) as usize;
                     chunk.runs.push(Run {
                         bytes: stored,
                         segment: None,

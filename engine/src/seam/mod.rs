@@ -49,6 +49,9 @@ pub use chunk::{Chunk, Records, Run};
 pub use encoded::{encoded_record_len, BatchBuilder, EncodedBatch};
 pub use error::{Error, Result};
 
+/// Bytes of a stored batch's header: what a batch takes in a segment beyond its payload.
+pub const BATCH_HEADER_LEN: usize = crate::batch::HEADER_LEN;
+
 /// A boxed future that stays on its executor.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
@@ -128,7 +131,9 @@ pub struct ReplicaState {
 pub enum Writability {
     Writable,
     /// A write or sync failed earlier; the partition refuses writes until it is reopened.
-    Latched { cause: String },
+    Latched {
+        cause: String,
+    },
 }
 
 /// Where a partition stands.

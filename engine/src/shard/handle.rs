@@ -102,7 +102,12 @@ impl EngineHandle {
 
     /// Checks that `topic` has `partition` and returns its owner: by the calling shard's own
     /// catalog copy when there is one (no lock), else by the shared catalog.
-    pub(crate) fn route(&self, here: Option<&ShardCtx>, topic: &str, partition: u32) -> Result<usize> {
+    pub(crate) fn route(
+        &self,
+        here: Option<&ShardCtx>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<usize> {
         self.check_running()?;
         match here {
             Some(ctx) => ctx.with_catalog(|c| c.check_partition(topic, partition))?,
@@ -323,7 +328,9 @@ impl EngineHandle {
         let id = PartitionId::new(topic, partition);
         self.route(here.as_deref(), topic, partition)?;
         let batch = EncodedBatch::encode(&records).map_err(|e| match e {
-            seam::Error::TooLarge { size, limit, unit, .. } => Error::BatchTooLarge { size, limit, unit },
+            seam::Error::TooLarge {
+                size, limit, unit, ..
+            } => Error::BatchTooLarge { size, limit, unit },
             other => Error::InvalidArgument(match other {
                 seam::Error::InvalidArgument(m) => m,
                 e => e.to_string(),

@@ -61,13 +61,18 @@ pub(crate) enum ShardMsg {
         reply: Reply<()>,
     },
     /// Close a partition of a topic being deleted and remove its data.
-    Remove { id: PartitionId, reply: Reply<()> },
+    Remove {
+        id: PartitionId,
+        reply: Reply<()>,
+    },
     /// Replace the shard's copy of the catalog.
     CatalogChanged {
         catalog: Arc<Catalog>,
         done: oneshot::Sender<()>,
     },
-    Report { reply: Reply<ShardReport> },
+    Report {
+        reply: Reply<ShardReport>,
+    },
     Run(RunOnShard),
     Stop,
 }
