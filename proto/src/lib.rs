@@ -73,6 +73,28 @@ pub mod log {
             pub const DELETE_TOPIC: &str = "/log.v1.Admin/DeleteTopic";
             pub const LIST_MEMBERS: &str = "/log.v1.Admin/ListMembers";
         }
+
+        /// The cluster error contract: a call refused because of where the partition's
+        /// leadership stands fails with UNAVAILABLE and carries, in `grpc-status-details-bin`,
+        /// a `google.rpc.Status` whose details hold a `google.rpc.ErrorInfo` with this domain
+        /// and one of these reasons. Clients retry a produce only on [`NOT_LEADER`] (at the
+        /// leader named in the metadata, when given) and [`NO_LEADER`]; after
+        /// [`OUTCOME_UNKNOWN`] the record may or may not have been appended.
+        pub mod errors {
+            /// `ErrorInfo.domain` of every reason below.
+            pub const DOMAIN: &str = "proglog.log.v1";
+            /// This node does not lead the partition. Metadata: [`LEADER_ID`], [`LEADER_ADDR`]
+            /// when the leader is known.
+            pub const NOT_LEADER: &str = "NOT_LEADER";
+            /// The partition has no leader at the moment (an election is under way).
+            pub const NO_LEADER: &str = "NO_LEADER";
+            /// The write may or may not have been committed.
+            pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+            /// Metadata key: the leader's node id.
+            pub const LEADER_ID: &str = "leader_id";
+            /// Metadata key: the leader's gRPC address (`host:port`).
+            pub const LEADER_ADDR: &str = "leader_addr";
+        }
     }
 }
 
@@ -137,6 +159,37 @@ pub mod google {
                 type_url: format!("{TYPE_URL_PREFIX}google.rpc.LocalizedMessage"),
                 value: m.encode_to_vec(),
             }
+        }
+
+        /// Packs an `ErrorInfo` into an `Any`.
+        pub fn any_error_info<'a>(
+            reason: &str,
+            domain: &str,
+            metadata: impl IntoIterator<Item = (&'a str, String)>,
+        ) -> prost_types::Any {
+            use prost::Message;
+            let m = ErrorInfo {
+                reason: reason.to_owned(),
+                domain: domain.to_owned(),
+                metadata: metadata
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            };
+            prost_types::Any {
+                type_url: format!("{TYPE_URL_PREFIX}google.rpc.ErrorInfo"),
+                value: m.encode_to_vec(),
+            }
+        }
+
+        /// Finds and decodes the first `ErrorInfo` among a status's details.
+        pub fn find_error_info(status: &Status) -> Option<ErrorInfo> {
+            use prost::Message;
+            status
+                .details
+                .iter()
+                .filter(|a| a.type_url.ends_with("/google.rpc.ErrorInfo"))
+                .find_map(|a| ErrorInfo::decode(a.value.as_slice()).ok())
         }
 
         /// Finds and decodes the first `LocalizedMessage` among a status's details.
@@ -256,6 +309,35 @@ mod tests {
             )
         );
         assert_eq!(v1.encode_to_vec(), alpha.encode_to_vec());
+    }
+
+    #[test]
+    fn error_info_roundtrip() {
+        use super::google::rpc::*;
+        use super::log::v1::errors;
+        let st = Status {
+            code: 14,
+            message: "not the leader".into(),
+            details: vec![
+                any_localized_message("en-US", "x"),
+                any_error_info(
+                    errors::NOT_LEADER,
+                    errors::DOMAIN,
+                    [(errors::LEADER_ID, "n2".to_string())],
+                ),
+            ],
+        };
+        let back = Status::decode(st.encode_to_vec().as_slice()).unwrap();
+        let info = find_error_info(&back).unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("NOT_LEADER", "proglog.log.v1")
+        );
+        assert_eq!(
+            info.metadata.get("leader_id").map(String::as_str),
+            Some("n2")
+        );
+        assert_eq!(find_localized_message(&back).unwrap().message, "x");
     }
 
     #[test]
