@@ -17,6 +17,7 @@ use net::tls::ClientTlsOptions;
 mod admin;
 mod cluster;
 mod consume;
+pub mod errors;
 mod produce;
 
 pub use admin::TopicsCommand;

@@ -12,6 +12,7 @@ use proto::log::v1::{
     paths, ProduceBatchRequest, ProduceBatchResponse, ProduceRequest, ProduceResponse, Record,
 };
 
+use super::errors::{self, ClusterError};
 use super::Conn;
 
 #[derive(Debug, Args)]
@@ -32,6 +33,11 @@ pub struct ProduceArgs {
 
 /// Values queued ahead of the network.
 const QUEUE: usize = 1024;
+
+/// Times one ProduceBatch is sent again after the cluster said it did not take it.
+const PRODUCE_RETRIES: usize = 5;
+/// Pause before sending again when no node leads the partition.
+const NO_LEADER_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Feeds values from the arguments or from stdin through a bounded channel, read on a
 /// separate thread so that a slow stdin never blocks the executor.
@@ -148,9 +154,7 @@ async fn batches(
             partition: a.partition,
             records,
         };
-        let resp: ProduceBatchResponse = ch
-            .unary_prost(paths::PRODUCE_BATCH, &req, a.conn.opts())
-            .await?;
+        let resp = send_batch(a, ch, &req).await?;
         if a.conn.json {
             println!(
                 "{}",
@@ -163,6 +167,49 @@ async fn batches(
         }
         if last {
             return Ok(());
+        }
+    }
+}
+
+/// Sends one ProduceBatch, and again while the cluster says it did not take it
+/// (`NOT_LEADER`: at the leader it names, over a new connection; `NO_LEADER`: after a pause),
+/// at most [`PRODUCE_RETRIES`] times. Any other failure, `OUTCOME_UNKNOWN` included (the
+/// batch may have been appended), is reported as it is.
+async fn send_batch(
+    a: &ProduceArgs,
+    ch: &net::client::Channel,
+    req: &ProduceBatchRequest,
+) -> anyhow::Result<ProduceBatchResponse> {
+    let mut redirected: Option<net::client::Channel> = None;
+    let mut attempt = 0;
+    loop {
+        let target = redirected.as_ref().unwrap_or(ch);
+        let st = match target
+            .unary_prost(paths::PRODUCE_BATCH, req, a.conn.opts())
+            .await
+        {
+            Ok(resp) => return Ok(resp),
+            Err(st) => st,
+        };
+        if attempt == PRODUCE_RETRIES || !errors::produce_retryable(&st) {
+            return Err(st.into());
+        }
+        attempt += 1;
+        match errors::cluster_error(&st) {
+            Some(ClusterError::NotLeader {
+                leader_addr: Some(addr),
+                ..
+            }) => {
+                let addr = addr
+                    .parse()
+                    .with_context(|| format!("the leader's address {addr:?}"))?;
+                let conn = Conn {
+                    addr,
+                    ..a.conn.clone()
+                };
+                redirected = Some(conn.connect().await?);
+            }
+            _ => glommio::timer::sleep(NO_LEADER_PAUSE).await,
         }
     }
 }

@@ -1,0 +1,49 @@
+//! The cluster error contract as a client reads it: UNAVAILABLE with a `google.rpc.ErrorInfo`
+//! of domain `proglog.log.v1` in `grpc-status-details-bin` (see `proto::log::v1::errors`),
+//! and which of those outcomes a produce may be retried after.
+
+use net::{Code, Status};
+use prost::Message;
+use proto::google::rpc;
+use proto::log::v1::errors;
+
+/// Why a node refused a call because of where the partition's leadership stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterError {
+    /// Another node leads the partition; retry there (when it is named).
+    NotLeader {
+        leader_id: Option<String>,
+        leader_addr: Option<String>,
+    },
+    /// No node leads it right now; retry after a pause.
+    NoLeader,
+    /// The write may or may not have been committed: retrying could duplicate it.
+    OutcomeUnknown,
+}
+
+/// The cluster outcome a status carries, if it carries one.
+pub fn cluster_error(status: &Status) -> Option<ClusterError> {
+    if status.code != Code::Unavailable || status.details.is_empty() {
+        return None;
+    }
+    let details = rpc::Status::decode(status.details.as_ref()).ok()?;
+    let info = rpc::find_error_info(&details).filter(|i| i.domain == errors::DOMAIN)?;
+    match info.reason.as_str() {
+        errors::NOT_LEADER => Some(ClusterError::NotLeader {
+            leader_id: info.metadata.get(errors::LEADER_ID).cloned(),
+            leader_addr: info.metadata.get(errors::LEADER_ADDR).cloned(),
+        }),
+        errors::NO_LEADER => Some(ClusterError::NoLeader),
+        errors::OUTCOME_UNKNOWN => Some(ClusterError::OutcomeUnknown),
+        _ => None,
+    }
+}
+
+/// Whether a produce that failed with `status` may be sent again without risking a
+/// duplicate: only when the node said it did not take it (`NOT_LEADER`, `NO_LEADER`).
+pub fn produce_retryable(status: &Status) -> bool {
+    matches!(
+        cluster_error(status),
+        Some(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
+    )
+}
