@@ -3,15 +3,18 @@
 //! line shows when it is slow, and each whole append as one operation (a stream is slow when
 //! one of its operations is).
 
-use engine::{Appended, EngineHandle, NewRecord};
+use engine::seam::{Appended, EncodedBatch, PartitionId, Partitions};
+use net::Status;
+
+use super::error::to_status;
 
 pub async fn append(
-    engine: &EngineHandle,
-    topic: &str,
-    partition: u32,
-    records: Vec<NewRecord>,
-) -> engine::Result<Appended> {
-    let (appended, t) = engine.append_timed(topic, partition, records).await?;
+    partitions: &dyn Partitions,
+    id: &PartitionId,
+    batch: EncodedBatch,
+) -> Result<Appended, Status> {
+    let appended = partitions.append(id, batch).await.map_err(to_status)?;
+    let t = appended.timing;
     net::observe::with_current(|c| {
         c.add_timing("queue", t.queue);
         c.add_timing("append", t.append);

@@ -1,27 +1,28 @@
 //! `Consume`: the record at one offset; OUT_OF_RANGE outside the log.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use net::server::Request;
 use net::Status;
-use proto::log::v1::{topic_or_default, ConsumeRequest, ConsumeResponse};
+use proto::log::v1::{ConsumeRequest, ConsumeResponse};
 
 use super::acl::Action;
-use super::error::to_status;
+use super::error::out_of_range;
+use super::reader;
 use super::records;
-use super::state::AppState;
+use super::state::ShardState;
 
 pub async fn handle(
-    state: Arc<AppState>,
+    state: Rc<ShardState>,
     req: Request<ConsumeRequest>,
 ) -> Result<ConsumeResponse, Status> {
     state.authorize(&req, Action::Consume, Some(&req.message.topic))?;
     let r = req.message;
-    let record = state
-        .engine
-        .read(topic_or_default(&r.topic), r.partition, r.offset)
-        .await
-        .map_err(to_status)?;
+    let id = records::partition_id(&r.topic, r.partition);
+    let (mut recs, _) =
+        reader::read_chunk(&state, &id, r.offset, 1, 1, reader::PastEnd::OutOfRange).await?;
+    // Empty only at the visible end, which is out of range for a one-record read.
+    let record = recs.pop().ok_or_else(|| out_of_range(r.offset))?;
     Ok(ConsumeResponse {
         record: Some(records::to_wire(record)),
     })

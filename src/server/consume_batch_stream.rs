@@ -1,32 +1,32 @@
 //! `ConsumeBatchStream`: batches from an offset, then tails the partition.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use net::server::{Request, ResponseSink};
 use net::Status;
-use proto::log::v1::{topic_or_default, ConsumeBatchRequest};
+use proto::log::v1::ConsumeBatchRequest;
 
 use super::acl::Action;
 use super::consume_batch::response;
 use super::reader;
-use super::state::AppState;
+use super::records;
+use super::state::ShardState;
 
 pub async fn handle(
-    state: Arc<AppState>,
+    state: Rc<ShardState>,
     req: Request<Bytes>,
     sink: ResponseSink,
 ) -> Result<(), Status> {
     let r: ConsumeBatchRequest = net::decode(req.message.clone())?;
     state.authorize(&req, Action::Consume, Some(&r.topic))?;
-    let topic = topic_or_default(&r.topic).to_owned();
+    let id = records::partition_id(&r.topic, r.partition);
     let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
     let tail = async {
         let mut offset = r.offset;
         loop {
             let (recs, hw) =
-                reader::next_chunk(&state, &topic, r.partition, offset, max_records, max_bytes)
-                    .await?;
+                reader::next_chunk(&state, &id, offset, max_records, max_bytes).await?;
             let resp = response(recs, offset, hw);
             offset = resp.next_offset;
             // Waits while the client is not reading: the sink is bounded.

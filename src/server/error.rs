@@ -1,29 +1,62 @@
-//! Engine errors as gRPC statuses.
+//! Seam errors as gRPC statuses, and the cluster error contract on the wire.
+//!
+//! `NotLeader`, `NoLeader` and `OutcomeUnknown` are UNAVAILABLE with a `google.rpc.ErrorInfo`
+//! detail (domain `proglog.log.v1`, reason `NOT_LEADER` with metadata `leader_id` and
+//! `leader_addr` when known, `NO_LEADER`, or `OUTCOME_UNKNOWN`; see
+//! `proto::log::v1::errors`): UNAVAILABLE alone would not tell a client whether retrying a
+//! produce could duplicate it. A single node never produces them; the mapping is fixed now so
+//! that clients can rely on it before replication exists.
 
 use bytes::Bytes;
-use net::Status;
+use engine::seam;
+use net::{Code, Status};
 use prost::Message;
 use proto::google::rpc;
+use proto::log::v1::errors;
 
-/// Maps an engine error to the status a client sees. Exhaustive on purpose: a new engine
-/// error must get a deliberate code.
-pub fn to_status(e: engine::Error) -> Status {
-    use engine::Error as E;
+/// Maps a seam error to the status a client sees. Exhaustive on purpose: a new seam error
+/// must get a deliberate code.
+pub fn to_status(e: seam::Error) -> Status {
+    use seam::Error as E;
     match e {
         E::OffsetOutOfRange { offset, .. } => out_of_range(offset),
-        E::UnknownTopic(_) | E::UnknownPartition { .. } => Status::not_found(e.to_string()),
-        E::TopicExists(_) => Status::already_exists(e.to_string()),
-        E::RecordTooLarge { .. } | E::BatchTooLarge { .. } | E::Overloaded { .. } => {
-            Status::resource_exhausted(e.to_string())
-        }
+        E::NotFound(m) => Status::not_found(m),
+        E::AlreadyExists(m) => Status::already_exists(m),
+        E::TooLarge { .. } | E::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
         E::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
-        E::ShutDown => Status::unavailable(e.to_string()),
+        E::Unavailable(m) => Status::unavailable(m),
+        E::NotLeader {
+            ref leader_id,
+            ref leader_addr,
+        } => {
+            let metadata = [
+                (errors::LEADER_ID, leader_id.clone()),
+                (errors::LEADER_ADDR, leader_addr.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)));
+            cluster(e.to_string(), errors::NOT_LEADER, metadata)
+        }
+        E::NoLeader => cluster(e.to_string(), errors::NO_LEADER, []),
+        E::OutcomeUnknown(_) => cluster(e.to_string(), errors::OUTCOME_UNKNOWN, []),
         // Not logged here: the call's line logs INTERNAL at error level with this message
         // (and the call's trace id), once.
-        E::Io { .. } | E::Corrupt { .. } | E::Latched { .. } | E::Foreign { .. } => {
-            Status::internal(e.to_string())
-        }
+        E::NotWritable { .. } | E::Internal(_) => Status::internal(e.to_string()),
     }
+}
+
+/// UNAVAILABLE with an `ErrorInfo` of `reason` in the details.
+fn cluster<'a>(
+    message: String,
+    reason: &str,
+    metadata: impl IntoIterator<Item = (&'a str, String)>,
+) -> Status {
+    let details = rpc::Status {
+        code: Code::Unavailable.as_i32(),
+        message: message.clone(),
+        details: vec![rpc::any_error_info(reason, errors::DOMAIN, metadata)],
+    };
+    Status::unavailable(message).with_details(Bytes::from(details.encode_to_vec()))
 }
 
 /// OUT_OF_RANGE with the book's message and rich details, so that book clients that decode
@@ -44,10 +77,11 @@ pub fn out_of_range(offset: u64) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::errors::{cluster_error, produce_retryable, ClusterError};
 
     #[test]
     fn out_of_range_details_decode() {
-        let st = to_status(engine::Error::OffsetOutOfRange {
+        let st = to_status(seam::Error::OffsetOutOfRange {
             offset: 7,
             lowest: 0,
             next: 3,
@@ -59,5 +93,127 @@ mod tests {
         let lm = rpc::find_localized_message(&details).unwrap();
         assert_eq!(lm.locale, "en-US");
         assert_eq!(lm.message, "The requested offset is outside of the log: 7");
+        assert_eq!(cluster_error(&st), None);
+    }
+
+    /// The cluster contract as a client decodes it from the status: code, reason, domain,
+    /// metadata, and which outcomes a produce may be retried after.
+    #[test]
+    fn cluster_errors_are_unavailable_with_their_reason() {
+        let cases = [
+            (
+                seam::Error::NotLeader {
+                    leader_id: Some("node-2".into()),
+                    leader_addr: Some("10.0.0.2:8400".into()),
+                },
+                "NOT_LEADER",
+                ClusterError::NotLeader {
+                    leader_id: Some("node-2".into()),
+                    leader_addr: Some("10.0.0.2:8400".into()),
+                },
+                true,
+            ),
+            (
+                seam::Error::NotLeader {
+                    leader_id: None,
+                    leader_addr: None,
+                },
+                "NOT_LEADER",
+                ClusterError::NotLeader {
+                    leader_id: None,
+                    leader_addr: None,
+                },
+                true,
+            ),
+            (
+                seam::Error::NoLeader,
+                "NO_LEADER",
+                ClusterError::NoLeader,
+                true,
+            ),
+            (
+                seam::Error::OutcomeUnknown("leader changed".into()),
+                "OUTCOME_UNKNOWN",
+                ClusterError::OutcomeUnknown,
+                false,
+            ),
+        ];
+        for (err, reason, decoded, retry) in cases {
+            let st = to_status(err.clone());
+            assert_eq!(st.code, Code::Unavailable, "{err:?}");
+            assert_eq!(st.message, err.to_string());
+            let details = rpc::Status::decode(st.details.as_ref()).unwrap();
+            assert_eq!(details.code, Code::Unavailable.as_i32());
+            let info = rpc::find_error_info(&details).unwrap();
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, "proglog.log.v1");
+            if let seam::Error::NotLeader {
+                leader_id,
+                leader_addr,
+            } = &err
+            {
+                assert_eq!(info.metadata.get("leader_id"), leader_id.as_ref());
+                assert_eq!(info.metadata.get("leader_addr"), leader_addr.as_ref());
+                assert_eq!(info.metadata.len(), usize::from(leader_id.is_some()) * 2);
+            } else {
+                assert!(info.metadata.is_empty());
+            }
+            assert_eq!(cluster_error(&st), Some(decoded), "{err:?}");
+            assert_eq!(produce_retryable(&st), retry, "{err:?}");
+        }
+        // Other UNAVAILABLEs (shutting down) carry no reason and are not a cluster answer.
+        let st = to_status(seam::Error::Unavailable("engine is shut down".into()));
+        assert_eq!((st.code, cluster_error(&st)), (Code::Unavailable, None));
+        assert!(!produce_retryable(&st));
+    }
+
+    #[test]
+    fn the_engine_messages_reach_the_wire_unchanged() {
+        let cases = [
+            (
+                engine::Error::UnknownTopic("t".into()),
+                Code::NotFound,
+                "topic \"t\" does not exist",
+            ),
+            (
+                engine::Error::RecordTooLarge {
+                    size: 20,
+                    limit: 10,
+                },
+                Code::ResourceExhausted,
+                "record of 20 bytes exceeds the limit of 10 bytes",
+            ),
+            (
+                engine::Error::BatchTooLarge {
+                    size: 6,
+                    limit: 5,
+                    unit: "records",
+                },
+                Code::ResourceExhausted,
+                "batch of 6 records exceeds the limit of 5 records",
+            ),
+            (
+                engine::Error::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+                "invalid argument: x",
+            ),
+            (
+                engine::Error::ShutDown,
+                Code::Unavailable,
+                "engine is shut down",
+            ),
+            (
+                engine::Error::Latched {
+                    path: "/d/t/0".into(),
+                    cause: "syncing: EIO".into(),
+                },
+                Code::Internal,
+                "log /d/t/0 is read-only after an earlier I/O error (syncing: EIO); reopen it to recover",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let st = to_status(e.into());
+            assert_eq!((st.code, st.message.as_str()), (code, message));
+        }
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Executors: one per core, shared. The engine starts one glommio executor per shard; the
 //! gRPC server is spawned ON each of those executors (through `EngineHandle::on_shard`), each
-//! with its own SO_REUSEPORT listener on the same address. A call for a partition owned by
-//! the shard that accepted the connection runs in place, with no thread hop; any other
-//! partition is reached through the engine's routing (`with_log`), which sends the operation
-//! to its owner and wakes the caller when it completes.
+//! with its own SO_REUSEPORT listener on the same address and its own router. Handlers reach
+//! partitions and topics only through the partition seam (`engine::seam`): each shard's router
+//! holds that shard's seam objects ([`state::ShardState`]). The connection's shard does the
+//! per-record work (decoding, encoding a batch and its checksum, checking and decoding what
+//! a read returns, encoding the response); a partition owned by the same shard is reached in
+//! place, any other by one typed message to its owner, which orders, writes and syncs.
 //!
 //! Security: with TLS files the one port speaks only TLS (mutual TLS with a client CA); with
 //! ACL files every Log and Admin call is authorized against the client certificate's Common
@@ -52,13 +54,15 @@ use crate::config::Settings;
 use crate::observe::admin::AdminServer;
 use crate::observe::rpc::{RpcMetrics, ShardObserver};
 use crate::observe::{Observability, Phase};
+use engine::seam::{Factory, Topics};
 use health::Health;
-use state::AppState;
+use state::{AppState, ShardState};
 
 /// Adapts `handler(state, request)` to the router's `Fn(request)`.
-fn bind<T, R, F, Fut>(state: &Arc<AppState>, handler: F) -> impl Fn(Request<T>) -> Fut + 'static
+fn bind<S, T, R, F, Fut>(state: &S, handler: F) -> impl Fn(Request<T>) -> Fut + 'static
 where
-    F: Fn(Arc<AppState>, Request<T>) -> Fut + 'static,
+    S: Clone + 'static,
+    F: Fn(S, Request<T>) -> Fut + 'static,
     Fut: Future<Output = Result<R, Status>> + 'static,
     T: 'static,
 {
@@ -66,11 +70,12 @@ where
     move |req| handler(state.clone(), req)
 }
 
-/// Every RPC of the node, reflection included. Built once per shard: routes hold `!Send`
-/// handler futures.
-pub fn router(state: &Arc<AppState>) -> Router {
-    let s = state;
-    let (s1, s2, s3, s4) = (s.clone(), s.clone(), s.clone(), s.clone());
+/// Every RPC of the node, reflection included. Built once per shard, on the shard: routes
+/// hold `!Send` handler futures and the shard's seam objects.
+pub fn router(shard: &Rc<ShardState>) -> Router {
+    let s = shard;
+    let app = &shard.app;
+    let (s1, s2, s3, a4) = (s.clone(), s.clone(), s.clone(), app.clone());
     let router = Router::new()
         .unary_prost(paths::PRODUCE, bind(s, produce::handle))
         .unary_prost(paths::CONSUME, bind(s, consume::handle))
@@ -80,7 +85,7 @@ pub fn router(state: &Arc<AppState>) -> Router {
         .bidi_streaming(paths::PRODUCE_STREAM, move |r, sink| {
             produce_stream::handle(s2.clone(), r, sink)
         })
-        .unary_prost(paths::GET_SERVERS, bind(s, get_servers::handle))
+        .unary_prost(paths::GET_SERVERS, bind(app, get_servers::handle))
         .unary_prost(paths::PRODUCE_BATCH, bind(s, produce_batch::handle))
         .unary_prost(paths::CONSUME_BATCH, bind(s, consume_batch::handle))
         .server_streaming(paths::CONSUME_BATCH_STREAM, move |r, sink| {
@@ -93,12 +98,12 @@ pub fn router(state: &Arc<AppState>) -> Router {
             bind(s, admin::describe_topic::handle),
         )
         .unary_prost(paths::DELETE_TOPIC, bind(s, admin::delete_topic::handle))
-        .unary_prost(paths::LIST_MEMBERS, bind(s, admin::list_members::handle))
-        .unary_prost(proto::health::v1::paths::CHECK, bind(s, health::check))
+        .unary_prost(paths::LIST_MEMBERS, bind(app, admin::list_members::handle))
+        .unary_prost(proto::health::v1::paths::CHECK, bind(app, health::check))
         .server_streaming(proto::health::v1::paths::WATCH, move |r, sink| {
-            health::watch(s4.clone(), r, sink)
+            health::watch(a4.clone(), r, sink)
         });
-    reflection::register(router, state)
+    reflection::register(router, app)
 }
 
 enum Event {
@@ -143,11 +148,11 @@ fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> anyhow::Result<()> {
-    if engine.topic(DEFAULT_TOPIC).is_ok() {
+fn ensure_default_topic(topics: &dyn Topics, settings: &Settings) -> anyhow::Result<()> {
+    if topics.topic(DEFAULT_TOPIC).is_ok() {
         return Ok(());
     }
-    let created = futures_lite::future::block_on(engine.create_topic(
+    let created = futures_lite::future::block_on(topics.create_topic(
         DEFAULT_TOPIC,
         1,
         settings.log_config(),
@@ -157,7 +162,7 @@ fn ensure_default_topic(engine: &engine::EngineHandle, settings: &Settings) -> a
             log::info!("created topic {DEFAULT_TOPIC:?} (1 partition) for clients that name none");
             Ok(())
         }
-        Err(engine::Error::TopicExists(_)) => Ok(()),
+        Err(engine::seam::Error::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(anyhow!(e)).context("creating the default topic"),
     }
 }
@@ -259,7 +264,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
     let handle = engine.handle();
     obs.set_engine(Some(handle.clone()));
-    if let Err(e) = ensure_default_topic(&handle, &settings) {
+    let seam: Arc<dyn Factory> = Arc::new(handle.seam_factory(engine::seam::NodeRef {
+        id: settings.node_name.clone(),
+        addr: settings.advertised_rpc_addr().to_string(),
+    }));
+    // From this thread, which is no shard: the seam's slower path.
+    if let Err(e) = ensure_default_topic(&*seam.build().topics, &settings) {
         obs.set_engine(None);
         engine.shutdown();
         return Err(e);
@@ -276,7 +286,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     let shutdown = Shutdown::new();
     let state = Arc::new(AppState {
-        engine: handle.clone(),
+        seam: seam.clone(),
         health: Arc::new(Health::new()),
         shutdown: shutdown.clone(),
         node_name: settings.node_name.clone(),
@@ -297,7 +307,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let shards = handle.shards();
     // Every shard's router has the same paths: they are the method labels.
-    let rpc = Arc::new(RpcMetrics::new(router(&state).paths(), shards));
+    let rpc = Arc::new(RpcMetrics::new(
+        router(&ShardState::new(&state)).paths(),
+        shards,
+    ));
     obs.set_rpc(rpc.clone());
     let mut started = 0;
     for shard in 0..shards {
@@ -482,8 +495,9 @@ fn spawn_server(
                     };
                     let _ = bound.send(Event::Bound(shard, Ok(())));
                     let observer = ShardObserver::new(observe.rpc, shard, observe.slow);
-                    let server =
-                        Server::new(config, router(&state)).with_observer(Rc::new(observer));
+                    // Built here, on the shard: the router's seam objects are this shard's.
+                    let router = router(&ShardState::new(&state));
+                    let server = Server::new(config, router).with_observer(Rc::new(observer));
                     Ok(server
                         .serve_listener(listener, shutdown)
                         .await

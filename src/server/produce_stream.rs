@@ -2,14 +2,16 @@
 //!
 //! Two halves run side by side in the call's task. The reader pulls requests into a bounded
 //! queue (when it is full the reader stops, and HTTP/2 flow control stops the client). The
-//! writer takes whatever has queued up for the same partition and appends it as ONE engine
-//! batch, then answers each request with its offset. While one batch waits for its fsync the
+//! writer takes whatever has queued up for the same partition and encodes it, here on the
+//! connection's core, as ONE batch for the partition's owner, then answers each request with
+//! its offset. While one batch waits for its fsync the
 //! next one accumulates, so a client with many requests in flight gets group commit per
 //! stream, and offsets follow request order because a stream has one append outstanding at a
 //! time. The call ends OK after the client half-closes and every request is answered.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
+use engine::seam::{encoded_record_len, BatchBuilder};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use net::server::{MessageStream, Request, ResponseSink};
 use net::tls::TlsInfo;
@@ -20,13 +22,13 @@ use super::acl::Action;
 use super::append;
 use super::error::to_status;
 use super::records;
-use super::state::AppState;
+use super::state::ShardState;
 use crate::limits::PRODUCE_STREAM_MAX_IN_FLIGHT;
 
 type Item = Result<ProduceRequest, Status>;
 
 pub async fn handle(
-    state: Arc<AppState>,
+    state: Rc<ShardState>,
     req: Request<MessageStream>,
     sink: ResponseSink,
 ) -> Result<(), Status> {
@@ -53,15 +55,15 @@ pub async fn handle(
     futures_lite::future::or(write_loop(&state, tls.as_deref(), rx, &sink), reader).await
 }
 
-/// How much one engine batch may take, from the topic's settings.
+/// How much one batch may take, from the topic's settings.
 struct BatchLimits {
     records: usize,
     bytes: usize,
     record_bytes: usize,
 }
 
-fn limits(state: &AppState, topic: &str) -> Result<BatchLimits, Status> {
-    let info = state.engine.topic(topic).map_err(to_status)?;
+fn limits(state: &ShardState, topic: &str) -> Result<BatchLimits, Status> {
+    let info = state.topics.topic(topic).map_err(to_status)?;
     Ok(BatchLimits {
         records: info
             .config
@@ -72,13 +74,8 @@ fn limits(state: &AppState, topic: &str) -> Result<BatchLimits, Status> {
     })
 }
 
-/// The engine's on-disk size of one record in a batch, beyond the batch header.
-fn encoded(r: &engine::NewRecord) -> usize {
-    engine::batch::encoded_len(std::slice::from_ref(r)) - engine::batch::HEADER_LEN
-}
-
 async fn write_loop(
-    state: &AppState,
+    state: &ShardState,
     tls: Option<&TlsInfo>,
     rx: LocalReceiver<Item>,
     sink: &ResponseSink,
@@ -95,48 +92,41 @@ async fn write_loop(
         // Checked per batch, not per stream: a policy reload applies to open streams, and
         // every request in a batch has the same topic as its first.
         state.authorize_tls(tls, Action::Produce, Some(&first.topic))?;
-        let topic = topic_or_default(&first.topic).to_owned();
-        let partition = first.partition;
-        let lim = limits(state, &topic)?;
-        let record = records::to_new(records::required(first.record)?);
-        let mut bytes = encoded(&record);
+        let id = records::partition_id(&first.topic, first.partition);
+        let lim = limits(state, &id.topic)?;
+        let record = records::required(first.record)?;
         let oversized = record.value.len() > lim.record_bytes;
-        let mut batch = vec![record];
-        // An oversized record goes alone, so that the engine's refusal fails only it and
+        let mut batch = BatchBuilder::new();
+        records::push(&mut batch, &record)?;
+        // An oversized record goes alone, so that the owner's refusal fails only it and
         // every request before it is answered.
-        while !oversized && batch.len() < lim.records {
+        while !oversized && (batch.record_count() as usize) < lim.records {
             let Some(Some(item)) = futures_lite::future::poll_once(rx.recv()).await else {
                 break;
             };
             // Requests for another partition, without a record, or that would overflow the
             // batch start the next batch instead.
-            let next = match item {
-                Ok(ProduceRequest {
-                    record: Some(rec),
-                    topic: t,
-                    partition: p,
-                }) if topic_or_default(&t) == topic && p == partition => {
-                    let rec = records::to_new(rec);
-                    let size = encoded(&rec);
-                    if rec.value.len() <= lim.record_bytes && bytes + size <= lim.bytes {
-                        bytes += size;
-                        batch.push(rec);
-                        continue;
-                    }
-                    Ok(ProduceRequest {
-                        record: Some(records::from_new(rec)),
-                        topic: t,
-                        partition: p,
-                    })
+            if let Ok(ProduceRequest {
+                record: Some(rec),
+                topic,
+                partition,
+            }) = &item
+            {
+                let size = encoded_record_len(rec.value.len());
+                if topic_or_default(topic) == &*id.topic
+                    && *partition == id.partition
+                    && rec.value.len() <= lim.record_bytes
+                    && batch.payload_len() + size <= lim.bytes
+                {
+                    records::push(&mut batch, rec)?;
+                    continue;
                 }
-                other => other,
-            };
-            carry = Some(next);
+            }
+            carry = Some(item);
             break;
         }
-        let appended = append::append(&state.engine, &topic, partition, batch)
-            .await
-            .map_err(to_status)?;
+        let batch = batch.finish().map_err(to_status)?;
+        let appended = append::append(&*state.partitions, &id, batch).await?;
         for offset in appended.base_offset..=appended.last_offset {
             sink.send_message(&ProduceResponse { offset }).await?;
         }

@@ -1,10 +1,15 @@
 //! Reading for the consume RPCs: bounded chunks, and waiting at the end of a partition.
+//!
+//! The partition's owner hands back whole stored batches; they are checked (CRC) and decoded
+//! here, on the connection's core, as the responses are encoded.
 
-use engine::Record;
+use engine::seam::{PartitionId, ReadLimits, Record};
 use net::Status;
 
+pub use engine::seam::PastEnd;
+
 use super::error::to_status;
-use super::state::AppState;
+use super::state::{AppState, ShardState};
 use crate::limits::{
     READ_DEFAULT_BYTES, READ_DEFAULT_RECORDS, READ_MAX_RECORDS, RECORD_OVERHEAD_BYTES,
 };
@@ -28,89 +33,60 @@ pub fn limits(state: &AppState, max_records: u32, max_bytes: u32) -> (usize, usi
     )
 }
 
-/// What a read does at and past the end of the log.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum PastEnd {
-    /// Offsets after the next one are OUT_OF_RANGE (one-shot reads).
-    OutOfRange,
-    /// Offsets after the next one read as empty: a tailing reader waits for them.
-    Empty,
-}
-
-/// Records from `offset` and the partition's next offset, in one trip to the owning shard.
-/// At the end of the log the list is empty; before its start is OUT_OF_RANGE.
+/// Records from `offset` and the partition's visible end, in one trip to the owning shard.
+/// At the end of the log the list is empty; before its start is OUT_OF_RANGE, and so is past
+/// its end under [`PastEnd::OutOfRange`].
 pub async fn read_chunk(
-    state: &AppState,
-    topic: &str,
-    partition: u32,
+    state: &ShardState,
+    id: &PartitionId,
     offset: u64,
     max_records: usize,
     max_bytes: usize,
     past_end: PastEnd,
 ) -> Result<(Vec<Record>, u64), Status> {
-    state
-        .engine
-        .with_log(topic, partition, move |log| async move {
-            let next = log.readable_next();
-            let at_end = match past_end {
-                PastEnd::OutOfRange => offset == next,
-                PastEnd::Empty => offset >= next,
-            };
-            if at_end && offset >= log.lowest_offset() {
-                return Ok((Vec::new(), next));
-            }
-            let records = log.read_range(offset, max_records, max_bytes).await?;
-            Ok((records, log.readable_next()))
-        })
+    let limits = ReadLimits {
+        max_records,
+        max_bytes,
+        past_end,
+    };
+    let chunk = state
+        .partitions
+        .read(id, offset, limits)
         .await
+        .map_err(to_status)?;
+    let records = chunk
+        .records()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(to_status)?;
+    Ok((records, chunk.visible_end))
+}
+
+/// Waits until readers may see `offset`: woken by the partition's owner, no polling.
+/// UNAVAILABLE when the partition closes (shutdown, deletion): retrying would spin.
+pub async fn wait_for(state: &ShardState, id: &PartitionId, offset: u64) -> Result<(), Status> {
+    state
+        .partitions
+        .wait_for(id, offset)
+        .await
+        .map(|_| ())
         .map_err(to_status)
 }
 
-/// Waits until the partition holds `offset`: woken by the append, no polling.
-pub async fn wait_for(
-    state: &AppState,
-    topic: &str,
-    partition: u32,
-    offset: u64,
-) -> Result<(), Status> {
-    let next = state
-        .engine
-        .wait_for(topic, partition, offset)
-        .await
-        .map_err(to_status)?;
-    if next <= offset {
-        // wait_for also returns when the log closes (shutdown, deletion): retrying would spin.
-        return Err(Status::unavailable(format!(
-            "partition {topic}/{partition} closed"
-        )));
-    }
-    Ok(())
-}
-
-/// Records from `offset` for a tailing reader: waits (woken by the log, no polling) until
-/// there is at least one, then returns them with the partition's readable end.
+/// Records from `offset` for a tailing reader: waits (woken by the owner, no polling) until
+/// there is at least one, then returns them with the partition's visible end.
 pub async fn next_chunk(
-    state: &AppState,
-    topic: &str,
-    partition: u32,
+    state: &ShardState,
+    id: &PartitionId,
     offset: u64,
     max_records: usize,
     max_bytes: usize,
 ) -> Result<(Vec<Record>, u64), Status> {
     loop {
-        let (recs, end) = read_chunk(
-            state,
-            topic,
-            partition,
-            offset,
-            max_records,
-            max_bytes,
-            PastEnd::Empty,
-        )
-        .await?;
+        let (recs, end) =
+            read_chunk(state, id, offset, max_records, max_bytes, PastEnd::Empty).await?;
         if !recs.is_empty() {
             return Ok((recs, end));
         }
-        wait_for(state, topic, partition, offset).await?;
+        wait_for(state, id, offset).await?;
     }
 }

@@ -1,26 +1,29 @@
-//! Conversions between wire records and engine records.
+//! Between wire records and the seam's: encoding requests into batches and stored records
+//! into responses, on the connection's core.
 
+use engine::seam::{self, BatchBuilder, EncodedBatch, PartitionId};
 use net::Status;
 use proto::log::v1 as pb;
 
-/// A wire record as an append. Offset, term and timestamp are the server's to assign.
-pub fn to_new(r: pb::Record) -> engine::NewRecord {
-    engine::NewRecord {
-        value: r.value,
-        rtype: r.r#type,
-    }
+use super::error::to_status;
+
+/// Adds a wire record to a batch. Offset, term and timestamp are the server's to assign.
+pub fn push(b: &mut BatchBuilder, r: &pb::Record) -> Result<(), Status> {
+    b.push(&r.value, r.r#type).map_err(to_status)
 }
 
-/// Back to the wire form, for a request that has to wait for the next batch.
-pub fn from_new(r: engine::NewRecord) -> pb::Record {
-    pb::Record {
-        value: r.value,
-        r#type: r.rtype,
-        ..Default::default()
+/// Wire records as one encoded batch (an empty list is INVALID_ARGUMENT).
+pub fn encode<'a>(
+    records: impl IntoIterator<Item = &'a pb::Record>,
+) -> Result<EncodedBatch, Status> {
+    let mut b = BatchBuilder::new();
+    for r in records {
+        push(&mut b, r)?;
     }
+    b.finish().map_err(to_status)
 }
 
-pub fn to_wire(r: engine::Record) -> pb::Record {
+pub fn to_wire(r: seam::Record) -> pb::Record {
     pb::Record {
         value: r.value,
         offset: r.offset,
@@ -33,4 +36,9 @@ pub fn to_wire(r: engine::Record) -> pb::Record {
 
 pub fn required(r: Option<pb::Record>) -> Result<pb::Record, Status> {
     r.ok_or_else(|| Status::invalid_argument("ProduceRequest.record is required"))
+}
+
+/// The partition a request names (`""` is the default topic).
+pub fn partition_id(topic: &str, partition: u32) -> PartitionId {
+    PartitionId::new(pb::topic_or_default(topic), partition)
 }

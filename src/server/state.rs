@@ -1,10 +1,13 @@
-//! What every handler shares, on whichever shard it runs.
+//! What every handler shares, on whichever shard it runs: [`AppState`], one for the node,
+//! and [`ShardState`], one per shard, which adds the shard's own seam objects.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use consensus::membership::MembershipWatch;
-use engine::{EngineHandle, LogConfig};
+use engine::seam::{Factory, Partitions, TopicConfig, Topics};
 use net::server::Request;
 use net::tls::TlsInfo;
 use net::Shutdown;
@@ -16,7 +19,8 @@ use super::health::Health;
 /// Shared by all shards: everything here is `Send + Sync`, so one `Arc` serves every
 /// executor's router.
 pub struct AppState {
-    pub engine: EngineHandle,
+    /// Builds each shard's seam objects (the only way handlers reach partitions and topics).
+    pub seam: Arc<dyn Factory>,
     pub health: Arc<Health>,
     /// Fires when the server starts draining; long-lived streams end on it so that draining
     /// does not wait for the drain timeout.
@@ -26,7 +30,7 @@ pub struct AppState {
     /// Largest gRPC message in either direction: bounds batch reads.
     pub max_message_bytes: usize,
     /// Settings for topics created without explicit ones.
-    pub default_log: LogConfig,
+    pub default_log: TopicConfig,
     /// Who may do what; disabled unless ACL files are configured. Reloaded in place.
     pub authz: Arc<Authorizer>,
     /// The cluster's members as gossip sees them (this node alone without gossip).
@@ -77,5 +81,35 @@ impl AppState {
     pub async fn draining(&self) -> Result<(), net::Status> {
         self.shutdown.wait().await;
         Err(net::Status::unavailable("server is shutting down"))
+    }
+}
+
+/// What the data handlers of one shard share: the node's state and the shard's seam objects
+/// (`!Send`: built on the shard's executor, with the router that uses them).
+pub struct ShardState {
+    pub app: Arc<AppState>,
+    pub partitions: Rc<dyn Partitions>,
+    pub topics: Rc<dyn Topics>,
+}
+
+impl ShardState {
+    /// The state of the executor this is called on.
+    pub fn new(app: &Arc<AppState>) -> Rc<ShardState> {
+        let seam = app.seam.build();
+        Rc::new(ShardState {
+            app: app.clone(),
+            partitions: seam.partitions,
+            topics: seam.topics,
+        })
+    }
+}
+
+/// A shard's state is the node's plus its seam: handlers call `authorize` and read settings
+/// through it as through the node's.
+impl Deref for ShardState {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.app
     }
 }

@@ -1,17 +1,17 @@
 //! `CreateTopic`.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use net::server::Request;
 use net::Status;
 use proto::log::v1::{CreateTopicRequest, CreateTopicResponse};
 
 use super::super::error::to_status;
-use super::super::state::AppState;
+use super::super::state::ShardState;
 use crate::server::acl::Action;
 
 pub async fn handle(
-    state: Arc<AppState>,
+    state: Rc<ShardState>,
     req: Request<CreateTopicRequest>,
 ) -> Result<CreateTopicResponse, Status> {
     state.authorize(&req, Action::Admin, Some(&req.message.name))?;
@@ -20,7 +20,7 @@ pub async fn handle(
     let config = super::log_config(&state.default_log, &wire)?;
     let partitions = wire.partitions.max(1);
     state
-        .engine
+        .topics
         .create_topic(&r.name, partitions, config)
         .await
         .map_err(to_status)?;

@@ -1,16 +1,16 @@
 //! `DescribeTopic`.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use net::server::Request;
 use net::Status;
 use proto::log::v1::{DescribeTopicRequest, DescribeTopicResponse};
 
-use super::super::state::AppState;
+use super::super::state::ShardState;
 use crate::server::acl::Action;
 
 pub async fn handle(
-    state: Arc<AppState>,
+    state: Rc<ShardState>,
     req: Request<DescribeTopicRequest>,
 ) -> Result<DescribeTopicResponse, Status> {
     state.authorize(&req, Action::Admin, Some(&req.message.name))?;

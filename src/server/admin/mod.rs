@@ -6,19 +6,19 @@ pub mod describe_topic;
 pub mod list_members;
 pub mod list_topics;
 
-use engine::{Durability, LogConfig};
+use engine::seam::{Durability, PartitionId, TopicConfig, BATCH_HEADER_LEN};
 use net::Status;
 use proto::log::v1::{self as pb, PartitionDescription, TopicDescription};
 
 use super::error::to_status;
-use super::state::AppState;
+use super::state::ShardState;
 
 /// Interval used when a topic asks for interval durability without saying how often and the
 /// server's default policy is not an interval.
 const DEFAULT_FLUSH_INTERVAL_MS: u64 = 100;
 
 /// Wire settings over the server's defaults: 0 and UNSPECIFIED keep the default.
-pub fn log_config(defaults: &LogConfig, c: &pb::TopicConfig) -> Result<LogConfig, Status> {
+pub fn log_config(defaults: &TopicConfig, c: &pb::TopicConfig) -> Result<TopicConfig, Status> {
     let mut out = defaults.clone();
     let default_interval = match defaults.durability {
         Durability::Interval { interval_ms } => interval_ms,
@@ -51,7 +51,7 @@ pub fn log_config(defaults: &LogConfig, c: &pb::TopicConfig) -> Result<LogConfig
         // the server's maximum size must still fit, which validate() checks.
         let fits = usize::try_from(c.segment_bytes)
             .unwrap_or(usize::MAX)
-            .saturating_sub(engine::batch::HEADER_LEN);
+            .saturating_sub(BATCH_HEADER_LEN);
         out.max_batch_bytes = out.max_batch_bytes.min(fits).max(out.max_record_bytes);
     }
     if c.retention_bytes > 0 {
@@ -64,7 +64,7 @@ pub fn log_config(defaults: &LogConfig, c: &pb::TopicConfig) -> Result<LogConfig
     Ok(out)
 }
 
-pub fn wire_config(partitions: u32, c: &LogConfig) -> pb::TopicConfig {
+pub fn wire_config(partitions: u32, c: &TopicConfig) -> pb::TopicConfig {
     let (durability, flush_interval_ms) = match c.durability {
         Durability::Always => (pb::Durability::Always, 0),
         Durability::Never => (pb::Durability::Never, 0),
@@ -81,20 +81,25 @@ pub fn wire_config(partitions: u32, c: &LogConfig) -> pb::TopicConfig {
 }
 
 /// A topic's settings and each partition's offsets and size.
-pub async fn describe(state: &AppState, name: &str) -> Result<TopicDescription, Status> {
-    let info = state.engine.topic(name).map_err(to_status)?;
-    let parts = state.engine.describe_topic(name).await.map_err(to_status)?;
+pub async fn describe(state: &ShardState, name: &str) -> Result<TopicDescription, Status> {
+    let info = state.topics.topic(name).map_err(to_status)?;
+    let mut partitions = Vec::with_capacity(info.partitions as usize);
+    for p in 0..info.partitions {
+        let s = state
+            .partitions
+            .describe(&PartitionId::new(name, p))
+            .await
+            .map_err(to_status)?;
+        partitions.push(PartitionDescription {
+            partition: p,
+            lowest_offset: s.lowest_offset,
+            next_offset: s.log_end,
+            size_bytes: s.size_bytes,
+        });
+    }
     Ok(TopicDescription {
         name: info.name,
         config: Some(wire_config(info.partitions, &info.config)),
-        partitions: parts
-            .into_iter()
-            .map(|p| PartitionDescription {
-                partition: p.partition,
-                lowest_offset: p.stats.lowest_offset,
-                next_offset: p.stats.next_offset,
-                size_bytes: p.stats.size_bytes,
-            })
-            .collect(),
+        partitions,
     })
 }
