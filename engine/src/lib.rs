@@ -11,7 +11,12 @@
 //!   found later is an [`Error::Corrupt`] naming the file and byte, never data. A failed write
 //!   or fsync latches the log read-only until it is reopened.
 //! - [`Engine`]: one executor per shard; every partition is owned by one shard (by hash), and
-//!   an [`EngineHandle`] routes operations to the owner from any thread.
+//!   an [`EngineHandle`] routes operations to the owner from any thread, as typed messages
+//!   through the owner's bounded queue, by the calling shard's own copy of the catalog.
+//! - [`seam`]: the partition seam the server is written against (append an encoded batch,
+//!   read stored batches, wait for the visible end, describe; topic administration), its
+//!   engine-backed implementation ([`seam::local`]), an in-memory one ([`seam::memory`]) and,
+//!   with the `conformance` feature, the suite every implementation passes.
 //! - [`topics`]: topic administration over the catalog of topics; small atomically replaced
 //!   metadata files ([`meta`]); the engine's limits and defaults in one place ([`limits`]).
 //!

@@ -93,14 +93,14 @@ pub const MAX_READ_WINDOW_BYTES: usize = 8 << 20;
 
 // ---- Shards ----------------------------------------------------------------------------
 
-/// Jobs queued for one shard before callers get `Overloaded`. A job only starts a task on the
-/// shard, so 4,096 queued is far more than any healthy burst; a longer queue means the shard
-/// is behind, and callers should back off rather than grow its memory.
+/// Messages queued for one shard before callers get `Overloaded`. A message only starts a task
+/// on the shard, so 4,096 queued is far more than any healthy burst; a longer queue means the
+/// shard is behind, and callers should back off rather than grow its memory.
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
-/// A shard's receiver yields to its tasks after this many jobs, so the tasks the jobs start
-/// (and I/O completions) run between bursts without a yield per job.
-pub const JOBS_PER_YIELD: u32 = 64;
+/// A shard's receiver yields to its tasks after this many messages, so the tasks the
+/// messages start (and I/O completions) run between bursts without a yield per message.
+pub const MESSAGES_PER_YIELD: u32 = 64;
 
 /// Sealed segments whose files one shard keeps open: two descriptors each, 2,048 a shard,
 /// within the 65,536 the systemd unit in `deploy/` allows for a machine's shards besides

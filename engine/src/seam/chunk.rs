@@ -96,7 +96,8 @@ struct Cursor {
     index: u32,
     /// Where the next record starts in `bytes`.
     at: usize,
-    /// Where the batch starts in its run (for error positions).
+    /// The run holding the batch, and where the batch starts in it (for error positions).
+    run: usize,
     run_at: usize,
 }
 
@@ -158,6 +159,7 @@ impl Records<'_> {
                 bytes,
                 index: 0,
                 at: HEADER_LEN,
+                run: self.run,
                 run_at: at,
             });
             return Ok(true);
@@ -169,51 +171,53 @@ impl Records<'_> {
         let Some(c) = self.batch.as_mut() else {
             return Ok(None);
         };
-        if c.index == c.header.record_count {
-            let whole = c.at == c.bytes.len();
-            let run_at = c.run_at;
-            self.batch = None;
-            if !whole {
-                let run = &self.chunk.runs[self.run.min(self.chunk.runs.len() - 1)];
-                return Err(self.chunk.corrupt(
-                    run,
-                    run_at,
-                    "records do not add up to the batch length",
-                ));
+        let record = if c.index == c.header.record_count {
+            // Every record read: the batch must end exactly there.
+            (c.at == c.bytes.len()).then_some(None)
+        } else {
+            record_at(c).map(Some)
+        };
+        match record {
+            Some(Some(r)) => Ok(Some(r)),
+            Some(None) => {
+                self.batch = None;
+                Ok(None)
             }
-            return Ok(None);
+            None => {
+                let (run, at) = (c.run, c.run_at);
+                self.batch = None;
+                Err(self.chunk.corrupt(
+                    &self.chunk.runs[run],
+                    at,
+                    "records do not add up to the batch length",
+                ))
+            }
         }
-        let b = &c.bytes;
-        let field = |at: usize| -> Option<u32> {
-            let s = b.get(at..at + 4)?;
-            Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        };
-        let parsed = field(c.at).zip(field(c.at + 4)).and_then(|(len, rtype)| {
-            let start = c.at + RECORD_OVERHEAD;
-            let end = start.checked_add(len as usize)?;
-            (end <= b.len()).then_some((rtype, start, end))
-        });
-        let Some((rtype, start, end)) = parsed else {
-            let run_at = c.run_at;
-            self.batch = None;
-            let run = &self.chunk.runs[self.run.min(self.chunk.runs.len() - 1)];
-            return Err(self.chunk.corrupt(
-                run,
-                run_at,
-                "records do not add up to the batch length",
-            ));
-        };
-        let record = Record {
-            offset: c.header.base_offset + u64::from(c.index),
-            term: c.header.term,
-            timestamp_ms: c.header.timestamp_ms,
-            rtype,
-            value: b.slice(start..end),
-        };
-        c.index += 1;
-        c.at = end;
-        Ok(Some(record))
     }
+}
+
+/// Decodes the record at the cursor and moves past it; `None` if it does not fit the batch
+/// (which its good CRC makes a bug, but bytes from disk are never trusted with a panic).
+fn record_at(c: &mut Cursor) -> Option<Record> {
+    let b = &c.bytes;
+    let field = |at: usize| -> Option<u32> {
+        let s = b.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let len = field(c.at)? as usize;
+    let rtype = field(c.at + 4)?;
+    let start = c.at + RECORD_OVERHEAD;
+    let end = start.checked_add(len).filter(|&e| e <= b.len())?;
+    let record = Record {
+        offset: c.header.base_offset + u64::from(c.index),
+        term: c.header.term,
+        timestamp_ms: c.header.timestamp_ms,
+        rtype,
+        value: b.slice(start..end),
+    };
+    c.index += 1;
+    c.at = end;
+    Some(record)
 }
 
 impl Iterator for Records<'_> {
@@ -253,5 +257,90 @@ impl Iterator for Records<'_> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seam::{EncodedBatch, NewRecord, PastEnd};
+
+    fn stored(base: u64, values: &[&str]) -> Bytes {
+        let records: Vec<NewRecord> = values
+            .iter()
+            .map(|v| NewRecord::new(v.to_string()))
+            .collect();
+        EncodedBatch::encode(&records)
+            .expect("encode")
+            .stored(base, 1, 5)
+    }
+
+    fn chunk(from: u64, visible_end: u64, runs: Vec<Bytes>) -> Chunk {
+        let limits = ReadLimits {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            past_end: PastEnd::OutOfRange,
+        };
+        let mut c = Chunk::new(from, visible_end, limits, Arc::from(Path::new("/d/t/0")));
+        for (i, bytes) in runs.into_iter().enumerate() {
+            c.runs.push(Run {
+                bytes,
+                segment: Some(0),
+                pos: 4096 * i as u64,
+            });
+        }
+        c
+    }
+
+    fn values(c: &Chunk) -> Vec<(u64, String)> {
+        c.records()
+            .map(|r| {
+                let r = r.expect("record");
+                (
+                    r.offset,
+                    String::from_utf8(r.value.to_vec()).expect("utf-8"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_start_at_from_and_stop_at_the_visible_end() {
+        let mut run = stored(10, &["a", "b", "c"]).to_vec();
+        run.extend_from_slice(&stored(13, &["d", "e"]));
+        let c = chunk(11, 14, vec![Bytes::from(run), stored(15, &["f"])]);
+        assert_eq!(
+            values(&c),
+            vec![(11, "b".into()), (12, "c".into()), (13, "d".into())]
+        );
+    }
+
+    #[test]
+    fn a_damaged_batch_is_an_error_naming_file_and_byte() {
+        let good = stored(0, &["one"]);
+        let mut bad = stored(1, &["two", "three"]).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x20;
+        let c = chunk(0, 3, vec![good, Bytes::from(bad)]);
+        let mut it = c.checked_records();
+        assert_eq!(&it.next().expect("first").expect("good").value[..], b"one");
+        match it.next() {
+            Some(Err(crate::Error::Corrupt {
+                path,
+                position,
+                reason,
+            })) => {
+                assert_eq!(path, Path::new("/d/t/0/00000000000000000000.log"));
+                assert_eq!((position, reason.as_str()), (4096, "checksum mismatch"));
+            }
+            other => panic!("a flipped byte: {other:?}"),
+        }
+        assert!(it.next().is_none(), "nothing after the damage");
+        let cut = stored(0, &["four"]);
+        let c = chunk(0, 1, vec![cut.slice(..cut.len() - 1)]);
+        assert!(matches!(
+            c.records().next(),
+            Some(Err(crate::seam::Error::Internal(m))) if m.contains("past the end")
+        ));
     }
 }

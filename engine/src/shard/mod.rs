@@ -405,7 +405,7 @@ async fn shard_main(
             Ok(msg) => {
                 msg.handle(&ctx);
                 handled += 1;
-                if handled.is_multiple_of(limits::JOBS_PER_YIELD) {
+                if handled.is_multiple_of(limits::MESSAGES_PER_YIELD) {
                     glommio::yield_if_needed().await;
                 }
             }
