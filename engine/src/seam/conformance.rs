@@ -46,6 +46,7 @@ pub async fn run_all(factory: &dyn Factory, prefix: &str) {
     before_the_lowest_offset(&seam, &name("before-lowest")).await;
     wait_for_wakes_on_append(&seam, &name("wait")).await;
     dropped_wait_leaves_no_waiter(&seam, &name("cancel")).await;
+    deleting_a_topic_ends_its_waits(&seam, &name("closing")).await;
     unknown_topics_and_partitions(&seam, &name("unknown")).await;
     bad_batches(&seam, &name("bad")).await;
     topic_administration(&seam, &name("admin")).await;
@@ -394,6 +395,30 @@ pub async fn dropped_wait_leaves_no_waiter(seam: &Seam, topic: &str) {
             == 0
     })
     .await;
+}
+
+/// A reader parked on a partition whose topic is deleted gets `Unavailable` (the partition
+/// closed), not an endless wait.
+pub async fn deleting_a_topic_ends_its_waits(seam: &Seam, topic: &str) {
+    create(seam, topic, 1, topic_config()).await;
+    let id = PartitionId::new(topic, 0);
+    let partitions = Rc::clone(&seam.partitions);
+    let wid = id.clone();
+    let waiter = glommio::spawn_local(async move { partitions.wait_for(&wid, 0).await });
+    eventually("the waiter parks", || async {
+        seam.partitions
+            .describe(&id)
+            .await
+            .expect("describe")
+            .waiters
+            == 1
+    })
+    .await;
+    seam.topics.delete_topic(topic).await.expect("delete");
+    match waiter.await {
+        Err(Error::Unavailable(_)) => {}
+        other => panic!("a wait on a deleted partition: {other:?}"),
+    }
 }
 
 /// Unknown topics and partitions are NotFound for every operation.
