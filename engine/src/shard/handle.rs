@@ -340,11 +340,24 @@ impl EngineHandle {
     }
 
     pub async fn read(&self, topic: &str, partition: u32, offset: u64) -> Result<Record> {
-        let mut records = self.read_range(topic, partition, offset, 1, 1).await?;
-        records.pop().ok_or(Error::OffsetOutOfRange {
-            offset,
-            lowest: offset,
-            next: offset,
+        let here = self.here();
+        let id = PartitionId::new(topic, partition);
+        let limits = ReadLimits {
+            max_records: 1,
+            max_bytes: 1,
+            past_end: PastEnd::OutOfRange,
+        };
+        let chunk = self
+            .read_routed(here.as_ref(), &id, offset, limits, true)
+            .await?;
+        // The owner found the batch holding `offset`, so it has a record there, or its
+        // bytes are damaged.
+        chunk.checked_records().next().unwrap_or_else(|| {
+            Err(Error::corrupt(
+                chunk.origin.to_path_buf(),
+                0,
+                format!("the batch read for offset {offset} has no record there"),
+            ))
         })
     }
 
