@@ -49,34 +49,53 @@ impl Shutdown {
         Wait {
             inner: self.inner.clone(),
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            registered: None,
         }
     }
 }
 
 /// Future returned by [`Shutdown::wait`].
+///
+/// Streams race their work against it (`or(work, shutdown.wait())`), so it is polled every
+/// time their work makes progress: it takes the shared lock only when its waker is new, not
+/// on every poll, so that streams on different cores do not contend for it.
 #[derive(Debug)]
 pub struct Wait {
     inner: Arc<Inner>,
     id: u64,
+    /// The waker in `waiters` under `id`, if any.
+    registered: Option<Waker>,
 }
 
 impl Future for Wait {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.inner.fired.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
-        let mut waiters = match self.inner.waiters.lock() {
+        // Registered with this waker already: trigger() sets the flag before it takes the
+        // wakers, so it will wake this one (or the flag check above sees it fired).
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        let mut waiters = match this.inner.waiters.lock() {
             Ok(w) => w,
             Err(poisoned) => poisoned.into_inner(),
         };
         // Re-check under the lock: trigger() drains after setting the flag,
         // so a waker inserted now is either drained or sees the flag.
-        if self.inner.fired.load(Ordering::SeqCst) {
+        if this.inner.fired.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
-        waiters.insert(self.id, cx.waker().clone());
+        waiters.insert(this.id, cx.waker().clone());
+        drop(waiters);
+        this.registered = Some(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -86,5 +105,38 @@ impl Drop for Wait {
         if let Ok(mut w) = self.inner.waiters.lock() {
             w.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiter_polled_again_stays_registered_once_and_is_woken() {
+        let s = Shutdown::new();
+        let count = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut w = Box::pin(s.wait());
+        for _ in 0..3 {
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(s.inner.waiters.lock().map(|m| m.len()).unwrap_or(0), 1);
+        s.trigger();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
+        assert!(w.as_mut().poll(&mut cx).is_ready());
+        drop(w);
+        assert_eq!(s.inner.waiters.lock().map(|m| m.len()).unwrap_or(1), 0);
     }
 }
