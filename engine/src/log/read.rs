@@ -391,7 +391,8 @@ impl Log {
             let len = header.batch_len();
             if header.next_offset() <= c.want {
                 // Before the offset asked for: skip without reading its body. Whatever is
-                // returned is still checked (CRC and offset continuity) below.
+                // returned is still checked: offset continuity below, the CRC below or, for
+                // a chunk handed to a reader, by the reader.
                 pos += len as u64;
                 continue;
             }
