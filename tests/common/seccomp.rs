@@ -12,6 +12,9 @@
 //! headers (`asm/unistd_64.h`); a name they do not know fails the compile, so a typo in the
 //! profile fails the test instead of being skipped silently as runtimes skip it.
 
+// Shared by test binaries that each use part of it.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 
 const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
