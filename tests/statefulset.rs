@@ -434,10 +434,14 @@ impl Cluster {
         root
     }
 
-    /// The rendered ConfigMap's keys as files, as a configMap volume shows them.
+    /// The rendered ConfigMap's keys as files, as a configMap volume shows them; written
+    /// once, since running servers read them.
     fn config_map_dir(&self, name: &str) -> PathBuf {
         let cm = self.rendered.get("ConfigMap", name);
         let dir = self.dir.path().join("configmaps").join(name);
+        if dir.exists() {
+            return dir;
+        }
         std::fs::create_dir_all(&dir).unwrap();
         for (k, v) in cm["data"].as_object().expect("ConfigMap data") {
             std::fs::write(dir.join(k), str_of(v, "ConfigMap value")).unwrap();
@@ -1131,4 +1135,135 @@ fn statefulset_pods_join_pass_probes_serve_through_the_service_and_keep_records_
     if c.replication == Replication::Gated {
         eprintln!("REPLICATION CHECKS GATED: see the notice above; everything else passed");
     }
+}
+
+/// `proglog cert` as deploy/README.md says: one CA for clients (it signs the server
+/// certificate clients check, and client certificates), another for peers; the Secret's
+/// files as its volume shows them (mode from the manifest, group fsGroup). Returns the
+/// client flags of the subject `who`.
+fn make_certificates(c: &mut Cluster, who: &str) -> Vec<String> {
+    let dir = c.dir.path().join("certs");
+    let (clients, peers) = (dir.join("clients"), dir.join("peers"));
+    let svc = c.service_name();
+    let pods = format!("*.{}.{NAMESPACE}.svc.cluster.local", c.headless);
+    let cert = |args: &[&str]| {
+        runtime::sh(&[&[BIN, "cert"], args].concat())
+            .unwrap_or_else(|e| panic!("proglog cert: {e}"));
+    };
+    let d = |p: &Path| p.to_str().unwrap().to_owned();
+    cert(&["ca", "--dir", &d(&clients)]);
+    let cluster_local = format!("{svc}.cluster.local");
+    cert(&[
+        "server",
+        "--dir",
+        &d(&clients),
+        &svc,
+        &cluster_local,
+        &pods,
+        "localhost",
+        "127.0.0.1",
+    ]);
+    cert(&["client", "--dir", &d(&clients), "root"]);
+    cert(&["client", "--dir", &d(&clients), "nobody"]);
+    cert(&["ca", "--dir", &d(&peers)]);
+    cert(&["peer", "--dir", &d(&peers), "--name", "peer", &pods]);
+
+    let secret = dir.join("secret-proglog-tls");
+    std::fs::create_dir_all(&secret).unwrap();
+    let vol = volume(c.template(), "tls");
+    let mode = vol["secret"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+    let group = c.template()["securityContext"]["fsGroup"]
+        .as_u64()
+        .map(|g| g as u32);
+    for (key, from) in [
+        ("ca.pem", clients.join("ca.pem")),
+        ("server.pem", clients.join("server.pem")),
+        ("server-key.pem", clients.join("server-key.pem")),
+        ("peer-ca.pem", peers.join("ca.pem")),
+        ("peer.pem", peers.join("peer.pem")),
+        ("peer-key.pem", peers.join("peer-key.pem")),
+    ] {
+        let to = secret.join(key);
+        std::fs::copy(&from, &to).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&to, Some(0), group).unwrap();
+    }
+    c.secrets.insert("proglog-tls".into(), secret);
+    let f = |name: &str| d(&clients.join(name));
+    vec![
+        "--tls-ca-file".into(),
+        f("ca.pem"),
+        "--tls-cert-file".into(),
+        f(&format!("{who}-client.pem")),
+        "--tls-key-file".into(),
+        f(&format!("{who}-client-key.pem")),
+    ]
+}
+
+#[test]
+fn acl_overlay_pods_gossip_over_peer_tls_and_authorize_clients_by_certificate() {
+    let Some(_turn) = preconditions() else { return };
+    let mut c = Cluster::new("overlays/acl");
+    c.client_flags = make_certificates(&mut c, "root");
+    c.install_seccomp_profile();
+    c.start_pods(&[0, 1, 2], 1);
+    c.wait_all_ready();
+    c.wait_members();
+    c.log(
+        "the three joined over peer TLS (the peer certificate's wildcard name matches each pod's)",
+    );
+    // One gossip key, created by pod 0 and fetched by the others over the peer channel.
+    let keys: Vec<Vec<u8>> = c
+        .pods
+        .iter()
+        .map(|p| {
+            std::fs::read(p.claims["data"].join("data/gossip-key.meta")).expect("a gossip key")
+        })
+        .collect();
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "the pods hold different gossip keys"
+    );
+
+    // root may produce and consume, through the Service, by its certificate.
+    let mut acked = c.produce_via_service(&values("tls", 6));
+    c.check_acknowledged(&acked);
+    // nobody holds a valid certificate but no grant; no certificate at all is refused.
+    let root_flags = c.client_flags.clone();
+    c.client_flags = root_flags
+        .iter()
+        .map(|f| f.replace("root-client", "nobody-client"))
+        .collect();
+    let denied = c
+        .cli(
+            &c.service_addr(),
+            Some(&c.service_name()),
+            &["produce", "x"],
+        )
+        .expect_err("nobody may not produce");
+    assert!(denied.contains("PERMISSION_DENIED"), "{denied}");
+    c.client_flags = root_flags[..2].to_vec();
+    let refused = c.cli(
+        &c.service_addr(),
+        Some(&c.service_name()),
+        &["produce", "x"],
+    );
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was served: {refused:?}"
+    );
+    c.client_flags = root_flags;
+    c.log("root served through the Service; nobody denied (PERMISSION_DENIED); no certificate refused");
+
+    // Pod 1 restarts under a new IP: it rejoins with the key it kept.
+    c.stop_pods(&[1]);
+    c.start_pods(&[1], 2);
+    c.wait_ready(1);
+    c.set_endpoints(&[0, 1, 2]);
+    c.wait_members();
+    acked.extend(c.produce_via_service(&values("tls-after", 3)));
+    c.check_acknowledged(&acked);
+    c.check_one_replicated_cluster();
+    c.log("pod 1 restarted under a new IP, rejoined with its key; every record kept");
 }
