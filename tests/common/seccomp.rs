@@ -17,11 +17,12 @@
 
 use std::collections::HashMap;
 
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const BPF_JEQ_K: u16 = 0x05 | 0x10 | 0x00;
-const BPF_JSET_K: u16 = 0x05 | 0x40 | 0x00;
-const BPF_AND_K: u16 = 0x04 | 0x50 | 0x00;
-const BPF_RET_K: u16 = 0x06 | 0x00;
+// Classic BPF opcodes (linux/bpf_common.h), class | size/op | source.
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD 0x00 | BPF_W 0x00 | BPF_ABS 0x20
+const BPF_JEQ_K: u16 = 0x15; // BPF_JMP 0x05 | BPF_JEQ 0x10 | BPF_K 0x00
+const BPF_JSET_K: u16 = 0x45; // BPF_JMP 0x05 | BPF_JSET 0x40 | BPF_K 0x00
+const BPF_AND_K: u16 = 0x54; // BPF_ALU 0x04 | BPF_AND 0x50 | BPF_K 0x00
+const BPF_RET_K: u16 = 0x06; // BPF_RET 0x06 | BPF_K 0x00
 
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_KILL_THREAD: u32 = 0x0000_0000;
