@@ -160,3 +160,134 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another proglog"), "{err}");
 }
+
+/// Runs the server with `setup` applied in the child just before exec, and returns its
+/// stderr once it exits (it must, within the deadline).
+fn start_failure(setup: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> String {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--admin-addr", "off", "--shards", "1"])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: `setup` makes only async-signal-safe system calls (setrlimit, prctl).
+    unsafe { cmd.pre_exec(setup) };
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started although the host cannot run it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn too_little_locked_memory_is_named_at_start() {
+    let err = start_failure(|| {
+        let lim = libc::rlimit {
+            rlim_cur: 64 * 1024,
+            rlim_max: 64 * 1024,
+        };
+        // SAFETY: setrlimit(2) reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    assert!(
+        err.contains("RLIMIT_MEMLOCK is 64 KiB, below the 512 KiB"),
+        "{err}"
+    );
+}
+
+#[test]
+fn io_uring_blocked_by_seccomp_is_named_at_start() {
+    // What a container runtime's default profile does to io_uring_setup.
+    let filter = common::seccomp::Filter::deny(libc::SYS_io_uring_setup as u32, libc::EPERM);
+    // SAFETY (of the closure's body): install makes two prctl calls on a prepared program.
+    let err = start_failure(move || unsafe { filter.install() });
+    assert!(
+        err.contains("io_uring is not usable: io_uring_setup failed with EPERM"),
+        "{err}"
+    );
+    assert!(err.contains("seccomp filter"), "{err}");
+    assert!(err.contains("io_uring_enter"), "{err}");
+}
+
+#[test]
+fn shards_are_pinned_inside_the_cpus_the_process_was_given() {
+    use std::os::unix::process::CommandExt;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("SKIPPED: needs two CPUs to give the server one that is not CPU 0");
+        return;
+    }
+    // The last CPU only, as a cpuset (a container's exclusive CPUs) or taskset gives.
+    let only = cpus - 1;
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--admin-addr", "off", "--shards", "1"])
+        .args(["--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure makes one sched_setaffinity(2) call on a set built on its stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(only, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let tasks = format!("/proc/{}/task", child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Serving, so the shard's executor has long placed itself.
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let allowed = loop {
+        let shard = std::fs::read_dir(&tasks).ok().and_then(|dir| {
+            dir.flatten().find_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                if comm.trim() != "proglog-shard-0" {
+                    return None;
+                }
+                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|v| v.trim().to_owned())
+            })
+        });
+        if let Some(a) = shard {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shard thread within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(allowed, only.to_string());
+}

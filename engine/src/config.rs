@@ -158,7 +158,7 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Number of shards (executors); 0 = one per available CPU.
     pub shards: usize,
-    /// Pin shard i to CPU i when that CPU exists.
+    /// Pin shard i to the i-th CPU of the process's affinity mask, when there is one.
     pub pin: bool,
     /// Requests queued per shard before callers get `Overloaded`.
     pub queue_depth: usize,

@@ -27,6 +27,7 @@ pub mod consume_stream;
 pub mod error;
 pub mod get_servers;
 pub mod health;
+pub mod host;
 pub mod membership;
 pub mod produce;
 pub mod produce_batch;
@@ -174,6 +175,8 @@ const HOLD_RECOVERY_ENV: &str = "PROGLOG_TEST_HOLD_RECOVERY_MS";
 /// Runs a server until SIGTERM or SIGINT, then stops it gracefully.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     log::info!("proglog {} starting: {settings}", env!("CARGO_PKG_VERSION"));
+    // Before anything binds or starts: a host that cannot run the engine is told why.
+    host::check()?;
     check_port_free(settings.listen)?;
     let obs = Arc::new(Observability::new());
     // First, so that probes get answers (alive, not ready) through recovery.

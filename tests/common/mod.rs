@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod seccomp;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

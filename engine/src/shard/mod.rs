@@ -222,16 +222,13 @@ impl Engine {
                 .map(|_| Arc::new(crossbeam::utils::CachePadded::new(ShardMetrics::default())))
                 .collect(),
         });
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = channel::unbounded::<(usize, Result<()>)>();
         let mut threads = Vec::with_capacity(n);
         for (i, (rx, waker)) in rxs.into_iter().enumerate() {
-            let placement = if shared.config.pin && i < cpus {
-                Placement::Fixed(i)
-            } else {
-                Placement::Unbound
+            let placement = match cpus.get(i) {
+                Some(&cpu) if shared.config.pin => Placement::Fixed(cpu),
+                _ => Placement::Unbound,
             };
             let shared2 = Arc::clone(&shared);
             let ready = ready_tx.clone();
@@ -469,4 +466,23 @@ pub fn owner(topic: &str, partition: u32, shards: usize) -> usize {
     let mut h = crc32c::crc32c(topic.as_bytes());
     h = crc32c::crc32c_append(h, &partition.to_le_bytes());
     (h as usize) % shards.max(1)
+}
+
+/// The CPUs this process may run on, in order: shard i is pinned to the i-th. Not CPU i:
+/// in a container with a cpuset (Kubernetes' static CPU manager gives a Guaranteed pod
+/// exclusive CPUs such as 4 and 5) pinning to CPU 0 fails or, under a mere affinity mask
+/// (taskset), escapes it. Empty when the mask cannot be read: shards then run unbound.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain bits; all zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity(2) writes at most size_of::<cpu_set_t>() bytes into `set`.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads bit `cpu` of `set`, and `cpu` < CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
 }
