@@ -57,6 +57,7 @@ mod keepalive;
 pub mod limits;
 pub mod observe;
 pub mod peer;
+mod ratelog;
 pub mod server;
 mod shutdown;
 mod status;
@@ -113,4 +114,23 @@ pub enum Error {
     DrainTimeout(Option<SocketAddr>, Duration),
     #[error("executor: {0}")]
     Executor(String),
+}
+
+impl Error {
+    /// A name for the kind of failure, e.g. to rate-limit log lines per kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Bind { .. } => "bind",
+            Error::Connect { .. } => "connect",
+            Error::TlsHandshake { .. } => "tls-handshake",
+            Error::TlsHandshakeTimeout(_) => "tls-handshake-timeout",
+            Error::TlsConfig(_) => "tls-config",
+            Error::Handshake { .. } => "handshake",
+            Error::HandshakeTimeout(_) => "handshake-timeout",
+            Error::Connection { .. } => "connection",
+            Error::KeepaliveTimeout { .. } => "keepalive-timeout",
+            Error::DrainTimeout(..) => "drain-timeout",
+            Error::Executor(_) => "executor",
+        }
+    }
 }

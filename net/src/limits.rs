@@ -22,10 +22,28 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 // ---- Connections and calls (server) ----------------------------------------------------
 
-/// Connections one executor (shard) serves at once; more are closed on accept. Bounds the
-/// descriptors each core holds: a few thousand per core stays under the common 65,536
-/// open-file limit, which the log's segment files share.
+/// Connections one executor (shard) serves at once, handshakes included. At the limit the
+/// connection idle the longest is closed to make room; a new one is refused only when every
+/// connection runs a call. Bounds the descriptors each core holds: a few thousand per core
+/// stays under the common 65,536 open-file limit, which the log's segment files share.
 pub const MAX_CONNECTIONS_PER_SHARD: usize = 4096;
+
+/// A connection that runs no call for this long is closed with a GOAWAY, as grpc-go's
+/// `MaxConnectionIdle`: a client that connected and went quiet gives its descriptor and
+/// buffers back; a gRPC client reconnects on its next call. Long enough that a client
+/// calling every few minutes keeps its connection.
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Calls on one connection the client may reset per second, on average (a token bucket
+/// that holds [`MAX_CONCURRENT_STREAMS`], so a client may cancel every call it has open at
+/// once). The HTTP/2 rapid-reset attack opens and resets streams as fast as it can, so each
+/// costs the server a handler start; paced or not, it runs at thousands per second. A
+/// client over the rate gets GOAWAY with ENHANCE_YOUR_CALM and its connection closes.
+pub const MAX_RESETS_PER_SECOND: u32 = 200;
+
+/// After a GOAWAY that closes a connection (idle, evicted, rapid reset), how long the
+/// server waits for it to be sent and for the client to close before dropping the socket.
+pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
 
 /// Calls in flight on one connection (SETTINGS_MAX_CONCURRENT_STREAMS), each a local task:
 /// room for a client that pipelines hundreds of calls on one connection (the load generator

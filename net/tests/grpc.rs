@@ -423,8 +423,15 @@ fn lying_length_prefix_compressed_flag_and_content_type() {
             .message
             .contains("compressed messages are not supported"));
 
-        let (st, _, _) = raw_call(addr, "application/json", &[0, 0, 0, 0, 0]).await;
-        assert_eq!(st, http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // Not gRPC, gRPC with a codec we do not speak, and a prefix that only looks like it.
+        for ct in [
+            "application/json",
+            "application/grpc+json",
+            "application/grpcfoo",
+        ] {
+            let (st, _, _) = raw_call(addr, ct, &[0, 0, 0, 0, 0]).await;
+            assert_eq!(st, http::StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        }
 
         // A well-formed call on the same server still works.
         let (st, headers, trailers) =
@@ -587,6 +594,13 @@ fn connection_limit_per_shard() {
             .unary("/test.Echo/Unary", b("1"), CallOptions::default())
             .await
             .unwrap();
+        // Busy, so it cannot be evicted to make room (see tests/connections.rs).
+        let f = first.clone();
+        let busy = glommio::spawn_local(async move {
+            f.unary("/test.Echo/Sleep", b("1500"), CallOptions::default())
+                .await
+        });
+        sleep(Duration::from_millis(200)).await;
         // Over the limit: closed on accept, so the handshake or call fails.
         let refused = match Channel::connect(addr, ClientConfig::default()).await {
             Err(_) => true,
@@ -596,6 +610,7 @@ fn connection_limit_per_shard() {
                 .is_err(),
         };
         assert!(refused);
+        assert_eq!(busy.await.unwrap(), b("slept"));
         drop(first);
         // The slot frees once the first connection is gone.
         let mut ok = false;

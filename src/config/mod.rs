@@ -152,6 +152,22 @@ settings! {
             default(DurationArg(DEFAULT_DRAIN_TIMEOUT));
         /// Admin HTTP address for /metrics, /healthz and /readyz, or `off`
         admin_addr: AdminAddr => Option<SocketAddr>, "ADDR|off", default(DEFAULT_ADMIN_ADDR);
+        /// Connections one shard serves at once, handshakes included; at the limit the one
+        /// idle the longest is closed to make room, and a client is refused only when all run calls
+        max_connections_per_shard: usize, "N",
+            default(net::limits::MAX_CONNECTIONS_PER_SHARD), check(|n| at_least(*n, 1));
+        /// Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+        max_concurrent_streams: u32, "N",
+            default(net::limits::MAX_CONCURRENT_STREAMS), check(|n| at_least(*n as usize, 1));
+        /// Connections running no call for this long get a GOAWAY and close; 0 = never
+        connection_idle_timeout: DurationArg => Option<Duration>, "DURATION",
+            default(DurationArg(net::limits::CONNECTION_IDLE_TIMEOUT));
+        /// Bound on a new connection's first byte, TLS handshake and HTTP/2 handshake, each
+        handshake_timeout: DurationArg => Duration, "DURATION",
+            default(DurationArg(net::limits::HANDSHAKE_TIMEOUT)), check(|d| positive(*d));
+        /// Calls a client may reset per second on one connection, on average (rapid-reset
+        /// defence: over it the connection gets GOAWAY ENHANCE_YOUR_CALM); 0 = no limit
+        max_resets_per_second: u32, "N", default(net::limits::MAX_RESETS_PER_SECOND);
         /// Log line format: human or json (one object per line)
         log_format: LogFormat, "FORMAT", default(LogFormat::Human);
         /// Calls slower than this are logged at warn with their timing breakdown; 0 = never
@@ -208,6 +224,14 @@ pub enum ConfigError {
 fn at_least(n: usize, min: usize) -> Result<(), String> {
     if n < min {
         return Err(format!("below the minimum of {min}"));
+    }
+    Ok(())
+}
+
+/// A `check` for a duration that must not be zero.
+fn positive(d: Duration) -> Result<(), String> {
+    if d.is_zero() {
+        return Err("must be more than 0".into());
     }
     Ok(())
 }
@@ -732,6 +756,47 @@ mod tests {
         );
         assert!(matches!(same, Err(ConfigError::Inconsistent(_))));
         assert!("nowhere".parse::<AdminAddr>().is_err());
+    }
+
+    #[test]
+    fn connection_settings() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(
+            s.max_connections_per_shard,
+            net::limits::MAX_CONNECTIONS_PER_SHARD
+        );
+        assert_eq!(
+            s.connection_idle_timeout,
+            Some(net::limits::CONNECTION_IDLE_TIMEOUT)
+        );
+        let s = resolve(
+            ServeArgs::default(),
+            &[
+                ("PROGLOG_MAX_CONNECTIONS_PER_SHARD", "64"),
+                ("PROGLOG_MAX_CONCURRENT_STREAMS", "100"),
+                ("PROGLOG_CONNECTION_IDLE_TIMEOUT", "0"),
+                ("PROGLOG_HANDSHAKE_TIMEOUT", "2s"),
+                ("PROGLOG_MAX_RESETS_PER_SECOND", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.max_connections_per_shard, 64);
+        assert_eq!(s.max_concurrent_streams, 100);
+        assert_eq!(s.connection_idle_timeout, None);
+        assert_eq!(s.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(s.max_resets_per_second, 0);
+        for (key, value) in [
+            ("PROGLOG_MAX_CONNECTIONS_PER_SHARD", "0"),
+            ("PROGLOG_MAX_CONCURRENT_STREAMS", "0"),
+            ("PROGLOG_HANDSHAKE_TIMEOUT", "0"),
+            ("PROGLOG_MAX_RESETS_PER_SECOND", "-1"),
+        ] {
+            let (k, v, _) = invalid(resolve(ServeArgs::default(), &[(key, value)]));
+            assert_eq!(
+                (format!("PROGLOG_{}", k.to_uppercase().replace('-', "_")), v),
+                (key.to_owned(), value.to_owned())
+            );
+        }
     }
 
     #[test]

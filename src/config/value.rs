@@ -64,7 +64,7 @@ macro_rules! from_str_values {
     )*};
 }
 
-from_str_values!(String, u16, usize, SocketAddr, Durability, LogFormat);
+from_str_values!(String, u16, u32, usize, SocketAddr, Durability, LogFormat);
 
 impl SettingValue for bool {
     const FLAG_ALONE: Option<&'static str> = Some("true");

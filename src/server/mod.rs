@@ -304,6 +304,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         max_recv_message_bytes: settings.max_message_bytes,
         max_send_message_bytes: settings.max_message_bytes,
         drain_timeout: settings.drain_timeout,
+        max_connections_per_shard: settings.max_connections_per_shard,
+        max_concurrent_streams: settings.max_concurrent_streams,
+        idle_timeout: settings.connection_idle_timeout,
+        handshake_timeout: settings.handshake_timeout,
+        tls_handshake_timeout: settings.handshake_timeout,
+        max_resets_per_second: settings.max_resets_per_second,
         tls,
         peer: cluster.peer_service.clone(),
         ..ServerConfig::default()

@@ -15,6 +15,7 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::conn::ConnShared;
+use super::registry::StreamGuard;
 use super::router::{MessageStream, Request, Response, ResponseSink, Route};
 use crate::body::{poll_send, with_deadline, MessageReader};
 use crate::codec::{encode_frame, parse_timeout};
@@ -85,6 +86,17 @@ impl Responder {
         }
     }
 
+    /// Whether the client reset the stream (asked without waiting; the call is over).
+    fn was_reset_by_client(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let r = match &mut self.out {
+            Out::Headers(r) => r.poll_reset(&mut cx),
+            Out::Body(s) => s.poll_reset(&mut cx),
+            Out::Done => return false,
+        };
+        matches!(r, Poll::Ready(Ok(_)))
+    }
+
     /// Ready when the client reset the stream or the connection died.
     fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Status> {
         let r = match &mut self.out {
@@ -129,19 +141,35 @@ fn http_reject(req: &http::Request<RecvStream>) -> Option<(StatusCode, &'static 
         .get(http::header::CONTENT_TYPE)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !ct.starts_with(CONTENT_TYPE.as_bytes()) {
+    if !is_grpc_proto(ct) {
         return Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content-type must start with application/grpc",
+            "content-type must be application/grpc or application/grpc+proto",
         ));
     }
     None
+}
+
+/// Whether a request's `content-type` is gRPC with protobuf messages, the only codec we
+/// speak: `application/grpc` or `application/grpc+proto` (case-insensitive, as media types
+/// are), optionally followed by `;` parameters. The gRPC spec's grammar is
+/// `"application/grpc" [("+proto" / "+json" / {custom})]`: a prefix match would take
+/// `application/grpcfoo` for gRPC, and `+json` would be decoded as protobuf.
+pub(crate) fn is_grpc_proto(content_type: &[u8]) -> bool {
+    let essence = match content_type.iter().position(|&b| b == b';') {
+        Some(i) => &content_type[..i],
+        None => content_type,
+    }
+    .trim_ascii();
+    essence.eq_ignore_ascii_case(CONTENT_TYPE.as_bytes())
+        || essence.eq_ignore_ascii_case(b"application/grpc+proto")
 }
 
 pub(crate) async fn serve_call(
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     conn: Rc<ConnShared>,
+    _running: StreamGuard,
 ) {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
@@ -166,10 +194,7 @@ pub(crate) async fn serve_call(
         out: Out::Headers(respond),
     });
     let Some(observer) = conn.observer.clone() else {
-        let status = match run(req, &out, &conn, &path).await {
-            Ok(()) => Status::ok(),
-            Err(s) => s,
-        };
+        let status = run_counted(req, &out, &conn, &path).await;
         out.borrow_mut().finish(&status);
         log::debug!(
             "{path} from {:?}: {} in {:?}",
@@ -189,14 +214,32 @@ pub(crate) async fn serve_call(
     // line written on its behalf carries its trace id.
     observe::scoped(call.clone(), async {
         observer.call_started(&call);
-        let status = match run(req, &out, &conn, &path).await {
-            Ok(()) => Status::ok(),
-            Err(s) => s,
-        };
+        let status = run_counted(req, &out, &conn, &path).await;
         out.borrow_mut().finish(&status);
         observer.call_finished(&call, &status);
     })
     .await;
+}
+
+/// Runs the call, and counts it against the connection's reset rate if the client reset it.
+async fn run_counted(
+    req: http::Request<RecvStream>,
+    out: &RefCell<Responder>,
+    conn: &ConnShared,
+    path: &str,
+) -> Status {
+    match run(req, out, conn, path).await {
+        Ok(()) => Status::ok(),
+        Err(status) => {
+            if out.borrow_mut().was_reset_by_client() {
+                let cfg = &conn.config;
+                let burst = cfg.max_concurrent_streams.max(1);
+                conn.state
+                    .client_reset(cfg.max_resets_per_second, burst, Instant::now());
+            }
+            status
+        }
+    }
 }
 
 async fn run(
@@ -383,4 +426,32 @@ async fn run_streaming(
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_grpc_proto;
+
+    #[test]
+    fn grpc_content_types() {
+        for ok in [
+            &b"application/grpc"[..],
+            b"application/grpc+proto",
+            b"Application/GRPC",
+            b"application/grpc; charset=utf-8",
+            b"application/grpc+proto ;x=1",
+        ] {
+            assert!(is_grpc_proto(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"application/grpcfoo"[..],
+            b"application/grpc+json",
+            b"application/grpc+",
+            b"application/grpc-web",
+            b"application/json",
+            b"",
+        ] {
+            assert!(!is_grpc_proto(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -1,5 +1,10 @@
-//! One HTTP/2 server connection: handshake, accept streams, keepalive,
-//! graceful shutdown.
+//! One HTTP/2 server connection: handshake, accept streams, keepalive, the idle timeout,
+//! eviction, rapid-reset defence and graceful shutdown.
+//!
+//! A connection ends with a GOAWAY (then closes once the client has it, or after
+//! [`GOAWAY_LINGER`]) when it ran no call for the idle timeout (as grpc-go's
+//! `MaxConnectionIdle`), when the shard's registry evicts it to make room for a new client,
+//! or, with ENHANCE_YOUR_CALM, when its client resets calls faster than allowed.
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -8,15 +13,20 @@ use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::timer::Timer;
+use h2::Reason;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::serve_call;
+use super::registry::ConnState;
 use super::router::Router;
-use super::ServerConfig;
+use super::{unless_evicted, ServerConfig};
 use crate::keepalive::KeepAlive;
+use crate::limits::GOAWAY_LINGER;
+use crate::ratelog::conn_log;
 use crate::tls::TlsInfo;
 use crate::{Error, Shutdown, Status};
 
@@ -34,6 +44,16 @@ pub(crate) struct ConnShared {
     pub(crate) draining: Rc<Cell<bool>>,
     /// Hears of every call (metrics, call logs); `None` costs nothing.
     pub(crate) observer: Option<Rc<dyn crate::observe::CallObserver>>,
+    /// Calls running, idleness, eviction and client resets (see `registry`).
+    pub(crate) state: Rc<ConnState>,
+}
+
+/// Why the server is closing a connection that it did not have to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    Idle,
+    Evicted,
+    RapidReset,
 }
 
 /// Drives one connection to its end. Returns when the peer closed, the
@@ -52,12 +72,14 @@ where
         .initial_connection_window_size(cfg.initial_connection_window_bytes)
         .max_send_buffer_size(cfg.max_send_buffer_bytes)
         .handshake::<T, Bytes>(io);
-    let mut conn =
-        match glommio::timer::timeout(cfg.handshake_timeout, async { Ok(handshake.await) }).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(Error::Handshake { peer, source: e }),
-            Err(_) => return Err(Error::HandshakeTimeout(peer)),
-        };
+    let handshake = glommio::timer::timeout(cfg.handshake_timeout, async { Ok(handshake.await) });
+    let mut conn = match unless_evicted(&shared.state, handshake).await {
+        // Evicted before HTTP/2 was up: nothing to say goodbye with.
+        None => return Ok(()),
+        Some(Ok(Ok(c))) => c,
+        Some(Ok(Err(e))) => return Err(Error::Handshake { peer, source: e }),
+        Some(Err(_)) => return Err(Error::HandshakeTimeout(peer)),
+    };
 
     let mut keepalive = match (cfg.keepalive_interval, conn.ping_pong()) {
         (Some(interval), Some(pp)) => {
@@ -73,8 +95,32 @@ where
         .is_some()
         .then(|| Timer::new(cfg.tls_handshake_timeout));
     let mut refused_one = false;
+    let state = shared.state.clone();
+    // (the idle period it was armed for, the timer)
+    let mut idle_timer: Option<(Instant, Timer)> = None;
+    let mut closing: Option<(Closing, Timer)> = None;
 
     poll_fn(|cx| {
+        state.register(cx.waker());
+        if closing.is_none() && drain_timer.is_none() {
+            let why = if state.is_calm_needed() {
+                Some(Closing::RapidReset)
+            } else if state.is_evicted() {
+                Some(Closing::Evicted)
+            } else {
+                poll_idle(&mut idle_timer, &state, &cfg, cx).then_some(Closing::Idle)
+            };
+            if let Some(why) = why {
+                close(&mut conn, why, peer);
+                closing = Some((why, Timer::new(GOAWAY_LINGER)));
+            }
+        }
+        if let Some((_, t)) = closing.as_mut() {
+            if Pin::new(t).poll(cx).is_ready() {
+                // The client did not take the GOAWAY and close in time.
+                return Poll::Ready(Ok(()));
+            }
+        }
         if drain_timer.is_none() && shutdown_wait.as_mut().poll(cx).is_ready() {
             log::debug!("connection {peer:?}: shutdown, sending GOAWAY");
             shared.draining.set(true);
@@ -103,9 +149,14 @@ where
                         refused_one = true;
                         conn.graceful_shutdown();
                     }
+                    // Counted from here, so the connection is busy before the task first runs.
+                    let running = shared.state.stream_started();
                     let shared = shared.clone();
-                    glommio::spawn_local(serve_call(req, respond, shared)).detach();
+                    glommio::spawn_local(serve_call(req, respond, shared, running)).detach();
                 }
+                // A connection we are closing may end in an error the client caused by
+                // closing first; what matters was logged when the close began.
+                Poll::Ready(Some(Err(_))) if closing.is_some() => return Poll::Ready(Ok(())),
                 Poll::Ready(Some(Err(e))) => {
                     return Poll::Ready(Err(Error::Connection { peer, source: e }))
                 }
@@ -115,4 +166,50 @@ where
         }
     })
     .await
+}
+
+/// Whether the connection has run no call for the idle timeout; arms the timer for the
+/// current idle period (re-armed whenever a new one begins).
+fn poll_idle(
+    timer: &mut Option<(Instant, Timer)>,
+    state: &ConnState,
+    cfg: &ServerConfig,
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    let (Some(timeout), Some(since)) = (cfg.idle_timeout, state.idle_since()) else {
+        *timer = None;
+        return false;
+    };
+    if timer.as_ref().is_none_or(|(armed, _)| *armed != since) {
+        let left = (since + timeout).saturating_duration_since(Instant::now());
+        *timer = Some((since, Timer::new(left)));
+    }
+    match timer.as_mut() {
+        Some((_, t)) => Pin::new(t).poll(cx).is_ready(),
+        None => false,
+    }
+}
+
+/// Starts closing a connection with a GOAWAY saying why.
+fn close<T, B>(conn: &mut h2::server::Connection<T, B>, why: Closing, peer: Option<SocketAddr>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    B: bytes::Buf,
+{
+    match why {
+        Closing::Idle => {
+            log::debug!("connection {peer:?}: idle, sending GOAWAY");
+            conn.graceful_shutdown();
+        }
+        // Logged by the registry when it chose this connection.
+        Closing::Evicted => conn.graceful_shutdown(),
+        Closing::RapidReset => {
+            conn_log!(
+                log::Level::Warn,
+                "conn-rapid-reset",
+                "connection {peer:?}: the client resets calls faster than allowed (rapid reset); sending GOAWAY ENHANCE_YOUR_CALM and closing"
+            );
+            conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+        }
+    }
 }

@@ -30,6 +30,7 @@
 
 mod call;
 mod conn;
+mod registry;
 mod router;
 pub mod transport;
 
@@ -48,17 +49,25 @@ pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink,
 
 use crate::limits;
 use crate::observe::CallObserver;
+use crate::ratelog::conn_log;
 use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown, Status};
 use conn::ConnShared;
+use registry::{Admit, ConnState, Registry, Slot};
 use transport::{REPLICATION_BYTE, TLS_HANDSHAKE_BYTE};
 
 /// Limits and timers of a server. Every limit is per executor (shard) or
 /// per connection, as named; the defaults and their reasons are in [`limits`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Connections one executor serves at once; more are closed on accept.
+    /// Connections one executor serves at once, handshakes included. At the limit the one
+    /// idle the longest is closed for a new one; when none is idle the new one is closed.
     pub max_connections_per_shard: usize,
+    /// A connection running no call for this long gets GOAWAY and closes; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Client stream resets allowed per second per connection, on average; over it the
+    /// connection gets GOAWAY (ENHANCE_YOUR_CALM) and closes. 0 turns the check off.
+    pub max_resets_per_second: u32,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls in flight per connection.
     pub max_concurrent_streams: u32,
     /// Calls a client reset before this server accepted them, per connection; more close
@@ -96,6 +105,8 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections_per_shard: limits::MAX_CONNECTIONS_PER_SHARD,
+            idle_timeout: Some(limits::CONNECTION_IDLE_TIMEOUT),
+            max_resets_per_second: limits::MAX_RESETS_PER_SECOND,
             max_concurrent_streams: limits::MAX_CONCURRENT_STREAMS,
             max_pending_accept_reset_streams: limits::MAX_PENDING_ACCEPT_RESET_STREAMS,
             max_header_list_bytes: limits::MAX_HEADER_LIST_BYTES,
@@ -118,10 +129,11 @@ impl Default for ServerConfig {
 
 /// A server bound to the current executor. Build one per executor: the
 /// router's handlers are `!Send`.
+#[derive(Clone)]
 pub struct Server {
     config: Rc<ServerConfig>,
     router: Rc<Router>,
-    connections: Rc<Cell<usize>>,
+    connections: Rc<Registry>,
     observer: Option<Rc<dyn CallObserver>>,
 }
 
@@ -130,7 +142,7 @@ impl Server {
         Server {
             config: Rc::new(config),
             router: Rc::new(router),
-            connections: Rc::new(Cell::new(0)),
+            connections: Rc::new(Registry::default()),
             observer: None,
         }
     }
@@ -142,9 +154,14 @@ impl Server {
         self
     }
 
-    /// Connections currently open on this executor.
+    /// Connections currently counted on this executor (handshakes included).
     pub fn connection_count(&self) -> usize {
-        self.connections.get()
+        self.connections.count()
+    }
+
+    /// How many resets a connection may make at once before the rate applies.
+    fn reset_burst(&self) -> u32 {
+        self.config.max_concurrent_streams.max(1)
     }
 
     /// Binds `addr` with SO_REUSEPORT on the current executor and serves
@@ -186,18 +203,34 @@ impl Server {
                 }
             };
             let peer = stream.peer_addr().ok();
-            if self.connections.get() >= self.config.max_connections_per_shard {
-                log::warn!(
-                    "closing connection from {peer:?}: {} connections open on this shard",
-                    self.connections.get()
-                );
-                drop(stream);
-                continue;
-            }
+            let limit = self.config.max_connections_per_shard;
+            // Counted now, not when the task first runs, so that a burst of accepts cannot
+            // overshoot the limit.
+            let slot = match self.connections.admit(limit, self.reset_burst()) {
+                Admit::Yes(slot, evicted) => {
+                    if let Some(idle) = evicted {
+                        conn_log!(
+                            log::Level::Info,
+                            "conn-evicted",
+                            "{limit} connections open on this shard: closing the one idle the longest ({idle:?}) to accept {peer:?}"
+                        );
+                    }
+                    slot
+                }
+                Admit::Full => {
+                    conn_log!(
+                        log::Level::Warn,
+                        "conn-refused",
+                        "refusing connection from {peer:?}: {limit} connections open on this shard, all running calls"
+                    );
+                    drop(stream);
+                    continue;
+                }
+            };
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("set_nodelay for {peer:?}: {e}");
             }
-            let fut = self.connection_task(stream, peer, shutdown.clone());
+            let fut = self.connection_task(stream, peer, shutdown.clone(), slot);
             if gate.spawn(fut).map(|t| t.detach()).is_err() {
                 break Ok(());
             }
@@ -211,7 +244,8 @@ impl Server {
 
     /// Serves one already-accepted connection: the seam for transports
     /// other than plain TCP (a TLS acceptor wraps the socket and hands the
-    /// result here). Counts toward `connection_count`.
+    /// result here). Counts toward `connection_count`, but is never refused or evicted:
+    /// such a transport brings its own limits.
     pub async fn serve_connection<T>(
         &self,
         io: T,
@@ -221,8 +255,36 @@ impl Server {
     where
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let guard = CountGuard::new(&self.connections);
-        self.drive(io, peer, None, shutdown, guard).await
+        let slot = self
+            .connections
+            .add(std::time::Instant::now(), self.reset_burst());
+        if let Some(o) = &self.observer {
+            o.connection_opened(peer);
+        }
+        let r = self.drive(io, peer, None, shutdown, &slot.state).await;
+        if let Some(o) = &self.observer {
+            o.connection_closed(peer);
+        }
+        r
+    }
+
+    fn shared(
+        &self,
+        peer: Option<SocketAddr>,
+        tls: Option<Arc<TlsInfo>>,
+        refuse: Option<Status>,
+        state: &Rc<ConnState>,
+    ) -> Rc<ConnShared> {
+        Rc::new(ConnShared {
+            router: self.router.clone(),
+            config: self.config.clone(),
+            peer,
+            tls,
+            refuse,
+            draining: Rc::new(Cell::new(false)),
+            observer: self.observer.clone(),
+            state: state.clone(),
+        })
     }
 
     async fn drive<T>(
@@ -231,28 +293,12 @@ impl Server {
         peer: Option<SocketAddr>,
         tls: Option<Arc<TlsInfo>>,
         shutdown: Shutdown,
-        _guard: CountGuard,
+        state: &Rc<ConnState>,
     ) -> Result<(), Error>
     where
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let shared = Rc::new(ConnShared {
-            router: self.router.clone(),
-            config: self.config.clone(),
-            peer,
-            tls,
-            refuse: None,
-            draining: Rc::new(Cell::new(false)),
-            observer: self.observer.clone(),
-        });
-        if let Some(o) = &self.observer {
-            o.connection_opened(peer);
-        }
-        let r = conn::drive(io, shared, shutdown).await;
-        if let Some(o) = &self.observer {
-            o.connection_closed(peer);
-        }
-        r
+        conn::drive(io, self.shared(peer, tls, None, state), shutdown).await
     }
 
     /// Dispatches an accepted TCP connection on its first byte (see [`transport`]).
@@ -261,26 +307,32 @@ impl Server {
         stream: TcpStream,
         peer: Option<SocketAddr>,
         shutdown: Shutdown,
-        guard: CountGuard,
+        state: &Rc<ConnState>,
     ) -> Result<(), Error> {
         let within = self.config.tls_handshake_timeout;
-        let first =
-            glommio::timer::timeout(within, async { Ok(transport::peek_first(&stream).await) })
-                .await;
+        // Before HTTP/2 is up there is no GOAWAY to send: an eviction closes at once.
+        let first = unless_evicted(
+            state,
+            glommio::timer::timeout(within, async { Ok(transport::peek_first(&stream).await) }),
+        )
+        .await;
         let first = match first {
-            Ok(Ok(Some(b))) => b,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => {
+            None => return Ok(()),
+            Some(Ok(Ok(Some(b)))) => b,
+            Some(Ok(Ok(None))) => return Ok(()),
+            Some(Ok(Err(e))) => {
                 log::debug!("connection from {peer:?}: {e}");
                 return Ok(());
             }
-            Err(_) => return Err(Error::HandshakeTimeout(peer)),
+            Some(Err(_)) => return Err(Error::HandshakeTimeout(peer)),
         };
         match (first, &self.config.tls) {
             (REPLICATION_BYTE, _) => match self.config.peer.clone() {
-                Some(service) => self.accept_peer(stream, peer, service, guard).await,
+                Some(service) => self.accept_peer(stream, peer, service, state).await,
                 None => {
-                    log::warn!(
+                    conn_log!(
+                        log::Level::Warn,
+                        "conn-peer-refused",
                         "peer connection from {peer:?} (first byte 0x01): this node serves no peer channel; closing it"
                     );
                     transport::close_gracefully(stream).await;
@@ -288,7 +340,9 @@ impl Server {
                 }
             },
             (TLS_HANDSHAKE_BYTE, None) => {
-                log::warn!(
+                conn_log!(
+                    log::Level::Warn,
+                    "conn-tls-to-plaintext",
                     "TLS connection from {peer:?} to a plaintext port (no server certificate configured): closing it"
                 );
                 transport::close_gracefully(stream).await;
@@ -297,11 +351,12 @@ impl Server {
             (TLS_HANDSHAKE_BYTE, Some(tls)) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 let accepting = acceptor.accept(stream.compat());
-                let io = match glommio::timer::timeout(within, async { Ok(accepting.await) }).await
-                {
-                    Ok(Ok(io)) => io,
-                    Ok(Err(source)) => return Err(Error::TlsHandshake { peer, source }),
-                    Err(_) => return Err(Error::TlsHandshakeTimeout(peer)),
+                let accepting = glommio::timer::timeout(within, async { Ok(accepting.await) });
+                let io = match unless_evicted(state, accepting).await {
+                    None => return Ok(()),
+                    Some(Ok(Ok(io))) => io,
+                    Some(Ok(Err(source))) => return Err(Error::TlsHandshake { peer, source }),
+                    Some(Err(_)) => return Err(Error::TlsHandshakeTimeout(peer)),
                 };
                 let info = TlsInfo::from_server(io.get_ref().1);
                 log::debug!(
@@ -310,25 +365,20 @@ impl Server {
                     info.cipher_suite,
                     info.client_subject
                 );
-                self.drive(io, peer, Some(Arc::new(info)), shutdown, guard)
+                self.drive(io, peer, Some(Arc::new(info)), shutdown, state)
                     .await
             }
             (_, Some(_)) => {
-                log::warn!(
+                conn_log!(
+                    log::Level::Warn,
+                    "conn-plaintext-to-tls",
                     "plaintext connection from {peer:?} to a TLS-only port: answering its calls with UNAUTHENTICATED and closing it"
                 );
                 // Spoken to in HTTP/2, so that a gRPC client reports why instead of
                 // "connection reset"; no call runs. Anything else fails the HTTP/2
                 // handshake and is closed.
-                let shared = Rc::new(ConnShared {
-                    router: self.router.clone(),
-                    config: self.config.clone(),
-                    peer,
-                    tls: None,
-                    refuse: Some(Status::unauthenticated(transport::TLS_REQUIRED)),
-                    draining: Rc::new(Cell::new(false)),
-                    observer: self.observer.clone(),
-                });
+                let refuse = Some(Status::unauthenticated(transport::TLS_REQUIRED));
+                let shared = self.shared(peer, None, refuse, state);
                 match conn::drive(stream.compat(), shared, shutdown).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
@@ -338,7 +388,7 @@ impl Server {
                 }
             }
             (_, None) => {
-                self.drive(stream.compat(), peer, None, shutdown, guard)
+                self.drive(stream.compat(), peer, None, shutdown, state)
                     .await
             }
         }
@@ -350,8 +400,11 @@ impl Server {
         mut stream: TcpStream,
         peer: Option<SocketAddr>,
         service: crate::peer::PeerService,
-        _guard: CountGuard,
+        state: &Rc<ConnState>,
     ) -> Result<(), Error> {
+        // A peer link is never idle to the registry: it is counted, but never evicted to
+        // make room for a client.
+        let _busy = state.stream_started();
         use futures_lite::AsyncReadExt;
         let mut mark = [0u8; 1];
         if let Err(e) = stream.read_exact(&mut mark).await {
@@ -386,43 +439,42 @@ impl Server {
         Ok(())
     }
 
+    /// A counted connection's whole life: the observer hears of it from accept (so that
+    /// handshakes show in the connection gauge) until its slot frees.
     fn connection_task(
         &self,
         stream: TcpStream,
         peer: Option<SocketAddr>,
         shutdown: Shutdown,
+        slot: Slot,
     ) -> impl std::future::Future<Output = ()> + 'static {
-        let this = Server {
-            config: self.config.clone(),
-            router: self.router.clone(),
-            connections: self.connections.clone(),
-            observer: self.observer.clone(),
-        };
-        // Counted now, not when the task first runs, so that a burst of
-        // accepts cannot overshoot the limit.
-        let guard = CountGuard::new(&self.connections);
+        let this = self.clone();
         async move {
-            match this.accept(stream, peer, shutdown, guard).await {
+            if let Some(o) = &this.observer {
+                o.connection_opened(peer);
+            }
+            match this.accept(stream, peer, shutdown, &slot.state).await {
                 Ok(()) => log::debug!("connection {peer:?} closed"),
-                Err(e) => log::info!("{e}"),
+                Err(e) => conn_log!(log::Level::Info, e.kind(), "{e}"),
+            }
+            drop(slot);
+            if let Some(o) = &this.observer {
+                o.connection_closed(peer);
             }
         }
     }
 }
 
-struct CountGuard(Rc<Cell<usize>>);
-
-impl CountGuard {
-    fn new(count: &Rc<Cell<usize>>) -> CountGuard {
-        count.set(count.get() + 1);
-        CountGuard(count.clone())
-    }
-}
-
-impl Drop for CountGuard {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
+/// `fut`'s output, or `None` if the connection is evicted first.
+pub(crate) async fn unless_evicted<T>(
+    state: &ConnState,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        state.evicted().await;
+        None
+    })
+    .await
 }
 
 /// Executors started by [`spawn_pool`].

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -68,7 +68,23 @@ pub struct Probes {
     pub emitted: AtomicUsize,
     /// Set when a Sleep handler was dropped before finishing.
     pub sleep_dropped: AtomicBool,
+    pub sleep_started: AtomicUsize,
     pub sleep_finished: AtomicUsize,
+    /// Connections the server counts now, as its observer hears of them.
+    pub connections_open: AtomicI64,
+}
+
+/// Keeps the connection count the way a metrics observer would.
+struct ConnCounter(Arc<Probes>);
+
+impl net::observe::CallObserver for ConnCounter {
+    fn connection_opened(&self, _peer: Option<SocketAddr>) {
+        self.0.connections_open.fetch_add(1, Ordering::SeqCst);
+    }
+    fn connection_closed(&self, _peer: Option<SocketAddr>) {
+        self.0.connections_open.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn call_finished(&self, _call: &net::observe::CallInfo, _status: &Status) {}
 }
 
 pub struct TestServer {
@@ -96,7 +112,9 @@ impl TestServer {
             executor().run(async move {
                 let listener = glommio::net::TcpListener::bind(addr).expect("bind");
                 ready_tx.send(()).unwrap();
+                let observer = std::rc::Rc::new(ConnCounter(pr.clone()));
                 Server::new(config, router(pr))
+                    .with_observer(observer)
                     .serve_listener(listener, sd)
                     .await
             })
@@ -165,6 +183,7 @@ pub fn router(probes: Arc<Probes>) -> Router {
             let probes = p1.clone();
             async move {
                 let ms = parse_u64(&req.message)?;
+                probes.sleep_started.fetch_add(1, Ordering::SeqCst);
                 let mut flag = DropFlag(probes.clone(), false);
                 glommio::timer::sleep(Duration::from_millis(ms)).await;
                 flag.1 = true;
