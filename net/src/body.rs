@@ -7,33 +7,56 @@
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
 use crate::codec::FrameDecoder;
+use crate::memory::{ConnMemory, Lease};
 use crate::Status;
 
 /// Reads length-prefixed messages from a request or response body.
+///
+/// On the server each message is charged to the connection's memory: once its header
+/// announces its length, the whole message is reserved ([`ConnMemory::reserve`], which may
+/// wait) before any more of the body is taken from h2, so that while memory is short the
+/// stream's window stays closed and HTTP/2 flow control stops the client.
 #[derive(Debug)]
 pub(crate) struct MessageReader {
     recv: RecvStream,
     decoder: FrameDecoder,
     eos: bool,
     failed: bool,
+    /// Where messages are charged; `None` on the client side.
+    mem: Option<Rc<ConnMemory>>,
+    /// What is reserved for the message being assembled.
+    held: Lease,
 }
 
 impl MessageReader {
-    pub(crate) fn new(recv: RecvStream, max_recv_bytes: usize) -> MessageReader {
+    pub(crate) fn new(
+        recv: RecvStream,
+        max_recv_bytes: usize,
+        mem: Option<Rc<ConnMemory>>,
+    ) -> MessageReader {
         MessageReader {
             recv,
             decoder: FrameDecoder::new(max_recv_bytes),
             eos: false,
             failed: false,
+            mem,
+            held: Lease::none(),
         }
     }
 
     /// The next message; `Ok(None)` at a clean end of the body.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        Ok(self.next_leased().await?.map(|(m, _)| m))
+    }
+
+    /// The next message and the memory charged for it, to hold as long as the message is.
+    pub(crate) async fn next_leased(&mut self) -> Result<Option<(Bytes, Lease)>, Status> {
         if self.failed {
             return Err(Status::internal("message stream already failed"));
         }
@@ -44,10 +67,25 @@ impl MessageReader {
         r
     }
 
-    async fn next_inner(&mut self) -> Result<Option<Bytes>, Status> {
+    async fn next_inner(&mut self) -> Result<Option<(Bytes, Lease)>, Status> {
         loop {
             if let Some(m) = self.decoder.next_message()? {
-                return Ok(Some(m));
+                let framed = m.len() + crate::codec::HEADER_LEN;
+                let mut lease = self.held.split(framed);
+                // A message that arrived whole in one chunk was never pending: its bytes
+                // exist already, so they are charged without waiting.
+                lease.charge_more(framed - lease.bytes());
+                return Ok(Some((m, lease)));
+            }
+            if let Some(len) = self.decoder.pending_len() {
+                let framed = len + crate::codec::HEADER_LEN;
+                if let Some(mem) = &self.mem {
+                    if self.held.bytes() < framed {
+                        let more = mem.reserve(framed - self.held.bytes()).await;
+                        self.held.merge(more);
+                    }
+                }
+                self.decoder.reserve_pending();
             }
             if self.eos {
                 self.decoder.finish()?;
@@ -73,17 +111,20 @@ impl MessageReader {
 }
 
 /// Hands `data` to h2 as flow-control window becomes available. Returns
-/// `Pending` while waiting; `data` shrinks as it is sent.
+/// `Pending` while waiting; `data` shrinks as it is sent, and the part of `lease` covering
+/// it moves into the connection's account of h2's buffers (see `server::metered`).
 pub(crate) fn poll_send(
     stream: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
     data: &mut Bytes,
+    lease: &mut Lease,
 ) -> Poll<Result<(), Status>> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
         let avail = stream.capacity();
         if avail > 0 {
             let chunk = data.split_to(avail.min(data.len()));
+            let n = chunk.len();
             if let Err(e) = stream.send_data(chunk, false) {
                 // A stream the peer reset refuses data with a "user error"; the reset is the
                 // reason, not a broken connection.
@@ -93,6 +134,9 @@ pub(crate) fn poll_send(
                     }
                     _ => Status::from_h2(&e),
                 }));
+            }
+            if let Some(mem) = lease.memory().cloned() {
+                mem.handed_to_h2(stream.stream_id().into(), lease, n);
             }
             continue;
         }

@@ -37,6 +37,7 @@ use crate::body::{poll_send, with_deadline, MessageReader};
 use crate::codec::{self, encode_frame, format_timeout};
 use crate::keepalive::KeepAlive;
 use crate::limits;
+use crate::memory::Lease;
 use crate::tls::ClientTls;
 use crate::{Error, Status};
 
@@ -335,7 +336,7 @@ async fn send_request_body(
         if streaming.poll_headers(cx).is_ready() && streaming.is_finished() {
             return Poll::Ready(Ok(()));
         }
-        match poll_send(stream, cx, &mut frame) {
+        match poll_send(stream, cx, &mut frame, &mut Lease::none()) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => {
                 if let Err(e) = stream.send_data(Bytes::new(), true) {
@@ -374,7 +375,7 @@ impl Sender {
         let stream = &mut self.stream;
         with_deadline(
             self.deadline,
-            poll_fn(|cx| poll_send(stream, cx, &mut frame)),
+            poll_fn(|cx| poll_send(stream, cx, &mut frame, &mut Lease::none())),
         )
         .await
     }
@@ -458,7 +459,7 @@ impl Streaming {
         } else if parts.status != StatusCode::OK {
             RecvState::Finished(Some(status_from_http(parts.status)))
         } else {
-            RecvState::Body(MessageReader::new(body, self.max_recv_bytes))
+            RecvState::Body(MessageReader::new(body, self.max_recv_bytes, None))
         };
         self.headers = Some(parts.headers);
         Poll::Ready(())

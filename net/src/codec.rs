@@ -89,13 +89,25 @@ impl FrameDecoder {
             }
         };
         if self.buf.len() < len {
-            // Reserve once for the whole message: the length is already
-            // bounded by max_recv_bytes.
-            self.buf.reserve(len - self.buf.len());
             return Ok(None);
         }
         self.pending = None;
         Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// The length of the message whose header has been read and whose body is still
+    /// arriving: what a reader charges to memory before taking more of it.
+    pub fn pending_len(&self) -> Option<usize> {
+        self.pending
+    }
+
+    /// Makes room for the whole pending message at once, instead of growing the buffer
+    /// chunk by chunk. Its length is already bounded by `max_recv_bytes`; a reader calls
+    /// this once the memory is granted.
+    pub fn reserve_pending(&mut self) {
+        if let Some(len) = self.pending {
+            self.buf.reserve(len.saturating_sub(self.buf.len()));
+        }
     }
 
     /// Call at end of stream: leftover bytes mean the peer lied about a length

@@ -55,6 +55,7 @@ pub mod client;
 pub mod codec;
 mod keepalive;
 pub mod limits;
+pub mod memory;
 pub mod observe;
 pub mod peer;
 mod ratelog;

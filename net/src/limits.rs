@@ -4,7 +4,7 @@
 //! [`ClientConfig::default`](crate::client::ClientConfig) are built from these; a server
 //! binary overrides some from its own settings (proglog sets the message limit and the drain
 //! timeout from `--max-message-bytes` and `--drain-timeout`). Per-connection and per-shard
-//! bounds are here; a server-wide memory budget is not in place yet.
+//! bounds are here, and the defaults of the server-wide memory budget and its shares.
 
 use std::time::Duration;
 
@@ -62,6 +62,18 @@ pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = MAX_CONCURRENT_STREAMS as us
 /// the log with sending, few enough that a client that stops reading stops the handler
 /// within 16 messages (and ConsumeStream stops reading the log).
 pub const RESPONSE_BUFFER_MESSAGES: usize = 16;
+
+// ---- Memory (server) -------------------------------------------------------------------
+
+/// The server-wide budget for buffers that grow with load (see `net::memory`): 256 MiB fits
+/// a small machine (a 1 GiB VM keeps room for the page cache and the engine's indexes) and
+/// is plenty for throughput, which needs a few MiB per busy connection.
+pub const MEMORY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// One connection's share of the budget: room for two largest messages and their copies
+/// with many streams reading ahead, while eight connections that stop reading still leave
+/// most of the default budget to everyone else.
+pub const CONNECTION_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 
 // ---- Flow control (server and client) --------------------------------------------------
 

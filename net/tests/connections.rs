@@ -337,3 +337,75 @@ fn paced_rapid_reset_is_detected_by_rate() {
     });
     assert_eq!(ok.unwrap(), b("still"));
 }
+
+/// Every byte charged to the memory budget comes back: unary replies, streams read to the
+/// end, a stream dropped while the server still had frames queued, uploads, and the
+/// connections closing.
+#[test]
+fn memory_charged_for_calls_comes_back() {
+    let budget = net::memory::MemoryBudget::new(64 << 20);
+    let srv = TestServer::with_config(ServerConfig {
+        memory: budget.clone(),
+        connection_memory_bytes: 8 << 20,
+        ..ServerConfig::default()
+    });
+    let addr = srv.addr;
+    let b2 = budget.clone();
+    run(async move {
+        let ch = Channel::connect(addr, ClientConfig::default())
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            ch.unary("/test.Echo/Unary", b("big-reply"), CallOptions::default())
+                .await
+                .unwrap();
+        }
+        let all = ch
+            .server_streaming("/test.Echo/Count", b("2000:1024"), CallOptions::default())
+            .await
+            .unwrap();
+        let mut all = all;
+        let mut n = 0;
+        while all.message().await.unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 2000);
+        // Dropped after a few messages, with frames queued and in h2's buffer.
+        let mut s = ch
+            .server_streaming("/test.Echo/Count", b("100000:4096"), CallOptions::default())
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            s.message().await.unwrap().unwrap();
+        }
+        sleep(Duration::from_millis(100)).await;
+        drop(s);
+        let (mut tx, mut rx) = ch
+            .streaming("/test.Echo/Chat", CallOptions::default())
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            tx.send(Bytes::from(vec![b'x'; 64 * 1024])).await.unwrap();
+            assert_eq!(rx.message().await.unwrap().unwrap().len(), 64 * 1024);
+        }
+        tx.finish().unwrap();
+        assert!(rx.message().await.unwrap().is_none());
+        // The connection is still open: what left for the socket, and what h2 dropped for
+        // the reset stream, is no longer charged.
+        let until = Instant::now() + Duration::from_secs(20);
+        while b2.used() != 0 {
+            assert!(Instant::now() < until, "{} bytes still charged", b2.used());
+            sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(budget.peak() > 300 * 1024, "peak {}", budget.peak());
+    let until = Instant::now() + Duration::from_secs(20);
+    while budget.used() != 0 {
+        assert!(
+            Instant::now() < until,
+            "{} bytes still charged after every connection closed",
+            budget.used()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

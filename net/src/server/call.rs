@@ -19,6 +19,7 @@ use super::registry::StreamGuard;
 use super::router::{MessageStream, Request, Response, ResponseSink, Route};
 use crate::body::{poll_send, with_deadline, MessageReader};
 use crate::codec::{encode_frame, parse_timeout};
+use crate::memory::{ConnMemory, Lease};
 use crate::observe::{self, CallInfo, TraceContext};
 use crate::Status;
 
@@ -277,13 +278,14 @@ async fn run(
 
     let (parts, body) = req.into_parts();
     let cfg = &conn.config;
-    let reader = MessageReader::new(body, cfg.max_recv_message_bytes);
+    let reader = MessageReader::new(body, cfg.max_recv_message_bytes, Some(conn.memory.clone()));
     let request = Request {
         path: path.to_owned(),
         metadata: parts.headers,
         peer: conn.peer,
         tls: conn.tls.clone(),
         deadline,
+        memory: conn.memory.clone(),
         message: reader,
     };
 
@@ -306,9 +308,11 @@ async fn run(
     }
 }
 
-async fn read_one(reader: &mut MessageReader) -> Result<Bytes, Status> {
-    let first = reader
-        .next()
+/// The one request message of a unary or server-streaming call, with its memory, which the
+/// call holds until its handler is done.
+async fn read_one(reader: &mut MessageReader) -> Result<(Bytes, Lease), Status> {
+    let (first, lease) = reader
+        .next_leased()
         .await?
         .ok_or_else(|| Status::internal("missing request message"))?;
     observe::with_current(|c| c.received(first.len() + crate::codec::HEADER_LEN));
@@ -317,7 +321,7 @@ async fn read_one(reader: &mut MessageReader) -> Result<Bytes, Status> {
             "expected exactly one request message, got more",
         ));
     }
-    Ok(first)
+    Ok((first, lease))
 }
 
 async fn dispatch(
@@ -327,20 +331,22 @@ async fn dispatch(
     conn: &ConnShared,
 ) -> Result<(), Status> {
     let max_send = conn.config.max_send_message_bytes;
+    let mem = &conn.memory;
     match route {
         Route::Unary(h) => {
             let mut request = request;
-            let msg = read_one(&mut request.message).await?;
+            let (msg, msg_lease) = read_one(&mut request.message).await?;
             let resp = h(request.map(|_| msg)).await?;
-            write_response(out, resp, max_send).await
+            drop(msg_lease);
+            write_response(out, resp, max_send, mem).await
         }
         Route::ClientStreaming(h) => {
             let resp = h(request.map(|reader| MessageStream { reader })).await?;
-            write_response(out, resp, max_send).await
+            write_response(out, resp, max_send, mem).await
         }
         Route::ServerStreaming(h) => {
             let mut request = request;
-            let msg = read_one(&mut request.message).await?;
+            let (msg, _msg_lease) = read_one(&mut request.message).await?;
             let (sink, rx) = sink(conn);
             let handler = h(request.map(|_| msg), sink);
             run_streaming(handler, rx, out).await
@@ -353,27 +359,33 @@ async fn dispatch(
     }
 }
 
-fn sink(conn: &ConnShared) -> (ResponseSink, local_channel::LocalReceiver<Bytes>) {
+fn sink(conn: &ConnShared) -> (ResponseSink, local_channel::LocalReceiver<(Bytes, Lease)>) {
     let (tx, rx) = local_channel::new_bounded(conn.config.response_buffer_messages.max(1));
     let sink = ResponseSink {
         tx,
         max_send_bytes: conn.config.max_send_message_bytes,
+        memory: conn.memory.clone(),
     };
     (sink, rx)
 }
 
+/// Sends a unary reply. Its frame exists once encoded, so it is charged without waiting;
+/// the charge follows it into h2 and leaves as it reaches the socket.
 async fn write_response(
     out: &RefCell<Responder>,
     resp: Response,
     max_send: usize,
+    mem: &Rc<ConnMemory>,
 ) -> Result<(), Status> {
     let mut frame = encode_frame(&resp.message, max_send)?;
+    drop(resp.message);
+    let mut lease = mem.charge(frame.len());
     observe::with_current(|c| c.sent(frame.len()));
     let mut extra = Some(resp.metadata);
     poll_fn(|cx| {
         let mut o = out.borrow_mut();
         let stream = o.body(extra.take())?;
-        poll_send(stream, cx, &mut frame)
+        poll_send(stream, cx, &mut frame, &mut lease)
     })
     .await
 }
@@ -384,16 +396,16 @@ async fn write_response(
 /// messages are written.
 async fn run_streaming(
     handler: impl Future<Output = Result<(), Status>>,
-    rx: local_channel::LocalReceiver<Bytes>,
+    rx: local_channel::LocalReceiver<(Bytes, Lease)>,
     out: &RefCell<Responder>,
 ) -> Result<(), Status> {
     let writer = async move {
-        while let Some(mut frame) = rx.recv().await {
+        while let Some((mut frame, mut lease)) = rx.recv().await {
             observe::with_current(|c| c.sent(frame.len()));
             poll_fn(|cx| {
                 let mut o = out.borrow_mut();
                 let stream = o.body(None)?;
-                poll_send(stream, cx, &mut frame)
+                poll_send(stream, cx, &mut frame, &mut lease)
             })
             .await?;
         }

@@ -21,11 +21,13 @@ use h2::Reason;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::serve_call;
+use super::metered::MeteredIo;
 use super::registry::ConnState;
 use super::router::Router;
 use super::{unless_evicted, ServerConfig};
 use crate::keepalive::KeepAlive;
 use crate::limits::GOAWAY_LINGER;
+use crate::memory::ConnMemory;
 use crate::ratelog::conn_log;
 use crate::tls::TlsInfo;
 use crate::{Error, Shutdown, Status};
@@ -46,6 +48,9 @@ pub(crate) struct ConnShared {
     pub(crate) observer: Option<Rc<dyn crate::observe::CallObserver>>,
     /// Calls running, idleness, eviction and client resets (see `registry`).
     pub(crate) state: Rc<ConnState>,
+    /// The connection's share of the memory budget; dropped (returning everything) with
+    /// the connection's last call.
+    pub(crate) memory: Rc<ConnMemory>,
 }
 
 /// Why the server is closing a connection that it did not have to.
@@ -71,7 +76,7 @@ where
         .initial_window_size(cfg.initial_stream_window_bytes)
         .initial_connection_window_size(cfg.initial_connection_window_bytes)
         .max_send_buffer_size(cfg.max_send_buffer_bytes)
-        .handshake::<T, Bytes>(io);
+        .handshake::<MeteredIo<T>, Bytes>(MeteredIo::new(io, shared.memory.clone()));
     let handshake = glommio::timer::timeout(cfg.handshake_timeout, async { Ok(handshake.await) });
     let mut conn = match unless_evicted(&shared.state, handshake).await {
         // Evicted before HTTP/2 was up: nothing to say goodbye with.

@@ -30,6 +30,7 @@
 
 mod call;
 mod conn;
+mod metered;
 mod registry;
 mod router;
 pub mod transport;
@@ -48,6 +49,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
 
 use crate::limits;
+use crate::memory::{ConnMemory, MemoryBudget};
 use crate::observe::CallObserver;
 use crate::ratelog::conn_log;
 use crate::tls::{ServerTls, TlsInfo};
@@ -99,6 +101,11 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// Serves peer connections (first byte 0x01); `None` closes them.
     pub peer: Option<crate::peer::PeerService>,
+    /// The server-wide memory budget every connection's buffers are charged to (shared by
+    /// every executor: clone the config, not the budget's value). See [`crate::memory`].
+    pub memory: Arc<MemoryBudget>,
+    /// One connection's share of `memory`.
+    pub connection_memory_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +130,8 @@ impl Default for ServerConfig {
             tls: None,
             tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT,
             peer: None,
+            memory: MemoryBudget::new(limits::MEMORY_BUDGET_BYTES),
+            connection_memory_bytes: limits::CONNECTION_MEMORY_BYTES,
         }
     }
 }
@@ -284,6 +293,10 @@ impl Server {
             draining: Rc::new(Cell::new(false)),
             observer: self.observer.clone(),
             state: state.clone(),
+            memory: ConnMemory::new(
+                self.config.memory.clone(),
+                self.config.connection_memory_bytes,
+            ),
         })
     }
 

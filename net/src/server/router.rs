@@ -14,6 +14,7 @@ use http::HeaderMap;
 
 use crate::body::MessageReader;
 use crate::codec::{self, encode_frame};
+use crate::memory::{ConnMemory, Lease};
 use crate::tls::TlsInfo;
 use crate::Status;
 
@@ -34,6 +35,9 @@ pub struct Request<T> {
     pub tls: Option<Arc<TlsInfo>>,
     /// When the server will cancel the call (from `grpc-timeout`).
     pub deadline: Option<Instant>,
+    /// The connection's memory: a handler that reads much on the call's behalf (a consume
+    /// stream's read-ahead) reserves it here first, see [`crate::memory`].
+    pub memory: Rc<ConnMemory>,
     pub message: T,
 }
 
@@ -46,6 +50,7 @@ impl<T> Request<T> {
             peer: self.peer,
             tls: self.tls,
             deadline: self.deadline,
+            memory: self.memory,
             message: f(self.message),
         }
     }
@@ -83,8 +88,15 @@ pub struct MessageStream {
 impl MessageStream {
     /// The next request message; `Ok(None)` once the client half-closed.
     pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
-        let m = self.reader.next().await?;
-        if let Some(m) = &m {
+        Ok(self.message_leased().await?.map(|(m, _)| m))
+    }
+
+    /// The next request message and the memory charged for it: a handler that keeps
+    /// messages queued (read-ahead) holds the lease as long as it keeps the message, so that
+    /// what it queues counts against the connection's share.
+    pub async fn message_leased(&mut self) -> Result<Option<(Bytes, Lease)>, Status> {
+        let m = self.reader.next_leased().await?;
+        if let Some((m, _)) = &m {
             crate::observe::with_current(|c| c.received(m.len() + crate::codec::HEADER_LEN));
         }
         Ok(m)
@@ -100,22 +112,43 @@ impl MessageStream {
 }
 
 /// Where a streaming handler puts response messages. Bounded: `send`
-/// waits while the client is not reading, so memory does not grow.
+/// waits while the client is not reading, so memory does not grow. Every queued frame is
+/// charged to the connection's memory until it reaches the socket.
 #[derive(Debug)]
 pub struct ResponseSink {
-    pub(crate) tx: LocalSender<Bytes>,
+    pub(crate) tx: LocalSender<(Bytes, Lease)>,
     pub(crate) max_send_bytes: usize,
+    pub(crate) memory: Rc<ConnMemory>,
 }
 
 impl ResponseSink {
     /// Queues one message. Fails when it exceeds the send limit, or with
     /// CANCELLED when the call is over (client gone, deadline passed).
     pub async fn send(&self, message: Bytes) -> Result<(), Status> {
+        self.send_leased(message, Lease::none()).await
+    }
+
+    /// [`send`](Self::send), with memory the handler already holds for the message (split
+    /// off its read-ahead); what the frame needs beyond it is charged without waiting.
+    pub async fn send_leased(&self, message: Bytes, mut lease: Lease) -> Result<(), Status> {
         let frame = encode_frame(&message, self.max_send_bytes)?;
+        drop(message);
+        if lease.memory().is_none() {
+            lease = self.memory.charge(frame.len());
+        } else if lease.bytes() < frame.len() {
+            lease.charge_more(frame.len() - lease.bytes());
+        } else {
+            lease.shrink_to(frame.len());
+        }
         self.tx
-            .send(frame)
+            .send((frame, lease))
             .await
             .map_err(|_| Status::cancelled("call is no longer active"))
+    }
+
+    /// The connection's memory, to reserve read-ahead before producing messages.
+    pub fn memory(&self) -> &Rc<ConnMemory> {
+        &self.memory
     }
 
     /// Encodes and queues a prost message.
@@ -251,6 +284,7 @@ impl Router {
                     peer,
                     tls,
                     deadline,
+                    memory,
                     message,
                 } = r;
                 let message: Req = codec::decode(message)?;
@@ -260,6 +294,7 @@ impl Router {
                     peer,
                     tls,
                     deadline,
+                    memory,
                     message,
                 })
                 .await?;
