@@ -33,11 +33,20 @@ pub const READ_MAX_RECORDS: usize = 10_000;
 /// message. Amortizes the hop while keeping a chunk's memory small.
 pub const CONSUME_STREAM_CHUNK_RECORDS: usize = 256;
 
+/// Value bytes ConsumeStream reads ahead per trip to the owning shard. The chunk and its
+/// encoded messages are reserved from the connection's memory share before the read, so
+/// this is also what one stream holds while its client does not read: 1 MiB keeps a
+/// stream's throughput (one trip per MiB) while a 32 MiB share still lets 16 streams read
+/// ahead at once.
+pub const CONSUME_STREAM_READ_AHEAD_BYTES: usize = 1 << 20;
+
 // ---- Writes (ProduceStream) ------------------------------------------------------------
 
 /// Requests one ProduceStream reads ahead of their responses. Requests waiting together
 /// share one engine batch (and one fdatasync), so this is also the most records one stream
-/// commits at once; when it is full the reader stops and HTTP/2 flow control stops the client.
+/// commits at once; when it is full (or the connection's memory share is used up: each
+/// request holds its bytes until answered) the reader stops and HTTP/2 flow control stops
+/// the client.
 pub const PRODUCE_STREAM_MAX_IN_FLIGHT: usize = 1024;
 
 // ---- Admin HTTP (/metrics, /healthz, /readyz) ------------------------------------------

@@ -168,6 +168,14 @@ settings! {
         /// Calls a client may reset per second on one connection, on average (rapid-reset
         /// defence: over it the connection gets GOAWAY ENHANCE_YOUR_CALM); 0 = no limit
         max_resets_per_second: u32, "N", default(net::limits::MAX_RESETS_PER_SECOND);
+        /// Memory for buffers that grow with load (queued requests and replies, read-ahead,
+        /// HTTP/2 send buffers, write-behind buffers); a stream whose client does not read
+        /// stops being fed once its connection's share is used
+        memory_budget: ByteSize => usize, "BYTES",
+            default(ByteSize(net::limits::MEMORY_BUDGET_BYTES as u64));
+        /// One connection's share of memory-budget
+        connection_memory: ByteSize => usize, "BYTES",
+            default(ByteSize(net::limits::CONNECTION_MEMORY_BYTES as u64));
         /// Log line format: human or json (one object per line)
         log_format: LogFormat, "FORMAT", default(LogFormat::Human);
         /// Calls slower than this are logged at warn with their timing breakdown; 0 = never
@@ -390,6 +398,20 @@ impl Settings {
             return Err(ConfigError::Inconsistent(
                 "the gRPC port must be explicit, not 0".into(),
             ));
+        }
+        // A connection must be able to hold a largest request and its reply, each copied once.
+        let least_share = 4 * self.max_message_bytes;
+        if self.connection_memory < least_share {
+            return Err(ConfigError::Inconsistent(format!(
+                "connection-memory {} must hold at least four largest messages (4 x max-message-bytes = {least_share})",
+                self.connection_memory
+            )));
+        }
+        if self.memory_budget < self.connection_memory {
+            return Err(ConfigError::Inconsistent(format!(
+                "memory-budget {} is below one connection's share (connection-memory {})",
+                self.memory_budget, self.connection_memory
+            )));
         }
         // A record we accept must fit in the message that returns it on Consume.
         if self.max_record_bytes + RECORD_OVERHEAD_BYTES > self.max_message_bytes {
@@ -796,6 +818,29 @@ mod tests {
                 (format!("PROGLOG_{}", k.to_uppercase().replace('-', "_")), v),
                 (key.to_owned(), value.to_owned())
             );
+        }
+    }
+
+    #[test]
+    fn memory_settings() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(s.memory_budget, 256 << 20);
+        assert_eq!(s.connection_memory, 32 << 20);
+        let s = resolve(
+            ServeArgs::default(),
+            &[
+                ("PROGLOG_MEMORY_BUDGET", "1GiB"),
+                ("PROGLOG_CONNECTION_MEMORY", "64MiB"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((s.memory_budget, s.connection_memory), (1 << 30, 64 << 20));
+        for env in [
+            &[("PROGLOG_CONNECTION_MEMORY", "4MiB")][..],
+            &[("PROGLOG_MEMORY_BUDGET", "16MiB")][..],
+        ] {
+            let e = resolve(ServeArgs::default(), env).unwrap_err();
+            assert!(matches!(e, ConfigError::Inconsistent(_)), "{env:?}: {e}");
         }
     }
 

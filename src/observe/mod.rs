@@ -77,6 +77,7 @@ pub struct Observability {
     engine: Mutex<Option<EngineHandle>>,
     rpc: OnceLock<Arc<RpcMetrics>>,
     membership: OnceLock<MembershipWatch>,
+    memory: OnceLock<Arc<net::memory::MemoryBudget>>,
     start_time: SystemTime,
 }
 
@@ -93,6 +94,7 @@ impl Observability {
             engine: Mutex::new(None),
             rpc: OnceLock::new(),
             membership: OnceLock::new(),
+            memory: OnceLock::new(),
             start_time: SystemTime::now(),
         }
     }
@@ -127,6 +129,11 @@ impl Observability {
     /// The member list and gossip counters to report (set once).
     pub fn set_membership(&self, watch: MembershipWatch) {
         let _ = self.membership.set(watch);
+    }
+
+    /// The server's memory budget (set once).
+    pub fn set_memory(&self, memory: Arc<net::memory::MemoryBudget>) {
+        let _ = self.memory.set(memory);
     }
 
     /// The whole Prometheus exposition, as of now.
@@ -166,6 +173,9 @@ impl Observability {
         }
         if let Some(m) = self.membership.get() {
             render_membership(&mut e, m);
+        }
+        if let Some(m) = self.memory.get() {
+            render_memory(&mut e, m);
         }
         let engine = self.engine.lock().ok().and_then(|e| e.clone());
         if let Some(engine) = engine {
@@ -260,6 +270,33 @@ fn render_membership(e: &mut Exposition, m: &MembershipWatch) {
         Kind::Counter,
         "Rounds of announcing this node to the start-join addresses (or asking them for the gossip key).",
         get(&st.join_attempts) as f64,
+    );
+}
+
+fn render_memory(e: &mut Exposition, m: &net::memory::MemoryBudget) {
+    e.single(
+        "proglog_memory_budget_bytes",
+        Kind::Gauge,
+        "The server's memory budget (--memory-budget) for buffers that grow with load.",
+        m.limit() as f64,
+    );
+    e.single(
+        "proglog_memory_used_bytes",
+        Kind::Gauge,
+        "Bytes charged to the memory budget now: connections' queued requests, replies, read-ahead and HTTP/2 send buffers, and the engine's write-behind buffers.",
+        m.used() as f64,
+    );
+    e.single(
+        "proglog_memory_peak_bytes",
+        Kind::Gauge,
+        "The most ever charged to the memory budget at once.",
+        m.peak() as f64,
+    );
+    e.single(
+        "proglog_memory_waits_total",
+        Kind::Counter,
+        "Reservations that waited for memory (a connection's share or the budget used up).",
+        m.waits() as f64,
     );
 }
 

@@ -19,6 +19,8 @@ pub async fn handle(
     state.authorize(&req, Action::Consume, Some(&req.message.topic))?;
     let r = req.message;
     let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
+    // Held until the reply is encoded; the frame is charged on its own from then.
+    let mut lease = reader::reserve_read(&req.memory, max_records, max_bytes).await;
     let (recs, high_watermark) = reader::read_chunk(
         &state,
         &records::partition_id(&r.topic, r.partition),
@@ -26,6 +28,7 @@ pub async fn handle(
         max_records,
         max_bytes,
         reader::PastEnd::OutOfRange,
+        &mut lease,
     )
     .await?;
     Ok(response(recs, r.offset, high_watermark))

@@ -1,4 +1,5 @@
-//! `ConsumeBatchStream`: batches from an offset, then tails the partition.
+//! `ConsumeBatchStream`: batches from an offset, then tails the partition. Each batch read is
+//! reserved from the connection's memory first (see `reader`).
 
 use std::rc::Rc;
 
@@ -25,12 +26,18 @@ pub async fn handle(
     let tail = async {
         let mut offset = r.offset;
         loop {
-            let (recs, hw) =
-                reader::next_chunk(&state, &id, offset, max_records, max_bytes).await?;
+            let (recs, hw, mut lease) =
+                reader::next_chunk(&state, sink.memory(), &id, offset, max_records, max_bytes)
+                    .await?;
             let resp = response(recs, offset, hw);
             offset = resp.next_offset;
-            // Waits while the client is not reading: the sink is bounded.
-            sink.send_message(&resp).await?;
+            let msg = net::encode(&resp);
+            drop(resp);
+            let frame_lease = lease.split(msg.len() + net::codec::HEADER_LEN);
+            drop(lease);
+            // Waits while the client is not reading: the sink is bounded, and the next read
+            // waits for memory.
+            sink.send_leased(msg, frame_lease).await?;
         }
     };
     futures_lite::future::or(tail, state.draining()).await

@@ -1,8 +1,11 @@
 //! `ConsumeStream`: every record from an offset, then tails the partition forever.
 //!
 //! Unlike the reference, which spins at the end of the log, this waits on the partition's
-//! visible end (its owner wakes it), and the bounded response sink stops reading while the
-//! client does not read.
+//! visible end (its owner wakes it). Reading ahead is bounded twice: the response sink holds
+//! a few messages, and each chunk read from the log (at most
+//! [`CONSUME_STREAM_READ_AHEAD_BYTES`]) is reserved from the connection's memory first, so
+//! that a connection whose client stops reading stops reading the log once its share is
+//! queued, however many streams it has.
 
 use std::rc::Rc;
 
@@ -15,7 +18,7 @@ use super::acl::Action;
 use super::reader;
 use super::records;
 use super::state::ShardState;
-use crate::limits::CONSUME_STREAM_CHUNK_RECORDS;
+use crate::limits::{CONSUME_STREAM_CHUNK_RECORDS, CONSUME_STREAM_READ_AHEAD_BYTES};
 
 pub async fn handle(
     state: Rc<ShardState>,
@@ -26,18 +29,28 @@ pub async fn handle(
     state.authorize(&req, Action::Consume, Some(&r.topic))?;
     let id = records::partition_id(&r.topic, r.partition);
     let (_, max_bytes) = reader::limits(&state, 0, 0);
+    let max_bytes = max_bytes.min(CONSUME_STREAM_READ_AHEAD_BYTES);
     let tail = async {
         let mut offset = r.offset;
         loop {
-            let (recs, _) =
-                reader::next_chunk(&state, &id, offset, CONSUME_STREAM_CHUNK_RECORDS, max_bytes)
-                    .await?;
+            let (recs, _, mut lease) = reader::next_chunk(
+                &state,
+                sink.memory(),
+                &id,
+                offset,
+                CONSUME_STREAM_CHUNK_RECORDS,
+                max_bytes,
+            )
+            .await?;
             for rec in recs {
                 offset = rec.offset + 1;
-                sink.send_message(&ConsumeResponse {
+                let msg = net::encode(&ConsumeResponse {
                     record: Some(records::to_wire(rec)),
-                })
-                .await?;
+                });
+                // The frame's share of the chunk's reservation goes with it to the socket;
+                // the rest (the records read) is returned when the chunk is sent.
+                let frame_lease = lease.split(msg.len() + net::codec::HEADER_LEN);
+                sink.send_leased(msg, frame_lease).await?;
             }
         }
     };

@@ -288,6 +288,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     let shutdown = Shutdown::new();
+    let memory = net::memory::MemoryBudget::new(settings.memory_budget);
+    obs.set_memory(memory.clone());
     let state = Arc::new(AppState {
         seam: seam.clone(),
         health: Arc::new(Health::new()),
@@ -310,6 +312,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         handshake_timeout: settings.handshake_timeout,
         tls_handshake_timeout: settings.handshake_timeout,
         max_resets_per_second: settings.max_resets_per_second,
+        memory: memory.clone(),
+        connection_memory_bytes: settings.connection_memory,
         tls,
         peer: cluster.peer_service.clone(),
         ..ServerConfig::default()

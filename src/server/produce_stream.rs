@@ -8,11 +8,17 @@
 //! next one accumulates, so a client with many requests in flight gets group commit per
 //! stream, and offsets follow request order because a stream has one append outstanding at a
 //! time. The call ends OK after the client half-closes and every request is answered.
+//!
+//! Each queued request keeps the memory its bytes were charged (see `net::memory`) while it
+//! waits, and then for the batch encoded from it until that batch is appended, so what a
+//! stream reads ahead counts against its connection's share, and the reader waits, with its
+//! window closed, once the share is used up.
 
 use std::rc::Rc;
 
 use engine::seam::{encoded_record_len, BatchBuilder};
 use glommio::channels::local_channel::{self, LocalReceiver};
+use net::memory::Lease;
 use net::server::{MessageStream, Request, ResponseSink};
 use net::tls::TlsInfo;
 use net::Status;
@@ -25,7 +31,8 @@ use super::records;
 use super::state::ShardState;
 use crate::limits::PRODUCE_STREAM_MAX_IN_FLIGHT;
 
-type Item = Result<ProduceRequest, Status>;
+/// A request and the memory its bytes hold until it is answered.
+type Item = Result<(ProduceRequest, Lease), Status>;
 
 pub async fn handle(
     state: Rc<ShardState>,
@@ -37,8 +44,10 @@ pub async fn handle(
     let (tx, rx) = local_channel::new_bounded::<Item>(PRODUCE_STREAM_MAX_IN_FLIGHT);
     let reader = async move {
         loop {
-            let item = match requests.message_as::<ProduceRequest>().await {
-                Ok(Some(r)) => Ok(r),
+            let item = match requests.message_leased().await {
+                Ok(Some((bytes, lease))) => {
+                    net::decode::<ProduceRequest>(bytes).map(|r| (r, lease))
+                }
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
@@ -82,7 +91,7 @@ async fn write_loop(
 ) -> Result<(), Status> {
     let mut carry: Option<Item> = None;
     loop {
-        let first = match carry.take() {
+        let (first, mut held) = match carry.take() {
             Some(item) => item,
             None => match rx.recv().await {
                 Some(item) => item,
@@ -106,11 +115,14 @@ async fn write_loop(
             };
             // Requests for another partition, without a record, or that would overflow the
             // batch start the next batch instead.
-            if let Ok(ProduceRequest {
-                record: Some(rec),
-                topic,
-                partition,
-            }) = &item
+            if let Ok((
+                ProduceRequest {
+                    record: Some(rec),
+                    topic,
+                    partition,
+                },
+                _,
+            )) = &item
             {
                 let size = encoded_record_len(rec.value.len());
                 if topic_or_default(topic) == &*id.topic
@@ -119,6 +131,11 @@ async fn write_loop(
                     && batch.payload_len() + size <= lim.bytes
                 {
                     records::push(&mut batch, rec)?;
+                    // The request is in the batch; its bytes' memory now stands for the
+                    // batch's copy of them.
+                    if let Ok((_, lease)) = item {
+                        held.merge(lease);
+                    }
                     continue;
                 }
             }
@@ -127,6 +144,9 @@ async fn write_loop(
         }
         let batch = batch.finish().map_err(to_status)?;
         let appended = append::append(&*state.partitions, &id, batch).await?;
+        // Appended (copied into the log's own buffer, which the engine charges itself): the
+        // requests' memory, which stood for the encoded batch, is no longer ours.
+        drop(held);
         for offset in appended.base_offset..=appended.last_offset {
             sink.send_message(&ProduceResponse { offset }).await?;
         }

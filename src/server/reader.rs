@@ -2,8 +2,17 @@
 //!
 //! The partition's owner hands back whole stored batches; they are checked (CRC) and decoded
 //! here, on the connection's core, as the responses are encoded.
+//!
+//! Every read is paid for before it happens: [`reserve_read`] takes memory from the
+//! connection's share of the server's budget (waiting while it is used up, which is how a
+//! stream whose client does not read stops being fed), sized for the stored batches read and
+//! the response encoded from them; once the read returns, [`read_chunk`] settles the lease to
+//! what it brought (the stored bytes, which the records' values share, and their encoding).
+
+use std::rc::Rc;
 
 use engine::seam::{PartitionId, ReadLimits, Record};
+use net::memory::{ConnMemory, Lease};
 use net::Status;
 
 pub use engine::seam::PastEnd;
@@ -35,7 +44,8 @@ pub fn limits(state: &AppState, max_records: u32, max_bytes: u32) -> (usize, usi
 
 /// Records from `offset` and the partition's visible end, in one trip to the owning shard.
 /// At the end of the log the list is empty; before its start is OUT_OF_RANGE, and so is past
-/// its end under [`PastEnd::OutOfRange`].
+/// its end under [`PastEnd::OutOfRange`]. `lease` was reserved for the read
+/// ([`reserve_read`]); it is settled to what the read brought (see [`settle`]).
 pub async fn read_chunk(
     state: &ShardState,
     id: &PartitionId,
@@ -43,6 +53,7 @@ pub async fn read_chunk(
     max_records: usize,
     max_bytes: usize,
     past_end: PastEnd,
+    lease: &mut Lease,
 ) -> Result<(Vec<Record>, u64), Status> {
     let limits = ReadLimits {
         max_records,
@@ -58,7 +69,33 @@ pub async fn read_chunk(
         .records()
         .collect::<Result<Vec<_>, _>>()
         .map_err(to_status)?;
+    settle(lease, chunk.stored_len(), &records);
     Ok((records, chunk.visible_end))
+}
+
+/// Reserves memory for a read of up to `max_records` records and `max_bytes` value bytes:
+/// twice its size, once for the stored batches read and once for the response encoded from
+/// them.
+pub async fn reserve_read(memory: &Rc<ConnMemory>, max_records: usize, max_bytes: usize) -> Lease {
+    let bytes = max_bytes.saturating_add(max_records.saturating_mul(RECORD_OVERHEAD_BYTES));
+    memory.reserve(bytes.saturating_mul(2)).await
+}
+
+/// Sets a read's lease to what the read brought: the stored bytes (the records' values are
+/// slices of them, so they live as long as any record does) and the response encoded from
+/// the records. Whole batches may bring more than was reserved (a read returns at least one
+/// batch); the difference exists already, so it is charged without waiting.
+fn settle(lease: &mut Lease, stored: usize, records: &[Record]) {
+    let encoded: usize = records
+        .iter()
+        .map(|r| r.value.len() + RECORD_OVERHEAD_BYTES)
+        .sum();
+    let cost = stored.saturating_add(encoded);
+    if cost > lease.bytes() {
+        lease.charge_more(cost - lease.bytes());
+    } else {
+        lease.shrink_to(cost);
+    }
 }
 
 /// Waits until readers may see `offset`: woken by the partition's owner, no polling.
@@ -73,20 +110,32 @@ pub async fn wait_for(state: &ShardState, id: &PartitionId, offset: u64) -> Resu
 }
 
 /// Records from `offset` for a tailing reader: waits (woken by the owner, no polling) until
-/// there is at least one, then returns them with the partition's visible end.
+/// there is at least one, then returns them with the partition's visible end and the memory
+/// they hold (reserved before each read, and not held while waiting for records).
 pub async fn next_chunk(
     state: &ShardState,
+    memory: &Rc<ConnMemory>,
     id: &PartitionId,
     offset: u64,
     max_records: usize,
     max_bytes: usize,
-) -> Result<(Vec<Record>, u64), Status> {
+) -> Result<(Vec<Record>, u64, Lease), Status> {
     loop {
-        let (recs, end) =
-            read_chunk(state, id, offset, max_records, max_bytes, PastEnd::Empty).await?;
+        let mut lease = reserve_read(memory, max_records, max_bytes).await;
+        let (recs, end) = read_chunk(
+            state,
+            id,
+            offset,
+            max_records,
+            max_bytes,
+            PastEnd::Empty,
+            &mut lease,
+        )
+        .await?;
         if !recs.is_empty() {
-            return Ok((recs, end));
+            return Ok((recs, end, lease));
         }
+        drop(lease);
         wait_for(state, id, offset).await?;
     }
 }
