@@ -291,7 +291,9 @@ async fn run(
 
     let main = dispatch(route, request, out, conn);
     let reset = poll_fn(|cx| out.borrow_mut().poll_reset(cx).map(Err));
-    match with_deadline(deadline, futures_lite::future::or(main, reset)).await {
+    // The reset first: once the client is gone, a handler woken at the same moment (say by
+    // memory returned by calls that just ended) must not start another read.
+    match with_deadline(deadline, futures_lite::future::or(reset, main)).await {
         // Clients reset the stream when their deadline passes (grpc-js, grpc-go, ours), often
         // a moment before the server's own timer, which started later: past the deadline,
         // the cancel is the deadline's.
