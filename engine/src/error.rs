@@ -35,6 +35,20 @@ pub enum Error {
     #[error("log {path} is read-only after an earlier I/O error ({cause}); reopen it to recover", path = path.display())]
     Latched { path: PathBuf, cause: String },
 
+    /// The disk holding the log is full: a write failed for want of space (ENOSPC, EDQUOT)
+    /// and left the log in a known state. Writes are refused until space returns, when the
+    /// log recovers by itself; reads go on.
+    #[error(
+        "partition {partition} cannot take writes: the disk holding {path} is full ({free_bytes} bytes free); reads go on, and writes resume by themselves once space is freed",
+        path = path.display()
+    )]
+    DiskFull {
+        /// `topic/partition`.
+        partition: String,
+        path: PathBuf,
+        free_bytes: u64,
+    },
+
     /// A record is larger than the configured limit.
     #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
     RecordTooLarge { size: usize, limit: usize },
@@ -112,6 +126,21 @@ impl Error {
             position,
             reason: reason.into(),
         }
+    }
+
+    /// True for an I/O error that means there is no space: the device is full (ENOSPC) or the
+    /// user's quota is (EDQUOT).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+
+    /// True for a failure of an operation that makes data durable (fdatasync, fsync, msync):
+    /// by convention their `op` starts with "syncing". After one fails the kernel may have
+    /// dropped the data it was to write, so it latches the log whatever the reason; a failed
+    /// *write* leaves a known state instead.
+    pub fn is_sync_failure(&self) -> bool {
+        matches!(self, Error::Io { op, .. } if op.starts_with("syncing"))
     }
 
     /// True for errors that leave the log unchanged and concern only the request.

@@ -15,6 +15,11 @@
 //! both offset and position. The file of the active segment is pre-sized; its valid length is
 //! never read from the file: it comes from scanning validated data (see `segment.rs`). A sealed
 //! segment's index is cut to its exact length and synced when the segment is sealed.
+//!
+//! Every block of the file is allocated (`fallocate`) before it is mapped for writing. A page
+//! of a sparse file is given its block only when first written through the mapping, and on a
+//! full disk that store raises SIGBUS, which kills the process. Allocated up front, a full
+//! disk is an error returned by `open` (the caller reports it), never a signal.
 
 use crate::error::{Error, Result};
 use memmap2::{MmapMut, MmapOptions};
@@ -79,6 +84,7 @@ impl Index {
         self.file
             .set_len(bytes)
             .map_err(|e| Error::io("sizing index", &self.path, e))?;
+        allocate(&self.file, bytes).map_err(|e| Error::io("allocating index", &self.path, e))?;
         if capacity > 0 {
             // SAFETY: the file is owned by this engine (one process per data directory, enforced
             // by the engine's lock file) and only ever changed through this mapping or through
@@ -212,6 +218,41 @@ impl Index {
     }
 }
 
+/// Gives every block of `file`'s first `len` bytes disk space, so that stores through a
+/// mapping never need a block the disk may not have (see the module doc). Where the
+/// filesystem has no `fallocate`, each block is read and written back with ordinary I/O,
+/// which allocates it just the same.
+fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    let Ok(off_len) = libc::off_t::try_from(len) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: fallocate on a descriptor we own, mode 0 (allocate, extend the size if
+    // needed); it touches no memory of ours.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    use std::os::unix::fs::FileExt;
+    let mut block = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (len - pos).min(block.len() as u64) as usize;
+        let got = file.read_at(&mut block[..n], pos)?;
+        block[got..n].fill(0);
+        file.write_all_at(&block[..n], pos)?;
+        pos += n as u64;
+    }
+    file.sync_data()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +297,24 @@ mod tests {
         let (idx, n) = Index::open_sealed(&path).expect("reopen");
         assert_eq!(n, 1);
         assert_eq!(idx.raw_entry(0), Some(e(0, 0)));
+    }
+
+    #[test]
+    fn the_file_is_allocated_not_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.index");
+        let idx = Index::open(&path, 4096).expect("open");
+        let md = std::fs::metadata(&path).expect("stat");
+        assert_eq!(md.len(), 4096 * ENTRY_LEN as u64);
+        // st_blocks counts 512-byte units actually allocated.
+        assert!(
+            md.blocks() * 512 >= md.len(),
+            "{} of {} bytes allocated",
+            md.blocks() * 512,
+            md.len()
+        );
+        drop(idx);
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub use budget::FileBudget;
 pub use catalog::TopicInfo;
 pub use config::{Durability, EngineConfig, LogConfig};
 pub use error::{Error, Result};
-pub use log::{Appended, Log, LogStats, RawBatches, Removed, SnapshotReader, Visibility};
+pub use log::{
+    Appended, Log, LogStats, RawBatches, Removed, SnapshotReader, Visibility, WriteState,
+};
 pub use metrics::AppendTiming;
 pub use shard::{Engine, EngineHandle, PartitionInfo, ShardCtx, ShardReport};
 

@@ -133,3 +133,15 @@ pub const MAX_META_NAME_BYTES: usize = 99;
 /// Characters of a client-supplied name quoted in an error message. Messages travel in a
 /// gRPC trailer; the cut keeps them small whatever the client sent.
 pub const MAX_QUOTED_NAME_CHARS: usize = 64;
+
+// ---- A full disk -----------------------------------------------------------------------
+
+/// How often a log whose disk is full checks whether space has returned. A check is one
+/// statvfs; recovering (when there is room) rewrites one block and syncs once. Once a
+/// second, writes resume within about a second of space being freed.
+pub const DISK_FULL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Free space a full log waits for beyond what its next write-out and next segment need
+/// (the write-behind buffer, an index file), so that it does not resume, fill the disk
+/// again at once and flap between the two states.
+pub const DISK_FULL_RESUME_MARGIN_BYTES: u64 = 1 << 20;

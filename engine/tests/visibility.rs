@@ -1,5 +1,7 @@
-//! Under `always`, readers see a record only once it is durable: a consumer must never read a
-//! record that a crash could take back. Under `never`, appended records are visible at once.
+//! Readers see a record only once it is acknowledged: under `always` once it is durable, under
+//! `interval` and `never` once it is written to the data file. A consumer must never read a
+//! record that a crash could take back (under `always`, not even power loss; under the others,
+//! not a crash of the process), since its offset could then be handed out again.
 
 use bytes::Bytes;
 use engine::{Durability, Error, FileBudget, Log, LogConfig, NewRecord};
@@ -29,25 +31,22 @@ fn check(durability: Durability) {
             let l3 = Rc::clone(&log);
             glommio::spawn_local(async move { l3.wait_for(0).await })
         };
-        match durability {
-            Durability::Always => {
-                assert_eq!(log.readable_next(), 0, "not durable yet, so not readable");
-                assert!(matches!(
-                    log.read(0).await,
-                    Err(Error::OffsetOutOfRange {
-                        offset: 0,
-                        next: 0,
-                        ..
-                    })
-                ));
-            }
-            _ => {
-                assert_eq!(log.readable_next(), 1);
-                assert_eq!(&log.read(0).await.expect("read").value[..], b"x");
-            }
-        }
+        let not_yet = match durability {
+            Durability::Always => "not durable yet, so not readable",
+            _ => "not written yet, so not readable",
+        };
+        assert_eq!(log.readable_next(), 0, "{not_yet}");
+        assert!(matches!(
+            log.read(0).await,
+            Err(Error::OffsetOutOfRange {
+                offset: 0,
+                next: 0,
+                ..
+            })
+        ));
         task.await;
-        // A reader parked on the offset is woken by the fdatasync, not only by appends.
+        // A reader parked on the offset is woken by the write or fdatasync that made it
+        // readable.
         waiter.await;
         assert_eq!(log.readable_next(), 1);
         assert_eq!(&log.read(0).await.expect("read").value[..], b"x");
@@ -61,8 +60,15 @@ fn always_hides_records_until_they_are_durable() {
 }
 
 #[test]
-fn never_shows_records_at_once() {
+fn never_shows_records_once_written() {
     check(Durability::Never);
+}
+
+#[test]
+fn interval_shows_records_once_written() {
+    check(Durability::Interval {
+        interval_ms: 60_000,
+    });
 }
 
 /// Once an owner takes the visible mark, appends (durable or not) stay hidden until the

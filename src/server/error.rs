@@ -39,6 +39,12 @@ pub fn to_status(e: seam::Error) -> Status {
         }
         E::NoLeader => cluster(e.to_string(), errors::NO_LEADER, []),
         E::OutcomeUnknown(_) => cluster(e.to_string(), errors::OUTCOME_UNKNOWN, []),
+        // A full disk is an operating condition, not a failure of the server: the client may
+        // retry once space is freed. The message names the partition and the free space.
+        E::NotWritable {
+            writability: seam::Writability::DiskFull { .. },
+            ..
+        } => Status::resource_exhausted(e.to_string()),
         // Not logged here: the call's line logs INTERNAL at error level with this message
         // (and the call's trace id), once.
         E::NotWritable { .. } | E::Internal(_) => Status::internal(e.to_string()),
@@ -210,10 +216,73 @@ mod tests {
                 Code::Internal,
                 "log /d/t/0 is read-only after an earlier I/O error (syncing: EIO); reopen it to recover",
             ),
+            (
+                engine::Error::DiskFull {
+                    partition: "t/0".into(),
+                    path: "/d/t/0".into(),
+                    free_bytes: 4096,
+                },
+                Code::ResourceExhausted,
+                "partition t/0 cannot take writes: the disk holding /d/t/0 is full (4096 bytes free); reads go on, and writes resume by themselves once space is freed",
+            ),
         ];
         for (e, code, message) in cases {
             let st = to_status(e.into());
             assert_eq!((st.code, st.message.as_str()), (code, message));
         }
+    }
+
+    /// A full disk and a latched partition are both `NotWritable` at the seam, told apart by
+    /// their `Writability`: one is an operating condition (RESOURCE_EXHAUSTED, retry once
+    /// space is freed), the other a failure (INTERNAL). Out of space outside a log's write
+    /// path (a new topic's files) is a full disk too, and says how much is free.
+    #[test]
+    fn a_full_disk_is_resource_exhausted_and_a_latch_internal() {
+        let full: seam::Error = engine::Error::DiskFull {
+            partition: "t/0".into(),
+            path: "/d/t/0".into(),
+            free_bytes: 7,
+        }
+        .into();
+        assert!(matches!(
+            &full,
+            seam::Error::NotWritable {
+                partition,
+                writability: seam::Writability::DiskFull { free_bytes: 7 },
+                ..
+            } if partition == "t/0"
+        ));
+        let latched: seam::Error = engine::Error::Latched {
+            path: "/d/t/0".into(),
+            cause: "syncing: EIO".into(),
+        }
+        .into();
+        assert!(matches!(
+            &latched,
+            seam::Error::NotWritable {
+                writability: seam::Writability::Latched { .. },
+                ..
+            }
+        ));
+        assert_eq!(to_status(latched).code, Code::Internal);
+        let enospc = engine::Error::io(
+            "allocating index",
+            "/nonexistent/t/0/0.index",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let st = to_status(enospc.into());
+        assert_eq!(st.code, Code::ResourceExhausted, "{st}");
+        assert!(
+            st.message
+                .starts_with("allocating index /nonexistent/t/0/0.index")
+                && st.message.ends_with("bytes free)"),
+            "{st}"
+        );
+        let eio = engine::Error::io(
+            "writing",
+            "/d/t/0/0.log",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert_eq!(to_status(eio.into()).code, Code::Internal);
     }
 }

@@ -209,16 +209,20 @@ impl Log {
         Ok(())
     }
 
-    /// Wakes tailing readers and, under `always`, waits until the batch is durable; fails if a
-    /// truncation or reset cut it meanwhile.
+    /// Waits until the batch is durable (`always`) or written (`interval`, `never`), which is
+    /// when it is acknowledged and readers see it; fails if a truncation, a reset or the
+    /// recovery from a full disk cut it meanwhile.
     pub(super) async fn after_append(&self, appended: Appended) -> Result<Appended> {
-        self.appended.notify(usize::MAX);
+        let epoch = self.state.borrow().cut_epoch;
         if self.config.durability != Durability::Always {
-            // Buffered appends complete without awaiting anything; let other tasks run.
-            glommio::yield_if_needed().await;
+            // Acknowledged once written (not synced): a crash of this process cannot take
+            // it back, only an OS crash or power loss.
+            self.wait_written(appended.last_offset + 1).await?;
         } else {
-            let epoch = self.state.borrow().cut_epoch;
+            self.appended.notify(usize::MAX);
             self.wait_durable(appended.last_offset + 1).await?;
+        }
+        {
             let st = self.state.borrow();
             if st.cut_epoch != epoch && st.cut_floor <= appended.last_offset {
                 return Err(Error::InvalidArgument(format!(
@@ -296,7 +300,10 @@ impl Log {
                 let listener = self.io_done.listen();
                 let still_waiting = {
                     let st = self.state.borrow();
-                    st.admission.front() != ticket.id.as_ref() && st.latched.is_none() && !st.closed
+                    st.admission.front() != ticket.id.as_ref()
+                        && st.latched.is_none()
+                        && st.disk_full.is_none()
+                        && !st.closed
                 };
                 if still_waiting {
                     listener.await;

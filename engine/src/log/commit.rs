@@ -1,7 +1,8 @@
 //! Group commit: writing the active segment's buffer out with O_DIRECT and making it durable
 //! with fdatasync, one leader at a time for every appender waiting, pipelined so one round's
-//! write overlaps the previous round's sync; and the background flusher of `interval` and
-//! `never`.
+//! write overlaps the previous round's sync; group writes (without the sync) for `interval`
+//! and `never`, whose appends are acknowledged once written; and the log's background task
+//! (the periodic sync of `interval`, and the check for space while the disk is full).
 
 use super::{Log, State};
 use crate::config::Durability;
@@ -35,7 +36,12 @@ impl Log {
                 if st.durable_next >= target {
                     return Ok(());
                 }
-                self.check_writable(&st)?;
+                // A full disk stopped later writes, but a sync in flight still covers what
+                // was written before: its outcome decides these offsets.
+                let covered = st.disk_full.is_some() && st.sync_requested >= target;
+                if !covered {
+                    self.check_writable(&st)?;
+                }
             }
             if self.must_wait(target) {
                 let listener = self.io_done.listen();
@@ -57,6 +63,28 @@ impl Log {
             && (st.io_busy || st.sync_requested >= target)
     }
 
+    /// Waits until offsets below `target` are written to the data file: what `interval` and
+    /// `never` acknowledge, so that a crash of this process never takes back an acknowledged
+    /// record (nor one a reader saw). Group write: one leader writes out everything buffered
+    /// for everyone waiting; the others wait for its write and check again.
+    pub(super) async fn wait_written(&self, target: u64) -> Result<()> {
+        loop {
+            let busy = {
+                let st = self.state.borrow();
+                if st.written_next >= target {
+                    return Ok(());
+                }
+                self.check_writable(&st)?;
+                st.io_busy
+            };
+            if busy {
+                self.wait_io().await;
+            } else {
+                self.lead_io(false).await?;
+            }
+        }
+    }
+
     /// Leads one round: write out under `io`, then fdatasync outside it.
     async fn lead_sync(&self) -> Result<()> {
         let epoch = self.state.borrow().cut_epoch;
@@ -71,7 +99,7 @@ impl Log {
             match self.write_phase().await {
                 Ok(x) => x,
                 Err(e) => {
-                    self.latch(&e);
+                    self.fail(&e);
                     return Err(e);
                 }
             }
@@ -145,8 +173,11 @@ impl Log {
     async fn write_out_locked(&self, sync: bool) -> Result<()> {
         let r = self.write_out_inner(sync).await;
         if let Err(e) = &r {
-            if !matches!(e, Error::Latched { .. } | Error::ShutDown) {
-                self.latch(e);
+            if !matches!(
+                e,
+                Error::Latched { .. } | Error::DiskFull { .. } | Error::ShutDown
+            ) {
+                self.fail(e);
             }
         }
         r
@@ -205,6 +236,13 @@ impl Log {
             let full = align_down(n as u64) as usize;
             w.buf.drain(..full);
             w.buf_pos += full as u64;
+            st.written_next = st.written_next.max(written.target.min(st.next));
+            drop(st);
+            // Under `interval` and `never`, written records are what readers see.
+            self.appended.notify(usize::MAX);
+        } else {
+            let mut st = self.state_mut();
+            st.written_next = st.written_next.max(written.target.min(st.next));
         }
         Ok(written)
     }
@@ -253,6 +291,15 @@ impl Log {
                 if log.state.borrow().closed {
                     return;
                 }
+                // A full or latched log said so once; writing out again would only fail
+                // again (every period, forever). A full one checks for space instead.
+                if log.state.borrow().disk_full.is_some() {
+                    log.probe_space().await;
+                    continue;
+                }
+                if log.state.borrow().latched.is_some() {
+                    continue;
+                }
                 if log.is_dirty() {
                     let Ok(_permit) = log.lock_io().await else {
                         return;
@@ -261,7 +308,11 @@ impl Log {
                         return;
                     }
                     match log.write_out_locked(sync).await {
-                        Ok(()) | Err(Error::ShutDown) => {}
+                        Ok(())
+                        | Err(Error::ShutDown)
+                        | Err(Error::Latched { .. })
+                        | Err(Error::DiskFull { .. }) => {}
+                        // The first failure: it latched the log or made it wait for space.
                         Err(e) => {
                             log::error!("background flush of {} failed: {e}", log.dir.display())
                         }

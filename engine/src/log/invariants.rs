@@ -46,10 +46,10 @@ pub(super) fn check_invariants(st: &State) {
 
 /// The first invariant `st` breaks, if any, in words.
 fn broken_invariant(st: &State) -> Option<String> {
-    if st.durable_next > st.next {
+    if st.durable_next > st.written_next || st.written_next > st.next {
         return Some(format!(
-            "durable_next {} is past next {}",
-            st.durable_next, st.next
+            "durable_next {} <= written_next {} <= next {} does not hold",
+            st.durable_next, st.written_next, st.next
         ));
     }
     if st.visibility == Visibility::Owner && st.visible > st.next {
@@ -93,7 +93,7 @@ fn broken_invariant(st: &State) -> Option<String> {
     // A roll, truncation or reset rebuilding the active segment, or one that failed and
     // latched the log, may leave it without segments, without a writer, or with `next` past
     // the last segment.
-    let rebuilding = st.exclusive || st.latched.is_some();
+    let rebuilding = st.exclusive || st.latched.is_some() || st.disk_full.is_some();
     let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
         return (!rebuilding).then(|| "no segments".to_string());
     };
@@ -123,6 +123,7 @@ mod tests {
     use super::*;
     use crate::budget::FileBudget;
     use crate::config::LogConfig;
+    use crate::log::space::DiskFull;
     use crate::segment::Segment;
     use std::time::SystemTime;
 
@@ -168,6 +169,11 @@ mod tests {
                 st.visibility = Visibility::Owner;
                 st.visible = st.next + 1;
             }),
+            ("written_next", |st| st.written_next = st.next + 1),
+            ("written_next", |st| {
+                st.durable_next = st.next;
+                st.written_next = st.next - 1;
+            }),
             ("not followed", |st| st.segments[0].next += 1),
             ("not followed", |st| st.segments.swap(0, 1)),
             ("has a writer", |st| {
@@ -185,9 +191,10 @@ mod tests {
                 }
             }),
             ("lowest", |st| st.lowest += 1),
-            ("next", |st| {
+            ("last segment's end", |st| {
                 st.next -= 1;
                 st.durable_next = st.durable_next.min(st.next);
+                st.written_next = st.written_next.min(st.next);
             }),
             ("no writer", |st| {
                 st.segments.last_mut().map(|s| s.writer.take());
@@ -221,6 +228,11 @@ mod tests {
             },
             |st| {
                 st.closed = true;
+                st.segments.last_mut().map(|s| s.writer.take());
+            },
+            // A roll cut short by a full disk: sealed, no writer, waiting for space.
+            |st| {
+                st.disk_full = Some(DiskFull::for_tests());
                 st.segments.last_mut().map(|s| s.writer.take());
             },
         ];

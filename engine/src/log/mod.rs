@@ -17,13 +17,15 @@
 //!   from segments;
 //! - `retention.rs`: removing whole old segments (by offset, size or age);
 //! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
+//! - `space.rs`: a full disk: refusing writes while it lasts, and recovering once space returns;
 //! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files);
 //! - `invariants.rs`: the checks of the invariants below, at the end of every change of state.
 //!
 //! Invariants of the state (checked in debug builds):
 //! - `segments` is sorted by base and contiguous (`s[i].next == s[i+1].base`); only the last
-//!   segment may have a writer; `lowest == segments[0].base`; `durable_next <= next`;
-//!   under `Visibility::Owner`, `visible <= next`.
+//!   segment may have a writer; `lowest == segments[0].base`;
+//!   `durable_next <= written_next <= next` (what is synced was written, what is written was
+//!   appended); under `Visibility::Owner`, `visible <= next`.
 //! - Bytes of the active segment before `writer.buf_pos` (block-aligned) are on the device;
 //!   bytes from it on are in `writer.buf` (which may also have reached the device), up to the
 //!   segment's size: `buf_pos <= written <= size == buf_pos + buf.len()`.
@@ -42,9 +44,11 @@ mod recovery;
 mod replica;
 mod retention;
 mod roll;
+mod space;
 mod truncate;
 
 pub use replica::SnapshotReader;
+pub(crate) use space::free_bytes;
 
 use crate::budget::FileBudget;
 use crate::config::LogConfig;
@@ -67,6 +71,28 @@ pub struct Appended {
     pub last_offset: u64,
 }
 
+/// Whether a log takes writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteState {
+    #[default]
+    Writable,
+    /// A write failed for want of space: writes are refused until space returns, then the
+    /// log recovers by itself.
+    DiskFull,
+    /// A write or sync failed otherwise: read-only until the log is reopened.
+    Latched,
+}
+
+impl WriteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteState::Writable => "writable",
+            WriteState::DiskFull => "disk_full",
+            WriteState::Latched => "latched",
+        }
+    }
+}
+
 /// Counters of one log, for benchmarks and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -78,6 +104,7 @@ pub struct LogStats {
     pub records_appended: u64,
     pub writes: u64,
     pub fdatasyncs: u64,
+    pub write_state: WriteState,
 }
 
 /// Raw batches as stored, for replication and snapshots.
@@ -102,7 +129,7 @@ pub struct Removed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Visibility {
     /// The log itself, to what its durability policy makes visible: the durable end under
-    /// `always`, the end otherwise. For a log used on its own (tools, tests).
+    /// `always`, the written end otherwise. For a log used on its own (tools, tests).
     Policy,
     /// Only the log's owner, with [`Log::set_visible`]: the engine's single-node owner to
     /// the policy's end after each append, a Raft owner to the commit index.
@@ -119,9 +146,15 @@ struct State {
     /// The end of what readers may see when an owner sets it (unused under `Policy`).
     /// Raised only by `set_visible`; lowered by truncation and reset.
     visible: u64,
+    /// Offsets below it are in the data file: a completed write handed them to the device,
+    /// so a crash of this process cannot take them back (an OS crash or power loss can,
+    /// until they are synced).
+    written_next: u64,
     /// Term stamped on batches appended with `append`.
     term: u64,
     latched: Option<String>,
+    /// Set while the disk is full (a write failed for want of space); see `space.rs`.
+    disk_full: Option<space::DiskFull>,
     /// Set while a roll, truncation or reset holds `io` and rebuilds the active segment:
     /// appends wait for it instead of writing into a segment that is being replaced.
     exclusive: bool,
@@ -156,8 +189,10 @@ impl State {
             durable_next: next,
             visibility: Visibility::Policy,
             visible: next,
+            written_next: next,
             term,
             latched: None,
+            disk_full: None,
             exclusive: false,
             io_busy: false,
             admission: VecDeque::new(),
@@ -232,7 +267,14 @@ impl Log {
     /// Flushes, syncs and closes the log. Later calls fail with `ShutDown`.
     pub async fn close(&self) -> Result<()> {
         let _permit = self.lock_io().await?;
-        let r = if self.state.borrow().latched.is_none() && !self.state.borrow().closed {
+        let (latched, closed, full) = {
+            let st = self.state.borrow();
+            (st.latched.is_some(), st.closed, st.disk_full.is_some())
+        };
+        let r = if full && !latched && !closed {
+            // What was written is synced; the buffer was acknowledged to nobody.
+            self.sync_written().await
+        } else if !latched && !closed {
             self.write_out_inner(true).await
         } else {
             Ok(())
@@ -279,6 +321,13 @@ impl Log {
             next_offset: st.next,
             size_bytes: st.segments.iter().map(|s| s.size).sum(),
             segments: st.segments.len(),
+            write_state: if st.latched.is_some() {
+                WriteState::Latched
+            } else if st.disk_full.is_some() {
+                WriteState::DiskFull
+            } else {
+                WriteState::Writable
+            },
             ..st.stats
         }
     }
@@ -312,7 +361,21 @@ impl Log {
                 cause: cause.clone(),
             });
         }
+        if let Some(full) = &st.disk_full {
+            return Err(self.disk_full_error(full));
+        }
         Ok(())
+    }
+
+    /// Puts the log in the state a failed write or sync calls for: a write that failed for
+    /// want of space leaves a known state (what was written before it, and the buffer), so
+    /// the log waits for space and recovers; anything else, and any failed sync, latches.
+    fn fail(&self, e: &Error) {
+        if e.is_out_of_space() && !e.is_sync_failure() {
+            self.enter_disk_full(e);
+        } else {
+            self.latch(e);
+        }
     }
 
     fn latch(&self, e: &Error) {

@@ -16,19 +16,22 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// What `config`'s durability policy makes visible of a log in state `st`.
+/// What `config`'s durability policy makes visible of a log in state `st`: what it
+/// acknowledges (durable under `always`, written under `interval` and `never`).
 fn policy_end(config: &LogConfig, st: &State) -> u64 {
     if config.durability == Durability::Always {
         st.durable_next.min(st.next)
     } else {
-        st.next
+        st.written_next.min(st.next)
     }
 }
 
 impl Log {
-    /// What the durability policy makes visible: under `always` the durable mark, so that no
-    /// consumer ever reads a record a crash could take back (and whose offset could then be
-    /// reused); under `interval` and `never`, every appended record.
+    /// What the durability policy makes visible: what it acknowledges. Under `always` the
+    /// durable mark, so that no consumer ever reads a record a crash could take back (and
+    /// whose offset could then be reused); under `interval` and `never`, every record written
+    /// to the data file, which a crash of the process cannot take back (only an OS crash or
+    /// power loss).
     pub fn policy_end(&self) -> u64 {
         policy_end(&self.config, &self.state.borrow())
     }

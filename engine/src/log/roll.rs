@@ -56,9 +56,10 @@ impl Log {
         }
         let exclusive = self.exclusive();
         let r = self.roll_inner().await;
-        // Latch before the rebuild ends: a roll cut short leaves no writer.
+        // Latch (or wait for space) before the rebuild ends: a roll cut short leaves no
+        // writer.
         if let Err(e) = &r {
-            self.latch(e);
+            self.fail(e);
         }
         drop(exclusive);
         r

@@ -97,6 +97,7 @@ impl Log {
         st.next = new_next;
         st.durable_next = st.durable_next.min(new_next);
         st.visible = st.visible.min(new_next);
+        st.written_next = st.written_next.min(new_next);
         st.sync_requested = st.durable_next;
         st.lowest = st.segments[0].base;
         Ok(())
@@ -222,7 +223,9 @@ impl Log {
         st.next = next_offset;
         st.durable_next = next_offset;
         st.visible = next_offset;
+        st.written_next = next_offset;
         st.latched = None;
+        st.disk_full = None;
         st.sync_requested = next_offset;
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! The seam's errors: what the server maps to gRPC statuses, whichever implementation is
 //! behind the seam. Implementations convert their own errors into these in one place.
 
+use super::Writability;
+
 /// Everything a seam operation can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -33,9 +35,16 @@ pub enum Error {
     #[error("{0}")]
     AlreadyExists(String),
 
-    /// The partition refuses writes (a write or sync failed earlier).
+    /// The partition refuses writes: its disk is full (it takes writes again by itself once
+    /// space returns), or a write or sync failed earlier (until it is reopened). The reason
+    /// names the partition, and for a full disk the free space.
     #[error("{reason}")]
-    NotWritable { partition: String, reason: String },
+    NotWritable {
+        partition: String,
+        /// Why: `DiskFull` or `Latched`.
+        writability: Writability,
+        reason: String,
+    },
 
     /// This node does not lead the partition; the leader, when known, takes appends.
     #[error("not the leader of this partition{}", leader_hint(.leader_id, .leader_addr))]
@@ -106,10 +115,35 @@ impl From<crate::Error> for Error {
             E::Overloaded { shard, depth } => Error::Overloaded { shard, depth },
             E::InvalidArgument(m) => Error::InvalidArgument(m),
             E::ShutDown => Error::Unavailable(e.to_string()),
-            E::Latched { ref path, .. } => Error::NotWritable {
+            E::Latched {
+                ref path,
+                ref cause,
+            } => Error::NotWritable {
                 partition: path.display().to_string(),
+                writability: Writability::Latched {
+                    cause: cause.clone(),
+                },
                 reason: e.to_string(),
             },
+            E::DiskFull {
+                ref partition,
+                free_bytes,
+                ..
+            } => Error::NotWritable {
+                partition: partition.clone(),
+                writability: Writability::DiskFull { free_bytes },
+                reason: e.to_string(),
+            },
+            // Out of space outside a log's write path (the catalog, a new partition's files):
+            // the writes asked for cannot happen until space is freed, as for a full partition.
+            E::Io { ref path, .. } if e.is_out_of_space() => {
+                let free_bytes = crate::log::free_bytes(path.parent().unwrap_or(path));
+                Error::NotWritable {
+                    partition: path.display().to_string(),
+                    writability: Writability::DiskFull { free_bytes },
+                    reason: format!("{e} ({free_bytes} bytes free)"),
+                }
+            }
             E::Io { .. } | E::Corrupt { .. } | E::Foreign { .. } => Error::Internal(e.to_string()),
         }
     }

@@ -10,7 +10,6 @@
 use super::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
     PartitionState, Partitions, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
-    Writability,
 };
 use crate::shard::{EngineHandle, ShardCtx};
 use std::rc::Rc;
@@ -125,10 +124,7 @@ impl Partitions for LocalPartitions {
                 shard: r.shard,
                 leader: Some(self.node.clone()),
                 replicas: Vec::new(),
-                writable: match r.latched {
-                    None => Writability::Writable,
-                    Some(cause) => Writability::Latched { cause },
-                },
+                writable: r.writable,
                 waiters: r.waiters,
                 appends: r.stats.appends,
                 records_appended: r.stats.records_appended,

@@ -19,7 +19,8 @@
 //!
 //! Visibility is a watermark the owner sets: the end of what readers may see. The single-node
 //! owner sets it to what the topic's durability policy makes visible (the durable end under
-//! `always`, the end otherwise) after each append; a Raft owner sets it to the commit index.
+//! `always`, the written end otherwise) after each append; a Raft owner sets it to the commit
+//! index.
 //! Reads never go past it, and [`Partitions::wait_for`] resolves when it passes an offset.
 //!
 //! Futures are `!Send`: the seam runs on glommio executors, one instance per shard (built on
@@ -130,6 +131,12 @@ pub struct ReplicaState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Writability {
     Writable,
+    /// Its disk is full (a write failed for want of space): appends are refused until space
+    /// returns, when the partition recovers by itself; reads go on.
+    DiskFull {
+        /// Free space when last checked.
+        free_bytes: u64,
+    },
     /// A write or sync failed earlier; the partition refuses writes until it is reopened.
     Latched {
         cause: String,

@@ -4,14 +4,15 @@
 //!
 //! The single-node rule for the visible mark lives here: after each append, the owner raises
 //! it to what the topic's durability policy makes visible (`Log::policy_end`: the durable end
-//! under `always`, the end otherwise). It does so before the append is acknowledged, so a
-//! producer that got its offset can read its record at once.
+//! under `always`, the written end otherwise, which the append waited for). It does so
+//! before the append is acknowledged, so a producer that got its offset can read its record
+//! at once.
 
 use super::ShardCtx;
 use crate::error::Result;
 use crate::log::{Appended, LogStats};
 use crate::metrics::AppendTiming;
-use crate::seam::{Chunk, EncodedBatch, PartitionId, ReadLimits};
+use crate::seam::{Chunk, EncodedBatch, PartitionId, ReadLimits, Writability};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use std::time::Instant;
 pub(crate) struct PartitionReport {
     pub(crate) stats: LogStats,
     pub(crate) visible_end: u64,
-    pub(crate) latched: Option<String>,
+    pub(crate) writable: Writability,
     pub(crate) waiters: usize,
     pub(crate) shard: usize,
 }
@@ -71,7 +72,7 @@ pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionRepo
     Ok(PartitionReport {
         stats: log.stats(),
         visible_end: log.visible_end(),
-        latched: log.latched_cause(),
+        writable: log.writability(),
         waiters: waiters.get(),
         shard: ctx.index,
     })
