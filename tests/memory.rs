@@ -102,7 +102,8 @@ fn never_reading_consumers(
                 }
             })
             .await;
-            conn
+            // Wrapped: handed back to be held, not awaited.
+            Some(conn)
         });
         let req = ConsumeRequest::default().encode_to_vec();
         let mut body = vec![0u8];

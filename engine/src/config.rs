@@ -168,6 +168,8 @@ pub struct EngineConfig {
     pub default_log: LogConfig,
     /// How often each shard applies retention.
     pub retention_check: Duration,
+    /// Where write-behind buffers are charged (the server's memory budget); `None`: nowhere.
+    pub memory: Option<crate::memory::MemoryHook>,
 }
 
 impl EngineConfig {
@@ -180,6 +182,7 @@ impl EngineConfig {
             max_open_segments_per_shard: DEFAULT_MAX_OPEN_SEGMENTS_PER_SHARD,
             default_log: LogConfig::default(),
             retention_check: DEFAULT_RETENTION_CHECK,
+            memory: None,
         }
     }
 

@@ -45,6 +45,7 @@ pub mod error;
 pub mod index;
 pub mod limits;
 pub mod log;
+pub mod memory;
 pub mod meta;
 pub mod metrics;
 pub mod seam;
@@ -60,6 +61,7 @@ pub use error::{Error, Result};
 pub use log::{
     Appended, Log, LogStats, RawBatches, Removed, SnapshotReader, Visibility, WriteState,
 };
+pub use memory::{MemoryAccount, MemoryHook};
 pub use metrics::AppendTiming;
 pub use shard::{Engine, EngineHandle, PartitionInfo, ShardCtx, ShardReport};
 

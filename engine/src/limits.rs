@@ -134,6 +134,13 @@ pub const MAX_META_NAME_BYTES: usize = 99;
 /// gRPC trailer; the cut keeps them small whatever the client sent.
 pub const MAX_QUOTED_NAME_CHARS: usize = 64;
 
+// ---- Memory -----------------------------------------------------------------------------
+
+/// What an idle partition's write-behind buffer keeps of its capacity (the rest goes back to
+/// the allocator on the log's next background tick): one block's tail and a few small
+/// batches, so that a trickle of appends does not reallocate every time.
+pub const IDLE_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 // ---- A full disk -----------------------------------------------------------------------
 
 /// How often a log whose disk is full checks whether space has returned. A check is one

@@ -110,6 +110,15 @@ pub struct Writer {
     pub written: u64,
     /// Data bytes since the last index entry.
     pub since_index: u64,
+    /// `buf`'s capacity, charged to the memory budget (see `memory`).
+    pub(crate) charged: crate::memory::Charged,
+}
+
+impl Writer {
+    /// Charges `buf`'s capacity as it is now.
+    pub fn track_buffer(&mut self) {
+        self.charged.track(self.buf.capacity());
+    }
 }
 
 /// One segment of a log.

@@ -152,6 +152,7 @@ fn print_topic(json: bool, t: &pb::TopicDescription) {
                     "lowest_offset": p.lowest_offset,
                     "next_offset": p.next_offset,
                     "size_bytes": p.size_bytes,
+                    "write_state": write_state_text(p.write_state),
                 })
             })
             .collect();
@@ -178,11 +179,25 @@ fn print_topic(json: bool, t: &pb::TopicDescription) {
         c.retention_bytes,
         c.retention_ms
     );
-    println!("partition\tlowest\tnext\tsize-bytes");
+    println!("partition\tlowest\tnext\tsize-bytes\twrites");
     for p in &t.partitions {
         println!(
-            "{}\t{}\t{}\t{}",
-            p.partition, p.lowest_offset, p.next_offset, p.size_bytes
+            "{}\t{}\t{}\t{}\t{}",
+            p.partition,
+            p.lowest_offset,
+            p.next_offset,
+            p.size_bytes,
+            write_state_text(p.write_state)
         );
+    }
+}
+
+/// A partition's write state as the CLI shows it.
+fn write_state_text(state: i32) -> &'static str {
+    match pb::PartitionWriteState::try_from(state) {
+        Ok(pb::PartitionWriteState::Writable) => "writable",
+        Ok(pb::PartitionWriteState::DiskFull) => "disk-full",
+        Ok(pb::PartitionWriteState::Latched) => "latched",
+        Err(_) => "unknown",
     }
 }

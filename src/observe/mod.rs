@@ -464,7 +464,19 @@ fn render_engine(e: &mut Exposition, engine: &EngineHandle) {
         );
     }
     type Field = fn(&engine::LogStats) -> Option<f64>;
-    let per_partition: [(&str, Kind, &str, Field); 9] = [
+    let per_partition: [(&str, Kind, &str, Field); 11] = [
+        (
+            "proglog_partition_disk_full",
+            Kind::Gauge,
+            "1 while the partition refuses writes because its disk is full (it takes writes again by itself once space returns), else 0.",
+            |s| Some(f64::from(u8::from(s.write_state == engine::WriteState::DiskFull))),
+        ),
+        (
+            "proglog_partition_latched",
+            Kind::Gauge,
+            "1 while the partition is read-only after an I/O error (until the server restarts), else 0.",
+            |s| Some(f64::from(u8::from(s.write_state == engine::WriteState::Latched))),
+        ),
         (
             "proglog_partition_lowest_offset",
             Kind::Gauge,

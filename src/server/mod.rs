@@ -258,7 +258,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         log::warn!("{HOLD_RECOVERY_ENV}={ms}: holding recovery for tests");
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let engine = engine::Engine::start(settings.engine_config()).with_context(|| {
+    // Before the engine, so that its write-behind buffers are charged from the start.
+    let memory = net::memory::MemoryBudget::new(settings.memory_budget);
+    obs.set_memory(memory.clone());
+    let mut engine_config = settings.engine_config();
+    engine_config.memory = Some(engine::MemoryHook(Arc::new(EngineMemory(memory.clone()))));
+    let engine = engine::Engine::start(engine_config).with_context(|| {
         format!(
             "starting the storage engine in {} (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, \
              and in containers a seccomp profile allowing io_uring_setup/enter/register)",
@@ -288,8 +293,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     let shutdown = Shutdown::new();
-    let memory = net::memory::MemoryBudget::new(settings.memory_budget);
-    obs.set_memory(memory.clone());
     let state = Arc::new(AppState {
         seam: seam.clone(),
         health: Arc::new(Health::new()),
@@ -397,6 +400,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
         Err(StopReason::Failed(e)) | Err(StopReason::BindFailed(e)) => Err(e),
         Err(StopReason::ServerStopped) => bail!("a gRPC server stopped unexpectedly"),
+    }
+}
+
+/// The engine's write-behind buffers, charged to the server's memory budget.
+struct EngineMemory(Arc<net::memory::MemoryBudget>);
+
+impl engine::MemoryAccount for EngineMemory {
+    fn charge(&self, bytes: usize) {
+        self.0.charge(bytes);
+    }
+    fn release(&self, bytes: usize) {
+        self.0.release(bytes);
     }
 }
 

@@ -357,6 +357,7 @@ impl Log {
                 (*header, u64::from(header.record_count))
             }
         };
+        w.track_buffer();
         let interval = u64::from(self.config.index_interval_bytes);
         if !segment::index_batch(
             &mut w.index,

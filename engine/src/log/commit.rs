@@ -300,6 +300,7 @@ impl Log {
                 if log.state.borrow().latched.is_some() {
                     continue;
                 }
+                log.shrink_idle_buffer();
                 if log.is_dirty() {
                     let Ok(_permit) = log.lock_io().await else {
                         return;
@@ -321,6 +322,21 @@ impl Log {
             }
         })
         .detach();
+    }
+
+    /// Gives back the write-behind buffer's memory beyond what it holds, once the log has
+    /// nothing left to write: a partition that took a burst does not keep its peak forever.
+    fn shrink_idle_buffer(&self) {
+        let mut st = self.state_mut();
+        let idle = st.written_next == st.next && !st.io_busy;
+        let Some(w) = st.segments.last_mut().and_then(|s| s.writer.as_mut()) else {
+            return;
+        };
+        if idle && w.buf.capacity() > crate::limits::IDLE_WRITE_BUFFER_BYTES {
+            w.buf
+                .shrink_to(crate::limits::IDLE_WRITE_BUFFER_BYTES.max(w.buf.len()));
+            w.track_buffer();
+        }
     }
 
     fn is_dirty(&self) -> bool {

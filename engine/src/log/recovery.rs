@@ -70,7 +70,11 @@ pub(super) async fn recover_active(
         written: scan.valid_len,
         buf,
         since_index: scan.since_index,
+        charged: crate::memory::Charged::local(),
     });
+    if let Some(w) = seg.writer.as_mut() {
+        w.track_buffer();
+    }
     Ok(())
 }
 

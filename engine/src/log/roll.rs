@@ -36,6 +36,7 @@ pub(super) async fn create_segment(
         buf: Vec::new(),
         written: 0,
         since_index: 0,
+        charged: crate::memory::Charged::local(),
     });
     Ok(seg)
 }

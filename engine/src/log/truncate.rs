@@ -93,6 +93,7 @@ impl Log {
             buf: tail,
             written: cut.end,
             since_index,
+            charged: crate::memory::Charged::local(),
         });
         st.next = new_next;
         st.durable_next = st.durable_next.min(new_next);

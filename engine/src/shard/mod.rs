@@ -378,6 +378,7 @@ async fn shard_main(
     });
     CURRENT.with(|c| *c.borrow_mut() = Some((shared.id, Rc::clone(&ctx))));
     metrics::set_local(shared.metrics.get(index).cloned());
+    crate::memory::set_local(shared.config.memory.clone());
     let started = async {
         dma_probe(&dir).await?;
         let all = shared.topics.all_partitions()?;
@@ -433,6 +434,7 @@ async fn shard_main(
     }
     CURRENT.with(|c| *c.borrow_mut() = None);
     metrics::set_local(None);
+    crate::memory::set_local(None);
 }
 
 fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {

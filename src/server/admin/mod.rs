@@ -6,9 +6,9 @@ pub mod describe_topic;
 pub mod list_members;
 pub mod list_topics;
 
-use engine::seam::{Durability, PartitionId, TopicConfig, BATCH_HEADER_LEN};
+use engine::seam::{Durability, PartitionId, TopicConfig, Writability, BATCH_HEADER_LEN};
 use net::Status;
-use proto::log::v1::{self as pb, PartitionDescription, TopicDescription};
+use proto::log::v1::{self as pb, PartitionDescription, PartitionWriteState, TopicDescription};
 
 use super::error::to_status;
 use super::state::ShardState;
@@ -80,7 +80,15 @@ pub fn wire_config(partitions: u32, c: &TopicConfig) -> pb::TopicConfig {
     }
 }
 
-/// A topic's settings and each partition's offsets and size.
+fn write_state(w: &Writability) -> PartitionWriteState {
+    match w {
+        Writability::Writable => PartitionWriteState::Writable,
+        Writability::DiskFull { .. } => PartitionWriteState::DiskFull,
+        Writability::Latched { .. } => PartitionWriteState::Latched,
+    }
+}
+
+/// A topic's settings and each partition's offsets, size and write state.
 pub async fn describe(state: &ShardState, name: &str) -> Result<TopicDescription, Status> {
     let info = state.topics.topic(name).map_err(to_status)?;
     let mut partitions = Vec::with_capacity(info.partitions as usize);
@@ -95,6 +103,7 @@ pub async fn describe(state: &ShardState, name: &str) -> Result<TopicDescription
             lowest_offset: s.lowest_offset,
             next_offset: s.log_end,
             size_bytes: s.size_bytes,
+            write_state: write_state(&s.writable) as i32,
         });
     }
     Ok(TopicDescription {
