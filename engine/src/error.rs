@@ -107,13 +107,20 @@ impl Error {
         }
     }
 
-    /// Wraps a glommio error with the operation and path it concerns.
+    /// Wraps a glommio error with the operation and path it concerns. glommio's own wrapper
+    /// of an I/O error (operation, path, descriptor) is unwrapped to the OS error it carries,
+    /// since we name the operation and path ourselves, and its conversion would drop the OS
+    /// error code (which tells a full disk from a failing one).
     pub fn glommio(
         op: &'static str,
         path: impl Into<PathBuf>,
         source: glommio::GlommioError<()>,
     ) -> Self {
-        Self::io(op, path, std::io::Error::from(source))
+        let source = match source {
+            glommio::GlommioError::EnhancedIoError { source, .. } => source,
+            other => std::io::Error::from(other),
+        };
+        Self::io(op, path, source)
     }
 
     pub(crate) fn corrupt(
@@ -132,7 +139,8 @@ impl Error {
     /// user's quota is (EDQUOT).
     pub fn is_out_of_space(&self) -> bool {
         matches!(self, Error::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || source.kind() == std::io::ErrorKind::StorageFull)
     }
 
     /// True for a failure of an operation that makes data durable (fdatasync, fsync, msync):

@@ -98,10 +98,7 @@ impl Log {
             let _permit = self.lock_io().await?;
             match self.write_phase().await {
                 Ok(x) => x,
-                Err(e) => {
-                    self.fail(&e);
-                    return Err(e);
-                }
+                Err(e) => return Err(self.fail(e)),
             }
         };
         {
@@ -169,18 +166,19 @@ impl Log {
 
     /// Writes the active segment's buffer to the device (whole aligned blocks, the partial
     /// tail block zero-padded and rewritten next time), then optionally fdatasyncs. Caller
-    /// holds `io`. Any failure latches the log.
+    /// holds `io`. A failure latches the log, or for want of space makes it wait for space.
     async fn write_out_locked(&self, sync: bool) -> Result<()> {
-        let r = self.write_out_inner(sync).await;
-        if let Err(e) = &r {
-            if !matches!(
-                e,
-                Error::Latched { .. } | Error::DiskFull { .. } | Error::ShutDown
-            ) {
-                self.fail(e);
+        match self.write_out_inner(sync).await {
+            Err(e)
+                if !matches!(
+                    e,
+                    Error::Latched { .. } | Error::DiskFull { .. } | Error::ShutDown
+                ) =>
+            {
+                Err(self.fail(e))
             }
+            r => r,
         }
-        r
     }
 
     /// `write_out_locked` without the latch: for callers that latch on their own failure

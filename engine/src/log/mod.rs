@@ -370,11 +370,17 @@ impl Log {
     /// Puts the log in the state a failed write or sync calls for: a write that failed for
     /// want of space leaves a known state (what was written before it, and the buffer), so
     /// the log waits for space and recovers; anything else, and any failed sync, latches.
-    fn fail(&self, e: &Error) {
+    /// Returns the error to report: for a full disk, the one every later write gets too.
+    fn fail(&self, e: Error) -> Error {
         if e.is_out_of_space() && !e.is_sync_failure() {
-            self.enter_disk_full(e);
+            self.enter_disk_full(&e);
+            match &self.state.borrow().disk_full {
+                Some(full) => self.disk_full_error(full),
+                None => e,
+            }
         } else {
-            self.latch(e);
+            self.latch(&e);
+            e
         }
     }
 

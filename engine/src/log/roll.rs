@@ -56,12 +56,9 @@ impl Log {
             }
         }
         let exclusive = self.exclusive();
-        let r = self.roll_inner().await;
         // Latch (or wait for space) before the rebuild ends: a roll cut short leaves no
         // writer.
-        if let Err(e) = &r {
-            self.fail(e);
-        }
+        let r = self.roll_inner().await.map_err(|e| self.fail(e));
         drop(exclusive);
         r
     }
