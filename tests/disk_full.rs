@@ -145,7 +145,7 @@ fn hog(path: &Path) -> u64 {
             Ok(n) => total += n as u64,
         }
         // Buffered writes succeed until the kernel has to find blocks: make it find them.
-        if total.is_multiple_of(1 << 20) && f.sync_data().is_err() {
+        if total % (1 << 20) == 0 && f.sync_data().is_err() {
             break;
         }
     }
