@@ -409,3 +409,38 @@ fn memory_charged_for_calls_comes_back() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// An invalid HPACK block closes only its own connection, with a GOAWAY. RFC 9113 section
+/// 4.3 asks for COMPRESSION_ERROR; h2 0.4 sends PROTOCOL_ERROR (the choice is made inside
+/// h2; see docs/upstream/h2-hpack-compression-error.md). Either closes the connection, which
+/// is what matters here; the code is printed.
+#[test]
+fn invalid_hpack_closes_only_its_connection() {
+    let srv = TestServer::start();
+    let mut s = preface_only(srv.addr);
+    // HEADERS on stream 1, END_STREAM | END_HEADERS, one byte: indexed field 0, which
+    // RFC 7541 section 6.1 makes a decoding error.
+    s.write_all(&[0, 0, 1, 0x1, 0x5, 0, 0, 0, 1, 0x80]).unwrap();
+    let codes = goaway_codes_of(s);
+    println!("GOAWAY codes for an invalid HPACK block: {codes:?} (RFC 9113 asks for 9, COMPRESSION_ERROR)");
+    assert!(
+        codes.iter().any(|&c| c == 1 || c == 9),
+        "expected GOAWAY PROTOCOL_ERROR or COMPRESSION_ERROR, got {codes:?}"
+    );
+    let addr = srv.addr;
+    run(async move {
+        let ch = Channel::connect(addr, ClientConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            ch.unary("/test.Echo/Unary", b("fine"), CallOptions::default())
+                .await
+                .unwrap(),
+            b("fine")
+        );
+    });
+}
+
+fn goaway_codes_of(s: std::net::TcpStream) -> Vec<u32> {
+    goaways_until_close(s, Duration::from_secs(20))
+}
