@@ -41,9 +41,14 @@ pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// client over the rate gets GOAWAY with ENHANCE_YOUR_CALM and its connection closes.
 pub const MAX_RESETS_PER_SECOND: u32 = 200;
 
-/// After a GOAWAY that closes a connection (idle, evicted, rapid reset), how long the
-/// server waits for it to be sent and for the client to close before dropping the socket.
+/// After a GOAWAY that closes a connection (idle, rapid reset), how long the server waits
+/// for it to be sent and for the client to close before dropping the socket.
 pub const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// The same for a connection evicted to make room for a new one: it no longer counts against
+/// the limit, so it gets only the moment its GOAWAY takes to write, and a flood of evictions
+/// cannot pile up closing sockets.
+pub const EVICT_LINGER: Duration = Duration::from_millis(50);
 
 /// Calls in flight on one connection (SETTINGS_MAX_CONCURRENT_STREAMS), each a local task:
 /// room for a client that pipelines hundreds of calls on one connection (the load generator

@@ -26,7 +26,7 @@ use super::registry::ConnState;
 use super::router::Router;
 use super::{unless_evicted, ServerConfig};
 use crate::keepalive::KeepAlive;
-use crate::limits::GOAWAY_LINGER;
+use crate::limits::{EVICT_LINGER, GOAWAY_LINGER};
 use crate::memory::ConnMemory;
 use crate::ratelog::conn_log;
 use crate::tls::TlsInfo;
@@ -117,7 +117,13 @@ where
             };
             if let Some(why) = why {
                 close(&mut conn, why, peer);
-                closing = Some((why, Timer::new(GOAWAY_LINGER)));
+                // An evicted connection no longer counts: it gets only the moment its
+                // GOAWAY takes, so that sockets closing cannot pile up past the limit.
+                let linger = match why {
+                    Closing::Evicted => EVICT_LINGER,
+                    _ => GOAWAY_LINGER,
+                };
+                closing = Some((why, Timer::new(linger)));
             }
         }
         if let Some((_, t)) = closing.as_mut() {
@@ -206,8 +212,9 @@ where
             log::debug!("connection {peer:?}: idle, sending GOAWAY");
             conn.graceful_shutdown();
         }
-        // Logged by the registry when it chose this connection.
-        Closing::Evicted => conn.graceful_shutdown(),
+        // Logged by the registry when it chose this connection. It runs no call, so the
+        // one-step GOAWAY (no PING round trip first) loses nothing and closes at once.
+        Closing::Evicted => conn.abrupt_shutdown(Reason::NO_ERROR),
         Closing::RapidReset => {
             conn_log!(
                 log::Level::Warn,
