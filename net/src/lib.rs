@@ -118,6 +118,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// What tells this failure's log lines from others', to rate-limit them per kind: the
+    /// kind, and for a refused TLS handshake its reason (digits left out, so that an expired
+    /// certificate's timestamps do not make every line a kind of its own).
+    pub fn log_kind(&self) -> String {
+        match self {
+            Error::TlsHandshake { source, .. } => {
+                let reason: String = source
+                    .to_string()
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .take(64)
+                    .collect();
+                format!("{}: {reason}", self.kind())
+            }
+            _ => self.kind().to_owned(),
+        }
+    }
+
     /// A name for the kind of failure, e.g. to rate-limit log lines per kind.
     pub fn kind(&self) -> &'static str {
         match self {

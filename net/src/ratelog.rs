@@ -4,8 +4,10 @@
 //! scanner, clients over the limit) would otherwise write one line each and bury everything
 //! else. Each kind of line is written at most once per [`WINDOW`] per executor; the first
 //! line written after a window in which some were held back says how many, so the count is
-//! never lost. State is per executor thread: no lock, and a kind's first line on each shard
-//! still shows.
+//! never lost. A kind is a name, and for failures that differ by their reason (a TLS
+//! handshake refused for an unknown issuer or for an expired certificate) the reason too, so
+//! that each reason still shows. State is per executor thread: no lock, and a kind's first
+//! line on each shard still shows.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,6 +15,9 @@ use std::time::{Duration, Instant};
 
 /// At most one line of each kind per window per executor.
 pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// Kinds remembered per executor; past it the memory starts over (a few more lines then).
+const MAX_KINDS: usize = 256;
 
 #[derive(Default)]
 struct Kind {
@@ -23,15 +28,18 @@ struct Kind {
 }
 
 thread_local! {
-    static KINDS: RefCell<HashMap<&'static str, Kind>> = RefCell::new(HashMap::new());
+    static KINDS: RefCell<HashMap<String, Kind>> = RefCell::new(HashMap::new());
 }
 
 /// Whether a line of `kind` may be written now, and how many were held back before it.
 /// `None`: hold this one back (it is counted).
-pub fn admit(kind: &'static str, now: Instant) -> Option<u64> {
+pub fn admit(kind: &str, now: Instant) -> Option<u64> {
     KINDS.with(|k| {
         let mut kinds = k.borrow_mut();
-        let state = kinds.entry(kind).or_default();
+        if !kinds.contains_key(kind) && kinds.len() >= MAX_KINDS {
+            kinds.clear();
+        }
+        let state = kinds.entry(kind.to_owned()).or_default();
         match state.window_start {
             Some(start) if now.duration_since(start) < WINDOW => {
                 state.suppressed += 1;

@@ -468,7 +468,7 @@ impl Server {
             }
             match this.accept(stream, peer, shutdown, &slot.state).await {
                 Ok(()) => log::debug!("connection {peer:?} closed"),
-                Err(e) => conn_log!(log::Level::Info, e.kind(), "{e}"),
+                Err(e) => conn_log!(log::Level::Info, &e.log_kind(), "{e}"),
             }
             drop(slot);
             if let Some(o) = &this.observer {
