@@ -1,45 +1,85 @@
-//! Record batches: the unit in which records travel to and from the data file.
+//! Record batches: the unit in which records travel to and from the data file, and (format
+//! version 2) one Raft entry each.
 //!
 //! Byte layout (little-endian), documented in `docs/format.md`:
 //!
 //! ```text
-//! header, HEADER_LEN = 48 bytes
+//! header, HEADER_LEN = 64 bytes
 //!   0  u32  magic          0x474F4C50 ("PLOG")
-//!   4  u8   version        1
-//!   5  u8   flags          0 (reserved)
-//!   6  u16  header_len     48
-//!   8  u64  base_offset    offset of the first record
-//!  16  u64  term           Raft term that wrote the batch (0 on a single node)
-//!  24  i64  timestamp_ms   append time, Unix milliseconds
-//!  32  u32  record_count   >= 1
-//!  36  u32  payload_len    bytes of records that follow the header
-//!  40  u32  reserved       0
-//!  44  u32  crc32c         over bytes 0..44 of the header, then the payload
-//! payload: record_count records, each
+//!   4  u8   version        2
+//!   5  u8   kind           0 data, 1 no-op, 2 configuration change, 3 controller command
+//!   6  u16  header_len     64
+//!   8  u64  base_offset    offset of the first record; of a control batch: the next data offset
+//!  16  u64  term           Raft term of the entry
+//!  24  u64  raft_index     Raft index of the entry (one batch = one entry)
+//!  32  u64  commit_index   the commit index its writer knew, at most raft_index (0: unknown)
+//!  40  i64  timestamp_ms   append time, Unix milliseconds (set by the proposer)
+//!  48  u32  record_count   >= 1 for data, 0 for every other kind
+//!  52  u32  payload_len    bytes that follow the header
+//!  56  u32  reserved       0
+//!  60  u32  crc32c         over bytes 0..60 of the header, then the payload
+//! payload of a data batch: record_count records, each
 //!   0  u32  value_len
 //!   4  u32  type
 //!   8  value_len bytes of value
+//! payload of a control batch: the entry's data, opaque to the engine
 //! ```
+//!
+//! The checksum covers the header's first 60 bytes and then the payload, in that order, so a
+//! payload's CRC computed on one core can be combined (crc32c combine) with the header's on the
+//! core that stamps offsets and indexes, without reading the payload twice.
+//!
+//! Version 1 (48-byte headers, before replication) is recognised and refused with an error that
+//! names it (`Parsed::Unsupported`), never misread nor cut off as a torn tail.
 
 use bytes::Bytes;
 
 pub const MAGIC: u32 = 0x474F_4C50;
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 48;
+pub const VERSION: u8 = 2;
+pub const HEADER_LEN: usize = 64;
 pub const RECORD_OVERHEAD: usize = 8;
 
 const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = OFF_MAGIC + 4;
-const OFF_FLAGS: usize = OFF_VERSION + 1;
-const OFF_HEADER_LEN: usize = OFF_FLAGS + 1;
+const OFF_KIND: usize = OFF_VERSION + 1;
+const OFF_HEADER_LEN: usize = OFF_KIND + 1;
 const OFF_BASE: usize = OFF_HEADER_LEN + 2;
 const OFF_TERM: usize = OFF_BASE + 8;
-const OFF_TIMESTAMP: usize = OFF_TERM + 8;
+const OFF_RAFT_INDEX: usize = OFF_TERM + 8;
+const OFF_COMMIT: usize = OFF_RAFT_INDEX + 8;
+const OFF_TIMESTAMP: usize = OFF_COMMIT + 8;
 const OFF_COUNT: usize = OFF_TIMESTAMP + 8;
 const OFF_PAYLOAD_LEN: usize = OFF_COUNT + 4;
 const OFF_RESERVED: usize = OFF_PAYLOAD_LEN + 4;
-const OFF_CRC: usize = OFF_RESERVED + 4;
+/// The checksum's position: it covers the header bytes before it, then the payload.
+pub const OFF_CRC: usize = OFF_RESERVED + 4;
 const _: () = assert!(OFF_CRC + 4 == HEADER_LEN);
+
+/// What a batch holds. Only data batches hold records; the others are Raft entries that take
+/// a Raft index but no offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    #[default]
+    Data = 0,
+    /// An empty entry (a new leader's first entry).
+    NoOp = 1,
+    /// A Raft configuration change (ConfChangeV2 in the payload).
+    ConfChange = 2,
+    /// A command of the cluster controller's state machine.
+    Controller = 3,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            0 => Kind::Data,
+            1 => Kind::NoOp,
+            2 => Kind::ConfChange,
+            3 => Kind::Controller,
+            _ => return None,
+        })
+    }
+}
 
 /// A record as it is appended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -68,11 +108,25 @@ pub struct Record {
     pub value: Bytes,
 }
 
+/// The fields a writer stamps on a batch besides its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    pub kind: Kind,
+    pub base_offset: u64,
+    pub term: u64,
+    pub raft_index: u64,
+    pub commit_index: u64,
+    pub timestamp_ms: i64,
+}
+
 /// A decoded batch header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    pub kind: Kind,
     pub base_offset: u64,
     pub term: u64,
+    pub raft_index: u64,
+    pub commit_index: u64,
     pub timestamp_ms: i64,
     pub record_count: u32,
     pub payload_len: u32,
@@ -84,9 +138,12 @@ impl Header {
     pub fn batch_len(&self) -> usize {
         HEADER_LEN + self.payload_len as usize
     }
-    /// The offset after this batch's last record.
+    /// The offset after this batch's last record (its base offset for a control batch).
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
+    }
+    pub fn is_data(&self) -> bool {
+        self.kind == Kind::Data
     }
 }
 
@@ -97,12 +154,22 @@ pub enum Parsed {
     Header(Header),
     /// All-zero bytes: the end of written data (files are zero-padded to the block size).
     End,
+    /// A batch header of an earlier format version (its magic is ours, its version 1):
+    /// refused, never misread. Any other version is `Invalid`.
+    Unsupported(u8),
     /// Bytes that are not a header.
     Invalid(&'static str),
 }
 
 /// Parses a header from `buf` (which must hold at least `HEADER_LEN` bytes).
 pub fn parse_header(buf: &[u8]) -> Parsed {
+    // A version-1 header is shorter: recognise it from its first bytes alone.
+    if buf.len() >= 6 && u32_at(buf, OFF_MAGIC) == MAGIC && buf[OFF_VERSION] != VERSION {
+        return match buf[OFF_VERSION] {
+            1 => Parsed::Unsupported(1),
+            _ => Parsed::Invalid("unknown batch version"),
+        };
+    }
     let Some(h) = buf.get(..HEADER_LEN) else {
         return Parsed::Invalid("short header");
     };
@@ -112,22 +179,31 @@ pub fn parse_header(buf: &[u8]) -> Parsed {
     if u32_at(h, OFF_MAGIC) != MAGIC {
         return Parsed::Invalid("bad magic");
     }
-    if h[OFF_VERSION] != VERSION {
-        return Parsed::Invalid("unknown batch version");
-    }
     if u16::from_le_bytes([h[OFF_HEADER_LEN], h[OFF_HEADER_LEN + 1]]) as usize != HEADER_LEN {
         return Parsed::Invalid("bad header length");
     }
+    let Some(kind) = Kind::from_u8(h[OFF_KIND]) else {
+        return Parsed::Invalid("unknown batch kind");
+    };
     let header = Header {
+        kind,
         base_offset: u64_at(h, OFF_BASE),
         term: u64_at(h, OFF_TERM),
+        raft_index: u64_at(h, OFF_RAFT_INDEX),
+        commit_index: u64_at(h, OFF_COMMIT),
         timestamp_ms: u64_at(h, OFF_TIMESTAMP) as i64,
         record_count: u32_at(h, OFF_COUNT),
         payload_len: u32_at(h, OFF_PAYLOAD_LEN),
         crc: u32_at(h, OFF_CRC),
     };
-    if header.record_count == 0 {
-        return Parsed::Invalid("empty batch");
+    if header.commit_index > header.raft_index {
+        return Parsed::Invalid("commit index past the batch's own index");
+    }
+    match kind {
+        Kind::Data if header.record_count == 0 => return Parsed::Invalid("empty data batch"),
+        Kind::Data => {}
+        _ if header.record_count != 0 => return Parsed::Invalid("control batch with records"),
+        _ => {}
     }
     if (header.payload_len as u64) < u64::from(header.record_count) * RECORD_OVERHEAD as u64 {
         return Parsed::Invalid("payload too short for its record count");
@@ -168,14 +244,43 @@ pub fn push_record(out: &mut Vec<u8>, value: &[u8], rtype: u32) {
     out.extend_from_slice(value);
 }
 
+/// Appends an encoded data batch of `records` to `out`.
+pub fn encode_into(out: &mut Vec<u8>, stamp: &Stamp, records: &[NewRecord]) {
+    let start = out.len();
+    let payload_len = encoded_len(records) - HEADER_LEN;
+    out.reserve(HEADER_LEN + payload_len);
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    encode_payload_into(out, records);
+    let crc = crc32c::crc32c(&out[start + HEADER_LEN..]);
+    let stamp = Stamp {
+        kind: Kind::Data,
+        ..*stamp
+    };
+    let header = header_bytes(&stamp, records.len() as u32, payload_len as u32, crc);
+    out[start..start + HEADER_LEN].copy_from_slice(&header);
+}
+
+/// Appends a batch whose payload is already encoded: `record_count` records for a data batch,
+/// the entry's data (and a count of 0) for any other kind. The caller vouches that a data
+/// payload holds `record_count` records; readers check it against the CRC-covered bytes.
+pub fn encode_with_payload(out: &mut Vec<u8>, stamp: &Stamp, record_count: u32, payload: &[u8]) {
+    out.reserve(HEADER_LEN + payload.len());
+    let crc = crc32c::crc32c(payload);
+    out.extend_from_slice(&header_bytes(
+        stamp,
+        record_count,
+        payload.len() as u32,
+        crc,
+    ));
+    out.extend_from_slice(payload);
+}
+
 /// The header of a batch whose payload (`payload_len` bytes, `record_count` records) has the
 /// CRC32C `payload_crc`, with its own CRC filled in. The batch CRC covers the header's first
-/// 44 bytes and then the payload; it is computed from the payload's CRC with
+/// 60 bytes and then the payload; it is computed from the payload's CRC with
 /// [`crc32c_combine`], so stamping a header costs no pass over the payload.
 pub fn header_bytes(
-    base_offset: u64,
-    term: u64,
-    timestamp_ms: i64,
+    s: &Stamp,
     record_count: u32,
     payload_len: u32,
     payload_crc: u32,
@@ -183,48 +288,33 @@ pub fn header_bytes(
     let mut h = [0u8; HEADER_LEN];
     h[OFF_MAGIC..OFF_VERSION].copy_from_slice(&MAGIC.to_le_bytes());
     h[OFF_VERSION] = VERSION;
-    h[OFF_FLAGS] = 0;
+    h[OFF_KIND] = s.kind as u8;
     h[OFF_HEADER_LEN..OFF_BASE].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-    h[OFF_BASE..OFF_TERM].copy_from_slice(&base_offset.to_le_bytes());
-    h[OFF_TERM..OFF_TIMESTAMP].copy_from_slice(&term.to_le_bytes());
-    h[OFF_TIMESTAMP..OFF_COUNT].copy_from_slice(&timestamp_ms.to_le_bytes());
+    h[OFF_BASE..OFF_TERM].copy_from_slice(&s.base_offset.to_le_bytes());
+    h[OFF_TERM..OFF_RAFT_INDEX].copy_from_slice(&s.term.to_le_bytes());
+    h[OFF_RAFT_INDEX..OFF_COMMIT].copy_from_slice(&s.raft_index.to_le_bytes());
+    let commit = s.commit_index.min(s.raft_index);
+    h[OFF_COMMIT..OFF_TIMESTAMP].copy_from_slice(&commit.to_le_bytes());
+    h[OFF_TIMESTAMP..OFF_COUNT].copy_from_slice(&s.timestamp_ms.to_le_bytes());
     h[OFF_COUNT..OFF_PAYLOAD_LEN].copy_from_slice(&record_count.to_le_bytes());
     h[OFF_PAYLOAD_LEN..OFF_RESERVED].copy_from_slice(&payload_len.to_le_bytes());
-    h[OFF_RESERVED..OFF_CRC].copy_from_slice(&0u32.to_le_bytes());
     let crc = crc32c_combine(crc32c::crc32c(&h[..OFF_CRC]), payload_crc, payload_len);
     h[OFF_CRC..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Appends an encoded batch to `out`.
-pub fn encode_into(
-    out: &mut Vec<u8>,
-    base_offset: u64,
-    term: u64,
-    timestamp_ms: i64,
-    records: &[NewRecord],
-) {
-    let start = out.len();
-    let payload_len = encoded_len(records) - HEADER_LEN;
-    out.reserve(HEADER_LEN + payload_len);
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
-    encode_payload_into(out, records);
-    let payload_crc = crc32c::crc32c(&out[start + HEADER_LEN..]);
-    let header = header_bytes(
-        base_offset,
-        term,
-        timestamp_ms,
-        records.len() as u32,
-        payload_len as u32,
-        payload_crc,
-    );
-    out[start..start + HEADER_LEN].copy_from_slice(&header);
+/// The payload of a checked batch (its bytes after the header).
+pub fn payload(batch: &Bytes) -> Bytes {
+    batch.slice(HEADER_LEN.min(batch.len())..)
 }
 
 /// Decodes the records of a batch whose CRC has been checked. `batch` is shared so values are
-/// zero-copy slices of it. Returns `None` if the payload does not add up (which a good CRC makes
-/// a bug, but bytes from disk are never trusted with a panic).
+/// zero-copy slices of it. A control batch has none. Returns `None` if the payload does not add
+/// up (which a good CRC makes a bug, but bytes from disk are never trusted with a panic).
 pub fn decode_records(header: &Header, batch: &Bytes) -> Option<Vec<Record>> {
+    if !header.is_data() {
+        return Some(Vec::new());
+    }
     let mut records = Vec::with_capacity(header.record_count as usize);
     let mut pos = HEADER_LEN;
     for i in 0..u64::from(header.record_count) {
@@ -247,8 +337,8 @@ pub fn decode_records(header: &Header, batch: &Bytes) -> Option<Vec<Record>> {
     (pos == batch.len()).then_some(records)
 }
 
-/// Re-encodes the first `keep` records of a checked batch as a batch of its own (same base
-/// offset, term and timestamp). Used to cut a log inside a batch.
+/// Re-encodes the first `keep` records of a checked data batch as a batch of its own (same
+/// stamp). Used to cut a single-node log inside a batch.
 pub fn truncate_batch(header: &Header, batch: &Bytes, keep: u32) -> Option<Vec<u8>> {
     let records = decode_records(header, batch)?;
     let kept: Vec<NewRecord> = records
@@ -260,14 +350,22 @@ pub fn truncate_batch(header: &Header, batch: &Bytes, keep: u32) -> Option<Vec<u
         })
         .collect();
     let mut out = Vec::new();
-    encode_into(
-        &mut out,
-        header.base_offset,
-        header.term,
-        header.timestamp_ms,
-        &kept,
-    );
+    encode_into(&mut out, &header.stamp(), &kept);
     Some(out)
+}
+
+impl Header {
+    /// The stamp this header carries.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            kind: self.kind,
+            base_offset: self.base_offset,
+            term: self.term,
+            raft_index: self.raft_index,
+            commit_index: self.commit_index,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
 }
 
 /// The CRC32C polynomial, bit-reflected.
@@ -339,6 +437,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
+    fn stamp(base_offset: u64, term: u64, timestamp_ms: i64) -> Stamp {
+        Stamp {
+            kind: Kind::Data,
+            base_offset,
+            term,
+            raft_index: base_offset + 3,
+            commit_index: base_offset + 1,
+            timestamp_ms,
+        }
+    }
+
     fn recs(n: usize) -> Vec<NewRecord> {
         (0..n)
             .map(|i| NewRecord {
@@ -352,7 +461,7 @@ mod tests {
     fn round_trip() {
         let mut buf = Vec::new();
         let r = recs(5);
-        encode_into(&mut buf, 42, 7, 1234, &r);
+        encode_into(&mut buf, &stamp(42, 7, 1234), &r);
         assert_eq!(buf.len(), encoded_len(&r));
         let Parsed::Header(h) = parse_header(&buf) else {
             panic!("no header")
@@ -375,10 +484,15 @@ mod tests {
     fn a_stamped_header_checks_out_like_a_whole_encoding() {
         let r = recs(7);
         let mut whole = Vec::new();
-        encode_into(&mut whole, 9, 4, 77, &r);
+        encode_into(&mut whole, &stamp(9, 4, 77), &r);
         let mut payload = Vec::new();
         encode_payload_into(&mut payload, &r);
-        let h = header_bytes(9, 4, 77, 7, payload.len() as u32, crc32c::crc32c(&payload));
+        let h = header_bytes(
+            &stamp(9, 4, 77),
+            7,
+            payload.len() as u32,
+            crc32c::crc32c(&payload),
+        );
         assert_eq!(&whole[..HEADER_LEN], &h[..]);
         assert_eq!(&whole[HEADER_LEN..], &payload[..]);
         assert_eq!(checksum(&whole), u32_at(&h, OFF_CRC));
@@ -412,7 +526,7 @@ mod tests {
     #[test]
     fn every_flipped_byte_is_detected() {
         let mut buf = Vec::new();
-        encode_into(&mut buf, 0, 1, 99, &recs(3));
+        encode_into(&mut buf, &stamp(0, 1, 99), &recs(3));
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x5a;
@@ -422,6 +536,58 @@ mod tests {
             };
             assert!(!ok, "flip at byte {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn control_batches_carry_data_and_no_records() {
+        let mut buf = Vec::new();
+        let s = Stamp {
+            kind: Kind::ConfChange,
+            ..stamp(9, 3, 1)
+        };
+        encode_with_payload(&mut buf, &s, 0, b"conf");
+        let Parsed::Header(h) = parse_header(&buf) else {
+            panic!("no header")
+        };
+        assert!(crc_ok(&h, &buf));
+        assert_eq!(
+            (h.kind, h.record_count, h.next_offset()),
+            (Kind::ConfChange, 0, 9)
+        );
+        assert_eq!((h.raft_index, h.commit_index), (12, 10));
+        let b = Bytes::from(buf);
+        assert_eq!(&payload(&b)[..], b"conf");
+        assert_eq!(decode_records(&h, &b), Some(Vec::new()));
+        // A control batch never claims records, a data batch always does.
+        let mut bad = b.to_vec();
+        bad[48] = 1;
+        assert!(matches!(parse_header(&bad), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn crc_combines_over_header_then_payload() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, &stamp(5, 2, 7), &recs(3));
+        let Parsed::Header(h) = parse_header(&buf) else {
+            panic!()
+        };
+        let head = crc32c::crc32c(&buf[..OFF_CRC]);
+        let body = crc32c::crc32c(&buf[HEADER_LEN..]);
+        let combined = crc32c::crc32c_combine(head, body, buf.len() - HEADER_LEN);
+        assert_eq!(combined, h.crc);
+    }
+
+    #[test]
+    fn version_one_is_named_not_misread() {
+        // A version-1 header: magic, version 1, flags, header_len 48, then fields.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&MAGIC.to_le_bytes());
+        v1.push(1);
+        v1.push(0);
+        v1.extend_from_slice(&48u16.to_le_bytes());
+        v1.resize(48, 7);
+        assert_eq!(parse_header(&v1), Parsed::Unsupported(1));
+        assert_eq!(parse_header(&v1[..6]), Parsed::Unsupported(1));
     }
 
     #[test]
@@ -437,7 +603,7 @@ mod tests {
     #[test]
     fn truncate_keeps_a_prefix() {
         let mut buf = Vec::new();
-        encode_into(&mut buf, 10, 2, 5, &recs(4));
+        encode_into(&mut buf, &stamp(10, 2, 5), &recs(4));
         let Parsed::Header(h) = parse_header(&buf) else {
             panic!()
         };

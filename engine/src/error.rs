@@ -95,6 +95,16 @@ pub enum Error {
     /// A data directory holds something we did not write and will not touch.
     #[error("unexpected content in {path}: {reason}", path = path.display())]
     Foreign { path: PathBuf, reason: String },
+
+    /// A data file written in another batch format version. Refused, never misread: reading
+    /// it as this version would serve garbage, and treating it as a torn tail would cut
+    /// acknowledged records.
+    #[error("{path} holds batches of format version {version}; this proglog reads format version {supported} only (format 1 is the single-node format from before replication: export its records with a client and produce them into a new data directory)", path = path.display())]
+    UnsupportedFormat {
+        path: PathBuf,
+        version: u8,
+        supported: u8,
+    },
 }
 
 impl Error {

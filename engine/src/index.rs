@@ -1,18 +1,22 @@
-//! The sparse offset index of one segment: a memory-mapped array of fixed-size entries.
+//! The sparse index of one segment: a memory-mapped array of fixed-size entries, mapping both
+//! offsets and Raft indexes to positions.
 //!
 //! Byte layout of `<base>.index` (little-endian), documented in `docs/format.md`:
 //!
 //! ```text
-//! entry i at byte 16*i, ENTRY_LEN = 16
+//! entry i at byte 24*i, ENTRY_LEN = 24 (format version 2)
 //!   0  u32  relative_offset   base_offset of a batch minus the segment's base offset
 //!   4  u32  position          byte position of that batch in the segment's data file
 //!   8  u64  term              the batch's term
+//!  16  u64  raft_index        the batch's Raft index
 //! ```
 //!
 //! There is an entry for the segment's first batch, for the first batch after every
 //! `index_interval_bytes` of data, and for every batch whose term differs from the previous
-//! one (so the term of any offset is the term of its entry). Entries are strictly increasing in
-//! both offset and position. The file of the active segment is pre-sized; its valid length is
+//! one (so the term of any offset or Raft index is the term of its entry, and the term runs
+//! of the log can be rebuilt from the index alone). Entries are strictly increasing in position
+//! and Raft index, and non-decreasing in offset: a control batch (no records) shares its base
+//! offset with the batch after it. The file of the active segment is pre-sized; its valid length is
 //! never read from the file: it comes from scanning validated data (see `segment.rs`). A sealed
 //! segment's index is cut to its exact length and synced when the segment is sealed.
 //!
@@ -26,13 +30,14 @@ use memmap2::{MmapMut, MmapOptions};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-pub const ENTRY_LEN: usize = 16;
+pub const ENTRY_LEN: usize = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub relative_offset: u32,
     pub position: u32,
     pub term: u64,
+    pub raft_index: u64,
 }
 
 pub struct Index {
@@ -40,7 +45,8 @@ pub struct Index {
     file: File,
     /// `None` when the file is empty (a zero-length mapping is not allowed).
     map: Option<MmapMut>,
-    /// Valid entries. Invariant: `len <= capacity`, entries `[0, len)` are strictly increasing.
+    /// Valid entries. Invariant: `len <= capacity`; entries `[0, len)` are strictly increasing
+    /// in position and Raft index, non-decreasing in offset.
     len: usize,
     capacity: usize,
 }
@@ -114,12 +120,16 @@ impl Index {
     pub fn raw_entry(&self, i: usize) -> Option<Entry> {
         let map = self.map.as_ref()?;
         let b = map.get(i * ENTRY_LEN..(i + 1) * ENTRY_LEN)?;
-        let mut term = [0u8; 8];
-        term.copy_from_slice(&b[8..16]);
+        let u64_at = |at: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(x)
+        };
         Some(Entry {
             relative_offset: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             position: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            term: u64::from_le_bytes(term),
+            term: u64_at(8),
+            raft_index: u64_at(16),
         })
     }
 
@@ -147,7 +157,9 @@ impl Index {
         }
         debug_assert!(self
             .last()
-            .is_none_or(|l| l.relative_offset < e.relative_offset && l.position < e.position));
+            .is_none_or(|l| l.relative_offset <= e.relative_offset
+                && l.position < e.position
+                && l.raft_index < e.raft_index));
         let i = self.len;
         let Some(map) = self.map.as_mut() else {
             return false;
@@ -156,17 +168,28 @@ impl Index {
         b[0..4].copy_from_slice(&e.relative_offset.to_le_bytes());
         b[4..8].copy_from_slice(&e.position.to_le_bytes());
         b[8..16].copy_from_slice(&e.term.to_le_bytes());
+        b[16..24].copy_from_slice(&e.raft_index.to_le_bytes());
         self.len += 1;
         true
     }
 
     /// The last entry whose relative offset is <= `rel`, with its index. Binary search.
     pub fn lookup(&self, rel: u32) -> Option<(usize, Entry)> {
+        self.floor(|e| e.relative_offset <= rel)
+    }
+
+    /// The last entry whose Raft index is <= `raft_index`, with its index. Binary search.
+    pub fn lookup_raft_index(&self, raft_index: u64) -> Option<(usize, Entry)> {
+        self.floor(|e| e.raft_index <= raft_index)
+    }
+
+    /// The last entry for which `below` holds, `below` being true on a prefix of the entries.
+    fn floor(&self, below: impl Fn(&Entry) -> bool) -> Option<(usize, Entry)> {
         let (mut lo, mut hi) = (0usize, self.len);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.entry(mid) {
-                Some(e) if e.relative_offset <= rel => lo = mid + 1,
+                Some(e) if below(&e) => lo = mid + 1,
                 _ => hi = mid,
             }
         }
@@ -262,6 +285,7 @@ mod tests {
             relative_offset: rel,
             position: pos,
             term: 1,
+            raft_index: u64::from(pos) + 1,
         }
     }
 
@@ -277,6 +301,9 @@ mod tests {
         assert_eq!(idx.lookup(9).map(|x| x.0), Some(0));
         assert_eq!(idx.lookup(10).map(|x| x.0), Some(1));
         assert_eq!(idx.lookup(u32::MAX).map(|x| x.1), Some(e(20, 8192)));
+        assert_eq!(idx.lookup_raft_index(0), None);
+        assert_eq!(idx.lookup_raft_index(4096).map(|x| x.0), Some(0));
+        assert_eq!(idx.lookup_raft_index(4097).map(|x| x.0), Some(1));
     }
 
     #[test]
@@ -337,7 +364,8 @@ mod tests {
             Some(e(0, 0)).map(|_| Entry {
                 relative_offset: 0,
                 position: 0,
-                term: 0
+                term: 0,
+                raft_index: 0,
             })
         );
     }

@@ -126,6 +126,10 @@ pub struct Segment {
     pub base: u64,
     /// Offset after the segment's last record.
     pub next: u64,
+    /// Raft index of the segment's first batch (of the next batch while it is empty).
+    pub base_index: u64,
+    /// Raft index after the segment's last batch.
+    pub next_index: u64,
     /// Logical bytes of batches.
     pub size: u64,
     /// Term of the last batch (valid when `next > base`).
@@ -150,6 +154,8 @@ impl Segment {
         Segment {
             base,
             next: base,
+            base_index: 0,
+            next_index: 0,
             size,
             last_term: 0,
             modified,
@@ -160,8 +166,40 @@ impl Segment {
         }
     }
 
+    /// True when the segment holds no batch at all (no record and no control batch).
     pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// True when the segment holds no record (it may hold control batches).
+    pub fn has_no_records(&self) -> bool {
         self.next == self.base
+    }
+}
+
+/// The header of the first batch in a data file, read without O_DIRECT (only its first
+/// bytes are needed): `Ok(None)` for an empty or zero-filled file, or one whose first bytes
+/// are not a header (a torn first batch, left to the active segment's scan); an error for a
+/// file of another format version.
+pub fn first_header(path: &Path) -> Result<Option<Header>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(HEADER_LEN);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut buf))
+        .map_err(|e| Error::io("reading first batch header of", path, e))?;
+    match batch::parse_header(&buf) {
+        Parsed::Header(h) => Ok(Some(h)),
+        Parsed::Unsupported(version) => Err(unsupported(path, version)),
+        Parsed::End | Parsed::Invalid(_) => Ok(None),
+    }
+}
+
+/// The error for a data file of another format version.
+pub fn unsupported(path: &Path, version: u8) -> Error {
+    Error::UnsupportedFormat {
+        path: path.to_owned(),
+        version,
+        supported: batch::VERSION,
     }
 }
 
@@ -170,6 +208,8 @@ pub struct Scan {
     /// Bytes of valid batches from the start of the file.
     pub valid_len: u64,
     pub next: u64,
+    /// Raft index after the last valid batch (`base_index` when there is none).
+    pub next_index: u64,
     pub last_term: u64,
     /// Why the scan stopped before the end of the file, if it did.
     pub stopped: Option<String>,
@@ -178,12 +218,14 @@ pub struct Scan {
 }
 
 /// Scans a data file from the start, validating every batch (CRC, offsets continuous from
-/// `base`), and rebuilds `index` from what it finds. Stops at the first zero block, bad or
-/// torn batch.
+/// `base`, Raft indexes continuous from `base_index`, or from the first batch's when it is
+/// `None`), and rebuilds `index` from what it finds. Stops at the first zero block, bad or
+/// torn batch; fails on a batch of another format version.
 pub async fn scan(
     file: &DmaFile,
     path: &Path,
     base: u64,
+    base_index: Option<u64>,
     index: &mut Index,
     interval: u64,
 ) -> Result<Scan> {
@@ -195,6 +237,7 @@ pub async fn scan(
     let mut s = Scan {
         valid_len: 0,
         next: base,
+        next_index: base_index.unwrap_or(0),
         last_term: 0,
         stopped: None,
         file_len,
@@ -222,6 +265,13 @@ pub async fn scan(
         let header = match batch::parse_header(&chunk[at..]) {
             Parsed::Header(h) => h,
             Parsed::End => break,
+            // A file of the earlier format starts with such a batch; further in, the same
+            // bytes are damage like any other, cut as a torn tail.
+            Parsed::Unsupported(version) if pos == 0 => return Err(unsupported(path, version)),
+            Parsed::Unsupported(_) => {
+                s.stopped = Some(format!("a batch of another format version at byte {pos}"));
+                break;
+            }
             Parsed::Invalid(why) => {
                 s.stopped = Some(format!("{why} at byte {pos}"));
                 break;
@@ -259,6 +309,18 @@ pub async fn scan(
             ));
             break;
         }
+        let index_continues = if pos == 0 && base_index.is_none() {
+            header.raft_index > 0
+        } else {
+            header.raft_index == s.next_index
+        };
+        if !index_continues {
+            s.stopped = Some(format!(
+                "batch at byte {pos} has Raft index {} where {} was expected",
+                header.raft_index, s.next_index
+            ));
+            break;
+        }
         let mut since = s.since_index;
         if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
             // Valid data outgrew the index (settings changed since it was written, or many
@@ -274,6 +336,7 @@ pub async fn scan(
         s.since_index = since;
         s.valid_len = pos + len;
         s.next = header.next_offset();
+        s.next_index = header.raft_index + 1;
         s.last_term = header.term;
     }
     Ok(s)
@@ -296,6 +359,7 @@ pub fn index_batch(
             relative_offset: (header.base_offset - base) as u32,
             position: pos as u32,
             term: header.term,
+            raft_index: header.raft_index,
         };
         if !index.push(entry) {
             return false;
@@ -306,8 +370,9 @@ pub fn index_batch(
     true
 }
 
-/// Checks the entries of a sealed segment's index: strictly increasing, inside the data, first
-/// entry at the start. Returns how many can be trusted.
+/// Checks the entries of a sealed segment's index: strictly increasing in position and Raft
+/// index, non-decreasing in offset, inside the data, first entry at the start. Returns how many
+/// can be trusted.
 pub fn validate_sealed_index(
     index: &Index,
     entries: usize,
@@ -322,11 +387,15 @@ pub fn validate_sealed_index(
         };
         let ok = match prev {
             None => e.relative_offset == 0 && e.position == 0,
-            Some(p) => e.relative_offset > p.relative_offset && e.position > p.position,
+            Some(p) => {
+                e.relative_offset >= p.relative_offset
+                    && e.position > p.position
+                    && e.raft_index > p.raft_index
+            }
         };
         if !ok
             || u64::from(e.position) + HEADER_LEN as u64 > data_len
-            || base + u64::from(e.relative_offset) >= next
+            || base + u64::from(e.relative_offset) > next
         {
             return i;
         }

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-const HEADER_LEN: usize = 48;
+const HEADER_LEN: usize = engine::batch::HEADER_LEN;
 
 fn seed() -> u64 {
     let s = std::env::var("PROGLOG_SEED")
@@ -433,7 +433,7 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
             ..config()
         };
         // Damage one batch in the first and one in the second segment: a value byte, and a
-        // header byte (the payload length).
+        // header byte (the payload length, byte 52 of a format-2 header).
         let k1 = rng.random_range(1..bases[1] - 1);
         let k2 = rng.random_range(bases[1] + 1..bases[2] - 1);
         let case = root.join("case");
@@ -443,8 +443,8 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
             let path = data_file(&case, segment_of(&bases, k));
             let p = match what {
                 "value" => b.end - 1 - rng.random_range(0..b.records[0].value.len().max(1) as u64),
-                "header" => b.start + 36,
-                _ => b.start + 44,
+                "header" => b.start + 52,
+                _ => b.start + engine::batch::OFF_CRC as u64,
             };
             let old = std::fs::read(&path).expect("read")[p as usize];
             patch(&path, p, &[old ^ 0x10]);
@@ -545,9 +545,10 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
                     _ => {
                         // Plausible entries that point to the wrong places.
                         let mut bytes = std::fs::read(&idx).expect("read");
-                        let n = bytes.len() / 16;
+                        let entry = engine::index::ENTRY_LEN;
+                        let n = bytes.len() / entry;
                         if n > 2 {
-                            let (a, c) = (16, 16 * (n - 1));
+                            let (a, c) = (entry, entry * (n - 1));
                             let (x, y) =
                                 (bytes[a + 4..a + 8].to_vec(), bytes[c + 4..c + 8].to_vec());
                             bytes[a + 4..a + 8].copy_from_slice(&y);

@@ -4,7 +4,7 @@
 //! (`commit.rs`).
 
 use super::{Appended, Log, State};
-use crate::batch::{self, Header, NewRecord, Parsed, HEADER_LEN};
+use crate::batch::{self, Header, Kind, NewRecord, Parsed, Stamp, HEADER_LEN};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::metrics::AppendTiming;
@@ -282,8 +282,14 @@ impl Log {
         }
         let seg = st.segments.last().ok_or(Error::ShutDown)?;
         let w = seg.writer.as_ref().ok_or(Error::ShutDown)?;
+        // A segment without records cannot roll: the next one would get its name (the base
+        // offset). It grows past `segment_bytes` instead (control batches are small).
+        let can_roll = !seg.has_no_records();
         Ok(
-            if (seg.size + len > self.config.segment_bytes && seg.size > 0) || w.index.is_full() {
+            if can_roll
+                && ((seg.size + len > self.config.segment_bytes && seg.size > 0)
+                    || w.index.is_full())
+            {
                 Some(Need::Roll)
             } else if w.buf.len() as u64 + len > self.config.write_behind_bytes as u64 {
                 Some(Need::WriteOut)
@@ -331,20 +337,31 @@ impl Log {
     /// indexes it. The caller has checked that it fits.
     fn buffer(&self, st: &mut State, payload: &Payload<'_>, len: u64) -> Result<Appended> {
         let base = st.next;
+        let raft_index = st.next_index;
         let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
         let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
         let pos = seg.size;
         let start = w.buf.len();
+        // What the single-node path stamps: the next Raft index (the log's own counter, so
+        // indexes stay dense whoever appends), and no commit index (0: unknown).
+        let stamp = |term: u64| Stamp {
+            kind: Kind::Data,
+            base_offset: base,
+            term,
+            raft_index,
+            commit_index: 0,
+            timestamp_ms: now_ms(),
+        };
         let (header, count) = match payload {
             Payload::Records { term, records } => {
-                batch::encode_into(&mut w.buf, base, *term, now_ms(), records);
+                batch::encode_into(&mut w.buf, &stamp(*term), records);
                 let Parsed::Header(h) = batch::parse_header(&w.buf[start..]) else {
                     unreachable!("a batch just encoded parses")
                 };
                 (h, records.len() as u64)
             }
             Payload::Encoded { term, batch } => {
-                let header = batch.header(base, *term, now_ms());
+                let header = batch.header(&stamp(*term));
                 w.buf.extend_from_slice(&header);
                 w.buf.extend_from_slice(batch.payload());
                 let Parsed::Header(h) = batch::parse_header(&header) else {
@@ -373,11 +390,16 @@ impl Log {
             w.buf.truncate(start);
             return Err(Error::InvalidArgument("segment index is full".into()));
         }
+        if seg.size == 0 {
+            seg.base_index = header.raft_index;
+        }
         seg.size += len;
         seg.next = base + count;
+        seg.next_index = header.raft_index + 1;
         seg.last_term = header.term;
         seg.modified = SystemTime::now();
         st.next = base + count;
+        st.next_index = header.raft_index + 1;
         st.stats.appends += 1;
         st.stats.records_appended += count;
         Ok(Appended {

@@ -19,6 +19,8 @@
 //! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
 //! - `space.rs`: a full disk: refusing writes while it lasts, and recovering once space returns;
 //! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files);
+//! - `entries.rs`: the log as a Raft log, by Raft index (append without waiting, ranges,
+//!   cut after an index, term runs);
 //! - `invariants.rs`: the checks of the invariants below, at the end of every change of state.
 //!
 //! Invariants of the state (checked in debug builds):
@@ -38,6 +40,7 @@
 
 mod admission;
 mod commit;
+mod entries;
 mod invariants;
 mod read;
 mod recovery;
@@ -47,6 +50,7 @@ mod roll;
 mod space;
 mod truncate;
 
+pub use entries::EntryBatch;
 pub use replica::SnapshotReader;
 pub(crate) use space::free_bytes;
 
@@ -108,6 +112,9 @@ pub struct LogStats {
 }
 
 /// Raw batches as stored, for replication and snapshots.
+///
+/// Offsets count records only; control batches (no records) sit between them and share the
+/// base offset of the data batch after them.
 #[derive(Debug, Clone)]
 pub struct RawBatches {
     /// Whole batches, back to back, in the on-disk format.
@@ -140,6 +147,8 @@ struct State {
     segments: Vec<Segment>,
     lowest: u64,
     next: u64,
+    /// The Raft index the next batch gets (single-node appends count on from the last one).
+    next_index: u64,
     durable_next: u64,
     /// Who moves the visible end; under `Owner`, `visible` is it.
     visibility: Visibility,
@@ -181,11 +190,13 @@ impl State {
     fn new(segments: Vec<Segment>) -> State {
         let lowest = segments.first().map(|s| s.base).unwrap_or(0);
         let next = segments.last().map(|s| s.next).unwrap_or(0);
+        let next_index = segments.last().map(|s| s.next_index).unwrap_or(1);
         let term = segments.last().map(|s| s.last_term).unwrap_or(0);
         State {
             segments,
             lowest,
             next,
+            next_index,
             durable_next: next,
             visibility: Visibility::Policy,
             visible: next,
@@ -238,14 +249,18 @@ impl Log {
             as usize
             + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
+        let start_index = recovery::start_index(&dir)?;
         match segments.last_mut() {
             Some(active) => {
                 let interval = u64::from(config.index_interval_bytes);
-                recovery::recover_active(active, index_capacity, interval).await?
+                recovery::recover_active(active, index_capacity, interval, start_index).await?
             }
             None => {
                 let base = config.initial_offset;
-                segments.push(roll::create_segment(&dir, base, index_capacity).await?)
+                segments.push(
+                    roll::create_segment(&dir, base, start_index.unwrap_or(1), index_capacity)
+                        .await?,
+                )
             }
         }
         let log = Rc::new(Log {
@@ -259,7 +274,7 @@ impl Log {
             io_done: Event::new(),
             index_capacity,
         });
-        log.recover_term().await;
+        log.recover_last_batch().await?;
         Self::spawn_flusher(&log);
         Ok(log)
     }

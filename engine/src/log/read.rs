@@ -189,6 +189,47 @@ impl Log {
         })
     }
 
+    /// The header of the last batch of segment `base` (`None` if it holds none), read from
+    /// its last index entry on, each batch's checksum checked.
+    pub(super) async fn last_header_in(&self, base: u64) -> Result<Option<Header>> {
+        self.ensure_open(base).await?;
+        let (path, from, size) = {
+            let st = self.state.borrow();
+            let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
+            let slot = seg.slot.borrow();
+            let index = match (&seg.writer, slot.as_ref()) {
+                (Some(w), _) => &w.index,
+                (None, Some(f)) => &f.index,
+                (None, None) => return Err(Error::ShutDown),
+            };
+            let from = index.last().map(|e| u64::from(e.position)).unwrap_or(0);
+            (seg.data_path.clone(), from, seg.size)
+        };
+        if from >= size {
+            return Ok(None);
+        }
+        let bytes = self.fetch(base, from, (size - from) as usize).await?;
+        let mut pos = 0usize;
+        let mut last = None;
+        while pos < bytes.len() {
+            let header = header_at(&bytes[pos..], &path, from + pos as u64)?;
+            let end = pos + header.batch_len();
+            let ok = bytes
+                .get(pos..end)
+                .is_some_and(|b| batch::crc_ok(&header, b));
+            if !ok {
+                return Err(Error::corrupt(
+                    &path,
+                    from + pos as u64,
+                    "checksum mismatch",
+                ));
+            }
+            last = Some(header);
+            pos = end;
+        }
+        Ok(last)
+    }
+
     fn out_of_range(&self, offset: u64) -> Error {
         let st = self.state.borrow();
         Error::OffsetOutOfRange {
@@ -247,7 +288,7 @@ impl Log {
             );
             index.reopen_for_append(self.index_capacity)?;
             let interval = u64::from(self.config.index_interval_bytes);
-            let scan = segment::scan(&data, &data_path, base, &mut index, interval).await?;
+            let scan = segment::scan(&data, &data_path, base, None, &mut index, interval).await?;
             if scan.next != next || scan.valid_len != size {
                 log::error!(
                     "{}: sealed segment holds offsets [{base}, {}) in {} bytes; expected [{base}, {next}) in {size} bytes",
@@ -269,7 +310,7 @@ impl Log {
 
     /// Bytes `[pos, pos + len)` of a segment's data, or fewer at its end: from memory where
     /// the active segment's buffer holds them, from the device (one DMA read) otherwise.
-    async fn fetch(&self, base: u64, pos: u64, len: usize) -> Result<Bytes> {
+    pub(super) async fn fetch(&self, base: u64, pos: u64, len: usize) -> Result<Bytes> {
         let (path, mem, file_part) = {
             let st = self.state.borrow();
             let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
@@ -431,7 +472,12 @@ impl Log {
                 return Err(Error::corrupt(&path, pos, "checksum mismatch"));
             }
             c.extend_run(&chunk, at, len, base, pos);
-            c.push(StoredBatch { header, pos, bytes });
+            c.push(StoredBatch {
+                header,
+                segment: base,
+                pos,
+                bytes,
+            });
             pos += len as u64;
             if c.done() {
                 return Ok(true);
@@ -480,6 +526,8 @@ impl Log {
 /// A whole, checked batch as stored, and where it is.
 pub(super) struct StoredBatch {
     pub(super) header: Header,
+    /// The base offset of the segment holding it.
+    pub(super) segment: u64,
     /// Byte position in the data file.
     pub(super) pos: u64,
     /// The batch, header included, in the on-disk format.
@@ -561,7 +609,7 @@ impl Collect {
 }
 
 /// The header of the batch at the start of `bytes` (at `pos` in `path`).
-fn header_at(bytes: &[u8], path: &Path, pos: u64) -> Result<Header> {
+pub(super) fn header_at(bytes: &[u8], path: &Path, pos: u64) -> Result<Header> {
     match batch::parse_header(bytes) {
         Parsed::Header(h) => Ok(h),
         Parsed::End => Err(Error::corrupt(
@@ -569,6 +617,7 @@ fn header_at(bytes: &[u8], path: &Path, pos: u64) -> Result<Header> {
             pos,
             "zeroes where a batch was expected",
         )),
+        Parsed::Unsupported(version) => Err(segment::unsupported(path, version)),
         Parsed::Invalid(why) => Err(Error::corrupt(path, pos, why)),
     }
 }

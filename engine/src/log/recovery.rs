@@ -2,7 +2,10 @@
 //! batch on open, a torn or corrupt tail cut off and the index rebuilt from the data.
 //!
 //! These run before the `Log` exists (`Log::open` builds its state from what they return),
-//! except `recover_term`, which needs the log's reads.
+//! except `recover_last_batch`, which needs the log's reads.
+//!
+//! Every segment's first batch header is read at open: a data directory of another format
+//! version is refused there, before anything is scanned or cut.
 
 use super::Log;
 use crate::error::{Error, Result};
@@ -24,15 +27,45 @@ pub(super) fn sealed_segments(dir: &Path) -> Result<Vec<Segment>> {
             std::fs::metadata(&path).map_err(|e| Error::io("reading metadata of", &path, e))?;
         let modified = md.modified().unwrap_or(SystemTime::now());
         let mut seg = Segment::new_sealed(dir, base, md.len(), modified);
+        let first = segment::first_header(&path)?;
         if let Some(&next_base) = bases.get(i + 1) {
             if next_base <= base {
                 return Err(Error::corrupt(&path, 0, "segments overlap"));
             }
             seg.next = next_base;
+            if first.is_none() {
+                // Reads of it will report the damage; its Raft indexes are unknown.
+                log::warn!(
+                    "{}: a sealed segment does not start with a batch header",
+                    path.display()
+                );
+            }
+        }
+        seg.base_index = first.map(|h| h.raft_index).unwrap_or(0);
+        seg.next_index = seg.base_index;
+        if let Some(prev) = segments.last_mut() {
+            let prev: &mut Segment = prev;
+            prev.next_index = seg.base_index;
         }
         segments.push(seg);
     }
     Ok(segments)
+}
+
+/// Name of the file that holds the Raft index an emptied log continues at (written by
+/// `reset_at`): an empty log has no batch to tell it.
+pub(super) const START_META: &str = "start.meta";
+
+/// The Raft index a log emptied by a reset continues at, if it was reset.
+pub(super) fn start_index(dir: &Path) -> Result<Option<u64>> {
+    let Some(payload) = crate::meta::read(dir, START_META)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = payload
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::corrupt(dir.join(START_META), 16, "start index too short"))?;
+    Ok(Some(u64::from_le_bytes(bytes)))
 }
 
 /// Scans `seg` (a log's last segment), cuts what does not validate, and makes it the active
@@ -41,11 +74,13 @@ pub(super) async fn recover_active(
     seg: &mut Segment,
     index_capacity: usize,
     index_interval: u64,
+    start_index: Option<u64>,
 ) -> Result<()> {
     let path = seg.data_path.clone();
     let data = segment::open_dma(&path, false).await?;
     let mut index = Index::open(&seg.index_path, index_capacity)?;
-    let scan = segment::scan(&data, &path, seg.base, &mut index, index_interval).await?;
+    let expect = (seg.base_index > 0).then_some(seg.base_index);
+    let scan = segment::scan(&data, &path, seg.base, expect, &mut index, index_interval).await?;
     if let Some(why) = &scan.stopped {
         log::warn!(
             "{}: cutting {} bytes after the last valid batch ({why}); offsets continue at {}",
@@ -63,6 +98,14 @@ pub(super) async fn recover_active(
     seg.size = scan.valid_len;
     seg.next = scan.next;
     seg.last_term = scan.last_term;
+    if scan.valid_len == 0 {
+        // Nothing valid: the index it continues at comes from the previous segment
+        // (`recover_last_batch`) or, for a lone segment, from the last reset.
+        seg.base_index = start_index.unwrap_or(1);
+        seg.next_index = seg.base_index;
+    } else {
+        seg.next_index = scan.next_index;
+    }
     seg.writer = Some(Writer {
         data: Rc::new(data),
         index,
@@ -120,25 +163,41 @@ async fn cut_after_valid(
 }
 
 impl Log {
-    /// An empty active segment (a crash right after a roll) knows no term: takes the term of
-    /// the last record from the previous segment's index.
-    pub(super) async fn recover_term(&self) {
-        let empty_active = self
-            .state
-            .borrow()
-            .segments
-            .last()
-            .is_some_and(|s| s.is_empty());
-        let Some(last) = self.highest_offset().filter(|_| empty_active) else {
-            return;
+    /// An empty active segment (a crash right after a roll) knows neither the term nor the
+    /// Raft index it continues at: takes them from the previous segment's last batch.
+    pub(super) async fn recover_last_batch(&self) -> Result<()> {
+        let prev = {
+            let st = self.state.borrow();
+            let n = st.segments.len();
+            match st.segments.last() {
+                Some(active) if active.is_empty() && n >= 2 => st.segments[n - 2].base,
+                _ => return Ok(()),
+            }
         };
-        match self.term_of(last).await {
-            Ok(term) => self.state_mut().term = term,
-            Err(e) => log::warn!(
-                "{}: term of the last record unknown: {e}",
-                self.dir.display()
-            ),
+        let header = match self.last_header_in(prev).await {
+            Ok(h) => h,
+            Err(e) => {
+                // Reads of the damaged segment report it; the log still opens.
+                log::warn!(
+                    "{}: last batch before the active segment unreadable: {e}",
+                    self.dir.display()
+                );
+                return Ok(());
+            }
+        };
+        let mut st = self.state_mut();
+        let n = st.segments.len();
+        let next_index = header.map(|h| h.raft_index + 1);
+        if let Some(h) = header {
+            st.term = h.term;
+            st.segments[n - 2].last_term = h.term;
         }
+        let next_index = next_index.unwrap_or(st.segments[n - 2].base_index);
+        st.segments[n - 2].next_index = next_index;
+        st.segments[n - 1].base_index = next_index;
+        st.segments[n - 1].next_index = next_index;
+        st.next_index = next_index;
+        Ok(())
     }
 }
 

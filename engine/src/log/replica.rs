@@ -38,9 +38,15 @@ impl Log {
 
     /// Splits `bytes` into whole batches, each checked (header, CRC, size) and continuing the
     /// offsets of the one before, the first continuing the log.
-    fn check_raw(&self, bytes: &[u8]) -> Result<Vec<(Header, Range<usize>)>> {
+    pub(super) fn check_raw(&self, bytes: &[u8]) -> Result<Vec<(Header, Range<usize>)>> {
         let mut pos = 0usize;
         let mut expect = self.next_offset();
+        // An empty log (just reset or created) takes the Raft index of what it is given.
+        let mut expect_index = {
+            let st = self.state.borrow();
+            let empty = st.segments.iter().all(|s| s.is_empty());
+            (!empty).then_some(st.next_index)
+        };
         let mut batches = Vec::new();
         while pos < bytes.len() {
             let header = match batch::parse_header(&bytes[pos..]) {
@@ -63,6 +69,14 @@ impl Log {
                     header.base_offset
                 )));
             }
+            if expect_index.is_some_and(|x| x != header.raft_index) || header.raft_index == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "raw batches: batch at byte {pos} has Raft index {} but the log continues at {}",
+                    header.raft_index,
+                    expect_index.unwrap_or(1)
+                )));
+            }
+            expect_index = Some(header.raft_index + 1);
             if header.payload_len as usize > self.config.max_batch_bytes {
                 return Err(Error::BatchTooLarge {
                     size: header.payload_len as usize,

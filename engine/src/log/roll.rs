@@ -18,6 +18,7 @@ use super::commit::record_sync;
 pub(super) async fn create_segment(
     dir: &Path,
     base: u64,
+    base_index: u64,
     index_capacity: usize,
 ) -> Result<Segment> {
     let data_path = segment::data_path(dir, base);
@@ -29,6 +30,8 @@ pub(super) async fn create_segment(
     let index = Index::open(&index_path, index_capacity)?;
     meta::sync_dir(dir)?;
     let mut seg = Segment::new_sealed(dir, base, 0, SystemTime::now());
+    seg.base_index = base_index;
+    seg.next_index = base_index;
     seg.writer = Some(Writer {
         data: Rc::new(data),
         index,
@@ -50,8 +53,12 @@ impl Log {
             self.check_writable(&st)?;
             let seg = st.segments.last().ok_or(Error::ShutDown)?;
             let index_full = seg.writer.as_ref().is_some_and(|w| w.index.is_full());
-            // Someone else may have rolled while we waited for the lock.
-            if seg.size == 0 || (seg.size + len <= self.config.segment_bytes && !index_full) {
+            // Someone else may have rolled while we waited for the lock; a segment without
+            // records never rolls (see `need`).
+            if seg.size == 0
+                || seg.has_no_records()
+                || (seg.size + len <= self.config.segment_bytes && !index_full)
+            {
                 return Ok(());
             }
         }
@@ -65,11 +72,17 @@ impl Log {
 
     async fn roll_inner(&self) -> Result<()> {
         self.write_out_inner(true).await?;
-        let (writer, size, path, next) = {
+        let (writer, size, path, next, next_index) = {
             let mut st = self.state_mut();
-            let next = st.next;
+            let (next, next_index) = (st.next, st.next_index);
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
-            (seg.writer.take(), seg.size, seg.data_path.clone(), next)
+            (
+                seg.writer.take(),
+                seg.size,
+                seg.data_path.clone(),
+                next,
+                next_index,
+            )
         };
         let Some(mut w) = writer else {
             return Err(Error::ShutDown);
@@ -85,7 +98,7 @@ impl Log {
             .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
         record_sync(&mut self.state_mut(), sync_started, None);
         w.index.seal()?;
-        let new = create_segment(&self.dir, next, self.index_capacity).await?;
+        let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
         let mut st = self.state_mut();
         if let Some(seg) = st.segments.last_mut() {
             self.budget

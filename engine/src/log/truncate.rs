@@ -36,8 +36,35 @@ impl Log {
             }
         }
         let exclusive = self.exclusive();
-        let r = self.truncate_suffix_inner(new_next).await;
+        let r = self.truncate_suffix_inner(Target::Offset(new_next)).await;
         self.end_cut(&r, new_next);
+        drop(exclusive);
+        r
+    }
+
+    /// Drops every batch after Raft index `last_kept` (a follower's log conflicts with its
+    /// leader's). One batch is one entry, so the cut always falls between batches. The cut is
+    /// durable when this returns.
+    pub async fn truncate_after_index(&self, last_kept: u64) -> Result<()> {
+        let _permit = self.lock_io().await?;
+        let next_index = last_kept.saturating_add(1);
+        {
+            let st = self.state.borrow();
+            self.check_writable(&st)?;
+            if next_index >= st.next_index {
+                return Ok(());
+            }
+            let first = st.segments.first().map(|s| s.base_index).unwrap_or(0);
+            if next_index < first {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot truncate after Raft index {last_kept}: the log starts at {first}"
+                )));
+            }
+        }
+        let exclusive = self.exclusive();
+        let r = self.truncate_suffix_inner(Target::Index(next_index)).await;
+        let floor = self.state.borrow().next;
+        self.end_cut(&r, floor);
         drop(exclusive);
         r
     }
@@ -54,24 +81,39 @@ impl Log {
         st.cut_floor = st.cut_floor.min(floor);
     }
 
-    async fn truncate_suffix_inner(&self, new_next: u64) -> Result<()> {
+    async fn truncate_suffix_inner(&self, target: Target) -> Result<()> {
         // Make the device match memory first, so the cut below works on the files only.
         self.write_out_inner(false).await?;
         // The segment the cut falls in: it becomes the active segment again.
         let t = {
             let st = self.state.borrow();
-            st.segments.partition_point(|s| s.base < new_next).max(1) - 1
+            let i = match target {
+                Target::Offset(o) => st.segments.partition_point(|s| s.base < o),
+                Target::Index(x) => st.segments.partition_point(|s| s.base_index < x),
+            };
+            i.max(1) - 1
         };
         let base = self.state.borrow().segments[t].base;
         self.ensure_open(base).await?;
         let path = self.state.borrow().segments[t].data_path.clone();
-        let cut = self.cut_point(base, &path, new_next).await?;
+        let cut = match target {
+            Target::Offset(new_next) => self.cut_point(base, &path, new_next).await?,
+            Target::Index(next_index) => self.cut_point_index(base, &path, next_index).await?,
+        };
+        let (new_next, next_index) = (cut.next_offset, cut.next_index);
         let (data, mut index) = self.take_files_from(t)?;
         index.reopen_for_append(self.index_capacity)?;
-        let keep_entries = match (new_next - base).checked_sub(1) {
-            Some(rel) => index.lookup(rel as u32).map(|(i, _)| i + 1).unwrap_or(0),
-            None => 0,
-        };
+        // Index entries of batches before the cut stay: those at positions below its end.
+        let keep_entries = (0..index.len())
+            .rev()
+            .find(|&i| {
+                index
+                    .entry(i)
+                    .is_some_and(|e| u64::from(e.position) < cut.end)
+            })
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let keep_entries = if cut.end == 0 { 0 } else { keep_entries };
         index.truncate(keep_entries);
         let tail = self.cut_data_file(&data, &path, &cut).await?;
         index.flush()?;
@@ -84,6 +126,7 @@ impl Log {
         let seg = &mut st.segments[t];
         seg.size = cut.end;
         seg.next = new_next;
+        seg.next_index = next_index;
         seg.last_term = last_term;
         seg.modified = SystemTime::now();
         seg.writer = Some(Writer {
@@ -96,6 +139,7 @@ impl Log {
             charged: crate::memory::Charged::local(),
         });
         st.next = new_next;
+        st.next_index = next_index;
         st.durable_next = st.durable_next.min(new_next);
         st.visible = st.visible.min(new_next);
         st.written_next = st.written_next.min(new_next);
@@ -108,9 +152,12 @@ impl Log {
     /// batch, or inside one that must be re-encoded.
     async fn cut_point(&self, base: u64, path: &Path, new_next: u64) -> Result<Cut> {
         if new_next == base {
+            let base_index = self.segment_base_index(base);
             return Ok(Cut {
                 end: 0,
                 rewritten: None,
+                next_offset: new_next,
+                next_index: base_index,
             });
         }
         let b = self
@@ -123,6 +170,8 @@ impl Log {
             return Ok(Cut {
                 end: b.pos + b.header.batch_len() as u64,
                 rewritten: None,
+                next_offset: new_next,
+                next_index: b.header.raft_index + 1,
             });
         }
         let keep = (new_next - b.header.base_offset) as u32;
@@ -132,7 +181,48 @@ impl Log {
         Ok(Cut {
             end: b.pos + bytes.len() as u64,
             rewritten: Some((b.pos, bytes)),
+            next_offset: new_next,
+            next_index: b.header.raft_index + 1,
         })
+    }
+
+    /// Where a cut before Raft index `next_index` falls in segment `base`: before the batch
+    /// of that index (or at the segment's start).
+    async fn cut_point_index(&self, base: u64, path: &Path, next_index: u64) -> Result<Cut> {
+        let base_index = self.segment_base_index(base);
+        if next_index <= base_index {
+            return Ok(Cut {
+                end: 0,
+                rewritten: None,
+                next_offset: base,
+                next_index: base_index,
+            });
+        }
+        let b = self
+            .read_by_index(next_index, next_index + 1, 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|b| b.header.raft_index == next_index && b.segment == base)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    0,
+                    format!("batch of Raft index {next_index} not found where the cut falls"),
+                )
+            })?;
+        Ok(Cut {
+            end: b.pos,
+            rewritten: None,
+            next_offset: b.header.base_offset,
+            next_index,
+        })
+    }
+
+    fn segment_base_index(&self, base: u64) -> u64 {
+        super::find(&self.state.borrow().segments, base)
+            .map(|s| s.base_index)
+            .unwrap_or(0)
     }
 
     /// Drops the segments after segment `t` (the active one too when the cut is before it)
@@ -198,17 +288,25 @@ impl Log {
     /// installing a snapshot). A reset that fails latches the log; one that succeeds clears
     /// an earlier latch, as the files the latch distrusted are gone.
     pub async fn reset(&self, next_offset: u64) -> Result<()> {
+        let next_index = self.state.borrow().next_index;
+        self.reset_at(next_offset, next_index).await
+    }
+
+    /// Removes every segment and starts empty at `next_offset` and Raft index `next_index`
+    /// (installing a snapshot whose last entry is `next_index - 1`). The Raft index is kept
+    /// in `start.meta`, since an empty log has no batch to tell it after a restart.
+    pub async fn reset_at(&self, next_offset: u64, next_index: u64) -> Result<()> {
         let _permit = self.lock_io().await?;
         let old_lowest = self.state.borrow().lowest;
         let exclusive = self.exclusive();
-        let r = self.reset_inner(next_offset).await;
+        let r = self.reset_inner(next_offset, next_index).await;
         self.end_cut(&r, next_offset.min(old_lowest));
         drop(exclusive);
         self.appended.notify(usize::MAX);
         r
     }
 
-    async fn reset_inner(&self, next_offset: u64) -> Result<()> {
+    async fn reset_inner(&self, next_offset: u64, next_index: u64) -> Result<()> {
         let doomed: Vec<Segment> = std::mem::take(&mut self.state_mut().segments);
         for mut seg in doomed {
             seg.writer = None;
@@ -217,11 +315,21 @@ impl Log {
         // A reset removes every segment, those an earlier failure lost track of included: a
         // reopen would find them and serve records this reset removed.
         self.delete_stray_segment_files()?;
-        let seg = create_segment(&self.dir, next_offset, self.index_capacity).await?;
+        let seg = create_segment(&self.dir, next_offset, next_index, self.index_capacity).await?;
+        // After the segment: a reset that cannot create files fails on the segment (and
+        // latches) before anything else. A crash between the two leaves an empty log that
+        // continues at the index of the previous reset; installing a snapshot (which writes
+        // its own metadata last) is repeated then.
+        crate::meta::write(
+            &self.dir,
+            super::recovery::START_META,
+            &next_index.to_le_bytes(),
+        )?;
         let mut st = self.state_mut();
         st.segments.push(seg);
         st.lowest = next_offset;
         st.next = next_offset;
+        st.next_index = next_index;
         st.durable_next = next_offset;
         st.visible = next_offset;
         st.written_next = next_offset;
@@ -238,4 +346,14 @@ struct Cut {
     end: u64,
     /// A batch re-encoded without the records after the cut, and its position.
     rewritten: Option<(u64, Vec<u8>)>,
+    /// The offset and Raft index the log continues at after the cut.
+    next_offset: u64,
+    next_index: u64,
+}
+
+/// What a truncation keeps: everything before an offset, or before a Raft index.
+#[derive(Clone, Copy)]
+enum Target {
+    Offset(u64),
+    Index(u64),
 }

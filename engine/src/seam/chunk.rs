@@ -75,13 +75,17 @@ impl Chunk {
         }
     }
 
-    fn corrupt(&self, run: &Run, at: usize, why: impl Into<String>) -> crate::Error {
-        let path: PathBuf = match run.segment {
+    /// The data file a run was read from (or the partition's name, for runs not in a file).
+    fn file(&self, run: &Run) -> PathBuf {
+        match run.segment {
             Some(base) => crate::segment::data_path(&self.origin, base),
             None => self.origin.to_path_buf(),
-        };
+        }
+    }
+
+    fn corrupt(&self, run: &Run, at: usize, why: impl Into<String>) -> crate::Error {
         crate::Error::Corrupt {
-            path,
+            path: self.file(run),
             position: run.pos + at as u64,
             reason: why.into(),
         }
@@ -135,6 +139,9 @@ impl Records<'_> {
                         "zeroes where a batch was expected",
                     ))
                 }
+                Parsed::Unsupported(version) => {
+                    return Err(crate::segment::unsupported(&self.chunk.file(run), version))
+                }
                 Parsed::Invalid(why) => return Err(self.chunk.corrupt(run, self.pos, why)),
             };
             let len = header.batch_len();
@@ -147,7 +154,9 @@ impl Records<'_> {
             }
             let at = self.pos;
             self.pos += len;
-            if header.next_offset() <= self.chunk.from {
+            // Before `from`, or a control batch (a Raft entry without records, format v2):
+            // nothing to yield, so nothing to check.
+            if header.next_offset() <= self.chunk.from || !header.is_data() {
                 continue;
             }
             let bytes = run.bytes.slice(at..at + len);
@@ -263,6 +272,7 @@ impl Iterator for Records<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{Kind, Stamp};
     use crate::seam::{EncodedBatch, NewRecord, PastEnd};
 
     fn stored(base: u64, values: &[&str]) -> Bytes {
@@ -272,7 +282,27 @@ mod tests {
             .collect();
         EncodedBatch::encode(&records)
             .expect("encode")
-            .stored(base, 1, 5)
+            .stored(&Stamp {
+                base_offset: base,
+                term: 1,
+                raft_index: base + 1,
+                timestamp_ms: 5,
+                ..Stamp::default()
+            })
+    }
+
+    /// A control batch (a Raft entry without records) that sits before offset `base`.
+    fn control(base: u64, kind: Kind, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let stamp = Stamp {
+            kind,
+            base_offset: base,
+            term: 2,
+            raft_index: base + 1,
+            ..Stamp::default()
+        };
+        batch::encode_with_payload(&mut out, &stamp, 0, data);
+        out
     }
 
     fn chunk(from: u64, visible_end: u64, runs: Vec<Bytes>) -> Chunk {
@@ -342,5 +372,32 @@ mod tests {
             c.records().next(),
             Some(Err(crate::seam::Error::Internal(m))) if m.contains("past the end")
         ));
+    }
+
+    #[test]
+    fn control_batches_are_skipped_wherever_they_sit() {
+        // A no-op before the first record, a configuration change between two data batches,
+        // a no-op at the end: only the records come out, at their offsets.
+        let mut run = control(0, Kind::NoOp, b"");
+        run.extend_from_slice(&stored(0, &["a", "b"]));
+        run.extend_from_slice(&control(2, Kind::ConfChange, b"a configuration"));
+        run.extend_from_slice(&stored(2, &["c"]));
+        run.extend_from_slice(&control(3, Kind::NoOp, b""));
+        let c = chunk(1, 3, vec![Bytes::from(run)]);
+        assert_eq!(values(&c), vec![(1, "b".into()), (2, "c".into())]);
+    }
+
+    #[test]
+    fn a_batch_of_format_one_is_named_not_misread() {
+        let mut v1 = stored(0, &["old"]).to_vec();
+        v1[4] = 1;
+        let c = chunk(0, 1, vec![Bytes::from(v1)]);
+        match c.checked_records().next() {
+            Some(Err(crate::Error::UnsupportedFormat { path, version, .. })) => {
+                assert_eq!(path, Path::new("/d/t/0/00000000000000000000.log"));
+                assert_eq!(version, 1);
+            }
+            other => panic!("a version-1 batch: {other:?}"),
+        }
     }
 }

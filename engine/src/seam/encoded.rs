@@ -3,7 +3,7 @@
 //! so that the partition's owner only stamps a header on them.
 
 use super::error::{Error, Result};
-use crate::batch::{self, NewRecord, RECORD_OVERHEAD};
+use crate::batch::{self, Kind, NewRecord, Stamp, RECORD_OVERHEAD};
 use bytes::Bytes;
 
 /// Bytes one record takes in a stored batch, beyond the batch header.
@@ -61,27 +61,25 @@ impl EncodedBatch {
         self.max_value_len
     }
 
-    /// The stored batch's header at `base_offset`, CRC included.
-    pub fn header(
-        &self,
-        base_offset: u64,
-        term: u64,
-        timestamp_ms: i64,
-    ) -> [u8; batch::HEADER_LEN] {
+    /// The stored batch's header as `stamp` says (its kind is always data), CRC included:
+    /// combined from the payload's CRC, so stamping costs no pass over the payload.
+    pub fn header(&self, stamp: &Stamp) -> [u8; batch::HEADER_LEN] {
+        let stamp = Stamp {
+            kind: Kind::Data,
+            ..*stamp
+        };
         batch::header_bytes(
-            base_offset,
-            term,
-            timestamp_ms,
+            &stamp,
             self.record_count,
             self.payload.len() as u32,
             self.payload_crc,
         )
     }
 
-    /// The whole stored batch (header and payload) at `base_offset`.
-    pub fn stored(&self, base_offset: u64, term: u64, timestamp_ms: i64) -> Bytes {
+    /// The whole stored batch (header and payload) as `stamp` says.
+    pub fn stored(&self, stamp: &Stamp) -> Bytes {
         let mut v = Vec::with_capacity(batch::HEADER_LEN + self.payload.len());
-        v.extend_from_slice(&self.header(base_offset, term, timestamp_ms));
+        v.extend_from_slice(&self.header(stamp));
         v.extend_from_slice(&self.payload);
         Bytes::from(v)
     }

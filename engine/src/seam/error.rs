@@ -144,7 +144,9 @@ impl From<crate::Error> for Error {
                     reason: format!("{e} ({free_bytes} bytes free)"),
                 }
             }
-            E::Io { .. } | E::Corrupt { .. } | E::Foreign { .. } => Error::Internal(e.to_string()),
+            E::Io { .. } | E::Corrupt { .. } | E::Foreign { .. } | E::UnsupportedFormat { .. } => {
+                Error::Internal(e.to_string())
+            }
         }
     }
 }

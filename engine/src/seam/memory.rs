@@ -10,6 +10,7 @@ use super::{
     PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam, TopicConfig,
     TopicInfo, Topics, Writability,
 };
+use crate::batch::Stamp;
 use crate::limits::MAX_PARTITIONS;
 use event_listener::Event;
 use std::collections::BTreeMap;
@@ -22,6 +23,8 @@ use std::time::{Duration, SystemTime};
 /// owner stamped on it.
 struct MemBatch {
     base: u64,
+    /// Its Raft index (format v2 numbers every batch; here simply 1, 2, 3, ...).
+    raft_index: u64,
     batch: EncodedBatch,
     timestamp_ms: i64,
 }
@@ -182,8 +185,10 @@ impl Partitions for MemoryPartitions {
                 check_limits(config, &batch)?;
                 let base = p.end;
                 let count = u64::from(batch.record_count());
+                let raft_index = p.batches.len() as u64 + 1;
                 p.batches.push(MemBatch {
                     base,
+                    raft_index,
                     batch,
                     timestamp_ms: now_ms(),
                 });
@@ -228,7 +233,12 @@ impl Partitions for MemoryPartitions {
                 let first = p.batches.partition_point(|b| b.base <= from) - 1;
                 let (mut bytes, mut records) = (0usize, 0usize);
                 for b in &p.batches[first..] {
-                    let stored = b.batch.stored(b.base, 0, b.timestamp_ms);
+                    let stored = b.batch.stored(&Stamp {
+                        base_offset: b.base,
+                        raft_index: b.raft_index,
+                        timestamp_ms: b.timestamp_ms,
+                        ..Stamp::default()
+                    });
                     bytes += stored.len();
                     records +=
                         (b.base + u64::from(b.batch.record_count())).saturating_sub(from) as usize;
