@@ -13,6 +13,8 @@ const PROTOS: &[&str] = &[
     "proto/grpc/reflection/v1alpha/reflection.proto",
 ];
 
+const RAFT_PROTO: &str = "proto/proglog/raft/v1/raft.proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");
@@ -26,5 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&out)
         .bytes(["."])
         .compile_fds(fds)?;
+    // Raft's peer messages: not a gRPC service, so kept out of the reflection descriptors.
+    println!("cargo:rerun-if-changed={RAFT_PROTO}");
+    let raft = protox::compile([RAFT_PROTO], ["proto"])?;
+    prost_build::Config::new()
+        .out_dir(&out)
+        .bytes(["."])
+        .compile_fds(raft)?;
     Ok(())
 }
