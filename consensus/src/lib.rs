@@ -2,11 +2,12 @@
 //!
 //! [`membership`] (SWIM gossip with foca) tells every node which nodes exist, where they are,
 //! and whether they are up, suspect, down or gone for good; a node started with cluster flags
-//! runs it on one shard. The Raft side will live here too: each partition's Raft group, the
-//! Ready loop, the storage adapter over `engine::Log` (which already offers what Raft needs:
-//! truncate-suffix, the term of any entry, byte-capped range reads, an atomically replaced
-//! metadata file, snapshot streams), and the peer transport, which shares the peer channel
-//! (first byte 0x01 on the RPC port) with membership's key exchange. Until it lands, a
-//! proglog node serves as a single leader.
+//! runs it on one shard. [`raft`] replicates partitions: one raft-rs group per partition, every group of a
+//! shard driven by one Ready loop ([`raft::GroupSet`]), the partition's own log (format v2
+//! batches, one per entry) as Raft's log through a narrow store interface, and our own prost
+//! types for Raft's messages. It is not wired to the server yet (nor is the peer transport,
+//! which will share the peer channel, first byte 0x01 on the RPC port, with membership's key
+//! exchange): until it is, a proglog node serves as a single leader.
 
 pub mod membership;
+pub mod raft;

@@ -1,0 +1,66 @@
+//! Errors of the Raft side of the consensus crate.
+
+/// Why a Raft operation failed. Outcomes a client acts on (not the leader, no leader, an
+/// outcome that cannot be known) are variants of their own, mapped by the server to the seam's
+/// wire contract (`NOT_LEADER`, `NO_LEADER`, `OUTCOME_UNKNOWN`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// This node is not the group's leader; `leader` is the one it knows of.
+    #[error("not the leader of group {group} (leader: node {leader})")]
+    NotLeader { group: u64, leader: u64 },
+
+    /// The group has no leader at the moment (an election is under way).
+    #[error("group {group} has no leader at the moment")]
+    NoLeader { group: u64 },
+
+    /// The proposal may or may not have been committed: leadership was lost after it was
+    /// proposed. A client retrying must be ready to see it twice.
+    #[error("outcome unknown: leadership of group {group} was lost after the proposal")]
+    OutcomeUnknown { group: u64 },
+
+    /// A configuration change is already pending; Raft allows one at a time.
+    #[error("group {group}: a configuration change is already in progress (entry {pending})")]
+    ConfChangePending { group: u64, pending: u64 },
+
+    /// Raft replaced the proposed configuration change by an empty entry (it conflicted with
+    /// one in progress, or broke joint-consensus rules).
+    #[error("group {group}: configuration change at index {index} was refused by Raft")]
+    ConfChangeRefused { group: u64, index: u64 },
+
+    /// A linearizable read could not be served yet (no leader, or the leader has not
+    /// committed in its term); retry until a deadline.
+    #[error("group {group}: read index not available yet; retry")]
+    ReadNotReady { group: u64 },
+
+    /// No such group on this shard.
+    #[error("no Raft group {0} on this shard")]
+    UnknownGroup(u64),
+
+    /// The proposal is malformed or too large.
+    #[error("invalid proposal: {0}")]
+    InvalidProposal(String),
+
+    /// Bytes from a peer or from disk that do not decode.
+    #[error("malformed {what}: {why}")]
+    Malformed { what: &'static str, why: String },
+
+    /// The group's storage failed; the group stops (its log is latched).
+    #[error("storage of group {group}: {source}")]
+    Storage {
+        group: u64,
+        #[source]
+        source: engine::Error,
+    },
+
+    /// raft-rs refused an operation.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl From<raft::Error> for Error {
+    fn from(e: raft::Error) -> Self {
+        Error::Raft(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,696 @@
+//! One Ready loop per shard: a [`GroupSet`] owns every Raft group (one `RawNode` per
+//! partition) of its shard and drives them all in rounds.
+//!
+//! One round ([`GroupSet::round`]):
+//! 1. deferred log reads of lagging followers are done, then `on_entries_fetched`;
+//! 2. every group with a Ready: its messages are queued (the leader's appends leave before any
+//!    disk write, so followers write while the leader does), committed entries are applied
+//!    (the visible watermark moves, proposals' waiters are answered), hard state is noted;
+//! 3. all queued messages are sent, one frame per destination node, heartbeats of all groups
+//!    merged in it;
+//! 4. every group's entries are written (buffered), term/vote/configuration written to the
+//!    metadata file only when changed, then `advance_append_async`;
+//! 5. each touched log is synced **once** (the engine's group commit);
+//! 6. `on_persist_ready` for each group, then the messages that had to wait for durability
+//!    (votes, append responses: a follower acknowledges only what it has synced) are sent.
+//!
+//! Ticks come from one timer per shard ([`GroupSet::tick`]); incoming frames are stepped with
+//! [`GroupSet::step_frame`] between rounds. Nothing here does I/O but through [`LogStore`] and
+//! [`Transport`], so the same code runs on glommio and in the seeded simulation.
+//!
+//! raft-rs draws election timeouts from the thread's random generator; the set draws them
+//! from its own (seeded) generator instead, so a simulation replays exactly.
+
+use super::entry;
+use super::error::{Error, Result};
+use super::logger;
+use super::storage::RaftLog;
+use super::store::LogStore;
+use super::wire;
+use bytes::Bytes;
+use engine::NewRecord;
+use futures_channel::oneshot;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+/// Settings of every group of a set. Ticks are the shard timer's periods.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub heartbeat_tick: usize,
+    /// Election timeouts are drawn from `[election_tick, 2 * election_tick)`.
+    pub election_tick: usize,
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+    /// Bytes of proposed but uncommitted entries a leader accepts (then proposals fail).
+    pub max_uncommitted_size: u64,
+    pub max_committed_size_per_ready: u64,
+    /// Bytes of applied entries kept in each group's tail cache.
+    pub cache_bytes: u64,
+    /// Ticks a ReadIndex request waits for its answer before it fails (retry).
+    pub read_timeout_ticks: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            heartbeat_tick: 2,
+            election_tick: 10,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 64 << 20,
+            max_committed_size_per_ready: 16 << 20,
+            cache_bytes: 4 << 20,
+            read_timeout_ticks: 20,
+        }
+    }
+}
+
+/// Where a round's frames go: one frame (encoded `RaftFrame`) per destination node.
+pub trait Transport {
+    fn send(&mut self, to_node: u64, frame: Vec<u8>);
+}
+
+/// What a committed proposal became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub index: u64,
+    pub term: u64,
+    /// Offset of the first record (for data; the next offset for other entries).
+    pub base_offset: u64,
+    pub records: u32,
+}
+
+/// The answer to a proposal: committed, or why not.
+pub type Outcome = Result<Committed>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProposalKind {
+    Data,
+    Controller,
+    ConfChange,
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    kind: ProposalKind,
+    tx: oneshot::Sender<Outcome>,
+}
+
+struct ReadWaiter {
+    id: u64,
+    ticks_left: usize,
+    tx: oneshot::Sender<Result<u64>>,
+}
+
+/// A group's state as others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub role: StateRole,
+    pub term: u64,
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    /// The offset after the last committed record: what readers may see.
+    pub visible_offset: u64,
+}
+
+struct Group<S: LogStore> {
+    id: u64,
+    node: RawNode<RaftLog<S>>,
+    log: RaftLog<S>,
+    proposals: VecDeque<Proposal>,
+    reads: Vec<ReadWaiter>,
+    /// Index of the last applied configuration change (re-applied changes are skipped).
+    conf_index: u64,
+    visible_offset: u64,
+    failed: Option<Error>,
+    was_leader: bool,
+}
+
+/// Counters of a set, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetStats {
+    pub rounds: u64,
+    pub readies: u64,
+    pub syncs: u64,
+    pub frames: u64,
+    pub messages: u64,
+    pub heartbeats_merged: u64,
+    pub entries_written: u64,
+    pub entries_applied: u64,
+    pub meta_writes: u64,
+    pub fetches: u64,
+    pub step_errors: u64,
+}
+
+/// Every Raft group of one shard, and its Ready loop.
+pub struct GroupSet<S: LogStore> {
+    node_id: u64,
+    config: GroupConfig,
+    groups: BTreeMap<u64, Group<S>>,
+    rng: StdRng,
+    /// Messages of this round by destination node.
+    outbox: BTreeMap<u64, Vec<(u64, Message)>>,
+    next_read_id: u64,
+    stats: SetStats,
+}
+
+impl<S: LogStore> GroupSet<S> {
+    /// A set for node `node_id`; `seed` drives its election timeouts.
+    pub fn new(node_id: u64, config: GroupConfig, seed: u64) -> Self {
+        GroupSet {
+            node_id,
+            config,
+            groups: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            outbox: BTreeMap::new(),
+            next_read_id: 1,
+            stats: SetStats::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn stats(&self) -> SetStats {
+        self.stats
+    }
+
+    /// Opens group `id` over `store`. `voters` is the first configuration of a group created
+    /// now (ignored when the store already holds one).
+    pub async fn add_group(&mut self, id: u64, store: Rc<S>, voters: &[u64]) -> Result<()> {
+        let bootstrap = (!voters.is_empty()).then(|| {
+            let mut cs = ConfState::default();
+            cs.voters = voters.to_vec();
+            cs
+        });
+        let log = RaftLog::open(id, store, bootstrap, self.config.cache_bytes).await?;
+        let applied = log.recovered_applied();
+        let c = &self.config;
+        let cfg = raft::Config {
+            id: self.node_id,
+            election_tick: c.election_tick,
+            heartbeat_tick: c.heartbeat_tick,
+            applied,
+            max_size_per_msg: c.max_size_per_msg,
+            max_inflight_msgs: c.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            min_election_tick: c.election_tick,
+            max_election_tick: 2 * c.election_tick,
+            max_uncommitted_size: c.max_uncommitted_size,
+            max_committed_size_per_ready: c.max_committed_size_per_ready,
+            ..raft::Config::default()
+        };
+        let node = RawNode::new(&cfg, log.clone(), &logger::logger(self.node_id, id))?;
+        let visible_offset = log.offset_after(applied).unwrap_or(0);
+        let conf_index = log.meta().conf_index;
+        let g = Group {
+            id,
+            node,
+            log,
+            proposals: VecDeque::new(),
+            reads: Vec::new(),
+            conf_index,
+            visible_offset,
+            failed: None,
+            was_leader: false,
+        };
+        self.groups.insert(id, g);
+        self.randomize_timeouts();
+        Ok(())
+    }
+
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.groups.keys().copied().collect()
+    }
+
+    pub fn status(&self, id: u64) -> Option<GroupStatus> {
+        let g = self.groups.get(&id)?;
+        let r = &g.node.raft;
+        Some(GroupStatus {
+            role: r.state,
+            term: r.term,
+            leader: r.leader_id,
+            commit: r.raft_log.committed,
+            applied: r.raft_log.applied,
+            last_index: r.raft_log.last_index(),
+            visible_offset: g.visible_offset,
+        })
+    }
+
+    /// The error that stopped a group, if one did.
+    pub fn failure(&self, id: u64) -> Option<Error> {
+        self.groups.get(&id).and_then(|g| g.failed.clone())
+    }
+
+    pub fn log(&self, id: u64) -> Option<&RaftLog<S>> {
+        self.groups.get(&id).map(|g| &g.log)
+    }
+
+    fn group_mut(&mut self, id: u64) -> Result<&mut Group<S>> {
+        let g = self.groups.get_mut(&id).ok_or(Error::UnknownGroup(id))?;
+        match &g.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(g),
+        }
+    }
+
+    /// Proposes `records` as one entry of group `id`; the receiver answers once it is
+    /// committed (never before), or why it cannot be.
+    pub fn propose(
+        &mut self,
+        id: u64,
+        records: &[NewRecord],
+        timestamp_ms: i64,
+    ) -> Result<oneshot::Receiver<Outcome>> {
+        if records.is_empty() {
+            return Err(Error::InvalidProposal("a proposal needs records".into()));
+        }
+        let data = entry::data_proposal(records, timestamp_ms);
+        self.propose_data(id, data, ProposalKind::Data)
+    }
+
+    /// Proposes a controller command.
+    pub fn propose_command(
+        &mut self,
+        id: u64,
+        command: &[u8],
+    ) -> Result<oneshot::Receiver<Outcome>> {
+        self.propose_data(
+            id,
+            entry::controller_proposal(command),
+            ProposalKind::Controller,
+        )
+    }
+
+    fn propose_data(
+        &mut self,
+        id: u64,
+        data: Bytes,
+        kind: ProposalKind,
+    ) -> Result<oneshot::Receiver<Outcome>> {
+        let g = self.group_mut(id)?;
+        g.check_leader()?;
+        let before = g.node.raft.raft_log.last_index();
+        g.node
+            .propose(Vec::new(), data.to_vec())
+            .map_err(|e| match e {
+                raft::Error::ProposalDropped => Error::NotLeader {
+                    group: id,
+                    leader: g.node.raft.leader_id,
+                },
+                e => e.into(),
+            })?;
+        g.track(before, kind)
+    }
+
+    /// Proposes a configuration change (one at a time). Refused at once while another is
+    /// pending; answered `ConfChangeRefused` if raft-rs turned it into an empty entry.
+    pub fn propose_conf_change(
+        &mut self,
+        id: u64,
+        cc: ConfChangeV2,
+    ) -> Result<oneshot::Receiver<Outcome>> {
+        let g = self.group_mut(id)?;
+        g.check_leader()?;
+        let r = &g.node.raft;
+        if r.pending_conf_index > r.raft_log.applied {
+            return Err(Error::ConfChangePending {
+                group: id,
+                pending: r.pending_conf_index,
+            });
+        }
+        let before = r.raft_log.last_index();
+        g.node.propose_conf_change(Vec::new(), cc)?;
+        g.track(before, ProposalKind::ConfChange)
+    }
+
+    /// Asks for a linearizable read point of group `id`: the receiver answers the commit
+    /// index to wait for. Fails at once when it cannot be served yet (no leader, or a leader
+    /// that has not committed in its term, whose ReadIndex raft-rs would drop silently), and
+    /// after `read_timeout_ticks` when the answer does not come: the caller retries.
+    pub fn read_index(&mut self, id: u64) -> Result<oneshot::Receiver<Result<u64>>> {
+        let read_id = self.next_read_id;
+        self.next_read_id += 1;
+        let ticks = self.config.read_timeout_ticks;
+        let g = self.group_mut(id)?;
+        let r = &g.node.raft;
+        if r.leader_id == raft::INVALID_ID
+            || (r.state == StateRole::Leader && !r.commit_to_current_term())
+        {
+            return Err(Error::ReadNotReady { group: id });
+        }
+        g.node.read_index(read_id.to_le_bytes().to_vec());
+        let (tx, rx) = oneshot::channel();
+        g.reads.push(ReadWaiter {
+            id: read_id,
+            ticks_left: ticks,
+            tx,
+        });
+        Ok(rx)
+    }
+
+    /// Steps one incoming frame. Messages for unknown groups and messages raft-rs refuses
+    /// are counted and dropped; a frame that does not decode is an error (the transport
+    /// closes that connection).
+    pub fn step_frame(&mut self, bytes: &[u8]) -> Result<()> {
+        let frame = wire::decode_frame(bytes)?;
+        if frame.to != self.node_id {
+            return Err(Error::Malformed {
+                what: "frame",
+                why: format!("for node {}, this is node {}", frame.to, self.node_id),
+            });
+        }
+        for (group, m) in wire::unframe(frame)? {
+            let Some(g) = self.groups.get_mut(&group) else {
+                self.stats.step_errors += 1;
+                continue;
+            };
+            if g.failed.is_some() || g.node.step(m).is_err() {
+                self.stats.step_errors += 1;
+            }
+        }
+        self.randomize_timeouts();
+        Ok(())
+    }
+
+    /// One tick of the shard's timer, for every group.
+    pub fn tick(&mut self) {
+        for g in self.groups.values_mut() {
+            if g.failed.is_some() {
+                continue;
+            }
+            g.node.tick();
+            g.reads.retain_mut(|r| {
+                r.ticks_left = r.ticks_left.saturating_sub(1);
+                r.ticks_left > 0 && !r.tx.is_canceled()
+            });
+            // Dropped waiters read `Canceled`: the caller retries.
+        }
+        self.randomize_timeouts();
+    }
+
+    /// Campaigns group `id` now (tests, and a node told to take leadership).
+    pub fn campaign(&mut self, id: u64) -> Result<()> {
+        self.group_mut(id)?.node.campaign()?;
+        Ok(())
+    }
+
+    /// Replaces raft-rs's thread-random election timeout, wherever it was just reset, by one
+    /// from the set's generator.
+    fn randomize_timeouts(&mut self) {
+        let lo = self.config.election_tick;
+        for g in self.groups.values_mut() {
+            if g.node.raft.election_elapsed == 0 {
+                let t = self.rng.random_range(lo..2 * lo);
+                g.node.raft.set_randomized_election_timeout(t);
+            }
+        }
+    }
+
+    /// True when some group has work for a round.
+    pub fn has_ready(&self) -> bool {
+        self.groups
+            .values()
+            .any(|g| g.failed.is_none() && (g.node.has_ready() || g.log.has_pending_fetch()))
+    }
+
+    /// One round of the Ready loop (see the module doc).
+    pub async fn round<T: Transport>(&mut self, net: &mut T) {
+        self.stats.rounds += 1;
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        // 1. Deferred reads for lagging followers.
+        for &id in &ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if g.failed.is_some() || !g.log.has_pending_fetch() {
+                continue;
+            }
+            self.stats.fetches += 1;
+            match g.log.fetch_pending().await {
+                Ok(contexts) => {
+                    for c in contexts {
+                        g.node.on_entries_fetched(c);
+                    }
+                }
+                Err(e) => g.fail(e),
+            }
+        }
+        // 2. Readies: messages out, committed entries applied.
+        let mut work = Vec::new();
+        for &id in &ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if g.failed.is_some() || !g.node.has_ready() {
+                continue;
+            }
+            self.stats.readies += 1;
+            let mut rd = g.node.ready();
+            queue(&mut self.outbox, id, rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                g.fail(Error::Raft("snapshots are not installed yet".into()));
+                continue;
+            }
+            let committed = rd.take_committed_entries();
+            self.stats.entries_applied += committed.len() as u64;
+            if let Err(e) = g.apply(committed) {
+                g.fail(e);
+                continue;
+            }
+            for rs in rd.read_states() {
+                g.answer_read(&rs.request_ctx, rs.index);
+            }
+            work.push((id, rd));
+        }
+        // 3. The leader's appends leave before any disk write.
+        self.flush(net);
+        // 4. Writes, without syncing.
+        let mut persisted = Vec::new();
+        let mut to_sync = BTreeSet::new();
+        for (id, mut rd) in work {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let entries = rd.take_entries();
+            let commit = g.node.raft.raft_log.committed;
+            self.stats.entries_written += entries.len() as u64;
+            if let Err(e) = g.log.append(&entries, commit).await {
+                g.fail(e);
+                continue;
+            }
+            if let Some(hs) = rd.hs() {
+                let before = g.log.meta();
+                if let Err(e) = g.log.set_hard_state(hs) {
+                    g.fail(e);
+                    continue;
+                }
+                if before.term != hs.term || before.vote != hs.vote {
+                    self.stats.meta_writes += 1;
+                }
+            }
+            if rd.must_sync() || !entries.is_empty() {
+                to_sync.insert(id);
+            }
+            let number = rd.number();
+            let msgs = rd.take_persisted_messages();
+            g.node.advance_append_async(rd);
+            persisted.push((id, number, msgs));
+        }
+        // 5. One sync per touched log.
+        for id in to_sync {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            self.stats.syncs += 1;
+            if let Err(e) = g.log.store().sync().await {
+                g.fail(Error::Storage {
+                    group: id,
+                    source: e,
+                });
+            }
+        }
+        // 6. Durable: acknowledge.
+        for (id, number, msgs) in persisted {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if g.failed.is_some() {
+                continue;
+            }
+            g.node.on_persist_ready(number);
+            queue(&mut self.outbox, id, msgs);
+        }
+        for g in self.groups.values_mut() {
+            g.after_round();
+        }
+        self.flush(net);
+        self.randomize_timeouts();
+    }
+
+    /// Sends the queued messages, one frame per destination node.
+    fn flush<T: Transport>(&mut self, net: &mut T) {
+        for (to, msgs) in std::mem::take(&mut self.outbox) {
+            let frame = wire::frame(self.node_id, to, &msgs);
+            self.stats.frames += 1;
+            self.stats.messages += frame.messages.len() as u64;
+            self.stats.heartbeats_merged += frame.heartbeats.len() as u64;
+            net.send(to, wire::encode_frame(&frame));
+        }
+    }
+}
+
+/// Queues a group's raft messages (which carry their destination) under their node.
+fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, msgs: Vec<Message>) {
+    for m in msgs {
+        outbox.entry(m.to).or_default().push((group, m));
+    }
+}
+
+impl<S: LogStore> Group<S> {
+    fn check_leader(&self) -> Result<()> {
+        let r = &self.node.raft;
+        match (r.state, r.leader_id) {
+            (StateRole::Leader, _) => Ok(()),
+            (_, raft::INVALID_ID) => Err(Error::NoLeader { group: self.id }),
+            (_, leader) => Err(Error::NotLeader {
+                group: self.id,
+                leader,
+            }),
+        }
+    }
+
+    /// Tracks the proposal just made (its entry is the one after `before`), or reports it
+    /// dropped.
+    fn track(&mut self, before: u64, kind: ProposalKind) -> Result<oneshot::Receiver<Outcome>> {
+        let r = &self.node.raft;
+        let index = r.raft_log.last_index();
+        if index != before + 1 {
+            return Err(Error::NotLeader {
+                group: self.id,
+                leader: r.leader_id,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposals.push_back(Proposal {
+            index,
+            term: r.term,
+            kind,
+            tx,
+        });
+        self.was_leader = true;
+        Ok(rx)
+    }
+
+    /// Applies committed entries: the visible watermark, proposals' answers, configuration
+    /// changes.
+    fn apply(&mut self, committed: Vec<Entry>) -> Result<()> {
+        let Some(last) = committed.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        for e in &committed {
+            let base = self
+                .log
+                .base_offset(e.index)
+                .ok_or_else(|| Error::Malformed {
+                    what: "committed entry",
+                    why: format!("index {} is not in the cache", e.index),
+                })?;
+            let records = entry::record_count(e)?;
+            self.visible_offset = base + u64::from(records);
+            if matches!(
+                e.entry_type,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            ) && e.index > self.conf_index
+            {
+                let cc = wire::decode_conf_change(e)?;
+                let cs = self.node.apply_conf_change(&cc)?;
+                self.log.set_conf_state(cs, e.index)?;
+                self.conf_index = e.index;
+            }
+            self.answer(e, base, records);
+        }
+        self.node.advance_apply_to(last);
+        self.log.applied_to(last);
+        Ok(())
+    }
+
+    /// Answers the proposal whose entry `e` is, if this node made it.
+    fn answer(&mut self, e: &Entry, base_offset: u64, records: u32) {
+        while let Some(p) = self.proposals.front() {
+            if p.index > e.index {
+                return;
+            }
+            let Some(p) = self.proposals.pop_front() else {
+                return;
+            };
+            let outcome = if p.index < e.index {
+                // Its entry was replaced before it committed.
+                Err(Error::OutcomeUnknown { group: self.id })
+            } else if p.term != e.term {
+                // Another leader's entry took its place: it was not committed.
+                Err(Error::NotLeader {
+                    group: self.id,
+                    leader: self.node.raft.leader_id,
+                })
+            } else if p.kind == ProposalKind::ConfChange && e.entry_type == EntryType::EntryNormal {
+                Err(Error::ConfChangeRefused {
+                    group: self.id,
+                    index: e.index,
+                })
+            } else {
+                Ok(Committed {
+                    index: e.index,
+                    term: e.term,
+                    base_offset,
+                    records,
+                })
+            };
+            let _ = p.tx.send(outcome);
+        }
+    }
+
+    fn answer_read(&mut self, ctx: &[u8], index: u64) {
+        let Ok(id) = <[u8; 8]>::try_from(ctx).map(u64::from_le_bytes) else {
+            return;
+        };
+        if let Some(i) = self.reads.iter().position(|r| r.id == id) {
+            let r = self.reads.swap_remove(i);
+            let _ = r.tx.send(Ok(index));
+        }
+    }
+
+    /// After a round: a node that lost leadership cannot know what becomes of its pending
+    /// proposals.
+    fn after_round(&mut self) {
+        let leader = self.node.raft.state == StateRole::Leader;
+        if self.was_leader && !leader {
+            for p in self.proposals.drain(..) {
+                let _ = p.tx.send(Err(Error::OutcomeUnknown { group: self.id }));
+            }
+            for r in self.reads.drain(..) {
+                let _ = r.tx.send(Err(Error::ReadNotReady { group: self.id }));
+            }
+        }
+        self.was_leader = leader;
+    }
+
+    /// Stops the group after a storage or apply failure; waiters learn the outcome is
+    /// unknown.
+    fn fail(&mut self, e: Error) {
+        log::error!("Raft group {} stopped: {e}", self.id);
+        for p in self.proposals.drain(..) {
+            let _ = p.tx.send(Err(Error::OutcomeUnknown { group: self.id }));
+        }
+        self.failed = Some(e);
+    }
+}

@@ -1,0 +1,243 @@
+//! An in-memory log store with written versus synced state, for the deterministic
+//! simulation: batches are checked exactly as the engine checks them (format v2 headers, CRC,
+//! continuity of offsets and Raft indexes), `sync` marks what a crash keeps, and
+//! [`MemStore::crash`] returns the store a restarted node finds: everything synced, plus
+//! whatever prefix of the unsynced batches the simulated device happened to keep.
+
+use super::store::LogStore;
+use bytes::Bytes;
+use engine::batch::{self, Header, Parsed};
+use engine::log::EntryBatch;
+use engine::{Error, Result};
+use std::cell::RefCell;
+
+#[derive(Clone)]
+struct Inner {
+    /// Batches written, in order. Invariant: Raft indexes `start_index..` without gaps,
+    /// offsets continuing from `start_offset`.
+    batches: Vec<EntryBatch>,
+    /// `batches[..synced]` survive a crash.
+    synced: usize,
+    start_offset: u64,
+    start_index: u64,
+    meta: Option<Vec<u8>>,
+    syncs: u64,
+    /// The next `sync` fails (as a device error would), leaving its batches unsynced.
+    fail_next_sync: bool,
+}
+
+/// A partition log in memory.
+pub struct MemStore {
+    inner: RefCell<Inner>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn invalid(why: String) -> Error {
+    Error::InvalidArgument(why)
+}
+
+impl MemStore {
+    /// An empty log starting at offset 0 and Raft index 1.
+    pub fn new() -> MemStore {
+        MemStore {
+            inner: RefCell::new(Inner {
+                batches: Vec::new(),
+                synced: 0,
+                start_offset: 0,
+                start_index: 1,
+                meta: None,
+                syncs: 0,
+                fail_next_sync: false,
+            }),
+        }
+    }
+
+    /// The store a restart finds after a crash: the synced batches and the first
+    /// `keep_unsynced` of the others (a device may have written some of them).
+    pub fn crash(&self, keep_unsynced: usize) -> MemStore {
+        let mut st = self.inner.borrow().clone();
+        let keep = (st.synced + keep_unsynced).min(st.batches.len());
+        st.batches.truncate(keep);
+        st.synced = keep;
+        st.fail_next_sync = false;
+        MemStore {
+            inner: RefCell::new(st),
+        }
+    }
+
+    /// Batches written but not yet synced.
+    pub fn unsynced(&self) -> usize {
+        let st = self.inner.borrow();
+        st.batches.len() - st.synced
+    }
+
+    /// Every batch written (synced or not), for checks.
+    pub fn batches(&self) -> Vec<EntryBatch> {
+        self.inner.borrow().batches.clone()
+    }
+
+    /// Makes the next `sync` fail: the simulation's crash in the middle of a round, after the
+    /// writes and the leader's messages, before the data is durable.
+    pub fn fail_next_sync(&self) {
+        self.inner.borrow_mut().fail_next_sync = true;
+    }
+
+    /// Syncs done so far.
+    pub fn syncs(&self) -> u64 {
+        self.inner.borrow().syncs
+    }
+}
+
+impl Inner {
+    fn next_index(&self) -> u64 {
+        self.batches
+            .last()
+            .map(|b| b.header.raft_index + 1)
+            .unwrap_or(self.start_index)
+    }
+    fn next_offset(&self) -> u64 {
+        self.batches
+            .last()
+            .map(|b| b.header.next_offset())
+            .unwrap_or(self.start_offset)
+    }
+}
+
+impl LogStore for MemStore {
+    fn first_index(&self) -> u64 {
+        self.inner.borrow().start_index
+    }
+    fn next_index(&self) -> u64 {
+        self.inner.borrow().next_index()
+    }
+    fn next_offset(&self) -> u64 {
+        self.inner.borrow().next_offset()
+    }
+
+    async fn append(&self, bytes: &[u8]) -> Result<()> {
+        let mut parsed = Vec::new();
+        let (mut offset, mut index) = {
+            let st = self.inner.borrow();
+            (st.next_offset(), st.next_index())
+        };
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let header = match batch::parse_header(&bytes[pos..]) {
+                Parsed::Header(h) => h,
+                other => return Err(invalid(format!("no batch at byte {pos}: {other:?}"))),
+            };
+            let end = pos + header.batch_len();
+            if end > bytes.len() || !batch::crc_ok(&header, &bytes[pos..end]) {
+                return Err(invalid(format!("batch at byte {pos} is torn or corrupt")));
+            }
+            if header.base_offset != offset || header.raft_index != index {
+                return Err(invalid(format!(
+                    "batch (offset {}, index {}) does not continue the log at ({offset}, {index})",
+                    header.base_offset, header.raft_index
+                )));
+            }
+            offset = header.next_offset();
+            index += 1;
+            parsed.push(EntryBatch {
+                header,
+                bytes: Bytes::copy_from_slice(&bytes[pos..end]),
+            });
+            pos = end;
+        }
+        self.inner.borrow_mut().batches.extend(parsed);
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<()> {
+        let mut st = self.inner.borrow_mut();
+        if std::mem::take(&mut st.fail_next_sync) {
+            return Err(Error::io(
+                "syncing",
+                "memory",
+                std::io::Error::other("injected sync failure"),
+            ));
+        }
+        st.synced = st.batches.len();
+        st.syncs += 1;
+        Ok(())
+    }
+
+    async fn truncate_after(&self, last_kept: u64) -> Result<()> {
+        let mut st = self.inner.borrow_mut();
+        if last_kept + 1 < st.start_index {
+            return Err(invalid(format!(
+                "cannot truncate after {last_kept}: the log starts at {}",
+                st.start_index
+            )));
+        }
+        let keep = (last_kept + 1 - st.start_index) as usize;
+        st.batches.truncate(keep);
+        st.synced = st.synced.min(keep);
+        Ok(())
+    }
+
+    async fn reset(&self, next_offset: u64, next_index: u64) -> Result<()> {
+        let mut st = self.inner.borrow_mut();
+        st.batches.clear();
+        st.synced = 0;
+        st.start_offset = next_offset;
+        st.start_index = next_index;
+        Ok(())
+    }
+
+    async fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<EntryBatch>> {
+        let st = self.inner.borrow();
+        if from < st.start_index || from >= st.next_index() || to <= from {
+            return Err(invalid(format!(
+                "Raft indexes [{from}, {to}) outside the log [{}, {})",
+                st.start_index,
+                st.next_index()
+            )));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let lo = (from - st.start_index) as usize;
+        let hi = ((to - st.start_index) as usize).min(st.batches.len());
+        for b in &st.batches[lo..hi] {
+            if !out.is_empty() && bytes + b.bytes.len() > max_bytes {
+                break;
+            }
+            // Reads check what they return, as the engine's do.
+            if !batch::crc_ok(&b.header, &b.bytes) {
+                return Err(invalid(format!("batch {} is corrupt", b.header.raft_index)));
+            }
+            bytes += b.bytes.len();
+            out.push(b.clone());
+        }
+        Ok(out)
+    }
+
+    async fn term_runs(&self) -> Result<Vec<(u64, u64)>> {
+        let st = self.inner.borrow();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for b in &st.batches {
+            if runs.last().is_none_or(|&(_, t)| t != b.header.term) {
+                runs.push((b.header.raft_index, b.header.term));
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn last_header(&self) -> Result<Option<Header>> {
+        Ok(self.inner.borrow().batches.last().map(|b| b.header))
+    }
+
+    fn write_meta(&self, payload: &[u8]) -> Result<()> {
+        self.inner.borrow_mut().meta = Some(payload.to_vec());
+        Ok(())
+    }
+
+    fn read_meta(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.borrow().meta.clone())
+    }
+}

@@ -1,0 +1,30 @@
+//! Raft for proglog partitions: one raft-rs group per partition, all the groups of a shard
+//! driven by one Ready loop, the partition's log as Raft's log.
+//!
+//! - [`entry`]: one Raft entry is one engine batch (format v2); what proposals carry.
+//! - [`store`]: the narrow log-store interface Raft needs of a log, implemented by
+//!   `engine::Log` ([`engine_store`]) and in memory ([`mem_store`], written vs synced).
+//! - [`storage`]: raft-rs `Storage` over a store: term runs, tail cache, deferred reads for
+//!   lagging followers, commit recovered from batch headers, metadata file.
+//! - [`group`]: the per-shard [`GroupSet`] and its rounds: one sync per round per log,
+//!   messages coalesced per destination node, heartbeats merged.
+//! - [`wire`]: our own prost types for raft-rs's messages, frames, conversions.
+//!
+//! Phase 1 of replication: nothing here is wired to the server yet. `docs/replication.md`
+//! argues the design.
+
+pub mod engine_store;
+pub mod entry;
+pub mod error;
+pub mod group;
+pub mod logger;
+pub mod mem_store;
+pub mod storage;
+pub mod store;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use group::{Committed, GroupConfig, GroupSet, GroupStatus, Outcome, SetStats, Transport};
+pub use mem_store::MemStore;
+pub use storage::{RaftLog, RaftMeta};
+pub use store::LogStore;

@@ -1,0 +1,48 @@
+//! The narrow log-store interface the Raft storage adapter sits on: what Raft needs of a
+//! partition's log, by Raft index. `engine::Log` implements it for production
+//! (`engine_store.rs`); [`MemStore`](super::mem_store::MemStore) implements it in memory for the
+//! simulation, with written versus synced state so that a simulated crash loses exactly what
+//! a real one may lose. The adapter's logic (offsets, term runs, truncation, commit recovery)
+//! is the same code over both.
+//!
+//! Contract:
+//! - `append` buffers whole v2 batches continuing the log (offsets and Raft indexes) and
+//!   returns without making them durable; `sync` makes everything appended so far durable.
+//!   A crash may lose any suffix of what was appended but not synced.
+//! - `truncate_after`, `reset` and `write_meta` are durable when they return.
+//! - `read` returns checked batches of `[from, to)`, at least one, then up to about
+//!   `max_bytes`.
+
+use engine::batch::Header;
+use engine::log::EntryBatch;
+use engine::Result;
+
+/// A partition's log as Raft sees it. Futures are not `Send`: a store lives on one shard.
+#[allow(async_fn_in_trait)]
+pub trait LogStore {
+    /// Raft index of the first batch held (`next_index` when empty).
+    fn first_index(&self) -> u64;
+    /// Raft index the next batch gets.
+    fn next_index(&self) -> u64;
+    /// Offset the next data batch gets.
+    fn next_offset(&self) -> u64;
+    /// Buffers batches (format v2, back to back) at the end of the log.
+    async fn append(&self, batches: &[u8]) -> Result<()>;
+    /// Makes everything appended so far durable.
+    async fn sync(&self) -> Result<()>;
+    /// Drops every batch after Raft index `last_kept`, durably.
+    async fn truncate_after(&self, last_kept: u64) -> Result<()>;
+    /// Empties the log, to continue at `next_offset` and Raft index `next_index`, durably.
+    async fn reset(&self, next_offset: u64, next_index: u64) -> Result<()>;
+    /// Checked batches of Raft indexes `[from, to)`.
+    async fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<EntryBatch>>;
+    /// `(first Raft index, term)` at every term change of the log, in order.
+    async fn term_runs(&self) -> Result<Vec<(u64, u64)>>;
+    /// The header of the last batch, if any.
+    async fn last_header(&self) -> Result<Option<Header>>;
+    /// Replaces the Raft metadata file (hard state, conf state, snapshot point) atomically
+    /// and durably.
+    fn write_meta(&self, payload: &[u8]) -> Result<()>;
+    /// The Raft metadata file, if written.
+    fn read_meta(&self) -> Result<Option<Vec<u8>>>;
+}
