@@ -1,0 +1,399 @@
+//! The log as a Raft log (batch format v2): Raft indexes counted on every batch, control
+//! batches (no records) between data batches with dense offsets, reads, cuts and term runs by
+//! Raft index across segments and reopens, a reset at an index remembered across a restart,
+//! and a data directory of format version 1 refused with its version named.
+
+use bytes::Bytes;
+use engine::batch::{self, Kind, NewRecord, Stamp};
+use engine::{Error, FileBudget, Log, LogConfig};
+use std::path::Path;
+use std::rc::Rc;
+
+fn small() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 512,
+        max_batch_bytes: 16 * 1024,
+        max_record_bytes: 16 * 1024,
+        write_behind_bytes: 64 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+fn run<F, Fut>(dir: &Path, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    engine::run_local(dir, f).expect("executor");
+}
+
+/// Entry `i` of a test log: a data batch of `i % 3 + 1` records, except every fourth entry,
+/// which is a control batch (no-op, configuration change or controller command by turn).
+/// Terms change every 7 entries.
+fn entry(log: &Log, i: u64, value_len: usize) -> Vec<u8> {
+    let term = i / 7 + 1;
+    let mut stamp = Stamp {
+        kind: Kind::Data,
+        base_offset: log.next_offset(),
+        term,
+        raft_index: log.next_index(),
+        commit_index: log.next_index().saturating_sub(2),
+        timestamp_ms: i as i64,
+    };
+    let mut out = Vec::new();
+    if i % 4 == 3 {
+        stamp.kind = [Kind::NoOp, Kind::ConfChange, Kind::Controller][(i / 4 % 3) as usize];
+        batch::encode_with_payload(&mut out, &stamp, 0, format!("control {i}").as_bytes());
+    } else {
+        let records: Vec<NewRecord> = (0..i % 3 + 1)
+            .map(|k| NewRecord::new(Bytes::from(vec![(i + k) as u8; value_len])))
+            .collect();
+        batch::encode_into(&mut out, &stamp, &records);
+    }
+    out
+}
+
+async fn fill(log: &Rc<Log>, n: u64, value_len: usize) {
+    for i in 0..n {
+        let b = entry(log, i, value_len);
+        log.append_buffered(&b).await.expect("append");
+    }
+    log.sync().await.expect("sync");
+}
+
+/// Records of entries `0..n` as `fill` writes them: (offset, first byte of the value).
+fn expected_records(n: u64) -> Vec<(u64, u8)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        if i % 4 != 3 {
+            for k in 0..i % 3 + 1 {
+                out.push((out.len() as u64, (i + k) as u8));
+            }
+        }
+    }
+    out
+}
+
+async fn check(log: &Rc<Log>, n: u64) {
+    assert_eq!((log.first_index(), log.next_index()), (1, n + 1));
+    let want = expected_records(n);
+    assert_eq!(log.next_offset(), want.len() as u64);
+    // Readers see records only, at dense offsets.
+    let got = log
+        .read_range(0, usize::MAX, usize::MAX)
+        .await
+        .expect("read records");
+    let got: Vec<(u64, u8)> = got.iter().map(|r| (r.offset, r.value[0])).collect();
+    assert_eq!(got, want);
+    // Every entry by Raft index, one batch each, in order, from any starting index.
+    for from in [1, 2, n / 2, n]
+        .into_iter()
+        .filter(|&f| (1..=n).contains(&f))
+    {
+        let b = log
+            .read_entries(from, n + 1, usize::MAX)
+            .await
+            .expect("entries");
+        assert_eq!(b.len() as u64, n + 1 - from, "entries from {from}");
+        for (k, e) in b.iter().enumerate() {
+            let i = from + k as u64;
+            assert_eq!(e.header.raft_index, i);
+            assert_eq!(e.header.term, (i - 1) / 7 + 1);
+            assert_eq!(e.header.is_data(), (i - 1) % 4 != 3);
+        }
+    }
+    // A byte budget returns at least one batch.
+    if n >= 3 {
+        assert_eq!(log.read_entries(3, n + 1, 1).await.expect("one").len(), 1);
+    }
+    let runs = log.term_runs().await.expect("term runs");
+    let want_runs: Vec<(u64, u64)> = (0..n.div_ceil(7)).map(|t| (t * 7 + 1, t + 1)).collect();
+    assert_eq!(runs, want_runs);
+    let last = log.last_header().await.expect("last").expect("a batch");
+    assert_eq!(last.raft_index, n);
+}
+
+#[test]
+fn control_batches_take_indexes_not_offsets_across_segments_and_reopens() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 200, 900).await;
+        assert!(log.stats().segments > 3, "the test wants several segments");
+        check(&log, 200).await;
+        log.close().await.expect("close");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        check(&log, 200).await;
+        // Appends continue the indexes and the dense offsets.
+        let next = log.next_offset();
+        let b = entry(&log, 200, 10);
+        log.append_buffered(&b).await.expect("append");
+        assert_eq!(
+            (log.next_index(), log.next_offset()),
+            (202, next + 200 % 3 + 1)
+        );
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn cut_after_an_index_in_an_earlier_segment_and_continue() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 200, 900).await;
+        for keep in [150u64, 149, 60, 12, 1] {
+            log.truncate_after_index(keep).await.expect("truncate");
+            check(&log, keep).await;
+        }
+        // The cut is durable, and appends continue the indexes.
+        log.close().await.expect("close");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        check(&log, 1).await;
+        for i in 1..40 {
+            let b = entry(&log, i, 900);
+            log.append_buffered(&b).await.expect("append");
+        }
+        log.sync().await.expect("sync");
+        check(&log, 40).await;
+        // Nothing below the log's first index can be cut, and a cut past the end is a no-op.
+        log.truncate_after_index(1000).await.expect("past the end");
+        assert_eq!(log.next_index(), 41);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn appends_must_continue_the_indexes_and_offsets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 5, 10).await;
+        let mut b = entry(&log, 5, 10);
+        // Raft index 7 where 6 is next.
+        let mut stamp = Stamp {
+            kind: Kind::NoOp,
+            base_offset: log.next_offset(),
+            term: 1,
+            raft_index: 7,
+            commit_index: 0,
+            timestamp_ms: 0,
+        };
+        let mut skip = Vec::new();
+        batch::encode_with_payload(&mut skip, &stamp, 0, b"");
+        assert!(matches!(
+            log.append_buffered(&skip).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        stamp.raft_index = 6;
+        stamp.base_offset += 1;
+        let mut gap = Vec::new();
+        batch::encode_with_payload(&mut gap, &stamp, 0, b"");
+        assert!(matches!(
+            log.append_buffered(&gap).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        b[70] ^= 1;
+        assert!(log.append_buffered(&b).await.is_err(), "a corrupt batch");
+        assert_eq!(log.next_index(), 6);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_reset_at_an_index_is_remembered_by_an_empty_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 30, 100).await;
+        log.reset_at(1000, 57).await.expect("reset");
+        assert_eq!((log.first_index(), log.next_index()), (57, 57));
+        log.close().await.expect("close");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        assert_eq!(
+            (log.first_index(), log.next_index(), log.next_offset()),
+            (57, 57, 1000)
+        );
+        let mut b = Vec::new();
+        let stamp = Stamp {
+            kind: Kind::Data,
+            base_offset: 1000,
+            term: 9,
+            raft_index: 57,
+            commit_index: 56,
+            timestamp_ms: 0,
+        };
+        batch::encode_into(&mut b, &stamp, &[NewRecord::new(&b"x"[..])]);
+        log.append_buffered(&b).await.expect("append");
+        log.sync().await.expect("sync");
+        assert_eq!(
+            log.read(1000).await.expect("read").value,
+            Bytes::from_static(b"x")
+        );
+        assert_eq!(log.term_runs().await.expect("runs"), vec![(57, 9)]);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn single_node_appends_count_raft_indexes_too() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        for i in 0..10u8 {
+            log.append(&[NewRecord::new(Bytes::from(vec![i; 3]))])
+                .await
+                .expect("append");
+        }
+        assert_eq!((log.first_index(), log.next_index()), (1, 11));
+        log.close().await.expect("close");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        assert_eq!(log.next_index(), 11);
+        let e = log.read_entries(4, 5, 1).await.expect("entry");
+        assert_eq!((e[0].header.raft_index, e[0].header.base_offset), (4, 3));
+        log.close().await.expect("close");
+    });
+}
+
+/// A version-1 batch header (48 bytes): magic, version 1, flags, header length 48, then
+/// base offset, term, timestamp, count, payload length, reserved, CRC.
+fn v1_batch() -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&batch::MAGIC.to_le_bytes());
+    h.push(1);
+    h.push(0);
+    h.extend_from_slice(&48u16.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&1u64.to_le_bytes());
+    h.extend_from_slice(&0i64.to_le_bytes());
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&9u32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.push(b'v');
+    h.resize(4096, 0);
+    h
+}
+
+#[test]
+fn a_data_directory_of_format_one_is_refused_untouched() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, files) in [("active", vec![0u64]), ("sealed", vec![0u64, 1])] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for base in &files {
+            std::fs::write(dir.join(format!("{base:020}.log")), v1_batch()).expect("write");
+        }
+        let before: Vec<Vec<u8>> = files
+            .iter()
+            .map(|b| std::fs::read(dir.join(format!("{b:020}.log"))).expect("read"))
+            .collect();
+        let d = dir.clone();
+        run(tmp.path(), move || async move {
+            match Log::open(&d, small(), FileBudget::new(8)).await {
+                Err(e @ Error::UnsupportedFormat { version: 1, .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("format version 1"), "{msg}");
+                }
+                Err(e) => panic!("{name}: {e}"),
+                Ok(_) => panic!("{name}: a format-1 log opened"),
+            }
+        });
+        for (b, bytes) in files.iter().zip(before) {
+            let after = std::fs::read(dir.join(format!("{b:020}.log"))).expect("read");
+            assert_eq!(after, bytes, "{name}: the file was changed");
+        }
+    }
+}
+
+#[test]
+fn a_run_of_control_batches_never_rolls_into_a_segment_of_the_same_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        // Fill a segment, then 150 control batches of 1 KB (more than a segment) that carry
+        // no offset, then records again.
+        fill(&log, 60, 900).await;
+        for _ in 0..150 {
+            let stamp = Stamp {
+                kind: Kind::Controller,
+                base_offset: log.next_offset(),
+                term: 20,
+                raft_index: log.next_index(),
+                commit_index: 0,
+                timestamp_ms: 0,
+            };
+            let mut b = Vec::new();
+            batch::encode_with_payload(&mut b, &stamp, 0, &[7u8; 1000]);
+            log.append_buffered(&b).await.expect("control");
+        }
+        let offset = log.next_offset();
+        for i in 0..100u64 {
+            let stamp = Stamp {
+                kind: Kind::Data,
+                base_offset: log.next_offset(),
+                term: 20,
+                raft_index: log.next_index(),
+                commit_index: 0,
+                timestamp_ms: 0,
+            };
+            let mut b = Vec::new();
+            batch::encode_into(
+                &mut b,
+                &stamp,
+                &[NewRecord::new(Bytes::from(vec![i as u8; 900]))],
+            );
+            log.append_buffered(&b).await.expect("data");
+        }
+        log.sync().await.expect("sync");
+        let check = |log: Rc<Log>| async move {
+            assert_eq!(log.next_index(), 311);
+            let r = log.read_range(offset, 200, usize::MAX).await.expect("read");
+            assert_eq!(r.len(), 100);
+            assert!(r
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.offset == offset + i as u64));
+            let e = log
+                .read_entries(61, 311, usize::MAX)
+                .await
+                .expect("entries");
+            assert_eq!(e.len(), 250);
+        };
+        check(Rc::clone(&log)).await;
+        log.close().await.expect("close");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        check(log).await;
+    });
+}
