@@ -4,7 +4,7 @@
 //! duplicated, partitions, and crash-restarts that lose unsynced writes.
 //!
 //! Every run is decided by its seed: each test prints it, `PROGLOG_RAFT_SEED=<n>` replays one,
-//! `PROGLOG_RAFT_SEEDS=<k>` runs k more seeds per configuration (CI runs a few), and
+//! `PROGLOG_RAFT_SEEDS=<k>` runs k seeds per configuration (4 by default), and
 //! `PROGLOG_RAFT_STEPS=<n>` changes the steps per run.
 //!
 //! Checked while it runs: a node acknowledges appends only for entries it has synced, and
@@ -85,6 +85,26 @@ struct Figures {
     ack_checks: u64,
     prefix_checks: u64,
     leader_changes: u64,
+    /// From the nodes' `GroupSet`s (summed over runs of each node).
+    rounds: u64,
+    syncs: u64,
+    frames: u64,
+    messages: u64,
+    heartbeats_merged: u64,
+    deferred_reads: u64,
+    meta_writes: u64,
+}
+
+impl Figures {
+    fn absorb(&mut self, s: consensus::raft::SetStats) {
+        self.rounds += s.rounds;
+        self.syncs += s.syncs;
+        self.frames += s.frames;
+        self.messages += s.messages;
+        self.heartbeats_merged += s.heartbeats_merged;
+        self.deferred_reads += s.fetches;
+        self.meta_writes += s.meta_writes;
+    }
 }
 
 struct Sim {
@@ -119,7 +139,8 @@ impl Transport for Outbox {
 impl Sim {
     fn new(seed: u64, n: u64, faults: Faults) -> Sim {
         let config = GroupConfig {
-            cache_bytes: 2048,
+            // A small tail cache, so that followers catching up take the deferred-read path.
+            cache_bytes: 256,
             ..GroupConfig::default()
         };
         let mut sim = Sim {
@@ -367,7 +388,9 @@ impl Sim {
         let down = self.rng.random_range(5..200);
         let keeps: Vec<usize> = GROUPS.iter().map(|_| self.rng.random_range(0..2)).collect();
         let node = self.nodes.get_mut(&id).expect("node");
-        node.set = None;
+        if let Some(set) = node.set.take() {
+            self.fig.absorb(set.stats());
+        }
         node.down_until = self.now + down;
         for (i, g) in GROUPS.iter().enumerate() {
             let old = &node.stores[g];
@@ -571,6 +594,14 @@ fn run(seed: u64, nodes: u64, steps: u64) -> Figures {
     sim.settle();
     sim.final_checks();
     sim.fig.steps = sim.now;
+    let stats: Vec<_> = sim
+        .nodes
+        .values()
+        .filter_map(|n| n.set.as_ref().map(|s| s.stats()))
+        .collect();
+    for s in stats {
+        sim.fig.absorb(s);
+    }
     sim.fig
 }
 
@@ -578,11 +609,15 @@ fn seeds(base: u64) -> Vec<u64> {
     if let Some(s) = env_u64("PROGLOG_RAFT_SEED") {
         return vec![s];
     }
-    let extra = env_u64("PROGLOG_RAFT_SEEDS").unwrap_or(0);
+    let count = env_u64("PROGLOG_RAFT_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let first: u64 = rand::random::<u64>() >> 1;
-    let _ = base;
-    (0..1 + extra).map(|i| first.wrapping_add(i)).collect()
+    (0..count.max(1))
+        .map(|i| first.wrapping_add(i.wrapping_mul(base)))
+        .collect()
 }
+
+/// Seeds per configuration by default (each a fresh random one, printed).
+const DEFAULT_SEEDS: u64 = 4;
 
 fn run_many(nodes: u64) {
     let steps = env_u64("PROGLOG_RAFT_STEPS").unwrap_or(3000);

@@ -147,6 +147,8 @@ pub struct SetStats {
     pub meta_writes: u64,
     pub fetches: u64,
     pub step_errors: u64,
+    /// Vote requests dropped by a group that knows no configuration.
+    pub votes_refused: u64,
 }
 
 /// Every Raft group of one shard, and its Ready loop.
@@ -374,6 +376,14 @@ impl<S: LogStore> GroupSet<S> {
                 self.stats.step_errors += 1;
                 continue;
             };
+            if is_vote_request(&m) && g.knows_no_configuration() {
+                // A node that knows no configuration (an empty disk that was not
+                // bootstrapped) may have voted in this term before it lost its disk: it must
+                // not vote as if it remembered. raft-rs itself votes whatever its
+                // configuration.
+                self.stats.votes_refused += 1;
+                continue;
+            }
             if g.failed.is_some() || g.node.step(m).is_err() {
                 self.stats.step_errors += 1;
             }
@@ -549,6 +559,13 @@ impl<S: LogStore> GroupSet<S> {
     }
 }
 
+fn is_vote_request(m: &Message) -> bool {
+    matches!(
+        m.msg_type,
+        raft::eraftpb::MessageType::MsgRequestVote | raft::eraftpb::MessageType::MsgRequestPreVote
+    )
+}
+
 /// Queues a group's raft messages (which carry their destination) under their node.
 fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, msgs: Vec<Message>) {
     for m in msgs {
@@ -557,6 +574,11 @@ fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, msgs: Vec<
 }
 
 impl<S: LogStore> Group<S> {
+    fn knows_no_configuration(&self) -> bool {
+        let cs = self.log.meta().conf_state;
+        cs.voters.is_empty() && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
+    }
+
     fn check_leader(&self) -> Result<()> {
         let r = &self.node.raft;
         match (r.state, r.leader_id) {
