@@ -7,12 +7,11 @@ use super::store::LogStore;
 use engine::batch::Header;
 use engine::log::EntryBatch;
 use engine::{Log, Result};
-use std::rc::Rc;
 
 /// Name of the Raft metadata file in a partition's directory.
 pub const RAFT_META: &str = "raft.meta";
 
-impl LogStore for Rc<Log> {
+impl LogStore for Log {
     fn first_index(&self) -> u64 {
         Log::first_index(self)
     }

@@ -402,9 +402,12 @@ impl Log {
         st.next_index = header.raft_index + 1;
         st.stats.appends += 1;
         st.stats.records_appended += count;
+        // A control batch holds no record: its "last offset" is the one before it (or 0 at
+        // the very start), which no caller waits on (control batches come only through
+        // `append_buffered`, which waits for nothing).
         Ok(Appended {
             base_offset: base,
-            last_offset: base + count - 1,
+            last_offset: (base + count).saturating_sub(1),
         })
     }
 }
