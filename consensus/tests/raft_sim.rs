@@ -427,8 +427,8 @@ impl Sim {
         }
     }
 
-    /// Entries (index, term, data) of a node's log for group `g`.
-    fn entries(&self, id: u64, g: u64) -> Vec<(u64, u64, Bytes, u64)> {
+    /// Entries of a node's log for group `g`.
+    fn entries(&self, id: u64, g: u64) -> Vec<Stored> {
         self.nodes[&id].stores[&g]
             .batches()
             .iter()
@@ -443,7 +443,7 @@ impl Sim {
     fn check_committed_prefixes(&mut self) {
         self.fig.prefix_checks += 1;
         for g in GROUPS {
-            let mut reference: Option<(u64, Vec<(u64, u64, Bytes, u64)>)> = None;
+            let mut reference: Option<(u64, Vec<Stored>)> = None;
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
             for id in ids {
                 let Some(commit) = self.nodes[&id]
@@ -576,6 +576,9 @@ impl Sim {
         }
     }
 }
+
+/// An entry as a node stores it: (Raft index, term, entry data, base offset).
+type Stored = (u64, u64, Bytes, u64);
 
 /// The single record's value of a data entry's data (the sim proposes one record each).
 fn record_value(data: &Bytes) -> Option<Bytes> {

@@ -5,6 +5,9 @@
 //! commit index is persisted (restart); a follower acknowledging before its fsync; a node
 //! restarted with an empty disk.
 
+// raft-rs's message types (rust-protobuf) are filled field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 use consensus::raft::{Error, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport};
 use engine::NewRecord;
 use futures_channel::oneshot;

@@ -225,6 +225,15 @@ mod tests {
                 Code::ResourceExhausted,
                 "partition t/0 cannot take writes: the disk holding /d/t/0 is full (4096 bytes free); reads go on, and writes resume by themselves once space is freed",
             ),
+            (
+                engine::Error::UnsupportedFormat {
+                    path: "/d/t/0/00000000000000000000.log".into(),
+                    version: 1,
+                    supported: 2,
+                },
+                Code::Internal,
+                "/d/t/0/00000000000000000000.log holds batches of format version 1; this proglog reads format version 2 only (format 1 is the single-node format from before replication: export its records with a client and produce them into a new data directory)",
+            ),
         ];
         for (e, code, message) in cases {
             let st = to_status(e.into());

@@ -13,6 +13,9 @@
 //! Phase 1 of replication: nothing here is wired to the server yet. `docs/replication.md`
 //! argues the design.
 
+// raft-rs's message types (rust-protobuf) are filled field by field, as raft-rs does itself.
+#![allow(clippy::field_reassign_with_default)]
+
 pub mod engine_store;
 pub mod entry;
 pub mod error;

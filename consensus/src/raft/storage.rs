@@ -450,7 +450,7 @@ impl Core {
         }
     }
 
-    fn from_cache(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+    fn cached_range(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
         let first = self.cache.front()?.entry.index;
         if low < first {
             return None;
@@ -465,7 +465,7 @@ impl Core {
         )
     }
 
-    fn from_fetched(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+    fn fetched_range(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
         let first = self.fetched.first()?.index;
         if low < first || low >= first + self.fetched.len() as u64 {
             return None;
@@ -501,8 +501,8 @@ impl<S: LogStore> raft::Storage for RaftLog<S> {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let found = c
-            .from_cache(low, high)
-            .or_else(|| c.from_fetched(low, high));
+            .cached_range(low, high)
+            .or_else(|| c.fetched_range(low, high));
         match found {
             Some(mut entries) => {
                 raft::util::limit_size(&mut entries, max_size);
