@@ -21,6 +21,16 @@ impl Transport for Queue {
     fn send(&mut self, to: u64, frame: Vec<u8>) {
         self.0.push((to, frame));
     }
+
+    async fn fetch_snapshot(
+        &mut self,
+        _from: u64,
+        _group: u64,
+        _first: u64,
+        _last: u64,
+    ) -> Result<Vec<engine::log::EntryBatch>, String> {
+        Err("no log is compacted in these tests".into())
+    }
 }
 
 fn config() -> LogConfig {

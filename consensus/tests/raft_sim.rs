@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 use consensus::raft::wire;
-use consensus::raft::{Error, GroupConfig, GroupSet, MemStore, Outcome, Transport};
+use consensus::raft::{Error, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport};
 use engine::NewRecord;
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
@@ -44,6 +44,8 @@ struct Faults {
     delay_max: u64,
     partition: f64,
     crash: f64,
+    /// Chance per step that a node compacts a log.
+    compact: f64,
 }
 
 const HOSTILE: Faults = Faults {
@@ -52,6 +54,7 @@ const HOSTILE: Faults = Faults {
     delay_max: 6,
     partition: 0.004,
     crash: 0.003,
+    compact: 0.01,
 };
 
 struct InFlight {
@@ -84,6 +87,12 @@ struct Figures {
     refused: u64,
     ack_checks: u64,
     prefix_checks: u64,
+    /// Acknowledged records found at their offsets after the run (on every node retaining it).
+    acked_verified: u64,
+    /// Acknowledged records below every node's retained start (compacted on all of them).
+    acked_retained_away: u64,
+    /// Acknowledged records found in a node's log just before it compacted (record-checks).
+    acked_checked_before_compaction: u64,
     leader_changes: u64,
     /// From the nodes' `GroupSet`s (summed over runs of each node).
     rounds: u64,
@@ -93,6 +102,10 @@ struct Figures {
     heartbeats_merged: u64,
     deferred_reads: u64,
     meta_writes: u64,
+    compactions: u64,
+    snapshots_sent: u64,
+    snapshots_installed: u64,
+    snapshot_fetch_failures: u64,
 }
 
 impl Figures {
@@ -104,6 +117,10 @@ impl Figures {
         self.heartbeats_merged += s.heartbeats_merged;
         self.deferred_reads += s.fetches;
         self.meta_writes += s.meta_writes;
+        self.compactions += s.compactions;
+        self.snapshots_sent += s.snapshots_sent;
+        self.snapshots_installed += s.snapshots_installed;
+        self.snapshot_fetch_failures += s.snapshot_fetch_failures;
     }
 }
 
@@ -122,17 +139,40 @@ struct Sim {
     acked: BTreeMap<(u64, u64), Bytes>,
     /// Values seen at committed offsets on any node: (group, offset) -> value.
     committed_values: BTreeMap<(u64, u64), Bytes>,
+    /// Committed entries seen on any node, at any time: (group, index) -> entry.
+    committed_entries: BTreeMap<(u64, u64), Stored>,
     next_value: u64,
     last_leader: BTreeMap<u64, u64>,
     fig: Figures,
 }
 
-/// The frames one node's round sends.
-struct Outbox(Vec<(u64, Vec<u8>)>);
+/// The frames one node's round sends, and the logs it can fetch a snapshot's batches from
+/// (those of the nodes up and reachable from it).
+struct Outbox {
+    frames: Vec<(u64, Vec<u8>)>,
+    reachable: BTreeMap<(u64, u64), Rc<MemStore>>,
+}
 
 impl Transport for Outbox {
     fn send(&mut self, to: u64, frame: Vec<u8>) {
-        self.0.push((to, frame));
+        self.frames.push((to, frame));
+    }
+
+    async fn fetch_snapshot(
+        &mut self,
+        from: u64,
+        group: u64,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<engine::log::EntryBatch>, String> {
+        let store = self
+            .reachable
+            .get(&(from, group))
+            .ok_or_else(|| format!("node {from} is down or cut off"))?;
+        store
+            .read(first, last + 1, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -155,6 +195,7 @@ impl Sim {
             pending: Vec::new(),
             acked: BTreeMap::new(),
             committed_values: BTreeMap::new(),
+            committed_entries: BTreeMap::new(),
             next_value: 0,
             last_leader: BTreeMap::new(),
             fig: Figures::default(),
@@ -273,7 +314,18 @@ impl Sim {
     fn rounds(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
-            let mut out = Outbox(Vec::new());
+            let mut reachable = BTreeMap::new();
+            for (&other, n) in &self.nodes {
+                if n.set.is_some() && !self.cut(id, other) {
+                    for (&g, store) in &n.stores {
+                        reachable.insert((other, g), Rc::clone(store));
+                    }
+                }
+            }
+            let mut out = Outbox {
+                frames: Vec::new(),
+                reachable,
+            };
             let Some(set) = self.nodes.get_mut(&id).and_then(|n| n.set.as_mut()) else {
                 continue;
             };
@@ -282,7 +334,7 @@ impl Sim {
             }
             block_on(set.round(&mut out));
             let failed = GROUPS.iter().any(|&g| set.failure(g).is_some());
-            self.send(id, out.0);
+            self.send(id, out.frames);
             if failed {
                 // Only injected sync failures fail a group here: the node crashes mid-round.
                 self.crash(id);
@@ -383,6 +435,42 @@ impl Sim {
         }
     }
 
+    /// Compacts a node's log somewhat below its applied index; sometimes forced past what a
+    /// lagging follower needs (a retention limit), which then needs a snapshot.
+    fn compact(&mut self) {
+        let id = self.rng.random_range(1..=self.nodes.len() as u64);
+        let g = GROUPS[self.rng.random_range(0..GROUPS.len())];
+        let force = self.rng.random_bool(0.5);
+        let margin = self.rng.random_range(0..40);
+        let Some(status) = self.nodes[&id].set.as_ref().and_then(|s| s.status(g)) else {
+            return;
+        };
+        // Before anything is dropped: every acknowledged record this node has applied is in
+        // its log, at its offset.
+        let first = self.nodes[&id].stores[&g].first_offset();
+        let at: BTreeMap<u64, Bytes> = self
+            .entries(id, g)
+            .iter()
+            .filter_map(|(_, _, d, base)| Some((*base, record_value(d)?)))
+            .collect();
+        for ((ag, offset), value) in self.acked.range((g, first)..(g, status.visible_offset)) {
+            debug_assert_eq!(*ag, g);
+            assert_eq!(
+                at.get(offset),
+                Some(value),
+                "seed {}: node {id} lost acknowledged record {value:?} at offset {offset} of group {g}",
+                self.seed
+            );
+            self.fig.acked_checked_before_compaction += 1;
+        }
+        let applied = status.applied;
+        let Some(set) = self.nodes.get_mut(&id).and_then(|n| n.set.as_mut()) else {
+            return;
+        };
+        block_on(set.compact(g, applied.saturating_sub(margin), force))
+            .unwrap_or_else(|e| panic!("seed {}: compact: {e}", self.seed));
+    }
+
     fn crash(&mut self, id: u64) {
         self.fig.crashes += 1;
         let down = self.rng.random_range(5..200);
@@ -412,6 +500,9 @@ impl Sim {
         if self.rng.random_bool(0.3) {
             self.propose();
         }
+        if self.rng.random_bool(self.faults.compact) {
+            self.compact();
+        }
         self.rounds();
         self.collect_outcomes();
         for g in GROUPS {
@@ -439,11 +530,11 @@ impl Sim {
             .collect()
     }
 
-    /// Committed prefixes agree everywhere, and every committed record's offset has one value.
+    /// Committed entries agree everywhere and at all times (whatever each node retains), and
+    /// every committed record's offset has one value.
     fn check_committed_prefixes(&mut self) {
         self.fig.prefix_checks += 1;
         for g in GROUPS {
-            let mut reference: Option<(u64, Vec<Stored>)> = None;
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
             for id in ids {
                 let Some(commit) = self.nodes[&id]
@@ -469,17 +560,13 @@ impl Sim {
                         );
                     }
                 }
-                match &reference {
-                    None => reference = Some((id, entries)),
-                    Some((rid, r)) => {
-                        let n = r.len().min(entries.len());
-                        assert_eq!(
-                            r[..n],
-                            entries[..n],
-                            "seed {}: group {g}: committed logs of nodes {rid} and {id} differ",
-                            self.seed
-                        );
-                    }
+                for e in entries {
+                    let seen = self.committed_entries.entry((g, e.0)).or_insert(e.clone());
+                    assert_eq!(
+                        *seen, e,
+                        "seed {}: group {g}: node {id} holds another committed entry {}",
+                        self.seed, e.0
+                    );
                 }
             }
         }
@@ -494,6 +581,7 @@ impl Sim {
             delay_max: 1,
             partition: 0.0,
             crash: 0.0,
+            compact: 0.0,
         };
         for _ in 0..3000 {
             self.now += 1;
@@ -534,16 +622,27 @@ impl Sim {
         self.check_committed_prefixes();
         for g in GROUPS {
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
-            let reference = self.entries(ids[0], g);
+            // Every entry any node holds is committed now, and the same everywhere.
+            let last = self.entries(ids[0], g).last().map(|e| e.0);
             for &id in &ids {
                 let entries = self.entries(id, g);
                 assert_eq!(
-                    entries, reference,
-                    "seed {}: group {g}: logs of nodes {} and {id} differ after convergence",
-                    self.seed, ids[0]
+                    entries.last().map(|e| e.0),
+                    last,
+                    "seed {}: node {id} group {g}",
+                    self.seed
                 );
+                for e in &entries {
+                    assert_eq!(
+                        self.committed_entries.get(&(g, e.0)),
+                        Some(e),
+                        "seed {}: group {g}: node {id}'s entry {} after convergence",
+                        self.seed,
+                        e.0
+                    );
+                }
                 // Dense offsets: every data batch starts where the records before it end.
-                let mut next = 0u64;
+                let mut next = entries.first().map(|e| e.3).unwrap_or(0);
                 for (index, _, data, base) in &entries {
                     assert_eq!(
                         *base, next,
@@ -557,21 +656,41 @@ impl Sim {
                 let status = self.nodes[&id].set.as_ref().and_then(|s| s.status(g));
                 assert_eq!(status.map(|s| s.visible_offset), Some(next));
             }
-            // No acknowledged record lost: each at its offset, with its value, everywhere.
-            let at: BTreeMap<u64, Bytes> = reference
+            // No acknowledged record lost: each at its offset, with its value, on every node
+            // that retains that offset, and on at least one (compaction keeps a margin).
+            let held: Vec<(u64, BTreeMap<u64, Bytes>)> = ids
                 .iter()
-                .filter_map(|(_, _, d, base)| Some((*base, record_value(d)?)))
+                .map(|&id| {
+                    let first = self.nodes[&id].stores[&g].first_offset();
+                    let at = self
+                        .entries(id, g)
+                        .iter()
+                        .filter_map(|(_, _, d, base)| Some((*base, record_value(d)?)))
+                        .collect();
+                    (first, at)
+                })
                 .collect();
             for ((ag, offset), value) in &self.acked {
                 if *ag != g {
                     continue;
                 }
-                assert_eq!(
-                    at.get(offset),
-                    Some(value),
-                    "seed {}: acknowledged record {value:?} of group {g} at offset {offset} lost",
-                    self.seed
-                );
+                let mut on = 0;
+                for (first, at) in &held {
+                    if offset >= first {
+                        assert_eq!(
+                            at.get(offset),
+                            Some(value),
+                            "seed {}: acknowledged record {value:?} of group {g} at offset {offset} lost",
+                            self.seed
+                        );
+                        on += 1;
+                    }
+                }
+                if on == 0 {
+                    self.fig.acked_retained_away += 1;
+                } else {
+                    self.fig.acked_verified += 1;
+                }
             }
         }
     }

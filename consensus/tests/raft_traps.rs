@@ -27,6 +27,16 @@ impl Transport for Queue {
     fn send(&mut self, to: u64, frame: Vec<u8>) {
         self.0.push((to, frame));
     }
+
+    async fn fetch_snapshot(
+        &mut self,
+        _from: u64,
+        _group: u64,
+        _first: u64,
+        _last: u64,
+    ) -> Result<Vec<engine::log::EntryBatch>, String> {
+        Err("no log is compacted in these tests".into())
+    }
 }
 
 /// A cluster of `n` nodes with one group, all in one thread.
@@ -283,6 +293,16 @@ struct AckAudit<'a> {
 }
 
 impl Transport for AckAudit<'_> {
+    async fn fetch_snapshot(
+        &mut self,
+        _from: u64,
+        _group: u64,
+        _first: u64,
+        _last: u64,
+    ) -> Result<Vec<engine::log::EntryBatch>, String> {
+        Err("no log is compacted in this test".into())
+    }
+
     fn send(&mut self, to: u64, frame: Vec<u8>) {
         let f = consensus::raft::wire::decode_frame(&frame).expect("frame");
         for (_, m) in consensus::raft::wire::unframe(f).expect("split") {

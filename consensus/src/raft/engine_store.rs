@@ -21,6 +21,24 @@ impl LogStore for Log {
     fn next_offset(&self) -> u64 {
         Log::next_offset(self)
     }
+    fn first_offset(&self) -> u64 {
+        Log::lowest_offset(self)
+    }
+    async fn truncate_prefix(&self, first_kept: u64) -> Result<()> {
+        self.truncate_prefix_index(first_kept).await.map(|_| ())
+    }
+    async fn install(
+        &self,
+        first_offset: u64,
+        first_index: u64,
+        batches: &[u8],
+        meta: &[u8],
+    ) -> Result<()> {
+        self.reset_at(first_offset, first_index).await?;
+        self.append_buffered(batches).await?;
+        Log::sync(self).await?;
+        Log::write_meta(self, RAFT_META, meta)
+    }
     async fn append(&self, batches: &[u8]) -> Result<()> {
         self.append_buffered(batches).await.map(|_| ())
     }

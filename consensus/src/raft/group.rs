@@ -24,7 +24,7 @@
 use super::entry;
 use super::error::{Error, Result};
 use super::logger;
-use super::storage::RaftLog;
+use super::storage::{RaftLog, SnapshotData};
 use super::store::LogStore;
 use super::wire;
 use bytes::Bytes;
@@ -69,9 +69,22 @@ impl Default for GroupConfig {
     }
 }
 
-/// Where a round's frames go: one frame (encoded `RaftFrame`) per destination node.
+/// Where a round's frames go (one frame, an encoded `RaftFrame`, per destination node), and
+/// where a snapshot's batches come from.
+#[allow(async_fn_in_trait)]
 pub trait Transport {
     fn send(&mut self, to_node: u64, frame: Vec<u8>);
+
+    /// Fetches the batches of Raft indexes `[first_index, last_index]` of `group` from
+    /// `from_node` (the sender of a snapshot). An error drops the snapshot; the leader
+    /// sends another.
+    async fn fetch_snapshot(
+        &mut self,
+        from_node: u64,
+        group: u64,
+        first_index: u64,
+        last_index: u64,
+    ) -> std::result::Result<Vec<engine::log::EntryBatch>, String>;
 }
 
 /// What a committed proposal became.
@@ -131,6 +144,10 @@ struct Group<S: LogStore> {
     visible_offset: u64,
     failed: Option<Error>,
     was_leader: bool,
+    /// A snapshot message whose batches are not here yet (the newest wins).
+    held_snapshot: Option<Message>,
+    /// Batches of the snapshot stepped into raft-rs, checked, until its Ready installs them.
+    staged: Option<(SnapshotData, Vec<u8>)>,
 }
 
 /// Counters of a set, for tests and metrics.
@@ -149,6 +166,10 @@ pub struct SetStats {
     pub step_errors: u64,
     /// Vote requests dropped by a group that knows no configuration.
     pub votes_refused: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub snapshot_fetch_failures: u64,
+    pub compactions: u64,
 }
 
 /// Every Raft group of one shard, and its Ready loop.
@@ -159,6 +180,8 @@ pub struct GroupSet<S: LogStore> {
     rng: StdRng,
     /// Messages of this round by destination node.
     outbox: BTreeMap<u64, Vec<(u64, Message)>>,
+    /// Snapshots sent this round, reported to raft-rs once every Ready is advanced.
+    snapshots_sent: Vec<(u64, u64)>,
     next_read_id: u64,
     stats: SetStats,
 }
@@ -172,6 +195,7 @@ impl<S: LogStore> GroupSet<S> {
             groups: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
             outbox: BTreeMap::new(),
+            snapshots_sent: Vec::new(),
             next_read_id: 1,
             stats: SetStats::default(),
         }
@@ -212,7 +236,7 @@ impl<S: LogStore> GroupSet<S> {
             ..raft::Config::default()
         };
         let node = RawNode::new(&cfg, log.clone(), &logger::logger(self.node_id, id))?;
-        let visible_offset = log.offset_after(applied).unwrap_or(0);
+        let visible_offset = log.applied_offset();
         let conf_index = log.meta().conf_index;
         let g = Group {
             id,
@@ -224,6 +248,8 @@ impl<S: LogStore> GroupSet<S> {
             visible_offset,
             failed: None,
             was_leader: false,
+            held_snapshot: None,
+            staged: None,
         };
         self.groups.insert(id, g);
         self.randomize_timeouts();
@@ -384,6 +410,11 @@ impl<S: LogStore> GroupSet<S> {
                 self.stats.votes_refused += 1;
                 continue;
             }
+            if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot {
+                // Stepped once its batches are here (next round).
+                g.held_snapshot = Some(m);
+                continue;
+            }
             if g.failed.is_some() || g.node.step(m).is_err() {
                 self.stats.step_errors += 1;
             }
@@ -428,9 +459,10 @@ impl<S: LogStore> GroupSet<S> {
 
     /// True when some group has work for a round.
     pub fn has_ready(&self) -> bool {
-        self.groups
-            .values()
-            .any(|g| g.failed.is_none() && (g.node.has_ready() || g.log.has_pending_fetch()))
+        self.groups.values().any(|g| {
+            g.failed.is_none()
+                && (g.node.has_ready() || g.log.has_pending_fetch() || g.held_snapshot.is_some())
+        })
     }
 
     /// One round of the Ready loop (see the module doc).
@@ -455,7 +487,31 @@ impl<S: LogStore> GroupSet<S> {
                 Err(e) => g.fail(e),
             }
         }
-        // 2. Readies: messages out, committed entries applied.
+        // 1b. Snapshots received: their batches fetched and checked before raft-rs sees them.
+        for &id in &ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let Some(m) = g.held_snapshot.take() else {
+                continue;
+            };
+            if g.failed.is_some() {
+                continue;
+            }
+            match fetch_snapshot(net, id, &m).await {
+                Ok(staged) => {
+                    g.staged = Some(staged);
+                    if g.node.step(m).is_err() {
+                        self.stats.step_errors += 1;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("group {id}: snapshot from node {} dropped: {e}", m.from);
+                    self.stats.snapshot_fetch_failures += 1;
+                }
+            }
+        }
+        // 2. Readies: messages out, a snapshot installed, committed entries applied.
         let mut work = Vec::new();
         for &id in &ids {
             let Some(g) = self.groups.get_mut(&id) else {
@@ -467,10 +523,20 @@ impl<S: LogStore> GroupSet<S> {
             self.stats.readies += 1;
             let mut rd = g.node.ready();
             queue(&mut self.outbox, id, rd.take_messages());
+            let mut installed = None;
             if !rd.snapshot().is_empty() {
-                g.fail(Error::Raft("snapshots are not installed yet".into()));
-                continue;
+                match g.install(rd.snapshot()).await {
+                    Ok(s) => {
+                        self.stats.snapshots_installed += 1;
+                        installed = Some(s);
+                    }
+                    Err(e) => {
+                        g.fail(e);
+                        continue;
+                    }
+                }
             }
+            g.staged = None;
             let committed = rd.take_committed_entries();
             self.stats.entries_applied += committed.len() as u64;
             if let Err(e) = g.apply(committed) {
@@ -480,14 +546,14 @@ impl<S: LogStore> GroupSet<S> {
             for rs in rd.read_states() {
                 g.answer_read(&rs.request_ctx, rs.index);
             }
-            work.push((id, rd));
+            work.push((id, rd, installed));
         }
         // 3. The leader's appends leave before any disk write.
         self.flush(net);
         // 4. Writes, without syncing.
         let mut persisted = Vec::new();
         let mut to_sync = BTreeSet::new();
-        for (id, mut rd) in work {
+        for (id, mut rd, installed) in work {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
@@ -511,10 +577,13 @@ impl<S: LogStore> GroupSet<S> {
             if rd.must_sync() || !entries.is_empty() {
                 to_sync.insert(id);
             }
+            if installed.is_some() {
+                to_sync.insert(id);
+            }
             let number = rd.number();
             let msgs = rd.take_persisted_messages();
             g.node.advance_append_async(rd);
-            persisted.push((id, number, msgs));
+            persisted.push((id, number, msgs, installed));
         }
         // 5. One sync per touched log.
         for id in to_sync {
@@ -530,7 +599,7 @@ impl<S: LogStore> GroupSet<S> {
             }
         }
         // 6. Durable: acknowledge.
-        for (id, number, msgs) in persisted {
+        for (id, number, msgs, installed) in persisted {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
@@ -538,7 +607,18 @@ impl<S: LogStore> GroupSet<S> {
                 continue;
             }
             g.node.on_persist_ready(number);
+            if let Some(s) = installed {
+                g.node.advance_apply_to(s);
+            }
             queue(&mut self.outbox, id, msgs);
+        }
+        // Every Ready is advanced: raft-rs may be told how snapshots went. Handed to the
+        // transport counts as finished; one that never arrives makes the follower reject the
+        // next append, and the leader sends another.
+        for (group, to) in std::mem::take(&mut self.snapshots_sent) {
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.node.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
         }
         for g in self.groups.values_mut() {
             g.after_round();
@@ -547,9 +627,42 @@ impl<S: LogStore> GroupSet<S> {
         self.randomize_timeouts();
     }
 
+    /// Compacts group `id`'s Raft log up to `to` at most: never past the applied index, and
+    /// on a leader, unless `force` (a retention limit overriding Raft's needs), never past
+    /// the lowest index a follower still needs, so that no follower needs a snapshot because
+    /// of it. Returns the index compacted to, if it moved.
+    pub async fn compact(&mut self, id: u64, to: u64, force: bool) -> Result<Option<u64>> {
+        let node_id = self.node_id;
+        let g = self.group_mut(id)?;
+        let r = &g.node.raft;
+        let mut to = to.min(r.raft_log.applied);
+        if r.state == StateRole::Leader && !force {
+            let lowest_match = r
+                .prs()
+                .iter()
+                .filter(|(&peer, _)| peer != node_id)
+                .map(|(_, pr)| pr.matched)
+                .min();
+            if let Some(m) = lowest_match {
+                to = to.min(m);
+            }
+        }
+        let moved = g.log.compact(to).await?;
+        if moved {
+            self.stats.compactions += 1;
+        }
+        Ok(moved.then_some(to))
+    }
+
     /// Sends the queued messages, one frame per destination node.
     fn flush<T: Transport>(&mut self, net: &mut T) {
         for (to, msgs) in std::mem::take(&mut self.outbox) {
+            for (group, m) in &msgs {
+                if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot {
+                    self.snapshots_sent.push((*group, m.to));
+                    self.stats.snapshots_sent += 1;
+                }
+            }
             let frame = wire::frame(self.node_id, to, &msgs);
             self.stats.frames += 1;
             self.stats.messages += frame.messages.len() as u64;
@@ -566,6 +679,38 @@ fn is_vote_request(m: &Message) -> bool {
     )
 }
 
+/// Fetches and checks the batches of the snapshot message `m` of `group`.
+async fn fetch_snapshot<T: Transport>(
+    net: &mut T,
+    group: u64,
+    m: &Message,
+) -> Result<(SnapshotData, Vec<u8>)> {
+    let snap = m.get_snapshot();
+    let data = SnapshotData::decode(&snap.data)?;
+    if data.last_index != snap.get_metadata().index {
+        return Err(Error::Malformed {
+            what: "snapshot",
+            why: format!(
+                "data for index {} in a snapshot at {}",
+                data.last_index,
+                snap.get_metadata().index
+            ),
+        });
+    }
+    let batches = if data.first_index > data.last_index {
+        Vec::new()
+    } else {
+        net.fetch_snapshot(m.from, group, data.first_index, data.last_index)
+            .await
+            .map_err(|why| Error::Malformed {
+                what: "snapshot fetch",
+                why,
+            })?
+    };
+    let bytes = data.check(&batches)?;
+    Ok((data, bytes))
+}
+
 /// Queues a group's raft messages (which carry their destination) under their node.
 fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, msgs: Vec<Message>) {
     for m in msgs {
@@ -574,6 +719,20 @@ fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, msgs: Vec<
 }
 
 impl<S: LogStore> Group<S> {
+    /// Installs the snapshot of a Ready from the batches staged for it. Returns its index.
+    async fn install(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<u64> {
+        let index = snap.get_metadata().index;
+        let (data, bytes) = self
+            .staged
+            .take()
+            .filter(|(d, _)| d.last_index == index)
+            .ok_or_else(|| Error::Raft(format!("snapshot at {index} without its batches")))?;
+        self.log.install(snap, &data, &bytes).await?;
+        self.visible_offset = data.next_offset;
+        self.conf_index = index;
+        Ok(index)
+    }
+
     fn knows_no_configuration(&self) -> bool {
         let cs = self.log.meta().conf_state;
         cs.voters.is_empty() && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
@@ -642,7 +801,7 @@ impl<S: LogStore> Group<S> {
             self.answer(e, base, records);
         }
         self.node.advance_apply_to(last);
-        self.log.applied_to(last);
+        self.log.applied_to(last, self.visible_offset);
         Ok(())
     }
 

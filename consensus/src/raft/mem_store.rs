@@ -93,6 +93,37 @@ impl MemStore {
     }
 }
 
+/// Splits `bytes` into checked batches continuing a log at `(offset, index)`, as the engine
+/// checks what it is given.
+fn check(bytes: &[u8], mut offset: u64, mut index: u64) -> Result<Vec<EntryBatch>> {
+    let mut parsed = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let header = match batch::parse_header(&bytes[pos..]) {
+            Parsed::Header(h) => h,
+            other => return Err(invalid(format!("no batch at byte {pos}: {other:?}"))),
+        };
+        let end = pos + header.batch_len();
+        if end > bytes.len() || !batch::crc_ok(&header, &bytes[pos..end]) {
+            return Err(invalid(format!("batch at byte {pos} is torn or corrupt")));
+        }
+        if header.base_offset != offset || header.raft_index != index {
+            return Err(invalid(format!(
+                "batch (offset {}, index {}) does not continue the log at ({offset}, {index})",
+                header.base_offset, header.raft_index
+            )));
+        }
+        offset = header.next_offset();
+        index += 1;
+        parsed.push(EntryBatch {
+            header,
+            bytes: Bytes::copy_from_slice(&bytes[pos..end]),
+        });
+        pos = end;
+    }
+    Ok(parsed)
+}
+
 impl Inner {
     fn next_index(&self) -> u64 {
         self.batches
@@ -118,41 +149,54 @@ impl LogStore for MemStore {
     fn next_offset(&self) -> u64 {
         self.inner.borrow().next_offset()
     }
+    fn first_offset(&self) -> u64 {
+        self.inner.borrow().start_offset
+    }
 
-    async fn append(&self, bytes: &[u8]) -> Result<()> {
-        let mut parsed = Vec::new();
-        let (mut offset, mut index) = {
-            let st = self.inner.borrow();
-            (st.next_offset(), st.next_index())
-        };
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            let header = match batch::parse_header(&bytes[pos..]) {
-                Parsed::Header(h) => h,
-                other => return Err(invalid(format!("no batch at byte {pos}: {other:?}"))),
-            };
-            let end = pos + header.batch_len();
-            if end > bytes.len() || !batch::crc_ok(&header, &bytes[pos..end]) {
-                return Err(invalid(format!("batch at byte {pos} is torn or corrupt")));
-            }
-            if header.base_offset != offset || header.raft_index != index {
-                return Err(invalid(format!(
-                    "batch (offset {}, index {}) does not continue the log at ({offset}, {index})",
-                    header.base_offset, header.raft_index
-                )));
-            }
-            offset = header.next_offset();
-            index += 1;
-            parsed.push(EntryBatch {
-                header,
-                bytes: Bytes::copy_from_slice(&bytes[pos..end]),
-            });
-            pos = end;
+    async fn truncate_prefix(&self, first_kept: u64) -> Result<()> {
+        let mut st = self.inner.borrow_mut();
+        let n = (first_kept.saturating_sub(st.start_index) as usize).min(st.batches.len());
+        if n == 0 {
+            return Ok(());
         }
-        self.inner.borrow_mut().batches.extend(parsed);
+        let (next_offset, next_index) = (st.next_offset(), st.next_index());
+        st.batches.drain(..n);
+        st.synced = st.synced.saturating_sub(n);
+        match st.batches.first() {
+            Some(b) => {
+                (st.start_offset, st.start_index) = (b.header.base_offset, b.header.raft_index)
+            }
+            None => (st.start_offset, st.start_index) = (next_offset, next_index),
+        }
         Ok(())
     }
 
+    async fn install(
+        &self,
+        first_offset: u64,
+        first_index: u64,
+        batches: &[u8],
+        meta: &[u8],
+    ) -> Result<()> {
+        let parsed = check(batches, first_offset, first_index)?;
+        let mut st = self.inner.borrow_mut();
+        st.batches = parsed;
+        st.synced = st.batches.len();
+        st.start_offset = first_offset;
+        st.start_index = first_index;
+        st.meta = Some(meta.to_vec());
+        Ok(())
+    }
+
+    async fn append(&self, bytes: &[u8]) -> Result<()> {
+        let (offset, index) = {
+            let st = self.inner.borrow();
+            (st.next_offset(), st.next_index())
+        };
+        let parsed = check(bytes, offset, index)?;
+        self.inner.borrow_mut().batches.extend(parsed);
+        Ok(())
+    }
     async fn sync(&self) -> Result<()> {
         let mut st = self.inner.borrow_mut();
         if std::mem::take(&mut st.fail_next_sync) {

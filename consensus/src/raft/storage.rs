@@ -22,6 +22,15 @@
 //!
 //! Offsets: a data entry's base offset is the log's next offset when it is written; each
 //! cached entry keeps its own, which is where the visible watermark moves when it commits.
+//!
+//! Compaction and snapshots: [`RaftLog::compact`] moves Raft's first index past an applied
+//! index (the metadata file keeps that point and its term) and lets the store drop whole
+//! segments below it. A follower that needs an entry below the leader's first index gets a
+//! snapshot: a log partition's snapshot at index S is its retained log up to S. The Raft
+//! message carries only a small descriptor ([`SnapshotData`]: first retained index and
+//! offset, S, the offset after S); the batches themselves travel outside Raft (the transport
+//! fetches them from the sender, see `Transport::fetch_snapshot`), are checked, and replace
+//! the follower's log with the metadata ([`RaftLog::install`]).
 
 use super::entry;
 use super::error::{Error, Result};
@@ -100,6 +109,100 @@ impl RaftMeta {
     }
 }
 
+/// What a snapshot's data says (33 bytes, little-endian): u8 version 1, u64 first Raft index
+/// the sender retains, u64 its base offset, u64 the snapshot's index S, u64 the offset after
+/// S. The batches `[first_index, S]` are fetched from the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotData {
+    pub first_index: u64,
+    pub first_offset: u64,
+    pub last_index: u64,
+    pub next_offset: u64,
+}
+
+const SNAPSHOT_DATA_LEN: usize = 33;
+
+impl SnapshotData {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SNAPSHOT_DATA_LEN);
+        out.push(1);
+        for x in [
+            self.first_index,
+            self.first_offset,
+            self.last_index,
+            self.next_offset,
+        ] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SnapshotData> {
+        if b.len() != SNAPSHOT_DATA_LEN || b[0] != 1 {
+            return Err(Error::Malformed {
+                what: "snapshot data",
+                why: format!("{} bytes, version {:?}", b.len(), b.first()),
+            });
+        }
+        let word = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[1 + 8 * i..9 + 8 * i]);
+            u64::from_le_bytes(x)
+        };
+        let d = SnapshotData {
+            first_index: word(0),
+            first_offset: word(1),
+            last_index: word(2),
+            next_offset: word(3),
+        };
+        if d.first_index == 0 || d.first_index > d.last_index + 1 || d.first_offset > d.next_offset
+        {
+            return Err(Error::Malformed {
+                what: "snapshot data",
+                why: format!("{d:?}"),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Checks fetched batches against the descriptor: indexes `[first_index, last_index]`
+    /// without gaps, offsets from `first_offset` to `next_offset`, checksums. Returns them
+    /// back to back.
+    pub fn check(&self, batches: &[engine::log::EntryBatch]) -> Result<Vec<u8>> {
+        let bad = |why: String| Error::Malformed {
+            what: "snapshot batches",
+            why,
+        };
+        if batches.len() as u64 != self.last_index + 1 - self.first_index {
+            return Err(bad(format!("{} batches for {self:?}", batches.len())));
+        }
+        let (mut index, mut offset) = (self.first_index, self.first_offset);
+        let mut out = Vec::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
+        for b in batches {
+            let h = &b.header;
+            if h.raft_index != index
+                || h.base_offset != offset
+                || !engine::batch::crc_ok(h, &b.bytes)
+            {
+                return Err(bad(format!(
+                    "batch of index {} at offset {}",
+                    h.raft_index, h.base_offset
+                )));
+            }
+            index += 1;
+            offset = h.next_offset();
+            out.extend_from_slice(&b.bytes);
+        }
+        if offset != self.next_offset {
+            return Err(bad(format!(
+                "offsets end at {offset}, not {}",
+                self.next_offset
+            )));
+        }
+        Ok(out)
+    }
+}
+
 /// An entry in the tail cache, with the offset its batch starts at.
 #[derive(Debug, Clone)]
 struct Cached {
@@ -131,6 +234,8 @@ struct Core {
     /// The offset after the last entry.
     next_offset: u64,
     applied: u64,
+    /// The offset after the applied entry: the visible watermark.
+    applied_offset: u64,
     /// Entries read for a deferred request, contiguous.
     fetched: Vec<Entry>,
     pending: Vec<PendingFetch>,
@@ -183,13 +288,7 @@ impl<S: LogStore> RaftLog<S> {
             .next_index()
             .saturating_sub(1)
             .max(meta.snapshot_index);
-        let runs: Vec<(u64, u64)> = store
-            .term_runs()
-            .await
-            .map_err(&err)?
-            .into_iter()
-            .filter(|&(i, _)| i > meta.snapshot_index)
-            .collect();
+        let runs = clip_runs(store.term_runs().await.map_err(&err)?, meta.snapshot_index);
         let last = store.last_header().await.map_err(&err)?;
         let commit = last
             .map(|h| h.commit_index)
@@ -210,6 +309,7 @@ impl<S: LogStore> RaftLog<S> {
             cache_budget,
             next_offset: store.next_offset(),
             applied: commit,
+            applied_offset: store.first_offset(),
             fetched: Vec::new(),
             pending: Vec::new(),
             meta,
@@ -219,6 +319,9 @@ impl<S: LogStore> RaftLog<S> {
             store,
         };
         log.load_tail(commit).await?;
+        if let Some(o) = log.offset_after(commit) {
+            log.core.borrow_mut().applied_offset = o;
+        }
         Ok(log)
     }
 
@@ -382,11 +485,19 @@ impl<S: LogStore> RaftLog<S> {
         Some(x.base_offset + u64::from(entry::record_count(&x.entry).unwrap_or(0)))
     }
 
-    /// Entries up to `applied` have been applied: older cached entries may go, down to the
-    /// cache's byte budget.
-    pub fn applied_to(&self, applied: u64) {
+    /// The offset after the applied entry (the visible watermark).
+    pub fn applied_offset(&self) -> u64 {
+        self.core.borrow().applied_offset
+    }
+
+    /// Entries up to `applied` have been applied (the offset after it is `offset`): older
+    /// cached entries may go, down to the cache's byte budget.
+    pub fn applied_to(&self, applied: u64, offset: u64) {
         let mut c = self.core.borrow_mut();
-        c.applied = c.applied.max(applied);
+        if applied >= c.applied {
+            c.applied = applied;
+            c.applied_offset = offset;
+        }
         while c.cache_bytes > c.cache_budget
             && c.cache.len() > 1
             && c.cache.front().is_some_and(|x| x.entry.index < c.applied)
@@ -395,6 +506,79 @@ impl<S: LogStore> RaftLog<S> {
                 c.cache_bytes -= entry::size(&x.entry);
             }
         }
+    }
+
+    /// Compacts Raft's log: its first index becomes `to + 1` (`to` at most the applied
+    /// index), the metadata file keeps `to` and its term, and the store may drop whole
+    /// segments below. Returns false when there was nothing to do.
+    pub async fn compact(&self, to: u64) -> Result<bool> {
+        let group = self.group();
+        let term = {
+            let c = self.core.borrow();
+            if to <= c.meta.snapshot_index || to > c.applied {
+                return Ok(false);
+            }
+            c.term(to).map_err(|e| Error::Raft(e.to_string()))?
+        };
+        {
+            let mut c = self.core.borrow_mut();
+            c.meta.snapshot_index = to;
+            c.meta.snapshot_term = term;
+            let runs = std::mem::take(&mut c.runs);
+            c.runs = clip_runs(runs, to);
+            while c.cache.front().is_some_and(|x| x.entry.index <= to) {
+                if let Some(x) = c.cache.pop_front() {
+                    c.cache_bytes -= entry::size(&x.entry);
+                }
+            }
+            c.fetched.clear();
+        }
+        self.write_meta()?;
+        self.store
+            .truncate_prefix(to + 1)
+            .await
+            .map_err(storage_err(group))?;
+        Ok(true)
+    }
+
+    /// Installs a snapshot whose batches were fetched and checked: the store is replaced by
+    /// them and the metadata takes the snapshot's point and configuration, together; the
+    /// adapter then starts after the snapshot.
+    pub async fn install(
+        &self,
+        snap: &Snapshot,
+        data: &SnapshotData,
+        batches: &[u8],
+    ) -> Result<()> {
+        let group = self.group();
+        let m = snap.get_metadata();
+        let meta = {
+            let c = self.core.borrow();
+            RaftMeta {
+                snapshot_index: m.index,
+                snapshot_term: m.term,
+                conf_index: m.index,
+                conf_state: m.get_conf_state().clone(),
+                ..c.meta.clone()
+            }
+        };
+        self.store
+            .install(data.first_offset, data.first_index, batches, &meta.encode())
+            .await
+            .map_err(storage_err(group))?;
+        let mut c = self.core.borrow_mut();
+        c.meta = meta;
+        c.last_index = m.index;
+        c.runs.clear();
+        c.cache.clear();
+        c.cache_bytes = 0;
+        c.fetched.clear();
+        c.pending.clear();
+        c.next_offset = data.next_offset;
+        c.applied = m.index;
+        c.applied_offset = data.next_offset;
+        c.hard_state.commit = c.hard_state.commit.max(m.index);
+        Ok(())
     }
 
     /// Reads the older ranges raft-rs asked for and returns their contexts, for
@@ -430,6 +614,24 @@ impl<S: LogStore> RaftLog<S> {
     pub fn cached_len(&self) -> usize {
         self.core.borrow().cache.len()
     }
+}
+
+/// Term runs that start after `point` (the snapshot index): a run that covers `point + 1`
+/// but starts at or before `point` is kept, starting at `point + 1`.
+fn clip_runs(runs: Vec<(u64, u64)>, point: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (first, term) in runs {
+        if first > point {
+            if out.last().is_some_and(|&(f, _)| f == first) {
+                out.pop();
+            }
+            out.push((first, term));
+        } else {
+            out.clear();
+            out.push((point + 1, term));
+        }
+    }
+    out
 }
 
 impl Core {
@@ -536,12 +738,29 @@ impl<S: LogStore> raft::Storage for RaftLog<S> {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Nothing is compacted below what Raft needs yet (retention of Raft-replicated logs
-        // and snapshot streaming come with the transport), so raft-rs never asks for one; if
-        // it does, it retries later.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        // The snapshot at the applied index S: the retained log up to S. Its data is only a
+        // descriptor; the receiver fetches the batches.
+        let c = self.core.borrow();
+        let s = c.applied;
+        let term = c.term(s)?;
+        let data = SnapshotData {
+            first_index: self.store.first_index(),
+            first_offset: self.store.first_offset(),
+            last_index: s,
+            next_offset: c.applied_offset,
+        };
+        if s == 0 || data.first_index > s + 1 {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.data = data.encode().into();
+        let meta = snap.mut_metadata();
+        meta.index = s;
+        meta.term = term;
+        meta.set_conf_state(c.meta.conf_state.clone());
+        Ok(snap)
     }
 }
 

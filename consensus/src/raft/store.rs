@@ -9,7 +9,11 @@
 //! - `append` buffers whole v2 batches continuing the log (offsets and Raft indexes) and
 //!   returns without making them durable; `sync` makes everything appended so far durable.
 //!   A crash may lose any suffix of what was appended but not synced.
-//! - `truncate_after`, `reset` and `write_meta` are durable when they return.
+//! - `truncate_after`, `truncate_prefix`, `reset`, `install` and `write_meta` are durable
+//!   when they return. `install` replaces the log and the metadata together: in memory
+//!   atomically; on `engine::Log` as reset, append, sync, metadata (a crash in between
+//!   leaves the log reset; making it atomic, a download into a temporary directory and a
+//!   swap, comes with the snapshot transport).
 //! - `read` returns checked batches of `[from, to)`, at least one, then up to about
 //!   `max_bytes`.
 
@@ -26,6 +30,20 @@ pub trait LogStore {
     fn next_index(&self) -> u64;
     /// Offset the next data batch gets.
     fn next_offset(&self) -> u64;
+    /// Base offset of the first batch held (`next_offset` when empty).
+    fn first_offset(&self) -> u64;
+    /// Drops whole batches (whole segments, for the engine) below Raft index `first_kept`;
+    /// it may keep some of them.
+    async fn truncate_prefix(&self, first_kept: u64) -> Result<()>;
+    /// Replaces the whole log by `batches` (starting at `first_offset`, Raft index
+    /// `first_index`), synced, and the metadata by `meta`.
+    async fn install(
+        &self,
+        first_offset: u64,
+        first_index: u64,
+        batches: &[u8],
+        meta: &[u8],
+    ) -> Result<()>;
     /// Buffers batches (format v2, back to back) at the end of the log.
     async fn append(&self, batches: &[u8]) -> Result<()>;
     /// Makes everything appended so far durable.

@@ -18,6 +18,13 @@ impl Log {
         })
     }
 
+    /// Removes every whole segment whose batches all have Raft indexes below `first_kept`
+    /// (Raft compacted its log past them). The active segment is never removed.
+    pub async fn truncate_prefix_index(&self, first_kept: u64) -> Result<Removed> {
+        let _permit = self.lock_io().await?;
+        self.remove_prefix_while(|seg, _| seg.next_index <= first_kept && !seg.is_empty())
+    }
+
     /// Deletes the oldest sealed segments while the log exceeds `retention_bytes`, and those
     /// last written before `now - retention_ms`.
     pub async fn apply_retention(&self, now: SystemTime) -> Result<Removed> {
