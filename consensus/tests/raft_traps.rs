@@ -21,7 +21,8 @@ use std::rc::Rc;
 
 const G: u64 = 1;
 
-struct Queue(Vec<(u64, Vec<u8>)>);
+/// Frames sent in a round, and the logs of the nodes a snapshot can be fetched from.
+struct Queue(Vec<(u64, Vec<u8>)>, BTreeMap<u64, Rc<MemStore>>);
 
 impl Transport for Queue {
     fn send(&mut self, to: u64, frame: Vec<u8>) {
@@ -30,12 +31,16 @@ impl Transport for Queue {
 
     async fn fetch_snapshot(
         &mut self,
-        _from: u64,
+        from: u64,
         _group: u64,
-        _first: u64,
-        _last: u64,
+        first: u64,
+        last: u64,
     ) -> Result<Vec<engine::log::EntryBatch>, String> {
-        Err("no log is compacted in these tests".into())
+        let store = self.1.get(&from).ok_or("unreachable")?;
+        store
+            .read(first, last + 1, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -81,7 +86,13 @@ impl Cluster {
     fn round(&mut self) {
         let ids: Vec<u64> = self.sets.keys().copied().collect();
         for id in ids {
-            let mut q = Queue(Vec::new());
+            let reachable = self
+                .stores
+                .iter()
+                .filter(|(&n, _)| !self.isolated.contains(&n) && !self.isolated.contains(&id))
+                .map(|(&n, s)| (n, Rc::clone(s)))
+                .collect();
+            let mut q = Queue(Vec::new(), reachable);
             block_on(self.set(id).round(&mut q));
             for (to, bytes) in q.0 {
                 self.net.push((id, to, bytes));
@@ -338,7 +349,7 @@ fn a_follower_acknowledges_only_what_it_has_synced() {
             let store = Rc::clone(&c.stores[&id]);
             let mut audit = AckAudit {
                 store: &store,
-                inner: Queue(Vec::new()),
+                inner: Queue(Vec::new(), BTreeMap::new()),
                 acks: 0,
             };
             block_on(c.set(id).round(&mut audit));
@@ -395,4 +406,72 @@ fn a_node_restarted_with_an_empty_disk_neither_campaigns_nor_votes() {
     }
     let leader = c.leader().expect("a leader");
     assert!(leader == 1 || leader == 2);
+}
+
+#[test]
+fn compaction_never_passes_a_lagging_follower_unless_forced_and_then_it_gets_a_snapshot() {
+    let mut c = Cluster::new(3);
+    let l = c.elect(1);
+    // Node 3 falls behind.
+    c.isolated.insert(3);
+    let mut acks = Vec::new();
+    for i in 0..30 {
+        acks.push(c.propose(l, &format!("r{i}")));
+        c.rounds(2);
+    }
+    c.rounds(3);
+    for rx in &mut acks {
+        assert!(outcome(rx).expect("committed").is_ok());
+    }
+    let applied = c.sets[&l].status(G).expect("status").applied;
+    let matched3 = c.stores[&3].next_index() - 1;
+    // Retention that respects followers stops at what node 3 still needs.
+    let to = block_on(c.set(l).compact(G, applied, false)).expect("compact");
+    assert!(
+        to.is_none_or(|t| t <= matched3),
+        "compacted to {to:?} past node 3's {matched3}"
+    );
+    // A retention limit overrides it: node 3 now needs a snapshot.
+    let to = block_on(c.set(l).compact(G, applied - 10, true))
+        .expect("compact")
+        .expect("moved");
+    assert_eq!(to, applied - 10);
+    assert_eq!(c.stores[&1].first_index(), to + 1);
+    assert!(to + 1 > matched3 + 1);
+    c.isolated.clear();
+    for _ in 0..10 {
+        c.tick();
+    }
+    assert!(c.sets[&l].stats().snapshots_sent >= 1);
+    assert_eq!(c.sets[&3].stats().snapshots_installed, 1);
+    let s3 = c.sets[&3].status(G).expect("status");
+    let s1 = c.sets[&l].status(G).expect("leader");
+    assert_eq!(
+        (s3.commit, s3.applied, s3.visible_offset),
+        (s1.commit, s1.applied, 30)
+    );
+    // Node 3 holds the leader's retained log (the snapshot's 10 entries and what followed),
+    // identical, and takes new entries after it.
+    let (b1, b3) = (c.stores[&1].batches(), c.stores[&3].batches());
+    assert!(b3.len() >= 10);
+    assert_eq!(
+        b1.iter().map(|b| &b.bytes[..]).collect::<Vec<_>>(),
+        b3.iter().map(|b| &b.bytes[..]).collect::<Vec<_>>()
+    );
+    let mut rx = c.propose(l, "after");
+    c.rounds(5);
+    assert_eq!(
+        outcome(&mut rx)
+            .expect("committed")
+            .expect("ok")
+            .base_offset,
+        30
+    );
+    assert_eq!(c.sets[&3].status(G).expect("status").visible_offset, 31);
+    // It restarts from what it installed.
+    let crashed = Rc::new(c.stores[&3].crash(0));
+    c.stores.insert(3, crashed);
+    c.start(3, &[]);
+    let s3 = c.sets[&3].status(G).expect("status");
+    assert!(s3.commit >= to && s3.visible_offset >= 30);
 }
