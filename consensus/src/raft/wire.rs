@@ -366,3 +366,214 @@ pub fn decode_frame(bytes: &[u8]) -> Result<pb::RaftFrame> {
     use prost::Message as _;
     pb::RaftFrame::decode(bytes).map_err(|e| malformed("frame", e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::field_reassign_with_default)]
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn bytes(rng: &mut StdRng) -> bytes::Bytes {
+        let n = rng.random_range(0..3) * rng.random_range(0..20);
+        (0..n)
+            .map(|_| rng.random::<u8>())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn ids(rng: &mut StdRng) -> Vec<u64> {
+        (0..rng.random_range(0..4))
+            .map(|_| rng.random_range(1..9))
+            .collect()
+    }
+
+    fn entry(rng: &mut StdRng) -> eraftpb::Entry {
+        let mut e = eraftpb::Entry::default();
+        e.entry_type = [
+            eraftpb::EntryType::EntryNormal,
+            eraftpb::EntryType::EntryConfChange,
+            eraftpb::EntryType::EntryConfChangeV2,
+        ][rng.random_range(0..3)];
+        e.term = rng.random();
+        e.index = rng.random();
+        e.data = bytes(rng);
+        e.context = bytes(rng);
+        e.sync_log = rng.random();
+        e
+    }
+
+    /// A message with every field drawn at random.
+    fn message(rng: &mut StdRng) -> eraftpb::Message {
+        let mut m = eraftpb::Message::default();
+        m.msg_type = MESSAGE_TYPES[rng.random_range(0..MESSAGE_TYPES.len())].0;
+        m.to = rng.random();
+        m.from = rng.random();
+        m.term = rng.random();
+        m.log_term = rng.random();
+        m.index = rng.random();
+        let entries: Vec<_> = (0..rng.random_range(0..4)).map(|_| entry(rng)).collect();
+        m.set_entries(entries.into());
+        m.commit = rng.random();
+        m.commit_term = rng.random();
+        if rng.random_bool(0.3) {
+            let mut s = eraftpb::Snapshot::default();
+            s.data = bytes(rng);
+            let mut meta = eraftpb::SnapshotMetadata::default();
+            meta.index = rng.random();
+            meta.term = rng.random();
+            let mut cs = eraftpb::ConfState::default();
+            cs.voters = ids(rng);
+            cs.learners = ids(rng);
+            cs.voters_outgoing = ids(rng);
+            cs.learners_next = ids(rng);
+            cs.auto_leave = rng.random();
+            meta.set_conf_state(cs);
+            s.set_metadata(meta);
+            m.set_snapshot(s);
+        }
+        m.request_snapshot = rng.random();
+        m.reject = rng.random();
+        m.reject_hint = rng.random();
+        m.context = bytes(rng);
+        m.deprecated_priority = rng.random();
+        m.priority = rng.random();
+        m
+    }
+
+    #[test]
+    fn messages_round_trip_and_match_raft_rs_bytes() {
+        use prost::Message as _;
+        use protobuf::Message as _;
+        let seed = rand::random::<u64>();
+        eprintln!("seed {seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        for _ in 0..2000 {
+            let m = message(&mut rng);
+            let ours = message_to_pb(&m);
+            let back = message_from_pb(ours.clone()).expect("converts back");
+            assert_eq!(back, m);
+            // Both codecs write and read the same bytes.
+            let theirs = m.write_to_bytes().expect("raft-rs encodes");
+            let decoded = pb::Message::decode(theirs.as_slice()).expect("prost decodes");
+            assert_eq!(decoded, ours);
+            let mut parsed = eraftpb::Message::default();
+            parsed
+                .merge_from_bytes(&ours.encode_to_vec())
+                .expect("raft-rs decodes");
+            assert_eq!(parsed, m);
+        }
+    }
+
+    #[test]
+    fn conf_changes_decode_with_prost() {
+        use protobuf::Message as _;
+        let mut s = eraftpb::ConfChangeSingle::default();
+        s.change_type = eraftpb::ConfChangeType::AddLearnerNode;
+        s.node_id = 4;
+        let mut cc = eraftpb::ConfChangeV2::default();
+        cc.transition = eraftpb::ConfChangeTransition::Explicit;
+        cc.set_changes(vec![s].into());
+        cc.context = bytes::Bytes::from_static(b"ctx");
+        let mut e = eraftpb::Entry::default();
+        e.entry_type = eraftpb::EntryType::EntryConfChangeV2;
+        e.data = cc.write_to_bytes().expect("encodes").into();
+        assert_eq!(decode_conf_change(&e).expect("decodes"), cc);
+        assert_eq!(
+            conf_change_v2_from_pb(conf_change_v2_to_pb(&cc)).expect("converts"),
+            cc
+        );
+        let mut old = eraftpb::ConfChange::default();
+        old.change_type = eraftpb::ConfChangeType::RemoveNode;
+        old.node_id = 2;
+        e.entry_type = eraftpb::EntryType::EntryConfChange;
+        e.data = old.write_to_bytes().expect("encodes").into();
+        let v2 = decode_conf_change(&e).expect("decodes");
+        assert_eq!(v2.changes[0].node_id, 2);
+        e.entry_type = eraftpb::EntryType::EntryNormal;
+        assert!(decode_conf_change(&e).is_err());
+    }
+
+    #[test]
+    fn frames_merge_heartbeats_and_split_them_back() {
+        let mut msgs = Vec::new();
+        for group in 1..=50u64 {
+            let mut h = eraftpb::Message::default();
+            h.msg_type = if group % 2 == 0 {
+                eraftpb::MessageType::MsgHeartbeat
+            } else {
+                eraftpb::MessageType::MsgHeartbeatResponse
+            };
+            (h.from, h.to, h.term, h.commit) = (1, 2, group, group * 10);
+            h.context = bytes::Bytes::from(group.to_le_bytes().to_vec());
+            msgs.push((group, h));
+        }
+        let mut append = eraftpb::Message::default();
+        append.msg_type = eraftpb::MessageType::MsgAppend;
+        (append.from, append.to, append.index) = (1, 2, 7);
+        msgs.push((9, append));
+        let f = frame(1, 2, &msgs);
+        assert_eq!((f.heartbeats.len(), f.messages.len()), (50, 1));
+        let bytes = encode_frame(&f);
+        let mut back = unframe(decode_frame(&bytes).expect("decodes")).expect("splits");
+        back.sort_by_key(|(g, m)| (*g, m.msg_type as i32));
+        msgs.sort_by_key(|(g, m)| (*g, m.msg_type as i32));
+        assert_eq!(back, msgs);
+        // Fifty heartbeats cost less than fifty messages.
+        let whole: usize = msgs
+            .iter()
+            .map(|(g, m)| {
+                use prost::Message as _;
+                pb::GroupMessage {
+                    group: *g,
+                    message: Some(message_to_pb(m)),
+                }
+                .encoded_len()
+            })
+            .sum();
+        assert!(bytes.len() < whole, "{} vs {whole}", bytes.len());
+    }
+
+    #[test]
+    fn bad_frames_are_errors_never_panics() {
+        let mut m = eraftpb::Message::default();
+        m.msg_type = eraftpb::MessageType::MsgAppend;
+        (m.from, m.to) = (3, 2);
+        // A message that claims another sender than its frame's.
+        assert!(unframe(frame(1, 2, &[(1, m)])).is_err());
+        // An unknown message type, an unknown entry type.
+        let mut f = pb::RaftFrame {
+            from: 1,
+            to: 2,
+            ..Default::default()
+        };
+        f.messages.push(pb::GroupMessage {
+            group: 1,
+            message: Some(pb::Message {
+                msg_type: 99,
+                from: 1,
+                to: 2,
+                ..Default::default()
+            }),
+        });
+        assert!(unframe(f.clone()).is_err());
+        f.messages[0].message = Some(pb::Message {
+            msg_type: 3,
+            from: 1,
+            to: 2,
+            entries: vec![pb::Entry {
+                entry_type: 7,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert!(unframe(f).is_err());
+        let mut rng = StdRng::seed_from_u64(5);
+        for len in 0..300 {
+            let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if let Ok(f) = decode_frame(&junk) {
+                let _ = unframe(f);
+            }
+        }
+    }
+}
