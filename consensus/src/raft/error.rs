@@ -18,6 +18,11 @@ pub enum Error {
     #[error("outcome unknown: leadership of group {group} was lost after the proposal")]
     OutcomeUnknown { group: u64 },
 
+    /// The leader holds as much uncommitted data as it accepts (`max_uncommitted_size`):
+    /// retry once earlier proposals commit.
+    #[error("group {group}: too much uncommitted data; retry")]
+    Busy { group: u64 },
+
     /// A configuration change is already pending; Raft allows one at a time.
     #[error("group {group}: a configuration change is already in progress (entry {pending})")]
     ConfChangePending { group: u64, pending: u64 },

@@ -331,10 +331,8 @@ impl<S: LogStore> GroupSet<S> {
         g.node
             .propose(Vec::new(), data.to_vec())
             .map_err(|e| match e {
-                raft::Error::ProposalDropped => Error::NotLeader {
-                    group: id,
-                    leader: g.node.raft.leader_id,
-                },
+                // Checked just above that it leads: raft-rs dropped it for its size.
+                raft::Error::ProposalDropped => Error::Busy { group: id },
                 e => e.into(),
             })?;
         g.track(before, kind)
