@@ -397,3 +397,28 @@ fn a_run_of_control_batches_never_rolls_into_a_segment_of_the_same_name() {
         check(log).await;
     });
 }
+
+#[test]
+fn a_cut_after_every_index_in_turn_across_segment_boundaries() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 120, 1500).await;
+        assert!(log.stats().segments > 3, "the test wants several segments");
+        for keep in (1..120u64).rev() {
+            log.truncate_after_index(keep).await.expect("truncate");
+            assert_eq!(log.next_index(), keep + 1, "after cutting after {keep}");
+            assert_eq!(log.next_offset(), expected_records(keep).len() as u64);
+            let last = log
+                .read_entries(keep, keep + 1, 1)
+                .await
+                .expect("last entry");
+            assert_eq!(last[0].header.raft_index, keep);
+        }
+        check(&log, 1).await;
+        log.close().await.expect("close");
+    });
+}

@@ -89,7 +89,8 @@ impl Log {
             let st = self.state.borrow();
             let i = match target {
                 Target::Offset(o) => st.segments.partition_point(|s| s.base < o),
-                Target::Index(x) => st.segments.partition_point(|s| s.base_index < x),
+                // The segment holding Raft index x (cut at its start when it begins there).
+                Target::Index(x) => st.segments.partition_point(|s| s.base_index <= x),
             };
             i.max(1) - 1
         };
@@ -101,6 +102,16 @@ impl Log {
             Target::Index(next_index) => self.cut_point_index(base, &path, next_index).await?,
         };
         let (new_next, next_index) = (cut.next_offset, cut.next_index);
+        if t == 0 && cut.end == 0 {
+            // The cut empties the log: nothing on disk would tell a restart the Raft index it
+            // continues at. Written before the cut, so a crash never finds an empty log
+            // without it (before the cut, batches say it and this file is not read).
+            crate::meta::write(
+                &self.dir,
+                super::recovery::START_META,
+                &next_index.to_le_bytes(),
+            )?;
+        }
         let (data, mut index) = self.take_files_from(t)?;
         index.reopen_for_append(self.index_capacity)?;
         // Index entries of batches before the cut stay: those at positions below its end.
