@@ -422,3 +422,34 @@ fn a_cut_after_every_index_in_turn_across_segment_boundaries() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn sync_makes_trailing_control_batches_durable_too() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 3, 10).await;
+        // A no-op takes no offset: an offset-based durability mark would call it durable.
+        let stamp = Stamp {
+            kind: Kind::NoOp,
+            base_offset: log.next_offset(),
+            term: 2,
+            raft_index: log.next_index(),
+            commit_index: 0,
+            timestamp_ms: 0,
+        };
+        let mut b = Vec::new();
+        batch::encode_with_payload(&mut b, &stamp, 0, b"");
+        log.append_buffered(&b).await.expect("append");
+        let before = log.stats().fdatasyncs;
+        log.sync().await.expect("sync");
+        assert_eq!(log.stats().fdatasyncs, before + 1, "the no-op was synced");
+        // Nothing new: no sync.
+        log.sync().await.expect("sync");
+        assert_eq!(log.stats().fdatasyncs, before + 1);
+        log.close().await.expect("close");
+    });
+}

@@ -15,10 +15,33 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 impl Log {
-    /// Writes out and fdatasyncs everything appended so far, whatever the policy.
+    /// Writes out and fdatasyncs everything appended so far, whatever the policy: records
+    /// and control batches (which take a Raft index but no offset).
     pub async fn sync(&self) -> Result<()> {
-        let target = self.next_offset();
-        self.wait_durable(target).await
+        let (target, target_index) = {
+            let st = self.state.borrow();
+            (st.next, st.next_index)
+        };
+        loop {
+            let offset_target = {
+                let st = self.state.borrow();
+                // A cut meanwhile lowers what there is to sync.
+                let (target, target_index) = (target.min(st.next), target_index.min(st.next_index));
+                if st.durable_next >= target && st.durable_index >= target_index {
+                    return Ok(());
+                }
+                self.check_writable(&st)?;
+                target
+            };
+            if self.must_wait(offset_target) {
+                let listener = self.io_done.listen();
+                if self.must_wait(offset_target) {
+                    listener.await;
+                }
+                continue;
+            }
+            self.lead_sync().await?;
+        }
     }
 
     /// Waits until offsets below `target` are durable.
@@ -92,6 +115,7 @@ impl Log {
             file,
             path,
             target,
+            target_index,
             appends,
         } = {
             let _busy = self.busy();
@@ -119,6 +143,7 @@ impl Log {
                 // for records this sync did not cover.
                 if st.cut_epoch == epoch {
                     st.durable_next = st.durable_next.max(target.min(st.next));
+                    st.durable_index = st.durable_index.max(target_index.min(st.next_index));
                 }
                 // Records just became readable: wake tailing readers.
                 self.appended.notify(usize::MAX);
@@ -188,6 +213,7 @@ impl Log {
             file,
             path,
             target,
+            target_index,
             appends,
         } = self.write_phase().await?;
         if sync {
@@ -199,6 +225,7 @@ impl Log {
             st.stats.fdatasyncs += 1;
             record_sync(&mut st, sync_started, Some(appends));
             st.durable_next = st.durable_next.max(target);
+            st.durable_index = st.durable_index.max(target_index);
             drop(st);
             self.appended.notify(usize::MAX);
         }
@@ -251,6 +278,7 @@ impl Log {
         let mut st = self.state_mut();
         self.check_writable(&st)?;
         let target = st.next;
+        let target_index = st.next_index;
         let appends = st.stats.appends;
         let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
         let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
@@ -258,6 +286,7 @@ impl Log {
             file: Rc::clone(&w.data),
             path: seg.data_path.clone(),
             target,
+            target_index,
             appends,
         };
         if w.written == seg.size {
@@ -340,6 +369,7 @@ impl Log {
     fn is_dirty(&self) -> bool {
         let st = self.state.borrow();
         st.durable_next < st.next
+            || st.durable_index < st.next_index
             || st
                 .segments
                 .last()
@@ -374,6 +404,8 @@ struct Written {
     path: PathBuf,
     /// The offset below which every record is on the device.
     target: u64,
+    /// The Raft index below which every batch is on the device.
+    target_index: u64,
     /// `stats.appends` when the write-out began: what a sync of it covers.
     appends: u64,
 }

@@ -150,6 +150,9 @@ struct State {
     /// The Raft index the next batch gets (single-node appends count on from the last one).
     next_index: u64,
     durable_next: u64,
+    /// Batches below this Raft index are durable. Offsets alone cannot say it: a control
+    /// batch takes no offset.
+    durable_index: u64,
     /// Who moves the visible end; under `Owner`, `visible` is it.
     visibility: Visibility,
     /// The end of what readers may see when an owner sets it (unused under `Policy`).
@@ -198,6 +201,7 @@ impl State {
             next,
             next_index,
             durable_next: next,
+            durable_index: next_index,
             visibility: Visibility::Policy,
             visible: next,
             written_next: next,

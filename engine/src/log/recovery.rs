@@ -197,6 +197,7 @@ impl Log {
         st.segments[n - 1].base_index = next_index;
         st.segments[n - 1].next_index = next_index;
         st.next_index = next_index;
+        st.durable_index = next_index;
         Ok(())
     }
 }

@@ -152,6 +152,7 @@ impl Log {
         st.next = new_next;
         st.next_index = next_index;
         st.durable_next = st.durable_next.min(new_next);
+        st.durable_index = st.durable_index.min(next_index);
         st.visible = st.visible.min(new_next);
         st.written_next = st.written_next.min(new_next);
         st.sync_requested = st.durable_next;
@@ -342,6 +343,7 @@ impl Log {
         st.next = next_offset;
         st.next_index = next_index;
         st.durable_next = next_offset;
+        st.durable_index = next_index;
         st.visible = next_offset;
         st.written_next = next_offset;
         st.latched = None;
