@@ -90,6 +90,9 @@ impl Cluster {
         for (&id, set) in self.sets.iter_mut() {
             let mut q = Queue(Vec::new());
             set.round(&mut q).await;
+            for job in set.take_fetch_jobs() {
+                job.run().await;
+            }
             assert!(set.failure(G).is_none(), "node {id}: {:?}", set.failure(G));
             sent.extend(q.0.into_iter().map(|(to, f)| (id, to, f)));
         }

@@ -15,7 +15,9 @@
 
 use bytes::Bytes;
 use consensus::raft::wire;
-use consensus::raft::{Error, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport};
+use consensus::raft::{
+    Error, FetchJob, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport,
+};
 use engine::NewRecord;
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
@@ -143,6 +145,8 @@ struct Sim {
     committed_entries: BTreeMap<(u64, u64), Stored>,
     next_value: u64,
     last_leader: BTreeMap<u64, u64>,
+    /// Deferred reads running beside the nodes' loops: (node, step it completes at, job).
+    jobs: Vec<(u64, u64, FetchJob<MemStore>)>,
     fig: Figures,
 }
 
@@ -198,6 +202,7 @@ impl Sim {
             committed_entries: BTreeMap::new(),
             next_value: 0,
             last_leader: BTreeMap::new(),
+            jobs: Vec::new(),
             fig: Figures::default(),
         };
         let voters: Vec<u64> = (1..=n).collect();
@@ -284,6 +289,22 @@ impl Sim {
         }
     }
 
+    /// Completes the deferred reads that are due (in random order).
+    fn run_jobs(&mut self) {
+        let mut i = 0;
+        let mut due = Vec::new();
+        while i < self.jobs.len() {
+            if self.jobs[i].1 <= self.now {
+                due.push(self.jobs.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for (_, _, job) in due {
+            block_on(job.run());
+        }
+    }
+
     fn deliver(&mut self) {
         let mut due = Vec::new();
         let mut i = 0;
@@ -333,6 +354,10 @@ impl Sim {
                 continue;
             }
             block_on(set.round(&mut out));
+            for job in set.take_fetch_jobs() {
+                let at = self.now + self.rng.random_range(0..4);
+                self.jobs.push((id, at, job));
+            }
             let failed = GROUPS.iter().any(|&g| set.failure(g).is_some());
             self.send(id, out.frames);
             if failed {
@@ -480,6 +505,7 @@ impl Sim {
             self.fig.absorb(set.stats());
         }
         node.down_until = self.now + down;
+        self.jobs.retain(|(n, _, _)| *n != id);
         for (i, g) in GROUPS.iter().enumerate() {
             let old = &node.stores[g];
             let lost = old.unsynced().saturating_sub(keeps[i]);
@@ -493,6 +519,7 @@ impl Sim {
         self.now += 1;
         self.fig.steps += 1;
         self.maybe_fault();
+        self.run_jobs();
         self.deliver();
         if self.now.is_multiple_of(2) {
             self.tick();
@@ -586,6 +613,7 @@ impl Sim {
         for _ in 0..3000 {
             self.now += 1;
             self.maybe_fault();
+            self.run_jobs();
             self.deliver();
             if self.now.is_multiple_of(2) {
                 self.tick();

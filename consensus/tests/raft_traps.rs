@@ -94,6 +94,9 @@ impl Cluster {
                 .collect();
             let mut q = Queue(Vec::new(), reachable);
             block_on(self.set(id).round(&mut q));
+            for job in self.set(id).take_fetch_jobs() {
+                block_on(job.run());
+            }
             for (to, bytes) in q.0 {
                 self.net.push((id, to, bytes));
             }

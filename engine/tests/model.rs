@@ -40,12 +40,13 @@ impl Model {
 
     /// Bytes the batch with base `b` takes on disk (header + records).
     fn batch_len(&self, b: u64) -> usize {
-        48 + self
-            .entries
-            .range(b..)
-            .take_while(|(_, e)| e.batch == b)
-            .map(|(_, e)| 8 + e.value.len())
-            .sum::<usize>()
+        engine::batch::HEADER_LEN
+            + self
+                .entries
+                .range(b..)
+                .take_while(|(_, e)| e.batch == b)
+                .map(|(_, e)| 8 + e.value.len())
+                .sum::<usize>()
     }
 
     fn drop_below(&mut self, lowest: u64) {

@@ -14,7 +14,7 @@ fn config(durability: Durability) -> LogConfig {
         max_batch_bytes: 64 * 1024,
         max_record_bytes: 64 * 1024,
         // Room for only a few batches: most appends must wait for a write-out.
-        write_behind_bytes: 2 * (64 * 1024 + 48),
+        write_behind_bytes: 2 * (64 * 1024 + engine::batch::HEADER_LEN),
         ..LogConfig::default()
     }
 }

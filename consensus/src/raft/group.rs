@@ -2,7 +2,9 @@
 //! partition) of its shard and drives them all in rounds.
 //!
 //! One round ([`GroupSet::round`]):
-//! 1. deferred log reads of lagging followers are done, then `on_entries_fetched`;
+//! 1. deferred log reads of lagging followers that are done are handed to raft-rs
+//!    (`on_entries_fetched`); the reads themselves run beside the loop as [`FetchJob`]s, which
+//!    the loop's driver takes after each round ([`GroupSet::take_fetch_jobs`]) and spawns;
 //! 2. every group with a Ready: its messages are queued (the leader's appends leave before any
 //!    disk write, so followers write while the leader does), committed entries are applied
 //!    (the visible watermark moves, proposals' waiters are answered), hard state is noted;
@@ -24,7 +26,7 @@
 use super::entry;
 use super::error::{Error, Result};
 use super::logger;
-use super::storage::{RaftLog, SnapshotData};
+use super::storage::{FetchJob, RaftLog, SnapshotData};
 use super::store::LogStore;
 use super::wire;
 use bytes::Bytes;
@@ -182,6 +184,8 @@ pub struct GroupSet<S: LogStore> {
     outbox: BTreeMap<u64, Vec<(u64, Message)>>,
     /// Snapshots sent this round, reported to raft-rs once every Ready is advanced.
     snapshots_sent: Vec<(u64, u64)>,
+    /// Deferred reads for the driver to run beside the loop.
+    fetch_jobs: Vec<FetchJob<S>>,
     next_read_id: u64,
     stats: SetStats,
 }
@@ -196,6 +200,7 @@ impl<S: LogStore> GroupSet<S> {
             rng: StdRng::seed_from_u64(seed),
             outbox: BTreeMap::new(),
             snapshots_sent: Vec::new(),
+            fetch_jobs: Vec::new(),
             next_read_id: 1,
             stats: SetStats::default(),
         }
@@ -455,11 +460,17 @@ impl<S: LogStore> GroupSet<S> {
         }
     }
 
+    /// The deferred reads made by the last rounds, for the driver to run beside the loop
+    /// (each resolves on its own; the round after it ends hands its entries to raft-rs).
+    pub fn take_fetch_jobs(&mut self) -> Vec<FetchJob<S>> {
+        std::mem::take(&mut self.fetch_jobs)
+    }
+
     /// True when some group has work for a round.
     pub fn has_ready(&self) -> bool {
         self.groups.values().any(|g| {
             g.failed.is_none()
-                && (g.node.has_ready() || g.log.has_pending_fetch() || g.held_snapshot.is_some())
+                && (g.node.has_ready() || g.log.has_fetch_work() || g.held_snapshot.is_some())
         })
     }
 
@@ -467,16 +478,15 @@ impl<S: LogStore> GroupSet<S> {
     pub async fn round<T: Transport>(&mut self, net: &mut T) {
         self.stats.rounds += 1;
         let ids: Vec<u64> = self.groups.keys().copied().collect();
-        // 1. Deferred reads for lagging followers.
+        // 1. Deferred reads that are done: raft-rs sends what it waited for.
         for &id in &ids {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
-            if g.failed.is_some() || !g.log.has_pending_fetch() {
+            if g.failed.is_some() {
                 continue;
             }
-            self.stats.fetches += 1;
-            match g.log.fetch_pending().await {
+            match g.log.take_answered() {
                 Ok(contexts) => {
                     for c in contexts {
                         g.node.on_entries_fetched(c);
@@ -620,6 +630,12 @@ impl<S: LogStore> GroupSet<S> {
         }
         for g in self.groups.values_mut() {
             g.after_round();
+            if g.failed.is_none() {
+                if let Some(job) = g.log.take_fetch_job() {
+                    self.stats.fetches += 1;
+                    self.fetch_jobs.push(job);
+                }
+            }
         }
         self.flush(net);
         self.randomize_timeouts();

@@ -29,5 +29,5 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use group::{Committed, GroupConfig, GroupSet, GroupStatus, Outcome, SetStats, Transport};
 pub use mem_store::MemStore;
-pub use storage::{RaftLog, RaftMeta};
+pub use storage::{FetchJob, RaftLog, RaftMeta, SnapshotData};
 pub use store::LogStore;

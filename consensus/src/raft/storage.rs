@@ -8,9 +8,9 @@
 //! - `entries(lo, hi)` from a tail cache that holds every entry not yet applied (so the calls
 //!   raft-rs cannot defer, those for committed entries, always hit it) plus recently applied
 //!   ones up to a byte budget. An older range (a follower far behind) is answered
-//!   `LogTemporarilyUnavailable` when the context allows, read by the Ready loop on the shard's
-//!   executor ([`RaftLog::fetch_pending`]) and handed back with `on_entries_fetched`: a lagging
-//!   follower never blocks the loop.
+//!   `LogTemporarilyUnavailable` when the context allows; the Ready loop hands the read to a
+//!   [`FetchJob`] that runs beside it (a task on the shard's executor), and once its entries
+//!   are here, calls `on_entries_fetched`: a lagging follower never blocks the loop.
 //!
 //! Hard state: term and vote live in the metadata file with the configuration state, written
 //! only when they change (each replacement costs a rename and a directory sync). The commit
@@ -211,11 +211,57 @@ struct Cached {
 }
 
 /// A read raft-rs asked for and the loop has to do.
-pub struct PendingFetch {
-    pub low: u64,
-    pub high: u64,
-    pub max_size: u64,
-    pub context: GetEntriesContext,
+struct PendingFetch {
+    low: u64,
+    high: u64,
+    max_size: u64,
+    context: GetEntriesContext,
+}
+
+/// A deferred read of entries for a lagging follower, to run beside the Ready loop (spawned
+/// on the shard's executor, or run inline by a simulation). When it is done, the next round
+/// calls `on_entries_fetched` for every request it answers.
+pub struct FetchJob<S: LogStore> {
+    log: RaftLog<S>,
+    low: u64,
+    high: u64,
+    max_size: u64,
+    /// The log's generation when the job was made: entries read across a cut, a compaction
+    /// or an install are dropped, never served.
+    generation: u64,
+}
+
+impl<S: LogStore> FetchJob<S> {
+    pub fn group(&self) -> u64 {
+        self.log.group()
+    }
+
+    /// Reads the range and hands the entries to the adapter.
+    pub async fn run(self) {
+        let read = self
+            .log
+            .store
+            .read(
+                self.low,
+                self.high,
+                self.max_size.min(usize::MAX as u64) as usize,
+            )
+            .await;
+        let result = match read {
+            Ok(batches) => batches
+                .iter()
+                .map(|b| entry::decode(&b.header, &b.bytes))
+                .collect::<Result<Vec<_>>>(),
+            Err(e) => Err(Error::Storage {
+                group: self.log.group(),
+                source: e,
+            }),
+        };
+        self.log
+            .core
+            .borrow_mut()
+            .finish_fetch(self.generation, result);
+    }
 }
 
 struct Core {
@@ -238,7 +284,17 @@ struct Core {
     applied_offset: u64,
     /// Entries read for a deferred request, contiguous.
     fetched: Vec<Entry>,
+    /// Requests raft-rs deferred, not yet given to a job.
     pending: Vec<PendingFetch>,
+    /// A job is reading; `waiting` are the requests it answers.
+    in_flight: bool,
+    waiting: Vec<GetEntriesContext>,
+    /// Requests answered (or to be asked again), for `on_entries_fetched`.
+    answered: Vec<GetEntriesContext>,
+    /// A read failed on the device: the group stops.
+    fetch_error: Option<Error>,
+    /// Bumped by every cut, compaction and install.
+    generation: u64,
 }
 
 /// raft-rs `Storage` for one group, over its log store. Cloning shares the state: the
@@ -312,6 +368,11 @@ impl<S: LogStore> RaftLog<S> {
             applied_offset: store.first_offset(),
             fetched: Vec::new(),
             pending: Vec::new(),
+            in_flight: false,
+            waiting: Vec::new(),
+            answered: Vec::new(),
+            fetch_error: None,
+            generation: 0,
             meta,
         };
         let log = RaftLog {
@@ -466,6 +527,7 @@ impl<S: LogStore> RaftLog<S> {
         c.runs.retain(|&(i, _)| i <= last_kept);
         c.last_index = last_kept;
         c.fetched.clear();
+        c.generation += 1;
     }
 
     /// The base offset of cached entry `index` (committed entries are always cached).
@@ -532,6 +594,7 @@ impl<S: LogStore> RaftLog<S> {
                 }
             }
             c.fetched.clear();
+            c.generation += 1;
         }
         self.write_meta()?;
         self.store
@@ -573,7 +636,7 @@ impl<S: LogStore> RaftLog<S> {
         c.cache.clear();
         c.cache_bytes = 0;
         c.fetched.clear();
-        c.pending.clear();
+        c.generation += 1;
         c.next_offset = data.next_offset;
         c.applied = m.index;
         c.applied_offset = data.next_offset;
@@ -581,33 +644,41 @@ impl<S: LogStore> RaftLog<S> {
         Ok(())
     }
 
-    /// Reads the older ranges raft-rs asked for and returns their contexts, for
-    /// `on_entries_fetched`. Only the first pending read is done per call: each answers one
-    /// follower's append, and the next round does the next.
-    pub async fn fetch_pending(&self) -> Result<Vec<GetEntriesContext>> {
-        let pending = std::mem::take(&mut self.core.borrow_mut().pending);
-        let mut contexts = Vec::new();
-        let err = storage_err(self.group());
-        for (i, p) in pending.into_iter().enumerate() {
-            if i == 0 {
-                let batches = self
-                    .store
-                    .read(p.low, p.high, p.max_size.min(usize::MAX as u64) as usize)
-                    .await
-                    .map_err(&err)?;
-                let mut entries = Vec::with_capacity(batches.len());
-                for b in batches {
-                    entries.push(entry::decode(&b.header, &b.bytes)?);
-                }
-                self.core.borrow_mut().fetched = entries;
-            }
-            contexts.push(p.context);
+    /// A job for the deferred reads, unless one is running already: it reads the first
+    /// request's range and answers every request made so far (raft-rs asks again for what
+    /// it still misses, and the next job reads that).
+    pub fn take_fetch_job(&self) -> Option<FetchJob<S>> {
+        let mut c = self.core.borrow_mut();
+        if c.in_flight || c.pending.is_empty() {
+            return None;
         }
-        Ok(contexts)
+        let pending = std::mem::take(&mut c.pending);
+        let (low, high, max_size) = (pending[0].low, pending[0].high, pending[0].max_size);
+        c.waiting = pending.into_iter().map(|p| p.context).collect();
+        c.in_flight = true;
+        Some(FetchJob {
+            log: self.clone(),
+            low,
+            high,
+            max_size,
+            generation: c.generation,
+        })
     }
 
-    pub fn has_pending_fetch(&self) -> bool {
-        !self.core.borrow().pending.is_empty()
+    /// Requests whose job is done, for `on_entries_fetched`; an error if a read failed on
+    /// the device.
+    pub fn take_answered(&self) -> Result<Vec<GetEntriesContext>> {
+        let mut c = self.core.borrow_mut();
+        if let Some(e) = c.fetch_error.take() {
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut c.answered))
+    }
+
+    /// True when deferred reads have work for the loop (a job to start, answers to hand).
+    pub fn has_fetch_work(&self) -> bool {
+        let c = self.core.borrow();
+        (!c.in_flight && !c.pending.is_empty()) || !c.answered.is_empty() || c.fetch_error.is_some()
     }
 
     /// Entries in the cache, for checks (index, term, data).
@@ -635,6 +706,24 @@ fn clip_runs(runs: Vec<(u64, u64)>, point: u64) -> Vec<(u64, u64)> {
 }
 
 impl Core {
+    /// A job's end: its entries served from now on (unless the log changed meanwhile), its
+    /// requests answered. A range that is no longer in the log is no failure (a cut or a
+    /// compaction raced the read); a device error stops the group.
+    fn finish_fetch(&mut self, generation: u64, result: Result<Vec<Entry>>) {
+        self.in_flight = false;
+        let waiting = std::mem::take(&mut self.waiting);
+        self.answered.extend(waiting);
+        match result {
+            Ok(entries) if generation == self.generation => self.fetched = entries,
+            Ok(_) => {}
+            Err(Error::Storage {
+                source: engine::Error::InvalidArgument(_) | engine::Error::OffsetOutOfRange { .. },
+                ..
+            }) => {}
+            Err(e) => self.fetch_error = Some(e),
+        }
+    }
+
     fn term(&self, idx: u64) -> raft::Result<u64> {
         if idx == self.meta.snapshot_index {
             return Ok(self.meta.snapshot_term);
