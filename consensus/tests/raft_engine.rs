@@ -3,7 +3,9 @@
 //! in process. A leader cut off with entries nobody else has, a new leader elected, the old
 //! one's conflicting suffix cut from its segment files when it returns; then every log closed
 //! and reopened, the commit index recovered from the batch headers, and writing continued.
-//! Records are read back with the log's ordinary reads: dense offsets, identical everywhere.
+//! Records are read back with the log's ordinary reads: dense offsets, identical everywhere,
+//! and never past the visible end the group sets (the old leader's uncommitted suffix is
+//! readable by Raft index only).
 
 use consensus::raft::{GroupConfig, GroupSet, Outcome, Transport};
 use engine::{FileBudget, Log, LogConfig, NewRecord};
@@ -147,6 +149,8 @@ impl Cluster {
         let mut out = BTreeMap::new();
         for (&id, log) in &self.logs {
             let visible = self.sets[&id].status(G).expect("status").visible_offset;
+            // The log's own visible end is the group's: an ordinary read stops there.
+            assert_eq!(log.visible_end(), visible, "node {id}");
             let rs = if visible == 0 {
                 Vec::new()
             } else {
@@ -179,6 +183,36 @@ async fn scenario(root: PathBuf) {
         orphans.push(c.propose(l, format!("orphan{i}")));
         c.round().await;
     }
+    // The orphans are in the old leader's log but not committed: readers of records do not
+    // see them (the group owns the log's visible end), Raft's reads by index do.
+    let old = &c.logs[&l];
+    let visible = c.sets[&l].status(G).expect("status").visible_offset;
+    assert_eq!(old.visibility(), engine::Visibility::Owner);
+    assert_eq!(old.visible_end(), visible);
+    assert_eq!(
+        visible, 30,
+        "the first 30 records are committed, the orphans not"
+    );
+    assert_eq!(old.next_offset(), visible + 5);
+    assert!(matches!(
+        old.read_range(visible, 10, usize::MAX).await,
+        Err(engine::Error::OffsetOutOfRange { next, .. }) if next == visible
+    ));
+    let limits = engine::seam::ReadLimits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+        past_end: engine::seam::PastEnd::Empty,
+    };
+    let chunk = old.read_chunk(visible, limits).await.expect("chunk");
+    assert!(chunk.is_empty() && chunk.visible_end == visible);
+    let chunk = old.read_chunk(0, limits).await.expect("chunk");
+    assert_eq!(chunk.records().count(), 30);
+    let tail = old
+        .read_entries(old.next_index() - 5, old.next_index(), usize::MAX)
+        .await
+        .expect("entries past the visible end");
+    assert_eq!(tail.len(), 5);
+    assert!(tail.iter().all(|b| b.header.base_offset >= visible));
     let l2 = c.elect().await;
     assert_ne!(l2, l);
     for i in 0..30 {

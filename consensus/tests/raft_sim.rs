@@ -89,6 +89,8 @@ struct Figures {
     refused: u64,
     ack_checks: u64,
     prefix_checks: u64,
+    /// A node's visible end checked against its group (applied entries, synced records).
+    visible_checks: u64,
     /// Acknowledged records found at their offsets after the run (on every node retaining it).
     acked_verified: u64,
     /// Acknowledged records below every node's retained start (compacted on all of them).
@@ -540,8 +542,51 @@ impl Sim {
                 }
             }
         }
+        // Cheap checks every step, the scan of every batch now and then.
+        self.check_visible_ends(self.now.is_multiple_of(50));
         if self.now.is_multiple_of(50) {
             self.check_committed_prefixes();
+        }
+    }
+
+    /// What readers of records may see on each node: the log's visible end is the group's
+    /// (the offset after its applied entries), no entry past the applied index lies below
+    /// it (checked when `scan`), and it never passes what this node has synced.
+    fn check_visible_ends(&mut self, scan: bool) {
+        for (&id, node) in &self.nodes {
+            let Some(set) = node.set.as_ref() else {
+                continue;
+            };
+            for g in GROUPS {
+                let (Some(status), Some(store)) = (set.status(g), node.stores.get(&g)) else {
+                    continue;
+                };
+                let visible = store.visible_end();
+                assert_eq!(
+                    visible, status.visible_offset,
+                    "seed {}: node {id} group {g}: the log's visible end is not the group's",
+                    self.seed
+                );
+                assert!(
+                    visible <= store.synced_offset(),
+                    "seed {}: node {id} group {g}: visible end {visible} past the synced records (to {})",
+                    self.seed,
+                    store.synced_offset()
+                );
+                for b in store.batches().iter().filter(|_| scan) {
+                    if b.header.record_count > 0 && b.header.base_offset < visible {
+                        assert!(
+                            b.header.raft_index <= status.applied,
+                            "seed {}: node {id} group {g}: entry {} (offset {}) is visible, applied {}",
+                            self.seed,
+                            b.header.raft_index,
+                            b.header.base_offset,
+                            status.applied
+                        );
+                    }
+                }
+                self.fig.visible_checks += 1;
+            }
         }
     }
 

@@ -84,6 +84,7 @@ fn an_index_on_a_full_volume_is_refused_not_a_signal() {
             relative_offset: i,
             position: i * 8,
             term: 1,
+            raft_index: u64::from(i) + 1,
         };
         assert!(before.push(e), "entry {i}");
     }

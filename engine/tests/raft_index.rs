@@ -268,13 +268,116 @@ fn single_node_appends_count_raft_indexes_too() {
                 .expect("append");
         }
         assert_eq!((log.first_index(), log.next_index()), (1, 11));
+        // The seam's path too: a batch encoded elsewhere gets its header (and Raft index)
+        // stamped by the log, its CRC combined from the payload's.
+        let encoded = engine::seam::EncodedBatch::encode(&[
+            NewRecord::new(Bytes::from_static(b"x")),
+            NewRecord::new(Bytes::from_static(b"yz")),
+        ])
+        .expect("encode");
+        let (a, _) = log.append_encoded(&encoded).await.expect("append encoded");
+        assert_eq!(
+            (a.base_offset, a.last_offset, log.next_index()),
+            (10, 11, 12)
+        );
         log.close().await.expect("close");
         let log = Log::open(&dir, small(), FileBudget::new(8))
             .await
             .expect("reopen");
-        assert_eq!(log.next_index(), 11);
+        assert_eq!(log.next_index(), 12);
         let e = log.read_entries(4, 5, 1).await.expect("entry");
         assert_eq!((e[0].header.raft_index, e[0].header.base_offset), (4, 3));
+        let e = log.read_entries(11, 12, 1).await.expect("checked entry");
+        let h = e[0].header;
+        assert_eq!(
+            (
+                h.kind,
+                h.raft_index,
+                h.commit_index,
+                h.base_offset,
+                h.record_count
+            ),
+            (Kind::Data, 11, 0, 10, 2)
+        );
+        log.close().await.expect("close");
+    });
+}
+
+/// A Raft group owns the visible end: reopened with entries past what it applied, it takes the
+/// mark below the log's end (where the policy would show everything durable); readers of
+/// records, the seam's chunks included, stop there and skip control batches; Raft reads by
+/// index past it; the mark rises when the owner says so and falls with a cut below it.
+#[test]
+fn a_raft_owner_shows_readers_only_what_it_applied() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    run(tmp.path(), move || async move {
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&log, 40, 100).await;
+        log.close().await.expect("close");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        let want = expected_records(40);
+        let end = log.next_offset();
+        assert_eq!(
+            log.visible_end(),
+            end,
+            "on its own, the log shows what is durable"
+        );
+        // Applied up to entry 20: the records of entries 0..20 (1-based indexes 1..=20).
+        let applied = expected_records(20).len() as u64;
+        log.take_visibility_at(applied);
+        assert_eq!(log.visibility(), engine::Visibility::Owner);
+        assert_eq!(log.visible_end(), applied);
+        let got = log
+            .read_range(0, usize::MAX, usize::MAX)
+            .await
+            .expect("read records");
+        let got: Vec<(u64, u8)> = got.iter().map(|r| (r.offset, r.value[0])).collect();
+        assert_eq!(got, want[..applied as usize]);
+        assert!(matches!(
+            log.read_range(applied, 1, usize::MAX).await,
+            Err(Error::OffsetOutOfRange { next, .. }) if next == applied
+        ));
+        // The seam's read: stored batches, decoded on the reader's side, control batches
+        // skipped, nothing past the mark.
+        let limits = engine::seam::ReadLimits {
+            max_records: usize::MAX,
+            max_bytes: usize::MAX,
+            past_end: engine::seam::PastEnd::Empty,
+        };
+        let chunk = log.read_chunk(1, limits).await.expect("chunk");
+        assert_eq!(chunk.visible_end, applied);
+        let got: Vec<(u64, u8)> = chunk
+            .records()
+            .map(|r| r.map(|r| (r.offset, r.value[0])))
+            .collect::<Result<_, _>>()
+            .expect("records");
+        assert_eq!(got, want[1..applied as usize]);
+        assert!(log
+            .read_chunk(applied, limits)
+            .await
+            .expect("chunk")
+            .is_empty());
+        // Raft reads every entry, applied or not.
+        let all = log.read_entries(1, 41, usize::MAX).await.expect("entries");
+        assert_eq!(all.len(), 40);
+        // The owner raises the mark; it never passes the end.
+        assert_eq!(log.set_visible(applied + 3), applied + 3);
+        assert_eq!(log.set_visible(u64::MAX), end);
+        // A cut below the mark (Raft cuts only what is not committed; a reset or an install
+        // may) lowers it with the log.
+        log.truncate_after_index(30).await.expect("cut");
+        let after = expected_records(30).len() as u64;
+        assert_eq!((log.next_offset(), log.visible_end()), (after, after));
+        // Appends by Raft index do not move the mark.
+        let b = entry(&log, 30, 10);
+        log.append_buffered(&b).await.expect("append");
+        log.sync().await.expect("sync");
+        assert_eq!(log.visible_end(), after);
         log.close().await.expect("close");
     });
 }

@@ -1,7 +1,8 @@
 //! The production log store: a partition's `engine::Log` (format v2 batches in O_DIRECT
 //! segments). Appends go to the write-behind buffer without waiting; `sync` is the log's
 //! group commit (one fdatasync for everything buffered); the Raft metadata is the log
-//! directory's `raft.meta`, replaced atomically.
+//! directory's `raft.meta`, replaced atomically; the log's visible mark (what `read_chunk`
+//! and the seam's readers see) is the group's to set (`Visibility::Owner`).
 
 use super::store::LogStore;
 use engine::batch::Header;
@@ -59,6 +60,15 @@ impl LogStore for Log {
     }
     async fn last_header(&self) -> Result<Option<Header>> {
         Log::last_header(self).await
+    }
+    fn take_visibility_at(&self, end: u64) {
+        Log::take_visibility_at(self, end)
+    }
+    fn set_visible(&self, end: u64) {
+        Log::set_visible(self, end);
+    }
+    fn visible_end(&self) -> u64 {
+        Log::visible_end(self)
     }
     fn write_meta(&self, payload: &[u8]) -> Result<()> {
         Log::write_meta(self, RAFT_META, payload)

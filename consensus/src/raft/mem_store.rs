@@ -21,6 +21,8 @@ struct Inner {
     start_offset: u64,
     start_index: u64,
     meta: Option<Vec<u8>>,
+    /// The offset below which readers may see records (set by the group; not persisted).
+    visible: u64,
     syncs: u64,
     /// The next `sync` fails (as a device error would), leaving its batches unsynced.
     fail_next_sync: bool,
@@ -51,6 +53,7 @@ impl MemStore {
                 start_offset: 0,
                 start_index: 1,
                 meta: None,
+                visible: 0,
                 syncs: 0,
                 fail_next_sync: false,
             }),
@@ -65,6 +68,8 @@ impl MemStore {
         st.batches.truncate(keep);
         st.synced = keep;
         st.fail_next_sync = false;
+        // Nobody reads a log before its group opens it and sets the mark again.
+        st.visible = st.start_offset;
         MemStore {
             inner: RefCell::new(st),
         }
@@ -90,6 +95,15 @@ impl MemStore {
     /// Syncs done so far.
     pub fn syncs(&self) -> u64 {
         self.inner.borrow().syncs
+    }
+
+    /// The offset after the records a crash would keep (those of the synced batches).
+    pub fn synced_offset(&self) -> u64 {
+        let st = self.inner.borrow();
+        match st.synced.checked_sub(1).and_then(|i| st.batches.get(i)) {
+            Some(b) => b.header.next_offset(),
+            None => st.start_offset,
+        }
     }
 }
 
@@ -185,6 +199,7 @@ impl LogStore for MemStore {
         st.start_offset = first_offset;
         st.start_index = first_index;
         st.meta = Some(meta.to_vec());
+        st.visible = first_offset;
         Ok(())
     }
 
@@ -222,6 +237,7 @@ impl LogStore for MemStore {
         let keep = (last_kept + 1 - st.start_index) as usize;
         st.batches.truncate(keep);
         st.synced = st.synced.min(keep);
+        st.visible = st.visible.min(st.next_offset());
         Ok(())
     }
 
@@ -231,6 +247,7 @@ impl LogStore for MemStore {
         st.synced = 0;
         st.start_offset = next_offset;
         st.start_index = next_index;
+        st.visible = next_offset;
         Ok(())
     }
 
@@ -274,6 +291,20 @@ impl LogStore for MemStore {
 
     async fn last_header(&self) -> Result<Option<Header>> {
         Ok(self.inner.borrow().batches.last().map(|b| b.header))
+    }
+
+    fn take_visibility_at(&self, end: u64) {
+        let mut st = self.inner.borrow_mut();
+        st.visible = end.min(st.next_offset());
+    }
+
+    fn set_visible(&self, end: u64) {
+        let mut st = self.inner.borrow_mut();
+        st.visible = st.visible.max(end.min(st.next_offset()));
+    }
+
+    fn visible_end(&self) -> u64 {
+        self.inner.borrow().visible
     }
 
     fn write_meta(&self, payload: &[u8]) -> Result<()> {

@@ -16,12 +16,17 @@
 //! only when they change (each replacement costs a rename and a directory sync). The commit
 //! index is not written there: every batch carries the commit index its writer knew, so the
 //! commit recovered at open is the last batch's (never above the last index), and the Ready
-//! loop sets `Config.applied` to it. Applying has no effect of its own beyond the log (the
-//! visible watermark is recomputed from it), so an apply that was never "persisted" needs no
-//! redo.
+//! loop sets `Config.applied` to it. Applying has no effect of its own beyond the log's
+//! visible end (which is not persisted: at open it is set again from the recovered commit),
+//! so an apply that was never "persisted" needs no redo.
 //!
 //! Offsets: a data entry's base offset is the log's next offset when it is written; each
 //! cached entry keeps its own, which is where the visible watermark moves when it commits.
+//! The group owns the log's visible end ([`LogStore::set_visible`]): it takes it at open, at
+//! the offset after the recovered commit, and raises it as entries are applied. raft-rs
+//! hands out for applying only entries this node has persisted (synced), so readers never
+//! see a record a crash of this node could take back, as under the single-node `always`
+//! policy.
 //!
 //! Compaction and snapshots: [`RaftLog::compact`] moves Raft's first index past an applied
 //! index (the metadata file keeps that point and its term) and lets the store drop whole
@@ -383,6 +388,11 @@ impl<S: LogStore> RaftLog<S> {
         if let Some(o) = log.offset_after(commit) {
             log.core.borrow_mut().applied_offset = o;
         }
+        // Readers see what is applied, nothing past it: after a restart the log may end with
+        // entries this node wrote but does not know committed (the policy's end would show
+        // them).
+        let visible = log.core.borrow().applied_offset;
+        log.store.take_visibility_at(visible);
         Ok(log)
     }
 
@@ -559,6 +569,7 @@ impl<S: LogStore> RaftLog<S> {
         if applied >= c.applied {
             c.applied = applied;
             c.applied_offset = offset;
+            self.store.set_visible(offset);
         }
         while c.cache_bytes > c.cache_budget
             && c.cache.len() > 1
@@ -641,6 +652,8 @@ impl<S: LogStore> RaftLog<S> {
         c.applied = m.index;
         c.applied_offset = data.next_offset;
         c.hard_state.commit = c.hard_state.commit.max(m.index);
+        // The install emptied the log and refilled it with committed entries only.
+        self.store.set_visible(data.next_offset);
         Ok(())
     }
 

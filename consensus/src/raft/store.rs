@@ -15,7 +15,11 @@
 //!   leaves the log reset; making it atomic, a download into a temporary directory and a
 //!   swap, comes with the snapshot transport).
 //! - `read` returns checked batches of `[from, to)`, at least one, then up to about
-//!   `max_bytes`.
+//!   `max_bytes`, committed or not: a leader sends followers entries not committed yet.
+//! - The visible end (the offset below which readers of records may see them) belongs to the
+//!   Raft group: it takes it over at open, at the offset after its last applied entry
+//!   (`take_visibility_at`), and raises it as entries are applied (`set_visible`). Cuts and
+//!   resets lower it with the log. Raft's own reads above ignore it.
 
 use engine::batch::Header;
 use engine::log::EntryBatch;
@@ -58,6 +62,15 @@ pub trait LogStore {
     async fn term_runs(&self) -> Result<Vec<(u64, u64)>>;
     /// The header of the last batch, if any.
     async fn last_header(&self) -> Result<Option<Header>>;
+    /// Makes the Raft group the owner of the visible end, which starts at `end` (the offset
+    /// after the last applied entry, at most the log's end): entries past it are not
+    /// committed as far as this node knows, and readers must not see them. Called when the
+    /// group opens the log, before anyone reads it.
+    fn take_visibility_at(&self, end: u64);
+    /// Raises the visible end to `end` (never down, never past the log's end).
+    fn set_visible(&self, end: u64);
+    /// The offset below which readers of records may see them.
+    fn visible_end(&self) -> u64;
     /// Replaces the Raft metadata file (hard state, conf state, snapshot point) atomically
     /// and durably.
     fn write_meta(&self, payload: &[u8]) -> Result<()>;

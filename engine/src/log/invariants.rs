@@ -52,6 +52,12 @@ fn broken_invariant(st: &State) -> Option<String> {
             st.durable_next, st.written_next, st.next
         ));
     }
+    if st.durable_index > st.next_index {
+        return Some(format!(
+            "durable_index {} is past next_index {}",
+            st.durable_index, st.next_index
+        ));
+    }
     if st.visibility == Visibility::Owner && st.visible > st.next {
         return Some(format!("visible {} is past next {}", st.visible, st.next));
     }
@@ -165,6 +171,7 @@ mod tests {
     fn each_broken_invariant_is_named() {
         let cases: &[(&str, Breaker)] = &[
             ("durable_next", |st| st.durable_next = st.next + 1),
+            ("durable_index", |st| st.durable_index = st.next_index + 1),
             ("visible", |st| {
                 st.visibility = Visibility::Owner;
                 st.visible = st.next + 1;

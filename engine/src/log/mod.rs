@@ -27,7 +27,15 @@
 //! - `segments` is sorted by base and contiguous (`s[i].next == s[i+1].base`); only the last
 //!   segment may have a writer; `lowest == segments[0].base`;
 //!   `durable_next <= written_next <= next` (what is synced was written, what is written was
-//!   appended); under `Visibility::Owner`, `visible <= next`.
+//!   appended); `durable_index <= next_index`; under `Visibility::Owner`, `visible <= next`.
+//! - The marks: `durable_next` (by offset) and `durable_index` (by Raft index) move together,
+//!   from the same write-out, and say what is synced; `written_next` what completed writes
+//!   handed to the device; `visible` (by offset) what readers may see, the owner's to move. A
+//!   single-node owner keeps it at the policy's end (`durable_next` under `always`,
+//!   `written_next` under `interval` and `never`); a Raft group at the offset after its
+//!   applied entries, which raft-rs hands out only once this node persisted them
+//!   (`durable_index` passed them). So `visible` never passes what a crash of the process
+//!   keeps, nor what power loss keeps except under `interval` and `never`, by choice.
 //! - Bytes of the active segment before `writer.buf_pos` (block-aligned) are on the device;
 //!   bytes from it on are in `writer.buf` (which may also have reached the device), up to the
 //!   segment's size: `buf_pos <= written <= size == buf_pos + buf.len()`.

@@ -63,6 +63,19 @@ impl Log {
         }
     }
 
+    /// Hands the visible mark to an owner that knows where it starts better than the policy:
+    /// a Raft group opening its log, whose end may hold entries not committed yet (the policy
+    /// would show them). The mark starts at `end` (at most the log's end), which may be below
+    /// what the policy showed: the owner takes the mark when it opens the log, before anyone
+    /// reads it. From now on only [`set_visible`](Self::set_visible) raises it.
+    pub fn take_visibility_at(&self, end: u64) {
+        let mut st = self.state_mut();
+        st.visibility = Visibility::Owner;
+        st.visible = end.min(st.next);
+        drop(st);
+        self.appended.notify(usize::MAX);
+    }
+
     /// Who moves the visible mark.
     pub fn visibility(&self) -> Visibility {
         self.state.borrow().visibility

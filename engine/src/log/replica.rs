@@ -92,7 +92,10 @@ impl Log {
     }
 
     /// Reads whole batches in the on-disk format from the batch holding `from`, up to about
-    /// `max_bytes` (at least one batch).
+    /// `max_bytes` (at least one batch), by offset: never past the visible end, and data
+    /// batches only (control batches hold no offset). A Raft log is copied by Raft index
+    /// instead ([`read_entries`](Self::read_entries), which reads past the visible end: a
+    /// leader sends entries that are not committed yet).
     pub async fn read_raw(&self, from: u64, max_bytes: usize) -> Result<RawBatches> {
         let end = self.readable_from(from)?;
         let batches = self.read_batches(from, max_bytes, usize::MAX, end).await?;

@@ -182,14 +182,15 @@ impl Log {
     /// recovers it as at start-up. Returns the offset appends continue at. Caller holds `io`
     /// and marks the log exclusive.
     async fn rebuild_tail(&self) -> Result<u64> {
-        let (base, known, sealed_end) = {
+        let (base, base_index, known, sealed_end) = {
             let mut st = self.state_mut();
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
             let writer = seg.writer.take();
             // A roll that sealed the segment and failed to start the next one left it whole
             // on the device.
             let known = writer.as_ref().map_or(seg.size, |w| w.written);
-            (seg.base, known, writer.is_none().then_some(seg.next))
+            let sealed_end = writer.is_none().then_some(seg.next);
+            (seg.base, seg.base_index, known, sealed_end)
         };
         if let Some(end) = sealed_end {
             remove_if_present(&segment::data_path(&self.dir, end))?;
@@ -216,9 +217,14 @@ impl Log {
         drop(data);
 
         let mut fresh = Segment::new_sealed(&self.dir, base, align_up(known), SystemTime::now());
+        // Its batches continue the Raft indexes from where the segment began; if none was
+        // written, the segment still begins there.
+        fresh.base_index = base_index;
+        fresh.next_index = base_index;
         let interval = u64::from(self.config.index_interval_bytes);
-        recovery::recover_active(&mut fresh, self.index_capacity, interval).await?;
-        let next = fresh.next;
+        let start = Some(base_index).filter(|&i| i > 0);
+        recovery::recover_active(&mut fresh, self.index_capacity, interval, start).await?;
+        let (next, next_index) = (fresh.next, fresh.next_index);
         let mut st = self.state_mut();
         if let Some(old) = st.segments.pop() {
             // Reads may have opened the old entry's files through the budget.
@@ -234,10 +240,12 @@ impl Log {
         st.next = next;
         st.written_next = next;
         st.durable_next = next;
+        st.next_index = next_index;
+        st.durable_index = next_index;
         st.sync_requested = next;
-        // An owner's mark covers only acknowledged records, which were all written and so
-        // are all still here; the cut never lowers it. `min` keeps `visible <= next` as a
-        // truncation does.
+        // An owner's mark covers only acknowledged records (a Raft group's: applied ones,
+        // which this node synced), which were all written and so are all still here; the cut
+        // never lowers it. `min` keeps `visible <= next` as a truncation does.
         st.visible = st.visible.min(next);
         Ok(next)
     }
