@@ -13,9 +13,11 @@
 //! Division of work (why the types look as they do): the caller's core does every per-record
 //! step. It builds an [`EncodedBatch`] (records laid out as stored, with the CRC32C of that
 //! payload) before calling [`Partitions::append`], and it checks and decodes the stored
-//! batches a [`Chunk`] hands back. The partition's owner only orders, stamps a 48-byte header
-//! (its CRC combined from the payload's, no pass over the payload), writes and syncs; on reads
-//! it finds whole stored batches and hands them over as shared bytes.
+//! batches a [`Chunk`] hands back. The partition's owner only orders, stamps a 64-byte header
+//! (offset, term, Raft index, time; its CRC combined from the payload's, no pass over the
+//! payload), writes and syncs; on reads it finds whole stored batches and hands them over as
+//! shared bytes (data batches only; a chunk's decoding skips any control batch, a Raft entry
+//! without records, that it meets).
 //!
 //! Visibility is a watermark the owner sets: the end of what readers may see. The single-node
 //! owner sets it to what the topic's durability policy makes visible (the durable end under
