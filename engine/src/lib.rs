@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod seam;
 pub mod segment;
 pub mod shard;
+pub mod tail_cache;
 pub mod topics;
 
 pub use batch::{NewRecord, Record};

@@ -152,3 +152,18 @@ pub const DISK_FULL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// (the write-behind buffer, an index file), so that it does not resume, fill the disk
 /// again at once and flap between the two states.
 pub const DISK_FULL_RESUME_MARGIN_BYTES: u64 = 1 << 20;
+
+// ---- The active segment's tail ------------------------------------------------------------
+
+/// Blocks of the active segment's data file kept allocated and written (zero-filled) ahead of
+/// the write position. An O_DIRECT write inside them changes neither the file's size nor its
+/// extents, so the fdatasync that makes it durable commits no metadata (an extending write
+/// makes every sync a journal commit; `fallocate` alone leaves unwritten extents whose
+/// conversion is one too). Topped up in steps of half the window, so one extending write (and
+/// one metadata commit) per 4 MiB of data; never past the segment's size limit, so a small
+/// volume pays at most this per partition.
+pub const PREALLOC_WINDOW_BYTES: u64 = 8 << 20;
+
+/// Bytes of recently written data a partition keeps in memory for readers close behind the
+/// writer (see `tail_cache`), charged to the memory budget.
+pub const TAIL_CACHE_BYTES: usize = 4 << 20;

@@ -9,7 +9,10 @@ use crate::batch::{self, Header, Parsed, HEADER_LEN};
 use crate::budget::Slot;
 use crate::error::{Error, Result};
 use crate::index::{Entry, Index};
-use crate::limits::{MIN_INDEX_GROWTH_ENTRIES, MIN_READ_WINDOW_BYTES, SCAN_CHUNK_BYTES};
+use crate::limits::{
+    MIN_INDEX_GROWTH_ENTRIES, MIN_READ_WINDOW_BYTES, SCAN_CHUNK_BYTES, TAIL_CACHE_BYTES,
+};
+use crate::tail_cache::TailCache;
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use std::cell::RefCell;
@@ -112,9 +115,44 @@ pub struct Writer {
     pub since_index: u64,
     /// `buf`'s capacity, charged to the memory budget (see `memory`).
     pub(crate) charged: crate::memory::Charged,
+    /// The file is allocated and written (data or zeroes) below this block-aligned
+    /// position: writes below it change no metadata (see `PREALLOC_WINDOW_BYTES`).
+    pub alloc_end: u64,
+    /// False once topping up the zeroed window failed (a full disk): writes then extend the
+    /// file as they go, until the writer is rebuilt.
+    pub prealloc: bool,
+    /// Recently written bytes, ending at `buf_pos`, for readers (see `tail_cache`).
+    pub cache: TailCache,
 }
 
 impl Writer {
+    /// The writer of an active segment whose file holds `written` valid bytes, is
+    /// `align_up(written)` long, and whose write-behind buffer (`buf`, at `buf_pos`) holds the
+    /// valid bytes of its last block.
+    pub fn new(
+        data: Rc<DmaFile>,
+        index: Index,
+        buf_pos: u64,
+        buf: Vec<u8>,
+        written: u64,
+        since_index: u64,
+    ) -> Writer {
+        let mut w = Writer {
+            data,
+            index,
+            buf_pos,
+            buf,
+            written,
+            since_index,
+            charged: crate::memory::Charged::local(),
+            alloc_end: align_up(written),
+            prealloc: true,
+            cache: TailCache::new(TAIL_CACHE_BYTES),
+        };
+        w.track_buffer();
+        w
+    }
+
     /// Charges `buf`'s capacity as it is now.
     pub fn track_buffer(&mut self) {
         self.charged.track(self.buf.capacity());

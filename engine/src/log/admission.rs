@@ -402,6 +402,10 @@ impl Log {
         st.next_index = header.raft_index + 1;
         st.stats.appends += 1;
         st.stats.records_appended += count;
+        if header.is_data() {
+            st.stats.payload_bytes +=
+                u64::from(header.payload_len).saturating_sub(8 * u64::from(header.record_count));
+        }
         // A control batch holds no record: its "last offset" is the one before it (or 0 at
         // the very start), which no caller waits on (control batches come only through
         // `append_buffered`, which waits for nothing).

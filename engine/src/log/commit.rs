@@ -7,6 +7,7 @@
 use super::{Log, State};
 use crate::config::Durability;
 use crate::error::{Error, Result};
+use crate::limits::PREALLOC_WINDOW_BYTES;
 use crate::metrics;
 use crate::segment::{align_down, align_up};
 use glommio::io::{DmaBuffer, DmaFile};
@@ -233,16 +234,16 @@ impl Log {
     }
 
     /// Writes the buffer out (whole aligned blocks, the partial tail block zero-padded and
-    /// rewritten next time).
+    /// rewritten next time), topping up the zero-filled window ahead of it in the same round
+    /// when the write comes near its end.
     async fn write_phase(&self) -> Result<Written> {
         let (written, copy) = self.copy_out()?;
         if let Some(Copied { pos, dma, len: n }) = copy {
             let want = dma.len();
-            let wrote = written
-                .file
-                .write_at(dma, pos)
-                .await
-                .map_err(|e| Error::glommio("writing", &written.path, e))?;
+            let zeroes = self.zero_window(&written.file, pos + want as u64);
+            let data = written.file.write_at(dma, pos);
+            let (wrote, zeroed) = futures_lite::future::zip(data, zeroes).await;
+            let wrote = wrote.map_err(|e| Error::glommio("writing", &written.path, e))?;
             if wrote != want {
                 return Err(Error::io(
                     "writing",
@@ -255,12 +256,35 @@ impl Log {
             }
             let mut st = self.state_mut();
             st.stats.writes += 1;
+            st.stats.bytes_written += want as u64;
+            let full = align_down(n as u64) as usize;
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
             let w = seg.writer.as_mut().ok_or(Error::ShutDown)?;
             w.written = pos + n as u64;
-            let full = align_down(n as u64) as usize;
+            w.alloc_end = w.alloc_end.max(align_up(pos + want as u64));
+            let zeroed = match zeroed {
+                Some(Ok(end)) => {
+                    let z = end.saturating_sub(w.alloc_end);
+                    w.alloc_end = w.alloc_end.max(end);
+                    z
+                }
+                Some(Err(e)) => {
+                    // Best effort: a disk too full for the window still takes the data
+                    // (the write above succeeded); writes extend the file from here on, and
+                    // the next failing one reports the full disk.
+                    log::debug!(
+                        "partition {}: no zeroed window ahead of the data ({e}); writes extend the file",
+                        self.partition_name()
+                    );
+                    w.prealloc = false;
+                    0
+                }
+                None => 0,
+            };
+            w.cache.push(w.buf_pos, &w.buf[..full]);
             w.buf.drain(..full);
             w.buf_pos += full as u64;
+            st.stats.zeroed_bytes += zeroed;
             st.written_next = st.written_next.max(written.target.min(st.next));
             drop(st);
             // Under `interval` and `never`, written records are what readers see.
@@ -270,6 +294,45 @@ impl Log {
             st.written_next = st.written_next.max(written.target.min(st.next));
         }
         Ok(written)
+    }
+
+    /// Keeps the window of zero-filled blocks ahead of a write that ends at `data_end`: when
+    /// less than half of [`PREALLOC_WINDOW_BYTES`] lies ahead of it, writes zeroes from the
+    /// end of what is allocated (or `data_end`) to a full window past `data_end`, never past
+    /// the segment's size limit. Resolves to `None` when nothing was to be done, else to the
+    /// new end of the zero-filled blocks (or the error of the write, which the caller treats
+    /// as "no window"). Caller holds `io`.
+    fn zero_window(
+        &self,
+        file: &Rc<DmaFile>,
+        data_end: u64,
+    ) -> impl std::future::Future<Output = Option<std::io::Result<u64>>> + 'static {
+        let plan = {
+            let st = self.state.borrow();
+            let w = st.segments.last().and_then(|s| s.writer.as_ref());
+            let window = PREALLOC_WINDOW_BYTES.min(align_up(self.config.segment_bytes));
+            let limit = align_up(self.config.segment_bytes);
+            match w {
+                Some(w) if w.prealloc && data_end + window / 2 > w.alloc_end => {
+                    let from = w.alloc_end.max(data_end);
+                    let to = (data_end + window).min(limit);
+                    (to > from).then_some((from, to))
+                }
+                _ => None,
+            }
+        };
+        let file = Rc::clone(file);
+        async move {
+            let (from, to) = plan?;
+            let len = (to - from) as usize;
+            let mut dma = file.alloc_dma_buffer(len);
+            dma.as_bytes_mut().fill(0);
+            Some(match file.write_at(dma, from).await {
+                Ok(n) if n == len => Ok(to),
+                Ok(n) => Ok(from + align_down(n as u64)),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            })
+        }
     }
 
     /// What a write-out will have written, and unless everything is written already, the

@@ -117,6 +117,19 @@ pub struct LogStats {
     pub writes: u64,
     pub fdatasyncs: u64,
     pub write_state: WriteState,
+    /// Record value bytes appended (the payload the other byte counts compare to).
+    pub payload_bytes: u64,
+    /// Bytes handed to the device by writes of batches (whole blocks: a partial tail block
+    /// is written again with the next batches).
+    pub bytes_written: u64,
+    /// Bytes of zeroes written ahead of the data to keep the active segment's tail allocated
+    /// (see `limits::PREALLOC_WINDOW_BYTES`); counted apart from `bytes_written`.
+    pub zeroed_bytes: u64,
+    /// Reads of segment data that went to the device (one DMA read each).
+    pub dma_reads: u64,
+    /// Reads of segment data served wholly from memory (the write-behind buffer and the
+    /// tail cache).
+    pub memory_reads: u64,
 }
 
 /// Raw batches as stored, for replication and snapshots.

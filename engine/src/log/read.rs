@@ -322,35 +322,35 @@ impl Log {
     }
 
     /// Bytes `[pos, pos + len)` of a segment's data, or fewer at its end: from memory where
-    /// the active segment's buffer holds them, from the device (one DMA read) otherwise.
+    /// the active segment's write-behind buffer and tail cache hold them (together, its last
+    /// bytes), from the device (one DMA read) otherwise.
     pub(super) async fn fetch(&self, base: u64, pos: u64, len: usize) -> Result<Bytes> {
         let (path, mem, file_part) = {
-            let st = self.state.borrow();
+            let mut st = self.state_mut();
             let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
             let end = (pos + len as u64).min(seg.size);
             if pos >= end {
                 return Ok(Bytes::new());
             }
-            let (data, mem_from) = match &seg.writer {
-                Some(w) => (Rc::clone(&w.data), Some((w.buf_pos, &w.buf))),
+            let (data, mem, file_end) = match &seg.writer {
+                Some(w) => {
+                    let (mem, file_end) = writer_bytes(w, pos, end);
+                    (Rc::clone(&w.data), mem, file_end)
+                }
                 None => {
                     let slot = seg.slot.borrow();
                     let f = slot.as_ref().ok_or(Error::ShutDown)?;
-                    (Rc::clone(&f.data), None)
+                    (Rc::clone(&f.data), Bytes::new(), end)
                 }
-            };
-            let (mem, file_end) = match mem_from {
-                Some((buf_pos, buf)) if end > buf_pos => {
-                    let m0 = pos.max(buf_pos);
-                    let m = Bytes::copy_from_slice(
-                        &buf[(m0 - buf_pos) as usize..(end - buf_pos) as usize],
-                    );
-                    (m, pos.max(buf_pos.min(end)))
-                }
-                _ => (Bytes::new(), end),
             };
             let file_part = (file_end > pos).then_some((data, file_end));
-            (seg.data_path.clone(), mem, file_part)
+            let path = seg.data_path.clone();
+            if file_part.is_some() {
+                st.stats.dma_reads += 1;
+            } else {
+                st.stats.memory_reads += 1;
+            }
+            (path, mem, file_part)
         };
         let Some((data, file_end)) = file_part else {
             return Ok(mem);
@@ -619,6 +619,31 @@ impl Collect {
     fn done(&self) -> bool {
         self.bytes >= self.max_bytes || self.records >= self.max_records || self.want >= self.end
     }
+}
+
+/// What the active segment's writer holds in memory of bytes `[pos, end)`: the bytes from
+/// the returned position on (the part before it is to be read from the device). The tail
+/// cache ends where the write-behind buffer begins, so the two make one range.
+fn writer_bytes(w: &segment::Writer, pos: u64, end: u64) -> (Bytes, u64) {
+    let mem_start = w.cache.start().unwrap_or(w.buf_pos).min(w.buf_pos);
+    if end <= mem_start {
+        return (Bytes::new(), end);
+    }
+    let m0 = pos.max(mem_start);
+    let buf_slice =
+        |from: u64, to: u64| &w.buf[(from - w.buf_pos) as usize..(to - w.buf_pos) as usize];
+    let mem = if end <= w.buf_pos {
+        // Wholly in the cache (a slice of one piece when it lies in one).
+        w.cache.get(m0, end).unwrap_or_default()
+    } else if m0 >= w.buf_pos {
+        Bytes::copy_from_slice(buf_slice(m0, end))
+    } else {
+        let mut v = Vec::with_capacity((end - m0) as usize);
+        v.extend_from_slice(&w.cache.get(m0, w.buf_pos).unwrap_or_default());
+        v.extend_from_slice(buf_slice(w.buf_pos, end));
+        Bytes::from(v)
+    };
+    (mem, m0)
 }
 
 /// The header of the batch at the start of `bytes` (at `pos` in `path`).

@@ -106,18 +106,14 @@ pub(super) async fn recover_active(
     } else {
         seg.next_index = scan.next_index;
     }
-    seg.writer = Some(Writer {
-        data: Rc::new(data),
+    seg.writer = Some(Writer::new(
+        Rc::new(data),
         index,
         buf_pos,
-        written: scan.valid_len,
         buf,
-        since_index: scan.since_index,
-        charged: crate::memory::Charged::local(),
-    });
-    if let Some(w) = seg.writer.as_mut() {
-        w.track_buffer();
-    }
+        scan.valid_len,
+        scan.since_index,
+    ));
     Ok(())
 }
 

@@ -32,15 +32,7 @@ pub(super) async fn create_segment(
     let mut seg = Segment::new_sealed(dir, base, 0, SystemTime::now());
     seg.base_index = base_index;
     seg.next_index = base_index;
-    seg.writer = Some(Writer {
-        data: Rc::new(data),
-        index,
-        buf_pos: 0,
-        buf: Vec::new(),
-        written: 0,
-        since_index: 0,
-        charged: crate::memory::Charged::local(),
-    });
+    seg.writer = Some(Writer::new(Rc::new(data), index, 0, Vec::new(), 0, 0));
     Ok(seg)
 }
 

@@ -140,15 +140,14 @@ impl Log {
         seg.next_index = next_index;
         seg.last_term = last_term;
         seg.modified = SystemTime::now();
-        seg.writer = Some(Writer {
+        seg.writer = Some(Writer::new(
             data,
             index,
-            buf_pos: align_down(cut.end),
-            buf: tail,
-            written: cut.end,
+            align_down(cut.end),
+            tail,
+            cut.end,
             since_index,
-            charged: crate::memory::Charged::local(),
-        });
+        ));
         st.next = new_next;
         st.next_index = next_index;
         st.durable_next = st.durable_next.min(new_next);

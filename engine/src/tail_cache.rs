@@ -1,0 +1,158 @@
+//! The tail cache: the most recently written bytes of a partition's active segment, kept in
+//! memory after they reach the device, so that readers close behind the writer (a tailing
+//! consumer, a unary Consume of a hot offset) are served without a DMA read.
+//!
+//! It holds whole blocks handed to the device by completed writes, as one contiguous range
+//! of the data file ending where the write-behind buffer begins (`Writer::buf_pos`): together
+//! they cover the segment's last bytes. It is bounded ([`TAIL_CACHE_BYTES`]): the oldest
+//! pieces go first, and what it holds is charged to the memory budget like the write-behind
+//! buffer. It caches bytes by file position, below the partition seam: what a reader may
+//! see is still decided by the visible mark, exactly as for bytes read from the device.
+//!
+//! [`TAIL_CACHE_BYTES`]: crate::limits::TAIL_CACHE_BYTES
+
+use crate::memory::Charged;
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// Recently written bytes of one active segment.
+#[derive(Debug)]
+pub struct TailCache {
+    /// Contiguous pieces, oldest first: `(file position, bytes)`.
+    pieces: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    cap: usize,
+    charged: Charged,
+}
+
+impl TailCache {
+    /// An empty cache of at most `cap` bytes (0 turns it off), charged to this thread's
+    /// memory account.
+    pub(crate) fn new(cap: usize) -> TailCache {
+        TailCache {
+            pieces: VecDeque::new(),
+            bytes: 0,
+            cap,
+            charged: Charged::local(),
+        }
+    }
+
+    /// The file position of the first byte held, if any.
+    pub fn start(&self) -> Option<u64> {
+        self.pieces.front().map(|(p, _)| *p)
+    }
+
+    /// The file position after the last byte held, if any.
+    pub fn end(&self) -> Option<u64> {
+        self.pieces.back().map(|(p, b)| p + b.len() as u64)
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Adds bytes just written at `pos`. A piece that does not continue the cache (the
+    /// writer moved back: a rewrite after a cut) replaces it, so it only ever holds one
+    /// contiguous range, and what it holds is what the file holds there.
+    pub(crate) fn push(&mut self, pos: u64, bytes: &[u8]) {
+        if self.cap == 0 || bytes.is_empty() {
+            return;
+        }
+        if self.end() != Some(pos) {
+            self.clear();
+        }
+        // Keep only the newest `cap` bytes of an oversized piece.
+        let (pos, bytes) = if bytes.len() > self.cap {
+            let skip = bytes.len() - self.cap;
+            (pos + skip as u64, &bytes[skip..])
+        } else {
+            (pos, bytes)
+        };
+        self.bytes += bytes.len();
+        self.pieces.push_back((pos, Bytes::copy_from_slice(bytes)));
+        while self.bytes > self.cap {
+            match self.pieces.pop_front() {
+                Some((_, b)) => self.bytes -= b.len(),
+                None => break,
+            }
+        }
+        self.charged.track(self.bytes);
+    }
+
+    /// Drops everything held.
+    pub(crate) fn clear(&mut self) {
+        self.pieces.clear();
+        self.bytes = 0;
+        self.charged.track(0);
+    }
+
+    /// Bytes `[pos, end)` if the cache holds all of them: a slice of one piece when they lie
+    /// in one (no copy), else a copy.
+    pub fn get(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let (start, stop) = (self.start()?, self.end()?);
+        if pos < start || end > stop || pos >= end {
+            return None;
+        }
+        // The piece holding `pos`: the last one starting at or before it.
+        let i = self.pieces.partition_point(|(p, _)| *p <= pos) - 1;
+        let (p0, b0) = &self.pieces[i];
+        if end <= p0 + b0.len() as u64 {
+            return Some(b0.slice((pos - p0) as usize..(end - p0) as usize));
+        }
+        let mut out = Vec::with_capacity((end - pos) as usize);
+        for (p, b) in self.pieces.iter().skip(i) {
+            if *p >= end {
+                break;
+            }
+            let from = pos.saturating_sub(*p) as usize;
+            let to = ((end - p) as usize).min(b.len());
+            out.extend_from_slice(&b[from..to]);
+        }
+        Some(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(pos: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((pos as usize + i) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn serves_ranges_inside_and_across_pieces_and_evicts_the_oldest() {
+        let mut c = TailCache::new(10_000);
+        for k in 0..4u64 {
+            c.push(k * 4096, &filled(k * 4096, 4096));
+        }
+        // Only the newest 10,000 bytes remain: the first two pieces went.
+        assert_eq!(c.start(), Some(8192));
+        assert_eq!(c.end(), Some(16384));
+        assert!(c.len() <= 10_000);
+        assert!(c.get(4096, 8200).is_none(), "evicted bytes are not served");
+        let inside = c.get(9000, 9100).expect("inside one piece");
+        assert_eq!(&inside[..], &filled(9000, 100)[..]);
+        let across = c.get(12000, 13000).expect("across two pieces");
+        assert_eq!(&across[..], &filled(12000, 1000)[..]);
+        assert!(c.get(16000, 17000).is_none(), "past the end");
+    }
+
+    #[test]
+    fn a_piece_that_does_not_continue_replaces_the_cache() {
+        let mut c = TailCache::new(1 << 20);
+        c.push(0, &filled(0, 8192));
+        c.push(4096, &[7u8; 4096]);
+        assert_eq!(c.start(), Some(4096));
+        assert_eq!(&c.get(4096, 4100).expect("new piece")[..], &[7u8; 4]);
+        assert!(c.get(0, 10).is_none());
+        let mut off = TailCache::new(0);
+        off.push(0, &[1u8; 4096]);
+        assert!(off.is_empty());
+    }
+}
