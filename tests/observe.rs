@@ -156,6 +156,14 @@ fn metrics_count_a_known_workload() {
     assert_eq!(p("proglog_partition_appends_total", 1), 5.0);
     assert_eq!(p("proglog_partition_segments", 0), 1.0);
     assert!(p("proglog_partition_size_bytes", 0) > 13.0);
+    // Values "a0".."a9" and "x", "y", "z".
+    assert_eq!(p("proglog_partition_payload_bytes_total", 0), 23.0);
+    assert!(p("proglog_partition_written_bytes_total", 0) >= 4096.0);
+    // The zero-filled window ahead of the data is counted apart from the data.
+    assert!(p("proglog_partition_zeroed_bytes_total", 0) > 0.0);
+    // The four Consumes of records just written were served from memory: no disk I/O.
+    assert_eq!(p("proglog_partition_dma_reads_total", 0), 0.0);
+    assert!(p("proglog_partition_memory_reads_total", 0) >= 4.0);
     // The `default` topic exists and is empty: no highest offset.
     assert!(!m.contains_key("proglog_partition_highest_offset{topic=\"default\",partition=\"0\"}"));
 

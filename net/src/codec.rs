@@ -26,6 +26,66 @@ pub fn encode_frame(msg: &[u8], max_send_bytes: usize) -> Result<Bytes, Status> 
     Ok(b.freeze())
 }
 
+/// Several messages framed back to back in one buffer, each encoded straight into it (no
+/// intermediate buffer per message), for [`ResponseSink::send_framed`].
+///
+/// [`ResponseSink::send_framed`]: crate::server::ResponseSink::send_framed
+#[derive(Debug)]
+pub struct FrameBuilder {
+    buf: BytesMut,
+    max_send_bytes: usize,
+    messages: usize,
+}
+
+impl FrameBuilder {
+    pub fn with_capacity(bytes: usize, max_send_bytes: usize) -> FrameBuilder {
+        FrameBuilder {
+            buf: BytesMut::with_capacity(bytes),
+            max_send_bytes,
+            messages: 0,
+        }
+    }
+
+    /// Appends `m` with its frame header; RESOURCE_EXHAUSTED (and nothing appended) when it
+    /// exceeds the send limit.
+    pub fn push<M: prost::Message>(&mut self, m: &M) -> Result<(), Status> {
+        let len = m.encoded_len();
+        if len > self.max_send_bytes || len > u32::MAX as usize {
+            return Err(Status::resource_exhausted(format!(
+                "trying to send message larger than max ({len} vs. {})",
+                self.max_send_bytes
+            )));
+        }
+        self.buf.reserve(HEADER_LEN + len);
+        self.buf.put_u8(0);
+        self.buf.put_u32(len as u32);
+        // Cannot fail: the buffer has room for `encoded_len` bytes.
+        let _ = m.encode(&mut self.buf);
+        self.messages += 1;
+        Ok(())
+    }
+
+    /// Bytes framed so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Messages framed so far.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// The frames, leaving the builder empty.
+    pub fn take(&mut self) -> Bytes {
+        self.messages = 0;
+        self.buf.split().freeze()
+    }
+}
+
 /// Incremental decoder of length-prefixed messages from HTTP/2 DATA chunks.
 ///
 /// Invariant: `buf` never holds more than one header plus `max_recv_bytes`

@@ -464,7 +464,7 @@ fn render_engine(e: &mut Exposition, engine: &EngineHandle) {
         );
     }
     type Field = fn(&engine::LogStats) -> Option<f64>;
-    let per_partition: [(&str, Kind, &str, Field); 11] = [
+    let per_partition: [(&str, Kind, &str, Field); 16] = [
         (
             "proglog_partition_disk_full",
             Kind::Gauge,
@@ -530,6 +530,36 @@ fn render_engine(e: &mut Exposition, engine: &EngineHandle) {
             Kind::Counter,
             "fdatasyncs of the partition's data files since it was opened.",
             |s| Some(s.fdatasyncs as f64),
+        ),
+        (
+            "proglog_partition_payload_bytes_total",
+            Kind::Counter,
+            "Record value bytes appended since the partition was opened.",
+            |s| Some(s.payload_bytes as f64),
+        ),
+        (
+            "proglog_partition_written_bytes_total",
+            Kind::Counter,
+            "Bytes of batches written to the data files (whole blocks; a partial last block is written again with the next batches) since the partition was opened.",
+            |s| Some(s.bytes_written as f64),
+        ),
+        (
+            "proglog_partition_zeroed_bytes_total",
+            Kind::Counter,
+            "Bytes of zeroes written ahead of the data to keep the active segment's tail allocated (not counted in written_bytes) since the partition was opened.",
+            |s| Some(s.zeroed_bytes as f64),
+        ),
+        (
+            "proglog_partition_dma_reads_total",
+            Kind::Counter,
+            "Reads of segment data from the device since the partition was opened.",
+            |s| Some(s.dma_reads as f64),
+        ),
+        (
+            "proglog_partition_memory_reads_total",
+            Kind::Counter,
+            "Reads of segment data served from memory (write-behind buffer, tail cache) since the partition was opened.",
+            |s| Some(s.memory_reads as f64),
         ),
     ];
     for (name, kind, help, field) in per_partition {

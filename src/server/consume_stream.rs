@@ -1,7 +1,8 @@
 //! `ConsumeStream`: every record from an offset, then tails the partition forever.
 //!
 //! Unlike the reference, which spins at the end of the log, this waits on the partition's
-//! visible end (its owner wakes it). Reading ahead is bounded twice: the response sink holds
+//! visible end (its owner wakes it). A chunk of records is encoded into one buffer of
+//! frames and queued whole. Reading ahead is bounded twice: the response sink holds
 //! a few messages, and each chunk read from the log (at most
 //! [`CONSUME_STREAM_READ_AHEAD_BYTES`]) is reserved from the connection's memory first, so
 //! that a connection whose client stops reading stops reading the log once its share is
@@ -18,7 +19,10 @@ use super::acl::Action;
 use super::reader;
 use super::records;
 use super::state::ShardState;
-use crate::limits::{CONSUME_STREAM_CHUNK_RECORDS, CONSUME_STREAM_READ_AHEAD_BYTES};
+use crate::limits::{
+    CONSUME_STREAM_CHUNK_RECORDS, CONSUME_STREAM_READ_AHEAD_BYTES, RECORD_OVERHEAD_BYTES,
+};
+use net::codec::FrameBuilder;
 
 pub async fn handle(
     state: Rc<ShardState>,
@@ -33,7 +37,7 @@ pub async fn handle(
     let tail = async {
         let mut offset = r.offset;
         loop {
-            let (recs, _, mut lease) = reader::next_chunk(
+            let (recs, _, lease) = reader::next_chunk(
                 &state,
                 sink.memory(),
                 &id,
@@ -42,16 +46,24 @@ pub async fn handle(
                 max_bytes,
             )
             .await?;
+            // Every record of the chunk is encoded straight into one buffer of frames (one
+            // copy of each value, from the stored bytes), queued as one unit: one queue hop
+            // and one write for the whole chunk. The sink's queue lets the next chunk be read
+            // while this one is written out: that is the read-ahead, bounded by the memory
+            // each chunk reserves before it is read.
+            let bytes: usize = recs
+                .iter()
+                .map(|r| r.value.len() + RECORD_OVERHEAD_BYTES + net::codec::HEADER_LEN)
+                .sum();
+            let mut frames = FrameBuilder::with_capacity(bytes, sink.max_send_bytes());
             for rec in recs {
                 offset = rec.offset + 1;
-                let msg = net::encode(&ConsumeResponse {
+                frames.push(&ConsumeResponse {
                     record: Some(records::to_wire(rec)),
-                });
-                // The frame's share of the chunk's reservation goes with it to the socket;
-                // the rest (the records read) is returned when the chunk is sent.
-                let frame_lease = lease.split(msg.len() + net::codec::HEADER_LEN);
-                sink.send_leased(msg, frame_lease).await?;
+                })?;
             }
+            // The stored bytes went with the records: the lease now covers the frames.
+            sink.send_framed(frames.take(), lease).await?;
         }
     };
     futures_lite::future::or(tail, state.draining()).await

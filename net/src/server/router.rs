@@ -146,6 +146,33 @@ impl ResponseSink {
             .map_err(|_| Status::cancelled("call is no longer active"))
     }
 
+    /// Queues several messages framed already ([`FrameBuilder`](crate::codec::FrameBuilder),
+    /// which checks each against the send limit), written as one unit: a handler that has many
+    /// small messages at once (a chunk of records) pays one queue hop and one write for all of
+    /// them. `lease` is the memory the handler holds for them; what the frames need beyond it
+    /// is charged without waiting.
+    pub async fn send_framed(&self, frames: Bytes, mut lease: Lease) -> Result<(), Status> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if lease.memory().is_none() {
+            lease = self.memory.charge(frames.len());
+        } else if lease.bytes() < frames.len() {
+            lease.charge_more(frames.len() - lease.bytes());
+        } else {
+            lease.shrink_to(frames.len());
+        }
+        self.tx
+            .send((frames, lease))
+            .await
+            .map_err(|_| Status::cancelled("call is no longer active"))
+    }
+
+    /// The largest message this call may send.
+    pub fn max_send_bytes(&self) -> usize {
+        self.max_send_bytes
+    }
+
     /// The connection's memory, to reserve read-ahead before producing messages.
     pub fn memory(&self) -> &Rc<ConnMemory> {
         &self.memory
