@@ -164,6 +164,19 @@ pub const DISK_FULL_RESUME_MARGIN_BYTES: u64 = 1 << 20;
 /// volume pays at most this per partition.
 pub const PREALLOC_WINDOW_BYTES: u64 = 8 << 20;
 
+/// Zeroing the window writes every block twice (zeroes, then data), which pays only when
+/// syncs are frequent: it is kept up while at least this many fdatasyncs fell in the last half
+/// window of data (at most 256 KiB per sync), and skipped otherwise (large batches, whose
+/// rare syncs commit metadata at a cost spread over megabytes, and `never`). Break-even is
+/// about 10: a metadata commit costs a sync some 50-200 us here, zeroing 4 MiB about 2 ms of
+/// device time.
+pub const PREALLOC_MIN_SYNCS: u64 = 16;
+
 /// Bytes of recently written data a partition keeps in memory for readers close behind the
 /// writer (see `tail_cache`), charged to the memory budget.
 pub const TAIL_CACHE_BYTES: usize = 4 << 20;
+
+/// Pieces read from the device a log keeps for readers walking older data record by record
+/// (see `tail_cache::RecentReads`), and the largest piece kept: at most 2 MiB per partition.
+pub const RECENT_READS: usize = 8;
+pub const RECENT_READ_MAX_BYTES: usize = 256 * 1024;

@@ -123,6 +123,12 @@ pub struct Writer {
     pub prealloc: bool,
     /// Recently written bytes, ending at `buf_pos`, for readers (see `tail_cache`).
     pub cache: TailCache,
+    /// Whether the zeroed window is worth keeping up (see `PREALLOC_MIN_SYNCS`), decided
+    /// again after every half window of data: from `mark_pos` on, with the log's fdatasync
+    /// count at `mark_syncs` then.
+    pub zeroing: bool,
+    pub mark_pos: u64,
+    pub mark_syncs: u64,
 }
 
 impl Writer {
@@ -148,6 +154,9 @@ impl Writer {
             alloc_end: align_up(written),
             prealloc: true,
             cache: TailCache::new(TAIL_CACHE_BYTES),
+            zeroing: true,
+            mark_pos: written,
+            mark_syncs: 0,
         };
         w.track_buffer();
         w

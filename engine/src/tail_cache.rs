@@ -117,6 +117,54 @@ impl TailCache {
     }
 }
 
+/// The last few pieces read from the device (by segment and position), so that readers
+/// walking a sealed or older part of a log record by record (unary Consume of consecutive
+/// offsets) pay one DMA read per window rather than one per record. Bounded in entries and in
+/// the size of each; charged to the memory budget. Data on the device below the write
+/// position never changes except by a cut (truncation, reset), so each entry carries the
+/// log's cut epoch when its read began and is served only while the epoch is the same.
+#[derive(Debug)]
+pub struct RecentReads {
+    /// `(cut epoch, segment base, file position, bytes)`, newest last.
+    entries: VecDeque<(u64, u64, u64, Bytes)>,
+    charged: Charged,
+}
+
+impl RecentReads {
+    pub(crate) fn new() -> RecentReads {
+        RecentReads {
+            entries: VecDeque::new(),
+            charged: Charged::local(),
+        }
+    }
+
+    /// Bytes `[pos, end)` of segment `base` if a recent read brought them under `epoch`.
+    pub(crate) fn get(&mut self, epoch: u64, base: u64, pos: u64, end: u64) -> Option<Bytes> {
+        let i = self.entries.iter().rposition(|(e, b, p, bytes)| {
+            *e == epoch && *b == base && *p <= pos && end <= p + bytes.len() as u64
+        })?;
+        let (_, _, p, bytes) = &self.entries[i];
+        Some(bytes.slice((pos - p) as usize..(end - p) as usize))
+    }
+
+    /// Keeps a piece just read (unless too large to keep), dropping the oldest beyond
+    /// [`RECENT_READS`].
+    ///
+    /// [`RECENT_READS`]: crate::limits::RECENT_READS
+    pub(crate) fn put(&mut self, epoch: u64, base: u64, pos: u64, bytes: &Bytes) {
+        if bytes.len() > crate::limits::RECENT_READ_MAX_BYTES || bytes.is_empty() {
+            return;
+        }
+        self.entries.retain(|(e, _, _, _)| *e == epoch);
+        self.entries.push_back((epoch, base, pos, bytes.clone()));
+        while self.entries.len() > crate::limits::RECENT_READS {
+            self.entries.pop_front();
+        }
+        let held = self.entries.iter().map(|(_, _, _, b)| b.len()).sum();
+        self.charged.track(held);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +189,25 @@ mod tests {
         let across = c.get(12000, 13000).expect("across two pieces");
         assert_eq!(&across[..], &filled(12000, 1000)[..]);
         assert!(c.get(16000, 17000).is_none(), "past the end");
+    }
+
+    #[test]
+    fn recent_reads_serve_inside_a_piece_of_the_same_epoch_only() {
+        let mut r = RecentReads::new();
+        let piece = Bytes::from(filled(4096, 8192));
+        r.put(3, 0, 4096, &piece);
+        assert_eq!(
+            &r.get(3, 0, 5000, 5100).expect("inside")[..],
+            &filled(5000, 100)[..]
+        );
+        assert!(r.get(3, 0, 4000, 4100).is_none(), "starts before the piece");
+        assert!(r.get(3, 0, 12000, 12300).is_none(), "ends after the piece");
+        assert!(r.get(3, 64, 5000, 5100).is_none(), "another segment");
+        assert!(r.get(4, 0, 5000, 5100).is_none(), "after a cut");
+        for k in 0..20u64 {
+            r.put(3, 0, 100_000 + k * 4096, &Bytes::from(vec![1u8; 4096]));
+        }
+        assert!(r.get(3, 0, 5000, 5100).is_none(), "the oldest went");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::{Log, State};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::limits::PREALLOC_WINDOW_BYTES;
+use crate::limits::{PREALLOC_MIN_SYNCS, PREALLOC_WINDOW_BYTES};
 use crate::metrics;
 use crate::segment::{align_down, align_up};
 use glommio::io::{DmaBuffer, DmaFile};
@@ -296,8 +296,9 @@ impl Log {
         Ok(written)
     }
 
-    /// Keeps the window of zero-filled blocks ahead of a write that ends at `data_end`: when
-    /// less than half of [`PREALLOC_WINDOW_BYTES`] lies ahead of it, writes zeroes from the
+    /// Keeps the window of zero-filled blocks ahead of a write that ends at `data_end`, while
+    /// syncs are frequent enough for it to pay ([`PREALLOC_MIN_SYNCS`]): when less than half
+    /// of [`PREALLOC_WINDOW_BYTES`] lies ahead of it, writes zeroes from the
     /// end of what is allocated (or `data_end`) to a full window past `data_end`, never past
     /// the segment's size limit. Resolves to `None` when nothing was to be done, else to the
     /// new end of the zero-filled blocks (or the error of the write, which the caller treats
@@ -308,12 +309,21 @@ impl Log {
         data_end: u64,
     ) -> impl std::future::Future<Output = Option<std::io::Result<u64>>> + 'static {
         let plan = {
-            let st = self.state.borrow();
-            let w = st.segments.last().and_then(|s| s.writer.as_ref());
+            let mut st = self.state_mut();
+            let syncs = st.stats.fdatasyncs;
+            let w = st.segments.last_mut().and_then(|s| s.writer.as_mut());
             let window = PREALLOC_WINDOW_BYTES.min(align_up(self.config.segment_bytes));
             let limit = align_up(self.config.segment_bytes);
+            let w = w.map(|w| {
+                if data_end >= w.mark_pos + window / 2 {
+                    w.zeroing = syncs.saturating_sub(w.mark_syncs) >= PREALLOC_MIN_SYNCS;
+                    w.mark_pos = data_end;
+                    w.mark_syncs = syncs;
+                }
+                &*w
+            });
             match w {
-                Some(w) if w.prealloc && data_end + window / 2 > w.alloc_end => {
+                Some(w) if w.prealloc && w.zeroing && data_end + window / 2 > w.alloc_end => {
                     let from = w.alloc_end.max(data_end);
                     let to = (data_end + window).min(limit);
                     (to > from).then_some((from, to))

@@ -207,6 +207,8 @@ struct State {
     /// `stats.appends` covered by the latest completed fdatasync: the next sync's
     /// group-commit batch is the difference.
     synced_appends: u64,
+    /// The last pieces read from the device, for readers walking older data.
+    recent_reads: crate::tail_cache::RecentReads,
 }
 
 impl State {
@@ -238,6 +240,7 @@ impl State {
             cut_floor: u64::MAX,
             closed: false,
             stats: LogStats::default(),
+            recent_reads: crate::tail_cache::RecentReads::new(),
             synced_appends: 0,
         }
     }

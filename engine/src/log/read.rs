@@ -323,9 +323,12 @@ impl Log {
 
     /// Bytes `[pos, pos + len)` of a segment's data, or fewer at its end: from memory where
     /// the active segment's write-behind buffer and tail cache hold them (together, its last
-    /// bytes), from the device (one DMA read) otherwise.
+    /// bytes), or from a recent read of the same bytes ([`RecentReads`]), from the device
+    /// (one DMA read) otherwise.
+    ///
+    /// [`RecentReads`]: crate::tail_cache::RecentReads
     pub(super) async fn fetch(&self, base: u64, pos: u64, len: usize) -> Result<Bytes> {
-        let (path, mem, file_part) = {
+        let (path, mem, file_part, epoch) = {
             let mut st = self.state_mut();
             let seg = find(&st.segments, base).ok_or_else(|| self.out_of_range(base))?;
             let end = (pos + len as u64).min(seg.size);
@@ -343,19 +346,34 @@ impl Log {
                     (Rc::clone(&f.data), Bytes::new(), end)
                 }
             };
-            let file_part = (file_end > pos).then_some((data, file_end));
             let path = seg.data_path.clone();
+            let epoch = st.cut_epoch;
+            let recent = (file_end > pos)
+                .then(|| st.recent_reads.get(epoch, base, pos, file_end))
+                .flatten();
+            let file_part = (file_end > pos && recent.is_none()).then_some((data, file_end));
             if file_part.is_some() {
                 st.stats.dma_reads += 1;
             } else {
                 st.stats.memory_reads += 1;
             }
-            (path, mem, file_part)
+            match recent {
+                Some(r) if mem.is_empty() => return Ok(r),
+                Some(r) => {
+                    let mut v = Vec::with_capacity(r.len() + mem.len());
+                    v.extend_from_slice(&r);
+                    v.extend_from_slice(&mem);
+                    return Ok(Bytes::from(v));
+                }
+                None => {}
+            }
+            (path, mem, file_part, epoch)
         };
         let Some((data, file_end)) = file_part else {
             return Ok(mem);
         };
         let disk = segment::read_at(&data, &path, pos, (file_end - pos) as usize).await?;
+        self.state_mut().recent_reads.put(epoch, base, pos, &disk);
         if disk.len() as u64 != file_end - pos {
             return Err(Error::corrupt(
                 &path,
