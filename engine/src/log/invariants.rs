@@ -95,6 +95,21 @@ fn broken_invariant(st: &State) -> Option<String> {
                 w.buf_pos, w.written, s.size
             ));
         }
+        // The tail cache holds bytes the file holds, ending where the buffer begins; the
+        // zero-filled window starts at a block boundary at or after what was written.
+        if w.cache.end().is_some_and(|e| e != w.buf_pos) {
+            return Some(format!(
+                "active segment: tail cache ends at {:?}, buffer starts at {}",
+                w.cache.end(),
+                w.buf_pos
+            ));
+        }
+        if w.alloc_end % BLOCK != 0 || w.alloc_end < w.buf_pos {
+            return Some(format!(
+                "active segment: written blocks end at {}, buffer starts at {}",
+                w.alloc_end, w.buf_pos
+            ));
+        }
     }
     // A roll, truncation or reset rebuilding the active segment, or one that failed and
     // latched the log, may leave it without segments, without a writer, or with `next` past

@@ -38,7 +38,9 @@
 //!   keeps, nor what power loss keeps except under `interval` and `never`, by choice.
 //! - Bytes of the active segment before `writer.buf_pos` (block-aligned) are on the device;
 //!   bytes from it on are in `writer.buf` (which may also have reached the device), up to the
-//!   segment's size: `buf_pos <= written <= size == buf_pos + buf.len()`.
+//!   segment's size: `buf_pos <= written <= size == buf_pos + buf.len()`. The tail cache, if
+//!   it holds anything, ends at `buf_pos`; the zero-filled window ends at a block boundary
+//!   `alloc_end >= buf_pos`.
 //! - A healthy log (not latched, no roll, truncation or reset under way) has segments,
 //!   `next == last.next`, and unless closed the last segment has a writer. A rebuild under
 //!   way (`exclusive`) or one that failed (which latches the log) may leave no segments
