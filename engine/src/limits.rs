@@ -180,3 +180,7 @@ pub const TAIL_CACHE_BYTES: usize = 4 << 20;
 /// (see `tail_cache::RecentReads`), and the largest piece kept: at most 2 MiB per partition.
 pub const RECENT_READS: usize = 8;
 pub const RECENT_READ_MAX_BYTES: usize = 256 * 1024;
+
+/// How long a partition keeps its tail cache without an append, and its recent reads without
+/// a read, before giving their memory back (checked on the log's background tick).
+pub const CACHE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);

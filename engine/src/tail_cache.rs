@@ -138,6 +138,12 @@ impl RecentReads {
         }
     }
 
+    /// Drops every piece.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.charged.track(0);
+    }
+
     /// Bytes `[pos, end)` of segment `base` if a recent read brought them under `epoch`.
     pub(crate) fn get(&mut self, epoch: u64, base: u64, pos: u64, end: u64) -> Option<Bytes> {
         let i = self.entries.iter().rposition(|(e, b, p, bytes)| {

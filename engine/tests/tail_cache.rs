@@ -1,6 +1,6 @@
 //! Reads close behind the writer come from memory (the write-behind buffer and the tail
 //! cache), not from the device; older data still comes from the device; a cut never leaves
-//! cached bytes of records it removed. Counted with the log's `dma_reads` / `memory_reads`.
+//! cached bytes of records it removed; an idle partition gives the cache's memory back. Counted with the log's `dma_reads` / `memory_reads`.
 
 use bytes::Bytes;
 use engine::{Durability, FileBudget, Log, LogConfig, NewRecord};
@@ -9,6 +9,9 @@ fn config() -> LogConfig {
     LogConfig {
         durability: Durability::Always,
         segment_bytes: 64 << 20,
+        // The background tick (which gives an idle partition's cache back) is not what the
+        // first test is about.
+        flush_ms: 3_600_000,
         ..LogConfig::default()
     }
 }
@@ -82,6 +85,41 @@ fn hot_reads_do_no_disk_io_and_cold_ones_do() {
             };
             assert_eq!(log.read(o).await.expect("read after cut").value, want);
         }
+        log.close().await.expect("close");
+    })
+    .expect("executor");
+}
+
+#[test]
+fn an_idle_partition_gives_its_cache_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    engine::run_local(&root.clone(), move || async move {
+        let config = LogConfig {
+            flush_ms: 100,
+            ..config()
+        };
+        let log = Log::open(&root.join("log"), config, FileBudget::new(4))
+            .await
+            .expect("open");
+        let records: Vec<NewRecord> = (0..100).map(|i| NewRecord::new(value(i, "a"))).collect();
+        log.append(&records).await.expect("append");
+        let before = log.stats();
+        log.read(50).await.expect("hot read");
+        assert_eq!(
+            log.stats().dma_reads,
+            before.dma_reads,
+            "served from memory"
+        );
+        // Idle past `CACHE_IDLE` (and a few background ticks): the cache and the recent
+        // reads are given back, so the same read goes to the device.
+        glommio::timer::sleep(engine::limits::CACHE_IDLE + std::time::Duration::from_secs(1)).await;
+        let r = log.read(50).await.expect("read after idle");
+        assert_eq!(r.value, value(50, "a"));
+        assert!(
+            log.stats().dma_reads > before.dma_reads,
+            "the idle partition kept its cache"
+        );
         log.close().await.expect("close");
     })
     .expect("executor");

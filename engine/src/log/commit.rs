@@ -426,9 +426,36 @@ impl Log {
 
     /// Gives back the write-behind buffer's memory beyond what it holds, once the log has
     /// nothing left to write: a partition that took a burst does not keep its peak forever.
+    ///
+    /// Likewise the tail cache of a log that took no append for [`CACHE_IDLE`], and the
+    /// recent reads of one nobody read for as long: what they hold is charged to the memory
+    /// budget, and a server with many partitions must not hold 4 MiB for each idle one.
+    ///
+    /// [`CACHE_IDLE`]: crate::limits::CACHE_IDLE
     fn shrink_idle_buffer(&self) {
         let mut st = self.state_mut();
+        let now = std::time::Instant::now();
+        let (appends, reads) = (st.stats.appends, st.stats.dma_reads + st.stats.memory_reads);
+        if appends != st.idle_marks.0 {
+            st.idle_marks.0 = appends;
+            st.idle_since.0 = now;
+        }
+        if reads != st.idle_marks.1 {
+            st.idle_marks.1 = reads;
+            st.idle_since.1 = now;
+        }
+        let idle_for =
+            |since: std::time::Instant| now.duration_since(since) >= crate::limits::CACHE_IDLE;
+        if idle_for(st.idle_since.1) {
+            st.recent_reads.clear();
+        }
+        let drop_cache = idle_for(st.idle_since.0);
         let idle = st.written_next == st.next && !st.io_busy;
+        if let Some(w) = st.segments.last_mut().and_then(|s| s.writer.as_mut()) {
+            if drop_cache && !w.cache.is_empty() {
+                w.cache.clear();
+            }
+        }
         let Some(w) = st.segments.last_mut().and_then(|s| s.writer.as_mut()) else {
             return;
         };

@@ -211,6 +211,11 @@ struct State {
     synced_appends: u64,
     /// The last pieces read from the device, for readers walking older data.
     recent_reads: crate::tail_cache::RecentReads,
+    /// Appends and reads counted when the background task last saw them change, and when:
+    /// a log idle for `limits::CACHE_IDLE` drops its tail cache or recent reads (see
+    /// `shrink_idle_buffer`).
+    idle_marks: (u64, u64),
+    idle_since: (std::time::Instant, std::time::Instant),
 }
 
 impl State {
@@ -243,6 +248,8 @@ impl State {
             closed: false,
             stats: LogStats::default(),
             recent_reads: crate::tail_cache::RecentReads::new(),
+            idle_marks: (0, 0),
+            idle_since: (std::time::Instant::now(), std::time::Instant::now()),
             synced_appends: 0,
         }
     }
