@@ -227,7 +227,7 @@ impl Report {
             let _ = writeln!(s, "\nAPPENDS (engine::Log on one glommio executor; MB/s = record payload, incl. final sync)");
             let _ = writeln!(
                 s,
-                "  {:<9} {:>6} {:>5} {:>4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
+                "  {:<9} {:>6} {:>5} {:>4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8}",
                 "durab.",
                 "rec B",
                 "batch",
@@ -240,14 +240,17 @@ impl Report {
                 "p99.9 us",
                 "max us",
                 "fsync/app",
+                "wr/pay",
+                "zero/pay",
                 "cpu %"
             );
             for a in &self.appends {
                 let l = &a.latency;
-                let _ = writeln!(s, "  {:<9} {:>6} {:>5} {:>4} {:>11.0} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>10.4} {:>8.0}",
+                let _ = writeln!(s, "  {:<9} {:>6} {:>5} {:>4} {:>11.0} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>10.4} {:>8.2} {:>8.2} {:>8.0}",
                     a.spec.mode(), a.spec.record_size, a.spec.batch, a.spec.appenders,
                     a.records_per_s(), a.payload_mb_s(), l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us,
-                    a.fdatasync_per_append(), 100.0 * a.cpu_secs / a.total_secs);
+                    a.fdatasync_per_append(), a.per_payload(a.written_bytes), a.per_payload(a.zeroed_bytes),
+                    100.0 * a.cpu_secs / a.total_secs);
             }
         }
         if let Some(r) = &self.read {

@@ -165,6 +165,10 @@ pub struct AppendResult {
     pub log_bytes: u64,
     pub writes: u64,
     pub fdatasyncs: u64,
+    /// Bytes of batches written to the data file (whole blocks).
+    pub written_bytes: u64,
+    /// Zeroes written ahead of the data (the preallocated tail), apart from `written_bytes`.
+    pub zeroed_bytes: u64,
     pub latency: Latency,
     pub cpu_secs: f64,
 }
@@ -184,6 +188,15 @@ impl AppendResult {
             0.0
         } else {
             self.fdatasyncs as f64 / self.appends as f64
+        }
+    }
+
+    /// `bytes` per byte of record payload.
+    pub fn per_payload(&self, bytes: u64) -> f64 {
+        if self.payload_bytes == 0 {
+            0.0
+        } else {
+            bytes as f64 / self.payload_bytes as f64
         }
     }
 
@@ -209,6 +222,10 @@ impl AppendResult {
             "writes": self.writes,
             "fdatasyncs": self.fdatasyncs,
             "fdatasync_per_append": (self.fdatasync_per_append() * 1e4).round() / 1e4,
+            "written_bytes": self.written_bytes,
+            "zeroed_bytes": self.zeroed_bytes,
+            "written_per_payload_byte": round2(self.per_payload(self.written_bytes) * 100.0) / 100.0,
+            "zeroed_per_payload_byte": round2(self.per_payload(self.zeroed_bytes) * 100.0) / 100.0,
             "latency": self.latency.json(),
             "cpu_secs": round2(self.cpu_secs),
         })
@@ -326,6 +343,8 @@ pub fn append(dir: &Path, spec: &AppendSpec) -> Result<AppendResult> {
             log_bytes: end.size_bytes,
             writes: stats.writes,
             fdatasyncs: stats.fdatasyncs,
+            written_bytes: end.bytes_written,
+            zeroed_bytes: end.zeroed_bytes,
             latency,
             cpu_secs: cpu,
         })
