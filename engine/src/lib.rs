@@ -17,6 +17,8 @@
 //!   read stored batches, wait for the visible end, describe; topic administration), its
 //!   engine-backed implementation ([`seam::local`]), an in-memory one ([`seam::memory`]) and,
 //!   with the `conformance` feature, the suite every implementation passes.
+//! - [`power_loss`]: TEST-ONLY journal of what each fdatasync covered, for a fault harness
+//!   that plays power cuts (off unless the harness asks for it, see its doc).
 //! - [`topics`]: topic administration over the catalog of topics; small atomically replaced
 //!   metadata files ([`meta`]); the engine's limits and defaults in one place ([`limits`]).
 //!
@@ -48,6 +50,7 @@ pub mod log;
 pub mod memory;
 pub mod meta;
 pub mod metrics;
+pub mod power_loss;
 pub mod seam;
 pub mod segment;
 pub mod shard;

@@ -130,6 +130,7 @@ impl Log {
             let mut st = self.state_mut();
             st.sync_requested = st.sync_requested.max(target);
         }
+        let mark = self.power_loss_mark();
         let sync_started = Instant::now();
         let r = file
             .fdatasync()
@@ -145,6 +146,8 @@ impl Log {
                 if st.cut_epoch == epoch {
                     st.durable_next = st.durable_next.max(target.min(st.next));
                     st.durable_index = st.durable_index.max(target_index.min(st.next_index));
+                    // TEST-ONLY journal: before anyone can learn that these are durable.
+                    self.power_loss_synced(mark);
                 }
                 // Records just became readable: wake tailing readers.
                 self.appended.notify(usize::MAX);
@@ -218,6 +221,7 @@ impl Log {
             appends,
         } = self.write_phase().await?;
         if sync {
+            let mark = self.power_loss_mark();
             let sync_started = Instant::now();
             file.fdatasync()
                 .await
@@ -227,6 +231,8 @@ impl Log {
             record_sync(&mut st, sync_started, Some(appends));
             st.durable_next = st.durable_next.max(target);
             st.durable_index = st.durable_index.max(target_index);
+            // TEST-ONLY journal: before anyone can learn that these are durable.
+            self.power_loss_synced(mark);
             drop(st);
             self.appended.notify(usize::MAX);
         }

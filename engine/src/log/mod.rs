@@ -21,7 +21,8 @@
 //! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files);
 //! - `entries.rs`: the log as a Raft log, by Raft index (append without waiting, ranges,
 //!   cut after an index, term runs);
-//! - `invariants.rs`: the checks of the invariants below, at the end of every change of state.
+//! - `invariants.rs`: the checks of the invariants below, at the end of every change of state;
+//! - `power_loss.rs`: TEST-ONLY, what each fdatasync covered, for [`crate::power_loss`].
 //!
 //! Invariants of the state (checked in debug builds):
 //! - `segments` is sorted by base and contiguous (`s[i].next == s[i+1].base`); only the last
@@ -52,6 +53,7 @@ mod admission;
 mod commit;
 mod entries;
 mod invariants;
+mod power_loss;
 mod read;
 mod recovery;
 mod replica;

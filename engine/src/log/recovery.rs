@@ -155,7 +155,9 @@ async fn cut_after_valid(
         .map_err(|e| Error::glommio("cutting torn tail of", path, e))?;
     data.fdatasync()
         .await
-        .map_err(|e| Error::glommio("syncing repaired", path, e))
+        .map_err(|e| Error::glommio("syncing repaired", path, e))?;
+    crate::power_loss::synced_exactly(path, scan.valid_len);
+    Ok(())
 }
 
 impl Log {

@@ -29,6 +29,7 @@ pub(super) async fn create_segment(
         .map_err(|e| Error::glommio("truncating new data file", &data_path, e))?;
     let index = Index::open(&index_path, index_capacity)?;
     meta::sync_dir(dir)?;
+    crate::power_loss::synced_exactly(&data_path, 0);
     let mut seg = Segment::new_sealed(dir, base, 0, SystemTime::now());
     seg.base_index = base_index;
     seg.next_index = base_index;
@@ -89,6 +90,7 @@ impl Log {
             .await
             .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
         record_sync(&mut self.state_mut(), sync_started, None);
+        crate::power_loss::synced_exactly(&path, size);
         w.index.seal()?;
         let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
         let mut st = self.state_mut();

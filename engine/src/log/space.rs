@@ -172,10 +172,20 @@ impl Log {
                 None => return Ok(()),
             }
         };
+        let written = {
+            let st = self.state.borrow();
+            st.segments
+                .last()
+                .and_then(|s| s.writer.as_ref().map(|w| w.written))
+        };
         file.0
             .fdatasync()
             .await
-            .map_err(|e| Error::glommio("syncing", &file.1, e))
+            .map_err(|e| Error::glommio("syncing", &file.1, e))?;
+        if let Some(written) = written {
+            crate::power_loss::synced_at_least(&file.1, written);
+        }
+        Ok(())
     }
 
     /// Cuts the last segment to what completed writes put on the device, syncs it, and
@@ -214,6 +224,7 @@ impl Log {
         data.fdatasync()
             .await
             .map_err(|e| Error::glommio("syncing repaired", &path, e))?;
+        crate::power_loss::synced_exactly(&path, known);
         drop(data);
 
         let mut fresh = Segment::new_sealed(&self.dir, base, align_up(known), SystemTime::now());

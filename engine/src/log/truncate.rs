@@ -289,6 +289,7 @@ impl Log {
             .await
             .map_err(|e| Error::glommio("syncing", path, e))?;
         record_sync(&mut self.state_mut(), sync_started, None);
+        crate::power_loss::synced_exactly(path, cut.end);
         Ok(content
             .get((align_down(cut.end) - w0) as usize..)
             .map(|b| b.to_vec())

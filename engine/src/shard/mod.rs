@@ -194,6 +194,8 @@ impl Engine {
             .default_log
             .validate()
             .map_err(Error::InvalidArgument)?;
+        // TEST-ONLY hook: refuse to start when it is asked for wrongly.
+        crate::power_loss::check()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(dir.join("topics"))
             .map_err(|e| Error::io("creating data directory", &dir, e))?;
