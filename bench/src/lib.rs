@@ -3,8 +3,10 @@
 //! The `proglog-engine-bench` binary drives these modules: [`disk`] measures what the device
 //! under the data directory can do with O_DIRECT (the same I/O path the engine uses), and
 //! [`scenarios`] drives `engine::Log` directly on a glommio executor. [`report`] prints both
-//! side by side and as JSON.
+//! side by side and as JSON. [`chaos`] is `proglog-chaos`, the fault campaign against real
+//! nodes in network namespaces.
 
+pub mod chaos;
 pub mod cli;
 pub mod disk;
 pub mod grpc;

@@ -1,0 +1,415 @@
+//! The nemeses: what each fault does, how it heals, and the order they come in.
+//!
+//! One fault at a time: a quiet gap, then a fault for its window, then its heal. The kinds
+//! come in rounds: each round is every selected kind once, shuffled by the seed, so every
+//! kind is injected once the run lasts a round. Victims, partition shapes, loss rates and
+//! delays are drawn from the same seeded generator; "the leader" is whatever node
+//! GetServers names at that moment.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::cluster::Cluster;
+use super::history::Fault;
+use super::net::{Host, CLIENT_NS};
+use super::sys;
+use crate::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Kill,
+    Pause,
+    Partition,
+    Loss,
+    Delay,
+    Membership,
+    Disk,
+    Power,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Kill,
+        Kind::Pause,
+        Kind::Partition,
+        Kind::Loss,
+        Kind::Delay,
+        Kind::Membership,
+        Kind::Disk,
+        Kind::Power,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Partition => "partition",
+            Kind::Loss => "loss",
+            Kind::Delay => "delay",
+            Kind::Membership => "membership",
+            Kind::Disk => "disk",
+            Kind::Power => "power",
+        }
+    }
+
+    /// Nodes it needs.
+    fn min_nodes(self) -> u32 {
+        match self {
+            Kind::Membership => 3,
+            _ => 1,
+        }
+    }
+
+    /// `--nemesis` values; `all` is every kind the node count allows.
+    pub fn parse_list(list: &[String], nodes: u32) -> Result<Vec<Kind>, String> {
+        let mut out = Vec::new();
+        for s in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            if s == "all" {
+                out.extend(Kind::ALL.iter().filter(|k| nodes >= k.min_nodes()));
+                continue;
+            }
+            let k = Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == s)
+                .ok_or_else(|| format!("unknown nemesis {s:?}"))?;
+            if nodes < k.min_nodes() {
+                return Err(format!(
+                    "nemesis {s} needs at least {} nodes (--nodes {nodes})",
+                    k.min_nodes()
+                ));
+            }
+            out.push(k);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    pub fn needs_nft(self) -> bool {
+        matches!(self, Kind::Partition | Kind::Loss)
+    }
+}
+
+/// The order of faults: rounds of every kind once, shuffled.
+pub struct Schedule {
+    kinds: Vec<Kind>,
+    round: Vec<Kind>,
+}
+
+impl Schedule {
+    pub fn new(kinds: Vec<Kind>) -> Schedule {
+        Schedule {
+            kinds,
+            round: Vec::new(),
+        }
+    }
+
+    pub fn next(&mut self, rng: &mut Rng) -> Option<Kind> {
+        if self.round.is_empty() {
+            self.round = self.kinds.clone();
+            // Fisher-Yates, popped from the end.
+            for i in (1..self.round.len()).rev() {
+                let j = rng.below(i as u64 + 1) as usize;
+                self.round.swap(i, j);
+            }
+        }
+        self.round.pop()
+    }
+}
+
+/// What must be undone.
+#[derive(Debug)]
+enum Undo {
+    /// Start the node again.
+    Restart(usize),
+    /// SIGCONT.
+    Resume(usize),
+    /// Flush the nftables rules.
+    Rules,
+    /// Delete the routes through the relay, delay back to zero.
+    Routes,
+    /// Wipe the node and start it as a new member.
+    Readd(usize),
+    /// Remove the ballast and restart the node (its logs latched on the I/O errors).
+    FreeDisk(usize),
+}
+
+/// A fault in force.
+pub struct Active {
+    pub fault: Fault,
+    undo: Undo,
+}
+
+impl Active {
+    /// Nodes this fault keeps down on purpose.
+    pub fn down(&self) -> Vec<usize> {
+        match self.undo {
+            Undo::Restart(i) | Undo::Readd(i) => vec![i],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A uniform draw in `[lo, hi]`.
+fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    lo + rng.below(hi - lo + 1)
+}
+
+/// The victim: the leader half the time when there is one to tell apart, else any node.
+fn victim(c: &Cluster, rng: &mut Rng) -> (usize, &'static str) {
+    let n = c.nodes.len();
+    if n > 1 && rng.below(2) == 0 {
+        if let Ok(Some(name)) = super::client::leader(c.targets()) {
+            if let Some(i) = c.nodes.iter().position(|x| x.host.name == name) {
+                return (i, " (leader)");
+            }
+        }
+    }
+    (rng.below(n as u64) as usize, "")
+}
+
+fn names(hosts: &[Host]) -> String {
+    let v: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    format!("[{}]", v.join(" "))
+}
+
+/// Injects one fault of `kind`.
+pub fn inject(c: &mut Cluster, kind: Kind, id: u32, rng: &mut Rng, seed: u64) -> Result<Active> {
+    let start_ms = c.now_ms();
+    let (detail, nodes, undo) = match kind {
+        Kind::Kill => {
+            let (i, tag) = victim(c, rng);
+            c.nodes[i].kill9();
+            let n = c.nodes[i].host.name.clone();
+            (format!("kill -9 {n}{tag}"), vec![n], Undo::Restart(i))
+        }
+        Kind::Power => {
+            let (i, tag) = victim(c, rng);
+            c.nodes[i].kill9();
+            let node = &c.nodes[i];
+            let lost = engine::power_loss::simulate_power_loss(&node.hook_dir(), &node.data_dir())
+                .with_context(|| format!("power loss on {}", node.host.name))?;
+            let n = node.host.name.clone();
+            (
+                format!(
+                    "power loss on {n}{tag}: kill -9, {} bytes after the last fdatasync dropped \
+                     from {} files",
+                    lost.bytes_dropped, lost.files
+                ),
+                vec![n],
+                Undo::Restart(i),
+            )
+        }
+        Kind::Pause => {
+            let (i, tag) = victim(c, rng);
+            c.nodes[i].pause();
+            let n = c.nodes[i].host.name.clone();
+            (format!("SIGSTOP {n}{tag}"), vec![n], Undo::Resume(i))
+        }
+        Kind::Partition => {
+            let (a, b, shape) = partition_shape(c, rng);
+            c.net.cut(&a, &b)?;
+            let nodes = a.iter().chain(&b).map(|h| h.name.clone()).collect();
+            (
+                format!("partition {shape}: {} | {}", names(&a), names(&b)),
+                nodes,
+                Undo::Rules,
+            )
+        }
+        Kind::Loss => {
+            let (i, tag) = victim(c, rng);
+            let me = c.nodes[i].host.clone();
+            let others: Vec<Host> = c.net.all().into_iter().filter(|h| *h != me).collect();
+            let pct = between(rng, 10, 50) as u32;
+            c.net.lose(&me, &others, pct)?;
+            (
+                format!(
+                    "{pct}% packet loss on {}{tag} to and from {}",
+                    me.name,
+                    names(&others)
+                ),
+                vec![me.name.clone()],
+                Undo::Rules,
+            )
+        }
+        Kind::Delay => {
+            let (i, tag) = victim(c, rng);
+            let me = c.nodes[i].host.clone();
+            let others: Vec<Host> = c.net.all().into_iter().filter(|h| *h != me).collect();
+            let delay = Duration::from_millis(between(rng, 50, 300));
+            let jitter = Duration::from_millis(between(rng, 0, 50));
+            c.relay(seed ^ u64::from(id))?.set_delay(delay, jitter);
+            c.net.route_through_relay(&me, &others)?;
+            (
+                format!(
+                    "{} ms (+0-{} ms) delay on {}{tag} to and from {}",
+                    delay.as_millis(),
+                    jitter.as_millis(),
+                    me.name,
+                    names(&others)
+                ),
+                vec![me.name.clone()],
+                Undo::Routes,
+            )
+        }
+        Kind::Membership => {
+            let (i, tag) = victim(c, rng);
+            let n = c.nodes[i].host.name.clone();
+            let how = remove_member(c, i)?;
+            c.nodes[i].stop(Duration::from_secs(5));
+            (
+                format!("remove {n}{tag} ({how}), then add it back wiped, as a new member"),
+                vec![n],
+                Undo::Readd(i),
+            )
+        }
+        Kind::Disk => {
+            let (i, tag) = victim(c, rng);
+            let n = c.nodes[i].host.name.clone();
+            let v = c.nodes[i]
+                .volume
+                .as_ref()
+                .context("the disk nemesis needs the nodes' volumes")?;
+            let bytes = v.fill()?;
+            (
+                format!("disk of {n}{tag} filled ({} MiB of ballast)", bytes >> 20),
+                vec![n],
+                Undo::FreeDisk(i),
+            )
+        }
+    };
+    Ok(Active {
+        fault: Fault {
+            id,
+            kind: kind.name().into(),
+            detail,
+            nodes,
+            start_ms,
+            end_ms: start_ms,
+        },
+        undo,
+    })
+}
+
+/// Sides of a partition: isolate a node or the leader, majority | minority, or a bridge
+/// node that stays on both sides. One node: the node is cut off from the client.
+fn partition_shape(c: &Cluster, rng: &mut Rng) -> (Vec<Host>, Vec<Host>, &'static str) {
+    let nodes: Vec<Host> = c.nodes.iter().map(|n| n.host.clone()).collect();
+    if nodes.len() == 1 {
+        return (nodes, vec![c.net.client.clone()], "node from client");
+    }
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    for i in (1..order.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    let pick = |ix: &[usize]| ix.iter().map(|&i| nodes[i].clone()).collect::<Vec<_>>();
+    match rng.below(4) {
+        0 => (pick(&order[..1]), pick(&order[1..]), "isolate a node"),
+        1 => {
+            let (i, _) = victim(c, rng);
+            let rest: Vec<usize> = (0..nodes.len()).filter(|&j| j != i).collect();
+            (pick(&[i]), pick(&rest), "isolate the leader")
+        }
+        2 => {
+            let half = nodes.len() / 2;
+            (
+                pick(&order[..half]),
+                pick(&order[half..]),
+                "minority | majority",
+            )
+        }
+        _ => {
+            // order[0] is the bridge: it sees both sides, which do not see each other.
+            let rest = &order[1..];
+            let half = rest.len() / 2;
+            (
+                pick(&rest[..half]),
+                pick(&rest[half..]),
+                "bridge (one node sees both sides)",
+            )
+        }
+    }
+}
+
+/// Takes node `i` out of the cluster before it stops: `proglog cluster remove` when the
+/// binary has it, else the node's own leave on SIGTERM.
+fn remove_member(c: &Cluster, i: usize) -> Result<&'static str> {
+    if !c.has_cluster_remove {
+        return Ok("SIGTERM: it leaves; this binary has no `proglog cluster remove`");
+    }
+    let node = &c.nodes[i];
+    let id = node_id(&node.data_dir())?;
+    let via = c
+        .nodes
+        .iter()
+        .enumerate()
+        .find(|(j, n)| *j != i && n.running())
+        .map(|(_, n)| n.rpc_addr().to_string())
+        .context("no other node to ask")?;
+    let bin = c.spec.bin.to_string_lossy().into_owned();
+    sys::in_ns(CLIENT_NS, &[&bin, "cluster", "remove", &id, "--addr", &via])
+        .context("proglog cluster remove")?;
+    Ok("proglog cluster remove, then SIGTERM")
+}
+
+/// The node id a data directory was created with (`node.meta`: a `.meta` file whose
+/// payload is JSON with `node_id`), as `cluster members` prints it.
+fn node_id(data: &std::path::Path) -> Result<String> {
+    let payload = engine::meta::read(data, "node.meta")?.context("no node.meta")?;
+    let v: serde_json::Value = serde_json::from_slice(&payload)?;
+    v["node_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no node_id in node.meta")
+}
+
+/// Undoes a fault and waits until its nodes serve again.
+pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
+    match a.undo {
+        Undo::Restart(i) => c.restart(i)?,
+        Undo::Resume(i) => c.nodes[i].resume(),
+        Undo::Rules => c.net.heal_rules()?,
+        Undo::Routes => {
+            c.net.heal_routes()?;
+            if let Some(r) = &c.relay {
+                r.set_delay(Duration::ZERO, Duration::ZERO);
+            }
+        }
+        Undo::Readd(i) => {
+            c.nodes[i].wipe()?;
+            c.restart(i)?;
+        }
+        Undo::FreeDisk(i) => {
+            let v = c.nodes[i].volume.as_ref().context("volume")?;
+            v.free()?;
+            // A log that met an I/O error refuses writes until it is reopened.
+            c.nodes[i].stop(Duration::from_secs(5));
+            c.restart(i)?;
+        }
+    }
+    a.fault.end_ms = c.now_ms();
+    Ok(())
+}
+
+/// Checks a plan's nemeses against what the machine has.
+pub fn preflight(kinds: &[Kind]) -> Result<()> {
+    if kinds.iter().any(|k| k.needs_nft()) && !sys::has("nft") {
+        bail!(
+            "nemeses partition and loss need nft: install Debian's nftables \
+             (apt-get install nftables; bash scripts/chaos does it)"
+        );
+    }
+    if kinds.contains(&Kind::Disk) {
+        for tool in ["mkfs.ext4", "losetup", "mount"] {
+            if !sys::has(tool) {
+                bail!("the disk nemesis needs {tool} (Debian: e2fsprogs, mount)");
+            }
+        }
+    }
+    if kinds.contains(&Kind::Delay) && !std::path::Path::new("/dev/net/tun").exists() {
+        bail!("the delay nemesis needs /dev/net/tun");
+    }
+    Ok(())
+}
