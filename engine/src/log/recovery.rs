@@ -93,6 +93,15 @@ pub(super) async fn recover_active(
     let buf = read_tail_block(&data, &path, buf_pos, scan.valid_len).await?;
     if scan.file_len > align_up(scan.valid_len) || scan.stopped.is_some() {
         cut_after_valid(&data, &path, &scan, buf_pos, &buf).await?;
+    } else if scan.valid_len > 0 {
+        // What a killed process wrote but never synced validates like the rest, and the
+        // log serves it from here on: it must be durable first, or a power cut after the
+        // restart would take back records that readers already saw (and let new ones take
+        // their offsets).
+        data.fdatasync()
+            .await
+            .map_err(|e| Error::glommio("syncing recovered", &path, e))?;
+        crate::power_loss::synced_at_least(&path, scan.valid_len);
     }
     index.flush()?;
     seg.size = scan.valid_len;
