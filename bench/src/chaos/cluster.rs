@@ -38,7 +38,9 @@ pub struct Cluster {
 impl Cluster {
     /// Creates the network and the nodes' directories (and volumes), starts every node and
     /// waits until each is ready. Node 1 first, with `--bootstrap` when there is more than
-    /// one node: a binary that refuses it runs the cluster as gossip membership only.
+    /// one node: a binary that refuses it does not replicate, and the run is refused with
+    /// [`NotReplicated`] (every node would keep a log of its own: no cross-node check would
+    /// mean anything).
     pub fn start(
         spec: Spec,
         run_dir: &Path,
@@ -73,14 +75,14 @@ impl Cluster {
         if c.nodes.len() > 1 {
             let others = c.others(0);
             let spec = c.spec.clone();
-            if c.nodes[0].probe_bootstrap(&spec, &others)? {
-                c.mode = Mode::Replicated;
-            } else {
-                c.mode = Mode::MembershipOnly;
-                c.nodes[0].starts = 0;
-                eprintln!("{}", MEMBERSHIP_ONLY_BANNER);
-                c.start_node(0)?;
+            if !c.nodes[0].probe_bootstrap(&spec, &others)? {
+                return Err(NotReplicated {
+                    nodes: c.nodes.len(),
+                    log: c.nodes[0].log_path(),
+                }
+                .into());
             }
+            c.mode = Mode::Replicated;
             for i in 1..c.nodes.len() {
                 c.start_node(i)?;
             }
@@ -184,12 +186,32 @@ impl Cluster {
     }
 }
 
-const MEMBERSHIP_ONLY_BANNER: &str = "\
-================================================================================
-REPLICATION IS NOT IN THIS BUILD: node-1 refused --bootstrap.
-The nodes run with gossip membership only (--bind-addr, --start-join-addrs):
-every node serves its own partitions alone, nothing is replicated, and the
-checker WILL report anomalies (a value acknowledged by one node is not on the
-others). Use --expect-anomalies to exercise the harness end to end, or
---nodes 1 for a campaign that must show none.
-================================================================================";
+/// A campaign of several nodes against a binary that does not replicate: node 1 refused
+/// `--bootstrap`. Refused rather than run: with every node serving a log of its own, a
+/// value acknowledged by one node is simply absent from the others, and no cross-node
+/// check (lost writes across nodes, inconsistent offsets between nodes, replica
+/// divergence) would say anything about the service.
+#[derive(Debug)]
+pub struct NotReplicated {
+    pub nodes: usize,
+    /// Node 1's log, which holds the refusal.
+    pub log: std::path::PathBuf,
+}
+
+impl std::fmt::Display for NotReplicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "multi-node mode refused: --nodes {} needs nodes that replicate, and node-1 \
+             refused --bootstrap (\"{}\", see {}): this proglog build has no replication, \
+             every node would keep a log of its own, and no cross-node check would mean \
+             anything. Run the single-node campaign (--nodes 1) until a node accepts \
+             --bootstrap.",
+            self.nodes,
+            super::node::BOOTSTRAP_REFUSED,
+            self.log.display()
+        )
+    }
+}
+
+impl std::error::Error for NotReplicated {}

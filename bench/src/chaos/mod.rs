@@ -81,6 +81,10 @@ pub fn main(opts: Opts) -> ExitCode {
     };
     match campaign(&plan) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<cluster::NotReplicated>().is_some() => {
+            eprintln!("proglog-chaos: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("proglog-chaos: the run failed: {e:#}");
             eprintln!("replay with: {}", replay(&plan));
@@ -219,7 +223,6 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
 fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Single => "single node",
-        Mode::MembershipOnly => "membership only, NOT replicated",
         Mode::Replicated => "replicated",
     }
 }
@@ -432,6 +435,18 @@ fn conclude(
         serde_json::to_string_pretty(&results)?,
     )?;
     println!("{}", report::summary(h, r));
+    let checked: Vec<&str> = checker::Class::ALL
+        .iter()
+        .filter(|c| report::applies(**c, mode))
+        .map(|c| c.name())
+        .collect();
+    println!("classes checked: {}", checked.join(", "));
+    if mode == Mode::Single {
+        println!(
+            "single-node mode: one node against its own history; replica-divergence does not \
+             apply, and nothing here tests replication"
+        );
+    }
     print!("{}", r.render(3));
     for c in &cluster.crashes {
         println!(

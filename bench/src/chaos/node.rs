@@ -23,10 +23,8 @@ pub const BOOTSTRAP_REFUSED: &str = "needs Raft replication";
 pub enum Mode {
     /// One node, no cluster flags.
     Single,
-    /// Cluster flags, but the binary refused `--bootstrap`: gossip membership only, every
-    /// node serving its own partitions.
-    MembershipOnly,
-    /// Node 1 accepted `--bootstrap`: a replicated cluster.
+    /// Node 1 accepted `--bootstrap`: a replicated cluster. A binary that refuses it has no
+    /// replication, and a campaign of several nodes is refused (see `cluster::NotReplicated`).
     Replicated,
 }
 
@@ -145,7 +143,7 @@ impl Node {
                 args.push("--listen".into());
                 args.push(format!("{}:{RPC_PORT}", self.host.ip));
             }
-            Mode::MembershipOnly | Mode::Replicated => {
+            Mode::Replicated => {
                 args.push("--bind-addr".into());
                 args.push(format!("{}:{GOSSIP_PORT}", self.host.name));
                 args.push("--rpc-port".into());

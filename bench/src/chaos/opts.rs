@@ -19,6 +19,13 @@ healed, one at a time. After the last fault healed, every partition is read in f
 every node, and the checker looks for lost writes, duplicates, inconsistent offsets, aborted \
 reads, non-monotonic reads and sends, poll skips, replica divergence and unseen values.
 
+Single-node mode (--nodes 1, the default) checks one node against its own history: lost \
+writes, duplicates, inconsistent offsets, aborted reads, non-monotonic reads and sends, poll \
+skips and unseen acknowledged values, under kill -9, pause, power loss, a full disk, and \
+partition, loss and delay between the client and the node. Multi-node mode (--nodes 3 or 5) \
+needs nodes that replicate: node 1 is started with --bootstrap, and if it refuses (a build \
+without Raft replication) the run is refused with exit status 2 before any load is sent.
+
 Everything created is removed at the end, also on SIGINT, SIGTERM and panics, and leftovers \
 of an earlier run (anything named pgc-*) are removed at the start. Needs root, nft \
 (Debian's nftables, for partition and loss) and mkfs.ext4 + losetup (for disk).
@@ -47,8 +54,10 @@ EXAMPLES:
   proglog-chaos --nodes 1 --time 45 --nemesis kill,pause,power,disk,partition,loss,delay
   # the same faults under `never`: power loss must show lost writes
   proglog-chaos --nodes 1 --durability never --nemesis power --expect-anomalies lost-write
-  # a long campaign once replication is in
-  proglog-chaos --nodes 5 --time 1800 --nemesis all --dir /var/tmp/chaos-long
+  # a long single-node campaign
+  proglog-chaos --nodes 1 --time 1800 --nemesis all --dir /var/tmp/chaos-long
+  # once nodes replicate (refused before then)
+  proglog-chaos --nodes 5 --time 1800 --nemesis all
   # check a recorded history again
   proglog-chaos --check-history chaos-run/history.jsonl";
 
@@ -70,8 +79,9 @@ pub struct Opts {
     #[arg(long, default_value_t = 60)]
     pub time: u64,
 
-    /// Nodes: 1 (single-node mode), 3 or 5.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=5))]
+    /// Nodes: 1 (single-node mode), 3 or 5 (multi-node mode: refused unless the nodes
+    /// replicate).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
     pub nodes: u32,
 
     /// Single-node mode: the same as --nodes 1.
@@ -112,11 +122,12 @@ pub struct Opts {
     pub rate: f64,
 
     /// Bytes per value (a unique id, padded).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub value_bytes: usize,
 
-    /// Segment size of the nodes: small, so that segments roll during the run.
-    #[arg(long, default_value = "1MiB")]
+    /// Segment size of the nodes: small, so that segments roll during the run (at least
+    /// the largest batch, 1 MiB, and its header).
+    #[arg(long, default_value = "2MiB")]
     pub segment_bytes: String,
 
     /// Shortest and longest fault, in seconds.

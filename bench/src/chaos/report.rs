@@ -115,7 +115,6 @@ pub fn results(
         "nodes": plan.nodes,
         "mode": match mode {
             Mode::Single => "single",
-            Mode::MembershipOnly => "membership-only",
             Mode::Replicated => "replicated",
         },
         "durability": plan.durability,
@@ -143,6 +142,13 @@ pub fn results(
         "faults": h.faults,
         "faults_by_kind": kinds,
         "crashes": cluster.crashes,
+        // One node has no replica to diverge from: that class cannot be found, so it is not
+        // claimed as checked.
+        "classes_checked": Class::ALL.iter().filter(|c| applies(**c, mode)).map(|c| c.name()).collect::<Vec<_>>(),
+        "classes_not_applicable": Class::ALL.iter().filter(|c| !applies(**c, mode)).map(|c| json!({
+            "class": c.name(),
+            "why": "one node: there is no replica to diverge from",
+        })).collect::<Vec<_>>(),
         "anomalies": {
             "total": r.total(),
             "by_class": by_class,
@@ -157,4 +163,9 @@ pub fn results(
             "node_logs": cluster.nodes.iter().map(|n| n.log_path()).collect::<Vec<_>>(),
         },
     })
+}
+
+/// Whether anomaly class `c` can occur in a run of this mode.
+pub fn applies(c: Class, mode: Mode) -> bool {
+    !(mode == Mode::Single && c == Class::ReplicaDivergence)
 }
