@@ -366,7 +366,10 @@ pub fn check(h: &History) -> Report {
     non_monotonic_reads(&ix, &mut r);
     non_monotonic_sends(&ix, &mut r);
     poll_skips(&ix, &mut r);
-    divergence(&ix, &mut r);
+    // One node has no replica: what it lacks is a lost write, reported as such.
+    if h.nodes.len() > 1 {
+        divergence(&ix, &mut r);
+    }
     unseen(&ix, &mut r);
     r
 }
@@ -534,7 +537,7 @@ fn aborted_reads(ix: &Index, r: &mut Report) {
 }
 
 /// Reads grouped per (consumer, partition), in the order they were received.
-fn reads_by_consumer<'a>(h: &'a History) -> BTreeMap<(&'a str, u32), Vec<&'a Read>> {
+fn reads_by_consumer(h: &History) -> BTreeMap<(&str, u32), Vec<&Read>> {
     let mut m: BTreeMap<(&str, u32), Vec<&Read>> = BTreeMap::new();
     for r in &h.reads {
         m.entry((&r.consumer, r.partition)).or_default().push(r);
@@ -1027,6 +1030,18 @@ mod tests {
         let mut h = clean();
         h.finals[1].records.push((5, "z".into()));
         assert!(!classes(&h).contains(&Class::ReplicaDivergence));
+    }
+
+    #[test]
+    fn a_single_node_history_is_judged_without_replicas() {
+        let mut h = clean();
+        h.nodes.truncate(1);
+        h.finals.truncate(1);
+        assert!(classes(&h).is_empty(), "{}", check(&h).render(3));
+        // The node lost acknowledged records: lost writes, not a divergence from nobody.
+        h.finals[0].records.truncate(3);
+        let r = assert_caught(&h, Class::LostWrite);
+        assert!(!r.found(Class::ReplicaDivergence));
     }
 
     #[test]

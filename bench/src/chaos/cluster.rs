@@ -78,7 +78,7 @@ impl Cluster {
             if !c.nodes[0].probe_bootstrap(&spec, &others)? {
                 return Err(NotReplicated {
                     nodes: c.nodes.len(),
-                    log: c.nodes[0].log_path(),
+                    log: Some(c.nodes[0].log_path()),
                 }
                 .into());
             }
@@ -194,22 +194,25 @@ impl Cluster {
 #[derive(Debug)]
 pub struct NotReplicated {
     pub nodes: usize,
-    /// Node 1's log, which holds the refusal.
-    pub log: std::path::PathBuf,
+    /// Node 1's log, which holds the refusal (none when the binary refused before the
+    /// network was built).
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Display for NotReplicated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "multi-node mode refused: --nodes {} needs nodes that replicate, and node-1 \
-             refused --bootstrap (\"{}\", see {}): this proglog build has no replication, \
-             every node would keep a log of its own, and no cross-node check would mean \
-             anything. Run the single-node campaign (--nodes 1) until a node accepts \
-             --bootstrap.",
+            "multi-node mode refused: --nodes {} needs nodes that replicate, and proglog \
+             refused --bootstrap (\"{}\"{}): this build has no replication, every node would \
+             keep a log of its own, and no cross-node check would mean anything. Run the \
+             single-node campaign (--nodes 1) until a node accepts --bootstrap.",
             self.nodes,
             super::node::BOOTSTRAP_REFUSED,
-            self.log.display()
+            self.log
+                .as_ref()
+                .map(|l| format!(", see {}", l.display()))
+                .unwrap_or_default()
         )
     }
 }

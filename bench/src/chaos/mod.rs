@@ -48,13 +48,30 @@ use opts::{Opts, Plan};
 use workload::{Control, Phase};
 
 const TOPIC: &str = "chaos";
-/// Size of each node's volume when the disk nemesis runs.
+/// Smallest size of each node's volume when the disk nemesis runs.
 const VOLUME_MIB: u64 = 128;
+
+/// A node's volume: room for everything the run may write (twice the values' bytes, for
+/// batch headers, indexes and retried produces; nothing is removed by retention) on top of
+/// [`VOLUME_MIB`], so that the disk is full only while the nemesis fills it. The image is
+/// sparse: only what is written takes space.
+fn volume_mib(plan: &Plan) -> u64 {
+    let bytes = plan.rate * (plan.value_bytes as f64 + 64.0) * 2.0 * plan.time.as_secs_f64();
+    VOLUME_MIB + (bytes / f64::from(1 << 20)).ceil() as u64
+}
 /// Load before the first fault and after the last heal.
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// Runs what the options ask for; the exit status follows `--help`.
 pub fn main(opts: Opts) -> ExitCode {
+    if opts.cleanup {
+        if !sys::is_root() {
+            eprintln!("proglog-chaos: --cleanup needs root");
+            return ExitCode::from(2);
+        }
+        sys::cleanup_leftovers();
+        return ExitCode::SUCCESS;
+    }
     if let Some(path) = &opts.check_history {
         return match History::read_jsonl(path) {
             Ok(h) => {
@@ -120,6 +137,15 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
         bail!("needs root (network namespaces, nftables, loop mounts)");
     }
     nemesis::preflight(&plan.nemeses)?;
+    // Before anything is created or cleaned up: a run of several nodes that do not
+    // replicate is refused here.
+    if plan.nodes > 1 && !node::replicates(&plan.bin)? {
+        return Err(cluster::NotReplicated {
+            nodes: plan.nodes as usize,
+            log: None,
+        }
+        .into());
+    }
     let kinds: Vec<&str> = plan.nemeses.iter().map(|k| k.name()).collect();
     eprintln!(
         "proglog-chaos: seed {} ({} node{}, {} s, nemeses {}, durability {}); replay with:\n  {}",
@@ -149,7 +175,7 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
         power_loss: plan.nemeses.contains(&Kind::Power),
     };
     let nft = plan.nemeses.iter().any(|k| k.needs_nft());
-    let volumes = plan.nemeses.contains(&Kind::Disk).then_some(VOLUME_MIB);
+    let volumes = plan.nemeses.contains(&Kind::Disk).then(|| volume_mib(plan));
     let mut cluster = Cluster::start(spec, &dir, nft, volumes, epoch)?;
     let mode = cluster.mode;
     eprintln!(
@@ -414,11 +440,26 @@ fn conclude(
         Some(classes) => Some(classes.iter().all(|c| r.found(*c))),
     };
     let crashed = !cluster.crashes.is_empty();
-    let pass = match expected_found {
-        None => r.total() == 0 && !crashed,
-        Some(found) => found && !crashed,
-    };
-    let verdict = report::verdict_line(plan, r, cluster.crashes.len(), pass);
+    // A campaign that never injected a fault it was asked for proves nothing about it.
+    let missed: Vec<&str> = plan
+        .nemeses
+        .iter()
+        .map(|k| k.name())
+        .filter(|k| !h.faults.iter().any(|f| f.kind == *k))
+        .collect();
+    let pass = missed.is_empty()
+        && !crashed
+        && match expected_found {
+            None => r.total() == 0,
+            Some(found) => found,
+        };
+    let mut verdict = report::verdict_line(plan, r, cluster.crashes.len(), pass);
+    if !missed.is_empty() {
+        verdict.push_str(&format!(
+            "; never injected: {} (a longer --time, or shorter --fault-max/--quiet-max)",
+            missed.join(", ")
+        ));
+    }
     let png = dir.join("timeline.png");
     let title = format!(
         "proglog-chaos seed {}: {} node{} ({}), durability {}",

@@ -374,3 +374,50 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let _ = s.read_to_string(&mut out);
     out.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Whether the proglog binary replicates, asked before anything is created or cleaned up:
+/// it is started with `--bootstrap` on a scratch data directory inside a network namespace
+/// of its own (`unshare --net`: nothing it binds is reachable, nothing of a run is touched).
+/// A build without replication refuses at once, naming [`BOOTSTRAP_REFUSED`]; one still
+/// running after a few seconds accepted the flag, and is killed.
+pub fn replicates(bin: &Path) -> Result<bool> {
+    let scratch = std::env::temp_dir().join(format!("pgc-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let out_path = scratch.join("out");
+    let out = std::fs::File::create(&out_path)?;
+    let mut child = Command::new("unshare")
+        .arg("--net")
+        .arg(bin)
+        .args([
+            "--bootstrap",
+            "--bind-addr",
+            "127.0.0.1:18401",
+            "--data-dir",
+        ])
+        .arg(scratch.join("data"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .env_remove("RUST_LOG")
+        .spawn()
+        .context("starting proglog --bootstrap in a namespace of its own (unshare)")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&scratch);
+    match status {
+        None => Ok(true),
+        Some(_) if text.contains(BOOTSTRAP_REFUSED) => Ok(false),
+        Some(s) => bail!("proglog --bootstrap exited ({s}) without saying why:\n{text}"),
+    }
+}

@@ -151,6 +151,11 @@ pub struct Opts {
     #[arg(long)]
     pub keep_data: bool,
 
+    /// Only remove what a run (or a killed one) left: `pgc-*` namespaces with their
+    /// nftables tables and relay, host files, loop volumes. For scripts, after any run.
+    #[arg(long)]
+    pub cleanup: bool,
+
     /// Only run the checker on a recorded history.jsonl and print its report.
     #[arg(long)]
     pub check_history: Option<PathBuf>,

@@ -64,9 +64,9 @@ impl Canvas {
     fn blend(&mut self, x: usize, y: usize, c: Rgb, a: u16) {
         if x < W && y < H {
             let i = (y * W + x) * 3;
-            for k in 0..3 {
-                let old = u16::from(self.px[i + k]);
-                self.px[i + k] = ((old * (255 - a) + u16::from(c[k]) * a) / 255) as u8;
+            for (px, ck) in self.px[i..i + 3].iter_mut().zip(c) {
+                let old = u16::from(*px);
+                *px = ((old * (255 - a) + u16::from(ck) * a) / 255) as u8;
             }
         }
     }
