@@ -131,7 +131,7 @@ enum Undo {
     Routes,
     /// Wipe the node and start it as a new member.
     Readd(usize),
-    /// Remove the ballast and restart the node (its logs latched on the I/O errors).
+    /// Remove the ballast; the node takes writes again by itself.
     FreeDisk(usize),
 }
 
@@ -384,9 +384,30 @@ pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
         Undo::FreeDisk(i) => {
             let v = c.nodes[i].volume.as_ref().context("volume")?;
             v.free()?;
-            // A log that met an I/O error refuses writes until it is reopened.
-            c.nodes[i].stop(Duration::from_secs(5));
-            c.restart(i)?;
+            // A full disk is an operating condition: once space returns the node's
+            // partitions take writes again by themselves, without a restart. One that
+            // latched instead (a failed sync) or stays full is said in the fault's record,
+            // and the node is restarted so that the run goes on.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut state = c.nodes[i].writes();
+            while state != Some(super::node::Writes::Taken) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                state = c.nodes[i].writes();
+            }
+            if state != Some(super::node::Writes::Taken) {
+                let n = c.nodes[i].host.name.clone();
+                eprintln!(
+                    "[{:6.1}s] WARNING: {n} does not take writes 30 s after its disk was \
+                     freed ({state:?}); restarting it",
+                    c.now_ms() / 1000.0
+                );
+                a.fault
+                    .detail
+                    .push_str(&format!("; NOT recovered by itself ({state:?}): restarted"));
+                c.nodes[i].stop(Duration::from_secs(5));
+                c.restart(i)?;
+            }
         }
     }
     a.fault.end_ms = c.now_ms();

@@ -361,6 +361,58 @@ impl Node {
 }
 
 /// The status code of an HTTP GET, or None if the server did not answer within 2 s.
+/// What the node's partitions report about writes, from GET /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// No partition is full or latched.
+    Taken,
+    /// Some partition refuses writes for want of space.
+    DiskFull,
+    /// Some partition is read-only after an I/O error (until the node restarts).
+    Latched,
+}
+
+impl Node {
+    /// The node's write state from its metrics (`None`: no answer).
+    pub fn writes(&self) -> Option<Writes> {
+        let addr = SocketAddr::new(self.ip(), ADMIN_PORT);
+        let body = from_ns(CLIENT_NS, move || Ok(http_body(addr, "/metrics"))).ok()??;
+        let set = |family: &str| {
+            body.lines()
+                .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+                .any(|l| {
+                    l.split_whitespace()
+                        .last()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        == Some(1.0)
+                })
+        };
+        Some(if set("proglog_partition_latched") {
+            Writes::Latched
+        } else if set("proglog_partition_disk_full") {
+            Writes::DiskFull
+        } else {
+            Writes::Taken
+        })
+    }
+}
+
+/// The body of a 200 answer to GET `path`.
+fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let timeout = Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_owned())
+}
+
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let timeout = Duration::from_secs(2);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
