@@ -419,7 +419,7 @@ pub fn preflight(kinds: &[Kind]) -> Result<()> {
     if kinds.iter().any(|k| k.needs_nft()) && !sys::has("nft") {
         bail!(
             "nemeses partition and loss need nft: install Debian's nftables \
-             (apt-get install nftables; bash scripts/chaos does it)"
+             (apt-get install nftables; bash scripts/test does it)"
         );
     }
     if kinds.contains(&Kind::Disk) {

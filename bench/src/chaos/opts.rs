@@ -44,14 +44,15 @@ NEMESES (--nemesis, comma-separated; `all` = every one the node count allows):
               that holds each one for the delay (this kernel has no netem)
   membership  remove a node (`proglog cluster remove` when the binary has it, else a leave on
               SIGTERM), wipe it, and add it back as a new member (needs 3 nodes or more)
-  disk        each node's data directory is a small loop-mounted ext4 volume; a ballast file
-              fills it for the window, then it is freed and the node restarted
+  disk        each node's data directory is a loop-mounted ext4 volume; a ballast file
+              fills it for the window, then it is freed: the node must take writes again by itself
   power       kill -9 and drop every byte written after the node's last completed fdatasync
               (the engine's TEST-ONLY power-loss journal), then restart
 
 EXAMPLES:
-  # the CI campaign: one node, every single-node fault, the durable policy: no anomaly
-  proglog-chaos --nodes 1 --time 45 --nemesis kill,pause,power,disk,partition,loss,delay
+  # the CI campaign (scripts/chaos-test): every single-node fault, the durable policy
+  proglog-chaos --nodes 1 --time 70 --nemesis kill,pause,power,disk,partition,loss,delay \\
+    --fault-max 4 --quiet-max 2
   # the same faults under `never`: power loss must show lost writes
   proglog-chaos --nodes 1 --durability never --nemesis power --expect-anomalies lost-write
   # a long single-node campaign
