@@ -186,7 +186,7 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
         mode_name(mode)
     );
     let targets = cluster.targets();
-    // A replicated cluster creates the topic once; nodes that serve alone each need it.
+    // A replicated cluster creates the topic once, through node 1; a single node for itself.
     let creators = if mode == Mode::Replicated {
         targets[..1].to_vec()
     } else {
