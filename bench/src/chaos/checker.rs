@@ -1034,14 +1034,53 @@ mod tests {
 
     #[test]
     fn a_single_node_history_is_judged_without_replicas() {
-        let mut h = clean();
-        h.nodes.truncate(1);
-        h.finals.truncate(1);
+        let mut h = one_node();
         assert!(classes(&h).is_empty(), "{}", check(&h).render(3));
         // The node lost acknowledged records: lost writes, not a divergence from nobody.
         h.finals[0].records.truncate(3);
         let r = assert_caught(&h, Class::LostWrite);
         assert!(!r.found(Class::ReplicaDivergence));
+    }
+
+    /// The clean history with one node, as single-node mode records it.
+    fn one_node() -> History {
+        let mut h = clean();
+        h.nodes.truncate(1);
+        h.finals.truncate(1);
+        h
+    }
+
+    #[test]
+    fn every_single_node_class_is_caught_on_one_node() {
+        type Inject = fn(&mut History);
+        let cases: [(Class, Inject); 7] = [
+            (Class::LostWrite, |h| h.finals[0].records.truncate(3)),
+            (Class::Duplicate, |h| {
+                h.finals[0].records.push((5, "v1".into()))
+            }),
+            (Class::InconsistentOffset, |h| h.reads[3].value = "x".into()),
+            (Class::AbortedRead, |h| {
+                h.ops.push(op(9, "p1", None, Outcome::Fail, 50.0));
+                h.finals[0].records.push((5, "v9".into()));
+            }),
+            (Class::NonMonotonic, |h| {
+                let again = h.reads[1].clone();
+                h.reads.push(Read {
+                    at_ms: 200.0,
+                    ..again
+                });
+            }),
+            (Class::PollSkip, |h| {
+                h.reads.remove(2);
+            }),
+            (Class::Unseen, |h| h.reads.truncate(3)),
+        ];
+        for (class, inject) in cases {
+            let mut h = one_node();
+            inject(&mut h);
+            let r = assert_caught(&h, class);
+            assert!(!r.found(Class::ReplicaDivergence), "{class}");
+        }
     }
 
     #[test]
