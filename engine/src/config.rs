@@ -170,6 +170,9 @@ pub struct EngineConfig {
     pub retention_check: Duration,
     /// Where write-behind buffers are charged (the server's memory budget); `None`: nowhere.
     pub memory: Option<crate::memory::MemoryHook>,
+    /// The replication layer that owns every partition's appends (Raft, from `consensus`);
+    /// `None`: each shard appends to its logs itself (the single-node engine).
+    pub replication: Option<crate::shard::ReplicationHook>,
 }
 
 impl EngineConfig {
@@ -183,6 +186,7 @@ impl EngineConfig {
             default_log: LogConfig::default(),
             retention_check: DEFAULT_RETENTION_CHECK,
             memory: None,
+            replication: None,
         }
     }
 

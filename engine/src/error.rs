@@ -92,6 +92,11 @@ pub enum Error {
     #[error("engine is shut down")]
     ShutDown,
 
+    /// The replication layer could not complete an operation (not the leader, no leader,
+    /// outcome unknown, ...), in the seam's own terms.
+    #[error("{0}")]
+    Replication(crate::seam::Error),
+
     /// A data directory holds something we did not write and will not touch.
     #[error("unexpected content in {path}: {reason}", path = path.display())]
     Foreign { path: PathBuf, reason: String },

@@ -263,6 +263,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     obs.set_memory(memory.clone());
     let mut engine_config = settings.engine_config();
     engine_config.memory = Some(engine::MemoryHook(Arc::new(EngineMemory(memory.clone()))));
+    // Every partition is a Raft group; a node started without cluster flags is a cluster
+    // of one through the same code.
+    let engine_config = consensus::raft::seam::engine_config(
+        engine_config,
+        consensus::raft::RaftReplication::single_node(),
+    );
     let engine = engine::Engine::start(engine_config).with_context(|| {
         format!(
             "starting the storage engine in {} (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, \
@@ -272,10 +278,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
     let handle = engine.handle();
     obs.set_engine(Some(handle.clone()));
-    let seam: Arc<dyn Factory> = Arc::new(handle.seam_factory(engine::seam::NodeRef {
-        id: settings.node_name.clone(),
-        addr: settings.advertised_rpc_addr().to_string(),
-    }));
+    let seam: Arc<dyn Factory> = Arc::new(consensus::raft::seam::RaftFactory::new(
+        handle.clone(),
+        engine::seam::NodeRef {
+            id: settings.node_name.clone(),
+            addr: settings.advertised_rpc_addr().to_string(),
+        },
+    ));
     // From this thread, which is no shard: the seam's slower path.
     if let Err(e) = ensure_default_topic(&*seam.build().topics, &settings) {
         obs.set_engine(None);

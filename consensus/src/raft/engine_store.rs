@@ -46,6 +46,9 @@ impl LogStore for Log {
     async fn sync(&self) -> Result<()> {
         Log::sync(self).await
     }
+    async fn persist(&self) -> Result<()> {
+        Log::persist(self).await
+    }
     async fn truncate_after(&self, last_kept: u64) -> Result<()> {
         self.truncate_after_index(last_kept).await
     }

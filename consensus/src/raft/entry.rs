@@ -34,6 +34,17 @@ pub fn data_proposal(records: &[NewRecord], timestamp_ms: i64) -> Bytes {
     Bytes::from(out)
 }
 
+/// Entry data for a proposal of records already laid out as a batch payload stores them
+/// (`engine::seam::EncodedBatch`), stamped with the proposer's clock.
+pub fn data_proposal_encoded(payload: &[u8], records: u32, timestamp_ms: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + DATA_PREFIX);
+    out.push(TAG_DATA);
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    out.extend_from_slice(&records.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Entry data for a controller command.
 pub fn controller_proposal(command: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(command.len() + 1);

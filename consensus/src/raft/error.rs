@@ -68,4 +68,12 @@ impl From<raft::Error> for Error {
     }
 }
 
+impl Error {
+    /// True for a storage failure for want of space (the log waits for space and recovers).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Storage { source, .. }
+            if matches!(source, engine::Error::DiskFull { .. }) || source.is_out_of_space())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -174,6 +174,13 @@ pub struct SetStats {
     pub compactions: u64,
 }
 
+/// A round between its writes and its acknowledgements: what its logs must persist, and
+/// the Readies to finish once they have.
+pub struct Persisting {
+    persisted: Vec<(u64, u64, Vec<Message>, Option<u64>)>,
+    to_sync: BTreeSet<u64>,
+}
+
 /// Every Raft group of one shard, and its Ready loop.
 pub struct GroupSet<S: LogStore> {
     node_id: u64,
@@ -261,6 +268,21 @@ impl<S: LogStore> GroupSet<S> {
         Ok(())
     }
 
+    /// Takes group `id` out of the set (its partition is going away); its pending proposals
+    /// and reads learn that their outcome is unknown. Its log is left as it is.
+    pub fn remove_group(&mut self, id: u64) -> bool {
+        let Some(mut g) = self.groups.remove(&id) else {
+            return false;
+        };
+        for p in g.proposals.drain(..) {
+            let _ = p.tx.send(Err(Error::OutcomeUnknown { group: id }));
+        }
+        for r in g.reads.drain(..) {
+            let _ = r.tx.send(Err(Error::ReadNotReady { group: id }));
+        }
+        true
+    }
+
     pub fn group_ids(&self) -> Vec<u64> {
         self.groups.keys().copied().collect()
     }
@@ -330,17 +352,61 @@ impl<S: LogStore> GroupSet<S> {
         data: Bytes,
         kind: ProposalKind,
     ) -> Result<oneshot::Receiver<Outcome>> {
-        let g = self.group_mut(id)?;
-        g.check_leader()?;
+        let (tx, rx) = oneshot::channel();
+        self.propose_data_to(id, Vec::from(data), kind, tx)
+            .map_err(|(e, _)| e)?;
+        Ok(rx)
+    }
+
+    /// Proposes the records of an encoded batch (the seam's `EncodedBatch` payload: records
+    /// laid out as stored) as one entry of group `id`; `tx` gets the outcome, once committed
+    /// or as soon as it is known it cannot be (a refusal is sent to `tx` as well).
+    pub fn propose_encoded(
+        &mut self,
+        id: u64,
+        payload: &[u8],
+        records: u32,
+        timestamp_ms: i64,
+        tx: oneshot::Sender<Outcome>,
+    ) {
+        if records == 0 {
+            let _ = tx.send(Err(Error::InvalidProposal(
+                "a proposal needs records".into(),
+            )));
+            return;
+        }
+        let data = entry::data_proposal_encoded(payload, records, timestamp_ms);
+        if let Err((e, tx)) = self.propose_data_to(id, data, ProposalKind::Data, tx) {
+            let _ = tx.send(Err(e));
+        }
+    }
+
+    /// Proposes `data`; on a refusal hands `tx` back with the error.
+    #[allow(clippy::result_large_err)]
+    fn propose_data_to(
+        &mut self,
+        id: u64,
+        data: Vec<u8>,
+        kind: ProposalKind,
+        tx: oneshot::Sender<Outcome>,
+    ) -> std::result::Result<(), (Error, oneshot::Sender<Outcome>)> {
+        let g = match self.group_mut(id) {
+            Ok(g) => g,
+            Err(e) => return Err((e, tx)),
+        };
+        if let Err(e) = g.check_leader() {
+            return Err((e, tx));
+        }
         let before = g.node.raft.raft_log.last_index();
-        g.node
-            .propose(Vec::new(), data.to_vec())
-            .map_err(|e| match e {
+        if let Err(e) = g.node.propose(Vec::new(), data) {
+            let e = match e {
                 // Checked just above that it leads: raft-rs dropped it for its size.
                 raft::Error::ProposalDropped => Error::Busy { group: id },
                 e => e.into(),
-            })?;
-        g.track(before, kind)
+            };
+            return Err((e, tx));
+        }
+        g.track_to(before, kind, tx)
     }
 
     /// Proposes a configuration change (one at a time). Refused at once while another is
@@ -361,7 +427,10 @@ impl<S: LogStore> GroupSet<S> {
         }
         let before = r.raft_log.last_index();
         g.node.propose_conf_change(Vec::new(), cc)?;
-        g.track(before, ProposalKind::ConfChange)
+        let (tx, rx) = oneshot::channel();
+        g.track_to(before, ProposalKind::ConfChange, tx)
+            .map_err(|(e, _)| e)?;
+        Ok(rx)
     }
 
     /// Asks for a linearizable read point of group `id`: the receiver answers the commit
@@ -474,8 +543,36 @@ impl<S: LogStore> GroupSet<S> {
         })
     }
 
-    /// One round of the Ready loop (see the module doc).
+    /// One round of the Ready loop (see the module doc): [`round_start`](Self::round_start),
+    /// each touched log persisted, [`round_finish`](Self::round_finish).
     pub async fn round<T: Transport>(&mut self, net: &mut T) {
+        let p = self.round_start(net).await;
+        let mut synced = Vec::new();
+        for (id, store) in self.to_persist(&p) {
+            synced.push((id, store.persist().await));
+        }
+        self.round_finish(p, synced, net);
+    }
+
+    /// The logs a started round must persist (step 5), for a driver that persists them
+    /// beside the loop: the next round may start (steps 1 to 4: its messages out, its
+    /// entries buffered) while they sync, which is raft-rs's async-ready pipeline (Readies
+    /// advanced with `advance_append_async` before the earlier ones are persisted), and what
+    /// lets a shard's next write overlap its previous sync. Rounds finish in the order they
+    /// started.
+    pub fn to_persist(&self, p: &Persisting) -> Vec<(u64, Rc<S>)> {
+        p.to_sync
+            .iter()
+            .filter_map(|id| {
+                let g = self.groups.get(id)?;
+                g.failed.is_none().then(|| (*id, Rc::clone(g.log.store())))
+            })
+            .collect()
+    }
+
+    /// Steps 1 to 4 of a round; the caller persists [`to_persist`](Self::to_persist) and
+    /// then calls [`round_finish`](Self::round_finish) with the outcomes.
+    pub async fn round_start<T: Transport>(&mut self, net: &mut T) -> Persisting {
         self.stats.rounds += 1;
         let ids: Vec<u64> = self.groups.keys().copied().collect();
         // 1. Deferred reads that are done: raft-rs sends what it waited for.
@@ -593,13 +690,25 @@ impl<S: LogStore> GroupSet<S> {
             g.node.advance_append_async(rd);
             persisted.push((id, number, msgs, installed));
         }
+        Persisting { persisted, to_sync }
+    }
+
+    /// Steps 5 (the outcomes of persisting each touched log, once each) and 6 of a round
+    /// started by [`round_start`](Self::round_start).
+    pub fn round_finish<T: Transport>(
+        &mut self,
+        p: Persisting,
+        synced: Vec<(u64, engine::Result<()>)>,
+        net: &mut T,
+    ) {
+        let Persisting { persisted, .. } = p;
         // 5. One sync per touched log.
-        for id in to_sync {
+        for (id, r) in synced {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
             self.stats.syncs += 1;
-            if let Err(e) = g.log.store().sync().await {
+            if let Err(e) = r {
                 g.fail(Error::Storage {
                     group: id,
                     source: e,
@@ -764,18 +873,24 @@ impl<S: LogStore> Group<S> {
         }
     }
 
-    /// Tracks the proposal just made (its entry is the one after `before`), or reports it
-    /// dropped.
-    fn track(&mut self, before: u64, kind: ProposalKind) -> Result<oneshot::Receiver<Outcome>> {
+    /// Tracks the proposal just made (its entry is the one after `before`) for `tx`, or
+    /// reports it dropped (handing `tx` back).
+    #[allow(clippy::result_large_err)]
+    fn track_to(
+        &mut self,
+        before: u64,
+        kind: ProposalKind,
+        tx: oneshot::Sender<Outcome>,
+    ) -> std::result::Result<(), (Error, oneshot::Sender<Outcome>)> {
         let r = &self.node.raft;
         let index = r.raft_log.last_index();
         if index != before + 1 {
-            return Err(Error::NotLeader {
+            let e = Error::NotLeader {
                 group: self.id,
                 leader: r.leader_id,
-            });
+            };
+            return Err((e, tx));
         }
-        let (tx, rx) = oneshot::channel();
         self.proposals.push_back(Proposal {
             index,
             term: r.term,
@@ -783,7 +898,7 @@ impl<S: LogStore> Group<S> {
             tx,
         });
         self.was_leader = true;
-        Ok(rx)
+        Ok(())
     }
 
     /// Applies committed entries: the visible watermark, proposals' answers, configuration
@@ -881,10 +996,24 @@ impl<S: LogStore> Group<S> {
 
     /// Stops the group after a storage or apply failure; waiters learn the outcome is
     /// unknown.
+    ///
+    /// A full disk is an operating condition, not a fault: the proposals learn it as such
+    /// (the engine's `DiskFull`, as a single-node append would), and the group's driver opens
+    /// the group again from its log once the log takes writes again.
     fn fail(&mut self, e: Error) {
-        log::error!("Raft group {} stopped: {e}", self.id);
+        let disk_full = e.is_disk_full();
+        if disk_full {
+            log::warn!("Raft group {} stopped until space returns: {e}", self.id);
+        } else {
+            log::error!("Raft group {} stopped: {e}", self.id);
+        }
         for p in self.proposals.drain(..) {
-            let _ = p.tx.send(Err(Error::OutcomeUnknown { group: self.id }));
+            let outcome = if disk_full {
+                e.clone()
+            } else {
+                Error::OutcomeUnknown { group: self.id }
+            };
+            let _ = p.tx.send(Err(outcome));
         }
         self.failed = Some(e);
     }

@@ -22,12 +22,17 @@ pub mod error;
 pub mod group;
 pub mod logger;
 pub mod mem_store;
+pub mod replica;
+pub mod seam;
 pub mod storage;
 pub mod store;
 pub mod wire;
 
 pub use error::{Error, Result};
-pub use group::{Committed, GroupConfig, GroupSet, GroupStatus, Outcome, SetStats, Transport};
+pub use group::{
+    Committed, GroupConfig, GroupSet, GroupStatus, Outcome, Persisting, SetStats, Transport,
+};
 pub use mem_store::MemStore;
+pub use replica::RaftReplication;
 pub use storage::{FetchJob, RaftLog, RaftMeta, SnapshotData};
 pub use store::LogStore;

@@ -9,6 +9,9 @@
 //! - `append` buffers whole v2 batches continuing the log (offsets and Raft indexes) and
 //!   returns without making them durable; `sync` makes everything appended so far durable.
 //!   A crash may lose any suffix of what was appended but not synced.
+//! - `persist` is what a round calls before acknowledging: `sync` in memory; on
+//!   `engine::Log`, the topic's durability policy (fdatasync under `always`; under `interval`
+//!   and `never` a completed write, which a crash of the process cannot take back).
 //! - `truncate_after`, `truncate_prefix`, `reset`, `install` and `write_meta` are durable
 //!   when they return. `install` replaces the log and the metadata together: in memory
 //!   atomically; on `engine::Log` as reset, append, sync, metadata (a crash in between
@@ -52,6 +55,12 @@ pub trait LogStore {
     async fn append(&self, batches: &[u8]) -> Result<()>;
     /// Makes everything appended so far durable.
     async fn sync(&self) -> Result<()>;
+    /// Makes everything appended so far as durable as the log's policy asks before a
+    /// replica acknowledges it (what a Ready round does once per touched log): `sync` unless
+    /// the store says otherwise.
+    async fn persist(&self) -> Result<()> {
+        self.sync().await
+    }
     /// Drops every batch after Raft index `last_kept`, durably.
     async fn truncate_after(&self, last_kept: u64) -> Result<()>;
     /// Empties the log, to continue at `next_offset` and Raft index `next_index`, durably.

@@ -151,6 +151,19 @@ impl Log {
         Ok((appended, timing))
     }
 
+    /// Whether the log would take `batch` now: writable (not latched, closed or waiting for
+    /// disk space) and within the topic's limits. For owners that append through a
+    /// replication layer, which writes the batch later in its own rounds.
+    pub fn check_append(&self, batch: &EncodedBatch) -> Result<()> {
+        self.check_writable(&self.state.borrow())?;
+        self.check_encoded(batch)
+    }
+
+    /// True while the log takes writes (not latched, closed or waiting for disk space).
+    pub fn is_writable(&self) -> bool {
+        self.check_writable(&self.state.borrow()).is_ok()
+    }
+
     /// The limits of `check_batch`, from what the encoded batch says of itself: O(1).
     fn check_encoded(&self, b: &EncodedBatch) -> Result<()> {
         let c = &self.config;
@@ -400,7 +413,10 @@ impl Log {
         seg.modified = SystemTime::now();
         st.next = base + count;
         st.next_index = header.raft_index + 1;
-        st.stats.appends += 1;
+        // Appends of records: a control batch (a Raft no-op or configuration change) is none.
+        if count > 0 {
+            st.stats.appends += 1;
+        }
         st.stats.records_appended += count;
         if header.is_data() {
             st.stats.payload_bytes +=

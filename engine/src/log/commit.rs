@@ -45,6 +45,22 @@ impl Log {
         }
     }
 
+    /// Makes everything appended so far as durable as the topic's policy asks before an
+    /// acknowledgement: fdatasynced under `always` ([`sync`](Self::sync)); under `interval`
+    /// and `never`, written to the data file (a crash of the process cannot take it back;
+    /// `interval`'s background sync makes it durable later). What a replica does before it
+    /// acknowledges a Raft entry.
+    pub async fn persist(&self) -> Result<()> {
+        if self.config.durability == Durability::Always {
+            return self.sync().await;
+        }
+        // One write-out of the whole buffer after any in flight: control batches (which move
+        // no offset) included, which a wait by offset would miss.
+        self.wait_io().await;
+        self.check_writable(&self.state.borrow())?;
+        self.lead_io(false).await
+    }
+
     /// Waits until offsets below `target` are durable.
     ///
     /// Group commit, pipelined: one leader at a time writes out everything buffered (holding

@@ -116,6 +116,7 @@ pub struct LogStats {
     pub next_offset: u64,
     pub size_bytes: u64,
     pub segments: usize,
+    /// Batches of records appended (control batches, which hold none, are not counted).
     pub appends: u64,
     pub records_appended: u64,
     pub writes: u64,

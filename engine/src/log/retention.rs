@@ -40,6 +40,34 @@ impl Log {
         })
     }
 
+    /// Where [`apply_retention`](Self::apply_retention) would cut, as a Raft index: the
+    /// first index of the first segment it would keep, or `None` when it would remove
+    /// nothing. For owners whose replication layer must compact its own log first.
+    pub fn retention_cut(&self, now: SystemTime) -> Option<u64> {
+        let (max_bytes, max_age) = (self.config.retention_bytes, self.config.retention_ms);
+        if max_bytes == 0 && max_age == 0 {
+            return None;
+        }
+        let cutoff = now.checked_sub(Duration::from_millis(max_age));
+        let st = self.state.borrow();
+        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+        let mut cut = None;
+        for (i, seg) in st.segments.iter().enumerate() {
+            // The active segment is never removed.
+            if i + 1 == st.segments.len() {
+                break;
+            }
+            let doomed = (max_bytes > 0 && total > max_bytes)
+                || (max_age > 0 && cutoff.is_some_and(|c| seg.modified < c));
+            if !doomed {
+                break;
+            }
+            total -= seg.size;
+            cut = Some(seg.next_index);
+        }
+        cut
+    }
+
     fn remove_prefix_while(&self, mut pred: impl FnMut(&Segment, u64) -> bool) -> Result<Removed> {
         let mut removed = Removed::default();
         let mut doomed = Vec::new();

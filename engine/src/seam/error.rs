@@ -113,6 +113,7 @@ impl From<crate::Error> for Error {
                 unit,
             },
             E::Overloaded { shard, depth } => Error::Overloaded { shard, depth },
+            E::Replication(e) => e,
             E::InvalidArgument(m) => Error::InvalidArgument(m),
             E::ShutDown => Error::Unavailable(e.to_string()),
             E::Latched {

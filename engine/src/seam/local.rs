@@ -122,7 +122,11 @@ impl Partitions for LocalPartitions {
                 size_bytes: r.stats.size_bytes,
                 segments: r.stats.segments,
                 shard: r.shard,
-                leader: Some(self.node.clone()),
+                // Under a replication layer, this node leads only when its group says so.
+                leader: match &r.replica {
+                    Some(rs) if !rs.is_leader => None,
+                    _ => Some(self.node.clone()),
+                },
                 replicas: Vec::new(),
                 writable: r.writable,
                 waiters: r.waiters,

@@ -13,8 +13,10 @@
 mod handle;
 pub(crate) mod msg;
 pub(crate) mod owner;
+pub mod replication;
 
 pub use handle::EngineHandle;
+pub use replication::{ReplicaStatus, ReplicationFactory, ReplicationHook, Replicator};
 
 use crate::budget::FileBudget;
 use crate::catalog::{partition_dir, Catalog, Topics};
@@ -76,6 +78,8 @@ pub struct ShardCtx {
     /// returns.
     catalog: RefCell<Arc<Catalog>>,
     stop: Cell<bool>,
+    /// The replication layer that owns this shard's appends, if the engine has one.
+    replicator: Option<Rc<dyn Replicator>>,
 }
 
 impl ShardCtx {
@@ -100,7 +104,16 @@ impl ShardCtx {
         }
         let dir = partition_dir(&self.data_dir, &id.topic, id.partition);
         let log = Log::open(&dir, config, Rc::clone(&self.budget)).await?;
-        log.take_visibility();
+        match &self.replicator {
+            // Before the partition is reachable: the replicator sets the visible mark.
+            Some(r) => {
+                if let Err(e) = r.open(id, Rc::clone(&log)).await {
+                    let _ = log.close().await;
+                    return Err(e);
+                }
+            }
+            None => log.take_visibility(),
+        }
         self.partitions.borrow_mut().insert(
             id.clone(),
             Owned {
@@ -111,9 +124,30 @@ impl ShardCtx {
         Ok(log)
     }
 
-    /// Takes the log of `id` out of this shard (its topic is being deleted).
-    pub(crate) fn forget_log(&self, id: &PartitionId) -> Option<Rc<Log>> {
-        self.partitions.borrow_mut().remove(id).map(|o| o.log)
+    /// Takes the log of `id` out of this shard (its topic is being deleted), and out of the
+    /// replication layer.
+    pub(crate) async fn forget_log(&self, id: &PartitionId) -> Option<Rc<Log>> {
+        let log = self.partitions.borrow_mut().remove(id).map(|o| o.log);
+        if log.is_some() {
+            if let Some(r) = &self.replicator {
+                r.close(id).await;
+            }
+        }
+        log
+    }
+
+    /// The replication layer of this shard, if the engine has one.
+    pub fn replicator(&self) -> Option<Rc<dyn Replicator>> {
+        self.replicator.clone()
+    }
+
+    /// The partitions this shard owns, with their logs.
+    fn owned_logs(&self) -> Vec<(PartitionId, Rc<Log>)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .map(|(id, o)| (id.clone(), Rc::clone(&o.log)))
+            .collect()
     }
 
     /// Every log this shard owns.
@@ -377,6 +411,11 @@ async fn shard_main(
         partitions: RefCell::new(HashMap::new()),
         catalog: RefCell::new(catalog),
         stop: Cell::new(false),
+        replicator: shared
+            .config
+            .replication
+            .as_ref()
+            .map(|h| h.0.build(index, shared.shards.len())),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some((shared.id, Rc::clone(&ctx))));
     metrics::set_local(shared.metrics.get(index).cloned());
@@ -423,6 +462,10 @@ async fn shard_main(
             }
         }
     }
+    // The replication loop stops first: nothing writes to a log once it is closing.
+    if let Some(r) = &ctx.replicator {
+        r.stop().await;
+    }
     let logs: Vec<Rc<Log>> = ctx
         .partitions
         .borrow_mut()
@@ -447,6 +490,14 @@ fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {
             let Some(ctx) = weak.upgrade() else { return };
             if ctx.stop.get() {
                 return;
+            }
+            if let Some(r) = ctx.replicator() {
+                for (id, log) in ctx.owned_logs() {
+                    if let Err(e) = r.apply_retention(&id, SystemTime::now()).await {
+                        log::error!("{}: retention failed: {e}", log.dir().display());
+                    }
+                }
+                continue;
             }
             for log in ctx.logs() {
                 match log.apply_retention(SystemTime::now()).await {

@@ -25,6 +25,8 @@ pub(crate) struct PartitionReport {
     pub(crate) writable: Writability,
     pub(crate) waiters: usize,
     pub(crate) shard: usize,
+    /// The replication layer's view of the partition, when it has one.
+    pub(crate) replica: Option<super::ReplicaStatus>,
 }
 
 /// Appends an encoded batch; `sent` is when the caller sent it (the hop is timed as `queue`).
@@ -36,6 +38,13 @@ pub(crate) async fn append(
 ) -> Result<(Appended, AppendTiming)> {
     let queue = sent.elapsed();
     let log = ctx.log(id)?;
+    if let Some(r) = ctx.replicator() {
+        // The replication layer orders, commits and makes visible; the topic's limits and
+        // the log's writability are checked here first, as the log itself would.
+        log.check_append(batch)?;
+        let (appended, timing) = r.append(id, batch).await?;
+        return Ok((appended, AppendTiming { queue, ..timing }));
+    }
     let (appended, timing) = log.append_encoded(batch).await?;
     log.set_visible(log.policy_end());
     Ok((appended, AppendTiming { queue, ..timing }))
@@ -75,12 +84,13 @@ pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionRepo
         writable: log.writability(),
         waiters: waiters.get(),
         shard: ctx.index,
+        replica: ctx.replicator().and_then(|r| r.status(id)),
     })
 }
 
 /// Closes a partition of a topic being deleted and removes its data.
 pub(crate) async fn remove(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
-    if let Some(log) = ctx.forget_log(id) {
+    if let Some(log) = ctx.forget_log(id).await {
         log.remove().await?;
     }
     Ok(())

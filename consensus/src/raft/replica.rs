@@ -1,0 +1,668 @@
+//! Raft as the engine's replication layer: the [`engine::shard::Replicator`] of each shard,
+//! which owns a [`GroupSet`] over the shard's partition logs and runs its Ready loop on the
+//! shard's executor.
+//!
+//! The loop is one task per shard. It waits for work (a command from the shard's owner
+//! operations: open, close, propose, compact; a finished deferred read; the tick timer), takes
+//! every command queued, then runs rounds while any group has a Ready. Appends that arrive
+//! while a round writes or syncs queue up and go together into the next round: one write and
+//! one sync (per the topic's durability policy, see `LogStore::persist`) for all of them, the
+//! engine's group commit in Raft's terms. A one-voter group commits as soon as its own write
+//! is persisted: its entries are applied, made visible and acknowledged in the round after
+//! the one that wrote them, which is also the round that writes the next appends.
+//!
+//! The set is the loop's alone (it holds it across the awaits of a round); everything else
+//! reaches it through the command queue, and reads its state through the status the loop
+//! publishes after each round.
+//!
+//! Group ids: a partition's group id is a stable 64-bit hash of its topic and partition
+//! (group 0 is reserved for the cluster's controller); two partitions of one shard whose ids
+//! collide are refused, never confused.
+
+use super::error::Error;
+use super::group::{GroupConfig, GroupSet, GroupStatus, Outcome, Persisting, Transport};
+use engine::log::Appended;
+use engine::metrics::AppendTiming;
+use engine::seam::{self, EncodedBatch, LocalBoxFuture, PartitionId};
+use engine::shard::{ReplicaStatus, ReplicationFactory, Replicator};
+use engine::Log;
+use event_listener::Event;
+use futures_channel::oneshot;
+use raft::StateRole;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often a shard's groups tick: heartbeats every `heartbeat_tick` ticks, elections after
+/// `election_tick` to twice that without a leader.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+
+/// Rounds whose logs may be persisting at once (raft-rs's async-ready pipeline depth).
+const MAX_ROUNDS_IN_FLIGHT: usize = 4;
+
+/// Where a round's persisting task leaves the outcome of each log it persisted.
+type Synced = Rc<RefCell<Option<Vec<(u64, engine::Result<()>)>>>>;
+
+/// Commands taken between two rounds before the loop yields to the shard's other tasks.
+const COMMANDS_PER_ROUND: usize = 4096;
+
+/// Builds the Raft replication layer of each shard of one node.
+#[derive(Debug, Clone)]
+pub struct RaftReplication {
+    /// This node's Raft id.
+    pub node_id: u64,
+    pub config: GroupConfig,
+    pub tick: Duration,
+}
+
+impl RaftReplication {
+    /// The replication of a node that is a cluster of one (Raft id 1, default settings).
+    pub fn single_node() -> RaftReplication {
+        RaftReplication {
+            node_id: 1,
+            config: GroupConfig::default(),
+            tick: DEFAULT_TICK,
+        }
+    }
+}
+
+impl ReplicationFactory for RaftReplication {
+    fn build(&self, shard: usize, _shards: usize) -> Rc<dyn Replicator> {
+        ShardRaft::start(self, shard)
+    }
+}
+
+/// The stable group id of a partition (never 0, the controller's).
+pub fn group_id(id: &PartitionId) -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for &b in id.topic.as_bytes() {
+        eat(b);
+    }
+    eat(0);
+    for b in id.partition.to_le_bytes() {
+        eat(b);
+    }
+    h.max(1)
+}
+
+enum Cmd {
+    Open {
+        group: u64,
+        log: Rc<Log>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Close {
+        group: u64,
+        reply: oneshot::Sender<()>,
+    },
+    Propose {
+        group: u64,
+        payload: bytes::Bytes,
+        records: u32,
+        reply: oneshot::Sender<Outcome>,
+    },
+    Compact {
+        group: u64,
+        to: u64,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+}
+
+/// What the loop and the shard's operations share.
+struct Inner {
+    node_id: u64,
+    shard: usize,
+    cmds: RefCell<VecDeque<Cmd>>,
+    /// Woken when a command is queued, a deferred read finishes, or the loop must stop.
+    wake: Event,
+    /// Deferred reads finished since the last round.
+    fetched: Cell<bool>,
+    stopping: Cell<bool>,
+    stopped: Cell<bool>,
+    done: Event,
+    /// Groups by partition, as opened here.
+    groups: RefCell<HashMap<PartitionId, (u64, Rc<Log>)>>,
+    /// Each group's state after the last round.
+    status: RefCell<HashMap<u64, GroupStatus>>,
+}
+
+impl Inner {
+    fn push(&self, cmd: Cmd) -> bool {
+        if self.stopped.get() || self.stopping.get() {
+            return false;
+        }
+        self.cmds.borrow_mut().push_back(cmd);
+        self.wake.notify(1);
+        true
+    }
+}
+
+/// The Raft replication layer of one shard.
+pub struct ShardRaft {
+    inner: Rc<Inner>,
+}
+
+impl ShardRaft {
+    fn start(r: &RaftReplication, shard: usize) -> Rc<dyn Replicator> {
+        let inner = Rc::new(Inner {
+            node_id: r.node_id,
+            shard,
+            cmds: RefCell::new(VecDeque::new()),
+            wake: Event::new(),
+            fetched: Cell::new(false),
+            stopping: Cell::new(false),
+            stopped: Cell::new(false),
+            done: Event::new(),
+            groups: RefCell::new(HashMap::new()),
+            status: RefCell::new(HashMap::new()),
+        });
+        let seed = r.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shard as u64;
+        let set = GroupSet::new(r.node_id, r.config.clone(), seed);
+        glommio::spawn_local(run(Rc::clone(&inner), set, r.tick)).detach();
+        Rc::new(ShardRaft { inner })
+    }
+
+    fn group_of(&self, id: &PartitionId) -> engine::Result<u64> {
+        self.inner
+            .groups
+            .borrow()
+            .get(id)
+            .map(|(g, _)| *g)
+            .ok_or_else(|| engine::Error::UnknownTopic(id.topic.to_string()))
+    }
+
+    fn log_of(&self, id: &PartitionId) -> Option<Rc<Log>> {
+        self.inner
+            .groups
+            .borrow()
+            .get(id)
+            .map(|(_, l)| Rc::clone(l))
+    }
+}
+
+/// The shard's side of the links: no peers on a node that is a cluster of one (frames to
+/// another node cannot be produced by groups whose only voter is this node).
+struct NoPeers {
+    dropped: u64,
+}
+
+impl Transport for NoPeers {
+    fn send(&mut self, to_node: u64, _frame: Vec<u8>) {
+        self.dropped += 1;
+        if self.dropped.is_power_of_two() {
+            log::warn!("Raft frame for node {to_node} dropped: this node has no peers");
+        }
+    }
+
+    async fn fetch_snapshot(
+        &mut self,
+        from_node: u64,
+        _group: u64,
+        _first_index: u64,
+        _last_index: u64,
+    ) -> std::result::Result<Vec<engine::log::EntryBatch>, String> {
+        Err(format!("no link to node {from_node}"))
+    }
+}
+
+/// The shard's Ready loop (see the module doc).
+async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
+    let mut net = NoPeers { dropped: 0 };
+    let mut next_tick = Instant::now() + tick;
+    let mut lp = Loop {
+        opening: Vec::new(),
+        logs: HashMap::new(),
+    };
+    // Rounds whose logs are persisting, oldest first.
+    let mut in_flight: VecDeque<(Persisting, Synced)> = VecDeque::new();
+    loop {
+        // Wait for work.
+        loop {
+            let front_done = in_flight.front().is_some_and(|(_, s)| s.borrow().is_some());
+            if inner.stopping.get()
+                || front_done
+                || !inner.cmds.borrow().is_empty()
+                || inner.fetched.get()
+                || (in_flight.len() < MAX_ROUNDS_IN_FLIGHT && set.has_ready())
+                || Instant::now() >= next_tick
+            {
+                break;
+            }
+            let listener = inner.wake.listen();
+            let front_done = in_flight.front().is_some_and(|(_, s)| s.borrow().is_some());
+            if front_done
+                || !inner.cmds.borrow().is_empty()
+                || inner.fetched.get()
+                || inner.stopping.get()
+            {
+                continue;
+            }
+            let left = next_tick.saturating_duration_since(Instant::now());
+            futures_lite::future::or(listener, glommio::timer::sleep(left)).await;
+        }
+        if inner.stopping.get() {
+            // Every round started finishes: its syncs are under way.
+            while let Some((p, synced)) = in_flight.pop_front() {
+                loop {
+                    let listener = inner.wake.listen();
+                    if synced.borrow().is_some() {
+                        break;
+                    }
+                    listener.await;
+                }
+                let r = synced.borrow_mut().take().unwrap_or_default();
+                set.round_finish(p, r, &mut net);
+            }
+            break;
+        }
+        inner.fetched.set(false);
+        let mut taken = 0;
+        loop {
+            let cmd = inner.cmds.borrow_mut().pop_front();
+            let Some(cmd) = cmd else { break };
+            handle(&inner, &mut set, &mut lp, cmd).await;
+            taken += 1;
+            if taken == COMMANDS_PER_ROUND {
+                break;
+            }
+        }
+        if Instant::now() >= next_tick {
+            set.tick();
+            next_tick = Instant::now() + tick;
+            reopen_recovered(&inner, &mut set, &mut lp).await;
+        }
+        // Rounds whose logs persisted finish (acknowledge), in the order they started.
+        while in_flight.front().is_some_and(|(_, s)| s.borrow().is_some()) {
+            if let Some((p, synced)) = in_flight.pop_front() {
+                let r = synced.borrow_mut().take().unwrap_or_default();
+                set.round_finish(p, r, &mut net);
+            }
+        }
+        // Pipelined rounds: a round's logs persist beside the loop while later rounds
+        // write; appends arriving during a sync go out in the next round at once, as the
+        // engine's group commit overlaps one write with the previous sync.
+        if in_flight.len() < MAX_ROUNDS_IN_FLIGHT && set.has_ready() {
+            let p = set.round_start(&mut net).await;
+            let stores = set.to_persist(&p);
+            let synced: Synced = Rc::new(RefCell::new(None));
+            let slot = Rc::clone(&synced);
+            let wake = Rc::clone(&inner);
+            glommio::spawn_local(async move {
+                let mut out = Vec::with_capacity(stores.len());
+                for (id, store) in stores {
+                    out.push((id, store.persist().await));
+                }
+                *slot.borrow_mut() = Some(out);
+                wake.wake.notify(1);
+            })
+            .detach();
+            in_flight.push_back((p, synced));
+        }
+        // Follow-ups of the rounds (deferred reads), and the groups' state.
+        for job in set.take_fetch_jobs() {
+            let inner = Rc::clone(&inner);
+            glommio::spawn_local(async move {
+                job.run().await;
+                inner.fetched.set(true);
+                inner.wake.notify(1);
+            })
+            .detach();
+        }
+        publish(&inner, &set);
+        lp.answer_opened(&set);
+        glommio::yield_if_needed().await;
+    }
+    for o in lp.opening.drain(..) {
+        let _ = o.reply.send(Err(Error::UnknownGroup(0)));
+    }
+    // Stopping: every waiter learns the partition closed.
+    for cmd in inner.cmds.borrow_mut().drain(..) {
+        refuse(cmd, Error::UnknownGroup(0));
+    }
+    for id in set.group_ids() {
+        set.remove_group(id);
+    }
+    inner.stopped.set(true);
+    inner.done.notify(usize::MAX);
+}
+
+/// An open waiting for its group to apply up to `target`.
+struct Opening {
+    group: u64,
+    target: u64,
+    reply: oneshot::Sender<Result<(), Error>>,
+}
+
+/// The loop's own state besides the set.
+struct Loop {
+    /// Groups opened and recovering: answered once they have applied up to `.0`'s index.
+    opening: Vec<Opening>,
+    /// Each group's log, to open a group again after its log recovered from a full disk.
+    logs: HashMap<u64, Rc<Log>>,
+}
+
+impl Loop {
+    /// Answers the opens whose groups have applied what their logs held (or failed).
+    fn answer_opened(&mut self, set: &GroupSet<Log>) {
+        let mut i = 0;
+        while i < self.opening.len() {
+            let (group, target) = (self.opening[i].group, self.opening[i].target);
+            let outcome = match (set.failure(group), set.status(group)) {
+                (Some(e), _) => Some(Err(e)),
+                (None, None) => Some(Err(Error::UnknownGroup(group))),
+                (None, Some(s)) if s.applied >= target => Some(Ok(())),
+                (None, Some(s)) if s.role != StateRole::Leader => {
+                    // Not leading (a group with other voters): what it holds becomes
+                    // visible as it learns the commit index.
+                    Some(Ok(()))
+                }
+                _ => None,
+            };
+            match outcome {
+                Some(o) => {
+                    let _ = self.opening.swap_remove(i).reply.send(o);
+                }
+                None => i += 1,
+            }
+        }
+    }
+}
+
+/// Opens again, from their logs, the groups that stopped for want of space once their logs
+/// take writes again: the log kept what it had buffered, and Raft's state is recovered from
+/// it as after a restart.
+async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop) {
+    for group in set.group_ids() {
+        let Some(e) = set.failure(group) else {
+            continue;
+        };
+        let Some(log) = lp.logs.get(&group).cloned() else {
+            continue;
+        };
+        if !e.is_disk_full() || !log.is_writable() {
+            continue;
+        }
+        set.remove_group(group);
+        match set.add_group(group, log, &[]).await {
+            Ok(()) => {
+                log::info!("Raft group {group} opened again: its log takes writes again");
+                campaign_if_alone(inner, set, group);
+            }
+            Err(e) => log::error!("Raft group {group} could not be opened again: {e}"),
+        }
+    }
+}
+
+/// A group whose only voter is this node need not wait out an election timeout to lead: it
+/// wins its own vote at once.
+fn campaign_if_alone(inner: &Inner, set: &mut GroupSet<Log>, group: u64) {
+    let alone = set.log(group).is_some_and(|l| {
+        let cs = l.meta().conf_state;
+        cs.voters == [inner.node_id] && cs.learners.is_empty()
+    });
+    if alone {
+        if let Err(e) = set.campaign(group) {
+            log::warn!("group {group}: campaign failed: {e}");
+        }
+    }
+}
+
+/// Publishes every group's state for readers outside the loop.
+fn publish(inner: &Inner, set: &GroupSet<Log>) {
+    let mut status = inner.status.borrow_mut();
+    for id in set.group_ids() {
+        if let Some(s) = set.status(id) {
+            status.insert(id, s);
+        }
+    }
+}
+
+fn refuse(cmd: Cmd, e: Error) {
+    match cmd {
+        Cmd::Open { reply, .. } | Cmd::Compact { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Cmd::Close { reply, .. } => {
+            let _ = reply.send(());
+        }
+        Cmd::Propose { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd) {
+    match cmd {
+        Cmd::Open { group, log, reply } => {
+            if set.group_ids().contains(&group) {
+                let _ = reply.send(Err(Error::Raft(format!(
+                    "group {group} is open already (two partitions with one group id)"
+                ))));
+                return;
+            }
+            if let Err(e) = set
+                .add_group(group, Rc::clone(&log), &[inner.node_id])
+                .await
+            {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            lp.logs.insert(group, log);
+            campaign_if_alone(inner, set, group);
+            // Answered once what the log holds is committed and applied (visible), as a
+            // single-node log shows what it recovered as soon as it is open.
+            match set.status(group) {
+                Some(s) => {
+                    inner.status.borrow_mut().insert(group, s);
+                    lp.opening.push(Opening {
+                        group,
+                        target: s.last_index,
+                        reply,
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err(Error::UnknownGroup(group)));
+                }
+            }
+        }
+        Cmd::Close { group, reply } => {
+            set.remove_group(group);
+            lp.logs.remove(&group);
+            inner.status.borrow_mut().remove(&group);
+            let _ = reply.send(());
+        }
+        Cmd::Propose {
+            group,
+            payload,
+            records,
+            reply,
+        } => {
+            set.propose_encoded(group, &payload, records, now_ms(), reply);
+        }
+        Cmd::Compact { group, to, reply } => {
+            let _ = reply.send(set.compact(group, to, false).await.map(|_| ()));
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A Raft error as the engine reports it (the seam's terms for the cluster outcomes).
+pub fn engine_error(e: Error, shard: usize) -> engine::Error {
+    use engine::Error as E;
+    match e {
+        Error::NotLeader { leader, .. } => E::Replication(seam::Error::NotLeader {
+            leader_id: (leader != raft::INVALID_ID).then(|| leader.to_string()),
+            leader_addr: None,
+        }),
+        Error::NoLeader { .. } => E::Replication(seam::Error::NoLeader),
+        Error::OutcomeUnknown { .. } => E::Replication(seam::Error::OutcomeUnknown(
+            "leadership of the partition changed, or its group stopped, while the append was \
+             in flight: it may or may not be committed"
+                .into(),
+        )),
+        Error::Busy { .. } => E::Overloaded { shard, depth: 0 },
+        Error::InvalidProposal(m) => E::InvalidArgument(m),
+        Error::Storage { source, .. } => source,
+        Error::UnknownGroup(_) => E::ShutDown,
+        e => E::Replication(seam::Error::Internal(e.to_string())),
+    }
+}
+
+impl Replicator for ShardRaft {
+    fn open<'a>(
+        &'a self,
+        id: &'a PartitionId,
+        log: Rc<Log>,
+    ) -> LocalBoxFuture<'a, engine::Result<()>> {
+        Box::pin(async move {
+            let group = group_id(id);
+            if log.read_meta(super::engine_store::RAFT_META)?.is_none()
+                && log.next_index() > log.first_index()
+            {
+                return Err(engine::Error::Foreign {
+                    path: log.dir().to_path_buf(),
+                    reason: "the partition holds batches but no Raft metadata (raft.meta): it \
+                             was written by the single-node engine without replication, which \
+                             this server does not open"
+                        .into(),
+                });
+            }
+            let (reply, rx) = oneshot::channel();
+            let kept = Rc::clone(&log);
+            if !self.inner.push(Cmd::Open { group, log, reply }) {
+                return Err(engine::Error::ShutDown);
+            }
+            match rx.await {
+                Ok(Ok(())) => {
+                    self.inner
+                        .groups
+                        .borrow_mut()
+                        .insert(id.clone(), (group, kept));
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(engine_error(e, self.inner.shard)),
+                Err(_) => Err(engine::Error::ShutDown),
+            }
+        })
+    }
+
+    fn close<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some((group, _)) = self.inner.groups.borrow_mut().remove(id) else {
+                return;
+            };
+            let (reply, rx) = oneshot::channel();
+            if self.inner.push(Cmd::Close { group, reply }) {
+                let _ = rx.await;
+            }
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        id: &'a PartitionId,
+        batch: &'a EncodedBatch,
+    ) -> LocalBoxFuture<'a, engine::Result<(Appended, AppendTiming)>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let group = self.group_of(id)?;
+            let (reply, rx) = oneshot::channel();
+            let cmd = Cmd::Propose {
+                group,
+                payload: batch.payload().clone(),
+                records: batch.record_count(),
+                reply,
+            };
+            if !self.inner.push(cmd) {
+                return Err(engine::Error::ShutDown);
+            }
+            let proposed = Instant::now();
+            let committed = match rx.await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(engine_error(e, self.inner.shard)),
+                // The loop stopped with the proposal in it.
+                Err(_) => {
+                    return Err(engine::Error::Replication(seam::Error::OutcomeUnknown(
+                        format!("partition {id} closed with the append in flight"),
+                    )))
+                }
+            };
+            let appended = Appended {
+                base_offset: committed.base_offset,
+                last_offset: committed.base_offset + u64::from(committed.records.max(1)) - 1,
+            };
+            let timing = AppendTiming {
+                queue: Duration::ZERO,
+                append: proposed - started,
+                fsync: proposed.elapsed(),
+            };
+            Ok((appended, timing))
+        })
+    }
+
+    fn apply_retention<'a>(
+        &'a self,
+        id: &'a PartitionId,
+        now: SystemTime,
+    ) -> LocalBoxFuture<'a, engine::Result<()>> {
+        Box::pin(async move {
+            let group = self.group_of(id)?;
+            let Some(log) = self.log_of(id) else {
+                return Ok(());
+            };
+            let Some(first_kept) = log.retention_cut(now) else {
+                return Ok(());
+            };
+            let (reply, rx) = oneshot::channel();
+            if !self.inner.push(Cmd::Compact {
+                group,
+                to: first_kept.saturating_sub(1),
+                reply,
+            }) {
+                return Err(engine::Error::ShutDown);
+            }
+            match rx.await {
+                Ok(r) => r.map_err(|e| engine_error(e, self.inner.shard)),
+                Err(_) => Err(engine::Error::ShutDown),
+            }
+        })
+    }
+
+    fn status(&self, id: &PartitionId) -> Option<ReplicaStatus> {
+        let group = self.inner.groups.borrow().get(id)?.0;
+        let s = *self.inner.status.borrow().get(&group)?;
+        Some(ReplicaStatus {
+            term: s.term,
+            leader: (s.leader != raft::INVALID_ID).then_some(s.leader),
+            is_leader: s.role == StateRole::Leader,
+            commit_index: s.commit,
+            applied_index: s.applied,
+        })
+    }
+
+    fn stop(&self) -> LocalBoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.inner.stopped.get() {
+                return;
+            }
+            let listener = self.inner.done.listen();
+            self.inner.stopping.set(true);
+            self.inner.wake.notify(usize::MAX);
+            if !self.inner.stopped.get() {
+                listener.await;
+            }
+        })
+    }
+}
