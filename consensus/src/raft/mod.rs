@@ -10,8 +10,12 @@
 //!   messages coalesced per destination node, heartbeats merged.
 //! - [`wire`]: our own prost types for raft-rs's messages, frames, conversions.
 //!
-//! Phase 1 of replication: nothing here is wired to the server yet. `docs/replication.md`
-//! argues the design.
+//! - [`replica`]: the engine's replication layer: one task per shard runs its `GroupSet`
+//!   (commands, ticks, pipelined rounds); every partition of the server is a Raft group.
+//! - [`seam`]: the Raft implementation of the partition seam, and the engine configuration
+//!   that goes with it.
+//!
+//! `docs/replication.md` argues the design.
 
 // raft-rs's message types (rust-protobuf) are filled field by field, as raft-rs does itself.
 #![allow(clippy::field_reassign_with_default)]

@@ -6,7 +6,8 @@
 //! here: [`local`], the engine-backed single node (routing to the owning shard and its
 //! [`Log`](crate::Log)), and [`memory`], a plain in-memory model with nothing of the storage
 //! code, which the conformance suite ([`conformance`]) checks against the same expectations.
-//! A Raft group implements the same traits later: an append resolves once committed, reads
+//! The Raft implementation (`consensus::raft::seam`, over this engine with its replication
+//! hook, `shard::replication`) passes the same suite: an append resolves once committed, reads
 //! stop at the commit index, and the cluster outcomes have errors of their own
 //! ([`Error::NotLeader`], [`Error::NoLeader`], [`Error::OutcomeUnknown`]).
 //!
