@@ -462,7 +462,12 @@ impl<S: LogStore> GroupSet<S> {
     /// are counted and dropped; a frame that does not decode is an error (the transport
     /// closes that connection).
     pub fn step_frame(&mut self, bytes: &[u8]) -> Result<()> {
-        let frame = wire::decode_frame(bytes)?;
+        self.step_decoded(wire::decode_frame(bytes)?)
+    }
+
+    /// [`step_frame`](Self::step_frame) for a frame decoded already (by the transport, which
+    /// splits a node's frame among the shards owning its groups).
+    pub fn step_decoded(&mut self, frame: proto::proglog::raft::v1::RaftFrame) -> Result<()> {
         if frame.to != self.node_id {
             return Err(Error::Malformed {
                 what: "frame",
@@ -493,6 +498,16 @@ impl<S: LogStore> GroupSet<S> {
         }
         self.randomize_timeouts();
         Ok(())
+    }
+
+    /// Tells every group that `node` could not be reached (a frame to it was dropped or its
+    /// connection failed): leaders probe it again instead of streaming to it.
+    pub fn report_unreachable(&mut self, node: u64) {
+        for g in self.groups.values_mut() {
+            if g.failed.is_none() && g.node.raft.state == StateRole::Leader {
+                g.node.report_unreachable(node);
+            }
+        }
     }
 
     /// One tick of the shard's timer, for every group.

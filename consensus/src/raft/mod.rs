@@ -12,6 +12,8 @@
 //!
 //! - [`replica`]: the engine's replication layer: one task per shard runs its `GroupSet`
 //!   (commands, ticks, pipelined rounds); every partition of the server is a Raft group.
+//! - [`transport`]: Raft frames over the peer channel: bounded queues per destination,
+//!   reconnects with backoff, frames split among the owning shards on arrival.
 //! - [`seam`]: the Raft implementation of the partition seam, and the engine configuration
 //!   that goes with it.
 //!
@@ -30,6 +32,7 @@ pub mod replica;
 pub mod seam;
 pub mod storage;
 pub mod store;
+pub mod transport;
 pub mod wire;
 
 pub use error::{Error, Result};

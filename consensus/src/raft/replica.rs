@@ -20,7 +20,8 @@
 //! collide are refused, never confused.
 
 use super::error::Error;
-use super::group::{GroupConfig, GroupSet, GroupStatus, Outcome, Persisting, Transport};
+use super::group::{GroupConfig, GroupSet, GroupStatus, Outcome, Persisting};
+use super::transport::{Links, Peers};
 use engine::log::Appended;
 use engine::metrics::AppendTiming;
 use engine::seam::{self, EncodedBatch, LocalBoxFuture, PartitionId};
@@ -28,6 +29,7 @@ use engine::shard::{ReplicaStatus, ReplicationFactory, Replicator};
 use engine::Log;
 use event_listener::Event;
 use futures_channel::oneshot;
+use proto::proglog::raft::v1::RaftFrame;
 use raft::StateRole;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -52,8 +54,12 @@ const COMMANDS_PER_ROUND: usize = 4096;
 pub struct RaftReplication {
     /// This node's Raft id.
     pub node_id: u64,
+    /// The first configuration of a group created here (empty: this node alone).
+    pub voters: Vec<u64>,
     pub config: GroupConfig,
     pub tick: Duration,
+    /// The other nodes and the transport's shared state.
+    pub peers: Peers,
 }
 
 impl RaftReplication {
@@ -61,8 +67,10 @@ impl RaftReplication {
     pub fn single_node() -> RaftReplication {
         RaftReplication {
             node_id: 1,
+            voters: Vec::new(),
             config: GroupConfig::default(),
             tick: DEFAULT_TICK,
+            peers: Peers::default(),
         }
     }
 }
@@ -112,12 +120,16 @@ enum Cmd {
         to: u64,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// What another node sent this shard's groups.
+    Frame(RaftFrame),
 }
 
 /// What the loop and the shard's operations share.
 struct Inner {
     node_id: u64,
+    voters: Vec<u64>,
     shard: usize,
+    peers: Peers,
     cmds: RefCell<VecDeque<Cmd>>,
     /// Woken when a command is queued, a deferred read finishes, or the loop must stop.
     wake: Event,
@@ -150,9 +162,16 @@ pub struct ShardRaft {
 
 impl ShardRaft {
     fn start(r: &RaftReplication, shard: usize) -> Rc<dyn Replicator> {
+        let voters = if r.voters.is_empty() {
+            vec![r.node_id]
+        } else {
+            r.voters.clone()
+        };
         let inner = Rc::new(Inner {
             node_id: r.node_id,
+            voters,
             shard,
+            peers: r.peers.clone(),
             cmds: RefCell::new(VecDeque::new()),
             wake: Event::new(),
             fetched: Cell::new(false),
@@ -186,34 +205,9 @@ impl ShardRaft {
     }
 }
 
-/// The shard's side of the links: no peers on a node that is a cluster of one (frames to
-/// another node cannot be produced by groups whose only voter is this node).
-struct NoPeers {
-    dropped: u64,
-}
-
-impl Transport for NoPeers {
-    fn send(&mut self, to_node: u64, _frame: Vec<u8>) {
-        self.dropped += 1;
-        if self.dropped.is_power_of_two() {
-            log::warn!("Raft frame for node {to_node} dropped: this node has no peers");
-        }
-    }
-
-    async fn fetch_snapshot(
-        &mut self,
-        from_node: u64,
-        _group: u64,
-        _first_index: u64,
-        _last_index: u64,
-    ) -> std::result::Result<Vec<engine::log::EntryBatch>, String> {
-        Err(format!("no link to node {from_node}"))
-    }
-}
-
 /// The shard's Ready loop (see the module doc).
 async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
-    let mut net = NoPeers { dropped: 0 };
+    let mut net = Links::new(inner.peers.clone());
     let mut next_tick = Instant::now() + tick;
     let mut lp = Loop {
         opening: Vec::new(),
@@ -314,10 +308,14 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
             })
             .detach();
         }
+        for node in net.take_unreachable() {
+            set.report_unreachable(node);
+        }
         publish(&inner, &set);
         lp.answer_opened(&set);
         glommio::yield_if_needed().await;
     }
+    net.stop();
     for o in lp.opening.drain(..) {
         let _ = o.reply.send(Err(Error::UnknownGroup(0)));
     }
@@ -431,6 +429,7 @@ fn refuse(cmd: Cmd, e: Error) {
         Cmd::Close { reply, .. } => {
             let _ = reply.send(());
         }
+        Cmd::Frame(_) => {}
         Cmd::Propose { reply, .. } => {
             let _ = reply.send(Err(e));
         }
@@ -446,14 +445,12 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                 ))));
                 return;
             }
-            if let Err(e) = set
-                .add_group(group, Rc::clone(&log), &[inner.node_id])
-                .await
-            {
+            if let Err(e) = set.add_group(group, Rc::clone(&log), &inner.voters).await {
                 let _ = reply.send(Err(e));
                 return;
             }
             lp.logs.insert(group, log);
+            inner.peers.directory.insert(group, inner.shard);
             campaign_if_alone(inner, set, group);
             // Answered once what the log holds is committed and applied (visible), as a
             // single-node log shows what it recovered as soon as it is open.
@@ -474,6 +471,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         Cmd::Close { group, reply } => {
             set.remove_group(group);
             lp.logs.remove(&group);
+            inner.peers.directory.remove(group);
             inner.status.borrow_mut().remove(&group);
             let _ = reply.send(());
         }
@@ -487,6 +485,13 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         }
         Cmd::Compact { group, to, reply } => {
             let _ = reply.send(set.compact(group, to, false).await.map(|_| ()));
+        }
+        Cmd::Frame(frame) => {
+            // A frame that decoded but does not fit this node was refused by the transport;
+            // what is left are messages raft-rs itself rejects (counted by the set).
+            if let Err(e) = set.step_decoded(frame) {
+                log::warn!("Raft frame refused: {e}");
+            }
         }
     }
 }
@@ -650,6 +655,18 @@ impl Replicator for ShardRaft {
             commit_index: s.commit,
             applied_index: s.applied,
         })
+    }
+
+    fn receive(&self, payload: Box<dyn std::any::Any + Send>) {
+        match payload.downcast::<RaftFrame>() {
+            Ok(frame) => {
+                self.inner.push(Cmd::Frame(*frame));
+            }
+            Err(_) => log::error!(
+                "shard {}: a peer payload of an unknown type",
+                self.inner.shard
+            ),
+        }
     }
 
     fn stop(&self) -> LocalBoxFuture<'_, ()> {

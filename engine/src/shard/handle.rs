@@ -300,6 +300,22 @@ impl EngineHandle {
         rx.await.map_err(gone)?
     }
 
+    /// Hands `payload` (what another node sent) to shard `shard`'s replication layer: in
+    /// place on that shard, else as a `ShardMsg::Peer`; a full queue is `Overloaded` (the
+    /// caller drops it: Raft sends again).
+    pub fn deliver(&self, shard: usize, payload: Box<dyn std::any::Any + Send>) -> Result<()> {
+        self.check_running()?;
+        match self.here().filter(|c| c.index == shard) {
+            Some(ctx) => {
+                if let Some(r) = ctx.replicator() {
+                    r.receive(payload);
+                }
+                Ok(())
+            }
+            None => self.send(shard, ShardMsg::Peer { payload }),
+        }
+    }
+
     /// The engine-backed seam, for the executor it is built on (see [`seam::local`]).
     pub fn seam_factory(&self, node: seam::NodeRef) -> seam::local::LocalFactory {
         seam::local::LocalFactory::new(self.clone(), node)

@@ -4,7 +4,7 @@
 //! [`owner`](super::owner). Topic administration opens and removes partitions and replaces each
 //! shard's copy of the catalog; `Report` feeds metrics scrapes. `Run` starts a shard's
 //! long-running services (the gRPC server, membership) on its executor at start-up; the data
-//! path never uses it. Raft's messages will travel here too, as variants of their own.
+//! path never uses it. `Peer` carries what another node sent a shard's replication layer.
 
 use super::owner::{self, PartitionReport};
 use super::{ShardCtx, ShardReport};
@@ -73,6 +73,10 @@ pub(crate) enum ShardMsg {
     Report {
         reply: Reply<ShardReport>,
     },
+    /// Messages from another node for this shard's replication layer (Raft frames).
+    Peer {
+        payload: Box<dyn std::any::Any + Send>,
+    },
     Run(RunOnShard),
     Stop,
 }
@@ -131,6 +135,11 @@ impl ShardMsg {
             }
             ShardMsg::Report { reply } => {
                 let _ = reply.send(Ok(ctx.report()));
+            }
+            ShardMsg::Peer { payload } => {
+                if let Some(r) = ctx.replicator() {
+                    r.receive(payload);
+                }
             }
             ShardMsg::Run(f) => f(&ctx),
             ShardMsg::Stop => ctx.stop.set(true),

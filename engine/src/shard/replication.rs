@@ -73,6 +73,10 @@ pub trait Replicator {
 
     fn status(&self, id: &PartitionId) -> Option<ReplicaStatus>;
 
+    /// Takes what another node sent this shard's groups (the replication layer's own type,
+    /// delivered by `EngineHandle::deliver`).
+    fn receive(&self, payload: Box<dyn std::any::Any + Send>);
+
     /// Stops the replication loop; every partition is closed after this.
     fn stop(&self) -> LocalBoxFuture<'_, ()>;
 }

@@ -1,0 +1,406 @@
+//! The Raft transport over the peer channel (`net::peer`: the `0x01` mark on the RPC port,
+//! mutual TLS with peer certificates when configured, length-prefixed typed frames).
+//!
+//! Sending ([`Links`], one per shard, the set's [`Transport`]): a Ready round hands over one
+//! encoded `RaftFrame` per destination node (the set coalesces every group's messages and
+//! merges heartbeats). Each destination has a bounded queue ([`QUEUE_FRAMES`]) and one task
+//! that connects, writes the queued frames (kind [`RAFT_FRAME`]) and, when the connection
+//! fails or cannot be made, drops what is queued, reports the node unreachable (the driver
+//! tells every leader, which probes it again rather than stream to it) and reconnects with
+//! exponential backoff (50 ms to 2 s). A full queue drops the frame and reports the node
+//! unreachable as well: Raft sends again, nothing waits. Each shard has its own connection to
+//! each node it sends to (the groups of one shard talk to one node over one connection).
+//!
+//! Receiving ([`RaftPeerHandler`], the peer channel's handler for Raft connections): frames
+//! are read up to [`MAX_FRAME_BYTES`]; an oversized, truncated or empty frame, a frame of
+//! another kind, one that does not decode, or one addressed to another node closes the
+//! connection and is counted ([`TransportStats`]); nothing a peer sends panics. A decoded frame
+//! is split by group among the shards owning the groups ([`GroupDirectory`]) and delivered to
+//! each as a typed shard message (`EngineHandle::deliver`); frames for groups this node does
+//! not hold are counted and dropped. Without peer TLS, connections are accepted only from the
+//! IP addresses of known members (the address book): that is no security boundary (anyone on
+//! such an address can send frames), which is what peer TLS is for.
+//!
+//! Snapshot transfer over the channel is not built yet: `fetch_snapshot` fails, the follower
+//! drops the snapshot, and the leader sends another later.
+
+use super::group::Transport;
+use super::wire;
+use engine::EngineHandle;
+use event_listener::Event;
+use net::peer::{self, PeerConn, PeerHandler, PeerTls};
+use proto::proglog::raft::v1::RaftFrame;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The peer channel's frame kind of a Raft frame (an encoded `RaftFrame`).
+pub const RAFT_FRAME: u8 = peer::kind::RAFT_FIRST;
+
+/// The largest Raft frame read (kind + payload): a round's messages to one node, bounded by
+/// raft-rs's `max_size_per_msg` per group message.
+pub const MAX_FRAME_BYTES: usize = 32 << 20;
+
+/// Frames queued per destination before new ones are dropped.
+pub const QUEUE_FRAMES: usize = 256;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a node's peer channel is, and the name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub addr: SocketAddr,
+    pub server_name: String,
+}
+
+/// Counters of a node's Raft transport (all shards).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Frames dropped: queue full, no address, or a connection that failed with them queued.
+    pub frames_dropped: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Connections closed for a frame over the maximum.
+    pub oversized: AtomicU64,
+    /// Connections closed for a malformed frame (truncated, empty, wrong kind, undecodable,
+    /// addressed to another node).
+    pub malformed: AtomicU64,
+    /// Connections refused: no peer TLS and not from a known member's address.
+    pub refused: AtomicU64,
+    /// Messages for groups this node does not hold, or whose shard was overloaded.
+    pub undeliverable: AtomicU64,
+}
+
+impl TransportStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Which shard holds each group of this node (kept by the shards as they open and close
+/// groups; read by the receiving side for every frame).
+#[derive(Debug, Default)]
+pub struct GroupDirectory {
+    groups: RwLock<HashMap<u64, usize>>,
+}
+
+impl GroupDirectory {
+    pub fn insert(&self, group: u64, shard: usize) {
+        if let Ok(mut g) = self.groups.write() {
+            g.insert(group, shard);
+        }
+    }
+
+    pub fn remove(&self, group: u64) {
+        if let Ok(mut g) = self.groups.write() {
+            g.remove(&group);
+        }
+    }
+
+    pub fn shard_of(&self, group: u64) -> Option<usize> {
+        self.groups.read().ok()?.get(&group).copied()
+    }
+}
+
+/// What every shard's transport of one node shares.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// Raft node id -> where it listens.
+    pub book: Arc<RwLock<HashMap<u64, PeerAddr>>>,
+    pub tls: Option<PeerTls>,
+    pub stats: Arc<TransportStats>,
+    pub directory: Arc<GroupDirectory>,
+}
+
+impl Peers {
+    fn addr_of(&self, node: u64) -> Option<PeerAddr> {
+        self.book.read().ok()?.get(&node).cloned()
+    }
+
+    fn knows_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.book
+            .read()
+            .map(|b| b.values().any(|p| p.addr.ip() == ip))
+            .unwrap_or(false)
+    }
+}
+
+/// One destination's queue.
+struct Link {
+    queue: RefCell<VecDeque<Vec<u8>>>,
+    wake: Event,
+}
+
+/// A shard's sending side: the set's [`Transport`].
+pub struct Links {
+    peers: Peers,
+    links: RefCell<HashMap<u64, Rc<Link>>>,
+    unreachable: Rc<RefCell<BTreeSet<u64>>>,
+    stopped: Rc<Cell<bool>>,
+}
+
+impl Links {
+    pub fn new(peers: Peers) -> Links {
+        Links {
+            peers,
+            links: RefCell::new(HashMap::new()),
+            unreachable: Rc::new(RefCell::new(BTreeSet::new())),
+            stopped: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// Nodes found unreachable since the last call, for the driver to report to raft-rs.
+    pub fn take_unreachable(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.unreachable.borrow_mut())
+            .into_iter()
+            .collect()
+    }
+
+    /// Stops every sending task (their connections close).
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        for l in self.links.borrow().values() {
+            l.wake.notify(usize::MAX);
+        }
+    }
+
+    fn link(&self, to: u64) -> Rc<Link> {
+        if let Some(l) = self.links.borrow().get(&to) {
+            return Rc::clone(l);
+        }
+        let link = Rc::new(Link {
+            queue: RefCell::new(VecDeque::new()),
+            wake: Event::new(),
+        });
+        self.links.borrow_mut().insert(to, Rc::clone(&link));
+        glommio::spawn_local(send_loop(
+            to,
+            Rc::clone(&link),
+            self.peers.clone(),
+            Rc::clone(&self.unreachable),
+            Rc::clone(&self.stopped),
+        ))
+        .detach();
+        link
+    }
+}
+
+impl Transport for Links {
+    fn send(&mut self, to_node: u64, frame: Vec<u8>) {
+        let link = self.link(to_node);
+        let mut q = link.queue.borrow_mut();
+        if q.len() >= QUEUE_FRAMES {
+            add(&self.peers.stats.frames_dropped, 1);
+            self.unreachable.borrow_mut().insert(to_node);
+            return;
+        }
+        q.push_back(frame);
+        drop(q);
+        link.wake.notify(1);
+    }
+
+    async fn fetch_snapshot(
+        &mut self,
+        from_node: u64,
+        _group: u64,
+        _first_index: u64,
+        _last_index: u64,
+    ) -> std::result::Result<Vec<engine::log::EntryBatch>, String> {
+        Err(format!(
+            "snapshot transfer from node {from_node} over the peer channel is not built yet"
+        ))
+    }
+}
+
+/// Drops what is queued for an unreachable node (stale by the time it would arrive).
+fn drop_queued(link: &Link, stats: &TransportStats) {
+    let n = link.queue.borrow_mut().drain(..).count();
+    add(&stats.frames_dropped, n as u64);
+}
+
+/// One destination's sender: connect, write queued frames, reconnect with backoff.
+async fn send_loop(
+    to: u64,
+    link: Rc<Link>,
+    peers: Peers,
+    unreachable: Rc<RefCell<BTreeSet<u64>>>,
+    stopped: Rc<Cell<bool>>,
+) {
+    let stats = Arc::clone(&peers.stats);
+    let mut backoff = BACKOFF_FIRST;
+    'connect: while !stopped.get() {
+        // Wait for something to send before connecting.
+        loop {
+            if stopped.get() {
+                return;
+            }
+            let listener = link.wake.listen();
+            if !link.queue.borrow().is_empty() || stopped.get() {
+                break;
+            }
+            listener.await;
+        }
+        let Some(at) = peers.addr_of(to) else {
+            drop_queued(&link, &stats);
+            unreachable.borrow_mut().insert(to);
+            continue;
+        };
+        let mut stream = match peer::connect(
+            at.addr,
+            peers.tls.as_ref(),
+            &at.server_name,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                add(&stats.connect_failures, 1);
+                log::debug!("Raft transport: node {to}: {e}");
+                drop_queued(&link, &stats);
+                unreachable.borrow_mut().insert(to);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        add(&stats.connects, 1);
+        backoff = BACKOFF_FIRST;
+        loop {
+            let next = link.queue.borrow_mut().pop_front();
+            let Some(frame) = next else {
+                if stopped.get() {
+                    return;
+                }
+                let listener = link.wake.listen();
+                if link.queue.borrow().is_empty() && !stopped.get() {
+                    listener.await;
+                }
+                continue;
+            };
+            if let Err(e) = peer::write_frame(&mut stream, RAFT_FRAME, &frame).await {
+                log::info!("Raft transport: connection to node {to} failed: {e}");
+                add(&stats.frames_dropped, 1);
+                drop_queued(&link, &stats);
+                unreachable.borrow_mut().insert(to);
+                continue 'connect;
+            }
+            add(&stats.frames_sent, 1);
+            add(&stats.bytes_sent, frame.len() as u64);
+        }
+    }
+}
+
+/// The receiving side of Raft connections on the peer channel.
+#[derive(Clone)]
+pub struct RaftPeerHandler {
+    pub node_id: u64,
+    pub engine: EngineHandle,
+    pub peers: Peers,
+}
+
+impl RaftPeerHandler {
+    /// Serves one connection until it ends or misbehaves.
+    pub async fn serve_conn(&self, mut conn: PeerConn) {
+        let stats = &self.peers.stats;
+        if conn.tls.is_none() && !conn.peer.is_some_and(|a| self.peers.knows_ip(a.ip())) {
+            add(&stats.refused, 1);
+            log::warn!(
+                "Raft transport: connection from {:?} refused: not a known member's address",
+                conn.peer
+            );
+            return;
+        }
+        loop {
+            let frame = match peer::read_frame(&mut conn.stream, MAX_FRAME_BYTES).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    match e {
+                        peer::FrameError::TooLarge { .. } => add(&stats.oversized, 1),
+                        peer::FrameError::Io(_) => {}
+                        _ => add(&stats.malformed, 1),
+                    }
+                    log::warn!(
+                        "Raft transport: closing connection from {:?}: {e}",
+                        conn.peer
+                    );
+                    return;
+                }
+            };
+            add(&stats.frames_received, 1);
+            add(&stats.bytes_received, frame.payload.len() as u64 + 1);
+            if let Err(why) = self.dispatch(frame.kind, &frame.payload) {
+                add(&stats.malformed, 1);
+                log::warn!(
+                    "Raft transport: closing connection from {:?}: {why}",
+                    conn.peer
+                );
+                return;
+            }
+        }
+    }
+
+    /// Splits a frame among the shards owning its groups.
+    fn dispatch(&self, kind: u8, payload: &[u8]) -> Result<(), String> {
+        if kind != RAFT_FRAME {
+            return Err(format!("frame of kind {kind:#04x} on a Raft connection"));
+        }
+        let frame = wire::decode_frame(payload).map_err(|e| e.to_string())?;
+        if frame.to != self.node_id {
+            return Err(format!(
+                "frame for node {}, this is node {}",
+                frame.to, self.node_id
+            ));
+        }
+        let dir = &self.peers.directory;
+        let mut by_shard: BTreeMap<usize, RaftFrame> = BTreeMap::new();
+        let mut lost = 0u64;
+        let (from, to) = (frame.from, frame.to);
+        let empty = || RaftFrame {
+            from,
+            to,
+            ..RaftFrame::default()
+        };
+        for m in frame.messages {
+            match dir.shard_of(m.group) {
+                Some(s) => by_shard.entry(s).or_insert_with(empty).messages.push(m),
+                None => lost += 1,
+            }
+        }
+        for h in frame.heartbeats {
+            match dir.shard_of(h.group) {
+                Some(s) => by_shard.entry(s).or_insert_with(empty).heartbeats.push(h),
+                None => lost += 1,
+            }
+        }
+        for (shard, f) in by_shard {
+            if self.engine.deliver(shard, Box::new(f)).is_err() {
+                lost += 1;
+            }
+        }
+        add(&self.peers.stats.undeliverable, lost);
+        Ok(())
+    }
+}
+
+impl PeerHandler for RaftPeerHandler {
+    fn serve(&self, conn: PeerConn) -> net::server::LocalBoxFuture<()> {
+        let this = self.clone();
+        Box::pin(async move { this.serve_conn(conn).await })
+    }
+}
