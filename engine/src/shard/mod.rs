@@ -9,6 +9,10 @@
 //! may be woken from foreign threads, which is what makes both directions work without
 //! polling. Which shard owns a partition, and whether it exists, a shard reads from its own
 //! snapshot of the catalog: the data path takes no lock shared between cores.
+//!
+//! A replication layer ([`replication`], Raft in the server) may own a shard's appends: the
+//! shard builds it at start, hands it each partition's log as it opens it, and the owner
+//! passes it every append, its retention and what other nodes send it (`ShardMsg::Peer`).
 
 mod handle;
 pub(crate) mod msg;
