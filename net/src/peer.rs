@@ -80,10 +80,26 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Frame>, FrameError> {
-    let mut len = [0u8; LENGTH_BYTES];
+    let Some((len, kind)) = read_header(r).await? else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let payload = read_payload(r, len).await?;
+    Ok(Some(Frame { kind, payload }))
+}
+
+/// Reads a frame's length and kind only (for a server that decides by kind who reads the
+/// payload, and how large it may be); `Ok(None)` when the peer closed cleanly between frames.
+/// The length counts the kind byte: the payload is `len - 1` bytes.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<(usize, u8)>, FrameError> {
+    let mut head = [0u8; LENGTH_BYTES + 1];
     let mut got = 0;
     while got < LENGTH_BYTES {
-        let n = r.read(&mut len[got..]).await?;
+        let n = r.read(&mut head[got..LENGTH_BYTES]).await?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -93,27 +109,30 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_le_bytes(len) as usize;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if len == 0 {
         return Err(FrameError::Empty);
     }
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
+    r.read_exact(&mut head[LENGTH_BYTES..]).await.map_err(eof)?;
+    Ok(Some((len, head[LENGTH_BYTES])))
+}
+
+/// Reads the payload of a frame whose header said `len` (checked by the caller).
+pub async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut body = vec![0u8; len.saturating_sub(1)];
+    r.read_exact(&mut body).await.map_err(eof)?;
+    Ok(body)
+}
+
+fn eof(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
-    let kind = body[0];
-    body.remove(0);
-    Ok(Some(Frame {
-        kind,
-        payload: body,
-    }))
 }
 
 /// Writes one frame and flushes it.

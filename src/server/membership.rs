@@ -29,6 +29,9 @@ pub struct Cluster {
     pub running: Option<Membership>,
     /// Serves the gossip key on the peer channel (first byte 0x01) when gossip runs.
     pub peer_service: Option<PeerService>,
+    /// The key service alone, for the peer channel's router; `None` when the node does not
+    /// gossip.
+    pub keys: Option<KeyService>,
 }
 
 impl Cluster {
@@ -69,6 +72,7 @@ pub fn start(
             watch,
             running: None,
             peer_service: None,
+            keys: None,
         });
     };
     let peer_tls = match &g.peer_tls {
@@ -99,9 +103,10 @@ pub fn start(
     obs.set_membership(watch.clone());
     Ok(Cluster {
         watch,
+        keys: Some(keys.clone()),
         running: Some(started),
         peer_service: Some(PeerService {
-            handler: Arc::new(keys),
+            handler: Arc::new(keys.clone()),
             tls: peer_tls.map(|t| t.server),
         }),
     })

@@ -265,10 +265,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     engine_config.memory = Some(engine::MemoryHook(Arc::new(EngineMemory(memory.clone()))));
     // Every partition is a Raft group; a node started without cluster flags is a cluster
     // of one through the same code.
-    let engine_config = consensus::raft::seam::engine_config(
-        engine_config,
-        consensus::raft::RaftReplication::single_node(),
-    );
+    let raft_peers = consensus::raft::transport::Peers {
+        tls: match settings.gossip.as_ref().and_then(|g| g.peer_tls.as_ref()) {
+            Some(files) => Some(files.load().context("loading the peer TLS settings")?),
+            None => None,
+        },
+        ..Default::default()
+    };
+    let replication = consensus::raft::RaftReplication {
+        peers: raft_peers.clone(),
+        ..consensus::raft::RaftReplication::single_node()
+    };
+    let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
     let engine = engine::Engine::start(engine_config).with_context(|| {
         format!(
             "starting the storage engine in {} (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, \
@@ -327,7 +335,23 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         memory: memory.clone(),
         connection_memory_bytes: settings.connection_memory,
         tls,
-        peer: cluster.peer_service.clone(),
+        // Every node takes Raft connections on the peer channel; the key exchange goes to
+        // membership when the node gossips.
+        peer: Some(net::peer::PeerService {
+            handler: Arc::new(consensus::raft::transport::PeerRouter {
+                raft: consensus::raft::transport::RaftPeerHandler {
+                    node_id: 1,
+                    engine: handle.clone(),
+                    peers: raft_peers.clone(),
+                },
+                keys: cluster.keys.clone(),
+            }),
+            tls: cluster
+                .peer_service
+                .as_ref()
+                .and_then(|p| p.tls.clone())
+                .or_else(|| raft_peers.tls.as_ref().map(|t| t.server.clone())),
+        }),
         ..ServerConfig::default()
     };
     let shards = handle.shards();

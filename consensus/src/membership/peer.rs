@@ -49,11 +49,31 @@ impl KeyService {
     }
 
     async fn exchange(&self, conn: &mut PeerConn) -> Result<&'static str, std::io::Error> {
-        let frame = match peer::read_frame(&mut conn.stream, MAX_FRAME_BYTES).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok("closed without a request"),
-            Err(e) => return Err(std::io::Error::other(e)),
-        };
+        match peer::read_header(&mut conn.stream).await {
+            Ok(Some((len, kind))) => self.answer(conn, len, kind).await,
+            Ok(None) => Ok("closed without a request"),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    /// Serves a request whose frame header (`len`, `kind`) was read already (by this
+    /// service, or by the peer channel's router, which reads it to choose the service).
+    pub async fn answer(
+        &self,
+        conn: &mut PeerConn,
+        len: usize,
+        kind: u8,
+    ) -> Result<&'static str, std::io::Error> {
+        if len > MAX_FRAME_BYTES {
+            return Err(std::io::Error::other(peer::FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_BYTES,
+            }));
+        }
+        let payload = peer::read_payload(&mut conn.stream, len)
+            .await
+            .map_err(std::io::Error::other)?;
+        let frame = peer::Frame { kind, payload };
         let answer: Result<GossipKey, &str> = match (frame.kind, &conn.tls, self.get()) {
             (kind::GOSSIP_KEY_REQUEST, None, _) => Err(
                 "this node has no peer TLS: gossip is not authenticated and there is no key to share",
@@ -73,6 +93,23 @@ impl KeyService {
                 peer::write_frame(&mut conn.stream, kind::ERROR, why.as_bytes()).await?;
                 Ok(why)
             }
+        }
+    }
+}
+
+impl KeyService {
+    /// Serves one key request whose frame header was read already, within
+    /// [`EXCHANGE_TIMEOUT`], and logs the outcome.
+    pub async fn serve_request(&self, mut conn: PeerConn, len: usize, kind: u8) {
+        let peer = conn.peer;
+        let done = glommio::timer::timeout(EXCHANGE_TIMEOUT, async {
+            Ok(self.answer(&mut conn, len, kind).await)
+        })
+        .await;
+        match done {
+            Ok(Ok(what)) => log::info!("peer channel from {peer:?}: {what}"),
+            Ok(Err(e)) => log::info!("peer channel from {peer:?}: {e}"),
+            Err(_) => log::info!("peer channel from {peer:?}: no request in time"),
         }
     }
 }

@@ -315,18 +315,40 @@ pub struct RaftPeerHandler {
 
 impl RaftPeerHandler {
     /// Serves one connection until it ends or misbehaves.
-    pub async fn serve_conn(&self, mut conn: PeerConn) {
+    pub async fn serve_conn(&self, conn: PeerConn) {
+        self.serve_from(conn, None).await
+    }
+
+    /// [`serve_conn`](Self::serve_conn) for a connection whose first frame header (length,
+    /// kind) the peer channel's router has read already.
+    pub async fn serve_from(&self, mut conn: PeerConn, mut first: Option<(usize, u8)>) {
         let stats = &self.peers.stats;
         if conn.tls.is_none() && !conn.peer.is_some_and(|a| self.peers.knows_ip(a.ip())) {
             add(&stats.refused, 1);
             log::warn!(
-                "Raft transport: connection from {:?} refused: not a known member's address",
+                "Raft transport: connection from {:?} refused: no peer TLS, and not a known \
+                 member's address",
                 conn.peer
             );
             return;
         }
         loop {
-            let frame = match peer::read_frame(&mut conn.stream, MAX_FRAME_BYTES).await {
+            let head = match first.take() {
+                Some(h) => Ok(Some(h)),
+                None => peer::read_header(&mut conn.stream).await,
+            };
+            let read = match head {
+                Ok(Some((len, _))) if len > MAX_FRAME_BYTES => Err(peer::FrameError::TooLarge {
+                    len,
+                    max: MAX_FRAME_BYTES,
+                }),
+                Ok(Some((len, kind))) => peer::read_payload(&mut conn.stream, len)
+                    .await
+                    .map(|p| Some((kind, p))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let (kind, payload) = match read {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => {
@@ -343,8 +365,8 @@ impl RaftPeerHandler {
                 }
             };
             add(&stats.frames_received, 1);
-            add(&stats.bytes_received, frame.payload.len() as u64 + 1);
-            if let Err(why) = self.dispatch(frame.kind, &frame.payload) {
+            add(&stats.bytes_received, payload.len() as u64 + 1);
+            if let Err(why) = self.dispatch(kind, &payload) {
                 add(&stats.malformed, 1);
                 log::warn!(
                     "Raft transport: closing connection from {:?}: {why}",
@@ -402,5 +424,57 @@ impl PeerHandler for RaftPeerHandler {
     fn serve(&self, conn: PeerConn) -> net::server::LocalBoxFuture<()> {
         let this = self.clone();
         Box::pin(async move { this.serve_conn(conn).await })
+    }
+}
+
+/// The peer channel's handler on a server: reads the first frame's header and hands the
+/// connection to the service its kind names: Raft frames to [`RaftPeerHandler`], a gossip key
+/// request to membership's key service (when the node gossips), anything else an ERROR frame.
+#[derive(Clone)]
+pub struct PeerRouter {
+    pub raft: RaftPeerHandler,
+    pub keys: Option<crate::membership::peer::KeyService>,
+}
+
+/// How long a new peer connection may take to send its first frame header.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl PeerHandler for PeerRouter {
+    fn serve(&self, mut conn: PeerConn) -> net::server::LocalBoxFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let head = glommio::timer::timeout(FIRST_FRAME_TIMEOUT, async {
+                Ok(peer::read_header(&mut conn.stream).await)
+            })
+            .await;
+            let (len, kind) = match head {
+                Ok(Ok(Some(h))) => h,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    log::info!("peer connection from {:?}: {e}; closing it", conn.peer);
+                    return;
+                }
+                Err(_) => {
+                    log::info!(
+                        "peer connection from {:?}: no frame in time; closing it",
+                        conn.peer
+                    );
+                    return;
+                }
+            };
+            match (kind, &this.keys) {
+                (RAFT_FRAME, _) => this.raft.serve_from(conn, Some((len, kind))).await,
+                (_, Some(keys)) => keys.serve_request(conn, len, kind).await,
+                (_, None) => {
+                    log::info!(
+                        "peer connection from {:?}: a request of kind {kind:#04x}, and this \
+                         node does not gossip",
+                        conn.peer
+                    );
+                    let why: &[u8] = b"this node does not gossip: no service for this request";
+                    let _ = peer::write_frame(&mut conn.stream, peer::kind::ERROR, why).await;
+                }
+            }
+        })
     }
 }
