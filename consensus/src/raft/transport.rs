@@ -330,6 +330,7 @@ impl RaftPeerHandler {
                  member's address",
                 conn.peer
             );
+            close_gracefully(&mut conn).await;
             return;
         }
         loop {
@@ -427,6 +428,24 @@ impl PeerHandler for RaftPeerHandler {
     }
 }
 
+/// Closes a refused connection with a FIN rather than a reset (unread bytes in the receive
+/// buffer make a plain close a reset): shuts down our side, then reads what the peer still
+/// sends, for at most a second.
+async fn close_gracefully(conn: &mut PeerConn) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = conn.stream.shutdown().await;
+    let mut buf = [0u8; 512];
+    let _ = glommio::timer::timeout(Duration::from_secs(1), async {
+        loop {
+            match conn.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
 /// The peer channel's handler on a server: reads the first frame's header and hands the
 /// connection to the service its kind names: Raft frames to [`RaftPeerHandler`], a gossip key
 /// request to membership's key service (when the node gossips), anything else an ERROR frame.
@@ -443,6 +462,20 @@ impl PeerHandler for PeerRouter {
     fn serve(&self, mut conn: PeerConn) -> net::server::LocalBoxFuture<()> {
         let this = self.clone();
         Box::pin(async move {
+            // Nothing to offer a plaintext stranger: no key exchange (the node does not
+            // gossip) and no Raft (not a known member). Closed at once, unread.
+            if conn.tls.is_none()
+                && this.keys.is_none()
+                && !conn.peer.is_some_and(|a| this.raft.peers.knows_ip(a.ip()))
+            {
+                log::info!(
+                    "peer connection from {:?} (first byte 0x01): not a known member, and this \
+                     node does not gossip; closing it",
+                    conn.peer
+                );
+                close_gracefully(&mut conn).await;
+                return;
+            }
             let head = glommio::timer::timeout(FIRST_FRAME_TIMEOUT, async {
                 Ok(peer::read_header(&mut conn.stream).await)
             })
