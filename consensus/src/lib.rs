@@ -9,5 +9,6 @@
 //! which will share the peer channel, first byte 0x01 on the RPC port, with membership's key
 //! exchange): until it is, a proglog node serves as a single leader.
 
+pub mod cluster;
 pub mod membership;
 pub mod raft;

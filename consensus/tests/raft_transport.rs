@@ -75,6 +75,7 @@ fn start_nodes(root: &std::path::Path) -> Vec<Node> {
     for id in 1..=NODES {
         let peers = Peers::default();
         let replication = RaftReplication {
+            hooks: Default::default(),
             node_id: id,
             voters: (1..=NODES).collect(),
             config: config.clone(),

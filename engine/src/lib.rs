@@ -58,6 +58,10 @@ pub mod tail_cache;
 pub mod topics;
 
 pub use batch::{NewRecord, Record};
+
+/// The topic that holds a cluster's controller log (Raft group 0): one partition, always on
+/// shard 0, never served to clients.
+pub const CONTROLLER_TOPIC: &str = "__cluster";
 pub use budget::FileBudget;
 pub use catalog::TopicInfo;
 pub use config::{Durability, EngineConfig, LogConfig};

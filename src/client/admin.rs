@@ -51,6 +51,9 @@ pub struct CreateArgs {
     /// Delete segments older than this [default: forever]
     #[arg(long, value_name = "MS")]
     pub retention_ms: Option<u64>,
+    /// Copies of each partition, on distinct nodes [default: min(3, nodes)]
+    #[arg(long, value_name = "N")]
+    pub replication_factor: Option<u32>,
 }
 
 fn wire_durability(d: Option<Durability>) -> (pb::Durability, u64) {
@@ -76,6 +79,7 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                     retention_bytes: a.retention_bytes.map_or(0, |b| b.0),
                     retention_ms: a.retention_ms.unwrap_or(0),
                     flush_interval_ms,
+                    replication_factor: a.replication_factor.unwrap_or(0),
                 }),
             };
             let resp: pb::CreateTopicResponse = ch

@@ -174,6 +174,7 @@ impl<'a> Resolver<'a> {
 
 /// Refuses a setting whose feature this build does not have, unless it is unset (or set to
 /// its "nothing": false, empty).
+#[allow(dead_code)] // for a setting accepted before its feature exists
 pub fn refuse_if_set<F: Unset + PartialEq>(
     field: &'static str,
     value: &F,

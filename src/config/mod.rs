@@ -66,6 +66,9 @@ pub use value::{AddrList, AdminAddr, ByteSize, DurationArg, HostPort};
 /// Below the usual 30 s grace period of process supervisors, so that the final flush and
 /// sync still happen before a SIGKILL.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a member may be unreachable before the cluster replaces it.
+pub const DEFAULT_DEAD_NODE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Loopback only: metrics name topics and clients. Not 8401 (the book's gossip bind-addr),
 /// and 9400 is clear of Prometheus's own 9090-9100 exporters' usual ports.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9400";
@@ -105,8 +108,14 @@ settings! {
         /// attempt); turns gossip on
         start_join_addrs: AddrList => Vec<String>, "HOST:PORT,...", default(unset),
             check(|v| join_addrs(v));
-        /// Bootstrap a new Raft cluster (needs replication; not implemented yet)
-        bootstrap: bool, "BOOL", default(unset), refused("Raft replication (book chapter 8)");
+        /// Start a new cluster with this node as its first member (the controller's only
+        /// voter) when the data directory holds no cluster yet; a no-op on a node that
+        /// belongs to one. Turns gossip on
+        bootstrap: bool, "BOOL", default(false);
+        /// A member unreachable (suspect or down) this long is removed from the cluster and
+        /// its replicas re-created on other nodes; a clean leave is acted on at once
+        dead_node_timeout: DurationArg => Duration, "DURATION",
+            default(DurationArg(DEFAULT_DEAD_NODE_TIMEOUT));
         /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
         acl_model_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
         /// Casbin ACL policy (`p, subject, object, action` lines); reloaded on SIGHUP and change
@@ -196,6 +205,7 @@ settings! {
             bind_addr,
             advertise_addr.as_deref(),
             &start_join_addrs,
+            bootstrap,
             peer_tls_files(
                 peer_tls_cert_file.clone(),
                 peer_tls_key_file.clone(),
@@ -223,6 +233,7 @@ pub enum ConfigError {
         reason: String,
     },
     #[error("{key} is set, but it needs {feature}, which this build does not implement yet; remove it to start a single unsecured node")]
+    #[allow(dead_code)] // for a setting accepted before its feature exists
     NotImplemented { key: String, feature: &'static str },
     #[error("{0}")]
     Inconsistent(String),
@@ -320,9 +331,10 @@ fn gossip_settings(
     bind: Option<SocketAddr>,
     advertise_addr: Option<&str>,
     join: &[String],
+    bootstrap: bool,
     peer_tls: Option<PeerTlsFiles>,
 ) -> Result<Option<GossipSettings>, ConfigError> {
-    if bind.is_none() && join.is_empty() {
+    if bind.is_none() && join.is_empty() && !bootstrap {
         if peer_tls.is_some() || advertise_addr.is_some() {
             return Err(ConfigError::Inconsistent(
                 "peer-tls-* and advertise-addr are cluster settings: give --bind-addr or \
@@ -581,10 +593,15 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_is_refused_until_replication() {
-        let e = resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "true")]).unwrap_err();
-        assert!(e.to_string().contains("Raft"), "{e}");
-        resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "false")]).unwrap();
+    fn bootstrap_turns_gossip_on() {
+        let s = resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "true")]).unwrap();
+        assert!(s.bootstrap);
+        assert!(s.gossip.is_some());
+        let s = resolve(ServeArgs::default(), &[("PROGLOG_BOOTSTRAP", "false")]).unwrap();
+        assert!(!s.bootstrap && s.gossip.is_none());
+        assert_eq!(s.dead_node_timeout, DEFAULT_DEAD_NODE_TIMEOUT);
+        let s = resolve(ServeArgs::default(), &[("PROGLOG_DEAD_NODE_TIMEOUT", "5s")]).unwrap();
+        assert_eq!(s.dead_node_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -1081,9 +1098,8 @@ mod tests {
         );
         assert_eq!(a.segment_bytes, Some(ByteSize(8 << 20)));
         assert_eq!(a.data_dir, None);
-        // Refused with the same error as from the environment or the file.
-        let e = Settings::resolve_with(&a, &|_| None).unwrap_err();
-        assert!(matches!(e, ConfigError::NotImplemented { .. }), "{e}");
+        let s = Settings::resolve_with(&a, &|_| None).unwrap();
+        assert!(s.bootstrap);
 
         let e = cmd
             .try_get_matches_from(["proglog", "--rpc-port", "70000"])

@@ -20,6 +20,7 @@
 pub mod acl;
 pub mod admin;
 pub mod append;
+pub mod cluster;
 pub mod consume;
 pub mod consume_batch;
 pub mod consume_batch_stream;
@@ -49,13 +50,13 @@ use anyhow::{anyhow, bail, Context};
 use net::server::{Request, Router, Server, ServerConfig};
 use net::{Shutdown, Status};
 use proto::health::v1::health_check_response::ServingStatus;
-use proto::log::v1::{paths, DEFAULT_TOPIC};
+use proto::log::v1::paths;
 
 use crate::config::Settings;
 use crate::observe::admin::AdminServer;
 use crate::observe::rpc::{RpcMetrics, ShardObserver};
 use crate::observe::{Observability, Phase};
-use engine::seam::{Factory, Topics};
+use engine::seam::Factory;
 use health::Health;
 use state::{AppState, ShardState};
 
@@ -146,25 +147,6 @@ fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
             "gRPC address {addr} is not available: a process already listens on it (another proglog?)"
         ),
         Err(_) => Ok(()),
-    }
-}
-
-fn ensure_default_topic(topics: &dyn Topics, settings: &Settings) -> anyhow::Result<()> {
-    if topics.topic(DEFAULT_TOPIC).is_ok() {
-        return Ok(());
-    }
-    let created = futures_lite::future::block_on(topics.create_topic(
-        DEFAULT_TOPIC,
-        1,
-        settings.log_config(),
-    ));
-    match created {
-        Ok(_) => {
-            log::info!("created topic {DEFAULT_TOPIC:?} (1 partition) for clients that name none");
-            Ok(())
-        }
-        Err(engine::seam::Error::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(anyhow!(e)).context("creating the default topic"),
     }
 }
 
@@ -272,8 +254,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
+    // The controller's state as this node applies it; a node without cluster flags is a
+    // cluster of one.
+    let cluster_node =
+        consensus::cluster::ClusterNode::new(raft_peers.clone(), settings.dead_node_timeout);
+    let mode = cluster::prepare(&settings, &cluster_node)?;
     let replication = consensus::raft::RaftReplication {
+        node_id: cluster_node.id(),
         peers: raft_peers.clone(),
+        hooks: cluster_node.hooks(),
         ..consensus::raft::RaftReplication::single_node()
     };
     let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
@@ -286,19 +275,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
     let handle = engine.handle();
     obs.set_engine(Some(handle.clone()));
-    let seam: Arc<dyn Factory> = Arc::new(consensus::raft::seam::RaftFactory::new(
-        handle.clone(),
-        engine::seam::NodeRef {
-            id: settings.node_name.clone(),
-            addr: settings.advertised_rpc_addr().to_string(),
-        },
-    ));
-    // From this thread, which is no shard: the seam's slower path.
-    if let Err(e) = ensure_default_topic(&*seam.build().topics, &settings) {
-        obs.set_engine(None);
-        engine.shutdown();
-        return Err(e);
-    }
+    let seam: Arc<dyn Factory> = Arc::new(
+        consensus::raft::seam::RaftFactory::new(
+            handle.clone(),
+            engine::seam::NodeRef {
+                id: settings.node_name.clone(),
+                addr: settings.advertised_rpc_addr().to_string(),
+            },
+        )
+        .with_cluster(cluster_node.clone()),
+    );
 
     let cluster = match membership::start(&settings, &handle, &obs) {
         Ok(c) => c,
@@ -308,6 +294,27 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Formation needs no listener of this node's: a joining node asks others, the first
+    // node's controller is its only voter.
+    let peer_handler = Arc::new(consensus::raft::transport::PeerRouter {
+        raft: consensus::raft::transport::RaftPeerHandler {
+            // This node's id as the controller knows it (`peers.self_id`).
+            node_id: 0,
+            engine: handle.clone(),
+            peers: raft_peers.clone(),
+        },
+        keys: cluster.keys.clone(),
+        join: Some(Arc::new(consensus::cluster::join::JoinService(
+            cluster_node.clone(),
+        ))),
+    });
+    if let Err(e) = cluster::form(&settings, &cluster_node, &handle, &cluster.watch, &mode) {
+        cluster_node.stop();
+        cluster.leave();
+        obs.set_engine(None);
+        engine.shutdown();
+        return Err(e);
+    }
 
     let shutdown = Shutdown::new();
     let state = Arc::new(AppState {
@@ -321,6 +328,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         authz,
         members: cluster.watch.clone(),
         gossip: cluster.running.is_some(),
+        cluster: cluster_node.clone(),
     });
     let server_config = ServerConfig {
         max_recv_message_bytes: settings.max_message_bytes,
@@ -338,14 +346,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // Every node takes Raft connections on the peer channel; the key exchange goes to
         // membership when the node gossips.
         peer: Some(net::peer::PeerService {
-            handler: Arc::new(consensus::raft::transport::PeerRouter {
-                raft: consensus::raft::transport::RaftPeerHandler {
-                    node_id: 1,
-                    engine: handle.clone(),
-                    peers: raft_peers.clone(),
-                },
-                keys: cluster.keys.clone(),
-            }),
+            handler: peer_handler,
             tls: cluster
                 .peer_service
                 .as_ref()
@@ -391,6 +392,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Leave the cluster first (the book's order): others list this node as left at once,
     // not as down after a suspicion timeout.
+    cluster_node.stop();
     cluster.leave();
     // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
     obs.set_phase(Phase::Draining);

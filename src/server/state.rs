@@ -37,6 +37,8 @@ pub struct AppState {
     pub members: MembershipWatch,
     /// Whether this node gossips (started with --bind-addr or --start-join-addrs).
     pub gossip: bool,
+    /// The controller's state as this node applied it, and the node's Raft groups.
+    pub cluster: Arc<consensus::cluster::ClusterNode>,
 }
 
 impl AppState {

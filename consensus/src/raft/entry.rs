@@ -53,6 +53,14 @@ pub fn controller_proposal(command: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The command of a controller entry, if `e` is one.
+pub fn controller_command(e: &Entry) -> Option<&[u8]> {
+    match (e.entry_type, e.data.split_first()) {
+        (EntryType::EntryNormal, Some((&TAG_CONTROLLER, rest))) => Some(rest),
+        _ => None,
+    }
+}
+
 /// Records an entry adds to the log (0 for every entry but data).
 pub fn record_count(e: &Entry) -> Result<u32> {
     match (e.entry_type, e.data.first()) {

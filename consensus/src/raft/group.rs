@@ -146,6 +146,8 @@ struct Group<S: LogStore> {
     visible_offset: u64,
     failed: Option<Error>,
     was_leader: bool,
+    /// Controller commands applied since the driver last took them: (index, command).
+    commands: Vec<(u64, Vec<u8>)>,
     /// A snapshot message whose batches are not here yet (the newest wins).
     held_snapshot: Option<Message>,
     /// Batches of the snapshot stepped into raft-rs, checked, until its Ready installs them.
@@ -224,12 +226,24 @@ impl<S: LogStore> GroupSet<S> {
     /// Opens group `id` over `store`. `voters` is the first configuration of a group created
     /// now (ignored when the store already holds one).
     pub async fn add_group(&mut self, id: u64, store: Rc<S>, voters: &[u64]) -> Result<()> {
+        self.add_group_with(id, store, voters, false).await
+    }
+
+    /// [`add_group`](Self::add_group); with `replay`, every committed entry is applied again
+    /// (a state machine that lives in memory, as the controller's, rebuilds from its log).
+    pub async fn add_group_with(
+        &mut self,
+        id: u64,
+        store: Rc<S>,
+        voters: &[u64],
+        replay: bool,
+    ) -> Result<()> {
         let bootstrap = (!voters.is_empty()).then(|| {
             let mut cs = ConfState::default();
             cs.voters = voters.to_vec();
             cs
         });
-        let log = RaftLog::open(id, store, bootstrap, self.config.cache_bytes).await?;
+        let log = RaftLog::open_with(id, store, bootstrap, self.config.cache_bytes, replay).await?;
         let applied = log.recovered_applied();
         let c = &self.config;
         let cfg = raft::Config {
@@ -260,6 +274,7 @@ impl<S: LogStore> GroupSet<S> {
             visible_offset,
             failed: None,
             was_leader: false,
+            commands: Vec::new(),
             held_snapshot: None,
             staged: None,
         };
@@ -299,6 +314,45 @@ impl<S: LogStore> GroupSet<S> {
             last_index: r.raft_log.last_index(),
             visible_offset: g.visible_offset,
         })
+    }
+
+    /// Controller commands applied since the last call, by group, in order of index.
+    pub fn take_commands(&mut self) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for g in self.groups.values_mut() {
+            for (index, c) in g.commands.drain(..) {
+                out.push((g.id, index, c));
+            }
+        }
+        out
+    }
+
+    /// A group's configuration and, on its leader, how far each replica has replicated:
+    /// (voters, learners, [(node, matched index)]).
+    pub fn membership(&self, id: u64) -> Option<(Vec<u64>, Vec<u64>, Vec<(u64, u64)>)> {
+        let g = self.groups.get(&id)?;
+        let r = &g.node.raft;
+        let conf = r.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let matched = if r.state == StateRole::Leader {
+            let mut m: Vec<(u64, u64)> = r.prs().iter().map(|(&n, p)| (n, p.matched)).collect();
+            m.sort_unstable();
+            m
+        } else {
+            Vec::new()
+        };
+        Some((voters, learners, matched))
+    }
+
+    /// Asks group `id`'s leader (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, id: u64, to: u64) -> Result<()> {
+        let g = self.group_mut(id)?;
+        g.check_leader()?;
+        g.node.transfer_leader(to);
+        Ok(())
     }
 
     /// The error that stopped a group, if one did.
@@ -941,6 +995,9 @@ impl<S: LogStore> Group<S> {
                 let cs = self.node.apply_conf_change(&cc)?;
                 self.log.set_conf_state(cs, e.index)?;
                 self.conf_index = e.index;
+            }
+            if let Some(c) = entry::controller_command(e) {
+                self.commands.push((e.index, c.to_vec()));
             }
             self.answer(e, base, records);
         }

@@ -22,6 +22,7 @@
 // raft-rs's message types (rust-protobuf) are filled field by field, as raft-rs does itself.
 #![allow(clippy::field_reassign_with_default)]
 
+pub mod board;
 pub mod engine_store;
 pub mod entry;
 pub mod error;

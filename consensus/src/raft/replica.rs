@@ -34,6 +34,7 @@ use raft::StateRole;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often a shard's groups tick: heartbeats every `heartbeat_tick` ticks, elections after
@@ -49,10 +50,56 @@ type Synced = Rc<RefCell<Option<Vec<(u64, engine::Result<()>)>>>>;
 /// Commands taken between two rounds before the loop yields to the shard's other tasks.
 const COMMANDS_PER_ROUND: usize = 4096;
 
+/// What the cluster layer (the controller) tells the shards, and hears from them.
+pub trait ClusterHooks: Send + Sync {
+    /// The first configuration of partition `id`'s group when created on this node: `None`
+    /// for a partition the controller does not place (this node alone), an empty list for a
+    /// replica added to an existing group (it learns its configuration from the leader's log).
+    fn voters(&self, id: &PartitionId) -> Option<Vec<u64>>;
+    /// A command of the controller's log (group 0), applied on this node, in index order.
+    fn applied(&self, index: u64, command: &[u8]);
+}
+
+/// The cluster layer's hooks, if any.
+#[derive(Clone, Default)]
+pub struct Hooks(pub Option<Arc<dyn ClusterHooks>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Hooks(cluster)"
+        } else {
+            "Hooks(none)"
+        })
+    }
+}
+
+/// The topic of the controller's log: one partition, group 0, always on shard 0.
+pub const CONTROLLER_TOPIC: &str = engine::CONTROLLER_TOPIC;
+
+/// A request from the cluster layer to a shard's Ready loop (delivered as a peer payload).
+pub enum ControlMsg {
+    /// Propose a controller command (shard 0, group 0); answered with its index once applied
+    /// here.
+    Command {
+        command: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    /// Propose a configuration change of `group` (this node leads it).
+    ConfChange {
+        group: u64,
+        cc: raft::eraftpb::ConfChangeV2,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    /// Hand `group`'s leadership to `to`.
+    TransferLeader { group: u64, to: u64 },
+}
+
 /// Builds the Raft replication layer of each shard of one node.
 #[derive(Debug, Clone)]
 pub struct RaftReplication {
-    /// This node's Raft id.
+    /// This node's Raft id; 0: not known yet (a node joining a cluster), the loops wait for
+    /// `peers.self_id`.
     pub node_id: u64,
     /// The first configuration of a group created here (empty: this node alone).
     pub voters: Vec<u64>,
@@ -60,6 +107,7 @@ pub struct RaftReplication {
     pub tick: Duration,
     /// The other nodes and the transport's shared state.
     pub peers: Peers,
+    pub hooks: Hooks,
 }
 
 impl RaftReplication {
@@ -71,6 +119,7 @@ impl RaftReplication {
             config: GroupConfig::default(),
             tick: DEFAULT_TICK,
             peers: Peers::default(),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -83,6 +132,9 @@ impl ReplicationFactory for RaftReplication {
 
 /// The stable group id of a partition (never 0, the controller's).
 pub fn group_id(id: &PartitionId) -> u64 {
+    if &*id.topic == CONTROLLER_TOPIC {
+        return 0;
+    }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: u8| {
@@ -102,6 +154,7 @@ pub fn group_id(id: &PartitionId) -> u64 {
 enum Cmd {
     Open {
         group: u64,
+        partition: PartitionId,
         log: Rc<Log>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
@@ -122,11 +175,13 @@ enum Cmd {
     },
     /// What another node sent this shard's groups.
     Frame(RaftFrame),
+    Control(ControlMsg),
 }
 
 /// What the loop and the shard's operations share.
 struct Inner {
-    node_id: u64,
+    node_id: Cell<u64>,
+    hooks: Hooks,
     voters: Vec<u64>,
     shard: usize,
     peers: Peers,
@@ -162,14 +217,10 @@ pub struct ShardRaft {
 
 impl ShardRaft {
     fn start(r: &RaftReplication, shard: usize) -> Rc<dyn Replicator> {
-        let voters = if r.voters.is_empty() {
-            vec![r.node_id]
-        } else {
-            r.voters.clone()
-        };
         let inner = Rc::new(Inner {
-            node_id: r.node_id,
-            voters,
+            node_id: Cell::new(r.node_id),
+            hooks: r.hooks.clone(),
+            voters: r.voters.clone(),
             shard,
             peers: r.peers.clone(),
             cmds: RefCell::new(VecDeque::new()),
@@ -181,9 +232,27 @@ impl ShardRaft {
             groups: RefCell::new(HashMap::new()),
             status: RefCell::new(HashMap::new()),
         });
-        let seed = r.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shard as u64;
-        let set = GroupSet::new(r.node_id, r.config.clone(), seed);
-        glommio::spawn_local(run(Rc::clone(&inner), set, r.tick)).detach();
+        let (config, tick) = (r.config.clone(), r.tick);
+        let started = Rc::clone(&inner);
+        glommio::spawn_local(async move {
+            // A joining node learns its Raft id from the controller; its groups wait.
+            let mut node_id = started.node_id.get();
+            while node_id == 0 {
+                if started.stopping.get() {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                node_id = started
+                    .peers
+                    .self_id
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            }
+            started.node_id.set(node_id);
+            let seed = node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shard as u64;
+            let set = GroupSet::new(node_id, config, seed);
+            run(started, set, tick).await;
+        })
+        .detach();
         Rc::new(ShardRaft { inner })
     }
 
@@ -212,6 +281,7 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
     let mut lp = Loop {
         opening: Vec::new(),
         logs: HashMap::new(),
+        campaign_later: Vec::new(),
     };
     // Rounds whose logs are persisting, oldest first.
     let mut in_flight: VecDeque<(Persisting, Synced)> = VecDeque::new();
@@ -311,6 +381,20 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
         for node in net.take_unreachable() {
             set.report_unreachable(node);
         }
+        for (group, index, command) in set.take_commands() {
+            if let (0, Some(h)) = (group, &inner.hooks.0) {
+                h.applied(index, &command);
+            }
+        }
+        lp.campaign_later.retain(|&g| match set.status(g) {
+            Some(s) if s.role == StateRole::Leader => false,
+            Some(s) if s.applied >= s.commit => {
+                campaign_if_alone(&inner, &mut set, g);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
         publish(&inner, &set);
         lp.answer_opened(&set);
         glommio::yield_if_needed().await;
@@ -343,6 +427,9 @@ struct Loop {
     opening: Vec<Opening>,
     /// Each group's log, to open a group again after its log recovered from a full disk.
     logs: HashMap<u64, Rc<Log>>,
+    /// Groups of one voter (this node) that could not campaign when opened: raft-rs waits
+    /// until a replayed configuration change is applied (the controller's, at every start).
+    campaign_later: Vec<u64>,
 }
 
 impl Loop {
@@ -402,7 +489,7 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
 fn campaign_if_alone(inner: &Inner, set: &mut GroupSet<Log>, group: u64) {
     let alone = set.log(group).is_some_and(|l| {
         let cs = l.meta().conf_state;
-        cs.voters == [inner.node_id] && cs.learners.is_empty()
+        cs.voters == [inner.node_id.get()] && cs.learners.is_empty()
     });
     if alone {
         if let Err(e) = set.campaign(group) {
@@ -417,6 +504,22 @@ fn publish(inner: &Inner, set: &GroupSet<Log>) {
     for id in set.group_ids() {
         if let Some(s) = set.status(id) {
             status.insert(id, s);
+            let (voters, learners, matched) = set.membership(id).unwrap_or_default();
+            inner.peers.board.set(
+                id,
+                super::board::GroupView {
+                    shard: inner.shard,
+                    role: s.role,
+                    term: s.term,
+                    leader: s.leader,
+                    commit: s.commit,
+                    applied: s.applied,
+                    last_index: s.last_index,
+                    voters,
+                    learners,
+                    matched,
+                },
+            );
         }
     }
 }
@@ -429,7 +532,11 @@ fn refuse(cmd: Cmd, e: Error) {
         Cmd::Close { reply, .. } => {
             let _ = reply.send(());
         }
-        Cmd::Frame(_) => {}
+        Cmd::Frame(_) | Cmd::Control(ControlMsg::TransferLeader { .. }) => {}
+        Cmd::Control(ControlMsg::Command { reply, .. })
+        | Cmd::Control(ControlMsg::ConfChange { reply, .. }) => {
+            let _ = reply.send(Err(e));
+        }
         Cmd::Propose { reply, .. } => {
             let _ = reply.send(Err(e));
         }
@@ -438,20 +545,41 @@ fn refuse(cmd: Cmd, e: Error) {
 
 async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd) {
     match cmd {
-        Cmd::Open { group, log, reply } => {
+        Cmd::Open {
+            group,
+            partition,
+            log,
+            reply,
+        } => {
             if set.group_ids().contains(&group) {
                 let _ = reply.send(Err(Error::Raft(format!(
                     "group {group} is open already (two partitions with one group id)"
                 ))));
                 return;
             }
-            if let Err(e) = set.add_group(group, Rc::clone(&log), &inner.voters).await {
+            let voters = match &inner.hooks.0 {
+                Some(h) => match h.voters(&partition) {
+                    Some(v) => v,
+                    None => vec![inner.node_id.get()],
+                },
+                None if inner.voters.is_empty() => vec![inner.node_id.get()],
+                None => inner.voters.clone(),
+            };
+            // The controller's state lives in memory: rebuilt from its log at every start.
+            let replay = group == 0;
+            if let Err(e) = set
+                .add_group_with(group, Rc::clone(&log), &voters, replay)
+                .await
+            {
                 let _ = reply.send(Err(e));
                 return;
             }
             lp.logs.insert(group, log);
             inner.peers.directory.insert(group, inner.shard);
             campaign_if_alone(inner, set, group);
+            if replay {
+                lp.campaign_later.push(group);
+            }
             // Answered once what the log holds is committed and applied (visible), as a
             // single-node log shows what it recovered as soon as it is open.
             match set.status(group) {
@@ -472,6 +600,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             set.remove_group(group);
             lp.logs.remove(&group);
             inner.peers.directory.remove(group);
+            inner.peers.board.remove(group);
             inner.status.borrow_mut().remove(&group);
             let _ = reply.send(());
         }
@@ -485,6 +614,47 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         }
         Cmd::Compact { group, to, reply } => {
             let _ = reply.send(set.compact(group, to, false).await.map(|_| ()));
+        }
+        Cmd::Control(ControlMsg::Command { command, reply }) => {
+            match set.propose_command(0, &command) {
+                Ok(rx) => {
+                    glommio::spawn_local(async move {
+                        let r = match rx.await {
+                            Ok(Ok(c)) => Ok(c.index),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(Error::OutcomeUnknown { group: 0 }),
+                        };
+                        let _ = reply.send(r);
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        Cmd::Control(ControlMsg::ConfChange { group, cc, reply }) => {
+            match set.propose_conf_change(group, cc) {
+                Ok(rx) => {
+                    glommio::spawn_local(async move {
+                        let r = match rx.await {
+                            Ok(Ok(c)) => Ok(c.index),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(Error::OutcomeUnknown { group }),
+                        };
+                        let _ = reply.send(r);
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        Cmd::Control(ControlMsg::TransferLeader { group, to }) => {
+            if let Err(e) = set.transfer_leader(group, to) {
+                log::info!("group {group}: leadership not transferred to node {to}: {e}");
+            }
         }
         Cmd::Frame(frame) => {
             // A frame that decoded but does not fit this node was refused by the transport;
@@ -546,7 +716,12 @@ impl Replicator for ShardRaft {
             }
             let (reply, rx) = oneshot::channel();
             let kept = Rc::clone(&log);
-            if !self.inner.push(Cmd::Open { group, log, reply }) {
+            if !self.inner.push(Cmd::Open {
+                group,
+                partition: id.clone(),
+                log,
+                reply,
+            }) {
                 return Err(engine::Error::ShutDown);
             }
             match rx.await {
@@ -658,9 +833,18 @@ impl Replicator for ShardRaft {
     }
 
     fn receive(&self, payload: Box<dyn std::any::Any + Send>) {
-        match payload.downcast::<RaftFrame>() {
+        let payload = match payload.downcast::<RaftFrame>() {
             Ok(frame) => {
                 self.inner.push(Cmd::Frame(*frame));
+                return;
+            }
+            Err(p) => p,
+        };
+        match payload.downcast::<ControlMsg>() {
+            Ok(msg) => {
+                if !self.inner.push(Cmd::Control(*msg)) {
+                    log::info!("shard {}: a control request after stop", self.inner.shard);
+                }
             }
             Err(_) => log::error!(
                 "shard {}: a peer payload of an unknown type",

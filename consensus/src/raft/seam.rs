@@ -11,7 +11,8 @@
 //! Build the engine with [`RaftReplication`](super::RaftReplication) as its replication hook
 //! ([`engine_config`]), then this factory over its handle.
 
-use super::replica::RaftReplication;
+use super::replica::{RaftReplication, CONTROLLER_TOPIC};
+use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
     Appended, Chunk, EncodedBatch, Factory, LocalBoxFuture, NodeRef, PartitionId, PartitionState,
@@ -32,6 +33,7 @@ pub fn engine_config(mut config: EngineConfig, replication: RaftReplication) -> 
 #[derive(Clone)]
 pub struct RaftFactory {
     local: LocalFactory,
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl RaftFactory {
@@ -40,7 +42,15 @@ impl RaftFactory {
     pub fn new(engine: EngineHandle, node: NodeRef) -> RaftFactory {
         RaftFactory {
             local: LocalFactory::new(engine, node),
+            cluster: None,
         }
+    }
+
+    /// Topic administration through the controller of `cluster`, and NOT_LEADER answers
+    /// that carry the leader's address.
+    pub fn with_cluster(mut self, cluster: Arc<ClusterNode>) -> RaftFactory {
+        self.cluster = Some(cluster);
+        self
     }
 }
 
@@ -48,6 +58,7 @@ impl Factory for RaftFactory {
     fn build(&self) -> Seam {
         let p = Rc::new(RaftPartitions {
             local: self.local.local(),
+            cluster: self.cluster.clone(),
         });
         Seam {
             partitions: p.clone(),
@@ -59,6 +70,39 @@ impl Factory for RaftFactory {
 /// The Raft seam of one executor.
 pub struct RaftPartitions {
     local: Rc<LocalPartitions>,
+    cluster: Option<Arc<ClusterNode>>,
+}
+
+/// The controller's log is no client's business.
+fn check_not_controller(id: &PartitionId) -> Result<()> {
+    if &*id.topic == CONTROLLER_TOPIC {
+        return Err(engine::seam::Error::InvalidArgument(format!(
+            "topic {CONTROLLER_TOPIC:?} is the cluster's own and cannot be read or written"
+        )));
+    }
+    Ok(())
+}
+
+impl RaftPartitions {
+    /// A NOT_LEADER answer with the leader's RPC address from the registry.
+    fn with_leader_addr(&self, e: engine::seam::Error) -> engine::seam::Error {
+        match (e, &self.cluster) {
+            (
+                engine::seam::Error::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: None,
+                },
+                Some(c),
+            ) => {
+                let leader_addr = id.parse::<u64>().ok().and_then(|n| c.rpc_addr_of(n));
+                engine::seam::Error::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr,
+                }
+            }
+            (e, _) => e,
+        }
+    }
 }
 
 impl Partitions for RaftPartitions {
@@ -67,8 +111,15 @@ impl Partitions for RaftPartitions {
         id: &'a PartitionId,
         batch: EncodedBatch,
     ) -> LocalBoxFuture<'a, Result<Appended>> {
-        // The owner's engine proposes it to the partition's group and answers once applied.
-        self.local.append(id, batch)
+        Box::pin(async move {
+            check_not_controller(id)?;
+            // The owner's engine proposes it to the partition's group and answers once
+            // applied.
+            self.local
+                .append(id, batch)
+                .await
+                .map_err(|e| self.with_leader_addr(e))
+        })
     }
 
     fn read<'a>(
@@ -77,15 +128,24 @@ impl Partitions for RaftPartitions {
         from: u64,
         limits: ReadLimits,
     ) -> LocalBoxFuture<'a, Result<Chunk>> {
-        self.local.read(id, from, limits)
+        Box::pin(async move {
+            check_not_controller(id)?;
+            self.local.read(id, from, limits).await
+        })
     }
 
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>> {
-        self.local.wait_for(id, offset)
+        Box::pin(async move {
+            check_not_controller(id)?;
+            self.local.wait_for(id, offset).await
+        })
     }
 
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {
-        self.local.describe(id)
+        Box::pin(async move {
+            check_not_controller(id)?;
+            self.local.describe(id).await
+        })
     }
 }
 
@@ -96,18 +156,68 @@ impl Topics for RaftPartitions {
         partitions: u32,
         config: TopicConfig,
     ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
-        self.local.create_topic(name, partitions, config)
+        self.create_topic_replicated(name, partitions, config, 0)
+    }
+
+    fn create_topic_replicated<'a>(
+        &'a self,
+        name: &'a str,
+        partitions: u32,
+        config: TopicConfig,
+        replication_factor: u32,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
+        Box::pin(async move {
+            let Some(c) = &self.cluster else {
+                return self
+                    .local
+                    .create_topic_replicated(name, partitions, config, replication_factor)
+                    .await;
+            };
+            c.create_topic(
+                name,
+                partitions,
+                config.clone(),
+                (replication_factor > 0).then_some(replication_factor),
+            )
+            .await?;
+            match self.local.topic(name) {
+                Ok(t) => Ok(t),
+                // No replica placed here.
+                Err(_) => Ok(TopicInfo {
+                    name: name.to_owned(),
+                    partitions,
+                    config,
+                }),
+            }
+        })
     }
 
     fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>> {
-        self.local.delete_topic(name)
+        Box::pin(async move {
+            if name == CONTROLLER_TOPIC {
+                return Err(engine::seam::Error::InvalidArgument(format!(
+                    "topic {name:?} is the cluster's own"
+                )));
+            }
+            match &self.cluster {
+                Some(c) => Ok(c.delete_topic(name).await?),
+                None => self.local.delete_topic(name).await,
+            }
+        })
     }
 
     fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        self.local.list_topics()
+        let mut topics = self.local.list_topics()?;
+        topics.retain(|t| t.name != CONTROLLER_TOPIC);
+        Ok(topics)
     }
 
     fn topic(&self, name: &str) -> Result<TopicInfo> {
+        if name == CONTROLLER_TOPIC {
+            return Err(engine::seam::Error::NotFound(format!(
+                "topic {name:?} does not exist"
+            )));
+        }
         self.local.topic(name)
     }
 }

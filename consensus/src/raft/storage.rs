@@ -318,6 +318,31 @@ impl<S: LogStore> Clone for RaftLog<S> {
     }
 }
 
+/// The first entry of a new group: the change from no configuration to `cs`'s voters.
+fn bootstrap_entry(cs: &ConfState) -> Entry {
+    use prost::Message as _;
+    let mut cc = raft::eraftpb::ConfChangeV2::default();
+    let changes: Vec<raft::eraftpb::ConfChangeSingle> = cs
+        .voters
+        .iter()
+        .map(|&v| {
+            let mut c = raft::eraftpb::ConfChangeSingle::default();
+            c.change_type = raft::eraftpb::ConfChangeType::AddNode;
+            c.node_id = v;
+            c
+        })
+        .collect();
+    cc.set_changes(changes.into());
+    let mut e = Entry::default();
+    e.entry_type = raft::eraftpb::EntryType::EntryConfChangeV2;
+    e.index = 1;
+    e.term = 1;
+    e.data = super::wire::conf_change_v2_to_pb(&cc)
+        .encode_to_vec()
+        .into();
+    e
+}
+
 fn storage_err(group: u64) -> impl Fn(engine::Error) -> Error {
     move |source| Error::Storage { group, source }
 }
@@ -332,9 +357,43 @@ impl<S: LogStore> RaftLog<S> {
         bootstrap: Option<ConfState>,
         cache_budget: u64,
     ) -> Result<RaftLog<S>> {
+        Self::open_with(group, store, bootstrap, cache_budget, false).await
+    }
+
+    /// [`open`](Self::open); with `replay`, nothing counts as applied but what a snapshot
+    /// covers, so that raft-rs hands every committed entry to the state machine again (the
+    /// controller rebuilds its state from its log at every start).
+    pub async fn open_with(
+        group: u64,
+        store: Rc<S>,
+        bootstrap: Option<ConfState>,
+        cache_budget: u64,
+        replay: bool,
+    ) -> Result<RaftLog<S>> {
         let err = storage_err(group);
+        let fresh = store.next_index() == store.first_index() && store.first_index() <= 1;
         let meta = match store.read_meta().map_err(&err)? {
             Some(bytes) => RaftMeta::decode(&bytes)?,
+            None if fresh && bootstrap.as_ref().is_some_and(|cs| !cs.voters.is_empty()) => {
+                // A new group's first configuration is its first entry (index 1, term 1,
+                // committed), as etcd bootstraps: a replica added later replays it from the
+                // leader's log and starts from the same configuration as everyone else,
+                // instead of applying later changes to an empty one.
+                let cs = bootstrap.clone().unwrap_or_default();
+                let first = bootstrap_entry(&cs);
+                let mut buf = Vec::new();
+                entry::encode(&first, store.next_offset(), 1, &mut buf)?;
+                store.append(&buf).await.map_err(&err)?;
+                store.sync().await.map_err(&err)?;
+                let meta = RaftMeta {
+                    term: 1,
+                    conf_state: cs,
+                    conf_index: 1,
+                    ..RaftMeta::default()
+                };
+                store.write_meta(&meta.encode()).map_err(&err)?;
+                meta
+            }
             None => {
                 let meta = RaftMeta {
                     conf_state: bootstrap.unwrap_or_default(),
@@ -369,7 +428,11 @@ impl<S: LogStore> RaftLog<S> {
             cache_bytes: 0,
             cache_budget,
             next_offset: store.next_offset(),
-            applied: commit,
+            applied: if replay {
+                meta.snapshot_index.min(commit)
+            } else {
+                commit
+            },
             applied_offset: store.first_offset(),
             fetched: Vec::new(),
             pending: Vec::new(),
@@ -384,8 +447,9 @@ impl<S: LogStore> RaftLog<S> {
             core: Rc::new(RefCell::new(core)),
             store,
         };
-        log.load_tail(commit).await?;
-        if let Some(o) = log.offset_after(commit) {
+        let applied = log.core.borrow().applied;
+        log.load_tail(applied).await?;
+        if let Some(o) = log.offset_after(applied) {
             log.core.borrow_mut().applied_offset = o;
         }
         // Readers see what is applied, nothing past it: after a restart the log may end with

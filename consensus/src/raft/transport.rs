@@ -124,17 +124,27 @@ pub struct Peers {
     pub tls: Option<PeerTls>,
     pub stats: Arc<TransportStats>,
     pub directory: Arc<GroupDirectory>,
+    /// Every group's state as the shards last published it.
+    pub board: Arc<super::board::Board>,
+    /// This node's Raft id once known (0 until a joining node is given one).
+    pub self_id: Arc<AtomicU64>,
 }
 
 impl Peers {
-    fn addr_of(&self, node: u64) -> Option<PeerAddr> {
+    /// Where node `node` listens, if the address book knows it.
+    pub fn addr_of(&self, node: u64) -> Option<PeerAddr> {
         self.book.read().ok()?.get(&node).cloned()
     }
 
     fn knows_ip(&self, ip: std::net::IpAddr) -> bool {
+        // Connections between members on one host's loopback come from 127.0.0.1 whatever
+        // 127.0.0.x the sender listens on: any loopback member vouches for loopback.
         self.book
             .read()
-            .map(|b| b.values().any(|p| p.addr.ip() == ip))
+            .map(|b| {
+                b.values()
+                    .any(|p| p.addr.ip() == ip || (ip.is_loopback() && p.addr.ip().is_loopback()))
+            })
             .unwrap_or(false)
     }
 }
@@ -384,11 +394,12 @@ impl RaftPeerHandler {
             return Err(format!("frame of kind {kind:#04x} on a Raft connection"));
         }
         let frame = wire::decode_frame(payload).map_err(|e| e.to_string())?;
-        if frame.to != self.node_id {
-            return Err(format!(
-                "frame for node {}, this is node {}",
-                frame.to, self.node_id
-            ));
+        let me = match self.node_id {
+            0 => self.peers.self_id.load(Ordering::Relaxed),
+            id => id,
+        };
+        if frame.to != me {
+            return Err(format!("frame for node {}, this is node {me}", frame.to));
         }
         let dir = &self.peers.directory;
         let mut by_shard: BTreeMap<usize, RaftFrame> = BTreeMap::new();
@@ -453,6 +464,8 @@ async fn close_gracefully(conn: &mut PeerConn) {
 pub struct PeerRouter {
     pub raft: RaftPeerHandler,
     pub keys: Option<crate::membership::peer::KeyService>,
+    /// Join requests (the controller's registry); `None` on a node outside any cluster.
+    pub join: Option<Arc<crate::cluster::join::JoinService>>,
 }
 
 /// How long a new peer connection may take to send its first frame header.
@@ -495,6 +508,10 @@ impl PeerHandler for PeerRouter {
                     return;
                 }
             };
+            if let (crate::cluster::join::JOIN_REQUEST, Some(join)) = (kind, &this.join) {
+                join.serve(conn, len).await;
+                return;
+            }
             match (kind, &this.keys) {
                 (RAFT_FRAME, _) => this.raft.serve_from(conn, Some((len, kind))).await,
                 (_, Some(keys)) => keys.serve_request(conn, len, kind).await,

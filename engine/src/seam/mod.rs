@@ -208,6 +208,25 @@ pub trait Topics {
         config: TopicConfig,
     ) -> LocalBoxFuture<'a, Result<TopicInfo>>;
 
+    /// Creates a topic with `replication_factor` copies of each partition (0: the
+    /// implementation's default). A node outside any cluster keeps one copy and refuses more.
+    fn create_topic_replicated<'a>(
+        &'a self,
+        name: &'a str,
+        partitions: u32,
+        config: TopicConfig,
+        replication_factor: u32,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
+        if replication_factor > 1 {
+            return Box::pin(async move {
+                Err(Error::InvalidArgument(format!(
+                    "replication factor {replication_factor}: this node keeps one copy of each partition"
+                )))
+            });
+        }
+        self.create_topic(name, partitions, config)
+    }
+
     /// Deletes a topic and its data; once this resolves, the name is unknown everywhere.
     fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>>;
 

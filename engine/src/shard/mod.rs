@@ -522,6 +522,9 @@ fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {
 
 /// The shard that owns a partition: a stable hash of topic and partition.
 pub fn owner(topic: &str, partition: u32, shards: usize) -> usize {
+    if topic == crate::CONTROLLER_TOPIC {
+        return 0;
+    }
     let mut h = crc32c::crc32c(topic.as_bytes());
     h = crc32c::crc32c_append(h, &partition.to_le_bytes());
     (h as usize) % shards.max(1)

@@ -21,7 +21,7 @@ pub async fn handle(
     let partitions = wire.partitions.max(1);
     state
         .topics
-        .create_topic(&r.name, partitions, config)
+        .create_topic_replicated(&r.name, partitions, config, wire.replication_factor)
         .await
         .map_err(to_status)?;
     log::info!("created topic {:?} with {partitions} partitions", r.name);

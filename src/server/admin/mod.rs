@@ -77,6 +77,7 @@ pub fn wire_config(partitions: u32, c: &TopicConfig) -> pb::TopicConfig {
         retention_bytes: c.retention_bytes,
         retention_ms: c.retention_ms,
         flush_interval_ms,
+        replication_factor: 0,
     }
 }
 

@@ -1,0 +1,178 @@
+//! Joining a cluster: a node without a Raft id asks a member for one over the peer channel.
+//!
+//! One request per connection: kind [`JOIN_REQUEST`] (0x21) carries a JSON [`JoinRequest`]
+//! (the node's registry entry, and the cluster id it belongs to if it has one); the member
+//! answers kind [`JOIN_ANSWER`] (0x22) with a JSON [`JoinAnswer`]: the Raft id the controller
+//! assigned (registering the node if new, keyed by its membership id), the cluster id and the
+//! registry's addresses; or the controller leader's address to ask instead; or a refusal (a
+//! node of another cluster, no peer certificate where peer TLS is on). Frames and their
+//! limits are in docs/format.md. Without peer TLS anyone who can reach the RPC port can
+//! register a node: peer TLS is the security boundary, as for Raft.
+
+use super::state::NodeEntry;
+use super::ClusterNode;
+use net::peer::{self, PeerConn, PeerTls};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A join request (JSON).
+pub const JOIN_REQUEST: u8 = 0x21;
+/// The answer to a join request (JSON).
+pub const JOIN_ANSWER: u8 = 0x22;
+/// Largest join frame either way.
+pub const MAX_JOIN_FRAME: usize = 64 << 10;
+/// Bound on one exchange, either side.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The cluster the node belongs to already, if any: another cluster refuses it.
+    pub cluster_id: Option<String>,
+    pub node: NodeEntry,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum JoinAnswer {
+    Joined {
+        cluster_id: String,
+        node_id: u64,
+        /// Raft id -> RPC address of every registered node.
+        nodes: Vec<(u64, String)>,
+    },
+    /// Ask the controller's leader (its RPC address, when known).
+    NotLeader {
+        leader_addr: Option<String>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Serves join requests on the peer channel.
+pub struct JoinService(pub Arc<ClusterNode>);
+
+impl JoinService {
+    pub async fn serve(&self, mut conn: PeerConn, len: usize) {
+        let answer = match self.read_and_answer(&mut conn, len).await {
+            Ok(a) => a,
+            Err(reason) => JoinAnswer::Refused { reason },
+        };
+        if let JoinAnswer::Refused { reason } = &answer {
+            log::warn!("join request from {:?} refused: {reason}", conn.peer);
+        }
+        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+        let _ = peer::write_frame(&mut conn.stream, JOIN_ANSWER, &bytes).await;
+    }
+
+    async fn read_and_answer(&self, conn: &mut PeerConn, len: usize) -> Result<JoinAnswer, String> {
+        let node = &self.0;
+        if len > MAX_JOIN_FRAME {
+            return Err(format!(
+                "a join request of {len} bytes (at most {MAX_JOIN_FRAME})"
+            ));
+        }
+        if node.peer_tls && conn.tls.is_none() {
+            return Err("this cluster runs peer TLS: join over it".into());
+        }
+        let payload = peer::read_payload(&mut conn.stream, len)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req: JoinRequest =
+            serde_json::from_slice(&payload).map_err(|e| format!("malformed join request: {e}"))?;
+        let s = node.state();
+        if s.cluster_id.is_empty() {
+            return Ok(JoinAnswer::NotLeader { leader_addr: None });
+        }
+        if let Some(c) = req.cluster_id.as_deref().filter(|c| *c != s.cluster_id) {
+            return Ok(JoinAnswer::Refused {
+                reason: format!(
+                    "the node belongs to cluster {c}; this is cluster {}",
+                    s.cluster_id
+                ),
+            });
+        }
+        let known = s.id_of(&req.node.member);
+        let unchanged = known.and_then(|id| s.nodes.get(&id)).is_some_and(|n| {
+            n.rpc_addr == req.node.rpc_addr && n.gossip_addr == req.node.gossip_addr
+        });
+        if let Some(id) = known.filter(|_| unchanged) {
+            if s.nodes.get(&id).is_some_and(|n| n.removed) {
+                return Ok(JoinAnswer::Refused {
+                    reason: format!("node {id} was removed from the cluster; wipe its data directory to join as a new node"),
+                });
+            }
+            return Ok(joined(&s, id));
+        }
+        if !node.is_controller_leader() {
+            let leader = node.controller().map(|v| v.leader).unwrap_or(0);
+            return Ok(JoinAnswer::NotLeader {
+                leader_addr: node.rpc_addr_of(leader),
+            });
+        }
+        node.propose(&super::state::Command::Register {
+            node: req.node.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let s = node.state();
+        match s.id_of(&req.node.member) {
+            Some(id) => {
+                log::info!(
+                    "node {} ({}) joined as Raft node {id}",
+                    req.node.name,
+                    req.node.member
+                );
+                Ok(joined(&s, id))
+            }
+            None => Err("registration did not apply".into()),
+        }
+    }
+}
+
+fn joined(s: &super::state::ClusterState, id: u64) -> JoinAnswer {
+    JoinAnswer::Joined {
+        cluster_id: s.cluster_id.clone(),
+        node_id: id,
+        nodes: s
+            .nodes
+            .iter()
+            .map(|(i, n)| (*i, n.rpc_addr.clone()))
+            .collect(),
+    }
+}
+
+/// Sends `req` to the member at `addr` (from a glommio executor) and returns its answer.
+pub async fn request(
+    addr: SocketAddr,
+    tls: Option<&PeerTls>,
+    req: &JoinRequest,
+) -> Result<JoinAnswer, String> {
+    let name = addr.ip().to_string();
+    let mut stream = peer::connect(addr, tls, &name, JOIN_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    let exchange = async {
+        peer::write_frame(&mut stream, JOIN_REQUEST, &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        match peer::read_frame(&mut stream, MAX_JOIN_FRAME).await {
+            Ok(Some(f)) if f.kind == JOIN_ANSWER => {
+                serde_json::from_slice(&f.payload).map_err(|e| format!("malformed answer: {e}"))
+            }
+            Ok(Some(f)) if f.kind == peer::kind::ERROR => {
+                Err(format!("refused: {}", String::from_utf8_lossy(&f.payload)))
+            }
+            Ok(Some(f)) => Err(format!("unexpected frame kind {:#04x}", f.kind)),
+            Ok(None) => Err("closed without an answer".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match glommio::timer::timeout(JOIN_TIMEOUT, async { Ok(exchange.await) }).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer in time".into()),
+    }
+}

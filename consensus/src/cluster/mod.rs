@@ -1,0 +1,530 @@
+//! The cluster layer: the controller (Raft group 0, the partition `__cluster`/0 on shard 0 of
+//! every node), formation, placement and the reconcile loops.
+//!
+//! Every node applies the controller log ([`state`]): the registry tells its transport where
+//! the other nodes are (`Peers`), and its placement tells the node which partitions to hold
+//! (with which first voters) and which to drop. The controller's leader runs a reconcile loop
+//! about once a second ([`reconcile`]): it compares the gossip view with the registry and the
+//! controller group's configuration, and raises the `default` topic's replication factor as
+//! nodes join; each node's loop enacts placement on the groups it leads (a new replica joins
+//! as a learner, is promoted once caught up; a replica placed elsewhere is removed), one
+//! configuration change per group at a time. A node joins through [`join`].
+
+pub mod identity;
+pub mod join;
+pub mod reconcile;
+pub mod state;
+
+use crate::raft::error::Error as RaftError;
+use crate::raft::replica::{group_id, ClusterHooks, ControlMsg, Hooks, CONTROLLER_TOPIC};
+use crate::raft::transport::{PeerAddr, Peers};
+use engine::seam::{self, PartitionId};
+use engine::{EngineHandle, LogConfig};
+use event_listener::Event;
+use futures_channel::oneshot;
+use raft::StateRole;
+use state::{ClusterState, Command, NodeEntry};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long an administrative change waits for the controller to commit and the local node
+/// to enact it.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the cluster layer answers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "this node is not the controller's leader (leader: node {leader_id:?} at {leader_addr:?})"
+    )]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("the controller has no leader")]
+    NoLeader,
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("controller: {0}")]
+    Raft(#[from] RaftError),
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+impl From<Error> for seam::Error {
+    fn from(e: Error) -> seam::Error {
+        match e {
+            Error::NotLeader {
+                leader_id,
+                leader_addr,
+            } => seam::Error::NotLeader {
+                leader_id: leader_id.map(|i| i.to_string()),
+                leader_addr,
+            },
+            Error::NoLeader => seam::Error::NoLeader,
+            Error::Refused(m) => seam::Error::InvalidArgument(m),
+            Error::NotFound(m) => seam::Error::NotFound(m),
+            Error::AlreadyExists(m) => seam::Error::AlreadyExists(m),
+            Error::Raft(RaftError::NotLeader { leader, .. }) => seam::Error::NotLeader {
+                leader_id: (leader != raft::INVALID_ID).then(|| leader.to_string()),
+                leader_addr: None,
+            },
+            Error::Raft(RaftError::NoLeader { .. }) => seam::Error::NoLeader,
+            e => seam::Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// This node in its cluster: the controller's state as applied here, and the way to change
+/// it.
+pub struct ClusterNode {
+    /// This node's registry entry as it registers itself (known once membership runs).
+    me: OnceLock<NodeEntry>,
+    /// This node creates the controller group with itself as its only voter (it
+    /// bootstraps the cluster); a joining node creates it empty and learns it.
+    pub bootstrapper: AtomicBool,
+    pub peers: Peers,
+    /// Peer TLS is on: names of peers are checked against their certificates.
+    pub peer_tls: bool,
+    state: RwLock<ClusterState>,
+    /// Notified whenever a command is applied.
+    pub changed: Event,
+    /// Notified after each reconcile pass (so that waiters see their deadlines).
+    pub tick: Event,
+    engine: OnceLock<EngineHandle>,
+    members: OnceLock<crate::membership::MembershipWatch>,
+    /// `--dead-node-timeout`.
+    pub dead_node_timeout: Duration,
+    stopping: AtomicBool,
+}
+
+impl ClusterNode {
+    pub fn new(peers: Peers, dead_node_timeout: Duration) -> Arc<ClusterNode> {
+        Arc::new(ClusterNode {
+            me: OnceLock::new(),
+            bootstrapper: AtomicBool::new(false),
+            peer_tls: peers.tls.is_some(),
+            peers,
+            state: RwLock::new(ClusterState::default()),
+            changed: Event::new(),
+            tick: Event::new(),
+            engine: OnceLock::new(),
+            members: OnceLock::new(),
+            dead_node_timeout,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// The shards' hooks.
+    pub fn hooks(self: &Arc<Self>) -> Hooks {
+        Hooks(Some(Arc::new(NodeHooks(Arc::clone(self)))))
+    }
+
+    pub fn set_me(&self, me: NodeEntry) {
+        let _ = self.me.set(me);
+    }
+
+    pub fn me(&self) -> Option<&NodeEntry> {
+        self.me.get()
+    }
+
+    pub fn set_engine(&self, engine: EngineHandle) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn set_members(&self, members: crate::membership::MembershipWatch) {
+        let _ = self.members.set(members);
+    }
+
+    pub fn members(&self) -> Option<&crate::membership::MembershipWatch> {
+        self.members.get()
+    }
+
+    pub fn engine(&self) -> Option<&EngineHandle> {
+        self.engine.get()
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.changed.notify(usize::MAX);
+        self.tick.notify(usize::MAX);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// This node's Raft id (0 until known).
+    pub fn id(&self) -> u64 {
+        self.peers.self_id.load(Ordering::Relaxed)
+    }
+
+    pub fn set_id(&self, id: u64) {
+        self.peers.self_id.store(id, Ordering::Relaxed);
+    }
+
+    /// The controller's state as applied here.
+    pub fn state(&self) -> ClusterState {
+        self.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Applies registry knowledge learnt outside the log (a join answer), so that the
+    /// transport can talk to the controller's members before this node's log catches up.
+    pub fn learn_addresses(&self, nodes: &[(u64, String)]) {
+        for (id, addr) in nodes {
+            self.add_peer(*id, addr);
+        }
+    }
+
+    fn add_peer(&self, id: u64, rpc_addr: &str) {
+        if id == self.id() {
+            return;
+        }
+        let Ok(addr) = rpc_addr.parse::<SocketAddr>() else {
+            log::warn!("node {id}: RPC address {rpc_addr:?} is no socket address");
+            return;
+        };
+        let entry = PeerAddr {
+            addr,
+            server_name: addr.ip().to_string(),
+        };
+        if let Ok(mut b) = self.peers.book.write() {
+            if b.get(&id) != Some(&entry) {
+                log::info!("Raft transport: node {id} is at {addr}");
+                b.insert(id, entry);
+            }
+        }
+    }
+
+    fn apply(&self, index: u64, bytes: &[u8]) {
+        let c = match Command::decode(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("controller: command at index {index} does not decode ({e}); skipped");
+                return;
+            }
+        };
+        let nodes: Vec<(u64, String)> = {
+            let Ok(mut s) = self.state.write() else {
+                return;
+            };
+            s.apply(index, &c);
+            s.nodes
+                .iter()
+                .map(|(id, n)| (*id, n.rpc_addr.clone()))
+                .collect()
+        };
+        log::info!("controller: applied {index}: {}", describe_command(&c));
+        for (id, addr) in nodes {
+            self.add_peer(id, &addr);
+        }
+        self.changed.notify(usize::MAX);
+    }
+
+    /// The controller group's state on this node.
+    pub fn controller(&self) -> Option<crate::raft::board::GroupView> {
+        self.peers.board.get(0)
+    }
+
+    pub fn is_controller_leader(&self) -> bool {
+        self.controller()
+            .is_some_and(|v| v.role == StateRole::Leader)
+    }
+
+    /// The RPC address of node `id`, from the registry.
+    pub fn rpc_addr_of(&self, id: u64) -> Option<String> {
+        self.state
+            .read()
+            .ok()?
+            .nodes
+            .get(&id)
+            .map(|n| n.rpc_addr.clone())
+    }
+
+    /// NOT_LEADER naming the controller's leader, or NO_LEADER.
+    fn not_leader(&self) -> Error {
+        match self.controller().map(|v| v.leader) {
+            Some(l) if l != raft::INVALID_ID => Error::NotLeader {
+                leader_id: Some(l),
+                leader_addr: self.rpc_addr_of(l),
+            },
+            _ => Error::NoLeader,
+        }
+    }
+
+    /// Proposes `c` on the controller (this node must lead it) and waits until it is
+    /// applied here. Returns its index.
+    pub async fn propose(&self, c: &Command) -> Result<u64, Error> {
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        if !self.is_controller_leader() {
+            return Err(self.not_leader());
+        }
+        let (reply, rx) = oneshot::channel();
+        engine
+            .deliver(
+                0,
+                Box::new(ControlMsg::Command {
+                    command: c.encode(),
+                    reply,
+                }),
+            )
+            .map_err(|e| Error::Refused(e.to_string()))?;
+        let index = match rx.await {
+            Ok(Ok(i)) => i,
+            Ok(Err(RaftError::NotLeader { .. } | RaftError::NoLeader { .. })) => {
+                return Err(self.not_leader())
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(Error::Stopped),
+        };
+        self.wait_until(|s| s.applied >= index, "the command to apply")
+            .await?;
+        Ok(index)
+    }
+
+    /// Waits (on any executor or thread) until `done` holds for the applied state.
+    pub async fn wait_until(
+        &self,
+        done: impl Fn(&ClusterState) -> bool,
+        what: &str,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let listener = futures_lite::future::or(self.changed.listen(), self.tick.listen());
+            if self.state.read().map(|s| done(&s)).unwrap_or(false) {
+                return Ok(());
+            }
+            if self.stopping() {
+                return Err(Error::Stopped);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!("waiting for {what}")));
+            }
+            // The reconcile thread notifies at least every tick, so the deadline is seen.
+            listener.await;
+        }
+    }
+
+    /// Live members of the gossip view, by membership id (everyone registered when the node
+    /// does not gossip).
+    pub fn live_members(&self) -> Vec<String> {
+        match self.members.get() {
+            Some(w) => w
+                .members()
+                .members
+                .iter()
+                .filter(|m| m.state.is_live())
+                .map(|m| m.node_id.to_string())
+                .collect(),
+            None => self
+                .me
+                .get()
+                .map(|m| m.member.clone())
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Registered, not removed, and live in the gossip view.
+    pub fn live_nodes(&self, s: &ClusterState) -> Vec<u64> {
+        let live = self.live_members();
+        s.nodes
+            .iter()
+            .filter(|(_, n)| !n.removed && live.contains(&n.member))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Creates a topic through the controller: `rf` replicas (default min(3, live nodes)) of
+    /// each partition on distinct nodes. Returns once this node has its replicas open (or
+    /// holds none).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: LogConfig,
+        rf: Option<u32>,
+    ) -> Result<(), Error> {
+        engine::catalog::check_topic_name(name).map_err(|e| Error::Refused(e.to_string()))?;
+        if name == CONTROLLER_TOPIC {
+            return Err(Error::Refused(format!("topic {name:?} is reserved")));
+        }
+        if partitions == 0 {
+            return Err(Error::Refused(
+                "a topic needs at least one partition".into(),
+            ));
+        }
+        config
+            .validate()
+            .map_err(|e| Error::Refused(e.to_string()))?;
+        if !self.is_controller_leader() {
+            return Err(self.not_leader());
+        }
+        let s = self.state();
+        if s.topics.contains_key(name) {
+            return Err(Error::AlreadyExists(format!(
+                "topic {name:?} already exists"
+            )));
+        }
+        let live = self.live_nodes(&s);
+        let rf = rf
+            .filter(|&r| r > 0)
+            .unwrap_or_else(|| live.len().clamp(1, 3) as u32);
+        let placed = s
+            .place(name, partitions, rf, &live)
+            .map_err(Error::Refused)?;
+        let c = Command::CreateTopic {
+            name: name.to_owned(),
+            config,
+            replication_factor: rf,
+            partitions: placed,
+        };
+        self.propose(&c).await?;
+        self.wait_local(name).await
+    }
+
+    /// Waits until this node's engine holds the topic if placement gives it a replica.
+    pub async fn wait_local(&self, name: &str) -> Result<(), Error> {
+        let me = self.id();
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        let wanted = |s: &ClusterState| {
+            s.topics
+                .get(name)
+                .is_some_and(|t| t.partitions.iter().any(|p| p.nodes().contains(&me)))
+        };
+        self.wait_until(
+            |s| !wanted(s) || engine.topic(name).is_ok(),
+            "the topic's replicas to open here",
+        )
+        .await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        if !self.is_controller_leader() {
+            return Err(self.not_leader());
+        }
+        if !self.state().topics.contains_key(name) {
+            return Err(Error::NotFound(format!("topic {name:?} does not exist")));
+        }
+        self.propose(&Command::DeleteTopic {
+            name: name.to_owned(),
+        })
+        .await?;
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        self.wait_until(
+            |_| engine.topic(name).is_err(),
+            "the topic to be deleted here",
+        )
+        .await
+    }
+
+    /// Proposes a configuration change of `group` (led here, on `shard`).
+    pub async fn conf_change(
+        &self,
+        group: u64,
+        shard: usize,
+        cc: raft::eraftpb::ConfChangeV2,
+    ) -> Result<u64, Error> {
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        let (reply, rx) = oneshot::channel();
+        engine
+            .deliver(shard, Box::new(ControlMsg::ConfChange { group, cc, reply }))
+            .map_err(|e| Error::Refused(e.to_string()))?;
+        match rx.await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+
+    /// Asks this node's leader of `group` (on `shard`) to hand leadership to `to`.
+    pub fn transfer_leader(&self, group: u64, shard: usize, to: u64) {
+        if let Some(engine) = self.engine.get() {
+            let _ = engine.deliver(shard, Box::new(ControlMsg::TransferLeader { group, to }));
+        }
+    }
+
+    /// The group id and partition of every partition placement names.
+    pub fn partitions(s: &ClusterState) -> Vec<(PartitionId, u64)> {
+        let mut out = Vec::new();
+        for (name, t) in &s.topics {
+            for p in 0..t.partitions.len() as u32 {
+                let id = PartitionId::new(name.as_str(), p);
+                let g = group_id(&id);
+                out.push((id, g));
+            }
+        }
+        out
+    }
+}
+
+fn describe_command(c: &Command) -> String {
+    match c {
+        Command::Bootstrap { cluster_id, node } => {
+            format!("bootstrap cluster {cluster_id}, node 1 = {}", node.name)
+        }
+        Command::Register { node } => format!(
+            "register {} ({}) at {}",
+            node.name, node.member, node.rpc_addr
+        ),
+        Command::CreateTopic {
+            name,
+            replication_factor,
+            partitions,
+            ..
+        } => format!(
+            "create topic {name:?}: {} partitions, replication factor {replication_factor}",
+            partitions.len()
+        ),
+        Command::DeleteTopic { name } => format!("delete topic {name:?}"),
+        Command::SetReplicas {
+            topic,
+            partition,
+            replicas,
+            ..
+        } => format!(
+            "replicas of {topic}/{partition}: nodes {:?}",
+            replicas.iter().map(|r| r.node).collect::<Vec<_>>()
+        ),
+        Command::RemoveNode { id } => format!("remove node {id}"),
+    }
+}
+
+/// The hooks the shards call.
+struct NodeHooks(Arc<ClusterNode>);
+
+impl ClusterHooks for NodeHooks {
+    fn voters(&self, id: &PartitionId) -> Option<Vec<u64>> {
+        let node = &self.0;
+        let me = node.id();
+        if &*id.topic == CONTROLLER_TOPIC {
+            return Some(if node.bootstrapper.load(Ordering::Relaxed) {
+                vec![me]
+            } else {
+                Vec::new()
+            });
+        }
+        let s = node.state.read().ok()?;
+        let p = s
+            .topics
+            .get(&*id.topic)?
+            .partitions
+            .get(id.partition as usize)?;
+        if p.initial.contains(&me) {
+            Some(p.initial.clone())
+        } else {
+            Some(Vec::new())
+        }
+    }
+
+    fn applied(&self, index: u64, command: &[u8]) {
+        self.0.apply(index, command);
+    }
+}

@@ -1,0 +1,344 @@
+//! The controller's state machine: what the controller log (Raft group 0) describes, rebuilt
+//! on every node by applying that log's commands in order.
+//!
+//! State: the cluster id, the node registry (membership UUID -> Raft id, assigned here and
+//! never reused, name, RPC and gossip addresses), topics with their configuration, and each
+//! partition's replicas (node, shard) with the voters it was created with. A command is JSON
+//! (docs/format.md, "Controller commands"); applying is deterministic, so every node holds
+//! the same state after the same index. A command that no longer fits (a topic created twice
+//! by two racing requests, a node removed twice) is applied as a no-op, never an error: the
+//! log is the order.
+
+use engine::LogConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The Raft id of the node that bootstrapped a cluster.
+pub const FIRST_NODE_ID: u64 = 1;
+
+/// Voters of the controller group at most; other nodes follow it as learners.
+pub const CONTROLLER_VOTERS: usize = 3;
+
+/// A node of the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// The membership layer's node id (a UUID kept in the node's data directory).
+    pub member: String,
+    pub name: String,
+    pub rpc_addr: String,
+    pub gossip_addr: String,
+    /// Shards of the node (partitions are spread over them by the engine's hash).
+    pub shards: u32,
+    /// Removed from the cluster: its id is never given again, its replicas moved away.
+    #[serde(default)]
+    pub removed: bool,
+}
+
+/// One replica of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub node: u64,
+    pub shard: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    /// The voters the group was created with (each writes them as its first entry).
+    pub initial: Vec<u64>,
+    /// Where the partition should have replicas; the first is its preferred leader.
+    pub replicas: Vec<Replica>,
+}
+
+impl PartitionEntry {
+    pub fn nodes(&self) -> Vec<u64> {
+        self.replicas.iter().map(|r| r.node).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicEntry {
+    pub config: LogConfig,
+    pub replication_factor: u32,
+    pub partitions: Vec<PartitionEntry>,
+}
+
+/// A command of the controller log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// The first command: the cluster id and the bootstrapping node, id 1.
+    Bootstrap {
+        cluster_id: String,
+        node: NodeEntry,
+    },
+    /// A node joins (or a known one, by member id, updates its addresses).
+    Register {
+        node: NodeEntry,
+    },
+    CreateTopic {
+        name: String,
+        config: LogConfig,
+        replication_factor: u32,
+        partitions: Vec<PartitionEntry>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// A partition's replica set changes (the group's leader enacts it, one change at a
+    /// time).
+    SetReplicas {
+        topic: String,
+        partition: u32,
+        replication_factor: u32,
+        replicas: Vec<Replica>,
+    },
+    RemoveNode {
+        id: u64,
+    },
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// The controller's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Empty until the bootstrap command is applied.
+    pub cluster_id: String,
+    /// The next Raft id to assign.
+    pub next_id: u64,
+    pub nodes: BTreeMap<u64, NodeEntry>,
+    pub topics: BTreeMap<String, TopicEntry>,
+    /// The index of the last command applied.
+    pub applied: u64,
+}
+
+impl ClusterState {
+    /// Applies the command at `index` (commands at or below `applied` were applied already).
+    pub fn apply(&mut self, index: u64, c: &Command) {
+        if index <= self.applied {
+            return;
+        }
+        self.applied = index;
+        match c {
+            Command::Bootstrap { cluster_id, node } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                    self.nodes.insert(FIRST_NODE_ID, node.clone());
+                    self.next_id = FIRST_NODE_ID + 1;
+                }
+            }
+            Command::Register { node } => {
+                if let Some(id) = self.id_of(&node.member) {
+                    if let Some(n) = self.nodes.get_mut(&id) {
+                        let removed = n.removed;
+                        *n = node.clone();
+                        n.removed = removed;
+                    }
+                } else {
+                    let id = self.next_id.max(FIRST_NODE_ID + 1);
+                    self.nodes.insert(id, node.clone());
+                    self.next_id = id + 1;
+                }
+            }
+            Command::CreateTopic {
+                name,
+                config,
+                replication_factor,
+                partitions,
+            } => {
+                self.topics
+                    .entry(name.clone())
+                    .or_insert_with(|| TopicEntry {
+                        config: config.clone(),
+                        replication_factor: *replication_factor,
+                        partitions: partitions.clone(),
+                    });
+            }
+            Command::DeleteTopic { name } => {
+                self.topics.remove(name);
+            }
+            Command::SetReplicas {
+                topic,
+                partition,
+                replication_factor,
+                replicas,
+            } => {
+                if let Some(t) = self.topics.get_mut(topic) {
+                    t.replication_factor = *replication_factor;
+                    if let Some(p) = t.partitions.get_mut(*partition as usize) {
+                        p.replicas = replicas.clone();
+                    }
+                }
+            }
+            Command::RemoveNode { id } => {
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.removed = true;
+                }
+            }
+        }
+    }
+
+    /// The Raft id of membership node `member`, if registered.
+    pub fn id_of(&self, member: &str) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.member == member)
+            .map(|(id, _)| *id)
+    }
+
+    /// Registered nodes not removed, by id.
+    pub fn active_nodes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.removed)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Replicas each node holds (for placement: the least loaded first).
+    fn load(&self) -> BTreeMap<u64, usize> {
+        let mut load: BTreeMap<u64, usize> =
+            self.active_nodes().into_iter().map(|n| (n, 0)).collect();
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                for r in &p.replicas {
+                    if let Some(l) = load.get_mut(&r.node) {
+                        *l += 1;
+                    }
+                }
+            }
+        }
+        load
+    }
+
+    /// Places `partitions` partitions of `topic` with `rf` replicas each on distinct nodes
+    /// among `nodes` (the live ones), least loaded first, the preferred leader (first
+    /// replica) rotating so that leaders spread; each replica on the shard its node's
+    /// engine gives the partition.
+    pub fn place(
+        &self,
+        topic: &str,
+        partitions: u32,
+        rf: u32,
+        nodes: &[u64],
+    ) -> Result<Vec<PartitionEntry>, String> {
+        if rf == 0 {
+            return Err("the replication factor must be at least 1".into());
+        }
+        if rf as usize > nodes.len() {
+            return Err(format!(
+                "replication factor {rf} needs {rf} live nodes; the cluster has {}",
+                nodes.len()
+            ));
+        }
+        let mut load = self.load();
+        let mut out = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let mut order: Vec<u64> = nodes.to_vec();
+            order.sort_by_key(|n| (load.get(n).copied().unwrap_or(0), *n));
+            let chosen: Vec<u64> = order.into_iter().take(rf as usize).collect();
+            let mut replicas = Vec::with_capacity(chosen.len());
+            for &n in &chosen {
+                *load.entry(n).or_insert(0) += 1;
+                let shards = self.nodes.get(&n).map_or(1, |e| e.shards.max(1));
+                replicas.push(Replica {
+                    node: n,
+                    shard: engine::shard::owner(topic, p, shards as usize) as u32,
+                });
+            }
+            out.push(PartitionEntry {
+                initial: chosen,
+                replicas,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A replica of `topic`/`partition` for node `node`.
+    pub fn replica_on(&self, topic: &str, partition: u32, node: u64) -> Replica {
+        let shards = self.nodes.get(&node).map_or(1, |e| e.shards.max(1));
+        Replica {
+            node,
+            shard: engine::shard::owner(topic, partition, shards as usize) as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(m: &str) -> NodeEntry {
+        NodeEntry {
+            member: m.into(),
+            name: m.into(),
+            rpc_addr: "127.0.0.1:1".into(),
+            gossip_addr: "127.0.0.1:2".into(),
+            shards: 2,
+            removed: false,
+        }
+    }
+
+    #[test]
+    fn ids_are_assigned_once_and_never_reused() {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: node("a"),
+            },
+        );
+        s.apply(2, &Command::Register { node: node("b") });
+        s.apply(3, &Command::Register { node: node("b") });
+        s.apply(4, &Command::RemoveNode { id: 2 });
+        s.apply(5, &Command::Register { node: node("b2") });
+        // Applied again (a replay): no effect.
+        s.apply(5, &Command::Register { node: node("b3") });
+        assert_eq!(s.id_of("a"), Some(1));
+        assert_eq!(s.id_of("b"), Some(2));
+        assert_eq!(s.id_of("b2"), Some(3));
+        assert_eq!(s.id_of("b3"), None);
+        assert_eq!(s.active_nodes(), vec![1, 3]);
+    }
+
+    #[test]
+    fn placement_uses_distinct_nodes_and_spreads_leaders() {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: node("a"),
+            },
+        );
+        s.apply(2, &Command::Register { node: node("b") });
+        s.apply(3, &Command::Register { node: node("c") });
+        let p = s.place("t", 6, 2, &[1, 2, 3]).unwrap();
+        let mut leaders = BTreeMap::new();
+        for e in &p {
+            let n = e.nodes();
+            assert_eq!(n.len(), 2);
+            assert_ne!(n[0], n[1]);
+            *leaders.entry(n[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.len(), 3, "{leaders:?}");
+        assert!(s.place("t", 1, 4, &[1, 2, 3]).is_err());
+        assert!(s.place("t", 1, 0, &[1, 2, 3]).is_err());
+        let c = Command::CreateTopic {
+            name: "t".into(),
+            config: LogConfig::default(),
+            replication_factor: 2,
+            partitions: p,
+        };
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+    }
+}

@@ -1,0 +1,57 @@
+//! Every Raft group of this node as the shards' Ready loops last published it (after each
+//! round): read from any thread by the cluster layer, for the leader's address in a
+//! NOT_LEADER answer, GetServers, `cluster describe` and the reconcile loop, without asking
+//! the shards.
+
+use raft::StateRole;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+/// One group's state on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub shard: usize,
+    pub role: StateRole,
+    pub term: u64,
+    /// The leader's Raft id, `raft::INVALID_ID` (0) when none is known.
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// On the leader: each replica's matched index; empty elsewhere.
+    pub matched: Vec<(u64, u64)>,
+}
+
+/// The node's groups, by group id.
+#[derive(Debug, Default)]
+pub struct Board {
+    groups: RwLock<HashMap<u64, GroupView>>,
+}
+
+impl Board {
+    pub fn set(&self, group: u64, view: GroupView) {
+        if let Ok(mut g) = self.groups.write() {
+            g.insert(group, view);
+        }
+    }
+
+    pub fn remove(&self, group: u64) {
+        if let Ok(mut g) = self.groups.write() {
+            g.remove(&group);
+        }
+    }
+
+    pub fn get(&self, group: u64) -> Option<GroupView> {
+        self.groups.read().ok()?.get(&group).cloned()
+    }
+
+    /// Every group, in no order.
+    pub fn all(&self) -> Vec<(u64, GroupView)> {
+        self.groups
+            .read()
+            .map(|g| g.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,323 @@
+//! This node's place in its cluster: formation with the book's flags, before and after the
+//! engine starts.
+//!
+//! Before the engine ([`prepare`]): `cluster.meta` in the data directory decides. With it the
+//! node restarts as the member it was (its Raft id, its cluster; `--bootstrap` is then a
+//! no-op). Without it, a node given `--start-join-addrs` (and not `--bootstrap`) joins: its
+//! Raft groups wait until the controller gives it a Raft id. Any other node starts a new
+//! cluster as its node 1, a cluster of one through the same code as any other.
+//!
+//! After the engine and gossip ([`form`]): a joining node asks the members gossip shows
+//! (then the controller leader they name) for its Raft id over the peer channel, writes
+//! `cluster.meta`, and opens the controller's partition empty, to learn it from the leader's
+//! log; the first node opens it with itself as the only voter, proposes the bootstrap command
+//! (cluster id, itself as node 1), registers the topics an older single-node data directory
+//! holds, and creates the `default` topic. Then the reconcile loops start.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use consensus::cluster::identity::{self, ClusterIdentity};
+use consensus::cluster::join::{self, JoinAnswer, JoinRequest};
+use consensus::cluster::state::{Command, NodeEntry, PartitionEntry, Replica, FIRST_NODE_ID};
+use consensus::cluster::ClusterNode;
+use engine::{EngineHandle, LogConfig, CONTROLLER_TOPIC};
+use proto::log::v1::DEFAULT_TOPIC;
+
+use crate::config::Settings;
+
+/// How long a joining node keeps asking before it gives up (the bootstrap node may start
+/// after it).
+const JOIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How the node enters its cluster.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A restart: the member the data directory says.
+    Member(ClusterIdentity),
+    /// A new cluster, this node its first member.
+    New(ClusterIdentity),
+    /// Joining: no Raft id yet.
+    Join,
+}
+
+/// Reads `cluster.meta` and decides the mode; sets the node's Raft id when known.
+pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> {
+    let found = identity::read(&settings.data_dir).context("reading cluster.meta")?;
+    let joins = settings.gossip.as_ref().is_some_and(|g| !g.join.is_empty());
+    let mode = match found {
+        Some(id) => {
+            if settings.bootstrap {
+                log::info!(
+                    "--bootstrap: this node already belongs to cluster {} (node {}): nothing to bootstrap",
+                    id.cluster_id,
+                    id.node_id
+                );
+            }
+            Mode::Member(id)
+        }
+        None if joins && !settings.bootstrap => Mode::Join,
+        None => {
+            // Written once the engine holds the data directory's lock (in `form`).
+            let cluster_id = identity::new_cluster_id();
+            log::info!("bootstrapping a new cluster {cluster_id} with this node as node 1");
+            Mode::New(ClusterIdentity {
+                version: 1,
+                cluster_id,
+                node_id: FIRST_NODE_ID,
+            })
+        }
+    };
+    match &mode {
+        Mode::Member(id) | Mode::New(id) => {
+            node.set_id(id.node_id);
+            node.bootstrapper.store(
+                id.node_id == FIRST_NODE_ID,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Mode::Join => log::info!("joining a cluster: Raft groups wait for this node's Raft id"),
+    }
+    Ok(mode)
+}
+
+/// The controller partition's settings: every command durable before it is acknowledged,
+/// and never deleted by retention (the controller rebuilds its state from it).
+pub fn controller_config(settings: &Settings) -> LogConfig {
+    LogConfig {
+        durability: engine::Durability::Always,
+        retention_bytes: 0,
+        retention_ms: 0,
+        ..settings.log_config()
+    }
+}
+
+/// Joins or bootstraps (see the module doc), then starts the reconcile loops.
+pub fn form(
+    settings: &Settings,
+    node: &Arc<ClusterNode>,
+    engine: &EngineHandle,
+    members: &consensus::membership::MembershipWatch,
+    mode: &Mode,
+) -> anyhow::Result<()> {
+    node.set_engine(engine.clone());
+    node.set_members(members.clone());
+    let list = members.members();
+    let me = list
+        .members
+        .iter()
+        .find(|m| m.is_self)
+        .ok_or_else(|| anyhow!("membership does not list this node"))?;
+    let entry = NodeEntry {
+        member: me.node_id.to_string(),
+        name: settings.node_name.clone(),
+        rpc_addr: settings.advertised_rpc_addr().to_string(),
+        gossip_addr: me.gossip_addr.to_string(),
+        shards: engine.shards() as u32,
+        removed: false,
+    };
+    node.set_me(entry.clone());
+    // Before anything waits for placement to be enacted here.
+    consensus::cluster::reconcile::spawn(node.clone()).context("starting the reconcile thread")?;
+    match mode {
+        Mode::Join => {
+            let joined = join_cluster(settings, node, engine, members, &entry, None)?;
+            identity::write(&settings.data_dir, &joined.cluster_id, joined.node_id)
+                .context("writing cluster.meta")?;
+            node.set_id(joined.node_id);
+            log::info!(
+                "joined cluster {} as node {}",
+                joined.cluster_id,
+                joined.node_id
+            );
+            open_controller(settings, engine)?;
+        }
+        Mode::New(id) | Mode::Member(id) => {
+            if matches!(mode, Mode::New(_)) {
+                identity::write(&settings.data_dir, &id.cluster_id, id.node_id)
+                    .context("writing cluster.meta")?;
+            }
+            open_controller(settings, engine)?;
+            if id.node_id == FIRST_NODE_ID {
+                bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
+            }
+            check_cluster_id(node, &id.cluster_id);
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating if new) the controller's partition on shard 0.
+fn open_controller(settings: &Settings, engine: &EngineHandle) -> anyhow::Result<()> {
+    if engine.topic(CONTROLLER_TOPIC).is_ok() {
+        return Ok(());
+    }
+    match futures_lite::future::block_on(engine.create_topic(
+        CONTROLLER_TOPIC,
+        1,
+        controller_config(settings),
+    )) {
+        Ok(_) | Err(engine::Error::TopicExists(_)) => Ok(()),
+        Err(e) => Err(anyhow!(e)).context("creating the controller's partition"),
+    }
+}
+
+/// Logs an error if the controller's log names another cluster than cluster.meta.
+fn check_cluster_id(node: &ClusterNode, expected: &str) {
+    let s = node.state();
+    if !s.cluster_id.is_empty() && s.cluster_id != expected {
+        log::error!(
+            "cluster.meta names cluster {expected}, but the controller's log cluster {}",
+            s.cluster_id
+        );
+    }
+}
+
+fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let until = Instant::now() + deadline;
+    while !done() {
+        if Instant::now() >= until {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The first node: the bootstrap command, topics of an older data directory, `default`.
+fn bootstrap(
+    settings: &Settings,
+    node: &Arc<ClusterNode>,
+    engine: &EngineHandle,
+    cluster_id: &str,
+    me: &NodeEntry,
+) -> anyhow::Result<()> {
+    // Replayed from the log on a restart; proposed once on a new cluster (applied once even
+    // if proposed again after a crash).
+    wait_for(
+        "the controller to elect a leader",
+        Duration::from_secs(60),
+        || !node.state().cluster_id.is_empty() || node.is_controller_leader(),
+    )?;
+    if node.state().cluster_id.is_empty() {
+        let c = Command::Bootstrap {
+            cluster_id: cluster_id.to_owned(),
+            node: me.clone(),
+        };
+        futures_lite::future::block_on(node.propose(&c)).context("bootstrapping the controller")?;
+    }
+    if !node.is_controller_leader() {
+        return Ok(());
+    }
+    // Topics of a single-node data directory from before the controller: placed here.
+    let state = node.state();
+    for t in engine.list_topics().map_err(|e| anyhow!(e))? {
+        if t.name == CONTROLLER_TOPIC || state.topics.contains_key(&t.name) {
+            continue;
+        }
+        let partitions = (0..t.partitions)
+            .map(|p| PartitionEntry {
+                initial: vec![FIRST_NODE_ID],
+                replicas: vec![Replica {
+                    node: FIRST_NODE_ID,
+                    shard: engine.shard_of(&t.name, p) as u32,
+                }],
+            })
+            .collect();
+        let c = Command::CreateTopic {
+            name: t.name.clone(),
+            config: t.config.clone(),
+            replication_factor: 1,
+            partitions,
+        };
+        futures_lite::future::block_on(node.propose(&c))
+            .with_context(|| format!("registering topic {:?} with the controller", t.name))?;
+    }
+    if !node.state().topics.contains_key(DEFAULT_TOPIC) {
+        futures_lite::future::block_on(node.create_topic(
+            DEFAULT_TOPIC,
+            1,
+            settings.log_config(),
+            Some(1),
+        ))
+        .context("creating the default topic")?;
+        log::info!("created topic {DEFAULT_TOPIC:?} (1 partition) for clients that name none");
+    }
+    Ok(())
+}
+
+/// Asks the members gossip shows for a Raft id until one answers (see [`join`]).
+fn join_cluster(
+    settings: &Settings,
+    node: &ClusterNode,
+    engine: &EngineHandle,
+    members: &consensus::membership::MembershipWatch,
+    me: &NodeEntry,
+    cluster_id: Option<String>,
+) -> anyhow::Result<consensus::cluster::identity::ClusterIdentity> {
+    let tls = match settings.gossip.as_ref().and_then(|g| g.peer_tls.as_ref()) {
+        Some(files) => Some(files.load().context("loading the peer TLS settings")?),
+        None => None,
+    };
+    let req = JoinRequest {
+        cluster_id,
+        node: me.clone(),
+    };
+    let until = Instant::now() + JOIN_DEADLINE;
+    let mut last_error = String::from("no other member seen through gossip yet");
+    let mut last_log = Instant::now();
+    let mut redirect: Option<String> = None;
+    loop {
+        let mut targets: Vec<String> = redirect.take().into_iter().collect();
+        for m in &members.members().members {
+            if !m.is_self && m.state.is_live() {
+                targets.push(m.rpc_addr.to_string());
+            }
+        }
+        for t in targets {
+            let Ok(addr) = t.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            let (tls, req) = (tls.clone(), req.clone());
+            let answer = futures_lite::future::block_on(engine.on_shard(0, move |_| async move {
+                Ok(join::request(addr, tls.as_ref(), &req).await)
+            }))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match answer {
+                Ok(JoinAnswer::Joined {
+                    cluster_id,
+                    node_id,
+                    nodes,
+                }) => {
+                    node.learn_addresses(&nodes);
+                    return Ok(ClusterIdentity {
+                        version: 1,
+                        cluster_id,
+                        node_id,
+                    });
+                }
+                Ok(JoinAnswer::NotLeader { leader_addr }) => {
+                    last_error = format!("{addr} is not the controller's leader");
+                    if let Some(a) = leader_addr {
+                        redirect = Some(a);
+                        break;
+                    }
+                }
+                Ok(JoinAnswer::Refused { reason }) => {
+                    bail!("joining through {addr} was refused: {reason}");
+                }
+                Err(e) => last_error = format!("{addr}: {e}"),
+            }
+        }
+        if Instant::now() >= until {
+            bail!("could not join a cluster in {JOIN_DEADLINE:?}: {last_error}");
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            log::warn!("still joining: {last_error}");
+            last_log = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
