@@ -85,6 +85,8 @@ pub mod log {
             pub const DESCRIBE_TOPIC: &str = "/log.v1.Admin/DescribeTopic";
             pub const DELETE_TOPIC: &str = "/log.v1.Admin/DeleteTopic";
             pub const LIST_MEMBERS: &str = "/log.v1.Admin/ListMembers";
+            pub const DESCRIBE_CLUSTER: &str = "/log.v1.Admin/DescribeCluster";
+            pub const REMOVE_NODE: &str = "/log.v1.Admin/RemoveNode";
         }
 
         /// The cluster error contract: a call refused because of where the partition's

@@ -1,9 +1,13 @@
-//! `proglog cluster members`: the cluster's members as one node's gossip sees them.
+//! `proglog cluster members` (the members as one node's gossip sees them), `cluster describe`
+//! (registry and replication of every partition) and `cluster remove`.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use proto::log::v1::{paths, ListMembersRequest, ListMembersResponse, MemberState};
+use proto::log::v1::{
+    paths, DescribeClusterRequest, DescribeClusterResponse, ListMembersRequest,
+    ListMembersResponse, MemberState, RemoveNodeRequest, RemoveNodeResponse,
+};
 
 use super::Conn;
 
@@ -15,12 +19,155 @@ pub enum ClusterCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The registry and every partition's replication: leader, term, commit index and each
+    /// replica's lag (asks every live node; each partition as its leader reports it)
+    Describe {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a node (its Raft id or name) from the cluster; its replicas are re-created on
+    /// other live nodes. Ask the controller's leader (others answer with its address)
+    Remove {
+        /// Raft id or node name
+        node: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ClusterCommand::Members { conn } => members(conn).await,
+        ClusterCommand::Describe { conn } => describe(conn).await,
+        ClusterCommand::Remove { node, conn } => {
+            let ch = conn.connect().await?;
+            let resp: RemoveNodeResponse = ch
+                .unary_prost(paths::REMOVE_NODE, &RemoveNodeRequest { node }, conn.opts())
+                .await?;
+            println!("removed node {}", resp.id);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn describe_one(conn: &Conn) -> anyhow::Result<DescribeClusterResponse> {
+    let ch = conn.connect().await?;
+    Ok(ch
+        .unary_prost(
+            paths::DESCRIBE_CLUSTER,
+            &DescribeClusterRequest {},
+            conn.opts(),
+        )
+        .await?)
+}
+
+async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
+    let first = describe_one(&conn).await?;
+    let mut answers = vec![first.clone()];
+    for n in &first.nodes {
+        if n.id == first.node_id || !n.live || n.removed {
+            continue;
+        }
+        let Ok(addr) = n.rpc_addr.parse() else {
+            continue;
+        };
+        let other = Conn {
+            addr,
+            ..conn.clone()
+        };
+        match describe_one(&other).await {
+            Ok(a) => answers.push(a),
+            Err(e) => eprintln!("node {} ({}): {e:#}", n.id, n.rpc_addr),
+        }
+    }
+    // Each partition as its leader reports it, else as the first node holding it does.
+    let mut parts = Vec::new();
+    for p in &first.partitions {
+        let same = |q: &&proto::log::v1::PartitionReplication| {
+            q.topic == p.topic && q.partition == p.partition && q.local
+        };
+        let from_leader = answers.iter().find_map(|a| {
+            a.partitions
+                .iter()
+                .find(|q| same(q) && q.leader == a.node_id && q.leader != 0)
+        });
+        let any = answers.iter().find_map(|a| a.partitions.iter().find(same));
+        parts.push(from_leader.or(any).unwrap_or(p).clone());
+    }
+    if conn.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "cluster_id": first.cluster_id,
+                "controller_leader": first.controller_leader,
+                "nodes": first.nodes.iter().map(|n| serde_json::json!({
+                    "id": n.id, "name": n.name, "rpc_addr": n.rpc_addr,
+                    "member_id": n.member_id, "live": n.live, "removed": n.removed,
+                })).collect::<Vec<_>>(),
+                "partitions": parts.iter().map(|p| serde_json::json!({
+                    "topic": p.topic, "partition": p.partition,
+                    "replication_factor": p.replication_factor,
+                    "leader": p.leader, "term": p.term, "commit_index": p.commit_index,
+                    "replicas": p.replicas.iter().map(|r| serde_json::json!({
+                        "node": r.node, "shard": r.shard, "voter": r.voter,
+                        "learner": r.learner,
+                        "matched_index": r.progress_known.then_some(r.matched_index),
+                        "lag": r.progress_known.then_some(r.lag),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "cluster {}  controller leader: node {}",
+        or_dash(&first.cluster_id),
+        first.controller_leader
+    );
+    println!("NODE  NAME  RPC_ADDR  STATE");
+    for n in &first.nodes {
+        let st = if n.removed {
+            "removed"
+        } else if n.live {
+            "live"
+        } else {
+            "unreachable"
+        };
+        println!("{}  {}  {}  {st}", n.id, n.name, n.rpc_addr);
+    }
+    println!("PARTITION  RF  LEADER  TERM  COMMIT  REPLICAS (node/shard role lag)");
+    for p in &parts {
+        let replicas: Vec<String> = p
+            .replicas
+            .iter()
+            .map(|r| {
+                let role = if r.voter {
+                    "voter"
+                } else if r.learner {
+                    "learner"
+                } else {
+                    "placed"
+                };
+                let lag = if r.progress_known {
+                    r.lag.to_string()
+                } else {
+                    "?".into()
+                };
+                format!("{}/{} {role} {lag}", r.node, r.shard)
+            })
+            .collect();
+        println!(
+            "{}/{}  {}  {}  {}  {}  {}",
+            p.topic,
+            p.partition,
+            p.replication_factor,
+            p.leader,
+            p.term,
+            p.commit_index,
+            replicas.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn state_name(s: i32) -> &'static str {

@@ -1,10 +1,16 @@
-//! `GetServers`: a single node is its own leader.
+//! `GetServers` as the book defines it: every live member of the cluster with its RPC
+//! address, `is_leader` on the leader of the default topic's partition 0 (what book clients'
+//! pickers send produces to). Members come from the controller's registry, liveness from
+//! gossip; a node without cluster flags lists itself, the leader.
 
 use std::sync::Arc;
 
+use consensus::cluster::ClusterNode;
+use consensus::raft::replica::group_id;
+use engine::seam::PartitionId;
 use net::server::Request;
 use net::Status;
-use proto::log::v1::{GetServersRequest, GetServersResponse, Server};
+use proto::log::v1::{GetServersRequest, GetServersResponse, Server, DEFAULT_TOPIC};
 
 use super::state::AppState;
 
@@ -12,11 +18,37 @@ pub async fn handle(
     state: Arc<AppState>,
     _req: Request<GetServersRequest>,
 ) -> Result<GetServersResponse, Status> {
-    Ok(GetServersResponse {
-        servers: vec![Server {
-            id: state.node_name.clone(),
-            rpc_addr: state.rpc_addr.to_string(),
-            is_leader: true,
-        }],
-    })
+    let servers = servers(&state.cluster);
+    if servers.is_empty() {
+        // Not formed yet: this node alone.
+        return Ok(GetServersResponse {
+            servers: vec![Server {
+                id: state.node_name.clone(),
+                rpc_addr: state.rpc_addr.to_string(),
+                is_leader: false,
+            }],
+        });
+    }
+    Ok(GetServersResponse { servers })
+}
+
+/// The live registered members, sorted by Raft id.
+pub fn servers(cluster: &ClusterNode) -> Vec<Server> {
+    let s = cluster.state();
+    let leader = cluster
+        .peers
+        .board
+        .get(group_id(&PartitionId::new(DEFAULT_TOPIC, 0)))
+        .map(|v| v.leader)
+        .filter(|&l| l != 0);
+    let live = cluster.live_nodes(&s);
+    s.nodes
+        .iter()
+        .filter(|(id, _)| live.contains(id))
+        .map(|(id, n)| Server {
+            id: n.name.clone(),
+            rpc_addr: n.rpc_addr.clone(),
+            is_leader: leader == Some(*id),
+        })
+        .collect()
 }

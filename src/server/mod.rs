@@ -101,6 +101,11 @@ pub fn router(shard: &Rc<ShardState>) -> Router {
         )
         .unary_prost(paths::DELETE_TOPIC, bind(s, admin::delete_topic::handle))
         .unary_prost(paths::LIST_MEMBERS, bind(app, admin::list_members::handle))
+        .unary_prost(
+            paths::DESCRIBE_CLUSTER,
+            bind(app, admin::describe_cluster::handle),
+        )
+        .unary_prost(paths::REMOVE_NODE, bind(app, admin::remove_node::handle))
         .unary_prost(proto::health::v1::paths::CHECK, bind(app, health::check))
         .server_streaming(proto::health::v1::paths::WATCH, move |r, sink| {
             health::watch(a4.clone(), r, sink)

@@ -426,6 +426,35 @@ impl ClusterNode {
         .await
     }
 
+    /// Removes node `which` (a Raft id or a node name) from the cluster; the reconcile loop
+    /// re-creates its replicas on other live nodes. Returns its Raft id.
+    pub async fn remove_node(&self, which: &str) -> Result<u64, Error> {
+        if !self.is_controller_leader() {
+            return Err(self.not_leader());
+        }
+        let s = self.state();
+        let id = match which.parse::<u64>() {
+            Ok(id) if s.nodes.contains_key(&id) => id,
+            _ => s
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.name == which)
+                .map(|(id, _)| *id)
+                .max()
+                .ok_or_else(|| Error::NotFound(format!("no node {which:?} in the cluster")))?,
+        };
+        if s.nodes.get(&id).is_some_and(|n| n.removed) {
+            return Ok(id);
+        }
+        if s.active_nodes() == [id] {
+            return Err(Error::Refused(format!(
+                "node {id} is the cluster's last node"
+            )));
+        }
+        self.propose(&Command::RemoveNode { id }).await?;
+        Ok(id)
+    }
+
     /// Proposes a configuration change of `group` (led here, on `shard`).
     pub async fn conf_change(
         &self,

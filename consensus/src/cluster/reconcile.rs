@@ -15,6 +15,7 @@
 
 use super::state::{ClusterState, Command, CONTROLLER_VOTERS};
 use super::ClusterNode;
+use crate::membership::MemberState;
 use crate::raft::board::GroupView;
 use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
@@ -230,8 +231,101 @@ fn act(node: &ClusterNode, group: u64, v: &GroupView, step: Option<Step>) {
     }
 }
 
+/// Members gossip says left (at once) or have been unreachable longer than the dead-node
+/// timeout: removed from the cluster, one per pass.
+fn remove_dead(node: &ClusterNode, s: &ClusterState) -> bool {
+    let Some(watch) = node.members() else {
+        return false;
+    };
+    let list = watch.members();
+    let me = node.id();
+    for (id, n) in &s.nodes {
+        if n.removed || *id == me {
+            continue;
+        }
+        let Some(m) = list
+            .members
+            .iter()
+            .find(|m| m.node_id.to_string() == n.member)
+        else {
+            continue;
+        };
+        let gone = match m.state {
+            MemberState::Left => Some("left the cluster".to_string()),
+            MemberState::Suspect | MemberState::Down
+                if m.in_state_for(&list) >= node.dead_node_timeout =>
+            {
+                Some(format!(
+                    "unreachable for {:?} (dead-node-timeout {:?})",
+                    m.in_state_for(&list),
+                    node.dead_node_timeout
+                ))
+            }
+            _ => None,
+        };
+        if let Some(why) = gone {
+            if s.active_nodes().len() <= 1 {
+                return false;
+            }
+            log::warn!("node {id} ({}) {why}: removing it from the cluster", n.name);
+            if let Err(e) =
+                futures_lite::future::block_on(node.propose(&Command::RemoveNode { id: *id }))
+            {
+                log::info!("removing node {id}: not now ({e})");
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Replicas on removed nodes are re-created on live nodes (one partition per pass).
+fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
+    let active = s.active_nodes();
+    let live = node.live_nodes(s);
+    for (name, t) in &s.topics {
+        for (p, entry) in t.partitions.iter().enumerate() {
+            if entry.replicas.iter().all(|r| active.contains(&r.node)) {
+                continue;
+            }
+            let mut replicas: Vec<_> = entry
+                .replicas
+                .iter()
+                .filter(|r| active.contains(&r.node))
+                .copied()
+                .collect();
+            let lost = entry.replicas.len() - replicas.len();
+            for _ in 0..lost {
+                let have: Vec<u64> = replicas.iter().map(|r| r.node).collect();
+                if let Some(&n) = live.iter().find(|n| !have.contains(n)) {
+                    replicas.push(s.replica_on(name, p as u32, n));
+                }
+            }
+            if replicas.is_empty() {
+                log::error!("{name}/{p}: every replica was on removed nodes; nothing to copy from");
+                continue;
+            }
+            let c = Command::SetReplicas {
+                topic: name.clone(),
+                partition: p as u32,
+                replication_factor: t.replication_factor,
+                replicas,
+            };
+            log::warn!("{name}/{p}: replicas on removed nodes re-created elsewhere");
+            if let Err(e) = futures_lite::future::block_on(node.propose(&c)) {
+                log::info!("{name}/{p}: re-placing replicas: not now ({e})");
+            }
+            return true;
+        }
+    }
+    false
+}
+
 /// The controller leader's own duties.
 fn controller(node: &ClusterNode, s: &ClusterState) {
+    if remove_dead(node, s) || replace_removed(node, s) {
+        return;
+    }
     let live = node.live_nodes(s);
     let target = live.len().clamp(1, 3) as u32;
     let Some(t) = s.topics.get(DEFAULT_TOPIC_NAME) else {

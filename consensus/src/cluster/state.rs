@@ -244,7 +244,11 @@ impl ClusterState {
         for p in 0..partitions {
             let mut order: Vec<u64> = nodes.to_vec();
             order.sort_by_key(|n| (load.get(n).copied().unwrap_or(0), *n));
-            let chosen: Vec<u64> = order.into_iter().take(rf as usize).collect();
+            let mut chosen: Vec<u64> = order.into_iter().take(rf as usize).collect();
+            // The first replica is the preferred leader: rotated so that leaders spread when
+            // every node holds every partition.
+            let len = chosen.len().max(1);
+            chosen.rotate_left(p as usize % len);
             let mut replicas = Vec::with_capacity(chosen.len());
             for &n in &chosen {
                 *load.entry(n).or_insert(0) += 1;

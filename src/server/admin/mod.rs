@@ -2,9 +2,11 @@
 
 pub mod create_topic;
 pub mod delete_topic;
+pub mod describe_cluster;
 pub mod describe_topic;
 pub mod list_members;
 pub mod list_topics;
+pub mod remove_node;
 
 use engine::seam::{Durability, PartitionId, TopicConfig, Writability, BATCH_HEADER_LEN};
 use net::Status;

@@ -1,0 +1,115 @@
+//! `DescribeCluster`: the controller's registry and placement as this node applied them, with
+//! this node's view of each partition's group (leader, term, commit index; on the leader each
+//! replica's matched index and lag). `proglog cluster describe` asks every node and shows, for
+//! each partition, its leader's answer.
+
+use std::sync::Arc;
+
+use consensus::cluster::ClusterNode;
+use consensus::raft::board::GroupView;
+use consensus::raft::replica::{group_id, CONTROLLER_TOPIC};
+use engine::seam::PartitionId;
+use net::server::Request;
+use net::Status;
+use proto::log::v1::{self as pb, DescribeClusterRequest, DescribeClusterResponse};
+
+use super::super::state::AppState;
+use crate::server::acl::Action;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<DescribeClusterRequest>,
+) -> Result<DescribeClusterResponse, Status> {
+    state.authorize(&req, Action::Admin, None)?;
+    Ok(describe(&state.cluster))
+}
+
+fn partition(
+    topic: &str,
+    partition: u32,
+    rf: u32,
+    placed: &[(u64, u32)],
+    view: Option<GroupView>,
+) -> pb::PartitionReplication {
+    let mut out = pb::PartitionReplication {
+        topic: topic.to_owned(),
+        partition,
+        replication_factor: rf,
+        ..Default::default()
+    };
+    let mut nodes: Vec<(u64, u32)> = placed.to_vec();
+    if let Some(v) = &view {
+        out.leader = v.leader;
+        out.term = v.term;
+        out.commit_index = v.commit;
+        out.local = true;
+        for n in v.voters.iter().chain(v.learners.iter()) {
+            if !nodes.iter().any(|(x, _)| x == n) {
+                nodes.push((*n, 0));
+            }
+        }
+    }
+    for (node, shard) in nodes {
+        let mut r = pb::ReplicaState {
+            node,
+            shard,
+            ..Default::default()
+        };
+        if let Some(v) = &view {
+            r.voter = v.voters.contains(&node);
+            r.learner = v.learners.contains(&node);
+            if let Some(&(_, m)) = v.matched.iter().find(|(n, _)| *n == node) {
+                r.progress_known = true;
+                r.matched_index = m;
+                r.lag = v.commit.saturating_sub(m);
+            }
+        }
+        out.replicas.push(r);
+    }
+    out
+}
+
+pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
+    let s = cluster.state();
+    let live = cluster.live_nodes(&s);
+    let board = &cluster.peers.board;
+    let controller = board.get(0);
+    let mut partitions = vec![partition(
+        CONTROLLER_TOPIC,
+        0,
+        s.active_nodes().len().min(3) as u32,
+        &[],
+        controller.clone(),
+    )];
+    for (name, t) in &s.topics {
+        for (p, e) in t.partitions.iter().enumerate() {
+            let placed: Vec<(u64, u32)> = e.replicas.iter().map(|r| (r.node, r.shard)).collect();
+            let view = board.get(group_id(&PartitionId::new(name.as_str(), p as u32)));
+            partitions.push(partition(
+                name,
+                p as u32,
+                t.replication_factor,
+                &placed,
+                view,
+            ));
+        }
+    }
+    DescribeClusterResponse {
+        cluster_id: s.cluster_id.clone(),
+        node_id: cluster.id(),
+        controller_leader: controller.map_or(0, |v| v.leader),
+        nodes: s
+            .nodes
+            .iter()
+            .map(|(id, n)| pb::ClusterNode {
+                id: *id,
+                name: n.name.clone(),
+                rpc_addr: n.rpc_addr.clone(),
+                member_id: n.member.clone(),
+                live: live.contains(id),
+                removed: n.removed,
+            })
+            .collect(),
+        partitions,
+    }
+}
