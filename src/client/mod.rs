@@ -90,7 +90,7 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: TopicsCommand,
     },
-    /// The cluster's members as a node's gossip sees them
+    /// The cluster: members (gossip), describe (registry, replication), remove NODE
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
