@@ -67,6 +67,8 @@ impl Node {
                 "1".into(),
                 "--admin-addr".into(),
                 "off".into(),
+                "--log-level".into(),
+                "info".into(),
             ],
         };
         n.args.extend(extra.iter().cloned());
@@ -120,7 +122,10 @@ impl Node {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        match std::fs::read(&self.log_path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("({}: {e})", self.log_path.display()),
+        }
     }
 }
 
@@ -497,4 +502,141 @@ fn three_nodes_form_over_peer_mutual_tls() {
         acked.insert(off, v);
     }
     check_everywhere(&c, "secure", &acked);
+}
+
+/// Voters of `topic`/0 as its leader reports them.
+fn voters_of(c: &Cluster, topic: &str) -> Option<Vec<u64>> {
+    c.nodes.iter().find_map(|n| {
+        let d = n.describe()?;
+        let p = d
+            .partitions
+            .iter()
+            .find(|p| p.topic == topic && p.partition == 0)?;
+        (p.local && p.leader == d.node_id && p.leader != 0).then(|| {
+            let mut v: Vec<u64> = p
+                .replicas
+                .iter()
+                .filter(|r| r.voter)
+                .map(|r| r.node)
+                .collect();
+            v.sort_unstable();
+            v
+        })
+    })
+}
+
+/// Raft id of each node, by index, from the registry (by RPC address).
+fn raft_ids(c: &Cluster) -> Vec<u64> {
+    let mut d = None;
+    wait("the registry", || {
+        d = c.nodes.iter().find_map(Node::describe);
+        d.as_ref().is_some_and(|d| d.nodes.len() >= c.nodes.len())
+    });
+    let d = d.unwrap_or_default();
+    c.nodes
+        .iter()
+        .map(|n| {
+            d.nodes
+                .iter()
+                .find(|x| x.rpc_addr == n.rpc.to_string())
+                .map_or(0, |x| x.id)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
+    let timeout = ["--dead-node-timeout".to_owned(), "3s".to_owned()];
+    let mut c = form("join, dead-node timeout, remove", 61, &timeout);
+    create_topic(&c, "events", 1, 3);
+    let mut leader = None;
+    wait("events/0 led with three voters", || {
+        leader = leader_of(&c, "events", 0, 3);
+        leader.is_some()
+    });
+    let mut acked = BTreeMap::new();
+    for i in 0..20u32 {
+        let v = format!("e{i}").into_bytes();
+        let mut r = Err(Status::unavailable(""));
+        wait("a produce on the leader", || {
+            let l = leader_of(&c, "events", 0, 3).unwrap_or(0);
+            r = produce(&c.nodes[l], "events", &v);
+            r.is_ok()
+        });
+        acked.insert(r.unwrap_or(0), v);
+    }
+
+    // A fourth node joins: registered, a learner of the controller (three voters at most).
+    let join = c.nodes[0].gossip.clone();
+    let mut args = timeout.to_vec();
+    args.extend(["--start-join-addrs".to_owned(), join]);
+    let n4 = Node::start(c._tmp.path(), "n4", "127.0.0.64", &args);
+    c.nodes.push(n4);
+    wait("the fourth node serving", || c.nodes[3].serving());
+    let ids = raft_ids(&c);
+    wait("the fourth node a learner of the controller", || {
+        c.nodes.iter().filter_map(Node::describe).any(|d| {
+            d.partitions.first().is_some_and(|p| {
+                p.leader == d.node_id
+                    && p.replicas.iter().filter(|r| r.voter).count() == 3
+                    && p.replicas.iter().any(|r| r.node == ids[3] && r.learner)
+            })
+        })
+    });
+
+    // kill -9 a replica of events/0 that leads neither it nor the controller: past the
+    // dead-node timeout it is removed and its replica re-created on the fourth node.
+    let ctl = controller_leader(&c);
+    let lead = leader_of(&c, "events", 0, 3).unwrap_or(0);
+    let victim = (0..3).find(|&i| i != ctl && i != lead).unwrap_or(2);
+    c.nodes[victim].kill9();
+    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    expected.sort_unstable();
+    wait("events/0 re-created on the fourth node", || {
+        voters_of(&c, "events").as_deref() == Some(&expected[..])
+    });
+    let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    for &i in &survivors {
+        for (&o, v) in &acked {
+            let mut got = Err(Status::unavailable(""));
+            wait("acknowledged records on the new replica", || {
+                got = consume(&c.nodes[i], "events", o);
+                got.is_ok()
+            });
+            assert_eq!(got.as_ref().ok(), Some(v), "offset {o} on node {}", ids[i]);
+        }
+    }
+    let d = c.nodes[ctl].describe().expect("describe");
+    assert!(
+        d.nodes.iter().any(|n| n.id == ids[victim] && n.removed),
+        "{:?}",
+        d.nodes
+    );
+
+    // `cluster remove` of a live replica: it leaves the group (two voters remain, no third
+    // node is free), and the partition keeps its records and a leader.
+    let ctl = controller_leader(&c);
+    let gone = survivors
+        .iter()
+        .copied()
+        .find(|&i| i != ctl)
+        .unwrap_or(survivors[0]);
+    let (ok, out, err) = common::run_cli(
+        c.nodes[ctl].rpc,
+        &["cluster", "remove", &ids[gone].to_string()],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    let mut left: Vec<u64> = survivors
+        .iter()
+        .filter(|&&i| i != gone)
+        .map(|&i| ids[i])
+        .collect();
+    left.sort_unstable();
+    wait("the removed node out of events/0", || {
+        voters_of(&c, "events").as_deref() == Some(&left[..])
+    });
+    let (ok, out, err) = common::run_cli(c.nodes[ctl].rpc, &["cluster", "describe"], None);
+    assert!(ok && out.contains("removed"), "{out}{err}");
 }

@@ -77,6 +77,7 @@ pub struct Observability {
     engine: Mutex<Option<EngineHandle>>,
     rpc: OnceLock<Arc<RpcMetrics>>,
     membership: OnceLock<MembershipWatch>,
+    cluster: OnceLock<Arc<consensus::cluster::ClusterNode>>,
     memory: OnceLock<Arc<net::memory::MemoryBudget>>,
     start_time: SystemTime,
 }
@@ -94,6 +95,7 @@ impl Observability {
             engine: Mutex::new(None),
             rpc: OnceLock::new(),
             membership: OnceLock::new(),
+            cluster: OnceLock::new(),
             memory: OnceLock::new(),
             start_time: SystemTime::now(),
         }
@@ -129,6 +131,11 @@ impl Observability {
     /// The member list and gossip counters to report (set once).
     pub fn set_membership(&self, watch: MembershipWatch) {
         let _ = self.membership.set(watch);
+    }
+
+    /// The node's cluster layer: the controller's state and this node's Raft groups.
+    pub fn set_cluster(&self, cluster: Arc<consensus::cluster::ClusterNode>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// The server's memory budget (set once).
@@ -174,6 +181,9 @@ impl Observability {
         if let Some(m) = self.membership.get() {
             render_membership(&mut e, m);
         }
+        if let Some(c) = self.cluster.get() {
+            render_cluster(&mut e, c);
+        }
         if let Some(m) = self.memory.get() {
             render_memory(&mut e, m);
         }
@@ -184,6 +194,169 @@ impl Observability {
         render_process(&mut e, &ProcessStats::read(), self.start_time);
         e.finish()
     }
+}
+
+fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = c.state();
+    let groups = c.peers.board.all();
+    let led: Vec<_> = groups
+        .iter()
+        .filter(|(_, v)| v.leader != 0 && v.leader == c.id())
+        .collect();
+    e.single(
+        "proglog_cluster_node_id",
+        Kind::Gauge,
+        "This node's Raft id (0 while it joins).",
+        c.id() as f64,
+    );
+    e.family(
+        "proglog_cluster_nodes",
+        Kind::Gauge,
+        "Nodes of the controller's registry, by state (active, removed).",
+    )
+    .sample(
+        "proglog_cluster_nodes",
+        &[("state", "active")],
+        s.active_nodes().len() as f64,
+    )
+    .sample(
+        "proglog_cluster_nodes",
+        &[("state", "removed")],
+        (s.nodes.len() - s.active_nodes().len()) as f64,
+    );
+    e.single(
+        "proglog_cluster_controller_applied_index",
+        Kind::Gauge,
+        "The last controller command applied here.",
+        s.applied as f64,
+    );
+    e.single(
+        "proglog_raft_groups",
+        Kind::Gauge,
+        "Raft groups (partitions and the controller) this node holds.",
+        groups.len() as f64,
+    );
+    e.single(
+        "proglog_raft_groups_led",
+        Kind::Gauge,
+        "Raft groups this node leads.",
+        led.len() as f64,
+    );
+    e.single(
+        "proglog_raft_groups_without_leader",
+        Kind::Gauge,
+        "Raft groups held here that know no leader.",
+        groups.iter().filter(|(_, v)| v.leader == 0).count() as f64,
+    );
+    let max_lag = led
+        .iter()
+        .flat_map(|(_, v)| v.matched.iter().map(|&(_, m)| v.commit.saturating_sub(m)))
+        .max()
+        .unwrap_or(0);
+    e.single(
+        "proglog_raft_follower_lag_max",
+        Kind::Gauge,
+        "The largest lag (commit index minus matched index) of a replica of a group led here.",
+        max_lag as f64,
+    );
+    let under = led
+        .iter()
+        .filter(|(g, v)| {
+            let rf = s
+                .topics
+                .iter()
+                .flat_map(|(name, t)| {
+                    (0..t.partitions.len() as u32).map(move |p| (name, p, t.replication_factor))
+                })
+                .find(|(name, p, _)| {
+                    consensus::raft::replica::group_id(&engine::seam::PartitionId::new(name, *p))
+                        == *g
+                })
+                .map_or(0, |(_, _, rf)| rf as usize);
+            v.voters.len() < rf
+        })
+        .count();
+    e.single(
+        "proglog_raft_under_replicated_groups",
+        Kind::Gauge,
+        "Groups led here with fewer voters than their replication factor.",
+        under as f64,
+    );
+    e.single(
+        "proglog_raft_leader_changes_total",
+        Kind::Counter,
+        "Times a group held here saw a new leader (elections and transfers).",
+        c.peers.board.leader_changes.load(Relaxed) as f64,
+    );
+    e.single(
+        "proglog_raft_became_leader_total",
+        Kind::Counter,
+        "Times this node became a group's leader.",
+        c.peers.board.became_leader.load(Relaxed) as f64,
+    );
+    e.family(
+        "proglog_raft_conf_changes_total",
+        Kind::Counter,
+        "Configuration changes this node proposed, by outcome (committed, failed).",
+    )
+    .sample(
+        "proglog_raft_conf_changes_total",
+        &[("outcome", "committed")],
+        c.stats.conf_changes.load(Relaxed) as f64,
+    )
+    .sample(
+        "proglog_raft_conf_changes_total",
+        &[("outcome", "failed")],
+        c.stats.conf_changes_failed.load(Relaxed) as f64,
+    );
+    e.single(
+        "proglog_cluster_commands_total",
+        Kind::Counter,
+        "Controller commands this node proposed and saw applied.",
+        c.stats.commands.load(Relaxed) as f64,
+    );
+    e.single(
+        "proglog_cluster_replicas_replaced_total",
+        Kind::Counter,
+        "Partitions whose replicas this node, as the controller's leader, moved off removed nodes or topped up.",
+        c.stats.replicas_replaced.load(Relaxed) as f64,
+    );
+    e.single(
+        "proglog_cluster_nodes_removed_total",
+        Kind::Counter,
+        "Nodes this node, as the controller's leader, removed (left, or unreachable past the dead-node timeout).",
+        c.stats.nodes_removed.load(Relaxed) as f64,
+    );
+    let st = &c.peers.stats;
+    let get = consensus::raft::transport::TransportStats::get;
+    e.family(
+        "proglog_raft_transport_bytes_total",
+        Kind::Counter,
+        "Raft transport bytes, by direction.",
+    )
+    .sample(
+        "proglog_raft_transport_bytes_total",
+        &[("direction", "sent")],
+        get(&st.bytes_sent) as f64,
+    )
+    .sample(
+        "proglog_raft_transport_bytes_total",
+        &[("direction", "received")],
+        get(&st.bytes_received) as f64,
+    );
+    e.single(
+        "proglog_raft_transport_connects_total",
+        Kind::Counter,
+        "Raft connections opened (reconnects included).",
+        get(&st.connects) as f64,
+    );
+    e.single(
+        "proglog_raft_transport_connect_failures_total",
+        Kind::Counter,
+        "Raft connection attempts that failed.",
+        get(&st.connect_failures) as f64,
+    );
 }
 
 fn render_membership(e: &mut Exposition, m: &MembershipWatch) {

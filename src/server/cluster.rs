@@ -122,7 +122,7 @@ pub fn form(
     consensus::cluster::reconcile::spawn(node.clone()).context("starting the reconcile thread")?;
     match mode {
         Mode::Join => {
-            let joined = join_cluster(settings, node, engine, members, &entry, None)?;
+            let joined = join_cluster(&peer_tls(settings)?, node, engine, members, &entry, None)?;
             identity::write(&settings.data_dir, &joined.cluster_id, joined.node_id)
                 .context("writing cluster.meta")?;
             node.set_id(joined.node_id);
@@ -143,9 +143,64 @@ pub fn form(
                 bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
             }
             check_cluster_id(node, &id.cluster_id);
+            if settings.gossip.is_some() {
+                // Registered again in the background: new addresses (a pod restarted under a
+                // new IP), a member removed while it was away comes back, and a node that
+                // finds another cluster says so.
+                let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
+                let (members, entry, id) = (members.clone(), entry.clone(), id.clone());
+                std::thread::Builder::new()
+                    .name("proglog-rejoin".into())
+                    .spawn(move || {
+                        // Nothing to do when the registry (replayed from this node's log, or
+                        // learnt from the leader) already has this node as it is.
+                        let _ = wait_for("the controller's state", Duration::from_secs(30), || {
+                            !node.state().cluster_id.is_empty()
+                        });
+                        let s = node.state();
+                        let current = s.nodes.get(&id.node_id).is_some_and(|n| {
+                            n.member == entry.member
+                                && n.rpc_addr == entry.rpc_addr
+                                && n.gossip_addr == entry.gossip_addr
+                                && !n.removed
+                        });
+                        if current && s.cluster_id == id.cluster_id {
+                            return;
+                        }
+                        match join_cluster(
+                            &tls,
+                            &node,
+                            &engine,
+                            &members,
+                            &entry,
+                            Some(id.cluster_id.clone()),
+                        ) {
+                            Ok(j) if j.node_id == id.node_id => {
+                                log::info!(
+                                    "registered with the controller again as node {}",
+                                    j.node_id
+                                )
+                            }
+                            Ok(j) => log::error!(
+                                "the controller knows this node as node {}, cluster.meta says {}",
+                                j.node_id,
+                                id.node_id
+                            ),
+                            Err(e) => log::error!("registering with the controller again: {e:#}"),
+                        }
+                    })
+                    .context("starting the rejoin thread")?;
+            }
         }
     }
     Ok(())
+}
+
+fn peer_tls(settings: &Settings) -> anyhow::Result<Option<net::peer::PeerTls>> {
+    match settings.gossip.as_ref().and_then(|g| g.peer_tls.as_ref()) {
+        Some(files) => Ok(Some(files.load().context("loading the peer TLS settings")?)),
+        None => Ok(None),
+    }
 }
 
 /// Opens (creating if new) the controller's partition on shard 0.
@@ -249,17 +304,13 @@ fn bootstrap(
 
 /// Asks the members gossip shows for a Raft id until one answers (see [`join`]).
 fn join_cluster(
-    settings: &Settings,
+    tls: &Option<net::peer::PeerTls>,
     node: &ClusterNode,
     engine: &EngineHandle,
     members: &consensus::membership::MembershipWatch,
     me: &NodeEntry,
     cluster_id: Option<String>,
 ) -> anyhow::Result<consensus::cluster::identity::ClusterIdentity> {
-    let tls = match settings.gossip.as_ref().and_then(|g| g.peer_tls.as_ref()) {
-        Some(files) => Some(files.load().context("loading the peer TLS settings")?),
-        None => None,
-    };
     let req = JoinRequest {
         cluster_id,
         node: me.clone(),

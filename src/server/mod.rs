@@ -264,6 +264,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let cluster_node =
         consensus::cluster::ClusterNode::new(raft_peers.clone(), settings.dead_node_timeout);
     let mode = cluster::prepare(&settings, &cluster_node)?;
+    obs.set_cluster(cluster_node.clone());
     let replication = consensus::raft::RaftReplication {
         node_id: cluster_node.id(),
         peers: raft_peers.clone(),
@@ -397,7 +398,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Leave the cluster first (the book's order): others list this node as left at once,
     // not as down after a suspicion timeout.
+    // The reconcile loops stop first (they would move leaderships back), then every
+    // leadership this node holds goes to a caught-up voter.
     cluster_node.stop();
+    cluster_node.hand_off_leadership(Duration::from_secs(3));
     cluster.leave();
     // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
     obs.set_phase(Phase::Draining);

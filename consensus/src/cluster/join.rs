@@ -98,12 +98,10 @@ impl JoinService {
         let unchanged = known.and_then(|id| s.nodes.get(&id)).is_some_and(|n| {
             n.rpc_addr == req.node.rpc_addr && n.gossip_addr == req.node.gossip_addr
         });
-        if let Some(id) = known.filter(|_| unchanged) {
-            if s.nodes.get(&id).is_some_and(|n| n.removed) {
-                return Ok(JoinAnswer::Refused {
-                    reason: format!("node {id} was removed from the cluster; wipe its data directory to join as a new node"),
-                });
-            }
+        let removed = known
+            .and_then(|id| s.nodes.get(&id))
+            .is_some_and(|n| n.removed);
+        if let Some(id) = known.filter(|_| unchanged && !removed) {
             return Ok(joined(&s, id));
         }
         if !node.is_controller_leader() {

@@ -83,9 +83,26 @@ impl From<Error> for seam::Error {
     }
 }
 
+/// Counters of the cluster layer (this node).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Configuration changes this node proposed that committed.
+    pub conf_changes: std::sync::atomic::AtomicU64,
+    /// Configuration changes refused or lost (pending, conflicting, leadership moved).
+    pub conf_changes_failed: std::sync::atomic::AtomicU64,
+    /// Controller commands this node proposed that were applied.
+    pub commands: std::sync::atomic::AtomicU64,
+    /// Partitions whose replicas this node (as controller leader) moved off removed nodes or
+    /// topped up to their replication factor.
+    pub replicas_replaced: std::sync::atomic::AtomicU64,
+    /// Nodes this node (as controller leader) removed: left, or dead past the timeout.
+    pub nodes_removed: std::sync::atomic::AtomicU64,
+}
+
 /// This node in its cluster: the controller's state as applied here, and the way to change
 /// it.
 pub struct ClusterNode {
+    pub stats: ClusterStats,
     /// This node's registry entry as it registers itself (known once membership runs).
     me: OnceLock<NodeEntry>,
     /// This node creates the controller group with itself as its only voter (it
@@ -109,6 +126,7 @@ pub struct ClusterNode {
 impl ClusterNode {
     pub fn new(peers: Peers, dead_node_timeout: Duration) -> Arc<ClusterNode> {
         Arc::new(ClusterNode {
+            stats: ClusterStats::default(),
             me: OnceLock::new(),
             bootstrapper: AtomicBool::new(false),
             peer_tls: peers.tls.is_some(),
@@ -181,6 +199,23 @@ impl ClusterNode {
     pub fn learn_addresses(&self, nodes: &[(u64, String)]) {
         for (id, addr) in nodes {
             self.add_peer(*id, addr);
+        }
+    }
+
+    /// Where gossip says a registered member's RPC address is now (a node restarted under a
+    /// new IP, as a pod is): the transport follows gossip before the registry is updated,
+    /// so that a cluster restarted entirely under new addresses can elect leaders again.
+    pub fn refresh_addresses(&self, s: &ClusterState) {
+        let Some(w) = self.members.get() else { return };
+        let list = w.members();
+        for (id, n) in &s.nodes {
+            if let Some(m) = list
+                .members
+                .iter()
+                .find(|m| m.state.is_live() && m.node_id.to_string() == n.member)
+            {
+                self.add_peer(*id, &m.rpc_addr.to_string());
+            }
         }
     }
 
@@ -287,6 +322,7 @@ impl ClusterNode {
         };
         self.wait_until(|s| s.applied >= index, "the command to apply")
             .await?;
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
         Ok(index)
     }
 
@@ -467,16 +503,56 @@ impl ClusterNode {
         engine
             .deliver(shard, Box::new(ControlMsg::ConfChange { group, cc, reply }))
             .map_err(|e| Error::Refused(e.to_string()))?;
-        match rx.await {
-            Ok(r) => Ok(r?),
+        let r = match rx.await {
+            Ok(r) => r.map_err(Error::from),
             Err(_) => Err(Error::Stopped),
-        }
+        };
+        let counter = if r.is_ok() {
+            &self.stats.conf_changes
+        } else {
+            &self.stats.conf_changes_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     /// Asks this node's leader of `group` (on `shard`) to hand leadership to `to`.
     pub fn transfer_leader(&self, group: u64, shard: usize, to: u64) {
         if let Some(engine) = self.engine.get() {
             let _ = engine.deliver(shard, Box::new(ControlMsg::TransferLeader { group, to }));
+        }
+    }
+
+    /// Hands the leadership of every group led here that has other voters to a caught-up
+    /// one, and waits (at most `within`) until this node leads none: a clean stop does not
+    /// leave its groups without a leader for an election timeout.
+    pub fn hand_off_leadership(&self, within: Duration) {
+        let me = self.id();
+        let until = Instant::now() + within;
+        loop {
+            let led: Vec<_> = self
+                .peers
+                .board
+                .all()
+                .into_iter()
+                .filter(|(_, v)| v.role == StateRole::Leader && v.voters.len() > 1)
+                .collect();
+            if led.is_empty() || Instant::now() >= until {
+                if !led.is_empty() {
+                    log::warn!("stopping while leading {} groups", led.len());
+                }
+                return;
+            }
+            for (group, v) in led {
+                let to =
+                    v.voters.iter().copied().find(|&n| {
+                        n != me && v.matched.iter().any(|&(x, m)| x == n && m >= v.commit)
+                    });
+                if let Some(to) = to {
+                    self.transfer_leader(group, v.shard, to);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -21,9 +21,9 @@ use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raft::StateRole;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Time between passes when nothing is applied.
 pub const PASS_INTERVAL: Duration = Duration::from_millis(1000);
@@ -37,14 +37,16 @@ pub fn spawn(node: Arc<ClusterNode>) -> std::io::Result<std::thread::JoinHandle<
 
 fn run(node: Arc<ClusterNode>) {
     let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut unreachable: HashMap<String, Instant> = HashMap::new();
     while !node.stopping() {
         let listener = node.changed.listen();
         let s = node.state();
         if node.id() != 0 && !s.cluster_id.is_empty() {
+            node.refresh_addresses(&s);
             local(&node, &s, &mut known);
             groups(&node, &s);
             if node.is_controller_leader() {
-                controller(&node, &s);
+                controller(&node, &s, &mut unreachable);
             }
         }
         // Waiters on the state check their deadlines at least this often.
@@ -233,12 +235,26 @@ fn act(node: &ClusterNode, group: u64, v: &GroupView, step: Option<Step>) {
 
 /// Members gossip says left (at once) or have been unreachable longer than the dead-node
 /// timeout: removed from the cluster, one per pass.
-fn remove_dead(node: &ClusterNode, s: &ClusterState) -> bool {
+///
+/// The list's own clock stops between changes, so each member's unreachable time is measured
+/// here: from when this loop first saw it suspect or down (less what the list says it had
+/// been so already), reset when it is seen up again.
+fn remove_dead(
+    node: &ClusterNode,
+    s: &ClusterState,
+    unreachable: &mut HashMap<String, Instant>,
+) -> bool {
     let Some(watch) = node.members() else {
         return false;
     };
     let list = watch.members();
     let me = node.id();
+    let now = Instant::now();
+    unreachable.retain(|member, _| {
+        list.members
+            .iter()
+            .any(|m| m.node_id.to_string() == *member && !m.state.is_live())
+    });
     for (id, n) in &s.nodes {
         if n.removed || *id == me {
             continue;
@@ -250,14 +266,23 @@ fn remove_dead(node: &ClusterNode, s: &ClusterState) -> bool {
         else {
             continue;
         };
-        let gone = match m.state {
-            MemberState::Left => Some("left the cluster".to_string()),
-            MemberState::Suspect | MemberState::Down
-                if m.in_state_for(&list) >= node.dead_node_timeout =>
+        let since = if m.state.is_live() {
+            None
+        } else {
+            Some(
+                *unreachable
+                    .entry(n.member.clone())
+                    .or_insert_with(|| now.checked_sub(m.in_state_for(&list)).unwrap_or(now)),
+            )
+        };
+        let gone = match (m.state, since) {
+            (MemberState::Left, _) => Some("left the cluster".to_string()),
+            (MemberState::Suspect | MemberState::Down, Some(t))
+                if now.duration_since(t) >= node.dead_node_timeout =>
             {
                 Some(format!(
                     "unreachable for {:?} (dead-node-timeout {:?})",
-                    m.in_state_for(&list),
+                    now.duration_since(t),
                     node.dead_node_timeout
                 ))
             }
@@ -268,6 +293,9 @@ fn remove_dead(node: &ClusterNode, s: &ClusterState) -> bool {
                 return false;
             }
             log::warn!("node {id} ({}) {why}: removing it from the cluster", n.name);
+            node.stats
+                .nodes_removed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) =
                 futures_lite::future::block_on(node.propose(&Command::RemoveNode { id: *id }))
             {
@@ -279,13 +307,22 @@ fn remove_dead(node: &ClusterNode, s: &ClusterState) -> bool {
     false
 }
 
-/// Replicas on removed nodes are re-created on live nodes (one partition per pass).
+/// Replicas on removed nodes are re-created on live nodes, and a partition with fewer
+/// replicas than its factor (none was free when one was removed) gets one on a live node
+/// (one partition per pass).
 fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
     let active = s.active_nodes();
     let live = node.live_nodes(s);
     for (name, t) in &s.topics {
         for (p, entry) in t.partitions.iter().enumerate() {
-            if entry.replicas.iter().all(|r| active.contains(&r.node)) {
+            let on_active = entry
+                .replicas
+                .iter()
+                .filter(|r| active.contains(&r.node))
+                .count();
+            let short = (on_active as u32) < t.replication_factor
+                && live.iter().any(|n| !entry.nodes().contains(n));
+            if on_active == entry.replicas.len() && !short {
                 continue;
             }
             let mut replicas: Vec<_> = entry
@@ -294,24 +331,36 @@ fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
                 .filter(|r| active.contains(&r.node))
                 .copied()
                 .collect();
-            let lost = entry.replicas.len() - replicas.len();
-            for _ in 0..lost {
+            let want = (t.replication_factor as usize).max(1);
+            while replicas.len() < want {
                 let have: Vec<u64> = replicas.iter().map(|r| r.node).collect();
-                if let Some(&n) = live.iter().find(|n| !have.contains(n)) {
-                    replicas.push(s.replica_on(name, p as u32, n));
+                match live.iter().find(|n| !have.contains(n)) {
+                    Some(&n) => replicas.push(s.replica_on(name, p as u32, n)),
+                    None => break,
                 }
             }
-            if replicas.is_empty() {
+            if replicas == entry.replicas {
+                continue;
+            }
+            if on_active == 0 {
                 log::error!("{name}/{p}: every replica was on removed nodes; nothing to copy from");
                 continue;
             }
+            log::warn!(
+                "{name}/{p}: replicas now on nodes {:?} (replicas of removed nodes re-created, \
+                 replication factor {} restored as far as live nodes allow)",
+                replicas.iter().map(|r| r.node).collect::<Vec<_>>(),
+                t.replication_factor
+            );
             let c = Command::SetReplicas {
                 topic: name.clone(),
                 partition: p as u32,
                 replication_factor: t.replication_factor,
                 replicas,
             };
-            log::warn!("{name}/{p}: replicas on removed nodes re-created elsewhere");
+            node.stats
+                .replicas_replaced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = futures_lite::future::block_on(node.propose(&c)) {
                 log::info!("{name}/{p}: re-placing replicas: not now ({e})");
             }
@@ -322,8 +371,8 @@ fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
 }
 
 /// The controller leader's own duties.
-fn controller(node: &ClusterNode, s: &ClusterState) {
-    if remove_dead(node, s) || replace_removed(node, s) {
+fn controller(node: &ClusterNode, s: &ClusterState, unreachable: &mut HashMap<String, Instant>) {
+    if remove_dead(node, s, unreachable) || replace_removed(node, s) {
         return;
     }
     let live = node.live_nodes(s);

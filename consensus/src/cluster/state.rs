@@ -137,10 +137,11 @@ impl ClusterState {
             }
             Command::Register { node } => {
                 if let Some(id) = self.id_of(&node.member) {
+                    // A known member registering again: new addresses, and a removed one
+                    // (it left, or was down too long) is back, under its old id.
                     if let Some(n) = self.nodes.get_mut(&id) {
-                        let removed = n.removed;
                         *n = node.clone();
-                        n.removed = removed;
+                        n.removed = false;
                     }
                 } else {
                     let id = self.next_id.max(FIRST_NODE_ID + 1);
@@ -304,6 +305,7 @@ mod tests {
         s.apply(2, &Command::Register { node: node("b") });
         s.apply(3, &Command::Register { node: node("b") });
         s.apply(4, &Command::RemoveNode { id: 2 });
+        assert_eq!(s.active_nodes(), vec![1]);
         s.apply(5, &Command::Register { node: node("b2") });
         // Applied again (a replay): no effect.
         s.apply(5, &Command::Register { node: node("b3") });
@@ -312,6 +314,9 @@ mod tests {
         assert_eq!(s.id_of("b2"), Some(3));
         assert_eq!(s.id_of("b3"), None);
         assert_eq!(s.active_nodes(), vec![1, 3]);
+        // The removed member comes back under its id.
+        s.apply(6, &Command::Register { node: node("b") });
+        assert_eq!(s.active_nodes(), vec![1, 2, 3]);
     }
 
     #[test]

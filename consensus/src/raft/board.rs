@@ -5,6 +5,7 @@
 
 use raft::StateRole;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 /// One group's state on this node.
@@ -24,15 +25,35 @@ pub struct GroupView {
     pub matched: Vec<(u64, u64)>,
 }
 
-/// The node's groups, by group id.
+/// The node's groups, by group id, and what changed in them.
 #[derive(Debug, Default)]
 pub struct Board {
     groups: RwLock<HashMap<u64, GroupView>>,
+    /// Times a group hosted here saw a new leader (any node).
+    pub leader_changes: AtomicU64,
+    /// Times this node became a group's leader (elections won, transfers received).
+    pub became_leader: AtomicU64,
 }
 
 impl Board {
+    /// Records a group's state after a round; a new leader is logged and counted.
     pub fn set(&self, group: u64, view: GroupView) {
         if let Ok(mut g) = self.groups.write() {
+            let before = g.get(&group);
+            let (leader_before, role_before) =
+                before.map_or((0, StateRole::Follower), |b| (b.leader, b.role));
+            if view.leader != leader_before && view.leader != 0 {
+                self.leader_changes.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "group {group}: leader is node {} (term {}, this node {:?})",
+                    view.leader,
+                    view.term,
+                    view.role
+                );
+            }
+            if view.role == StateRole::Leader && role_before != StateRole::Leader {
+                self.became_leader.fetch_add(1, Ordering::Relaxed);
+            }
             g.insert(group, view);
         }
     }

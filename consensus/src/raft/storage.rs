@@ -318,29 +318,31 @@ impl<S: LogStore> Clone for RaftLog<S> {
     }
 }
 
-/// The first entry of a new group: the change from no configuration to `cs`'s voters.
-fn bootstrap_entry(cs: &ConfState) -> Entry {
+/// The first entries of a new group: one simple change per voter of `cs` (indexes 1..=n,
+/// term 1), from no configuration to `cs`. One change each, as etcd bootstraps: a single
+/// entry adding several voters would be a joint change, which raft-rs cannot enter from an
+/// empty configuration (a replica added later replays these).
+fn bootstrap_entries(cs: &ConfState) -> Vec<Entry> {
     use prost::Message as _;
-    let mut cc = raft::eraftpb::ConfChangeV2::default();
-    let changes: Vec<raft::eraftpb::ConfChangeSingle> = cs
-        .voters
+    cs.voters
         .iter()
-        .map(|&v| {
+        .enumerate()
+        .map(|(i, &v)| {
             let mut c = raft::eraftpb::ConfChangeSingle::default();
             c.change_type = raft::eraftpb::ConfChangeType::AddNode;
             c.node_id = v;
-            c
+            let mut cc = raft::eraftpb::ConfChangeV2::default();
+            cc.set_changes(vec![c].into());
+            let mut e = Entry::default();
+            e.entry_type = raft::eraftpb::EntryType::EntryConfChangeV2;
+            e.index = i as u64 + 1;
+            e.term = 1;
+            e.data = super::wire::conf_change_v2_to_pb(&cc)
+                .encode_to_vec()
+                .into();
+            e
         })
-        .collect();
-    cc.set_changes(changes.into());
-    let mut e = Entry::default();
-    e.entry_type = raft::eraftpb::EntryType::EntryConfChangeV2;
-    e.index = 1;
-    e.term = 1;
-    e.data = super::wire::conf_change_v2_to_pb(&cc)
-        .encode_to_vec()
-        .into();
-    e
+        .collect()
 }
 
 fn storage_err(group: u64) -> impl Fn(engine::Error) -> Error {
@@ -380,15 +382,18 @@ impl<S: LogStore> RaftLog<S> {
                 // leader's log and starts from the same configuration as everyone else,
                 // instead of applying later changes to an empty one.
                 let cs = bootstrap.clone().unwrap_or_default();
-                let first = bootstrap_entry(&cs);
+                let first = bootstrap_entries(&cs);
+                let last = first.len() as u64;
                 let mut buf = Vec::new();
-                entry::encode(&first, store.next_offset(), 1, &mut buf)?;
+                for e in &first {
+                    entry::encode(e, store.next_offset(), last, &mut buf)?;
+                }
                 store.append(&buf).await.map_err(&err)?;
                 store.sync().await.map_err(&err)?;
                 let meta = RaftMeta {
                     term: 1,
                     conf_state: cs,
-                    conf_index: 1,
+                    conf_index: last,
                     ..RaftMeta::default()
                 };
                 store.write_meta(&meta.encode()).map_err(&err)?;
