@@ -8,9 +8,9 @@
 //! cluster as its node 1, a cluster of one through the same code as any other.
 //!
 //! After the engine and gossip ([`form`]): a joining node asks the members gossip shows
-//! (then the controller leader they name) for its Raft id over the peer channel, writes
-//! `cluster.meta`, and opens the controller's partition empty, to learn it from the leader's
-//! log; the first node opens it with itself as the only voter, proposes the bootstrap command
+//! (then the controller leader they name) for its Raft id over the peer channel, in the
+//! background while it serves, writes `cluster.meta`, and opens the controller's partition
+//! empty, to learn it from the leader's log; the first node opens it with itself as the only voter, proposes the bootstrap command
 //! (cluster id, itself as node 1), registers the topics an older single-node data directory
 //! holds, and creates the `default` topic. Then the reconcile loops start.
 
@@ -122,23 +122,35 @@ pub fn form(
     consensus::cluster::reconcile::spawn(node.clone()).context("starting the reconcile thread")?;
     match mode {
         Mode::Join => {
-            let joined = join_cluster(&peer_tls(settings)?, node, engine, members, &entry, None)?;
-            identity::write(&settings.data_dir, &joined.cluster_id, joined.node_id)
-                .context("writing cluster.meta")?;
-            node.set_id(joined.node_id);
-            log::info!(
-                "joined cluster {} as node {}",
-                joined.cluster_id,
-                joined.node_id
-            );
-            open_controller(settings, engine)?;
+            // In the background: the node serves (health, its own RPCs) while it asks, so a
+            // node started before the bootstrap node, or one that cannot be admitted, is no
+            // failed start; its Raft groups wait for their id.
+            let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
+            let (members, entry) = (members.clone(), entry.clone());
+            let (data_dir, controller) = (settings.data_dir.clone(), controller_config(settings));
+            std::thread::Builder::new()
+                .name("proglog-join".into())
+                .spawn(move || {
+                    let joined = join_cluster(&tls, &node, &engine, &members, &entry, None)
+                        .and_then(|j| {
+                            identity::write(&data_dir, &j.cluster_id, j.node_id)
+                                .context("writing cluster.meta")?;
+                            node.set_id(j.node_id);
+                            log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
+                            open_controller(controller, &engine)
+                        });
+                    if let Err(e) = joined {
+                        log::error!("this node did not join a cluster: {e:#}");
+                    }
+                })
+                .context("starting the join thread")?;
         }
         Mode::New(id) | Mode::Member(id) => {
             if matches!(mode, Mode::New(_)) {
                 identity::write(&settings.data_dir, &id.cluster_id, id.node_id)
                     .context("writing cluster.meta")?;
             }
-            open_controller(settings, engine)?;
+            open_controller(controller_config(settings), engine)?;
             if id.node_id == FIRST_NODE_ID {
                 bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
             }
@@ -204,15 +216,11 @@ fn peer_tls(settings: &Settings) -> anyhow::Result<Option<net::peer::PeerTls>> {
 }
 
 /// Opens (creating if new) the controller's partition on shard 0.
-fn open_controller(settings: &Settings, engine: &EngineHandle) -> anyhow::Result<()> {
+fn open_controller(config: LogConfig, engine: &EngineHandle) -> anyhow::Result<()> {
     if engine.topic(CONTROLLER_TOPIC).is_ok() {
         return Ok(());
     }
-    match futures_lite::future::block_on(engine.create_topic(
-        CONTROLLER_TOPIC,
-        1,
-        controller_config(settings),
-    )) {
+    match futures_lite::future::block_on(engine.create_topic(CONTROLLER_TOPIC, 1, config)) {
         Ok(_) | Err(engine::Error::TopicExists(_)) => Ok(()),
         Err(e) => Err(anyhow!(e)).context("creating the controller's partition"),
     }
