@@ -75,6 +75,12 @@ fn local(node: &ClusterNode, s: &ClusterState, known: &mut BTreeSet<String>) {
             }
         }
     }
+    // A node the registry does not list as active (removed while it was away, until it is
+    // re-admitted) drops nothing: placement will likely give it its partitions back, and its
+    // logs then catch up from where they are instead of from nothing.
+    if s.nodes.get(&me).is_none_or(|n| n.removed) {
+        return;
+    }
     let Ok(local) = engine.list_topics() else {
         return;
     };
