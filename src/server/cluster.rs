@@ -161,6 +161,7 @@ pub fn form(
                 // finds another cluster says so.
                 let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
                 let (members, entry, id) = (members.clone(), entry.clone(), id.clone());
+                let joins = settings.gossip.as_ref().is_some_and(|g| !g.join.is_empty());
                 std::thread::Builder::new()
                     .name("proglog-rejoin".into())
                     .spawn(move || {
@@ -176,7 +177,9 @@ pub fn form(
                                 && n.gossip_addr == entry.gossip_addr
                                 && !n.removed
                         });
-                        if current && s.cluster_id == id.cluster_id {
+                        // With join addresses the members found there are asked anyway:
+                        // they must be of this node's cluster.
+                        if current && s.cluster_id == id.cluster_id && !joins {
                             return;
                         }
                         match join_cluster(

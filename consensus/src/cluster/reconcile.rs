@@ -105,9 +105,11 @@ fn local(node: &ClusterNode, s: &ClusterState, known: &mut BTreeSet<String>) {
 }
 
 fn single(change_type: ConfChangeType, node: u64) -> ConfChangeV2 {
-    let mut c = ConfChangeSingle::default();
-    c.change_type = change_type;
-    c.node_id = node;
+    let c = ConfChangeSingle {
+        change_type,
+        node_id: node,
+        ..Default::default()
+    };
     let mut cc = ConfChangeV2::default();
     cc.set_changes(vec![c].into());
     cc

@@ -154,6 +154,9 @@ struct Group<S: LogStore> {
     staged: Option<(SnapshotData, Vec<u8>)>,
 }
 
+/// A group's voters, learners and (on its leader) each replica's matched index.
+pub type GroupMembers = (Vec<u64>, Vec<u64>, Vec<(u64, u64)>);
+
 /// Counters of a set, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetStats {
@@ -329,7 +332,7 @@ impl<S: LogStore> GroupSet<S> {
 
     /// A group's configuration and, on its leader, how far each replica has replicated:
     /// (voters, learners, [(node, matched index)]).
-    pub fn membership(&self, id: u64) -> Option<(Vec<u64>, Vec<u64>, Vec<(u64, u64)>)> {
+    pub fn membership(&self, id: u64) -> Option<GroupMembers> {
         let g = self.groups.get(&id)?;
         let r = &g.node.raft;
         let conf = r.prs().conf();
