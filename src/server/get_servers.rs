@@ -1,7 +1,7 @@
 //! `GetServers` as the book defines it: every live member of the cluster with its RPC
 //! address, `is_leader` on the leader of the default topic's partition 0 (what book clients'
-//! pickers send produces to). Members come from the controller's registry, liveness from
-//! gossip; a node without cluster flags lists itself, the leader.
+//! pickers send produces to). Members and liveness come from gossip, the leader from the
+//! controller's registry; a node without cluster flags lists itself, the leader.
 
 use std::sync::Arc;
 
@@ -32,7 +32,9 @@ pub async fn handle(
     Ok(GetServersResponse { servers })
 }
 
-/// The live registered members, sorted by Raft id.
+/// Every live member: from gossip when the node gossips (a member that has not finished
+/// registering is live all the same), else from the registry; `is_leader` on the member the
+/// registry maps the default partition's leader to.
 pub fn servers(cluster: &ClusterNode) -> Vec<Server> {
     let s = cluster.state();
     let leader = cluster
@@ -40,15 +42,38 @@ pub fn servers(cluster: &ClusterNode) -> Vec<Server> {
         .board
         .get(group_id(&PartitionId::new(DEFAULT_TOPIC, 0)))
         .map(|v| v.leader)
-        .filter(|&l| l != 0);
-    let live = cluster.live_nodes(&s);
-    s.nodes
-        .iter()
-        .filter(|(id, _)| live.contains(id))
-        .map(|(id, n)| Server {
-            id: n.name.clone(),
-            rpc_addr: n.rpc_addr.clone(),
-            is_leader: leader == Some(*id),
-        })
-        .collect()
+        .filter(|&l| l != 0)
+        .and_then(|l| s.nodes.get(&l))
+        .map(|n| n.member.clone());
+    match cluster.members() {
+        Some(w) => w
+            .members()
+            .members
+            .iter()
+            .filter(|m| m.state.is_live())
+            .filter(|m| {
+                // Not one the controller removed (it is no member until it is admitted again).
+                !s.nodes
+                    .values()
+                    .any(|n| n.removed && n.member == m.node_id.to_string())
+            })
+            .map(|m| Server {
+                id: m.name.clone(),
+                rpc_addr: m.rpc_addr.to_string(),
+                is_leader: leader.as_deref() == Some(m.node_id.to_string().as_str()),
+            })
+            .collect(),
+        None => {
+            let live = cluster.live_nodes(&s);
+            s.nodes
+                .iter()
+                .filter(|(id, _)| live.contains(id))
+                .map(|(_, n)| Server {
+                    id: n.name.clone(),
+                    rpc_addr: n.rpc_addr.clone(),
+                    is_leader: leader.as_deref() == Some(n.member.as_str()),
+                })
+                .collect()
+        }
+    }
 }
