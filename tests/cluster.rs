@@ -404,8 +404,14 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
         leader.is_some()
     });
     // A record produced on the leader is read back from every node.
-    let first = leader.unwrap_or(0);
-    let off = produce(&c.nodes[first], "orders", b"first").expect("produce on the leader");
+    let mut first = leader.unwrap_or(0);
+    let mut r = Err(Status::unavailable(""));
+    wait("a produce on the leader", || {
+        first = leader_of(&c, "orders", 0, 3).unwrap_or(first);
+        r = produce(&c.nodes[first], "orders", b"first");
+        r.is_ok()
+    });
+    let off = r.expect("produce on the leader");
     check_everywhere(&c, "orders", &BTreeMap::from([(off, b"first".to_vec())]));
     // A write on a follower is refused with the leader's address.
     let follower = (first + 1) % 3;
@@ -507,8 +513,14 @@ fn three_nodes_form_over_peer_mutual_tls() {
     let mut acked = BTreeMap::new();
     for i in 0..20u32 {
         let v = format!("r{i}").into_bytes();
-        let off = produce(&c.nodes[leader.unwrap_or(0)], "secure", &v).expect("produce");
-        acked.insert(off, v);
+        // Leadership may move (to the preferred replica) meanwhile: the leader is found again.
+        let mut r = Err(Status::unavailable(""));
+        wait("a produce on the leader", || {
+            let l = leader_of(&c, "secure", 0, 3).or(leader).unwrap_or(0);
+            r = produce(&c.nodes[l], "secure", &v);
+            r.is_ok()
+        });
+        acked.insert(r.unwrap_or(0), v);
     }
     check_everywhere(&c, "secure", &acked);
 }

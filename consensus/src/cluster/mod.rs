@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 /// to enact it.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The largest controller command proposed (a topic of the most partitions, each with its
+/// replicas, fits with room to spare; the controller's log never sees a batch near its limit).
+pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+
 /// What the cluster layer answers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,6 +61,9 @@ pub enum Error {
     Raft(#[from] RaftError),
     #[error("the node is stopping")]
     Stopped,
+    /// This node could not open its replicas of a topic it created.
+    #[error(transparent)]
+    Local(engine::Error),
 }
 
 impl From<Error> for seam::Error {
@@ -78,6 +85,7 @@ impl From<Error> for seam::Error {
                 leader_addr: None,
             },
             Error::Raft(RaftError::NoLeader { .. }) => seam::Error::NoLeader,
+            Error::Raft(RaftError::Storage { source, .. }) | Error::Local(source) => source.into(),
             e => seam::Error::Internal(e.to_string()),
         }
     }
@@ -302,15 +310,16 @@ impl ClusterNode {
         if !self.is_controller_leader() {
             return Err(self.not_leader());
         }
+        let command = c.encode();
+        if command.len() > MAX_COMMAND_BYTES {
+            return Err(Error::Refused(format!(
+                "a controller command of {} bytes (at most {MAX_COMMAND_BYTES})",
+                command.len()
+            )));
+        }
         let (reply, rx) = oneshot::channel();
         engine
-            .deliver(
-                0,
-                Box::new(ControlMsg::Command {
-                    command: c.encode(),
-                    reply,
-                }),
-            )
+            .deliver(0, Box::new(ControlMsg::Command { command, reply }))
             .map_err(|e| Error::Refused(e.to_string()))?;
         let index = match rx.await {
             Ok(Ok(i)) => i,
@@ -393,10 +402,11 @@ impl ClusterNode {
         if name == CONTROLLER_TOPIC {
             return Err(Error::Refused(format!("topic {name:?} is reserved")));
         }
-        if partitions == 0 {
-            return Err(Error::Refused(
-                "a topic needs at least one partition".into(),
-            ));
+        let max = engine::limits::MAX_PARTITIONS;
+        if partitions == 0 || partitions > max {
+            return Err(Error::Refused(format!(
+                "a topic needs between 1 and {max} partitions, not {partitions}"
+            )));
         }
         config
             .validate()
@@ -417,13 +427,39 @@ impl ClusterNode {
         let placed = s
             .place(name, partitions, rf, &live)
             .map_err(Error::Refused)?;
+        let here = placed.iter().any(|p| p.nodes().contains(&self.id()));
         let c = Command::CreateTopic {
             name: name.to_owned(),
-            config,
+            config: config.clone(),
             replication_factor: rf,
             partitions: placed,
         };
         self.propose(&c).await?;
+        if here {
+            // Opened here at once (the reconcile loop would too), so that a failure (a full
+            // disk) is the caller's answer, and the topic is taken back: a topic whose
+            // creation failed is not there.
+            let engine = self.engine.get().ok_or(Error::Stopped)?;
+            match engine.create_topic(name, partitions, config).await {
+                Ok(_) | Err(engine::Error::TopicExists(_)) => {}
+                Err(e) => {
+                    log::warn!(
+                        "topic {name:?}: its replicas here could not be opened ({e}); deleting it"
+                    );
+                    if let Err(d) = self
+                        .propose(&Command::DeleteTopic {
+                            name: name.to_owned(),
+                        })
+                        .await
+                    {
+                        log::error!(
+                            "topic {name:?}: could not be deleted after a failed creation: {d}"
+                        );
+                    }
+                    return Err(Error::Local(e));
+                }
+            }
+        }
         self.wait_local(name).await
     }
 
@@ -454,12 +490,12 @@ impl ClusterNode {
             name: name.to_owned(),
         })
         .await?;
+        // Dropped here at once (the reconcile loop does it on the other nodes).
         let engine = self.engine.get().ok_or(Error::Stopped)?;
-        self.wait_until(
-            |_| engine.topic(name).is_err(),
-            "the topic to be deleted here",
-        )
-        .await
+        match engine.delete_topic(name).await {
+            Ok(()) | Err(engine::Error::UnknownTopic(_)) => Ok(()),
+            Err(e) => Err(Error::Local(e)),
+        }
     }
 
     /// Removes node `which` (a Raft id or a node name) from the cluster; the reconcile loop

@@ -454,6 +454,10 @@ impl<S: LogStore> GroupSet<S> {
         if let Err(e) = g.check_leader() {
             return Err((e, tx));
         }
+        if g.node.raft.lead_transferee.is_some() {
+            // raft-rs drops proposals while it hands leadership over: retry at the new leader.
+            return Err((Error::NoLeader { group: id }, tx));
+        }
         let before = g.node.raft.raft_log.last_index();
         if let Err(e) = g.node.propose(Vec::new(), data) {
             let e = match e {
