@@ -606,6 +606,12 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
         })
     });
 
+    // The fourth node holds no replica of events/0: a write there names a replica to go to.
+    // (A node that forwards produces to the leader answers it instead.)
+    if let Err(s) = produce(&c.nodes[3], "events", b"elsewhere") {
+        assert!(s.message.contains("not the leader"), "{s:?}");
+    }
+
     // kill -9 a replica of events/0 that leads neither it nor the controller: past the
     // dead-node timeout it is removed and its replica re-created on the fourth node.
     let ctl = controller_leader(&c);

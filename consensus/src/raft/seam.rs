@@ -84,8 +84,26 @@ fn check_not_controller(id: &PartitionId) -> Result<()> {
 }
 
 impl RaftPartitions {
-    /// A NOT_LEADER answer with the leader's RPC address from the registry.
-    fn with_leader_addr(&self, e: engine::seam::Error) -> engine::seam::Error {
+    /// A NOT_LEADER answer with the leader's RPC address from the registry. A partition this
+    /// node holds no replica of (the controller placed it elsewhere) is not "not found": the
+    /// answer names its preferred leader, the best this node knows.
+    fn with_leader_addr(&self, id: &PartitionId, e: engine::seam::Error) -> engine::seam::Error {
+        if let (engine::seam::Error::NotFound(_), Some(c)) = (&e, &self.cluster) {
+            let s = c.state();
+            let placed = s
+                .topics
+                .get(&*id.topic)
+                .and_then(|t| t.partitions.get(id.partition as usize))
+                .map(|p| p.nodes());
+            if let Some(nodes) = placed.filter(|n| !n.contains(&c.id())) {
+                if let Some(&first) = nodes.first() {
+                    return engine::seam::Error::NotLeader {
+                        leader_id: Some(first.to_string()),
+                        leader_addr: c.rpc_addr_of(first),
+                    };
+                }
+            }
+        }
         match (e, &self.cluster) {
             (
                 engine::seam::Error::NotLeader {
@@ -118,7 +136,7 @@ impl Partitions for RaftPartitions {
             self.local
                 .append(id, batch)
                 .await
-                .map_err(|e| self.with_leader_addr(e))
+                .map_err(|e| self.with_leader_addr(id, e))
         })
     }
 
@@ -130,14 +148,20 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Chunk>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            self.local.read(id, from, limits).await
+            self.local
+                .read(id, from, limits)
+                .await
+                .map_err(|e| self.with_leader_addr(id, e))
         })
     }
 
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            self.local.wait_for(id, offset).await
+            self.local
+                .wait_for(id, offset)
+                .await
+                .map_err(|e| self.with_leader_addr(id, e))
         })
     }
 
