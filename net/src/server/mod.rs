@@ -341,7 +341,10 @@ impl Server {
         };
         match (first, &self.config.tls) {
             (REPLICATION_BYTE, _) => match self.config.peer.clone() {
-                Some(service) => self.accept_peer(stream, peer, service, state).await,
+                Some(service) => {
+                    self.accept_peer(stream, peer, service, shutdown, state)
+                        .await
+                }
                 None => {
                     conn_log!(
                         log::Level::Warn,
@@ -413,6 +416,7 @@ impl Server {
         mut stream: TcpStream,
         peer: Option<SocketAddr>,
         service: crate::peer::PeerService,
+        shutdown: Shutdown,
         state: &Rc<ConnState>,
     ) -> Result<(), Error> {
         // A peer link is never idle to the registry: it is counted, but never evicted to
@@ -448,7 +452,9 @@ impl Server {
                 }
             }
         };
-        service.handler.serve(conn).await;
+        // Peer links are long-lived (a Raft connection lasts as long as both nodes run): on
+        // shutdown they close at once instead of holding the drain for its whole timeout.
+        futures_lite::future::or(service.handler.serve(conn), shutdown.wait()).await;
         Ok(())
     }
 
