@@ -204,10 +204,20 @@ pub struct PeerTlsFiles {
 
 /// Both ends of peer TLS, loaded once: every node is a server and a client of its peers,
 /// with the same certificate (it needs both the server and the client auth usage).
+///
+/// Two client configurations: `client` verifies the peer's certificate against the host name
+/// it was dialled by (a `--start-join-addrs` entry); `client_by_address` is for peers known
+/// only by the address gossip or the controller's registry gave (an IP): it requires the
+/// certificate to chain to the peer CA and ignores the names in it. Peer certificates name
+/// hosts (a StatefulSet's `*.svc` names), not the addresses pods get at each start, so a name
+/// check against an address would refuse every such peer; and it would protect nothing here,
+/// since every holder of a peer-CA certificate is a member trusted with any node's traffic
+/// (Raft ids are not bound to certificates).
 #[derive(Clone)]
 pub struct PeerTls {
     pub server: Arc<rustls::ServerConfig>,
     pub client: Arc<rustls::ClientConfig>,
+    pub client_by_address: Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for PeerTls {
@@ -229,10 +239,76 @@ impl PeerTlsFiles {
             tls::ClientTls::from_files(&self.ca_file, Some((&self.cert_file, &self.key_file)))?;
         let mut client = Arc::unwrap_or_clone(client.config());
         client.alpn_protocols = vec![ALPN_PEER.to_vec()];
+        let roots = tls::roots(
+            "peer CA",
+            &self.ca_file,
+            &tls::read("peer CA", &self.ca_file)?,
+        )?;
+        let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            tls::provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut by_address = client.clone();
+        by_address
+            .dangerous()
+            .set_certificate_verifier(Arc::new(ChainOnly(chain)));
         Ok(PeerTls {
             server: Arc::new(server),
             client: Arc::new(client),
+            client_by_address: Arc::new(by_address),
         })
+    }
+}
+
+/// Verifies that a peer's certificate chains to the peer CA (signatures, validity, usage),
+/// accepting it whatever names it holds: see [`PeerTls`].
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // The name is checked last, after the chain: this error means all else passed.
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -257,18 +333,23 @@ pub enum ConnectError {
 }
 
 /// Opens a peer connection to `addr` from a glommio executor: the mark, then (with `tls`)
-/// mutual TLS, verifying the peer's certificate against `server_name` (the host name or
-/// address this node was told to join).
+/// mutual TLS, verifying the peer's certificate against `server_name` when it is a host name
+/// (one this node was told to join), and by its chain to the peer CA alone when it is an
+/// address (see [`PeerTls`]).
 pub async fn connect(
     addr: SocketAddr,
     tls: Option<&PeerTls>,
     server_name: &str,
     timeout: Duration,
 ) -> Result<Box<dyn PeerIo>, ConnectError> {
-    let name = match server_name.parse::<std::net::IpAddr>() {
-        Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => ServerName::try_from(server_name.to_owned())
-            .map_err(|_| ConnectError::ServerName(server_name.to_owned()))?,
+    // A peer dialled by address is verified by its chain alone (see [`PeerTls`]).
+    let (name, by_address) = match server_name.parse::<std::net::IpAddr>() {
+        Ok(ip) => (ServerName::IpAddress(ip.into()), true),
+        Err(_) => (
+            ServerName::try_from(server_name.to_owned())
+                .map_err(|_| ConnectError::ServerName(server_name.to_owned()))?,
+            false,
+        ),
     };
     let opened = glommio::timer::timeout(timeout, async {
         let stream = TcpStream::connect(addr).await.map_err(std::io::Error::from);
@@ -288,7 +369,12 @@ pub async fn connect(
     let Some(tls) = tls else {
         return Ok(Box::new(io));
     };
-    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let config = if by_address {
+        tls.client_by_address.clone()
+    } else {
+        tls.client.clone()
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
     let handshake =
         glommio::timer::timeout(timeout, async { Ok(connector.connect(name, io).await) }).await;
     match handshake {
@@ -348,5 +434,90 @@ mod tests {
                 Err(FrameError::Truncated)
             ));
         });
+    }
+
+    /// A CA and a peer certificate it signed for `names` (host names only), as PEM files in
+    /// `dir`; returns their [`PeerTlsFiles`].
+    fn peer_files(dir: &std::path::Path, names: &[&str]) -> PeerTlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let files = PeerTlsFiles {
+            cert_file: dir.join("peer.pem"),
+            key_file: dir.join("peer-key.pem"),
+            ca_file: dir.join("ca.pem"),
+        };
+        std::fs::write(&files.cert_file, cert.pem()).unwrap();
+        std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
+        std::fs::write(&files.ca_file, ca_cert.pem()).unwrap();
+        files
+    }
+
+    /// A TLS handshake in memory between `client` dialling `name` and `server`.
+    fn handshake(
+        client: &Arc<rustls::ClientConfig>,
+        server: &Arc<rustls::ServerConfig>,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let name = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(name.to_owned()).unwrap(),
+        };
+        let mut c = rustls::ClientConnection::new(client.clone(), name)?;
+        let mut s = rustls::ServerConnection::new(server.clone())?;
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// A peer dialled by address is taken on its chain to the peer CA alone (its certificate
+    /// names only a host), a certificate of another CA is refused that way too, and a peer
+    /// dialled by name is still checked against that name.
+    #[test]
+    fn peers_by_address_are_verified_by_chain_and_by_name_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = peer_files(&tmp.path().join("ours"), &["peer-0.peers.example"]);
+        let theirs = peer_files(&tmp.path().join("theirs"), &["peer-0.peers.example"]);
+        // A server with another CA's certificate that would take our client certificate:
+        // only our client's verification of it can fail the handshake.
+        let theirs = PeerTlsFiles {
+            ca_file: ours.ca_file.clone(),
+            ..theirs
+        };
+        let (ours, theirs) = (ours.load().unwrap(), theirs.load().unwrap());
+        let ok = |c, s: &PeerTls, name| handshake(c, &s.server, name).is_ok();
+        assert!(ok(&ours.client_by_address, &ours, "10.0.0.7"));
+        assert!(!ok(&ours.client_by_address, &theirs, "10.0.0.7"));
+        assert!(ok(&ours.client, &ours, "peer-0.peers.example"));
+        assert!(!ok(&ours.client, &ours, "10.0.0.7"));
+        assert!(!ok(&ours.client, &ours, "peer-1.peers.example"));
+        assert!(!ok(&ours.client, &theirs, "peer-0.peers.example"));
     }
 }

@@ -75,11 +75,11 @@ pub enum TlsError {
     ServerName(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
         path: path.to_owned(),
@@ -122,7 +122,11 @@ fn key_from_pem(
     })
 }
 
-fn roots(what: &'static str, path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+pub(crate) fn roots(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in certs_from_pem(what, path, pem)? {
         store.add(cert).map_err(|e| TlsError::Invalid {
