@@ -936,23 +936,32 @@ impl Cluster {
             eprintln!("GATED (no replication in this build): one cluster in GetServers");
             return;
         }
-        let out = self
-            .cli(
-                &self.service_addr(),
-                Some(&self.service_name()),
-                &["servers", "--json"],
-            )
-            .expect("servers through the Service");
-        let servers: Vec<Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(servers.len(), self.pods.len(), "GetServers: {out}");
-        assert_eq!(
-            servers.iter().filter(|s| s["is_leader"] == true).count(),
-            1,
-            "one leader: {out}"
-        );
+        // Joining pods become servers once the controller has registered them: wait.
+        let start = Instant::now();
+        loop {
+            let out = self
+                .cli(
+                    &self.service_addr(),
+                    Some(&self.service_name()),
+                    &["servers", "--json"],
+                )
+                .expect("servers through the Service");
+            let servers: Vec<Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let leaders = servers.iter().filter(|s| s["is_leader"] == true).count();
+            if servers.len() == self.pods.len() && leaders == 1 {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "GetServers through the Service: want {} servers and one leader within \
+                 {DEADLINE:?}, have:\n{out}",
+                self.pods.len()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
         self.log("GetServers lists the three pods, one leader");
     }
 }
