@@ -34,10 +34,11 @@ pub struct ProduceArgs {
 /// Values queued ahead of the network.
 const QUEUE: usize = 1024;
 
-/// Times one ProduceBatch is sent again after the cluster said it did not take it.
-const PRODUCE_RETRIES: usize = 5;
+/// How long one ProduceBatch is sent again while the cluster says it did not take it, when
+/// the call has no deadline (`--timeout 0`): about an election and a configuration change.
+const RETRY_WITHOUT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pause before sending again when no node leads the partition.
-const NO_LEADER_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+const NO_LEADER_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Feeds values from the arguments or from stdin through a bounded channel, read on a
 /// separate thread so that a slow stdin never blocks the executor.
@@ -173,15 +174,22 @@ async fn batches(
 
 /// Sends one ProduceBatch, and again while the cluster says it did not take it
 /// (`NOT_LEADER`: at the leader it names, over a new connection; `NO_LEADER`: after a pause),
-/// at most [`PRODUCE_RETRIES`] times. Any other failure, `OUTCOME_UNKNOWN` included (the
-/// batch may have been appended), is reported as it is.
+/// until the call's deadline (`--timeout`), as a Kafka producer retries until its delivery
+/// timeout: a cluster electing a leader or adding a replica answers within a few seconds.
+/// Any other failure, `OUTCOME_UNKNOWN` included (the batch may have been appended), is
+/// reported as it is.
 async fn send_batch(
     a: &ProduceArgs,
     ch: &net::client::Channel,
     req: &ProduceBatchRequest,
 ) -> anyhow::Result<ProduceBatchResponse> {
     let mut redirected: Option<net::client::Channel> = None;
-    let mut attempt = 0;
+    let budget = if a.conn.timeout > 0.0 && a.conn.timeout.is_finite() {
+        std::time::Duration::from_secs_f64(a.conn.timeout)
+    } else {
+        RETRY_WITHOUT_DEADLINE
+    };
+    let deadline = std::time::Instant::now() + budget;
     loop {
         let target = redirected.as_ref().unwrap_or(ch);
         let st = match target
@@ -191,10 +199,11 @@ async fn send_batch(
             Ok(resp) => return Ok(resp),
             Err(st) => st,
         };
-        if attempt == PRODUCE_RETRIES || !errors::produce_retryable(&st) {
+        if !errors::produce_retryable(&st)
+            || std::time::Instant::now() + NO_LEADER_PAUSE >= deadline
+        {
             return Err(st.into());
         }
-        attempt += 1;
         match errors::cluster_error(&st) {
             Some(ClusterError::NotLeader {
                 leader_addr: Some(addr),
@@ -203,6 +212,10 @@ async fn send_batch(
                 let addr = addr
                     .parse()
                     .with_context(|| format!("the leader's address {addr:?}"))?;
+                if redirected.is_some() {
+                    // Redirected again: leadership is moving; don't spin between nodes.
+                    glommio::timer::sleep(NO_LEADER_PAUSE).await;
+                }
                 let conn = Conn {
                     addr,
                     ..a.conn.clone()
