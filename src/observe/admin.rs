@@ -226,13 +226,11 @@ fn serve(mut stream: TcpStream, obs: &Observability) {
         "/metrics" => (200, prom::CONTENT_TYPE, obs.render().into_bytes()),
         "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
         "/readyz" => {
-            let phase = obs.phase();
-            let code = if obs.is_ready() { 200 } else { 503 };
-            (
-                code,
-                "text/plain",
-                format!("{}\n", phase.as_str()).into_bytes(),
-            )
+            let (code, body) = match obs.not_ready() {
+                None => (200, obs.phase().as_str().to_owned()),
+                Some(why) => (503, why),
+            };
+            (code, "text/plain", format!("{body}\n").into_bytes())
         }
         "/" => (
             200,

@@ -113,7 +113,22 @@ impl Observability {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.phase() == Phase::Serving
+        self.not_ready().is_none()
+    }
+
+    /// Why the node is not ready, or `None` when it is: serving, and (in a cluster) joined
+    /// and caught up with the controller's log. A node that listens but has not caught up
+    /// would answer clients from a stale view of the cluster (a topic it has not heard of
+    /// yet), so a Service must not send it clients yet.
+    pub fn not_ready(&self) -> Option<String> {
+        let phase = self.phase();
+        if phase != Phase::Serving {
+            return Some(phase.as_str().to_owned());
+        }
+        let c = self.cluster.get()?;
+        consensus::raft::seam::caught_up(c)
+            .err()
+            .map(|why| format!("serving, but not ready: {why}"))
     }
 
     /// The engine to report on, once it runs.
@@ -160,8 +175,8 @@ impl Observability {
         e.single(
             "proglog_ready",
             Kind::Gauge,
-            "1 while the server serves (what /readyz answers), else 0.",
-            if phase == Phase::Serving { 1.0 } else { 0.0 },
+            "1 while the server serves and has caught up with its cluster (what /readyz answers), else 0.",
+            if self.is_ready() { 1.0 } else { 0.0 },
         );
         e.family(
             "proglog_phase",

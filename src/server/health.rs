@@ -1,7 +1,8 @@
 //! `grpc.health.v1.Health`: Check and Watch.
 //!
 //! One status for the whole node: NOT_SERVING while starting, SERVING once every shard
-//! listens, NOT_SERVING again from the moment draining begins.
+//! listens and (in a cluster) the node has caught up with the controller's log,
+//! NOT_SERVING again from the moment draining begins.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -73,6 +74,22 @@ impl Health {
     }
 }
 
+/// How often a watcher re-checks whether the node has caught up with its cluster (that
+/// changes without an event here).
+const CLUSTER_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The status clients see: a node that serves but has not joined and caught up with the
+/// controller's log is NOT_SERVING, as its `/readyz` is 503 (see
+/// `consensus::raft::seam::caught_up`).
+fn effective(state: &AppState) -> ServingStatus {
+    match state.health.get() {
+        ServingStatus::Serving if consensus::raft::seam::caught_up(&state.cluster).is_err() => {
+            ServingStatus::NotServing
+        }
+        s => s,
+    }
+}
+
 fn known(service: &str) -> bool {
     SERVICES.contains(&service)
 }
@@ -86,7 +103,7 @@ pub async fn check(
         return Err(Status::not_found(format!("unknown service {service:?}")));
     }
     Ok(HealthCheckResponse {
-        status: state.health.get() as i32,
+        status: effective(&state) as i32,
     })
 }
 
@@ -106,7 +123,8 @@ pub async fn watch(
     }
     let mut sent: Option<ServingStatus> = None;
     loop {
-        let current = state.health.get();
+        let stored = state.health.get();
+        let current = effective(&state);
         if sent != Some(current) {
             sink.send_message(&HealthCheckResponse {
                 status: current as i32,
@@ -118,8 +136,11 @@ pub async fn watch(
         if state.shutdown.is_triggered() {
             return Err(Status::unavailable("server is shutting down"));
         }
-        futures_lite::future::or(state.health.changed_from(current), async {
-            state.shutdown.wait().await;
+        futures_lite::future::or(state.health.changed_from(stored), async {
+            futures_lite::future::or(state.shutdown.wait(), async {
+                glommio::timer::sleep(CLUSTER_RECHECK).await;
+            })
+            .await;
         })
         .await;
     }

@@ -83,7 +83,85 @@ fn check_not_controller(id: &PartitionId) -> Result<()> {
     Ok(())
 }
 
+/// Whether this node has joined its cluster and caught up with the controller's log, or why
+/// not. Until then it knows neither every topic nor where partitions lead: it is not ready
+/// (`/readyz`, gRPC health), and a topic it does not hold yet is no proof that the topic does
+/// not exist (see [`RaftPartitions::unknown_here`]). "Caught up" is what a follower can know:
+/// the controller has a leader it heard from, everything committed that it heard of is
+/// applied, and the registry it applied holds this node at the address it advertises now (a
+/// node restarted under a new address is not reachable by the others until then).
+pub fn caught_up(c: &ClusterNode) -> std::result::Result<(), String> {
+    let id = c.id();
+    if id == 0 {
+        return Err("not joined to a cluster yet".into());
+    }
+    let Some(view) = c.controller() else {
+        return Err("the controller group is not open here yet".into());
+    };
+    if view.leader == raft::INVALID_ID {
+        return Err("the controller has no leader known to this node".into());
+    }
+    if view.applied < view.commit {
+        return Err(format!(
+            "catching up with the controller's log (applied {} of {})",
+            view.applied, view.commit
+        ));
+    }
+    let s = c.state();
+    let Some(entry) = s.nodes.get(&id) else {
+        return Err(format!(
+            "the controller's registry does not hold this node (node {id}) yet"
+        ));
+    };
+    if let Some(me) = c.me() {
+        if entry.rpc_addr != me.rpc_addr {
+            return Err(format!(
+                "the controller's registry still has this node at {}, not {}",
+                entry.rpc_addr, me.rpc_addr
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl RaftPartitions {
+    /// What a topic or partition this node does not hold means, in a cluster: NotFound only
+    /// when the node is caught up with the controller and the controller does not know it
+    /// either. A node still joining or catching up answers NO_LEADER (retryable: it refuses
+    /// without appending), never NOT_FOUND for a topic it merely has not heard of yet (as a
+    /// Kafka broker answers a retriable UNKNOWN_TOPIC_OR_PARTITION while its metadata is
+    /// stale). A partition the controller placed elsewhere (or here, not open yet) answers
+    /// NOT_LEADER naming another of its replicas, its preferred leader first, never this
+    /// node: that replica serves or redirects to the leader it knows.
+    fn unknown_here(
+        &self,
+        e: engine::seam::Error,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> engine::seam::Error {
+        let (engine::seam::Error::NotFound(_), Some(c)) = (&e, &self.cluster) else {
+            return e;
+        };
+        if caught_up(c).is_err() {
+            return engine::seam::Error::NoLeader;
+        }
+        let s = c.state();
+        let Some(t) = s.topics.get(topic) else {
+            return e;
+        };
+        let Some(p) = t.partitions.get(partition.unwrap_or(0) as usize) else {
+            return e;
+        };
+        let me = c.id();
+        match p.nodes().into_iter().find(|&n| n != me) {
+            Some(n) => engine::seam::Error::NotLeader {
+                leader_id: Some(n.to_string()),
+                leader_addr: c.rpc_addr_of(n),
+            },
+            None => engine::seam::Error::NoLeader,
+        }
+    }
+
     /// A NOT_LEADER answer with the leader's RPC address from the registry. A partition this
     /// node holds no replica of (the controller placed it elsewhere) is not "not found": the
     /// answer names its preferred leader, the best this node knows.
@@ -137,6 +215,7 @@ impl Partitions for RaftPartitions {
                 .append(id, batch)
                 .await
                 .map_err(|e| self.with_leader_addr(id, e))
+                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
 
@@ -152,6 +231,7 @@ impl Partitions for RaftPartitions {
                 .read(id, from, limits)
                 .await
                 .map_err(|e| self.with_leader_addr(id, e))
+                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
 
@@ -162,13 +242,17 @@ impl Partitions for RaftPartitions {
                 .wait_for(id, offset)
                 .await
                 .map_err(|e| self.with_leader_addr(id, e))
+                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
 
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            self.local.describe(id).await
+            self.local
+                .describe(id)
+                .await
+                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
 }
@@ -242,6 +326,8 @@ impl Topics for RaftPartitions {
                 "topic {name:?} does not exist"
             )));
         }
-        self.local.topic(name)
+        self.local
+            .topic(name)
+            .map_err(|e| self.unknown_here(e, name, None))
     }
 }

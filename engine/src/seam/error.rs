@@ -54,7 +54,10 @@ pub enum Error {
     },
 
     /// The partition has no leader now (an election is under way): retry later.
-    #[error("the partition has no leader at the moment; retry")]
+    #[error(
+        "no leader of this partition is known here at the moment (an election, or this node \
+         is still catching up with its cluster); retry"
+    )]
     NoLeader,
 
     /// The append may or may not have been committed (leadership changed while it was in
