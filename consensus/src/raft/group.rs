@@ -961,9 +961,17 @@ impl<S: LogStore> Group<S> {
         let r = &self.node.raft;
         let index = r.raft_log.last_index();
         if index != before + 1 {
-            let e = Error::NotLeader {
-                group: self.id,
-                leader: r.leader_id,
+            // Dropped. A leader drops proposals while it transfers its leadership (the
+            // reconcile loop moves leaders back to their preferred node): naming itself as
+            // the leader would send the client back here in a loop, so it says that no
+            // leader can take the write right now (retryable; nothing was appended).
+            let e = if r.leader_id == r.id || r.leader_id == raft::INVALID_ID {
+                Error::NoLeader { group: self.id }
+            } else {
+                Error::NotLeader {
+                    group: self.id,
+                    leader: r.leader_id,
+                }
             };
             return Err((e, tx));
         }
