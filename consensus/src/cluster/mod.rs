@@ -269,6 +269,11 @@ impl ClusterNode {
         for (id, addr) in nodes {
             self.add_peer(id, &addr);
         }
+        // Gossip's view wins over an address the registry has not caught up with yet (a
+        // node restarted under a new IP re-registers only after it runs): without this, the
+        // book would flip back to the dead address at every command applied, and the
+        // transport would reconnect there each time.
+        self.refresh_addresses(&self.state());
         self.changed.notify(usize::MAX);
     }
 
@@ -282,8 +287,20 @@ impl ClusterNode {
             .is_some_and(|v| v.role == StateRole::Leader)
     }
 
-    /// The RPC address of node `id`, from the registry.
+    /// The RPC address of node `id`: where the transport reaches it (the registry's address,
+    /// or gossip's when the node moved and has not registered again yet: after a full
+    /// restart under new addresses, the registry names only dead ones until every node
+    /// re-registers, which needs the controller's leader, which redirects name), else the
+    /// registry's.
     pub fn rpc_addr_of(&self, id: u64) -> Option<String> {
+        if id == self.id() {
+            if let Some(me) = self.me() {
+                return Some(me.rpc_addr.clone());
+            }
+        }
+        if let Some(p) = self.peers.addr_of(id) {
+            return Some(p.addr.to_string());
+        }
         self.state
             .read()
             .ok()?

@@ -292,6 +292,20 @@ async fn send_loop(
         backoff = BACKOFF_FIRST;
         loop {
             let next = link.queue.borrow_mut().pop_front();
+            // The node moved (a pod restarted under a new IP: the address book follows the
+            // registry and gossip): this connection leads to where it was, and one whose
+            // peer vanished with its network may take every write for minutes without an
+            // error. Connect again, to where it is now.
+            if next.is_some() && peers.addr_of(to).map(|a| a.addr) != Some(at.addr) {
+                log::info!(
+                    "Raft transport: node {to} is no longer at {}: connecting again",
+                    at.addr
+                );
+                if let Some(frame) = next {
+                    link.queue.borrow_mut().push_front(frame);
+                }
+                continue 'connect;
+            }
             let Some(frame) = next else {
                 if stopped.get() {
                     return;
