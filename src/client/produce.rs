@@ -1,7 +1,12 @@
-//! `proglog produce`: ProduceStream (pipelined) by default, ProduceBatch with --batch.
+//! `proglog produce`: ProduceStream (pipelined) by default, ProduceBatch with --batch. Both
+//! send again what a cluster refused without taking (NOT_LEADER: at the leader it names;
+//! NO_LEADER: after a pause) until `--timeout` has passed without progress.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::BufRead;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -36,9 +41,9 @@ const QUEUE: usize = 1024;
 
 /// How long one ProduceBatch is sent again while the cluster says it did not take it, when
 /// the call has no deadline (`--timeout 0`): about an election and a configuration change.
-const RETRY_WITHOUT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+const RETRY_WITHOUT_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause before sending again when no node leads the partition.
-const NO_LEADER_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(250);
 
 /// Feeds values from the arguments or from stdin through a bounded channel, read on a
 /// separate thread so that a slow stdin never blocks the executor.
@@ -89,44 +94,147 @@ fn print_offset(json: bool, offset: u64) {
     }
 }
 
+/// Why one produce stream ended early.
+enum StreamEnd {
+    /// Reading the values failed: nothing to retry.
+    Input(anyhow::Error),
+    /// The server (or the connection) ended the call.
+    Status(net::Status),
+}
+
+/// ProduceStream, sent again from the first unacknowledged value while the cluster says it
+/// did not take them (`NOT_LEADER`, `NO_LEADER`; a stream stops at its first refused batch
+/// and appends nothing after it, see the server's `produce_stream`), until `--timeout` has
+/// passed without progress, as [`send_batch`] does for one batch.
 async fn stream(
     a: &ProduceArgs,
     ch: &net::client::Channel,
     input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
 ) -> anyhow::Result<()> {
+    // Sent and not acknowledged yet, in order. Bounded by what the server and HTTP/2 flow
+    // control let the stream have in flight.
+    let pending = RefCell::new(VecDeque::<Bytes>::new());
+    let mut redirected: Option<net::client::Channel> = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let progress = Cell::new(false);
+        let target = redirected.as_ref().unwrap_or(ch);
+        let st = match stream_once(a, target, input, &pending, &progress).await {
+            Ok(()) => return Ok(()),
+            Err(StreamEnd::Input(e)) => return Err(e),
+            Err(StreamEnd::Status(st)) => st,
+        };
+        if progress.get() {
+            deadline = None;
+        }
+        let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
+        if !errors::produce_retryable(&st) || Instant::now() + NO_LEADER_PAUSE >= until {
+            return Err(st.into());
+        }
+        follow(a, &st, &mut redirected).await?;
+    }
+}
+
+/// One ProduceStream call: what `pending` holds first, then the input.
+async fn stream_once(
+    a: &ProduceArgs,
+    ch: &net::client::Channel,
+    input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
+    pending: &RefCell<VecDeque<Bytes>>,
+    progress: &Cell<bool>,
+) -> Result<(), StreamEnd> {
     // No deadline: stdin may stream for as long as the user likes.
     let (mut tx, mut rx) = ch
         .streaming(paths::PRODUCE_STREAM, net::client::CallOptions::default())
-        .await?;
+        .await
+        .map_err(StreamEnd::Status)?;
+    let request = |value: Bytes| ProduceRequest {
+        record: Some(Record {
+            value,
+            ..Default::default()
+        }),
+        topic: a.topic.clone(),
+        partition: a.partition,
+    };
     let send = async {
-        while let Some(v) = input.next().await {
-            let value = v.context("reading standard input")?;
-            let req = ProduceRequest {
-                record: Some(Record {
-                    value,
-                    ..Default::default()
-                }),
-                topic: a.topic.clone(),
-                partition: a.partition,
-            };
-            if let Err(e) = tx.send_message(&req).await {
+        let again: Vec<Bytes> = pending.borrow().iter().cloned().collect();
+        for value in again {
+            if let Err(e) = tx.send_message(&request(value)).await {
                 // The server ended the call; the response side reports why.
                 log::debug!("send: {e}");
-                break;
+                return Ok(());
             }
         }
-        tx.finish()?;
-        Ok::<(), anyhow::Error>(())
+        while let Some(v) = input.next().await {
+            let value = v
+                .context("reading standard input")
+                .map_err(StreamEnd::Input)?;
+            // Pending before it is sent: if the call fails, it is sent again.
+            pending.borrow_mut().push_back(value.clone());
+            if let Err(e) = tx.send_message(&request(value)).await {
+                log::debug!("send: {e}");
+                return Ok(());
+            }
+        }
+        tx.finish().map_err(StreamEnd::Status)?;
+        Ok::<(), StreamEnd>(())
     };
     let recv = async {
-        while let Some(resp) = rx.message_as::<ProduceResponse>().await? {
+        while let Some(resp) = rx
+            .message_as::<ProduceResponse>()
+            .await
+            .map_err(StreamEnd::Status)?
+        {
+            pending.borrow_mut().pop_front();
+            progress.set(true);
             print_offset(a.conn.json, resp.offset);
         }
-        Ok::<(), anyhow::Error>(())
+        Ok::<(), StreamEnd>(())
     };
-    let (sent, received) = futures_lite::future::zip(send, recv).await;
-    received?;
-    sent
+    // The call is over when the server ends it; the sender may still wait for input then.
+    futures_lite::future::or(recv, async {
+        send.await?;
+        std::future::pending::<Result<(), StreamEnd>>().await
+    })
+    .await
+}
+
+fn retry_budget(a: &ProduceArgs) -> Duration {
+    if a.conn.timeout > 0.0 && a.conn.timeout.is_finite() {
+        Duration::from_secs_f64(a.conn.timeout)
+    } else {
+        RETRY_WITHOUT_DEADLINE
+    }
+}
+
+/// Where to send again after a retryable refusal: the leader it names (over a new
+/// connection), or after a pause the same node.
+async fn follow(
+    a: &ProduceArgs,
+    st: &net::Status,
+    redirected: &mut Option<net::client::Channel>,
+) -> anyhow::Result<()> {
+    match errors::cluster_error(st) {
+        Some(ClusterError::NotLeader {
+            leader_addr: Some(addr),
+            ..
+        }) => {
+            let addr = addr
+                .parse()
+                .with_context(|| format!("the leader's address {addr:?}"))?;
+            if redirected.is_some() {
+                // Redirected again: leadership is moving; don't spin between nodes.
+                glommio::timer::sleep(NO_LEADER_PAUSE).await;
+            }
+            let conn = Conn {
+                addr,
+                ..a.conn.clone()
+            };
+            *redirected = Some(conn.connect().await?);
+        }
+        _ => glommio::timer::sleep(NO_LEADER_PAUSE).await,
+    }
+    Ok(())
 }
 
 async fn batches(
@@ -184,12 +292,7 @@ async fn send_batch(
     req: &ProduceBatchRequest,
 ) -> anyhow::Result<ProduceBatchResponse> {
     let mut redirected: Option<net::client::Channel> = None;
-    let budget = if a.conn.timeout > 0.0 && a.conn.timeout.is_finite() {
-        std::time::Duration::from_secs_f64(a.conn.timeout)
-    } else {
-        RETRY_WITHOUT_DEADLINE
-    };
-    let deadline = std::time::Instant::now() + budget;
+    let deadline = Instant::now() + retry_budget(a);
     loop {
         let target = redirected.as_ref().unwrap_or(ch);
         let st = match target
@@ -199,30 +302,9 @@ async fn send_batch(
             Ok(resp) => return Ok(resp),
             Err(st) => st,
         };
-        if !errors::produce_retryable(&st)
-            || std::time::Instant::now() + NO_LEADER_PAUSE >= deadline
-        {
+        if !errors::produce_retryable(&st) || Instant::now() + NO_LEADER_PAUSE >= deadline {
             return Err(st.into());
         }
-        match errors::cluster_error(&st) {
-            Some(ClusterError::NotLeader {
-                leader_addr: Some(addr),
-                ..
-            }) => {
-                let addr = addr
-                    .parse()
-                    .with_context(|| format!("the leader's address {addr:?}"))?;
-                if redirected.is_some() {
-                    // Redirected again: leadership is moving; don't spin between nodes.
-                    glommio::timer::sleep(NO_LEADER_PAUSE).await;
-                }
-                let conn = Conn {
-                    addr,
-                    ..a.conn.clone()
-                };
-                redirected = Some(conn.connect().await?);
-            }
-            _ => glommio::timer::sleep(NO_LEADER_PAUSE).await,
-        }
+        follow(a, &st, &mut redirected).await?;
     }
 }
