@@ -94,7 +94,35 @@ fn preconditions() -> Option<MutexGuard<'static, ()>> {
         "nft is needed for the client Service's DNAT rule: bash scripts/test installs Debian's \
          nftables (apt-get install nftables)"
     );
-    Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    machine_lock();
+    Some(turn)
+}
+
+/// The namespaces are the machine's: another run of this test (another checkout on the same
+/// host) would delete them under this one. An exclusive lock on a file in /run/lock, held
+/// until the process exits (the file stays open), makes runs take turns; the in-process
+/// mutex above orders this binary's own tests.
+fn machine_lock() {
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let dir = if Path::new("/run/lock").is_dir() {
+            "/run/lock"
+        } else {
+            "/tmp"
+        };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{dir}/proglog-statefulset-netns.lock"))
+            .expect("the namespaces' lock file");
+        // SAFETY: flock(2) on a descriptor we own and keep open.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+        f
+    });
 }
 
 fn pod_ip(round: u8, ordinal: usize) -> String {
@@ -150,6 +178,19 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failure is explained by what the servers said: their logs go with the
+        // temporary directory, so print their ends first.
+        if std::thread::panicking() {
+            for p in &self.pods {
+                let log = self.server_log(p.ordinal);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!("--- {} ({}), last lines ---", p.name, p.ip);
+                for l in tail {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for p in &mut self.pods {
             if let Some((mut child, _)) = p.main.take() {
                 let _ = child.kill();
