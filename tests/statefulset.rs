@@ -16,18 +16,21 @@
 //! a node namespace, more often than the manifest's period to keep the test short.
 //!
 //! Checked: the manifests declare what docs/deploy require (static checks); every pod's
-//! probes pass; all three list each other in `proglog cluster members` (also through a
-//! `kubectl exec` into pod 0); clients work through the Service address; restarting pod 1
-//! under a new IP keeps every acknowledged record, and so does a full restart of all pods
-//! under new IPs. The overlay test runs the acl overlay (mutual TLS for clients and peers,
-//! the ACL) with certificates made by `proglog cert` as deploy/README.md says.
+//! probes pass (readiness means joined and caught up with the controller's log); all three
+//! list each other in `proglog cluster members` (also through a `kubectl exec` into pod 0)
+//! and form one replicated cluster (GetServers through the Service lists the three and one
+//! leader); clients work through the Service address (a produce that lands on a follower is
+//! redirected to the leader, and what pods answer while the `default` topic's replication
+//! factor rises is retried by the CLI); every acknowledged record is on every pod;
+//! restarting pod 1 under a new IP keeps every acknowledged record on every pod, and so does
+//! a full restart of all pods under new IPs (pod 0's `bootstrap: true` is then a no-op). The
+//! overlay test runs the acl overlay (mutual TLS for clients and peers, the ACL) with
+//! certificates made by `proglog cert` as deploy/README.md says.
 //!
-//! Replication is not in this build yet: pod 0's `bootstrap: true` is refused at start-up.
-//! The test sees that refusal (pod 0 exits with it), says so loudly, and runs pod 0 with
-//! `PROGLOG_BOOTSTRAP=false` added, its one deviation from the manifests; the checks that
-//! need replication (one cluster in GetServers, every record on every pod) run as soon as
-//! pod 0 accepts the manifest as it is. `PROGLOG_DEPLOY_REPLICATION=1` makes the refusal a
-//! failure instead.
+//! Should pod 0 ever refuse `bootstrap: true` (a build without replication), the test says
+//! so loudly, runs pod 0 with `PROGLOG_BOOTSTRAP=false` added and skips the replicated
+//! checks; `PROGLOG_DEPLOY_REPLICATION=1`, which `bash scripts/test` sets, makes that refusal
+//! a failure instead.
 //!
 //! Needs root, kubectl and nft (bash scripts/test installs Debian's nftables). The two tests
 //! take turns: they use the same namespaces.
@@ -605,7 +608,7 @@ impl Cluster {
         };
         let mut env = c.env(&who);
         if !init && p.ordinal == 0 && self.replication == Replication::Gated {
-            // The test's one deviation from the manifests, until replication lands.
+            // The test's one deviation from the manifests, in a build that refuses bootstrap.
             env.push(("PROGLOG_BOOTSTRAP".into(), "false".into()));
         }
         let security = c.security();
@@ -946,11 +949,23 @@ impl Cluster {
             .collect()
     }
 
-    /// Every acknowledged record is where it was acknowledged: on every pod once replication
-    /// is on, and until then on the one pod that took it (each value is unique), at its
+    /// Every acknowledged record is where it was acknowledged: on every pod with replication
+    /// (a follower may apply a committed record a little after the leader acknowledged it:
+    /// waited for), without it on the one pod that took it (each value is unique), at its
     /// offset. Returns each pod's records.
     fn check_acknowledged(&self, acked: &[(String, u64)]) -> Vec<Vec<(u64, String)>> {
-        let logs: Vec<_> = (0..self.pods.len()).map(|i| self.records(i)).collect();
+        let start = Instant::now();
+        let mut logs: Vec<_> = (0..self.pods.len()).map(|i| self.records(i)).collect();
+        while self.replication == Replication::On && start.elapsed() < DEADLINE {
+            let everywhere = acked
+                .iter()
+                .all(|(value, offset)| logs.iter().all(|l| l.contains(&(*offset, value.clone()))));
+            if everywhere {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            logs = (0..self.pods.len()).map(|i| self.records(i)).collect();
+        }
         for (value, offset) in acked {
             let holders: Vec<usize> = (0..logs.len())
                 .filter(|&i| logs[i].contains(&(*offset, value.clone())))
@@ -974,7 +989,7 @@ impl Cluster {
     /// With replication: one cluster in GetServers through the Service, one leader.
     fn check_one_replicated_cluster(&self) {
         if self.replication != Replication::On {
-            eprintln!("GATED (no replication in this build): one cluster in GetServers");
+            eprintln!("GATED (pod 0 refused bootstrap): one cluster in GetServers");
             return;
         }
         // Joining pods become servers once the controller has registered them: wait.
