@@ -103,7 +103,9 @@ fn only_holders_of_a_peer_certificate_gossip() {
             dir.join("ca.pem").display().to_string(),
         ]
     };
-    let start = |name: &str, join: Option<&str>, tls: Option<[String; 6]>| {
+    // A node that is never admitted (the stranger, the open one) never becomes SERVING:
+    // it has not joined and caught up with a cluster. It runs once it answers health.
+    let start = |name: &str, join: Option<&str>, tls: Option<[String; 6]>, admitted: bool| {
         let bind = format!("127.0.0.1:{}", free_port());
         let _ = name;
         let mut args = vec!["--bind-addr".to_owned(), bind.clone()];
@@ -112,18 +114,23 @@ fn only_holders_of_a_peer_certificate_gossip() {
         }
         args.extend(tls.into_iter().flatten());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        (TestServer::start_with(&refs), bind)
+        let server = if admitted {
+            TestServer::start_with(&refs)
+        } else {
+            TestServer::start_not_admitted(&refs)
+        };
+        (server, bind)
     };
-    let (a, join) = start("a", None, Some(tls(&certs)));
-    let (b, _) = start("b", Some(&join), Some(tls(&certs)));
-    let (c, _) = start("c", Some(&join), Some(tls(&certs)));
+    let (a, join) = start("a", None, Some(tls(&certs)), true);
+    let (b, _) = start("b", Some(&join), Some(tls(&certs)), true);
+    let (c, _) = start("c", Some(&join), Some(tls(&certs)), true);
     for s in [&a, &b, &c] {
         wait("three up", Duration::from_secs(60), || up_count(s) == 3);
     }
     // Another CA: the TLS handshake of the key exchange fails, so it never gossips.
-    let (stranger, stranger_bind) = start("stranger", Some(&join), Some(tls(&other)));
+    let (stranger, stranger_bind) = start("stranger", Some(&join), Some(tls(&other)), false);
     // No peer TLS: its datagrams carry no tag and are dropped.
-    let (open, open_bind) = start("open", Some(&join), None);
+    let (open, open_bind) = start("open", Some(&join), None, false);
     let dropped = || {
         metric(
             &a,

@@ -28,6 +28,9 @@ pub struct TestServer {
     extra: Vec<String>,
     /// How the harness itself connects (TLS settings for a TLS server).
     pub client: ClientConfig,
+    /// Start-up waits for gRPC health SERVING; without it (a node that joins a cluster
+    /// which may never admit it is NOT_SERVING until admitted), for any health answer.
+    until_serving: bool,
     // Held so the directory outlives the server; `None` when the caller owns the directory.
     _tmp: Option<tempfile::TempDir>,
 }
@@ -68,6 +71,16 @@ impl TestServer {
         s
     }
 
+    /// A server that is to join a cluster through `extra`'s flags and may never be admitted
+    /// (another CA, no peer TLS): running once its gRPC port answers health at all.
+    pub fn start_not_admitted(extra: &[&str]) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in_until(&dir, extra, ClientConfig::default(), false);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// A server on `data_dir` (kept after the server stops, for restarts).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestServer {
         Self::start_in_with_client(data_dir, extra, ClientConfig::default())
@@ -88,6 +101,15 @@ impl TestServer {
         extra: &[&str],
         client: ClientConfig,
     ) -> TestServer {
+        Self::start_in_until(data_dir, extra, client, true)
+    }
+
+    fn start_in_until(
+        data_dir: &Path,
+        extra: &[&str],
+        client: ClientConfig,
+        until_serving: bool,
+    ) -> TestServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut last_log = String::new();
         for _ in 0..3 {
@@ -99,6 +121,7 @@ impl TestServer {
                 log_path: data_dir.with_extension(format!("{}.log", addr.port())),
                 extra: extra.clone(),
                 client: client.clone(),
+                until_serving,
                 _tmp: None,
             };
             s.spawn();
@@ -202,7 +225,8 @@ impl TestServer {
                     &HealthCheckRequest::default(),
                     CallOptions::timeout(Duration::from_secs(2)),
                 );
-                if r.is_ok_and(|r| r.status == ServingStatus::Serving as i32) {
+                if r.is_ok_and(|r| r.status == ServingStatus::Serving as i32 || !self.until_serving)
+                {
                     return true;
                 }
             }
