@@ -126,7 +126,7 @@ impl Observability {
             return Some(phase.as_str().to_owned());
         }
         let c = self.cluster.get()?;
-        consensus::raft::seam::caught_up(c)
+        consensus::raft::seam::ready(c)
             .err()
             .map(|why| format!("serving, but not ready: {why}"))
     }

@@ -80,10 +80,10 @@ const CLUSTER_RECHECK: std::time::Duration = std::time::Duration::from_millis(50
 
 /// The status clients see: a node that serves but has not joined and caught up with the
 /// controller's log is NOT_SERVING, as its `/readyz` is 503 (see
-/// `consensus::raft::seam::caught_up`).
+/// `consensus::raft::seam::ready`).
 fn effective(state: &AppState) -> ServingStatus {
     match state.health.get() {
-        ServingStatus::Serving if consensus::raft::seam::caught_up(&state.cluster).is_err() => {
+        ServingStatus::Serving if consensus::raft::seam::ready(&state.cluster).is_err() => {
             ServingStatus::NotServing
         }
         s => s,

@@ -117,6 +117,24 @@ pub fn caught_up(c: &ClusterNode) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Whether this node is ready for clients (`/readyz`, gRPC health), or why not: caught up
+/// ([`caught_up`]), and what the controller placed here is open (the reconcile loop opens
+/// it just after the placement applies): a ready node serves the replicas it is meant to
+/// hold.
+pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
+    caught_up(c)?;
+    let (id, s) = (c.id(), c.state());
+    if let Some(engine) = c.engine() {
+        for (name, t) in &s.topics {
+            let placed = t.partitions.iter().any(|p| p.nodes().contains(&id));
+            if placed && engine.topic(name).is_err() {
+                return Err(format!("opening topic {name:?}, placed here"));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RaftPartitions {
     /// What a topic or partition this node does not hold means, in a cluster: NotFound only
     /// when the node is caught up with the controller and the controller does not know it
