@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, BIN};
+use common::{cert, free_port, BIN};
 use net::blocking::BlockingChannel;
 use net::client::{CallOptions, ClientConfig};
 use net::Status;
@@ -461,21 +461,6 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
             assert_eq!(got.as_ref().ok(), Some(v), "offset {o} on {}", n.rpc);
         }
     }
-}
-
-fn cert(dir: &Path, args: &[&str]) {
-    let out = Command::new(BIN)
-        .arg("cert")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, run_cli, TestServer, BIN};
+use common::{cert, free_port, http_get, run_cli, TestServer};
 
 fn members(s: &TestServer) -> Vec<serde_json::Value> {
     let (ok, out, err) = run_cli(s.addr, &["cluster", "members", "--json"], None);
@@ -51,21 +51,6 @@ fn a_single_node_lists_itself_without_gossiping() {
     assert_eq!(
         m[0]["node_id"], id,
         "the node id belongs to the data directory"
-    );
-}
-
-fn cert(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new(BIN)
-        .arg("cert")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

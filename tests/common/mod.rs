@@ -326,6 +326,23 @@ pub fn run_cli(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> (bool, S
     )
 }
 
+/// Runs `proglog cert ARGS --dir DIR` (certificates for a test), failing the test with its
+/// error output if it fails.
+pub fn cert(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .arg("cert")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("running proglog cert");
+    assert!(
+        out.status.success(),
+        "proglog cert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The last admin address a server log announces.
 pub fn admin_addr_in(log: &str) -> Option<SocketAddr> {
     const MARK: &str = "admin HTTP on http://";

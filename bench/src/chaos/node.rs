@@ -397,8 +397,9 @@ impl Node {
     }
 }
 
-/// The body of a 200 answer to GET `path`.
-fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+/// The status and body (if the answer has one) of the answer to GET `path` (two-second
+/// timeouts).
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
     let timeout = Duration::from_secs(2);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
@@ -409,22 +410,18 @@ fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
     .ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1)? == "200").then(|| body.to_owned())
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Some((status, body))
+}
+
+/// The body of a 200 answer to GET `path`.
+fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    http_get(addr, path).and_then(|(status, body)| if status == 200 { body } else { None })
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let timeout = Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_whitespace().nth(1)?.parse().ok()
+    http_get(addr, path).map(|(status, _)| status)
 }
 
 /// Whether the proglog binary replicates, asked before anything is created or cleaned up:
