@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
 ];
 
 const RAFT_PROTO: &str = "proto/proglog/raft/v1/raft.proto";
+const FORWARD_PROTO: &str = "proto/proglog/raft/v1/forward.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in PROTOS {
@@ -30,7 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds)?;
     // Raft's peer messages: not a gRPC service, so kept out of the reflection descriptors.
     println!("cargo:rerun-if-changed={RAFT_PROTO}");
-    let raft = protox::compile([RAFT_PROTO], ["proto"])?;
+    println!("cargo:rerun-if-changed={FORWARD_PROTO}");
+    let raft = protox::compile([RAFT_PROTO, FORWARD_PROTO], ["proto"])?;
     prost_build::Config::new()
         .out_dir(&out)
         .bytes(["."])

@@ -13,6 +13,7 @@
 //! scrape, on the admin thread, reads and merges every slot.
 
 pub mod admin;
+pub mod forward;
 pub mod logging;
 pub mod process;
 pub mod prom;
@@ -79,6 +80,7 @@ pub struct Observability {
     membership: OnceLock<MembershipWatch>,
     cluster: OnceLock<Arc<consensus::cluster::ClusterNode>>,
     memory: OnceLock<Arc<net::memory::MemoryBudget>>,
+    forward: OnceLock<Arc<consensus::raft::forward::ForwardStats>>,
     start_time: SystemTime,
 }
 
@@ -97,6 +99,7 @@ impl Observability {
             membership: OnceLock::new(),
             cluster: OnceLock::new(),
             memory: OnceLock::new(),
+            forward: OnceLock::new(),
             start_time: SystemTime::now(),
         }
     }
@@ -158,6 +161,11 @@ impl Observability {
         let _ = self.memory.set(memory);
     }
 
+    /// Produce forwarding's and follower reads' counters (set once).
+    pub fn set_forward(&self, stats: Arc<consensus::raft::forward::ForwardStats>) {
+        let _ = self.forward.set(stats);
+    }
+
     /// The whole Prometheus exposition, as of now.
     pub fn render(&self) -> String {
         let mut e = Exposition::new();
@@ -201,6 +209,9 @@ impl Observability {
         }
         if let Some(m) = self.memory.get() {
             render_memory(&mut e, m);
+        }
+        if let Some(f) = self.forward.get() {
+            forward::render(&mut e, f);
         }
         let engine = self.engine.lock().ok().and_then(|e| e.clone());
         if let Some(engine) = engine {

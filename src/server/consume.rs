@@ -17,8 +17,9 @@ pub async fn handle(
     req: Request<ConsumeRequest>,
 ) -> Result<ConsumeResponse, Status> {
     state.authorize(&req, Action::Consume, Some(&req.message.topic))?;
+    let id = records::partition_id(&req.message.topic, req.message.partition);
+    reader::read_point(&state, &req, &id).await?;
     let r = req.message;
-    let id = records::partition_id(&r.topic, r.partition);
     // One record, at most the topic's largest: reserved before the read (see `reader`).
     let max_record = state
         .topics

@@ -17,13 +17,15 @@ pub async fn handle(
     req: Request<ConsumeBatchRequest>,
 ) -> Result<ConsumeBatchResponse, Status> {
     state.authorize(&req, Action::Consume, Some(&req.message.topic))?;
+    let id = records::partition_id(&req.message.topic, req.message.partition);
+    reader::read_point(&state, &req, &id).await?;
     let r = req.message;
     let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
     // Held until the reply is encoded; the frame is charged on its own from then.
     let mut lease = reader::reserve_read(&req.memory, max_records, max_bytes).await;
     let (recs, high_watermark) = reader::read_chunk(
         &state,
-        &records::partition_id(&r.topic, r.partition),
+        &id,
         r.offset,
         max_records,
         max_bytes,

@@ -22,6 +22,7 @@ pub async fn handle(
     let r: ConsumeBatchRequest = net::decode(req.message.clone())?;
     state.authorize(&req, Action::Consume, Some(&r.topic))?;
     let id = records::partition_id(&r.topic, r.partition);
+    reader::read_point(&state, &req, &id).await?;
     let (max_records, max_bytes) = reader::limits(&state, r.max_records, r.max_bytes);
     let tail = async {
         let mut offset = r.offset;

@@ -32,6 +32,7 @@ pub async fn handle(
     let r: ConsumeRequest = net::decode(req.message.clone())?;
     state.authorize(&req, Action::Consume, Some(&r.topic))?;
     let id = records::partition_id(&r.topic, r.partition);
+    reader::read_point(&state, &req, &id).await?;
     let (_, max_bytes) = reader::limits(&state, 0, 0);
     let max_bytes = max_bytes.min(CONSUME_STREAM_READ_AHEAD_BYTES);
     let tail = async {

@@ -37,7 +37,7 @@ pub fn to_status(e: seam::Error) -> Status {
             .filter_map(|(k, v)| v.map(|v| (k, v)));
             cluster(e.to_string(), errors::NOT_LEADER, metadata)
         }
-        E::NoLeader => cluster(e.to_string(), errors::NO_LEADER, []),
+        E::NoLeader(_) => cluster(e.to_string(), errors::NO_LEADER, []),
         E::OutcomeUnknown(_) => cluster(e.to_string(), errors::OUTCOME_UNKNOWN, []),
         // A full disk is an operating condition, not a failure of the server: the client may
         // retry once space is freed. The message names the partition and the free space.
@@ -132,7 +132,7 @@ mod tests {
                 true,
             ),
             (
-                seam::Error::NoLeader,
+                seam::Error::NoLeader("t/0".into()),
                 "NO_LEADER",
                 ClusterError::NoLeader,
                 true,

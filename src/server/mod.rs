@@ -265,6 +265,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         consensus::cluster::ClusterNode::new(raft_peers.clone(), settings.dead_node_timeout);
     let mode = cluster::prepare(&settings, &cluster_node)?;
     obs.set_cluster(cluster_node.clone());
+    obs.set_forward(raft_peers.forward.clone());
     let replication = consensus::raft::RaftReplication {
         node_id: cluster_node.id(),
         peers: raft_peers.clone(),
@@ -289,7 +290,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 addr: settings.advertised_rpc_addr().to_string(),
             },
         )
-        .with_cluster(cluster_node.clone()),
+        .with_cluster(cluster_node.clone())
+        .with_peers(cluster_node.id(), raft_peers.clone()),
     );
 
     let cluster = match membership::start(&settings, &handle, &obs) {

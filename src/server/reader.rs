@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use engine::seam::{PartitionId, ReadLimits, Record};
 use net::memory::{ConnMemory, Lease};
+use net::server::Request;
 use net::Status;
 
 pub use engine::seam::PastEnd;
@@ -40,6 +41,41 @@ pub fn limits(state: &AppState, max_records: u32, max_bytes: u32) -> (usize, usi
         pick(max_records, READ_DEFAULT_RECORDS, records_cap),
         pick(max_bytes, READ_DEFAULT_BYTES, bytes_cap),
     )
+}
+
+/// The request header with which a client asks for a linearizable read (value
+/// [`LINEARIZABLE`]; `default`, or no header, is the default read).
+pub const READ_CONSISTENCY_HEADER: &str = "proglog-read-consistency";
+pub const LINEARIZABLE: &str = "linearizable";
+
+/// Honours [`READ_CONSISTENCY_HEADER`] before a read of `id`: for a linearizable read, waits
+/// until every record acknowledged anywhere before the call is visible on this node (the
+/// partition leader's commit index, learnt through Raft's ReadIndex, applied here), on a
+/// leader and a follower alike; UNAVAILABLE when no leader confirms it in time. A default
+/// read already sees every committed offset it asks for (a read past this node's visible end
+/// asks the leader's commit index); what a linearizable read adds is a stream's or a batch's
+/// visible end (the high watermark) no older than the call.
+pub async fn read_point<T>(
+    state: &ShardState,
+    req: &Request<T>,
+    id: &PartitionId,
+) -> Result<(), Status> {
+    let Some(v) = req.metadata.get(READ_CONSISTENCY_HEADER) else {
+        return Ok(());
+    };
+    match v.to_str().map(str::trim) {
+        Ok(LINEARIZABLE) => state
+            .partitions
+            .read_barrier(id)
+            .await
+            .map(|_| ())
+            .map_err(to_status),
+        Ok("default") => Ok(()),
+        _ => Err(Status::invalid_argument(format!(
+            "{READ_CONSISTENCY_HEADER}: {v:?} is not a read consistency: `{LINEARIZABLE}` or \
+             `default`"
+        ))),
+    }
 }
 
 /// Records from `offset` and the partition's visible end, in one trip to the owning shard.

@@ -66,6 +66,9 @@ pub enum Error {
     Local(engine::Error),
 }
 
+/// The controller's partition as the seam's errors name it.
+const CONTROLLER_PARTITION: &str = "__cluster/0 (the cluster's controller)";
+
 impl From<Error> for seam::Error {
     fn from(e: Error) -> seam::Error {
         match e {
@@ -76,7 +79,7 @@ impl From<Error> for seam::Error {
                 leader_id: leader_id.map(|i| i.to_string()),
                 leader_addr,
             },
-            Error::NoLeader => seam::Error::NoLeader,
+            Error::NoLeader => seam::Error::NoLeader(CONTROLLER_PARTITION.into()),
             Error::Refused(m) => seam::Error::InvalidArgument(m),
             Error::NotFound(m) => seam::Error::NotFound(m),
             Error::AlreadyExists(m) => seam::Error::AlreadyExists(m),
@@ -84,7 +87,9 @@ impl From<Error> for seam::Error {
                 leader_id: (leader != raft::INVALID_ID).then(|| leader.to_string()),
                 leader_addr: None,
             },
-            Error::Raft(RaftError::NoLeader { .. }) => seam::Error::NoLeader,
+            Error::Raft(RaftError::NoLeader { .. }) => {
+                seam::Error::NoLeader(CONTROLLER_PARTITION.into())
+            }
             Error::Raft(RaftError::Storage { source, .. }) | Error::Local(source) => source.into(),
             e => seam::Error::Internal(e.to_string()),
         }

@@ -16,6 +16,8 @@
 //!   reconnects with backoff, frames split among the owning shards on arrival.
 //! - [`seam`]: the Raft implementation of the partition seam, and the engine configuration
 //!   that goes with it.
+//! - [`forward`]: any node serves any client: appends forwarded to the partition's leader
+//!   over the peer channel, and the counters of forwarding and follower reads.
 //!
 //! `docs/replication.md` argues the design.
 
@@ -26,6 +28,7 @@ pub mod board;
 pub mod engine_store;
 pub mod entry;
 pub mod error;
+pub mod forward;
 pub mod group;
 pub mod logger;
 pub mod mem_store;

@@ -20,6 +20,7 @@
 //! collide are refused, never confused.
 
 use super::error::Error;
+use super::forward::add;
 use super::group::{GroupConfig, GroupSet, GroupStatus, Outcome, Persisting};
 use super::transport::{Links, Peers};
 use engine::log::Appended;
@@ -46,6 +47,13 @@ const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
 /// Where a round's persisting task leaves the outcome of each log it persisted.
 type Synced = Rc<RefCell<Option<Vec<(u64, engine::Result<()>)>>>>;
+
+/// How long a read waits for its read index (ReadIndex, retried) and for this replica to
+/// apply up to it.
+pub const READ_INDEX_DEADLINE: Duration = Duration::from_secs(5);
+/// One ReadIndex attempt: raft-rs answers a dropped one never.
+const READ_INDEX_ATTEMPT: Duration = Duration::from_millis(500);
+const READ_INDEX_RETRY: Duration = Duration::from_millis(50);
 
 /// Commands taken between two rounds before the loop yields to the shard's other tasks.
 const COMMANDS_PER_ROUND: usize = 4096;
@@ -176,6 +184,11 @@ enum Cmd {
     /// What another node sent this shard's groups.
     Frame(RaftFrame),
     Control(ControlMsg),
+    /// A linearizable read point of the group: its leader's commit index (ReadIndex).
+    ReadIndex {
+        group: u64,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
 }
 
 /// What the loop and the shard's operations share.
@@ -197,6 +210,8 @@ struct Inner {
     groups: RefCell<HashMap<PartitionId, (u64, Rc<Log>)>>,
     /// Each group's state after the last round.
     status: RefCell<HashMap<u64, GroupStatus>>,
+    /// Notified when the status is published (readers wait for an applied index on it).
+    published: Event,
 }
 
 impl Inner {
@@ -231,6 +246,7 @@ impl ShardRaft {
             done: Event::new(),
             groups: RefCell::new(HashMap::new()),
             status: RefCell::new(HashMap::new()),
+            published: Event::new(),
         });
         let (config, tick) = (r.config.clone(), r.tick);
         let started = Rc::clone(&inner);
@@ -522,6 +538,7 @@ fn publish(inner: &Inner, set: &GroupSet<Log>) {
             );
         }
     }
+    inner.published.notify(usize::MAX);
 }
 
 fn refuse(cmd: Cmd, e: Error) {
@@ -538,6 +555,9 @@ fn refuse(cmd: Cmd, e: Error) {
             let _ = reply.send(Err(e));
         }
         Cmd::Propose { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Cmd::ReadIndex { reply, .. } => {
             let _ = reply.send(Err(e));
         }
     }
@@ -656,6 +676,19 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                 log::info!("group {group}: leadership not transferred to node {to}: {e}");
             }
         }
+        Cmd::ReadIndex { group, reply } => match set.read_index(group) {
+            Ok(rx) => {
+                glommio::spawn_local(async move {
+                    // A waiter dropped (its ticks ran out, or leadership moved) is retried.
+                    let r = rx.await.unwrap_or(Err(Error::ReadNotReady { group }));
+                    let _ = reply.send(r);
+                })
+                .detach();
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
         Cmd::Frame(frame) => {
             // A frame that decoded but does not fit this node was refused by the transport;
             // what is left are messages raft-rs itself rejects (counted by the set).
@@ -673,15 +706,16 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A Raft error as the engine reports it (the seam's terms for the cluster outcomes).
-pub fn engine_error(e: Error, shard: usize) -> engine::Error {
+/// A Raft error of partition `id` as the engine reports it (the seam's terms for the
+/// cluster outcomes).
+pub fn engine_error(e: Error, shard: usize, id: &PartitionId) -> engine::Error {
     use engine::Error as E;
     match e {
         Error::NotLeader { leader, .. } => E::Replication(seam::Error::NotLeader {
             leader_id: (leader != raft::INVALID_ID).then(|| leader.to_string()),
             leader_addr: None,
         }),
-        Error::NoLeader { .. } => E::Replication(seam::Error::NoLeader),
+        Error::NoLeader { .. } => E::Replication(seam::Error::NoLeader(id.to_string())),
         Error::OutcomeUnknown { .. } => E::Replication(seam::Error::OutcomeUnknown(
             "leadership of the partition changed, or its group stopped, while the append was \
              in flight: it may or may not be committed"
@@ -732,7 +766,7 @@ impl Replicator for ShardRaft {
                         .insert(id.clone(), (group, kept));
                     Ok(())
                 }
-                Ok(Err(e)) => Err(engine_error(e, self.inner.shard)),
+                Ok(Err(e)) => Err(engine_error(e, self.inner.shard, id)),
                 Err(_) => Err(engine::Error::ShutDown),
             }
         })
@@ -771,7 +805,7 @@ impl Replicator for ShardRaft {
             let proposed = Instant::now();
             let committed = match rx.await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(engine_error(e, self.inner.shard)),
+                Ok(Err(e)) => return Err(engine_error(e, self.inner.shard, id)),
                 // The loop stopped with the proposal in it.
                 Err(_) => {
                     return Err(engine::Error::Replication(seam::Error::OutcomeUnknown(
@@ -814,7 +848,7 @@ impl Replicator for ShardRaft {
                 return Err(engine::Error::ShutDown);
             }
             match rx.await {
-                Ok(r) => r.map_err(|e| engine_error(e, self.inner.shard)),
+                Ok(r) => r.map_err(|e| engine_error(e, self.inner.shard, id)),
                 Err(_) => Err(engine::Error::ShutDown),
             }
         })
@@ -829,6 +863,62 @@ impl Replicator for ShardRaft {
             is_leader: s.role == StateRole::Leader,
             commit_index: s.commit,
             applied_index: s.applied,
+        })
+    }
+
+    fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, engine::Result<u64>> {
+        Box::pin(async move {
+            let group = self.group_of(id)?;
+            let stats = &self.inner.peers.forward;
+            add(&stats.read_index_waits, 1);
+            let started = Instant::now();
+            let deadline = started + READ_INDEX_DEADLINE;
+            let unavailable = |why: &str| {
+                add(&stats.read_index_failures, 1);
+                engine::Error::Replication(seam::Error::Unavailable(format!(
+                    "partition {id}: no leader confirmed its commit index within {:?} \
+                     ({why}); retry",
+                    started.elapsed()
+                )))
+            };
+            // raft-rs drops a ReadIndex while there is no leader, or while the leader has
+            // not committed in its term: ask again until the deadline.
+            let index = loop {
+                let (reply, rx) = oneshot::channel();
+                if !self.inner.push(Cmd::ReadIndex { group, reply }) {
+                    return Err(engine::Error::ShutDown);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                let attempt =
+                    glommio::timer::timeout(left.min(READ_INDEX_ATTEMPT), async { Ok(rx.await) })
+                        .await;
+                match attempt {
+                    Ok(Ok(Ok(index))) => break index,
+                    Ok(Ok(Err(Error::ReadNotReady { .. } | Error::NoLeader { .. })))
+                    | Ok(Err(_))
+                    | Err(_) => {}
+                    Ok(Ok(Err(e))) => return Err(engine_error(e, self.inner.shard, id)),
+                }
+                if Instant::now() >= deadline {
+                    return Err(unavailable("no leader, or one not yet able to serve reads"));
+                }
+                add(&stats.read_index_retries, 1);
+                glommio::timer::sleep(READ_INDEX_RETRY).await;
+            };
+            // Served once this replica has applied up to the read index.
+            loop {
+                let listener = self.inner.published.listen();
+                match self.inner.status.borrow().get(&group) {
+                    Some(s) if s.applied >= index => return Ok(s.visible_offset),
+                    Some(_) => {}
+                    None => return Err(engine::Error::ShutDown),
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(unavailable("this replica has not applied that far yet"));
+                }
+                futures_lite::future::or(listener, glommio::timer::sleep(left)).await;
+            }
         })
     }
 

@@ -8,15 +8,24 @@
 //! engine's reads and waits, unchanged) never see an uncommitted entry. Topic administration
 //! is the engine's catalog on a node that is a cluster of one.
 //!
+//! Any node serves any client, here, below the handlers: an append for a partition this node
+//! does not lead is forwarded to the leader ([`super::forward`]), so Produce, ProduceBatch and
+//! ProduceStream get it alike; a read past this replica's visible end first learns the
+//! leader's commit index (ReadIndex, [`Partitions::read_barrier`]) and waits until this
+//! replica has applied that far, so a committed offset reads on every node and an offset
+//! past the commit index is out of range on every node.
+//!
 //! Build the engine with [`RaftReplication`](super::RaftReplication) as its replication hook
 //! ([`engine_config`]), then this factory over its handle.
 
+use super::forward::{self, Forwarder};
 use super::replica::{RaftReplication, CONTROLLER_TOPIC};
+use super::transport::Peers;
 use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
-    Appended, Chunk, EncodedBatch, Factory, LocalBoxFuture, NodeRef, PartitionId, PartitionState,
-    Partitions, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
+    Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
+    PartitionState, Partitions, PastEnd, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
 };
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
@@ -34,15 +43,20 @@ pub fn engine_config(mut config: EngineConfig, replication: RaftReplication) -> 
 pub struct RaftFactory {
     local: LocalFactory,
     cluster: Option<Arc<ClusterNode>>,
+    node_id: u64,
+    peers: Peers,
 }
 
 impl RaftFactory {
     /// `engine` must run with the Raft replication hook ([`engine_config`]); `node` is this
-    /// node as clients reach it.
+    /// node as clients reach it. A cluster of one (Raft node 1) until [`with_peers`]
+    /// (Self::with_peers).
     pub fn new(engine: EngineHandle, node: NodeRef) -> RaftFactory {
         RaftFactory {
             local: LocalFactory::new(engine, node),
             cluster: None,
+            node_id: 1,
+            peers: Peers::default(),
         }
     }
 
@@ -52,6 +66,15 @@ impl RaftFactory {
         self.cluster = Some(cluster);
         self
     }
+
+    /// This node's Raft id (until the transport's `self_id` says another) and the other
+    /// nodes (the replication's own [`Peers`]): appends for partitions led elsewhere are
+    /// forwarded to their leaders.
+    pub fn with_peers(mut self, node_id: u64, peers: Peers) -> RaftFactory {
+        self.node_id = node_id;
+        self.peers = peers;
+        self
+    }
 }
 
 impl Factory for RaftFactory {
@@ -59,6 +82,7 @@ impl Factory for RaftFactory {
         let p = Rc::new(RaftPartitions {
             local: self.local.local(),
             cluster: self.cluster.clone(),
+            forward: Forwarder::new(self.node_id, self.peers.clone()),
         });
         Seam {
             partitions: p.clone(),
@@ -71,6 +95,8 @@ impl Factory for RaftFactory {
 pub struct RaftPartitions {
     local: Rc<LocalPartitions>,
     cluster: Option<Arc<ClusterNode>>,
+    /// This executor's connections to leaders.
+    forward: Forwarder,
 }
 
 /// The controller's log is no client's business.
@@ -135,6 +161,15 @@ pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// How a NO_LEADER answer names what it is about: the partition, or the topic when the
+/// request named no partition.
+fn partition_name(topic: &str, partition: Option<u32>) -> String {
+    match partition {
+        Some(p) => format!("{topic:?}/{p}"),
+        None => format!("{topic:?}"),
+    }
+}
+
 impl RaftPartitions {
     /// What a topic or partition this node does not hold means, in a cluster: NotFound only
     /// when the node is caught up with the controller and the controller does not know it
@@ -154,7 +189,7 @@ impl RaftPartitions {
             return e;
         };
         if caught_up(c).is_err() {
-            return engine::seam::Error::NoLeader;
+            return engine::seam::Error::NoLeader(partition_name(topic, partition));
         }
         let s = c.state();
         let Some(t) = s.topics.get(topic) else {
@@ -169,7 +204,7 @@ impl RaftPartitions {
                 leader_id: Some(n.to_string()),
                 leader_addr: c.rpc_addr_of(n),
             },
-            None => engine::seam::Error::NoLeader,
+            None => engine::seam::Error::NoLeader(partition_name(topic, partition)),
         }
     }
 
@@ -220,10 +255,8 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Appended>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            // The owner's engine proposes it to the partition's group and answers once
-            // applied.
-            self.local
-                .append(id, batch)
+            // Proposed by the owner's group when this node leads, else by the leader's.
+            forward::append(&self.local, &self.forward, id, batch)
                 .await
                 .map_err(|e| self.with_leader_addr(id, e))
                 .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
@@ -238,10 +271,39 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Chunk>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            let first = self.local.read(id, from, limits).await;
+            let past_end = match &first {
+                Err(Error::OffsetOutOfRange { offset, next, .. }) => offset >= next,
+                Ok(c) => c.is_empty() && limits.past_end == PastEnd::OutOfRange,
+                Err(_) => false,
+            };
+            if !past_end {
+                return first.map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)));
+            }
+            // Past what this replica has applied: the offset may be committed already (a
+            // follower learns the commit index a heartbeat late). Ask the leader's commit
+            // index, wait until it is applied here, and read again.
+            let visible = self
+                .local
+                .read_barrier(id)
+                .await
+                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))?;
+            if visible <= from {
+                return first;
+            }
             self.local
                 .read(id, from, limits)
                 .await
-                .map_err(|e| self.with_leader_addr(id, e))
+                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
+        })
+    }
+
+    fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            check_not_controller(id)?;
+            self.local
+                .read_barrier(id)
+                .await
                 .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
@@ -252,7 +314,6 @@ impl Partitions for RaftPartitions {
             self.local
                 .wait_for(id, offset)
                 .await
-                .map_err(|e| self.with_leader_addr(id, e))
                 .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }

@@ -128,6 +128,8 @@ pub struct Peers {
     pub board: Arc<super::board::Board>,
     /// This node's Raft id once known (0 until a joining node is given one).
     pub self_id: Arc<AtomicU64>,
+    /// Produce forwarding's and follower reads' counters (`super::forward`).
+    pub forward: Arc<super::forward::ForwardStats>,
 }
 
 impl Peers {
@@ -136,7 +138,7 @@ impl Peers {
         self.book.read().ok()?.get(&node).cloned()
     }
 
-    fn knows_ip(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn knows_ip(&self, ip: std::net::IpAddr) -> bool {
         // Connections between members on one host's loopback come from 127.0.0.1 whatever
         // 127.0.0.x the sender listens on: any loopback member vouches for loopback.
         self.book
@@ -456,7 +458,7 @@ impl PeerHandler for RaftPeerHandler {
 /// Closes a refused connection with a FIN rather than a reset (unread bytes in the receive
 /// buffer make a plain close a reset): shuts down our side, then reads what the peer still
 /// sends, for at most a second.
-async fn close_gracefully(conn: &mut PeerConn) {
+pub(crate) async fn close_gracefully(conn: &mut PeerConn) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = conn.stream.shutdown().await;
     let mut buf = [0u8; 512];
@@ -473,7 +475,8 @@ async fn close_gracefully(conn: &mut PeerConn) {
 
 /// The peer channel's handler on a server: reads the first frame's header and hands the
 /// connection to the service its kind names: Raft frames to [`RaftPeerHandler`], a gossip key
-/// request to membership's key service (when the node gossips), anything else an ERROR frame.
+/// request to membership's key service (when the node gossips), forwarded appends to
+/// [`super::forward`], anything else an ERROR frame.
 #[derive(Clone)]
 pub struct PeerRouter {
     pub raft: RaftPeerHandler,
@@ -528,6 +531,10 @@ impl PeerHandler for PeerRouter {
             }
             match (kind, &this.keys) {
                 (RAFT_FRAME, _) => this.raft.serve_from(conn, Some((len, kind))).await,
+                (super::forward::FORWARD_REQUEST, _) => {
+                    let r = &this.raft;
+                    super::forward::serve_from(&r.engine, &r.peers, conn, Some((len, kind))).await
+                }
                 (_, Some(keys)) => keys.serve_request(conn, len, kind).await,
                 (_, None) => {
                     log::info!(

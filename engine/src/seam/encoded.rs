@@ -38,6 +38,55 @@ impl EncodedBatch {
         b.finish()
     }
 
+    /// A batch from a payload in the stored layout that came from elsewhere (another node
+    /// forwarding an append): every record's length is walked, the count and the CRC32C
+    /// checked against what the sender said, so a batch built here keeps the type's
+    /// invariant whatever the bytes were.
+    pub fn from_payload(
+        payload: Bytes,
+        record_count: u32,
+        payload_crc: u32,
+    ) -> Result<EncodedBatch> {
+        let bad = |why: String| Error::InvalidArgument(format!("malformed batch payload: {why}"));
+        if record_count == 0 {
+            return Err(bad("no records".into()));
+        }
+        if payload.len() > u32::MAX as usize {
+            return Err(bad(format!("{} bytes", payload.len())));
+        }
+        let (mut pos, mut count, mut max_value_len) = (0usize, 0u32, 0u32);
+        while pos < payload.len() {
+            let head = payload
+                .get(pos..pos + RECORD_OVERHEAD)
+                .ok_or_else(|| bad(format!("a record header cut at byte {pos}")))?;
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let end = (pos + RECORD_OVERHEAD)
+                .checked_add(len as usize)
+                .filter(|&e| e <= payload.len())
+                .ok_or_else(|| bad(format!("record {count} overruns the payload")))?;
+            count = count
+                .checked_add(1)
+                .ok_or_else(|| bad("too many records".into()))?;
+            max_value_len = max_value_len.max(len);
+            pos = end;
+        }
+        if count != record_count {
+            return Err(bad(format!("{count} records, {record_count} announced")));
+        }
+        let crc = crc32c::crc32c(&payload);
+        if crc != payload_crc {
+            return Err(bad(format!(
+                "CRC32C {crc:#010x}, {payload_crc:#010x} announced"
+            )));
+        }
+        Ok(EncodedBatch {
+            payload,
+            record_count,
+            payload_crc,
+            max_value_len,
+        })
+    }
+
     /// The records in the stored payload layout.
     pub fn payload(&self) -> &Bytes {
         &self.payload

@@ -53,12 +53,14 @@ pub enum Error {
         leader_addr: Option<String>,
     },
 
-    /// The partition has no leader now (an election is under way): retry later.
+    /// The partition (named, `topic/partition`) has no leader now (an election is under
+    /// way, or its replicas cannot reach a majority) or this node is still catching up with
+    /// its cluster: retry later.
     #[error(
-        "no leader of this partition is known here at the moment (an election, or this node \
-         is still catching up with its cluster); retry"
+        "no leader for partition {0} at the moment (an election is under way, its replicas \
+         cannot reach a majority, or this node is still catching up with its cluster); retry"
     )]
-    NoLeader,
+    NoLeader(String),
 
     /// The append may or may not have been committed (leadership changed while it was in
     /// flight): the caller must not assume either.

@@ -11,7 +11,7 @@ use super::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
     PartitionState, Partitions, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
 };
-use crate::shard::{EngineHandle, ShardCtx};
+use crate::shard::{EngineHandle, ReplicaStatus, ShardCtx};
 use std::rc::Rc;
 
 /// Builds [`LocalPartitions`] on whichever executor (or thread) asks.
@@ -59,6 +59,12 @@ impl LocalPartitions {
     /// The shard this instance serves, if any.
     pub fn shard(&self) -> Option<usize> {
         self.here.as_ref().map(|c| c.index)
+    }
+
+    /// The replication layer's view of `id` on its owner (`None` without one).
+    pub async fn replica_status(&self, id: &PartitionId) -> Result<Option<ReplicaStatus>> {
+        let r = self.engine.describe_routed(self.here.as_ref(), id).await?;
+        Ok(r.replica)
     }
 }
 
@@ -110,6 +116,10 @@ impl Partitions for LocalPartitions {
             }
             Ok(end)
         })
+    }
+
+    fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
+        Box::pin(async move { Ok(self.engine.barrier_routed(self.here.as_ref(), id).await?) })
     }
 
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {

@@ -195,6 +195,15 @@ pub trait Partitions {
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>>;
 
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>>;
+
+    /// A linearizable read point: resolves once everything acknowledged anywhere before the
+    /// call is visible here, with the visible end then (reads from it on see every such
+    /// record). Alone, a node's visible end is that already; a Raft replica asks its
+    /// leader's commit index (ReadIndex) and waits until it has applied that far, failing
+    /// `Unavailable` when no leader answers in time.
+    fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
+        Box::pin(async move { Ok(self.describe(id).await?.visible_end) })
+    }
 }
 
 /// Topic administration. With Raft this goes through the controller group; on a single node,

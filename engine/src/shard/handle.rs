@@ -258,6 +258,23 @@ impl EngineHandle {
         }
     }
 
+    /// A read point of the partition, from its owner (see `owner::read_barrier`).
+    pub(crate) async fn barrier_routed(
+        &self,
+        here: Option<&Rc<ShardCtx>>,
+        id: &PartitionId,
+    ) -> Result<u64> {
+        let shard = self.route(here.map(|c| &**c), &id.topic, id.partition)?;
+        match here.filter(|c| c.index == shard) {
+            Some(ctx) => owner::read_barrier(ctx, id).await,
+            None => {
+                let id = id.clone();
+                self.ask(shard, |reply| ShardMsg::ReadBarrier { id, reply })
+                    .await
+            }
+        }
+    }
+
     /// How the partition stands, from its owner.
     pub(crate) async fn describe_routed(
         &self,

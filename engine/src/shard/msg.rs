@@ -1,6 +1,6 @@
 //! What crosses between shards: one typed message per operation, each with its own reply.
 //!
-//! The data path is `Append`, `Read`, `WaitFor` and `Describe`, served on the owner by
+//! The data path is `Append`, `Read`, `WaitFor`, `ReadBarrier` and `Describe`, served on the owner by
 //! [`owner`](super::owner). Topic administration opens and removes partitions and replaces each
 //! shard's copy of the catalog; `Report` feeds metrics scrapes. `Run` starts a shard's
 //! long-running services (the gRPC server, membership) on its executor at start-up; the data
@@ -53,6 +53,11 @@ pub(crate) enum ShardMsg {
     Describe {
         id: PartitionId,
         reply: Reply<PartitionReport>,
+    },
+    /// Resolve once everything committed when it was sent is visible (a read point).
+    ReadBarrier {
+        id: PartitionId,
+        reply: Reply<u64>,
     },
     /// Open a partition of a topic being created.
     Open {
@@ -123,6 +128,9 @@ impl ShardMsg {
             ShardMsg::Describe { id, reply } => {
                 let _ = reply.send(owner::describe(&ctx, &id));
             }
+            ShardMsg::ReadBarrier { id, reply } => spawn(async move {
+                let _ = reply.send(owner::read_barrier(&ctx, &id).await);
+            }),
             ShardMsg::Open { id, config, reply } => spawn(async move {
                 let _ = reply.send(ctx.open_log(&id, config).await.map(|_| ()));
             }),

@@ -76,6 +76,16 @@ pub(crate) async fn wait_for(ctx: &ShardCtx, id: &PartitionId, offset: u64) -> R
     Ok(log.visible_end())
 }
 
+/// A read point: with a replication layer, once everything committed when asked is visible
+/// here (see `Replicator::read_barrier`); alone, the visible end is that already.
+pub(crate) async fn read_barrier(ctx: &ShardCtx, id: &PartitionId) -> Result<u64> {
+    let log = ctx.log(id)?;
+    match ctx.replicator() {
+        Some(r) => r.read_barrier(id).await,
+        None => Ok(log.visible_end()),
+    }
+}
+
 pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionReport> {
     let (log, waiters) = ctx.owned(id)?;
     Ok(PartitionReport {

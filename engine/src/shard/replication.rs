@@ -73,6 +73,12 @@ pub trait Replicator {
 
     fn status(&self, id: &PartitionId) -> Option<ReplicaStatus>;
 
+    /// Resolves once everything committed (by any node) when it was called is visible here,
+    /// with the visible end then: a linearizable read point (Raft's ReadIndex, retried until
+    /// a deadline, then the wait until this replica has applied that far). Fails
+    /// `Unavailable` when no leader answers in time.
+    fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>>;
+
     /// Takes what another node sent this shard's groups (the replication layer's own type,
     /// delivered by `EngineHandle::deliver`).
     fn receive(&self, payload: Box<dyn std::any::Any + Send>);

@@ -1,0 +1,968 @@
+//! Produce forwarding: any node takes appends for any partition. An append on a node that
+//! does not lead the partition is sent to the leader over the peer channel, proposed there,
+//! and answered with its offsets (or the leader's error) on the same connection.
+//!
+//! Sending ([`Forwarder`], one per executor, inside the Raft seam): one connection per
+//! leader node, opened on first use (`net::peer::connect`: the `0x01` mark, mutual TLS with
+//! the peer certificates when configured), carrying [`FORWARD_REQUEST`] frames out and
+//! [`FORWARD_RESPONSE`] frames back, matched by request id. At most [`MAX_IN_FLIGHT`]
+//! requests and [`MAX_IN_FLIGHT_BYTES`] of payload wait per leader: past that an append is
+//! refused at once (UNAVAILABLE, saying so), never queued without bound. Each request has a
+//! deadline ([`FORWARD_TIMEOUT`]). What a client learns when things go wrong:
+//! - the request was never written (no address, no connection, queue full, deadline while
+//!   queued): UNAVAILABLE, safe to retry;
+//! - written, and then the connection broke or the deadline passed: `OutcomeUnknown` (the
+//!   leader may have committed it);
+//! - the leader answered `NotLeader` (it lost leadership before proposing; nothing was
+//!   proposed): sent again to the leader it names, a few times within the deadline.
+//!
+//! Receiving ([`serve_from`], the peer channel's handler for connections whose first frame
+//! is a forward request): frames up to [`MAX_FRAME_BYTES`], decoded with our prost types; the
+//! batch is rebuilt with `EncodedBatch::from_payload` (lengths walked, count and CRC32C
+//! checked). An oversized, malformed or unexpected frame closes the connection and is counted
+//! ([`ForwardStats`]); nothing a peer sends panics. Appends are made through the engine-backed
+//! seam of the receiving executor, which never forwards again (no loops): a node that is not
+//! the leader answers `NotLeader`. At most [`SERVE_MAX_IN_FLIGHT`] appends per connection
+//! run at once; past that the handler stops reading and TCP flow control stops the sender.
+//! Without peer TLS only known members' addresses are served (no security boundary, as for
+//! Raft frames).
+//!
+//! Order: requests on one connection are written in the order they were made and proposed
+//! in the order they are read; a `ProduceStream` has one append outstanding at a time, so a
+//! producer's records keep their order through a forward.
+
+use super::transport::{close_gracefully, Peers, MAX_FRAME_BYTES};
+use engine::seam::local::{LocalFactory, LocalPartitions};
+use engine::seam::{
+    self, AppendTiming, Appended, EncodedBatch, NodeRef, PartitionId, Partitions, Writability,
+};
+use engine::EngineHandle;
+use event_listener::Event;
+use futures_channel::oneshot;
+use net::peer::{self, PeerConn};
+use prost::Message;
+use proto::proglog::raft::v1::{
+    forward_response, ForwardAppended, ForwardError, ForwardErrorKind, ForwardRequest,
+    ForwardResponse,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The peer channel's frame kind of a forwarded append (an encoded `ForwardRequest`).
+pub const FORWARD_REQUEST: u8 = 0x28;
+/// The peer channel's frame kind of a forwarded append's answer (a `ForwardResponse`).
+pub const FORWARD_RESPONSE: u8 = 0x29;
+
+/// Requests waiting for their answer per leader node, per executor.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Payload bytes of those requests.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// Appends of one incoming forward connection running at once.
+pub const SERVE_MAX_IN_FLIGHT: usize = 256;
+/// How long a forwarded append may take, from the call to the leader's answer.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times an append follows a `NotLeader` answer to the leader it names.
+const MAX_REDIRECTS: usize = 3;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Counters of a node's forwarding and follower reads (all executors).
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Appends sent to a leader.
+    pub forwarded: AtomicU64,
+    /// Of those, answered with offsets.
+    pub forwarded_ok: AtomicU64,
+    /// Refused at once: the leader's queue on this node was full.
+    pub err_queue_full: AtomicU64,
+    /// The leader could not be reached (no address, connect failed): never sent.
+    pub err_unreachable: AtomicU64,
+    /// Written, then the connection broke or the deadline passed: outcome unknown.
+    pub err_outcome_unknown: AtomicU64,
+    /// The deadline passed before the request could be written.
+    pub err_timeout: AtomicU64,
+    /// The leader answered an error (other than `NotLeader`, which is followed).
+    pub err_remote: AtomicU64,
+    /// `NotLeader` answers followed to the leader named.
+    pub redirects: AtomicU64,
+    /// Appends refused for want of a leader (none known).
+    pub no_leader: AtomicU64,
+    /// Receiving side: forwarded appends served (answered, whatever the answer).
+    pub served: AtomicU64,
+    /// Receiving side: connections closed for a frame over the maximum.
+    pub oversized: AtomicU64,
+    /// Receiving side: connections closed for a malformed frame.
+    pub malformed: AtomicU64,
+    /// Receiving side: connections refused (no peer TLS, not a known member's address).
+    pub refused: AtomicU64,
+    /// Reads that asked the leader's commit index (ReadIndex) before serving.
+    pub read_index_waits: AtomicU64,
+    /// ReadIndex attempts retried (no leader yet, or one that has not committed in its term).
+    pub read_index_retries: AtomicU64,
+    /// Reads that got no read index before their deadline (UNAVAILABLE).
+    pub read_index_failures: AtomicU64,
+}
+
+impl ForwardStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+type Answer = seam::Result<Appended>;
+
+/// A request between the call and its answer.
+struct Pending {
+    written: Cell<bool>,
+    bytes: usize,
+    tx: RefCell<Option<oneshot::Sender<Answer>>>,
+}
+
+/// One leader node's connection and what waits on it.
+struct Link {
+    node: u64,
+    /// Request ids not yet written, oldest first (with their frames).
+    queue: RefCell<VecDeque<(u64, Vec<u8>)>>,
+    /// Every request not answered yet, queued or written.
+    pending: RefCell<HashMap<u64, Rc<Pending>>>,
+    bytes: Cell<usize>,
+    wake: Event,
+    next_id: Cell<u64>,
+}
+
+impl Link {
+    /// Answers request `id` (once) and forgets it.
+    fn answer(&self, id: u64, a: Answer) {
+        let p = self.pending.borrow_mut().remove(&id);
+        if let Some(p) = p {
+            self.bytes.set(self.bytes.get().saturating_sub(p.bytes));
+            if let Some(tx) = p.tx.borrow_mut().take() {
+                let _ = tx.send(a);
+            }
+        }
+    }
+
+    /// Answers every written request with `e` (the connection they went on is gone).
+    fn fail_written(&self, e: impl Fn() -> seam::Error) {
+        let written: Vec<u64> = self
+            .pending
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.written.get())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in written {
+            self.answer(id, Err(e()));
+        }
+    }
+
+    /// Answers every queued request with `e` (they were never sent).
+    fn fail_queued(&self, e: impl Fn() -> seam::Error) {
+        let queued: Vec<u64> = self
+            .queue
+            .borrow_mut()
+            .drain(..)
+            .map(|(id, _)| id)
+            .collect();
+        for id in queued {
+            self.answer(id, Err(e()));
+        }
+    }
+}
+
+/// Forgets a request whose caller went away (deadline, or the call was dropped).
+struct Guard<'a> {
+    link: &'a Link,
+    id: u64,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let p = self.link.pending.borrow_mut().remove(&self.id);
+        if let Some(p) = p {
+            self.link
+                .bytes
+                .set(self.link.bytes.get().saturating_sub(p.bytes));
+            self.link
+                .queue
+                .borrow_mut()
+                .retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+/// The sending side of one executor: a connection per leader node.
+pub struct Forwarder {
+    node_id: u64,
+    peers: Peers,
+    links: RefCell<HashMap<u64, Rc<Link>>>,
+    stopped: Rc<Cell<bool>>,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stopped.set(true);
+        for l in self.links.borrow().values() {
+            l.wake.notify(usize::MAX);
+        }
+    }
+}
+
+impl Forwarder {
+    pub fn new(node_id: u64, peers: Peers) -> Forwarder {
+        Forwarder {
+            node_id,
+            peers,
+            links: RefCell::new(HashMap::new()),
+            stopped: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// This node's Raft id: the transport's once the controller assigned one.
+    pub fn node_id(&self) -> u64 {
+        match self.peers.self_id.load(Ordering::Relaxed) {
+            0 => self.node_id,
+            id => id,
+        }
+    }
+
+    pub fn stats(&self) -> &ForwardStats {
+        &self.peers.forward
+    }
+
+    fn link(&self, node: u64) -> Rc<Link> {
+        if let Some(l) = self.links.borrow().get(&node) {
+            return Rc::clone(l);
+        }
+        let link = Rc::new(Link {
+            node,
+            queue: RefCell::new(VecDeque::new()),
+            pending: RefCell::new(HashMap::new()),
+            bytes: Cell::new(0),
+            wake: Event::new(),
+            next_id: Cell::new(1),
+        });
+        self.links.borrow_mut().insert(node, Rc::clone(&link));
+        glommio::spawn_local(run_link(
+            Rc::clone(&link),
+            self.peers.clone(),
+            Rc::clone(&self.stopped),
+        ))
+        .detach();
+        link
+    }
+
+    /// Sends `batch` for `id` to node `leader` and waits for its answer until `deadline`.
+    pub async fn forward(
+        &self,
+        leader: u64,
+        id: &PartitionId,
+        batch: &EncodedBatch,
+        deadline: Instant,
+    ) -> Answer {
+        let started = Instant::now();
+        let stats = &self.peers.forward;
+        let link = self.link(leader);
+        let bytes = batch.payload_len();
+        if link.pending.borrow().len() >= MAX_IN_FLIGHT
+            || link.bytes.get() + bytes > MAX_IN_FLIGHT_BYTES
+        {
+            add(&stats.err_queue_full, 1);
+            return Err(seam::Error::Unavailable(format!(
+                "this node does not lead partition {id}, and its queue of appends for the \
+                 leader (node {leader}) is full ({} requests, {} bytes waiting; at most \
+                 {MAX_IN_FLIGHT} and {MAX_IN_FLIGHT_BYTES}): retry, or produce to the leader",
+                link.pending.borrow().len(),
+                link.bytes.get()
+            )));
+        }
+        let request_id = link.next_id.get();
+        link.next_id.set(request_id + 1);
+        let frame = ForwardRequest {
+            request_id,
+            topic: id.topic.to_string(),
+            partition: id.partition,
+            record_count: batch.record_count(),
+            payload_crc: batch.payload_crc(),
+            payload: batch.payload().clone(),
+        }
+        .encode_to_vec();
+        if frame.len() + 1 > MAX_FRAME_BYTES {
+            return Err(seam::Error::TooLarge {
+                what: "batch",
+                size: bytes,
+                limit: MAX_FRAME_BYTES - 1024,
+                unit: "bytes",
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let pending = Rc::new(Pending {
+            written: Cell::new(false),
+            bytes,
+            tx: RefCell::new(Some(tx)),
+        });
+        link.pending
+            .borrow_mut()
+            .insert(request_id, Rc::clone(&pending));
+        link.bytes.set(link.bytes.get() + bytes);
+        link.queue.borrow_mut().push_back((request_id, frame));
+        link.wake.notify(usize::MAX);
+        add(&stats.forwarded, 1);
+        let _guard = Guard {
+            link: &link,
+            id: request_id,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = glommio::timer::timeout(left, async { Ok(rx.await) }).await;
+        let r = match answer {
+            Ok(Ok(a)) => a,
+            // The link stopped with it (the executor's seam went away).
+            Ok(Err(_)) => Err(seam::Error::Unavailable(format!(
+                "forwarding to node {leader} stopped"
+            ))),
+            Err(_) if pending.written.get() => {
+                add(&stats.err_outcome_unknown, 1);
+                Err(seam::Error::OutcomeUnknown(format!(
+                    "the append to partition {id} was forwarded to its leader (node \
+                     {leader}), which did not answer within {:?}: it may or may not be \
+                     committed",
+                    started.elapsed()
+                )))
+            }
+            Err(_) => {
+                add(&stats.err_timeout, 1);
+                Err(seam::Error::Unavailable(format!(
+                    "the append to partition {id} could not be sent to its leader (node \
+                     {leader}) within {:?}; it was not sent: retry",
+                    started.elapsed()
+                )))
+            }
+        };
+        match &r {
+            Ok(_) => add(&stats.forwarded_ok, 1),
+            Err(seam::Error::OutcomeUnknown(_)) | Err(seam::Error::NotLeader { .. }) => {}
+            Err(seam::Error::Unavailable(_)) => {}
+            Err(_) => add(&stats.err_remote, 1),
+        }
+        r.map(|a| Appended {
+            timing: AppendTiming {
+                queue: Duration::ZERO,
+                append: Duration::ZERO,
+                fsync: started.elapsed(),
+            },
+            ..a
+        })
+    }
+}
+
+/// One leader node's sender: connect, write queued requests, read answers; reconnect with
+/// backoff.
+async fn run_link(link: Rc<Link>, peers: Peers, stopped: Rc<Cell<bool>>) {
+    let stats = &peers.forward;
+    let node = link.node;
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        // Wait for something to send before connecting.
+        loop {
+            if stopped.get() {
+                link.fail_queued(|| seam::Error::Unavailable("forwarding stopped".into()));
+                link.fail_written(|| {
+                    seam::Error::OutcomeUnknown(format!(
+                        "forwarding to node {node} stopped with the append in flight"
+                    ))
+                });
+                return;
+            }
+            let listener = link.wake.listen();
+            if !link.queue.borrow().is_empty() || stopped.get() {
+                break;
+            }
+            listener.await;
+        }
+        let Some(at) = peers.addr_of(node) else {
+            add(&stats.err_unreachable, link.queue.borrow().len() as u64);
+            link.fail_queued(|| {
+                seam::Error::Unavailable(format!(
+                    "the partition's leader is node {node}, whose address this node does not \
+                     know (yet): retry"
+                ))
+            });
+            continue;
+        };
+        let stream = match peer::connect(
+            at.addr,
+            peers.tls.as_ref(),
+            &at.server_name,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                log::info!("forwarding: cannot reach node {node}: {e}");
+                add(&stats.err_unreachable, link.queue.borrow().len() as u64);
+                let why = e.to_string();
+                link.fail_queued(|| {
+                    seam::Error::Unavailable(format!(
+                        "the partition's leader (node {node} at {}) cannot be reached: {why}; \
+                         the append was not sent: retry",
+                        at.addr
+                    ))
+                });
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_FIRST;
+        let (rd, wr) = tokio::io::split(stream);
+        let why = futures_lite::future::or(write_requests(&link, wr, &stopped), async {
+            read_answers(&link, rd, stats).await
+        })
+        .await;
+        log::info!("forwarding: connection to node {node} closed: {why}");
+        link.fail_written(|| {
+            seam::Error::OutcomeUnknown(format!(
+                "the connection to the partition's leader (node {node}) closed ({why}) with the \
+                 append in flight: it may or may not be committed"
+            ))
+        });
+    }
+}
+
+async fn write_requests(
+    link: &Link,
+    mut wr: tokio::io::WriteHalf<Box<dyn peer::PeerIo>>,
+    stopped: &Cell<bool>,
+) -> String {
+    loop {
+        let next = link.queue.borrow_mut().pop_front();
+        let Some((id, frame)) = next else {
+            if stopped.get() {
+                return "stopping".into();
+            }
+            let listener = link.wake.listen();
+            if link.queue.borrow().is_empty() && !stopped.get() {
+                listener.await;
+            }
+            continue;
+        };
+        let Some(p) = link.pending.borrow().get(&id).cloned() else {
+            continue;
+        };
+        p.written.set(true);
+        if let Err(e) = peer::write_frame(&mut wr, FORWARD_REQUEST, &frame).await {
+            return format!("write failed: {e}");
+        }
+    }
+}
+
+async fn read_answers(
+    link: &Link,
+    mut rd: tokio::io::ReadHalf<Box<dyn peer::PeerIo>>,
+    stats: &ForwardStats,
+) -> String {
+    loop {
+        let frame = match peer::read_frame(&mut rd, MAX_FRAME_BYTES).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return "closed by the leader".into(),
+            Err(e) => return e.to_string(),
+        };
+        if frame.kind == peer::kind::ERROR {
+            return format!(
+                "the node refused: {}",
+                String::from_utf8_lossy(&frame.payload)
+            );
+        }
+        if frame.kind != FORWARD_RESPONSE {
+            add(&stats.malformed, 1);
+            return format!("an answer of kind {:#04x}", frame.kind);
+        }
+        let resp = match ForwardResponse::decode(frame.payload.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                add(&stats.malformed, 1);
+                return format!("an answer that does not decode: {e}");
+            }
+        };
+        let answer = match resp.outcome {
+            Some(forward_response::Outcome::Appended(a)) if a.last_offset >= a.base_offset => {
+                Ok(Appended {
+                    base_offset: a.base_offset,
+                    last_offset: a.last_offset,
+                    timing: AppendTiming::default(),
+                })
+            }
+            Some(forward_response::Outcome::Error(e)) => Err(from_wire(e)),
+            _ => {
+                add(&stats.malformed, 1);
+                return "an answer without an outcome".into();
+            }
+        };
+        link.answer(resp.request_id, answer);
+    }
+}
+
+/// Appends `batch` to `id` through whichever node leads it: in place when this node does,
+/// else forwarded. `local` is the engine-backed seam of the calling executor.
+pub async fn append(
+    local: &LocalPartitions,
+    fwd: &Forwarder,
+    id: &PartitionId,
+    batch: EncodedBatch,
+) -> Answer {
+    let deadline = Instant::now() + FORWARD_TIMEOUT;
+    let stats = fwd.stats();
+    let mut redirects = 0;
+    // Who leads, as the owner last saw it; `None` when there is no replication layer.
+    let mut leader = match local.replica_status(id).await? {
+        Some(s) if !s.is_leader => s.leader,
+        _ => Some(fwd.node_id()),
+    };
+    loop {
+        let to = match leader {
+            Some(l) if l == fwd.node_id() => match local.append(id, batch.clone()).await {
+                // Leadership moved between the status and the proposal: nothing proposed.
+                Err(seam::Error::NotLeader { .. } | seam::Error::NoLeader(_)) => {
+                    match local.replica_status(id).await?.and_then(|s| s.leader) {
+                        Some(l) if l != fwd.node_id() => l,
+                        _ => return no_leader(stats, id),
+                    }
+                }
+                r => return r,
+            },
+            Some(l) => l,
+            None => return no_leader(stats, id),
+        };
+        match fwd.forward(to, id, &batch, deadline).await {
+            Err(seam::Error::NotLeader { leader_id, .. })
+                if redirects < MAX_REDIRECTS && Instant::now() < deadline =>
+            {
+                // The node lost leadership before proposing it: follow the leader it names,
+                // or ask our own replica again.
+                redirects += 1;
+                add(&stats.redirects, 1);
+                leader = match leader_id.and_then(|s| s.parse::<u64>().ok()) {
+                    Some(l) if l != to => Some(l),
+                    _ => {
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                        local.replica_status(id).await?.and_then(|s| s.leader)
+                    }
+                };
+            }
+            r => return r,
+        }
+    }
+}
+
+fn no_leader(stats: &ForwardStats, id: &PartitionId) -> Answer {
+    add(&stats.no_leader, 1);
+    Err(seam::Error::NoLeader(id.to_string()))
+}
+
+/// The seam's error as a forward answer carries it.
+pub fn to_wire(e: &seam::Error) -> ForwardError {
+    use seam::Error as E;
+    let mut w = ForwardError {
+        message: e.to_string(),
+        ..ForwardError::default()
+    };
+    let kind = match e {
+        E::NotFound(_) | E::OffsetOutOfRange { .. } => ForwardErrorKind::ForwardErrorNotFound,
+        E::InvalidArgument(_) | E::AlreadyExists(_) => {
+            ForwardErrorKind::ForwardErrorInvalidArgument
+        }
+        E::TooLarge {
+            what,
+            size,
+            limit,
+            unit,
+        } => {
+            w.what = (*what).into();
+            w.size = *size as u64;
+            w.limit = *limit as u64;
+            w.unit = (*unit).into();
+            ForwardErrorKind::ForwardErrorTooLarge
+        }
+        E::Overloaded { shard, depth } => {
+            w.shard = *shard as u64;
+            w.depth = *depth as u64;
+            ForwardErrorKind::ForwardErrorOverloaded
+        }
+        E::NotWritable {
+            partition,
+            writability,
+            ..
+        } => {
+            w.partition = partition.clone();
+            match writability {
+                Writability::DiskFull { free_bytes } => {
+                    w.free_bytes = *free_bytes;
+                    ForwardErrorKind::ForwardErrorDiskFull
+                }
+                _ => ForwardErrorKind::ForwardErrorLatched,
+            }
+        }
+        E::NotLeader {
+            leader_id,
+            leader_addr,
+        } => {
+            w.leader_id = leader_id.clone().unwrap_or_default();
+            w.leader_addr = leader_addr.clone().unwrap_or_default();
+            ForwardErrorKind::ForwardErrorNotLeader
+        }
+        E::NoLeader(p) => {
+            w.partition = p.clone();
+            ForwardErrorKind::ForwardErrorNoLeader
+        }
+        E::OutcomeUnknown(m) => {
+            w.message = m.clone();
+            ForwardErrorKind::ForwardErrorOutcomeUnknown
+        }
+        E::Unavailable(_) => ForwardErrorKind::ForwardErrorUnavailable,
+        E::Internal(_) => ForwardErrorKind::ForwardErrorInternal,
+    };
+    w.kind = kind as i32;
+    w
+}
+
+/// A forward answer's error as the seam's (a kind this node does not know is `Internal`).
+pub fn from_wire(w: ForwardError) -> seam::Error {
+    use seam::Error as E;
+    let opt = |s: String| (!s.is_empty()).then_some(s);
+    let kind =
+        ForwardErrorKind::try_from(w.kind).unwrap_or(ForwardErrorKind::ForwardErrorUnspecified);
+    let from_leader = |m: &str| format!("the partition's leader answered: {m}");
+    match kind {
+        ForwardErrorKind::ForwardErrorNotFound => E::NotFound(w.message),
+        ForwardErrorKind::ForwardErrorInvalidArgument => {
+            E::InvalidArgument(from_leader(&w.message))
+        }
+        ForwardErrorKind::ForwardErrorTooLarge => E::TooLarge {
+            what: if w.what == "record" {
+                "record"
+            } else {
+                "batch"
+            },
+            size: w.size as usize,
+            limit: w.limit as usize,
+            unit: if w.unit == "records" {
+                "records"
+            } else {
+                "bytes"
+            },
+        },
+        ForwardErrorKind::ForwardErrorOverloaded => E::Overloaded {
+            shard: w.shard as usize,
+            depth: w.depth as usize,
+        },
+        ForwardErrorKind::ForwardErrorDiskFull => E::NotWritable {
+            partition: w.partition,
+            writability: Writability::DiskFull {
+                free_bytes: w.free_bytes,
+            },
+            reason: from_leader(&w.message),
+        },
+        ForwardErrorKind::ForwardErrorLatched => E::NotWritable {
+            partition: w.partition,
+            writability: Writability::Latched {
+                cause: w.message.clone(),
+            },
+            reason: from_leader(&w.message),
+        },
+        ForwardErrorKind::ForwardErrorNotLeader => E::NotLeader {
+            leader_id: opt(w.leader_id),
+            leader_addr: opt(w.leader_addr),
+        },
+        ForwardErrorKind::ForwardErrorNoLeader => E::NoLeader(w.partition),
+        ForwardErrorKind::ForwardErrorOutcomeUnknown => E::OutcomeUnknown(w.message),
+        ForwardErrorKind::ForwardErrorUnavailable => E::Unavailable(from_leader(&w.message)),
+        ForwardErrorKind::ForwardErrorInternal | ForwardErrorKind::ForwardErrorUnspecified => {
+            E::Internal(from_leader(&w.message))
+        }
+    }
+}
+
+/// Serves a connection whose first frame header (length, kind) the peer channel's router
+/// has read: forwarded appends, answered in the order they complete.
+pub async fn serve_from(
+    engine: &EngineHandle,
+    peers: &Peers,
+    mut conn: PeerConn,
+    first: Option<(usize, u8)>,
+) {
+    let stats = &peers.forward;
+    if conn.tls.is_none() && !conn.peer.is_some_and(|a| peers.knows_ip(a.ip())) {
+        add(&stats.refused, 1);
+        log::warn!(
+            "forwarding: connection from {:?} refused: no peer TLS, and not a known member's \
+             address",
+            conn.peer
+        );
+        close_gracefully(&mut conn).await;
+        return;
+    }
+    let local = LocalFactory::new(
+        engine.clone(),
+        NodeRef {
+            id: String::new(),
+            addr: String::new(),
+        },
+    )
+    .local();
+    let peer_addr = conn.peer;
+    let (rd, wr) = tokio::io::split(conn.stream);
+    let out = Rc::new(Outbox {
+        answers: RefCell::new(VecDeque::new()),
+        wake: Event::new(),
+        in_flight: Cell::new(0),
+    });
+    let why = futures_lite::future::or(
+        read_requests(&local, rd, first, &out, stats),
+        write_answers(wr, &out),
+    )
+    .await;
+    log::info!("forwarding: connection from {peer_addr:?} closed: {why}");
+}
+
+/// Answers of one served connection waiting to be written.
+struct Outbox {
+    answers: RefCell<VecDeque<Vec<u8>>>,
+    wake: Event,
+    /// Appends started and not answered yet.
+    in_flight: Cell<usize>,
+}
+
+async fn read_requests(
+    local: &Rc<LocalPartitions>,
+    mut rd: tokio::io::ReadHalf<Box<dyn peer::PeerIo>>,
+    mut first: Option<(usize, u8)>,
+    out: &Rc<Outbox>,
+    stats: &ForwardStats,
+) -> String {
+    loop {
+        // Bounded: past the limit, stop reading (TCP stops the sender).
+        loop {
+            let listener = out.wake.listen();
+            if out.in_flight.get() < SERVE_MAX_IN_FLIGHT {
+                break;
+            }
+            listener.await;
+        }
+        let head = match first.take() {
+            Some(h) => Ok(Some(h)),
+            None => peer::read_header(&mut rd).await,
+        };
+        let read = match head {
+            Ok(Some((len, _))) if len > MAX_FRAME_BYTES => Err(peer::FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_BYTES,
+            }),
+            Ok(Some((len, kind))) => peer::read_payload(&mut rd, len)
+                .await
+                .map(|p| Some((kind, p))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let (kind, payload) = match read {
+            Ok(Some(f)) => f,
+            Ok(None) => return "closed by the peer".into(),
+            Err(e) => {
+                match e {
+                    peer::FrameError::TooLarge { .. } => add(&stats.oversized, 1),
+                    peer::FrameError::Io(_) => {}
+                    _ => add(&stats.malformed, 1),
+                }
+                return e.to_string();
+            }
+        };
+        let request = match decode_request(kind, payload) {
+            Ok(r) => r,
+            Err(why) => {
+                add(&stats.malformed, 1);
+                log::warn!("forwarding: closing a connection: {why}");
+                return why;
+            }
+        };
+        let (request_id, id, batch) = request;
+        out.in_flight.set(out.in_flight.get() + 1);
+        let (local, out2) = (Rc::clone(local), Rc::clone(out));
+        glommio::spawn_local(async move {
+            let outcome = match local.append(&id, batch).await {
+                Ok(a) => forward_response::Outcome::Appended(ForwardAppended {
+                    base_offset: a.base_offset,
+                    last_offset: a.last_offset,
+                }),
+                Err(e) => forward_response::Outcome::Error(to_wire(&e)),
+            };
+            let bytes = ForwardResponse {
+                request_id,
+                outcome: Some(outcome),
+            }
+            .encode_to_vec();
+            out2.answers.borrow_mut().push_back(bytes);
+            out2.in_flight.set(out2.in_flight.get() - 1);
+            out2.wake.notify(usize::MAX);
+        })
+        .detach();
+        add(&stats.served, 1);
+    }
+}
+
+/// A request frame decoded and checked: its id, partition and batch.
+fn decode_request(kind: u8, payload: Vec<u8>) -> Result<(u64, PartitionId, EncodedBatch), String> {
+    if kind != FORWARD_REQUEST {
+        return Err(format!(
+            "a frame of kind {kind:#04x} on a forward connection"
+        ));
+    }
+    let r = ForwardRequest::decode(bytes::Bytes::from(payload))
+        .map_err(|e| format!("a forward request that does not decode: {e}"))?;
+    if r.topic.is_empty() {
+        return Err("a forward request without a topic".into());
+    }
+    let batch = EncodedBatch::from_payload(r.payload, r.record_count, r.payload_crc)
+        .map_err(|e| format!("a forward request of topic {:?}: {e}", r.topic))?;
+    Ok((r.request_id, PartitionId::new(&r.topic, r.partition), batch))
+}
+
+async fn write_answers(
+    mut wr: tokio::io::WriteHalf<Box<dyn peer::PeerIo>>,
+    out: &Outbox,
+) -> String {
+    loop {
+        let next = out.answers.borrow_mut().pop_front();
+        let Some(bytes) = next else {
+            let listener = out.wake.listen();
+            if out.answers.borrow().is_empty() {
+                listener.await;
+            }
+            continue;
+        };
+        if let Err(e) = peer::write_frame(&mut wr, FORWARD_RESPONSE, &bytes).await {
+            return format!("write failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_the_wire_as_they_were() {
+        let cases = vec![
+            seam::Error::NotFound("topic x not found".into()),
+            seam::Error::TooLarge {
+                what: "record",
+                size: 10,
+                limit: 5,
+                unit: "bytes",
+            },
+            seam::Error::Overloaded { shard: 1, depth: 9 },
+            seam::Error::NotLeader {
+                leader_id: Some("3".into()),
+                leader_addr: None,
+            },
+            seam::Error::NoLeader("t/0".into()),
+            seam::Error::OutcomeUnknown("lost".into()),
+            seam::Error::NotWritable {
+                partition: "t/0".into(),
+                writability: Writability::DiskFull { free_bytes: 7 },
+                reason: "full".into(),
+            },
+        ];
+        for e in cases {
+            let back =
+                from_wire(ForwardError::decode(to_wire(&e).encode_to_vec().as_slice()).unwrap());
+            match (&e, &back) {
+                (
+                    seam::Error::NotWritable { writability: a, .. },
+                    seam::Error::NotWritable { writability: b, .. },
+                ) => assert_eq!(a, b),
+                _ => assert_eq!(
+                    std::mem::discriminant(&e),
+                    std::mem::discriminant(&back),
+                    "{e:?} -> {back:?}"
+                ),
+            }
+            if !matches!(e, seam::Error::NotWritable { .. }) {
+                assert_eq!(e.to_string(), back.to_string());
+            }
+        }
+        // A kind from a newer node is an internal error, never a panic.
+        let w = ForwardError {
+            kind: 999,
+            message: "?".into(),
+            ..ForwardError::default()
+        };
+        assert!(matches!(from_wire(w), seam::Error::Internal(_)));
+    }
+
+    /// The example drawn byte by byte in docs/format.md.
+    #[test]
+    fn a_request_frame_is_laid_out_as_documented() {
+        let batch = EncodedBatch::encode(&[engine::NewRecord::new(b"abc".to_vec())]).unwrap();
+        let req = ForwardRequest {
+            request_id: 1,
+            topic: "t".into(),
+            partition: 0,
+            record_count: 1,
+            payload_crc: batch.payload_crc(),
+            payload: batch.payload().clone(),
+        }
+        .encode_to_vec();
+        let mut frame = Vec::new();
+        futures_lite::future::block_on(peer::write_frame(&mut frame, FORWARD_REQUEST, &req))
+            .unwrap();
+        let crc = batch.payload_crc().to_le_bytes();
+        let mut want = vec![
+            0x1A, 0, 0, 0, 0x28, 0x08, 0x01, 0x12, 0x01, b't', 0x20, 0x01, 0x2D,
+        ];
+        want.extend_from_slice(&crc);
+        want.extend_from_slice(&[0x32, 0x0B, 3, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', b'c']);
+        assert_eq!(frame, want);
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        assert!(decode_request(FORWARD_RESPONSE, Vec::new()).is_err());
+        assert!(decode_request(FORWARD_REQUEST, vec![0xFF; 7]).is_err());
+        let batch = EncodedBatch::encode(&[engine::NewRecord::new(b"abc".to_vec())]).unwrap();
+        let good = ForwardRequest {
+            request_id: 1,
+            topic: "t".into(),
+            partition: 0,
+            record_count: 1,
+            payload_crc: batch.payload_crc(),
+            payload: batch.payload().clone(),
+        };
+        assert!(decode_request(FORWARD_REQUEST, good.encode_to_vec()).is_ok());
+        let wrong_count = ForwardRequest {
+            record_count: 2,
+            ..good.clone()
+        };
+        assert!(decode_request(FORWARD_REQUEST, wrong_count.encode_to_vec()).is_err());
+        let wrong_crc = ForwardRequest {
+            payload_crc: batch.payload_crc() ^ 1,
+            ..good.clone()
+        };
+        assert!(decode_request(FORWARD_REQUEST, wrong_crc.encode_to_vec()).is_err());
+        let mut cut = batch.payload().to_vec();
+        cut.pop();
+        let overrun = ForwardRequest {
+            payload: cut.into(),
+            ..good
+        };
+        assert!(decode_request(FORWARD_REQUEST, overrun.encode_to_vec()).is_err());
+    }
+}
