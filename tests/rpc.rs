@@ -405,3 +405,61 @@ fn reflection_v1_describes_the_api() {
     });
     assert_eq!(bad.code, Code::InvalidArgument, "{bad:?}");
 }
+
+/// `proglog-read-consistency: linearizable` on the consume RPCs: served (a node leads its
+/// partitions alone, and takes a read point all the same), the high watermark covers every
+/// acknowledged record, past the end is still OUT_OF_RANGE; an unknown consistency is
+/// INVALID_ARGUMENT.
+#[test]
+fn linearizable_reads_on_request() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    for v in ["a", "b", "c"] {
+        produce(&ch, "", 0, v).unwrap();
+    }
+    let with = |value: &str| {
+        let mut o = opts();
+        o.metadata.insert(
+            "proglog-read-consistency",
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+        o
+    };
+    let req = |offset| ConsumeRequest {
+        offset,
+        topic: String::new(),
+        partition: 0,
+    };
+    let r: ConsumeResponse = ch
+        .unary_prost(paths::CONSUME, &req(1), with("linearizable"))
+        .unwrap();
+    assert_eq!(&r.record.unwrap().value[..], b"b");
+    let b: ConsumeBatchResponse = ch
+        .unary_prost(
+            paths::CONSUME_BATCH,
+            &ConsumeBatchRequest {
+                offset: 0,
+                ..Default::default()
+            },
+            with("linearizable"),
+        )
+        .unwrap();
+    assert_eq!((b.records.len(), b.high_watermark), (3, 3));
+    let past = ch
+        .unary_prost::<_, ConsumeResponse>(paths::CONSUME, &req(3), with("linearizable"))
+        .unwrap_err();
+    assert_eq!(past.code, Code::OutOfRange);
+    let r: ConsumeResponse = ch
+        .unary_prost(paths::CONSUME, &req(0), with("default"))
+        .unwrap();
+    assert_eq!(&r.record.unwrap().value[..], b"a");
+    let bad = ch
+        .unary_prost::<_, ConsumeResponse>(paths::CONSUME, &req(0), with("sequential"))
+        .unwrap_err();
+    assert_eq!(bad.code, Code::InvalidArgument);
+    assert!(
+        bad.message.contains("proglog-read-consistency"),
+        "{}",
+        bad.message
+    );
+}

@@ -6,7 +6,8 @@
 //!   appends through a follower likewise.
 //! - Reads of committed offsets succeed on every node, at once after the acknowledgement (a
 //!   follower behind asks the leader's commit index); past the commit index is out of range
-//!   on every node; a linearizable read point on every node covers every acknowledged record.
+//!   on every node; a linearizable read point on every node covers every acknowledged record;
+//!   a tail on each follower wakes for a record appended through the leader.
 //! - The leader killed while a follower forwards: each append is acknowledged, refused, or
 //!   reported with an unknown outcome; no acknowledged record is lost or stored twice, no
 //!   refused one is stored, and appends go on through the new leader.
@@ -298,6 +299,47 @@ fn every_node_takes_appends_and_serves_committed_reads() {
             n.id
         );
     }
+
+    // A tail on each follower (what ConsumeStream does: read at the end, wait on the
+    // replica's visible mark) wakes for a record appended through the leader.
+    let lf = lead.factory();
+    let ffs: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.factory())
+        .collect();
+    let tails = engine::run_local(&client, move || async move {
+        use engine::seam::Factory;
+        let l = lf.build();
+        let waits: Vec<_> = ffs
+            .iter()
+            .map(|f| {
+                let p = f.build().partitions;
+                glommio::spawn_local(async move {
+                    let limits = ReadLimits {
+                        max_records: 10,
+                        max_bytes: 1 << 20,
+                        past_end: PastEnd::Empty,
+                    };
+                    let c = p.read(&pid(), end, limits).await?;
+                    assert!(c.is_empty(), "nothing past the end yet");
+                    p.wait_for(&pid(), end).await?;
+                    let c = p.read(&pid(), end, limits).await?;
+                    let recs: Vec<_> = c.records().collect::<Result<_, _>>()?;
+                    Ok::<_, SeamError>(recs.first().map(|r| r.value.to_vec()))
+                })
+            })
+            .collect();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        l.partitions.append(&pid(), batch("tail")).await?;
+        let mut got = Vec::new();
+        for w in waits {
+            got.push(w.await?);
+        }
+        Ok::<_, SeamError>(got)
+    })
+    .expect("client");
+    assert_eq!(tails, Ok(vec![Some(b"tail".to_vec()); 2]));
     common::shutdown_all(&mut nodes);
 }
 
@@ -387,6 +429,16 @@ fn leader_killed_while_a_follower_forwards() {
         count(|f| matches!(f, Fate::Unknown)),
         count(|f| matches!(f, Fate::Refused(_)))
     );
+    let mut reasons: Vec<&str> = history
+        .iter()
+        .flatten()
+        .filter_map(|(_, f)| match f {
+            Fate::Refused(why) => Some(why.as_str()),
+            _ => None,
+        })
+        .collect();
+    reasons.dedup();
+    println!("refusals: {reasons:#?}");
     let end = history
         .iter()
         .flatten()

@@ -66,6 +66,8 @@ pub const SERVE_MAX_IN_FLIGHT: usize = 256;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Times an append follows a `NotLeader` answer to the leader it names.
 const MAX_REDIRECTS: usize = 3;
+/// Partitions whose leader elsewhere an executor remembers.
+const MAX_REMEMBERED: usize = 1 << 16;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
@@ -205,6 +207,9 @@ pub struct Forwarder {
     node_id: u64,
     peers: Peers,
     links: RefCell<HashMap<u64, Rc<Link>>>,
+    /// The leader of each partition led elsewhere, as last learnt (absent: this node, until
+    /// an append here says otherwise).
+    leaders: RefCell<HashMap<PartitionId, u64>>,
     stopped: Rc<Cell<bool>>,
 }
 
@@ -223,7 +228,30 @@ impl Forwarder {
             node_id,
             peers,
             links: RefCell::new(HashMap::new()),
+            leaders: RefCell::new(HashMap::new()),
             stopped: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// The leader of `id` last learnt, when another node.
+    fn leader_of(&self, id: &PartitionId) -> Option<u64> {
+        self.leaders.borrow().get(id).copied()
+    }
+
+    /// Notes who leads `id` (`None`: ask again next time).
+    fn remember(&self, id: &PartitionId, leader: Option<u64>) {
+        let mut m = self.leaders.borrow_mut();
+        match leader {
+            Some(l) if l != self.node_id() => {
+                if m.len() >= MAX_REMEMBERED && !m.contains_key(id) {
+                    // Partitions come and go (deleted topics): bounded, forgetting all.
+                    m.clear();
+                }
+                m.insert(id.clone(), l);
+            }
+            _ => {
+                m.remove(id);
+            }
         }
     }
 
@@ -514,6 +542,12 @@ async fn read_answers(
 
 /// Appends `batch` to `id` through whichever node leads it: in place when this node does,
 /// else forwarded. `local` is the engine-backed seam of the calling executor.
+///
+/// The leader of each partition is remembered per executor (this node until told
+/// otherwise), so the common case costs no extra hop: a leader's appends go straight to its
+/// group, a follower's straight to the leader. A `NotLeader` from either side (nothing was
+/// proposed) asks the owner's replica who leads now; a forward that failed otherwise forgets
+/// the leader, so the next append asks again.
 pub async fn append(
     local: &LocalPartitions,
     fwd: &Forwarder,
@@ -522,44 +556,68 @@ pub async fn append(
 ) -> Answer {
     let deadline = Instant::now() + FORWARD_TIMEOUT;
     let stats = fwd.stats();
+    let me = fwd.node_id();
     let mut redirects = 0;
-    // Who leads, as the owner last saw it; `None` when there is no replication layer.
-    let mut leader = match local.replica_status(id).await? {
-        Some(s) if !s.is_leader => s.leader,
-        _ => Some(fwd.node_id()),
-    };
+    let mut leader = fwd.leader_of(id).unwrap_or(me);
     loop {
-        let to = match leader {
-            Some(l) if l == fwd.node_id() => match local.append(id, batch.clone()).await {
-                // Leadership moved between the status and the proposal: nothing proposed.
-                Err(seam::Error::NotLeader { .. } | seam::Error::NoLeader(_)) => {
+        if leader == me {
+            match local.append(id, batch.clone()).await {
+                Err(seam::Error::NotLeader { .. } | seam::Error::NoLeader(_))
+                    if redirects < MAX_REDIRECTS =>
+                {
+                    redirects += 1;
                     match local.replica_status(id).await?.and_then(|s| s.leader) {
-                        Some(l) if l != fwd.node_id() => l,
-                        _ => return no_leader(stats, id),
+                        Some(l) if l != me => {
+                            fwd.remember(id, Some(l));
+                            leader = l;
+                        }
+                        _ => {
+                            fwd.remember(id, None);
+                            return no_leader(stats, id);
+                        }
                     }
                 }
                 r => return r,
-            },
-            Some(l) => l,
-            None => return no_leader(stats, id),
-        };
-        match fwd.forward(to, id, &batch, deadline).await {
+            }
+            continue;
+        }
+        match fwd.forward(leader, id, &batch, deadline).await {
             Err(seam::Error::NotLeader { leader_id, .. })
                 if redirects < MAX_REDIRECTS && Instant::now() < deadline =>
             {
-                // The node lost leadership before proposing it: follow the leader it names,
-                // or ask our own replica again.
+                // That node lost leadership before proposing it: follow the leader it
+                // names, or the one our own replica learns.
                 redirects += 1;
                 add(&stats.redirects, 1);
-                leader = match leader_id.and_then(|s| s.parse::<u64>().ok()) {
-                    Some(l) if l != to => Some(l),
+                let named = leader_id.and_then(|s| s.parse::<u64>().ok());
+                leader = match named {
+                    Some(l) if l != leader => l,
                     _ => {
                         glommio::timer::sleep(Duration::from_millis(50)).await;
-                        local.replica_status(id).await?.and_then(|s| s.leader)
+                        match local.replica_status(id).await?.and_then(|s| s.leader) {
+                            Some(l) => l,
+                            None => {
+                                fwd.remember(id, None);
+                                return no_leader(stats, id);
+                            }
+                        }
                     }
                 };
+                fwd.remember(id, Some(leader));
             }
-            r => return r,
+            Err(e) => {
+                if matches!(
+                    e,
+                    seam::Error::Unavailable(_)
+                        | seam::Error::OutcomeUnknown(_)
+                        | seam::Error::NoLeader(_)
+                        | seam::Error::NotLeader { .. }
+                ) {
+                    fwd.remember(id, None);
+                }
+                return Err(e);
+            }
+            Ok(a) => return Ok(a),
         }
     }
 }
