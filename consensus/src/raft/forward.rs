@@ -554,11 +554,23 @@ pub async fn append(
     id: &PartitionId,
     batch: EncodedBatch,
 ) -> Answer {
+    append_via(local, fwd, id, batch, None).await
+}
+
+/// [`append`], sent first to node `first` when given (a node that holds no replica of `id`
+/// sends it to one that does, which names the leader if it is not).
+pub async fn append_via(
+    local: &LocalPartitions,
+    fwd: &Forwarder,
+    id: &PartitionId,
+    batch: EncodedBatch,
+    first: Option<u64>,
+) -> Answer {
     let deadline = Instant::now() + FORWARD_TIMEOUT;
     let stats = fwd.stats();
     let me = fwd.node_id();
     let mut redirects = 0;
-    let mut leader = fwd.leader_of(id).unwrap_or(me);
+    let mut leader = first.or_else(|| fwd.leader_of(id)).unwrap_or(me);
     loop {
         if leader == me {
             match local.append(id, batch.clone()).await {

@@ -208,6 +208,38 @@ impl RaftPartitions {
         }
     }
 
+    /// An append for a partition this node holds no replica of: sent to the nodes the
+    /// controller placed it on (its preferred leader first), which take it or name the
+    /// leader. `NotFound` (`why`) when the controller knows no such partition either.
+    async fn append_elsewhere(
+        &self,
+        id: &PartitionId,
+        batch: EncodedBatch,
+        why: String,
+    ) -> Result<Appended> {
+        let me = self.forward.node_id();
+        let replicas: Vec<u64> = self
+            .cluster
+            .as_ref()
+            .and_then(|c| {
+                let s = c.state();
+                let t = s.topics.get(&*id.topic)?;
+                Some(t.partitions.get(id.partition as usize)?.nodes())
+            })
+            .unwrap_or_default();
+        let mut last = Error::NotFound(why);
+        for node in replicas.into_iter().filter(|&n| n != me) {
+            match forward::append_via(&self.local, &self.forward, id, batch.clone(), Some(node))
+                .await
+            {
+                // Not sent, or that node has no replica either (yet): the next one.
+                Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => last = e,
+                r => return r,
+            }
+        }
+        Err(last)
+    }
+
     /// A NOT_LEADER answer with the leader's RPC address from the registry. A partition this
     /// node holds no replica of (the controller placed it elsewhere) is not "not found": the
     /// answer names its preferred leader, the best this node knows.
@@ -256,10 +288,12 @@ impl Partitions for RaftPartitions {
         Box::pin(async move {
             check_not_controller(id)?;
             // Proposed by the owner's group when this node leads, else by the leader's.
-            forward::append(&self.local, &self.forward, id, batch)
-                .await
-                .map_err(|e| self.with_leader_addr(id, e))
-                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
+            match forward::append(&self.local, &self.forward, id, batch.clone()).await {
+                Err(Error::NotFound(why)) => self.append_elsewhere(id, batch, why).await,
+                r => r,
+            }
+            .map_err(|e| self.with_leader_addr(id, e))
+            .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
 
@@ -398,8 +432,21 @@ impl Topics for RaftPartitions {
                 "topic {name:?} does not exist"
             )));
         }
-        self.local
-            .topic(name)
-            .map_err(|e| self.unknown_here(e, name, None))
+        match (self.local.topic(name), &self.cluster) {
+            // A topic with no replica here is the cluster's all the same (appends to it are
+            // forwarded to its replicas).
+            (Err(Error::NotFound(why)), Some(c)) => {
+                let s = c.state();
+                match s.topics.get(name) {
+                    Some(t) => Ok(TopicInfo {
+                        name: name.to_owned(),
+                        partitions: t.partitions.len() as u32,
+                        config: t.config.clone(),
+                    }),
+                    None => Err(self.unknown_here(Error::NotFound(why), name, None)),
+                }
+            }
+            (r, _) => r,
+        }
     }
 }
