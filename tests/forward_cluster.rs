@@ -3,7 +3,9 @@
 //! every node (unary Produce and a pipelined ProduceStream) and consumed from every node:
 //! every acknowledged record once at its offset on every node, OUT_OF_RANGE past the end on
 //! every node, a linearizable ConsumeBatch on every node whose high watermark covers every
-//! acknowledged record, and the followers' forwarded appends counted in their metrics.
+//! acknowledged record, and the followers' forwarded appends counted in their metrics. Then a
+//! topic with a single replica, served by all three nodes: produced to, consumed from and
+//! tailed on every node.
 //!
 //! One multi-node test in this file: test binaries run one after another.
 
@@ -87,6 +89,10 @@ fn gossip_addr() -> SocketAddr {
 /// Produces `v` through `n`, retrying while the cluster forms (no leader yet, the default
 /// topic not placed yet): only errors that say the record was not stored.
 fn produce_when_ready(n: &Node, v: &str) -> u64 {
+    produce_to_when_ready(n, "", v)
+}
+
+fn produce_to_when_ready(n: &Node, topic: &str, v: &str) -> u64 {
     let until = Instant::now() + DEADLINE;
     while BlockingChannel::connect(n.addr, ClientConfig::default()).is_err() {
         assert!(
@@ -98,7 +104,7 @@ fn produce_when_ready(n: &Node, v: &str) -> u64 {
         std::thread::sleep(Duration::from_millis(100));
     }
     loop {
-        match n.channel_produce(v) {
+        match produce(&n.channel(), topic, 0, v) {
             Ok(off) => return off,
             Err(e) if matches!(e.code, Code::Unavailable | Code::NotFound) => {
                 assert!(
@@ -213,4 +219,93 @@ fn every_node_takes_produces_and_serves_consumes() {
         .sum();
     assert!(forwarded > 0.0, "followers forwarded appends");
     println!("{forwarded} appends forwarded; {end} records");
+
+    // A topic with one replica: two nodes of three hold none, and serve it all the same
+    // (appends sent to the replica, reads asked of it, tails held by it).
+    let ch = nodes[0].channel();
+    let _: CreateTopicResponse = ch
+        .unary_prost(
+            paths::CREATE_TOPIC,
+            &CreateTopicRequest {
+                name: "one".into(),
+                config: Some(TopicConfig {
+                    partitions: 1,
+                    replication_factor: 1,
+                    ..Default::default()
+                }),
+            },
+            opts(),
+        )
+        .expect("create topic one");
+    let mut one: BTreeMap<u64, String> = BTreeMap::new();
+    for round in 0..3 {
+        for (i, n) in nodes.iter().enumerate() {
+            let v = format!("one-{i}-{round}");
+            let off = produce_to_when_ready(n, "one", &v);
+            assert!(one.insert(off, v).is_none(), "offset {off} twice");
+        }
+    }
+    let end = one.len() as u64;
+    for n in &nodes {
+        let ch = n.channel();
+        for (off, v) in &one {
+            let r = consume(&ch, "one", 0, *off)
+                .unwrap_or_else(|e| panic!("{} one at {off}: {e:?}", n.addr));
+            assert_eq!(&r.value[..], v.as_bytes(), "{} one at {off}", n.addr);
+        }
+        let past = consume(&ch, "one", 0, end).expect_err("past the end");
+        assert_eq!(past.code, Code::OutOfRange, "{}: {past:?}", n.addr);
+    }
+    // A tail on every node wakes for a record produced through another.
+    for (i, n) in nodes.iter().enumerate() {
+        let other = nodes[(i + 1) % nodes.len()].channel();
+        let v = format!("tail-{i}");
+        let got = tail_one(n.addr, "one", end + i as u64, move || {
+            produce(&other, "one", 0, &v).expect("produce for the tail")
+        });
+        assert_eq!(got, (end + i as u64, format!("tail-{i}")), "{}", n.addr);
+    }
+}
+
+/// Opens a ConsumeStream on `topic`/0 from `offset` at `addr`, then calls `produce` (once
+/// the stream is open) and returns the first record the stream sends: (offset, value).
+fn tail_one(
+    addr: SocketAddr,
+    topic: &'static str,
+    offset: u64,
+    produce: impl FnOnce() -> u64 + Send + 'static,
+) -> (u64, String) {
+    run_async(move || async move {
+        let ch = net::client::Channel::connect(addr, ClientConfig::default())
+            .await
+            .expect("connect");
+        let (mut tx, mut rx) = ch
+            .streaming(
+                paths::CONSUME_STREAM,
+                net::client::CallOptions::timeout(Duration::from_secs(30)),
+            )
+            .await
+            .expect("stream");
+        tx.send_message(&ConsumeRequest {
+            offset,
+            topic: topic.into(),
+            partition: 0,
+        })
+        .await
+        .expect("send");
+        tx.finish().expect("half-close");
+        // Produced from another thread while this one waits on the stream.
+        let producer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            produce()
+        });
+        let r = rx
+            .message_as::<ConsumeResponse>()
+            .await
+            .expect("stream message")
+            .expect("a record");
+        let _ = producer.join();
+        let rec = r.record.expect("record");
+        (rec.offset, String::from_utf8_lossy(&rec.value).into_owned())
+    })
 }

@@ -490,9 +490,24 @@ fn hostile_forward_frames_close_their_connection_and_are_counted() {
     let mut cut = frame(FORWARD_REQUEST, &lying.encode_to_vec());
     cut.truncate(cut.len() - 3);
     hostile(target.addr, &cut);
+    // A read request (the first frame of a connection may be one) of a mode that does not
+    // exist.
+    let bad_read = proto::proglog::raft::v1::ReadRequest {
+        request_id: 1,
+        topic: "t".into(),
+        mode: 7,
+        ..Default::default()
+    };
+    hostile(
+        target.addr,
+        &frame(
+            consensus::raft::forward::READ_REQUEST,
+            &bad_read.encode_to_vec(),
+        ),
+    );
     let s = &target.peers.forward;
     assert_eq!(stat(&s.oversized), 1);
-    assert_eq!(stat(&s.malformed), 3);
+    assert_eq!(stat(&s.malformed), 4);
     assert_eq!(stat(&s.served), 0, "nothing hostile was appended");
 
     // The cluster goes on: every node takes appends.

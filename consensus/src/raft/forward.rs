@@ -34,7 +34,8 @@
 use super::transport::{close_gracefully, Peers, MAX_FRAME_BYTES};
 use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
-    self, AppendTiming, Appended, EncodedBatch, NodeRef, PartitionId, Partitions, Writability,
+    self, AppendTiming, Appended, Chunk, EncodedBatch, NodeRef, PartitionId, Partitions, PastEnd,
+    ReadLimits, Writability,
 };
 use engine::EngineHandle;
 use event_listener::Event;
@@ -42,8 +43,8 @@ use futures_channel::oneshot;
 use net::peer::{self, PeerConn};
 use prost::Message;
 use proto::proglog::raft::v1::{
-    forward_response, ForwardAppended, ForwardError, ForwardErrorKind, ForwardRequest,
-    ForwardResponse,
+    forward_response, read_response, ForwardAppended, ForwardError, ForwardErrorKind,
+    ForwardRequest, ForwardResponse, ReadChunk, ReadMode, ReadRequest, ReadResponse,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -55,6 +56,11 @@ use std::time::{Duration, Instant};
 pub const FORWARD_REQUEST: u8 = 0x28;
 /// The peer channel's frame kind of a forwarded append's answer (a `ForwardResponse`).
 pub const FORWARD_RESPONSE: u8 = 0x29;
+/// A read of a partition the sending node holds no replica of (a `ReadRequest`), on the same
+/// connection as forwarded appends.
+pub const READ_REQUEST: u8 = 0x2A;
+/// Its answer (a `ReadResponse`).
+pub const READ_RESPONSE: u8 = 0x2B;
 
 /// Requests waiting for their answer per leader node, per executor.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -122,35 +128,60 @@ pub(crate) fn add(c: &AtomicU64, n: u64) {
 
 type Answer = seam::Result<Appended>;
 
+/// What an answer carries: an append's offsets, or a read's outcome.
+enum Reply {
+    Appended(Appended),
+    Read(read_response::Outcome),
+}
+
+type Outcome = seam::Result<Reply>;
+
 /// A request between the call and its answer.
 struct Pending {
     written: Cell<bool>,
     bytes: usize,
-    tx: RefCell<Option<oneshot::Sender<Answer>>>,
+    /// A tail's wait (counted apart: it may take seconds, and must not hold appends back).
+    wait: bool,
+    tx: RefCell<Option<oneshot::Sender<Outcome>>>,
 }
 
 /// One leader node's connection and what waits on it.
 struct Link {
     node: u64,
-    /// Request ids not yet written, oldest first (with their frames).
-    queue: RefCell<VecDeque<(u64, Vec<u8>)>>,
+    /// Request ids not yet written, oldest first (with their frames and kinds).
+    queue: RefCell<VecDeque<(u64, u8, Vec<u8>)>>,
     /// Every request not answered yet, queued or written.
     pending: RefCell<HashMap<u64, Rc<Pending>>>,
     bytes: Cell<usize>,
+    /// Of the pending requests, tails' waits.
+    waits: Cell<usize>,
     wake: Event,
     next_id: Cell<u64>,
 }
 
 impl Link {
+    /// Forgets request `id`; returns it if it was pending.
+    fn forget(&self, id: u64) -> Option<Rc<Pending>> {
+        let p = self.pending.borrow_mut().remove(&id)?;
+        self.bytes.set(self.bytes.get().saturating_sub(p.bytes));
+        if p.wait {
+            self.waits.set(self.waits.get().saturating_sub(1));
+        }
+        Some(p)
+    }
+
     /// Answers request `id` (once) and forgets it.
-    fn answer(&self, id: u64, a: Answer) {
-        let p = self.pending.borrow_mut().remove(&id);
-        if let Some(p) = p {
-            self.bytes.set(self.bytes.get().saturating_sub(p.bytes));
+    fn answer(&self, id: u64, a: Outcome) {
+        if let Some(p) = self.forget(id) {
             if let Some(tx) = p.tx.borrow_mut().take() {
                 let _ = tx.send(a);
             }
         }
+    }
+
+    /// Requests that are not tails' waits.
+    fn calls(&self) -> usize {
+        self.pending.borrow().len() - self.waits.get()
     }
 
     /// Answers every written request with `e` (the connection they went on is gone).
@@ -173,7 +204,7 @@ impl Link {
             .queue
             .borrow_mut()
             .drain(..)
-            .map(|(id, _)| id)
+            .map(|(id, _, _)| id)
             .collect();
         for id in queued {
             self.answer(id, Err(e()));
@@ -189,15 +220,11 @@ struct Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        let p = self.link.pending.borrow_mut().remove(&self.id);
-        if let Some(p) = p {
-            self.link
-                .bytes
-                .set(self.link.bytes.get().saturating_sub(p.bytes));
+        if self.link.forget(self.id).is_some() {
             self.link
                 .queue
                 .borrow_mut()
-                .retain(|(id, _)| *id != self.id);
+                .retain(|(id, _, _)| *id != self.id);
         }
     }
 }
@@ -276,6 +303,7 @@ impl Forwarder {
             queue: RefCell::new(VecDeque::new()),
             pending: RefCell::new(HashMap::new()),
             bytes: Cell::new(0),
+            waits: Cell::new(0),
             wake: Event::new(),
             next_id: Cell::new(1),
         });
@@ -301,20 +329,17 @@ impl Forwarder {
         let stats = &self.peers.forward;
         let link = self.link(leader);
         let bytes = batch.payload_len();
-        if link.pending.borrow().len() >= MAX_IN_FLIGHT
-            || link.bytes.get() + bytes > MAX_IN_FLIGHT_BYTES
-        {
+        if link.calls() >= MAX_IN_FLIGHT || link.bytes.get() + bytes > MAX_IN_FLIGHT_BYTES {
             add(&stats.err_queue_full, 1);
             return Err(seam::Error::Unavailable(format!(
                 "this node does not lead partition {id}, and its queue of appends for the \
                  leader (node {leader}) is full ({} requests, {} bytes waiting; at most \
                  {MAX_IN_FLIGHT} and {MAX_IN_FLIGHT_BYTES}): retry, or produce to the leader",
-                link.pending.borrow().len(),
+                link.calls(),
                 link.bytes.get()
             )));
         }
         let request_id = link.next_id.get();
-        link.next_id.set(request_id + 1);
         let frame = ForwardRequest {
             request_id,
             topic: id.topic.to_string(),
@@ -332,32 +357,14 @@ impl Forwarder {
                 unit: "bytes",
             });
         }
-        let (tx, rx) = oneshot::channel();
-        let pending = Rc::new(Pending {
-            written: Cell::new(false),
-            bytes,
-            tx: RefCell::new(Some(tx)),
-        });
-        link.pending
-            .borrow_mut()
-            .insert(request_id, Rc::clone(&pending));
-        link.bytes.set(link.bytes.get() + bytes);
-        link.queue.borrow_mut().push_back((request_id, frame));
-        link.wake.notify(usize::MAX);
         add(&stats.forwarded, 1);
-        let _guard = Guard {
-            link: &link,
-            id: request_id,
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let answer = glommio::timer::timeout(left, async { Ok(rx.await) }).await;
-        let r = match answer {
-            Ok(Ok(a)) => a,
-            // The link stopped with it (the executor's seam went away).
-            Ok(Err(_)) => Err(seam::Error::Unavailable(format!(
-                "forwarding to node {leader} stopped"
+        let r = match call(&link, FORWARD_REQUEST, frame, bytes, false, deadline).await {
+            Ok(Ok(Reply::Appended(a))) => Ok(a),
+            Ok(Ok(Reply::Read(_))) => Err(seam::Error::Internal(format!(
+                "node {leader} answered an append with a read"
             ))),
-            Err(_) if pending.written.get() => {
+            Ok(Err(e)) => Err(e),
+            Err(Unanswered { written: true }) => {
                 add(&stats.err_outcome_unknown, 1);
                 Err(seam::Error::OutcomeUnknown(format!(
                     "the append to partition {id} was forwarded to its leader (node \
@@ -366,7 +373,7 @@ impl Forwarder {
                     started.elapsed()
                 )))
             }
-            Err(_) => {
+            Err(Unanswered { written: false }) => {
                 add(&stats.err_timeout, 1);
                 Err(seam::Error::Unavailable(format!(
                     "the append to partition {id} could not be sent to its leader (node \
@@ -389,6 +396,139 @@ impl Forwarder {
             },
             ..a
         })
+    }
+}
+
+/// A request that got no answer before its deadline; `written` if it went out.
+struct Unanswered {
+    written: bool,
+}
+
+/// Queues `frame` (kind `kind`, request id the link's next) on `link` and waits for its
+/// answer until `deadline`.
+async fn call(
+    link: &Link,
+    kind: u8,
+    frame: Vec<u8>,
+    bytes: usize,
+    wait: bool,
+    deadline: Instant,
+) -> Result<Outcome, Unanswered> {
+    let request_id = link.next_id.get();
+    link.next_id.set(request_id + 1);
+    let (tx, rx) = oneshot::channel();
+    let pending = Rc::new(Pending {
+        written: Cell::new(false),
+        bytes,
+        wait,
+        tx: RefCell::new(Some(tx)),
+    });
+    link.pending
+        .borrow_mut()
+        .insert(request_id, Rc::clone(&pending));
+    link.bytes.set(link.bytes.get() + bytes);
+    if wait {
+        link.waits.set(link.waits.get() + 1);
+    }
+    link.queue.borrow_mut().push_back((request_id, kind, frame));
+    link.wake.notify(usize::MAX);
+    let _guard = Guard {
+        link,
+        id: request_id,
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match glommio::timer::timeout(left, async { Ok(rx.await) }).await {
+        Ok(Ok(a)) => Ok(a),
+        // The link stopped with it (the executor's seam went away).
+        Ok(Err(_)) => Ok(Err(seam::Error::Unavailable(format!(
+            "forwarding to node {} stopped",
+            link.node
+        )))),
+        Err(_) => Err(Unanswered {
+            written: pending.written.get(),
+        }),
+    }
+}
+
+/// What a read asks of a node that holds a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteRead {
+    Read {
+        from: u64,
+        limits: ReadLimits,
+    },
+    Barrier,
+    /// Until the visible end passes `offset` (or a few seconds).
+    Wait {
+        offset: u64,
+    },
+}
+
+/// How long a node answering a tail's wait holds it before answering with the visible end
+/// as it is (the asker asks again).
+pub const WAIT_POLL: Duration = Duration::from_secs(5);
+/// Tails' waits outstanding per node, per executor.
+pub const MAX_WAITS: usize = 4096;
+
+impl Forwarder {
+    /// Asks node `node`, which holds a replica of `id`, for `what`: a chunk for a read, the
+    /// visible end for a barrier or a wait. Reads change nothing: every failure is
+    /// UNAVAILABLE (retry).
+    pub async fn read_remote(
+        &self,
+        node: u64,
+        id: &PartitionId,
+        what: RemoteRead,
+    ) -> seam::Result<read_response::Outcome> {
+        let link = self.link(node);
+        let unavailable = |why: String| {
+            seam::Error::Unavailable(format!(
+                "partition {id} has no replica on this node, and node {node}, which holds one, \
+                 {why}: retry"
+            ))
+        };
+        let wait = matches!(what, RemoteRead::Wait { .. });
+        if (wait && link.waits.get() >= MAX_WAITS) || (!wait && link.calls() >= MAX_IN_FLIGHT) {
+            add(&self.peers.forward.err_queue_full, 1);
+            return Err(unavailable(
+                "has too many requests from this node waiting".into(),
+            ));
+        }
+        let mut req = ReadRequest {
+            request_id: link.next_id.get(),
+            topic: id.topic.to_string(),
+            partition: id.partition,
+            ..ReadRequest::default()
+        };
+        let mut timeout = FORWARD_TIMEOUT;
+        match what {
+            RemoteRead::Read { from, limits } => {
+                req.mode = ReadMode::Read as i32;
+                req.from = from;
+                req.max_records = limits.max_records as u64;
+                req.max_bytes = limits.max_bytes as u64;
+                req.past_end_empty = limits.past_end == PastEnd::Empty;
+            }
+            RemoteRead::Barrier => req.mode = ReadMode::Barrier as i32,
+            RemoteRead::Wait { offset } => {
+                req.mode = ReadMode::Wait as i32;
+                req.from = offset;
+                timeout += WAIT_POLL;
+            }
+        }
+        let frame = req.encode_to_vec();
+        let deadline = Instant::now() + timeout;
+        match call(&link, READ_REQUEST, frame, 0, wait, deadline).await {
+            Ok(Ok(Reply::Read(r))) => Ok(r),
+            Ok(Ok(Reply::Appended(_))) => Err(seam::Error::Internal(format!(
+                "node {node} answered a read with offsets"
+            ))),
+            Ok(Err(seam::Error::OutcomeUnknown(_))) => Err(unavailable(
+                "could not be asked (the connection broke)".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(unavailable(format!("did not answer within {timeout:?}"))),
+        }
     }
 }
 
@@ -474,7 +614,7 @@ async fn write_requests(
 ) -> String {
     loop {
         let next = link.queue.borrow_mut().pop_front();
-        let Some((id, frame)) = next else {
+        let Some((id, kind, frame)) = next else {
             if stopped.get() {
                 return "stopping".into();
             }
@@ -488,7 +628,7 @@ async fn write_requests(
             continue;
         };
         p.written.set(true);
-        if let Err(e) = peer::write_frame(&mut wr, FORWARD_REQUEST, &frame).await {
+        if let Err(e) = peer::write_frame(&mut wr, kind, &frame).await {
             return format!("write failed: {e}");
         }
     }
@@ -511,32 +651,57 @@ async fn read_answers(
                 String::from_utf8_lossy(&frame.payload)
             );
         }
-        if frame.kind != FORWARD_RESPONSE {
-            add(&stats.malformed, 1);
-            return format!("an answer of kind {:#04x}", frame.kind);
-        }
-        let resp = match ForwardResponse::decode(frame.payload.as_slice()) {
-            Ok(r) => r,
-            Err(e) => {
+        let (request_id, answer) = match frame.kind {
+            FORWARD_RESPONSE => {
+                let resp = match ForwardResponse::decode(frame.payload.as_slice()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        add(&stats.malformed, 1);
+                        return format!("an answer that does not decode: {e}");
+                    }
+                };
+                let answer = match resp.outcome {
+                    Some(forward_response::Outcome::Appended(a))
+                        if a.last_offset >= a.base_offset =>
+                    {
+                        Ok(Reply::Appended(Appended {
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                            timing: AppendTiming::default(),
+                        }))
+                    }
+                    Some(forward_response::Outcome::Error(e)) => Err(from_wire(e)),
+                    _ => {
+                        add(&stats.malformed, 1);
+                        return "an answer without an outcome".into();
+                    }
+                };
+                (resp.request_id, answer)
+            }
+            READ_RESPONSE => {
+                let resp = match ReadResponse::decode(bytes::Bytes::from(frame.payload)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        add(&stats.malformed, 1);
+                        return format!("a read answer that does not decode: {e}");
+                    }
+                };
+                let answer = match resp.outcome {
+                    Some(read_response::Outcome::Error(e)) => Err(from_wire(e)),
+                    Some(o) => Ok(Reply::Read(o)),
+                    None => {
+                        add(&stats.malformed, 1);
+                        return "a read answer without an outcome".into();
+                    }
+                };
+                (resp.request_id, answer)
+            }
+            kind => {
                 add(&stats.malformed, 1);
-                return format!("an answer that does not decode: {e}");
+                return format!("an answer of kind {kind:#04x}");
             }
         };
-        let answer = match resp.outcome {
-            Some(forward_response::Outcome::Appended(a)) if a.last_offset >= a.base_offset => {
-                Ok(Appended {
-                    base_offset: a.base_offset,
-                    last_offset: a.last_offset,
-                    timing: AppendTiming::default(),
-                })
-            }
-            Some(forward_response::Outcome::Error(e)) => Err(from_wire(e)),
-            _ => {
-                add(&stats.malformed, 1);
-                return "an answer without an outcome".into();
-            }
-        };
-        link.answer(resp.request_id, answer);
+        link.answer(request_id, answer);
     }
 }
 
@@ -795,6 +960,7 @@ pub async fn serve_from(
         answers: RefCell::new(VecDeque::new()),
         wake: Event::new(),
         in_flight: Cell::new(0),
+        waits: Cell::new(0),
     });
     let why = futures_lite::future::or(
         read_requests(&local, rd, first, &out, stats),
@@ -806,10 +972,20 @@ pub async fn serve_from(
 
 /// Answers of one served connection waiting to be written.
 struct Outbox {
-    answers: RefCell<VecDeque<Vec<u8>>>,
+    /// Encoded answers and their frame kinds.
+    answers: RefCell<VecDeque<(u8, Vec<u8>)>>,
     wake: Event,
-    /// Appends started and not answered yet.
+    /// Appends and reads started and not answered yet.
     in_flight: Cell<usize>,
+    /// Tails' waits held (not counted in `in_flight`: they take seconds).
+    waits: Cell<usize>,
+}
+
+impl Outbox {
+    fn push(&self, kind: u8, bytes: Vec<u8>) {
+        self.answers.borrow_mut().push_back((kind, bytes));
+        self.wake.notify(usize::MAX);
+    }
 }
 
 async fn read_requests(
@@ -855,6 +1031,17 @@ async fn read_requests(
                 return e.to_string();
             }
         };
+        if kind == READ_REQUEST {
+            match decode_read(payload) {
+                Ok(r) => serve_read(local, out, r),
+                Err(why) => {
+                    add(&stats.malformed, 1);
+                    log::warn!("forwarding: closing a connection: {why}");
+                    return why;
+                }
+            }
+            continue;
+        }
         let request = match decode_request(kind, payload) {
             Ok(r) => r,
             Err(why) => {
@@ -879,13 +1066,139 @@ async fn read_requests(
                 outcome: Some(outcome),
             }
             .encode_to_vec();
-            out2.answers.borrow_mut().push_back(bytes);
             out2.in_flight.set(out2.in_flight.get() - 1);
-            out2.wake.notify(usize::MAX);
+            out2.push(FORWARD_RESPONSE, bytes);
         })
         .detach();
         add(&stats.served, 1);
     }
+}
+
+/// The largest read a peer may ask for: what one gRPC response could carry.
+const MAX_READ_BYTES: u64 = 16 << 20;
+const MAX_READ_RECORDS: u64 = 100_000;
+
+/// A read request decoded and checked.
+fn decode_read(payload: Vec<u8>) -> Result<(ReadRequest, PartitionId), String> {
+    let r = ReadRequest::decode(bytes::Bytes::from(payload))
+        .map_err(|e| format!("a read request that does not decode: {e}"))?;
+    if r.topic.is_empty() {
+        return Err("a read request without a topic".into());
+    }
+    if ReadMode::try_from(r.mode).is_err() {
+        return Err(format!("a read request of unknown mode {}", r.mode));
+    }
+    let id = PartitionId::new(&r.topic, r.partition);
+    Ok((r, id))
+}
+
+/// Serves one read of this node's replica for another node, beside the connection's loop.
+fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadRequest, PartitionId)) {
+    let mode = ReadMode::try_from(r.mode).unwrap_or(ReadMode::Read);
+    let request_id = r.request_id;
+    let answer = move |outcome| {
+        ReadResponse {
+            request_id,
+            outcome: Some(outcome),
+        }
+        .encode_to_vec()
+    };
+    if mode == ReadMode::Wait {
+        if out.waits.get() >= MAX_WAITS {
+            let e = seam::Error::Unavailable("too many waits from this node".into());
+            out.push(
+                READ_RESPONSE,
+                answer(read_response::Outcome::Error(to_wire(&e))),
+            );
+            return;
+        }
+        out.waits.set(out.waits.get() + 1);
+    } else {
+        out.in_flight.set(out.in_flight.get() + 1);
+    }
+    let (local, out) = (Rc::clone(local), Rc::clone(out));
+    glommio::spawn_local(async move {
+        let outcome = match mode {
+            ReadMode::Read => {
+                let limits = ReadLimits {
+                    max_records: r.max_records.clamp(1, MAX_READ_RECORDS) as usize,
+                    max_bytes: r.max_bytes.clamp(1, MAX_READ_BYTES) as usize,
+                    past_end: if r.past_end_empty {
+                        PastEnd::Empty
+                    } else {
+                        PastEnd::OutOfRange
+                    },
+                };
+                read_here(&local, &id, r.from, limits).await.map(|c| {
+                    read_response::Outcome::Chunk(ReadChunk {
+                        visible_end: c.visible_end,
+                        runs: c.runs.into_iter().map(|run| run.bytes).collect(),
+                    })
+                })
+            }
+            ReadMode::Barrier => local
+                .read_barrier(&id)
+                .await
+                .map(read_response::Outcome::VisibleEnd),
+            ReadMode::Wait => {
+                let waited = glommio::timer::timeout(WAIT_POLL, async {
+                    Ok(local.wait_for(&id, r.from).await)
+                })
+                .await;
+                match waited {
+                    Ok(r) => r.map(read_response::Outcome::VisibleEnd),
+                    // Nothing new yet: the asker asks again.
+                    Err(_) => local
+                        .describe(&id)
+                        .await
+                        .map(|d| read_response::Outcome::VisibleEnd(d.visible_end)),
+                }
+            }
+        };
+        let mut bytes =
+            answer(outcome.unwrap_or_else(|e| read_response::Outcome::Error(to_wire(&e))));
+        if bytes.len() + 1 > MAX_FRAME_BYTES {
+            let e = seam::Error::Internal(format!(
+                "a read of {id} from {} came to {} bytes, over the peer frame maximum",
+                r.from,
+                bytes.len()
+            ));
+            bytes = answer(read_response::Outcome::Error(to_wire(&e)));
+        }
+        if mode == ReadMode::Wait {
+            out.waits.set(out.waits.get() - 1);
+        } else {
+            out.in_flight.set(out.in_flight.get() - 1);
+        }
+        out.push(READ_RESPONSE, bytes);
+    })
+    .detach();
+}
+
+/// A read of this node's replica of `id`, as the Raft seam serves it: a one-shot read that
+/// reaches the replica's visible end first learns the leader's commit index (ReadIndex),
+/// waits until it is applied here, and reads again, so that a committed offset reads on every
+/// replica and an offset past the commit index is out of range on every replica.
+pub async fn read_here(
+    local: &LocalPartitions,
+    id: &PartitionId,
+    from: u64,
+    limits: ReadLimits,
+) -> seam::Result<Chunk> {
+    let first = local.read(id, from, limits).await;
+    let past_end = match &first {
+        Err(seam::Error::OffsetOutOfRange { offset, next, .. }) => offset >= next,
+        Ok(c) => c.is_empty() && limits.past_end == PastEnd::OutOfRange,
+        Err(_) => false,
+    };
+    if !past_end {
+        return first;
+    }
+    let visible = local.read_barrier(id).await?;
+    if visible <= from {
+        return first;
+    }
+    local.read(id, from, limits).await
 }
 
 /// A request frame decoded and checked: its id, partition and batch.
@@ -911,14 +1224,14 @@ async fn write_answers(
 ) -> String {
     loop {
         let next = out.answers.borrow_mut().pop_front();
-        let Some(bytes) = next else {
+        let Some((kind, bytes)) = next else {
             let listener = out.wake.listen();
             if out.answers.borrow().is_empty() {
                 listener.await;
             }
             continue;
         };
-        if let Err(e) = peer::write_frame(&mut wr, FORWARD_RESPONSE, &bytes).await {
+        if let Err(e) = peer::write_frame(&mut wr, kind, &bytes).await {
             return format!("write failed: {e}");
         }
     }

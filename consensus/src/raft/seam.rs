@@ -18,17 +18,18 @@
 //! Build the engine with [`RaftReplication`](super::RaftReplication) as its replication hook
 //! ([`engine_config`]), then this factory over its handle.
 
-use super::forward::{self, Forwarder};
+use super::forward::{self, Forwarder, RemoteRead};
 use super::replica::{RaftReplication, CONTROLLER_TOPIC};
 use super::transport::Peers;
 use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
-    PartitionState, Partitions, PastEnd, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
+    PartitionState, Partitions, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
 };
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
+use proto::proglog::raft::v1::read_response;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -170,6 +171,16 @@ fn partition_name(topic: &str, partition: Option<u32>) -> String {
     }
 }
 
+/// The visible end a replica answered a barrier or a wait with.
+fn visible_end_of(node: u64, id: &PartitionId, o: read_response::Outcome) -> Result<u64> {
+    match o {
+        read_response::Outcome::VisibleEnd(v) => Ok(v),
+        _ => Err(Error::Internal(format!(
+            "node {node} answered a wait on {id} without its visible end"
+        ))),
+    }
+}
+
 impl RaftPartitions {
     /// What a topic or partition this node does not hold means, in a cluster: NotFound only
     /// when the node is caught up with the controller and the controller does not know it
@@ -208,6 +219,42 @@ impl RaftPartitions {
         }
     }
 
+    /// The nodes the controller placed `id` on, this one aside, preferred leader first.
+    fn replicas_elsewhere(&self, id: &PartitionId) -> Vec<u64> {
+        let me = self.forward.node_id();
+        self.cluster
+            .as_ref()
+            .and_then(|c| {
+                let s = c.state();
+                let t = s.topics.get(&*id.topic)?;
+                Some(t.partitions.get(id.partition as usize)?.nodes())
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&n| n != me)
+            .collect()
+    }
+
+    /// A read of a partition this node holds no replica of, asked of the nodes that hold
+    /// one, in turn, until one answers. `NotFound` (`why`) when the controller knows no such
+    /// partition.
+    async fn read_elsewhere(
+        &self,
+        id: &PartitionId,
+        what: RemoteRead,
+        why: String,
+    ) -> Result<(u64, read_response::Outcome)> {
+        let mut last = Error::NotFound(why);
+        for node in self.replicas_elsewhere(id) {
+            match self.forward.read_remote(node, id, what).await {
+                Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => last = e,
+                Err(e) => return Err(e),
+                Ok(o) => return Ok((node, o)),
+            }
+        }
+        Err(self.unknown_here(last, &id.topic, Some(id.partition)))
+    }
+
     /// An append for a partition this node holds no replica of: sent to the nodes the
     /// controller placed it on (its preferred leader first), which take it or name the
     /// leader. `NotFound` (`why`) when the controller knows no such partition either.
@@ -217,18 +264,8 @@ impl RaftPartitions {
         batch: EncodedBatch,
         why: String,
     ) -> Result<Appended> {
-        let me = self.forward.node_id();
-        let replicas: Vec<u64> = self
-            .cluster
-            .as_ref()
-            .and_then(|c| {
-                let s = c.state();
-                let t = s.topics.get(&*id.topic)?;
-                Some(t.partitions.get(id.partition as usize)?.nodes())
-            })
-            .unwrap_or_default();
         let mut last = Error::NotFound(why);
-        for node in replicas.into_iter().filter(|&n| n != me) {
+        for node in self.replicas_elsewhere(id) {
             match forward::append_via(&self.local, &self.forward, id, batch.clone(), Some(node))
                 .await
             {
@@ -237,7 +274,7 @@ impl RaftPartitions {
                 r => return r,
             }
         }
-        Err(last)
+        Err(self.unknown_here(last, &id.topic, Some(id.partition)))
     }
 
     /// A NOT_LEADER answer with the leader's RPC address from the registry. A partition this
@@ -305,50 +342,58 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Chunk>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            let first = self.local.read(id, from, limits).await;
-            let past_end = match &first {
-                Err(Error::OffsetOutOfRange { offset, next, .. }) => offset >= next,
-                Ok(c) => c.is_empty() && limits.past_end == PastEnd::OutOfRange,
-                Err(_) => false,
-            };
-            if !past_end {
-                return first.map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)));
+            // Past what this replica has applied, the offset may be committed already (a
+            // follower learns the commit index a heartbeat late): `read_here` asks.
+            match forward::read_here(&self.local, id, from, limits).await {
+                Err(Error::NotFound(why)) => {
+                    let what = RemoteRead::Read { from, limits };
+                    let (node, o) = self.read_elsewhere(id, what, why).await?;
+                    match o {
+                        read_response::Outcome::Chunk(c) => Ok(Chunk::from_remote(
+                            c.runs,
+                            from,
+                            c.visible_end,
+                            limits,
+                            &format!("node {node}'s replica of {id}"),
+                        )),
+                        _ => Err(Error::Internal(format!(
+                            "node {node} answered a read of {id} without records"
+                        ))),
+                    }
+                }
+                r => r,
             }
-            // Past what this replica has applied: the offset may be committed already (a
-            // follower learns the commit index a heartbeat late). Ask the leader's commit
-            // index, wait until it is applied here, and read again.
-            let visible = self
-                .local
-                .read_barrier(id)
-                .await
-                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))?;
-            if visible <= from {
-                return first;
-            }
-            self.local
-                .read(id, from, limits)
-                .await
-                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
         })
     }
 
     fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            self.local
-                .read_barrier(id)
-                .await
-                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
+            match self.local.read_barrier(id).await {
+                Err(Error::NotFound(why)) => {
+                    let (node, o) = self.read_elsewhere(id, RemoteRead::Barrier, why).await?;
+                    visible_end_of(node, id, o)
+                }
+                r => r,
+            }
         })
     }
 
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            self.local
-                .wait_for(id, offset)
-                .await
-                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
+            match self.local.wait_for(id, offset).await {
+                Err(Error::NotFound(why)) => loop {
+                    // Held by a replica for a few seconds at a time.
+                    let what = RemoteRead::Wait { offset };
+                    let (node, o) = self.read_elsewhere(id, what, why.clone()).await?;
+                    let end = visible_end_of(node, id, o)?;
+                    if end > offset {
+                        return Ok(end);
+                    }
+                },
+                r => r,
+            }
         })
     }
 

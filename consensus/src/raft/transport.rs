@@ -531,7 +531,7 @@ impl PeerHandler for PeerRouter {
             }
             match (kind, &this.keys) {
                 (RAFT_FRAME, _) => this.raft.serve_from(conn, Some((len, kind))).await,
-                (super::forward::FORWARD_REQUEST, _) => {
+                (super::forward::FORWARD_REQUEST | super::forward::READ_REQUEST, _) => {
                     let r = &this.raft;
                     super::forward::serve_from(&r.engine, &r.peers, conn, Some((len, kind))).await
                 }

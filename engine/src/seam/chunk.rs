@@ -44,6 +44,32 @@ impl Chunk {
         }
     }
 
+    /// A chunk of stored batches that came from elsewhere (another node's replica, which
+    /// read them for this one): `origin` names where, for error messages. Nothing is
+    /// trusted: [`records`](Self::records) checks every batch's CRC before it yields a record.
+    pub fn from_remote(
+        runs: Vec<Bytes>,
+        from: u64,
+        visible_end: u64,
+        limits: ReadLimits,
+        origin: &str,
+    ) -> Chunk {
+        Chunk {
+            runs: runs
+                .into_iter()
+                .map(|bytes| Run {
+                    bytes,
+                    segment: None,
+                    pos: 0,
+                })
+                .collect(),
+            from,
+            visible_end,
+            limits,
+            origin: Arc::from(Path::new(origin)),
+        }
+    }
+
     /// True when the read found nothing (at or past the visible end).
     pub fn is_empty(&self) -> bool {
         self.runs.iter().all(|r| r.bytes.is_empty())
