@@ -5,9 +5,11 @@
 //! every node, a linearizable ConsumeBatch on every node whose high watermark covers every
 //! acknowledged record, and the followers' forwarded appends counted in their metrics. Then a
 //! topic with a single replica, served by all three nodes: produced to, consumed from and
-//! tailed on every node.
+//! tailed on every node; and a topic of two single-replica partitions on two nodes (each
+//! holding an empty group of the other's), produced to and consumed from every node.
 //!
-//! One multi-node test in this file: test binaries run one after another.
+//! Multi-node: `#[ignore]`d in the plain `cargo test` run, run one at a time in
+//! scripts/test's cluster phase (`--ignored --test-threads=1`).
 
 mod common;
 
@@ -137,6 +139,7 @@ impl Node {
 }
 
 #[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn every_node_takes_produces_and_serves_consumes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let g1 = gossip_addr();
@@ -256,6 +259,52 @@ fn every_node_takes_produces_and_serves_consumes() {
         let past = consume(&ch, "one", 0, end).expect_err("past the end");
         assert_eq!(past.code, Code::OutOfRange, "{}: {past:?}", n.addr);
     }
+    // Two partitions of one replica each, on two nodes: a node holding one of them holds an
+    // empty group of the other, and must not serve it from there.
+    let _: CreateTopicResponse = ch
+        .unary_prost(
+            paths::CREATE_TOPIC,
+            &CreateTopicRequest {
+                name: "two".into(),
+                config: Some(TopicConfig {
+                    partitions: 2,
+                    replication_factor: 1,
+                    ..Default::default()
+                }),
+            },
+            opts(),
+        )
+        .expect("create topic two");
+    let mut two: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    for p in 0..2u32 {
+        for (i, n) in nodes.iter().enumerate() {
+            let v = format!("two-{p}-{i}");
+            let until = Instant::now() + DEADLINE;
+            let off = loop {
+                match produce(&n.channel(), "two", p, &v) {
+                    Ok(off) => break off,
+                    Err(e) if matches!(e.code, Code::Unavailable | Code::NotFound) => {
+                        assert!(Instant::now() < until, "{}: two/{p}: {e:?}", n.addr);
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("{}: two/{p}: {e:?}", n.addr),
+                }
+            };
+            assert!(
+                two.insert((p, off), v).is_none(),
+                "two/{p} offset {off} twice"
+            );
+        }
+    }
+    for n in &nodes {
+        let ch = n.channel();
+        for ((p, off), v) in &two {
+            let r = consume(&ch, "two", *p, *off)
+                .unwrap_or_else(|e| panic!("{} two/{p} at {off}: {e:?}", n.addr));
+            assert_eq!(&r.value[..], v.as_bytes(), "{} two/{p} at {off}", n.addr);
+        }
+    }
+
     // A tail on every node wakes for a record produced through another.
     for (i, n) in nodes.iter().enumerate() {
         let other = nodes[(i + 1) % nodes.len()].channel();

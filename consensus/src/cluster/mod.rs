@@ -207,6 +207,14 @@ impl ClusterNode {
         self.state.read().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The nodes `topic`/`partition` is placed on (preferred leader first), without copying
+    /// the state; `None` when the controller knows no such partition.
+    pub fn replicas_of(&self, topic: &str, partition: u32) -> Option<Vec<u64>> {
+        let s = self.state.read().ok()?;
+        let t = s.topics.get(topic)?;
+        Some(t.partitions.get(partition as usize)?.nodes())
+    }
+
     /// Applies registry knowledge learnt outside the log (a join answer), so that the
     /// transport can talk to the controller's members before this node's log catches up.
     pub fn learn_addresses(&self, nodes: &[(u64, String)]) {

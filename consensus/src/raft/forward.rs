@@ -44,7 +44,8 @@ use net::peer::{self, PeerConn};
 use prost::Message;
 use proto::proglog::raft::v1::{
     forward_response, read_response, ForwardAppended, ForwardError, ForwardErrorKind,
-    ForwardRequest, ForwardResponse, ReadChunk, ReadMode, ReadRequest, ReadResponse,
+    ForwardRequest, ForwardResponse, PartitionSummary, ReadChunk, ReadMode, ReadRequest,
+    ReadResponse,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -462,6 +463,7 @@ pub enum RemoteRead {
     Wait {
         offset: u64,
     },
+    Describe,
 }
 
 /// How long a node answering a tail's wait holds it before answering with the visible end
@@ -510,6 +512,7 @@ impl Forwarder {
                 req.past_end_empty = limits.past_end == PastEnd::Empty;
             }
             RemoteRead::Barrier => req.mode = ReadMode::Barrier as i32,
+            RemoteRead::Describe => req.mode = ReadMode::Describe as i32,
             RemoteRead::Wait { offset } => {
                 req.mode = ReadMode::Wait as i32;
                 req.from = offset;
@@ -1140,6 +1143,23 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
                 .read_barrier(&id)
                 .await
                 .map(read_response::Outcome::VisibleEnd),
+            ReadMode::Describe => local.describe(&id).await.map(|d| {
+                let (writability, free_bytes, cause) = match d.writable {
+                    Writability::Writable => (0, 0, String::new()),
+                    Writability::DiskFull { free_bytes } => (1, free_bytes, String::new()),
+                    Writability::Latched { cause } => (2, 0, cause),
+                };
+                read_response::Outcome::Summary(PartitionSummary {
+                    lowest_offset: d.lowest_offset,
+                    visible_end: d.visible_end,
+                    log_end: d.log_end,
+                    size_bytes: d.size_bytes,
+                    segments: d.segments as u64,
+                    writability,
+                    free_bytes,
+                    cause,
+                })
+            }),
             ReadMode::Wait => {
                 let waited = glommio::timer::timeout(WAIT_POLL, async {
                     Ok(local.wait_for(&id, r.from).await)

@@ -32,6 +32,7 @@ use engine::{EngineConfig, EngineHandle};
 use proto::proglog::raft::v1::read_response;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `config` with every partition replicated by Raft (a cluster of one unless told more).
 pub fn engine_config(mut config: EngineConfig, replication: RaftReplication) -> EngineConfig {
@@ -171,6 +172,10 @@ fn partition_name(topic: &str, partition: Option<u32>) -> String {
     }
 }
 
+/// How long a partition the controller placed on other nodes may be unknown there (its
+/// topic just created, their replicas opening) before a request for it is NOT_FOUND.
+const OPENING_GRACE: Duration = Duration::from_secs(5);
+
 /// The visible end a replica answered a barrier or a wait with.
 fn visible_end_of(node: u64, id: &PartitionId, o: read_response::Outcome) -> Result<u64> {
     match o {
@@ -224,15 +229,22 @@ impl RaftPartitions {
         let me = self.forward.node_id();
         self.cluster
             .as_ref()
-            .and_then(|c| {
-                let s = c.state();
-                let t = s.topics.get(&*id.topic)?;
-                Some(t.partitions.get(id.partition as usize)?.nodes())
-            })
+            .and_then(|c| c.replicas_of(&id.topic, id.partition))
             .unwrap_or_default()
             .into_iter()
             .filter(|&n| n != me)
             .collect()
+    }
+
+    /// True when the controller placed `id` on other nodes only. Such a partition may still
+    /// have a group here (a node opens every partition of a topic it holds some of), but an
+    /// empty one nobody talks to: its appends and reads go to the nodes placed.
+    fn placed_elsewhere(&self, id: &PartitionId) -> bool {
+        let me = self.forward.node_id();
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.replicas_of(&id.topic, id.partition))
+            .is_some_and(|nodes| !nodes.is_empty() && !nodes.contains(&me))
     }
 
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
@@ -244,15 +256,23 @@ impl RaftPartitions {
         what: RemoteRead,
         why: String,
     ) -> Result<(u64, read_response::Outcome)> {
-        let mut last = Error::NotFound(why);
-        for node in self.replicas_elsewhere(id) {
-            match self.forward.read_remote(node, id, what).await {
-                Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => last = e,
-                Err(e) => return Err(e),
-                Ok(o) => return Ok((node, o)),
+        let until = Instant::now() + OPENING_GRACE;
+        loop {
+            let mut last = Error::NotFound(why.clone());
+            let nodes = self.replicas_elsewhere(id);
+            for &node in &nodes {
+                match self.forward.read_remote(node, id, what).await {
+                    Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => last = e,
+                    Err(e) => return Err(e),
+                    Ok(o) => return Ok((node, o)),
+                }
             }
+            // Placed there, but not open there yet (a topic just created): wait a little.
+            if nodes.is_empty() || !matches!(last, Error::NotFound(_)) || Instant::now() > until {
+                return Err(self.unknown_here(last, &id.topic, Some(id.partition)));
+            }
+            glommio::timer::sleep(Duration::from_millis(100)).await;
         }
-        Err(self.unknown_here(last, &id.topic, Some(id.partition)))
     }
 
     /// An append for a partition this node holds no replica of: sent to the nodes the
@@ -264,17 +284,25 @@ impl RaftPartitions {
         batch: EncodedBatch,
         why: String,
     ) -> Result<Appended> {
-        let mut last = Error::NotFound(why);
-        for node in self.replicas_elsewhere(id) {
-            match forward::append_via(&self.local, &self.forward, id, batch.clone(), Some(node))
-                .await
-            {
-                // Not sent, or that node has no replica either (yet): the next one.
-                Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => last = e,
-                r => return r,
+        let until = Instant::now() + OPENING_GRACE;
+        loop {
+            let mut last = Error::NotFound(why.clone());
+            let nodes = self.replicas_elsewhere(id);
+            for &node in &nodes {
+                match forward::append_via(&self.local, &self.forward, id, batch.clone(), Some(node))
+                    .await
+                {
+                    // Not sent, or that node has no replica either (yet): the next one.
+                    Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => last = e,
+                    r => return r,
+                }
             }
+            // Placed there, but not open there yet (a topic just created): wait a little.
+            if nodes.is_empty() || !matches!(last, Error::NotFound(_)) || Instant::now() > until {
+                return Err(self.unknown_here(last, &id.topic, Some(id.partition)));
+            }
+            glommio::timer::sleep(Duration::from_millis(100)).await;
         }
-        Err(self.unknown_here(last, &id.topic, Some(id.partition)))
     }
 
     /// A NOT_LEADER answer with the leader's RPC address from the registry. A partition this
@@ -324,6 +352,13 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Appended>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            if self.placed_elsewhere(id) {
+                let why = format!("partition {id} has no replica on this node");
+                return self
+                    .append_elsewhere(id, batch, why)
+                    .await
+                    .map_err(|e| self.with_leader_addr(id, e));
+            }
             // Proposed by the owner's group when this node leads, else by the leader's.
             match forward::append(&self.local, &self.forward, id, batch.clone()).await {
                 Err(Error::NotFound(why)) => self.append_elsewhere(id, batch, why).await,
@@ -344,7 +379,14 @@ impl Partitions for RaftPartitions {
             check_not_controller(id)?;
             // Past what this replica has applied, the offset may be committed already (a
             // follower learns the commit index a heartbeat late): `read_here` asks.
-            match forward::read_here(&self.local, id, from, limits).await {
+            let here = if self.placed_elsewhere(id) {
+                Err(Error::NotFound(format!(
+                    "partition {id} has no replica on this node"
+                )))
+            } else {
+                forward::read_here(&self.local, id, from, limits).await
+            };
+            match here {
                 Err(Error::NotFound(why)) => {
                     let what = RemoteRead::Read { from, limits };
                     let (node, o) = self.read_elsewhere(id, what, why).await?;
@@ -369,7 +411,14 @@ impl Partitions for RaftPartitions {
     fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            match self.local.read_barrier(id).await {
+            let here = if self.placed_elsewhere(id) {
+                Err(Error::NotFound(format!(
+                    "partition {id} has no replica on this node"
+                )))
+            } else {
+                self.local.read_barrier(id).await
+            };
+            match here {
                 Err(Error::NotFound(why)) => {
                     let (node, o) = self.read_elsewhere(id, RemoteRead::Barrier, why).await?;
                     visible_end_of(node, id, o)
@@ -382,7 +431,14 @@ impl Partitions for RaftPartitions {
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            match self.local.wait_for(id, offset).await {
+            let here = if self.placed_elsewhere(id) {
+                Err(Error::NotFound(format!(
+                    "partition {id} has no replica on this node"
+                )))
+            } else {
+                self.local.wait_for(id, offset).await
+            };
+            match here {
                 Err(Error::NotFound(why)) => loop {
                     // Held by a replica for a few seconds at a time.
                     let what = RemoteRead::Wait { offset };
@@ -400,10 +456,46 @@ impl Partitions for RaftPartitions {
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            self.local
-                .describe(id)
-                .await
-                .map_err(|e| self.unknown_here(e, &id.topic, Some(id.partition)))
+            let here = if self.placed_elsewhere(id) {
+                Err(Error::NotFound(format!(
+                    "partition {id} has no replica on this node"
+                )))
+            } else {
+                self.local.describe(id).await
+            };
+            let why = match here {
+                Err(Error::NotFound(why)) => why,
+                r => return r,
+            };
+            // As a replica elsewhere reports it; what only the owner knows (its shard, its
+            // counters) is left at zero.
+            let (node, o) = self.read_elsewhere(id, RemoteRead::Describe, why).await?;
+            let read_response::Outcome::Summary(s) = o else {
+                return Err(Error::Internal(format!(
+                    "node {node} answered a description of {id} without one"
+                )));
+            };
+            Ok(PartitionState {
+                lowest_offset: s.lowest_offset,
+                visible_end: s.visible_end,
+                log_end: s.log_end,
+                size_bytes: s.size_bytes,
+                segments: s.segments as usize,
+                shard: 0,
+                leader: None,
+                replicas: Vec::new(),
+                writable: match s.writability {
+                    1 => engine::seam::Writability::DiskFull {
+                        free_bytes: s.free_bytes,
+                    },
+                    2 => engine::seam::Writability::Latched { cause: s.cause },
+                    _ => engine::seam::Writability::Writable,
+                },
+                waiters: 0,
+                appends: 0,
+                records_appended: 0,
+                fdatasyncs: 0,
+            })
         })
     }
 }
