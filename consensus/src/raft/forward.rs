@@ -14,7 +14,9 @@
 //! - written, and then the connection broke or the deadline passed: `OutcomeUnknown` (the
 //!   leader may have committed it);
 //! - the leader answered `NotLeader` (it lost leadership before proposing; nothing was
-//!   proposed): sent again to the leader it names, a few times within the deadline.
+//!   proposed): sent again to the leader it names, a few times within the deadline;
+//! - no leader known (an election, a leadership transfer): the append waits up to
+//!   [`LEADER_WAIT`] for one, then is refused `NoLeader` (UNAVAILABLE, nothing proposed).
 //!
 //! Receiving ([`serve_from`], the peer channel's handler for connections whose first frame
 //! is a forward request): frames up to [`MAX_FRAME_BYTES`], decoded with our prost types; the
@@ -71,6 +73,9 @@ pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 pub const SERVE_MAX_IN_FLIGHT: usize = 256;
 /// How long a forwarded append may take, from the call to the leader's answer.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an append waits for its partition to have a leader before it is refused with
+/// `NoLeader`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(2);
 /// Times an append follows a `NotLeader` answer to the leader it names.
 const MAX_REDIRECTS: usize = 3;
 /// Partitions whose leader elsewhere an executor remembers.
@@ -746,12 +751,12 @@ pub async fn append_via(
                     if redirects < MAX_REDIRECTS =>
                 {
                     redirects += 1;
-                    match local.replica_status(id).await?.and_then(|s| s.leader) {
-                        Some(l) if l != me => {
+                    match await_leader(local, id, me, deadline).await? {
+                        Some(l) => {
                             fwd.remember(id, Some(l));
                             leader = l;
                         }
-                        _ => {
+                        None => {
                             fwd.remember(id, None);
                             return no_leader(stats, id);
                         }
@@ -774,7 +779,7 @@ pub async fn append_via(
                     Some(l) if l != leader => l,
                     _ => {
                         glommio::timer::sleep(Duration::from_millis(50)).await;
-                        match local.replica_status(id).await?.and_then(|s| s.leader) {
+                        match await_leader(local, id, me, deadline).await? {
                             Some(l) => l,
                             None => {
                                 fwd.remember(id, None);
@@ -799,6 +804,30 @@ pub async fn append_via(
             }
             Ok(a) => return Ok(a),
         }
+    }
+}
+
+/// Who leads `id`, as this node's replica sees it, waiting up to [`LEADER_WAIT`] (within
+/// `deadline`) while it knows no leader: an election, or a leadership transfer, usually ends
+/// within that, and an append that waits for it is not refused. `None`: still no leader.
+async fn await_leader(
+    local: &LocalPartitions,
+    id: &PartitionId,
+    me: u64,
+    deadline: Instant,
+) -> seam::Result<Option<u64>> {
+    let until = deadline.min(Instant::now() + LEADER_WAIT);
+    loop {
+        let known = match local.replica_status(id).await? {
+            Some(s) if s.is_leader => Some(me),
+            Some(s) => s.leader.filter(|&l| l != me),
+            // No replication layer: this node takes every append.
+            None => Some(me),
+        };
+        if known.is_some() || Instant::now() >= until {
+            return Ok(known);
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }
 
