@@ -743,6 +743,7 @@ pub async fn append_via(
     let stats = fwd.stats();
     let me = fwd.node_id();
     let mut redirects = 0;
+    let transfer_until = deadline.min(Instant::now() + LEADER_WAIT);
     let mut leader = first.or_else(|| fwd.leader_of(id)).unwrap_or(me);
     loop {
         if leader == me {
@@ -752,6 +753,16 @@ pub async fn append_via(
                 {
                     redirects += 1;
                     match await_leader(local, id, me, deadline).await? {
+                        Some(l) if l == me => {
+                            // Still leading here, but not taking proposals (a leadership
+                            // transfer under way): ask again in a moment, for as long as
+                            // an append waits for a leader.
+                            if Instant::now() >= transfer_until {
+                                return no_leader(stats, id);
+                            }
+                            redirects -= 1;
+                            glommio::timer::sleep(Duration::from_millis(50)).await;
+                        }
                         Some(l) => {
                             fwd.remember(id, Some(l));
                             leader = l;
