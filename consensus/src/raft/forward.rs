@@ -1,6 +1,6 @@
-//! Produce forwarding: any node takes appends for any partition. An append on a node that
-//! does not lead the partition is sent to the leader over the peer channel, proposed there,
-//! and answered with its offsets (or the leader's error) on the same connection.
+//! Produce forwarding and reads elsewhere: any node serves any client. An append on a node
+//! that does not lead the partition is sent to the leader over the peer channel, proposed
+//! there, and answered with its offsets (or the leader's error) on the same connection.
 //!
 //! Sending ([`Forwarder`], one per executor, inside the Raft seam): one connection per
 //! leader node, opened on first use (`net::peer::connect`: the `0x01` mark, mutual TLS with
@@ -28,6 +28,14 @@
 //! run at once; past that the handler stops reading and TCP flow control stops the sender.
 //! Without peer TLS only known members' addresses are served (no security boundary, as for
 //! Raft frames).
+//!
+//! Reads for a node with no replica: the same connection carries [`READ_REQUEST`] frames
+//! (a read from an offset, a linearizable read point, a tail's wait held at most
+//! [`WAIT_POLL`], a description) to a node that holds one, answered with [`READ_RESPONSE`]
+//! (stored batches, which the asker checks batch by batch with their CRCs, or a visible end).
+//! Waits are counted apart ([`MAX_WAITS`]) so that tails never hold appends back. A replica's
+//! own reads go through [`read_here`]: past its visible end it first learns the leader's
+//! commit index (ReadIndex), so a committed offset reads on every replica.
 //!
 //! Order: requests on one connection are written in the order they were made and proposed
 //! in the order they are read; a `ProduceStream` has one append outstanding at a time, so a
