@@ -3,7 +3,7 @@
 //! a configuration change proposed while one is pending, or one raft-rs turns into an empty
 //! entry; a ReadIndex before the new leader has committed in its term; applying before the
 //! commit index is persisted (restart); a follower acknowledging before its fsync; a node
-//! restarted with an empty disk.
+//! restarted with an empty disk; a proposal during a leadership transfer.
 
 // raft-rs's message types (rust-protobuf) are filled field by field.
 #![allow(clippy::field_reassign_with_default)]
@@ -477,4 +477,20 @@ fn compaction_never_passes_a_lagging_follower_unless_forced_and_then_it_gets_a_s
     c.start(3, &[]);
     let s3 = c.sets[&3].status(G).expect("status");
     assert!(s3.commit >= to && s3.visible_offset >= 30);
+}
+
+/// raft-rs drops proposals while leadership is being handed over: that is no overload (a
+/// client told RESOURCE_EXHAUSTED "overloaded" would back off for nothing) but a moment
+/// without a leader taking writes.
+#[test]
+fn a_proposal_during_a_leadership_transfer_is_refused_as_no_leader() {
+    let mut c = Cluster::new(3);
+    let l = c.elect(1);
+    // The transferee never answers: the transfer stays pending.
+    c.isolated.insert(2);
+    c.set(l).transfer_leader(G, 2).expect("transfer");
+    match c.set(l).propose(G, &[NewRecord::new(b"x".to_vec())], 0) {
+        Err(Error::NoLeader { .. }) => {}
+        other => panic!("a proposal during a transfer gave {other:?}"),
+    }
 }
