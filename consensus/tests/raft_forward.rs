@@ -11,6 +11,8 @@
 //! - The leader killed while a follower forwards: each append is acknowledged, refused, or
 //!   reported with an unknown outcome; no acknowledged record is lost or stored twice, no
 //!   refused one is stored, and appends go on through the new leader.
+//! - Without a majority: appends NO_LEADER naming the partition, committed records still
+//!   read, a read past them and a linearizable read point UNAVAILABLE (not OUT_OF_RANGE).
 //! - Hostile forward frames close their connection and are counted; the cluster goes on.
 //! - The in-flight bound per leader holds against a leader that never answers.
 
@@ -630,4 +632,77 @@ fn requests_in_flight_to_a_leader_are_bounded() {
         );
     }
     assert!(read.load(Ordering::Relaxed) > 0, "the requests went out");
+}
+
+/// Without a majority there is no leader: an append on the node left is refused
+/// UNAVAILABLE NO_LEADER naming the partition (after a short wait for one); its own committed
+/// records still read; a read past them is UNAVAILABLE (they may be committed elsewhere), not
+/// OUT_OF_RANGE; a linearizable read point is UNAVAILABLE.
+#[test]
+fn without_a_majority_appends_are_no_leader_and_reads_past_the_end_unavailable() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes = start_nodes(tmp.path(), NODES);
+    let client = tmp.path().join("client");
+    create_topic(&nodes);
+    let leader = leader_of(&nodes, "t", 0);
+    let li = nodes.iter().position(|n| n.id == leader).expect("leader");
+    let history = vec![produce_through(
+        &nodes[li],
+        &client,
+        (0..3).map(|i| format!("v{i}")).collect(),
+    )];
+    assert!(history[0].iter().all(|(_, f)| matches!(f, Fate::Acked(_))));
+    let si = (li + 1) % nodes.len();
+    // The survivor has every record before the others go.
+    check(&history, &log_of(&nodes[si], 3));
+    for i in 0..nodes.len() {
+        if i != si {
+            nodes[i].kill();
+        }
+    }
+    // Until its election timeout it still names the old leader.
+    let local = nodes[si]
+        .handle
+        .seam_factory(common::node_ref(nodes[si].id))
+        .local();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let s = futures_lite::future::block_on(local.replica_status(&pid())).expect("status");
+        if s.is_some_and(|s| s.leader.is_none()) {
+            break;
+        }
+        assert!(Instant::now() < until, "the survivor kept a leader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (append, read, past, point) = with_seam(&nodes[si], &client, |seam| async move {
+        let p = &seam.partitions;
+        let limits = ReadLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            past_end: PastEnd::OutOfRange,
+        };
+        let append = p.append(&pid(), batch("lost?")).await;
+        let read = p
+            .read(&pid(), 0, limits)
+            .await
+            .map(|c| c.records().filter_map(Result::ok).count());
+        let past = p.read(&pid(), 3, limits).await.map(|c| c.is_empty());
+        let point = p.read_barrier(&pid()).await;
+        (append, read, past, point)
+    });
+    match append {
+        Err(SeamError::NoLeader(ref p)) => assert_eq!(p, "\"t\"/0"),
+        ref other => panic!("append without a majority: {other:?}"),
+    }
+    assert!(
+        append
+            .as_ref()
+            .is_err_and(|e| e.to_string().starts_with("no leader for partition \"t\"/0")),
+        "{append:?}"
+    );
+    assert_eq!(read, Ok(3), "committed records read");
+    assert!(matches!(past, Err(SeamError::Unavailable(_))), "{past:?}");
+    assert!(matches!(point, Err(SeamError::Unavailable(_))), "{point:?}");
+    common::shutdown_all(&mut nodes);
 }
