@@ -656,9 +656,9 @@ fn without_a_majority_appends_are_no_leader_and_reads_past_the_end_unavailable()
     let si = (li + 1) % nodes.len();
     // The survivor has every record before the others go.
     check(&history, &log_of(&nodes[si], 3));
-    for i in 0..nodes.len() {
+    for (i, n) in nodes.iter_mut().enumerate() {
         if i != si {
-            nodes[i].kill();
+            n.kill();
         }
     }
     // Until its election timeout it still names the old leader.
