@@ -461,11 +461,6 @@ impl<S: LogStore> GroupSet<S> {
         let before = g.node.raft.raft_log.last_index();
         if let Err(e) = g.node.propose(Vec::new(), data) {
             let e = match e {
-                // Leadership is being handed over (raft-rs drops proposals meanwhile): the
-                // next leader takes them in a moment; not an overload.
-                raft::Error::ProposalDropped if g.node.raft.lead_transferee.is_some() => {
-                    Error::NoLeader { group: id }
-                }
                 // Checked just above that it leads: raft-rs dropped it for its size.
                 raft::Error::ProposalDropped => Error::Busy { group: id },
                 e => e.into(),
