@@ -192,9 +192,11 @@ impl RaftPartitions {
     /// either. A node still joining or catching up answers NO_LEADER (retryable: it refuses
     /// without appending), never NOT_FOUND for a topic it merely has not heard of yet (as a
     /// Kafka broker answers a retriable UNKNOWN_TOPIC_OR_PARTITION while its metadata is
-    /// stale). A partition the controller placed elsewhere (or here, not open yet) answers
-    /// NOT_LEADER naming another of its replicas, its preferred leader first, never this
-    /// node: that replica serves or redirects to the leader it knows.
+    /// stale). A partition the controller placed elsewhere (or here, not open yet) that its
+    /// replicas did not serve either (the forwarding above gave up: not open there within
+    /// [`OPENING_GRACE`]) answers NOT_LEADER naming another of its replicas, its preferred
+    /// leader first, never this node: that replica serves or redirects to the leader it
+    /// knows.
     fn unknown_here(
         &self,
         e: engine::seam::Error,
