@@ -18,6 +18,8 @@
 //! - `retention.rs`: removing whole old segments (by offset, size or age);
 //! - `truncate.rs`: cutting the tail (`truncate_suffix`) and emptying the log (`reset`);
 //! - `space.rs`: a full disk: refusing writes while it lasts, and recovering once space returns;
+//! - `install.rs`: snapshots as segment files: sent, downloaded beside the log, swapped in
+//!   atomically;
 //! - `replica.rs`: what replication needs (raw batches, terms, snapshots, metadata files);
 //! - `entries.rs`: the log as a Raft log, by Raft index (append without waiting, ranges,
 //!   cut after an index, term runs);
@@ -52,6 +54,7 @@
 mod admission;
 mod commit;
 mod entries;
+mod install;
 mod invariants;
 mod power_loss;
 mod read;
@@ -63,6 +66,7 @@ mod space;
 mod truncate;
 
 pub use entries::EntryBatch;
+pub use install::{staging_path, SnapshotFile, Staging};
 pub use replica::SnapshotReader;
 pub(crate) use space::free_bytes;
 
@@ -284,6 +288,7 @@ impl Log {
     ) -> Result<Rc<Log>> {
         let dir = dir.as_ref().to_owned();
         config.validate().map_err(Error::InvalidArgument)?;
+        install::remove_leftover_staging(&dir)?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating log directory", &dir, e))?;
         let index_capacity = (config.segment_bytes / u64::from(config.index_interval_bytes.max(1)))
             as usize

@@ -72,7 +72,7 @@ impl Log {
     /// Ends a truncation or reset, before it lets appends in again: latches the log if it
     /// failed (it may have left no writer, or no segments), and bumps the cut epoch so that
     /// appenders and syncs that waited across it see that offsets from `floor` on were cut.
-    fn end_cut(&self, r: &Result<()>, floor: u64) {
+    pub(super) fn end_cut(&self, r: &Result<()>, floor: u64) {
         if let Err(e) = r {
             self.latch(e);
         }
