@@ -136,7 +136,7 @@ fn check(history: &[Vec<(String, Fate)>], log: &[(u64, String)]) {
 
 #[test]
 fn every_node_takes_appends_and_serves_committed_reads() {
-    let _serial = common::one_at_a_time();
+    let _serial = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut nodes = start_nodes(tmp.path(), NODES);
     let client = tmp.path().join("client");
@@ -347,7 +347,7 @@ fn every_node_takes_appends_and_serves_committed_reads() {
 
 #[test]
 fn leader_killed_while_a_follower_forwards() {
-    let _serial = common::one_at_a_time();
+    let _serial = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut nodes = start_nodes(tmp.path(), NODES);
     let client = tmp.path().join("client");
@@ -462,7 +462,7 @@ fn leader_killed_while_a_follower_forwards() {
 
 #[test]
 fn hostile_forward_frames_close_their_connection_and_are_counted() {
-    let _serial = common::one_at_a_time();
+    let _serial = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut nodes = start_nodes(tmp.path(), NODES);
     let client = tmp.path().join("client");
@@ -640,7 +640,7 @@ fn requests_in_flight_to_a_leader_are_bounded() {
 /// OUT_OF_RANGE; a linearizable read point is UNAVAILABLE.
 #[test]
 fn without_a_majority_appends_are_no_leader_and_reads_past_the_end_unavailable() {
-    let _serial = common::one_at_a_time();
+    let _serial = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut nodes = start_nodes(tmp.path(), NODES);
     let client = tmp.path().join("client");

@@ -13,6 +13,7 @@ use engine::{Log, Result};
 pub const RAFT_META: &str = "raft.meta";
 
 impl LogStore for Log {
+    type Staged = engine::log::Staging;
     fn first_index(&self) -> u64 {
         Log::first_index(self)
     }
@@ -39,6 +40,9 @@ impl LogStore for Log {
         self.append_buffered(batches).await?;
         Log::sync(self).await?;
         Log::write_meta(self, RAFT_META, meta)
+    }
+    async fn install_staged(&self, staged: Self::Staged, meta: &[u8]) -> Result<()> {
+        Log::install_staged(self, staged, RAFT_META, meta).await
     }
     async fn append(&self, batches: &[u8]) -> Result<()> {
         self.append_buffered(batches).await.map(|_| ())

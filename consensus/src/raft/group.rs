@@ -77,6 +77,16 @@ impl Default for GroupConfig {
 pub trait Transport {
     fn send(&mut self, to_node: u64, frame: Vec<u8>);
 
+    /// True when snapshots travel beside the loop (the peer channel's snapshot transfer):
+    /// a received snapshot becomes a [`SnapshotJob`] for the driver, which downloads its
+    /// files and hands them back ([`GroupSet::snapshot_downloaded`]); a sent one is reported
+    /// by the receiver ([`GroupSet::snapshot_report`]). Otherwise (the default, the
+    /// simulation) `fetch_snapshot` fetches the batches within the round and a sent snapshot
+    /// counts as finished once handed over.
+    fn streams_snapshots(&self) -> bool {
+        false
+    }
+
     /// Fetches the batches of Raft indexes `[first_index, last_index]` of `group` from
     /// `from_node` (the sender of a snapshot). An error drops the snapshot; the leader
     /// sends another.
@@ -87,6 +97,46 @@ pub trait Transport {
         first_index: u64,
         last_index: u64,
     ) -> std::result::Result<Vec<engine::log::EntryBatch>, String>;
+}
+
+/// A snapshot message received whose data the driver must download beside the loop (see
+/// [`Transport::streams_snapshots`]), then hand back with
+/// [`GroupSet::snapshot_downloaded`].
+pub struct SnapshotJob {
+    pub group: u64,
+    /// The sender (the group's leader), which serves the files.
+    pub from: u64,
+    /// The snapshot's point and term.
+    pub index: u64,
+    pub term: u64,
+    pub data: SnapshotData,
+    /// The message, stepped into raft-rs once the data is here.
+    pub message: Message,
+}
+
+/// How a snapshot sent to a follower is doing, as its transfer reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotProgress {
+    /// The follower is downloading it: no timeout while it streams.
+    Started,
+    /// Installed by the follower.
+    Finished,
+    /// Not installed (failed, refused, or the connection was lost).
+    Failed,
+}
+
+/// The answer a downloaded snapshot gets once its Ready installed it (or not): what the
+/// follower tells the leader.
+pub type InstallReport = oneshot::Sender<std::result::Result<u64, String>>;
+
+/// Ticks a leader waits for news of a snapshot it sent (the follower starting to download
+/// it) before it counts it failed and probes the follower again.
+const SNAPSHOT_REPORT_TICKS: usize = 300;
+
+/// A snapshot's data, staged for its Ready: batches in memory, or files beside the log.
+enum Staged<X> {
+    Batches(Vec<u8>),
+    Files(X),
 }
 
 /// What a committed proposal became.
@@ -150,8 +200,12 @@ struct Group<S: LogStore> {
     commands: Vec<(u64, Vec<u8>)>,
     /// A snapshot message whose batches are not here yet (the newest wins).
     held_snapshot: Option<Message>,
-    /// Batches of the snapshot stepped into raft-rs, checked, until its Ready installs them.
-    staged: Option<(SnapshotData, Vec<u8>)>,
+    /// Data of the snapshot stepped into raft-rs, checked, until its Ready installs it.
+    staged: Option<(SnapshotData, Staged<S::Staged>)>,
+    /// A snapshot's files are downloading (a [`SnapshotJob`] is out).
+    downloading: bool,
+    /// Who learns how the staged snapshot's install went.
+    install_report: Option<InstallReport>,
 }
 
 /// A group's voters, learners and (on its leader) each replica's matched index.
@@ -176,6 +230,10 @@ pub struct SetStats {
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
     pub snapshot_fetch_failures: u64,
+    /// Snapshots sent whose follower gave no news in time (counted failed).
+    pub snapshot_reports_timed_out: u64,
+    /// Snapshot messages dropped because one was downloading for the group already.
+    pub snapshots_ignored: u64,
     pub compactions: u64,
 }
 
@@ -198,6 +256,11 @@ pub struct GroupSet<S: LogStore> {
     snapshots_sent: Vec<(u64, u64)>,
     /// Deferred reads for the driver to run beside the loop.
     fetch_jobs: Vec<FetchJob<S>>,
+    /// Snapshots to download beside the loop.
+    snapshot_jobs: Vec<SnapshotJob>,
+    /// Snapshots sent and streaming `(group, follower)`: ticks left for news (`None` once the
+    /// follower started downloading: its transfer reports the end).
+    awaiting: BTreeMap<(u64, u64), Option<usize>>,
     next_read_id: u64,
     stats: SetStats,
 }
@@ -213,6 +276,8 @@ impl<S: LogStore> GroupSet<S> {
             outbox: BTreeMap::new(),
             snapshots_sent: Vec::new(),
             fetch_jobs: Vec::new(),
+            snapshot_jobs: Vec::new(),
+            awaiting: BTreeMap::new(),
             next_read_id: 1,
             stats: SetStats::default(),
         }
@@ -280,6 +345,8 @@ impl<S: LogStore> GroupSet<S> {
             commands: Vec::new(),
             held_snapshot: None,
             staged: None,
+            downloading: false,
+            install_report: None,
         };
         self.groups.insert(id, g);
         self.randomize_timeouts();
@@ -292,6 +359,7 @@ impl<S: LogStore> GroupSet<S> {
         let Some(mut g) = self.groups.remove(&id) else {
             return false;
         };
+        self.awaiting.retain(|&(group, _), _| group != id);
         for p in g.proposals.drain(..) {
             let _ = p.tx.send(Err(Error::OutcomeUnknown { group: id }));
         }
@@ -584,7 +652,89 @@ impl<S: LogStore> GroupSet<S> {
             });
             // Dropped waiters read `Canceled`: the caller retries.
         }
+        let mut expired = Vec::new();
+        for (&(group, to), left) in self.awaiting.iter_mut() {
+            if let Some(t) = left {
+                *t = t.saturating_sub(1);
+                if *t == 0 {
+                    expired.push((group, to));
+                }
+            }
+        }
+        for (group, to) in expired {
+            log::warn!(
+                "group {group}: no news of the snapshot sent to node {to}; probing it again"
+            );
+            self.stats.snapshot_reports_timed_out += 1;
+            self.snapshot_report(group, to, SnapshotProgress::Failed);
+        }
         self.randomize_timeouts();
+    }
+
+    /// What the transfer of a snapshot sent to `to` says (see [`SnapshotProgress`]).
+    pub fn snapshot_report(&mut self, group: u64, to: u64, progress: SnapshotProgress) {
+        let status = match progress {
+            SnapshotProgress::Started => {
+                if let Some(left) = self.awaiting.get_mut(&(group, to)) {
+                    *left = None;
+                }
+                return;
+            }
+            SnapshotProgress::Finished => raft::SnapshotStatus::Finish,
+            SnapshotProgress::Failed => raft::SnapshotStatus::Failure,
+        };
+        self.awaiting.remove(&(group, to));
+        let sending = self.awaiting.keys().any(|&(g, _)| g == group);
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.log.set_sending_snapshot(sending);
+            if g.failed.is_none() {
+                g.node.report_snapshot(to, status);
+            }
+        }
+    }
+
+    /// Snapshots received whose files the driver must download beside the loop.
+    pub fn take_snapshot_jobs(&mut self) -> Vec<SnapshotJob> {
+        std::mem::take(&mut self.snapshot_jobs)
+    }
+
+    /// A [`SnapshotJob`]'s download is over: with its files staged, the message is stepped
+    /// into raft-rs and the next Ready installs them (`report` then learns how that went);
+    /// on failure the snapshot is dropped (the leader hears it from the transfer).
+    pub fn snapshot_downloaded(
+        &mut self,
+        job: SnapshotJob,
+        result: std::result::Result<S::Staged, String>,
+        report: InstallReport,
+    ) {
+        let Some(g) = self.groups.get_mut(&job.group) else {
+            let _ = report.send(Err("the group is gone".into()));
+            return;
+        };
+        g.downloading = false;
+        let staged = match result {
+            Ok(s) => s,
+            Err(why) => {
+                log::warn!(
+                    "group {}: snapshot at {} from node {} not downloaded: {why}",
+                    job.group,
+                    job.index,
+                    job.from
+                );
+                self.stats.snapshot_fetch_failures += 1;
+                let _ = report.send(Err(why));
+                return;
+            }
+        };
+        if g.failed.is_some() {
+            let _ = report.send(Err("the group is stopped".into()));
+            return;
+        }
+        g.staged = Some((job.data, Staged::Files(staged)));
+        g.install_report = Some(report);
+        if g.node.step(job.message).is_err() {
+            self.stats.step_errors += 1;
+        }
     }
 
     /// Campaigns group `id` now (tests, and a node told to take leadership).
@@ -679,9 +829,23 @@ impl<S: LogStore> GroupSet<S> {
             if g.failed.is_some() {
                 continue;
             }
+            if net.streams_snapshots() {
+                match snapshot_job(id, m) {
+                    Ok(_) if g.downloading => self.stats.snapshots_ignored += 1,
+                    Ok(job) => {
+                        g.downloading = true;
+                        self.snapshot_jobs.push(job);
+                    }
+                    Err(e) => {
+                        log::warn!("group {id}: snapshot dropped: {e}");
+                        self.stats.snapshot_fetch_failures += 1;
+                    }
+                }
+                continue;
+            }
             match fetch_snapshot(net, id, &m).await {
-                Ok(staged) => {
-                    g.staged = Some(staged);
+                Ok((data, bytes)) => {
+                    g.staged = Some((data, Staged::Batches(bytes)));
                     if g.node.step(m).is_err() {
                         self.stats.step_errors += 1;
                     }
@@ -706,18 +870,28 @@ impl<S: LogStore> GroupSet<S> {
             queue(&mut self.outbox, id, rd.take_messages());
             let mut installed = None;
             if !rd.snapshot().is_empty() {
+                let report = g.install_report.take();
                 match g.install(rd.snapshot()).await {
                     Ok(s) => {
                         self.stats.snapshots_installed += 1;
                         installed = Some(s);
+                        if let Some(r) = report {
+                            let _ = r.send(Ok(s));
+                        }
                     }
                     Err(e) => {
+                        if let Some(r) = report {
+                            let _ = r.send(Err(e.to_string()));
+                        }
                         g.fail(e);
                         continue;
                     }
                 }
             }
+            // A staged snapshot raft-rs did not take (older than what this node has) is
+            // dropped with its files; its reporter learns it was not installed.
             g.staged = None;
+            g.install_report = None;
             let committed = rd.take_committed_entries();
             self.stats.entries_applied += committed.len() as u64;
             if let Err(e) = g.apply(committed) {
@@ -853,13 +1027,56 @@ impl<S: LogStore> GroupSet<S> {
         Ok(moved.then_some(to))
     }
 
+    /// Retention's compaction of group `id`: up to `to` (at most the applied index); on a
+    /// leader, not past what a live follower still needs (its match index; live: heard from
+    /// since the last quorum check, or being replicated to), unless keeping that would hold
+    /// the log past `hard_to` (the retention limits doubled), which the log is then compacted
+    /// to at least. A follower that is down holds nothing: it gets a snapshot when it
+    /// returns. Returns the index compacted to, if it moved.
+    pub async fn compact_for_retention(
+        &mut self,
+        id: u64,
+        to: u64,
+        hard_to: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let node_id = self.node_id;
+        let g = self.group_mut(id)?;
+        let r = &g.node.raft;
+        let mut target = to.min(r.raft_log.applied);
+        if r.state == StateRole::Leader {
+            let floor = r
+                .prs()
+                .iter()
+                .filter(|(&peer, pr)| {
+                    peer != node_id
+                        && (pr.recent_active || pr.state == raft::ProgressState::Replicate)
+                })
+                .map(|(_, pr)| pr.matched)
+                .min();
+            if let Some(f) = floor {
+                target = target.min(hard_to.map_or(f, |h| f.max(h)));
+            }
+        }
+        self.compact(id, target, true).await
+    }
+
     /// Sends the queued messages, one frame per destination node.
     fn flush<T: Transport>(&mut self, net: &mut T) {
         for (to, msgs) in std::mem::take(&mut self.outbox) {
             for (group, m) in &msgs {
                 if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot {
-                    self.snapshots_sent.push((*group, m.to));
                     self.stats.snapshots_sent += 1;
+                    if net.streams_snapshots() {
+                        // Reported by the follower's transfer (or counted failed after a
+                        // while without news); no other snapshot of the group meanwhile.
+                        self.awaiting
+                            .insert((*group, m.to), Some(SNAPSHOT_REPORT_TICKS));
+                        if let Some(g) = self.groups.get(group) {
+                            g.log.set_sending_snapshot(true);
+                        }
+                    } else {
+                        self.snapshots_sent.push((*group, m.to));
+                    }
                 }
             }
             let frame = wire::frame(self.node_id, to, &msgs);
@@ -876,6 +1093,30 @@ fn is_vote_request(m: &Message) -> bool {
         m.msg_type,
         raft::eraftpb::MessageType::MsgRequestVote | raft::eraftpb::MessageType::MsgRequestPreVote
     )
+}
+
+/// The download a snapshot message of `group` calls for, once its descriptor checks.
+fn snapshot_job(group: u64, m: Message) -> Result<SnapshotJob> {
+    let snap = m.get_snapshot();
+    let data = SnapshotData::decode(&snap.data)?;
+    let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+    if data.last_index != index {
+        return Err(Error::Malformed {
+            what: "snapshot",
+            why: format!(
+                "data for index {} in a snapshot at {index}",
+                data.last_index
+            ),
+        });
+    }
+    Ok(SnapshotJob {
+        group,
+        from: m.from,
+        index,
+        term,
+        data,
+        message: m,
+    })
 }
 
 /// Fetches and checks the batches of the snapshot message `m` of `group`.
@@ -921,12 +1162,15 @@ impl<S: LogStore> Group<S> {
     /// Installs the snapshot of a Ready from the batches staged for it. Returns its index.
     async fn install(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<u64> {
         let index = snap.get_metadata().index;
-        let (data, bytes) = self
+        let (data, staged) = self
             .staged
             .take()
             .filter(|(d, _)| d.last_index == index)
             .ok_or_else(|| Error::Raft(format!("snapshot at {index} without its batches")))?;
-        self.log.install(snap, &data, &bytes).await?;
+        match staged {
+            Staged::Batches(bytes) => self.log.install(snap, &data, &bytes).await?,
+            Staged::Files(files) => self.log.install_staged(snap, &data, files).await?,
+        }
         self.visible_offset = data.next_offset;
         self.conf_index = index;
         Ok(index)

@@ -154,6 +154,8 @@ impl Inner {
 }
 
 impl LogStore for MemStore {
+    /// In memory a snapshot arrives as batches (`install`): nothing is staged.
+    type Staged = std::convert::Infallible;
     fn first_index(&self) -> u64 {
         self.inner.borrow().start_index
     }
@@ -183,6 +185,10 @@ impl LogStore for MemStore {
             None => (st.start_offset, st.start_index) = (next_offset, next_index),
         }
         Ok(())
+    }
+
+    async fn install_staged(&self, staged: Self::Staged, _meta: &[u8]) -> Result<()> {
+        match staged {}
     }
 
     async fn install(

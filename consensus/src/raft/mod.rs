@@ -14,6 +14,8 @@
 //!   (commands, ticks, pipelined rounds); every partition of the server is a Raft group.
 //! - [`transport`]: Raft frames over the peer channel: bounded queues per destination,
 //!   reconnects with backoff, frames split among the owning shards on arrival.
+//! - [`snapshot_transfer`]: snapshots as the leader's segment files, streamed in chunks on
+//!   a connection of their own, downloaded beside the follower's log and swapped in.
 //! - [`seam`]: the Raft implementation of the partition seam, and the engine configuration
 //!   that goes with it.
 //! - [`forward`]: any node serves any client: appends forwarded to the partition's leader
@@ -34,6 +36,7 @@ pub mod logger;
 pub mod mem_store;
 pub mod replica;
 pub mod seam;
+pub mod snapshot_transfer;
 pub mod storage;
 pub mod store;
 pub mod transport;
@@ -41,7 +44,8 @@ pub mod wire;
 
 pub use error::{Error, Result};
 pub use group::{
-    Committed, GroupConfig, GroupSet, GroupStatus, Outcome, Persisting, SetStats, Transport,
+    Committed, GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SetStats,
+    SnapshotJob, SnapshotProgress, Transport,
 };
 pub use mem_store::MemStore;
 pub use replica::RaftReplication;

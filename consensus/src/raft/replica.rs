@@ -21,7 +21,10 @@
 
 use super::error::Error;
 use super::forward::add;
-use super::group::{GroupConfig, GroupSet, GroupStatus, Outcome, Persisting};
+use super::group::{
+    GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SnapshotJob,
+};
+use super::snapshot_transfer::{self, FilesRequest, ProgressReport};
 use super::transport::{Links, Peers};
 use engine::log::Appended;
 use engine::metrics::AppendTiming;
@@ -179,6 +182,8 @@ enum Cmd {
     Compact {
         group: u64,
         to: u64,
+        /// Compact to at least here, whatever followers need (retention's hard bound).
+        hard_to: Option<u64>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     /// What another node sent this shard's groups.
@@ -189,6 +194,19 @@ enum Cmd {
         group: u64,
         reply: oneshot::Sender<Result<u64, Error>>,
     },
+    /// A snapshot transfer served by this node wants a group's files.
+    SnapshotFiles(FilesRequest),
+    /// How a snapshot this node sent is doing.
+    SnapshotReport(ProgressReport),
+    /// A snapshot's files are downloaded (or not).
+    SnapshotDownloaded(Box<Downloaded>),
+}
+
+/// A snapshot download's outcome, for the loop.
+struct Downloaded {
+    job: SnapshotJob,
+    result: Result<engine::log::Staging, String>,
+    report: InstallReport,
 }
 
 /// What the loop and the shard's operations share.
@@ -394,6 +412,9 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
             })
             .detach();
         }
+        for job in set.take_snapshot_jobs() {
+            spawn_download(&inner, &lp, job);
+        }
         for node in net.take_unreachable() {
             set.report_unreachable(node);
         }
@@ -514,6 +535,55 @@ fn campaign_if_alone(inner: &Inner, set: &mut GroupSet<Log>, group: u64) {
     }
 }
 
+/// Downloads a snapshot's files beside the loop; the loop steps it once they are here, and
+/// the transfer tells the sender how the install went.
+fn spawn_download(inner: &Rc<Inner>, lp: &Loop, job: SnapshotJob) {
+    let Some(log) = lp.logs.get(&job.group).cloned() else {
+        return;
+    };
+    let inner = Rc::clone(inner);
+    glommio::spawn_local(async move {
+        // The download ends with the loop (its files and connection dropped with it).
+        let stopped = async {
+            loop {
+                let l = inner.done.listen();
+                if inner.stopped.get() || inner.stopping.get() {
+                    return None;
+                }
+                l.await;
+            }
+        };
+        let download = async {
+            Some(
+                snapshot_transfer::download(
+                    &inner.peers,
+                    inner.node_id.get(),
+                    &job,
+                    log.dir(),
+                    log.config(),
+                )
+                .await,
+            )
+        };
+        let Some((result, done)) = futures_lite::future::or(download, stopped).await else {
+            return;
+        };
+        let (report, outcome) = oneshot::channel();
+        if !inner.push(Cmd::SnapshotDownloaded(Box::new(Downloaded {
+            job,
+            result,
+            report,
+        }))) {
+            return;
+        }
+        let outcome = outcome
+            .await
+            .unwrap_or_else(|_| Err("the snapshot was not installed (older than this log)".into()));
+        done.finish(outcome).await;
+    })
+    .detach();
+}
+
 /// Publishes every group's state for readers outside the loop.
 fn publish(inner: &Inner, set: &GroupSet<Log>) {
     let mut status = inner.status.borrow_mut();
@@ -553,6 +623,13 @@ fn refuse(cmd: Cmd, e: Error) {
         Cmd::Control(ControlMsg::Command { reply, .. })
         | Cmd::Control(ControlMsg::ConfChange { reply, .. }) => {
             let _ = reply.send(Err(e));
+        }
+        Cmd::SnapshotReport(_) => {}
+        Cmd::SnapshotFiles(r) => {
+            let _ = r.reply.send(Err(e.to_string()));
+        }
+        Cmd::SnapshotDownloaded(d) => {
+            let _ = d.report.send(Err(e.to_string()));
         }
         Cmd::Propose { reply, .. } => {
             let _ = reply.send(Err(e));
@@ -632,8 +709,17 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         } => {
             set.propose_encoded(group, &payload, records, now_ms(), reply);
         }
-        Cmd::Compact { group, to, reply } => {
-            let _ = reply.send(set.compact(group, to, false).await.map(|_| ()));
+        Cmd::Compact {
+            group,
+            to,
+            hard_to,
+            reply,
+        } => {
+            let r = set.compact_for_retention(group, to, hard_to).await;
+            if let Ok(Some(i)) = r {
+                log::info!("Raft group {group}: retention compacted the log to index {i}");
+            }
+            let _ = reply.send(r.map(|_| ()));
         }
         Cmd::Control(ControlMsg::Command { command, reply }) => {
             match set.propose_command(0, &command) {
@@ -689,6 +775,25 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                 let _ = reply.send(Err(e));
             }
         },
+        Cmd::SnapshotFiles(r) => {
+            // Read beside the loop: finding the snapshot's last batch may read the device.
+            let Some(log) = lp.logs.get(&r.group).cloned() else {
+                let _ = r
+                    .reply
+                    .send(Err(format!("group {} is not open here", r.group)));
+                return;
+            };
+            glommio::spawn_local(async move {
+                let files = log
+                    .snapshot_files(r.first_index, r.last_index)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = r.reply.send(files);
+            })
+            .detach();
+        }
+        Cmd::SnapshotReport(r) => set.snapshot_report(r.group, r.to, r.progress),
+        Cmd::SnapshotDownloaded(d) => set.snapshot_downloaded(d.job, d.result, d.report),
         Cmd::Frame(frame) => {
             // A frame that decoded but does not fit this node was refused by the transport;
             // what is left are messages raft-rs itself rejects (counted by the set).
@@ -839,10 +944,19 @@ impl Replicator for ShardRaft {
             let Some(first_kept) = log.retention_cut(now) else {
                 return Ok(());
             };
+            // Past twice the topic's limits, retention stops waiting for a lagging follower,
+            // which then gets a snapshot.
+            let c = log.config();
+            let hard = log.retention_cut_with(
+                now,
+                c.retention_bytes.saturating_mul(2),
+                c.retention_ms.saturating_mul(2),
+            );
             let (reply, rx) = oneshot::channel();
             if !self.inner.push(Cmd::Compact {
                 group,
                 to: first_kept.saturating_sub(1),
+                hard_to: hard.map(|h| h.saturating_sub(1)),
                 reply,
             }) {
                 return Err(engine::Error::ShutDown);
@@ -930,11 +1044,25 @@ impl Replicator for ShardRaft {
             }
             Err(p) => p,
         };
-        match payload.downcast::<ControlMsg>() {
+        let payload = match payload.downcast::<ControlMsg>() {
             Ok(msg) => {
                 if !self.inner.push(Cmd::Control(*msg)) {
                     log::info!("shard {}: a control request after stop", self.inner.shard);
                 }
+                return;
+            }
+            Err(p) => p,
+        };
+        let payload = match payload.downcast::<FilesRequest>() {
+            Ok(r) => {
+                self.inner.push(Cmd::SnapshotFiles(*r));
+                return;
+            }
+            Err(p) => p,
+        };
+        match payload.downcast::<ProgressReport>() {
+            Ok(r) => {
+                self.inner.push(Cmd::SnapshotReport(*r));
             }
             Err(_) => log::error!(
                 "shard {}: a peer payload of an unknown type",

@@ -300,6 +300,8 @@ struct Core {
     fetch_error: Option<Error>,
     /// Bumped by every cut, compaction and install.
     generation: u64,
+    /// A snapshot of this group is streaming to a follower.
+    sending_snapshot: bool,
 }
 
 /// raft-rs `Storage` for one group, over its log store. Cloning shares the state: the
@@ -446,6 +448,7 @@ impl<S: LogStore> RaftLog<S> {
             answered: Vec::new(),
             fetch_error: None,
             generation: 0,
+            sending_snapshot: false,
             meta,
         };
         let log = RaftLog {
@@ -694,21 +697,63 @@ impl<S: LogStore> RaftLog<S> {
         batches: &[u8],
     ) -> Result<()> {
         let group = self.group();
-        let m = snap.get_metadata();
-        let meta = {
-            let c = self.core.borrow();
-            RaftMeta {
-                snapshot_index: m.index,
-                snapshot_term: m.term,
-                conf_index: m.index,
-                conf_state: m.get_conf_state().clone(),
-                ..c.meta.clone()
-            }
-        };
+        let meta = self.snapshot_meta(snap);
         self.store
             .install(data.first_offset, data.first_index, batches, &meta.encode())
             .await
             .map_err(storage_err(group))?;
+        self.installed(snap, data, meta);
+        Ok(())
+    }
+
+    /// [`install`](Self::install) from a snapshot downloaded and verified beside the log
+    /// (segment files): the store swaps it in with the metadata, atomically.
+    pub async fn install_staged(
+        &self,
+        snap: &Snapshot,
+        data: &SnapshotData,
+        staged: S::Staged,
+    ) -> Result<()> {
+        let group = self.group();
+        let meta = self.snapshot_meta(snap);
+        self.store
+            .install_staged(staged, &meta.encode())
+            .await
+            .map_err(storage_err(group))?;
+        if self.store.first_index() != data.first_index
+            || self.store.next_index() != data.last_index + 1
+            || self.store.next_offset() != data.next_offset
+        {
+            return Err(Error::Malformed {
+                what: "installed snapshot",
+                why: format!(
+                    "the log holds indexes [{}, {}) up to offset {} for {data:?}",
+                    self.store.first_index(),
+                    self.store.next_index(),
+                    self.store.next_offset()
+                ),
+            });
+        }
+        self.installed(snap, data, meta);
+        Ok(())
+    }
+
+    /// The metadata a snapshot installs: its point and configuration, the hard state kept.
+    fn snapshot_meta(&self, snap: &Snapshot) -> RaftMeta {
+        let m = snap.get_metadata();
+        let c = self.core.borrow();
+        RaftMeta {
+            snapshot_index: m.index,
+            snapshot_term: m.term,
+            conf_index: m.index,
+            conf_state: m.get_conf_state().clone(),
+            ..c.meta.clone()
+        }
+    }
+
+    /// The adapter's state after an install: it starts after the snapshot.
+    fn installed(&self, snap: &Snapshot, data: &SnapshotData, meta: RaftMeta) {
+        let m = snap.get_metadata();
         let mut c = self.core.borrow_mut();
         c.meta = meta;
         c.last_index = m.index;
@@ -723,7 +768,13 @@ impl<S: LogStore> RaftLog<S> {
         c.hard_state.commit = c.hard_state.commit.max(m.index);
         // The install emptied the log and refilled it with committed entries only.
         self.store.set_visible(data.next_offset);
-        Ok(())
+    }
+
+    /// While a snapshot of this group is streaming to a follower, `snapshot()` answers
+    /// `SnapshotTemporarilyUnavailable` (one transfer per group at a time; raft-rs asks
+    /// again later for another follower).
+    pub fn set_sending_snapshot(&self, sending: bool) {
+        self.core.borrow_mut().sending_snapshot = sending;
     }
 
     /// A job for the deferred reads, unless one is running already: it reads the first
@@ -912,6 +963,11 @@ impl<S: LogStore> raft::Storage for RaftLog<S> {
         // The snapshot at the applied index S: the retained log up to S. Its data is only a
         // descriptor; the receiver fetches the batches.
         let c = self.core.borrow();
+        if c.sending_snapshot {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         let s = c.applied;
         let term = c.term(s)?;
         let data = SnapshotData {

@@ -13,10 +13,10 @@
 //!   `engine::Log`, the topic's durability policy (fdatasync under `always`; under `interval`
 //!   and `never` a completed write, which a crash of the process cannot take back).
 //! - `truncate_after`, `truncate_prefix`, `reset`, `install` and `write_meta` are durable
-//!   when they return. `install` replaces the log and the metadata together: in memory
-//!   atomically; on `engine::Log` as reset, append, sync, metadata (a crash in between
-//!   leaves the log reset; making it atomic, a download into a temporary directory and a
-//!   swap, comes with the snapshot transport).
+//!   when they return. `install` replaces the log and the metadata together from batches in
+//!   memory (atomically in memory; on `engine::Log` as reset, append, sync, metadata, used
+//!   only by tests); `install_staged` replaces them by a snapshot downloaded beside the log
+//!   (`Staged`), atomically: on `engine::Log` one directory exchange.
 //! - `read` returns checked batches of `[from, to)`, at least one, then up to about
 //!   `max_bytes`, committed or not: a leader sends followers entries not committed yet.
 //! - The visible end (the offset below which readers of records may see them) belongs to the
@@ -31,6 +31,9 @@ use engine::Result;
 /// A partition's log as Raft sees it. Futures are not `Send`: a store lives on one shard.
 #[allow(async_fn_in_trait)]
 pub trait LogStore {
+    /// A snapshot downloaded and verified beside the log, ready to replace it
+    /// (`engine::log::Staging` for `engine::Log`; none in memory).
+    type Staged: 'static;
     /// Raft index of the first batch held (`next_index` when empty).
     fn first_index(&self) -> u64;
     /// Raft index the next batch gets.
@@ -51,6 +54,8 @@ pub trait LogStore {
         batches: &[u8],
         meta: &[u8],
     ) -> Result<()>;
+    /// Replaces the whole log by `staged` and the metadata by `meta`, atomically and durably.
+    async fn install_staged(&self, staged: Self::Staged, meta: &[u8]) -> Result<()>;
     /// Buffers batches (format v2, back to back) at the end of the log.
     async fn append(&self, batches: &[u8]) -> Result<()>;
     /// Makes everything appended so far durable.

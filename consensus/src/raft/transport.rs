@@ -21,8 +21,8 @@
 //! IP addresses of known members (the address book): that is no security boundary (anyone on
 //! such an address can send frames), which is what peer TLS is for.
 //!
-//! Snapshot transfer over the channel is not built yet: `fetch_snapshot` fails, the follower
-//! drops the snapshot, and the leader sends another later.
+//! Snapshots travel on connections of their own (`snapshot_transfer`, frame kinds
+//! `0x30`-`0x35`): a connection whose first frame is a snapshot request is handed to it.
 
 use super::group::Transport;
 use super::wire;
@@ -130,6 +130,8 @@ pub struct Peers {
     pub self_id: Arc<AtomicU64>,
     /// Produce forwarding's and follower reads' counters (`super::forward`).
     pub forward: Arc<super::forward::ForwardStats>,
+    /// Snapshot transfers' counters and limits.
+    pub snapshots: Arc<super::snapshot_transfer::SnapshotShared>,
 }
 
 impl Peers {
@@ -225,6 +227,10 @@ impl Transport for Links {
         link.wake.notify(1);
     }
 
+    fn streams_snapshots(&self) -> bool {
+        true
+    }
+
     async fn fetch_snapshot(
         &mut self,
         from_node: u64,
@@ -232,8 +238,9 @@ impl Transport for Links {
         _first_index: u64,
         _last_index: u64,
     ) -> std::result::Result<Vec<engine::log::EntryBatch>, String> {
+        // Never called: snapshots stream beside the loop (`streams_snapshots`).
         Err(format!(
-            "snapshot transfer from node {from_node} over the peer channel is not built yet"
+            "snapshot from node {from_node}: fetched by the snapshot transfer, not in a round"
         ))
     }
 }
@@ -340,9 +347,25 @@ pub struct RaftPeerHandler {
 }
 
 impl RaftPeerHandler {
-    /// Serves one connection until it ends or misbehaves.
-    pub async fn serve_conn(&self, conn: PeerConn) {
-        self.serve_from(conn, None).await
+    /// Serves one connection until it ends or misbehaves: Raft frames, or a snapshot
+    /// transfer when the first frame is a snapshot request.
+    pub async fn serve_conn(&self, mut conn: PeerConn) {
+        match peer::read_header(&mut conn.stream).await {
+            Ok(Some((len, super::snapshot_transfer::SNAP_REQUEST))) => {
+                super::snapshot_transfer::serve(self, conn, len).await
+            }
+            Ok(Some(head)) => self.serve_from(conn, Some(head)).await,
+            Ok(None) => {}
+            Err(e) => {
+                if !matches!(e, peer::FrameError::Io(_)) {
+                    add(&self.peers.stats.malformed, 1);
+                }
+                log::warn!(
+                    "Raft transport: closing connection from {:?}: {e}",
+                    conn.peer
+                );
+            }
+        }
     }
 
     /// [`serve_conn`](Self::serve_conn) for a connection whose first frame header (length,
@@ -534,6 +557,9 @@ impl PeerHandler for PeerRouter {
                 (super::forward::FORWARD_REQUEST | super::forward::READ_REQUEST, _) => {
                     let r = &this.raft;
                     super::forward::serve_from(&r.engine, &r.peers, conn, Some((len, kind))).await
+                }
+                (super::snapshot_transfer::SNAP_REQUEST, _) => {
+                    super::snapshot_transfer::serve(&this.raft, conn, len).await
                 }
                 (_, Some(keys)) => keys.serve_request(conn, len, kind).await,
                 (_, None) => {

@@ -1,37 +1,42 @@
-//! Three engines in one process, each a Raft node with its own data directory and a
-//! peer-channel listener on 127.0.0.1 (the server's own router: Raft frames and forwarded
-//! appends), replicating partitions with a static three-voter group. Shared by the
-//! consensus-level tests of the transport, forwarding and follower reads.
+//! Three (or more) engines in one process, each a Raft node with its own data directory and a
+//! peer-channel listener on 127.0.0.1 (the server's own router: Raft frames, forwarded
+//! appends and reads, snapshot transfers), with a static voter set: what the consensus-level
+//! tests over real sockets share (the transport, forwarding and follower reads, snapshots).
+//! Kept small: start, stop, kill and restart nodes, produce through whichever node leads, a
+//! node's seam as its server builds it, read a node's records, a node's Raft status, a
+//! hostile connection.
 //!
-//! A node can be killed ([`Node::kill`]): its engine stops and its listener drops every
-//! connection and refuses new ones, as a process killed with -9 would.
+//! A node can be stopped ([`Cluster::stop`]: its engine stops, its listener stays and counts
+//! what it can no longer deliver) or killed ([`Node::kill`]: its listener also drops every
+//! connection and refuses new ones, as a process killed with -9 would).
 
 #![allow(dead_code)]
 
 use consensus::raft::seam::{engine_config, RaftFactory};
 use consensus::raft::transport::{PeerAddr, PeerRouter, Peers, RaftPeerHandler};
 use consensus::raft::{GroupConfig, RaftReplication};
-use engine::seam::{Factory, NodeRef};
-use engine::{Engine, EngineConfig, EngineHandle};
+use engine::seam::{EncodedBatch, Error as SeamError, Factory, NodeRef, PartitionId};
+use engine::shard::ReplicaStatus;
+use engine::{Engine, EngineConfig, EngineHandle, NewRecord};
+use event_listener::Event;
 use futures_lite::AsyncReadExt;
 use net::peer::PeerHandler;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+/// How long any wait for a condition may take (generous: a loaded 2-core machine).
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Held by each multi-node test for its whole run: clusters of one test binary run one at a
-/// time (the machine has few cores; test binaries already run one after another).
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Holds the multi-node tests of one test binary to one at a time (each runs three engines;
+/// the machine may have 2 cores). Take it first thing in the test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct Node {
@@ -40,12 +45,13 @@ pub struct Node {
     pub handle: EngineHandle,
     pub peers: Peers,
     pub addr: SocketAddr,
-    /// Set when the node is killed: its listener drops its connections.
-    pub killed: Arc<AtomicBool>,
+    /// Set to close the node's listener and every connection it serves.
+    closed: Arc<(AtomicBool, Event)>,
 }
 
 impl Node {
-    /// The Raft seam of this node, as its server builds it.
+    /// The Raft seam of this node, as its server builds it (appends for partitions led
+    /// elsewhere are forwarded).
     pub fn factory(&self) -> RaftFactory {
         RaftFactory::new(self.handle.clone(), node_ref(self.id))
             .with_peers(self.id, self.peers.clone())
@@ -53,15 +59,30 @@ impl Node {
 
     /// Stops the engine and drops every peer connection, at once.
     pub fn kill(&mut self) {
-        self.killed.store(true, Ordering::SeqCst);
+        self.close();
         if let Some(e) = self.engine.take() {
             e.shutdown();
         }
     }
 
+    /// Closes the listener and every connection it serves.
+    fn close(&self) {
+        self.closed.0.store(true, Ordering::Release);
+        self.closed.1.notify(usize::MAX);
+    }
+
     pub fn is_alive(&self) -> bool {
         self.engine.is_some()
     }
+}
+
+/// A cluster of nodes `1..=n`, every group with all of them as voters.
+pub struct Cluster {
+    pub root: PathBuf,
+    pub nodes: Vec<Node>,
+    pub voters: Vec<u64>,
+    /// How often each shard applies retention.
+    pub retention_check: Duration,
 }
 
 pub fn node_ref(id: u64) -> NodeRef {
@@ -71,9 +92,21 @@ pub fn node_ref(id: u64) -> NodeRef {
     }
 }
 
-/// A peer-channel listener for `router` on its own executor thread; returns its address.
-/// Once `killed` is set, its connections end and new ones are closed unread.
-fn listen(router: PeerRouter, killed: Arc<AtomicBool>) -> SocketAddr {
+/// Waits until `closed` is set.
+async fn until_closed(closed: &(AtomicBool, Event)) {
+    loop {
+        let l = closed.1.listen();
+        if closed.0.load(Ordering::Acquire) {
+            return;
+        }
+        l.await;
+    }
+}
+
+/// A peer-channel listener for `router` on its own executor thread, until `closed` is set
+/// (then it stops accepting, so connecting is refused as to a dead process, and drops every
+/// connection); returns its address.
+fn listen(router: PeerRouter, closed: Arc<(AtomicBool, Event)>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -83,39 +116,36 @@ fn listen(router: PeerRouter, killed: Arc<AtomicBool>) -> SocketAddr {
             let l = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             tx.send(l.local_addr().expect("addr")).expect("send addr");
             loop {
-                // Killed: the listener closes, so connecting is refused, as to a dead process.
-                let dead = async {
-                    while !killed.load(Ordering::SeqCst) {
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                    }
+                let accepted = futures_lite::future::or(async { Some(l.accept().await) }, async {
+                    until_closed(&closed).await;
                     None
-                };
-                let accepted = futures_lite::future::or(async { Some(l.accept().await) }, dead);
-                let stream = match accepted.await {
-                    None => return,
-                    Some(Ok(s)) => s,
-                    Some(Err(_)) => continue,
-                };
-                let (r, killed) = (router.clone(), Arc::clone(&killed));
-                glommio::spawn_local(async move {
-                    let peer = stream.peer_addr().ok();
-                    let mut io = stream;
-                    let mut mark = [0u8; 1];
-                    if io.read_exact(&mut mark).await.is_err() || mark[0] != 0x01 {
-                        return;
-                    }
-                    let serve = r.serve(net::peer::PeerConn {
-                        stream: Box::new(io.compat()),
-                        peer,
-                        tls: None,
-                    });
-                    let dead = async {
-                        while !killed.load(Ordering::SeqCst) {
-                            glommio::timer::sleep(Duration::from_millis(10)).await;
-                        }
-                    };
-                    futures_lite::future::or(serve, dead).await;
                 })
+                .await;
+                let Some(accepted) = accepted else {
+                    return;
+                };
+                let Ok(stream) = accepted else {
+                    continue;
+                };
+                let r = router.clone();
+                let closed = Arc::clone(&closed);
+                glommio::spawn_local(futures_lite::future::or(
+                    until_closed_unit(closed),
+                    async move {
+                        let peer = stream.peer_addr().ok();
+                        let mut io = stream;
+                        let mut mark = [0u8; 1];
+                        if io.read_exact(&mut mark).await.is_err() || mark[0] != 0x01 {
+                            return;
+                        }
+                        r.serve(net::peer::PeerConn {
+                            stream: Box::new(io.compat()),
+                            peer,
+                            tls: None,
+                        })
+                        .await;
+                    },
+                ))
                 .detach();
             }
         });
@@ -123,29 +153,48 @@ fn listen(router: PeerRouter, killed: Arc<AtomicBool>) -> SocketAddr {
     rx.recv().expect("listener address")
 }
 
-/// `n` nodes (Raft ids 1..=n), every group of them a group of all `n` voters, each node's
-/// address book filled with the others.
-pub fn start_nodes(root: &std::path::Path, n: u64) -> Vec<Node> {
-    let config = GroupConfig::default();
-    let mut nodes = Vec::new();
-    for id in 1..=n {
+async fn until_closed_unit(closed: Arc<(AtomicBool, Event)>) {
+    until_closed(&closed).await
+}
+
+impl Cluster {
+    /// Starts nodes `1..=n` under `root`, each with one shard.
+    pub fn start(root: &Path, n: u64, retention_check: Duration) -> Cluster {
+        // RUST_LOG=info shows the nodes' logs.
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut c = Cluster {
+            root: root.to_owned(),
+            nodes: Vec::new(),
+            voters: (1..=n).collect(),
+            retention_check,
+        };
+        for id in 1..=n {
+            let node = c.start_node(id);
+            c.nodes.push(node);
+        }
+        c.fill_books();
+        c
+    }
+
+    fn start_node(&self, id: u64) -> Node {
         let peers = Peers::default();
         let replication = RaftReplication {
-            hooks: Default::default(),
             node_id: id,
-            voters: (1..=n).collect(),
-            config: config.clone(),
+            voters: self.voters.clone(),
+            config: GroupConfig::default(),
             tick: Duration::from_millis(50),
             peers: peers.clone(),
+            hooks: Default::default(),
         };
         let ec = EngineConfig {
             shards: 1,
             pin: false,
-            ..EngineConfig::new(root.join(format!("n{id}")))
+            retention_check: self.retention_check,
+            ..EngineConfig::new(self.root.join(format!("n{id}")))
         };
         let engine = Engine::start(engine_config(ec, replication)).expect("start");
         let handle = engine.handle();
-        let killed = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new((AtomicBool::new(false), Event::new()));
         let addr = listen(
             PeerRouter {
                 raft: RaftPeerHandler {
@@ -156,36 +205,118 @@ pub fn start_nodes(root: &std::path::Path, n: u64) -> Vec<Node> {
                 keys: None,
                 join: None,
             },
-            Arc::clone(&killed),
+            Arc::clone(&closed),
         );
-        nodes.push(Node {
+        Node {
             id,
             engine: Some(engine),
             handle,
             peers,
             addr,
-            killed,
-        });
+            closed,
+        }
     }
-    for n in &nodes {
-        let mut book = n.peers.book.write().expect("book");
-        for m in &nodes {
-            if m.id != n.id {
-                book.insert(
-                    m.id,
-                    PeerAddr {
-                        addr: m.addr,
-                        server_name: "127.0.0.1".into(),
-                    },
-                );
+
+    /// Every node's address book lists every other node.
+    fn fill_books(&self) {
+        for n in &self.nodes {
+            let mut book = n.peers.book.write().expect("book");
+            book.clear();
+            for m in &self.nodes {
+                if m.id != n.id {
+                    book.insert(
+                        m.id,
+                        PeerAddr {
+                            addr: m.addr,
+                            server_name: "127.0.0.1".into(),
+                        },
+                    );
+                }
             }
         }
     }
-    nodes
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Shuts node `id` down (its listener stays, and counts what it can no longer deliver).
+    pub fn stop(&mut self, id: u64) {
+        if let Some(e) = self.nodes[(id - 1) as usize].engine.take() {
+            e.shutdown();
+        }
+    }
+
+    /// Starts node `id` again on its data directory, with a new listener that every address
+    /// book learns.
+    pub fn restart(&mut self, id: u64) {
+        // As a process that exits: its listener and connections close.
+        self.nodes[(id - 1) as usize].kill();
+        let node = self.start_node(id);
+        self.nodes[(id - 1) as usize] = node;
+        self.fill_books();
+    }
+
+    pub fn shutdown(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.stop(id);
+        }
+    }
+
+    /// Appends `value` to `topic`/0 through whichever running node leads, retrying until the
+    /// deadline; returns its offset.
+    pub fn produce(&self, topic: &str, value: &[u8]) -> u64 {
+        self.produce_batch(topic, &[value.to_vec()])
+    }
+
+    /// Appends `values` as one batch (see [`produce`](Self::produce)); returns the first
+    /// one's offset.
+    pub fn produce_batch(&self, topic: &str, values: &[Vec<u8>]) -> u64 {
+        let until = Instant::now() + DEADLINE;
+        let id = PartitionId::new(topic, 0);
+        let client = self.root.join("client");
+        loop {
+            for n in self.nodes.iter().filter(|n| n.engine.is_some()) {
+                // Without its peers: a follower refuses (it cannot reach the leader to
+                // forward, and says so before sending anything) rather than forwards; these
+                // tests are about replication, forwarding has tests of its own.
+                let factory = RaftFactory::new(n.handle.clone(), node_ref(n.id))
+                    .with_peers(n.id, Peers::default());
+                let records: Vec<NewRecord> =
+                    values.iter().map(|v| NewRecord::new(v.clone())).collect();
+                let batch = EncodedBatch::encode(&records).expect("enc");
+                let id = id.clone();
+                let r = engine::run_local(&client, move || async move {
+                    factory.build().partitions.append(&id, batch).await
+                })
+                .expect("client executor");
+                match r {
+                    Ok(a) => return a.base_offset,
+                    Err(
+                        SeamError::NotLeader { .. }
+                        | SeamError::NoLeader(_)
+                        | SeamError::Unavailable(_)
+                        | SeamError::OutcomeUnknown(_)
+                        | SeamError::Overloaded { .. },
+                    ) => {}
+                    Err(e) => panic!("append on node {}: {e}", n.id),
+                }
+            }
+            assert!(Instant::now() < until, "no node took the append in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `n` nodes (Raft ids 1..=n), every group of them a group of all `n` voters, each node's
+/// address book filled with the others.
+pub fn start_nodes(root: &Path, n: u64) -> Vec<Node> {
+    let retention_check = EngineConfig::new(root.join("n1")).retention_check;
+    Cluster::start(root, n, retention_check).nodes
 }
 
 /// Runs `f` with node `n`'s seam on an executor of its own (a client's core).
-pub fn with_seam<T, F, Fut>(n: &Node, client: &std::path::Path, f: F) -> T
+pub fn with_seam<T, F, Fut>(n: &Node, client: &Path, f: F) -> T
 where
     T: Send + 'static,
     F: FnOnce(engine::seam::Seam) -> Fut + Send + 'static,
@@ -202,7 +333,7 @@ pub fn leader_of(nodes: &[Node], topic: &str, partition: u32) -> u64 {
     loop {
         for n in nodes.iter().filter(|n| n.is_alive()) {
             let local = n.handle.seam_factory(node_ref(n.id)).local();
-            let id = engine::seam::PartitionId::new(topic, partition);
+            let id = PartitionId::new(topic, partition);
             let s = futures_lite::future::block_on(local.replica_status(&id));
             if let Ok(Some(s)) = s {
                 if s.is_leader {
@@ -214,6 +345,63 @@ pub fn leader_of(nodes: &[Node], topic: &str, partition: u32) -> u64 {
             Instant::now() < until,
             "no leader of {topic}/{partition} in time"
         );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Node `n`'s records of `topic`/0 from `from`, once it shows at least up to offset `end`
+/// (waiting until the deadline).
+pub fn read_from(n: &Node, topic: &str, from: u64, end: u64) -> Vec<Vec<u8>> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < end {
+            let got =
+                futures_lite::future::block_on(n.handle.read_range(topic, 0, at, 10_000, 4 << 20));
+            match got {
+                Ok(rs) if !rs.is_empty() => {
+                    for r in rs {
+                        at = r.offset + 1;
+                        out.push(r.value.to_vec());
+                    }
+                }
+                _ => break,
+            }
+        }
+        if at >= end {
+            return out;
+        }
+        assert!(
+            Instant::now() < until,
+            "node {} did not show offsets [{from}, {end}) of {topic} in time",
+            n.id
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Node `n`'s records of `topic`/0 from offset 0, once it shows `want` of them.
+pub fn read_all(n: &Node, topic: &str, want: u64) -> Vec<Vec<u8>> {
+    read_from(n, topic, 0, want)
+}
+
+/// Node `n`'s Raft status of `topic`/0.
+pub fn status(n: &Node, topic: &str) -> Option<ReplicaStatus> {
+    let id = PartitionId::new(topic, 0);
+    let shard = n.handle.shard_of(topic, 0);
+    futures_lite::future::block_on(n.handle.on_shard(shard, move |ctx| async move {
+        Ok(ctx.replicator().and_then(|r| r.status(&id)))
+    }))
+    .ok()
+    .flatten()
+}
+
+/// Waits until `cond` holds, or fails with `what` at the deadline.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < until, "{what}: not in time");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -45,6 +45,12 @@ impl Log {
     /// nothing. For owners whose replication layer must compact its own log first.
     pub fn retention_cut(&self, now: SystemTime) -> Option<u64> {
         let (max_bytes, max_age) = (self.config.retention_bytes, self.config.retention_ms);
+        self.retention_cut_with(now, max_bytes, max_age)
+    }
+
+    /// [`retention_cut`](Self::retention_cut) under other limits (0: none), e.g. the bound
+    /// past which retention no longer waits for a lagging replica.
+    pub fn retention_cut_with(&self, now: SystemTime, max_bytes: u64, max_age: u64) -> Option<u64> {
         if max_bytes == 0 && max_age == 0 {
             return None;
         }
