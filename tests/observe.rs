@@ -144,6 +144,10 @@ fn metrics_count_a_known_workload() {
             "proglog_rpc_sent_bytes_total{method=\"/log.v1.Log/Consume\"}"
         ) > 0.0
     );
+    // A single node sends and receives no Raft snapshot; the counters are there.
+    for name in ["sent", "received", "installed", "bytes_sent", "malformed"] {
+        assert_eq!(get(&m, &format!("proglog_raft_snapshot_{name}_total")), 0.0);
+    }
 
     let p =
         |name: &str, part: u32| get(&m, &format!("{name}{{topic=\"obs\",partition=\"{part}\"}}"));

@@ -81,6 +81,7 @@ pub struct Observability {
     cluster: OnceLock<Arc<consensus::cluster::ClusterNode>>,
     memory: OnceLock<Arc<net::memory::MemoryBudget>>,
     forward: OnceLock<Arc<consensus::raft::forward::ForwardStats>>,
+    snapshots: OnceLock<Arc<consensus::raft::snapshot_transfer::SnapshotShared>>,
     start_time: SystemTime,
 }
 
@@ -100,6 +101,7 @@ impl Observability {
             cluster: OnceLock::new(),
             memory: OnceLock::new(),
             forward: OnceLock::new(),
+            snapshots: OnceLock::new(),
             start_time: SystemTime::now(),
         }
     }
@@ -166,6 +168,11 @@ impl Observability {
         let _ = self.forward.set(stats);
     }
 
+    /// The Raft snapshot transfers' counters (set once).
+    pub fn set_snapshots(&self, s: Arc<consensus::raft::snapshot_transfer::SnapshotShared>) {
+        let _ = self.snapshots.set(s);
+    }
+
     /// The whole Prometheus exposition, as of now.
     pub fn render(&self) -> String {
         let mut e = Exposition::new();
@@ -212,6 +219,12 @@ impl Observability {
         }
         if let Some(f) = self.forward.get() {
             forward::render(&mut e, f);
+        }
+        if let Some(s) = self.snapshots.get() {
+            for (name, help, value) in s.stats.rows() {
+                let name = format!("proglog_raft_snapshot_{name}_total");
+                e.single(&name, Kind::Counter, help, value as f64);
+            }
         }
         let engine = self.engine.lock().ok().and_then(|e| e.clone());
         if let Some(engine) = engine {

@@ -266,6 +266,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mode = cluster::prepare(&settings, &cluster_node)?;
     obs.set_cluster(cluster_node.clone());
     obs.set_forward(raft_peers.forward.clone());
+    obs.set_snapshots(Arc::clone(&raft_peers.snapshots));
     let replication = consensus::raft::RaftReplication {
         node_id: cluster_node.id(),
         peers: raft_peers.clone(),

@@ -101,59 +101,59 @@ impl SnapshotStats {
         c.load(Ordering::Relaxed)
     }
 
-    /// The counters in Prometheus' text format.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let rows: [(&str, &str, &AtomicU64); 11] = [
+    /// Every counter: its name (in `proglog_raft_snapshot_<name>_total`), what it counts,
+    /// its value.
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 11] {
+        let g = Self::get;
+        [
             (
                 "sent",
-                "snapshots served and installed by the follower",
-                &self.sent,
+                "Snapshots served and reported installed by the follower.",
+                g(&self.sent),
             ),
             (
                 "send_failures",
-                "snapshot transfers served that failed",
-                &self.send_failures,
+                "Snapshot transfers served that failed.",
+                g(&self.send_failures),
             ),
             (
                 "received",
-                "snapshots downloaded and verified",
-                &self.received,
+                "Snapshots downloaded and verified.",
+                g(&self.received),
             ),
             (
                 "receive_failures",
-                "snapshot downloads that failed",
-                &self.receive_failures,
+                "Snapshot downloads that failed.",
+                g(&self.receive_failures),
             ),
-            ("installed", "snapshots installed", &self.installed),
+            ("installed", "Snapshots installed.", g(&self.installed)),
             (
                 "install_failures",
-                "verified snapshots not installed",
-                &self.install_failures,
+                "Verified snapshots not installed.",
+                g(&self.install_failures),
             ),
-            ("bytes_sent", "snapshot file bytes sent", &self.bytes_sent),
+            (
+                "bytes_sent",
+                "Snapshot file bytes sent.",
+                g(&self.bytes_sent),
+            ),
             (
                 "bytes_received",
-                "snapshot file bytes received",
-                &self.bytes_received,
+                "Snapshot file bytes received.",
+                g(&self.bytes_received),
             ),
             (
                 "resumed",
-                "snapshot downloads resumed after a lost connection",
-                &self.resumed,
+                "Snapshot downloads resumed on a new connection.",
+                g(&self.resumed),
             ),
             (
                 "malformed",
-                "snapshot connections closed for a malformed frame",
-                &self.malformed,
+                "Snapshot connections closed for a malformed frame.",
+                g(&self.malformed),
             ),
-            ("refused", "snapshot requests refused", &self.refused),
-        ];
-        for (name, help, c) in rows {
-            let _ = writeln!(out, "# HELP proglog_raft_snapshot_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE proglog_raft_snapshot_{name}_total counter");
-            let _ = writeln!(out, "proglog_raft_snapshot_{name}_total {}", Self::get(c));
-        }
+            ("refused", "Snapshot requests refused.", g(&self.refused)),
+        ]
     }
 }
 
