@@ -746,6 +746,8 @@ async fn download_inner(
                             format!("the end after {file} of {} files", s.files().len()),
                         ));
                     }
+                    // The sender hears how verification and install went on this connection.
+                    done.conn = Some(io);
                     s.verify(
                         data.first_index,
                         data.first_offset,
@@ -755,7 +757,6 @@ async fn download_inner(
                     )
                     .await
                     .map_err(|e| (false, e.to_string()))?;
-                    done.conn = Some(io);
                     return staging.ok_or_else(|| (false, "no staging".to_string()));
                 }
                 SNAP_ERROR => {
