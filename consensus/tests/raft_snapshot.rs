@@ -17,10 +17,10 @@ const TOPIC: &str = "s";
 const VALUE_BYTES: usize = 4096;
 const PER_BATCH: u64 = 7;
 
-fn topic_config() -> LogConfig {
+fn topic_config(retention_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes: 64 * 1024,
-        retention_bytes: 256 * 1024,
+        retention_bytes,
         max_record_bytes: 8 * 1024,
         max_batch_bytes: 32 * 1024,
         ..LogConfig::default()
@@ -108,10 +108,18 @@ fn check_identical(c: &Cluster, end: u64) {
 }
 
 fn start(root: &std::path::Path) -> Cluster {
+    start_with(root, 256 * 1024)
+}
+
+fn start_with(root: &std::path::Path, retention_bytes: u64) -> Cluster {
     let c = Cluster::start(root, 3, Duration::from_millis(100));
     for n in &c.nodes {
-        futures_lite::future::block_on(n.handle.create_topic(TOPIC, 1, topic_config()))
-            .expect("create");
+        futures_lite::future::block_on(n.handle.create_topic(
+            TOPIC,
+            1,
+            topic_config(retention_bytes),
+        ))
+        .expect("create");
     }
     c
 }
@@ -150,6 +158,64 @@ fn a_follower_behind_retention_is_caught_up_by_a_streamed_snapshot() {
     // Node 3 takes new entries after the snapshot like the others.
     let end = produce(&c, end, end + 14);
     check_identical(&c, end);
+    c.shutdown();
+}
+
+#[test]
+fn heartbeats_keep_flowing_while_a_large_snapshot_streams() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Retention keeps 2 MiB: the snapshot is about that large.
+    let mut c = start_with(tmp.path(), 2 << 20);
+    let held = produce(&c, 0, 30);
+    common::read_all(c.node(3), TOPIC, held);
+    let end = leave_node_3_behind(&mut c, held, 1100, held);
+    let l = leader(&c);
+    let term = status(c.node(l), TOPIC).expect("status").term;
+    // 1 MiB/s: the transfer takes a couple of seconds, whatever the machine.
+    for id in [1, 2] {
+        c.node(id).peers.snapshots.set_rate_limit(1 << 20);
+    }
+    c.restart(3);
+    wait_until("node 3 starts downloading", || {
+        snap(c.node(3), |s| &s.bytes_received) > 0
+    });
+    let frames = |c: &Cluster| {
+        consensus::raft::transport::TransportStats::get(&c.node(3).peers.stats.frames_received)
+    };
+    let before = frames(&c);
+    let mut during = 0;
+    wait_until("node 3 installs the snapshot", || {
+        if snap(c.node(3), |s| &s.installed) == 0 {
+            during = frames(&c);
+            // Node 3 knows its leader all along: no election timeout fired.
+            let s = status(c.node(3), TOPIC).expect("status");
+            assert_eq!(
+                (s.leader, s.term),
+                (Some(l), term),
+                "node 3 lost its leader"
+            );
+            false
+        } else {
+            true
+        }
+    });
+    assert!(
+        snap(c.node(3), |s| &s.bytes_received) > 1 << 20,
+        "a large snapshot"
+    );
+    assert!(
+        during >= before + 3,
+        "Raft frames kept arriving while the snapshot streamed ({before} then {during})"
+    );
+    check_identical(&c, end);
+    for n in &c.nodes {
+        assert_eq!(
+            status(n, TOPIC).expect("status").term,
+            term,
+            "node {}",
+            n.id
+        );
+    }
     c.shutdown();
 }
 

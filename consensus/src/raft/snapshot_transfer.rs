@@ -162,6 +162,17 @@ impl SnapshotStats {
 pub struct SnapshotShared {
     pub stats: SnapshotStats,
     serving: AtomicUsize,
+    /// Bytes per second each transfer this node serves may send (0: no limit).
+    rate: AtomicU64,
+}
+
+impl SnapshotShared {
+    /// Limits each transfer this node serves to `bytes_per_sec` (0: no limit), so that a
+    /// snapshot does not take the whole disk or network from the partitions' own traffic
+    /// (Kafka's replication throttle). Set programmatically; no server flag sets it yet.
+    pub fn set_rate_limit(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
 }
 
 /// Shard message: the data files of group `group` for a snapshot of `[first_index,
@@ -487,6 +498,8 @@ async fn serve_files(
         .await
         .map_err(lost)?;
     let stats = &h.peers.snapshots.stats;
+    let started = std::time::Instant::now();
+    let mut session_bytes = 0u64;
     let first = req.file as usize;
     if first > decl.len() || (first < decl.len() && req.pos > decl[first].1) {
         return Err((true, format!("resume at file {first} byte {}", req.pos)));
@@ -510,6 +523,14 @@ async fn serve_files(
                 .map_err(lost)?;
             stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
             pos += n as u64;
+            session_bytes += n as u64;
+            let rate = h.peers.snapshots.rate.load(Ordering::Relaxed);
+            if rate > 0 {
+                let due = Duration::from_secs_f64(session_bytes as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    glommio::timer::sleep(wait).await;
+                }
+            }
         }
     }
     write(io, SNAP_END, &[]).await.map_err(lost)?;
