@@ -126,6 +126,7 @@ fn start_with(root: &std::path::Path, retention_bytes: u64) -> Cluster {
 
 #[test]
 fn a_follower_behind_retention_is_caught_up_by_a_streamed_snapshot() {
+    let _one = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut c = start(tmp.path());
     let held = produce(&c, 0, 30);
@@ -163,6 +164,7 @@ fn a_follower_behind_retention_is_caught_up_by_a_streamed_snapshot() {
 
 #[test]
 fn heartbeats_keep_flowing_while_a_large_snapshot_streams() {
+    let _one = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     // Retention keeps 2 MiB: the snapshot is about that large.
     let mut c = start_with(tmp.path(), 2 << 20);
@@ -221,6 +223,7 @@ fn heartbeats_keep_flowing_while_a_large_snapshot_streams() {
 
 #[test]
 fn a_crash_during_a_transfer_or_install_recovers() {
+    let _one = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut c = start(tmp.path());
     let held = produce(&c, 0, 30);
@@ -265,6 +268,7 @@ fn read_ok(n: &Node, end: u64) -> bool {
 
 #[test]
 fn malformed_snapshot_frames_are_counted_and_close_the_connection() {
+    let _one = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut c = start(tmp.path());
     let end = produce(&c, 0, 7);

@@ -29,15 +29,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-/// How long any wait for a condition may take (generous: a loaded 2-core machine).
-pub const DEADLINE: Duration = Duration::from_secs(60);
-
 /// Holds the multi-node tests of one test binary to one at a time (each runs three engines;
 /// the machine may have 2 cores). Take it first thing in the test.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// How long any wait for a condition may take (generous: a loaded 2-core machine).
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct Node {
     pub id: u64,
