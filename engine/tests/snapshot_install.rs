@@ -133,6 +133,18 @@ fn a_staged_snapshot_replaces_the_log_atomically() {
             "a dropped staging is removed"
         );
         assert_eq!(dst.next_index(), 8);
+        // An install that fails before the exchange (its directory vanished) leaves the log
+        // as it was, writable.
+        let mut gone = stage(&src, &dst_dir, first, last, None).await;
+        gone.verify(first, fo, last, no, &small())
+            .await
+            .expect("verify");
+        std::fs::remove_dir_all(gone.dir()).expect("remove");
+        assert!(dst.install_staged(gone, "raft.meta", b"x").await.is_err());
+        let b = entry(&dst, 7);
+        dst.append_buffered(&b).await.expect("still writable");
+        dst.sync().await.expect("sync");
+        assert_eq!(dst.next_index(), 9);
 
         let mut st = stage(&src, &dst_dir, first, last, None).await;
         st.verify(first, fo, last, no, &small())

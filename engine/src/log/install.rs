@@ -322,9 +322,12 @@ impl Log {
         }
         meta::write(&staging.dir, meta_name, meta)?;
         let _permit = self.lock_io().await?;
+        // An exchange that fails (a file system without RENAME_EXCHANGE) leaves the log as
+        // it was, serving and writable.
+        exchange(&staging.dir, &self.dir)?;
         let old_lowest = self.state.borrow().lowest;
         let exclusive = self.exclusive();
-        let r = self.swap_inner(&staging).await;
+        let r = self.reopen_swapped().await;
         let new_lowest = self.state.borrow().lowest;
         self.end_cut(&r, old_lowest.min(new_lowest));
         drop(exclusive);
@@ -339,13 +342,14 @@ impl Log {
         self.recover_last_batch().await
     }
 
-    async fn swap_inner(&self, staging: &Staging) -> Result<()> {
+    /// The state of the log from the files just exchanged in.
+    async fn reopen_swapped(&self) -> Result<()> {
+        // The old files are under the staging name now (open handles still read them).
         let doomed = std::mem::take(&mut self.state_mut().segments);
         for mut seg in doomed {
             seg.writer = None;
             self.budget.release(&seg.slot);
         }
-        exchange(&staging.dir, &self.dir)?;
         if let Some(parent) = self.dir.parent() {
             meta::sync_dir(parent)?;
         }
