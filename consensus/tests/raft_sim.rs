@@ -1,7 +1,11 @@
 //! Deterministic simulation of the real Raft code (`GroupSet`, the storage adapter, the entry
 //! and frame encodings) on in-memory logs (`MemStore`, written vs synced) and a simulated
 //! network: 3 and 5 nodes, two groups each, messages dropped, delayed, reordered and
-//! duplicated, partitions, and crash-restarts that lose unsynced writes.
+//! duplicated, partitions, and crash-restarts that lose unsynced writes. Odd seeds run
+//! snapshots the server's way (`Transport::streams_snapshots`: a `SnapshotJob` downloaded
+//! some steps later from the leader's log if it is reachable, installed from the staged
+//! batches, the leader told it started, then finished or failed, a crash of the follower
+//! mid-download counted failed), even seeds fetch them within the round.
 //!
 //! Every run is decided by its seed: each test prints it, `PROGLOG_RAFT_SEED=<n>` replays one,
 //! `PROGLOG_RAFT_SEEDS=<k>` runs k seeds per configuration (4 by default), and
@@ -16,7 +20,8 @@
 use bytes::Bytes;
 use consensus::raft::wire;
 use consensus::raft::{
-    Error, FetchJob, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport,
+    Error, FetchJob, GroupConfig, GroupSet, LogStore, MemStaged, MemStore, Outcome, SnapshotJob,
+    SnapshotProgress, Transport,
 };
 use engine::NewRecord;
 use futures_channel::oneshot;
@@ -58,6 +63,9 @@ const HOSTILE: Faults = Faults {
     crash: 0.003,
     compact: 0.01,
 };
+
+/// How a downloaded snapshot's install went (what the follower tells the leader).
+type InstallAnswer = oneshot::Receiver<Result<u64, String>>;
 
 struct InFlight {
     at: u64,
@@ -149,6 +157,13 @@ struct Sim {
     last_leader: BTreeMap<u64, u64>,
     /// Deferred reads running beside the nodes' loops: (node, step it completes at, job).
     jobs: Vec<(u64, u64, FetchJob<MemStore>)>,
+    /// Snapshots stream beside the loops (the server's transport) rather than within a
+    /// round: decided by the seed.
+    streaming: bool,
+    /// Snapshot downloads under way: (node, step it completes at, job).
+    snapshot_jobs: Vec<(u64, u64, SnapshotJob)>,
+    /// Downloaded snapshots awaiting their install: (follower, group, leader, its answer).
+    installs: Vec<(u64, u64, u64, InstallAnswer)>,
     fig: Figures,
 }
 
@@ -157,11 +172,16 @@ struct Sim {
 struct Outbox {
     frames: Vec<(u64, Vec<u8>)>,
     reachable: BTreeMap<(u64, u64), Rc<MemStore>>,
+    streaming: bool,
 }
 
 impl Transport for Outbox {
     fn send(&mut self, to: u64, frame: Vec<u8>) {
         self.frames.push((to, frame));
+    }
+
+    fn streams_snapshots(&self) -> bool {
+        self.streaming
     }
 
     async fn fetch_snapshot(
@@ -205,6 +225,9 @@ impl Sim {
             next_value: 0,
             last_leader: BTreeMap::new(),
             jobs: Vec::new(),
+            streaming: seed % 2 == 1,
+            snapshot_jobs: Vec::new(),
+            installs: Vec::new(),
             fig: Figures::default(),
         };
         let voters: Vec<u64> = (1..=n).collect();
@@ -307,6 +330,71 @@ impl Sim {
         }
     }
 
+    /// Snapshot downloads that are due: the follower fetches the batches from the leader's
+    /// log (if it is up and reachable), checks them and hands them to its set; the leader
+    /// hears that the download started, then how the install went (or that it failed).
+    fn run_snapshot_jobs(&mut self) {
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.snapshot_jobs.len() {
+            if self.snapshot_jobs[i].1 <= self.now {
+                due.push(self.snapshot_jobs.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for (id, _, job) in due {
+            let (leader, group) = (job.from, job.group);
+            let reachable =
+                !self.cut(id, leader) && self.nodes.get(&leader).is_some_and(|n| n.set.is_some());
+            let result = if reachable {
+                if let Some(set) = self.nodes.get_mut(&leader).and_then(|n| n.set.as_mut()) {
+                    set.snapshot_report(group, id, SnapshotProgress::Started);
+                }
+                let d = job.data;
+                let store = Rc::clone(&self.nodes[&leader].stores[&group]);
+                let read = if d.first_index > d.last_index {
+                    Ok(Vec::new())
+                } else {
+                    block_on(store.read(d.first_index, d.last_index + 1, usize::MAX))
+                        .map_err(|e| e.to_string())
+                };
+                read.and_then(|b| d.check(&b).map_err(|e| e.to_string()))
+                    .map(|batches| MemStaged {
+                        first_offset: d.first_offset,
+                        first_index: d.first_index,
+                        batches,
+                    })
+            } else {
+                Err(format!("node {leader} is down or cut off"))
+            };
+            let (tx, rx) = oneshot::channel();
+            match self.nodes.get_mut(&id).and_then(|n| n.set.as_mut()) {
+                Some(set) => set.snapshot_downloaded(job, result, tx),
+                None => continue,
+            }
+            if reachable {
+                self.installs.push((id, group, leader, rx));
+            }
+        }
+        // Installs that are over, and their reports.
+        let mut still = Vec::new();
+        for (id, group, leader, mut rx) in std::mem::take(&mut self.installs) {
+            let progress = match rx.try_recv() {
+                Ok(None) => {
+                    still.push((id, group, leader, rx));
+                    continue;
+                }
+                Ok(Some(Ok(_))) => SnapshotProgress::Finished,
+                Ok(Some(Err(_))) | Err(_) => SnapshotProgress::Failed,
+            };
+            if let Some(set) = self.nodes.get_mut(&leader).and_then(|n| n.set.as_mut()) {
+                set.snapshot_report(group, id, progress);
+            }
+        }
+        self.installs = still;
+    }
+
     fn deliver(&mut self) {
         let mut due = Vec::new();
         let mut i = 0;
@@ -348,6 +436,7 @@ impl Sim {
             let mut out = Outbox {
                 frames: Vec::new(),
                 reachable,
+                streaming: self.streaming,
             };
             let Some(set) = self.nodes.get_mut(&id).and_then(|n| n.set.as_mut()) else {
                 continue;
@@ -359,6 +448,10 @@ impl Sim {
             for job in set.take_fetch_jobs() {
                 let at = self.now + self.rng.random_range(0..4);
                 self.jobs.push((id, at, job));
+            }
+            for job in set.take_snapshot_jobs() {
+                let at = self.now + self.rng.random_range(1..12);
+                self.snapshot_jobs.push((id, at, job));
             }
             let failed = GROUPS.iter().any(|&g| set.failure(g).is_some());
             self.send(id, out.frames);
@@ -515,6 +608,19 @@ impl Sim {
             let crashed = Rc::new(old.crash(keeps[i]));
             node.stores.insert(*g, crashed);
         }
+        // A download cut by the crash: its connection closes, the leader hears a failure.
+        let mut cut = Vec::new();
+        self.snapshot_jobs.retain(|(n, _, j)| {
+            if *n == id {
+                cut.push((j.from, j.group));
+            }
+            *n != id
+        });
+        for (leader, group) in cut {
+            if let Some(set) = self.nodes.get_mut(&leader).and_then(|n| n.set.as_mut()) {
+                set.snapshot_report(group, id, SnapshotProgress::Failed);
+            }
+        }
     }
 
     fn step(&mut self) {
@@ -522,6 +628,7 @@ impl Sim {
         self.fig.steps += 1;
         self.maybe_fault();
         self.run_jobs();
+        self.run_snapshot_jobs();
         self.deliver();
         if self.now.is_multiple_of(2) {
             self.tick();
@@ -659,6 +766,7 @@ impl Sim {
             self.now += 1;
             self.maybe_fault();
             self.run_jobs();
+            self.run_snapshot_jobs();
             self.deliver();
             if self.now.is_multiple_of(2) {
                 self.tick();
@@ -817,7 +925,12 @@ const DEFAULT_SEEDS: u64 = 4;
 fn run_many(nodes: u64) {
     let steps = env_u64("PROGLOG_RAFT_STEPS").unwrap_or(3000);
     for seed in seeds(nodes) {
-        eprintln!("{nodes} nodes, seed {seed} (replay with PROGLOG_RAFT_SEED={seed})");
+        let mode = if seed % 2 == 1 {
+            "snapshots streamed beside the loop"
+        } else {
+            "snapshots fetched within the round"
+        };
+        eprintln!("{nodes} nodes, seed {seed}, {mode} (replay with PROGLOG_RAFT_SEED={seed})");
         let f = run(seed, nodes, steps);
         eprintln!("  {f:?}");
         assert!(f.acked > 0, "seed {seed}: nothing was acknowledged");

@@ -28,6 +28,16 @@ struct Inner {
     fail_next_sync: bool,
 }
 
+/// A snapshot's batches staged beside an in-memory log (what a simulation's streaming
+/// transport downloads), checked, installed whole by `install_staged`.
+#[derive(Debug, Clone)]
+pub struct MemStaged {
+    pub first_offset: u64,
+    pub first_index: u64,
+    /// Whole batches, back to back.
+    pub batches: Vec<u8>,
+}
+
 /// A partition log in memory.
 pub struct MemStore {
     inner: RefCell<Inner>,
@@ -154,8 +164,7 @@ impl Inner {
 }
 
 impl LogStore for MemStore {
-    /// In memory a snapshot arrives as batches (`install`): nothing is staged.
-    type Staged = std::convert::Infallible;
+    type Staged = MemStaged;
     fn first_index(&self) -> u64 {
         self.inner.borrow().start_index
     }
@@ -187,8 +196,14 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    async fn install_staged(&self, staged: Self::Staged, _meta: &[u8]) -> Result<()> {
-        match staged {}
+    async fn install_staged(&self, staged: Self::Staged, meta: &[u8]) -> Result<()> {
+        self.install(
+            staged.first_offset,
+            staged.first_index,
+            &staged.batches,
+            meta,
+        )
+        .await
     }
 
     async fn install(

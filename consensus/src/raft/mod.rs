@@ -47,7 +47,7 @@ pub use group::{
     Committed, GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SetStats,
     SnapshotJob, SnapshotProgress, Transport,
 };
-pub use mem_store::MemStore;
+pub use mem_store::{MemStaged, MemStore};
 pub use replica::RaftReplication;
 pub use storage::{FetchJob, RaftLog, RaftMeta, SnapshotData};
 pub use store::LogStore;
