@@ -11,6 +11,11 @@
 //! is persisted: its entries are applied, made visible and acknowledged in the round after
 //! the one that wrote them, which is also the round that writes the next appends.
 //!
+//! Snapshots received become downloads beside the loop (`snapshot_transfer::download`, one
+//! task each, ended with the loop); the loop steps a snapshot once its files are verified, and
+//! the next Ready swaps them in. A transfer this node serves asks the loop for the group's
+//! files (read beside it) and reports how it went.
+//!
 //! The set is the loop's alone (it holds it across the awaits of a round); everything else
 //! reaches it through the command queue, and reads its state through the status the loop
 //! publishes after each round.

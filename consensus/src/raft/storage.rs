@@ -33,9 +33,11 @@
 //! segments below it. A follower that needs an entry below the leader's first index gets a
 //! snapshot: a log partition's snapshot at index S is its retained log up to S. The Raft
 //! message carries only a small descriptor ([`SnapshotData`]: first retained index and
-//! offset, S, the offset after S); the batches themselves travel outside Raft (the transport
-//! fetches them from the sender, see `Transport::fetch_snapshot`), are checked, and replace
-//! the follower's log with the metadata ([`RaftLog::install`]).
+//! offset, S, the offset after S); the data travels outside Raft, is checked, and replaces
+//! the follower's log with the metadata: the server's transport streams the sender's segment
+//! files into a directory beside the log and swaps it in ([`RaftLog::install_staged`], see
+//! `snapshot_transfer`); the simulation's fetches the batches (`Transport::fetch_snapshot`,
+//! [`RaftLog::install`]).
 
 use super::entry;
 use super::error::{Error, Result};
