@@ -2,7 +2,8 @@
 //! second log's temporary directory, verified and swapped in atomically; the copy reads
 //! byte for byte like the source up to `last` and takes appends after it; a corrupt byte
 //! fails verification and leaves the old log; a temporary directory left by a crash (a
-//! partial download, or an old log after the exchange) is removed when the log opens.
+//! partial download before the exchange, or the whole old log after it) is removed when the
+//! log opens, and the log is the one the exchange left in place.
 
 use bytes::Bytes;
 use engine::batch::{self, Kind, NewRecord, Stamp};
@@ -215,6 +216,23 @@ fn a_leftover_temporary_directory_is_removed_at_open() {
             .expect("reopen");
         assert!(!staging.exists(), "the leftover is removed");
         assert_eq!(log.next_index(), next, "the log is the old one");
+        log.close().await.expect("close");
+
+        // A crash right after the exchange: the new log in place, the old one (whole) under
+        // the temporary name. The open keeps the new one and removes the old.
+        let new_dir = root.join("new");
+        let new = Log::open(&new_dir, small(), FileBudget::new(8))
+            .await
+            .expect("new");
+        fill(&new, 10).await;
+        new.close().await.expect("close");
+        std::fs::rename(&dir, &staging).expect("old log aside");
+        std::fs::rename(&new_dir, &dir).expect("new log in place");
+        let log = Log::open(&dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        assert!(!staging.exists(), "the old log is removed");
+        assert_eq!(log.next_index(), 11, "the log is the new one");
         log.close().await.expect("close");
     });
 }
