@@ -4,7 +4,7 @@
 //! follower's log conflicts with its leader's, and the term runs `(first index, term)`
 //! rebuilt from the sparse indexes (which hold an entry at every term change).
 
-use super::read::StoredBatch;
+use super::read::{StoredBatch, Window};
 use super::{find, Appended, Log};
 use crate::batch::Header;
 use crate::error::{Error, Result};
@@ -39,20 +39,7 @@ impl Log {
     /// for any write or sync, whatever the durability policy: the caller syncs ([`Log::sync`])
     /// before it acknowledges them.
     pub async fn append_buffered(&self, bytes: &[u8]) -> Result<Option<Appended>> {
-        let batches = self.check_raw(bytes)?;
-        let mut result: Option<Appended> = None;
-        for (header, range) in batches {
-            let a = self
-                .append_payload(super::admission::Payload::Raw {
-                    header,
-                    bytes: &bytes[range],
-                })
-                .await?;
-            result = Some(Appended {
-                base_offset: result.map(|r| r.base_offset).unwrap_or(a.base_offset),
-                last_offset: a.last_offset,
-            });
-        }
+        let result = self.admit_raw(bytes).await?;
         self.appended.notify(usize::MAX);
         Ok(result)
     }
@@ -158,16 +145,11 @@ impl Log {
             let window = max_bytes
                 .clamp(limits::MIN_READ_WINDOW_BYTES, limits::MAX_READ_WINDOW_BYTES)
                 + self.config.index_interval_bytes as usize;
-            let (mut chunk_pos, mut chunk) = (pos, Bytes::new());
+            let mut w = Window::new(pos);
             let mut pos = pos;
             let before = want;
             while pos < size && want < to {
-                if pos + crate::batch::HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
-                    chunk = self.fetch(base, pos, window).await?;
-                    chunk_pos = pos;
-                }
-                let header =
-                    super::read::header_at(&chunk[(pos - chunk_pos) as usize..], &path, pos)?;
+                let header = self.header_in(base, &path, &mut w, pos, window).await?;
                 let len = header.batch_len();
                 if header.raft_index < want {
                     pos += len as u64;
@@ -186,22 +168,9 @@ impl Log {
                 if !out.is_empty() && bytes + len > max_bytes {
                     return Ok(out);
                 }
-                if pos + len as u64 > chunk_pos + chunk.len() as u64 {
-                    chunk = self.fetch(base, pos, len.max(window)).await?;
-                    chunk_pos = pos;
-                    if chunk.len() < len {
-                        return Err(Error::corrupt(
-                            &path,
-                            pos,
-                            "batch runs past the end of the segment",
-                        ));
-                    }
-                }
-                let at = (pos - chunk_pos) as usize;
-                let b = chunk.slice(at..at + len);
-                if !crate::batch::crc_ok(&header, &b) {
-                    return Err(Error::corrupt(&path, pos, "checksum mismatch"));
-                }
+                let b = self
+                    .batch_in(base, &path, &mut w, &header, pos, window, true)
+                    .await?;
                 bytes += len;
                 out.push(StoredBatch {
                     header,

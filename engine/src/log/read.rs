@@ -454,15 +454,13 @@ impl Log {
     /// all it asked for.
     async fn read_segment(&self, base: u64, c: &mut Collect) -> Result<bool> {
         let (path, index_path, mut pos, size) = self.locate(base, c.want)?;
-        let (mut chunk_pos, mut chunk) = (pos, Bytes::new());
+        let mut w = Window::new(pos);
         let before = c.want;
         while pos < size {
-            if pos + HEADER_LEN as u64 > chunk_pos + chunk.len() as u64 {
+            if !w.holds(pos, HEADER_LEN) {
                 c.close_run();
-                chunk = self.fetch(base, pos, c.window).await?;
-                chunk_pos = pos;
             }
-            let header = header_at(&chunk[(pos - chunk_pos) as usize..], &path, pos)?;
+            let header = self.header_in(base, &path, &mut w, pos, c.window).await?;
             let len = header.batch_len();
             if header.next_offset() <= c.want {
                 // Before the offset asked for: skip without reading its body. Whatever is
@@ -484,25 +482,14 @@ impl Log {
             if !c.out.is_empty() && c.bytes + len > c.max_bytes {
                 return Ok(true);
             }
-            if pos + len as u64 > chunk_pos + chunk.len() as u64 {
-                let need = len.max(c.max_bytes.saturating_sub(c.bytes).min(c.window));
+            if !w.holds(pos, len) {
                 c.close_run();
-                chunk = self.fetch(base, pos, need).await?;
-                chunk_pos = pos;
-                if chunk.len() < len {
-                    return Err(Error::corrupt(
-                        &path,
-                        pos,
-                        "batch runs past the end of the segment",
-                    ));
-                }
             }
-            let at = (pos - chunk_pos) as usize;
-            let bytes = chunk.slice(at..at + len);
-            if c.check && !batch::crc_ok(&header, &bytes) {
-                return Err(Error::corrupt(&path, pos, "checksum mismatch"));
-            }
-            c.extend_run(&chunk, at, len, base, pos);
+            let need = c.max_bytes.saturating_sub(c.bytes).min(c.window);
+            let bytes = self
+                .batch_in(base, &path, &mut w, &header, pos, need, c.check)
+                .await?;
+            c.extend_run(&w.bytes, w.offset_of(pos), len, base, pos);
             c.push(StoredBatch {
                 header,
                 segment: base,
@@ -662,6 +649,87 @@ fn writer_bytes(w: &segment::Writer, pos: u64, end: u64) -> (Bytes, u64) {
         Bytes::from(v)
     };
     (mem, m0)
+}
+
+/// A piece of one segment file read ahead: its bytes from `pos`. Readers take headers and
+/// batches from it while it holds them whole, and read a new piece from where one runs past
+/// its end.
+pub(super) struct Window {
+    pos: u64,
+    bytes: Bytes,
+}
+
+impl Window {
+    /// An empty window at `pos`: the first header asked of it reads a piece.
+    pub(super) fn new(pos: u64) -> Window {
+        Window {
+            pos,
+            bytes: Bytes::new(),
+        }
+    }
+
+    /// Whether bytes `[pos, pos + len)` of the file are in the window.
+    pub(super) fn holds(&self, pos: u64, len: usize) -> bool {
+        pos >= self.pos && pos + len as u64 <= self.pos + self.bytes.len() as u64
+    }
+
+    /// Where file position `pos` (in the window) is in its bytes.
+    fn offset_of(&self, pos: u64) -> usize {
+        (pos - self.pos) as usize
+    }
+}
+
+impl Log {
+    /// The batch header at `pos` of segment `base`, from `w`, or from `window` bytes read
+    /// into `w` from `pos` when `w` does not hold a whole header there.
+    pub(super) async fn header_in(
+        &self,
+        base: u64,
+        path: &Path,
+        w: &mut Window,
+        pos: u64,
+        window: usize,
+    ) -> Result<Header> {
+        if !w.holds(pos, HEADER_LEN) {
+            w.bytes = self.fetch(base, pos, window).await?;
+            w.pos = pos;
+        }
+        header_at(&w.bytes[w.offset_of(pos)..], path, pos)
+    }
+
+    /// The batch of `header` at `pos` of segment `base`, its CRC checked when `check`: from
+    /// `w`, or from `need` bytes (at least the batch) read into `w` from `pos` when `w` does
+    /// not hold it whole. A batch that runs past the end of the file is corrupt.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn batch_in(
+        &self,
+        base: u64,
+        path: &Path,
+        w: &mut Window,
+        header: &Header,
+        pos: u64,
+        need: usize,
+        check: bool,
+    ) -> Result<Bytes> {
+        let len = header.batch_len();
+        if !w.holds(pos, len) {
+            w.bytes = self.fetch(base, pos, len.max(need)).await?;
+            w.pos = pos;
+            if w.bytes.len() < len {
+                return Err(Error::corrupt(
+                    path,
+                    pos,
+                    "batch runs past the end of the segment",
+                ));
+            }
+        }
+        let at = w.offset_of(pos);
+        let bytes = w.bytes.slice(at..at + len);
+        if check && !batch::crc_ok(header, &bytes) {
+            return Err(Error::corrupt(path, pos, "checksum mismatch"));
+        }
+        Ok(bytes)
+    }
 }
 
 /// The header of the batch at the start of `bytes` (at `pos` in `path`).
