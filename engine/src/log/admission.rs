@@ -119,6 +119,16 @@ impl Log {
         let appended = self
             .append_payload(Payload::Records { term, records })
             .await?;
+        self.after_append_timed(started, appended).await
+    }
+
+    /// [`after_append`](Self::after_append), timed: `append` is the time from `started` until
+    /// the batch was buffered (now), `fsync` the wait for the durability policy after it.
+    async fn after_append_timed(
+        &self,
+        started: Instant,
+        appended: Appended,
+    ) -> Result<(Appended, AppendTiming)> {
         let buffered = Instant::now();
         let appended = self.after_append(appended).await?;
         let timing = AppendTiming {
@@ -141,14 +151,7 @@ impl Log {
         let appended = self
             .append_payload(Payload::Encoded { term, batch })
             .await?;
-        let buffered = Instant::now();
-        let appended = self.after_append(appended).await?;
-        let timing = AppendTiming {
-            queue: Duration::ZERO,
-            append: buffered - started,
-            fsync: buffered.elapsed(),
-        };
-        Ok((appended, timing))
+        self.after_append_timed(started, appended).await
     }
 
     /// Whether the log would take `batch` now: writable (not latched, closed or waiting for

@@ -16,6 +16,16 @@ impl Log {
     /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
     /// is checked (CRC, continuity with the log's next offset) before anything is written.
     pub async fn append_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
+        let result = self.admit_raw(bytes).await?;
+        match result {
+            Some(a) => self.after_append(a).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks `bytes` ([`check_raw`](Self::check_raw)) and copies its batches into the
+    /// write-behind buffer, returning the offsets they took (none for an empty input).
+    pub(super) async fn admit_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
         let batches = self.check_raw(bytes)?;
         let mut result: Option<Appended> = None;
         for (header, range) in batches {
@@ -30,10 +40,7 @@ impl Log {
                 last_offset: a.last_offset,
             });
         }
-        match result {
-            Some(a) => self.after_append(a).await.map(Some),
-            None => Ok(None),
-        }
+        Ok(result)
     }
 
     /// Splits `bytes` into whole batches, each checked (header, CRC, size) and continuing the
