@@ -3,11 +3,15 @@
 
 use std::process::ExitCode;
 
+use bench::grpc::failover::{self, FailoverOpts};
 use bench::grpc::{self, opts::Opts};
 use clap::Parser;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if std::env::args().nth(1).as_deref() == Some("failover") {
+        return failover();
+    }
     let opts = Opts::parse();
     // Bad combinations of options are usage errors, like the ones clap reports: exit 2.
     if let Err(e) = opts.validate() {
@@ -36,6 +40,40 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("proglog-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `proglog-bench failover ...`: the leader-kill scenario, with options of its own.
+fn failover() -> ExitCode {
+    let args = std::env::args()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, a)| a);
+    let opts = FailoverOpts::parse_from(args);
+    let json = opts.json;
+    match failover::run(opts) {
+        Ok(r) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r.json()).unwrap_or_default()
+                );
+            } else {
+                print!("{}", r.human());
+            }
+            if r.error.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                if json {
+                    eprintln!("proglog-bench failover: {}", r.error.unwrap_or_default());
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("proglog-bench failover: {e:#}");
             ExitCode::FAILURE
         }
     }

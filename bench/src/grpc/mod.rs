@@ -3,8 +3,10 @@
 //! [`opts`] is the command line, [`run`] plans connections and lanes and drives them on
 //! glommio executors, [`payload`] stamps and checks record values, [`verify`] reads back
 //! what was acknowledged, [`loopback`] measures the machine's loopback TCP ceiling, and
-//! [`report`] prints the results. [`main`] ties them together.
+//! [`report`] prints the results. [`main`] ties them together. [`failover`] is a scenario of
+//! its own (`proglog-bench failover`): it kills a partition's leader and times the recovery.
 
+pub mod failover;
 pub mod loopback;
 pub mod opts;
 pub mod payload;

@@ -46,6 +46,10 @@ append :N to give one workload N connections, e.g. produce-stream:4,consume-stre
                   producer they are idle: use with --server-pid to see what idle streams cost)
   none            no load (e.g. only --measure-loopback)
 
+FAILOVER: `proglog-bench failover --addr A,B,C --kill-cmd CMD --restart-cmd CMD` kills a
+partition's leader under load and times until a produce is acknowledged again (see
+`proglog-bench failover --help`).
+
 LANES: a workload runs --connections x --streams lanes. A lane of a streaming workload is one
 stream; a lane of a unary workload is a pipeline of up to --window concurrent calls on its
 connection. --rate is split evenly over the lanes.
