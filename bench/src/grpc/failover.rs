@@ -140,6 +140,12 @@ pub struct Trial {
     pub new_leader: String,
     /// How long `--kill-cmd` itself took (included in `secs`).
     pub kill_cmd_secs: f64,
+    /// When a node first answered NO_LEADER after the kill: a follower had given up on the
+    /// dead leader and started an election (it forgets the leader when it campaigns).
+    pub no_leader_secs: Option<f64>,
+    /// When a node first named a new leader (NOT_LEADER naming a live node), or the first
+    /// acknowledgement if that came first.
+    pub new_leader_secs: Option<f64>,
     /// Errors the producers saw between the kill and that acknowledgement, by kind.
     pub errors: HashMap<&'static str, u64>,
 }
@@ -156,6 +162,12 @@ struct Shared {
     count_from: Cell<Option<Instant>>,
     /// First acknowledgement of the running trial: when, and from which node.
     first_ack: Cell<Option<(Instant, SocketAddr)>>,
+    /// The node the running trial killed.
+    killed: Cell<Option<SocketAddr>>,
+    /// First NO_LEADER and first NOT_LEADER naming another node than the killed one, in the
+    /// running trial.
+    no_leader_at: Cell<Option<Instant>>,
+    named_at: Cell<Option<Instant>>,
     acks: Cell<u64>,
     errors: RefCell<HashMap<&'static str, u64>>,
     other_errors: RefCell<Vec<String>>,
@@ -298,11 +310,21 @@ async fn producer(sh: Rc<Shared>, id: usize) {
                 if counts && sh.first_ack.get().is_none() {
                     sh.first_ack.set(Some((Instant::now(), a)));
                 }
+                if counts && sh.named_at.get().is_none() {
+                    sh.named_at.set(Some(Instant::now()));
+                }
             }
             Err(st) => match classify(&st) {
                 Failure::NotLeader(named) => {
                     sh.count("not_leader");
                     let named = named.and_then(|n| n.to_socket_addrs().ok()?.next());
+                    let after_kill = sh.count_from.get().is_some_and(|t| sent >= t);
+                    if after_kill
+                        && named.is_some_and(|n| Some(n) != sh.killed.get())
+                        && sh.named_at.get().is_none()
+                    {
+                        sh.named_at.set(Some(Instant::now()));
+                    }
                     match named {
                         Some(n) if n != a && !sh.down(n) => sh.leader.set(Some(n)),
                         _ => {
@@ -315,6 +337,10 @@ async fn producer(sh: Rc<Shared>, id: usize) {
                 }
                 Failure::NoLeader => {
                     sh.count("no_leader");
+                    let after_kill = sh.count_from.get().is_some_and(|t| sent >= t);
+                    if after_kill && sh.no_leader_at.get().is_none() {
+                        sh.no_leader_at.set(Some(Instant::now()));
+                    }
                     if sh.leader.get() == Some(a) {
                         sh.leader.set(None);
                     }
@@ -327,11 +353,12 @@ async fn producer(sh: Rc<Shared>, id: usize) {
                 }
                 Failure::Other => {
                     sh.count("other");
-                    let mut o = sh.other_errors.borrow_mut();
-                    if o.len() < 20 {
-                        o.push(format!("{a}: {}: {}", st.code.name(), st.message));
+                    {
+                        let mut o = sh.other_errors.borrow_mut();
+                        if o.len() < 20 {
+                            o.push(format!("{a}: {}: {}", st.code.name(), st.message));
+                        }
                     }
-                    drop(o);
                     sleep(NO_LEADER_PAUSE).await;
                 }
             },
@@ -463,6 +490,9 @@ async fn trial(sh: &Shared, n: usize) -> Result<Trial> {
     }
     sh.errors.borrow_mut().clear();
     sh.first_ack.set(None);
+    sh.no_leader_at.set(None);
+    sh.named_at.set(None);
+    sh.killed.set(Some(leader));
     let t0 = Instant::now();
     // Blocks the executor for the command's few milliseconds: part of the measured time.
     shell(&opts.kill_cmd, leader, id, &name)?;
@@ -487,6 +517,14 @@ async fn trial(sh: &Shared, n: usize) -> Result<Trial> {
         secs: t1.duration_since(t0).as_secs_f64(),
         new_leader: by.to_string(),
         kill_cmd_secs: killed.duration_since(t0).as_secs_f64(),
+        no_leader_secs: sh
+            .no_leader_at
+            .get()
+            .map(|t| t.duration_since(t0).as_secs_f64()),
+        new_leader_secs: sh
+            .named_at
+            .get()
+            .map(|t| t.duration_since(t0).as_secs_f64()),
         errors: sh.errors.borrow().clone(),
     };
     // The dead process's listening socket can outlive it briefly (io_uring tears its rings
@@ -536,16 +574,23 @@ impl FailoverReport {
             self.opts.record_size,
             self.opts.call_timeout
         );
-        out.push_str("trial  killed (raft id)         first ack after kill  by             errors until then\n");
+        out.push_str(
+            "seconds after the kill: first NO_LEADER (an election began), first answer naming \
+             the new leader, first acknowledged produce\n",
+        );
+        out.push_str("trial  killed (raft id)     NO_LEADER  new leader  first ack  by               errors until then\n");
+        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
         for (i, t) in self.trials.iter().enumerate() {
             let mut errs: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
             errs.sort();
             out.push_str(&format!(
-                "{:>5}  {:<17} ({:>2})  {:>8.3} s            {:<15} {}\n",
+                "{:>5}  {:<15} ({:>2})  {:>9}  {:>10}  {:>9}  {:<15}  {}\n",
                 i + 1,
                 t.killed_addr,
                 t.killed_id,
-                t.secs,
+                secs(t.no_leader_secs),
+                secs(t.new_leader_secs),
+                format!("{:.3}", t.secs),
                 t.new_leader,
                 errs.join(", ")
             ));
@@ -583,6 +628,8 @@ impl FailoverReport {
                 "secs": t.secs,
                 "new_leader": t.new_leader,
                 "kill_cmd_secs": t.kill_cmd_secs,
+                "no_leader_secs": t.no_leader_secs,
+                "new_leader_secs": t.new_leader_secs,
                 "errors": t.errors,
             })).collect::<Vec<_>>(),
             "p50_secs": (!s.is_empty()).then(|| percentile(&s, 0.5)),
@@ -624,6 +671,9 @@ pub fn run(opts: FailoverOpts) -> Result<FailoverReport> {
             down_until: RefCell::new(HashMap::new()),
             count_from: Cell::new(None),
             first_ack: Cell::new(None),
+            killed: Cell::new(None),
+            no_leader_at: Cell::new(None),
+            named_at: Cell::new(None),
             acks: Cell::new(0),
             errors: RefCell::new(HashMap::new()),
             other_errors: RefCell::new(Vec::new()),
