@@ -2,10 +2,13 @@
 //!
 //! Producers (unary Produce, one record each, `--producers` of them) follow the partition's
 //! leader the way a cluster-aware client does: they send to the node they believe leads, follow
-//! the address a `NOT_LEADER` error names, pause briefly and try another node on `NO_LEADER`,
-//! and treat a node they cannot reach (connection refused or lost, no answer within
-//! `--call-timeout`) as down for a moment. Nothing else is retried: any other error is counted
-//! and printed.
+//! the address a `NOT_LEADER` error names, pause briefly and try another node on `NO_LEADER`
+//! or when a node answers UNAVAILABLE without a cluster reason (a follower that could not
+//! forward the produce to the leader), and treat a node they cannot reach (connection refused
+//! or lost, no answer within `--call-timeout`) as down for a moment. Nothing else is retried:
+//! `OUTCOME_UNKNOWN` (the record may have been committed) and any other error are counted,
+//! and the producer goes on with a new record. A produce that outlives `--call-timeout` is
+//! abandoned and sent to the next node (a follower may hold it, see the option).
 //!
 //! Each trial waits until the cluster is whole (every node serving, the partition's leader
 //! reporting every replica a caught-up voter) and its leader has not changed for `--settle`,
@@ -45,10 +48,15 @@ use super::opts::{parse_duration, SizeRange};
 
 /// How long a node that could not be reached is skipped by the producers.
 const DOWN_FOR: Duration = Duration::from_millis(200);
+/// Connecting (TCP and the HTTP/2 handshake) to a node: a dead node's listening socket can
+/// linger and accept without answering.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause after NO_LEADER (or NOT_LEADER naming no usable node) before the next attempt.
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(10);
 /// How often the trial loop polls the cluster while it waits.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the surviving nodes are asked whether they lead, after a kill.
+const ELECTION_POLL: Duration = Duration::from_millis(10);
 
 /// `proglog-bench failover` options.
 #[derive(Debug, Clone, Parser)]
@@ -97,15 +105,17 @@ pub struct FailoverOpts {
     pub partition: u32,
 
     /// Concurrent producers (each keeps one unary Produce in flight)
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub producers: usize,
 
     /// Record value size
     #[arg(long, default_value = "100", value_name = "SIZE")]
     pub record_size: SizeRange,
 
-    /// Deadline of each produce and connect; a node that does not answer in time is treated
-    /// as unreachable
+    /// Deadline of each produce; a node that does not answer in time is treated as
+    /// unreachable for a moment. A follower holds a forwarded produce while it has no leader
+    /// (up to 2 s) or while its connection to a dead leader is retried: a deadline longer than
+    /// that measures the forwarding path, a shorter one a client that moves on
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     pub call_timeout: Duration,
 
@@ -140,6 +150,8 @@ pub struct Trial {
     pub new_leader: String,
     /// How long `--kill-cmd` itself took (included in `secs`).
     pub kill_cmd_secs: f64,
+    /// When a surviving node first said (DescribeCluster) that it leads the partition.
+    pub elected_secs: Option<f64>,
     /// When a node first answered NO_LEADER after the kill: a follower had given up on the
     /// dead leader and started an election (it forgets the leader when it campaigns).
     pub no_leader_secs: Option<f64>,
@@ -201,21 +213,32 @@ impl Shared {
 enum Failure {
     NotLeader(Option<String>),
     NoLeader,
-    /// Connection refused or lost, or no answer in time.
+    /// Connection refused or lost.
     Unreachable,
+    /// No answer within the call's deadline: the node may be dead, or holding the produce
+    /// (a follower forwarding it to a leader that is gone).
+    Deadline,
+    /// The node answered UNAVAILABLE without a cluster reason: it could not forward the
+    /// produce to the leader (no connection to it, or its queue to it is full).
+    ForwardFailed,
+    OutcomeUnknown,
     Other,
 }
 
 fn classify(st: &Status) -> Failure {
+    // The client's own verdicts on the connection (net::Status::from_h2, the local deadline).
     if st.code == Code::DeadlineExceeded {
+        return Failure::Deadline;
+    }
+    let local = st.message.starts_with("connection error") || st.message.starts_with("h2:");
+    if local {
         return Failure::Unreachable;
     }
     if st.code != Code::Unavailable {
         return Failure::Other;
     }
     if st.details.is_empty() {
-        // No ErrorInfo: the connection failed (see net::Status::from_h2).
-        return Failure::Unreachable;
+        return Failure::ForwardFailed;
     }
     let info = rpc::Status::decode(st.details.as_ref())
         .ok()
@@ -227,6 +250,7 @@ fn classify(st: &Status) -> Failure {
                 .filter(|a| !a.is_empty()),
         ),
         Some(errors::NO_LEADER) => Failure::NoLeader,
+        Some(errors::OUTCOME_UNKNOWN) => Failure::OutcomeUnknown,
         _ => Failure::Other,
     }
 }
@@ -250,10 +274,10 @@ fn target(sh: &Shared, rotate: &mut usize) -> Option<SocketAddr> {
 
 async fn connect(sh: &Shared, a: SocketAddr) -> Option<Channel> {
     let mut config = sh.config.clone();
-    config.connect_timeout = sh.opts.call_timeout;
+    config.connect_timeout = CONNECT_TIMEOUT;
     // The h2 handshake has no deadline of its own: a listening socket of a dead process
     // accepts and never answers.
-    timeout(sh.opts.call_timeout, async {
+    timeout(CONNECT_TIMEOUT, async {
         Ok(Channel::connect(a, config).await.ok())
     })
     .await
@@ -351,6 +375,25 @@ async fn producer(sh: Rc<Shared>, id: usize) {
                     conn = None;
                     sh.mark_down(a);
                 }
+                Failure::Deadline => {
+                    // Not marked down: a live follower holds produces it cannot forward yet.
+                    // The next attempt goes to another node.
+                    sh.count("deadline");
+                    if sh.leader.get() == Some(a) {
+                        sh.leader.set(None);
+                    }
+                }
+                Failure::ForwardFailed => {
+                    sh.count("forward_failed");
+                    if sh.leader.get() == Some(a) {
+                        sh.leader.set(None);
+                    }
+                    sleep(NO_LEADER_PAUSE).await;
+                }
+                Failure::OutcomeUnknown => {
+                    sh.count("outcome_unknown");
+                    sleep(NO_LEADER_PAUSE).await;
+                }
                 Failure::Other => {
                     sh.count("other");
                     {
@@ -433,6 +476,20 @@ async fn whole_leader(sh: &Shared) -> Option<(SocketAddr, u64, String)> {
     None
 }
 
+/// Whether the node at `a` says it leads the partition.
+async fn leads(a: SocketAddr, sh: &Shared) -> bool {
+    let Some(d) = describe(a, &sh.config).await else {
+        return false;
+    };
+    d.partitions.iter().any(|p| {
+        p.topic == sh.opts.topic
+            && p.partition == sh.opts.partition
+            && p.local
+            && p.leader != 0
+            && p.leader == d.node_id
+    })
+}
+
 fn shell(cmd: &str, addr: SocketAddr, id: u64, name: &str) -> Result<()> {
     let st = Command::new("sh")
         .arg("-c")
@@ -498,9 +555,31 @@ async fn trial(sh: &Shared, n: usize) -> Result<Trial> {
     shell(&opts.kill_cmd, leader, id, &name)?;
     let killed = Instant::now();
     sh.count_from.set(Some(killed));
-    let (t1, by) = loop {
-        if let Some(f) = sh.first_ack.get() {
-            break f;
+    // Beside the producers, the surviving nodes are asked (DescribeCluster, every
+    // ELECTION_POLL) until one says it leads the partition: the cluster's own failover time,
+    // apart from what a client needs to find the new leader.
+    let mut elected: Option<Instant> = None;
+    let mut acked: Option<(Instant, SocketAddr)> = None;
+    loop {
+        if acked.is_none() {
+            acked = sh.first_ack.get();
+        }
+        if elected.is_none() {
+            for a in sh.addrs.iter().filter(|a| **a != leader) {
+                if leads(*a, sh).await {
+                    elected = Some(Instant::now());
+                    break;
+                }
+            }
+        }
+        let done = match (acked, elected) {
+            (Some(_), Some(_)) => true,
+            // The describe may trail the acknowledgement a little; not forever.
+            (Some((t, _)), None) => t.elapsed() > Duration::from_secs(2),
+            _ => false,
+        };
+        if done {
+            break;
         }
         if t0.elapsed() > opts.trial_timeout {
             bail!(
@@ -508,7 +587,10 @@ async fn trial(sh: &Shared, n: usize) -> Result<Trial> {
                 opts.trial_timeout
             );
         }
-        sleep(Duration::from_millis(1)).await;
+        sleep(ELECTION_POLL).await;
+    }
+    let Some((t1, by)) = acked else {
+        bail!("trial {n}: no acknowledgement recorded");
     };
     sh.count_from.set(None);
     let t = Trial {
@@ -517,6 +599,7 @@ async fn trial(sh: &Shared, n: usize) -> Result<Trial> {
         secs: t1.duration_since(t0).as_secs_f64(),
         new_leader: by.to_string(),
         kill_cmd_secs: killed.duration_since(t0).as_secs_f64(),
+        elected_secs: elected.map(|t| t.duration_since(t0).as_secs_f64()),
         no_leader_secs: sh
             .no_leader_at
             .get()
@@ -575,21 +658,22 @@ impl FailoverReport {
             self.opts.call_timeout
         );
         out.push_str(
-            "seconds after the kill: first NO_LEADER (an election began), first answer naming \
-             the new leader, first acknowledged produce\n",
+            "seconds after the kill: a surviving node says it leads (DescribeCluster, polled \
+             every 10 ms), first acknowledged produce\n",
         );
-        out.push_str("trial  killed (raft id)     NO_LEADER  new leader  first ack  by               errors until then\n");
+        out.push_str(
+            "trial  killed (raft id)     elected  first ack  by               errors until then\n",
+        );
         let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
         for (i, t) in self.trials.iter().enumerate() {
             let mut errs: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
             errs.sort();
             out.push_str(&format!(
-                "{:>5}  {:<15} ({:>2})  {:>9}  {:>10}  {:>9}  {:<15}  {}\n",
+                "{:>5}  {:<15} ({:>2})  {:>7}  {:>9}  {:<15}  {}\n",
                 i + 1,
                 t.killed_addr,
                 t.killed_id,
-                secs(t.no_leader_secs),
-                secs(t.new_leader_secs),
+                secs(t.elected_secs),
                 format!("{:.3}", t.secs),
                 t.new_leader,
                 errs.join(", ")
@@ -605,6 +689,17 @@ impl FailoverReport {
                 mean,
                 s[0],
                 s[s.len() - 1]
+            ));
+        }
+        let mut el: Vec<f64> = self.trials.iter().filter_map(|t| t.elected_secs).collect();
+        el.sort_by(f64::total_cmp);
+        if !el.is_empty() {
+            out.push_str(&format!(
+                "elected (a surviving node leads): trials {}  p50 {:.3} s  min {:.3} s  max {:.3} s\n",
+                el.len(),
+                percentile(&el, 0.5),
+                el[0],
+                el[el.len() - 1]
             ));
         }
         for e in &self.other_errors {
@@ -628,6 +723,7 @@ impl FailoverReport {
                 "secs": t.secs,
                 "new_leader": t.new_leader,
                 "kill_cmd_secs": t.kill_cmd_secs,
+                "elected_secs": t.elected_secs,
                 "no_leader_secs": t.no_leader_secs,
                 "new_leader_secs": t.new_leader_secs,
                 "errors": t.errors,
@@ -732,8 +828,12 @@ mod tests {
             Failure::Unreachable
         );
         assert_eq!(
+            classify(&Status::unavailable("no connection to the leader")),
+            Failure::ForwardFailed
+        );
+        assert_eq!(
             classify(&Status::new(Code::DeadlineExceeded, "late")),
-            Failure::Unreachable
+            Failure::Deadline
         );
         assert_eq!(
             classify(&Status::new(Code::InvalidArgument, "bad")),
@@ -764,7 +864,7 @@ mod tests {
         );
         assert_eq!(
             classify(&cluster(errors::OUTCOME_UNKNOWN, vec![])),
-            Failure::Other
+            Failure::OutcomeUnknown
         );
     }
 }
