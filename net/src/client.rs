@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -107,6 +108,9 @@ struct Inner {
     send: SendRequest<Bytes>,
     authority: String,
     config: ClientConfig,
+    /// Set by the connection's task when it ends: no call on this channel can be sent, so
+    /// a caller may connect again and send without risking a duplicate.
+    closed: Rc<Cell<bool>>,
 }
 
 impl Channel {
@@ -173,6 +177,8 @@ impl Channel {
             _ => None,
         };
         let name = authority.to_owned();
+        let closed = Rc::new(Cell::new(false));
+        let closed_by_task = closed.clone();
         // h2 spawns nothing: this task moves every byte of the connection.
         // It ends when every Channel clone and call on it is gone.
         glommio::spawn_local(async move {
@@ -188,6 +194,7 @@ impl Channel {
                 })
             })
             .await;
+            closed_by_task.set(true);
             match r {
                 Ok(()) => log::debug!("connection to {name} closed"),
                 Err(e) => log::info!("connection to {name}: {e}"),
@@ -199,8 +206,16 @@ impl Channel {
                 send,
                 authority: authority.to_owned(),
                 config,
+                closed,
             }),
         })
+    }
+
+    /// Whether the connection has ended (the peer closed it, reset it, or went silent past
+    /// the keepalive timeout). A call started on a closed channel fails before anything is
+    /// sent; one started on an open channel may still find it closed mid-call.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.get()
     }
 
     fn build_request(&self, path: &str, opts: &CallOptions) -> Result<http::Request<()>, Status> {

@@ -68,11 +68,8 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         if n.id == first.node_id || !n.live || n.removed {
             continue;
         }
-        let Ok(addr) = n.rpc_addr.parse() else {
-            continue;
-        };
         let other = Conn {
-            addr,
+            addr: vec![n.rpc_addr.clone()],
             ..conn.clone()
         };
         match describe_one(&other).await {

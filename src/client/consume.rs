@@ -1,12 +1,31 @@
 //! `proglog consume`: ConsumeBatch up to the end (or a limit); with --follow, then
-//! ConsumeBatchStream to tail the partition.
+//! ConsumeBatchStream to tail the partition. Reads go to the partition's leader, or
+//! round-robin over its followers with `--read-from followers`; a read that finds a node
+//! gone is tried again on another from where it stopped (reads change nothing).
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use net::Code;
+use proglog_client::{ReadFrom, NO_LEADER_PAUSE};
 use proto::log::v1::{paths, ConsumeBatchRequest, ConsumeBatchResponse, Record};
 
 use super::{json_value, Conn};
+
+/// Where reads go (`--read-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadFromArg {
+    /// The partition's leader
+    Leader,
+    /// Round-robin over the partition's followers (committed records only; a follower may
+    /// lag the leader briefly)
+    Followers,
+}
+
+/// How long a tail (`--follow`) keeps looking for a server after its stream broke, without
+/// receiving anything: about an election.
+const TAIL_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -29,6 +48,9 @@ pub struct ConsumeArgs {
     /// At the end of the log, wait for new records instead of exiting (like tail -f)
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Read from the partition's leader, or round-robin from its followers
+    #[arg(long, value_enum, default_value = "leader", value_name = "FROM")]
+    pub read_from: ReadFromArg,
 }
 
 fn print(json: bool, r: &Record) {
@@ -46,7 +68,11 @@ fn print(json: bool, r: &Record) {
 }
 
 pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let ch = a.conn.connect().await?;
+    let read_from = match a.read_from {
+        ReadFromArg::Leader => ReadFrom::Leader,
+        ReadFromArg::Followers => ReadFrom::Followers,
+    };
+    let cluster = a.conn.cluster(read_from)?;
     let end = match (a.to, a.count) {
         (Some(to), _) => Some(to),
         (None, Some(n)) => Some(a.from.saturating_add(n)),
@@ -63,8 +89,8 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     };
     // What is there now.
     while !done(offset) {
-        let resp: ConsumeBatchResponse = ch
-            .unary_prost(paths::CONSUME_BATCH, &request(offset), a.conn.opts())
+        let resp = cluster
+            .consume_batch(&request(offset), a.conn.opts().timeout)
             .await?;
         if resp.records.is_empty() {
             break;
@@ -80,25 +106,48 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     if !a.follow || done(offset) {
         return Ok(ExitCode::SUCCESS);
     }
-    // Then everything appended later, as it arrives; no deadline.
-    let mut stream = ch
-        .server_streaming(
-            paths::CONSUME_BATCH_STREAM,
-            net::encode(&request(offset)),
-            net::client::CallOptions::default(),
-        )
-        .await?;
-    while let Some(resp) = stream.message_as::<ConsumeBatchResponse>().await? {
-        for r in &resp.records {
-            if done(r.offset) {
-                return Ok(ExitCode::SUCCESS);
-            }
-            print(a.conn.json, r);
-            // Stop at the limit now, not when a record past it arrives.
-            if done(r.offset + 1) {
-                return Ok(ExitCode::SUCCESS);
-            }
+    // Then everything appended later, as it arrives; no deadline. A broken stream is
+    // opened again (on another node if need be) from the next offset.
+    let mut since_progress = Instant::now();
+    loop {
+        let (addr, ch) = cluster
+            .reader(&a.topic, a.partition, since_progress + TAIL_RETRY)
+            .await?;
+        let opened = ch
+            .server_streaming(
+                paths::CONSUME_BATCH_STREAM,
+                net::encode(&request(offset)),
+                net::client::CallOptions::default(),
+            )
+            .await;
+        let st = match opened {
+            Err(st) => st,
+            Ok(mut stream) => loop {
+                match stream.message_as::<ConsumeBatchResponse>().await {
+                    Ok(Some(resp)) => {
+                        since_progress = Instant::now();
+                        for r in &resp.records {
+                            if done(r.offset) {
+                                return Ok(ExitCode::SUCCESS);
+                            }
+                            print(a.conn.json, r);
+                            offset = r.offset + 1;
+                            // Stop at the limit now, not when a record past it arrives.
+                            if done(offset) {
+                                return Ok(ExitCode::SUCCESS);
+                            }
+                        }
+                    }
+                    Ok(None) => return Ok(ExitCode::SUCCESS),
+                    Err(st) => break st,
+                }
+            },
+        };
+        cluster.report(&a.topic, a.partition, &addr, &st);
+        if st.code != Code::Unavailable || since_progress.elapsed() + NO_LEADER_PAUSE >= TAIL_RETRY
+        {
+            return Err(st.into());
         }
+        glommio::timer::sleep(NO_LEADER_PAUSE).await;
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -4,20 +4,18 @@
 //! Runs the async gRPC client on a single glommio executor in this process. Human-readable
 //! output by default; `--json` prints one JSON object per line.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use net::client::{CallOptions, Channel, ClientConfig};
 use net::tls::ClientTlsOptions;
+use proglog_client::{Cluster, Options, ReadFrom};
 
 mod admin;
 mod cluster;
 mod consume;
-pub mod errors;
 mod produce;
 
 pub use admin::TopicsCommand;
@@ -28,9 +26,15 @@ pub use produce::ProduceArgs;
 /// Where and how to talk to the server; shared by every client command.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// Server address
-    #[arg(long, default_value = "127.0.0.1:8400", value_name = "ADDR")]
-    pub addr: SocketAddr,
+    /// Server addresses, comma-separated (HOST:PORT, host names allowed): one node of a
+    /// cluster is enough; the others and each partition's leader are learned from it
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8400",
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ','
+    )]
+    pub addr: Vec<String>,
     /// Print one JSON object per line instead of text
     #[arg(long)]
     pub json: bool,
@@ -60,7 +64,17 @@ impl Conn {
         }
     }
 
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
+    /// The call's deadline, or for `--timeout 0` how long to look for a server.
+    pub fn deadline(&self) -> Instant {
+        Instant::now()
+            + self
+                .opts()
+                .timeout
+                .unwrap_or(Duration::from_secs(CONNECT_WITHOUT_DEADLINE_SECS))
+    }
+
+    /// The cluster-aware client over `--addr` (nothing is connected yet).
+    pub fn cluster(&self, read_from: ReadFrom) -> anyhow::Result<Cluster> {
         let tls = ClientTlsOptions {
             ca_file: self.tls_ca_file.clone(),
             cert_file: self.tls_cert_file.clone(),
@@ -73,11 +87,24 @@ impl Conn {
             tls,
             ..ClientConfig::default()
         };
-        Channel::connect(self.addr, config)
-            .await
-            .with_context(|| format!("connecting to {}", self.addr))
+        let options = Options {
+            config,
+            read_from,
+            server_name_from_host: self.tls_server_name.is_none(),
+            ..Options::default()
+        };
+        Ok(Cluster::new(self.addr.clone(), options)?)
+    }
+
+    /// A connection to the first of `--addr` that answers (for calls any node serves).
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let (_, ch) = self.cluster(ReadFrom::Leader)?.any(self.deadline()).await?;
+        Ok(ch)
     }
 }
+
+/// With `--timeout 0`, how long a command looks for a server that answers.
+const CONNECT_WITHOUT_DEADLINE_SECS: u64 = 10;
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {

@@ -1,6 +1,8 @@
-//! `proglog produce`: ProduceStream (pipelined) by default, ProduceBatch with --batch. Both
-//! send again what a cluster refused without taking (NOT_LEADER: at the leader it names;
-//! NO_LEADER: after a pause) until `--timeout` has passed without progress.
+//! `proglog produce`: ProduceStream (pipelined) by default, ProduceBatch with --batch, to the
+//! partition's leader as the cluster-aware client finds it from `--addr`. Both send again
+//! what a cluster refused without taking (NOT_LEADER: at the leader it names; NO_LEADER:
+//! after a pause) until `--timeout` has passed without progress; ProduceBatch calls are sent
+//! by [`Cluster::produce_batch`], which does the same.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -13,11 +15,11 @@ use bytes::Bytes;
 use clap::Args;
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
-use proto::log::v1::{
-    paths, ProduceBatchRequest, ProduceBatchResponse, ProduceRequest, ProduceResponse, Record,
-};
+use proto::log::v1::{paths, ProduceBatchRequest, ProduceRequest, ProduceResponse, Record};
 
-use super::errors::{self, ClusterError};
+use proglog_client::errors::{self, ClusterError};
+use proglog_client::{Cluster, ReadFrom, NO_LEADER_PAUSE};
+
 use super::Conn;
 
 #[derive(Debug, Args)]
@@ -42,8 +44,6 @@ const QUEUE: usize = 1024;
 /// How long one ProduceBatch is sent again while the cluster says it did not take it, when
 /// the call has no deadline (`--timeout 0`): about an election and a configuration change.
 const RETRY_WITHOUT_DEADLINE: Duration = Duration::from_secs(10);
-/// Pause before sending again when no node leads the partition.
-const NO_LEADER_PAUSE: Duration = Duration::from_millis(250);
 
 /// Feeds values from the arguments or from stdin through a bounded channel, read on a
 /// separate thread so that a slow stdin never blocks the executor.
@@ -77,11 +77,11 @@ fn values(args: Vec<String>) -> anyhow::Result<mpsc::Receiver<std::io::Result<By
 }
 
 pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
-    let ch = a.conn.connect().await?;
+    let cluster = a.conn.cluster(ReadFrom::Leader)?;
     let mut input = values(a.values.clone())?;
     match a.batch {
-        Some(n) => batches(&a, &ch, &mut input, n.max(1)).await?,
-        None => stream(&a, &ch, &mut input).await?,
+        Some(n) => batches(&a, &cluster, &mut input, n.max(1)).await?,
+        None => stream(&a, &cluster, &mut input).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -98,41 +98,61 @@ fn print_offset(json: bool, offset: u64) {
 enum StreamEnd {
     /// Reading the values failed: nothing to retry.
     Input(anyhow::Error),
+    /// The call could not be started: nothing of it was sent.
+    NotStarted(net::Status),
     /// The server (or the connection) ended the call.
     Status(net::Status),
 }
 
-/// ProduceStream, sent again from the first unacknowledged value while the cluster says it
-/// did not take them (`NOT_LEADER`, `NO_LEADER`; a stream stops at its first refused batch
-/// and appends nothing after it, see the server's `produce_stream`), until `--timeout` has
-/// passed without progress, as [`send_batch`] does for one batch.
+/// ProduceStream to the partition's leader, sent again from the first unacknowledged value
+/// while the cluster says it did not take them (`NOT_LEADER`: at the leader it names;
+/// `NO_LEADER`: after a pause; a stream stops at its first refused batch and appends nothing
+/// after it, see the server's `produce_stream`) or the call could not be started, until
+/// `--timeout` has passed without progress. A stream that fails any other way (a lost
+/// connection, a timeout) is not sent again: what it had in flight may have been appended.
 async fn stream(
     a: &ProduceArgs,
-    ch: &net::client::Channel,
+    cluster: &Cluster,
     input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
 ) -> anyhow::Result<()> {
     // Sent and not acknowledged yet, in order. Bounded by what the server and HTTP/2 flow
     // control let the stream have in flight.
     let pending = RefCell::new(VecDeque::<Bytes>::new());
-    let mut redirected: Option<net::client::Channel> = None;
     let mut deadline: Option<Instant> = None;
+    let mut redirected = false;
     loop {
+        let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
+        let (addr, ch) = cluster.leader(&a.topic, a.partition, until).await?;
         let progress = Cell::new(false);
-        let target = redirected.as_ref().unwrap_or(ch);
-        let st = match stream_once(a, target, input, &pending, &progress).await {
+        let (st, sent) = match stream_once(a, &ch, input, &pending, &progress).await {
             Ok(()) => return Ok(()),
             Err(StreamEnd::Input(e)) => return Err(e),
-            Err(StreamEnd::Status(st)) => st,
+            Err(StreamEnd::NotStarted(st)) => (st, false),
+            Err(StreamEnd::Status(st)) => (st, true),
         };
+        cluster.report(&a.topic, a.partition, &addr, &st);
         if progress.get() {
             deadline = None;
         }
         let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
-        if !errors::produce_retryable(&st) || Instant::now() + NO_LEADER_PAUSE >= until {
+        if (sent && !errors::produce_retryable(&st)) || Instant::now() + NO_LEADER_PAUSE >= until {
             return Err(st.into());
         }
-        follow(a, &st, &mut redirected).await?;
+        redirected = pause(&st, &addr, redirected).await;
     }
+}
+
+/// Waits before sending again, unless the node named another leader (the first time in a
+/// row: twice means leadership is moving). Returns whether this was such a redirect.
+async fn pause(st: &net::Status, addr: &str, redirected: bool) -> bool {
+    let named = matches!(
+        errors::cluster_error(st),
+        Some(ClusterError::NotLeader { leader_addr: Some(ref l), .. }) if l != addr
+    );
+    if !named || redirected {
+        glommio::timer::sleep(NO_LEADER_PAUSE).await;
+    }
+    named
 }
 
 /// One ProduceStream call: what `pending` holds first, then the input.
@@ -147,7 +167,7 @@ async fn stream_once(
     let (mut tx, mut rx) = ch
         .streaming(paths::PRODUCE_STREAM, net::client::CallOptions::default())
         .await
-        .map_err(StreamEnd::Status)?;
+        .map_err(StreamEnd::NotStarted)?;
     let request = |value: Bytes| ProduceRequest {
         record: Some(Record {
             value,
@@ -207,39 +227,9 @@ fn retry_budget(a: &ProduceArgs) -> Duration {
     }
 }
 
-/// Where to send again after a retryable refusal: the leader it names (over a new
-/// connection), or after a pause the same node.
-async fn follow(
-    a: &ProduceArgs,
-    st: &net::Status,
-    redirected: &mut Option<net::client::Channel>,
-) -> anyhow::Result<()> {
-    match errors::cluster_error(st) {
-        Some(ClusterError::NotLeader {
-            leader_addr: Some(addr),
-            ..
-        }) => {
-            let addr = addr
-                .parse()
-                .with_context(|| format!("the leader's address {addr:?}"))?;
-            if redirected.is_some() {
-                // Redirected again: leadership is moving; don't spin between nodes.
-                glommio::timer::sleep(NO_LEADER_PAUSE).await;
-            }
-            let conn = Conn {
-                addr,
-                ..a.conn.clone()
-            };
-            *redirected = Some(conn.connect().await?);
-        }
-        _ => glommio::timer::sleep(NO_LEADER_PAUSE).await,
-    }
-    Ok(())
-}
-
 async fn batches(
     a: &ProduceArgs,
-    ch: &net::client::Channel,
+    cluster: &Cluster,
     input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
     n: usize,
 ) -> anyhow::Result<()> {
@@ -263,7 +253,7 @@ async fn batches(
             partition: a.partition,
             records,
         };
-        let resp = send_batch(a, ch, &req).await?;
+        let resp = cluster.produce_batch(&req, a.conn.opts().timeout).await?;
         if a.conn.json {
             println!(
                 "{}",
@@ -277,34 +267,5 @@ async fn batches(
         if last {
             return Ok(());
         }
-    }
-}
-
-/// Sends one ProduceBatch, and again while the cluster says it did not take it
-/// (`NOT_LEADER`: at the leader it names, over a new connection; `NO_LEADER`: after a pause),
-/// until the call's deadline (`--timeout`), as a Kafka producer retries until its delivery
-/// timeout: a cluster electing a leader or adding a replica answers within a few seconds.
-/// Any other failure, `OUTCOME_UNKNOWN` included (the batch may have been appended), is
-/// reported as it is.
-async fn send_batch(
-    a: &ProduceArgs,
-    ch: &net::client::Channel,
-    req: &ProduceBatchRequest,
-) -> anyhow::Result<ProduceBatchResponse> {
-    let mut redirected: Option<net::client::Channel> = None;
-    let deadline = Instant::now() + retry_budget(a);
-    loop {
-        let target = redirected.as_ref().unwrap_or(ch);
-        let st = match target
-            .unary_prost(paths::PRODUCE_BATCH, req, a.conn.opts())
-            .await
-        {
-            Ok(resp) => return Ok(resp),
-            Err(st) => st,
-        };
-        if !errors::produce_retryable(&st) || Instant::now() + NO_LEADER_PAUSE >= deadline {
-            return Err(st.into());
-        }
-        follow(a, &st, &mut redirected).await?;
     }
 }
