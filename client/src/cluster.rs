@@ -208,20 +208,19 @@ impl Cluster {
                 None => {}
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return Err(Status::deadline_exceeded(format!(
                 "deadline passed before connecting to {addr}"
             )));
         }
-        let sock: SocketAddr = addr
+        // A host name may resolve to several addresses (localhost: ::1 and 127.0.0.1): the
+        // first that accepts wins.
+        let socks: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|e| Status::unavailable(format!("resolving {addr}: {e}")))?
-            .next()
-            .ok_or_else(|| Status::unavailable(format!("{addr} resolves to no address")))?;
-        let mut config = self.inner.options.config.clone();
-        config.connect_timeout = config.connect_timeout.min(left);
+            .collect();
         let host = host_of(addr);
+        let mut config = self.inner.options.config.clone();
         if self.inner.options.server_name_from_host && host.parse::<IpAddr>().is_err() {
             if let Some(tls) = config.tls.take() {
                 config.tls =
@@ -230,9 +229,24 @@ impl Cluster {
                     })?);
             }
         }
-        let ch = Channel::connect(sock, config)
-            .await
-            .map_err(|e| Status::unavailable(format!("connecting to {addr}: {e}")))?;
+        let mut last = Status::unavailable(format!("{addr} resolves to no address"));
+        let mut connected = None;
+        for sock in socks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut config = config.clone();
+            config.connect_timeout = config.connect_timeout.min(left);
+            match Channel::connect(sock, config).await {
+                Ok(ch) => {
+                    connected = Some(ch);
+                    break;
+                }
+                Err(e) => last = Status::unavailable(format!("connecting to {addr}: {e}")),
+            }
+        }
+        let ch = connected.ok_or(last)?;
         self.inner
             .state
             .borrow_mut()
