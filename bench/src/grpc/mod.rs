@@ -11,6 +11,7 @@ pub mod loopback;
 pub mod opts;
 pub mod payload;
 pub mod report;
+mod route;
 pub mod run;
 pub mod stats;
 pub mod tls;
@@ -145,8 +146,11 @@ pub fn main(opts: Opts) -> Result<Outcome> {
     let (mut bench_cpu, mut server_cpu, mut verify_result) = (None, None, None);
     let mut secs = 0.0;
     if load_wanted {
-        let addr = opts.socket_addr().map_err(|e| anyhow!(e))?;
         let config = tls::client_config(&opts.tls).map_err(|e| anyhow!(e))?;
+        let addr = route::target(&opts, config.clone())?;
+        if !opts.quiet && opts.addrs().len() > 1 {
+            eprintln!("load goes to {addr} (the partition's leader, or the first that answers)");
+        }
         if !opts.quiet && kinds.iter().any(|k| k.reads_prefill()) {
             eprintln!("prefilling {} records ...", opts.prefill);
         }

@@ -1,7 +1,6 @@
 //! Command-line options of `proglog-bench`.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -101,12 +100,14 @@ seconds).";
     after_help = AFTER_HELP
 )]
 pub struct Opts {
-    /// Server address (HOST:PORT)
+    /// Server addresses, comma-separated (HOST:PORT[,HOST:PORT...], host names allowed):
+    /// one node of a cluster is enough; the load goes to the leader of --topic/--partition,
+    /// learned from them
     #[arg(
         long,
         short = 'a',
         default_value = "127.0.0.1:8400",
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT[,...]"
     )]
     pub addr: String,
 
@@ -530,14 +531,14 @@ impl Opts {
         Ok(())
     }
 
-    /// The server's address, resolved.
-    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
-        let mut it = self
-            .addr
-            .to_socket_addrs()
-            .map_err(|e| format!("--addr {:?}: {e} (expected HOST:PORT)", self.addr))?;
-        it.next()
-            .ok_or_else(|| format!("--addr {:?}: resolves to no address", self.addr))
+    /// The addresses of `--addr`.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Connections of one workload.

@@ -21,8 +21,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use net::client::{CallOptions, Channel, ClientConfig, Streaming};
 use net::Status;
 use proto::log::v1::{
-    paths, ConsumeRequest, ConsumeResponse, CreateTopicRequest, ProduceBatchRequest,
-    ProduceBatchResponse, ProduceRequest, ProduceResponse, Record,
+    paths, ConsumeRequest, ConsumeResponse, ProduceBatchRequest, ProduceBatchResponse,
+    ProduceRequest, ProduceResponse, Record,
 };
 
 use super::opts::{ConsumeOrder, Fault, Kind, Opts};
@@ -1041,7 +1041,7 @@ fn status_err(what: &str, st: Status) -> anyhow::Error {
     anyhow!("{what}: {} {}", st.code.name(), st.message)
 }
 
-/// Creates the topic if asked, prefills records for consume workloads and finds the end of
+/// Prefills records for consume workloads and finds the end of
 /// the log for tailing streams.
 pub fn setup(
     opts: &Opts,
@@ -1058,20 +1058,7 @@ pub fn setup(
             .map_err(|e| anyhow!("{e}"))?;
         let topic_name = opts.topic.clone().unwrap_or_default();
         let timeout = CallOptions::timeout(opts.timeout);
-        if opts.create_topic {
-            let req = CreateTopicRequest {
-                name: topic_name.clone(),
-                config: None,
-            };
-            let r = ch
-                .unary(paths::CREATE_TOPIC, net::encode(&req), timeout.clone())
-                .await;
-            match r {
-                Ok(_) => {}
-                Err(st) if st.code == net::Code::AlreadyExists => {}
-                Err(st) => return Err(status_err(&format!("CreateTopic {topic_name:?}"), st)),
-            }
-        }
+        // --create-topic: created before routing (route.rs).
         let pattern = Pattern::new(run_id, opts.record_size.max);
         let kinds: Vec<Kind> = opts.workload.iter().map(|w| w.kind).collect();
         let mut acks = Vec::new();
