@@ -83,7 +83,7 @@ pub fn out_of_range(offset: u64) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::errors::{cluster_error, produce_retryable, ClusterError};
+    use proglog_client::errors::{cluster_error, produce_retryable, ClusterError};
 
     #[test]
     fn out_of_range_details_decode() {
