@@ -6,6 +6,8 @@
 //!   reads go round-robin over the followers, never the leader, when follower reads are on;
 //!   the CLI given a host name and a dead address produces and reads back the same records;
 //! * "no connection available" until a server appears at the address, then calls succeed;
+//! * under ACLs that deny it DescribeCluster (an Admin call), a client reached over TLS by
+//!   host name falls back to GetServers' leader and still produces and reads;
 //! * a client given a single node keeps producing while that node, then (after it is back)
 //!   the leader, are killed -9: every acknowledged record is read back afterwards at its
 //!   offset, and records are acknowledged after each kill.
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_async, BIN};
+use common::{cert, free_port, run_async, TestServer, BIN};
 use net::blocking::BlockingChannel;
 use net::client::{CallOptions, ClientConfig};
 use net::{Code, Status};
@@ -568,4 +570,88 @@ fn a_producer_outlives_kill_9_of_its_first_node_and_then_of_the_leader() {
     for (off, v) in &acked {
         assert_eq!(read.get(off), Some(v), "acknowledged offset {off}");
     }
+}
+
+#[test]
+fn under_acls_without_describe_cluster_the_leader_comes_from_get_servers() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let dir = certs.path();
+    cert(dir, &["ca"]);
+    cert(dir, &["server", "localhost", "127.0.0.1"]);
+    cert(dir, &["client", "root"]);
+    let path = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
+    let client_config = || {
+        let tls = net::tls::ClientTlsOptions {
+            ca_file: Some(dir.join("ca.pem")),
+            cert_file: Some(dir.join("root-client.pem")),
+            key_file: Some(dir.join("root-client-key.pem")),
+            server_name: None,
+        }
+        .load()
+        .expect("client TLS");
+        ClientConfig {
+            tls,
+            ..ClientConfig::default()
+        }
+    };
+    // root may produce and consume, nothing else (tests/fixtures/policy.csv).
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let args = [
+        "--server-tls-cert-file".to_owned(),
+        path("server.pem"),
+        "--server-tls-key-file".to_owned(),
+        path("server-key.pem"),
+        "--server-tls-ca-file".to_owned(),
+        path("ca.pem"),
+        "--acl-model-file".to_owned(),
+        format!("{fixtures}/model.conf"),
+        "--acl-policy-file".to_owned(),
+        format!("{fixtures}/policy.csv"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = TestServer::start_with_client(&args, client_config());
+    let seed = format!("localhost:{}", server.addr.port());
+    let config = client_config();
+    let addr = server.addr.to_string();
+    run_async(move || async move {
+        let cluster = Cluster::new(
+            vec![seed],
+            Options {
+                config,
+                ..Options::default()
+            },
+        )
+        .expect("client");
+        let until = Instant::now() + DEADLINE;
+        let off = loop {
+            match cluster.produce("", 0, "acl".into(), Some(CALL)).await {
+                Ok(off) => break off,
+                Err(e) => {
+                    assert_eq!(e.code, Code::Unavailable, "{e:?}");
+                    assert!(Instant::now() < until, "{e:?}");
+                }
+            }
+        };
+        // Learned from GetServers (a term of 0), not from the DescribeCluster it may not call.
+        let route = cluster.route("", 0).expect("a route");
+        assert_eq!(route.leader.as_deref(), Some(addr.as_str()));
+        assert_eq!(route.term, 0, "{route:?}");
+        let r = cluster
+            .consume_batch(
+                &ConsumeBatchRequest {
+                    topic: String::new(),
+                    partition: 0,
+                    offset: off,
+                    max_records: 1,
+                    max_bytes: 0,
+                },
+                Some(CALL),
+            )
+            .await
+            .expect("consume");
+        assert_eq!(
+            r.records.first().map(|r| r.value.clone()),
+            Some("acl".into())
+        );
+    });
 }
