@@ -12,240 +12,41 @@
 //!   the leader, are killed -9: every acknowledged record is read back afterwards at its
 //!   offset, and records are acknowledged after each kill.
 //!
-//! Multi-node: `#[ignore]`d in the plain `cargo test` run, run one at a time in
-//! scripts/test's cluster phase (`--ignored --test-threads=1`). Nothing waits a fixed time:
-//! every step waits for a condition with a generous deadline.
+//! The multi-node tests are `#[ignore]`d in the plain `cargo test` run and run one at a time
+//! in scripts/test's cluster phase (`--ignored --test-threads=1`); the ACL one (a single
+//! node) runs in the plain run. Clusters come from `tests/common/cluster.rs`. Nothing waits a
+//! fixed time: every step waits for a condition with a generous deadline.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::{create_topic, form, leader_of, wait, Cluster, Node};
 use common::{cert, free_port, run_async, TestServer, BIN};
-use net::blocking::BlockingChannel;
-use net::client::{CallOptions, ClientConfig};
-use net::{Code, Status};
-use proglog_client::{Cluster, Options, ReadFrom};
+use net::client::ClientConfig;
+use net::Code;
+use proglog_client::{Cluster as Client, Options, ReadFrom};
 use proto::log::v1::*;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const CALL: Duration = Duration::from_secs(10);
 
-fn opts() -> CallOptions {
-    CallOptions::timeout(Duration::from_secs(5))
-}
-
-/// One node on 127.0.0.1 (so that `localhost` reaches it), killed when dropped.
-struct Node {
-    child: Option<Child>,
-    rpc: SocketAddr,
-    args: Vec<String>,
-    data_dir: PathBuf,
-    log_path: PathBuf,
-}
-
-impl Node {
-    fn start(dir: &Path, name: &str, rpc_port: u16, extra: &[String]) -> Node {
-        let gossip = format!("127.0.0.1:{}", free_port());
-        let rpc: SocketAddr = format!("127.0.0.1:{rpc_port}").parse().expect("addr");
-        let mut args: Vec<String> = [
-            "--listen",
-            &rpc.to_string(),
-            "--bind-addr",
-            &gossip,
-            "--node-name",
-            name,
-            "--shards",
-            "1",
-            "--admin-addr",
-            "off",
-            "--log-level",
-            "info",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().cloned());
-        let mut n = Node {
-            child: None,
-            rpc,
-            args,
-            data_dir: dir.join(name),
-            log_path: dir.join(format!("{name}.log")),
-        };
-        n.spawn();
-        n
-    }
-
-    fn gossip(&self) -> String {
-        let i = self
-            .args
-            .iter()
-            .position(|a| a == "--bind-addr")
-            .unwrap_or(0);
-        self.args[i + 1].clone()
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("log file");
-        let child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn proglog");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            // io_uring tears a dead process's rings down asynchronously: wait until the
-            // port refuses, so a restart finds it free.
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until
-                && std::net::TcpStream::connect_timeout(&self.rpc, Duration::from_millis(200))
-                    .is_ok()
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn describe(&self) -> Option<DescribeClusterResponse> {
-        BlockingChannel::connect(self.rpc, ClientConfig::default())
-            .ok()?
-            .unary_prost(paths::DESCRIBE_CLUSTER, &DescribeClusterRequest {}, opts())
-            .ok()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-}
-
-/// The nodes of a test; their logs are printed when it fails.
-struct Nodes {
-    nodes: Vec<Node>,
-    name: &'static str,
-    started: Instant,
-    _tmp: tempfile::TempDir,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for n in &self.nodes {
-                eprintln!("===== log of {}\n{}", n.rpc, n.log());
-            }
-        }
-        for n in &mut self.nodes {
-            n.kill9();
-        }
-        eprintln!(
-            "{}: {:.1} s",
-            self.name,
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-}
-
-fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Three nodes formed with the book's flags; returns once the controller has three voters
-/// and `topic` (one partition, three replicas) has a leader with three voters.
-fn form(name: &'static str, topic: &str) -> Nodes {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let mut nodes = vec![Node::start(
-        tmp.path(),
-        "c1",
-        free_port(),
-        &["--bootstrap".to_owned()],
-    )];
-    let join = nodes[0].gossip();
-    for i in 2..=3 {
-        nodes.push(Node::start(
-            tmp.path(),
-            &format!("c{i}"),
-            free_port(),
-            &["--start-join-addrs".to_owned(), join.clone()],
-        ));
-    }
-    let c = Nodes {
-        nodes,
-        name,
-        started: Instant::now(),
-        _tmp: tmp,
-    };
-    wait("three controller voters", || {
-        leader_of(&c, "__cluster", 0, 3).is_some()
-    });
-    wait("the topic created", || {
-        let Some(l) = leader_of(&c, "__cluster", 0, 3) else {
-            return false;
-        };
-        let Ok(ch) = BlockingChannel::connect(c.nodes[l].rpc, ClientConfig::default()) else {
-            return false;
-        };
-        let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
-            paths::CREATE_TOPIC,
-            &CreateTopicRequest {
-                name: topic.into(),
-                config: Some(TopicConfig {
-                    partitions: 1,
-                    replication_factor: 3,
-                    ..Default::default()
-                }),
-            },
-            CallOptions::timeout(Duration::from_secs(30)),
-        );
-        r.is_ok() || r.is_err_and(|e| e.code == Code::AlreadyExists)
-    });
+/// Three nodes on 127.0.0.`first_ip`.. (formed with the book's flags), and `topic` (one
+/// partition, three replicas) led with three voters; returns the leader's index.
+fn form_with_topic(name: &'static str, first_ip: u8, topic: &str) -> (Cluster, usize) {
+    let c = form(name, first_ip, &[]);
+    create_topic(&c, topic, 1, 3);
+    let mut leader = None;
     wait("the topic led with three voters", || {
-        leader_of(&c, topic, 0, 3).is_some()
+        leader = leader_of(&c, topic, 0, 3);
+        leader.is_some()
     });
-    c
-}
-
-/// The node (index) that leads `topic`/`partition` with `voters` voters, as it says itself.
-fn leader_of(c: &Nodes, topic: &str, partition: u32, voters: usize) -> Option<usize> {
-    c.nodes.iter().enumerate().find_map(|(i, n)| {
-        n.child.as_ref()?;
-        let d = n.describe()?;
-        let p = d
-            .partitions
-            .iter()
-            .find(|p| p.topic == topic && p.partition == partition)?;
-        (p.local
-            && p.leader == d.node_id
-            && p.replicas.iter().filter(|r| r.voter).count() == voters)
-            .then_some(i)
-    })
+    let leader = leader.unwrap_or(0);
+    (c, leader)
 }
 
 fn cli(args: &[&str], stdin: &str) -> (bool, String, String) {
@@ -272,18 +73,18 @@ fn cli(args: &[&str], stdin: &str) -> (bool, String, String) {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn produce_goes_to_the_leader_and_reads_round_robin_over_the_followers() {
-    let c = form("picker: leader and followers", "picks");
-    let leader = leader_of(&c, "picks", 0, 3).expect("a leader");
+    // Node 0 on 127.0.0.1, so that `localhost` reaches it.
+    let (c, leader) = form_with_topic("picker: leader and followers", 1, "picks");
     let leader_addr = c.nodes[leader].rpc.to_string();
     let followers: Vec<String> = (0..3)
         .filter(|&i| i != leader)
         .map(|i| c.nodes[i].rpc.to_string())
         .collect();
-    // Told of one node by host name (a follower, so that the leader has to be learned).
-    let seed = format!("localhost:{}", c.nodes[(leader + 1) % 3].rpc.port());
+    // Told of one follower, so that the leader has to be learned.
+    let seed = c.nodes[(leader + 1) % 3].rpc.to_string();
     let (leader_addr2, followers2) = (leader_addr.clone(), followers.clone());
     run_async(move || async move {
-        let cluster = Cluster::new(
+        let cluster = Client::new(
             vec![seed],
             Options {
                 read_from: ReadFrom::Followers,
@@ -356,9 +157,9 @@ fn produce_goes_to_the_leader_and_reads_round_robin_over_the_followers() {
             }
         }
     });
-    // The CLI, given a host name and an address where nothing listens.
+    // The CLI, given an address where nothing listens and a host name.
     let dead = format!("127.0.0.1:{}", free_port());
-    let addrs = format!("{dead},localhost:{}", c.nodes[(leader + 2) % 3].rpc.port());
+    let addrs = format!("{dead},localhost:{}", c.nodes[0].rpc.port());
     let (ok, out, err) = cli(
         &["produce", "--addr", &addrs, "--topic", "picks"],
         "c5\nc6\nc7\n",
@@ -405,8 +206,8 @@ fn no_connection_available_clears_when_a_server_appears() {
     let dir = tmp.path().to_owned();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_async(move || async move {
-            let cluster = Cluster::new(vec![format!("127.0.0.1:{port}")], Options::default())
-                .expect("client");
+            let cluster =
+                Client::new(vec![format!("127.0.0.1:{port}")], Options::default()).expect("client");
             let e = cluster
                 .produce("", 0, "early".into(), Some(Duration::from_secs(1)))
                 .await
@@ -414,9 +215,10 @@ fn no_connection_available_clears_when_a_server_appears() {
             assert_eq!(e.code, Code::Unavailable, "{e:?}");
             assert!(e.message.contains("no connection available"), "{e:?}");
             // A node of its own (a cluster of one) appears at the address.
-            *node2.lock().expect("lock") = Some(Node::start(
+            *node2.lock().expect("lock") = Some(Node::start_on(
                 &dir,
                 "alone",
+                "127.0.0.1",
                 port,
                 &["--bootstrap".to_owned()],
             ));
@@ -462,11 +264,11 @@ fn no_connection_available_clears_when_a_server_appears() {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_producer_outlives_kill_9_of_its_first_node_and_then_of_the_leader() {
-    let mut c = form(
+    let (mut c, leader) = form_with_topic(
         "client: kill -9 of the first node, then of the leader",
+        71,
         "kills",
     );
-    let leader = leader_of(&c, "kills", 0, 3).expect("a leader");
     // The client is told of one follower only.
     let first = (leader + 1) % 3;
     let seed = c.nodes[first].rpc.to_string();
@@ -476,7 +278,7 @@ fn a_producer_outlives_kill_9_of_its_first_node_and_then_of_the_leader() {
     let (acked2, failures2, stop2) = (acked.clone(), failures.clone(), stop.clone());
     let producer = std::thread::spawn(move || {
         run_async(move || async move {
-            let cluster = Cluster::new(vec![seed], Options::default()).expect("client");
+            let cluster = Client::new(vec![seed], Options::default()).expect("client");
             let mut i = 0u64;
             while !stop2.load(Ordering::Relaxed) {
                 let value = format!("k{i}");
@@ -519,7 +321,12 @@ fn a_producer_outlives_kill_9_of_its_first_node_and_then_of_the_leader() {
                 .any(|p| p.topic == "kills" && p.local && p.leader != 0)
         })
     });
-    let leader = leader_of(&c, "kills", 0, 3).expect("a leader");
+    let mut leader = None;
+    wait("the leader with three voters", || {
+        leader = leader_of(&c, "kills", 0, 3);
+        leader.is_some()
+    });
+    let leader = leader.unwrap_or(0);
     c.nodes[leader].kill9();
     let before = count();
     wait("records acknowledged after the leader's kill", || {
@@ -542,7 +349,7 @@ fn a_producer_outlives_kill_9_of_its_first_node_and_then_of_the_leader() {
         .map(|n| n.rpc.to_string())
         .collect();
     let read = run_async(move || async move {
-        let cluster = Cluster::new(seeds, Options::default()).expect("client");
+        let cluster = Client::new(seeds, Options::default()).expect("client");
         let mut out = BTreeMap::new();
         let mut offset = 0;
         while offset <= last {
@@ -614,7 +421,7 @@ fn under_acls_without_describe_cluster_the_leader_comes_from_get_servers() {
     let config = client_config();
     let addr = server.addr.to_string();
     run_async(move || async move {
-        let cluster = Cluster::new(
+        let cluster = Client::new(
             vec![seed],
             Options {
                 config,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod seccomp;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,274 @@
+//! Multi-node clusters of real `proglog` binaries for the black-box tests (tests/cluster.rs,
+//! tests/cluster_client.rs): nodes on their own 127.0.0.x addresses formed with the book's
+//! flags, kill -9 and restart, the leader of a partition as the nodes themselves say, and a
+//! topic created at the controller's leader. Every wait is for a condition, with a generous
+//! deadline; the nodes' logs are printed when a test fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use net::blocking::BlockingChannel;
+use net::client::{CallOptions, ClientConfig};
+use net::Status;
+use proto::health::v1::health_check_response::ServingStatus;
+use proto::health::v1::{paths as hpaths, HealthCheckRequest, HealthCheckResponse};
+use proto::log::v1::*;
+
+use super::{free_port, BIN};
+
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// The deadline of the harness's own calls.
+pub fn opts() -> CallOptions {
+    CallOptions::timeout(Duration::from_secs(5))
+}
+
+/// One node: its own 127.0.0.x address, data directory and log.
+pub struct Node {
+    pub child: Option<Child>,
+    pub ip: String,
+    pub rpc: SocketAddr,
+    pub gossip: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Node {
+    pub fn start(dir: &Path, name: &str, ip: &str, extra: &[String]) -> Node {
+        Node::start_on(dir, name, ip, free_port(), extra)
+    }
+
+    /// A node whose RPC port is chosen by the caller (e.g. one a client already dials).
+    pub fn start_on(dir: &Path, name: &str, ip: &str, rpc_port: u16, extra: &[String]) -> Node {
+        let gossip = format!("{ip}:{}", free_port());
+        let mut n = Node {
+            child: None,
+            ip: ip.to_owned(),
+            rpc: format!("{ip}:{rpc_port}").parse().unwrap(),
+            gossip: gossip.clone(),
+            data_dir: dir.join(name),
+            log_path: dir.join(format!("{name}.log")),
+            args: vec![
+                "--node-name".into(),
+                name.into(),
+                "--bind-addr".into(),
+                gossip,
+                "--rpc-port".into(),
+                rpc_port.to_string(),
+                "--shards".into(),
+                "1".into(),
+                "--admin-addr".into(),
+                "off".into(),
+                "--log-level".into(),
+                "info".into(),
+            ],
+        };
+        n.args.extend(extra.iter().cloned());
+        n.spawn();
+        n
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn proglog");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            // io_uring tears a dead process's rings down asynchronously: its listening socket
+            // can outlive it briefly, and a restart would find the port taken.
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until
+                && std::net::TcpStream::connect_timeout(&self.rpc, Duration::from_millis(200))
+                    .is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn channel(&self) -> Option<BlockingChannel> {
+        BlockingChannel::connect(self.rpc, ClientConfig::default()).ok()
+    }
+
+    pub fn serving(&self) -> bool {
+        let Some(ch) = self.channel() else {
+            return false;
+        };
+        let r: Result<HealthCheckResponse, Status> =
+            ch.unary_prost(hpaths::CHECK, &HealthCheckRequest::default(), opts());
+        r.is_ok_and(|r| r.status == ServingStatus::Serving as i32)
+    }
+
+    pub fn describe(&self) -> Option<DescribeClusterResponse> {
+        self.channel()?
+            .unary_prost(paths::DESCRIBE_CLUSTER, &DescribeClusterRequest {}, opts())
+            .ok()
+    }
+
+    pub fn log(&self) -> String {
+        match std::fs::read(&self.log_path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("({}: {e})", self.log_path.display()),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The nodes of a test; their logs are printed when the test fails.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub started: Instant,
+    pub name: &'static str,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// The directory holding the nodes' data directories and logs.
+    pub fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!("===== log of {} ({})\n{}", n.rpc, n.ip, n.log());
+            }
+        }
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+        eprintln!(
+            "{}: {:.1} s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+pub fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three nodes: the first with --bootstrap, the others joining it; waits until the
+/// controller has three voters and every node serves.
+pub fn form(name: &'static str, first_ip: u8, extra: &[String]) -> Cluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    let mut boot = extra.to_vec();
+    boot.push("--bootstrap".into());
+    nodes.push(Node::start(
+        tmp.path(),
+        "n1",
+        &format!("127.0.0.{first_ip}"),
+        &boot,
+    ));
+    let join = nodes[0].gossip.clone();
+    for i in 1..3u8 {
+        let mut args = extra.to_vec();
+        args.extend(["--start-join-addrs".to_owned(), join.clone()]);
+        let ip = format!("127.0.0.{}", first_ip + i);
+        nodes.push(Node::start(tmp.path(), &format!("n{}", i + 1), &ip, &args));
+    }
+    let c = Cluster {
+        nodes,
+        started: Instant::now(),
+        name,
+        _tmp: tmp,
+    };
+    for n in &c.nodes {
+        wait("every node serving", || n.serving());
+    }
+    wait("three controller voters on a leader", || {
+        controller_voters(&c) == 3
+    });
+    c
+}
+
+/// Voters of the controller group as its leader reports them.
+pub fn controller_voters(c: &Cluster) -> usize {
+    c.nodes
+        .iter()
+        .filter_map(Node::describe)
+        .find_map(|d| {
+            let p = d.partitions.first()?;
+            (p.leader == d.node_id && p.leader != 0)
+                .then(|| p.replicas.iter().filter(|r| r.voter).count())
+        })
+        .unwrap_or(0)
+}
+
+/// The node (index) that leads `topic`/`partition` with `voters` voters, as it says itself.
+pub fn leader_of(c: &Cluster, topic: &str, partition: u32, voters: usize) -> Option<usize> {
+    c.nodes.iter().enumerate().find_map(|(i, n)| {
+        let d = n.describe()?;
+        let p = d
+            .partitions
+            .iter()
+            .find(|p| p.topic == topic && p.partition == partition)?;
+        (p.local
+            && p.leader == d.node_id
+            && p.replicas.iter().filter(|r| r.voter).count() == voters)
+            .then_some(i)
+    })
+}
+
+pub fn controller_leader(c: &Cluster) -> usize {
+    let mut found = None;
+    wait("a controller leader", || {
+        found = leader_of(c, "__cluster", 0, 3);
+        found.is_some()
+    });
+    found.unwrap_or(0)
+}
+
+pub fn create_topic(c: &Cluster, name: &str, partitions: u32, rf: u32) {
+    let leader = controller_leader(c);
+    let ch = c.nodes[leader].channel().expect("connect");
+    let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
+        paths::CREATE_TOPIC,
+        &CreateTopicRequest {
+            name: name.into(),
+            config: Some(TopicConfig {
+                partitions,
+                replication_factor: rf,
+                ..Default::default()
+            }),
+        },
+        CallOptions::timeout(Duration::from_secs(30)),
+    );
+    r.expect("create topic");
+}
