@@ -14,8 +14,9 @@ use prost::Message;
 use proto::google::rpc;
 use proto::log::v1::{
     errors, paths, ConsumeBatchRequest, ConsumeBatchResponse, CreateTopicRequest,
-    CreateTopicResponse, DescribeTopicRequest, DescribeTopicResponse, GetServersRequest,
-    GetServersResponse, TopicConfig,
+    CreateTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    DescribeTopicResponse, GetServersRequest, GetServersResponse, RemoveNodeRequest,
+    RemoveNodeResponse, TopicConfig,
 };
 
 use super::history::{FinalRead, Outcome};
@@ -121,20 +122,34 @@ fn topic_config(partitions: u32, durability: &str) -> TopicConfig {
     }
 }
 
-/// Creates the topic on `targets` (ALREADY_EXISTS is fine), retrying for up to 30 s while a
-/// node is not ready for it.
+/// Creates the topic (ALREADY_EXISTS is fine), retrying for up to 30 s while no node will.
+/// With `each`, on every target (single nodes keep a topic each); else once in the cluster:
+/// the targets are asked in turn, and a NOT_LEADER's address is followed to the controller's
+/// leader.
 pub fn create_topic(
     targets: Vec<Target>,
+    each: bool,
     topic: String,
     partitions: u32,
     durability: String,
 ) -> Result<()> {
     run(move || async move {
-        for t in &targets {
+        let groups: Vec<Vec<Target>> = if each {
+            targets.iter().map(|t| vec![t.clone()]).collect()
+        } else {
+            vec![targets.clone()]
+        };
+        for group in &groups {
             let deadline = Instant::now() + Duration::from_secs(30);
+            let mut next: Option<SocketAddr> = None;
+            let mut turn = 0usize;
             loop {
+                let addr = next.take().unwrap_or_else(|| {
+                    turn += 1;
+                    group[turn % group.len()].addr
+                });
                 let r = async {
-                    let ch = Channel::connect(t.addr, client_config())
+                    let ch = Channel::connect(addr, client_config())
                         .await
                         .map_err(|e| Status::unavailable(e.to_string()))?;
                     ch.unary_prost::<_, CreateTopicResponse>(
@@ -152,13 +167,108 @@ pub fn create_topic(
                     Ok(_) => break,
                     Err(st) if st.code == Code::AlreadyExists => break,
                     Err(st) if Instant::now() > deadline => {
-                        bail!("creating topic {topic} on {}: {st}", t.name)
+                        bail!("creating topic {topic} via {addr}: {st}")
                     }
-                    Err(_) => glommio::timer::sleep(Duration::from_millis(200)).await,
+                    Err(st) => {
+                        next = leader_addr(&st, group);
+                        glommio::timer::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }
         Ok(())
+    })
+}
+
+/// The target a NOT_LEADER names (by address, or by host name and port).
+fn leader_addr(st: &Status, targets: &[Target]) -> Option<SocketAddr> {
+    let addr = cluster_reason(st)?.1?;
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    targets
+        .iter()
+        .find(|t| t.addr.to_string() == addr || t.name == host || t.addr.ip().to_string() == host)
+        .map(|t| t.addr)
+}
+
+/// The cluster as `t` describes it (registry, every group's replication).
+pub async fn describe_cluster(t: SocketAddr) -> Result<DescribeClusterResponse, Status> {
+    let ch = Channel::connect(t, client_config())
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    ch.unary_prost(
+        paths::DESCRIBE_CLUSTER,
+        &DescribeClusterRequest {},
+        CallOptions::timeout(Duration::from_secs(3)),
+    )
+    .await
+}
+
+/// Every target's description of the cluster (None where it did not answer).
+pub fn cluster_views(targets: Vec<Target>) -> Result<Vec<Option<DescribeClusterResponse>>> {
+    run(move || async move {
+        let mut out = Vec::new();
+        for t in &targets {
+            out.push(describe_cluster(t.addr).await.ok());
+        }
+        Ok(out)
+    })
+}
+
+/// Removes the cluster member named `name` (its Raft id as the registry has it, not removed),
+/// asking the targets in turn and following NOT_LEADER to the controller's leader, for up
+/// to `limit`. Returns the Raft id removed.
+pub fn remove_node(targets: Vec<Target>, name: String, limit: Duration) -> Result<u64> {
+    run(move || async move {
+        let deadline = Instant::now() + limit;
+        let mut next: Option<SocketAddr> = None;
+        let mut turn = 0usize;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            let addr = next.take().unwrap_or_else(|| {
+                turn += 1;
+                targets[turn % targets.len()].addr
+            });
+            let id = match describe_cluster(addr).await {
+                Ok(d) => d
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == name && !n.removed)
+                    .map(|n| n.id),
+                Err(st) => {
+                    last = st.to_string();
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Some(id) = id else {
+                last = format!("{addr} knows no member {name}");
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let r = async {
+                let ch = Channel::connect(addr, client_config())
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                ch.unary_prost::<_, RemoveNodeResponse>(
+                    paths::REMOVE_NODE,
+                    &RemoveNodeRequest {
+                        node: id.to_string(),
+                    },
+                    CallOptions::timeout(Duration::from_secs(10)),
+                )
+                .await
+            }
+            .await;
+            match r {
+                Ok(r) => return Ok(r.id),
+                Err(st) => {
+                    last = format!("{addr}: {st}");
+                    next = leader_addr(&st, &targets);
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        bail!("removing {name}: not done within {limit:?} (last: {last})")
     })
 }
 

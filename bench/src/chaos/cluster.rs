@@ -31,8 +31,8 @@ pub struct Cluster {
     pub relay: Option<Relay>,
     pub epoch: Instant,
     pub crashes: Vec<Crash>,
-    /// Whether the binary has `proglog cluster remove`.
-    pub has_cluster_remove: bool,
+    /// The topic's partitions (what a whole cluster leads).
+    pub partitions: u32,
 }
 
 impl Cluster {
@@ -53,15 +53,7 @@ impl Cluster {
         for (i, host) in net.nodes.iter().enumerate() {
             nodes.push(Node::new(i as u32 + 1, host.clone(), run_dir, volume_mib)?);
         }
-        let has_cluster_remove = std::process::Command::new(&spec.bin)
-            .args(["cluster", "--help"])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.trim_start().starts_with("remove"))
-            })
-            .unwrap_or(false);
+        let partitions = spec.partitions;
         let mut c = Cluster {
             spec,
             mode: Mode::Single,
@@ -70,7 +62,7 @@ impl Cluster {
             relay: None,
             epoch,
             crashes: Vec::new(),
-            has_cluster_remove,
+            partitions,
         };
         if c.nodes.len() > 1 {
             let others = c.others(0);
@@ -92,7 +84,89 @@ impl Cluster {
         for n in &mut c.nodes {
             n.wait_ready(READY_LIMIT)?;
         }
+        if c.mode == Mode::Replicated {
+            c.wait_whole(None, READY_LIMIT)?;
+        }
         Ok(c)
+    }
+
+    /// Voters every group has once the cluster is whole: the default replication factor
+    /// (min(3, nodes)), which is also the controller's number of voters.
+    pub fn voters(&self) -> usize {
+        self.nodes.len().min(3)
+    }
+
+    /// Why the cluster is not whole yet, or None: the controller has a leader that knows
+    /// every node (none removed-and-not-replaced, all live) with [`Cluster::voters`] voters,
+    /// and, with `topic`, each of its `partitions` is led by a node that says so itself, with
+    /// that many voters and no learner.
+    pub fn not_whole(&self, topic: Option<(&str, u32)>) -> Result<Option<String>> {
+        let views = super::client::cluster_views(self.targets())?;
+        let n = self.nodes.len();
+        let voters = self.voters();
+        let count = |p: &proto::log::v1::PartitionReplication| {
+            (
+                p.replicas.iter().filter(|r| r.voter).count(),
+                p.replicas.iter().filter(|r| r.learner).count(),
+            )
+        };
+        let leads = |topic: &str, part: u32| {
+            views.iter().flatten().find_map(|d| {
+                d.partitions
+                    .iter()
+                    .find(|p| {
+                        p.topic == topic
+                            && p.partition == part
+                            && p.local
+                            && p.leader == d.node_id
+                            && p.leader != 0
+                    })
+                    .map(|p| (d, p))
+            })
+        };
+        let Some((d, ctl)) = leads("__cluster", 0) else {
+            return Ok(Some("no controller leader".into()));
+        };
+        let members: Vec<_> = d.nodes.iter().filter(|x| !x.removed).collect();
+        if members.len() != n || members.iter().any(|x| !x.live) {
+            let names: Vec<String> = members
+                .iter()
+                .map(|x| format!("{}{}", x.name, if x.live { "" } else { "(down)" }))
+                .collect();
+            return Ok(Some(format!("members {names:?}, want {n} live")));
+        }
+        if count(ctl) != (voters, 0) {
+            return Ok(Some(format!("controller voters/learners {:?}", count(ctl))));
+        }
+        if let Some((topic, partitions)) = topic {
+            for part in 0..partitions {
+                match leads(topic, part) {
+                    None => return Ok(Some(format!("{topic}/{part} has no leader"))),
+                    Some((_, p)) if count(p) != (voters, 0) => {
+                        return Ok(Some(format!(
+                            "{topic}/{part} voters/learners {:?}",
+                            count(p)
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until the cluster is whole ([`Cluster::not_whole`]), or fails after `limit`
+    /// saying what is missing.
+    pub fn wait_whole(&self, topic: Option<(&str, u32)>, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let why = self.not_whole(topic)?;
+            let Some(why) = why else { return Ok(()) };
+            if Instant::now() > deadline {
+                anyhow::bail!("the cluster is not whole within {limit:?}: {why}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     pub fn now_ms(&self) -> f64 {

@@ -69,6 +69,14 @@ pub fn main(opts: Opts) -> ExitCode {
             eprintln!("proglog-chaos: --cleanup needs root");
             return ExitCode::from(2);
         }
+        // Never under a run that is still going.
+        let _lock = match sys::machine_lock() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("proglog-chaos: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
         sys::cleanup_leftovers();
         return ExitCode::SUCCESS;
     }
@@ -137,6 +145,8 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
         bail!("needs root (network namespaces, nftables, loop mounts)");
     }
     nemesis::preflight(&plan.nemeses)?;
+    // Held for the whole run: another run's start-up cleanup would remove our namespaces.
+    let _lock = sys::machine_lock()?;
     // Before anything is created or cleaned up: a run of several nodes that do not
     // replicate is refused here.
     if plan.nodes > 1 && !node::replicates(&plan.bin)? {
@@ -172,6 +182,7 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
         durability: plan.durability.clone(),
         segment_bytes: plan.segment_bytes.clone(),
         nodes: plan.nodes,
+        partitions: plan.partitions,
         power_loss: plan.nemeses.contains(&Kind::Power),
     };
     let nft = plan.nemeses.iter().any(|k| k.needs_nft());
@@ -186,18 +197,25 @@ fn campaign(plan: &Plan) -> Result<ExitCode> {
         mode_name(mode)
     );
     let targets = cluster.targets();
-    // A replicated cluster creates the topic once, through node 1; a single node for itself.
-    let creators = if mode == Mode::Replicated {
-        targets[..1].to_vec()
-    } else {
-        targets.clone()
-    };
+    // A replicated cluster creates the topic once (through whichever node leads the
+    // controller), then waits until every partition is led with all its voters; a single
+    // node creates it for itself.
     client::create_topic(
-        creators,
+        targets.clone(),
+        mode != Mode::Replicated,
         TOPIC.into(),
         plan.partitions,
         plan.durability.clone(),
     )?;
+    if mode == Mode::Replicated {
+        cluster.wait_whole(Some((TOPIC, plan.partitions)), cluster::READY_LIMIT)?;
+        eprintln!(
+            "[{:6.1}s] topic {TOPIC}: {} partitions, each led with {} voters",
+            epoch.elapsed().as_secs_f64(),
+            plan.partitions,
+            cluster.voters()
+        );
+    }
     let control = Arc::new(Control::default());
     let load = workload::start(
         workload::Config {

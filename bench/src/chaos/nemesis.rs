@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use super::cluster::Cluster;
 use super::history::Fault;
-use super::net::{Host, CLIENT_NS};
+use super::net::Host;
 use super::sys;
 use crate::Rng;
 
@@ -256,8 +256,28 @@ pub fn inject(c: &mut Cluster, kind: Kind, id: u32, rng: &mut Rng, seed: u64) ->
         Kind::Membership => {
             let (i, tag) = victim(c, rng);
             let n = c.nodes[i].host.name.clone();
-            let how = remove_member(c, i)?;
-            c.nodes[i].stop(Duration::from_secs(5));
+            // Half the time `proglog cluster remove` (then SIGTERM), else kill -9 and wait
+            // until the controller removes it by itself (--dead-node-timeout); the heal wipes
+            // it and starts it as a new member.
+            let how = if rng.below(2) == 0 {
+                let others: Vec<_> = c
+                    .targets()
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i && c.nodes[*j].running())
+                    .map(|(_, t)| t)
+                    .collect();
+                let id = super::client::remove_node(others, n.clone(), Duration::from_secs(30))
+                    .with_context(|| format!("proglog cluster remove {n}"))?;
+                c.nodes[i].stop(Duration::from_secs(5));
+                format!("cluster remove (raft id {id}), then SIGTERM")
+            } else {
+                c.nodes[i].kill9();
+                format!(
+                    "kill -9, removed by the controller after --dead-node-timeout {} s",
+                    super::node::DEAD_NODE_TIMEOUT.as_secs()
+                )
+            };
             (
                 format!("remove {n}{tag} ({how}), then add it back wiped, as a new member"),
                 vec![n],
@@ -333,36 +353,22 @@ fn partition_shape(c: &Cluster, rng: &mut Rng) -> (Vec<Host>, Vec<Host>, &'stati
     }
 }
 
-/// Takes node `i` out of the cluster before it stops: `proglog cluster remove` when the
-/// binary has it, else the node's own leave on SIGTERM.
-fn remove_member(c: &Cluster, i: usize) -> Result<&'static str> {
-    if !c.has_cluster_remove {
-        return Ok("SIGTERM: it leaves; this binary has no `proglog cluster remove`");
+/// Whether the controller's registry (as any live node says) still holds `name`, not removed.
+fn still_member(c: &Cluster, name: &str) -> Result<bool> {
+    let views = super::client::cluster_views(c.targets())?;
+    let mut answered = false;
+    for d in views.iter().flatten() {
+        answered = true;
+        // The controller leader's view first: followers may lag.
+        let leads = d
+            .partitions
+            .first()
+            .is_some_and(|p| p.leader == d.node_id && p.leader != 0);
+        if leads {
+            return Ok(d.nodes.iter().any(|x| x.name == name && !x.removed));
+        }
     }
-    let node = &c.nodes[i];
-    let id = node_id(&node.data_dir())?;
-    let via = c
-        .nodes
-        .iter()
-        .enumerate()
-        .find(|(j, n)| *j != i && n.running())
-        .map(|(_, n)| n.rpc_addr().to_string())
-        .context("no other node to ask")?;
-    let bin = c.spec.bin.to_string_lossy().into_owned();
-    sys::in_ns(CLIENT_NS, &[&bin, "cluster", "remove", &id, "--addr", &via])
-        .context("proglog cluster remove")?;
-    Ok("proglog cluster remove, then SIGTERM")
-}
-
-/// The node id a data directory was created with (`node.meta`: a `.meta` file whose
-/// payload is JSON with `node_id`), as `cluster members` prints it.
-fn node_id(data: &std::path::Path) -> Result<String> {
-    let payload = engine::meta::read(data, "node.meta")?.context("no node.meta")?;
-    let v: serde_json::Value = serde_json::from_slice(&payload)?;
-    v["node_id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no node_id in node.meta")
+    Ok(!answered || views.iter().flatten().any(|d| d.nodes.iter().any(|x| x.name == name && !x.removed)))
 }
 
 /// Undoes a fault and waits until its nodes serve again.
@@ -378,8 +384,28 @@ pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
             }
         }
         Undo::Readd(i) => {
+            // Not a member any more before its data goes (a node killed waits out the
+            // dead-node timeout here).
+            let name = c.nodes[i].host.name.clone();
+            let limit = super::node::DEAD_NODE_TIMEOUT * 4;
+            let deadline = std::time::Instant::now() + limit;
+            while still_member(c, &name)? {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{name} is still a member {limit:?} after it stopped"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
             c.nodes[i].wipe()?;
             c.restart(i)?;
+            // The new member is placed, caught up and promoted before the next fault.
+            if let Err(e) = c.wait_whole(Some((super::TOPIC, c.partitions)), limit) {
+                eprintln!(
+                    "[{:6.1}s] WARNING: after re-adding {name}: {e:#}",
+                    c.now_ms() / 1000.0
+                );
+                a.fault.detail.push_str(&format!("; not whole again: {e}"));
+            }
         }
         Undo::FreeDisk(i) => {
             let v = c.nodes[i].volume.as_ref().context("volume")?;

@@ -220,6 +220,15 @@ impl Opts {
         if !(self.fault_min > 0.0 && self.fault_min <= self.fault_max) {
             return Err("--fault-min must be positive and at most --fault-max".into());
         }
+        let dead = super::node::DEAD_NODE_TIMEOUT.as_secs_f64();
+        if self.nodes > 1 && self.fault_max > dead / 2.0 {
+            return Err(format!(
+                "--fault-max must be at most {} s with several nodes: a node kept away \
+                 {dead} s is removed from the cluster (--dead-node-timeout), which only \
+                 the membership nemesis does on purpose",
+                dead / 2.0
+            ));
+        }
         if self.quiet_max < 1.0 {
             return Err("--quiet-max must be at least 1 second".into());
         }

@@ -229,3 +229,39 @@ pub fn handle_signals() -> Result<()> {
         })?;
     Ok(())
 }
+
+/// The machine-wide lock of the `pgc-*` names.
+pub const LOCK_PATH: &str = "/run/lock/proglog-chaos.lock";
+
+/// Takes an exclusive flock on [`LOCK_PATH`] (waiting, and saying so, while another run
+/// holds it) and returns the open file, which holds the lock until it is dropped or the
+/// process dies. Every run removes `pgc-*` leftovers at start: two runs on one machine
+/// (or a run and `--cleanup`) would tear down each other's namespaces without it.
+pub fn machine_lock() -> Result<File> {
+    let path = if std::path::Path::new("/run/lock").is_dir() {
+        LOCK_PATH.to_string()
+    } else {
+        format!("{}/proglog-chaos.lock", std::env::temp_dir().display())
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))?;
+    // SAFETY: flock(2) on a descriptor this function owns and returns open.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            bail!("flock {path}: {e}");
+        }
+        eprintln!("proglog-chaos: another run holds {path}; waiting for it to end");
+        // SAFETY: as above.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if r != 0 {
+            bail!("flock {path}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(f)
+}
