@@ -368,7 +368,11 @@ fn still_member(c: &Cluster, name: &str) -> Result<bool> {
             return Ok(d.nodes.iter().any(|x| x.name == name && !x.removed));
         }
     }
-    Ok(!answered || views.iter().flatten().any(|d| d.nodes.iter().any(|x| x.name == name && !x.removed)))
+    Ok(!answered
+        || views
+            .iter()
+            .flatten()
+            .any(|d| d.nodes.iter().any(|x| x.name == name && !x.removed)))
 }
 
 /// Undoes a fault and waits until its nodes serve again.

@@ -4,7 +4,9 @@
 //! pending) is simply made again by the next one: nothing is one-shot.
 //!
 //! - **Local**: this node opens the partitions placement gives it (a topic created on another
-//!   node exists here once the controller applies it) and drops those placed elsewhere.
+//!   node exists here once the controller applies it) and drops those placed elsewhere, once
+//!   everything in its own controller log is applied and known committed (never on a view
+//!   older than a placement it already holds).
 //! - **Groups this node leads** (the controller's and every partition's): a placed node not in
 //!   the configuration joins as a learner; a caught-up learner is promoted (the controller
 //!   keeps at most three voters, the rest learners); a member no longer placed is removed (a
@@ -79,6 +81,19 @@ fn local(node: &ClusterNode, s: &ClusterState, known: &mut BTreeSet<String>) {
     // re-admitted) drops nothing: placement will likely give it its partitions back, and its
     // logs then catch up from where they are instead of from nothing.
     if s.nodes.get(&me).is_none_or(|n| n.removed) {
+        return;
+    }
+    // Nor does a node whose applied state may lag its own controller log. After a restart
+    // the entries past the commit index its log carries wait for the leader to confirm them,
+    // and the one that placed a replica here may be among them: dropping on the older
+    // placement deleted the log of a voter the group still counts on (and the leader's next
+    // heartbeat, naming a commit past that empty log, made raft-rs panic). Caught up (a
+    // leader heard from, all it made known committed applied) is not enough when a new
+    // leader has not yet learnt how far this node's log goes: everything in the local log
+    // must be applied too.
+    let settled = crate::raft::seam::caught_up(node).is_ok()
+        && node.controller().is_some_and(|v| v.applied >= v.last_index);
+    if !settled {
         return;
     }
     let Ok(local) = engine.list_topics() else {
