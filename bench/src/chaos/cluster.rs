@@ -235,6 +235,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Panics the nodes' logs show, as crashes: a thread of a node that panicked (a shard,
+    /// say) may leave the process running, and only its log says so.
+    pub fn collect_panics(&mut self) {
+        for n in &self.nodes {
+            let text = std::fs::read(n.log_path()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                if l.contains("panicked at") {
+                    let tail = lines[i..(i + 3).min(lines.len())].join("\n");
+                    self.crashes.push(Crash {
+                        node: n.host.name.clone(),
+                        at_ms: self.now_ms(),
+                        status: "a thread panicked (see its log)".into(),
+                        log_tail: tail,
+                    });
+                }
+            }
+        }
+    }
+
     /// The relay, started at first use.
     pub fn relay(&mut self, seed: u64) -> Result<&Relay> {
         if self.relay.is_none() {

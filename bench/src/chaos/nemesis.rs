@@ -275,7 +275,7 @@ pub fn inject(c: &mut Cluster, kind: Kind, id: u32, rng: &mut Rng, seed: u64) ->
                 c.nodes[i].kill9();
                 format!(
                     "kill -9, removed by the controller after --dead-node-timeout {} s",
-                    super::node::DEAD_NODE_TIMEOUT.as_secs()
+                    c.spec.dead_node_timeout.as_secs()
                 )
             };
             (
@@ -391,7 +391,7 @@ pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
             // Not a member any more before its data goes (a node killed waits out the
             // dead-node timeout here).
             let name = c.nodes[i].host.name.clone();
-            let limit = super::node::DEAD_NODE_TIMEOUT * 4;
+            let limit = c.spec.dead_node_timeout * 4 + Duration::from_secs(30);
             let deadline = std::time::Instant::now() + limit;
             while still_member(c, &name)? {
                 anyhow::ensure!(

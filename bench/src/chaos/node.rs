@@ -18,11 +18,6 @@ use super::sys::{self, from_ns};
 /// What the server says when it refuses `--bootstrap` (a build without replication).
 pub const BOOTSTRAP_REFUSED: &str = "needs Raft replication";
 
-/// A member unreachable this long is removed by the controller (`--dead-node-timeout`):
-/// far longer than any other fault keeps a node away (a window of `--fault-max` plus its
-/// restart), short enough for the membership nemesis to wait it out.
-pub const DEAD_NODE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How the nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -42,6 +37,8 @@ pub struct Spec {
     pub nodes: u32,
     /// The topic's partitions.
     pub partitions: u32,
+    /// `--dead-node-timeout` of every node (several nodes).
+    pub dead_node_timeout: Duration,
     /// Turns on the engine's TEST-ONLY power-loss journal.
     pub power_loss: bool,
 }
@@ -156,7 +153,7 @@ impl Node {
                 args.push("--rpc-port".into());
                 args.push(RPC_PORT.to_string());
                 args.push("--dead-node-timeout".into());
-                args.push(format!("{}s", DEAD_NODE_TIMEOUT.as_secs()));
+                args.push(format!("{}s", spec.dead_node_timeout.as_secs()));
                 let join: Vec<String> = if self.starts == 0 && self.may_bootstrap {
                     // First start: join node 1, which others wait for (a group of their own
                     // would never merge with it).

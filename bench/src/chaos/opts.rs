@@ -137,6 +137,12 @@ pub struct Opts {
     #[arg(long, default_value_t = 6.0)]
     pub fault_max: f64,
 
+    /// Several nodes: the nodes' --dead-node-timeout in seconds. A member unreachable this
+    /// long is removed by the controller, which the membership nemesis waits out half the
+    /// time; every other fault must be far shorter (--fault-max at most half of it).
+    #[arg(long, default_value_t = 30)]
+    pub dead_node_timeout: u64,
+
     /// Longest quiet time between two faults, in seconds (the shortest is 1 s).
     #[arg(long, default_value_t = 3.0)]
     pub quiet_max: f64,
@@ -165,6 +171,7 @@ pub struct Opts {
 /// Options checked and resolved.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub dead_node_timeout: Duration,
     pub seed: u64,
     pub time: Duration,
     pub nodes: u32,
@@ -220,7 +227,10 @@ impl Opts {
         if !(self.fault_min > 0.0 && self.fault_min <= self.fault_max) {
             return Err("--fault-min must be positive and at most --fault-max".into());
         }
-        let dead = super::node::DEAD_NODE_TIMEOUT.as_secs_f64();
+        let dead = self.dead_node_timeout as f64;
+        if self.dead_node_timeout < 4 {
+            return Err("--dead-node-timeout must be at least 4 seconds".into());
+        }
         if self.nodes > 1 && self.fault_max > dead / 2.0 {
             return Err(format!(
                 "--fault-max must be at most {} s with several nodes: a node kept away \
@@ -284,6 +294,7 @@ impl Opts {
                 Duration::from_secs_f64(self.fault_max),
             ),
             quiet_max: Duration::from_secs_f64(self.quiet_max),
+            dead_node_timeout: Duration::from_secs(self.dead_node_timeout),
             expect,
             keep_data: self.keep_data,
         })
