@@ -260,14 +260,15 @@ pub fn inject(c: &mut Cluster, kind: Kind, id: u32, rng: &mut Rng, seed: u64) ->
             // until the controller removes it by itself (--dead-node-timeout); the heal wipes
             // it and starts it as a new member.
             let how = if rng.below(2) == 0 {
-                let others: Vec<_> = c
+                // Asked of the controller's leader, which may be the victim itself.
+                let live: Vec<_> = c
                     .targets()
                     .into_iter()
                     .enumerate()
-                    .filter(|(j, _)| *j != i && c.nodes[*j].running())
+                    .filter(|(j, _)| c.nodes[*j].running())
                     .map(|(_, t)| t)
                     .collect();
-                let id = super::client::remove_node(others, n.clone(), Duration::from_secs(30))
+                let id = super::client::remove_node(live, n.clone(), Duration::from_secs(30))
                     .with_context(|| format!("proglog cluster remove {n}"))?;
                 c.nodes[i].stop(Duration::from_secs(5));
                 format!("cluster remove (raft id {id}), then SIGTERM")
