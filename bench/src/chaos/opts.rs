@@ -23,8 +23,14 @@ Single-node mode (--nodes 1, the default) checks one node against its own histor
 writes, duplicates, inconsistent offsets, aborted reads, non-monotonic reads and sends, poll \
 skips and unseen acknowledged values, under kill -9, pause, power loss, a full disk, and \
 partition, loss and delay between the client and the node. Multi-node mode (--nodes 3 or 5) \
-needs nodes that replicate: node 1 is started with --bootstrap, and if it refuses (a build \
-without Raft replication) the run is refused with exit status 2 before any load is sent.
+forms a real Raft cluster (node 1 with --bootstrap, the others with --start-join-addrs), \
+waits until the controller and every partition are led with all their voters, and adds \
+what only a cluster shows: leader-targeted faults, partitions between nodes, membership \
+changes, and replica divergence below the commit index (every node's log compared). A \
+build that refuses --bootstrap (no replication) is refused with exit status 2.
+
+One run at a time per machine: a run holds an exclusive flock on \
+/run/lock/proglog-chaos.lock from start to end (a second run, or --cleanup, waits for it).
 
 Everything created is removed at the end, also on SIGINT, SIGTERM and panics, and leftovers \
 of an earlier run (anything named pgc-*) are removed at the start. Needs root, nft \
@@ -42,23 +48,24 @@ NEMESES (--nemesis, comma-separated; `all` = every one the node count allows):
   loss        nftables `numgen random mod 100` drops of a share of a node's packets
   delay       a node's packets go through the harness's own relay (a TUN device in pgc-relay)
               that holds each one for the delay (this kernel has no netem)
-  membership  remove a node (`proglog cluster remove` when the binary has it, else a leave on
-              SIGTERM), wipe it, and add it back as a new member (needs 3 nodes or more)
+  membership  remove a node (the leader or another): `proglog cluster remove` then SIGTERM, or
+              kill -9 and wait until the controller removes it (--dead-node-timeout); then
+              wipe it and add it back as a new member (needs 3 nodes or more)
   disk        each node's data directory is a loop-mounted ext4 volume; a ballast file
               fills it for the window, then it is freed: the node must take writes again by itself
   power       kill -9 and drop every byte written after the node's last completed fdatasync
               (the engine's TEST-ONLY power-loss journal), then restart
 
 EXAMPLES:
-  # the CI campaign (scripts/chaos-test): every single-node fault, the durable policy
-  proglog-chaos --nodes 1 --time 70 --nemesis kill,pause,power,disk,partition,loss,delay \\
-    --fault-max 4 --quiet-max 2
+  # the CI campaign (scripts/chaos-test): three nodes, every fault, the durable policy
+  proglog-chaos --nodes 3 --time 75 --nemesis all --fault-max 4 --quiet-max 2 \\
+    --dead-node-timeout 10
   # the same faults under `never`: power loss must show lost writes
   proglog-chaos --nodes 1 --durability never --nemesis power --expect-anomalies lost-write
   # a long single-node campaign
   proglog-chaos --nodes 1 --time 1800 --nemesis all --dir /var/tmp/chaos-long
-  # once nodes replicate (refused before then)
-  proglog-chaos --nodes 5 --time 1800 --nemesis all
+  # a long three-node campaign
+  proglog-chaos --nodes 3 --time 1860 --nemesis all --dir /var/tmp/chaos-long
   # check a recorded history again
   proglog-chaos --check-history chaos-run/history.jsonl";
 
