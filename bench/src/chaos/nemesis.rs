@@ -156,17 +156,48 @@ fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
     lo + rng.below(hi - lo + 1)
 }
 
-/// The victim: the leader half the time when there is one to tell apart, else any node.
-fn victim(c: &Cluster, rng: &mut Rng) -> (usize, &'static str) {
+/// The victim: with several nodes, a leader half the time (of one of the topic's partitions
+/// or of the controller, as the leaders themselves say in DescribeCluster; GetServers'
+/// leader when no node answers that), else any node.
+fn victim(c: &Cluster, rng: &mut Rng) -> (usize, String) {
     let n = c.nodes.len();
     if n > 1 && rng.below(2) == 0 {
+        let leaders = leaders(c);
+        if !leaders.is_empty() {
+            let (i, what) = leaders[rng.below(leaders.len() as u64) as usize].clone();
+            return (i, format!(" (leader of {what})"));
+        }
         if let Ok(Some(name)) = super::client::leader(c.targets()) {
             if let Some(i) = c.nodes.iter().position(|x| x.host.name == name) {
-                return (i, " (leader)");
+                return (i, " (leader)".into());
             }
         }
     }
-    (rng.below(n as u64) as usize, "")
+    (rng.below(n as u64) as usize, String::new())
+}
+
+/// Every group's leader as it says itself: (node index, the group), the controller first.
+fn leaders(c: &Cluster) -> Vec<(usize, String)> {
+    let Ok(views) = super::client::cluster_views(c.targets()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, d) in views.iter().enumerate() {
+        let Some(d) = d else { continue };
+        for p in &d.partitions {
+            let ours = p.topic == "__cluster" || p.topic == super::TOPIC;
+            if ours && p.local && p.leader == d.node_id && p.leader != 0 {
+                let what = if p.topic == "__cluster" {
+                    "the controller".to_string()
+                } else {
+                    format!("{}/{}", p.topic, p.partition)
+                };
+                out.push((i, what));
+            }
+        }
+    }
+    out.sort_by_key(|(_, w)| w != "the controller");
+    out
 }
 
 fn names(hosts: &[Host]) -> String {
