@@ -51,6 +51,13 @@ pub fn render(e: &mut Exposition, s: &ForwardStats) {
         get(&s.redirects) as f64,
     );
     e.single(
+        "proglog_forward_reroutes_total",
+        Kind::Counter,
+        "Appends whose leader could not be reached (nothing sent), held until another leader \
+         was known or the link could connect again, then sent there.",
+        get(&s.reroutes) as f64,
+    );
+    e.single(
         "proglog_forward_served_total",
         Kind::Counter,
         "Appends this node took from other nodes' forward requests.",

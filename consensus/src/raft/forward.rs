@@ -112,6 +112,9 @@ pub struct ForwardStats {
     pub err_remote: AtomicU64,
     /// `NotLeader` answers followed to the leader named.
     pub redirects: AtomicU64,
+    /// Appends whose leader could not be reached, held until another leader was known or
+    /// the link could connect again (then sent there), within the wait for a leader.
+    pub reroutes: AtomicU64,
     /// Appends refused for want of a leader (none known).
     pub no_leader: AtomicU64,
     /// Receiving side: forwarded appends served (answered, whatever the answer).
@@ -171,9 +174,18 @@ struct Link {
     waits: Cell<usize>,
     wake: Event,
     next_id: Cell<u64>,
+    /// After a failed connect, until a connect succeeds: when the next attempt may be made
+    /// (the end of the backoff). An append made before then is refused at once instead of
+    /// waiting in the queue for an attempt that will most likely fail too.
+    down_until: Cell<Option<Instant>>,
 }
 
 impl Link {
+    /// Whether the last attempt to connect failed and the backoff has not ended.
+    fn in_backoff(&self) -> bool {
+        self.down_until.get().is_some_and(|t| Instant::now() < t)
+    }
+
     /// Forgets request `id`; returns it if it was pending.
     fn forget(&self, id: u64) -> Option<Rc<Pending>> {
         let p = self.pending.borrow_mut().remove(&id)?;
@@ -308,6 +320,15 @@ impl Forwarder {
         &self.peers.forward
     }
 
+    /// Whether the last attempt to connect to `node` failed (`Some(true)`: and its backoff
+    /// has not ended, so an append now would be refused at once); `None`: it was reached, or
+    /// never tried.
+    fn unreachable(&self, node: u64) -> Option<bool> {
+        let links = self.links.borrow();
+        let link = links.get(&node)?;
+        link.down_until.get().map(|_| link.in_backoff())
+    }
+
     fn link(&self, node: u64) -> Rc<Link> {
         if let Some(l) = self.links.borrow().get(&node) {
             return Rc::clone(l);
@@ -320,6 +341,7 @@ impl Forwarder {
             waits: Cell::new(0),
             wake: Event::new(),
             next_id: Cell::new(1),
+            down_until: Cell::new(None),
         });
         self.links.borrow_mut().insert(node, Rc::clone(&link));
         glommio::spawn_local(run_link(
@@ -343,6 +365,13 @@ impl Forwarder {
         let stats = &self.peers.forward;
         let link = self.link(leader);
         let bytes = batch.payload_len();
+        if link.in_backoff() {
+            add(&stats.err_unreachable, 1);
+            return Err(seam::Error::Unavailable(format!(
+                "this node does not lead partition {id}, and its leader (node {leader}) could \
+                 not be reached at the last attempt; the append was not sent: retry"
+            )));
+        }
         if link.calls() >= MAX_IN_FLIGHT || link.bytes.get() + bytes > MAX_IN_FLIGHT_BYTES {
             add(&stats.err_queue_full, 1);
             return Err(seam::Error::Unavailable(format!(
@@ -602,11 +631,13 @@ async fn run_link(link: Rc<Link>, peers: Peers, stopped: Rc<Cell<bool>>) {
                         at.addr
                     ))
                 });
+                link.down_until.set(Some(Instant::now() + backoff));
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
+        link.down_until.set(None);
         backoff = BACKOFF_FIRST;
         let (rd, wr) = tokio::io::split(stream);
         let why = futures_lite::future::or(write_requests(&link, wr, &stopped), async {
@@ -752,6 +783,8 @@ pub async fn append_via(
     let me = fwd.node_id();
     let mut redirects = 0;
     let transfer_until = deadline.min(Instant::now() + LEADER_WAIT);
+    // How long an append whose leader cannot be reached waits for another (see below).
+    let reroute_until = transfer_until;
     let mut leader = first.or_else(|| fwd.leader_of(id)).unwrap_or(me);
     loop {
         if leader == me {
@@ -809,6 +842,27 @@ pub async fn append_via(
                 };
                 fwd.remember(id, Some(leader));
             }
+            Err(e @ seam::Error::Unavailable(_))
+                if fwd.unreachable(leader).is_some() && Instant::now() < reroute_until =>
+            {
+                // Nothing was sent: the leader's node cannot be reached (killed, cut off).
+                // Its followers elect another within an election timeout, which this node's
+                // replica learns from the new leader's first message: hold the append until
+                // then and send it there, rather than refuse it and have every client retry
+                // blindly. Without another leader, send it to the same node again once its
+                // link may connect again.
+                add(&stats.reroutes, 1);
+                match await_reroute(local, fwd, id, me, leader, reroute_until).await? {
+                    Some(l) => {
+                        fwd.remember(id, Some(l));
+                        leader = l;
+                    }
+                    None => {
+                        fwd.remember(id, None);
+                        return Err(e);
+                    }
+                }
+            }
             Err(e) => {
                 if matches!(
                     e,
@@ -847,6 +901,36 @@ async fn await_leader(
             return Ok(known);
         }
         glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where to send an append whose leader `old` could not be reached: the leader this node's
+/// replica names once it is another node (or this one), or `old` again once its link's
+/// backoff has ended; `None` at `until`.
+async fn await_reroute(
+    local: &LocalPartitions,
+    fwd: &Forwarder,
+    id: &PartitionId,
+    me: u64,
+    old: u64,
+    until: Instant,
+) -> seam::Result<Option<u64>> {
+    loop {
+        let known = match local.replica_status(id).await? {
+            Some(s) if s.is_leader => Some(me),
+            Some(s) => s.leader.filter(|&l| l != me && l != old),
+            None => Some(me),
+        };
+        if known.is_some() {
+            return Ok(known);
+        }
+        if fwd.unreachable(old) != Some(true) {
+            return Ok(Some(old));
+        }
+        if Instant::now() >= until {
+            return Ok(None);
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
