@@ -13,10 +13,12 @@ pub enum Error {
     #[error("group {group} has no leader at the moment")]
     NoLeader { group: u64 },
 
-    /// The proposal may or may not have been committed: leadership was lost after it was
-    /// proposed. A client retrying must be ready to see it twice.
-    #[error("outcome unknown: leadership of group {group} was lost after the proposal")]
-    OutcomeUnknown { group: u64 },
+    /// The proposal may or may not have been committed: it was proposed, and then this node
+    /// stopped following it (leadership was lost, the group stopped). A client retrying must
+    /// be ready to see it twice. `why` says what happened, for the message only: every cause
+    /// is the same outcome on the wire (`OUTCOME_UNKNOWN`).
+    #[error("outcome unknown in group {group}: {why}")]
+    OutcomeUnknown { group: u64, why: &'static str },
 
     /// The leader holds as much uncommitted data as it accepts (`max_uncommitted_size`):
     /// retry once earlier proposals commit.

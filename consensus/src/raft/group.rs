@@ -361,7 +361,10 @@ impl<S: LogStore> GroupSet<S> {
         };
         self.awaiting.retain(|&(group, _), _| group != id);
         for p in g.proposals.drain(..) {
-            let _ = p.tx.send(Err(Error::OutcomeUnknown { group: id }));
+            let _ = p.tx.send(Err(Error::OutcomeUnknown {
+                group: id,
+                why: "the group was closed with the proposal in flight",
+            }));
         }
         for r in g.reads.drain(..) {
             let _ = r.tx.send(Err(Error::ReadNotReady { group: id }));
@@ -1276,7 +1279,10 @@ impl<S: LogStore> Group<S> {
             };
             let outcome = if p.index < e.index {
                 // Its entry was replaced before it committed.
-                Err(Error::OutcomeUnknown { group: self.id })
+                Err(Error::OutcomeUnknown {
+                    group: self.id,
+                    why: "the proposal's entry was replaced before it committed",
+                })
             } else if p.term != e.term {
                 // Another leader's entry took its place: it was not committed.
                 Err(Error::NotLeader {
@@ -1316,7 +1322,10 @@ impl<S: LogStore> Group<S> {
         let leader = self.node.raft.state == StateRole::Leader;
         if self.was_leader && !leader {
             for p in self.proposals.drain(..) {
-                let _ = p.tx.send(Err(Error::OutcomeUnknown { group: self.id }));
+                let _ = p.tx.send(Err(Error::OutcomeUnknown {
+                    group: self.id,
+                    why: "leadership was lost after the proposal",
+                }));
             }
             for r in self.reads.drain(..) {
                 let _ = r.tx.send(Err(Error::ReadNotReady { group: self.id }));
@@ -1328,9 +1337,15 @@ impl<S: LogStore> Group<S> {
     /// Stops the group after a storage or apply failure; waiters learn the outcome is
     /// unknown.
     ///
-    /// A full disk is an operating condition, not a fault: the proposals learn it as such
-    /// (the engine's `DiskFull`, as a single-node append would), and the group's driver opens
-    /// the group again from its log once the log takes writes again.
+    /// A full disk is an operating condition, not a fault: the group's driver opens the group
+    /// again from its log once the log takes writes again. But the pending proposals are in
+    /// Raft's log already, and a leader sends entries to its followers before writing them
+    /// itself (`round_start`): the entry this node failed to write may be held by a
+    /// follower, and the next leader may commit it. So `DiskFull` (RESOURCE_EXHAUSTED to a
+    /// client: "the write did not happen") is the answer only when this node is the group's
+    /// only voter, whose unwritten entries nobody else holds; with other voters the outcome
+    /// is unknown. Appends refused before they are proposed (the log's writability is
+    /// checked at admission) never reach this and stay `DiskFull`.
     fn fail(&mut self, e: Error) {
         let disk_full = e.is_disk_full();
         if disk_full {
@@ -1338,14 +1353,35 @@ impl<S: LogStore> Group<S> {
         } else {
             log::error!("Raft group {} stopped: {e}", self.id);
         }
+        let unknown = if !disk_full {
+            Some("the group stopped on a storage or apply failure after the proposal")
+        } else if self.only_voter() {
+            None
+        } else {
+            Some(
+                "this node's disk is full and it could not write the proposal, which it had \
+                 sent to the followers: one may hold it, and the next leader commit it",
+            )
+        };
         for p in self.proposals.drain(..) {
-            let outcome = if disk_full {
-                e.clone()
-            } else {
-                Error::OutcomeUnknown { group: self.id }
+            let outcome = match unknown {
+                None => e.clone(),
+                Some(why) => Error::OutcomeUnknown {
+                    group: self.id,
+                    why,
+                },
             };
             let _ = p.tx.send(Err(outcome));
         }
         self.failed = Some(e);
+    }
+
+    /// True when this node is the group's only voter (in both halves of a joint
+    /// configuration): only its log can be a leader's, so an entry it did not write is
+    /// committed nowhere (a learner that received it is cut back when it follows again).
+    fn only_voter(&self) -> bool {
+        let voters = self.node.raft.prs().conf().voters().ids();
+        let me = self.node.raft.id;
+        voters.contains(me) && voters.len() == 1
     }
 }

@@ -733,7 +733,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                         let r = match rx.await {
                             Ok(Ok(c)) => Ok(c.index),
                             Ok(Err(e)) => Err(e),
-                            Err(_) => Err(Error::OutcomeUnknown { group: 0 }),
+                            Err(_) => Err(Error::OutcomeUnknown {
+                                group: 0,
+                                why: "the Raft loop stopped with the command in flight",
+                            }),
                         };
                         let _ = reply.send(r);
                     })
@@ -751,7 +754,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                         let r = match rx.await {
                             Ok(Ok(c)) => Ok(c.index),
                             Ok(Err(e)) => Err(e),
-                            Err(_) => Err(Error::OutcomeUnknown { group }),
+                            Err(_) => Err(Error::OutcomeUnknown {
+                                group,
+                                why: "the Raft loop stopped with the change in flight",
+                            }),
                         };
                         let _ = reply.send(r);
                     })
@@ -826,11 +832,9 @@ pub fn engine_error(e: Error, shard: usize, id: &PartitionId) -> engine::Error {
             leader_addr: None,
         }),
         Error::NoLeader { .. } => E::Replication(seam::Error::NoLeader(id.to_string())),
-        Error::OutcomeUnknown { .. } => E::Replication(seam::Error::OutcomeUnknown(
-            "leadership of the partition changed, or its group stopped, while the append was \
-             in flight: it may or may not be committed"
-                .into(),
-        )),
+        Error::OutcomeUnknown { why, .. } => E::Replication(seam::Error::OutcomeUnknown(format!(
+            "{why}: the append may or may not be committed"
+        ))),
         Error::Busy { .. } => E::Overloaded { shard, depth: 0 },
         Error::InvalidProposal(m) => E::InvalidArgument(m),
         Error::Storage { source, .. } => source,
