@@ -15,23 +15,25 @@
 //! the log takes for an I/O error (it latches) rather than for a full disk; a write of one
 //! new page gets ENOSPC.
 
+mod manual;
+
 use consensus::raft::replica::engine_error;
-use consensus::raft::{forward, GroupConfig, GroupSet, Outcome, Transport};
+use consensus::raft::{forward, Outcome};
 use engine::seam::{EncodedBatch, Error as SeamError, PartitionId, Writability};
-use engine::{FileBudget, Log, LogConfig, NewRecord};
+use engine::NewRecord;
 use futures_channel::oneshot;
-use raft::StateRole;
-use std::collections::{BTreeMap, BTreeSet};
+use manual::{Cluster, G};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::rc::Rc;
 
-const G: u64 = 7;
 /// The full node: it campaigns first, so it leads.
 const FULL: u64 = 1;
 const PAGE: usize = 4096;
 /// Enough rounds to fill the volume many times over.
 const MAX_PROPOSALS: usize = 2000;
+/// Elections take at most this many ticks.
+const ELECTION_TICKS: usize = 200;
 
 /// A tmpfs of `bytes` mounted on `dir`, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -65,122 +67,14 @@ impl Drop for Tmpfs {
     }
 }
 
-struct Queue(Vec<(u64, Vec<u8>)>);
-
-impl Transport for Queue {
-    fn send(&mut self, to: u64, frame: Vec<u8>) {
-        self.0.push((to, frame));
-    }
-
-    async fn fetch_snapshot(
-        &mut self,
-        _from: u64,
-        _group: u64,
-        _first: u64,
-        _last: u64,
-    ) -> Result<Vec<engine::log::EntryBatch>, String> {
-        Err("no log is compacted in these tests".into())
-    }
-}
-
-fn config() -> LogConfig {
-    LogConfig {
-        // Segments start at a page boundary: page-sized batches stay aligned across rolls.
-        segment_bytes: 256 * 1024,
-        index_interval_bytes: 1024,
-        max_batch_bytes: 16 * 1024,
-        max_record_bytes: 16 * 1024,
-        write_behind_bytes: 64 * 1024,
-        ..LogConfig::default()
-    }
-}
-
-struct Cluster {
-    logs: BTreeMap<u64, Rc<Log>>,
-    sets: BTreeMap<u64, GroupSet<Log>>,
+/// Nodes `1..=n` under `root`: the full node's group stops when its disk fills up.
+async fn open(root: &Path, n: u64) -> Cluster {
+    // Segments start at a page boundary: page-sized batches stay aligned across rolls.
+    let config = manual::config(256 * 1024);
+    Cluster::open(root, n, config, true).await
 }
 
 impl Cluster {
-    /// Nodes `1..=n` under `root` (node `i` in `root/node{i}`), every group of them all.
-    async fn open(root: &Path, n: u64) -> Cluster {
-        let mut c = Cluster {
-            logs: BTreeMap::new(),
-            sets: BTreeMap::new(),
-        };
-        let voters: Vec<u64> = (1..=n).collect();
-        for id in 1..=n {
-            let log = Log::open(
-                root.join(format!("node{id}")),
-                config(),
-                FileBudget::new(16),
-            )
-            .await
-            .expect("open log");
-            let gc = GroupConfig {
-                cache_bytes: 4096,
-                ..GroupConfig::default()
-            };
-            let mut set = GroupSet::new(id, gc, id);
-            set.add_group(G, Rc::clone(&log), &voters)
-                .await
-                .expect("group");
-            c.logs.insert(id, log);
-            c.sets.insert(id, set);
-        }
-        c
-    }
-
-    async fn close(self) {
-        for log in self.logs.values() {
-            // The full node's log may refuse to close cleanly; nothing to check there.
-            let _ = log.close().await;
-        }
-    }
-
-    /// One round on every node, then every frame delivered (a stopped group drops them).
-    async fn round(&mut self) {
-        let mut sent = Vec::new();
-        for (&id, set) in self.sets.iter_mut() {
-            let mut q = Queue(Vec::new());
-            set.round(&mut q).await;
-            for job in set.take_fetch_jobs() {
-                job.run().await;
-            }
-            sent.extend(q.0.into_iter().map(|(to, f)| (id, to, f)));
-        }
-        for (_, to, f) in sent {
-            let _ = self.sets.get_mut(&to).expect("node").step_frame(&f);
-        }
-    }
-
-    async fn ticks(&mut self, n: usize) {
-        for _ in 0..n {
-            for s in self.sets.values_mut() {
-                s.tick();
-            }
-            for _ in 0..3 {
-                self.round().await;
-            }
-        }
-    }
-
-    /// The leader among the groups still running (a stopped group keeps its role).
-    fn leader(&self) -> Option<u64> {
-        self.sets.iter().find_map(|(&id, s)| {
-            (s.failure(G).is_none() && s.status(G)?.role == StateRole::Leader).then_some(id)
-        })
-    }
-
-    async fn elect(&mut self) -> u64 {
-        for _ in 0..200 {
-            if let Some(l) = self.leader() {
-                return l;
-            }
-            self.ticks(1).await;
-        }
-        panic!("no leader");
-    }
-
     /// Node `FULL` campaigns first and leads.
     async fn elect_full(&mut self) {
         self.sets
@@ -263,13 +157,13 @@ fn is_disk_full(e: &SeamError) -> bool {
 }
 
 async fn leader_fills_up(root: PathBuf) {
-    let mut c = Cluster::open(&root, 3).await;
+    let mut c = open(&root, 3).await;
     c.elect_full().await;
     let proposed = c.fill().await;
     assert!(c.sets[&FULL].failure(G).expect("stopped").is_disk_full());
 
     // The followers elect a new leader, which commits what they hold.
-    let l2 = c.elect().await;
+    let l2 = c.elect(ELECTION_TICKS).await;
     assert_ne!(l2, FULL);
     c.ticks(5).await;
     let committed = c.committed(l2).await;
@@ -334,7 +228,7 @@ async fn leader_fills_up(root: PathBuf) {
 /// A group whose only voter is the full node: nobody else holds its unwritten entries, so
 /// the appends pending when its disk filled up did not happen, and say so.
 async fn sole_voter_fills_up(root: PathBuf) {
-    let mut c = Cluster::open(&root, 1).await;
+    let mut c = open(&root, 1).await;
     c.elect_full().await;
     let proposed = c.fill().await;
     assert!(c.sets[&FULL].failure(G).expect("stopped").is_disk_full());

@@ -7,135 +7,24 @@
 //! and never past the visible end the group sets (the old leader's uncommitted suffix is
 //! readable by Raft index only).
 
-use consensus::raft::{GroupConfig, GroupSet, Outcome, Transport};
-use engine::{FileBudget, Log, LogConfig, NewRecord};
+mod manual;
+
+use consensus::raft::Outcome;
+use engine::NewRecord;
 use futures_channel::oneshot;
-use raft::StateRole;
-use std::collections::{BTreeMap, BTreeSet};
+use manual::{Cluster, G};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
-const G: u64 = 7;
-
-struct Queue(Vec<(u64, Vec<u8>)>);
-
-impl Transport for Queue {
-    fn send(&mut self, to: u64, frame: Vec<u8>) {
-        self.0.push((to, frame));
-    }
-
-    async fn fetch_snapshot(
-        &mut self,
-        _from: u64,
-        _group: u64,
-        _first: u64,
-        _last: u64,
-    ) -> Result<Vec<engine::log::EntryBatch>, String> {
-        Err("no log is compacted in these tests".into())
-    }
+/// The three nodes under `root`, any of them may be cut off; none of their groups may stop.
+async fn open(root: &Path) -> Cluster {
+    Cluster::open(root, 3, manual::config(64 * 1024), false).await
 }
 
-fn config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        index_interval_bytes: 1024,
-        max_batch_bytes: 16 * 1024,
-        max_record_bytes: 16 * 1024,
-        write_behind_bytes: 64 * 1024,
-        ..LogConfig::default()
-    }
-}
-
-struct Cluster {
-    logs: BTreeMap<u64, Rc<Log>>,
-    sets: BTreeMap<u64, GroupSet<Log>>,
-    isolated: BTreeSet<u64>,
-}
+/// Elections take at most this many ticks.
+const ELECTION_TICKS: usize = 100;
 
 impl Cluster {
-    async fn open(root: &Path) -> Cluster {
-        let mut c = Cluster {
-            logs: BTreeMap::new(),
-            sets: BTreeMap::new(),
-            isolated: BTreeSet::new(),
-        };
-        for id in 1..=3 {
-            let log = Log::open(
-                root.join(format!("node{id}")),
-                config(),
-                FileBudget::new(16),
-            )
-            .await
-            .expect("open log");
-            let gc = GroupConfig {
-                cache_bytes: 4096,
-                ..GroupConfig::default()
-            };
-            let mut set = GroupSet::new(id, gc, id);
-            set.add_group(G, Rc::clone(&log), &[1, 2, 3])
-                .await
-                .expect("group");
-            c.logs.insert(id, log);
-            c.sets.insert(id, set);
-        }
-        c
-    }
-
-    async fn close(self) {
-        for log in self.logs.values() {
-            log.close().await.expect("close");
-        }
-    }
-
-    async fn round(&mut self) {
-        let mut sent = Vec::new();
-        for (&id, set) in self.sets.iter_mut() {
-            let mut q = Queue(Vec::new());
-            set.round(&mut q).await;
-            for job in set.take_fetch_jobs() {
-                job.run().await;
-            }
-            assert!(set.failure(G).is_none(), "node {id}: {:?}", set.failure(G));
-            sent.extend(q.0.into_iter().map(|(to, f)| (id, to, f)));
-        }
-        for (from, to, f) in sent {
-            if !self.isolated.contains(&from) && !self.isolated.contains(&to) {
-                self.sets
-                    .get_mut(&to)
-                    .expect("node")
-                    .step_frame(&f)
-                    .expect("frame");
-            }
-        }
-    }
-
-    async fn ticks(&mut self, n: usize) {
-        for _ in 0..n {
-            for s in self.sets.values_mut() {
-                s.tick();
-            }
-            for _ in 0..3 {
-                self.round().await;
-            }
-        }
-    }
-
-    fn leader(&self) -> Option<u64> {
-        self.sets.iter().find_map(|(&id, s)| {
-            (!self.isolated.contains(&id) && s.status(G)?.role == StateRole::Leader).then_some(id)
-        })
-    }
-
-    async fn elect(&mut self) -> u64 {
-        for _ in 0..100 {
-            if let Some(l) = self.leader() {
-                return l;
-            }
-            self.ticks(1).await;
-        }
-        panic!("no leader");
-    }
-
     fn propose(&mut self, node: u64, value: String) -> oneshot::Receiver<Outcome> {
         self.sets
             .get_mut(&node)
@@ -168,8 +57,8 @@ impl Cluster {
 }
 
 async fn scenario(root: PathBuf) {
-    let mut c = Cluster::open(&root).await;
-    let l = c.elect().await;
+    let mut c = open(&root).await;
+    let l = c.elect(ELECTION_TICKS).await;
     let mut acked = Vec::new();
     for i in 0..30 {
         acked.push((format!("a{i}"), c.propose(l, format!("a{i}"))));
@@ -213,7 +102,7 @@ async fn scenario(root: PathBuf) {
         .expect("entries past the visible end");
     assert_eq!(tail.len(), 5);
     assert!(tail.iter().all(|b| b.header.base_offset >= visible));
-    let l2 = c.elect().await;
+    let l2 = c.elect(ELECTION_TICKS).await;
     assert_ne!(l2, l);
     for i in 0..30 {
         acked.push((format!("b{i}"), c.propose(l2, format!("b{i}"))));
@@ -257,7 +146,7 @@ async fn scenario(root: PathBuf) {
 
     // Everything reopened: the commit index comes back from the batch headers (at most the
     // real one), applied starts there, and the cluster carries on.
-    let mut c = Cluster::open(&root).await;
+    let mut c = open(&root).await;
     for (id, s) in &c.sets {
         let st = s.status(G).expect("status");
         assert!(
@@ -267,7 +156,7 @@ async fn scenario(root: PathBuf) {
         );
         assert_eq!(st.applied, st.commit);
     }
-    let l = c.elect().await;
+    let l = c.elect(ELECTION_TICKS).await;
     let mut rx = c.propose(l, "after".into());
     c.ticks(3).await;
     let done = rx
