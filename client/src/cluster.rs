@@ -576,20 +576,37 @@ impl Cluster {
     pub async fn any(&self, deadline: Instant) -> Result<(String, Channel), Status> {
         let mut last = None;
         loop {
-            for addr in self.candidates() {
-                match self.channel(&addr, deadline).await {
-                    Ok(ch) => return Ok((addr, ch)),
-                    Err(e) => {
-                        self.unreachable(&addr);
-                        last = Some(e);
-                    }
-                }
+            if let Some(found) = self
+                .first_connected(self.candidates(), deadline, &mut last)
+                .await
+            {
+                return Ok(found);
             }
             if Instant::now() + NO_LEADER_PAUSE >= deadline {
                 return Err(no_connection("to any server", last));
             }
             glommio::timer::sleep(NO_LEADER_PAUSE).await;
         }
+    }
+
+    /// The first of `order` that connects within `deadline`; the others are marked
+    /// unreachable on the way, and `last` keeps the latest failure.
+    async fn first_connected(
+        &self,
+        order: Vec<String>,
+        deadline: Instant,
+        last: &mut Option<Status>,
+    ) -> Option<(String, Channel)> {
+        for addr in order {
+            match self.channel(&addr, deadline).await {
+                Ok(ch) => return Some((addr, ch)),
+                Err(e) => {
+                    self.unreachable(&addr);
+                    *last = Some(e);
+                }
+            }
+        }
+        None
     }
 
     async fn pick(
@@ -621,14 +638,8 @@ impl Cluster {
                     order.push(a);
                 }
             }
-            for addr in order {
-                match self.channel(&addr, deadline).await {
-                    Ok(ch) => return Ok((addr, ch)),
-                    Err(e) => {
-                        self.unreachable(&addr);
-                        last = Some(e);
-                    }
-                }
+            if let Some(found) = self.first_connected(order, deadline, &mut last).await {
+                return Ok(found);
             }
             if Instant::now() + NO_LEADER_PAUSE >= deadline {
                 return Err(no_connection(&format!("for {}/{}", k.0, k.1), last));
