@@ -782,9 +782,9 @@ pub async fn append_via(
     let stats = fwd.stats();
     let me = fwd.node_id();
     let mut redirects = 0;
+    // How long an append waits for a leader: through a leadership transfer here, or for
+    // the successor of a leader that cannot be reached.
     let transfer_until = deadline.min(Instant::now() + LEADER_WAIT);
-    // How long an append whose leader cannot be reached waits for another (see below).
-    let reroute_until = transfer_until;
     let mut leader = first.or_else(|| fwd.leader_of(id)).unwrap_or(me);
     loop {
         if leader == me {
@@ -843,7 +843,7 @@ pub async fn append_via(
                 fwd.remember(id, Some(leader));
             }
             Err(e @ seam::Error::Unavailable(_))
-                if fwd.unreachable(leader).is_some() && Instant::now() < reroute_until =>
+                if fwd.unreachable(leader).is_some() && Instant::now() < transfer_until =>
             {
                 // Nothing was sent: the leader's node cannot be reached (killed, cut off).
                 // Its followers elect another within an election timeout, which this node's
@@ -852,7 +852,7 @@ pub async fn append_via(
                 // blindly. Without another leader, send it to the same node again once its
                 // link may connect again.
                 add(&stats.reroutes, 1);
-                match await_reroute(local, fwd, id, me, leader, reroute_until).await? {
+                match await_reroute(local, fwd, id, me, leader, transfer_until).await? {
                     Some(l) => {
                         fwd.remember(id, Some(l));
                         leader = l;
@@ -891,12 +891,7 @@ async fn await_leader(
 ) -> seam::Result<Option<u64>> {
     let until = deadline.min(Instant::now() + LEADER_WAIT);
     loop {
-        let known = match local.replica_status(id).await? {
-            Some(s) if s.is_leader => Some(me),
-            Some(s) => s.leader.filter(|&l| l != me),
-            // No replication layer: this node takes every append.
-            None => Some(me),
-        };
+        let known = leader_here(local, id, me, None).await?;
         if known.is_some() || Instant::now() >= until {
             return Ok(known);
         }
@@ -916,11 +911,7 @@ async fn await_reroute(
     until: Instant,
 ) -> seam::Result<Option<u64>> {
     loop {
-        let known = match local.replica_status(id).await? {
-            Some(s) if s.is_leader => Some(me),
-            Some(s) => s.leader.filter(|&l| l != me && l != old),
-            None => Some(me),
-        };
+        let known = leader_here(local, id, me, Some(old)).await?;
         if known.is_some() {
             return Ok(known);
         }
@@ -932,6 +923,21 @@ async fn await_reroute(
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The leader of `id` this node's replica knows of now, other than `except`: this node when
+/// it leads (or when there is no replication layer: it takes every append).
+async fn leader_here(
+    local: &LocalPartitions,
+    id: &PartitionId,
+    me: u64,
+    except: Option<u64>,
+) -> seam::Result<Option<u64>> {
+    Ok(match local.replica_status(id).await? {
+        Some(s) if s.is_leader => Some(me),
+        Some(s) => s.leader.filter(|&l| l != me && Some(l) != except),
+        None => Some(me),
+    })
 }
 
 fn no_leader(stats: &ForwardStats, id: &PartitionId) -> Answer {
