@@ -91,6 +91,20 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         let any = answers.iter().find_map(|a| a.partitions.iter().find(same));
         parts.push(from_leader.or(any).unwrap_or(p).clone());
     }
+    // Replicas stopped on the node that answered: (node, topic, partition, why).
+    let stopped: Vec<(u64, &str, u32, &str)> = answers
+        .iter()
+        .flat_map(|a| {
+            a.partitions.iter().filter(|q| q.local && q.stopped).map(|q| {
+                let why = if q.disk_full {
+                    "disk full"
+                } else {
+                    "failed; restart the node"
+                };
+                (a.node_id, q.topic.as_str(), q.partition, why)
+            })
+        })
+        .collect();
     if conn.json {
         println!(
             "{}",
@@ -111,6 +125,9 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                         "matched_index": r.progress_known.then_some(r.matched_index),
                         "lag": r.progress_known.then_some(r.lag),
                     })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "stopped": stopped.iter().map(|(node, topic, partition, why)| serde_json::json!({
+                    "node": node, "topic": topic, "partition": partition, "why": why,
                 })).collect::<Vec<_>>(),
             })
         );
@@ -163,6 +180,9 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
             p.commit_index,
             replicas.join(", ")
         );
+    }
+    for (node, topic, partition, why) in &stopped {
+        println!("stopped: {topic}/{partition} on node {node} ({why})");
     }
     Ok(ExitCode::SUCCESS)
 }

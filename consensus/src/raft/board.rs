@@ -3,6 +3,7 @@
 //! NOT_LEADER answer, GetServers, `cluster describe` and the reconcile loop, without asking
 //! the shards.
 
+use super::group::Stopped;
 use raft::StateRole;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +13,11 @@ use std::sync::RwLock;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupView {
     pub shard: usize,
+    /// A stopped group's is `Follower` (see `stopped`).
     pub role: StateRole,
     pub term: u64,
-    /// The leader's Raft id, `raft::INVALID_ID` (0) when none is known.
+    /// The leader's Raft id, `raft::INVALID_ID` (0) when none is known (always on a stopped
+    /// group).
     pub leader: u64,
     pub commit: u64,
     pub applied: u64,
@@ -23,6 +26,9 @@ pub struct GroupView {
     pub learners: Vec<u64>,
     /// On the leader: each replica's matched index; empty elsewhere.
     pub matched: Vec<(u64, u64)>,
+    /// Set while the group is stopped on this node: its log's disk is full, or it failed
+    /// (until the server restarts).
+    pub stopped: Option<Stopped>,
 }
 
 /// The node's groups, by group id, and what changed in them.

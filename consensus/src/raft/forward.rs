@@ -320,6 +320,11 @@ impl Forwarder {
         &self.peers.forward
     }
 
+    /// Every group of this node as its shard last published it.
+    pub(crate) fn board(&self) -> &super::board::Board {
+        &self.peers.board
+    }
+
     /// Whether the last attempt to connect to `node` failed (`Some(true)`: and its backoff
     /// has not ended, so an append now would be refused at once); `None`: it was reached, or
     /// never tried.

@@ -172,17 +172,32 @@ struct ReadWaiter {
     tx: oneshot::Sender<Result<u64>>,
 }
 
+/// Why a group stopped (see `Group::fail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Its log's disk is full: the group opens again once the log takes writes.
+    DiskFull,
+    /// A storage or apply failure (the log latched, or `raft.meta` could not be written):
+    /// stopped until the server restarts.
+    Failed,
+}
+
 /// A group's state as others see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupStatus {
+    /// A stopped group is a follower (raft-rs has no "stopped" role): it leads nothing.
     pub role: StateRole,
     pub term: u64,
+    /// `raft::INVALID_ID` when none is known, and always on a stopped group: it hears no
+    /// message, so whom it last knew as leader (maybe itself) says nothing about now.
     pub leader: u64,
     pub commit: u64,
     pub applied: u64,
     pub last_index: u64,
     /// The offset after the last committed record: what readers may see.
     pub visible_offset: u64,
+    /// Set once the group stopped: it takes no proposal, steps no message, elects nobody.
+    pub stopped: Option<Stopped>,
 }
 
 struct Group<S: LogStore> {
@@ -379,14 +394,28 @@ impl<S: LogStore> GroupSet<S> {
     pub fn status(&self, id: u64) -> Option<GroupStatus> {
         let g = self.groups.get(&id)?;
         let r = &g.node.raft;
+        let stopped = g.failed.as_ref().map(|e| {
+            if e.is_disk_full() {
+                Stopped::DiskFull
+            } else {
+                Stopped::Failed
+            }
+        });
+        // raft-rs's state froze when the group stopped: a former leader still says it
+        // leads. It does not; nor does it know who does.
+        let (role, leader) = match stopped {
+            Some(_) => (StateRole::Follower, raft::INVALID_ID),
+            None => (r.state, r.leader_id),
+        };
         Some(GroupStatus {
-            role: r.state,
+            role,
             term: r.term,
-            leader: r.leader_id,
+            leader,
             commit: r.raft_log.committed,
             applied: r.raft_log.applied,
             last_index: r.raft_log.last_index(),
             visible_offset: g.visible_offset,
+            stopped,
         })
     }
 
@@ -411,7 +440,7 @@ impl<S: LogStore> GroupSet<S> {
         voters.sort_unstable();
         let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
-        let matched = if r.state == StateRole::Leader {
+        let matched = if r.state == StateRole::Leader && g.failed.is_none() {
             let mut m: Vec<(u64, u64)> = r.prs().iter().map(|(&n, p)| (n, p.matched)).collect();
             m.sort_unstable();
             m
@@ -1372,6 +1401,10 @@ impl<S: LogStore> Group<S> {
                 },
             };
             let _ = p.tx.send(Err(outcome));
+        }
+        // No read index comes any more: the reader retries (on another node).
+        for r in self.reads.drain(..) {
+            let _ = r.tx.send(Err(Error::ReadNotReady { group: self.id }));
         }
         self.failed = Some(e);
     }

@@ -609,6 +609,7 @@ fn publish(inner: &Inner, set: &GroupSet<Log>) {
                     voters,
                     learners,
                     matched,
+                    stopped: s.stopped,
                 },
             );
         }

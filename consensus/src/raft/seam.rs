@@ -19,7 +19,8 @@
 //! ([`engine_config`]), then this factory over its handle.
 
 use super::forward::{self, Forwarder, RemoteRead};
-use super::replica::{RaftReplication, CONTROLLER_TOPIC};
+use super::group::Stopped;
+use super::replica::{group_id, RaftReplication, CONTROLLER_TOPIC};
 use super::transport::Peers;
 use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
@@ -249,6 +250,17 @@ impl RaftPartitions {
             .is_some_and(|nodes| !nodes.is_empty() && !nodes.contains(&me))
     }
 
+    /// True when this node's replica of `id` stopped on a failure (its log latched, or
+    /// `raft.meta` could not be written) and stays stopped until the server restarts. A
+    /// replica stopped for want of space is not: its log refuses appends (RESOURCE_EXHAUSTED)
+    /// and takes them again once space returns.
+    fn failed_here(&self, id: &PartitionId) -> bool {
+        self.forward
+            .board()
+            .get(group_id(id))
+            .is_some_and(|v| v.stopped == Some(Stopped::Failed))
+    }
+
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
     /// one, in turn, until one answers. `NotFound` (`why`) when the controller knows no such
     /// partition.
@@ -356,6 +368,16 @@ impl Partitions for RaftPartitions {
             check_not_controller(id)?;
             if self.placed_elsewhere(id) {
                 let why = format!("partition {id} has no replica on this node");
+                return self
+                    .append_elsewhere(id, batch, why)
+                    .await
+                    .map_err(|e| self.with_leader_addr(id, e));
+            }
+            if self.failed_here(id) && !self.replicas_elsewhere(id).is_empty() {
+                // This node's replica failed, not the partition: its other replicas elected
+                // a leader (or are electing one), which takes the append as from a node
+                // holding no replica. This replica knows no leader to name.
+                let why = format!("partition {id}: this node's replica is stopped");
                 return self
                     .append_elsewhere(id, batch, why)
                     .await

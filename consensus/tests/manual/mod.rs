@@ -58,7 +58,7 @@ pub struct Cluster {
     /// Whether a group may stop (its log failed, e.g. its disk is full). If not, a stopped
     /// group fails the test at its next round, as does a frame a node refuses or a log that
     /// does not close cleanly. If so, frames to a stopped group are dropped, a stopped group
-    /// is not the leader (it keeps its role), and a log's close is not checked.
+    /// is not the leader (it reports none), and a log's close is not checked.
     may_stop: bool,
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use consensus::cluster::ClusterNode;
 use consensus::raft::board::GroupView;
 use consensus::raft::replica::{group_id, CONTROLLER_TOPIC};
+use consensus::raft::Stopped;
 use engine::seam::PartitionId;
 use net::server::Request;
 use net::Status;
@@ -43,6 +44,8 @@ fn partition(
         out.term = v.term;
         out.commit_index = v.commit;
         out.local = true;
+        out.stopped = v.stopped.is_some();
+        out.disk_full = v.stopped == Some(Stopped::DiskFull);
         for n in v.voters.iter().chain(v.learners.iter()) {
             if !nodes.iter().any(|(x, _)| x == n) {
                 nodes.push((*n, 0));
