@@ -90,6 +90,12 @@ impl From<Error> for seam::Error {
             Error::Raft(RaftError::NoLeader { .. }) => {
                 seam::Error::NoLeader(CONTROLLER_PARTITION.into())
             }
+            // Proposed, then this node stopped following it (leadership lost, the group
+            // stopped): the next leader may commit it or not. Sent again, a CreateTopic that
+            // took answers ALREADY_EXISTS, a DeleteTopic NOT_FOUND.
+            Error::Raft(RaftError::OutcomeUnknown { why, .. }) => seam::Error::OutcomeUnknown(
+                format!("controller command: {why}; it may or may not be committed"),
+            ),
             Error::Raft(RaftError::Storage { source, .. }) | Error::Local(source) => source.into(),
             e => seam::Error::Internal(e.to_string()),
         }
@@ -353,9 +359,12 @@ impl ClusterNode {
             .map_err(|e| Error::Refused(e.to_string()))?;
         let index = match rx.await {
             Ok(Ok(i)) => i,
+            // Not proposed (this node no longer leads), or replaced by another leader's entry
+            // before it committed: nothing of it is in the log; the client goes to the leader.
             Ok(Err(RaftError::NotLeader { .. } | RaftError::NoLeader { .. })) => {
                 return Err(self.not_leader())
             }
+            // Proposed, outcome unknown (`From<Error> for seam::Error`: OUTCOME_UNKNOWN).
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(Error::Stopped),
         };
