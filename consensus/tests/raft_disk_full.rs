@@ -10,10 +10,10 @@
 //! followers before its write fails); the full disk is a small tmpfs mounted on the leader's
 //! directory. Needs root (to mount it); not root, or no tmpfs: the test says so and passes.
 //!
-//! Every batch the leader writes is one whole page, at a page boundary: a write that extends
-//! a tmpfs file over a page it already holds and one it cannot get comes back short, which
-//! the log takes for an I/O error (it latches) rather than for a full disk; a write of one
-//! new page gets ENOSPC.
+//! Every batch the leader writes is one whole page, at a page boundary, so that the write
+//! that fills the volume fails with ENOSPC: a write that extends a tmpfs file over a page it
+//! already holds and one it cannot get comes back short instead (which the log also takes
+//! for a full disk when no room is left: `engine/tests/short_write.rs`).
 
 mod manual;
 

@@ -267,14 +267,8 @@ impl Log {
             let (wrote, zeroed) = futures_lite::future::zip(data, zeroes).await;
             let wrote = wrote.map_err(|e| Error::glommio("writing", &written.path, e))?;
             if wrote != want {
-                return Err(Error::io(
-                    "writing",
-                    &written.path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write: {wrote} of {want} bytes"),
-                    ),
-                ));
+                self.state_mut().stats.short_writes += 1;
+                return Err(self.short_write(&written.path, wrote, want));
             }
             let mut st = self.state_mut();
             st.stats.writes += 1;
@@ -316,6 +310,32 @@ impl Log {
             st.written_next = st.written_next.max(written.target.min(st.next));
         }
         Ok(written)
+    }
+
+    /// The error of a write the device took only `wrote` of `want` bytes of, reporting no
+    /// error. A file system that fills up during a write may do that instead of failing it
+    /// with ENOSPC (tmpfs writes the pages it has and stops at the one it cannot get): with
+    /// no room left for the rest, it is a full disk, in the state ENOSPC leaves (the
+    /// completed writes on the device, the rest still buffered; a retry of the write-out
+    /// rewrites what the short one put there, and the recovery from a full disk cuts it
+    /// off), so the log waits for space (`ErrorKind::StorageFull`, which `Log::fail` takes
+    /// for that). With room left, the device failed: an I/O error, which latches the log.
+    fn short_write(&self, path: &std::path::Path, wrote: usize, want: usize) -> Error {
+        let free = super::space::free_bytes(&self.dir);
+        let rest = (want - wrote) as u64;
+        let (kind, what) = if free < rest {
+            (std::io::ErrorKind::StorageFull, "the file system is full")
+        } else {
+            (std::io::ErrorKind::WriteZero, "with room left")
+        };
+        Error::io(
+            "writing",
+            path,
+            std::io::Error::new(
+                kind,
+                format!("short write: {wrote} of {want} bytes, {what} ({free} bytes free)"),
+            ),
+        )
     }
 
     /// Keeps the window of zero-filled blocks ahead of a write that ends at `data_end`, while

@@ -134,6 +134,9 @@ pub struct LogStats {
     /// Bytes of zeroes written ahead of the data to keep the active segment's tail allocated
     /// (see `limits::PREALLOC_WINDOW_BYTES`); counted apart from `bytes_written`.
     pub zeroed_bytes: u64,
+    /// Writes of batches the device took only part of, reporting no error (a tmpfs filling
+    /// up does that instead of ENOSPC): a full disk when no room is left, else an I/O error.
+    pub short_writes: u64,
     /// Reads of segment data that went to the device (one DMA read each).
     pub dma_reads: u64,
     /// Reads of segment data served wholly from memory (the write-behind buffer and the
