@@ -3,7 +3,9 @@
 //! mutual TLS. What they check: the controller forms (three voters), a topic created with
 //! replication factor 3 has a replica and the same records on every node, and a kill -9 of a
 //! partition's leader under load loses no acknowledged record: after the node restarts,
-//! every acknowledged offset holds its value, byte for byte, on every node.
+//! every acknowledged offset holds its value, byte for byte, on every node. A leader whose
+//! partition log fails (its directory taken away) stops: it reports no leadership, the others
+//! elect, and produces made on its node reach the new leader.
 //!
 //! Multi-node tests are `#[ignore]`d in the plain `cargo test` run and run one at a time in
 //! their own phase of scripts/test (`cargo test --test cluster -- --ignored
@@ -529,4 +531,83 @@ fn a_restart_right_after_a_placement_keeps_the_replica_it_placed() {
         !after.contains("dropped topic \"default\"") && !after.contains("panicked"),
         "the restarted node dropped the replica placed on it:\n{after}"
     );
+}
+
+/// The stopped node's own view of `topic`/0: (leader, stopped).
+fn own_view(n: &Node, topic: &str) -> Option<(u64, bool)> {
+    let d = n.describe()?;
+    let p = d
+        .partitions
+        .iter()
+        .find(|p| p.topic == topic && p.partition == 0 && p.local)?;
+    Some((p.leader, p.stopped))
+}
+
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
+    let c = form("a leader's log fails", 81, &[]);
+    let ctl = controller_leader(&c);
+    let ch = c.nodes[ctl].channel().expect("connect");
+    // Small segments: the replica rolls soon, and the roll cannot create its next file.
+    let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
+        paths::CREATE_TOPIC,
+        &CreateTopicRequest {
+            name: "s".into(),
+            config: Some(TopicConfig {
+                partitions: 1,
+                replication_factor: 3,
+                segment_bytes: 2 << 20,
+                ..Default::default()
+            }),
+        },
+        net::client::CallOptions::timeout(Duration::from_secs(30)),
+    );
+    r.expect("create topic s");
+    let mut lead = None;
+    wait("a leader of s/0 with three voters", || {
+        lead = leader_of(&c, "s", 0, 3);
+        lead.is_some()
+    });
+    let l = lead.unwrap_or(0);
+    let other = (l + 1) % 3;
+    let value = vec![b'x'; 60_000];
+    wait("a produce to s", || produce(&c.nodes[l], "s", &value).is_ok());
+
+    // Its partition's directory taken away under the open log: a real I/O error at the
+    // next segment, made without privileges.
+    std::fs::remove_dir_all(c.nodes[l].data_dir.join("topics/s/0")).expect("remove");
+    wait("the leader's replica of s/0 stopped", || {
+        // Appends reach it through another node until it fails (errors are expected).
+        let _ = produce(&c.nodes[other], "s", &value);
+        own_view(&c.nodes[l], "s").is_some_and(|(_, stopped)| stopped)
+    });
+    let (leader, _) = own_view(&c.nodes[l], "s").unwrap_or_default();
+    println!("the stopped former leader reports leader {leader}");
+    assert_eq!(leader, 0, "a stopped replica leads nothing and knows no leader");
+    let mut next = None;
+    wait("another leader of s/0", || {
+        next = leader_of(&c, "s", 0, 3);
+        next.is_some()
+    });
+    assert_ne!(next, Some(l));
+    assert_eq!(own_view(&c.nodes[l], "s").map(|v| v.0), Some(0));
+
+    // A produce made on the stopped node goes to the new leader.
+    let mut got = Err(Status::unavailable("not tried"));
+    wait("a produce through the stopped node", || {
+        got = produce(&c.nodes[l], "s", b"through the stopped node");
+        if let Err(e) = &got {
+            assert_eq!(e.code, net::Code::Unavailable, "{e:?}");
+        }
+        got.is_ok()
+    });
+    let offset = got.unwrap_or(0);
+    let on_leader = consume(&c.nodes[next.unwrap_or(0)], "s", offset).expect("consume");
+    assert_eq!(on_leader, b"through the stopped node");
+
+    // `cluster describe` through it names the stopped replica.
+    let (ok, out, err) = common::run_cli(c.nodes[l].rpc, &["cluster", "describe"], None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("stopped: s/0 on node"), "{out}");
 }
