@@ -572,7 +572,9 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     let l = lead.unwrap_or(0);
     let other = (l + 1) % 3;
     let value = vec![b'x'; 60_000];
-    wait("a produce to s", || produce(&c.nodes[l], "s", &value).is_ok());
+    wait("a produce to s", || {
+        produce(&c.nodes[l], "s", &value).is_ok()
+    });
 
     // Its partition's directory taken away under the open log: a real I/O error at the
     // next segment, made without privileges.
@@ -584,7 +586,10 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     });
     let (leader, _) = own_view(&c.nodes[l], "s").unwrap_or_default();
     println!("the stopped former leader reports leader {leader}");
-    assert_eq!(leader, 0, "a stopped replica leads nothing and knows no leader");
+    assert_eq!(
+        leader, 0,
+        "a stopped replica leads nothing and knows no leader"
+    );
     let mut next = None;
     wait("another leader of s/0", || {
         next = leader_of(&c, "s", 0, 3);

@@ -21,7 +21,11 @@ fn answer(e: RaftError) -> SeamError {
 
 async fn leader_lost_mid_proposal(root: std::path::PathBuf) {
     let mut c = Cluster::open(&root, 3, manual::config(256 * 1024), false).await;
-    c.sets.get_mut(&1).expect("node").campaign(G).expect("campaign");
+    c.sets
+        .get_mut(&1)
+        .expect("node")
+        .campaign(G)
+        .expect("campaign");
     for _ in 0..20 {
         c.round().await;
     }
@@ -66,6 +70,8 @@ async fn leader_lost_mid_proposal(root: std::path::PathBuf) {
         matches!(seam, SeamError::OutcomeUnknown(_)),
         "proposed, then leadership lost: {seam:?}"
     );
+    // The others went on without it.
+    assert_ne!(c.elect(200).await, 1);
     c.isolated.clear();
     c.close().await;
 }

@@ -46,11 +46,18 @@ async fn leader_fails(root: std::path::PathBuf) {
     let check = |c: &Cluster, when: &str| {
         let s = c.sets[&FAILING].status(G).expect("status");
         println!("node {FAILING} {when}: {s:?}");
-        assert_ne!(s.role, StateRole::Leader, "{when}: a stopped replica leads nothing");
+        assert_ne!(
+            s.role,
+            StateRole::Leader,
+            "{when}: a stopped replica leads nothing"
+        );
         assert_eq!(s.leader, raft::INVALID_ID, "{when}: it knows no leader");
         assert_eq!(s.stopped, Some(Stopped::Failed), "{when}");
         let (_, _, matched) = c.sets[&FAILING].membership(G).expect("membership");
-        assert!(matched.is_empty(), "{when}: no follower progress: {matched:?}");
+        assert!(
+            matched.is_empty(),
+            "{when}: no follower progress: {matched:?}"
+        );
     };
     check(&c, "at once");
 

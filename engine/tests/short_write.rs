@@ -105,7 +105,10 @@ fn a_short_write_on_a_full_tmpfs_is_a_full_disk_not_a_latch() {
             stats.short_writes,
             log.latched_cause()
         );
-        assert!(stats.short_writes > 0, "the volume filled without a short write");
+        assert!(
+            stats.short_writes > 0,
+            "the volume filled without a short write"
+        );
         assert!(
             matches!(failure, Error::DiskFull { .. }),
             "the append the volume cut short: {failure:?}"

@@ -95,14 +95,17 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
     let stopped: Vec<(u64, &str, u32, &str)> = answers
         .iter()
         .flat_map(|a| {
-            a.partitions.iter().filter(|q| q.local && q.stopped).map(|q| {
-                let why = if q.disk_full {
-                    "disk full"
-                } else {
-                    "failed; restart the node"
-                };
-                (a.node_id, q.topic.as_str(), q.partition, why)
-            })
+            a.partitions
+                .iter()
+                .filter(|q| q.local && q.stopped)
+                .map(|q| {
+                    let why = if q.disk_full {
+                        "disk full"
+                    } else {
+                        "failed; restart the node"
+                    };
+                    (a.node_id, q.topic.as_str(), q.partition, why)
+                })
         })
         .collect();
     if conn.json {
