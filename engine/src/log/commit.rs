@@ -561,3 +561,37 @@ struct Copied {
     /// The buffer's bytes before the padding.
     len: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::FileBudget;
+    use crate::config::LogConfig;
+
+    /// A short write with room left for the rest is the device failing: an I/O error that
+    /// latches the log, never a full disk (`tests/short_write.rs` has the full tmpfs).
+    #[test]
+    fn a_short_write_with_room_left_latches() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("log");
+        crate::run_local(tmp.path(), move || async move {
+            let log = Log::open(&dir, LogConfig::default(), FileBudget::new(4))
+                .await
+                .expect("open");
+            let free = super::super::space::free_bytes(&dir);
+            assert!(free > 8192, "the test wants room: {free} bytes free");
+            let e = log.short_write(&dir.join("x.log"), 4096, 8192);
+            assert!(!e.is_out_of_space(), "{e}");
+            assert!(
+                e.to_string().contains("short write: 4096 of 8192 bytes"),
+                "{e}"
+            );
+            let e = log.fail(e);
+            assert!(matches!(e, Error::Io { .. }), "{e:?}");
+            assert!(log.latched_cause().is_some());
+            assert_eq!(log.stats().write_state, super::super::WriteState::Latched);
+            let _ = log.close().await;
+        })
+        .expect("executor");
+    }
+}
