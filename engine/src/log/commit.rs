@@ -322,7 +322,7 @@ impl Log {
     /// for that). With room left, the device failed: an I/O error, which latches the log.
     fn short_write(&self, path: &std::path::Path, wrote: usize, want: usize) -> Error {
         let free = super::space::free_bytes(&self.dir);
-        let rest = (want - wrote) as u64;
+        let rest = want.saturating_sub(wrote) as u64;
         let (kind, what) = if free < rest {
             (std::io::ErrorKind::StorageFull, "the file system is full")
         } else {
