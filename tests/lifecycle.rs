@@ -253,18 +253,30 @@ fn shards_are_pinned_inside_the_cpus_the_process_was_given() {
         })
     };
     let mut child = cmd.spawn().unwrap();
+    let allowed = shard_0_cpus(&mut child, &listen);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(allowed, only.to_string());
+}
+
+/// Waits until the server `child` serves on `listen`, then reads the CPUs its thread
+/// `proglog-shard-0` may run on (`Cpus_allowed_list` of /proc/<pid>/task/<tid>/status).
+fn shard_0_cpus(child: &mut std::process::Child, listen: &str) -> String {
     let tasks = format!("/proc/{}/task", child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     // Serving, so the shard's executor has long placed itself.
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited at start: {status}");
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "not serving within 30 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let allowed = loop {
+    loop {
         let shard = std::fs::read_dir(&tasks).ok().and_then(|dir| {
             dir.flatten().find_map(|t| {
                 let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
@@ -279,15 +291,89 @@ fn shards_are_pinned_inside_the_cpus_the_process_was_given() {
             })
         });
         if let Some(a) = shard {
-            break a;
+            return a;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "no shard thread within 30 s"
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+/// The CPUs this test process may run on, from /proc/self/status (the server inherits them).
+fn my_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    list.split(',')
+        .flat_map(|item| match item.split_once('-') {
+            Some((lo, hi)) => lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap(),
+            None => {
+                let n = item.parse::<usize>().unwrap();
+                n..=n
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn cpuset_pins_shard_0_to_the_cpu_it_names() {
+    // The last CPU this process may use: not CPU 0 where there are two, so that the test
+    // fails when the flag is ignored (shard 0 would go to the first CPU of the mask).
+    let cpus = my_cpus();
+    let last = *cpus.last().unwrap();
+    if cpus.len() < 2 {
+        eprintln!("NOTE: one CPU only; the flag's CPU is also the default's");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--admin-addr", "off", "--shards", "1"])
+        .args(["--cpuset", &last.to_string()])
+        .args(["--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let allowed = shard_0_cpus(&mut child, &listen);
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(allowed, only.to_string());
+    assert_eq!(allowed, last.to_string());
+}
+
+#[test]
+fn cpuset_outside_the_affinity_mask_refuses_to_start() {
+    let outside = my_cpus().last().unwrap() + 1;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--admin-addr", "off", "--shards", "1"])
+        .args(["--cpuset", &format!("0,{outside}")])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {err}");
+    assert!(
+        err.contains("--cpuset")
+            && err.contains(&format!("CPU {outside} is not one this process may run on")),
+        "{err}"
+    );
+    // A malformed list too, naming the flag.
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(["--cpuset", "0-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--cpuset"), "{err}");
 }

@@ -156,10 +156,15 @@ impl LogConfig {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
-    /// Number of shards (executors); 0 = one per available CPU.
+    /// Number of shards (executors); 0 = one per CPU of `cpuset` (one per available CPU
+    /// when there is none, or when `pin` is off).
     pub shards: usize,
-    /// Pin shard i to the i-th CPU of the process's affinity mask, when there is one.
+    /// Pin shard i to the i-th CPU of `cpuset`, when there is one.
     pub pin: bool,
+    /// The CPUs shards are pinned to, ascending; every one must be in the process's affinity
+    /// mask. `None`: the CPUs of that mask. Shards beyond the list float over its CPUs
+    /// (over the whole mask for `None`, that is unbound).
+    pub cpuset: Option<Vec<usize>>,
     /// Requests queued per shard before callers get `Overloaded`.
     pub queue_depth: usize,
     /// Open segment files per shard (each open segment holds a data and an index file).
@@ -181,6 +186,7 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             shards: 0,
             pin: true,
+            cpuset: None,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             max_open_segments_per_shard: DEFAULT_MAX_OPEN_SEGMENTS_PER_SHARD,
             default_log: LogConfig::default(),
@@ -193,6 +199,8 @@ impl EngineConfig {
     pub(crate) fn shard_count(&self) -> usize {
         if self.shards > 0 {
             self.shards
+        } else if let Some(cpus) = self.cpuset.as_ref().filter(|c| self.pin && !c.is_empty()) {
+            cpus.len()
         } else {
             std::thread::available_parallelism()
                 .map(|n| n.get())

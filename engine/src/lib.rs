@@ -43,6 +43,7 @@ pub mod batch;
 pub mod budget;
 pub mod catalog;
 pub mod config;
+pub mod cpus;
 pub mod error;
 pub mod index;
 pub mod limits;

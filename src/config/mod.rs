@@ -61,7 +61,7 @@ use crate::observe::logging::LogFormat;
 use crate::server::acl::AclFiles;
 use declare::settings;
 use value::SettingValue;
-pub use value::{AddrList, AdminAddr, ByteSize, DurationArg, HostPort};
+pub use value::{AddrList, AdminAddr, ByteSize, Cpuset, DurationArg, HostPort};
 
 /// Below the usual 30 s grace period of process supervisors, so that the final flush and
 /// sync still happen before a SIGKILL.
@@ -133,8 +133,13 @@ settings! {
         peer_tls_key_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
         /// CA that signs every peer certificate, PEM
         peer_tls_ca_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
-        /// Engine shards, one executor each; 0 = one per CPU
+        /// Engine shards, one executor each; 0 = one per CPU of cpuset
         shards: usize, "N", default(0usize);
+        /// CPUs the shards are pinned to, shard i on the i-th, as a list such as 0-3,6 (shards
+        /// beyond its CPUs float over them), or none (not pinned); each must be in the
+        /// process's affinity mask [default: the CPUs of the process's affinity mask]
+        cpuset: Cpuset => Option<Cpuset>, "CPUS|none", default(unset),
+            check(|v| cpuset_allowed(v.as_ref(), &engine::cpus::allowed()));
         /// Default durability of new topics: always | interval:<ms> | never
         durability: Durability, "POLICY", default(Durability::Always);
         /// Default segment size of new topics, e.g. 256MiB
@@ -292,6 +297,14 @@ fn acl_files(
         _ => Err(ConfigError::Inconsistent(
             "acl-model-file and acl-policy-file go together: set both or neither".into(),
         )),
+    }
+}
+
+/// A `check`: a cpuset lies inside the process's affinity mask `allowed`.
+fn cpuset_allowed(v: Option<&Cpuset>, allowed: &[usize]) -> Result<(), String> {
+    match v {
+        Some(Cpuset::Cpus(cpus)) => engine::cpus::check(cpus, allowed),
+        Some(Cpuset::Unpinned) | None => Ok(()),
     }
 }
 
@@ -457,6 +470,11 @@ impl Settings {
     pub fn engine_config(&self) -> EngineConfig {
         let mut c = EngineConfig::new(&self.data_dir);
         c.shards = self.shards;
+        match &self.cpuset {
+            None => {}
+            Some(Cpuset::Cpus(cpus)) => c.cpuset = Some(cpus.clone()),
+            Some(Cpuset::Unpinned) => c.pin = false,
+        }
         c.default_log = self.log_config();
         c
     }
@@ -1037,6 +1055,63 @@ mod tests {
         // A list where one value is expected.
         let args = with_file(&dir, "listen: [a, b]\n");
         assert_eq!(invalid(resolve(args, &[])).0, "listen");
+    }
+
+    #[test]
+    fn cpuset_is_a_cpu_list_or_none_inside_the_affinity_mask() {
+        // Unset: the engine pins to the process's affinity mask, as it always has.
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(s.cpuset, None);
+        let c = s.engine_config();
+        assert!(c.pin && c.cpuset.is_none());
+
+        let allowed = engine::cpus::allowed();
+        let last = *allowed.last().unwrap();
+        let args = ServeArgs {
+            cpuset: Some(Cpuset::parse(&last.to_string()).unwrap()),
+            ..Default::default()
+        };
+        let s = resolve(args, &[]).unwrap();
+        assert_eq!(s.cpuset, Some(Cpuset::Cpus(vec![last])));
+        assert_eq!(s.engine_config().cpuset, Some(vec![last]));
+        assert!(s.to_string().contains(&format!(" cpuset={last}")), "{s}");
+
+        let s = resolve(ServeArgs::default(), &[("PROGLOG_CPUSET", "none")]).unwrap();
+        assert_eq!(s.cpuset, Some(Cpuset::Unpinned));
+        assert!(!s.engine_config().pin);
+        let dir = tempfile::tempdir().unwrap();
+        let s = resolve(with_file(&dir, "cpuset: NONE\n"), &[]).unwrap();
+        assert_eq!(s.cpuset, Some(Cpuset::Unpinned));
+
+        assert_eq!(
+            Cpuset::parse("0-3,6").unwrap(),
+            Cpuset::Cpus(vec![0, 1, 2, 3, 6])
+        );
+        assert_eq!(Cpuset::Cpus(vec![0, 1, 2, 3, 6]).show(), "0-3,6");
+        for bad in ["", "0-", "x", "1,,2", "3-1", "4096", "nothing"] {
+            let e = resolve(ServeArgs::default(), &[("PROGLOG_CPUSET", bad)]).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains("for cpuset") && e.contains("PROGLOG_CPUSET"),
+                "{bad:?}: {e}"
+            );
+        }
+
+        // A CPU the process may not run on is refused, naming the flag.
+        let outside = last + 1;
+        let args = ServeArgs {
+            cpuset: Some(Cpuset::Cpus(vec![outside])),
+            ..Default::default()
+        };
+        let e = resolve(args, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("flag --cpuset")
+                && e.contains(&format!("CPU {outside} is not one this process may run on")),
+            "{e}"
+        );
+        assert!(cpuset_allowed(Some(&Cpuset::Cpus(vec![0, 5])), &[0, 1]).is_err());
+        assert!(cpuset_allowed(Some(&Cpuset::Cpus(vec![4, 5])), &[4, 5]).is_ok());
+        assert!(cpuset_allowed(Some(&Cpuset::Unpinned), &[0]).is_ok());
     }
 
     #[test]

@@ -231,6 +231,38 @@ impl SettingValue for ByteSize {
     }
 }
 
+/// The CPUs shards are pinned to: a CPU list (`0-3,6`), or `none` (not pinned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cpuset {
+    /// Ascending.
+    Cpus(Vec<usize>),
+    Unpinned,
+}
+
+impl SettingValue for Cpuset {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(Cpuset::Unpinned);
+        }
+        engine::cpus::parse_list(text)
+            .map(Cpuset::Cpus)
+            .map_err(|e| format!("{e}; give a CPU list such as 0-3,6 or none"))
+    }
+    fn show(&self) -> String {
+        match self {
+            Cpuset::Cpus(cpus) => engine::cpus::show_list(cpus),
+            Cpuset::Unpinned => "none".to_owned(),
+        }
+    }
+}
+
+/// Given, it is one.
+impl Land<Option<Cpuset>> for Cpuset {
+    fn land(self) -> Result<Option<Cpuset>, String> {
+        Ok(Some(self))
+    }
+}
+
 /// `host:port` addresses, written as a comma-separated list (or a list in the config file);
 /// empty items are skipped, so an empty value clears the list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -234,6 +234,11 @@ impl Engine {
             .map_err(Error::InvalidArgument)?;
         // TEST-ONLY hook: refuse to start when it is asked for wrongly.
         crate::power_loss::check()?;
+        let allowed = crate::cpus::allowed();
+        if let Some(cpuset) = config.cpuset.as_ref().filter(|_| config.pin) {
+            crate::cpus::check(cpuset, &allowed)
+                .map_err(|e| Error::InvalidArgument(format!("cpuset: {e}")))?;
+        }
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(dir.join("topics"))
             .map_err(|e| Error::io("creating data directory", &dir, e))?;
@@ -262,14 +267,10 @@ impl Engine {
                 .map(|_| Arc::new(crossbeam::utils::CachePadded::new(ShardMetrics::default())))
                 .collect(),
         });
-        let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = channel::unbounded::<(usize, Result<()>)>();
         let mut threads = Vec::with_capacity(n);
         for (i, (rx, waker)) in rxs.into_iter().enumerate() {
-            let placement = match cpus.get(i) {
-                Some(&cpu) if shared.config.pin => Placement::Fixed(cpu),
-                _ => Placement::Unbound,
-            };
+            let placement = placement(i, &shared.config, &allowed, &dir)?;
             let shared2 = Arc::clone(&shared);
             let ready = ready_tx.clone();
             let t = LocalExecutorBuilder::new(placement)
@@ -530,21 +531,33 @@ pub fn owner(topic: &str, partition: u32, shards: usize) -> usize {
     (h as usize) % shards.max(1)
 }
 
-/// The CPUs this process may run on, in order: shard i is pinned to the i-th. Not CPU i:
-/// in a container with a cpuset (Kubernetes' static CPU manager gives a Guaranteed pod
-/// exclusive CPUs such as 4 and 5) pinning to CPU 0 fails or, under a mere affinity mask
-/// (taskset), escapes it. Empty when the mask cannot be read: shards then run unbound.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain bits; all zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sched_getaffinity(2) writes at most size_of::<cpu_set_t>() bytes into `set`.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Vec::new();
+/// Where shard `i` runs: on the i-th CPU of the cpuset (of the process's affinity mask when
+/// none is given). A shard beyond its CPUs floats over them: unbound, which keeps it inside
+/// the mask, or fenced to an explicit cpuset's CPUs.
+fn placement(
+    i: usize,
+    config: &EngineConfig,
+    allowed: &[usize],
+    dir: &std::path::Path,
+) -> Result<Placement> {
+    if !config.pin {
+        return Ok(Placement::Unbound);
     }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads bit `cpu` of `set`, and `cpu` < CPU_SETSIZE.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
+    let cpus = config.cpuset.as_deref().unwrap_or(allowed);
+    if let Some(&cpu) = cpus.get(i) {
+        return Ok(Placement::Fixed(cpu));
+    }
+    match &config.cpuset {
+        None => Ok(Placement::Unbound),
+        Some(set) => {
+            let online = glommio::CpuSet::online().map_err(|e| {
+                Error::io(
+                    "reading the CPU topology",
+                    dir,
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            Ok(Placement::Fenced(online.filter(|l| set.contains(&l.cpu))))
+        }
+    }
 }
