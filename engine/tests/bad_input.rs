@@ -767,3 +767,45 @@ fn partitions_spread_over_shards_and_appends_from_many_threads_are_dense() {
     assert!(!dir.join("topics").join("gone").exists());
     engine.shutdown();
 }
+
+#[test]
+fn a_cpuset_sets_the_shard_count_and_one_outside_the_mask_is_refused() {
+    let allowed = engine::cpus::allowed();
+    let last = *allowed.last().expect("an affinity mask");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // --shards 0 with a cpuset: one shard per CPU of the list.
+    let engine = Engine::start(EngineConfig {
+        shards: 0,
+        pin: true,
+        cpuset: Some(vec![last]),
+        ..engine_config(&tmp.path().join("one"))
+    })
+    .unwrap_or_else(|e| panic!("start: {e}"));
+    assert_eq!(engine.handle().shards(), 1);
+    engine.shutdown();
+    // More shards than CPUs: the ones beyond share the list's CPUs.
+    let engine = Engine::start(EngineConfig {
+        shards: 3,
+        pin: true,
+        cpuset: Some(vec![last]),
+        ..engine_config(&tmp.path().join("three"))
+    })
+    .unwrap_or_else(|e| panic!("start: {e}"));
+    assert_eq!(engine.handle().shards(), 3);
+    engine.shutdown();
+    let outside = last + 1;
+    let e = Engine::start(EngineConfig {
+        pin: true,
+        cpuset: Some(vec![outside]),
+        ..engine_config(&tmp.path().join("outside"))
+    })
+    .err()
+    .expect("a CPU outside the mask is refused");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "cpuset: CPU {outside} is not one this process may run on"
+        )),
+        "{e}"
+    );
+}
