@@ -112,8 +112,9 @@ settings! {
         /// voter) when the data directory holds no cluster yet; a no-op on a node that
         /// belongs to one. Turns gossip on
         bootstrap: bool, "BOOL", default(false);
-        /// A member unreachable (suspect or down) this long is removed from the cluster and
-        /// its replicas re-created on other nodes; a clean leave is acted on at once
+        /// A member not up this long (suspect, down, or gone from the member list) is removed
+        /// from the cluster and its replicas re-created on other nodes; a clean leave is acted
+        /// on at once
         dead_node_timeout: DurationArg => Duration, "DURATION",
             default(DurationArg(DEFAULT_DEAD_NODE_TIMEOUT));
         /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on

@@ -17,7 +17,7 @@
 
 use super::state::{ClusterState, Command, CONTROLLER_VOTERS};
 use super::ClusterNode;
-use crate::membership::MemberState;
+use crate::membership::{MemberList, MemberState};
 use crate::raft::board::GroupView;
 use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
@@ -39,7 +39,7 @@ pub fn spawn(node: Arc<ClusterNode>) -> std::io::Result<std::thread::JoinHandle<
 
 fn run(node: Arc<ClusterNode>) {
     let mut known: BTreeSet<String> = BTreeSet::new();
-    let mut unreachable: HashMap<String, Instant> = HashMap::new();
+    let mut countdown = Countdown::default();
     while !node.stopping() {
         let listener = node.changed.listen();
         let s = node.state();
@@ -48,7 +48,11 @@ fn run(node: Arc<ClusterNode>) {
             local(&node, &s, &mut known);
             groups(&node, &s);
             if node.is_controller_leader() {
-                controller(&node, &s, &mut unreachable);
+                controller(&node, &s, &mut countdown);
+            } else {
+                // A later term as leader counts from its own observations: what this node
+                // saw while another led may be stale (the member came back and went again).
+                countdown.clear();
             }
         }
         // Waiters on the state check their deadlines at least this often.
@@ -256,78 +260,131 @@ fn act(node: &ClusterNode, group: u64, v: &GroupView, step: Option<Step>) {
     }
 }
 
-/// Members gossip says left (at once) or have been unreachable longer than the dead-node
-/// timeout: removed from the cluster, one per pass.
-///
-/// The list's own clock stops between changes, so each member's unreachable time is measured
-/// here: from when this loop first saw it suspect or down (less what the list says it had
-/// been so already), reset when it is seen up again.
-fn remove_dead(
-    node: &ClusterNode,
-    s: &ClusterState,
-    unreachable: &mut HashMap<String, Instant>,
-) -> bool {
+/// Members gossip says left (at once) or have not been up for the dead-node timeout: removed
+/// from the cluster, one per pass.
+fn remove_dead(node: &ClusterNode, s: &ClusterState, countdown: &mut Countdown) -> bool {
     let Some(watch) = node.members() else {
         return false;
     };
     let list = watch.members();
-    let me = node.id();
-    let now = Instant::now();
-    unreachable.retain(|member, _| {
-        list.members
-            .iter()
-            .any(|m| m.node_id.to_string() == *member && !m.state.is_live())
-    });
-    for (id, n) in &s.nodes {
-        if n.removed || *id == me {
-            continue;
-        }
-        let Some(m) = list
+    let Some((id, why)) =
+        countdown.due(s, node.id(), &list, Instant::now(), node.dead_node_timeout)
+    else {
+        return false;
+    };
+    if s.active_nodes().len() <= 1 {
+        return false;
+    }
+    let name = s.nodes.get(&id).map_or("", |n| n.name.as_str());
+    log::warn!("node {id} ({name}) {why}: removing it from the cluster");
+    node.stats
+        .nodes_removed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = futures_lite::future::block_on(node.propose(&Command::RemoveNode { id })) {
+        log::info!("removing node {id}: not now ({e})");
+    }
+    true
+}
+
+/// The controller leader's dead-node countdown: for each registered member that gossip does
+/// not list up (suspect, down, or no longer listed at all: down and left members are dropped
+/// from the list after an hour), since when this node has seen it so.
+///
+/// The list's own clock stops between changes, so the time is measured here: from when this
+/// node first saw the member suspect or down (less how long its list says the member had been
+/// so already) or missing from its list, whichever was first. Seen up again, the member's
+/// countdown ends; suspect again, it starts over (also when the member went up and back
+/// between two passes: its list entry then shows the same state entered later). It survives
+/// the member dropping out of the list. Only the leader keeps one, and a node that stops
+/// leading forgets it.
+#[derive(Debug, Default)]
+pub(crate) struct Countdown {
+    since: HashMap<String, NotUp>,
+}
+
+/// One member's countdown.
+#[derive(Debug, Clone, Copy)]
+struct NotUp {
+    /// Not up since then.
+    start: Instant,
+    /// Its state and since when (membership clock) when last listed.
+    listed: Option<(MemberState, Duration)>,
+}
+
+impl Countdown {
+    /// Updates every registered member's countdown from `list` at `now`, and returns the
+    /// first node (by Raft id) to remove and why: one that left, or one not up for `timeout`.
+    /// `me` is never removed.
+    fn due(
+        &mut self,
+        s: &ClusterState,
+        me: u64,
+        list: &MemberList,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<(u64, String)> {
+        let listed: HashMap<String, &crate::membership::Member> = list
             .members
             .iter()
-            .find(|m| m.node_id.to_string() == n.member)
-        else {
-            continue;
-        };
-        let since = if m.state.is_live() {
-            None
-        } else {
-            Some(
-                *unreachable
-                    .entry(n.member.clone())
-                    .or_insert_with(|| now.checked_sub(m.in_state_for(&list)).unwrap_or(now)),
-            )
-        };
-        let gone = match (m.state, since) {
-            (MemberState::Left, _) => Some("left the cluster".to_string()),
-            (MemberState::Suspect | MemberState::Down, Some(t))
-                if now.duration_since(t) >= node.dead_node_timeout =>
-            {
-                Some(format!(
-                    "unreachable for {:?} (dead-node-timeout {:?})",
-                    now.duration_since(t),
-                    node.dead_node_timeout
-                ))
+            .map(|m| (m.node_id.to_string(), m))
+            .collect();
+        // Members seen up again, and those no longer registered or already removed.
+        self.since.retain(|member, _| {
+            s.nodes.values().any(|n| !n.removed && n.member == *member)
+                && listed
+                    .get(member)
+                    .is_none_or(|m| m.state != MemberState::Up)
+        });
+        let mut due = None;
+        for (id, n) in &s.nodes {
+            if n.removed || *id == me {
+                continue;
             }
-            _ => None,
-        };
-        if let Some(why) = gone {
-            if s.active_nodes().len() <= 1 {
-                return false;
+            let m = listed.get(&n.member);
+            let state = m.map(|m| m.state);
+            if state == Some(MemberState::Up) {
+                continue;
             }
-            log::warn!("node {id} ({}) {why}: removing it from the cluster", n.name);
-            node.stats
-                .nodes_removed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Err(e) =
-                futures_lite::future::block_on(node.propose(&Command::RemoveNode { id: *id }))
-            {
-                log::info!("removing node {id}: not now ({e})");
+            let listed = m.map(|m| (m.state, m.since));
+            let fresh = NotUp {
+                start: m
+                    .and_then(|m| now.checked_sub(m.in_state_for(list)))
+                    .unwrap_or(now),
+                listed,
+            };
+            let entry = self.since.entry(n.member.clone()).or_insert(fresh);
+            match (entry.listed, listed) {
+                // The same state entered again: it was up (or elsewhere) in between.
+                (Some((was, at)), Some((is, now_at))) if was == is && at != now_at => {
+                    *entry = fresh
+                }
+                (_, Some(_)) => entry.listed = listed,
+                (_, None) => {}
             }
-            return true;
+            let since = entry.start;
+            if due.is_some() {
+                // Every countdown is kept up to date; one removal per pass.
+                continue;
+            }
+            let not_up = now.duration_since(since);
+            due = match state {
+                Some(MemberState::Left) => Some((*id, "left the cluster".to_string())),
+                _ if not_up >= timeout => Some((
+                    *id,
+                    format!(
+                        "not up for {not_up:?} ({}; dead-node-timeout {timeout:?})",
+                        state.map_or("no longer in the member list", |s| s.as_str())
+                    ),
+                )),
+                _ => None,
+            };
         }
+        due
     }
-    false
+
+    fn clear(&mut self) {
+        self.since.clear();
+    }
 }
 
 /// Replicas on removed nodes are re-created on live nodes, and a partition with fewer
@@ -394,8 +451,8 @@ fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
 }
 
 /// The controller leader's own duties.
-fn controller(node: &ClusterNode, s: &ClusterState, unreachable: &mut HashMap<String, Instant>) {
-    if remove_dead(node, s, unreachable) || replace_removed(node, s) {
+fn controller(node: &ClusterNode, s: &ClusterState, countdown: &mut Countdown) {
+    if remove_dead(node, s, countdown) || replace_removed(node, s) {
         return;
     }
     let live = node.live_nodes(s);
@@ -440,4 +497,202 @@ fn controller(node: &ClusterNode, s: &ClusterState, unreachable: &mut HashMap<St
             .unwrap_or_default(),
     };
     let _ = futures_lite::future::block_on(node.propose(&c));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::NodeEntry;
+    use crate::membership::{Member, NodeId};
+
+    const TIMEOUT: Duration = Duration::from_secs(600);
+
+    fn member_id(i: u8) -> NodeId {
+        NodeId([i; 16])
+    }
+
+    /// Nodes 1 (this one, the controller's leader), 2 and 3, registered.
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let entry = |i: u8| NodeEntry {
+            member: member_id(i).to_string(),
+            name: format!("n{i}"),
+            rpc_addr: "127.0.0.1:1".into(),
+            gossip_addr: "127.0.0.1:2".into(),
+            shards: 1,
+            removed: false,
+        };
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: entry(1),
+            },
+        );
+        s.apply(2, &Command::Register { node: entry(2) });
+        s.apply(3, &Command::Register { node: entry(3) });
+        s
+    }
+
+    /// A member list taken at `as_of` on the membership clock: each member in its state
+    /// since `since`. Members not given are not listed.
+    fn list(as_of: u64, members: &[(u8, MemberState, u64)]) -> MemberList {
+        let mut members: Vec<Member> = members
+            .iter()
+            .map(|&(i, state, since)| Member {
+                node_id: member_id(i),
+                name: format!("n{i}"),
+                gossip_addr: "127.0.0.1:2".parse().unwrap(),
+                rpc_addr: "127.0.0.1:1".parse().unwrap(),
+                generation: 1,
+                renewal: 0,
+                state,
+                since: Duration::from_secs(since),
+                is_self: i == 1,
+            })
+            .collect();
+        members.sort_by_key(|m| m.node_id);
+        MemberList {
+            version: 1,
+            as_of: Duration::from_secs(as_of),
+            members,
+        }
+    }
+
+    use MemberState::{Down, Left, Suspect, Up};
+
+    /// Far enough from the clock's origin to go back in time by a list's durations.
+    fn start() -> Instant {
+        Instant::now() + Duration::from_secs(100_000)
+    }
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_suspect_member_is_removed_after_the_timeout() {
+        let s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        let l = list(100, &[(1, Up, 0), (2, Suspect, 100), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &l, t0, TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &l, at(t0, 599), TIMEOUT), None);
+        let (id, why) = c.due(&s, 1, &l, at(t0, 600), TIMEOUT).unwrap();
+        assert_eq!(id, 2);
+        assert!(why.contains("suspect"), "{why}");
+    }
+
+    #[test]
+    fn suspicion_then_down_counts_from_the_suspicion() {
+        let s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        let suspect = list(100, &[(1, Up, 0), (2, Suspect, 100), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &suspect, t0, TIMEOUT), None);
+        // Down 6 s later: the list says down for 0 s, but the member has not been up since t0.
+        let down = list(106, &[(1, Up, 0), (2, Down, 106), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &down, at(t0, 6), TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &down, at(t0, 600), TIMEOUT).unwrap().0, 2);
+    }
+
+    #[test]
+    fn a_member_seen_up_again_starts_over() {
+        let s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        let suspect = list(100, &[(1, Up, 0), (2, Suspect, 100), (3, Up, 0)]);
+        let up = list(400, &[(1, Up, 0), (2, Up, 400), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &suspect, t0, TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &up, at(t0, 300), TIMEOUT), None);
+        let again = list(401, &[(1, Up, 0), (2, Suspect, 401), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &again, at(t0, 301), TIMEOUT), None);
+        // 600 s after the first suspicion, 299 s after the second: not yet.
+        assert_eq!(c.due(&s, 1, &again, at(t0, 600), TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &again, at(t0, 901), TIMEOUT).unwrap().0, 2);
+    }
+
+    #[test]
+    fn flapping_between_two_passes_starts_over_too() {
+        let s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        let suspect = list(100, &[(1, Up, 0), (2, Suspect, 100), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &suspect, t0, TIMEOUT), None);
+        // No pass saw it up, but it is suspect since a later time: up in between.
+        let again = list(400, &[(1, Up, 0), (2, Suspect, 399), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &again, at(t0, 300), TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &again, at(t0, 600), TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &again, at(t0, 898), TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &again, at(t0, 899), TIMEOUT).unwrap().0, 2);
+    }
+
+    #[test]
+    fn a_member_the_list_no_longer_holds_is_removed_after_the_timeout() {
+        let s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        // Node 3 is registered but not listed (its down entry expired, or never seen here).
+        let l = list(100, &[(1, Up, 0), (2, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &l, t0, TIMEOUT), None);
+        assert_eq!(c.due(&s, 1, &l, at(t0, 599), TIMEOUT), None);
+        let (id, why) = c.due(&s, 1, &l, at(t0, 600), TIMEOUT).unwrap();
+        assert_eq!(id, 3);
+        assert!(why.contains("no longer in the member list"), "{why}");
+    }
+
+    #[test]
+    fn the_countdown_survives_the_member_dropping_out_of_the_list() {
+        let s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        // Down for 3000 s already when first seen (a timeout above the list's retention).
+        let timeout = Duration::from_secs(7200);
+        let down = list(3000, &[(1, Up, 0), (2, Up, 0), (3, Down, 0)]);
+        assert_eq!(c.due(&s, 1, &down, t0, timeout), None);
+        // An hour after going down it is dropped from the list: still counting from then.
+        let gone = list(3600, &[(1, Up, 0), (2, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &gone, at(t0, 600), timeout), None);
+        assert_eq!(c.due(&s, 1, &gone, at(t0, 4199), timeout), None);
+        assert_eq!(c.due(&s, 1, &gone, at(t0, 4200), timeout).unwrap().0, 3);
+        // Listed up again (it came back), it is forgotten.
+        let back = list(9000, &[(1, Up, 0), (2, Up, 0), (3, Up, 9000)]);
+        assert_eq!(c.due(&s, 1, &back, at(t0, 4300), timeout), None);
+        assert!(c.since.is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_counts_from_its_own_first_sight() {
+        let s = state();
+        let t0 = start();
+        let gone = list(100, &[(1, Up, 0), (2, Up, 0)]);
+        // The old leader had counted 500 s; the new one (a fresh countdown) starts now.
+        let mut old = Countdown::default();
+        assert_eq!(old.due(&s, 1, &gone, t0, TIMEOUT), None);
+        let mut new = Countdown::default();
+        assert_eq!(new.due(&s, 2, &gone, at(t0, 500), TIMEOUT), None);
+        assert_eq!(new.due(&s, 2, &gone, at(t0, 1099), TIMEOUT), None);
+        assert_eq!(new.due(&s, 2, &gone, at(t0, 1100), TIMEOUT).unwrap().0, 3);
+        // A node that stops leading forgets its countdown.
+        old.clear();
+        assert_eq!(old.due(&s, 1, &gone, at(t0, 600), TIMEOUT), None);
+    }
+
+    #[test]
+    fn left_is_at_once_and_this_node_and_removed_nodes_never() {
+        let mut s = state();
+        let mut c = Countdown::default();
+        let t0 = start();
+        let l = list(100, &[(1, Up, 0), (2, Left, 100), (3, Up, 0)]);
+        assert_eq!(
+            c.due(&s, 1, &l, t0, TIMEOUT),
+            Some((2, "left the cluster".to_string()))
+        );
+        s.apply(4, &Command::RemoveNode { id: 2 });
+        assert_eq!(c.due(&s, 1, &l, t0, TIMEOUT), None);
+        assert!(c.since.is_empty(), "a removed node's countdown is dropped");
+        // This node, even unlisted in its own list, is never removed by itself.
+        let without_me = list(100, &[(2, Up, 0), (3, Up, 0)]);
+        assert_eq!(c.due(&s, 1, &without_me, at(t0, 10_000), TIMEOUT), None);
+    }
 }
