@@ -616,3 +616,138 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("stopped: s/0 on node"), "{out}");
 }
+
+/// A follower whose partition log fails (its directory taken away) stops that replica until
+/// its server restarts, while the node stays up in gossip (so the dead-node removal never
+/// acts). Past `--stopped-replica-grace` the node tells the controller (its command
+/// forwarded to the controller's leader on another node), which moves the replica to the
+/// fourth node: the group's leader adds it, promotes it, removes the stopped voter. The
+/// partition is back to three voters on live nodes, every acknowledged record on each, and
+/// the stopped node is still a member of the cluster.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let mut c = form("a stopped replica moves", 91, &grace);
+    let ctl = controller_leader(&c);
+    let ch = c.nodes[ctl].channel().expect("connect");
+    // Small segments: the replica rolls soon, and the roll cannot create its next file.
+    let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
+        paths::CREATE_TOPIC,
+        &CreateTopicRequest {
+            name: "s".into(),
+            config: Some(TopicConfig {
+                partitions: 1,
+                replication_factor: 3,
+                segment_bytes: 2 << 20,
+                ..Default::default()
+            }),
+        },
+        net::client::CallOptions::timeout(Duration::from_secs(30)),
+    );
+    r.expect("create topic s");
+    let mut lead = None;
+    wait("a leader of s/0 with three voters", || {
+        lead = leader_of(&c, "s", 0, 3);
+        lead.is_some()
+    });
+
+    // A fourth node joins: free to take a replica of s/0.
+    let join = c.nodes[0].gossip.clone();
+    let mut args = grace.to_vec();
+    args.extend(["--start-join-addrs".to_owned(), join]);
+    let n4 = Node::start(c.dir(), "n4", "127.0.0.94", &args);
+    c.nodes.push(n4);
+    wait("the fourth node serving", || c.nodes[3].serving());
+    let ids = raft_ids(&c);
+
+    // The victim leads neither s/0 nor the controller: its report is forwarded.
+    let ctl = controller_leader(&c);
+    let l = leader_of(&c, "s", 0, 3).unwrap_or(0);
+    let victim = (0..3).find(|&i| i != ctl && i != l).unwrap_or(2);
+    println!(
+        "controller leader node {}, s/0 leader node {}, stopped replica on node {}",
+        ids[ctl], ids[l], ids[victim]
+    );
+    let mut acked = BTreeMap::new();
+    let mut i = 0u32;
+    let mut produce_one = |c: &Cluster, acked: &mut BTreeMap<u64, Vec<u8>>| {
+        let mut v = format!("r{i}-").into_bytes();
+        v.resize(60_000, b'x');
+        i += 1;
+        let l = leader_of(c, "s", 0, 3).unwrap_or(0);
+        if let Ok(o) = produce(&c.nodes[l], "s", &v) {
+            assert!(
+                acked.insert(o, v).is_none(),
+                "offset {o} acknowledged twice"
+            );
+        }
+    };
+    for _ in 0..5 {
+        produce_one(&c, &mut acked);
+    }
+    std::fs::remove_dir_all(c.nodes[victim].data_dir.join("topics/s/0")).expect("remove");
+    wait("the victim's replica of s/0 stopped", || {
+        produce_one(&c, &mut acked);
+        own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
+    });
+    for _ in 0..5 {
+        produce_one(&c, &mut acked);
+    }
+
+    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    expected.sort_unstable();
+    wait(
+        "s/0 moved off the stopped replica to the fourth node",
+        || voters_of(&c, "s").as_deref() == Some(&expected[..]),
+    );
+    for _ in 0..5 {
+        produce_one(&c, &mut acked);
+    }
+    assert!(acked.len() >= 10, "{} records acknowledged", acked.len());
+    for n in (0..4).filter(|&i| i != victim) {
+        for (&o, v) in &acked {
+            let mut got = Err(Status::unavailable(""));
+            wait("acknowledged records on every live replica", || {
+                got = consume(&c.nodes[n], "s", o);
+                got.is_ok()
+            });
+            assert!(
+                got.as_ref().ok() == Some(v),
+                "offset {o} on node {} differs from what was acknowledged",
+                ids[n]
+            );
+        }
+    }
+
+    // The stopped node is still a member, serving, and no longer holds s.
+    let d = c.nodes[ctl].describe().expect("describe");
+    assert!(
+        d.nodes.iter().any(|n| n.id == ids[victim] && !n.removed),
+        "{:?}",
+        d.nodes
+    );
+    assert!(c.nodes[victim].serving());
+    wait("the stopped node drops its copy of s", || {
+        own_view(&c.nodes[victim], "s").is_none()
+    });
+    let log = c.nodes[victim].log();
+    assert!(log.contains("asking the controller to move it"), "{log}");
+    assert!(log.contains("dropped topic \"s\""), "{log}");
+    for l in log
+        .lines()
+        .filter(|l| l.contains("s/0") || l.contains("topic \"s\""))
+    {
+        println!("stopped node: {l}");
+    }
+    let moved = c
+        .nodes
+        .iter()
+        .any(|n| n.log().contains("(its log failed) moves"));
+    assert!(moved, "no controller leader logged the move");
+    println!(
+        "{} acknowledged records on the three live replicas; topics/s on the stopped node: {}",
+        acked.len(),
+        c.nodes[victim].data_dir.join("topics/s").exists()
+    );
+}

@@ -69,6 +69,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a member may be unreachable before the cluster replaces it.
 pub const DEFAULT_DEAD_NODE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Long enough for a quick restart (which reopens the replica) to win over a move.
+pub const DEFAULT_STOPPED_REPLICA_GRACE: Duration = Duration::from_secs(30);
 /// Loopback only: metrics name topics and clients. Not 8401 (the book's gossip bind-addr),
 /// and 9400 is clear of Prometheus's own 9090-9100 exporters' usual ports.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9400";
@@ -117,6 +119,11 @@ settings! {
         /// on at once
         dead_node_timeout: DurationArg => Duration, "DURATION",
             default(DurationArg(DEFAULT_DEAD_NODE_TIMEOUT));
+        /// A replica stopped this long because its log failed (an I/O error; it stays stopped
+        /// until the server restarts) is moved to a live node that lacks one; the node stays
+        /// in the cluster
+        stopped_replica_grace: DurationArg => Duration, "DURATION",
+            default(DurationArg(DEFAULT_STOPPED_REPLICA_GRACE));
         /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
         acl_model_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
         /// Casbin ACL policy (`p, subject, object, action` lines); reloaded on SIGHUP and change

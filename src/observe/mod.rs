@@ -362,6 +362,18 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.stats.replicas_replaced.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_cluster_stopped_replicas_moved_total",
+        Kind::Counter,
+        "Partitions whose stopped replica (its log failed) this node, as the controller's leader, moved to another node.",
+        c.stats.stopped_replicas_moved.load(Relaxed) as f64,
+    );
+    e.single(
+        "proglog_cluster_stopped_replicas_reported_total",
+        Kind::Counter,
+        "Times this node asked the controller to move a replica of its own that stopped (its log failed).",
+        c.stats.stopped_replicas_reported.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_cluster_nodes_removed_total",
         Kind::Counter,
         "Nodes this node, as the controller's leader, removed (left, or unreachable past the dead-node timeout).",

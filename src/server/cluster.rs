@@ -289,6 +289,7 @@ fn bootstrap(
                     node: FIRST_NODE_ID,
                     shard: engine.shard_of(&t.name, p) as u32,
                 }],
+                stopped: Vec::new(),
             })
             .collect();
         let c = Command::CreateTopic {

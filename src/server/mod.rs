@@ -261,8 +261,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
     // The controller's state as this node applies it; a node without cluster flags is a
     // cluster of one.
-    let cluster_node =
-        consensus::cluster::ClusterNode::new(raft_peers.clone(), settings.dead_node_timeout);
+    let cluster_node = consensus::cluster::ClusterNode::new(
+        raft_peers.clone(),
+        settings.dead_node_timeout,
+        settings.stopped_replica_grace,
+    );
     let mode = cluster::prepare(&settings, &cluster_node)?;
     obs.set_cluster(cluster_node.clone());
     obs.set_forward(raft_peers.forward.clone());

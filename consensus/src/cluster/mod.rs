@@ -116,6 +116,11 @@ pub struct ClusterStats {
     pub replicas_replaced: std::sync::atomic::AtomicU64,
     /// Nodes this node (as controller leader) removed: left, or dead past the timeout.
     pub nodes_removed: std::sync::atomic::AtomicU64,
+    /// Partitions whose stopped replica (its log failed) this node, as controller leader,
+    /// moved to another node.
+    pub stopped_replicas_moved: std::sync::atomic::AtomicU64,
+    /// Times this node asked the controller to move a replica of its own that stopped.
+    pub stopped_replicas_reported: std::sync::atomic::AtomicU64,
 }
 
 /// This node in its cluster: the controller's state as applied here, and the way to change
@@ -139,11 +144,18 @@ pub struct ClusterNode {
     members: OnceLock<crate::membership::MembershipWatch>,
     /// `--dead-node-timeout`.
     pub dead_node_timeout: Duration,
+    /// `--stopped-replica-grace`: how long a replica of this node stays stopped (its log
+    /// failed) before this node asks the controller to move it elsewhere.
+    pub stopped_replica_grace: Duration,
     stopping: AtomicBool,
 }
 
 impl ClusterNode {
-    pub fn new(peers: Peers, dead_node_timeout: Duration) -> Arc<ClusterNode> {
+    pub fn new(
+        peers: Peers,
+        dead_node_timeout: Duration,
+        stopped_replica_grace: Duration,
+    ) -> Arc<ClusterNode> {
         Arc::new(ClusterNode {
             stats: ClusterStats::default(),
             me: OnceLock::new(),
@@ -156,6 +168,7 @@ impl ClusterNode {
             engine: OnceLock::new(),
             members: OnceLock::new(),
             dead_node_timeout,
+            stopped_replica_grace,
             stopping: AtomicBool::new(false),
         })
     }
@@ -372,6 +385,33 @@ impl ClusterNode {
             .await?;
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
         Ok(index)
+    }
+
+    /// Sends `c` to the controller's leader from any node, without waiting for it: proposed
+    /// here when this node leads the controller, else forwarded by raft-rs to the leader
+    /// this node's controller replica follows (a `MsgPropose` on the Raft transport). The
+    /// caller watches the applied state and sends it again if it does not show.
+    pub fn ask_controller(&self, c: &Command) -> Result<(), Error> {
+        if self.is_controller_leader() {
+            return futures_lite::future::block_on(self.propose(c)).map(|_| ());
+        }
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        let command = c.encode();
+        if command.len() > MAX_COMMAND_BYTES {
+            return Err(Error::Refused(format!(
+                "a controller command of {} bytes (at most {MAX_COMMAND_BYTES})",
+                command.len()
+            )));
+        }
+        if self
+            .controller()
+            .is_none_or(|v| v.leader == raft::INVALID_ID)
+        {
+            return Err(Error::NoLeader);
+        }
+        engine
+            .deliver(0, Box::new(ControlMsg::ForwardCommand { command }))
+            .map_err(|e| Error::Refused(e.to_string()))
     }
 
     /// Waits (on any executor or thread) until `done` holds for the applied state.
@@ -674,6 +714,11 @@ fn describe_command(c: &Command) -> String {
             replicas.iter().map(|r| r.node).collect::<Vec<_>>()
         ),
         Command::RemoveNode { id } => format!("remove node {id}"),
+        Command::ReplicaStopped {
+            topic,
+            partition,
+            node,
+        } => format!("replica of {topic}/{partition} on node {node} stopped: to be moved"),
     }
 }
 

@@ -12,13 +12,18 @@
 //!   keeps at most three voters, the rest learners); a member no longer placed is removed (a
 //!   leader first hands its leadership to a caught-up voter); a caught-up preferred leader
 //!   (the partition's first replica) gets leadership back.
+//! - **Replicas of this node that stopped for good** (their log failed: stopped until the
+//!   server restarts): past `--stopped-replica-grace` this node tells the controller
+//!   (`ReplicaStopped`, forwarded to the controller's leader), which moves the replica.
 //! - **The controller's leader**: the `default` topic's replication factor rises to
-//!   min(3, live nodes) as nodes join.
+//!   min(3, live nodes) as nodes join; replicas of removed nodes, and replicas marked
+//!   stopped, are re-created on live nodes that lack one.
 
-use super::state::{ClusterState, Command, CONTROLLER_VOTERS};
+use super::state::{ClusterState, Command, Replica, CONTROLLER_VOTERS};
 use super::ClusterNode;
 use crate::membership::{MemberList, MemberState};
 use crate::raft::board::GroupView;
+use crate::raft::group::Stopped;
 use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -30,6 +35,10 @@ use std::time::{Duration, Instant};
 /// Time between passes when nothing is applied.
 pub const PASS_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// A node sends `ReplicaStopped` again this long after it last did, while the mark does not
+/// show in its applied state (the forward, or the leader's entry, was lost).
+pub const ASK_AGAIN: Duration = Duration::from_secs(5);
+
 /// Starts the loops; they end when the node stops.
 pub fn spawn(node: Arc<ClusterNode>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -40,6 +49,8 @@ pub fn spawn(node: Arc<ClusterNode>) -> std::io::Result<std::thread::JoinHandle<
 fn run(node: Arc<ClusterNode>) {
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut countdown = Countdown::default();
+    let mut stopped_here: HashMap<u64, StoppedHere> = HashMap::new();
+    let mut unplaced: BTreeSet<(String, u32)> = BTreeSet::new();
     while !node.stopping() {
         let listener = node.changed.listen();
         let s = node.state();
@@ -47,12 +58,14 @@ fn run(node: Arc<ClusterNode>) {
             node.refresh_addresses(&s);
             local(&node, &s, &mut known);
             groups(&node, &s);
+            report_stopped(&node, &s, &mut stopped_here, Instant::now());
             if node.is_controller_leader() {
-                controller(&node, &s, &mut countdown);
+                controller(&node, &s, &mut countdown, &mut unplaced);
             } else {
                 // A later term as leader counts from its own observations: what this node
                 // saw while another led may be stale (the member came back and went again).
                 countdown.clear();
+                unplaced.clear();
             }
         }
         // Waiters on the state check their deadlines at least this often.
@@ -387,51 +400,187 @@ impl Countdown {
     }
 }
 
-/// Replicas on removed nodes are re-created on live nodes, and a partition with fewer
-/// replicas than its factor (none was free when one was removed) gets one on a live node
-/// (one partition per pass).
-fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
+/// A replica of this node seen stopped for good: since when, and when this node last asked
+/// the controller to move it.
+#[derive(Debug, Clone, Copy)]
+struct StoppedHere {
+    since: Instant,
+    asked: Option<Instant>,
+}
+
+/// This node's replicas whose group stopped for good (`Stopped::Failed`: its log latched
+/// after an I/O error, or its raft.meta could not be written; it stays stopped until the
+/// server restarts, and a restart within the grace period reopens it): past
+/// `--stopped-replica-grace` this node sends the controller `ReplicaStopped`, again every
+/// [`ASK_AGAIN`] until its applied state shows the mark. A full disk (`Stopped::DiskFull`)
+/// resumes by itself and is not reported.
+fn report_stopped(
+    node: &ClusterNode,
+    s: &ClusterState,
+    here: &mut HashMap<u64, StoppedHere>,
+    now: Instant,
+) {
+    let me = node.id();
+    let mut still = BTreeSet::new();
+    for (id, group) in ClusterNode::partitions(s) {
+        let Some(p) = s
+            .topics
+            .get(&*id.topic)
+            .and_then(|t| t.partitions.get(id.partition as usize))
+        else {
+            continue;
+        };
+        if !p.nodes().contains(&me) || p.stopped.contains(&me) {
+            continue;
+        }
+        let failed = node
+            .peers
+            .board
+            .get(group)
+            .is_some_and(|v| v.stopped == Some(Stopped::Failed));
+        if !failed {
+            continue;
+        }
+        still.insert(group);
+        let seen = here.entry(group).or_insert(StoppedHere {
+            since: now,
+            asked: None,
+        });
+        let grace = node.stopped_replica_grace;
+        if now.duration_since(seen.since) < grace
+            || seen
+                .asked
+                .is_some_and(|a| now.duration_since(a) < ASK_AGAIN)
+        {
+            continue;
+        }
+        if seen.asked.is_none() {
+            log::warn!(
+                "{}/{}: this replica stopped (its log failed) {grace:?} ago: asking the \
+                 controller to move it to another node",
+                id.topic,
+                id.partition
+            );
+        }
+        seen.asked = Some(now);
+        node.stats
+            .stopped_replicas_reported
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let c = Command::ReplicaStopped {
+            topic: id.topic.to_string(),
+            partition: id.partition,
+            node: me,
+        };
+        if let Err(e) = node.ask_controller(&c) {
+            log::info!(
+                "{}/{}: reporting the stopped replica: not now ({e})",
+                id.topic,
+                id.partition
+            );
+        }
+    }
+    here.retain(|g, _| still.contains(g));
+}
+
+/// Replicas on removed nodes, and replicas marked stopped, are re-created on live nodes
+/// that lack one, and a partition with fewer replicas than its factor (none was free when
+/// one was removed) gets one on a live node (one partition per pass). A stopped replica
+/// stays placed while no node can take its place (logged once per leadership).
+fn replace_removed(
+    node: &ClusterNode,
+    s: &ClusterState,
+    unplaced: &mut BTreeSet<(String, u32)>,
+) -> bool {
     let active = s.active_nodes();
     let live = node.live_nodes(s);
     for (name, t) in &s.topics {
         for (p, entry) in t.partitions.iter().enumerate() {
-            let on_active = entry
-                .replicas
-                .iter()
-                .filter(|r| active.contains(&r.node))
-                .count();
+            let key = (name.clone(), p as u32);
+            let failed = |r: &Replica| active.contains(&r.node) && entry.stopped.contains(&r.node);
+            let kept = |r: &Replica| active.contains(&r.node) && !failed(r);
+            let on_active = entry.replicas.iter().filter(|r| kept(r)).count();
             let short = (on_active as u32) < t.replication_factor
                 && live.iter().any(|n| !entry.nodes().contains(n));
             if on_active == entry.replicas.len() && !short {
+                unplaced.remove(&key);
                 continue;
             }
-            let mut replicas: Vec<_> = entry
-                .replicas
-                .iter()
-                .filter(|r| active.contains(&r.node))
-                .copied()
-                .collect();
+            if on_active == 0 {
+                if unplaced.insert(key) {
+                    log::error!(
+                        "{name}/{p}: every replica is on removed nodes or stopped; nothing to \
+                         copy from"
+                    );
+                }
+                continue;
+            }
+            let mut added: Vec<Replica> = Vec::new();
             let want = (t.replication_factor as usize).max(1);
-            while replicas.len() < want {
-                let have: Vec<u64> = replicas.iter().map(|r| r.node).collect();
-                match live.iter().find(|n| !have.contains(n)) {
-                    Some(&n) => replicas.push(s.replica_on(name, p as u32, n)),
+            while on_active + added.len() < want {
+                let have: Vec<u64> = entry
+                    .replicas
+                    .iter()
+                    .filter(|r| kept(r))
+                    .chain(added.iter())
+                    .map(|r| r.node)
+                    .collect();
+                match live
+                    .iter()
+                    .find(|n| !have.contains(n) && !entry.stopped.contains(n))
+                {
+                    Some(&n) => added.push(s.replica_on(name, p as u32, n)),
                     None => break,
                 }
+            }
+            // Stopped replicas no new one replaces stay, in their place.
+            let mut keep_failed = want.saturating_sub(on_active + added.len());
+            let mut replicas: Vec<Replica> = Vec::new();
+            for r in &entry.replicas {
+                if kept(r) {
+                    replicas.push(*r);
+                } else if failed(r) && keep_failed > 0 {
+                    keep_failed -= 1;
+                    replicas.push(*r);
+                }
+            }
+            replicas.extend(added);
+            let moved: Vec<u64> = entry
+                .replicas
+                .iter()
+                .filter(|r| failed(r) && !replicas.contains(r))
+                .map(|r| r.node)
+                .collect();
+            let still: Vec<u64> = entry
+                .replicas
+                .iter()
+                .filter(|r| failed(r) && replicas.contains(r))
+                .map(|r| r.node)
+                .collect();
+            if !still.is_empty() && unplaced.insert(key) {
+                log::warn!(
+                    "{name}/{p}: the stopped replica on nodes {still:?} stays placed: no live \
+                     node without a replica can take it (or nothing is left to copy from)"
+                );
             }
             if replicas == entry.replicas {
                 continue;
             }
-            if on_active == 0 {
-                log::error!("{name}/{p}: every replica was on removed nodes; nothing to copy from");
-                continue;
+            let nodes: Vec<u64> = replicas.iter().map(|r| r.node).collect();
+            if moved.is_empty() {
+                log::warn!(
+                    "{name}/{p}: replicas now on nodes {nodes:?} (replicas of removed nodes \
+                     re-created, replication factor {} restored as far as live nodes allow)",
+                    t.replication_factor
+                );
+            } else {
+                log::warn!(
+                    "{name}/{p}: the stopped replica on nodes {moved:?} (its log failed) moves: \
+                     replicas now on nodes {nodes:?}"
+                );
+                node.stats
+                    .stopped_replicas_moved
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            log::warn!(
-                "{name}/{p}: replicas now on nodes {:?} (replicas of removed nodes re-created, \
-                 replication factor {} restored as far as live nodes allow)",
-                replicas.iter().map(|r| r.node).collect::<Vec<_>>(),
-                t.replication_factor
-            );
             let c = Command::SetReplicas {
                 topic: name.clone(),
                 partition: p as u32,
@@ -451,8 +600,13 @@ fn replace_removed(node: &ClusterNode, s: &ClusterState) -> bool {
 }
 
 /// The controller leader's own duties.
-fn controller(node: &ClusterNode, s: &ClusterState, countdown: &mut Countdown) {
-    if remove_dead(node, s, countdown) || replace_removed(node, s) {
+fn controller(
+    node: &ClusterNode,
+    s: &ClusterState,
+    countdown: &mut Countdown,
+    unplaced: &mut BTreeSet<(String, u32)>,
+) {
+    if remove_dead(node, s, countdown) || replace_removed(node, s, unplaced) {
         return;
     }
     let live = node.live_nodes(s);

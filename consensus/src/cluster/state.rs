@@ -47,6 +47,11 @@ pub struct PartitionEntry {
     pub initial: Vec<u64>,
     /// Where the partition should have replicas; the first is its preferred leader.
     pub replicas: Vec<Replica>,
+    /// Nodes whose replica reported itself stopped for good (its log failed: it stays
+    /// stopped until its server restarts); the controller's leader moves each to a live
+    /// node that lacks one. Only nodes of `replicas`: a node leaves it with its replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<u64>,
 }
 
 impl PartitionEntry {
@@ -94,6 +99,13 @@ pub enum Command {
     },
     RemoveNode {
         id: u64,
+    },
+    /// Node `node`'s replica of `topic`/`partition` stopped for good (sent by that node,
+    /// after a grace period): it is to be moved to another node.
+    ReplicaStopped {
+        topic: String,
+        partition: u32,
+        node: u64,
     },
 }
 
@@ -176,12 +188,30 @@ impl ClusterState {
                     t.replication_factor = *replication_factor;
                     if let Some(p) = t.partitions.get_mut(*partition as usize) {
                         p.replicas = replicas.clone();
+                        // A node placed anew (or still) keeps its mark only while it stays.
+                        let nodes = p.nodes();
+                        p.stopped.retain(|n| nodes.contains(n));
                     }
                 }
             }
             Command::RemoveNode { id } => {
                 if let Some(n) = self.nodes.get_mut(id) {
                     n.removed = true;
+                }
+            }
+            Command::ReplicaStopped {
+                topic,
+                partition,
+                node,
+            } => {
+                let p = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize));
+                if let Some(p) = p {
+                    if p.nodes().contains(node) && !p.stopped.contains(node) {
+                        p.stopped.push(*node);
+                    }
                 }
             }
         }
@@ -262,6 +292,7 @@ impl ClusterState {
             out.push(PartitionEntry {
                 initial: chosen,
                 replicas,
+                stopped: Vec::new(),
             });
         }
         Ok(out)
@@ -317,6 +348,80 @@ mod tests {
         // The removed member comes back under its id.
         s.apply(6, &Command::Register { node: node("b") });
         assert_eq!(s.active_nodes(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_stopped_mark_holds_only_for_a_placed_node_and_leaves_with_it() {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: node("a"),
+            },
+        );
+        s.apply(2, &Command::Register { node: node("b") });
+        s.apply(3, &Command::Register { node: node("c") });
+        let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: LogConfig::default(),
+                replication_factor: 2,
+                partitions,
+            },
+        );
+        let stopped = |node| Command::ReplicaStopped {
+            topic: "t".into(),
+            partition: 0,
+            node,
+        };
+        let marks = |s: &ClusterState| s.topics["t"].partitions[0].stopped.clone();
+        // Not placed on node 3, an unknown partition, a second report: no effect.
+        s.apply(5, &stopped(3));
+        s.apply(
+            6,
+            &Command::ReplicaStopped {
+                topic: "t".into(),
+                partition: 7,
+                node: 1,
+            },
+        );
+        assert!(marks(&s).is_empty());
+        s.apply(7, &stopped(2));
+        s.apply(8, &stopped(2));
+        assert_eq!(marks(&s), vec![2]);
+        // Kept while node 2 stays placed, dropped once it is placed elsewhere.
+        let mut replicas = s.topics["t"].partitions[0].replicas.clone();
+        s.apply(
+            9,
+            &Command::SetReplicas {
+                topic: "t".into(),
+                partition: 0,
+                replication_factor: 2,
+                replicas: replicas.clone(),
+            },
+        );
+        assert_eq!(marks(&s), vec![2]);
+        replicas.retain(|r| r.node != 2);
+        replicas.push(s.replica_on("t", 0, 3));
+        s.apply(
+            10,
+            &Command::SetReplicas {
+                topic: "t".into(),
+                partition: 0,
+                replication_factor: 2,
+                replicas,
+            },
+        );
+        assert!(marks(&s).is_empty());
+        assert_eq!(s.topics["t"].partitions[0].nodes(), vec![1, 3]);
+        let c = stopped(2);
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        // A partition without marks encodes as before (no `stopped` field).
+        let json = serde_json::to_string(&s.topics["t"].partitions[0]).unwrap();
+        assert!(!json.contains("stopped"), "{json}");
     }
 
     #[test]

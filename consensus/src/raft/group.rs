@@ -503,6 +503,21 @@ impl<S: LogStore> GroupSet<S> {
         )
     }
 
+    /// Proposes controller command `command` on group `id` where this node does not lead
+    /// it: raft-rs forwards the proposal to the leader it knows (a `MsgPropose`), which
+    /// appends it like its own. Nothing tracks it here: the caller watches the applied
+    /// state and asks again if the command does not show (the forward, or the leader's
+    /// entry, may be lost). On the leader it is a plain, untracked proposal.
+    pub fn forward_command(&mut self, id: u64, command: &[u8]) -> Result<()> {
+        let g = self.group_mut(id)?;
+        if g.node.raft.leader_id == raft::INVALID_ID {
+            return Err(Error::NoLeader { group: id });
+        }
+        g.node
+            .propose(Vec::new(), Vec::from(entry::controller_proposal(command)))?;
+        Ok(())
+    }
+
     fn propose_data(
         &mut self,
         id: u64,

@@ -109,6 +109,9 @@ pub enum ControlMsg {
     },
     /// Hand `group`'s leadership to `to`.
     TransferLeader { group: u64, to: u64 },
+    /// Send a controller command (encoded) to the controller's leader, whichever node it is,
+    /// without waiting for it (see `GroupSet::forward_command`).
+    ForwardCommand { command: Vec<u8> },
 }
 
 /// Builds the Raft replication layer of each shard of one node.
@@ -625,7 +628,9 @@ fn refuse(cmd: Cmd, e: Error) {
         Cmd::Close { reply, .. } => {
             let _ = reply.send(());
         }
-        Cmd::Frame(_) | Cmd::Control(ControlMsg::TransferLeader { .. }) => {}
+        Cmd::Frame(_)
+        | Cmd::Control(ControlMsg::TransferLeader { .. })
+        | Cmd::Control(ControlMsg::ForwardCommand { .. }) => {}
         Cmd::Control(ControlMsg::Command { reply, .. })
         | Cmd::Control(ControlMsg::ConfChange { reply, .. }) => {
             let _ = reply.send(Err(e));
@@ -772,6 +777,11 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         Cmd::Control(ControlMsg::TransferLeader { group, to }) => {
             if let Err(e) = set.transfer_leader(group, to) {
                 log::info!("group {group}: leadership not transferred to node {to}: {e}");
+            }
+        }
+        Cmd::Control(ControlMsg::ForwardCommand { command }) => {
+            if let Err(e) = set.forward_command(0, &command) {
+                log::info!("controller command not sent to the controller's leader: {e}");
             }
         }
         Cmd::ReadIndex { group, reply } => match set.read_index(group) {
