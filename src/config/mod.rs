@@ -628,6 +628,18 @@ mod tests {
         assert_eq!(s.dead_node_timeout, DEFAULT_DEAD_NODE_TIMEOUT);
         let s = resolve(ServeArgs::default(), &[("PROGLOG_DEAD_NODE_TIMEOUT", "5s")]).unwrap();
         assert_eq!(s.dead_node_timeout, Duration::from_secs(5));
+        assert_eq!(s.stopped_replica_grace, DEFAULT_STOPPED_REPLICA_GRACE);
+        let s = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_STOPPED_REPLICA_GRACE", "2s")],
+        )
+        .unwrap();
+        assert_eq!(s.stopped_replica_grace, Duration::from_secs(2));
+        assert!(resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_STOPPED_REPLICA_GRACE", "soon")]
+        )
+        .is_err());
     }
 
     #[test]

@@ -832,6 +832,122 @@ mod tests {
         assert_eq!(old.due(&s, 1, &gone, at(t0, 600), TIMEOUT), None);
     }
 
+    /// Node `me` of [`state`], which holds topic `t` (one partition on nodes 1 and 2, factor
+    /// 2), its replica on node 2 marked stopped when `marked`; gossip-less, so the only live
+    /// node is `me`.
+    fn stopped_setup(me: u8, marked: bool) -> (Arc<ClusterNode>, ClusterState) {
+        let mut s = state();
+        let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: engine::LogConfig::default(),
+                replication_factor: 2,
+                partitions,
+            },
+        );
+        if marked {
+            s.apply(
+                5,
+                &Command::ReplicaStopped {
+                    topic: "t".into(),
+                    partition: 0,
+                    node: 2,
+                },
+            );
+        }
+        let node = ClusterNode::new(
+            crate::raft::transport::Peers::default(),
+            TIMEOUT,
+            Duration::from_secs(30),
+        );
+        node.set_id(u64::from(me));
+        node.set_me(s.nodes[&u64::from(me)].clone());
+        (node, s)
+    }
+
+    fn moved(node: &ClusterNode) -> u64 {
+        node.stats
+            .stopped_replicas_moved
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_stopped_replica_moves_to_a_free_live_node_only() {
+        // Node 3 is live and holds no replica: it takes the stopped one's place (the
+        // proposal itself fails here: no engine).
+        let (node, s) = stopped_setup(3, true);
+        let mut unplaced = BTreeSet::new();
+        assert!(replace_removed(&node, &s, &mut unplaced));
+        assert_eq!(moved(&node), 1);
+        // Not marked: nothing to do.
+        let (node, s) = stopped_setup(3, false);
+        assert!(!replace_removed(&node, &s, &mut BTreeSet::new()));
+        assert_eq!(moved(&node), 0);
+        // The only live node already holds a replica: nothing moves, remembered (logged) once.
+        let (node, s) = stopped_setup(1, true);
+        let mut unplaced = BTreeSet::new();
+        assert!(!replace_removed(&node, &s, &mut unplaced));
+        assert!(!replace_removed(&node, &s, &mut unplaced));
+        assert_eq!(moved(&node), 0);
+        assert!(unplaced.contains(&("t".to_string(), 0)));
+        // The stopped node itself is never chosen again.
+        let (node, s) = stopped_setup(2, true);
+        assert!(!replace_removed(&node, &s, &mut BTreeSet::new()));
+        assert_eq!(moved(&node), 0);
+    }
+
+    #[test]
+    fn a_node_reports_its_failed_replica_after_the_grace_period_and_again_until_marked() {
+        let (node, s) = stopped_setup(2, false);
+        let group = ClusterNode::partitions(&s)[0].1;
+        let view = |stopped| GroupView {
+            shard: 0,
+            role: StateRole::Follower,
+            term: 1,
+            leader: 0,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+            voters: vec![1, 2],
+            learners: Vec::new(),
+            matched: Vec::new(),
+            stopped,
+        };
+        let reported = || {
+            node.stats
+                .stopped_replicas_reported
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut here = HashMap::new();
+        let t0 = start();
+        // A full disk resumes by itself: never reported.
+        node.peers.board.set(group, view(Some(Stopped::DiskFull)));
+        report_stopped(&node, &s, &mut here, t0);
+        report_stopped(&node, &s, &mut here, at(t0, 100));
+        assert_eq!(reported(), 0);
+        assert!(here.is_empty());
+        node.peers.board.set(group, view(Some(Stopped::Failed)));
+        report_stopped(&node, &s, &mut here, t0);
+        report_stopped(&node, &s, &mut here, at(t0, 29));
+        assert_eq!(reported(), 0, "within the grace period");
+        report_stopped(&node, &s, &mut here, at(t0, 30));
+        assert_eq!(reported(), 1);
+        report_stopped(&node, &s, &mut here, at(t0, 34));
+        assert_eq!(reported(), 1, "not again within ASK_AGAIN");
+        report_stopped(&node, &s, &mut here, at(t0, 35));
+        assert_eq!(reported(), 2);
+        // Marked in the applied state: no more reports.
+        let (_, marked) = stopped_setup(2, true);
+        report_stopped(&node, &marked, &mut here, at(t0, 100));
+        assert_eq!(reported(), 2);
+        // Running again (a restart): forgotten, a later failure starts a new grace period.
+        node.peers.board.set(group, view(None));
+        report_stopped(&node, &s, &mut here, at(t0, 200));
+        assert!(here.is_empty());
+    }
+
     #[test]
     fn left_is_at_once_and_this_node_and_removed_nodes_never() {
         let mut s = state();
