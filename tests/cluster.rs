@@ -5,7 +5,9 @@
 //! partition's leader under load loses no acknowledged record: after the node restarts,
 //! every acknowledged offset holds its value, byte for byte, on every node. A leader whose
 //! partition log fails (its directory taken away) stops: it reports no leadership, the others
-//! elect, and produces made on its node reach the new leader.
+//! elect, and produces made on its node reach the new leader. A follower whose log fails is
+//! moved, past `--stopped-replica-grace`, to a free fourth node, without losing an
+//! acknowledged record and without its node leaving the cluster.
 //!
 //! Multi-node tests are `#[ignore]`d in the plain `cargo test` run and run one at a time in
 //! their own phase of scripts/test (`cargo test --test cluster -- --ignored
@@ -543,13 +545,12 @@ fn own_view(n: &Node, topic: &str) -> Option<(u64, bool)> {
     Some((p.leader, p.stopped))
 }
 
-#[test]
-#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
-fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
-    let c = form("a leader's log fails", 81, &[]);
-    let ctl = controller_leader(&c);
+/// Creates topic `s` (one partition, three replicas, 2 MiB segments: a replica rolls soon,
+/// and a roll cannot create its next file once its directory is gone) and returns the index
+/// of its leader once it has three voters.
+fn create_small_segment_topic(c: &Cluster) -> Option<usize> {
+    let ctl = controller_leader(c);
     let ch = c.nodes[ctl].channel().expect("connect");
-    // Small segments: the replica rolls soon, and the roll cannot create its next file.
     let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
         paths::CREATE_TOPIC,
         &CreateTopicRequest {
@@ -566,9 +567,17 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     r.expect("create topic s");
     let mut lead = None;
     wait("a leader of s/0 with three voters", || {
-        lead = leader_of(&c, "s", 0, 3);
+        lead = leader_of(c, "s", 0, 3);
         lead.is_some()
     });
+    lead
+}
+
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
+    let c = form("a leader's log fails", 81, &[]);
+    let lead = create_small_segment_topic(&c);
     let l = lead.unwrap_or(0);
     let other = (l + 1) % 3;
     let value = vec![b'x'; 60_000];
@@ -629,28 +638,7 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
 fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
     let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
     let mut c = form("a stopped replica moves", 91, &grace);
-    let ctl = controller_leader(&c);
-    let ch = c.nodes[ctl].channel().expect("connect");
-    // Small segments: the replica rolls soon, and the roll cannot create its next file.
-    let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
-        paths::CREATE_TOPIC,
-        &CreateTopicRequest {
-            name: "s".into(),
-            config: Some(TopicConfig {
-                partitions: 1,
-                replication_factor: 3,
-                segment_bytes: 2 << 20,
-                ..Default::default()
-            }),
-        },
-        net::client::CallOptions::timeout(Duration::from_secs(30)),
-    );
-    r.expect("create topic s");
-    let mut lead = None;
-    wait("a leader of s/0 with three voters", || {
-        lead = leader_of(&c, "s", 0, 3);
-        lead.is_some()
-    });
+    create_small_segment_topic(&c);
 
     // A fourth node joins: free to take a replica of s/0.
     let join = c.nodes[0].gossip.clone();

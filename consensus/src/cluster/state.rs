@@ -323,6 +323,21 @@ mod tests {
         }
     }
 
+    /// Nodes a, b and c registered as 1, 2 and 3.
+    fn three_nodes() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: node("a"),
+            },
+        );
+        s.apply(2, &Command::Register { node: node("b") });
+        s.apply(3, &Command::Register { node: node("c") });
+        s
+    }
+
     #[test]
     fn ids_are_assigned_once_and_never_reused() {
         let mut s = ClusterState::default();
@@ -352,16 +367,7 @@ mod tests {
 
     #[test]
     fn a_stopped_mark_holds_only_for_a_placed_node_and_leaves_with_it() {
-        let mut s = ClusterState::default();
-        s.apply(
-            1,
-            &Command::Bootstrap {
-                cluster_id: "c".into(),
-                node: node("a"),
-            },
-        );
-        s.apply(2, &Command::Register { node: node("b") });
-        s.apply(3, &Command::Register { node: node("c") });
+        let mut s = three_nodes();
         let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
         s.apply(
             4,
@@ -426,16 +432,7 @@ mod tests {
 
     #[test]
     fn placement_uses_distinct_nodes_and_spreads_leaders() {
-        let mut s = ClusterState::default();
-        s.apply(
-            1,
-            &Command::Bootstrap {
-                cluster_id: "c".into(),
-                node: node("a"),
-            },
-        );
-        s.apply(2, &Command::Register { node: node("b") });
-        s.apply(3, &Command::Register { node: node("c") });
+        let s = three_nodes();
         let p = s.place("t", 6, 2, &[1, 2, 3]).unwrap();
         let mut leaders = BTreeMap::new();
         for e in &p {
