@@ -45,7 +45,8 @@ impl LogStore for Log {
         Log::install_staged(self, staged, RAFT_META, meta).await
     }
     async fn append(&self, batches: &[u8]) -> Result<()> {
-        self.append_buffered(batches).await.map(|_| ())
+        // `RaftLog::append` encoded them from the entries a moment ago.
+        self.append_fresh(batches).await.map(|_| ())
     }
     async fn sync(&self) -> Result<()> {
         Log::sync(self).await

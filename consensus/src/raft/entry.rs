@@ -82,9 +82,28 @@ fn malformed(e: &Entry, why: &str) -> Error {
     }
 }
 
+/// Bytes [`encode`] appends for `e` at most (the batch header, and the entry's data and
+/// context with a configuration change's 5 bytes of framing), so a caller sizes its buffer once.
+pub fn encoded_len(e: &Entry) -> usize {
+    batch::HEADER_LEN + 5 + e.data.len() + e.context.len()
+}
+
 /// Encodes `e` as a batch at `base_offset`, stamped with the commit index the writer knows,
 /// appended to `out`. Returns the offset after it.
 pub fn encode(e: &Entry, base_offset: u64, commit_index: u64, out: &mut Vec<u8>) -> Result<u64> {
+    encode_known(e, base_offset, commit_index, None, out)
+}
+
+/// [`encode`], given the CRC32C of a data entry's payload (the records after its prefix) when
+/// it is known already: the leader computed it when it built the batch it proposed, and need
+/// not pass over the payload again.
+pub fn encode_known(
+    e: &Entry,
+    base_offset: u64,
+    commit_index: u64,
+    payload_crc: Option<u32>,
+    out: &mut Vec<u8>,
+) -> Result<u64> {
     let mut stamp = Stamp {
         kind: Kind::NoOp,
         base_offset,
@@ -108,7 +127,19 @@ pub fn encode(e: &Entry, base_offset: u64, commit_index: u64, out: &mut Vec<u8>)
                 stamp.timestamp_ms = i64::from_le_bytes(t);
                 let payload = &e.data[DATA_PREFIX..];
                 check_records(e, payload, count)?;
-                batch::encode_with_payload(out, &stamp, count, payload);
+                match payload_crc {
+                    Some(crc) => {
+                        debug_assert_eq!(crc, crc32c::crc32c(payload), "entry {}", e.index);
+                        out.extend_from_slice(&batch::header_bytes(
+                            &stamp,
+                            count,
+                            payload.len() as u32,
+                            crc,
+                        ));
+                        out.extend_from_slice(payload);
+                    }
+                    None => batch::encode_with_payload(out, &stamp, count, payload),
+                }
                 return Ok(base_offset + u64::from(count));
             }
             Some(&TAG_CONTROLLER) => {
@@ -214,6 +245,12 @@ mod tests {
     fn round_trip(e: &Entry, base: u64) -> (Header, Entry) {
         let mut buf = Vec::new();
         encode(e, base, e.index.saturating_sub(1), &mut buf).expect("encodes");
+        assert!(
+            buf.len() <= encoded_len(e),
+            "{} > {}",
+            buf.len(),
+            encoded_len(e)
+        );
         let Parsed::Header(h) = batch::parse_header(&buf) else {
             panic!("no header")
         };
@@ -253,6 +290,21 @@ mod tests {
         let (h, back) = round_trip(&cc, 10);
         assert_eq!((h.kind, h.base_offset), (Kind::ConfChange, 10));
         assert_eq!(back, cc);
+    }
+
+    #[test]
+    fn a_known_payload_crc_encodes_the_same_batch() {
+        let mut e = Entry::default();
+        (e.term, e.index) = (2, 5);
+        e.data = data_proposal(
+            &[NewRecord::new(&b"abc"[..]), NewRecord::new(&b"de"[..])],
+            9,
+        );
+        let crc = crc32c::crc32c(&e.data[DATA_PREFIX..]);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode(&e, 3, 4, &mut a).expect("encodes");
+        encode_known(&e, 3, 4, Some(crc), &mut b).expect("encodes");
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -26,7 +26,7 @@
 use super::entry;
 use super::error::{Error, Result};
 use super::logger;
-use super::storage::{FetchJob, RaftLog, SnapshotData};
+use super::storage::{FetchJob, FreshCrcs, RaftLog, SnapshotData, FRESH_CRCS_MAX};
 use super::store::LogStore;
 use super::wire;
 use bytes::Bytes;
@@ -221,6 +221,8 @@ struct Group<S: LogStore> {
     downloading: bool,
     /// Who learns how the staged snapshot's install went.
     install_report: Option<InstallReport>,
+    /// Payload CRCs of the data entries proposed here and not stored yet.
+    fresh_crcs: FreshCrcs,
 }
 
 /// A group's voters, learners and (on its leader) each replica's matched index.
@@ -362,6 +364,7 @@ impl<S: LogStore> GroupSet<S> {
             staged: None,
             downloading: false,
             install_report: None,
+            fresh_crcs: FreshCrcs::new(),
         };
         self.groups.insert(id, g);
         self.randomize_timeouts();
@@ -533,11 +536,15 @@ impl<S: LogStore> GroupSet<S> {
     /// Proposes the records of an encoded batch (the seam's `EncodedBatch` payload: records
     /// laid out as stored) as one entry of group `id`; `tx` gets the outcome, once committed
     /// or as soon as it is known it cannot be (a refusal is sent to `tx` as well).
+    ///
+    /// `payload_crc`, the payload's CRC32C when the caller has it (`EncodedBatch` does), spares
+    /// the round that stores the entry a pass over the payload; it must be that CRC.
     pub fn propose_encoded(
         &mut self,
         id: u64,
         payload: &[u8],
         records: u32,
+        payload_crc: Option<u32>,
         timestamp_ms: i64,
         tx: oneshot::Sender<Outcome>,
     ) {
@@ -550,6 +557,20 @@ impl<S: LogStore> GroupSet<S> {
         let data = entry::data_proposal_encoded(payload, records, timestamp_ms);
         if let Err((e, tx)) = self.propose_data_to(id, data, ProposalKind::Data, tx) {
             let _ = tx.send(Err(e));
+            return;
+        }
+        if let (Some(crc), Some(g)) = (payload_crc, self.groups.get_mut(&id)) {
+            if let Some(p) = g.proposals.back() {
+                let (index, term) = (p.index, p.term);
+                // Index order: a newer leadership's proposal replaces any left over above it.
+                while g.fresh_crcs.back().is_some_and(|&(i, _, _)| i >= index) {
+                    g.fresh_crcs.pop_back();
+                }
+                if g.fresh_crcs.len() >= FRESH_CRCS_MAX {
+                    g.fresh_crcs.pop_front();
+                }
+                g.fresh_crcs.push_back((index, term, crc));
+            }
         }
     }
 
@@ -962,7 +983,11 @@ impl<S: LogStore> GroupSet<S> {
             let entries = rd.take_entries();
             let commit = g.node.raft.raft_log.committed;
             self.stats.entries_written += entries.len() as u64;
-            if let Err(e) = g.log.append(&entries, commit).await {
+            if let Err(e) = g
+                .log
+                .append_known(&entries, commit, &mut g.fresh_crcs)
+                .await
+            {
                 g.fail(e);
                 continue;
             }

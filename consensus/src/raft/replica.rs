@@ -185,6 +185,8 @@ enum Cmd {
         group: u64,
         payload: bytes::Bytes,
         records: u32,
+        /// CRC32C of `payload`.
+        payload_crc: u32,
         reply: oneshot::Sender<Outcome>,
     },
     Compact {
@@ -716,9 +718,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             group,
             payload,
             records,
+            payload_crc,
             reply,
         } => {
-            set.propose_encoded(group, &payload, records, now_ms(), reply);
+            set.propose_encoded(group, &payload, records, Some(payload_crc), now_ms(), reply);
         }
         Cmd::Compact {
             group,
@@ -922,6 +925,7 @@ impl Replicator for ShardRaft {
                 group,
                 payload: batch.payload().clone(),
                 records: batch.record_count(),
+                payload_crc: batch.payload_crc(),
                 reply,
             };
             if !self.inner.push(cmd) {

@@ -306,6 +306,14 @@ struct Core {
     sending_snapshot: bool,
 }
 
+/// Payload CRCs of data entries a leader proposed, `(index, term, crc)` in index order, kept
+/// from the proposal until the round that stores the entry.
+pub type FreshCrcs = VecDeque<(u64, u64, u32)>;
+
+/// Entries a leader proposed that its log has not stored yet are at most this many; older
+/// ones are forgotten (their entries are then stored with a CRC computed again).
+pub const FRESH_CRCS_MAX: usize = 4096;
+
 /// raft-rs `Storage` for one group, over its log store. Cloning shares the state: the
 /// `RawNode` owns one handle, the Ready loop another.
 pub struct RaftLog<S: LogStore> {
@@ -562,6 +570,20 @@ impl<S: LogStore> RaftLog<S> {
     /// suffix, then appends one batch per entry, each stamped with the commit index `commit`
     /// (capped at its own index). The entries are readable through `Storage` when it returns.
     pub async fn append(&self, entries: &[Entry], commit: u64) -> Result<()> {
+        self.append_known(entries, commit, &mut VecDeque::new())
+            .await
+    }
+
+    /// [`append`](Self::append), with the payload CRCs of entries this node proposed
+    /// (`(index, term, crc)`, oldest first, as [`FreshCrcs`] keeps them): an entry found there
+    /// is stored without another pass over its payload. Entries up to the last appended are
+    /// taken out of `known`.
+    pub async fn append_known(
+        &self,
+        entries: &[Entry],
+        commit: u64,
+        known: &mut FreshCrcs,
+    ) -> Result<()> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -576,15 +598,31 @@ impl<S: LogStore> RaftLog<S> {
             self.cut_after(first.index - 1);
         }
         let mut offset = self.store.next_offset();
-        let mut buf = Vec::new();
+        // Sized once: growing it entry by entry copied the round's payload again at each
+        // doubling.
+        let mut buf = Vec::with_capacity(entries.iter().map(entry::encoded_len).sum());
         let mut cached = Vec::with_capacity(entries.len());
         for e in entries {
             let base_offset = offset;
-            offset = entry::encode(e, offset, commit, &mut buf)?;
+            while known.front().is_some_and(|&(i, _, _)| i < e.index) {
+                known.pop_front();
+            }
+            // An index and a term name one entry (Raft's log matching): the CRC is of this
+            // entry's payload, whatever else was proposed at that index in another term.
+            let crc = match known.front() {
+                Some(&(i, t, crc)) if i == e.index && t == e.term => Some(crc),
+                _ => None,
+            };
+            offset = entry::encode_known(e, offset, commit, crc, &mut buf)?;
             cached.push(Cached {
                 entry: e.clone(),
                 base_offset,
             });
+        }
+        if let Some(last) = entries.last() {
+            while known.front().is_some_and(|&(i, _, _)| i <= last.index) {
+                known.pop_front();
+            }
         }
         self.store.append(&buf).await.map_err(&err)?;
         let mut c = self.core.borrow_mut();

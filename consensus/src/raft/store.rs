@@ -56,7 +56,8 @@ pub trait LogStore {
     ) -> Result<()>;
     /// Replaces the whole log by `staged` and the metadata by `meta`, atomically and durably.
     async fn install_staged(&self, staged: Self::Staged, meta: &[u8]) -> Result<()>;
-    /// Buffers batches (format v2, back to back) at the end of the log.
+    /// Buffers batches (format v2, back to back) at the end of the log: batches the caller
+    /// has just encoded (`entry::encode`), so a store need not check their CRCs again.
     async fn append(&self, batches: &[u8]) -> Result<()>;
     /// Makes everything appended so far durable.
     async fn sync(&self) -> Result<()>;

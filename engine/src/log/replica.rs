@@ -12,11 +12,21 @@ use bytes::Bytes;
 use std::ops::Range;
 use std::rc::Rc;
 
+/// Whether [`Log::check_raw`] checks each batch's CRC: always for bytes that came from
+/// elsewhere (a leader, a snapshot); not for batches this process encoded a moment ago from
+/// their payload, whose CRC it has just computed (a second pass would only find its own
+/// arithmetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Crc {
+    Check,
+    Fresh,
+}
+
 impl Log {
     /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
     /// is checked (CRC, continuity with the log's next offset) before anything is written.
     pub async fn append_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
-        let result = self.admit_raw(bytes).await?;
+        let result = self.admit_raw(bytes, Crc::Check).await?;
         match result {
             Some(a) => self.after_append(a).await.map(Some),
             None => Ok(None),
@@ -25,8 +35,8 @@ impl Log {
 
     /// Checks `bytes` ([`check_raw`](Self::check_raw)) and copies its batches into the
     /// write-behind buffer, returning the offsets they took (none for an empty input).
-    pub(super) async fn admit_raw(&self, bytes: &[u8]) -> Result<Option<Appended>> {
-        let batches = self.check_raw(bytes)?;
+    pub(super) async fn admit_raw(&self, bytes: &[u8], crc: Crc) -> Result<Option<Appended>> {
+        let batches = self.check_raw(bytes, crc)?;
         let mut result: Option<Appended> = None;
         for (header, range) in batches {
             let a = self
@@ -43,9 +53,10 @@ impl Log {
         Ok(result)
     }
 
-    /// Splits `bytes` into whole batches, each checked (header, CRC, size) and continuing the
-    /// offsets of the one before, the first continuing the log.
-    pub(super) fn check_raw(&self, bytes: &[u8]) -> Result<Vec<(Header, Range<usize>)>> {
+    /// Splits `bytes` into whole batches, each checked (header, CRC unless `crc` says the
+    /// caller just computed it, size) and continuing the offsets of the one before, the first
+    /// continuing the log.
+    pub(super) fn check_raw(&self, bytes: &[u8], crc: Crc) -> Result<Vec<(Header, Range<usize>)>> {
         let mut pos = 0usize;
         let mut expect = self.next_offset();
         // An empty log (just reset or created) takes the Raft index of what it is given.
@@ -65,7 +76,8 @@ impl Log {
                 }
             };
             let end = pos + header.batch_len();
-            if end > bytes.len() || !batch::crc_ok(&header, &bytes[pos..end]) {
+            if end > bytes.len() || (crc == Crc::Check && !batch::crc_ok(&header, &bytes[pos..end]))
+            {
                 return Err(Error::InvalidArgument(format!(
                     "raw batches: batch at byte {pos} is torn or corrupt"
                 )));
