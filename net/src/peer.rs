@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -98,23 +99,29 @@ pub async fn read_header<R: AsyncRead + Unpin>(
 ) -> Result<Option<(usize, u8)>, FrameError> {
     let mut head = [0u8; LENGTH_BYTES + 1];
     let mut got = 0;
-    while got < LENGTH_BYTES {
-        let n = r.read(&mut head[got..LENGTH_BYTES]).await?;
+    // Length and kind in one read when they are there (one receive call, not two); a
+    // length of 0 is refused before waiting for a kind byte that will not come.
+    while got < head.len() {
+        let n = r.read(&mut head[got..]).await?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
+            } else if got >= LENGTH_BYTES && frame_len(&head) == 0 {
+                Err(FrameError::Empty)
             } else {
                 Err(FrameError::Truncated)
             };
         }
         got += n;
+        if got >= LENGTH_BYTES && frame_len(&head) == 0 {
+            return Err(FrameError::Empty);
+        }
     }
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len == 0 {
-        return Err(FrameError::Empty);
-    }
-    r.read_exact(&mut head[LENGTH_BYTES..]).await.map_err(eof)?;
-    Ok(Some((len, head[LENGTH_BYTES])))
+    Ok(Some((frame_len(&head), head[LENGTH_BYTES])))
+}
+
+fn frame_len(head: &[u8; LENGTH_BYTES + 1]) -> usize {
+    u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize
 }
 
 /// Reads the payload of a frame whose header said `len` (checked by the caller).
@@ -125,6 +132,24 @@ pub async fn read_payload<R: AsyncRead + Unpin>(
     let mut body = vec![0u8; len.saturating_sub(1)];
     r.read_exact(&mut body).await.map_err(eof)?;
     Ok(body)
+}
+
+/// [`read_payload`] into memory taken from `buf` and returned as shared bytes, so a decoder
+/// can keep slices of it (prost's `Bytes` fields) instead of copies. `buf` hands its memory
+/// back when nothing holds those slices any more.
+pub async fn read_payload_shared<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    buf: &mut BytesMut,
+) -> Result<Bytes, FrameError> {
+    let n = len.saturating_sub(1);
+    buf.clear();
+    // Zeroed once, before the first read: a stream behind a compatibility layer zeroes
+    // whatever uninitialized room it is handed at every read, which for a frame arriving in
+    // many pieces is many times its size.
+    buf.resize(n, 0);
+    r.read_exact(&mut buf[..]).await.map_err(eof)?;
+    Ok(buf.split_to(n).freeze())
 }
 
 fn eof(e: std::io::Error) -> FrameError {
@@ -148,6 +173,27 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     head[LENGTH_BYTES] = kind;
     w.write_all(&head).await?;
     w.write_all(payload).await?;
+    w.flush().await
+}
+
+/// Appends one whole frame (length, kind, payload) to `out`, for a writer that sends several
+/// frames with one write ([`write_all_flush`]).
+pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len() + 1)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
+    out.reserve(LENGTH_BYTES + 1 + payload.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Writes `bytes` (whole frames, [`put_frame`]) and flushes.
+pub async fn write_all_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
     w.flush().await
 }
 
@@ -412,6 +458,33 @@ mod tests {
             let f = read_frame(&mut r, 16).await.unwrap().unwrap();
             assert_eq!((f.kind, f.payload.len()), (kind::GOSSIP_KEY_REQUEST, 0));
             assert!(read_frame(&mut r, 16).await.unwrap().is_none());
+
+            // Frames put into one buffer are the bytes write_frame writes.
+            let mut out = Vec::new();
+            put_frame(&mut out, kind::GOSSIP_KEY, b"abc").unwrap();
+            put_frame(&mut out, kind::GOSSIP_KEY_REQUEST, b"").unwrap();
+            assert_eq!(out, buf);
+            // Payloads read into shared memory: exactly each payload, never the next frame.
+            let mut r = out.as_slice();
+            let mut p = BytesMut::new();
+            let (len, k) = read_header(&mut r).await.unwrap().unwrap();
+            let a = read_payload_shared(&mut r, len, &mut p).await.unwrap();
+            assert_eq!((k, &a[..]), (kind::GOSSIP_KEY, &b"abc"[..]));
+            let (len, k) = read_header(&mut r).await.unwrap().unwrap();
+            let b = read_payload_shared(&mut r, len, &mut p).await.unwrap();
+            assert_eq!(
+                (k, b.len(), &a[..]),
+                (kind::GOSSIP_KEY_REQUEST, 0, &b"abc"[..])
+            );
+            assert!(read_header(&mut r).await.unwrap().is_none());
+            let mut r: &[u8] = &[4, 0, 0, 0, kind::GOSSIP_KEY, b'a'];
+            let (len, _) = read_header(&mut r).await.unwrap().unwrap();
+            assert!(matches!(
+                read_payload_shared(&mut r, len, &mut p).await,
+                Err(FrameError::Truncated)
+            ));
+            let mut r: &[u8] = &[0, 0, 0, 0, 7];
+            assert!(matches!(read_header(&mut r).await, Err(FrameError::Empty)));
 
             let mut r: &[u8] = &[0xFF, 0xFF, 0xFF, 0x7F, 1];
             assert!(matches!(

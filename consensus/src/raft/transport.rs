@@ -4,7 +4,8 @@
 //! Sending ([`Links`], one per shard, the set's [`Transport`]): a Ready round hands over one
 //! encoded `RaftFrame` per destination node (the set coalesces every group's messages and
 //! merges heartbeats). Each destination has a bounded queue ([`QUEUE_FRAMES`]) and one task
-//! that connects, writes the queued frames (kind [`RAFT_FRAME`]) and, when the connection
+//! that connects, writes the queued frames (kind [`RAFT_FRAME`]; small ones together, in one
+//! write: [`COALESCE_BYTES`]) and, when the connection
 //! fails or cannot be made, drops what is queued, reports the node unreachable (the driver
 //! tells every leader, which probes it again rather than stream to it) and reconnects with
 //! exponential backoff (50 ms to 2 s). A full queue drops the frame and reports the node
@@ -12,7 +13,8 @@
 //! each node it sends to (the groups of one shard talk to one node over one connection).
 //!
 //! Receiving ([`RaftPeerHandler`], the peer channel's handler for Raft connections): frames
-//! are read up to [`MAX_FRAME_BYTES`]; an oversized, truncated or empty frame, a frame of
+//! are read up to [`MAX_FRAME_BYTES`] through a small buffer ([`READ_BUFFER_BYTES`]), each
+//! payload into memory of its own that the decoded entries keep slices of; an oversized, truncated or empty frame, a frame of
 //! another kind, one that does not decode, or one addressed to another node closes the
 //! connection and is counted ([`TransportStats`]); nothing a peer sends panics. A decoded frame
 //! is split by group among the shards owning the groups ([`GroupDirectory`]) and delivered to
@@ -44,6 +46,14 @@ pub const RAFT_FRAME: u8 = peer::kind::RAFT_FIRST;
 /// The largest Raft frame read (kind + payload): a round's messages to one node, bounded by
 /// raft-rs's `max_size_per_msg` per group message.
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
+
+/// Frames smaller than this are copied into one buffer with the other small frames queued
+/// behind them and written together; larger ones are written in place.
+const COALESCE_BYTES: usize = 64 << 10;
+
+/// A receiving connection's read buffer: frame headers and small frames come out of it, so a
+/// frame costs no receive call of its own; a large payload is read past it.
+const READ_BUFFER_BYTES: usize = 16 << 10;
 
 /// Frames queued per destination before new ones are dropped.
 pub const QUEUE_FRAMES: usize = 256;
@@ -261,6 +271,7 @@ async fn send_loop(
 ) {
     let stats = Arc::clone(&peers.stats);
     let mut backoff = BACKOFF_FIRST;
+    let mut out = Vec::new();
     'connect: while !stopped.get() {
         // Wait for something to send before connecting.
         loop {
@@ -325,15 +336,44 @@ async fn send_loop(
                 }
                 continue;
             };
-            if let Err(e) = peer::write_frame(&mut stream, RAFT_FRAME, &frame).await {
+            // Small frames go out together, in one write with their headers (one send call
+            // and one flush for what the queue holds, not two sends per frame); a large one
+            // is written from where it is rather than copied.
+            let (mut frames, mut bytes) = (1u64, frame.len() as u64);
+            let written = if frame.len() < COALESCE_BYTES {
+                out.clear();
+                let mut put = peer::put_frame(&mut out, RAFT_FRAME, &frame);
+                while put.is_ok() {
+                    let more = {
+                        let mut q = link.queue.borrow_mut();
+                        match q.front() {
+                            Some(f) if out.len() + f.len() < COALESCE_BYTES => q.pop_front(),
+                            _ => None,
+                        }
+                    };
+                    let Some(f) = more else { break };
+                    put = peer::put_frame(&mut out, RAFT_FRAME, &f);
+                    (frames, bytes) = (frames + 1, bytes + f.len() as u64);
+                }
+                match put {
+                    Ok(()) => peer::write_all_flush(&mut stream, &out).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                peer::write_frame(&mut stream, RAFT_FRAME, &frame).await
+            };
+            if out.capacity() > 2 * COALESCE_BYTES {
+                out = Vec::new();
+            }
+            if let Err(e) = written {
                 log::info!("Raft transport: connection to node {to} failed: {e}");
-                add(&stats.frames_dropped, 1);
+                add(&stats.frames_dropped, frames);
                 drop_queued(&link, &stats);
                 unreachable.borrow_mut().insert(to);
                 continue 'connect;
             }
-            add(&stats.frames_sent, 1);
-            add(&stats.bytes_sent, frame.len() as u64);
+            add(&stats.frames_sent, frames);
+            add(&stats.bytes_sent, bytes);
         }
     }
 }
@@ -382,17 +422,19 @@ impl RaftPeerHandler {
             close_gracefully(&mut conn).await;
             return;
         }
+        let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, &mut conn.stream);
+        let mut buf = bytes::BytesMut::new();
         loop {
             let head = match first.take() {
                 Some(h) => Ok(Some(h)),
-                None => peer::read_header(&mut conn.stream).await,
+                None => peer::read_header(&mut rd).await,
             };
             let read = match head {
                 Ok(Some((len, _))) if len > MAX_FRAME_BYTES => Err(peer::FrameError::TooLarge {
                     len,
                     max: MAX_FRAME_BYTES,
                 }),
-                Ok(Some((len, kind))) => peer::read_payload(&mut conn.stream, len)
+                Ok(Some((len, kind))) => peer::read_payload_shared(&mut rd, len, &mut buf)
                     .await
                     .map(|p| Some((kind, p))),
                 Ok(None) => Ok(None),
@@ -416,7 +458,7 @@ impl RaftPeerHandler {
             };
             add(&stats.frames_received, 1);
             add(&stats.bytes_received, payload.len() as u64 + 1);
-            if let Err(why) = self.dispatch(kind, &payload) {
+            if let Err(why) = self.dispatch(kind, payload) {
                 add(&stats.malformed, 1);
                 log::warn!(
                     "Raft transport: closing connection from {:?}: {why}",
@@ -428,11 +470,12 @@ impl RaftPeerHandler {
     }
 
     /// Splits a frame among the shards owning its groups.
-    fn dispatch(&self, kind: u8, payload: &[u8]) -> Result<(), String> {
+    fn dispatch(&self, kind: u8, payload: bytes::Bytes) -> Result<(), String> {
         if kind != RAFT_FRAME {
             return Err(format!("frame of kind {kind:#04x} on a Raft connection"));
         }
-        let frame = wire::decode_frame(payload).map_err(|e| e.to_string())?;
+        // From the frame's own memory: entries keep slices of it, not copies.
+        let frame = wire::decode_frame_shared(payload).map_err(|e| e.to_string())?;
         let me = match self.node_id {
             0 => self.peers.self_id.load(Ordering::Relaxed),
             id => id,

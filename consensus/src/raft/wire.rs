@@ -367,6 +367,13 @@ pub fn decode_frame(bytes: &[u8]) -> Result<pb::RaftFrame> {
     pb::RaftFrame::decode(bytes).map_err(|e| malformed("frame", e.to_string()))
 }
 
+/// [`decode_frame`] from shared bytes: the entries' data and context are slices of `bytes`,
+/// not copies.
+pub fn decode_frame_shared(bytes: bytes::Bytes) -> Result<pb::RaftFrame> {
+    use prost::Message as _;
+    pb::RaftFrame::decode(bytes).map_err(|e| malformed("frame", e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::field_reassign_with_default)]
@@ -515,6 +522,10 @@ mod tests {
         let f = frame(1, 2, &msgs);
         assert_eq!((f.heartbeats.len(), f.messages.len()), (50, 1));
         let bytes = encode_frame(&f);
+        assert_eq!(
+            decode_frame_shared(bytes::Bytes::from(bytes.clone())).expect("decodes"),
+            decode_frame(&bytes).expect("decodes")
+        );
         let mut back = unframe(decode_frame(&bytes).expect("decodes")).expect("splits");
         back.sort_by_key(|(g, m)| (*g, m.msg_type as i32));
         msgs.sort_by_key(|(g, m)| (*g, m.msg_type as i32));
@@ -575,5 +586,28 @@ mod tests {
                 let _ = unframe(f);
             }
         }
+    }
+
+    #[test]
+    fn a_shared_frame_lends_its_memory_to_the_entries() {
+        let mut m = eraftpb::Message::default();
+        m.msg_type = eraftpb::MessageType::MsgAppend;
+        (m.from, m.to, m.index) = (1, 2, 7);
+        let mut e = eraftpb::Entry::default();
+        (e.term, e.index) = (1, 8);
+        e.data = bytes::Bytes::from(vec![7u8; 4096]);
+        m.entries = vec![e].into();
+        let bytes = bytes::Bytes::from(encode_frame(&frame(1, 2, &[(3, m.clone())])));
+        let (lo, hi) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
+        let back = unframe(decode_frame_shared(bytes).expect("decodes")).expect("splits");
+        assert_eq!(back, vec![(3, m)]);
+        let data = back[0].1.entries[0].data.as_ptr() as usize;
+        assert!(
+            (lo..hi).contains(&data),
+            "entry data copied out of the frame"
+        );
     }
 }
