@@ -277,6 +277,16 @@ impl Channel {
     /// One request, one response.
     pub async fn unary(&self, path: &str, msg: Bytes, opts: CallOptions) -> Result<Bytes, Status> {
         let frame = encode_frame(&msg, self.inner.config.max_send_message_bytes)?;
+        self.unary_framed(path, frame, opts).await
+    }
+
+    /// [`unary`](Self::unary) for a message already in its gRPC frame.
+    async fn unary_framed(
+        &self,
+        path: &str,
+        frame: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes, Status> {
         let (mut streaming, mut stream) = self.start(path, &opts).await?;
         let deadline = streaming.deadline;
         with_deadline(
@@ -298,7 +308,9 @@ impl Channel {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let b = self.unary(path, codec::encode(req), opts).await?;
+        // Encoded straight into its frame: no second copy of the message behind a header.
+        let frame = codec::encode_framed(req, self.inner.config.max_send_message_bytes)?;
+        let b = self.unary_framed(path, frame, opts).await?;
         codec::decode_response(b)
     }
 

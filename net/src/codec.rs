@@ -26,6 +26,22 @@ pub fn encode_frame(msg: &[u8], max_send_bytes: usize) -> Result<Bytes, Status> 
     Ok(b.freeze())
 }
 
+/// `m` encoded straight into its gRPC frame (what `encode_frame(&encode(m), max)` makes,
+/// without the intermediate buffer).
+pub fn encode_framed<M: prost::Message>(m: &M, max_send_bytes: usize) -> Result<Bytes, Status> {
+    let len = m.encoded_len();
+    if len > max_send_bytes || len > u32::MAX as usize {
+        return Err(Status::resource_exhausted(format!(
+            "trying to send message larger than max ({len} vs. {max_send_bytes})"
+        )));
+    }
+    let mut b = BytesMut::with_capacity(HEADER_LEN + len);
+    b.put_u8(0);
+    b.put_u32(len as u32);
+    m.encode_raw(&mut b);
+    Ok(b.freeze())
+}
+
 /// Several messages framed back to back in one buffer, each encoded straight into it (no
 /// intermediate buffer per message), for [`ResponseSink::send_framed`].
 ///
@@ -256,6 +272,18 @@ pub fn decode_response<M: prost::Message + Default>(b: Bytes) -> Result<M, Statu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encode_framed_is_encode_then_frame() {
+        let m = proto::log::v1::Record {
+            value: Bytes::from_static(b"some value"),
+            offset: 7,
+            ..Default::default()
+        };
+        let want = encode_frame(&encode(&m), 100).unwrap();
+        assert_eq!(encode_framed(&m, 100).unwrap(), want);
+        assert!(encode_framed(&m, want.len() - HEADER_LEN - 1).is_err());
+    }
 
     #[test]
     fn frames_split_anywhere() {
