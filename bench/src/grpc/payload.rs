@@ -68,16 +68,32 @@ pub fn build(pattern: &Pattern, stamp: Stamp, len: usize) -> Bytes {
         return pattern.bytes.slice(0..len);
     }
     let mut b = BytesMut::with_capacity(len);
-    b.put_slice(MAGIC);
-    b.put_u32_le(stamp.run_id);
-    b.put_u32_le(stamp.lane);
-    b.put_u64_le(stamp.seq);
-    b.put_u64_le(stamp.sent_ns);
-    let body = pattern.body(stamp.lane, stamp.seq, len - HEADER_LEN);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..28]), body);
-    b.put_u32_le(crc);
-    b.put_slice(body);
+    put(&mut b, pattern, stamp, len, false);
     b.freeze()
+}
+
+/// Appends the value [`build`] makes to `out` (a buffer the values of one request share:
+/// one allocation per request, not per record); `corrupt` flips its last byte after the
+/// checksum, as [`build_corrupt`] does.
+pub fn put(out: &mut BytesMut, pattern: &Pattern, stamp: Stamp, len: usize, corrupt: bool) {
+    if len < HEADER_LEN {
+        out.put_slice(&pattern.bytes[..len]);
+    } else {
+        let start = out.len();
+        out.put_slice(MAGIC);
+        out.put_u32_le(stamp.run_id);
+        out.put_u32_le(stamp.lane);
+        out.put_u64_le(stamp.seq);
+        out.put_u64_le(stamp.sent_ns);
+        let body = pattern.body(stamp.lane, stamp.seq, len - HEADER_LEN);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 28]), body);
+        out.put_u32_le(crc);
+        out.put_slice(body);
+    }
+    if corrupt && len > 0 {
+        let last = out.len() - 1;
+        out[last] ^= 0xff;
+    }
 }
 
 /// Like [`build`], with one body byte flipped after the checksum was computed.
@@ -135,6 +151,33 @@ pub fn check(v: &[u8], pattern: Option<&Pattern>) -> Result<Stamp, Bad> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_appends_what_build_makes() {
+        let p = Pattern::new(9, 2048);
+        let mut out = BytesMut::new();
+        let mut want = Vec::new();
+        for (seq, len) in [(0u64, 100usize), (1, 5), (2, 32), (3, 1024)] {
+            let s = Stamp {
+                run_id: 9,
+                lane: 2,
+                seq,
+                sent_ns: 77 + seq,
+            };
+            put(&mut out, &p, s, len, false);
+            want.extend_from_slice(&build(&p, s, len));
+        }
+        let s = Stamp {
+            run_id: 9,
+            lane: 2,
+            seq: 4,
+            sent_ns: 0,
+        };
+        put(&mut out, &p, s, 64, true);
+        want.extend_from_slice(&build_corrupt(&p, s, 64));
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(check(&out[out.len() - 64..], None), Err(Bad::Checksum));
+    }
 
     #[test]
     fn roundtrip_and_faults() {

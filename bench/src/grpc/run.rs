@@ -15,7 +15,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use net::client::{CallOptions, Channel, ClientConfig, Streaming};
@@ -263,6 +263,49 @@ fn value(ctx: &Ctx, rng: &mut Rng, lane: u32, seq: u64, sent: Instant) -> (Bytes
     (v, len)
 }
 
+/// `n` values ([`value`]) for sequence numbers `first..`, cut from one buffer, with their
+/// lengths.
+fn values(
+    ctx: &Ctx,
+    rng: &mut Rng,
+    lane: u32,
+    first: u64,
+    n: usize,
+    sent: Instant,
+) -> (Vec<Bytes>, Vec<u32>) {
+    let sz = ctx.shared.opts.record_size;
+    let lens: Vec<usize> = (0..n)
+        .map(|_| {
+            if sz.is_fixed() {
+                sz.min
+            } else {
+                sz.min + rng.below((sz.max - sz.min + 1) as u64) as usize
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::with_capacity(lens.iter().sum());
+    for (i, &len) in lens.iter().enumerate() {
+        let stamp = Stamp {
+            run_id: ctx.shared.run_id,
+            lane,
+            seq: first + i as u64,
+            sent_ns: ctx.window.ns(sent),
+        };
+        let corrupt = ctx.take_fault(Fault::Corrupt);
+        payload::put(&mut buf, &ctx.shared.pattern, stamp, len, corrupt);
+    }
+    let all = buf.freeze();
+    let mut at = 0;
+    let values = lens
+        .iter()
+        .map(|&len| {
+            at += len;
+            all.slice(at - len..at)
+        })
+        .collect();
+    (values, lens.into_iter().map(|l| l as u32).collect())
+}
+
 fn produce_request(shared: &Shared, value: Bytes) -> ProduceRequest {
     ProduceRequest {
         record: Some(Record {
@@ -508,19 +551,14 @@ async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, i
         let (ctx, ch) = (c2.clone(), ch.clone());
         let first = seq.get();
         seq.set(first + batch as u64);
-        let mut records = Vec::with_capacity(batch);
-        let mut lens = Vec::with_capacity(batch);
-        {
-            let mut rng = rng.borrow_mut();
-            for i in 0..batch as u64 {
-                let (v, len) = value(&ctx, &mut rng, lane, first + i, origin);
-                lens.push(len as u32);
-                records.push(Record {
-                    value: v,
-                    ..Default::default()
-                });
-            }
-        }
+        let (values, lens) = values(&ctx, &mut rng.borrow_mut(), lane, first, batch, origin);
+        let records = values
+            .into_iter()
+            .map(|value| Record {
+                value,
+                ..Default::default()
+            })
+            .collect();
         let req = ProduceBatchRequest {
             topic: topic(&ctx.shared),
             partition: ctx.shared.opts.partition,
