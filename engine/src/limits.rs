@@ -177,9 +177,13 @@ pub const PREALLOC_MIN_SYNCS: u64 = 16;
 pub const TAIL_CACHE_BYTES: usize = 4 << 20;
 
 /// Pieces read from the device a log keeps for readers walking older data record by record
-/// (see `tail_cache::RecentReads`), and the largest piece kept: at most 2 MiB per partition.
-pub const RECENT_READS: usize = 8;
+/// (see `tail_cache::RecentReads`), the largest piece kept, and the bytes all pieces may hold
+/// together: at most 2 MiB per partition. Enough pieces for many readers walking at once (16
+/// unary Consume callers at different offsets each keep a 4 KiB piece); the byte bound, not
+/// the count, limits large pieces.
+pub const RECENT_READS: usize = 64;
 pub const RECENT_READ_MAX_BYTES: usize = 256 * 1024;
+pub const RECENT_READS_BYTES: usize = 2 << 20;
 
 /// How long a partition keeps its tail cache without an append, and its recent reads without
 /// a read, before giving their memory back (checked on the log's background tick).

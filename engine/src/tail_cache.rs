@@ -119,8 +119,10 @@ impl TailCache {
 
 /// The last few pieces read from the device (by segment and position), so that readers
 /// walking a sealed or older part of a log record by record (unary Consume of consecutive
-/// offsets) pay one DMA read per window rather than one per record. Bounded in entries and in
-/// the size of each; charged to the memory budget. Data on the device below the write
+/// offsets) pay one DMA read per window rather than one per record. Least recently used goes
+/// first, so that each of many readers walking at once keeps its piece while it reads from
+/// it. Bounded in entries, in the size of each and in bytes together; charged to the memory
+/// budget. Data on the device below the write
 /// position never changes except by a cut (truncation, reset), so each entry carries the
 /// log's cut epoch when its read began and is served only while the epoch is the same.
 #[derive(Debug)]
@@ -144,29 +146,39 @@ impl RecentReads {
         self.charged.track(0);
     }
 
-    /// Bytes `[pos, end)` of segment `base` if a recent read brought them under `epoch`.
+    /// Bytes `[pos, end)` of segment `base` if a recent read brought them under `epoch`; the
+    /// piece that holds them becomes the most recently used.
     pub(crate) fn get(&mut self, epoch: u64, base: u64, pos: u64, end: u64) -> Option<Bytes> {
         let i = self.entries.iter().rposition(|(e, b, p, bytes)| {
             *e == epoch && *b == base && *p <= pos && end <= p + bytes.len() as u64
         })?;
-        let (_, _, p, bytes) = &self.entries[i];
-        Some(bytes.slice((pos - p) as usize..(end - p) as usize))
+        let entry = self.entries.remove(i)?;
+        let (_, _, p, bytes) = &entry;
+        let out = bytes.slice((pos - p) as usize..(end - p) as usize);
+        self.entries.push_back(entry);
+        Some(out)
     }
 
-    /// Keeps a piece just read (unless too large to keep), dropping the oldest beyond
-    /// [`RECENT_READS`].
+    /// Keeps a piece just read (unless too large to keep), dropping the least recently used
+    /// beyond [`RECENT_READS`] pieces or [`RECENT_READS_BYTES`] bytes.
     ///
     /// [`RECENT_READS`]: crate::limits::RECENT_READS
+    /// [`RECENT_READS_BYTES`]: crate::limits::RECENT_READS_BYTES
     pub(crate) fn put(&mut self, epoch: u64, base: u64, pos: u64, bytes: &Bytes) {
         if bytes.len() > crate::limits::RECENT_READ_MAX_BYTES || bytes.is_empty() {
             return;
         }
         self.entries.retain(|(e, _, _, _)| *e == epoch);
         self.entries.push_back((epoch, base, pos, bytes.clone()));
-        while self.entries.len() > crate::limits::RECENT_READS {
-            self.entries.pop_front();
+        let mut held: usize = self.entries.iter().map(|(_, _, _, b)| b.len()).sum();
+        while self.entries.len() > crate::limits::RECENT_READS
+            || held > crate::limits::RECENT_READS_BYTES
+        {
+            match self.entries.pop_front() {
+                Some((_, _, _, b)) => held -= b.len(),
+                None => break,
+            }
         }
-        let held = self.entries.iter().map(|(_, _, _, b)| b.len()).sum();
         self.charged.track(held);
     }
 }
@@ -210,10 +222,55 @@ mod tests {
         assert!(r.get(3, 0, 12000, 12300).is_none(), "ends after the piece");
         assert!(r.get(3, 64, 5000, 5100).is_none(), "another segment");
         assert!(r.get(4, 0, 5000, 5100).is_none(), "after a cut");
-        for k in 0..20u64 {
+        for k in 0..crate::limits::RECENT_READS as u64 {
             r.put(3, 0, 100_000 + k * 4096, &Bytes::from(vec![1u8; 4096]));
         }
         assert!(r.get(3, 0, 5000, 5100).is_none(), "the oldest went");
+    }
+
+    #[test]
+    fn recent_reads_keep_a_piece_for_each_of_many_walkers() {
+        use crate::limits::{RECENT_READS, RECENT_READS_BYTES, RECENT_READ_MAX_BYTES};
+        // 16 readers walking the log at once, each through its own 4 KiB piece, in turns:
+        // every reader finds its piece again on its next turn.
+        let mut r = RecentReads::new();
+        let walkers = 16u64;
+        for k in 0..walkers {
+            r.put(1, 0, k << 20, &Bytes::from(filled(k << 20, 4096)));
+        }
+        for round in 0..3u64 {
+            for k in 0..walkers {
+                let pos = (k << 20) + round * 100;
+                let got = r.get(1, 0, pos, pos + 100);
+                assert_eq!(
+                    got.as_deref(),
+                    Some(&filled(pos, 100)[..]),
+                    "walker {k}, round {round}"
+                );
+            }
+        }
+        // The least recently used goes first: a piece just read outlives older ones.
+        assert!(r.get(1, 0, 0, 10).is_some());
+        for k in 0..RECENT_READS as u64 - 1 {
+            r.put(1, 0, (100 + k) << 20, &Bytes::from(vec![2u8; 4096]));
+        }
+        assert!(r.get(1, 0, 0, 10).is_some(), "used last, kept");
+        assert!(
+            r.get(1, 0, 1 << 20, (1 << 20) + 10).is_none(),
+            "least used, gone"
+        );
+        assert!(r.entries.len() <= RECENT_READS);
+        // Large pieces are bounded by bytes together.
+        for k in 0..(RECENT_READS_BYTES / RECENT_READ_MAX_BYTES + 2) as u64 {
+            r.put(
+                1,
+                0,
+                (1000 + k) << 20,
+                &Bytes::from(vec![3u8; RECENT_READ_MAX_BYTES]),
+            );
+        }
+        let held: usize = r.entries.iter().map(|(_, _, _, b)| b.len()).sum();
+        assert!(held <= RECENT_READS_BYTES, "{held} bytes held");
     }
 
     #[test]
