@@ -166,24 +166,27 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     kind: u8,
     payload: &[u8],
 ) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len() + 1)
+    w.write_all(&frame_header(kind, payload.len())?).await?;
+    w.write_all(payload).await?;
+    w.flush().await
+}
+
+/// A frame's header: its length (the kind byte and the payload) and its kind.
+fn frame_header(kind: u8, payload_len: usize) -> std::io::Result<[u8; LENGTH_BYTES + 1]> {
+    let len = u32::try_from(payload_len + 1)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
     let mut head = [0u8; LENGTH_BYTES + 1];
     head[..LENGTH_BYTES].copy_from_slice(&len.to_le_bytes());
     head[LENGTH_BYTES] = kind;
-    w.write_all(&head).await?;
-    w.write_all(payload).await?;
-    w.flush().await
+    Ok(head)
 }
 
 /// Appends one whole frame (length, kind, payload) to `out`, for a writer that sends several
 /// frames with one write ([`write_all_flush`]).
 pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len() + 1)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
-    out.reserve(LENGTH_BYTES + 1 + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.push(kind);
+    let head = frame_header(kind, payload.len())?;
+    out.reserve(head.len() + payload.len());
+    out.extend_from_slice(&head);
     out.extend_from_slice(payload);
     Ok(())
 }
