@@ -98,11 +98,9 @@ pub fn put(out: &mut BytesMut, pattern: &Pattern, stamp: Stamp, len: usize, corr
 
 /// Like [`build`], with one body byte flipped after the checksum was computed.
 pub fn build_corrupt(pattern: &Pattern, stamp: Stamp, len: usize) -> Bytes {
-    let good = build(pattern, stamp, len);
-    let mut v = BytesMut::from(&good[..]);
-    let last = v.len() - 1;
-    v[last] ^= 0xff;
-    v.freeze()
+    let mut b = BytesMut::with_capacity(len);
+    put(&mut b, pattern, stamp, len, true);
+    b.freeze()
 }
 
 fn u32_at(v: &[u8], at: usize) -> u32 {

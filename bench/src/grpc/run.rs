@@ -243,24 +243,34 @@ fn topic(shared: &Shared) -> String {
 
 /// A stamped record value for `lane`'s `seq`.
 fn value(ctx: &Ctx, rng: &mut Rng, lane: u32, seq: u64, sent: Instant) -> (Bytes, usize) {
-    let sz = ctx.shared.opts.record_size;
-    let len = if sz.is_fixed() {
-        sz.min
-    } else {
-        sz.min + rng.below((sz.max - sz.min + 1) as u64) as usize
-    };
-    let stamp = Stamp {
-        run_id: ctx.shared.run_id,
-        lane,
-        seq,
-        sent_ns: ctx.window.ns(sent),
-    };
+    let len = value_len(ctx, rng);
+    let stamp = stamp_of(ctx, lane, seq, sent);
     let v = if ctx.take_fault(Fault::Corrupt) {
         payload::build_corrupt(&ctx.shared.pattern, stamp, len)
     } else {
         payload::build(&ctx.shared.pattern, stamp, len)
     };
     (v, len)
+}
+
+/// A value's length: `--record-size`, or a uniform pick from its range.
+fn value_len(ctx: &Ctx, rng: &mut Rng) -> usize {
+    let sz = ctx.shared.opts.record_size;
+    if sz.is_fixed() {
+        sz.min
+    } else {
+        sz.min + rng.below((sz.max - sz.min + 1) as u64) as usize
+    }
+}
+
+/// The stamp of value `seq` of `lane`, sent at `sent`.
+fn stamp_of(ctx: &Ctx, lane: u32, seq: u64, sent: Instant) -> Stamp {
+    Stamp {
+        run_id: ctx.shared.run_id,
+        lane,
+        seq,
+        sent_ns: ctx.window.ns(sent),
+    }
 }
 
 /// `n` values ([`value`]) for sequence numbers `first..`, cut from one buffer, with their
@@ -273,24 +283,10 @@ fn values(
     n: usize,
     sent: Instant,
 ) -> (Vec<Bytes>, Vec<u32>) {
-    let sz = ctx.shared.opts.record_size;
-    let lens: Vec<usize> = (0..n)
-        .map(|_| {
-            if sz.is_fixed() {
-                sz.min
-            } else {
-                sz.min + rng.below((sz.max - sz.min + 1) as u64) as usize
-            }
-        })
-        .collect();
+    let lens: Vec<usize> = (0..n).map(|_| value_len(ctx, rng)).collect();
     let mut buf = BytesMut::with_capacity(lens.iter().sum());
     for (i, &len) in lens.iter().enumerate() {
-        let stamp = Stamp {
-            run_id: ctx.shared.run_id,
-            lane,
-            seq: first + i as u64,
-            sent_ns: ctx.window.ns(sent),
-        };
+        let stamp = stamp_of(ctx, lane, first + i as u64, sent);
         let corrupt = ctx.take_fault(Fault::Corrupt);
         payload::put(&mut buf, &ctx.shared.pattern, stamp, len, corrupt);
     }
