@@ -270,8 +270,15 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
-/// Bytes this process may still write on the file system holding `dir` (root may use the
-/// blocks reserved for it), or 0 if that cannot be told.
+/// Bytes that can still be written on the file system holding `dir`: what statvfs counts as
+/// available to unprivileged users, the figure `df` shows as Avail (0 if it cannot be told).
+///
+/// The blocks a file system reserves are left out even for root: whether root may use them
+/// depends on the mount (ext4's `resuid`/`resgid` can give them to another user, and some
+/// kernels refuse them to root outright), and nothing tells a process which. Counting them
+/// would report gigabytes free on a disk whose writes all fail with ENOSPC: a log would try
+/// to resume every probe and fail again, and a short write would be taken for a device
+/// error. At worst a process that may use them waits for space beyond the reserve.
 pub(crate) fn free_bytes(dir: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
@@ -283,8 +290,37 @@ pub(crate) fn free_bytes(dir: &Path) -> u64 {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return 0;
     }
-    // SAFETY: geteuid has no memory effects.
-    let root = unsafe { libc::geteuid() } == 0;
-    let blocks = if root { st.f_bfree } else { st.f_bavail };
-    blocks.saturating_mul(st.f_frsize)
+    st.f_bavail.saturating_mul(st.f_frsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_bytes;
+
+    /// The free space the log reports and waits for is the operator's figure: `df`'s Avail,
+    /// not the free blocks, which include a reserve this process may not be allowed (this
+    /// machine's root file system reserves most of its free blocks for another user).
+    #[test]
+    fn free_bytes_is_what_df_calls_available() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ours = free_bytes(tmp.path());
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(tmp.path())
+            .output()
+            .expect("run df");
+        assert!(out.status.success(), "df: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let avail: u64 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("df printed {text:?}"));
+        // Others write to this disk meanwhile.
+        let slack = 256 << 20;
+        assert!(
+            ours.abs_diff(avail) <= slack,
+            "free_bytes says {ours}, df's Avail is {avail}"
+        );
+    }
 }
