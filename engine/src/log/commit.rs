@@ -213,17 +213,7 @@ impl Log {
     /// tail block zero-padded and rewritten next time), then optionally fdatasyncs. Caller
     /// holds `io`. A failure latches the log, or for want of space makes it wait for space.
     async fn write_out_locked(&self, sync: bool) -> Result<()> {
-        match self.write_out_inner(sync).await {
-            Err(e)
-                if !matches!(
-                    e,
-                    Error::Latched { .. } | Error::DiskFull { .. } | Error::ShutDown
-                ) =>
-            {
-                Err(self.fail(e))
-            }
-            r => r,
-        }
+        self.write_out_inner(sync).await.map_err(|e| self.fail(e))
     }
 
     /// `write_out_locked` without the latch: for callers that latch on their own failure
@@ -567,6 +557,30 @@ mod tests {
     use super::*;
     use crate::budget::FileBudget;
     use crate::config::LogConfig;
+
+    /// A write-out that fills the disk puts the log in the full state. An appender that was
+    /// waiting for `io` meanwhile (a sync leader behind the background flush or a roll) then
+    /// finds it full: that refusal is the state already entered, not a new failure, so the
+    /// log stays full (and takes writes again once space returns) instead of latching until
+    /// a restart. Seen on a 3-node cluster filling a tmpfs: "latching into read-only state:
+    /// partition t/0 cannot take writes: the disk ... is full".
+    #[test]
+    fn a_sync_leader_that_finds_the_disk_full_leaves_it_full() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("log");
+        crate::run_local(tmp.path(), move || async move {
+            let log = Log::open(&dir, LogConfig::default(), FileBudget::new(4))
+                .await
+                .expect("open");
+            log.state_mut().disk_full = Some(super::super::space::DiskFull::for_tests());
+            let e = log.lead_sync().await.expect_err("a full log refuses");
+            assert!(matches!(e, Error::DiskFull { .. }), "{e:?}");
+            assert_eq!(log.latched_cause(), None);
+            assert_eq!(log.stats().write_state, super::super::WriteState::DiskFull);
+            let _ = log.close().await;
+        })
+        .expect("executor");
+    }
 
     /// A short write with room left for the rest is the device failing: an I/O error that
     /// latches the log, never a full disk (`tests/short_write.rs` has the full tmpfs).

@@ -434,7 +434,17 @@ impl Log {
     /// want of space leaves a known state (what was written before it, and the buffer), so
     /// the log waits for space and recovers; anything else, and any failed sync, latches.
     /// Returns the error to report: for a full disk, the one every later write gets too.
+    ///
+    /// The log's own refusals (full, latched, shut down) are states already entered, not
+    /// failures: a write-out that waited for `io` while another one filled the disk finds
+    /// the log full, and must leave it so rather than latch it.
     fn fail(&self, e: Error) -> Error {
+        if matches!(
+            e,
+            Error::DiskFull { .. } | Error::Latched { .. } | Error::ShutDown
+        ) {
+            return e;
+        }
         if e.is_out_of_space() && !e.is_sync_failure() {
             self.enter_disk_full(&e);
             match &self.state.borrow().disk_full {
