@@ -57,6 +57,8 @@ pub struct ClientConfig {
     pub max_header_list_bytes: u32,
     /// Bytes h2 may buffer per stream for sending.
     pub max_send_buffer_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE: the largest frame the server may send us.
+    pub max_frame_bytes: u32,
     /// TLS (and mutual TLS with a client certificate); `None` is plaintext. Build it with
     /// [`ClientTlsOptions::load`](crate::tls::ClientTlsOptions::load). The TLS handshake
     /// counts against `connect_timeout`.
@@ -75,6 +77,7 @@ impl Default for ClientConfig {
             initial_connection_window_bytes: limits::CONNECTION_WINDOW_BYTES,
             max_header_list_bytes: limits::MAX_HEADER_LIST_BYTES,
             max_send_buffer_bytes: limits::MAX_SEND_BUFFER_BYTES,
+            max_frame_bytes: limits::MAX_FRAME_BYTES,
             tls: None,
         }
     }
@@ -169,6 +172,7 @@ impl Channel {
             .initial_connection_window_size(config.initial_connection_window_bytes)
             .max_header_list_size(config.max_header_list_bytes)
             .max_send_buffer_size(config.max_send_buffer_bytes)
+            .max_frame_size(config.max_frame_bytes)
             .handshake::<T, Bytes>(io)
             .await
             .map_err(|e| Error::Handshake { peer, source: e })?;

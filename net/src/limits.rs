@@ -92,6 +92,16 @@ pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 /// connection's unread input stays at most 8 MiB.
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 
+/// The largest HTTP/2 frame we accept (SETTINGS_MAX_FRAME_SIZE, server and client), and so
+/// the largest DATA frame a peer sends us. HTTP/2's 16 KiB default cuts a 64 KiB request into
+/// four DATA frames, each written with two sends (its 9-byte header, then its payload: the
+/// socket takes no vectored writes), each one a TCP segment through the whole stack on both
+/// ends. 256 KiB carries a 64 KiB batch, or a ConsumeStream response, in one frame. The cost
+/// is h2's read buffer, which holds one whole frame before decoding it: at most 256 KiB a
+/// connection (was 16 KiB), small beside the [`CONNECTION_WINDOW_BYTES`] of unread input a
+/// connection's window already allows.
+pub const MAX_FRAME_BYTES: u32 = 256 * 1024;
+
 /// Bytes h2 buffers per stream for sending before the peer grants window: several DATA
 /// frames in flight keep a link busy, and a peer that stops reading holds at most this much
 /// per stream in our memory (send_data itself would buffer without limit).

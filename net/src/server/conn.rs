@@ -76,6 +76,7 @@ where
         .initial_window_size(cfg.initial_stream_window_bytes)
         .initial_connection_window_size(cfg.initial_connection_window_bytes)
         .max_send_buffer_size(cfg.max_send_buffer_bytes)
+        .max_frame_size(cfg.max_frame_bytes)
         .handshake::<MeteredIo<T>, Bytes>(MeteredIo::new(io, shared.memory.clone()));
     let handshake = glommio::timer::timeout(cfg.handshake_timeout, async { Ok(handshake.await) });
     let mut conn = match unless_evicted(&shared.state, handshake).await {

@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub initial_connection_window_bytes: u32,
     /// Bytes h2 may buffer per stream for sending.
     pub max_send_buffer_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE: the largest frame a client may send us.
+    pub max_frame_bytes: u32,
     /// Messages a streaming handler may queue ahead of the socket.
     pub response_buffer_messages: usize,
     /// Interval between keepalive PINGs; `None` disables them.
@@ -122,6 +124,7 @@ impl Default for ServerConfig {
             initial_stream_window_bytes: limits::STREAM_WINDOW_BYTES,
             initial_connection_window_bytes: limits::CONNECTION_WINDOW_BYTES,
             max_send_buffer_bytes: limits::MAX_SEND_BUFFER_BYTES,
+            max_frame_bytes: limits::MAX_FRAME_BYTES,
             response_buffer_messages: limits::RESPONSE_BUFFER_MESSAGES,
             keepalive_interval: Some(limits::KEEPALIVE_INTERVAL),
             keepalive_timeout: limits::KEEPALIVE_TIMEOUT,
