@@ -211,7 +211,7 @@ fn write_pair(common: &Common, stem: &str, cert: &str, key: &str) -> anyhow::Res
     // The key first: a certificate without its key is useless, the reverse is harmless.
     write_file(&key_path, key, 0o600)?;
     write_file(&cert_path, cert, 0o644)?;
-    println!("{}\n{}", cert_path.display(), key_path.display());
+    crate::out::outln!("{}\n{}", cert_path.display(), key_path.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod limits;
 mod observe;
+mod out;
 mod server;
 
 use std::process::ExitCode;
@@ -93,6 +94,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // Our reader went away (`| head`): nothing left to say to anyone.
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proglog: {e:#}");
             ExitCode::FAILURE

@@ -123,3 +123,51 @@ fn cli_reports_an_unreachable_server() {
     assert!(!ok);
     assert!(err.contains("connecting to"), "{err}");
 }
+
+/// Standard output that cannot be written is the command's error, never a panic: a full
+/// disk under a redirect (here /dev/full) fails the command with a message, and a reader
+/// that went away (`| head -1`) ends it quietly and successfully.
+#[test]
+fn cli_output_that_cannot_be_written_is_an_error_not_a_panic() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let s = TestServer::start();
+    let values: String = (0..2000).map(|i| format!("value-{i}\n")).collect();
+    let (ok, _, err) = s.cli(&["produce"], Some(&values));
+    assert!(ok, "{err}");
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(BIN)
+        .args(["consume", "--from", "0", "--addr", &s.addr.to_string()])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run consume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("writing standard output: No space left on device"),
+        "{err}"
+    );
+
+    // A reader that takes one line and goes: the next writes meet a closed pipe.
+    let mut child = Command::new(BIN)
+        .args(["consume", "--from", "0", "--addr", &s.addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consume");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).expect("first bytes");
+    drop(stdout);
+    let out = child.wait_with_output().expect("consume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(&first, b"0\tvalue-", "the first record came through");
+}

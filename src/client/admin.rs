@@ -86,8 +86,8 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                 .unary_prost(paths::CREATE_TOPIC, &req, a.conn.opts())
                 .await?;
             match resp.topic {
-                Some(t) => print_topic(a.conn.json, &t),
-                None => println!("created {}", a.name),
+                Some(t) => print_topic(a.conn.json, &t)?,
+                None => crate::out::outln!("created {}", a.name)?,
             }
         }
         TopicsCommand::List { conn } => {
@@ -96,10 +96,10 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                 .unary_prost(paths::LIST_TOPICS, &pb::ListTopicsRequest {}, conn.opts())
                 .await?;
             if conn.json {
-                println!("{}", serde_json::json!({ "names": resp.names }));
+                crate::out::outln!("{}", serde_json::json!({ "names": resp.names }))?;
             } else {
                 for n in resp.names {
-                    println!("{n}");
+                    crate::out::outln!("{n}")?;
                 }
             }
         }
@@ -113,7 +113,7 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             if let Some(t) = resp.topic {
-                print_topic(conn.json, &t);
+                print_topic(conn.json, &t)?;
             }
         }
         TopicsCommand::Delete { conn, name } => {
@@ -126,9 +126,9 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             if conn.json {
-                println!("{}", serde_json::json!({ "deleted": name }));
+                crate::out::outln!("{}", serde_json::json!({ "deleted": name }))?;
             } else {
-                println!("deleted {name}");
+                crate::out::outln!("deleted {name}")?;
             }
         }
     }
@@ -144,7 +144,7 @@ fn durability_text(c: &pb::TopicConfig) -> String {
     }
 }
 
-fn print_topic(json: bool, t: &pb::TopicDescription) {
+fn print_topic(json: bool, t: &pb::TopicDescription) -> std::io::Result<()> {
     let c = t.config.unwrap_or_default();
     if json {
         let parts: Vec<serde_json::Value> = t
@@ -160,7 +160,7 @@ fn print_topic(json: bool, t: &pb::TopicDescription) {
                 })
             })
             .collect();
-        println!(
+        crate::out::outln!(
             "{}",
             serde_json::json!({
                 "name": t.name,
@@ -171,10 +171,10 @@ fn print_topic(json: bool, t: &pb::TopicDescription) {
                 "retention_ms": c.retention_ms,
                 "partition_stats": parts,
             })
-        );
-        return;
+        )?;
+        return Ok(());
     }
-    println!(
+    crate::out::outln!(
         "topic {}: {} partition(s), durability {}, segment-bytes {}, retention-bytes {}, retention-ms {}",
         t.name,
         c.partitions,
@@ -182,18 +182,19 @@ fn print_topic(json: bool, t: &pb::TopicDescription) {
         c.segment_bytes,
         c.retention_bytes,
         c.retention_ms
-    );
-    println!("partition\tlowest\tnext\tsize-bytes\twrites");
+    )?;
+    crate::out::outln!("partition\tlowest\tnext\tsize-bytes\twrites")?;
     for p in &t.partitions {
-        println!(
+        crate::out::outln!(
             "{}\t{}\t{}\t{}\t{}",
             p.partition,
             p.lowest_offset,
             p.next_offset,
             p.size_bytes,
             write_state_text(p.write_state)
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// A partition's write state as the CLI shows it.

@@ -44,7 +44,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             let resp: RemoveNodeResponse = ch
                 .unary_prost(paths::REMOVE_NODE, &RemoveNodeRequest { node }, conn.opts())
                 .await?;
-            println!("removed node {}", resp.id);
+            crate::out::outln!("removed node {}", resp.id)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -109,7 +109,7 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if conn.json {
-        println!(
+        crate::out::outln!(
             "{}",
             serde_json::json!({
                 "cluster_id": first.cluster_id,
@@ -133,15 +133,15 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                     "node": node, "topic": topic, "partition": partition, "why": why,
                 })).collect::<Vec<_>>(),
             })
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    crate::out::outln!(
         "cluster {}  controller leader: node {}",
         or_dash(&first.cluster_id),
         first.controller_leader
-    );
-    println!("NODE  NAME  RPC_ADDR  STATE");
+    )?;
+    crate::out::outln!("NODE  NAME  RPC_ADDR  STATE")?;
     for n in &first.nodes {
         let st = if n.removed {
             "removed"
@@ -150,9 +150,9 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         } else {
             "unreachable"
         };
-        println!("{}  {}  {}  {st}", n.id, n.name, n.rpc_addr);
+        crate::out::outln!("{}  {}  {}  {st}", n.id, n.name, n.rpc_addr)?;
     }
-    println!("PARTITION  RF  LEADER  TERM  COMMIT  REPLICAS (node/shard role lag)");
+    crate::out::outln!("PARTITION  RF  LEADER  TERM  COMMIT  REPLICAS (node/shard role lag)")?;
     for p in &parts {
         let replicas: Vec<String> = p
             .replicas
@@ -173,7 +173,7 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 format!("{}/{} {role} {lag}", r.node, r.shard)
             })
             .collect();
-        println!(
+        crate::out::outln!(
             "{}/{}  {}  {}  {}  {}  {}",
             p.topic,
             p.partition,
@@ -182,10 +182,10 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
             p.term,
             p.commit_index,
             replicas.join(", ")
-        );
+        )?;
     }
     for (node, topic, partition, why) in &stopped {
-        println!("stopped: {topic}/{partition} on node {node} ({why})");
+        crate::out::outln!("stopped: {topic}/{partition} on node {node} ({why})")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -215,7 +215,7 @@ async fn members(conn: Conn) -> anyhow::Result<ExitCode> {
         .await?;
     if conn.json {
         for m in &resp.members {
-            println!(
+            crate::out::outln!(
                 "{}",
                 serde_json::json!({
                     "node_id": m.node_id,
@@ -228,7 +228,7 @@ async fn members(conn: Conn) -> anyhow::Result<ExitCode> {
                     "in_state_ms": m.in_state_ms,
                     "is_self": m.is_self,
                 })
-            );
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -269,11 +269,11 @@ async fn members(conn: Conn) -> anyhow::Result<ExitCode> {
                 out.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{out}");
+        crate::out::outln!("{out}")
     };
-    line(&header);
+    line(&header)?;
     for r in &rows {
-        line(&r.iter().map(String::as_str).collect::<Vec<_>>());
+        line(&r.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
     if !resp.gossip {
         eprintln!("(this node runs no gossip: start it with --bind-addr or --start-join-addrs)");

@@ -53,7 +53,7 @@ pub struct ConsumeArgs {
     pub read_from: ReadFromArg,
 }
 
-fn print(json: bool, r: &Record) {
+fn print(json: bool, r: &Record) -> std::io::Result<()> {
     if json {
         let (key, value) = json_value(&r.value);
         let mut m = serde_json::Map::new();
@@ -61,10 +61,11 @@ fn print(json: bool, r: &Record) {
         m.insert(key.into(), value);
         m.insert("timestamp_ms".into(), r.timestamp_ms.into());
         m.insert("type".into(), r.r#type.into());
-        println!("{}", serde_json::Value::Object(m));
+        crate::out::outln!("{}", serde_json::Value::Object(m))?;
     } else {
-        println!("{}\t{}", r.offset, String::from_utf8_lossy(&r.value));
+        crate::out::outln!("{}\t{}", r.offset, String::from_utf8_lossy(&r.value))?;
     }
+    Ok(())
 }
 
 pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
@@ -99,7 +100,7 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             if done(r.offset) {
                 return Ok(ExitCode::SUCCESS);
             }
-            print(a.conn.json, r);
+            print(a.conn.json, r)?;
         }
         offset = resp.next_offset;
     }
@@ -130,7 +131,7 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
                             if done(r.offset) {
                                 return Ok(ExitCode::SUCCESS);
                             }
-                            print(a.conn.json, r);
+                            print(a.conn.json, r)?;
                             offset = r.offset + 1;
                             // Stop at the limit now, not when a record past it arrives.
                             if done(offset) {

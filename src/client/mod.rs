@@ -163,13 +163,13 @@ async fn servers(conn: Conn) -> anyhow::Result<ExitCode> {
         .await?;
     for s in resp.servers {
         if conn.json {
-            println!(
+            crate::out::outln!(
                 "{}",
                 serde_json::json!({"id": s.id, "rpc_addr": s.rpc_addr, "is_leader": s.is_leader})
-            );
+            )?;
         } else {
             let role = if s.is_leader { "leader" } else { "follower" };
-            println!("{}\t{}\t{role}", s.id, s.rpc_addr);
+            crate::out::outln!("{}\t{}\t{role}", s.id, s.rpc_addr)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -184,9 +184,9 @@ async fn health(conn: Conn, service: String) -> anyhow::Result<ExitCode> {
         .await?;
     let status = ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown);
     if conn.json {
-        println!("{}", serde_json::json!({"status": status.as_str_name()}));
+        crate::out::outln!("{}", serde_json::json!({"status": status.as_str_name()}))?;
     } else {
-        println!("{}", status.as_str_name());
+        crate::out::outln!("{}", status.as_str_name())?;
     }
     Ok(if status == ServingStatus::Serving {
         ExitCode::SUCCESS

@@ -86,17 +86,17 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_offset(json: bool, offset: u64) {
+fn print_offset(json: bool, offset: u64) -> std::io::Result<()> {
     if json {
-        println!("{}", serde_json::json!({ "offset": offset }));
+        crate::out::outln!("{}", serde_json::json!({ "offset": offset }))
     } else {
-        println!("{offset}");
+        crate::out::outln!("{offset}")
     }
 }
 
 /// Why one produce stream ended early.
 enum StreamEnd {
-    /// Reading the values failed: nothing to retry.
+    /// Reading the values, or writing the offsets, failed: nothing to retry.
     Input(anyhow::Error),
     /// The call could not be started: nothing of it was sent.
     NotStarted(net::Status),
@@ -207,7 +207,7 @@ async fn stream_once(
         {
             pending.borrow_mut().pop_front();
             progress.set(true);
-            print_offset(a.conn.json, resp.offset);
+            print_offset(a.conn.json, resp.offset).map_err(|e| StreamEnd::Input(e.into()))?;
         }
         Ok::<(), StreamEnd>(())
     };
@@ -255,13 +255,13 @@ async fn batches(
         };
         let resp = cluster.produce_batch(&req, a.conn.opts().timeout).await?;
         if a.conn.json {
-            println!(
+            crate::out::outln!(
                 "{}",
                 serde_json::json!({"base_offset": resp.base_offset, "last_offset": resp.last_offset, "count": resp.count})
-            );
+            )?;
         } else {
             for o in resp.base_offset..=resp.last_offset {
-                println!("{o}");
+                crate::out::outln!("{o}")?;
             }
         }
         if last {
