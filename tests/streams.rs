@@ -240,3 +240,21 @@ fn health_watch_sees_not_serving_on_graceful_stop() {
     );
     assert_eq!(end, Code::Unavailable);
 }
+
+/// A client streaming many tiny records (as `proglog produce` does with the lines of a file,
+/// one DATA frame each) faster than the log takes them: the frames wait in the connection's
+/// window, as flow control allows, and every record is acknowledged. h2's budget for small
+/// DATA frames (half the connection window by default, about 17,000 frames of ten bytes)
+/// closed such a connection with ENHANCE_YOUR_CALM ("detected excessive load generating
+/// behavior") long before the window was used.
+#[test]
+fn produce_stream_of_many_tiny_records_is_not_taken_for_a_flood() {
+    let s = TestServer::start();
+    let n = 60_000;
+    let got = produce_stream(s.addr, n, "");
+    assert_eq!(got.len(), n, "every record acknowledged");
+    assert!(
+        got.iter().enumerate().all(|(i, &o)| o == i as u64),
+        "offsets dense and in order"
+    );
+}

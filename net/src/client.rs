@@ -59,6 +59,9 @@ pub struct ClientConfig {
     pub max_send_buffer_bytes: usize,
     /// HTTP/2 SETTINGS_MAX_FRAME_SIZE: the largest frame the server may send us.
     pub max_frame_bytes: u32,
+    /// h2's budget for small DATA frames waiting to be read (a ConsumeStream of short
+    /// records while the caller is busy).
+    pub data_frame_budget_bytes: usize,
     /// TLS (and mutual TLS with a client certificate); `None` is plaintext. Build it with
     /// [`ClientTlsOptions::load`](crate::tls::ClientTlsOptions::load). The TLS handshake
     /// counts against `connect_timeout`.
@@ -78,6 +81,7 @@ impl Default for ClientConfig {
             max_header_list_bytes: limits::MAX_HEADER_LIST_BYTES,
             max_send_buffer_bytes: limits::MAX_SEND_BUFFER_BYTES,
             max_frame_bytes: limits::MAX_FRAME_BYTES,
+            data_frame_budget_bytes: limits::DATA_FRAME_BUDGET_BYTES,
             tls: None,
         }
     }
@@ -173,6 +177,7 @@ impl Channel {
             .max_header_list_size(config.max_header_list_bytes)
             .max_send_buffer_size(config.max_send_buffer_bytes)
             .max_frame_size(config.max_frame_bytes)
+            .data_frame_budget(config.data_frame_budget_bytes)
             .handshake::<T, Bytes>(io)
             .await
             .map_err(|e| Error::Handshake { peer, source: e })?;

@@ -102,6 +102,18 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// connection's window already allows.
 pub const MAX_FRAME_BYTES: u32 = 256 * 1024;
 
+/// h2's budget for the framing overhead of small DATA frames a peer sends us before we read
+/// them (`data_frame_budget`): each frame under 256 bytes takes 256 minus its length, given
+/// back when we read it; an exhausted budget closes the connection with ENHANCE_YOUR_CALM.
+/// h2's default, half the connection window (4 MiB), let about 17,000 frames of ten bytes
+/// wait: a client streaming short records one message a frame (`proglog produce` with the
+/// lines of a file, any gRPC client's ProduceStream) while the log was busy syncing had its
+/// connection closed long before its flow-control window was used. Twice the connection
+/// window lets about 70,000 such frames wait (what a stream's 1 MiB window holds of
+/// 15-byte messages); what h2 keeps per waiting frame (about 100 bytes beside the payload)
+/// stays under 7 MiB a connection.
+pub const DATA_FRAME_BUDGET_BYTES: usize = 2 * CONNECTION_WINDOW_BYTES as usize;
+
 /// Bytes h2 buffers per stream for sending before the peer grants window: several DATA
 /// frames in flight keep a link busy, and a peer that stops reading holds at most this much
 /// per stream in our memory (send_data itself would buffer without limit).

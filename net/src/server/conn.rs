@@ -77,6 +77,7 @@ where
         .initial_connection_window_size(cfg.initial_connection_window_bytes)
         .max_send_buffer_size(cfg.max_send_buffer_bytes)
         .max_frame_size(cfg.max_frame_bytes)
+        .data_frame_budget(cfg.data_frame_budget_bytes)
         .handshake::<MeteredIo<T>, Bytes>(MeteredIo::new(io, shared.memory.clone()));
     let handshake = glommio::timer::timeout(cfg.handshake_timeout, async { Ok(handshake.await) });
     let mut conn = match unless_evicted(&shared.state, handshake).await {

@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub max_send_buffer_bytes: usize,
     /// HTTP/2 SETTINGS_MAX_FRAME_SIZE: the largest frame a client may send us.
     pub max_frame_bytes: u32,
+    /// h2's budget for small DATA frames waiting to be read (see the limit's reasoning).
+    pub data_frame_budget_bytes: usize,
     /// Messages a streaming handler may queue ahead of the socket.
     pub response_buffer_messages: usize,
     /// Interval between keepalive PINGs; `None` disables them.
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             initial_connection_window_bytes: limits::CONNECTION_WINDOW_BYTES,
             max_send_buffer_bytes: limits::MAX_SEND_BUFFER_BYTES,
             max_frame_bytes: limits::MAX_FRAME_BYTES,
+            data_frame_budget_bytes: limits::DATA_FRAME_BUDGET_BYTES,
             response_buffer_messages: limits::RESPONSE_BUFFER_MESSAGES,
             keepalive_interval: Some(limits::KEEPALIVE_INTERVAL),
             keepalive_timeout: limits::KEEPALIVE_TIMEOUT,
