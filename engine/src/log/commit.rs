@@ -566,32 +566,20 @@ mod tests {
     /// partition t/0 cannot take writes: the disk ... is full".
     #[test]
     fn a_sync_leader_that_finds_the_disk_full_leaves_it_full() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("log");
-        crate::run_local(tmp.path(), move || async move {
-            let log = Log::open(&dir, LogConfig::default(), FileBudget::new(4))
-                .await
-                .expect("open");
+        with_log(|log, _| async move {
             log.state_mut().disk_full = Some(super::super::space::DiskFull::for_tests());
             let e = log.lead_sync().await.expect_err("a full log refuses");
             assert!(matches!(e, Error::DiskFull { .. }), "{e:?}");
             assert_eq!(log.latched_cause(), None);
             assert_eq!(log.stats().write_state, super::super::WriteState::DiskFull);
-            let _ = log.close().await;
-        })
-        .expect("executor");
+        });
     }
 
     /// A short write with room left for the rest is the device failing: an I/O error that
     /// latches the log, never a full disk (`tests/short_write.rs` has the full tmpfs).
     #[test]
     fn a_short_write_with_room_left_latches() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("log");
-        crate::run_local(tmp.path(), move || async move {
-            let log = Log::open(&dir, LogConfig::default(), FileBudget::new(4))
-                .await
-                .expect("open");
+        with_log(|log, dir| async move {
             let free = super::super::space::free_bytes(&dir);
             assert!(free > 8192, "the test wants room: {free} bytes free");
             let e = log.short_write(&dir.join("x.log"), 4096, 8192);
@@ -604,6 +592,23 @@ mod tests {
             assert!(matches!(e, Error::Io { .. }), "{e:?}");
             assert!(log.latched_cause().is_some());
             assert_eq!(log.stats().write_state, super::super::WriteState::Latched);
+        });
+    }
+
+    /// Runs `body` on a log opened with the default settings in a fresh directory (given
+    /// beside it), then closes the log.
+    fn with_log<F, Fut>(body: F)
+    where
+        F: FnOnce(Rc<Log>, std::path::PathBuf) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("log");
+        crate::run_local(tmp.path(), move || async move {
+            let log = Log::open(&dir, LogConfig::default(), FileBudget::new(4))
+                .await
+                .expect("open");
+            body(Rc::clone(&log), dir).await;
             let _ = log.close().await;
         })
         .expect("executor");
