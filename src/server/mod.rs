@@ -277,12 +277,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         ..consensus::raft::RaftReplication::single_node()
     };
     let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
-    let engine = engine::Engine::start(engine_config).with_context(|| {
-        format!(
-            "starting the storage engine in {} (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, \
-             and in containers a seccomp profile allowing io_uring_setup/enter/register)",
+    let engine = engine::Engine::start(engine_config).map_err(|e| {
+        // What the engine needs of the host, unless the cause is plainly something else.
+        let hint = if e.is_out_of_space() {
+            ""
+        } else {
+            " (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, and in containers a seccomp \
+             profile allowing io_uring_setup/enter/register)"
+        };
+        anyhow::Error::new(e).context(format!(
+            "starting the storage engine in {}{hint}",
             settings.data_dir.display()
-        )
+        ))
     })?;
     let handle = engine.handle();
     obs.set_engine(Some(handle.clone()));
