@@ -21,13 +21,16 @@ fn main() -> ExitCode {
     let json = opts.json;
     match grpc::main(opts) {
         Ok(out) => {
-            if json {
-                println!(
-                    "{}",
+            let written = if json {
+                emit(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&out.report.json()).unwrap_or_default()
-                );
+                ))
             } else {
-                print!("{}", out.report.human());
+                emit(&out.report.human())
+            };
+            if !written {
+                return ExitCode::FAILURE;
             }
             if out.failed.is_empty() {
                 ExitCode::SUCCESS
@@ -45,6 +48,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes the report to standard output. Output that cannot be written (a full disk under a
+/// redirect) fails the run with a message instead of a panic, as `println!` would; a reader
+/// that went away (`| head`) took what it wanted.
+fn emit(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => {
+            eprintln!("proglog-bench: writing standard output: {e}");
+            false
+        }
+    }
+}
+
 /// `proglog-bench failover ...`: the leader-kill scenario, with options of its own.
 fn failover() -> ExitCode {
     let args = std::env::args()
@@ -55,13 +74,16 @@ fn failover() -> ExitCode {
     let json = opts.json;
     match failover::run(opts) {
         Ok(r) => {
-            if json {
-                println!(
-                    "{}",
+            let written = if json {
+                emit(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&r.json()).unwrap_or_default()
-                );
+                ))
             } else {
-                print!("{}", r.human());
+                emit(&r.human())
+            };
+            if !written {
+                return ExitCode::FAILURE;
             }
             if r.error.is_none() {
                 ExitCode::SUCCESS
