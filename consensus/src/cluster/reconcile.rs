@@ -230,11 +230,7 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
         if v.role != StateRole::Leader {
             continue;
         }
-        let Some(p) = s
-            .topics
-            .get(&*id.topic)
-            .and_then(|t| t.partitions.get(id.partition as usize))
-        else {
+        let Some(p) = s.partition(&id) else {
             continue;
         };
         let wanted = p.nodes();
@@ -423,11 +419,7 @@ fn report_stopped(
     let me = node.id();
     let mut still = BTreeSet::new();
     for (id, group) in ClusterNode::partitions(s) {
-        let Some(p) = s
-            .topics
-            .get(&*id.topic)
-            .and_then(|t| t.partitions.get(id.partition as usize))
-        else {
+        let Some(p) = s.partition(&id) else {
             continue;
         };
         if !p.nodes().contains(&me) || p.stopped.contains(&me) {

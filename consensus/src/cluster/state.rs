@@ -133,6 +133,13 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// The placement of partition `id`, if its topic and partition exist.
+    pub fn partition(&self, id: &engine::seam::PartitionId) -> Option<&PartitionEntry> {
+        self.topics
+            .get(&*id.topic)
+            .and_then(|t| t.partitions.get(id.partition as usize))
+    }
+
     /// Applies the command at `index` (commands at or below `applied` were applied already).
     pub fn apply(&mut self, index: u64, c: &Command) {
         if index <= self.applied {
@@ -325,21 +332,14 @@ mod tests {
 
     /// Nodes a, b and c registered as 1, 2 and 3.
     fn three_nodes() -> ClusterState {
-        let mut s = ClusterState::default();
-        s.apply(
-            1,
-            &Command::Bootstrap {
-                cluster_id: "c".into(),
-                node: node("a"),
-            },
-        );
+        let mut s = bootstrapped();
         s.apply(2, &Command::Register { node: node("b") });
         s.apply(3, &Command::Register { node: node("c") });
         s
     }
 
-    #[test]
-    fn ids_are_assigned_once_and_never_reused() {
+    /// Cluster "c" bootstrapped by node a, registered as 1.
+    fn bootstrapped() -> ClusterState {
         let mut s = ClusterState::default();
         s.apply(
             1,
@@ -348,6 +348,12 @@ mod tests {
                 node: node("a"),
             },
         );
+        s
+    }
+
+    #[test]
+    fn ids_are_assigned_once_and_never_reused() {
+        let mut s = bootstrapped();
         s.apply(2, &Command::Register { node: node("b") });
         s.apply(3, &Command::Register { node: node("b") });
         s.apply(4, &Command::RemoveNode { id: 2 });

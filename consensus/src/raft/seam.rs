@@ -325,11 +325,7 @@ impl RaftPartitions {
     fn with_leader_addr(&self, id: &PartitionId, e: engine::seam::Error) -> engine::seam::Error {
         if let (engine::seam::Error::NotFound(_), Some(c)) = (&e, &self.cluster) {
             let s = c.state();
-            let placed = s
-                .topics
-                .get(&*id.topic)
-                .and_then(|t| t.partitions.get(id.partition as usize))
-                .map(|p| p.nodes());
+            let placed = s.partition(id).map(|p| p.nodes());
             if let Some(nodes) = placed.filter(|n| !n.contains(&c.id())) {
                 if let Some(&first) = nodes.first() {
                     return engine::seam::Error::NotLeader {
