@@ -15,6 +15,7 @@ pub mod join;
 pub mod reconcile;
 pub mod state;
 
+use crate::membership::MemberState;
 use crate::raft::error::Error as RaftError;
 use crate::raft::replica::{group_id, ClusterHooks, ControlMsg, Hooks, CONTROLLER_TOPIC};
 use crate::raft::transport::{PeerAddr, Peers};
@@ -437,15 +438,21 @@ impl ClusterNode {
         }
     }
 
-    /// Live members of the gossip view, by membership id (everyone registered when the node
-    /// does not gossip).
+    /// Live members of the gossip view, by membership id (only this node when it does not
+    /// gossip).
     pub fn live_members(&self) -> Vec<String> {
+        self.members_where(MemberState::is_live)
+    }
+
+    /// Members of the gossip view in a state `keep` accepts, by membership id (only this
+    /// node when it does not gossip).
+    fn members_where(&self, keep: impl Fn(MemberState) -> bool) -> Vec<String> {
         match self.members.get() {
             Some(w) => w
                 .members()
                 .members
                 .iter()
-                .filter(|m| m.state.is_live())
+                .filter(|m| keep(m.state))
                 .map(|m| m.node_id.to_string())
                 .collect(),
             None => self
@@ -457,12 +464,20 @@ impl ClusterNode {
         }
     }
 
-    /// Registered, not removed, and live in the gossip view.
+    /// Registered, not removed, and live (up or suspect) in the gossip view.
     pub fn live_nodes(&self, s: &ClusterState) -> Vec<u64> {
-        let live = self.live_members();
+        Self::registered_among(s, &self.live_members())
+    }
+
+    /// Registered, not removed, and up (not suspect) in the gossip view.
+    pub fn up_nodes(&self, s: &ClusterState) -> Vec<u64> {
+        Self::registered_among(s, &self.members_where(|m| m == MemberState::Up))
+    }
+
+    fn registered_among(s: &ClusterState, members: &[String]) -> Vec<u64> {
         s.nodes
             .iter()
-            .filter(|(_, n)| !n.removed && live.contains(&n.member))
+            .filter(|(_, n)| !n.removed && members.contains(&n.member))
             .map(|(id, _)| *id)
             .collect()
     }

@@ -152,6 +152,7 @@ fn caught_up(v: &GroupView, node: u64) -> bool {
 }
 
 /// What a group this node leads should change next, if anything.
+#[derive(Debug, PartialEq)]
 enum Step {
     Change(ConfChangeV2, String),
     Transfer(u64),
@@ -213,6 +214,7 @@ fn next_step(
 fn groups(node: &ClusterNode, s: &ClusterState) {
     let me = node.id();
     let live = node.live_nodes(s);
+    let up = node.up_nodes(s);
     // The controller: every active node, three voters at most.
     if let Some(v) = node.controller().filter(|v| v.role == StateRole::Leader) {
         let wanted = s.active_nodes();
@@ -223,6 +225,7 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
             next_step(me, &v, &wanted, CONTROLLER_VOTERS, &live),
         );
     }
+    let removed_here = s.nodes.get(&me).is_some_and(|n| n.removed);
     for (id, group) in ClusterNode::partitions(s) {
         let Some(v) = node.peers.board.get(group) else {
             continue;
@@ -233,22 +236,42 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
         let Some(p) = s.partition(&id) else {
             continue;
         };
-        let wanted = p.nodes();
-        let mut step = next_step(me, &v, &wanted, usize::MAX, &live);
-        if step.is_none() {
-            // Leadership back to the preferred replica once it has caught up.
-            if let Some(&pref) = wanted.first() {
-                if pref != me
-                    && v.voters.contains(&pref)
-                    && caught_up(&v, pref)
-                    && live.contains(&pref)
-                {
-                    step = Some(Step::Transfer(pref));
-                }
-            }
-        }
+        let step = partition_step(me, removed_here, &v, &p.nodes(), &live, &up);
         act(node, group, &v, step);
     }
+}
+
+/// What a partition group this node leads should change next. `wanted` is its placement as
+/// this node knows it, `live` the nodes gossip lists up or suspect, `up` those it lists up.
+///
+/// A node the controller removed while it ran keeps leading the groups it led: their other
+/// voters hear it and never campaign. It does not learn the placement that replaces it (the
+/// controller's log reaches it no more), so it would never remove itself, and the group would
+/// keep a removed leader and never get the replicas placed instead. Such a node only hands
+/// its leadership to a caught-up voter gossip lists up; that leader, which knows the new
+/// placement, then changes the group. Leadership goes back to a preferred replica only if
+/// gossip lists it up: a suspect one may be cut off (and the controller about to remove it).
+fn partition_step(
+    me: u64,
+    removed_here: bool,
+    v: &GroupView,
+    wanted: &[u64],
+    live: &[u64],
+    up: &[u64],
+) -> Option<Step> {
+    if removed_here {
+        return v
+            .voters
+            .iter()
+            .find(|&&o| o != me && up.contains(&o) && caught_up(v, o))
+            .map(|&o| Step::Transfer(o));
+    }
+    if let Some(step) = next_step(me, v, wanted, usize::MAX, live) {
+        return Some(step);
+    }
+    let &pref = wanted.first()?;
+    (pref != me && v.voters.contains(&pref) && caught_up(v, pref) && up.contains(&pref))
+        .then_some(Step::Transfer(pref))
 }
 
 fn act(node: &ClusterNode, group: u64, v: &GroupView, step: Option<Step>) {
@@ -956,5 +979,61 @@ mod tests {
         // This node, even unlisted in its own list, is never removed by itself.
         let without_me = list(100, &[(2, Up, 0), (3, Up, 0)]);
         assert_eq!(c.due(&s, 1, &without_me, at(t0, 10_000), TIMEOUT), None);
+    }
+
+    /// A group of voters 1, 2 and 3, all caught up, led by `leader`.
+    fn led_by(leader: u64) -> GroupView {
+        GroupView {
+            shard: 0,
+            role: StateRole::Leader,
+            term: 7,
+            leader,
+            commit: 100,
+            applied: 100,
+            last_index: 100,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            matched: vec![(1, 100), (2, 100), (3, 100)],
+            stopped: None,
+        }
+    }
+
+    #[test]
+    fn a_removed_leader_hands_its_groups_to_a_voter_gossip_lists_up() {
+        // Node 1 was removed while it led: its own (stale) placement still lists it first.
+        let v = led_by(1);
+        let stale = [1, 2, 3];
+        assert_eq!(
+            partition_step(1, true, &v, &stale, &[2, 3], &[3]),
+            Some(Step::Transfer(3)),
+            "to the voter that is up, not the suspect one"
+        );
+        // Not while no other voter is both up and caught up: it keeps leading.
+        let mut behind = led_by(1);
+        behind.matched = vec![(1, 100), (2, 100), (3, 90)];
+        assert_eq!(
+            partition_step(1, true, &behind, &stale, &[2, 3], &[3]),
+            None
+        );
+        // The same node, not removed, has nothing to change.
+        assert_eq!(
+            partition_step(1, false, &v, &stale, &[1, 2, 3], &[1, 2, 3]),
+            None
+        );
+    }
+
+    #[test]
+    fn leadership_goes_back_to_a_preferred_replica_only_when_it_is_up() {
+        let v = led_by(2);
+        let placed = [1, 2, 3];
+        // Node 1, the preferred replica, is suspect: it may be cut off, or about to be removed.
+        assert_eq!(
+            partition_step(2, false, &v, &placed, &[1, 2, 3], &[2, 3]),
+            None
+        );
+        assert_eq!(
+            partition_step(2, false, &v, &placed, &[1, 2, 3], &[1, 2, 3]),
+            Some(Step::Transfer(1))
+        );
     }
 }
