@@ -353,6 +353,7 @@ fn run_faults(
         cluster.restart(i)?;
     }
     if cluster.mode == Mode::Replicated {
+        nemesis::final_readmit(cluster)?;
         // Every partition led again with all its voters before the load stops; one that is
         // not is said here and shows in the final reads.
         if let Err(e) = cluster.wait_whole(Some((TOPIC, plan.partitions)), Duration::from_secs(90))

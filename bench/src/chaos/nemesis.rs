@@ -385,26 +385,60 @@ fn partition_shape(c: &Cluster, rng: &mut Rng) -> (Vec<Host>, Vec<Host>, &'stati
     }
 }
 
-/// Whether the controller's registry (as any live node says) still holds `name`, not removed.
-fn still_member(c: &Cluster, name: &str) -> Result<bool> {
+/// The controller's registry as its leader says (followers may lag), else as the first node
+/// that answers says; None when no node answers.
+fn registry(c: &Cluster) -> Result<Option<Vec<proto::log::v1::ClusterNode>>> {
     let views = super::client::cluster_views(c.targets())?;
-    let mut answered = false;
-    for d in views.iter().flatten() {
-        answered = true;
-        // The controller leader's view first: followers may lag.
-        let leads = d
-            .partitions
+    let leader = views.iter().flatten().find(|d| {
+        d.partitions
             .first()
-            .is_some_and(|p| p.leader == d.node_id && p.leader != 0);
-        if leads {
-            return Ok(d.nodes.iter().any(|x| x.name == name && !x.removed));
+            .is_some_and(|p| p.leader == d.node_id && p.leader != 0)
+    });
+    Ok(leader
+        .or_else(|| views.iter().flatten().next())
+        .map(|d| d.nodes.clone()))
+}
+
+/// Whether the controller's registry still holds `name`, not removed.
+fn still_member(c: &Cluster, name: &str) -> Result<bool> {
+    Ok(registry(c)?.is_none_or(|nodes| nodes.iter().any(|x| x.name == name && !x.removed)))
+}
+
+/// Restarts the nodes (but `except`) the controller removed on its own while they ran: faults
+/// in a row (a partition, loss, a pause) can keep a live node from being seen up for the
+/// dead-node timeout. A removed node that runs on stays out until it restarts
+/// (docs/replication.md), so the harness restarts it, as an operator would, and says so in
+/// the fault's record. Returns what it did.
+fn readmit_removed(c: &mut Cluster, except: Option<usize>) -> Result<Option<String>> {
+    let Some(nodes) = registry(c)? else {
+        return Ok(None);
+    };
+    let out = |name: &str| {
+        nodes.iter().any(|x| x.name == name && x.removed)
+            && !nodes.iter().any(|x| x.name == name && !x.removed)
+    };
+    let mut said = Vec::new();
+    for i in 0..c.nodes.len() {
+        let n = &c.nodes[i];
+        if Some(i) == except || !n.running() || n.paused || !out(&n.host.name) {
+            continue;
         }
+        let name = n.host.name.clone();
+        eprintln!(
+            "[{:6.1}s] {name} was removed by the controller while it ran (not seen up for \
+             --dead-node-timeout); restarting it, as an operator would",
+            c.now_ms() / 1000.0
+        );
+        c.nodes[i].stop(Duration::from_secs(5));
+        c.restart(i)?;
+        said.push(name);
     }
-    Ok(!answered
-        || views
-            .iter()
-            .flatten()
-            .any(|d| d.nodes.iter().any(|x| x.name == name && !x.removed)))
+    Ok((!said.is_empty()).then(|| {
+        format!(
+            "; {} removed by the controller while running: restarted",
+            said.join(", ")
+        )
+    }))
 }
 
 /// Undoes a fault and waits until its nodes serve again.
@@ -431,6 +465,9 @@ pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
                     "{name} is still a member {limit:?} after it stopped"
                 );
                 std::thread::sleep(Duration::from_millis(500));
+            }
+            if let Some(said) = readmit_removed(c, Some(i))? {
+                a.fault.detail.push_str(&said);
             }
             c.nodes[i].wipe()?;
             c.restart(i)?;
@@ -472,8 +509,19 @@ pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
             }
         }
     }
+    if !matches!(a.undo, Undo::Readd(_)) {
+        if let Some(said) = readmit_removed(c, None)? {
+            a.fault.detail.push_str(&said);
+        }
+    }
     a.fault.end_ms = c.now_ms();
     Ok(())
+}
+
+/// After the last fault: a node the controller removed while it ran is restarted (see
+/// [`readmit_removed`]).
+pub fn final_readmit(c: &mut Cluster) -> Result<()> {
+    readmit_removed(c, None).map(drop)
 }
 
 /// Checks a plan's nemeses against what the machine has.
