@@ -59,6 +59,24 @@ pub enum Error {
         source: engine::Error,
     },
 
+    /// The group's leader counts entries as held by this replica that its log no longer
+    /// has: they were acknowledged, then lost (the partition's directory was deleted or
+    /// replaced, or the device lied about a sync). The replica stops: stepping on would
+    /// make raft-rs panic, and voting would count entries it does not hold.
+    #[error(
+        "group {group}: the leader (node {leader}) counts entries up to index {acknowledged} \
+         as held by this replica, whose log ends at index {held}: entries it acknowledged are \
+         gone (its directory lost or replaced). It stays stopped; it is moved to another node \
+         after --stopped-replica-grace, or remove this node and add it back with an empty \
+         data directory"
+    )]
+    LostEntries {
+        group: u64,
+        leader: u64,
+        held: u64,
+        acknowledged: u64,
+    },
+
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(String),

@@ -689,6 +689,11 @@ impl<S: LogStore> GroupSet<S> {
                 g.held_snapshot = Some(m);
                 continue;
             }
+            if g.failed.is_none() {
+                if let Some(e) = lost_entries(g.id, &g.node.raft, &m) {
+                    g.fail(e);
+                }
+            }
             if g.failed.is_some() || g.node.step(m).is_err() {
                 self.stats.step_errors += 1;
             }
@@ -1160,6 +1165,24 @@ impl<S: LogStore> GroupSet<S> {
     }
 }
 
+/// A heartbeat from a current leader that names a commit index past the end of this
+/// replica's log: the leader counts entries as held here (it sends min(matched, commit)) that
+/// the log no longer has. raft-rs would panic on it ("to_commit ... is out of range"), taking
+/// the whole shard down; the group is stopped instead. Only a heartbeat can carry it: an
+/// append that does not match the log is rejected before its commit index is used.
+fn lost_entries<S: raft::Storage>(group: u64, r: &raft::Raft<S>, m: &Message) -> Option<Error> {
+    if m.msg_type != raft::eraftpb::MessageType::MsgHeartbeat || m.term < r.term {
+        return None;
+    }
+    let held = r.raft_log.last_index();
+    (m.commit > held).then_some(Error::LostEntries {
+        group,
+        leader: m.from,
+        held,
+        acknowledged: m.commit,
+    })
+}
+
 fn is_vote_request(m: &Message) -> bool {
     matches!(
         m.msg_type,
@@ -1456,5 +1479,77 @@ impl<S: LogStore> Group<S> {
         let voters = self.node.raft.prs().conf().voters().ids();
         let me = self.node.raft.id;
         voters.contains(me) && voters.len() == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::MessageType;
+    use raft::storage::MemStorage;
+
+    /// Node 2 of voters {1, 2}, at term 3, its log ending at index 5.
+    fn follower() -> raft::Raft<MemStorage> {
+        let storage = MemStorage::new_with_conf_state((vec![1, 2], vec![]));
+        let entries: Vec<raft::eraftpb::Entry> = (1..=5)
+            .map(|i| raft::eraftpb::Entry {
+                index: i,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        storage.wl().append(&entries).expect("append");
+        let config = raft::Config {
+            id: 2,
+            ..Default::default()
+        };
+        let mut r =
+            raft::Raft::new(&config, storage, &crate::raft::logger::logger(2, 7)).expect("raft");
+        r.become_follower(3, 1);
+        r
+    }
+
+    fn heartbeat(term: u64, commit: u64) -> Message {
+        Message {
+            msg_type: MessageType::MsgHeartbeat,
+            from: 1,
+            to: 2,
+            term,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_naming_entries_this_log_lacks_is_lost_data_not_a_panic() {
+        let r = follower();
+        assert!(lost_entries(7, &r, &heartbeat(3, 5)).is_none());
+        assert!(lost_entries(7, &r, &heartbeat(4, 2)).is_none());
+        // From an older term raft-rs ignores it: nothing to say.
+        assert!(lost_entries(7, &r, &heartbeat(2, 39)).is_none());
+        // Other messages carry no such claim.
+        let mut append = heartbeat(3, 39);
+        append.msg_type = MessageType::MsgAppend;
+        assert!(lost_entries(7, &r, &append).is_none());
+        let e = lost_entries(7, &r, &heartbeat(3, 39)).expect("lost entries");
+        assert!(
+            matches!(
+                e,
+                Error::LostEntries {
+                    group: 7,
+                    leader: 1,
+                    held: 5,
+                    acknowledged: 39
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("whose log ends at index 5"), "{e}");
+        // And raft-rs does panic on it: the reason for the check.
+        let mut r = follower();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = r.step(heartbeat(3, 39));
+        }));
+        assert!(stepped.is_err(), "raft-rs took a commit past its log");
     }
 }
