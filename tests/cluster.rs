@@ -835,3 +835,114 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
         c.nodes[victim].data_dir.join("topics/s").exists()
     );
 }
+
+/// A follower whose log fails is marked stopped by the controller past
+/// `--stopped-replica-grace`, but no node is free to take its place (three nodes, three
+/// replicas), so it stays placed.
+///
+/// - Its directory comes back (renamed away, then back) and its server restarts: the replica
+///   reopens and catches up, and the node withdraws the mark (`replica_recovered`), so that a
+///   node joining later does not have the healthy replica moved.
+/// - Its directory is deleted and its server restarts: the replica starts empty, and the
+///   leader's next heartbeat names entries it acknowledged and no longer holds. raft-rs
+///   panicked on it ("to_commit 39 is out of range [last_index 3]"), taking the node down;
+///   the replica stops instead, saying its entries are gone, and the node serves on.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops() {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let mut c = form("a stopped replica restarted", 111, &grace);
+    create_small_segment_topic(&c);
+    let ids = raft_ids(&c);
+    let ctl = controller_leader(&c);
+    let l = leader_of(&c, "s", 0, 3).unwrap_or(0);
+    let victim = (0..3).find(|&i| i != ctl && i != l).unwrap_or(2);
+    let mut acked = BTreeMap::new();
+    let mut i = 0u32;
+    let mut produce_one = |c: &Cluster, acked: &mut BTreeMap<u64, Vec<u8>>| {
+        let mut v = format!("r{i}-").into_bytes();
+        v.resize(60_000, b'x');
+        i += 1;
+        let l = leader_of(c, "s", 0, 3).unwrap_or(0);
+        if let Ok(o) = produce(&c.nodes[l], "s", &v) {
+            assert!(
+                acked.insert(o, v).is_none(),
+                "offset {o} acknowledged twice"
+            );
+        }
+    };
+    let dir = c.nodes[victim].data_dir.join("topics/s/0");
+    let away = c.nodes[victim].data_dir.join("topics/s/0.away");
+    let marked = format!(
+        "replica of s/0 on node {} stopped: to be moved",
+        ids[victim]
+    );
+    let withdrawn = format!("replica of s/0 on node {} runs again: stays", ids[victim]);
+    let count = |n: &Node, what: &str| n.log().matches(what).count();
+
+    // The directory goes away (a roll cannot create its next file), then comes back.
+    std::fs::rename(&dir, &away).expect("rename away");
+    wait("the stopped replica marked by the controller", || {
+        produce_one(&c, &mut acked);
+        count(&c.nodes[ctl], &marked) == 1
+    });
+    c.nodes[victim].kill9();
+    std::fs::rename(&away, &dir).expect("rename back");
+    c.nodes[victim].spawn();
+    wait("the restarted node serving", || c.nodes[victim].serving());
+    wait("the mark withdrawn", || {
+        c.nodes.iter().all(|n| count(n, &withdrawn) == 1)
+    });
+    assert!(
+        c.nodes[victim]
+            .log()
+            .contains("this replica, marked stopped, runs again"),
+        "{}",
+        c.nodes[victim].log()
+    );
+    assert!(
+        c.nodes
+            .iter()
+            .all(|n| !n.log().contains("(its log failed) moves")),
+        "moved although no node was free"
+    );
+    // Still a voter, and it catches up with every acknowledged record.
+    for _ in 0..3 {
+        produce_one(&c, &mut acked);
+    }
+    let mut all: Vec<u64> = ids.clone();
+    all.sort_unstable();
+    assert_eq!(voters_of(&c, "s").as_deref(), Some(&all[..]));
+    for (&o, v) in &acked {
+        let mut got = Err(Status::unavailable(""));
+        wait("acknowledged records on the restarted replica", || {
+            got = consume(&c.nodes[victim], "s", o);
+            got.is_ok()
+        });
+        assert!(got.as_ref().ok() == Some(v), "offset {o} differs");
+    }
+
+    // Now the directory is deleted for good, and the server restarted.
+    std::fs::remove_dir_all(&dir).expect("remove");
+    wait("the stopped replica marked again", || {
+        produce_one(&c, &mut acked);
+        count(&c.nodes[ctl], &marked) == 2
+    });
+    c.nodes[victim].kill9();
+    c.nodes[victim].spawn();
+    wait("the restarted node serving", || c.nodes[victim].serving());
+    wait("the emptied replica stopped, not the node", || {
+        produce_one(&c, &mut acked);
+        own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
+    });
+    let log = c.nodes[victim].log();
+    assert!(log.contains("entries it acknowledged are gone"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(c.nodes[victim].serving());
+    // The other two carry the partition.
+    let before = acked.len();
+    wait("produces on the two others", || {
+        produce_one(&c, &mut acked);
+        acked.len() >= before + 3
+    });
+}

@@ -374,6 +374,12 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.stats.stopped_replicas_reported.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_cluster_stopped_replicas_recovered_total",
+        Kind::Counter,
+        "Times this node told the controller that a replica of its own marked stopped runs again (after a restart), withdrawing the mark.",
+        c.stats.stopped_replicas_recovered.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_cluster_nodes_removed_total",
         Kind::Counter,
         "Nodes this node, as the controller's leader, removed (left, or unreachable past the dead-node timeout).",

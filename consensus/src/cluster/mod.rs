@@ -122,6 +122,9 @@ pub struct ClusterStats {
     pub stopped_replicas_moved: std::sync::atomic::AtomicU64,
     /// Times this node asked the controller to move a replica of its own that stopped.
     pub stopped_replicas_reported: std::sync::atomic::AtomicU64,
+    /// Times this node told the controller that a replica of its own marked stopped runs
+    /// again (after a restart), withdrawing the mark.
+    pub stopped_replicas_recovered: std::sync::atomic::AtomicU64,
 }
 
 /// This node in its cluster: the controller's state as applied here, and the way to change
@@ -734,6 +737,11 @@ fn describe_command(c: &Command) -> String {
             partition,
             node,
         } => format!("replica of {topic}/{partition} on node {node} stopped: to be moved"),
+        Command::ReplicaRecovered {
+            topic,
+            partition,
+            node,
+        } => format!("replica of {topic}/{partition} on node {node} runs again: stays"),
     }
 }
 

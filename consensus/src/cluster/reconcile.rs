@@ -50,6 +50,7 @@ fn run(node: Arc<ClusterNode>) {
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut countdown = Countdown::default();
     let mut stopped_here: HashMap<u64, StoppedHere> = HashMap::new();
+    let mut recovered_here: HashMap<u64, Instant> = HashMap::new();
     let mut unplaced: BTreeSet<(String, u32)> = BTreeSet::new();
     while !node.stopping() {
         let listener = node.changed.listen();
@@ -59,6 +60,7 @@ fn run(node: Arc<ClusterNode>) {
             local(&node, &s, &mut known);
             groups(&node, &s);
             report_stopped(&node, &s, &mut stopped_here, Instant::now());
+            report_recovered(&node, &s, &mut recovered_here, Instant::now());
             if node.is_controller_leader() {
                 controller(&node, &s, &mut countdown, &mut unplaced);
             } else {
@@ -495,6 +497,69 @@ fn report_stopped(
         }
     }
     here.retain(|g, _| still.contains(g));
+}
+
+/// A replica of this node that the controller has marked stopped but that runs here (the
+/// server restarted and reopened it) has the mark withdrawn: this node sends
+/// `ReplicaRecovered`, again every [`ASK_AGAIN`] while the mark shows in its applied state
+/// (the forward, or the leader's entry, was lost). Without it the controller would still move
+/// the healthy replica once a node is free. `asked` holds when each group was last sent.
+fn report_recovered(
+    node: &ClusterNode,
+    s: &ClusterState,
+    asked: &mut HashMap<u64, Instant>,
+    now: Instant,
+) {
+    let me = node.id();
+    let mut still = BTreeSet::new();
+    for (id, group) in ClusterNode::partitions(s) {
+        let Some(p) = s.partition(&id) else {
+            continue;
+        };
+        if !p.stopped.contains(&me) || !p.nodes().contains(&me) {
+            continue;
+        }
+        let running = node
+            .peers
+            .board
+            .get(group)
+            .is_some_and(|v| v.stopped.is_none());
+        if !running {
+            continue;
+        }
+        still.insert(group);
+        if asked
+            .get(&group)
+            .is_some_and(|&a| now.duration_since(a) < ASK_AGAIN)
+        {
+            continue;
+        }
+        if !asked.contains_key(&group) {
+            log::info!(
+                "{}/{}: this replica, marked stopped, runs again: asking the controller to \
+                 keep it here",
+                id.topic,
+                id.partition
+            );
+        }
+        asked.insert(group, now);
+        node.stats
+            .stopped_replicas_recovered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let c = Command::ReplicaRecovered {
+            topic: id.topic.to_string(),
+            partition: id.partition,
+            node: me,
+        };
+        if let Err(e) = node.ask_controller(&c) {
+            log::info!(
+                "{}/{}: withdrawing the stopped mark: not now ({e})",
+                id.topic,
+                id.partition
+            );
+        }
+    }
+    asked.retain(|g, _| still.contains(g));
 }
 
 /// Replicas on removed nodes, and replicas marked stopped, are re-created on live nodes
@@ -961,6 +1026,61 @@ mod tests {
         node.peers.board.set(group, view(None));
         report_stopped(&node, &s, &mut here, at(t0, 200));
         assert!(here.is_empty());
+    }
+
+    #[test]
+    fn a_marked_replica_that_runs_again_asks_for_its_mark_back_until_it_is_gone() {
+        let (node, marked) = stopped_setup(2, true);
+        let group = ClusterNode::partitions(&marked)[0].1;
+        let view = |stopped| GroupView {
+            shard: 0,
+            role: StateRole::Follower,
+            term: 1,
+            leader: 1,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+            voters: vec![1, 2],
+            learners: Vec::new(),
+            matched: Vec::new(),
+            stopped,
+        };
+        let sent = || {
+            node.stats
+                .stopped_replicas_recovered
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut asked = HashMap::new();
+        let t0 = start();
+        // Not open yet (the restart has not reopened it), or still failed: nothing.
+        report_recovered(&node, &marked, &mut asked, t0);
+        node.peers.board.set(group, view(Some(Stopped::Failed)));
+        report_recovered(&node, &marked, &mut asked, t0);
+        assert_eq!(sent(), 0);
+        // Running: sent at once, again after ASK_AGAIN while the mark shows.
+        node.peers.board.set(group, view(None));
+        report_recovered(&node, &marked, &mut asked, t0);
+        assert_eq!(sent(), 1);
+        report_recovered(&node, &marked, &mut asked, at(t0, 4));
+        assert_eq!(sent(), 1, "not again within ASK_AGAIN");
+        report_recovered(&node, &marked, &mut asked, at(t0, 5));
+        assert_eq!(sent(), 2);
+        // The mark is gone from the applied state: nothing more, and forgotten.
+        let (_, unmarked) = stopped_setup(2, false);
+        report_recovered(&node, &unmarked, &mut asked, at(t0, 100));
+        assert_eq!(sent(), 2);
+        assert!(asked.is_empty());
+        // Another node's mark is not this node's to withdraw.
+        let (other, marked) = stopped_setup(1, true);
+        other.peers.board.set(group, view(None));
+        report_recovered(&other, &marked, &mut HashMap::new(), t0);
+        assert_eq!(
+            other
+                .stats
+                .stopped_replicas_recovered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]

@@ -107,6 +107,14 @@ pub enum Command {
         partition: u32,
         node: u64,
     },
+    /// Node `node`'s replica of `topic`/`partition`, marked stopped, runs again (its server
+    /// restarted and reopened it; sent by that node): the mark is withdrawn and the replica
+    /// stays where it is.
+    ReplicaRecovered {
+        topic: String,
+        partition: u32,
+        node: u64,
+    },
 }
 
 impl Command {
@@ -219,6 +227,19 @@ impl ClusterState {
                     if p.nodes().contains(node) && !p.stopped.contains(node) {
                         p.stopped.push(*node);
                     }
+                }
+            }
+            Command::ReplicaRecovered {
+                topic,
+                partition,
+                node,
+            } => {
+                let p = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize));
+                if let Some(p) = p {
+                    p.stopped.retain(|n| n != node);
                 }
             }
         }
@@ -434,6 +455,50 @@ mod tests {
         // A partition without marks encodes as before (no `stopped` field).
         let json = serde_json::to_string(&s.topics["t"].partitions[0]).unwrap();
         assert!(!json.contains("stopped"), "{json}");
+    }
+
+    #[test]
+    fn a_replica_that_runs_again_has_its_stopped_mark_withdrawn() {
+        let mut s = three_nodes();
+        let partitions = s.place("t", 1, 3, &[1, 2, 3]).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: LogConfig::default(),
+                replication_factor: 3,
+                partitions,
+            },
+        );
+        let marks = |s: &ClusterState| s.topics["t"].partitions[0].stopped.clone();
+        let on = |node| ("t".to_string(), 0, node);
+        let stopped = |(topic, partition, node): (String, u32, u64)| Command::ReplicaStopped {
+            topic,
+            partition,
+            node,
+        };
+        let recovered = |(topic, partition, node): (String, u32, u64)| Command::ReplicaRecovered {
+            topic,
+            partition,
+            node,
+        };
+        s.apply(5, &stopped(on(2)));
+        s.apply(6, &stopped(on(3)));
+        assert_eq!(marks(&s), vec![2, 3]);
+        // Only that node's mark goes; one withdrawn twice, or never set, changes nothing.
+        s.apply(7, &recovered(on(2)));
+        s.apply(8, &recovered(on(2)));
+        s.apply(9, &recovered(on(1)));
+        assert_eq!(marks(&s), vec![3]);
+        s.apply(10, &recovered(("gone".into(), 0, 3)));
+        s.apply(11, &recovered(("t".into(), 9, 3)));
+        assert_eq!(marks(&s), vec![3]);
+        // Marked again after a later failure.
+        s.apply(12, &stopped(on(2)));
+        assert_eq!(marks(&s), vec![3, 2]);
+        let c = recovered(on(2));
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        assert!(String::from_utf8_lossy(&c.encode()).contains(r#""op":"replica_recovered""#));
     }
 
     #[test]
