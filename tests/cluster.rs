@@ -641,6 +641,29 @@ fn own_view(n: &Node, topic: &str) -> Option<(u64, bool)> {
     Some((p.leader, p.stopped))
 }
 
+/// Records of 60 KB produced to `s`/0's leader (a 2 MiB segment rolls every 35 or so),
+/// and what was acknowledged: an error never counts.
+#[derive(Default)]
+struct BigRecords {
+    acked: BTreeMap<u64, Vec<u8>>,
+    next: u32,
+}
+
+impl BigRecords {
+    fn produce_one(&mut self, c: &Cluster) {
+        let mut v = format!("r{}-", self.next).into_bytes();
+        v.resize(60_000, b'x');
+        self.next += 1;
+        let l = leader_of(c, "s", 0, 3).unwrap_or(0);
+        if let Ok(o) = produce(&c.nodes[l], "s", &v) {
+            assert!(
+                self.acked.insert(o, v).is_none(),
+                "offset {o} acknowledged twice"
+            );
+        }
+    }
+}
+
 /// Creates topic `s` (one partition, three replicas, 2 MiB segments: a replica rolls soon,
 /// and a roll cannot create its next file once its directory is gone) and returns the index
 /// of its leader once it has three voters.
@@ -753,30 +776,17 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
         "controller leader node {}, s/0 leader node {}, stopped replica on node {}",
         ids[ctl], ids[l], ids[victim]
     );
-    let mut acked = BTreeMap::new();
-    let mut i = 0u32;
-    let mut produce_one = |c: &Cluster, acked: &mut BTreeMap<u64, Vec<u8>>| {
-        let mut v = format!("r{i}-").into_bytes();
-        v.resize(60_000, b'x');
-        i += 1;
-        let l = leader_of(c, "s", 0, 3).unwrap_or(0);
-        if let Ok(o) = produce(&c.nodes[l], "s", &v) {
-            assert!(
-                acked.insert(o, v).is_none(),
-                "offset {o} acknowledged twice"
-            );
-        }
-    };
+    let mut big = BigRecords::default();
     for _ in 0..5 {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
     }
     std::fs::remove_dir_all(c.nodes[victim].data_dir.join("topics/s/0")).expect("remove");
     wait("the victim's replica of s/0 stopped", || {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
         own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
     });
     for _ in 0..5 {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
     }
 
     let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
@@ -786,11 +796,15 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
         || voters_of(&c, "s").as_deref() == Some(&expected[..]),
     );
     for _ in 0..5 {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
     }
-    assert!(acked.len() >= 10, "{} records acknowledged", acked.len());
+    assert!(
+        big.acked.len() >= 10,
+        "{} records acknowledged",
+        big.acked.len()
+    );
     for n in (0..4).filter(|&i| i != victim) {
-        for (&o, v) in &acked {
+        for (&o, v) in &big.acked {
             let mut got = Err(Status::unavailable(""));
             wait("acknowledged records on every live replica", || {
                 got = consume(&c.nodes[n], "s", o);
@@ -831,7 +845,7 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
     assert!(moved, "no controller leader logged the move");
     println!(
         "{} acknowledged records on the three live replicas; topics/s on the stopped node: {}",
-        acked.len(),
+        big.acked.len(),
         c.nodes[victim].data_dir.join("topics/s").exists()
     );
 }
@@ -857,20 +871,7 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
     let ctl = controller_leader(&c);
     let l = leader_of(&c, "s", 0, 3).unwrap_or(0);
     let victim = (0..3).find(|&i| i != ctl && i != l).unwrap_or(2);
-    let mut acked = BTreeMap::new();
-    let mut i = 0u32;
-    let mut produce_one = |c: &Cluster, acked: &mut BTreeMap<u64, Vec<u8>>| {
-        let mut v = format!("r{i}-").into_bytes();
-        v.resize(60_000, b'x');
-        i += 1;
-        let l = leader_of(c, "s", 0, 3).unwrap_or(0);
-        if let Ok(o) = produce(&c.nodes[l], "s", &v) {
-            assert!(
-                acked.insert(o, v).is_none(),
-                "offset {o} acknowledged twice"
-            );
-        }
-    };
+    let mut big = BigRecords::default();
     let dir = c.nodes[victim].data_dir.join("topics/s/0");
     let away = c.nodes[victim].data_dir.join("topics/s/0.away");
     let marked = format!(
@@ -883,7 +884,7 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
     // The directory goes away (a roll cannot create its next file), then comes back.
     std::fs::rename(&dir, &away).expect("rename away");
     wait("the stopped replica marked by the controller", || {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
         count(&c.nodes[ctl], &marked) == 1
     });
     c.nodes[victim].kill9();
@@ -908,12 +909,12 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
     );
     // Still a voter, and it catches up with every acknowledged record.
     for _ in 0..3 {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
     }
     let mut all: Vec<u64> = ids.clone();
     all.sort_unstable();
     assert_eq!(voters_of(&c, "s").as_deref(), Some(&all[..]));
-    for (&o, v) in &acked {
+    for (&o, v) in &big.acked {
         let mut got = Err(Status::unavailable(""));
         wait("acknowledged records on the restarted replica", || {
             got = consume(&c.nodes[victim], "s", o);
@@ -925,14 +926,14 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
     // Now the directory is deleted for good, and the server restarted.
     std::fs::remove_dir_all(&dir).expect("remove");
     wait("the stopped replica marked again", || {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
         count(&c.nodes[ctl], &marked) == 2
     });
     c.nodes[victim].kill9();
     c.nodes[victim].spawn();
     wait("the restarted node serving", || c.nodes[victim].serving());
     wait("the emptied replica stopped, not the node", || {
-        produce_one(&c, &mut acked);
+        big.produce_one(&c);
         own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
     });
     let log = c.nodes[victim].log();
@@ -940,9 +941,9 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
     assert!(!log.contains("panicked"), "{log}");
     assert!(c.nodes[victim].serving());
     // The other two carry the partition.
-    let before = acked.len();
+    let before = big.acked.len();
     wait("produces on the two others", || {
-        produce_one(&c, &mut acked);
-        acked.len() >= before + 3
+        big.produce_one(&c);
+        big.acked.len() >= before + 3
     });
 }

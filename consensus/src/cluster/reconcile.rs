@@ -947,6 +947,23 @@ mod tests {
         (node, s)
     }
 
+    /// A follower's view of a group of voters 1 and 2, stopped as `stopped` says.
+    fn view(stopped: Option<Stopped>) -> GroupView {
+        GroupView {
+            shard: 0,
+            role: StateRole::Follower,
+            term: 1,
+            leader: 0,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+            voters: vec![1, 2],
+            learners: Vec::new(),
+            matched: Vec::new(),
+            stopped,
+        }
+    }
+
     fn moved(node: &ClusterNode) -> u64 {
         node.stats
             .stopped_replicas_moved
@@ -982,19 +999,6 @@ mod tests {
     fn a_node_reports_its_failed_replica_after_the_grace_period_and_again_until_marked() {
         let (node, s) = stopped_setup(2, false);
         let group = ClusterNode::partitions(&s)[0].1;
-        let view = |stopped| GroupView {
-            shard: 0,
-            role: StateRole::Follower,
-            term: 1,
-            leader: 0,
-            commit: 0,
-            applied: 0,
-            last_index: 0,
-            voters: vec![1, 2],
-            learners: Vec::new(),
-            matched: Vec::new(),
-            stopped,
-        };
         let reported = || {
             node.stats
                 .stopped_replicas_reported
@@ -1032,19 +1036,6 @@ mod tests {
     fn a_marked_replica_that_runs_again_asks_for_its_mark_back_until_it_is_gone() {
         let (node, marked) = stopped_setup(2, true);
         let group = ClusterNode::partitions(&marked)[0].1;
-        let view = |stopped| GroupView {
-            shard: 0,
-            role: StateRole::Follower,
-            term: 1,
-            leader: 1,
-            commit: 0,
-            applied: 0,
-            last_index: 0,
-            voters: vec![1, 2],
-            learners: Vec::new(),
-            matched: Vec::new(),
-            stopped,
-        };
         let sent = || {
             node.stats
                 .stopped_replicas_recovered

@@ -148,6 +148,12 @@ impl ClusterState {
             .and_then(|t| t.partitions.get(id.partition as usize))
     }
 
+    fn partition_mut(&mut self, topic: &str, partition: u32) -> Option<&mut PartitionEntry> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+    }
+
     /// Applies the command at `index` (commands at or below `applied` were applied already).
     pub fn apply(&mut self, index: u64, c: &Command) {
         if index <= self.applied {
@@ -219,11 +225,7 @@ impl ClusterState {
                 partition,
                 node,
             } => {
-                let p = self
-                    .topics
-                    .get_mut(topic)
-                    .and_then(|t| t.partitions.get_mut(*partition as usize));
-                if let Some(p) = p {
+                if let Some(p) = self.partition_mut(topic, *partition) {
                     if p.nodes().contains(node) && !p.stopped.contains(node) {
                         p.stopped.push(*node);
                     }
@@ -234,11 +236,7 @@ impl ClusterState {
                 partition,
                 node,
             } => {
-                let p = self
-                    .topics
-                    .get_mut(topic)
-                    .and_then(|t| t.partitions.get_mut(*partition as usize));
-                if let Some(p) = p {
+                if let Some(p) = self.partition_mut(topic, *partition) {
                     p.stopped.retain(|n| n != node);
                 }
             }
