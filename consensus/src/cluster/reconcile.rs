@@ -24,6 +24,7 @@ use super::ClusterNode;
 use crate::membership::{MemberList, MemberState};
 use crate::raft::board::GroupView;
 use crate::raft::group::Stopped;
+use engine::seam::PartitionId;
 use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -480,21 +481,13 @@ fn report_stopped(
             );
         }
         seen.asked = Some(now);
-        node.stats
-            .stopped_replicas_reported
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let c = Command::ReplicaStopped {
             topic: id.topic.to_string(),
             partition: id.partition,
             node: me,
         };
-        if let Err(e) = node.ask_controller(&c) {
-            log::info!(
-                "{}/{}: reporting the stopped replica: not now ({e})",
-                id.topic,
-                id.partition
-            );
-        }
+        let sent = &node.stats.stopped_replicas_reported;
+        tell_controller(node, &id, sent, &c, "reporting the stopped replica");
     }
     here.retain(|g, _| still.contains(g));
 }
@@ -543,23 +536,30 @@ fn report_recovered(
             );
         }
         asked.insert(group, now);
-        node.stats
-            .stopped_replicas_recovered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let c = Command::ReplicaRecovered {
             topic: id.topic.to_string(),
             partition: id.partition,
             node: me,
         };
-        if let Err(e) = node.ask_controller(&c) {
-            log::info!(
-                "{}/{}: withdrawing the stopped mark: not now ({e})",
-                id.topic,
-                id.partition
-            );
-        }
+        let sent = &node.stats.stopped_replicas_recovered;
+        tell_controller(node, &id, sent, &c, "withdrawing the stopped mark");
     }
     asked.retain(|g, _| still.contains(g));
+}
+
+/// Sends `c`, about this node's replica `id`, to the controller, counted in `sent`. A refusal
+/// is logged (`doing` says what for); the caller sends it again later.
+fn tell_controller(
+    node: &ClusterNode,
+    id: &PartitionId,
+    sent: &std::sync::atomic::AtomicU64,
+    c: &Command,
+    doing: &str,
+) {
+    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = node.ask_controller(c) {
+        log::info!("{}/{}: {doing}: not now ({e})", id.topic, id.partition);
+    }
 }
 
 /// Replicas on removed nodes, and replicas marked stopped, are re-created on live nodes
