@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod cli;
 pub mod disk;
 pub mod grpc;
+pub mod out;
 pub mod report;
 pub mod scenarios;
 

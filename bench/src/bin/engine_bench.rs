@@ -15,7 +15,11 @@ use std::time::Instant;
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match cli::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Help) => print!("{}", cli::USAGE),
+        Ok(Parsed::Help) => {
+            if !bench::out::emit("proglog-engine-bench", cli::USAGE) {
+                std::process::exit(1);
+            }
+        }
         Ok(Parsed::Run(o)) => {
             if let Err(e) = run(&o) {
                 eprintln!("proglog-engine-bench: {e:#}");
@@ -285,11 +289,12 @@ fn run_in(o: &Options, dir: &Path, started: Instant) -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if o.json {
+    let report = if o.json {
         eprint!("{}", rep.table());
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        serde_json::to_string_pretty(&doc)? + "\n"
     } else {
-        print!("{}", rep.table());
-    }
+        rep.table()
+    };
+    bench::out::write(&report).context("writing standard output")?;
     Ok(())
 }

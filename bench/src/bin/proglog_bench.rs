@@ -22,12 +22,15 @@ fn main() -> ExitCode {
     match grpc::main(opts) {
         Ok(out) => {
             let written = if json {
-                emit(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&out.report.json()).unwrap_or_default()
-                ))
+                bench::out::emit(
+                    "proglog-bench",
+                    &format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&out.report.json()).unwrap_or_default()
+                    ),
+                )
             } else {
-                emit(&out.report.human())
+                bench::out::emit("proglog-bench", &out.report.human())
             };
             if !written {
                 return ExitCode::FAILURE;
@@ -48,22 +51,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes the report to standard output. Output that cannot be written (a full disk under a
-/// redirect) fails the run with a message instead of a panic, as `println!` would; a reader
-/// that went away (`| head`) took what it wanted.
-fn emit(text: &str) -> bool {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
-        Err(e) => {
-            eprintln!("proglog-bench: writing standard output: {e}");
-            false
-        }
-    }
-}
-
 /// `proglog-bench failover ...`: the leader-kill scenario, with options of its own.
 fn failover() -> ExitCode {
     let args = std::env::args()
@@ -75,12 +62,15 @@ fn failover() -> ExitCode {
     match failover::run(opts) {
         Ok(r) => {
             let written = if json {
-                emit(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&r.json()).unwrap_or_default()
-                ))
+                bench::out::emit(
+                    "proglog-bench",
+                    &format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&r.json()).unwrap_or_default()
+                    ),
+                )
             } else {
-                emit(&r.human())
+                bench::out::emit("proglog-bench", &r.human())
             };
             if !written {
                 return ExitCode::FAILURE;

@@ -84,7 +84,9 @@ pub fn main(opts: Opts) -> ExitCode {
         return match History::read_jsonl(path) {
             Ok(h) => {
                 let r = checker::check(&h);
-                print!("{}", r.render(5));
+                if !crate::out::emit("proglog-chaos", &r.render(5)) {
+                    return ExitCode::from(2);
+                }
                 if r.total() == 0 {
                     ExitCode::SUCCESS
                 } else {
@@ -523,38 +525,44 @@ fn conclude(
         dir.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    println!("{}", report::summary(h, r));
+    let mut out = String::new();
+    let mut line = |l: &str| {
+        out.push_str(l);
+        out.push('\n');
+    };
+    line(&report::summary(h, r));
     let checked: Vec<&str> = checker::Class::ALL
         .iter()
         .filter(|c| report::applies(**c, mode))
         .map(|c| c.name())
         .collect();
-    println!("classes checked: {}", checked.join(", "));
+    line(&format!("classes checked: {}", checked.join(", ")));
     if mode == Mode::Single {
-        println!(
+        line(
             "single-node mode: one node against its own history; replica-divergence does not \
-             apply, and nothing here tests replication"
+             apply, and nothing here tests replication",
         );
     }
-    print!("{}", r.render(3));
+    line(r.render(3).trim_end_matches('\n'));
     for c in &cluster.crashes {
-        println!(
+        line(&format!(
             "CRASH: {} exited by itself at {:.1}s ({})",
             c.node,
             c.at_ms / 1000.0,
             c.status
-        );
+        ));
     }
     for u in &unread {
-        println!("UNREAD: the final read of {u}");
+        line(&format!("UNREAD: the final read of {u}"));
     }
-    println!("{verdict}");
-    println!(
+    line(&verdict);
+    line(&format!(
         "results: {}\ntimeline: {}\nhistory: {}",
         dir.join("results.json").display(),
         png.display(),
         history_path.display()
-    );
+    ));
+    crate::out::write(&out).context("writing standard output")?;
     if sys::interrupted() {
         return Ok(ExitCode::from(130));
     }
