@@ -97,9 +97,9 @@ impl Cluster {
     }
 
     /// Why the cluster is not whole yet, or None: the controller has a leader that knows
-    /// every node (none removed-and-not-replaced, all live) with [`Cluster::voters`] voters,
-    /// and, with `topic`, each of its `partitions` is led by a node that says so itself, with
-    /// that many voters and no learner.
+    /// every node (none removed-and-not-replaced, all live) with [`Cluster::voters`] voters
+    /// and every other node a learner, and, with `topic`, each of its `partitions` is led by
+    /// a node that says so itself, with that many voters and no learner.
     pub fn not_whole(&self, topic: Option<(&str, u32)>) -> Result<Option<String>> {
         let views = super::client::cluster_views(self.targets())?;
         let n = self.nodes.len();
@@ -135,7 +135,8 @@ impl Cluster {
                 .collect();
             return Ok(Some(format!("members {names:?}, want {n} live")));
         }
-        if count(ctl) != (voters, 0) {
+        // The controller keeps three voters at most; every other node is its learner.
+        if count(ctl) != (voters, n - voters) {
             return Ok(Some(format!("controller voters/learners {:?}", count(ctl))));
         }
         if let Some((topic, partitions)) = topic {
