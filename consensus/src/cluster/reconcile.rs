@@ -11,7 +11,8 @@
 //!   the configuration joins as a learner; a caught-up learner is promoted (the controller
 //!   keeps at most three voters, the rest learners); a member no longer placed is removed (a
 //!   leader first hands its leadership to a caught-up voter); a caught-up preferred leader
-//!   (the partition's first replica) gets leadership back.
+//!   (the partition's first replica) that gossip lists up gets leadership back. A node the
+//!   controller removed while it runs changes nothing and hands over what it leads.
 //! - **Replicas of this node that stopped for good** (their log failed: stopped until the
 //!   server restarts): past `--stopped-replica-grace` this node tells the controller
 //!   (`ReplicaStopped`, forwarded to the controller's leader), which moves the replica.
