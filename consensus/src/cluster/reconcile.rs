@@ -168,6 +168,7 @@ fn next_step(
     wanted: &[u64],
     max_voters: usize,
     live: &[u64],
+    up: &[u64],
 ) -> Option<Step> {
     let member = |n: &u64| v.voters.contains(n) || v.learners.contains(n);
     if let Some(&n) = wanted.iter().find(|n| !member(n)) {
@@ -198,11 +199,15 @@ fn next_step(
         .copied();
     if let Some(n) = extra {
         if n == me {
-            // Hand leadership to a caught-up voter that stays, then that leader removes us.
+            // Hand leadership to a caught-up voter that stays, then that leader removes us:
+            // one gossip lists up if there is one (while a transfer is pending raft-rs drops
+            // the group's proposals: to a node cut off, for an election timeout).
+            let stays = |o: &&u64| **o != me && wanted.contains(o) && caught_up(v, **o);
             let to = v
                 .voters
                 .iter()
-                .find(|&&o| o != me && wanted.contains(&o) && caught_up(v, o))
+                .find(|o| stays(o) && up.contains(o))
+                .or_else(|| v.voters.iter().find(stays))
                 .copied()?;
             return Some(Step::Transfer(to));
         }
@@ -226,7 +231,7 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
             node,
             0,
             &v,
-            next_step(me, &v, &wanted, CONTROLLER_VOTERS, &live),
+            next_step(me, &v, &wanted, CONTROLLER_VOTERS, &live, &up),
         );
     }
     let removed_here = s.nodes.get(&me).is_some_and(|n| n.removed);
@@ -270,7 +275,7 @@ fn partition_step(
             .find(|&&o| o != me && up.contains(&o) && caught_up(v, o))
             .map(|&o| Step::Transfer(o));
     }
-    if let Some(step) = next_step(me, v, wanted, usize::MAX, live) {
+    if let Some(step) = next_step(me, v, wanted, usize::MAX, live, up) {
         return Some(step);
     }
     let &pref = wanted.first()?;
@@ -1131,6 +1136,23 @@ mod tests {
         assert_eq!(
             partition_step(1, false, &v, &stale, &[1, 2, 3], &[1, 2, 3]),
             None
+        );
+    }
+
+    #[test]
+    fn a_leader_no_longer_placed_hands_over_to_a_voter_gossip_lists_up_first() {
+        // Node 1 leads, and is placed elsewhere now; nodes 2 and 3 stay, both caught up.
+        let v = led_by(1);
+        let placed = [2, 3];
+        assert_eq!(
+            next_step(1, &v, &placed, usize::MAX, &[1, 2, 3], &[1, 3]),
+            Some(Step::Transfer(3)),
+            "not to node 2, which gossip lists suspect"
+        );
+        // None up: still to a caught-up voter that stays.
+        assert_eq!(
+            next_step(1, &v, &placed, usize::MAX, &[1, 2, 3], &[]),
+            Some(Step::Transfer(2))
         );
     }
 
