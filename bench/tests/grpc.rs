@@ -270,35 +270,6 @@ fn loopback_only() {
     assert!(r.stdout.contains("loopback TCP:"), "{}", r.stdout);
 }
 
-/// A report that cannot be written (stdout on a full disk) fails the run with the cause;
-/// `print!` panicked there.
-#[test]
-fn a_report_that_cannot_be_written_is_an_error_not_a_panic() {
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let out = std::process::Command::new(common::BENCH)
-        .args([
-            "-w",
-            "none",
-            "--measure-loopback",
-            "--loopback-duration",
-            "100ms",
-            "-q",
-        ])
-        .stdout(full)
-        .output()
-        .expect("run proglog-bench");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        err.contains("writing standard output: No space left on device"),
-        "{err}"
-    );
-}
-
 #[test]
 fn bad_arguments_give_clear_errors() {
     let cases: &[(&[&str], &str)] = &[

@@ -4,6 +4,7 @@
 
 use std::process::{Command, Output, Stdio};
 
+const BENCH: &str = env!("CARGO_BIN_EXE_proglog-bench");
 const ENGINE_BENCH: &str = env!("CARGO_BIN_EXE_proglog-engine-bench");
 const CHAOS: &str = env!("CARGO_BIN_EXE_proglog-chaos");
 
@@ -25,6 +26,19 @@ fn assert_reported(out: &Output, program: &str, code: i32) {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn bench_report_that_cannot_be_written_is_an_error_not_a_panic() {
+    let out = to_dev_full(Command::new(BENCH).args([
+        "-w",
+        "none",
+        "--measure-loopback",
+        "--loopback-duration",
+        "100ms",
+        "-q",
+    ]));
+    assert_reported(&out, "proglog-bench", 1);
 }
 
 #[test]
