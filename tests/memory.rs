@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -89,6 +89,8 @@ fn never_reading_consumers(
             .unwrap();
         let stop = Rc::new(Cell::new(false));
         let stop2 = stop.clone();
+        let woken: Rc<RefCell<Option<Waker>>> = Rc::default();
+        let woken2 = woken.clone();
         // Drives the connection until told to stop, then hands it back unread.
         let driver = glommio::spawn_local(async move {
             let mut conn = conn;
@@ -96,6 +98,7 @@ fn never_reading_consumers(
                 if stop2.get() {
                     return Poll::Ready(());
                 }
+                *woken2.borrow_mut() = Some(cx.waker().clone());
                 match std::pin::Pin::new(&mut conn).poll(cx) {
                     Poll::Ready(r) => panic!("connection ended early: {r:?}"),
                     Poll::Pending => Poll::Pending,
@@ -126,8 +129,11 @@ fn never_reading_consumers(
         // Let the requests go out, then stop reading.
         glommio::timer::sleep(Duration::from_millis(500)).await;
         stop.set(true);
-        // Woken so that it sees `stop`: a timer fires in the driver's next poll anyway.
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        // Woken so that it sees `stop`: nothing else may wake it (the server may have sent
+        // all it had, and the suite once waited 60 s here for the next frame).
+        if let Some(w) = woken.borrow_mut().take() {
+            w.wake();
+        }
         let conn = driver.await;
         opened.send(()).unwrap();
         // Blocking this executor is the point: nothing reads the socket now.
