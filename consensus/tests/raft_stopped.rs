@@ -1,5 +1,6 @@
 //! A replica whose group stopped on a storage failure (its log latched) stays stopped until
-//! the server restarts, and must say so: raft-rs's state froze at the failure, so a former
+//! the server restarts, and must say so (below: a replica whose log is lost stays stopped
+//! across restarts, and never votes): raft-rs's state froze at the failure, so a former
 //! leader would still report itself leader (in `cluster describe`, GetServers' `is_leader`,
 //! and to the forwarding of appends) while the others elect another.
 //!
@@ -9,10 +10,11 @@
 
 mod manual;
 
-use consensus::raft::Stopped;
-use engine::NewRecord;
+use consensus::raft::{Error, GroupConfig, GroupSet, Stopped};
+use engine::{FileBudget, Log, NewRecord};
 use manual::{Cluster, G};
 use raft::StateRole;
+use std::rc::Rc;
 
 const FAILING: u64 = 1;
 
@@ -79,4 +81,141 @@ fn a_stopped_former_leader_reports_no_leadership() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().to_owned();
     engine::run_local(tmp.path(), move || leader_fails(root)).expect("executor");
+}
+
+/// Node 3 restarted over its directory emptied (deleted, then made again by the log's open,
+/// as the engine does at start), with the directory marked lost (what the engine does when a
+/// partition's directory is missing at start) or not.
+async fn restart_emptied(c: &mut Cluster, root: &std::path::Path, mark: bool) {
+    let old = c.logs.remove(&EMPTIED).expect("log");
+    let _ = old.close().await;
+    c.sets.remove(&EMPTIED);
+    let dir = root.join(format!("node{EMPTIED}"));
+    std::fs::remove_dir_all(&dir).expect("remove the directory");
+    reopen(c, root, mark).await;
+}
+
+/// Node 3 opened again over its directory as it is (a restart), marked lost first if `mark`.
+async fn reopen(c: &mut Cluster, root: &std::path::Path, mark: bool) {
+    if let Some(old) = c.logs.remove(&EMPTIED) {
+        let _ = old.close().await;
+    }
+    c.sets.remove(&EMPTIED);
+    let dir = root.join(format!("node{EMPTIED}"));
+    let log = Log::open(&dir, manual::config(64 * 1024), FileBudget::new(16))
+        .await
+        .expect("open");
+    if mark {
+        log.mark_lost("its directory was missing at start (test)")
+            .expect("mark");
+    }
+    let gc = GroupConfig {
+        cache_bytes: 4096,
+        ..GroupConfig::default()
+    };
+    let mut set = GroupSet::new(EMPTIED, gc, 99);
+    set.add_group(G, Rc::clone(&log), &[1, 2, 3])
+        .await
+        .expect("a lost log opens (stopped)");
+    c.logs.insert(EMPTIED, log);
+    c.sets.insert(EMPTIED, set);
+}
+
+const EMPTIED: u64 = 3;
+const LAGGING: u64 = 2;
+
+/// Entries committed on nodes 1 and 3 while node 2 was cut off; node 1 leads.
+async fn committed_without_node_2(root: &std::path::Path) -> (Cluster, u64) {
+    let mut c = Cluster::open(root, 3, manual::config(64 * 1024), true).await;
+    c.sets
+        .get_mut(&1)
+        .expect("node")
+        .campaign(G)
+        .expect("campaign");
+    for _ in 0..20 {
+        c.round().await;
+    }
+    assert_eq!(c.leader(), Some(1));
+    c.isolated.insert(LAGGING);
+    for i in 0..5u8 {
+        let set = c.sets.get_mut(&1).expect("node");
+        let _pending = set.propose(G, &[NewRecord::new(vec![b'a' + i; 100])], 0);
+        c.round().await;
+    }
+    for _ in 0..5 {
+        c.round().await;
+    }
+    let commit = c.sets[&1].status(G).expect("status").commit;
+    let lagging = c.sets[&LAGGING].status(G).expect("status").last_index;
+    assert!(
+        commit > lagging,
+        "commit {commit}, node 2 holds up to {lagging}"
+    );
+    (c, commit)
+}
+
+/// A replica whose directory vanished (its acknowledged entries with it) must not help elect
+/// a leader that lacks them: node 2, which missed entries committed on nodes 1 and 3, could
+/// otherwise win with the vote of node 3, emptied, once node 1 is cut off, and those
+/// entries would be lost.
+async fn emptied_replica_never_votes(root: std::path::PathBuf) {
+    let (mut c, commit) = committed_without_node_2(&root).await;
+    restart_emptied(&mut c, &root, true).await;
+    let check = |c: &Cluster, when: &str| {
+        let e = c.sets[&EMPTIED].failure(G).expect("node 3 stopped");
+        assert!(matches!(e, Error::LostLog { .. }), "{when}: {e}");
+        let s = c.sets[&EMPTIED].status(G).expect("status");
+        assert_eq!(s.stopped, Some(Stopped::Failed), "{when}");
+        assert_eq!(s.last_index, 0, "{when}: not bootstrapped");
+    };
+    check(&c, "opened");
+    c.isolated.remove(&LAGGING);
+    c.isolated.insert(1);
+    c.ticks(100).await;
+    let s2 = c.sets[&LAGGING].status(G).expect("status");
+    println!("node 2 after 100 ticks: {s2:?}");
+    assert_ne!(
+        s2.role,
+        StateRole::Leader,
+        "node 2 won an election without the committed entries up to {commit}"
+    );
+    check(&c, "after 100 ticks");
+    // And so at every later start.
+    reopen(&mut c, &root, false).await;
+    check(&c, "restarted");
+    c.close().await;
+}
+
+#[test]
+fn a_replica_whose_directory_vanished_never_votes() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    engine::run_local(tmp.path(), move || emptied_replica_never_votes(root)).expect("executor");
+}
+
+/// A replica emptied without the engine noticing (a device that lied about its syncs) is
+/// stopped by the leader's first heartbeat, and marked so: it stays stopped at the next start
+/// instead of opening as a voter again.
+async fn lost_entries_are_remembered(root: std::path::PathBuf) {
+    let (mut c, _) = committed_without_node_2(&root).await;
+    restart_emptied(&mut c, &root, false).await;
+    assert!(c.sets[&EMPTIED].failure(G).is_none(), "not known lost yet");
+    c.ticks(10).await;
+    let e = c.sets[&EMPTIED].failure(G).expect("stopped by a heartbeat");
+    assert!(matches!(e, Error::LostEntries { .. }), "{e}");
+    let why = c.logs[&EMPTIED].lost().expect("read").expect("marked lost");
+    assert!(why.contains("entries it acknowledged are gone"), "{why}");
+    reopen(&mut c, &root, false).await;
+    let e = c.sets[&EMPTIED].failure(G).expect("stopped at open");
+    assert!(matches!(e, Error::LostLog { .. }), "{e}");
+    c.close().await;
+}
+
+#[test]
+fn a_replica_stopped_for_lost_entries_stays_stopped_after_a_restart() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    engine::run_local(tmp.path(), move || lost_entries_are_remembered(root)).expect("executor");
 }

@@ -189,7 +189,10 @@ impl Topics {
     }
 
     /// Adds a topic to the catalog, on disk first. Leftovers of an earlier topic of the same
-    /// name (a deletion that was interrupted) are removed first.
+    /// name (a deletion that was interrupted) are removed first, then every partition's
+    /// directory is created and made durable before the catalog names the topic: a partition
+    /// directory missing under a catalog entry was therefore removed after its creation (its
+    /// records are gone), never a creation that a crash cut short.
     pub(crate) fn add(&self, name: &str, partitions: u32, config: &LogConfig) -> Result<()> {
         let mut cat = self.lock()?;
         if cat.topics.contains_key(name) {
@@ -201,6 +204,11 @@ impl Topics {
             // authoritative, no longer lists it.
             log::warn!("{}: removing leftovers of a deleted topic", dir.display());
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+        }
+        if let Err(e) = create_partition_dirs(&self.data_dir, name, partitions) {
+            // Nothing names them: the next `add` of this name removes what was made.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
         }
         let mut next = Catalog::clone(&cat);
         next.topics.insert(
@@ -224,6 +232,19 @@ impl Topics {
         *cat = Arc::new(next);
         Ok(())
     }
+}
+
+/// Creates `topics/<name>/<p>` for every partition, durably: each new directory entry is
+/// synced in its parent.
+fn create_partition_dirs(data_dir: &Path, name: &str, partitions: u32) -> Result<()> {
+    let topic = topic_dir(data_dir, name);
+    std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
+    for p in 0..partitions {
+        let dir = partition_dir(data_dir, name, p);
+        std::fs::create_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    }
+    meta::sync_dir(&topic)?;
+    meta::sync_dir(&data_dir.join("topics"))
 }
 
 fn info(name: &str, t: &TopicEntry) -> TopicInfo {

@@ -1,9 +1,10 @@
 //! Topic administration: the engine's topic operations (create, delete, list, describe) over
 //! the catalog (`catalog::Topics`) and the shards that own the partitions.
 //!
-//! Creation writes the catalog first, then opens the partitions on their shards; deletion
-//! removes the data first, then the catalog entry, so an interrupted deletion never lets a new
-//! topic of the same name see old data. Either way, every shard's copy of the catalog is
+//! Creation makes the partitions' directories, writes the catalog, then opens the partitions
+//! on their shards (a directory missing under a catalog entry is therefore lost data, not a
+//! creation cut short); deletion removes the data first, then the catalog entry, so an
+//! interrupted deletion never lets a new topic of the same name see old data. Either way, every shard's copy of the catalog is
 //! replaced before the operation returns (also when it fails halfway, with whatever the
 //! catalog then holds), so that routing on any shard agrees with the catalog from then on.
 

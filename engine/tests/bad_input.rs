@@ -809,3 +809,35 @@ fn a_cpuset_sets_the_shard_count_and_one_outside_the_mask_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_partition_directory_gone_under_a_kept_catalog_is_marked_lost_at_the_next_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let engine = start(&dir);
+    let h = engine.handle();
+    block_on(h.create_topic("t", 2, topic_config())).expect("create");
+    block_on(h.append("t", 1, recs(&[10, 20]))).expect("append");
+    let lost = |p: u32| dir.join(format!("topics/t/{p}/lost.meta"));
+    assert!(
+        !lost(0).exists() && !lost(1).exists(),
+        "a new topic is not lost"
+    );
+    engine.shutdown();
+
+    std::fs::remove_dir_all(dir.join("topics/t/1")).expect("remove");
+    for round in 0..2 {
+        let engine = start(&dir);
+        let h = engine.handle();
+        assert!(
+            lost(1).exists(),
+            "round {round}: partition 1 is marked lost"
+        );
+        assert!(!lost(0).exists(), "round {round}: partition 0 is not");
+        let why = String::from_utf8_lossy(&std::fs::read(lost(1)).expect("read")).into_owned();
+        assert!(why.contains("was missing at start"), "{why}");
+        // The engine alone (no Raft group to keep out) serves the empty log.
+        assert!(block_on(h.stats("t", 1)).is_ok());
+        engine.shutdown();
+    }
+}

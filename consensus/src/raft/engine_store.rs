@@ -84,4 +84,10 @@ impl LogStore for Log {
     fn read_meta(&self) -> Result<Option<Vec<u8>>> {
         Log::read_meta(self, RAFT_META)
     }
+    fn mark_lost(&self, why: &str) -> Result<()> {
+        Log::mark_lost(self, why)
+    }
+    fn lost(&self) -> Result<Option<String>> {
+        Log::lost(self)
+    }
 }

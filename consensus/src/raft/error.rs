@@ -77,6 +77,16 @@ pub enum Error {
         acknowledged: u64,
     },
 
+    /// The replica's log was marked lost ([`engine::Log::mark_lost`]): its directory vanished
+    /// while the node kept its identity, or a leader named acknowledged entries it no longer
+    /// held. It opens stopped, before it could vote or acknowledge anything, at every start.
+    #[error(
+        "group {group}: this replica's log is marked lost ({why}). It stays stopped and never \
+         votes; it is moved to another node after --stopped-replica-grace, or remove this \
+         node and add it back with an empty data directory"
+    )]
+    LostLog { group: u64, why: String },
+
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(String),

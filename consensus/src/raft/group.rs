@@ -323,7 +323,12 @@ impl<S: LogStore> GroupSet<S> {
         voters: &[u64],
         replay: bool,
     ) -> Result<()> {
-        let bootstrap = (!voters.is_empty()).then(|| {
+        // A log marked lost opens stopped, before it could vote or acknowledge: it is not
+        // bootstrapped either (a first configuration would let it vote as a new voter).
+        let lost = store
+            .lost()
+            .map_err(|source| Error::Storage { group: id, source })?;
+        let bootstrap = (!voters.is_empty() && lost.is_none()).then(|| {
             let mut cs = ConfState::default();
             cs.voters = voters.to_vec();
             cs
@@ -357,7 +362,7 @@ impl<S: LogStore> GroupSet<S> {
             reads: Vec::new(),
             conf_index,
             visible_offset,
-            failed: None,
+            failed: lost.map(|why| Error::LostLog { group: id, why }),
             was_leader: false,
             commands: Vec::new(),
             held_snapshot: None,
@@ -691,6 +696,11 @@ impl<S: LogStore> GroupSet<S> {
             }
             if g.failed.is_none() {
                 if let Some(e) = lost_entries(g.id, &g.node.raft, &m) {
+                    // Kept across restarts: reopened, the log would look like a replica
+                    // that can vote until the next heartbeat.
+                    if let Err(m) = g.log.store().mark_lost(&e.to_string()) {
+                        log::error!("group {}: marking its log lost: {m}", g.id);
+                    }
                     g.fail(e);
                 }
             }

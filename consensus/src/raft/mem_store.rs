@@ -21,6 +21,8 @@ struct Inner {
     start_offset: u64,
     start_index: u64,
     meta: Option<Vec<u8>>,
+    /// Why the log was marked lost (durable at once, as a metadata file is).
+    lost: Option<String>,
     /// The offset below which readers may see records (set by the group; not persisted).
     visible: u64,
     syncs: u64,
@@ -63,6 +65,7 @@ impl MemStore {
                 start_offset: 0,
                 start_index: 1,
                 meta: None,
+                lost: None,
                 visible: 0,
                 syncs: 0,
                 fail_next_sync: false,
@@ -335,5 +338,14 @@ impl LogStore for MemStore {
 
     fn read_meta(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.inner.borrow().meta.clone())
+    }
+
+    fn mark_lost(&self, why: &str) -> Result<()> {
+        self.inner.borrow_mut().lost = Some(why.to_owned());
+        Ok(())
+    }
+
+    fn lost(&self) -> Result<Option<String>> {
+        Ok(self.inner.borrow().lost.clone())
     }
 }

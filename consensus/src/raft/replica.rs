@@ -686,6 +686,16 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             }
             lp.logs.insert(group, log);
             inner.peers.directory.insert(group, inner.shard);
+            if let Some(e @ Error::LostLog { .. }) = set.failure(group) {
+                // Open, and stopped: the node serves its other partitions, and this replica
+                // is reported stopped and moved like one that failed while running.
+                log::error!("partition {partition}: {e}");
+                if let Some(s) = set.status(group) {
+                    inner.status.borrow_mut().insert(group, s);
+                }
+                let _ = reply.send(Ok(()));
+                return;
+            }
             campaign_if_alone(inner, set, group);
             if replay {
                 lp.campaign_later.push(group);

@@ -12,7 +12,7 @@
 //! - `persist` is what a round calls before acknowledging: `sync` in memory; on
 //!   `engine::Log`, the topic's durability policy (fdatasync under `always`; under `interval`
 //!   and `never` a completed write, which a crash of the process cannot take back).
-//! - `truncate_after`, `truncate_prefix`, `reset`, `install` and `write_meta` are durable
+//! - `truncate_after`, `truncate_prefix`, `reset`, `install`, `write_meta` and `mark_lost` are durable
 //!   when they return. `install` replaces the log and the metadata together from batches in
 //!   memory (atomically in memory; on `engine::Log` as reset, append, sync, metadata, used
 //!   only by tests); `install_staged` replaces them by a snapshot downloaded beside the log
@@ -91,4 +91,9 @@ pub trait LogStore {
     fn write_meta(&self, payload: &[u8]) -> Result<()>;
     /// The Raft metadata file, if written.
     fn read_meta(&self) -> Result<Option<Vec<u8>>>;
+    /// Marks the log lost, durably: it no longer holds entries it acknowledged, and its
+    /// group must never run on it again (`engine::Log::mark_lost`).
+    fn mark_lost(&self, why: &str) -> Result<()>;
+    /// Why the log was marked lost, if it was.
+    fn lost(&self) -> Result<Option<String>>;
 }

@@ -12,6 +12,9 @@ use bytes::Bytes;
 use std::ops::Range;
 use std::rc::Rc;
 
+/// The metadata file that marks a log lost ([`Log::mark_lost`]).
+pub const LOST_META: &str = "lost.meta";
+
 /// Whether [`Log::check_raw`] checks each batch's CRC: always for bytes that came from
 /// elsewhere (a leader, a snapshot); not for batches this process encoded a moment ago from
 /// their payload, whose CRC it has just computed (a second pass would only find its own
@@ -156,6 +159,20 @@ impl Log {
     pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         check_meta_name(name)?;
         meta::read(&self.dir, name)
+    }
+
+    /// Records, durably, that this log no longer holds what it once held (its directory
+    /// vanished, or a leader named entries it acknowledged that are gone), with why: a
+    /// replicated log marked so must never take part in its group again, whatever restarts
+    /// follow. The mark goes with the directory (a snapshot's install, which replaces it,
+    /// or the topic's deletion).
+    pub fn mark_lost(&self, why: &str) -> Result<()> {
+        meta::write(&self.dir, LOST_META, why.as_bytes())
+    }
+
+    /// Why this log was marked lost ([`mark_lost`](Self::mark_lost)), if it was.
+    pub fn lost(&self) -> Result<Option<String>> {
+        Ok(meta::read(&self.dir, LOST_META)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// A reader that streams the log from `from` as raw batches.

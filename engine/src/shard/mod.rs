@@ -107,7 +107,24 @@ impl ShardCtx {
             return Ok(l);
         }
         let dir = partition_dir(&self.data_dir, &id.topic, id.partition);
+        // The catalog names the partition, and its directory was made before the catalog
+        // named it (`Topics::add`): a missing directory was removed after it held records.
+        let vanished = !dir
+            .try_exists()
+            .map_err(|e| Error::io("looking for", &dir, e))?;
         let log = Log::open(&dir, config, Rc::clone(&self.budget)).await?;
+        if vanished {
+            let why = format!(
+                "the partition's directory {} was missing at start although the catalog \
+                 lists its topic: whatever it held is gone",
+                dir.display()
+            );
+            log::error!("partition {id}: {why}");
+            if let Err(e) = log.mark_lost(&why) {
+                let _ = log.close().await;
+                return Err(e);
+            }
+        }
         match &self.replicator {
             // Before the partition is reachable: the replicator sets the visible mark.
             Some(r) => {
