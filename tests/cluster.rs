@@ -950,3 +950,43 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
         big.acked.len() >= before + 3
     });
 }
+
+/// A topic deleted while one of its replicas' nodes is down (kill -9: the node stays a
+/// member) is dropped on that node once it is back and has caught up with the controller:
+/// its data does not stay on the disk for ever.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
+    let mut c = form("a topic deleted while a node is down", 121, &[]);
+    create_small_segment_topic(&c);
+    let mut big = BigRecords::default();
+    for _ in 0..3 {
+        big.produce_one(&c);
+    }
+    let ctl = controller_leader(&c);
+    let victim = (0..3).find(|&i| i != ctl).unwrap_or(1);
+    let topic_dir = |n: &Node| n.data_dir.join("topics/s");
+    assert!(topic_dir(&c.nodes[victim]).exists());
+    c.nodes[victim].kill9();
+
+    let ch = c.nodes[ctl].channel().expect("connect");
+    let r: Result<DeleteTopicResponse, Status> = ch.unary_prost(
+        paths::DELETE_TOPIC,
+        &DeleteTopicRequest { name: "s".into() },
+        net::client::CallOptions::timeout(Duration::from_secs(30)),
+    );
+    r.expect("delete topic s");
+    wait("the topic's data gone on the running nodes", || {
+        (0..3)
+            .filter(|&i| i != victim)
+            .all(|i| !topic_dir(&c.nodes[i]).exists())
+    });
+
+    c.nodes[victim].spawn();
+    wait("the returning node serving", || c.nodes[victim].serving());
+    wait("the topic's data gone on the returning node", || {
+        !topic_dir(&c.nodes[victim]).exists()
+    });
+    let log = c.nodes[victim].log();
+    assert!(log.contains("dropped topic \"s\""), "{log}");
+}

@@ -4,9 +4,10 @@
 //! pending) is simply made again by the next one: nothing is one-shot.
 //!
 //! - **Local**: this node opens the partitions placement gives it (a topic created on another
-//!   node exists here once the controller applies it) and drops those placed elsewhere, once
-//!   everything in its own controller log is applied and known committed (never on a view
-//!   older than a placement it already holds).
+//!   node exists here once the controller applies it) and drops those placed elsewhere, and
+//!   topics the controller deleted (also while this node was down), once everything in its
+//!   own controller log is applied and known committed (never on a view older than a
+//!   placement it already holds).
 //! - **Groups this node leads** (the controller's and every partition's): a placed node not in
 //!   the configuration joins as a learner; a caught-up learner is promoted (the controller
 //!   keeps at most three voters, the rest learners); a member no longer placed is removed (a
@@ -30,7 +31,7 @@ use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raft::StateRole;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,7 @@ pub fn spawn(node: Arc<ClusterNode>) -> std::io::Result<std::thread::JoinHandle<
 }
 
 fn run(node: Arc<ClusterNode>) {
-    let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut seen = Seen::default();
     let mut countdown = Countdown::default();
     let mut stopped_here: HashMap<u64, StoppedHere> = HashMap::new();
     let mut recovered_here: HashMap<u64, Instant> = HashMap::new();
@@ -59,7 +60,7 @@ fn run(node: Arc<ClusterNode>) {
         let s = node.state();
         if node.id() != 0 && !s.cluster_id.is_empty() {
             node.refresh_addresses(&s);
-            local(&node, &s, &mut known);
+            local(&node, &s, &mut seen);
             groups(&node, &s);
             report_stopped(&node, &s, &mut stopped_here, Instant::now());
             report_recovered(&node, &s, &mut recovered_here, Instant::now());
@@ -80,12 +81,28 @@ fn run(node: Arc<ClusterNode>) {
     }
 }
 
-/// Opens the partitions placed here, drops those placed elsewhere.
-fn local(node: &ClusterNode, s: &ClusterState, known: &mut BTreeSet<String>) {
+/// What the local pass remembers of topics between passes.
+#[derive(Default)]
+struct Seen {
+    /// Topics the controller's state listed at some pass since this node started.
+    known: BTreeSet<String>,
+    /// Local topics the controller's state has never listed since this node started, with
+    /// the number of passes in a row that found them so.
+    absent: BTreeMap<String, u32>,
+}
+
+/// Passes in a row that must find a local topic missing from the controller's state (and
+/// never listed there since the start) before it is dropped: a topic created a moment ago
+/// on this node is in the local catalog before a pass that read the state earlier sees it.
+const ABSENT_PASSES: u32 = 2;
+
+/// Opens the partitions placed here, drops those placed elsewhere, and those the controller
+/// deleted (also while this node was down).
+fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Some(engine) = node.engine() else { return };
     let me = node.id();
     for (name, t) in &s.topics {
-        known.insert(name.clone());
+        seen.known.insert(name.clone());
         let hosted = t.partitions.iter().any(|p| p.nodes().contains(&me));
         if hosted && engine.topic(name).is_err() {
             let n = t.partitions.len() as u32;
@@ -120,9 +137,20 @@ fn local(node: &ClusterNode, s: &ClusterState, known: &mut BTreeSet<String>) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
+    seen.absent
+        .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
     for t in local {
-        if t.name == engine::CONTROLLER_TOPIC || !known.contains(&t.name) {
+        if t.name == engine::CONTROLLER_TOPIC {
             continue;
+        }
+        if !seen.known.contains(&t.name) {
+            // Deleted while this node was down (the state holds no record of deleted
+            // topics), or created here after this pass read the state.
+            let passes = seen.absent.entry(t.name.clone()).or_default();
+            *passes += 1;
+            if *passes < ABSENT_PASSES {
+                continue;
+            }
         }
         let hosted = s
             .topics
