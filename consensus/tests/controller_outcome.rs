@@ -21,15 +21,7 @@ fn answer(e: RaftError) -> SeamError {
 
 async fn leader_lost_mid_proposal(root: std::path::PathBuf) {
     let mut c = Cluster::open(&root, 3, manual::config(256 * 1024), false).await;
-    c.sets
-        .get_mut(&1)
-        .expect("node")
-        .campaign(G)
-        .expect("campaign");
-    for _ in 0..20 {
-        c.round().await;
-    }
-    assert_eq!(c.leader(), Some(1));
+    c.lead_with(1).await;
 
     // Not the leader: refused before it is proposed.
     let refused = c
@@ -78,8 +70,5 @@ async fn leader_lost_mid_proposal(root: std::path::PathBuf) {
 
 #[test]
 fn a_controller_command_whose_leader_lost_leadership_is_outcome_unknown() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().to_owned();
-    engine::run_local(tmp.path(), move || leader_lost_mid_proposal(root)).expect("executor");
+    manual::run(leader_lost_mid_proposal);
 }

@@ -77,15 +77,7 @@ async fn open(root: &Path, n: u64) -> Cluster {
 impl Cluster {
     /// Node `FULL` campaigns first and leads.
     async fn elect_full(&mut self) {
-        self.sets
-            .get_mut(&FULL)
-            .expect("node")
-            .campaign(G)
-            .expect("campaign");
-        for _ in 0..20 {
-            self.round().await;
-        }
-        assert_eq!(self.leader(), Some(FULL), "node {FULL} leads");
+        self.lead_with(FULL).await;
     }
 
     /// Proposes values on the leader `FULL`, one per round, until its group stops; returns

@@ -183,7 +183,5 @@ async fn scenario(root: PathBuf) {
 
 #[test]
 fn three_groups_on_engine_logs_cut_conflicts_and_recover_their_commit() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().to_owned();
-    engine::run_local(tmp.path(), move || scenario(root)).expect("executor");
+    manual::run(scenario);
 }

@@ -20,15 +20,7 @@ const FAILING: u64 = 1;
 
 async fn leader_fails(root: std::path::PathBuf) {
     let mut c = Cluster::open(&root, 3, manual::config(64 * 1024), true).await;
-    c.sets
-        .get_mut(&FAILING)
-        .expect("node")
-        .campaign(G)
-        .expect("campaign");
-    for _ in 0..20 {
-        c.round().await;
-    }
-    assert_eq!(c.leader(), Some(FAILING));
+    c.lead_with(FAILING).await;
 
     std::fs::remove_dir_all(root.join(format!("node{FAILING}"))).expect("remove the directory");
     let mut stopped = false;
@@ -77,10 +69,7 @@ async fn leader_fails(root: std::path::PathBuf) {
 
 #[test]
 fn a_stopped_former_leader_reports_no_leadership() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().to_owned();
-    engine::run_local(tmp.path(), move || leader_fails(root)).expect("executor");
+    manual::run(leader_fails);
 }
 
 /// Node 3 restarted over its directory emptied (deleted, then made again by the log's open,
@@ -127,15 +116,7 @@ const LAGGING: u64 = 2;
 /// Entries committed on nodes 1 and 3 while node 2 was cut off; node 1 leads.
 async fn committed_without_node_2(root: &std::path::Path) -> (Cluster, u64) {
     let mut c = Cluster::open(root, 3, manual::config(64 * 1024), true).await;
-    c.sets
-        .get_mut(&1)
-        .expect("node")
-        .campaign(G)
-        .expect("campaign");
-    for _ in 0..20 {
-        c.round().await;
-    }
-    assert_eq!(c.leader(), Some(1));
+    c.lead_with(1).await;
     c.isolated.insert(LAGGING);
     for i in 0..5u8 {
         let set = c.sets.get_mut(&1).expect("node");
@@ -188,10 +169,7 @@ async fn emptied_replica_never_votes(root: std::path::PathBuf) {
 
 #[test]
 fn a_replica_whose_directory_vanished_never_votes() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().to_owned();
-    engine::run_local(tmp.path(), move || emptied_replica_never_votes(root)).expect("executor");
+    manual::run(emptied_replica_never_votes);
 }
 
 /// A replica emptied without the engine noticing (a device that lied about its syncs) is
@@ -214,8 +192,5 @@ async fn lost_entries_are_remembered(root: std::path::PathBuf) {
 
 #[test]
 fn a_replica_stopped_for_lost_entries_stays_stopped_after_a_restart() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().to_owned();
-    engine::run_local(tmp.path(), move || lost_entries_are_remembered(root)).expect("executor");
+    manual::run(lost_entries_are_remembered);
 }

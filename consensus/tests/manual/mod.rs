@@ -9,6 +9,9 @@
 //! how many nodes, whether a group may stop (its log failed), how long an election may take.
 //! A test adds its own helpers in an `impl Cluster` of its own.
 
+// Each test file uses some of these helpers.
+#![allow(dead_code)]
+
 use consensus::raft::{GroupConfig, GroupSet, Transport};
 use engine::{FileBudget, Log, LogConfig};
 use raft::StateRole;
@@ -140,6 +143,19 @@ impl Cluster {
         }
     }
 
+    /// Node `id` campaigns first and leads (20 rounds).
+    pub async fn lead_with(&mut self, id: u64) {
+        self.sets
+            .get_mut(&id)
+            .expect("node")
+            .campaign(G)
+            .expect("campaign");
+        for _ in 0..20 {
+            self.round().await;
+        }
+        assert_eq!(self.leader(), Some(id), "node {id} leads");
+    }
+
     /// The leader among the nodes not isolated whose group still runs.
     pub fn leader(&self) -> Option<u64> {
         self.sets.iter().find_map(|(&id, s)| {
@@ -158,4 +174,16 @@ impl Cluster {
         }
         panic!("no leader");
     }
+}
+
+/// Runs `scenario` (given a temporary directory) on a glommio executor, with test logging.
+pub fn run<F, Fut>(scenario: F)
+where
+    F: FnOnce(std::path::PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    engine::run_local(tmp.path(), move || scenario(root)).expect("executor");
 }
