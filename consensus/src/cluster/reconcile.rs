@@ -21,7 +21,7 @@
 //!   min(3, live nodes) as nodes join; replicas of removed nodes, and replicas marked
 //!   stopped, are re-created on live nodes that lack one.
 
-use super::state::{ClusterState, Command, Replica, CONTROLLER_VOTERS};
+use super::state::{ClusterState, Command, PartitionEntry, Replica, CONTROLLER_VOTERS};
 use super::ClusterNode;
 use crate::membership::{MemberList, MemberState};
 use crate::raft::board::GroupView;
@@ -600,6 +600,24 @@ fn tell_controller(
 /// that lack one, and a partition with fewer replicas than its factor (none was free when
 /// one was removed) gets one on a live node (one partition per pass). A stopped replica
 /// stays placed while no node can take its place (logged once per leadership).
+/// The live node to take a new replica of `entry`, whose replicas kept are on `have`: one
+/// without a replica of it nor a stopped mark on it; of those, one with no replica marked
+/// stopped anywhere (a node whose disk failed one log may fail the next), then the one with
+/// the fewest replicas, then the lowest id.
+fn new_replica_node(
+    s: &ClusterState,
+    entry: &PartitionEntry,
+    have: &[u64],
+    live: &[u64],
+) -> Option<u64> {
+    let load = s.load();
+    let troubled = s.nodes_with_stopped_replicas();
+    live.iter()
+        .copied()
+        .filter(|n| !have.contains(n) && !entry.stopped.contains(n))
+        .min_by_key(|n| (troubled.contains(n), load.get(n).copied().unwrap_or(0), *n))
+}
+
 fn replace_removed(
     node: &ClusterNode,
     s: &ClusterState,
@@ -638,11 +656,8 @@ fn replace_removed(
                     .chain(added.iter())
                     .map(|r| r.node)
                     .collect();
-                match live
-                    .iter()
-                    .find(|n| !have.contains(n) && !entry.stopped.contains(n))
-                {
-                    Some(&n) => added.push(s.replica_on(name, p as u32, n)),
+                match new_replica_node(s, entry, &have, &live) {
+                    Some(n) => added.push(s.replica_on(name, p as u32, n)),
                     None => break,
                 }
             }
@@ -1027,6 +1042,62 @@ mod tests {
         let (node, s) = stopped_setup(2, true);
         assert!(!replace_removed(&node, &s, &mut BTreeSet::new()));
         assert_eq!(moved(&node), 0);
+    }
+
+    #[test]
+    fn a_new_replica_goes_to_a_node_without_failed_logs_then_to_the_least_loaded() {
+        // Nodes 1-3 and 4-5: t/0 on 1 and 2 (2 stopped there), u/0 on 3, 4 and 5 with 4's
+        // replica stopped, v/0 on 5.
+        let mut s = state();
+        for (i, n) in [(4u64, 4u8), (5, 5)] {
+            s.apply(
+                i,
+                &Command::Register {
+                    node: NodeEntry {
+                        member: member_id(n).to_string(),
+                        name: format!("n{n}"),
+                        rpc_addr: "127.0.0.1:1".into(),
+                        gossip_addr: "127.0.0.1:2".into(),
+                        shards: 1,
+                        removed: false,
+                    },
+                },
+            );
+        }
+        let mut index = 10;
+        for (topic, nodes) in [("t", vec![1, 2]), ("u", vec![3, 4, 5]), ("v", vec![5])] {
+            let rf = nodes.len() as u32;
+            let partitions = s.place(topic, 1, rf, &nodes).unwrap();
+            s.apply(
+                index,
+                &Command::CreateTopic {
+                    name: topic.into(),
+                    config: engine::LogConfig::default(),
+                    replication_factor: rf,
+                    partitions,
+                },
+            );
+            index += 1;
+        }
+        for (topic, node) in [("t", 2), ("u", 4)] {
+            let c = Command::ReplicaStopped {
+                topic: topic.into(),
+                partition: 0,
+                node,
+            };
+            s.apply(index, &c);
+            index += 1;
+        }
+        let t0 = s.topics["t"].partitions[0].clone();
+        let live = [1, 2, 3, 4, 5];
+        // 4 has a failed log (u/0), 3 and 5 have none: 3 holds one replica, 5 two.
+        assert_eq!(new_replica_node(&s, &t0, &[1], &live), Some(3));
+        assert_eq!(new_replica_node(&s, &t0, &[1, 3], &live), Some(5));
+        // Only the troubled node is left: it is still taken rather than none.
+        assert_eq!(new_replica_node(&s, &t0, &[1, 3, 5], &live), Some(4));
+        // Never the node whose replica of this partition failed, nor a node not live.
+        assert_eq!(new_replica_node(&s, &t0, &[1, 3, 4, 5], &live), None);
+        assert_eq!(new_replica_node(&s, &t0, &[1], &[1, 2]), None);
     }
 
     #[test]

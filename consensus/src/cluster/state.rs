@@ -11,7 +11,7 @@
 
 use engine::LogConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The Raft id of the node that bootstrapped a cluster.
 pub const FIRST_NODE_ID: u64 = 1;
@@ -261,7 +261,7 @@ impl ClusterState {
     }
 
     /// Replicas each node holds (for placement: the least loaded first).
-    fn load(&self) -> BTreeMap<u64, usize> {
+    pub(crate) fn load(&self) -> BTreeMap<u64, usize> {
         let mut load: BTreeMap<u64, usize> =
             self.active_nodes().into_iter().map(|n| (n, 0)).collect();
         for t in self.topics.values() {
@@ -274,6 +274,15 @@ impl ClusterState {
             }
         }
         load
+    }
+
+    /// Nodes with a replica marked stopped (its log failed there), in any partition.
+    pub(crate) fn nodes_with_stopped_replicas(&self) -> BTreeSet<u64> {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .flat_map(|p| p.stopped.iter().copied())
+            .collect()
     }
 
     /// Places `partitions` partitions of `topic` with `rf` replicas each on distinct nodes
