@@ -668,6 +668,11 @@ impl BigRecords {
 /// and a roll cannot create its next file once its directory is gone) and returns the index
 /// of its leader once it has three voters.
 fn create_small_segment_topic(c: &Cluster) -> Option<usize> {
+    create_small_segment_topic_with(c, 1)
+}
+
+/// [`create_small_segment_topic`] with `partitions` partitions.
+fn create_small_segment_topic_with(c: &Cluster, partitions: u32) -> Option<usize> {
     let ctl = controller_leader(c);
     let ch = c.nodes[ctl].channel().expect("connect");
     let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
@@ -675,7 +680,7 @@ fn create_small_segment_topic(c: &Cluster) -> Option<usize> {
         &CreateTopicRequest {
             name: "s".into(),
             config: Some(TopicConfig {
-                partitions: 1,
+                partitions,
                 replication_factor: 3,
                 segment_bytes: 2 << 20,
                 ..Default::default()
@@ -745,6 +750,32 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     assert!(out.contains("stopped: s/0 on node"), "{out}");
 }
 
+/// Three nodes formed from `first_ip` with `extra` flags, topic `s` made by
+/// [`create_small_segment_topic_with`], then a fourth node (`first_ip` + 3), free to take a
+/// replica of s/0. Returns the cluster, the Raft ids, the controller's leader, the leader of
+/// s/0, and a victim among the first three that leads neither (its reports are forwarded).
+fn four_with_a_victim(
+    name: &'static str,
+    first_ip: u8,
+    partitions: u32,
+    extra: &[String],
+) -> (Cluster, Vec<u64>, usize, usize, usize) {
+    let mut c = form(name, first_ip, extra);
+    create_small_segment_topic_with(&c, partitions);
+    let join = c.nodes[0].gossip.clone();
+    let mut args = extra.to_vec();
+    args.extend(["--start-join-addrs".to_owned(), join]);
+    let ip = format!("127.0.0.{}", first_ip + 3);
+    let n4 = Node::start(c.dir(), "n4", &ip, &args);
+    c.nodes.push(n4);
+    wait("the fourth node serving", || c.nodes[3].serving());
+    let ids = raft_ids(&c);
+    let ctl = controller_leader(&c);
+    let l = leader_of(&c, "s", 0, 3).unwrap_or(0);
+    let victim = (0..3).find(|&i| i != ctl && i != l).unwrap_or(2);
+    (c, ids, ctl, l, victim)
+}
+
 /// A follower whose partition log fails (its directory taken away) stops that replica until
 /// its server restarts, while the node stays up in gossip (so the dead-node removal never
 /// acts). Past `--stopped-replica-grace` the node tells the controller (its command
@@ -756,22 +787,7 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
     let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
-    let mut c = form("a stopped replica moves", 91, &grace);
-    create_small_segment_topic(&c);
-
-    // A fourth node joins: free to take a replica of s/0.
-    let join = c.nodes[0].gossip.clone();
-    let mut args = grace.to_vec();
-    args.extend(["--start-join-addrs".to_owned(), join]);
-    let n4 = Node::start(c.dir(), "n4", "127.0.0.94", &args);
-    c.nodes.push(n4);
-    wait("the fourth node serving", || c.nodes[3].serving());
-    let ids = raft_ids(&c);
-
-    // The victim leads neither s/0 nor the controller: its report is forwarded.
-    let ctl = controller_leader(&c);
-    let l = leader_of(&c, "s", 0, 3).unwrap_or(0);
-    let victim = (0..3).find(|&i| i != ctl && i != l).unwrap_or(2);
+    let (c, ids, ctl, l, victim) = four_with_a_victim("a stopped replica moves", 91, 1, &grace);
     println!(
         "controller leader node {}, s/0 leader node {}, stopped replica on node {}",
         ids[ctl], ids[l], ids[victim]
@@ -989,4 +1005,61 @@ fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
     });
     let log = c.nodes[victim].log();
     assert!(log.contains("dropped topic \"s\""), "{log}");
+}
+
+/// A replica whose log failed, moved to a free fourth node while its node keeps another
+/// partition of the topic, starts afresh (empty) on its node: placed there again later (the
+/// fourth node removed), it is added and caught up like a new replica, with every
+/// acknowledged record, instead of staying a stopped voter.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_stopped_replica_moved_away_starts_afresh_and_can_be_placed_back() {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let (c, ids, ctl, _, victim) =
+        four_with_a_victim("a moved replica starts afresh", 131, 2, &grace);
+    let mut three: Vec<u64> = (0..3).map(|i| ids[i]).collect();
+    three.sort_unstable();
+    assert_eq!(partition_voters(&c, "s", 1).as_deref(), Some(&three[..]));
+
+    let mut big = BigRecords::default();
+    for _ in 0..5 {
+        big.produce_one(&c);
+    }
+    std::fs::remove_dir_all(c.nodes[victim].data_dir.join("topics/s/0")).expect("remove");
+    let mut moved: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    moved.sort_unstable();
+    wait("s/0 moved to the fourth node", || {
+        big.produce_one(&c);
+        partition_voters(&c, "s", 0).as_deref() == Some(&moved[..])
+    });
+    wait("the victim's replica of s/0 started afresh", || {
+        c.nodes[victim]
+            .log()
+            .contains("s/0: this replica, stopped and moved to another node, starts afresh")
+    });
+    assert!(c.nodes[victim].data_dir.join("topics/s/1").exists());
+
+    // The fourth node goes: s/0 is short of a replica, and only the victim is free.
+    let (ok, out, err) = common::run_cli(
+        c.nodes[ctl].rpc,
+        &["cluster", "remove", &ids[3].to_string()],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    wait("s/0 back on the first three nodes", || {
+        big.produce_one(&c);
+        partition_voters(&c, "s", 0).as_deref() == Some(&three[..])
+    });
+    for (&o, v) in &big.acked {
+        let mut got = Err(Status::unavailable(""));
+        wait("acknowledged records on the replica placed back", || {
+            got = consume(&c.nodes[victim], "s", o);
+            got.is_ok()
+        });
+        assert!(got.as_ref().ok() == Some(v), "offset {o} differs");
+    }
+    println!(
+        "{} acknowledged records of s/0 on the replica placed back",
+        big.acked.len()
+    );
 }

@@ -76,16 +76,26 @@ fn a_stopped_former_leader_reports_no_leadership() {
 /// as the engine does at start), with the directory marked lost (what the engine does when a
 /// partition's directory is missing at start) or not.
 async fn restart_emptied(c: &mut Cluster, root: &std::path::Path, mark: bool) {
+    restart_emptied_with(c, root, mark, &[1, 2, 3]).await;
+}
+
+/// [`restart_emptied`], the group opened with first configuration `voters` (none: a log
+/// started afresh for a replica no longer placed on the node).
+async fn restart_emptied_with(c: &mut Cluster, root: &std::path::Path, mark: bool, voters: &[u64]) {
     let old = c.logs.remove(&EMPTIED).expect("log");
     let _ = old.close().await;
     c.sets.remove(&EMPTIED);
     let dir = root.join(format!("node{EMPTIED}"));
     std::fs::remove_dir_all(&dir).expect("remove the directory");
-    reopen(c, root, mark).await;
+    reopen_with(c, root, mark, voters).await;
 }
 
 /// Node 3 opened again over its directory as it is (a restart), marked lost first if `mark`.
 async fn reopen(c: &mut Cluster, root: &std::path::Path, mark: bool) {
+    reopen_with(c, root, mark, &[1, 2, 3]).await;
+}
+
+async fn reopen_with(c: &mut Cluster, root: &std::path::Path, mark: bool, voters: &[u64]) {
     if let Some(old) = c.logs.remove(&EMPTIED) {
         let _ = old.close().await;
     }
@@ -103,7 +113,7 @@ async fn reopen(c: &mut Cluster, root: &std::path::Path, mark: bool) {
         ..GroupConfig::default()
     };
     let mut set = GroupSet::new(EMPTIED, gc, 99);
-    set.add_group(G, Rc::clone(&log), &[1, 2, 3])
+    set.add_group(G, Rc::clone(&log), voters)
         .await
         .expect("a lost log opens (stopped)");
     c.logs.insert(EMPTIED, log);
@@ -193,4 +203,32 @@ async fn lost_entries_are_remembered(root: std::path::PathBuf) {
 #[test]
 fn a_replica_stopped_for_lost_entries_stays_stopped_after_a_restart() {
     manual::run(lost_entries_are_remembered);
+}
+
+/// A log started afresh (no configuration) for a replica the leader still counts with what
+/// the old log held: the leader's heartbeats name entries it lacks. They are dropped: the
+/// replica neither stops nor takes the node down (raft-rs panics on such a heartbeat), and
+/// it votes for nobody.
+async fn fresh_log_still_counted(root: std::path::PathBuf) {
+    let (mut c, _) = committed_without_node_2(&root).await;
+    restart_emptied_with(&mut c, &root, false, &[]).await;
+    c.isolated.remove(&LAGGING);
+    c.ticks(20).await;
+    assert!(
+        c.sets[&EMPTIED].failure(G).is_none(),
+        "the fresh log stopped"
+    );
+    assert!(
+        c.logs[&EMPTIED].lost().expect("read").is_none(),
+        "marked lost"
+    );
+    let s = c.sets[&EMPTIED].status(G).expect("status");
+    assert_eq!(s.last_index, 0, "{s:?}");
+    assert_eq!(c.leader(), Some(1), "node 1 still leads");
+    c.close().await;
+}
+
+#[test]
+fn a_log_started_afresh_that_the_leader_still_counts_drops_its_heartbeats() {
+    manual::run(fresh_log_still_counted);
 }

@@ -99,6 +99,24 @@ impl EngineHandle {
         self.topics().remove(name)
     }
 
+    /// Replaces partition `partition` of `topic` by an empty log in a new directory (the
+    /// topic and its other partitions stay): for a replica moved away from this node whose
+    /// log failed or was lost. Its replication group opens again as a new, empty replica.
+    pub async fn recreate_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        self.topics().check_partition(topic, partition)?;
+        let id = PartitionId::new(topic, partition);
+        let shard = self.shard_of(topic, partition);
+        match self.here().as_ref().filter(|c| c.index == shard) {
+            Some(ctx) => crate::shard::owner::recreate(ctx, &id).await,
+            None => {
+                let (reply, rx) = oneshot::channel();
+                self.send_control(shard, ShardMsg::Recreate { id, reply })
+                    .await?;
+                rx.await.map_err(crate::shard::msg::gone)?
+            }
+        }
+    }
+
     /// Replaces every shard's copy of the catalog with the catalog as it is now, and waits
     /// until each has it.
     async fn publish_catalog(&self) -> Result<()> {

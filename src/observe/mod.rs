@@ -380,6 +380,12 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.stats.stopped_replicas_recovered.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_cluster_stopped_replicas_reset_total",
+        Kind::Counter,
+        "Replicas of this node that stopped for good and were moved to another node, whose logs this node started afresh (empty).",
+        c.stats.stopped_replicas_reset.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_cluster_nodes_removed_total",
         Kind::Counter,
         "Nodes this node, as the controller's leader, removed (left, or unreachable past the dead-node timeout).",

@@ -125,6 +125,9 @@ pub struct ClusterStats {
     /// Times this node told the controller that a replica of its own marked stopped runs
     /// again (after a restart), withdrawing the mark.
     pub stopped_replicas_recovered: std::sync::atomic::AtomicU64,
+    /// Replicas of this node that stopped for good and were moved to another node, whose
+    /// logs this node started afresh (empty).
+    pub stopped_replicas_reset: std::sync::atomic::AtomicU64,
 }
 
 /// This node in its cluster: the controller's state as applied here, and the way to change
@@ -765,7 +768,10 @@ impl ClusterHooks for NodeHooks {
             .get(&*id.topic)?
             .partitions
             .get(id.partition as usize)?;
-        if p.initial.contains(&me) {
+        // Only a replica placed here starts with the first configuration (the topic's
+        // creation). One not placed here is a log started afresh after its replica moved
+        // away (`recreate_partition`): it knows no configuration until a leader adds it.
+        if p.initial.contains(&me) && p.nodes().contains(&me) {
             Some(p.initial.clone())
         } else {
             Some(Vec::new())

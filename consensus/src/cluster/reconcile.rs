@@ -137,6 +137,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
+    reset_moved_stopped(node, s, engine);
     seen.absent
         .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
     for t in local {
@@ -166,6 +167,58 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
         }
     }
+}
+
+/// Starts afresh (empty) the log of each replica of this node that stopped for good (its log
+/// failed, or was marked lost) and that the controller moved to another node, while the
+/// topic stays here for its other partitions: placed here again later, the partition then
+/// finds an empty replica that a leader adds and catches up, instead of a stopped one.
+/// Called only on a settled state (see `local`), so "moved" is not an old view.
+fn reset_moved_stopped(node: &ClusterNode, s: &ClusterState, engine: &engine::EngineHandle) {
+    let me = node.id();
+    for (id, group) in ClusterNode::partitions(s) {
+        let Some(t) = s.topics.get(&*id.topic) else {
+            continue;
+        };
+        let placed_here = |p: &PartitionEntry| p.nodes().contains(&me);
+        let moved = t
+            .partitions
+            .get(id.partition as usize)
+            .is_some_and(|p| !placed_here(p));
+        if !moved || !t.partitions.iter().any(placed_here) {
+            continue;
+        }
+        if !stopped_for_good(node, group) {
+            continue;
+        }
+        match futures_lite::future::block_on(engine.recreate_partition(&id.topic, id.partition)) {
+            Ok(()) => {
+                log::info!(
+                    "{}/{}: this replica, stopped and moved to another node, starts afresh \
+                     (empty)",
+                    id.topic,
+                    id.partition
+                );
+                node.stats
+                    .stopped_replicas_reset
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => log::warn!(
+                "{}/{}: starting the stopped replica afresh: {e}",
+                id.topic,
+                id.partition
+            ),
+        }
+    }
+}
+
+/// True when this node's replica in `group` stopped for good (its log failed or was marked
+/// lost: until the server restarts), not for want of space.
+fn stopped_for_good(node: &ClusterNode, group: u64) -> bool {
+    node.peers
+        .board
+        .get(group)
+        .is_some_and(|v| v.stopped == Some(Stopped::Failed))
 }
 
 fn single(change_type: ConfChangeType, node: u64) -> ConfChangeV2 {
@@ -485,12 +538,7 @@ fn report_stopped(
         if !p.nodes().contains(&me) || p.stopped.contains(&me) {
             continue;
         }
-        let failed = node
-            .peers
-            .board
-            .get(group)
-            .is_some_and(|v| v.stopped == Some(Stopped::Failed));
-        if !failed {
+        if !stopped_for_good(node, group) {
             continue;
         }
         still.insert(group);

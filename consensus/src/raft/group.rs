@@ -696,6 +696,14 @@ impl<S: LogStore> GroupSet<S> {
             }
             if g.failed.is_none() {
                 if let Some(e) = lost_entries(g.id, &g.node.raft, &m) {
+                    if g.knows_no_configuration() {
+                        // A log started afresh after its replica was moved away, which the
+                        // leader still counts with what the old log held until it removes
+                        // it: it holds nothing it acknowledged and votes for nobody, so the
+                        // heartbeat is dropped (raft-rs would panic on it).
+                        self.stats.step_errors += 1;
+                        continue;
+                    }
                     // Kept across restarts: reopened, the log would look like a replica
                     // that can vote until the next heartbeat.
                     if let Err(m) = g.log.store().mark_lost(&e.to_string()) {

@@ -70,6 +70,11 @@ pub(crate) enum ShardMsg {
         id: PartitionId,
         reply: Reply<()>,
     },
+    /// Replace a partition's log by an empty one (`owner::recreate`).
+    Recreate {
+        id: PartitionId,
+        reply: Reply<()>,
+    },
     /// Replace the shard's copy of the catalog.
     CatalogChanged {
         catalog: Arc<Catalog>,
@@ -136,6 +141,9 @@ impl ShardMsg {
             }),
             ShardMsg::Remove { id, reply } => spawn(async move {
                 let _ = reply.send(owner::remove(&ctx, &id).await);
+            }),
+            ShardMsg::Recreate { id, reply } => spawn(async move {
+                let _ = reply.send(owner::recreate(&ctx, &id).await);
             }),
             ShardMsg::CatalogChanged { catalog, done } => {
                 ctx.set_catalog(catalog);
