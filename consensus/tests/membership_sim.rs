@@ -487,6 +487,45 @@ fn partition_heals_into_one_view() {
     );
 }
 
+/// A partition that heals while suspicions are still running out: one side may declare the
+/// other down after the heal (its suspicion never reached the suspected member, which could
+/// not refute it), and a member declared down rejoins under a renewed identity. Its own
+/// suspicions of others must still run out (down, or refuted), not stay for ever: a member
+/// listed suspect for good would be removed from the cluster after --dead-node-timeout while
+/// it runs (found by `proglog-chaos`, seed 1211761726955022630).
+#[test]
+fn suspicions_pending_when_a_partition_heals_still_resolve() {
+    let seed = seed_for("suspicions_pending_when_a_partition_heals_still_resolve");
+    for trial in 0..32u64 {
+        let mut sim = Sim::new(seed.wrapping_add(trial), 3, None);
+        converge(&mut sim);
+        sim.net.group = vec![0, 1, 1];
+        let limit = sim.deadline(Duration::from_secs(20));
+        let suspected = |s: &Sim| {
+            s.sees(0, 1).map(|v| v.0) == Some(MemberState::Suspect)
+                || s.sees(1, 0).map(|v| v.0) == Some(MemberState::Suspect)
+                || s.sees(2, 0).map(|v| v.0) == Some(MemberState::Suspect)
+        };
+        sim.run_until(limit, suspected)
+            .unwrap_or_else(|| panic!("seed {seed} trial {trial}: nobody suspected"));
+        // Heal somewhere inside the suspicion window (4 s by default).
+        let extra = Duration::from_millis(sim.rng.random_range(0..4500));
+        sim.run_for(extra);
+        sim.net.group = vec![0; 3];
+        let limit = sim.deadline(Duration::from_secs(60));
+        if sim.run_until(limit, Sim::converged).is_none() {
+            let views: Vec<String> = (0..3)
+                .flat_map(|o| (0..3).filter(move |&x| x != o).map(move |x| (o, x)))
+                .map(|(o, x)| format!("{o} sees {x}: {:?}", sim.sees(o, x)))
+                .collect();
+            panic!(
+                "seed {seed} trial {trial} (healed {extra:?} after the first suspicion): no \
+                 single view 60 s after the heal: {views:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn garbage_and_foreign_packets_change_nothing() {
     let seed = seed_for("garbage_and_foreign_packets_change_nothing");

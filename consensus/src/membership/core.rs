@@ -243,6 +243,8 @@ struct Runtime<'a, I: Io> {
     stats: &'a GossipStats,
     buf: &'a mut Vec<u8>,
     notes: &'a mut Vec<OwnedNotification<NodeIdentity>>,
+    /// The timer token of the last timer foca asked for.
+    token: &'a mut Option<foca::TimerToken>,
 }
 
 impl<I: Io> foca::Runtime<NodeIdentity> for Runtime<'_, I> {
@@ -261,7 +263,24 @@ impl<I: Io> foca::Runtime<NodeIdentity> for Runtime<'_, I> {
     }
 
     fn submit_after(&mut self, event: foca::Timer<NodeIdentity>, after: Duration) {
+        if let Some(t) = timer_token(&event) {
+            *self.token = Some(t);
+        }
         self.io.schedule(after, Timer::Foca(event));
+    }
+}
+
+/// The token a foca timer carries (foca ignores timers whose token is not its current one).
+fn timer_token(t: &foca::Timer<NodeIdentity>) -> Option<foca::TimerToken> {
+    use foca::Timer as T;
+    match t {
+        T::ProbeRandomMember(token)
+        | T::PeriodicAnnounce(token)
+        | T::PeriodicAnnounceDown(token)
+        | T::PeriodicGossip(token)
+        | T::SendIndirectProbe { token, .. }
+        | T::ChangeSuspectToDown { token, .. } => Some(*token),
+        T::RemoveDown(_) => None,
     }
 }
 
@@ -282,6 +301,8 @@ pub struct Core {
     buf: Vec<u8>,
     notes: Vec<OwnedNotification<NodeIdentity>>,
     answers: (Duration, u32),
+    /// foca's timer token as last seen (see `rearm_suspicions`).
+    token: Option<foca::TimerToken>,
 }
 
 impl Core {
@@ -322,6 +343,7 @@ impl Core {
             buf: Vec::new(),
             notes: Vec::new(),
             answers: (Duration::ZERO, 0),
+            token: None,
         }
     }
 
@@ -358,6 +380,7 @@ impl Core {
         shared: &'a Shared,
         buf: &'a mut Vec<u8>,
         notes: &'a mut Vec<OwnedNotification<NodeIdentity>>,
+        token: &'a mut Option<foca::TimerToken>,
     ) -> Runtime<'a, I> {
         Runtime {
             io,
@@ -365,6 +388,7 @@ impl Core {
             stats: &shared.stats,
             buf,
             notes,
+            token,
         }
     }
 
@@ -376,10 +400,21 @@ impl Core {
         f: impl FnOnce(&mut SwimNode, &mut Runtime<'_, I>) -> Result<(), foca::Error>,
     ) -> Result<(), foca::Error> {
         let mut notes = std::mem::take(&mut self.notes);
+        let before = self.token;
         let result = {
-            let mut rt = Self::runtime(io, &self.key, &self.shared, &mut self.buf, &mut notes);
+            let mut rt = Self::runtime(
+                io,
+                &self.key,
+                &self.shared,
+                &mut self.buf,
+                &mut notes,
+                &mut self.token,
+            );
             f(&mut self.foca, &mut rt)
         };
+        if before.is_some() && self.token != before {
+            self.rearm_suspicions(io);
+        }
         for n in notes.drain(..) {
             self.on_notification(n, now, io);
         }
@@ -423,6 +458,28 @@ impl Core {
                 log::warn!("gossip: this node was declared down and cannot rejoin");
             }
             _ => {}
+        }
+    }
+
+    /// foca drops the timers it set before its timer token changed (this node was declared
+    /// down and rejoined, or lost every member), among them the ones that turn a suspect
+    /// member down unless it refutes. A member suspected then stays suspect for ever if it
+    /// never hears of the suspicion (it was cut off when it was raised): listed suspect, it
+    /// is removed from the cluster after --dead-node-timeout while it runs. So each member
+    /// still suspect gets its timer again, under the new token: down after
+    /// `suspect_to_down_after` unless it refutes by then (a live member declared down hears so
+    /// and rejoins renewed).
+    fn rearm_suspicions(&mut self, io: &mut impl Io) {
+        let Some(token) = self.token else { return };
+        for m in self.foca.iter_membership_state() {
+            if m.state() == foca::State::Suspect {
+                let t = foca::Timer::ChangeSuspectToDown {
+                    member_id: m.id().clone(),
+                    incarnation: m.incarnation(),
+                    token,
+                };
+                io.schedule(self.config.suspect_to_down_after, Timer::Foca(t));
+            }
         }
     }
 
