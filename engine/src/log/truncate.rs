@@ -72,9 +72,18 @@ impl Log {
     /// Ends a truncation or reset, before it lets appends in again: latches the log if it
     /// failed (it may have left no writer, or no segments), and bumps the cut epoch so that
     /// appenders and syncs that waited across it see that offsets from `floor` on were cut.
+    ///
+    /// A cut that found the disk full before it touched a file (its first step, writing out
+    /// the buffer, failed for want of space) left the log waiting for space, in the state
+    /// any write-out leaves: that is not a failure to latch, and the log takes writes (and
+    /// cuts) again once space returns.
     pub(super) fn end_cut(&self, r: &Result<()>, floor: u64) {
         if let Err(e) = r {
-            self.latch(e);
+            let waiting =
+                matches!(e, Error::DiskFull { .. }) && self.state.borrow().disk_full.is_some();
+            if !waiting {
+                self.latch(e);
+            }
         }
         let mut st = self.state_mut();
         st.cut_epoch += 1;
@@ -82,8 +91,12 @@ impl Log {
     }
 
     async fn truncate_suffix_inner(&self, target: Target) -> Result<()> {
-        // Make the device match memory first, so the cut below works on the files only.
-        self.write_out_inner(false).await?;
+        // Make the device match memory first, so the cut below works on the files only. A
+        // failure here has touched no file: it is any write-out's (a full disk waits for
+        // space, anything else latches).
+        self.write_out_inner(false)
+            .await
+            .map_err(|e| self.fail(e))?;
         // The segment the cut falls in: it becomes the active segment again.
         let t = {
             let st = self.state.borrow();
