@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{create_topic, form, leader_of, wait, Cluster, Node};
+use common::cluster::{create_topic, form, preferred_leader_of, wait, Cluster, Node};
 use common::{cert, free_port, run_async, TestServer, BIN};
 use net::client::ClientConfig;
 use net::Code;
@@ -41,10 +41,13 @@ fn form_with_topic(name: &'static str, first_ip: u8, topic: &str) -> (Cluster, u
     let c = form(name, first_ip, &[]);
     create_topic(&c, topic, 1, 3);
     let mut leader = None;
-    wait("the topic led with three voters", || {
-        leader = leader_of(&c, topic, 0, 3);
-        leader.is_some()
-    });
+    wait(
+        "the topic led by its preferred replica with three voters",
+        || {
+            leader = preferred_leader_of(&c, topic, 0, 3);
+            leader.is_some()
+        },
+    );
     let leader = leader.unwrap_or(0);
     (c, leader)
 }
@@ -322,8 +325,8 @@ fn a_producer_outlives_kill_9_of_its_first_node_and_then_of_the_leader() {
         })
     });
     let mut leader = None;
-    wait("the leader with three voters", || {
-        leader = leader_of(&c, "kills", 0, 3);
+    wait("the preferred leader with three voters", || {
+        leader = preferred_leader_of(&c, "kills", 0, 3);
         leader.is_some()
     });
     let leader = leader.unwrap_or(0);

@@ -246,6 +246,24 @@ pub fn leader_of(c: &Cluster, topic: &str, partition: u32, voters: usize) -> Opt
     })
 }
 
+/// [`leader_of`], once the leader is the partition's preferred replica (its first placed
+/// one), to which the controller hands leadership back as soon as it is caught up: a
+/// leader found before that may move a moment later.
+pub fn preferred_leader_of(
+    c: &Cluster,
+    topic: &str,
+    partition: u32,
+    voters: usize,
+) -> Option<usize> {
+    let i = leader_of(c, topic, partition, voters)?;
+    let d = c.nodes[i].describe()?;
+    let p = d
+        .partitions
+        .iter()
+        .find(|p| p.topic == topic && p.partition == partition)?;
+    (p.replicas.first()?.node == d.node_id).then_some(i)
+}
+
 pub fn controller_leader(c: &Cluster) -> usize {
     let mut found = None;
     wait("a controller leader", || {
