@@ -644,10 +644,6 @@ fn tell_controller(
     }
 }
 
-/// Replicas on removed nodes, and replicas marked stopped, are re-created on live nodes
-/// that lack one, and a partition with fewer replicas than its factor (none was free when
-/// one was removed) gets one on a live node (one partition per pass). A stopped replica
-/// stays placed while no node can take its place (logged once per leadership).
 /// The live node to take a new replica of `entry`, whose replicas kept are on `have`: one
 /// without a replica of it nor a stopped mark on it; of those, one with no replica marked
 /// stopped anywhere (a node whose disk failed one log may fail the next), then the one with
@@ -666,6 +662,10 @@ fn new_replica_node(
         .min_by_key(|n| (troubled.contains(n), load.get(n).copied().unwrap_or(0), *n))
 }
 
+/// Replicas on removed nodes, and replicas marked stopped, are re-created on live nodes
+/// that lack one, and a partition with fewer replicas than its factor (none was free when
+/// one was removed) gets one on a live node (one partition per pass). A stopped replica
+/// stays placed while no node can take its place (logged once per leadership).
 fn replace_removed(
     node: &ClusterNode,
     s: &ClusterState,
