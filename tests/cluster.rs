@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use common::cert;
 use common::cluster::{
-    controller_leader, create_topic, form, leader_of, opts, wait, Cluster, Node,
+    controller_leader, create_topic, form, leader_of, opts, preferred_leader_of, wait, Cluster,
+    Node,
 };
 use net::blocking::BlockingChannel;
 use net::client::ClientConfig;
@@ -689,11 +690,16 @@ fn create_small_segment_topic_with(c: &Cluster, partitions: u32) -> Option<usize
         net::client::CallOptions::timeout(Duration::from_secs(30)),
     );
     r.expect("create topic s");
+    // Each partition led by its preferred replica (leadership goes there as soon as it is
+    // caught up), so that the leader a test finds here does not move a moment later.
     let mut lead = None;
-    wait("a leader of s/0 with three voters", || {
-        lead = leader_of(c, "s", 0, 3);
-        lead.is_some()
-    });
+    wait(
+        "every partition of s led by its preferred replica with three voters",
+        || {
+            lead = preferred_leader_of(c, "s", 0, 3);
+            lead.is_some() && (1..partitions).all(|p| preferred_leader_of(c, "s", p, 3).is_some())
+        },
+    );
     lead
 }
 
