@@ -89,6 +89,10 @@ struct Seen {
     /// Local topics the controller's state has never listed since this node started, with
     /// the number of passes in a row that found them so.
     absent: BTreeMap<String, u32>,
+    /// Stopped replicas whose fresh start failed, with when it last failed: tried again
+    /// after [`ASK_AGAIN`], and warned of once (passes run every few milliseconds while
+    /// commands apply, and a failing disk fails every try).
+    reset_failed: HashMap<u64, Instant>,
 }
 
 /// Passes in a row that must find a local topic missing from the controller's state (and
@@ -137,7 +141,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
-    reset_moved_stopped(node, s, engine);
+    reset_moved_stopped(node, s, engine, &mut seen.reset_failed, Instant::now());
     seen.absent
         .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
     for t in local {
@@ -174,8 +178,17 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
 /// topic stays here for its other partitions: placed here again later, the partition then
 /// finds an empty replica that a leader adds and catches up, instead of a stopped one.
 /// Called only on a settled state (see `local`), so "moved" is not an old view.
-fn reset_moved_stopped(node: &ClusterNode, s: &ClusterState, engine: &engine::EngineHandle) {
+/// A fresh start that fails is tried again after [`ASK_AGAIN`] (`failed`: when each group's
+/// last failed), and warned of once until one succeeds.
+fn reset_moved_stopped(
+    node: &ClusterNode,
+    s: &ClusterState,
+    engine: &engine::EngineHandle,
+    failed: &mut HashMap<u64, Instant>,
+    now: Instant,
+) {
     let me = node.id();
+    failed.retain(|g, _| stopped_for_good(node, *g));
     for (id, group) in ClusterNode::partitions(s) {
         let Some(t) = s.topics.get(&*id.topic) else {
             continue;
@@ -191,8 +204,13 @@ fn reset_moved_stopped(node: &ClusterNode, s: &ClusterState, engine: &engine::En
         if !stopped_for_good(node, group) {
             continue;
         }
+        let retry = failed.get(&group).copied();
+        if retry.is_some_and(|at| now.duration_since(at) < ASK_AGAIN) {
+            continue;
+        }
         match futures_lite::future::block_on(engine.recreate_partition(&id.topic, id.partition)) {
             Ok(()) => {
+                failed.remove(&group);
                 log::info!(
                     "{}/{}: this replica, stopped and moved to another node, starts afresh \
                      (empty)",
@@ -203,11 +221,23 @@ fn reset_moved_stopped(node: &ClusterNode, s: &ClusterState, engine: &engine::En
                     .stopped_replicas_reset
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => log::warn!(
-                "{}/{}: starting the stopped replica afresh: {e}",
-                id.topic,
-                id.partition
-            ),
+            Err(e) => {
+                if retry.is_none() {
+                    log::warn!(
+                        "{}/{}: starting the stopped replica afresh: {e} (tried again every \
+                         {ASK_AGAIN:?}, said once)",
+                        id.topic,
+                        id.partition
+                    );
+                } else {
+                    log::debug!(
+                        "{}/{}: starting the stopped replica afresh: {e}",
+                        id.topic,
+                        id.partition
+                    );
+                }
+                failed.insert(group, now);
+            }
         }
     }
 }
