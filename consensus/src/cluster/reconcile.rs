@@ -222,20 +222,17 @@ fn reset_moved_stopped(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
-                if retry.is_none() {
-                    log::warn!(
-                        "{}/{}: starting the stopped replica afresh: {e} (tried again every \
-                         {ASK_AGAIN:?}, said once)",
-                        id.topic,
-                        id.partition
-                    );
-                } else {
-                    log::debug!(
-                        "{}/{}: starting the stopped replica afresh: {e}",
-                        id.topic,
-                        id.partition
-                    );
-                }
+                // Said once; the retries every `ASK_AGAIN` only at debug level.
+                let level = match retry {
+                    None => log::Level::Warn,
+                    Some(_) => log::Level::Debug,
+                };
+                log::log!(
+                    level,
+                    "{}/{}: starting the stopped replica afresh: {e} (tried again every {ASK_AGAIN:?})",
+                    id.topic,
+                    id.partition
+                );
                 failed.insert(group, now);
             }
         }
