@@ -410,7 +410,23 @@ impl Core {
                 &mut notes,
                 &mut self.token,
             );
-            f(&mut self.foca, &mut rt)
+            let r = f(&mut self.foca, &mut rt);
+            // foca renews its identity (declared down, it rejoins) by resetting itself to
+            // disconnected, and only applying updates connects it again: after a rejoin
+            // caused by a message (TurnUndead) it stayed disconnected with members in view,
+            // no probe or gossip timer running, so nobody learnt the new identity unless it
+            // was probed (membership_sim seed 15098460921498634539). Applying no update
+            // connects it now, with its timers under the new token.
+            if rt
+                .notes
+                .iter()
+                .any(|n| matches!(n, OwnedNotification::Rejoin(_)))
+            {
+                if let Err(e) = self.foca.apply_many(std::iter::empty(), false, &mut rt) {
+                    log::debug!("gossip: reconnecting after a rejoin: {e}");
+                }
+            }
+            r
         };
         if before.is_some() && self.token != before {
             self.rearm_suspicions(io);
