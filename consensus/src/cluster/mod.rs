@@ -355,32 +355,27 @@ impl ClusterNode {
         }
     }
 
-    /// The replay is over: its state replaces the one held.
+    /// The replay is over: its state replaces the one held. It may still wait for its
+    /// checkpoint: a log compacted just below it, whose last batch was written before the
+    /// checkpoint was known committed, recovers a commit index below it; the checkpoint is
+    /// then applied as raft-rs learns the commit index, and nothing before it.
     fn replay_end(&self) {
-        let Some(mut rebuilt) = self.replay.lock().ok().and_then(|mut r| r.take()) else {
+        let Some(rebuilt) = self.replay.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
         if rebuilt.awaiting_checkpoint {
-            // Cannot be with a log compacted only below a checkpoint; kept visible rather
-            // than guessed: the state stays as it was until the next checkpoint.
-            log::error!(
-                "controller: the replayed log starts past its first entry and holds no valid \
-                 checkpoint; the state waits for the next one"
+            log::info!(
+                "controller: the log retained holds no committed checkpoint yet; the state \
+                 starts from the first one applied"
             );
-            let Ok(mut s) = self.state.write() else {
-                return;
-            };
-            s.awaiting_checkpoint = true;
-            s.applied = 0;
-            return;
+        } else {
+            log::info!(
+                "controller: state rebuilt through index {} (checkpoint at {})",
+                rebuilt.applied,
+                rebuilt.last_checkpoint
+            );
         }
-        log::info!(
-            "controller: state rebuilt through index {} (checkpoint at {})",
-            rebuilt.applied,
-            rebuilt.last_checkpoint
-        );
         if let Ok(mut s) = self.state.write() {
-            rebuilt.awaiting_checkpoint = false;
             *s = rebuilt;
         }
         self.after_change();

@@ -813,7 +813,9 @@ fn controller(
     if remove_dead(node, s, countdown) || replace_removed(node, s, unplaced) {
         return;
     }
-    let every = node.checkpoint_every.load(std::sync::atomic::Ordering::Relaxed);
+    let every = node
+        .checkpoint_every
+        .load(std::sync::atomic::Ordering::Relaxed);
     if every > 0 && s.since_checkpoint >= every {
         // Proposed by the Ready loop once nothing follows its applied index (not answered:
         // the next pass asks again until one is applied).

@@ -697,19 +697,28 @@ mod tests {
     #[test]
     fn a_checkpoint_round_trips_and_applying_it_gives_the_state_it_was_taken_from() {
         let s = busy();
-        assert_eq!((s.applied, s.since_checkpoint, s.last_checkpoint), (7, 6, 0));
+        assert_eq!(
+            (s.applied, s.since_checkpoint, s.last_checkpoint),
+            (7, 6, 0)
+        );
         // Taken through index 9 (entries 8 and 9 were no commands), it lands at 10.
         let c = Command::checkpoint(&s, 9);
         let bytes = c.encode();
         assert_eq!(Command::decode(&bytes).unwrap(), c);
         let json = String::from_utf8_lossy(&bytes).to_string();
-        assert!(json.starts_with(r#"{"op":"checkpoint","version":1,"at":9,"state":{"#), "{json}");
+        assert!(
+            json.starts_with(r#"{"op":"checkpoint","version":1,"at":9,"state":{"#),
+            "{json}"
+        );
         assert!(!json.contains("awaiting"), "{json}");
 
         // A replica that holds the state: it holds exactly the checkpoint's content.
         let mut held = s.clone();
         assert_eq!(held.apply(10, &c), Applied::Checkpoint);
-        assert_eq!((held.applied, held.last_checkpoint, held.since_checkpoint), (10, 10, 0));
+        assert_eq!(
+            (held.applied, held.last_checkpoint, held.since_checkpoint),
+            (10, 10, 0)
+        );
 
         // A replica whose log starts at the checkpoint (compacted below it) skips what comes
         // before and takes the state from it: the same state.
@@ -722,7 +731,10 @@ mod tests {
         assert_eq!(fresh, held);
         // Both go on alike.
         for st in [&mut held, &mut fresh] {
-            assert_eq!(st.apply(11, &Command::Register { node: node("d") }), Applied::Done);
+            assert_eq!(
+                st.apply(11, &Command::Register { node: node("d") }),
+                Applied::Done
+            );
             assert_eq!(st.since_checkpoint, 1);
         }
         assert_eq!(fresh, held);

@@ -466,6 +466,20 @@ impl<S: LogStore> GroupSet<S> {
         out
     }
 
+    /// Where a checkpoint of group `id`'s in-memory state may be taken: its applied index,
+    /// when this node leads the group and nothing follows that index in its log, so that an
+    /// entry proposed now lands right after it (unless another leader's replaces it).
+    pub fn checkpoint_at(&self, id: u64) -> Option<u64> {
+        let g = self.groups.get(&id)?;
+        let r = &g.node.raft;
+        let applied = r.raft_log.applied;
+        (g.failed.is_none()
+            && r.state == StateRole::Leader
+            && r.raft_log.last_index() == applied
+            && r.raft_log.committed == applied)
+            .then_some(applied)
+    }
+
     /// Raft's first index of group `id` (the snapshot point + 1).
     pub fn first_index(&self, id: u64) -> Option<u64> {
         self.groups

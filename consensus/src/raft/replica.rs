@@ -27,8 +27,7 @@
 use super::error::Error;
 use super::forward::add;
 use super::group::{
-    GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SnapshotJob,
-    StateEvent,
+    GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SnapshotJob, StateEvent,
 };
 use super::snapshot_transfer::{self, FilesRequest, ProgressReport};
 use super::transport::{Links, Peers};
@@ -597,9 +596,9 @@ async fn compact_controller(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loo
     }
     lp.next_compaction = Instant::now() + CONTROLLER_COMPACT_EVERY;
     match set.compact_for_retention(0, checkpoint - 1, None).await {
-        Ok(Some(i)) => log::info!(
-            "controller: log compacted to index {i} (checkpoint at {checkpoint})"
-        ),
+        Ok(Some(i)) => {
+            log::info!("controller: log compacted to index {i} (checkpoint at {checkpoint})")
+        }
         Ok(None) => {}
         Err(e) => log::warn!("controller: log not compacted below its checkpoint: {e}"),
     }
@@ -906,19 +905,15 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
 /// its log ends at its applied index: every command of the log is in the state, and the
 /// checkpoint's entry comes right after it (a checkpoint elsewhere is a no-op).
 fn propose_checkpoint(inner: &Inner, set: &mut GroupSet<Log>) {
-    let (Some(h), Some(s)) = (&inner.hooks.0, set.status(0)) else {
+    let (Some(h), Some(at)) = (&inner.hooks.0, set.checkpoint_at(0)) else {
         return;
     };
-    if s.role != StateRole::Leader || s.stopped.is_some() || s.last_index != s.applied {
-        return;
-    }
-    let Some(command) = h.checkpoint(s.applied) else {
+    let Some(command) = h.checkpoint(at) else {
         return;
     };
     match set.forward_command(0, &command) {
         Ok(()) => log::info!(
-            "controller: checkpoint of the state through index {} proposed ({} bytes)",
-            s.applied,
+            "controller: checkpoint of the state through index {at} proposed ({} bytes)",
             command.len()
         ),
         Err(e) => log::info!("controller: checkpoint not proposed: {e}"),
