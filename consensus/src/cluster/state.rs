@@ -8,6 +8,11 @@
 //! the same state after the same index. A command that no longer fits (a topic created twice
 //! by two racing requests, a node removed twice) is applied as a no-op, never an error: the
 //! log is the order.
+//!
+//! A `checkpoint` command carries the whole state as applied through index `at`, and is valid
+//! only at `at + 1`: there it replaces the state (equal to it on a replica that holds the
+//! state), and a replay of a log compacted below it starts from it ([`ClusterState::
+//! replaying_from`]); anywhere else it is a no-op on every replica alike.
 
 use engine::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -749,6 +754,40 @@ mod tests {
         );
         // A whole log replays from the start, as before checkpoints.
         assert!(!ClusterState::replaying_from(1).awaiting_checkpoint);
+    }
+
+    /// The bytes docs/format.md shows for a checkpoint.
+    #[test]
+    fn a_checkpoint_encodes_as_docs_format_md_shows() {
+        let mut s = ClusterState::default();
+        let mut a = node("a");
+        a.rpc_addr = "10.0.0.1:8400".into();
+        a.gossip_addr = "10.0.0.1:8401".into();
+        a.shards = 1;
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: a,
+            },
+        );
+        let json = String::from_utf8(Command::checkpoint(&s, 3).encode()).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"op":"checkpoint","version":1,"at":3,"state":{"cluster_id":"c","#,
+                r#""next_id":2,"nodes":[[1,{"member":"a","name":"a","#,
+                r#""rpc_addr":"10.0.0.1:8400","gossip_addr":"10.0.0.1:8401","shards":1,"#,
+                r#""removed":false}]],"topics":{},"applied":1,"last_checkpoint":0,"#,
+                r#""since_checkpoint":1}}"#
+            )
+        );
+        let mut fresh = ClusterState::replaying_from(4);
+        assert_eq!(
+            fresh.apply(4, &Command::decode(json.as_bytes()).unwrap()),
+            Applied::Checkpoint
+        );
+        assert_eq!(fresh.id_of("a"), Some(1));
     }
 
     #[test]
