@@ -584,17 +584,19 @@ fn campaign_if_alone(inner: &Inner, set: &mut GroupSet<Log>, group: u64) {
 /// The checkpoint itself stays: a replay starts from it.
 async fn compact_controller(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop) {
     let Some(h) = &inner.hooks.0 else { return };
-    if Instant::now() < lp.next_compaction {
+    // Looked at once a second at most: this runs after every round of the shard.
+    let now = Instant::now();
+    if now < lp.next_compaction {
         return;
     }
-    let checkpoint = h.checkpoint_index();
+    lp.next_compaction = now + CONTROLLER_COMPACT_EVERY;
     let Some(first) = set.first_index(0) else {
         return;
     };
+    let checkpoint = h.checkpoint_index();
     if checkpoint <= first || set.failure(0).is_some() {
         return;
     }
-    lp.next_compaction = Instant::now() + CONTROLLER_COMPACT_EVERY;
     match set.compact_for_retention(0, checkpoint - 1, None).await {
         Ok(Some(i)) => {
             log::info!("controller: log compacted to index {i} (checkpoint at {checkpoint})")
