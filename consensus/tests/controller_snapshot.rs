@@ -7,6 +7,9 @@
 //! a restart of either rebuilds the same state from its log (the engine keeps the whole
 //! segment: a replay from index 1, every checkpoint checked against the state).
 
+// raft-rs's message types (rust-protobuf) are filled field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 mod common;
 
 use common::{serial, stat, wait_until, Cluster, HooksFactory};
