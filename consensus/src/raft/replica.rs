@@ -554,7 +554,9 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
             continue;
         }
         set.remove_group(group);
-        match set.add_group(group, log, &[]).await {
+        // The controller's state machine is rebuilt from the log as at a start: a group
+        // opened without it would not rebuild it after a later snapshot install either.
+        match set.add_group_with(group, log, &[], group == 0).await {
             Ok(()) => {
                 log::info!("Raft group {group} opened again: its log takes writes again");
                 campaign_if_alone(inner, set, group);
