@@ -505,9 +505,8 @@ struct Loop {
     opening: Vec<Opening>,
     /// Each group's log, to open a group again after its log recovered from a full disk.
     logs: HashMap<u64, Rc<Log>>,
-    /// Groups of one voter (this node) that could not campaign when opened: raft-rs waits
-    /// until every configuration change its log holds is applied (one past the recovered
-    /// commit index is applied once this node commits it).
+    /// Groups of one voter (this node) that could not campaign when opened: raft-rs refuses
+    /// while a configuration change up to its commit index is not applied yet.
     campaign_later: Vec<u64>,
     /// When the controller's log may next be compacted below its last checkpoint.
     next_compaction: Instant,
