@@ -5,8 +5,9 @@
 //! in at its end), proposes checkpoints where `GroupSet::checkpoint_at` allows, and compacts
 //! below its last checkpoint through retention's path, as the shard's loop does:
 //!
-//! - many commands, checkpoints among them (and stale ones, which change nothing), the log
-//!   compacted on every node (first index past 1), every state the same;
+//! - many commands, checkpoints among them (records, as the loop proposes them, and stale
+//!   ones as commands, which change nothing), the log compacted on every node (first index
+//!   past 1), every state the same;
 //! - a replica restarted replays from its checkpoint and holds the same state;
 //! - a replica added after the compaction, and one that was down while the leader compacted
 //!   past it, get a snapshot and rebuild the same state from it, also after a restart;
@@ -239,7 +240,11 @@ impl Cluster {
         let state = &self.machines[&l].state;
         assert!(state.applied <= at);
         let c = Command::checkpoint(state, at);
-        self.propose(&c);
+        // As a record, as the loop proposes it (the stale ones below go as commands: a
+        // checkpoint is read the same either way).
+        self.set(l)
+            .forward_command_as_record(G, &c.encode(), 0)
+            .expect("propose");
         true
     }
 

@@ -575,6 +575,30 @@ impl<S: LogStore> GroupSet<S> {
         Ok(())
     }
 
+    /// [`forward_command`](Self::forward_command), the command stored as a data entry of one
+    /// record ([`entry::controller_record_proposal`]): it takes one offset, so the controller's
+    /// segment can roll after it. Group `id` must rebuild its state from its log
+    /// (`add_group_with` and `replay`), or the record would be read as a client's.
+    pub fn forward_command_as_record(
+        &mut self,
+        id: u64,
+        command: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<()> {
+        let g = self.group_mut(id)?;
+        if !g.replay {
+            return Err(Error::InvalidProposal(format!(
+                "group {id} does not read records as commands"
+            )));
+        }
+        if g.node.raft.leader_id == raft::INVALID_ID {
+            return Err(Error::NoLeader { group: id });
+        }
+        let data = entry::controller_record_proposal(command, timestamp_ms);
+        g.node.propose(Vec::new(), Vec::from(data))?;
+        Ok(())
+    }
+
     fn propose_data(
         &mut self,
         id: u64,
@@ -1351,7 +1375,8 @@ async fn replayed<S: LogStore>(log: &RaftLog<S>, upto: u64) -> Result<Vec<StateE
                 });
             }
             let e = entry::decode(&b.header, &b.bytes)?;
-            if let Some(c) = entry::controller_command(&e) {
+            let command = entry::controller_command(&e).or_else(|| entry::controller_record(&e));
+            if let Some(c) = command {
                 out.push(StateEvent::Command {
                     index,
                     command: c.to_vec(),
@@ -1474,7 +1499,9 @@ impl<S: LogStore> Group<S> {
                 self.log.set_conf_state(cs, e.index)?;
                 self.conf_index = e.index;
             }
-            if let Some(c) = entry::controller_command(e) {
+            let command = entry::controller_command(e)
+                .or_else(|| self.replay.then(|| entry::controller_record(e)).flatten());
+            if let Some(c) = command {
                 self.commands.push(StateEvent::Command {
                     index: e.index,
                     command: c.to_vec(),
