@@ -4,8 +4,15 @@
 //! checkpoint is asked for every 5 (as the reconcile pass does), each applied one compacts
 //! the log below it (`raft.meta`'s snapshot point moves); node 2, added afterwards, is behind
 //! the leader's first index and gets the log as a snapshot, whose install rebuilds its state;
-//! a restart of either rebuilds the same state from its log (the engine keeps the whole
-//! segment: a replay from index 1, every checkpoint checked against the state).
+//! a restart of either rebuilds the same state from its log.
+//!
+//! The log shrinks on disk: each checkpoint is a record (it takes one offset), so the
+//! controller's segments ([`CONTROLLER_SEGMENT_BYTES`], whatever the catalog says: the test
+//! creates the partition with the defaults, as a data directory of an earlier version holds
+//! it) roll, and the compaction below a checkpoint deletes the segments before it: the first
+//! one, whose commands take no offset as every earlier version wrote them, is gone, the files
+//! left are bounded, a restart replays from a checkpoint, and the snapshot a node added later
+//! receives is as small as the retained log.
 
 // raft-rs's message types (rust-protobuf) are filled field by field.
 #![allow(clippy::field_reassign_with_default)]
@@ -17,7 +24,7 @@ use consensus::cluster::state::{ClusterState, Command, NodeEntry};
 use consensus::cluster::ClusterNode;
 use consensus::raft::transport::Peers;
 use consensus::raft::RaftMeta;
-use engine::{EngineConfig, LogConfig, CONTROLLER_TOPIC};
+use engine::{EngineConfig, LogConfig, CONTROLLER_SEGMENT_BYTES, CONTROLLER_TOPIC};
 use futures_lite::future::block_on;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use std::collections::BTreeMap;
@@ -60,9 +67,33 @@ fn attach(c: &Cluster, nodes: &Nodes, id: u64) {
     }
 }
 
+/// Node `id`'s controller partition directory.
+fn controller_dir(c: &Cluster, id: u64) -> std::path::PathBuf {
+    engine::catalog::partition_dir(&c.root.join(format!("n{id}")), CONTROLLER_TOPIC, 0)
+}
+
+/// The segment data files of node `id`'s controller log: (base offset, file length).
+fn segment_files(c: &Cluster, id: u64) -> Vec<(u64, u64)> {
+    let mut files: Vec<(u64, u64)> = std::fs::read_dir(controller_dir(c, id))
+        .expect("lists the controller's directory")
+        .filter_map(|e| {
+            let e = e.expect("a directory entry");
+            let name = e.file_name().into_string().ok()?;
+            let base = name.strip_suffix(".log")?.parse().ok()?;
+            Some((base, e.metadata().expect("metadata").len()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn total_bytes(files: &[(u64, u64)]) -> u64 {
+    files.iter().map(|&(_, len)| len).sum()
+}
+
 /// The snapshot point of node `id`'s controller log, from its `raft.meta`.
 fn snapshot_point(c: &Cluster, id: u64) -> u64 {
-    let dir = engine::catalog::partition_dir(&c.root.join(format!("n{id}")), CONTROLLER_TOPIC, 0);
+    let dir = controller_dir(c, id);
     let bytes = engine::meta::read(&dir, "raft.meta")
         .expect("raft.meta reads")
         .expect("raft.meta exists");
@@ -141,15 +172,81 @@ fn controller_checkpoints_compact_its_log_and_a_node_added_later_rebuilds_the_st
         snapshot_point(&c, 1) == n1.state().last_checkpoint - 1
     });
 
+    // So far one segment, at offset 0: the commands before the first checkpoint take no
+    // offset (as every earlier version wrote them), the checkpoints one each.
+    let files = segment_files(&c, 1);
+    assert_eq!(files.first().map(|f| f.0), Some(0), "{files:?}");
+
+    // Commands of 32 KiB (one member registering again and again under a long name, so the
+    // state stays small) fill several segments; a checkpoint every 5 commands.
+    let long = "x".repeat(32 << 10);
+    let mut written = 0u64;
+    let (mut i, mut peak) = (0, 0);
+    while written < 5 * CONTROLLER_SEGMENT_BYTES {
+        let command = Command::Register {
+            node: NodeEntry {
+                member: "member-big".into(),
+                name: format!("{long}{i}"),
+                ..entry("big")
+            },
+        };
+        written += command.encode().len() as u64;
+        block_on(n1.propose(&command)).expect("register");
+        if n1.state().since_checkpoint >= 5 {
+            n1.request_checkpoint();
+            wait_until("a checkpoint applied", || n1.state().since_checkpoint < 5);
+        }
+        peak = peak.max(total_bytes(&segment_files(&c, 1)));
+        i += 1;
+    }
+    n1.request_checkpoint();
+    wait_until("the last checkpoint applied", || {
+        n1.state().since_checkpoint == 0
+    });
+    let big = n1.state();
+    wait_until("node 1's log compacted below its last checkpoint", || {
+        snapshot_point(&c, 1) == big.last_checkpoint - 1
+    });
+    // The segments below the checkpoint are deleted: the first one (offset 0) among them,
+    // and what is left is bounded by the segment size, not by what was written.
+    let files = segment_files(&c, 1);
+    println!(
+        "{written} bytes of commands in {i} commands, through index {}; at most {peak} bytes \
+         of segment files meanwhile, left: {files:?}",
+        big.applied
+    );
+    assert!(peak > CONTROLLER_SEGMENT_BYTES, "{peak}");
+    assert!(files.first().is_some_and(|f| f.0 > 0), "{files:?}");
+    assert!(files.len() <= 3, "{files:?}");
+    assert!(
+        total_bytes(&files) <= 3 * CONTROLLER_SEGMENT_BYTES,
+        "{} bytes left of {written}: {files:?}",
+        total_bytes(&files)
+    );
+
     // Node 2 joins now: the leader's log starts past what it holds (nothing), so it gets a
-    // snapshot, and its state is rebuilt from the installed log.
+    // snapshot, as small as the retained log, and its state is rebuilt from the installed
+    // log.
     block_on(n1.conf_change(0, 0, add_learner(2))).expect("node 2 added");
     let n2 = cluster_node(&nodes, 2);
     wait_until("node 2 holds node 1's state", || {
         same(&n2.state(), &n1.state())
     });
-    assert!(stat(&c.node(2).peers.snapshots.stats.installed) >= 1);
+    let snapshots = &c.node(2).peers.snapshots.stats;
+    assert!(stat(&snapshots.installed) >= 1);
+    let received = stat(&snapshots.bytes_received);
+    println!("node 2 received a snapshot of {received} bytes");
+    assert!(
+        received > 0 && received <= 3 * CONTROLLER_SEGMENT_BYTES,
+        "{received} bytes"
+    );
+    assert!(
+        segment_files(&c, 2).first().is_some_and(|f| f.0 > 0),
+        "{:?}",
+        segment_files(&c, 2)
+    );
     assert_eq!(n2.state().id_of("member-n22"), Some(24));
+    assert_eq!(n2.state().id_of("member-big"), Some(25));
 
     // Both go on alike: more commands, another checkpoint.
     for i in 0..6 {
@@ -183,6 +280,9 @@ fn controller_checkpoints_compact_its_log_and_a_node_added_later_rebuilds_the_st
     attach(&c, &nodes, 1);
     let n1 = cluster_node(&nodes, 1);
     wait_until("node 1 rebuilt its state", || same(&n1.state(), &before));
+    // From a checkpoint: the log it replayed starts past index 1.
+    let files = segment_files(&c, 1);
+    assert!(files.first().is_some_and(|f| f.0 > 0), "{files:?}");
     wait_until("node 1 leads again", || n1.is_controller_leader());
     block_on(n1.propose(&Command::Register {
         node: entry_at("a", c.node(1).addr.to_string()),
