@@ -360,6 +360,20 @@ mod tests {
         assert_eq!(back, cc);
     }
 
+    /// The framing docs/format.md shows for a checkpoint proposed as a record.
+    #[test]
+    fn a_command_as_a_record_is_framed_as_docs_format_md_shows() {
+        let data = controller_record_proposal(b"{}", 7);
+        let mut want = vec![0u8];
+        want.extend_from_slice(&7i64.to_le_bytes());
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(b"CTL1");
+        want.extend_from_slice(b"{}");
+        assert_eq!(&data[..], &want[..]);
+        assert_eq!(CONTROLLER_RECORD_TYPE, 0x314C_5443);
+    }
+
     #[test]
     fn a_known_payload_crc_encodes_the_same_batch() {
         let mut e = Entry::default();
