@@ -908,9 +908,9 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
 /// Proposes a checkpoint of the controller's state when this node leads the controller and
 /// its log ends at its applied index: every command of the log is in the state, and the
 /// checkpoint's entry comes right after it (a checkpoint elsewhere is a no-op). The
-/// checkpoint is a data entry of one record ([`crate::raft::entry::controller_record_proposal`]): a node
-/// built before it reads it as a record nobody reads, which leaves its state as it is, as the
-/// checkpoint would.
+/// checkpoint is a data entry of one record
+/// ([`crate::raft::entry::controller_record_proposal`]): a node built before it reads it as a
+/// record nobody reads, which leaves its state as it is, as the checkpoint would.
 fn propose_checkpoint(inner: &Inner, set: &mut GroupSet<Log>) {
     let (Some(h), Some(at)) = (&inner.hooks.0, set.checkpoint_at(0)) else {
         return;
