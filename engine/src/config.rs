@@ -105,7 +105,32 @@ impl Default for LogConfig {
     }
 }
 
+/// Segment size of the controller's log ([`crate::CONTROLLER_TOPIC`]), whatever its catalog
+/// entry says ([`LogConfig::for_controller`]). Small, so that the controller's log, compacted
+/// below its checkpoints, drops whole segments and stays small on disk; large enough for the
+/// largest command (1 MiB) in one batch.
+pub const CONTROLLER_SEGMENT_BYTES: u64 = 2 << 20;
+
+const _: () = assert!(MIN_SEGMENT_BYTES <= CONTROLLER_SEGMENT_BYTES);
+
 impl LogConfig {
+    /// The settings the controller's log runs with: these, with segments of
+    /// [`CONTROLLER_SEGMENT_BYTES`] (batches up to a segment), and no retention (the
+    /// controller compacts its log itself, below its checkpoints). Applied when the log is
+    /// opened, so a data directory whose catalog holds other settings (created before them)
+    /// gets them too: only sizes and the deletion of old segments change, nothing on disk.
+    pub fn for_controller(mut self) -> LogConfig {
+        self.segment_bytes = CONTROLLER_SEGMENT_BYTES;
+        self.max_batch_bytes = CONTROLLER_SEGMENT_BYTES as usize - HEADER_LEN;
+        self.max_record_bytes = self.max_batch_bytes;
+        self.write_behind_bytes = self
+            .write_behind_bytes
+            .max(CONTROLLER_SEGMENT_BYTES as usize);
+        self.retention_bytes = 0;
+        self.retention_ms = 0;
+        self
+    }
+
     /// Checks the settings against their bounds; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
@@ -205,6 +230,32 @@ impl EngineConfig {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controllers_settings_are_valid_whatever_they_start_from() {
+        let small = LogConfig {
+            segment_bytes: MIN_SEGMENT_BYTES,
+            max_batch_bytes: 1024,
+            max_record_bytes: 1024,
+            write_behind_bytes: 1024 + HEADER_LEN,
+            retention_bytes: 1,
+            retention_ms: 1,
+            ..LogConfig::default()
+        };
+        for base in [LogConfig::default(), small] {
+            let c = base.for_controller();
+            assert_eq!(c.validate(), Ok(()));
+            assert_eq!(c.segment_bytes, CONTROLLER_SEGMENT_BYTES);
+            // The largest command (1 MiB) and a record's framing fit in one batch.
+            assert!(c.max_batch_bytes >= (1 << 20) + 8);
+            assert_eq!((c.retention_bytes, c.retention_ms), (0, 0));
         }
     }
 }

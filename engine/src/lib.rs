@@ -65,7 +65,7 @@ pub use batch::{NewRecord, Record};
 pub const CONTROLLER_TOPIC: &str = "__cluster";
 pub use budget::FileBudget;
 pub use catalog::TopicInfo;
-pub use config::{Durability, EngineConfig, LogConfig};
+pub use config::{Durability, EngineConfig, LogConfig, CONTROLLER_SEGMENT_BYTES};
 pub use error::{Error, Result};
 pub use log::{
     Appended, Log, LogStats, RawBatches, Removed, SnapshotReader, Visibility, WriteState,

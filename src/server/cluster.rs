@@ -83,14 +83,14 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
 }
 
 /// The controller partition's settings: every command durable before it is acknowledged,
-/// and never deleted by retention (the controller rebuilds its state from it).
+/// never deleted by retention (the controller compacts it below its checkpoints), small
+/// segments (`LogConfig::for_controller`, which the engine applies at open anyway).
 pub fn controller_config(settings: &Settings) -> LogConfig {
     LogConfig {
         durability: engine::Durability::Always,
-        retention_bytes: 0,
-        retention_ms: 0,
         ..settings.log_config()
     }
+    .for_controller()
 }
 
 /// Joins or bootstraps (see the module doc), then starts the reconcile loops.

@@ -24,10 +24,10 @@ use engine::{EngineHandle, LogConfig};
 use event_listener::Event;
 use futures_channel::oneshot;
 use raft::StateRole;
-use state::{ClusterState, Command, NodeEntry};
+use state::{Applied, ClusterState, Command, NodeEntry};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long an administrative change waits for the controller to commit and the local node
@@ -37,6 +37,10 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The largest controller command proposed (a topic of the most partitions, each with its
 /// replicas, fits with room to spare; the controller's log never sees a batch near its limit).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+
+/// Controller commands applied between two checkpoints the controller's leader proposes
+/// (`ClusterNode::checkpoint_every`; 0: none).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 
 /// What the cluster layer answers.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,12 @@ pub struct ClusterNode {
     /// Peer TLS is on: names of peers are checked against their certificates.
     pub peer_tls: bool,
     state: RwLock<ClusterState>,
+    /// A replay of the controller log under way (at open, or after a snapshot installed):
+    /// its state is built here and replaces `state` at its end, so that nobody reads a
+    /// state half rebuilt.
+    replay: Mutex<Option<ClusterState>>,
+    /// Commands between two checkpoints ([`DEFAULT_CHECKPOINT_EVERY`]; 0: none).
+    pub checkpoint_every: AtomicU64,
     /// Notified whenever a command is applied.
     pub changed: Event,
     /// Notified after each reconcile pass (so that waiters see their deadlines).
@@ -170,6 +180,8 @@ impl ClusterNode {
             peer_tls: peers.tls.is_some(),
             peers,
             state: RwLock::new(ClusterState::default()),
+            replay: Mutex::new(None),
+            checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
             changed: Event::new(),
             tick: Event::new(),
             engine: OnceLock::new(),
@@ -294,17 +306,33 @@ impl ClusterNode {
                 return;
             }
         };
-        let nodes: Vec<(u64, String)> = {
+        if let Ok(mut replay) = self.replay.lock() {
+            if let Some(s) = replay.as_mut() {
+                let outcome = s.apply(index, &c);
+                log_applied(index, &c, &outcome, true);
+                return;
+            }
+        }
+        let outcome = {
             let Ok(mut s) = self.state.write() else {
                 return;
             };
-            s.apply(index, &c);
-            s.nodes
+            s.apply(index, &c)
+        };
+        log_applied(index, &c, &outcome, false);
+        self.after_change();
+    }
+
+    /// The registry's addresses to the transport, and the news to waiters.
+    fn after_change(&self) {
+        let nodes: Vec<(u64, String)> = match self.state.read() {
+            Ok(s) => s
+                .nodes
                 .iter()
                 .map(|(id, n)| (*id, n.rpc_addr.clone()))
-                .collect()
+                .collect(),
+            Err(_) => return,
         };
-        log::info!("controller: applied {index}: {}", describe_command(&c));
         for (id, addr) in nodes {
             self.add_peer(id, &addr);
         }
@@ -314,6 +342,73 @@ impl ClusterNode {
         // transport would reconnect there each time.
         self.refresh_addresses(&self.state());
         self.changed.notify(usize::MAX);
+    }
+
+    /// The controller log's committed entries from `first_index` to `last_index` are replayed
+    /// next: a state starts from them, aside.
+    fn replay_start(&self, first_index: u64, last_index: u64) {
+        log::info!(
+            "controller: rebuilding the state from the log's entries {first_index}..={last_index}"
+        );
+        if let Ok(mut r) = self.replay.lock() {
+            *r = Some(ClusterState::replaying_from(first_index));
+        }
+    }
+
+    /// The replay is over: its state replaces the one held. It may still wait for its
+    /// checkpoint: a log compacted just below it, whose last batch was written before the
+    /// checkpoint was known committed, recovers a commit index below it; the checkpoint is
+    /// then applied as raft-rs learns the commit index, and nothing before it.
+    fn replay_end(&self) {
+        let Some(rebuilt) = self.replay.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        if rebuilt.awaiting_checkpoint {
+            log::info!(
+                "controller: the log retained holds no committed checkpoint yet; the state \
+                 starts from the first one applied"
+            );
+        } else {
+            log::info!(
+                "controller: state rebuilt through index {} (checkpoint at {})",
+                rebuilt.applied,
+                rebuilt.last_checkpoint
+            );
+        }
+        if let Ok(mut s) = self.state.write() {
+            *s = rebuilt;
+        }
+        self.after_change();
+    }
+
+    /// Asks the controller's Ready loop (this node leads it) to propose a checkpoint.
+    pub fn request_checkpoint(&self) {
+        if let Some(engine) = self.engine.get() {
+            let _ = engine.deliver(0, Box::new(ControlMsg::Checkpoint));
+        }
+    }
+
+    /// A checkpoint of the state applied through log index `at` (nothing after it applied),
+    /// encoded; `None` while a replay is under way, while the state waits for a checkpoint,
+    /// or when it would not fit in a command.
+    fn checkpoint(&self, at: u64) -> Option<Vec<u8>> {
+        if self.replay.lock().ok()?.is_some() {
+            return None;
+        }
+        let s = self.state.read().ok()?;
+        if s.awaiting_checkpoint || s.applied > at {
+            return None;
+        }
+        let bytes = Command::checkpoint(&s, at).encode();
+        if bytes.len() > MAX_COMMAND_BYTES {
+            log::warn!(
+                "controller: a checkpoint of {} bytes does not fit in a command (at most \
+                 {MAX_COMMAND_BYTES}): not proposed, the log is not compacted",
+                bytes.len()
+            );
+            return None;
+        }
+        Some(bytes)
     }
 
     /// The controller group's state on this node.
@@ -745,6 +840,32 @@ fn describe_command(c: &Command) -> String {
             partition,
             node,
         } => format!("replica of {topic}/{partition} on node {node} runs again: stays"),
+        Command::Checkpoint { at, state, .. } => format!(
+            "checkpoint of the state through index {at} ({} nodes, {} topics)",
+            state.nodes.len(),
+            state.topics.len()
+        ),
+    }
+}
+
+fn log_applied(index: u64, c: &Command, outcome: &Applied, replay: bool) {
+    let what = describe_command(c);
+    let again = if replay { " (replay)" } else { "" };
+    match outcome {
+        Applied::Done | Applied::Checkpoint if replay => {
+            log::debug!("controller: applied {index}{again}: {what}")
+        }
+        Applied::Done | Applied::Checkpoint => log::info!("controller: applied {index}: {what}"),
+        Applied::Again | Applied::AwaitingCheckpoint => {
+            log::debug!("controller: {index} skipped ({outcome:?}){again}: {what}")
+        }
+        Applied::StaleCheckpoint { at } => log::info!(
+            "controller: {index}: a checkpoint taken through {at} landed later: ignored{again}"
+        ),
+        Applied::Diverged => log::error!(
+            "controller: {index}: the checkpoint differs from the state held here; its \
+             content is taken{again}"
+        ),
     }
 }
 
@@ -780,5 +901,21 @@ impl ClusterHooks for NodeHooks {
 
     fn applied(&self, index: u64, command: &[u8]) {
         self.0.apply(index, command);
+    }
+
+    fn replay_start(&self, first_index: u64, last_index: u64) {
+        self.0.replay_start(first_index, last_index);
+    }
+
+    fn replay_end(&self) {
+        self.0.replay_end();
+    }
+
+    fn checkpoint_index(&self) -> u64 {
+        self.0.state.read().map(|s| s.last_checkpoint).unwrap_or(0)
+    }
+
+    fn checkpoint(&self, at: u64) -> Option<Vec<u8>> {
+        self.0.checkpoint(at)
     }
 }

@@ -813,6 +813,14 @@ fn controller(
     if remove_dead(node, s, countdown) || replace_removed(node, s, unplaced) {
         return;
     }
+    let every = node
+        .checkpoint_every
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if every > 0 && s.since_checkpoint >= every {
+        // Proposed by the Ready loop once nothing follows its applied index (not answered:
+        // the next pass asks again until one is applied).
+        node.request_checkpoint();
+    }
     let live = node.live_nodes(s);
     let target = live.len().clamp(1, 3) as u32;
     let Some(t) = s.topics.get(DEFAULT_TOPIC_NAME) else {

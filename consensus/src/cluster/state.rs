@@ -8,6 +8,11 @@
 //! the same state after the same index. A command that no longer fits (a topic created twice
 //! by two racing requests, a node removed twice) is applied as a no-op, never an error: the
 //! log is the order.
+//!
+//! A `checkpoint` command carries the whole state as applied through index `at`, and is valid
+//! only at `at + 1`: there it replaces the state (equal to it on a replica that holds the
+//! state), and a replay of a log compacted below it starts from it ([`ClusterState::
+//! replaying_from`]); anywhere else it is a no-op on every replica alike.
 
 use engine::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -115,7 +120,21 @@ pub enum Command {
         partition: u32,
         node: u64,
     },
+    /// The whole state as applied through log index `at`, proposed by the leader when
+    /// nothing follows `at` in its log, so that it lands at `at + 1`: a replica that starts
+    /// its state from this entry (its log compacted below it) needs nothing older. A
+    /// checkpoint at any other index is stale (entries came between) and is applied as a
+    /// no-op.
+    Checkpoint {
+        /// [`CHECKPOINT_VERSION`]; a checkpoint of another version does not decode.
+        version: u32,
+        at: u64,
+        state: Box<ClusterState>,
+    },
 }
+
+/// The version of the checkpoint command's state encoding.
+pub const CHECKPOINT_VERSION: u32 = 1;
 
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
@@ -123,7 +142,69 @@ impl Command {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        let c: Command = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if let Command::Checkpoint { version, at, .. } = &c {
+            if *version != CHECKPOINT_VERSION {
+                return Err(format!(
+                    "a checkpoint (at {at}) of version {version}; this node reads version \
+                     {CHECKPOINT_VERSION}"
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// A checkpoint of `state`, as applied through log index `at`.
+    pub fn checkpoint(state: &ClusterState, at: u64) -> Command {
+        Command::Checkpoint {
+            version: CHECKPOINT_VERSION,
+            at,
+            state: Box::new(state.clone()),
+        }
+    }
+}
+
+/// What applying a command did, beyond the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied (or a no-op by the command's own rules).
+    Done,
+    /// At or below the applied index: applied already.
+    Again,
+    /// Not applied: a replay that starts past the log's first entry waits for its first
+    /// valid checkpoint, and skips what comes before.
+    AwaitingCheckpoint,
+    /// A checkpoint that landed elsewhere than right after the index it was taken at: no-op.
+    StaleCheckpoint { at: u64 },
+    /// A valid checkpoint: the state is its content from here on.
+    Checkpoint,
+    /// A valid checkpoint whose content differs from the state held here (a bug): its
+    /// content is taken.
+    Diverged,
+}
+
+/// A map by Raft id as a list of `[id, value]` pairs.
+mod id_pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<V: Serialize, S: Serializer>(
+        m: &BTreeMap<u64, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, V>, D::Error> {
+        let pairs = Vec::<(u64, V)>::deserialize(d)?;
+        let n = pairs.len();
+        let m: BTreeMap<u64, V> = pairs.into_iter().collect();
+        if m.len() != n {
+            return Err(serde::de::Error::custom("a Raft id listed twice"));
+        }
+        Ok(m)
     }
 }
 
@@ -134,10 +215,24 @@ pub struct ClusterState {
     pub cluster_id: String,
     /// The next Raft id to assign.
     pub next_id: u64,
+    /// Encoded as `[[id, node], ...]`: JSON map keys are strings, which a command (an
+    /// internally tagged enum) cannot read back as integers.
+    #[serde(with = "id_pairs")]
     pub nodes: BTreeMap<u64, NodeEntry>,
     pub topics: BTreeMap<String, TopicEntry>,
     /// The index of the last command applied.
     pub applied: u64,
+    /// The index of the last valid checkpoint applied (0: none): the log may be compacted
+    /// below it.
+    #[serde(default)]
+    pub last_checkpoint: u64,
+    /// Commands applied since that checkpoint (or since the start).
+    #[serde(default)]
+    pub since_checkpoint: u64,
+    /// A replay that starts past the log's first entry (the log was compacted): nothing is
+    /// applied until the first valid checkpoint, which brings the whole state.
+    #[serde(skip)]
+    pub awaiting_checkpoint: bool,
 }
 
 impl ClusterState {
@@ -154,12 +249,28 @@ impl ClusterState {
             .and_then(|t| t.partitions.get_mut(partition as usize))
     }
 
+    /// The state a replay of a log whose entries start at `first_index` starts from: empty
+    /// when the log is whole (it starts at 1), else waiting for a checkpoint.
+    pub fn replaying_from(first_index: u64) -> ClusterState {
+        ClusterState {
+            awaiting_checkpoint: first_index > 1,
+            ..ClusterState::default()
+        }
+    }
+
     /// Applies the command at `index` (commands at or below `applied` were applied already).
-    pub fn apply(&mut self, index: u64, c: &Command) {
+    pub fn apply(&mut self, index: u64, c: &Command) -> Applied {
         if index <= self.applied {
-            return;
+            return Applied::Again;
+        }
+        if let Command::Checkpoint { at, state, .. } = c {
+            return self.apply_checkpoint(index, *at, state);
+        }
+        if self.awaiting_checkpoint {
+            return Applied::AwaitingCheckpoint;
         }
         self.applied = index;
+        self.since_checkpoint += 1;
         match c {
             Command::Bootstrap { cluster_id, node } => {
                 if self.cluster_id.is_empty() {
@@ -240,7 +351,37 @@ impl ClusterState {
                     p.stopped.retain(|n| n != node);
                 }
             }
+            Command::Checkpoint { .. } => {}
         }
+        Applied::Done
+    }
+
+    /// A checkpoint at `index` taken through `at`: valid only right after `at` (nothing in
+    /// between could have changed the state). Every replica that holds the state holds
+    /// exactly its content; a replica waiting for a checkpoint takes it.
+    fn apply_checkpoint(&mut self, index: u64, at: u64, state: &ClusterState) -> Applied {
+        if at.checked_add(1) != Some(index) || state.applied > at {
+            // Entries landed between the state taken and its checkpoint (another leader's,
+            // or a command applied meanwhile): this content is not the state at `index`.
+            // Not counted as a command either: replicas that replay from a checkpoint
+            // never see it.
+            return Applied::StaleCheckpoint { at };
+        }
+        let mut next = state.clone();
+        next.awaiting_checkpoint = false;
+        let outcome = if self.awaiting_checkpoint {
+            Applied::Checkpoint
+        } else if *self != next {
+            debug_assert_eq!(*self, next, "checkpoint at {index} differs from the state");
+            Applied::Diverged
+        } else {
+            Applied::Checkpoint
+        };
+        *self = next;
+        self.applied = index;
+        self.last_checkpoint = index;
+        self.since_checkpoint = 0;
+        outcome
     }
 
     /// The Raft id of membership node `member`, if registered.
@@ -529,5 +670,204 @@ mod tests {
             partitions: p,
         };
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+    }
+
+    /// Three nodes, a topic of two partitions with a stopped mark: a state with every part
+    /// filled.
+    fn busy() -> ClusterState {
+        let mut s = three_nodes();
+        let partitions = s.place("t", 2, 2, &[1, 2, 3]).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: LogConfig::default(),
+                replication_factor: 2,
+                partitions,
+            },
+        );
+        let node = s.topics["t"].partitions[0].nodes()[1];
+        s.apply(
+            6,
+            &Command::ReplicaStopped {
+                topic: "t".into(),
+                partition: 0,
+                node,
+            },
+        );
+        s.apply(7, &Command::RemoveNode { id: 3 });
+        s
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_applying_it_gives_the_state_it_was_taken_from() {
+        let s = busy();
+        assert_eq!(
+            (s.applied, s.since_checkpoint, s.last_checkpoint),
+            (7, 6, 0)
+        );
+        // Taken through index 9 (entries 8 and 9 were no commands), it lands at 10.
+        let c = Command::checkpoint(&s, 9);
+        let bytes = c.encode();
+        assert_eq!(Command::decode(&bytes).unwrap(), c);
+        let json = String::from_utf8_lossy(&bytes).to_string();
+        assert!(
+            json.starts_with(r#"{"op":"checkpoint","version":1,"at":9,"state":{"#),
+            "{json}"
+        );
+        assert!(!json.contains("awaiting"), "{json}");
+
+        // A replica that holds the state: it holds exactly the checkpoint's content.
+        let mut held = s.clone();
+        assert_eq!(held.apply(10, &c), Applied::Checkpoint);
+        assert_eq!(
+            (held.applied, held.last_checkpoint, held.since_checkpoint),
+            (10, 10, 0)
+        );
+
+        // A replica whose log starts at the checkpoint (compacted below it) skips what comes
+        // before and takes the state from it: the same state.
+        let mut fresh = ClusterState::replaying_from(8);
+        assert_eq!(
+            fresh.apply(8, &Command::Register { node: node("x") }),
+            Applied::AwaitingCheckpoint
+        );
+        assert_eq!(fresh.apply(10, &c), Applied::Checkpoint);
+        assert_eq!(fresh, held);
+        // Both go on alike.
+        for st in [&mut held, &mut fresh] {
+            assert_eq!(
+                st.apply(11, &Command::Register { node: node("d") }),
+                Applied::Done
+            );
+            assert_eq!(st.since_checkpoint, 1);
+        }
+        assert_eq!(fresh, held);
+        assert_eq!(held.id_of("d"), Some(4));
+        // Everything but the counters is the state it was taken from.
+        let mut back = held.clone();
+        back.nodes.remove(&4);
+        back.next_id = s.next_id;
+        assert_eq!(
+            (back.cluster_id, back.nodes, back.topics),
+            (s.cluster_id.clone(), s.nodes.clone(), s.topics.clone())
+        );
+        // A whole log replays from the start, as before checkpoints.
+        assert!(!ClusterState::replaying_from(1).awaiting_checkpoint);
+    }
+
+    /// The bytes docs/format.md shows for a checkpoint.
+    #[test]
+    fn a_checkpoint_encodes_as_docs_format_md_shows() {
+        let mut s = ClusterState::default();
+        let mut a = node("a");
+        a.rpc_addr = "10.0.0.1:8400".into();
+        a.gossip_addr = "10.0.0.1:8401".into();
+        a.shards = 1;
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: a,
+            },
+        );
+        let json = String::from_utf8(Command::checkpoint(&s, 3).encode()).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"op":"checkpoint","version":1,"at":3,"state":{"cluster_id":"c","#,
+                r#""next_id":2,"nodes":[[1,{"member":"a","name":"a","#,
+                r#""rpc_addr":"10.0.0.1:8400","gossip_addr":"10.0.0.1:8401","shards":1,"#,
+                r#""removed":false}]],"topics":{},"applied":1,"last_checkpoint":0,"#,
+                r#""since_checkpoint":1}}"#
+            )
+        );
+        let mut fresh = ClusterState::replaying_from(4);
+        assert_eq!(
+            fresh.apply(4, &Command::decode(json.as_bytes()).unwrap()),
+            Applied::Checkpoint
+        );
+        assert_eq!(fresh.id_of("a"), Some(1));
+    }
+
+    #[test]
+    fn a_checkpoint_that_lands_anywhere_but_right_after_its_state_is_a_no_op() {
+        let s = busy();
+        let c = Command::checkpoint(&s, 7);
+        // Entries came between (it landed at 9): applied nowhere, counted as nothing.
+        let mut held = s.clone();
+        assert_eq!(held.apply(9, &c), Applied::StaleCheckpoint { at: 7 });
+        assert_eq!(held, s);
+        let mut fresh = ClusterState::replaying_from(5);
+        assert_eq!(fresh.apply(9, &c), Applied::StaleCheckpoint { at: 7 });
+        assert!(fresh.awaiting_checkpoint && fresh.nodes.is_empty());
+        // A state claiming commands past the index it was taken at is no checkpoint either.
+        let mut ahead = s.clone();
+        ahead.applied = 20;
+        let c = Command::checkpoint(&ahead, 9);
+        assert_eq!(held.apply(10, &c), Applied::StaleCheckpoint { at: 9 });
+        assert_eq!(held, s);
+    }
+
+    #[test]
+    fn a_bad_or_unknown_checkpoint_is_an_error_not_a_panic() {
+        let s = busy();
+        let good = String::from_utf8(Command::checkpoint(&s, 9).encode()).unwrap();
+        let bad = [
+            good.replace(r#""version":1"#, r#""version":2"#),
+            good.replace(r#""version":1,"#, ""),
+            good.replace(r#""at":9"#, r#""at":-1"#),
+            good.replace(r#""cluster_id":"c""#, r#""cluster_id":7"#),
+            good[..good.len() / 2].to_string(),
+            r#"{"op":"checkpoint","version":1,"at":9}"#.to_string(),
+            r#"{"op":"checkpoint","version":1,"at":9,"state":null}"#.to_string(),
+        ];
+        for b in &bad {
+            assert!(Command::decode(b.as_bytes()).is_err(), "{b}");
+        }
+        let e = Command::decode(bad[0].as_bytes()).unwrap_err();
+        assert!(e.contains("version 2"), "{e}");
+        // Random bytes never panic.
+        let seed: u64 = std::env::var("PROGLOG_CHECKPOINT_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        println!("PROGLOG_CHECKPOINT_SEED={seed}");
+        let mut x = seed | 1;
+        let bytes = good.into_bytes();
+        for _ in 0..2000 {
+            let mut b = bytes.clone();
+            for _ in 0..3 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % b.len();
+                b[i] = (x >> 32) as u8;
+            }
+            // One that still decodes seeds a replay (a replica that holds the state would
+            // assert in a debug build that the content is its own).
+            if let Ok(c @ Command::Checkpoint { .. }) = Command::decode(&b) {
+                let mut t = ClusterState::replaying_from(2);
+                let _ = t.apply(10, &c);
+            }
+        }
+    }
+
+    #[test]
+    fn commands_count_since_the_last_checkpoint() {
+        let mut s = bootstrapped();
+        assert_eq!(s.since_checkpoint, 1);
+        s.apply(2, &Command::Register { node: node("b") });
+        s.apply(2, &Command::Register { node: node("c") });
+        assert_eq!(s.since_checkpoint, 2);
+        let c = Command::checkpoint(&s, 4);
+        s.apply(5, &c);
+        assert_eq!((s.since_checkpoint, s.last_checkpoint), (0, 5));
+        s.apply(6, &Command::DeleteTopic { name: "x".into() });
+        assert_eq!(s.since_checkpoint, 1);
     }
 }

@@ -9,6 +9,13 @@
 //! 0  u8 tag 1, 1 command bytes                                   controller -> kind 3
 //! ```
 //!
+//! A controller command may also be stored as a data entry of one record whose type is
+//! [`CONTROLLER_RECORD_TYPE`] and whose value is the command ([`controller_record_proposal`]):
+//! it then takes one offset, which lets the controller's segments roll (a segment is named by
+//! its base offset, so one holding no record never rolls). The controller proposes its
+//! checkpoints so; only the controller's group reads such a record as a command
+//! ([`controller_record`]).
+//!
 //! The records of a data entry are in the batch payload's encoding, so a data batch's payload
 //! is the entry data after its 13-byte prefix, byte for byte. A configuration-change entry
 //! (kind 2) keeps its entry type, its context and its data: payload = u8 entry type, u32
@@ -51,6 +58,41 @@ pub fn controller_proposal(command: &[u8]) -> Bytes {
     out.push(TAG_CONTROLLER);
     out.extend_from_slice(command);
     Bytes::from(out)
+}
+
+/// Type of the one record of a data entry that carries a controller command (the bytes
+/// `C T L 1`, little-endian). Only the controller's group reads it so.
+pub const CONTROLLER_RECORD_TYPE: u32 = u32::from_le_bytes(*b"CTL1");
+
+/// Entry data for a controller command stored as a data entry of one record (it takes one
+/// offset), stamped with the proposer's clock.
+pub fn controller_record_proposal(command: &[u8], timestamp_ms: i64) -> Bytes {
+    let record = NewRecord {
+        value: Bytes::copy_from_slice(command),
+        rtype: CONTROLLER_RECORD_TYPE,
+    };
+    data_proposal(std::slice::from_ref(&record), timestamp_ms)
+}
+
+/// The command of a data entry of exactly one record of type [`CONTROLLER_RECORD_TYPE`],
+/// if `e` is one. Only for the controller's group: elsewhere such a record is a client's.
+pub fn controller_record(e: &Entry) -> Option<&[u8]> {
+    if e.entry_type != EntryType::EntryNormal || e.data.first() != Some(&TAG_DATA) {
+        return None;
+    }
+    let count = e.data.get(9..13)?;
+    if u32::from_le_bytes([count[0], count[1], count[2], count[3]]) != 1 {
+        return None;
+    }
+    let record = e.data.get(DATA_PREFIX..)?;
+    let len = record.get(0..4)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let rtype = record.get(4..8)?;
+    if u32::from_le_bytes([rtype[0], rtype[1], rtype[2], rtype[3]]) != CONTROLLER_RECORD_TYPE {
+        return None;
+    }
+    let end = batch::RECORD_OVERHEAD.checked_add(len)?;
+    (end == record.len()).then(|| &record[batch::RECORD_OVERHEAD..])
 }
 
 /// The command of a controller entry, if `e` is one.
@@ -283,6 +325,32 @@ mod tests {
         assert_eq!(h.kind, Kind::Controller);
         assert_eq!(back, ctl);
 
+        let mut rec = noop.clone();
+        rec.data = controller_record_proposal(b"{\"op\":\"checkpoint\"}", 42);
+        let (h, back) = round_trip(&rec, 10);
+        assert_eq!((h.kind, h.record_count), (Kind::Data, 1));
+        assert_eq!(back, rec);
+        assert_eq!(
+            controller_record(&back),
+            Some(&b"{\"op\":\"checkpoint\"}"[..])
+        );
+        assert_eq!(controller_command(&back), None);
+        // A client's records are not commands, whatever their count or type.
+        assert_eq!(controller_record(&data), None);
+        assert_eq!(controller_record(&ctl), None);
+        let mut typed = noop.clone();
+        typed.data = data_proposal(
+            &[
+                NewRecord {
+                    value: Bytes::from_static(b"a"),
+                    rtype: CONTROLLER_RECORD_TYPE,
+                },
+                NewRecord::new(&b"b"[..]),
+            ],
+            1,
+        );
+        assert_eq!(controller_record(&typed), None);
+
         let mut cc = noop.clone();
         cc.entry_type = EntryType::EntryConfChangeV2;
         cc.data = Bytes::from_static(b"\x12\x02\x08\x02");
@@ -290,6 +358,20 @@ mod tests {
         let (h, back) = round_trip(&cc, 10);
         assert_eq!((h.kind, h.base_offset), (Kind::ConfChange, 10));
         assert_eq!(back, cc);
+    }
+
+    /// The framing docs/format.md shows for a checkpoint proposed as a record.
+    #[test]
+    fn a_command_as_a_record_is_framed_as_docs_format_md_shows() {
+        let data = controller_record_proposal(b"{}", 7);
+        let mut want = vec![0u8];
+        want.extend_from_slice(&7i64.to_le_bytes());
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(b"CTL1");
+        want.extend_from_slice(b"{}");
+        assert_eq!(&data[..], &want[..]);
+        assert_eq!(CONTROLLER_RECORD_TYPE, 0x314C_5443);
     }
 
     #[test]

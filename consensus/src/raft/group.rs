@@ -211,8 +211,11 @@ struct Group<S: LogStore> {
     visible_offset: u64,
     failed: Option<Error>,
     was_leader: bool,
-    /// Controller commands applied since the driver last took them: (index, command).
-    commands: Vec<(u64, Vec<u8>)>,
+    /// Controller commands applied since the driver last took them, with the replays.
+    commands: Vec<StateEvent>,
+    /// The group's state machine lives in memory (the controller's): it is rebuilt from the
+    /// log's committed entries at open and after a snapshot is installed.
+    replay: bool,
     /// A snapshot message whose batches are not here yet (the newest wins).
     held_snapshot: Option<Message>,
     /// Data of the snapshot stepped into raft-rs, checked, until its Ready installs it.
@@ -223,6 +226,21 @@ struct Group<S: LogStore> {
     install_report: Option<InstallReport>,
     /// Payload CRCs of the data entries proposed here and not stored yet.
     fresh_crcs: FreshCrcs,
+}
+
+/// What a group whose state machine lives in memory hands it, in log order
+/// ([`GroupSet::take_commands`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateEvent {
+    /// The state starts over from the log's committed entries `first_index..=last_index`,
+    /// which follow (their commands, then [`StateEvent::Replayed`]): at open, and after a
+    /// snapshot replaced the log. A log that starts past index 1 was compacted below a
+    /// checkpoint, which is among them.
+    Replay { first_index: u64, last_index: u64 },
+    /// A controller command, committed at `index`.
+    Command { index: u64, command: Vec<u8> },
+    /// The replay announced last is over.
+    Replayed,
 }
 
 /// A group's voters, learners and (on its leader) each replica's matched index.
@@ -314,8 +332,11 @@ impl<S: LogStore> GroupSet<S> {
         self.add_group_with(id, store, voters, false).await
     }
 
-    /// [`add_group`](Self::add_group); with `replay`, every committed entry is applied again
-    /// (a state machine that lives in memory, as the controller's, rebuilds from its log).
+    /// [`add_group`](Self::add_group); with `replay`, the group's state machine lives in
+    /// memory (the controller's) and is rebuilt from the log: every committed entry the log
+    /// retains is handed to it again ([`StateEvent::Replay`]), read from the log at open,
+    /// while raft-rs starts at the recovered commit index as for any group (it never asks
+    /// for entries below the snapshot point). The same happens after a snapshot install.
     pub async fn add_group_with(
         &mut self,
         id: u64,
@@ -333,8 +354,13 @@ impl<S: LogStore> GroupSet<S> {
             cs.voters = voters.to_vec();
             cs
         });
-        let log = RaftLog::open_with(id, store, bootstrap, self.config.cache_bytes, replay).await?;
+        let log = RaftLog::open(id, store, bootstrap, self.config.cache_bytes).await?;
         let applied = log.recovered_applied();
+        let commands = if replay && lost.is_none() {
+            replayed(&log, applied).await?
+        } else {
+            Vec::new()
+        };
         let c = &self.config;
         let cfg = raft::Config {
             id: self.node_id,
@@ -364,7 +390,8 @@ impl<S: LogStore> GroupSet<S> {
             visible_offset,
             failed: lost.map(|why| Error::LostLog { group: id, why }),
             was_leader: false,
-            commands: Vec::new(),
+            commands,
+            replay,
             held_snapshot: None,
             staged: None,
             downloading: false,
@@ -427,15 +454,37 @@ impl<S: LogStore> GroupSet<S> {
         })
     }
 
-    /// Controller commands applied since the last call, by group, in order of index.
-    pub fn take_commands(&mut self) -> Vec<(u64, u64, Vec<u8>)> {
+    /// Controller commands applied since the last call, and replays, by group, in log
+    /// order.
+    pub fn take_commands(&mut self) -> Vec<(u64, StateEvent)> {
         let mut out = Vec::new();
         for g in self.groups.values_mut() {
-            for (index, c) in g.commands.drain(..) {
-                out.push((g.id, index, c));
+            for e in g.commands.drain(..) {
+                out.push((g.id, e));
             }
         }
         out
+    }
+
+    /// Where a checkpoint of group `id`'s in-memory state may be taken: its applied index,
+    /// when this node leads the group and nothing follows that index in its log, so that an
+    /// entry proposed now lands right after it (unless another leader's replaces it).
+    pub fn checkpoint_at(&self, id: u64) -> Option<u64> {
+        let g = self.groups.get(&id)?;
+        let r = &g.node.raft;
+        let applied = r.raft_log.applied;
+        (g.failed.is_none()
+            && r.state == StateRole::Leader
+            && r.raft_log.last_index() == applied
+            && r.raft_log.committed == applied)
+            .then_some(applied)
+    }
+
+    /// Raft's first index of group `id` (the snapshot point + 1).
+    pub fn first_index(&self, id: u64) -> Option<u64> {
+        self.groups
+            .get(&id)
+            .map(|g| g.log.meta().snapshot_index + 1)
     }
 
     /// A group's configuration and, on its leader, how far each replica has replicated:
@@ -523,6 +572,30 @@ impl<S: LogStore> GroupSet<S> {
         }
         g.node
             .propose(Vec::new(), Vec::from(entry::controller_proposal(command)))?;
+        Ok(())
+    }
+
+    /// [`forward_command`](Self::forward_command), the command stored as a data entry of one
+    /// record ([`entry::controller_record_proposal`]): it takes one offset, so the controller's
+    /// segment can roll after it. Group `id` must rebuild its state from its log
+    /// (`add_group_with` and `replay`), or the record would be read as a client's.
+    pub fn forward_command_as_record(
+        &mut self,
+        id: u64,
+        command: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<()> {
+        let g = self.group_mut(id)?;
+        if !g.replay {
+            return Err(Error::InvalidProposal(format!(
+                "group {id} does not read records as commands"
+            )));
+        }
+        if g.node.raft.leader_id == raft::INVALID_ID {
+            return Err(Error::NoLeader { group: id });
+        }
+        let data = entry::controller_record_proposal(command, timestamp_ms);
+        g.node.propose(Vec::new(), Vec::from(data))?;
         Ok(())
     }
 
@@ -962,7 +1035,15 @@ impl<S: LogStore> GroupSet<S> {
             let mut installed = None;
             if !rd.snapshot().is_empty() {
                 let report = g.install_report.take();
-                match g.install(rd.snapshot()).await {
+                let installed_at = match g.install(rd.snapshot()).await {
+                    Ok(s) if g.replay => replayed(&g.log, s).await.map(|events| {
+                        // The log was replaced: the state machine starts over from it.
+                        g.commands.extend(events);
+                        s
+                    }),
+                    r => r,
+                };
+                match installed_at {
                     Ok(s) => {
                         self.stats.snapshots_installed += 1;
                         installed = Some(s);
@@ -1264,6 +1345,56 @@ async fn fetch_snapshot<T: Transport>(
     Ok((data, bytes))
 }
 
+/// The replay of every committed entry `log` retains up to `upto`, read from its store:
+/// [`StateEvent::Replay`], the commands, [`StateEvent::Replayed`]. Below Raft's first index
+/// the store may still hold entries (the engine drops whole segments only): they are
+/// committed, and handed too; a state that starts past index 1 waits for its checkpoint.
+async fn replayed<S: LogStore>(log: &RaftLog<S>, upto: u64) -> Result<Vec<StateEvent>> {
+    let group = log.group();
+    let store = log.store();
+    let first = store.first_index();
+    let mut out = vec![StateEvent::Replay {
+        first_index: first,
+        last_index: upto,
+    }];
+    let mut next = first;
+    while next <= upto {
+        let batches = store
+            .read(next, upto + 1, 1 << 20)
+            .await
+            .map_err(|source| Error::Storage { group, source })?;
+        if batches.is_empty() {
+            break;
+        }
+        for b in batches {
+            let index = b.header.raft_index;
+            if index != next {
+                return Err(Error::Malformed {
+                    what: "replayed entry",
+                    why: format!("index {index} where {next} was expected"),
+                });
+            }
+            let e = entry::decode(&b.header, &b.bytes)?;
+            let command = entry::controller_command(&e).or_else(|| entry::controller_record(&e));
+            if let Some(c) = command {
+                out.push(StateEvent::Command {
+                    index,
+                    command: c.to_vec(),
+                });
+            }
+            next = index + 1;
+        }
+    }
+    if next <= upto {
+        return Err(Error::Malformed {
+            what: "replayed log",
+            why: format!("entries {next}..={upto} are missing"),
+        });
+    }
+    out.push(StateEvent::Replayed);
+    Ok(out)
+}
+
 /// Queues a group's raft messages (which carry their destination) under their node.
 fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, msgs: Vec<Message>) {
     for m in msgs {
@@ -1368,8 +1499,13 @@ impl<S: LogStore> Group<S> {
                 self.log.set_conf_state(cs, e.index)?;
                 self.conf_index = e.index;
             }
-            if let Some(c) = entry::controller_command(e) {
-                self.commands.push((e.index, c.to_vec()));
+            let command = entry::controller_command(e)
+                .or_else(|| self.replay.then(|| entry::controller_record(e)).flatten());
+            if let Some(c) = command {
+                self.commands.push(StateEvent::Command {
+                    index: e.index,
+                    command: c.to_vec(),
+                });
             }
             self.answer(e, base, records);
         }

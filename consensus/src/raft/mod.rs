@@ -45,7 +45,7 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use group::{
     Committed, GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SetStats,
-    SnapshotJob, SnapshotProgress, Stopped, Transport,
+    SnapshotJob, SnapshotProgress, StateEvent, Stopped, Transport,
 };
 pub use mem_store::{MemStaged, MemStore};
 pub use replica::RaftReplication;

@@ -27,7 +27,7 @@
 use super::error::Error;
 use super::forward::add;
 use super::group::{
-    GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SnapshotJob,
+    GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SnapshotJob, StateEvent,
 };
 use super::snapshot_transfer::{self, FilesRequest, ProgressReport};
 use super::transport::{Links, Peers};
@@ -74,6 +74,20 @@ pub trait ClusterHooks: Send + Sync {
     fn voters(&self, id: &PartitionId) -> Option<Vec<u64>>;
     /// A command of the controller's log (group 0), applied on this node, in index order.
     fn applied(&self, index: u64, command: &[u8]);
+    /// The controller's state starts over from its log's committed entries
+    /// `first_index..=last_index`, whose commands follow, then [`replay_end`](Self::replay_end).
+    fn replay_start(&self, _first_index: u64, _last_index: u64) {}
+    fn replay_end(&self) {}
+    /// The index of the last valid checkpoint applied here (0: none): the controller's log
+    /// may be compacted below it.
+    fn checkpoint_index(&self) -> u64 {
+        0
+    }
+    /// A checkpoint command (encoded) of the state applied through log index `at`, which
+    /// is the controller's applied index with nothing after it in the log.
+    fn checkpoint(&self, _at: u64) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// The cluster layer's hooks, if any.
@@ -112,7 +126,15 @@ pub enum ControlMsg {
     /// Send a controller command (encoded) to the controller's leader, whichever node it is,
     /// without waiting for it (see `GroupSet::forward_command`).
     ForwardCommand { command: Vec<u8> },
+    /// Propose a checkpoint of the controller's state (this node leads the controller), if
+    /// nothing follows its applied index: the checkpoint then lands right after the state
+    /// it holds. Not answered: the state shows whether one was applied.
+    Checkpoint,
 }
+
+/// How often a controller replica tries to compact its log below its last checkpoint
+/// (a leader keeps what live followers still need, so it may take several tries).
+const CONTROLLER_COMPACT_EVERY: Duration = Duration::from_secs(1);
 
 /// Builds the Raft replication layer of each shard of one node.
 #[derive(Debug, Clone)]
@@ -326,6 +348,7 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
         opening: Vec::new(),
         logs: HashMap::new(),
         campaign_later: Vec::new(),
+        next_compaction: Instant::now(),
     };
     // Rounds whose logs are persisting, oldest first.
     let mut in_flight: VecDeque<(Persisting, Synced)> = VecDeque::new();
@@ -428,11 +451,19 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
         for node in net.take_unreachable() {
             set.report_unreachable(node);
         }
-        for (group, index, command) in set.take_commands() {
+        for (group, event) in set.take_commands() {
             if let (0, Some(h)) = (group, &inner.hooks.0) {
-                h.applied(index, &command);
+                match event {
+                    StateEvent::Replay {
+                        first_index,
+                        last_index,
+                    } => h.replay_start(first_index, last_index),
+                    StateEvent::Command { index, command } => h.applied(index, &command),
+                    StateEvent::Replayed => h.replay_end(),
+                }
             }
         }
+        compact_controller(&inner, &mut set, &mut lp).await;
         lp.campaign_later.retain(|&g| match set.status(g) {
             Some(s) if s.role == StateRole::Leader => false,
             Some(s) if s.applied >= s.commit => {
@@ -474,9 +505,11 @@ struct Loop {
     opening: Vec<Opening>,
     /// Each group's log, to open a group again after its log recovered from a full disk.
     logs: HashMap<u64, Rc<Log>>,
-    /// Groups of one voter (this node) that could not campaign when opened: raft-rs waits
-    /// until a replayed configuration change is applied (the controller's, at every start).
+    /// Groups of one voter (this node) that could not campaign when opened: raft-rs refuses
+    /// while a configuration change up to its commit index is not applied yet.
     campaign_later: Vec<u64>,
+    /// When the controller's log may next be compacted below its last checkpoint.
+    next_compaction: Instant,
 }
 
 impl Loop {
@@ -521,7 +554,9 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
             continue;
         }
         set.remove_group(group);
-        match set.add_group(group, log, &[]).await {
+        // The controller's state machine is rebuilt from the log as at a start: a group
+        // opened without it would not rebuild it after a later snapshot install either.
+        match set.add_group_with(group, log, &[], group == 0).await {
             Ok(()) => {
                 log::info!("Raft group {group} opened again: its log takes writes again");
                 campaign_if_alone(inner, set, group);
@@ -542,6 +577,34 @@ fn campaign_if_alone(inner: &Inner, set: &mut GroupSet<Log>, group: u64) {
         if let Err(e) = set.campaign(group) {
             log::warn!("group {group}: campaign failed: {e}");
         }
+    }
+}
+
+/// Compacts the controller's log (group 0) below the last checkpoint this node applied,
+/// through retention's path: never past the applied index, nor, on the leader, past what a
+/// live follower still needs (a follower that is down gets a snapshot when it returns).
+/// The checkpoint itself stays: a replay starts from it.
+async fn compact_controller(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop) {
+    let Some(h) = &inner.hooks.0 else { return };
+    // Looked at once a second at most: this runs after every round of the shard.
+    let now = Instant::now();
+    if now < lp.next_compaction {
+        return;
+    }
+    lp.next_compaction = now + CONTROLLER_COMPACT_EVERY;
+    let Some(first) = set.first_index(0) else {
+        return;
+    };
+    let checkpoint = h.checkpoint_index();
+    if checkpoint <= first || set.failure(0).is_some() {
+        return;
+    }
+    match set.compact_for_retention(0, checkpoint - 1, None).await {
+        Ok(Some(i)) => {
+            log::info!("controller: log compacted to index {i} (checkpoint at {checkpoint})")
+        }
+        Ok(None) => {}
+        Err(e) => log::warn!("controller: log not compacted below its checkpoint: {e}"),
     }
 }
 
@@ -632,7 +695,8 @@ fn refuse(cmd: Cmd, e: Error) {
         }
         Cmd::Frame(_)
         | Cmd::Control(ControlMsg::TransferLeader { .. })
-        | Cmd::Control(ControlMsg::ForwardCommand { .. }) => {}
+        | Cmd::Control(ControlMsg::ForwardCommand { .. })
+        | Cmd::Control(ControlMsg::Checkpoint) => {}
         Cmd::Control(ControlMsg::Command { reply, .. })
         | Cmd::Control(ControlMsg::ConfChange { reply, .. }) => {
             let _ = reply.send(Err(e));
@@ -675,7 +739,8 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                 None if inner.voters.is_empty() => vec![inner.node_id.get()],
                 None => inner.voters.clone(),
             };
-            // The controller's state lives in memory: rebuilt from its log at every start.
+            // The controller's state lives in memory: rebuilt from its log at every start
+            // (from its last checkpoint, once the log is compacted).
             let replay = group == 0;
             if let Err(e) = set
                 .add_group_with(group, Rc::clone(&log), &voters, replay)
@@ -797,6 +862,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                 log::info!("controller command not sent to the controller's leader: {e}");
             }
         }
+        Cmd::Control(ControlMsg::Checkpoint) => propose_checkpoint(inner, set),
         Cmd::ReadIndex { group, reply } => match set.read_index(group) {
             Ok(rx) => {
                 glommio::spawn_local(async move {
@@ -836,6 +902,30 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
                 log::warn!("Raft frame refused: {e}");
             }
         }
+    }
+}
+
+/// Proposes a checkpoint of the controller's state when this node leads the controller and
+/// its log ends at its applied index: every command of the log is in the state, and the
+/// checkpoint's entry comes right after it (a checkpoint elsewhere is a no-op). The
+/// checkpoint is a data entry of one record
+/// ([`crate::raft::entry::controller_record_proposal`]): a node built before it reads it as a
+/// record nobody reads, which leaves its state as it is, as the checkpoint would.
+fn propose_checkpoint(inner: &Inner, set: &mut GroupSet<Log>) {
+    let (Some(h), Some(at)) = (&inner.hooks.0, set.checkpoint_at(0)) else {
+        return;
+    };
+    let Some(command) = h.checkpoint(at) else {
+        return;
+    };
+    // As a record: it takes one offset, so the segment holding it can roll, and the ones
+    // before it can be deleted once the log is compacted below it.
+    match set.forward_command_as_record(0, &command, now_ms()) {
+        Ok(()) => log::info!(
+            "controller: checkpoint of the state through index {at} proposed ({} bytes)",
+            command.len()
+        ),
+        Err(e) => log::info!("controller: checkpoint not proposed: {e}"),
     }
 }
 

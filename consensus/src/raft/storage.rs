@@ -364,25 +364,15 @@ fn storage_err(group: u64) -> impl Fn(engine::Error) -> Error {
 impl<S: LogStore> RaftLog<S> {
     /// Opens the adapter over `store`: metadata (or `bootstrap`, a first configuration,
     /// written at once when there is none), term runs, the commit index recovered from the
-    /// last batch, and the unapplied tail loaded into the cache.
+    /// last batch, and the unapplied tail loaded into the cache. The recovered commit index
+    /// counts as applied (raft-rs starts there, and never asks for an entry below the
+    /// snapshot point); a state machine in memory (the controller's) is rebuilt by its group
+    /// from the retained log (`GroupSet::add_group_with`).
     pub async fn open(
         group: u64,
         store: Rc<S>,
         bootstrap: Option<ConfState>,
         cache_budget: u64,
-    ) -> Result<RaftLog<S>> {
-        Self::open_with(group, store, bootstrap, cache_budget, false).await
-    }
-
-    /// [`open`](Self::open); with `replay`, nothing counts as applied but what a snapshot
-    /// covers, so that raft-rs hands every committed entry to the state machine again (the
-    /// controller rebuilds its state from its log at every start).
-    pub async fn open_with(
-        group: u64,
-        store: Rc<S>,
-        bootstrap: Option<ConfState>,
-        cache_budget: u64,
-        replay: bool,
     ) -> Result<RaftLog<S>> {
         let err = storage_err(group);
         let fresh = store.next_index() == store.first_index() && store.first_index() <= 1;
@@ -445,11 +435,7 @@ impl<S: LogStore> RaftLog<S> {
             cache_bytes: 0,
             cache_budget,
             next_offset: store.next_offset(),
-            applied: if replay {
-                meta.snapshot_index.min(commit)
-            } else {
-                commit
-            },
+            applied: commit,
             applied_offset: store.first_offset(),
             fetched: Vec::new(),
             pending: Vec::new(),

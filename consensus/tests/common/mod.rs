@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+use consensus::raft::replica::Hooks;
 use consensus::raft::seam::{engine_config, RaftFactory};
 use consensus::raft::transport::{PeerAddr, PeerRouter, Peers, RaftPeerHandler};
 use consensus::raft::{GroupConfig, RaftReplication};
@@ -76,6 +77,10 @@ impl Node {
     }
 }
 
+/// Builds the cluster layer's hooks of node `id` over its transport state (each start of the
+/// node builds new ones, as a new process does).
+pub type HooksFactory = Arc<dyn Fn(u64, &Peers) -> Hooks + Send + Sync>;
+
 /// A cluster of nodes `1..=n`, every group with all of them as voters.
 pub struct Cluster {
     pub root: PathBuf,
@@ -83,6 +88,8 @@ pub struct Cluster {
     pub voters: Vec<u64>,
     /// How often each shard applies retention.
     pub retention_check: Duration,
+    /// The cluster layer's hooks (none: no controller).
+    pub hooks: Option<HooksFactory>,
 }
 
 pub fn node_ref(id: u64) -> NodeRef {
@@ -160,6 +167,16 @@ async fn until_closed_unit(closed: Arc<(AtomicBool, Event)>) {
 impl Cluster {
     /// Starts nodes `1..=n` under `root`, each with one shard.
     pub fn start(root: &Path, n: u64, retention_check: Duration) -> Cluster {
+        Self::start_with(root, n, retention_check, None)
+    }
+
+    /// [`start`](Self::start), each node with the hooks `hooks` builds.
+    pub fn start_with(
+        root: &Path,
+        n: u64,
+        retention_check: Duration,
+        hooks: Option<HooksFactory>,
+    ) -> Cluster {
         // RUST_LOG=info shows the nodes' logs.
         let _ = env_logger::builder().is_test(true).try_init();
         let mut c = Cluster {
@@ -167,6 +184,7 @@ impl Cluster {
             nodes: Vec::new(),
             voters: (1..=n).collect(),
             retention_check,
+            hooks,
         };
         for id in 1..=n {
             let node = c.start_node(id);
@@ -184,7 +202,11 @@ impl Cluster {
             config: GroupConfig::default(),
             tick: Duration::from_millis(50),
             peers: peers.clone(),
-            hooks: Default::default(),
+            hooks: self
+                .hooks
+                .as_ref()
+                .map(|f| f(id, &peers))
+                .unwrap_or_default(),
         };
         let ec = EngineConfig {
             shards: 1,

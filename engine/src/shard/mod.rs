@@ -106,6 +106,11 @@ impl ShardCtx {
         if let Ok(l) = self.log(id) {
             return Ok(l);
         }
+        let config = if &*id.topic == crate::CONTROLLER_TOPIC {
+            config.for_controller()
+        } else {
+            config
+        };
         let dir = partition_dir(&self.data_dir, &id.topic, id.partition);
         // The catalog names the partition, and its directory was made before the catalog
         // named it (`Topics::add`): a missing directory was removed after it held records.

@@ -1,0 +1,472 @@
+//! The controller's checkpoints on the real `GroupSet` over in-memory logs (which drop
+//! exactly the entries compacted, unlike the engine's whole segments) and a lossless
+//! in-process network the test drives step by step. Each node applies the controller group's
+//! `StateEvent`s to a `ClusterState` as `ClusterNode` does (a replay built aside and swapped
+//! in at its end), proposes checkpoints where `GroupSet::checkpoint_at` allows, and compacts
+//! below its last checkpoint through retention's path, as the shard's loop does:
+//!
+//! - many commands, checkpoints among them (records, as the loop proposes them, and stale
+//!   ones as commands, which change nothing), the log compacted on every node (first index
+//!   past 1), every state the same;
+//! - a replica restarted replays from its checkpoint and holds the same state;
+//! - a replica added after the compaction, and one that was down while the leader compacted
+//!   past it, get a snapshot and rebuild the same state from it, also after a restart;
+//! - a log written before checkpoints (whole, none in it) replays from its first entry.
+//!
+//! `PROGLOG_CHECKPOINT_SEED=<n>` replays a run (the seed is printed).
+
+// raft-rs's message types (rust-protobuf) are filled field by field.
+#![allow(clippy::field_reassign_with_default)]
+
+use consensus::cluster::state::{ClusterState, Command, NodeEntry};
+use consensus::raft::{GroupConfig, GroupSet, LogStore, MemStore, StateEvent, Transport};
+use engine::LogConfig;
+use futures_lite::future::block_on;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use raft::StateRole;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+/// The controller's group.
+const G: u64 = 0;
+/// Commands between two checkpoints (the server's default is 1000).
+const EVERY: u64 = 10;
+
+/// Frames sent in a round, and the logs of the nodes a snapshot can be fetched from.
+struct Queue(Vec<(u64, Vec<u8>)>, BTreeMap<u64, Rc<MemStore>>);
+
+impl Transport for Queue {
+    fn send(&mut self, to: u64, frame: Vec<u8>) {
+        self.0.push((to, frame));
+    }
+
+    async fn fetch_snapshot(
+        &mut self,
+        from: u64,
+        _group: u64,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<engine::log::EntryBatch>, String> {
+        let store = self.1.get(&from).ok_or("unreachable")?;
+        store
+            .read(first, last + 1, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A node's controller state machine, fed as `ClusterNode` feeds its own.
+#[derive(Default)]
+struct Machine {
+    state: ClusterState,
+    rebuilding: Option<ClusterState>,
+    /// Replays seen: (first index, last index).
+    replays: Vec<(u64, u64)>,
+}
+
+impl Machine {
+    fn feed(&mut self, e: StateEvent) {
+        match e {
+            StateEvent::Replay {
+                first_index,
+                last_index,
+            } => {
+                self.replays.push((first_index, last_index));
+                self.rebuilding = Some(ClusterState::replaying_from(first_index));
+            }
+            StateEvent::Command { index, command } => {
+                let c = Command::decode(&command).expect("every command decodes");
+                let s = self.rebuilding.as_mut().unwrap_or(&mut self.state);
+                s.apply(index, &c);
+            }
+            StateEvent::Replayed => {
+                // A replay may end still waiting for its checkpoint: a log compacted just
+                // below it whose last batch was written before it was known committed. The
+                // checkpoint then comes from raft-rs, as the commit index is learnt.
+                self.state = self.rebuilding.take().expect("a replay under way");
+            }
+        }
+    }
+}
+
+struct Cluster {
+    sets: BTreeMap<u64, GroupSet<MemStore>>,
+    stores: BTreeMap<u64, Rc<MemStore>>,
+    machines: BTreeMap<u64, Machine>,
+    net: Vec<(u64, u64, Vec<u8>)>,
+    isolated: BTreeSet<u64>,
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        let voters: Vec<u64> = (1..=n).collect();
+        let mut c = Cluster {
+            sets: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            machines: BTreeMap::new(),
+            net: Vec::new(),
+            isolated: BTreeSet::new(),
+        };
+        for id in 1..=n {
+            c.stores.insert(id, Rc::new(MemStore::new()));
+            c.start(id, &voters);
+        }
+        c
+    }
+
+    /// Opens node `id`'s controller group over its store, with a new state machine.
+    fn start(&mut self, id: u64, voters: &[u64]) {
+        let mut set = GroupSet::new(id, GroupConfig::default(), id * 1000);
+        block_on(set.add_group_with(G, Rc::clone(&self.stores[&id]), voters, true))
+            .expect("open group");
+        self.sets.insert(id, set);
+        self.machines.insert(id, Machine::default());
+        self.feed(id);
+    }
+
+    /// Restarts node `id` from what its log synced.
+    fn restart(&mut self, id: u64) {
+        let crashed = Rc::new(self.stores[&id].crash(0));
+        self.stores.insert(id, crashed);
+        self.start(id, &[]);
+    }
+
+    fn set(&mut self, id: u64) -> &mut GroupSet<MemStore> {
+        self.sets.get_mut(&id).expect("node")
+    }
+
+    fn feed(&mut self, id: u64) {
+        let events = self.set(id).take_commands();
+        let m = self.machines.get_mut(&id).expect("machine");
+        for (group, e) in events {
+            assert_eq!(group, G);
+            m.feed(e);
+        }
+    }
+
+    fn round(&mut self) {
+        let ids: Vec<u64> = self.sets.keys().copied().collect();
+        for id in ids {
+            let reachable = self
+                .stores
+                .iter()
+                .filter(|(&n, _)| !self.isolated.contains(&n) && !self.isolated.contains(&id))
+                .map(|(&n, s)| (n, Rc::clone(s)))
+                .collect();
+            let mut q = Queue(Vec::new(), reachable);
+            block_on(self.set(id).round(&mut q));
+            for job in self.set(id).take_fetch_jobs() {
+                block_on(job.run());
+            }
+            self.feed(id);
+            self.compact(id);
+            for (to, bytes) in q.0 {
+                self.net.push((id, to, bytes));
+            }
+        }
+        for (from, to, bytes) in std::mem::take(&mut self.net) {
+            if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                continue;
+            }
+            if let Some(set) = self.sets.get_mut(&to) {
+                set.step_frame(&bytes).expect("frame");
+            }
+        }
+    }
+
+    /// Compacts node `id`'s log below its last checkpoint, as the shard's loop does.
+    fn compact(&mut self, id: u64) {
+        let checkpoint = self.machines[&id].state.last_checkpoint;
+        let first = self.set(id).first_index(G).expect("group");
+        if checkpoint > first {
+            block_on(self.set(id).compact_for_retention(G, checkpoint - 1, None)).expect("compact");
+        }
+    }
+
+    fn rounds(&mut self, n: usize) {
+        for _ in 0..n {
+            self.round();
+        }
+    }
+
+    fn tick(&mut self) {
+        for s in self.sets.values_mut() {
+            s.tick();
+        }
+        self.rounds(3);
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.sets.iter().find_map(|(&id, s)| {
+            (s.status(G)?.role == StateRole::Leader && !self.isolated.contains(&id)).then_some(id)
+        })
+    }
+
+    fn elect(&mut self, id: u64) -> u64 {
+        self.set(id).campaign(G).expect("campaign");
+        self.rounds(10);
+        assert_eq!(self.leader(), Some(id));
+        id
+    }
+
+    /// Proposes `c` on the leader without waiting.
+    fn propose(&mut self, c: &Command) {
+        let l = self.leader().expect("a leader");
+        // Not waited for: the states show what was applied.
+        drop(
+            self.set(l)
+                .propose_command(G, &c.encode())
+                .expect("propose"),
+        );
+    }
+
+    /// Proposes a checkpoint where the leader allows one, as the shard's loop does; true if
+    /// proposed.
+    fn checkpoint(&mut self) -> bool {
+        let l = self.leader().expect("a leader");
+        let mut at = self.sets[&l].checkpoint_at(G);
+        for _ in 0..10 {
+            if at.is_some() {
+                break;
+            }
+            self.round();
+            at = self.sets[&l].checkpoint_at(G);
+        }
+        let Some(at) = at else {
+            return false;
+        };
+        let state = &self.machines[&l].state;
+        assert!(state.applied <= at);
+        let c = Command::checkpoint(state, at);
+        // As a record, as the loop proposes it (the stale ones below go as commands: a
+        // checkpoint is read the same either way).
+        self.set(l)
+            .forward_command_as_record(G, &c.encode(), 0)
+            .expect("propose");
+        true
+    }
+
+    /// Every node's state is the leader's; returns it.
+    fn same_state(&self) -> ClusterState {
+        let l = self.leader().expect("a leader");
+        let want = &self.machines[&l].state;
+        for (id, m) in &self.machines {
+            assert_eq!(
+                &m.state, want,
+                "node {id}'s state differs from leader {l}'s"
+            );
+        }
+        want.clone()
+    }
+}
+
+fn node(name: &str) -> NodeEntry {
+    NodeEntry {
+        member: format!("member-{name}"),
+        name: name.into(),
+        rpc_addr: "127.0.0.1:1".into(),
+        gossip_addr: "127.0.0.1:2".into(),
+        shards: 2,
+        removed: false,
+    }
+}
+
+fn add_learner(id: u64) -> ConfChangeV2 {
+    let mut s = ConfChangeSingle::default();
+    s.change_type = ConfChangeType::AddLearnerNode;
+    s.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![s].into());
+    cc
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("PROGLOG_CHECKPOINT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("PROGLOG_CHECKPOINT_SEED={seed}");
+    seed
+}
+
+/// `n` commands of a random kind (register, topics created and deleted, nodes removed),
+/// proposed one or a few per round; a checkpoint proposed whenever the leader's state has
+/// `EVERY` commands since the last, and now and then one proposed with commands in flight
+/// behind it (stale where it lands: a no-op).
+fn drive(c: &mut Cluster, rng: &mut StdRng, n: usize, stale: &mut usize) {
+    let mut made = 0;
+    while made < n {
+        let l = c.leader().expect("a leader");
+        let s = c.machines[&l].state.clone();
+        let burst = rng.random_range(1..=3);
+        for _ in 0..burst {
+            let cmd = match rng.random_range(0..4) {
+                0 => Command::Register {
+                    node: node(&format!("n{made}")),
+                },
+                1 if !s.topics.is_empty() => Command::DeleteTopic {
+                    name: s.topics.keys().next().cloned().unwrap_or_default(),
+                },
+                2 if s.active_nodes().len() > 3 => Command::RemoveNode {
+                    id: s.active_nodes()[rng.random_range(0..s.active_nodes().len())],
+                },
+                // Removals of one burst (chosen on the same state) may leave none.
+                _ if s.active_nodes().is_empty() => Command::Register {
+                    node: node(&format!("n{made}")),
+                },
+                _ => {
+                    let nodes = s.active_nodes();
+                    let rf = rng.random_range(1..=nodes.len().min(3)) as u32;
+                    let name = format!("t{made}");
+                    Command::CreateTopic {
+                        partitions: s.place(&name, 2, rf, &nodes).expect("placed"),
+                        name,
+                        config: LogConfig::default(),
+                        replication_factor: rf,
+                    }
+                }
+            };
+            c.propose(&cmd);
+            made += 1;
+        }
+        if rng.random_bool(0.1) {
+            // Taken now, with the burst still in flight behind it.
+            let at = c.sets[&l].status(G).expect("status").applied;
+            let cp = Command::checkpoint(&c.machines[&l].state, at);
+            c.propose(&cp);
+            *stale += 1;
+        }
+        c.rounds(2);
+        if c.machines[&l].state.since_checkpoint >= EVERY {
+            c.checkpoint();
+            c.rounds(2);
+        }
+    }
+    c.rounds(5);
+}
+
+#[test]
+fn the_controller_log_is_compacted_below_checkpoints_and_every_replica_rebuilds_the_same_state() {
+    let mut rng = StdRng::seed_from_u64(seed());
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(&Command::Bootstrap {
+        cluster_id: "c".into(),
+        node: node("a"),
+    });
+    c.rounds(3);
+    let mut stale = 0;
+    drive(&mut c, &mut rng, 25, &mut stale);
+
+    // A log written before checkpoints (or before the first one): whole, replayed from 1.
+    let before = c.same_state();
+    if before.last_checkpoint == 0 {
+        c.restart(3);
+        let replays = &c.machines[&3].replays;
+        assert!(replays.len() == 1 && replays[0].0 == 1, "{replays:?}");
+        for _ in 0..5 {
+            c.tick();
+        }
+        assert_eq!(c.machines[&3].state, before);
+    }
+
+    drive(&mut c, &mut rng, 120, &mut stale);
+    let s = c.same_state();
+    println!(
+        "{} commands applied, last checkpoint at {}, {stale} proposed stale",
+        s.applied, s.last_checkpoint
+    );
+    assert!(s.last_checkpoint > 100, "{s:?}");
+    assert!(s.since_checkpoint <= EVERY + 3, "{s:?}");
+    for id in 1..=3 {
+        let first = c.sets[&id].first_index(G).expect("group");
+        assert!(first > 1, "node {id} did not compact");
+        // Compacted just below a checkpoint (a leader may keep a little more for a live
+        // follower): the log keeps what a replay needs, and not much more.
+        assert!(first <= s.last_checkpoint, "node {id}: first index {first}");
+        assert_eq!(c.stores[&id].first_index(), first);
+        assert!(
+            c.stores[&id].batches().len() < 3 * EVERY as usize + 20,
+            "node {id} holds {} entries",
+            c.stores[&id].batches().len()
+        );
+    }
+
+    // A follower restarted replays from its log's first entry, past 1: its checkpoint brings
+    // the state.
+    let l = c.leader().expect("a leader");
+    let f = (1..=3).find(|&i| i != l).expect("a follower");
+    c.restart(f);
+    let (first, _) = c.machines[&f].replays[0];
+    assert!(first > 1);
+    for _ in 0..5 {
+        c.tick();
+    }
+    assert_eq!(c.machines[&f].state, c.machines[&l].state);
+
+    // A node added after the compaction: the leader no longer holds its first entries, so
+    // it gets a snapshot (the retained log) and rebuilds the state from it.
+    c.stores.insert(4, Rc::new(MemStore::new()));
+    c.start(4, &[]);
+    let l = c.leader().expect("a leader");
+    drop(
+        c.set(l)
+            .propose_conf_change(G, add_learner(4))
+            .expect("add"),
+    );
+    for _ in 0..10 {
+        c.tick();
+    }
+    assert_eq!(c.sets[&4].stats().snapshots_installed, 1);
+    let replays = &c.machines[&4].replays;
+    assert_eq!(replays.len(), 2, "{replays:?}");
+    assert!(replays[1].0 > 1, "{replays:?}");
+    drive(&mut c, &mut rng, 15, &mut stale);
+    let s = c.same_state();
+    assert_eq!(s.active_nodes(), c.machines[&4].state.active_nodes());
+
+    // The new node restarts from what it installed (its snapshot point is past its
+    // checkpoint: the replay starts at the log's first entry, not after the snapshot).
+    c.restart(4);
+    for _ in 0..5 {
+        c.tick();
+    }
+    assert_eq!(c.machines[&4].state, s);
+
+    // A follower down while the leader compacts past it (a follower that is down holds
+    // nothing back): behind the leader's first index, it gets a snapshot and rebuilds the
+    // state from it, replacing the one it held.
+    let l = c.leader().expect("a leader");
+    let w = (1..=3).find(|&i| i != l).expect("a follower");
+    c.isolated.insert(w);
+    for _ in 0..30 {
+        // What the transport tells the leader of a node it cannot reach.
+        c.set(l).report_unreachable(w);
+        c.tick();
+    }
+    drive(&mut c, &mut rng, 40, &mut stale);
+    let first = c.sets[&l].first_index(G).expect("group");
+    let held = c.stores[&w].next_index();
+    assert!(
+        first > held,
+        "the leader kept {first}.. for node {w}, which holds ..{held}"
+    );
+    c.isolated.clear();
+    for _ in 0..10 {
+        c.tick();
+    }
+    assert_eq!(c.sets[&w].stats().snapshots_installed, 1);
+    drive(&mut c, &mut rng, 5, &mut stale);
+    c.same_state();
+    c.restart(w);
+    for _ in 0..5 {
+        c.tick();
+    }
+    c.same_state();
+}
