@@ -19,45 +19,24 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use consensus::cluster::state::{ClusterState, Command, NodeEntry};
-use consensus::raft::{GroupConfig, GroupSet, LogStore, MemStore, StateEvent, Transport};
+use consensus::raft::{GroupConfig, GroupSet, LogStore, MemStore, StateEvent};
 use engine::LogConfig;
 use futures_lite::future::block_on;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use raft::StateRole;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
+
+mod mem_cluster;
+use mem_cluster::{MemNet, Rounds};
 
 /// The controller's group.
 const G: u64 = 0;
 /// Commands between two checkpoints (the server's default is 1000).
 const EVERY: u64 = 10;
 
-/// Frames sent in a round, and the logs of the nodes a snapshot can be fetched from.
-struct Queue(Vec<(u64, Vec<u8>)>, BTreeMap<u64, Rc<MemStore>>);
-
-impl Transport for Queue {
-    fn send(&mut self, to: u64, frame: Vec<u8>) {
-        self.0.push((to, frame));
-    }
-
-    async fn fetch_snapshot(
-        &mut self,
-        from: u64,
-        _group: u64,
-        first: u64,
-        last: u64,
-    ) -> Result<Vec<engine::log::EntryBatch>, String> {
-        let store = self.1.get(&from).ok_or("unreachable")?;
-        store
-            .read(first, last + 1, usize::MAX)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// A node's controller state machine, fed as `ClusterNode` feeds its own.
+/// A node's controller state machine, fed what its group applied and replayed.
 #[derive(Default)]
 struct Machine {
     state: ClusterState,
@@ -92,22 +71,68 @@ impl Machine {
 }
 
 struct Cluster {
-    sets: BTreeMap<u64, GroupSet<MemStore>>,
-    stores: BTreeMap<u64, Rc<MemStore>>,
+    mem: MemNet,
     machines: BTreeMap<u64, Machine>,
-    net: Vec<(u64, u64, Vec<u8>)>,
-    isolated: BTreeSet<u64>,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = MemNet;
+    fn deref(&self) -> &MemNet {
+        &self.mem
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut MemNet {
+        &mut self.mem
+    }
+}
+
+impl Rounds for Cluster {
+    fn mem(&self) -> &MemNet {
+        &self.mem
+    }
+    fn mem_mut(&mut self) -> &mut MemNet {
+        &mut self.mem
+    }
+    fn group(&self) -> u64 {
+        G
+    }
+    /// A round in which every node's state machine takes what its group applied, and its
+    /// log is compacted below its last checkpoint, as the shard's loop does.
+    fn round(&mut self) {
+        let machines = &mut self.machines;
+        self.mem.round_with(|id, set| {
+            let m = machines.get_mut(&id).expect("machine");
+            feed(m, set);
+            compact(m, set);
+        });
+    }
+}
+
+/// Hands node's state machine `m` what its group applied.
+fn feed(m: &mut Machine, set: &mut GroupSet<MemStore>) {
+    for (group, e) in set.take_commands() {
+        assert_eq!(group, G);
+        m.feed(e);
+    }
+}
+
+/// Compacts a node's log below its machine's last checkpoint.
+fn compact(m: &Machine, set: &mut GroupSet<MemStore>) {
+    let checkpoint = m.state.last_checkpoint;
+    let first = set.first_index(G).expect("group");
+    if checkpoint > first {
+        block_on(set.compact_for_retention(G, checkpoint - 1, None)).expect("compact");
+    }
 }
 
 impl Cluster {
     fn new(n: u64) -> Cluster {
         let voters: Vec<u64> = (1..=n).collect();
         let mut c = Cluster {
-            sets: BTreeMap::new(),
-            stores: BTreeMap::new(),
+            mem: MemNet::default(),
             machines: BTreeMap::new(),
-            net: Vec::new(),
-            isolated: BTreeSet::new(),
         };
         for id in 1..=n {
             c.stores.insert(id, Rc::new(MemStore::new()));
@@ -121,9 +146,10 @@ impl Cluster {
         let mut set = GroupSet::new(id, GroupConfig::default(), id * 1000);
         block_on(set.add_group_with(G, Rc::clone(&self.stores[&id]), voters, true))
             .expect("open group");
+        let mut m = Machine::default();
+        feed(&mut m, &mut set);
         self.sets.insert(id, set);
-        self.machines.insert(id, Machine::default());
-        self.feed(id);
+        self.machines.insert(id, m);
     }
 
     /// Restarts node `id` from what its log synced.
@@ -133,85 +159,6 @@ impl Cluster {
         self.start(id, &[]);
     }
 
-    fn set(&mut self, id: u64) -> &mut GroupSet<MemStore> {
-        self.sets.get_mut(&id).expect("node")
-    }
-
-    fn feed(&mut self, id: u64) {
-        let events = self.set(id).take_commands();
-        let m = self.machines.get_mut(&id).expect("machine");
-        for (group, e) in events {
-            assert_eq!(group, G);
-            m.feed(e);
-        }
-    }
-
-    fn round(&mut self) {
-        let ids: Vec<u64> = self.sets.keys().copied().collect();
-        for id in ids {
-            let reachable = self
-                .stores
-                .iter()
-                .filter(|(&n, _)| !self.isolated.contains(&n) && !self.isolated.contains(&id))
-                .map(|(&n, s)| (n, Rc::clone(s)))
-                .collect();
-            let mut q = Queue(Vec::new(), reachable);
-            block_on(self.set(id).round(&mut q));
-            for job in self.set(id).take_fetch_jobs() {
-                block_on(job.run());
-            }
-            self.feed(id);
-            self.compact(id);
-            for (to, bytes) in q.0 {
-                self.net.push((id, to, bytes));
-            }
-        }
-        for (from, to, bytes) in std::mem::take(&mut self.net) {
-            if self.isolated.contains(&from) || self.isolated.contains(&to) {
-                continue;
-            }
-            if let Some(set) = self.sets.get_mut(&to) {
-                set.step_frame(&bytes).expect("frame");
-            }
-        }
-    }
-
-    /// Compacts node `id`'s log below its last checkpoint, as the shard's loop does.
-    fn compact(&mut self, id: u64) {
-        let checkpoint = self.machines[&id].state.last_checkpoint;
-        let first = self.set(id).first_index(G).expect("group");
-        if checkpoint > first {
-            block_on(self.set(id).compact_for_retention(G, checkpoint - 1, None)).expect("compact");
-        }
-    }
-
-    fn rounds(&mut self, n: usize) {
-        for _ in 0..n {
-            self.round();
-        }
-    }
-
-    fn tick(&mut self) {
-        for s in self.sets.values_mut() {
-            s.tick();
-        }
-        self.rounds(3);
-    }
-
-    fn leader(&self) -> Option<u64> {
-        self.sets.iter().find_map(|(&id, s)| {
-            (s.status(G)?.role == StateRole::Leader && !self.isolated.contains(&id)).then_some(id)
-        })
-    }
-
-    fn elect(&mut self, id: u64) -> u64 {
-        self.set(id).campaign(G).expect("campaign");
-        self.rounds(10);
-        assert_eq!(self.leader(), Some(id));
-        id
-    }
-
-    /// Proposes `c` on the leader without waiting.
     fn propose(&mut self, c: &Command) {
         let l = self.leader().expect("a leader");
         // Not waited for: the states show what was applied.

@@ -16,53 +16,53 @@ use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, MessageType,
 };
 use raft::StateRole;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
+
+mod mem_cluster;
+use mem_cluster::{MemNet, Queue, Rounds};
 
 const G: u64 = 1;
 
-/// Frames sent in a round, and the logs of the nodes a snapshot can be fetched from.
-struct Queue(Vec<(u64, Vec<u8>)>, BTreeMap<u64, Rc<MemStore>>);
+/// A cluster of `n` nodes with one group, all in one thread.
+struct Cluster {
+    mem: MemNet,
+    voters: Vec<u64>,
+}
 
-impl Transport for Queue {
-    fn send(&mut self, to: u64, frame: Vec<u8>) {
-        self.0.push((to, frame));
-    }
-
-    async fn fetch_snapshot(
-        &mut self,
-        from: u64,
-        _group: u64,
-        first: u64,
-        last: u64,
-    ) -> Result<Vec<engine::log::EntryBatch>, String> {
-        let store = self.1.get(&from).ok_or("unreachable")?;
-        store
-            .read(first, last + 1, usize::MAX)
-            .await
-            .map_err(|e| e.to_string())
+impl std::ops::Deref for Cluster {
+    type Target = MemNet;
+    fn deref(&self) -> &MemNet {
+        &self.mem
     }
 }
 
-/// A cluster of `n` nodes with one group, all in one thread.
-struct Cluster {
-    sets: BTreeMap<u64, GroupSet<MemStore>>,
-    stores: BTreeMap<u64, Rc<MemStore>>,
-    /// Frames in flight: (from, to, bytes).
-    net: Vec<(u64, u64, Vec<u8>)>,
-    /// Nodes whose incoming and outgoing frames are dropped.
-    isolated: BTreeSet<u64>,
-    voters: Vec<u64>,
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut MemNet {
+        &mut self.mem
+    }
+}
+
+impl Rounds for Cluster {
+    fn mem(&self) -> &MemNet {
+        &self.mem
+    }
+    fn mem_mut(&mut self) -> &mut MemNet {
+        &mut self.mem
+    }
+    fn group(&self) -> u64 {
+        G
+    }
+    fn round(&mut self) {
+        self.mem.round_with(|_, _| {});
+    }
 }
 
 impl Cluster {
     fn new(n: u64) -> Cluster {
         let voters: Vec<u64> = (1..=n).collect();
         let mut c = Cluster {
-            sets: BTreeMap::new(),
-            stores: BTreeMap::new(),
-            net: Vec::new(),
-            isolated: BTreeSet::new(),
+            mem: MemNet::default(),
             voters: voters.clone(),
         };
         for id in 1..=n {
@@ -76,66 +76,6 @@ impl Cluster {
         let mut set = GroupSet::new(id, GroupConfig::default(), id * 1000);
         block_on(set.add_group(G, Rc::clone(&self.stores[&id]), voters)).expect("open group");
         self.sets.insert(id, set);
-    }
-
-    fn set(&mut self, id: u64) -> &mut GroupSet<MemStore> {
-        self.sets.get_mut(&id).expect("node")
-    }
-
-    /// One round on every node, then delivery of everything sent.
-    fn round(&mut self) {
-        let ids: Vec<u64> = self.sets.keys().copied().collect();
-        for id in ids {
-            let reachable = self
-                .stores
-                .iter()
-                .filter(|(&n, _)| !self.isolated.contains(&n) && !self.isolated.contains(&id))
-                .map(|(&n, s)| (n, Rc::clone(s)))
-                .collect();
-            let mut q = Queue(Vec::new(), reachable);
-            block_on(self.set(id).round(&mut q));
-            for job in self.set(id).take_fetch_jobs() {
-                block_on(job.run());
-            }
-            for (to, bytes) in q.0 {
-                self.net.push((id, to, bytes));
-            }
-        }
-        for (from, to, bytes) in std::mem::take(&mut self.net) {
-            if self.isolated.contains(&from) || self.isolated.contains(&to) {
-                continue;
-            }
-            if let Some(set) = self.sets.get_mut(&to) {
-                set.step_frame(&bytes).expect("frame");
-            }
-        }
-    }
-
-    fn rounds(&mut self, n: usize) {
-        for _ in 0..n {
-            self.round();
-        }
-    }
-
-    fn tick(&mut self) {
-        for s in self.sets.values_mut() {
-            s.tick();
-        }
-        self.rounds(3);
-    }
-
-    fn leader(&self) -> Option<u64> {
-        self.sets.iter().find_map(|(&id, s)| {
-            (s.status(G)?.role == StateRole::Leader && !self.isolated.contains(&id)).then_some(id)
-        })
-    }
-
-    /// Elects `id` by campaigning, then lets its first entry commit.
-    fn elect(&mut self, id: u64) -> u64 {
-        self.set(id).campaign(G).expect("campaign");
-        self.rounds(10);
-        assert_eq!(self.leader(), Some(id));
-        id
     }
 
     fn propose(&mut self, leader: u64, value: &str) -> oneshot::Receiver<Outcome> {
