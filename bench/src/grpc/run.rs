@@ -691,33 +691,17 @@ async fn consume_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel) {
                 continue;
             }
         };
-        // One deadline for the whole stream, not one timer per message: at a million
-        // messages a second, a timer each took a third of this lane's CPU.
-        let read = async {
-            let mut last = Instant::now();
-            loop {
-                match rx.message_as::<ConsumeResponse>().await {
-                    Ok(Some(resp)) => {
-                        let rec = resp.record.unwrap_or_default();
-                        ctx.check_record(&rec.value);
-                        ctx.done(part, last, 1, rec.value.len() as u64);
-                        last = Instant::now();
-                        if rec.offset + 1 >= end {
-                            return true;
-                        }
-                    }
-                    Ok(None) => return true,
-                    Err(st) => {
-                        ctx.error(part, &st, 1);
-                        return false;
-                    }
-                }
-            }
-        };
-        match within(remaining(stop), read).await {
-            None => return,
-            Some(true) => {}
-            Some(false) => glommio::timer::sleep(RETRY_PAUSE.min(remaining(stop))).await,
+        let mut last = Instant::now();
+        let more = read_stream(&ctx, part, &mut rx, stop, |resp| {
+            let rec = resp.record.unwrap_or_default();
+            ctx.check_record(&rec.value);
+            ctx.done(part, last, 1, rec.value.len() as u64);
+            last = Instant::now();
+            rec.offset + 1 >= end
+        })
+        .await;
+        if !more {
+            return;
         }
         // Dropping `rx` resets the stream: the server stops sending.
     }
@@ -740,50 +724,75 @@ async fn tail_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, e2e: bool) {
                 continue;
             }
         };
-        // One deadline for the whole stream, not one timer per message.
-        let read = async {
-            loop {
-                match rx.message_as::<ConsumeResponse>().await {
-                    Ok(Some(resp)) => {
-                        let now = Instant::now();
-                        let rec = resp.record.unwrap_or_default();
-                        next = rec.offset + 1;
-                        ctx.check_record(&rec.value);
-                        if !e2e {
-                            ctx.shared.live[part].add(1, rec.value.len() as u64);
-                        }
-                        if !ctx.window.counts(now) {
-                            continue;
-                        }
-                        let mut stats = ctx.stats.borrow_mut();
-                        let s = &mut stats[part];
-                        if e2e {
-                            if let Some(st) = payload::peek(&rec.value) {
-                                if st.run_id == ctx.shared.run_id && st.lane < PREFILL_LANE {
-                                    let sent = ctx.window.at_ns(st.sent_ns);
-                                    s.e2e.saturating_record(
-                                        now.saturating_duration_since(sent).as_nanos() as u64,
-                                    );
-                                    s.e2e_records += 1;
-                                }
-                            }
-                        } else {
-                            s.records += 1;
-                            s.bytes += rec.value.len() as u64;
-                        }
-                    }
-                    Ok(None) => return true,
-                    Err(st) => {
-                        ctx.error(part, &st, 1);
-                        return false;
+        let more = read_stream(&ctx, part, &mut rx, stop, |resp| {
+            let now = Instant::now();
+            let rec = resp.record.unwrap_or_default();
+            next = rec.offset + 1;
+            ctx.check_record(&rec.value);
+            if !e2e {
+                ctx.shared.live[part].add(1, rec.value.len() as u64);
+            }
+            if !ctx.window.counts(now) {
+                return false;
+            }
+            let mut stats = ctx.stats.borrow_mut();
+            let s = &mut stats[part];
+            if e2e {
+                if let Some(st) = payload::peek(&rec.value) {
+                    if st.run_id == ctx.shared.run_id && st.lane < PREFILL_LANE {
+                        let sent = ctx.window.at_ns(st.sent_ns);
+                        s.e2e.saturating_record(
+                            now.saturating_duration_since(sent).as_nanos() as u64
+                        );
+                        s.e2e_records += 1;
                     }
                 }
+            } else {
+                s.records += 1;
+                s.bytes += rec.value.len() as u64;
             }
-        };
-        match within(remaining(stop), read).await {
-            None => return,
-            Some(true) => {}
-            Some(false) => glommio::timer::sleep(RETRY_PAUSE.min(remaining(stop))).await,
+            false
+        })
+        .await;
+        if !more {
+            return;
+        }
+    }
+}
+
+/// Reads `rx` until `each` says the stream is done (true), the stream ends or fails, or the
+/// run ends at `stop`, under one deadline for the whole stream rather than a timer per
+/// message (at a million messages a second, a timer each took a third of a lane's CPU). A
+/// failure is counted and followed by a pause. False once the run is over.
+async fn read_stream(
+    ctx: &Ctx,
+    part: usize,
+    rx: &mut Streaming,
+    stop: Instant,
+    mut each: impl FnMut(ConsumeResponse) -> bool,
+) -> bool {
+    let read = async {
+        loop {
+            match rx.message_as::<ConsumeResponse>().await {
+                Ok(Some(resp)) => {
+                    if each(resp) {
+                        return true;
+                    }
+                }
+                Ok(None) => return true,
+                Err(st) => {
+                    ctx.error(part, &st, 1);
+                    return false;
+                }
+            }
+        }
+    };
+    match within(remaining(stop), read).await {
+        None => false,
+        Some(true) => true,
+        Some(false) => {
+            glommio::timer::sleep(RETRY_PAUSE.min(remaining(stop))).await;
+            true
         }
     }
 }
