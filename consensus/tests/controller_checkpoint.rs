@@ -15,21 +15,17 @@
 //!
 //! `PROGLOG_CHECKPOINT_SEED=<n>` replays a run (the seed is printed).
 
-// raft-rs's message types (rust-protobuf) are filled field by field.
-#![allow(clippy::field_reassign_with_default)]
-
 use consensus::cluster::state::{ClusterState, Command, NodeEntry};
 use consensus::raft::{GroupConfig, GroupSet, LogStore, MemStore, StateEvent};
 use engine::LogConfig;
 use futures_lite::future::block_on;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 mod mem_cluster;
-use mem_cluster::{MemNet, Rounds};
+use mem_cluster::{add_learner, MemNet, Rounds};
 
 /// The controller's group.
 const G: u64 = 0;
@@ -218,15 +214,6 @@ fn node(name: &str) -> NodeEntry {
         shards: 2,
         removed: false,
     }
-}
-
-fn add_learner(id: u64) -> ConfChangeV2 {
-    let mut s = ConfChangeSingle::default();
-    s.change_type = ConfChangeType::AddLearnerNode;
-    s.node_id = id;
-    let mut cc = ConfChangeV2::default();
-    cc.set_changes(vec![s].into());
-    cc
 }
 
 fn seed() -> u64 {

@@ -14,10 +14,9 @@
 //! left are bounded, a restart replays from a checkpoint, and the snapshot a node added later
 //! receives is as small as the retained log.
 
-// raft-rs's message types (rust-protobuf) are filled field by field.
-#![allow(clippy::field_reassign_with_default)]
-
 mod common;
+mod mem_cluster;
+use mem_cluster::add_learner;
 
 use common::{serial, stat, wait_until, Cluster, HooksFactory};
 use consensus::cluster::state::{ClusterState, Command, NodeEntry};
@@ -26,7 +25,6 @@ use consensus::raft::transport::Peers;
 use consensus::raft::RaftMeta;
 use engine::{EngineConfig, LogConfig, CONTROLLER_SEGMENT_BYTES, CONTROLLER_TOPIC};
 use futures_lite::future::block_on;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -103,15 +101,6 @@ fn snapshot_point(c: &Cluster, id: u64) -> u64 {
 /// The state as every replica must hold it (the node's own view of leadership aside).
 fn same(a: &ClusterState, b: &ClusterState) -> bool {
     a == b && !a.awaiting_checkpoint
-}
-
-fn add_learner(id: u64) -> ConfChangeV2 {
-    let mut s = ConfChangeSingle::default();
-    s.change_type = ConfChangeType::AddLearnerNode;
-    s.node_id = id;
-    let mut cc = ConfChangeV2::default();
-    cc.set_changes(vec![s].into());
-    cc
 }
 
 #[test]

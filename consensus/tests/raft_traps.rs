@@ -12,15 +12,13 @@ use consensus::raft::{Error, GroupConfig, GroupSet, LogStore, MemStore, Outcome,
 use engine::NewRecord;
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
-use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, MessageType,
-};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, MessageType};
 use raft::StateRole;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 mod mem_cluster;
-use mem_cluster::{MemNet, Queue, Rounds};
+use mem_cluster::{add_learner, MemNet, Queue, Rounds};
 
 const G: u64 = 1;
 
@@ -87,15 +85,6 @@ impl Cluster {
 
 fn outcome<T>(rx: &mut oneshot::Receiver<T>) -> Option<T> {
     rx.try_recv().expect("the waiter is never dropped")
-}
-
-fn add_learner(id: u64) -> ConfChangeV2 {
-    let mut s = ConfChangeSingle::default();
-    s.change_type = ConfChangeType::AddLearnerNode;
-    s.node_id = id;
-    let mut cc = ConfChangeV2::default();
-    cc.set_changes(vec![s].into());
-    cc
 }
 
 #[test]

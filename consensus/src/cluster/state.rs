@@ -507,6 +507,21 @@ mod tests {
         s
     }
 
+    /// Topic "t" of `partitions` partitions, `factor` replicas each on `nodes`, created at
+    /// index 4.
+    fn create_t(s: &mut ClusterState, partitions: u32, factor: u32, nodes: &[u64]) {
+        let placed = s.place("t", partitions, factor, nodes).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: LogConfig::default(),
+                replication_factor: factor,
+                partitions: placed,
+            },
+        );
+    }
+
     /// Cluster "c" bootstrapped by node a, registered as 1.
     fn bootstrapped() -> ClusterState {
         let mut s = ClusterState::default();
@@ -543,16 +558,7 @@ mod tests {
     #[test]
     fn a_stopped_mark_holds_only_for_a_placed_node_and_leaves_with_it() {
         let mut s = three_nodes();
-        let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
-        s.apply(
-            4,
-            &Command::CreateTopic {
-                name: "t".into(),
-                config: LogConfig::default(),
-                replication_factor: 2,
-                partitions,
-            },
-        );
+        create_t(&mut s, 1, 2, &[1, 2]);
         let stopped = |node| Command::ReplicaStopped {
             topic: "t".into(),
             partition: 0,
@@ -608,16 +614,7 @@ mod tests {
     #[test]
     fn a_replica_that_runs_again_has_its_stopped_mark_withdrawn() {
         let mut s = three_nodes();
-        let partitions = s.place("t", 1, 3, &[1, 2, 3]).unwrap();
-        s.apply(
-            4,
-            &Command::CreateTopic {
-                name: "t".into(),
-                config: LogConfig::default(),
-                replication_factor: 3,
-                partitions,
-            },
-        );
+        create_t(&mut s, 1, 3, &[1, 2, 3]);
         let marks = |s: &ClusterState| s.topics["t"].partitions[0].stopped.clone();
         let on = |node| ("t".to_string(), 0, node);
         let stopped = |(topic, partition, node): (String, u32, u64)| Command::ReplicaStopped {
@@ -676,16 +673,7 @@ mod tests {
     /// filled.
     fn busy() -> ClusterState {
         let mut s = three_nodes();
-        let partitions = s.place("t", 2, 2, &[1, 2, 3]).unwrap();
-        s.apply(
-            4,
-            &Command::CreateTopic {
-                name: "t".into(),
-                config: LogConfig::default(),
-                replication_factor: 2,
-                partitions,
-            },
-        );
+        create_t(&mut s, 2, 2, &[1, 2, 3]);
         let node = s.topics["t"].partitions[0].nodes()[1];
         s.apply(
             6,

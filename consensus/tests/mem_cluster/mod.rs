@@ -5,9 +5,12 @@
 //! isolated.
 
 #![allow(dead_code)]
+// raft-rs's message types (rust-protobuf) are filled field by field.
+#![allow(clippy::field_reassign_with_default)]
 
 use consensus::raft::{GroupSet, LogStore, MemStore, Transport};
 use futures_lite::future::block_on;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raft::StateRole;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -122,4 +125,14 @@ pub trait Rounds {
         assert_eq!(self.leader(), Some(id));
         id
     }
+}
+
+/// A configuration change that adds `id` as a learner.
+pub fn add_learner(id: u64) -> ConfChangeV2 {
+    let mut s = ConfChangeSingle::default();
+    s.change_type = ConfChangeType::AddLearnerNode;
+    s.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![s].into());
+    cc
 }
