@@ -77,11 +77,8 @@ pub fn controller_record_proposal(command: &[u8], timestamp_ms: i64) -> Bytes {
 /// The command of a data entry of exactly one record of type [`CONTROLLER_RECORD_TYPE`],
 /// if `e` is one. Only for the controller's group: elsewhere such a record is a client's.
 pub fn controller_record(e: &Entry) -> Option<&[u8]> {
-    if e.entry_type != EntryType::EntryNormal || e.data.first() != Some(&TAG_DATA) {
-        return None;
-    }
-    let count = e.data.get(9..13)?;
-    if u32::from_le_bytes([count[0], count[1], count[2], count[3]]) != 1 {
+    // A data entry (any other counts none) of exactly one record.
+    if record_count(e).ok()? != 1 {
         return None;
     }
     let record = e.data.get(DATA_PREFIX..)?;
