@@ -12,11 +12,18 @@ pub fn push(b: &mut BatchBuilder, r: &pb::Record) -> Result<(), Status> {
     b.push(&r.value, r.r#type).map_err(to_status)
 }
 
-/// Wire records as one encoded batch (an empty list is INVALID_ARGUMENT).
-pub fn encode<'a>(
-    records: impl IntoIterator<Item = &'a pb::Record>,
-) -> Result<EncodedBatch, Status> {
-    let mut b = BatchBuilder::new();
+/// Wire records as one encoded batch (an empty list is INVALID_ARGUMENT), built in one
+/// allocation of the batch's exact size.
+pub fn encode<'a, I>(records: I) -> Result<EncodedBatch, Status>
+where
+    I: IntoIterator<Item = &'a pb::Record>,
+    I::IntoIter: Clone,
+{
+    let records = records.into_iter();
+    let len = records.clone().fold(0usize, |n, r| {
+        n.saturating_add(seam::encoded_record_len(r.value.len()))
+    });
+    let mut b = BatchBuilder::with_capacity(len);
     for r in records {
         push(&mut b, r)?;
     }

@@ -6,7 +6,7 @@
 
 use super::store::LogStore;
 use engine::batch::Header;
-use engine::log::EntryBatch;
+use engine::log::{EntryBatch, FreshBatch};
 use engine::{Log, Result};
 
 /// Name of the Raft metadata file in a partition's directory.
@@ -47,6 +47,9 @@ impl LogStore for Log {
     async fn append(&self, batches: &[u8]) -> Result<()> {
         // `RaftLog::append` encoded them from the entries a moment ago.
         self.append_fresh(batches).await.map(|_| ())
+    }
+    async fn append_parts(&self, batches: &[FreshBatch<'_>]) -> Result<()> {
+        self.append_fresh_parts(batches).await.map(|_| ())
     }
     async fn sync(&self) -> Result<()> {
         Log::sync(self).await

@@ -200,6 +200,82 @@ pub fn encode_known(
     Ok(base_offset)
 }
 
+/// An entry stamped as a stored batch, in two pieces written back to back: its header, and
+/// its payload. A data entry's payload is its records where the entry holds them (they are
+/// copied once, into the log's buffer); other kinds, small, are encoded apart.
+pub enum Stamped {
+    Data {
+        header: [u8; batch::HEADER_LEN],
+    },
+    Other {
+        header: [u8; batch::HEADER_LEN],
+        payload: Vec<u8>,
+    },
+}
+
+impl Stamped {
+    /// The batch's two pieces; `e` is the entry it was stamped from.
+    pub fn parts<'a>(&'a self, e: &'a Entry) -> engine::log::FreshBatch<'a> {
+        match self {
+            Stamped::Data { header } => engine::log::FreshBatch {
+                header,
+                // `stamp` checked that the entry holds its prefix.
+                payload: e.data.get(DATA_PREFIX..).unwrap_or_default(),
+            },
+            Stamped::Other { header, payload } => engine::log::FreshBatch { header, payload },
+        }
+    }
+}
+
+/// [`encode_known`] without copying a data entry's records: `e` stamped as a batch at
+/// `base_offset` ([`Stamped::parts`] gives its pieces). Returns the offset after it.
+pub fn stamp(
+    e: &Entry,
+    base_offset: u64,
+    commit_index: u64,
+    payload_crc: Option<u32>,
+) -> Result<(Stamped, u64)> {
+    if e.entry_type == EntryType::EntryNormal && e.data.first() == Some(&TAG_DATA) {
+        let count = record_count(e)?;
+        let ts = e
+            .data
+            .get(1..9)
+            .ok_or_else(|| malformed(e, "no timestamp"))?;
+        let mut t = [0u8; 8];
+        t.copy_from_slice(ts);
+        let payload = e
+            .data
+            .get(DATA_PREFIX..)
+            .ok_or_else(|| malformed(e, "data entry shorter than its prefix"))?;
+        check_records(e, payload, count)?;
+        let crc = match payload_crc {
+            Some(crc) => {
+                debug_assert_eq!(crc, crc32c::crc32c(payload), "entry {}", e.index);
+                crc
+            }
+            None => crc32c::crc32c(payload),
+        };
+        let stamp = Stamp {
+            kind: Kind::Data,
+            base_offset,
+            term: e.term,
+            raft_index: e.index,
+            commit_index: commit_index.min(e.index),
+            timestamp_ms: i64::from_le_bytes(t),
+        };
+        let header = batch::header_bytes(&stamp, count, payload.len() as u32, crc);
+        return Ok((Stamped::Data { header }, base_offset + u64::from(count)));
+    }
+    let mut whole = Vec::with_capacity(encoded_len(e));
+    let next = encode_known(e, base_offset, commit_index, None, &mut whole)?;
+    let header = whole
+        .first_chunk::<{ batch::HEADER_LEN }>()
+        .copied()
+        .ok_or_else(|| malformed(e, "encoded shorter than a batch header"))?;
+    let payload = whole.split_off(batch::HEADER_LEN);
+    Ok((Stamped::Other { header, payload }, next))
+}
+
 /// Checks that `payload` holds exactly `count` records, so a batch never claims records its
 /// bytes do not hold (bytes from a leader are not trusted with a panic either).
 fn check_records(e: &Entry, payload: &[u8], count: u32) -> Result<()> {

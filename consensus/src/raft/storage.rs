@@ -584,9 +584,8 @@ impl<S: LogStore> RaftLog<S> {
             self.cut_after(first.index - 1);
         }
         let mut offset = self.store.next_offset();
-        // Sized once: growing it entry by entry copied the round's payload again at each
-        // doubling.
-        let mut buf = Vec::with_capacity(entries.iter().map(entry::encoded_len).sum());
+        // Stamped where they are: each data entry's records are copied once, by the store.
+        let mut stamped = Vec::with_capacity(entries.len());
         let mut cached = Vec::with_capacity(entries.len());
         for e in entries {
             let base_offset = offset;
@@ -599,7 +598,9 @@ impl<S: LogStore> RaftLog<S> {
                 Some(&(i, t, crc)) if i == e.index && t == e.term => Some(crc),
                 _ => None,
             };
-            offset = entry::encode_known(e, offset, commit, crc, &mut buf)?;
+            let (s, next) = entry::stamp(e, offset, commit, crc)?;
+            stamped.push(s);
+            offset = next;
             cached.push(Cached {
                 entry: e.clone(),
                 base_offset,
@@ -610,7 +611,12 @@ impl<S: LogStore> RaftLog<S> {
                 known.pop_front();
             }
         }
-        self.store.append(&buf).await.map_err(&err)?;
+        let parts: Vec<_> = entries
+            .iter()
+            .zip(&stamped)
+            .map(|(e, s)| s.parts(e))
+            .collect();
+        self.store.append_parts(&parts).await.map_err(&err)?;
         let mut c = self.core.borrow_mut();
         for x in cached {
             if c.runs.last().is_none_or(|&(_, t)| t != x.entry.term) {

@@ -25,7 +25,7 @@
 //!   resets lower it with the log. Raft's own reads above ignore it.
 
 use engine::batch::Header;
-use engine::log::EntryBatch;
+use engine::log::{EntryBatch, FreshBatch};
 use engine::Result;
 
 /// A partition's log as Raft sees it. Futures are not `Send`: a store lives on one shard.
@@ -59,6 +59,20 @@ pub trait LogStore {
     /// Buffers batches (format v2, back to back) at the end of the log: batches the caller
     /// has just encoded (`entry::encode`), so a store need not check their CRCs again.
     async fn append(&self, batches: &[u8]) -> Result<()>;
+    /// [`append`](Self::append) for batches given as a header and a payload each (stamped
+    /// a moment ago, as `append`'s), which a store may copy from where they are.
+    async fn append_parts(&self, batches: &[FreshBatch<'_>]) -> Result<()> {
+        let len = batches
+            .iter()
+            .map(|b| b.header.len() + b.payload.len())
+            .sum();
+        let mut whole = Vec::with_capacity(len);
+        for b in batches {
+            whole.extend_from_slice(b.header);
+            whole.extend_from_slice(b.payload);
+        }
+        self.append(&whole).await
+    }
     /// Makes everything appended so far durable.
     async fn sync(&self) -> Result<()>;
     /// Makes everything appended so far as durable as the log's policy asks before a

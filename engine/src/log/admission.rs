@@ -70,9 +70,20 @@ impl Drop for Ticket<'_> {
 /// What an append writes: records to encode as one batch, a payload encoded by the caller
 /// that only needs its header, or a whole batch already stored elsewhere.
 pub(super) enum Payload<'a> {
-    Records { term: u64, records: &'a [NewRecord] },
-    Encoded { term: u64, batch: &'a EncodedBatch },
-    Raw { header: Header, bytes: &'a [u8] },
+    Records {
+        term: u64,
+        records: &'a [NewRecord],
+    },
+    Encoded {
+        term: u64,
+        batch: &'a EncodedBatch,
+    },
+    /// A stored batch in two pieces (the second may be empty) written back to back.
+    Raw {
+        header: Header,
+        head: &'a [u8],
+        body: &'a [u8],
+    },
 }
 
 impl Payload<'_> {
@@ -81,7 +92,7 @@ impl Payload<'_> {
         (match self {
             Payload::Records { records, .. } => batch::encoded_len(*records),
             Payload::Encoded { batch, .. } => HEADER_LEN + batch.payload_len(),
-            Payload::Raw { bytes, .. } => bytes.len(),
+            Payload::Raw { head, body, .. } => head.len() + body.len(),
         }) as u64
     }
 }
@@ -385,8 +396,9 @@ impl Log {
                 };
                 (h, u64::from(batch.record_count()))
             }
-            Payload::Raw { header, bytes } => {
-                w.buf.extend_from_slice(bytes);
+            Payload::Raw { header, head, body } => {
+                w.buf.extend_from_slice(head);
+                w.buf.extend_from_slice(body);
                 (*header, u64::from(header.record_count))
             }
         };

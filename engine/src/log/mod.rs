@@ -67,7 +67,7 @@ mod truncate;
 
 pub use entries::EntryBatch;
 pub use install::{staging_path, SnapshotFile, Staging};
-pub use replica::SnapshotReader;
+pub use replica::{FreshBatch, SnapshotReader};
 pub(crate) use space::free_bytes;
 
 use crate::budget::FileBudget;

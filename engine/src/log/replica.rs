@@ -25,6 +25,14 @@ pub(super) enum Crc {
     Fresh,
 }
 
+/// A batch for [`Log::append_fresh_parts`]: its header's bytes, stamped a moment ago from its
+/// payload's CRC, and the payload.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshBatch<'a> {
+    pub header: &'a [u8; batch::HEADER_LEN],
+    pub payload: &'a [u8],
+}
+
 impl Log {
     /// Appends batches already in the on-disk format (from a leader or a snapshot). Each batch
     /// is checked (CRC, continuity with the log's next offset) before anything is written.
@@ -40,13 +48,20 @@ impl Log {
     /// write-behind buffer, returning the offsets they took (none for an empty input).
     pub(super) async fn admit_raw(&self, bytes: &[u8], crc: Crc) -> Result<Option<Appended>> {
         let batches = self.check_raw(bytes, crc)?;
+        let parts: Vec<(Header, &[u8], &[u8])> = batches
+            .into_iter()
+            .map(|(header, range)| (header, &bytes[range], &[][..]))
+            .collect();
+        self.admit_parts(&parts).await
+    }
+
+    /// Copies checked batches, each given as two pieces stored back to back, into the
+    /// write-behind buffer, returning the offsets they took (none for an empty input).
+    async fn admit_parts(&self, batches: &[(Header, &[u8], &[u8])]) -> Result<Option<Appended>> {
         let mut result: Option<Appended> = None;
-        for (header, range) in batches {
+        for &(header, head, body) in batches {
             let a = self
-                .append_payload(Payload::Raw {
-                    header,
-                    bytes: &bytes[range],
-                })
+                .append_payload(Payload::Raw { header, head, body })
                 .await?;
             result = Some(Appended {
                 base_offset: result.map(|r| r.base_offset).unwrap_or(a.base_offset),
@@ -56,18 +71,88 @@ impl Log {
         Ok(result)
     }
 
+    /// [`append_fresh`](Self::append_fresh) for batches given as a header and a payload
+    /// each, the payload copied once, from where it is, into the write-behind buffer (a
+    /// Raft entry's records stay in the entry instead of being copied behind a header
+    /// first). The headers were just stamped from their payloads' CRCs: every check but the
+    /// CRC's.
+    pub async fn append_fresh_parts(&self, batches: &[FreshBatch<'_>]) -> Result<Option<Appended>> {
+        let mut next = self.continuation();
+        let mut pos = 0usize;
+        let mut checked = Vec::with_capacity(batches.len());
+        for b in batches {
+            let header = match batch::parse_header(b.header) {
+                Parsed::Header(h) => h,
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "raw batches: no valid batch header at byte {pos}"
+                    )))
+                }
+            };
+            if header.batch_len() != b.header.len() + b.payload.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "raw batches: batch at byte {pos} claims {} bytes but has {}",
+                    header.batch_len(),
+                    b.header.len() + b.payload.len()
+                )));
+            }
+            self.check_continues(&header, pos, &mut next)?;
+            checked.push((header, &b.header[..], b.payload));
+            pos += header.batch_len();
+        }
+        let result = self.admit_parts(&checked).await?;
+        self.appended.notify(usize::MAX);
+        Ok(result)
+    }
+
+    /// Where the next batch given must continue the log: its next offset, and its next
+    /// Raft index unless the log is empty (just reset or created: it takes the Raft index of
+    /// what it is given).
+    fn continuation(&self) -> (u64, Option<u64>) {
+        let st = self.state.borrow();
+        let empty = st.segments.iter().all(|s| s.is_empty());
+        (st.next, (!empty).then_some(st.next_index))
+    }
+
+    /// Checks that a batch at byte `pos` of what was given continues `next` (offset and Raft
+    /// index, moved past it) and fits the log's batch limit.
+    fn check_continues(
+        &self,
+        header: &Header,
+        pos: usize,
+        next: &mut (u64, Option<u64>),
+    ) -> Result<()> {
+        let (expect, expect_index) = *next;
+        if header.base_offset != expect {
+            return Err(Error::InvalidArgument(format!(
+                "raw batches: batch at byte {pos} starts at offset {} but the log continues at {expect}",
+                header.base_offset
+            )));
+        }
+        if expect_index.is_some_and(|x| x != header.raft_index) || header.raft_index == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "raw batches: batch at byte {pos} has Raft index {} but the log continues at {}",
+                header.raft_index,
+                expect_index.unwrap_or(1)
+            )));
+        }
+        if header.payload_len as usize > self.config.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                size: header.payload_len as usize,
+                limit: self.config.max_batch_bytes,
+                unit: "bytes",
+            });
+        }
+        *next = (header.next_offset(), Some(header.raft_index + 1));
+        Ok(())
+    }
+
     /// Splits `bytes` into whole batches, each checked (header, CRC unless `crc` says the
     /// caller just computed it, size) and continuing the offsets of the one before, the first
     /// continuing the log.
     pub(super) fn check_raw(&self, bytes: &[u8], crc: Crc) -> Result<Vec<(Header, Range<usize>)>> {
         let mut pos = 0usize;
-        let mut expect = self.next_offset();
-        // An empty log (just reset or created) takes the Raft index of what it is given.
-        let mut expect_index = {
-            let st = self.state.borrow();
-            let empty = st.segments.iter().all(|s| s.is_empty());
-            (!empty).then_some(st.next_index)
-        };
+        let mut next = self.continuation();
         let mut batches = Vec::new();
         while pos < bytes.len() {
             let header = match batch::parse_header(&bytes[pos..]) {
@@ -85,28 +170,7 @@ impl Log {
                     "raw batches: batch at byte {pos} is torn or corrupt"
                 )));
             }
-            if header.base_offset != expect {
-                return Err(Error::InvalidArgument(format!(
-                    "raw batches: batch at byte {pos} starts at offset {} but the log continues at {expect}",
-                    header.base_offset
-                )));
-            }
-            if expect_index.is_some_and(|x| x != header.raft_index) || header.raft_index == 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "raw batches: batch at byte {pos} has Raft index {} but the log continues at {}",
-                    header.raft_index,
-                    expect_index.unwrap_or(1)
-                )));
-            }
-            expect_index = Some(header.raft_index + 1);
-            if header.payload_len as usize > self.config.max_batch_bytes {
-                return Err(Error::BatchTooLarge {
-                    size: header.payload_len as usize,
-                    limit: self.config.max_batch_bytes,
-                    unit: "bytes",
-                });
-            }
-            expect = header.next_offset();
+            self.check_continues(&header, pos, &mut next)?;
             batches.push((header, pos..end));
             pos = end;
         }
