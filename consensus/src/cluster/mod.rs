@@ -35,7 +35,10 @@ use std::time::{Duration, Instant};
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The largest controller command proposed (a topic of the most partitions, each with its
-/// replicas, fits with room to spare; the controller's log never sees a batch near its limit).
+/// replicas, fits with room to spare; the controller's log never sees a batch near its limit:
+/// a batch must fit in one of its 2 MiB segments, and raft-rs's `max_size_per_msg` is 1 MiB).
+/// A checkpoint larger than this goes in parts of at most this size
+/// ([`ClusterNode::checkpoint_part_bytes`]).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 
 /// Controller commands applied between two checkpoints the controller's leader proposes

@@ -1039,6 +1039,56 @@ mod tests {
         assert_eq!(fresh.id_of("a"), Some(1));
     }
 
+    /// The bytes docs/format.md shows for a checkpoint in parts: the state of
+    /// [`a_checkpoint_encodes_as_docs_format_md_shows`] in parts of at most 256 bytes.
+    #[test]
+    fn a_checkpoint_in_parts_encodes_as_docs_format_md_shows() {
+        let mut s = ClusterState::default();
+        let mut a = node("a");
+        a.rpc_addr = "10.0.0.1:8400".into();
+        a.gossip_addr = "10.0.0.1:8401".into();
+        a.shards = 1;
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: a,
+            },
+        );
+        let parts = Command::checkpoint_parts(&s, 3, 256).unwrap();
+        let parts: Vec<String> = parts
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                concat!(
+                    r#"{"op":"checkpoint","version":2,"at":3,"part":1,"parts":2,"chunk":""#,
+                    r#"{\"cluster_id\":\"c\",\"next_id\":2,\"nodes\":[[1,{\"member\":\"a\","#,
+                    r#"\"name\":\"a\",\"rpc_addr\":\"10.0.0.1:8400\","#,
+                    r#"\"gossip_addr\":\"10.0.0.1:8401\",\"shards\":1,\"removed"}"#
+                ),
+                concat!(
+                    r#"{"op":"checkpoint","version":2,"at":3,"part":2,"parts":2,"chunk":""#,
+                    r#"\":false}]],\"topics\":{},\"applied\":1,\"last_checkpoint\":0,"#,
+                    r#"\"since_checkpoint\":1}"}"#
+                ),
+            ]
+        );
+        assert_eq!((parts[0].len(), parts[1].len()), (238, 153));
+        // Applied at 4 and 5, they give the state the checkpoint in one command gives at 4.
+        let mut fresh = ClusterState::replaying_from(4);
+        for (i, p) in parts.iter().enumerate() {
+            fresh.apply(4 + i as u64, &Command::decode(p.as_bytes()).unwrap());
+        }
+        let mut whole = ClusterState::replaying_from(4);
+        whole.apply(4, &Command::checkpoint(&s, 3));
+        assert_eq!((fresh.applied, fresh.last_checkpoint), (5, 4));
+        whole.applied = 5;
+        assert_eq!(fresh, whole);
+    }
+
     #[test]
     fn a_checkpoint_that_lands_anywhere_but_right_after_its_state_is_a_no_op() {
         let s = busy();
