@@ -11,11 +11,14 @@
 //! - a replica restarted replays from its checkpoint and holds the same state;
 //! - a replica added after the compaction, and one that was down while the leader compacted
 //!   past it, get a snapshot and rebuild the same state from it, also after a restart;
-//! - a log written before checkpoints (whole, none in it) replays from its first entry.
+//! - a log written before checkpoints (whole, none in it) replays from its first entry;
+//! - all of the above with a part size of 4 KiB, so that the state outgrows one command:
+//!   checkpoints in parts, the logs compacted below the first part of the last one, every
+//!   replica (restarted, added after the compaction) rebuilding the same state.
 //!
 //! `PROGLOG_CHECKPOINT_SEED=<n>` replays a run (the seed is printed).
 
-use consensus::cluster::state::{ClusterState, Command, NodeEntry};
+use consensus::cluster::state::{Applied, CheckpointBody, ClusterState, Command, NodeEntry};
 use consensus::raft::{GroupConfig, GroupSet, LogStore, MemStore, StateEvent};
 use engine::LogConfig;
 use futures_lite::future::block_on;
@@ -39,6 +42,8 @@ struct Machine {
     rebuilding: Option<ClusterState>,
     /// Replays seen: (first index, last index).
     replays: Vec<(u64, u64)>,
+    /// The commands of each checkpoint taken (the state replaced), in order.
+    taken: Vec<u32>,
 }
 
 impl Machine {
@@ -54,7 +59,21 @@ impl Machine {
             StateEvent::Command { index, command } => {
                 let c = Command::decode(&command).expect("every command decodes");
                 let s = self.rebuilding.as_mut().unwrap_or(&mut self.state);
-                s.apply(index, &c);
+                let outcome = s.apply(index, &c);
+                assert!(
+                    !matches!(
+                        outcome,
+                        Applied::Diverged | Applied::BrokenCheckpoint { .. }
+                    ),
+                    "{index}: {outcome:?}"
+                );
+                if outcome == Applied::Checkpoint {
+                    let parts = match c.checkpoint_body() {
+                        Some(Ok(CheckpointBody::Part { parts, .. })) => parts,
+                        _ => 1,
+                    };
+                    self.taken.push(parts);
+                }
             }
             StateEvent::Replayed => {
                 // A replay may end still waiting for its checkpoint: a log compacted just
@@ -69,6 +88,11 @@ impl Machine {
 struct Cluster {
     mem: MemNet,
     machines: BTreeMap<u64, Machine>,
+    /// The largest command of a checkpoint (`ClusterNode::checkpoint_part_bytes`); `None`:
+    /// always one command, whatever its size.
+    part_bytes: Option<usize>,
+    /// The commands of each checkpoint proposed where the leader allowed one.
+    proposed: Vec<usize>,
 }
 
 impl std::ops::Deref for Cluster {
@@ -124,11 +148,13 @@ fn compact(m: &Machine, set: &mut GroupSet<MemStore>) {
 }
 
 impl Cluster {
-    fn new(n: u64) -> Cluster {
+    fn new(n: u64, part_bytes: Option<usize>) -> Cluster {
         let voters: Vec<u64> = (1..=n).collect();
         let mut c = Cluster {
             mem: MemNet::default(),
             machines: BTreeMap::new(),
+            part_bytes,
+            proposed: Vec::new(),
         };
         for id in 1..=n {
             c.stores.insert(id, Rc::new(MemStore::new()));
@@ -156,13 +182,21 @@ impl Cluster {
     }
 
     fn propose(&mut self, c: &Command) {
+        self.propose_encoded(&c.encode());
+    }
+
+    fn propose_encoded(&mut self, command: &[u8]) {
         let l = self.leader().expect("a leader");
         // Not waited for: the states show what was applied.
-        drop(
-            self.set(l)
-                .propose_command(G, &c.encode())
-                .expect("propose"),
-        );
+        drop(self.set(l).propose_command(G, command).expect("propose"));
+    }
+
+    /// A checkpoint of `state` through `at`: the commands to propose in a row.
+    fn checkpoint_commands(&self, state: &ClusterState, at: u64) -> Vec<Vec<u8>> {
+        match self.part_bytes {
+            None => vec![Command::checkpoint(state, at).encode()],
+            Some(limit) => Command::checkpoint_parts(state, at, limit).expect("parts"),
+        }
     }
 
     /// Proposes a checkpoint where the leader allows one, as the shard's loop does; true if
@@ -182,12 +216,21 @@ impl Cluster {
         };
         let state = &self.machines[&l].state;
         assert!(state.applied <= at);
-        let c = Command::checkpoint(state, at);
-        // As a record, as the loop proposes it (the stale ones below go as commands: a
-        // checkpoint is read the same either way).
-        self.set(l)
-            .forward_command_as_record(G, &c.encode(), 0)
-            .expect("propose");
+        let parts = self.checkpoint_commands(state, at);
+        if parts.is_empty() {
+            return false;
+        }
+        // As records, as the loop proposes them (the stale ones below go as commands: a
+        // checkpoint is read the same either way), all in a row.
+        for p in &parts {
+            if let Some(limit) = self.part_bytes {
+                assert!(p.len() <= limit, "a part of {} bytes", p.len());
+            }
+            self.set(l)
+                .forward_command_as_record(G, p, 0)
+                .expect("propose");
+        }
+        self.proposed.push(parts.len());
         true
     }
 
@@ -244,8 +287,14 @@ fn drive(c: &mut Cluster, rng: &mut StdRng, n: usize, stale: &mut usize) {
                 0 => Command::Register {
                     node: node(&format!("n{made}")),
                 },
-                1 if !s.topics.is_empty() => Command::DeleteTopic {
-                    name: s.topics.keys().next().cloned().unwrap_or_default(),
+                // The first topic by name, but those `scenario` made to stay (`z`...).
+                1 if s.topics.keys().any(|t| !t.starts_with('z')) => Command::DeleteTopic {
+                    name: s
+                        .topics
+                        .keys()
+                        .find(|t| !t.starts_with('z'))
+                        .cloned()
+                        .unwrap_or_default(),
                 },
                 2 if s.active_nodes().len() > 3 => Command::RemoveNode {
                     id: s.active_nodes()[rng.random_range(0..s.active_nodes().len())],
@@ -272,8 +321,9 @@ fn drive(c: &mut Cluster, rng: &mut StdRng, n: usize, stale: &mut usize) {
         if rng.random_bool(0.1) {
             // Taken now, with the burst still in flight behind it.
             let at = c.sets[&l].status(G).expect("status").applied;
-            let cp = Command::checkpoint(&c.machines[&l].state, at);
-            c.propose(&cp);
+            for p in c.checkpoint_commands(&c.machines[&l].state, at) {
+                c.propose_encoded(&p);
+            }
             *stale += 1;
         }
         c.rounds(2);
@@ -287,14 +337,61 @@ fn drive(c: &mut Cluster, rng: &mut StdRng, n: usize, stale: &mut usize) {
 
 #[test]
 fn the_controller_log_is_compacted_below_checkpoints_and_every_replica_rebuilds_the_same_state() {
+    let c = scenario(None);
+    assert!(c.proposed.iter().all(|&n| n == 1), "{:?}", c.proposed);
+}
+
+/// Parts of 4 KiB: the state outgrows one command after a few dozen commands.
+const PART_BYTES: usize = 4096;
+
+#[test]
+fn a_state_larger_than_a_command_is_checkpointed_in_parts_and_the_log_still_compacted() {
+    let c = scenario(Some(PART_BYTES));
+    let s = c.same_state();
+    let whole = Command::checkpoint(&s, s.applied).encode().len();
+    println!(
+        "checkpoints proposed in {:?} parts; the last state takes {whole} bytes",
+        c.proposed
+    );
+    assert!(whole > 2 * PART_BYTES, "a state of {whole} bytes");
+    assert!(c.proposed.iter().any(|&n| n >= 3), "{:?}", c.proposed);
+    // Every node took its last checkpoint from parts (those that replayed, from the parts
+    // their logs start with: compacted below the first part, never inside a checkpoint).
+    for (id, m) in &c.machines {
+        assert!(
+            m.taken.last().is_some_and(|&n| n >= 2),
+            "node {id} took checkpoints of {:?} parts",
+            m.taken
+        );
+    }
+}
+
+/// Commands, checkpoints (of at most `part_bytes` each), restarts, a node added and a node
+/// that fell behind the compaction, on 3 nodes; every state the same at each step.
+fn scenario(part_bytes: Option<usize>) -> Cluster {
     let mut rng = StdRng::seed_from_u64(seed());
-    let mut c = Cluster::new(3);
+    let mut c = Cluster::new(3, part_bytes);
     c.elect(1);
     c.propose(&Command::Bootstrap {
         cluster_id: "c".into(),
         node: node("a"),
     });
     c.rounds(3);
+    if part_bytes.is_some() {
+        // Topics of many partitions, which `drive` never deletes: the state outgrows a few
+        // parts whatever the commands drawn.
+        for i in 0..3 {
+            let name = format!("z{i}");
+            let s = c.machines[&1].state.clone();
+            c.propose(&Command::CreateTopic {
+                partitions: s.place(&name, 40, 1, &[1]).expect("placed"),
+                name,
+                config: LogConfig::default(),
+                replication_factor: 1,
+            });
+        }
+        c.rounds(3);
+    }
     let mut stale = 0;
     drive(&mut c, &mut rng, 25, &mut stale);
 
@@ -325,8 +422,9 @@ fn the_controller_log_is_compacted_below_checkpoints_and_every_replica_rebuilds_
         // follower): the log keeps what a replay needs, and not much more.
         assert!(first <= s.last_checkpoint, "node {id}: first index {first}");
         assert_eq!(c.stores[&id].first_index(), first);
+        let parts = c.proposed.iter().max().copied().unwrap_or(1);
         assert!(
-            c.stores[&id].batches().len() < 3 * EVERY as usize + 20,
+            c.stores[&id].batches().len() < 3 * (EVERY as usize + parts) + 20,
             "node {id} holds {} entries",
             c.stores[&id].batches().len()
         );
@@ -403,4 +501,5 @@ fn the_controller_log_is_compacted_below_checkpoints_and_every_replica_rebuilds_
         c.tick();
     }
     c.same_state();
+    c
 }

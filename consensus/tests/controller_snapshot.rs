@@ -120,6 +120,8 @@ fn controller_checkpoints_compact_its_log_and_a_node_added_later_rebuilds_the_st
         // Node 1 creates the controller with itself as its only voter; the others learn it.
         n.bootstrapper.store(id == 1, Ordering::Relaxed);
         n.checkpoint_every.store(5, Ordering::Relaxed);
+        // Checkpoints of more than 8 KiB go in parts: the state with a name of 32 KiB below.
+        n.checkpoint_part_bytes.store(8 << 10, Ordering::Relaxed);
         made.lock().expect("nodes").insert(id, Arc::clone(&n));
         n.hooks()
     });
@@ -193,6 +195,9 @@ fn controller_checkpoints_compact_its_log_and_a_node_added_later_rebuilds_the_st
         n1.state().since_checkpoint == 0
     });
     let big = n1.state();
+    // In parts: the state was replaced at the last part, and the log is compacted below the
+    // first.
+    assert!(big.applied >= big.last_checkpoint + 4, "{big:?}");
     wait_until("node 1's log compacted below its last checkpoint", || {
         snapshot_point(&c, 1) == big.last_checkpoint - 1
     });

@@ -24,9 +24,9 @@ use engine::{EngineHandle, LogConfig};
 use event_listener::Event;
 use futures_channel::oneshot;
 use raft::StateRole;
-use state::{Applied, ClusterState, Command, NodeEntry};
+use state::{Applied, CheckpointBody, ClusterState, Command, NodeEntry};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,10 @@ use std::time::{Duration, Instant};
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The largest controller command proposed (a topic of the most partitions, each with its
-/// replicas, fits with room to spare; the controller's log never sees a batch near its limit).
+/// replicas, fits with room to spare; the controller's log never sees a batch near its limit:
+/// a batch must fit in one of its 2 MiB segments, and raft-rs's `max_size_per_msg` is 1 MiB).
+/// A checkpoint larger than this goes in parts of at most this size
+/// ([`ClusterNode::checkpoint_part_bytes`]).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 
 /// Controller commands applied between two checkpoints the controller's leader proposes
@@ -153,6 +156,9 @@ pub struct ClusterNode {
     replay: Mutex<Option<ClusterState>>,
     /// Commands between two checkpoints ([`DEFAULT_CHECKPOINT_EVERY`]; 0: none).
     pub checkpoint_every: AtomicU64,
+    /// The largest command of a checkpoint ([`MAX_COMMAND_BYTES`]): a larger one is proposed
+    /// in parts of at most this size.
+    pub checkpoint_part_bytes: AtomicUsize,
     /// Notified whenever a command is applied.
     pub changed: Event,
     /// Notified after each reconcile pass (so that waiters see their deadlines).
@@ -182,6 +188,7 @@ impl ClusterNode {
             state: RwLock::new(ClusterState::default()),
             replay: Mutex::new(None),
             checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
+            checkpoint_part_bytes: AtomicUsize::new(MAX_COMMAND_BYTES),
             changed: Event::new(),
             tick: Event::new(),
             engine: OnceLock::new(),
@@ -389,9 +396,10 @@ impl ClusterNode {
     }
 
     /// A checkpoint of the state applied through log index `at` (nothing after it applied),
-    /// encoded; `None` while a replay is under way, while the state waits for a checkpoint,
-    /// or when it would not fit in a command.
-    fn checkpoint(&self, at: u64) -> Option<Vec<u8>> {
+    /// encoded as the commands to propose in a row (one, or parts of at most
+    /// `checkpoint_part_bytes` each); `None` while a replay is under way, or while the state
+    /// waits for a checkpoint.
+    fn checkpoint(&self, at: u64) -> Option<Vec<Vec<u8>>> {
         if self.replay.lock().ok()?.is_some() {
             return None;
         }
@@ -399,16 +407,14 @@ impl ClusterNode {
         if s.awaiting_checkpoint || s.applied > at {
             return None;
         }
-        let bytes = Command::checkpoint(&s, at).encode();
-        if bytes.len() > MAX_COMMAND_BYTES {
-            log::warn!(
-                "controller: a checkpoint of {} bytes does not fit in a command (at most \
-                 {MAX_COMMAND_BYTES}): not proposed, the log is not compacted",
-                bytes.len()
-            );
-            return None;
+        let part_bytes = self.checkpoint_part_bytes.load(Ordering::Relaxed);
+        match Command::checkpoint_parts(&s, at, part_bytes) {
+            Ok(parts) => Some(parts),
+            Err(e) => {
+                log::warn!("controller: no checkpoint proposed ({e}): the log is not compacted");
+                None
+            }
         }
-        Some(bytes)
     }
 
     /// The controller group's state on this node.
@@ -840,11 +846,18 @@ fn describe_command(c: &Command) -> String {
             partition,
             node,
         } => format!("replica of {topic}/{partition} on node {node} runs again: stays"),
-        Command::Checkpoint { at, state, .. } => format!(
-            "checkpoint of the state through index {at} ({} nodes, {} topics)",
-            state.nodes.len(),
-            state.topics.len()
-        ),
+        Command::Checkpoint { at, .. } => match c.checkpoint_body() {
+            Some(Ok(CheckpointBody::Whole(state))) => format!(
+                "checkpoint of the state through index {at} ({} nodes, {} topics)",
+                state.nodes.len(),
+                state.topics.len()
+            ),
+            Some(Ok(CheckpointBody::Part { part, parts, chunk })) => format!(
+                "checkpoint of the state through index {at}, part {part} of {parts} ({} bytes)",
+                chunk.len()
+            ),
+            _ => format!("checkpoint of the state through index {at}, malformed"),
+        },
     }
 }
 
@@ -860,7 +873,15 @@ fn log_applied(index: u64, c: &Command, outcome: &Applied, replay: bool) {
             log::debug!("controller: {index} skipped ({outcome:?}){again}: {what}")
         }
         Applied::StaleCheckpoint { at } => log::info!(
-            "controller: {index}: a checkpoint taken through {at} landed later: ignored{again}"
+            "controller: {index}: a checkpoint taken through {at} landed later (or a part of it \
+             out of its place): ignored{again}"
+        ),
+        Applied::CheckpointPart { .. } => {
+            log::debug!("controller: applied {index}{again}: {what}, kept until its last part")
+        }
+        Applied::BrokenCheckpoint { at, why } => log::error!(
+            "controller: {index}: the parts of a checkpoint taken through {at} make no state \
+             ({why}): ignored{again}"
         ),
         Applied::Diverged => log::error!(
             "controller: {index}: the checkpoint differs from the state held here; its \
@@ -915,7 +936,7 @@ impl ClusterHooks for NodeHooks {
         self.0.state.read().map(|s| s.last_checkpoint).unwrap_or(0)
     }
 
-    fn checkpoint(&self, at: u64) -> Option<Vec<u8>> {
+    fn checkpoint(&self, at: u64) -> Option<Vec<Vec<u8>>> {
         self.0.checkpoint(at)
     }
 }

@@ -12,7 +12,10 @@
 //! A `checkpoint` command carries the whole state as applied through index `at`, and is valid
 //! only at `at + 1`: there it replaces the state (equal to it on a replica that holds the
 //! state), and a replay of a log compacted below it starts from it ([`ClusterState::
-//! replaying_from`]); anywhere else it is a no-op on every replica alike.
+//! replaying_from`]); anywhere else it is a no-op on every replica alike. A state too large
+//! for one command is checkpointed in parts at `at + 1..=at + n`, each a command of its own,
+//! valid only when all of them land there in order; the state is replaced when the last one
+//! applies, and the log is compacted below the first.
 
 use engine::LogConfig;
 use serde::{Deserialize, Serialize};
@@ -125,16 +128,95 @@ pub enum Command {
     /// its state from this entry (its log compacted below it) needs nothing older. A
     /// checkpoint at any other index is stale (entries came between) and is applied as a
     /// no-op.
+    ///
+    /// Version 1 carries the state in `state`. A state whose checkpoint would not fit in one
+    /// command goes in version 2 parts ([`Command::checkpoint_parts`]): part `part` of
+    /// `parts` carries `chunk`, a piece of the state's JSON text, and is valid only at index
+    /// `at + part`; the parts' chunks in order are the text of `state`. The state is replaced
+    /// when the last part applies after all the others, at consecutive indexes; anything
+    /// else (a part missing, repeated, out of order, or an entry between two parts) makes the
+    /// whole checkpoint a no-op.
     Checkpoint {
-        /// [`CHECKPOINT_VERSION`]; a checkpoint of another version does not decode.
+        /// [`CHECKPOINT_VERSION`] or [`CHECKPOINT_PARTS_VERSION`]; a checkpoint of another
+        /// version, or whose fields do not fit its version, does not decode.
         version: u32,
         at: u64,
-        state: Box<ClusterState>,
+        /// Version 1: the whole state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<Box<ClusterState>>,
+        /// Version 2: this part's number, from 1 to `parts`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<u32>,
+        /// Version 2: how many parts the checkpoint has (at least 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parts: Option<u32>,
+        /// Version 2: this part's piece of the state's JSON text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chunk: Option<String>,
     },
 }
 
-/// The version of the checkpoint command's state encoding.
+/// The version of the checkpoint command's state encoding: the whole state in one command.
 pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// The version of a checkpoint in parts: the state's encoding of version 1, as text, cut in
+/// pieces each carried by a command of its own.
+pub const CHECKPOINT_PARTS_VERSION: u32 = 2;
+
+/// What a checkpoint command holds, once its version's fields are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointBody<'a> {
+    /// Version 1: the whole state.
+    Whole(&'a ClusterState),
+    /// Version 2: part `part` of `parts`.
+    Part {
+        part: u32,
+        parts: u32,
+        chunk: &'a str,
+    },
+}
+
+/// The body of checkpoint fields `state`, `part`, `parts` and `chunk` of `version`, or why
+/// they do not fit it.
+fn checkpoint_body<'a>(
+    version: u32,
+    at: u64,
+    state: &'a Option<Box<ClusterState>>,
+    part: Option<u32>,
+    parts: Option<u32>,
+    chunk: &'a Option<String>,
+) -> Result<CheckpointBody<'a>, String> {
+    match (version, state, part, parts, chunk) {
+        (CHECKPOINT_VERSION, Some(state), None, None, None) => Ok(CheckpointBody::Whole(state)),
+        (CHECKPOINT_PARTS_VERSION, None, Some(part), Some(parts), Some(chunk)) => {
+            if parts < 2 || part == 0 || part > parts {
+                return Err(format!(
+                    "a checkpoint (at {at}) of version {version}: part {part} of {parts}"
+                ));
+            }
+            Ok(CheckpointBody::Part { part, parts, chunk })
+        }
+        (CHECKPOINT_VERSION | CHECKPOINT_PARTS_VERSION, ..) => Err(format!(
+            "a checkpoint (at {at}) of version {version} whose fields do not fit that version"
+        )),
+        _ => Err(format!(
+            "a checkpoint (at {at}) of version {version}; this node reads versions \
+             {CHECKPOINT_VERSION} and {CHECKPOINT_PARTS_VERSION}"
+        )),
+    }
+}
+
+/// The smallest part size [`Command::checkpoint_parts`] cuts a state into.
+pub const MIN_CHECKPOINT_PART_BYTES: usize = 256;
+
+/// Bytes that character `c` takes in a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
 
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
@@ -143,24 +225,104 @@ impl Command {
 
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         let c: Command = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if let Command::Checkpoint { version, at, .. } = &c {
-            if *version != CHECKPOINT_VERSION {
-                return Err(format!(
-                    "a checkpoint (at {at}) of version {version}; this node reads version \
-                     {CHECKPOINT_VERSION}"
-                ));
-            }
-        }
+        c.checkpoint_body().transpose()?;
         Ok(c)
     }
 
-    /// A checkpoint of `state`, as applied through log index `at`.
+    /// What a checkpoint holds (`None` for any other command), or why its fields do not fit
+    /// its version.
+    pub fn checkpoint_body(&self) -> Option<Result<CheckpointBody<'_>, String>> {
+        match self {
+            Command::Checkpoint {
+                version,
+                at,
+                state,
+                part,
+                parts,
+                chunk,
+            } => Some(checkpoint_body(*version, *at, state, *part, *parts, chunk)),
+            _ => None,
+        }
+    }
+
+    /// A checkpoint of `state`, as applied through log index `at`, in one command (version
+    /// 1).
     pub fn checkpoint(state: &ClusterState, at: u64) -> Command {
+        let mut state = state.clone();
+        state.assembling = None;
         Command::Checkpoint {
             version: CHECKPOINT_VERSION,
             at,
-            state: Box::new(state.clone()),
+            state: Some(Box::new(state)),
+            part: None,
+            parts: None,
+            chunk: None,
         }
+    }
+
+    /// Part `part` of `parts` (version 2) of a checkpoint through `at`.
+    pub fn checkpoint_part(at: u64, part: u32, parts: u32, chunk: String) -> Command {
+        Command::Checkpoint {
+            version: CHECKPOINT_PARTS_VERSION,
+            at,
+            state: None,
+            part: Some(part),
+            parts: Some(parts),
+            chunk: Some(chunk),
+        }
+    }
+
+    /// A checkpoint of `state` through `at`, encoded, as commands of at most `part_bytes`
+    /// each, to be proposed in a row: one command of version 1 when it fits (the bytes of
+    /// [`checkpoint`](Self::checkpoint)), else parts of version 2. An error when
+    /// `part_bytes` is below [`MIN_CHECKPOINT_PART_BYTES`].
+    pub fn checkpoint_parts(
+        state: &ClusterState,
+        at: u64,
+        part_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        if part_bytes < MIN_CHECKPOINT_PART_BYTES {
+            return Err(format!(
+                "checkpoint parts of {part_bytes} bytes (at least {MIN_CHECKPOINT_PART_BYTES})"
+            ));
+        }
+        let whole = Command::checkpoint(state, at).encode();
+        if whole.len() <= part_bytes {
+            return Ok(vec![whole]);
+        }
+        let mut state = state.clone();
+        state.assembling = None;
+        let text = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+        // Each part's fields but its chunk take at most this much (the largest numbers).
+        let frame = Command::checkpoint_part(at, u32::MAX, u32::MAX, String::new())
+            .encode()
+            .len();
+        let room = part_bytes.saturating_sub(frame);
+        let mut chunks = Vec::new();
+        let (mut start, mut used) = (0, 0);
+        for (i, c) in text.char_indices() {
+            let n = escaped_len(c);
+            if used + n > room {
+                chunks.push(&text[start..i]);
+                (start, used) = (i, 0);
+            }
+            used += n;
+        }
+        chunks.push(&text[start..]);
+        let parts = u32::try_from(chunks.len())
+            .map_err(|_| format!("a checkpoint of {} parts", chunks.len()))?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (k, chunk) in (1..=parts).zip(chunks) {
+            let bytes = Command::checkpoint_part(at, k, parts, chunk.to_string()).encode();
+            if bytes.len() > part_bytes {
+                return Err(format!(
+                    "checkpoint part {k} of {parts} takes {} bytes (at most {part_bytes})",
+                    bytes.len()
+                ));
+            }
+            out.push(bytes);
+        }
+        Ok(out)
     }
 }
 
@@ -174,8 +336,16 @@ pub enum Applied {
     /// Not applied: a replay that starts past the log's first entry waits for its first
     /// valid checkpoint, and skips what comes before.
     AwaitingCheckpoint,
-    /// A checkpoint that landed elsewhere than right after the index it was taken at: no-op.
+    /// A checkpoint that landed elsewhere than right after the index it was taken at, or a
+    /// part that does not follow the parts before it: no-op (the checkpoint's parts applied
+    /// so far are dropped).
     StaleCheckpoint { at: u64 },
+    /// A part of a checkpoint, not its last, right after the parts before it: kept until
+    /// the last one applies.
+    CheckpointPart { at: u64, part: u32, parts: u32 },
+    /// All the parts of a checkpoint applied, whose text is no state (a bug, or corruption
+    /// the entries' checksums missed): no-op.
+    BrokenCheckpoint { at: u64, why: String },
     /// A valid checkpoint: the state is its content from here on.
     Checkpoint,
     /// A valid checkpoint whose content differs from the state held here (a bug): its
@@ -222,8 +392,8 @@ pub struct ClusterState {
     pub topics: BTreeMap<String, TopicEntry>,
     /// The index of the last command applied.
     pub applied: u64,
-    /// The index of the last valid checkpoint applied (0: none): the log may be compacted
-    /// below it.
+    /// The index of the last valid checkpoint applied (its first part's, for one in parts;
+    /// 0: none): the log may be compacted below it.
     #[serde(default)]
     pub last_checkpoint: u64,
     /// Commands applied since that checkpoint (or since the start).
@@ -233,6 +403,27 @@ pub struct ClusterState {
     /// applied until the first valid checkpoint, which brings the whole state.
     #[serde(skip)]
     pub awaiting_checkpoint: bool,
+    /// The parts applied so far of a checkpoint in several parts, while each came right
+    /// after the one before it; dropped by any other entry applied.
+    #[serde(skip)]
+    assembling: Option<Assembly>,
+}
+
+/// The first parts of a checkpoint in parts, applied at `at + 1..=at + got`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Assembly {
+    at: u64,
+    parts: u32,
+    got: u32,
+    /// Their chunks, in order.
+    text: String,
+}
+
+impl Assembly {
+    /// The index of the last part applied.
+    fn last(&self) -> u64 {
+        self.at.saturating_add(u64::from(self.got))
+    }
 }
 
 impl ClusterState {
@@ -258,13 +449,30 @@ impl ClusterState {
         }
     }
 
-    /// Applies the command at `index` (commands at or below `applied` were applied already).
+    /// The parts of a checkpoint applied so far, while its last is awaited: (at, parts
+    /// applied, parts).
+    pub fn assembling(&self) -> Option<(u64, u32, u32)> {
+        self.assembling.as_ref().map(|a| (a.at, a.got, a.parts))
+    }
+
+    /// Applies the command at `index` (commands at or below `applied`, and parts of a
+    /// checkpoint at or below the last part kept, were applied already).
     pub fn apply(&mut self, index: u64, c: &Command) -> Applied {
-        if index <= self.applied {
+        if index <= self.applied || self.assembling.as_ref().is_some_and(|a| index <= a.last()) {
             return Applied::Again;
         }
-        if let Command::Checkpoint { at, state, .. } = c {
-            return self.apply_checkpoint(index, *at, state);
+        // Only the next part of a checkpoint being assembled keeps it: anything else landed
+        // where that part had to be.
+        let assembling = self.assembling.take();
+        if let (Command::Checkpoint { at, .. }, Some(body)) = (c, c.checkpoint_body()) {
+            return match body {
+                Ok(CheckpointBody::Whole(state)) => self.apply_checkpoint(index, *at, state),
+                Ok(CheckpointBody::Part { part, parts, chunk }) => {
+                    self.apply_part(index, *at, (part, parts), chunk, assembling)
+                }
+                // Only a command built here, not decoded, gets this far.
+                Err(why) => Applied::BrokenCheckpoint { at: *at, why },
+            };
         }
         if self.awaiting_checkpoint {
             return Applied::AwaitingCheckpoint;
@@ -367,8 +575,61 @@ impl ClusterState {
             // never see it.
             return Applied::StaleCheckpoint { at };
         }
-        let mut next = state.clone();
+        self.take_checkpoint(index, index, state.clone())
+    }
+
+    /// Part `part` of `parts` of a checkpoint through `at`, at `index`: valid only at
+    /// `at + part`, and (but the first) right after the part before it, kept in
+    /// `assembling`. The last part replaces the state by the text of all of them, as a
+    /// checkpoint in one command would at the first part's index. Anything else drops the
+    /// parts kept: the checkpoint is a no-op on every replica alike.
+    fn apply_part(
+        &mut self,
+        index: u64,
+        at: u64,
+        (part, parts): (u32, u32),
+        chunk: &str,
+        assembling: Option<Assembly>,
+    ) -> Applied {
+        if at.checked_add(u64::from(part)) != Some(index) {
+            return Applied::StaleCheckpoint { at };
+        }
+        let mut a = match assembling {
+            _ if part == 1 => Assembly {
+                at,
+                parts,
+                ..Assembly::default()
+            },
+            Some(a) if a.at == at && a.parts == parts && a.got.checked_add(1) == Some(part) => a,
+            _ => return Applied::StaleCheckpoint { at },
+        };
+        a.text.push_str(chunk);
+        a.got = part;
+        if part < parts {
+            self.assembling = Some(a);
+            return Applied::CheckpointPart { at, part, parts };
+        }
+        let state: ClusterState = match serde_json::from_str(&a.text) {
+            Ok(s) => s,
+            Err(e) => {
+                return Applied::BrokenCheckpoint {
+                    at,
+                    why: e.to_string(),
+                }
+            }
+        };
+        if state.applied > at {
+            return Applied::StaleCheckpoint { at };
+        }
+        self.take_checkpoint(at + 1, index, state)
+    }
+
+    /// The state becomes `next`, the content of a valid checkpoint whose entries are
+    /// `first..=last`.
+    fn take_checkpoint(&mut self, first: u64, last: u64, mut next: ClusterState) -> Applied {
+        let index = last;
         next.awaiting_checkpoint = false;
+        next.assembling = None;
         let outcome = if self.awaiting_checkpoint {
             Applied::Checkpoint
         } else if *self != next {
@@ -379,7 +640,7 @@ impl ClusterState {
         };
         *self = next;
         self.applied = index;
-        self.last_checkpoint = index;
+        self.last_checkpoint = first;
         self.since_checkpoint = 0;
         outcome
     }
@@ -778,6 +1039,56 @@ mod tests {
         assert_eq!(fresh.id_of("a"), Some(1));
     }
 
+    /// The bytes docs/format.md shows for a checkpoint in parts: the state of
+    /// [`a_checkpoint_encodes_as_docs_format_md_shows`] in parts of at most 256 bytes.
+    #[test]
+    fn a_checkpoint_in_parts_encodes_as_docs_format_md_shows() {
+        let mut s = ClusterState::default();
+        let mut a = node("a");
+        a.rpc_addr = "10.0.0.1:8400".into();
+        a.gossip_addr = "10.0.0.1:8401".into();
+        a.shards = 1;
+        s.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: a,
+            },
+        );
+        let parts = Command::checkpoint_parts(&s, 3, 256).unwrap();
+        let parts: Vec<String> = parts
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                concat!(
+                    r#"{"op":"checkpoint","version":2,"at":3,"part":1,"parts":2,"chunk":""#,
+                    r#"{\"cluster_id\":\"c\",\"next_id\":2,\"nodes\":[[1,{\"member\":\"a\","#,
+                    r#"\"name\":\"a\",\"rpc_addr\":\"10.0.0.1:8400\","#,
+                    r#"\"gossip_addr\":\"10.0.0.1:8401\",\"shards\":1,\"removed"}"#
+                ),
+                concat!(
+                    r#"{"op":"checkpoint","version":2,"at":3,"part":2,"parts":2,"chunk":""#,
+                    r#"\":false}]],\"topics\":{},\"applied\":1,\"last_checkpoint\":0,"#,
+                    r#"\"since_checkpoint\":1}"}"#
+                ),
+            ]
+        );
+        assert_eq!((parts[0].len(), parts[1].len()), (238, 153));
+        // Applied at 4 and 5, they give the state the checkpoint in one command gives at 4.
+        let mut fresh = ClusterState::replaying_from(4);
+        for (i, p) in parts.iter().enumerate() {
+            fresh.apply(4 + i as u64, &Command::decode(p.as_bytes()).unwrap());
+        }
+        let mut whole = ClusterState::replaying_from(4);
+        whole.apply(4, &Command::checkpoint(&s, 3));
+        assert_eq!((fresh.applied, fresh.last_checkpoint), (5, 4));
+        whole.applied = 5;
+        assert_eq!(fresh, whole);
+    }
+
     #[test]
     fn a_checkpoint_that_lands_anywhere_but_right_after_its_state_is_a_no_op() {
         let s = busy();
@@ -815,7 +1126,33 @@ mod tests {
         }
         let e = Command::decode(bad[0].as_bytes()).unwrap_err();
         assert!(e.contains("version 2"), "{e}");
+        let e = Command::decode(good.replace(r#""version":1"#, r#""version":3"#).as_bytes())
+            .unwrap_err();
+        assert!(
+            e.contains("version 3") && e.contains("versions 1 and 2"),
+            "{e}"
+        );
         // Random bytes never panic.
+        let mut x = seed() | 1;
+        let bytes = good.into_bytes();
+        for _ in 0..2000 {
+            let mut b = bytes.clone();
+            for _ in 0..3 {
+                let r = xorshift(&mut x);
+                let i = (r as usize) % b.len();
+                b[i] = (r >> 32) as u8;
+            }
+            // One that still decodes seeds a replay (a replica that holds the state would
+            // assert in a debug build that the content is its own).
+            if let Ok(c @ Command::Checkpoint { .. }) = Command::decode(&b) {
+                let mut t = ClusterState::replaying_from(2);
+                let _ = t.apply(10, &c);
+            }
+        }
+    }
+
+    /// `PROGLOG_CHECKPOINT_SEED`, or the clock; printed.
+    fn seed() -> u64 {
         let seed: u64 = std::env::var("PROGLOG_CHECKPOINT_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -825,23 +1162,327 @@ mod tests {
                     .map_or(1, |d| d.as_nanos() as u64)
             });
         println!("PROGLOG_CHECKPOINT_SEED={seed}");
-        let mut x = seed | 1;
-        let bytes = good.into_bytes();
-        for _ in 0..2000 {
-            let mut b = bytes.clone();
-            for _ in 0..3 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let i = (x as usize) % b.len();
-                b[i] = (x >> 32) as u8;
+        seed
+    }
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// [`busy`] with `n` more topics, named with characters JSON escapes (quotes,
+    /// backslashes, control characters) and characters of several UTF-8 bytes, applied
+    /// through index `7 + n`.
+    fn big(n: usize) -> ClusterState {
+        let mut s = busy();
+        for i in 0..n {
+            let name = format!("topic \"{i}\" \\ \u{1}\n é 日本 🦀 {}", "x".repeat(i % 7));
+            let partitions = s.place(&name, 3, 2, &[1, 2]).unwrap();
+            let outcome = s.apply(
+                8 + i as u64,
+                &Command::CreateTopic {
+                    name,
+                    config: LogConfig::default(),
+                    replication_factor: 2,
+                    partitions,
+                },
+            );
+            assert_eq!(outcome, Applied::Done);
+        }
+        s
+    }
+
+    /// The commands of `parts`, decoded.
+    fn decoded(parts: &[Vec<u8>]) -> Vec<Command> {
+        parts.iter().map(|b| Command::decode(b).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_state_too_large_for_one_command_is_cut_in_parts_that_make_its_text() {
+        let s = big(40);
+        let text = serde_json::to_string(&s).unwrap();
+        let whole = Command::checkpoint(&s, 47).encode();
+        for limit in [
+            MIN_CHECKPOINT_PART_BYTES,
+            257,
+            300,
+            1000,
+            4096,
+            whole.len() - 1,
+        ] {
+            let parts = Command::checkpoint_parts(&s, 47, limit).unwrap();
+            assert!(parts.len() >= 2, "{limit}: {} parts", parts.len());
+            let n = parts.len() as u32;
+            let mut joined = String::new();
+            for (k, (bytes, c)) in parts.iter().zip(decoded(&parts)).enumerate() {
+                assert!(bytes.len() <= limit, "{limit}: part {k} of {}", bytes.len());
+                let k = k as u32 + 1;
+                let json = String::from_utf8(bytes.clone()).unwrap();
+                let head = format!(
+                    r#"{{"op":"checkpoint","version":2,"at":47,"part":{k},"parts":{n},"chunk":""#
+                );
+                assert!(json.starts_with(&head) && json.ends_with(r#""}"#), "{json}");
+                let Some(Ok(CheckpointBody::Part { part, parts, chunk })) = c.checkpoint_body()
+                else {
+                    panic!("{c:?}");
+                };
+                assert_eq!((part, parts), (k, n));
+                assert!(!chunk.is_empty());
+                joined.push_str(chunk);
             }
-            // One that still decodes seeds a replay (a replica that holds the state would
-            // assert in a debug build that the content is its own).
-            if let Ok(c @ Command::Checkpoint { .. }) = Command::decode(&b) {
-                let mut t = ClusterState::replaying_from(2);
-                let _ = t.apply(10, &c);
+            assert_eq!(joined, text, "{limit}");
+        }
+        // Below the smallest part size: refused.
+        assert!(Command::checkpoint_parts(&s, 47, MIN_CHECKPOINT_PART_BYTES - 1).is_err());
+        // One that fits is the checkpoint of one command, byte for byte (version 1).
+        assert_eq!(
+            Command::checkpoint_parts(&s, 47, whole.len()).unwrap(),
+            vec![whole.clone()]
+        );
+        assert_eq!(
+            Command::checkpoint_parts(&s, 47, 1 << 20).unwrap(),
+            vec![whole]
+        );
+    }
+
+    #[test]
+    fn applying_every_part_in_order_replaces_the_state_at_the_last_one() {
+        let s = big(30);
+        assert_eq!(s.applied, 37);
+        // Taken through 39 (38 and 39 were no commands): parts at 40, 41, ...
+        let parts = decoded(&Command::checkpoint_parts(&s, 39, 1000).unwrap());
+        let n = parts.len() as u64;
+        assert!(n >= 3, "{n} parts");
+        let last = 39 + n;
+
+        let mut held = s.clone();
+        let mut fresh = ClusterState::replaying_from(38);
+        assert_eq!(
+            fresh.apply(38, &Command::Register { node: node("x") }),
+            Applied::AwaitingCheckpoint
+        );
+        for (i, c) in parts.iter().enumerate() {
+            let index = 40 + i as u64;
+            let want = if index < last {
+                Applied::CheckpointPart {
+                    at: 39,
+                    part: i as u32 + 1,
+                    parts: n as u32,
+                }
+            } else {
+                Applied::Checkpoint
+            };
+            assert_eq!(held.apply(index, c), want, "{index}");
+            assert_eq!(fresh.apply(index, c), want, "{index}");
+            if index < last {
+                // Nothing taken yet; a part applied again changes nothing.
+                assert_eq!(held.assembling(), Some((39, i as u32 + 1, n as u32)));
+                assert_eq!(held.apply(index, c), Applied::Again);
+                assert!(fresh.awaiting_checkpoint && fresh.nodes.is_empty());
+                assert_eq!((held.applied, held.last_checkpoint), (37, 0));
             }
+        }
+        assert_eq!(held.assembling(), None);
+        assert_eq!(
+            (held.applied, held.last_checkpoint, held.since_checkpoint),
+            (last, 40, 0)
+        );
+        assert_eq!(fresh, held);
+        let mut back = held.clone();
+        (back.applied, back.last_checkpoint, back.since_checkpoint) = (37, 0, s.since_checkpoint);
+        assert_eq!(back, s);
+        // Applied again (a replay overlapping the log), nothing changes.
+        assert_eq!(held.apply(last, &parts[parts.len() - 1]), Applied::Again);
+        // Both go on alike.
+        for st in [&mut held, &mut fresh] {
+            assert_eq!(
+                st.apply(last + 1, &Command::Register { node: node("d") }),
+                Applied::Done
+            );
+            assert_eq!(st.since_checkpoint, 1);
+        }
+        assert_eq!(fresh, held);
+    }
+
+    /// Applies `entries` (index, command) to a copy of `s` and to a replay that starts at
+    /// `first` (its log compacted), and checks that no checkpoint was taken by either.
+    fn no_checkpoint_taken(s: &ClusterState, first: u64, entries: &[(u64, Command)]) {
+        let mut held = s.clone();
+        let mut twin = s.clone();
+        let mut fresh = ClusterState::replaying_from(first);
+        for (index, c) in entries {
+            let outcome = held.apply(*index, c);
+            assert!(
+                !matches!(outcome, Applied::Checkpoint | Applied::Diverged),
+                "{index}: {outcome:?}"
+            );
+            assert_eq!(twin.apply(*index, c), outcome, "{index}");
+            let outcome = fresh.apply(*index, c);
+            assert!(
+                !matches!(outcome, Applied::Checkpoint | Applied::Diverged),
+                "{index}: {outcome:?}"
+            );
+        }
+        assert_eq!(held, twin);
+        assert_eq!(held.last_checkpoint, s.last_checkpoint);
+        assert!(fresh.awaiting_checkpoint && fresh.nodes.is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_whose_parts_are_not_all_in_their_places_is_a_no_op() {
+        let s = big(30);
+        let parts = decoded(&Command::checkpoint_parts(&s, 39, 1000).unwrap());
+        let n = parts.len();
+        assert!(n >= 3, "{n} parts");
+        let at = |i: usize| 40 + i as u64;
+        let in_order: Vec<(u64, Command)> = parts
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, c)| (at(i), c))
+            .collect();
+        let register = Command::Register { node: node("x") };
+
+        // A command between two parts: the parts after it are past their places.
+        let mut between = in_order.clone();
+        between.insert(1, (at(1), register.clone()));
+        for e in between.iter_mut().skip(2) {
+            e.0 += 1;
+        }
+        no_checkpoint_taken(&s, 38, &between);
+        // ... and the held state took the command, and nothing more.
+        let mut held = s.clone();
+        for (i, c) in &between {
+            held.apply(*i, c);
+        }
+        assert_eq!(held.id_of("x"), Some(4));
+        assert_eq!((held.applied, held.assembling()), (at(1), None));
+
+        // The last part missing, or one in the middle (the next ones shifted down into its
+        // place, or kept at their own).
+        no_checkpoint_taken(&s, 38, &in_order[..n - 1]);
+        let mut gap = in_order.clone();
+        gap.remove(1);
+        no_checkpoint_taken(&s, 38, &gap);
+        let shifted: Vec<(u64, Command)> = gap
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| (at(i), c.clone()))
+            .collect();
+        no_checkpoint_taken(&s, 38, &shifted);
+
+        // A part twice (then the rest, one index later).
+        let mut twice = in_order.clone();
+        twice.insert(1, (at(1), parts[0].clone()));
+        for e in twice.iter_mut().skip(2) {
+            e.0 += 1;
+        }
+        no_checkpoint_taken(&s, 38, &twice);
+        let mut twice = in_order.clone();
+        twice.insert(2, (at(2), parts[1].clone()));
+        for e in twice.iter_mut().skip(3) {
+            e.0 += 1;
+        }
+        no_checkpoint_taken(&s, 38, &twice);
+
+        // Two parts swapped.
+        let mut swapped = in_order.clone();
+        let (a, b) = (swapped[1].1.clone(), swapped[2].1.clone());
+        swapped[1].1 = b;
+        swapped[2].1 = a;
+        no_checkpoint_taken(&s, 38, &swapped);
+
+        // All of them one index late (an entry landed at `at + 1` first).
+        let late: Vec<(u64, Command)> = in_order.iter().map(|(i, c)| (i + 1, c.clone())).collect();
+        no_checkpoint_taken(&s, 38, &late);
+
+        // Parts of two cuts of the same state (other part sizes) never mix.
+        let other = decoded(&Command::checkpoint_parts(&s, 39, 700).unwrap());
+        assert_ne!(other.len(), n);
+        let mut mixed = in_order.clone();
+        mixed[n - 1].1 = other[n - 1].clone();
+        no_checkpoint_taken(&s, 38, &mixed);
+
+        // A part whose chunk was changed: the whole makes no state.
+        let mut broken = in_order.clone();
+        if let Command::Checkpoint { chunk: Some(c), .. } = &mut broken[0].1 {
+            c.insert(0, '[');
+        }
+        let mut held = s.clone();
+        let outcomes: Vec<Applied> = broken.iter().map(|(i, c)| held.apply(*i, c)).collect();
+        assert!(
+            matches!(outcomes[n - 1], Applied::BrokenCheckpoint { at: 39, .. }),
+            "{outcomes:?}"
+        );
+        no_checkpoint_taken(&s, 38, &broken);
+
+        // After all this, a whole checkpoint in its places is taken.
+        let mut held = s.clone();
+        for (i, c) in between.iter().chain(&late) {
+            held.apply(*i, c);
+        }
+        let parts = decoded(&Command::checkpoint_parts(&held, held.applied + 1, 1000).unwrap());
+        let first = held.applied + 2;
+        for (i, c) in parts.iter().enumerate() {
+            held.apply(first + i as u64, c);
+        }
+        assert_eq!(held.last_checkpoint, first);
+    }
+
+    #[test]
+    fn malformed_or_corrupted_parts_are_errors_or_no_ops_never_a_panic() {
+        let s = big(20);
+        let good =
+            String::from_utf8(Command::checkpoint_parts(&s, 29, 600).unwrap()[1].clone()).unwrap();
+        let bad = [
+            good.replace(r#""version":2"#, r#""version":1"#),
+            good.replace(r#""part":2"#, r#""part":0"#),
+            good.replace(r#""part":2"#, r#""part":99"#),
+            good.replace(r#""part":2,"#, ""),
+            good.replace(r#""chunk":"#, r#""chunk":7,"x":"#),
+            good.replace(r#","chunk":""#, r#","state":{},"chunk":""#),
+            good.replace(r#""parts":"#, r#""parts":1,"p":"#),
+            good[..good.len() / 2].to_string(),
+        ];
+        for b in &bad {
+            assert!(Command::decode(b.as_bytes()).is_err(), "{b}");
+        }
+        // Random changes to random parts' bytes, parts dropped or repeated: errors or
+        // no-ops, never a panic, and every replica alike.
+        let mut x = seed() | 1;
+        let parts = Command::checkpoint_parts(&s, 29, 600).unwrap();
+        for _ in 0..300 {
+            let mut log = Vec::new();
+            for p in &parts {
+                let mut b = p.clone();
+                match xorshift(&mut x) % 8 {
+                    0 => continue,
+                    1 => log.push(b.clone()),
+                    2 | 3 => {
+                        for _ in 0..1 + xorshift(&mut x) % 3 {
+                            let r = xorshift(&mut x);
+                            let i = (r as usize) % b.len();
+                            b[i] = (r >> 32) as u8;
+                        }
+                    }
+                    _ => {}
+                }
+                log.push(b);
+            }
+            let mut held = s.clone();
+            let mut fresh = ClusterState::replaying_from(20);
+            let mut twin = ClusterState::replaying_from(20);
+            for (i, b) in log.iter().enumerate() {
+                if let Ok(c) = Command::decode(b) {
+                    let index = 30 + i as u64;
+                    let _ = held.apply(index, &c);
+                    let outcome = fresh.apply(index, &c);
+                    assert_eq!(twin.apply(index, &c), outcome);
+                }
+            }
+            assert_eq!(fresh, twin);
         }
     }
 

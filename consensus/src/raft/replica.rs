@@ -83,9 +83,10 @@ pub trait ClusterHooks: Send + Sync {
     fn checkpoint_index(&self) -> u64 {
         0
     }
-    /// A checkpoint command (encoded) of the state applied through log index `at`, which
-    /// is the controller's applied index with nothing after it in the log.
-    fn checkpoint(&self, _at: u64) -> Option<Vec<u8>> {
+    /// A checkpoint (encoded) of the state applied through log index `at`, which is the
+    /// controller's applied index with nothing after it in the log: the commands to propose
+    /// in a row (one, or the parts of a checkpoint too large for one command).
+    fn checkpoint(&self, _at: u64) -> Option<Vec<Vec<u8>>> {
         None
     }
 }
@@ -911,22 +912,38 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
 /// checkpoint is a data entry of one record
 /// ([`crate::raft::entry::controller_record_proposal`]): a node built before it reads it as a
 /// record nobody reads, which leaves its state as it is, as the checkpoint would.
+///
+/// A checkpoint in parts is proposed part after part in this one call, so that nothing this
+/// leader appends comes between them: they land at `at + 1..=at + n` unless another leader's
+/// entries replace them, which leaves the checkpoint incomplete, a no-op everywhere. A part
+/// refused (leadership lost, the uncommitted bytes over raft-rs's limit) stops the others.
 fn propose_checkpoint(inner: &Inner, set: &mut GroupSet<Log>) {
     let (Some(h), Some(at)) = (&inner.hooks.0, set.checkpoint_at(0)) else {
         return;
     };
-    let Some(command) = h.checkpoint(at) else {
+    let Some(parts) = h.checkpoint(at) else {
         return;
     };
-    // As a record: it takes one offset, so the segment holding it can roll, and the ones
-    // before it can be deleted once the log is compacted below it.
-    match set.forward_command_as_record(0, &command, now_ms()) {
-        Ok(()) => log::info!(
-            "controller: checkpoint of the state through index {at} proposed ({} bytes)",
-            command.len()
-        ),
-        Err(e) => log::info!("controller: checkpoint not proposed: {e}"),
+    let ts = now_ms();
+    let mut bytes = 0;
+    for (k, command) in parts.iter().enumerate() {
+        // As a record: it takes one offset, so the segment holding it can roll, and the ones
+        // before it can be deleted once the log is compacted below it.
+        if let Err(e) = set.forward_command_as_record(0, command, ts) {
+            log::info!(
+                "controller: checkpoint not proposed (part {} of {}): {e}",
+                k + 1,
+                parts.len()
+            );
+            return;
+        }
+        bytes += command.len();
     }
+    log::info!(
+        "controller: checkpoint of the state through index {at} proposed ({bytes} bytes, {} \
+         part(s))",
+        parts.len()
+    );
 }
 
 fn now_ms() -> i64 {
