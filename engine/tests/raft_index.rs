@@ -32,13 +32,18 @@ where
 /// which is a control batch (no-op, configuration change or controller command by turn).
 /// Terms change every 7 entries.
 fn entry(log: &Log, i: u64, value_len: usize) -> Vec<u8> {
+    entry_at(i, log.next_offset(), log.next_index(), value_len)
+}
+
+/// [`entry`] at a given offset and Raft index.
+fn entry_at(i: u64, base_offset: u64, raft_index: u64, value_len: usize) -> Vec<u8> {
     let term = i / 7 + 1;
     let mut stamp = Stamp {
         kind: Kind::Data,
-        base_offset: log.next_offset(),
+        base_offset,
         term,
-        raft_index: log.next_index(),
-        commit_index: log.next_index().saturating_sub(2),
+        raft_index,
+        commit_index: raft_index.saturating_sub(2),
         timestamp_ms: i as i64,
     };
     let mut out = Vec::new();
@@ -554,5 +559,91 @@ fn sync_makes_trailing_control_batches_durable_too() {
         log.sync().await.expect("sync");
         assert_eq!(log.stats().fdatasyncs, before + 1);
         log.close().await.expect("close");
+    });
+}
+
+/// Batches given as a header and a payload each (what a Raft round stores: the records
+/// copied once, from the entry) are stored byte for byte as the same batches given whole,
+/// across segment rolls and a reopen; a header that claims other bytes than its payload's,
+/// or one that does not continue the log, is refused with nothing stored.
+#[test]
+fn batches_given_in_two_pieces_are_stored_as_the_same_batches_given_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (whole_dir, parts_dir) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    let n = 200;
+    run(tmp.path(), move || async move {
+        let whole = Log::open(&whole_dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        fill(&whole, n, 300).await;
+        let parts = Log::open(&parts_dir, small(), FileBudget::new(8))
+            .await
+            .expect("open");
+        // One to three batches per call, as a round stores one to many entries.
+        let mut i = 0;
+        while i < n {
+            let (mut offset, mut index) = (parts.next_offset(), parts.next_index());
+            let mut batches = Vec::new();
+            for _ in 0..(i % 3 + 1).min(n - i) {
+                let b = entry_at(i, offset, index, 300);
+                let batch::Parsed::Header(h) = batch::parse_header(&b) else {
+                    panic!("entry {i} does not parse")
+                };
+                (offset, index) = (h.next_offset(), index + 1);
+                batches.push(b);
+                i += 1;
+            }
+            let pieces: Vec<engine::log::FreshBatch> = batches
+                .iter()
+                .map(|b| engine::log::FreshBatch {
+                    header: b[..batch::HEADER_LEN].try_into().expect("a header"),
+                    payload: &b[batch::HEADER_LEN..],
+                })
+                .collect();
+            parts.append_fresh_parts(&pieces).await.expect("append");
+        }
+        parts.sync().await.expect("sync");
+        let read = |log: Rc<Log>| async move {
+            let b = log
+                .read_entries(1, n + 1, usize::MAX)
+                .await
+                .expect("entries");
+            b.into_iter()
+                .flat_map(|e| e.bytes.to_vec())
+                .collect::<Vec<u8>>()
+        };
+        let want = read(Rc::clone(&whole)).await;
+        assert_eq!(read(Rc::clone(&parts)).await, want);
+        check(&parts, n).await;
+
+        // Refused, with nothing stored: a payload shorter than its header says, and a batch
+        // that skips an offset.
+        let b = entry(&parts, n, 300);
+        let header: &[u8; batch::HEADER_LEN] = b[..batch::HEADER_LEN].try_into().expect("a header");
+        let short = engine::log::FreshBatch {
+            header,
+            payload: &b[batch::HEADER_LEN..b.len() - 1],
+        };
+        assert!(matches!(
+            parts.append_fresh_parts(&[short]).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        let good = engine::log::FreshBatch {
+            header,
+            payload: &b[batch::HEADER_LEN..],
+        };
+        assert!(matches!(
+            parts.append_fresh_parts(&[good, good]).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(parts.next_index(), n + 1);
+        parts.close().await.expect("close");
+        let reopened = Log::open(&parts_dir, small(), FileBudget::new(8))
+            .await
+            .expect("reopen");
+        assert_eq!(read(Rc::clone(&reopened)).await, want);
+        check(&reopened, n).await;
+        reopened.close().await.expect("close");
+        whole.close().await.expect("close");
     });
 }

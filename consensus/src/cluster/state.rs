@@ -1005,9 +1005,8 @@ mod tests {
         assert!(!ClusterState::replaying_from(1).awaiting_checkpoint);
     }
 
-    /// The bytes docs/format.md shows for a checkpoint.
-    #[test]
-    fn a_checkpoint_encodes_as_docs_format_md_shows() {
+    /// The state of the checkpoint examples in docs/format.md: one node, bootstrapped.
+    fn docs_example_state() -> ClusterState {
         let mut s = ClusterState::default();
         let mut a = node("a");
         a.rpc_addr = "10.0.0.1:8400".into();
@@ -1020,6 +1019,13 @@ mod tests {
                 node: a,
             },
         );
+        s
+    }
+
+    /// The bytes docs/format.md shows for a checkpoint.
+    #[test]
+    fn a_checkpoint_encodes_as_docs_format_md_shows() {
+        let s = docs_example_state();
         let json = String::from_utf8(Command::checkpoint(&s, 3).encode()).unwrap();
         assert_eq!(
             json,
@@ -1043,18 +1049,7 @@ mod tests {
     /// [`a_checkpoint_encodes_as_docs_format_md_shows`] in parts of at most 256 bytes.
     #[test]
     fn a_checkpoint_in_parts_encodes_as_docs_format_md_shows() {
-        let mut s = ClusterState::default();
-        let mut a = node("a");
-        a.rpc_addr = "10.0.0.1:8400".into();
-        a.gossip_addr = "10.0.0.1:8401".into();
-        a.shards = 1;
-        s.apply(
-            1,
-            &Command::Bootstrap {
-                cluster_id: "c".into(),
-                node: a,
-            },
-        );
+        let s = docs_example_state();
         let parts = Command::checkpoint_parts(&s, 3, 256).unwrap();
         let parts: Vec<String> = parts
             .into_iter()

@@ -143,61 +143,31 @@ pub fn encode_known(
     payload_crc: Option<u32>,
     out: &mut Vec<u8>,
 ) -> Result<u64> {
-    let mut stamp = Stamp {
-        kind: Kind::NoOp,
-        base_offset,
-        term: e.term,
-        raft_index: e.index,
-        commit_index: commit_index.min(e.index),
-        timestamp_ms: 0,
-    };
+    let (stamped, next) = stamp(e, base_offset, commit_index, payload_crc)?;
+    let parts = stamped.parts(e);
+    out.reserve(parts.header.len() + parts.payload.len());
+    out.extend_from_slice(parts.header);
+    out.extend_from_slice(parts.payload);
+    Ok(next)
+}
+
+/// The payload an entry other than data stores, and its batch kind.
+fn other_payload(e: &Entry) -> Result<(Kind, Vec<u8>)> {
     match e.entry_type {
         EntryType::EntryNormal => match e.data.first() {
-            None => batch::encode_with_payload(out, &stamp, 0, &[]),
-            Some(&TAG_DATA) => {
-                let count = record_count(e)?;
-                let ts = e
-                    .data
-                    .get(1..9)
-                    .ok_or_else(|| malformed(e, "no timestamp"))?;
-                let mut t = [0u8; 8];
-                t.copy_from_slice(ts);
-                stamp.kind = Kind::Data;
-                stamp.timestamp_ms = i64::from_le_bytes(t);
-                let payload = &e.data[DATA_PREFIX..];
-                check_records(e, payload, count)?;
-                match payload_crc {
-                    Some(crc) => {
-                        debug_assert_eq!(crc, crc32c::crc32c(payload), "entry {}", e.index);
-                        out.extend_from_slice(&batch::header_bytes(
-                            &stamp,
-                            count,
-                            payload.len() as u32,
-                            crc,
-                        ));
-                        out.extend_from_slice(payload);
-                    }
-                    None => batch::encode_with_payload(out, &stamp, count, payload),
-                }
-                return Ok(base_offset + u64::from(count));
-            }
-            Some(&TAG_CONTROLLER) => {
-                stamp.kind = Kind::Controller;
-                batch::encode_with_payload(out, &stamp, 0, &e.data[1..]);
-            }
-            Some(tag) => return Err(malformed(e, &format!("unknown data tag {tag}"))),
+            None => Ok((Kind::NoOp, Vec::new())),
+            Some(&TAG_CONTROLLER) => Ok((Kind::Controller, e.data[1..].to_vec())),
+            Some(tag) => Err(malformed(e, &format!("unknown data tag {tag}"))),
         },
         EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-            stamp.kind = Kind::ConfChange;
             let mut payload = Vec::with_capacity(5 + e.context.len() + e.data.len());
             payload.push(e.entry_type as u8);
             payload.extend_from_slice(&(e.context.len() as u32).to_le_bytes());
             payload.extend_from_slice(&e.context);
             payload.extend_from_slice(&e.data);
-            batch::encode_with_payload(out, &stamp, 0, &payload);
+            Ok((Kind::ConfChange, payload))
         }
     }
-    Ok(base_offset)
 }
 
 /// An entry stamped as a stored batch, in two pieces written back to back: its header, and
@@ -227,14 +197,24 @@ impl Stamped {
     }
 }
 
-/// [`encode_known`] without copying a data entry's records: `e` stamped as a batch at
-/// `base_offset` ([`Stamped::parts`] gives its pieces). Returns the offset after it.
+/// `e` stamped as a batch at `base_offset` without copying a data entry's records
+/// ([`Stamped::parts`] gives its pieces; [`encode_known`] writes them out), with the commit
+/// index the writer knows and, for a data entry, its payload's CRC32C when known. Returns
+/// the offset after it.
 pub fn stamp(
     e: &Entry,
     base_offset: u64,
     commit_index: u64,
     payload_crc: Option<u32>,
 ) -> Result<(Stamped, u64)> {
+    let mut stamp = Stamp {
+        kind: Kind::NoOp,
+        base_offset,
+        term: e.term,
+        raft_index: e.index,
+        commit_index: commit_index.min(e.index),
+        timestamp_ms: 0,
+    };
     if e.entry_type == EntryType::EntryNormal && e.data.first() == Some(&TAG_DATA) {
         let count = record_count(e)?;
         let ts = e
@@ -255,25 +235,15 @@ pub fn stamp(
             }
             None => crc32c::crc32c(payload),
         };
-        let stamp = Stamp {
-            kind: Kind::Data,
-            base_offset,
-            term: e.term,
-            raft_index: e.index,
-            commit_index: commit_index.min(e.index),
-            timestamp_ms: i64::from_le_bytes(t),
-        };
+        stamp.kind = Kind::Data;
+        stamp.timestamp_ms = i64::from_le_bytes(t);
         let header = batch::header_bytes(&stamp, count, payload.len() as u32, crc);
         return Ok((Stamped::Data { header }, base_offset + u64::from(count)));
     }
-    let mut whole = Vec::with_capacity(encoded_len(e));
-    let next = encode_known(e, base_offset, commit_index, None, &mut whole)?;
-    let header = whole
-        .first_chunk::<{ batch::HEADER_LEN }>()
-        .copied()
-        .ok_or_else(|| malformed(e, "encoded shorter than a batch header"))?;
-    let payload = whole.split_off(batch::HEADER_LEN);
-    Ok((Stamped::Other { header, payload }, next))
+    let (kind, payload) = other_payload(e)?;
+    stamp.kind = kind;
+    let header = batch::header_bytes(&stamp, 0, payload.len() as u32, crc32c::crc32c(&payload));
+    Ok((Stamped::Other { header, payload }, base_offset))
 }
 
 /// Checks that `payload` holds exactly `count` records, so a batch never claims records its
