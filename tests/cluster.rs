@@ -1014,9 +1014,9 @@ fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
 }
 
 /// A replica whose log failed, moved to a free fourth node while its node keeps another
-/// partition of the topic, starts afresh (empty) on its node: placed there again later (the
-/// fourth node removed), it is added and caught up like a new replica, with every
-/// acknowledged record, instead of staying a stopped voter.
+/// partition of the topic, is closed on its node and its directory removed: placed there
+/// again later (the fourth node removed), it is opened empty, added and caught up like a new
+/// replica, with every acknowledged record, instead of staying a stopped voter.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_stopped_replica_moved_away_starts_afresh_and_can_be_placed_back() {
@@ -1038,11 +1038,13 @@ fn a_stopped_replica_moved_away_starts_afresh_and_can_be_placed_back() {
         big.produce_one(&c);
         partition_voters(&c, "s", 0).as_deref() == Some(&moved[..])
     });
-    wait("the victim's replica of s/0 started afresh", || {
-        c.nodes[victim]
-            .log()
-            .contains("s/0: this replica, stopped and moved to another node, starts afresh")
+    wait("the victim's replica of s/0 closed and removed", || {
+        c.nodes[victim].log().contains(
+            "s/0: this replica, stopped and moved to another node, is closed and its data \
+             removed",
+        )
     });
+    assert!(!c.nodes[victim].data_dir.join("topics/s/0").exists());
     assert!(c.nodes[victim].data_dir.join("topics/s/1").exists());
 
     // The fourth node goes: s/0 is short of a replica, and only the victim is free.
