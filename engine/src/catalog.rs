@@ -31,7 +31,7 @@ pub struct TopicEntry {
     pub config: LogConfig,
     /// The partitions this node holds, ascending: their directories were made before this
     /// entry named them, and their logs open at start. `None` (absent): every partition (a
-    /// topic created whole, and every topic of a catalog written before this field). A node
+    /// topic held whole is written so, as every topic was before this field). A node
     /// of a cluster holds only the partitions placed on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Vec<u32>>,
@@ -114,6 +114,20 @@ pub fn load(dir: &Path) -> Result<Catalog> {
         t.config
             .validate()
             .map_err(|e| Error::corrupt(dir.join(FILE), 16, format!("topic {name}: {e}")))?;
+        if let Some(held) = &t.held {
+            let ascending = held.windows(2).all(|w| w[0] < w[1]);
+            if !ascending || held.iter().any(|&p| p >= t.partitions) {
+                return Err(Error::corrupt(
+                    dir.join(FILE),
+                    16,
+                    format!(
+                        "topic {name}: held partitions {held:?} are not ascending partitions of \
+                         its {}",
+                        t.partitions
+                    ),
+                ));
+            }
+        }
     }
     Ok(cat)
 }
@@ -241,11 +255,11 @@ impl Topics {
             log::warn!("{}: removing leftovers of a deleted topic", dir.display());
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
         }
-        let held = held.map(|h| {
+        let held = held.and_then(|h| {
             let mut h = h.to_vec();
             h.sort_unstable();
             h.dedup();
-            h
+            some_of(h, partitions)
         });
         let dirs: Vec<u32> = match &held {
             Some(h) => h.clone(),
@@ -290,7 +304,7 @@ impl Topics {
         } else {
             held.retain(|&p| p != partition);
         }
-        t.held = Some(held);
+        t.held = some_of(held, t.partitions);
         save(&self.data_dir, &next)?;
         *cat = Arc::new(next);
         Ok(true)
@@ -305,6 +319,12 @@ impl Topics {
         *cat = Arc::new(next);
         Ok(())
     }
+}
+
+/// `held` (ascending, without repeats) as [`TopicEntry::held`] records it: `None` when it is
+/// every one of `partitions`, so that a topic held whole is written as before the field.
+fn some_of(held: Vec<u32>, partitions: u32) -> Option<Vec<u32>> {
+    (held.len() != partitions as usize).then_some(held)
 }
 
 /// Creates `topics/<name>/<p>` for every partition of `partitions`, durably: each new

@@ -898,5 +898,24 @@ fn a_topic_held_in_part_opens_only_its_partitions_and_they_come_and_go() {
     block_on(h.close_partition("t", 2, false)).expect("close 2");
     block_on(h.delete_topic("t")).expect("delete");
     assert!(!dir.join("topics/t").exists());
+    // Held whole, a topic's entry is written as before (no list of held partitions).
+    block_on(h.create_topic_holding("w", 2, topic_config(), &[1, 0])).expect("create w");
+    let catalog = std::fs::read(dir.join("catalog.meta")).expect("read catalog");
+    assert!(!String::from_utf8_lossy(&catalog).contains("held"));
     engine.shutdown();
+
+    // A list of held partitions that is not one (out of order, or past the topic's) is a
+    // damaged catalog, named at start.
+    let catalog = String::from_utf8_lossy(&catalog[16..]).into_owned();
+    let bad = catalog.replacen(
+        "\"partitions\": 2,",
+        "\"partitions\": 2, \"held\": [1, 0],",
+        1,
+    );
+    assert_ne!(bad, catalog);
+    std::fs::write(dir.join("catalog.meta"), meta_file(bad.as_bytes())).expect("write");
+    match Engine::start(engine_config(&dir)) {
+        Err(e) => assert!(e.to_string().contains("held partitions"), "{e}"),
+        Ok(_) => panic!("a damaged list of held partitions was accepted"),
+    }
 }
