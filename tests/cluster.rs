@@ -1014,9 +1014,9 @@ fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
 }
 
 /// A replica whose log failed, moved to a free fourth node while its node keeps another
-/// partition of the topic, starts afresh (empty) on its node: placed there again later (the
-/// fourth node removed), it is added and caught up like a new replica, with every
-/// acknowledged record, instead of staying a stopped voter.
+/// partition of the topic, is closed on its node and its directory removed: placed there
+/// again later (the fourth node removed), it is opened empty, added and caught up like a new
+/// replica, with every acknowledged record, instead of staying a stopped voter.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_stopped_replica_moved_away_starts_afresh_and_can_be_placed_back() {
@@ -1038,11 +1038,13 @@ fn a_stopped_replica_moved_away_starts_afresh_and_can_be_placed_back() {
         big.produce_one(&c);
         partition_voters(&c, "s", 0).as_deref() == Some(&moved[..])
     });
-    wait("the victim's replica of s/0 started afresh", || {
-        c.nodes[victim]
-            .log()
-            .contains("s/0: this replica, stopped and moved to another node, starts afresh")
+    wait("the victim's replica of s/0 closed and removed", || {
+        c.nodes[victim].log().contains(
+            "s/0: this replica, stopped and moved to another node, is closed and its data \
+             removed",
+        )
     });
+    assert!(!c.nodes[victim].data_dir.join("topics/s/0").exists());
     assert!(c.nodes[victim].data_dir.join("topics/s/1").exists());
 
     // The fourth node goes: s/0 is short of a replica, and only the victim is free.
@@ -1068,4 +1070,184 @@ fn a_stopped_replica_moved_away_starts_afresh_and_can_be_placed_back() {
         "{} acknowledged records of s/0 on the replica placed back",
         big.acked.len()
     );
+}
+
+/// Voters of every partition of `topic` (`partitions` of them) as each partition's leader
+/// reports them, once each has `rf` voters and no learner.
+fn settled_voters(c: &Cluster, topic: &str, partitions: u32, rf: usize) -> Option<Vec<Vec<u64>>> {
+    (0..partitions)
+        .map(|p| {
+            c.nodes.iter().find_map(|n| {
+                let d = n.describe()?;
+                let e = d
+                    .partitions
+                    .iter()
+                    .find(|e| e.topic == topic && e.partition == p)?;
+                let voters: Vec<u64> = e
+                    .replicas
+                    .iter()
+                    .filter(|r| r.voter)
+                    .map(|r| r.node)
+                    .collect();
+                (e.local
+                    && e.leader == d.node_id
+                    && e.leader != 0
+                    && voters.len() == rf
+                    && !e.replicas.iter().any(|r| r.learner))
+                .then_some(voters)
+            })
+        })
+        .collect()
+}
+
+/// Which partitions of `topic` node `n` holds, by its data directory and by its own view
+/// (`local` in DescribeCluster: a group open there): `(partition, directory, open)`.
+fn held_by(n: &Node, topic: &str, partitions: u32) -> Option<Vec<(u32, bool, bool)>> {
+    let d = n.describe()?;
+    Some(
+        (0..partitions)
+            .map(|p| {
+                let dir = n.data_dir.join(format!("topics/{topic}/{p}")).exists();
+                let open = d
+                    .partitions
+                    .iter()
+                    .any(|e| e.topic == topic && e.partition == p && e.local);
+                (p, dir, open)
+            })
+            .collect(),
+    )
+}
+
+/// Waits until each node of `nodes` (indexes, Raft ids `ids`) has a directory and an open
+/// group for exactly the partitions of `topic` that `voters` place on it.
+fn wait_held_as_placed(
+    c: &Cluster,
+    nodes: &[usize],
+    ids: &[u64],
+    topic: &str,
+    voters: &[Vec<u64>],
+) {
+    for &i in nodes {
+        let want: Vec<(u32, bool, bool)> = voters
+            .iter()
+            .enumerate()
+            .map(|(p, v)| (p as u32, v.contains(&ids[i]), v.contains(&ids[i])))
+            .collect();
+        let mut got = None;
+        let until = std::time::Instant::now() + common::cluster::DEADLINE;
+        while std::time::Instant::now() < until {
+            got = held_by(&c.nodes[i], topic, voters.len() as u32);
+            if got.as_ref() == Some(&want) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            got.as_ref(),
+            Some(&want),
+            "node {} holds (partition, directory, open) other than placed (voters {voters:?})",
+            ids[i]
+        );
+    }
+}
+
+/// Produces one record to every partition of `topic` through every node of `nodes`, and
+/// reads each back through every one of them (a node holding no replica forwards both).
+fn produce_and_consume_everywhere(c: &Cluster, nodes: &[usize], topic: &str, partitions: u32) {
+    for p in 0..partitions {
+        for &i in nodes {
+            let value = format!("{topic}/{p} through node index {i}").into_bytes();
+            let mut r = Err(Status::unavailable("not tried"));
+            wait(
+                &format!("a produce to {topic}/{p} through {}", c.nodes[i].rpc),
+                || {
+                    r = produce_to(&c.nodes[i], topic, p, &value);
+                    r.is_ok()
+                },
+            );
+            let offset = r.unwrap_or(0);
+            for &j in nodes {
+                let mut got = Err(Status::unavailable("not tried"));
+                wait(
+                    &format!("{topic}/{p} offset {offset} through {}", c.nodes[j].rpc),
+                    || {
+                        got = consume_from(&c.nodes[j], topic, p, offset);
+                        got.is_ok()
+                    },
+                );
+                assert_eq!(
+                    got.ok().as_deref(),
+                    Some(&value[..]),
+                    "{topic}/{p} at {offset}"
+                );
+            }
+        }
+    }
+}
+
+/// Four nodes, a topic of four partitions with two replicas each: every node holds (a
+/// directory, an open group) only the partitions placed on it, and serves every partition
+/// all the same (produce and consume through any node). After `cluster remove` of a node,
+/// the replicas re-created elsewhere are opened there, and a node restarted opens again only
+/// what is placed on it.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_node_opens_only_the_partitions_placed_on_it() {
+    const PARTS: u32 = 4;
+    let mut c = form("a node opens only its partitions", 141, &[]);
+    let join = c.nodes[0].gossip.clone();
+    let n4 = Node::start(
+        c.dir(),
+        "n4",
+        "127.0.0.144",
+        &["--start-join-addrs".to_owned(), join],
+    );
+    c.nodes.push(n4);
+    wait("the fourth node serving", || c.nodes[3].serving());
+    let ids = raft_ids(&c);
+    create_topic(&c, "p", PARTS, 2);
+    let mut voters = None;
+    wait("every partition of p led with two voters", || {
+        voters = settled_voters(&c, "p", PARTS, 2);
+        voters.is_some()
+    });
+    let voters = voters.unwrap_or_default();
+    println!("p placed on {voters:?} (nodes {ids:?})");
+    let all: Vec<usize> = (0..4).collect();
+    wait_held_as_placed(&c, &all, &ids, "p", &voters);
+    produce_and_consume_everywhere(&c, &all, "p", PARTS);
+
+    // A node goes: its replicas are re-created on the others, which open them.
+    let ctl = controller_leader(&c);
+    let gone = (0..4).find(|&i| i != ctl).unwrap_or(1);
+    let (ok, out, err) = common::run_cli(
+        c.nodes[ctl].rpc,
+        &["cluster", "remove", &ids[gone].to_string()],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    let mut after = None;
+    wait(
+        "every partition of p re-placed off the removed node",
+        || {
+            after = settled_voters(&c, "p", PARTS, 2)
+                .filter(|v| v.iter().all(|v| !v.contains(&ids[gone])));
+            after.is_some()
+        },
+    );
+    let after = after.unwrap_or_default();
+    println!("after removing node {}: p placed on {after:?}", ids[gone]);
+    assert_ne!(voters, after, "node {} held no replica of p", ids[gone]);
+    c.nodes[gone].kill9();
+    let rest: Vec<usize> = (0..4).filter(|&i| i != gone).collect();
+    wait_held_as_placed(&c, &rest, &ids, "p", &after);
+    produce_and_consume_everywhere(&c, &rest, "p", PARTS);
+
+    // Restarted, a node opens what is placed on it, and only that.
+    let again = rest.iter().copied().find(|&i| i != ctl).unwrap_or(rest[0]);
+    c.nodes[again].kill9();
+    c.nodes[again].spawn();
+    wait("the restarted node serving", || c.nodes[again].serving());
+    wait_held_as_placed(&c, &rest, &ids, "p", &after);
+    produce_and_consume_everywhere(&c, &rest, "p", PARTS);
 }

@@ -29,6 +29,28 @@ pub struct Catalog {
 pub struct TopicEntry {
     pub partitions: u32,
     pub config: LogConfig,
+    /// The partitions this node holds, ascending: their directories were made before this
+    /// entry named them, and their logs open at start. `None` (absent): every partition (a
+    /// topic held whole is written so, as every topic was before this field). A node
+    /// of a cluster holds only the partitions placed on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<u32>>,
+}
+
+impl TopicEntry {
+    /// True when this node holds `partition` (see [`TopicEntry::held`]).
+    pub fn holds(&self, partition: u32) -> bool {
+        partition < self.partitions
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|h| h.binary_search(&partition).is_ok())
+    }
+
+    /// The partitions this node holds, ascending.
+    pub fn held_partitions(&self) -> Vec<u32> {
+        (0..self.partitions).filter(|&p| self.holds(p)).collect()
+    }
 }
 
 /// A topic as callers see it.
@@ -92,6 +114,20 @@ pub fn load(dir: &Path) -> Result<Catalog> {
         t.config
             .validate()
             .map_err(|e| Error::corrupt(dir.join(FILE), 16, format!("topic {name}: {e}")))?;
+        if let Some(held) = &t.held {
+            let ascending = held.windows(2).all(|w| w[0] < w[1]);
+            if !ascending || held.iter().any(|&p| p >= t.partitions) {
+                return Err(Error::corrupt(
+                    dir.join(FILE),
+                    16,
+                    format!(
+                        "topic {name}: held partitions {held:?} are not ascending partitions of \
+                         its {}",
+                        t.partitions
+                    ),
+                ));
+            }
+        }
     }
     Ok(cat)
 }
@@ -168,16 +204,23 @@ impl Topics {
         Ok(self.lock()?.entry(topic)?.partitions)
     }
 
-    /// Every partition of every topic, with its topic's settings.
+    /// Every partition this node holds, of every topic, with its topic's settings.
     pub(crate) fn all_partitions(&self) -> Result<Vec<(String, u32, LogConfig)>> {
         let cat = self.lock()?;
         Ok(cat
             .topics
             .iter()
             .flat_map(|(name, t)| {
-                (0..t.partitions).map(move |p| (name.clone(), p, t.config.clone()))
+                t.held_partitions()
+                    .into_iter()
+                    .map(move |p| (name.clone(), p, t.config.clone()))
             })
             .collect())
+    }
+
+    /// The partitions of `topic` this node holds, ascending.
+    pub(crate) fn held(&self, topic: &str) -> Result<Vec<u32>> {
+        Ok(self.lock()?.entry(topic)?.held_partitions())
     }
 
     pub(crate) fn list(&self) -> Result<Vec<TopicInfo>> {
@@ -188,12 +231,19 @@ impl Topics {
         self.lock()?.info(name)
     }
 
-    /// Adds a topic to the catalog, on disk first. Leftovers of an earlier topic of the same
-    /// name (a deletion that was interrupted) are removed first, then every partition's
-    /// directory is created and made durable before the catalog names the topic: a partition
-    /// directory missing under a catalog entry was therefore removed after its creation (its
-    /// records are gone), never a creation that a crash cut short.
-    pub(crate) fn add(&self, name: &str, partitions: u32, config: &LogConfig) -> Result<()> {
+    /// Adds a topic to the catalog, on disk first, holding the partitions `held` (every
+    /// partition when `None`). Leftovers of an earlier topic of the same name (a deletion that
+    /// was interrupted) are removed first, then every held partition's directory is created
+    /// and made durable before the catalog names the topic: a held partition's directory
+    /// missing under a catalog entry was therefore removed after its creation (its records are
+    /// gone), never a creation that a crash cut short.
+    pub(crate) fn add(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: &LogConfig,
+        held: Option<&[u32]>,
+    ) -> Result<()> {
         let mut cat = self.lock()?;
         if cat.topics.contains_key(name) {
             return Err(Error::TopicExists(name.to_owned()));
@@ -205,7 +255,17 @@ impl Topics {
             log::warn!("{}: removing leftovers of a deleted topic", dir.display());
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
         }
-        if let Err(e) = create_partition_dirs(&self.data_dir, name, partitions) {
+        let held = held.and_then(|h| {
+            let mut h = h.to_vec();
+            h.sort_unstable();
+            h.dedup();
+            some_of(h, partitions)
+        });
+        let dirs: Vec<u32> = match &held {
+            Some(h) => h.clone(),
+            None => (0..partitions).collect(),
+        };
+        if let Err(e) = create_partition_dirs(&self.data_dir, name, &dirs) {
             // Nothing names them: the next `add` of this name removes what was made.
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
@@ -216,11 +276,38 @@ impl Topics {
             TopicEntry {
                 partitions,
                 config: config.clone(),
+                held,
             },
         );
         save(&self.data_dir, &next)?;
         *cat = Arc::new(next);
         Ok(())
+    }
+
+    /// Records that this node holds `partition` of `topic` (`holds`) or no longer does, on
+    /// disk first. Its directory must exist before it is recorded held, and its log be closed
+    /// before it is recorded not held. Returns false when nothing changed.
+    pub(crate) fn set_held(&self, topic: &str, partition: u32, holds: bool) -> Result<bool> {
+        let mut cat = self.lock()?;
+        cat.check_partition(topic, partition)?;
+        let mut next = Catalog::clone(&cat);
+        let Some(t) = next.topics.get_mut(topic) else {
+            return Err(Error::UnknownTopic(topic.to_owned()));
+        };
+        if t.holds(partition) == holds {
+            return Ok(false);
+        }
+        let mut held = t.held_partitions();
+        if holds {
+            held.push(partition);
+            held.sort_unstable();
+        } else {
+            held.retain(|&p| p != partition);
+        }
+        t.held = some_of(held, t.partitions);
+        save(&self.data_dir, &next)?;
+        *cat = Arc::new(next);
+        Ok(true)
     }
 
     /// Removes a topic from the catalog, on disk first.
@@ -234,17 +321,40 @@ impl Topics {
     }
 }
 
-/// Creates `topics/<name>/<p>` for every partition, durably: each new directory entry is
-/// synced in its parent.
-fn create_partition_dirs(data_dir: &Path, name: &str, partitions: u32) -> Result<()> {
+/// `held` (ascending, without repeats) as [`TopicEntry::held`] records it: `None` when it is
+/// every one of `partitions`, so that a topic held whole is written as before the field.
+fn some_of(held: Vec<u32>, partitions: u32) -> Option<Vec<u32>> {
+    (held.len() != partitions as usize).then_some(held)
+}
+
+/// Creates `topics/<name>/<p>` for every partition of `partitions`, durably: each new
+/// directory entry is synced in its parent.
+fn create_partition_dirs(data_dir: &Path, name: &str, partitions: &[u32]) -> Result<()> {
     let topic = topic_dir(data_dir, name);
     std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
-    for p in 0..partitions {
+    for &p in partitions {
         let dir = partition_dir(data_dir, name, p);
         std::fs::create_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     }
     meta::sync_dir(&topic)?;
     meta::sync_dir(&data_dir.join("topics"))
+}
+
+/// Makes `topics/<name>/<partition>` (and `topics/<name>` if missing), durably. Returns false
+/// when the directory was there already (data kept from an earlier time the partition was
+/// held here), true when it was made now.
+pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) -> Result<bool> {
+    let topic = topic_dir(data_dir, name);
+    std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
+    let dir = partition_dir(data_dir, name, partition);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(Error::io("creating", &dir, e)),
+    }
+    meta::sync_dir(&topic)?;
+    meta::sync_dir(&data_dir.join("topics"))?;
+    Ok(true)
 }
 
 fn info(name: &str, t: &TopicEntry) -> TopicInfo {

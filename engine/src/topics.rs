@@ -36,9 +36,46 @@ impl EngineHandle {
         partitions: u32,
         config: LogConfig,
     ) -> Result<TopicInfo> {
+        self.create_topic_with(name, partitions, config, None).await
+    }
+
+    /// Creates a topic with `partitions` partitions of which this node holds only `held`
+    /// (a node of a cluster holds the partitions placed on it): only their directories are
+    /// made and only their logs opened. The others are the topic's all the same (routing
+    /// knows them; this engine has no log for them). `held` must name at least one partition.
+    pub async fn create_topic_holding(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: LogConfig,
+        held: &[u32],
+    ) -> Result<TopicInfo> {
+        if held.is_empty() || held.iter().any(|&p| p >= partitions) {
+            return Err(Error::InvalidArgument(format!(
+                "topic {name}: the partitions held here ({held:?}) must be some of its \
+                 {partitions}"
+            )));
+        }
+        self.create_topic_with(name, partitions, config, Some(held))
+            .await
+    }
+
+    async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: LogConfig,
+        held: Option<&[u32]>,
+    ) -> Result<TopicInfo> {
         check_new_topic(name, partitions, &config)?;
-        self.topics().add(name, partitions, &config)?;
-        let opened = self.open_partitions(name, partitions, &config).await;
+        self.topics().add(name, partitions, &config, held)?;
+        let opened = match held {
+            Some(h) => self.open_partitions(name, h, &config).await,
+            None => {
+                let all: Vec<u32> = (0..partitions).collect();
+                self.open_partitions(name, &all, &config).await
+            }
+        };
         self.publish_catalog().await?;
         opened?;
         Ok(TopicInfo {
@@ -48,22 +85,113 @@ impl EngineHandle {
         })
     }
 
-    async fn open_partitions(&self, name: &str, partitions: u32, config: &LogConfig) -> Result<()> {
-        let here = self.here();
-        for p in 0..partitions {
-            let id = PartitionId::new(name, p);
-            let shard = self.shard_of(name, p);
-            match here.as_ref().filter(|c| c.index == shard) {
-                Some(ctx) => {
-                    ctx.open_log(&id, config.clone()).await?;
-                }
-                None => {
-                    let (reply, rx) = oneshot::channel();
-                    let config = config.clone();
-                    self.send_control(shard, ShardMsg::Open { id, config, reply })
-                        .await?;
-                    rx.await.map_err(crate::shard::msg::gone)??;
-                }
+    async fn open_partitions(
+        &self,
+        name: &str,
+        partitions: &[u32],
+        config: &LogConfig,
+    ) -> Result<()> {
+        for &p in partitions {
+            self.open_on_owner(&PartitionId::new(name, p), config)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the log of `id` on its owning shard (or finds it open).
+    async fn open_on_owner(&self, id: &PartitionId, config: &LogConfig) -> Result<()> {
+        let shard = self.shard_of(&id.topic, id.partition);
+        match self.here().as_ref().filter(|c| c.index == shard) {
+            Some(ctx) => ctx.open_log(id, config.clone()).await.map(|_| ()),
+            None => {
+                let (reply, rx) = oneshot::channel();
+                let (id, config) = (id.clone(), config.clone());
+                self.send_control(shard, ShardMsg::Open { id, config, reply })
+                    .await?;
+                rx.await.map_err(crate::shard::msg::gone)?
+            }
+        }
+    }
+
+    /// Closes the log of `id` on its owning shard, if it is open there.
+    async fn close_on_owner(&self, id: &PartitionId) -> Result<()> {
+        let shard = self.shard_of(&id.topic, id.partition);
+        match self.here().as_ref().filter(|c| c.index == shard) {
+            Some(ctx) => crate::shard::owner::close(ctx, id).await,
+            None => {
+                let (reply, rx) = oneshot::channel();
+                let id = id.clone();
+                self.send_control(shard, ShardMsg::Close { id, reply })
+                    .await?;
+                rx.await.map_err(crate::shard::msg::gone)?
+            }
+        }
+    }
+
+    /// The partitions of `topic` this node holds (see [`create_topic_holding`]
+    /// (Self::create_topic_holding)), ascending: from the calling shard's copy of the
+    /// catalog when called on a shard.
+    pub fn held_partitions(&self, topic: &str) -> Result<Vec<u32>> {
+        match self.here() {
+            Some(ctx) => ctx.with_catalog(|c| c.entry(topic).map(|t| t.held_partitions())),
+            None => self.topics().held(topic),
+        }
+    }
+
+    /// Makes this node hold partition `partition` of `topic` (a replica of it placed here
+    /// after the topic was created): its directory is made (or, there already, its data kept
+    /// from an earlier time it was held here is reopened), its log opened on its owning
+    /// shard, and then the catalog records it held, so that it opens at every start. Held
+    /// already, its log is opened if it is not open.
+    pub async fn open_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let config = self.topics().get(topic)?.config;
+        self.topics().check_partition(topic, partition)?;
+        let id = PartitionId::new(topic, partition);
+        if self.topics().held(topic)?.contains(&partition) {
+            return self.open_on_owner(&id, &config).await;
+        }
+        let made = crate::catalog::create_partition_dir(self.data_dir(), topic, partition)?;
+        if !made {
+            log::info!(
+                "partition {id}: held here again; opening the data kept in {}",
+                crate::catalog::partition_dir(self.data_dir(), topic, partition).display()
+            );
+        }
+        self.open_on_owner(&id, &config).await?;
+        if let Err(e) = self.topics().set_held(topic, partition, true) {
+            // Not recorded: it must not stay open unrecorded (it would not open at start).
+            let _ = self.close_on_owner(&id).await;
+            return Err(e);
+        }
+        self.publish_catalog().await
+    }
+
+    /// Makes this node no longer hold partition `partition` of `topic` (no replica of it is
+    /// placed here any more): its log is closed, the catalog records it not held (it no
+    /// longer opens at start), and, with `remove_data`, its directory is removed; without,
+    /// the directory stays as it is (opened again if the partition is held here again). The
+    /// topic and its other partitions stay.
+    pub async fn close_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        remove_data: bool,
+    ) -> Result<()> {
+        self.topics().check_partition(topic, partition)?;
+        let id = PartitionId::new(topic, partition);
+        self.close_on_owner(&id).await?;
+        let changed = self.topics().set_held(topic, partition, false);
+        self.publish_catalog().await?;
+        changed?;
+        if remove_data {
+            let dir = crate::catalog::partition_dir(self.data_dir(), topic, partition);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("removing", &dir, e)),
+            }
+            if let Some(parent) = dir.parent() {
+                crate::meta::sync_dir(parent)?;
             }
         }
         Ok(())
@@ -97,24 +225,6 @@ impl EngineHandle {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
         }
         self.topics().remove(name)
-    }
-
-    /// Replaces partition `partition` of `topic` by an empty log in a new directory (the
-    /// topic and its other partitions stay): for a replica moved away from this node whose
-    /// log failed or was lost. Its replication group opens again as a new, empty replica.
-    pub async fn recreate_partition(&self, topic: &str, partition: u32) -> Result<()> {
-        self.topics().check_partition(topic, partition)?;
-        let id = PartitionId::new(topic, partition);
-        let shard = self.shard_of(topic, partition);
-        match self.here().as_ref().filter(|c| c.index == shard) {
-            Some(ctx) => crate::shard::owner::recreate(ctx, &id).await,
-            None => {
-                let (reply, rx) = oneshot::channel();
-                self.send_control(shard, ShardMsg::Recreate { id, reply })
-                    .await?;
-                rx.await.map_err(crate::shard::msg::gone)?
-            }
-        }
     }
 
     /// Replaces every shard's copy of the catalog with the catalog as it is now, and waits
@@ -159,11 +269,11 @@ impl EngineHandle {
         }
     }
 
-    /// Each partition of a topic with its offsets and size.
+    /// Each partition of a topic this node holds, with its offsets and size.
     pub async fn describe_topic(&self, name: &str) -> Result<Vec<PartitionInfo>> {
-        let t = self.topic(name)?;
-        let mut out = Vec::with_capacity(t.partitions as usize);
-        for p in 0..t.partitions {
+        let held = self.held_partitions(name)?;
+        let mut out = Vec::with_capacity(held.len());
+        for p in held {
             let stats = self.stats(name, p).await?;
             out.push(PartitionInfo {
                 partition: p,

@@ -841,3 +841,81 @@ fn a_partition_directory_gone_under_a_kept_catalog_is_marked_lost_at_the_next_st
         engine.shutdown();
     }
 }
+
+#[test]
+fn a_topic_held_in_part_opens_only_its_partitions_and_they_come_and_go() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let part = |p: u32| dir.join(format!("topics/t/{p}"));
+    let engine = start(&dir);
+    let h = engine.handle();
+    block_on(h.create_topic_holding("t", 4, topic_config(), &[3, 1])).expect("create");
+    assert_eq!(h.held_partitions("t").expect("held"), vec![1, 3]);
+    assert!(part(1).exists() && part(3).exists());
+    assert!(!part(0).exists() && !part(2).exists(), "only the held ones");
+    assert!(block_on(h.stats("t", 1)).is_ok());
+    assert!(
+        block_on(h.stats("t", 0)).is_err(),
+        "no log of a partition not held"
+    );
+    assert_eq!(h.topic("t").expect("topic").partitions, 4);
+    let kept = block_on(h.append("t", 1, recs(&[10, 20]))).expect("append");
+    assert!(matches!(
+        block_on(h.create_topic_holding("u", 2, topic_config(), &[2])),
+        Err(Error::InvalidArgument(_))
+    ));
+
+    block_on(h.open_partition("t", 2)).expect("open 2");
+    assert!(part(2).exists());
+    assert!(block_on(h.stats("t", 2)).is_ok());
+    block_on(h.close_partition("t", 1, false)).expect("close 1, keeping it");
+    assert!(part(1).exists(), "its data kept");
+    assert!(block_on(h.stats("t", 1)).is_err());
+    block_on(h.close_partition("t", 3, true)).expect("close 3, removing it");
+    assert!(!part(3).exists());
+    assert_eq!(h.held_partitions("t").expect("held"), vec![2]);
+    engine.shutdown();
+
+    // A restart opens what is held, and only that; the kept directory stays.
+    let engine = start(&dir);
+    let h = engine.handle();
+    assert_eq!(h.held_partitions("t").expect("held"), vec![2]);
+    assert!(block_on(h.stats("t", 2)).is_ok());
+    assert!(block_on(h.stats("t", 1)).is_err());
+    assert!(part(1).exists() && !part(0).exists() && !part(3).exists());
+    assert!(!dir.join("topics/t/2/lost.meta").exists());
+    // Held again, the kept data is there.
+    block_on(h.open_partition("t", 1)).expect("open 1 again");
+    let r = block_on(h.read("t", 1, kept.base_offset + 1)).expect("read kept record");
+    assert_eq!(r.value.len(), 20);
+    engine.shutdown();
+
+    let engine = start(&dir);
+    let h = engine.handle();
+    assert_eq!(h.held_partitions("t").expect("held"), vec![1, 2]);
+    assert!(block_on(h.stats("t", 1)).is_ok());
+    // A deletion removes every directory of the topic, held or not.
+    block_on(h.close_partition("t", 2, false)).expect("close 2");
+    block_on(h.delete_topic("t")).expect("delete");
+    assert!(!dir.join("topics/t").exists());
+    // Held whole, a topic's entry is written as before (no list of held partitions).
+    block_on(h.create_topic_holding("w", 2, topic_config(), &[1, 0])).expect("create w");
+    let catalog = std::fs::read(dir.join("catalog.meta")).expect("read catalog");
+    assert!(!String::from_utf8_lossy(&catalog).contains("held"));
+    engine.shutdown();
+
+    // A list of held partitions that is not one (out of order, or past the topic's) is a
+    // damaged catalog, named at start.
+    let catalog = String::from_utf8_lossy(&catalog[16..]).into_owned();
+    let bad = catalog.replacen(
+        "\"partitions\": 2,",
+        "\"partitions\": 2, \"held\": [1, 0],",
+        1,
+    );
+    assert_ne!(bad, catalog);
+    std::fs::write(dir.join("catalog.meta"), meta_file(bad.as_bytes())).expect("write");
+    match Engine::start(engine_config(&dir)) {
+        Err(e) => assert!(e.to_string().contains("held partitions"), "{e}"),
+        Ok(_) => panic!("a damaged list of held partitions was accepted"),
+    }
+}

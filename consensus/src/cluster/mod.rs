@@ -25,6 +25,7 @@ use event_listener::Event;
 use futures_channel::oneshot;
 use raft::StateRole;
 use state::{Applied, CheckpointBody, ClusterState, Command, NodeEntry};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -133,7 +134,7 @@ pub struct ClusterStats {
     /// again (after a restart), withdrawing the mark.
     pub stopped_replicas_recovered: std::sync::atomic::AtomicU64,
     /// Replicas of this node that stopped for good and were moved to another node, whose
-    /// logs this node started afresh (empty).
+    /// logs this node closed and removed.
     pub stopped_replicas_reset: std::sync::atomic::AtomicU64,
 }
 
@@ -171,6 +172,10 @@ pub struct ClusterNode {
     /// failed) before this node asks the controller to move it elsewhere.
     pub stopped_replica_grace: Duration,
     stopping: AtomicBool,
+    /// Partitions the reconcile loop is opening here as replicas added after their topic's
+    /// creation: their groups open with no configuration (a leader adds them), never with
+    /// the first one, whatever `initial` says (see `NodeHooks::voters`).
+    adding: Mutex<HashSet<PartitionId>>,
 }
 
 impl ClusterNode {
@@ -196,7 +201,43 @@ impl ClusterNode {
             dead_node_timeout,
             stopped_replica_grace,
             stopping: AtomicBool::new(false),
+            adding: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Opens partition `id` here as a replica placed on this node after its topic was
+    /// created (the topic's other partitions held here already): its group starts with no
+    /// configuration, as any replica a leader adds, or, if data of an earlier replica of it
+    /// was kept here, from that data.
+    pub(crate) fn open_added_partition(&self, id: &PartitionId) -> Result<(), engine::Error> {
+        let engine = self.engine.get().ok_or(engine::Error::ShutDown)?;
+        if let Ok(mut a) = self.adding.lock() {
+            a.insert(id.clone());
+        }
+        let r = futures_lite::future::block_on(engine.open_partition(&id.topic, id.partition));
+        if let Ok(mut a) = self.adding.lock() {
+            a.remove(id);
+        }
+        r
+    }
+
+    /// The partitions of `s` placed on this node, by topic.
+    pub fn placed_here(&self, s: &ClusterState) -> BTreeMap<String, Vec<u32>> {
+        let me = self.id();
+        s.topics
+            .iter()
+            .map(|(name, t)| {
+                let mine: Vec<u32> = t
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.nodes().contains(&me))
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                (name.clone(), mine)
+            })
+            .filter(|(_, mine)| !mine.is_empty())
+            .collect()
     }
 
     /// The shards' hooks.
@@ -628,7 +669,12 @@ impl ClusterNode {
         let placed = s
             .place(name, partitions, rf, &live)
             .map_err(Error::Refused)?;
-        let here = placed.iter().any(|p| p.nodes().contains(&self.id()));
+        let here: Vec<u32> = placed
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.nodes().contains(&self.id()))
+            .map(|(i, _)| i as u32)
+            .collect();
         let c = Command::CreateTopic {
             name: name.to_owned(),
             config: config.clone(),
@@ -636,12 +682,15 @@ impl ClusterNode {
             partitions: placed,
         };
         self.propose(&c).await?;
-        if here {
+        if !here.is_empty() {
             // Opened here at once (the reconcile loop would too), so that a failure (a full
             // disk) is the caller's answer, and the topic is taken back: a topic whose
-            // creation failed is not there.
+            // creation failed is not there. Only the partitions placed here.
             let engine = self.engine.get().ok_or(Error::Stopped)?;
-            match engine.create_topic(name, partitions, config).await {
+            match engine
+                .create_topic_holding(name, partitions, config, &here)
+                .await
+            {
                 Ok(_) | Err(engine::Error::TopicExists(_)) => {}
                 Err(e) => {
                     log::warn!(
@@ -664,17 +713,18 @@ impl ClusterNode {
         self.wait_local(name).await
     }
 
-    /// Waits until this node's engine holds the topic if placement gives it a replica.
+    /// Waits until this node's engine holds every partition of the topic that placement
+    /// gives it.
     pub async fn wait_local(&self, name: &str) -> Result<(), Error> {
-        let me = self.id();
         let engine = self.engine.get().ok_or(Error::Stopped)?;
-        let wanted = |s: &ClusterState| {
-            s.topics
-                .get(name)
-                .is_some_and(|t| t.partitions.iter().any(|p| p.nodes().contains(&me)))
-        };
         self.wait_until(
-            |s| !wanted(s) || engine.topic(name).is_ok(),
+            |s| {
+                let wanted = self.placed_here(s).remove(name).unwrap_or_default();
+                wanted.is_empty()
+                    || engine
+                        .held_partitions(name)
+                        .is_ok_and(|h| wanted.iter().all(|p| h.contains(p)))
+            },
             "the topic's replicas to open here",
         )
         .await
@@ -911,9 +961,12 @@ impl ClusterHooks for NodeHooks {
             .partitions
             .get(id.partition as usize)?;
         // Only a replica placed here starts with the first configuration (the topic's
-        // creation). One not placed here is a log started afresh after its replica moved
-        // away (`recreate_partition`): it knows no configuration until a leader adds it.
-        if p.initial.contains(&me) && p.nodes().contains(&me) {
+        // creation). One opened as a replica added later (`open_added_partition`: among them
+        // one placed here again after it moved away and its data was removed) knows no
+        // configuration until a leader adds it: with the first one and no vote record it
+        // could vote as a member it no longer is.
+        let adding = node.adding.lock().map(|a| a.contains(id)).unwrap_or(true);
+        if !adding && p.initial.contains(&me) && p.nodes().contains(&me) {
             Some(p.initial.clone())
         } else {
             Some(Vec::new())

@@ -3,11 +3,12 @@
 //! and makes at most one change per group, so a pass that fails (leadership moved, a change
 //! pending) is simply made again by the next one: nothing is one-shot.
 //!
-//! - **Local**: this node opens the partitions placement gives it (a topic created on another
-//!   node exists here once the controller applies it) and drops those placed elsewhere, and
-//!   topics the controller deleted (also while this node was down), once everything in its
-//!   own controller log is applied and known committed (never on a view older than a
-//!   placement it already holds).
+//! - **Local**: this node opens the partitions placement gives it, and only those (a topic
+//!   created on another node exists here once the controller applies it; a replica placed
+//!   here later is opened when it is), and closes those placed elsewhere (their topic dropped
+//!   when none of its partitions is placed here) and topics the controller deleted (also while
+//!   this node was down), once everything in its own controller log is applied and known
+//!   committed (never on a view older than a placement it already holds).
 //! - **Groups this node leads** (the controller's and every partition's): a placed node not in
 //!   the configuration joins as a learner; a caught-up learner is promoted (the controller
 //!   keeps at most three voters, the rest learners); a member no longer placed is removed (a
@@ -89,10 +90,13 @@ struct Seen {
     /// Local topics the controller's state has never listed since this node started, with
     /// the number of passes in a row that found them so.
     absent: BTreeMap<String, u32>,
-    /// Stopped replicas whose fresh start failed, with when it last failed: tried again
-    /// after [`ASK_AGAIN`], and warned of once (passes run every few milliseconds while
-    /// commands apply, and a failing disk fails every try).
-    reset_failed: HashMap<u64, Instant>,
+    /// Partitions whose opening or closing here failed, by group, with when it last failed:
+    /// tried again after [`ASK_AGAIN`], and warned of once (passes run every few
+    /// milliseconds while commands apply, and a failing disk fails every try).
+    failed: HashMap<u64, Instant>,
+    /// Groups held here but no longer placed here whose replica knows no leader, with since
+    /// when this node has seen it so.
+    leaderless: HashMap<u64, Instant>,
 }
 
 /// Passes in a row that must find a local topic missing from the controller's state (and
@@ -100,22 +104,59 @@ struct Seen {
 /// on this node is in the local catalog before a pass that read the state earlier sees it.
 const ABSENT_PASSES: u32 = 2;
 
-/// Opens the partitions placed here, drops those placed elsewhere, and those the controller
-/// deleted (also while this node was down).
+/// Opens the partitions placed here, closes those placed elsewhere (of topics some partition
+/// of which stays placed here), drops the topics none of whose partitions is placed here,
+/// and those the controller deleted (also while this node was down).
 fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Some(engine) = node.engine() else { return };
     let me = node.id();
-    for (name, t) in &s.topics {
+    for name in s.topics.keys() {
         seen.known.insert(name.clone());
-        let hosted = t.partitions.iter().any(|p| p.nodes().contains(&me));
-        if hosted && engine.topic(name).is_err() {
-            let n = t.partitions.len() as u32;
-            match futures_lite::future::block_on(engine.create_topic(name, n, t.config.clone())) {
-                Ok(_) => {
-                    log::info!("opened topic {name:?} ({n} partitions) as placed by the controller")
+    }
+    let now = Instant::now();
+    for (name, mine) in node.placed_here(s) {
+        let Some(t) = s.topics.get(&name) else {
+            continue;
+        };
+        let held = match engine.held_partitions(&name) {
+            Ok(held) => held,
+            Err(engine::Error::UnknownTopic(_)) => {
+                // The topic's creation here (or a first replica of it placed here): only the
+                // partitions placed here are opened.
+                let n = t.partitions.len() as u32;
+                let config = t.config.clone();
+                let made = engine.create_topic_holding(&name, n, config, &mine);
+                match futures_lite::future::block_on(made) {
+                    Ok(_) => log::info!(
+                        "opened topic {name:?} (partitions {mine:?} of {n}) as placed by the \
+                         controller"
+                    ),
+                    Err(engine::Error::TopicExists(_)) => {}
+                    Err(e) => log::warn!("opening topic {name:?} placed here: {e}"),
                 }
-                Err(engine::Error::TopicExists(_)) => {}
-                Err(e) => log::warn!("opening topic {name:?} placed here: {e}"),
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for &p in mine.iter().filter(|p| !held.contains(p)) {
+            let id = PartitionId::new(name.as_str(), p);
+            let group = crate::raft::replica::group_id(&id);
+            if !retry_due(&seen.failed, group, now) {
+                continue;
+            }
+            match node.open_added_partition(&id) {
+                Ok(()) => {
+                    seen.failed.remove(&group);
+                    log::info!("{name}/{p}: a replica placed here: opened");
+                }
+                Err(e) => {
+                    let level = first_failure(&mut seen.failed, group, now);
+                    log::log!(
+                        level,
+                        "{name}/{p}: opening the replica placed here: {e} (tried again every \
+                         {ASK_AGAIN:?})"
+                    );
+                }
             }
         }
     }
@@ -141,7 +182,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
-    reset_moved_stopped(node, s, engine, &mut seen.reset_failed, Instant::now());
+    close_unplaced(node, s, engine, seen, now);
     seen.absent
         .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
     for t in local {
@@ -173,70 +214,134 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     }
 }
 
-/// Starts afresh (empty) the log of each replica of this node that stopped for good (its log
-/// failed, or was marked lost) and that the controller moved to another node, while the
-/// topic stays here for its other partitions: placed here again later, the partition then
-/// finds an empty replica that a leader adds and catches up, instead of a stopped one.
-/// Called only on a settled state (see `local`), so "moved" is not an old view.
-/// A fresh start that fails is tried again after [`ASK_AGAIN`] (`failed`: when each group's
-/// last failed), and warned of once until one succeeds.
-fn reset_moved_stopped(
+/// True when a partition whose opening or closing failed at `failed` may be tried again.
+fn retry_due(failed: &HashMap<u64, Instant>, group: u64, now: Instant) -> bool {
+    failed
+        .get(&group)
+        .is_none_or(|&at| now.duration_since(at) >= ASK_AGAIN)
+}
+
+/// Records a failure of `group`'s opening or closing at `now`, and returns the level to log
+/// it at: a warning the first time, debug for the retries.
+fn first_failure(failed: &mut HashMap<u64, Instant>, group: u64, now: Instant) -> log::Level {
+    match failed.insert(group, now) {
+        None => log::Level::Warn,
+        Some(_) => log::Level::Debug,
+    }
+}
+
+/// How long a replica held here but no longer placed here may know no leader before it is
+/// closed although its group may still count it (see [`unplaced_step`]).
+pub const UNPLACED_LEADERLESS: Duration = Duration::from_secs(30);
+
+/// What becomes of a partition this node holds that the controller no longer places here.
+#[derive(Debug, PartialEq, Eq)]
+enum Unplaced {
+    /// Closed, its directory removed: its replica stopped for good (its log latched, or
+    /// marked lost), and the controller moved it; what it held is needed nowhere.
+    Remove,
+    /// Closed, its directory kept (opened again if the partition is placed here again).
+    Close,
+    /// Left open for now.
+    Keep,
+}
+
+/// What to do with a partition held here, no longer placed here, whose group this node
+/// sees as `v` (none: not open, or not published yet), whose replica has known no leader
+/// for `leaderless` (none: it knows one). A running replica is closed only once its group
+/// no longer talks to it: its configuration here does not count this node (it never had
+/// one, or its removal was applied here), or it has heard from no leader for
+/// [`UNPLACED_LEADERLESS`] (a leader that removed it stops sending to it, and it may never
+/// learn of its removal). Closed earlier, a replica the group still counts as a voter (the
+/// replica placed instead still catching up) would take a vote from it: with two replicas,
+/// its quorum.
+fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -> Unplaced {
+    let Some(v) = v else {
+        return Unplaced::Keep;
+    };
+    match v.stopped {
+        Some(Stopped::Failed) => return Unplaced::Remove,
+        // Resumes by itself once space returns; its group may still count it.
+        Some(Stopped::DiskFull) => return Unplaced::Keep,
+        None => {}
+    }
+    if !v.voters.contains(&me) && !v.learners.contains(&me) {
+        return Unplaced::Close;
+    }
+    if v.leader == raft::INVALID_ID && leaderless.is_some_and(|d| d >= UNPLACED_LEADERLESS) {
+        return Unplaced::Close;
+    }
+    Unplaced::Keep
+}
+
+/// Closes the partitions this node holds that the controller no longer places here, of the
+/// topics some partition of which stays placed here (a topic with none is dropped whole),
+/// as [`unplaced_step`] says: a replica that stopped for good is closed and its directory
+/// removed; a running one is closed once its group no longer talks to it, its directory
+/// kept. Called only on a settled state (see `local`), so "no longer placed" is not an old
+/// view. A closing that fails is tried again after [`ASK_AGAIN`], and warned of once.
+fn close_unplaced(
     node: &ClusterNode,
     s: &ClusterState,
     engine: &engine::EngineHandle,
-    failed: &mut HashMap<u64, Instant>,
+    seen: &mut Seen,
     now: Instant,
 ) {
     let me = node.id();
-    failed.retain(|g, _| stopped_for_good(node, *g));
-    for (id, group) in ClusterNode::partitions(s) {
-        let Some(t) = s.topics.get(&*id.topic) else {
+    let mut unplaced = BTreeSet::new();
+    for (name, mine) in node.placed_here(s) {
+        let Ok(held) = engine.held_partitions(&name) else {
             continue;
         };
-        let placed_here = |p: &PartitionEntry| p.nodes().contains(&me);
-        let moved = t
-            .partitions
-            .get(id.partition as usize)
-            .is_some_and(|p| !placed_here(p));
-        if !moved || !t.partitions.iter().any(placed_here) {
-            continue;
-        }
-        if !stopped_for_good(node, group) {
-            continue;
-        }
-        let retry = failed.get(&group).copied();
-        if retry.is_some_and(|at| now.duration_since(at) < ASK_AGAIN) {
-            continue;
-        }
-        match futures_lite::future::block_on(engine.recreate_partition(&id.topic, id.partition)) {
-            Ok(()) => {
-                failed.remove(&group);
-                log::info!(
-                    "{}/{}: this replica, stopped and moved to another node, starts afresh \
-                     (empty)",
-                    id.topic,
-                    id.partition
-                );
-                node.stats
-                    .stopped_replicas_reset
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for p in held.into_iter().filter(|p| !mine.contains(p)) {
+            let id = PartitionId::new(name.as_str(), p);
+            let group = crate::raft::replica::group_id(&id);
+            unplaced.insert(group);
+            let v = node.peers.board.get(group);
+            let leaderless = match v.as_ref().filter(|v| v.leader == raft::INVALID_ID) {
+                Some(_) => Some(now.duration_since(*seen.leaderless.entry(group).or_insert(now))),
+                None => {
+                    seen.leaderless.remove(&group);
+                    None
+                }
+            };
+            let step = unplaced_step(me, v.as_ref(), leaderless);
+            if step == Unplaced::Keep || !retry_due(&seen.failed, group, now) {
+                continue;
             }
-            Err(e) => {
-                // Said once; the retries every `ASK_AGAIN` only at debug level.
-                let level = match retry {
-                    None => log::Level::Warn,
-                    Some(_) => log::Level::Debug,
-                };
-                log::log!(
-                    level,
-                    "{}/{}: starting the stopped replica afresh: {e} (tried again every {ASK_AGAIN:?})",
-                    id.topic,
-                    id.partition
-                );
-                failed.insert(group, now);
+            let remove = step == Unplaced::Remove;
+            let dir = engine::catalog::partition_dir(engine.data_dir(), &name, p);
+            match futures_lite::future::block_on(engine.close_partition(&name, p, remove)) {
+                Ok(()) if remove => {
+                    seen.failed.remove(&group);
+                    log::info!(
+                        "{name}/{p}: this replica, stopped and moved to another node, is \
+                         closed and its data removed"
+                    );
+                    node.stats
+                        .stopped_replicas_reset
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(()) => {
+                    seen.failed.remove(&group);
+                    log::info!(
+                        "{name}/{p}: no longer placed here: closed (its data stays in {}, \
+                         opened again if it is placed here again)",
+                        dir.display()
+                    );
+                }
+                Err(e) => {
+                    let level = first_failure(&mut seen.failed, group, now);
+                    log::log!(
+                        level,
+                        "{name}/{p}: closing the replica no longer placed here: {e} (tried \
+                         again every {ASK_AGAIN:?})"
+                    );
+                }
             }
         }
     }
+    seen.leaderless.retain(|g, _| unplaced.contains(g));
 }
 
 /// True when this node's replica in `group` stopped for good (its log failed or was marked
@@ -1094,6 +1199,52 @@ mod tests {
             matched: Vec::new(),
             stopped,
         }
+    }
+
+    #[test]
+    fn an_unplaced_replica_closes_once_its_group_no_longer_talks_to_it() {
+        let led = |leader: u64, voters: Vec<u64>| GroupView {
+            leader,
+            voters,
+            ..view(None)
+        };
+        let long = Some(UNPLACED_LEADERLESS);
+        let short = Some(UNPLACED_LEADERLESS - Duration::from_secs(1));
+        // Not open (or not published yet): nothing to close.
+        assert_eq!(unplaced_step(2, None, long), Unplaced::Keep);
+        // Stopped for good: closed and removed; a full disk resumes by itself: kept.
+        let failed = view(Some(Stopped::Failed));
+        assert_eq!(unplaced_step(2, Some(&failed), None), Unplaced::Remove);
+        let full = view(Some(Stopped::DiskFull));
+        assert_eq!(unplaced_step(2, Some(&full), long), Unplaced::Keep);
+        // A group still counting it, with a leader: kept, however long.
+        assert_eq!(
+            unplaced_step(2, Some(&led(1, vec![1, 2])), None),
+            Unplaced::Keep
+        );
+        // One that does not count it (never configured, or its removal applied): closed.
+        assert_eq!(
+            unplaced_step(2, Some(&led(1, vec![1, 3])), None),
+            Unplaced::Close
+        );
+        assert_eq!(
+            unplaced_step(2, Some(&led(0, Vec::new())), None),
+            Unplaced::Close
+        );
+        // Counted, but no leader heard from: closed only past the grace.
+        assert_eq!(
+            unplaced_step(2, Some(&led(0, vec![1, 2])), short),
+            Unplaced::Keep
+        );
+        assert_eq!(
+            unplaced_step(2, Some(&led(0, vec![1, 2])), long),
+            Unplaced::Close
+        );
+        let learner = GroupView {
+            learners: vec![2],
+            ..led(1, vec![1, 3])
+        };
+        assert_eq!(unplaced_step(2, Some(&learner), long), Unplaced::Keep);
     }
 
     fn moved(node: &ClusterNode) -> u64 {

@@ -152,12 +152,12 @@ pub fn caught_up(c: &ClusterNode) -> std::result::Result<(), String> {
 /// hold.
 pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
     caught_up(c)?;
-    let (id, s) = (c.id(), c.state());
+    let s = c.state();
     if let Some(engine) = c.engine() {
-        for (name, t) in &s.topics {
-            let placed = t.partitions.iter().any(|p| p.nodes().contains(&id));
-            if placed && engine.topic(name).is_err() {
-                return Err(format!("opening topic {name:?}, placed here"));
+        for (name, placed) in c.placed_here(&s) {
+            let held = engine.held_partitions(&name).unwrap_or_default();
+            if let Some(p) = placed.iter().find(|p| !held.contains(p)) {
+                return Err(format!("opening partition {name:?}/{p}, placed here"));
             }
         }
     }
@@ -239,9 +239,9 @@ impl RaftPartitions {
             .collect()
     }
 
-    /// True when the controller placed `id` on other nodes only. Such a partition may still
-    /// have a group here (a node opens every partition of a topic it holds some of), but an
-    /// empty one nobody talks to: its appends and reads go to the nodes placed.
+    /// True when the controller placed `id` on other nodes only: this node has no log of it
+    /// (or one about to close: a replica moved away), and its appends and reads go to the
+    /// nodes placed.
     fn placed_elsewhere(&self, id: &PartitionId) -> bool {
         let me = self.forward.node_id();
         self.cluster

@@ -112,8 +112,9 @@ impl ShardCtx {
             config
         };
         let dir = partition_dir(&self.data_dir, &id.topic, id.partition);
-        // The catalog names the partition, and its directory was made before the catalog
-        // named it (`Topics::add`): a missing directory was removed after it held records.
+        // The catalog names the partition held here, and its directory was made before the
+        // catalog named it (`Topics::add`, `EngineHandle::open_partition`, which makes it
+        // before it opens): a missing directory was removed after it held records.
         let vanished = !dir
             .try_exists()
             .map_err(|e| Error::io("looking for", &dir, e))?;
@@ -150,8 +151,8 @@ impl ShardCtx {
         Ok(log)
     }
 
-    /// Takes the log of `id` out of this shard (its topic is being deleted), and out of the
-    /// replication layer.
+    /// Takes the log of `id` out of this shard (its topic is being deleted, or the partition
+    /// is no longer held here), and out of the replication layer.
     pub(crate) async fn forget_log(&self, id: &PartitionId) -> Option<Rc<Log>> {
         let log = self.partitions.borrow_mut().remove(id).map(|o| o.log);
         if log.is_some() {
@@ -247,8 +248,8 @@ const PROBE_FILE: &str = "dma-probe";
 const PROBE_BYTES: usize = crate::segment::BLOCK as usize;
 
 impl Engine {
-    /// Starts the shards, recovers every partition in the catalog, and returns once all are
-    /// ready to serve.
+    /// Starts the shards, recovers every partition the catalog says this node holds, and
+    /// returns once all are ready to serve.
     pub fn start(config: EngineConfig) -> Result<Engine> {
         config
             .default_log
@@ -267,6 +268,7 @@ impl Engine {
         let lock = lock_data_dir(&dir)?;
         write_probe_file(&dir)?;
         let topics = Topics::load(&dir)?;
+        log_unheld_dirs(&dir, &*topics.snapshot()?);
         let n = config.shard_count();
         let mut rxs = Vec::with_capacity(n);
         let mut shards = Vec::with_capacity(n);
@@ -365,6 +367,27 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown_inner();
+    }
+}
+
+/// Logs each partition directory of a listed topic that this node does not hold (a replica
+/// moved away whose data was kept): it is not opened, and nothing removes it here (it opens
+/// again if the partition is held here again; it goes with its topic).
+fn log_unheld_dirs(data_dir: &Path, catalog: &Catalog) {
+    for (name, t) in &catalog.topics {
+        if t.held.is_none() {
+            continue;
+        }
+        for p in (0..t.partitions).filter(|&p| !t.holds(p)) {
+            let dir = partition_dir(data_dir, name, p);
+            if dir.exists() {
+                log::info!(
+                    "partition {name}/{p} is not held here (no replica of it placed on this \
+                     node): {} is kept, not opened",
+                    dir.display()
+                );
+            }
+        }
     }
 }
 

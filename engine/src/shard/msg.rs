@@ -70,8 +70,8 @@ pub(crate) enum ShardMsg {
         id: PartitionId,
         reply: Reply<()>,
     },
-    /// Replace a partition's log by an empty one (`owner::recreate`).
-    Recreate {
+    /// Close a partition's log, its data staying (`owner::close`).
+    Close {
         id: PartitionId,
         reply: Reply<()>,
     },
@@ -142,8 +142,8 @@ impl ShardMsg {
             ShardMsg::Remove { id, reply } => spawn(async move {
                 let _ = reply.send(owner::remove(&ctx, &id).await);
             }),
-            ShardMsg::Recreate { id, reply } => spawn(async move {
-                let _ = reply.send(owner::recreate(&ctx, &id).await);
+            ShardMsg::Close { id, reply } => spawn(async move {
+                let _ = reply.send(owner::close(&ctx, &id).await);
             }),
             ShardMsg::CatalogChanged { catalog, done } => {
                 ctx.set_catalog(catalog);

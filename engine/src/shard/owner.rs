@@ -98,25 +98,13 @@ pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionRepo
     })
 }
 
-/// Replaces a partition's log by an empty one in a new directory, its topic staying: the
-/// replica here was moved to another node, and what the old log held (latched, or marked lost)
-/// is needed nowhere. A directory already gone is fine.
-pub(crate) async fn recreate(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
-    let config = ctx.with_catalog(|c| c.entry(&id.topic).map(|t| t.config.clone()))?;
+/// Closes a partition's log and takes it out of this shard (and of the replication layer):
+/// no longer held here. Its directory stays as it is. Not open is fine.
+pub(crate) async fn close(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
     if let Some(log) = ctx.forget_log(id).await {
-        let _ = log.close().await;
+        log.close().await?;
     }
-    let dir = crate::catalog::partition_dir(&ctx.data_dir, &id.topic, id.partition);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(crate::error::Error::io("removing", &dir, e)),
-    }
-    std::fs::create_dir(&dir).map_err(|e| crate::error::Error::io("creating", &dir, e))?;
-    if let Some(parent) = dir.parent() {
-        crate::meta::sync_dir(parent)?;
-    }
-    ctx.open_log(id, config).await.map(|_| ())
+    Ok(())
 }
 
 /// Closes a partition of a topic being deleted and removes its data.
