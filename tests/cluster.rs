@@ -7,7 +7,8 @@
 //! partition log fails (its directory taken away) stops: it reports no leadership, the others
 //! elect, and produces made on its node reach the new leader. A follower whose log fails is
 //! moved, past `--stopped-replica-grace`, to a free fourth node, without losing an
-//! acknowledged record and without its node leaving the cluster.
+//! acknowledged record and without its node leaving the cluster, also when that node's
+//! controller replica stopped first (the report then relayed over the peer channel).
 //!
 //! Multi-node tests are `#[ignore]`d in the plain `cargo test` run and run one at a time in
 //! their own phase of scripts/test (`cargo test --test cluster -- --ignored
