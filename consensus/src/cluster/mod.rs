@@ -574,7 +574,6 @@ impl ClusterNode {
     /// it to the leader it follows; refused when that replica is stopped, not running, or
     /// knows no leader. Never goes over the peer channel.
     pub(crate) fn pass_on(&self, command: Vec<u8>) -> Result<(), Error> {
-        let engine = self.engine.get().ok_or(Error::Stopped)?;
         match self.controller() {
             None => {
                 return Err(Error::Refused(
@@ -589,6 +588,7 @@ impl ClusterNode {
             Some(v) if v.leader == raft::INVALID_ID => return Err(Error::NoLeader),
             Some(_) => {}
         }
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
         engine
             .deliver(0, Box::new(ControlMsg::ForwardCommand { command }))
             .map_err(|e| Error::Refused(e.to_string()))

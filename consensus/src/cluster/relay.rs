@@ -377,6 +377,112 @@ mod tests {
         assert!(decode_answer(&long).is_err());
     }
 
+    /// A node whose controller replica stopped, knowing node 2 (registered, at 127.0.0.2),
+    /// and a connection to it from `from` whose peer sends `frame` (a request's payload, or
+    /// nothing): what it makes of the request.
+    fn take_on_a_stopped_node(
+        from: &str,
+        len: usize,
+        frame: &[u8],
+        peer_tls: bool,
+    ) -> Result<Answer, (bool, String)> {
+        use crate::raft::board::GroupView;
+        use crate::raft::group::Stopped;
+        use crate::raft::transport::{PeerAddr, Peers};
+        use tokio::io::AsyncWriteExt;
+        let addr: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+        let peers = Peers::default();
+        peers.book.write().unwrap().insert(
+            2,
+            PeerAddr {
+                addr,
+                server_name: "127.0.0.2".into(),
+            },
+        );
+        peers.board.set(
+            0,
+            GroupView {
+                shard: 0,
+                role: raft::StateRole::Follower,
+                term: 3,
+                leader: raft::INVALID_ID,
+                commit: 9,
+                applied: 9,
+                last_index: 9,
+                voters: vec![1, 2, 3],
+                learners: vec![],
+                matched: vec![],
+                stopped: Some(Stopped::Failed),
+            },
+        );
+        let node = ClusterNode::new(peers, Duration::from_secs(60), Duration::from_secs(30));
+        let mut node = std::sync::Arc::into_inner(node).unwrap();
+        node.peer_tls = peer_tls;
+        node.set_id(3);
+        node.state.write().unwrap().nodes.insert(
+            2,
+            super::super::state::NodeEntry {
+                member: "m2".into(),
+                name: "n2".into(),
+                rpc_addr: addr.to_string(),
+                gossip_addr: "127.0.0.2:9001".into(),
+                shards: 1,
+                removed: false,
+            },
+        );
+        let (mut near, far) = tokio::io::duplex(MAX_REQUEST_FRAME + 64);
+        let mut conn = PeerConn {
+            stream: Box::new(far),
+            peer: Some(from.parse().unwrap()),
+            tls: None,
+        };
+        futures_lite::future::block_on(async {
+            near.write_all(frame).await.unwrap();
+            // Closed after the frame: a truncated one ends in EOF, not a wait.
+            drop(near);
+            read_and_take(&node, &mut conn, len).await
+        })
+    }
+
+    #[test]
+    fn a_node_that_cannot_propose_refuses_and_never_sends_on() {
+        let ok = encode_request(2, &stopped(2).encode()).unwrap();
+        let len = ok.len() + 1;
+        // From a known member, about itself: read and checked, then refused here, since this
+        // node's controller replica is stopped (it does not relay it again).
+        let a = take_on_a_stopped_node("127.0.0.2:40000", len, &ok, false).unwrap();
+        assert!(
+            matches!(&a, Answer::Refused(w) if w.contains("controller replica is stopped")),
+            "{a:?}"
+        );
+        // A stranger without peer TLS: refused unread.
+        let e = take_on_a_stopped_node("10.9.9.9:40000", len, &ok, false).unwrap_err();
+        assert!(e.0 && e.1.contains("known member"), "{e:?}");
+        // Peer TLS runs here, and the connection has none.
+        let e = take_on_a_stopped_node("127.0.0.2:40000", len, &ok, true).unwrap_err();
+        assert!(e.0 && e.1.contains("peer TLS"), "{e:?}");
+        // Oversized: refused unread.
+        let e = take_on_a_stopped_node("127.0.0.2:40000", MAX_REQUEST_FRAME + 1, &ok, false)
+            .unwrap_err();
+        assert!(e.0 && e.1.contains("at most"), "{e:?}");
+        // Truncated: the peer sent less than its header said.
+        let e = take_on_a_stopped_node("127.0.0.2:40000", len, &ok[..5], false).unwrap_err();
+        assert!(!e.0, "{e:?}");
+        // About another node, from an unregistered node, not a command.
+        let other = encode_request(2, &stopped(3).encode()).unwrap();
+        let e =
+            take_on_a_stopped_node("127.0.0.2:40000", other.len() + 1, &other, false).unwrap_err();
+        assert!(e.1.contains("speaks for itself"), "{e:?}");
+        let stranger = encode_request(7, &stopped(7).encode()).unwrap();
+        let e = take_on_a_stopped_node("127.0.0.2:40000", stranger.len() + 1, &stranger, false)
+            .unwrap_err();
+        assert!(e.1.contains("no registered member"), "{e:?}");
+        let garbage = encode_request(2, b"{not json").unwrap();
+        let e = take_on_a_stopped_node("127.0.0.2:40000", garbage.len() + 1, &garbage, false)
+            .unwrap_err();
+        assert!(e.1.contains("does not decode"), "{e:?}");
+    }
+
     #[test]
     fn only_what_a_node_says_about_itself_is_taken() {
         assert!(about_sender(&stopped(4), 4).is_ok());
