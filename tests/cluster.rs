@@ -7,7 +7,8 @@
 //! partition log fails (its directory taken away) stops: it reports no leadership, the others
 //! elect, and produces made on its node reach the new leader. A follower whose log fails is
 //! moved, past `--stopped-replica-grace`, to a free fourth node, without losing an
-//! acknowledged record and without its node leaving the cluster.
+//! acknowledged record and without its node leaving the cluster, also when that node's
+//! controller replica stopped first (the report then relayed over the peer channel).
 //!
 //! Multi-node tests are `#[ignore]`d in the plain `cargo test` run and run one at a time in
 //! their own phase of scripts/test (`cargo test --test cluster -- --ignored
@@ -870,6 +871,127 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
         big.acked.len(),
         c.nodes[victim].data_dir.join("topics/s").exists()
     );
+}
+
+/// Stops node `n`'s process for `d` (SIGSTOP, then SIGCONT), so that the groups it leads
+/// elect another leader meanwhile: every other replica of them takes a new term.
+fn pause(n: &Node, d: Duration) {
+    let Some(pid) = n.child.as_ref().map(|c| c.id().to_string()) else {
+        return;
+    };
+    let signal = |s: &str| {
+        std::process::Command::new("kill")
+            .args([s, pid.as_str()])
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    assert!(signal("-STOP"), "SIGSTOP to {pid}");
+    std::thread::sleep(d);
+    assert!(signal("-CONT"), "SIGCONT to {pid}");
+}
+
+/// A node whose controller replica stopped (its log's directory taken away, then a new
+/// controller term, whose `raft.meta` it cannot write) and then a data replica (its directory
+/// taken away too) cannot send `replica_stopped` through its controller replica: it relays
+/// the command over the peer channel to another member, and the controller moves the stopped
+/// replica to the free fourth node as in
+/// [`a_replica_whose_log_fails_is_moved_to_a_free_node`], with every acknowledged record. The
+/// node stays a member (up in gossip), though not ready: it no longer follows the controller.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_stopped_replica_is_moved_when_its_nodes_controller_replica_stopped_too() {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let (c, ids, ctl, l, victim) =
+        four_with_a_victim("a stopped replica moves, relayed", 161, 1, &grace);
+    println!(
+        "controller leader node {}, s/0 leader node {}, stopped replicas on node {}",
+        ids[ctl], ids[l], ids[victim]
+    );
+    let mut big = BigRecords::default();
+    for _ in 0..5 {
+        big.produce_one(&c);
+    }
+
+    // The controller replica first, so that no report can go through it.
+    let ctl_dir = c.nodes[victim].data_dir.join("topics/__cluster/0");
+    std::fs::remove_dir_all(&ctl_dir).expect("remove the controller's directory");
+    wait("the victim's controller replica stopped", || {
+        if own_view(&c.nodes[victim], "__cluster").is_some_and(|(_, stopped)| stopped) {
+            return true;
+        }
+        let ctl = controller_leader(&c);
+        pause(&c.nodes[ctl], Duration::from_secs(3));
+        false
+    });
+
+    std::fs::remove_dir_all(c.nodes[victim].data_dir.join("topics/s/0")).expect("remove");
+    wait("the victim's replica of s/0 stopped", || {
+        big.produce_one(&c);
+        own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
+    });
+    for _ in 0..5 {
+        big.produce_one(&c);
+    }
+
+    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    expected.sort_unstable();
+    wait(
+        "s/0 moved off the stopped replica to the fourth node",
+        || voters_of(&c, "s").as_deref() == Some(&expected[..]),
+    );
+    for _ in 0..5 {
+        big.produce_one(&c);
+    }
+    assert!(
+        big.acked.len() >= 10,
+        "{} records acknowledged",
+        big.acked.len()
+    );
+    for n in (0..4).filter(|&i| i != victim) {
+        for (&o, v) in &big.acked {
+            let mut got = Err(Status::unavailable(""));
+            wait("acknowledged records on every live replica", || {
+                got = consume(&c.nodes[n], "s", o);
+                got.is_ok()
+            });
+            assert!(
+                got.as_ref().ok() == Some(v),
+                "offset {o} on node {} differs from what was acknowledged",
+                ids[n]
+            );
+        }
+    }
+
+    // The placement as the controller's leader describes it: s/0 no longer on the victim,
+    // which is still a member.
+    let mut d = None;
+    wait(
+        "s/0 placed off the victim in the controller's state",
+        || {
+            d = c.nodes[controller_leader(&c)].describe();
+            d.as_ref().is_some_and(|d| {
+                d.partitions
+                    .iter()
+                    .find(|p| p.topic == "s" && p.partition == 0)
+                    .is_some_and(|p| p.replicas.iter().all(|r| r.node != ids[victim]))
+            })
+        },
+    );
+    let d = d.expect("describe");
+    assert!(
+        d.nodes.iter().any(|n| n.id == ids[victim] && !n.removed),
+        "{:?}",
+        d.nodes
+    );
+    let log = c.nodes[victim].log();
+    assert!(log.contains("asking the controller to move it"), "{log}");
+    assert!(log.contains("controller command relayed to node"), "{log}");
+    for l in log
+        .lines()
+        .filter(|l| l.contains("s/0") || l.contains("controller"))
+    {
+        println!("stopped node: {l}");
+    }
 }
 
 /// A follower whose log fails is marked stopped by the controller past

@@ -386,6 +386,27 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.stats.stopped_replicas_reset.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_cluster_commands_relayed_total",
+        Kind::Counter,
+        "Controller commands this node sent to another member over the peer channel, its own controller replica being stopped or not running.",
+        c.stats.commands_relayed.load(Relaxed) as f64,
+    );
+    e.family(
+        "proglog_cluster_relayed_commands_received_total",
+        Kind::Counter,
+        "Controller commands other members relayed to this node over the peer channel, by outcome (taken, refused).",
+    )
+    .sample(
+        "proglog_cluster_relayed_commands_received_total",
+        &[("outcome", "taken")],
+        c.stats.commands_relay_served.load(Relaxed) as f64,
+    )
+    .sample(
+        "proglog_cluster_relayed_commands_received_total",
+        &[("outcome", "refused")],
+        c.stats.commands_relay_refused.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_cluster_nodes_removed_total",
         Kind::Counter,
         "Nodes this node, as the controller's leader, removed (left, or unreachable past the dead-node timeout).",

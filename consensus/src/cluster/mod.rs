@@ -13,6 +13,7 @@
 pub mod identity;
 pub mod join;
 pub mod reconcile;
+pub mod relay;
 pub mod state;
 
 use crate::membership::MemberState;
@@ -136,6 +137,15 @@ pub struct ClusterStats {
     /// Replicas of this node that stopped for good and were moved to another node, whose
     /// logs this node closed and removed.
     pub stopped_replicas_reset: std::sync::atomic::AtomicU64,
+    /// Controller commands this node sent to another member over the peer channel, its own
+    /// controller replica being stopped or not running ([`relay`]).
+    pub commands_relayed: std::sync::atomic::AtomicU64,
+    /// Receiving side: relayed commands taken (proposed, passed on, or answered with the
+    /// controller's refusal).
+    pub commands_relay_served: std::sync::atomic::AtomicU64,
+    /// Receiving side: relayed commands refused (no peer TLS where it runs, not a known
+    /// member, oversized, malformed, about another node, from an unregistered node).
+    pub commands_relay_refused: std::sync::atomic::AtomicU64,
 }
 
 /// This node in its cluster: the controller's state as applied here, and the way to change
@@ -538,13 +548,14 @@ impl ClusterNode {
 
     /// Sends `c` to the controller's leader from any node, without waiting for it: proposed
     /// here when this node leads the controller, else forwarded by raft-rs to the leader
-    /// this node's controller replica follows (a `MsgPropose` on the Raft transport). The
-    /// caller watches the applied state and sends it again if it does not show.
+    /// this node's controller replica follows (a `MsgPropose` on the Raft transport). When
+    /// that replica is stopped or not running, a command this node sends about itself goes
+    /// to another member over the peer channel instead ([`relay`]). The caller watches the
+    /// applied state and sends it again if it does not show.
     pub fn ask_controller(&self, c: &Command) -> Result<(), Error> {
         if self.is_controller_leader() {
             return futures_lite::future::block_on(self.propose(c)).map(|_| ());
         }
-        let engine = self.engine.get().ok_or(Error::Stopped)?;
         let command = c.encode();
         if command.len() > MAX_COMMAND_BYTES {
             return Err(Error::Refused(format!(
@@ -552,15 +563,107 @@ impl ClusterNode {
                 command.len()
             )));
         }
-        if self
-            .controller()
-            .is_none_or(|v| v.leader == raft::INVALID_ID)
-        {
-            return Err(Error::NoLeader);
+        let running = self.controller().is_some_and(|v| v.stopped.is_none());
+        if !running && relay::relayable(c, self.id()) {
+            return self.relay(command);
         }
+        self.pass_on(command)
+    }
+
+    /// Hands the encoded `command` to this node's controller replica, whose raft-rs forwards
+    /// it to the leader it follows; refused when that replica is stopped, not running, or
+    /// knows no leader. Never goes over the peer channel.
+    pub(crate) fn pass_on(&self, command: Vec<u8>) -> Result<(), Error> {
+        match self.controller() {
+            None => {
+                return Err(Error::Refused(
+                    "this node's controller replica is not running".into(),
+                ))
+            }
+            Some(v) if v.stopped.is_some() => {
+                return Err(Error::Refused(
+                    "this node's controller replica is stopped".into(),
+                ))
+            }
+            Some(v) if v.leader == raft::INVALID_ID => return Err(Error::NoLeader),
+            Some(_) => {}
+        }
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
         engine
             .deliver(0, Box::new(ControlMsg::ForwardCommand { command }))
             .map_err(|e| Error::Refused(e.to_string()))
+    }
+
+    /// The members a relayed command goes to, in the order tried: the controller's voters
+    /// as this node's replica last knew them, then the other live registered nodes; never
+    /// this node, only nodes whose address the transport knows.
+    fn relay_targets(&self) -> Vec<(u64, PeerAddr)> {
+        let me = self.id();
+        let s = self.state();
+        let live = self.live_nodes(&s);
+        let voters = self.controller().map(|v| v.voters).unwrap_or_default();
+        let mut order: Vec<u64> = voters
+            .iter()
+            .copied()
+            .filter(|n| live.contains(n))
+            .collect();
+        order.extend(live.iter().copied().filter(|n| !voters.contains(n)));
+        order
+            .into_iter()
+            .filter(|&n| n != me)
+            .filter_map(|n| Some((n, self.peers.addr_of(n)?)))
+            .collect()
+    }
+
+    /// Sends the encoded `command` to another member over the peer channel ([`relay`]),
+    /// trying the members of [`Self::relay_targets`] in turn until one takes it, within
+    /// [`relay::RELAY_DEADLINE`]; counted in `commands_relayed`.
+    fn relay(&self, command: Vec<u8>) -> Result<(), Error> {
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        let targets = self.relay_targets();
+        if targets.is_empty() {
+            return Err(Error::Refused(
+                "this node's controller replica does not run, and no other live member's \
+                 address is known to relay the command to"
+                    .into(),
+            ));
+        }
+        self.stats.commands_relayed.fetch_add(1, Ordering::Relaxed);
+        let (me, tls) = (self.id(), self.peers.tls.clone());
+        let sent = engine.on_shard(0, move |_| async move {
+            let deadline = Instant::now() + relay::RELAY_DEADLINE;
+            let mut why = Vec::new();
+            for (n, at) in targets {
+                if Instant::now() >= deadline {
+                    why.push("out of time".to_owned());
+                    break;
+                }
+                match relay::request(at.addr, tls.as_ref(), &at.server_name, me, &command).await {
+                    Ok(relay::Answer::Proposed) => {
+                        log::info!("controller command relayed to node {n}, which proposed it");
+                        return Ok(Ok(()));
+                    }
+                    Ok(relay::Answer::PassedOn) => {
+                        log::info!(
+                            "controller command relayed to node {n}, which passed it on to \
+                             the controller's leader"
+                        );
+                        return Ok(Ok(()));
+                    }
+                    Ok(relay::Answer::Refused(r)) => why.push(format!("node {n}: {r}")),
+                    Err(e) => why.push(format!("node {n}: {e}")),
+                }
+            }
+            Ok(Err(why.join("; ")))
+        });
+        match futures_lite::future::block_on(sent) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(Error::Refused(format!(
+                "this node's controller replica does not run, and no member took the command: \
+                 {why}"
+            ))),
+            Err(e) => Err(Error::Refused(e.to_string())),
+        }
     }
 
     /// Waits (on any executor or thread) until `done` holds for the applied state.

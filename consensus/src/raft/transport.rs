@@ -542,12 +542,15 @@ pub(crate) async fn close_gracefully(conn: &mut PeerConn) {
 /// The peer channel's handler on a server: reads the first frame's header and hands the
 /// connection to the service its kind names: Raft frames to [`RaftPeerHandler`], a gossip key
 /// request to membership's key service (when the node gossips), forwarded appends to
-/// [`super::forward`], anything else an ERROR frame.
+/// [`super::forward`], join requests and relayed controller commands to the cluster layer,
+/// anything else an ERROR frame.
 #[derive(Clone)]
 pub struct PeerRouter {
     pub raft: RaftPeerHandler,
     pub keys: Option<crate::membership::peer::KeyService>,
-    /// Join requests (the controller's registry); `None` on a node outside any cluster.
+    /// Join requests (the controller's registry), and controller commands relayed from
+    /// members whose own controller replica does not run (`crate::cluster::relay`, served
+    /// by the same cluster node); `None` on a node outside any cluster.
     pub join: Option<Arc<crate::cluster::join::JoinService>>,
 }
 
@@ -593,6 +596,10 @@ impl PeerHandler for PeerRouter {
             };
             if let (crate::cluster::join::JOIN_REQUEST, Some(join)) = (kind, &this.join) {
                 join.serve(conn, len).await;
+                return;
+            }
+            if let (crate::cluster::relay::CONTROL_COMMAND, Some(join)) = (kind, &this.join) {
+                crate::cluster::relay::serve(&join.0, conn, len).await;
                 return;
             }
             match (kind, &this.keys) {

@@ -1,0 +1,500 @@
+//! Controller commands over the peer channel, for a node whose own controller replica cannot
+//! take them: stopped (its log failed, or its disk is full) or not running. Such a node cannot
+//! propose through that replica (raft-rs forwards a proposal to the leader only from a replica
+//! that runs), so [`ClusterNode::ask_controller`] sends the command to another member instead.
+//!
+//! One request and one answer per connection: kind [`CONTROL_COMMAND`] (0x23) carries the
+//! sender's Raft id and the command's JSON ([`Command::encode`]); the receiver answers
+//! kind [`CONTROL_ANSWER`] (0x24). Layouts and limits are in docs/format.md. The receiver
+//! proposes the command when it leads the controller, else passes it on through its own
+//! running controller replica (raft-rs forwards it to the leader), else refuses it: a command
+//! that came this way is never sent on over the peer channel again (no loops).
+//!
+//! Only commands a node sends about itself are taken: `ReplicaStopped` and
+//! `ReplicaRecovered` naming the sender, a registered node. The same acceptance rules as
+//! the other peer frames: where peer TLS runs, only over it; without it, only from the
+//! addresses of known members (no security boundary, as for Raft frames). An oversized,
+//! truncated or malformed request is refused and counted ([`super::ClusterStats`]); nothing a
+//! peer sends panics.
+
+use super::state::Command;
+use super::{ClusterNode, MAX_COMMAND_BYTES};
+use net::peer::{self, PeerConn, PeerTls};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// A controller command relayed from another node (see [`encode_request`]).
+pub const CONTROL_COMMAND: u8 = 0x23;
+/// Its answer (see [`encode_answer`]).
+pub const CONTROL_ANSWER: u8 = 0x24;
+/// The request layout's version.
+pub const VERSION: u8 = 1;
+/// Bytes of a request before the command: the version and the sender's id.
+const REQUEST_HEAD: usize = 1 + 8;
+/// The largest request frame (its kind byte, the head and the largest command).
+pub const MAX_REQUEST_FRAME: usize = 1 + REQUEST_HEAD + MAX_COMMAND_BYTES;
+/// The longest reason a refusal carries (longer ones are cut at a character boundary).
+pub const MAX_REASON_BYTES: usize = 4 << 10;
+/// The largest answer frame (its kind byte, the outcome and the reason).
+pub const MAX_ANSWER_FRAME: usize = 1 + 1 + MAX_REASON_BYTES;
+/// How long one node's exchange may take, either side; a sender tries the next node after
+/// it, within [`RELAY_DEADLINE`] in all.
+pub const RELAY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node tries to relay one command, over every node it asks.
+pub const RELAY_DEADLINE: Duration = Duration::from_secs(6);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the receiving node did with a relayed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// It leads the controller: the command was proposed and applied there.
+    Proposed,
+    /// Passed on to the leader its controller replica follows, not waited for: the sender
+    /// sees it applied, or asks again later.
+    PassedOn,
+    /// Not taken, saying why.
+    Refused(String),
+}
+
+/// A request's payload: u8 [`VERSION`], u64 LE the sender's Raft id, then the command's JSON
+/// ([`Command::encode`]; at least one byte, at most [`MAX_COMMAND_BYTES`]).
+pub fn encode_request(from: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+    if command.is_empty() || command.len() > MAX_COMMAND_BYTES {
+        return Err(format!(
+            "a controller command of {} bytes (1 to {MAX_COMMAND_BYTES})",
+            command.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(REQUEST_HEAD + command.len());
+    out.push(VERSION);
+    out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(command);
+    Ok(out)
+}
+
+/// The sender's id and the command of a request's payload, its bounds checked.
+pub fn decode_request(payload: &[u8]) -> Result<(u64, &[u8]), String> {
+    let Some((&version, rest)) = payload.split_first() else {
+        return Err("an empty controller command request".into());
+    };
+    if version != VERSION {
+        return Err(format!(
+            "a controller command request of version {version} (this node reads {VERSION})"
+        ));
+    }
+    let Some((from, command)) = rest.split_first_chunk::<8>() else {
+        return Err(format!(
+            "a controller command request of {} bytes, shorter than its head",
+            payload.len()
+        ));
+    };
+    let from = u64::from_le_bytes(*from);
+    if from == 0 {
+        return Err("a controller command request from node 0".into());
+    }
+    if command.is_empty() || command.len() > MAX_COMMAND_BYTES {
+        return Err(format!(
+            "a controller command of {} bytes (1 to {MAX_COMMAND_BYTES})",
+            command.len()
+        ));
+    }
+    Ok((from, command))
+}
+
+/// An answer's payload: u8 outcome (`0` proposed, `1` passed on, `2` refused), then, for a
+/// refusal, the reason in UTF-8 (at most [`MAX_REASON_BYTES`]).
+pub fn encode_answer(a: &Answer) -> Vec<u8> {
+    match a {
+        Answer::Proposed => vec![0],
+        Answer::PassedOn => vec![1],
+        Answer::Refused(why) => {
+            let mut end = why.len().min(MAX_REASON_BYTES);
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut out = Vec::with_capacity(1 + end);
+            out.push(2);
+            out.extend_from_slice(&why.as_bytes()[..end]);
+            out
+        }
+    }
+}
+
+/// An answer's payload decoded.
+pub fn decode_answer(payload: &[u8]) -> Result<Answer, String> {
+    match payload.split_first() {
+        Some((0, [])) => Ok(Answer::Proposed),
+        Some((1, [])) => Ok(Answer::PassedOn),
+        Some((2, why)) if why.len() <= MAX_REASON_BYTES => std::str::from_utf8(why)
+            .map(|w| Answer::Refused(w.to_owned()))
+            .map_err(|_| "a refusal whose reason is not UTF-8".to_owned()),
+        Some((o @ (0..=2), rest)) => Err(format!(
+            "an answer of outcome {o} with {} bytes after it",
+            rest.len()
+        )),
+        Some((o, _)) => Err(format!("an answer of unknown outcome {o}")),
+        None => Err("an empty answer".into()),
+    }
+}
+
+/// Whether node `from` may send `c` this way: only what a node says about itself.
+fn about_sender(c: &Command, from: u64) -> Result<(), String> {
+    match c {
+        Command::ReplicaStopped { node, .. } | Command::ReplicaRecovered { node, .. }
+            if *node == from =>
+        {
+            Ok(())
+        }
+        Command::ReplicaStopped { node, .. } | Command::ReplicaRecovered { node, .. } => Err(
+            format!("node {from} sent a command about node {node}; a node speaks for itself"),
+        ),
+        _ => Err(format!(
+            "node {from} sent a controller command of another kind than replica_stopped or \
+             replica_recovered"
+        )),
+    }
+}
+
+/// Whether `c` may go this way at all (see [`about_sender`]).
+pub fn relayable(c: &Command, me: u64) -> bool {
+    about_sender(c, me).is_ok()
+}
+
+/// Serves one relayed command on the peer channel (the connection's first frame header,
+/// `len` and kind [`CONTROL_COMMAND`], read by the router).
+pub async fn serve(node: &ClusterNode, mut conn: PeerConn, len: usize) {
+    let stats = &node.stats;
+    let taken = glommio::timer::timeout(RELAY_TIMEOUT * 2, async {
+        Ok(read_and_take(node, &mut conn, len).await)
+    })
+    .await
+    .unwrap_or_else(|_| Err((false, format!("not done within {:?}", RELAY_TIMEOUT * 2))));
+    let answer = match taken {
+        Ok(a) => {
+            stats.commands_relay_served.fetch_add(1, Ordering::Relaxed);
+            a
+        }
+        Err((unread, why)) => {
+            stats.commands_relay_refused.fetch_add(1, Ordering::Relaxed);
+            log::warn!("controller command from {:?} refused: {why}", conn.peer);
+            let bytes = encode_answer(&Answer::Refused(why));
+            let _ = peer::write_frame(&mut conn.stream, CONTROL_ANSWER, &bytes).await;
+            if unread {
+                crate::raft::transport::close_gracefully(&mut conn).await;
+            }
+            return;
+        }
+    };
+    if let Answer::Refused(why) = &answer {
+        log::info!("controller command from {:?} not taken: {why}", conn.peer);
+    }
+    let bytes = encode_answer(&answer);
+    let _ = peer::write_frame(&mut conn.stream, CONTROL_ANSWER, &bytes).await;
+}
+
+/// Reads, checks and takes the request. An error is a refusal to count, with whether the
+/// payload was left unread.
+async fn read_and_take(
+    node: &ClusterNode,
+    conn: &mut PeerConn,
+    len: usize,
+) -> Result<Answer, (bool, String)> {
+    if node.peer_tls && conn.tls.is_none() {
+        return Err((true, "this cluster runs peer TLS: send over it".into()));
+    }
+    if conn.tls.is_none() && !conn.peer.is_some_and(|a| node.peers.knows_ip(a.ip())) {
+        return Err((true, "no peer TLS, and not a known member's address".into()));
+    }
+    if len > MAX_REQUEST_FRAME {
+        return Err((
+            true,
+            format!("a request of {len} bytes (at most {MAX_REQUEST_FRAME})"),
+        ));
+    }
+    let payload = peer::read_payload(&mut conn.stream, len)
+        .await
+        .map_err(|e| (false, e.to_string()))?;
+    let (from, command) = decode_request(&payload).map_err(|e| (false, e))?;
+    let c = Command::decode(command)
+        .map_err(|e| (false, format!("a command that does not decode: {e}")))?;
+    about_sender(&c, from).map_err(|e| (false, e))?;
+    let registered = node
+        .state
+        .read()
+        .map(|s| s.nodes.get(&from).is_some_and(|n| !n.removed))
+        .unwrap_or(false);
+    if !registered {
+        return Err((false, format!("node {from} is no registered member")));
+    }
+    if node.is_controller_leader() {
+        return Ok(match node.propose(&c).await {
+            Ok(_) => Answer::Proposed,
+            Err(e) => Answer::Refused(e.to_string()),
+        });
+    }
+    // Passed on through this node's own replica only: never over the peer channel again.
+    Ok(match node.pass_on(command.to_vec()) {
+        Ok(()) => Answer::PassedOn,
+        Err(e) => Answer::Refused(format!(
+            "this node does not lead the controller and cannot pass the command on: {e}"
+        )),
+    })
+}
+
+/// Sends `command` from node `from` to the member at `addr` (from a glommio executor) and
+/// returns its answer, within [`RELAY_TIMEOUT`].
+pub async fn request(
+    addr: SocketAddr,
+    tls: Option<&PeerTls>,
+    server_name: &str,
+    from: u64,
+    command: &[u8],
+) -> Result<Answer, String> {
+    let bytes = encode_request(from, command)?;
+    let exchange = async {
+        let mut stream = peer::connect(addr, tls, server_name, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        peer::write_frame(&mut stream, CONTROL_COMMAND, &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        match peer::read_frame(&mut stream, MAX_ANSWER_FRAME).await {
+            Ok(Some(f)) if f.kind == CONTROL_ANSWER => decode_answer(&f.payload),
+            Ok(Some(f)) if f.kind == peer::kind::ERROR => {
+                Err(format!("refused: {}", String::from_utf8_lossy(&f.payload)))
+            }
+            Ok(Some(f)) => Err(format!("unexpected frame kind {:#04x}", f.kind)),
+            Ok(None) => Err("closed without an answer".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match glommio::timer::timeout(RELAY_TIMEOUT, async { Ok(exchange.await) }).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {RELAY_TIMEOUT:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped(node: u64) -> Command {
+        Command::ReplicaStopped {
+            topic: "s".into(),
+            partition: 0,
+            node,
+        }
+    }
+
+    #[test]
+    fn a_request_is_laid_out_as_documented() {
+        let command = stopped(2).encode();
+        let bytes = encode_request(2, &command).unwrap();
+        assert_eq!(bytes[0], VERSION);
+        assert_eq!(&bytes[1..9], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&bytes[9..], &command[..]);
+        // docs/format.md's example.
+        let doc = br#"{"op":"replica_stopped","topic":"s","partition":0,"node":2}"#;
+        assert_eq!(&bytes[9..], &doc[..]);
+        let (from, c) = decode_request(&bytes).unwrap();
+        assert_eq!((from, c), (2, &command[..]));
+        assert_eq!(Command::decode(c).unwrap(), stopped(2));
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        for a in [
+            Answer::Proposed,
+            Answer::PassedOn,
+            Answer::Refused(String::new()),
+            Answer::Refused("the controller has no leader".into()),
+        ] {
+            assert_eq!(decode_answer(&encode_answer(&a)).unwrap(), a);
+        }
+        assert_eq!(encode_answer(&Answer::Proposed), [0]);
+        assert_eq!(encode_answer(&Answer::PassedOn), [1]);
+        assert_eq!(encode_answer(&Answer::Refused("no".into())), b"\x02no");
+        // A long reason is cut at a character boundary, and still decodes.
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let bytes = encode_answer(&Answer::Refused(long));
+        // With its kind byte, within the frame maximum.
+        assert!(bytes.len() < MAX_ANSWER_FRAME);
+        assert!(matches!(decode_answer(&bytes), Ok(Answer::Refused(w)) if !w.is_empty()));
+    }
+
+    #[test]
+    fn truncated_oversized_and_garbage_requests_are_errors() {
+        let command = stopped(3).encode();
+        let good = encode_request(3, &command).unwrap();
+        for cut in 0..REQUEST_HEAD + 1 {
+            assert!(decode_request(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut other_version = good.clone();
+        other_version[0] = 2;
+        assert!(decode_request(&other_version).is_err());
+        let mut from_zero = good.clone();
+        from_zero[1..9].fill(0);
+        assert!(decode_request(&from_zero).is_err());
+        let big = vec![b'x'; MAX_COMMAND_BYTES + 1];
+        assert!(encode_request(3, &big).is_err());
+        assert!(encode_request(3, &[]).is_err());
+        let mut oversized = good[..REQUEST_HEAD].to_vec();
+        oversized.extend_from_slice(&big);
+        assert!(decode_request(&oversized).is_err());
+        // A body that is no command decodes as a frame and fails as a command.
+        let not_json = encode_request(3, b"{not json").unwrap();
+        let (_, c) = decode_request(&not_json).unwrap();
+        assert!(Command::decode(c).is_err());
+        // Random bytes never panic.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            if let Ok((_, c)) = decode_request(&bytes) {
+                let _ = Command::decode(c);
+            }
+            let _ = decode_answer(&bytes);
+        }
+    }
+
+    #[test]
+    fn malformed_answers_are_errors() {
+        assert!(decode_answer(&[]).is_err());
+        assert!(decode_answer(&[0, 1]).is_err());
+        assert!(decode_answer(&[1, b'x']).is_err());
+        assert!(decode_answer(&[3]).is_err());
+        assert!(decode_answer(&[2, 0xFF, 0xFE]).is_err());
+        let mut long = vec![2];
+        long.extend(std::iter::repeat_n(b'a', MAX_REASON_BYTES + 1));
+        assert!(decode_answer(&long).is_err());
+    }
+
+    /// A node whose controller replica stopped, knowing node 2 (registered, at 127.0.0.2),
+    /// and a connection to it from `from` whose peer sends `frame` (a request's payload, or
+    /// nothing): what it makes of the request.
+    fn take_on_a_stopped_node(
+        from: &str,
+        len: usize,
+        frame: &[u8],
+        peer_tls: bool,
+    ) -> Result<Answer, (bool, String)> {
+        use crate::raft::board::GroupView;
+        use crate::raft::group::Stopped;
+        use crate::raft::transport::{PeerAddr, Peers};
+        use tokio::io::AsyncWriteExt;
+        let addr: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+        let peers = Peers::default();
+        peers.book.write().unwrap().insert(
+            2,
+            PeerAddr {
+                addr,
+                server_name: "127.0.0.2".into(),
+            },
+        );
+        peers.board.set(
+            0,
+            GroupView {
+                shard: 0,
+                role: raft::StateRole::Follower,
+                term: 3,
+                leader: raft::INVALID_ID,
+                commit: 9,
+                applied: 9,
+                last_index: 9,
+                voters: vec![1, 2, 3],
+                learners: vec![],
+                matched: vec![],
+                stopped: Some(Stopped::Failed),
+            },
+        );
+        let node = ClusterNode::new(peers, Duration::from_secs(60), Duration::from_secs(30));
+        let mut node = std::sync::Arc::into_inner(node).unwrap();
+        node.peer_tls = peer_tls;
+        node.set_id(3);
+        node.state.write().unwrap().nodes.insert(
+            2,
+            super::super::state::NodeEntry {
+                member: "m2".into(),
+                name: "n2".into(),
+                rpc_addr: addr.to_string(),
+                gossip_addr: "127.0.0.2:9001".into(),
+                shards: 1,
+                removed: false,
+            },
+        );
+        let (mut near, far) = tokio::io::duplex(MAX_REQUEST_FRAME + 64);
+        let mut conn = PeerConn {
+            stream: Box::new(far),
+            peer: Some(from.parse().unwrap()),
+            tls: None,
+        };
+        futures_lite::future::block_on(async {
+            near.write_all(frame).await.unwrap();
+            // Closed after the frame: a truncated one ends in EOF, not a wait.
+            drop(near);
+            read_and_take(&node, &mut conn, len).await
+        })
+    }
+
+    #[test]
+    fn a_node_that_cannot_propose_refuses_and_never_sends_on() {
+        let ok = encode_request(2, &stopped(2).encode()).unwrap();
+        let len = ok.len() + 1;
+        // From a known member, about itself: read and checked, then refused here, since this
+        // node's controller replica is stopped (it does not relay it again).
+        let a = take_on_a_stopped_node("127.0.0.2:40000", len, &ok, false).unwrap();
+        assert!(
+            matches!(&a, Answer::Refused(w) if w.contains("controller replica is stopped")),
+            "{a:?}"
+        );
+        // A stranger without peer TLS: refused unread.
+        let e = take_on_a_stopped_node("10.9.9.9:40000", len, &ok, false).unwrap_err();
+        assert!(e.0 && e.1.contains("known member"), "{e:?}");
+        // Peer TLS runs here, and the connection has none.
+        let e = take_on_a_stopped_node("127.0.0.2:40000", len, &ok, true).unwrap_err();
+        assert!(e.0 && e.1.contains("peer TLS"), "{e:?}");
+        // Oversized: refused unread.
+        let e = take_on_a_stopped_node("127.0.0.2:40000", MAX_REQUEST_FRAME + 1, &ok, false)
+            .unwrap_err();
+        assert!(e.0 && e.1.contains("at most"), "{e:?}");
+        // Truncated: the peer sent less than its header said.
+        let e = take_on_a_stopped_node("127.0.0.2:40000", len, &ok[..5], false).unwrap_err();
+        assert!(!e.0, "{e:?}");
+        // About another node, from an unregistered node, not a command.
+        let other = encode_request(2, &stopped(3).encode()).unwrap();
+        let e =
+            take_on_a_stopped_node("127.0.0.2:40000", other.len() + 1, &other, false).unwrap_err();
+        assert!(e.1.contains("speaks for itself"), "{e:?}");
+        let stranger = encode_request(7, &stopped(7).encode()).unwrap();
+        let e = take_on_a_stopped_node("127.0.0.2:40000", stranger.len() + 1, &stranger, false)
+            .unwrap_err();
+        assert!(e.1.contains("no registered member"), "{e:?}");
+        let garbage = encode_request(2, b"{not json").unwrap();
+        let e = take_on_a_stopped_node("127.0.0.2:40000", garbage.len() + 1, &garbage, false)
+            .unwrap_err();
+        assert!(e.1.contains("does not decode"), "{e:?}");
+    }
+
+    #[test]
+    fn only_what_a_node_says_about_itself_is_taken() {
+        assert!(about_sender(&stopped(4), 4).is_ok());
+        let recovered = Command::ReplicaRecovered {
+            topic: "s".into(),
+            partition: 1,
+            node: 4,
+        };
+        assert!(about_sender(&recovered, 4).is_ok());
+        assert!(about_sender(&stopped(4), 5).is_err());
+        assert!(about_sender(&recovered, 5).is_err());
+        let remove = Command::RemoveNode { id: 4 };
+        assert!(about_sender(&remove, 4).is_err());
+    }
+}
