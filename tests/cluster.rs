@@ -790,36 +790,33 @@ fn four_with_a_victim(
 /// fourth node: the group's leader adds it, promotes it, removes the stopped voter. The
 /// partition is back to three voters on live nodes, every acknowledged record on each, and
 /// the stopped node is still a member of the cluster.
-#[test]
-#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
-fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
-    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
-    let (c, ids, ctl, l, victim) = four_with_a_victim("a stopped replica moves", 91, 1, &grace);
-    println!(
-        "controller leader node {}, s/0 leader node {}, stopped replica on node {}",
-        ids[ctl], ids[l], ids[victim]
-    );
-    let mut big = BigRecords::default();
-    for _ in 0..5 {
-        big.produce_one(&c);
-    }
+/// Of a four-node cluster whose topic `s` has one partition on three nodes: stops `victim`'s
+/// replica of s/0 (its directory deleted, then produced to until the replica stops), waits
+/// until s/0's voters are the three other nodes, and checks every acknowledged record on each
+/// of them.
+fn stop_the_victims_replica_and_see_it_moved(
+    c: &Cluster,
+    victim: usize,
+    ids: &[u64],
+    big: &mut BigRecords,
+) {
     std::fs::remove_dir_all(c.nodes[victim].data_dir.join("topics/s/0")).expect("remove");
     wait("the victim's replica of s/0 stopped", || {
-        big.produce_one(&c);
+        big.produce_one(c);
         own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
     });
     for _ in 0..5 {
-        big.produce_one(&c);
+        big.produce_one(c);
     }
 
     let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
     expected.sort_unstable();
     wait(
         "s/0 moved off the stopped replica to the fourth node",
-        || voters_of(&c, "s").as_deref() == Some(&expected[..]),
+        || voters_of(c, "s").as_deref() == Some(&expected[..]),
     );
     for _ in 0..5 {
-        big.produce_one(&c);
+        big.produce_one(c);
     }
     assert!(
         big.acked.len() >= 10,
@@ -840,6 +837,22 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
             );
         }
     }
+}
+
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let (c, ids, ctl, l, victim) = four_with_a_victim("a stopped replica moves", 91, 1, &grace);
+    println!(
+        "controller leader node {}, s/0 leader node {}, stopped replica on node {}",
+        ids[ctl], ids[l], ids[victim]
+    );
+    let mut big = BigRecords::default();
+    for _ in 0..5 {
+        big.produce_one(&c);
+    }
+    stop_the_victims_replica_and_see_it_moved(&c, victim, &ids, &mut big);
 
     // The stopped node is still a member, serving, and no longer holds s.
     let d = c.nodes[ctl].describe().expect("describe");
@@ -924,43 +937,7 @@ fn a_stopped_replica_is_moved_when_its_nodes_controller_replica_stopped_too() {
         false
     });
 
-    std::fs::remove_dir_all(c.nodes[victim].data_dir.join("topics/s/0")).expect("remove");
-    wait("the victim's replica of s/0 stopped", || {
-        big.produce_one(&c);
-        own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
-    });
-    for _ in 0..5 {
-        big.produce_one(&c);
-    }
-
-    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
-    expected.sort_unstable();
-    wait(
-        "s/0 moved off the stopped replica to the fourth node",
-        || voters_of(&c, "s").as_deref() == Some(&expected[..]),
-    );
-    for _ in 0..5 {
-        big.produce_one(&c);
-    }
-    assert!(
-        big.acked.len() >= 10,
-        "{} records acknowledged",
-        big.acked.len()
-    );
-    for n in (0..4).filter(|&i| i != victim) {
-        for (&o, v) in &big.acked {
-            let mut got = Err(Status::unavailable(""));
-            wait("acknowledged records on every live replica", || {
-                got = consume(&c.nodes[n], "s", o);
-                got.is_ok()
-            });
-            assert!(
-                got.as_ref().ok() == Some(v),
-                "offset {o} on node {} differs from what was acknowledged",
-                ids[n]
-            );
-        }
-    }
+    stop_the_victims_replica_and_see_it_moved(&c, victim, &ids, &mut big);
 
     // The placement as the controller's leader describes it: s/0 no longer on the victim,
     // which is still a member.
