@@ -386,6 +386,12 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.stats.stopped_replicas_reset.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_cluster_unplaced_replicas_removed_total",
+        Kind::Counter,
+        "Running replicas of this node no longer placed here whose groups no longer count this node, closed and their logs removed.",
+        c.stats.unplaced_replicas_removed.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_cluster_commands_relayed_total",
         Kind::Counter,
         "Controller commands this node sent to another member over the peer channel, its own controller replica being stopped or not running.",

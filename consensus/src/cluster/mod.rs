@@ -137,6 +137,9 @@ pub struct ClusterStats {
     /// Replicas of this node that stopped for good and were moved to another node, whose
     /// logs this node closed and removed.
     pub stopped_replicas_reset: std::sync::atomic::AtomicU64,
+    /// Running replicas of this node no longer placed here whose groups no longer count this
+    /// node, closed and their logs removed.
+    pub unplaced_replicas_removed: std::sync::atomic::AtomicU64,
     /// Controller commands this node sent to another member over the peer channel, its own
     /// controller replica being stopped or not running ([`relay`]).
     pub commands_relayed: std::sync::atomic::AtomicU64,

@@ -240,7 +240,13 @@ enum Unplaced {
     /// Closed, its directory removed: its replica stopped for good (its log latched, or
     /// marked lost), and the controller moved it; what it held is needed nowhere.
     Remove,
-    /// Closed, its directory kept (opened again if the partition is placed here again).
+    /// Closed, its directory removed: its group's configuration as applied here does not
+    /// count this node (it never did, or its removal committed and was applied here), so
+    /// the group needs nothing it holds; placed here again, it starts empty and is caught up
+    /// as a learner, as any replica placed after its topic's creation.
+    Drop,
+    /// Closed, its directory kept (opened again if the partition is placed here again): the
+    /// group may still count it, which this node cannot tell (it heard from no leader).
     Close,
     /// Left open for now.
     Keep,
@@ -250,11 +256,16 @@ enum Unplaced {
 /// sees as `v` (none: not open, or not published yet), whose replica has known no leader
 /// for `leaderless` (none: it knows one). A running replica is closed only once its group
 /// no longer talks to it: its configuration here does not count this node (it never had
-/// one, or its removal was applied here), or it has heard from no leader for
-/// [`UNPLACED_LEADERLESS`] (a leader that removed it stops sending to it, and it may never
-/// learn of its removal). Closed earlier, a replica the group still counts as a voter (the
-/// replica placed instead still catching up) would take a vote from it: with two replicas,
-/// its quorum.
+/// one, or its removal was applied here: then its data goes too, [`Unplaced::Drop`]), or it
+/// has heard from no leader for [`UNPLACED_LEADERLESS`] (a leader that removed it stops
+/// sending to it, and it may never learn of its removal: its data is kept). Closed earlier,
+/// a replica the group still counts as a voter (the replica placed instead still catching
+/// up) would take a vote from it: with two replicas, its quorum.
+///
+/// A configuration applied here is a committed one, so one that does not count this node
+/// means the group's voters no longer wait for it; and a replica the group counts as a
+/// voter was promoted from learner once caught up, after its log held the entry adding it,
+/// so its configuration here counts it at least as a learner until its removal applies.
 fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -> Unplaced {
     let Some(v) = v else {
         return Unplaced::Keep;
@@ -266,7 +277,7 @@ fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -
         None => {}
     }
     if !v.voters.contains(&me) && !v.learners.contains(&me) {
-        return Unplaced::Close;
+        return Unplaced::Drop;
     }
     if v.leader == raft::INVALID_ID && leaderless.is_some_and(|d| d >= UNPLACED_LEADERLESS) {
         return Unplaced::Close;
@@ -278,7 +289,8 @@ fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -
 /// topics some partition of which stays placed here (a topic with none is dropped whole),
 /// as [`unplaced_step`] says: a replica that stopped for good is closed and its directory
 /// removed; a running one is closed once its group no longer talks to it, its directory
-/// kept. Called only on a settled state (see `local`), so "no longer placed" is not an old
+/// removed when its configuration here no longer counts this node and kept otherwise.
+/// Called only on a settled state (see `local`), so "no longer placed" is not an old
 /// view. A closing that fails is tried again after [`ASK_AGAIN`], and warned of once.
 fn close_unplaced(
     node: &ClusterNode,
@@ -309,10 +321,10 @@ fn close_unplaced(
             if step == Unplaced::Keep || !retry_due(&seen.failed, group, now) {
                 continue;
             }
-            let remove = step == Unplaced::Remove;
+            let remove = matches!(step, Unplaced::Remove | Unplaced::Drop);
             let dir = engine::catalog::partition_dir(engine.data_dir(), &name, p);
             match futures_lite::future::block_on(engine.close_partition(&name, p, remove)) {
-                Ok(()) if remove => {
+                Ok(()) if step == Unplaced::Remove => {
                     seen.failed.remove(&group);
                     log::info!(
                         "{name}/{p}: this replica, stopped and moved to another node, is \
@@ -320,6 +332,16 @@ fn close_unplaced(
                     );
                     node.stats
                         .stopped_replicas_reset
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(()) if remove => {
+                    seen.failed.remove(&group);
+                    log::info!(
+                        "{name}/{p}: no longer placed here and no longer a member of its \
+                         group: closed and its data removed"
+                    );
+                    node.stats
+                        .unplaced_replicas_removed
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(()) => {
@@ -1222,14 +1244,19 @@ mod tests {
             unplaced_step(2, Some(&led(1, vec![1, 2])), None),
             Unplaced::Keep
         );
-        // One that does not count it (never configured, or its removal applied): closed.
+        // One that does not count it (never configured, or its removal applied): closed,
+        // its data removed, with or without a leader.
         assert_eq!(
             unplaced_step(2, Some(&led(1, vec![1, 3])), None),
-            Unplaced::Close
+            Unplaced::Drop
         );
         assert_eq!(
             unplaced_step(2, Some(&led(0, Vec::new())), None),
-            Unplaced::Close
+            Unplaced::Drop
+        );
+        assert_eq!(
+            unplaced_step(2, Some(&led(0, vec![1, 3])), long),
+            Unplaced::Drop
         );
         // Counted, but no leader heard from: closed only past the grace.
         assert_eq!(
