@@ -124,6 +124,11 @@ settings! {
         /// in the cluster
         stopped_replica_grace: DurationArg => Duration, "DURATION",
             default(DurationArg(DEFAULT_STOPPED_REPLICA_GRACE));
+        /// On SIGTERM or SIGINT, once its leaderships are handed over, leave the cluster: the
+        /// controller removes this node at once and re-creates its replicas on other nodes
+        /// (the book's behaviour). false: stop without leaving; others see the node down, and
+        /// a restart within dead-node-timeout keeps its replicas (rolling restarts)
+        leave_on_shutdown: bool, "BOOL", default(true);
         /// Casbin ACL model (the book's model.conf); with acl-policy-file turns authorization on
         acl_model_file: PathBuf => Option<PathBuf>, "PATH", default(unset);
         /// Casbin ACL policy (`p, subject, object, action` lines); reloaded on SIGHUP and change
@@ -635,6 +640,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.stopped_replica_grace, Duration::from_secs(2));
+        assert!(s.leave_on_shutdown);
+        let s = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_LEAVE_ON_SHUTDOWN", "false")],
+        )
+        .unwrap();
+        assert!(!s.leave_on_shutdown);
+        assert!(resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_LEAVE_ON_SHUTDOWN", "later")]
+        )
+        .is_err());
         assert!(resolve(
             ServeArgs::default(),
             &[("PROGLOG_STOPPED_REPLICA_GRACE", "soon")]

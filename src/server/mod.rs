@@ -414,7 +414,17 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // leadership this node holds goes to a caught-up voter.
     cluster_node.stop();
     cluster_node.hand_off_leadership(Duration::from_secs(3));
-    cluster.leave();
+    if settings.leave_on_shutdown {
+        cluster.leave();
+    } else if cluster.running.is_some() {
+        // Gossip answers until the process ends; then the others see this run down, and the
+        // controller keeps the node (and its replicas) for dead-node-timeout.
+        log::info!(
+            "stopping without leaving the cluster (leave-on-shutdown=false): this node stays a \
+             member, removed only if it is not back within the dead-node timeout ({:?})",
+            settings.dead_node_timeout
+        );
+    }
     // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
     obs.set_phase(Phase::Draining);
     state.health.set(ServingStatus::NotServing);

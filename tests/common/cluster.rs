@@ -106,6 +106,25 @@ impl Node {
         }
     }
 
+    /// Stops the server with SIGTERM (a clean stop) and waits for it to exit: its exit
+    /// status, or `None` if it was not running or had not exited after a minute (then it is
+    /// killed).
+    pub fn sigterm(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own child, which is not reaped yet (its pid is still ours).
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     pub fn channel(&self) -> Option<BlockingChannel> {
         BlockingChannel::connect(self.rpc, ClientConfig::default()).ok()
     }
