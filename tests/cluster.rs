@@ -909,7 +909,9 @@ fn pause(n: &Node, d: Duration) {
 /// the command over the peer channel to another member, and the controller moves the stopped
 /// replica to the free fourth node as in
 /// [`a_replica_whose_log_fails_is_moved_to_a_free_node`], with every acknowledged record. The
-/// node stays a member (up in gossip), though not ready: it no longer follows the controller.
+/// node stays a member (up in gossip). Its controller replica, reported stopped too, is left
+/// out of the controller's group; the node then starts it afresh and asks to be counted
+/// again, is added back and caught up, and so learns that s/0 moved: it drops its copy.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_stopped_replica_is_moved_when_its_nodes_controller_replica_stopped_too() {
@@ -963,6 +965,30 @@ fn a_stopped_replica_is_moved_when_its_nodes_controller_replica_stopped_too() {
     let log = c.nodes[victim].log();
     assert!(log.contains("asking the controller to move it"), "{log}");
     assert!(log.contains("controller command relayed to node"), "{log}");
+
+    // The controller replica comes back afresh: counted again, following the leader, with
+    // the controller's state (s/0 placed elsewhere, so s is dropped there).
+    let victim_id = ids[victim];
+    wait(
+        "the victim's controller replica started afresh and counted again",
+        || {
+            let fresh = own_view(&c.nodes[victim], "__cluster")
+                .is_some_and(|(leader, stopped)| leader != 0 && !stopped);
+            let counted = c.nodes[controller_leader(&c)].describe().is_some_and(|d| {
+                d.partitions
+                    .iter()
+                    .find(|p| p.topic == "__cluster")
+                    .is_some_and(|p| p.replicas.iter().any(|r| r.node == victim_id))
+            });
+            fresh && counted
+        },
+    );
+    wait("the victim drops its copy of s, placed elsewhere", || {
+        !c.nodes[victim].data_dir.join("topics/s").exists()
+    });
+    wait("the victim serving again", || c.nodes[victim].serving());
+    let log = c.nodes[victim].log();
+    assert!(log.contains("started afresh"), "{log}");
     for l in log
         .lines()
         .filter(|l| l.contains("s/0") || l.contains("controller"))

@@ -392,6 +392,12 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.stats.unplaced_replicas_removed.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_cluster_controller_replica_resets_total",
+        Kind::Counter,
+        "Times this node started its controller replica afresh: it had stopped for good, and the controller's group no longer counted it.",
+        c.stats.controller_replica_resets.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_cluster_commands_relayed_total",
         Kind::Counter,
         "Controller commands this node sent to another member over the peer channel, its own controller replica being stopped or not running.",

@@ -137,7 +137,7 @@ pub fn form(
                                 .context("writing cluster.meta")?;
                             node.set_id(j.node_id);
                             log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
-                            open_controller(controller, &engine)
+                            open_controller(controller, &node, &engine)
                         });
                     if let Err(e) = joined {
                         log::error!("this node did not join a cluster: {e:#}");
@@ -150,7 +150,7 @@ pub fn form(
                 identity::write(&settings.data_dir, &id.cluster_id, id.node_id)
                     .context("writing cluster.meta")?;
             }
-            open_controller(controller_config(settings), engine)?;
+            open_controller(controller_config(settings), node, engine)?;
             if id.node_id == FIRST_NODE_ID {
                 bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
             }
@@ -218,9 +218,26 @@ fn peer_tls(settings: &Settings) -> anyhow::Result<Option<net::peer::PeerTls>> {
     }
 }
 
-/// Opens (creating if new) the controller's partition on shard 0.
-fn open_controller(config: LogConfig, engine: &EngineHandle) -> anyhow::Result<()> {
+/// Opens (creating if new) the controller's partition on shard 0. One the catalog no
+/// longer holds (the node stopped while starting that replica afresh, between closing it and
+/// opening it again) is opened afresh now, empty.
+fn open_controller(
+    config: LogConfig,
+    node: &ClusterNode,
+    engine: &EngineHandle,
+) -> anyhow::Result<()> {
     if engine.topic(CONTROLLER_TOPIC).is_ok() {
+        if engine
+            .held_partitions(CONTROLLER_TOPIC)
+            .is_ok_and(|h| !h.contains(&0))
+        {
+            log::warn!("the controller's replica was being started afresh: opening it empty");
+            // Never as a first voter: the cluster exists (see `reset_controller_replica`).
+            node.bootstrapper
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            futures_lite::future::block_on(engine.open_partition(CONTROLLER_TOPIC, 0))
+                .context("opening the controller's partition afresh")?;
+        }
         return Ok(());
     }
     match futures_lite::future::block_on(engine.create_topic(CONTROLLER_TOPIC, 1, config)) {

@@ -140,6 +140,9 @@ pub struct ClusterStats {
     /// Running replicas of this node no longer placed here whose groups no longer count this
     /// node, closed and their logs removed.
     pub unplaced_replicas_removed: std::sync::atomic::AtomicU64,
+    /// Times this node started its controller replica afresh (it had stopped for good, and
+    /// the controller's group no longer counted it).
+    pub controller_replica_resets: std::sync::atomic::AtomicU64,
     /// Controller commands this node sent to another member over the peer channel, its own
     /// controller replica being stopped or not running ([`relay`]).
     pub commands_relayed: std::sync::atomic::AtomicU64,
@@ -424,6 +427,15 @@ impl ClusterNode {
         let Some(rebuilt) = self.replay.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
+        if rebuilt.applied == 0 && !rebuilt.awaiting_checkpoint && rebuilt.cluster_id.is_empty() {
+            // Nothing applied: an empty log (a replica started afresh, or a new node's). The
+            // state held stays (empty on a new node): a replica started afresh keeps what it
+            // knew of the cluster (its members, to ask to be added back) until its new log
+            // brings the state again (commands at indexes applied already are skipped).
+            log::info!("controller: the log holds no command yet; the state held stays");
+            self.after_change();
+            return;
+        }
         if rebuilt.awaiting_checkpoint {
             log::info!(
                 "controller: the log retained holds no committed checkpoint yet; the state \
@@ -566,8 +578,12 @@ impl ClusterNode {
                 command.len()
             )));
         }
-        let running = self.controller().is_some_and(|v| v.stopped.is_none());
-        if !running && relay::relayable(c, self.id()) {
+        // A replica that follows no leader (stopped, not running, or, running, left out of
+        // the controller's group or cut off) cannot forward a proposal.
+        let following = self
+            .controller()
+            .is_some_and(|v| v.stopped.is_none() && v.leader != raft::INVALID_ID);
+        if !following && relay::relayable(c, self.id()) {
             return self.relay(command);
         }
         self.pass_on(command)
@@ -667,6 +683,58 @@ impl ClusterNode {
             ))),
             Err(e) => Err(Error::Refused(e.to_string())),
         }
+    }
+
+    /// Whether the controller's configuration still counts this node, whose controller
+    /// replica applied through `applied`, asked of the members of [`Self::relay_targets`] in
+    /// turn over the peer channel ([`relay::membership_of`]): `Some(false)` as soon as one
+    /// that applied at least as far does not count it, `Some(true)` if one counts it and
+    /// none says otherwise, `None` if none could tell.
+    pub fn controller_counts_me(&self, applied: u64) -> Option<bool> {
+        let engine = self.engine.get()?;
+        let targets = self.relay_targets();
+        let (me, tls) = (self.id(), self.peers.tls.clone());
+        let asked = engine.on_shard(0, move |_| async move {
+            let deadline = Instant::now() + relay::RELAY_DEADLINE;
+            let mut counted = None;
+            for (n, at) in targets {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let r =
+                    relay::request_membership(at.addr, tls.as_ref(), &at.server_name, me, applied)
+                        .await;
+                match r {
+                    Ok(relay::Membership::NotCounted { applied: there }) => {
+                        log::info!(
+                            "node {n}'s controller replica, through index {there}, no longer \
+                             counts this node"
+                        );
+                        return Ok(Some(false));
+                    }
+                    Ok(relay::Membership::Counted { .. }) => counted = Some(true),
+                    Ok(relay::Membership::Unknown { .. }) => {}
+                    Err(e) => log::debug!("asking node {n} about the controller's group: {e}"),
+                }
+            }
+            Ok(counted)
+        });
+        futures_lite::future::block_on(asked).ok().flatten()
+    }
+
+    /// Starts this node's controller replica afresh: closes it, removes its data, and opens
+    /// an empty one with no configuration (it votes for nobody until the controller's leader
+    /// adds it and catches it up, as for a node joining). Only for a replica the
+    /// controller's group no longer counts ([`Self::controller_counts_me`]): what it held is
+    /// needed by no one. The state held in memory stays until the new replica's log replaces
+    /// or extends it (commands at indexes already applied are skipped).
+    pub fn reset_controller_replica(&self) -> Result<(), engine::Error> {
+        let engine = self.engine.get().ok_or(engine::Error::ShutDown)?;
+        // Never a first voter again: a replica opened by the node that bootstrapped the
+        // cluster in this run would start as its controller's only voter.
+        self.bootstrapper.store(false, Ordering::Relaxed);
+        futures_lite::future::block_on(engine.close_partition(CONTROLLER_TOPIC, 0, true))?;
+        futures_lite::future::block_on(engine.open_partition(CONTROLLER_TOPIC, 0))
     }
 
     /// Waits (on any executor or thread) until `done` holds for the applied state.
@@ -992,6 +1060,21 @@ fn describe_command(c: &Command) -> String {
             replicas.iter().map(|r| r.node).collect::<Vec<_>>()
         ),
         Command::RemoveNode { id } => format!("remove node {id}"),
+        Command::ReplicaStopped {
+            topic,
+            partition,
+            node,
+        } if state::is_controller(topic, *partition) => format!(
+            "the controller's replica on node {node} stopped: left out of the controller's \
+             group until it runs again"
+        ),
+        Command::ReplicaRecovered {
+            topic,
+            partition,
+            node,
+        } if state::is_controller(topic, *partition) => {
+            format!("the controller's replica on node {node} runs: counted in its group")
+        }
         Command::ReplicaStopped {
             topic,
             partition,

@@ -56,6 +56,7 @@ fn run(node: Arc<ClusterNode>) {
     let mut stopped_here: HashMap<u64, StoppedHere> = HashMap::new();
     let mut recovered_here: HashMap<u64, Instant> = HashMap::new();
     let mut unplaced: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut controller_here = ControllerHere::default();
     while !node.stopping() {
         let listener = node.changed.listen();
         let s = node.state();
@@ -65,6 +66,7 @@ fn run(node: Arc<ClusterNode>) {
             groups(&node, &s);
             report_stopped(&node, &s, &mut stopped_here, Instant::now());
             report_recovered(&node, &s, &mut recovered_here, Instant::now());
+            controller_replica(&node, &s, &mut controller_here, Instant::now());
             if node.is_controller_leader() {
                 controller(&node, &s, &mut countdown, &mut unplaced);
             } else {
@@ -459,9 +461,14 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
     let me = node.id();
     let live = node.live_nodes(s);
     let up = node.up_nodes(s);
-    // The controller: every active node, three voters at most.
+    // The controller: every active node, three voters at most; not a node whose controller
+    // replica stopped for good (it starts that replica afresh once left out, and asks back).
     if let Some(v) = node.controller().filter(|v| v.role == StateRole::Leader) {
-        let wanted = s.active_nodes();
+        let wanted: Vec<u64> = s
+            .active_nodes()
+            .into_iter()
+            .filter(|n| *n == me || !s.controller_stopped.contains(n))
+            .collect();
         act(
             node,
             0,
@@ -781,6 +788,154 @@ fn report_recovered(
         tell_controller(node, &id, sent, &c, "withdrawing the stopped mark");
     }
     asked.retain(|g, _| still.contains(g));
+}
+
+/// How long this node's controller replica may run without following a leader, or outside
+/// the controller's configuration, before the node asks to be counted again
+/// ([`controller_replica`]).
+pub const CONTROLLER_ADRIFT: Duration = Duration::from_secs(30);
+
+/// What the pass remembers of this node's own controller replica.
+#[derive(Default)]
+struct ControllerHere {
+    /// Since when it has been seen stopped for good.
+    stopped_since: Option<Instant>,
+    /// Since when it has run without following a leader or outside the configuration.
+    adrift_since: Option<Instant>,
+    /// When the controller was last told about it.
+    asked: Option<Instant>,
+    /// It was started afresh in this run and has not been counted since.
+    fresh: bool,
+}
+
+/// This node's own controller replica (`__cluster`/0), which the placement does not list.
+///
+/// - **Stopped for good** (its log failed, or was marked lost) for `--stopped-replica-grace`:
+///   the node sends `replica_stopped` for it (relayed: its replica cannot forward), every
+///   [`ASK_AGAIN`], and the controller's leader takes it out of the group. Once a member
+///   whose controller replica applied at least as far no longer counts this node
+///   ([`ClusterNode::controller_counts_me`]), nothing it held is needed: the replica is
+///   started afresh (empty, no configuration), as a joining node's.
+/// - **Running but adrift** (outside the configuration its replica applied, or following no
+///   leader, for [`CONTROLLER_ADRIFT`]; at once after a fresh start), or marked stopped in
+///   the state it applies: the node sends `replica_recovered`, every [`ASK_AGAIN`], so that
+///   the leader adds it back (as a learner, caught up, promoted if voters are short). A
+///   replica marked stopped and left out while the node restarted with its log intact comes
+///   back this way too, from its own log.
+fn controller_replica(
+    node: &ClusterNode,
+    s: &ClusterState,
+    here: &mut ControllerHere,
+    now: Instant,
+) {
+    let me = node.id();
+    let id = PartitionId::new(engine::CONTROLLER_TOPIC, 0);
+    let due = |here: &ControllerHere| {
+        here.asked
+            .is_none_or(|a| now.duration_since(a) >= ASK_AGAIN)
+    };
+    let Some(v) = node.controller() else {
+        // Closed and not opened again (the fresh start's opening failed): open it.
+        let Some(engine) = node.engine() else { return };
+        let held = engine.held_partitions(engine::CONTROLLER_TOPIC);
+        if held.is_ok_and(|h| !h.contains(&0)) && due(here) {
+            here.asked = Some(now);
+            let opened =
+                futures_lite::future::block_on(engine.open_partition(engine::CONTROLLER_TOPIC, 0));
+            match opened {
+                Ok(()) => log::info!("the controller's replica here: opened afresh"),
+                Err(e) => log::warn!(
+                    "the controller's replica here: opening it afresh: {e} (tried again every \
+                     {ASK_AGAIN:?})"
+                ),
+            }
+        }
+        return;
+    };
+    match v.stopped {
+        Some(Stopped::Failed) => {
+            here.adrift_since = None;
+            let since = *here.stopped_since.get_or_insert(now);
+            let grace = node.stopped_replica_grace;
+            if now.duration_since(since) < grace || !due(here) {
+                return;
+            }
+            if here.asked.is_none() {
+                log::warn!(
+                    "the controller's replica here stopped (its log failed) {grace:?} ago: \
+                     asking the controller to leave it out of its group, to start it afresh"
+                );
+            }
+            here.asked = Some(now);
+            let c = Command::ReplicaStopped {
+                topic: id.topic.to_string(),
+                partition: 0,
+                node: me,
+            };
+            let sent = &node.stats.stopped_replicas_reported;
+            tell_controller(node, &id, sent, &c, "reporting the stopped replica");
+            if node.controller_counts_me(v.applied) != Some(false) {
+                return;
+            }
+            match node.reset_controller_replica() {
+                Ok(()) => {
+                    log::warn!(
+                        "the controller's replica here, stopped and left out of the \
+                         controller's group, started afresh (its data removed); asking to be \
+                         added back"
+                    );
+                    node.stats
+                        .controller_replica_resets
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    *here = ControllerHere {
+                        fresh: true,
+                        ..ControllerHere::default()
+                    };
+                }
+                Err(e) => log::warn!(
+                    "the controller's replica here: starting it afresh: {e} (tried again every \
+                     {ASK_AGAIN:?})"
+                ),
+            }
+        }
+        // Resumes by itself once space returns.
+        Some(Stopped::DiskFull) => here.stopped_since = None,
+        None => {
+            here.stopped_since = None;
+            let member = v.voters.contains(&me) || v.learners.contains(&me);
+            let adrift = !member || v.leader == raft::INVALID_ID;
+            let marked = s.controller_stopped.contains(&me);
+            if member && here.fresh {
+                here.fresh = false;
+                log::info!("the controller's replica here is counted again");
+            }
+            if !adrift {
+                here.adrift_since = None;
+            }
+            if !adrift && !marked {
+                return;
+            }
+            let since = *here.adrift_since.get_or_insert(now);
+            let waited = here.fresh || marked || now.duration_since(since) >= CONTROLLER_ADRIFT;
+            if !waited || !due(here) {
+                return;
+            }
+            here.asked = Some(now);
+            let c = Command::ReplicaRecovered {
+                topic: id.topic.to_string(),
+                partition: 0,
+                node: me,
+            };
+            let sent = &node.stats.stopped_replicas_recovered;
+            tell_controller(
+                node,
+                &id,
+                sent,
+                &c,
+                "asking to be counted in the controller's group",
+            );
+        }
+    }
 }
 
 /// Sends `c`, about this node's replica `id`, to the controller, counted in `sent`. A refusal

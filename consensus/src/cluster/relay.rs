@@ -11,7 +11,12 @@
 //! that came this way is never sent on over the peer channel again (no loops).
 //!
 //! Only commands a node sends about itself are taken: `ReplicaStopped` and
-//! `ReplicaRecovered` naming the sender, a registered node. The same acceptance rules as
+//! `ReplicaRecovered` naming the sender, a registered node.
+//!
+//! A node whose controller replica stopped for good also asks, kind [`CONTROL_MEMBERSHIP`]
+//! (0x25), whether the controller's configuration still counts it ([`membership_of`]); the
+//! answer, kind [`MEMBERSHIP_ANSWER`] (0x26), tells it when its replica's data is needed by
+//! no one, so that it may start that replica afresh. The same acceptance rules as
 //! the other peer frames: where peer TLS runs, only over it; without it, only from the
 //! addresses of known members (no security boundary, as for Raft frames). An oversized,
 //! truncated or malformed request is refused and counted ([`super::ClusterStats`]); nothing a
@@ -19,6 +24,7 @@
 
 use super::state::Command;
 use super::{ClusterNode, MAX_COMMAND_BYTES};
+use crate::raft::board::GroupView;
 use net::peer::{self, PeerConn, PeerTls};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -28,7 +34,15 @@ use std::time::Duration;
 pub const CONTROL_COMMAND: u8 = 0x23;
 /// Its answer (see [`encode_answer`]).
 pub const CONTROL_ANSWER: u8 = 0x24;
-/// The request layout's version.
+/// A question about the controller's configuration (see [`encode_membership_request`]).
+pub const CONTROL_MEMBERSHIP: u8 = 0x25;
+/// Its answer (see [`encode_membership`]).
+pub const MEMBERSHIP_ANSWER: u8 = 0x26;
+/// A membership request's payload: the version, the sender's id, the index it applied.
+pub const MEMBERSHIP_REQUEST_BYTES: usize = 1 + 8 + 8;
+/// A membership answer's payload: the outcome and the index the receiver applied.
+pub const MEMBERSHIP_ANSWER_BYTES: usize = 1 + 8;
+/// The request layout's version (of both requests).
 pub const VERSION: u8 = 1;
 /// Bytes of a request before the command: the version and the sender's id.
 const REQUEST_HEAD: usize = 1 + 8;
@@ -139,6 +153,112 @@ pub fn decode_answer(payload: &[u8]) -> Result<Answer, String> {
     }
 }
 
+/// What a node's controller replica makes of a node asking whether the controller still
+/// counts it: the configuration it applied, through `applied` (at least the index asked
+/// about), counts the asker as a voter or a learner, does not count it, or it cannot tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Counted {
+        applied: u64,
+    },
+    NotCounted {
+        applied: u64,
+    },
+    /// This node's controller replica does not run, or applied less than asked.
+    Unknown {
+        applied: u64,
+    },
+}
+
+/// A membership request's payload: u8 [`VERSION`], u64 LE the sender's Raft id, u64 LE the
+/// index its own controller replica applied (the configuration it knows counts it).
+pub fn encode_membership_request(from: u64, applied: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MEMBERSHIP_REQUEST_BYTES);
+    out.push(VERSION);
+    out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&applied.to_le_bytes());
+    out
+}
+
+/// The sender's id and applied index of a membership request's payload.
+pub fn decode_membership_request(payload: &[u8]) -> Result<(u64, u64), String> {
+    if payload.len() != MEMBERSHIP_REQUEST_BYTES {
+        return Err(format!(
+            "a membership request of {} bytes (it has {MEMBERSHIP_REQUEST_BYTES})",
+            payload.len()
+        ));
+    }
+    if payload[0] != VERSION {
+        return Err(format!(
+            "a membership request of version {} (this node reads {VERSION})",
+            payload[0]
+        ));
+    }
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&payload[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let from = word(1);
+    if from == 0 {
+        return Err("a membership request from node 0".into());
+    }
+    Ok((from, word(9)))
+}
+
+/// A membership answer's payload: u8 outcome (`0` counted, `1` not counted, `2` cannot
+/// tell), then u64 LE the index the answering replica applied.
+pub fn encode_membership(m: Membership) -> Vec<u8> {
+    let (outcome, applied) = match m {
+        Membership::Counted { applied } => (0u8, applied),
+        Membership::NotCounted { applied } => (1, applied),
+        Membership::Unknown { applied } => (2, applied),
+    };
+    let mut out = Vec::with_capacity(MEMBERSHIP_ANSWER_BYTES);
+    out.push(outcome);
+    out.extend_from_slice(&applied.to_le_bytes());
+    out
+}
+
+/// A membership answer's payload decoded.
+pub fn decode_membership(payload: &[u8]) -> Result<Membership, String> {
+    if payload.len() != MEMBERSHIP_ANSWER_BYTES {
+        return Err(format!(
+            "a membership answer of {} bytes (it has {MEMBERSHIP_ANSWER_BYTES})",
+            payload.len()
+        ));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&payload[1..]);
+    let applied = u64::from_le_bytes(b);
+    match payload[0] {
+        0 => Ok(Membership::Counted { applied }),
+        1 => Ok(Membership::NotCounted { applied }),
+        2 => Ok(Membership::Unknown { applied }),
+        o => Err(format!("a membership answer of unknown outcome {o}")),
+    }
+}
+
+/// What this node answers node `from`, whose controller replica applied through `asked`,
+/// from its own controller replica's view `v`. Only a running replica that applied at least
+/// as far tells: the configurations a log holds are the same on every replica up to what
+/// each applied, so a configuration applied here through `asked` or later that does not
+/// count `from` comes after the one `from` knows counted it (a removal committed since).
+pub fn membership_of(v: Option<&GroupView>, from: u64, asked: u64) -> Membership {
+    match v {
+        Some(v) if v.stopped.is_none() && v.applied >= asked => {
+            let applied = v.applied;
+            if v.voters.contains(&from) || v.learners.contains(&from) {
+                Membership::Counted { applied }
+            } else {
+                Membership::NotCounted { applied }
+            }
+        }
+        Some(v) => Membership::Unknown { applied: v.applied },
+        None => Membership::Unknown { applied: 0 },
+    }
+}
+
 /// Whether node `from` may send `c` this way: only what a node says about itself.
 fn about_sender(c: &Command, from: u64) -> Result<(), String> {
     match c {
@@ -194,6 +314,85 @@ pub async fn serve(node: &ClusterNode, mut conn: PeerConn, len: usize) {
     let _ = peer::write_frame(&mut conn.stream, CONTROL_ANSWER, &bytes).await;
 }
 
+/// Serves one membership request on the peer channel (the connection's first frame header,
+/// `len` and kind [`CONTROL_MEMBERSHIP`], read by the router): the same acceptance rules as
+/// a relayed command; a refusal is a peer ERROR frame.
+pub async fn serve_membership(node: &ClusterNode, mut conn: PeerConn, len: usize) {
+    let answered = glommio::timer::timeout(RELAY_TIMEOUT, async {
+        Ok(read_membership(node, &mut conn, len).await)
+    })
+    .await
+    .unwrap_or_else(|_| Err((false, format!("not done within {RELAY_TIMEOUT:?}"))));
+    match answered {
+        Ok(m) => {
+            node.stats
+                .commands_relay_served
+                .fetch_add(1, Ordering::Relaxed);
+            let bytes = encode_membership(m);
+            let _ = peer::write_frame(&mut conn.stream, MEMBERSHIP_ANSWER, &bytes).await;
+        }
+        Err((unread, why)) => {
+            node.stats
+                .commands_relay_refused
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!("membership request from {:?} refused: {why}", conn.peer);
+            let _ = peer::write_frame(&mut conn.stream, peer::kind::ERROR, why.as_bytes()).await;
+            if unread {
+                crate::raft::transport::close_gracefully(&mut conn).await;
+            }
+        }
+    }
+}
+
+async fn read_membership(
+    node: &ClusterNode,
+    conn: &mut PeerConn,
+    len: usize,
+) -> Result<Membership, (bool, String)> {
+    accept(node, conn)?;
+    if len != 1 + MEMBERSHIP_REQUEST_BYTES {
+        return Err((
+            true,
+            format!(
+                "a membership request frame of {len} bytes (it has {})",
+                1 + MEMBERSHIP_REQUEST_BYTES
+            ),
+        ));
+    }
+    let payload = peer::read_payload(&mut conn.stream, len)
+        .await
+        .map_err(|e| (false, e.to_string()))?;
+    let (from, asked) = decode_membership_request(&payload).map_err(|e| (false, e))?;
+    registered(node, from)?;
+    Ok(membership_of(node.controller().as_ref(), from, asked))
+}
+
+/// The acceptance rules of every request here: over peer TLS where it runs, else only from
+/// a known member's address. A refusal leaves the payload unread.
+fn accept(node: &ClusterNode, conn: &PeerConn) -> Result<(), (bool, String)> {
+    if node.peer_tls && conn.tls.is_none() {
+        return Err((true, "this cluster runs peer TLS: send over it".into()));
+    }
+    if conn.tls.is_none() && !conn.peer.is_some_and(|a| node.peers.knows_ip(a.ip())) {
+        return Err((true, "no peer TLS, and not a known member's address".into()));
+    }
+    Ok(())
+}
+
+/// Node `from` must be a registered, active member.
+fn registered(node: &ClusterNode, from: u64) -> Result<(), (bool, String)> {
+    let registered = node
+        .state
+        .read()
+        .map(|s| s.nodes.get(&from).is_some_and(|n| !n.removed))
+        .unwrap_or(false);
+    if registered {
+        Ok(())
+    } else {
+        Err((false, format!("node {from} is no registered member")))
+    }
+}
+
 /// Reads, checks and takes the request. An error is a refusal to count, with whether the
 /// payload was left unread.
 async fn read_and_take(
@@ -201,12 +400,7 @@ async fn read_and_take(
     conn: &mut PeerConn,
     len: usize,
 ) -> Result<Answer, (bool, String)> {
-    if node.peer_tls && conn.tls.is_none() {
-        return Err((true, "this cluster runs peer TLS: send over it".into()));
-    }
-    if conn.tls.is_none() && !conn.peer.is_some_and(|a| node.peers.knows_ip(a.ip())) {
-        return Err((true, "no peer TLS, and not a known member's address".into()));
-    }
+    accept(node, conn)?;
     if len > MAX_REQUEST_FRAME {
         return Err((
             true,
@@ -220,14 +414,7 @@ async fn read_and_take(
     let c = Command::decode(command)
         .map_err(|e| (false, format!("a command that does not decode: {e}")))?;
     about_sender(&c, from).map_err(|e| (false, e))?;
-    let registered = node
-        .state
-        .read()
-        .map(|s| s.nodes.get(&from).is_some_and(|n| !n.removed))
-        .unwrap_or(false);
-    if !registered {
-        return Err((false, format!("node {from} is no registered member")));
-    }
+    registered(node, from)?;
     if node.is_controller_leader() {
         return Ok(match node.propose(&c).await {
             Ok(_) => Answer::Proposed,
@@ -262,6 +449,39 @@ pub async fn request(
             .map_err(|e| e.to_string())?;
         match peer::read_frame(&mut stream, MAX_ANSWER_FRAME).await {
             Ok(Some(f)) if f.kind == CONTROL_ANSWER => decode_answer(&f.payload),
+            Ok(Some(f)) if f.kind == peer::kind::ERROR => {
+                Err(format!("refused: {}", String::from_utf8_lossy(&f.payload)))
+            }
+            Ok(Some(f)) => Err(format!("unexpected frame kind {:#04x}", f.kind)),
+            Ok(None) => Err("closed without an answer".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match glommio::timer::timeout(RELAY_TIMEOUT, async { Ok(exchange.await) }).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {RELAY_TIMEOUT:?}")),
+    }
+}
+
+/// Asks the member at `addr` (from a glommio executor) whether the controller still counts
+/// node `from`, whose controller replica applied through `applied`; within [`RELAY_TIMEOUT`].
+pub async fn request_membership(
+    addr: SocketAddr,
+    tls: Option<&PeerTls>,
+    server_name: &str,
+    from: u64,
+    applied: u64,
+) -> Result<Membership, String> {
+    let bytes = encode_membership_request(from, applied);
+    let exchange = async {
+        let mut stream = peer::connect(addr, tls, server_name, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        peer::write_frame(&mut stream, CONTROL_MEMBERSHIP, &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        match peer::read_frame(&mut stream, MAX_ANSWER_FRAME).await {
+            Ok(Some(f)) if f.kind == MEMBERSHIP_ANSWER => decode_membership(&f.payload),
             Ok(Some(f)) if f.kind == peer::kind::ERROR => {
                 Err(format!("refused: {}", String::from_utf8_lossy(&f.payload)))
             }
@@ -481,6 +701,99 @@ mod tests {
         let e = take_on_a_stopped_node("127.0.0.2:40000", garbage.len() + 1, &garbage, false)
             .unwrap_err();
         assert!(e.1.contains("does not decode"), "{e:?}");
+    }
+
+    #[test]
+    fn membership_requests_and_answers_are_laid_out_as_documented() {
+        let bytes = encode_membership_request(2, 0x0102);
+        // docs/format.md's example: node 2, index 258.
+        assert_eq!(bytes, [1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decode_membership_request(&bytes).unwrap(), (2, 258));
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_membership_request(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode_membership_request(&long).is_err());
+        let mut other = bytes.clone();
+        other[0] = 2;
+        assert!(decode_membership_request(&other).is_err());
+        let mut zero = bytes.clone();
+        zero[1..9].fill(0);
+        assert!(decode_membership_request(&zero).is_err());
+        for m in [
+            Membership::Counted { applied: 7 },
+            Membership::NotCounted { applied: u64::MAX },
+            Membership::Unknown { applied: 0 },
+        ] {
+            let b = encode_membership(m);
+            assert_eq!(b.len(), MEMBERSHIP_ANSWER_BYTES);
+            assert_eq!(decode_membership(&b).unwrap(), m);
+        }
+        assert_eq!(
+            encode_membership(Membership::NotCounted { applied: 9 }),
+            [1, 9, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert!(decode_membership(&[3, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode_membership(&[0; 8]).is_err());
+        assert!(decode_membership(&[0; 10]).is_err());
+    }
+
+    #[test]
+    fn only_a_replica_that_applied_as_far_says_a_node_is_not_counted() {
+        use crate::raft::group::Stopped;
+        let view = |applied: u64, voters: Vec<u64>, learners: Vec<u64>| GroupView {
+            shard: 0,
+            role: raft::StateRole::Follower,
+            term: 3,
+            leader: 1,
+            commit: applied,
+            applied,
+            last_index: applied,
+            voters,
+            learners,
+            matched: vec![],
+            stopped: None,
+        };
+        // Node 2 asks, its replica having applied through 20.
+        let out = view(25, vec![1, 3, 4], vec![]);
+        assert_eq!(
+            membership_of(Some(&out), 2, 20),
+            Membership::NotCounted { applied: 25 }
+        );
+        // A voter or a learner is counted.
+        let voter = view(25, vec![1, 2, 3], vec![]);
+        assert_eq!(
+            membership_of(Some(&voter), 2, 20),
+            Membership::Counted { applied: 25 }
+        );
+        let learner = view(25, vec![1, 3, 4], vec![2]);
+        assert_eq!(
+            membership_of(Some(&learner), 2, 20),
+            Membership::Counted { applied: 25 }
+        );
+        // Behind the asker (its configuration may predate node 2's joining), stopped, or
+        // not running: cannot tell.
+        let behind = view(19, vec![1, 3], vec![]);
+        assert_eq!(
+            membership_of(Some(&behind), 2, 20),
+            Membership::Unknown { applied: 19 }
+        );
+        let stopped = GroupView {
+            stopped: Some(Stopped::Failed),
+            ..out.clone()
+        };
+        assert_eq!(
+            membership_of(Some(&stopped), 2, 20),
+            Membership::Unknown { applied: 25 }
+        );
+        assert_eq!(
+            membership_of(None, 2, 0),
+            Membership::Unknown { applied: 0 }
+        );
     }
 
     #[test]

@@ -109,7 +109,9 @@ pub enum Command {
         id: u64,
     },
     /// Node `node`'s replica of `topic`/`partition` stopped for good (sent by that node,
-    /// after a grace period): it is to be moved to another node.
+    /// after a grace period): it is to be moved to another node. Of `__cluster`/0 (the
+    /// controller's own replica, on every node): the node is to leave the controller's group
+    /// until it says its replica runs again (`ClusterState::controller_stopped`).
     ReplicaStopped {
         topic: String,
         partition: u32,
@@ -399,6 +401,12 @@ pub struct ClusterState {
     /// Commands applied since that checkpoint (or since the start).
     #[serde(default)]
     pub since_checkpoint: u64,
+    /// Nodes whose controller replica stopped for good (their log failed), as they reported
+    /// (`replica_stopped` of `__cluster`/0): the controller's leader removes them from the
+    /// controller's group and adds them back once they report it runs again
+    /// (`replica_recovered`). Absent from the encoding when empty.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub controller_stopped: BTreeSet<u64>,
     /// A replay that starts past the log's first entry (the log was compacted): nothing is
     /// applied until the first valid checkpoint, which brings the whole state.
     #[serde(skip)]
@@ -424,6 +432,12 @@ impl Assembly {
     fn last(&self) -> u64 {
         self.at.saturating_add(u64::from(self.got))
     }
+}
+
+/// Whether `topic`/`partition` names the controller's own replica (`__cluster`/0), which the
+/// placement does not list: every active node holds one.
+pub fn is_controller(topic: &str, partition: u32) -> bool {
+    topic == engine::CONTROLLER_TOPIC && partition == 0
 }
 
 impl ClusterState {
@@ -538,6 +552,23 @@ impl ClusterState {
                 if let Some(n) = self.nodes.get_mut(id) {
                     n.removed = true;
                 }
+                self.controller_stopped.remove(id);
+            }
+            Command::ReplicaStopped {
+                topic,
+                partition,
+                node,
+            } if is_controller(topic, *partition) => {
+                if self.nodes.get(node).is_some_and(|n| !n.removed) {
+                    self.controller_stopped.insert(*node);
+                }
+            }
+            Command::ReplicaRecovered {
+                topic,
+                partition,
+                node,
+            } if is_controller(topic, *partition) => {
+                self.controller_stopped.remove(node);
             }
             Command::ReplicaStopped {
                 topic,
@@ -870,6 +901,60 @@ mod tests {
         // A partition without marks encodes as before (no `stopped` field).
         let json = serde_json::to_string(&s.topics["t"].partitions[0]).unwrap();
         assert!(!json.contains("stopped"), "{json}");
+    }
+
+    #[test]
+    fn a_stopped_controller_replica_is_marked_until_it_runs_again_or_its_node_goes() {
+        let mut s = three_nodes();
+        let on = |node| Command::ReplicaStopped {
+            topic: engine::CONTROLLER_TOPIC.into(),
+            partition: 0,
+            node,
+        };
+        let back = |node| Command::ReplicaRecovered {
+            topic: engine::CONTROLLER_TOPIC.into(),
+            partition: 0,
+            node,
+        };
+        // A state with no mark encodes as before (no `controller_stopped` field).
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("controller_stopped"), "{json}");
+        // An unregistered node, another partition of the controller's topic: no mark.
+        s.apply(4, &on(9));
+        s.apply(
+            5,
+            &Command::ReplicaStopped {
+                topic: engine::CONTROLLER_TOPIC.into(),
+                partition: 1,
+                node: 2,
+            },
+        );
+        assert!(s.controller_stopped.is_empty());
+        s.apply(6, &on(2));
+        s.apply(7, &on(3));
+        s.apply(8, &on(3));
+        assert_eq!(
+            s.controller_stopped.iter().copied().collect::<Vec<_>>(),
+            [2, 3]
+        );
+        // Kept through an encoding (a checkpoint carries it).
+        let json = serde_json::to_string(&s).unwrap();
+        let again: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(again.controller_stopped, s.controller_stopped);
+        // Withdrawn by the node, or gone with its removal.
+        s.apply(9, &back(2));
+        s.apply(10, &back(2));
+        assert_eq!(
+            s.controller_stopped.iter().copied().collect::<Vec<_>>(),
+            [3]
+        );
+        s.apply(11, &Command::RemoveNode { id: 3 });
+        assert!(s.controller_stopped.is_empty());
+        // A removed node's report marks nothing.
+        s.apply(12, &on(3));
+        assert!(s.controller_stopped.is_empty());
+        // No topic named like the controller's exists to mark either.
+        assert!(!s.topics.contains_key(engine::CONTROLLER_TOPIC));
     }
 
     #[test]

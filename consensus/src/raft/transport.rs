@@ -602,6 +602,10 @@ impl PeerHandler for PeerRouter {
                 crate::cluster::relay::serve(&join.0, conn, len).await;
                 return;
             }
+            if let (crate::cluster::relay::CONTROL_MEMBERSHIP, Some(join)) = (kind, &this.join) {
+                crate::cluster::relay::serve_membership(&join.0, conn, len).await;
+                return;
+            }
             match (kind, &this.keys) {
                 (RAFT_FRAME, _) => this.raft.serve_from(conn, Some((len, kind))).await,
                 (super::forward::FORWARD_REQUEST | super::forward::READ_REQUEST, _) => {
