@@ -382,7 +382,7 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
     e.single(
         "proglog_cluster_stopped_replicas_reset_total",
         Kind::Counter,
-        "Replicas of this node that stopped for good and were moved to another node, whose logs this node started afresh (empty).",
+        "Replicas of this node that stopped for good and were moved to another node, which this node closed and whose directories it removed.",
         c.stats.stopped_replicas_reset.load(Relaxed) as f64,
     );
     e.single(

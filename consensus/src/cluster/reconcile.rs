@@ -166,6 +166,8 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     // re-admitted) drops nothing: placement will likely give it its partitions back, and its
     // logs then catch up from where they are instead of from nothing.
     if s.nodes.get(&me).is_none_or(|n| n.removed) {
+        // What was seen leaderless before counts no more once passes resume.
+        seen.leaderless.clear();
         return;
     }
     // Nor does a node whose applied state may lag its own controller log. After a restart
@@ -179,6 +181,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let settled = crate::raft::seam::caught_up(node).is_ok()
         && node.controller().is_some_and(|v| v.applied >= v.last_index);
     if !settled {
+        seen.leaderless.clear();
         return;
     }
     let Ok(local) = engine.list_topics() else {
@@ -204,6 +207,19 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             .topics
             .get(&t.name)
             .is_some_and(|e| e.partitions.iter().any(|p| p.nodes().contains(&me)));
+        if !hosted && s.topics.contains_key(&t.name) {
+            // Placed elsewhere, not deleted: dropped only once no replica of it here may
+            // still count in its group (as `close_unplaced` closes one partition).
+            if let Some(p) = still_counted(node, engine, &t.name) {
+                log::debug!(
+                    "topic {:?}: no replica of it placed here, but {}/{p} may still count in \
+                     its group: dropped later",
+                    t.name,
+                    t.name
+                );
+                continue;
+            }
+        }
         if !hosted {
             match futures_lite::future::block_on(engine.delete_topic(&t.name)) {
                 Ok(()) => log::info!(
@@ -214,6 +230,21 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
         }
     }
+}
+
+/// A partition of `topic` held here whose replica its group may still count (see
+/// [`unplaced_step`]: neither stopped for good nor left out of the configuration it
+/// applied), if any.
+fn still_counted(node: &ClusterNode, engine: &engine::EngineHandle, topic: &str) -> Option<u32> {
+    let held = engine.held_partitions(topic).ok()?;
+    held.into_iter().find(|&p| {
+        let group = crate::raft::replica::group_id(&PartitionId::new(topic, p));
+        let v = node.peers.board.get(group);
+        !matches!(
+            unplaced_step(node.id(), v.as_ref(), None),
+            Unplaced::Remove | Unplaced::Drop
+        )
+    })
 }
 
 /// True when a partition whose opening or closing failed at `failed` may be tried again.
