@@ -687,13 +687,26 @@ impl ClusterNode {
 
     /// Whether the controller's configuration still counts this node, whose controller
     /// replica applied through `applied`, asked of the members of [`Self::relay_targets`] in
-    /// turn over the peer channel ([`relay::membership_of`]): `Some(false)` as soon as one
-    /// that applied at least as far does not count it, `Some(true)` if one counts it and
-    /// none says otherwise, `None` if none could tell.
+    /// turn ([`Self::group_counts_me`]).
     pub fn controller_counts_me(&self, applied: u64) -> Option<bool> {
+        let targets: Vec<u64> = self.relay_targets().into_iter().map(|(n, _)| n).collect();
+        self.group_counts_me(0, applied, &targets)
+    }
+
+    /// Whether `group`'s configuration still counts this node, whose replica of it applied
+    /// through `applied`, asked of `targets` in turn over the peer channel
+    /// ([`relay::membership_of`]): `Some(false)` as soon as one whose replica applied at
+    /// least as far does not count it, `Some(true)` if one counts it and none says otherwise,
+    /// `None` if none could tell (within [`relay::RELAY_DEADLINE`] in all).
+    pub fn group_counts_me(&self, group: u64, applied: u64, targets: &[u64]) -> Option<bool> {
         let engine = self.engine.get()?;
-        let targets = self.relay_targets();
-        let (me, tls) = (self.id(), self.peers.tls.clone());
+        let me = self.id();
+        let targets: Vec<(u64, PeerAddr)> = targets
+            .iter()
+            .filter(|&&n| n != me)
+            .filter_map(|&n| Some((n, self.peers.addr_of(n)?)))
+            .collect();
+        let tls = self.peers.tls.clone();
         let asked = engine.on_shard(0, move |_| async move {
             let deadline = Instant::now() + relay::RELAY_DEADLINE;
             let mut counted = None;
@@ -701,20 +714,20 @@ impl ClusterNode {
                 if Instant::now() >= deadline {
                     break;
                 }
-                let r =
-                    relay::request_membership(at.addr, tls.as_ref(), &at.server_name, me, applied)
-                        .await;
+                let question = (me, group, applied);
+                let r = relay::request_membership(at.addr, tls.as_ref(), &at.server_name, question)
+                    .await;
                 match r {
                     Ok(relay::Membership::NotCounted { applied: there }) => {
                         log::info!(
-                            "node {n}'s controller replica, through index {there}, no longer \
-                             counts this node"
+                            "group {group}: node {n}'s replica, through index {there}, no \
+                             longer counts this node"
                         );
                         return Ok(Some(false));
                     }
                     Ok(relay::Membership::Counted { .. }) => counted = Some(true),
                     Ok(relay::Membership::Unknown { .. }) => {}
-                    Err(e) => log::debug!("asking node {n} about the controller's group: {e}"),
+                    Err(e) => log::debug!("group {group}: asking node {n} about it: {e}"),
                 }
             }
             Ok(counted)

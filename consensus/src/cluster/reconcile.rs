@@ -99,6 +99,12 @@ struct Seen {
     /// Groups held here but no longer placed here whose replica knows no leader, with since
     /// when this node has seen it so.
     leaderless: HashMap<u64, Instant>,
+    /// When this node last asked other members whether such a group still counts it.
+    asked: HashMap<u64, Instant>,
+    /// The groups looked at in this pass (what is not is forgotten at its end).
+    tracked: BTreeSet<u64>,
+    /// Topics whose dropping here began (and failed): their replicas here are closed.
+    dropping: BTreeSet<String>,
 }
 
 /// Passes in a row that must find a local topic missing from the controller's state (and
@@ -187,10 +193,11 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
+    seen.tracked.clear();
     close_unplaced(node, s, engine, seen, now);
     seen.absent
         .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
-    for t in local {
+    for t in &local {
         if t.name == engine::CONTROLLER_TOPIC {
             continue;
         }
@@ -207,10 +214,10 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             .topics
             .get(&t.name)
             .is_some_and(|e| e.partitions.iter().any(|p| p.nodes().contains(&me)));
-        if !hosted && s.topics.contains_key(&t.name) {
+        if !hosted && s.topics.contains_key(&t.name) && !seen.dropping.contains(&t.name) {
             // Placed elsewhere, not deleted: dropped only once no replica of it here may
             // still count in its group (as `close_unplaced` closes one partition).
-            if let Some(p) = still_counted(node, engine, &t.name) {
+            if let Some(p) = still_counted(node, s, engine, &t.name, seen, now) {
                 log::debug!(
                     "topic {:?}: no replica of it placed here, but {}/{p} may still count in \
                      its group: dropped later",
@@ -226,25 +233,83 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
                     "dropped topic {:?}: no replica of it is placed here",
                     t.name
                 ),
-                Err(e) => log::warn!("dropping topic {:?}: {e}", t.name),
+                Err(e) => {
+                    log::warn!("dropping topic {:?}: {e}", t.name);
+                    seen.dropping.insert(t.name.clone());
+                }
             }
         }
     }
+    seen.dropping
+        .retain(|name| local.iter().any(|t| &t.name == name));
+    let tracked = std::mem::take(&mut seen.tracked);
+    seen.leaderless.retain(|g, _| tracked.contains(g));
+    seen.asked.retain(|g, _| tracked.contains(g));
 }
 
 /// A partition of `topic` held here whose replica its group may still count (see
-/// [`unplaced_step`]: neither stopped for good nor left out of the configuration it
-/// applied), if any.
-fn still_counted(node: &ClusterNode, engine: &engine::EngineHandle, topic: &str) -> Option<u32> {
+/// [`unplaced_decision`]: neither stopped for good nor left out of its group), if any.
+fn still_counted(
+    node: &ClusterNode,
+    s: &ClusterState,
+    engine: &engine::EngineHandle,
+    topic: &str,
+    seen: &mut Seen,
+    now: Instant,
+) -> Option<u32> {
     let held = engine.held_partitions(topic).ok()?;
-    held.into_iter().find(|&p| {
-        let group = crate::raft::replica::group_id(&PartitionId::new(topic, p));
-        let v = node.peers.board.get(group);
-        !matches!(
-            unplaced_step(node.id(), v.as_ref(), None),
-            Unplaced::Remove | Unplaced::Drop
-        )
-    })
+    // Every one looked at (each counts its leaderless time), the first still counted named.
+    let counted: Vec<u32> = held
+        .into_iter()
+        .filter(|&p| {
+            let step = unplaced_decision(node, s, &PartitionId::new(topic, p), seen, now);
+            !matches!(step, Unplaced::Remove | Unplaced::Drop)
+        })
+        .collect();
+    counted.first().copied()
+}
+
+/// [`unplaced_step`] for partition `id`, held here and no longer placed here, as this node
+/// sees its group now, counting how long it has known no leader in `seen`. A replica whose
+/// configuration here still counts this node but that has heard from no leader for
+/// [`UNPLACED_LEADERLESS`] is asked about: when a member of its current placement whose
+/// replica applied at least as far says the group no longer counts this node
+/// ([`ClusterNode::group_counts_me`], at most every [`ASK_AGAIN`]), it is left out for good
+/// and its data goes ([`Unplaced::Drop`]); otherwise it is closed and kept.
+fn unplaced_decision(
+    node: &ClusterNode,
+    s: &ClusterState,
+    id: &PartitionId,
+    seen: &mut Seen,
+    now: Instant,
+) -> Unplaced {
+    let group = crate::raft::replica::group_id(id);
+    seen.tracked.insert(group);
+    let v = node.peers.board.get(group);
+    let leaderless = match v.as_ref().filter(|v| v.leader == raft::INVALID_ID) {
+        Some(_) => Some(now.duration_since(*seen.leaderless.entry(group).or_insert(now))),
+        None => {
+            seen.leaderless.remove(&group);
+            None
+        }
+    };
+    let step = unplaced_step(node.id(), v.as_ref(), leaderless);
+    let (Unplaced::Close, Some(v)) = (&step, v.as_ref()) else {
+        return step;
+    };
+    if seen
+        .asked
+        .get(&group)
+        .is_some_and(|a| now.duration_since(*a) < ASK_AGAIN)
+    {
+        return Unplaced::Keep;
+    }
+    seen.asked.insert(group, now);
+    let targets = s.partition(id).map(|p| p.nodes()).unwrap_or_default();
+    match node.group_counts_me(group, v.applied, &targets) {
+        Some(false) => Unplaced::Drop,
+        _ => step,
+    }
 }
 
 /// True when a partition whose opening or closing failed at `failed` may be tried again.
@@ -332,8 +397,6 @@ fn close_unplaced(
     seen: &mut Seen,
     now: Instant,
 ) {
-    let me = node.id();
-    let mut unplaced = BTreeSet::new();
     for (name, mine) in node.placed_here(s) {
         let Ok(held) = engine.held_partitions(&name) else {
             continue;
@@ -341,17 +404,12 @@ fn close_unplaced(
         for p in held.into_iter().filter(|p| !mine.contains(p)) {
             let id = PartitionId::new(name.as_str(), p);
             let group = crate::raft::replica::group_id(&id);
-            unplaced.insert(group);
-            let v = node.peers.board.get(group);
-            let leaderless = match v.as_ref().filter(|v| v.leader == raft::INVALID_ID) {
-                Some(_) => Some(now.duration_since(*seen.leaderless.entry(group).or_insert(now))),
-                None => {
-                    seen.leaderless.remove(&group);
-                    None
-                }
-            };
-            let step = unplaced_step(me, v.as_ref(), leaderless);
-            if step == Unplaced::Keep || !retry_due(&seen.failed, group, now) {
+            if !retry_due(&seen.failed, group, now) {
+                seen.tracked.insert(group);
+                continue;
+            }
+            let step = unplaced_decision(node, s, &id, seen, now);
+            if step == Unplaced::Keep {
                 continue;
             }
             let remove = matches!(step, Unplaced::Remove | Unplaced::Drop);
@@ -396,7 +454,6 @@ fn close_unplaced(
             }
         }
     }
-    seen.leaderless.retain(|g, _| unplaced.contains(g));
 }
 
 /// True when this node's replica in `group` stopped for good (its log failed or was marked

@@ -13,10 +13,10 @@
 //! Only commands a node sends about itself are taken: `ReplicaStopped` and
 //! `ReplicaRecovered` naming the sender, a registered node.
 //!
-//! A node whose controller replica stopped for good also asks, kind [`CONTROL_MEMBERSHIP`]
-//! (0x25), whether the controller's configuration still counts it ([`membership_of`]); the
-//! answer, kind [`MEMBERSHIP_ANSWER`] (0x26), tells it when its replica's data is needed by
-//! no one, so that it may start that replica afresh. The same acceptance rules as
+//! A node also asks, kind [`CONTROL_MEMBERSHIP`] (0x25), whether a group's configuration
+//! still counts it ([`membership_of`]): its controller replica stopped for good, or a replica
+//! of a partition no longer placed on it hears from no leader. The answer, kind
+//! [`MEMBERSHIP_ANSWER`] (0x26), tells it when its replica's data is needed by no one. The same acceptance rules as
 //! the other peer frames: where peer TLS runs, only over it; without it, only from the
 //! addresses of known members (no security boundary, as for Raft frames). An oversized,
 //! truncated or malformed request is refused and counted ([`super::ClusterStats`]); nothing a
@@ -38,8 +38,9 @@ pub const CONTROL_ANSWER: u8 = 0x24;
 pub const CONTROL_MEMBERSHIP: u8 = 0x25;
 /// Its answer (see [`encode_membership`]).
 pub const MEMBERSHIP_ANSWER: u8 = 0x26;
-/// A membership request's payload: the version, the sender's id, the index it applied.
-pub const MEMBERSHIP_REQUEST_BYTES: usize = 1 + 8 + 8;
+/// A membership request's payload: the version, the sender's id, the group, the index its
+/// replica applied.
+pub const MEMBERSHIP_REQUEST_BYTES: usize = 1 + 8 + 8 + 8;
 /// A membership answer's payload: the outcome and the index the receiver applied.
 pub const MEMBERSHIP_ANSWER_BYTES: usize = 1 + 8;
 /// The request layout's version (of both requests).
@@ -171,17 +172,19 @@ pub enum Membership {
 }
 
 /// A membership request's payload: u8 [`VERSION`], u64 LE the sender's Raft id, u64 LE the
-/// index its own controller replica applied (the configuration it knows counts it).
-pub fn encode_membership_request(from: u64, applied: u64) -> Vec<u8> {
+/// group (0: the controller's), u64 LE the index the sender's replica of it applied (the
+/// configuration it knows counts it).
+pub fn encode_membership_request(from: u64, group: u64, applied: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(MEMBERSHIP_REQUEST_BYTES);
     out.push(VERSION);
     out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&group.to_le_bytes());
     out.extend_from_slice(&applied.to_le_bytes());
     out
 }
 
-/// The sender's id and applied index of a membership request's payload.
-pub fn decode_membership_request(payload: &[u8]) -> Result<(u64, u64), String> {
+/// The sender's id, the group and the applied index of a membership request's payload.
+pub fn decode_membership_request(payload: &[u8]) -> Result<(u64, u64, u64), String> {
     if payload.len() != MEMBERSHIP_REQUEST_BYTES {
         return Err(format!(
             "a membership request of {} bytes (it has {MEMBERSHIP_REQUEST_BYTES})",
@@ -203,7 +206,7 @@ pub fn decode_membership_request(payload: &[u8]) -> Result<(u64, u64), String> {
     if from == 0 {
         return Err("a membership request from node 0".into());
     }
-    Ok((from, word(9)))
+    Ok((from, word(9), word(17)))
 }
 
 /// A membership answer's payload: u8 outcome (`0` counted, `1` not counted, `2` cannot
@@ -362,9 +365,13 @@ async fn read_membership(
     let payload = peer::read_payload(&mut conn.stream, len)
         .await
         .map_err(|e| (false, e.to_string()))?;
-    let (from, asked) = decode_membership_request(&payload).map_err(|e| (false, e))?;
+    let (from, group, asked) = decode_membership_request(&payload).map_err(|e| (false, e))?;
     registered(node, from)?;
-    Ok(membership_of(node.controller().as_ref(), from, asked))
+    Ok(membership_of(
+        node.peers.board.get(group).as_ref(),
+        from,
+        asked,
+    ))
 }
 
 /// The acceptance rules of every request here: over peer TLS where it runs, else only from
@@ -463,16 +470,16 @@ pub async fn request(
     }
 }
 
-/// Asks the member at `addr` (from a glommio executor) whether the controller still counts
-/// node `from`, whose controller replica applied through `applied`; within [`RELAY_TIMEOUT`].
+/// Asks the member at `addr` (from a glommio executor) whether `group`'s configuration still
+/// counts node `from`, whose replica of it applied through `applied`; within
+/// [`RELAY_TIMEOUT`].
 pub async fn request_membership(
     addr: SocketAddr,
     tls: Option<&PeerTls>,
     server_name: &str,
-    from: u64,
-    applied: u64,
+    (from, group, applied): (u64, u64, u64),
 ) -> Result<Membership, String> {
-    let bytes = encode_membership_request(from, applied);
+    let bytes = encode_membership_request(from, group, applied);
     let exchange = async {
         let mut stream = peer::connect(addr, tls, server_name, CONNECT_TIMEOUT)
             .await
@@ -705,10 +712,15 @@ mod tests {
 
     #[test]
     fn membership_requests_and_answers_are_laid_out_as_documented() {
-        let bytes = encode_membership_request(2, 0x0102);
-        // docs/format.md's example: node 2, index 258.
-        assert_eq!(bytes, [1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(decode_membership_request(&bytes).unwrap(), (2, 258));
+        let bytes = encode_membership_request(2, 0, 0x0102);
+        // docs/format.md's example: node 2, the controller's group, index 258.
+        assert_eq!(
+            bytes,
+            [1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(decode_membership_request(&bytes).unwrap(), (2, 0, 258));
+        let g = encode_membership_request(3, u64::MAX - 1, 7);
+        assert_eq!(decode_membership_request(&g).unwrap(), (3, u64::MAX - 1, 7));
         for cut in 0..bytes.len() {
             assert!(
                 decode_membership_request(&bytes[..cut]).is_err(),

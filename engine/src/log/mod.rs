@@ -355,11 +355,14 @@ impl Log {
         r
     }
 
-    /// Closes the log and deletes its directory.
+    /// Closes the log and deletes its directory (gone already: done).
     pub async fn remove(&self) -> Result<()> {
         let _ = self.close().await;
-        std::fs::remove_dir_all(&self.dir)
-            .map_err(|e| Error::io("removing log directory", &self.dir, e))
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing log directory", &self.dir, e)),
+        }
     }
 
     pub fn lowest_offset(&self) -> u64 {
