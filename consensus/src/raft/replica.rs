@@ -807,7 +807,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         } => {
             let r = set.compact_for_retention(group, to, hard_to).await;
             if let Ok(Some(i)) = r {
-                log::info!("Raft group {group}: retention compacted the log to index {i}");
+                log::info!(
+                    "Raft group {group}: retention compacted node {}'s log to index {i}",
+                    set.node_id()
+                );
             }
             let _ = reply.send(r.map(|_| ()));
         }

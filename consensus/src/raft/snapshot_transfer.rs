@@ -21,7 +21,8 @@
 //!    message is stepped into raft-rs, and the Ready that follows swaps the directory in
 //!    atomically;
 //! 5. the follower sends `SNAP_STATUS` (installed or not) and closes; the leader's session
-//!    reports it to raft-rs (`report_snapshot`), `Failure` when the connection ends without it.
+//!    reports it to raft-rs (`report_snapshot`), `Failure` when the connection ends without it;
+//!    that report reaches the group's shard even when its queue is full (`deliver_report`).
 //!
 //! The leader serves at most [`MAX_SERVING`] transfers at once (others get `SNAP_ERROR`), one
 //! per group (raft-rs's `snapshot()` answers `SnapshotTemporarilyUnavailable` meanwhile). A
@@ -185,6 +186,7 @@ pub struct FilesRequest {
 }
 
 /// Shard message: how the transfer of a snapshot of `group` to node `to` is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProgressReport {
     pub group: u64,
     pub to: u64,
@@ -391,10 +393,10 @@ pub async fn serve(h: &RaftPeerHandler, mut conn: PeerConn, len: usize) {
         shared.serving.fetch_sub(1, Ordering::AcqRel);
         add(stats, &stats.refused);
         refuse(&mut conn.stream, "too many snapshot transfers at once").await;
-        report(h, shard, &req, SnapshotProgress::Failed);
+        report(h, shard, &req, SnapshotProgress::Failed).await;
         return;
     }
-    report(h, shard, &req, SnapshotProgress::Started);
+    report(h, shard, &req, SnapshotProgress::Started).await;
     let outcome = serve_files(h, shard, &req, &mut conn.stream).await;
     shared.serving.fetch_sub(1, Ordering::AcqRel);
     let progress = match outcome {
@@ -422,25 +424,81 @@ pub async fn serve(h: &RaftPeerHandler, mut conn: PeerConn, len: usize) {
             SnapshotProgress::Failed
         }
     };
-    report(h, shard, &req, progress);
+    report(h, shard, &req, progress).await;
 }
 
 fn add(_: &SnapshotStats, c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Tells the group's shard how the transfer goes.
-fn report(h: &RaftPeerHandler, shard: usize, req: &Request, progress: SnapshotProgress) {
+/// Tells the group's shard how the transfer goes (see [`deliver_report`]).
+async fn report(h: &RaftPeerHandler, shard: usize, req: &Request, progress: SnapshotProgress) {
     let r = ProgressReport {
         group: req.group,
         to: req.from,
         progress,
     };
-    if h.engine.deliver(shard, Box::new(r)).is_err() {
-        log::warn!(
-            "group {}: the snapshot report could not reach shard {shard}",
-            req.group
-        );
+    deliver_report(|r| h.engine.deliver(shard, Box::new(r)), r, shard).await;
+}
+
+/// First wait before a final report refused by a full shard queue is offered again.
+const REPORT_RETRY_FIRST: Duration = Duration::from_millis(1);
+/// Longest wait between two offers of a final report.
+const REPORT_RETRY_MAX: Duration = Duration::from_millis(100);
+
+/// Hands `r` to the group's shard through `deliver` (`EngineHandle::deliver`, whose bounded
+/// queue refuses a message with `Overloaded` when full). `Started` is offered once: lost,
+/// the group's 300-tick timer is still armed and counts the snapshot failed. The end of a
+/// transfer (`Finished`, `Failed`) is the only news the group gets once `Started` switched
+/// that timer off, and without it the group would wait for it forever (no more snapshots
+/// sent, the follower held in raft-rs's `Snapshot` state): it is offered again, after 1 ms
+/// doubling to 100 ms, until the shard takes it or the engine stops. The transfer's own task
+/// holds it meanwhile: one report per transfer, nothing queued anywhere else. True when
+/// delivered.
+async fn deliver_report<F>(mut deliver: F, r: ProgressReport, shard: usize) -> bool
+where
+    F: FnMut(ProgressReport) -> engine::Result<()>,
+{
+    let mut wait = REPORT_RETRY_FIRST;
+    let mut refused = 0u32;
+    loop {
+        match deliver(r) {
+            Ok(()) => {
+                if refused > 0 {
+                    log::info!(
+                        "group {}: the snapshot report for node {} reached shard {shard} after \
+                         {refused} refusals",
+                        r.group,
+                        r.to
+                    );
+                }
+                return true;
+            }
+            Err(engine::Error::Overloaded { .. }) if r.progress != SnapshotProgress::Started => {
+                if refused == 0 {
+                    log::warn!(
+                        "group {}: shard {shard} is full; offering the snapshot report for \
+                         node {} ({:?}) again until it is taken",
+                        r.group,
+                        r.to,
+                        r.progress
+                    );
+                }
+                refused = refused.saturating_add(1);
+                glommio::timer::sleep(wait).await;
+                wait = (wait * 2).min(REPORT_RETRY_MAX);
+            }
+            Err(e) => {
+                log::warn!(
+                    "group {}: the snapshot report for node {} ({:?}) could not reach shard \
+                     {shard}: {e}",
+                    r.group,
+                    r.to,
+                    r.progress
+                );
+                return false;
+            }
+        }
     }
 }
 
@@ -826,6 +884,72 @@ mod tests {
         assert_eq!(decode_manifest(&encode_manifest(&files)), Ok(files));
         let c = encode_chunk(1, 8, b"bytes");
         assert_eq!(decode_chunk(&c), Ok((1, 8, &b"bytes"[..])));
+    }
+
+    const FULL: engine::Error = engine::Error::Overloaded {
+        shard: 1,
+        depth: 4096,
+    };
+
+    /// Offers `r` to a shard queue that answers with `answers` in turn (`FULL` as under
+    /// load), then takes it: what the shard took, how many offers were made, the result.
+    fn offer(r: ProgressReport, answers: Vec<engine::Error>) -> (Vec<ProgressReport>, usize, bool) {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor");
+        ex.run(async move {
+            let mut answers = answers.into_iter();
+            let (mut taken, mut offers) = (Vec::new(), 0usize);
+            let ok = deliver_report(
+                |r| {
+                    offers += 1;
+                    match answers.next() {
+                        Some(e) => Err(e),
+                        None => {
+                            taken.push(r);
+                            Ok(())
+                        }
+                    }
+                },
+                r,
+                1,
+            )
+            .await;
+            (taken, offers, ok)
+        })
+    }
+
+    #[test]
+    fn the_end_of_a_transfer_reaches_a_full_shard() {
+        for progress in [SnapshotProgress::Finished, SnapshotProgress::Failed] {
+            let r = ProgressReport {
+                group: 7,
+                to: 3,
+                progress,
+            };
+            // Refused 8 times (0.23 s of backoff), taken on the 9th offer, once.
+            let (taken, offers, ok) = offer(r, vec![FULL; 8]);
+            assert!(ok, "{progress:?} not delivered");
+            assert_eq!(
+                taken,
+                vec![r],
+                "{progress:?} reaches the shard exactly once"
+            );
+            assert_eq!(offers, 9);
+            // A stopping engine ends the offers: nobody is left to hear it.
+            let (taken, offers, ok) = offer(r, vec![FULL, FULL, engine::Error::ShutDown]);
+            assert!(!ok && taken.is_empty());
+            assert_eq!(offers, 3);
+        }
+        // `Started` is offered once: lost, the group's timer is still armed.
+        let started = ProgressReport {
+            group: 7,
+            to: 3,
+            progress: SnapshotProgress::Started,
+        };
+        let (taken, offers, ok) = offer(started, vec![FULL]);
+        assert!(!ok && taken.is_empty());
+        assert_eq!(offers, 1);
     }
 
     #[test]

@@ -371,34 +371,85 @@ pub fn leader_of(nodes: &[Node], topic: &str, partition: u32) -> u64 {
     }
 }
 
+/// One look at node `n`'s records of `topic`/0 in `[from, end)`.
+enum Shown {
+    /// All of them.
+    All(Vec<Vec<u8>>),
+    /// Not (yet) all: what the last read answered.
+    NotYet(String),
+    /// Retention removed some: the log starts at `.0`, past the range's next offset.
+    Gone(u64),
+}
+
+fn show(n: &Node, topic: &str, from: u64, end: u64) -> Shown {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < end {
+        let got =
+            futures_lite::future::block_on(n.handle.read_range(topic, 0, at, 10_000, 4 << 20));
+        match got {
+            Ok(rs) if !rs.is_empty() => {
+                for r in rs {
+                    at = r.offset + 1;
+                    out.push(r.value.to_vec());
+                }
+            }
+            Ok(_) => return Shown::NotYet(format!("nothing at {at}")),
+            Err(e) => {
+                let lowest = futures_lite::future::block_on(n.handle.stats(topic, 0))
+                    .map(|s| s.lowest_offset)
+                    .unwrap_or(0);
+                if lowest > at {
+                    return Shown::Gone(lowest);
+                }
+                return Shown::NotYet(format!("at {at}: {e}"));
+            }
+        }
+    }
+    Shown::All(out)
+}
+
+/// Panics at the deadline, saying what node `n` last showed of `[from, end)`.
+fn shown_in_time(n: &Node, topic: &str, from: u64, end: u64, until: Instant, last: &str) {
+    if Instant::now() < until {
+        return;
+    }
+    let stats = futures_lite::future::block_on(n.handle.stats(topic, 0));
+    panic!(
+        "node {} did not show offsets [{from}, {end}) of {topic} in time (last read {last}; \
+         its log: {stats:?}; Raft: {:?})",
+        n.id,
+        status(n, topic)
+    );
+}
+
 /// Node `n`'s records of `topic`/0 from `from`, once it shows at least up to offset `end`
 /// (waiting until the deadline).
 pub fn read_from(n: &Node, topic: &str, from: u64, end: u64) -> Vec<Vec<u8>> {
     let until = Instant::now() + DEADLINE;
     loop {
-        let mut out = Vec::new();
-        let mut at = from;
-        while at < end {
-            let got =
-                futures_lite::future::block_on(n.handle.read_range(topic, 0, at, 10_000, 4 << 20));
-            match got {
-                Ok(rs) if !rs.is_empty() => {
-                    for r in rs {
-                        at = r.offset + 1;
-                        out.push(r.value.to_vec());
-                    }
-                }
-                _ => break,
-            }
+        let last = match show(n, topic, from, end) {
+            Shown::All(out) => return out,
+            Shown::NotYet(last) => last,
+            Shown::Gone(lowest) => format!("the log starts at {lowest}"),
+        };
+        shown_in_time(n, topic, from, end, until, &last);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`read_from`], except that it returns `Err(lowest)` at once when retention removed
+/// offsets of the range (the node's log starts at `lowest`, past them), rather than waiting
+/// for records that are gone: for callers that pick `from` among retained starts that
+/// retention may still move.
+pub fn try_read_from(n: &Node, topic: &str, from: u64, end: u64) -> Result<Vec<Vec<u8>>, u64> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match show(n, topic, from, end) {
+            Shown::All(out) => return Ok(out),
+            Shown::Gone(lowest) => return Err(lowest),
+            Shown::NotYet(last) => shown_in_time(n, topic, from, end, until, &last),
         }
-        if at >= end {
-            return out;
-        }
-        assert!(
-            Instant::now() < until,
-            "node {} did not show offsets [{from}, {end}) of {topic} in time",
-            n.id
-        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
