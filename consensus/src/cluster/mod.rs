@@ -47,6 +47,16 @@ pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 /// (`ClusterNode::checkpoint_every`; 0: none).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 
+/// The most bytes of entries (what raft-rs counts: each part's command and its record's
+/// framing) a checkpoint may take, given the leader's `max_uncommitted_size`
+/// (`GroupConfig`, 64 MiB by default): half of it. All the parts of a checkpoint are
+/// uncommitted together on the leader, and raft-rs refuses a proposal past that limit; the
+/// other half is the margin for what is uncommitted already and for the commands proposed
+/// while the parts replicate, which would be refused too if the checkpoint took it all.
+pub fn checkpoint_budget(max_uncommitted_size: u64) -> u64 {
+    max_uncommitted_size / 2
+}
+
 /// What the cluster layer answers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -173,6 +183,9 @@ pub struct ClusterNode {
     /// The largest command of a checkpoint ([`MAX_COMMAND_BYTES`]): a larger one is proposed
     /// in parts of at most this size.
     pub checkpoint_part_bytes: AtomicUsize,
+    /// A checkpoint was refused as larger than [`checkpoint_budget`] and said so (the warning
+    /// is logged once, until a checkpoint fits again).
+    checkpoint_too_large: AtomicBool,
     /// Notified whenever a command is applied.
     pub changed: Event,
     /// Notified after each reconcile pass (so that waiters see their deadlines).
@@ -207,6 +220,7 @@ impl ClusterNode {
             replay: Mutex::new(None),
             checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
             checkpoint_part_bytes: AtomicUsize::new(MAX_COMMAND_BYTES),
+            checkpoint_too_large: AtomicBool::new(false),
             changed: Event::new(),
             tick: Event::new(),
             engine: OnceLock::new(),
@@ -452,8 +466,10 @@ impl ClusterNode {
     /// A checkpoint of the state applied through log index `at` (nothing after it applied),
     /// encoded as the commands to propose in a row (one, or parts of at most
     /// `checkpoint_part_bytes` each); `None` while a replay is under way, or while the state
-    /// waits for a checkpoint.
-    fn checkpoint(&self, at: u64) -> Option<Vec<Vec<u8>>> {
+    /// waits for a checkpoint, and for a state whose checkpoint would take more entry bytes
+    /// than [`checkpoint_budget`] of the leader's `max_uncommitted_size` (raft-rs would refuse
+    /// its last parts: the checkpoint a no-op, its first parts written for nothing).
+    fn checkpoint(&self, at: u64, max_uncommitted_size: u64) -> Option<Vec<Vec<u8>>> {
         if self.replay.lock().ok()?.is_some() {
             return None;
         }
@@ -462,13 +478,37 @@ impl ClusterNode {
             return None;
         }
         let part_bytes = self.checkpoint_part_bytes.load(Ordering::Relaxed);
-        match Command::checkpoint_parts(&s, at, part_bytes) {
-            Ok(parts) => Some(parts),
+        let parts = match Command::checkpoint_parts(&s, at, part_bytes) {
+            Ok(parts) => parts,
             Err(e) => {
                 log::warn!("controller: no checkpoint proposed ({e}): the log is not compacted");
-                None
+                return None;
             }
+        };
+        let bytes: u64 = parts
+            .iter()
+            .map(|p| (p.len() + crate::raft::entry::CONTROLLER_RECORD_OVERHEAD) as u64)
+            .sum();
+        let limit = checkpoint_budget(max_uncommitted_size);
+        if bytes > limit {
+            if !self.checkpoint_too_large.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "controller: no checkpoint proposed: the state ({} nodes, {} topics) takes \
+                     {bytes} bytes in {} parts, more than {limit} (half of raft-rs's \
+                     max_uncommitted_size, {max_uncommitted_size}, which the parts would share \
+                     uncommitted); the controller log is not compacted while the state is this \
+                     large",
+                    s.nodes.len(),
+                    s.topics.len(),
+                    parts.len()
+                );
+            }
+            return None;
         }
+        if self.checkpoint_too_large.swap(false, Ordering::Relaxed) {
+            log::info!("controller: the state's checkpoint ({bytes} bytes) fits again");
+        }
+        Some(parts)
     }
 
     /// The controller group's state on this node.
@@ -1095,7 +1135,91 @@ impl ClusterHooks for NodeHooks {
         self.0.state.read().map(|s| s.last_checkpoint).unwrap_or(0)
     }
 
-    fn checkpoint(&self, at: u64) -> Option<Vec<Vec<u8>>> {
-        self.0.checkpoint(at)
+    fn checkpoint(&self, at: u64, max_uncommitted_size: u64) -> Option<Vec<Vec<u8>>> {
+        self.0.checkpoint(at, max_uncommitted_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::entry::CONTROLLER_RECORD_OVERHEAD;
+
+    fn entry(i: u64) -> NodeEntry {
+        NodeEntry {
+            member: format!("member-{i}"),
+            name: format!("n{i}"),
+            rpc_addr: format!("10.0.0.{}:8400", i % 250),
+            gossip_addr: format!("10.0.0.{}:8401", i % 250),
+            shards: 1,
+            removed: false,
+        }
+    }
+
+    /// A node whose controller state holds `commands` commands (a bootstrap, then
+    /// registrations), applied through the hook's path, at indexes 1..=commands.
+    fn node_with(commands: u64) -> Arc<ClusterNode> {
+        let n = ClusterNode::new(
+            Peers::default(),
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+        );
+        n.set_id(1);
+        n.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: entry(1),
+            }
+            .encode(),
+        );
+        for i in 2..=commands {
+            n.apply(i, &Command::Register { node: entry(i) }.encode());
+        }
+        n
+    }
+
+    /// Entry bytes (what raft-rs counts) of a checkpoint's commands.
+    fn entry_bytes(parts: &[Vec<u8>]) -> u64 {
+        parts
+            .iter()
+            .map(|p| (p.len() + CONTROLLER_RECORD_OVERHEAD) as u64)
+            .sum()
+    }
+
+    #[test]
+    fn a_checkpoint_whose_parts_exceed_the_budget_is_not_proposed() {
+        let n = node_with(40);
+        n.checkpoint_part_bytes.store(512, Ordering::Relaxed);
+        let at = n.state().applied;
+        let parts = Command::checkpoint_parts(&n.state(), at, 512).expect("parts");
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let bytes = entry_bytes(&parts);
+        // The budget is half of raft-rs's limit: a limit of twice the bytes takes it, byte
+        // for byte the commands checkpoint_parts gives.
+        assert_eq!(checkpoint_budget(2 * bytes), bytes);
+        assert_eq!(n.checkpoint(at, 2 * bytes), Some(parts.clone()));
+        assert!(!n.checkpoint_too_large.load(Ordering::Relaxed));
+        // A budget one byte short: no checkpoint at all, not its first parts; said once.
+        assert_eq!(n.checkpoint(at, 2 * bytes - 2), None);
+        assert!(n.checkpoint_too_large.load(Ordering::Relaxed));
+        assert_eq!(n.checkpoint(at, 2 * bytes - 2), None);
+        // Under the limit the parts alone would fit in (raft-rs takes them while their sum is
+        // at most its limit), but not with the margin.
+        assert_eq!(n.checkpoint(at, bytes), None);
+        // It fits again once the limit allows it.
+        assert_eq!(n.checkpoint(at, 2 * bytes), Some(parts));
+        assert!(!n.checkpoint_too_large.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_checkpoint_of_one_command_is_proposed_within_the_default_limit() {
+        let n = node_with(3);
+        let limit = crate::raft::group::GroupConfig::default().max_uncommitted_size;
+        let at = n.state().applied;
+        let c = n.checkpoint(at, limit).expect("a checkpoint");
+        assert_eq!(c, vec![Command::checkpoint(&n.state(), at).encode()]);
+        // None for a state applied past `at`.
+        assert_eq!(n.checkpoint(at - 1, limit), None);
     }
 }
