@@ -186,6 +186,11 @@ pub struct ClusterNode {
     /// A checkpoint was refused as larger than [`checkpoint_budget`] and said so (the warning
     /// is logged once, until a checkpoint fits again).
     checkpoint_too_large: AtomicBool,
+    /// The last checkpoint this node's Ready loop asked for (proposed, or refused as too
+    /// large), as (`last_checkpoint`, `since_checkpoint`) of the state it was taken from:
+    /// while no checkpoint was taken since, the next is due only `checkpoint_every` commands
+    /// later ([`checkpoint_due`](Self::checkpoint_due)).
+    checkpoint_tried: Mutex<Option<(u64, u64)>>,
     /// Notified whenever a command is applied.
     pub changed: Event,
     /// Notified after each reconcile pass (so that waiters see their deadlines).
@@ -221,6 +226,7 @@ impl ClusterNode {
             checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
             checkpoint_part_bytes: AtomicUsize::new(MAX_COMMAND_BYTES),
             checkpoint_too_large: AtomicBool::new(false),
+            checkpoint_tried: Mutex::new(None),
             changed: Event::new(),
             tick: Event::new(),
             engine: OnceLock::new(),
@@ -456,7 +462,31 @@ impl ClusterNode {
         self.after_change();
     }
 
-    /// Asks the controller's Ready loop (this node leads it) to propose a checkpoint.
+    /// Whether the controller's leader should ask for a checkpoint of `s` (its reconcile
+    /// pass): once `checkpoint_every` commands were applied since the last one, and, after a
+    /// checkpoint asked for that did not complete (its parts cut by another entry, refused
+    /// by raft-rs, too large to propose, or landed elsewhere), only once `checkpoint_every`
+    /// more commands were applied since that try. A checkpoint that fails again and again
+    /// thus costs one try (one serialization of the state, at most
+    /// [`checkpoint_budget`] bytes written) per `checkpoint_every` commands, not one per
+    /// pass. A checkpoint proposed and still on its way counts as such a try too, so it is
+    /// not asked for again meanwhile.
+    pub fn checkpoint_due(&self, s: &ClusterState) -> bool {
+        let every = self.checkpoint_every.load(Ordering::Relaxed);
+        if every == 0 || s.awaiting_checkpoint || s.since_checkpoint < every {
+            return false;
+        }
+        match self.checkpoint_tried.lock().map(|t| *t) {
+            // No checkpoint taken since the last try: `every` more commands first.
+            Ok(Some((last, since))) if last == s.last_checkpoint => {
+                s.since_checkpoint >= since.saturating_add(every)
+            }
+            _ => true,
+        }
+    }
+
+    /// Asks the controller's Ready loop (this node leads it) to propose a checkpoint (at
+    /// once, whatever [`checkpoint_due`](Self::checkpoint_due) says).
     pub fn request_checkpoint(&self) {
         if let Some(engine) = self.engine.get() {
             let _ = engine.deliver(0, Box::new(ControlMsg::Checkpoint));
@@ -476,6 +506,11 @@ impl ClusterNode {
         let s = self.state.read().ok()?;
         if s.awaiting_checkpoint || s.applied > at {
             return None;
+        }
+        // A try, whatever comes of it: the next is due `checkpoint_every` commands later
+        // unless this one is taken.
+        if let Ok(mut t) = self.checkpoint_tried.lock() {
+            *t = Some((s.last_checkpoint, s.since_checkpoint));
         }
         let part_bytes = self.checkpoint_part_bytes.load(Ordering::Relaxed);
         let parts = match Command::checkpoint_parts(&s, at, part_bytes) {
@@ -1210,6 +1245,71 @@ mod tests {
         // It fits again once the limit allows it.
         assert_eq!(n.checkpoint(at, 2 * bytes), Some(parts));
         assert!(!n.checkpoint_too_large.load(Ordering::Relaxed));
+    }
+
+    fn register(n: &ClusterNode, index: u64) {
+        n.apply(index, &Command::Register { node: entry(index) }.encode());
+    }
+
+    #[test]
+    fn after_a_checkpoint_cut_short_the_next_waits_for_checkpoint_every_more_commands() {
+        let limit = crate::raft::group::GroupConfig::default().max_uncommitted_size;
+        let n = node_with(4);
+        n.checkpoint_every.store(5, Ordering::Relaxed);
+        n.checkpoint_part_bytes.store(256, Ordering::Relaxed);
+        assert!(!n.checkpoint_due(&n.state()));
+        register(&n, 5);
+        assert!(n.checkpoint_due(&n.state()));
+        // Asked for, given in parts: not due again while they are on their way.
+        let parts = n.checkpoint(5, limit).expect("a checkpoint");
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        assert!(!n.checkpoint_due(&n.state()));
+        // Its first part lands, then a command where its second had to: cut, a no-op.
+        n.apply(6, &parts[0]);
+        register(&n, 7);
+        let s = n.state();
+        assert_eq!((s.last_checkpoint, s.since_checkpoint), (0, 6));
+        // Not asked again until 5 more commands since the try (5 then): at 10.
+        for index in 8..=10 {
+            assert!(!n.checkpoint_due(&n.state()), "{:?}", n.state());
+            register(&n, index);
+        }
+        assert_eq!(n.state().since_checkpoint, 9);
+        assert!(!n.checkpoint_due(&n.state()));
+        register(&n, 11);
+        assert!(n.checkpoint_due(&n.state()));
+        // This one lands whole: taken, and the next is due 5 commands after it, as ever.
+        let parts = n.checkpoint(11, limit).expect("a checkpoint");
+        for (index, part) in (12..).zip(&parts) {
+            n.apply(index, part);
+        }
+        let s = n.state();
+        assert_eq!((s.last_checkpoint, s.since_checkpoint), (12, 0));
+        let mut index = 12 + parts.len() as u64;
+        for _ in 0..4 {
+            register(&n, index);
+            index += 1;
+            assert!(!n.checkpoint_due(&n.state()));
+        }
+        register(&n, index);
+        assert!(n.checkpoint_due(&n.state()));
+    }
+
+    #[test]
+    fn a_checkpoint_refused_as_too_large_is_tried_again_only_checkpoint_every_commands_later() {
+        let n = node_with(5);
+        n.checkpoint_every.store(5, Ordering::Relaxed);
+        assert!(n.checkpoint_due(&n.state()));
+        assert_eq!(n.checkpoint(5, 64), None);
+        for index in 6..=9 {
+            register(&n, index);
+            assert!(!n.checkpoint_due(&n.state()));
+        }
+        register(&n, 10);
+        assert!(n.checkpoint_due(&n.state()));
+        // Off: never due.
+        n.checkpoint_every.store(0, Ordering::Relaxed);
+        assert!(!n.checkpoint_due(&n.state()));
     }
 
     #[test]
