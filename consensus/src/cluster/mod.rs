@@ -47,6 +47,16 @@ pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 /// (`ClusterNode::checkpoint_every`; 0: none).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 
+/// The most bytes of entries (what raft-rs counts: each part's command and its record's
+/// framing) a checkpoint may take, given the leader's `max_uncommitted_size`
+/// (`GroupConfig`, 64 MiB by default): half of it. All the parts of a checkpoint are
+/// uncommitted together on the leader, and raft-rs refuses a proposal past that limit; the
+/// other half is the margin for what is uncommitted already and for the commands proposed
+/// while the parts replicate, which would be refused too if the checkpoint took it all.
+pub fn checkpoint_budget(max_uncommitted_size: u64) -> u64 {
+    max_uncommitted_size / 2
+}
+
 /// What the cluster layer answers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -176,6 +186,14 @@ pub struct ClusterNode {
     /// The largest command of a checkpoint ([`MAX_COMMAND_BYTES`]): a larger one is proposed
     /// in parts of at most this size.
     pub checkpoint_part_bytes: AtomicUsize,
+    /// A checkpoint was refused as larger than [`checkpoint_budget`] and said so (the warning
+    /// is logged once, until a checkpoint fits again).
+    checkpoint_too_large: AtomicBool,
+    /// The last checkpoint this node's Ready loop asked for (proposed, or refused as too
+    /// large), as (`last_checkpoint`, `since_checkpoint`) of the state it was taken from:
+    /// while no checkpoint was taken since, the next is due only `checkpoint_every` commands
+    /// later ([`checkpoint_due`](Self::checkpoint_due)).
+    checkpoint_tried: Mutex<Option<(u64, u64)>>,
     /// Notified whenever a command is applied.
     pub changed: Event,
     /// Notified after each reconcile pass (so that waiters see their deadlines).
@@ -210,6 +228,8 @@ impl ClusterNode {
             replay: Mutex::new(None),
             checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
             checkpoint_part_bytes: AtomicUsize::new(MAX_COMMAND_BYTES),
+            checkpoint_too_large: AtomicBool::new(false),
+            checkpoint_tried: Mutex::new(None),
             changed: Event::new(),
             tick: Event::new(),
             engine: OnceLock::new(),
@@ -454,7 +474,31 @@ impl ClusterNode {
         self.after_change();
     }
 
-    /// Asks the controller's Ready loop (this node leads it) to propose a checkpoint.
+    /// Whether the controller's leader should ask for a checkpoint of `s` (its reconcile
+    /// pass): once `checkpoint_every` commands were applied since the last one, and, after a
+    /// checkpoint asked for that did not complete (its parts cut by another entry, refused
+    /// by raft-rs, too large to propose, or landed elsewhere), only once `checkpoint_every`
+    /// more commands were applied since that try. A checkpoint that fails again and again
+    /// thus costs one try (one serialization of the state, at most
+    /// [`checkpoint_budget`] bytes written) per `checkpoint_every` commands, not one per
+    /// pass. A checkpoint proposed and still on its way counts as such a try too, so it is
+    /// not asked for again meanwhile.
+    pub fn checkpoint_due(&self, s: &ClusterState) -> bool {
+        let every = self.checkpoint_every.load(Ordering::Relaxed);
+        if every == 0 || s.awaiting_checkpoint || s.since_checkpoint < every {
+            return false;
+        }
+        match self.checkpoint_tried.lock().map(|t| *t) {
+            // No checkpoint taken since the last try: `every` more commands first.
+            Ok(Some((last, since))) if last == s.last_checkpoint => {
+                s.since_checkpoint >= since.saturating_add(every)
+            }
+            _ => true,
+        }
+    }
+
+    /// Asks the controller's Ready loop (this node leads it) to propose a checkpoint (at
+    /// once, whatever [`checkpoint_due`](Self::checkpoint_due) says).
     pub fn request_checkpoint(&self) {
         if let Some(engine) = self.engine.get() {
             let _ = engine.deliver(0, Box::new(ControlMsg::Checkpoint));
@@ -464,8 +508,10 @@ impl ClusterNode {
     /// A checkpoint of the state applied through log index `at` (nothing after it applied),
     /// encoded as the commands to propose in a row (one, or parts of at most
     /// `checkpoint_part_bytes` each); `None` while a replay is under way, or while the state
-    /// waits for a checkpoint.
-    fn checkpoint(&self, at: u64) -> Option<Vec<Vec<u8>>> {
+    /// waits for a checkpoint, and for a state whose checkpoint would take more entry bytes
+    /// than [`checkpoint_budget`] of the leader's `max_uncommitted_size` (raft-rs would refuse
+    /// its last parts: the checkpoint a no-op, its first parts written for nothing).
+    fn checkpoint(&self, at: u64, max_uncommitted_size: u64) -> Option<Vec<Vec<u8>>> {
         if self.replay.lock().ok()?.is_some() {
             return None;
         }
@@ -473,14 +519,43 @@ impl ClusterNode {
         if s.awaiting_checkpoint || s.applied > at {
             return None;
         }
+        // A try, whatever comes of it: the next is due `checkpoint_every` commands later
+        // unless this one is taken.
+        if let Ok(mut t) = self.checkpoint_tried.lock() {
+            *t = Some((s.last_checkpoint, s.since_checkpoint));
+        }
         let part_bytes = self.checkpoint_part_bytes.load(Ordering::Relaxed);
-        match Command::checkpoint_parts(&s, at, part_bytes) {
-            Ok(parts) => Some(parts),
+        let parts = match Command::checkpoint_parts(&s, at, part_bytes) {
+            Ok(parts) => parts,
             Err(e) => {
                 log::warn!("controller: no checkpoint proposed ({e}): the log is not compacted");
-                None
+                return None;
             }
+        };
+        let bytes: u64 = parts
+            .iter()
+            .map(|p| (p.len() + crate::raft::entry::CONTROLLER_RECORD_OVERHEAD) as u64)
+            .sum();
+        let limit = checkpoint_budget(max_uncommitted_size);
+        if bytes > limit {
+            if !self.checkpoint_too_large.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "controller: no checkpoint proposed: the state ({} nodes, {} topics) takes \
+                     {bytes} bytes in {} parts, more than {limit} (half of raft-rs's \
+                     max_uncommitted_size, {max_uncommitted_size}, which the parts would share \
+                     uncommitted); the controller log is not compacted while the state is this \
+                     large",
+                    s.nodes.len(),
+                    s.topics.len(),
+                    parts.len()
+                );
+            }
+            return None;
         }
+        if self.checkpoint_too_large.swap(false, Ordering::Relaxed) {
+            log::info!("controller: the state's checkpoint ({bytes} bytes) fits again");
+        }
+        Some(parts)
     }
 
     /// The controller group's state on this node.
@@ -1191,7 +1266,156 @@ impl ClusterHooks for NodeHooks {
         self.0.state.read().map(|s| s.last_checkpoint).unwrap_or(0)
     }
 
-    fn checkpoint(&self, at: u64) -> Option<Vec<Vec<u8>>> {
-        self.0.checkpoint(at)
+    fn checkpoint(&self, at: u64, max_uncommitted_size: u64) -> Option<Vec<Vec<u8>>> {
+        self.0.checkpoint(at, max_uncommitted_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::entry::CONTROLLER_RECORD_OVERHEAD;
+
+    fn entry(i: u64) -> NodeEntry {
+        NodeEntry {
+            member: format!("member-{i}"),
+            name: format!("n{i}"),
+            rpc_addr: format!("10.0.0.{}:8400", i % 250),
+            gossip_addr: format!("10.0.0.{}:8401", i % 250),
+            shards: 1,
+            removed: false,
+        }
+    }
+
+    /// A node whose controller state holds `commands` commands (a bootstrap, then
+    /// registrations), applied through the hook's path, at indexes 1..=commands.
+    fn node_with(commands: u64) -> Arc<ClusterNode> {
+        let n = ClusterNode::new(
+            Peers::default(),
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+        );
+        n.set_id(1);
+        n.apply(
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c".into(),
+                node: entry(1),
+            }
+            .encode(),
+        );
+        for i in 2..=commands {
+            n.apply(i, &Command::Register { node: entry(i) }.encode());
+        }
+        n
+    }
+
+    /// Entry bytes (what raft-rs counts) of a checkpoint's commands.
+    fn entry_bytes(parts: &[Vec<u8>]) -> u64 {
+        parts
+            .iter()
+            .map(|p| (p.len() + CONTROLLER_RECORD_OVERHEAD) as u64)
+            .sum()
+    }
+
+    #[test]
+    fn a_checkpoint_whose_parts_exceed_the_budget_is_not_proposed() {
+        let n = node_with(40);
+        n.checkpoint_part_bytes.store(512, Ordering::Relaxed);
+        let at = n.state().applied;
+        let parts = Command::checkpoint_parts(&n.state(), at, 512).expect("parts");
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let bytes = entry_bytes(&parts);
+        // The budget is half of raft-rs's limit: a limit of twice the bytes takes it, byte
+        // for byte the commands checkpoint_parts gives.
+        assert_eq!(checkpoint_budget(2 * bytes), bytes);
+        assert_eq!(n.checkpoint(at, 2 * bytes), Some(parts.clone()));
+        assert!(!n.checkpoint_too_large.load(Ordering::Relaxed));
+        // A budget one byte short: no checkpoint at all, not its first parts; said once.
+        assert_eq!(n.checkpoint(at, 2 * bytes - 2), None);
+        assert!(n.checkpoint_too_large.load(Ordering::Relaxed));
+        assert_eq!(n.checkpoint(at, 2 * bytes - 2), None);
+        // Under the limit the parts alone would fit in (raft-rs takes them while their sum is
+        // at most its limit), but not with the margin.
+        assert_eq!(n.checkpoint(at, bytes), None);
+        // It fits again once the limit allows it.
+        assert_eq!(n.checkpoint(at, 2 * bytes), Some(parts));
+        assert!(!n.checkpoint_too_large.load(Ordering::Relaxed));
+    }
+
+    fn register(n: &ClusterNode, index: u64) {
+        n.apply(index, &Command::Register { node: entry(index) }.encode());
+    }
+
+    #[test]
+    fn after_a_checkpoint_cut_short_the_next_waits_for_checkpoint_every_more_commands() {
+        let limit = crate::raft::group::GroupConfig::default().max_uncommitted_size;
+        let n = node_with(4);
+        n.checkpoint_every.store(5, Ordering::Relaxed);
+        n.checkpoint_part_bytes.store(256, Ordering::Relaxed);
+        assert!(!n.checkpoint_due(&n.state()));
+        register(&n, 5);
+        assert!(n.checkpoint_due(&n.state()));
+        // Asked for, given in parts: not due again while they are on their way.
+        let parts = n.checkpoint(5, limit).expect("a checkpoint");
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        assert!(!n.checkpoint_due(&n.state()));
+        // Its first part lands, then a command where its second had to: cut, a no-op.
+        n.apply(6, &parts[0]);
+        register(&n, 7);
+        let s = n.state();
+        assert_eq!((s.last_checkpoint, s.since_checkpoint), (0, 6));
+        // Not asked again until 5 more commands since the try (5 then): at 10.
+        for index in 8..=10 {
+            assert!(!n.checkpoint_due(&n.state()), "{:?}", n.state());
+            register(&n, index);
+        }
+        assert_eq!(n.state().since_checkpoint, 9);
+        assert!(!n.checkpoint_due(&n.state()));
+        register(&n, 11);
+        assert!(n.checkpoint_due(&n.state()));
+        // This one lands whole: taken, and the next is due 5 commands after it, as ever.
+        let parts = n.checkpoint(11, limit).expect("a checkpoint");
+        for (index, part) in (12..).zip(&parts) {
+            n.apply(index, part);
+        }
+        let s = n.state();
+        assert_eq!((s.last_checkpoint, s.since_checkpoint), (12, 0));
+        let mut index = 12 + parts.len() as u64;
+        for _ in 0..4 {
+            register(&n, index);
+            index += 1;
+            assert!(!n.checkpoint_due(&n.state()));
+        }
+        register(&n, index);
+        assert!(n.checkpoint_due(&n.state()));
+    }
+
+    #[test]
+    fn a_checkpoint_refused_as_too_large_is_tried_again_only_checkpoint_every_commands_later() {
+        let n = node_with(5);
+        n.checkpoint_every.store(5, Ordering::Relaxed);
+        assert!(n.checkpoint_due(&n.state()));
+        assert_eq!(n.checkpoint(5, 64), None);
+        for index in 6..=9 {
+            register(&n, index);
+            assert!(!n.checkpoint_due(&n.state()));
+        }
+        register(&n, 10);
+        assert!(n.checkpoint_due(&n.state()));
+        // Off: never due.
+        n.checkpoint_every.store(0, Ordering::Relaxed);
+        assert!(!n.checkpoint_due(&n.state()));
+    }
+
+    #[test]
+    fn a_checkpoint_of_one_command_is_proposed_within_the_default_limit() {
+        let n = node_with(3);
+        let limit = crate::raft::group::GroupConfig::default().max_uncommitted_size;
+        let at = n.state().applied;
+        let c = n.checkpoint(at, limit).expect("a checkpoint");
+        assert_eq!(c, vec![Command::checkpoint(&n.state(), at).encode()]);
+        // None for a state applied past `at`.
+        assert_eq!(n.checkpoint(at - 1, limit), None);
     }
 }

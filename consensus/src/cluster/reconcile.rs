@@ -1183,12 +1183,10 @@ fn controller(
     if remove_dead(node, s, countdown) || replace_removed(node, s, unplaced) {
         return;
     }
-    let every = node
-        .checkpoint_every
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if every > 0 && s.since_checkpoint >= every {
+    if node.checkpoint_due(s) {
         // Proposed by the Ready loop once nothing follows its applied index (not answered:
-        // the next pass asks again until one is applied).
+        // the next pass asks again until one is tried; after a try that did not complete,
+        // not before `checkpoint_every` more commands).
         node.request_checkpoint();
     }
     let live = node.live_nodes(s);

@@ -64,6 +64,11 @@ pub fn controller_proposal(command: &[u8]) -> Bytes {
 /// `C T L 1`, little-endian). Only the controller's group reads it so.
 pub const CONTROLLER_RECORD_TYPE: u32 = u32::from_le_bytes(*b"CTL1");
 
+/// Bytes [`controller_record_proposal`] adds to a command: the data prefix, and the record's
+/// length and type. What raft-rs counts of such an entry (its data) is the command's size
+/// plus this.
+pub const CONTROLLER_RECORD_OVERHEAD: usize = DATA_PREFIX + 8;
+
 /// Entry data for a controller command stored as a data entry of one record (it takes one
 /// offset), stamped with the proposer's clock.
 pub fn controller_record_proposal(command: &[u8], timestamp_ms: i64) -> Bytes {
@@ -415,6 +420,7 @@ mod tests {
         want.extend_from_slice(b"{}");
         assert_eq!(&data[..], &want[..]);
         assert_eq!(CONTROLLER_RECORD_TYPE, 0x314C_5443);
+        assert_eq!(data.len(), 2 + CONTROLLER_RECORD_OVERHEAD);
     }
 
     #[test]

@@ -466,6 +466,12 @@ impl<S: LogStore> GroupSet<S> {
         out
     }
 
+    /// Bytes of proposed but uncommitted entries a leader of this set accepts
+    /// ([`GroupConfig::max_uncommitted_size`]; raft-rs counts each entry's data).
+    pub fn max_uncommitted_size(&self) -> u64 {
+        self.config.max_uncommitted_size
+    }
+
     /// Where a checkpoint of group `id`'s in-memory state may be taken: its applied index,
     /// when this node leads the group and nothing follows that index in its log, so that an
     /// entry proposed now lands right after it (unless another leader's replaces it).

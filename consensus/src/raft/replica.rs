@@ -86,7 +86,11 @@ pub trait ClusterHooks: Send + Sync {
     /// A checkpoint (encoded) of the state applied through log index `at`, which is the
     /// controller's applied index with nothing after it in the log: the commands to propose
     /// in a row (one, or the parts of a checkpoint too large for one command).
-    fn checkpoint(&self, _at: u64) -> Option<Vec<Vec<u8>>> {
+    /// `max_uncommitted_size` is what raft-rs accepts uncommitted on this leader
+    /// ([`GroupConfig::max_uncommitted_size`]): the parts are uncommitted together, so a
+    /// checkpoint whose entries would not fit well within it is not to be proposed (its last
+    /// parts would be refused, the checkpoint a no-op, and its first parts kept in the log).
+    fn checkpoint(&self, _at: u64, _max_uncommitted_size: u64) -> Option<Vec<Vec<u8>>> {
         None
     }
 }
@@ -918,13 +922,15 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
 ///
 /// A checkpoint in parts is proposed part after part in this one call, so that nothing this
 /// leader appends comes between them: they land at `at + 1..=at + n` unless another leader's
-/// entries replace them, which leaves the checkpoint incomplete, a no-op everywhere. A part
-/// refused (leadership lost, the uncommitted bytes over raft-rs's limit) stops the others.
+/// entries replace them, which leaves the checkpoint incomplete, a no-op everywhere. The hook
+/// gives no checkpoint whose parts would not fit within raft-rs's `max_uncommitted_size`
+/// (with a margin), so a part is refused only when this node stops leading (or hands its
+/// leadership over); a part refused stops the others.
 fn propose_checkpoint(inner: &Inner, set: &mut GroupSet<Log>) {
     let (Some(h), Some(at)) = (&inner.hooks.0, set.checkpoint_at(0)) else {
         return;
     };
-    let Some(parts) = h.checkpoint(at) else {
+    let Some(parts) = h.checkpoint(at, set.max_uncommitted_size()) else {
         return;
     };
     let ts = now_ms();
