@@ -168,6 +168,111 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
     topic_dir(data_dir, topic).join(partition.to_string())
 }
 
+/// What a partition's directory is renamed to, in its topic's directory, before it is
+/// removed: `<partition>.removing` (a tombstone).
+pub const REMOVING_SUFFIX: &str = ".removing";
+
+/// `<data_dir>/topics/<topic>/<partition>.removing`: the tombstone of a partition's directory
+/// being removed. A partition's directory is named by its number alone, so a tombstone is
+/// never taken for one; whatever it holds is garbage, removed at start and whenever a
+/// partition of its topic is opened again.
+pub fn removing_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    topic_dir(data_dir, topic).join(format!("{partition}{REMOVING_SUFFIX}"))
+}
+
+/// True when `name` is a tombstone's: a partition number as `partition_dir` writes it, then
+/// [`REMOVING_SUFFIX`].
+fn is_removing_name(name: &str) -> bool {
+    name.strip_suffix(REMOVING_SUFFIX)
+        .and_then(|p| p.parse::<u32>().ok().filter(|n| n.to_string() == p))
+        .is_some()
+}
+
+/// Removes the tombstone `dir` (see [`removing_dir`]) if it is there, as a directory; anything
+/// else of that name is left alone. Does not sync its parent. Returns true when it removed
+/// one.
+pub(crate) fn remove_tombstone(dir: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("looking for", dir, e)),
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(true),
+        // Swept meanwhile by another caller.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io("removing", dir, e)),
+    }
+}
+
+/// Removes every tombstone (`<partition>.removing` directory) in the topic directory
+/// `topic`, then syncs it if one was removed. A missing topic directory holds none. Every
+/// tombstone is tried; the first failure is returned.
+pub(crate) fn sweep_tombstones(topic: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(topic) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("listing", topic, e)),
+    };
+    let mut first_err = None;
+    let mut removed = false;
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                first_err.get_or_insert(Error::io("listing", topic, e));
+                continue;
+            }
+        };
+        if !entry.file_name().to_str().is_some_and(is_removing_name) {
+            continue;
+        }
+        let path = entry.path();
+        match remove_tombstone(&path) {
+            Ok(true) => {
+                log::info!(
+                    "{}: removed (a partition directory being removed)",
+                    path.display()
+                );
+                removed = true;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if removed {
+        if let Err(e) = meta::sync_dir(topic) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Sweeps the tombstones of every topic directory under `<data_dir>/topics` (see
+/// [`sweep_tombstones`]); failures are logged (a tombstone is never read as data, so it can
+/// wait for the next sweep).
+pub(crate) fn sweep_all_tombstones(data_dir: &Path) {
+    let topics = data_dir.join("topics");
+    let entries = match std::fs::read_dir(&topics) {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("{}: listing topic directories: {e}", topics.display());
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Err(e) = sweep_tombstones(&entry.path()) {
+            log::warn!("removing partition directories being removed: {e}");
+        }
+    }
+}
+
 /// The catalog in memory, behind one lock, and the directory it is saved in. The lock guards
 /// an immutable snapshot that every change replaces, so shards can keep a copy of their own.
 pub(crate) struct Topics {
@@ -362,5 +467,59 @@ fn info(name: &str, t: &TopicEntry) -> TopicInfo {
         name: name.to_owned(),
         partitions: t.partitions,
         config: t.config.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_partition_number_then_the_suffix_names_a_tombstone() {
+        for name in ["0.removing", "3.removing", "4294967295.removing"] {
+            assert!(is_removing_name(name), "{name}");
+        }
+        for name in [
+            "0",
+            "3",
+            ".removing",
+            "03.removing",
+            "+3.removing",
+            "4294967296.removing",
+            "3.install",
+            "3.removing.tmp",
+            "x.removing",
+        ] {
+            assert!(!is_removing_name(name), "{name}");
+        }
+        let d = Path::new("/d");
+        assert_eq!(removing_dir(d, "t", 7), Path::new("/d/topics/t/7.removing"));
+    }
+
+    #[test]
+    fn a_sweep_removes_tombstones_and_nothing_else() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path();
+        let topic = topic_dir(data, "t");
+        let tomb = removing_dir(data, "t", 1);
+        std::fs::create_dir_all(tomb.join("sub")).expect("mkdir");
+        std::fs::write(tomb.join("00000000000000000000.log"), b"x").expect("write");
+        std::fs::create_dir_all(partition_dir(data, "t", 0)).expect("mkdir");
+        std::fs::create_dir_all(topic.join("2.install")).expect("mkdir");
+        std::fs::write(topic.join("3.removing"), b"a file").expect("write");
+        // A topic whose name ends like a tombstone is a topic, not one.
+        std::fs::create_dir_all(topic_dir(data, "u.removing").join("0")).expect("mkdir");
+        std::fs::create_dir_all(removing_dir(data, "u.removing", 4)).expect("mkdir");
+        sweep_all_tombstones(data);
+        assert!(!tomb.exists());
+        assert!(!removing_dir(data, "u.removing", 4).exists());
+        assert!(partition_dir(data, "t", 0).exists());
+        assert!(topic.join("2.install").exists());
+        assert!(
+            topic.join("3.removing").is_file(),
+            "not a directory: left alone"
+        );
+        assert!(partition_dir(data, "u.removing", 0).exists());
+        sweep_tombstones(&topic_dir(data, "absent")).expect("no topic directory, no tombstone");
     }
 }

@@ -150,6 +150,11 @@ impl EngineHandle {
         if self.topics().held(topic)?.contains(&partition) {
             return self.open_on_owner(&id, &config).await;
         }
+        // A tombstone of an earlier removal (`close_partition`) is never taken for data kept:
+        // it is swept first, and what decides below is the partition's own directory alone.
+        if let Err(e) = crate::catalog::sweep_tombstones(&topic_dir(self.data_dir(), topic)) {
+            log::warn!("partition {id}: removing partition directories being removed: {e}");
+        }
         let made = crate::catalog::create_partition_dir(self.data_dir(), topic, partition)?;
         if !made {
             log::info!(
@@ -171,6 +176,18 @@ impl EngineHandle {
     /// longer opens at start), and, with `remove_data`, its directory is removed; without,
     /// the directory stays as it is (opened again if the partition is held here again). The
     /// topic and its other partitions stay.
+    ///
+    /// A removal is all or nothing as any later open sees it: the directory is renamed to its
+    /// tombstone (`<partition>.removing`, see [`crate::catalog::removing_dir`]) and the rename
+    /// made durable before the catalog changes, and only then is the tombstone deleted. A
+    /// partition still held whose directory is gone (a crash between the rename and the
+    /// catalog) opens marked lost at the next start; one no longer held left only a
+    /// tombstone, swept at start and before the partition is opened again, so placed here
+    /// again it opens empty, never from a directory half removed. A failure before the
+    /// catalog changes (closing the log, the rename) returns the error and leaves the
+    /// partition held, so the call can be made again: the log already closed is fine, and a
+    /// directory already renamed away is taken as moved. A tombstone that cannot be deleted
+    /// is logged and left to the next sweep; the call succeeds.
     pub async fn close_partition(
         &self,
         topic: &str,
@@ -180,21 +197,43 @@ impl EngineHandle {
         self.topics().check_partition(topic, partition)?;
         let id = PartitionId::new(topic, partition);
         self.close_on_owner(&id).await?;
+        let tombstone = if remove_data {
+            self.move_away(topic, partition)?
+        } else {
+            None
+        };
         let changed = self.topics().set_held(topic, partition, false);
         self.publish_catalog().await?;
         changed?;
-        if remove_data {
-            let dir = crate::catalog::partition_dir(self.data_dir(), topic, partition);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(Error::io("removing", &dir, e)),
-            }
-            if let Some(parent) = dir.parent() {
-                crate::meta::sync_dir(parent)?;
+        if let Some(tomb) = tombstone {
+            let removed = crate::catalog::remove_tombstone(&tomb)
+                .and_then(|_| crate::meta::sync_dir(&topic_dir(self.data_dir(), topic)));
+            if let Err(e) = removed {
+                log::warn!(
+                    "partition {id}: no longer held here, its directory renamed away: {e} \
+                     (removed at the next start, or when the partition is opened again)"
+                );
             }
         }
         Ok(())
+    }
+
+    /// Renames the directory of a closed partition to its tombstone and syncs the topic
+    /// directory, so that nothing opens it again as the partition's: returns the tombstone,
+    /// or `None` when there was no directory (removed already, or renamed away by an earlier
+    /// call that failed after the rename). A tombstone of an earlier removal of the partition
+    /// is deleted first (the rename cannot replace a directory that holds files).
+    fn move_away(&self, topic: &str, partition: u32) -> Result<Option<std::path::PathBuf>> {
+        let dir = crate::catalog::partition_dir(self.data_dir(), topic, partition);
+        let tomb = crate::catalog::removing_dir(self.data_dir(), topic, partition);
+        crate::catalog::remove_tombstone(&tomb)?;
+        match std::fs::rename(&dir, &tomb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("renaming to be removed", &dir, e)),
+        }
+        crate::meta::sync_dir(&topic_dir(self.data_dir(), topic))?;
+        Ok(Some(tomb))
     }
 
     /// Deletes a topic and its data.

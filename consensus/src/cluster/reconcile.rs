@@ -105,6 +105,11 @@ struct Seen {
     tracked: BTreeSet<u64>,
     /// Topics whose dropping here began (and failed): their replicas here are closed.
     dropping: BTreeSet<String>,
+    /// Groups held here but no longer placed here whose closing failed, with the step it
+    /// was: the replica may be closed already (its log closed, its board entry gone) while
+    /// the partition stays held, and with no view left to decide on, the same step is
+    /// tried again.
+    closing: HashMap<u64, Unplaced>,
 }
 
 /// Passes in a row that must find a local topic missing from the controller's state (and
@@ -245,6 +250,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let tracked = std::mem::take(&mut seen.tracked);
     seen.leaderless.retain(|g, _| tracked.contains(g));
     seen.asked.retain(|g, _| tracked.contains(g));
+    seen.closing.retain(|g, _| tracked.contains(g));
 }
 
 /// A partition of `topic` held here whose replica its group may still count (see
@@ -293,7 +299,8 @@ fn unplaced_decision(
             None
         }
     };
-    let step = unplaced_step(node.id(), v.as_ref(), leaderless);
+    let tried = seen.closing.get(&group).copied();
+    let step = closing_step(node.id(), v.as_ref(), leaderless, tried);
     let (Unplaced::Close, Some(v)) = (&step, v.as_ref()) else {
         return step;
     };
@@ -333,7 +340,7 @@ fn first_failure(failed: &mut HashMap<u64, Instant>, group: u64, now: Instant) -
 pub const UNPLACED_LEADERLESS: Duration = Duration::from_secs(30);
 
 /// What becomes of a partition this node holds that the controller no longer places here.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unplaced {
     /// Closed, its directory removed: its replica stopped for good (its log latched, or
     /// marked lost), and the controller moved it; what it held is needed nowhere.
@@ -383,13 +390,32 @@ fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -
     Unplaced::Keep
 }
 
+/// The step for a partition held here, no longer placed here, as [`unplaced_step`] says, or,
+/// when its replica is no longer on the board and an earlier closing of it failed as
+/// `tried`, that step again: the failure came after the replica was closed (its view went
+/// with it), and the partition stays held until a closing completes.
+fn closing_step(
+    me: u64,
+    v: Option<&GroupView>,
+    leaderless: Option<Duration>,
+    tried: Option<Unplaced>,
+) -> Unplaced {
+    match (v, tried) {
+        (None, Some(step)) => step,
+        _ => unplaced_step(me, v, leaderless),
+    }
+}
+
 /// Closes the partitions this node holds that the controller no longer places here, of the
 /// topics some partition of which stays placed here (a topic with none is dropped whole),
 /// as [`unplaced_step`] says: a replica that stopped for good is closed and its directory
 /// removed; a running one is closed once its group no longer talks to it, its directory
 /// removed when its configuration here no longer counts this node and kept otherwise.
 /// Called only on a settled state (see `local`), so "no longer placed" is not an old
-/// view. A closing that fails is tried again after [`ASK_AGAIN`], and warned of once.
+/// view. A closing that fails is tried again after [`ASK_AGAIN`], and warned of once: with
+/// the step it was when the failure came after the replica closed (its view gone), since
+/// the engine leaves such a partition held (and, when the rename of its directory failed,
+/// the directory in place) until a closing completes.
 fn close_unplaced(
     node: &ClusterNode,
     s: &ClusterState,
@@ -414,7 +440,12 @@ fn close_unplaced(
             }
             let remove = matches!(step, Unplaced::Remove | Unplaced::Drop);
             let dir = engine::catalog::partition_dir(engine.data_dir(), &name, p);
-            match futures_lite::future::block_on(engine.close_partition(&name, p, remove)) {
+            let closed = futures_lite::future::block_on(engine.close_partition(&name, p, remove));
+            match &closed {
+                Ok(()) => seen.closing.remove(&group),
+                Err(_) => seen.closing.insert(group, step),
+            };
+            match closed {
                 Ok(()) if step == Unplaced::Remove => {
                     seen.failed.remove(&group);
                     log::info!(
@@ -1513,6 +1544,28 @@ mod tests {
             ..led(1, vec![1, 3])
         };
         assert_eq!(unplaced_step(2, Some(&learner), long), Unplaced::Keep);
+    }
+
+    #[test]
+    fn a_closing_that_failed_after_the_replica_closed_is_tried_again_as_decided() {
+        let failed = view(Some(Stopped::Failed));
+        // First try: decided on the view.
+        assert_eq!(closing_step(2, Some(&failed), None, None), Unplaced::Remove);
+        // It failed after the close took the replica off the board: the same step again,
+        // not "not open, nothing to close".
+        for tried in [Unplaced::Remove, Unplaced::Drop, Unplaced::Close] {
+            assert_eq!(closing_step(2, None, None, Some(tried)), tried);
+        }
+        assert_eq!(closing_step(2, None, None, None), Unplaced::Keep);
+        // On the board again (opened again): decided on the view anew.
+        let running = GroupView {
+            leader: 1,
+            ..view(None)
+        };
+        assert_eq!(
+            closing_step(2, Some(&running), None, Some(Unplaced::Drop)),
+            Unplaced::Keep
+        );
     }
 
     fn moved(node: &ClusterNode) -> u64 {

@@ -268,6 +268,9 @@ impl Engine {
         let lock = lock_data_dir(&dir)?;
         write_probe_file(&dir)?;
         let topics = Topics::load(&dir)?;
+        // Directories renamed away to be removed (`close_partition`) whose removal a crash or
+        // an error cut short: garbage, gone before any log opens.
+        crate::catalog::sweep_all_tombstones(&dir);
         log_unheld_dirs(&dir, &*topics.snapshot()?);
         let n = config.shard_count();
         let mut rxs = Vec::with_capacity(n);
