@@ -307,6 +307,7 @@ fn bootstrap(
                     shard: engine.shard_of(&t.name, p) as u32,
                 }],
                 stopped: Vec::new(),
+                departed: Vec::new(),
             })
             .collect();
         let c = Command::CreateTopic {

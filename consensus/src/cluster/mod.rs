@@ -1217,6 +1217,13 @@ fn log_applied(index: u64, c: &Command, outcome: &Applied, replay: bool) {
     }
 }
 
+/// Whether node `me`'s replica of partition `p`, opened as its topic is created here, starts
+/// with the partition's first configuration: it is one of the first voters, still placed
+/// here, and never placed elsewhere since (`PartitionEntry::departed`).
+fn first_configuration(p: &state::PartitionEntry, me: u64) -> bool {
+    p.initial.contains(&me) && p.nodes().contains(&me) && !p.departed.contains(&me)
+}
+
 /// The hooks the shards call.
 struct NodeHooks(Arc<ClusterNode>);
 
@@ -1241,9 +1248,10 @@ impl ClusterHooks for NodeHooks {
         // creation). One opened as a replica added later (`open_added_partition`: among them
         // one placed here again after it moved away and its data was removed) knows no
         // configuration until a leader adds it: with the first one and no vote record it
-        // could vote as a member it no longer is.
+        // could vote as a member it no longer is. So does one placed here again after it
+        // departed, in a topic dropped here meanwhile (its topic created here anew).
         let adding = node.adding.lock().map(|a| a.contains(id)).unwrap_or(true);
-        if !adding && p.initial.contains(&me) && p.nodes().contains(&me) {
+        if first_configuration(p, me) && !adding {
             Some(p.initial.clone())
         } else {
             Some(Vec::new())
@@ -1275,6 +1283,31 @@ impl ClusterHooks for NodeHooks {
 mod tests {
     use super::*;
     use crate::raft::entry::CONTROLLER_RECORD_OVERHEAD;
+
+    #[test]
+    fn a_replica_that_departed_never_starts_with_the_first_configuration() {
+        let on = |nodes: &[u64]| -> Vec<state::Replica> {
+            nodes
+                .iter()
+                .map(|&node| state::Replica { node, shard: 0 })
+                .collect()
+        };
+        let p = |replicas: &[u64], departed: Vec<u64>| state::PartitionEntry {
+            initial: vec![1, 2, 3],
+            replicas: on(replicas),
+            stopped: Vec::new(),
+            departed,
+        };
+        // At the topic's creation: the first voters, placed here.
+        assert!(first_configuration(&p(&[1, 2, 3], vec![]), 3));
+        // Not a first voter, or no longer placed here.
+        assert!(!first_configuration(&p(&[1, 2, 3, 4], vec![]), 4));
+        assert!(!first_configuration(&p(&[1, 2, 4], vec![3]), 3));
+        // Placed back after it departed (its topic dropped here meanwhile): no
+        // configuration, added as a learner by the group's leader.
+        assert!(!first_configuration(&p(&[1, 2, 3], vec![3, 4]), 3));
+        assert!(first_configuration(&p(&[1, 2, 3], vec![3, 4]), 2));
+    }
 
     fn entry(i: u64) -> NodeEntry {
         NodeEntry {

@@ -60,6 +60,13 @@ pub struct PartitionEntry {
     /// node that lacks one. Only nodes of `replicas`: a node leaves it with its replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<u64>,
+    /// Nodes once placed here and then placed elsewhere (a `set_replicas` left them out),
+    /// in the order they left; kept when placed back. Such a node's replica never starts
+    /// with the `initial` configuration again (it may have dropped its data while the group
+    /// still counted it): it starts with none and is added as a learner, as any replica
+    /// placed after the topic's creation. Absent from the encoding when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<u64>,
 }
 
 impl PartitionEntry {
@@ -541,7 +548,14 @@ impl ClusterState {
                 if let Some(t) = self.topics.get_mut(topic) {
                     t.replication_factor = *replication_factor;
                     if let Some(p) = t.partitions.get_mut(*partition as usize) {
+                        let before = p.nodes();
                         p.replicas = replicas.clone();
+                        let after = p.nodes();
+                        for n in before {
+                            if !after.contains(&n) && !p.departed.contains(&n) {
+                                p.departed.push(n);
+                            }
+                        }
                         // A node placed anew (or still) keeps its mark only while it stays.
                         let nodes = p.nodes();
                         p.stopped.retain(|n| nodes.contains(n));
@@ -761,6 +775,7 @@ impl ClusterState {
                 initial: chosen,
                 replicas,
                 stopped: Vec::new(),
+                departed: Vec::new(),
             });
         }
         Ok(out)
@@ -896,11 +911,36 @@ mod tests {
         );
         assert!(marks(&s).is_empty());
         assert_eq!(s.topics["t"].partitions[0].nodes(), vec![1, 3]);
+        // Node 2 left: recorded as departed, and it stays so when placed back.
+        assert_eq!(s.topics["t"].partitions[0].departed, vec![2]);
+        let mut back = s.topics["t"].partitions[0].replicas.clone();
+        back.retain(|r| r.node != 3);
+        back.push(s.replica_on("t", 0, 2));
+        s.apply(
+            11,
+            &Command::SetReplicas {
+                topic: "t".into(),
+                partition: 0,
+                replication_factor: 2,
+                replicas: back,
+            },
+        );
+        assert_eq!(s.topics["t"].partitions[0].nodes(), vec![1, 2]);
+        assert_eq!(s.topics["t"].partitions[0].departed, vec![2, 3]);
+        let again: ClusterState =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(again.topics["t"].partitions[0].departed, vec![2, 3]);
         let c = stopped(2);
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
-        // A partition without marks encodes as before (no `stopped` field).
-        let json = serde_json::to_string(&s.topics["t"].partitions[0]).unwrap();
-        assert!(!json.contains("stopped"), "{json}");
+        // A partition without marks or departures encodes as before (no `stopped` or
+        // `departed` field).
+        let mut fresh = three_nodes();
+        create_t(&mut fresh, 1, 2, &[1, 2]);
+        let json = serde_json::to_string(&fresh.topics["t"].partitions[0]).unwrap();
+        assert!(
+            !json.contains("stopped") && !json.contains("departed"),
+            "{json}"
+        );
     }
 
     #[test]
