@@ -463,6 +463,61 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
     );
 }
 
+/// A node killed and removed past the dead-node timeout, its replica of events/0 re-created
+/// on the fourth node, comes back with its data: re-admitted, but with nothing placed on it.
+/// Its replica's own configuration still counts it (the removal happened while it was
+/// down) and no leader talks to it; once it has heard from none for 30 s it asks the
+/// partition's members, which say the group no longer counts it, and it drops the topic.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_node_back_after_its_replica_was_re_created_elsewhere_drops_its_copy() {
+    let timeout = ["--dead-node-timeout".to_owned(), "3s".to_owned()];
+    let mut c = form("back after re-placement", 181, &timeout);
+    create_topic(&c, "events", 1, 3);
+    wait("events/0 led with three voters", || {
+        leader_of(&c, "events", 0, 3).is_some()
+    });
+    for i in 0..5u32 {
+        let v = format!("e{i}").into_bytes();
+        wait("a produce on the leader", || {
+            let l = leader_of(&c, "events", 0, 3).unwrap_or(0);
+            produce(&c.nodes[l], "events", &v).is_ok()
+        });
+    }
+    let join = c.nodes[0].gossip.clone();
+    let mut args = timeout.to_vec();
+    args.extend(["--start-join-addrs".to_owned(), join]);
+    let n4 = Node::start(c.dir(), "n4", "127.0.0.184", &args);
+    c.nodes.push(n4);
+    wait("the fourth node serving", || c.nodes[3].serving());
+    let ids = raft_ids(&c);
+    let ctl = controller_leader(&c);
+    let lead = leader_of(&c, "events", 0, 3).unwrap_or(0);
+    let victim = (0..3).find(|&i| i != ctl && i != lead).unwrap_or(2);
+    c.nodes[victim].kill9();
+    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    expected.sort_unstable();
+    wait("events/0 re-created on the fourth node", || {
+        voters_of(&c, "events").as_deref() == Some(&expected[..])
+    });
+    assert!(c.nodes[victim].data_dir.join("topics/events/0").exists());
+
+    c.nodes[victim].spawn();
+    wait("the node back, serving", || c.nodes[victim].serving());
+    wait("the node back re-admitted", || {
+        c.nodes[controller_leader(&c)]
+            .describe()
+            .is_some_and(|d| d.nodes.iter().any(|n| n.id == ids[victim] && !n.removed))
+    });
+    wait("the node back drops its copy of events", || {
+        !c.nodes[victim].data_dir.join("topics/events").exists()
+    });
+    assert_eq!(voters_of(&c, "events").as_deref(), Some(&expected[..]));
+    let log = c.nodes[victim].log();
+    assert!(log.contains("no longer counts this node"), "{log}");
+    assert!(log.contains("dropped topic \"events\""), "{log}");
+}
+
 /// `cluster remove` of a node that is running and leads a partition. The controller's log
 /// stops reaching a removed node before the entry that re-places its replicas, so the node
 /// never learnt that the partition had moved: it went on leading the group, its followers
