@@ -1019,6 +1019,12 @@ fn controller_replica(
         }
         // Resumes by itself once space returns.
         Some(Stopped::DiskFull) => here.stopped_since = None,
+        // A node removed from the cluster is left out on purpose (re-admitted when it
+        // registers again, at its next start): it asks nothing.
+        None if s.nodes.get(&me).is_none_or(|n| n.removed) => {
+            here.stopped_since = None;
+            here.adrift_since = None;
+        }
         None => {
             here.stopped_since = None;
             let member = v.voters.contains(&me) || v.learners.contains(&me);
