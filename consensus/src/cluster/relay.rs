@@ -447,27 +447,8 @@ pub async fn request(
     command: &[u8],
 ) -> Result<Answer, String> {
     let bytes = encode_request(from, command)?;
-    let exchange = async {
-        let mut stream = peer::connect(addr, tls, server_name, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        peer::write_frame(&mut stream, CONTROL_COMMAND, &bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-        match peer::read_frame(&mut stream, MAX_ANSWER_FRAME).await {
-            Ok(Some(f)) if f.kind == CONTROL_ANSWER => decode_answer(&f.payload),
-            Ok(Some(f)) if f.kind == peer::kind::ERROR => {
-                Err(format!("refused: {}", String::from_utf8_lossy(&f.payload)))
-            }
-            Ok(Some(f)) => Err(format!("unexpected frame kind {:#04x}", f.kind)),
-            Ok(None) => Err("closed without an answer".to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    match glommio::timer::timeout(RELAY_TIMEOUT, async { Ok(exchange.await) }).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {RELAY_TIMEOUT:?}")),
-    }
+    let to = (addr, tls, server_name);
+    exchange(to, (CONTROL_COMMAND, &bytes), CONTROL_ANSWER, decode_answer).await
 }
 
 /// Asks the member at `addr` (from a glommio executor) whether `group`'s configuration still
@@ -480,15 +461,35 @@ pub async fn request_membership(
     (from, group, applied): (u64, u64, u64),
 ) -> Result<Membership, String> {
     let bytes = encode_membership_request(from, group, applied);
-    let exchange = async {
+    let to = (addr, tls, server_name);
+    exchange(
+        to,
+        (CONTROL_MEMBERSHIP, &bytes),
+        MEMBERSHIP_ANSWER,
+        decode_membership,
+    )
+    .await
+}
+
+/// One request and one answer on a connection of their own: `request` (its kind and
+/// payload) to the member `to` (address, peer TLS, server name), then the answer of kind
+/// `answer` decoded by `decode` (an ERROR frame is its reason as a refusal), all within
+/// [`RELAY_TIMEOUT`].
+async fn exchange<T>(
+    (addr, tls, server_name): (SocketAddr, Option<&PeerTls>, &str),
+    (kind, payload): (u8, &[u8]),
+    answer: u8,
+    decode: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<T, String> {
+    let talk = async {
         let mut stream = peer::connect(addr, tls, server_name, CONNECT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        peer::write_frame(&mut stream, CONTROL_MEMBERSHIP, &bytes)
+        peer::write_frame(&mut stream, kind, payload)
             .await
             .map_err(|e| e.to_string())?;
         match peer::read_frame(&mut stream, MAX_ANSWER_FRAME).await {
-            Ok(Some(f)) if f.kind == MEMBERSHIP_ANSWER => decode_membership(&f.payload),
+            Ok(Some(f)) if f.kind == answer => decode(&f.payload),
             Ok(Some(f)) if f.kind == peer::kind::ERROR => {
                 Err(format!("refused: {}", String::from_utf8_lossy(&f.payload)))
             }
@@ -497,7 +498,7 @@ pub async fn request_membership(
             Err(e) => Err(e.to_string()),
         }
     };
-    match glommio::timer::timeout(RELAY_TIMEOUT, async { Ok(exchange.await) }).await {
+    match glommio::timer::timeout(RELAY_TIMEOUT, async { Ok(talk.await) }).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {RELAY_TIMEOUT:?}")),
     }
