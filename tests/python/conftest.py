@@ -61,7 +61,11 @@ def server_binary() -> Path:
 
 # --- ports -----------------------------------------------------------------------------
 
-_next_port = 20_000 + (os.getpid() * 7919) % 30_000
+# Below the kernel's ephemeral range (32768 and up here), as the Rust tests do: a port from
+# that range can be handed to any `bind(port 0)` the moment the probe below releases it (a
+# server's own admin listener on port 0 took the gRPC port chosen for it).
+_PORT_LOW, _PORT_SPAN = 20_000, 12_000
+_next_port = _PORT_LOW + (os.getpid() * 7919) % _PORT_SPAN
 
 
 def claim_port():
@@ -69,9 +73,9 @@ def claim_port():
     global _next_port
     lock_dir = Path(tempfile.gettempdir()) / "net-test-ports"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for _ in range(30_000):
+    for _ in range(_PORT_SPAN):
         port = _next_port
-        _next_port = 20_000 + (_next_port + 1 - 20_000) % 40_000
+        _next_port = _PORT_LOW + (_next_port + 1 - _PORT_LOW) % _PORT_SPAN
         try:
             lock = open(lock_dir / str(port), "w")
         except OSError:

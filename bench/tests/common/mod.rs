@@ -61,9 +61,24 @@ pub fn proglog_bin() -> PathBuf {
 
 /// A port nobody listens on right now. The server binds it explicitly (binding port 0 with
 /// SO_REUSEPORT on several shards would give each shard a different port).
+/// A port nobody uses right now, below the kernel's ephemeral range (32768 and up here), never
+/// handed out before in this test process. From the ephemeral range a port can be taken by
+/// some client's `connect` (even one that connects to itself) the moment it is released, and
+/// the tests of a binary run in parallel: two servers given one port would both bind it
+/// (their listeners use SO_REUSEPORT) and share its connections.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + seed.wrapping_add(n.wrapping_mul(104_729)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Server {
@@ -102,7 +117,14 @@ impl Server {
             log,
         };
         let until = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
+        // A connection to itself does not count: connecting to a free port in the ephemeral
+        // range can pick that same port as its source and succeed with no server there.
+        let listening = |addr: SocketAddr| {
+            TcpStream::connect(addr)
+                .ok()
+                .is_some_and(|c| c.local_addr().ok() != c.peer_addr().ok())
+        };
+        while !listening(addr) {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("proglog exited with {st} before listening:\n{}", s.log());
             }
