@@ -325,6 +325,23 @@ fn raft_ids(c: &Cluster) -> Vec<u64> {
         .collect()
 }
 
+/// Of a four-node cluster (Raft ids `ids`) whose topic `events` has one partition on the
+/// first three nodes and a dead-node timeout short enough: kill -9s a replica of events/0
+/// that leads neither it nor the controller, and waits until the partition's voters are the
+/// other three nodes (re-created on the fourth). Returns the victim and those voters.
+fn kill_a_follower_and_see_events_re_created(c: &mut Cluster, ids: &[u64]) -> (usize, Vec<u64>) {
+    let ctl = controller_leader(c);
+    let lead = leader_of(c, "events", 0, 3).unwrap_or(0);
+    let victim = (0..3).find(|&i| i != ctl && i != lead).unwrap_or(2);
+    c.nodes[victim].kill9();
+    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    expected.sort_unstable();
+    wait("events/0 re-created on the fourth node", || {
+        voters_of(c, "events").as_deref() == Some(&expected[..])
+    });
+    (victim, expected)
+}
+
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
@@ -374,15 +391,7 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
 
     // kill -9 a replica of events/0 that leads neither it nor the controller: past the
     // dead-node timeout it is removed and its replica re-created on the fourth node.
-    let ctl = controller_leader(&c);
-    let lead = leader_of(&c, "events", 0, 3).unwrap_or(0);
-    let victim = (0..3).find(|&i| i != ctl && i != lead).unwrap_or(2);
-    c.nodes[victim].kill9();
-    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
-    expected.sort_unstable();
-    wait("events/0 re-created on the fourth node", || {
-        voters_of(&c, "events").as_deref() == Some(&expected[..])
-    });
+    let (victim, _) = kill_a_follower_and_see_events_re_created(&mut c, &ids);
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     for &i in &survivors {
         for (&o, v) in &acked {
@@ -394,7 +403,7 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
             assert_eq!(got.as_ref().ok(), Some(v), "offset {o} on node {}", ids[i]);
         }
     }
-    let d = c.nodes[ctl].describe().expect("describe");
+    let d = c.nodes[controller_leader(&c)].describe().expect("describe");
     assert!(
         d.nodes.iter().any(|n| n.id == ids[victim] && n.removed),
         "{:?}",
@@ -491,15 +500,7 @@ fn a_node_back_after_its_replica_was_re_created_elsewhere_drops_its_copy() {
     c.nodes.push(n4);
     wait("the fourth node serving", || c.nodes[3].serving());
     let ids = raft_ids(&c);
-    let ctl = controller_leader(&c);
-    let lead = leader_of(&c, "events", 0, 3).unwrap_or(0);
-    let victim = (0..3).find(|&i| i != ctl && i != lead).unwrap_or(2);
-    c.nodes[victim].kill9();
-    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
-    expected.sort_unstable();
-    wait("events/0 re-created on the fourth node", || {
-        voters_of(&c, "events").as_deref() == Some(&expected[..])
-    });
+    let (victim, expected) = kill_a_follower_and_see_events_re_created(&mut c, &ids);
     assert!(c.nodes[victim].data_dir.join("topics/events/0").exists());
 
     c.nodes[victim].spawn();

@@ -418,6 +418,21 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         &[("outcome", "refused")],
         c.stats.commands_relay_refused.load(Relaxed) as f64,
     );
+    e.family(
+        "proglog_cluster_membership_questions_received_total",
+        Kind::Counter,
+        "Questions from other members whether a group still counts them, by outcome (answered, refused).",
+    )
+    .sample(
+        "proglog_cluster_membership_questions_received_total",
+        &[("outcome", "answered")],
+        c.stats.membership_questions_answered.load(Relaxed) as f64,
+    )
+    .sample(
+        "proglog_cluster_membership_questions_received_total",
+        &[("outcome", "refused")],
+        c.stats.membership_questions_refused.load(Relaxed) as f64,
+    );
     e.single(
         "proglog_cluster_nodes_removed_total",
         Kind::Counter,

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ports;
 pub mod seccomp;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -36,23 +37,7 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A port nobody uses right now, below the kernel's ephemeral range (32768 and up here): a
-/// port taken from that range can be handed to some client's `connect` the moment a server
-/// releases it, which breaks restarts on the same port.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    let seed = std::process::id().wrapping_mul(7919);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + seed.wrapping_add(n.wrapping_mul(104_729)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use ports::free_port;
 
 pub fn opts() -> CallOptions {
     CallOptions::timeout(Duration::from_secs(10))

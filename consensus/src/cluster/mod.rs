@@ -162,6 +162,11 @@ pub struct ClusterStats {
     /// Receiving side: relayed commands refused (no peer TLS where it runs, not a known
     /// member, oversized, malformed, about another node, from an unregistered node).
     pub commands_relay_refused: std::sync::atomic::AtomicU64,
+    /// Receiving side: questions whether a group still counts their sender, answered
+    /// ([`relay::serve_membership`]).
+    pub membership_questions_answered: std::sync::atomic::AtomicU64,
+    /// Receiving side: such questions refused (same rules as relayed commands).
+    pub membership_questions_refused: std::sync::atomic::AtomicU64,
 }
 
 /// This node in its cluster: the controller's state as applied here, and the way to change

@@ -329,14 +329,14 @@ pub async fn serve_membership(node: &ClusterNode, mut conn: PeerConn, len: usize
     match answered {
         Ok(m) => {
             node.stats
-                .commands_relay_served
+                .membership_questions_answered
                 .fetch_add(1, Ordering::Relaxed);
             let bytes = encode_membership(m);
             let _ = peer::write_frame(&mut conn.stream, MEMBERSHIP_ANSWER, &bytes).await;
         }
         Err((unread, why)) => {
             node.stats
-                .commands_relay_refused
+                .membership_questions_refused
                 .fetch_add(1, Ordering::Relaxed);
             log::warn!("membership request from {:?} refused: {why}", conn.peer);
             let _ = peer::write_frame(&mut conn.stream, peer::kind::ERROR, why.as_bytes()).await;
