@@ -177,8 +177,24 @@ fn tls_and_mutual_tls() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_sane(workload(&r.json(), "produce-stream"));
     // The certificate names localhost; checking it against another name must fail.
-    let r = bench_json(&s, &["--tls-ca", &ca, "--tls-server-name", "example.com"]);
+    // (Failed handshakes are retried until `--timeout`, kept short here.)
+    let r = bench_json(
+        &s,
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-server-name",
+            "example.com",
+            "--timeout",
+            "1s",
+        ],
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not valid for name \"example.com\""),
+        "{}",
+        r.stderr
+    );
     drop(s);
 
     // Mutual TLS: with the client certificate it works, without it the run fails.
@@ -213,7 +229,10 @@ fn tls_and_mutual_tls() {
     let j = r.json();
     assert_sane(workload(&j, "produce"));
     assert_sane(workload(&j, "consume-stream"));
-    let r = bench_json(&s, &["--tls-ca", &ca, "--duration", "500ms"]);
+    let r = bench_json(
+        &s,
+        &["--tls-ca", &ca, "--duration", "500ms", "--timeout", "1s"],
+    );
     assert_eq!(r.code, 1, "no client certificate must fail:\n{}", r.stdout);
 }
 
@@ -299,7 +318,9 @@ fn bad_arguments_give_clear_errors() {
     // Run-time failures are exit 1 with the cause named.
     let port = common::free_port().to_string();
     let addr = format!("127.0.0.1:{port}");
-    let r = bench(&["--addr", &addr, "-q", "--duration", "1s"]);
+    // Nothing listens there: finding a server is retried until `--timeout` (30 s by
+    // default), kept short here.
+    let r = bench(&["--addr", &addr, "-q", "--duration", "1s", "--timeout", "1s"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("Connection refused"), "{}", r.stderr);
     let r = bench(&["--addr", &addr, "--tls-ca", "/nonexistent/ca.pem"]);

@@ -85,36 +85,44 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS handshake with {peer:?}: {source}")]
+    #[error("TLS handshake with {}: {source}", show_peer(.peer))]
     TlsHandshake {
         peer: Option<SocketAddr>,
         source: std::io::Error,
     },
-    #[error("TLS handshake with {0:?} timed out")]
+    #[error("TLS handshake with {} timed out", show_peer(.0))]
     TlsHandshakeTimeout(Option<SocketAddr>),
     #[error("TLS settings: {0}")]
     TlsConfig(#[from] tls::TlsError),
-    #[error("HTTP/2 handshake with {peer:?}: {source}")]
+    #[error("HTTP/2 handshake with {}: {source}", show_peer(.peer))]
     Handshake {
         peer: Option<SocketAddr>,
         source: h2::Error,
     },
-    #[error("HTTP/2 handshake with {0:?} timed out")]
+    #[error("HTTP/2 handshake with {} timed out", show_peer(.0))]
     HandshakeTimeout(Option<SocketAddr>),
-    #[error("HTTP/2 connection with {peer:?}: {source}")]
+    #[error("HTTP/2 connection with {}: {source}", show_peer(.peer))]
     Connection {
         peer: Option<SocketAddr>,
         source: h2::Error,
     },
-    #[error("keepalive: {peer:?} did not acknowledge a PING within {timeout:?}")]
+    #[error("keepalive: {} did not acknowledge a PING within {timeout:?}", show_peer(.peer))]
     KeepaliveTimeout {
         peer: Option<SocketAddr>,
         timeout: Duration,
     },
-    #[error("connection with {0:?} still had calls in flight {1:?} after shutdown began")]
+    #[error("connection with {peer} still had calls in flight {left:?} after shutdown began", peer = show_peer(.0), left = .1)]
     DrainTimeout(Option<SocketAddr>, Duration),
     #[error("executor: {0}")]
     Executor(String),
+}
+
+/// A peer's address in an error message, or words saying it is not known.
+fn show_peer(peer: &Option<SocketAddr>) -> String {
+    match peer {
+        Some(a) => a.to_string(),
+        None => "a peer of unknown address".to_owned(),
+    }
 }
 
 impl Error {
