@@ -119,7 +119,8 @@ fn topics_servers_and_health() {
 #[test]
 fn cli_reports_an_unreachable_server() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (ok, _, err) = run_cli(addr, &["health"], None);
+    // A refused connection is retried until `--timeout` (10 s by default), kept short here.
+    let (ok, _, err) = run_cli(addr, &["health", "--timeout", "1"], None);
     assert!(!ok);
     assert!(err.contains("connecting to"), "{err}");
 }
