@@ -245,12 +245,35 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
         }
     }
-    seen.dropping
-        .retain(|name| local.iter().any(|t| &t.name == name));
+    prune_dropping(
+        &mut seen.dropping,
+        |name| local.iter().any(|t| t.name == name),
+        s,
+        me,
+    );
     let tracked = std::mem::take(&mut seen.tracked);
     seen.leaderless.retain(|g, _| tracked.contains(g));
     seen.asked.retain(|g, _| tracked.contains(g));
     seen.closing.retain(|g, _| tracked.contains(g));
+}
+
+/// Forgets, in `dropping` (topics whose dropping here failed, dropped again at once without
+/// asking whether a replica here still counts), the topics no longer held here (`is_local`)
+/// and those placed here again in `s`: their replicas reopen and rejoin their groups, so a
+/// later move away must ask again ([`still_counted`]) before the topic goes.
+fn prune_dropping(
+    dropping: &mut BTreeSet<String>,
+    is_local: impl Fn(&str) -> bool,
+    s: &ClusterState,
+    me: u64,
+) {
+    dropping.retain(|name| {
+        let hosted = s
+            .topics
+            .get(name)
+            .is_some_and(|e| e.partitions.iter().any(|p| p.nodes().contains(&me)));
+        is_local(name) && !hosted
+    });
 }
 
 /// A partition of `topic` held here whose replica its group may still count (see
@@ -1572,6 +1595,51 @@ mod tests {
             closing_step(2, Some(&running), None, Some(Unplaced::Drop)),
             Unplaced::Keep
         );
+    }
+
+    #[test]
+    fn a_topic_whose_dropping_failed_is_asked_about_again_once_placed_here_again() {
+        let mut s = state();
+        let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: engine::LogConfig::default(),
+                replication_factor: 2,
+                partitions,
+            },
+        );
+        // Node 3 held `t`, placed elsewhere, and failed to drop it.
+        let mut dropping: BTreeSet<String> = ["t".to_owned(), "gone".to_owned()].into();
+        prune_dropping(&mut dropping, |n| n == "t", &s, 3);
+        assert_eq!(
+            dropping,
+            ["t".to_owned()].into(),
+            "a topic no longer held is forgotten"
+        );
+        // `t` is placed on node 3 again (its replica reopened, re-added to its group): the
+        // failure is forgotten, so that a later move away asks again whether the group still
+        // counts the replica here before the topic is dropped, instead of dropping at once a
+        // voter the group may still need.
+        let mut back = s.topics["t"].partitions[0].replicas.clone();
+        back.retain(|r| r.node != 2);
+        back.push(s.replica_on("t", 0, 3));
+        s.apply(
+            5,
+            &Command::SetReplicas {
+                topic: "t".into(),
+                partition: 0,
+                replication_factor: 2,
+                replicas: back,
+            },
+        );
+        prune_dropping(&mut dropping, |n| n == "t", &s, 3);
+        assert!(dropping.is_empty(), "{dropping:?}");
+        // Still placed elsewhere: kept (dropped again at the next pass).
+        let mut dropping: BTreeSet<String> = ["t".to_owned()].into();
+        prune_dropping(&mut dropping, |n| n == "t", &s, 2);
+        assert_eq!(dropping, ["t".to_owned()].into());
     }
 
     fn moved(node: &ClusterNode) -> u64 {
