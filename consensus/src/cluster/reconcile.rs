@@ -948,6 +948,31 @@ struct ControllerHere {
     asked: Option<Instant>,
     /// It was started afresh in this run and has not been counted since.
     fresh: bool,
+    /// Starting it afresh failed after it was closed: its board entry is gone, and what
+    /// remains to do is known only here.
+    resetting: bool,
+}
+
+/// What becomes of this node's controller replica while it is not on the board (closed, or
+/// not published yet), its partition held here (`held`: none, its topic unknown) and a start
+/// afresh of it begun and failed in this run (`resetting`).
+#[derive(Debug, PartialEq, Eq)]
+enum ClosedController {
+    /// Nothing yet (not opened yet at start, or its view not published yet).
+    Wait,
+    /// Opened afresh: it was closed and its partition let go, and the opening failed.
+    Open,
+    /// Started afresh again: the closing failed after the replica closed, before the
+    /// partition was let go (the engine leaves it held, its directory maybe in place).
+    Reset,
+}
+
+fn closed_controller(held: Option<bool>, resetting: bool) -> ClosedController {
+    match held {
+        Some(false) => ClosedController::Open,
+        Some(true) if resetting => ClosedController::Reset,
+        _ => ClosedController::Wait,
+    }
 }
 
 /// This node's own controller replica (`__cluster`/0), which the placement does not list.
@@ -977,19 +1002,37 @@ fn controller_replica(
             .is_none_or(|a| now.duration_since(a) >= ASK_AGAIN)
     };
     let Some(v) = node.controller() else {
-        // Closed and not opened again (the fresh start's opening failed): open it.
         let Some(engine) = node.engine() else { return };
-        let held = engine.held_partitions(engine::CONTROLLER_TOPIC);
-        if held.is_ok_and(|h| !h.contains(&0)) && due(here) {
-            here.asked = Some(now);
-            let opened =
-                futures_lite::future::block_on(engine.open_partition(engine::CONTROLLER_TOPIC, 0));
-            match opened {
-                Ok(()) => log::info!("the controller's replica here: opened afresh"),
-                Err(e) => log::warn!(
-                    "the controller's replica here: opening it afresh: {e} (tried again every \
-                     {ASK_AGAIN:?})"
-                ),
+        let held = engine
+            .held_partitions(engine::CONTROLLER_TOPIC)
+            .ok()
+            .map(|h| h.contains(&0));
+        match closed_controller(held, here.resetting) {
+            ClosedController::Wait => {}
+            _ if !due(here) => {}
+            // Closed and not opened again (the fresh start's opening failed): open it.
+            ClosedController::Open => {
+                here.asked = Some(now);
+                let opened = futures_lite::future::block_on(
+                    engine.open_partition(engine::CONTROLLER_TOPIC, 0),
+                );
+                match opened {
+                    Ok(()) => {
+                        log::info!("the controller's replica here: opened afresh");
+                        // The start afresh is complete: as after one that went through.
+                        here.resetting = false;
+                        here.fresh = true;
+                    }
+                    Err(e) => log::warn!(
+                        "the controller's replica here: opening it afresh: {e} (tried again \
+                         every {ASK_AGAIN:?})"
+                    ),
+                }
+            }
+            // Closed, still held: the closing failed after the replica closed.
+            ClosedController::Reset => {
+                here.asked = Some(now);
+                start_controller_afresh(node, here);
             }
         }
         return;
@@ -1019,26 +1062,7 @@ fn controller_replica(
             if node.controller_counts_me(v.applied) != Some(false) {
                 return;
             }
-            match node.reset_controller_replica() {
-                Ok(()) => {
-                    log::warn!(
-                        "the controller's replica here, stopped and left out of the \
-                         controller's group, started afresh (its data removed); asking to be \
-                         added back"
-                    );
-                    node.stats
-                        .controller_replica_resets
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    *here = ControllerHere {
-                        fresh: true,
-                        ..ControllerHere::default()
-                    };
-                }
-                Err(e) => log::warn!(
-                    "the controller's replica here: starting it afresh: {e} (tried again every \
-                     {ASK_AGAIN:?})"
-                ),
-            }
+            start_controller_afresh(node, here);
         }
         // Resumes by itself once space returns.
         Some(Stopped::DiskFull) => here.stopped_since = None,
@@ -1081,6 +1105,34 @@ fn controller_replica(
                 sent,
                 &c,
                 "asking to be counted in the controller's group",
+            );
+        }
+    }
+}
+
+/// Starts this node's controller replica afresh ([`ClusterNode::reset_controller_replica`]),
+/// left out of the controller's group: on failure, remembered in `here` so that a replica
+/// closed by the failed try is started afresh again (its board entry gone with it).
+fn start_controller_afresh(node: &ClusterNode, here: &mut ControllerHere) {
+    match node.reset_controller_replica() {
+        Ok(()) => {
+            log::warn!(
+                "the controller's replica here, stopped and left out of the controller's \
+                 group, started afresh (its data removed); asking to be added back"
+            );
+            node.stats
+                .controller_replica_resets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *here = ControllerHere {
+                fresh: true,
+                ..ControllerHere::default()
+            };
+        }
+        Err(e) => {
+            here.resetting = true;
+            log::warn!(
+                "the controller's replica here: starting it afresh: {e} (tried again every \
+                 {ASK_AGAIN:?})"
             );
         }
     }
@@ -1640,6 +1692,23 @@ mod tests {
         let mut dropping: BTreeSet<String> = ["t".to_owned()].into();
         prune_dropping(&mut dropping, |n| n == "t", &s, 2);
         assert_eq!(dropping, ["t".to_owned()].into());
+    }
+
+    #[test]
+    fn a_start_afresh_whose_closing_failed_is_tried_again() {
+        // Closed and let go, the opening failed: opened afresh.
+        assert_eq!(closed_controller(Some(false), true), ClosedController::Open);
+        assert_eq!(
+            closed_controller(Some(false), false),
+            ClosedController::Open
+        );
+        // Closed, but the closing failed before the catalog let it go (the rename of its
+        // directory, or the catalog's write): started afresh again, not left closed for the
+        // rest of the run.
+        assert_eq!(closed_controller(Some(true), true), ClosedController::Reset);
+        // Held and no start afresh begun: not opened yet, or not published yet.
+        assert_eq!(closed_controller(Some(true), false), ClosedController::Wait);
+        assert_eq!(closed_controller(None, true), ClosedController::Wait);
     }
 
     fn moved(node: &ClusterNode) -> u64 {
