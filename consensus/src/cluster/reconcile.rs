@@ -110,7 +110,24 @@ struct Seen {
     /// the partition stays held, and with no view left to decide on, the same step is
     /// tried again.
     closing: HashMap<u64, Unplaced>,
+    /// Membership questions asked in this pass ([`QUESTIONS_PER_PASS`]).
+    questions: usize,
 }
+
+impl Seen {
+    /// A new local pass: no group looked at, no question asked yet.
+    fn begin_pass(&mut self) {
+        self.tracked.clear();
+        self.questions = 0;
+    }
+}
+
+/// The most groups a local pass asks about ([`ClusterNode::group_counts_me`]): each question
+/// may take up to [`super::relay::RELAY_DEADLINE`] when the members asked do not answer, and
+/// the pass (on the thread that also runs the controller leader's duties) must not wait that
+/// long for every leaderless replica held here at once. The others are asked at the next
+/// passes, each group at most every [`ASK_AGAIN`].
+pub const QUESTIONS_PER_PASS: usize = 2;
 
 /// Passes in a row that must find a local topic missing from the controller's state (and
 /// never listed there since the start) before it is dropped: a topic created a moment ago
@@ -198,7 +215,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
-    seen.tracked.clear();
+    seen.begin_pass();
     close_unplaced(node, s, engine, seen, now);
     seen.absent
         .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
@@ -303,7 +320,8 @@ fn still_counted(
 /// configuration here still counts this node but that has heard from no leader for
 /// [`UNPLACED_LEADERLESS`] is asked about: when a member of its current placement whose
 /// replica applied at least as far says the group no longer counts this node
-/// ([`ClusterNode::group_counts_me`], at most every [`ASK_AGAIN`]), it is left out for good
+/// ([`ClusterNode::group_counts_me`], at most every [`ASK_AGAIN`], and about at most
+/// [`QUESTIONS_PER_PASS`] groups a pass), it is left out for good
 /// and its data goes ([`Unplaced::Drop`]); otherwise it is closed and kept.
 fn unplaced_decision(
     node: &ClusterNode,
@@ -334,6 +352,11 @@ fn unplaced_decision(
     {
         return Unplaced::Keep;
     }
+    if seen.questions >= QUESTIONS_PER_PASS {
+        // Asked about at a later pass.
+        return Unplaced::Keep;
+    }
+    seen.questions += 1;
     seen.asked.insert(group, now);
     let targets = s.partition(id).map(|p| p.nodes()).unwrap_or_default();
     match node.group_counts_me(group, v.applied, &targets) {
@@ -1625,6 +1648,44 @@ mod tests {
             ..led(1, vec![1, 3])
         };
         assert_eq!(unplaced_step(2, Some(&learner), long), Unplaced::Keep);
+    }
+
+    #[test]
+    fn a_pass_asks_about_a_bounded_number_of_groups() {
+        let (node, s) = stopped_setup(2, false);
+        let ids: Vec<PartitionId> = (0..5)
+            .map(|i| PartitionId::new(format!("t{i}").as_str(), 0))
+            .collect();
+        for id in &ids {
+            // Held here, placed elsewhere, still counting node 2, no leader heard from.
+            node.peers
+                .board
+                .set(crate::raft::replica::group_id(id), view(None));
+        }
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        seen.begin_pass();
+        for id in &ids {
+            let _ = unplaced_decision(&node, &s, id, &mut seen, t0);
+        }
+        // Past the grace: every one may be asked about, each question up to RELAY_DEADLINE
+        // when its members do not answer; one pass asks about a few only.
+        let later = t0 + UNPLACED_LEADERLESS;
+        seen.begin_pass();
+        for id in &ids {
+            let _ = unplaced_decision(&node, &s, id, &mut seen, later);
+        }
+        assert_eq!(seen.asked.len(), QUESTIONS_PER_PASS, "one pass");
+        // The next passes ask about the others.
+        let mut at = later;
+        for _ in 0..ids.len() {
+            at += Duration::from_secs(1);
+            seen.begin_pass();
+            for id in &ids {
+                let _ = unplaced_decision(&node, &s, id, &mut seen, at);
+            }
+        }
+        assert_eq!(seen.asked.len(), ids.len(), "every group asked in time");
     }
 
     #[test]
