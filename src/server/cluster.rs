@@ -151,7 +151,7 @@ pub fn form(
                     .context("writing cluster.meta")?;
             }
             open_controller(controller_config(settings), node, engine)?;
-            if id.node_id == FIRST_NODE_ID {
+            if id.node_id == FIRST_NODE_ID && !controller_started_afresh(node) {
                 bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
             }
             check_cluster_id(node, &id.cluster_id);
@@ -244,6 +244,20 @@ fn open_controller(
         Ok(_) | Err(engine::Error::TopicExists(_)) => Ok(()),
         Err(e) => Err(anyhow!(e)).context("creating the controller's partition"),
     }
+}
+
+/// Whether this node's controller replica was started afresh (`reset_controller_replica`,
+/// or its reopening at start above): it holds no configuration and applied no state, and
+/// waits for the controller's leader to add it back, as a joining node's replica. The
+/// cluster exists: the first node has nothing to bootstrap, and waiting for a leader or a
+/// state it cannot have before its registration (sent after `bootstrap`) withdraws its
+/// `controller_stopped` mark would fail its start. Waits briefly for the replica's first
+/// view; none yet: not started afresh (the bootstrap wait as before).
+fn controller_started_afresh(node: &ClusterNode) -> bool {
+    let _ = wait_for("the controller's replica", Duration::from_secs(5), || {
+        node.controller().is_some()
+    });
+    consensus::cluster::started_afresh(node.controller().as_ref(), &node.state().cluster_id)
 }
 
 /// Logs an error if the controller's log names another cluster than cluster.meta.

@@ -1222,6 +1222,18 @@ fn log_applied(index: u64, c: &Command, outcome: &Applied, replay: bool) {
     }
 }
 
+/// Whether a controller replica whose view is `v`, on a node whose applied state names
+/// cluster `cluster_id`, was started afresh ([`ClusterNode::reset_controller_replica`], or
+/// reopened empty at start after a reset cut short): running, its configuration names no
+/// voter and no learner (a bootstrapping first node's names itself from its first entry, and
+/// a log kept across a restart holds the configuration it had), and no state applied. Such
+/// a replica waits for the controller's leader to add it back, as a joining node's: the
+/// cluster exists, and its first node has nothing to bootstrap.
+pub fn started_afresh(v: Option<&crate::raft::board::GroupView>, cluster_id: &str) -> bool {
+    v.is_some_and(|v| v.stopped.is_none() && v.voters.is_empty() && v.learners.is_empty())
+        && cluster_id.is_empty()
+}
+
 /// Whether node `me`'s replica of partition `p`, opened as its topic is created here, starts
 /// with the partition's first configuration: it is one of the first voters, still placed
 /// here, and never placed elsewhere since (`PartitionEntry::departed`).
@@ -1288,6 +1300,39 @@ impl ClusterHooks for NodeHooks {
 mod tests {
     use super::*;
     use crate::raft::entry::CONTROLLER_RECORD_OVERHEAD;
+
+    #[test]
+    fn the_first_node_bootstraps_unless_its_controller_replica_was_started_afresh() {
+        let view = |voters: Vec<u64>, learners: Vec<u64>| crate::raft::board::GroupView {
+            shard: 0,
+            role: raft::StateRole::Follower,
+            term: 1,
+            leader: raft::INVALID_ID,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+            voters,
+            learners,
+            matched: vec![],
+            stopped: None,
+        };
+        // Started afresh (no configuration, no state): the cluster exists, nothing to
+        // bootstrap; its start does not wait for a leader it cannot have yet.
+        assert!(started_afresh(Some(&view(vec![], vec![])), ""));
+        // A new cluster's first node (itself the only voter), or a crash before its
+        // bootstrap command committed: bootstraps.
+        assert!(!started_afresh(Some(&view(vec![1], vec![])), ""));
+        // A restart with its log: the state replayed, or the configuration it had.
+        assert!(!started_afresh(Some(&view(vec![], vec![])), "c"));
+        assert!(!started_afresh(Some(&view(vec![2, 3], vec![1])), ""));
+        // Not open yet, or stopped: as before.
+        assert!(!started_afresh(None, ""));
+        let stopped = crate::raft::board::GroupView {
+            stopped: Some(crate::raft::group::Stopped::Failed),
+            ..view(vec![], vec![])
+        };
+        assert!(!started_afresh(Some(&stopped), ""));
+    }
 
     #[test]
     fn a_replica_that_departed_never_starts_with_the_first_configuration() {

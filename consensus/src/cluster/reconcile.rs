@@ -110,7 +110,24 @@ struct Seen {
     /// the partition stays held, and with no view left to decide on, the same step is
     /// tried again.
     closing: HashMap<u64, Unplaced>,
+    /// Membership questions asked in this pass ([`QUESTIONS_PER_PASS`]).
+    questions: usize,
 }
+
+impl Seen {
+    /// A new local pass: no group looked at, no question asked yet.
+    fn begin_pass(&mut self) {
+        self.tracked.clear();
+        self.questions = 0;
+    }
+}
+
+/// The most groups a local pass asks about ([`ClusterNode::group_counts_me`]): each question
+/// may take up to [`super::relay::RELAY_DEADLINE`] when the members asked do not answer, and
+/// the pass (on the thread that also runs the controller leader's duties) must not wait that
+/// long for every leaderless replica held here at once. The others are asked at the next
+/// passes, each group at most every [`ASK_AGAIN`].
+pub const QUESTIONS_PER_PASS: usize = 2;
 
 /// Passes in a row that must find a local topic missing from the controller's state (and
 /// never listed there since the start) before it is dropped: a topic created a moment ago
@@ -198,7 +215,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     let Ok(local) = engine.list_topics() else {
         return;
     };
-    seen.tracked.clear();
+    seen.begin_pass();
     close_unplaced(node, s, engine, seen, now);
     seen.absent
         .retain(|name, _| local.iter().any(|t| &t.name == name) && !s.topics.contains_key(name));
@@ -245,12 +262,35 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
         }
     }
-    seen.dropping
-        .retain(|name| local.iter().any(|t| &t.name == name));
+    prune_dropping(
+        &mut seen.dropping,
+        |name| local.iter().any(|t| t.name == name),
+        s,
+        me,
+    );
     let tracked = std::mem::take(&mut seen.tracked);
     seen.leaderless.retain(|g, _| tracked.contains(g));
     seen.asked.retain(|g, _| tracked.contains(g));
     seen.closing.retain(|g, _| tracked.contains(g));
+}
+
+/// Forgets, in `dropping` (topics whose dropping here failed, dropped again at once without
+/// asking whether a replica here still counts), the topics no longer held here (`is_local`)
+/// and those placed here again in `s`: their replicas reopen and rejoin their groups, so a
+/// later move away must ask again ([`still_counted`]) before the topic goes.
+fn prune_dropping(
+    dropping: &mut BTreeSet<String>,
+    is_local: impl Fn(&str) -> bool,
+    s: &ClusterState,
+    me: u64,
+) {
+    dropping.retain(|name| {
+        let hosted = s
+            .topics
+            .get(name)
+            .is_some_and(|e| e.partitions.iter().any(|p| p.nodes().contains(&me)));
+        is_local(name) && !hosted
+    });
 }
 
 /// A partition of `topic` held here whose replica its group may still count (see
@@ -280,7 +320,8 @@ fn still_counted(
 /// configuration here still counts this node but that has heard from no leader for
 /// [`UNPLACED_LEADERLESS`] is asked about: when a member of its current placement whose
 /// replica applied at least as far says the group no longer counts this node
-/// ([`ClusterNode::group_counts_me`], at most every [`ASK_AGAIN`]), it is left out for good
+/// ([`ClusterNode::group_counts_me`], at most every [`ASK_AGAIN`], and about at most
+/// [`QUESTIONS_PER_PASS`] groups a pass), it is left out for good
 /// and its data goes ([`Unplaced::Drop`]); otherwise it is closed and kept.
 fn unplaced_decision(
     node: &ClusterNode,
@@ -311,6 +352,11 @@ fn unplaced_decision(
     {
         return Unplaced::Keep;
     }
+    if seen.questions >= QUESTIONS_PER_PASS {
+        // Asked about at a later pass.
+        return Unplaced::Keep;
+    }
+    seen.questions += 1;
     seen.asked.insert(group, now);
     let targets = s.partition(id).map(|p| p.nodes()).unwrap_or_default();
     match node.group_counts_me(group, v.applied, &targets) {
@@ -925,6 +971,31 @@ struct ControllerHere {
     asked: Option<Instant>,
     /// It was started afresh in this run and has not been counted since.
     fresh: bool,
+    /// Starting it afresh failed after it was closed: its board entry is gone, and what
+    /// remains to do is known only here.
+    resetting: bool,
+}
+
+/// What becomes of this node's controller replica while it is not on the board (closed, or
+/// not published yet), its partition held here (`held`: none, its topic unknown) and a start
+/// afresh of it begun and failed in this run (`resetting`).
+#[derive(Debug, PartialEq, Eq)]
+enum ClosedController {
+    /// Nothing yet (not opened yet at start, or its view not published yet).
+    Wait,
+    /// Opened afresh: it was closed and its partition let go, and the opening failed.
+    Open,
+    /// Started afresh again: the closing failed after the replica closed, before the
+    /// partition was let go (the engine leaves it held, its directory maybe in place).
+    Reset,
+}
+
+fn closed_controller(held: Option<bool>, resetting: bool) -> ClosedController {
+    match held {
+        Some(false) => ClosedController::Open,
+        Some(true) if resetting => ClosedController::Reset,
+        _ => ClosedController::Wait,
+    }
 }
 
 /// This node's own controller replica (`__cluster`/0), which the placement does not list.
@@ -954,19 +1025,37 @@ fn controller_replica(
             .is_none_or(|a| now.duration_since(a) >= ASK_AGAIN)
     };
     let Some(v) = node.controller() else {
-        // Closed and not opened again (the fresh start's opening failed): open it.
         let Some(engine) = node.engine() else { return };
-        let held = engine.held_partitions(engine::CONTROLLER_TOPIC);
-        if held.is_ok_and(|h| !h.contains(&0)) && due(here) {
-            here.asked = Some(now);
-            let opened =
-                futures_lite::future::block_on(engine.open_partition(engine::CONTROLLER_TOPIC, 0));
-            match opened {
-                Ok(()) => log::info!("the controller's replica here: opened afresh"),
-                Err(e) => log::warn!(
-                    "the controller's replica here: opening it afresh: {e} (tried again every \
-                     {ASK_AGAIN:?})"
-                ),
+        let held = engine
+            .held_partitions(engine::CONTROLLER_TOPIC)
+            .ok()
+            .map(|h| h.contains(&0));
+        match closed_controller(held, here.resetting) {
+            ClosedController::Wait => {}
+            _ if !due(here) => {}
+            // Closed and not opened again (the fresh start's opening failed): open it.
+            ClosedController::Open => {
+                here.asked = Some(now);
+                let opened = futures_lite::future::block_on(
+                    engine.open_partition(engine::CONTROLLER_TOPIC, 0),
+                );
+                match opened {
+                    Ok(()) => {
+                        log::info!("the controller's replica here: opened afresh");
+                        // The start afresh is complete: as after one that went through.
+                        here.resetting = false;
+                        here.fresh = true;
+                    }
+                    Err(e) => log::warn!(
+                        "the controller's replica here: opening it afresh: {e} (tried again \
+                         every {ASK_AGAIN:?})"
+                    ),
+                }
+            }
+            // Closed, still held: the closing failed after the replica closed.
+            ClosedController::Reset => {
+                here.asked = Some(now);
+                start_controller_afresh(node, here);
             }
         }
         return;
@@ -996,26 +1085,7 @@ fn controller_replica(
             if node.controller_counts_me(v.applied) != Some(false) {
                 return;
             }
-            match node.reset_controller_replica() {
-                Ok(()) => {
-                    log::warn!(
-                        "the controller's replica here, stopped and left out of the \
-                         controller's group, started afresh (its data removed); asking to be \
-                         added back"
-                    );
-                    node.stats
-                        .controller_replica_resets
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    *here = ControllerHere {
-                        fresh: true,
-                        ..ControllerHere::default()
-                    };
-                }
-                Err(e) => log::warn!(
-                    "the controller's replica here: starting it afresh: {e} (tried again every \
-                     {ASK_AGAIN:?})"
-                ),
-            }
+            start_controller_afresh(node, here);
         }
         // Resumes by itself once space returns.
         Some(Stopped::DiskFull) => here.stopped_since = None,
@@ -1058,6 +1128,34 @@ fn controller_replica(
                 sent,
                 &c,
                 "asking to be counted in the controller's group",
+            );
+        }
+    }
+}
+
+/// Starts this node's controller replica afresh ([`ClusterNode::reset_controller_replica`]),
+/// left out of the controller's group: on failure, remembered in `here` so that a replica
+/// closed by the failed try is started afresh again (its board entry gone with it).
+fn start_controller_afresh(node: &ClusterNode, here: &mut ControllerHere) {
+    match node.reset_controller_replica() {
+        Ok(()) => {
+            log::warn!(
+                "the controller's replica here, stopped and left out of the controller's \
+                 group, started afresh (its data removed); asking to be added back"
+            );
+            node.stats
+                .controller_replica_resets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *here = ControllerHere {
+                fresh: true,
+                ..ControllerHere::default()
+            };
+        }
+        Err(e) => {
+            here.resetting = true;
+            log::warn!(
+                "the controller's replica here: starting it afresh: {e} (tried again every \
+                 {ASK_AGAIN:?})"
             );
         }
     }
@@ -1553,6 +1651,44 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_asks_about_a_bounded_number_of_groups() {
+        let (node, s) = stopped_setup(2, false);
+        let ids: Vec<PartitionId> = (0..5)
+            .map(|i| PartitionId::new(format!("t{i}").as_str(), 0))
+            .collect();
+        for id in &ids {
+            // Held here, placed elsewhere, still counting node 2, no leader heard from.
+            node.peers
+                .board
+                .set(crate::raft::replica::group_id(id), view(None));
+        }
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        seen.begin_pass();
+        for id in &ids {
+            let _ = unplaced_decision(&node, &s, id, &mut seen, t0);
+        }
+        // Past the grace: every one may be asked about, each question up to RELAY_DEADLINE
+        // when its members do not answer; one pass asks about a few only.
+        let later = t0 + UNPLACED_LEADERLESS;
+        seen.begin_pass();
+        for id in &ids {
+            let _ = unplaced_decision(&node, &s, id, &mut seen, later);
+        }
+        assert_eq!(seen.asked.len(), QUESTIONS_PER_PASS, "one pass");
+        // The next passes ask about the others.
+        let mut at = later;
+        for _ in 0..ids.len() {
+            at += Duration::from_secs(1);
+            seen.begin_pass();
+            for id in &ids {
+                let _ = unplaced_decision(&node, &s, id, &mut seen, at);
+            }
+        }
+        assert_eq!(seen.asked.len(), ids.len(), "every group asked in time");
+    }
+
+    #[test]
     fn a_closing_that_failed_after_the_replica_closed_is_tried_again_as_decided() {
         let failed = view(Some(Stopped::Failed));
         // First try: decided on the view.
@@ -1572,6 +1708,68 @@ mod tests {
             closing_step(2, Some(&running), None, Some(Unplaced::Drop)),
             Unplaced::Keep
         );
+    }
+
+    #[test]
+    fn a_topic_whose_dropping_failed_is_asked_about_again_once_placed_here_again() {
+        let mut s = state();
+        let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: engine::LogConfig::default(),
+                replication_factor: 2,
+                partitions,
+            },
+        );
+        // Node 3 held `t`, placed elsewhere, and failed to drop it.
+        let mut dropping: BTreeSet<String> = ["t".to_owned(), "gone".to_owned()].into();
+        prune_dropping(&mut dropping, |n| n == "t", &s, 3);
+        assert_eq!(
+            dropping,
+            ["t".to_owned()].into(),
+            "a topic no longer held is forgotten"
+        );
+        // `t` is placed on node 3 again (its replica reopened, re-added to its group): the
+        // failure is forgotten, so that a later move away asks again whether the group still
+        // counts the replica here before the topic is dropped, instead of dropping at once a
+        // voter the group may still need.
+        let mut back = s.topics["t"].partitions[0].replicas.clone();
+        back.retain(|r| r.node != 2);
+        back.push(s.replica_on("t", 0, 3));
+        s.apply(
+            5,
+            &Command::SetReplicas {
+                topic: "t".into(),
+                partition: 0,
+                replication_factor: 2,
+                replicas: back,
+            },
+        );
+        prune_dropping(&mut dropping, |n| n == "t", &s, 3);
+        assert!(dropping.is_empty(), "{dropping:?}");
+        // Still placed elsewhere: kept (dropped again at the next pass).
+        let mut dropping: BTreeSet<String> = ["t".to_owned()].into();
+        prune_dropping(&mut dropping, |n| n == "t", &s, 2);
+        assert_eq!(dropping, ["t".to_owned()].into());
+    }
+
+    #[test]
+    fn a_start_afresh_whose_closing_failed_is_tried_again() {
+        // Closed and let go, the opening failed: opened afresh.
+        assert_eq!(closed_controller(Some(false), true), ClosedController::Open);
+        assert_eq!(
+            closed_controller(Some(false), false),
+            ClosedController::Open
+        );
+        // Closed, but the closing failed before the catalog let it go (the rename of its
+        // directory, or the catalog's write): started afresh again, not left closed for the
+        // rest of the run.
+        assert_eq!(closed_controller(Some(true), true), ClosedController::Reset);
+        // Held and no start afresh begun: not opened yet, or not published yet.
+        assert_eq!(closed_controller(Some(true), false), ClosedController::Wait);
+        assert_eq!(closed_controller(None, true), ClosedController::Wait);
     }
 
     fn moved(node: &ClusterNode) -> u64 {

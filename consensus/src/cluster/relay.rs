@@ -262,6 +262,30 @@ pub fn membership_of(v: Option<&GroupView>, from: u64, asked: u64) -> Membership
     }
 }
 
+/// [`membership_of`] for the controller's own group, asked by node `from` whose controller
+/// replica stopped for good, from this node's replica's view `v` and its applied state
+/// (through `state_applied`, which marks `from` stopped when `marked`). "Not counted" is said
+/// only when that state marks `from` (its `replica_stopped` applied here) and `v` applied at
+/// least as far as that state: the configuration that leaves `from` out then came after the
+/// mark, and a stopped replica, which acknowledges nothing, is never promoted once marked, so
+/// any configuration that counted it as a voter came before. The index `from` asks about
+/// is not enough here: a replica whose acknowledged entries turned out gone (its log marked
+/// lost) asks with the index its short log applied, which may precede the entry that added
+/// it, and a replica behind that entry (a learner catching up, a node not yet added) would
+/// say it is left out while the leader still counts it as a voter.
+pub fn controller_membership_of(
+    v: Option<&GroupView>,
+    from: u64,
+    asked: u64,
+    marked: bool,
+    state_applied: u64,
+) -> Membership {
+    match membership_of(v, from, asked.max(state_applied)) {
+        Membership::NotCounted { applied } if !marked => Membership::Unknown { applied },
+        m => m,
+    }
+}
+
 /// Whether node `from` may send `c` this way: only what a node says about itself.
 fn about_sender(c: &Command, from: u64) -> Result<(), String> {
     match c {
@@ -367,10 +391,25 @@ async fn read_membership(
         .map_err(|e| (false, e.to_string()))?;
     let (from, group, asked) = decode_membership_request(&payload).map_err(|e| (false, e))?;
     registered(node, from)?;
-    Ok(membership_of(
-        node.peers.board.get(group).as_ref(),
+    if group != 0 {
+        return Ok(membership_of(
+            node.peers.board.get(group).as_ref(),
+            from,
+            asked,
+        ));
+    }
+    // The state first, then the view: a view published after the state was read is as new.
+    let (marked, state_applied) = node
+        .state
+        .read()
+        .map(|s| (s.controller_stopped.contains(&from), s.applied))
+        .map_err(|_| (false, "the controller's state is unreadable".to_owned()))?;
+    Ok(controller_membership_of(
+        node.peers.board.get(0).as_ref(),
         from,
         asked,
+        marked,
+        state_applied,
     ))
 }
 
@@ -806,6 +845,115 @@ mod tests {
         assert_eq!(
             membership_of(None, 2, 0),
             Membership::Unknown { applied: 0 }
+        );
+    }
+
+    /// Node 3, whose controller replica runs with `view` and whose applied state (through
+    /// `state_applied`) marks node 2's controller replica stopped when `marked`, answers node
+    /// 2's membership question about `group`, node 2's replica having applied through
+    /// `asked`.
+    fn answer_on_node_3(
+        view: GroupView,
+        marked: bool,
+        state_applied: u64,
+        group: u64,
+        asked: u64,
+    ) -> Membership {
+        use crate::raft::transport::{PeerAddr, Peers};
+        use tokio::io::AsyncWriteExt;
+        let addr: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+        let peers = Peers::default();
+        peers.book.write().unwrap().insert(
+            2,
+            PeerAddr {
+                addr,
+                server_name: "127.0.0.2".into(),
+            },
+        );
+        peers.board.set(group, view);
+        let node = ClusterNode::new(peers, Duration::from_secs(60), Duration::from_secs(30));
+        node.set_id(3);
+        {
+            let mut s = node.state.write().unwrap();
+            s.nodes.insert(
+                2,
+                super::super::state::NodeEntry {
+                    member: "m2".into(),
+                    name: "n2".into(),
+                    rpc_addr: addr.to_string(),
+                    gossip_addr: "127.0.0.2:9001".into(),
+                    shards: 1,
+                    removed: false,
+                },
+            );
+            s.applied = state_applied;
+            if marked {
+                s.controller_stopped.insert(2);
+            }
+        }
+        let frame = encode_membership_request(2, group, asked);
+        let (mut near, far) = tokio::io::duplex(1024);
+        let mut conn = PeerConn {
+            stream: Box::new(far),
+            peer: Some("127.0.0.2:40000".parse().unwrap()),
+            tls: None,
+        };
+        futures_lite::future::block_on(async {
+            near.write_all(&frame).await.unwrap();
+            drop(near);
+            read_membership(&node, &mut conn, frame.len() + 1).await
+        })
+        .expect("answered")
+    }
+
+    #[test]
+    fn a_node_is_told_it_is_out_of_the_controller_only_after_its_mark_applied() {
+        let view = |applied: u64, voters: Vec<u64>| GroupView {
+            shard: 0,
+            role: raft::StateRole::Follower,
+            term: 3,
+            leader: 1,
+            commit: applied,
+            applied,
+            last_index: applied,
+            voters,
+            learners: vec![],
+            matched: vec![],
+            stopped: None,
+        };
+        // Node 2's controller log was found short (entries it acknowledged gone) and marked
+        // lost: it asks with the index its short log applied (here 0), below the entry that
+        // added it. Node 3's replica is behind that entry (a learner still catching up), its
+        // configuration from before node 2 joined: it must not say node 2 is left out, or
+        // node 2 starts its replica afresh (its lost mark gone with its data) while the
+        // leader still counts it as a voter, and its empty log's vote could elect a leader
+        // lacking entries it acknowledged.
+        assert_eq!(
+            answer_on_node_3(view(30, vec![1, 3]), false, 30, 0, 0),
+            Membership::Unknown { applied: 30 }
+        );
+        // Marked stopped in node 3's state (the report applied), and node 3's replica applied
+        // past that state: the configuration that leaves node 2 out came after the mark, so
+        // after node 2's replica last took part; node 2 is left out.
+        assert_eq!(
+            answer_on_node_3(view(45, vec![1, 3]), true, 40, 0, 0),
+            Membership::NotCounted { applied: 45 }
+        );
+        // Marked, but the replica's view behind the state that holds the mark: cannot tell.
+        assert_eq!(
+            answer_on_node_3(view(35, vec![1, 3]), true, 40, 0, 0),
+            Membership::Unknown { applied: 35 }
+        );
+        // Counted whether marked or not.
+        assert_eq!(
+            answer_on_node_3(view(45, vec![1, 2, 3]), false, 40, 0, 0),
+            Membership::Counted { applied: 45 }
+        );
+        // A partition's group (its replica running, its applied index meaningful): as
+        // before, on the configuration alone.
+        assert_eq!(
+            answer_on_node_3(view(30, vec![1, 3]), false, 0, 77, 20),
+            Membership::NotCounted { applied: 30 }
         );
     }
 

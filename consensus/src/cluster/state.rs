@@ -516,6 +516,11 @@ impl ClusterState {
                         *n = node.clone();
                         n.removed = false;
                     }
+                    // Its controller replica may have been started afresh (or its reset cut
+                    // short by the stop): empty, it holds no state to send
+                    // `replica_recovered` from, so its registration at start stands for it.
+                    // One that still fails is reported again after the grace period.
+                    self.controller_stopped.remove(&id);
                 } else {
                     let id = self.next_id.max(FIRST_NODE_ID + 1);
                     self.nodes.insert(id, node.clone());
@@ -940,6 +945,44 @@ mod tests {
         assert!(
             !json.contains("stopped") && !json.contains("departed"),
             "{json}"
+        );
+    }
+
+    #[test]
+    fn a_node_registering_again_leaves_controller_stopped() {
+        let mut s = three_nodes();
+        s.apply(
+            4,
+            &Command::ReplicaStopped {
+                topic: engine::CONTROLLER_TOPIC.into(),
+                partition: 0,
+                node: 2,
+            },
+        );
+        s.apply(
+            5,
+            &Command::ReplicaStopped {
+                topic: engine::CONTROLLER_TOPIC.into(),
+                partition: 0,
+                node: 3,
+            },
+        );
+        assert!(s.controller_stopped.contains(&2));
+        // Node 2 restarts with its controller replica started afresh (or its reset cut short
+        // by the stop): its log is empty, so it holds no state, runs no reconcile pass and
+        // cannot send `replica_recovered`; what it sends is its registration. Its mark goes,
+        // or the leader never adds it back and it never learns the state again.
+        s.apply(6, &Command::Register { node: node("b") });
+        assert_eq!(
+            s.controller_stopped.iter().copied().collect::<Vec<_>>(),
+            [3]
+        );
+        assert_eq!(s.id_of("b"), Some(2));
+        // A new node registering touches no mark.
+        s.apply(7, &Command::Register { node: node("d") });
+        assert_eq!(
+            s.controller_stopped.iter().copied().collect::<Vec<_>>(),
+            [3]
         );
     }
 
