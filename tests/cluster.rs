@@ -475,12 +475,13 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
 /// A node killed and removed past the dead-node timeout, its replica of events/0 re-created
 /// on the fourth node, comes back with its data: re-admitted, but with nothing placed on it.
 /// Its replica's own configuration still counts it (the removal happened while it was
-/// down) and no leader talks to it; once it has heard from none for 30 s it asks the
-/// partition's members, which say the group no longer counts it, and it drops the topic.
+/// down) and no leader talks to it; once it has heard from none for
+/// `--moved-replica-timeout` (3 s here, 30 s by default) it asks the partition's members,
+/// which say the group no longer counts it, and it drops the topic.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_node_back_after_its_replica_was_re_created_elsewhere_drops_its_copy() {
-    let timeout = ["--dead-node-timeout".to_owned(), "3s".to_owned()];
+    let timeout = ["--dead-node-timeout", "3s", "--moved-replica-timeout", "3s"].map(String::from);
     let mut c = form("back after re-placement", 181, &timeout);
     create_topic(&c, "events", 1, 3);
     wait("events/0 led with three voters", || {

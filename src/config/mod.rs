@@ -124,6 +124,11 @@ settings! {
         /// in the cluster
         stopped_replica_grace: DurationArg => Duration, "DURATION",
             default(DurationArg(DEFAULT_STOPPED_REPLICA_GRACE));
+        /// A replica moved off this node (placed elsewhere) that hears from no leader this
+        /// long is closed: its directory is removed once a member of its group says the
+        /// group no longer counts this node, kept otherwise
+        moved_replica_timeout: DurationArg => Duration, "DURATION",
+            default(DurationArg(consensus::cluster::reconcile::DEFAULT_MOVED_REPLICA_TIMEOUT));
         /// On SIGTERM or SIGINT, once its leaderships are handed over, leave the cluster: the
         /// controller removes this node at once and re-creates its replicas on other nodes
         /// (the book's behaviour). false: stop without leaving; others see the node down, and
@@ -640,6 +645,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.stopped_replica_grace, Duration::from_secs(2));
+        assert_eq!(
+            s.moved_replica_timeout,
+            consensus::cluster::reconcile::DEFAULT_MOVED_REPLICA_TIMEOUT
+        );
+        let s = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_MOVED_REPLICA_TIMEOUT", "3s")],
+        )
+        .unwrap();
+        assert_eq!(s.moved_replica_timeout, Duration::from_secs(3));
         assert!(s.leave_on_shutdown);
         let s = resolve(
             ServeArgs::default(),

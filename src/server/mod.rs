@@ -266,6 +266,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         settings.dead_node_timeout,
         settings.stopped_replica_grace,
     );
+    cluster_node.set_moved_replica_timeout(settings.moved_replica_timeout);
     let mode = cluster::prepare(&settings, &cluster_node)?;
     obs.set_cluster(cluster_node.clone());
     obs.set_forward(raft_peers.forward.clone());

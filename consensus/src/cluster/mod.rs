@@ -210,6 +210,10 @@ pub struct ClusterNode {
     /// `--stopped-replica-grace`: how long a replica of this node stays stopped (its log
     /// failed) before this node asks the controller to move it elsewhere.
     pub stopped_replica_grace: Duration,
+    /// `--moved-replica-timeout`, in milliseconds: how long a replica held here but placed
+    /// elsewhere may hear from no leader before it is closed although its group may still
+    /// count it (`reconcile::DEFAULT_MOVED_REPLICA_TIMEOUT` unless set).
+    moved_replica_timeout_ms: AtomicU64,
     stopping: AtomicBool,
     /// Partitions the reconcile loop is opening here as replicas added after their topic's
     /// creation: their groups open with no configuration (a leader adds them), never with
@@ -241,9 +245,24 @@ impl ClusterNode {
             members: OnceLock::new(),
             dead_node_timeout,
             stopped_replica_grace,
+            moved_replica_timeout_ms: AtomicU64::new(
+                reconcile::DEFAULT_MOVED_REPLICA_TIMEOUT.as_millis() as u64,
+            ),
             stopping: AtomicBool::new(false),
             adding: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// `--moved-replica-timeout`: how long a replica held here but placed elsewhere may hear
+    /// from no leader before it is closed although its group may still count it.
+    pub fn moved_replica_timeout(&self) -> Duration {
+        Duration::from_millis(self.moved_replica_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`moved_replica_timeout`](Self::moved_replica_timeout).
+    pub fn set_moved_replica_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.moved_replica_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Opens partition `id` here as a replica placed on this node after its topic was

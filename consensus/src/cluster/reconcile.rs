@@ -318,7 +318,7 @@ fn still_counted(
 /// [`unplaced_step`] for partition `id`, held here and no longer placed here, as this node
 /// sees its group now, counting how long it has known no leader in `seen`. A replica whose
 /// configuration here still counts this node but that has heard from no leader for
-/// [`UNPLACED_LEADERLESS`] is asked about: when a member of its current placement whose
+/// [`DEFAULT_MOVED_REPLICA_TIMEOUT`] is asked about: when a member of its current placement whose
 /// replica applied at least as far says the group no longer counts this node
 /// ([`ClusterNode::group_counts_me`], at most every [`ASK_AGAIN`], and about at most
 /// [`QUESTIONS_PER_PASS`] groups a pass), it is left out for good
@@ -341,7 +341,8 @@ fn unplaced_decision(
         }
     };
     let tried = seen.closing.get(&group).copied();
-    let step = closing_step(node.id(), v.as_ref(), leaderless, tried);
+    let timeout = node.moved_replica_timeout();
+    let step = closing_step(node.id(), v.as_ref(), leaderless, timeout, tried);
     let (Unplaced::Close, Some(v)) = (&step, v.as_ref()) else {
         return step;
     };
@@ -382,8 +383,9 @@ fn first_failure(failed: &mut HashMap<u64, Instant>, group: u64, now: Instant) -
 }
 
 /// How long a replica held here but no longer placed here may know no leader before it is
-/// closed although its group may still count it (see [`unplaced_step`]).
-pub const UNPLACED_LEADERLESS: Duration = Duration::from_secs(30);
+/// closed although its group may still count it (see [`unplaced_step`]), unless
+/// `--moved-replica-timeout` says otherwise ([`ClusterNode::moved_replica_timeout`]).
+pub const DEFAULT_MOVED_REPLICA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What becomes of a partition this node holds that the controller no longer places here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,11 +407,11 @@ enum Unplaced {
 
 /// What to do with a partition held here, no longer placed here, whose group this node
 /// sees as `v` (none: not open, or not published yet), whose replica has known no leader
-/// for `leaderless` (none: it knows one). A running replica is closed only once its group
+/// for `leaderless` (none: it knows one), closed after `timeout` without one
+/// (`--moved-replica-timeout`). A running replica is closed only once its group
 /// no longer talks to it: its configuration here does not count this node (it never had
 /// one, or its removal was applied here: then its data goes too, [`Unplaced::Drop`]), or it
-/// has heard from no leader for [`UNPLACED_LEADERLESS`] (a leader that removed it stops
-/// sending to it, and it may never learn of its removal: its data is kept). Closed earlier,
+/// has heard from no leader for `timeout` (a leader that removed it stops sending to it, and it may never learn of its removal: its data is kept). Closed earlier,
 /// a replica the group still counts as a voter (the replica placed instead still catching
 /// up) would take a vote from it: with two replicas, its quorum.
 ///
@@ -417,7 +419,12 @@ enum Unplaced {
 /// means the group's voters no longer wait for it; and a replica the group counts as a
 /// voter was promoted from learner once caught up, after its log held the entry adding it,
 /// so its configuration here counts it at least as a learner until its removal applies.
-fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -> Unplaced {
+fn unplaced_step(
+    me: u64,
+    v: Option<&GroupView>,
+    leaderless: Option<Duration>,
+    timeout: Duration,
+) -> Unplaced {
     let Some(v) = v else {
         return Unplaced::Keep;
     };
@@ -430,7 +437,7 @@ fn unplaced_step(me: u64, v: Option<&GroupView>, leaderless: Option<Duration>) -
     if !v.voters.contains(&me) && !v.learners.contains(&me) {
         return Unplaced::Drop;
     }
-    if v.leader == raft::INVALID_ID && leaderless.is_some_and(|d| d >= UNPLACED_LEADERLESS) {
+    if v.leader == raft::INVALID_ID && leaderless.is_some_and(|d| d >= timeout) {
         return Unplaced::Close;
     }
     Unplaced::Keep
@@ -444,11 +451,12 @@ fn closing_step(
     me: u64,
     v: Option<&GroupView>,
     leaderless: Option<Duration>,
+    timeout: Duration,
     tried: Option<Unplaced>,
 ) -> Unplaced {
     match (v, tried) {
         (None, Some(step)) => step,
-        _ => unplaced_step(me, v, leaderless),
+        _ => unplaced_step(me, v, leaderless, timeout),
     }
 }
 
@@ -1599,6 +1607,9 @@ mod tests {
         }
     }
 
+    /// `--moved-replica-timeout` in these tests: its default.
+    const T: Duration = DEFAULT_MOVED_REPLICA_TIMEOUT;
+
     #[test]
     fn an_unplaced_replica_closes_once_its_group_no_longer_talks_to_it() {
         let led = |leader: u64, voters: Vec<u64>| GroupView {
@@ -1606,48 +1617,48 @@ mod tests {
             voters,
             ..view(None)
         };
-        let long = Some(UNPLACED_LEADERLESS);
-        let short = Some(UNPLACED_LEADERLESS - Duration::from_secs(1));
+        let long = Some(T);
+        let short = Some(T - Duration::from_secs(1));
         // Not open (or not published yet): nothing to close.
-        assert_eq!(unplaced_step(2, None, long), Unplaced::Keep);
+        assert_eq!(unplaced_step(2, None, long, T), Unplaced::Keep);
         // Stopped for good: closed and removed; a full disk resumes by itself: kept.
         let failed = view(Some(Stopped::Failed));
-        assert_eq!(unplaced_step(2, Some(&failed), None), Unplaced::Remove);
+        assert_eq!(unplaced_step(2, Some(&failed), None, T), Unplaced::Remove);
         let full = view(Some(Stopped::DiskFull));
-        assert_eq!(unplaced_step(2, Some(&full), long), Unplaced::Keep);
+        assert_eq!(unplaced_step(2, Some(&full), long, T), Unplaced::Keep);
         // A group still counting it, with a leader: kept, however long.
         assert_eq!(
-            unplaced_step(2, Some(&led(1, vec![1, 2])), None),
+            unplaced_step(2, Some(&led(1, vec![1, 2])), None, T),
             Unplaced::Keep
         );
         // One that does not count it (never configured, or its removal applied): closed,
         // its data removed, with or without a leader.
         assert_eq!(
-            unplaced_step(2, Some(&led(1, vec![1, 3])), None),
+            unplaced_step(2, Some(&led(1, vec![1, 3])), None, T),
             Unplaced::Drop
         );
         assert_eq!(
-            unplaced_step(2, Some(&led(0, Vec::new())), None),
+            unplaced_step(2, Some(&led(0, Vec::new())), None, T),
             Unplaced::Drop
         );
         assert_eq!(
-            unplaced_step(2, Some(&led(0, vec![1, 3])), long),
+            unplaced_step(2, Some(&led(0, vec![1, 3])), long, T),
             Unplaced::Drop
         );
         // Counted, but no leader heard from: closed only past the grace.
         assert_eq!(
-            unplaced_step(2, Some(&led(0, vec![1, 2])), short),
+            unplaced_step(2, Some(&led(0, vec![1, 2])), short, T),
             Unplaced::Keep
         );
         assert_eq!(
-            unplaced_step(2, Some(&led(0, vec![1, 2])), long),
+            unplaced_step(2, Some(&led(0, vec![1, 2])), long, T),
             Unplaced::Close
         );
         let learner = GroupView {
             learners: vec![2],
             ..led(1, vec![1, 3])
         };
-        assert_eq!(unplaced_step(2, Some(&learner), long), Unplaced::Keep);
+        assert_eq!(unplaced_step(2, Some(&learner), long, T), Unplaced::Keep);
     }
 
     #[test]
@@ -1670,7 +1681,7 @@ mod tests {
         }
         // Past the grace: every one may be asked about, each question up to RELAY_DEADLINE
         // when its members do not answer; one pass asks about a few only.
-        let later = t0 + UNPLACED_LEADERLESS;
+        let later = t0 + DEFAULT_MOVED_REPLICA_TIMEOUT;
         seen.begin_pass();
         for id in &ids {
             let _ = unplaced_decision(&node, &s, id, &mut seen, later);
@@ -1692,20 +1703,23 @@ mod tests {
     fn a_closing_that_failed_after_the_replica_closed_is_tried_again_as_decided() {
         let failed = view(Some(Stopped::Failed));
         // First try: decided on the view.
-        assert_eq!(closing_step(2, Some(&failed), None, None), Unplaced::Remove);
+        assert_eq!(
+            closing_step(2, Some(&failed), None, T, None),
+            Unplaced::Remove
+        );
         // It failed after the close took the replica off the board: the same step again,
         // not "not open, nothing to close".
         for tried in [Unplaced::Remove, Unplaced::Drop, Unplaced::Close] {
-            assert_eq!(closing_step(2, None, None, Some(tried)), tried);
+            assert_eq!(closing_step(2, None, None, T, Some(tried)), tried);
         }
-        assert_eq!(closing_step(2, None, None, None), Unplaced::Keep);
+        assert_eq!(closing_step(2, None, None, T, None), Unplaced::Keep);
         // On the board again (opened again): decided on the view anew.
         let running = GroupView {
             leader: 1,
             ..view(None)
         };
         assert_eq!(
-            closing_step(2, Some(&running), None, Some(Unplaced::Drop)),
+            closing_step(2, Some(&running), None, T, Some(Unplaced::Drop)),
             Unplaced::Keep
         );
     }
