@@ -682,13 +682,22 @@ fn without_a_majority_appends_are_no_leader_and_reads_past_the_end_unavailable()
             max_bytes: 1 << 20,
             past_end: PastEnd::OutOfRange,
         };
-        let append = p.append(&pid(), batch("lost?")).await;
-        let read = p
-            .read(&pid(), 0, limits)
-            .await
-            .map(|c| c.records().filter_map(Result::ok).count());
-        let past = p.read(&pid(), 3, limits).await.map(|c| c.is_empty());
-        let point = p.read_barrier(&pid()).await;
+        // At once, since each waits for its own deadline (a leader for 2 s, a read point
+        // for 5 s) and none depends on another.
+        let id = pid();
+        let append = p.append(&id, batch("lost?"));
+        let read = async {
+            p.read(&id, 0, limits)
+                .await
+                .map(|c| c.records().filter_map(Result::ok).count())
+        };
+        let past = async { p.read(&id, 3, limits).await.map(|c| c.is_empty()) };
+        let point = p.read_barrier(&id);
+        let ((append, read), (past, point)) = futures_lite::future::zip(
+            futures_lite::future::zip(append, read),
+            futures_lite::future::zip(past, point),
+        )
+        .await;
         (append, read, past, point)
     });
     match append {
