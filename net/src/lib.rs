@@ -117,8 +117,8 @@ pub enum Error {
     Executor(String),
 }
 
-/// A peer's address in an error message, or words saying it is not known.
-fn show_peer(peer: &Option<SocketAddr>) -> String {
+/// A peer's (or listener's) address for a message, or words saying it is not known.
+pub fn show_peer(peer: &Option<SocketAddr>) -> String {
     match peer {
         Some(a) => a.to_string(),
         None => "a peer of unknown address".to_owned(),

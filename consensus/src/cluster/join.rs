@@ -61,7 +61,10 @@ impl JoinService {
             Err(reason) => JoinAnswer::Refused { reason },
         };
         if let JoinAnswer::Refused { reason } = &answer {
-            log::warn!("join request from {:?} refused: {reason}", conn.peer);
+            log::warn!(
+                "join request from {} refused: {reason}",
+                net::show_peer(&conn.peer)
+            );
         }
         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
         let _ = peer::write_frame(&mut conn.stream, JOIN_ANSWER, &bytes).await;

@@ -325,7 +325,10 @@ pub async fn serve(node: &ClusterNode, mut conn: PeerConn, len: usize) {
         }
         Err((unread, why)) => {
             stats.commands_relay_refused.fetch_add(1, Ordering::Relaxed);
-            log::warn!("controller command from {:?} refused: {why}", conn.peer);
+            log::warn!(
+                "controller command from {} refused: {why}",
+                net::show_peer(&conn.peer)
+            );
             let bytes = encode_answer(&Answer::Refused(why));
             let _ = peer::write_frame(&mut conn.stream, CONTROL_ANSWER, &bytes).await;
             if unread {
@@ -335,7 +338,10 @@ pub async fn serve(node: &ClusterNode, mut conn: PeerConn, len: usize) {
         }
     };
     if let Answer::Refused(why) = &answer {
-        log::info!("controller command from {:?} not taken: {why}", conn.peer);
+        log::info!(
+            "controller command from {} not taken: {why}",
+            net::show_peer(&conn.peer)
+        );
     }
     let bytes = encode_answer(&answer);
     let _ = peer::write_frame(&mut conn.stream, CONTROL_ANSWER, &bytes).await;
@@ -362,7 +368,10 @@ pub async fn serve_membership(node: &ClusterNode, mut conn: PeerConn, len: usize
             node.stats
                 .membership_questions_refused
                 .fetch_add(1, Ordering::Relaxed);
-            log::warn!("membership request from {:?} refused: {why}", conn.peer);
+            log::warn!(
+                "membership request from {} refused: {why}",
+                net::show_peer(&conn.peer)
+            );
             let _ = peer::write_frame(&mut conn.stream, peer::kind::ERROR, why.as_bytes()).await;
             if unread {
                 crate::raft::transport::close_gracefully(&mut conn).await;

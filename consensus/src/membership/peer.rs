@@ -101,15 +101,15 @@ impl KeyService {
     /// Serves one key request whose frame header was read already, within
     /// [`EXCHANGE_TIMEOUT`], and logs the outcome.
     pub async fn serve_request(&self, mut conn: PeerConn, len: usize, kind: u8) {
-        let peer = conn.peer;
+        let peer = net::show_peer(&conn.peer);
         let done = glommio::timer::timeout(EXCHANGE_TIMEOUT, async {
             Ok(self.answer(&mut conn, len, kind).await)
         })
         .await;
         match done {
-            Ok(Ok(what)) => log::info!("peer channel from {peer:?}: {what}"),
-            Ok(Err(e)) => log::info!("peer channel from {peer:?}: {e}"),
-            Err(_) => log::info!("peer channel from {peer:?}: no request in time"),
+            Ok(Ok(what)) => log::info!("peer channel from {peer}: {what}"),
+            Ok(Err(e)) => log::info!("peer channel from {peer}: {e}"),
+            Err(_) => log::info!("peer channel from {peer}: no request in time"),
         }
     }
 }
@@ -118,16 +118,16 @@ impl PeerHandler for KeyService {
     fn serve(&self, mut conn: PeerConn) -> LocalBoxFuture<()> {
         let this = self.clone();
         Box::pin(async move {
-            let peer = conn.peer;
+            let peer = net::show_peer(&conn.peer);
             let subject = conn.tls.as_ref().and_then(|t| t.client_subject.clone());
             let done = glommio::timer::timeout(EXCHANGE_TIMEOUT, async {
                 Ok(this.exchange(&mut conn).await)
             })
             .await;
             match done {
-                Ok(Ok(what)) => log::info!("peer channel from {peer:?} ({subject:?}): {what}"),
-                Ok(Err(e)) => log::info!("peer channel from {peer:?} ({subject:?}): {e}"),
-                Err(_) => log::info!("peer channel from {peer:?}: no request in time"),
+                Ok(Ok(what)) => log::info!("peer channel from {peer} ({subject:?}): {what}"),
+                Ok(Err(e)) => log::info!("peer channel from {peer} ({subject:?}): {e}"),
+                Err(_) => log::info!("peer channel from {peer}: no request in time"),
             }
         })
     }

@@ -1113,7 +1113,10 @@ pub async fn serve_from(
         write_answers(wr, &out),
     )
     .await;
-    log::info!("forwarding: connection from {peer_addr:?} closed: {why}");
+    log::info!(
+        "forwarding: connection from {} closed: {why}",
+        net::show_peer(&peer_addr)
+    );
 }
 
 /// Answers of one served connection waiting to be written.

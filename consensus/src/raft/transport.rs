@@ -583,7 +583,10 @@ impl PeerHandler for PeerRouter {
                 Ok(Ok(Some(h))) => h,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
-                    log::info!("peer connection from {:?}: {e}; closing it", conn.peer);
+                    log::info!(
+                        "peer connection from {}: {e}; closing it",
+                        net::show_peer(&conn.peer)
+                    );
                     return;
                 }
                 Err(_) => {

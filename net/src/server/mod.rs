@@ -196,7 +196,7 @@ impl Server {
         shutdown: Shutdown,
     ) -> Result<(), Error> {
         let local = listener.local_addr().ok();
-        log::info!("serving gRPC on {local:?}");
+        log::info!("serving gRPC on {}", crate::show_peer(&local));
         let gate = Gate::new();
         let result = loop {
             let accepted =
@@ -212,7 +212,7 @@ impl Server {
                     let e: std::io::Error = e.into();
                     // Running out of descriptors or memory is transient:
                     // back off instead of spinning or dying.
-                    log::warn!("accept on {local:?}: {e}");
+                    log::warn!("accept on {}: {e}", crate::show_peer(&local));
                     glommio::timer::sleep(limits::ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
@@ -253,7 +253,7 @@ impl Server {
         drop(listener);
         // Connections received the same signal: wait for them to drain.
         let _ = gate.close().await;
-        log::info!("gRPC server on {local:?} stopped");
+        log::info!("gRPC server on {} stopped", crate::show_peer(&local));
         result
     }
 
