@@ -1555,10 +1555,8 @@ mod tests {
         assert_eq!(old.due(&s, 1, &gone, at(t0, 600), TIMEOUT), None);
     }
 
-    /// Node `me` of [`state`], which holds topic `t` (one partition on nodes 1 and 2, factor
-    /// 2), its replica on node 2 marked stopped when `marked`; gossip-less, so the only live
-    /// node is `me`.
-    fn stopped_setup(me: u8, marked: bool) -> (Arc<ClusterNode>, ClusterState) {
+    /// [`state`] with topic `t` created at index 4: one partition on nodes 1 and 2, factor 2.
+    fn with_topic_t() -> ClusterState {
         let mut s = state();
         let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
         s.apply(
@@ -1570,6 +1568,14 @@ mod tests {
                 partitions,
             },
         );
+        s
+    }
+
+    /// Node `me` of [`state`], which holds topic `t` (one partition on nodes 1 and 2, factor
+    /// 2), its replica on node 2 marked stopped when `marked`; gossip-less, so the only live
+    /// node is `me`.
+    fn stopped_setup(me: u8, marked: bool) -> (Arc<ClusterNode>, ClusterState) {
+        let mut s = with_topic_t();
         if marked {
             s.apply(
                 5,
@@ -1726,17 +1732,7 @@ mod tests {
 
     #[test]
     fn a_topic_whose_dropping_failed_is_asked_about_again_once_placed_here_again() {
-        let mut s = state();
-        let partitions = s.place("t", 1, 2, &[1, 2]).unwrap();
-        s.apply(
-            4,
-            &Command::CreateTopic {
-                name: "t".into(),
-                config: engine::LogConfig::default(),
-                replication_factor: 2,
-                partitions,
-            },
-        );
+        let mut s = with_topic_t();
         // Node 3 held `t`, placed elsewhere, and failed to drop it.
         let mut dropping: BTreeSet<String> = ["t".to_owned(), "gone".to_owned()].into();
         prune_dropping(&mut dropping, |n| n == "t", &s, 3);

@@ -653,6 +653,21 @@ mod tests {
         assert!(decode_answer(&long).is_err());
     }
 
+    /// Peers whose address book knows node 2, at the address returned.
+    fn peers_knowing_node_2() -> (crate::raft::transport::Peers, SocketAddr) {
+        use crate::raft::transport::{PeerAddr, Peers};
+        let addr: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+        let peers = Peers::default();
+        peers.book.write().unwrap().insert(
+            2,
+            PeerAddr {
+                addr,
+                server_name: "127.0.0.2".into(),
+            },
+        );
+        (peers, addr)
+    }
+
     /// A node whose controller replica stopped, knowing node 2 (registered, at 127.0.0.2),
     /// and a connection to it from `from` whose peer sends `frame` (a request's payload, or
     /// nothing): what it makes of the request.
@@ -664,17 +679,8 @@ mod tests {
     ) -> Result<Answer, (bool, String)> {
         use crate::raft::board::GroupView;
         use crate::raft::group::Stopped;
-        use crate::raft::transport::{PeerAddr, Peers};
         use tokio::io::AsyncWriteExt;
-        let addr: SocketAddr = "127.0.0.2:9000".parse().unwrap();
-        let peers = Peers::default();
-        peers.book.write().unwrap().insert(
-            2,
-            PeerAddr {
-                addr,
-                server_name: "127.0.0.2".into(),
-            },
-        );
+        let (peers, addr) = peers_knowing_node_2();
         peers.board.set(
             0,
             GroupView {
@@ -806,19 +812,7 @@ mod tests {
     #[test]
     fn only_a_replica_that_applied_as_far_says_a_node_is_not_counted() {
         use crate::raft::group::Stopped;
-        let view = |applied: u64, voters: Vec<u64>, learners: Vec<u64>| GroupView {
-            shard: 0,
-            role: raft::StateRole::Follower,
-            term: 3,
-            leader: 1,
-            commit: applied,
-            applied,
-            last_index: applied,
-            voters,
-            learners,
-            matched: vec![],
-            stopped: None,
-        };
+        let view = GroupView::follower;
         // Node 2 asks, its replica having applied through 20.
         let out = view(25, vec![1, 3, 4], vec![]);
         assert_eq!(
@@ -868,17 +862,8 @@ mod tests {
         group: u64,
         asked: u64,
     ) -> Membership {
-        use crate::raft::transport::{PeerAddr, Peers};
         use tokio::io::AsyncWriteExt;
-        let addr: SocketAddr = "127.0.0.2:9000".parse().unwrap();
-        let peers = Peers::default();
-        peers.book.write().unwrap().insert(
-            2,
-            PeerAddr {
-                addr,
-                server_name: "127.0.0.2".into(),
-            },
-        );
+        let (peers, addr) = peers_knowing_node_2();
         peers.board.set(group, view);
         let node = ClusterNode::new(peers, Duration::from_secs(60), Duration::from_secs(30));
         node.set_id(3);
@@ -917,19 +902,7 @@ mod tests {
 
     #[test]
     fn a_node_is_told_it_is_out_of_the_controller_only_after_its_mark_applied() {
-        let view = |applied: u64, voters: Vec<u64>| GroupView {
-            shard: 0,
-            role: raft::StateRole::Follower,
-            term: 3,
-            leader: 1,
-            commit: applied,
-            applied,
-            last_index: applied,
-            voters,
-            learners: vec![],
-            matched: vec![],
-            stopped: None,
-        };
+        let view = |applied: u64, voters: Vec<u64>| GroupView::follower(applied, voters, vec![]);
         // Node 2's controller log was found short (entries it acknowledged gone) and marked
         // lost: it asks with the index its short log applied (here 0), below the entry that
         // added it. Node 3's replica is behind that entry (a learner still catching up), its

@@ -31,6 +31,27 @@ pub struct GroupView {
     pub stopped: Option<Stopped>,
 }
 
+#[cfg(test)]
+impl GroupView {
+    /// A running follower's view in term 3 under leader 1, having applied (and committed,
+    /// and holding) through `applied`, with configuration `voters` and `learners`.
+    pub(crate) fn follower(applied: u64, voters: Vec<u64>, learners: Vec<u64>) -> GroupView {
+        GroupView {
+            shard: 0,
+            role: StateRole::Follower,
+            term: 3,
+            leader: 1,
+            commit: applied,
+            applied,
+            last_index: applied,
+            voters,
+            learners,
+            matched: vec![],
+            stopped: None,
+        }
+    }
+}
+
 /// The node's groups, by group id, and what changed in them.
 #[derive(Debug, Default)]
 pub struct Board {
