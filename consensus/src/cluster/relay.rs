@@ -668,6 +668,18 @@ mod tests {
         (peers, addr)
     }
 
+    /// Node 2's registry entry, its RPC address `addr`.
+    fn node_2(addr: SocketAddr) -> super::super::state::NodeEntry {
+        super::super::state::NodeEntry {
+            member: "m2".into(),
+            name: "n2".into(),
+            rpc_addr: addr.to_string(),
+            gossip_addr: "127.0.0.2:9001".into(),
+            shards: 1,
+            removed: false,
+        }
+    }
+
     /// A node whose controller replica stopped, knowing node 2 (registered, at 127.0.0.2),
     /// and a connection to it from `from` whose peer sends `frame` (a request's payload, or
     /// nothing): what it makes of the request.
@@ -701,17 +713,7 @@ mod tests {
         let mut node = std::sync::Arc::into_inner(node).unwrap();
         node.peer_tls = peer_tls;
         node.set_id(3);
-        node.state.write().unwrap().nodes.insert(
-            2,
-            super::super::state::NodeEntry {
-                member: "m2".into(),
-                name: "n2".into(),
-                rpc_addr: addr.to_string(),
-                gossip_addr: "127.0.0.2:9001".into(),
-                shards: 1,
-                removed: false,
-            },
-        );
+        node.state.write().unwrap().nodes.insert(2, node_2(addr));
         let (mut near, far) = tokio::io::duplex(MAX_REQUEST_FRAME + 64);
         let mut conn = PeerConn {
             stream: Box::new(far),
@@ -869,17 +871,7 @@ mod tests {
         node.set_id(3);
         {
             let mut s = node.state.write().unwrap();
-            s.nodes.insert(
-                2,
-                super::super::state::NodeEntry {
-                    member: "m2".into(),
-                    name: "n2".into(),
-                    rpc_addr: addr.to_string(),
-                    gossip_addr: "127.0.0.2:9001".into(),
-                    shards: 1,
-                    removed: false,
-                },
-            );
+            s.nodes.insert(2, node_2(addr));
             s.applied = state_applied;
             if marked {
                 s.controller_stopped.insert(2);
