@@ -649,7 +649,11 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
             next_step(me, &v, &wanted, CONTROLLER_VOTERS, &live, &up),
         );
     }
-    let removed_here = s.nodes.get(&me).is_some_and(|n| n.removed);
+    // Partition leaders here act on placement only while this node's state is the
+    // controller's current one; otherwise they hand their leadership over, as a removed
+    // node's do (see `partition_step`).
+    let stale = controller_stale(me, node.controller().as_ref());
+    let removed_here = stale || s.nodes.get(&me).is_some_and(|n| n.removed);
     for (id, group) in ClusterNode::partitions(s) {
         let Some(v) = node.peers.board.get(group) else {
             continue;
@@ -663,6 +667,16 @@ fn groups(node: &ClusterNode, s: &ClusterState) {
         let step = partition_step(me, removed_here, &v, &p.nodes(), &live, &up);
         act(node, group, &v, step);
     }
+}
+
+/// Whether the controller's state this node applies may be stale for good: its controller
+/// replica `v` is not open, stopped (its log failed or was found lost: it applies nothing
+/// until started afresh), or no longer in the controller's configuration (left out, or
+/// removed with its node: the controller's log reaches it no more). A placement read from
+/// such a state may have been replaced since: a partition leader here that enacted it would
+/// take out the replicas placed instead, and add back those moved away.
+fn controller_stale(me: u64, v: Option<&GroupView>) -> bool {
+    v.is_none_or(|v| v.stopped.is_some() || (!v.voters.contains(&me) && !v.learners.contains(&me)))
 }
 
 /// What a partition group this node leads should change next. `wanted` is its placement as
@@ -1615,6 +1629,31 @@ mod tests {
 
     /// `--moved-replica-timeout` in these tests: its default.
     const T: Duration = DEFAULT_MOVED_REPLICA_TIMEOUT;
+
+    #[test]
+    fn a_controller_replica_stopped_or_left_out_makes_the_state_stale() {
+        // A voter or a learner of the controller, running: current.
+        assert!(!controller_stale(
+            2,
+            Some(&GroupView::follower(9, vec![1, 2, 3], vec![]))
+        ));
+        assert!(!controller_stale(
+            4,
+            Some(&GroupView::follower(9, vec![1, 2, 3], vec![4]))
+        ));
+        // Left out (awaiting a fresh start), or removed with its node: stale.
+        assert!(controller_stale(
+            2,
+            Some(&GroupView::follower(9, vec![1, 3], vec![]))
+        ));
+        // Stopped: stale; not open (closed while started afresh): stale.
+        let stopped = GroupView {
+            stopped: Some(Stopped::Failed),
+            ..GroupView::follower(9, vec![1, 2, 3], vec![])
+        };
+        assert!(controller_stale(2, Some(&stopped)));
+        assert!(controller_stale(2, None));
+    }
 
     #[test]
     fn an_unplaced_replica_closes_once_its_group_no_longer_talks_to_it() {
