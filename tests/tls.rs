@@ -255,7 +255,9 @@ fn rejected_connections_leave_the_server_unharmed() {
         client(certs, Some("root")),
     );
 
-    refused(&s, client(certs, None));
+    // The client is told why: the server's alert, not a broken pipe.
+    let e = refused(&s, client(certs, None));
+    assert!(e.contains("CertificateRequired"), "{e}");
     wait_for_log(&s, "peer sent no certificates");
 
     let unknown = ClientTlsOptions {

@@ -156,7 +156,7 @@ impl Channel {
             }
             Err(_) => return Err(Error::TlsHandshakeTimeout(Some(addr))),
         };
-        Channel::handshake(io, &authority, Some(addr), config).await
+        Channel::handshake(AlertFirst::new(io), &authority, Some(addr), config).await
     }
 
     /// Runs HTTP/2 over an already-established transport: the seam for TLS
@@ -567,5 +567,113 @@ impl Streaming {
                 "server sent more than one response message",
             )),
         }
+    }
+}
+
+/// A client TLS stream whose failed writes name the server's alert when one came. With TLS
+/// 1.3 the client's handshake ends before the server has checked the client's certificate:
+/// a server that refuses it (none sent, an unknown issuer, expired) sends an alert and
+/// closes, and the client's next write fails with a broken pipe or a reset that says
+/// nothing of why. On such a failure what the server sent is read first (the socket is
+/// closed at the other end: the read ends at once, with the bytes or the end): an alert
+/// among them (rustls reports it as invalid data) is the error returned instead.
+struct AlertFirst<T> {
+    io: T,
+    /// A write's failure, held while the read for an alert is on its way.
+    failed: Option<std::io::Error>,
+}
+
+impl<T> AlertFirst<T> {
+    fn new(io: T) -> Self {
+        AlertFirst { io, failed: None }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AlertFirst<T> {
+    /// Ready with the error a failed write returns: `e`, or the server's alert.
+    fn alert_or(&mut self, cx: &mut Context<'_>, e: std::io::Error) -> Poll<std::io::Error> {
+        use std::io::ErrorKind;
+        if !matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
+            return Poll::Ready(e);
+        }
+        let mut scratch = [0u8; 256];
+        let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Pending => {
+                self.failed = Some(e);
+                Poll::Pending
+            }
+            Poll::Ready(Err(alert)) if alert.kind() == ErrorKind::InvalidData => {
+                Poll::Ready(std::io::Error::new(
+                    e.kind(),
+                    format!("the server refused this connection: {alert}"),
+                ))
+            }
+            Poll::Ready(_) => Poll::Ready(e),
+        }
+    }
+
+    /// A write, or a flush, that failed before and waits for the read of the alert.
+    fn resume(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Error>> {
+        let e = self.failed.take()?;
+        Some(self.alert_or(cx, e))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for AlertFirst<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AlertFirst<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(r) = self.resume(cx) {
+            return r.map(Err);
+        }
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => self.alert_or(cx, e).map(Err),
+            other => other,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(r) = self.resume(cx) {
+            return r.map(Err);
+        }
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Err(e)) => self.alert_or(cx, e).map(Err),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(r) = self.resume(cx) {
+            return r.map(Err);
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => self.alert_or(cx, e).map(Err),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
