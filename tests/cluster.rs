@@ -8,7 +8,8 @@
 //! elect, and produces made on its node reach the new leader. A follower whose log fails is
 //! moved, past `--stopped-replica-grace`, to a free fourth node, without losing an
 //! acknowledged record and without its node leaving the cluster, also when that node's
-//! controller replica stopped first (the report then relayed over the peer channel).
+//! controller replica stopped first (the report then relayed over the peer channel). A node
+//! restarted with its controller log lost (node 1 too) recovers it and the controller's state.
 //!
 //! Multi-node tests are `#[ignore]`d in the plain `cargo test` run and run one at a time in
 //! their own phase of scripts/test (`cargo test --test cluster -- --ignored
@@ -1052,6 +1053,142 @@ fn a_stopped_replica_is_moved_when_its_nodes_controller_replica_stopped_too() {
     {
         println!("stopped node: {l}");
     }
+}
+
+/// Of a three-node cluster, node `victim` (by index) is killed, its controller replica's
+/// directory (`topics/__cluster/0`) deleted, and the node restarted: its controller log is
+/// found lost (the directory missing although the catalog lists it), so the replica opens
+/// stopped, with no state to replay. The node registers, reports the replica stopped
+/// (relayed), is left out of the controller's group, starts the replica afresh once a
+/// member that marks it stopped says so, and is added back: it serves again, counted in the
+/// controller's group, with the same cluster id, and a topic created afterwards on another
+/// node is opened on it.
+fn lose_the_controller_log_and_recover(name: &'static str, first_ip: u8, victim_first: bool) {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let mut c = form(name, first_ip, &grace);
+    let ids = raft_ids(&c);
+    let ctl = controller_leader(&c);
+    let victim = if victim_first {
+        0
+    } else {
+        (1..3).find(|&i| i != ctl).unwrap_or(2)
+    };
+    let victim_id = ids[victim];
+    let cluster_id = c.nodes[ctl].describe().expect("describe").cluster_id;
+    println!(
+        "controller leader node {}, the controller log lost on node {victim_id}",
+        ids[ctl]
+    );
+
+    c.nodes[victim].kill9();
+    // Only what the restarted node logs is looked at (the log file is appended to).
+    let first_run = c.nodes[victim].log().len();
+    let ctl_dir = c.nodes[victim].data_dir.join("topics/__cluster/0");
+    std::fs::remove_dir_all(&ctl_dir).expect("remove the controller's directory");
+    c.nodes[victim].spawn();
+    wait("the restarted node's controller log found lost", || {
+        c.nodes[victim].log().contains("was missing at start")
+    });
+
+    let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    wait(
+        "the victim's controller replica started afresh and counted again",
+        || {
+            let running = own_view(&c.nodes[victim], "__cluster")
+                .is_some_and(|(leader, stopped)| leader != 0 && !stopped);
+            let counted = others.iter().any(|&i| {
+                c.nodes[i].describe().is_some_and(|d| {
+                    d.controller_leader == d.node_id
+                        && d.partitions
+                            .iter()
+                            .find(|p| p.topic == "__cluster")
+                            .is_some_and(|p| p.replicas.iter().any(|r| r.node == victim_id))
+                })
+            }) || c.nodes[victim]
+                .describe()
+                .is_some_and(|d| d.controller_leader == d.node_id && d.node_id == victim_id);
+            running && counted
+        },
+    );
+    wait("the victim serving again", || c.nodes[victim].serving());
+    wait("three controller voters again", || {
+        common::cluster::controller_voters(&c) == 3
+    });
+    let d = c.nodes[victim].describe().expect("describe the victim");
+    assert_eq!(d.cluster_id, cluster_id, "one cluster, the same");
+    assert_eq!(d.node_id, victim_id);
+    assert_eq!(d.nodes.len(), 3, "{:?}", d.nodes);
+
+    // A topic created afterwards, through the controller's leader on another node.
+    let mut via = controller_leader(&c);
+    if via == victim {
+        via = others[0];
+    }
+    let ch = c.nodes[via].channel().expect("connect");
+    let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
+        paths::CREATE_TOPIC,
+        &CreateTopicRequest {
+            name: "after".into(),
+            config: Some(TopicConfig {
+                partitions: 1,
+                replication_factor: 3,
+                ..Default::default()
+            }),
+        },
+        net::client::CallOptions::timeout(Duration::from_secs(30)),
+    );
+    if let Err(e) = &r {
+        // Not the leader (it moved): through the one it names.
+        println!(
+            "create topic through node {}: {e}; through the leader",
+            ids[via]
+        );
+        create_topic(&c, "after", 1, 3);
+    }
+    wait("the topic created afterwards opened on the victim", || {
+        own_view(&c.nodes[victim], "after").is_some_and(|(leader, stopped)| leader != 0 && !stopped)
+    });
+    let value = b"after the controller log came back".to_vec();
+    let mut offset = None;
+    wait("a produce to the new topic", || {
+        offset = produce(&c.nodes[via], "after", &value).ok();
+        offset.is_some()
+    });
+    let offset = offset.unwrap_or(0);
+    let mut got = Err(Status::unavailable(""));
+    wait("the record read on the victim", || {
+        got = consume(&c.nodes[victim], "after", offset);
+        got.is_ok()
+    });
+    assert_eq!(got.ok(), Some(value));
+
+    let log = c.nodes[victim]
+        .log()
+        .get(first_run..)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(log.contains("started afresh"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("bootstrapping a new cluster"), "{log}");
+    assert!(!log.contains("timed out waiting for"), "{log}");
+    for l in log.lines().filter(|l| l.contains("controller")) {
+        println!("victim: {l}");
+    }
+}
+
+/// [`lose_the_controller_log_and_recover`] on a node that is not node 1.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_node_whose_controller_log_is_lost_at_start_recovers_it() {
+    lose_the_controller_log_and_recover("a controller log lost at start", 191, false);
+}
+
+/// [`lose_the_controller_log_and_recover`] on node 1, the bootstrapper: its start does not
+/// wait to bootstrap (nor fail), and it starts no second cluster.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn the_first_node_whose_controller_log_is_lost_at_start_recovers_it() {
+    lose_the_controller_log_and_recover("node 1's controller log lost at start", 201, true);
 }
 
 /// A node started with `--leave-on-shutdown=false` and stopped with SIGTERM stops without

@@ -14,6 +14,7 @@
 //! (cluster id, itself as node 1), registers the topics an older single-node data directory
 //! holds, and creates the `default` topic. Then the reconcile loops start.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,7 +152,7 @@ pub fn form(
                     .context("writing cluster.meta")?;
             }
             open_controller(controller_config(settings), node, engine)?;
-            if id.node_id == FIRST_NODE_ID && !controller_started_afresh(node) {
+            if id.node_id == FIRST_NODE_ID && !controller_awaits_the_cluster(node) {
                 bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
             }
             check_cluster_id(node, &id.cluster_id);
@@ -166,9 +167,17 @@ pub fn form(
                     .name("proglog-rejoin".into())
                     .spawn(move || {
                         // Nothing to do when the registry (replayed from this node's log, or
-                        // learnt from the leader) already has this node as it is.
+                        // learnt from the leader) already has this node as it is. A
+                        // controller log found lost, or started afresh, holds no state to
+                        // wait for: this node registers at once. A lost one is reported
+                        // stopped only after that (the reconcile loop waits for
+                        // `registered`), so that no registration of this run withdraws the
+                        // mark that gets it started afresh.
                         let _ = wait_for("the controller's state", Duration::from_secs(30), || {
-                            !node.state().cluster_id.is_empty()
+                            let (v, cluster_id) = (node.controller(), node.state().cluster_id);
+                            !cluster_id.is_empty()
+                                || consensus::cluster::lost_without_state(v.as_ref(), &cluster_id)
+                                || consensus::cluster::started_afresh(v.as_ref(), &cluster_id)
                         });
                         let s = node.state();
                         let current = s.nodes.get(&id.node_id).is_some_and(|n| {
@@ -180,6 +189,7 @@ pub fn form(
                         // With join addresses the members found there are asked anyway:
                         // they must be of this node's cluster.
                         if current && s.cluster_id == id.cluster_id && !joins {
+                            node.registered.store(true, Ordering::Relaxed);
                             return;
                         }
                         match join_cluster(
@@ -191,6 +201,7 @@ pub fn form(
                             Some(id.cluster_id.clone()),
                         ) {
                             Ok(j) if j.node_id == id.node_id => {
+                                node.registered.store(true, Ordering::Relaxed);
                                 log::info!(
                                     "registered with the controller again as node {}",
                                     j.node_id
@@ -247,17 +258,27 @@ fn open_controller(
 }
 
 /// Whether this node's controller replica was started afresh (`reset_controller_replica`,
-/// or its reopening at start above): it holds no configuration and applied no state, and
-/// waits for the controller's leader to add it back, as a joining node's replica. The
-/// cluster exists: the first node has nothing to bootstrap, and waiting for a leader or a
-/// state it cannot have before its registration (sent after `bootstrap`) withdraws its
-/// `controller_stopped` mark would fail its start. Waits briefly for the replica's first
-/// view; none yet: not started afresh (the bootstrap wait as before).
-fn controller_started_afresh(node: &ClusterNode) -> bool {
+/// or its reopening at start above), or was found lost at start (its log marked lost: it
+/// opens stopped, with nothing to replay): it holds no configuration it may act on and
+/// applied no state, and waits for the controller's leader to add it back, as a joining
+/// node's replica (a lost one once it is started afresh). The cluster exists: the first node
+/// has nothing to bootstrap, and waiting for a leader or a state it cannot have before its
+/// registration (sent after `bootstrap`) would fail its start. Waits briefly for the
+/// replica's first view; none yet: neither (the bootstrap wait as before).
+fn controller_awaits_the_cluster(node: &ClusterNode) -> bool {
     let _ = wait_for("the controller's replica", Duration::from_secs(5), || {
         node.controller().is_some()
     });
-    consensus::cluster::started_afresh(node.controller().as_ref(), &node.state().cluster_id)
+    let (v, cluster_id) = (node.controller(), node.state().cluster_id);
+    let lost = consensus::cluster::lost_without_state(v.as_ref(), &cluster_id);
+    if lost {
+        log::warn!(
+            "the controller's replica here was found lost (its log's acknowledged entries are \
+             gone): not bootstrapping; it is reported stopped, left out of the controller's \
+             group and started afresh"
+        );
+    }
+    lost || consensus::cluster::started_afresh(v.as_ref(), &cluster_id)
 }
 
 /// Logs an error if the controller's log names another cluster than cluster.meta.

@@ -178,6 +178,11 @@ pub struct ClusterNode {
     /// This node creates the controller group with itself as its only voter (it
     /// bootstraps the cluster); a joining node creates it empty and learns it.
     pub bootstrapper: AtomicBool,
+    /// This run's registration with the controller is done (the rejoin at start, or none
+    /// needed). A node whose controller replica was found lost at start, holding no state,
+    /// reports that replica stopped only after it: a registration proposed later would
+    /// withdraw the mark before the replica was started afresh.
+    pub registered: AtomicBool,
     pub peers: Peers,
     /// Peer TLS is on: names of peers are checked against their certificates.
     pub peer_tls: bool,
@@ -231,6 +236,7 @@ impl ClusterNode {
             stats: ClusterStats::default(),
             me: OnceLock::new(),
             bootstrapper: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
             peer_tls: peers.tls.is_some(),
             peers,
             state: RwLock::new(ClusterState::default()),
@@ -718,7 +724,29 @@ impl ClusterNode {
     fn relay_targets(&self) -> Vec<(u64, PeerAddr)> {
         let me = self.id();
         let s = self.state();
-        let live = self.live_nodes(&s);
+        let live = if s.nodes.is_empty() {
+            // No registry applied here (a controller replica found lost at start): the
+            // addresses the registration's answer gave, of the members gossip lists live.
+            let book = self
+                .peers
+                .book
+                .read()
+                .map(|b| b.clone())
+                .unwrap_or_default();
+            let gossip: Vec<SocketAddr> = match self.members.get() {
+                Some(w) => w
+                    .members()
+                    .members
+                    .iter()
+                    .filter(|m| !m.is_self && m.state.is_live())
+                    .map(|m| m.rpc_addr)
+                    .collect(),
+                None => Vec::new(),
+            };
+            book_live(&book, &gossip)
+        } else {
+            self.live_nodes(&s)
+        };
         let voters = self.controller().map(|v| v.voters).unwrap_or_default();
         let mut order: Vec<u64> = voters
             .iter()
@@ -1253,6 +1281,48 @@ pub fn started_afresh(v: Option<&crate::raft::board::GroupView>, cluster_id: &st
         && cluster_id.is_empty()
 }
 
+/// Whether a controller replica whose view is `v`, on a node whose applied state names
+/// cluster `cluster_id`, stopped for good with no state applied: its log marked lost at start
+/// (its acknowledged entries gone, so nothing to replay), or failed before anything was. It
+/// must neither vote nor bootstrap (it opens stopped for that); the cluster exists, so the
+/// first node has nothing to bootstrap either, and the node recovers it as one that stopped
+/// while running: reported, left out, started afresh, added back
+/// ([`reconcile`]'s `controller_replica`).
+pub fn lost_without_state(v: Option<&crate::raft::board::GroupView>, cluster_id: &str) -> bool {
+    v.is_some_and(|v| v.stopped == Some(crate::raft::group::Stopped::Failed))
+        && cluster_id.is_empty()
+}
+
+/// Whether node `id`'s reconcile loop, its applied state naming cluster `cluster_id`, runs
+/// the step for its own controller replica (view `v`) although it holds no state: the node
+/// knows its id (`cluster.meta`), and its replica was found lost
+/// ([`lost_without_state`]), or runs started afresh ([`started_afresh`]), or is being
+/// started afresh (`recovering`: closed by a start afresh that failed, no view left). Every
+/// other step needs the state; this one needs only the members (the registration's answer
+/// and gossip), and is what brings the state back.
+pub fn recovers_without_state(
+    id: u64,
+    cluster_id: &str,
+    v: Option<&crate::raft::board::GroupView>,
+    recovering: bool,
+) -> bool {
+    id != 0
+        && cluster_id.is_empty()
+        && (recovering || lost_without_state(v, cluster_id) || started_afresh(v, cluster_id))
+}
+
+/// The nodes of the transport's address `book` whose address is among the `live` RPC
+/// addresses gossip lists, by id: who a node holding no registry can relay to.
+fn book_live(book: &std::collections::HashMap<u64, PeerAddr>, live: &[SocketAddr]) -> Vec<u64> {
+    let mut ids: Vec<u64> = book
+        .iter()
+        .filter(|(_, p)| live.contains(&p.addr))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Whether node `me`'s replica of partition `p`, opened as its topic is created here, starts
 /// with the partition's first configuration: it is one of the first voters, still placed
 /// here, and never placed elsewhere since (`PartitionEntry::departed`).
@@ -1351,6 +1421,94 @@ mod tests {
             ..view(vec![], vec![])
         };
         assert!(!started_afresh(Some(&stopped), ""));
+    }
+
+    #[test]
+    fn a_controller_replica_lost_at_start_is_recovered_without_state_and_never_bootstraps() {
+        let view = |stopped: Option<crate::raft::group::Stopped>, voters: Vec<u64>| {
+            crate::raft::board::GroupView {
+                shard: 0,
+                role: raft::StateRole::Follower,
+                term: 1,
+                leader: raft::INVALID_ID,
+                commit: 0,
+                applied: 0,
+                last_index: 0,
+                voters,
+                learners: vec![],
+                matched: vec![],
+                stopped,
+            }
+        };
+        let failed = Some(crate::raft::group::Stopped::Failed);
+        let full = Some(crate::raft::group::Stopped::DiskFull);
+        // Its log marked lost at start: stopped, nothing replayed. The first node does not
+        // bootstrap it, and the loop looks after it although it holds no state.
+        assert!(lost_without_state(Some(&view(failed, vec![])), ""));
+        assert!(recovers_without_state(
+            2,
+            "",
+            Some(&view(failed, vec![])),
+            false
+        ));
+        // A state applied: the whole loop runs, as for a replica that stopped while running.
+        assert!(!lost_without_state(Some(&view(failed, vec![1, 2, 3])), "c"));
+        assert!(!recovers_without_state(
+            2,
+            "c",
+            Some(&view(failed, vec![])),
+            false
+        ));
+        // A full disk resumes by itself; a replica not open yet is waited for.
+        assert!(!lost_without_state(Some(&view(full, vec![])), ""));
+        assert!(!recovers_without_state(
+            2,
+            "",
+            Some(&view(full, vec![])),
+            false
+        ));
+        assert!(!recovers_without_state(2, "", None, false));
+        // Started afresh (no configuration, no state), or closed by a start afresh that
+        // failed: still looked after, until the state comes back.
+        assert!(recovers_without_state(
+            2,
+            "",
+            Some(&view(None, vec![])),
+            false
+        ));
+        assert!(recovers_without_state(2, "", None, true));
+        // A first node bootstrapping (itself the only voter), and a node whose id is not
+        // known yet (joining): not this step's.
+        assert!(!recovers_without_state(
+            1,
+            "",
+            Some(&view(None, vec![1])),
+            false
+        ));
+        assert!(!recovers_without_state(
+            0,
+            "",
+            Some(&view(failed, vec![])),
+            false
+        ));
+    }
+
+    #[test]
+    fn with_no_registry_relays_go_to_the_nodes_gossip_lists_live() {
+        let addr = |i: u8| -> SocketAddr { format!("127.0.0.{i}:9000").parse().unwrap() };
+        let book: std::collections::HashMap<u64, PeerAddr> = [1u8, 2, 4]
+            .into_iter()
+            .map(|i| {
+                let p = PeerAddr {
+                    addr: addr(i),
+                    server_name: format!("127.0.0.{i}"),
+                };
+                (u64::from(i), p)
+            })
+            .collect();
+        // Node 4 is down in gossip; 5 is live but not in the book (no Raft id known).
+        assert_eq!(book_live(&book, &[addr(2), addr(1), addr(5)]), [1, 2]);
+        assert!(book_live(&book, &[]).is_empty());
     }
 
     #[test]

@@ -75,6 +75,15 @@ fn run(node: Arc<ClusterNode>) {
                 countdown.clear();
                 unplaced.clear();
             }
+        } else if super::recovers_without_state(
+            node.id(),
+            &s.cluster_id,
+            node.controller().as_ref(),
+            controller_here.fresh || controller_here.resetting,
+        ) {
+            // No state (the controller's log was found lost at start, or started afresh):
+            // only the controller's replica can be looked after, and it brings the state.
+            controller_replica(&node, &s, &mut controller_here, Instant::now());
         }
         // Waiters on the state check their deadlines at least this often.
         node.tick.notify(usize::MAX);
@@ -1090,6 +1099,14 @@ fn controller_replica(
             if now.duration_since(since) < grace || !due(here) {
                 return;
             }
+            // Holding no state (the log found lost at start), the node reports only once its
+            // registration of this run is done: one applied after the mark would withdraw
+            // it, and the leader add the stopped replica back before it was started afresh.
+            if s.cluster_id.is_empty()
+                && !node.registered.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return;
+            }
             if here.asked.is_none() {
                 log::warn!(
                     "the controller's replica here stopped (its log failed) {grace:?} ago: \
@@ -1112,8 +1129,10 @@ fn controller_replica(
         // Resumes by itself once space returns.
         Some(Stopped::DiskFull) => here.stopped_since = None,
         // A node removed from the cluster is left out on purpose (re-admitted when it
-        // registers again, at its next start): it asks nothing.
-        None if s.nodes.get(&me).is_none_or(|n| n.removed) => {
+        // registers again, at its next start): it asks nothing. Holding no state (its log
+        // found lost at start, or started afresh), it cannot tell: it asks, and members
+        // refuse a node that is not registered.
+        None if !s.cluster_id.is_empty() && s.nodes.get(&me).is_none_or(|n| n.removed) => {
             here.stopped_since = None;
             here.adrift_since = None;
         }
@@ -1943,6 +1962,85 @@ mod tests {
         node.peers.board.set(group, view(None));
         report_stopped(&node, &s, &mut here, at(t0, 200));
         assert!(here.is_empty());
+    }
+
+    #[test]
+    fn a_controller_replica_lost_at_start_is_reported_only_after_this_runs_registration() {
+        // Node 2 restarted with its controller log found lost: no state at all.
+        let node = ClusterNode::new(
+            crate::raft::transport::Peers::default(),
+            TIMEOUT,
+            Duration::from_secs(30),
+        );
+        node.set_id(2);
+        let s = ClusterState::default();
+        let (reported, recovered) = (
+            || {
+                node.stats
+                    .stopped_replicas_reported
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+            || {
+                node.stats
+                    .stopped_replicas_recovered
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+        );
+        let lost = GroupView {
+            voters: vec![],
+            learners: vec![],
+            ..view(Some(Stopped::Failed))
+        };
+        node.peers.board.set(0, lost);
+        let mut here = ControllerHere::default();
+        let t0 = start();
+        controller_replica(&node, &s, &mut here, t0);
+        controller_replica(&node, &s, &mut here, at(t0, 29));
+        assert_eq!(reported(), 0, "within the grace period");
+        // Past it, but this run's registration is not done: a registration applied after
+        // the mark would withdraw it before the replica was started afresh.
+        controller_replica(&node, &s, &mut here, at(t0, 40));
+        assert_eq!(reported(), 0);
+        node.registered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        controller_replica(&node, &s, &mut here, at(t0, 41));
+        assert_eq!(reported(), 1);
+        controller_replica(&node, &s, &mut here, at(t0, 45));
+        assert_eq!(reported(), 1, "not again within ASK_AGAIN");
+        controller_replica(&node, &s, &mut here, at(t0, 46));
+        assert_eq!(reported(), 2);
+        // No member could say the group no longer counts it (none reachable here): never
+        // started afresh, never asked to be counted.
+        assert_eq!(recovered(), 0);
+        assert!(!here.fresh);
+
+        // Started afresh (empty, no configuration) and still without state: it asks to be
+        // counted again at once, although it cannot tell whether it was removed (members
+        // refuse an unregistered node).
+        let afresh = GroupView {
+            voters: vec![],
+            learners: vec![],
+            ..view(None)
+        };
+        node.peers.board.set(0, afresh);
+        here = ControllerHere {
+            fresh: true,
+            ..ControllerHere::default()
+        };
+        controller_replica(&node, &s, &mut here, at(t0, 50));
+        assert_eq!(recovered(), 1);
+        controller_replica(&node, &s, &mut here, at(t0, 55));
+        assert_eq!(recovered(), 2);
+        // With a state that says this node was removed: it asks nothing.
+        let (_, removed) = {
+            let (n, mut st) = stopped_setup(2, false);
+            if let Some(e) = st.nodes.get_mut(&2) {
+                e.removed = true;
+            }
+            (n, st)
+        };
+        controller_replica(&node, &removed, &mut here, at(t0, 100));
+        assert_eq!(recovered(), 2);
     }
 
     #[test]
