@@ -1393,17 +1393,8 @@ mod tests {
     #[test]
     fn the_first_node_bootstraps_unless_its_controller_replica_was_started_afresh() {
         let view = |voters: Vec<u64>, learners: Vec<u64>| crate::raft::board::GroupView {
-            shard: 0,
-            role: raft::StateRole::Follower,
-            term: 1,
             leader: raft::INVALID_ID,
-            commit: 0,
-            applied: 0,
-            last_index: 0,
-            voters,
-            learners,
-            matched: vec![],
-            stopped: None,
+            ..crate::raft::board::GroupView::follower(0, voters, learners)
         };
         // Started afresh (no configuration, no state): the cluster exists, nothing to
         // bootstrap; its start does not wait for a leader it cannot have yet.
@@ -1427,17 +1418,9 @@ mod tests {
     fn a_controller_replica_lost_at_start_is_recovered_without_state_and_never_bootstraps() {
         let view = |stopped: Option<crate::raft::group::Stopped>, voters: Vec<u64>| {
             crate::raft::board::GroupView {
-                shard: 0,
-                role: raft::StateRole::Follower,
-                term: 1,
                 leader: raft::INVALID_ID,
-                commit: 0,
-                applied: 0,
-                last_index: 0,
-                voters,
-                learners: vec![],
-                matched: vec![],
                 stopped,
+                ..crate::raft::board::GroupView::follower(0, voters, vec![])
             }
         };
         let failed = Some(crate::raft::group::Stopped::Failed);
