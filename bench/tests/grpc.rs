@@ -234,6 +234,8 @@ fn tls_and_mutual_tls() {
         &["--tls-ca", &ca, "--duration", "500ms", "--timeout", "1s"],
     );
     assert_eq!(r.code, 1, "no client certificate must fail:\n{}", r.stdout);
+    // The run's verdict names the cause: the server's alert.
+    assert!(r.stderr.contains("CertificateRequired"), "{}", r.stderr);
 }
 
 #[test]

@@ -208,10 +208,18 @@ pub fn main(opts: Opts) -> Result<Outcome> {
     };
     let errors = report.errors();
     if errors > report.opts.max_errors {
-        failed.push(format!(
+        let mut why = format!(
             "{errors} RPC errors (more than --max-errors {})",
             report.opts.max_errors
-        ));
+        );
+        if let Some(first) = report
+            .parts
+            .iter()
+            .find_map(|(_, s)| s.first_error.as_deref())
+        {
+            why.push_str(&format!("; the first: {first}"));
+        }
+        failed.push(why);
     }
     let produced: u64 = report
         .parts
