@@ -3,7 +3,10 @@
 //! topics and bad names. Plus the engine's routing: partitions over two shards, appends from
 //! plain threads, and topics surviving a restart.
 
+mod common;
+
 use bytes::Bytes;
+use common::{engine_config, start, topic_config};
 use engine::{Engine, EngineConfig, Error, FileBudget, Log, LogConfig, NewRecord};
 use futures_lite::future::block_on;
 use std::collections::{BTreeMap, BTreeSet};
@@ -411,29 +414,6 @@ fn a_data_file_of_garbage_recovers_to_empty() {
 }
 
 // ------------------------------------------------------------------------------ engine
-
-fn topic_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        max_record_bytes: 4096,
-        max_batch_bytes: 16 * 1024,
-        write_behind_bytes: 64 * 1024,
-        ..LogConfig::default()
-    }
-}
-
-fn engine_config(dir: &Path) -> EngineConfig {
-    EngineConfig {
-        shards: 2,
-        pin: false,
-        default_log: topic_config(),
-        ..EngineConfig::new(dir)
-    }
-}
-
-fn start(dir: &Path) -> Engine {
-    Engine::start(engine_config(dir)).unwrap_or_else(|e| panic!("start: {e}"))
-}
 
 fn meta_file(payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();

@@ -4,30 +4,13 @@
 //! and before a partition is opened again, and a removal that fails before the catalog
 //! changes leaves the partition held, to be closed again.
 
+mod common;
+
 use bytes::Bytes;
-use engine::{Engine, EngineConfig, LogConfig, NewRecord};
+use common::{start, topic_config};
+use engine::{Engine, NewRecord};
 use futures_lite::future::block_on;
 use std::path::{Path, PathBuf};
-
-fn topic_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        max_record_bytes: 4096,
-        max_batch_bytes: 16 * 1024,
-        write_behind_bytes: 64 * 1024,
-        ..LogConfig::default()
-    }
-}
-
-fn start(dir: &Path) -> Engine {
-    let config = EngineConfig {
-        shards: 2,
-        pin: false,
-        default_log: topic_config(),
-        ..EngineConfig::new(dir)
-    };
-    Engine::start(config).unwrap_or_else(|e| panic!("start: {e}"))
-}
 
 fn recs(n: usize) -> Vec<NewRecord> {
     (0..n)

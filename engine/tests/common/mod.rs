@@ -1,0 +1,31 @@
+//! What the engine's black-box tests share: a small topic configuration and an engine of two
+//! unpinned shards.
+
+use engine::{Engine, EngineConfig, LogConfig};
+use std::path::Path;
+
+/// Small segments, records and batches, so that tests roll segments quickly.
+pub fn topic_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        max_record_bytes: 4096,
+        max_batch_bytes: 16 * 1024,
+        write_behind_bytes: 64 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+/// Two unpinned shards in `dir`, topics made with [`topic_config`] by default.
+pub fn engine_config(dir: &Path) -> EngineConfig {
+    EngineConfig {
+        shards: 2,
+        pin: false,
+        default_log: topic_config(),
+        ..EngineConfig::new(dir)
+    }
+}
+
+/// An engine started with [`engine_config`].
+pub fn start(dir: &Path) -> Engine {
+    Engine::start(engine_config(dir)).unwrap_or_else(|e| panic!("start: {e}"))
+}
