@@ -334,20 +334,15 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         "Times this node became a group's leader.",
         c.peers.board.became_leader.load(Relaxed) as f64,
     );
-    e.family(
+    e.by_label(
         "proglog_raft_conf_changes_total",
         Kind::Counter,
         "Configuration changes this node proposed, by outcome (committed, failed).",
-    )
-    .sample(
-        "proglog_raft_conf_changes_total",
-        &[("outcome", "committed")],
-        c.stats.conf_changes.load(Relaxed) as f64,
-    )
-    .sample(
-        "proglog_raft_conf_changes_total",
-        &[("outcome", "failed")],
-        c.stats.conf_changes_failed.load(Relaxed) as f64,
+        "outcome",
+        &[
+            ("committed", c.stats.conf_changes.load(Relaxed) as f64),
+            ("failed", c.stats.conf_changes_failed.load(Relaxed) as f64),
+        ],
     );
     e.single(
         "proglog_cluster_commands_total",
@@ -403,35 +398,25 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         "Controller commands this node sent to another member over the peer channel, its own controller replica being stopped or not running.",
         c.stats.commands_relayed.load(Relaxed) as f64,
     );
-    e.family(
+    e.by_label(
         "proglog_cluster_relayed_commands_received_total",
         Kind::Counter,
         "Controller commands other members relayed to this node over the peer channel, by outcome (taken, refused).",
-    )
-    .sample(
-        "proglog_cluster_relayed_commands_received_total",
-        &[("outcome", "taken")],
-        c.stats.commands_relay_served.load(Relaxed) as f64,
-    )
-    .sample(
-        "proglog_cluster_relayed_commands_received_total",
-        &[("outcome", "refused")],
-        c.stats.commands_relay_refused.load(Relaxed) as f64,
+        "outcome",
+        &[
+            ("taken", c.stats.commands_relay_served.load(Relaxed) as f64),
+            ("refused", c.stats.commands_relay_refused.load(Relaxed) as f64),
+        ],
     );
-    e.family(
+    e.by_label(
         "proglog_cluster_membership_questions_received_total",
         Kind::Counter,
         "Questions from other members whether a group still counts them, by outcome (answered, refused).",
-    )
-    .sample(
-        "proglog_cluster_membership_questions_received_total",
-        &[("outcome", "answered")],
-        c.stats.membership_questions_answered.load(Relaxed) as f64,
-    )
-    .sample(
-        "proglog_cluster_membership_questions_received_total",
-        &[("outcome", "refused")],
-        c.stats.membership_questions_refused.load(Relaxed) as f64,
+        "outcome",
+        &[
+            ("answered", c.stats.membership_questions_answered.load(Relaxed) as f64),
+            ("refused", c.stats.membership_questions_refused.load(Relaxed) as f64),
+        ],
     );
     e.single(
         "proglog_cluster_nodes_removed_total",

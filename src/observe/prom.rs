@@ -103,6 +103,22 @@ impl Exposition {
         self.family(name, kind, help).sample(name, &[], value)
     }
 
+    /// A family whose samples differ by one label: `label` = each of `samples`' names.
+    pub fn by_label(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        label: &str,
+        samples: &[(&str, f64)],
+    ) -> &mut Self {
+        self.family(name, kind, help);
+        for (v, value) in samples {
+            self.sample(name, &[(label, v)], *value);
+        }
+        self
+    }
+
     /// The `_bucket`, `_sum` and `_count` samples of one histogram series; bounds and sum
     /// are divided by `scale` (1e9 turns nanoseconds into the seconds Prometheus expects).
     pub fn histogram(
