@@ -877,6 +877,17 @@ mod tests {
             node,
         };
         let marks = |s: &ClusterState| s.topics["t"].partitions[0].stopped.clone();
+        let place = |s: &mut ClusterState, index: u64, replicas: Vec<Replica>| {
+            s.apply(
+                index,
+                &Command::SetReplicas {
+                    topic: "t".into(),
+                    partition: 0,
+                    replication_factor: 2,
+                    replicas,
+                },
+            )
+        };
         // Not placed on node 3, an unknown partition, a second report: no effect.
         s.apply(5, &stopped(3));
         s.apply(
@@ -893,27 +904,11 @@ mod tests {
         assert_eq!(marks(&s), vec![2]);
         // Kept while node 2 stays placed, dropped once it is placed elsewhere.
         let mut replicas = s.topics["t"].partitions[0].replicas.clone();
-        s.apply(
-            9,
-            &Command::SetReplicas {
-                topic: "t".into(),
-                partition: 0,
-                replication_factor: 2,
-                replicas: replicas.clone(),
-            },
-        );
+        place(&mut s, 9, replicas.clone());
         assert_eq!(marks(&s), vec![2]);
         replicas.retain(|r| r.node != 2);
         replicas.push(s.replica_on("t", 0, 3));
-        s.apply(
-            10,
-            &Command::SetReplicas {
-                topic: "t".into(),
-                partition: 0,
-                replication_factor: 2,
-                replicas,
-            },
-        );
+        place(&mut s, 10, replicas);
         assert!(marks(&s).is_empty());
         assert_eq!(s.topics["t"].partitions[0].nodes(), vec![1, 3]);
         // Node 2 left: recorded as departed, and it stays so when placed back.
@@ -921,15 +916,7 @@ mod tests {
         let mut back = s.topics["t"].partitions[0].replicas.clone();
         back.retain(|r| r.node != 3);
         back.push(s.replica_on("t", 0, 2));
-        s.apply(
-            11,
-            &Command::SetReplicas {
-                topic: "t".into(),
-                partition: 0,
-                replication_factor: 2,
-                replicas: back,
-            },
-        );
+        place(&mut s, 11, back);
         assert_eq!(s.topics["t"].partitions[0].nodes(), vec![1, 2]);
         assert_eq!(s.topics["t"].partitions[0].departed, vec![2, 3]);
         let again: ClusterState =
