@@ -60,11 +60,13 @@ pub struct PartitionEntry {
     /// node that lacks one. Only nodes of `replicas`: a node leaves it with its replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<u64>,
-    /// Nodes once placed here and then placed elsewhere (a `set_replicas` left them out),
-    /// in the order they left; kept when placed back. Such a node's replica never starts
-    /// with the `initial` configuration again (it may have dropped its data while the group
-    /// still counted it): it starts with none and is added as a learner, as any replica
-    /// placed after the topic's creation. Absent from the encoding when empty.
+    /// Nodes of `initial` once placed here and then placed elsewhere (a `set_replicas`
+    /// left them out), in the order they left; kept when placed back. Such a node's replica
+    /// never starts with the `initial` configuration again (it may have dropped its data
+    /// while the group still counted it): it starts with none and is added as a learner, as
+    /// any replica placed after the topic's creation. Other nodes start with none anyway, so
+    /// they are not recorded: the list never outgrows `initial`. Absent from the encoding
+    /// when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub departed: Vec<u64>,
 }
@@ -556,11 +558,19 @@ impl ClusterState {
                         let before = p.nodes();
                         p.replicas = replicas.clone();
                         let after = p.nodes();
+                        // Only a first voter's departure matters (`first_configuration`
+                        // reads it), so the list holds at most `initial`'s nodes however
+                        // often replicas move.
                         for n in before {
-                            if !after.contains(&n) && !p.departed.contains(&n) {
+                            if !after.contains(&n)
+                                && p.initial.contains(&n)
+                                && !p.departed.contains(&n)
+                            {
                                 p.departed.push(n);
                             }
                         }
+                        let initial = &p.initial;
+                        p.departed.retain(|n| initial.contains(n));
                         // A node placed anew (or still) keeps its mark only while it stays.
                         let nodes = p.nodes();
                         p.stopped.retain(|n| nodes.contains(n));
@@ -918,10 +928,11 @@ mod tests {
         back.push(s.replica_on("t", 0, 2));
         place(&mut s, 11, back);
         assert_eq!(s.topics["t"].partitions[0].nodes(), vec![1, 2]);
-        assert_eq!(s.topics["t"].partitions[0].departed, vec![2, 3]);
+        // Node 3 left too, but it was not a first voter: not recorded.
+        assert_eq!(s.topics["t"].partitions[0].departed, vec![2]);
         let again: ClusterState =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
-        assert_eq!(again.topics["t"].partitions[0].departed, vec![2, 3]);
+        assert_eq!(again.topics["t"].partitions[0].departed, vec![2]);
         let c = stopped(2);
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         // A partition without marks or departures encodes as before (no `stopped` or
@@ -933,6 +944,36 @@ mod tests {
             !json.contains("stopped") && !json.contains("departed"),
             "{json}"
         );
+    }
+
+    #[test]
+    fn departures_recorded_never_outgrow_the_first_voters() {
+        let mut s = three_nodes();
+        create_t(&mut s, 1, 2, &[1, 2]);
+        // An entry of an older encoding may name a node that was never a first voter.
+        s.topics.get_mut("t").unwrap().partitions[0].departed = vec![3];
+        // Replicas moved round and round over the three nodes, 300 times.
+        let pairs = [[1, 3], [2, 3], [1, 2], [3, 1], [3, 2]];
+        for (i, pair) in pairs.iter().cycle().take(300).enumerate() {
+            let replicas = pair.iter().map(|&n| s.replica_on("t", 0, n)).collect();
+            s.apply(
+                5 + i as u64,
+                &Command::SetReplicas {
+                    topic: "t".into(),
+                    partition: 0,
+                    replication_factor: 2,
+                    replicas,
+                },
+            );
+            let p = &s.topics["t"].partitions[0];
+            assert!(
+                p.departed.iter().all(|n| p.initial.contains(n)) && p.departed.len() <= 2,
+                "step {i}: departed {:?}, initial {:?}",
+                p.departed,
+                p.initial
+            );
+        }
+        assert_eq!(s.topics["t"].partitions[0].departed, vec![2, 1]);
     }
 
     #[test]
