@@ -192,27 +192,48 @@ pub fn form(
                             node.registered.store(true, Ordering::Relaxed);
                             return;
                         }
-                        match join_cluster(
-                            &tls,
-                            &node,
-                            &engine,
-                            &members,
-                            &entry,
-                            Some(id.cluster_id.clone()),
-                        ) {
-                            Ok(j) if j.node_id == id.node_id => {
-                                node.registered.store(true, Ordering::Relaxed);
-                                log::info!(
-                                    "registered with the controller again as node {}",
-                                    j.node_id
-                                )
+                        // A node whose controller replica holds no state (lost, or started
+                        // afresh) recovers it only once registered: it keeps asking while no
+                        // member answers (each attempt lasts up to JOIN_DEADLINE). A refusal
+                        // is final: the members belong to another cluster.
+                        loop {
+                            match join_cluster(
+                                &tls,
+                                &node,
+                                &engine,
+                                &members,
+                                &entry,
+                                Some(id.cluster_id.clone()),
+                            ) {
+                                Ok(j) if j.node_id == id.node_id => {
+                                    node.registered.store(true, Ordering::Relaxed);
+                                    log::info!(
+                                        "registered with the controller again as node {}",
+                                        j.node_id
+                                    )
+                                }
+                                Ok(j) => log::error!(
+                                    "the controller knows this node as node {}, cluster.meta \
+                                     says {}",
+                                    j.node_id,
+                                    id.node_id
+                                ),
+                                Err(e) => {
+                                    log::error!("registering with the controller again: {e:#}");
+                                    let (v, c) = (node.controller(), node.state().cluster_id);
+                                    let stateless =
+                                        consensus::cluster::lost_without_state(v.as_ref(), &c)
+                                            || consensus::cluster::started_afresh(v.as_ref(), &c);
+                                    if stateless && e.downcast_ref::<Refused>().is_none() {
+                                        log::warn!(
+                                            "the controller's replica here holds no state \
+                                             until this node registers: asking again"
+                                        );
+                                        continue;
+                                    }
+                                }
                             }
-                            Ok(j) => log::error!(
-                                "the controller knows this node as node {}, cluster.meta says {}",
-                                j.node_id,
-                                id.node_id
-                            ),
-                            Err(e) => log::error!("registering with the controller again: {e:#}"),
+                            break;
                         }
                     })
                     .context("starting the rejoin thread")?;
@@ -368,6 +389,18 @@ fn bootstrap(
 }
 
 /// Asks the members gossip shows for a Raft id until one answers (see [`join`]).
+/// A member's refusal to admit this node (another cluster's): asking again does not help.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 fn join_cluster(
     tls: &Option<net::peer::PeerTls>,
     node: &ClusterNode,
@@ -422,7 +455,9 @@ fn join_cluster(
                     }
                 }
                 Ok(JoinAnswer::Refused { reason }) => {
-                    bail!("joining through {addr} was refused: {reason}");
+                    return Err(
+                        Refused(format!("joining through {addr} was refused: {reason}")).into(),
+                    );
                 }
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
