@@ -1,6 +1,6 @@
 //! The command-line client against a real server.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -16,7 +16,7 @@
 //! --test-threads=1`), each printing its duration. Nothing waits a fixed time: every step
 //! waits for a condition with a generous deadline.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -17,7 +17,7 @@
 //! node) runs in the plain run. Clusters come from `tests/common/cluster.rs`. Nothing waits a
 //! fixed time: every step waits for a condition with a generous deadline.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};

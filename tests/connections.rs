@@ -2,7 +2,7 @@
 //! send the HTTP/2 preface does not lock a new client out, handshakes show in the connection
 //! gauge, and a flood of handshake timeouts writes a few log lines, not one per connection.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@
 //!
 //! Needs root (to mount the volume); CI runs as root. Not root: the test says so and passes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

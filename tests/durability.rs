@@ -10,7 +10,7 @@
 //! Seeded: the seed is printed, `PROGLOG_SEED=<n>` replays the kill times;
 //! `PROGLOG_KILL_ROUNDS=<n>` runs more rounds per policy (default 3).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

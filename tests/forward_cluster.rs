@@ -11,7 +11,7 @@
 //! Multi-node: `#[ignore]`d in the plain `cargo test` run, run one at a time in
 //! scripts/test's cluster phase (`--ignored --test-threads=1`).
 
-mod common;
+use crate::common;
 
 use common::*;
 use net::blocking::BlockingChannel;

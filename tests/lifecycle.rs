@@ -1,6 +1,6 @@
 //! Start-up, graceful stop, restart and crash: the process as an operator sees it.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

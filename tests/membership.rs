@@ -4,7 +4,7 @@
 //! and a node without peer TLS, are never admitted. (The five-node test with host names,
 //! kill -9, restart and SIGTERM is `membership_netns.rs`.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! Lean by default (200 streams over 16 MiB of records); `PROGLOG_TEST_FULL=1` runs the
 //! figure of the report: 1,000 streams over 200 MB.
 
-mod common;
+use crate::common;
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};

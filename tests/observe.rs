@@ -1,7 +1,7 @@
 //! Observability against the real binary: /metrics after a known workload, /healthz and
 //! /readyz through start-up and drain, and trace ids from `traceparent` in the log.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! known member, without peer TLS, a Raft frame closes the connection and the server keeps
 //! serving; so does a gossip key request to a node that does not gossip.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::Duration;

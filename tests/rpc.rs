@@ -1,7 +1,7 @@
 //! Every unary RPC of log.v1.Log, log.v1.Admin and grpc.health.v1.Health, and the error
 //! statuses clients depend on.
 
-mod common;
+use crate::common;
 
 use common::*;
 use net::Code;

@@ -35,9 +35,8 @@
 //! Needs root, kubectl and nft (bash scripts/test installs Debian's nftables). The two tests
 //! take turns: they use the same namespaces.
 
-mod k8s;
-#[path = "common/seccomp.rs"]
-mod seccomp;
+use crate::common::seccomp;
+use crate::k8s;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The streaming RPCs: pipelined ProduceStream, tailing ConsumeStream and
 //! ConsumeBatchStream, and health Watch through a graceful stop.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! `proglog cert` and, separately, by the openssl CLI (tests/fixtures/openssl-certs.sh).
 //! Every rejection is followed by a check that the server still serves.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-mod mem_cluster;
+use crate::mem_cluster;
 use mem_cluster::{add_learner, MemNet, Rounds};
 
 /// The controller's group.

@@ -7,7 +7,7 @@
 //! Three `GroupSet`s driven by hand (see `manual`): the leader proposes a command, is cut
 //! off before any follower hears of it, and steps down (check_quorum) while the others elect.
 
-mod manual;
+use crate::manual;
 
 use consensus::cluster::Error as ClusterError;
 use consensus::raft::Error as RaftError;

@@ -14,8 +14,8 @@
 //! left are bounded, a restart replays from a checkpoint, and the snapshot a node added later
 //! receives is as small as the retained log.
 
-mod common;
-mod mem_cluster;
+use crate::common;
+use crate::mem_cluster;
 use mem_cluster::add_learner;
 
 use common::{serial, stat, wait_until, Cluster, HooksFactory};

@@ -15,7 +15,7 @@
 //! already holds and one it cannot get comes back short instead (which the log also takes
 //! for a full disk when no room is left: `engine/tests/short_write.rs`).
 
-mod manual;
+use crate::manual;
 
 use consensus::raft::replica::engine_error;
 use consensus::raft::{forward, Outcome};

@@ -7,7 +7,7 @@
 //! and never past the visible end the group sets (the old leader's uncommitted suffix is
 //! readable by Raft index only).
 
-mod manual;
+use crate::manual;
 
 use consensus::raft::Outcome;
 use engine::NewRecord;

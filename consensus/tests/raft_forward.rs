@@ -16,7 +16,7 @@
 //! - Hostile forward frames close their connection and are counted; the cluster goes on.
 //! - The in-flight bound per leader holds against a leader that never answers.
 
-mod common;
+use crate::common;
 
 use common::{frame, hostile, leader_of, start_nodes, stat, with_seam, Node, DEADLINE};
 use consensus::raft::forward::{

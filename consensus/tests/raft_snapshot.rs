@@ -6,7 +6,7 @@
 //! by a crash is removed, a follower stopped in the middle of a transfer recovers, and a
 //! hostile peer's malformed snapshot frames are counted and its connections closed.
 
-mod common;
+use crate::common;
 
 use common::{hostile, status, try_read_from, wait_until, Cluster, Node};
 use consensus::raft::snapshot_transfer::{SnapshotStats, SNAP_REQUEST};

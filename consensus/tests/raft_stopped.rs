@@ -8,7 +8,7 @@
 //! is taken away under the open log, so the next segment it rolls to cannot be created: a
 //! real I/O error, made without privileges.
 
-mod manual;
+use crate::manual;
 
 use consensus::raft::{Error, GroupConfig, GroupSet, Stopped};
 use engine::{FileBudget, Log, NewRecord};

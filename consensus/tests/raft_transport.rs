@@ -4,7 +4,7 @@
 //! client's oversized and malformed frames close its connection and are counted, and the
 //! cluster keeps committing; a stopped node is reported unreachable and the others go on.
 
-mod common;
+use crate::common;
 
 use common::{hostile, read_all, Cluster};
 use consensus::raft::transport::TransportStats;
@@ -17,6 +17,8 @@ fn stat(s: &TransportStats, f: impl Fn(&TransportStats) -> &std::sync::atomic::A
 
 #[test]
 fn three_nodes_replicate_over_the_peer_channel() {
+    // One multi-node test of the binary at a time (`common::serial`).
+    let _one = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster::start(tmp.path(), 3, Duration::from_secs(30));
     for n in &c.nodes {

@@ -17,7 +17,7 @@ use raft::StateRole;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-mod mem_cluster;
+use crate::mem_cluster;
 use mem_cluster::{add_learner, MemNet, Queue, Rounds};
 
 const G: u64 = 1;

@@ -3,7 +3,7 @@
 //! topics and bad names. Plus the engine's routing: partitions over two shards, appends from
 //! plain threads, and topics surviving a restart.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{engine_config, start, topic_config};

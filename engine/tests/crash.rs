@@ -7,6 +7,7 @@
 //! The parent prints its seed; `PROGLOG_SEED=<n>` replays the kill delays and record contents,
 //! `PROGLOG_CRASH_ROUNDS=<n>` changes the number of rounds (default 30).
 
+use crate::common;
 use bytes::Bytes;
 use engine::{Durability, FileBudget, Log, LogConfig, NewRecord};
 use rand::rngs::StdRng;
@@ -207,7 +208,12 @@ fn kill_9_never_loses_acknowledged_records() {
         let delay = Duration::from_millis(rng.random_range(5..300));
         let stderr_path = root.join(format!("child-{round}.stderr"));
         let mut child = Command::new(&exe)
-            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                &common::test_name(module_path!(), CHILD_TEST),
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &root)
             .env("PROGLOG_CRASH_ROUND", round.to_string())
             .env(

@@ -12,6 +12,7 @@
 //!
 //! Prints its seed; `PROGLOG_SEED=<n>` replays the kill delays and record contents.
 
+use crate::common;
 use engine::{Durability, EngineConfig, FileBudget, Log, LogConfig, NewRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -159,7 +160,12 @@ fn campaign(policy: &str, seed: u64, rounds: u32) -> (usize, usize) {
     for round in 0..rounds {
         let ctx = format!("{policy}: seed {seed} round {round}");
         let mut child = Command::new(&exe)
-            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                &common::test_name(module_path!(), CHILD_TEST),
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &root)
             .env(engine::power_loss::ENV, &hook)
             .env("PROGLOG_POWER_LOSS_POLICY", policy)
@@ -256,7 +262,11 @@ fn never_loses_acknowledged_records_to_power_loss() {
 fn a_stray_variable_without_the_marker_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = Command::new(std::env::current_exe().expect("current_exe"))
-        .args(["--exact", "misconfigured_child", "--nocapture"])
+        .args([
+            "--exact",
+            &common::test_name(module_path!(), "misconfigured_child"),
+            "--nocapture",
+        ])
         .env("PROGLOG_POWER_LOSS_MISCONFIGURED", tmp.path())
         .env(engine::power_loss::ENV, tmp.path())
         .output()
@@ -316,7 +326,12 @@ fn what_a_restart_serves_survives_a_later_power_loss() {
     std::fs::write(hook.join(engine::power_loss::MARKER), "").expect("marker");
     for round in 0..3u64 {
         let mut writer = Command::new(&exe)
-            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                &common::test_name(module_path!(), CHILD_TEST),
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &root)
             .env(engine::power_loss::ENV, &hook)
             .env("PROGLOG_POWER_LOSS_POLICY", "never")
@@ -331,7 +346,11 @@ fn what_a_restart_serves_survives_a_later_power_loss() {
         let _ = writer.kill();
         let _ = writer.wait();
         let out = Command::new(&exe)
-            .args(["--exact", "power_loss_reader_child", "--nocapture"])
+            .args([
+                "--exact",
+                &common::test_name(module_path!(), "power_loss_reader_child"),
+                "--nocapture",
+            ])
             .env(READER_ENV, &root)
             .env(engine::power_loss::ENV, &hook)
             .env_remove("RUST_LOG")

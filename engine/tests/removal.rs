@@ -4,7 +4,7 @@
 //! and before a partition is opened again, and a removal that fails before the catalog
 //! changes leaves the partition held, to be closed again.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{start, topic_config};

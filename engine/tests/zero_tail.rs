@@ -5,6 +5,7 @@
 //! recovery finds the true end of the log there (every acknowledged record, nothing else), also
 //! when a torn batch sits in the zeroes, and that appends continue at the right offset.
 
+use crate::common;
 use bytes::Bytes;
 use engine::{Durability, FileBudget, Log, LogConfig, NewRecord};
 use std::io::{BufRead, BufReader};
@@ -116,7 +117,12 @@ fn recovery_finds_the_end_of_the_log_in_a_zero_filled_tail() {
     let dir = tmp.path().join("log");
     let exe = std::env::current_exe().expect("current_exe");
     let mut child = Command::new(&exe)
-        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &common::test_name(module_path!(), CHILD_TEST),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &dir)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

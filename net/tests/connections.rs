@@ -2,7 +2,7 @@
 //! idle connections evicted before a new client is refused, handshakes counted, and client
 //! resets limited by rate (the HTTP/2 rapid-reset attack, paced).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;

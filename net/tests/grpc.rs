@@ -1,6 +1,6 @@
 //! Black-box tests of the gRPC codec over real loopback sockets.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;

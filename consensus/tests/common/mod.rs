@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-/// Holds the multi-node tests of one test binary to one at a time (each runs three engines;
-/// the machine may have 2 cores). Take it first thing in the test.
+/// Holds the multi-node tests of the test binary (all of tests/) to one at a time (each runs
+/// three engines; the machine may have 2 cores). Take it first thing in the test.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -29,3 +29,13 @@ pub fn engine_config(dir: &Path) -> EngineConfig {
 pub fn start(dir: &Path) -> Engine {
     Engine::start(engine_config(dir)).unwrap_or_else(|e| panic!("start: {e}"))
 }
+
+/// The name by which libtest knows test `test` of the caller's module: `module::test` (the
+/// caller passes `module_path!()`, which starts with the crate's name; libtest's names do
+/// not). For tests that re-execute this binary to run one test alone (`--exact`).
+pub fn test_name(module_path: &str, test: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_owned(),
+    }
+}

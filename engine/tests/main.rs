@@ -1,0 +1,24 @@
+//! All of this crate's integration tests, one module per file of tests/, in one test
+//! binary: each test binary links on its own, and one binary per file cost minutes of every
+//! clean build (docs/testing.md). A new file of tests/ is a test only once it is a module here.
+
+mod common;
+
+mod bad_input;
+mod book;
+mod crash;
+mod full_volume;
+mod latch;
+mod metrics;
+mod model;
+mod order;
+mod power_loss;
+mod raft_index;
+mod removal;
+mod roll_race;
+mod short_write;
+mod snapshot_install;
+mod tail_cache;
+mod torn;
+mod visibility;
+mod zero_tail;

@@ -1,0 +1,8 @@
+//! All of this crate's integration tests, one module per file of tests/, in one test
+//! binary: each test binary links on its own, and one binary per file cost minutes of every
+//! clean build (docs/testing.md). A new file of tests/ is a test only once it is a module here.
+
+mod common;
+
+mod connections;
+mod grpc;
