@@ -12,7 +12,7 @@
 //! headers (`asm/unistd_64.h`); a name they do not know fails the compile, so a typo in the
 //! profile fails the test instead of being skipped silently as runtimes skip it.
 
-// Shared by test binaries that each use part of it.
+// Shared by the test binaries, which each use part of it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
