@@ -35,8 +35,9 @@
 //! Needs root, kubectl and nft (bash scripts/test installs Debian's nftables). The two tests
 //! take turns: they use the same namespaces.
 
-use crate::common::seccomp;
-use crate::k8s;
+mod k8s;
+#[path = "common/seccomp.rs"]
+mod seccomp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::manifest::Security;
-use crate::common::seccomp::Filter;
+use crate::seccomp::Filter;
 
 pub const PREFIX: &str = "pgd-";
 const BRIDGE_NS: &str = "pgd-br";
