@@ -11,6 +11,7 @@ mod cli;
 mod connections;
 mod disk_full;
 mod durability;
+mod layout;
 mod lifecycle;
 mod membership;
 mod memory;
