@@ -19,6 +19,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const FILE: &str = "catalog.meta";
 
+/// The catalog version this code writes. Version 1 (before partition marks) is read and
+/// upgraded at start ([`Topics::load`]); any other is refused.
+pub const VERSION: u32 = 2;
+
+/// The mark a partition's directory holds from its creation on, written and synced before the
+/// catalog names the partition held (`docs/format.md`, "`partition.meta` payload"): a held
+/// partition's directory found without it was emptied after it was made.
+pub const PARTITION_META: &str = "partition.meta";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {
     pub version: u32,
@@ -93,16 +102,18 @@ impl Catalog {
     }
 }
 
+/// Reads the catalog of `dir` (an empty one of [`VERSION`] when there is none). A catalog of
+/// version 1 is returned as it is (version 1): [`Topics::load`] upgrades it.
 pub fn load(dir: &Path) -> Result<Catalog> {
     let Some(bytes) = meta::read(dir, FILE)? else {
         return Ok(Catalog {
-            version: 1,
+            version: VERSION,
             topics: BTreeMap::new(),
         });
     };
     let cat: Catalog = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(dir.join(FILE), 16, format!("catalog does not parse: {e}")))?;
-    if cat.version != 1 {
+    if cat.version != 1 && cat.version != VERSION {
         return Err(Error::corrupt(
             dir.join(FILE),
             16,
@@ -281,11 +292,16 @@ pub(crate) struct Topics {
 }
 
 impl Topics {
-    /// Loads the catalog of `data_dir`.
+    /// Loads the catalog of `data_dir`, upgrading one of version 1 (see [`upgrade`]). The
+    /// caller holds the data directory's lock.
     pub(crate) fn load(data_dir: &Path) -> Result<Topics> {
+        let mut cat = load(data_dir)?;
+        if cat.version == 1 {
+            upgrade(data_dir, &mut cat)?;
+        }
         Ok(Topics {
             data_dir: data_dir.to_owned(),
-            catalog: Mutex::new(Arc::new(load(data_dir)?)),
+            catalog: Mutex::new(Arc::new(cat)),
         })
     }
 
@@ -432,22 +448,24 @@ fn some_of(held: Vec<u32>, partitions: u32) -> Option<Vec<u32>> {
     (held.len() != partitions as usize).then_some(held)
 }
 
-/// Creates `topics/<name>/<p>` for every partition of `partitions`, durably: each new
-/// directory entry is synced in its parent.
+/// Creates `topics/<name>/<p>` for every partition of `partitions`, each with its mark
+/// ([`write_partition_mark`]), durably: each new directory entry is synced in its parent.
 fn create_partition_dirs(data_dir: &Path, name: &str, partitions: &[u32]) -> Result<()> {
     let topic = topic_dir(data_dir, name);
     std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
     for &p in partitions {
         let dir = partition_dir(data_dir, name, p);
         std::fs::create_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        write_partition_mark(&dir, name, p)?;
     }
     meta::sync_dir(&topic)?;
     meta::sync_dir(&data_dir.join("topics"))
 }
 
-/// Makes `topics/<name>/<partition>` (and `topics/<name>` if missing), durably. Returns false
-/// when the directory was there already (data kept from an earlier time the partition was
-/// held here), true when it was made now.
+/// Makes `topics/<name>/<partition>` (and `topics/<name>` if missing) with its mark
+/// ([`write_partition_mark`]), durably. Returns false when the directory was there already
+/// (data kept from an earlier time the partition was held here: its mark is left as it is,
+/// and the open decides), true when it was made now.
 pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) -> Result<bool> {
     let topic = topic_dir(data_dir, name);
     std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
@@ -457,9 +475,93 @@ pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) 
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(Error::io("creating", &dir, e)),
     }
+    write_partition_mark(&dir, name, partition)?;
     meta::sync_dir(&topic)?;
     meta::sync_dir(&data_dir.join("topics"))?;
     Ok(true)
+}
+
+/// The payload of [`PARTITION_META`].
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct PartitionMark {
+    version: u32,
+    topic: String,
+    partition: u32,
+}
+
+/// Writes the mark of partition `partition` of `topic` in its directory `dir`, durably (the
+/// file synced, then `dir`).
+pub(crate) fn write_partition_mark(dir: &Path, topic: &str, partition: u32) -> Result<()> {
+    let mark = PartitionMark {
+        version: 1,
+        topic: topic.to_owned(),
+        partition,
+    };
+    let bytes = serde_json::to_vec(&mark).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    meta::write(dir, PARTITION_META, &bytes)
+}
+
+/// Whether the partition directory `dir` holds its mark: `Ok(false)` when it has none (or
+/// there is no directory), an error naming the file when the mark is damaged, of an unknown
+/// version, or names another partition than `topic`/`partition` (the directory holds some
+/// other partition's files: nothing decides for the operator which).
+pub(crate) fn has_partition_mark(dir: &Path, topic: &str, partition: u32) -> Result<bool> {
+    let path = dir.join(PARTITION_META);
+    let Some(bytes) = meta::read(dir, PARTITION_META)? else {
+        return Ok(false);
+    };
+    let mark: PartitionMark = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(&path, 16, format!("partition mark does not parse: {e}")))?;
+    if mark.version != 1 {
+        return Err(Error::corrupt(
+            &path,
+            16,
+            format!("unknown partition mark version {}", mark.version),
+        ));
+    }
+    if mark.topic != topic || mark.partition != partition {
+        return Err(Error::corrupt(
+            &path,
+            16,
+            format!(
+                "the directory of partition {topic}/{partition} holds the mark of topic {} \
+                 partition {}",
+                crate::error::shorten(&mark.topic),
+                mark.partition
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+/// Upgrades a catalog of version 1 (written before partition marks) in `data_dir`: every
+/// partition directory of a listed topic that is there (held, or kept while not held) gets
+/// its mark, as it stands (a directory emptied before the upgrade cannot be told from one
+/// that held nothing), and then the catalog is saved as [`VERSION`]. A crash midway leaves
+/// version 1, and the next start does it again (a mark already there is kept).
+fn upgrade(data_dir: &Path, cat: &mut Catalog) -> Result<()> {
+    let mut marked = 0usize;
+    for (name, t) in &cat.topics {
+        for p in 0..t.partitions {
+            let dir = partition_dir(data_dir, name, p);
+            let is_dir = match std::fs::symlink_metadata(&dir) {
+                Ok(m) => m.is_dir(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(Error::io("looking for", &dir, e)),
+            };
+            if is_dir && !has_partition_mark(&dir, name, p)? {
+                write_partition_mark(&dir, name, p)?;
+                marked += 1;
+            }
+        }
+    }
+    cat.version = VERSION;
+    save(data_dir, cat)?;
+    log::info!(
+        "{}: upgraded from version 1 to {VERSION} (marked {marked} partition directories)",
+        data_dir.join(FILE).display()
+    );
+    Ok(())
 }
 
 fn info(name: &str, t: &TopicEntry) -> TopicInfo {

@@ -147,6 +147,10 @@ fn a_staged_snapshot_replaces_the_log_atomically() {
         dst.sync().await.expect("sync");
         assert_eq!(dst.next_index(), 9);
 
+        // The partition's mark goes into the new directory; a lost mark goes with the old.
+        let mark = br#"{"version":1,"topic":"dst","partition":0}"#;
+        dst.write_meta("partition.meta", mark).expect("mark");
+        dst.mark_lost("test").expect("mark lost");
         let mut st = stage(&src, &dst_dir, first, last, None).await;
         st.verify(first, fo, last, no, &small())
             .await
@@ -155,6 +159,23 @@ fn a_staged_snapshot_replaces_the_log_atomically() {
             .await
             .expect("install");
         assert!(!staging_path(&dst_dir).exists(), "the old log is deleted");
+        assert_eq!(
+            dst.read_meta("partition.meta").expect("mark").as_deref(),
+            Some(&mark[..])
+        );
+        assert_eq!(dst.lost().expect("lost"), None);
+        // A reset (installing a snapshot into an emptied log) keeps it too.
+        let reset = Log::open(root.join("reset"), small(), FileBudget::new(8))
+            .await
+            .expect("reset log");
+        fill(&reset, 5).await;
+        reset.write_meta("partition.meta", mark).expect("mark");
+        reset.reset_at(100, 50).await.expect("reset");
+        assert_eq!(
+            reset.read_meta("partition.meta").expect("mark").as_deref(),
+            Some(&mark[..])
+        );
+        reset.close().await.expect("close reset");
         assert_eq!((dst.first_index(), dst.next_index()), (first, last + 1));
         assert_eq!((dst.lowest_offset(), dst.next_offset()), (fo, no));
         assert_eq!(

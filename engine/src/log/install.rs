@@ -10,7 +10,8 @@
 //!   the downloaded data files. [`Staging::verify`] scans each one like recovery does (every
 //!   batch's CRC, offsets and Raft indexes continuous from file to file, ending at the
 //!   snapshot's point), writes their index files, syncs everything, and writes `start.meta`.
-//! - Swapping ([`Log::install_staged`]): the Raft metadata is written into the staged
+//! - Swapping ([`Log::install_staged`]): the Raft metadata, and the partition's mark
+//!   (`partition.meta`) copied from the log's directory, are written into the staged
 //!   directory, then one `renameat2(RENAME_EXCHANGE)` swaps it with the partition's directory
 //!   and the parent directory is synced: a crash before the exchange leaves the old log, after
 //!   it the new one, never a mix. The old log, now under the temporary name, is deleted and
@@ -321,6 +322,13 @@ impl Log {
             ));
         }
         meta::write(&staging.dir, meta_name, meta)?;
+        // The partition's mark goes into the new directory before it is exchanged in: the
+        // directory that then holds the partition holds its mark (`docs/format.md`,
+        // "`partition.meta` payload"). A log without one (opened outside a catalog) stays so.
+        let mark = crate::catalog::PARTITION_META;
+        if let Some(payload) = meta::read(&self.dir, mark)? {
+            meta::write(&staging.dir, mark, &payload)?;
+        }
         let _permit = self.lock_io().await?;
         // An exchange that fails (a file system without RENAME_EXCHANGE) leaves the log as
         // it was, serving and writable.

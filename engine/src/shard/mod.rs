@@ -23,7 +23,9 @@ pub use handle::EngineHandle;
 pub use replication::{ReplicaStatus, ReplicationFactory, ReplicationHook, Replicator};
 
 use crate::budget::FileBudget;
-use crate::catalog::{partition_dir, Catalog, Topics};
+use crate::catalog::{
+    has_partition_mark, partition_dir, write_partition_mark, Catalog, Topics, PARTITION_META,
+};
 use crate::config::{EngineConfig, LogConfig};
 use crate::error::{Error, Result};
 use crate::limits;
@@ -112,21 +114,38 @@ impl ShardCtx {
             config
         };
         let dir = partition_dir(&self.data_dir, &id.topic, id.partition);
-        // The catalog names the partition held here, and its directory was made before the
-        // catalog named it (`Topics::add`, `EngineHandle::open_partition`, which makes it
-        // before it opens): a missing directory was removed after it held records.
+        // The catalog names the partition held here (or is about to: `open_partition` opens
+        // before it records), and its directory was made, with its mark, before the catalog
+        // named it (`Topics::add`, `EngineHandle::open_partition`): a missing directory was
+        // removed after it held records, and one without its mark was emptied.
         let vanished = !dir
             .try_exists()
             .map_err(|e| Error::io("looking for", &dir, e))?;
+        let marked = !vanished && has_partition_mark(&dir, &id.topic, id.partition)?;
         let log = Log::open(&dir, config, Rc::clone(&self.budget)).await?;
-        if vanished {
-            let why = format!(
+        let why = if vanished {
+            Some(format!(
                 "the partition's directory {} was missing at start although the catalog \
                  lists its topic: whatever it held is gone",
                 dir.display()
-            );
+            ))
+        } else if !marked {
+            Some(format!(
+                "the partition's directory {} was emptied (its {PARTITION_META} is gone) \
+                 although the catalog lists its topic: whatever it held is gone",
+                dir.display()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             log::error!("partition {id}: {why}");
-            if let Err(e) = log.mark_lost(&why) {
+            // Marked lost first, then given its mark: a crash between the two finds it
+            // unmarked again, and marks it lost again.
+            let marked_now = log
+                .mark_lost(&why)
+                .and_then(|()| write_partition_mark(log.dir(), &id.topic, id.partition));
+            if let Err(e) = marked_now {
                 let _ = log.close().await;
                 return Err(e);
             }
