@@ -1056,14 +1056,20 @@ fn a_stopped_replica_is_moved_when_its_nodes_controller_replica_stopped_too() {
 }
 
 /// Of a three-node cluster, node `victim` (by index) is killed, its controller replica's
-/// directory (`topics/__cluster/0`) deleted, and the node restarted: its controller log is
-/// found lost (the directory missing although the catalog lists it), so the replica opens
-/// stopped, with no state to replay. The node registers, reports the replica stopped
+/// directory (`topics/__cluster/0`) deleted (or, `emptied`, its files deleted and the
+/// directory kept), and the node restarted: its controller log is found lost (the directory
+/// missing although the catalog lists it, or there without its `partition.meta`), so the
+/// replica opens stopped, with no state to replay. The node registers, reports the replica stopped
 /// (relayed), is left out of the controller's group, starts the replica afresh once a
 /// member that marks it stopped says so, and is added back: it serves again, counted in the
 /// controller's group, with the same cluster id, and a topic created afterwards on another
 /// node is opened on it.
-fn lose_the_controller_log_and_recover(name: &'static str, first_ip: u8, victim_first: bool) {
+fn lose_the_controller_log_and_recover(
+    name: &'static str,
+    first_ip: u8,
+    victim_first: bool,
+    emptied: bool,
+) {
     let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
     let mut c = form(name, first_ip, &grace);
     let ids = raft_ids(&c);
@@ -1084,10 +1090,16 @@ fn lose_the_controller_log_and_recover(name: &'static str, first_ip: u8, victim_
     // Only what the restarted node logs is looked at (the log file is appended to).
     let first_run = c.nodes[victim].log().len();
     let ctl_dir = c.nodes[victim].data_dir.join("topics/__cluster/0");
-    std::fs::remove_dir_all(&ctl_dir).expect("remove the controller's directory");
+    let found = if emptied {
+        empty_out(&ctl_dir);
+        "was emptied"
+    } else {
+        std::fs::remove_dir_all(&ctl_dir).expect("remove the controller's directory");
+        "was missing at start"
+    };
     c.nodes[victim].spawn();
     wait("the restarted node's controller log found lost", || {
-        c.nodes[victim].log().contains("was missing at start")
+        c.nodes[victim].log().contains(found)
     });
 
     let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
@@ -1180,7 +1192,7 @@ fn lose_the_controller_log_and_recover(name: &'static str, first_ip: u8, victim_
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_node_whose_controller_log_is_lost_at_start_recovers_it() {
-    lose_the_controller_log_and_recover("a controller log lost at start", 191, false);
+    lose_the_controller_log_and_recover("a controller log lost at start", 191, false, false);
 }
 
 /// [`lose_the_controller_log_and_recover`] on node 1, the bootstrapper: its start does not
@@ -1188,7 +1200,104 @@ fn a_node_whose_controller_log_is_lost_at_start_recovers_it() {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn the_first_node_whose_controller_log_is_lost_at_start_recovers_it() {
-    lose_the_controller_log_and_recover("node 1's controller log lost at start", 201, true);
+    lose_the_controller_log_and_recover("node 1's controller log lost at start", 201, true, false);
+}
+
+/// [`lose_the_controller_log_and_recover`] with the directory emptied, not deleted, on a node
+/// that is not node 1: before partition marks it opened as an empty log, a voter of the
+/// controller's group that remembered no vote and none of the entries it acknowledged.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_node_whose_controller_directory_is_emptied_at_start_recovers_it() {
+    lose_the_controller_log_and_recover("a controller directory emptied", 211, false, true);
+}
+
+/// [`lose_the_controller_log_and_recover`] with the directory emptied, not deleted, on node 1:
+/// before partition marks it was bootstrapped again with node 1 as its only voter, a second
+/// controller of the same cluster id.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn the_first_node_whose_controller_directory_is_emptied_at_start_recovers_it() {
+    lose_the_controller_log_and_recover("node 1's controller directory emptied", 221, true, true);
+}
+
+/// Deletes every file and directory in `dir`, keeping `dir` itself (`rm -rf dir/*`).
+fn empty_out(dir: &std::path::Path) {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("list the directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove a directory in it");
+        } else {
+            std::fs::remove_file(&path).expect("remove a file in it");
+        }
+        n += 1;
+    }
+    assert!(n > 0, "{} held nothing", dir.display());
+}
+
+/// Of a four-node cluster whose topic `s` has one partition on three nodes, a follower of
+/// s/0 is killed, its directory `topics/s/0` emptied (the directory kept), and the node
+/// restarted: the replica is found emptied at start and opens stopped, marked lost, before it
+/// could vote (before partition marks it opened as an empty voter of its first configuration,
+/// until the leader's next heartbeat named entries it no longer held). It is moved to the
+/// fourth node, and every acknowledged record reads the same through every node.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
+    let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
+    let (mut c, ids, _, _, victim) =
+        four_with_a_victim("a data directory emptied", 231, 1, &grace);
+    let mut big = BigRecords::default();
+    for _ in 0..5 {
+        big.produce_one(&c);
+    }
+    c.nodes[victim].kill9();
+    let first_run = c.nodes[victim].log().len();
+    let dir = c.nodes[victim].data_dir.join("topics/s/0");
+    empty_out(&dir);
+    c.nodes[victim].spawn();
+    wait("the emptied replica stopped, not the node", || {
+        big.produce_one(&c);
+        own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
+    });
+    let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
+    expected.sort_unstable();
+    wait("s/0 moved off the emptied replica to the fourth node", || {
+        big.produce_one(&c);
+        voters_of(&c, "s").as_deref() == Some(&expected[..])
+    });
+    for _ in 0..3 {
+        big.produce_one(&c);
+    }
+    assert!(
+        big.acked.len() >= 8,
+        "{} records acknowledged",
+        big.acked.len()
+    );
+    for (n, id) in c.nodes.iter().zip(&ids) {
+        for (&o, v) in &big.acked {
+            let mut got = Err(Status::unavailable(""));
+            wait("acknowledged records through every node", || {
+                got = consume(n, "s", o);
+                got.is_ok()
+            });
+            assert!(
+                got.as_ref().ok() == Some(v),
+                "offset {o} through node {id} differs from what was acknowledged"
+            );
+        }
+    }
+    let log = c.nodes[victim]
+        .log()
+        .get(first_run..)
+        .unwrap_or_default()
+        .to_owned();
+    // Found at start and opened stopped, not stopped later by a leader's heartbeat.
+    assert!(log.contains("was emptied"), "{log}");
+    assert!(log.contains("is marked lost"), "{log}");
+    assert!(!log.contains("entries it acknowledged are gone"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 /// A node started with `--leave-on-shutdown=false` and stopped with SIGTERM stops without
