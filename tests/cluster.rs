@@ -1246,8 +1246,7 @@ fn empty_out(dir: &std::path::Path) {
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
     let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
-    let (mut c, ids, _, _, victim) =
-        four_with_a_victim("a data directory emptied", 231, 1, &grace);
+    let (mut c, ids, _, _, victim) = four_with_a_victim("a data directory emptied", 231, 1, &grace);
     let mut big = BigRecords::default();
     for _ in 0..5 {
         big.produce_one(&c);
@@ -1263,10 +1262,13 @@ fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
     });
     let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
     expected.sort_unstable();
-    wait("s/0 moved off the emptied replica to the fourth node", || {
-        big.produce_one(&c);
-        voters_of(&c, "s").as_deref() == Some(&expected[..])
-    });
+    wait(
+        "s/0 moved off the emptied replica to the fourth node",
+        || {
+            big.produce_one(&c);
+            voters_of(&c, "s").as_deref() == Some(&expected[..])
+        },
+    );
     for _ in 0..3 {
         big.produce_one(&c);
     }

@@ -355,9 +355,10 @@ impl Topics {
     /// Adds a topic to the catalog, on disk first, holding the partitions `held` (every
     /// partition when `None`). Leftovers of an earlier topic of the same name (a deletion that
     /// was interrupted) are removed first, then every held partition's directory is created
-    /// and made durable before the catalog names the topic: a held partition's directory
-    /// missing under a catalog entry was therefore removed after its creation (its records are
-    /// gone), never a creation that a crash cut short.
+    /// with its mark and made durable before the catalog names the topic: a held partition's
+    /// directory missing under a catalog entry, or there without its mark, was therefore
+    /// removed or emptied after its creation (its records are gone), never a creation that a
+    /// crash cut short.
     pub(crate) fn add(
         &self,
         name: &str,

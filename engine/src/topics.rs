@@ -1,9 +1,10 @@
 //! Topic administration: the engine's topic operations (create, delete, list, describe) over
 //! the catalog (`catalog::Topics`) and the shards that own the partitions.
 //!
-//! Creation makes the partitions' directories, writes the catalog, then opens the partitions
-//! on their shards (a directory missing under a catalog entry is therefore lost data, not a
-//! creation cut short); deletion removes the data first, then the catalog entry, so an
+//! Creation makes the partitions' directories, each with its mark (`partition.meta`), writes
+//! the catalog, then opens the partitions on their shards (a directory missing under a
+//! catalog entry, or there without its mark, is therefore lost data, not a creation cut
+//! short); deletion removes the data first, then the catalog entry, so an
 //! interrupted deletion never lets a new topic of the same name see old data. Either way, every shard's copy of the catalog is
 //! replaced before the operation returns (also when it fails halfway, with whatever the
 //! catalog then holds), so that routing on any shard agrees with the catalog from then on.
@@ -139,10 +140,11 @@ impl EngineHandle {
     }
 
     /// Makes this node hold partition `partition` of `topic` (a replica of it placed here
-    /// after the topic was created): its directory is made (or, there already, its data kept
-    /// from an earlier time it was held here is reopened), its log opened on its owning
-    /// shard, and then the catalog records it held, so that it opens at every start. Held
-    /// already, its log is opened if it is not open.
+    /// after the topic was created): its directory is made with its mark (or, there already,
+    /// its data kept from an earlier time it was held here is reopened: marked lost if its
+    /// mark is gone, the directory emptied), its log opened on its owning shard, and then the
+    /// catalog records it held, so that it opens at every start. Held already, its log is
+    /// opened if it is not open.
     pub async fn open_partition(&self, topic: &str, partition: u32) -> Result<()> {
         let config = self.topics().get(topic)?.config;
         self.topics().check_partition(topic, partition)?;

@@ -154,7 +154,10 @@ fn a_mark_naming_another_partition_stops_the_start_with_its_name() {
         .expect("a directory holding another partition's mark is refused");
     let msg = e.to_string();
     assert!(msg.contains("topics/t/1/partition.meta"), "{msg}");
-    assert!(msg.contains("holds the mark of topic \"t\" partition 0"), "{msg}");
+    assert!(
+        msg.contains("holds the mark of topic \"t\" partition 0"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -217,7 +220,8 @@ fn a_catalog_of_a_version_this_code_does_not_know_is_refused_naming_it() {
             .unwrap_or_else(|| panic!("version {version}: started"));
         let msg = e.to_string();
         assert!(
-            msg.contains(&format!("unknown catalog version {version}")) && msg.contains("catalog.meta"),
+            msg.contains(&format!("unknown catalog version {version}"))
+                && msg.contains("catalog.meta"),
             "{msg}"
         );
         // Refused before anything was changed.

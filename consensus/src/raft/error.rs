@@ -78,7 +78,7 @@ pub enum Error {
     },
 
     /// The replica's log was marked lost ([`engine::Log::mark_lost`]): its directory vanished
-    /// while the node kept its identity, or a leader named acknowledged entries it no longer
+    /// or was emptied while the node kept its identity, or a leader named acknowledged entries it no longer
     /// held. It opens stopped, before it could vote or acknowledge anything, at every start.
     #[error(
         "group {group}: this replica's log is marked lost ({why}). It stays stopped and never \

@@ -226,9 +226,9 @@ impl Log {
     }
 
     /// Records, durably, that this log no longer holds what it once held (its directory
-    /// vanished, or a leader named entries it acknowledged that are gone), with why: a
-    /// replicated log marked so must never take part in its group again, whatever restarts
-    /// follow. The mark goes with the directory (a snapshot's install, which replaces it,
+    /// vanished or was emptied, or a leader named entries it acknowledged that are gone),
+    /// with why: a replicated log marked so must never take part in its group again, whatever
+    /// restarts follow. The mark goes with the directory (a snapshot's install, which replaces it,
     /// or the topic's deletion).
     pub fn mark_lost(&self, why: &str) -> Result<()> {
         meta::write(&self.dir, LOST_META, why.as_bytes())
