@@ -241,6 +241,9 @@ fn controller_checkpoints_compact_its_log_and_a_node_added_later_rebuilds_the_st
     );
     assert_eq!(n2.state().id_of("member-n22"), Some(24));
     assert_eq!(n2.state().id_of("member-big"), Some(25));
+    // The installed directory holds the partition's mark: restarted, it is not found emptied.
+    assert!(controller_dir(&c, 2).join("partition.meta").exists());
+    assert!(!controller_dir(&c, 2).join("lost.meta").exists());
 
     // Both go on alike: more commands, another checkpoint.
     for i in 0..6 {
@@ -263,6 +266,7 @@ fn controller_checkpoints_compact_its_log_and_a_node_added_later_rebuilds_the_st
     attach(&c, &nodes, 2);
     let n2 = cluster_node(&nodes, 2);
     wait_until("node 2 rebuilt its state", || same(&n2.state(), &before));
+    assert!(!controller_dir(&c, 2).join("lost.meta").exists());
     block_on(n1.propose(&Command::Register {
         node: entry_at("n0", c.node(2).addr.to_string()),
     }))
