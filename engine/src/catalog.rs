@@ -545,7 +545,8 @@ fn upgrade(data_dir: &Path, cat: &mut Catalog) -> Result<()> {
     for (name, t) in &cat.topics {
         for p in 0..t.partitions {
             let dir = partition_dir(data_dir, name, p);
-            let is_dir = match std::fs::symlink_metadata(&dir) {
+            // Followed if it is a symbolic link, as the open that checks the mark follows it.
+            let is_dir = match std::fs::metadata(&dir) {
                 Ok(m) => m.is_dir(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(e) => return Err(Error::io("looking for", &dir, e)),

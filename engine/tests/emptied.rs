@@ -181,6 +181,10 @@ fn a_version_1_catalog_is_upgraded_and_none_of_its_directories_is_marked_lost() 
     }
     // A held partition's directory missing: lost, as before.
     std::fs::remove_dir_all(dir.join("topics/u/3")).expect("rm u/3");
+    // One moved elsewhere and linked to is the partition's directory as the open sees it.
+    let moved = tmp.path().join("moved-t-0");
+    std::fs::rename(part(&dir, 0), &moved).expect("move t/0");
+    std::os::unix::fs::symlink(&moved, part(&dir, 0)).expect("link t/0");
     let mut cat = catalog_json(&dir);
     assert_eq!(cat["version"], 2, "a new catalog is written as version 2");
     cat["version"] = 1.into();
