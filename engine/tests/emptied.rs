@@ -5,7 +5,7 @@
 //! catalog of version 1 (before marks) is upgraded, its directories marked as they stand; a
 //! catalog of a version this code does not know is refused.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{engine_config, start, topic_config};

@@ -8,6 +8,7 @@ mod common;
 mod bad_input;
 mod book;
 mod crash;
+mod emptied;
 mod full_volume;
 mod latch;
 mod metrics;
