@@ -7,28 +7,17 @@
 
 use crate::common;
 
-use bytes::Bytes;
-use common::{engine_config, start, topic_config};
-use engine::{Engine, NewRecord};
+use common::{engine_config, records_of_100_bytes, start, t_partition_dir, topic_config};
+use engine::Engine;
 use futures_lite::future::block_on;
 use std::path::{Path, PathBuf};
 
-fn recs(n: usize) -> Vec<NewRecord> {
-    (0..n)
-        .map(|i| NewRecord::new(Bytes::from(vec![i as u8 + 1; 100])))
-        .collect()
-}
-
-fn part(dir: &Path, p: u32) -> PathBuf {
-    dir.join(format!("topics/t/{p}"))
-}
-
 fn lost(dir: &Path, p: u32) -> PathBuf {
-    part(dir, p).join("lost.meta")
+    t_partition_dir(dir, p).join("lost.meta")
 }
 
 fn mark(dir: &Path, p: u32) -> PathBuf {
-    part(dir, p).join("partition.meta")
+    t_partition_dir(dir, p).join("partition.meta")
 }
 
 /// Deletes every file in `dir`, keeping the directory (`rm -rf dir/*`).
@@ -71,7 +60,7 @@ fn topic_with_records(dir: &Path) -> Engine {
     let h = engine.handle();
     block_on(h.create_topic("t", 2, topic_config())).expect("create");
     for p in 0..2 {
-        block_on(h.append("t", p, recs(5))).expect("append");
+        block_on(h.append("t", p, records_of_100_bytes(5))).expect("append");
     }
     engine
 }
@@ -81,7 +70,7 @@ fn an_emptied_held_partition_directory_opens_marked_lost() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     topic_with_records(&dir).shutdown();
-    empty_out(&part(&dir, 1));
+    empty_out(&t_partition_dir(&dir, 1));
 
     for round in 0..2 {
         let engine = start(&dir);
@@ -112,7 +101,7 @@ fn a_directory_as_its_creation_leaves_it_opens_unmarked() {
     engine.shutdown();
     // A crash before the first write: the directories hold their marks and nothing else.
     for p in 0..2 {
-        for entry in std::fs::read_dir(part(&dir, p)).expect("list") {
+        for entry in std::fs::read_dir(t_partition_dir(&dir, p)).expect("list") {
             let path = entry.expect("entry").path();
             if path.file_name().is_some_and(|n| n != "partition.meta") {
                 std::fs::remove_file(&path).expect("rm");
@@ -136,7 +125,7 @@ fn an_emptied_directory_kept_while_not_held_opens_lost_when_held_again() {
     let engine = topic_with_records(&dir);
     let h = engine.handle();
     block_on(h.close_partition("t", 1, false)).expect("close 1, keeping its data");
-    empty_out(&part(&dir, 1));
+    empty_out(&t_partition_dir(&dir, 1));
     block_on(h.open_partition("t", 1)).expect("hold 1 again");
     assert!(lost(&dir, 1).exists(), "its data kept is gone: lost");
     assert!(mark(&dir, 1).exists());
@@ -183,8 +172,8 @@ fn a_version_1_catalog_is_upgraded_and_none_of_its_directories_is_marked_lost() 
     std::fs::remove_dir_all(dir.join("topics/u/3")).expect("rm u/3");
     // One moved elsewhere and linked to is the partition's directory as the open sees it.
     let moved = tmp.path().join("moved-t-0");
-    std::fs::rename(part(&dir, 0), &moved).expect("move t/0");
-    std::os::unix::fs::symlink(&moved, part(&dir, 0)).expect("link t/0");
+    std::fs::rename(t_partition_dir(&dir, 0), &moved).expect("move t/0");
+    std::os::unix::fs::symlink(&moved, t_partition_dir(&dir, 0)).expect("link t/0");
     let mut cat = catalog_json(&dir);
     assert_eq!(cat["version"], 2, "a new catalog is written as version 2");
     cat["version"] = 1.into();

@@ -6,21 +6,10 @@
 
 use crate::common;
 
-use bytes::Bytes;
-use common::{start, topic_config};
-use engine::{Engine, NewRecord};
+use common::{records_of_100_bytes, start, t_partition_dir, topic_config};
+use engine::Engine;
 use futures_lite::future::block_on;
 use std::path::{Path, PathBuf};
-
-fn recs(n: usize) -> Vec<NewRecord> {
-    (0..n)
-        .map(|i| NewRecord::new(Bytes::from(vec![i as u8 + 1; 100])))
-        .collect()
-}
-
-fn part(dir: &Path, p: u32) -> PathBuf {
-    dir.join(format!("topics/t/{p}"))
-}
 
 fn tomb(dir: &Path, p: u32) -> PathBuf {
     dir.join(format!("topics/t/{p}.removing"))
@@ -31,7 +20,7 @@ fn topic_with_records(dir: &Path) -> Engine {
     let engine = start(dir);
     let h = engine.handle();
     block_on(h.create_topic_holding("t", 4, topic_config(), &[0, 1])).expect("create");
-    block_on(h.append("t", 1, recs(5))).expect("append");
+    block_on(h.append("t", 1, records_of_100_bytes(5))).expect("append");
     engine
 }
 
@@ -54,8 +43,8 @@ fn opens_empty_again(engine: &Engine, dir: &Path) {
         (0, 0),
         "placed again, partition 1 starts empty"
     );
-    assert!(!part(dir, 1).join("lost.meta").exists());
-    assert!(!part(dir, 1).join("raft.meta").exists());
+    assert!(!t_partition_dir(dir, 1).join("lost.meta").exists());
+    assert!(!t_partition_dir(dir, 1).join("raft.meta").exists());
     assert!(!tomb(dir, 1).exists());
 }
 
@@ -67,7 +56,7 @@ fn a_removed_partition_leaves_no_directory_and_no_tombstone() {
     let h = engine.handle();
     block_on(h.close_partition("t", 1, true)).expect("close 1, removing it");
     assert_eq!(h.held_partitions("t").expect("held"), vec![0]);
-    assert!(!part(&dir, 1).exists() && !tomb(&dir, 1).exists());
+    assert!(!t_partition_dir(&dir, 1).exists() && !tomb(&dir, 1).exists());
     opens_empty_again(&engine, &dir);
     engine.shutdown();
 }
@@ -81,13 +70,13 @@ fn a_tombstone_left_by_a_crash_is_swept_at_start_and_the_partition_placed_again_
     // being deleted: part of it is left.
     block_on(engine.handle().close_partition("t", 1, false)).expect("close 1");
     engine.shutdown();
-    std::fs::rename(part(&dir, 1), tomb(&dir, 1)).expect("rename");
+    std::fs::rename(t_partition_dir(&dir, 1), tomb(&dir, 1)).expect("rename");
     let _ = std::fs::remove_file(tomb(&dir, 1).join("00000000000000000000.index"));
     fill_like_a_partition(&tomb(&dir, 1));
 
     let engine = start(&dir);
     assert!(!tomb(&dir, 1).exists(), "the tombstone is swept at start");
-    assert!(!part(&dir, 1).exists());
+    assert!(!t_partition_dir(&dir, 1).exists());
     assert_eq!(engine.handle().held_partitions("t").expect("held"), vec![0]);
     opens_empty_again(&engine, &dir);
     engine.shutdown();
@@ -118,7 +107,7 @@ fn a_directory_renamed_away_before_the_catalog_changed_is_never_opened_as_kept_d
     let engine = topic_with_records(&dir);
     engine.shutdown();
     // A crash between the rename and the catalog update: still held, its directory renamed.
-    std::fs::rename(part(&dir, 1), tomb(&dir, 1)).expect("rename");
+    std::fs::rename(t_partition_dir(&dir, 1), tomb(&dir, 1)).expect("rename");
 
     let engine = start(&dir);
     let h = engine.handle();
@@ -126,11 +115,11 @@ fn a_directory_renamed_away_before_the_catalog_changed_is_never_opened_as_kept_d
     assert_eq!(h.held_partitions("t").expect("held"), vec![0, 1]);
     let stats = block_on(h.stats("t", 1)).expect("stats");
     assert_eq!(stats.next_offset, 0, "none of the records renamed away");
-    let why = std::fs::read(part(&dir, 1).join("lost.meta")).expect("marked lost");
+    let why = std::fs::read(t_partition_dir(&dir, 1).join("lost.meta")).expect("marked lost");
     assert!(String::from_utf8_lossy(&why).contains("was missing at start"));
     // Closed and removed as it was meant to be, it opens empty and unmarked when placed again.
     block_on(h.close_partition("t", 1, true)).expect("close 1, removing it");
-    assert!(!part(&dir, 1).exists() && !tomb(&dir, 1).exists());
+    assert!(!t_partition_dir(&dir, 1).exists() && !tomb(&dir, 1).exists());
     opens_empty_again(&engine, &dir);
     engine.shutdown();
 }
@@ -150,7 +139,9 @@ fn a_failed_rename_leaves_the_partition_held_and_a_second_close_completes_it() {
         vec![0, 1],
         "still held: nothing was removed"
     );
-    assert!(part(&dir, 1).join("00000000000000000000.log").exists());
+    assert!(t_partition_dir(&dir, 1)
+        .join("00000000000000000000.log")
+        .exists());
     assert!(block_on(h.stats("t", 1)).is_err(), "its log is closed");
     engine.shutdown();
 
@@ -158,7 +149,7 @@ fn a_failed_rename_leaves_the_partition_held_and_a_second_close_completes_it() {
     let engine = start(&dir);
     let h = engine.handle();
     assert_eq!(block_on(h.stats("t", 1)).expect("stats").next_offset, 5);
-    assert!(!part(&dir, 1).join("lost.meta").exists());
+    assert!(!t_partition_dir(&dir, 1).join("lost.meta").exists());
     let e = block_on(h.close_partition("t", 1, true)).expect_err("the rename fails again");
     assert!(e.to_string().contains("renaming"), "{e}");
     assert_eq!(h.held_partitions("t").expect("held"), vec![0, 1]);
@@ -167,12 +158,12 @@ fn a_failed_rename_leaves_the_partition_held_and_a_second_close_completes_it() {
     std::fs::remove_file(tomb(&dir, 1)).expect("rm");
     block_on(h.close_partition("t", 1, true)).expect("the second close completes");
     assert_eq!(h.held_partitions("t").expect("held"), vec![0]);
-    assert!(!part(&dir, 1).exists() && !tomb(&dir, 1).exists());
+    assert!(!t_partition_dir(&dir, 1).exists() && !tomb(&dir, 1).exists());
     engine.shutdown();
 
     let engine = start(&dir);
     assert_eq!(engine.handle().held_partitions("t").expect("held"), vec![0]);
-    assert!(!part(&dir, 1).exists());
+    assert!(!t_partition_dir(&dir, 1).exists());
     opens_empty_again(&engine, &dir);
     engine.shutdown();
 }
@@ -187,7 +178,7 @@ fn a_tombstone_of_an_earlier_removal_does_not_stop_the_next_one() {
     // without a sweep (the tombstone made after the open).
     fill_like_a_partition(&tomb(&dir, 1));
     block_on(h.close_partition("t", 1, true)).expect("close 1, removing it");
-    assert!(!part(&dir, 1).exists() && !tomb(&dir, 1).exists());
+    assert!(!t_partition_dir(&dir, 1).exists() && !tomb(&dir, 1).exists());
     assert_eq!(h.held_partitions("t").expect("held"), vec![0]);
     engine.shutdown();
 }
@@ -199,7 +190,9 @@ fn keeping_the_data_leaves_the_directory_as_it_is() {
     let engine = topic_with_records(&dir);
     let h = engine.handle();
     block_on(h.close_partition("t", 1, false)).expect("close 1, keeping it");
-    assert!(part(&dir, 1).join("00000000000000000000.log").exists());
+    assert!(t_partition_dir(&dir, 1)
+        .join("00000000000000000000.log")
+        .exists());
     assert!(!tomb(&dir, 1).exists());
     block_on(h.open_partition("t", 1)).expect("open 1 again");
     assert_eq!(block_on(h.stats("t", 1)).expect("stats").next_offset, 5);

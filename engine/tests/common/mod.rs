@@ -1,8 +1,9 @@
 //! What the engine's black-box tests share: a small topic configuration and an engine of two
 //! unpinned shards.
 
-use engine::{Engine, EngineConfig, LogConfig};
-use std::path::Path;
+use bytes::Bytes;
+use engine::{Engine, EngineConfig, LogConfig, NewRecord};
+use std::path::{Path, PathBuf};
 
 /// Small segments, records and batches, so that tests roll segments quickly.
 pub fn topic_config() -> LogConfig {
@@ -23,6 +24,18 @@ pub fn engine_config(dir: &Path) -> EngineConfig {
         default_log: topic_config(),
         ..EngineConfig::new(dir)
     }
+}
+
+/// `n` records of 100 bytes, the i-th filled with the byte `i + 1`.
+pub fn records_of_100_bytes(n: usize) -> Vec<NewRecord> {
+    (0..n)
+        .map(|i| NewRecord::new(Bytes::from(vec![i as u8 + 1; 100])))
+        .collect()
+}
+
+/// The directory of partition `p` of topic `t` in the data directory `dir`.
+pub fn t_partition_dir(dir: &Path, p: u32) -> PathBuf {
+    dir.join(format!("topics/t/{p}"))
 }
 
 /// An engine started with [`engine_config`].
