@@ -191,12 +191,42 @@ pub fn removing_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
     topic_dir(data_dir, topic).join(format!("{partition}{REMOVING_SUFFIX}"))
 }
 
+/// What a partition's directory is built under, in its topic's directory, before it is moved
+/// to its own name when a partition is held after its topic's creation:
+/// `<partition>.creating`.
+///
+/// A name of its own rather than the tombstone's ([`REMOVING_SUFFIX`]): the tombstones of a
+/// topic are swept whenever any partition of it is opened, so a directory being built under
+/// `<partition>.removing` could be deleted under a creation running meanwhile for another
+/// partition of the topic, and a removal of the same partition deletes its tombstone before
+/// renaming onto it. A `.creating` directory is deleted only at start (no creation runs yet)
+/// and by the next creation of its own partition (see [`create_partition_dir`]).
+pub const CREATING_SUFFIX: &str = ".creating";
+
+/// `<data_dir>/topics/<topic>/<partition>.creating`: a partition's directory being built
+/// (see [`CREATING_SUFFIX`]). Never taken for a partition's directory nor read; whatever a
+/// crash leaves under it is garbage.
+pub fn creating_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    topic_dir(data_dir, topic).join(format!("{partition}{CREATING_SUFFIX}"))
+}
+
+/// True when `name` is a partition number as `partition_dir` writes it, then `suffix`.
+fn is_partition_then(name: &str, suffix: &str) -> bool {
+    name.strip_suffix(suffix)
+        .and_then(|p| p.parse::<u32>().ok().filter(|n| n.to_string() == p))
+        .is_some()
+}
+
 /// True when `name` is a tombstone's: a partition number as `partition_dir` writes it, then
 /// [`REMOVING_SUFFIX`].
 fn is_removing_name(name: &str) -> bool {
-    name.strip_suffix(REMOVING_SUFFIX)
-        .and_then(|p| p.parse::<u32>().ok().filter(|n| n.to_string() == p))
-        .is_some()
+    is_partition_then(name, REMOVING_SUFFIX)
+}
+
+/// True when `name` is a tombstone's or a partition directory's being built
+/// ([`CREATING_SUFFIX`]).
+fn is_removing_or_creating_name(name: &str) -> bool {
+    is_removing_name(name) || is_partition_then(name, CREATING_SUFFIX)
 }
 
 /// Removes the tombstone `dir` (see [`removing_dir`]) if it is there, as a directory; anything
@@ -221,6 +251,12 @@ pub(crate) fn remove_tombstone(dir: &Path) -> Result<bool> {
 /// `topic`, then syncs it if one was removed. A missing topic directory holds none. Every
 /// tombstone is tried; the first failure is returned.
 pub(crate) fn sweep_tombstones(topic: &Path) -> Result<()> {
+    sweep(topic, is_removing_name)
+}
+
+/// Removes every directory in the topic directory `topic` whose name `swept` accepts, then
+/// syncs it if one was removed (see [`sweep_tombstones`]).
+fn sweep(topic: &Path, swept: fn(&str) -> bool) -> Result<()> {
     let entries = match std::fs::read_dir(topic) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -236,16 +272,21 @@ pub(crate) fn sweep_tombstones(topic: &Path) -> Result<()> {
                 continue;
             }
         };
-        if !entry.file_name().to_str().is_some_and(is_removing_name) {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !swept(&name) {
             continue;
         }
         let path = entry.path();
         match remove_tombstone(&path) {
             Ok(true) => {
-                log::info!(
-                    "{}: removed (a partition directory being removed)",
-                    path.display()
-                );
+                let what = if is_removing_name(&name) {
+                    "a partition directory being removed"
+                } else {
+                    "a partition directory whose creation was cut short"
+                };
+                log::info!("{}: removed ({what})", path.display());
                 removed = true;
             }
             Ok(false) => {}
@@ -263,8 +304,10 @@ pub(crate) fn sweep_tombstones(topic: &Path) -> Result<()> {
 }
 
 /// Sweeps the tombstones of every topic directory under `<data_dir>/topics` (see
-/// [`sweep_tombstones`]); failures are logged (a tombstone is never read as data, so it can
-/// wait for the next sweep).
+/// [`sweep_tombstones`]), and the partition directories whose creation a crash cut short
+/// (`<partition>.creating`, see [`creating_dir`]): called at start, before any creation
+/// runs. Failures are logged (neither is ever read as data, so it can wait for the next
+/// sweep).
 pub(crate) fn sweep_all_tombstones(data_dir: &Path) {
     let topics = data_dir.join("topics");
     let entries = match std::fs::read_dir(&topics) {
@@ -278,8 +321,8 @@ pub(crate) fn sweep_all_tombstones(data_dir: &Path) {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        if let Err(e) = sweep_tombstones(&entry.path()) {
-            log::warn!("removing partition directories being removed: {e}");
+        if let Err(e) = sweep(&entry.path(), is_removing_or_creating_name) {
+            log::warn!("removing partition directories being removed or cut short: {e}");
         }
     }
 }
@@ -464,22 +507,82 @@ fn create_partition_dirs(data_dir: &Path, name: &str, partitions: &[u32]) -> Res
 }
 
 /// Makes `topics/<name>/<partition>` (and `topics/<name>` if missing) with its mark
-/// ([`write_partition_mark`]), durably. Returns false when the directory was there already
-/// (data kept from an earlier time the partition was held here: its mark is left as it is,
-/// and the open decides), true when it was made now.
+/// ([`write_partition_mark`]), durably and all or nothing: the directory is built as
+/// `<partition>.creating` ([`creating_dir`]), its mark written and synced in it, then it is
+/// moved to its name by a rename that never replaces what is there
+/// (`renameat2(RENAME_NOREPLACE)`), and `topics/<name>` and `topics` are synced. So
+/// `<partition>` is never there without its mark: a crash or an I/O error midway leaves at
+/// most a `.creating` directory, deleted at start or by the next creation of the partition
+/// (here, before it builds its own). Returns false when the directory was there already (data
+/// kept from an earlier time the partition was held here: its mark is left as it is, and the
+/// open decides), true when it was made now.
 pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) -> Result<bool> {
     let topic = topic_dir(data_dir, name);
     std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
     let dir = partition_dir(data_dir, name, partition);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-        Err(e) => return Err(Error::io("creating", &dir, e)),
+    match std::fs::symlink_metadata(&dir) {
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("looking for", &dir, e)),
     }
-    write_partition_mark(&dir, name, partition)?;
+    let staged = creating_dir(data_dir, name, partition);
+    if remove_tombstone(&staged)? {
+        log::info!(
+            "{}: removed (a partition directory whose creation was cut short)",
+            staged.display()
+        );
+    }
+    std::fs::create_dir(&staged).map_err(|e| Error::io("creating", &staged, e))?;
+    let moved = write_partition_mark(&staged, name, partition).and_then(|()| {
+        match rename_noreplace(&staged, &dir) {
+            Ok(()) => Ok(true),
+            // Made meanwhile (or a file of that name): what is there is kept.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(
+                "moving into place (renameat2 RENAME_NOREPLACE)",
+                &dir,
+                e,
+            )),
+        }
+    });
+    if !matches!(moved, Ok(true)) {
+        // Never read: left behind, it goes at start or at the next creation of the partition.
+        if let Err(e) = remove_tombstone(&staged).and_then(|_| meta::sync_dir(&topic)) {
+            log::warn!("{}: {e}", staged.display());
+        }
+        return moved;
+    }
     meta::sync_dir(&topic)?;
     meta::sync_dir(&data_dir.join("topics"))?;
     Ok(true)
+}
+
+/// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`): an
+/// error of kind `AlreadyExists` then. A plain rename(2) would replace an empty directory.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path holds a NUL byte")
+        })
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are NUL-terminated paths that outlive the call; renameat2 only
+    // reads them. The raw syscall avoids depending on the C library's wrapper.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The payload of [`PARTITION_META`].
@@ -625,5 +728,46 @@ mod tests {
         );
         assert!(partition_dir(data, "u.removing", 0).exists());
         sweep_tombstones(&topic_dir(data, "absent")).expect("no topic directory, no tombstone");
+    }
+
+    #[test]
+    fn a_creating_name_is_swept_at_start_only() {
+        for name in ["0.creating", "4294967295.creating"] {
+            assert!(is_removing_or_creating_name(name), "{name}");
+            assert!(!is_removing_name(name), "{name}: not by a topic's sweep");
+        }
+        for name in [
+            "3",
+            "03.creating",
+            "3.creating.tmp",
+            "3.install",
+            ".creating",
+        ] {
+            assert!(!is_removing_or_creating_name(name), "{name}");
+        }
+        assert!(is_removing_or_creating_name("3.removing"));
+        let d = Path::new("/d");
+        assert_eq!(creating_dir(d, "t", 7), Path::new("/d/topics/t/7.creating"));
+    }
+
+    #[test]
+    fn a_partition_directory_is_never_moved_onto_one_there() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path();
+        let dir = partition_dir(data, "t", 0);
+        // Empty, as an operator's `rm -rf topics/t/0/*` leaves it: kept, not replaced.
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        assert!(!create_partition_dir(data, "t", 0).expect("there already"));
+        assert!(!has_partition_mark(&dir, "t", 0).expect("no mark"));
+        assert!(!creating_dir(data, "t", 0).exists());
+        let from = creating_dir(data, "t", 1);
+        std::fs::create_dir(&from).expect("mkdir");
+        let err = rename_noreplace(&from, &dir).expect_err("an empty directory there");
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        // Made now: marked, nothing left aside.
+        std::fs::create_dir(creating_dir(data, "t", 2)).expect("a leftover");
+        assert!(create_partition_dir(data, "t", 2).expect("made"));
+        assert!(has_partition_mark(&partition_dir(data, "t", 2), "t", 2).expect("mark"));
+        assert!(!creating_dir(data, "t", 2).exists());
     }
 }

@@ -3,7 +3,9 @@
 //! it, so a held one found without it was emptied, and it opens marked lost exactly like a
 //! missing one. A directory as its creation leaves it (the mark alone) opens unmarked; a
 //! catalog of version 1 (before marks) is upgraded, its directories marked as they stand; a
-//! catalog of a version this code does not know is refused.
+//! catalog of a version this code does not know is refused. A partition held after its
+//! topic's creation has its directory built aside (`<p>.creating`) and moved to its name
+//! marked: a creation failed or cut short leaves no directory of the partition.
 
 use crate::common;
 
@@ -222,4 +224,91 @@ fn a_catalog_of_a_version_this_code_does_not_know_is_refused_naming_it() {
     }
     write_catalog_json(&dir, &good);
     start(&dir).shutdown();
+}
+
+/// `topics/t/<p>.creating`: where a partition held after its topic's creation has its
+/// directory built before the directory is moved to its name.
+fn creating(dir: &Path, p: u32) -> PathBuf {
+    dir.join(format!("topics/t/{p}.creating"))
+}
+
+#[test]
+fn a_partition_held_later_whose_creation_fails_midway_leaves_no_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let engine = start(&dir);
+    let h = engine.handle();
+    block_on(h.create_topic_holding("t", 2, topic_config(), &[0])).expect("create");
+    // A file where the directory of partition 1 is built: the creation fails there.
+    std::fs::write(creating(&dir, 1), b"in the way").expect("obstacle");
+    let err = block_on(h.open_partition("t", 1)).expect_err("the creation fails");
+    println!("hold 1, the creation failing: {err}");
+    assert!(
+        !t_partition_dir(&dir, 1).exists(),
+        "no directory of partition 1 after a failed creation"
+    );
+    assert!(!h.held_partitions("t").expect("held").contains(&1));
+    std::fs::remove_file(creating(&dir, 1)).expect("rm obstacle");
+
+    block_on(h.open_partition("t", 1)).expect("hold 1 again");
+    assert!(!lost(&dir, 1).exists(), "made now: not lost");
+    assert!(mark(&dir, 1).exists());
+    block_on(h.append("t", 1, records_of_100_bytes(5))).expect("append");
+    engine.shutdown();
+    let engine = start(&dir);
+    assert!(!lost(&dir, 1).exists(), "not lost after a restart");
+    let next = block_on(engine.handle().stats("t", 1))
+        .expect("stats")
+        .next_offset;
+    println!("partition 1 after a restart: next offset {next}");
+    assert_eq!(next, 5);
+    engine.shutdown();
+}
+
+#[test]
+fn a_partition_creation_cut_short_is_swept_and_the_next_hold_opens_it_not_lost() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let engine = start(&dir);
+    let h = engine.handle();
+    block_on(h.create_topic_holding("t", 3, topic_config(), &[0])).expect("create");
+    engine.shutdown();
+    // What a crash during the creation of partitions 1 and 2 leaves: the directory being
+    // built, its mark written or not, and no directory of the partition.
+    for p in 1..3 {
+        std::fs::create_dir(creating(&dir, p)).expect("mkdir");
+        std::fs::write(creating(&dir, p).join("partition.meta.tmp"), b"cut").expect("tmp");
+    }
+
+    // At start: swept.
+    let engine = start(&dir);
+    let h = engine.handle();
+    for p in 1..3 {
+        println!(
+            "after a restart, {}: {}",
+            creating(&dir, p).display(),
+            if creating(&dir, p).exists() {
+                "there"
+            } else {
+                "gone"
+            }
+        );
+        assert!(!creating(&dir, p).exists(), "partition {p}: swept at start");
+        assert!(!t_partition_dir(&dir, p).exists());
+    }
+    // Left again while running: the next creation of the partition removes it.
+    std::fs::create_dir(creating(&dir, 1)).expect("mkdir");
+    std::fs::write(creating(&dir, 1).join("00000000000000000000.log"), b"junk").expect("log");
+    for p in 1..3 {
+        block_on(h.open_partition("t", p)).expect("hold");
+        assert!(!lost(&dir, p).exists(), "partition {p}: not lost");
+        assert!(mark(&dir, p).exists());
+        assert!(
+            !creating(&dir, p).exists(),
+            "partition {p}: nothing left being built"
+        );
+        block_on(h.append("t", p, records_of_100_bytes(3))).expect("append");
+        assert_eq!(block_on(h.stats("t", p)).expect("stats").next_offset, 3);
+    }
+    engine.shutdown();
 }
