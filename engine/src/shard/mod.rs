@@ -288,7 +288,8 @@ impl Engine {
         write_probe_file(&dir)?;
         let topics = Topics::load(&dir)?;
         // Directories renamed away to be removed (`close_partition`) whose removal a crash or
-        // an error cut short: garbage, gone before any log opens.
+        // an error cut short, and partition directories being built (`open_partition`) whose
+        // creation one cut short: garbage, gone before any log opens or any creation runs.
         crate::catalog::sweep_all_tombstones(&dir);
         log_unheld_dirs(&dir, &*topics.snapshot()?);
         let n = config.shard_count();
