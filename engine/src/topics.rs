@@ -144,7 +144,10 @@ impl EngineHandle {
     /// its data kept from an earlier time it was held here is reopened: marked lost if its
     /// mark is gone, the directory emptied), its log opened on its owning shard, and then the
     /// catalog records it held, so that it opens at every start. Held already, its log is
-    /// opened if it is not open.
+    /// opened if it is not open. The directory is made all or nothing (built aside, marked,
+    /// then moved to its name: `catalog::create_partition_dir`), so a creation that
+    /// fails or that a crash cuts short leaves no directory that the next call would open
+    /// lost.
     pub async fn open_partition(&self, topic: &str, partition: u32) -> Result<()> {
         let config = self.topics().get(topic)?.config;
         self.topics().check_partition(topic, partition)?;
