@@ -560,10 +560,18 @@ pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) 
 /// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`): an
 /// error of kind `AlreadyExists` then. A plain rename(2) would replace an empty directory.
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    renameat2(from, to, libc::RENAME_NOREPLACE)
+}
+
+/// `renameat2(from, to, flags)` (paths relative to the working directory, as `rename`).
+pub(crate) fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path holds a NUL byte")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} holds a NUL byte", p.display()),
+            )
         })
     };
     let (cf, ct) = (c(from)?, c(to)?);
@@ -576,7 +584,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             cf.as_ptr(),
             libc::AT_FDCWD,
             ct.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     };
     if r != 0 {

@@ -71,32 +71,8 @@ pub(super) fn remove_leftover_staging(dir: &Path) -> Result<()> {
 
 /// Swaps two directory entries atomically (`renameat2` with `RENAME_EXCHANGE`).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| Error::InvalidArgument(format!("{} holds a NUL byte", p.display())))
-    };
-    let (ca, cb) = (c(a)?, c(b)?);
-    // SAFETY: both pointers are NUL-terminated paths that outlive the call; renameat2 only
-    // reads them. The raw syscall avoids depending on the C library's wrapper.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r != 0 {
-        return Err(Error::io(
-            "exchanging (renameat2 RENAME_EXCHANGE) with",
-            b,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::catalog::renameat2(a, b, libc::RENAME_EXCHANGE)
+        .map_err(|e| Error::io("exchanging (renameat2 RENAME_EXCHANGE) with", b, e))
 }
 
 /// A snapshot being downloaded into `<partition>.install`. Dropped, it removes its directory
