@@ -1277,19 +1277,7 @@ fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
         "{} records acknowledged",
         big.acked.len()
     );
-    for (n, id) in c.nodes.iter().zip(&ids) {
-        for (&o, v) in &big.acked {
-            let mut got = Err(Status::unavailable(""));
-            wait("acknowledged records through every node", || {
-                got = consume(n, "s", o);
-                got.is_ok()
-            });
-            assert!(
-                got.as_ref().ok() == Some(v),
-                "offset {o} through node {id} differs from what was acknowledged"
-            );
-        }
-    }
+    check_everywhere(&c, "s", &big.acked);
     let log = c.nodes[victim]
         .log()
         .get(first_run..)
@@ -1373,19 +1361,7 @@ fn a_node_stopped_without_leaving_keeps_its_replicas_and_catches_up() {
         "{} records acknowledged",
         big.acked.len()
     );
-    for (node, id) in c.nodes.iter().zip(&ids) {
-        for (&o, v) in &big.acked {
-            let mut got = Err(Status::unavailable(""));
-            wait("acknowledged records through every node", || {
-                got = consume(node, "s", o);
-                got.is_ok()
-            });
-            assert!(
-                got.as_ref().ok() == Some(v),
-                "offset {o} through node {id} differs from what was acknowledged"
-            );
-        }
-    }
+    check_everywhere(&c, "s", &big.acked);
     let log = c.nodes[victim].log();
     assert!(
         log.contains("stopping without leaving the cluster"),
