@@ -1245,6 +1245,23 @@ fn empty_out(dir: &std::path::Path) {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
+    emptied_follower_is_replaced(None, "was emptied");
+}
+
+/// [`a_follower_whose_data_directory_is_emptied_at_start_is_replaced`], every file deleted
+/// but the partition's mark (`partition.meta`, what the engine's own check looks for): the
+/// Raft group finds its metadata gone in a log it opened before, and the replica opens
+/// stopped, marked lost, all the same (before, it opened as an empty voter of its first
+/// configuration with no vote record).
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_follower_whose_files_but_the_partition_mark_are_deleted_at_start_is_replaced() {
+    emptied_follower_is_replaced(Some("partition.meta"), "its Raft metadata (raft.meta");
+}
+
+/// The victim's `topics/s/0` emptied but for the file `keep`, and the reason its log says
+/// the replica was found lost.
+fn emptied_follower_is_replaced(keep: Option<&str>, why: &str) {
     let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
     let (mut c, ids, _, _, victim) = four_with_a_victim("a data directory emptied", 231, 1, &grace);
     let mut big = BigRecords::default();
@@ -1254,7 +1271,16 @@ fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
     c.nodes[victim].kill9();
     let first_run = c.nodes[victim].log().len();
     let dir = c.nodes[victim].data_dir.join("topics/s/0");
+    let kept = keep.map(|k| {
+        (
+            dir.join(k),
+            std::fs::read(dir.join(k)).expect("read the kept file"),
+        )
+    });
     empty_out(&dir);
+    if let Some((path, bytes)) = kept {
+        std::fs::write(path, bytes).expect("put the kept file back");
+    }
     c.nodes[victim].spawn();
     wait("the emptied replica stopped, not the node", || {
         big.produce_one(&c);
@@ -1284,7 +1310,7 @@ fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
         .unwrap_or_default()
         .to_owned();
     // Found at start and opened stopped, not stopped later by a leader's heartbeat.
-    assert!(log.contains("was emptied"), "{log}");
+    assert!(log.contains(why), "{log}");
     assert!(log.contains("is marked lost"), "{log}");
     assert!(!log.contains("entries it acknowledged are gone"), "{log}");
     assert!(!log.contains("panicked"), "{log}");

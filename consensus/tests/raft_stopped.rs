@@ -152,9 +152,17 @@ async fn committed_without_node_2(root: &std::path::Path) -> (Cluster, u64) {
 async fn emptied_replica_never_votes(root: std::path::PathBuf) {
     let (mut c, commit) = committed_without_node_2(&root).await;
     restart_emptied(&mut c, &root, true).await;
+    never_votes(c, &root, commit, "").await;
+}
+
+/// Node 3, stopped at open (its log found lost), neither votes for node 2, which lacks
+/// entries committed up to `commit`, nor opens otherwise at the next start; its lost mark
+/// says `why`.
+async fn never_votes(mut c: Cluster, root: &std::path::Path, commit: u64, why: &str) {
     let check = |c: &Cluster, when: &str| {
         let e = c.sets[&EMPTIED].failure(G).expect("node 3 stopped");
         assert!(matches!(e, Error::LostLog { .. }), "{when}: {e}");
+        assert!(e.to_string().contains(why), "{when}: {e}");
         let s = c.sets[&EMPTIED].status(G).expect("status");
         assert_eq!(s.stopped, Some(Stopped::Failed), "{when}");
         assert_eq!(s.last_index, 0, "{when}: not bootstrapped");
@@ -172,9 +180,67 @@ async fn emptied_replica_never_votes(root: std::path::PathBuf) {
     );
     check(&c, "after 100 ticks");
     // And so at every later start.
-    reopen(&mut c, &root, false).await;
+    reopen(&mut c, root, false).await;
     check(&c, "restarted");
     c.close().await;
+}
+
+/// Node 3 stopped, and files of its directory deleted while it keeps the directory and a
+/// file the test names: every file but `keep` when `keep` is `partition.meta` (a partition's
+/// mark, what the engine checks at start), or its segment files (`.log`, `.index`) alone.
+async fn delete_files(c: &mut Cluster, root: &std::path::Path, segments_only: bool) {
+    let old = c.logs.remove(&EMPTIED).expect("log");
+    let _ = old.close().await;
+    c.sets.remove(&EMPTIED);
+    let dir = root.join(format!("node{EMPTIED}"));
+    for f in std::fs::read_dir(&dir).expect("list") {
+        let path = f.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let segment = name.ends_with(".log") || name.ends_with(".index");
+        if segment || !segments_only {
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+    if !segments_only {
+        // What the engine's own check looks for, kept: this deletion gets past it.
+        std::fs::write(dir.join("partition.meta"), b"kept").expect("write");
+    }
+}
+
+/// Every file of node 3's directory deleted but its mark: the group's metadata is gone with
+/// the vote it recorded, and the log is empty, as a log made a moment ago would be. Opened
+/// with the first configuration (as a first voter is at every start), it would vote as a
+/// new voter with no vote record.
+async fn deleted_but_the_mark_never_votes(root: std::path::PathBuf) {
+    let (mut c, commit) = committed_without_node_2(&root).await;
+    delete_files(&mut c, &root, false).await;
+    reopen(&mut c, &root, false).await;
+    never_votes(c, &root, commit, "raft.meta").await;
+}
+
+#[test]
+fn a_replica_whose_files_but_its_mark_were_deleted_never_votes() {
+    manual::run(deleted_but_the_mark_never_votes);
+}
+
+/// Node 3's segment files deleted, its metadata kept: it remembers its vote and its
+/// configuration, and holds none of the entries it acknowledged.
+async fn deleted_segments_never_vote(root: std::path::PathBuf) {
+    let (mut c, commit) = committed_without_node_2(&root).await;
+    delete_files(&mut c, &root, true).await;
+    reopen(&mut c, &root, false).await;
+    never_votes(
+        c,
+        &root,
+        commit,
+        "before the configuration change at index 3",
+    )
+    .await;
+}
+
+#[test]
+fn a_replica_whose_segment_files_were_deleted_never_votes() {
+    manual::run(deleted_segments_never_vote);
 }
 
 #[test]
@@ -225,6 +291,13 @@ async fn fresh_log_still_counted(root: std::path::PathBuf) {
     let s = c.sets[&EMPTIED].status(G).expect("status");
     assert_eq!(s.last_index, 0, "{s:?}");
     assert_eq!(c.leader(), Some(1), "node 1 still leads");
+    // Opened once, it wrote its metadata: restarted before any leader added it, it is not
+    // taken for a log that lost it.
+    reopen_with(&mut c, &root, false, &[]).await;
+    assert!(
+        c.sets[&EMPTIED].failure(G).is_none(),
+        "the fresh log, restarted, stopped"
+    );
     c.close().await;
 }
 

@@ -500,6 +500,7 @@ fn create_partition_dirs(data_dir: &Path, name: &str, partitions: &[u32]) -> Res
     for &p in partitions {
         let dir = partition_dir(data_dir, name, p);
         std::fs::create_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        crate::log::write_unopened(&dir)?;
         write_partition_mark(&dir, name, p)?;
     }
     meta::sync_dir(&topic)?;
@@ -533,18 +534,20 @@ pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) 
         );
     }
     std::fs::create_dir(&staged).map_err(|e| Error::io("creating", &staged, e))?;
-    let moved = write_partition_mark(&staged, name, partition).and_then(|()| {
-        match rename_noreplace(&staged, &dir) {
-            Ok(()) => Ok(true),
-            // Made meanwhile (or a file of that name): what is there is kept.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::io(
-                "moving into place (renameat2 RENAME_NOREPLACE)",
-                &dir,
-                e,
-            )),
-        }
-    });
+    let moved = crate::log::write_unopened(&staged)
+        .and_then(|()| write_partition_mark(&staged, name, partition))
+        .and_then(|()| {
+            match rename_noreplace(&staged, &dir) {
+                Ok(()) => Ok(true),
+                // Made meanwhile (or a file of that name): what is there is kept.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(Error::io(
+                    "moving into place (renameat2 RENAME_NOREPLACE)",
+                    &dir,
+                    e,
+                )),
+            }
+        });
     if !matches!(moved, Ok(true)) {
         // Never read: left behind, it goes at start or at the next creation of the partition.
         if let Err(e) = remove_tombstone(&staged).and_then(|_| meta::sync_dir(&topic)) {

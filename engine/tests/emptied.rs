@@ -22,6 +22,10 @@ fn mark(dir: &Path, p: u32) -> PathBuf {
     t_partition_dir(dir, p).join("partition.meta")
 }
 
+fn unopened(dir: &Path, p: u32) -> PathBuf {
+    t_partition_dir(dir, p).join("unopened.meta")
+}
+
 /// Deletes every file in `dir`, keeping the directory (`rm -rf dir/*`).
 fn empty_out(dir: &Path) {
     for entry in std::fs::read_dir(dir).expect("list") {
@@ -98,14 +102,22 @@ fn a_directory_as_its_creation_leaves_it_opens_unmarked() {
     let h = engine.handle();
     block_on(h.create_topic_holding("t", 3, topic_config(), &[0])).expect("create");
     block_on(h.open_partition("t", 1)).expect("hold 1");
-    // Made by topic creation and by a partition held later, each with its mark.
-    assert!(mark(&dir, 0).exists() && mark(&dir, 1).exists());
+    // Made by topic creation and by a partition held later, each with its mark, and said
+    // never opened by a Raft group (none runs here).
+    for p in 0..2 {
+        assert!(mark(&dir, p).exists(), "partition {p}'s mark");
+        assert!(unopened(&dir, p).exists(), "partition {p}'s unopened.meta");
+    }
     engine.shutdown();
-    // A crash before the first write: the directories hold their marks and nothing else.
+    // A crash before the first write: the directories hold what their creation wrote and
+    // nothing else.
     for p in 0..2 {
         for entry in std::fs::read_dir(t_partition_dir(&dir, p)).expect("list") {
             let path = entry.expect("entry").path();
-            if path.file_name().is_some_and(|n| n != "partition.meta") {
+            if path
+                .file_name()
+                .is_some_and(|n| n != "partition.meta" && n != "unopened.meta")
+            {
                 std::fs::remove_file(&path).expect("rm");
             }
         }

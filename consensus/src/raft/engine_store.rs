@@ -93,4 +93,10 @@ impl LogStore for Log {
     fn lost(&self) -> Result<Option<String>> {
         Log::lost(self)
     }
+    fn unopened(&self) -> Result<bool> {
+        Log::unopened(self)
+    }
+    fn forget_unopened(&self) -> Result<()> {
+        Log::forget_unopened(self)
+    }
 }

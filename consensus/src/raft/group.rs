@@ -346,15 +346,31 @@ impl<S: LogStore> GroupSet<S> {
     ) -> Result<()> {
         // A log marked lost opens stopped, before it could vote or acknowledge: it is not
         // bootstrapped either (a first configuration would let it vote as a new voter).
-        let lost = store
-            .lost()
-            .map_err(|source| Error::Storage { group: id, source })?;
+        let storage = |source| Error::Storage { group: id, source };
+        let mut lost = store.lost().map_err(storage)?;
+        if lost.is_none() {
+            // Files deleted under a log that keeps its directory and mark: found here, it
+            // is marked lost like a missing directory, before the group could vote.
+            let short = super::storage::found_short(&*store).map_err(|e| match e {
+                Error::Storage { source, .. } => storage(source),
+                e => e,
+            })?;
+            if let Some(why) = short {
+                log::error!("group {id}: {why}");
+                store.mark_lost(&why).map_err(storage)?;
+                lost = Some(why);
+            }
+        }
         let bootstrap = (!voters.is_empty() && lost.is_none()).then(|| {
             let mut cs = ConfState::default();
             cs.voters = voters.to_vec();
             cs
         });
-        let log = RaftLog::open(id, store, bootstrap, self.config.cache_bytes).await?;
+        let log = RaftLog::open(id, Rc::clone(&store), bootstrap, self.config.cache_bytes).await?;
+        // Its metadata written by the open: from now on, a log without it lost it.
+        if store.unopened().map_err(storage)? {
+            store.forget_unopened().map_err(storage)?;
+        }
         let applied = log.recovered_applied();
         let commands = if replay && lost.is_none() {
             replayed(&log, applied).await?

@@ -23,6 +23,8 @@ struct Inner {
     meta: Option<Vec<u8>>,
     /// Why the log was marked lost (durable at once, as a metadata file is).
     lost: Option<String>,
+    /// Made and never opened by a group (durable at once, as a metadata file is).
+    unopened: bool,
     /// The offset below which readers may see records (set by the group; not persisted).
     visible: u64,
     syncs: u64,
@@ -66,6 +68,7 @@ impl MemStore {
                 start_index: 1,
                 meta: None,
                 lost: None,
+                unopened: true,
                 visible: 0,
                 syncs: 0,
                 fail_next_sync: false,
@@ -347,5 +350,14 @@ impl LogStore for MemStore {
 
     fn lost(&self) -> Result<Option<String>> {
         Ok(self.inner.borrow().lost.clone())
+    }
+
+    fn unopened(&self) -> Result<bool> {
+        Ok(self.inner.borrow().unopened)
+    }
+
+    fn forget_unopened(&self) -> Result<()> {
+        self.inner.borrow_mut().unopened = false;
+        Ok(())
     }
 }

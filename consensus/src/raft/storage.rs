@@ -357,6 +357,45 @@ fn bootstrap_entries(cs: &ConfState) -> Vec<Entry> {
         .collect()
 }
 
+/// Why `store` no longer holds what its group wrote, when its files say so at open (before
+/// the group could vote on a log that forgot its vote or entries it acknowledged):
+/// - no Raft metadata, in a log that a group opened before (it is not
+///   [`unopened`](LogStore::unopened)): the metadata is written at a group's first open,
+///   so it was deleted (with the vote it recorded);
+/// - a log ending before the last configuration change the metadata says was applied (an
+///   applied entry was committed and written here first, or lies below the snapshot point):
+///   entries it held were deleted.
+///
+/// A log shortened past neither (its newest entries gone, the metadata kept, the last
+/// applied configuration change still there) is not detected here: the leader's next
+/// heartbeat names a commit index past its end ([`Error::LostEntries`]).
+pub fn found_short<S: LogStore>(store: &S) -> std::result::Result<Option<String>, Error> {
+    let err = |source| Error::Storage { group: 0, source };
+    let Some(bytes) = store.read_meta().map_err(err)? else {
+        if store.unopened().map_err(err)? {
+            return Ok(None);
+        }
+        return Ok(Some(
+            "its Raft metadata (raft.meta: term, vote, configuration) is gone although its \
+             group opened it before: its vote, and perhaps entries it acknowledged, are \
+             forgotten"
+                .to_owned(),
+        ));
+    };
+    let meta = RaftMeta::decode(&bytes)?;
+    let last = store
+        .next_index()
+        .saturating_sub(1)
+        .max(meta.snapshot_index);
+    Ok((last < meta.conf_index).then(|| {
+        format!(
+            "its log ends at Raft index {last}, before the configuration change at index {} \
+             that it applied: entries it held are gone",
+            meta.conf_index
+        )
+    }))
+}
+
 fn storage_err(group: u64) -> impl Fn(engine::Error) -> Error {
     move |source| Error::Storage { group, source }
 }

@@ -110,4 +110,9 @@ pub trait LogStore {
     fn mark_lost(&self, why: &str) -> Result<()>;
     /// Why the log was marked lost, if it was.
     fn lost(&self) -> Result<Option<String>>;
+    /// Whether the log was made and no group has opened it since (`engine::Log::unopened`):
+    /// a log without it and without Raft metadata lost that metadata.
+    fn unopened(&self) -> Result<bool>;
+    /// Forgets [`unopened`](Self::unopened), once the group's metadata is written.
+    fn forget_unopened(&self) -> Result<()>;
 }

@@ -67,7 +67,8 @@ mod truncate;
 
 pub use entries::EntryBatch;
 pub use install::{staging_path, SnapshotFile, Staging};
-pub use replica::{FreshBatch, SnapshotReader};
+pub(crate) use replica::write_unopened;
+pub use replica::{FreshBatch, SnapshotReader, LOST_META, UNOPENED_META};
 pub(crate) use space::free_bytes;
 
 use crate::budget::FileBudget;
@@ -293,6 +294,15 @@ impl Log {
         config.validate().map_err(Error::InvalidArgument)?;
         install::remove_leftover_staging(&dir)?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating log directory", &dir, e))?;
+        // Made now, or there with nothing in it (a partition's directory is never opened so:
+        // the engine finds it unmarked first and marks it lost).
+        let made = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io("listing", &dir, e))?
+            .next()
+            .is_none();
+        if made {
+            replica::write_unopened(&dir)?;
+        }
         let index_capacity = (config.segment_bytes / u64::from(config.index_interval_bytes.max(1)))
             as usize
             + limits::INDEX_SLACK_ENTRIES;

@@ -15,6 +15,22 @@ use std::rc::Rc;
 /// The metadata file that marks a log lost ([`Log::mark_lost`]).
 pub const LOST_META: &str = "lost.meta";
 
+/// The metadata file of a log directory made and not yet opened by a replicated group
+/// ([`Log::unopened`]): written where the directory is made (a partition's creation, or
+/// [`Log::open`] making a missing directory), removed once the group has written its own
+/// metadata. A directory without it and without that metadata was emptied after it was
+/// opened, not made a moment ago.
+pub const UNOPENED_META: &str = "unopened.meta";
+
+/// Writes [`UNOPENED_META`] in the log directory `dir`, durably.
+pub(crate) fn write_unopened(dir: &std::path::Path) -> Result<()> {
+    meta::write(
+        dir,
+        UNOPENED_META,
+        b"made; not yet opened by its Raft group",
+    )
+}
+
 /// Whether [`Log::check_raw`] checks each batch's CRC: always for bytes that came from
 /// elsewhere (a leader, a snapshot); not for batches this process encoded a moment ago from
 /// their payload, whose CRC it has just computed (a second pass would only find its own
@@ -237,6 +253,24 @@ impl Log {
     /// Why this log was marked lost ([`mark_lost`](Self::mark_lost)), if it was.
     pub fn lost(&self) -> Result<Option<String>> {
         Ok(meta::read(&self.dir, LOST_META)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Whether this log's directory was made and never opened by a replicated group since
+    /// ([`UNOPENED_META`]): a directory without it that lacks the group's metadata lost it.
+    pub fn unopened(&self) -> Result<bool> {
+        Ok(meta::read(&self.dir, UNOPENED_META)?.is_some())
+    }
+
+    /// Forgets that this log was never opened ([`unopened`](Self::unopened)), once its
+    /// group's metadata is written. Not synced: a crash that brings the file back finds
+    /// that metadata beside it, which decides.
+    pub fn forget_unopened(&self) -> Result<()> {
+        let path = self.dir.join(UNOPENED_META);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing", &path, e)),
+        }
     }
 
     /// A reader that streams the log from `from` as raw batches.
