@@ -119,6 +119,11 @@ struct Seen {
     /// the partition stays held, and with no view left to decide on, the same step is
     /// tried again.
     closing: HashMap<u64, Unplaced>,
+    /// Groups held here whose closing or dropping failed, placed here again, and not opened
+    /// again yet ([`closed_but_held`]): kept until an opening succeeds (one placed elsewhere
+    /// again meanwhile is no longer a candidate, and opening it later if it comes back is
+    /// harmless), at most one entry per partition this node holds.
+    reopen: BTreeSet<u64>,
     /// Membership questions asked in this pass ([`QUESTIONS_PER_PASS`]).
     questions: usize,
 }
@@ -177,13 +182,28 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
             Err(_) => continue,
         };
-        for &p in mine.iter().filter(|p| !held.contains(p)) {
+        let reopened = closed_but_held(&name, &mine, &held, seen);
+        let opened = mine.iter().copied().filter(|p| !held.contains(p));
+        for p in opened.chain(reopened.iter().copied()) {
             let id = PartitionId::new(name.as_str(), p);
             let group = crate::raft::replica::group_id(&id);
+            if reopened.contains(&p) {
+                // Remembered until it opens: what put it here is forgotten at the pass's end.
+                seen.reopen.insert(group);
+            }
             if !retry_due(&seen.failed, group, now) {
                 continue;
             }
             match node.open_added_partition(&id) {
+                Ok(()) if reopened.contains(&p) => {
+                    seen.failed.remove(&group);
+                    seen.closing.remove(&group);
+                    seen.reopen.remove(&group);
+                    log::info!(
+                        "{name}/{p}: placed here again while its closing had failed: opened \
+                         again"
+                    );
+                }
                 Ok(()) => {
                     seen.failed.remove(&group);
                     log::info!("{name}/{p}: a replica placed here: opened");
@@ -281,6 +301,24 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
     seen.leaderless.retain(|g, _| tracked.contains(g));
     seen.asked.retain(|g, _| tracked.contains(g));
     seen.closing.retain(|g, _| tracked.contains(g));
+}
+
+/// The partitions of topic `name` placed here (`mine`) and held here (`held`) whose replica
+/// a closing or a dropping that failed may have closed (`seen.closing`, `seen.dropping`), or
+/// whose opening again is still to succeed (`seen.reopen`): the partition stays held, so
+/// nothing else opens it again until a restart. Opening one that is open is a no-op (the
+/// engine finds it open).
+fn closed_but_held(name: &str, mine: &[u32], held: &[u32], seen: &Seen) -> Vec<u32> {
+    mine.iter()
+        .copied()
+        .filter(|p| held.contains(p))
+        .filter(|&p| {
+            let group = crate::raft::replica::group_id(&PartitionId::new(name, p));
+            seen.dropping.contains(name)
+                || seen.closing.contains_key(&group)
+                || seen.reopen.contains(&group)
+        })
+        .collect()
 }
 
 /// Forgets, in `dropping` (topics whose dropping here failed, dropped again at once without
@@ -1821,6 +1859,29 @@ mod tests {
         let mut dropping: BTreeSet<String> = ["t".to_owned()].into();
         prune_dropping(&mut dropping, |n| n == "t", &s, 2);
         assert_eq!(dropping, ["t".to_owned()].into());
+    }
+
+    #[test]
+    fn a_partition_placed_here_again_while_its_closing_had_failed_is_opened_again() {
+        let group = |p| crate::raft::replica::group_id(&PartitionId::new("t", p));
+        let mut seen = Seen::default();
+        // t/1's closing failed (its replica may be closed); t/0 and t/2 run as ever.
+        seen.closing.insert(group(1), Unplaced::Close);
+        // Placed here again and still held: opened again. Not placed here: left to closing.
+        assert_eq!(closed_but_held("t", &[0, 1], &[0, 1, 2], &seen), vec![1]);
+        assert!(closed_but_held("t", &[0], &[0, 1, 2], &seen).is_empty());
+        // Not held (its closing completed meanwhile): opened as any replica placed here.
+        assert!(closed_but_held("t", &[1], &[0], &seen).is_empty());
+        // Remembered until an opening succeeds: the failed closing is forgotten at the
+        // pass's end, the partition not opened yet.
+        seen.closing.clear();
+        seen.reopen.insert(group(1));
+        assert_eq!(closed_but_held("t", &[0, 1], &[0, 1, 2], &seen), vec![1]);
+        seen.reopen.clear();
+        // A topic whose dropping failed: each of its partitions held and placed here again.
+        seen.dropping.insert("t".to_owned());
+        assert_eq!(closed_but_held("t", &[0, 2], &[0, 1, 2], &seen), vec![0, 2]);
+        assert!(closed_but_held("u", &[0], &[0], &seen).is_empty());
     }
 
     #[test]
