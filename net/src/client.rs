@@ -296,13 +296,8 @@ impl Channel {
         frame: Bytes,
         opts: CallOptions,
     ) -> Result<Bytes, Status> {
-        let (mut streaming, mut stream) = self.start(path, &opts).await?;
-        let deadline = streaming.deadline;
-        with_deadline(
-            deadline,
-            send_request_body(&mut stream, frame, &mut streaming),
-        )
-        .await?;
+        let (streaming, mut stream) = self.start(path, &opts).await?;
+        send_whole(&mut stream, frame);
         streaming.single().await
     }
 
@@ -331,13 +326,8 @@ impl Channel {
         opts: CallOptions,
     ) -> Result<Streaming, Status> {
         let frame = encode_frame(&msg, self.inner.config.max_send_message_bytes)?;
-        let (mut streaming, mut stream) = self.start(path, &opts).await?;
-        let deadline = streaming.deadline;
-        with_deadline(
-            deadline,
-            send_request_body(&mut stream, frame, &mut streaming),
-        )
-        .await?;
+        let (streaming, mut stream) = self.start(path, &opts).await?;
+        send_whole(&mut stream, frame);
         Ok(streaming)
     }
 
@@ -360,35 +350,17 @@ impl Channel {
     }
 }
 
-/// Sends the single request message of a unary or server-streaming call
-/// and half-closes, but stops early when the server has already answered
-/// with a trailers-only status (it is not going to read the rest).
-async fn send_request_body(
-    stream: &mut SendStream<Bytes>,
-    mut frame: Bytes,
-    streaming: &mut Streaming,
-) -> Result<(), Status> {
-    poll_fn(|cx| {
-        if streaming.poll_headers(cx).is_ready() && streaming.is_finished() {
-            return Poll::Ready(Ok(()));
-        }
-        match poll_send(stream, cx, &mut frame, &mut Lease::none()) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => {
-                if let Err(e) = stream.send_data(Bytes::new(), true) {
-                    log::debug!("half-close failed: {e}");
-                }
-                Poll::Ready(Ok(()))
-            }
-            // The response (read next) says why, e.g. a status sent
-            // before a reset; do not mask it with the send error.
-            Poll::Ready(Err(e)) => {
-                log::debug!("sending request failed: {e}");
-                Poll::Ready(Ok(()))
-            }
-        }
-    })
-    .await
+/// Hands the single request message of a unary or server-streaming call to h2 whole, with
+/// the end of the stream. h2 sends it once the stream is open and flow control allows: with
+/// the request's headers, in one write, when the peer's window holds it. (Waiting for
+/// capacity first cost a write of its own: h2 gives a stream capacity only once its headers
+/// are sent.) The message is in memory already and bounded by `max_send_message_bytes`, so
+/// h2 holding it until then adds nothing. A stream the peer refused or reset takes no data:
+/// the response, read next, says why.
+fn send_whole(stream: &mut SendStream<Bytes>, frame: Bytes) {
+    if let Err(e) = stream.send_data(frame, true) {
+        log::debug!("sending the request failed: {e}");
+    }
 }
 
 /// The request half of a streaming call. Dropping it half-closes.
@@ -467,10 +439,6 @@ fn status_from_http(code: StatusCode) -> Status {
 }
 
 impl Streaming {
-    fn is_finished(&self) -> bool {
-        matches!(self.state, RecvState::Finished(_))
-    }
-
     /// Response headers, once they have arrived.
     pub fn headers(&self) -> Option<&HeaderMap> {
         self.headers.as_ref()
