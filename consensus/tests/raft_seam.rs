@@ -100,3 +100,41 @@ fn appends_are_raft_entries_and_survive_a_restart() {
     assert_eq!(got, want);
     engine.shutdown();
 }
+
+/// Two opens of one partition at once (the engine hands each to the partition's shard as a
+/// message of its own): the second waits for the first and finds its log open, instead of
+/// opening the same files again (its Raft group then refused as open already), and the
+/// partition takes appends that survive a restart.
+#[test]
+fn two_opens_of_one_partition_at_once_share_one_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    {
+        let engine = start(&data);
+        let h = engine.handle();
+        futures_lite::future::block_on(h.create_topic_holding(
+            "t",
+            2,
+            LogConfig::default(),
+            &[0],
+        ))
+        .expect("create, holding partition 0");
+        let (a, b) = futures_lite::future::block_on(futures_lite::future::zip(
+            h.open_partition("t", 1),
+            h.open_partition("t", 1),
+        ));
+        a.expect("the first open");
+        b.expect("the second open, at the same time");
+        for i in 0..3u8 {
+            futures_lite::future::block_on(h.append("t", 1, vec![NewRecord::new(vec![i; 10])]))
+                .expect("append");
+        }
+        engine.shutdown();
+    }
+    let engine = start(&data);
+    let h = engine.handle();
+    let recs =
+        futures_lite::future::block_on(h.read_range("t", 1, 0, 100, 1 << 20)).expect("read");
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    engine.shutdown();
+}

@@ -33,11 +33,12 @@ use crate::log::{Log, LogStats};
 use crate::metrics::{self, ShardMetrics, ShardSlot};
 use crate::seam::PartitionId;
 use atomic_waker::AtomicWaker;
+use event_listener::Event;
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
 use glommio::{LocalExecutorBuilder, Placement};
 use msg::ShardMsg;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,6 +87,23 @@ pub struct ShardCtx {
     stop: Cell<bool>,
     /// The replication layer that owns this shard's appends, if the engine has one.
     replicator: Option<Rc<dyn Replicator>>,
+    /// Partitions being opened or closed on this shard now ([`ShardCtx::one_at_a_time`]),
+    /// and the event that tells waiters one is done.
+    busy: RefCell<HashSet<PartitionId>>,
+    busy_done: Event,
+}
+
+/// A partition's turn to be opened or closed on its shard: given back when dropped.
+pub(crate) struct Turn<'a> {
+    ctx: &'a ShardCtx,
+    id: PartitionId,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.ctx.busy.borrow_mut().remove(&self.id);
+        self.ctx.busy_done.notify(usize::MAX);
+    }
 }
 
 impl ShardCtx {
@@ -102,10 +120,31 @@ impl ShardCtx {
         self.owned(id).map(|(log, _)| log)
     }
 
+    /// Waits for partition `id`'s turn to be opened or closed here: one open or close of a
+    /// partition at a time (others' go on), so that a second open finds the first's log
+    /// instead of opening the same files again, and a close never races an open.
+    pub(crate) async fn one_at_a_time(&self, id: &PartitionId) -> Turn<'_> {
+        loop {
+            let done = self.busy_done.listen();
+            if self.busy.borrow_mut().insert(id.clone()) {
+                return Turn {
+                    ctx: self,
+                    id: id.clone(),
+                };
+            }
+            done.await;
+        }
+    }
+
     /// Opens the log of `id` (or returns it if it is open). The shard is its owner: the
     /// log's visible mark is the owner's to set from now on.
     pub(crate) async fn open_log(&self, id: &PartitionId, config: LogConfig) -> Result<Rc<Log>> {
         if let Ok(l) = self.log(id) {
+            return Ok(l);
+        }
+        let _turn = self.one_at_a_time(id).await;
+        if let Ok(l) = self.log(id) {
+            // Opened by the call whose turn came first.
             return Ok(l);
         }
         let config = if &*id.topic == crate::CONTROLLER_TOPIC {
@@ -484,6 +523,8 @@ async fn shard_main(
         partitions: RefCell::new(HashMap::new()),
         catalog: RefCell::new(catalog),
         stop: Cell::new(false),
+        busy: RefCell::new(HashSet::new()),
+        busy_done: Event::new(),
         replicator: shared
             .config
             .replication

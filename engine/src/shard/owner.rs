@@ -101,6 +101,7 @@ pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionRepo
 /// Closes a partition's log and takes it out of this shard (and of the replication layer):
 /// no longer held here. Its directory stays as it is. Not open is fine.
 pub(crate) async fn close(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
+    let _turn = ctx.one_at_a_time(id).await;
     if let Some(log) = ctx.forget_log(id).await {
         log.close().await?;
     }
@@ -109,6 +110,7 @@ pub(crate) async fn close(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
 
 /// Closes a partition of a topic being deleted and removes its data.
 pub(crate) async fn remove(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
+    let _turn = ctx.one_at_a_time(id).await;
     if let Some(log) = ctx.forget_log(id).await {
         log.remove().await?;
     }
