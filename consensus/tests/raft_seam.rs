@@ -112,13 +112,8 @@ fn two_opens_of_one_partition_at_once_share_one_log() {
     {
         let engine = start(&data);
         let h = engine.handle();
-        futures_lite::future::block_on(h.create_topic_holding(
-            "t",
-            2,
-            LogConfig::default(),
-            &[0],
-        ))
-        .expect("create, holding partition 0");
+        futures_lite::future::block_on(h.create_topic_holding("t", 2, LogConfig::default(), &[0]))
+            .expect("create, holding partition 0");
         let (a, b) = futures_lite::future::block_on(futures_lite::future::zip(
             h.open_partition("t", 1),
             h.open_partition("t", 1),
@@ -133,8 +128,7 @@ fn two_opens_of_one_partition_at_once_share_one_log() {
     }
     let engine = start(&data);
     let h = engine.handle();
-    let recs =
-        futures_lite::future::block_on(h.read_range("t", 1, 0, 100, 1 << 20)).expect("read");
+    let recs = futures_lite::future::block_on(h.read_range("t", 1, 0, 100, 1 << 20)).expect("read");
     assert_eq!(recs.len(), 3, "{recs:?}");
     engine.shutdown();
 }
