@@ -351,11 +351,7 @@ impl<S: LogStore> GroupSet<S> {
         if lost.is_none() {
             // Files deleted under a log that keeps its directory and mark: found here, it
             // is marked lost like a missing directory, before the group could vote.
-            let short = super::storage::found_short(&*store).map_err(|e| match e {
-                Error::Storage { source, .. } => storage(source),
-                e => e,
-            })?;
-            if let Some(why) = short {
+            if let Some(why) = super::storage::found_short(id, &*store)? {
                 log::error!("group {id}: {why}");
                 store.mark_lost(&why).map_err(storage)?;
                 lost = Some(why);
@@ -368,9 +364,7 @@ impl<S: LogStore> GroupSet<S> {
         });
         let log = RaftLog::open(id, Rc::clone(&store), bootstrap, self.config.cache_bytes).await?;
         // Its metadata written by the open: from now on, a log without it lost it.
-        if store.unopened().map_err(storage)? {
-            store.forget_unopened().map_err(storage)?;
-        }
+        store.forget_unopened().map_err(storage)?;
         let applied = log.recovered_applied();
         let commands = if replay && lost.is_none() {
             replayed(&log, applied).await?

@@ -357,7 +357,7 @@ fn bootstrap_entries(cs: &ConfState) -> Vec<Entry> {
         .collect()
 }
 
-/// Why `store` no longer holds what its group wrote, when its files say so at open (before
+/// Why `store` (group `group`'s log) no longer holds what its group wrote, when its files say so at open (before
 /// the group could vote on a log that forgot its vote or entries it acknowledged):
 /// - no Raft metadata, in a log that a group opened before (it is not
 ///   [`unopened`](LogStore::unopened)): the metadata is written at a group's first open,
@@ -369,10 +369,10 @@ fn bootstrap_entries(cs: &ConfState) -> Vec<Entry> {
 /// A log shortened past neither (its newest entries gone, the metadata kept, the last
 /// applied configuration change still there) is not detected here: the leader's next
 /// heartbeat names a commit index past its end ([`Error::LostEntries`]).
-pub fn found_short<S: LogStore>(store: &S) -> std::result::Result<Option<String>, Error> {
-    let err = |source| Error::Storage { group: 0, source };
-    let Some(bytes) = store.read_meta().map_err(err)? else {
-        if store.unopened().map_err(err)? {
+pub fn found_short<S: LogStore>(group: u64, store: &S) -> Result<Option<String>> {
+    let err = storage_err(group);
+    let Some(bytes) = store.read_meta().map_err(&err)? else {
+        if store.unopened().map_err(&err)? {
             return Ok(None);
         }
         return Ok(Some(

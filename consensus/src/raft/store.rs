@@ -113,6 +113,7 @@ pub trait LogStore {
     /// Whether the log was made and no group has opened it since (`engine::Log::unopened`):
     /// a log without it and without Raft metadata lost that metadata.
     fn unopened(&self) -> Result<bool>;
-    /// Forgets [`unopened`](Self::unopened), once the group's metadata is written.
+    /// Forgets [`unopened`](Self::unopened), once the group's metadata is written (nothing
+    /// to do when it is forgotten already).
     fn forget_unopened(&self) -> Result<()>;
 }
