@@ -183,6 +183,28 @@ fn metrics_count_a_known_workload() {
         syncs
     );
 
+    // Every append was one data proposal, committed, timed from proposal to answer.
+    let proposals = |kind: &str, outcome: &str| {
+        format!("proglog_raft_proposals_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(get(&m, &proposals("data", "committed")), 16.0);
+    assert_eq!(get(&m, &proposals("data", "failed")), 0.0);
+    assert_eq!(get(&m, &proposals("data", "refused")), 0.0);
+    // The topic's creation went through the controller's group.
+    assert!(get(&m, &proposals("controller", "committed")) >= 1.0);
+    assert_eq!(get(&m, "proglog_raft_commit_latency_seconds_count"), 16.0);
+    let latency = get(&m, "proglog_raft_commit_latency_seconds_sum");
+    assert!(latency > 0.0 && latency < 16.0 * 10.0, "{latency}");
+    // One Raft entry written and applied per append at least (plus the controller's and
+    // each leader's first entry), in rounds that each synced what they wrote.
+    assert!(get(&m, "proglog_raft_entries_written_total") >= 16.0);
+    assert!(get(&m, "proglog_raft_entries_applied_total") >= 16.0);
+    assert!(get(&m, "proglog_raft_ready_rounds_total") >= get(&m, "proglog_raft_syncs_total"));
+    assert!(get(&m, "proglog_raft_syncs_total") >= 1.0);
+    // A single node sends no Raft message.
+    assert_eq!(get(&m, "proglog_raft_frames_sent_total"), 0.0);
+    assert!(get(&m, "proglog_raft_term_max") >= 1.0);
+
     assert!(sum_of(&m, "proglog_connections_open") >= 1.0);
     assert!(sum_of(&m, "proglog_rpc_streams_open") >= 0.0);
     for shard in 0..2 {
@@ -209,6 +231,8 @@ fn metrics_count_a_known_workload() {
     let (_, text) = http_get(s.admin_addr(), "/metrics").unwrap();
     let m2 = parse_exposition(&text);
     assert_eq!(get(&m2, &rpc("Produce", "OK")), 16.0);
+    assert_eq!(get(&m2, &proposals("data", "committed")), 17.0);
+    assert_eq!(get(&m2, "proglog_raft_commit_latency_seconds_count"), 17.0);
     assert_eq!(get(&m2, &rpc("Consume", "OK")), 4.0);
 }
 

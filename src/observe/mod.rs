@@ -235,6 +235,86 @@ impl Observability {
     }
 }
 
+/// Proposals and the shards' Ready loops.
+fn render_raft_loops(e: &mut Exposition, board: &consensus::raft::board::Board) {
+    use consensus::raft::group::ProposalMetrics;
+    use std::sync::atomic::Ordering::Relaxed;
+    let p = &board.proposals;
+    e.family(
+        "proglog_raft_proposals_total",
+        Kind::Counter,
+        "Proposals made on this node's groups (data: clients' appends; controller: cluster \
+         commands; conf_change: membership changes), by outcome: refused before reaching \
+         Raft's log (not the leader, a transfer or a change pending, too many uncommitted \
+         bytes), committed, or failed after it (replaced, leadership lost, group stopped).",
+    );
+    for (k, kind) in ProposalMetrics::KINDS.iter().enumerate() {
+        for (outcome, counter) in [
+            ("refused", &p.refused[k]),
+            ("committed", &p.committed[k]),
+            ("failed", &p.failed[k]),
+        ] {
+            e.sample(
+                "proglog_raft_proposals_total",
+                &[("kind", kind), ("outcome", outcome)],
+                counter.load(Relaxed) as f64,
+            );
+        }
+    }
+    e.family(
+        "proglog_raft_commit_latency_seconds",
+        Kind::Histogram,
+        "From a client's append proposed on its group's leader here to its entry committed \
+         and applied, when the appender is answered.",
+    )
+    .histogram(
+        "proglog_raft_commit_latency_seconds",
+        &[],
+        &p.data_commit_latency.snapshot(),
+        1e9,
+    );
+    let l = board.loop_stats();
+    for (name, help, v) in [
+        (
+            "proglog_raft_ready_rounds_total",
+            "Rounds of the shards' Ready loops (each writes its groups' entries and syncs each touched log once).",
+            l.rounds,
+        ),
+        (
+            "proglog_raft_syncs_total",
+            "Logs persisted by the Ready loops' rounds (one per touched log per round).",
+            l.syncs,
+        ),
+        (
+            "proglog_raft_entries_written_total",
+            "Raft entries written to this node's logs.",
+            l.entries_written,
+        ),
+        (
+            "proglog_raft_entries_applied_total",
+            "Committed Raft entries applied here.",
+            l.entries_applied,
+        ),
+        (
+            "proglog_raft_messages_sent_total",
+            "Raft messages sent in full (heartbeats and their answers travel apart, compact).",
+            l.messages,
+        ),
+        (
+            "proglog_raft_frames_sent_total",
+            "Transport frames sent: one per destination node per round.",
+            l.frames,
+        ),
+        (
+            "proglog_raft_heartbeats_merged_total",
+            "Heartbeats and heartbeat answers sent in a frame's compact list, many groups' in one frame.",
+            l.heartbeats_merged,
+        ),
+    ] {
+        e.single(name, Kind::Counter, help, v as f64);
+    }
+}
+
 fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
     use std::sync::atomic::Ordering::Relaxed;
     let s = c.state();
@@ -334,6 +414,13 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         "Times this node became a group's leader.",
         c.peers.board.became_leader.load(Relaxed) as f64,
     );
+    e.single(
+        "proglog_raft_term_max",
+        Kind::Gauge,
+        "The highest Raft term among the groups held here.",
+        groups.iter().map(|(_, v)| v.term).max().unwrap_or(0) as f64,
+    );
+    render_raft_loops(e, &c.peers.board);
     e.by_label(
         "proglog_raft_conf_changes_total",
         Kind::Counter,

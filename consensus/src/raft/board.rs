@@ -3,11 +3,11 @@
 //! NOT_LEADER answer, GetServers, `cluster describe` and the reconcile loop, without asking
 //! the shards.
 
-use super::group::Stopped;
+use super::group::{ProposalMetrics, SetStats, Stopped};
 use raft::StateRole;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One group's state on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +60,31 @@ pub struct Board {
     pub leader_changes: AtomicU64,
     /// Times this node became a group's leader (elections won, transfers received).
     pub became_leader: AtomicU64,
+    /// Proposals of every shard's groups, and their commit latency.
+    pub proposals: Arc<ProposalMetrics>,
+    /// Each shard's Ready-loop counters, as of its last round.
+    loops: Mutex<BTreeMap<usize, SetStats>>,
 }
 
 impl Board {
+    /// Notes shard `shard`'s Ready-loop counters.
+    pub fn set_loop_stats(&self, shard: usize, stats: SetStats) {
+        if let Ok(mut l) = self.loops.lock() {
+            l.insert(shard, stats);
+        }
+    }
+
+    /// Every shard's Ready-loop counters, summed.
+    pub fn loop_stats(&self) -> SetStats {
+        let mut sum = SetStats::default();
+        if let Ok(l) = self.loops.lock() {
+            for s in l.values() {
+                sum.add(s);
+            }
+        }
+        sum
+    }
+
     /// Records a group's state after a round; a new leader is logged and counted.
     pub fn set(&self, group: u64, view: GroupView) {
         if let Ok(mut g) = self.groups.write() {

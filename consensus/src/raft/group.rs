@@ -30,6 +30,7 @@ use super::storage::{FetchJob, FreshCrcs, RaftLog, SnapshotData, FRESH_CRCS_MAX}
 use super::store::LogStore;
 use super::wire;
 use bytes::Bytes;
+use engine::metrics::{Histogram, LATENCY_BOUNDS_NS};
 use engine::NewRecord;
 use futures_channel::oneshot;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message};
@@ -38,6 +39,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Settings of every group of a set. Ticks are the shard timer's periods.
 #[derive(Debug, Clone)]
@@ -164,6 +168,57 @@ struct Proposal {
     term: u64,
     kind: ProposalKind,
     tx: oneshot::Sender<Outcome>,
+    /// When it was proposed, for the commit latency.
+    at: Instant,
+}
+
+impl Proposal {
+    /// Answers the proposer, counted in `m`.
+    fn settle(self, outcome: Outcome, m: &ProposalMetrics) {
+        let k = self.kind as usize;
+        if outcome.is_ok() {
+            m.committed[k].fetch_add(1, Ordering::Relaxed);
+            if self.kind == ProposalKind::Data {
+                m.data_commit_latency.observe_duration(self.at.elapsed());
+            }
+        } else {
+            m.failed[k].fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.tx.send(outcome);
+    }
+}
+
+/// Proposals made by a node's groups and what became of them, shared by its shards' sets
+/// (exported as metrics). Indexed by [`ProposalKind`]: data, controller, configuration.
+#[derive(Debug)]
+pub struct ProposalMetrics {
+    /// Refused before they reached Raft's log (not the leader, a transfer under way, too
+    /// many uncommitted bytes, a configuration change pending).
+    pub refused: [AtomicU64; 3],
+    /// Committed, and answered so.
+    pub committed: [AtomicU64; 3],
+    /// In Raft's log, then answered with an error: replaced by another leader's entry,
+    /// leadership lost (outcome unknown), the group stopped or closed.
+    pub failed: [AtomicU64; 3],
+    /// From a data proposal (a client's append) on its leader to its entry committed and
+    /// applied there, when the proposer is answered.
+    pub data_commit_latency: Histogram,
+}
+
+impl Default for ProposalMetrics {
+    fn default() -> Self {
+        ProposalMetrics {
+            refused: Default::default(),
+            committed: Default::default(),
+            failed: Default::default(),
+            data_commit_latency: Histogram::new(LATENCY_BOUNDS_NS),
+        }
+    }
+}
+
+impl ProposalMetrics {
+    /// The kinds' names, in index order, as metrics label them.
+    pub const KINDS: [&'static str; 3] = ["data", "controller", "conf_change"];
 }
 
 struct ReadWaiter {
@@ -226,6 +281,8 @@ struct Group<S: LogStore> {
     install_report: Option<InstallReport>,
     /// Payload CRCs of the data entries proposed here and not stored yet.
     fresh_crcs: FreshCrcs,
+    /// The set's proposal counters.
+    metrics: Arc<ProposalMetrics>,
 }
 
 /// What a group whose state machine lives in memory hands it, in log order
@@ -272,6 +329,50 @@ pub struct SetStats {
     pub compactions: u64,
 }
 
+impl SetStats {
+    /// Adds `o`'s counters to these.
+    pub fn add(&mut self, o: &SetStats) {
+        let SetStats {
+            rounds,
+            readies,
+            syncs,
+            frames,
+            messages,
+            heartbeats_merged,
+            entries_written,
+            entries_applied,
+            meta_writes,
+            fetches,
+            step_errors,
+            votes_refused,
+            snapshots_sent,
+            snapshots_installed,
+            snapshot_fetch_failures,
+            snapshot_reports_timed_out,
+            snapshots_ignored,
+            compactions,
+        } = *o;
+        self.rounds += rounds;
+        self.readies += readies;
+        self.syncs += syncs;
+        self.frames += frames;
+        self.messages += messages;
+        self.heartbeats_merged += heartbeats_merged;
+        self.entries_written += entries_written;
+        self.entries_applied += entries_applied;
+        self.meta_writes += meta_writes;
+        self.fetches += fetches;
+        self.step_errors += step_errors;
+        self.votes_refused += votes_refused;
+        self.snapshots_sent += snapshots_sent;
+        self.snapshots_installed += snapshots_installed;
+        self.snapshot_fetch_failures += snapshot_fetch_failures;
+        self.snapshot_reports_timed_out += snapshot_reports_timed_out;
+        self.snapshots_ignored += snapshots_ignored;
+        self.compactions += compactions;
+    }
+}
+
 /// A round between its writes and its acknowledgements: what its logs must persist, and
 /// the Readies to finish once they have.
 pub struct Persisting {
@@ -298,6 +399,7 @@ pub struct GroupSet<S: LogStore> {
     awaiting: BTreeMap<(u64, u64), Option<usize>>,
     next_read_id: u64,
     stats: SetStats,
+    metrics: Arc<ProposalMetrics>,
 }
 
 impl<S: LogStore> GroupSet<S> {
@@ -315,7 +417,19 @@ impl<S: LogStore> GroupSet<S> {
             awaiting: BTreeMap::new(),
             next_read_id: 1,
             stats: SetStats::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts this set's proposals in `m` (shared by a node's shards) from now on; groups
+    /// opened before keep counting where they did.
+    pub fn share_metrics(&mut self, m: Arc<ProposalMetrics>) {
+        self.metrics = m;
+    }
+
+    /// Where this set counts its proposals.
+    pub fn proposal_metrics(&self) -> &Arc<ProposalMetrics> {
+        &self.metrics
     }
 
     pub fn node_id(&self) -> u64 {
@@ -407,6 +521,7 @@ impl<S: LogStore> GroupSet<S> {
             downloading: false,
             install_report: None,
             fresh_crcs: FreshCrcs::new(),
+            metrics: Arc::clone(&self.metrics),
         };
         self.groups.insert(id, g);
         self.randomize_timeouts();
@@ -421,10 +536,11 @@ impl<S: LogStore> GroupSet<S> {
         };
         self.awaiting.retain(|&(group, _), _| group != id);
         for p in g.proposals.drain(..) {
-            let _ = p.tx.send(Err(Error::OutcomeUnknown {
+            let outcome = Err(Error::OutcomeUnknown {
                 group: id,
                 why: "the group was closed with the proposal in flight",
-            }));
+            });
+            p.settle(outcome, &g.metrics);
         }
         for r in g.reads.drain(..) {
             let _ = r.tx.send(Err(Error::ReadNotReady { group: id }));
@@ -643,6 +759,7 @@ impl<S: LogStore> GroupSet<S> {
         tx: oneshot::Sender<Outcome>,
     ) {
         if records == 0 {
+            self.metrics.refused[ProposalKind::Data as usize].fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(Err(Error::InvalidProposal(
                 "a proposal needs records".into(),
             )));
@@ -677,6 +794,21 @@ impl<S: LogStore> GroupSet<S> {
         kind: ProposalKind,
         tx: oneshot::Sender<Outcome>,
     ) -> std::result::Result<(), (Error, oneshot::Sender<Outcome>)> {
+        let r = self.try_propose_data_to(id, data, kind, tx);
+        if r.is_err() {
+            self.metrics.refused[kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn try_propose_data_to(
+        &mut self,
+        id: u64,
+        data: Vec<u8>,
+        kind: ProposalKind,
+        tx: oneshot::Sender<Outcome>,
+    ) -> std::result::Result<(), (Error, oneshot::Sender<Outcome>)> {
         let g = match self.group_mut(id) {
             Ok(g) => g,
             Err(e) => return Err((e, tx)),
@@ -703,6 +835,19 @@ impl<S: LogStore> GroupSet<S> {
     /// Proposes a configuration change (one at a time). Refused at once while another is
     /// pending; answered `ConfChangeRefused` if raft-rs turned it into an empty entry.
     pub fn propose_conf_change(
+        &mut self,
+        id: u64,
+        cc: ConfChangeV2,
+    ) -> Result<oneshot::Receiver<Outcome>> {
+        let r = self.try_propose_conf_change(id, cc);
+        if r.is_err() {
+            let k = ProposalKind::ConfChange as usize;
+            self.metrics.refused[k].fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn try_propose_conf_change(
         &mut self,
         id: u64,
         cc: ConfChangeV2,
@@ -1484,6 +1629,7 @@ impl<S: LogStore> Group<S> {
             term: r.term,
             kind,
             tx,
+            at: Instant::now(),
         });
         self.was_leader = true;
         Ok(())
@@ -1564,7 +1710,7 @@ impl<S: LogStore> Group<S> {
                     records,
                 })
             };
-            let _ = p.tx.send(outcome);
+            p.settle(outcome, &self.metrics);
         }
     }
 
@@ -1584,10 +1730,11 @@ impl<S: LogStore> Group<S> {
         let leader = self.node.raft.state == StateRole::Leader;
         if self.was_leader && !leader {
             for p in self.proposals.drain(..) {
-                let _ = p.tx.send(Err(Error::OutcomeUnknown {
+                let outcome = Err(Error::OutcomeUnknown {
                     group: self.id,
                     why: "leadership was lost after the proposal",
-                }));
+                });
+                p.settle(outcome, &self.metrics);
             }
             for r in self.reads.drain(..) {
                 let _ = r.tx.send(Err(Error::ReadNotReady { group: self.id }));
@@ -1633,7 +1780,7 @@ impl<S: LogStore> Group<S> {
                     why,
                 },
             };
-            let _ = p.tx.send(Err(outcome));
+            p.settle(Err(outcome), &self.metrics);
         }
         // No read index comes any more: the reader retries (on another node).
         for r in self.reads.drain(..) {

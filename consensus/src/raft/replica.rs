@@ -320,7 +320,8 @@ impl ShardRaft {
             }
             started.node_id.set(node_id);
             let seed = node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shard as u64;
-            let set = GroupSet::new(node_id, config, seed);
+            let mut set = GroupSet::new(node_id, config, seed);
+            set.share_metrics(Arc::clone(&started.peers.board.proposals));
             run(started, set, tick).await;
         })
         .detach();
@@ -664,6 +665,7 @@ fn spawn_download(inner: &Rc<Inner>, lp: &Loop, job: SnapshotJob) {
 
 /// Publishes every group's state for readers outside the loop.
 fn publish(inner: &Inner, set: &GroupSet<Log>) {
+    inner.peers.board.set_loop_stats(inner.shard, set.stats());
     let mut status = inner.status.borrow_mut();
     for id in set.group_ids() {
         if let Some(s) = set.status(id) {
