@@ -246,7 +246,8 @@ fn render_raft_loops(e: &mut Exposition, board: &consensus::raft::board::Board) 
         "Proposals made on this node's groups (data: clients' appends; controller: cluster \
          commands; conf_change: membership changes), by outcome: refused before reaching \
          Raft's log (not the leader, a transfer or a change pending, too many uncommitted \
-         bytes), committed, or failed after it (replaced, leadership lost, group stopped).",
+         bytes, the group stopped), committed, or failed after it (replaced, leadership \
+         lost, group stopped or closed).",
     );
     for (k, kind) in ProposalMetrics::KINDS.iter().enumerate() {
         for (outcome, counter) in [

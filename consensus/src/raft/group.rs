@@ -193,7 +193,8 @@ impl Proposal {
 #[derive(Debug)]
 pub struct ProposalMetrics {
     /// Refused before they reached Raft's log (not the leader, a transfer under way, too
-    /// many uncommitted bytes, a configuration change pending).
+    /// many uncommitted bytes, a configuration change pending, the group stopped or unknown,
+    /// no records).
     pub refused: [AtomicU64; 3],
     /// Committed, and answered so.
     pub committed: [AtomicU64; 3],
@@ -425,11 +426,6 @@ impl<S: LogStore> GroupSet<S> {
     /// opened before keep counting where they did.
     pub fn share_metrics(&mut self, m: Arc<ProposalMetrics>) {
         self.metrics = m;
-    }
-
-    /// Where this set counts its proposals.
-    pub fn proposal_metrics(&self) -> &Arc<ProposalMetrics> {
-        &self.metrics
     }
 
     pub fn node_id(&self) -> u64 {
