@@ -163,7 +163,7 @@ struct Sim {
     /// Snapshot downloads under way: (node, step it completes at, job).
     snapshot_jobs: Vec<(u64, u64, SnapshotJob)>,
     /// Downloaded snapshots awaiting their install: (follower, group, leader, its answer).
-    installs: Vec<(u64, u64, u64, InstallAnswer)>,
+    installs: Vec<(u64, u64, u64, u64, InstallAnswer)>,
     fig: Figures,
 }
 
@@ -344,12 +344,12 @@ impl Sim {
             }
         }
         for (id, _, job) in due {
-            let (leader, group) = (job.from, job.group);
+            let (leader, group, index) = (job.from, job.group, job.index);
             let reachable =
                 !self.cut(id, leader) && self.nodes.get(&leader).is_some_and(|n| n.set.is_some());
             let result = if reachable {
                 if let Some(set) = self.nodes.get_mut(&leader).and_then(|n| n.set.as_mut()) {
-                    set.snapshot_report(group, id, SnapshotProgress::Started);
+                    set.snapshot_report(group, id, index, SnapshotProgress::Started);
                 }
                 let d = job.data;
                 let store = Rc::clone(&self.nodes[&leader].stores[&group]);
@@ -374,22 +374,22 @@ impl Sim {
                 None => continue,
             }
             if reachable {
-                self.installs.push((id, group, leader, rx));
+                self.installs.push((id, group, leader, index, rx));
             }
         }
         // Installs that are over, and their reports.
         let mut still = Vec::new();
-        for (id, group, leader, mut rx) in std::mem::take(&mut self.installs) {
+        for (id, group, leader, index, mut rx) in std::mem::take(&mut self.installs) {
             let progress = match rx.try_recv() {
                 Ok(None) => {
-                    still.push((id, group, leader, rx));
+                    still.push((id, group, leader, index, rx));
                     continue;
                 }
                 Ok(Some(Ok(_))) => SnapshotProgress::Finished,
                 Ok(Some(Err(_))) | Err(_) => SnapshotProgress::Failed,
             };
             if let Some(set) = self.nodes.get_mut(&leader).and_then(|n| n.set.as_mut()) {
-                set.snapshot_report(group, id, progress);
+                set.snapshot_report(group, id, index, progress);
             }
         }
         self.installs = still;
@@ -612,13 +612,13 @@ impl Sim {
         let mut cut = Vec::new();
         self.snapshot_jobs.retain(|(n, _, j)| {
             if *n == id {
-                cut.push((j.from, j.group));
+                cut.push((j.from, j.group, j.index));
             }
             *n != id
         });
-        for (leader, group) in cut {
+        for (leader, group, index) in cut {
             if let Some(set) = self.nodes.get_mut(&leader).and_then(|n| n.set.as_mut()) {
-                set.snapshot_report(group, id, SnapshotProgress::Failed);
+                set.snapshot_report(group, id, index, SnapshotProgress::Failed);
             }
         }
     }

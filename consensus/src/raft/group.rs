@@ -118,6 +118,17 @@ pub struct SnapshotJob {
     pub message: Message,
 }
 
+/// A snapshot sent to a follower and not reported on yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Awaiting {
+    /// The snapshot's point: reports of another snapshot (an earlier transfer's, late) are
+    /// not about this one.
+    index: u64,
+    /// Ticks left for news; `None` once the follower started downloading (its transfer
+    /// reports the end).
+    ticks_left: Option<usize>,
+}
+
 /// How a snapshot sent to a follower is doing, as its transfer reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotProgress {
@@ -325,6 +336,8 @@ pub struct SetStats {
     pub snapshot_fetch_failures: u64,
     /// Snapshots sent whose follower gave no news in time (counted failed).
     pub snapshot_reports_timed_out: u64,
+    /// Reports on another snapshot than the one awaited from that follower (dropped).
+    pub snapshot_reports_stale: u64,
     /// Snapshot messages dropped because one was downloading for the group already.
     pub snapshots_ignored: u64,
     pub compactions: u64,
@@ -350,6 +363,7 @@ impl SetStats {
             snapshots_installed,
             snapshot_fetch_failures,
             snapshot_reports_timed_out,
+            snapshot_reports_stale,
             snapshots_ignored,
             compactions,
         } = *o;
@@ -369,6 +383,7 @@ impl SetStats {
         self.snapshots_installed += snapshots_installed;
         self.snapshot_fetch_failures += snapshot_fetch_failures;
         self.snapshot_reports_timed_out += snapshot_reports_timed_out;
+        self.snapshot_reports_stale += snapshot_reports_stale;
         self.snapshots_ignored += snapshots_ignored;
         self.compactions += compactions;
     }
@@ -397,7 +412,7 @@ pub struct GroupSet<S: LogStore> {
     snapshot_jobs: Vec<SnapshotJob>,
     /// Snapshots sent and streaming `(group, follower)`: ticks left for news (`None` once the
     /// follower started downloading: its transfer reports the end).
-    awaiting: BTreeMap<(u64, u64), Option<usize>>,
+    awaiting: BTreeMap<(u64, u64), Awaiting>,
     next_read_id: u64,
     stats: SetStats,
     metrics: Arc<ProposalMetrics>,
@@ -974,30 +989,51 @@ impl<S: LogStore> GroupSet<S> {
             // Dropped waiters read `Canceled`: the caller retries.
         }
         let mut expired = Vec::new();
-        for (&(group, to), left) in self.awaiting.iter_mut() {
-            if let Some(t) = left {
+        for (&(group, to), a) in self.awaiting.iter_mut() {
+            if let Some(t) = &mut a.ticks_left {
                 *t = t.saturating_sub(1);
                 if *t == 0 {
-                    expired.push((group, to));
+                    expired.push((group, to, a.index));
                 }
             }
         }
-        for (group, to) in expired {
+        for (group, to, index) in expired {
             log::warn!(
                 "group {group}: no news of the snapshot sent to node {to}; probing it again"
             );
             self.stats.snapshot_reports_timed_out += 1;
-            self.snapshot_report(group, to, SnapshotProgress::Failed);
+            self.snapshot_report(group, to, index, SnapshotProgress::Failed);
         }
         self.randomize_timeouts();
     }
 
-    /// What the transfer of a snapshot sent to `to` says (see [`SnapshotProgress`]).
-    pub fn snapshot_report(&mut self, group: u64, to: u64, progress: SnapshotProgress) {
+    /// What the transfer of the snapshot at `index` sent to `to` says (see
+    /// [`SnapshotProgress`]).
+    ///
+    /// A report may be about an earlier snapshot than the one awaited: a transfer given up on
+    /// (no news for [`SNAPSHOT_REPORT_TICKS`]) that ends after a newer snapshot was sent.
+    /// Once the newer one's transfer has started, that report says nothing of it and is
+    /// dropped (counted): ending the wait would have the leader probe a follower that is
+    /// downloading, and send it yet another snapshot. Before it started, the end of the
+    /// earlier transfer ends this wait too: a follower downloading one snapshot of a group
+    /// drops the next one's message, so no other news would come until the timeout.
+    pub fn snapshot_report(&mut self, group: u64, to: u64, index: u64, progress: SnapshotProgress) {
+        if let Some(a) = self.awaiting.get(&(group, to)) {
+            let newer_started = a.ticks_left.is_none();
+            if a.index != index && (newer_started || progress == SnapshotProgress::Started) {
+                log::info!(
+                    "group {group}: a report on the snapshot at {index} for node {to} came \
+                     while the one at {} is awaited; dropped",
+                    a.index
+                );
+                self.stats.snapshot_reports_stale += 1;
+                return;
+            }
+        }
         let status = match progress {
             SnapshotProgress::Started => {
-                if let Some(left) = self.awaiting.get_mut(&(group, to)) {
-                    *left = None;
+                if let Some(a) = self.awaiting.get_mut(&(group, to)) {
+                    a.ticks_left = None;
                 }
                 return;
             }
@@ -1402,8 +1438,11 @@ impl<S: LogStore> GroupSet<S> {
                     if net.streams_snapshots() {
                         // Reported by the follower's transfer (or counted failed after a
                         // while without news); no other snapshot of the group meanwhile.
-                        self.awaiting
-                            .insert((*group, m.to), Some(SNAPSHOT_REPORT_TICKS));
+                        let awaiting = Awaiting {
+                            index: m.get_snapshot().get_metadata().index,
+                            ticks_left: Some(SNAPSHOT_REPORT_TICKS),
+                        };
+                        self.awaiting.insert((*group, m.to), awaiting);
                         if let Some(g) = self.groups.get(group) {
                             g.log.set_sending_snapshot(true);
                         }
@@ -1800,6 +1839,45 @@ mod tests {
     use super::*;
     use raft::eraftpb::MessageType;
     use raft::storage::MemStorage;
+
+    #[test]
+    fn a_late_report_on_an_earlier_snapshot_ends_no_started_transfer() {
+        let mut set: GroupSet<crate::raft::mem_store::MemStore> =
+            GroupSet::new(1, GroupConfig::default(), 1);
+        let awaited = |set: &GroupSet<_>| set.awaiting.get(&(7, 3)).copied();
+        let waiting = |index, ticks_left| Awaiting { index, ticks_left };
+        // The snapshot at 40 was given up on (timed out); the one at 50 was sent since, and
+        // its transfer started.
+        set.awaiting
+            .insert((7, 3), waiting(50, Some(SNAPSHOT_REPORT_TICKS)));
+        set.snapshot_report(7, 3, 50, SnapshotProgress::Started);
+        assert_eq!(awaited(&set), Some(waiting(50, None)));
+        // The transfer of the one at 40 reports late: it says nothing of the one at 50.
+        for progress in [
+            SnapshotProgress::Started,
+            SnapshotProgress::Finished,
+            SnapshotProgress::Failed,
+        ] {
+            set.snapshot_report(7, 3, 40, progress);
+        }
+        assert_eq!(awaited(&set), Some(waiting(50, None)));
+        assert_eq!(set.stats().snapshot_reports_stale, 3);
+        set.snapshot_report(7, 3, 50, SnapshotProgress::Finished);
+        assert_eq!(awaited(&set), None);
+
+        // The one at 50 not started yet: the follower, downloading the one at 40, dropped
+        // it. A late `Started` of the one at 40 leaves the timer armed; its end ends the wait.
+        set.awaiting
+            .insert((7, 3), waiting(50, Some(SNAPSHOT_REPORT_TICKS)));
+        set.snapshot_report(7, 3, 40, SnapshotProgress::Started);
+        assert_eq!(
+            awaited(&set),
+            Some(waiting(50, Some(SNAPSHOT_REPORT_TICKS)))
+        );
+        set.snapshot_report(7, 3, 40, SnapshotProgress::Finished);
+        assert_eq!(awaited(&set), None);
+        assert_eq!(set.stats().snapshot_reports_stale, 4);
+    }
 
     /// Node 2 of voters {1, 2}, at term 3, its log ending at index 5.
     fn follower() -> raft::Raft<MemStorage> {

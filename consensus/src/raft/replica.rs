@@ -903,7 +903,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             })
             .detach();
         }
-        Cmd::SnapshotReport(r) => set.snapshot_report(r.group, r.to, r.progress),
+        Cmd::SnapshotReport(r) => set.snapshot_report(r.group, r.to, r.index, r.progress),
         Cmd::SnapshotDownloaded(d) => set.snapshot_downloaded(d.job, d.result, d.report),
         Cmd::Frame(frame) => {
             // A frame that decoded but does not fit this node was refused by the transport;

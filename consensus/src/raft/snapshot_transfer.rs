@@ -190,6 +190,8 @@ pub struct FilesRequest {
 pub struct ProgressReport {
     pub group: u64,
     pub to: u64,
+    /// The snapshot's point (the index in the follower's SNAP_REQUEST).
+    pub index: u64,
     pub progress: SnapshotProgress,
 }
 
@@ -436,6 +438,7 @@ async fn report(h: &RaftPeerHandler, shard: usize, req: &Request, progress: Snap
     let r = ProgressReport {
         group: req.group,
         to: req.from,
+        index: req.index,
         progress,
     };
     deliver_report(|r| h.engine.deliver(shard, Box::new(r)), r, shard).await;
@@ -925,6 +928,7 @@ mod tests {
             let r = ProgressReport {
                 group: 7,
                 to: 3,
+                index: 40,
                 progress,
             };
             // Refused 8 times (0.23 s of backoff), taken on the 9th offer, once.
@@ -945,6 +949,7 @@ mod tests {
         let started = ProgressReport {
             group: 7,
             to: 3,
+            index: 40,
             progress: SnapshotProgress::Started,
         };
         let (taken, offers, ok) = offer(started, vec![FULL]);
