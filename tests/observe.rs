@@ -201,8 +201,9 @@ fn metrics_count_a_known_workload() {
     assert!(get(&m, "proglog_raft_entries_applied_total") >= 16.0);
     assert!(get(&m, "proglog_raft_ready_rounds_total") >= get(&m, "proglog_raft_syncs_total"));
     assert!(get(&m, "proglog_raft_syncs_total") >= 1.0);
-    // A single node sends no Raft message.
+    // A single node sends no Raft message, and no snapshot.
     assert_eq!(get(&m, "proglog_raft_frames_sent_total"), 0.0);
+    assert_eq!(get(&m, "proglog_raft_snapshot_reports_stale_total"), 0.0);
     assert!(get(&m, "proglog_raft_term_max") >= 1.0);
 
     assert!(sum_of(&m, "proglog_connections_open") >= 1.0);

@@ -307,6 +307,11 @@ fn render_raft_loops(e: &mut Exposition, board: &consensus::raft::board::Board) 
             l.frames,
         ),
         (
+            "proglog_raft_snapshot_reports_stale_total",
+            "Reports on a snapshot sent earlier than the one awaited from that follower, dropped.",
+            l.snapshot_reports_stale,
+        ),
+        (
             "proglog_raft_heartbeats_merged_total",
             "Heartbeats and heartbeat answers sent in a frame's compact list, many groups' in one frame.",
             l.heartbeats_merged,
