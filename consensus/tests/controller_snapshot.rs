@@ -70,7 +70,9 @@ fn controller_dir(c: &Cluster, id: u64) -> std::path::PathBuf {
     engine::catalog::partition_dir(&c.root.join(format!("n{id}")), CONTROLLER_TOPIC, 0)
 }
 
-/// The segment data files of node `id`'s controller log: (base offset, file length).
+/// The segment data files of node `id`'s controller log: (base offset, file length). The
+/// node compacts its log meanwhile: a file deleted between the listing and its length is
+/// left out, as gone.
 fn segment_files(c: &Cluster, id: u64) -> Vec<(u64, u64)> {
     let mut files: Vec<(u64, u64)> = std::fs::read_dir(controller_dir(c, id))
         .expect("lists the controller's directory")
@@ -78,7 +80,11 @@ fn segment_files(c: &Cluster, id: u64) -> Vec<(u64, u64)> {
             let e = e.expect("a directory entry");
             let name = e.file_name().into_string().ok()?;
             let base = name.strip_suffix(".log")?.parse().ok()?;
-            Some((base, e.metadata().expect("metadata").len()))
+            match e.metadata() {
+                Ok(m) => Some((base, m.len())),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => panic!("metadata of {name}: {err}"),
+            }
         })
         .collect();
     files.sort();
