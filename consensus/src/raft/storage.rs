@@ -357,8 +357,9 @@ fn bootstrap_entries(cs: &ConfState) -> Vec<Entry> {
         .collect()
 }
 
-/// Why `store` (group `group`'s log) no longer holds what its group wrote, when its files say so at open (before
-/// the group could vote on a log that forgot its vote or entries it acknowledged):
+/// Why `store` (group `group`'s log) no longer holds what its group wrote, when its files
+/// say so at open (before the group could vote on a log that forgot its vote or entries it
+/// acknowledged):
 /// - no Raft metadata, in a log that a group opened before (it is not
 ///   [`unopened`](LogStore::unopened)): the metadata is written at a group's first open,
 ///   so it was deleted (with the vote it recorded);
