@@ -518,6 +518,11 @@ fn create_partition_dirs(data_dir: &Path, name: &str, partitions: &[u32]) -> Res
 /// kept from an earlier time the partition was held here: its mark is left as it is, and the
 /// open decides), true when it was made now.
 pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) -> Result<bool> {
+    // One creation at a time in this process: two threads making the same partition would
+    // share its `.creating` directory, the second removing it (a leftover, to it) while the
+    // first writes in it. Creations are rare and short (a few small files and syncs).
+    static CREATING: Mutex<()> = Mutex::new(());
+    let _one = CREATING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let topic = topic_dir(data_dir, name);
     std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
     let dir = partition_dir(data_dir, name, partition);
@@ -780,5 +785,38 @@ mod tests {
         assert!(create_partition_dir(data, "t", 2).expect("made"));
         assert!(has_partition_mark(&partition_dir(data, "t", 2), "t", 2).expect("mark"));
         assert!(!creating_dir(data, "t", 2).exists());
+    }
+
+    /// Threads making the same partition at once: exactly one makes it, the others find it
+    /// made, none fails, and nothing is left aside. Without the lock in
+    /// `create_partition_dir` a thread removes the `.creating` directory another is
+    /// writing in, and that one fails.
+    #[test]
+    fn threads_making_one_partition_at_once_make_it_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().to_path_buf();
+        for round in 0..40u32 {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let made: Vec<Result<bool>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..6)
+                    .map(|_| {
+                        let (data, start) = (&data, start.clone());
+                        s.spawn(move || {
+                            start.wait();
+                            create_partition_dir(data, "t", round)
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("thread")).collect()
+            });
+            let made: Vec<bool> = made
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|e| panic!("round {round}: {e}")))
+                .collect();
+            assert_eq!(made.iter().filter(|m| **m).count(), 1, "round {round}: {made:?}");
+            let dir = partition_dir(&data, "t", round);
+            assert!(has_partition_mark(&dir, "t", round).expect("mark"), "round {round}");
+            assert!(!creating_dir(&data, "t", round).exists(), "round {round}");
+        }
     }
 }
