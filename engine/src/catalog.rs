@@ -522,7 +522,9 @@ pub(crate) fn create_partition_dir(data_dir: &Path, name: &str, partition: u32) 
     // share its `.creating` directory, the second removing it (a leftover, to it) while the
     // first writes in it. Creations are rare and short (a few small files and syncs).
     static CREATING: Mutex<()> = Mutex::new(());
-    let _one = CREATING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = CREATING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let topic = topic_dir(data_dir, name);
     std::fs::create_dir_all(&topic).map_err(|e| Error::io("creating", &topic, e))?;
     let dir = partition_dir(data_dir, name, partition);
@@ -813,9 +815,16 @@ mod tests {
                 .into_iter()
                 .map(|r| r.unwrap_or_else(|e| panic!("round {round}: {e}")))
                 .collect();
-            assert_eq!(made.iter().filter(|m| **m).count(), 1, "round {round}: {made:?}");
+            assert_eq!(
+                made.iter().filter(|m| **m).count(),
+                1,
+                "round {round}: {made:?}"
+            );
             let dir = partition_dir(&data, "t", round);
-            assert!(has_partition_mark(&dir, "t", round).expect("mark"), "round {round}");
+            assert!(
+                has_partition_mark(&dir, "t", round).expect("mark"),
+                "round {round}"
+            );
             assert!(!creating_dir(&data, "t", round).exists(), "round {round}");
         }
     }
