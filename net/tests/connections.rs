@@ -444,3 +444,69 @@ fn invalid_hpack_closes_only_its_connection() {
 fn goaway_codes_of(s: std::net::TcpStream) -> Vec<u32> {
     goaways_until_close(s, Duration::from_secs(20))
 }
+
+/// Connections are spread evenly over a pool's executors, whatever the kernel's
+/// SO_REUSEPORT hash picks: sixteen connections opened one after another and kept open land
+/// eight and eight (the hash alone gives that split one time in five), and the ones a
+/// balancer hands to another executor are served there, calls and all.
+#[test]
+fn a_pool_spreads_connections_evenly_over_its_executors() {
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", port.port).parse().unwrap();
+    let shutdown = net::Shutdown::new();
+    let make_router = || {
+        net::server::Router::new().unary("/test.Who/Executor", |_req| async move {
+            let id = glommio::executor().id();
+            Ok(net::server::Response::new(Bytes::from(id.to_string())))
+        })
+    };
+    let pool = net::server::spawn_pool(
+        2,
+        addr,
+        ServerConfig::default(),
+        make_router,
+        shutdown.clone(),
+    )
+    .unwrap();
+    let served_by = run(async move {
+        let mut channels = Vec::new();
+        let mut served_by = std::collections::BTreeMap::<String, usize>::new();
+        for i in 0..16 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let ch = loop {
+                match Channel::connect(addr, ClientConfig::default()).await {
+                    Ok(ch) => break ch,
+                    // The pool's listeners may still be binding.
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("connection {i}: {e}"),
+                }
+            };
+            let who = ch
+                .unary("/test.Who/Executor", b(""), CallOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            *served_by
+                .entry(String::from_utf8_lossy(&who).into_owned())
+                .or_default() += 1;
+            channels.push(ch);
+        }
+        // Every connection still answers from where it is served.
+        for ch in &channels {
+            ch.unary("/test.Who/Executor", b(""), CallOptions::default())
+                .await
+                .unwrap();
+        }
+        served_by
+    });
+    shutdown.trigger();
+    pool.join().unwrap();
+    let counts: Vec<usize> = served_by.values().copied().collect();
+    assert_eq!(
+        counts,
+        vec![8, 8],
+        "connections per executor: {served_by:?}"
+    );
+}

@@ -732,7 +732,7 @@ fn render_rpc(e: &mut Exposition, rpc: &RpcMetrics) {
         e,
         "proglog_connections_open",
         Kind::Gauge,
-        "Client connections open, by the shard that accepted them.",
+        "Client connections open, by the shard serving them.",
         &|i| rpc.shard(i).connections_open.load(Relaxed) as f64,
     );
     per_shard(
@@ -741,6 +741,16 @@ fn render_rpc(e: &mut Exposition, rpc: &RpcMetrics) {
         Kind::Counter,
         "Client connections accepted and served, by shard.",
         &|i| rpc.shard(i).connections_total.load(Relaxed) as f64,
+    );
+    e.family(
+        "proglog_connections_moved_total",
+        Kind::Counter,
+        "Client connections handed from the shard that accepted them to one serving fewer.",
+    );
+    e.sample(
+        "proglog_connections_moved_total",
+        &[],
+        rpc.balancer.moved() as f64,
     );
     per_shard(
         e,

@@ -45,6 +45,8 @@ pub struct RpcMetrics {
     methods: Vec<String>,
     index: HashMap<String, usize>,
     shards: Vec<CachePadded<ShardRpc>>,
+    /// Where the shards' servers place connections (they share it); read for the moves.
+    pub balancer: std::sync::Arc<net::server::Balancer>,
 }
 
 /// One method's totals over every shard.
@@ -84,6 +86,7 @@ impl RpcMetrics {
             methods,
             index,
             shards: (0..shards.max(1)).map(|_| shard()).collect(),
+            balancer: net::server::Balancer::new(shards.max(1)),
         }
     }
 

@@ -552,7 +552,8 @@ fn serve_until_signal(
     }
 }
 
-/// What a shard's server needs to report its calls.
+/// What a shard's server needs to report its calls (and, in the metrics, the connection
+/// balancer every shard's server shares).
 struct ShardObserve {
     rpc: Arc<RpcMetrics>,
     slow: Option<Duration>,
@@ -589,10 +590,13 @@ fn spawn_server(
                         }
                     };
                     let _ = bound.send(Event::Bound(shard, Ok(())));
+                    let balancer = observe.rpc.balancer.clone();
                     let observer = ShardObserver::new(observe.rpc, shard, observe.slow);
                     // Built here, on the shard: the router's seam objects are this shard's.
                     let router = router(&ShardState::new(&state));
-                    let server = Server::new(config, router).with_observer(Rc::new(observer));
+                    let server = Server::new(config, router)
+                        .with_observer(Rc::new(observer))
+                        .with_balancer(balancer, shard);
                     Ok(server
                         .serve_listener(listener, shutdown)
                         .await

@@ -28,6 +28,7 @@
 //! pool.join().unwrap();
 //! ```
 
+mod balance;
 mod call;
 mod conn;
 mod metered;
@@ -46,6 +47,7 @@ use glommio::sync::Gate;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+pub use balance::Balancer;
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
 
 use crate::limits;
@@ -54,6 +56,7 @@ use crate::observe::CallObserver;
 use crate::ratelog::conn_log;
 use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown, Status};
+use balance::Placed;
 use conn::ConnShared;
 use registry::{Admit, ConnState, Registry, Slot};
 use transport::{REPLICATION_BYTE, TLS_HANDSHAKE_BYTE};
@@ -150,6 +153,8 @@ pub struct Server {
     router: Rc<Router>,
     connections: Rc<Registry>,
     observer: Option<Rc<dyn CallObserver>>,
+    /// The balancer shared with the other executors, and this executor's number in it.
+    balance: Option<(Arc<Balancer>, usize)>,
 }
 
 impl Server {
@@ -159,7 +164,17 @@ impl Server {
             router: Rc::new(router),
             connections: Rc::new(Registry::default()),
             observer: None,
+            balance: None,
         }
+    }
+
+    /// Spreads accepted connections over the executors sharing `balancer` (see
+    /// [`Balancer`]); this executor is number `executor` in it. Every executor of the server
+    /// must take part and serve, or connections handed to one that does not are never
+    /// served until shutdown.
+    pub fn with_balancer(mut self, balancer: Arc<Balancer>, executor: usize) -> Server {
+        self.balance = Some((balancer, executor));
+        self
     }
 
     /// Reports this executor's connections and calls to `observer` (metrics, call logs),
@@ -198,6 +213,32 @@ impl Server {
         let local = listener.local_addr().ok();
         log::info!("serving gRPC on {}", crate::show_peer(&local));
         let gate = Gate::new();
+        if let Some(inbox) = self.balance.as_ref().and_then(|(b, i)| b.inbox(*i)) {
+            let this = self.clone();
+            let (stop, gate2) = (shutdown.clone(), gate.clone());
+            let receiving = async move {
+                loop {
+                    let next =
+                        futures_lite::future::or(async { Some(inbox.next().await) }, async {
+                            stop.wait().await;
+                            None
+                        })
+                        .await;
+                    let Some((stream, peer, placed)) = next else {
+                        break;
+                    };
+                    if this
+                        .start_connection(stream, peer, Some(placed), &stop, &gate2)
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            };
+            // Spawned outside the gate: it ends with the shutdown signal, and the
+            // connections it starts are the gate's.
+            glommio::spawn_local(receiving).detach();
+        }
         let result = loop {
             let accepted =
                 futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -218,35 +259,18 @@ impl Server {
                 }
             };
             let peer = stream.peer_addr().ok();
-            let limit = self.config.max_connections_per_shard;
-            // Counted now, not when the task first runs, so that a burst of accepts cannot
-            // overshoot the limit.
-            let slot = match self.connections.admit(limit, self.reset_burst()) {
-                Admit::Yes(slot, evicted) => {
-                    if let Some(idle) = evicted {
-                        conn_log!(
-                            log::Level::Info,
-                            "conn-evicted",
-                            "{limit} connections open on this shard: closing the one idle the longest ({idle:?}) to accept {peer:?}"
-                        );
-                    }
-                    slot
-                }
-                Admit::Full => {
-                    conn_log!(
-                        log::Level::Warn,
-                        "conn-refused",
-                        "refusing connection from {peer:?}: {limit} connections open on this shard, all running calls"
-                    );
-                    drop(stream);
-                    continue;
-                }
+            let (stream, placed) = match &self.balance {
+                None => (stream, None),
+                Some((balancer, here)) => match balancer.route(*here, stream, peer) {
+                    Ok((stream, placed)) => (stream, Some(placed)),
+                    // Handed to another executor.
+                    Err(()) => continue,
+                },
             };
-            if let Err(e) = stream.set_nodelay(true) {
-                log::debug!("set_nodelay for {peer:?}: {e}");
-            }
-            let fut = self.connection_task(stream, peer, shutdown.clone(), slot);
-            if gate.spawn(fut).map(|t| t.detach()).is_err() {
+            if self
+                .start_connection(stream, peer, placed, &shutdown, &gate)
+                .is_err()
+            {
                 break Ok(());
             }
         };
@@ -255,6 +279,51 @@ impl Server {
         let _ = gate.close().await;
         log::info!("gRPC server on {} stopped", crate::show_peer(&local));
         result
+    }
+
+    /// Counts and starts an accepted connection (refused when the executor is full of busy
+    /// ones). `Err` when the server stopped taking connections.
+    fn start_connection(
+        &self,
+        stream: TcpStream,
+        peer: Option<SocketAddr>,
+        placed: Option<Placed>,
+        shutdown: &Shutdown,
+        gate: &Gate,
+    ) -> Result<(), ()> {
+        let limit = self.config.max_connections_per_shard;
+        // Counted now, not when the task first runs, so that a burst of accepts cannot
+        // overshoot the limit.
+        let slot = match self.connections.admit(limit, self.reset_burst()) {
+            Admit::Yes(slot, evicted) => {
+                if let Some(idle) = evicted {
+                    conn_log!(
+                        log::Level::Info,
+                        "conn-evicted",
+                        "{limit} connections open on this shard: closing the one idle the longest ({idle:?}) to accept {peer:?}"
+                    );
+                }
+                slot
+            }
+            Admit::Full => {
+                conn_log!(
+                    log::Level::Warn,
+                    "conn-refused",
+                    "refusing connection from {peer:?}: {limit} connections open on this shard, all running calls"
+                );
+                drop(stream);
+                return Ok(());
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("set_nodelay for {peer:?}: {e}");
+        }
+        let fut = self.connection_task(stream, peer, shutdown.clone(), (slot, placed));
+        gate.spawn(fut)
+            .map(|t| {
+                t.detach();
+            })
+            .map_err(|_| ())
     }
 
     /// Serves one already-accepted connection: the seam for transports
@@ -471,7 +540,7 @@ impl Server {
         stream: TcpStream,
         peer: Option<SocketAddr>,
         shutdown: Shutdown,
-        slot: Slot,
+        (slot, placed): (Slot, Option<Placed>),
     ) -> impl std::future::Future<Output = ()> + 'static {
         let this = self.clone();
         async move {
@@ -483,6 +552,7 @@ impl Server {
                 Err(e) => conn_log!(log::Level::Info, &e.log_kind(), "{e}"),
             }
             drop(slot);
+            drop(placed);
             if let Some(o) = &this.observer {
                 o.connection_closed(peer);
             }
@@ -522,7 +592,8 @@ impl ServerPool {
 }
 
 /// Starts `executors` glommio executors (unpinned), each serving `addr`
-/// with its own SO_REUSEPORT listener and its own router from `make_router`.
+/// with its own SO_REUSEPORT listener and its own router from `make_router`,
+/// connections spread evenly over them (see [`Balancer`]).
 pub fn spawn_pool<F>(
     executors: usize,
     addr: SocketAddr,
@@ -533,10 +604,14 @@ pub fn spawn_pool<F>(
 where
     F: Fn() -> Router + Send + Sync + Clone + 'static,
 {
+    let balancer = Balancer::new(executors);
+    let numbers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handles =
         glommio::LocalExecutorPoolBuilder::new(glommio::PoolPlacement::Unbound(executors))
             .on_all_shards(move || async move {
+                let me = numbers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Server::new(config, make_router())
+                    .with_balancer(balancer, me)
                     .serve(addr, shutdown)
                     .await
             })
