@@ -1,6 +1,7 @@
 //! Connections against the real binary, through its flags: a flood of connections that only
 //! send the HTTP/2 preface does not lock a new client out, handshakes show in the connection
-//! gauge, and a flood of handshake timeouts writes a few log lines, not one per connection.
+//! gauge, a flood of handshake timeouts writes a few log lines, not one per connection, and a
+//! client's connections are spread evenly over the shards.
 
 use crate::common;
 
@@ -11,6 +12,15 @@ use common::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// A per-shard metric's samples, by shard.
+fn per_shard(s: &TestServer, name: &str) -> Vec<f64> {
+    let (_, body) = http_get(s.admin_addr(), "/metrics").expect("scrape");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect()
+}
 
 /// The sum of a per-shard gauge's samples.
 fn gauge_sum(s: &TestServer, name: &str) -> f64 {
@@ -81,4 +91,47 @@ fn idle_floods_neither_lock_clients_out_nor_flood_the_log() {
         "{lines} log lines for 80 connections of the same kinds:\n{log}"
     );
     produce(&ch, "", 0, "still").expect("still served");
+}
+
+/// Ten connections opened one after another, each making a call and staying open, are
+/// served five by each of the two shards, whichever shard the kernel's SO_REUSEPORT hash gave
+/// each (it gives five and five about one time in four); the moves show in a counter.
+#[test]
+fn a_clients_connections_are_spread_evenly_over_the_shards() {
+    let s = TestServer::start();
+    // Placement counts the connections open when each arrives: start from none (the start-up
+    // readiness check's connection closes by itself).
+    let until = Instant::now() + Duration::from_secs(10);
+    while gauge_sum(&s, "proglog_connections_open") != 0.0 {
+        assert!(
+            Instant::now() < until,
+            "the readiness connection never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let channels: Vec<_> = (0..10)
+        .map(|i| {
+            let ch = s.channel();
+            produce(&ch, "", 0, &format!("record {i}")).expect("produce");
+            ch
+        })
+        .collect();
+    // Each connection is counted from accept, and the call made on it was answered: the ten
+    // are all counted by now; waiting only covers the gauge's own update.
+    let until = Instant::now() + Duration::from_secs(10);
+    let open = loop {
+        let open = per_shard(&s, "proglog_connections_open");
+        if open.iter().sum::<f64>() == 10.0 || Instant::now() > until {
+            break open;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(open, vec![5.0, 5.0], "connections open per shard");
+    let (_, body) = http_get(s.admin_addr(), "/metrics").expect("scrape");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("proglog_connections_moved_total ")),
+        "no moves counter in the metrics"
+    );
+    drop(channels);
 }
