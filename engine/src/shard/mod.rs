@@ -630,14 +630,19 @@ fn spawn_retention(ctx: &Rc<ShardCtx>, every: std::time::Duration) {
     .detach();
 }
 
-/// The shard that owns a partition: a stable hash of topic and partition.
+/// The shard that owns a partition: a topic's partitions take the shards in turn, from one
+/// a stable hash of the topic picks (`(crc32c(topic) + partition) mod shards`), so that a
+/// topic of N partitions puts N / shards of them on every shard, give or take one, and
+/// single-partition topics spread by their names. (A hash of topic and partition together
+/// put both partitions of a two-partition topic on one shard half the time.) Ownership is
+/// computed, never stored: a change of `--shards`, or of this rule, moves partitions
+/// between shards at the next start, which the data directory does not mind.
 pub fn owner(topic: &str, partition: u32, shards: usize) -> usize {
     if topic == crate::CONTROLLER_TOPIC {
         return 0;
     }
-    let mut h = crc32c::crc32c(topic.as_bytes());
-    h = crc32c::crc32c_append(h, &partition.to_le_bytes());
-    (h as usize) % shards.max(1)
+    let first = u64::from(crc32c::crc32c(topic.as_bytes()));
+    ((first + u64::from(partition)) % shards.max(1) as u64) as usize
 }
 
 /// Where shard `i` runs: on the i-th CPU of the cpuset (of the process's affinity mask when
@@ -668,5 +673,46 @@ fn placement(
             })?;
             Ok(Placement::Fenced(online.filter(|l| set.contains(&l.cpu))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner;
+
+    #[test]
+    fn a_topics_partitions_take_the_shards_in_turn() {
+        for shards in 1..=8usize {
+            for topic in [
+                "default",
+                "two",
+                "events",
+                "orders",
+                "t",
+                "a-much-longer-name",
+            ] {
+                for partitions in [1u32, 2, 3, 7, 16, 100] {
+                    let mut per_shard = vec![0u32; shards];
+                    for p in 0..partitions {
+                        per_shard[owner(topic, p, shards)] += 1;
+                    }
+                    let (lo, hi) = (per_shard.iter().min(), per_shard.iter().max());
+                    let (Some(lo), Some(hi)) = (lo, hi) else {
+                        unreachable!("at least one shard")
+                    };
+                    assert!(
+                        hi - lo <= 1,
+                        "{topic} with {partitions} partitions on {shards} shards: {per_shard:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_controller_is_on_shard_zero_and_one_shard_owns_everything() {
+        assert_eq!(owner(crate::CONTROLLER_TOPIC, 0, 4), 0);
+        assert_eq!(owner("anything", 5, 1), 0);
+        assert_eq!(owner("anything", 5, 0), 0);
     }
 }

@@ -86,7 +86,13 @@ pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
     )];
     for (name, t) in &s.topics {
         for (p, e) in t.partitions.iter().enumerate() {
-            let placed: Vec<(u64, u32)> = e.replicas.iter().map(|r| (r.node, r.shard)).collect();
+            // Each replica's shard as its node's engine computes it now (the shard stored at
+            // placement predates any change of the node's `--shards` or of the rule).
+            let placed: Vec<(u64, u32)> = e
+                .replicas
+                .iter()
+                .map(|r| (r.node, s.replica_on(name, p as u32, r.node).shard))
+                .collect();
             let view = board.get(group_id(&PartitionId::new(name.as_str(), p as u32)));
             partitions.push(partition(
                 name,
