@@ -216,6 +216,32 @@ fn tls_without_client_certificates() {
     let (ok, out, err) = run_cli_raw(&["produce", "--addr", &addr, "--tls-ca-file", &ca, "v"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), (off + 1).to_string());
+
+    // A connection handed from the shard that accepted it to one serving fewer does its TLS
+    // handshake there: open connections, each kept open (so the shards' counts differ) and
+    // used, until one has moved.
+    let moved = || {
+        let (_, body) = http_get(s.admin_addr(), "/metrics").expect("scrape");
+        body.lines()
+            .find_map(|l| l.strip_prefix("proglog_connections_moved_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("proglog_connections_moved_total in the metrics")
+    };
+    let before = moved();
+    let mut held = vec![ch];
+    for i in 0..40 {
+        let c = s.channel();
+        produce(&c, "", 0, &format!("over tls {i}")).expect("produce on a new connection");
+        held.push(c);
+        if moved() > before {
+            break;
+        }
+    }
+    assert!(
+        moved() > before,
+        "no connection moved between shards in {} connections",
+        held.len() - 1
+    );
 }
 
 fn run_cli_raw(args: &[&str]) -> (bool, String, String) {
