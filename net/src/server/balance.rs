@@ -8,7 +8,9 @@
 //! accepts a connection while another serves fewer connections than it does hands the socket
 //! over (its descriptor, through a bounded channel, waking the other executor), and the other
 //! serves it as if it had accepted it. The counts are shared atomics: two executors deciding
-//! at once may both move or both keep, which leaves them one apart at worst.
+//! at once may both move or both keep, which leaves them one apart at worst. Connections go
+//! only to executors whose servers run (from the moment each takes its inbox until it stops),
+//! so none waits in the inbox of one that has not started, failed to bind or stopped.
 //!
 //! A connection is counted on the executor that serves it from accept until its task ends
 //! ([`Placed`]), handshakes included, so a client holding idle connections open weighs as
@@ -16,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
@@ -38,6 +40,9 @@ pub struct Balancer {
 struct Shard {
     /// Connections this executor serves or has been handed and not yet started.
     conns: AtomicUsize,
+    /// Set while the executor takes hand-overs (its [`Inbox`] exists): from the start of its
+    /// server to the end. Connections go only to executors that serve.
+    serving: AtomicBool,
     tx: Sender<Handoff>,
     /// Taken by the executor when it starts serving (see [`Balancer::inbox`]).
     rx: Mutex<Option<Receiver<Handoff>>>,
@@ -92,6 +97,7 @@ impl Balancer {
                 let (tx, rx) = channel::bounded(INBOX_CAPACITY);
                 CachePadded::new(Shard {
                     conns: AtomicUsize::new(0),
+                    serving: AtomicBool::new(false),
                     tx,
                     rx: Mutex::new(Some(rx)),
                     waker: AtomicWaker::new(),
@@ -126,6 +132,7 @@ impl Balancer {
     pub(crate) fn inbox(self: &Arc<Self>, shard: usize) -> Option<Inbox> {
         let s = self.shards.get(shard)?;
         let rx = s.rx.lock().ok()?.take()?;
+        s.serving.store(true, Ordering::Release);
         Some(Inbox {
             balancer: self.clone(),
             shard,
@@ -142,6 +149,7 @@ impl Balancer {
             .shards
             .iter()
             .enumerate()
+            .filter(|(i, s)| *i == here || s.serving.load(Ordering::Acquire))
             .map(|(i, s)| (i, s.conns.load(Ordering::Relaxed)))
             .min_by_key(|&(i, n)| (n, i != here))
             .unwrap_or((here, mine));
@@ -240,11 +248,11 @@ impl Drop for Inbox {
     /// Closes the connections waiting (shutdown). Once the receiver is gone, hand-overs to
     /// this executor fail and the accepting executor serves them itself.
     fn drop(&mut self) {
+        let shard = &self.balancer.shards[self.shard];
+        shard.serving.store(false, Ordering::Release);
         while let Ok(h) = self.rx.try_recv() {
             drop(h);
-            self.balancer.shards[self.shard]
-                .conns
-                .fetch_sub(1, Ordering::Relaxed);
+            shard.conns.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -257,9 +265,15 @@ mod tests {
         b.connections()
     }
 
+    /// Every executor's inbox, as their servers take them when they start.
+    fn serving(b: &Arc<Balancer>) -> Vec<Inbox> {
+        (0..b.executors()).filter_map(|i| b.inbox(i)).collect()
+    }
+
     #[test]
     fn placement_keeps_executors_within_one_of_each_other() {
         let b = Balancer::new(3);
+        let _inboxes = serving(&b);
         let mut held = Vec::new();
         // Every connection accepted on executor 0, as a hash could well do.
         for _ in 0..9 {
@@ -286,6 +300,26 @@ mod tests {
         let p: Vec<_> = (0..5).map(|_| b.place(0)).collect();
         assert!(p.iter().all(|p| p.shard == 0));
         assert_eq!(counts(&b), vec![5]);
+    }
+
+    #[test]
+    fn connections_go_only_to_executors_that_serve() {
+        let b = Balancer::new(3);
+        // Executor 2 has not started serving (or failed to): nothing is placed on it.
+        let (i0, i1) = (b.inbox(0), b.inbox(1));
+        let held: Vec<_> = (0..6).map(|_| b.place(0)).collect();
+        assert_eq!(counts(&b), vec![3, 3, 0]);
+        // Executor 1 stops serving: nothing more goes to it, though it serves fewer.
+        drop(i1);
+        let more: Vec<_> = (0..3).map(|_| b.place(0)).collect();
+        assert_eq!(counts(&b), vec![6, 3, 0]);
+        let last = b.place(2);
+        assert_eq!(
+            last.shard, 2,
+            "the accepting executor always counts as a candidate"
+        );
+        drop((held, more, last, i0));
+        assert_eq!(counts(&b), vec![0, 0, 0]);
     }
 
     #[test]
