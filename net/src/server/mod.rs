@@ -169,9 +169,8 @@ impl Server {
     }
 
     /// Spreads accepted connections over the executors sharing `balancer` (see
-    /// [`Balancer`]); this executor is number `executor` in it. Every executor of the server
-    /// must take part and serve, or connections handed to one that does not are never
-    /// served until shutdown.
+    /// [`Balancer`]); this executor is number `executor` in it, and takes connections from
+    /// the others while [`serve`](Self::serve) runs.
     pub fn with_balancer(mut self, balancer: Arc<Balancer>, executor: usize) -> Server {
         self.balance = Some((balancer, executor));
         self
