@@ -101,14 +101,10 @@ fn a_clients_connections_are_spread_evenly_over_the_shards() {
     let s = TestServer::start();
     // Placement counts the connections open when each arrives: start from none (the start-up
     // readiness check's connection closes by itself).
-    let until = Instant::now() + Duration::from_secs(10);
-    while gauge_sum(&s, "proglog_connections_open") != 0.0 {
-        assert!(
-            Instant::now() < until,
-            "the readiness connection never closed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let none_open = wait_for(Duration::from_secs(10), || {
+        (gauge_sum(&s, "proglog_connections_open") == 0.0).then_some(())
+    });
+    assert!(none_open.is_some(), "the readiness connection never closed");
     let channels: Vec<_> = (0..10)
         .map(|i| {
             let ch = s.channel();
@@ -118,14 +114,11 @@ fn a_clients_connections_are_spread_evenly_over_the_shards() {
         .collect();
     // Each connection is counted from accept, and the call made on it was answered: the ten
     // are all counted by now; waiting only covers the gauge's own update.
-    let until = Instant::now() + Duration::from_secs(10);
-    let open = loop {
+    let open = wait_for(Duration::from_secs(10), || {
         let open = per_shard(&s, "proglog_connections_open");
-        if open.iter().sum::<f64>() == 10.0 || Instant::now() > until {
-            break open;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        (open.iter().sum::<f64>() == 10.0).then_some(open)
+    })
+    .unwrap_or_else(|| per_shard(&s, "proglog_connections_open"));
     assert_eq!(open, vec![5.0, 5.0], "connections open per shard");
     let (_, body) = http_get(s.admin_addr(), "/metrics").expect("scrape");
     assert!(

@@ -6,7 +6,7 @@ use crate::common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use http::HeaderValue;
@@ -247,18 +247,6 @@ fn health(addr: SocketAddr) -> Option<i32> {
         )
         .ok()?;
     Some(r.status)
-}
-
-/// Polls `f` every 5 ms until it returns `Some`, for at most `within`.
-fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
 }
 
 #[test]

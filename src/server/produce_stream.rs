@@ -160,15 +160,10 @@ async fn send_offsets(
     sink: &ResponseSink,
     offsets: std::ops::RangeInclusive<u64>,
 ) -> Result<(), Status> {
-    // A response is a tag and a varint (at most 11 bytes) after its 5-byte frame header.
-    let count = offsets
-        .end()
-        .saturating_sub(*offsets.start())
-        .saturating_add(1);
-    let bytes = usize::try_from(count)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(16);
-    let mut frames = FrameBuilder::with_capacity(bytes.min(1 << 20), sink.max_send_bytes());
+    // A response is a tag and a varint (at most 11 bytes) after its 5-byte frame header; a
+    // batch holds at most PRODUCE_STREAM_MAX_IN_FLIGHT records.
+    let records = offsets.end().saturating_sub(*offsets.start()) as usize + 1;
+    let mut frames = FrameBuilder::with_capacity(16 * records, sink.max_send_bytes());
     for offset in offsets {
         frames.push(&ProduceResponse { offset })?;
     }

@@ -493,3 +493,15 @@ pub fn reflect(
         }
     })
 }
+
+/// Polls `f` every 5 ms until it returns `Some`, for at most `within`.
+pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}

@@ -110,11 +110,6 @@ impl Balancer {
         })
     }
 
-    /// How many executors it spreads over.
-    pub fn executors(&self) -> usize {
-        self.shards.len()
-    }
-
     /// Each executor's connection count.
     pub fn connections(&self) -> Vec<usize> {
         self.shards
@@ -261,13 +256,9 @@ impl Drop for Inbox {
 mod tests {
     use super::*;
 
-    fn counts(b: &Arc<Balancer>) -> Vec<usize> {
-        b.connections()
-    }
-
     /// Every executor's inbox, as their servers take them when they start.
     fn serving(b: &Arc<Balancer>) -> Vec<Inbox> {
-        (0..b.executors()).filter_map(|i| b.inbox(i)).collect()
+        (0..b.shards.len()).filter_map(|i| b.inbox(i)).collect()
     }
 
     #[test]
@@ -279,19 +270,19 @@ mod tests {
         for _ in 0..9 {
             held.push(b.place(0));
         }
-        assert_eq!(counts(&b), vec![3, 3, 3]);
+        assert_eq!(b.connections(), vec![3, 3, 3]);
         // Ties stay where they were accepted.
         held.push(b.place(2));
-        assert_eq!(counts(&b), vec![3, 3, 4]);
+        assert_eq!(b.connections(), vec![3, 3, 4]);
         // Closing connections frees their counts; the next ones fill the gap.
         held.retain(|p| p.shard != 1);
-        assert_eq!(counts(&b), vec![3, 0, 4]);
+        assert_eq!(b.connections(), vec![3, 0, 4]);
         held.push(b.place(2));
         held.push(b.place(0));
         held.push(b.place(0));
-        assert_eq!(counts(&b), vec![3, 3, 4]);
+        assert_eq!(b.connections(), vec![3, 3, 4]);
         drop(held);
-        assert_eq!(counts(&b), vec![0, 0, 0]);
+        assert_eq!(b.connections(), vec![0, 0, 0]);
     }
 
     #[test]
@@ -299,7 +290,7 @@ mod tests {
         let b = Balancer::new(1);
         let p: Vec<_> = (0..5).map(|_| b.place(0)).collect();
         assert!(p.iter().all(|p| p.shard == 0));
-        assert_eq!(counts(&b), vec![5]);
+        assert_eq!(b.connections(), vec![5]);
     }
 
     #[test]
@@ -308,18 +299,18 @@ mod tests {
         // Executor 2 has not started serving (or failed to): nothing is placed on it.
         let (i0, i1) = (b.inbox(0), b.inbox(1));
         let held: Vec<_> = (0..6).map(|_| b.place(0)).collect();
-        assert_eq!(counts(&b), vec![3, 3, 0]);
+        assert_eq!(b.connections(), vec![3, 3, 0]);
         // Executor 1 stops serving: nothing more goes to it, though it serves fewer.
         drop(i1);
         let more: Vec<_> = (0..3).map(|_| b.place(0)).collect();
-        assert_eq!(counts(&b), vec![6, 3, 0]);
+        assert_eq!(b.connections(), vec![6, 3, 0]);
         let last = b.place(2);
         assert_eq!(
             last.shard, 2,
             "the accepting executor always counts as a candidate"
         );
         drop((held, more, last, i0));
-        assert_eq!(counts(&b), vec![0, 0, 0]);
+        assert_eq!(b.connections(), vec![0, 0, 0]);
     }
 
     #[test]
