@@ -451,6 +451,58 @@ fn clean_leave_is_left_not_down() {
     assert!(sim.all_see(&[i], MemberState::Left), "seed {seed}");
 }
 
+/// A member cut off while a node leaves (so it misses every copy of the announcement that
+/// foca's bounded transmissions carry) still lists the node left once it is back: those that
+/// know re-announce the departure for a while.
+#[test]
+fn a_member_cut_off_during_a_leave_learns_it_afterwards() {
+    let seed = seed_for("a_member_cut_off_during_a_leave_learns_it_afterwards");
+    let mut sim = Sim::new(seed, 5, None);
+    converge(&mut sim);
+    sim.net.group = vec![0, 0, 0, 1, 0];
+    let i = 4;
+    let mut fx = Effects::default();
+    let now = sim.now;
+    sim.nodes[i]
+        .core
+        .as_mut()
+        .unwrap()
+        .start_leave(now, &mut fx);
+    sim.apply(i, fx);
+    for _ in 0..2 {
+        sim.run_for(sim.config.gossip_interval);
+        let mut fx = Effects::default();
+        let now = sim.now;
+        sim.nodes[i].core.as_mut().unwrap().gossip(now, &mut fx);
+        sim.apply(i, fx);
+    }
+    let mut fx = Effects::default();
+    let now = sim.now;
+    sim.nodes[i]
+        .core
+        .as_mut()
+        .unwrap()
+        .finish_leave(now, &mut fx);
+    sim.apply(i, fx);
+    sim.run_for(Duration::from_millis(100));
+    sim.crash(i);
+    // Long enough for every member's transmissions of the announcement to be spent.
+    sim.run_for(Duration::from_secs(3));
+    assert!(
+        sim.sees(3, i).map(|v| v.0) != Some(MemberState::Left),
+        "seed {seed}: node 3 heard of the leave while cut off"
+    );
+    sim.net.group = vec![0; 5];
+    let limit = sim.deadline(Duration::from_secs(20));
+    sim.run_until(limit, |s| s.all_see(&[i], MemberState::Left))
+        .unwrap_or_else(|| {
+            panic!(
+                "seed {seed}: node 3 lists node 4 {:?}, not left",
+                sim.sees(3, i)
+            )
+        });
+}
+
 #[test]
 fn partition_heals_into_one_view() {
     let seed = seed_for("partition_heals_into_one_view");

@@ -166,12 +166,20 @@ const LEFT_BYTES: usize = 1 + 16 + 8 + 4;
 /// The runs that announced they are leaving, shared with foca's broadcast handler.
 type LeftRuns = Rc<RefCell<HashMap<NodeId, (u64, u32)>>>;
 
-fn left_message(id: &NodeIdentity) -> Vec<u8> {
+/// How often, and for how long after learning of it, a member re-announces a departure.
+/// foca hands a broadcast to a few members a few times; each member that learns it passes it
+/// on once. A member that lost every copy (5% loss, membership_sim seed 9010) listed the
+/// leaver down for ever. Everyone that knows re-announcing it for a while closes that gap,
+/// at 29 bytes per piggybacked copy.
+const LEFT_REANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+const LEFT_REANNOUNCE_FOR: Duration = Duration::from_secs(20);
+
+fn left_message(node: NodeId, run: (u64, u32)) -> Vec<u8> {
     let mut b = Vec::with_capacity(LEFT_BYTES);
     b.push(BROADCAST_LEFT);
-    b.extend_from_slice(&id.node_id.0);
-    b.extend_from_slice(&id.generation.to_le_bytes());
-    b.extend_from_slice(&id.renewal.to_le_bytes());
+    b.extend_from_slice(&node.0);
+    b.extend_from_slice(&run.0.to_le_bytes());
+    b.extend_from_slice(&run.1.to_le_bytes());
     b
 }
 
@@ -201,10 +209,13 @@ impl BroadcastHandler<NodeIdentity> for LeftHandler {
     type Key = LeftKey;
     type Error = BadBroadcast;
 
+    /// `sender` is `None` for this member's own announcements (foca's `add_broadcast`): a
+    /// departure it already knows is queued again (a re-announcement), where a copy from the
+    /// network of a known departure is not passed on again.
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&NodeIdentity>,
+        sender: Option<&NodeIdentity>,
     ) -> Result<Option<LeftKey>, BadBroadcast> {
         if data.len() != LEFT_BYTES || data[0] != BROADCAST_LEFT {
             return Err(BadBroadcast("unknown kind or length"));
@@ -220,8 +231,12 @@ impl BroadcastHandler<NodeIdentity> for LeftHandler {
             run: (u64::from_le_bytes(generation), u32::from_le_bytes(renewal)),
         };
         let mut left = self.left.borrow_mut();
-        if left.get(&key.node).is_some_and(|run| *run >= key.run) {
-            return Ok(None);
+        match left.get(&key.node) {
+            Some(run) if *run > key.run => return Ok(None),
+            Some(run) if *run == key.run => {
+                return Ok(sender.is_none().then_some(key));
+            }
+            _ => {}
         }
         if left.len() >= self.max_entries && !left.contains_key(&key.node) {
             // Bounded: forgetting an old departure only makes it show as down.
@@ -291,6 +306,9 @@ pub struct Core {
     config: MembershipConfig,
     shared: Arc<Shared>,
     left: LeftRuns,
+    /// Departures being re-announced, with when that stops; and when the next round is due.
+    announcing: HashMap<NodeId, ((u64, u32), Duration)>,
+    next_announce: Duration,
     /// Every node this one knows of, by id: the published list.
     members: BTreeMap<NodeId, Member>,
     version: u64,
@@ -335,6 +353,8 @@ impl Core {
             config,
             shared,
             left,
+            announcing: HashMap::new(),
+            next_announce: Duration::ZERO,
             members: BTreeMap::new(),
             version: 0,
             joins,
@@ -621,7 +641,8 @@ impl Core {
             return;
         }
         self.leaving = true;
-        let msg = left_message(self.foca.identity());
+        let me = self.foca.identity();
+        let msg = left_message(me.node_id, me.run());
         if let Err(e) = self.foca.add_broadcast(&msg) {
             log::warn!("gossip: could not queue the leave announcement: {e}");
         }
@@ -636,8 +657,37 @@ impl Core {
         }
     }
 
+    /// Queues again, once per [`LEFT_REANNOUNCE_EVERY`], each departure learnt in the last
+    /// [`LEFT_REANNOUNCE_FOR`] (see there). Bounded by the departures foca's handler keeps.
+    fn reannounce_departures(&mut self, now: Duration) {
+        {
+            let left = self.left.borrow();
+            for (node, run) in left.iter() {
+                match self.announcing.get(node) {
+                    Some((have, _)) if have >= run => {}
+                    _ => {
+                        self.announcing
+                            .insert(*node, (*run, now + LEFT_REANNOUNCE_FOR));
+                    }
+                }
+            }
+            self.announcing
+                .retain(|node, (_, until)| *until > now && left.contains_key(node));
+        }
+        if self.announcing.is_empty() || now < self.next_announce {
+            return;
+        }
+        self.next_announce = now + LEFT_REANNOUNCE_EVERY;
+        for (node, (run, _)) in &self.announcing {
+            if let Err(e) = self.foca.add_broadcast(&left_message(*node, *run)) {
+                log::debug!("gossip: re-announcing the departure of {node}: {e}");
+            }
+        }
+    }
+
     /// Recomputes the member list from foca's view and publishes it if it changed.
     fn refresh(&mut self, now: Duration) {
+        self.reannounce_departures(now);
         let me = self.foca.identity().clone();
         // The newest run foca knows of each node.
         let mut newest: HashMap<NodeId, (&NodeIdentity, foca::State)> = HashMap::new();
