@@ -1,7 +1,8 @@
 //! Connections against the real binary, through its flags: a flood of connections that only
 //! send the HTTP/2 preface does not lock a new client out, handshakes show in the connection
-//! gauge, a flood of handshake timeouts writes a few log lines, not one per connection, and a
-//! client's connections are spread evenly over the shards.
+//! gauge, a flood of handshake timeouts writes a few log lines, not one per connection, a
+//! client's connections are spread evenly over the shards, and a lone connection is served on
+//! the shard of the default topic's partition.
 
 use crate::common;
 
@@ -127,4 +128,37 @@ fn a_clients_connections_are_spread_evenly_over_the_shards() {
         "no moves counter in the metrics"
     );
     drop(channels);
+}
+
+/// A lone connection (a book client's one channel) is served on the shard that owns the
+/// default topic's partition 0, so its calls need no hop: four connections in turn, each
+/// alone, each on that shard (the kernel's hash alone would put all four there one time in
+/// sixteen).
+#[test]
+fn a_lone_connection_is_served_on_the_shard_of_the_default_partition() {
+    let s = TestServer::start();
+    let home = engine::shard::owner(proto::log::v1::DEFAULT_TOPIC, 0, 2);
+    let mut expected = vec![0.0, 0.0];
+    expected[home] = 1.0;
+    for i in 0..4 {
+        let none_open = wait_for(Duration::from_secs(10), || {
+            (gauge_sum(&s, "proglog_connections_open") == 0.0).then_some(())
+        });
+        assert!(
+            none_open.is_some(),
+            "connection {i}: an earlier one never closed"
+        );
+        let ch = s.channel();
+        produce(&ch, "", 0, &format!("record {i}")).expect("produce");
+        let open = wait_for(Duration::from_secs(10), || {
+            let open = per_shard(&s, "proglog_connections_open");
+            (open.iter().sum::<f64>() == 1.0).then_some(open)
+        })
+        .unwrap_or_else(|| per_shard(&s, "proglog_connections_open"));
+        assert_eq!(
+            open, expected,
+            "connection {i}: connections open per shard (default/0 on shard {home})"
+        );
+        drop(ch);
+    }
 }

@@ -50,7 +50,7 @@ use anyhow::{anyhow, bail, Context};
 use net::server::{Request, Router, Server, ServerConfig};
 use net::{Shutdown, Status};
 use proto::health::v1::health_check_response::ServingStatus;
-use proto::log::v1::paths;
+use proto::log::v1::{paths, DEFAULT_TOPIC};
 
 use crate::config::Settings;
 use crate::observe::admin::AdminServer;
@@ -380,6 +380,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         router(&ShardState::new(&state)).paths(),
         shards,
     ));
+    // A lone connection (a book client's one channel, which names no topic) is served on
+    // the shard that owns the default topic's partition 0, so its calls need no hop.
+    rpc.balancer
+        .prefer(Some(engine::shard::owner(DEFAULT_TOPIC, 0, shards)));
     obs.set_rpc(rpc.clone());
     let mut started = 0;
     for shard in 0..shards {

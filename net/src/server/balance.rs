@@ -15,6 +15,13 @@
 //! A connection is counted on the executor that serves it from accept until its task ends
 //! ([`Placed`]), handshakes included, so a client holding idle connections open weighs as
 //! much as a busy one: placement spreads sockets, not load.
+//!
+//! Among executors serving equally few, one may be preferred ([`Balancer::prefer`]): the
+//! server names the executor that owns the partition clients use when they name none (the
+//! book's clients open one channel to it), so that a lone connection is served where its
+//! calls' partition lives rather than wherever the hash put it, and its calls need no hop
+//! between executors. The preference only breaks ties: executors stay within one of each
+//! other.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -35,7 +42,11 @@ const INBOX_CAPACITY: usize = 256;
 pub struct Balancer {
     shards: Vec<CachePadded<Shard>>,
     moved: AtomicU64,
+    /// The executor that takes a tie ([`Balancer::prefer`]); [`NO_PREFERENCE`] for none.
+    preferred: AtomicUsize,
 }
+
+const NO_PREFERENCE: usize = usize::MAX;
 
 struct Shard {
     /// Connections this executor serves or has been handed and not yet started.
@@ -107,7 +118,18 @@ impl Balancer {
         Arc::new(Balancer {
             shards,
             moved: AtomicU64::new(0),
+            preferred: AtomicUsize::new(NO_PREFERENCE),
         })
+    }
+
+    /// Makes `executor` take every connection that would otherwise stay on an executor
+    /// serving as few as it does (`None`, or one out of range: ties stay where they were
+    /// accepted).
+    pub fn prefer(&self, executor: Option<usize>) {
+        let p = executor
+            .filter(|&e| e < self.shards.len())
+            .unwrap_or(NO_PREFERENCE);
+        self.preferred.store(p, Ordering::Relaxed);
     }
 
     /// Each executor's connection count.
@@ -135,20 +157,21 @@ impl Balancer {
         })
     }
 
-    /// Where a connection accepted on `here` is served: the executor serving the fewest
-    /// connections if it serves fewer than `here` does (ties stay), else `here`. Counted there
-    /// at once, so that the next decision sees it.
+    /// Where a connection accepted on `here` is served: the preferred executor if it serves
+    /// no more than any other; else the executor serving the fewest connections if it serves
+    /// fewer than `here` does (ties stay), else `here`. Counted there at once, so that the
+    /// next decision sees it.
     fn place(self: &Arc<Self>, here: usize) -> Placed {
-        let mine = self.shards[here].conns.load(Ordering::Relaxed);
-        let (fewest, least) = self
+        let preferred = self.preferred.load(Ordering::Relaxed);
+        // The fewest; among equals the preferred executor, then `here`, then the first.
+        let (shard, _) = self
             .shards
             .iter()
             .enumerate()
             .filter(|(i, s)| *i == here || s.serving.load(Ordering::Acquire))
             .map(|(i, s)| (i, s.conns.load(Ordering::Relaxed)))
-            .min_by_key(|&(i, n)| (n, i != here))
-            .unwrap_or((here, mine));
-        let shard = if least < mine { fewest } else { here };
+            .min_by_key(|&(i, n)| (n, i != preferred, i != here))
+            .unwrap_or((here, 0));
         self.counted(shard)
     }
 
@@ -283,6 +306,45 @@ mod tests {
         assert_eq!(b.connections(), vec![3, 3, 4]);
         drop(held);
         assert_eq!(b.connections(), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn ties_go_to_the_preferred_executor_and_nothing_more() {
+        let b = Balancer::new(3);
+        let _inboxes = serving(&b);
+        b.prefer(Some(1));
+        // A lone connection goes to executor 1 wherever it was accepted.
+        let lone = b.place(0);
+        assert_eq!(lone.shard, 1);
+        drop(lone);
+        let lone = b.place(2);
+        assert_eq!(lone.shard, 1);
+        // More connections still spread evenly: the preference only breaks ties.
+        let mut held = vec![lone];
+        for _ in 0..5 {
+            held.push(b.place(1));
+        }
+        assert_eq!(b.connections(), vec![2, 2, 2]);
+        held.push(b.place(0));
+        assert_eq!(b.connections(), vec![2, 3, 2]);
+        // Out of range or `None`: ties stay where they were accepted again.
+        b.prefer(Some(7));
+        held.push(b.place(2));
+        assert_eq!(b.connections(), vec![2, 3, 3]);
+        b.prefer(None);
+        held.push(b.place(0));
+        assert_eq!(b.connections(), vec![3, 3, 3]);
+        held.push(b.place(2));
+        assert_eq!(b.connections(), vec![3, 3, 4]);
+    }
+
+    #[test]
+    fn a_preferred_executor_that_does_not_serve_takes_nothing() {
+        let b = Balancer::new(2);
+        let _i0 = b.inbox(0);
+        b.prefer(Some(1));
+        let p = b.place(0);
+        assert_eq!(p.shard, 0);
     }
 
     #[test]
