@@ -411,13 +411,8 @@ fn restarted_member_rejoins_under_a_new_generation() {
     converge(&mut sim);
 }
 
-#[test]
-fn clean_leave_is_left_not_down() {
-    let seed = seed_for("clean_leave_is_left_not_down");
-    let mut sim = Sim::new(seed, 5, None);
-    converge(&mut sim);
-    // What the driver does on SIGTERM: announce, gossip twice, leave, stop.
-    let i = 4;
+/// What the driver does on SIGTERM, for node `i`: announce, gossip twice, leave, stop.
+fn leave_cleanly(sim: &mut Sim, i: usize) {
     let mut fx = Effects::default();
     let now = sim.now;
     sim.nodes[i]
@@ -443,6 +438,15 @@ fn clean_leave_is_left_not_down() {
     sim.apply(i, fx);
     sim.run_for(Duration::from_millis(100));
     sim.crash(i);
+}
+
+#[test]
+fn clean_leave_is_left_not_down() {
+    let seed = seed_for("clean_leave_is_left_not_down");
+    let mut sim = Sim::new(seed, 5, None);
+    converge(&mut sim);
+    let i = 4;
+    leave_cleanly(&mut sim, i);
     let limit = sim.deadline(Duration::from_secs(20));
     sim.run_until(limit, |s| s.all_see(&[i], MemberState::Left))
         .unwrap_or_else(|| panic!("seed {seed}: not left everywhere"));
@@ -461,31 +465,7 @@ fn a_member_cut_off_during_a_leave_learns_it_afterwards() {
     converge(&mut sim);
     sim.net.group = vec![0, 0, 0, 1, 0];
     let i = 4;
-    let mut fx = Effects::default();
-    let now = sim.now;
-    sim.nodes[i]
-        .core
-        .as_mut()
-        .unwrap()
-        .start_leave(now, &mut fx);
-    sim.apply(i, fx);
-    for _ in 0..2 {
-        sim.run_for(sim.config.gossip_interval);
-        let mut fx = Effects::default();
-        let now = sim.now;
-        sim.nodes[i].core.as_mut().unwrap().gossip(now, &mut fx);
-        sim.apply(i, fx);
-    }
-    let mut fx = Effects::default();
-    let now = sim.now;
-    sim.nodes[i]
-        .core
-        .as_mut()
-        .unwrap()
-        .finish_leave(now, &mut fx);
-    sim.apply(i, fx);
-    sim.run_for(Duration::from_millis(100));
-    sim.crash(i);
+    leave_cleanly(&mut sim, i);
     // Long enough for every member's transmissions of the announcement to be spent.
     sim.run_for(Duration::from_secs(3));
     assert!(
