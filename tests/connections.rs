@@ -25,11 +25,7 @@ fn per_shard(s: &TestServer, name: &str) -> Vec<f64> {
 
 /// The sum of a per-shard gauge's samples.
 fn gauge_sum(s: &TestServer, name: &str) -> f64 {
-    let (_, body) = http_get(s.admin_addr(), "/metrics").expect("scrape");
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    per_shard(s, name).iter().sum()
 }
 
 #[test]

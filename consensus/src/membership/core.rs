@@ -306,7 +306,7 @@ pub struct Core {
     config: MembershipConfig,
     shared: Arc<Shared>,
     left: LeftRuns,
-    /// Departures being re-announced, with when that stops; and when the next round is due.
+    /// Departures being re-announced, with when that stops; and when the next pass is due.
     announcing: HashMap<NodeId, ((u64, u32), Duration)>,
     next_announce: Duration,
     /// Every node this one knows of, by id: the published list.
@@ -658,8 +658,14 @@ impl Core {
     }
 
     /// Queues again, once per [`LEFT_REANNOUNCE_EVERY`], each departure learnt in the last
-    /// [`LEFT_REANNOUNCE_FOR`] (see there). Bounded by the departures foca's handler keeps.
+    /// [`LEFT_REANNOUNCE_FOR`] (see there; "learnt" as seen at these once-a-second passes).
+    /// Bounded by the departures foca's handler keeps; between passes, a packet costs nothing
+    /// here.
     fn reannounce_departures(&mut self, now: Duration) {
+        if now < self.next_announce {
+            return;
+        }
+        self.next_announce = now + LEFT_REANNOUNCE_EVERY;
         {
             let left = self.left.borrow();
             for (node, run) in left.iter() {
@@ -674,10 +680,6 @@ impl Core {
             self.announcing
                 .retain(|node, (_, until)| *until > now && left.contains_key(node));
         }
-        if self.announcing.is_empty() || now < self.next_announce {
-            return;
-        }
-        self.next_announce = now + LEFT_REANNOUNCE_EVERY;
         for (node, (run, _)) in &self.announcing {
             if let Err(e) = self.foca.add_broadcast(&left_message(*node, *run)) {
                 log::debug!("gossip: re-announcing the departure of {node}: {e}");
