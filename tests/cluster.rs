@@ -1245,7 +1245,7 @@ fn empty_out(dir: &std::path::Path) {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
-    emptied_follower_is_replaced(None, "was emptied");
+    emptied_follower_is_replaced(Deleted::All, "was emptied");
 }
 
 /// [`a_follower_whose_data_directory_is_emptied_at_start_is_replaced`], every file deleted
@@ -1256,30 +1256,69 @@ fn a_follower_whose_data_directory_is_emptied_at_start_is_replaced() {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_follower_whose_files_but_the_partition_mark_are_deleted_at_start_is_replaced() {
-    emptied_follower_is_replaced(Some("partition.meta"), "its Raft metadata (raft.meta");
+    emptied_follower_is_replaced(
+        Deleted::AllBut("partition.meta"),
+        "its Raft metadata (raft.meta",
+    );
 }
 
-/// The victim's `topics/s/0` emptied but for the file `keep`, and the reason its log says
+/// [`a_follower_whose_data_directory_is_emptied_at_start_is_replaced`], the newest segment's
+/// files alone deleted (`.log` and `.index`): everything else is there, and the log left
+/// reaches past every configuration change (a shorter, valid log), so only the log's record
+/// of its newest segment (`newest.meta`) shows it; the replica opens stopped, marked lost.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_follower_whose_newest_segment_is_deleted_at_start_is_replaced() {
+    emptied_follower_is_replaced(Deleted::NewestSegment, "its newest segment");
+}
+
+/// What is deleted of the victim's `topics/s/0` while it is down.
+enum Deleted {
+    /// Every file.
+    All,
+    /// Every file but this one.
+    AllBut(&'static str),
+    /// The newest segment's files (after enough records for a roll).
+    NewestSegment,
+}
+
+/// The victim's `topics/s/0` files deleted as `deleted` says, and the reason its log says
 /// the replica was found lost.
-fn emptied_follower_is_replaced(keep: Option<&str>, why: &str) {
+fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
     let grace = ["--stopped-replica-grace".to_owned(), "2s".to_owned()];
     let (mut c, ids, _, _, victim) = four_with_a_victim("a data directory emptied", 231, 1, &grace);
     let mut big = BigRecords::default();
-    for _ in 0..5 {
+    // 2 MiB segments roll every 35 or so of these.
+    let n = if matches!(deleted, Deleted::NewestSegment) {
+        45
+    } else {
+        5
+    };
+    for _ in 0..n {
         big.produce_one(&c);
     }
     c.nodes[victim].kill9();
     let first_run = c.nodes[victim].log().len();
     let dir = c.nodes[victim].data_dir.join("topics/s/0");
-    let kept = keep.map(|k| {
-        (
-            dir.join(k),
-            std::fs::read(dir.join(k)).expect("read the kept file"),
-        )
-    });
-    empty_out(&dir);
-    if let Some((path, bytes)) = kept {
-        std::fs::write(path, bytes).expect("put the kept file back");
+    match deleted {
+        Deleted::All => empty_out(&dir),
+        Deleted::AllBut(keep) => {
+            let bytes = std::fs::read(dir.join(keep)).expect("read the kept file");
+            empty_out(&dir);
+            std::fs::write(dir.join(keep), bytes).expect("put the kept file back");
+        }
+        Deleted::NewestSegment => {
+            let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .expect("list")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            logs.sort();
+            assert!(logs.len() >= 2, "{} segments: {logs:?}", logs.len());
+            let newest = &logs[logs.len() - 1];
+            std::fs::remove_file(newest).expect("rm .log");
+            std::fs::remove_file(newest.with_extension("index")).expect("rm .index");
+        }
     }
     c.nodes[victim].spawn();
     wait("the emptied replica stopped, not the node", || {

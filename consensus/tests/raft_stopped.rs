@@ -125,12 +125,17 @@ const LAGGING: u64 = 2;
 
 /// Entries committed on nodes 1 and 3 while node 2 was cut off; node 1 leads.
 async fn committed_without_node_2(root: &std::path::Path) -> (Cluster, u64) {
+    committed_without_node_2_of(root, 5, 100).await
+}
+
+/// [`committed_without_node_2`]: `n` entries of one record of `size` bytes.
+async fn committed_without_node_2_of(root: &std::path::Path, n: u8, size: usize) -> (Cluster, u64) {
     let mut c = Cluster::open(root, 3, manual::config(64 * 1024), true).await;
     c.lead_with(1).await;
     c.isolated.insert(LAGGING);
-    for i in 0..5u8 {
+    for i in 0..n {
         let set = c.sets.get_mut(&1).expect("node");
-        let _pending = set.propose(G, &[NewRecord::new(vec![b'a' + i; 100])], 0);
+        let _pending = set.propose(G, &[NewRecord::new(vec![b'a' + i % 26; size])], 0);
         c.round().await;
     }
     for _ in 0..5 {
@@ -158,14 +163,29 @@ async fn emptied_replica_never_votes(root: std::path::PathBuf) {
 /// Node 3, stopped at open (its log found lost), neither votes for node 2, which lacks
 /// entries committed up to `commit`, nor opens otherwise at the next start; its lost mark
 /// says `why`.
-async fn never_votes(mut c: Cluster, root: &std::path::Path, commit: u64, why: &str) {
+async fn never_votes(c: Cluster, root: &std::path::Path, commit: u64, why: &str) {
+    never_votes_holding(c, root, commit, why, 0).await;
+}
+
+/// [`never_votes`], node 3's log holding Raft indexes up to `held` (0: none, and not
+/// bootstrapped either).
+async fn never_votes_holding(
+    mut c: Cluster,
+    root: &std::path::Path,
+    commit: u64,
+    why: &str,
+    held: u64,
+) {
     let check = |c: &Cluster, when: &str| {
         let e = c.sets[&EMPTIED].failure(G).expect("node 3 stopped");
         assert!(matches!(e, Error::LostLog { .. }), "{when}: {e}");
         assert!(e.to_string().contains(why), "{when}: {e}");
         let s = c.sets[&EMPTIED].status(G).expect("status");
         assert_eq!(s.stopped, Some(Stopped::Failed), "{when}");
-        assert_eq!(s.last_index, 0, "{when}: not bootstrapped");
+        assert_eq!(
+            s.last_index, held,
+            "{when}: not bootstrapped, nothing appended"
+        );
     };
     check(&c, "opened");
     c.isolated.remove(&LAGGING);
@@ -187,7 +207,9 @@ async fn never_votes(mut c: Cluster, root: &std::path::Path, commit: u64, why: &
 
 /// Node 3 stopped, and files of its directory deleted while it keeps the directory and a
 /// file the test names: every file but `keep` when `keep` is `partition.meta` (a partition's
-/// mark, what the engine checks at start), or its segment files (`.log`, `.index`) alone.
+/// mark, what the engine checks at start), or its segment files (`.log`, `.index`) alone
+/// with the engine's record of the newest one (`newest.meta`, which would find them gone
+/// first: this deletion is left to the group's own check).
 async fn delete_files(c: &mut Cluster, root: &std::path::Path, segments_only: bool) {
     let old = c.logs.remove(&EMPTIED).expect("log");
     let _ = old.close().await;
@@ -196,7 +218,8 @@ async fn delete_files(c: &mut Cluster, root: &std::path::Path, segments_only: bo
     for f in std::fs::read_dir(&dir).expect("list") {
         let path = f.expect("entry").path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let segment = name.ends_with(".log") || name.ends_with(".index");
+        let segment =
+            name.ends_with(".log") || name.ends_with(".index") || name == engine::NEWEST_META;
         if segment || !segments_only {
             std::fs::remove_file(&path).expect("remove");
         }
@@ -241,6 +264,39 @@ async fn deleted_segments_never_vote(root: std::path::PathBuf) {
 #[test]
 fn a_replica_whose_segment_files_were_deleted_never_votes() {
     manual::run(deleted_segments_never_vote);
+}
+
+/// Node 3's newest segment files deleted, everything else kept: its log still reaches past
+/// the configuration change `raft.meta` records and reads as a shorter, valid log, so
+/// nothing the group can check shows it; the engine's record of the newest segment does.
+async fn deleted_newest_segments_never_vote(root: std::path::PathBuf) {
+    let (mut c, commit) = committed_without_node_2_of(&root, 40, 4000).await;
+    let old = c.logs.remove(&EMPTIED).expect("log");
+    let _ = old.close().await;
+    c.sets.remove(&EMPTIED);
+    let dir = root.join(format!("node{EMPTIED}"));
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    assert!(logs.len() >= 3, "{} segments", logs.len());
+    let newest = logs.last().expect("a segment");
+    std::fs::remove_file(newest).expect("rm .log");
+    std::fs::remove_file(newest.with_extension("index")).expect("rm .index");
+    reopen(&mut c, &root, false).await;
+    let held = c.logs[&EMPTIED].next_index() - 1;
+    assert!(
+        (4..commit).contains(&held),
+        "node 3 holds up to {held}, past the first configuration (3) and short of {commit}"
+    );
+    never_votes_holding(c, &root, commit, "newest segment", held).await;
+}
+
+#[test]
+fn a_replica_whose_newest_segments_were_deleted_never_votes() {
+    manual::run(deleted_newest_segments_never_vote);
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod full_volume;
 mod latch;
 mod metrics;
 mod model;
+mod newest;
 mod order;
 mod power_loss;
 mod raft_index;

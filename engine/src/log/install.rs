@@ -202,6 +202,9 @@ impl Staging {
                 ),
             ));
         }
+        if let Some(&(base, _)) = self.files.last() {
+            super::roll::write_newest(&self.dir, base)?;
+        }
         meta::write(&self.dir, START_META, &(last_index + 1).to_le_bytes())?;
         meta::sync_dir(&self.dir)?;
         self.verified = true;

@@ -69,6 +69,7 @@ pub use entries::EntryBatch;
 pub use install::{staging_path, SnapshotFile, Staging};
 pub(crate) use replica::write_unopened;
 pub use replica::{FreshBatch, SnapshotReader, LOST_META, UNOPENED_META};
+pub use roll::NEWEST_META;
 pub(crate) use space::free_bytes;
 
 use crate::budget::FileBudget;
@@ -307,6 +308,16 @@ impl Log {
             as usize
             + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
+        let recorded = roll::read_newest(&dir)?;
+        if let Some(why) = roll::newest_gone(recorded, segments.last().map(|s| s.base)) {
+            // Marked before anything is made here (a new segment is recorded as the newest),
+            // and before a replicated group could vote on what is left; a log marked lost
+            // before keeps its first reason.
+            log::error!("{}: {why}", dir.display());
+            if crate::meta::read(&dir, LOST_META)?.is_none() {
+                crate::meta::write(&dir, LOST_META, why.as_bytes())?;
+            }
+        }
         let start_index = recovery::start_index(&dir)?;
         match segments.last_mut() {
             Some(active) => {
@@ -333,6 +344,15 @@ impl Log {
             index_capacity,
         });
         log.recover_last_batch().await?;
+        // The newest segment is recorded from now on: a directory of a version that kept no
+        // record, one found short (marked above), or a crash between a segment's making and
+        // its record.
+        let newest = log.state.borrow().segments.last().map(|s| s.base);
+        if let Some(base) = newest {
+            if roll::read_newest(&log.dir)? != Some(base) {
+                roll::write_newest(&log.dir, base)?;
+            }
+        }
         Self::spawn_flusher(&log);
         Ok(log)
     }

@@ -252,6 +252,15 @@ impl Log {
     /// Drops the segments after segment `t` (the active one too when the cut is before it)
     /// and takes segment `t`'s files, to make it the active segment again.
     fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
+        let kept_newest = {
+            let st = self.state.borrow();
+            (st.segments.len() > t + 1).then(|| st.segments[t].base)
+        };
+        if let Some(base) = kept_newest {
+            // Lowered before the deletions: a record naming a deleted segment would find
+            // the log short at the next open.
+            super::roll::write_newest(&self.dir, base)?;
+        }
         let (doomed, taken) = {
             let mut st = self.state_mut();
             let doomed: Vec<Segment> = st.segments.drain(t + 1..).collect();
@@ -333,6 +342,10 @@ impl Log {
 
     async fn reset_inner(&self, next_offset: u64, next_index: u64) -> Result<()> {
         let doomed: Vec<Segment> = std::mem::take(&mut self.state_mut().segments);
+        // No newest segment recorded until the new one is made (`create_segment`): a crash
+        // in between finds no record, not a log short of its newest segment. (After the
+        // segments left the state: a failure here latches a log that serves none of them.)
+        super::roll::forget_newest(&self.dir)?;
         for mut seg in doomed {
             seg.writer = None;
             self.delete_segment_files(seg)?;
