@@ -1265,7 +1265,7 @@ fn a_follower_whose_files_but_the_partition_mark_are_deleted_at_start_is_replace
 /// [`a_follower_whose_data_directory_is_emptied_at_start_is_replaced`], the newest segment's
 /// files alone deleted (`.log` and `.index`): everything else is there, and the log left
 /// reaches past every configuration change (a shorter, valid log), so only the log's record
-/// of its newest segment (`newest.meta`) shows it; the replica opens stopped, marked lost.
+/// of its segments (`segments.meta`) shows it; the replica opens stopped, marked lost.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_follower_whose_newest_segment_is_deleted_at_start_is_replaced() {

@@ -208,8 +208,8 @@ async fn never_votes_holding(
 /// Node 3 stopped, and files of its directory deleted while it keeps the directory and a
 /// file the test names: every file but `keep` when `keep` is `partition.meta` (a partition's
 /// mark, what the engine checks at start), or its segment files (`.log`, `.index`) alone
-/// with the engine's record of the newest one (`newest.meta`, which would find them gone
-/// first: this deletion is left to the group's own check).
+/// with the engine's record of them (`segments.meta`, which would find them gone first:
+/// this deletion is left to the group's own check).
 async fn delete_files(c: &mut Cluster, root: &std::path::Path, segments_only: bool) {
     let old = c.logs.remove(&EMPTIED).expect("log");
     let _ = old.close().await;
@@ -219,7 +219,7 @@ async fn delete_files(c: &mut Cluster, root: &std::path::Path, segments_only: bo
         let path = f.expect("entry").path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let segment =
-            name.ends_with(".log") || name.ends_with(".index") || name == engine::NEWEST_META;
+            name.ends_with(".log") || name.ends_with(".index") || name == engine::SEGMENTS_META;
         if segment || !segments_only {
             std::fs::remove_file(&path).expect("remove");
         }
@@ -266,11 +266,13 @@ fn a_replica_whose_segment_files_were_deleted_never_votes() {
     manual::run(deleted_segments_never_vote);
 }
 
-/// Node 3's newest segment files deleted, everything else kept: its log still reaches past
-/// the configuration change `raft.meta` records and reads as a shorter, valid log, so
-/// nothing the group can check shows it; the engine's record of the newest segment does.
-async fn deleted_newest_segments_never_vote(root: std::path::PathBuf) {
-    let (mut c, commit) = committed_without_node_2_of(&root, 40, 4000).await;
+/// Node 3's newest or oldest segment files deleted, everything else kept. Without its
+/// newest, its log still reaches past the configuration change `raft.meta` records and reads
+/// as a shorter, valid log; without its oldest (which holds the group's first configuration),
+/// as a log that retention cut. Nothing the group can check shows either; the engine's record
+/// of its segments (`segments.meta`) does.
+async fn deleted_segment_never_votes(root: &std::path::Path, newest: bool) {
+    let (mut c, commit) = committed_without_node_2_of(root, 40, 4000).await;
     let old = c.logs.remove(&EMPTIED).expect("log");
     let _ = old.close().await;
     c.sets.remove(&EMPTIED);
@@ -282,21 +284,44 @@ async fn deleted_newest_segments_never_vote(root: std::path::PathBuf) {
         .collect();
     logs.sort();
     assert!(logs.len() >= 3, "{} segments", logs.len());
-    let newest = logs.last().expect("a segment");
-    std::fs::remove_file(newest).expect("rm .log");
-    std::fs::remove_file(newest.with_extension("index")).expect("rm .index");
-    reopen(&mut c, &root, false).await;
+    let doomed = if newest {
+        &logs[logs.len() - 1]
+    } else {
+        &logs[0]
+    };
+    std::fs::remove_file(doomed).expect("rm .log");
+    std::fs::remove_file(doomed.with_extension("index")).expect("rm .index");
+    reopen(&mut c, root, false).await;
     let held = c.logs[&EMPTIED].next_index() - 1;
-    assert!(
-        (4..commit).contains(&held),
-        "node 3 holds up to {held}, past the first configuration (3) and short of {commit}"
-    );
-    never_votes_holding(c, &root, commit, "newest segment", held).await;
+    let why = if newest {
+        assert!(
+            (4..commit).contains(&held),
+            "node 3 holds up to {held}, past the first configuration (3) and short of {commit}"
+        );
+        "its newest segment"
+    } else {
+        assert!(held >= commit, "node 3 holds up to {held}, commit {commit}");
+        "its oldest segment"
+    };
+    never_votes_holding(c, root, commit, why, held).await;
+}
+
+async fn deleted_newest_segment_never_votes(root: std::path::PathBuf) {
+    deleted_segment_never_votes(&root, true).await;
+}
+
+async fn deleted_oldest_segment_never_votes(root: std::path::PathBuf) {
+    deleted_segment_never_votes(&root, false).await;
 }
 
 #[test]
-fn a_replica_whose_newest_segments_were_deleted_never_votes() {
-    manual::run(deleted_newest_segments_never_vote);
+fn a_replica_whose_oldest_segment_was_deleted_never_votes() {
+    manual::run(deleted_oldest_segment_never_votes);
+}
+
+#[test]
+fn a_replica_whose_newest_segment_was_deleted_never_votes() {
+    manual::run(deleted_newest_segment_never_votes);
 }
 
 #[test]

@@ -69,7 +69,7 @@ pub use config::{Durability, EngineConfig, LogConfig, CONTROLLER_SEGMENT_BYTES};
 pub use error::{Error, Result};
 pub use log::{
     Appended, Log, LogStats, RawBatches, Removed, SnapshotReader, Visibility, WriteState,
-    LOST_META, NEWEST_META,
+    LOST_META, SEGMENTS_META,
 };
 pub use memory::{MemoryAccount, MemoryHook};
 pub use metrics::AppendTiming;

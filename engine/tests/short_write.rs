@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// 256 KiB for the data, plus a page for `newest.meta` (tmpfs gives each file whole pages).
+/// 256 KiB for the data, plus a page for `segments.meta` (tmpfs gives each file whole pages).
 const VOLUME_BYTES: u64 = 260 * 1024;
 const VALUE_BYTES: usize = 3000;
 

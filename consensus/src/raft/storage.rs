@@ -369,7 +369,7 @@ fn bootstrap_entries(cs: &ConfState) -> Vec<Entry> {
 ///
 /// A log shortened past neither (its newest entries gone, the metadata kept, the last
 /// applied configuration change still there) is not detected here: the engine's log finds
-/// its newest segments deleted at its own open (`engine::NEWEST_META`, which marks it lost
+/// segment files deleted at its own open (`engine::SEGMENTS_META`, which marks it lost
 /// before this runs), and anything else (a segment's tail cut) only the leader's next
 /// heartbeat shows, naming a commit index past its end ([`Error::LostEntries`]).
 pub fn found_short<S: LogStore>(group: u64, store: &S) -> Result<Option<String>> {

@@ -202,8 +202,13 @@ impl Staging {
                 ),
             ));
         }
-        if let Some(&(base, _)) = self.files.last() {
-            super::roll::write_newest(&self.dir, base)?;
+        let bases: Vec<u64> = if n == 0 {
+            vec![next_offset]
+        } else {
+            self.files.iter().map(|&(base, _)| base).collect()
+        };
+        if let Some(span) = super::manifest::Span::of(&bases) {
+            super::manifest::write(&self.dir, span)?;
         }
         meta::write(&self.dir, START_META, &(last_index + 1).to_le_bytes())?;
         meta::sync_dir(&self.dir)?;

@@ -56,6 +56,7 @@ mod commit;
 mod entries;
 mod install;
 mod invariants;
+mod manifest;
 mod power_loss;
 mod read;
 mod recovery;
@@ -67,9 +68,9 @@ mod truncate;
 
 pub use entries::EntryBatch;
 pub use install::{staging_path, SnapshotFile, Staging};
+pub use manifest::SEGMENTS_META;
 pub(crate) use replica::write_unopened;
 pub use replica::{FreshBatch, SnapshotReader, LOST_META, UNOPENED_META};
-pub use roll::NEWEST_META;
 pub(crate) use space::free_bytes;
 
 use crate::budget::FileBudget;
@@ -308,11 +309,10 @@ impl Log {
             as usize
             + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
-        let recorded = roll::read_newest(&dir)?;
-        if let Some(why) = roll::newest_gone(recorded, segments.last().map(|s| s.base)) {
-            // Marked before anything is made here (a new segment is recorded as the newest),
-            // and before a replicated group could vote on what is left; a log marked lost
-            // before keeps its first reason.
+        let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
+        if let Some(why) = manifest::missing(manifest::read(&dir)?, &bases) {
+            // Marked before anything is made or recorded here, and before a replicated group
+            // could vote on what is left; a log marked lost before keeps its first reason.
             log::error!("{}: {why}", dir.display());
             if crate::meta::read(&dir, LOST_META)?.is_none() {
                 crate::meta::write(&dir, LOST_META, why.as_bytes())?;
@@ -344,13 +344,13 @@ impl Log {
             index_capacity,
         });
         log.recover_last_batch().await?;
-        // The newest segment is recorded from now on: a directory of a version that kept no
-        // record, one found short (marked above), or a crash between a segment's making and
-        // its record.
-        let newest = log.state.borrow().segments.last().map(|s| s.base);
-        if let Some(base) = newest {
-            if roll::read_newest(&log.dir)? != Some(base) {
-                roll::write_newest(&log.dir, base)?;
+        // The segments are recorded as they are from now on: a directory of a version that
+        // kept no record, one found short (marked above), a first segment made above, or a
+        // crash between a segment's making (or a deletion) and its record.
+        let bases: Vec<u64> = log.state.borrow().segments.iter().map(|s| s.base).collect();
+        if let Some(span) = manifest::Span::of(&bases) {
+            if manifest::read(&log.dir)? != Some(span) {
+                manifest::write(&log.dir, span)?;
             }
         }
         Self::spawn_flusher(&log);

@@ -92,6 +92,20 @@ impl Log {
                 st.lowest = first.base;
             }
         }
+        if !doomed.is_empty() {
+            // Recorded before the deletions: a record naming a deleted segment would find
+            // the log short at the next open.
+            let bases: Vec<u64> = self
+                .state
+                .borrow()
+                .segments
+                .iter()
+                .map(|s| s.base)
+                .collect();
+            if let Some(span) = super::manifest::Span::of(&bases) {
+                super::manifest::write(&self.dir, span)?;
+            }
+        }
         for seg in doomed {
             self.delete_segment_files(seg)?;
         }

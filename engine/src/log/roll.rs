@@ -1,6 +1,7 @@
 //! Segment rolls: creating an active segment, and sealing the active segment (written,
 //! synced, cut to size) to start the next one at the next offset.
 
+use super::manifest::{self, Span};
 use super::Log;
 use crate::budget::OpenFiles;
 use crate::error::{Error, Result};
@@ -13,62 +14,9 @@ use std::time::{Instant, SystemTime};
 
 use super::commit::record_sync;
 
-/// The metadata file naming the newest segment a log made (its base offset, 8 bytes): a
-/// log whose newest segment files are deleted while its directory stays is found so at
-/// open ([`newest_gone`]), where nothing else shows it.
-pub const NEWEST_META: &str = "newest.meta";
-
-/// Records, durably, that the newest segment of the log in `dir` starts at `base`.
-pub(super) fn write_newest(dir: &Path, base: u64) -> Result<()> {
-    meta::write(dir, NEWEST_META, &base.to_le_bytes())
-}
-
-/// The base offset [`write_newest`] last recorded in `dir`, if any.
-pub(super) fn read_newest(dir: &Path) -> Result<Option<u64>> {
-    let Some(payload) = meta::read(dir, NEWEST_META)? else {
-        return Ok(None);
-    };
-    let bytes: [u8; 8] = payload
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::corrupt(dir.join(NEWEST_META), 16, "base offset too short"))?;
-    Ok(Some(u64::from_le_bytes(bytes)))
-}
-
-/// Removes the record of the newest segment, durably: before a reset deletes every
-/// segment (a crash before the new one is made must not look like a deletion).
-pub(super) fn forget_newest(dir: &Path) -> Result<()> {
-    let path = dir.join(NEWEST_META);
-    match std::fs::remove_file(&path) {
-        Ok(()) => meta::sync_dir(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("removing", &path, e)),
-    }
-}
-
-/// Why a log whose newest segment was recorded at `recorded` and whose newest segment file
-/// found at open starts at `found` (none: no segment at all) lost records, if it did: a
-/// segment is recorded only once its files are durable, and the record is lowered before a
-/// truncation deletes segments, so a newest segment older than the record was deleted with
-/// whatever it held. None also when nothing was recorded (a directory of an older version,
-/// or a crash inside a reset).
-pub(super) fn newest_gone(recorded: Option<u64>, found: Option<u64>) -> Option<String> {
-    let recorded = recorded?;
-    match found {
-        Some(found) if found >= recorded => None,
-        Some(found) => Some(format!(
-            "its newest segment ({recorded:020}.log) is gone, the newest left starts at \
-             offset {found}: records it acknowledged from offset {recorded} on are gone"
-        )),
-        None => Some(format!(
-            "its segment files are gone (the newest started at offset {recorded}): records \
-             it acknowledged are gone"
-        )),
-    }
-}
-
 /// Creates the files of a new, empty active segment at `base` in `dir`, durably (the
-/// directory is synced), and records it as the newest ([`NEWEST_META`]) once it is.
+/// directory is synced). The caller records it ([`manifest`](super::manifest)) before
+/// writing to it.
 pub(super) async fn create_segment(
     dir: &Path,
     base: u64,
@@ -84,8 +32,6 @@ pub(super) async fn create_segment(
     let index = Index::open(&index_path, index_capacity)?;
     meta::sync_dir(dir)?;
     crate::power_loss::synced_exactly(&data_path, 0);
-    // After the segment's files are durable: recorded, it must be there.
-    write_newest(dir, base)?;
     let mut seg = Segment::new_sealed(dir, base, 0, SystemTime::now());
     seg.base_index = base_index;
     seg.next_index = base_index;
@@ -149,6 +95,14 @@ impl Log {
         crate::power_loss::synced_exactly(&path, size);
         w.index.seal()?;
         let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
+        // Recorded once its files are durable, before anything is written to it.
+        let bases: Vec<u64> = {
+            let st = self.state.borrow();
+            st.segments.iter().map(|s| s.base).chain([next]).collect()
+        };
+        if let Some(span) = Span::of(&bases) {
+            manifest::write(&self.dir, span)?;
+        }
         let mut st = self.state_mut();
         if let Some(seg) = st.segments.last_mut() {
             self.budget

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use super::commit::record_sync;
+use super::manifest::{self, Span};
 use super::roll::create_segment;
 
 impl Log {
@@ -252,14 +253,17 @@ impl Log {
     /// Drops the segments after segment `t` (the active one too when the cut is before it)
     /// and takes segment `t`'s files, to make it the active segment again.
     fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
-        let kept_newest = {
+        let kept = {
             let st = self.state.borrow();
-            (st.segments.len() > t + 1).then(|| st.segments[t].base)
+            let bases: Vec<u64> = st.segments[..=t].iter().map(|s| s.base).collect();
+            (st.segments.len() > t + 1)
+                .then(|| Span::of(&bases))
+                .flatten()
         };
-        if let Some(base) = kept_newest {
-            // Lowered before the deletions: a record naming a deleted segment would find
+        if let Some(span) = kept {
+            // Recorded before the deletions: a record naming a deleted segment would find
             // the log short at the next open.
-            super::roll::write_newest(&self.dir, base)?;
+            manifest::write(&self.dir, span)?;
         }
         let (doomed, taken) = {
             let mut st = self.state_mut();
@@ -342,10 +346,10 @@ impl Log {
 
     async fn reset_inner(&self, next_offset: u64, next_index: u64) -> Result<()> {
         let doomed: Vec<Segment> = std::mem::take(&mut self.state_mut().segments);
-        // No newest segment recorded until the new one is made (`create_segment`): a crash
-        // in between finds no record, not a log short of its newest segment. (After the
-        // segments left the state: a failure here latches a log that serves none of them.)
-        super::roll::forget_newest(&self.dir)?;
+        // No segment recorded until the new one is made: a crash in between finds no
+        // record, not a log short of the segments it recorded. (After the segments left the
+        // state: a failure here latches a log that serves none of them.)
+        manifest::forget(&self.dir)?;
         for mut seg in doomed {
             seg.writer = None;
             self.delete_segment_files(seg)?;
@@ -354,6 +358,14 @@ impl Log {
         // reopen would find them and serve records this reset removed.
         self.delete_stray_segment_files()?;
         let seg = create_segment(&self.dir, next_offset, next_index, self.index_capacity).await?;
+        manifest::write(
+            &self.dir,
+            Span {
+                first: next_offset,
+                last: next_offset,
+                count: 1,
+            },
+        )?;
         // After the segment: a reset that cannot create files fails on the segment (and
         // latches) before anything else. A crash between the two leaves an empty log that
         // continues at the index of the previous reset; installing a snapshot (which writes
