@@ -226,6 +226,11 @@ fn metrics_count_a_known_workload() {
     assert!(get(&m, "process_open_fds") > 0.0);
     assert_eq!(get(&m, "proglog_ready"), 1.0);
     assert_eq!(get(&m, "proglog_phase{phase=\"serving\"}"), 1.0);
+    assert_eq!(
+        get(&m, "proglog_raft_snapshot_rate_limit_bytes_per_second"),
+        0.0,
+        "no snapshot throttle by default"
+    );
 
     // A second scrape sees the counters move by what happened in between, and only that.
     produce(&ch, "obs", 1, "c").unwrap();
@@ -235,6 +240,20 @@ fn metrics_count_a_known_workload() {
     assert_eq!(get(&m2, &proposals("data", "committed")), 17.0);
     assert_eq!(get(&m2, "proglog_raft_commit_latency_seconds_count"), 17.0);
     assert_eq!(get(&m2, &rpc("Consume", "OK")), 4.0);
+}
+
+/// `--snapshot-rate-limit` reaches the snapshot sender (the throttle itself is tested where
+/// snapshots stream: consensus/tests/raft_snapshot.rs).
+#[test]
+fn the_snapshot_rate_limit_flag_sets_the_throttle() {
+    let s = TestServer::start_with(&["--snapshot-rate-limit", "3MiB"]);
+    let (code, text) = http_get(s.admin_addr(), "/metrics").unwrap();
+    assert_eq!(code, 200, "{text}");
+    let m = parse_exposition(&text);
+    assert_eq!(
+        get(&m, "proglog_raft_snapshot_rate_limit_bytes_per_second"),
+        (3u64 << 20) as f64
+    );
 }
 
 fn health(addr: SocketAddr) -> Option<i32> {

@@ -211,13 +211,15 @@ fn heartbeats_keep_flowing_while_a_large_snapshot_streams() {
     let l = leader(&c);
     let term = status(c.node(l), TOPIC).expect("status").term;
     // 1 MiB/s: the transfer takes a couple of seconds, whatever the machine.
+    const RATE: u64 = 1 << 20;
     for id in [1, 2] {
-        c.node(id).peers.snapshots.set_rate_limit(1 << 20);
+        c.node(id).peers.snapshots.set_rate_limit(RATE);
     }
     c.restart(3);
     wait_until("node 3 starts downloading", || {
         snap(c.node(3), |s| &s.bytes_received) > 0
     });
+    let downloading = std::time::Instant::now();
     let frames = |c: &Cluster| {
         consensus::raft::transport::TransportStats::get(&c.node(3).peers.stats.frames_received)
     };
@@ -238,9 +240,20 @@ fn heartbeats_keep_flowing_while_a_large_snapshot_streams() {
             true
         }
     });
+    let took = downloading.elapsed();
+    let received = snap(c.node(3), |s| &s.bytes_received);
+    assert!(received > 1 << 20, "a large snapshot");
+    // The throttle held: the sender waits after each chunk until its bytes are due at the
+    // rate, so the transfer cannot end sooner than its size at the rate; this side saw it
+    // start at most two chunks (and a poll) late.
+    let floor = (received.saturating_sub(2 * consensus::raft::snapshot_transfer::CHUNK_BYTES as u64)
+        as f64
+        / RATE as f64)
+        - 0.1;
+    println!("{received} bytes at {RATE} B/s in {took:?} (at least {floor:.2} s)");
     assert!(
-        snap(c.node(3), |s| &s.bytes_received) > 1 << 20,
-        "a large snapshot"
+        took.as_secs_f64() >= floor,
+        "{received} bytes in {took:?} at {RATE} bytes/s"
     );
     assert!(
         during >= before + 3,

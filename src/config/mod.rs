@@ -208,6 +208,10 @@ settings! {
         /// One connection's share of memory-budget
         connection_memory: ByteSize => usize, "BYTES",
             default(ByteSize(net::limits::CONNECTION_MEMORY_BYTES as u64));
+        /// Bytes per second each snapshot this node sends to a replica that fell behind its
+        /// retained log may take, e.g. 50MiB (a replication throttle, so that catching a
+        /// replica up leaves disk and network to the partitions' own traffic); 0 = no limit
+        snapshot_rate_limit: ByteSize => u64, "BYTES", default(ByteSize(0));
         /// Log line format: human or json (one object per line)
         log_format: LogFormat, "FORMAT", default(LogFormat::Human);
         /// Calls slower than this are logged at warn with their timing breakdown; 0 = never
@@ -906,6 +910,23 @@ mod tests {
                 (key.to_owned(), value.to_owned())
             );
         }
+    }
+
+    #[test]
+    fn snapshot_rate_limit() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(s.snapshot_rate_limit, 0, "no limit by default");
+        let s = resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_SNAPSHOT_RATE_LIMIT", "50MiB")],
+        )
+        .unwrap();
+        assert_eq!(s.snapshot_rate_limit, 50 << 20);
+        let (k, v, _) = invalid(resolve(
+            ServeArgs::default(),
+            &[("PROGLOG_SNAPSHOT_RATE_LIMIT", "fast")],
+        ));
+        assert_eq!((k.as_str(), v.as_str()), ("snapshot-rate-limit", "fast"));
     }
 
     #[test]

@@ -225,6 +225,12 @@ impl Observability {
                 let name = format!("proglog_raft_snapshot_{name}_total");
                 e.single(&name, Kind::Counter, help, value as f64);
             }
+            e.single(
+                "proglog_raft_snapshot_rate_limit_bytes_per_second",
+                Kind::Gauge,
+                "Bytes per second each snapshot this node sends may take (0: no limit).",
+                s.rate_limit() as f64,
+            );
         }
         let engine = self.engine.lock().ok().and_then(|e| e.clone());
         if let Some(engine) = engine {

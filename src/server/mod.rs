@@ -259,6 +259,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
+    raft_peers
+        .snapshots
+        .set_rate_limit(settings.snapshot_rate_limit);
     // The controller's state as this node applies it; a node without cluster flags is a
     // cluster of one.
     let cluster_node = consensus::cluster::ClusterNode::new(

@@ -170,9 +170,14 @@ pub struct SnapshotShared {
 impl SnapshotShared {
     /// Limits each transfer this node serves to `bytes_per_sec` (0: no limit), so that a
     /// snapshot does not take the whole disk or network from the partitions' own traffic
-    /// (Kafka's replication throttle). Set programmatically; no server flag sets it yet.
+    /// (Kafka's replication throttle): the server's `--snapshot-rate-limit`.
     pub fn set_rate_limit(&self, bytes_per_sec: u64) {
         self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// The limit [`set_rate_limit`](Self::set_rate_limit) set (0: none).
+    pub fn rate_limit(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
     }
 }
 
