@@ -7,27 +7,12 @@
 //! middle one as a valid log until a read reaches the gap. What legitimately removes
 //! segments (a truncation, retention, a reset) is never taken for it.
 
+use crate::common;
+
 use bytes::Bytes;
-use engine::{FileBudget, Log, LogConfig, NewRecord, LOST_META, SEGMENTS_META};
+use common::{topic_config, with_log_dir};
+use engine::{FileBudget, Log, NewRecord, LOST_META, SEGMENTS_META};
 use std::path::{Path, PathBuf};
-
-fn small() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        max_batch_bytes: 16 * 1024,
-        max_record_bytes: 16 * 1024,
-        write_behind_bytes: 64 * 1024,
-        ..LogConfig::default()
-    }
-}
-
-fn run<F, Fut>(dir: &Path, f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    engine::run_local(dir, f).expect("executor");
-}
 
 /// The segment data files of `dir`, oldest first.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -94,7 +79,7 @@ async fn fill(log: &Log) {
 }
 
 async fn open(dir: &Path) -> std::rc::Rc<Log> {
-    Log::open(dir, small(), FileBudget::new(16))
+    Log::open(dir, topic_config(), FileBudget::new(16))
         .await
         .expect("open")
 }
@@ -103,10 +88,7 @@ async fn open(dir: &Path) -> std::rc::Rc<Log> {
 /// opened again: it is marked lost, its reason holding `why`, and serves what is left; the
 /// mark stays (with its first reason) at the next open, and the record follows the files.
 fn deleted_segments_are_found(which: fn(usize) -> Vec<usize>, why: &'static str) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("log");
-    let d = dir.clone();
-    run(tmp.path(), move || async move {
+    with_log_dir(move |d| async move {
         let log = open(&d).await;
         fill(&log).await;
         log.close().await.expect("close");
@@ -163,10 +145,7 @@ fn a_log_whose_segment_files_were_all_deleted_opens_marked_lost() {
 
 #[test]
 fn truncations_retention_and_resets_are_not_taken_for_deletions() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("log");
-    let d = dir.clone();
-    run(tmp.path(), move || async move {
+    with_log_dir(|d| async move {
         let log = open(&d).await;
         fill(&log).await;
         assert!(segment_files(&d).len() >= 4);
@@ -200,10 +179,7 @@ fn truncations_retention_and_resets_are_not_taken_for_deletions() {
 
 #[test]
 fn a_log_without_the_record_gets_it_at_open() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("log");
-    let d = dir.clone();
-    run(tmp.path(), move || async move {
+    with_log_dir(|d| async move {
         let log = open(&d).await;
         fill(&log).await;
         log.close().await.expect("close");

@@ -78,12 +78,15 @@ pub enum Error {
     },
 
     /// The replica's log was marked lost ([`engine::Log::mark_lost`]): its directory vanished
-    /// or was emptied while the node kept its identity, or a leader named acknowledged entries it no longer
-    /// held. It opens stopped, before it could vote or acknowledge anything, at every start.
+    /// or was emptied while the node kept its identity, segment files it recorded were
+    /// deleted, or a leader named acknowledged entries it no longer held. It opens stopped,
+    /// before it could vote or acknowledge anything, at every start.
     #[error(
         "group {group}: this replica's log is marked lost ({why}). It stays stopped and never \
          votes; it is moved to another node after --stopped-replica-grace, or remove this \
-         node and add it back with an empty data directory"
+         node and add it back with an empty data directory. The partition's only replica \
+         (a single node) serves what is left once the loss is accepted: stop the server, \
+         delete lost.meta in the partition's directory, start it"
     )]
     LostLog { group: u64, why: String },
 

@@ -94,13 +94,7 @@ impl Log {
     /// The term runs of the log: `(first Raft index, term)` for every index where the term
     /// changes, in order, from the sparse indexes of every segment.
     pub async fn term_runs(&self) -> Result<Vec<(u64, u64)>> {
-        let bases: Vec<u64> = self
-            .state
-            .borrow()
-            .segments
-            .iter()
-            .map(|s| s.base)
-            .collect();
+        let bases = self.segment_bases();
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for base in bases {
             self.ensure_open(base).await?;

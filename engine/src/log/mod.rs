@@ -347,8 +347,7 @@ impl Log {
         // The segments are recorded as they are from now on: a directory of a version that
         // kept no record, one found short (marked above), a first segment made above, or a
         // crash between a segment's making (or a deletion) and its record.
-        let bases: Vec<u64> = log.state.borrow().segments.iter().map(|s| s.base).collect();
-        if let Some(span) = manifest::Span::of(&bases) {
+        if let Some(span) = manifest::Span::of(&log.segment_bases()) {
             if manifest::read(&log.dir)? != Some(span) {
                 manifest::write(&log.dir, span)?;
             }
@@ -393,6 +392,16 @@ impl Log {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("removing log directory", &self.dir, e)),
         }
+    }
+
+    /// The base offsets of the segments the log holds, oldest first.
+    pub(crate) fn segment_bases(&self) -> Vec<u64> {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.base)
+            .collect()
     }
 
     pub fn lowest_offset(&self) -> u64 {

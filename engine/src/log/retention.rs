@@ -95,14 +95,7 @@ impl Log {
         if !doomed.is_empty() {
             // Recorded before the deletions: a record naming a deleted segment would find
             // the log short at the next open.
-            let bases: Vec<u64> = self
-                .state
-                .borrow()
-                .segments
-                .iter()
-                .map(|s| s.base)
-                .collect();
-            if let Some(span) = super::manifest::Span::of(&bases) {
+            if let Some(span) = super::manifest::Span::of(&self.segment_bases()) {
                 super::manifest::write(&self.dir, span)?;
             }
         }

@@ -96,10 +96,8 @@ impl Log {
         w.index.seal()?;
         let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
         // Recorded once its files are durable, before anything is written to it.
-        let bases: Vec<u64> = {
-            let st = self.state.borrow();
-            st.segments.iter().map(|s| s.base).chain([next]).collect()
-        };
+        let mut bases = self.segment_bases();
+        bases.push(next);
         if let Some(span) = Span::of(&bases) {
             manifest::write(&self.dir, span)?;
         }

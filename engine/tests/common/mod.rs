@@ -38,6 +38,18 @@ pub fn t_partition_dir(dir: &Path, p: u32) -> PathBuf {
     dir.join(format!("topics/t/{p}"))
 }
 
+/// Runs `f` on an executor of the engine's kind (`engine::run_local`) with a fresh log
+/// directory, `<a temporary directory>/log`, removed afterwards.
+pub fn with_log_dir<F, Fut>(f: F)
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    engine::run_local(tmp.path(), move || f(dir)).expect("executor");
+}
+
 /// An engine started with [`engine_config`].
 pub fn start(dir: &Path) -> Engine {
     Engine::start(engine_config(dir)).unwrap_or_else(|e| panic!("start: {e}"))
