@@ -813,6 +813,8 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     let (ok, out, err) = common::run_cli(c.nodes[l].rpc, &["cluster", "describe"], None);
     assert!(ok, "{out}{err}");
     assert!(out.contains("stopped: s/0 on node"), "{out}");
+    // A failed log, not a lost one: a restart brings it back.
+    assert!(out.contains("failed; restart the node"), "{out}");
 }
 
 /// Three nodes formed from `first_ip` with `extra` flags, topic `s` made by
@@ -1321,10 +1323,26 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
         }
     }
     c.nodes[victim].spawn();
+    // Stopped, not the node, and said lost (a restart would not help).
+    let mut lost = false;
     wait("the emptied replica stopped, not the node", || {
         big.produce_one(&c);
-        own_view(&c.nodes[victim], "s").is_some_and(|(_, stopped)| stopped)
+        let view = c.nodes[victim].describe().and_then(|d| {
+            d.partitions
+                .into_iter()
+                .find(|p| p.topic == "s" && p.partition == 0 && p.local)
+        });
+        lost = view.as_ref().is_some_and(|p| p.lost);
+        view.is_some_and(|p| p.stopped)
     });
+    assert!(lost, "the stopped replica is not reported lost");
+    // The CLI says so too (within --stopped-replica-grace, before the replica is moved).
+    let (ok, out, err) = common::run_cli(c.nodes[victim].rpc, &["cluster", "describe"], None);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("stopped: s/0 on node") && out.contains("its log is lost"),
+        "{out}"
+    );
     let mut expected: Vec<u64> = (0..4).filter(|&i| i != victim).map(|i| ids[i]).collect();
     expected.sort_unstable();
     wait(

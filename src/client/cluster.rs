@@ -101,6 +101,10 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 .map(|q| {
                     let why = if q.disk_full {
                         "disk full"
+                    } else if q.lost {
+                        "its log is lost: records it held were deleted; moved after \
+                         --stopped-replica-grace, or, the partition's only replica, serves \
+                         again once lost.meta is deleted and the node restarted"
                     } else {
                         "failed; restart the node"
                     };

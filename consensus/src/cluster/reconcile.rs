@@ -1681,6 +1681,7 @@ mod tests {
             learners: Vec::new(),
             matched: Vec::new(),
             stopped,
+            lost: false,
         }
     }
 
@@ -2178,6 +2179,7 @@ mod tests {
             learners: vec![],
             matched: vec![(1, 100), (2, 100), (3, 100)],
             stopped: None,
+            lost: false,
         }
     }
 

@@ -707,6 +707,7 @@ mod tests {
                 learners: vec![],
                 matched: vec![],
                 stopped: Some(Stopped::Failed),
+                lost: false,
             },
         );
         let node = ClusterNode::new(peers, Duration::from_secs(60), Duration::from_secs(30));

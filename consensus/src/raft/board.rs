@@ -29,6 +29,8 @@ pub struct GroupView {
     /// Set while the group is stopped on this node: its log's disk is full, or it failed
     /// (until the server restarts).
     pub stopped: Option<Stopped>,
+    /// Stopped because its log is marked lost: it stays stopped across restarts.
+    pub lost: bool,
 }
 
 #[cfg(test)]
@@ -48,6 +50,7 @@ impl GroupView {
             learners,
             matched: vec![],
             stopped: None,
+            lost: false,
         }
     }
 }

@@ -265,6 +265,9 @@ pub struct GroupStatus {
     pub visible_offset: u64,
     /// Set once the group stopped: it takes no proposal, steps no message, elects nobody.
     pub stopped: Option<Stopped>,
+    /// Stopped because its log is marked lost ([`Error::LostLog`]): a restart does not start
+    /// it again; the replica is moved (or, the partition's only one, its loss accepted).
+    pub lost: bool,
 }
 
 struct Group<S: LogStore> {
@@ -588,6 +591,7 @@ impl<S: LogStore> GroupSet<S> {
             last_index: r.raft_log.last_index(),
             visible_offset: g.visible_offset,
             stopped,
+            lost: matches!(g.failed, Some(Error::LostLog { .. })),
         })
     }
 

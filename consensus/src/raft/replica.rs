@@ -685,6 +685,7 @@ fn publish(inner: &Inner, set: &GroupSet<Log>) {
                     learners,
                     matched,
                     stopped: s.stopped,
+                    lost: s.lost,
                 },
             );
         }

@@ -46,6 +46,7 @@ fn partition(
         out.local = true;
         out.stopped = v.stopped.is_some();
         out.disk_full = v.stopped == Some(Stopped::DiskFull);
+        out.lost = v.lost;
         for n in v.voters.iter().chain(v.learners.iter()) {
             if !nodes.iter().any(|(x, _)| x == n) {
                 nodes.push((*n, 0));
