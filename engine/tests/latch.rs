@@ -4,7 +4,10 @@
 //! The failures are real, made without privileges (root ignores permission bits): the log's
 //! directory is taken away or replaced by a file under an open log.
 
+use crate::common;
+
 use bytes::Bytes;
+use common::segment_files;
 use engine::{Error, FileBudget, Log, LogConfig, NewRecord, Removed};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -141,15 +144,4 @@ fn a_reset_after_a_failed_reset_leaves_no_old_segment_behind() {
         assert_eq!((log.lowest_offset(), log.next_offset()), (1000, 1001));
     })
     .expect("executor");
-}
-
-/// The files in `dir` whose names end in `suffix`, sorted.
-fn segment_files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .collect();
-    v.sort();
-    v
 }

@@ -16,13 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// The segment data files of `dir`, oldest first.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    v.sort();
-    v
+    common::segment_files(dir, ".log")
 }
 
 /// The base offset of a segment data file, from its name.

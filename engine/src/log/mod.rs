@@ -310,7 +310,9 @@ impl Log {
             + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
         let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
-        if let Some(why) = manifest::missing(manifest::read(&dir)?, &bases) {
+        // Read once: nothing below writes it before the comparison at the end.
+        let recorded = manifest::read(&dir)?;
+        if let Some(why) = manifest::missing(recorded, &bases) {
             // Marked before anything is made or recorded here, and before a replicated group
             // could vote on what is left; a log marked lost before keeps its first reason.
             log::error!("{}: {why}", dir.display());
@@ -348,7 +350,7 @@ impl Log {
         // kept no record, one found short (marked above), a first segment made above, or a
         // crash between a segment's making (or a deletion) and its record.
         if let Some(span) = manifest::Span::of(&log.segment_bases()) {
-            if manifest::read(&log.dir)? != Some(span) {
+            if recorded != Some(span) {
                 manifest::write(&log.dir, span)?;
             }
         }

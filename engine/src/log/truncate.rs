@@ -255,9 +255,9 @@ impl Log {
     fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
         let kept = {
             let st = self.state.borrow();
-            let bases: Vec<u64> = st.segments[..=t].iter().map(|s| s.base).collect();
+            let bases = || st.segments[..=t].iter().map(|s| s.base).collect::<Vec<_>>();
             (st.segments.len() > t + 1)
-                .then(|| Span::of(&bases))
+                .then(|| Span::of(&bases()))
                 .flatten()
         };
         if let Some(span) = kept {

@@ -50,6 +50,18 @@ where
     engine::run_local(tmp.path(), move || f(dir)).expect("executor");
 }
 
+/// The files of `dir` whose names end with `suffix` (`.log`: the segment data files),
+/// sorted (oldest segment first).
+pub fn segment_files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
 /// An engine started with [`engine_config`].
 pub fn start(dir: &Path) -> Engine {
     Engine::start(engine_config(dir)).unwrap_or_else(|e| panic!("start: {e}"))
