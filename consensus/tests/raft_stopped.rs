@@ -266,12 +266,22 @@ fn a_replica_whose_segment_files_were_deleted_never_votes() {
     manual::run(deleted_segments_never_vote);
 }
 
-/// Node 3's newest or oldest segment files deleted, everything else kept. Without its
-/// newest, its log still reaches past the configuration change `raft.meta` records and reads
-/// as a shorter, valid log; without its oldest (which holds the group's first configuration),
-/// as a log that retention cut. Nothing the group can check shows either; the engine's record
-/// of its segments (`segments.meta`) does.
-async fn deleted_segment_never_votes(root: &std::path::Path, newest: bool) {
+/// What is done to node 3's segment files while it is down.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    NewestDeleted,
+    OldestDeleted,
+    /// The segment before the active one cut short by 100 bytes (its last batch torn).
+    SealedCut,
+}
+
+/// Node 3's newest or oldest segment files deleted, or a sealed one cut short, everything
+/// else kept. Without its newest, its log still reaches past the configuration change
+/// `raft.meta` records and reads as a shorter, valid log; without its oldest (which holds the
+/// group's first configuration), as a log that retention cut; with a sealed one cut, as a
+/// whole log until a read reaches the cut. Nothing the group can check shows any of them; the
+/// engine's record of its segments (`segments.meta`) does.
+async fn damaged_segments_never_vote(root: &std::path::Path, damage: Damage) {
     let (mut c, commit) = committed_without_node_2_of(root, 40, 4000).await;
     let old = c.logs.remove(&EMPTIED).expect("log");
     let _ = old.close().await;
@@ -284,16 +294,25 @@ async fn deleted_segment_never_votes(root: &std::path::Path, newest: bool) {
         .collect();
     logs.sort();
     assert!(logs.len() >= 3, "{} segments", logs.len());
-    let doomed = if newest {
-        &logs[logs.len() - 1]
-    } else {
-        &logs[0]
+    let doomed = match damage {
+        Damage::NewestDeleted => &logs[logs.len() - 1],
+        Damage::OldestDeleted => &logs[0],
+        Damage::SealedCut => &logs[logs.len() - 2],
     };
-    std::fs::remove_file(doomed).expect("rm .log");
-    std::fs::remove_file(doomed.with_extension("index")).expect("rm .index");
+    if damage == Damage::SealedCut {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(doomed)
+            .expect("open .log");
+        let len = f.metadata().expect("stat").len();
+        f.set_len(len - 100).expect("cut");
+    } else {
+        std::fs::remove_file(doomed).expect("rm .log");
+        std::fs::remove_file(doomed.with_extension("index")).expect("rm .index");
+    }
     reopen(&mut c, root, false).await;
     let held = c.logs[&EMPTIED].next_index() - 1;
-    let why = if newest {
+    let why = if damage == Damage::NewestDeleted {
         assert!(
             (4..commit).contains(&held),
             "node 3 holds up to {held}, past the first configuration (3) and short of {commit}"
@@ -301,17 +320,24 @@ async fn deleted_segment_never_votes(root: &std::path::Path, newest: bool) {
         "its newest segment"
     } else {
         assert!(held >= commit, "node 3 holds up to {held}, commit {commit}");
-        "its oldest segment"
+        match damage {
+            Damage::OldestDeleted => "its oldest segment",
+            _ => "100 bytes were cut",
+        }
     };
     never_votes_holding(c, root, commit, why, held).await;
 }
 
 async fn deleted_newest_segment_never_votes(root: std::path::PathBuf) {
-    deleted_segment_never_votes(&root, true).await;
+    damaged_segments_never_vote(&root, Damage::NewestDeleted).await;
 }
 
 async fn deleted_oldest_segment_never_votes(root: std::path::PathBuf) {
-    deleted_segment_never_votes(&root, false).await;
+    damaged_segments_never_vote(&root, Damage::OldestDeleted).await;
+}
+
+async fn cut_sealed_segment_never_votes(root: std::path::PathBuf) {
+    damaged_segments_never_vote(&root, Damage::SealedCut).await;
 }
 
 #[test]
@@ -322,6 +348,11 @@ fn a_replica_whose_oldest_segment_was_deleted_never_votes() {
 #[test]
 fn a_replica_whose_newest_segment_was_deleted_never_votes() {
     manual::run(deleted_newest_segment_never_votes);
+}
+
+#[test]
+fn a_replica_whose_sealed_segment_was_cut_short_never_votes() {
+    manual::run(cut_sealed_segment_never_votes);
 }
 
 #[test]

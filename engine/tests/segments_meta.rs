@@ -1,11 +1,12 @@
-//! Segment files deleted from under a log whose directory (and every metadata file) stayed:
-//! `segments.meta` records the segments the log holds (first and last base offsets, how
-//! many), changed only once a new segment's files are durable and before the log deletes
-//! one, so a log found without a recorded segment at open is marked lost (`lost.meta`)
+//! Segment files deleted from under a log whose directory (and every metadata file) stayed,
+//! or sealed ones cut short: `segments.meta` records the segments the log holds (first and
+//! last base offsets, how many, the sealed ones' total length), changed only once a new
+//! segment's files are durable and before the log deletes one, so a log found without a
+//! recorded segment, or with a sealed one shorter, at open is marked lost (`lost.meta`)
 //! before anything is made there. Nothing else shows it: without its newest segments the log
 //! reads as a shorter valid log, without its oldest as a log that retention cut, without a
-//! middle one as a valid log until a read reaches the gap. What legitimately removes
-//! segments (a truncation, retention, a reset) is never taken for it.
+//! middle one (or with a sealed one cut) as a valid log until a read reaches the gap. What
+//! legitimately removes segments (a truncation, retention, a reset) is never taken for it.
 
 use crate::common;
 
@@ -42,15 +43,30 @@ fn delete_segments(dir: &Path, which: &[usize]) -> Vec<u64> {
         .collect()
 }
 
-/// What `segments.meta` records (first base, last base, count), if it is there
-/// (docs/format.md: a 16-byte metadata header, then version 1 and three u64).
-fn recorded(dir: &Path) -> Option<(u64, u64, u64)> {
+/// What `segments.meta` records (first base, last base, count, sealed bytes), if it is there
+/// (docs/format.md: a 16-byte metadata header, then version 2 and four u64).
+fn recorded_in_full(dir: &Path) -> Option<(u64, u64, u64, u64)> {
     let bytes = std::fs::read(dir.join(SEGMENTS_META)).ok()?;
     let p = &bytes[16..];
-    assert_eq!(p.len(), 25, "payload");
-    assert_eq!(p[0], 1, "version");
+    assert_eq!(p.len(), 33, "payload");
+    assert_eq!(p[0], 2, "version");
     let u = |at: usize| u64::from_le_bytes(p[at..at + 8].try_into().expect("8 bytes"));
-    Some((u(1), u(9), u(17)))
+    Some((u(1), u(9), u(17), u(25)))
+}
+
+/// What `segments.meta` records of the set (first base, last base, count), checking that its
+/// sealed length is the files' (all but the newest).
+fn recorded(dir: &Path) -> Option<(u64, u64, u64)> {
+    let (first, last, count, sealed) = recorded_in_full(dir)?;
+    let files = segment_files(dir);
+    let on_disk: u64 = files[..files.len().saturating_sub(1)]
+        .iter()
+        .map(|f| std::fs::metadata(f).expect("stat").len())
+        .sum();
+    if Some((first, last, count)) == Some(as_found(dir)) {
+        assert_eq!(sealed, on_disk, "the sealed segments' length");
+    }
+    Some((first, last, count))
 }
 
 /// What the files there are, as `segments.meta` would record them.
@@ -61,6 +77,16 @@ fn as_found(dir: &Path) -> (u64, u64, u64) {
         files.last().expect("one"),
     );
     (base_of(first), base_of(last), files.len() as u64)
+}
+
+/// Writes `segments.meta` as version 1 wrote it (25 bytes of payload, no sealed length),
+/// through the engine's own metadata writer so that only the payload differs.
+fn write_version_1(dir: &Path, first: u64, last: u64, count: u64) {
+    let mut p = vec![1u8];
+    for x in [first, last, count] {
+        p.extend_from_slice(&x.to_le_bytes());
+    }
+    engine::meta::write(dir, SEGMENTS_META, &p).expect("write version 1");
 }
 
 /// 200 records of 1 KiB, durable: four segments of 64 KiB.
@@ -189,6 +215,109 @@ fn a_log_without_the_record_gets_it_at_open() {
         let log = open(&d).await;
         assert!(log.lost().expect("read").is_some());
         assert!(d.join(LOST_META).exists());
+        log.close().await.expect("close");
+    });
+}
+
+/// The length of a batch of one 1 KiB record, as `fill` appends them (docs/format.md: a
+/// 64-byte batch header, then per record 8 bytes and its value).
+const ONE_RECORD_BATCH: u64 = 64 + 8 + 1024;
+
+/// Cuts `bytes` off the end of the segment data file at position `i` (oldest first).
+fn cut_segment(dir: &Path, i: usize, bytes: u64) -> u64 {
+    let f = &segment_files(dir)[i];
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(f)
+        .expect("open segment");
+    let len = file.metadata().expect("stat").len();
+    if bytes.is_multiple_of(ONE_RECORD_BATCH) && i + 1 < segment_files(dir).len() {
+        assert_eq!(
+            len % ONE_RECORD_BATCH,
+            0,
+            "a sealed segment of whole batches"
+        );
+    }
+    file.set_len(len - bytes).expect("cut");
+    file.sync_all().expect("sync");
+    base_of(f)
+}
+
+fn a_sealed_segment_cut_short_is_found(which: fn(usize) -> usize, bytes: u64) {
+    with_log_dir(move |d| async move {
+        let log = open(&d).await;
+        fill(&log).await;
+        log.close().await.expect("close");
+        let n = segment_files(&d).len();
+        assert!(n >= 4, "{n} segments");
+        let base = cut_segment(&d, which(n), bytes);
+        let log = open(&d).await;
+        let reason = log
+            .lost()
+            .expect("read")
+            .unwrap_or_else(|| panic!("segment {base} cut by {bytes} bytes, not marked lost"));
+        println!("segment {base} cut by {bytes} bytes: {reason}");
+        assert!(
+            reason.contains(&format!("{bytes} bytes were cut")),
+            "{reason}"
+        );
+        log.close().await.expect("close");
+        // The mark stays, and the record now follows the files.
+        let log = open(&d).await;
+        assert_eq!(log.lost().expect("read").as_deref(), Some(reason.as_str()));
+        assert_eq!(recorded(&d), Some(as_found(&d)));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_log_whose_oldest_segment_was_cut_short_opens_marked_lost() {
+    // Mid-batch: the segment's last batch torn.
+    a_sealed_segment_cut_short_is_found(|_| 0, 100);
+}
+
+#[test]
+fn a_log_whose_last_sealed_segment_lost_whole_batches_opens_marked_lost() {
+    // Two whole batches of one 1 KiB record (a batch boundary, so the segment still reads as
+    // valid up to its new end), from the segment just before the active one.
+    // docs/format.md: a 64-byte batch header, then per record 8 bytes and its value.
+    a_sealed_segment_cut_short_is_found(|n| n - 2, 2 * ONE_RECORD_BATCH);
+}
+
+#[test]
+fn the_newest_segment_is_not_compared_and_a_version_1_record_is_replaced() {
+    with_log_dir(|d| async move {
+        let log = open(&d).await;
+        fill(&log).await;
+        log.close().await.expect("close");
+        let (first, last, count) = as_found(&d);
+        // A record as version 1 wrote it: opened, nothing found, replaced by version 2.
+        write_version_1(&d, first, last, count);
+        let log = open(&d).await;
+        assert_eq!(log.lost().expect("read"), None);
+        assert!(recorded_in_full(&d).is_some(), "replaced by version 2");
+        assert_eq!(recorded(&d), Some(as_found(&d)));
+        let next = log.next_offset();
+        log.close().await.expect("close");
+        // The newest segment was being written: its tail is the recovery's to cut (a torn
+        // batch here), never a loss.
+        let newest = segment_files(&d).pop().expect("a segment");
+        let data_len = (next - base_of(&newest)) * ONE_RECORD_BATCH;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&newest)
+            .expect("open segment");
+        assert!(file.metadata().expect("stat").len() >= data_len);
+        file.set_len(data_len - 100)
+            .expect("cut into the last batch");
+        drop(file);
+        let log = open(&d).await;
+        assert_eq!(
+            log.lost().expect("read"),
+            None,
+            "the newest segment's torn tail"
+        );
+        assert_eq!(log.next_offset(), next - 1);
         log.close().await.expect("close");
     });
 }

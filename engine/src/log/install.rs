@@ -202,12 +202,12 @@ impl Staging {
                 ),
             ));
         }
-        let bases: Vec<u64> = if n == 0 {
-            vec![next_offset]
+        let segments: Vec<(u64, u64)> = if n == 0 {
+            vec![(next_offset, 0)]
         } else {
-            self.files.iter().map(|&(base, _)| base).collect()
+            self.files.clone()
         };
-        if let Some(span) = super::manifest::Span::of(&bases) {
+        if let Some(span) = super::manifest::Span::of(&segments) {
             super::manifest::write(&self.dir, span)?;
         }
         meta::write(&self.dir, START_META, &(last_index + 1).to_le_bytes())?;

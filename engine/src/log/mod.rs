@@ -309,10 +309,10 @@ impl Log {
             as usize
             + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
-        let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
+        let found: Vec<(u64, u64)> = segments.iter().map(|s| (s.base, s.size)).collect();
         // Read once: nothing below writes it before the comparison at the end.
         let recorded = manifest::read(&dir)?;
-        if let Some(why) = manifest::missing(recorded, &bases) {
+        if let Some(why) = manifest::missing(recorded, &found) {
             // Marked before anything is made or recorded here, and before a replicated group
             // could vote on what is left; a log marked lost before keeps its first reason.
             log::error!("{}: {why}", dir.display());
@@ -349,7 +349,7 @@ impl Log {
         // The segments are recorded as they are from now on: a directory of a version that
         // kept no record, one found short (marked above), a first segment made above, or a
         // crash between a segment's making (or a deletion) and its record.
-        if let Some(span) = manifest::Span::of(&log.segment_bases()) {
+        if let Some(span) = manifest::Span::of(&log.segment_extents()) {
             if recorded != Some(span) {
                 manifest::write(&log.dir, span)?;
             }
@@ -403,6 +403,16 @@ impl Log {
             .segments
             .iter()
             .map(|s| s.base)
+            .collect()
+    }
+
+    /// `(base offset, length)` of every segment, oldest first: what `segments.meta` records.
+    fn segment_extents(&self) -> Vec<(u64, u64)> {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| (s.base, s.size))
             .collect()
     }
 

@@ -95,7 +95,7 @@ impl Log {
         if !doomed.is_empty() {
             // Recorded before the deletions: a record naming a deleted segment would find
             // the log short at the next open.
-            if let Some(span) = super::manifest::Span::of(&self.segment_bases()) {
+            if let Some(span) = super::manifest::Span::of(&self.segment_extents()) {
                 super::manifest::write(&self.dir, span)?;
             }
         }

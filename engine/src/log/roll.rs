@@ -96,9 +96,9 @@ impl Log {
         w.index.seal()?;
         let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
         // Recorded once its files are durable, before anything is written to it.
-        let mut bases = self.segment_bases();
-        bases.push(next);
-        if let Some(span) = Span::of(&bases) {
+        let mut segments = self.segment_extents();
+        segments.push((next, 0));
+        if let Some(span) = Span::of(&segments) {
             manifest::write(&self.dir, span)?;
         }
         let mut st = self.state_mut();

@@ -255,9 +255,14 @@ impl Log {
     fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
         let kept = {
             let st = self.state.borrow();
-            let bases = || st.segments[..=t].iter().map(|s| s.base).collect::<Vec<_>>();
+            let kept = || {
+                st.segments[..=t]
+                    .iter()
+                    .map(|s| (s.base, s.size))
+                    .collect::<Vec<_>>()
+            };
             (st.segments.len() > t + 1)
-                .then(|| Span::of(&bases()))
+                .then(|| Span::of(&kept()))
                 .flatten()
         };
         if let Some(span) = kept {
@@ -364,6 +369,7 @@ impl Log {
                 first: next_offset,
                 last: next_offset,
                 count: 1,
+                sealed_bytes: Some(0),
             },
         )?;
         // After the segment: a reset that cannot create files fails on the segment (and
