@@ -1274,6 +1274,14 @@ fn a_follower_whose_newest_segment_is_deleted_at_start_is_replaced() {
     emptied_follower_is_replaced(Deleted::NewestSegment, "its newest segment");
 }
 
+/// A sealed segment of a follower cut short while it was down (its file truncated): found
+/// at open from the sealed length `segments.meta` records, stopped, and moved.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_follower_whose_sealed_segment_is_cut_short_at_start_is_replaced() {
+    emptied_follower_is_replaced(Deleted::SealedSegmentCut, "100 bytes were cut");
+}
+
 /// What is deleted of the victim's `topics/s/0` while it is down.
 enum Deleted {
     /// Every file.
@@ -1282,6 +1290,8 @@ enum Deleted {
     AllBut(&'static str),
     /// The newest segment's files (after enough records for a roll).
     NewestSegment,
+    /// Nothing deleted: the segment before the newest cut 100 bytes short.
+    SealedSegmentCut,
 }
 
 /// The victim's `topics/s/0` files deleted as `deleted` says, and the reason its log says
@@ -1291,7 +1301,7 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
     let (mut c, ids, _, _, victim) = four_with_a_victim("a data directory emptied", 231, 1, &grace);
     let mut big = BigRecords::default();
     // 2 MiB segments roll every 35 or so of these.
-    let n = if matches!(deleted, Deleted::NewestSegment) {
+    let n = if matches!(deleted, Deleted::NewestSegment | Deleted::SealedSegmentCut) {
         45
     } else {
         5
@@ -1309,7 +1319,7 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
             empty_out(&dir);
             std::fs::write(dir.join(keep), bytes).expect("put the kept file back");
         }
-        Deleted::NewestSegment => {
+        Deleted::NewestSegment | Deleted::SealedSegmentCut => {
             let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
                 .expect("list")
                 .map(|e| e.expect("entry").path())
@@ -1317,9 +1327,19 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
                 .collect();
             logs.sort();
             assert!(logs.len() >= 2, "{} segments: {logs:?}", logs.len());
-            let newest = &logs[logs.len() - 1];
-            std::fs::remove_file(newest).expect("rm .log");
-            std::fs::remove_file(newest.with_extension("index")).expect("rm .index");
+            if matches!(deleted, Deleted::SealedSegmentCut) {
+                let sealed = &logs[logs.len() - 2];
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(sealed)
+                    .expect("open the sealed segment");
+                let len = f.metadata().expect("stat").len();
+                f.set_len(len - 100).expect("cut it");
+            } else {
+                let newest = &logs[logs.len() - 1];
+                std::fs::remove_file(newest).expect("rm .log");
+                std::fs::remove_file(newest.with_extension("index")).expect("rm .index");
+            }
         }
     }
     c.nodes[victim].spawn();
