@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Replacement: write `<name>.tmp`, fsync it, rename over `<name>`, fsync the directory. A crash
-//! leaves either the old or the new file; a stray `.tmp` is removed on open.
+//! leaves either the old or the new file, and perhaps a stray `.tmp`: a partition directory's
+//! are removed when its log opens, others are replaced by the next write of that file.
 
 use crate::error::{Error, Result};
 use crate::limits::MAX_META_PAYLOAD_BYTES;
@@ -24,6 +25,16 @@ const HEADER: usize = 16;
 
 /// Writes `payload` to `dir/name` atomically and durably.
 pub fn write(dir: &Path, name: &str, payload: &[u8]) -> Result<()> {
+    replace(dir, name, payload, false)
+}
+
+/// As [`write`], for a secret: the file is readable and writable by its owner only (mode
+/// 0600) from its creation, so that no moment (and no crash) leaves it readable by others.
+pub fn write_private(dir: &Path, name: &str, payload: &[u8]) -> Result<()> {
+    replace(dir, name, payload, true)
+}
+
+fn replace(dir: &Path, name: &str, payload: &[u8], private: bool) -> Result<()> {
     if payload.len() > MAX_META_PAYLOAD_BYTES {
         return Err(Error::InvalidArgument(format!(
             "metadata {name} of {} bytes exceeds {MAX_META_PAYLOAD_BYTES}",
@@ -38,7 +49,21 @@ pub fn write(dir: &Path, name: &str, payload: &[u8]) -> Result<()> {
     bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     bytes.extend_from_slice(payload);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        // A leftover `.tmp` keeps the mode it was made with: made afresh.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing", &tmp, e)),
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    let mut f = options
+        .open(&tmp)
+        .map_err(|e| Error::io("creating", &tmp, e))?;
     f.write_all(&bytes)
         .map_err(|e| Error::io("writing", &tmp, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;

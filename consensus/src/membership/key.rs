@@ -76,11 +76,21 @@ impl GossipKey {
             && full.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
-    /// Reads the key from `dir`: `Ok(None)` when there is none yet.
+    /// Reads the key from `dir`: `Ok(None)` when there is none yet. A key file others may
+    /// read (written by a version that made it so for a moment, or changed since) is made
+    /// its owner's only.
     pub fn load(dir: &Path) -> Result<Option<GossipKey>, MembershipError> {
         let Some(payload) = engine::meta::read(dir, KEY_FILE)? else {
             return Ok(None);
         };
+        let path = dir.join(KEY_FILE);
+        if readable_by_others(&path) {
+            log::warn!(
+                "{}: the gossip key was readable by others; now by its owner only",
+                path.display()
+            );
+            restrict(&path)?;
+        }
         let bytes: [u8; KEY_BYTES] =
             payload
                 .as_slice()
@@ -92,10 +102,11 @@ impl GossipKey {
         Ok(Some(GossipKey::from_bytes(bytes)))
     }
 
-    /// Writes the key to `dir` atomically and durably, readable by its owner only.
+    /// Writes the key to `dir` atomically and durably, readable by its owner only from the
+    /// file's creation on.
     pub fn store(&self, dir: &Path) -> Result<(), MembershipError> {
-        engine::meta::write(dir, KEY_FILE, &self.bytes)?;
-        restrict(&dir.join(KEY_FILE))
+        engine::meta::write_private(dir, KEY_FILE, &self.bytes)?;
+        Ok(())
     }
 }
 
@@ -114,6 +125,17 @@ fn restrict(path: &Path) -> Result<(), MembershipError> {
 #[cfg(not(unix))]
 fn restrict(_path: &Path) -> Result<(), MembershipError> {
     Ok(())
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_path: &Path) -> bool {
+    false
 }
 
 #[cfg(test)]
@@ -144,5 +166,28 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// The key file is its owner's alone from its creation (no chmod after the rename that a
+    /// crash could skip), a leftover `.tmp` made by someone else's mode included; one found
+    /// readable by others is tightened at load.
+    #[cfg(unix)]
+    #[test]
+    fn the_key_file_is_never_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let path = dir.path().join(KEY_FILE);
+        let tmp = dir.path().join(format!("{KEY_FILE}.tmp"));
+        std::fs::write(&tmp, b"leftover").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let k = GossipKey::generate().unwrap();
+        k.store(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(!tmp.exists());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let back = GossipKey::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.bytes(), k.bytes());
+        assert_eq!(mode(&path), 0o600);
     }
 }
