@@ -5,8 +5,10 @@ use crate::common;
 use std::process::Command;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use net::client::ClientConfig;
+use net::Code;
 use proto::log::v1::*;
 
 #[test]
@@ -376,4 +378,83 @@ fn cpuset_outside_the_affinity_mask_refuses_to_start() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--cpuset"), "{err}");
+}
+
+/// A byte of a stored record flipped while the server was down, in a sealed segment (a read
+/// checks every batch it returns; the active segment's damage is recovery's to cut): a
+/// Consume of that record is DATA_LOSS naming the file and the byte, never the data, and
+/// the records around it and the server itself go on being served.
+#[test]
+fn a_damaged_record_is_data_loss_on_the_wire_and_never_served() {
+    let args = ["--segment-bytes", "2MiB"];
+    let mut s = TestServer::start_with(&args);
+    let ch = s.channel();
+    // 40 batches of 64 records of 1 KiB: a roll at 2 MiB, so offset 100 is in a sealed
+    // segment. Each value names its offset.
+    let value = |i: u64| {
+        let mut v = format!("record {i:08} ").into_bytes();
+        v.resize(1024, b'.');
+        Bytes::from(v)
+    };
+    for b in 0..40u64 {
+        let r: ProduceBatchResponse = ch
+            .unary_prost(
+                paths::PRODUCE_BATCH,
+                &ProduceBatchRequest {
+                    records: (b * 64..b * 64 + 64)
+                        .map(|i| Record {
+                            value: value(i),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+                opts(),
+            )
+            .unwrap();
+        assert_eq!(r.base_offset, b * 64);
+    }
+    assert_eq!(s.sigterm().code(), Some(0));
+    let dir = s.data_dir.join("topics/default/0");
+    let first = dir.join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).expect("the first segment");
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"record 00000100 ")
+        .expect("offset 100's value in the first segment");
+    bytes[at + 20] ^= 0x01;
+    std::fs::write(&first, &bytes).expect("write the damaged segment back");
+    let logs = std::fs::read_dir(&dir)
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .count();
+    assert!(
+        logs >= 2,
+        "{logs} segments: the damage must be in a sealed one"
+    );
+
+    let s = TestServer::start_in(&s.data_dir.clone(), &args);
+    let ch = s.channel();
+    let e = consume(&ch, "", 0, 100).expect_err("a damaged record is never served");
+    assert_eq!(e.code, Code::DataLoss, "{e:?}");
+    assert!(
+        e.message.contains("00000000000000000000.log") && e.message.contains("checksum"),
+        "{}",
+        e.message
+    );
+    // Its batch is damaged as a whole; the others are served, and writes go on.
+    assert_eq!(consume(&ch, "", 0, 64).map(|r| r.value), Err(e.clone()));
+    assert_eq!(consume(&ch, "", 0, 63).expect("before").value, value(63));
+    assert_eq!(consume(&ch, "", 0, 128).expect("after").value, value(128));
+    assert_eq!(
+        consume(&ch, "", 0, 2559).expect("newest").value,
+        value(2559)
+    );
+    assert_eq!(
+        produce(&ch, "", 0, "after the damage").expect("produce"),
+        2560
+    );
 }

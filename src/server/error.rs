@@ -48,6 +48,8 @@ pub fn to_status(e: seam::Error) -> Status {
         // Not logged here: the call's line logs INTERNAL at error level with this message
         // (and the call's trace id), once.
         E::NotWritable { .. } | E::Internal(_) => Status::internal(e.to_string()),
+        // Damaged stored data (never served) or a log marked lost: no retry brings it back.
+        E::DataLoss(m) => Status::data_loss(m),
     }
 }
 

@@ -1011,6 +1011,7 @@ pub fn to_wire(e: &seam::Error) -> ForwardError {
         }
         E::Unavailable(_) => ForwardErrorKind::ForwardErrorUnavailable,
         E::Internal(_) => ForwardErrorKind::ForwardErrorInternal,
+        E::DataLoss(_) => ForwardErrorKind::ForwardErrorDataLoss,
     };
     w.kind = kind as i32;
     w
@@ -1067,6 +1068,7 @@ pub fn from_wire(w: ForwardError) -> seam::Error {
         ForwardErrorKind::ForwardErrorNoLeader => E::NoLeader(w.partition),
         ForwardErrorKind::ForwardErrorOutcomeUnknown => E::OutcomeUnknown(w.message),
         ForwardErrorKind::ForwardErrorUnavailable => E::Unavailable(from_leader(&w.message)),
+        ForwardErrorKind::ForwardErrorDataLoss => E::DataLoss(from_leader(&w.message)),
         ForwardErrorKind::ForwardErrorInternal | ForwardErrorKind::ForwardErrorUnspecified => {
             E::Internal(from_leader(&w.message))
         }
@@ -1447,6 +1449,16 @@ mod tests {
             if !matches!(e, seam::Error::NotWritable { .. }) {
                 assert_eq!(e.to_string(), back.to_string());
             }
+        }
+        // Damaged data stays damaged data, said to come from the leader.
+        let e = seam::Error::DataLoss("corrupt data in f at byte 4096: checksum mismatch".into());
+        match from_wire(ForwardError::decode(to_wire(&e).encode_to_vec().as_slice()).unwrap()) {
+            seam::Error::DataLoss(m) => assert_eq!(
+                m,
+                "the partition's leader answered: corrupt data in f at byte 4096: checksum \
+                 mismatch"
+            ),
+            other => panic!("{other:?}"),
         }
         // A kind from a newer node is an internal error, never a panic.
         let w = ForwardError {

@@ -982,6 +982,9 @@ pub fn engine_error(e: Error, shard: usize, id: &PartitionId) -> engine::Error {
         Error::InvalidProposal(m) => E::InvalidArgument(m),
         Error::Storage { source, .. } => source,
         Error::UnknownGroup(_) => E::ShutDown,
+        Error::LostLog { .. } | Error::LostEntries { .. } => {
+            E::Replication(seam::Error::DataLoss(e.to_string()))
+        }
         e => E::Replication(seam::Error::Internal(e.to_string())),
     }
 }

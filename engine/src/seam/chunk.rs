@@ -437,7 +437,7 @@ mod tests {
         let c = chunk(0, 1, vec![cut.slice(..cut.len() - 1)]);
         assert!(matches!(
             c.records().next(),
-            Some(Err(crate::seam::Error::Internal(m))) if m.contains("past the end")
+            Some(Err(crate::seam::Error::DataLoss(m))) if m.contains("past the end")
         ));
     }
 

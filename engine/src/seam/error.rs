@@ -71,7 +71,13 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
-    /// I/O failure or corrupt data; the message names the file.
+    /// Stored data found damaged: a batch that fails its checks on a read (never served), or
+    /// a log marked lost (records it held were deleted or cut). The message names the file
+    /// and byte, or the loss.
+    #[error("{0}")]
+    DataLoss(String),
+
+    /// I/O failure, or a file that is not ours; the message names the file.
     #[error("{0}")]
     Internal(String),
 }
@@ -150,7 +156,8 @@ impl From<crate::Error> for Error {
                     reason: format!("{e} ({free_bytes} bytes free)"),
                 }
             }
-            E::Io { .. } | E::Corrupt { .. } | E::Foreign { .. } | E::UnsupportedFormat { .. } => {
+            E::Corrupt { .. } => Error::DataLoss(e.to_string()),
+            E::Io { .. } | E::Foreign { .. } | E::UnsupportedFormat { .. } => {
                 Error::Internal(e.to_string())
             }
         }
