@@ -118,6 +118,9 @@ struct Figures {
     snapshots_sent: u64,
     snapshots_installed: u64,
     snapshot_fetch_failures: u64,
+    /// Peer messages refused before raft-rs saw them: what correct nodes send, however the
+    /// network delays, reorders or duplicates it, is never refused.
+    peer_messages_refused: u64,
 }
 
 impl Figures {
@@ -133,6 +136,7 @@ impl Figures {
         self.snapshots_sent += s.snapshots_sent;
         self.snapshots_installed += s.snapshots_installed;
         self.snapshot_fetch_failures += s.snapshot_fetch_failures;
+        self.peer_messages_refused += s.peer_messages_refused;
     }
 }
 
@@ -915,6 +919,11 @@ fn run(seed: u64, nodes: u64, steps: u64) -> Figures {
     for s in stats {
         sim.fig.absorb(s);
     }
+    assert_eq!(
+        sim.fig.peer_messages_refused, 0,
+        "seed {}: messages of correct nodes were refused as malformed",
+        sim.seed
+    );
     sim.fig
 }
 

@@ -423,3 +423,48 @@ fn a_proposal_during_a_leadership_transfer_is_refused_as_no_leader() {
         other => panic!("a proposal during a transfer gave {other:?}"),
     }
 }
+
+/// Messages a member could send that raft-rs panics on (a heartbeat without a term naming a
+/// commit far past the log, an empty proposal, an append whose entries are misnumbered),
+/// in one well-formed frame: each is refused before raft-rs sees it, and counted; the node
+/// and its group go on, and the next proposal commits on all three.
+#[test]
+fn messages_raft_rs_would_panic_on_are_refused_and_the_group_goes_on() {
+    let mut c = Cluster::new(3);
+    let l = c.elect(1);
+    let mut rx = c.propose(l, "before");
+    c.rounds(5);
+    assert!(outcome(&mut rx).expect("committed").is_ok());
+    let f = if l == 2 { 3 } else { 2 };
+    let s = c.sets[&f].status(G).expect("status");
+    let message = |t: MessageType, term: u64| {
+        let mut m = raft::eraftpb::Message::default();
+        m.msg_type = t;
+        m.from = l;
+        m.to = f;
+        m.term = term;
+        m
+    };
+    let mut heartbeat = message(MessageType::MsgHeartbeat, 0);
+    heartbeat.commit = s.last_index + 1000;
+    let proposal = message(MessageType::MsgPropose, 0);
+    let mut append = message(MessageType::MsgAppend, s.term);
+    append.index = s.last_index;
+    append.log_term = s.term;
+    let mut e = raft::eraftpb::Entry::default();
+    e.index = 1;
+    e.term = s.term;
+    append.entries = vec![e].into();
+    let frame = consensus::raft::wire::frame(l, f, &[(G, heartbeat), (G, proposal), (G, append)]);
+    let bytes = consensus::raft::wire::encode_frame(&frame);
+    c.set(f).step_frame(&bytes).expect("a well-formed frame");
+    assert_eq!(c.sets[&f].stats().peer_messages_refused, 3);
+    let mut rx = c.propose(l, "after");
+    c.rounds(5);
+    assert!(outcome(&mut rx).expect("committed").is_ok());
+    let after = c.sets[&f].status(G).expect("status");
+    assert!(
+        after.commit > s.commit && after.stopped.is_none(),
+        "{after:?}"
+    );
+}

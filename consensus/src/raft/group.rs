@@ -332,6 +332,8 @@ pub struct SetStats {
     pub meta_writes: u64,
     pub fetches: u64,
     pub step_errors: u64,
+    /// Peer messages refused before raft-rs saw them ([`peer_check`](super::peer_check)).
+    pub peer_messages_refused: u64,
     /// Vote requests dropped by a group that knows no configuration.
     pub votes_refused: u64,
     pub snapshots_sent: u64,
@@ -361,6 +363,7 @@ impl SetStats {
             meta_writes,
             fetches,
             step_errors,
+            peer_messages_refused,
             votes_refused,
             snapshots_sent,
             snapshots_installed,
@@ -381,6 +384,7 @@ impl SetStats {
         self.meta_writes += meta_writes;
         self.fetches += fetches;
         self.step_errors += step_errors;
+        self.peer_messages_refused += peer_messages_refused;
         self.votes_refused += votes_refused;
         self.snapshots_sent += snapshots_sent;
         self.snapshots_installed += snapshots_installed;
@@ -930,6 +934,15 @@ impl<S: LogStore> GroupSet<S> {
                 self.stats.step_errors += 1;
                 continue;
             };
+            if let Some(why) = super::peer_check::refusal(&g.node.raft, &m) {
+                // raft-rs would panic on it (or take a local message from the network).
+                self.stats.peer_messages_refused += 1;
+                log::warn!(
+                    "group {group}: refused a message from node {}: {why}",
+                    m.from
+                );
+                continue;
+            }
             if is_vote_request(&m) && g.knows_no_configuration() {
                 // A node that knows no configuration (an empty disk that was not
                 // bootstrapped) may have voted in this term before it lost its disk: it must

@@ -9,6 +9,8 @@
 //! - [`group`]: the per-shard [`GroupSet`] and its rounds: one sync per round per log,
 //!   messages coalesced per destination node, heartbeats merged.
 //! - [`wire`]: our own prost types for raft-rs's messages, frames, conversions.
+//! - [`peer_check`]: what raft-rs would panic on, refused before a peer's message is
+//!   stepped.
 //!
 //! - [`replica`]: the engine's replication layer: one task per shard runs its `GroupSet`
 //!   (commands, ticks, pipelined rounds); every partition of the server is a Raft group.
@@ -34,6 +36,7 @@ pub mod forward;
 pub mod group;
 pub mod logger;
 pub mod mem_store;
+pub mod peer_check;
 pub mod replica;
 pub mod seam;
 pub mod snapshot_transfer;

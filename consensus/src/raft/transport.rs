@@ -16,7 +16,8 @@
 //! are read up to [`MAX_FRAME_BYTES`] through a small buffer ([`READ_BUFFER_BYTES`]), each
 //! payload into memory of its own that the decoded entries keep slices of; an oversized, truncated or empty frame, a frame of
 //! another kind, one that does not decode, or one addressed to another node closes the
-//! connection and is counted ([`TransportStats`]); nothing a peer sends panics. A decoded frame
+//! connection and is counted ([`TransportStats`]); a message raft-rs would panic on is refused
+//! before it is stepped ([`peer_check`](super::peer_check)); nothing a peer sends panics. A decoded frame
 //! is split by group among the shards owning the groups ([`GroupDirectory`]) and delivered to
 //! each as a typed shard message (`EngineHandle::deliver`); frames for groups this node does
 //! not hold are counted and dropped. Without peer TLS, connections are accepted only from the
