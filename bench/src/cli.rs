@@ -327,8 +327,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed> {
         ("--append-secs", o.append_secs),
         ("--read-secs", o.read_secs),
     ] {
-        if !(s > 0.0 && s.is_finite()) {
-            bail!("{n} must be > 0");
+        if !(s > 0.0 && s <= 1e6) {
+            bail!("{n} must be > 0 and at most 1e6 seconds");
         }
     }
     if !(o.restart_gib >= 0.0 && o.restart_gib.is_finite()) {

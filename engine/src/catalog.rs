@@ -122,6 +122,17 @@ pub fn load(dir: &Path) -> Result<Catalog> {
     }
     for (name, t) in &cat.topics {
         check_topic_name(name)?;
+        if t.partitions == 0 || t.partitions > crate::limits::MAX_PARTITIONS {
+            return Err(Error::corrupt(
+                dir.join(FILE),
+                16,
+                format!(
+                    "topic {name}: {} partitions, outside [1, {}]",
+                    t.partitions,
+                    crate::limits::MAX_PARTITIONS
+                ),
+            ));
+        }
         t.config
             .validate()
             .map_err(|e| Error::corrupt(dir.join(FILE), 16, format!("topic {name}: {e}")))?;
@@ -698,6 +709,33 @@ fn info(name: &str, t: &TopicEntry) -> TopicInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partition count no topic can have (a hand-edited or damaged catalog) fails the
+    /// start naming the file, instead of sizing lists by it.
+    #[test]
+    fn a_catalog_with_an_impossible_partition_count_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for (partitions, ok) in [(1, true), (4096, true), (0, false), (u32::MAX, false)] {
+            let mut cat = Catalog {
+                version: VERSION,
+                topics: BTreeMap::new(),
+            };
+            let entry = TopicEntry {
+                partitions,
+                config: LogConfig::default(),
+                held: None,
+            };
+            cat.topics.insert("t".into(), entry);
+            save(tmp.path(), &cat).expect("save");
+            match load(tmp.path()) {
+                Ok(_) => assert!(ok, "{partitions} partitions loaded"),
+                Err(e) => {
+                    assert!(!ok, "{partitions}: {e}");
+                    assert!(e.to_string().contains("catalog.meta"), "{e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn only_a_partition_number_then_the_suffix_names_a_tombstone() {

@@ -344,7 +344,14 @@ pub async fn scan(
             .await?;
         }
         let at = (pos - chunk_pos) as usize;
-        let bytes = &chunk[at..at + len as usize];
+        // A read returns less than asked only at the end of the file: one cut while scanned.
+        let Some(bytes) = chunk.get(at..at + len as usize) else {
+            s.stopped = Some(format!(
+                "batch at byte {pos}: the file ended while it was read ({} bytes of {len})",
+                chunk.len().saturating_sub(at)
+            ));
+            break;
+        };
         if !batch::crc_ok(&header, bytes) {
             s.stopped = Some(format!("checksum mismatch in batch at byte {pos}"));
             break;

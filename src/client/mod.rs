@@ -38,8 +38,9 @@ pub struct Conn {
     /// Print one JSON object per line instead of text
     #[arg(long)]
     pub json: bool,
-    /// Deadline of each call in seconds (streams that follow the log have none)
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    /// Deadline of each call in seconds, at most a year; 0 for none (streams that follow the
+    /// log have none)
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// CA that signed the server's certificate (PEM): turns TLS on
     #[arg(long, value_name = "PATH")]
@@ -53,6 +54,24 @@ pub struct Conn {
     /// Name the server certificate must carry [default: the IP address of --addr]
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
+}
+
+/// The longest `--timeout`: a deadline further away is no deadline a person means, and one
+/// past what a clock can add overflows it.
+const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--timeout`: seconds, 0 (none) up to [`MAX_TIMEOUT_SECS`].
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "{s} seconds: a timeout is 0 (none) to {MAX_TIMEOUT_SECS} (a year)"
+        ));
+    }
+    Ok(secs)
 }
 
 impl Conn {
@@ -206,5 +225,28 @@ pub fn json_value(v: &[u8]) -> (&'static str, serde_json::Value) {
                 serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_zero_to_a_year() {
+        assert_eq!(parse_timeout("2.5"), Ok(2.5));
+        assert_eq!(parse_timeout("0"), Ok(0.0));
+        for bad in ["-1", "1e20", "nan", "inf", "ten"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+        // The largest allowed still makes a deadline.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            conn: Conn,
+        }
+        let c = <Cli as clap::Parser>::parse_from(["x", "--timeout", "31536000"]).conn;
+        assert!(c.deadline() > Instant::now());
+        assert!(<Cli as clap::Parser>::try_parse_from(["x", "--timeout", "1e20"]).is_err());
     }
 }

@@ -255,8 +255,8 @@ impl Opts {
         if self.producers + self.stream_producers == 0 {
             return Err("at least one producer".into());
         }
-        if !(self.rate > 0.0 && self.rate <= 10_000.0) {
-            return Err("--rate must be in (0, 10000]".into());
+        if !(0.01..=10_000.0).contains(&self.rate) {
+            return Err("--rate must be in [0.01, 10000]".into());
         }
         if !(24..=65536).contains(&self.value_bytes) {
             return Err("--value-bytes must be in 24..=65536".into());

@@ -492,9 +492,9 @@ impl Opts {
             return Err("--workload: give at least one workload (or none)".into());
         }
         if let Some(r) = self.rate {
-            if !(r.is_finite() && r > 0.0) {
+            if !(0.001..=1e9).contains(&r) {
                 return Err(format!(
-                    "--rate {r}: must be a positive number of requests per second"
+                    "--rate {r}: must be 0.001 to 1e9 requests per second"
                 ));
             }
         }

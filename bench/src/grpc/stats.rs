@@ -121,8 +121,9 @@ impl Window {
 
 /// CPU seconds (user, system) of this process so far (getrusage).
 pub fn self_cpu() -> (f64, f64) {
-    // SAFETY: getrusage fills the zeroed struct we pass.
+    // SAFETY: `rusage` is plain integers, for which all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only into the struct we pass, which lives across the call.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return (0.0, 0.0);
     }

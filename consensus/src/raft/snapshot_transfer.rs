@@ -298,6 +298,16 @@ pub fn decode_manifest(b: &[u8]) -> Result<Vec<(u64, u64)>, String> {
     if files.iter().any(|&(_, len)| len == 0) {
         return Err("manifest lists an empty file".into());
     }
+    // No segment is larger: the download would write whatever length it was told.
+    if let Some(&(base, len)) = files
+        .iter()
+        .find(|&&(_, len)| len > engine::limits::MAX_SEGMENT_BYTES)
+    {
+        return Err(format!(
+            "manifest lists file {base} of {len} bytes, larger than a segment can be ({} bytes)",
+            engine::limits::MAX_SEGMENT_BYTES
+        ));
+    }
     Ok(files)
 }
 
@@ -971,6 +981,9 @@ mod tests {
         // Files out of order, or empty.
         assert!(decode_manifest(&encode_manifest(&[(5, 1), (5, 1)])).is_err());
         assert!(decode_manifest(&encode_manifest(&[(0, 0)])).is_err());
+        let huge = decode_manifest(&encode_manifest(&[(0, 10), (10, (1 << 31) + 1)]));
+        assert!(huge.is_err_and(|e| e.contains("larger than a segment")));
+        assert!(decode_manifest(&encode_manifest(&[(0, 1 << 31)])).is_ok());
         let mut c = encode_chunk(0, 0, b"payload");
         let last = c.len() - 1;
         c[last] ^= 1;
