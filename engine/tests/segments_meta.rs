@@ -104,16 +104,22 @@ async fn open(dir: &Path) -> std::rc::Rc<Log> {
         .expect("open")
 }
 
+/// A log made in `d`, [`fill`]ed and closed: four segments or more (how many is returned).
+async fn four_segments_or_more(d: &Path) -> usize {
+    let log = open(d).await;
+    fill(&log).await;
+    log.close().await.expect("close");
+    let n = segment_files(d).len();
+    assert!(n >= 4, "{n} segments");
+    n
+}
+
 /// A log of four segments or more, closed, then the segments at `which` deleted and the log
 /// opened again: it is marked lost, its reason holding `why`, and serves what is left; the
 /// mark stays (with its first reason) at the next open, and the record follows the files.
 fn deleted_segments_are_found(which: fn(usize) -> Vec<usize>, why: &'static str) {
     with_log_dir(move |d| async move {
-        let log = open(&d).await;
-        fill(&log).await;
-        log.close().await.expect("close");
-        let n = segment_files(&d).len();
-        assert!(n >= 4, "{n} segments");
+        let n = four_segments_or_more(&d).await;
         assert_eq!(recorded(&d), Some(as_found(&d)), "recorded at each roll");
 
         let gone = delete_segments(&d, &which(n));
@@ -131,11 +137,17 @@ fn deleted_segments_are_found(which: fn(usize) -> Vec<usize>, why: &'static str)
             .expect("append after");
         assert_eq!(a.base_offset + 1, log.next_offset());
         log.close().await.expect("close");
-        let log = open(&d).await;
-        assert_eq!(log.lost().expect("read").as_deref(), Some(reason.as_str()));
-        assert_eq!(recorded(&d), Some(as_found(&d)));
-        log.close().await.expect("close");
+        the_mark_stays(&d, &reason).await;
     });
+}
+
+/// At the next open the log is still marked lost for `reason` (its first), and the record
+/// now follows the files.
+async fn the_mark_stays(d: &Path, reason: &str) {
+    let log = open(d).await;
+    assert_eq!(log.lost().expect("read").as_deref(), Some(reason));
+    assert_eq!(recorded(d), Some(as_found(d)));
+    log.close().await.expect("close");
 }
 
 #[test]
@@ -245,11 +257,7 @@ fn cut_segment(dir: &Path, i: usize, bytes: u64) -> u64 {
 
 fn a_sealed_segment_cut_short_is_found(which: fn(usize) -> usize, bytes: u64) {
     with_log_dir(move |d| async move {
-        let log = open(&d).await;
-        fill(&log).await;
-        log.close().await.expect("close");
-        let n = segment_files(&d).len();
-        assert!(n >= 4, "{n} segments");
+        let n = four_segments_or_more(&d).await;
         let base = cut_segment(&d, which(n), bytes);
         let log = open(&d).await;
         let reason = log
@@ -262,11 +270,7 @@ fn a_sealed_segment_cut_short_is_found(which: fn(usize) -> usize, bytes: u64) {
             "{reason}"
         );
         log.close().await.expect("close");
-        // The mark stays, and the record now follows the files.
-        let log = open(&d).await;
-        assert_eq!(log.lost().expect("read").as_deref(), Some(reason.as_str()));
-        assert_eq!(recorded(&d), Some(as_found(&d)));
-        log.close().await.expect("close");
+        the_mark_stays(&d, &reason).await;
     });
 }
 

@@ -1855,7 +1855,6 @@ impl<S: LogStore> Group<S> {
 mod tests {
     use super::*;
     use raft::eraftpb::MessageType;
-    use raft::storage::MemStorage;
 
     #[test]
     fn a_late_report_on_an_earlier_snapshot_ends_no_started_transfer() {
@@ -1896,26 +1895,8 @@ mod tests {
         assert_eq!(set.stats().snapshot_reports_stale, 4);
     }
 
-    /// Node 2 of voters {1, 2}, at term 3, its log ending at index 5.
-    fn follower() -> raft::Raft<MemStorage> {
-        let storage = MemStorage::new_with_conf_state((vec![1, 2], vec![]));
-        let entries: Vec<raft::eraftpb::Entry> = (1..=5)
-            .map(|i| raft::eraftpb::Entry {
-                index: i,
-                term: 1,
-                ..Default::default()
-            })
-            .collect();
-        storage.wl().append(&entries).expect("append");
-        let config = raft::Config {
-            id: 2,
-            ..Default::default()
-        };
-        let mut r =
-            raft::Raft::new(&config, storage, &crate::raft::logger::logger(2, 7)).expect("raft");
-        r.become_follower(3, 1);
-        r
-    }
+    /// Node 2 of voters {1, 2}, at term 3 following node 1, its log ending at index 5.
+    use crate::raft::peer_check::tests::follower;
 
     fn heartbeat(term: u64, commit: u64) -> Message {
         Message {

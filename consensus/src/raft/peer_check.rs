@@ -169,7 +169,7 @@ pub fn conf_state_problem(cs: &ConfState) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use raft::eraftpb::{Entry, Snapshot};
     use raft::storage::MemStorage;
@@ -177,7 +177,7 @@ mod tests {
 
     /// Node 2 of voters {1, 2}, at term 3 following node 1, its log holding indexes 1..=5 of
     /// term 1, committed up to 3.
-    fn follower() -> raft::Raft<MemStorage> {
+    pub(crate) fn follower() -> raft::Raft<MemStorage> {
         let mut r = leaderless();
         r.become_follower(3, 1);
         r
