@@ -468,3 +468,84 @@ fn messages_raft_rs_would_panic_on_are_refused_and_the_group_goes_on() {
         "{after:?}"
     );
 }
+
+/// A configuration change a follower wrote (caught up after missing it, with a commit index
+/// past it) in the round before the one that would apply it, then a crash: after the restart
+/// the change is applied, and the follower's configuration is the leader's. The last batch
+/// it wrote is stamped with a commit index below the unapplied change; stamped past it,
+/// the restart took the change as applied, and the follower kept the configuration before
+/// it for good (a learner it ignored, a removed voter it still counted).
+#[test]
+fn a_conf_change_written_but_not_applied_before_a_crash_is_applied_after_the_restart() {
+    for remove in [false, true] {
+        let mut c = Cluster::new(3);
+        let l = c.elect(1);
+        let (f, other) = (2, 3);
+        c.isolated.insert(f);
+        let cc = if remove {
+            let mut s = ConfChangeSingle::default();
+            s.change_type = ConfChangeType::RemoveNode;
+            s.node_id = other;
+            let mut cc = raft::eraftpb::ConfChangeV2::default();
+            cc.set_changes(vec![s].into());
+            cc
+        } else {
+            add_learner(4)
+        };
+        let mut rx = c.set(l).propose_conf_change(G, cc).expect("proposed");
+        c.rounds(5);
+        let at = outcome(&mut rx).expect("committed").expect("applied").index;
+        for i in 0..3 {
+            drop(c.propose(l, &format!("after {i}")));
+            c.rounds(2);
+        }
+        let want = c.sets[&l].log(G).expect("log").meta().conf_state;
+        c.isolated.remove(&f);
+        // Node f catches up (after an election, when the change left the leader without a
+        // quorum while f was away); crash it once it holds the change, synced, and has not
+        // applied it. One round per tick: the window is one round wide.
+        let mut crashed = None;
+        for _ in 0..300 {
+            for s in c.sets.values_mut() {
+                s.tick();
+            }
+            c.round();
+            let batches = c.stores[&f].batches();
+            let last = batches.last().map_or(0, |b| b.header.raft_index);
+            let applied = c.sets[&f].status(G).expect("status").applied;
+            if last >= at && applied < at && c.stores[&f].unsynced() == 0 {
+                crashed = Some(batches.last().map_or(0, |b| b.header.commit_index));
+                break;
+            }
+        }
+        let Some(stamp) = crashed else {
+            panic!("node {f} never held the change unapplied (remove: {remove})");
+        };
+        c.net.retain(|&(from, to, _)| from != f && to != f);
+        let store = Rc::new(c.stores[&f].crash(0));
+        c.stores.insert(f, store);
+        c.start(f, &[]);
+        for _ in 0..20 {
+            c.tick();
+        }
+        let got = c.sets[&f].log(G).expect("log").meta();
+        let sorted = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(
+            (
+                sorted(&got.conf_state.voters),
+                sorted(&got.conf_state.learners)
+            ),
+            (sorted(&want.voters), sorted(&want.learners)),
+            "node {f} restarted without the change at {at} (remove: {remove})"
+        );
+        assert!(got.conf_index >= at);
+        assert!(
+            stamp < at,
+            "the last batch stamped commit {stamp}, the change is at {at}"
+        );
+    }
+}

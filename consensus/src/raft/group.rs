@@ -278,6 +278,10 @@ struct Group<S: LogStore> {
     reads: Vec<ReadWaiter>,
     /// Index of the last applied configuration change (re-applied changes are skipped).
     conf_index: u64,
+    /// Configuration changes written to the log and not applied yet (above `conf_index`):
+    /// the commit index stamped on the entries written meanwhile stays below the first
+    /// ([`Group::stamp`]).
+    unapplied_conf: BTreeSet<u64>,
     visible_offset: u64,
     failed: Option<Error>,
     was_leader: bool,
@@ -522,6 +526,7 @@ impl<S: LogStore> GroupSet<S> {
         let node = RawNode::new(&cfg, log.clone(), &logger::logger(self.node_id, id))?;
         let visible_offset = log.applied_offset();
         let conf_index = log.meta().conf_index;
+        let unapplied_conf = unapplied_conf_changes(&log, applied, conf_index);
         let g = Group {
             id,
             node,
@@ -529,6 +534,7 @@ impl<S: LogStore> GroupSet<S> {
             proposals: VecDeque::new(),
             reads: Vec::new(),
             conf_index,
+            unapplied_conf,
             visible_offset,
             failed: lost.map(|why| Error::LostLog { group: id, why }),
             was_leader: false,
@@ -1295,7 +1301,7 @@ impl<S: LogStore> GroupSet<S> {
                 continue;
             };
             let entries = rd.take_entries();
-            let commit = g.node.raft.raft_log.committed;
+            let commit = g.stamp(&entries);
             self.stats.entries_written += entries.len() as u64;
             if let Err(e) = g
                 .log
@@ -1495,6 +1501,41 @@ fn lost_entries<S: raft::Storage>(group: u64, r: &raft::Raft<S>, m: &Message) ->
     })
 }
 
+fn is_conf_change(e: &Entry) -> bool {
+    matches!(
+        e.entry_type,
+        EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+    )
+}
+
+/// The configuration changes above `conf_index` among the entries `log` holds after
+/// `applied` (its unapplied tail, in its cache after the open): written, and not applied
+/// before the restart.
+fn unapplied_conf_changes<S: LogStore>(
+    log: &RaftLog<S>,
+    applied: u64,
+    conf_index: u64,
+) -> BTreeSet<u64> {
+    use raft::Storage;
+    let last = log.last_index();
+    if last <= applied {
+        return BTreeSet::new();
+    }
+    let tail = log.entries(
+        applied + 1,
+        last + 1,
+        None,
+        raft::GetEntriesContext::empty(false),
+    );
+    tail.map(|es| {
+        es.iter()
+            .filter(|e| is_conf_change(e) && e.index > conf_index)
+            .map(|e| e.index)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 fn is_vote_request(m: &Message) -> bool {
     matches!(
         m.msg_type,
@@ -1630,7 +1671,33 @@ impl<S: LogStore> Group<S> {
         }
         self.visible_offset = data.next_offset;
         self.conf_index = index;
+        self.unapplied_conf.clear();
         Ok(index)
+    }
+
+    /// The commit index to stamp on `entries`, which are about to be written: raft-rs's,
+    /// but below the first configuration change written and not applied yet (those among
+    /// `entries` included; entries from the first one's index on replace what was there).
+    ///
+    /// A restart takes the last batch's stamp as applied (`RaftLog::open`), and raft-rs
+    /// never hands an entry at or below it out again: a change written (with a commit index
+    /// past it) in the round before the one that would have applied it, then a crash, would
+    /// leave the replica with its configuration before the change for good. Stamped so, the
+    /// change is handed out, and applied, after the restart.
+    fn stamp(&mut self, entries: &[Entry]) -> u64 {
+        if let Some(first) = entries.first() {
+            self.unapplied_conf.split_off(&first.index);
+        }
+        for e in entries {
+            if is_conf_change(e) && e.index > self.conf_index {
+                self.unapplied_conf.insert(e.index);
+            }
+        }
+        let committed = self.node.raft.raft_log.committed;
+        match self.unapplied_conf.first() {
+            Some(&i) => committed.min(i - 1),
+            None => committed,
+        }
     }
 
     fn knows_no_configuration(&self) -> bool {
@@ -1712,6 +1779,7 @@ impl<S: LogStore> Group<S> {
                 let cs = self.node.apply_conf_change(&cc)?;
                 self.log.set_conf_state(cs, e.index)?;
                 self.conf_index = e.index;
+                self.unapplied_conf = self.unapplied_conf.split_off(&(e.index + 1));
             }
             let command = entry::controller_command(e)
                 .or_else(|| self.replay.then(|| entry::controller_record(e)).flatten());

@@ -29,20 +29,31 @@ pub fn refusal<S: raft::Storage>(r: &raft::Raft<S>, m: &Message) -> Option<Strin
         | T::MsgHeartbeatResponse
         | T::MsgTimeoutNow
         | T::MsgReadIndex
-        | T::MsgReadIndexResp => {}
-        // Local messages (an election, a proposal, a snapshot's status, ...): raft-rs makes
-        // them on this node, and this node proposes only where it leads.
+        | T::MsgReadIndexResp
+        | T::MsgPropose => {}
+        // Local messages (an election, a heartbeat round, a snapshot's status, ...): raft-rs
+        // makes them on this node.
         t => return Some(format!("{t:?} is not a message between nodes")),
     }
-    if m.msg_type == T::MsgReadIndex {
+    match m.msg_type {
         // A follower forwards a read request without a term, as raft-rs does; the leader
         // reads its one entry (the request's context).
-        return (m.entries.len() != 1).then(|| {
-            format!(
-                "a read index request with {} entries, 1 expected",
-                m.entries.len()
-            )
-        });
+        T::MsgReadIndex => {
+            return (m.entries.len() != 1).then(|| {
+                format!(
+                    "a read index request with {} entries, 1 expected",
+                    m.entries.len()
+                )
+            })
+        }
+        // A follower forwards a proposal (a controller command) without a term too; raft-rs
+        // panics on one with a term (when it forwards it on) or without entries.
+        T::MsgPropose if m.term != 0 => return Some("a forwarded proposal with a term".into()),
+        T::MsgPropose if m.entries.is_empty() => {
+            return Some("a forwarded proposal without entries".into())
+        }
+        T::MsgPropose => return None,
+        _ => {}
     }
     if m.term == 0 {
         // raft-rs takes a message without a term for one of its own: no term check, and a
@@ -332,11 +343,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn local_messages_are_refused() {
-        refused_and_fatal(
-            message(MessageType::MsgPropose, 3),
-            "not a message between nodes",
+    fn local_messages_and_bad_forwarded_proposals_are_refused() {
+        // A follower forwards a proposal with a term on, and panics doing it; a leader
+        // panics on one without entries.
+        refused_and_fatal(message(MessageType::MsgPropose, 3), "with a term");
+        refused_and_fatal_in(
+            leader,
+            message(MessageType::MsgPropose, 0),
+            "without entries",
         );
+        // A controller command forwarded by a follower: appended by the leader.
+        let mut forwarded = message(MessageType::MsgPropose, 0);
+        forwarded.entries = vec![entry(0, 0)].into();
+        assert_eq!(refusal(&leader(), &forwarded), None);
+        let mut r = leader();
+        r.step(forwarded).expect("a forwarded proposal");
+        assert_eq!(r.raft_log.last_index(), 7);
         for t in [
             MessageType::MsgHup,
             MessageType::MsgBeat,

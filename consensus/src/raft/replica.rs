@@ -559,6 +559,14 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
         if !e.is_disk_full() || !log.is_writable() {
             continue;
         }
+        // Raft's metadata must take a write too: the data log writes into space allocated
+        // ahead, a metadata replacement needs new space each time, and a group reopened
+        // while it cannot would stop again at its next term change, over and over. The
+        // metadata written back as it is (one small replacement per check while full).
+        if let Err(e) = rewrite_meta(&log) {
+            log::debug!("Raft group {group} stays stopped: its metadata takes no write: {e}");
+            continue;
+        }
         set.remove_group(group);
         // The controller's state machine is rebuilt from the log as at a start: a group
         // opened without it would not rebuild it after a later snapshot install either.
@@ -569,6 +577,15 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
             }
             Err(e) => log::error!("Raft group {group} could not be opened again: {e}"),
         }
+    }
+}
+
+/// Replaces Raft's metadata file of `log` with what it holds (nothing when there is none).
+fn rewrite_meta(log: &Log) -> engine::Result<()> {
+    use super::store::LogStore;
+    match LogStore::read_meta(log)? {
+        Some(bytes) => LogStore::write_meta(log, &bytes),
+        None => Ok(()),
     }
 }
 

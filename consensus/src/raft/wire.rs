@@ -291,7 +291,10 @@ fn mergeable_heartbeat(m: &eraftpb::Message) -> bool {
 }
 
 /// Builds one frame of everything `from` sends `to` in a round: heartbeats merged into
-/// compact records, every other message whole.
+/// compact records, every other message whole. A message of another node's (raft-rs relays
+/// a follower's read request to the leader it learns of, under the follower's name) is left
+/// out: a receiver refuses a frame in which one node speaks for another, and the follower
+/// asks again when its read times out.
 pub fn frame(from: u64, to: u64, messages: &[(u64, eraftpb::Message)]) -> pb::RaftFrame {
     let mut f = pb::RaftFrame {
         from,
@@ -299,8 +302,8 @@ pub fn frame(from: u64, to: u64, messages: &[(u64, eraftpb::Message)]) -> pb::Ra
         messages: Vec::new(),
         heartbeats: Vec::new(),
     };
-    for (group, m) in messages {
-        if mergeable_heartbeat(m) && m.from == from && m.to == to {
+    for (group, m) in messages.iter().filter(|(_, m)| m.from == from) {
+        if mergeable_heartbeat(m) && m.to == to {
             f.heartbeats.push(pb::Heartbeat {
                 group: *group,
                 response: m.msg_type == eraftpb::MessageType::MsgHeartbeatResponse,
@@ -545,13 +548,39 @@ mod tests {
         assert!(bytes.len() < whole, "{} vs {whole}", bytes.len());
     }
 
+    /// raft-rs relays a follower's read request to the leader under the follower's name: a
+    /// frame leaves it out (its receiver would refuse the whole frame) and keeps the rest.
+    #[test]
+    fn a_relayed_message_is_left_out_of_the_frame() {
+        let mut relayed = eraftpb::Message::default();
+        relayed.msg_type = eraftpb::MessageType::MsgReadIndex;
+        (relayed.from, relayed.to) = (4, 1);
+        relayed.entries = vec![eraftpb::Entry::default()].into();
+        let mut own = eraftpb::Message::default();
+        own.msg_type = eraftpb::MessageType::MsgAppendResponse;
+        (own.from, own.to, own.term, own.index) = (2, 1, 7, 40);
+        let f = frame(2, 1, &[(5, relayed), (5, own.clone())]);
+        let back = unframe(decode_frame(&encode_frame(&f)).expect("decodes")).expect("splits");
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].0, back[0].1.index), (5, 40));
+    }
+
     #[test]
     fn bad_frames_are_errors_never_panics() {
         let mut m = eraftpb::Message::default();
         m.msg_type = eraftpb::MessageType::MsgAppend;
         (m.from, m.to) = (3, 2);
         // A message that claims another sender than its frame's.
-        assert!(unframe(frame(1, 2, &[(1, m)])).is_err());
+        let speaks_for_another = pb::RaftFrame {
+            from: 1,
+            to: 2,
+            messages: vec![pb::GroupMessage {
+                group: 1,
+                message: Some(message_to_pb(&m)),
+            }],
+            heartbeats: Vec::new(),
+        };
+        assert!(unframe(speaks_for_another).is_err());
         // An unknown message type, an unknown entry type.
         let mut f = pb::RaftFrame {
             from: 1,
