@@ -944,6 +944,9 @@ fn a_replica_whose_log_fails_is_moved_to_a_free_node() {
         big.acked.len(),
         c.nodes[victim].data_dir.join("topics/s").exists()
     );
+    // The stopped replica's node asked for the move through the controller's leader (a
+    // forwarded proposal): taken, never refused.
+    c.assert_no_peer_message_refused();
 }
 
 /// Stops node `n`'s process for `d` (SIGSTOP, then SIGCONT), so that the groups it leads

@@ -322,6 +322,11 @@ fn render_raft_loops(e: &mut Exposition, board: &consensus::raft::board::Board) 
             "Heartbeats and heartbeat answers sent in a frame's compact list, many groups' in one frame.",
             l.heartbeats_merged,
         ),
+        (
+            "proglog_raft_peer_messages_refused_total",
+            "Peer Raft messages refused before raft-rs saw them: ones it would panic on, which no correct node sends.",
+            l.peer_messages_refused,
+        ),
     ] {
         e.single(name, Kind::Counter, help, v as f64);
     }

@@ -171,6 +171,24 @@ impl Cluster {
     pub fn dir(&self) -> &Path {
         self._tmp.path()
     }
+
+    /// No node refused a peer's Raft message as one raft-rs would panic on
+    /// (`consensus/src/raft/peer_check.rs`): what correct nodes send, the controller's
+    /// forwarded commands included, always passes.
+    pub fn assert_no_peer_message_refused(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let log = n.log();
+            let refused: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("refused a message from node"))
+                .take(3)
+                .collect();
+            assert!(
+                refused.is_empty(),
+                "node {i} refused peer messages: {refused:?}"
+            );
+        }
+    }
 }
 
 impl Drop for Cluster {
