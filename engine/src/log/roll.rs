@@ -58,8 +58,8 @@ impl Log {
             }
         }
         let exclusive = self.exclusive();
-        // Latch (or wait for space) before the rebuild ends: a roll cut short leaves no
-        // writer.
+        // Latch (or wait for space) before the rebuild ends: a roll cut short after its
+        // writer was taken leaves none.
         let r = self.roll_inner().await.map_err(|e| self.fail(e));
         drop(exclusive);
         r
@@ -67,33 +67,38 @@ impl Log {
 
     async fn roll_inner(&self) -> Result<()> {
         self.write_out_inner(true).await?;
-        let (writer, size, path, next, next_index) = {
-            let mut st = self.state_mut();
-            let (next, next_index) = (st.next, st.next_index);
-            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
-            (
-                seg.writer.take(),
-                seg.size,
-                seg.data_path.clone(),
-                next,
-                next_index,
-            )
+        // Cut to size, synced and its index sealed while the writer is still in place (the
+        // log is exclusive: nothing is admitted meanwhile): a read in the meantime goes
+        // through the writer, and never opens the files half sealed, where the index not
+        // cut yet would be taken for a damaged one and rebuilt under the roll.
+        let (data, size, path) = {
+            let st = self.state.borrow();
+            let seg = st.segments.last().ok_or(Error::ShutDown)?;
+            let w = seg.writer.as_ref().ok_or(Error::ShutDown)?;
+            (Rc::clone(&w.data), seg.size, seg.data_path.clone())
         };
-        let Some(mut w) = writer else {
-            return Err(Error::ShutDown);
-        };
-        w.data
-            .truncate(size)
+        data.truncate(size)
             .await
             .map_err(|e| Error::glommio("cutting sealed segment", &path, e))?;
         let sync_started = Instant::now();
-        w.data
-            .fdatasync()
+        data.fdatasync()
             .await
             .map_err(|e| Error::glommio("syncing sealed segment", &path, e))?;
+        drop(data);
         record_sync(&mut self.state_mut(), sync_started, None);
         crate::power_loss::synced_exactly(&path, size);
-        w.index.seal()?;
+        let (writer, next, next_index) = {
+            let mut st = self.state_mut();
+            let (next, next_index) = (st.next, st.next_index);
+            let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
+            if let Some(w) = seg.writer.as_mut() {
+                w.index.seal()?;
+            }
+            (seg.writer.take(), next, next_index)
+        };
+        let Some(w) = writer else {
+            return Err(Error::ShutDown);
+        };
         let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
         // Recorded once its files are durable, before anything is written to it.
         let mut segments = self.segment_extents();
