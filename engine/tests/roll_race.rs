@@ -1,7 +1,7 @@
 //! Appends that run while another append rolls the segment.
 //!
-//! A roll first writes out and syncs the active segment, then takes its writer, cuts the file
-//! to the segment's size and starts a new segment. An append that arrives while the roll
+//! A roll first writes out and syncs the active segment, cuts the file to the segment's size,
+//! syncs it and seals its index, then takes its writer and starts a new segment. An append that arrives while the roll
 //! awaits must not land in the old segment's buffer after it was written out (its bytes would
 //! never reach the file, which gets extended with zeros instead, while the append is reported
 //! durable), and must not fail while the old segment has no writer any more.
