@@ -1963,7 +1963,7 @@ mod tests {
         assert_eq!(set.stats().snapshot_reports_stale, 4);
     }
 
-    /// Node 2 of voters {1, 2}, at term 3 following node 1, its log ending at index 5.
+    // Node 2 of voters {1, 2}, at term 3 following node 1, its log ending at index 5.
     use crate::raft::peer_check::tests::follower;
 
     fn heartbeat(term: u64, commit: u64) -> Message {

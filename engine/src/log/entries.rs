@@ -94,9 +94,8 @@ impl Log {
     /// The term runs of the log: `(first Raft index, term)` for every index where the term
     /// changes, in order, from the sparse indexes of every segment.
     pub async fn term_runs(&self) -> Result<Vec<(u64, u64)>> {
-        let bases = self.segment_bases();
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        for base in bases {
+        for (base, _) in self.segment_extents() {
             self.ensure_open(base).await?;
             let st = self.state.borrow();
             let Some(seg) = find(&st.segments, base) else {

@@ -93,6 +93,11 @@ impl Span {
     }
 }
 
+/// `(base offset, length)` of `segments`, oldest first: what the record is made from.
+pub(super) fn extents(segments: &[crate::segment::Segment]) -> Vec<(u64, u64)> {
+    segments.iter().map(|s| (s.base, s.size)).collect()
+}
+
 /// Records, durably, that the log in `dir` holds the segments `span`.
 pub(super) fn write(dir: &Path, span: Span) -> Result<()> {
     meta::write(dir, SEGMENTS_META, &span.encode())

@@ -309,7 +309,7 @@ impl Log {
             as usize
             + limits::INDEX_SLACK_ENTRIES;
         let mut segments = recovery::sealed_segments(&dir)?;
-        let found: Vec<(u64, u64)> = segments.iter().map(|s| (s.base, s.size)).collect();
+        let found = manifest::extents(&segments);
         // Read once: nothing below writes it before the comparison at the end.
         let recorded = manifest::read(&dir)?;
         if let Some(why) = manifest::missing(recorded, &found) {
@@ -396,24 +396,9 @@ impl Log {
         }
     }
 
-    /// The base offsets of the segments the log holds, oldest first.
-    pub(crate) fn segment_bases(&self) -> Vec<u64> {
-        self.state
-            .borrow()
-            .segments
-            .iter()
-            .map(|s| s.base)
-            .collect()
-    }
-
     /// `(base offset, length)` of every segment, oldest first: what `segments.meta` records.
     fn segment_extents(&self) -> Vec<(u64, u64)> {
-        self.state
-            .borrow()
-            .segments
-            .iter()
-            .map(|s| (s.base, s.size))
-            .collect()
+        manifest::extents(&self.state.borrow().segments)
     }
 
     pub fn lowest_offset(&self) -> u64 {

@@ -255,14 +255,8 @@ impl Log {
     fn take_files_from(&self, t: usize) -> Result<(Rc<DmaFile>, Index)> {
         let kept = {
             let st = self.state.borrow();
-            let kept = || {
-                st.segments[..=t]
-                    .iter()
-                    .map(|s| (s.base, s.size))
-                    .collect::<Vec<_>>()
-            };
             (st.segments.len() > t + 1)
-                .then(|| Span::of(&kept()))
+                .then(|| Span::of(&manifest::extents(&st.segments[..=t])))
                 .flatten()
         };
         if let Some(span) = kept {
