@@ -380,6 +380,87 @@ fn cpuset_outside_the_affinity_mask_refuses_to_start() {
     assert!(!out.status.success() && err.contains("--cpuset"), "{err}");
 }
 
+/// A byte of a stored record flipped while the server was down, in the active segment: no
+/// interrupted write leaves that (a torn write leaves zeros), so recovery cuts the log at the
+/// damaged batch as at a torn tail but keeps what it cut in a file beside the segment and marks
+/// the log lost: a produce is DATA_LOSS saying what happened and where the bytes are, until
+/// the operator deletes `lost.meta`; then the records before it are served and the log goes
+/// on from the cut.
+#[test]
+fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
+    let mut s = TestServer::start();
+    let ch = s.channel();
+    let value = |i: u64| {
+        let mut v = format!("record {i:08} ").into_bytes();
+        v.resize(1024, b'.');
+        Bytes::from(v)
+    };
+    for b in 0..8u64 {
+        let r: ProduceBatchResponse = ch
+            .unary_prost(
+                paths::PRODUCE_BATCH,
+                &ProduceBatchRequest {
+                    records: (b * 64..b * 64 + 64)
+                        .map(|i| Record {
+                            value: value(i),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+                opts(),
+            )
+            .unwrap();
+        assert_eq!(r.base_offset, b * 64);
+    }
+    assert_eq!(s.sigterm().code(), Some(0));
+    let dir = s.data_dir.join("topics/default/0");
+    let first = dir.join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).expect("the only segment");
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"record 00000100 ")
+        .expect("offset 100's value in the segment");
+    bytes[at + 20] ^= 0x01;
+    std::fs::write(&first, &bytes).expect("write the damaged segment back");
+
+    let mut s = TestServer::start_in(&s.data_dir.clone(), &[]);
+    let ch = s.channel();
+    let e = produce(&ch, "", 0, "after the damage").expect_err("a lost log takes no write");
+    assert_eq!(e.code, Code::DataLoss, "{e:?}");
+    assert!(
+        e.message.contains("damage at byte") && e.message.contains(".log.damaged-at-"),
+        "{}",
+        e.message
+    );
+    let kept: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains(".log.damaged-at-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let cut = std::fs::read(&kept[0]).expect("the kept bytes");
+    for i in [101u64, 128, 511] {
+        let v = value(i);
+        assert!(
+            cut.windows(v.len()).any(|w| w == &v[..]),
+            "offset {i} is not in the kept bytes"
+        );
+    }
+
+    // The operator takes the loss: the log goes on from the cut.
+    assert_eq!(s.sigterm().code(), Some(0));
+    std::fs::remove_file(dir.join("lost.meta")).expect("remove the lost mark");
+    let s = TestServer::start_in(&s.data_dir.clone(), &[]);
+    let ch = s.channel();
+    assert_eq!(consume(&ch, "", 0, 63).expect("before").value, value(63));
+    let e = consume(&ch, "", 0, 64).expect_err("the damaged batch was cut");
+    assert_eq!(e.code, Code::OutOfRange, "{e:?}");
+    assert_eq!(produce(&ch, "", 0, "taken").expect("produce"), 64);
+    assert_eq!(consume(&ch, "", 0, 64).expect("read").value, &b"taken"[..]);
+    assert!(kept[0].exists(), "the kept bytes stay until removed");
+}
+
 /// A byte of a stored record flipped while the server was down, in a sealed segment (a read
 /// checks every batch it returns; the active segment's damage is recovery's to cut): a
 /// Consume of that record is DATA_LOSS naming the file and the byte, never the data, and

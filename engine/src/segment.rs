@@ -38,6 +38,15 @@ pub fn data_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
+/// What a data file's name continues with in the file that keeps the bytes recovery cut
+/// after damage (`<base>.log.damaged-at-<byte>`): never read by the log, kept for the operator.
+pub const DAMAGED_INFIX: &str = ".log.damaged-at-";
+
+/// The file that keeps what recovery cut from segment `base` at byte `at` after damage.
+pub fn damaged_path(dir: &Path, base: u64, at: u64) -> PathBuf {
+    dir.join(format!("{base:020}{DAMAGED_INFIX}{at}"))
+}
+
 pub fn index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.index"))
 }
@@ -250,6 +259,71 @@ pub fn unsupported(path: &Path, version: u8) -> Error {
     }
 }
 
+/// The smallest unit a device writes whole: an interrupted write leaves each 512-byte sector
+/// either as it was or as written.
+pub const SECTOR: u64 = 512;
+
+/// Where and why a scan stopped before the end of the written data.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    /// Byte position of the first batch that did not validate.
+    pub at: u64,
+    pub why: String,
+    /// What an interrupted write leaves (docs/format.md, "Torn or damaged"): the batch runs
+    /// past the end of the file, or its share of some 512-byte sector is all zero (never
+    /// written: the log only ever writes after its data, into zeros). Otherwise the bytes
+    /// were written and changed since, or are left from something else: damage.
+    pub torn: bool,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl Stop {
+    fn torn(at: u64, why: String) -> Stop {
+        Stop {
+            at,
+            why,
+            torn: true,
+        }
+    }
+
+    fn damaged(at: u64, why: String) -> Stop {
+        Stop {
+            at,
+            why,
+            torn: false,
+        }
+    }
+
+    /// A stop at `at` over `bytes` (the batch, or the header, as far as the file holds it).
+    fn judged(at: u64, why: String, bytes: &[u8]) -> Stop {
+        Stop {
+            at,
+            why,
+            torn: has_unwritten_sector(at, bytes),
+        }
+    }
+}
+
+/// Whether the share of `bytes` (found at file position `pos`) in some 512-byte sector is
+/// all zero.
+pub fn has_unwritten_sector(pos: u64, bytes: &[u8]) -> bool {
+    let (mut i, mut p) = (0usize, pos);
+    while i < bytes.len() {
+        let n = ((SECTOR - p % SECTOR) as usize).min(bytes.len() - i);
+        if bytes[i..i + n].iter().all(|&b| b == 0) {
+            return true;
+        }
+        i += n;
+        p += n as u64;
+    }
+    false
+}
+
 /// What a scan of a data file found.
 pub struct Scan {
     /// Bytes of valid batches from the start of the file.
@@ -259,7 +333,7 @@ pub struct Scan {
     pub next_index: u64,
     pub last_term: u64,
     /// Why the scan stopped before the end of the file, if it did.
-    pub stopped: Option<String>,
+    pub stopped: Option<Stop>,
     pub file_len: u64,
     pub since_index: u64,
 }
@@ -316,18 +390,28 @@ pub async fn scan(
             // bytes are damage like any other, cut as a torn tail.
             Parsed::Unsupported(version) if pos == 0 => return Err(unsupported(path, version)),
             Parsed::Unsupported(_) => {
-                s.stopped = Some(format!("a batch of another format version at byte {pos}"));
+                s.stopped = Some(Stop::damaged(
+                    pos,
+                    format!("a batch of another format version at byte {pos}"),
+                ));
                 break;
             }
             Parsed::Invalid(why) => {
-                s.stopped = Some(format!("{why} at byte {pos}"));
+                let header = &chunk[at..(at + HEADER_LEN).min(chunk.len())];
+                let why = format!("{why} at byte {pos}");
+                s.stopped = Some(if header.len() < HEADER_LEN {
+                    Stop::torn(pos, why)
+                } else {
+                    Stop::judged(pos, why, header)
+                });
                 break;
             }
         };
         let len = header.batch_len() as u64;
         if pos + len > file_len {
-            s.stopped = Some(format!(
-                "torn batch at byte {pos}: {len} bytes claimed, file ends at {file_len}"
+            s.stopped = Some(Stop::torn(
+                pos,
+                format!("torn batch at byte {pos}: {len} bytes claimed, file ends at {file_len}"),
             ));
             break;
         }
@@ -346,20 +430,27 @@ pub async fn scan(
         let at = (pos - chunk_pos) as usize;
         // A read returns less than asked only at the end of the file: one cut while scanned.
         let Some(bytes) = chunk.get(at..at + len as usize) else {
-            s.stopped = Some(format!(
-                "batch at byte {pos}: the file ended while it was read ({} bytes of {len})",
-                chunk.len().saturating_sub(at)
+            s.stopped = Some(Stop::torn(
+                pos,
+                format!(
+                    "batch at byte {pos}: the file ended while it was read ({} bytes of {len})",
+                    chunk.len().saturating_sub(at)
+                ),
             ));
             break;
         };
         if !batch::crc_ok(&header, bytes) {
-            s.stopped = Some(format!("checksum mismatch in batch at byte {pos}"));
+            let why = format!("checksum mismatch in batch at byte {pos}");
+            s.stopped = Some(Stop::judged(pos, why, bytes));
             break;
         }
         if header.base_offset != s.next {
-            s.stopped = Some(format!(
-                "batch at byte {pos} starts at offset {} where {} was expected",
-                header.base_offset, s.next
+            s.stopped = Some(Stop::damaged(
+                pos,
+                format!(
+                    "batch at byte {pos} starts at offset {} where {} was expected",
+                    header.base_offset, s.next
+                ),
             ));
             break;
         }
@@ -369,9 +460,12 @@ pub async fn scan(
             header.raft_index == s.next_index
         };
         if !index_continues {
-            s.stopped = Some(format!(
-                "batch at byte {pos} has Raft index {} where {} was expected",
-                header.raft_index, s.next_index
+            s.stopped = Some(Stop::damaged(
+                pos,
+                format!(
+                    "batch at byte {pos} has Raft index {} where {} was expected",
+                    header.raft_index, s.next_index
+                ),
             ));
             break;
         }
@@ -383,7 +477,10 @@ pub async fn scan(
             index.reopen_for_append(grown)?;
             since = s.since_index;
             if !index_batch(index, base, pos, &header, s.last_term, &mut since, interval) {
-                s.stopped = Some("index cannot grow".into());
+                s.stopped = Some(Stop::damaged(
+                    pos,
+                    format!("the index cannot grow to the batch at byte {pos}"),
+                ));
                 break;
             }
         }

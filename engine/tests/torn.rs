@@ -172,21 +172,110 @@ fn assert_zero_after(ctx: &str, path: &Path, from: u64) {
     }
 }
 
-/// Reopens a damaged copy and checks that it recovers to `keep` batches, then that appends
-/// continue and survive another reopen.
+/// How recovery should take what it finds after the last valid batch (docs/format.md, "Torn
+/// or damaged").
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Found {
+    /// Nothing, or what an interrupted write leaves: cut, the log not marked lost.
+    Torn,
+    /// Damage: kept in a file of its own, then cut, and the log marked lost.
+    Damaged,
+}
+
+/// The rule of docs/format.md, stated again: a batch that does not validate is torn when its
+/// share of some 512-byte sector of the file is all zero (`bytes` found at `pos`).
+fn has_zero_sector_share(pos: u64, bytes: &[u8]) -> bool {
+    let mut p = pos;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = ((512 - p % 512) as usize).min(rest.len());
+        if rest[..n].iter().all(|&b| b == 0) {
+            return true;
+        }
+        rest = &rest[n..];
+        p += n as u64;
+    }
+    false
+}
+
+/// What a batch at `start..end` of `file` (as damaged) should be taken for.
+fn judged(file: &Path, start: u64, end: u64) -> Found {
+    let data = std::fs::read(file).expect("read damaged copy");
+    let end = (end as usize).min(data.len());
+    if has_zero_sector_share(start, &data[start as usize..end]) {
+        Found::Torn
+    } else {
+        Found::Damaged
+    }
+}
+
+/// Checks how the damaged copy in `dir` (its data file as it was before the open: `before`)
+/// was taken: a damaged one marks the log lost, naming the byte, and keeps every byte from
+/// there to the end of the file; a torn one neither.
+fn check_found(ctx: &str, dir: &Path, before: &[u8], keep_end: u64, found: Option<Found>) {
+    let lost = std::fs::read(dir.join(engine::LOST_META)).ok();
+    let kept: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().contains(".log.damaged-at-"))
+        .collect();
+    let was = if lost.is_some() {
+        Found::Damaged
+    } else {
+        Found::Torn
+    };
+    if let Some(found) = found {
+        assert_eq!(
+            was,
+            found,
+            "{ctx}: lost mark {:?}",
+            lost.as_deref().map(String::from_utf8_lossy)
+        );
+    }
+    match was {
+        Found::Torn => assert!(kept.is_empty(), "{ctx}: kept {kept:?} without a lost mark"),
+        Found::Damaged => {
+            let why = String::from_utf8_lossy(lost.as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                why.contains(&format!("damage at byte {keep_end}")),
+                "{ctx}: lost mark {why:?}"
+            );
+            assert_eq!(kept.len(), 1, "{ctx}: kept {kept:?}");
+            let name = format!("{:020}.log.damaged-at-{keep_end}", 0);
+            assert!(
+                kept[0].ends_with(&name),
+                "{ctx}: kept {kept:?}, {name} expected"
+            );
+            let bytes = std::fs::read(&kept[0]).expect("read kept bytes");
+            assert!(
+                bytes == before[keep_end as usize..],
+                "{ctx}: the kept file differs from the bytes cut ({} bytes, {} cut)",
+                bytes.len(),
+                before.len() as u64 - keep_end
+            );
+        }
+    }
+}
+
+/// Reopens a damaged copy and checks that it recovers to `keep` batches (and takes what
+/// follows them as `found`, any way when `None`), then that appends continue and survive
+/// another reopen.
 async fn recover_and_continue(
     ctx: &str,
     dir: &Path,
     keep: &[Batch],
     zero_check: bool,
     extra: &NewRecord,
+    found: Option<Found>,
 ) {
     let budget = FileBudget::new(2);
+    let before = std::fs::read(data_file(dir, 0)).expect("read damaged copy");
     let log = Log::open(dir, config(), Rc::clone(&budget))
         .await
         .unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     verify(ctx, &log, keep).await;
     let valid_end = keep.last().map(|b| b.end).unwrap_or(0);
+    check_found(ctx, dir, &before, valid_end, found);
     if zero_check {
         assert_zero_after(ctx, &data_file(dir, 0), valid_end);
     }
@@ -273,7 +362,8 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         for p in last.start..last.end {
             copy_dir(&pristine, &case);
             set_len(&data_file(&case, 0), p);
-            recover_and_continue(&format!("cut at {p}"), &case, keep, true, &extra).await;
+            let found = Some(Found::Torn);
+            recover_and_continue(&format!("cut at {p}"), &case, keep, true, &extra, found).await;
             cases += 1;
         }
         // 2. A flipped byte inside the last batch.
@@ -284,7 +374,11 @@ fn every_torn_tail_of_the_last_batch_recovers() {
             let mask = rng.random_range(1..=255u8);
             copy_dir(&pristine, &case);
             patch(&data_file(&case, 0), p, &[data[p as usize] ^ mask]);
-            recover_and_continue(&format!("byte {p} ^ {mask:#x}"), &case, keep, true, &extra).await;
+            // A flip in the header may change the length the batch claims.
+            let found = (p >= last.start + HEADER_LEN as u64)
+                .then(|| judged(&data_file(&case, 0), last.start, last.end));
+            let ctx = format!("byte {p} ^ {mask:#x}");
+            recover_and_continue(&ctx, &case, keep, true, &extra, found).await;
             cases += 1;
         }
         // 3. A zero-filled tail from inside the last batch (the file keeps its length).
@@ -292,7 +386,10 @@ fn every_torn_tail_of_the_last_batch_recovers() {
             copy_dir(&pristine, &case);
             let zeros = vec![0u8; (last.end - q) as usize];
             patch(&data_file(&case, 0), q, &zeros);
-            recover_and_continue(&format!("zeros from {q}"), &case, keep, true, &extra).await;
+            let found = (q >= last.start + HEADER_LEN as u64)
+                .then(|| judged(&data_file(&case, 0), last.start, last.end));
+            let ctx = format!("zeros from {q}");
+            recover_and_continue(&ctx, &case, keep, true, &extra, found).await;
             cases += 1;
         }
         // 4. Garbage after the end: the last batch is intact and must survive.
@@ -301,48 +398,77 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         let mut fake_header = dup[..HEADER_LEN].to_vec();
         fake_header[8..16].copy_from_slice(&base.to_le_bytes());
         fake_header.extend((0..200).map(|_| rng.random::<u8>()));
-        let garbage: Vec<(String, u64, Vec<u8>)> = vec![
+        let len = last.end - last.start;
+        let h = HEADER_LEN as u64;
+        // What follows the last batch, and how much of it (from there) a scan judges.
+        let garbage: Vec<(String, u64, Vec<u8>, Option<u64>)> = vec![
             (
                 "random bytes at the end".into(),
                 last.end,
                 (0..100).map(|_| rng.random()).collect(),
+                Some(h),
             ),
             (
                 "random bytes past the file".into(),
                 file_len,
                 (0..5000).map(|_| rng.random()).collect(),
+                Some(h),
             ),
-            ("a copy of the last batch".into(), last.end, dup.clone()),
+            // Valid, but not the batch that comes next.
+            (
+                "a copy of the last batch".into(),
+                last.end,
+                dup.clone(),
+                None,
+            ),
             (
                 "a header with the next offset and a bad payload".into(),
                 last.end,
                 fake_header,
+                Some(len),
             ),
-            ("0xff bytes".into(), last.end, vec![0xff; 64]),
+            ("0xff bytes".into(), last.end, vec![0xff; 64], Some(h)),
         ];
-        for (what, at, bytes) in garbage {
+        for (what, at, bytes, judged_len) in garbage {
             copy_dir(&pristine, &case);
             patch(&data_file(&case, 0), at, &bytes);
-            recover_and_continue(&format!("garbage: {what}"), &case, &batches, false, &extra).await;
+            let found = match judged_len {
+                Some(n) => judged(&data_file(&case, 0), last.end, last.end + n),
+                None => Found::Damaged,
+            };
+            let ctx = format!("garbage: {what}");
+            recover_and_continue(&ctx, &case, &batches, false, &extra, Some(found)).await;
             cases += 1;
         }
         // A copy of the last batch re-stamped with the next base offset but a stale CRC.
         dup[8..16].copy_from_slice(&base.to_le_bytes());
         copy_dir(&pristine, &case);
         patch(&data_file(&case, 0), last.end, &dup);
-        recover_and_continue("garbage: stale CRC", &case, &batches, false, &extra).await;
-        // 5. Damage in an earlier batch of the active segment cuts from there.
+        let found = judged(&data_file(&case, 0), last.end, last.end + len);
+        recover_and_continue(
+            "garbage: stale CRC",
+            &case,
+            &batches,
+            false,
+            &extra,
+            Some(found),
+        )
+        .await;
+        // 5. Damage in an earlier batch of the active segment cuts from there (and keeps
+        // what it cut: the batches after it are valid).
         for k in [0usize, 3, 7] {
             let b = &batches[k];
             let p = rng.random_range(b.start..b.end);
             copy_dir(&pristine, &case);
             patch(&data_file(&case, 0), p, &[data[p as usize] ^ 0x40]);
+            let found = (p >= b.start + h).then(|| judged(&data_file(&case, 0), b.start, b.end));
             recover_and_continue(
                 &format!("flip in batch {k} at {p}"),
                 &case,
                 &batches[..k],
                 true,
                 &extra,
+                found,
             )
             .await;
         }
@@ -365,6 +491,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
                 &batches,
                 false,
                 &extra,
+                Some(Found::Torn),
             )
             .await;
         }

@@ -157,8 +157,8 @@ impl Staging {
             let data = segment::open_dma(&path, false).await?;
             let mut idx = Index::open(&segment::index_path(&self.dir, base), capacity)?;
             let scan = segment::scan(&data, &path, base, Some(index), &mut idx, interval).await?;
-            if let Some(why) = scan.stopped {
-                return Err(bad(why));
+            if let Some(stop) = scan.stopped {
+                return Err(bad(stop.why));
             }
             if scan.valid_len != len || scan.file_len != len || len == 0 {
                 return Err(bad(format!(

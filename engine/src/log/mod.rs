@@ -285,8 +285,8 @@ pub struct Log {
 
 impl Log {
     /// Opens the log in `dir` (creating it if needed) and recovers its active segment: the tail
-    /// is validated batch by batch, a torn or corrupt tail is cut off, and the index is rebuilt
-    /// from the data.
+    /// is validated batch by batch, a torn or damaged tail is cut off (damage is kept aside and
+    /// marks the log lost), and the index is rebuilt from the data.
     pub async fn open(
         dir: impl AsRef<Path>,
         config: LogConfig,

@@ -1,5 +1,6 @@
 //! Recovery: which segments a log directory holds, and the active segment validated batch by
-//! batch on open, a torn or corrupt tail cut off and the index rebuilt from the data.
+//! batch on open, a torn or damaged tail cut off (damage kept in a file of its own and the log
+//! marked lost first) and the index rebuilt from the data.
 //!
 //! These run before the `Log` exists (`Log::open` builds its state from what they return),
 //! except `recover_last_batch`, which needs the log's reads.
@@ -7,10 +8,10 @@
 //! Every segment's first batch header is read at open: a data directory of another format
 //! version is refused there, before anything is scanned or cut.
 
-use super::Log;
+use super::{Log, LOST_META};
 use crate::error::{Error, Result};
 use crate::index::Index;
-use crate::segment::{self, align_down, align_up, Scan, Segment, Writer};
+use crate::segment::{self, align_down, align_up, Scan, Segment, Stop, Writer};
 use glommio::io::DmaFile;
 use std::path::Path;
 use std::rc::Rc;
@@ -81,13 +82,15 @@ pub(super) async fn recover_active(
     let mut index = Index::open(&seg.index_path, index_capacity)?;
     let expect = (seg.base_index > 0).then_some(seg.base_index);
     let scan = segment::scan(&data, &path, seg.base, expect, &mut index, index_interval).await?;
-    if let Some(why) = &scan.stopped {
-        log::warn!(
-            "{}: cutting {} bytes after the last valid batch ({why}); offsets continue at {}",
+    match &scan.stopped {
+        Some(stop) if stop.torn => log::warn!(
+            "{}: cutting {} bytes after the last valid batch ({stop}); offsets continue at {}",
             path.display(),
             scan.file_len.saturating_sub(scan.valid_len),
             scan.next
-        );
+        ),
+        Some(stop) => mark_damaged(&path, seg.base, stop, scan.file_len, scan.next)?,
+        None => {}
     }
     let buf_pos = align_down(scan.valid_len);
     let buf = read_tail_block(&data, &path, buf_pos, scan.valid_len).await?;
@@ -123,6 +126,45 @@ pub(super) async fn recover_active(
         scan.valid_len,
         scan.since_index,
     ));
+    Ok(())
+}
+
+/// Damage that no interrupted write explains, found in the active segment: what follows the
+/// last valid batch is kept in a file of its own before recovery cuts it, and the log is
+/// marked lost (`LOST_META`), for the batches after the damage may hold acknowledged records.
+/// A log marked lost before keeps its first reason.
+fn mark_damaged(path: &Path, base: u64, stop: &Stop, file_len: u64, next: u64) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let cut = file_len.saturating_sub(stop.at);
+    let keep = segment::damaged_path(dir, base, stop.at);
+    keep_bytes(path, stop.at, cut, &keep)?;
+    let why = format!(
+        "{}: damage at byte {} that no interrupted write leaves ({stop}): the {cut} bytes \
+         from there, which may hold acknowledged records, were cut (kept in {}); offsets \
+         continue at {next}",
+        path.display(),
+        stop.at,
+        keep.display()
+    );
+    log::error!("{why}");
+    if crate::meta::read(dir, LOST_META)?.is_none() {
+        crate::meta::write(dir, LOST_META, why.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes of `from` at `at` into a new durable file `to`.
+fn keep_bytes(from: &Path, at: u64, len: u64, to: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut src = std::fs::File::open(from).map_err(|e| Error::io("opening", from, e))?;
+    src.seek(SeekFrom::Start(at))
+        .map_err(|e| Error::io("reading", from, e))?;
+    let mut dst = std::fs::File::create(to).map_err(|e| Error::io("creating", to, e))?;
+    std::io::copy(&mut src.take(len), &mut dst).map_err(|e| Error::io("writing", to, e))?;
+    dst.sync_all().map_err(|e| Error::io("syncing", to, e))?;
+    if let Some(dir) = to.parent() {
+        crate::meta::sync_dir(dir)?;
+    }
     Ok(())
 }
 
@@ -222,7 +264,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             log::warn!("{}: ignoring a file whose name is not UTF-8", dir.display());
             continue;
         };
-        if name.ends_with(".meta") {
+        if name.ends_with(".meta") || name.contains(segment::DAMAGED_INFIX) {
             continue;
         }
         if name.ends_with(".tmp") {
