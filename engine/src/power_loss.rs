@@ -167,8 +167,11 @@ pub fn read_journal(dir: &Path) -> std::io::Result<HashMap<PathBuf, u64>> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PowerLoss {
     pub files: usize,
-    /// Bytes dropped (cut off or zeroed) over all files.
+    /// Bytes written after the last completed fdatasync and dropped, over all files: from
+    /// the synced length to the last non-zero byte.
     pub bytes_dropped: u64,
+    /// Zero bytes after those (space the log allocated ahead and zeroed), dropped too.
+    pub zeros_dropped: u64,
     /// Files found shorter than their journal length (left as they are).
     pub shorter: Vec<PathBuf>,
 }
@@ -191,7 +194,10 @@ pub fn simulate_power_loss(journal_dir: &Path, data_dir: &Path) -> std::io::Resu
         let last = files.len().saturating_sub(1);
         for (i, (_, path)) in files.iter().enumerate() {
             let synced = journal.get(path).copied().unwrap_or(0);
-            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?;
             let len = f.metadata()?.len();
             out.files += 1;
             if len < synced {
@@ -204,7 +210,9 @@ pub fn simulate_power_loss(journal_dir: &Path, data_dir: &Path) -> std::io::Resu
             } else {
                 synced
             };
-            out.bytes_dropped += len - synced;
+            let written = last_nonzero_end(&f, synced, len)?;
+            out.bytes_dropped += written - synced;
+            out.zeros_dropped += len - written;
             // Shrink to the synced length, then grow with zeros to the block's end: the
             // bytes after it in that block were zeros when the sync completed.
             f.set_len(synced)?;
@@ -217,6 +225,23 @@ pub fn simulate_power_loss(journal_dir: &Path, data_dir: &Path) -> std::io::Resu
     std::fs::write(&tmp, kept)?;
     std::fs::rename(&tmp, journal_dir.join(JOURNAL))?;
     Ok(out)
+}
+
+/// The end of the last non-zero byte of `f` in `from..len` (`from` if there is none).
+fn last_nonzero_end(f: &std::fs::File, from: u64, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = from;
+    let mut pos = from;
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < len {
+        let n = ((len - pos) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], pos)?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    Ok(end)
 }
 
 fn collect_data_files(
@@ -268,7 +293,9 @@ mod tests {
         let unnamed = segment::data_path(&data.path().join("topics/t/1"), 0);
         std::fs::create_dir_all(unnamed.parent().expect("parent")).expect("mkdir");
         std::fs::write(&sealed, vec![1u8; 5000]).expect("write");
-        std::fs::write(&active, vec![2u8; 9000]).expect("write");
+        let mut written = vec![2u8; 9000];
+        written.resize(9000 + 8192, 0);
+        std::fs::write(&active, written).expect("write");
         std::fs::write(&unnamed, vec![3u8; 4096]).expect("write");
         std::fs::write(
             journal.path().join(JOURNAL),
@@ -283,6 +310,7 @@ mod tests {
         assert!(a[..100].iter().all(|&b| b == 2) && a[100..].iter().all(|&b| b == 0));
         assert_eq!(std::fs::metadata(&unnamed).expect("stat").len(), 0);
         assert_eq!(r.bytes_dropped, (9000 - 100) + 4096);
+        assert_eq!(r.zeros_dropped, 8192);
         // The journal now says what is on disk.
         let j = read_journal(journal.path()).expect("read");
         assert_eq!(j.get(&active), Some(&100));

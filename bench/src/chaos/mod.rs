@@ -294,16 +294,35 @@ fn run_faults(
         lo + Duration::from_millis(rng.below(span + 1))
     };
     let mut next_fault = Instant::now() + SETTLE;
-    let mut active: Option<(Active, Instant)> = None;
+    let mut active: Option<(Active, Instant, Duration)> = None;
+    let mut last_felt_check = Instant::now();
     while !sys::interrupted() {
         let now = Instant::now();
-        let down = active.as_ref().map(|(a, _)| a.down()).unwrap_or_default();
+        let down = active
+            .as_ref()
+            .map(|(a, _, _)| a.down())
+            .unwrap_or_default();
         cluster.notice_crashes(&down)?;
         if last_progress.elapsed() >= Duration::from_secs(5) {
-            progress(control, epoch, active.as_ref().map(|(a, _)| a));
+            progress(control, epoch, active.as_ref().map(|(a, _, _)| a));
             last_progress = Instant::now();
         }
-        if let Some((a, until)) = active.as_mut() {
+        if let Some((a, until, window)) = active.as_mut() {
+            if a.unfelt.is_some() && now >= last_felt_check + Duration::from_secs(1) {
+                last_felt_check = now;
+                let since = a.unfelt.as_ref().map(|u| u.since).unwrap_or(now);
+                if a.felt_now(cluster) {
+                    // The full disk lasts its whole window from the moment it bites.
+                    *until = (Instant::now() + *window).min(end);
+                    eprintln!(
+                        "[{:6.1}s] #{} felt: its node refuses writes",
+                        epoch.elapsed().as_secs_f64(),
+                        a.fault.id
+                    );
+                } else if now >= *until && since.elapsed() < nemesis::DISK_FELT_WITHIN {
+                    *until = now + Duration::from_secs(1);
+                }
+            }
             if now >= *until || now >= end {
                 nemesis::heal(cluster, a)
                     .with_context(|| format!("healing fault #{}", a.fault.id))?;
@@ -313,7 +332,7 @@ fn run_faults(
                     a.fault.id,
                     a.fault.kind
                 );
-                if let Some((a, _)) = active.take() {
+                if let Some((a, _, _)) = active.take() {
                     faults.push(a.fault);
                 }
                 next_fault =
@@ -336,7 +355,7 @@ fn run_faults(
                         window.as_secs_f64(),
                         a.fault.detail
                     );
-                    active = Some((a, Instant::now() + window));
+                    active = Some((a, Instant::now() + window, window));
                 }
             } else {
                 next_fault = end;
@@ -344,7 +363,7 @@ fn run_faults(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if let Some((mut a, _)) = active.take() {
+    if let Some((mut a, _, _)) = active.take() {
         nemesis::heal(cluster, &mut a)?;
         faults.push(a.fault);
     }

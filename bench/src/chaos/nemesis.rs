@@ -139,9 +139,41 @@ enum Undo {
 pub struct Active {
     pub fault: Fault,
     undo: Undo,
+    /// A full disk not felt yet: the node's logs write into space they allocated ahead, so
+    /// the fault is held (up to [`DISK_FELT_WITHIN`]) until the node refuses writes.
+    pub unfelt: Option<Unfelt>,
+}
+
+/// How long a full disk is held for its node to feel it before it is healed anyway.
+pub const DISK_FELT_WITHIN: Duration = Duration::from_secs(60);
+
+/// A disk fault whose node still takes writes.
+pub struct Unfelt {
+    pub node: usize,
+    pub since: std::time::Instant,
 }
 
 impl Active {
+    /// Whether the node of a disk fault refuses writes now; if so the fault is felt from now
+    /// on (and said in its record). `false` while it is not, and for other faults.
+    pub fn felt_now(&mut self, c: &Cluster) -> bool {
+        let Some(u) = &self.unfelt else {
+            return false;
+        };
+        let felt = matches!(
+            c.nodes[u.node].writes(),
+            Some(super::node::Writes::DiskFull | super::node::Writes::Latched)
+        );
+        if felt {
+            let after = u.since.elapsed().as_secs_f64();
+            self.fault.detail.push_str(&format!(
+                "; its node refused writes {after:.1} s after the fill"
+            ));
+            self.unfelt = None;
+        }
+        felt
+    }
+
     /// Nodes this fault keeps down on purpose.
     pub fn down(&self) -> Vec<usize> {
         match self.undo {
@@ -224,9 +256,9 @@ pub fn inject(c: &mut Cluster, kind: Kind, id: u32, rng: &mut Rng, seed: u64) ->
             let n = node.host.name.clone();
             (
                 format!(
-                    "power loss on {n}{tag}: kill -9, {} bytes after the last fdatasync dropped \
-                     from {} files",
-                    lost.bytes_dropped, lost.files
+                    "power loss on {n}{tag}: kill -9, {} bytes written after the last \
+                     fdatasync dropped from {} files (and {} zero bytes allocated ahead)",
+                    lost.bytes_dropped, lost.files, lost.zeros_dropped
                 ),
                 vec![n],
                 Undo::Restart(i),
@@ -331,7 +363,15 @@ pub fn inject(c: &mut Cluster, kind: Kind, id: u32, rng: &mut Rng, seed: u64) ->
             )
         }
     };
+    let unfelt = match undo {
+        Undo::FreeDisk(node) => Some(Unfelt {
+            node,
+            since: std::time::Instant::now(),
+        }),
+        _ => None,
+    };
     Ok(Active {
+        unfelt,
         fault: Fault {
             id,
             kind: kind.name().into(),
@@ -481,6 +521,12 @@ pub fn heal(c: &mut Cluster, a: &mut Active) -> Result<()> {
             }
         }
         Undo::FreeDisk(i) => {
+            if a.unfelt.take().is_some() {
+                a.fault.detail.push_str(
+                    "; NOT felt: its node took writes throughout (into space its logs had \
+                     allocated ahead)",
+                );
+            }
             let v = c.nodes[i].volume.as_ref().context("volume")?;
             v.free()?;
             // A full disk is an operating condition: once space returns the node's

@@ -52,7 +52,9 @@ NEMESES (--nemesis, comma-separated; `all` = every one the node count allows):
               kill -9 and wait until the controller removes it (--dead-node-timeout); then
               wipe it and add it back as a new member (needs 3 nodes or more)
   disk        each node's data directory is a loop-mounted ext4 volume; a ballast file
-              fills it for the window, then it is freed: the node must take writes again by itself
+              fills it until the node refuses writes (up to 60 s: its logs write into space
+              allocated ahead first), then for the window, then it is freed: the node must
+              take writes again by itself. The fault record says when it was felt, or NOT
   power       kill -9 and drop every byte written after the node's last completed fdatasync
               (the engine's TEST-ONLY power-loss journal), then restart
 
