@@ -13,6 +13,7 @@ mod controller_snapshot;
 mod membership_sim;
 mod membership_udp;
 mod raft_disk_full;
+mod raft_disk_full_reopen;
 mod raft_engine;
 mod raft_forward;
 mod raft_seam;

@@ -15,6 +15,7 @@
 //! already holds and one it cannot get comes back short instead (which the log also takes
 //! for a full disk when no room is left: `engine/tests/short_write.rs`).
 
+use crate::common::Tmpfs;
 use crate::manual;
 
 use consensus::raft::replica::engine_error;
@@ -25,7 +26,6 @@ use futures_channel::oneshot;
 use manual::{Cluster, G};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The full node: it campaigns first, so it leads.
 const FULL: u64 = 1;
@@ -34,38 +34,6 @@ const PAGE: usize = 4096;
 const MAX_PROPOSALS: usize = 2000;
 /// Elections take at most this many ticks.
 const ELECTION_TICKS: usize = 200;
-
-/// A tmpfs of `bytes` mounted on `dir`, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (after saying why) when it cannot be mounted: not root, or no tmpfs here.
-    fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let size = format!("size={bytes}");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
-            .arg(dir)
-            .status();
-        match st {
-            Ok(st) if st.success() => Some(Tmpfs(dir.to_owned())),
-            other => {
-                println!(
-                    "SKIPPED: cannot mount a tmpfs on {} (needs root): {other:?}",
-                    dir.display()
-                );
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: files the executor still holds (a failed test) must not keep it mounted.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Nodes `1..=n` under `root`: the full node's group stops when its disk fills up.
 async fn open(root: &Path, n: u64) -> Cluster {

@@ -63,6 +63,9 @@ pub struct Board {
     pub leader_changes: AtomicU64,
     /// Times this node became a group's leader (elections won, transfers received).
     pub became_leader: AtomicU64,
+    /// Times a group stopped for want of space was opened again here (its log took writes
+    /// again): once per full disk, unless the group stopped again at once.
+    pub reopened: AtomicU64,
     /// Proposals of every shard's groups, and their commit latency.
     pub proposals: Arc<ProposalMetrics>,
     /// Each shard's Ready-loop counters, as of its last round.

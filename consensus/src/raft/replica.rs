@@ -572,6 +572,11 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
         // opened without it would not rebuild it after a later snapshot install either.
         match set.add_group_with(group, log, &[], group == 0).await {
             Ok(()) => {
+                inner
+                    .peers
+                    .board
+                    .reopened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::info!("Raft group {group} opened again: its log takes writes again");
                 campaign_if_alone(inner, set, group);
             }
