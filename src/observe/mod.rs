@@ -432,6 +432,13 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         c.peers.board.became_leader.load(Relaxed) as f64,
     );
     e.single(
+        "proglog_raft_groups_reopened_total",
+        Kind::Counter,
+        "Times a group stopped for want of space was opened again here once its log and its \
+         Raft metadata took writes again.",
+        c.peers.board.reopened.load(Relaxed) as f64,
+    );
+    e.single(
         "proglog_raft_term_max",
         Kind::Gauge,
         "The highest Raft term among the groups held here.",
