@@ -126,7 +126,7 @@ pub fn replay(p: &Plan) -> String {
     format!(
         "proglog-chaos --seed {} --nodes {} --time {} --nemesis {} --durability {} \
          --partitions {} --producers {} --stream-producers {} --rate {} --fault-min {} \
-         --fault-max {} --quiet-max {} --dead-node-timeout {}",
+         --fault-max {} --quiet-max {} --disk-hold {} --dead-node-timeout {}",
         p.seed,
         p.nodes,
         p.time.as_secs(),
@@ -139,6 +139,7 @@ pub fn replay(p: &Plan) -> String {
         p.fault.0.as_secs_f64(),
         p.fault.1.as_secs_f64(),
         p.quiet_max.as_secs_f64(),
+        p.disk_hold.as_secs_f64(),
         p.dead_node_timeout.as_secs()
     )
 }
@@ -310,7 +311,6 @@ fn run_faults(
         if let Some((a, until, window)) = active.as_mut() {
             if a.unfelt.is_some() && now >= last_felt_check + Duration::from_secs(1) {
                 last_felt_check = now;
-                let since = a.unfelt.as_ref().map(|u| u.since).unwrap_or(now);
                 if a.felt_now(cluster) {
                     // The full disk lasts its whole window from the moment it bites.
                     *until = (Instant::now() + *window).min(end);
@@ -319,8 +319,12 @@ fn run_faults(
                         epoch.elapsed().as_secs_f64(),
                         a.fault.id
                     );
-                } else if now >= *until && since.elapsed() < nemesis::DISK_FELT_WITHIN {
-                    *until = now + Duration::from_secs(1);
+                }
+            }
+            if let Some(u) = &a.unfelt {
+                if now >= *until && u.since.elapsed() < plan.disk_hold {
+                    // Not felt yet: held on, the node asked again each second.
+                    *until = now + Duration::from_millis(200);
                 }
             }
             if now >= *until || now >= end {

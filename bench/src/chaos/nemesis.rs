@@ -140,12 +140,9 @@ pub struct Active {
     pub fault: Fault,
     undo: Undo,
     /// A full disk not felt yet: the node's logs write into space they allocated ahead, so
-    /// the fault is held (up to [`DISK_FELT_WITHIN`]) until the node refuses writes.
+    /// the fault is held (up to the plan's `disk_hold`) until the node refuses writes.
     pub unfelt: Option<Unfelt>,
 }
-
-/// How long a full disk is held for its node to feel it before it is healed anyway.
-pub const DISK_FELT_WITHIN: Duration = Duration::from_secs(60);
 
 /// A disk fault whose node still takes writes.
 pub struct Unfelt {

@@ -52,8 +52,8 @@ NEMESES (--nemesis, comma-separated; `all` = every one the node count allows):
               kill -9 and wait until the controller removes it (--dead-node-timeout); then
               wipe it and add it back as a new member (needs 3 nodes or more)
   disk        each node's data directory is a loop-mounted ext4 volume; a ballast file
-              fills it until the node refuses writes (up to 60 s: its logs write into space
-              allocated ahead first), then for the window, then it is freed: the node must
+              fills it until the node refuses writes (up to --disk-hold: its logs write into
+              space allocated ahead first), then for the window, then it is freed: the node must
               take writes again by itself. The fault record says when it was felt, or NOT
   power       kill -9 and drop every byte written after the node's last completed fdatasync
               (the engine's TEST-ONLY power-loss journal), then restart
@@ -61,7 +61,7 @@ NEMESES (--nemesis, comma-separated; `all` = every one the node count allows):
 EXAMPLES:
   # the CI campaign (scripts/chaos-test): three nodes, every fault, the durable policy
   proglog-chaos --nodes 3 --time 75 --nemesis all --fault-max 4 --quiet-max 2 \\
-    --dead-node-timeout 10
+    --disk-hold 10 --dead-node-timeout 10
   # the same faults under `never`: power loss must show lost writes
   proglog-chaos --nodes 1 --durability never --nemesis power --expect-anomalies lost-write
   # a long single-node campaign
@@ -152,6 +152,11 @@ pub struct Opts {
     #[arg(long, default_value_t = 30)]
     pub dead_node_timeout: u64,
 
+    /// Longest a full disk (the disk nemesis) is held for its node to refuse writes, in
+    /// seconds: its logs first write into the space they allocated ahead (up to a segment).
+    #[arg(long, default_value_t = 90.0)]
+    pub disk_hold: f64,
+
     /// Longest quiet time between two faults, in seconds (the shortest is 1 s).
     #[arg(long, default_value_t = 3.0)]
     pub quiet_max: f64,
@@ -196,6 +201,7 @@ pub struct Plan {
     pub segment_bytes: String,
     pub fault: (Duration, Duration),
     pub quiet_max: Duration,
+    pub disk_hold: Duration,
     /// `Some(classes)` with --expect-anomalies (empty: any class).
     pub expect: Option<Vec<Class>>,
     pub keep_data: bool,
@@ -247,6 +253,9 @@ impl Opts {
                  the membership nemesis does on purpose",
                 dead / 2.0
             ));
+        }
+        if !(0.0..=3600.0).contains(&self.disk_hold) {
+            return Err("--disk-hold must be in [0, 3600] seconds".into());
         }
         if self.quiet_max < 1.0 {
             return Err("--quiet-max must be at least 1 second".into());
@@ -303,6 +312,7 @@ impl Opts {
                 Duration::from_secs_f64(self.fault_max),
             ),
             quiet_max: Duration::from_secs_f64(self.quiet_max),
+            disk_hold: Duration::from_secs_f64(self.disk_hold),
             dead_node_timeout: Duration::from_secs(self.dead_node_timeout),
             expect,
             keep_data: self.keep_data,
