@@ -555,9 +555,37 @@ impl<S: LogStore> GroupSet<S> {
     /// Takes group `id` out of the set (its partition is going away); its pending proposals
     /// and reads learn that their outcome is unknown. Its log is left as it is.
     pub fn remove_group(&mut self, id: u64) -> bool {
-        let Some(mut g) = self.groups.remove(&id) else {
+        let Some(g) = self.groups.remove(&id) else {
             return false;
         };
+        self.retire(id, g);
+        true
+    }
+
+    /// Opens group `id` again from `store`, recovered as at a start, in place of the one held
+    /// (a group stopped by a full disk, whose log takes writes again). If the open fails, the
+    /// group held stays as it was (stopped, reported, tried again later) and the error is
+    /// returned: a group taken out first and not opened again would be gone from this node
+    /// until a restart, its partition neither served nor reported stopped.
+    pub async fn reopen_group(&mut self, id: u64, store: Rc<S>, replay: bool) -> Result<()> {
+        let Some(old) = self.groups.remove(&id) else {
+            return Err(Error::UnknownGroup(id));
+        };
+        match self.add_group_with(id, store, &[], replay).await {
+            Ok(()) => {
+                self.retire(id, old);
+                Ok(())
+            }
+            Err(e) => {
+                self.groups.insert(id, old);
+                Err(e)
+            }
+        }
+    }
+
+    /// What taking group `id` (`g`) out of the set settles: its snapshot transfers no
+    /// longer awaited, its pending proposals and reads answered.
+    fn retire(&mut self, id: u64, mut g: Group<S>) {
         self.awaiting.retain(|&(group, _), _| group != id);
         for p in g.proposals.drain(..) {
             let outcome = Err(Error::OutcomeUnknown {
@@ -569,7 +597,6 @@ impl<S: LogStore> GroupSet<S> {
         for r in g.reads.drain(..) {
             let _ = r.tx.send(Err(Error::ReadNotReady { group: id }));
         }
-        true
     }
 
     pub fn group_ids(&self) -> Vec<u64> {
@@ -1923,6 +1950,52 @@ impl<S: LogStore> Group<S> {
 mod tests {
     use super::*;
     use raft::eraftpb::MessageType;
+
+    #[test]
+    fn a_group_whose_reopening_fails_stays_held_and_stopped() {
+        use crate::raft::mem_store::MemStore;
+        use crate::raft::store::LogStore;
+        futures_lite::future::block_on(async {
+            let mut set: GroupSet<MemStore> = GroupSet::new(1, GroupConfig::default(), 1);
+            let store = Rc::new(MemStore::new());
+            set.add_group(7, Rc::clone(&store), &[1])
+                .await
+                .expect("open");
+            let failed = Error::Storage {
+                group: 7,
+                source: engine::Error::DiskFull {
+                    partition: "t/0".into(),
+                    path: "/nowhere".into(),
+                    free_bytes: 0,
+                },
+            };
+            set.groups.get_mut(&7).expect("held").fail(failed);
+            assert!(set.failure(7).is_some_and(|e| e.is_disk_full()));
+
+            // Its Raft metadata unreadable: the open fails, and the stopped group stays.
+            let broken = Rc::new(MemStore::new());
+            broken.write_meta(b"not Raft metadata").expect("meta");
+            let e = set
+                .reopen_group(7, broken, false)
+                .await
+                .expect_err("metadata that does not parse");
+            assert!(!matches!(e, Error::UnknownGroup(_)), "{e}");
+            assert_eq!(set.group_ids(), vec![7]);
+            assert!(set.status(7).is_some());
+            assert!(set.failure(7).is_some_and(|e| e.is_disk_full()));
+
+            // Its own log opens: the group runs again, recovered.
+            set.reopen_group(7, store, false).await.expect("reopen");
+            assert_eq!(set.group_ids(), vec![7]);
+            assert!(set.failure(7).is_none());
+            assert_eq!(
+                set.reopen_group(8, Rc::new(MemStore::new()), false)
+                    .await
+                    .map_err(|e| matches!(e, Error::UnknownGroup(8))),
+                Err(true)
+            );
+        });
+    }
 
     #[test]
     fn a_late_report_on_an_earlier_snapshot_ends_no_started_transfer() {

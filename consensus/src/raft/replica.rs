@@ -355,6 +355,7 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
         logs: HashMap::new(),
         campaign_later: Vec::new(),
         next_compaction: Instant::now(),
+        reopen_after: HashMap::new(),
     };
     // Rounds whose logs are persisting, oldest first.
     let mut in_flight: VecDeque<(Persisting, Synced)> = VecDeque::new();
@@ -516,7 +517,12 @@ struct Loop {
     campaign_later: Vec<u64>,
     /// When the controller's log may next be compacted below its last checkpoint.
     next_compaction: Instant,
+    /// Groups whose reopening after a full disk failed, and when to try again.
+    reopen_after: HashMap<u64, Instant>,
 }
+
+/// How long a group whose reopening failed waits before the next try.
+const REOPEN_RETRY: Duration = Duration::from_secs(10);
 
 impl Loop {
     /// Answers the opens whose groups have applied what their logs held (or failed).
@@ -559,6 +565,13 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
         if !e.is_disk_full() || !log.is_writable() {
             continue;
         }
+        if lp
+            .reopen_after
+            .get(&group)
+            .is_some_and(|&t| Instant::now() < t)
+        {
+            continue;
+        }
         // Raft's metadata must take a write too: the data log writes into space allocated
         // ahead, a metadata replacement needs new space each time, and a group reopened
         // while it cannot would stop again at its next term change, over and over. The
@@ -567,11 +580,11 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
             log::debug!("Raft group {group} stays stopped: its metadata takes no write: {e}");
             continue;
         }
-        set.remove_group(group);
         // The controller's state machine is rebuilt from the log as at a start: a group
         // opened without it would not rebuild it after a later snapshot install either.
-        match set.add_group_with(group, log, &[], group == 0).await {
+        match set.reopen_group(group, log, group == 0).await {
             Ok(()) => {
+                lp.reopen_after.remove(&group);
                 inner
                     .peers
                     .board
@@ -580,7 +593,14 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
                 log::info!("Raft group {group} opened again: its log takes writes again");
                 campaign_if_alone(inner, set, group);
             }
-            Err(e) => log::error!("Raft group {group} could not be opened again: {e}"),
+            Err(e) => {
+                lp.reopen_after.insert(group, Instant::now() + REOPEN_RETRY);
+                log::error!(
+                    "Raft group {group} could not be opened again (it stays stopped; tried \
+                     again in {} s): {e}",
+                    REOPEN_RETRY.as_secs()
+                )
+            }
         }
     }
 }
