@@ -205,6 +205,13 @@ pub fn parse_header(buf: &[u8]) -> Parsed {
         _ if header.record_count != 0 => return Parsed::Invalid("control batch with records"),
         _ => {}
     }
+    if header
+        .base_offset
+        .checked_add(u64::from(header.record_count))
+        .is_none()
+    {
+        return Parsed::Invalid("base offset plus record count past u64::MAX");
+    }
     if (header.payload_len as u64) < u64::from(header.record_count) * RECORD_OVERHEAD as u64 {
         return Parsed::Invalid("payload too short for its record count");
     }
@@ -315,7 +322,10 @@ pub fn decode_records(header: &Header, batch: &Bytes) -> Option<Vec<Record>> {
     if !header.is_data() {
         return Some(Vec::new());
     }
-    let mut records = Vec::with_capacity(header.record_count as usize);
+    // Sized by what the bytes can hold, never by the count alone (a header that is not this
+    // batch's could claim 4 billion records).
+    let fits = batch.len().saturating_sub(HEADER_LEN) / RECORD_OVERHEAD;
+    let mut records = Vec::with_capacity((header.record_count as usize).min(fits));
     let mut pos = HEADER_LEN;
     for i in 0..u64::from(header.record_count) {
         let len = u32_at(batch.get(pos..pos + 4)?, 0) as usize;

@@ -162,7 +162,11 @@ impl SnapshotData {
             last_index: word(2),
             next_offset: word(3),
         };
-        if d.first_index == 0 || d.first_index > d.last_index + 1 || d.first_offset > d.next_offset
+        // A last index of u64::MAX leaves no room to count the batches up to it.
+        if d.first_index == 0
+            || d.last_index == u64::MAX
+            || d.first_index > d.last_index + 1
+            || d.first_offset > d.next_offset
         {
             return Err(Error::Malformed {
                 what: "snapshot data",
