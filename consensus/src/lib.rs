@@ -12,3 +12,6 @@
 pub mod cluster;
 pub mod membership;
 pub mod raft;
+
+#[cfg(test)]
+mod mutation;

@@ -111,11 +111,16 @@ pub fn load(dir: &Path) -> Result<Catalog> {
             topics: BTreeMap::new(),
         });
     };
-    let cat: Catalog = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::corrupt(dir.join(FILE), 16, format!("catalog does not parse: {e}")))?;
+    decode(&dir.join(FILE), &bytes)
+}
+
+/// The catalog in the payload `bytes` of the file `path`, checked.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Catalog> {
+    let cat: Catalog = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(path, 16, format!("catalog does not parse: {e}")))?;
     if cat.version != 1 && cat.version != VERSION {
         return Err(Error::corrupt(
-            dir.join(FILE),
+            path,
             16,
             format!("unknown catalog version {}", cat.version),
         ));
@@ -124,7 +129,7 @@ pub fn load(dir: &Path) -> Result<Catalog> {
         check_topic_name(name)?;
         if t.partitions == 0 || t.partitions > crate::limits::MAX_PARTITIONS {
             return Err(Error::corrupt(
-                dir.join(FILE),
+                path,
                 16,
                 format!(
                     "topic {name}: {} partitions, outside [1, {}]",
@@ -135,12 +140,12 @@ pub fn load(dir: &Path) -> Result<Catalog> {
         }
         t.config
             .validate()
-            .map_err(|e| Error::corrupt(dir.join(FILE), 16, format!("topic {name}: {e}")))?;
+            .map_err(|e| Error::corrupt(path, 16, format!("topic {name}: {e}")))?;
         if let Some(held) = &t.held {
             let ascending = held.windows(2).all(|w| w[0] < w[1]);
             if !ascending || held.iter().any(|&p| p >= t.partitions) {
                 return Err(Error::corrupt(
-                    dir.join(FILE),
+                    path,
                     16,
                     format!(
                         "topic {name}: held partitions {held:?} are not ascending partitions of \
@@ -643,18 +648,29 @@ pub(crate) fn has_partition_mark(dir: &Path, topic: &str, partition: u32) -> Res
     let Some(bytes) = meta::read(dir, PARTITION_META)? else {
         return Ok(false);
     };
-    let mark: PartitionMark = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::corrupt(&path, 16, format!("partition mark does not parse: {e}")))?;
+    decode_partition_mark(&path, &bytes, topic, partition)
+}
+
+/// Whether the payload `bytes` of the mark `path` names partition `partition` of `topic`
+/// (an error when it is damaged, of an unknown version, or names another).
+pub(crate) fn decode_partition_mark(
+    path: &Path,
+    bytes: &[u8],
+    topic: &str,
+    partition: u32,
+) -> Result<bool> {
+    let mark: PartitionMark = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(path, 16, format!("partition mark does not parse: {e}")))?;
     if mark.version != 1 {
         return Err(Error::corrupt(
-            &path,
+            path,
             16,
             format!("unknown partition mark version {}", mark.version),
         ));
     }
     if mark.topic != topic || mark.partition != partition {
         return Err(Error::corrupt(
-            &path,
+            path,
             16,
             format!(
                 "the directory of partition {topic}/{partition} holds the mark of topic {} \

@@ -40,6 +40,36 @@ pub struct Entry {
     pub raft_index: u64,
 }
 
+impl Entry {
+    /// The entry's bytes in the file.
+    pub fn encode(&self) -> [u8; ENTRY_LEN] {
+        let mut b = [0u8; ENTRY_LEN];
+        b[0..4].copy_from_slice(&self.relative_offset.to_le_bytes());
+        b[4..8].copy_from_slice(&self.position.to_le_bytes());
+        b[8..16].copy_from_slice(&self.term.to_le_bytes());
+        b[16..24].copy_from_slice(&self.raft_index.to_le_bytes());
+        b
+    }
+
+    /// The entry in the first [`ENTRY_LEN`] bytes of `b`, valid or not; `None` when `b` is
+    /// shorter.
+    pub fn decode(b: &[u8]) -> Option<Entry> {
+        let b = b.get(..ENTRY_LEN)?;
+        let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u64_at = |at: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(x)
+        };
+        Some(Entry {
+            relative_offset: u32_at(0),
+            position: u32_at(4),
+            term: u64_at(8),
+            raft_index: u64_at(16),
+        })
+    }
+}
+
 pub struct Index {
     path: PathBuf,
     file: File,
@@ -119,18 +149,7 @@ impl Index {
     /// Reads entry `i` straight from the mapping, valid or not.
     pub fn raw_entry(&self, i: usize) -> Option<Entry> {
         let map = self.map.as_ref()?;
-        let b = map.get(i * ENTRY_LEN..(i + 1) * ENTRY_LEN)?;
-        let u64_at = |at: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(x)
-        };
-        Some(Entry {
-            relative_offset: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            position: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            term: u64_at(8),
-            raft_index: u64_at(16),
-        })
+        Entry::decode(map.get(i.checked_mul(ENTRY_LEN)?..)?)
     }
 
     pub fn entry(&self, i: usize) -> Option<Entry> {
@@ -164,11 +183,7 @@ impl Index {
         let Some(map) = self.map.as_mut() else {
             return false;
         };
-        let b = &mut map[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
-        b[0..4].copy_from_slice(&e.relative_offset.to_le_bytes());
-        b[4..8].copy_from_slice(&e.position.to_le_bytes());
-        b[8..16].copy_from_slice(&e.term.to_le_bytes());
-        b[16..24].copy_from_slice(&e.raft_index.to_le_bytes());
+        map[i * ENTRY_LEN..(i + 1) * ENTRY_LEN].copy_from_slice(&e.encode());
         self.len += 1;
         true
     }

@@ -58,6 +58,9 @@ pub mod shard;
 pub mod tail_cache;
 pub mod topics;
 
+#[cfg(test)]
+mod mutation;
+
 pub use batch::{NewRecord, Record};
 
 /// The topic that holds a cluster's controller log (Raft group 0): one partition, always on

@@ -43,12 +43,7 @@ fn replace(dir: &Path, name: &str, payload: &[u8], private: bool) -> Result<()> 
     }
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut bytes = Vec::with_capacity(HEADER + payload.len());
-    bytes.extend_from_slice(&MAGIC.to_le_bytes());
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    bytes.extend_from_slice(payload);
+    let bytes = encode(payload);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     if private {
@@ -72,6 +67,17 @@ fn replace(dir: &Path, name: &str, payload: &[u8], private: bool) -> Result<()> 
     sync_dir(dir)
 }
 
+/// The bytes of a metadata file holding `payload` (at most [`MAX_META_PAYLOAD_BYTES`]).
+pub fn encode(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(&MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
 /// Reads `dir/name`: `Ok(None)` when absent, an error naming the file when damaged.
 pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let path = dir.join(name);
@@ -80,26 +86,32 @@ pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("reading", &path, e)),
     };
+    decode(&path, &bytes).map(|p| Some(p.to_vec()))
+}
+
+/// The payload of the metadata file `path` whose bytes are `bytes`, checked; an error naming
+/// the file when it is damaged.
+pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
     let field = |at: usize| -> u32 {
         u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
     };
     if bytes.len() < HEADER {
         return Err(Error::corrupt(
-            &path,
+            path,
             0,
             "metadata file shorter than its header",
         ));
     }
     if field(0) != MAGIC {
         return Err(Error::corrupt(
-            &path,
+            path,
             0,
             "not a proglog metadata file (bad magic)",
         ));
     }
     if field(4) != VERSION {
         return Err(Error::corrupt(
-            &path,
+            path,
             4,
             format!("unknown metadata version {}", field(4)),
         ));
@@ -107,16 +119,16 @@ pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let len = field(8) as usize;
     if len > MAX_META_PAYLOAD_BYTES || HEADER + len != bytes.len() {
         return Err(Error::corrupt(
-            &path,
+            path,
             8,
             format!("payload length {len} does not match the file"),
         ));
     }
     let payload = &bytes[HEADER..];
     if crc32c::crc32c(payload) != field(12) {
-        return Err(Error::corrupt(&path, 12, "checksum mismatch"));
+        return Err(Error::corrupt(path, 12, "checksum mismatch"));
     }
-    Ok(Some(payload.to_vec()))
+    Ok(payload)
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.

@@ -64,6 +64,9 @@ mod shutdown;
 mod status;
 pub mod tls;
 
+#[cfg(test)]
+mod mutation;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -822,3 +822,30 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Departure broadcasts from other members, mutated (see `crate::mutation`): refused or
+    /// taken, never a panic; one taken is the message [`left_message`] makes of it.
+    #[test]
+    fn mutated_departures_never_panic() {
+        use crate::mutation::{iterations, Mutator};
+        use rand::Rng;
+        let mut m = Mutator::new();
+        let corpus: Vec<Vec<u8>> = (0..4)
+            .map(|_| left_message(NodeId(m.rng.random()), (m.rng.random(), m.rng.random())))
+            .collect();
+        let mut handler = LeftHandler {
+            left: LeftRuns::default(),
+            max_entries: 16,
+        };
+        m.run("departure broadcast", &corpus, iterations(200_000), |b| {
+            if let Ok(Some(key)) = handler.receive_item(b, None) {
+                assert_eq!(left_message(key.node, key.run), b);
+            }
+            assert!(handler.left.borrow().len() <= 16);
+        });
+    }
+}

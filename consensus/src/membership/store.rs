@@ -29,18 +29,7 @@ pub fn start_generation(dir: &Path) -> Result<(NodeId, u64), MembershipError> {
     };
     let (node, generation) = match engine::meta::read(dir, NODE_FILE)? {
         None => (NodeId::random(), 1),
-        Some(payload) => {
-            let f: NodeFile = serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
-            if f.version != 1 {
-                return Err(bad(format!("unknown version {}", f.version)));
-            }
-            let node: NodeId = f.node_id.parse().map_err(bad)?;
-            let next = f
-                .generation
-                .checked_add(1)
-                .ok_or_else(|| bad("generation overflow".into()))?;
-            (node, next)
-        }
+        Some(payload) => decode(dir, &payload)?,
     };
     let f = NodeFile {
         version: 1,
@@ -50,6 +39,25 @@ pub fn start_generation(dir: &Path) -> Result<(NodeId, u64), MembershipError> {
     let payload = serde_json::to_vec(&f).map_err(|e| bad(e.to_string()))?;
     engine::meta::write(dir, NODE_FILE, &payload)?;
     Ok((node, generation))
+}
+
+/// The node id and the generation of this run (the last one's plus one) from the payload of
+/// `dir`'s [`NODE_FILE`].
+pub fn decode(dir: &Path, payload: &[u8]) -> Result<(NodeId, u64), MembershipError> {
+    let bad = |reason: String| MembershipError::BadFile {
+        path: dir.join(NODE_FILE),
+        reason,
+    };
+    let f: NodeFile = serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
+    if f.version != 1 {
+        return Err(bad(format!("unknown version {}", f.version)));
+    }
+    let node: NodeId = f.node_id.parse().map_err(bad)?;
+    let next = f
+        .generation
+        .checked_add(1)
+        .ok_or_else(|| bad("generation overflow".into()))?;
+    Ok((node, next))
 }
 
 #[cfg(test)]

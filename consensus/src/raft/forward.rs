@@ -1526,4 +1526,113 @@ mod tests {
         };
         assert!(decode_request(FORWARD_REQUEST, overrun.encode_to_vec()).is_err());
     }
+
+    /// Forward and read requests from a peer, and the answers a leader sends back, mutated
+    /// (see `crate::mutation`).
+    #[test]
+    fn mutated_frames_never_panic() {
+        use crate::mutation::{iterations, Mutator};
+        use rand::Rng;
+        let mut m = Mutator::new();
+        let corpus: Vec<Vec<u8>> = (0..6)
+            .map(|i| {
+                let records: Vec<engine::NewRecord> = (0..=i)
+                    .map(|j| engine::NewRecord::new(vec![j as u8; j * 3]))
+                    .collect();
+                let batch = EncodedBatch::encode(&records).unwrap();
+                ForwardRequest {
+                    request_id: m.rng.random(),
+                    topic: "orders".into(),
+                    partition: m.rng.random_range(0..4),
+                    record_count: batch.record_count(),
+                    payload_crc: batch.payload_crc(),
+                    payload: batch.payload().clone(),
+                }
+                .encode_to_vec()
+            })
+            .collect();
+        m.run("forward request", &corpus, iterations(200_000), |b| {
+            let Ok((id, partition, batch)) = decode_request(FORWARD_REQUEST, b.to_vec()) else {
+                return;
+            };
+            let again = ForwardRequest {
+                request_id: id,
+                topic: partition.topic.to_string(),
+                partition: partition.partition,
+                record_count: batch.record_count(),
+                payload_crc: batch.payload_crc(),
+                payload: batch.payload().clone(),
+            };
+            let (id2, partition2, batch2) =
+                decode_request(FORWARD_REQUEST, again.encode_to_vec()).expect("decodes again");
+            assert_eq!((id2, partition2, batch2), (id, partition, batch));
+        });
+        let corpus: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                ReadRequest {
+                    request_id: m.rng.random(),
+                    topic: "orders".into(),
+                    partition: 1,
+                    mode: i,
+                    from: m.rng.random(),
+                    max_records: m.rng.random(),
+                    max_bytes: m.rng.random(),
+                    past_end_empty: i % 2 == 0,
+                }
+                .encode_to_vec()
+            })
+            .collect();
+        m.run("read request", &corpus, iterations(200_000), |b| {
+            if let Ok((r, _)) = decode_read(b.to_vec()) {
+                assert_eq!(decode_read(r.encode_to_vec()).map(|x| x.0), Ok(r));
+            }
+        });
+        let corpus: Vec<Vec<u8>> = [
+            forward_response::Outcome::Appended(ForwardAppended {
+                base_offset: 3,
+                last_offset: 9,
+            }),
+            forward_response::Outcome::Error(to_wire(&seam::Error::TooLarge {
+                what: "record",
+                size: 1 << 40,
+                limit: 10,
+                unit: "bytes",
+            })),
+            forward_response::Outcome::Error(to_wire(&seam::Error::NotWritable {
+                partition: "orders/1".into(),
+                writability: Writability::DiskFull { free_bytes: 7 },
+                reason: "full".into(),
+            })),
+        ]
+        .into_iter()
+        .map(|o| {
+            ForwardResponse {
+                request_id: 5,
+                outcome: Some(o),
+            }
+            .encode_to_vec()
+        })
+        .chain([ReadResponse {
+            request_id: 6,
+            outcome: Some(read_response::Outcome::Summary(PartitionSummary::default())),
+        }
+        .encode_to_vec()])
+        .collect();
+        m.run("forward answer", &corpus, iterations(200_000), |b| {
+            if let Ok(r) = ForwardResponse::decode(b) {
+                assert_eq!(
+                    ForwardResponse::decode(r.encode_to_vec().as_slice()),
+                    Ok(r.clone())
+                );
+                if let Some(forward_response::Outcome::Error(e)) = r.outcome {
+                    let _ = from_wire(e).to_string();
+                }
+            }
+            if let Ok(r) = ReadResponse::decode(b) {
+                if let Some(read_response::Outcome::Error(e)) = r.outcome {
+                    let _ = from_wire(e).to_string();
+                }
+            }
+        });
+    }
 }

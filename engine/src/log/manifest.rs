@@ -184,6 +184,47 @@ pub(super) fn missing(recorded: Option<Span>, found: &[(u64, u64)]) -> Option<St
 mod tests {
     use super::*;
 
+    /// `segments.meta` and `start.meta` payloads, mutated (see `crate::mutation`).
+    #[test]
+    fn mutated_segment_records_and_start_indexes_never_panic() {
+        use crate::mutation::{iterations, Mutator};
+        use rand::Rng;
+        let dir = Path::new("/nonexistent");
+        let mut m = Mutator::new();
+        let mut corpus: Vec<Vec<u8>> = (0..6)
+            .map(|_| {
+                let first = m.rng.random_range(0..1000u64);
+                Span {
+                    first,
+                    last: first + m.rng.random_range(0..1000),
+                    count: m.rng.random_range(1..20),
+                    sealed_bytes: Some(m.rng.random()),
+                }
+                .encode()
+                .to_vec()
+            })
+            .collect();
+        let mut v1 = corpus[0][..LEN_V1].to_vec();
+        v1[0] = 1;
+        corpus.push(v1);
+        m.run("segments.meta", &corpus, iterations(300_000), |b| {
+            if let Ok(span) = Span::decode(dir, b) {
+                if span.sealed_bytes.is_some() {
+                    assert_eq!(Span::decode(dir, &span.encode()).ok(), Some(span));
+                }
+            }
+        });
+        let corpus = vec![
+            42u64.to_le_bytes().to_vec(),
+            u64::MAX.to_le_bytes().to_vec(),
+        ];
+        m.run("start.meta", &corpus, iterations(100_000), |b| {
+            if let Ok(i) = super::super::recovery::decode_start(dir, b) {
+                assert_eq!(b.get(..8), Some(&i.to_le_bytes()[..]));
+            }
+        });
+    }
+
     /// Segments at these base offsets, each 1,000 bytes long.
     fn segs(bases: &[u64]) -> Vec<(u64, u64)> {
         bases.iter().map(|&b| (b, 1000)).collect()

@@ -62,11 +62,16 @@ pub(super) fn start_index(dir: &Path) -> Result<Option<u64>> {
     let Some(payload) = crate::meta::read(dir, START_META)? else {
         return Ok(None);
     };
+    decode_start(&dir.join(START_META), &payload).map(Some)
+}
+
+/// The Raft index in the payload of [`START_META`] file `path`.
+pub(super) fn decode_start(path: &Path, payload: &[u8]) -> Result<u64> {
     let bytes: [u8; 8] = payload
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::corrupt(dir.join(START_META), 16, "start index too short"))?;
-    Ok(Some(u64::from_le_bytes(bytes)))
+        .ok_or_else(|| Error::corrupt(path, 16, "start index too short"))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Scans `seg` (a log's last segment), cuts what does not validate, and makes it the active

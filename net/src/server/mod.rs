@@ -31,7 +31,7 @@
 mod balance;
 mod call;
 mod conn;
-mod metered;
+pub(crate) mod metered;
 mod registry;
 mod router;
 pub mod transport;
