@@ -67,9 +67,12 @@ impl FileBudget {
 
     /// Puts newly opened files into `slot`, closes the least recently used others beyond the
     /// limit, and records a use of `slot`.
+    /// Files that replace open ones (closing those) are not counted again.
     pub(crate) fn install(&self, slot: &Slot, files: OpenFiles) {
-        *slot.borrow_mut() = Some(files);
-        self.opened(slot);
+        let replaced = slot.borrow_mut().replace(files);
+        if replaced.is_none() {
+            self.opened(slot);
+        }
         self.touch(slot);
     }
 
@@ -106,17 +109,17 @@ impl FileBudget {
 
     /// Accounts for a newly opened sealed segment and closes the least recently used ones
     /// beyond the limit. `keep` is never closed.
+    /// Every entry taken from the queue is either dropped or set aside, so this ends even if
+    /// the count were wrong.
     fn opened(&self, keep: &Slot) {
         self.open.set(self.open.get() + 1);
         let mut lru = self.lru.borrow_mut();
+        let mut kept = Vec::new();
         while self.open.get() > self.limit {
             let Some((t, w)) = lru.pop_front() else { break };
             let Some(slot) = w.upgrade() else { continue };
             if Rc::ptr_eq(&slot, keep) {
-                lru.push_back((t, w));
-                if lru.len() == 1 {
-                    break;
-                }
+                kept.push((t, w));
                 continue;
             }
             let mut s = slot.borrow_mut();
@@ -125,5 +128,66 @@ impl FileBudget {
                 self.open.set(self.open.get() - 1);
             }
         }
+        for e in kept.into_iter().rev() {
+            lru.push_front(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Files of a segment at `n` in `dir` (any files do: the budget only counts and drops them).
+    async fn files(dir: &std::path::Path, n: u32) -> OpenFiles {
+        let data = crate::segment::open_dma(&dir.join(format!("{n}.log")), true)
+            .await
+            .expect("data");
+        let index = Index::open(&dir.join(format!("{n}.index")), 64).expect("index");
+        OpenFiles::new(Rc::new(data), index)
+    }
+
+    /// Files put over open ones replace them and are not counted twice; the least recently
+    /// used others are closed; and a count past the limit with nothing else to close (all
+    /// queue entries are the kept slot's) ends instead of going round forever.
+    #[test]
+    fn installs_count_each_open_segment_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_owned();
+        crate::run_local(tmp.path(), move || async move {
+            let budget = FileBudget::new(2);
+            let slots: Vec<Slot> = (0..3).map(|_| Rc::new(RefCell::new(None))).collect();
+            budget.install(&slots[0], files(&dir, 0).await);
+            budget.install(&slots[1], files(&dir, 1).await);
+            assert_eq!(budget.open_segments(), 2);
+            // Opened again (a second reader, or a roll handing over its writer's files).
+            budget.install(&slots[1], files(&dir, 11).await);
+            assert_eq!(budget.open_segments(), 2);
+            assert!(
+                slots[0].borrow().is_some(),
+                "nothing closed for a replacement"
+            );
+            budget.touch(&slots[1]);
+            budget.install(&slots[2], files(&dir, 2).await);
+            assert_eq!(budget.open_segments(), 2);
+            assert!(slots[0].borrow().is_none(), "least recently used closed");
+            assert!(slots[1].borrow().is_some() && slots[2].borrow().is_some());
+
+            // A count that is off (say, a slot dropped while open) with only the kept
+            // slot's entries in the queue: the limit cannot be met, and that must end.
+            let lone = FileBudget::new(1);
+            budget.release(&slots[1]);
+            budget.release(&slots[2]);
+            lone.install(&slots[1], files(&dir, 21).await);
+            lone.touch(&slots[1]);
+            lone.open.set(lone.open.get() + 1);
+            lone.touch(&slots[1]);
+            lone.install(&slots[2], files(&dir, 22).await);
+            lone.touch(&slots[2]);
+            lone.opened(&slots[2]);
+            assert!(slots[2].borrow().is_some(), "the kept slot stays open");
+        })
+        .expect("executor");
     }
 }

@@ -176,3 +176,151 @@ fn concurrent_appenders_across_many_rolls() {
         .expect("executor");
     }
 }
+
+/// A value that says what it is: its first 8 bytes are its offset's writer tag, the rest a
+/// pattern of them, so a reader that does not know which writer got an offset can still tell
+/// a whole value from a damaged or misplaced one.
+fn tagged(tag: u64, len: usize) -> Bytes {
+    let mut v = vec![(tag % 251) as u8; len];
+    v[..8].copy_from_slice(&tag.to_le_bytes());
+    Bytes::from(v)
+}
+
+fn whole(v: &[u8]) -> bool {
+    let Some(tag) = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+    else {
+        return false;
+    };
+    v[8..].iter().all(|&b| b == (tag % 251) as u8)
+}
+
+/// Runs `body` on a shard executor of its own and fails the test if it has not finished
+/// within `limit`. The deadline is kept from outside the executor: a task that never yields
+/// stops the executor's timers too, so only another thread can tell.
+fn within<F, Fut>(what: &str, limit: std::time::Duration, body: F)
+where
+    F: FnOnce(std::path::PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shard = std::thread::spawn(move || {
+        let dir = root.join("log");
+        let r = engine::run_local(&root, move || body(dir));
+        let _ = tx.send(());
+        r
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match shard.join() {
+            Ok(r) => r.expect("executor"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            // The stuck executor thread is left behind; the temporary directory with it.
+            std::mem::forget(tmp);
+            panic!("{what}: not finished after {limit:?}: the executor is stuck")
+        }
+    }
+}
+
+/// Reads racing many rolls: a reader reads the newest records (those of the segment being
+/// sealed, during a roll) and older ones, again and again, while appenders roll the segment
+/// over and over, with a budget of two open sealed segments, so that reads open sealed
+/// segments' files themselves and close others. Every read is served whole, and the budget
+/// counts what is open: a read while a roll creates the next segment finds the sealed
+/// segment's files in place (it used to open them again, the roll then put the writer's
+/// over them and the budget counted the segment twice, until closing the least recently used
+/// files went round forever and stopped the shard).
+#[test]
+fn reads_racing_rolls_are_served_whole() {
+    for durability in [Durability::Never, Durability::Always] {
+        let what = format!("{durability}: reads racing rolls");
+        within(
+            &what,
+            std::time::Duration::from_secs(30),
+            move |dir| async move {
+                let budget = FileBudget::new(2);
+                let log = Log::open(&dir, config(durability), Rc::clone(&budget))
+                    .await
+                    .expect("open");
+                let done = Rc::new(std::cell::Cell::new(false));
+                let reader = {
+                    let (log, done, budget) =
+                        (Rc::clone(&log), Rc::clone(&done), Rc::clone(&budget));
+                    glommio::spawn_local(async move {
+                        let mut reads = 0u64;
+                        while !done.get() {
+                            // The newest records (in the segment a roll is sealing, while it
+                            // does), and older ones of the segments before.
+                            let next = log.visible_end();
+                            let at = [1, 4, 12, 40].map(|back| next.saturating_sub(back));
+                            for o in at {
+                                if o >= next {
+                                    continue;
+                                }
+                                match log.read(o).await {
+                                    Ok(r) => assert!(
+                                        whole(&r.value),
+                                        "{durability}: read({o}) during rolls: not whole"
+                                    ),
+                                    Err(e) => panic!("{durability}: read({o}) during rolls: {e}"),
+                                }
+                                reads += 1;
+                                assert!(
+                                budget.open_segments() <= 2,
+                                "{durability}: {} sealed segments counted open with a budget of 2",
+                                budget.open_segments()
+                            );
+                            }
+                            // Lets the appenders and their I/O run between two passes.
+                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                        reads
+                    })
+                };
+                let mut tasks = Vec::new();
+                for w in 0..4u64 {
+                    let log = Rc::clone(&log);
+                    tasks.push(glommio::spawn_local(async move {
+                        for i in 0..120u64 {
+                            let len = 1500 + ((w * 977 + i * 131) % 2500) as usize;
+                            log.append(&[NewRecord::new(tagged(w << 32 | i, len))])
+                                .await
+                                .unwrap_or_else(|e| {
+                                    panic!("{durability}: writer {w} append {i}: {e}")
+                                });
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+                done.set(true);
+                let reads = reader.await;
+                let segments = log.stats().segments;
+                assert!(segments > 15, "{segments} segments");
+                assert!(
+                    reads > 100,
+                    "{durability}: only {reads} reads during the rolls"
+                );
+                for o in 0..log.next_offset() {
+                    let r = log
+                        .read(o)
+                        .await
+                        .unwrap_or_else(|e| panic!("{durability}: read({o}) after the rolls: {e}"));
+                    assert!(whole(&r.value), "{durability}: value of {o}");
+                }
+                log.close().await.expect("close");
+                assert_eq!(
+                    budget.open_segments(),
+                    0,
+                    "{durability}: sealed segments counted open after the log closed"
+                );
+            },
+        );
+    }
+}

@@ -87,17 +87,20 @@ impl Log {
         drop(data);
         record_sync(&mut self.state_mut(), sync_started, None);
         crate::power_loss::synced_exactly(&path, size);
-        let (writer, next, next_index) = {
+        let (next, next_index) = {
             let mut st = self.state_mut();
             let (next, next_index) = (st.next, st.next_index);
             let seg = st.segments.last_mut().ok_or(Error::ShutDown)?;
-            if let Some(w) = seg.writer.as_mut() {
-                w.index.seal()?;
+            seg.writer.as_mut().ok_or(Error::ShutDown)?.index.seal()?;
+            // The writer's files become the sealed segment's in the same step: a read while
+            // the next segment is created finds them in the slot, and never the segment with
+            // neither (it would open the files again, and the roll would then replace what
+            // the read put in the slot).
+            if let Some(w) = seg.writer.take() {
+                self.budget
+                    .install(&seg.slot, OpenFiles::new(w.data, w.index));
             }
-            (seg.writer.take(), next, next_index)
-        };
-        let Some(w) = writer else {
-            return Err(Error::ShutDown);
+            (next, next_index)
         };
         let new = create_segment(&self.dir, next, next_index, self.index_capacity).await?;
         // Recorded once its files are durable, before anything is written to it.
@@ -106,12 +109,7 @@ impl Log {
         if let Some(span) = Span::of(&segments) {
             manifest::write(&self.dir, span)?;
         }
-        let mut st = self.state_mut();
-        if let Some(seg) = st.segments.last_mut() {
-            self.budget
-                .install(&seg.slot, OpenFiles::new(w.data, w.index));
-        }
-        st.segments.push(new);
+        self.state_mut().segments.push(new);
         Ok(())
     }
 }
