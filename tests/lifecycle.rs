@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use net::blocking::BlockingChannel;
 use net::client::ClientConfig;
 use net::Code;
 use proto::log::v1::*;
@@ -380,29 +381,23 @@ fn cpuset_outside_the_affinity_mask_refuses_to_start() {
     assert!(!out.status.success() && err.contains("--cpuset"), "{err}");
 }
 
-/// A byte of a stored record flipped while the server was down, in the active segment: no
-/// interrupted write leaves that (a torn write leaves zeros), so recovery cuts the log at the
-/// damaged batch as at a torn tail but keeps what it cut in a file beside the segment and marks
-/// the log lost: a produce is DATA_LOSS saying what happened and where the bytes are, until
-/// the operator deletes `lost.meta`; then the records before it are served and the log goes
-/// on from the cut.
-#[test]
-fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
-    let mut s = TestServer::start();
-    let ch = s.channel();
-    let value = |i: u64| {
-        let mut v = format!("record {i:08} ").into_bytes();
-        v.resize(1024, b'.');
-        Bytes::from(v)
-    };
-    for b in 0..8u64 {
+/// Record `i`'s value in [`produce_numbered`]: 1 KiB that starts with `record <i> `.
+fn numbered(i: u64) -> Bytes {
+    let mut v = format!("record {i:08} ").into_bytes();
+    v.resize(1024, b'.');
+    Bytes::from(v)
+}
+
+/// Produces `batches` batches of 64 records `numbered(0..)` to `default`/0, from offset 0.
+fn produce_numbered(ch: &BlockingChannel, batches: u64) {
+    for b in 0..batches {
         let r: ProduceBatchResponse = ch
             .unary_prost(
                 paths::PRODUCE_BATCH,
                 &ProduceBatchRequest {
                     records: (b * 64..b * 64 + 64)
                         .map(|i| Record {
-                            value: value(i),
+                            value: numbered(i),
                             ..Default::default()
                         })
                         .collect(),
@@ -413,6 +408,19 @@ fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
             .unwrap();
         assert_eq!(r.base_offset, b * 64);
     }
+}
+
+/// A byte of a stored record flipped while the server was down, in the active segment: no
+/// interrupted write leaves that (a torn write leaves zeros), so recovery cuts the log at the
+/// damaged batch as at a torn tail but keeps what it cut in a file beside the segment and marks
+/// the log lost: a produce is DATA_LOSS saying what happened and where the bytes are, until
+/// the operator deletes `lost.meta`; then the records before it are served and the log goes
+/// on from the cut.
+#[test]
+fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
+    let mut s = TestServer::start();
+    let ch = s.channel();
+    produce_numbered(&ch, 8);
     assert_eq!(s.sigterm().code(), Some(0));
     let dir = s.data_dir.join("topics/default/0");
     let first = dir.join(format!("{:020}.log", 0));
@@ -441,7 +449,7 @@ fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     let cut = std::fs::read(&kept[0]).expect("the kept bytes");
     for i in [101u64, 128, 511] {
-        let v = value(i);
+        let v = numbered(i);
         assert!(
             cut.windows(v.len()).any(|w| w == &v[..]),
             "offset {i} is not in the kept bytes"
@@ -453,7 +461,7 @@ fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
     std::fs::remove_file(dir.join("lost.meta")).expect("remove the lost mark");
     let s = TestServer::start_in(&s.data_dir.clone(), &[]);
     let ch = s.channel();
-    assert_eq!(consume(&ch, "", 0, 63).expect("before").value, value(63));
+    assert_eq!(consume(&ch, "", 0, 63).expect("before").value, numbered(63));
     let e = consume(&ch, "", 0, 64).expect_err("the damaged batch was cut");
     assert_eq!(e.code, Code::OutOfRange, "{e:?}");
     assert_eq!(produce(&ch, "", 0, "taken").expect("produce"), 64);
@@ -472,29 +480,7 @@ fn a_damaged_record_is_data_loss_on_the_wire_and_never_served() {
     let ch = s.channel();
     // 40 batches of 64 records of 1 KiB: a roll at 2 MiB, so offset 100 is in a sealed
     // segment. Each value names its offset.
-    let value = |i: u64| {
-        let mut v = format!("record {i:08} ").into_bytes();
-        v.resize(1024, b'.');
-        Bytes::from(v)
-    };
-    for b in 0..40u64 {
-        let r: ProduceBatchResponse = ch
-            .unary_prost(
-                paths::PRODUCE_BATCH,
-                &ProduceBatchRequest {
-                    records: (b * 64..b * 64 + 64)
-                        .map(|i| Record {
-                            value: value(i),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                },
-                opts(),
-            )
-            .unwrap();
-        assert_eq!(r.base_offset, b * 64);
-    }
+    produce_numbered(&ch, 40);
     assert_eq!(s.sigterm().code(), Some(0));
     let dir = s.data_dir.join("topics/default/0");
     let first = dir.join(format!("{:020}.log", 0));
@@ -528,11 +514,14 @@ fn a_damaged_record_is_data_loss_on_the_wire_and_never_served() {
     );
     // Its batch is damaged as a whole; the others are served, and writes go on.
     assert_eq!(consume(&ch, "", 0, 64).map(|r| r.value), Err(e.clone()));
-    assert_eq!(consume(&ch, "", 0, 63).expect("before").value, value(63));
-    assert_eq!(consume(&ch, "", 0, 128).expect("after").value, value(128));
+    assert_eq!(consume(&ch, "", 0, 63).expect("before").value, numbered(63));
+    assert_eq!(
+        consume(&ch, "", 0, 128).expect("after").value,
+        numbered(128)
+    );
     assert_eq!(
         consume(&ch, "", 0, 2559).expect("newest").value,
-        value(2559)
+        numbered(2559)
     );
     assert_eq!(
         produce(&ch, "", 0, "after the damage").expect("produce"),

@@ -60,6 +60,8 @@ pub mod topics;
 
 #[cfg(test)]
 mod mutation;
+#[cfg(any(test, feature = "mutation"))]
+pub mod mutator;
 
 pub use batch::{NewRecord, Record};
 
