@@ -321,13 +321,13 @@ fn run_faults(
                     );
                 }
             }
-            if let Some(u) = &a.unfelt {
-                if now >= *until && u.since.elapsed() < plan.disk_hold {
-                    // Not felt yet: held on, the node asked again each second.
-                    *until = now + Duration::from_millis(200);
-                }
-            }
-            if now >= *until || now >= end {
+            // A full disk not felt yet is held on (up to --disk-hold), its node asked again
+            // each second.
+            let holding = a
+                .unfelt
+                .as_ref()
+                .is_some_and(|u| u.since.elapsed() < plan.disk_hold);
+            if (now >= *until && !holding) || now >= end {
                 nemesis::heal(cluster, a)
                     .with_context(|| format!("healing fault #{}", a.fault.id))?;
                 eprintln!(
