@@ -44,7 +44,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 static NEXT_ENGINE_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -453,7 +453,18 @@ fn log_unheld_dirs(data_dir: &Path, catalog: &Catalog) {
     }
 }
 
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+/// How long `lock_data_dir` waits for a lock held by someone else before refusing.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Takes the data directory's lock (an `flock` on `LOCK`), or refuses naming the file.
+///
+/// A lock another process or engine holds is held for as long as it runs, so a refusal
+/// after a short wait is right. The wait is for a copy of a released lock: an `flock`
+/// belongs to the open file, and a child forked by any thread of this process (a
+/// `Command::spawn`) holds a copy of every descriptor, the lock file's of an engine that
+/// just stopped included, until it execs. Without the wait, an engine started again right
+/// after a stop could be refused while another thread starts a program.
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("LOCK");
     let f = std::fs::OpenOptions::new()
@@ -462,16 +473,23 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("opening lock file", &path, e))?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(Error::io(
-            "locking data directory (is another proglog using it?)",
-            &path,
-            std::io::Error::last_os_error(),
-        ));
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock || std::time::Instant::now() >= deadline {
+            return Err(Error::io(
+                "locking data directory (is another proglog using it?)",
+                &path,
+                e,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(f)
 }
 
 /// glommio decides once per thread and device whether the device supports polled I/O, by
@@ -707,6 +725,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A lock released while another thread forks and execs programs is taken again: the
+    /// children's copies of the lock file's descriptor hold the lock until they exec. Without
+    /// the wait in `lock_data_dir` about one take in a hundred is refused here.
+    #[test]
+    fn a_released_lock_is_taken_again_while_other_threads_start_programs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spawners: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut started = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let status = std::process::Command::new("true").status();
+                        assert!(status.is_ok_and(|s| s.success()), "running true");
+                        started += 1;
+                    }
+                    started
+                })
+            })
+            .collect();
+        let mut refused = Vec::new();
+        for i in 0..3000 {
+            match super::lock_data_dir(tmp.path()) {
+                Ok(lock) => drop(lock),
+                Err(e) => refused.push(format!("take {i}: {e}")),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let started: u32 = spawners
+            .into_iter()
+            .map(|t| t.join().expect("spawner"))
+            .sum();
+        assert!(
+            started > 0,
+            "no program was started while the lock was taken"
+        );
+        assert!(
+            refused.is_empty(),
+            "{} refused: {:?}",
+            refused.len(),
+            &refused[..refused.len().min(3)]
+        );
+        // A lock that is held stays refused (after the wait), naming the file.
+        let held = super::lock_data_dir(tmp.path()).expect("take");
+        let e = super::lock_data_dir(tmp.path()).expect_err("taken twice");
+        assert!(e.to_string().contains("LOCK"), "{e}");
+        drop(held);
     }
 
     #[test]
