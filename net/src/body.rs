@@ -96,7 +96,7 @@ impl MessageReader {
                     // The bytes now live in the decoder, which is bounded by
                     // the message limit, so the peer may send more.
                     let _ = self.recv.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(&chunk);
+                    self.decoder.push_bytes(chunk);
                 }
                 Some(Err(e)) => return Err(Status::from_h2(&e)),
                 None => self.eos = true,

@@ -104,12 +104,25 @@ impl FrameBuilder {
 
 /// Incremental decoder of length-prefixed messages from HTTP/2 DATA chunks.
 ///
-/// Invariant: `buf` never holds more than one header plus `max_recv_bytes`
-/// of unconsumed message bytes beyond what has been pushed in one chunk, because
-/// the length is checked against the limit before the body is awaited.
+/// A message that lies whole in one chunk handed over as `Bytes` ([`push_bytes`]) and is at
+/// least half of it is a slice of that chunk, not a copy: the common case for large
+/// messages, since a DATA frame may carry 256 KiB. A smaller one is copied, so that no
+/// message keeps alive more than twice the bytes it is charged for (a slice holds its whole
+/// chunk). A message split over chunks is assembled in `buf`.
+///
+/// Invariants: at most one of `chunk` and `buf` holds bytes; `buf` never holds more than
+/// one header plus `max_recv_bytes` of unconsumed message bytes beyond what has been
+/// pushed in one chunk, because the length is checked against the limit before the body is
+/// awaited.
+///
+/// [`push_bytes`]: FrameDecoder::push_bytes
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// The unconsumed rest of a chunk pushed while `buf` was empty.
+    chunk: Bytes,
+    /// The length of that chunk when it was pushed.
+    chunk_len: usize,
     max_recv_bytes: usize,
     /// Length of the message whose header has been read, body pending.
     pending: Option<usize>,
@@ -119,50 +132,109 @@ impl FrameDecoder {
     pub fn new(max_recv_bytes: usize) -> FrameDecoder {
         FrameDecoder {
             buf: BytesMut::new(),
+            chunk: Bytes::new(),
+            chunk_len: 0,
             max_recv_bytes,
             pending: None,
         }
     }
 
+    /// Takes a copy of `chunk`.
     pub fn push(&mut self, chunk: &[u8]) {
+        self.spill();
         self.buf.extend_from_slice(chunk);
+    }
+
+    /// Takes `chunk`; the messages that lie whole in it are returned as slices of it.
+    pub fn push_bytes(&mut self, chunk: Bytes) {
+        if self.buf.is_empty() && self.chunk.is_empty() {
+            self.chunk_len = chunk.len();
+            self.chunk = chunk;
+        } else {
+            self.spill();
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Moves what is left of `chunk` into `buf` (with room for the pending message).
+    fn spill(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let rest = std::mem::take(&mut self.chunk);
+        self.buf.reserve(self.pending.unwrap_or(0).max(rest.len()));
+        self.buf.extend_from_slice(&rest);
+    }
+
+    /// The length a message header at the start of `bytes` announces, checked; `None` if
+    /// `bytes` is shorter than a header.
+    fn header(&self, bytes: &[u8]) -> Result<Option<usize>, Status> {
+        let Some(h) = bytes.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        match h[0] {
+            0 => {}
+            1 => {
+                return Err(Status::internal(
+                    "compressed messages are not supported: \
+                     compressed flag set but no grpc-encoding was negotiated",
+                ))
+            }
+            f => {
+                return Err(Status::internal(format!(
+                    "invalid compressed flag {f} in message header"
+                )))
+            }
+        }
+        if len > self.max_recv_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "received message larger than max ({} vs. {})",
+                len, self.max_recv_bytes
+            )));
+        }
+        Ok(Some(len))
     }
 
     /// The next complete message, if buffered.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if !self.chunk.is_empty() {
+            let len = match self.pending {
+                Some(len) => len,
+                None => match self.header(&self.chunk)? {
+                    Some(len) => {
+                        self.chunk.advance(HEADER_LEN);
+                        self.pending = Some(len);
+                        len
+                    }
+                    None => {
+                        self.spill();
+                        return Ok(None);
+                    }
+                },
+            };
+            if self.chunk.len() >= len {
+                self.pending = None;
+                let m = self.chunk.split_to(len);
+                return Ok(Some(if len * 2 >= self.chunk_len {
+                    m
+                } else {
+                    Bytes::copy_from_slice(&m)
+                }));
+            }
+            self.spill();
+            return Ok(None);
+        }
         let len = match self.pending {
             Some(len) => len,
-            None => {
-                if self.buf.len() < HEADER_LEN {
-                    return Ok(None);
+            None => match self.header(&self.buf)? {
+                Some(len) => {
+                    self.buf.advance(HEADER_LEN);
+                    self.pending = Some(len);
+                    len
                 }
-                let flag = self.buf[0];
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                match flag {
-                    0 => {}
-                    1 => {
-                        return Err(Status::internal(
-                            "compressed messages are not supported: \
-                             compressed flag set but no grpc-encoding was negotiated",
-                        ))
-                    }
-                    f => {
-                        return Err(Status::internal(format!(
-                            "invalid compressed flag {f} in message header"
-                        )))
-                    }
-                }
-                if len > self.max_recv_bytes {
-                    return Err(Status::resource_exhausted(format!(
-                        "received message larger than max ({} vs. {})",
-                        len, self.max_recv_bytes
-                    )));
-                }
-                self.buf.advance(HEADER_LEN);
-                self.pending = Some(len);
-                len
-            }
+                None => return Ok(None),
+            },
         };
         if self.buf.len() < len {
             return Ok(None);
@@ -178,10 +250,11 @@ impl FrameDecoder {
     }
 
     /// Makes room for the whole pending message at once, instead of growing the buffer
-    /// chunk by chunk. Its length is already bounded by `max_recv_bytes`; a reader calls
-    /// this once the memory is granted.
+    /// chunk by chunk, once part of it is in `buf` (with none there yet, the rest may come
+    /// whole in one chunk, which needs no room). Its length is already bounded by
+    /// `max_recv_bytes`; a reader calls this once the memory is granted.
     pub fn reserve_pending(&mut self) {
-        if let Some(len) = self.pending {
+        if let (Some(len), false) = (self.pending, self.buf.is_empty()) {
             self.buf.reserve(len.saturating_sub(self.buf.len()));
         }
     }
@@ -189,16 +262,13 @@ impl FrameDecoder {
     /// Call at end of stream: leftover bytes mean the peer lied about a length
     /// or cut the stream short.
     pub fn finish(&self) -> Result<(), Status> {
+        let left = self.buf.len() + self.chunk.len();
         match self.pending {
             Some(len) => Err(Status::internal(format!(
-                "truncated message: header announced {} bytes, stream ended after {}",
-                len,
-                self.buf.len()
+                "truncated message: header announced {len} bytes, stream ended after {left}"
             ))),
-            None if !self.buf.is_empty() => Err(Status::internal(format!(
-                "truncated message: stream ended inside a message header ({} of {} bytes)",
-                self.buf.len(),
-                HEADER_LEN
+            None if left > 0 => Err(Status::internal(format!(
+                "truncated message: stream ended inside a message header ({left} of {HEADER_LEN} bytes)"
             ))),
             None => Ok(()),
         }
@@ -302,6 +372,50 @@ mod tests {
             }
             d.finish().unwrap();
             assert_eq!(got, vec![&b""[..], b"a", b"hello world"]);
+        }
+    }
+
+    /// The same stream handed over as `Bytes` chunks cut anywhere decodes to the same
+    /// messages; a message that lay whole in one chunk and is at least half of it is a slice
+    /// of it (no copy), a smaller one a copy (it would hold the whole chunk).
+    #[test]
+    fn frames_in_bytes_chunks_split_anywhere_and_whole_ones_are_not_copied() {
+        let msgs: [&[u8]; 4] = [b"", b"a", b"hello world", &[7u8; 300]];
+        let mut wire = Vec::new();
+        for m in msgs {
+            wire.extend_from_slice(&encode_frame(m, 1000).unwrap());
+        }
+        let wire = Bytes::from(wire);
+        for cut in 1..=wire.len() {
+            let mut d = FrameDecoder::new(1000);
+            let mut got = Vec::new();
+            let (mut at, mut sliced) = (0, 0);
+            while at < wire.len() {
+                let part = wire.slice(at..(at + cut).min(wire.len()));
+                let range = part.as_ptr() as usize..part.as_ptr() as usize + part.len();
+                // Alternate the two ways in, so that a copied rest meets a handed-over chunk.
+                if (at / cut) % 3 == 2 {
+                    d.push(&part);
+                } else {
+                    d.push_bytes(part);
+                }
+                at += cut;
+                while let Some(m) = d.next_message().unwrap() {
+                    if !m.is_empty() && range.contains(&(m.as_ptr() as usize)) {
+                        sliced += 1;
+                    }
+                    got.push(m);
+                }
+                if d.pending_len().is_some() {
+                    d.reserve_pending();
+                }
+            }
+            d.finish().unwrap();
+            assert_eq!(got, msgs.to_vec(), "cut {cut}");
+            if cut == wire.len() {
+                // 332 bytes: only the 300-byte message is at least half of them.
+                assert_eq!(sliced, 1, "one chunk: the large message alone is a slice");
+            }
         }
     }
 
