@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod book;
+mod budget_release;
 mod crash;
 mod emptied;
 mod full_volume;
