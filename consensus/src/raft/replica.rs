@@ -834,6 +834,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         Cmd::Close { group, reply } => {
             set.remove_group(group);
             lp.logs.remove(&group);
+            lp.reopen_after.remove(&group);
             inner.peers.directory.remove(group);
             inner.peers.board.remove(group);
             inner.status.borrow_mut().remove(&group);
