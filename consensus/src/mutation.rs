@@ -640,3 +640,182 @@ fn key_file_round_trip(dir: &std::path::Path) {
         Some(*k.bytes())
     );
 }
+
+/// Two members gossiping for a while without a key, every datagram they send kept: joins,
+/// announcements, pings and acks, indirect probes, updates and broadcasts, as foca encodes
+/// them inside our envelope.
+fn swim_datagrams(rng: &mut StdRng) -> Vec<Vec<u8>> {
+    use crate::membership::identity::{NodeId, NodeIdentity};
+    use crate::membership::view::Shared;
+    use crate::membership::{Core, Effects, MembershipConfig, Timer};
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    enum Ev {
+        Timer(usize, Timer),
+        Packet(usize, SocketAddr, Vec<u8>),
+        /// The driver's part of a join: the start-join address resolved, `Core::join`.
+        Join(usize),
+    }
+    let addrs: [SocketAddr; 3] = [
+        "10.9.0.1:8401".parse().expect("address"),
+        "10.9.0.2:8401".parse().expect("address"),
+        "10.9.0.3:8401".parse().expect("address"),
+    ];
+    let mut cores: Vec<Core> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let identity = NodeIdentity {
+                node_id: NodeId(rng.random()),
+                generation: 1,
+                renewal: 0,
+                started_ms: 1_000 + i as u64,
+                name: format!("n{i}"),
+                gossip_addr: addr,
+                rpc_addr: SocketAddr::new(addr.ip(), 8400),
+            };
+            Core::new(
+                identity,
+                MembershipConfig::default(),
+                None,
+                i > 0,
+                rng.random(),
+                Arc::new(Shared::default()),
+            )
+        })
+        .collect();
+    let mut queue: BTreeMap<(Duration, u64), Ev> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let mut apply = |i: usize, now: Duration, fx: Effects, queue: &mut BTreeMap<_, _>| {
+        for (after, t) in fx.timers {
+            seq += 1;
+            queue.insert((now + after, seq), Ev::Timer(i, t));
+        }
+        for (to, data) in fx.sends {
+            if let Some(j) = addrs.iter().position(|a| *a == to) {
+                seq += 1;
+                sent.push(data.clone());
+                queue.insert(
+                    (now + Duration::from_millis(1), seq),
+                    Ev::Packet(j, addrs[i], data),
+                );
+            }
+        }
+        if fx.join {
+            seq += 1;
+            queue.insert((now + Duration::from_millis(100), seq), Ev::Join(i));
+        }
+    };
+    for (i, core) in cores.iter_mut().enumerate() {
+        let mut fx = Effects::default();
+        core.start(Duration::ZERO, &mut fx);
+        if i > 0 {
+            core.join(&addrs[..1], Duration::ZERO, &mut fx);
+        }
+        apply(i, Duration::ZERO, fx, &mut queue);
+    }
+    // Ten seconds of gossip, the third member leaving at five.
+    let mut left = false;
+    while let Some(((now, _), ev)) = queue.pop_first() {
+        if now > Duration::from_secs(10) {
+            break;
+        }
+        let mut fx = Effects::default();
+        let i = match ev {
+            Ev::Timer(i, t) => {
+                cores[i].handle_timer(t, now, &mut fx);
+                i
+            }
+            Ev::Packet(i, from, data) => {
+                cores[i].handle_packet(from, &data, now, &mut fx);
+                i
+            }
+            Ev::Join(i) => {
+                cores[i].join(&addrs[..1], now, &mut fx);
+                i
+            }
+        };
+        apply(i, now, fx, &mut queue);
+        if !left && now >= Duration::from_secs(5) {
+            left = true;
+            let mut fx = Effects::default();
+            cores[2].start_leave(now, &mut fx);
+            apply(2, now, fx, &mut queue);
+        }
+    }
+    sent.sort();
+    sent.dedup();
+    // At most 96, spread over the run's variety (sorted, so similar ones sit together).
+    let step = sent.len().div_ceil(96).max(1);
+    let corpus: Vec<Vec<u8>> = sent.into_iter().step_by(step).collect();
+    corpus
+}
+
+/// SWIM datagrams as a member without a gossip key takes them from anyone: real ones from a
+/// short run of three members, mutated, handed to a member that keeps running through all of
+/// them. It drops or takes each, never panics, and never lists more than its bound of
+/// members, whatever the datagrams claim.
+#[test]
+fn swim_datagrams_never_panic() {
+    use crate::membership::identity::{NodeId, NodeIdentity};
+    use crate::membership::view::Shared;
+    use crate::membership::{Core, Effects, MembershipConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let mut m = Mutator::new();
+    let corpus = swim_datagrams(&mut m.rng);
+    assert!(corpus.len() >= 8, "{} distinct datagrams", corpus.len());
+    let config = MembershipConfig {
+        max_members: 4,
+        ..MembershipConfig::default()
+    };
+    let victim_addr = "10.9.0.1:8401".parse().expect("address");
+    let shared = Arc::new(Shared::default());
+    let mut victim = Core::new(
+        NodeIdentity {
+            node_id: NodeId(m.rng.random()),
+            generation: 7,
+            renewal: 0,
+            started_ms: 1_000,
+            name: "victim".into(),
+            gossip_addr: victim_addr,
+            rpc_addr: victim_addr,
+        },
+        config.clone(),
+        None,
+        false,
+        m.rng.random(),
+        Arc::clone(&shared),
+    );
+    victim.start(Duration::ZERO, &mut Effects::default());
+    let from = "10.9.0.2:8401".parse().expect("address");
+    let mut now = Duration::ZERO;
+    m.run("swim datagram", &corpus, iterations(100_000), |b| {
+        now += Duration::from_millis(1);
+        let mut fx = Effects::default();
+        victim.handle_packet(from, b, now, &mut fx);
+        // Timers it asked for come due as time passes (foca counts on getting them back).
+        for (after, t) in fx.timers {
+            if after.is_zero() {
+                victim.handle_timer(t, now, &mut Effects::default());
+            }
+        }
+        assert!(
+            victim.list().members.len() <= config.max_members,
+            "{} members listed",
+            victim.list().members.len()
+        );
+    });
+    // The datagrams reached foca (they are not all stopped at the envelope): members were
+    // learned from them.
+    assert!(
+        victim.list().members.len() > 1,
+        "the victim learned no member from {} datagrams",
+        corpus.len()
+    );
+}

@@ -627,7 +627,7 @@ fn render_membership(e: &mut Exposition, m: &MembershipWatch) {
     e.family(
         "proglog_gossip_dropped_packets_total",
         Kind::Counter,
-        "Datagrams dropped: malformed (not ours, truncated, undecodable) or unauthenticated (no or another cluster key, bad tag).",
+        "Datagrams dropped: malformed (not ours, truncated, undecodable), unauthenticated (no or another cluster key, bad tag), or full (they named members past the bound on listed members).",
     )
     .sample(
         "proglog_gossip_dropped_packets_total",
@@ -638,6 +638,11 @@ fn render_membership(e: &mut Exposition, m: &MembershipWatch) {
         "proglog_gossip_dropped_packets_total",
         &[("reason", "unauthenticated")],
         get(&st.dropped_unauthenticated) as f64,
+    )
+    .sample(
+        "proglog_gossip_dropped_packets_total",
+        &[("reason", "full")],
+        get(&st.dropped_full) as f64,
     );
     e.single(
         "proglog_gossip_send_errors_total",

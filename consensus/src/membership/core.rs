@@ -559,6 +559,15 @@ impl Core {
                 log::debug!("gossip: unexpected RPC address answer from {from}");
             }
             Ok(Opened::Swim(body)) => {
+                if self.names_too_many(body) {
+                    GossipStats::add(&stats.dropped_full, 1);
+                    log::debug!(
+                        "gossip: dropped a packet from {from}: it names members past the \
+                         bound of {}",
+                        self.config.max_members
+                    );
+                    return;
+                }
                 let body = body.to_vec();
                 let r = self.with_foca(now, io, |foca, rt| foca.handle_data(&body, rt));
                 if let Err(e) = r {
@@ -576,6 +585,46 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// True if foca, taking `body`, would know more than `max_members` members (itself
+    /// included): its sender and the members its updates name, counted by gossip address (as
+    /// foca keys them) where foca knows no member yet. foca keeps every address it hears of
+    /// until it is found down and forgotten, so without this a sender of made-up members
+    /// (anyone, without a gossip key) grew the membership without bound. A body foca could
+    /// not decode is left to foca, which refuses it.
+    fn names_too_many(&self, body: &[u8]) -> bool {
+        use foca::{Codec, Identity};
+        let mut codec = PostcardCodec;
+        let mut data = body;
+        let Ok(header) = codec.decode_header(&mut data) else {
+            return false;
+        };
+        let known: std::collections::HashSet<SocketAddr> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().addr())
+            .collect();
+        let me = self.foca.identity().addr();
+        let mut new = std::collections::HashSet::new();
+        let mut consider = |id: &NodeIdentity| {
+            let a = id.addr();
+            if a != me && !known.contains(&a) {
+                new.insert(a);
+            }
+        };
+        consider(&header.src);
+        if data.len() >= 2 && header.message != foca::Message::Broadcast {
+            let n = u16::from_be_bytes([data[0], data[1]]);
+            data = &data[2..];
+            for _ in 0..n {
+                match codec.decode_member(&mut data) {
+                    Ok(m) => consider(m.id()),
+                    Err(_) => break,
+                }
+            }
+        }
+        known.len() + new.len() + 1 > self.config.max_members
     }
 
     fn answer(&mut self, from: SocketAddr, nonce: u64, now: Duration, io: &mut impl Io) {

@@ -147,6 +147,8 @@ pub struct GossipStats {
     pub dropped_malformed: AtomicU64,
     /// SWIM packets without the cluster key (none, another cluster's, or a bad tag).
     pub dropped_unauthenticated: AtomicU64,
+    /// SWIM packets that would have taken the membership past `max_members` addresses.
+    pub dropped_full: AtomicU64,
     /// Transitions of a member into suspect.
     pub suspicions: AtomicU64,
     /// Probes that got no answer, directly or indirectly.
