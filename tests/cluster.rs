@@ -1309,6 +1309,17 @@ enum Deleted {
     DamagedActive,
 }
 
+/// The segment data files (`.log`) in `dir`, oldest first.
+fn segment_logs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
 /// The victim's `topics/s/0` files deleted as `deleted` says, and the reason its log says
 /// the replica was found lost.
 fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
@@ -1335,12 +1346,7 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
             std::fs::write(dir.join(keep), bytes).expect("put the kept file back");
         }
         Deleted::DamagedActive => {
-            let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-                .expect("list")
-                .map(|e| e.expect("entry").path())
-                .filter(|p| p.extension().is_some_and(|x| x == "log"))
-                .collect();
-            logs.sort();
+            let logs = segment_logs(&dir);
             let active = logs.last().expect("an active segment");
             let mut bytes = std::fs::read(active).expect("read the active segment");
             // Records are `r<n>-` and 'x' to 60,000 bytes; ones after the third follow it.
@@ -1354,12 +1360,7 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
             std::fs::write(active, &bytes).expect("write the damaged segment back");
         }
         Deleted::NewestSegment | Deleted::SealedSegmentCut => {
-            let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-                .expect("list")
-                .map(|e| e.expect("entry").path())
-                .filter(|p| p.extension().is_some_and(|x| x == "log"))
-                .collect();
-            logs.sort();
+            let logs = segment_logs(&dir);
             assert!(logs.len() >= 2, "{} segments: {logs:?}", logs.len());
             if matches!(deleted, Deleted::SealedSegmentCut) {
                 let sealed = &logs[logs.len() - 2];

@@ -166,52 +166,13 @@ impl FrameDecoder {
         self.buf.extend_from_slice(&rest);
     }
 
-    /// The length a message header at the start of `bytes` announces, checked; `None` if
-    /// `bytes` is shorter than a header.
-    fn header(&self, bytes: &[u8]) -> Result<Option<usize>, Status> {
-        let Some(h) = bytes.get(..HEADER_LEN) else {
-            return Ok(None);
-        };
-        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-        match h[0] {
-            0 => {}
-            1 => {
-                return Err(Status::internal(
-                    "compressed messages are not supported: \
-                     compressed flag set but no grpc-encoding was negotiated",
-                ))
-            }
-            f => {
-                return Err(Status::internal(format!(
-                    "invalid compressed flag {f} in message header"
-                )))
-            }
-        }
-        if len > self.max_recv_bytes {
-            return Err(Status::resource_exhausted(format!(
-                "received message larger than max ({} vs. {})",
-                len, self.max_recv_bytes
-            )));
-        }
-        Ok(Some(len))
-    }
-
     /// The next complete message, if buffered.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        let max = self.max_recv_bytes;
         if !self.chunk.is_empty() {
-            let len = match self.pending {
-                Some(len) => len,
-                None => match self.header(&self.chunk)? {
-                    Some(len) => {
-                        self.chunk.advance(HEADER_LEN);
-                        self.pending = Some(len);
-                        len
-                    }
-                    None => {
-                        self.spill();
-                        return Ok(None);
-                    }
-                },
+            let Some(len) = message_len(max, &mut self.pending, &mut self.chunk)? else {
+                self.spill();
+                return Ok(None);
             };
             if self.chunk.len() >= len {
                 self.pending = None;
@@ -225,16 +186,8 @@ impl FrameDecoder {
             self.spill();
             return Ok(None);
         }
-        let len = match self.pending {
-            Some(len) => len,
-            None => match self.header(&self.buf)? {
-                Some(len) => {
-                    self.buf.advance(HEADER_LEN);
-                    self.pending = Some(len);
-                    len
-                }
-                None => return Ok(None),
-            },
+        let Some(len) = message_len(max, &mut self.pending, &mut self.buf)? else {
+            return Ok(None);
         };
         if self.buf.len() < len {
             return Ok(None);
@@ -273,6 +226,45 @@ impl FrameDecoder {
             None => Ok(()),
         }
     }
+}
+
+/// The length of the pending message, or if none is pending, the length the header at the
+/// front of `bytes` announces (checked against `max`; the header then taken off `bytes`);
+/// `None` while `bytes` is shorter than a header.
+fn message_len<B: Buf + std::ops::Deref<Target = [u8]>>(
+    max: usize,
+    pending: &mut Option<usize>,
+    bytes: &mut B,
+) -> Result<Option<usize>, Status> {
+    if let Some(len) = *pending {
+        return Ok(Some(len));
+    }
+    let Some(h) = bytes.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    match h[0] {
+        0 => {}
+        1 => {
+            return Err(Status::internal(
+                "compressed messages are not supported: \
+                 compressed flag set but no grpc-encoding was negotiated",
+            ))
+        }
+        f => {
+            return Err(Status::internal(format!(
+                "invalid compressed flag {f} in message header"
+            )))
+        }
+    }
+    if len > max {
+        return Err(Status::resource_exhausted(format!(
+            "received message larger than max ({len} vs. {max})"
+        )));
+    }
+    bytes.advance(HEADER_LEN);
+    *pending = Some(len);
+    Ok(Some(len))
 }
 
 /// Parses `grpc-timeout`: 1 to 8 ASCII digits and a unit (H M S m u n).
