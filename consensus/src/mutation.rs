@@ -819,3 +819,108 @@ fn swim_datagrams_never_panic() {
         corpus.len()
     );
 }
+
+/// Answers to forwarded appends and reads, from the node a request went to: each frame's
+/// payload decoded as the connection's reader does (`forward::decode_answer`), from real
+/// answers of every outcome, mutated. An answer decodes to an outcome or is refused as
+/// malformed, never a panic; an append's answer never has its last offset before its first.
+#[test]
+fn forward_answers_never_panic() {
+    use crate::raft::forward::{self, Reply, FORWARD_RESPONSE, READ_RESPONSE};
+    use engine::seam;
+    use prost::Message as _;
+    use proto::proglog::raft::v1::{
+        forward_response, read_response, ForwardAppended, ForwardResponse, PartitionSummary,
+        ReadChunk, ReadResponse,
+    };
+
+    let mut m = Mutator::new();
+    let mut corpus: Vec<Vec<u8>> = Vec::new();
+    let errors = [
+        seam::Error::NotLeader {
+            leader_id: Some("3".into()),
+            leader_addr: Some("10.0.0.3:8400".into()),
+        },
+        seam::Error::NoLeader("no leader known".into()),
+        seam::Error::Unavailable("too many waits".into()),
+        seam::Error::TooLarge {
+            what: "record",
+            size: 2 << 20,
+            limit: 1 << 20,
+            unit: "bytes",
+        },
+    ];
+    for (i, e) in errors.iter().enumerate() {
+        corpus.push(
+            ForwardResponse {
+                request_id: i as u64,
+                outcome: Some(forward_response::Outcome::Error(forward::to_wire(e))),
+            }
+            .encode_to_vec(),
+        );
+    }
+    corpus.push(
+        ForwardResponse {
+            request_id: 9,
+            outcome: Some(forward_response::Outcome::Appended(ForwardAppended {
+                base_offset: 100,
+                last_offset: 163,
+            })),
+        }
+        .encode_to_vec(),
+    );
+    let reads = [
+        read_response::Outcome::Chunk(ReadChunk {
+            visible_end: 12,
+            runs: vec![some_bytes(&mut m.rng, 300), Bytes::from_static(&[1, 2, 3])],
+        }),
+        read_response::Outcome::VisibleEnd(77),
+        read_response::Outcome::Summary(PartitionSummary {
+            lowest_offset: 1,
+            visible_end: 9,
+            log_end: 10,
+            size_bytes: 4096,
+            segments: 1,
+            writability: 1,
+            free_bytes: 12,
+            cause: "disk full".into(),
+        }),
+        read_response::Outcome::Error(forward::to_wire(&errors[0])),
+    ];
+    for (i, o) in reads.into_iter().enumerate() {
+        corpus.push(
+            ReadResponse {
+                request_id: 20 + i as u64,
+                outcome: Some(o),
+            }
+            .encode_to_vec(),
+        );
+    }
+    let forward_count = errors.len() + 1;
+    let mut decoded = 0usize;
+    m.run("forward answer", &corpus, iterations(200_000), |b| {
+        for kind in [FORWARD_RESPONSE, READ_RESPONSE, 0x7F] {
+            match forward::decode_answer(kind, b.to_vec()) {
+                Ok((_, Ok(Reply::Appended(a)))) => {
+                    assert!(a.last_offset >= a.base_offset, "{a:?}");
+                    decoded += 1;
+                }
+                Ok(_) => decoded += 1,
+                Err(why) => assert!(!why.is_empty()),
+            }
+        }
+    });
+    // The unmutated answers decode as what they are.
+    for (i, b) in corpus.iter().enumerate() {
+        let kind = if i < forward_count {
+            FORWARD_RESPONSE
+        } else {
+            READ_RESPONSE
+        };
+        assert!(
+            forward::decode_answer(kind, b.clone()).is_ok(),
+            "answer {i}"
+        );
+    }
+    assert!(decoded > 0);
+}

@@ -146,12 +146,12 @@ pub(crate) fn add(c: &AtomicU64, n: u64) {
 type Answer = seam::Result<Appended>;
 
 /// What an answer carries: an append's offsets, or a read's outcome.
-enum Reply {
+pub(crate) enum Reply {
     Appended(Appended),
     Read(read_response::Outcome),
 }
 
-type Outcome = seam::Result<Reply>;
+pub(crate) type Outcome = seam::Result<Reply>;
 
 /// A request between the call and its answer.
 struct Pending {
@@ -703,57 +703,49 @@ async fn read_answers(
                 String::from_utf8_lossy(&frame.payload)
             );
         }
-        let (request_id, answer) = match frame.kind {
-            FORWARD_RESPONSE => {
-                let resp = match ForwardResponse::decode(frame.payload.as_slice()) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        add(&stats.malformed, 1);
-                        return format!("an answer that does not decode: {e}");
-                    }
-                };
-                let answer = match resp.outcome {
-                    Some(forward_response::Outcome::Appended(a))
-                        if a.last_offset >= a.base_offset =>
-                    {
-                        Ok(Reply::Appended(Appended {
-                            base_offset: a.base_offset,
-                            last_offset: a.last_offset,
-                            timing: AppendTiming::default(),
-                        }))
-                    }
-                    Some(forward_response::Outcome::Error(e)) => Err(from_wire(e)),
-                    _ => {
-                        add(&stats.malformed, 1);
-                        return "an answer without an outcome".into();
-                    }
-                };
-                (resp.request_id, answer)
-            }
-            READ_RESPONSE => {
-                let resp = match ReadResponse::decode(bytes::Bytes::from(frame.payload)) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        add(&stats.malformed, 1);
-                        return format!("a read answer that does not decode: {e}");
-                    }
-                };
-                let answer = match resp.outcome {
-                    Some(read_response::Outcome::Error(e)) => Err(from_wire(e)),
-                    Some(o) => Ok(Reply::Read(o)),
-                    None => {
-                        add(&stats.malformed, 1);
-                        return "a read answer without an outcome".into();
-                    }
-                };
-                (resp.request_id, answer)
-            }
-            kind => {
+        let (request_id, answer) = match decode_answer(frame.kind, frame.payload) {
+            Ok(a) => a,
+            Err(why) => {
                 add(&stats.malformed, 1);
-                return format!("an answer of kind {kind:#04x}");
+                return why;
             }
         };
         link.answer(request_id, answer);
+    }
+}
+
+/// One answer frame from the node a request went to (`FORWARD_RESPONSE` or
+/// `READ_RESPONSE`): the request it answers and the outcome, or why the frame is malformed
+/// (which closes the connection).
+pub(crate) fn decode_answer(kind: u8, payload: Vec<u8>) -> Result<(u64, Outcome), String> {
+    match kind {
+        FORWARD_RESPONSE => {
+            let resp = ForwardResponse::decode(payload.as_slice())
+                .map_err(|e| format!("an answer that does not decode: {e}"))?;
+            let answer = match resp.outcome {
+                Some(forward_response::Outcome::Appended(a)) if a.last_offset >= a.base_offset => {
+                    Ok(Reply::Appended(Appended {
+                        base_offset: a.base_offset,
+                        last_offset: a.last_offset,
+                        timing: AppendTiming::default(),
+                    }))
+                }
+                Some(forward_response::Outcome::Error(e)) => Err(from_wire(e)),
+                _ => return Err("an answer without an outcome".into()),
+            };
+            Ok((resp.request_id, answer))
+        }
+        READ_RESPONSE => {
+            let resp = ReadResponse::decode(bytes::Bytes::from(payload))
+                .map_err(|e| format!("a read answer that does not decode: {e}"))?;
+            let answer = match resp.outcome {
+                Some(read_response::Outcome::Error(e)) => Err(from_wire(e)),
+                Some(o) => Ok(Reply::Read(o)),
+                None => return Err("a read answer without an outcome".into()),
+            };
+            Ok((resp.request_id, answer))
+        }
+        kind => Err(format!("an answer of kind {kind:#04x}")),
     }
 }
 
