@@ -156,13 +156,14 @@ impl FrameDecoder {
         }
     }
 
-    /// Moves what is left of `chunk` into `buf` (with room for the pending message).
+    /// Moves what is left of `chunk` into `buf`. Room for the rest of a pending message is
+    /// made by [`reserve_pending`](Self::reserve_pending), once the reader was granted the
+    /// memory, never here.
     fn spill(&mut self) {
         if self.chunk.is_empty() {
             return;
         }
         let rest = std::mem::take(&mut self.chunk);
-        self.buf.reserve(self.pending.unwrap_or(0).max(rest.len()));
         self.buf.extend_from_slice(&rest);
     }
 
