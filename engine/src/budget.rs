@@ -22,6 +22,8 @@ pub struct OpenFiles {
     pub index: Index,
     /// The budget's tick of the latest use: tells a current LRU entry from a stale one.
     last_use: Cell<u64>,
+    /// Its place in the budget's count while it sits in a slot.
+    counted: Option<Counted>,
 }
 
 impl OpenFiles {
@@ -30,7 +32,27 @@ impl OpenFiles {
             data,
             index,
             last_use: Cell::new(0),
+            counted: None,
         }
+    }
+}
+
+/// One open sealed segment in a budget's count, taken off when this is dropped: however
+/// the files leave their slot (closed by the budget, released, replaced, or dropped with a
+/// segment a cut took out while deleting an earlier one failed), the count follows, so it
+/// is never more than the files that are open.
+struct Counted(Rc<Cell<usize>>);
+
+impl Counted {
+    fn new(open: &Rc<Cell<usize>>) -> Counted {
+        open.set(open.get() + 1);
+        Counted(Rc::clone(open))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -44,7 +66,8 @@ type WeakSlot = Weak<RefCell<Option<OpenFiles>>>;
 /// Per-shard bound on open sealed segments.
 pub struct FileBudget {
     limit: usize,
-    open: Cell<usize>,
+    /// Open sealed segments: one for each `Counted` alive.
+    open: Rc<Cell<usize>>,
     tick: Cell<u64>,
     lru: RefCell<VecDeque<(u64, WeakSlot)>>,
 }
@@ -54,7 +77,7 @@ impl FileBudget {
     pub fn new(limit: usize) -> Rc<FileBudget> {
         Rc::new(FileBudget {
             limit: limit.max(1),
-            open: Cell::new(0),
+            open: Rc::new(Cell::new(0)),
             tick: Cell::new(0),
             lru: RefCell::new(VecDeque::new()),
         })
@@ -66,13 +89,13 @@ impl FileBudget {
     }
 
     /// Puts newly opened files into `slot`, closes the least recently used others beyond the
-    /// limit, and records a use of `slot`.
-    /// Files that replace open ones (closing those) are not counted again.
-    pub(crate) fn install(&self, slot: &Slot, files: OpenFiles) {
+    /// limit, and records a use of `slot`. Files that replace open ones close those, which
+    /// leave the count as these enter it.
+    pub(crate) fn install(&self, slot: &Slot, mut files: OpenFiles) {
+        files.counted = Some(Counted::new(&self.open));
         let replaced = slot.borrow_mut().replace(files);
-        if replaced.is_none() {
-            self.opened(slot);
-        }
+        drop(replaced);
+        self.opened(slot);
         self.touch(slot);
     }
 
@@ -98,21 +121,18 @@ impl FileBudget {
         true
     }
 
-    /// Takes the files out of `slot` (its owner closes or reuses them).
+    /// Takes the files out of `slot`, and out of the count (its owner closes or reuses them).
     pub(crate) fn release(&self, slot: &Slot) -> Option<OpenFiles> {
-        let files = slot.borrow_mut().take();
-        if files.is_some() {
-            self.open.set(self.open.get().saturating_sub(1));
-        }
-        files
+        let mut files = slot.borrow_mut().take()?;
+        files.counted = None;
+        Some(files)
     }
 
-    /// Accounts for a newly opened sealed segment and closes the least recently used ones
-    /// beyond the limit. `keep` is never closed.
+    /// Closes the least recently used open segments while more than the limit are open.
+    /// `keep` is never closed.
     /// Every entry taken from the queue is either dropped or set aside, so this ends even if
     /// the count were wrong.
     fn opened(&self, keep: &Slot) {
-        self.open.set(self.open.get() + 1);
         let mut lru = self.lru.borrow_mut();
         let mut kept = Vec::new();
         while self.open.get() > self.limit {
@@ -124,8 +144,8 @@ impl FileBudget {
             }
             let mut s = slot.borrow_mut();
             if s.as_ref().is_some_and(|f| f.last_use.get() == t) {
+                // Closed, and off the count (`Counted`).
                 *s = None;
-                self.open.set(self.open.get() - 1);
             }
         }
         for e in kept.into_iter().rev() {
@@ -174,8 +194,20 @@ mod tests {
             assert!(slots[0].borrow().is_none(), "least recently used closed");
             assert!(slots[1].borrow().is_some() && slots[2].borrow().is_some());
 
-            // A count that is off (say, a slot dropped while open) with only the kept
-            // slot's entries in the queue: the limit cannot be met, and that must end.
+            // A slot dropped while open (its segment taken out of a log) leaves the count
+            // with its files.
+            let dropped: Slot = Rc::new(RefCell::new(None));
+            budget.install(&dropped, files(&dir, 3).await);
+            assert_eq!(
+                budget.open_segments(),
+                2,
+                "the least recently used other closed"
+            );
+            drop(dropped);
+            assert_eq!(budget.open_segments(), 1);
+
+            // A count past the limit (set so by hand) with only the kept slot's entries in
+            // the queue: the limit cannot be met, and that must end.
             let lone = FileBudget::new(1);
             budget.release(&slots[1]);
             budget.release(&slots[2]);

@@ -92,7 +92,6 @@ impl Log {
                 st.lowest = first.base;
             }
         }
-        self.release_all(&doomed);
         if !doomed.is_empty() {
             // Recorded before the deletions: a record naming a deleted segment would find
             // the log short at the next open.
@@ -113,15 +112,6 @@ impl Log {
         self.budget.release(&seg.slot);
         remove_file(&seg.data_path)?;
         remove_file(&seg.index_path)
-    }
-
-    /// Gives the budget back the files of segments taken out of the state, before anything
-    /// that may fail: a segment dropped with its files in its slot would stay counted open
-    /// for good, and the shard's other logs would get that much less of the budget.
-    pub(super) fn release_all(&self, doomed: &[Segment]) {
-        for seg in doomed {
-            self.budget.release(&seg.slot);
-        }
     }
 
     /// Deletes the segment files in the log's directory that its state does not hold: what a

@@ -274,7 +274,6 @@ impl Log {
             };
             (doomed, taken)
         };
-        self.release_all(&doomed);
         for mut seg in doomed {
             seg.writer = None;
             self.delete_segment_files(seg)?;
@@ -346,7 +345,6 @@ impl Log {
 
     async fn reset_inner(&self, next_offset: u64, next_index: u64) -> Result<()> {
         let doomed: Vec<Segment> = std::mem::take(&mut self.state_mut().segments);
-        self.release_all(&doomed);
         // No segment recorded until the new one is made: a crash in between finds no
         // record, not a log short of the segments it recorded. (After the segments left the
         // state: a failure here latches a log that serves none of them.)
