@@ -600,6 +600,16 @@ impl Core {
         let Ok(header) = codec.decode_header(&mut data) else {
             return false;
         };
+        let updates = match data {
+            [a, b, ..] if header.message != foca::Message::Broadcast => {
+                u16::from_be_bytes([*a, *b]) as usize
+            }
+            _ => 0,
+        };
+        // Within the bound whatever it names (the usual case): no need to look.
+        if self.foca.iter_membership_state().len() + 1 + 1 + updates <= self.config.max_members {
+            return false;
+        }
         let known: std::collections::HashSet<SocketAddr> = self
             .foca
             .iter_membership_state()
@@ -614,10 +624,9 @@ impl Core {
             }
         };
         consider(&header.src);
-        if data.len() >= 2 && header.message != foca::Message::Broadcast {
-            let n = u16::from_be_bytes([data[0], data[1]]);
+        if updates > 0 {
             data = &data[2..];
-            for _ in 0..n {
+            for _ in 0..updates {
                 match codec.decode_member(&mut data) {
                     Ok(m) => consider(m.id()),
                     Err(_) => break,
