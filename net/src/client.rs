@@ -32,13 +32,13 @@ use h2::client::{ResponseFuture, SendRequest};
 use h2::SendStream;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::body::{poll_send, with_deadline, MessageReader};
 use crate::codec::{self, encode_frame, format_timeout};
 use crate::keepalive::KeepAlive;
 use crate::limits;
 use crate::memory::Lease;
+use crate::socket::Socket;
 use crate::tls::ClientTls;
 use crate::{Error, Status};
 
@@ -135,7 +135,7 @@ impl Channel {
             log::debug!("set_nodelay to {addr}: {e}");
         }
         let Some(tls) = config.tls.clone() else {
-            return Channel::handshake(stream.compat(), &addr.to_string(), Some(addr), config)
+            return Channel::handshake(Socket::new(stream), &addr.to_string(), Some(addr), config)
                 .await;
         };
         let name = tls.server_name_for(addr);
@@ -145,7 +145,7 @@ impl Channel {
             _ => addr.to_string(),
         };
         let left = config.connect_timeout.saturating_sub(started.elapsed());
-        let connecting = tls.connector().connect(name, stream.compat());
+        let connecting = tls.connector().connect(name, Socket::new(stream));
         let io = match glommio::timer::timeout(left, async { Ok(connecting.await) }).await {
             Ok(Ok(io)) => io,
             Ok(Err(source)) => {

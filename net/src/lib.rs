@@ -61,6 +61,7 @@ pub mod peer;
 mod ratelog;
 pub mod server;
 mod shutdown;
+pub mod socket;
 mod status;
 pub mod tls;
 

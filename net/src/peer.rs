@@ -29,10 +29,10 @@ use bytes::{Bytes, BytesMut};
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::server::transport::REPLICATION_BYTE;
 use crate::server::LocalBoxFuture;
+use crate::socket::Socket;
 use crate::tls::{self, TlsError, TlsInfo};
 
 /// ALPN of the peer channel: a peer certificate presented to the gRPC side (or the reverse)
@@ -411,7 +411,7 @@ pub async fn connect(
         Err(_) => return Err(ConnectError::Timeout(addr)),
     };
     let _ = stream.set_nodelay(true);
-    let mut io = stream.compat();
+    let mut io = Socket::new(stream);
     io.write_all(&[REPLICATION_BYTE])
         .await
         .map_err(|source| ConnectError::Connect { addr, source })?;

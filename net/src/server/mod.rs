@@ -45,7 +45,6 @@ use std::time::Duration;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Gate;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 pub use balance::Balancer;
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
@@ -54,6 +53,7 @@ use crate::limits;
 use crate::memory::{ConnMemory, MemoryBudget};
 use crate::observe::CallObserver;
 use crate::ratelog::conn_log;
+use crate::socket::Socket;
 use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown, Status};
 use balance::Placed;
@@ -440,7 +440,7 @@ impl Server {
             }
             (TLS_HANDSHAKE_BYTE, Some(tls)) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                let accepting = acceptor.accept(stream.compat());
+                let accepting = acceptor.accept(Socket::new(stream));
                 let accepting = glommio::timer::timeout(within, async { Ok(accepting.await) });
                 let io = match unless_evicted(state, accepting).await {
                     None => return Ok(()),
@@ -469,7 +469,7 @@ impl Server {
                 // handshake and is closed.
                 let refuse = Some(Status::unauthenticated(transport::TLS_REQUIRED));
                 let shared = self.shared(peer, None, refuse, state);
-                match conn::drive(stream.compat(), shared, shutdown).await {
+                match conn::drive(Socket::new(stream), shared, shutdown).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         log::debug!("refused plaintext connection: {e}");
@@ -478,7 +478,7 @@ impl Server {
                 }
             }
             (_, None) => {
-                self.drive(stream.compat(), peer, None, shutdown, state)
+                self.drive(Socket::new(stream), peer, None, shutdown, state)
                     .await
             }
         }
@@ -505,13 +505,13 @@ impl Server {
         let within = self.config.tls_handshake_timeout;
         let conn = match service.tls {
             None => crate::peer::PeerConn {
-                stream: Box::new(stream.compat()),
+                stream: Box::new(Socket::new(stream)),
                 peer,
                 tls: None,
             },
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let accepting = acceptor.accept(stream.compat());
+                let accepting = acceptor.accept(Socket::new(stream));
                 let io = match glommio::timer::timeout(within, async { Ok(accepting.await) }).await
                 {
                     Ok(Ok(io)) => io,
