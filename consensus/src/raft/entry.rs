@@ -332,6 +332,39 @@ mod tests {
     use super::*;
     use engine::batch::Parsed;
 
+    /// A batch built behind its entry prefix (what the server's handlers build) is, byte for
+    /// byte, the entry this module lays out for its payload, its count and its timestamp: it
+    /// is proposed as it is, so the two layouts must not drift apart.
+    #[test]
+    fn a_built_batch_is_its_own_entry_data() {
+        assert_eq!(engine::seam::ENTRY_PREFIX_BYTES, DATA_PREFIX);
+        for values in [vec![0usize], vec![3], vec![100, 0, 7], vec![4096; 9]] {
+            let mut b = engine::seam::BatchBuilder::new();
+            for (i, len) in values.iter().enumerate() {
+                b.push(&vec![i as u8; *len], i as u32).expect("push");
+            }
+            let batch = b.finish().expect("finish");
+            let data = batch.entry_data().expect("built behind a prefix");
+            let ts = i64::from_le_bytes(data[1..9].try_into().expect("8 bytes"));
+            let laid_out = data_proposal_encoded(batch.payload(), batch.record_count(), ts);
+            assert_eq!(&data[..], &laid_out[..], "{values:?}");
+            let e = Entry {
+                entry_type: EntryType::EntryNormal,
+                data: data.clone(),
+                index: 5,
+                term: 2,
+                ..Default::default()
+            };
+            assert_eq!(
+                record_count(&e).expect("a data entry"),
+                batch.record_count()
+            );
+            let (header, back) = round_trip(&e, 40);
+            assert_eq!(header.record_count, batch.record_count());
+            assert_eq!(back.data, e.data);
+        }
+    }
+
     fn round_trip(e: &Entry, base: u64) -> (Header, Entry) {
         let mut buf = Vec::new();
         encode(e, base, e.index.saturating_sub(1), &mut buf).expect("encodes");

@@ -31,6 +31,7 @@ use super::store::LogStore;
 use super::wire;
 use bytes::Bytes;
 use engine::metrics::{Histogram, LATENCY_BOUNDS_NS};
+use engine::seam::EncodedBatch;
 use engine::NewRecord;
 use futures_channel::oneshot;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message};
@@ -790,26 +791,26 @@ impl<S: LogStore> GroupSet<S> {
         kind: ProposalKind,
     ) -> Result<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
-        self.propose_data_to(id, Vec::from(data), kind, tx)
+        self.propose_data_to(id, data, kind, tx)
             .map_err(|(e, _)| e)?;
         Ok(rx)
     }
 
-    /// Proposes the records of an encoded batch (the seam's `EncodedBatch` payload: records
-    /// laid out as stored) as one entry of group `id`; `tx` gets the outcome, once committed
-    /// or as soon as it is known it cannot be (a refusal is sent to `tx` as well).
+    /// Proposes the records of an encoded batch (the seam's `EncodedBatch`: records laid out
+    /// as stored) as one entry of group `id`; `tx` gets the outcome, once committed or as soon
+    /// as it is known it cannot be (a refusal is sent to `tx` as well). A batch built behind
+    /// its entry prefix (`EncodedBatch::entry_data`) is proposed as it is, without a copy;
+    /// another gets its entry laid out here, stamped `timestamp_ms`.
     ///
-    /// `payload_crc`, the payload's CRC32C when the caller has it (`EncodedBatch` does), spares
-    /// the round that stores the entry a pass over the payload; it must be that CRC.
+    /// The batch's payload CRC spares the round that stores the entry a pass over it.
     pub fn propose_encoded(
         &mut self,
         id: u64,
-        payload: &[u8],
-        records: u32,
-        payload_crc: Option<u32>,
+        batch: &EncodedBatch,
         timestamp_ms: i64,
         tx: oneshot::Sender<Outcome>,
     ) {
+        let records = batch.record_count();
         if records == 0 {
             self.metrics.refused[ProposalKind::Data as usize].fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(Err(Error::InvalidProposal(
@@ -817,12 +818,20 @@ impl<S: LogStore> GroupSet<S> {
             )));
             return;
         }
-        let data = entry::data_proposal_encoded(payload, records, timestamp_ms);
+        let data = match batch.entry_data() {
+            Some(data) => data.clone(),
+            None => Bytes::from(entry::data_proposal_encoded(
+                batch.payload(),
+                records,
+                timestamp_ms,
+            )),
+        };
         if let Err((e, tx)) = self.propose_data_to(id, data, ProposalKind::Data, tx) {
             let _ = tx.send(Err(e));
             return;
         }
-        if let (Some(crc), Some(g)) = (payload_crc, self.groups.get_mut(&id)) {
+        if let Some(g) = self.groups.get_mut(&id) {
+            let crc = batch.payload_crc();
             if let Some(p) = g.proposals.back() {
                 let (index, term) = (p.index, p.term);
                 // Index order: a newer leadership's proposal replaces any left over above it.
@@ -842,7 +851,7 @@ impl<S: LogStore> GroupSet<S> {
     fn propose_data_to(
         &mut self,
         id: u64,
-        data: Vec<u8>,
+        data: Bytes,
         kind: ProposalKind,
         tx: oneshot::Sender<Outcome>,
     ) -> std::result::Result<(), (Error, oneshot::Sender<Outcome>)> {
@@ -857,7 +866,7 @@ impl<S: LogStore> GroupSet<S> {
     fn try_propose_data_to(
         &mut self,
         id: u64,
-        data: Vec<u8>,
+        data: Bytes,
         kind: ProposalKind,
         tx: oneshot::Sender<Outcome>,
     ) -> std::result::Result<(), (Error, oneshot::Sender<Outcome>)> {
@@ -873,7 +882,7 @@ impl<S: LogStore> GroupSet<S> {
             return Err((Error::NoLeader { group: id }, tx));
         }
         let before = g.node.raft.raft_log.last_index();
-        if let Err(e) = g.node.propose(Vec::new(), data) {
+        if let Err(e) = propose_bytes(&mut g.node, data) {
             let e = match e {
                 // Checked just above that it leads: raft-rs dropped it for its size.
                 raft::Error::ProposalDropped => Error::Busy { group: id },
@@ -1944,6 +1953,18 @@ impl<S: LogStore> Group<S> {
         let me = self.node.raft.id;
         voters.contains(me) && voters.len() == 1
     }
+}
+
+/// `RawNode::propose` with the entry's data as shared bytes: raft-rs's own takes a `Vec`,
+/// which for a payload that arrived as shared bytes is a copy of every byte of it.
+fn propose_bytes<T: raft::Storage>(node: &mut RawNode<T>, data: Bytes) -> raft::Result<()> {
+    let mut e = Entry::default();
+    e.data = data;
+    let mut m = Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+    m.from = node.raft.id;
+    m.set_entries(vec![e].into());
+    node.step(m)
 }
 
 #[cfg(test)]

@@ -210,10 +210,7 @@ enum Cmd {
     },
     Propose {
         group: u64,
-        payload: bytes::Bytes,
-        records: u32,
-        /// CRC32C of `payload`.
-        payload_crc: u32,
+        batch: EncodedBatch,
         reply: oneshot::Sender<Outcome>,
     },
     Compact {
@@ -842,12 +839,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         }
         Cmd::Propose {
             group,
-            payload,
-            records,
-            payload_crc,
+            batch,
             reply,
         } => {
-            set.propose_encoded(group, &payload, records, Some(payload_crc), now_ms(), reply);
+            set.propose_encoded(group, &batch, now_ms(), reply);
         }
         Cmd::Compact {
             group,
@@ -1098,9 +1093,7 @@ impl Replicator for ShardRaft {
             let (reply, rx) = oneshot::channel();
             let cmd = Cmd::Propose {
                 group,
-                payload: batch.payload().clone(),
-                records: batch.record_count(),
-                payload_crc: batch.payload_crc(),
+                batch: batch.clone(),
                 reply,
             };
             if !self.inner.push(cmd) {

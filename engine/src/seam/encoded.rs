@@ -6,6 +6,13 @@ use super::error::{Error, Result};
 use crate::batch::{self, Kind, NewRecord, Stamp, RECORD_OVERHEAD};
 use bytes::Bytes;
 
+/// Bytes a replication layer puts before a data batch's payload to make it a log entry's data:
+/// u8 tag 0, i64 timestamp in milliseconds, u32 record count, little-endian (the layout of
+/// `consensus::raft::entry`'s data entries, which checks that it matches). A batch built here
+/// is built behind that prefix ([`EncodedBatch::entry_data`]), so proposing it copies nothing:
+/// the partition's core would otherwise copy every payload into a new entry.
+pub const ENTRY_PREFIX_BYTES: usize = 13;
+
 /// Bytes one record takes in a stored batch, beyond the batch header.
 pub fn encoded_record_len(value_len: usize) -> usize {
     RECORD_OVERHEAD + value_len
@@ -15,14 +22,28 @@ pub fn encoded_record_len(value_len: usize) -> usize {
 ///
 /// Invariant: `payload` holds exactly `record_count >= 1` records in the payload layout, the
 /// longest value has `max_value_len` bytes, `payload_crc == crc32c(payload)`, and every
-/// length fits in a u32.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// length fits in a u32; `entry_data`, when there is one, is the payload's prefix
+/// ([`ENTRY_PREFIX_BYTES`]) followed by `payload` itself (the same bytes, `payload` a slice of
+/// it). Two batches are equal when their records are (the prefix's timestamp aside).
+#[derive(Debug, Clone)]
 pub struct EncodedBatch {
     payload: Bytes,
     record_count: u32,
     payload_crc: u32,
     max_value_len: u32,
+    entry_data: Option<Bytes>,
 }
+
+impl PartialEq for EncodedBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.payload == other.payload
+            && self.record_count == other.record_count
+            && self.payload_crc == other.payload_crc
+            && self.max_value_len == other.max_value_len
+    }
+}
+
+impl Eq for EncodedBatch {}
 
 impl EncodedBatch {
     /// Encodes `records` as one batch; fails on an empty batch.
@@ -84,7 +105,15 @@ impl EncodedBatch {
             record_count,
             payload_crc,
             max_value_len,
+            entry_data: None,
         })
+    }
+
+    /// The payload behind its entry prefix (see [`ENTRY_PREFIX_BYTES`]), stamped when the
+    /// batch was built here; `None` for a batch made [`from_payload`](Self::from_payload),
+    /// whose proposer lays out the entry itself.
+    pub fn entry_data(&self) -> Option<&Bytes> {
+        self.entry_data.as_ref()
     }
 
     /// The records in the stored payload layout.
@@ -134,12 +163,21 @@ impl EncodedBatch {
     }
 }
 
-/// Builds an [`EncodedBatch`] one record at a time (a stream's requests as they arrive).
-#[derive(Debug, Default)]
+/// Builds an [`EncodedBatch`] one record at a time (a stream's requests as they arrive),
+/// behind room for its entry prefix.
+#[derive(Debug)]
 pub struct BatchBuilder {
+    /// The entry prefix's room ([`ENTRY_PREFIX_BYTES`], filled in by `finish`), then the
+    /// payload.
     buf: Vec<u8>,
     record_count: u32,
     max_value_len: u32,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::with_capacity(0)
+    }
 }
 
 impl BatchBuilder {
@@ -149,9 +187,12 @@ impl BatchBuilder {
 
     /// A builder with room for `payload_bytes` of encoded records.
     pub fn with_capacity(payload_bytes: usize) -> BatchBuilder {
+        let mut buf = Vec::with_capacity(ENTRY_PREFIX_BYTES + payload_bytes);
+        buf.resize(ENTRY_PREFIX_BYTES, 0);
         BatchBuilder {
-            buf: Vec::with_capacity(payload_bytes),
-            ..BatchBuilder::default()
+            buf,
+            record_count: 0,
+            max_value_len: 0,
         }
     }
 
@@ -164,7 +205,7 @@ impl BatchBuilder {
             unit: "bytes",
         };
         let value_len = u32::try_from(value.len()).map_err(|_| too_large("record", value.len()))?;
-        let after = self.buf.len() + encoded_record_len(value.len());
+        let after = self.payload_len() + encoded_record_len(value.len());
         if after > u32::MAX as usize {
             return Err(too_large("batch", after));
         }
@@ -184,7 +225,7 @@ impl BatchBuilder {
 
     /// Payload bytes so far.
     pub fn payload_len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - ENTRY_PREFIX_BYTES
     }
 
     pub fn record_count(&self) -> u32 {
@@ -202,12 +243,25 @@ impl BatchBuilder {
                 "a batch needs at least one record".into(),
             ));
         }
-        let payload_crc = crc32c::crc32c(&self.buf);
+        let mut buf = self.buf;
+        let payload_crc = crc32c::crc32c(&buf[ENTRY_PREFIX_BYTES..]);
+        buf[0] = 0;
+        buf[1..9].copy_from_slice(&now_ms().to_le_bytes());
+        buf[9..ENTRY_PREFIX_BYTES].copy_from_slice(&self.record_count.to_le_bytes());
+        let entry_data = Bytes::from(buf);
         Ok(EncodedBatch {
-            payload: Bytes::from(self.buf),
+            payload: entry_data.slice(ENTRY_PREFIX_BYTES..),
             record_count: self.record_count,
             payload_crc,
             max_value_len: self.max_value_len,
+            entry_data: Some(entry_data),
         })
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
