@@ -144,9 +144,10 @@ pub async fn read_payload_shared<R: AsyncRead + Unpin>(
 ) -> Result<Bytes, FrameError> {
     let n = len.saturating_sub(1);
     buf.clear();
-    // Zeroed once, before the first read: a stream behind a compatibility layer zeroes
-    // whatever uninitialized room it is handed at every read, which for a frame arriving in
-    // many pieces is many times its size.
+    // Zeroed once, before the first read (`read_exact` fills initialized memory): handed
+    // uninitialized room instead, a reader below (TLS, or `Socket` for small room) may zero
+    // what it is offered at every read, which for a frame arriving in many pieces is many
+    // times its size.
     buf.resize(n, 0);
     r.read_exact(&mut buf[..]).await.map_err(eof)?;
     Ok(buf.split_to(n).freeze())
