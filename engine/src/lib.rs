@@ -62,6 +62,8 @@ pub mod topics;
 mod mutation;
 #[cfg(any(test, feature = "mutation"))]
 pub mod mutator;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use batch::{NewRecord, Record};
 

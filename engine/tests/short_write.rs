@@ -14,54 +14,14 @@
 
 use bytes::Bytes;
 use engine::batch::{self, Kind, Stamp};
+use engine::testkit::Tmpfs;
 use engine::{Durability, Error, FileBudget, Log, LogConfig, NewRecord, WriteState};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// 256 KiB for the data, plus a page for `segments.meta` (tmpfs gives each file whole pages).
 const VOLUME_BYTES: u64 = 260 * 1024;
 const VALUE_BYTES: usize = 3000;
-
-/// A tmpfs mounted on a directory, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (after saying why) when it cannot be mounted: not root, or no tmpfs here.
-    fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .status();
-        match st {
-            Ok(st) if st.success() => Some(Tmpfs(dir.to_owned())),
-            other => {
-                println!(
-                    "SKIPPED: cannot mount a tmpfs on {} (needs root): {other:?}",
-                    dir.display()
-                );
-                None
-            }
-        }
-    }
-
-    fn resize(&self, bytes: u64) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={bytes}")])
-            .arg(&self.0)
-            .status()
-            .expect("remount");
-        assert!(st.success(), "remount: {st}");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: files a failed test still holds must not keep it mounted.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn config() -> LogConfig {
     LogConfig {

@@ -515,38 +515,5 @@ pub fn shutdown_all(nodes: &mut [Node]) {
     }
 }
 
-/// A tmpfs of `bytes` mounted on `dir` (a node's data directory, say), unmounted when
-/// dropped: a small volume to fill up. Needs root.
-pub struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (after saying why) when it cannot be mounted: not root, or no tmpfs here.
-    pub fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let size = format!("size={bytes}");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
-            .arg(dir)
-            .status();
-        match st {
-            Ok(st) if st.success() => Some(Tmpfs(dir.to_owned())),
-            other => {
-                println!(
-                    "SKIPPED: cannot mount a tmpfs on {} (needs root): {other:?}",
-                    dir.display()
-                );
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: files the executor still holds (a failed test) must not keep it mounted.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
+/// A small volume to fill up (`engine::testkit`).
+pub use engine::testkit::Tmpfs;
