@@ -237,6 +237,14 @@ pub fn encoded_len<'a>(values: impl IntoIterator<Item = &'a NewRecord>) -> usize
             .sum::<usize>()
 }
 
+/// A batch's timestamp for now: milliseconds since the Unix epoch (0 on a clock before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Appends the payload of a batch of `records` (the record layout above, no header) to `out`.
 pub fn encode_payload_into(out: &mut Vec<u8>, records: &[NewRecord]) {
     for r in records {

@@ -100,12 +100,6 @@ impl Socket {
     }
 }
 
-impl AsRawFd for Socket {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.inner.as_raw_fd()
-    }
-}
-
 impl tokio::io::AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -31,6 +31,7 @@ use super::group::{
 };
 use super::snapshot_transfer::{self, FilesRequest, ProgressReport};
 use super::transport::{Links, Peers};
+use engine::batch::now_ms;
 use engine::log::Appended;
 use engine::metrics::AppendTiming;
 use engine::seam::{self, EncodedBatch, LocalBoxFuture, PartitionId};
@@ -994,13 +995,6 @@ fn propose_checkpoint(inner: &Inner, set: &mut GroupSet<Log>) {
          part(s))",
         parts.len()
     );
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A Raft error of partition `id` as the engine reports it (the seam's terms for the

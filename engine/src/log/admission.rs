@@ -4,7 +4,7 @@
 //! (`commit.rs`).
 
 use super::{Appended, Log, State};
-use crate::batch::{self, Header, Kind, NewRecord, Parsed, Stamp, HEADER_LEN};
+use crate::batch::{self, now_ms, Header, Kind, NewRecord, Parsed, Stamp, HEADER_LEN};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::metrics::AppendTiming;
@@ -95,13 +95,6 @@ impl Payload<'_> {
             Payload::Raw { head, body, .. } => head.len() + body.len(),
         }) as u64
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Log {

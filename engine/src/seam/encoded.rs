@@ -246,7 +246,7 @@ impl BatchBuilder {
         let mut buf = self.buf;
         let payload_crc = crc32c::crc32c(&buf[ENTRY_PREFIX_BYTES..]);
         buf[0] = 0;
-        buf[1..9].copy_from_slice(&now_ms().to_le_bytes());
+        buf[1..9].copy_from_slice(&batch::now_ms().to_le_bytes());
         buf[9..ENTRY_PREFIX_BYTES].copy_from_slice(&self.record_count.to_le_bytes());
         let entry_data = Bytes::from(buf);
         Ok(EncodedBatch {
@@ -257,11 +257,4 @@ impl BatchBuilder {
             entry_data: Some(entry_data),
         })
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

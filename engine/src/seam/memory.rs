@@ -10,14 +10,13 @@ use super::{
     PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam, TopicConfig,
     TopicInfo, Topics, Writability,
 };
-use crate::batch::Stamp;
+use crate::batch::{now_ms, Stamp};
 use crate::limits::MAX_PARTITIONS;
 use event_listener::Event;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
 
 /// One appended batch: its payload as the caller encoded it, where it starts, and what the
 /// owner stamped on it.
@@ -98,13 +97,6 @@ impl Factory for MemoryFactory {
 /// The in-memory seam of one executor.
 pub struct MemoryPartitions {
     shared: Arc<Shared>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
 }
 
 impl MemoryPartitions {
