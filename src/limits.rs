@@ -32,19 +32,18 @@ pub const READ_MAX_RECORDS: usize = 10_000;
 /// Records ConsumeStream fetches per trip to the owning shard; each goes out as its own
 /// message, all of a chunk encoded into one buffer. Amortizes the trip (the hop, the read,
 /// the chunk's buffers and its one write: at 100 B records, about 900 KiB a trip): 8192
-/// rather than 2048 cut the server's CPU per record by 28-30% and raised a stream's catch-up
-/// by 28-74% (docs/benchmarks.md, "ConsumeStream: larger trips").
+/// rather than 2048 cut the server's CPU per record at 100 B by 28-30% and raised a
+/// stream's catch-up by 28-74% (docs/benchmarks.md, "ConsumeStream: larger trips"). Records
+/// of 1 KiB and more fill a trip's bytes first.
 pub const CONSUME_STREAM_CHUNK_RECORDS: usize = 8192;
 
-/// Value bytes ConsumeStream reads ahead per trip to the owning shard. The chunk and its
-/// encoded messages are reserved from the connection's memory share before the read (twice
-/// this plus [`RECORD_OVERHEAD_BYTES`] per record: 9 MiB), so this is also what bounds one
-/// stream while its client does not read: a 32 MiB share lets three trips be under way at
-/// once on a connection, and its other streams wait their turn. 4 MiB rather than 1 MiB:
-/// at 1 KiB records a stream caught up 14% faster at 8% less server CPU per record, and four
-/// streams on one connection 29-40% faster (docs/benchmarks.md, "ConsumeStream: larger
-/// trips").
-pub const CONSUME_STREAM_READ_AHEAD_BYTES: usize = 4 << 20;
+/// Value bytes ConsumeStream reads ahead per trip to the owning shard, at most (the default
+/// read size, [`READ_DEFAULT_BYTES`], is the same). The chunk and its encoded messages are
+/// reserved from the connection's memory share before the read (twice these bytes plus
+/// [`RECORD_OVERHEAD_BYTES`] for each of up to [`CONSUME_STREAM_CHUNK_RECORDS`]: 3 MiB), so
+/// this is also what bounds one stream while its client does not read: a 32 MiB share lets
+/// ten trips be under way at once on a connection.
+pub const CONSUME_STREAM_READ_AHEAD_BYTES: usize = 1 << 20;
 
 // ---- Writes (ProduceStream) ------------------------------------------------------------
 
