@@ -27,16 +27,19 @@ use bytes::{Bytes, BytesMut};
 use engine::batch::{self, Header, Kind, NewRecord, Stamp};
 use raft::eraftpb::{Entry, EntryType};
 
+/// A data entry's tag: the first byte of `engine::seam::entry_prefix`, which lays out the
+/// prefix for every data entry (the server's batches are built behind it).
 const TAG_DATA: u8 = 0;
 const TAG_CONTROLLER: u8 = 1;
-const DATA_PREFIX: usize = 13;
+const DATA_PREFIX: usize = engine::seam::ENTRY_PREFIX_BYTES;
 
 /// Entry data for a proposal of `records`, stamped with the proposer's clock.
 pub fn data_proposal(records: &[NewRecord], timestamp_ms: i64) -> Bytes {
     let mut out = Vec::with_capacity(batch::encoded_len(records) - batch::HEADER_LEN + DATA_PREFIX);
-    out.push(TAG_DATA);
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&engine::seam::entry_prefix(
+        timestamp_ms,
+        records.len() as u32,
+    ));
     batch::encode_payload_into(&mut out, records);
     Bytes::from(out)
 }
@@ -45,9 +48,7 @@ pub fn data_proposal(records: &[NewRecord], timestamp_ms: i64) -> Bytes {
 /// (`engine::seam::EncodedBatch`), stamped with the proposer's clock.
 pub fn data_proposal_encoded(payload: &[u8], records: u32, timestamp_ms: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + DATA_PREFIX);
-    out.push(TAG_DATA);
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
-    out.extend_from_slice(&records.to_le_bytes());
+    out.extend_from_slice(&engine::seam::entry_prefix(timestamp_ms, records));
     out.extend_from_slice(payload);
     out
 }
@@ -337,7 +338,7 @@ mod tests {
     /// is proposed as it is, so the two layouts must not drift apart.
     #[test]
     fn a_built_batch_is_its_own_entry_data() {
-        assert_eq!(engine::seam::ENTRY_PREFIX_BYTES, DATA_PREFIX);
+        assert_eq!(engine::seam::entry_prefix(7, 3)[0], TAG_DATA);
         for values in [vec![0usize], vec![3], vec![100, 0, 7], vec![4096; 9]] {
             let mut b = engine::seam::BatchBuilder::new();
             for (i, len) in values.iter().enumerate() {

@@ -13,6 +13,15 @@ use bytes::Bytes;
 /// the partition's core would otherwise copy every payload into a new entry.
 pub const ENTRY_PREFIX_BYTES: usize = 13;
 
+/// The entry prefix of a data batch of `record_count` records stamped `timestamp_ms` (see
+/// [`ENTRY_PREFIX_BYTES`]): the one place its layout is written.
+pub fn entry_prefix(timestamp_ms: i64, record_count: u32) -> [u8; ENTRY_PREFIX_BYTES] {
+    let mut p = [0u8; ENTRY_PREFIX_BYTES];
+    p[1..9].copy_from_slice(&timestamp_ms.to_le_bytes());
+    p[9..].copy_from_slice(&record_count.to_le_bytes());
+    p
+}
+
 /// Bytes one record takes in a stored batch, beyond the batch header.
 pub fn encoded_record_len(value_len: usize) -> usize {
     RECORD_OVERHEAD + value_len
@@ -245,9 +254,8 @@ impl BatchBuilder {
         }
         let mut buf = self.buf;
         let payload_crc = crc32c::crc32c(&buf[ENTRY_PREFIX_BYTES..]);
-        buf[0] = 0;
-        buf[1..9].copy_from_slice(&batch::now_ms().to_le_bytes());
-        buf[9..ENTRY_PREFIX_BYTES].copy_from_slice(&self.record_count.to_le_bytes());
+        buf[..ENTRY_PREFIX_BYTES]
+            .copy_from_slice(&entry_prefix(batch::now_ms(), self.record_count));
         let entry_data = Bytes::from(buf);
         Ok(EncodedBatch {
             payload: entry_data.slice(ENTRY_PREFIX_BYTES..),

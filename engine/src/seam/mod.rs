@@ -50,7 +50,9 @@ pub use crate::catalog::TopicInfo;
 pub use crate::config::{Durability, LogConfig as TopicConfig};
 pub use crate::metrics::AppendTiming;
 pub use chunk::{Chunk, Records, Run};
-pub use encoded::{encoded_record_len, BatchBuilder, EncodedBatch, ENTRY_PREFIX_BYTES};
+pub use encoded::{
+    encoded_record_len, entry_prefix, BatchBuilder, EncodedBatch, ENTRY_PREFIX_BYTES,
+};
 pub use error::{Error, Result};
 
 /// Bytes of a stored batch's header: what a batch takes in a segment beyond its payload.
