@@ -160,55 +160,153 @@ fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
 const HOLD_RECOVERY_ENV: &str = "PROGLOG_TEST_HOLD_RECOVERY_MS";
 
 /// Runs a server until SIGTERM or SIGINT, then stops it gracefully.
+///
+/// Start-up, in order: checks of the host and the port; the admin HTTP server (probes get
+/// "alive, not ready" through recovery); TLS and ACL files (a bad file stops start-up with
+/// its own error); signal handling; the node below the RPC servers ([`Node::start`]: engine,
+/// Raft, membership, cluster formation); one gRPC server per shard. Shutdown reverses it:
+/// leave the cluster, drain the gRPC servers, stop the engine.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     log::info!("proglog {} starting: {settings}", env!("CARGO_PKG_VERSION"));
     // Before anything binds or starts: a host that cannot run the engine is told why.
     host::check()?;
     check_port_free(settings.listen)?;
     let obs = Arc::new(Observability::new());
-    // First, so that probes get answers (alive, not ready) through recovery.
     let admin = start_admin(settings.admin_addr, &obs)?;
-    // Loaded before anything starts, so that a bad file stops start-up with its own error.
-    let tls = match &settings.tls {
-        None => None,
-        Some(files) => Some(Arc::new(
-            net::tls::ServerTls::from_files(files).context("loading the TLS settings")?,
-        )),
+    let tls = load_tls(&settings)?;
+    let authz = load_acl(&settings)?;
+    let (signals, shard_events) = Signals::start(&settings, &tls, &authz)?;
+
+    obs.set_phase(Phase::Recovering);
+    hold_recovery_for_tests();
+    // Before the engine, so that its write-behind buffers are charged from the start.
+    let memory = net::memory::MemoryBudget::new(settings.memory_budget);
+    obs.set_memory(memory.clone());
+    let node = Node::start(&settings, &obs, &memory)?;
+
+    let shutdown = Shutdown::new();
+    let state = Arc::new(AppState {
+        seam: node.seam.clone(),
+        health: Arc::new(Health::new()),
+        shutdown: shutdown.clone(),
+        node_name: settings.node_name.clone(),
+        rpc_addr: settings.advertised_rpc_addr(),
+        max_message_bytes: settings.max_message_bytes,
+        default_log: settings.log_config(),
+        authz,
+        members: node.membership.watch.clone(),
+        gossip: node.membership.running.is_some(),
+        cluster: node.cluster_node.clone(),
+    });
+    let server_config = server_config(&settings, &memory, tls, &node);
+    let shards = node.handle.shards();
+    let started = start_servers(
+        &settings,
+        &node.handle,
+        &state,
+        &obs,
+        server_config,
+        shard_events,
+    );
+    let outcome = serve_until_signal(
+        &signals.events,
+        &state,
+        &obs,
+        started,
+        shards,
+        settings.listen,
+    );
+    let stopped = match &outcome {
+        Err(StopReason::ServerStopped) => 1,
+        _ => 0,
     };
-    let authz = match &settings.acl {
-        None => Arc::new(acl::Authorizer::disabled()),
-        Some(files) => {
-            let acl = files.load().context("loading the ACL")?;
-            log::info!(
-                "authorization on: {} grants from {}",
-                acl.len(),
-                files.policy_file.display()
-            );
-            match &settings.tls {
-                None => log::warn!(
-                    "authorization is on but TLS is not: every Log and Admin call will fail with UNAUTHENTICATED"
-                ),
-                Some(t) if t.client_ca_file.is_none() => log::warn!(
-                    "authorization is on without mutual TLS (server-tls-ca-file): clients have no identity, so every Log and Admin call will fail with UNAUTHENTICATED"
-                ),
-                Some(_) => {}
-            }
-            Arc::new(acl::Authorizer::new(acl))
+
+    node.leave_cluster(&settings);
+    // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
+    obs.set_phase(Phase::Draining);
+    state.health.set(ServingStatus::NotServing);
+    shutdown.trigger();
+    drain(
+        &signals.events,
+        stopped,
+        started,
+        settings.drain_timeout + Duration::from_secs(2),
+    );
+    node.stop_engine(&obs);
+    signals.close();
+    if let Some(a) = admin {
+        a.stop();
+    }
+    match outcome {
+        Ok(()) => {
+            log::info!("proglog stopped cleanly");
+            Ok(())
         }
+        Err(StopReason::Failed(e)) | Err(StopReason::BindFailed(e)) => Err(e),
+        Err(StopReason::ServerStopped) => bail!("a gRPC server stopped unexpectedly"),
+    }
+}
+
+/// The server's TLS settings, loaded from their files, or `None` without TLS.
+fn load_tls(settings: &Settings) -> anyhow::Result<Option<Arc<net::tls::ServerTls>>> {
+    match &settings.tls {
+        None => Ok(None),
+        Some(files) => Ok(Some(Arc::new(
+            net::tls::ServerTls::from_files(files).context("loading the TLS settings")?,
+        ))),
+    }
+}
+
+/// The ACL, loaded from its files (warning when nothing could authenticate a caller), or an
+/// authorizer that allows everything without ACL files.
+fn load_acl(settings: &Settings) -> anyhow::Result<Arc<acl::Authorizer>> {
+    let Some(files) = &settings.acl else {
+        return Ok(Arc::new(acl::Authorizer::disabled()));
     };
-    // Registered before any thread starts, so that a signal during start-up is seen here
-    // instead of killing the process half-way.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("installing signal handlers")?;
-    let signals_handle = signals.handle();
-    let (tx, events) = mpsc::channel::<Event>();
-    let (hup_tx, hup_rx) = mpsc::channel::<()>();
-    {
-        let tx = tx.clone();
+    let acl = files.load().context("loading the ACL")?;
+    log::info!(
+        "authorization on: {} grants from {}",
+        acl.len(),
+        files.policy_file.display()
+    );
+    match &settings.tls {
+        None => log::warn!(
+            "authorization is on but TLS is not: every Log and Admin call will fail with UNAUTHENTICATED"
+        ),
+        Some(t) if t.client_ca_file.is_none() => log::warn!(
+            "authorization is on without mutual TLS (server-tls-ca-file): clients have no identity, so every Log and Admin call will fail with UNAUTHENTICATED"
+        ),
+        Some(_) => {}
+    }
+    Ok(Arc::new(acl::Authorizer::new(acl)))
+}
+
+/// Signal handling: SIGTERM and SIGINT arrive as [`Event::Signal`] on `events`, where the
+/// shards' servers report too; SIGHUP reloads the TLS and ACL files on a thread of its own.
+struct Signals {
+    events: mpsc::Receiver<Event>,
+    handle: signal_hook::iterator::Handle,
+}
+
+impl Signals {
+    /// Registered before any other thread starts, so that a signal during start-up is seen
+    /// here instead of killing the process half-way. Also returns the sender for the shards'
+    /// servers' events.
+    fn start(
+        settings: &Settings,
+        tls: &Option<Arc<net::tls::ServerTls>>,
+        authz: &Arc<acl::Authorizer>,
+    ) -> anyhow::Result<(Signals, mpsc::Sender<Event>)> {
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ])
+        .context("installing signal handlers")?;
+        let handle = signals.handle();
+        let (tx, events) = mpsc::channel::<Event>();
+        let (hup_tx, hup_rx) = mpsc::channel::<()>();
+        let signal_tx = tx.clone();
         std::thread::Builder::new()
             .name("proglog-signals".into())
             .spawn(move || {
@@ -216,7 +314,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                     let sent = if sig == signal_hook::consts::SIGHUP {
                         hup_tx.send(()).is_ok()
                     } else {
-                        tx.send(Event::Signal(sig)).is_ok()
+                        signal_tx.send(Event::Signal(sig)).is_ok()
                     };
                     if !sent {
                         break;
@@ -224,8 +322,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             })
             .context("starting the signal thread")?;
-    }
-    {
         let reloader = reload::Reloader::new(
             settings.tls.clone().zip(tls.clone()),
             settings.acl.clone().zip(Some(authz.clone())),
@@ -235,9 +331,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             .name("proglog-reload".into())
             .spawn(move || reloader.run(hup_rx))
             .context("starting the reload thread")?;
+        Ok((Signals { events, handle }, tx))
     }
 
-    obs.set_phase(Phase::Recovering);
+    fn close(self) {
+        self.handle.close();
+    }
+}
+
+/// Holds the server in its recovering phase for [`HOLD_RECOVERY_ENV`] milliseconds, when set.
+fn hold_recovery_for_tests() {
     if let Some(ms) = std::env::var(HOLD_RECOVERY_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -245,114 +348,175 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         log::warn!("{HOLD_RECOVERY_ENV}={ms}: holding recovery for tests");
         std::thread::sleep(Duration::from_millis(ms));
     }
-    // Before the engine, so that its write-behind buffers are charged from the start.
-    let memory = net::memory::MemoryBudget::new(settings.memory_budget);
-    obs.set_memory(memory.clone());
-    let mut engine_config = settings.engine_config();
-    engine_config.memory = Some(engine::MemoryHook(Arc::new(EngineMemory(memory.clone()))));
-    // Every partition is a Raft group; a node started without cluster flags is a cluster
-    // of one through the same code.
-    let raft_peers = consensus::raft::transport::Peers {
-        tls: match settings.gossip.as_ref().and_then(|g| g.peer_tls.as_ref()) {
-            Some(files) => Some(files.load().context("loading the peer TLS settings")?),
-            None => None,
-        },
-        ..Default::default()
-    };
-    raft_peers
-        .snapshots
-        .set_rate_limit(settings.snapshot_rate_limit);
-    // The controller's state as this node applies it; a node without cluster flags is a
-    // cluster of one.
-    let cluster_node = consensus::cluster::ClusterNode::new(
-        raft_peers.clone(),
-        settings.dead_node_timeout,
-        settings.stopped_replica_grace,
-    );
-    cluster_node.set_moved_replica_timeout(settings.moved_replica_timeout);
-    let mode = cluster::prepare(&settings, &cluster_node)?;
-    obs.set_cluster(cluster_node.clone());
-    obs.set_forward(raft_peers.forward.clone());
-    obs.set_snapshots(Arc::clone(&raft_peers.snapshots));
-    let replication = consensus::raft::RaftReplication {
-        node_id: cluster_node.id(),
-        peers: raft_peers.clone(),
-        hooks: cluster_node.hooks(),
-        ..consensus::raft::RaftReplication::single_node()
-    };
-    let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
-    let engine = engine::Engine::start(engine_config).map_err(|e| {
-        // What the engine needs of the host, unless the cause is plainly something else.
-        let hint = if e.is_out_of_space() {
-            ""
-        } else {
-            " (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, and in containers a seccomp \
-             profile allowing io_uring_setup/enter/register)"
-        };
-        anyhow::Error::new(e).context(format!(
-            "starting the storage engine in {}{hint}",
-            settings.data_dir.display()
-        ))
-    })?;
-    let handle = engine.handle();
-    obs.set_engine(Some(handle.clone()));
-    let seam: Arc<dyn Factory> = Arc::new(
-        consensus::raft::seam::RaftFactory::new(
-            handle.clone(),
-            engine::seam::NodeRef {
-                id: settings.node_name.clone(),
-                addr: settings.advertised_rpc_addr().to_string(),
-            },
-        )
-        .with_cluster(cluster_node.clone())
-        .with_peers(cluster_node.id(), raft_peers.clone()),
-    );
+}
 
-    let cluster = match membership::start(&settings, &handle, &obs) {
-        Ok(c) => c,
-        Err(e) => {
+/// What a running node holds below its RPC servers: the engine with every partition a Raft
+/// group, the controller's state as this node applies it, Raft's peer connections, and the
+/// gossip membership.
+struct Node {
+    engine: engine::Engine,
+    handle: engine::EngineHandle,
+    cluster_node: Arc<consensus::cluster::ClusterNode>,
+    raft_peers: consensus::raft::transport::Peers,
+    /// The partition seam the handlers reach partitions through.
+    seam: Arc<dyn Factory>,
+    membership: membership::Cluster,
+}
+
+impl Node {
+    /// Starts the engine (recovering every log), membership, and forms or joins the
+    /// cluster. A node started without cluster flags is a cluster of one through the same
+    /// code. On failure whatever started is stopped again.
+    fn start(
+        settings: &Settings,
+        obs: &Observability,
+        memory: &Arc<net::memory::MemoryBudget>,
+    ) -> anyhow::Result<Node> {
+        let mut engine_config = settings.engine_config();
+        engine_config.memory = Some(engine::MemoryHook(Arc::new(EngineMemory(memory.clone()))));
+        let raft_peers = consensus::raft::transport::Peers {
+            tls: match settings.gossip.as_ref().and_then(|g| g.peer_tls.as_ref()) {
+                Some(files) => Some(files.load().context("loading the peer TLS settings")?),
+                None => None,
+            },
+            ..Default::default()
+        };
+        raft_peers
+            .snapshots
+            .set_rate_limit(settings.snapshot_rate_limit);
+        let cluster_node = consensus::cluster::ClusterNode::new(
+            raft_peers.clone(),
+            settings.dead_node_timeout,
+            settings.stopped_replica_grace,
+        );
+        cluster_node.set_moved_replica_timeout(settings.moved_replica_timeout);
+        let mode = cluster::prepare(settings, &cluster_node)?;
+        obs.set_cluster(cluster_node.clone());
+        obs.set_forward(raft_peers.forward.clone());
+        obs.set_snapshots(Arc::clone(&raft_peers.snapshots));
+        let replication = consensus::raft::RaftReplication {
+            node_id: cluster_node.id(),
+            peers: raft_peers.clone(),
+            hooks: cluster_node.hooks(),
+            ..consensus::raft::RaftReplication::single_node()
+        };
+        let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
+        let engine = engine::Engine::start(engine_config).map_err(|e| {
+            // What the engine needs of the host, unless the cause is plainly something else.
+            let hint = if e.is_out_of_space() {
+                ""
+            } else {
+                " (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, and in containers a seccomp \
+                 profile allowing io_uring_setup/enter/register)"
+            };
+            anyhow::Error::new(e).context(format!(
+                "starting the storage engine in {}{hint}",
+                settings.data_dir.display()
+            ))
+        })?;
+        let handle = engine.handle();
+        obs.set_engine(Some(handle.clone()));
+        let seam: Arc<dyn Factory> = Arc::new(
+            consensus::raft::seam::RaftFactory::new(
+                handle.clone(),
+                engine::seam::NodeRef {
+                    id: settings.node_name.clone(),
+                    addr: settings.advertised_rpc_addr().to_string(),
+                },
+            )
+            .with_cluster(cluster_node.clone())
+            .with_peers(cluster_node.id(), raft_peers.clone()),
+        );
+        let membership = match membership::start(settings, &handle, obs) {
+            Ok(c) => c,
+            Err(e) => {
+                obs.set_engine(None);
+                engine.shutdown();
+                return Err(e);
+            }
+        };
+        // Formation needs no listener of this node's: a joining node asks others, the first
+        // node's controller is its only voter.
+        if let Err(e) = cluster::form(settings, &cluster_node, &handle, &membership.watch, &mode) {
+            cluster_node.stop();
+            membership.leave();
             obs.set_engine(None);
             engine.shutdown();
             return Err(e);
         }
-    };
-    // Formation needs no listener of this node's: a joining node asks others, the first
-    // node's controller is its only voter.
-    let peer_handler = Arc::new(consensus::raft::transport::PeerRouter {
-        raft: consensus::raft::transport::RaftPeerHandler {
-            // This node's id as the controller knows it (`peers.self_id`).
-            node_id: 0,
-            engine: handle.clone(),
-            peers: raft_peers.clone(),
-        },
-        keys: cluster.keys.clone(),
-        join: Some(Arc::new(consensus::cluster::join::JoinService(
-            cluster_node.clone(),
-        ))),
-    });
-    if let Err(e) = cluster::form(&settings, &cluster_node, &handle, &cluster.watch, &mode) {
-        cluster_node.stop();
-        cluster.leave();
-        obs.set_engine(None);
-        engine.shutdown();
-        return Err(e);
+        Ok(Node {
+            engine,
+            handle,
+            cluster_node,
+            raft_peers,
+            seam,
+            membership,
+        })
     }
 
-    let shutdown = Shutdown::new();
-    let state = Arc::new(AppState {
-        seam: seam.clone(),
-        health: Arc::new(Health::new()),
-        shutdown: shutdown.clone(),
-        node_name: settings.node_name.clone(),
-        rpc_addr: settings.advertised_rpc_addr(),
-        max_message_bytes: settings.max_message_bytes,
-        default_log: settings.log_config(),
-        authz,
-        members: cluster.watch.clone(),
-        gossip: cluster.running.is_some(),
-        cluster: cluster_node.clone(),
-    });
-    let server_config = ServerConfig {
+    /// What the peer channel (first byte 0x01) serves: Raft's messages, the gossip key
+    /// exchange when the node gossips, and joins.
+    fn peer_service(&self) -> net::peer::PeerService {
+        let handler = Arc::new(consensus::raft::transport::PeerRouter {
+            raft: consensus::raft::transport::RaftPeerHandler {
+                // This node's id as the controller knows it (`peers.self_id`).
+                node_id: 0,
+                engine: self.handle.clone(),
+                peers: self.raft_peers.clone(),
+            },
+            keys: self.membership.keys.clone(),
+            join: Some(Arc::new(consensus::cluster::join::JoinService(
+                self.cluster_node.clone(),
+            ))),
+        });
+        net::peer::PeerService {
+            handler,
+            tls: self
+                .membership
+                .peer_service
+                .as_ref()
+                .and_then(|p| p.tls.clone())
+                .or_else(|| self.raft_peers.tls.as_ref().map(|t| t.server.clone())),
+        }
+    }
+
+    /// Leaves the cluster first (the book's order), so that others list this node as left
+    /// at once, not as down after a suspicion timeout. The reconcile loops stop first (they
+    /// would move leaderships back), then every leadership this node holds goes to a
+    /// caught-up voter.
+    fn leave_cluster(&self, settings: &Settings) {
+        self.cluster_node.stop();
+        self.cluster_node
+            .hand_off_leadership(Duration::from_secs(3));
+        if settings.leave_on_shutdown {
+            self.membership.leave();
+        } else if self.membership.running.is_some() {
+            // Gossip answers until the process ends; then the others see this run down, and
+            // the controller keeps the node (and its replicas) for dead-node-timeout.
+            log::info!(
+                "stopping without leaving the cluster (leave-on-shutdown=false): this node \
+                 stays a member, removed only if it is not back within the dead-node timeout \
+                 ({:?})",
+                settings.dead_node_timeout
+            );
+        }
+    }
+
+    /// Flushes and syncs every log and stops the shards.
+    fn stop_engine(self, obs: &Observability) {
+        obs.set_engine(None);
+        self.engine.shutdown();
+    }
+}
+
+/// The gRPC servers' settings, one copy per shard.
+fn server_config(
+    settings: &Settings,
+    memory: &Arc<net::memory::MemoryBudget>,
+    tls: Option<Arc<net::tls::ServerTls>>,
+    node: &Node,
+) -> ServerConfig {
+    ServerConfig {
         max_recv_message_bytes: settings.max_message_bytes,
         max_send_message_bytes: settings.max_message_bytes,
         drain_timeout: settings.drain_timeout,
@@ -367,20 +531,25 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         tls,
         // Every node takes Raft connections on the peer channel; the key exchange goes to
         // membership when the node gossips.
-        peer: Some(net::peer::PeerService {
-            handler: peer_handler,
-            tls: cluster
-                .peer_service
-                .as_ref()
-                .and_then(|p| p.tls.clone())
-                .or_else(|| raft_peers.tls.as_ref().map(|t| t.server.clone())),
-        }),
+        peer: Some(node.peer_service()),
         ..ServerConfig::default()
-    };
+    }
+}
+
+/// Spawns a gRPC server on every shard, stopping at the first that fails to start (logged);
+/// returns how many started.
+fn start_servers(
+    settings: &Settings,
+    handle: &engine::EngineHandle,
+    state: &Arc<AppState>,
+    obs: &Observability,
+    config: ServerConfig,
+    events: mpsc::Sender<Event>,
+) -> usize {
     let shards = handle.shards();
     // Every shard's router has the same paths: they are the method labels.
     let rpc = Arc::new(RpcMetrics::new(
-        router(&ShardState::new(&state)).paths(),
+        router(&ShardState::new(state)).paths(),
         shards,
     ));
     // A lone connection (a book client's one channel, which names no topic) is served on
@@ -396,48 +565,25 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         };
         if let Err(e) = spawn_server(
             shard,
-            &handle,
-            &state,
-            server_config.clone(),
+            handle,
+            state,
+            config.clone(),
             settings.listen,
             observe,
-            tx.clone(),
+            events.clone(),
         ) {
             log::error!("{e:#}");
             break;
         }
         started += 1;
     }
-    drop(tx);
+    started
+}
 
-    let outcome = serve_until_signal(&events, &state, &obs, started, shards, settings.listen);
-    let mut stopped = match &outcome {
-        Err(StopReason::ServerStopped) => 1,
-        _ => 0,
-    };
-
-    // Leave the cluster first (the book's order): others list this node as left at once,
-    // not as down after a suspicion timeout.
-    // The reconcile loops stop first (they would move leaderships back), then every
-    // leadership this node holds goes to a caught-up voter.
-    cluster_node.stop();
-    cluster_node.hand_off_leadership(Duration::from_secs(3));
-    if settings.leave_on_shutdown {
-        cluster.leave();
-    } else if cluster.running.is_some() {
-        // Gossip answers until the process ends; then the others see this run down, and the
-        // controller keeps the node (and its replicas) for dead-node-timeout.
-        log::info!(
-            "stopping without leaving the cluster (leave-on-shutdown=false): this node stays a \
-             member, removed only if it is not back within the dead-node timeout ({:?})",
-            settings.dead_node_timeout
-        );
-    }
-    // Drain: NOT_SERVING first so that watchers and probes see it, then GOAWAY.
-    obs.set_phase(Phase::Draining);
-    state.health.set(ServingStatus::NotServing);
-    shutdown.trigger();
-    let deadline = Instant::now() + settings.drain_timeout + Duration::from_secs(2);
+/// Waits until `started` servers have stopped (`stopped` already have), at most `timeout`.
+/// A second SIGTERM or SIGINT meanwhile exits at once.
+fn drain(events: &mpsc::Receiver<Event>, mut stopped: usize, started: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     while stopped < started {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
@@ -460,20 +606,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 break;
             }
         }
-    }
-    obs.set_engine(None);
-    engine.shutdown();
-    signals_handle.close();
-    if let Some(a) = admin {
-        a.stop();
-    }
-    match outcome {
-        Ok(()) => {
-            log::info!("proglog stopped cleanly");
-            Ok(())
-        }
-        Err(StopReason::Failed(e)) | Err(StopReason::BindFailed(e)) => Err(e),
-        Err(StopReason::ServerStopped) => bail!("a gRPC server stopped unexpectedly"),
     }
 }
 
