@@ -772,63 +772,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             partition,
             log,
             reply,
-        } => {
-            if set.group_ids().contains(&group) {
-                let _ = reply.send(Err(Error::Raft(format!(
-                    "group {group} is open already (two partitions with one group id)"
-                ))));
-                return;
-            }
-            let voters = match &inner.hooks.0 {
-                Some(h) => match h.voters(&partition) {
-                    Some(v) => v,
-                    None => vec![inner.node_id.get()],
-                },
-                None if inner.voters.is_empty() => vec![inner.node_id.get()],
-                None => inner.voters.clone(),
-            };
-            // The controller's state lives in memory: rebuilt from its log at every start
-            // (from its last checkpoint, once the log is compacted).
-            let replay = group == 0;
-            if let Err(e) = set
-                .add_group_with(group, Rc::clone(&log), &voters, replay)
-                .await
-            {
-                let _ = reply.send(Err(e));
-                return;
-            }
-            lp.logs.insert(group, log);
-            inner.peers.directory.insert(group, inner.shard);
-            if let Some(e @ Error::LostLog { .. }) = set.failure(group) {
-                // Open, and stopped: the node serves its other partitions, and this replica
-                // is reported stopped and moved like one that failed while running.
-                log::error!("partition {partition}: {e}");
-                if let Some(s) = set.status(group) {
-                    inner.status.borrow_mut().insert(group, s);
-                }
-                let _ = reply.send(Ok(()));
-                return;
-            }
-            campaign_if_alone(inner, set, group);
-            if replay {
-                lp.campaign_later.push(group);
-            }
-            // Answered once what the log holds is committed and applied (visible), as a
-            // single-node log shows what it recovered as soon as it is open.
-            match set.status(group) {
-                Some(s) => {
-                    inner.status.borrow_mut().insert(group, s);
-                    lp.opening.push(Opening {
-                        group,
-                        target: s.last_index,
-                        reply,
-                    });
-                }
-                None => {
-                    let _ = reply.send(Err(Error::UnknownGroup(group)));
-                }
-            }
-        }
+        } => open(inner, set, lp, group, &partition, log, reply).await,
         Cmd::Close { group, reply } => {
             set.remove_group(group);
             lp.logs.remove(&group);
@@ -860,48 +804,18 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             }
             let _ = reply.send(r.map(|_| ()));
         }
-        Cmd::Control(ControlMsg::Command { command, reply }) => {
-            match set.propose_command(0, &command) {
-                Ok(rx) => {
-                    glommio::spawn_local(async move {
-                        let r = match rx.await {
-                            Ok(Ok(c)) => Ok(c.index),
-                            Ok(Err(e)) => Err(e),
-                            Err(_) => Err(Error::OutcomeUnknown {
-                                group: 0,
-                                why: "the Raft loop stopped with the command in flight",
-                            }),
-                        };
-                        let _ = reply.send(r);
-                    })
-                    .detach();
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            }
-        }
-        Cmd::Control(ControlMsg::ConfChange { group, cc, reply }) => {
-            match set.propose_conf_change(group, cc) {
-                Ok(rx) => {
-                    glommio::spawn_local(async move {
-                        let r = match rx.await {
-                            Ok(Ok(c)) => Ok(c.index),
-                            Ok(Err(e)) => Err(e),
-                            Err(_) => Err(Error::OutcomeUnknown {
-                                group,
-                                why: "the Raft loop stopped with the change in flight",
-                            }),
-                        };
-                        let _ = reply.send(r);
-                    })
-                    .detach();
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            }
-        }
+        Cmd::Control(ControlMsg::Command { command, reply }) => answer_index(
+            set.propose_command(0, &command),
+            reply,
+            0,
+            "the Raft loop stopped with the command in flight",
+        ),
+        Cmd::Control(ControlMsg::ConfChange { group, cc, reply }) => answer_index(
+            set.propose_conf_change(group, cc),
+            reply,
+            group,
+            "the Raft loop stopped with the change in flight",
+        ),
         Cmd::Control(ControlMsg::TransferLeader { group, to }) => {
             if let Err(e) = set.transfer_leader(group, to) {
                 log::info!("group {group}: leadership not transferred to node {to}: {e}");
@@ -951,6 +865,99 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             if let Err(e) = set.step_decoded(frame) {
                 log::warn!("Raft frame refused: {e}");
             }
+        }
+    }
+}
+
+/// Opens `log` as Raft group `group` of this shard: answered once what the log holds is
+/// committed and applied (visible), as a single-node log shows what it recovered as soon as
+/// it is open; a log found lost opens stopped and is answered at once.
+async fn open(
+    inner: &Inner,
+    set: &mut GroupSet<Log>,
+    lp: &mut Loop,
+    group: u64,
+    partition: &PartitionId,
+    log: Rc<Log>,
+    reply: oneshot::Sender<Result<(), Error>>,
+) {
+    if set.group_ids().contains(&group) {
+        let _ = reply.send(Err(Error::Raft(format!(
+            "group {group} is open already (two partitions with one group id)"
+        ))));
+        return;
+    }
+    let voters = match &inner.hooks.0 {
+        Some(h) => match h.voters(partition) {
+            Some(v) => v,
+            None => vec![inner.node_id.get()],
+        },
+        None if inner.voters.is_empty() => vec![inner.node_id.get()],
+        None => inner.voters.clone(),
+    };
+    // The controller's state lives in memory: rebuilt from its log at every start (from its
+    // last checkpoint, once the log is compacted).
+    let replay = group == 0;
+    if let Err(e) = set
+        .add_group_with(group, Rc::clone(&log), &voters, replay)
+        .await
+    {
+        let _ = reply.send(Err(e));
+        return;
+    }
+    lp.logs.insert(group, log);
+    inner.peers.directory.insert(group, inner.shard);
+    if let Some(e @ Error::LostLog { .. }) = set.failure(group) {
+        // Open, and stopped: the node serves its other partitions, and this replica is
+        // reported stopped and moved like one that failed while running.
+        log::error!("partition {partition}: {e}");
+        if let Some(s) = set.status(group) {
+            inner.status.borrow_mut().insert(group, s);
+        }
+        let _ = reply.send(Ok(()));
+        return;
+    }
+    campaign_if_alone(inner, set, group);
+    if replay {
+        lp.campaign_later.push(group);
+    }
+    match set.status(group) {
+        Some(s) => {
+            inner.status.borrow_mut().insert(group, s);
+            lp.opening.push(Opening {
+                group,
+                target: s.last_index,
+                reply,
+            });
+        }
+        None => {
+            let _ = reply.send(Err(Error::UnknownGroup(group)));
+        }
+    }
+}
+
+/// Answers `reply` with the Raft index of a proposal once it is committed (or its error),
+/// beside the loop; a proposal whose outcome the loop dropped is `OutcomeUnknown` (`why`).
+fn answer_index(
+    proposed: Result<oneshot::Receiver<Outcome>, Error>,
+    reply: oneshot::Sender<Result<u64, Error>>,
+    group: u64,
+    why: &'static str,
+) {
+    match proposed {
+        Ok(rx) => {
+            glommio::spawn_local(async move {
+                let r = match rx.await {
+                    Ok(Ok(c)) => Ok(c.index),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::OutcomeUnknown { group, why }),
+                };
+                let _ = reply.send(r);
+            })
+            .detach();
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e));
         }
     }
 }
