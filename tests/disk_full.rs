@@ -163,6 +163,22 @@ fn hog(path: &Path) -> u64 {
     total
 }
 
+/// What the client learns when the disk fills under its appends: the append that was being
+/// written may fail with its outcome unknown (UNAVAILABLE: it may be on disk, and committed
+/// once space returns); the next one is refused before it is taken (RESOURCE_EXHAUSTED),
+/// which is returned. A first failure that is already the refusal is returned as it is.
+fn refusal(first: Status, next: impl FnOnce() -> Result<u64, Status>) -> (Status, Option<Status>) {
+    if first.code != Code::Unavailable {
+        return (first, None);
+    }
+    assert!(
+        first.message.contains("outcome unknown") && first.message.contains("disk filled up"),
+        "{first}"
+    );
+    let refused = next().expect_err("the next append on the full disk is refused");
+    (refused, Some(first))
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -217,6 +233,14 @@ fn a_full_disk_is_an_operating_condition() {
             "the volume never filled"
         );
     };
+    let first = acked.len() as u64;
+    let (full, unknown) = refusal(full, || produce_batch(&ch, "", 0, first, per_batch));
+    if let Some(u) = unknown {
+        saw.push(format!(
+            "the append being written: {:?}: {}",
+            u.code, u.message
+        ));
+    }
     saw.push(format!(
         "fill: {} records of 8 KiB acknowledged, then {:?}: {}",
         acked.len(),
@@ -426,6 +450,7 @@ fn a_reserve_kept_from_root_is_not_free_space() {
             "the volume never filled"
         );
     };
+    let (full, _) = refusal(full, || produce_batch(&ch, "", 0, acked, 64));
     assert_eq!(full.code, Code::ResourceExhausted, "{full}");
     let free: u64 = full
         .message

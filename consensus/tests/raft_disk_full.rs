@@ -3,7 +3,10 @@
 //! space a follower may hold the entry, and the next leader commits it: the appends pending
 //! on the full leader must learn that their outcome is unknown, never "disk full" (which
 //! clients take as "the write did not happen"), or a client told so later reads its record
-//! (an aborted read). Only a group whose one voter is the full node has certainly lost them.
+//! (an aborted read). Only a group whose one voter is the full node has certainly lost them,
+//! and only those whose entries never reached its log: one handed to the log may be on disk
+//! although the write failed, recovered and committed once space returns
+//! (`raft_traps.rs::a_lone_voter_whose_disk_fills_mid_write_says_disk_full_only_of_what_never_reached_its_log`).
 //!
 //! Three `GroupSet`s on one glommio executor, each group's log an `engine::Log`, messages
 //! passed in process round by round (deterministic: the leader's entries always reach the
@@ -185,8 +188,11 @@ async fn leader_fills_up(root: PathBuf) {
     c.close().await;
 }
 
-/// A group whose only voter is the full node: nobody else holds its unwritten entries, so
-/// the appends pending when its disk filled up did not happen, and say so.
+/// A group whose only voter is the full node: nobody else holds its unwritten entries, but
+/// the appends pending when its disk filled up were handed to its log in the round whose
+/// write failed (one per round here), and a write that fails may have landed in part or
+/// whole: their outcome is unknown, saying why. An append refused once the group stopped is
+/// RESOURCE_EXHAUSTED.
 async fn sole_voter_fills_up(root: PathBuf) {
     let mut c = open(&root, 1).await;
     c.elect_full().await;
@@ -196,11 +202,20 @@ async fn sole_voter_fills_up(root: PathBuf) {
     for (value, mut rx) in proposed {
         if let Ok(Some(Err(e))) = rx.try_recv() {
             let e = seam_error(e);
-            assert!(is_disk_full(&e), "{}: {e:?}", name(&value));
+            let SeamError::OutcomeUnknown(m) = &e else {
+                panic!("{}: {e:?}, not outcome unknown", name(&value));
+            };
+            assert!(m.contains("disk filled up"), "{m}");
             failed += 1;
         }
     }
     assert!(failed > 0);
+    let set = c.sets.get_mut(&FULL).expect("node");
+    let refused = set
+        .propose(G, &[NewRecord::new(value(MAX_PROPOSALS, PAGE))], 0)
+        .expect_err("the stopped group refuses");
+    let refused = seam_error(refused);
+    assert!(is_disk_full(&refused), "{refused:?}");
     c.close().await;
 }
 
@@ -220,6 +235,6 @@ fn appends_pending_on_a_leader_whose_disk_filled_up_are_outcome_unknown() {
 }
 
 #[test]
-fn appends_pending_on_a_sole_voter_whose_disk_filled_up_are_disk_full() {
+fn appends_pending_on_a_sole_voter_whose_disk_filled_up_in_their_write_are_outcome_unknown() {
     on_full_disk(|root| Box::pin(sole_voter_fills_up(root)));
 }

@@ -3,12 +3,15 @@
 //! a configuration change proposed while one is pending, or one raft-rs turns into an empty
 //! entry; a ReadIndex before the new leader has committed in its term; applying before the
 //! commit index is persisted (restart); a follower acknowledging before its fsync; a node
-//! restarted with an empty disk; a proposal during a leadership transfer.
+//! restarted with an empty disk; a proposal during a leadership transfer; a lone voter whose
+//! disk fills up while it writes.
 
 // raft-rs's message types (rust-protobuf) are filled field by field.
 #![allow(clippy::field_reassign_with_default)]
 
-use consensus::raft::{Error, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport};
+use consensus::raft::{
+    Error, FullAt, GroupConfig, GroupSet, LogStore, MemStore, Outcome, Transport,
+};
 use engine::NewRecord;
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
@@ -546,6 +549,94 @@ fn a_conf_change_written_but_not_applied_before_a_crash_is_applied_after_the_res
         assert!(
             stamp < at,
             "the last batch stamped commit {stamp}, the change is at {at}"
+        );
+    }
+}
+
+/// The records `node` shows readers (its committed ones), by value.
+fn committed(c: &Cluster, node: u64) -> Vec<String> {
+    let visible = c.sets[&node].status(G).expect("status").visible_offset;
+    let mut values = Vec::new();
+    for b in c.stores[&node].batches() {
+        if b.header.next_offset() > visible {
+            break;
+        }
+        for r in engine::batch::decode_records(&b.header, &b.bytes).unwrap_or_default() {
+            values.push(String::from_utf8_lossy(&r.value).into_owned());
+        }
+    }
+    values
+}
+
+/// A group's only voter whose disk fills up in the middle of a round: entries handed to its
+/// log may be on disk although the call failed (a segment roll writes out and syncs the old
+/// segment, then cannot create the new one; a failed sync leaves written data in the page
+/// cache), and the log recovers them when space returns, where this lone voter commits them.
+/// So their appends are outcome unknown; only an append whose entry never reached the log
+/// did certainly not happen (RESOURCE_EXHAUSTED to a client). Answering "disk full" to all of
+/// them was an aborted read in a single-node fault campaign (seed 8112074419519817324): a
+/// produce refused as not written, then read at its offset.
+#[test]
+fn a_lone_voter_whose_disk_fills_mid_write_says_disk_full_only_of_what_never_reached_its_log() {
+    for at in [FullAt::AppendAfterWriting, FullAt::Sync] {
+        let mut c = Cluster::new(1);
+        let l = c.elect(1);
+        let store = Rc::clone(&c.stores[&l]);
+        let mut written: Vec<_> = ["a", "b"].iter().map(|v| (*v, c.propose(l, v))).collect();
+        store.fill_up_at(at);
+        let mut q = Queue(Vec::new(), BTreeMap::new());
+        let set = c.set(l);
+        // Steps 1-4: "a" and "b" are handed to the log (which fails at once when it fills up
+        // while appending).
+        let p = block_on(set.round_start(&mut q));
+        // Proposed while the round persists: never handed to the log.
+        let late = set.propose(G, &[NewRecord::new(b"late".to_vec())], 0);
+        let mut synced = Vec::new();
+        for (id, s) in set.to_persist(&p) {
+            synced.push((id, block_on(s.persist())));
+        }
+        set.round_finish(p, synced, &mut q);
+        assert!(
+            set.failure(G).is_some_and(|e| e.is_disk_full()),
+            "{at:?}: the group stopped on the full disk"
+        );
+        for (v, rx) in &mut written {
+            match outcome(rx) {
+                Some(Err(Error::OutcomeUnknown { why, .. })) => {
+                    assert!(why.contains("disk filled up"), "{at:?} {v}: {why}")
+                }
+                other => panic!("{at:?} {v}: {other:?}, not outcome unknown"),
+            }
+        }
+        let late_refused = match (at, late) {
+            // The group stopped in step 4: the proposal is refused as the log is full.
+            (FullAt::AppendAfterWriting, Err(e)) => {
+                assert!(e.is_disk_full(), "{e:?}");
+                true
+            }
+            (FullAt::Sync, Ok(mut rx)) => match outcome(&mut rx) {
+                Some(Err(e)) => {
+                    assert!(e.is_disk_full(), "late: {e:?}, not disk full");
+                    true
+                }
+                other => panic!("late: {other:?}"),
+            },
+            (at, late) => panic!("{at:?}: late proposal {late:?}"),
+        };
+        assert!(late_refused);
+
+        // Space returns: the group opens again from its log, which kept "a" and "b".
+        block_on(c.set(l).reopen_group(G, Rc::clone(&store), false)).expect("reopen");
+        c.elect(l);
+        c.rounds(3);
+        let values = committed(&c, l);
+        assert!(
+            values.contains(&"a".to_string()) && values.contains(&"b".to_string()),
+            "{at:?}: the appends the log kept are committed once it opens again: {values:?}"
+        );
+        assert!(
+            !values.contains(&"late".to_string()),
+            "{at:?}: an append answered disk full is committed: {values:?}"
         );
     }
 }

@@ -286,6 +286,12 @@ struct Group<S: LogStore> {
     visible_offset: u64,
     failed: Option<Error>,
     was_leader: bool,
+    /// The highest Raft index handed to the log to write (0: none since the group opened).
+    /// An entry up to it may be on disk even when its write or sync failed (a write can
+    /// land whole before a later step of the same call fails, e.g. a segment roll that
+    /// writes out and syncs the old segment, then cannot create the new one), and the log
+    /// recovers it when it opens again; an entry above it never reached the log.
+    handed: u64,
     /// Controller commands applied since the driver last took them, with the replays.
     commands: Vec<StateEvent>,
     /// The group's state machine lives in memory (the controller's): it is rebuilt from the
@@ -539,6 +545,7 @@ impl<S: LogStore> GroupSet<S> {
             visible_offset,
             failed: lost.map(|why| Error::LostLog { group: id, why }),
             was_leader: false,
+            handed: 0,
             commands,
             replay,
             held_snapshot: None,
@@ -1339,6 +1346,9 @@ impl<S: LogStore> GroupSet<S> {
             let entries = rd.take_entries();
             let commit = g.stamp(&entries);
             self.stats.entries_written += entries.len() as u64;
+            if let Some(e) = entries.last() {
+                g.handed = g.handed.max(e.index);
+            }
             if let Err(e) = g
                 .log
                 .append_known(&entries, commit, &mut g.fresh_crcs)
@@ -1906,11 +1916,14 @@ impl<S: LogStore> Group<S> {
     /// again from its log once the log takes writes again. But the pending proposals are in
     /// Raft's log already, and a leader sends entries to its followers before writing them
     /// itself (`round_start`): the entry this node failed to write may be held by a
-    /// follower, and the next leader may commit it. So `DiskFull` (RESOURCE_EXHAUSTED to a
-    /// client: "the write did not happen") is the answer only when this node is the group's
-    /// only voter, whose unwritten entries nobody else holds; with other voters the outcome
-    /// is unknown. Appends refused before they are proposed (the log's writability is
-    /// checked at admission) never reach this and stay `DiskFull`.
+    /// follower, and the next leader may commit it. And an entry handed to this node's log
+    /// may be on its disk although the call failed ([`Group::handed`]): the log recovers it
+    /// when space returns, and a lone voter then commits it. So `DiskFull`
+    /// (RESOURCE_EXHAUSTED to a client: "the write did not happen") is the answer only when
+    /// this node is the group's only voter, whose unwritten entries nobody else holds, and
+    /// only for proposals whose entries never reached its log; every other outcome is
+    /// unknown. Appends refused before they are proposed (the log's writability is checked
+    /// at admission) never reach this and stay `DiskFull`.
     fn fail(&mut self, e: Error) {
         let disk_full = e.is_disk_full();
         if disk_full {
@@ -1918,18 +1931,24 @@ impl<S: LogStore> Group<S> {
         } else {
             log::error!("Raft group {} stopped: {e}", self.id);
         }
-        let unknown = if !disk_full {
-            Some("the group stopped on a storage or apply failure after the proposal")
-        } else if self.only_voter() {
-            None
-        } else {
-            Some(
-                "this node's disk is full and it could not write the proposal, which it had \
-                 sent to the followers: one may hold it, and the next leader commit it",
-            )
-        };
+        let only_voter = self.only_voter();
         for p in self.proposals.drain(..) {
-            let outcome = match unknown {
+            let why = if !disk_full {
+                Some("the group stopped on a storage or apply failure after the proposal")
+            } else if !only_voter {
+                Some(
+                    "this node's disk is full and it could not write the proposal, which it \
+                     had sent to the followers: one may hold it, and the next leader commit it",
+                )
+            } else if p.index <= self.handed {
+                Some(
+                    "this node's disk filled up while it wrote the proposal: it may be on \
+                     disk, and committed once space returns",
+                )
+            } else {
+                None
+            };
+            let outcome = match why {
                 None => e.clone(),
                 Some(why) => Error::OutcomeUnknown {
                     group: self.id,

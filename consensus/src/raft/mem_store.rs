@@ -30,6 +30,26 @@ struct Inner {
     syncs: u64,
     /// The next `sync` fails (as a device error would), leaving its batches unsynced.
     fail_next_sync: bool,
+    /// The next `append` or `sync` fails for want of space ([`MemStore::fill_up_at`]).
+    full_at: Option<FullAt>,
+}
+
+/// Where a store fills up ([`MemStore::fill_up_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullAt {
+    /// The next append keeps its batches, then fails: as a segment roll does that wrote out
+    /// and synced the old segment, then could not create the new one.
+    AppendAfterWriting,
+    /// The next sync fails, its batches written and not synced.
+    Sync,
+}
+
+fn disk_full() -> Error {
+    Error::DiskFull {
+        partition: "memory".into(),
+        path: "memory".into(),
+        free_bytes: 0,
+    }
 }
 
 /// A snapshot's batches staged beside an in-memory log (what a simulation's streaming
@@ -72,6 +92,7 @@ impl MemStore {
                 visible: 0,
                 syncs: 0,
                 fail_next_sync: false,
+                full_at: None,
             }),
         }
     }
@@ -84,6 +105,7 @@ impl MemStore {
         st.batches.truncate(keep);
         st.synced = keep;
         st.fail_next_sync = false;
+        st.full_at = None;
         // Nobody reads a log before its group opens it and sets the mark again.
         st.visible = st.start_offset;
         MemStore {
@@ -106,6 +128,11 @@ impl MemStore {
     /// writes and the leader's messages, before the data is durable.
     pub fn fail_next_sync(&self) {
         self.inner.borrow_mut().fail_next_sync = true;
+    }
+
+    /// Makes the next `append` or `sync` (`at`) fail with [`Error::DiskFull`].
+    pub fn fill_up_at(&self, at: FullAt) {
+        self.inner.borrow_mut().full_at = Some(at);
     }
 
     /// Syncs done so far.
@@ -236,11 +263,20 @@ impl LogStore for MemStore {
             (st.next_offset(), st.next_index())
         };
         let parsed = check(bytes, offset, index)?;
-        self.inner.borrow_mut().batches.extend(parsed);
+        let mut st = self.inner.borrow_mut();
+        st.batches.extend(parsed);
+        if st.full_at == Some(FullAt::AppendAfterWriting) {
+            st.full_at = None;
+            return Err(disk_full());
+        }
         Ok(())
     }
     async fn sync(&self) -> Result<()> {
         let mut st = self.inner.borrow_mut();
+        if st.full_at == Some(FullAt::Sync) {
+            st.full_at = None;
+            return Err(disk_full());
+        }
         if std::mem::take(&mut st.fail_next_sync) {
             return Err(Error::io(
                 "syncing",

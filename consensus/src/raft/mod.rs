@@ -50,7 +50,7 @@ pub use group::{
     Committed, GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SetStats,
     SnapshotJob, SnapshotProgress, StateEvent, Stopped, Transport,
 };
-pub use mem_store::{MemStaged, MemStore};
+pub use mem_store::{FullAt, MemStaged, MemStore};
 pub use replica::RaftReplication;
 pub use storage::{FetchJob, RaftLog, RaftMeta, SnapshotData};
 pub use store::LogStore;
