@@ -172,3 +172,59 @@ fn cli_output_that_cannot_be_written_is_an_error_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(&first, b"0\tvalue-", "the first record came through");
 }
+
+/// A line of standard input too large for one message (over the client's 4 MiB, so it
+/// cannot even be sent) ends `proglog produce` with an error saying so, after the server has
+/// answered the records before it; nothing after it is sent. It used to wait forever: the
+/// client refused to send the message and then waited for the server, which had nothing to
+/// answer.
+#[test]
+fn a_record_too_large_for_a_message_ends_produce_with_an_error() {
+    use std::io::Write;
+    use std::time::Instant;
+    let s = TestServer::start();
+    let mut input = b"before\n".to_vec();
+    input.extend(std::iter::repeat_n(b'q', 5 << 20));
+    input.extend_from_slice(b"\nafter\n");
+    let mut child = Command::new(BIN)
+        .args(["produce", "--addr", &s.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cli");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The client may stop reading once it has refused the line: a failed write is fine.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("proglog produce still running after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let _ = writer.join();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout} {stderr}");
+    assert_eq!(
+        stdout, "0\n",
+        "the record before it is acknowledged: {stderr}"
+    );
+    assert!(
+        stderr.contains("RESOURCE_EXHAUSTED") && stderr.contains("does not fit in one message"),
+        "{stderr}"
+    );
+    let (ok, out, err) = s.cli(&["consume"], None);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out, "0\tbefore\n",
+        "nothing after the refused line was sent"
+    );
+}

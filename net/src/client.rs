@@ -392,6 +392,12 @@ impl Sender {
         self.send(codec::encode(m)).await
     }
 
+    /// The largest message [`send`](Self::send) takes; a larger one is refused here, before
+    /// anything reaches the server (which then has nothing to answer).
+    pub fn max_send_bytes(&self) -> usize {
+        self.max_send_bytes
+    }
+
     /// Half-closes: the server sees the end of the request stream.
     pub fn finish(&mut self) -> Result<(), Status> {
         if self.finished {

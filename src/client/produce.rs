@@ -15,6 +15,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
+use prost::Message;
 use proto::log::v1::{paths, ProduceBatchRequest, ProduceRequest, ProduceResponse, Record};
 
 use proglog_client::errors::{self, ClusterError};
@@ -176,22 +177,43 @@ async fn stream_once(
         topic: a.topic.clone(),
         partition: a.partition,
     };
+    // A record too large for one message is refused here, before it is sent: the call is
+    // then half-closed, so that the server answers the records sent before it, and ends
+    // with this error. (Sent on, the client's own refusal reached nobody, and the call
+    // waited for an answer that never came.)
+    let too_large = Cell::new(None);
     let send = async {
         let again: Vec<Bytes> = pending.borrow().iter().cloned().collect();
-        for value in again {
-            if let Err(e) = tx.send_message(&request(value)).await {
-                // The server ended the call; the response side reports why.
-                log::debug!("send: {e}");
-                return Ok(());
+        let mut again = again.into_iter();
+        loop {
+            // What an earlier call left unanswered first, then the input.
+            let (value, fresh) = match again.next() {
+                Some(v) => (v, false),
+                None => match input.next().await {
+                    Some(v) => (
+                        v.context("reading standard input")
+                            .map_err(StreamEnd::Input)?,
+                        true,
+                    ),
+                    None => break,
+                },
+            };
+            let req = request(value.clone());
+            if req.encoded_len() > tx.max_send_bytes() {
+                too_large.set(Some(net::Status::resource_exhausted(format!(
+                    "a record of {} bytes does not fit in one message (at most {} bytes): \
+                     not sent, nor anything after it",
+                    value.len(),
+                    tx.max_send_bytes()
+                ))));
+                break;
             }
-        }
-        while let Some(v) = input.next().await {
-            let value = v
-                .context("reading standard input")
-                .map_err(StreamEnd::Input)?;
-            // Pending before it is sent: if the call fails, it is sent again.
-            pending.borrow_mut().push_back(value.clone());
-            if let Err(e) = tx.send_message(&request(value)).await {
+            if fresh {
+                // Pending before it is sent: if the call fails, it is sent again.
+                pending.borrow_mut().push_back(value);
+            }
+            if let Err(e) = tx.send_message(&req).await {
+                // The server ended the call; the response side reports why.
                 log::debug!("send: {e}");
                 return Ok(());
             }
@@ -216,7 +238,11 @@ async fn stream_once(
         send.await?;
         std::future::pending::<Result<(), StreamEnd>>().await
     })
-    .await
+    .await?;
+    match too_large.take() {
+        Some(st) => Err(StreamEnd::Status(st)),
+        None => Ok(()),
+    }
 }
 
 fn retry_budget(a: &ProduceArgs) -> Duration {
