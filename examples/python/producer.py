@@ -9,7 +9,9 @@ Up to --window records are in flight at once; the server answers them in order, 
 it is durable (under the server's durability policy). If the stream fails, the records sent
 but not acknowledged have an UNKNOWN outcome: they may be in the log. This script reports
 them and exits 1 rather than sending them again, which could store them twice (see
-docs/clients.md, "Retrying").
+docs/clients.md, "Retrying"). When the server refused a record (too large, an unknown topic,
+not allowed, the disk full: the codes in REFUSED), it ended the stream there, storing
+neither that record nor any after it: the script says so.
 
 Needs grpcio, connect.py (beside this file) and the stubs generated from proto/proto (see
 README.md). TLS: --tls-ca-file (server certificate check), plus --tls-cert-file and
@@ -26,6 +28,19 @@ import grpc
 
 import connect
 from log.v1 import log_pb2, log_pb2_grpc
+
+
+# Codes with which the server refuses a request before storing it. It handles a stream's
+# requests in order and ends the stream at the refused one, so nothing it had not answered
+# was stored (docs/clients.md, the ProduceStream row). Any other failure (a broken connection,
+# a deadline, UNAVAILABLE) leaves the unanswered records' outcome unknown.
+REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 def produce(stub: log_pb2_grpc.LogStub, lines, topic: str, partition: int,
@@ -59,10 +74,13 @@ def produce(stub: log_pb2_grpc.LogStub, lines, topic: str, partition: int,
     except grpc.RpcError as e:
         stop.set()
         slots.release()  # wakes a request generator waiting for a slot, so it can end
-        unknown = len(sent) - acked
+        unanswered = len(sent) - acked
+        if e.code() in REFUSED:
+            fate = "not stored (the server refused the first of them and ended the stream)"
+        else:
+            fate = "sent without an answer (outcome unknown: they may be in the log)"
         print(f"producer: {e.code().name}: {e.details()}; {acked} acknowledged, "
-              f"{unknown} sent without an answer (outcome unknown: they may be in the log)",
-              file=sys.stderr)
+              f"{unanswered} {fate}", file=sys.stderr)
         return 1
     return 0
 
