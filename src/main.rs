@@ -66,6 +66,24 @@ enum Command {
     Client(ClientCommand),
 }
 
+/// `e` and its causes, `: `-separated as `{:#}` prints them, each cause left out when the
+/// text so far already ends with it: errors that name their source in their own message
+/// (an I/O error's "locking ...: Resource temporarily unavailable (os error 11)") would
+/// otherwise print it twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.is_empty() {
+            text = c;
+        } else if !text.ends_with(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args)?;
     observe::logging::init(&settings.log_level, settings.log_format)?;
@@ -73,7 +91,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             // Reported through the log, like everything else the server says, once.
-            log::error!("{e:#}");
+            log::error!("{}", error_chain(&e));
             Ok(ExitCode::FAILURE)
         }
     }
@@ -97,7 +115,7 @@ fn main() -> ExitCode {
         // Our reader went away (`| head`): nothing left to say to anyone.
         Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("proglog: {e:#}");
+            eprintln!("proglog: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

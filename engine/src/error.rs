@@ -158,6 +158,13 @@ impl Error {
                 || source.kind() == std::io::ErrorKind::StorageFull)
     }
 
+    /// True when the data directory is locked by another process (another proglog on it).
+    pub fn is_locked_elsewhere(&self) -> bool {
+        matches!(self, Error::Io { op, source, .. }
+            if op.starts_with("locking data directory")
+                && source.raw_os_error() == Some(libc::EWOULDBLOCK))
+    }
+
     /// True for a failure of an operation that makes data durable (fdatasync, fsync, msync):
     /// by convention their `op` starts with "syncing". After one fails the kernel may have
     /// dropped the data it was to write, so it latches the log whatever the reason; a failed

@@ -403,7 +403,7 @@ impl Node {
         let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
         let engine = engine::Engine::start(engine_config).map_err(|e| {
             // What the engine needs of the host, unless the cause is plainly something else.
-            let hint = if e.is_out_of_space() {
+            let hint = if e.is_out_of_space() || e.is_locked_elsewhere() {
                 ""
             } else {
                 " (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, and in containers a seccomp \

@@ -954,7 +954,13 @@ impl ClusterNode {
         config: LogConfig,
         rf: Option<u32>,
     ) -> Result<(), Error> {
-        engine::catalog::check_topic_name(name).map_err(|e| Error::Refused(e.to_string()))?;
+        // The bare reason: the status code says "invalid argument" already.
+        engine::catalog::check_topic_name(name).map_err(|e| {
+            Error::Refused(match e {
+                engine::Error::InvalidArgument(m) => m,
+                e => e.to_string(),
+            })
+        })?;
         if name == CONTROLLER_TOPIC {
             return Err(Error::Refused(format!("topic {name:?} is reserved")));
         }

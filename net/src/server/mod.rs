@@ -210,7 +210,8 @@ impl Server {
         shutdown: Shutdown,
     ) -> Result<(), Error> {
         let local = listener.local_addr().ok();
-        log::info!("serving gRPC on {}", crate::show_peer(&local));
+        // Each shard's listener; the server says once at info level that it is ready.
+        log::debug!("serving gRPC on {}", crate::show_peer(&local));
         let gate = Gate::new();
         if let Some(inbox) = self.balance.as_ref().and_then(|(b, i)| b.inbox(*i)) {
             let this = self.clone();
