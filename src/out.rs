@@ -22,6 +22,35 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// Writes `rows` (the header first) as columns two spaces apart, each as wide as its widest
+/// cell; the last column is not padded.
+pub fn table(rows: &[Vec<String>]) -> io::Result<()> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut text = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                text.push_str(cell);
+            } else {
+                let pad = widths[c] - cell.chars().count();
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        line(format_args!("{}", text.trim_end()))?;
+    }
+    Ok(())
+}
+
 /// Whether `e` comes from writing to a pipe whose reader has gone.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

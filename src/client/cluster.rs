@@ -145,7 +145,8 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         or_dash(&first.cluster_id),
         first.controller_leader
     )?;
-    crate::out::outln!("NODE  NAME  RPC_ADDR  STATE")?;
+    let header = |cells: &[&str]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let mut rows = vec![header(&["NODE", "NAME", "RPC_ADDR", "STATE"])];
     for n in &first.nodes {
         let st = if n.removed {
             "removed"
@@ -154,9 +155,22 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         } else {
             "unreachable"
         };
-        crate::out::outln!("{}  {}  {}  {st}", n.id, n.name, n.rpc_addr)?;
+        rows.push(vec![
+            n.id.to_string(),
+            n.name.clone(),
+            n.rpc_addr.clone(),
+            st.into(),
+        ]);
     }
-    crate::out::outln!("PARTITION  RF  LEADER  TERM  COMMIT  REPLICAS (node/shard role lag)")?;
+    crate::out::table(&rows)?;
+    let mut rows = vec![header(&[
+        "PARTITION",
+        "RF",
+        "LEADER",
+        "TERM",
+        "COMMIT",
+        "REPLICAS (node/shard role lag)",
+    ])];
     for p in &parts {
         let replicas: Vec<String> = p
             .replicas
@@ -177,17 +191,21 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 format!("{}/{} {role} {lag}", r.node, r.shard)
             })
             .collect();
-        crate::out::outln!(
-            "{}/{}  {}  {}  {}  {}  {}",
-            p.topic,
-            p.partition,
-            p.replication_factor,
-            p.leader,
-            p.term,
-            p.commit_index,
-            replicas.join(", ")
-        )?;
+        rows.push(vec![
+            format!("{}/{}", p.topic, p.partition),
+            p.replication_factor.to_string(),
+            // Node ids start at 1: 0 is "none known yet".
+            if p.leader == 0 {
+                "-".into()
+            } else {
+                p.leader.to_string()
+            },
+            p.term.to_string(),
+            p.commit_index.to_string(),
+            replicas.join(", "),
+        ]);
     }
+    crate::out::table(&rows)?;
     for (node, topic, partition, why) in &stopped {
         crate::out::outln!("stopped: {topic}/{partition} on node {node} ({why})")?;
     }
