@@ -66,7 +66,13 @@ fn values(args: Vec<String>) -> anyhow::Result<mpsc::Receiver<std::io::Result<By
                 }
                 return;
             }
-            for line in std::io::stdin().lock().lines() {
+            let stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin) {
+                eprintln!(
+                    "proglog: reading records from standard input, one per line (Ctrl-D ends)"
+                );
+            }
+            for line in stdin.lock().lines() {
                 let stop = line.is_err();
                 if !push(&mut tx, line.map(Bytes::from)) || stop {
                     return;
