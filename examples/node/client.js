@@ -83,9 +83,21 @@ function consume(client, offset, { topic = '', timeoutMs = 10_000 } = {}) {
  * Appends `values` over one ProduceStream with up to `window` records in flight: requests are
  * written without waiting for earlier answers, and the server answers in request order, so
  * the i-th response is the offset of the i-th value. Resolves with the offsets. If the stream
- * fails, the error carries `acknowledged` (offsets received) and `unknown` (values sent but
- * not answered: they may or may not be in the log, so do not resend them blindly).
+ * fails, the error carries `acknowledged` (offsets received), and the values sent but not
+ * answered: in `notStored` when the server refused the stream (a code in REFUSED: it handles
+ * the requests in order and ends the stream at the refused one, so none of them was
+ * stored), else in `unknown` (they may or may not be in the log: do not resend them
+ * blindly).
  */
+/** Codes with which the server refuses a request before storing it (docs/clients.md). */
+const REFUSED = new Set([
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.NOT_FOUND,
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.UNAUTHENTICATED,
+  grpc.status.RESOURCE_EXHAUSTED,
+]);
+
 function produceStream(client, values, { topic = '', window = 256 } = {}) {
   return new Promise((resolve, reject) => {
     const call = client.ProduceStream();
@@ -121,7 +133,10 @@ function produceStream(client, values, { topic = '', window = 256 } = {}) {
     call.on('error', (err) => {
       failed = true;
       err.acknowledged = offsets;
-      err.unknown = values.slice(offsets.length, sent);
+      const unanswered = values.slice(offsets.length, sent);
+      const refused = REFUSED.has(err.code);
+      err.notStored = refused ? unanswered : [];
+      err.unknown = refused ? [] : unanswered;
       reject(err);
     });
     call.on('end', () => {

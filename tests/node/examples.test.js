@@ -65,7 +65,7 @@ test('example.js over mutual TLS, as an ACL subject', async () => {
   assert.match(denied.stderr, /PERMISSION_DENIED: nobody not permitted to produce to \*/);
 });
 
-test('a failed ProduceStream reports acknowledged and unknown records', async () => {
+test('a refused ProduceStream reports acknowledged records and those not stored', async () => {
   const s = await Server.start(['--max-record-bytes', '32KiB', '--max-message-bytes', '64KiB']);
   servers.push(s);
   const c = client.connect(s.addr);
@@ -74,7 +74,8 @@ test('a failed ProduceStream reports acknowledged and unknown records', async ()
     await assert.rejects(client.produceStream(c, ['a', 'b', big, 'c'], { window: 1 }), (err) => {
       assert.equal(err.code, client.grpc.status.RESOURCE_EXHAUSTED, err.message);
       assert.deepEqual(err.acknowledged, ['0', '1']);
-      assert.deepEqual(err.unknown, [big]);
+      assert.deepEqual(err.notStored, [big]);
+      assert.deepEqual(err.unknown, []);
       return true;
     });
   } finally {
