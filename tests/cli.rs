@@ -36,6 +36,13 @@ fn produce_and_consume_round_trip() {
     let (ok, out, _) = s.cli(&["consume", "--from", "4", "--to", "5"], None);
     assert!(ok);
     assert_eq!(out, "4\tfive\n");
+    // Past the end: the error says what the partition holds.
+    let (ok, _, err) = s.cli(&["consume", "--from", "100"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("OUT_OF_RANGE") && err.contains("default/0 holds offsets 0 to 5"),
+        "{err}"
+    );
 }
 
 #[test]

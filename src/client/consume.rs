@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use net::Code;
 use proglog_client::{ReadFrom, NO_LEADER_PAUSE};
-use proto::log::v1::{paths, ConsumeBatchRequest, ConsumeBatchResponse, Record};
+use proto::log::v1::{
+    paths, ConsumeBatchRequest, ConsumeBatchResponse, DescribeTopicRequest, DescribeTopicResponse,
+    Record,
+};
 
 use super::{json_value, Conn};
 
@@ -53,6 +56,52 @@ pub struct ConsumeArgs {
     pub read_from: ReadFromArg,
 }
 
+/// The first read's OUT_OF_RANGE, saying what the partition holds (from DescribeTopic, when
+/// a node answers it).
+async fn out_of_range(
+    cluster: &proglog_client::Cluster,
+    a: &ConsumeArgs,
+    st: net::Status,
+) -> anyhow::Error {
+    let topic = if a.topic.is_empty() {
+        proto::log::v1::DEFAULT_TOPIC
+    } else {
+        &a.topic
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let described = async {
+        let (_, ch) = cluster.any(deadline).await.ok()?;
+        let resp: DescribeTopicResponse = ch
+            .unary_prost(
+                paths::DESCRIBE_TOPIC,
+                &DescribeTopicRequest {
+                    name: topic.to_string(),
+                },
+                net::client::CallOptions::timeout(Duration::from_secs(2)),
+            )
+            .await
+            .ok()?;
+        resp.topic?
+            .partitions
+            .into_iter()
+            .find(|p| p.partition == a.partition)
+    };
+    match described.await {
+        Some(p) if p.lowest_offset == p.next_offset => anyhow::anyhow!(
+            "{st}: {topic}/{} is empty (its next offset is {})",
+            a.partition,
+            p.next_offset
+        ),
+        Some(p) => anyhow::anyhow!(
+            "{st}: {topic}/{} holds offsets {} to {}",
+            a.partition,
+            p.lowest_offset,
+            p.next_offset - 1
+        ),
+        None => st.into(),
+    }
+}
+
 fn print(json: bool, r: &Record) -> std::io::Result<()> {
     if json {
         let (key, value) = json_value(&r.value);
@@ -90,9 +139,16 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     };
     // What is there now.
     while !done(offset) {
-        let resp = cluster
+        let resp = match cluster
             .consume_batch(&request(offset), a.conn.opts().timeout)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(st) if st.code == Code::OutOfRange && offset == a.from => {
+                return Err(out_of_range(&cluster, &a, st).await)
+            }
+            Err(st) => return Err(st.into()),
+        };
         if resp.records.is_empty() {
             break;
         }
