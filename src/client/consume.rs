@@ -96,7 +96,7 @@ async fn out_of_range(
             "{st}: {topic}/{} holds offsets {} to {}",
             a.partition,
             p.lowest_offset,
-            p.next_offset - 1
+            p.next_offset.saturating_sub(1)
         ),
         None => st.into(),
     }
