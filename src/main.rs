@@ -120,3 +120,32 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let said = format!("locking /d/LOCK: {io}");
+        #[derive(Debug)]
+        struct Named(String, std::io::Error);
+        impl std::fmt::Display for Named {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Named {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.1)
+            }
+        }
+        let e = anyhow::Error::new(Named(said.clone(), io)).context("starting the engine");
+        assert_eq!(error_chain(&e), format!("starting the engine: {said}"));
+        // A cause the text does not end with is kept, as `{:#}` keeps it.
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner");
+        assert_eq!(error_chain(&e), format!("{e:#}"));
+    }
+}

@@ -161,7 +161,7 @@ impl Error {
     /// True when the data directory is locked by another process (another proglog on it).
     pub fn is_locked_elsewhere(&self) -> bool {
         matches!(self, Error::Io { op, source, .. }
-            if op.starts_with("locking data directory")
+            if *op == crate::shard::LOCK_OP
                 && source.raw_os_error() == Some(libc::EWOULDBLOCK))
     }
 

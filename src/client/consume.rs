@@ -56,6 +56,10 @@ pub struct ConsumeArgs {
     pub read_from: ReadFromArg,
 }
 
+/// How long an out-of-range read waits for a description of the partition to add to its
+/// error.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The first read's OUT_OF_RANGE, saying what the partition holds (from DescribeTopic, when
 /// a node answers it).
 async fn out_of_range(
@@ -63,12 +67,8 @@ async fn out_of_range(
     a: &ConsumeArgs,
     st: net::Status,
 ) -> anyhow::Error {
-    let topic = if a.topic.is_empty() {
-        proto::log::v1::DEFAULT_TOPIC
-    } else {
-        &a.topic
-    };
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let topic = proto::log::v1::topic_or_default(&a.topic);
+    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
     let described = async {
         let (_, ch) = cluster.any(deadline).await.ok()?;
         let resp: DescribeTopicResponse = ch
@@ -77,7 +77,7 @@ async fn out_of_range(
                 &DescribeTopicRequest {
                     name: topic.to_string(),
                 },
-                net::client::CallOptions::timeout(Duration::from_secs(2)),
+                net::client::CallOptions::timeout(DESCRIBE_TIMEOUT),
             )
             .await
             .ok()?;

@@ -46,6 +46,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
+/// The operation named in the error of a data directory locked by another process.
+pub(crate) const LOCK_OP: &str = "locking data directory (is another proglog using it?)";
+
 static NEXT_ENGINE_ID: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
@@ -482,11 +485,7 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::WouldBlock || std::time::Instant::now() >= deadline {
-            return Err(Error::io(
-                "locking data directory (is another proglog using it?)",
-                &path,
-                e,
-            ));
+            return Err(Error::io(LOCK_OP, &path, e));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
