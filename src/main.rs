@@ -106,6 +106,7 @@ fn main() -> ExitCode {
         Some(Command::Client(cmd)) => {
             // Client diagnostics stay quiet unless asked for.
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .format(client_log_line)
                 .init();
             client::run(cmd)
         }
@@ -118,6 +119,23 @@ fn main() -> ExitCode {
             eprintln!("proglog: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A client's diagnostic as a command line says it: `proglog: warning: ...`, naming the
+/// module only for the detail levels a user asks for with RUST_LOG.
+fn client_log_line(buf: &mut env_logger::fmt::Formatter, r: &log::Record) -> std::io::Result<()> {
+    use std::io::Write;
+    match r.level() {
+        log::Level::Error => writeln!(buf, "proglog: error: {}", r.args()),
+        log::Level::Warn => writeln!(buf, "proglog: warning: {}", r.args()),
+        l => writeln!(
+            buf,
+            "proglog: {} {}: {}",
+            l.as_str().to_lowercase(),
+            r.target(),
+            r.args()
+        ),
     }
 }
 

@@ -129,7 +129,18 @@ fn cli_reports_an_unreachable_server() {
     // A refused connection is retried until `--timeout` (10 s by default), kept short here.
     let (ok, _, err) = run_cli(addr, &["health", "--timeout", "1"], None);
     assert!(!ok);
-    assert!(err.contains("connecting to"), "{err}");
+    // Said once, then the final error; the waiting is not silent.
+    let refused = format!("connect to {addr}: Connection refused");
+    assert_eq!(err.matches(&refused).count(), 2, "{err}");
+    assert!(
+        err.starts_with("proglog: warning: no server reachable")
+            && err.contains("trying again for up to 1 s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("proglog: UNAVAILABLE: no connection available"),
+        "{err}"
+    );
 }
 
 /// Standard output that cannot be written is the command's error, never a panic: a full

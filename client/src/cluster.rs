@@ -116,6 +116,9 @@ struct Inner {
     /// One discovery at a time; others wait for it.
     refreshing: Cell<bool>,
     refreshed: event_listener::Event,
+    /// A warning that no server answers was logged (once per client: a command line
+    /// waiting out its deadline says why, and a long-lived client's log is not flooded).
+    warned_unreachable: Cell<bool>,
 }
 
 /// A cluster-aware client: the resolver and picker together. Cheap to clone; `!Send`.
@@ -172,6 +175,7 @@ impl Cluster {
                 state: RefCell::new(State::default()),
                 refreshing: Cell::new(false),
                 refreshed: event_listener::Event::new(),
+                warned_unreachable: Cell::new(false),
             }),
         })
     }
@@ -242,6 +246,11 @@ impl Cluster {
                 Ok(ch) => {
                     connected = Some(ch);
                     break;
+                }
+                // The transport's error names the socket; the address as given is added
+                // when it is not the same text (a host name, a resolved address).
+                Err(e @ net::Error::Connect { addr: a, .. }) if a.to_string() == addr => {
+                    last = Status::unavailable(e.to_string())
                 }
                 Err(e) => last = Status::unavailable(format!("connecting to {addr}: {e}")),
             }
@@ -585,8 +594,24 @@ impl Cluster {
             if Instant::now() + NO_LEADER_PAUSE >= deadline {
                 return Err(no_connection("to any server", last));
             }
+            self.warn_unreachable(last.as_ref(), deadline);
             glommio::timer::sleep(NO_LEADER_PAUSE).await;
         }
+    }
+
+    /// Says once that no server could be reached and that the client keeps trying (a server
+    /// may be starting or restarting), so that waiting out the deadline is not silent.
+    fn warn_unreachable(&self, last: Option<&Status>, deadline: Instant) {
+        let Some(e) = last else { return };
+        if self.inner.warned_unreachable.replace(true) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        log::warn!(
+            "no server reachable ({}); trying again for up to {:.0} s",
+            e.message,
+            left.as_secs_f64().ceil()
+        );
     }
 
     /// The first of `order` that connects within `deadline`; the others are marked
@@ -644,6 +669,7 @@ impl Cluster {
             if Instant::now() + NO_LEADER_PAUSE >= deadline {
                 return Err(no_connection(&format!("for {}/{}", k.0, k.1), last));
             }
+            self.warn_unreachable(last.as_ref(), deadline);
             glommio::timer::sleep(NO_LEADER_PAUSE).await;
         }
     }
