@@ -18,6 +18,7 @@ pub mod state;
 
 use crate::membership::MemberState;
 use crate::raft::error::Error as RaftError;
+use crate::raft::logger::GroupName;
 use crate::raft::replica::{group_id, ClusterHooks, ControlMsg, Hooks, CONTROLLER_TOPIC};
 use crate::raft::transport::{PeerAddr, Peers};
 use engine::seam::{self, PartitionId};
@@ -847,14 +848,15 @@ impl ClusterNode {
                 match r {
                     Ok(relay::Membership::NotCounted { applied: there }) => {
                         log::info!(
-                            "group {group}: node {n}'s replica, through index {there}, no \
-                             longer counts this node"
+                            "{}: node {n}'s replica, through index {there}, no \
+                             longer counts this node",
+                            GroupName(group)
                         );
                         return Ok(Some(false));
                     }
                     Ok(relay::Membership::Counted { .. }) => counted = Some(true),
                     Ok(relay::Membership::Unknown { .. }) => {}
-                    Err(e) => log::debug!("group {group}: asking node {n} about it: {e}"),
+                    Err(e) => log::debug!("{}: asking node {n} about it: {e}", GroupName(group)),
                 }
             }
             Ok(counted)

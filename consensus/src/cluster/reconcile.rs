@@ -27,6 +27,7 @@ use super::ClusterNode;
 use crate::membership::{MemberList, MemberState};
 use crate::raft::board::GroupView;
 use crate::raft::group::Stopped;
+use crate::raft::logger::GroupName;
 use engine::seam::PartitionId;
 use event_listener::Listener as _;
 use proto::log::v1::DEFAULT_TOPIC as DEFAULT_TOPIC_NAME;
@@ -763,15 +764,18 @@ fn act(node: &ClusterNode, group: u64, v: &GroupView, step: Option<Step>) {
     match step {
         None => {}
         Some(Step::Transfer(to)) => {
-            log::info!("group {group}: leadership handed to node {to}");
+            log::info!("{}: leadership handed to node {to}", GroupName(group));
             node.transfer_leader(group, v.shard, to);
         }
         Some(Step::Change(cc, why)) => {
             match futures_lite::future::block_on(node.conf_change(group, v.shard, cc)) {
                 Ok(index) => {
-                    log::info!("group {group}: {why} (configuration change at index {index})")
+                    log::info!(
+                        "{}: {why} (configuration change at index {index})",
+                        GroupName(group)
+                    )
                 }
-                Err(e) => log::info!("group {group}: {why}: not now ({e})"),
+                Err(e) => log::info!("{}: {why}: not now ({e})", GroupName(group)),
             }
         }
     }

@@ -4,6 +4,7 @@
 //! the shards.
 
 use super::group::{ProposalMetrics, SetStats, Stopped};
+use super::logger::GroupName;
 use raft::StateRole;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,7 +101,8 @@ impl Board {
             if view.leader != leader_before && view.leader != 0 {
                 self.leader_changes.fetch_add(1, Ordering::Relaxed);
                 log::info!(
-                    "group {group}: leader is node {} (term {}, this node {:?})",
+                    "{}: leader is node {} (term {}, this node {:?})",
+                    GroupName(group),
                     view.leader,
                     view.term,
                     view.role

@@ -25,7 +25,7 @@
 
 use super::entry;
 use super::error::{Error, Result};
-use super::logger;
+use super::logger::{self, GroupName};
 use super::storage::{FetchJob, FreshCrcs, RaftLog, SnapshotData, FRESH_CRCS_MAX};
 use super::store::LogStore;
 use super::wire;
@@ -495,7 +495,7 @@ impl<S: LogStore> GroupSet<S> {
             // Files deleted under a log that keeps its directory and mark: found here, it
             // is marked lost like a missing directory, before the group could vote.
             if let Some(why) = super::storage::found_short(id, &*store)? {
-                log::error!("group {id}: {why}");
+                log::error!("{}: {why}", GroupName(id));
                 store.mark_lost(&why).map_err(storage)?;
                 lost = Some(why);
             }
@@ -987,7 +987,8 @@ impl<S: LogStore> GroupSet<S> {
                 // raft-rs would panic on it (or take a local message from the network).
                 self.stats.peer_messages_refused += 1;
                 log::warn!(
-                    "group {group}: refused a message from node {}: {why}",
+                    "{}: refused a message from node {}: {why}",
+                    GroupName(group),
                     m.from
                 );
                 continue;
@@ -1018,7 +1019,7 @@ impl<S: LogStore> GroupSet<S> {
                     // Kept across restarts: reopened, the log would look like a replica
                     // that can vote until the next heartbeat.
                     if let Err(m) = g.log.store().mark_lost(&e.to_string()) {
-                        log::error!("group {}: marking its log lost: {m}", g.id);
+                        log::error!("{}: marking its log lost: {m}", GroupName(g.id));
                     }
                     g.fail(e);
                 }
@@ -1065,7 +1066,8 @@ impl<S: LogStore> GroupSet<S> {
         }
         for (group, to, index) in expired {
             log::warn!(
-                "group {group}: no news of the snapshot sent to node {to}; probing it again"
+                "{}: no news of the snapshot sent to node {to}; probing it again",
+                GroupName(group)
             );
             self.stats.snapshot_reports_timed_out += 1;
             self.snapshot_report(group, to, index, SnapshotProgress::Failed);
@@ -1088,8 +1090,9 @@ impl<S: LogStore> GroupSet<S> {
             let newer_started = a.ticks_left.is_none();
             if a.index != index && (newer_started || progress == SnapshotProgress::Started) {
                 log::info!(
-                    "group {group}: a report on the snapshot at {index} for node {to} came \
+                    "{}: a report on the snapshot at {index} for node {to} came \
                      while the one at {} is awaited; dropped",
+                    GroupName(group),
                     a.index
                 );
                 self.stats.snapshot_reports_stale += 1;
@@ -1139,8 +1142,8 @@ impl<S: LogStore> GroupSet<S> {
             Ok(s) => s,
             Err(why) => {
                 log::warn!(
-                    "group {}: snapshot at {} from node {} not downloaded: {why}",
-                    job.group,
+                    "{}: snapshot at {} from node {} not downloaded: {why}",
+                    GroupName(job.group),
                     job.index,
                     job.from
                 );
@@ -1260,7 +1263,7 @@ impl<S: LogStore> GroupSet<S> {
                         self.snapshot_jobs.push(job);
                     }
                     Err(e) => {
-                        log::warn!("group {id}: snapshot dropped: {e}");
+                        log::warn!("{}: snapshot dropped: {e}", GroupName(id));
                         self.stats.snapshot_fetch_failures += 1;
                     }
                 }
@@ -1274,7 +1277,11 @@ impl<S: LogStore> GroupSet<S> {
                     }
                 }
                 Err(e) => {
-                    log::warn!("group {id}: snapshot from node {} dropped: {e}", m.from);
+                    log::warn!(
+                        "{}: snapshot from node {} dropped: {e}",
+                        GroupName(id),
+                        m.from
+                    );
                     self.stats.snapshot_fetch_failures += 1;
                 }
             }
@@ -1927,9 +1934,9 @@ impl<S: LogStore> Group<S> {
     fn fail(&mut self, e: Error) {
         let disk_full = e.is_disk_full();
         if disk_full {
-            log::warn!("Raft group {} stopped until space returns: {e}", self.id);
+            log::warn!("{} stopped until space returns: {e}", GroupName(self.id));
         } else {
-            log::error!("Raft group {} stopped: {e}", self.id);
+            log::error!("{} stopped: {e}", GroupName(self.id));
         }
         let only_voter = self.only_voter();
         for p in self.proposals.drain(..) {

@@ -29,6 +29,7 @@ use super::forward::add;
 use super::group::{
     GroupConfig, GroupSet, GroupStatus, InstallReport, Outcome, Persisting, SnapshotJob, StateEvent,
 };
+use super::logger::{name_group, GroupName};
 use super::snapshot_transfer::{self, FilesRequest, ProgressReport};
 use super::transport::{Links, Peers};
 use engine::batch::now_ms;
@@ -575,7 +576,10 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
         // while it cannot would stop again at its next term change, over and over. The
         // metadata written back as it is (one small replacement per check while full).
         if let Err(e) = rewrite_meta(&log) {
-            log::debug!("Raft group {group} stays stopped: its metadata takes no write: {e}");
+            log::debug!(
+                "{} stays stopped: its metadata takes no write: {e}",
+                GroupName(group)
+            );
             continue;
         }
         // The controller's state machine is rebuilt from the log as at a start: a group
@@ -588,14 +592,18 @@ async fn reopen_recovered(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop)
                     .board
                     .reopened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::info!("Raft group {group} opened again: its log takes writes again");
+                log::info!(
+                    "{} opened again: its log takes writes again",
+                    GroupName(group)
+                );
                 campaign_if_alone(inner, set, group);
             }
             Err(e) => {
                 lp.reopen_after.insert(group, Instant::now() + REOPEN_RETRY);
                 log::error!(
-                    "Raft group {group} could not be opened again (it stays stopped; tried \
+                    "{} could not be opened again (it stays stopped; tried \
                      again in {} s): {e}",
+                    GroupName(group),
                     REOPEN_RETRY.as_secs()
                 )
             }
@@ -621,7 +629,7 @@ fn campaign_if_alone(inner: &Inner, set: &mut GroupSet<Log>, group: u64) {
     });
     if alone {
         if let Err(e) = set.campaign(group) {
-            log::warn!("group {group}: campaign failed: {e}");
+            log::warn!("{}: campaign failed: {e}", GroupName(group));
         }
     }
 }
@@ -798,7 +806,8 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             let r = set.compact_for_retention(group, to, hard_to).await;
             if let Ok(Some(i)) = r {
                 log::info!(
-                    "Raft group {group}: retention compacted node {}'s log to index {i}",
+                    "{}: retention compacted node {}'s log to index {i}",
+                    GroupName(group),
                     set.node_id()
                 );
             }
@@ -818,7 +827,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         ),
         Cmd::Control(ControlMsg::TransferLeader { group, to }) => {
             if let Err(e) = set.transfer_leader(group, to) {
-                log::info!("group {group}: leadership not transferred to node {to}: {e}");
+                log::info!(
+                    "{}: leadership not transferred to node {to}: {e}",
+                    GroupName(group)
+                );
             }
         }
         Cmd::Control(ControlMsg::ForwardCommand { command }) => {
@@ -1036,6 +1048,7 @@ impl Replicator for ShardRaft {
     ) -> LocalBoxFuture<'a, engine::Result<()>> {
         Box::pin(async move {
             let group = group_id(id);
+            name_group(group, id);
             if log.read_meta(super::engine_store::RAFT_META)?.is_none()
                 && log.next_index() > log.first_index()
             {

@@ -30,6 +30,7 @@
 //! layouts: `docs/format.md`, "Snapshot transfer".
 
 use super::group::{SnapshotJob, SnapshotProgress};
+use super::logger::GroupName;
 use super::storage::SnapshotData;
 use super::transport::{Peers, RaftPeerHandler};
 use engine::log::{SnapshotFile, Staging};
@@ -420,8 +421,8 @@ pub async fn serve(h: &RaftPeerHandler, mut conn: PeerConn, len: usize) {
         Ok(()) => {
             add(stats, &stats.sent);
             log::info!(
-                "group {}: snapshot at {} installed by node {}",
-                req.group,
+                "{}: snapshot at {} installed by node {}",
+                GroupName(req.group),
                 req.index,
                 req.from
             );
@@ -433,8 +434,8 @@ pub async fn serve(h: &RaftPeerHandler, mut conn: PeerConn, len: usize) {
             }
             add(stats, &stats.send_failures);
             log::warn!(
-                "group {}: snapshot at {} to node {} failed: {why}",
-                req.group,
+                "{}: snapshot at {} to node {} failed: {why}",
+                GroupName(req.group),
                 req.index,
                 req.from
             );
@@ -484,9 +485,9 @@ where
             Ok(()) => {
                 if refused > 0 {
                     log::info!(
-                        "group {}: the snapshot report for node {} reached shard {shard} after \
+                        "{}: the snapshot report for node {} reached shard {shard} after \
                          {refused} refusals",
-                        r.group,
+                        GroupName(r.group),
                         r.to
                     );
                 }
@@ -495,9 +496,9 @@ where
             Err(engine::Error::Overloaded { .. }) if r.progress != SnapshotProgress::Started => {
                 if refused == 0 {
                     log::warn!(
-                        "group {}: shard {shard} is full; offering the snapshot report for \
+                        "{}: shard {shard} is full; offering the snapshot report for \
                          node {} ({:?}) again until it is taken",
-                        r.group,
+                        GroupName(r.group),
                         r.to,
                         r.progress
                     );
@@ -508,9 +509,9 @@ where
             }
             Err(e) => {
                 log::warn!(
-                    "group {}: the snapshot report for node {} ({:?}) could not reach shard \
+                    "{}: the snapshot report for node {} ({:?}) could not reach shard \
                      {shard}: {e}",
-                    r.group,
+                    GroupName(r.group),
                     r.to,
                     r.progress
                 );
@@ -660,8 +661,8 @@ pub async fn download(
         Ok(_) => {
             add(stats, &stats.received);
             log::info!(
-                "group {}: snapshot at {} downloaded from node {} and verified",
-                job.group,
+                "{}: snapshot at {} downloaded from node {} and verified",
+                GroupName(job.group),
                 job.index,
                 job.from
             );
@@ -672,8 +673,8 @@ pub async fn download(
             }
             add(stats, &stats.receive_failures);
             log::warn!(
-                "group {}: snapshot at {} from node {} failed: {why}",
-                job.group,
+                "{}: snapshot at {} from node {} failed: {why}",
+                GroupName(job.group),
                 job.index,
                 job.from
             );
@@ -772,8 +773,8 @@ async fn download_inner(
                 Err((true, why)) => return Err((true, why)),
                 Err((false, why)) => {
                     log::info!(
-                        "group {}: snapshot transfer from node {} interrupted ({why}); resuming",
-                        job.group,
+                        "{}: snapshot transfer from node {} interrupted ({why}); resuming",
+                        GroupName(job.group),
                         job.from
                     );
                     continue 'connect;

@@ -277,7 +277,7 @@ impl Server {
         drop(listener);
         // Connections received the same signal: wait for them to drain.
         let _ = gate.close().await;
-        log::info!("gRPC server on {} stopped", crate::show_peer(&local));
+        log::debug!("gRPC server on {} stopped", crate::show_peer(&local));
         result
     }
 
