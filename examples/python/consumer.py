@@ -6,7 +6,9 @@
     python consumer.py --addr 127.0.0.1:8400 --offset 42 --follow --topic orders
 
 Without --follow it reads with unary Consume calls, each with a deadline, until the server
-answers OUT_OF_RANGE: that is how a client finds the end of a log. With --follow it opens one
+answers OUT_OF_RANGE: that is how a client finds the end of a log. When there is nothing at
+--offset at all (an empty log, or an offset past its end), it says so and exits 1, as
+`proglog consume` does. With --follow it opens one
 ConsumeStream, which sends what is stored and then each new record as it becomes readable,
 costing the server nothing while idle. Ctrl-C (SIGINT) or SIGTERM cancels the stream and the
 consumer exits 0; the server counts that call as CANCELLED.
@@ -34,16 +36,19 @@ def show(record: log_pb2.Record, out) -> None:
 
 def read_to_end(stub: log_pb2_grpc.LogStub, topic: str, partition: int, offset: int,
                 timeout_s: float, out=sys.stdout) -> int:
-    """Unary Consume from `offset` until OUT_OF_RANGE; returns the next offset to read."""
+    """Unary Consume from `offset` until OUT_OF_RANGE; returns the next offset to read.
+    Nothing at `offset` itself is the caller's error: OUT_OF_RANGE is raised."""
+    first = True
     while True:
         try:
             resp = stub.Consume(
                 log_pb2.ConsumeRequest(offset=offset, topic=topic, partition=partition),
                 timeout=timeout_s)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+            if e.code() == grpc.StatusCode.OUT_OF_RANGE and not first:
                 return offset
             raise
+        first = False
         show(resp.record, out)
         offset = resp.record.offset + 1
 
@@ -88,6 +93,9 @@ def main() -> int:
                 read_to_end(stub, args.topic, args.partition, args.offset, args.timeout)
         except grpc.RpcError as e:
             print(f"consumer: {e.code().name}: {e.details()}", file=sys.stderr)
+            if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                print(f"consumer: no record at offset {args.offset}: the log is empty or ends "
+                      "before it (--follow waits for it)", file=sys.stderr)
             return 1
     return 0
 

@@ -50,6 +50,13 @@ def test_produce_then_consume_to_the_end(fresh_server):
     assert c.returncode == 0, c.stderr
     assert lines(c.stdout) == [(298, "record 298"), (299, "record 299")]
 
+    # Nothing at the offset asked for: said, and a failure, as `proglog consume` does.
+    for past in ("300", "5000"):
+        c = run("consumer.py", *addr, "--offset", past)
+        assert c.returncode == 1 and c.stdout == "", c
+        assert f"OUT_OF_RANGE: offset out of range: {past}" in c.stderr, c.stderr
+        assert f"no record at offset {past}: the log is empty or ends before it" in c.stderr
+
 
 def test_follow_sees_new_records_and_stops_on_sigint(fresh_server):
     addr = ["--addr", fresh_server.address]
