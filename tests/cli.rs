@@ -77,6 +77,44 @@ fn consume_follow_prints_later_records() {
     );
 }
 
+/// A tail that waited longer than its retry budget (10 s) without a record, then lost its
+/// server, opens again when the server returns: the budget counts from the break, not from
+/// the last record (it gave up at once).
+#[test]
+fn an_idle_tail_whose_server_restarts_goes_on() {
+    let mut s = TestServer::start();
+    s.cli(&["produce", "first"], None);
+    let follower = Command::new(BIN)
+        .args([
+            "consume",
+            "--follow",
+            "--count",
+            "2",
+            "--addr",
+            &s.addr.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(11));
+    s.kill();
+    s.spawn();
+    assert!(s.wait_serving(Duration::from_secs(20)), "{}", s.log());
+    let (ok, _, err) = s.cli(&["produce", "second"], None);
+    assert!(ok, "{err}");
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\tfirst\n1\tsecond\n"
+    );
+}
+
 #[test]
 fn topics_servers_and_health() {
     let s = TestServer::start();

@@ -30,6 +30,11 @@ pub enum ReadFromArg {
 /// receiving anything: about an election.
 const TAIL_RETRY: Duration = Duration::from_secs(10);
 
+/// A tail's stream that stayed open this long before it broke was healthy: the break starts
+/// a fresh [`TAIL_RETRY`] (an idle tail is the normal case, and its budget must not be
+/// spent while it waited). One that breaks sooner, without a record, spends the budget on.
+const TAIL_HEALTHY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
     #[command(flatten)]
@@ -164,12 +169,14 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Then everything appended later, as it arrives; no deadline. A broken stream is
-    // opened again (on another node if need be) from the next offset.
-    let mut since_progress = Instant::now();
+    // opened again (on another node if need be) from the next offset, for up to TAIL_RETRY
+    // from when it broke.
+    let mut failing_since = Instant::now();
     loop {
         let (addr, ch) = cluster
-            .reader(&a.topic, a.partition, since_progress + TAIL_RETRY)
+            .reader(&a.topic, a.partition, failing_since + TAIL_RETRY)
             .await?;
+        let opened_at = Instant::now();
         let opened = ch
             .server_streaming(
                 paths::CONSUME_BATCH_STREAM,
@@ -182,7 +189,7 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             Ok(mut stream) => loop {
                 match stream.message_as::<ConsumeBatchResponse>().await {
                     Ok(Some(resp)) => {
-                        since_progress = Instant::now();
+                        failing_since = Instant::now();
                         for r in &resp.records {
                             if done(r.offset) {
                                 return Ok(ExitCode::SUCCESS);
@@ -201,8 +208,10 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             },
         };
         cluster.report(&a.topic, a.partition, &addr, &st);
-        if st.code != Code::Unavailable || since_progress.elapsed() + NO_LEADER_PAUSE >= TAIL_RETRY
-        {
+        if opened_at.elapsed() >= TAIL_HEALTHY {
+            failing_since = Instant::now();
+        }
+        if st.code != Code::Unavailable || failing_since.elapsed() + NO_LEADER_PAUSE >= TAIL_RETRY {
             return Err(st.into());
         }
         glommio::timer::sleep(NO_LEADER_PAUSE).await;

@@ -136,6 +136,11 @@ fn signal_name(sig: i32) -> &'static str {
 /// also fails on the TIME_WAIT sockets our own previous run left behind, which the
 /// SO_REUSEPORT listeners do not mind.) A listener without SO_REUSEPORT makes the shards'
 /// bind fail anyway.
+///
+/// A listener can outlive its process by a moment: after a kill -9, the kernel tears down a
+/// process's io_uring rings in the background, and an accept still queued on one holds the
+/// listening socket open (and accepting) until then. A restart right after a crash must not
+/// take that for another server, so the address gets [`PORT_RELEASE_WAIT`] to go quiet.
 fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
     let probe = if addr.ip().is_unspecified() {
         let lo: std::net::IpAddr = if addr.is_ipv4() {
@@ -147,13 +152,21 @@ fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
     } else {
         addr
     };
-    match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
-        Ok(_) => bail!(
-            "gRPC address {addr} is not available: a process already listens on it (another proglog?)"
-        ),
-        Err(_) => Ok(()),
+    let until = Instant::now() + PORT_RELEASE_WAIT;
+    while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok() {
+        if Instant::now() >= until {
+            bail!(
+                "gRPC address {addr} is not available: a process already listens on it \
+                 (another proglog?)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
+
+/// How long [`check_port_free`] lets a listener left by a process that just died go away.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
 
 /// Test hook: holds the server in its recovering phase this long, so that black-box tests
 /// can watch `/readyz` and gRPC health before the node is ready. Never set in production.

@@ -120,7 +120,7 @@ impl TestServer {
         panic!("server did not become SERVING; its log:\n{last_log}");
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         // Appended, so that the log of a run survives the restart after it.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -199,7 +199,7 @@ impl TestServer {
         }
     }
 
-    fn wait_serving(&mut self, within: Duration) -> bool {
+    pub fn wait_serving(&mut self, within: Duration) -> bool {
         let until = Instant::now() + within;
         while Instant::now() < until {
             if self.exited() {
