@@ -181,6 +181,21 @@ fn cli_reports_an_unreachable_server() {
     );
 }
 
+/// An address that is not HOST:PORT is refused before anything is tried.
+#[test]
+fn cli_refuses_an_address_without_a_port() {
+    let out = Command::new(BIN)
+        .args(["health", "--addr", "127.0.0.9"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("INVALID_ARGUMENT: server address \"127.0.0.9\" is not HOST:PORT"),
+        "{err}"
+    );
+}
+
 /// Standard output that cannot be written is the command's error, never a panic: a full
 /// disk under a redirect (here /dev/full) fails the command with a message, and a reader
 /// that went away (`| head -1`) ends it quietly and successfully.

@@ -169,6 +169,14 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
             })
     });
     create_topic(&c, "orders", 1, 3);
+    // The CLI's admin writes through a node that does not lead the controller: it follows
+    // the leader that node names.
+    let ctl = controller_leader(&c);
+    let other = c.nodes[(ctl + 1) % 3].rpc;
+    let (ok, out, err) = common::run_cli(other, &["topics", "create", "notes"], None);
+    assert!(ok && out.contains("notes"), "{out}{err}");
+    let (ok, out, err) = common::run_cli(other, &["topics", "delete", "notes"], None);
+    assert!(ok && out.contains("deleted notes"), "{out}{err}");
     let mut leader = None;
     wait("orders/0 led with three voters", || {
         leader = leader_of(&c, "orders", 0, 3);
@@ -419,8 +427,10 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
         .copied()
         .find(|&i| i != ctl)
         .unwrap_or(survivors[0]);
+    // Through the node being removed, which does not lead the controller: it names the
+    // leader, and the CLI follows.
     let (ok, out, err) = common::run_cli(
-        c.nodes[ctl].rpc,
+        c.nodes[gone].rpc,
         &["cluster", "remove", &ids[gone].to_string()],
         None,
     );

@@ -119,12 +119,15 @@ fn health(ch: &BlockingChannel) -> Result<HealthCheckResponse, Status> {
 
 /// A connection or its first call fails: with TLS 1.3 a client learns that the server
 /// refused its certificate only when it reads after the handshake.
+/// A client whose certificate the server refuses: the server's alert arrives on the first
+/// call (TLS 1.3 ends the client's side of the handshake first), UNAUTHENTICATED with what
+/// to do.
 fn refused(s: &TestServer, cfg: ClientConfig) -> String {
     match connect(s, cfg) {
         Err(e) => e.to_string(),
         Ok(ch) => match health(&ch) {
             Err(st) => {
-                assert_eq!(st.code, Code::Unavailable, "{st:?}");
+                assert_eq!(st.code, Code::Unauthenticated, "{st:?}");
                 st.to_string()
             }
             Ok(r) => panic!("connection was accepted: {r:?}"),
@@ -283,7 +286,10 @@ fn rejected_connections_leave_the_server_unharmed() {
 
     // The client is told why: the server's alert, not a broken pipe.
     let e = refused(&s, client(certs, None));
-    assert!(e.contains("CertificateRequired"), "{e}");
+    assert!(
+        e.contains("the server requires a client certificate: give --tls-cert-file"),
+        "{e}"
+    );
     wait_for_log(&s, "peer sent no certificates");
 
     let unknown = ClientTlsOptions {
@@ -292,16 +298,24 @@ fn rejected_connections_leave_the_server_unharmed() {
         key_file: Some(other.join("root-client-key.pem")),
         server_name: None,
     };
-    refused(
+    let e = refused(
         &s,
         ClientConfig {
             tls: unknown.load().unwrap(),
             ..ClientConfig::default()
         },
     );
+    assert!(
+        e.contains("the server refused this client's certificate"),
+        "{e}"
+    );
     wait_for_log(&s, "UnknownIssuer");
 
-    refused(&s, client(certs, Some("expired")));
+    let e = refused(&s, client(certs, Some("expired")));
+    assert!(
+        e.contains("the server refused this client's certificate"),
+        "{e}"
+    );
     wait_for_log(&s, "certificate expired");
 
     // A client that trusts another CA refuses the server itself.
@@ -309,6 +323,16 @@ fn rejected_connections_leave_the_server_unharmed() {
         .err()
         .expect("refused");
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    // The CLI says so at once: a refused handshake is not retried until --timeout as a
+    // refused connection is (no "trying again" warning), and the error names the cause.
+    let other_ca = other.join("ca.pem");
+    let (ok, _, err) = run_cli(
+        s.addr,
+        &["health", "--tls-ca-file", &other_ca.to_string_lossy()],
+        None,
+    );
+    assert!(!ok && err.contains("invalid peer certificate"), "{err}");
+    assert!(!err.contains("trying again"), "{err}");
     // A server name the certificate does not carry.
     let e = connect(&s, client_named(certs, Some("root"), Some("wrong.example")))
         .err()

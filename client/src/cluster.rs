@@ -138,6 +138,23 @@ impl Drop for RefreshGuard<'_> {
     }
 }
 
+/// Why a connection could not be made, and whether trying again would only repeat it (a
+/// refused TLS handshake: the certificates and settings stay what they are), where a
+/// refused or dropped connection may be a server starting or restarting.
+struct Failure {
+    status: Status,
+    permanent: bool,
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Failure {
+        Failure {
+            status,
+            permanent: false,
+        }
+    }
+}
+
 fn no_connection(what: &str, last: Option<Status>) -> Status {
     match last {
         Some(e) => Status::unavailable(format!("no connection available {what}: {}", e.message)),
@@ -147,6 +164,18 @@ fn no_connection(what: &str, last: Option<Status>) -> Status {
 
 fn call_options(deadline: Instant) -> CallOptions {
     CallOptions::timeout(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// `HOST:PORT` with a port number and a host (an IPv6 address in brackets).
+fn is_host_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+        }
+        None => false,
+    }
 }
 
 fn host_of(addr: &str) -> &str {
@@ -167,6 +196,12 @@ impl Cluster {
             .collect();
         if seeds.is_empty() {
             return Err(Status::invalid_argument("no server address given"));
+        }
+        if let Some(bad) = seeds.iter().find(|s| !is_host_port(s)) {
+            return Err(Status::invalid_argument(format!(
+                "server address {bad:?} is not HOST:PORT (e.g. 127.0.0.1:8400, [::1]:8400, \
+                 node-0.example:8400)"
+            )));
         }
         Ok(Cluster {
             inner: Rc::new(Inner {
@@ -202,6 +237,11 @@ impl Cluster {
 
     /// A connection to `addr`, made within the deadline if there is none open.
     pub async fn channel(&self, addr: &str, deadline: Instant) -> Result<Channel, Status> {
+        self.connect_to(addr, deadline).await.map_err(|f| f.status)
+    }
+
+    /// [`channel`](Self::channel), saying whether a failure would recur at once.
+    async fn connect_to(&self, addr: &str, deadline: Instant) -> Result<Channel, Failure> {
         {
             let mut st = self.inner.state.borrow_mut();
             match st.conns.get(addr) {
@@ -215,25 +255,28 @@ impl Cluster {
         if Instant::now() >= deadline {
             return Err(Status::deadline_exceeded(format!(
                 "deadline passed before connecting to {addr}"
-            )));
+            ))
+            .into());
         }
         // A host name may resolve to several addresses (localhost: ::1 and 127.0.0.1): the
         // first that accepts wins.
         let socks: Vec<SocketAddr> = addr
             .to_socket_addrs()
-            .map_err(|e| Status::unavailable(format!("resolving {addr}: {e}")))?
+            .map_err(|e| Failure::from(Status::unavailable(format!("resolving {addr}: {e}"))))?
             .collect();
         let host = host_of(addr);
         let mut config = self.inner.options.config.clone();
         if self.inner.options.server_name_from_host && host.parse::<IpAddr>().is_err() {
             if let Some(tls) = config.tls.take() {
-                config.tls =
-                    Some(tls.with_server_name(host).map_err(|e| {
-                        Status::invalid_argument(format!("server name {host:?}: {e}"))
-                    })?);
+                config.tls = Some(tls.with_server_name(host).map_err(|e| Failure {
+                    status: Status::invalid_argument(format!("server name {host:?}: {e}")),
+                    permanent: true,
+                })?);
             }
         }
-        let mut last = Status::unavailable(format!("{addr} resolves to no address"));
+        let mut last = Failure::from(Status::unavailable(format!(
+            "{addr} resolves to no address"
+        )));
         let mut connected = None;
         for sock in socks {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -250,9 +293,14 @@ impl Cluster {
                 // The transport's error names the socket; the address as given is added
                 // when it is not the same text (a host name, a resolved address).
                 Err(e @ net::Error::Connect { addr: a, .. }) if a.to_string() == addr => {
-                    last = Status::unavailable(e.to_string())
+                    last = Status::unavailable(e.to_string()).into()
                 }
-                Err(e) => last = Status::unavailable(format!("connecting to {addr}: {e}")),
+                Err(e) => {
+                    last = Failure {
+                        status: Status::unavailable(format!("connecting to {addr}: {e}")),
+                        permanent: e.is_tls_refusal(),
+                    }
+                }
             }
         }
         let ch = connected.ok_or(last)?;
@@ -588,6 +636,7 @@ impl Cluster {
             if let Some(found) = self
                 .first_connected(self.candidates(), deadline, &mut last)
                 .await
+                .map_err(|st| no_connection("to any server", Some(st)))?
             {
                 return Ok(found);
             }
@@ -615,23 +664,36 @@ impl Cluster {
     }
 
     /// The first of `order` that connects within `deadline`; the others are marked
-    /// unreachable on the way, and `last` keeps the latest failure.
+    /// unreachable on the way, and `last` keeps the latest failure. `Err` with that failure
+    /// when every address refused in a way that trying again would repeat (a refused TLS
+    /// handshake).
     async fn first_connected(
         &self,
         order: Vec<String>,
         deadline: Instant,
         last: &mut Option<Status>,
-    ) -> Option<(String, Channel)> {
+    ) -> Result<Option<(String, Channel)>, Status> {
+        let mut hopeless = None;
         for addr in order {
-            match self.channel(&addr, deadline).await {
-                Ok(ch) => return Some((addr, ch)),
-                Err(e) => {
+            match self.connect_to(&addr, deadline).await {
+                Ok(ch) => return Ok(Some((addr, ch))),
+                Err(f) => {
                     self.unreachable(&addr);
-                    *last = Some(e);
+                    hopeless = match hopeless {
+                        None | Some(true) => Some(f.permanent),
+                        Some(false) => Some(false),
+                    };
+                    *last = Some(f.status);
                 }
             }
         }
-        None
+        match (hopeless, last.take()) {
+            (Some(true), Some(st)) => Err(st),
+            (_, l) => {
+                *last = l;
+                Ok(None)
+            }
+        }
     }
 
     async fn pick(
@@ -663,7 +725,11 @@ impl Cluster {
                     order.push(a);
                 }
             }
-            if let Some(found) = self.first_connected(order, deadline, &mut last).await {
+            if let Some(found) = self
+                .first_connected(order, deadline, &mut last)
+                .await
+                .map_err(|st| no_connection(&format!("for {}/{}", k.0, k.1), Some(st)))?
+            {
                 return Ok(found);
             }
             if Instant::now() + NO_LEADER_PAUSE >= deadline {

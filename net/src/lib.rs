@@ -130,6 +130,28 @@ pub fn show_peer(peer: &Option<SocketAddr>) -> String {
 }
 
 impl Error {
+    /// A TLS handshake refused over a certificate or a setting: the server's certificate
+    /// failed our checks, or the server sent an alert (ours refused, no common version or
+    /// cipher). Connecting again gets the same answer, unlike a refused or dropped
+    /// connection.
+    pub fn is_tls_refusal(&self) -> bool {
+        let Error::TlsHandshake { source, .. } = self else {
+            return false;
+        };
+        source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::AlertReceived(_)
+                        | rustls::Error::NoCertificatesPresented
+                        | rustls::Error::PeerIncompatible(_)
+                )
+            })
+    }
+
     /// What tells this failure's log lines from others', to rate-limit them per kind: the
     /// kind, and for a refused TLS handshake its reason (digits left out, so that an expired
     /// certificate's timestamps do not make every line a kind of its own).

@@ -227,9 +227,46 @@ impl Status {
             };
             return Status::new(code, format!("h2: {err}"));
         }
+        if let Some(st) = err.get_io().and_then(client_certificate_refused) {
+            return st;
+        }
         // I/O failures and the like: the connection is gone.
         Status::unavailable(format!("connection error: {err}"))
     }
+}
+
+/// A server that refuses the client's certificate does so after the client's side of a TLS
+/// 1.3 handshake is done, so the refusal (an alert) arrives on the connection's first read:
+/// UNAUTHENTICATED, saying what to give, rather than a bare alert name. h2 keeps an I/O
+/// error's kind and text only (it hands a copy to every stream), so the alert is read from
+/// rustls's text for it, `received fatal alert: <name>` (pinned by a unit test).
+fn client_certificate_refused(io: &std::io::Error) -> Option<Status> {
+    use rustls::AlertDescription as A;
+    let text = io.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    let refusals = [
+        A::BadCertificate,
+        A::UnknownCA,
+        A::DecryptError,
+        A::CertificateUnknown,
+        A::CertificateExpired,
+        A::CertificateRevoked,
+        A::UnsupportedCertificate,
+        A::AccessDenied,
+    ];
+    let message = if name == format!("{:?}", A::CertificateRequired) {
+        "the server requires a client certificate: give --tls-cert-file and --tls-key-file \
+         (mutual TLS)"
+            .to_owned()
+    } else if refusals.iter().any(|a| name == format!("{a:?}")) {
+        format!(
+            "the server refused this client's certificate (TLS alert {name}): it must be \
+             signed by a CA the server trusts (its --server-tls-ca-file) and valid now"
+        )
+    } else {
+        return None;
+    };
+    Some(Status::unauthenticated(message))
 }
 
 impl From<h2::Error> for Status {
@@ -292,6 +329,27 @@ pub fn percent_decode(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_client_certificate_is_unauthenticated_with_what_to_do() {
+        // rustls's own text for an alert, as it reaches us through h2.
+        let io = |alert| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(alert).to_string(),
+            )
+        };
+        let st = client_certificate_refused(&io(rustls::AlertDescription::CertificateRequired))
+            .expect("refusal");
+        assert_eq!(st.code, Code::Unauthenticated);
+        assert!(st.message.contains("--tls-cert-file"), "{}", st.message);
+        let st =
+            client_certificate_refused(&io(rustls::AlertDescription::UnknownCA)).expect("refusal");
+        assert_eq!(st.code, Code::Unauthenticated);
+        assert!(st.message.contains("TLS alert UnknownCA"), "{}", st.message);
+        assert!(client_certificate_refused(&io(rustls::AlertDescription::CloseNotify)).is_none());
+        assert!(client_certificate_refused(&std::io::Error::other("broken pipe")).is_none());
+    }
 
     #[test]
     fn percent_roundtrip() {

@@ -68,7 +68,6 @@ fn wire_durability(d: Option<Durability>) -> (pb::Durability, u64) {
 pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TopicsCommand::Create(a) => {
-            let ch = a.conn.connect().await?;
             let (durability, flush_interval_ms) = wire_durability(a.durability);
             let req = pb::CreateTopicRequest {
                 name: a.name.clone(),
@@ -82,9 +81,8 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                     replication_factor: a.replication_factor.unwrap_or(0),
                 }),
             };
-            let resp: pb::CreateTopicResponse = ch
-                .unary_prost(paths::CREATE_TOPIC, &req, a.conn.opts())
-                .await?;
+            let resp: pb::CreateTopicResponse =
+                a.conn.controller_call(paths::CREATE_TOPIC, &req).await?;
             match resp.topic {
                 Some(t) => print_topic(a.conn.json, &t)?,
                 None => crate::out::outln!("created {}", a.name)?,
@@ -117,12 +115,10 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TopicsCommand::Delete { conn, name } => {
-            let ch = conn.connect().await?;
-            let _: pb::DeleteTopicResponse = ch
-                .unary_prost(
+            let _: pb::DeleteTopicResponse = conn
+                .controller_call(
                     paths::DELETE_TOPIC,
                     &pb::DeleteTopicRequest { name: name.clone() },
-                    conn.opts(),
                 )
                 .await?;
             if conn.json {

@@ -40,9 +40,8 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Members { conn } => members(conn).await,
         ClusterCommand::Describe { conn } => describe(conn).await,
         ClusterCommand::Remove { node, conn } => {
-            let ch = conn.connect().await?;
-            let resp: RemoveNodeResponse = ch
-                .unary_prost(paths::REMOVE_NODE, &RemoveNodeRequest { node }, conn.opts())
+            let resp: RemoveNodeResponse = conn
+                .controller_call(paths::REMOVE_NODE, &RemoveNodeRequest { node })
                 .await?;
             crate::out::outln!("removed node {}", resp.id)?;
             Ok(ExitCode::SUCCESS)

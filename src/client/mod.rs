@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use net::client::{CallOptions, Channel, ClientConfig};
 use net::tls::ClientTlsOptions;
-use proglog_client::{Cluster, Options, ReadFrom};
+use proglog_client::errors::{self, ClusterError};
+use proglog_client::{Cluster, Options, ReadFrom, NO_LEADER_PAUSE};
 
 mod admin;
 mod cluster;
@@ -119,6 +120,55 @@ impl Conn {
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let (_, ch) = self.cluster(ReadFrom::Leader)?.any(self.deadline()).await?;
         Ok(ch)
+    }
+
+    /// An admin write, which the controller's leader carries out (create or delete a topic,
+    /// remove a node): sent to the first of `--addr` that answers, then to the leader that
+    /// node names (`NOT_LEADER`), or again after a pause while the controller has none
+    /// (`NO_LEADER`), until the deadline. Both answers mean the command was not proposed,
+    /// so sending it again cannot apply it twice; any other answer is final.
+    pub async fn controller_call<Q, R>(&self, path: &str, req: &Q) -> anyhow::Result<R>
+    where
+        Q: prost::Message,
+        R: prost::Message + Default,
+    {
+        let cluster = self.cluster(ReadFrom::Leader)?;
+        let deadline = self.deadline();
+        let (mut addr, mut ch) = cluster.any(deadline).await?;
+        let mut named_before = false;
+        loop {
+            let opts = match self.opts().timeout {
+                Some(_) => CallOptions::timeout(deadline.saturating_duration_since(Instant::now())),
+                None => CallOptions::default(),
+            };
+            let st = match ch.unary_prost::<Q, R>(path, req, opts).await {
+                Ok(resp) => return Ok(resp),
+                Err(st) => st,
+            };
+            let named = match errors::cluster_error(&st) {
+                Some(ClusterError::NotLeader {
+                    leader_addr: Some(l),
+                    ..
+                }) if !l.is_empty() && l != addr => Some(l),
+                Some(ClusterError::NotLeader { .. } | ClusterError::NoLeader) => None,
+                _ => return Err(st.into()),
+            };
+            if Instant::now() + NO_LEADER_PAUSE >= deadline {
+                return Err(st.into());
+            }
+            // A leader named twice in a row is moving: pause before following it again.
+            match named {
+                Some(l) if !named_before => {
+                    ch = cluster.channel(&l, deadline).await?;
+                    addr = l;
+                    named_before = true;
+                    continue;
+                }
+                _ => named_before = false,
+            }
+            glommio::timer::sleep(NO_LEADER_PAUSE).await;
+            (addr, ch) = cluster.any(deadline).await?;
+        }
     }
 }
 
