@@ -135,6 +135,24 @@ fn topics_servers_and_health() {
         out.contains("topic logs: 2 partition(s), durability interval:50"),
         "{out}"
     );
+    // A small segment caps the topic's record size rather than refusing the topic.
+    let (ok, out, err) = s.cli(
+        &["topics", "create", "small", "--segment-bytes", "64KiB"],
+        None,
+    );
+    assert!(ok && out.contains("segment-bytes 65536"), "{out}{err}");
+    let (ok, _, err) = s.cli(&["produce", "--topic", "small", &"x".repeat(70_000)], None);
+    assert!(
+        !ok && err.contains("exceeds the limit of 65472 bytes"),
+        "{err}"
+    );
+    let (ok, _, err) = s.cli(&["topics", "create", "tiny", "--segment-bytes", "10"], None);
+    assert!(
+        !ok && err.contains("segment size 10 bytes is outside 64 KiB to 2 GiB"),
+        "{err}"
+    );
+    let (ok, _, err) = s.cli(&["topics", "delete", "small"], None);
+    assert!(ok, "{err}");
     let (ok, out, _) = s.cli(&["topics", "list"], None);
     assert!(ok);
     assert_eq!(out, "default\nlogs\n");

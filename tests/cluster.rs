@@ -177,6 +177,19 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
     assert!(ok && out.contains("notes"), "{out}{err}");
     let (ok, out, err) = common::run_cli(other, &["topics", "delete", "notes"], None);
     assert!(ok && out.contains("deleted notes"), "{out}{err}");
+    // Every node lists a topic, also the two that hold no replica of it.
+    let (ok, out, err) = common::run_cli(
+        other,
+        &["topics", "create", "solo", "--replication-factor", "1"],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    for n in &c.nodes {
+        wait("every node lists the topic", || {
+            let (ok, out, _) = common::run_cli(n.rpc, &["topics", "list"], None);
+            ok && out.lines().any(|l| l == "solo")
+        });
+    }
     let mut leader = None;
     wait("orders/0 led with three voters", || {
         leader = leader_of(&c, "orders", 0, 3);

@@ -131,12 +131,25 @@ impl LogConfig {
         self
     }
 
+    /// Caps the batch and record sizes to what one segment holds (a batch never spans two),
+    /// for segments smaller than the default batch: a topic of 64 KiB segments takes
+    /// records of up to 64 KiB less a batch header, and refuses larger ones.
+    pub fn fit_to_segment(&mut self) {
+        let fits = usize::try_from(self.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(HEADER_LEN);
+        self.max_batch_bytes = self.max_batch_bytes.min(fits);
+        self.max_record_bytes = self.max_record_bytes.min(self.max_batch_bytes);
+    }
+
     /// Checks the settings against their bounds; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return Err(format!(
-                "segment_bytes {} outside [{MIN_SEGMENT_BYTES}, {MAX_SEGMENT_BYTES}]",
-                self.segment_bytes
+                "segment size {} bytes is outside {} KiB to {} GiB",
+                self.segment_bytes,
+                MIN_SEGMENT_BYTES >> 10,
+                MAX_SEGMENT_BYTES >> 30
             ));
         }
         if self.max_record_bytes == 0 || self.max_batch_bytes < self.max_record_bytes {
@@ -257,5 +270,26 @@ mod tests {
             assert!(c.max_batch_bytes >= (1 << 20) + 8);
             assert_eq!((c.retention_bytes, c.retention_ms), (0, 0));
         }
+    }
+
+    #[test]
+    fn a_small_segment_caps_the_batch_and_record_sizes() {
+        let mut c = LogConfig {
+            segment_bytes: MIN_SEGMENT_BYTES,
+            ..LogConfig::default()
+        };
+        assert!(
+            c.validate().is_err(),
+            "a default batch does not fit in 64 KiB"
+        );
+        c.fit_to_segment();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.max_batch_bytes, MIN_SEGMENT_BYTES as usize - HEADER_LEN);
+        assert_eq!(c.max_record_bytes, c.max_batch_bytes);
+        // A segment that holds the default batch changes nothing.
+        let mut d = LogConfig::default();
+        d.fit_to_segment();
+        assert_eq!(d.max_batch_bytes, LogConfig::default().max_batch_bytes);
+        assert_eq!(d.max_record_bytes, LogConfig::default().max_record_bytes);
     }
 }

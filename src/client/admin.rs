@@ -42,7 +42,8 @@ pub struct CreateArgs {
     /// always | interval:<ms> | never [default: the server's]
     #[arg(long, value_name = "POLICY")]
     pub durability: Option<Durability>,
-    /// [default: the server's]
+    /// Segment size, 64KiB to 2GiB; a record must fit in one segment, so a smaller one also
+    /// caps the topic's record size [default: the server's]
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<ByteSize>,
     /// Delete the oldest segments beyond this size [default: unlimited]

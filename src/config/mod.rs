@@ -160,7 +160,8 @@ settings! {
             check(|v| cpuset_allowed(v.as_ref(), &engine::cpus::allowed()));
         /// Default durability of new topics: always | interval:<ms> | never
         durability: Durability, "POLICY", default(Durability::Always);
-        /// Default segment size of new topics, e.g. 256MiB
+        /// Default segment size of new topics, e.g. 256MiB (64KiB to 2GiB; a record must fit in
+        /// one segment, so a smaller one also caps the record size)
         segment_bytes: ByteSize => u64, "BYTES",
             default(ByteSize(LogConfig::default().segment_bytes));
         /// Largest record value accepted
@@ -479,12 +480,10 @@ impl Settings {
             max_record_bytes: self.max_record_bytes,
             ..LogConfig::default()
         };
-        // A batch must hold at least one record of the largest size, and the write-behind
-        // buffer at least one batch; a small segment caps the batch instead of failing.
-        let fits_segment = usize::try_from(c.segment_bytes)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(engine::batch::HEADER_LEN);
-        c.max_batch_bytes = c.max_batch_bytes.min(fits_segment).max(c.max_record_bytes);
+        // A batch never spans two segments: a small segment caps the batch and record sizes
+        // (a larger record is refused at produce, naming the limit) instead of failing; the
+        // write-behind buffer holds at least one batch.
+        c.fit_to_segment();
         c.write_behind_bytes = c.write_behind_bytes.max(c.max_batch_bytes + 64 * 1024);
         c
     }

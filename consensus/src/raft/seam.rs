@@ -577,9 +577,25 @@ impl Topics for RaftPartitions {
         })
     }
 
+    /// The topics held here and those the cluster's registry lists (as `topic` finds them: a
+    /// topic with no replica on this node, or created a moment ago and not opened here yet,
+    /// is the cluster's all the same).
     fn list_topics(&self) -> Result<Vec<TopicInfo>> {
         let mut topics = self.local.list_topics()?;
         topics.retain(|t| t.name != CONTROLLER_TOPIC);
+        if let Some(c) = &self.cluster {
+            let s = c.state();
+            for (name, t) in &s.topics {
+                if name != CONTROLLER_TOPIC && !topics.iter().any(|h| &h.name == name) {
+                    topics.push(TopicInfo {
+                        name: name.clone(),
+                        partitions: t.partitions.len() as u32,
+                        config: t.config.clone(),
+                    });
+                }
+            }
+        }
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(topics)
     }
 

@@ -8,7 +8,7 @@ pub mod list_members;
 pub mod list_topics;
 pub mod remove_node;
 
-use engine::seam::{Durability, PartitionId, TopicConfig, Writability, BATCH_HEADER_LEN};
+use engine::seam::{Durability, PartitionId, TopicConfig, Writability};
 use net::Status;
 use proto::log::v1::{self as pb, PartitionDescription, PartitionWriteState, TopicDescription};
 
@@ -49,12 +49,10 @@ pub fn log_config(defaults: &TopicConfig, c: &pb::TopicConfig) -> Result<TopicCo
     };
     if c.segment_bytes > 0 {
         out.segment_bytes = c.segment_bytes;
-        // A smaller segment caps the batch size rather than refusing the topic; records of
-        // the server's maximum size must still fit, which validate() checks.
-        let fits = usize::try_from(c.segment_bytes)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(BATCH_HEADER_LEN);
-        out.max_batch_bytes = out.max_batch_bytes.min(fits).max(out.max_record_bytes);
+        // A smaller segment caps the topic's batch and record sizes rather than refusing
+        // the topic (a batch never spans two segments): a record larger than what fits in
+        // one of its segments is refused at produce, naming the limit.
+        out.fit_to_segment();
     }
     if c.retention_bytes > 0 {
         out.retention_bytes = c.retention_bytes;
