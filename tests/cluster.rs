@@ -496,6 +496,38 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
     );
 }
 
+/// The first node (started with `--bootstrap` and no join addresses, as in the README's
+/// three-node cluster) killed and removed past the dead-node timeout, then restarted with
+/// the same flags: its own log never saw the removal, so it asks the members it finds, and
+/// is registered again (it stayed outside the controller, asking "not now", for ever).
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn the_first_node_removed_while_down_rejoins_with_its_own_flags() {
+    let timeout = ["--dead-node-timeout".to_owned(), "3s".to_owned()];
+    let mut c = form("removed while down, back", 151, &timeout);
+    let ids = raft_ids(&c);
+    c.nodes[0].kill9();
+    wait("the first node removed", || {
+        c.nodes[1]
+            .describe()
+            .is_some_and(|d| d.nodes.iter().any(|n| n.id == ids[0] && n.removed))
+    });
+    c.nodes[0].spawn();
+    wait("the first node serving again", || c.nodes[0].serving());
+    wait("the first node registered again", || {
+        c.nodes[1]
+            .describe()
+            .is_some_and(|d| d.nodes.iter().any(|n| n.id == ids[0] && !n.removed))
+    });
+    wait("the first node back among the controller's voters", || {
+        c.nodes[1].describe().is_some_and(|d| {
+            d.partitions
+                .first()
+                .is_some_and(|p| p.replicas.iter().any(|r| r.node == ids[0] && r.voter))
+        })
+    });
+}
+
 /// A node killed and removed past the dead-node timeout, its replica of events/0 re-created
 /// on the fourth node, comes back with its data: re-admitted, but with nothing placed on it.
 /// Its replica's own configuration still counts it (the removal happened while it was

@@ -190,6 +190,32 @@ pub fn form(
                         // they must be of this node's cluster.
                         if current && s.cluster_id == id.cluster_id && !joins {
                             node.registered.store(true, Ordering::Relaxed);
+                            // Its own log cannot show a removal made while it was down
+                            // (`cluster remove` of a stopped node): the members it finds
+                            // are asked all the same, which registers it again if so (it
+                            // was asked to leave no other way), and changes nothing if not.
+                            match join_cluster(
+                                &tls,
+                                &node,
+                                &engine,
+                                &members,
+                                &entry,
+                                Some(id.cluster_id.clone()),
+                            ) {
+                                Ok(j) if j.node_id == id.node_id => {
+                                    log::debug!("registration as node {} confirmed", j.node_id)
+                                }
+                                Ok(j) => log::error!(
+                                    "the controller knows this node as node {}, cluster.meta \
+                                     says {}",
+                                    j.node_id,
+                                    id.node_id
+                                ),
+                                Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                                    log::error!("registering with the controller again: {e:#}")
+                                }
+                                Err(e) => log::debug!("confirming the registration: {e:#}"),
+                            }
                             return;
                         }
                         // A node whose controller replica holds no state (lost, or started
