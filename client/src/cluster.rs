@@ -876,6 +876,9 @@ impl Cluster {
         timeout: Option<Duration>,
     ) -> Result<pb::ConsumeBatchResponse, Status> {
         let deadline = Instant::now() + timeout.unwrap_or(BUDGET_WITHOUT_DEADLINE);
+        // Why the cluster could not serve the read the last time it said so: a deadline that
+        // then passes on the next try tells less than that does ("no leader ...").
+        let mut unavailable: Option<Status> = None;
         loop {
             let (addr, ch) = self.reader(&req.topic, req.partition, deadline).await?;
             let opts = match timeout {
@@ -887,9 +890,18 @@ impl Cluster {
                 Err(st) => st,
             };
             self.report(&req.topic, req.partition, &addr, &st);
+            if st.code == Code::DeadlineExceeded {
+                if let Some(u) = unavailable {
+                    return Err(Status::unavailable(format!(
+                        "{} (still so when the deadline passed)",
+                        u.message
+                    )));
+                }
+            }
             if st.code != Code::Unavailable || Instant::now() + NO_LEADER_PAUSE >= deadline {
                 return Err(st);
             }
+            unavailable = Some(st);
             glommio::timer::sleep(NO_LEADER_PAUSE).await;
         }
     }

@@ -595,7 +595,7 @@ async fn run_link(link: Rc<Link>, peers: Peers, stopped: Rc<Cell<bool>>) {
                 link.fail_queued(|| seam::Error::Unavailable("forwarding stopped".into()));
                 link.fail_written(|| {
                     seam::Error::OutcomeUnknown(format!(
-                        "forwarding to node {node} stopped with the append in flight"
+                        "forwarding to node {node} stopped with the request in flight"
                     ))
                 });
                 return;
@@ -632,7 +632,7 @@ async fn run_link(link: Rc<Link>, peers: Peers, stopped: Rc<Cell<bool>>) {
                 link.fail_queued(|| {
                     seam::Error::Unavailable(format!(
                         "the partition's leader (node {node} at {}) cannot be reached: {why}; \
-                         the append was not sent: retry",
+                         the request was not sent to it: retry",
                         at.addr
                     ))
                 });
