@@ -153,6 +153,11 @@ fn topics_servers_and_health() {
     );
     let (ok, _, err) = s.cli(&["topics", "delete", "small"], None);
     assert!(ok, "{err}");
+    // Values that cannot mean anything are refused, not read as a default.
+    let (ok, _, err) = s.cli(&["topics", "create", "none", "--partitions", "0"], None);
+    assert!(!ok && err.contains("invalid value '0' for '--partitions"), "{err}");
+    let (ok, _, err) = s.cli(&["consume", "--from", "3", "--to", "1"], None);
+    assert!(!ok && err.contains("--to 1 is before --from 3"), "{err}");
     let (ok, out, _) = s.cli(&["topics", "list"], None);
     assert!(ok);
     assert_eq!(out, "default\nlogs\n");

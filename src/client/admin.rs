@@ -37,7 +37,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub conn: Conn,
     pub name: String,
-    #[arg(long, default_value_t = 1)]
+    /// Number of partitions, at least 1
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: u32,
     /// always | interval:<ms> | never [default: the server's]
     #[arg(long, value_name = "POLICY")]
@@ -52,8 +53,8 @@ pub struct CreateArgs {
     /// Delete segments older than this [default: forever]
     #[arg(long, value_name = "MS")]
     pub retention_ms: Option<u64>,
-    /// Copies of each partition, on distinct nodes [default: min(3, nodes)]
-    #[arg(long, value_name = "N")]
+    /// Copies of each partition, on distinct nodes, at least 1 [default: min(3, nodes)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub replication_factor: Option<u32>,
 }
 
@@ -177,8 +178,14 @@ fn print_topic(json: bool, t: &pb::TopicDescription) -> std::io::Result<()> {
         c.partitions,
         durability_text(&c),
         c.segment_bytes,
-        c.retention_bytes,
-        c.retention_ms
+        match c.retention_bytes {
+            0 => "unlimited".to_owned(),
+            b => b.to_string(),
+        },
+        match c.retention_ms {
+            0 => "forever".to_owned(),
+            ms => ms.to_string(),
+        }
     )?;
     crate::out::outln!("partition\tlowest\tnext\tsize-bytes\twrites")?;
     for p in &t.partitions {

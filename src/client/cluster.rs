@@ -140,9 +140,12 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::out::outln!(
-        "cluster {}  controller leader: node {}",
+        "cluster {}  controller leader: {}",
         or_dash(&first.cluster_id),
-        first.controller_leader
+        match first.controller_leader {
+            0 => "- (none known)".to_owned(),
+            l => format!("node {l}"),
+        }
     )?;
     let header = |cells: &[&str]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
     let mut rows = vec![header(&["NODE", "NAME", "RPC_ADDR", "STATE"])];

@@ -127,6 +127,9 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
         ReadFromArg::Leader => ReadFrom::Leader,
         ReadFromArg::Followers => ReadFrom::Followers,
     };
+    if let Some(to) = a.to.filter(|&to| to < a.from) {
+        anyhow::bail!("--to {to} is before --from {}: nothing to read", a.from);
+    }
     let cluster = a.conn.cluster(read_from)?;
     let end = match (a.to, a.count) {
         (Some(to), _) => Some(to),

@@ -52,7 +52,7 @@ pub struct Conn {
     /// Key of the client certificate (PEM)
     #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
-    /// Name the server certificate must carry [default: the IP address of --addr]
+    /// Name the server certificate must carry [default: the host of --addr, a name or an IP address]
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
 }
