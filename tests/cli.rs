@@ -155,7 +155,10 @@ fn topics_servers_and_health() {
     assert!(ok, "{err}");
     // Values that cannot mean anything are refused, not read as a default.
     let (ok, _, err) = s.cli(&["topics", "create", "none", "--partitions", "0"], None);
-    assert!(!ok && err.contains("invalid value '0' for '--partitions"), "{err}");
+    assert!(
+        !ok && err.contains("invalid value '0' for '--partitions"),
+        "{err}"
+    );
     let (ok, _, err) = s.cli(&["consume", "--from", "3", "--to", "1"], None);
     assert!(!ok && err.contains("--to 1 is before --from 3"), "{err}");
     let (ok, out, _) = s.cli(&["topics", "list"], None);
@@ -272,6 +275,25 @@ fn cli_output_that_cannot_be_written_is_an_error_not_a_panic() {
 /// answered the records before it; nothing after it is sent. It used to wait forever: the
 /// client refused to send the message and then waited for the server, which had nothing to
 /// answer.
+/// A record over the server's record limit (but within one message): the server refuses it
+/// and ends the stream, and the CLI says what became of it and of what followed it.
+#[test]
+fn a_refused_record_ends_produce_saying_what_was_not_stored() {
+    let s = TestServer::start();
+    let big = "a".repeat((1 << 20) + 24);
+    let input = format!("small1\n{big}\nsmall2\n");
+    let (ok, out, err) = s.cli(&["produce"], Some(&input));
+    assert!(!ok, "{out}{err}");
+    assert_eq!(out, "0\n", "{err}");
+    assert!(
+        err.contains("RESOURCE_EXHAUSTED")
+            && err.contains("were not stored (the refused record and those sent after it)"),
+        "{err}"
+    );
+    let (ok, out, err) = s.cli(&["consume"], None);
+    assert!(ok && out == "0\tsmall1\n", "{out}{err}");
+}
+
 #[test]
 fn a_record_too_large_for_a_message_ends_produce_with_an_error() {
     use std::io::Write;

@@ -47,3 +47,18 @@ pub fn produce_retryable(status: &Status) -> bool {
         Some(ClusterError::NotLeader { .. } | ClusterError::NoLeader)
     )
 }
+
+/// Whether a node refused a produce outright: the record was not stored, and on a stream,
+/// neither was anything sent after it (the server ends the stream at its first refused
+/// request). Other failures (a lost connection, a timeout, `OUTCOME_UNKNOWN`) leave what was
+/// in flight in doubt.
+pub fn produce_refused(status: &Status) -> bool {
+    matches!(
+        status.code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+    )
+}

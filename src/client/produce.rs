@@ -143,10 +143,28 @@ async fn stream(
         }
         let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
         if (sent && !errors::produce_retryable(&st)) || Instant::now() + NO_LEADER_PAUSE >= until {
-            return Err(st.into());
+            return Err(in_doubt(st, pending.borrow().len()));
         }
         redirected = pause(&st, &addr, redirected).await;
     }
+}
+
+/// A stream's final error, saying what became of the records sent and not acknowledged
+/// (`unanswered`): the offsets printed are those acknowledged, and nothing read after the
+/// unanswered ones was sent.
+fn in_doubt(st: net::Status, unanswered: usize) -> anyhow::Error {
+    if unanswered == 0 {
+        return st.into();
+    }
+    let fate = if errors::produce_refused(&st) {
+        "were not stored (the refused record and those sent after it)"
+    } else {
+        "have an unknown outcome (they may be in the log; not sent again)"
+    };
+    anyhow::anyhow!(
+        "{st}; the {unanswered} record(s) after the last offset printed {fate}, and no input \
+         after them was sent"
+    )
 }
 
 /// Waits before sending again, unless the node named another leader (the first time in a
