@@ -102,7 +102,9 @@ pub async fn describe(state: &ShardState, name: &str) -> Result<TopicDescription
         partitions.push(PartitionDescription {
             partition: p,
             lowest_offset: s.lowest_offset,
-            next_offset: s.log_end,
+            // What a reader can get: the visible end (committed, in a cluster), not the
+            // log's end, which may hold entries not committed yet (or never).
+            next_offset: s.visible_end,
             size_bytes: s.size_bytes,
             write_state: write_state(&s.writable) as i32,
         });
