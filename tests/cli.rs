@@ -45,36 +45,37 @@ fn produce_and_consume_round_trip() {
     );
 }
 
-#[test]
-fn consume_follow_prints_later_records() {
-    let s = TestServer::start();
-    s.cli(&["produce", "first"], None);
-    let follower = Command::new(BIN)
-        .args([
-            "consume",
-            "--follow",
-            "--count",
-            "3",
-            "--addr",
-            &s.addr.to_string(),
-        ])
+/// `proglog consume --follow --count N` against the server, its output piped.
+fn tail(s: &TestServer, count: u32) -> std::process::Child {
+    Command::new(BIN)
+        .args(["consume", "--follow", "--count", &count.to_string()])
+        .args(["--addr", &s.addr.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, _, err) = s.cli(&["produce", "second", "third"], None);
-    assert!(ok, "{err}");
-    let out = follower.wait_with_output().unwrap();
+        .unwrap()
+}
+
+/// What a [`tail`] printed, once it ended successfully.
+fn tail_output(t: std::process::Child) -> String {
+    let out = t.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "0\tfirst\n1\tsecond\n2\tthird\n"
-    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn consume_follow_prints_later_records() {
+    let s = TestServer::start();
+    s.cli(&["produce", "first"], None);
+    let follower = tail(&s, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _, err) = s.cli(&["produce", "second", "third"], None);
+    assert!(ok, "{err}");
+    assert_eq!(tail_output(follower), "0\tfirst\n1\tsecond\n2\tthird\n");
 }
 
 /// A tail that waited longer than its retry budget (10 s) without a record, then lost its
@@ -84,35 +85,14 @@ fn consume_follow_prints_later_records() {
 fn an_idle_tail_whose_server_restarts_goes_on() {
     let mut s = TestServer::start();
     s.cli(&["produce", "first"], None);
-    let follower = Command::new(BIN)
-        .args([
-            "consume",
-            "--follow",
-            "--count",
-            "2",
-            "--addr",
-            &s.addr.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follower = tail(&s, 2);
     std::thread::sleep(Duration::from_secs(11));
     s.kill();
     s.spawn();
     assert!(s.wait_serving(Duration::from_secs(20)), "{}", s.log());
     let (ok, _, err) = s.cli(&["produce", "second"], None);
     assert!(ok, "{err}");
-    let out = follower.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "0\tfirst\n1\tsecond\n"
-    );
+    assert_eq!(tail_output(follower), "0\tfirst\n1\tsecond\n");
 }
 
 #[test]

@@ -186,6 +186,17 @@ pub fn form(
                                 && n.gossip_addr == entry.gossip_addr
                                 && !n.removed
                         });
+                        let register = || {
+                            let cluster_id = Some(id.cluster_id.clone());
+                            join_cluster(&tls, &node, &engine, &members, &entry, cluster_id)
+                        };
+                        let known_otherwise = |j: &ClusterIdentity| {
+                            log::error!(
+                                "the controller knows this node as node {}, cluster.meta says {}",
+                                j.node_id,
+                                id.node_id
+                            )
+                        };
                         // With join addresses the members found there are asked anyway:
                         // they must be of this node's cluster.
                         if current && s.cluster_id == id.cluster_id && !joins {
@@ -194,23 +205,11 @@ pub fn form(
                             // (`cluster remove` of a stopped node): the members it finds
                             // are asked all the same, which registers it again if so (it
                             // was asked to leave no other way), and changes nothing if not.
-                            match join_cluster(
-                                &tls,
-                                &node,
-                                &engine,
-                                &members,
-                                &entry,
-                                Some(id.cluster_id.clone()),
-                            ) {
+                            match register() {
                                 Ok(j) if j.node_id == id.node_id => {
                                     log::debug!("registration as node {} confirmed", j.node_id)
                                 }
-                                Ok(j) => log::error!(
-                                    "the controller knows this node as node {}, cluster.meta \
-                                     says {}",
-                                    j.node_id,
-                                    id.node_id
-                                ),
+                                Ok(j) => known_otherwise(&j),
                                 Err(e) if e.downcast_ref::<Refused>().is_some() => {
                                     log::error!("registering with the controller again: {e:#}")
                                 }
@@ -223,14 +222,7 @@ pub fn form(
                         // member answers (each attempt lasts up to JOIN_DEADLINE). A refusal
                         // is final: the members belong to another cluster.
                         loop {
-                            match join_cluster(
-                                &tls,
-                                &node,
-                                &engine,
-                                &members,
-                                &entry,
-                                Some(id.cluster_id.clone()),
-                            ) {
+                            match register() {
                                 Ok(j) if j.node_id == id.node_id => {
                                     node.registered.store(true, Ordering::Relaxed);
                                     log::info!(
@@ -238,12 +230,7 @@ pub fn form(
                                         j.node_id
                                     )
                                 }
-                                Ok(j) => log::error!(
-                                    "the controller knows this node as node {}, cluster.meta \
-                                     says {}",
-                                    j.node_id,
-                                    id.node_id
-                                ),
+                                Ok(j) => known_otherwise(&j),
                                 Err(e) => {
                                     log::error!("registering with the controller again: {e:#}");
                                     let (v, c) = (node.controller(), node.state().cluster_id);
