@@ -187,6 +187,40 @@ fn cli_reports_an_unreachable_server() {
     );
 }
 
+/// Standard input is read as lines of bytes: a value need not be UTF-8, and "\r\n" ends a
+/// line as "\n" does.
+#[test]
+fn produce_takes_lines_of_bytes() {
+    use std::io::Write;
+    let s = TestServer::start();
+    let mut child = Command::new(BIN)
+        .args(["produce", "--addr", &s.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"\xff\xfe\x00bin\ncrlf\r\nplain\n")
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n");
+    let (ok, out, err) = s.cli(&["consume", "--json"], None);
+    assert!(ok, "{err}");
+    let values: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Not UTF-8: base64 of ff fe 00 62 69 6e.
+    assert_eq!(values[0]["value_base64"], "//4AYmlu", "{out}");
+    assert_eq!(values[1]["value"], "crlf", "{out}");
+    assert_eq!(values[2]["value"], "plain", "{out}");
+}
+
 /// An address that is not HOST:PORT is refused before anything is tried.
 #[test]
 fn cli_refuses_an_address_without_a_port() {

@@ -72,9 +72,17 @@ fn values(args: Vec<String>) -> anyhow::Result<mpsc::Receiver<std::io::Result<By
                     "proglog: reading records from standard input, one per line (Ctrl-D ends)"
                 );
             }
-            for line in stdin.lock().lines() {
+            // Lines of bytes: a value need not be UTF-8 (as `lines()` would insist). A line
+            // ends at "\n" or "\r\n", neither kept.
+            for line in stdin.lock().split(b'\n') {
                 let stop = line.is_err();
-                if !push(&mut tx, line.map(Bytes::from)) || stop {
+                let value = line.map(|mut l| {
+                    if l.last() == Some(&b'\r') {
+                        l.pop();
+                    }
+                    Bytes::from(l)
+                });
+                if !push(&mut tx, value) || stop {
                     return;
                 }
             }
