@@ -63,17 +63,25 @@ async fn describe_one(conn: &Conn) -> anyhow::Result<DescribeClusterResponse> {
 async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
     let first = describe_one(&conn).await?;
     let mut answers = vec![first.clone()];
-    for n in &first.nodes {
-        if n.id == first.node_id || !n.live || n.removed {
-            continue;
-        }
-        let other = Conn {
-            addr: vec![n.rpc_addr.clone()],
-            ..conn.clone()
-        };
-        match describe_one(&other).await {
-            Ok(a) => answers.push(a),
-            Err(e) => eprintln!("node {} ({}): {e:#}", n.id, n.rpc_addr),
+    // The other live nodes are asked at once, so that one that hangs (paused, overloaded)
+    // costs one --timeout, not one each.
+    let asks: Vec<_> = first
+        .nodes
+        .iter()
+        .filter(|n| n.id != first.node_id && n.live && !n.removed)
+        .map(|n| {
+            let other = Conn {
+                addr: vec![n.rpc_addr.clone()],
+                ..conn.clone()
+            };
+            let (id, addr) = (n.id, n.rpc_addr.clone());
+            glommio::spawn_local(async move { (id, addr, describe_one(&other).await) })
+        })
+        .collect();
+    for ask in asks {
+        match ask.await {
+            (_, _, Ok(a)) => answers.push(a),
+            (id, addr, Err(e)) => eprintln!("node {id} ({addr}): {e:#}"),
         }
     }
     // Each partition as its leader reports it, else as the first node holding it does.
