@@ -128,7 +128,7 @@ fn topics_servers_and_health() {
     );
     let (ok, _, err) = s.cli(&["topics", "create", "tiny", "--segment-bytes", "10"], None);
     assert!(
-        !ok && err.contains("segment size 10 bytes is outside 64 KiB to 2 GiB"),
+        !ok && err.contains("segment_bytes 10 (the segment size) is outside 64 KiB to 2 GiB"),
         "{err}"
     );
     let (ok, _, err) = s.cli(&["topics", "delete", "small"], None);

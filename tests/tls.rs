@@ -287,7 +287,7 @@ fn rejected_connections_leave_the_server_unharmed() {
     // The client is told why: the server's alert, not a broken pipe.
     let e = refused(&s, client(certs, None));
     assert!(
-        e.contains("the server requires a client certificate: give --tls-cert-file"),
+        e.contains("the server requires a client certificate (mutual TLS), and none was given"),
         "{e}"
     );
     wait_for_log(&s, "peer sent no certificates");

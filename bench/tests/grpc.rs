@@ -234,8 +234,13 @@ fn tls_and_mutual_tls() {
         &["--tls-ca", &ca, "--duration", "500ms", "--timeout", "1s"],
     );
     assert_eq!(r.code, 1, "no client certificate must fail:\n{}", r.stdout);
-    // The run's verdict names the cause: the server's alert.
-    assert!(r.stderr.contains("CertificateRequired"), "{}", r.stderr);
+    // The run's verdict names the cause: the server's alert, said as what it means.
+    assert!(
+        r.stderr
+            .contains("UNAUTHENTICATED: the server requires a client certificate (mutual TLS)"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -146,7 +146,7 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return Err(format!(
-                "segment size {} bytes is outside {} KiB to {} GiB",
+                "segment_bytes {} (the segment size) is outside {} KiB to {} GiB",
                 self.segment_bytes,
                 MIN_SEGMENT_BYTES >> 10,
                 MAX_SEGMENT_BYTES >> 30

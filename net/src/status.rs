@@ -255,9 +255,7 @@ fn client_certificate_refused(io: &std::io::Error) -> Option<Status> {
         A::AccessDenied,
     ];
     let message = if name == format!("{:?}", A::CertificateRequired) {
-        "the server requires a client certificate: give --tls-cert-file and --tls-key-file \
-         (mutual TLS)"
-            .to_owned()
+        "the server requires a client certificate (mutual TLS), and none was given".to_owned()
     } else if refusals.iter().any(|a| name == format!("{a:?}")) {
         format!(
             "the server refused this client's certificate (TLS alert {name}): it must be \
@@ -342,7 +340,11 @@ mod tests {
         let st = client_certificate_refused(&io(rustls::AlertDescription::CertificateRequired))
             .expect("refusal");
         assert_eq!(st.code, Code::Unauthenticated);
-        assert!(st.message.contains("--tls-cert-file"), "{}", st.message);
+        assert!(
+            st.message.contains("requires a client certificate"),
+            "{}",
+            st.message
+        );
         let st =
             client_certificate_refused(&io(rustls::AlertDescription::UnknownCA)).expect("refusal");
         assert_eq!(st.code, Code::Unauthenticated);
