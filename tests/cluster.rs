@@ -505,6 +505,7 @@ fn a_fourth_node_joins_a_dead_node_is_replaced_and_a_node_is_removed() {
 fn the_first_node_removed_while_down_rejoins_with_its_own_flags() {
     let timeout = ["--dead-node-timeout".to_owned(), "3s".to_owned()];
     let mut c = form("removed while down, back", 151, &timeout);
+    create_topic(&c, "spread", 3, 3);
     let ids = raft_ids(&c);
     c.nodes[0].kill9();
     wait("the first node removed", || {
@@ -525,6 +526,12 @@ fn the_first_node_removed_while_down_rejoins_with_its_own_flags() {
                 .first()
                 .is_some_and(|p| p.replicas.iter().any(|r| r.node == ids[0] && r.voter))
         })
+    });
+    // Its replicas, re-created last in their sets, are made preferred again where the
+    // others had two more partitions each: it leads again.
+    wait("the first node leading a partition again", || {
+        leader_of(&c, "default", 0, 3) == Some(0)
+            || (0..3).any(|p| leader_of(&c, "spread", p, 3) == Some(0))
     });
 }
 

@@ -1391,6 +1391,63 @@ fn replace_removed(
     false
 }
 
+/// One step towards preferred leaders (a partition's first replica, which its leader hands
+/// leadership to) spread evenly over the nodes gossip lists `up`: a replica set reordered so
+/// that a partition preferring a node with more such partitions than another of its
+/// replicas' nodes (by two or more) prefers that one instead; `None` when none is. Replicas
+/// re-created on other nodes, or added when a node returns, go last in their sets, so
+/// without this the nodes that stayed keep every leadership. Only partitions whose
+/// preferred node is up are reordered: one that is down or suspect (restarting) gets its
+/// leaderships back when it returns. The replica set itself does not change.
+pub(crate) fn spread_preferred_leaders(s: &ClusterState, up: &[u64]) -> Option<Command> {
+    let mut preferred: BTreeMap<u64, usize> = up.iter().map(|&n| (n, 0)).collect();
+    for t in s.topics.values() {
+        for p in &t.partitions {
+            if let Some(c) = p.replicas.first().and_then(|r| preferred.get_mut(&r.node)) {
+                *c += 1;
+            }
+        }
+    }
+    // The move that narrows the gap most (the first such, in topic and partition order).
+    let mut best: Option<(usize, &str, usize, usize)> = None;
+    for (name, t) in &s.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let Some(&from) = p.replicas.first().and_then(|r| preferred.get(&r.node)) else {
+                continue;
+            };
+            let better = p
+                .replicas
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, r)| !p.stopped.contains(&r.node))
+                .filter_map(|(j, r)| preferred.get(&r.node).map(|&c| (c, j)))
+                .min();
+            if let Some((to, j)) = better.filter(|&(to, _)| from > to + 1) {
+                if best.is_none_or(|(gap, ..)| from - to > gap) {
+                    best = Some((from - to, name.as_str(), i, j));
+                }
+            }
+        }
+    }
+    let (_, name, i, j) = best?;
+    let t = s.topics.get(name)?;
+    let p = t.partitions.get(i)?;
+    let mut replicas = p.replicas.clone();
+    replicas.swap(0, j);
+    log::info!(
+        "{name}/{i}: preferred leader node {} -> node {} (spreading leaderships)",
+        p.replicas[0].node,
+        replicas[0].node
+    );
+    Some(Command::SetReplicas {
+        topic: name.to_owned(),
+        partition: i as u32,
+        replication_factor: t.replication_factor,
+        replicas,
+    })
+}
+
 /// The controller leader's own duties.
 fn controller(
     node: &ClusterNode,
@@ -1413,6 +1470,11 @@ fn controller(
         return;
     };
     if t.replication_factor >= target {
+        if let Some(c) = spread_preferred_leaders(s, &node.up_nodes(s)) {
+            if let Err(e) = futures_lite::future::block_on(node.propose(&c)) {
+                log::info!("spreading preferred leaders: not now ({e})");
+            }
+        }
         return;
     }
     let rf = t.replication_factor + 1;
@@ -1628,6 +1690,67 @@ mod tests {
         // A node that stops leading forgets its countdown.
         old.clear();
         assert_eq!(old.due(&s, 1, &gone, at(t0, 600), TIMEOUT), None);
+    }
+
+    /// Replicas re-created after a node's removal and added back when it returns go last in
+    /// their sets: the nodes that stayed would keep every leadership. The controller
+    /// reorders sets, one partition a step, until no node is preferred by two partitions
+    /// more than another replica's node; a node that is not up keeps what it is preferred
+    /// for; the sets themselves never change.
+    #[test]
+    fn preferred_leaders_spread_over_the_nodes_that_are_up() {
+        let mut s = state();
+        let r = |node| Replica { node, shard: 0 };
+        // Six partitions on nodes 1-3, all preferring node 1 or 2 (node 3 came back).
+        let partitions: Vec<PartitionEntry> = [[1, 2, 3], [2, 1, 3], [1, 2, 3]]
+            .iter()
+            .cycle()
+            .take(6)
+            .map(|nodes| PartitionEntry {
+                initial: nodes.to_vec(),
+                replicas: nodes.iter().map(|&n| r(n)).collect(),
+                stopped: Vec::new(),
+                departed: Vec::new(),
+            })
+            .collect();
+        s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                config: engine::LogConfig::default(),
+                replication_factor: 3,
+                partitions,
+            },
+        );
+        let sets = |s: &ClusterState| -> Vec<Vec<u64>> {
+            let mut v: Vec<Vec<u64>> = s.topics["t"].partitions.iter().map(|p| p.nodes()).collect();
+            v.iter_mut().for_each(|n| n.sort_unstable());
+            v
+        };
+        let before = sets(&s);
+        let mut index = 5;
+        let mut settle = |s: &mut ClusterState, up: &[u64]| {
+            let mut steps = 0;
+            while let Some(c) = spread_preferred_leaders(s, up) {
+                s.apply(index, &c);
+                index += 1;
+                steps += 1;
+                assert!(steps < 10, "no fixed point");
+            }
+            let mut count = BTreeMap::new();
+            for p in &s.topics["t"].partitions {
+                *count.entry(p.replicas[0].node).or_insert(0) += 1;
+            }
+            count
+        };
+        // Node 3 not up (restarting): nothing goes to it, and 1 and 2 even out (4 and 2).
+        assert_eq!(settle(&mut s, &[1, 2]), BTreeMap::from([(1, 3), (2, 3)]));
+        // Node 3 up: it gets its share.
+        let spread = BTreeMap::from([(1, 2), (2, 2), (3, 2)]);
+        assert_eq!(settle(&mut s, &[1, 2, 3]), spread);
+        assert_eq!(sets(&s), before);
+        // A node down keeps what it is preferred for: nothing moves away from node 3.
+        assert_eq!(spread_preferred_leaders(&s, &[1, 2]), None);
     }
 
     /// [`state`] with topic `t` created at index 4: one partition on nodes 1 and 2, factor 2.
