@@ -137,10 +137,11 @@ fn signal_name(sig: i32) -> &'static str {
 /// SO_REUSEPORT listeners do not mind.) A listener without SO_REUSEPORT makes the shards'
 /// bind fail anyway.
 ///
-/// A listener can outlive its process by a moment: after a kill -9, the kernel tears down a
-/// process's io_uring rings in the background, and an accept still queued on one holds the
-/// listening socket open (and accepting) until then. A restart right after a crash must not
-/// take that for another server, so the address gets [`PORT_RELEASE_WAIT`] to go quiet.
+/// A listener can outlive its process by a moment: right after a kill -9 and the reap, the
+/// address was seen still accepting connections (the kernel tears a process's io_uring
+/// rings down in the background, and a request queued on one holds its file, here the
+/// listening socket). A restart right after a crash must not take that for another server,
+/// so the address gets [`PORT_RELEASE_WAIT`] to go quiet.
 fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
     let probe = if addr.ip().is_unspecified() {
         let lo: std::net::IpAddr = if addr.is_ipv4() {
