@@ -187,19 +187,24 @@ fn cli_reports_an_unreachable_server() {
     );
 }
 
+/// `proglog produce` against the server, reading records from a pipe.
+fn producer(s: &TestServer) -> std::process::Child {
+    Command::new(BIN)
+        .args(["produce", "--addr", &s.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cli")
+}
+
 /// Standard input is read as lines of bytes: a value need not be UTF-8, and "\r\n" ends a
 /// line as "\n" does.
 #[test]
 fn produce_takes_lines_of_bytes() {
     use std::io::Write;
     let s = TestServer::start();
-    let mut child = Command::new(BIN)
-        .args(["produce", "--addr", &s.addr.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = producer(&s);
     let mut stdin = child.stdin.take().unwrap();
     stdin
         .write_all(b"\xff\xfe\x00bin\ncrlf\r\nplain\n")
@@ -316,13 +321,7 @@ fn a_record_too_large_for_a_message_ends_produce_with_an_error() {
     let mut input = b"before\n".to_vec();
     input.extend(std::iter::repeat_n(b'q', 5 << 20));
     input.extend_from_slice(b"\nafter\n");
-    let mut child = Command::new(BIN)
-        .args(["produce", "--addr", &s.addr.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cli");
+    let mut child = producer(&s);
     let mut stdin = child.stdin.take().expect("stdin");
     // The client may stop reading once it has refused the line: a failed write is fine.
     let writer = std::thread::spawn(move || {
