@@ -135,7 +135,7 @@ impl Conn {
         let cluster = self.cluster(ReadFrom::Leader)?;
         let deadline = self.deadline();
         let (mut addr, mut ch) = cluster.any(deadline).await?;
-        let mut named_before = false;
+        let mut redirected = false;
         loop {
             let opts = match self.opts().timeout {
                 Some(_) => CallOptions::timeout(deadline.saturating_duration_since(Instant::now())),
@@ -145,31 +145,39 @@ impl Conn {
                 Ok(resp) => return Ok(resp),
                 Err(st) => st,
             };
-            let named = match errors::cluster_error(&st) {
-                Some(ClusterError::NotLeader {
-                    leader_addr: Some(l),
-                    ..
-                }) if !l.is_empty() && l != addr => Some(l),
-                Some(ClusterError::NotLeader { .. } | ClusterError::NoLeader) => None,
+            let leader = match errors::cluster_error(&st) {
+                Some(ClusterError::NotLeader { leader_addr, .. }) => {
+                    leader_addr.filter(|l| !l.is_empty() && *l != addr)
+                }
+                Some(ClusterError::NoLeader) => None,
                 _ => return Err(st.into()),
             };
             if Instant::now() + NO_LEADER_PAUSE >= deadline {
                 return Err(st.into());
             }
-            // A leader named twice in a row is moving: pause before following it again.
-            match named {
-                Some(l) if !named_before => {
-                    ch = cluster.channel(&l, deadline).await?;
-                    addr = l;
-                    named_before = true;
-                    continue;
+            redirected = pause(&st, &addr, redirected).await;
+            (addr, ch) = match leader {
+                Some(l) => {
+                    let ch = cluster.channel(&l, deadline).await?;
+                    (l, ch)
                 }
-                _ => named_before = false,
-            }
-            glommio::timer::sleep(NO_LEADER_PAUSE).await;
-            (addr, ch) = cluster.any(deadline).await?;
+                None => cluster.any(deadline).await?,
+            };
         }
     }
+}
+
+/// Waits before sending again, unless the node named another leader (the first time in a
+/// row: twice means leadership is moving). Returns whether this was such a redirect.
+async fn pause(st: &net::Status, addr: &str, redirected: bool) -> bool {
+    let named = matches!(
+        errors::cluster_error(st),
+        Some(ClusterError::NotLeader { leader_addr: Some(ref l), .. }) if l != addr
+    );
+    if !named || redirected {
+        glommio::timer::sleep(NO_LEADER_PAUSE).await;
+    }
+    named
 }
 
 /// With `--timeout 0`, how long a command looks for a server that answers.

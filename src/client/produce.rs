@@ -18,7 +18,7 @@ use futures_lite::StreamExt;
 use prost::Message;
 use proto::log::v1::{paths, ProduceBatchRequest, ProduceRequest, ProduceResponse, Record};
 
-use proglog_client::errors::{self, ClusterError};
+use proglog_client::errors;
 use proglog_client::{Cluster, ReadFrom, NO_LEADER_PAUSE};
 
 use super::Conn;
@@ -153,7 +153,7 @@ async fn stream(
         if (sent && !errors::produce_retryable(&st)) || Instant::now() + NO_LEADER_PAUSE >= until {
             return Err(in_doubt(st, pending.borrow().len()));
         }
-        redirected = pause(&st, &addr, redirected).await;
+        redirected = super::pause(&st, &addr, redirected).await;
     }
 }
 
@@ -173,19 +173,6 @@ fn in_doubt(st: net::Status, unanswered: usize) -> anyhow::Error {
         "{st}; the {unanswered} record(s) after the last offset printed {fate}, and no input \
          after them was sent"
     )
-}
-
-/// Waits before sending again, unless the node named another leader (the first time in a
-/// row: twice means leadership is moving). Returns whether this was such a redirect.
-async fn pause(st: &net::Status, addr: &str, redirected: bool) -> bool {
-    let named = matches!(
-        errors::cluster_error(st),
-        Some(ClusterError::NotLeader { leader_addr: Some(ref l), .. }) if l != addr
-    );
-    if !named || redirected {
-        glommio::timer::sleep(NO_LEADER_PAUSE).await;
-    }
-    named
 }
 
 /// One ProduceStream call: what `pending` holds first, then the input.

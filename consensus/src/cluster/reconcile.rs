@@ -1435,11 +1435,6 @@ pub(crate) fn spread_preferred_leaders(s: &ClusterState, up: &[u64]) -> Option<C
     let p = t.partitions.get(i)?;
     let mut replicas = p.replicas.clone();
     replicas.swap(0, j);
-    log::info!(
-        "{name}/{i}: preferred leader node {} -> node {} (spreading leaderships)",
-        p.replicas[0].node,
-        replicas[0].node
-    );
     Some(Command::SetReplicas {
         topic: name.to_owned(),
         partition: i as u32,
@@ -1471,8 +1466,20 @@ fn controller(
     };
     if t.replication_factor >= target {
         if let Some(c) = spread_preferred_leaders(s, &node.up_nodes(s)) {
-            if let Err(e) = futures_lite::future::block_on(node.propose(&c)) {
-                log::info!("spreading preferred leaders: not now ({e})");
+            match futures_lite::future::block_on(node.propose(&c)) {
+                Ok(_) => {
+                    if let Command::SetReplicas {
+                        topic,
+                        partition,
+                        replicas,
+                        ..
+                    } = &c
+                    {
+                        let to = replicas.first().map_or(0, |r| r.node);
+                        log::info!("{topic}/{partition}: node {to} now preferred leader, to spread leaderships");
+                    }
+                }
+                Err(e) => log::info!("spreading preferred leaders: not now ({e})"),
             }
         }
         return;
