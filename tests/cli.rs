@@ -19,10 +19,34 @@ fn produce_and_consume_round_trip() {
     let (ok, out, err) = s.cli(&["produce", "--batch", "--json"], Some("five\nsix\n"));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), r#"{"base_offset":4,"count":2,"last_offset":5}"#);
+    // The word after a bare --batch is its N: a value there is refused, saying how to send
+    // it, and nothing is appended; after `--` the values are records.
+    let (ok, _, err) = s.cli(&["produce", "--batch", "seven", "eight"], None);
+    assert!(
+        !ok && err.contains("--batch 1000 seven") && err.contains("--batch -- seven"),
+        "{err}"
+    );
+    let (ok, _, err) = s.cli(&["produce", "--batch", "0", "seven"], None);
+    assert!(!ok && err.contains("at least 1 record"), "{err}");
+    // (`--addr` before `--`: `s.cli` would add it after, as two more values.)
+    let out = Command::new(BIN)
+        .args(["produce", "--addr", &s.addr.to_string(), "--batch", "--"])
+        .args(["seven", "eight"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "6\n7\n");
 
     let (ok, out, err) = s.cli(&["consume"], None);
     assert!(ok, "{err}");
-    assert_eq!(out, "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive\n5\tsix\n");
+    assert_eq!(
+        out,
+        "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive\n5\tsix\n6\tseven\n7\teight\n"
+    );
     let (ok, out, err) = s.cli(&["consume", "--from", "1", "--count", "2", "--json"], None);
     assert!(ok, "{err}");
     let lines: Vec<serde_json::Value> = out
@@ -40,7 +64,7 @@ fn produce_and_consume_round_trip() {
     let (ok, _, err) = s.cli(&["consume", "--from", "100"], None);
     assert!(!ok);
     assert!(
-        err.contains("OUT_OF_RANGE") && err.contains("default/0 holds offsets 0 to 5"),
+        err.contains("OUT_OF_RANGE") && err.contains("default/0 holds offsets 0 to 7"),
         "{err}"
     );
 }
@@ -161,7 +185,19 @@ fn topics_servers_and_health() {
 
     let (ok, out, _) = s.cli(&["servers"], None);
     assert!(ok);
-    assert_eq!(out, format!("test-node\t{}\tleader\n", s.addr));
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let addr = s.addr.to_string();
+    assert_eq!(
+        rows,
+        [
+            vec!["ID", "RPC_ADDR", "ROLE"],
+            vec!["test-node", &addr, "leader"]
+        ],
+        "{out}"
+    );
     let (ok, out, _) = s.cli(&["health"], None);
     assert!(ok);
     assert_eq!(out, "SERVING\n");
@@ -185,6 +221,31 @@ fn cli_reports_an_unreachable_server() {
         err.contains("proglog: UNAVAILABLE: no connection available"),
         "{err}"
     );
+}
+
+/// A node that takes connections and never answers (paused, wedged) first in `--addr`: calls
+/// any node answers go on to the next address instead of waiting out the deadline there.
+#[test]
+fn calls_any_node_answers_pass_a_node_that_never_answers() {
+    let s = TestServer::start();
+    // Its kernel completes TCP handshakes; nothing ever reads or writes.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addrs = format!("{},{}", hung.local_addr().unwrap(), s.addr);
+    for args in [
+        &["servers"][..],
+        &["health"],
+        &["topics", "list"],
+        &["topics", "describe", "default"],
+    ] {
+        // Without going on, each ends DEADLINE_EXCEEDED at the hung node after 8 s.
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--addr", &addrs, "--timeout", "8"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
 }
 
 /// `proglog produce` against the server, reading records from a pipe.

@@ -152,6 +152,23 @@ impl Error {
             })
     }
 
+    /// The client went away (closed or reset its socket, e.g. a process that exited after
+    /// its call): how connections normally end, not a failure worth a log line.
+    pub fn is_peer_gone(&self) -> bool {
+        let Error::Connection { source, .. } = self else {
+            return false;
+        };
+        source.get_io().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        })
+    }
+
     /// What tells this failure's log lines from others', to rate-limit them per kind: the
     /// kind, and for a refused TLS handshake its reason (digits left out, so that an expired
     /// certificate's timestamps do not make every line a kind of its own).

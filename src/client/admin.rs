@@ -91,9 +91,8 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TopicsCommand::List { conn } => {
-            let ch = conn.connect().await?;
-            let resp: pb::ListTopicsResponse = ch
-                .unary_prost(paths::LIST_TOPICS, &pb::ListTopicsRequest {}, conn.opts())
+            let resp: pb::ListTopicsResponse = conn
+                .ask_any(paths::LIST_TOPICS, &pb::ListTopicsRequest {})
                 .await?;
             if conn.json {
                 crate::out::outln!("{}", serde_json::json!({ "names": resp.names }))?;
@@ -104,13 +103,8 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TopicsCommand::Describe { conn, name } => {
-            let ch = conn.connect().await?;
-            let resp: pb::DescribeTopicResponse = ch
-                .unary_prost(
-                    paths::DESCRIBE_TOPIC,
-                    &pb::DescribeTopicRequest { name },
-                    conn.opts(),
-                )
+            let resp: pb::DescribeTopicResponse = conn
+                .ask_any(paths::DESCRIBE_TOPIC, &pb::DescribeTopicRequest { name })
                 .await?;
             if let Some(t) = resp.topic {
                 print_topic(conn.json, &t)?;

@@ -50,14 +50,8 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn describe_one(conn: &Conn) -> anyhow::Result<DescribeClusterResponse> {
-    let ch = conn.connect().await?;
-    Ok(ch
-        .unary_prost(
-            paths::DESCRIBE_CLUSTER,
-            &DescribeClusterRequest {},
-            conn.opts(),
-        )
-        .await?)
+    conn.ask_any(paths::DESCRIBE_CLUSTER, &DescribeClusterRequest {})
+        .await
 }
 
 async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
@@ -241,9 +235,8 @@ fn or_dash(s: &str) -> &str {
 }
 
 async fn members(conn: Conn) -> anyhow::Result<ExitCode> {
-    let ch = conn.connect().await?;
-    let resp: ListMembersResponse = ch
-        .unary_prost(paths::LIST_MEMBERS, &ListMembersRequest {}, conn.opts())
+    let resp: ListMembersResponse = conn
+        .ask_any(paths::LIST_MEMBERS, &ListMembersRequest {})
         .await?;
     if conn.json {
         for m in &resp.members {

@@ -116,10 +116,82 @@ impl Conn {
         Ok(Cluster::new(self.addr.clone(), options)?)
     }
 
-    /// A connection to the first of `--addr` that answers (for calls any node serves).
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
-        let (_, ch) = self.cluster(ReadFrom::Leader)?.any(self.deadline()).await?;
-        Ok(ch)
+    /// A call any node answers (servers, health, topic and cluster descriptions): sent to the
+    /// first of `--addr` that connects; when that node has not answered within
+    /// [`HEDGE_AFTER`] (paused, overloaded) or could not (UNAVAILABLE, DEADLINE_EXCEEDED), the
+    /// next address is asked too, and so on. The first answer wins; the calls still running
+    /// are cancelled. A node that hangs so costs a second, not the whole `--timeout`.
+    pub async fn ask_any<Q, R>(&self, path: &'static str, req: &Q) -> anyhow::Result<R>
+    where
+        Q: prost::Message + Clone + 'static,
+        R: prost::Message + Default + 'static,
+    {
+        let cluster = self.cluster(ReadFrom::Leader)?;
+        let deadline = self.deadline();
+        let opts = self.opts();
+        let (first, ch) = cluster.any(deadline).await?;
+        let mut rest: Vec<String> = self.addr.iter().filter(|a| **a != first).cloned().collect();
+        rest.reverse();
+        let (tx, mut rx) = futures_channel::mpsc::unbounded::<Result<R, net::Status>>();
+        let call = |ch: Option<Channel>, addr: String| {
+            let (tx, cluster, req, opts) = (tx.clone(), cluster.clone(), req.clone(), opts.clone());
+            glommio::spawn_local(async move {
+                let answer = match ch {
+                    Some(ch) => Ok(ch),
+                    None => cluster.channel(&addr, deadline).await,
+                };
+                let answer = match answer {
+                    Ok(ch) => ch.unary_prost::<Q, R>(path, &req, opts).await,
+                    Err(e) => Err(e),
+                };
+                let _ = tx.unbounded_send(answer);
+            })
+        };
+        let mut running = vec![call(Some(ch), first)];
+        let mut waiting = 1;
+        loop {
+            let hedge = !rest.is_empty();
+            let next = futures_lite::future::or(
+                async { Some(futures_lite::StreamExt::next(&mut rx).await) },
+                async {
+                    if hedge {
+                        glommio::timer::sleep(HEDGE_AFTER).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                    None
+                },
+            )
+            .await;
+            match next {
+                Some(Some(Ok(r))) => return Ok(r),
+                Some(Some(Err(st))) => {
+                    waiting -= 1;
+                    let again = matches!(
+                        st.code,
+                        net::Code::Unavailable | net::Code::DeadlineExceeded
+                    );
+                    if !again {
+                        return Err(st.into());
+                    }
+                    if let Some(addr) = rest.pop() {
+                        running.push(call(None, addr));
+                        waiting += 1;
+                    }
+                    if waiting == 0 {
+                        return Err(st.into());
+                    }
+                }
+                // `tx` lives in this frame: the channel does not end.
+                Some(None) => return Err(anyhow::anyhow!("no server answered")),
+                None => {
+                    if let Some(addr) = rest.pop() {
+                        running.push(call(None, addr));
+                        waiting += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// An admin write, which the controller's leader carries out (create or delete a topic,
@@ -180,6 +252,9 @@ async fn pause(st: &net::Status, addr: &str, redirected: bool) -> bool {
     named
 }
 
+/// How long a call any node answers waits for its node before the next address is asked too.
+const HEDGE_AFTER: Duration = Duration::from_secs(1);
+
 /// With `--timeout 0`, how long a command looks for a server that answers.
 const CONNECT_WITHOUT_DEADLINE_SECS: u64 = 10;
 
@@ -234,30 +309,33 @@ pub fn run(command: ClientCommand) -> anyhow::Result<ExitCode> {
 
 async fn servers(conn: Conn) -> anyhow::Result<ExitCode> {
     use proto::log::v1::{paths, GetServersRequest, GetServersResponse};
-    let ch = conn.connect().await?;
-    let resp: GetServersResponse = ch
-        .unary_prost(paths::GET_SERVERS, &GetServersRequest {}, conn.opts())
+    let resp: GetServersResponse = conn
+        .ask_any(paths::GET_SERVERS, &GetServersRequest {})
         .await?;
-    for s in resp.servers {
-        if conn.json {
+    if conn.json {
+        for s in resp.servers {
             crate::out::outln!(
                 "{}",
                 serde_json::json!({"id": s.id, "rpc_addr": s.rpc_addr, "is_leader": s.is_leader})
             )?;
-        } else {
-            let role = if s.is_leader { "leader" } else { "follower" };
-            crate::out::outln!("{}\t{}\t{role}", s.id, s.rpc_addr)?;
         }
+        return Ok(ExitCode::SUCCESS);
     }
+    // The leader is the default topic's partition 0's, which book clients' pickers use.
+    let mut rows = vec![vec!["ID".to_owned(), "RPC_ADDR".into(), "ROLE".into()]];
+    for s in resp.servers {
+        let role = if s.is_leader { "leader" } else { "follower" };
+        rows.push(vec![s.id, s.rpc_addr, role.into()]);
+    }
+    crate::out::table(&rows)?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn health(conn: Conn, service: String) -> anyhow::Result<ExitCode> {
     use proto::health::v1::health_check_response::ServingStatus;
     use proto::health::v1::{paths, HealthCheckRequest, HealthCheckResponse};
-    let ch = conn.connect().await?;
-    let resp: HealthCheckResponse = ch
-        .unary_prost(paths::CHECK, &HealthCheckRequest { service }, conn.opts())
+    let resp: HealthCheckResponse = conn
+        .ask_any(paths::CHECK, &HealthCheckRequest { service })
         .await?;
     let status = ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown);
     if conn.json {

@@ -33,10 +33,29 @@ pub struct ProduceArgs {
     #[arg(long, default_value_t = 0)]
     pub partition: u32,
     /// Send ProduceBatch calls of up to N records each (atomic per call) instead of a stream
-    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1000")]
+    #[arg(
+        long,
+        value_name = "N",
+        num_args = 0..=1,
+        default_missing_value = "1000",
+        value_parser = parse_batch
+    )]
     pub batch: Option<usize>,
     /// Record values; without any, each line of standard input is one record
     pub values: Vec<String>,
+}
+
+/// `--batch N`: a count of records. The word after a bare `--batch` is taken for N, so a
+/// value that is not one is refused with what to write instead, never sent or dropped.
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("a batch holds at least 1 record".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "N is a number of records per call; to send {s:?} as a record, give N first \
+             (--batch 1000 {s}) or put the values after -- (--batch -- {s})"
+        )),
+    }
 }
 
 /// Values queued ahead of the network.
@@ -95,7 +114,7 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
     let cluster = a.conn.cluster(ReadFrom::Leader)?;
     let mut input = values(a.values.clone())?;
     match a.batch {
-        Some(n) => batches(&a, &cluster, &mut input, n.max(1)).await?,
+        Some(n) => batches(&a, &cluster, &mut input, n).await?,
         None => stream(&a, &cluster, &mut input).await?,
     }
     Ok(ExitCode::SUCCESS)

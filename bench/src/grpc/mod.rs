@@ -145,9 +145,12 @@ pub fn main(opts: Opts) -> Result<Outcome> {
     let mut parts = Vec::new();
     let (mut bench_cpu, mut server_cpu, mut verify_result) = (None, None, None);
     let mut secs = 0.0;
+    // Where the load went: the partition's leader the seeds named, reported as the target.
+    let mut target = None;
     if load_wanted {
         let config = tls::client_config(&opts.tls).map_err(|e| anyhow!(e))?;
         let addr = route::target(&opts, config.clone())?;
+        target = Some(addr);
         if !opts.quiet && opts.addrs().len() > 1 {
             eprintln!("load goes to {addr} (the partition's leader, or the first that answers)");
         }
@@ -195,7 +198,7 @@ pub fn main(opts: Opts) -> Result<Outcome> {
         }
     }
     let report = RunReport {
-        addr: opts.addr.clone(),
+        addr: target.map_or_else(|| opts.addr.clone(), |a| a.to_string()),
         run_id: id,
         parts,
         secs,

@@ -40,6 +40,7 @@ impl Cpu {
 
 pub struct RunReport {
     pub opts: Opts,
+    /// Where the load went (the partition's leader, found from the seeds), else `--addr`.
     pub addr: String,
     pub run_id: u32,
     pub parts: Vec<(Part, PartStats)>,

@@ -549,6 +549,7 @@ impl Server {
             }
             match this.accept(stream, peer, shutdown, &slot.state).await {
                 Ok(()) => log::debug!("connection {peer:?} closed"),
+                Err(e) if e.is_peer_gone() => log::debug!("{e}"),
                 Err(e) => conn_log!(log::Level::Info, &e.log_kind(), "{e}"),
             }
             drop(slot);
