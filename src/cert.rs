@@ -70,8 +70,9 @@ pub struct Common {
     /// Directory holding ca.pem and ca-key.pem, and where new files go
     #[arg(long, default_value = ".", value_name = "DIR")]
     dir: PathBuf,
-    /// Days the certificate is valid for [default: 3650 for a CA, 825 otherwise]
-    #[arg(long)]
+    /// Days the certificate is valid for, up to 36500; 0 makes one already expired (to test
+    /// expiry) [default: 3650 for a CA, 825 otherwise]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=36500))]
     days: Option<u32>,
     /// Replace files that already exist
     #[arg(long)]
@@ -128,6 +129,9 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<ExitCode> {
             sign_leaf(&common, params, &name)
         }
         CertCommand::Client { common, cn, name } => {
+            if cn.trim().is_empty() {
+                bail!("the client's Common Name (CN, its ACL subject) is empty");
+            }
             let mut params = CertificateParams::default();
             params.distinguished_name = dn(&cn);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -147,6 +151,12 @@ fn san(host: &str) -> anyhow::Result<SanType> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
+    if !is_dns_name(host) {
+        bail!(
+            "{host:?} is neither an IP address nor a DNS name (letters, digits and hyphens in \
+             dot-separated labels, optionally starting with \"*.\")"
+        );
+    }
     let name = host
         .to_owned()
         .try_into()
@@ -154,7 +164,27 @@ fn san(host: &str) -> anyhow::Result<SanType> {
     Ok(SanType::DnsName(name))
 }
 
+/// A host name a certificate can name (RFC 1123 labels, a leading `*.` wildcard allowed):
+/// what a client would compare its server name with.
+fn is_dns_name(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && host.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 fn validity(params: &mut CertificateParams, days: u32) {
+    if days == 0 {
+        log::warn!("--days 0: the certificate has already expired when it is written");
+    }
     let now = time::OffsetDateTime::now_utc();
     // An hour of slack for clocks that run behind the signer's.
     params.not_before = now - time::Duration::hours(1);

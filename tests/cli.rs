@@ -136,7 +136,7 @@ fn topics_servers_and_health() {
     );
     assert!(ok, "{err}");
     assert!(
-        out.contains("topic logs: 2 partition(s), durability interval:50"),
+        out.contains("topic logs: 2 partition(s), replication factor 1, durability interval:50"),
         "{out}"
     );
     // A small segment caps the topic's record size rather than refusing the topic.
@@ -246,6 +246,37 @@ fn calls_any_node_answers_pass_a_node_that_never_answers() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {err}");
     }
+}
+
+/// `proglog produce` (a stream) to a node that takes the connection and never answers ends
+/// once `--timeout` passes with records unanswered, saying their outcome is unknown, instead
+/// of waiting for ever.
+#[test]
+fn a_produce_stream_nobody_answers_ends_at_the_timeout() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["produce", "--addr", &hung.local_addr().unwrap().to_string()])
+        .args(["--timeout", "2", "x"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far past the 2 s: only a hang gets here.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("proglog produce still waiting 60 s after a 2 s --timeout");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("DEADLINE_EXCEEDED") && err.contains("unknown outcome"),
+        "{err}"
+    );
 }
 
 /// `proglog produce` against the server, reading records from a pipe.

@@ -638,6 +638,13 @@ fn a_node_removed_while_it_leads_a_partition_hands_the_partition_over() {
         c.nodes[victim].describe().is_some(),
         "the removed node stopped answering"
     );
+    // Not ready any more (gRPC health NOT_SERVING, /readyz 503): a load balancer stops
+    // sending it clients, saying why.
+    wait("the removed node no longer serving", || {
+        !c.nodes[victim].serving()
+    });
+    let (ok, out, err) = common::run_cli(c.nodes[victim].rpc, &["health"], None);
+    assert!(!ok && out.trim() == "NOT_SERVING", "{out}{err}");
     assert!(
         c.nodes[victim].log().contains("leadership handed to"),
         "{}",
@@ -1529,6 +1536,20 @@ fn a_node_stopped_without_leaving_keeps_its_replicas_and_catches_up() {
     wait("the controller's leader sees the stopped node down", || {
         seen_by_leader(&c).is_some_and(|(live, _)| !live)
     });
+    // `cluster describe` marks its replica, which the group still counts as a voter.
+    let ctl = c.nodes[controller_leader(&c)].rpc;
+    let mark = format!("{victim_id}/0 voter");
+    wait(
+        "cluster describe marking the stopped node's replica",
+        || {
+            let (ok, out, _) = common::run_cli(ctl, &["cluster", "describe"], None);
+            ok && out.lines().any(|l| {
+                l.starts_with("s/0 ")
+                    && l.split(", ")
+                        .any(|r| r.contains(&mark) && r.ends_with(" unreachable"))
+            })
+        },
+    );
     // A clean leave is acted on at the controller's next pass: over five seconds, nothing.
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while std::time::Instant::now() < until {
@@ -1716,6 +1737,75 @@ fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
         "the returning node's log saying it dropped the topic",
         || c.nodes[victim].log().contains("dropped topic \"s\""),
     );
+}
+
+/// Once DeleteTopic has answered, no node acknowledges a produce to the topic: every live
+/// node has applied the deletion by then and refuses appends to the replica it still holds
+/// until its reconcile pass drops it. Produced first on the partition's leader when the
+/// controller's leader is another node (the deletion reaches it last). Before the fence, one
+/// round in five (a CLI started right after `topics delete`) got an offset for a record
+/// that went with the topic.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn no_produce_is_acknowledged_after_a_topic_delete_answered() {
+    let c = form("no produce acknowledged after a delete", 241, &[]);
+    for round in 0..8 {
+        let topic = format!("gone{round}");
+        create_topic(&c, &topic, 1, 3);
+        let mut leader = None;
+        wait("the topic led with three voters", || {
+            leader = leader_of(&c, &topic, 0, 3);
+            leader.is_some()
+        });
+        let leader = leader.unwrap_or(0);
+        // Connections open and every node's route to the leader known.
+        for n in &c.nodes {
+            wait("a produce through every node", || {
+                produce(n, &topic, b"before").is_ok()
+            });
+        }
+        let ctl = controller_leader(&c);
+        let ch = c.nodes[ctl].channel().expect("connect");
+        let order: Vec<usize> = std::iter::once(leader)
+            .chain((0..3).filter(|&i| i != leader))
+            .collect();
+        let chans: Vec<_> = order
+            .iter()
+            .map(|&i| c.nodes[i].channel().expect("connect"))
+            .collect();
+        let r: Result<DeleteTopicResponse, Status> = ch.unary_prost(
+            paths::DELETE_TOPIC,
+            &DeleteTopicRequest {
+                name: topic.clone(),
+            },
+            net::client::CallOptions::timeout(Duration::from_secs(30)),
+        );
+        r.expect("delete topic");
+        for (&i, ch) in order.iter().zip(&chans) {
+            let r: Result<ProduceResponse, Status> = ch.unary_prost(
+                paths::PRODUCE,
+                &ProduceRequest {
+                    record: Some(Record {
+                        value: b"after".to_vec().into(),
+                        ..Default::default()
+                    }),
+                    topic: topic.clone(),
+                    partition: 0,
+                },
+                opts(),
+            );
+            match r {
+                Err(st) if st.code == net::Code::NotFound => {}
+                other => panic!(
+                    "round {round}: a produce on node {} (partition leader {}, controller \
+                     leader {}) after the delete answered: {other:?}",
+                    i + 1,
+                    leader + 1,
+                    ctl + 1
+                ),
+            }
+        }
+    }
 }
 
 /// A replica whose log failed, moved to a free fourth node while its node keeps another

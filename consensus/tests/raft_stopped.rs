@@ -47,7 +47,7 @@ async fn leader_fails(root: std::path::PathBuf) {
         );
         assert_eq!(s.leader, raft::INVALID_ID, "{when}: it knows no leader");
         assert_eq!(s.stopped, Some(Stopped::Failed), "{when}");
-        let (_, _, matched) = c.sets[&FAILING].membership(G).expect("membership");
+        let (_, _, matched, _) = c.sets[&FAILING].membership(G).expect("membership");
         assert!(
             matched.is_empty(),
             "{when}: no follower progress: {matched:?}"

@@ -37,6 +37,10 @@ impl std::str::FromStr for Durability {
             }),
             other => match other.strip_prefix("interval:").map(|ms| ms.trim_end_matches("ms").parse::<u64>()) {
                 Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval { interval_ms: ms }),
+                Some(Ok(_)) => Err(format!(
+                    "durability {other:?}: the sync interval is at least 1 ms (`always` syncs \
+                     before every acknowledgement)"
+                )),
                 _ => Err(format!(
                     "unknown durability {other:?}: expected always, never, interval or interval:<ms>"
                 )),
@@ -152,9 +156,12 @@ impl LogConfig {
                 MAX_SEGMENT_BYTES >> 30
             ));
         }
-        if self.max_record_bytes == 0 || self.max_batch_bytes < self.max_record_bytes {
+        if self.max_record_bytes == 0 {
+            return Err("max_record_bytes 0: a record may hold at least 1 byte".into());
+        }
+        if self.max_batch_bytes < self.max_record_bytes {
             return Err(format!(
-                "max_batch_bytes {} must be at least max_record_bytes {} (> 0)",
+                "max_batch_bytes {} must be at least max_record_bytes {}",
                 self.max_batch_bytes, self.max_record_bytes
             ));
         }

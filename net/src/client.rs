@@ -151,7 +151,7 @@ impl Channel {
             Ok(Err(source)) => {
                 return Err(Error::TlsHandshake {
                     peer: Some(addr),
-                    source,
+                    source: explain_handshake_eof(source),
                 })
             }
             Err(_) => return Err(Error::TlsHandshakeTimeout(Some(addr))),
@@ -650,4 +650,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AlertFirst<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// rustls reports a server that closed the connection before answering the ClientHello as
+/// "tls handshake eof": what a plaintext server does (ours closes a connection whose first
+/// byte starts a TLS record). Said so, with what to do.
+fn explain_handshake_eof(e: std::io::Error) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+        return e;
+    }
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!(
+            "the server closed the connection during the handshake ({e}): it may not serve \
+             TLS on this port (a plaintext server: connect without TLS)"
+        ),
+    )
 }

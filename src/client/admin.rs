@@ -157,6 +157,7 @@ fn print_topic(json: bool, t: &pb::TopicDescription) -> std::io::Result<()> {
             serde_json::json!({
                 "name": t.name,
                 "partitions": c.partitions,
+                "replication_factor": c.replication_factor,
                 "durability": durability_text(&c),
                 "segment_bytes": c.segment_bytes,
                 "retention_bytes": c.retention_bytes,
@@ -167,9 +168,13 @@ fn print_topic(json: bool, t: &pb::TopicDescription) -> std::io::Result<()> {
         return Ok(());
     }
     crate::out::outln!(
-        "topic {}: {} partition(s), durability {}, segment-bytes {}, retention-bytes {}, retention-ms {}",
+        "topic {}: {} partition(s), replication factor {}, durability {}, segment-bytes {}, retention-bytes {}, retention-ms {}",
         t.name,
         c.partitions,
+        match c.replication_factor {
+            0 => "-".to_owned(),
+            rf => rf.to_string(),
+        },
         durability_text(&c),
         c.segment_bytes,
         match c.retention_bytes {

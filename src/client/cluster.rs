@@ -130,6 +130,7 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                     "replicas": p.replicas.iter().map(|r| serde_json::json!({
                         "node": r.node, "shard": r.shard, "voter": r.voter,
                         "learner": r.learner,
+                        "live": first.nodes.iter().any(|n| n.id == r.node && n.live && !n.removed),
                         "matched_index": r.progress_known.then_some(r.matched_index),
                         "lag": r.progress_known.then_some(r.lag),
                     })).collect::<Vec<_>>(),
@@ -167,6 +168,13 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         ]);
     }
     crate::out::table(&rows)?;
+    let node_live = |id: u64| {
+        first
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .is_some_and(|n| n.live && !n.removed)
+    };
     let mut rows = vec![header(&[
         "PARTITION",
         "RF",
@@ -192,7 +200,14 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 } else {
                     "?".into()
                 };
-                format!("{}/{} {role} {lag}", r.node, r.shard)
+                // A replica on a node gossip does not list live replicates nothing, whatever
+                // the lag its leader last saw.
+                let down = if node_live(r.node) {
+                    ""
+                } else {
+                    " unreachable"
+                };
+                format!("{}/{} {role} {lag}{down}", r.node, r.shard)
             })
             .collect();
         rows.push(vec![

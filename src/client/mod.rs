@@ -40,7 +40,7 @@ pub struct Conn {
     #[arg(long)]
     pub json: bool,
     /// Deadline of each call in seconds, at most a year; 0 for none (streams that follow the
-    /// log have none)
+    /// log have none; a produce stream has its records answered within it)
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// CA that signed the server's certificate (PEM): turns TLS on

@@ -170,7 +170,7 @@ async fn stream(
         }
         let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
         if (sent && !errors::produce_retryable(&st)) || Instant::now() + NO_LEADER_PAUSE >= until {
-            return Err(in_doubt(st, pending.borrow().len()));
+            return Err(in_doubt(st, pending.borrow().len(), sent));
         }
         redirected = super::pause(&st, &addr, redirected).await;
     }
@@ -178,13 +178,18 @@ async fn stream(
 
 /// A stream's final error, saying what became of the records sent and not acknowledged
 /// (`unanswered`): the offsets printed are those acknowledged, and nothing read after the
-/// unanswered ones was sent.
-fn in_doubt(st: net::Status, unanswered: usize) -> anyhow::Error {
+/// unanswered ones was sent. They were not stored when the last call refused them
+/// (`NOT_LEADER` and `NO_LEADER` included: the server ends a stream at its first request
+/// not taken) or never started (`sent` false): every earlier call the unanswered ones went
+/// out on ended so too, or they would not have been sent again.
+fn in_doubt(st: net::Status, unanswered: usize, sent: bool) -> anyhow::Error {
     if unanswered == 0 {
         return st.into();
     }
     let fate = if errors::produce_refused(&st) {
         "were not stored (the refused record and those sent after it)"
+    } else if errors::produce_retryable(&st) || !sent {
+        "were not stored (no node took them; sending them again cannot duplicate them)"
     } else {
         "have an unknown outcome (they may be in the log; not sent again)"
     };
@@ -202,7 +207,11 @@ async fn stream_once(
     pending: &RefCell<VecDeque<Bytes>>,
     progress: &Cell<bool>,
 ) -> Result<(), StreamEnd> {
-    // No deadline: stdin may stream for as long as the user likes.
+    // No deadline on the call: stdin may stream for as long as the user likes. What was sent
+    // must be answered within --timeout, though: since the oldest unanswered record went out,
+    // or since the last answer (a paused or wedged server answers nothing, ever).
+    let answer_within = a.conn.opts().timeout;
+    let waiting_since: Cell<Option<Instant>> = Cell::new(None);
     let (mut tx, mut rx) = ch
         .streaming(paths::PRODUCE_STREAM, net::client::CallOptions::default())
         .await
@@ -250,6 +259,9 @@ async fn stream_once(
                 // Pending before it is sent: if the call fails, it is sent again.
                 pending.borrow_mut().push_back(value);
             }
+            if waiting_since.get().is_none() {
+                waiting_since.set(Some(Instant::now()));
+            }
             if let Err(e) = tx.send_message(&req).await {
                 // The server ended the call; the response side reports why.
                 log::debug!("send: {e}");
@@ -265,12 +277,36 @@ async fn stream_once(
             .await
             .map_err(StreamEnd::Status)?
         {
-            pending.borrow_mut().pop_front();
+            let left = {
+                let mut p = pending.borrow_mut();
+                p.pop_front();
+                p.len()
+            };
+            waiting_since.set((left > 0).then(Instant::now));
             progress.set(true);
             print_offset(a.conn.json, resp.offset).map_err(|e| StreamEnd::Input(e.into()))?;
         }
         Ok::<(), StreamEnd>(())
     };
+    let unanswered = async {
+        let Some(limit) = answer_within else {
+            return std::future::pending::<Result<(), StreamEnd>>().await;
+        };
+        loop {
+            let due = waiting_since.get().map(|t| t + limit);
+            match due {
+                Some(due) if Instant::now() >= due => {
+                    return Err(StreamEnd::Status(net::Status::deadline_exceeded(format!(
+                        "the server answered none of the records sent for {:.1} s (--timeout)",
+                        limit.as_secs_f64()
+                    ))));
+                }
+                Some(due) => glommio::timer::sleep(due - Instant::now()).await,
+                None => glommio::timer::sleep(limit.min(Duration::from_millis(100))).await,
+            }
+        }
+    };
+    let recv = futures_lite::future::or(recv, unanswered);
     // The call is over when the server ends it; the sender may still wait for input then.
     futures_lite::future::or(recv, async {
         send.await?;

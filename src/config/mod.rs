@@ -118,7 +118,7 @@ settings! {
         /// from the cluster and its replicas re-created on other nodes; a clean leave is acted
         /// on at once
         dead_node_timeout: DurationArg => Duration, "DURATION",
-            default(DurationArg(DEFAULT_DEAD_NODE_TIMEOUT));
+            default(DurationArg(DEFAULT_DEAD_NODE_TIMEOUT)), check(|d| positive(*d));
         /// A replica stopped this long because its log failed (an I/O error; it stays stopped
         /// until the server restarts) is moved to a live node that lacks one; the node stays
         /// in the cluster
@@ -179,7 +179,8 @@ settings! {
             );
         /// Log filter, env_logger syntax (e.g. info, proglog=debug)
         log_level: String, "FILTER",
-            default(|env| env("RUST_LOG").unwrap_or_else(|| "info".to_owned()), "$RUST_LOG or info");
+            default(|env| env("RUST_LOG").unwrap_or_else(|| "info".to_owned()), "$RUST_LOG or info"),
+            check(|v| log_filter(v));
         /// How long calls in flight may run once shutdown begins, e.g. 20s, 500ms
         drain_timeout: DurationArg => Duration, "DURATION",
             default(DurationArg(DEFAULT_DRAIN_TIMEOUT));
@@ -271,6 +272,42 @@ pub enum ConfigError {
 fn at_least(n: usize, min: usize) -> Result<(), String> {
     if n < min {
         return Err(format!("below the minimum of {min}"));
+    }
+    Ok(())
+}
+
+/// The log levels a filter names.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A `check` for a log filter in env_logger's syntax (`LEVEL`, `MODULE=LEVEL`, comma
+/// separated, an optional `/REGEX` after). env_logger reads any other word as a module to log
+/// at every level, so `warning` or `verbose` would turn every other line off, fatal errors
+/// included: a bare word must be a level, or a module path (`a::b`); a module's level must
+/// be a level.
+fn log_filter(filter: &str) -> Result<(), String> {
+    let directives = filter.split('/').next().unwrap_or_default();
+    let is_level = |w: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w));
+    let levels = LOG_LEVELS.join(", ");
+    for d in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        match d.split_once('=') {
+            Some((module, level)) if module.trim().is_empty() || !is_level(level.trim()) => {
+                return Err(format!(
+                    "{d:?} is not MODULE=LEVEL with a level among {levels}"
+                ));
+            }
+            Some(_) => {}
+            None if is_level(d) || d.contains("::") => {}
+            None => {
+                return Err(format!(
+                    "{d:?} is not a level ({levels}); to set one module's level write \
+                     MODULE=LEVEL, e.g. proglog=debug"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -568,6 +605,40 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.durability, Durability::Always);
         assert_eq!(s.max_message_bytes, 4 << 20);
+    }
+
+    /// A word env_logger would read as a module (turning every other line off) is refused,
+    /// from a flag or from RUST_LOG; levels, MODULE=LEVEL and module paths pass.
+    #[test]
+    fn a_log_filter_names_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "info,proglog::rpc=debug",
+            "h2=trace,off",
+            "net::server",
+        ] {
+            let args = ServeArgs {
+                log_level: Some(good.into()),
+                ..Default::default()
+            };
+            assert!(resolve(args, &[]).is_ok(), "{good}");
+        }
+        for bad in ["warning", "verbose", "proglog=loud", "=debug"] {
+            let args = ServeArgs {
+                log_level: Some(bad.into()),
+                ..Default::default()
+            };
+            let e = resolve(args, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("log-level") && e.contains("trace, debug"),
+                "{bad}: {e}"
+            );
+        }
+        let e = resolve(ServeArgs::default(), &[("RUST_LOG", "warning")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"warning\" is not a level"), "{e}");
     }
 
     #[test]

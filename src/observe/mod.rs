@@ -332,6 +332,13 @@ fn render_raft_loops(e: &mut Exposition, board: &consensus::raft::board::Board) 
     }
 }
 
+/// A group is under-replicated (Kafka's term) with fewer voters than its replication factor,
+/// or with a voter on a node gossip does not list `live`: such a voter replicates nothing,
+/// though the group counts it until the controller removes the node.
+fn under_replicated(voters: &[u64], rf: usize, live: &[u64]) -> bool {
+    voters.len() < rf || voters.iter().any(|n| !live.contains(n))
+}
+
 fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
     use std::sync::atomic::Ordering::Relaxed;
     let s = c.state();
@@ -396,6 +403,10 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         "The largest lag (commit index minus matched index) of a replica of a group led here.",
         max_lag as f64,
     );
+    // Kafka's under-replicated partitions: a voter on a node gossip lists suspect, down or
+    // gone is not replicating, though the group still counts it until the controller
+    // removes the node (`--dead-node-timeout`).
+    let live = c.live_nodes(&s);
     let under = led
         .iter()
         .filter(|(g, v)| {
@@ -410,13 +421,14 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
                         == *g
                 })
                 .map_or(0, |(_, _, rf)| rf as usize);
-            v.voters.len() < rf
+            under_replicated(&v.voters, rf, &live)
         })
         .count();
     e.single(
         "proglog_raft_under_replicated_groups",
         Kind::Gauge,
-        "Groups led here with fewer voters than their replication factor.",
+        "Groups led here with fewer voters than their replication factor, or with a voter on \
+         a node gossip does not list live (suspect, down or gone).",
         under as f64,
     );
     e.single(
@@ -1030,4 +1042,18 @@ fn render_process(e: &mut Exposition, p: &ProcessStats, start: SystemTime) {
         "Start time of the process since the Unix epoch, in seconds.",
         start,
     );
+}
+
+#[cfg(test)]
+mod under_replication_tests {
+    use super::under_replicated;
+
+    #[test]
+    fn a_group_is_under_replicated_short_of_voters_or_with_one_not_live() {
+        assert!(!under_replicated(&[1, 2, 3], 3, &[1, 2, 3, 4]));
+        assert!(under_replicated(&[1, 2], 3, &[1, 2, 3]));
+        assert!(under_replicated(&[1, 2, 3], 3, &[1, 3]));
+        // A lone voter, as on a single node (which lists itself live).
+        assert!(!under_replicated(&[1], 1, &[1]));
+    }
 }

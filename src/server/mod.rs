@@ -169,6 +169,10 @@ fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
 /// How long [`check_port_free`] lets a listener left by a process that just died go away.
 const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
 
+/// A `--dead-node-timeout` below this is warned about at start: a pause or a restart that
+/// long costs a node its replicas.
+const SHORT_DEAD_NODE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Test hook: holds the server in its recovering phase this long, so that black-box tests
 /// can watch `/readyz` and gRPC health before the node is ready. Never set in production.
 const HOLD_RECOVERY_ENV: &str = "PROGLOG_TEST_HOLD_RECOVERY_MS";
@@ -398,6 +402,16 @@ impl Node {
         raft_peers
             .snapshots
             .set_rate_limit(settings.snapshot_rate_limit);
+        if settings.dead_node_timeout < SHORT_DEAD_NODE_TIMEOUT {
+            log::warn!(
+                "dead-node-timeout {:?}: while this node leads the controller, a member paused, \
+                 cut off or restarting for longer is removed and its replicas are copied to \
+                 other nodes (gossip lists a member down after about 6 s); values under {:?} \
+                 suit tests, not production",
+                settings.dead_node_timeout,
+                SHORT_DEAD_NODE_TIMEOUT
+            );
+        }
         let cluster_node = consensus::cluster::ClusterNode::new(
             raft_peers.clone(),
             settings.dead_node_timeout,

@@ -37,6 +37,12 @@ use std::time::{Duration, Instant};
 /// to enact it.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a DeleteTopic waits for every live node to learn of it before it answers.
+const DELETE_SPREAD: Duration = Duration::from_secs(5);
+
+/// A node's Ready round from learning a commit to applying it, with room to spare.
+const APPLY_SETTLE: Duration = Duration::from_millis(100);
+
 /// The largest controller command proposed (a topic of the most partitions, each with its
 /// replicas, fits with room to spare; the controller's log never sees a batch near its limit:
 /// a batch must fit in one of its 2 MiB segments, and raft-rs's `max_size_per_msg` is 1 MiB).
@@ -85,6 +91,52 @@ pub enum Error {
     /// This node could not open its replicas of a topic it created.
     #[error(transparent)]
     Local(engine::Error),
+}
+
+/// The Raft id of the node named `name`. Names repeat: a node whose data directory was
+/// wiped rejoins under its old name as a new member, and its old entry stays until it is
+/// removed. Of the entries not removed, the only one is meant; with several, the caller
+/// must say which (by id; `live` says which of them run), since removing the running one
+/// by mistake costs a replica of every partition it holds. Only removed entries: the
+/// newest (removing it again is a no-op).
+fn node_named(s: &ClusterState, name: &str, live: &[u64]) -> Result<u64, Error> {
+    let named: Vec<(u64, &NodeEntry)> = s
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.name == name)
+        .map(|(id, n)| (*id, n))
+        .collect();
+    let active: Vec<u64> = named
+        .iter()
+        .filter(|(_, n)| !n.removed)
+        .map(|(id, _)| *id)
+        .collect();
+    match active.as_slice() {
+        [one] => Ok(*one),
+        [] => named
+            .iter()
+            .map(|(id, _)| *id)
+            .max()
+            .ok_or_else(|| Error::NotFound(format!("no node {name:?} in the cluster"))),
+        several => {
+            let listed: Vec<String> = several
+                .iter()
+                .map(|id| {
+                    let state = if live.contains(id) {
+                        "live"
+                    } else {
+                        "not live"
+                    };
+                    format!("{id} ({state})")
+                })
+                .collect();
+            Err(Error::Refused(format!(
+                "{name:?} names nodes {}: give the Raft id of the one to remove \
+                 (proglog cluster describe lists them)",
+                listed.join(" and ")
+            )))
+        }
+    }
 }
 
 /// The controller's partition as the seam's errors name it.
@@ -366,6 +418,19 @@ impl ClusterNode {
         let s = self.state.read().ok()?;
         let t = s.topics.get(topic)?;
         Some(t.partitions.get(partition as usize)?.nodes())
+    }
+
+    /// The replication factor the registry gives `topic`, without copying the state.
+    pub fn replication_factor_of(&self, topic: &str) -> Option<u32> {
+        let s = self.state.read().ok()?;
+        s.topics.get(topic).map(|t| t.replication_factor)
+    }
+
+    /// Whether the controller's state lists `topic`, without copying the state; `None` while
+    /// this node holds no state yet (before it bootstrapped, joined or rebuilt it).
+    pub fn lists_topic(&self, topic: &str) -> Option<bool> {
+        let s = self.state.read().ok()?;
+        (!s.cluster_id.is_empty()).then(|| s.topics.contains_key(topic))
     }
 
     /// Applies registry knowledge learnt outside the log (a join answer), so that the
@@ -1059,15 +1124,60 @@ impl ClusterNode {
         if !self.state().topics.contains_key(name) {
             return Err(Error::NotFound(format!("topic {name:?} does not exist")));
         }
-        self.propose(&Command::DeleteTopic {
-            name: name.to_owned(),
-        })
-        .await?;
+        let index = self
+            .propose(&Command::DeleteTopic {
+                name: name.to_owned(),
+            })
+            .await?;
         // Dropped here at once (the reconcile loop does it on the other nodes).
         let engine = self.engine.get().ok_or(Error::Stopped)?;
         match engine.delete_topic(name).await {
-            Ok(()) | Err(engine::Error::UnknownTopic(_)) => Ok(()),
-            Err(e) => Err(Error::Local(e)),
+            Ok(()) | Err(engine::Error::UnknownTopic(_)) => {}
+            Err(e) => return Err(Error::Local(e)),
+        }
+        self.wait_applied_everywhere(index, DELETE_SPREAD).await;
+        Ok(())
+    }
+
+    /// Waits (up to `within`) until every live node has learned that controller entry
+    /// `index` is committed, then for it to apply it. A node that has applied a DeleteTopic
+    /// refuses appends to the topic (the Raft seam's fence) before its reconcile pass drops
+    /// the replicas, so a produce sent after the answer is never acknowledged for a topic
+    /// on its way out. Each node's commit index is the one it reported to this leader
+    /// (raft-rs tracks it from every answer); a node learns the commit with the leader's
+    /// next message, and applies it in the Ready round that makes the entry durable there,
+    /// at most one round after it answered: [`APPLY_SETTLE`] covers that round. A node down
+    /// or cut off is not waited for (it serves no client meanwhile, and one that comes back
+    /// applies its log before it serves).
+    async fn wait_applied_everywhere(&self, index: u64, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let lagging: Vec<u64> = {
+                let Ok(s) = self.state.read() else { return };
+                let live = self.live_nodes(&s);
+                let view = self.peers.board.get(0);
+                let me = self.id();
+                live.into_iter()
+                    .filter(|&n| n != me)
+                    .filter(|&n| {
+                        !view
+                            .as_ref()
+                            .is_some_and(|v| v.committed.iter().any(|&(x, c)| x == n && c >= index))
+                    })
+                    .collect()
+            };
+            if lagging.is_empty() {
+                glommio::timer::sleep(APPLY_SETTLE).await;
+                return;
+            }
+            if Instant::now() >= until || self.stopping() {
+                log::warn!(
+                    "controller entry {index}: nodes {lagging:?} had not learned of it after \
+                     {within:?}; answering without them"
+                );
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -1080,13 +1190,7 @@ impl ClusterNode {
         let s = self.state();
         let id = match which.parse::<u64>() {
             Ok(id) if s.nodes.contains_key(&id) => id,
-            _ => s
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.name == which)
-                .map(|(id, _)| *id)
-                .max()
-                .ok_or_else(|| Error::NotFound(format!("no node {which:?} in the cluster")))?,
+            _ => node_named(&s, which, &self.live_nodes(&s))?,
         };
         if s.nodes.get(&id).is_some_and(|n| n.removed) {
             return Ok(id);
@@ -1536,6 +1640,37 @@ mod tests {
             shards: 1,
             removed: false,
         }
+    }
+
+    /// `cluster remove NAME` after a wiped node rejoined under its old name: two entries
+    /// not removed are refused (the running one was removed before), one is taken, and
+    /// removed ones count only when no other is left.
+    #[test]
+    fn a_name_two_active_nodes_share_is_refused() {
+        let mut s = ClusterState::default();
+        let named = |i: u64, name: &str, removed: bool| NodeEntry {
+            name: name.into(),
+            removed,
+            ..entry(i)
+        };
+        s.nodes.insert(1, named(1, "n1", false));
+        s.nodes.insert(3, named(3, "n3", false));
+        s.nodes.insert(4, named(4, "n3", false));
+        match node_named(&s, "n3", &[1, 4]) {
+            Err(Error::Refused(m)) => {
+                assert!(m.contains("nodes 3 (not live) and 4 (live)"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(node_named(&s, "n1", &[1, 4]).ok(), Some(1));
+        s.nodes.insert(3, named(3, "n3", true));
+        assert_eq!(node_named(&s, "n3", &[1, 4]).ok(), Some(4));
+        s.nodes.insert(4, named(4, "n3", true));
+        assert_eq!(node_named(&s, "n3", &[1]).ok(), Some(4));
+        assert!(matches!(
+            node_named(&s, "n9", &[1]),
+            Err(Error::NotFound(_))
+        ));
     }
 
     /// A node whose controller state holds `commands` commands (a bootstrap, then

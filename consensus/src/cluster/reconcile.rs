@@ -1814,6 +1814,7 @@ mod tests {
             voters: vec![1, 2],
             learners: Vec::new(),
             matched: Vec::new(),
+            committed: Vec::new(),
             stopped,
             lost: false,
         }
@@ -2312,6 +2313,7 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![],
             matched: vec![(1, 100), (2, 100), (3, 100)],
+            committed: vec![(1, 100), (2, 100), (3, 100)],
             stopped: None,
             lost: false,
         }

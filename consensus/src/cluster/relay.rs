@@ -706,6 +706,7 @@ mod tests {
                 voters: vec![1, 2, 3],
                 learners: vec![],
                 matched: vec![],
+                committed: vec![],
                 stopped: Some(Stopped::Failed),
                 lost: false,
             },

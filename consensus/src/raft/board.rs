@@ -27,6 +27,9 @@ pub struct GroupView {
     pub learners: Vec<u64>,
     /// On the leader: each replica's matched index; empty elsewhere.
     pub matched: Vec<(u64, u64)>,
+    /// On the leader: the commit index each replica last reported (raft-rs's
+    /// `Progress::committed_index`, from its answers); empty elsewhere.
+    pub committed: Vec<(u64, u64)>,
     /// Set while the group is stopped on this node: its log's disk is full, or it failed
     /// (until the server restarts).
     pub stopped: Option<Stopped>,
@@ -50,6 +53,7 @@ impl GroupView {
             voters,
             learners,
             matched: vec![],
+            committed: vec![],
             stopped: None,
             lost: false,
         }

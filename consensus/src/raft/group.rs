@@ -327,7 +327,7 @@ pub enum StateEvent {
 }
 
 /// A group's voters, learners and (on its leader) each replica's matched index.
-pub type GroupMembers = (Vec<u64>, Vec<u64>, Vec<(u64, u64)>);
+pub type GroupMembers = (Vec<u64>, Vec<u64>, Vec<(u64, u64)>, Vec<(u64, u64)>);
 
 /// Counters of a set, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -679,8 +679,9 @@ impl<S: LogStore> GroupSet<S> {
             .map(|g| g.log.meta().snapshot_index + 1)
     }
 
-    /// A group's configuration and, on its leader, how far each replica has replicated:
-    /// (voters, learners, [(node, matched index)]).
+    /// A group's configuration and, on its leader, how far each replica has replicated and
+    /// the commit index it last reported: (voters, learners, [(node, matched index)],
+    /// [(node, commit index)]).
     pub fn membership(&self, id: u64) -> Option<GroupMembers> {
         let g = self.groups.get(&id)?;
         let r = &g.node.raft;
@@ -689,14 +690,20 @@ impl<S: LogStore> GroupSet<S> {
         voters.sort_unstable();
         let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
-        let matched = if r.state == StateRole::Leader && g.failed.is_none() {
+        let (matched, committed) = if r.state == StateRole::Leader && g.failed.is_none() {
             let mut m: Vec<(u64, u64)> = r.prs().iter().map(|(&n, p)| (n, p.matched)).collect();
             m.sort_unstable();
-            m
+            let mut c: Vec<(u64, u64)> = r
+                .prs()
+                .iter()
+                .map(|(&n, p)| (n, p.committed_index))
+                .collect();
+            c.sort_unstable();
+            (m, c)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        Some((voters, learners, matched))
+        Some((voters, learners, matched, committed))
     }
 
     /// Asks group `id`'s leader (this node) to hand leadership to `to`.

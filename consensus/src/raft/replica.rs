@@ -718,7 +718,7 @@ fn publish(inner: &Inner, set: &GroupSet<Log>) {
     for id in set.group_ids() {
         if let Some(s) = set.status(id) {
             status.insert(id, s);
-            let (voters, learners, matched) = set.membership(id).unwrap_or_default();
+            let (voters, learners, matched, committed) = set.membership(id).unwrap_or_default();
             inner.peers.board.set(
                 id,
                 super::board::GroupView {
@@ -732,6 +732,7 @@ fn publish(inner: &Inner, set: &GroupSet<Log>) {
                     voters,
                     learners,
                     matched,
+                    committed,
                     stopped: s.stopped,
                     lost: s.lost,
                 },
@@ -1196,9 +1197,9 @@ impl Replicator for ShardRaft {
             let unavailable = |why: &str| {
                 add(&stats.read_index_failures, 1);
                 engine::Error::Replication(seam::Error::Unavailable(format!(
-                    "partition {id}: no leader confirmed its commit index within {:?} \
+                    "partition {id}: no leader confirmed its commit index within {:.1} s \
                      ({why}); retry",
-                    started.elapsed()
+                    started.elapsed().as_secs_f64()
                 )))
             };
             // raft-rs drops a ReadIndex while there is no leader, or while the leader has

@@ -153,6 +153,14 @@ pub fn caught_up(c: &ClusterNode) -> std::result::Result<(), String> {
 pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
     caught_up(c)?;
     let s = c.state();
+    if s.nodes.get(&c.id()).is_some_and(|n| n.removed) {
+        // It serves on from what it holds, but placement no longer counts it.
+        return Err(format!(
+            "this node (node {}) was removed from the cluster (`proglog cluster remove`, or \
+             not up for --dead-node-timeout); restart it to register again",
+            c.id()
+        ));
+    }
     if let Some(engine) = c.engine() {
         for (name, placed) in c.placed_here(&s) {
             let held = engine.held_partitions(&name).unwrap_or_default();
@@ -248,6 +256,22 @@ impl RaftPartitions {
             .as_ref()
             .and_then(|c| c.replicas_of(&id.topic, id.partition))
             .is_some_and(|nodes| !nodes.is_empty() && !nodes.contains(&me))
+    }
+
+    /// True when this node still holds a replica of `id` whose topic its controller state no
+    /// longer lists: the topic was deleted and the reconcile pass has not dropped the replica
+    /// yet. Appends to it are refused from the moment the deletion applies here (a group is
+    /// open here only for a topic the state listed, and the state drops a topic only when
+    /// deleted), so none is acknowledged after a DeleteTopic answered (it waits for every live
+    /// node to apply it).
+    fn deleted_here(&self, id: &PartitionId) -> bool {
+        let Some(c) = &self.cluster else {
+            return false;
+        };
+        if self.forward.board().get(group_id(id)).is_none() {
+            return false;
+        }
+        c.lists_topic(&id.topic) == Some(false)
     }
 
     /// True when this node's replica of `id` stopped on a failure (its log latched, or
@@ -362,6 +386,12 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Appended>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            if self.deleted_here(id) {
+                return Err(Error::NotFound(format!(
+                    "topic {:?} was deleted",
+                    &*id.topic
+                )));
+            }
             if self.placed_elsewhere(id) {
                 let why = format!("partition {id} has no replica on this node");
                 return self

@@ -109,9 +109,12 @@ pub async fn describe(state: &ShardState, name: &str) -> Result<TopicDescription
             write_state: write_state(&s.writable) as i32,
         });
     }
+    let mut config = wire_config(info.partitions, &info.config);
+    // The registry's factor (the `default` topic's rises with the cluster).
+    config.replication_factor = state.cluster.replication_factor_of(&info.name).unwrap_or(0);
     Ok(TopicDescription {
         name: info.name,
-        config: Some(wire_config(info.partitions, &info.config)),
+        config: Some(config),
         partitions,
     })
 }
