@@ -224,7 +224,8 @@ fn cli_reports_an_unreachable_server() {
 }
 
 /// A node that takes connections and never answers (paused, wedged) first in `--addr`: calls
-/// any node answers go on to the next address instead of waiting out the deadline there.
+/// any node answers, and the discovery of a partition's leader, go on to the next address
+/// instead of waiting out the deadline there.
 #[test]
 fn calls_any_node_answers_pass_a_node_that_never_answers() {
     let s = TestServer::start();
@@ -236,6 +237,10 @@ fn calls_any_node_answers_pass_a_node_that_never_answers() {
         &["health"],
         &["topics", "list"],
         &["topics", "describe", "default"],
+        // Produce and consume find the partition's leader: discovery moves on too.
+        &["produce", "one"],
+        &["produce", "--batch", "1", "two"],
+        &["consume", "--from", "0", "--count", "2"],
     ] {
         // Without going on, each ends DEADLINE_EXCEEDED at the hung node after 8 s.
         let out = Command::new(BIN)

@@ -162,6 +162,10 @@ fn no_connection(what: &str, last: Option<Status>) -> Status {
     }
 }
 
+/// How long discovery waits for one node's answer (GetServers, then DescribeCluster) before
+/// it asks the next, when there is a next.
+const DISCOVERY_TRY: Duration = Duration::from_secs(1);
+
 fn call_options(deadline: Instant) -> CallOptions {
     CallOptions::timeout(deadline.saturating_duration_since(Instant::now()))
 }
@@ -370,11 +374,21 @@ impl Cluster {
 
     async fn discover(&self, want: Option<&Key>, deadline: Instant) -> Result<(), Status> {
         let mut last = None;
-        for addr in self.candidates() {
+        let candidates = self.candidates();
+        let n = candidates.len();
+        for (i, addr) in candidates.into_iter().enumerate() {
             if Instant::now() >= deadline {
                 break;
             }
-            let ch = match self.channel(&addr, deadline).await {
+            // A node that takes the connection and never answers (paused, wedged) must not
+            // hold the whole deadline while others could answer: each but the last gets
+            // DISCOVERY_TRY.
+            let try_until = if i + 1 < n {
+                deadline.min(Instant::now() + DISCOVERY_TRY)
+            } else {
+                deadline
+            };
+            let ch = match self.channel(&addr, try_until).await {
                 Ok(ch) => ch,
                 Err(e) => {
                     self.unreachable(&addr);
@@ -386,7 +400,7 @@ impl Cluster {
                 .unary_prost(
                     paths::GET_SERVERS,
                     &pb::GetServersRequest {},
-                    call_options(deadline),
+                    call_options(try_until),
                 )
                 .await
             {
@@ -400,7 +414,7 @@ impl Cluster {
                     continue;
                 }
             };
-            let describe = self.describe(&addr, &ch, deadline).await;
+            let describe = self.describe(&addr, &ch, try_until).await;
             self.apply(&servers, describe.as_ref());
             // A partition the answering node holds no replica of: it knows the replicas,
             // not the leader. Ask a replica.
