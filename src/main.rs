@@ -87,6 +87,9 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args)?;
     observe::logging::init(&settings.log_level, settings.log_format)?;
+    for (typo, meant) in config::misspelled_env(std::env::vars()) {
+        log::warn!("{typo} is not a setting's variable and is ignored: did you mean {meant}?");
+    }
     match server::run(settings) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {

@@ -223,6 +223,27 @@ fn cli_reports_an_unreachable_server() {
     );
 }
 
+/// The server address (and the TLS files) may come from the environment, as etcdctl's
+/// ETCDCTL_ENDPOINTS do; a flag still wins.
+#[test]
+fn the_address_may_come_from_the_environment() {
+    let s = TestServer::start();
+    let out = Command::new(BIN)
+        .args(["produce", "from-env"])
+        .env("PROGLOG_ADDR", s.addr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+    let out = Command::new(BIN)
+        .args(["consume", "--addr", &s.addr.to_string()])
+        .env("PROGLOG_ADDR", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\tfrom-env\n");
+}
+
 /// A node that takes connections and never answers (paused, wedged) first in `--addr`: calls
 /// any node answers, and the discovery of a partition's leader, go on to the next address
 /// instead of waiting out the deadline there.

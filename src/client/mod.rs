@@ -31,6 +31,7 @@ pub struct Conn {
     /// cluster is enough; the others and each partition's leader are learned from it
     #[arg(
         long,
+        env = "PROGLOG_ADDR",
         default_value = "127.0.0.1:8400",
         value_name = "ADDR[,ADDR...]",
         value_delimiter = ','
@@ -44,16 +45,26 @@ pub struct Conn {
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// CA that signed the server's certificate (PEM): turns TLS on
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "PROGLOG_TLS_CA_FILE", value_name = "PATH")]
     pub tls_ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; its Common Name is the ACL subject
-    #[arg(long, value_name = "PATH", requires = "tls_key_file")]
+    #[arg(
+        long,
+        env = "PROGLOG_TLS_CERT_FILE",
+        value_name = "PATH",
+        requires = "tls_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
     /// Key of the client certificate (PEM)
-    #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "PROGLOG_TLS_KEY_FILE",
+        value_name = "PATH",
+        requires = "tls_cert_file"
+    )]
     pub tls_key_file: Option<PathBuf>,
     /// Name the server certificate must carry [default: the host of --addr, a name or an IP address]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "PROGLOG_TLS_SERVER_NAME", value_name = "NAME")]
     pub tls_server_name: Option<String>,
 }
 

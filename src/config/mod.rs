@@ -463,6 +463,35 @@ fn host_name() -> String {
         .unwrap_or_else(|| "proglog".to_owned())
 }
 
+/// `PROGLOG_*` variables in `vars` that are no setting's but one's spelled otherwise
+/// (`PROGLOG_DATADIR` for `PROGLOG_DATA_DIR`): the server would ignore them, as it ignores
+/// every variable that is not a setting's (clients', scripts'), without a word. Each with
+/// what it was likely meant to be.
+pub fn misspelled_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let squash = |s: &str| s.replace(['_', '-'], "").to_ascii_lowercase();
+    let mut out = Vec::new();
+    for (name, _) in vars {
+        let Some(rest) = name.strip_prefix("PROGLOG_") else {
+            continue;
+        };
+        let exact = Settings::FIELDS
+            .iter()
+            .chain(&["config_file"])
+            .any(|f| declare::env_var(f) == name);
+        if exact {
+            continue;
+        }
+        if let Some(f) = Settings::FIELDS
+            .iter()
+            .chain(&["config_file"])
+            .find(|f| squash(f) == squash(rest))
+        {
+            out.push((name.clone(), declare::env_var(f)));
+        }
+    }
+    out
+}
+
 impl Settings {
     /// Merges flags, the process environment and the config file.
     pub fn resolve(args: &ServeArgs) -> Result<Settings, ConfigError> {
@@ -639,6 +668,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"warning\" is not a level"), "{e}");
+    }
+
+    /// A setting's variable spelled without its underscores, or in another case, is named
+    /// with the one meant; others (a client's, a script's) are left alone.
+    #[test]
+    fn misspelled_variables_are_named() {
+        let vars = [
+            "PROGLOG_DATADIR",
+            "PROGLOG_RPCPORT",
+            "PROGLOG_DATA_DIR",
+            "PROGLOG_BIN",
+            "PROGLOG_ADDR",
+            "PROGLOG_CONFIGFILE",
+            "HOME",
+        ]
+        .map(|n| (n.to_owned(), String::new()));
+        let found = misspelled_env(vars.into_iter());
+        let expect = [
+            ("PROGLOG_DATADIR", "PROGLOG_DATA_DIR"),
+            ("PROGLOG_RPCPORT", "PROGLOG_RPC_PORT"),
+            ("PROGLOG_CONFIGFILE", "PROGLOG_CONFIG_FILE"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+        assert_eq!(found, expect);
     }
 
     #[test]
