@@ -160,6 +160,9 @@ impl ServerTlsFiles {
             &self.cert_file,
             &read("server certificate", &self.cert_file)?,
         )?;
+        if let Some(leaf) = chain.first() {
+            warn_if_not_valid_now(&self.cert_file, leaf.as_ref());
+        }
         let key = key_from_pem(
             "server key",
             &self.key_file,
@@ -276,6 +279,33 @@ impl TlsInfo {
                 .negotiated_cipher_suite()
                 .map_or_else(String::new, |s| format!("{:?}", s.suite())),
         }
+    }
+}
+
+/// Warns when this node's own certificate (`path`, DER `leaf`) has expired or is not valid
+/// yet: the other side then refuses every handshake with an alert ("CertificateExpired")
+/// that reads as if the fault were its own. Loaded anyway: the file may be replaced while
+/// serving, and a clock may be the one wrong.
+fn warn_if_not_valid_now(path: &Path, leaf: &[u8]) {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return;
+    };
+    let v = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > v.not_after {
+        log::warn!(
+            "the certificate {} expired at {}: peers and clients will refuse it (their TLS \
+             alert says CertificateExpired)",
+            path.display(),
+            v.not_after
+        );
+    } else if now < v.not_before {
+        log::warn!(
+            "the certificate {} is not valid before {}: peers and clients will refuse it \
+             until then (is this machine's clock right?)",
+            path.display(),
+            v.not_before
+        );
     }
 }
 

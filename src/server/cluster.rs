@@ -427,7 +427,13 @@ fn join_cluster(
         node: me.clone(),
     };
     let until = Instant::now() + JOIN_DEADLINE;
-    let mut last_error = String::from("no other member seen through gossip yet");
+    let mut last_error = String::from(if tls.is_some() {
+        "no other member seen through gossip yet (are --start-join-addrs right, and do the \
+         members' peer certificates chain to this node's --peer-tls-ca-file?)"
+    } else {
+        "no other member seen through gossip yet (are --start-join-addrs right? Members that \
+         run with peer TLS, --peer-tls-*, drop this node's gossip until it runs with it too)"
+    });
     let mut last_log = Instant::now();
     let mut redirect: Option<String> = None;
     loop {

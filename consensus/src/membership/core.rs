@@ -321,7 +321,13 @@ pub struct Core {
     answers: (Duration, u32),
     /// foca's timer token as last seen (see `rearm_suspicions`).
     token: Option<foca::TimerToken>,
+    /// When a dropped unauthenticated packet was last logged at warn (once a minute at most).
+    unauthenticated_logged: Option<Duration>,
 }
+
+/// How often packets this node cannot authenticate are logged at warn: a node started
+/// without the cluster's peer TLS keeps sending them.
+const UNAUTHENTICATED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Core {
     /// A member that will announce itself to the start-join addresses (when `joins`) and
@@ -364,6 +370,7 @@ impl Core {
             notes: Vec::new(),
             answers: (Duration::ZERO, 0),
             token: None,
+            unauthenticated_logged: None,
         }
     }
 
@@ -552,7 +559,26 @@ impl Core {
             }
             Err(Rejected::Unauthenticated(why)) => {
                 GossipStats::add(&stats.dropped_unauthenticated, 1);
-                log::debug!("gossip: dropped a packet from {from}: {why}");
+                let due = self
+                    .unauthenticated_logged
+                    .is_none_or(|t| now.saturating_sub(t) >= UNAUTHENTICATED_LOG_EVERY);
+                if due {
+                    self.unauthenticated_logged = Some(now);
+                    let hint = if self.key.is_some() {
+                        "a node started without this cluster's peer TLS (--peer-tls-*), or a \
+                         member of another cluster, is trying to reach this one"
+                    } else {
+                        "a node with peer TLS is trying to reach this one, which runs without \
+                         it (--peer-tls-*)"
+                    };
+                    log::warn!(
+                        "gossip: dropped a packet from {from}: {why}; {hint} (logged once a \
+                         minute; proglog_gossip_dropped_packets_total{{reason=\"unauthenticated\"}} \
+                         counts them)"
+                    );
+                } else {
+                    log::debug!("gossip: dropped a packet from {from}: {why}");
+                }
             }
             Ok(Opened::Query { nonce }) => self.answer(from, nonce, now, io),
             Ok(Opened::Answer { .. }) => {
