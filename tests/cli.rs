@@ -180,6 +180,12 @@ fn topics_servers_and_health() {
     assert!(!ok && err.contains("ALREADY_EXISTS"), "{err}");
     let (ok, out, _) = s.cli(&["topics", "delete", "logs"], None);
     assert!(ok && out.contains("deleted logs"));
+    // The topic clients that name none use is not deleted.
+    let (ok, _, err) = s.cli(&["topics", "delete", "default"], None);
+    assert!(
+        !ok && err.contains("INVALID_ARGUMENT") && err.contains("serves the clients"),
+        "{err}"
+    );
     let (ok, _, err) = s.cli(&["consume", "--topic", "logs"], None);
     assert!(!ok && err.contains("NOT_FOUND"), "{err}");
 

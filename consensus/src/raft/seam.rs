@@ -600,6 +600,14 @@ impl Topics for RaftPartitions {
                     "topic {name:?} is the cluster's own"
                 )));
             }
+            if name == proto::log::v1::DEFAULT_TOPIC {
+                // Deleted, every client that names no topic (the book's) would get NOT_FOUND
+                // from then on: nothing creates it again.
+                return Err(engine::seam::Error::InvalidArgument(format!(
+                    "topic {name:?} serves the clients that name no topic (the book's); it \
+                     is not deleted (retention settings bound what it keeps)"
+                )));
+            }
             match &self.cluster {
                 Some(c) => Ok(c.delete_topic(name).await?),
                 None => self.local.delete_topic(name).await,
