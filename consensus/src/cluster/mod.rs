@@ -1147,25 +1147,27 @@ impl ClusterNode {
     /// (raft-rs tracks it from every answer); a node learns the commit with the leader's
     /// next message, and applies it in the Ready round that makes the entry durable there,
     /// at most one round after it answered: [`APPLY_SETTLE`] covers that round. A node down
-    /// or cut off is not waited for (it serves no client meanwhile, and one that comes back
-    /// applies its log before it serves).
+    /// or cut off is not waited for: until it learns of the deletion it may still take an
+    /// append to the topic (for a partition whose replicas it still reaches), which goes with
+    /// the topic once it does.
     async fn wait_applied_everywhere(&self, index: u64, within: Duration) {
         let until = Instant::now() + within;
         loop {
-            let lagging: Vec<u64> = {
+            let live = {
                 let Ok(s) = self.state.read() else { return };
-                let live = self.live_nodes(&s);
-                let view = self.peers.board.get(0);
-                let me = self.id();
-                live.into_iter()
-                    .filter(|&n| n != me)
-                    .filter(|&n| {
-                        !view
-                            .as_ref()
-                            .is_some_and(|v| v.committed.iter().any(|&(x, c)| x == n && c >= index))
-                    })
-                    .collect()
+                self.live_nodes(&s)
             };
+            let view = self.peers.board.get(0);
+            let me = self.id();
+            let lagging: Vec<u64> = live
+                .into_iter()
+                .filter(|&n| n != me)
+                .filter(|&n| {
+                    !view
+                        .as_ref()
+                        .is_some_and(|v| v.committed.iter().any(|&(x, c)| x == n && c >= index))
+                })
+                .collect();
             if lagging.is_empty() {
                 glommio::timer::sleep(APPLY_SETTLE).await;
                 return;
