@@ -235,14 +235,25 @@ pub struct Opts {
 /// TLS client options. TLS is on when a CA is given.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TlsArgs {
-    /// PEM CA that signed the server's certificate; turns TLS on
-    #[arg(long, value_name = "PATH")]
+    /// PEM CA that signed the server's certificate; turns TLS on (also --tls-ca-file, as the
+    /// proglog CLI spells it)
+    #[arg(long, visible_alias = "tls-ca-file", value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
     /// PEM client certificate for mutual TLS (with --tls-key)
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    #[arg(
+        long,
+        visible_alias = "tls-cert-file",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM key of --tls-cert
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    #[arg(
+        long,
+        visible_alias = "tls-key-file",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Name to check the server's certificate against (default: the address's host)
     #[arg(long, value_name = "NAME")]
