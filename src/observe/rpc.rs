@@ -155,6 +155,22 @@ pub fn level_for(code: Code) -> Level {
     }
 }
 
+/// [`level_for`] the status's code, but `info` for NOT_LEADER: a redirect the client follows
+/// (a cluster-aware client once per leader change, the CLI's admin writes whenever they
+/// reach a follower), routine in a cluster.
+pub fn status_level(status: &Status) -> Level {
+    let redirect = status.code == Code::Unavailable
+        && matches!(
+            proglog_client::errors::cluster_error(status),
+            Some(proglog_client::errors::ClusterError::NotLeader { .. })
+        );
+    if redirect {
+        Level::Info
+    } else {
+        level_for(status.code)
+    }
+}
+
 /// `queue=12µs append=30µs fsync=910µs`.
 pub fn format_breakdown(parts: &[(&'static str, Duration)]) -> String {
     let mut s = String::new();
@@ -241,7 +257,7 @@ impl CallObserver for ShardObserver {
         s.bytes_out[m].fetch_add(call.bytes_out(), Relaxed);
 
         let slow = self.slow.and_then(|t| slowness(call, elapsed, t));
-        let mut level = level_for(status.code);
+        let mut level = status_level(status);
         if slow.is_some() && level > Level::Warn {
             level = Level::Warn;
         }
@@ -331,6 +347,19 @@ mod tests {
         // A tail does no appends: never slow.
         let tail = call(CallKind::ServerStreaming);
         assert!(slowness(&tail, 3600 * second, second).is_none());
+    }
+
+    #[test]
+    fn a_redirect_is_routine() {
+        let not_leader = crate::server::error::to_status(engine::seam::Error::NotLeader {
+            leader_id: Some("2".into()),
+            leader_addr: Some("10.0.0.2:8400".into()),
+        });
+        assert_eq!(status_level(&not_leader), Level::Info);
+        let no_leader =
+            crate::server::error::to_status(engine::seam::Error::NoLeader("t/0".into()));
+        assert_eq!(status_level(&no_leader), Level::Warn);
+        assert_eq!(status_level(&Status::not_found("x")), Level::Info);
     }
 
     #[test]
