@@ -103,9 +103,11 @@ impl RunReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "proglog-bench {} -> {}: {} executor(s), {:.1} s measured after {:.1} s warm-up, {}, record size {}",
+            "proglog-bench {} -> {} ({}/{}): {} executor(s), {:.1} s measured after {:.1} s warm-up, {}, record size {}",
             env!("CARGO_PKG_VERSION"),
             self.addr,
+            o.topic.as_deref().unwrap_or("default"),
+            o.partition,
             o.cores,
             self.secs,
             o.warmup.as_secs_f64(),
