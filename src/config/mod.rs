@@ -592,7 +592,16 @@ impl std::fmt::Display for Settings {
             .as_ref()
             .map_or_else(|| "none".to_owned(), |p| p.display().to_string());
         write!(f, "config-file={file}")?;
+        // rpc-port only makes listen's default: with listen given it is used nowhere, and
+        // shown it would name a port the server does not listen on.
+        let listen_given = self
+            .effective
+            .iter()
+            .any(|e| e.key == "listen" && !matches!(e.origin, declare::Origin::Default));
         for e in self.effective.iter().filter(|e| !e.shown.is_empty()) {
+            if listen_given && e.key == "rpc-port" {
+                continue;
+            }
             write!(f, " {}={}", e.key, e.shown)?;
         }
         let tls = match &self.tls {
@@ -634,6 +643,19 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.durability, Durability::Always);
         assert_eq!(s.max_message_bytes, 4 << 20);
+    }
+
+    /// The start-up line shows rpc-port only when it made the listen address.
+    #[test]
+    fn the_start_up_line_omits_rpc_port_when_listen_is_given() {
+        let s = resolve(ServeArgs::default(), &[]).unwrap().to_string();
+        assert!(s.contains(" rpc-port=8400 ") && s.contains(" listen=127.0.0.1:8400 "), "{s}");
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = resolve(args, &[]).unwrap().to_string();
+        assert!(!s.contains("rpc-port=") && s.contains(" listen=127.0.0.1:9100 "), "{s}");
     }
 
     /// A word env_logger would read as a module (turning every other line off) is refused,
