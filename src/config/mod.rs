@@ -649,13 +649,19 @@ mod tests {
     #[test]
     fn the_start_up_line_omits_rpc_port_when_listen_is_given() {
         let s = resolve(ServeArgs::default(), &[]).unwrap().to_string();
-        assert!(s.contains(" rpc-port=8400 ") && s.contains(" listen=127.0.0.1:8400 "), "{s}");
+        assert!(
+            s.contains(" rpc-port=8400 ") && s.contains(" listen=127.0.0.1:8400 "),
+            "{s}"
+        );
         let args = ServeArgs {
             listen: Some("127.0.0.1:9100".parse().unwrap()),
             ..Default::default()
         };
         let s = resolve(args, &[]).unwrap().to_string();
-        assert!(!s.contains("rpc-port=") && s.contains(" listen=127.0.0.1:9100 "), "{s}");
+        assert!(
+            !s.contains("rpc-port=") && s.contains(" listen=127.0.0.1:9100 "),
+            "{s}"
+        );
     }
 
     /// A word env_logger would read as a module (turning every other line off) is refused,
