@@ -301,7 +301,9 @@ async fn stream_once(
                         limit.as_secs_f64()
                     ))));
                 }
-                Some(due) => glommio::timer::sleep(due - Instant::now()).await,
+                Some(due) => {
+                    glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await
+                }
                 None => glommio::timer::sleep(limit.min(Duration::from_millis(100))).await,
             }
         }
