@@ -129,6 +129,11 @@ impl Board {
         self.groups.read().ok()?.get(&group).cloned()
     }
 
+    /// Whether `group` is held here, without copying its view.
+    pub fn holds(&self, group: u64) -> bool {
+        self.groups.read().is_ok_and(|g| g.contains_key(&group))
+    }
+
     /// Every group, in no order.
     pub fn all(&self) -> Vec<(u64, GroupView)> {
         self.groups

@@ -268,10 +268,11 @@ impl RaftPartitions {
         let Some(c) = &self.cluster else {
             return false;
         };
-        if self.forward.board().get(group_id(id)).is_none() {
-            return false;
-        }
-        c.lists_topic(&id.topic) == Some(false)
+        // The board first: a group it holds was opened after the state listed its topic, so
+        // a state read after it that lacks the topic saw the deletion (read the other way
+        // round, a topic created between the two reads would look deleted). Two read locks
+        // per append, no view copied.
+        self.forward.board().holds(group_id(id)) && c.lists_topic(&id.topic) == Some(false)
     }
 
     /// True when this node's replica of `id` stopped on a failure (its log latched, or
