@@ -113,6 +113,14 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 })
         })
         .collect();
+    // A replica on a node gossip does not list live replicates nothing, whatever the lag its
+    // leader last saw.
+    let node_live = |id: u64| {
+        first
+            .nodes
+            .iter()
+            .any(|n| n.id == id && n.live && !n.removed)
+    };
     if conn.json {
         crate::out::outln!(
             "{}",
@@ -130,7 +138,7 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                     "replicas": p.replicas.iter().map(|r| serde_json::json!({
                         "node": r.node, "shard": r.shard, "voter": r.voter,
                         "learner": r.learner,
-                        "live": first.nodes.iter().any(|n| n.id == r.node && n.live && !n.removed),
+                        "live": node_live(r.node),
                         "matched_index": r.progress_known.then_some(r.matched_index),
                         "lag": r.progress_known.then_some(r.lag),
                     })).collect::<Vec<_>>(),
@@ -168,13 +176,6 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         ]);
     }
     crate::out::table(&rows)?;
-    let node_live = |id: u64| {
-        first
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .is_some_and(|n| n.live && !n.removed)
-    };
     let mut rows = vec![header(&[
         "PARTITION",
         "RF",
@@ -200,8 +201,6 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 } else {
                     "?".into()
                 };
-                // A replica on a node gossip does not list live replicates nothing, whatever
-                // the lag its leader last saw.
                 let down = if node_live(r.node) {
                     ""
                 } else {

@@ -469,27 +469,20 @@ fn host_name() -> String {
 /// what it was likely meant to be.
 pub fn misspelled_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
     let squash = |s: &str| s.replace(['_', '-'], "").to_ascii_lowercase();
-    let mut out = Vec::new();
-    for (name, _) in vars {
-        let Some(rest) = name.strip_prefix("PROGLOG_") else {
-            continue;
-        };
-        let exact = Settings::FIELDS
-            .iter()
-            .chain(&["config_file"])
-            .any(|f| declare::env_var(f) == name);
-        if exact {
-            continue;
+    let known: Vec<(String, String)> = Settings::FIELDS
+        .iter()
+        .chain(&["config_file"])
+        .map(|f| (declare::env_var(f), squash(f)))
+        .collect();
+    vars.filter_map(|(name, _)| {
+        let rest = name.strip_prefix("PROGLOG_")?;
+        if known.iter().any(|(var, _)| *var == name) {
+            return None;
         }
-        if let Some(f) = Settings::FIELDS
-            .iter()
-            .chain(&["config_file"])
-            .find(|f| squash(f) == squash(rest))
-        {
-            out.push((name.clone(), declare::env_var(f)));
-        }
-    }
-    out
+        let (meant, _) = known.iter().find(|(_, sq)| *sq == squash(rest))?;
+        Some((name.clone(), meant.clone()))
+    })
+    .collect()
 }
 
 impl Settings {

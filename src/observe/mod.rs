@@ -403,9 +403,6 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         "The largest lag (commit index minus matched index) of a replica of a group led here.",
         max_lag as f64,
     );
-    // Kafka's under-replicated partitions: a voter on a node gossip lists suspect, down or
-    // gone is not replicating, though the group still counts it until the controller
-    // removes the node (`--dead-node-timeout`).
     let live = c.live_nodes(&s);
     let under = led
         .iter()
@@ -1045,7 +1042,7 @@ fn render_process(e: &mut Exposition, p: &ProcessStats, start: SystemTime) {
 }
 
 #[cfg(test)]
-mod under_replication_tests {
+mod tests {
     use super::under_replicated;
 
     #[test]
