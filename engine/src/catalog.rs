@@ -491,6 +491,23 @@ impl Topics {
         Ok(true)
     }
 
+    /// Changes a topic's retention limits (bytes, milliseconds; 0: none), on disk first.
+    /// Returns the topic as it is then.
+    pub(crate) fn set_retention(&self, name: &str, bytes: u64, ms: u64) -> Result<TopicInfo> {
+        let mut cat = self.lock()?;
+        let mut next = Catalog::clone(&cat);
+        let Some(t) = next.topics.get_mut(name) else {
+            return Err(Error::UnknownTopic(name.to_owned()));
+        };
+        if (t.config.retention_bytes, t.config.retention_ms) != (bytes, ms) {
+            t.config.retention_bytes = bytes;
+            t.config.retention_ms = ms;
+            save(&self.data_dir, &next)?;
+            *cat = Arc::new(next);
+        }
+        cat.info(name)
+    }
+
     /// Removes a topic from the catalog, on disk first.
     pub(crate) fn remove(&self, name: &str) -> Result<()> {
         let mut cat = self.lock()?;

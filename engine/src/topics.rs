@@ -241,6 +241,33 @@ impl EngineHandle {
         Ok(Some(tomb))
     }
 
+    /// Changes a topic's retention limits (bytes, milliseconds; 0: none): recorded in the
+    /// catalog (so that its partitions open with them), then given to every partition held
+    /// here, each of which applies them at once. Returns the topic's settings then.
+    pub async fn set_retention(&self, name: &str, bytes: u64, ms: u64) -> Result<TopicInfo> {
+        let info = self.topics().set_retention(name, bytes, ms)?;
+        self.publish_catalog().await?;
+        for p in self.topics().held(name)? {
+            let id = PartitionId::new(name, p);
+            let shard = self.shard_of(name, p);
+            match self.here().as_ref().filter(|c| c.index == shard) {
+                Some(ctx) => crate::shard::owner::set_retention(ctx, &id, bytes, ms).await?,
+                None => {
+                    let (reply, rx) = oneshot::channel();
+                    let msg = ShardMsg::SetRetention {
+                        id,
+                        bytes,
+                        ms,
+                        reply,
+                    };
+                    self.send_control(shard, msg).await?;
+                    rx.await.map_err(crate::shard::msg::gone)??;
+                }
+            }
+        }
+        Ok(info)
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let partitions = self.topics().partitions(name)?;

@@ -18,6 +18,7 @@ mod order;
 mod power_loss;
 mod raft_index;
 mod removal;
+mod retention_change;
 mod roll_race;
 mod segments_meta;
 mod short_write;

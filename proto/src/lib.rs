@@ -84,6 +84,7 @@ pub mod log {
             pub const LIST_TOPICS: &str = "/log.v1.Admin/ListTopics";
             pub const DESCRIBE_TOPIC: &str = "/log.v1.Admin/DescribeTopic";
             pub const DELETE_TOPIC: &str = "/log.v1.Admin/DeleteTopic";
+            pub const ALTER_TOPIC: &str = "/log.v1.Admin/AlterTopic";
             pub const LIST_MEMBERS: &str = "/log.v1.Admin/ListMembers";
             pub const DESCRIBE_CLUSTER: &str = "/log.v1.Admin/DescribeCluster";
             pub const REMOVE_NODE: &str = "/log.v1.Admin/RemoveNode";

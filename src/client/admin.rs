@@ -24,6 +24,8 @@ pub enum TopicsCommand {
         conn: Conn,
         name: String,
     },
+    /// Change a topic's retention limits; its partitions apply them at once
+    Alter(AlterArgs),
     /// Delete a topic and all its data
     Delete {
         #[command(flatten)]
@@ -56,6 +58,40 @@ pub struct CreateArgs {
     /// Copies of each partition, on distinct nodes, at least 1 [default: min(3, nodes)]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub replication_factor: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true)
+    .args(["retention_bytes", "retention_ms"])))]
+pub struct AlterArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    pub name: String,
+    /// Delete the oldest segments beyond this size: BYTES (units as 1GiB) or `unlimited`
+    #[arg(long, value_name = "BYTES|unlimited", value_parser = retention_bytes)]
+    pub retention_bytes: Option<u64>,
+    /// Delete segments older than this: MS or `forever`
+    #[arg(long, value_name = "MS|forever", value_parser = retention_ms)]
+    pub retention_ms: Option<u64>,
+}
+
+/// A retention size: a byte count, or `unlimited` (0 on the wire, as is 0).
+fn retention_bytes(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "unlimited" | "none" => Ok(0),
+        s => s.parse::<ByteSize>().map(|b| b.0),
+    }
+}
+
+/// A retention time: milliseconds, or `forever` (0 on the wire, as is 0).
+fn retention_ms(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "forever" | "none" => Ok(0),
+        s => s
+            .replace('_', "")
+            .parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a number of milliseconds (or `forever`)")),
+    }
 }
 
 fn wire_durability(d: Option<Durability>) -> (pb::Durability, u64) {
@@ -108,6 +144,19 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                 .await?;
             if let Some(t) = resp.topic {
                 print_topic(conn.json, &t)?;
+            }
+        }
+        TopicsCommand::Alter(a) => {
+            let req = pb::AlterTopicRequest {
+                name: a.name.clone(),
+                retention_bytes: a.retention_bytes,
+                retention_ms: a.retention_ms,
+            };
+            let resp: pb::AlterTopicResponse =
+                a.conn.controller_call(paths::ALTER_TOPIC, &req).await?;
+            match resp.topic {
+                Some(t) => print_topic(a.conn.json, &t)?,
+                None => crate::out::outln!("altered {}", a.name)?,
             }
         }
         TopicsCommand::Delete { conn, name } => {

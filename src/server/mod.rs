@@ -100,6 +100,7 @@ pub fn router(shard: &Rc<ShardState>) -> Router {
             bind(s, admin::describe_topic::handle),
         )
         .unary_prost(paths::DELETE_TOPIC, bind(s, admin::delete_topic::handle))
+        .unary_prost(paths::ALTER_TOPIC, bind(s, admin::alter_topic::handle))
         .unary_prost(paths::LIST_MEMBERS, bind(app, admin::list_members::handle))
         .unary_prost(
             paths::DESCRIBE_CLUSTER,

@@ -1139,6 +1139,46 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Changes a topic's retention limits: committed in the controller's log, given at once
+    /// to this node's replicas (each node's reconcile pass gives them to its own, which
+    /// apply them at once), and answered once every live node has learned of it (as for a
+    /// deletion), so that a describe on any node shows them. Returns the topic's settings.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention_bytes: Option<u64>,
+        retention_ms: Option<u64>,
+    ) -> Result<LogConfig, Error> {
+        if !self.is_controller_leader() {
+            return Err(self.not_leader());
+        }
+        if !self.state().topics.contains_key(name) {
+            return Err(Error::NotFound(format!("topic {name:?} does not exist")));
+        }
+        let index = self
+            .propose(&Command::AlterTopic {
+                name: name.to_owned(),
+                retention_bytes,
+                retention_ms,
+            })
+            .await?;
+        let Some(config) = self.state().topics.get(name).map(|t| t.config.clone()) else {
+            return Err(Error::NotFound(format!(
+                "topic {name:?} was deleted meanwhile"
+            )));
+        };
+        let engine = self.engine.get().ok_or(Error::Stopped)?;
+        match engine
+            .set_retention(name, config.retention_bytes, config.retention_ms)
+            .await
+        {
+            Ok(_) | Err(engine::Error::UnknownTopic(_)) => {}
+            Err(e) => return Err(Error::Local(e)),
+        }
+        self.wait_applied_everywhere(index, DELETE_SPREAD).await;
+        Ok(config)
+    }
+
     /// Waits (up to `within`) until every live node has learned that controller entry
     /// `index` is committed, then for it to apply it. A node that has applied a DeleteTopic
     /// refuses appends to the topic (the Raft seam's fence) before its reconcile pass drops
@@ -1304,6 +1344,15 @@ fn describe_command(c: &Command) -> String {
             partitions.len()
         ),
         Command::DeleteTopic { name } => format!("delete topic {name:?}"),
+        Command::AlterTopic {
+            name,
+            retention_bytes,
+            retention_ms,
+        } => format!(
+            "alter topic {name:?}: retention bytes {}, retention ms {}",
+            retention_bytes.map_or("kept".into(), |b| b.to_string()),
+            retention_ms.map_or("kept".into(), |ms| ms.to_string()),
+        ),
         Command::SetReplicas {
             topic,
             partition,

@@ -149,6 +149,26 @@ pub const QUESTIONS_PER_PASS: usize = 2;
 /// on this node is in the local catalog before a pass that read the state earlier sees it.
 const ABSENT_PASSES: u32 = 2;
 
+/// Gives this node's replicas of topic `name` the retention limits of the controller's
+/// state (`config`) when its catalog holds others: a change committed while this node was
+/// down or had not applied it yet. Each replica applies them at once.
+fn sync_retention(engine: &engine::EngineHandle, name: &str, config: &engine::LogConfig) {
+    let wanted = (config.retention_bytes, config.retention_ms);
+    let Ok(here) = engine.topic(name) else { return };
+    if (here.config.retention_bytes, here.config.retention_ms) == wanted {
+        return;
+    }
+    match futures_lite::future::block_on(engine.set_retention(name, wanted.0, wanted.1)) {
+        Ok(_) => log::info!(
+            "topic {name:?}: retention limits now {} bytes, {} ms (0: none), as the controller \
+             says",
+            wanted.0,
+            wanted.1
+        ),
+        Err(e) => log::warn!("topic {name:?}: taking the retention limits {wanted:?}: {e}"),
+    }
+}
+
 /// Opens the partitions placed here, closes those placed elsewhere (of topics some partition
 /// of which stays placed here), drops the topics none of whose partitions is placed here,
 /// and those the controller deleted (also while this node was down).
@@ -183,6 +203,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
             Err(_) => continue,
         };
+        sync_retention(engine, &name, &t.config);
         let reopened = closed_but_held(&name, &mine, &held, seen);
         let opened = mine.iter().copied().filter(|p| !held.contains(p));
         for p in opened.chain(reopened.iter().copied()) {

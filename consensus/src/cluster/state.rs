@@ -106,6 +106,15 @@ pub enum Command {
     DeleteTopic {
         name: String,
     },
+    /// A topic's retention limits change: each one given replaces the topic's (0: none),
+    /// each one absent stays.
+    AlterTopic {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_ms: Option<u64>,
+    },
     /// A partition's replica set changes (the group's leader enacts it, one change at a
     /// time).
     SetReplicas {
@@ -545,6 +554,20 @@ impl ClusterState {
             }
             Command::DeleteTopic { name } => {
                 self.topics.remove(name);
+            }
+            Command::AlterTopic {
+                name,
+                retention_bytes,
+                retention_ms,
+            } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    if let Some(b) = retention_bytes {
+                        t.config.retention_bytes = *b;
+                    }
+                    if let Some(ms) = retention_ms {
+                        t.config.retention_ms = *ms;
+                    }
+                }
             }
             Command::SetReplicas {
                 topic,
@@ -1101,6 +1124,46 @@ mod tests {
         let c = recovered(on(2));
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         assert!(String::from_utf8_lossy(&c.encode()).contains(r#""op":"replica_recovered""#));
+    }
+
+    #[test]
+    fn an_alteration_changes_only_the_limits_it_names_and_encodes_as_docs_format_md_shows() {
+        let mut s = three_nodes();
+        create_t(&mut s, 2, 3, &[1, 2, 3]);
+        let alter = |bytes: Option<u64>, ms: Option<u64>| Command::AlterTopic {
+            name: "t".into(),
+            retention_bytes: bytes,
+            retention_ms: ms,
+        };
+        let limits = |s: &ClusterState| {
+            let c = &s.topics["t"].config;
+            (c.retention_bytes, c.retention_ms)
+        };
+        s.apply(5, &alter(Some(1 << 30), None));
+        assert_eq!(limits(&s), (1 << 30, 0));
+        s.apply(6, &alter(None, Some(86_400_000)));
+        assert_eq!(limits(&s), (1 << 30, 86_400_000));
+        s.apply(7, &alter(Some(0), None));
+        assert_eq!(limits(&s), (0, 86_400_000));
+        let before = s.topics["t"].clone();
+        // An unknown topic is left alone (it may have been deleted before this applied).
+        s.apply(
+            8,
+            &Command::AlterTopic {
+                name: "gone".into(),
+                retention_bytes: Some(1),
+                retention_ms: Some(1),
+            },
+        );
+        assert_eq!(s.topics["t"], before);
+        assert!(!s.topics.contains_key("gone"));
+        assert_eq!(s.applied, 8);
+        let c = alter(Some(1 << 30), None);
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        assert_eq!(
+            String::from_utf8(c.encode()).unwrap(),
+            r#"{"op":"alter_topic","name":"t","retention_bytes":1073741824}"#
+        );
     }
 
     #[test]

@@ -1153,12 +1153,8 @@ impl Replicator for ShardRaft {
             };
             // Past twice the topic's limits, retention stops waiting for a lagging follower,
             // which then gets a snapshot.
-            let c = log.config();
-            let hard = log.retention_cut_with(
-                now,
-                c.retention_bytes.saturating_mul(2),
-                c.retention_ms.saturating_mul(2),
-            );
+            let (bytes, ms) = log.retention_limits();
+            let hard = log.retention_cut_with(now, bytes.saturating_mul(2), ms.saturating_mul(2));
             let (reply, rx) = oneshot::channel();
             if !self.inner.push(Cmd::Compact {
                 group,

@@ -26,7 +26,8 @@ use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
-    PartitionState, Partitions, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
+    PartitionState, Partitions, ReadLimits, Result, Seam, TopicChange, TopicConfig, TopicInfo,
+    Topics,
 };
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
@@ -613,6 +614,36 @@ impl Topics for RaftPartitions {
                 Some(c) => Ok(c.delete_topic(name).await?),
                 None => self.local.delete_topic(name).await,
             }
+        })
+    }
+
+    fn alter_topic<'a>(
+        &'a self,
+        name: &'a str,
+        change: TopicChange,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
+        Box::pin(async move {
+            if name == CONTROLLER_TOPIC {
+                return Err(engine::seam::Error::NotFound(format!(
+                    "topic {name:?} does not exist"
+                )));
+            }
+            let Some(c) = &self.cluster else {
+                return self.local.alter_topic(name, change).await;
+            };
+            let config = c
+                .alter_topic(name, change.retention_bytes, change.retention_ms)
+                .await?;
+            let partitions = c
+                .state()
+                .topics
+                .get(name)
+                .map_or(0, |t| t.partitions.len() as u32);
+            Ok(TopicInfo {
+                name: name.to_owned(),
+                partitions,
+                config,
+            })
         })
     }
 

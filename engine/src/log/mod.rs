@@ -81,7 +81,7 @@ use crate::segment::Segment;
 use bytes::Bytes;
 use event_listener::Event;
 use glommio::sync::{Permit, Semaphore};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -274,6 +274,9 @@ pub struct Log {
     /// `dir`, shared with the chunks reads hand out (for their error messages).
     origin: Arc<Path>,
     config: LogConfig,
+    /// The topic's retention limits (bytes, milliseconds; 0: none): `config`'s at open, then
+    /// whatever the topic's settings were changed to ([`Log::set_retention`]).
+    retention: Cell<(u64, u64)>,
     budget: Rc<FileBudget>,
     state: RefCell<State>,
     io: Semaphore,
@@ -337,6 +340,7 @@ impl Log {
         let log = Rc::new(Log {
             origin: Arc::from(dir.as_path()),
             dir,
+            retention: Cell::new((config.retention_bytes, config.retention_ms)),
             config,
             budget,
             state: RefCell::new(State::new(segments)),
@@ -443,8 +447,21 @@ impl Log {
         &self.dir
     }
 
+    /// The settings the log was opened with (its retention limits may have changed since:
+    /// [`retention_limits`](Self::retention_limits)).
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// The retention limits in force: bytes and milliseconds, 0 for none.
+    pub fn retention_limits(&self) -> (u64, u64) {
+        self.retention.get()
+    }
+
+    /// Changes the retention limits (the topic's settings changed); the next retention pass
+    /// applies them.
+    pub fn set_retention(&self, bytes: u64, ms: u64) {
+        self.retention.set((bytes, ms));
     }
 
     /// Takes `io`, the one permit to touch the active segment's files. The semaphore is never

@@ -28,7 +28,7 @@ impl Log {
     /// Deletes the oldest sealed segments while the log exceeds `retention_bytes`, and those
     /// last written before `now - retention_ms`.
     pub async fn apply_retention(&self, now: SystemTime) -> Result<Removed> {
-        let (max_bytes, max_age) = (self.config.retention_bytes, self.config.retention_ms);
+        let (max_bytes, max_age) = self.retention_limits();
         if max_bytes == 0 && max_age == 0 {
             return Ok(Removed::default());
         }
@@ -44,7 +44,7 @@ impl Log {
     /// first index of the first segment it would keep, or `None` when it would remove
     /// nothing. For owners whose replication layer must compact its own log first.
     pub fn retention_cut(&self, now: SystemTime) -> Option<u64> {
-        let (max_bytes, max_age) = (self.config.retention_bytes, self.config.retention_ms);
+        let (max_bytes, max_age) = self.retention_limits();
         self.retention_cut_with(now, max_bytes, max_age)
     }
 

@@ -11,7 +11,7 @@
 
 use super::{
     BatchBuilder, Chunk, EncodedBatch, Error, Factory, NewRecord, PartitionId, PastEnd, ReadLimits,
-    Record, Seam, TopicConfig,
+    Record, Seam, TopicChange, TopicConfig,
 };
 use bytes::Bytes;
 use std::rc::Rc;
@@ -50,6 +50,7 @@ pub async fn run_all(factory: &dyn Factory, prefix: &str) {
     unknown_topics_and_partitions(&seam, &name("unknown")).await;
     bad_batches(&seam, &name("bad")).await;
     topic_administration(&seam, &name("admin")).await;
+    altering_a_topic(&seam, &name("alter")).await;
     describe_counts(&seam, &name("describe")).await;
     model(&seam, &name("model"), seed_from_env()).await;
 }
@@ -549,6 +550,61 @@ pub async fn topic_administration(seam: &Seam, topic: &str) {
         .expect("create again");
     let state = seam.partitions.describe(&id).await.expect("describe");
     assert_eq!(state.log_end, 0, "a topic created again starts empty");
+}
+
+/// A topic's retention limits change, each alone (the other stays), and the topic keeps its
+/// records and takes appends; an unknown topic is NotFound.
+pub async fn altering_a_topic(seam: &Seam, topic: &str) {
+    let t = &seam.topics;
+    create(seam, topic, 2, topic_config()).await;
+    let id = PartitionId::new(topic, 1);
+    seam.partitions
+        .append(&id, batch(&[b"a", b"b"]))
+        .await
+        .expect("append");
+    let limits = |c: &TopicConfig| (c.retention_bytes, c.retention_ms);
+    let steps = [
+        (Some(1 << 20), None, (1 << 20, 0)),
+        (None, Some(60_000), (1 << 20, 60_000)),
+        (Some(0), None, (0, 60_000)),
+        (Some(5 << 20), Some(0), (5 << 20, 0)),
+    ];
+    for (retention_bytes, retention_ms, want) in steps {
+        let change = TopicChange {
+            retention_bytes,
+            retention_ms,
+        };
+        let info = t.alter_topic(topic, change).await.expect("alter");
+        assert_eq!(limits(&info.config), want, "answered after {change:?}");
+        let now = t.topic(topic).expect("topic");
+        assert_eq!(limits(&now.config), want, "listed after {change:?}");
+        assert_eq!(now.partitions, 2);
+        assert_eq!(
+            now.config.segment_bytes,
+            topic_config().segment_bytes,
+            "the other settings stay"
+        );
+    }
+    let appended = seam
+        .partitions
+        .append(&id, batch(&[b"c"]))
+        .await
+        .expect("append after the change");
+    assert_eq!(appended.base_offset, 2);
+    let values: Vec<Bytes> = read_all(seam, &id, 0)
+        .await
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(values, [&b"a"[..], b"b", b"c"], "the records stay");
+    let change = TopicChange {
+        retention_bytes: Some(1),
+        retention_ms: None,
+    };
+    assert!(matches!(
+        t.alter_topic(&format!("{topic}-missing"), change).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 /// `describe` counts appends and records, and names a leader.

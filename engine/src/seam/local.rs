@@ -9,7 +9,8 @@
 
 use super::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
-    PartitionState, Partitions, ReadLimits, Result, Seam, TopicConfig, TopicInfo, Topics,
+    PartitionState, Partitions, ReadLimits, Result, Seam, TopicChange, TopicConfig, TopicInfo,
+    Topics,
 };
 use crate::shard::{EngineHandle, ReplicaStatus, ShardCtx};
 use std::rc::Rc;
@@ -160,6 +161,20 @@ impl Topics for LocalPartitions {
 
     fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(async move { Ok(self.engine.delete_topic(name).await?) })
+    }
+
+    fn alter_topic<'a>(
+        &'a self,
+        name: &'a str,
+        change: TopicChange,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
+        Box::pin(async move {
+            let config = change.applied_to(&self.engine.topic(name)?.config);
+            Ok(self
+                .engine
+                .set_retention(name, config.retention_bytes, config.retention_ms)
+                .await?)
+        })
     }
 
     fn list_topics(&self) -> Result<Vec<TopicInfo>> {

@@ -7,8 +7,8 @@
 
 use super::{
     AppendTiming, Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef,
-    PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam, TopicConfig,
-    TopicInfo, Topics, Writability,
+    PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam, TopicChange,
+    TopicConfig, TopicInfo, Topics, Writability,
 };
 use crate::batch::{now_ms, Stamp};
 use crate::limits::MAX_PARTITIONS;
@@ -363,6 +363,26 @@ impl Topics for MemoryPartitions {
                 .ok_or_else(|| Error::from(crate::Error::UnknownTopic(name.to_owned())))?;
             self.shared.changed.notify(usize::MAX);
             Ok(())
+        })
+    }
+
+    fn alter_topic<'a>(
+        &'a self,
+        name: &'a str,
+        change: TopicChange,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
+        Box::pin(async move {
+            let mut st = self.lock()?;
+            let t = st
+                .topics
+                .get_mut(name)
+                .ok_or_else(|| Error::from(crate::Error::UnknownTopic(name.to_owned())))?;
+            t.config = change.applied_to(&t.config);
+            Ok(TopicInfo {
+                name: name.to_owned(),
+                partitions: t.partitions.len() as u32,
+                config: t.config.clone(),
+            })
         })
     }
 

@@ -208,6 +208,36 @@ pub trait Partitions {
     }
 }
 
+/// A change of a topic's settings: each `None` leaves its setting as it is. Only the
+/// retention limits change on a live topic (Kafka's most changed settings); the others shape
+/// how its files are laid out or acknowledged, and are set at creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicChange {
+    /// Bytes each partition keeps at most, beyond its active segment (0: no limit).
+    pub retention_bytes: Option<u64>,
+    /// Milliseconds a sealed segment is kept after its last write (0: forever).
+    pub retention_ms: Option<u64>,
+}
+
+impl TopicChange {
+    /// Whether it changes nothing at all (names no setting).
+    pub fn is_empty(&self) -> bool {
+        self.retention_bytes.is_none() && self.retention_ms.is_none()
+    }
+
+    /// `config` with the change made.
+    pub fn applied_to(&self, config: &TopicConfig) -> TopicConfig {
+        let mut c = config.clone();
+        if let Some(b) = self.retention_bytes {
+            c.retention_bytes = b;
+        }
+        if let Some(ms) = self.retention_ms {
+            c.retention_ms = ms;
+        }
+        c
+    }
+}
+
 /// Topic administration. With Raft this goes through the controller group; on a single node,
 /// through the engine's catalog.
 pub trait Topics {
@@ -240,6 +270,16 @@ pub trait Topics {
 
     /// Deletes a topic and its data; once this resolves, the name is unknown everywhere.
     fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>>;
+
+    /// Changes a topic's settings (see [`TopicChange`]); resolves with the topic as it is
+    /// then, once the partitions held here have the new limits and applied them (with Raft:
+    /// once the controller committed the change; every replica applies it as it learns of
+    /// it).
+    fn alter_topic<'a>(
+        &'a self,
+        name: &'a str,
+        change: TopicChange,
+    ) -> LocalBoxFuture<'a, Result<TopicInfo>>;
 
     fn list_topics(&self) -> Result<Vec<TopicInfo>>;
 

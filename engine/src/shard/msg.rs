@@ -65,6 +65,14 @@ pub(crate) enum ShardMsg {
         config: LogConfig,
         reply: Reply<()>,
     },
+    /// The topic's retention limits changed: the partition's log takes them and a retention
+    /// pass applies them at once.
+    SetRetention {
+        id: PartitionId,
+        bytes: u64,
+        ms: u64,
+        reply: Reply<()>,
+    },
     /// Close a partition of a topic being deleted and remove its data.
     Remove {
         id: PartitionId,
@@ -138,6 +146,14 @@ impl ShardMsg {
             }),
             ShardMsg::Open { id, config, reply } => spawn(async move {
                 let _ = reply.send(ctx.open_log(&id, config).await.map(|_| ()));
+            }),
+            ShardMsg::SetRetention {
+                id,
+                bytes,
+                ms,
+                reply,
+            } => spawn(async move {
+                let _ = reply.send(owner::set_retention(&ctx, &id, bytes, ms).await);
             }),
             ShardMsg::Remove { id, reply } => spawn(async move {
                 let _ = reply.send(owner::remove(&ctx, &id).await);

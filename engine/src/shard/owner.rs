@@ -108,6 +108,31 @@ pub(crate) async fn close(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
     Ok(())
 }
 
+/// Gives a partition's log new retention limits and applies them at once (through the
+/// replication layer, which compacts its own log first, when there is one). Not open here
+/// is fine: it opens with the catalog's settings, which hold the new limits already.
+pub(crate) async fn set_retention(
+    ctx: &ShardCtx,
+    id: &PartitionId,
+    bytes: u64,
+    ms: u64,
+) -> Result<()> {
+    let log = {
+        // After an open in progress, which may have read the catalog before the change.
+        let _turn = ctx.one_at_a_time(id).await;
+        match ctx.log(id) {
+            Ok(log) => log,
+            Err(_) => return Ok(()),
+        }
+    };
+    log.set_retention(bytes, ms);
+    let now = std::time::SystemTime::now();
+    match ctx.replicator() {
+        Some(r) => r.apply_retention(id, now).await,
+        None => log.apply_retention(now).await.map(|_| ()),
+    }
+}
+
 /// Closes a partition of a topic being deleted and removes its data.
 pub(crate) async fn remove(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
     let _turn = ctx.one_at_a_time(id).await;

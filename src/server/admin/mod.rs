@@ -1,5 +1,6 @@
 //! `log.v1.Admin`: topic administration and cluster membership, one file per RPC.
 
+pub mod alter_topic;
 pub mod create_topic;
 pub mod delete_topic;
 pub mod describe_cluster;
