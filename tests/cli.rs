@@ -209,6 +209,115 @@ fn topics_servers_and_health() {
     assert_eq!(out, "SERVING\n");
 }
 
+/// `topics alter`: a live topic's retention limits change, each alone; the partitions apply
+/// them at once (no wait for the periodic pass), and a restart keeps them.
+#[test]
+fn topics_alter_changes_retention_at_once_and_for_good() {
+    let mut s = TestServer::start();
+    let (ok, _, err) = s.cli(&["topics", "create", "t", "--segment-bytes", "64KiB"], None);
+    assert!(ok, "{err}");
+    let line = "x".repeat(1000);
+    let lines = format!("{line}\n").repeat(1000);
+    let (ok, _, err) = s.cli(&["produce", "--topic", "t", "--batch", "20"], Some(&lines));
+    assert!(ok, "{err}");
+    let describe = |s: &TestServer| -> serde_json::Value {
+        let (ok, out, err) = s.cli(&["topics", "describe", "t", "--json"], None);
+        assert!(ok, "{err}");
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let before = describe(&s);
+    assert_eq!(before["partition_stats"][0]["lowest_offset"], 0);
+    assert!(before["partition_stats"][0]["size_bytes"].as_u64().unwrap() > 1_000_000);
+
+    let (ok, out, err) = s.cli(
+        &[
+            "topics",
+            "alter",
+            "t",
+            "--retention-bytes",
+            "256KiB",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let after: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(after["retention_bytes"], 256 * 1024);
+    assert_eq!(after["retention_ms"], 0);
+    assert_eq!(after["segment_bytes"], 65536, "the other settings stay");
+    let lowest = after["partition_stats"][0]["lowest_offset"]
+        .as_u64()
+        .unwrap();
+    let size = after["partition_stats"][0]["size_bytes"].as_u64().unwrap();
+    assert!(
+        lowest > 0 && size <= 256 * 1024 + 65536,
+        "applied before the answer: {after}"
+    );
+    // What is left reads back from the new lowest offset; before it is out of range.
+    let (ok, out, err) = s.cli(
+        &[
+            "consume",
+            "--topic",
+            "t",
+            "--from",
+            &lowest.to_string(),
+            "--count",
+            "1",
+        ],
+        None,
+    );
+    assert!(ok && out.starts_with(&format!("{lowest}\t{line}")), "{err}");
+    let (ok, _, err) = s.cli(
+        &["consume", "--topic", "t", "--from", "0", "--count", "1"],
+        None,
+    );
+    assert!(!ok && err.contains("OUT_OF_RANGE"), "{err}");
+
+    // One limit alone: the other stays.
+    let (ok, out, err) = s.cli(
+        &["topics", "alter", "t", "--retention-ms", "86400000"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("retention-bytes 262144, retention-ms 86400000"),
+        "{out}"
+    );
+    // Nothing to change, a bad value, an unknown topic: refused, saying why.
+    let (ok, _, err) = s.cli(&["topics", "alter", "t"], None);
+    assert!(!ok && err.contains("--retention-bytes"), "{err}");
+    let (ok, _, err) = s.cli(&["topics", "alter", "t", "--retention-ms", "soon"], None);
+    assert!(!ok && err.contains("not a number of milliseconds"), "{err}");
+    let (ok, _, err) = s.cli(
+        &["topics", "alter", "nope", "--retention-bytes", "1MiB"],
+        None,
+    );
+    assert!(!ok && err.contains("NOT_FOUND"), "{err}");
+
+    s.restart();
+    let kept = describe(&s);
+    assert_eq!(kept["retention_bytes"], 256 * 1024, "{kept}");
+    assert_eq!(kept["retention_ms"], 86_400_000, "{kept}");
+    assert_eq!(kept["partition_stats"][0]["lowest_offset"], lowest);
+    let (ok, out, err) = s.cli(
+        &[
+            "topics",
+            "alter",
+            "t",
+            "--retention-bytes",
+            "unlimited",
+            "--retention-ms",
+            "forever",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("retention-bytes unlimited, retention-ms forever"),
+        "{out}"
+    );
+}
+
 #[test]
 fn cli_reports_an_unreachable_server() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

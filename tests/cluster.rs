@@ -2046,3 +2046,95 @@ fn a_node_opens_only_the_partitions_placed_on_it() {
     wait_held_as_placed(&c, &rest, &ids, "p", &after);
     produce_and_consume_everywhere(&c, &rest, "p", PARTS);
 }
+
+/// `topics alter` on a cluster: sent to a node that does not lead the controller (the CLI
+/// goes to the leader), committed in the controller's log, and applied at once by every
+/// live replica (each trims its own log); a node stopped meanwhile takes the new limits from
+/// the controller's state when it comes back, and trims its replica too.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_topics_retention_change_reaches_every_replica_and_a_node_that_was_down() {
+    let mut c = form("retention change on every replica", 251, &[]);
+    let ctl = controller_leader(&c);
+    let (away, asked) = match ctl {
+        0 => (1, 2),
+        1 => (2, 0),
+        _ => (0, 1),
+    };
+    let (ok, _, err) = common::run_cli(
+        c.nodes[asked].rpc,
+        &[
+            "topics",
+            "create",
+            "r",
+            "--segment-bytes",
+            "64KiB",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    wait("r/0 led with three voters", || {
+        leader_of(&c, "r", 0, 3).is_some()
+    });
+    let line = "r".repeat(1000);
+    let lines = format!("{line}\n").repeat(1000);
+    let (ok, _, err) = common::run_cli(
+        c.nodes[asked].rpc,
+        &["produce", "--topic", "r", "--batch", "20"],
+        Some(&lines),
+    );
+    assert!(ok, "{err}");
+    // (lowest offset, next offset, retention bytes) of node `i`'s replica, as it describes it.
+    let replica = |n: &Node| -> Option<(u64, u64, u64)> {
+        let (ok, out, _) = common::run_cli(n.rpc, &["topics", "describe", "r", "--json"], None);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).ok().filter(|_| ok)?;
+        let p = &v["partition_stats"][0];
+        Some((
+            p["lowest_offset"].as_u64()?,
+            p["next_offset"].as_u64()?,
+            v["retention_bytes"].as_u64()?,
+        ))
+    };
+    for n in &c.nodes {
+        wait("every replica holding the 1,000 records", || {
+            replica(n) == Some((0, 1000, 0))
+        });
+    }
+    c.nodes[away].sigterm();
+
+    let (ok, out, err) = common::run_cli(
+        c.nodes[asked].rpc,
+        &["topics", "alter", "r", "--retention-bytes", "256KiB"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("retention-bytes 262144"), "{out}");
+    for i in [ctl, asked] {
+        wait("a live replica trimmed to the new limit", || {
+            replica(&c.nodes[i]).is_some_and(|(lowest, next, limit)| {
+                lowest > 0 && next == 1000 && limit == 256 * 1024
+            })
+        });
+    }
+    c.nodes[away].spawn();
+    wait("the node that was down serving", || c.nodes[away].serving());
+    wait("the node that was down trimming its replica", || {
+        replica(&c.nodes[away])
+            .is_some_and(|(lowest, next, limit)| lowest > 0 && next == 1000 && limit == 256 * 1024)
+    });
+    assert!(
+        c.nodes[away]
+            .log()
+            .contains("retention limits now 262144 bytes"),
+        "the node that was down says it took the limits"
+    );
+    // Every replica still serves what it kept, byte for byte, from its own log.
+    for n in &c.nodes {
+        let (lowest, _, _) = replica(n).expect("describe");
+        let ch = n.channel().expect("connect");
+        let r = common::consume(&ch, "r", 0, lowest).expect("the lowest offset kept");
+        assert_eq!((r.offset, &r.value[..]), (lowest, line.as_bytes()));
+    }
+}
