@@ -414,6 +414,61 @@ def test_admin_topic_lifecycle(server):
     admin.DeleteTopic(log_pb2.DeleteTopicRequest(name=name), timeout=RPC_TIMEOUT_S)
 
 
+def test_alter_topic_retention(server):
+    admin, stub = server.admin(), server.log()
+    name = "trimmed-%d" % time.monotonic_ns()
+    admin.CreateTopic(
+        log_pb2.CreateTopicRequest(
+            name=name, config=log_pb2.TopicConfig(segment_bytes=64 * 1024)
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+    value = b"v" * 1000
+    for _ in range(20):
+        stub.ProduceBatch(
+            log_pb2.ProduceBatchRequest(
+                topic=name, records=[log_pb2.Record(value=value)] * 25
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+
+    # A field left out keeps its setting (proto3 `optional`: absent is not 0).
+    altered = admin.AlterTopic(
+        log_pb2.AlterTopicRequest(name=name, retention_bytes=128 * 1024),
+        timeout=RPC_TIMEOUT_S,
+    ).topic
+    assert altered.config.retention_bytes == 128 * 1024
+    assert altered.config.retention_ms == 0
+    assert altered.config.segment_bytes == 64 * 1024
+    lowest = altered.partitions[0].lowest_offset
+    assert lowest > 0, "applied before the answer"
+    assert altered.partitions[0].next_offset == 500
+    assert consume(stub, lowest, topic=name).value == value
+    expect_error(grpc.StatusCode.OUT_OF_RANGE, consume, stub, 0, topic=name)
+
+    altered = admin.AlterTopic(
+        log_pb2.AlterTopicRequest(name=name, retention_ms=60_000), timeout=RPC_TIMEOUT_S
+    ).topic
+    assert (altered.config.retention_bytes, altered.config.retention_ms) == (128 * 1024, 60_000)
+    desc = admin.DescribeTopic(log_pb2.DescribeTopicRequest(name=name), timeout=RPC_TIMEOUT_S).topic
+    assert (desc.config.retention_bytes, desc.config.retention_ms) == (128 * 1024, 60_000)
+
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        admin.AlterTopic,
+        log_pb2.AlterTopicRequest(name=name),
+        timeout=RPC_TIMEOUT_S,
+    )
+    assert "changes nothing" in err.details()
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        admin.AlterTopic,
+        log_pb2.AlterTopicRequest(name=name + "-missing", retention_bytes=1),
+        timeout=RPC_TIMEOUT_S,
+    )
+    admin.DeleteTopic(log_pb2.DeleteTopicRequest(name=name), timeout=RPC_TIMEOUT_S)
+
+
 def test_default_topic_exists_with_one_partition(server):
     desc = server.admin().DescribeTopic(
         log_pb2.DescribeTopicRequest(name="default"), timeout=RPC_TIMEOUT_S
