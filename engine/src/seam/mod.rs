@@ -2,7 +2,7 @@
 //! whoever keeps them.
 //!
 //! Two traits: [`Partitions`] (append a batch, read a range, wait for an offset to become
-//! visible, describe) and [`Topics`] (create, delete, list, look up). Two implementations
+//! visible, describe) and [`Topics`] (create, alter, delete, list, look up). Two implementations
 //! here: [`local`], the engine-backed single node (routing to the owning shard and its
 //! [`Log`](crate::Log)), and [`memory`], a plain in-memory model with nothing of the storage
 //! code, which the conformance suite ([`conformance`]) checks against the same expectations.
