@@ -110,7 +110,9 @@ pub(crate) async fn close(ctx: &ShardCtx, id: &PartitionId) -> Result<()> {
 
 /// Gives a partition's log new retention limits and applies them at once (through the
 /// replication layer, which compacts its own log first, when there is one). Not open here
-/// is fine: it opens with the catalog's settings, which hold the new limits already.
+/// is fine: it opens with the catalog's settings, which hold the new limits already. A pass
+/// that fails (a latched log, a stopped group) is logged, not returned: the limits are the
+/// partition's all the same, and the periodic pass tries again.
 pub(crate) async fn set_retention(
     ctx: &ShardCtx,
     id: &PartitionId,
@@ -127,10 +129,14 @@ pub(crate) async fn set_retention(
     };
     log.set_retention(bytes, ms);
     let now = std::time::SystemTime::now();
-    match ctx.replicator() {
+    let pass = match ctx.replicator() {
         Some(r) => r.apply_retention(id, now).await,
         None => log.apply_retention(now).await.map(|_| ()),
+    };
+    if let Err(e) = pass {
+        log::warn!("{id}: applying its new retention limits: {e} (the periodic pass tries again)");
     }
+    Ok(())
 }
 
 /// Closes a partition of a topic being deleted and removes its data.
