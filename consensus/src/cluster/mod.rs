@@ -1507,12 +1507,20 @@ impl ClusterHooks for NodeHooks {
                 Vec::new()
             });
         }
-        let s = node.state.read().ok()?;
-        let p = s
+        // Not listed in the state applied here (a creation this node's controller has not
+        // applied yet, a deletion it has): never this node alone, which would elect itself
+        // leader of a group whose other replicas hold other entries. It learns its
+        // configuration from a leader, if there is one.
+        let Ok(s) = node.state.read() else {
+            return Some(Vec::new());
+        };
+        let Some(p) = s
             .topics
-            .get(&*id.topic)?
-            .partitions
-            .get(id.partition as usize)?;
+            .get(&*id.topic)
+            .and_then(|t| t.partitions.get(id.partition as usize))
+        else {
+            return Some(Vec::new());
+        };
         // Only a replica placed here starts with the first configuration (the topic's
         // creation). One opened as a replica added later (`open_added_partition`: among them
         // one placed here again after it moved away and its data was removed) knows no
@@ -1525,6 +1533,15 @@ impl ClusterHooks for NodeHooks {
         } else {
             Some(Vec::new())
         }
+    }
+
+    fn knows(&self, id: &PartitionId) -> bool {
+        &*id.topic == CONTROLLER_TOPIC
+            || self.0.state.read().is_ok_and(|s| {
+                s.topics
+                    .get(&*id.topic)
+                    .is_some_and(|t| (id.partition as usize) < t.partitions.len())
+            })
     }
 
     fn applied(&self, index: u64, command: &[u8]) {

@@ -149,6 +149,52 @@ pub const QUESTIONS_PER_PASS: usize = 2;
 /// on this node is in the local catalog before a pass that read the state earlier sees it.
 const ABSENT_PASSES: u32 = 2;
 
+/// Opens the partitions of topic `name` placed here (`mine`) and recorded held in the
+/// catalog (`held`) whose replica is not open: one whose opening failed when the topic was
+/// created here (a full disk, no file descriptor left) after the catalog recorded it, or
+/// one left closed at start because the state did not list it yet (`opens_at_start`). A
+/// replica never opened by its group gets the first configuration the state gives (this
+/// node among the first voters, or none: it learns it from the leader). Tried again every
+/// [`ASK_AGAIN`] while it fails, warned of once.
+fn open_held(
+    node: &ClusterNode,
+    engine: &engine::EngineHandle,
+    name: &str,
+    mine: &[u32],
+    held: &[u32],
+    seen: &mut Seen,
+    now: Instant,
+) {
+    for &p in mine.iter().filter(|p| held.contains(p)) {
+        let id = PartitionId::new(name, p);
+        let group = crate::raft::replica::group_id(&id);
+        // On the board once its shard's loop has run a round with it (a moment after its
+        // open: opening it again meanwhile finds it open).
+        if node.peers.board.holds(group)
+            || seen.closing.contains_key(&group)
+            || seen.reopen.contains(&group)
+            || !retry_due(&seen.failed, group, now)
+        {
+            continue;
+        }
+        match futures_lite::future::block_on(engine.open_partition(name, p)) {
+            Ok(()) => {
+                if seen.failed.remove(&group).is_some() {
+                    log::info!("{id}: its replica here, held but not open, opened");
+                }
+            }
+            Err(e) => {
+                let level = first_failure(&mut seen.failed, group, now);
+                log::log!(
+                    level,
+                    "{id}: opening its replica here, held but not open: {e} (tried again \
+                     every {ASK_AGAIN:?})"
+                );
+            }
+        }
+    }
+}
+
 /// Gives this node's replicas of topic `name` the retention limits of the controller's
 /// state (`config`) when its catalog holds others: a change committed while this node was
 /// down or had not applied it yet. Each replica applies them at once.
@@ -204,6 +250,7 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             Err(_) => continue,
         };
         sync_retention(engine, &name, &t.config);
+        open_held(node, engine, &name, &mine, &held, seen, now);
         let reopened = closed_but_held(&name, &mine, &held, seen);
         let opened = mine.iter().copied().filter(|p| !held.contains(p));
         for p in opened.chain(reopened.iter().copied()) {

@@ -71,9 +71,18 @@ const COMMANDS_PER_ROUND: usize = 4096;
 /// What the cluster layer (the controller) tells the shards, and hears from them.
 pub trait ClusterHooks: Send + Sync {
     /// The first configuration of partition `id`'s group when created on this node: `None`
-    /// for a partition the controller does not place (this node alone), an empty list for a
-    /// replica added to an existing group (it learns its configuration from the leader's log).
+    /// for this node alone (no cluster places it), an empty list for a replica added to an
+    /// existing group, or of a partition the state applied here does not list (it learns its
+    /// configuration from the leader's log).
     fn voters(&self, id: &PartitionId) -> Option<Vec<u64>>;
+    /// Whether the cluster's state applied here lists partition `id` (the controller's own
+    /// always): a replica never opened by its group, of a partition it does not list yet
+    /// (the topic's creation is in this node's controller log past the commit index the log
+    /// showed at start), is opened only once it does, with the first configuration it then
+    /// gives.
+    fn knows(&self, _id: &PartitionId) -> bool {
+        true
+    }
     /// A command of the controller's log (group 0), applied on this node, in index order.
     fn applied(&self, index: u64, command: &[u8]);
     /// The controller's state starts over from its log's committed entries
@@ -1042,6 +1051,17 @@ pub fn engine_error(e: Error, shard: usize, id: &PartitionId) -> engine::Error {
 }
 
 impl Replicator for ShardRaft {
+    /// Not a replica its group never opened of a partition the cluster's state applied here
+    /// does not list: opened now, it would take this node alone for its group
+    /// (`ClusterHooks::voters`) or know no configuration for good; the reconcile pass opens
+    /// it once the state lists it, with the configuration the state gives.
+    fn opens_at_start(&self, id: &PartitionId, dir: &std::path::Path) -> bool {
+        match &self.inner.hooks.0 {
+            Some(h) if !h.knows(id) => !dir.join(engine::log::UNOPENED_META).exists(),
+            _ => true,
+        }
+    }
+
     fn open<'a>(
         &'a self,
         id: &'a PartitionId,

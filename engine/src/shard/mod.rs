@@ -558,7 +558,17 @@ async fn shard_main(
             .into_iter()
             .filter(|(name, p, _)| owner(name, *p, shared.shards.len()) == index);
         for (name, p, config) in owned {
-            ctx.open_log(&PartitionId::new(&name, p), config).await?;
+            let id = PartitionId::new(&name, p);
+            if let Some(r) = ctx.replicator() {
+                if !r.opens_at_start(&id, &partition_dir(&dir, &name, p)) {
+                    log::info!(
+                        "partition {id}: never opened by its group, and not in the cluster's \
+                         state yet: opened once it is"
+                    );
+                    continue;
+                }
+            }
+            ctx.open_log(&id, config).await?;
         }
         Ok(())
     }

@@ -51,6 +51,14 @@ pub trait Replicator {
     /// reader or writer reaches it.
     fn open<'a>(&'a self, id: &'a PartitionId, log: Rc<Log>) -> LocalBoxFuture<'a, Result<()>>;
 
+    /// Whether the engine opens `id` (held in the catalog, its directory `dir`) when the
+    /// shard starts; `false` leaves it closed until someone opens it (the replication layer,
+    /// once it knows how: a replica never opened by its group, of a partition the cluster's
+    /// state this node has applied does not list yet).
+    fn opens_at_start(&self, _id: &PartitionId, _dir: &std::path::Path) -> bool {
+        true
+    }
+
     /// Lets go of `id` (its topic is being deleted, or the shard stops) before its log is
     /// closed or removed.
     fn close<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, ()>;
