@@ -309,6 +309,21 @@ fn a_full_disk_is_an_operating_condition() {
         assert_eq!(r.value, value(off), "offset {off}");
     }
     saw.push(format!("consume offsets 0, {}, {last}: OK", last / 2));
+    // At the end: out of range, as on a disk with room (a reader reading until then, the
+    // book's way, and a tail waiting there, must not take the disk's error for its end).
+    let end: DescribeTopicResponse = ch
+        .unary_prost(
+            paths::DESCRIBE_TOPIC,
+            &DescribeTopicRequest {
+                name: "default".into(),
+            },
+            opts(),
+        )
+        .expect("describe");
+    let end = end.topic.expect("topic").partitions[0].next_offset;
+    let past = consume(&ch, "", 0, end).expect_err("nothing at the end");
+    assert_eq!(past.code, Code::OutOfRange, "{past}");
+    saw.push(format!("consume offset {end} (the end): {:?}", past.code));
     let (code, body) = http_get(s.admin_addr(), "/readyz").expect("readyz");
     assert_eq!(code, 200, "{body}");
     saw.push(format!("/readyz: {code} {}", body.trim()));

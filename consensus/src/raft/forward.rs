@@ -1354,7 +1354,18 @@ pub async fn read_here(
     if !past_end {
         return first;
     }
-    let visible = local.read_barrier(id).await?;
+    let visible = match local.read_barrier(id).await {
+        Ok(v) => v,
+        // This replica stopped (its disk full, its log latched): it cannot learn its group's
+        // commit index, which a replica elsewhere can (the group's only voter answers from
+        // what it applied instead). `NotFound` sends the read there.
+        Err(seam::Error::NotWritable { reason, .. }) => {
+            return Err(seam::Error::NotFound(format!(
+                "this node's replica of {id} cannot tell where its end is: {reason}"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
     if visible <= from {
         return first;
     }

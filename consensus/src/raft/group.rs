@@ -949,6 +949,16 @@ impl<S: LogStore> GroupSet<S> {
     /// that has not committed in its term, whose ReadIndex raft-rs would drop silently), and
     /// after `read_timeout_ticks` when the answer does not come: the caller retries.
     pub fn read_index(&mut self, id: u64) -> Result<oneshot::Receiver<Result<u64>>> {
+        if let Some(g) = self.groups.get(&id) {
+            if g.failed.as_ref().is_some_and(Error::is_disk_full) && g.only_voter() {
+                // The group's only voter, stopped for want of space: nothing commits in
+                // its group but through it, so what it applied is the read point (a read at
+                // its end is out of range, as before its disk filled, not the disk's error).
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Ok(g.node.raft.raft_log.applied));
+                return Ok(rx);
+            }
+        }
         let read_id = self.next_read_id;
         self.next_read_id += 1;
         let ticks = self.config.read_timeout_ticks;
