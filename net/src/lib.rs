@@ -58,7 +58,7 @@ pub mod limits;
 pub mod memory;
 pub mod observe;
 pub mod peer;
-mod ratelog;
+pub mod ratelog;
 pub mod server;
 mod shutdown;
 pub mod socket;

@@ -1,4 +1,4 @@
-//! Log lines about single connections, rate-limited per kind.
+//! Log lines about single connections (and failed calls), rate-limited per kind.
 //!
 //! A flood of connections that all fail the same way (15,000 handshake timeouts, a port
 //! scanner, clients over the limit) would otherwise write one line each and bury everything
