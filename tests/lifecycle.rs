@@ -167,11 +167,19 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
 /// Runs the server with `setup` applied in the child just before exec, and returns its
 /// stderr once it exits (it must, within the deadline).
 fn start_failure(setup: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> String {
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
+    start_failure_in(&tmp.path().join("d"), setup)
+}
+
+/// [`start_failure`] on the data directory `dir`.
+fn start_failure_in(
+    dir: &std::path::Path,
+    setup: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) -> String {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(BIN);
     cmd.arg("--data-dir")
-        .arg(tmp.path().join("d"))
+        .arg(dir)
         .args(["--admin-addr", "off", "--shards", "1"])
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .stdout(std::process::Stdio::null())
@@ -209,6 +217,37 @@ fn too_little_locked_memory_is_named_at_start() {
         err.contains("RLIMIT_MEMLOCK is 64 KiB, below the 512 KiB"),
         "{err}"
     );
+}
+
+/// A descriptor limit too low for the partitions a data directory holds is named at start,
+/// with the limit and what takes descriptors, not blamed on io_uring or locked memory.
+#[test]
+fn too_few_file_descriptors_are_named_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        let (ok, _, err) = s.cli(&["topics", "create", "wide", "--partitions", "100"], None);
+        assert!(ok, "{err}");
+        s.sigterm();
+    }
+    let err = start_failure_in(&dir, || {
+        let lim = libc::rlimit {
+            rlim_cur: 64,
+            rlim_max: 64,
+        };
+        // SAFETY: setrlimit(2) reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    assert!(
+        err.contains("this process may have 64 files open at once, RLIMIT_NOFILE"),
+        "{err}"
+    );
+    assert!(err.contains("Too many open files"), "{err}");
+    assert!(!err.contains("it needs io_uring"), "{err}");
 }
 
 #[test]

@@ -158,6 +158,13 @@ impl Error {
                 || source.kind() == std::io::ErrorKind::StorageFull)
     }
 
+    /// True for an I/O error that means the process has no file descriptor left
+    /// (RLIMIT_NOFILE: EMFILE), or the system none (ENFILE).
+    pub fn is_out_of_descriptors(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)))
+    }
+
     /// True when the data directory is locked by another process (another proglog on it).
     pub fn is_locked_elsewhere(&self) -> bool {
         matches!(self, Error::Io { op, source, .. }

@@ -433,10 +433,20 @@ impl Node {
         let engine = engine::Engine::start(engine_config).map_err(|e| {
             // What the engine needs of the host, unless the cause is plainly something else.
             let hint = if e.is_out_of_space() || e.is_locked_elsewhere() {
-                ""
+                String::new()
+            } else if e.is_out_of_descriptors() {
+                let limit = crate::observe::process::ProcessStats::read()
+                    .max_fds
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string());
+                format!(
+                    " (this process may have {limit} files open at once, RLIMIT_NOFILE: each \
+                     partition held here keeps about 2 open and each connection 1; raise the \
+                     limit: `ulimit -n`, or LimitNOFILE= in a systemd unit)"
+                )
             } else {
                 " (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, and in containers a seccomp \
                  profile allowing io_uring_setup/enter/register)"
+                    .to_owned()
             };
             anyhow::Error::new(e).context(format!(
                 "starting the storage engine in {}{hint}",
