@@ -2350,3 +2350,121 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
         assert_eq!(&got.unwrap_or_default().value[..], b"w");
     }
 }
+
+/// A node whose replica of a partition stopped for want of space passes the appends made
+/// through it to the partition's leader elsewhere (the other replicas elected one), as it
+/// does when its replica failed; it refused them with its disk's error, and a producer that
+/// had found the node kept being refused while the others took appends. A read at the end
+/// through it is out of range (asked of the others), not the disk's error.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn appends_through_a_node_whose_replica_is_full_go_to_the_leader() {
+    let mut c = form("appends through a full replica's node", 37, &[]);
+    let ch = c.nodes[controller_leader(&c)].channel().expect("connect");
+    let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
+        paths::CREATE_TOPIC,
+        &CreateTopicRequest {
+            name: "f".into(),
+            config: Some(TopicConfig {
+                partitions: 1,
+                replication_factor: 3,
+                segment_bytes: 1 << 20,
+                ..Default::default()
+            }),
+        },
+        net::client::CallOptions::timeout(Duration::from_secs(30)),
+    );
+    r.expect("create the topic");
+    let mut leader = 0;
+    wait("f/0 led with three voters", || {
+        leader_of(&c, "f", 0, 3).is_some_and(|l| {
+            leader = l;
+            true
+        })
+    });
+    let ctl = controller_leader(&c);
+    let x = (0..3).rev().find(|&i| i != leader && i != ctl).unwrap_or(2);
+    // The node moved onto a small volume of its own.
+    c.nodes[x].kill9();
+    let mount = c.dir().join("volume");
+    let Some(volume) = engine::testkit::Tmpfs::mount(&mount, 160 << 20) else {
+        return;
+    };
+    let moved = mount.join("data");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&c.nodes[x].data_dir)
+        .arg(&moved)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    c.nodes[x].data_dir = moved;
+    c.nodes[x].spawn();
+    wait("the moved node serving", || c.nodes[x].serving());
+    let full_here = |c: &Cluster| {
+        c.nodes[x].describe().is_some_and(|d| {
+            d.partitions
+                .iter()
+                .any(|p| p.topic == "f" && p.local && p.stopped && p.disk_full)
+        })
+    };
+    // Filled but for a little, then written to through the leader until its replica stops.
+    // SAFETY: statvfs writes into the struct we pass; the path is a NUL-terminated copy.
+    let free = unsafe {
+        let path = std::ffi::CString::new(mount.to_str().expect("utf-8")).expect("path");
+        let mut s: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0);
+        s.f_bavail * s.f_frsize
+    };
+    std::fs::write(
+        mount.join("ballast"),
+        vec![0u8; free.saturating_sub(512 << 10) as usize],
+    )
+    .expect("ballast");
+    let line = "v".repeat(1000);
+    let lines = format!("{line}\n").repeat(64);
+    for _ in 0..400 {
+        if full_here(&c) {
+            break;
+        }
+        let (ok, _, err) = common::run_cli(
+            c.nodes[leader].rpc,
+            &["produce", "--topic", "f", "--batch", "64"],
+            Some(&lines),
+        );
+        assert!(ok, "{err}");
+    }
+    wait("the node's replica stopped for want of space", || full_here(&c));
+
+    let mut stored = Vec::new();
+    for _ in 0..20 {
+        match produce(&c.nodes[x], "f", b"through the full node") {
+            Ok(off) => stored.push(off),
+            Err(st) => assert_ne!(
+                st.code,
+                net::Code::ResourceExhausted,
+                "refused with this node's disk error although the others take appends: {st}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!stored.is_empty(), "no append through the full node's node");
+    let end = *stored.iter().max().unwrap_or(&0) + 1;
+    let chx = c.nodes[x].channel().expect("connect");
+    let past = common::consume(&chx, "f", 0, end).expect_err("nothing at the end");
+    assert_eq!(past.code, net::Code::OutOfRange, "{past}");
+    let last = common::consume(&chx, "f", 0, end - 1).expect("the last record, through it");
+    assert_eq!(&last.value[..], b"through the full node");
+
+    // Space back: the replica takes writes again by itself.
+    std::fs::remove_file(mount.join("ballast")).expect("free space");
+    wait("the replica running again", || {
+        c.nodes[x].describe().is_some_and(|d| {
+            d.partitions
+                .iter()
+                .any(|p| p.topic == "f" && p.local && !p.stopped)
+        })
+    });
+    drop(c);
+    drop(volume);
+}

@@ -19,7 +19,6 @@
 //! ([`engine_config`]), then this factory over its handle.
 
 use super::forward::{self, Forwarder, RemoteRead};
-use super::group::Stopped;
 use super::replica::{group_id, RaftReplication, CONTROLLER_TOPIC};
 use super::transport::Peers;
 use crate::cluster::ClusterNode;
@@ -276,15 +275,14 @@ impl RaftPartitions {
         self.forward.board().holds(group_id(id)) && c.lists_topic(&id.topic) == Some(false)
     }
 
-    /// True when this node's replica of `id` stopped on a failure (its log latched, or
-    /// `raft.meta` could not be written) and stays stopped until the server restarts. A
-    /// replica stopped for want of space is not: its log refuses appends (RESOURCE_EXHAUSTED)
-    /// and takes them again once space returns.
-    fn failed_here(&self, id: &PartitionId) -> bool {
+    /// True when this node's replica of `id` is stopped: on a failure (its log latched, or
+    /// `raft.meta` could not be written: until the server restarts), or for want of space
+    /// (until space returns).
+    fn stopped_here(&self, id: &PartitionId) -> bool {
         self.forward
             .board()
             .get(group_id(id))
-            .is_some_and(|v| v.stopped == Some(Stopped::Failed))
+            .is_some_and(|v| v.stopped.is_some())
     }
 
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
@@ -401,10 +399,12 @@ impl Partitions for RaftPartitions {
                     .await
                     .map_err(|e| self.with_leader_addr(id, e));
             }
-            if self.failed_here(id) && !self.replicas_elsewhere(id).is_empty() {
-                // This node's replica failed, not the partition: its other replicas elected
-                // a leader (or are electing one), which takes the append as from a node
-                // holding no replica. This replica knows no leader to name.
+            if self.stopped_here(id) && !self.replicas_elsewhere(id).is_empty() {
+                // This node's replica stopped (its log failed, or its disk is full), not the
+                // partition: its other replicas elected a leader (or are electing one), which
+                // takes the append as from a node holding no replica. This replica knows no
+                // leader to name. (Refused here for a full disk, a producer that found this
+                // node once kept being refused while the others took appends.)
                 let why = format!("partition {id}: this node's replica is stopped");
                 return self
                     .append_elsewhere(id, batch, why)
