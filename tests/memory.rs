@@ -267,3 +267,85 @@ fn never_reading_streams_stay_within_the_budget() {
         record
     );
 }
+
+/// Many connections that stop reading, together holding their shares of the whole budget,
+/// leave room for other consumers: a new ConsumeStream (from the start of the log, and
+/// tailing its end) gets its records. Before, 16 stalled connections of 32 MiB filled the
+/// default 256 MiB budget and every other stream waited until they went away; here 12 of
+/// 8 MiB against a 64 MiB budget.
+#[test]
+fn connections_that_stop_reading_leave_room_for_other_consumers() {
+    let s = TestServer::start_with(&[
+        "--durability",
+        "never",
+        "--memory-budget",
+        "64MiB",
+        "--connection-memory",
+        "8MiB",
+    ]);
+    let records = fill(&s, 48 << 20, 8 << 10);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let mut releases = Vec::new();
+    let mut hostile = Vec::new();
+    for _ in 0..12 {
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let (addr, opened) = (s.addr, opened_tx.clone());
+        hostile.push(std::thread::spawn(move || {
+            never_reading_consumers(addr, 4, opened, release_rx)
+        }));
+        releases.push(release_tx);
+    }
+    for _ in 0..12 {
+        opened_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("streams opened");
+    }
+    // Their streams read ahead until each connection's share is queued.
+    let until = Instant::now() + Duration::from_secs(20);
+    while metric(&s, "proglog_memory_used_bytes") < f64::from(48u32 << 20) {
+        assert!(Instant::now() < until, "the stalled streams never filled the budget");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let used = metric(&s, "proglog_memory_used_bytes");
+    assert!(used <= f64::from(64u32 << 20) * 1.1, "{used} bytes charged");
+
+    // A new consumer: from offset 0 (the whole chunk size each time), then at the end, where
+    // a record produced now reaches it.
+    let addr = s.addr;
+    let consumer = std::thread::spawn(move || {
+        run_async(move || async move {
+            let ch = net::client::Channel::connect(addr, net::client::ClientConfig::default())
+                .await
+                .expect("connect");
+            let mut stream = ch
+                .server_streaming(
+                    paths::CONSUME_STREAM,
+                    net::encode(&ConsumeRequest::default()),
+                    net::client::CallOptions::timeout(Duration::from_secs(30)),
+                )
+                .await
+                .expect("open the stream");
+            let mut n = 0u64;
+            while n <= records {
+                let r = stream
+                    .message_as::<ConsumeResponse>()
+                    .await
+                    .expect("a record while the others stall")
+                    .expect("the stream goes on");
+                assert_eq!(r.record.map(|x| x.offset), Some(n));
+                n += 1;
+            }
+            n
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let at_end = produce_value(&s.channel(), "the tail's".into());
+    assert_eq!(at_end, records);
+    assert_eq!(consumer.join().expect("the consumer"), records + 1);
+    for r in releases {
+        let _ = r.send(());
+    }
+    for h in hostile {
+        h.join().expect("hostile client");
+    }
+}

@@ -27,9 +27,14 @@
 //! what is in flight, but never grows while nobody reads.
 //!
 //! A reservation is granted when the connection stays within its share and the server within
-//! its budget; a connection holding nothing is always granted its share, so that one call
-//! larger than what is left still makes progress. One connection that stops reading thus
-//! holds at most about its share, and other clients keep being served from the rest.
+//! its budget; a connection holding nothing may ask for more than its share at once, so that
+//! one call larger than a share still makes progress. One connection that stops reading thus
+//! holds at most about its share, and other clients keep being served from the rest. The
+//! budget's last eighth ([`MemoryBudget::headroom`]) is granted only to connections holding
+//! at most [`SMALL_HOLDER_BYTES`] with what they ask: connections that stop reading fill at
+//! most the other seven eighths, and a new stream or a tail's next chunk still gets memory
+//! (before, 16 stalled connections of 32 MiB filled a 256 MiB budget and every other consumer
+//! waited until they went away).
 //!
 //! # Returning memory to the OS
 //!
@@ -45,6 +50,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use event_listener::Event;
+
+/// A connection holding at most this much (with what it asks for) may use the budget's
+/// headroom ([`MemoryBudget::headroom`]), which the others leave free: room for a new
+/// stream's first chunk (a read is reserved for twice its bytes) while other connections
+/// hold all the rest.
+pub const SMALL_HOLDER_BYTES: usize = 4 << 20;
 
 /// A connection that held more than this when it closed asks for a trim.
 pub const TRIM_AFTER_BYTES: usize = 1 << 20;
@@ -98,11 +109,23 @@ impl MemoryBudget {
         self.waits.load(Ordering::Relaxed)
     }
 
+    /// The part of the budget kept for connections that hold little ([`SMALL_HOLDER_BYTES`]
+    /// with the bytes they ask for): an eighth of it.
+    pub fn headroom(&self) -> usize {
+        self.limit / 8
+    }
+
     /// Takes `n` bytes if they fit.
     pub fn try_reserve(&self, n: usize) -> bool {
+        self.try_reserve_within(n, self.limit)
+    }
+
+    /// Takes `n` bytes if the total stays within `limit` (at most the budget's).
+    fn try_reserve_within(&self, n: usize, limit: usize) -> bool {
+        let limit = limit.min(self.limit);
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
-            let Some(after) = used.checked_add(n).filter(|a| *a <= self.limit) else {
+            let Some(after) = used.checked_add(n).filter(|a| *a <= limit) else {
                 return false;
             };
             match self
@@ -184,7 +207,16 @@ impl ConnMemory {
         if used > 0 && used.saturating_add(n) > self.share {
             return false;
         }
-        if !self.budget.try_reserve(n) {
+        // The budget's last eighth is for connections that hold little: connections that
+        // stop reading hold their shares and nothing more, and a few of them (16 of 32 MiB
+        // each fill 256 MiB) left every other connection waiting for memory; what they
+        // cannot take serves the others (a new stream, a tail's next chunk).
+        let limit = if used.saturating_add(n) <= SMALL_HOLDER_BYTES {
+            self.budget.limit
+        } else {
+            self.budget.limit.saturating_sub(self.budget.headroom())
+        };
+        if !self.budget.try_reserve_within(n, limit) {
             return false;
         }
         self.add(n);
