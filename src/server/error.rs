@@ -53,6 +53,21 @@ pub fn to_status(e: seam::Error) -> Status {
     }
 }
 
+/// How a ProduceStream ends when the server begins to shut down: every request it read has
+/// been answered, and none is read after: `NO_LEADER` (nothing of the rest was appended;
+/// retry, on another node), so that clients neither wait for the drain timeout nor take the
+/// requests they sent after the last answer for an unknown outcome.
+pub fn shutting_down_stream() -> Status {
+    cluster(
+        "this server is shutting down: every record it read from this stream was answered; \
+         the ones sent after the last answer were not read (not stored): send them to another \
+         node"
+            .into(),
+        errors::NO_LEADER,
+        [],
+    )
+}
+
 /// UNAVAILABLE with an `ErrorInfo` of `reason` in the details.
 fn cluster<'a>(
     message: String,

@@ -43,9 +43,20 @@ pub async fn handle(
     let tls = req.tls.clone();
     let mut requests = req.message;
     let (tx, rx) = local_channel::new_bounded::<Item>(PRODUCE_STREAM_MAX_IN_FLIGHT);
-    let reader = async move {
+    // Set when the server began to shut down: no request is read after that.
+    let drained = std::cell::Cell::new(false);
+    let reader = async {
         loop {
-            let item = match requests.message_leased().await {
+            let next = async { Some(requests.message_leased().await) };
+            let shutdown = async {
+                let _ = state.draining().await;
+                None
+            };
+            let Some(next) = futures_lite::future::or(next, shutdown).await else {
+                drained.set(true);
+                break;
+            };
+            let item = match next {
                 Ok(Some((bytes, lease))) => {
                     net::decode::<ProduceRequest>(bytes).map(|r| (r, lease))
                 }
@@ -62,7 +73,13 @@ pub async fn handle(
         drop(tx);
         futures_lite::future::pending::<Result<(), Status>>().await
     };
-    futures_lite::future::or(write_loop(&state, tls.as_deref(), rx, &sink), reader).await
+    futures_lite::future::or(write_loop(&state, tls.as_deref(), rx, &sink), reader).await?;
+    if drained.get() {
+        // Every request read was answered; the client sends the others to another node
+        // instead of this stream holding the server's stop until its drain timeout.
+        return Err(super::error::shutting_down_stream());
+    }
+    Ok(())
 }
 
 /// How much one batch may take, from the topic's settings.

@@ -879,6 +879,42 @@ def test_sigterm_with_open_streams(server_factory):
     assert time.monotonic() - start < 15
 
 
+def test_sigterm_ends_an_open_produce_stream_with_every_record_read_answered(server_factory):
+    """A producer that keeps its stream open does not hold the server's stop for the drain
+    timeout: at SIGTERM the stream stops being read, what was read is answered, and the call
+    ends UNAVAILABLE with reason NO_LEADER (what was not read was not stored: send it to
+    another node). The answered records are there after a restart."""
+    srv = server_factory.start("--drain-timeout", "60s")
+    stub = srv.log()
+    feeder = Feeder()
+    call = stub.ProduceStream(iter(feeder), timeout=120)
+    responses = iter(call)
+    offsets = []
+    for i in range(10):
+        feeder.send(log_pb2.ProduceRequest(record=log_pb2.Record(value=b"open-%d" % i)))
+        offsets.append(next(responses).offset)
+    start = time.monotonic()
+    srv.proc.send_signal(__import__("signal").SIGTERM)
+    with pytest.raises(grpc.RpcError) as ended:
+        for r in responses:
+            offsets.append(r.offset)
+    feeder.close()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+    assert "shutting down" in ended.value.details(), ended.value.details()
+    status = status_pb2.Status.FromString(
+        dict(ended.value.trailing_metadata())["grpc-status-details-bin"]
+    )
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "NO_LEADER", info
+    assert srv.proc.wait(50) == 0, srv.stderr_tail()
+    # Well before the 60 s drain timeout the stream would have held it for.
+    assert time.monotonic() - start < 50
+    again = server_factory.restart(srv)
+    for i, off in enumerate(offsets[:10]):
+        assert consume(again.log(), off).value == b"open-%d" % i
+
+
 def test_deleting_a_topic_ends_its_tailing_streams(server):
     admin, stub = server.admin(), server.log()
     name = "doomed-%d" % time.monotonic_ns()
