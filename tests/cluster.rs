@@ -2408,19 +2408,25 @@ fn appends_through_a_node_whose_replica_is_full_go_to_the_leader() {
                 .any(|p| p.topic == "f" && p.local && p.stopped && p.disk_full)
         })
     };
-    // Filled but for a little, then written to through the leader until its replica stops.
-    // SAFETY: statvfs writes into the struct we pass; the path is a NUL-terminated copy.
-    let free = unsafe {
-        let path = std::ffi::CString::new(mount.to_str().expect("utf-8")).expect("path");
-        let mut s: libc::statvfs = std::mem::zeroed();
-        assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0);
-        s.f_bavail * s.f_frsize
-    };
-    std::fs::write(
-        mount.join("ballast"),
-        vec![0u8; free.saturating_sub(512 << 10) as usize],
-    )
-    .expect("ballast");
+    // Filled but for a little (written until the volume refuses, then half a MiB given
+    // back), then written to through the leader until its replica stops.
+    {
+        use std::io::Write;
+        let path = mount.join("ballast");
+        let mut f = std::fs::File::create(&path).expect("ballast");
+        let chunk = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => len += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("ballast: {e}"),
+            }
+        }
+        f.set_len(len.saturating_sub(512 << 10))
+            .expect("give some back");
+    }
     let line = "v".repeat(1000);
     let lines = format!("{line}\n").repeat(64);
     for _ in 0..400 {
@@ -2434,7 +2440,9 @@ fn appends_through_a_node_whose_replica_is_full_go_to_the_leader() {
         );
         assert!(ok, "{err}");
     }
-    wait("the node's replica stopped for want of space", || full_here(&c));
+    wait("the node's replica stopped for want of space", || {
+        full_here(&c)
+    });
 
     let mut stored = Vec::new();
     for _ in 0..20 {

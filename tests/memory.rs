@@ -303,7 +303,10 @@ fn connections_that_stop_reading_leave_room_for_other_consumers() {
     // Their streams read ahead until each connection's share is queued.
     let until = Instant::now() + Duration::from_secs(20);
     while metric(&s, "proglog_memory_used_bytes") < f64::from(48u32 << 20) {
-        assert!(Instant::now() < until, "the stalled streams never filled the budget");
+        assert!(
+            Instant::now() < until,
+            "the stalled streams never filled the budget"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let used = metric(&s, "proglog_memory_used_bytes");

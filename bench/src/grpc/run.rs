@@ -710,8 +710,11 @@ async fn consume_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel) {
         // reopen per STREAM_REOPEN_EVERY on this lane.
         drop(rx);
         let next = opened + STREAM_REOPEN_EVERY;
-        glommio::timer::sleep(next.saturating_duration_since(Instant::now()).min(remaining(stop)))
-            .await;
+        glommio::timer::sleep(
+            next.saturating_duration_since(Instant::now())
+                .min(remaining(stop)),
+        )
+        .await;
     }
 }
 
