@@ -282,6 +282,8 @@ fn connections_that_stop_reading_leave_room_for_other_consumers() {
         "64MiB",
         "--connection-memory",
         "8MiB",
+        "--max-message-bytes",
+        "2MiB",
     ]);
     let records = fill(&s, 48 << 20, 8 << 10);
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
