@@ -252,8 +252,20 @@ impl Server {
                 Some(Err(e)) => {
                     let e: std::io::Error = e.into();
                     // Running out of descriptors or memory is transient:
-                    // back off instead of spinning or dying.
-                    log::warn!("accept on {}: {e}", crate::show_peer(&local));
+                    // back off instead of spinning or dying (and say so once per window,
+                    // not every 50 ms).
+                    conn_log!(
+                        log::Level::Warn,
+                        "accept-failed",
+                        "accept on {}: {e}{}",
+                        crate::show_peer(&local),
+                        if e.raw_os_error() == Some(libc::EMFILE) {
+                            " (this process's file-descriptor limit, RLIMIT_NOFILE: connections \
+                             wait in the listen queue until one is closed; raise it)"
+                        } else {
+                            ""
+                        }
+                    );
                     glommio::timer::sleep(limits::ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
