@@ -56,16 +56,21 @@ impl ProcessStats {
     pub fn read() -> ProcessStats {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let open_fds = std::fs::read_dir(Path::new("/proc/self/fd"))
-            .ok()
-            .map(|d| d.count() as u64);
+        let max_fds = max_fds();
+        let open_fds = match std::fs::read_dir(Path::new("/proc/self/fd")) {
+            Ok(d) => Some(d.count() as u64),
+            // Listing them takes a descriptor: none left means every one is open, which is
+            // when the figure matters most (the series vanished exactly then).
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => max_fds,
+            Err(_) => None,
+        };
         ProcessStats {
             resident_bytes: status_kib(&status, "VmRSS"),
             resident_max_bytes: status_kib(&status, "VmHWM"),
             virtual_bytes: status_kib(&status, "VmSize"),
             threads: status_num(&status, "Threads"),
             open_fds,
-            max_fds: max_fds(),
+            max_fds,
             cpu_seconds: cpu_seconds(&stat),
         }
     }
