@@ -316,34 +316,40 @@ fn readyz_flips_during_start_up_and_drain() {
     );
     assert_eq!(health(addr), Some(ServingStatus::Serving as i32));
 
-    // A ProduceStream left open holds the drain: the window in which to look.
+    // A call whose request is still arriving holds the drain: the window in which to look.
+    // (A Produce whose message announces 1,000 bytes and sends 10; an open ProduceStream no
+    // longer holds it: it ends once what it read is answered.)
     let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
     let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         run_async(move || async move {
-            let ch = Channel::connect(addr, ClientConfig::default())
+            use tokio_util::compat::FuturesAsyncReadCompatExt;
+            let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
+            let (send, conn) = h2::client::handshake(tcp.compat())
                 .await
                 .unwrap();
-            let (mut tx, mut rx) = ch
-                .streaming(
-                    paths::PRODUCE_STREAM,
-                    CallOptions::timeout(Duration::from_secs(30)),
-                )
-                .await
+            let driver = glommio::spawn_local(async move {
+                let _ = conn.await;
+            });
+            let mut send = send.ready().await.unwrap();
+            let r = http::Request::post(format!("http://{addr}{}", paths::PRODUCE))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
                 .unwrap();
-            tx.send_message(&ProduceRequest {
-                record: record("held"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-            let first = rx.message_as::<ProduceResponse>().await.unwrap();
-            assert_eq!(first.map(|r| r.offset), Some(0));
+            let (resp, mut tx) = send.send_request(r, false).unwrap();
+            let mut partial = vec![0u8];
+            partial.extend_from_slice(&1000u32.to_be_bytes());
+            partial.extend_from_slice(&[0u8; 10]);
+            tx.send_data(bytes::Bytes::from(partial), false).unwrap();
+            glommio::timer::sleep(Duration::from_millis(300)).await;
             opened_tx.send(()).unwrap();
-            // Blocking this executor is fine: the stream only has to stay open.
+            // Blocking this executor is fine: the call only has to stay in flight.
             close_rx.recv().unwrap();
-            tx.finish().unwrap();
-            while rx.message().await.unwrap().is_some() {}
+            drop(tx);
+            drop(resp);
+            drop(send);
+            drop(driver);
         })
     });
     opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
