@@ -165,7 +165,8 @@ fn open_held(
     seen: &mut Seen,
     now: Instant,
 ) {
-    for &p in mine.iter().filter(|p| held.contains(p)) {
+    // `held` is ascending (`EngineHandle::held_partitions`).
+    for &p in mine.iter().filter(|p| held.binary_search(p).is_ok()) {
         let id = PartitionId::new(name, p);
         let group = crate::raft::replica::group_id(&id);
         // On the board once its shard's loop has run a round with it (a moment after its

@@ -1356,10 +1356,14 @@ pub async fn read_here(
     }
     let visible = match local.read_barrier(id).await {
         Ok(v) => v,
-        // This replica stopped (its disk full, its log latched): it cannot learn its group's
-        // commit index, which a replica elsewhere can (the group's only voter answers from
-        // what it applied instead). `NotFound` sends the read there.
-        Err(seam::Error::NotWritable { reason, .. }) => {
+        // This replica stopped for want of space: it cannot learn its group's commit index,
+        // which a replica elsewhere can (the group's only voter answers from what it applied
+        // instead, and gets here only with others). `NotFound` sends the read there.
+        Err(seam::Error::NotWritable {
+            reason,
+            writability: seam::Writability::DiskFull { .. },
+            ..
+        }) => {
             return Err(seam::Error::NotFound(format!(
                 "this node's replica of {id} cannot tell where its end is: {reason}"
             )))
