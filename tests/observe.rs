@@ -325,9 +325,7 @@ fn readyz_flips_during_start_up_and_drain() {
         run_async(move || async move {
             use tokio_util::compat::FuturesAsyncReadCompatExt;
             let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
-            let (send, conn) = h2::client::handshake(tcp.compat())
-                .await
-                .unwrap();
+            let (send, conn) = h2::client::handshake(tcp.compat()).await.unwrap();
             let driver = glommio::spawn_local(async move {
                 let _ = conn.await;
             });
