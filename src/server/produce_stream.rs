@@ -46,13 +46,16 @@ pub async fn handle(
     // Set when the server began to shut down: no request is read after that.
     let drained = std::cell::Cell::new(false);
     let reader = async {
+        // One wait for the whole stream, polled beside each read (a wait made per request
+        // registered with the server's shutdown signal once per record).
+        let mut shutdown = std::pin::pin!(state.draining());
         loop {
             let next = async { Some(requests.message_leased().await) };
-            let shutdown = async {
-                let _ = state.draining().await;
+            let stop = async {
+                let _ = shutdown.as_mut().await;
                 None
             };
-            let Some(next) = futures_lite::future::or(next, shutdown).await else {
+            let Some(next) = futures_lite::future::or(next, stop).await else {
                 drained.set(true);
                 break;
             };

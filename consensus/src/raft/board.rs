@@ -129,6 +129,13 @@ impl Board {
         self.groups.read().ok()?.get(&group).cloned()
     }
 
+    /// Whether `group` is held here and stopped, without copying its view.
+    pub fn is_stopped(&self, group: u64) -> bool {
+        self.groups
+            .read()
+            .is_ok_and(|g| g.get(&group).is_some_and(|v| v.stopped.is_some()))
+    }
+
     /// Whether `group` is held here, without copying its view.
     pub fn holds(&self, group: u64) -> bool {
         self.groups.read().is_ok_and(|g| g.contains_key(&group))

@@ -279,10 +279,8 @@ impl RaftPartitions {
     /// `raft.meta` could not be written: until the server restarts), or for want of space
     /// (until space returns).
     fn stopped_here(&self, id: &PartitionId) -> bool {
-        self.forward
-            .board()
-            .get(group_id(id))
-            .is_some_and(|v| v.stopped.is_some())
+        // Asked on every append: read in place, the view not copied.
+        self.forward.board().is_stopped(group_id(id))
     }
 
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
