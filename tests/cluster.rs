@@ -2277,6 +2277,16 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
         assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     };
     let before = c.nodes[x].log().len();
+    // Connected before the limit: the node may have no descriptor left for a connection.
+    let chx = c.nodes[x].channel().expect("connect");
+    let describe_x = || -> Option<DescribeClusterResponse> {
+        chx.unary_prost(
+            paths::DESCRIBE_CLUSTER,
+            &DescribeClusterRequest {},
+            net::client::CallOptions::timeout(Duration::from_secs(5)),
+        )
+        .ok()
+    };
     set_nofile(fds() + 12);
     let partitions = 24u32;
     let ch = c.nodes[ctl].channel().expect("connect");
@@ -2296,6 +2306,25 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
     wait("the node failing to open some of its replicas", || {
         c.nodes[x].log()[before..].contains("Too many open files")
     });
+    // DescribeCluster names them, with the error.
+    let not_open = |d: &DescribeClusterResponse| -> Vec<(u32, String)> {
+        d.partitions
+            .iter()
+            .filter(|r| r.topic == "wide" && !r.not_open.is_empty())
+            .map(|r| (r.partition, r.not_open.clone()))
+            .collect()
+    };
+    let mut shown = Vec::new();
+    wait("DescribeCluster naming the replicas not open", || {
+        shown = describe_x().map(|d| not_open(&d)).unwrap_or_default();
+        !shown.is_empty()
+    });
+    assert!(
+        shown
+            .iter()
+            .all(|(_, why)| why.contains("Too many open files")),
+        "{shown:?}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     set_nofile(was.rlim_cur);
     // Every replica of the node open: counted by its group, or stopped (one whose log a
@@ -2337,7 +2366,9 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
                 .all(|&p| entry(&d, p).is_some_and(|r| counted(&r)))
         })
     });
-    let chx = c.nodes[x].channel().expect("connect");
+    // Named while not open, and no longer.
+    let d = c.nodes[x].describe().expect("describe the node");
+    assert_eq!(not_open(&d), Vec::new());
     for &p in &reopened {
         let mut off = None;
         wait("a produce to a partition opened again", || {

@@ -113,6 +113,24 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 })
         })
         .collect();
+    // Replicas placed on the node that answered whose opening failed: (node, topic,
+    // partition, the error).
+    let not_open: Vec<(u64, &str, u32, &str)> = answers
+        .iter()
+        .flat_map(|a| {
+            a.partitions
+                .iter()
+                .filter(|q| !q.not_open.is_empty())
+                .map(|q| {
+                    (
+                        a.node_id,
+                        q.topic.as_str(),
+                        q.partition,
+                        q.not_open.as_str(),
+                    )
+                })
+        })
+        .collect();
     // A replica on a node gossip does not list live replicates nothing, whatever the lag its
     // leader last saw.
     let node_live = |id: u64| {
@@ -144,6 +162,9 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "stopped": stopped.iter().map(|(node, topic, partition, why)| serde_json::json!({
+                    "node": node, "topic": topic, "partition": partition, "why": why,
+                })).collect::<Vec<_>>(),
+                "not_open": not_open.iter().map(|(node, topic, partition, why)| serde_json::json!({
                     "node": node, "topic": topic, "partition": partition, "why": why,
                 })).collect::<Vec<_>>(),
             })
@@ -226,6 +247,12 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
     crate::out::table(&rows)?;
     for (node, topic, partition, why) in &stopped {
         crate::out::outln!("stopped: {topic}/{partition} on node {node} ({why})")?;
+    }
+    for (node, topic, partition, why) in &not_open {
+        crate::out::outln!(
+            "not open: {topic}/{partition} on node {node} (opening it failed: {why}; tried \
+             again every 5 s)"
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,7 @@ use event_listener::Event;
 use futures_channel::oneshot;
 use raft::StateRole;
 use state::{Applied, CheckpointBody, ClusterState, Command, NodeEntry};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -277,6 +277,10 @@ pub struct ClusterNode {
     /// creation: their groups open with no configuration (a leader adds them), never with
     /// the first one, whatever `initial` says (see `NodeHooks::voters`).
     adding: Mutex<HashSet<PartitionId>>,
+    /// Replicas placed here whose opening failed at the last try (a full disk, no file
+    /// descriptor left), by group, with the error: shown by DescribeCluster until an opening
+    /// succeeds. At most one entry per partition placed here.
+    open_failures: Mutex<HashMap<u64, String>>,
 }
 
 impl ClusterNode {
@@ -309,7 +313,29 @@ impl ClusterNode {
             ),
             stopping: AtomicBool::new(false),
             adding: Mutex::new(HashSet::new()),
+            open_failures: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Records why the opening of this node's replica in `group` failed (`None`: it opened,
+    /// or is no longer placed here).
+    pub(crate) fn set_open_failure(&self, group: u64, why: Option<String>) {
+        if let Ok(mut f) = self.open_failures.lock() {
+            match why {
+                Some(why) => {
+                    f.insert(group, why);
+                }
+                None => {
+                    f.remove(&group);
+                }
+            }
+        }
+    }
+
+    /// Why this node's replica in `group`, placed here, is not open: its last opening's
+    /// error, while no opening has succeeded since.
+    pub fn open_failure(&self, group: u64) -> Option<String> {
+        self.open_failures.lock().ok()?.get(&group).cloned()
     }
 
     /// `--moved-replica-timeout`: how long a replica held here but placed elsewhere may hear
@@ -1476,7 +1502,7 @@ pub fn recovers_without_state(
 
 /// The nodes of the transport's address `book` whose address is among the `live` RPC
 /// addresses gossip lists, by id: who a node holding no registry can relay to.
-fn book_live(book: &std::collections::HashMap<u64, PeerAddr>, live: &[SocketAddr]) -> Vec<u64> {
+fn book_live(book: &HashMap<u64, PeerAddr>, live: &[SocketAddr]) -> Vec<u64> {
     let mut ids: Vec<u64> = book
         .iter()
         .filter(|(_, p)| live.contains(&p.addr))

@@ -171,8 +171,11 @@ fn open_held(
         let group = crate::raft::replica::group_id(&id);
         // On the board once its shard's loop has run a round with it (a moment after its
         // open: opening it again meanwhile finds it open).
-        if node.peers.board.holds(group)
-            || seen.closing.contains_key(&group)
+        if node.peers.board.holds(group) {
+            node.set_open_failure(group, None);
+            continue;
+        }
+        if seen.closing.contains_key(&group)
             || seen.reopen.contains(&group)
             || !retry_due(&seen.failed, group, now)
         {
@@ -180,11 +183,13 @@ fn open_held(
         }
         match futures_lite::future::block_on(engine.open_partition(name, p)) {
             Ok(()) => {
+                node.set_open_failure(group, None);
                 if seen.failed.remove(&group).is_some() {
                     log::info!("{id}: its replica here, held but not open, opened");
                 }
             }
             Err(e) => {
+                node.set_open_failure(group, Some(e.to_string()));
                 let level = first_failure(&mut seen.failed, group, now);
                 log::log!(
                     level,
@@ -264,7 +269,9 @@ fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             if !retry_due(&seen.failed, group, now) {
                 continue;
             }
-            match node.open_added_partition(&id) {
+            let opened = node.open_added_partition(&id);
+            node.set_open_failure(group, opened.as_ref().err().map(|e| e.to_string()));
+            match opened {
                 Ok(()) if reopened.contains(&p) => {
                     seen.failed.remove(&group);
                     seen.closing.remove(&group);

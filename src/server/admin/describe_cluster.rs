@@ -31,11 +31,13 @@ fn partition(
     rf: u32,
     placed: &[(u64, u32)],
     view: Option<GroupView>,
+    not_open: Option<String>,
 ) -> pb::PartitionReplication {
     let mut out = pb::PartitionReplication {
         topic: topic.to_owned(),
         partition,
         replication_factor: rf,
+        not_open: not_open.unwrap_or_default(),
         ..Default::default()
     };
     let mut nodes: Vec<(u64, u32)> = placed.to_vec();
@@ -84,6 +86,7 @@ pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
         s.active_nodes().len().min(3) as u32,
         &[],
         controller.clone(),
+        None,
     )];
     for (name, t) in &s.topics {
         for (p, e) in t.partitions.iter().enumerate() {
@@ -94,13 +97,22 @@ pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
                 .iter()
                 .map(|r| (r.node, s.replica_on(name, p as u32, r.node).shard))
                 .collect();
-            let view = board.get(group_id(&PartitionId::new(name.as_str(), p as u32)));
+            let group = group_id(&PartitionId::new(name.as_str(), p as u32));
+            let view = board.get(group);
+            // Placed here, not open, and its last opening failed.
+            let not_open = match view {
+                None if placed.iter().any(|&(n, _)| n == cluster.id()) => {
+                    cluster.open_failure(group)
+                }
+                _ => None,
+            };
             partitions.push(partition(
                 name,
                 p as u32,
                 t.replication_factor,
                 &placed,
                 view,
+                not_open,
             ));
         }
     }
