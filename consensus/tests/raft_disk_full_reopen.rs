@@ -115,7 +115,7 @@ fn a_group_stopped_by_a_full_disk_is_not_reopened_while_its_metadata_takes_no_wr
     for n in &c.nodes {
         futures_lite::future::block_on(n.handle.create_topic(TOPIC, 1, config())).expect("create");
     }
-    let group = group_id(&PartitionId::new(TOPIC, 0));
+    let group = group_id(&PartitionId::new(TOPIC, 0), 0);
     let mut want = Vec::new();
     for i in 0..10 {
         let v = format!("before-{i}").into_bytes();

@@ -486,6 +486,7 @@ fn hostile_forward_frames_close_their_connection_and_are_counted() {
         record_count: 3,
         payload_crc: b.payload_crc(),
         payload: b.payload().clone(),
+        incarnation: 0,
     };
     hostile(target.addr, &frame(FORWARD_REQUEST, &lying.encode_to_vec()));
     // A frame cut short: the connection ends inside it.

@@ -81,6 +81,18 @@ pub struct LogConfig {
     pub max_record_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_batch_records: usize,
+    /// Which creation of its topic's name the log belongs to: in a cluster, a number the
+    /// controller gives each `CreateTopic` (never 0), part of the partitions' Raft group ids,
+    /// so that the groups of a topic deleted and created again under the same name are other
+    /// groups, and a copy of the deleted one is never taken for the new one. 0: a topic
+    /// created before incarnations (or the `default` topic), whose group ids stay as they
+    /// were. The log itself ignores it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 // The defaults pass `LogConfig::validate`.
@@ -105,6 +117,7 @@ impl Default for LogConfig {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+            incarnation: 0,
         }
     }
 }

@@ -106,6 +106,7 @@ fn config_for(rng: &mut StdRng) -> LogConfig {
         max_record_bytes: 4096,
         max_batch_bytes: 32 * 1024,
         max_batch_records: 64,
+        incarnation: 0,
     }
 }
 

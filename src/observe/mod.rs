@@ -410,14 +410,14 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
             let rf = s
                 .topics
                 .iter()
-                .flat_map(|(name, t)| {
-                    (0..t.partitions.len() as u32).map(move |p| (name, p, t.replication_factor))
+                .flat_map(|(name, t)| (0..t.partitions.len() as u32).map(move |p| (name, p, t)))
+                .find(|(name, p, t)| {
+                    consensus::raft::replica::group_id(
+                        &engine::seam::PartitionId::new(name, *p),
+                        t.config.incarnation,
+                    ) == *g
                 })
-                .find(|(name, p, _)| {
-                    consensus::raft::replica::group_id(&engine::seam::PartitionId::new(name, *p))
-                        == *g
-                })
-                .map_or(0, |(_, _, rf)| rf as usize);
+                .map_or(0, |(_, _, t)| t.replication_factor as usize);
             under_replicated(&v.voters, rf, &live)
         })
         .count();

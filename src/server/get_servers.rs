@@ -40,7 +40,12 @@ pub fn servers(cluster: &ClusterNode) -> Vec<Server> {
     let leader = cluster
         .peers
         .board
-        .get(group_id(&PartitionId::new(DEFAULT_TOPIC, 0)))
+        .get(group_id(
+            &PartitionId::new(DEFAULT_TOPIC, 0),
+            s.topics
+                .get(DEFAULT_TOPIC)
+                .map_or(0, |t| t.config.incarnation),
+        ))
         .map(|v| v.leader)
         .filter(|&l| l != 0)
         .and_then(|l| s.nodes.get(&l))

@@ -452,6 +452,16 @@ impl ClusterNode {
         s.topics.get(topic).map(|t| t.replication_factor)
     }
 
+    /// The incarnation of `topic` in the controller's state (`LogConfig::incarnation`), 0
+    /// when the state does not list it; without copying the state.
+    pub fn incarnation_of(&self, topic: &str) -> u64 {
+        self.state
+            .read()
+            .ok()
+            .and_then(|s| s.topics.get(topic).map(|t| t.config.incarnation))
+            .unwrap_or(0)
+    }
+
     /// Whether the controller's state lists `topic`, without copying the state; `None` while
     /// this node holds no state yet (before it bootstrapped, joined or rebuilt it).
     pub fn lists_topic(&self, topic: &str) -> Option<bool> {
@@ -1088,6 +1098,9 @@ impl ClusterNode {
             .filter(|(_, p)| p.nodes().contains(&self.id()))
             .map(|(i, _)| i as u32)
             .collect();
+        // A name created before (and deleted since) had a smaller one.
+        let mut config = config;
+        config.incarnation = s.next_incarnation.max(1);
         let c = Command::CreateTopic {
             name: name.to_owned(),
             config: config.clone(),
@@ -1343,7 +1356,7 @@ impl ClusterNode {
         for (name, t) in &s.topics {
             for p in 0..t.partitions.len() as u32 {
                 let id = PartitionId::new(name.as_str(), p);
-                let g = group_id(&id);
+                let g = group_id(&id, t.config.incarnation);
                 out.push((id, g));
             }
         }

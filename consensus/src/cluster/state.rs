@@ -398,6 +398,10 @@ mod id_pairs {
     }
 }
 
+fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
 /// The controller's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -425,6 +429,11 @@ pub struct ClusterState {
     /// (`replica_recovered`). Absent from the encoding when empty.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub controller_stopped: BTreeSet<u64>,
+    /// Above the incarnation of every topic created so far (`LogConfig::incarnation`): the
+    /// controller's leader gives the next `create_topic` this one, so that a name deleted and
+    /// created again gets a larger one than before. Absent from the encoding while 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_incarnation: u64,
     /// A replay that starts past the log's first entry (the log was compacted): nothing is
     /// applied until the first valid checkpoint, which brings the whole state.
     #[serde(skip)]
@@ -544,6 +553,9 @@ impl ClusterState {
                 replication_factor,
                 partitions,
             } => {
+                self.next_incarnation = self
+                    .next_incarnation
+                    .max(config.incarnation.saturating_add(1));
                 self.topics
                     .entry(name.clone())
                     .or_insert_with(|| TopicEntry {

@@ -5,6 +5,7 @@
 
 use super::group::{ProposalMetrics, SetStats, Stopped};
 use super::logger::GroupName;
+use engine::seam::PartitionId;
 use raft::StateRole;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +76,9 @@ pub struct Board {
     pub proposals: Arc<ProposalMetrics>,
     /// Each shard's Ready-loop counters, as of its last round.
     loops: Mutex<BTreeMap<usize, SetStats>>,
+    /// The group each partition open here belongs to (its topic's incarnation is part of
+    /// the id: `replica::group_id`), from its opening to its closing.
+    partitions: RwLock<HashMap<PartitionId, u64>>,
 }
 
 impl Board {
@@ -123,6 +127,32 @@ impl Board {
         if let Ok(mut g) = self.groups.write() {
             g.remove(&group);
         }
+        if let Ok(mut p) = self.partitions.write() {
+            p.retain(|_, g| *g != group);
+        }
+    }
+
+    /// Notes that partition `id` opened here as group `group`.
+    pub fn name(&self, id: &PartitionId, group: u64) {
+        if let Ok(mut p) = self.partitions.write() {
+            p.insert(id.clone(), group);
+        }
+    }
+
+    /// The group partition `id` opened here as, while it is open.
+    pub fn group_of(&self, id: &PartitionId) -> Option<u64> {
+        self.partitions.read().ok()?.get(id).copied()
+    }
+
+    /// Whether partition `id` is held here (its group on the board), whichever incarnation
+    /// of its topic it belongs to.
+    pub fn holds_partition(&self, id: &PartitionId) -> bool {
+        self.group_of(id).is_some_and(|g| self.holds(g))
+    }
+
+    /// Whether partition `id` is held here and stopped.
+    pub fn partition_is_stopped(&self, id: &PartitionId) -> bool {
+        self.group_of(id).is_some_and(|g| self.is_stopped(g))
     }
 
     pub fn get(&self, group: u64) -> Option<GroupView> {

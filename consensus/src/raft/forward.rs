@@ -61,6 +61,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The peer channel's frame kind of a forwarded append (an encoded `ForwardRequest`).
@@ -264,7 +265,13 @@ pub struct Forwarder {
     /// an append here says otherwise).
     leaders: RefCell<HashMap<PartitionId, u64>>,
     stopped: Rc<Cell<bool>>,
+    /// A topic's incarnation as this node's controller state gives it (0: unknown), sent
+    /// with each request so that a replica of another topic of that name never answers.
+    incarnation_of: Option<IncarnationOf>,
 }
+
+/// A topic's incarnation as this node's controller state gives it (0: unknown).
+pub type IncarnationOf = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
@@ -283,7 +290,19 @@ impl Forwarder {
             links: RefCell::new(HashMap::new()),
             leaders: RefCell::new(HashMap::new()),
             stopped: Rc::new(Cell::new(false)),
+            incarnation_of: None,
         }
+    }
+
+    /// Sends with each request the incarnation `f` gives the request's topic (the
+    /// controller state's), for the receiver to check.
+    pub fn with_incarnations(mut self, f: IncarnationOf) -> Forwarder {
+        self.incarnation_of = Some(f);
+        self
+    }
+
+    fn incarnation(&self, topic: &str) -> u64 {
+        self.incarnation_of.as_ref().map_or(0, |f| f(topic))
     }
 
     /// The leader of `id` last learnt, when another node.
@@ -395,6 +414,7 @@ impl Forwarder {
             record_count: batch.record_count(),
             payload_crc: batch.payload_crc(),
             payload: batch.payload().clone(),
+            incarnation: self.incarnation(&id.topic),
         }
         .encode_to_vec();
         if frame.len() + 1 > MAX_FRAME_BYTES {
@@ -547,6 +567,7 @@ impl Forwarder {
             request_id: link.next_id.get(),
             topic: id.topic.to_string(),
             partition: id.partition,
+            incarnation: self.incarnation(&id.topic),
             ..ReadRequest::default()
         };
         let mut timeout = FORWARD_TIMEOUT;
@@ -1193,11 +1214,15 @@ async fn read_requests(
                 return why;
             }
         };
-        let (request_id, id, batch) = request;
+        let (request_id, id, batch, incarnation) = request;
         out.in_flight.set(out.in_flight.get() + 1);
         let (local, out2) = (Rc::clone(local), Rc::clone(out));
         glommio::spawn_local(async move {
-            let outcome = match local.append(&id, batch).await {
+            let appended = match other_topic(&local, &id, incarnation) {
+                Some(e) => Err(e),
+                None => local.append(&id, batch).await,
+            };
+            let outcome = match appended {
                 Ok(a) => forward_response::Outcome::Appended(ForwardAppended {
                     base_offset: a.base_offset,
                     last_offset: a.last_offset,
@@ -1261,8 +1286,10 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
     }
     let (local, out) = (Rc::clone(local), Rc::clone(out));
     glommio::spawn_local(async move {
-        let outcome = match mode {
-            ReadMode::Read => {
+        let other = other_topic(&local, &id, r.incarnation);
+        let outcome = match (other, mode) {
+            (Some(e), _) => Err(e),
+            (None, ReadMode::Read) => {
                 let limits = ReadLimits {
                     max_records: r.max_records.clamp(1, MAX_READ_RECORDS) as usize,
                     max_bytes: r.max_bytes.clamp(1, MAX_READ_BYTES) as usize,
@@ -1279,11 +1306,11 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
                     })
                 })
             }
-            ReadMode::Barrier => local
+            (None, ReadMode::Barrier) => local
                 .read_barrier(&id)
                 .await
                 .map(read_response::Outcome::VisibleEnd),
-            ReadMode::Describe => local.describe(&id).await.map(|d| {
+            (None, ReadMode::Describe) => local.describe(&id).await.map(|d| {
                 let (writability, free_bytes, cause) = match d.writable {
                     Writability::Writable => (0, 0, String::new()),
                     Writability::DiskFull { free_bytes } => (1, free_bytes, String::new()),
@@ -1300,7 +1327,7 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
                     cause,
                 })
             }),
-            ReadMode::Wait => {
+            (None, ReadMode::Wait) => {
                 let waited = glommio::timer::timeout(WAIT_POLL, async {
                     Ok(local.wait_for(&id, r.from).await)
                 })
@@ -1377,7 +1404,7 @@ pub async fn read_here(
 }
 
 /// A request frame decoded and checked: its id, partition and batch.
-fn decode_request(kind: u8, payload: Vec<u8>) -> Result<(u64, PartitionId, EncodedBatch), String> {
+fn decode_request(kind: u8, payload: Vec<u8>) -> Result<DecodedAppend, String> {
     if kind != FORWARD_REQUEST {
         return Err(format!(
             "a frame of kind {kind:#04x} on a forward connection"
@@ -1390,7 +1417,33 @@ fn decode_request(kind: u8, payload: Vec<u8>) -> Result<(u64, PartitionId, Encod
     }
     let batch = EncodedBatch::from_payload(r.payload, r.record_count, r.payload_crc)
         .map_err(|e| format!("a forward request of topic {:?}: {e}", r.topic))?;
-    Ok((r.request_id, PartitionId::new(&r.topic, r.partition), batch))
+    Ok((
+        r.request_id,
+        PartitionId::new(&r.topic, r.partition),
+        batch,
+        r.incarnation,
+    ))
+}
+
+/// A forward request decoded and checked: its id, partition, batch and the topic's
+/// incarnation as the sender knows it.
+type DecodedAppend = (u64, PartitionId, EncodedBatch, u64);
+
+/// NOT_FOUND when this node's replica of `id` belongs to another topic of that name than
+/// the asker's (`incarnation`; 0: not checked): one of the two has not yet learnt that the
+/// topic was deleted and created again. The asker tries another replica.
+fn other_topic(local: &LocalPartitions, id: &PartitionId, incarnation: u64) -> Option<seam::Error> {
+    if incarnation == 0 {
+        return None;
+    }
+    use engine::seam::Topics as _;
+    let here = local.topic(&id.topic).ok()?.config.incarnation;
+    (here != incarnation).then(|| {
+        seam::Error::NotFound(format!(
+            "partition {id}: the replica on this node belongs to another topic of that name \
+             (incarnation {here}, asked for {incarnation}; deleted and created again since)"
+        ))
+    })
 }
 
 async fn write_answers(
@@ -1487,6 +1540,7 @@ mod tests {
             record_count: 1,
             payload_crc: batch.payload_crc(),
             payload: batch.payload().clone(),
+            incarnation: 0,
         }
         .encode_to_vec();
         let mut frame = Vec::new();
@@ -1513,6 +1567,7 @@ mod tests {
             record_count: 1,
             payload_crc: batch.payload_crc(),
             payload: batch.payload().clone(),
+            incarnation: 0,
         };
         assert!(decode_request(FORWARD_REQUEST, good.encode_to_vec()).is_ok());
         let wrong_count = ForwardRequest {
@@ -1554,12 +1609,14 @@ mod tests {
                     record_count: batch.record_count(),
                     payload_crc: batch.payload_crc(),
                     payload: batch.payload().clone(),
+                    incarnation: i as u64,
                 }
                 .encode_to_vec()
             })
             .collect();
         m.run("forward request", &corpus, iterations(200_000), |b| {
-            let Ok((id, partition, batch)) = decode_request(FORWARD_REQUEST, b.to_vec()) else {
+            let Ok((id, partition, batch, incarnation)) = decode_request(FORWARD_REQUEST, b.to_vec())
+            else {
                 return;
             };
             let again = ForwardRequest {
@@ -1569,10 +1626,11 @@ mod tests {
                 record_count: batch.record_count(),
                 payload_crc: batch.payload_crc(),
                 payload: batch.payload().clone(),
+                incarnation,
             };
-            let (id2, partition2, batch2) =
+            let again =
                 decode_request(FORWARD_REQUEST, again.encode_to_vec()).expect("decodes again");
-            assert_eq!((id2, partition2, batch2), (id, partition, batch));
+            assert_eq!(again, (id, partition, batch, incarnation));
         });
         let corpus: Vec<Vec<u8>> = (0..4)
             .map(|i| {
@@ -1585,6 +1643,7 @@ mod tests {
                     max_records: m.rng.random(),
                     max_bytes: m.rng.random(),
                     past_end_empty: i % 2 == 0,
+                    incarnation: u64::from(i as u32),
                 }
                 .encode_to_vec()
             })

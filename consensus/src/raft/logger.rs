@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn a_group_is_named_by_its_partition_once_met() {
-        let id = crate::raft::replica::group_id(&engine::seam::PartitionId::new("orders", 3));
+        let id = crate::raft::replica::group_id(&engine::seam::PartitionId::new("orders", 3), 0);
         assert_eq!(GroupName(id).to_string(), format!("group {id}"));
         name_group(id, "orders/3");
         name_group(id, "ignored: the first name stays");

@@ -187,8 +187,12 @@ impl ReplicationFactory for RaftReplication {
     }
 }
 
-/// The stable group id of a partition (never 0, the controller's).
-pub fn group_id(id: &PartitionId) -> u64 {
+/// The stable group id of a partition of its topic's `incarnation` (`LogConfig::incarnation`;
+/// never 0, the controller's). A topic deleted and created again under the same name gets
+/// another incarnation, so its partitions are other groups: no message, vote or entry of the
+/// deleted topic's groups reaches them. Incarnation 0 (topics created before incarnations,
+/// and `default`) gives the ids of that time.
+pub fn group_id(id: &PartitionId, incarnation: u64) -> u64 {
     if &*id.topic == CONTROLLER_TOPIC {
         return 0;
     }
@@ -204,6 +208,11 @@ pub fn group_id(id: &PartitionId) -> u64 {
     eat(0);
     for b in id.partition.to_le_bytes() {
         eat(b);
+    }
+    if incarnation != 0 {
+        for b in incarnation.to_le_bytes() {
+            eat(b);
+        }
     }
     h.max(1)
 }
@@ -790,7 +799,10 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             partition,
             log,
             reply,
-        } => open(inner, set, lp, group, &partition, log, reply).await,
+        } => {
+            inner.peers.board.name(&partition, group);
+            open(inner, set, lp, group, &partition, log, reply).await
+        }
         Cmd::Close { group, reply } => {
             set.remove_group(group);
             lp.logs.remove(&group);
@@ -1068,7 +1080,7 @@ impl Replicator for ShardRaft {
         log: Rc<Log>,
     ) -> LocalBoxFuture<'a, engine::Result<()>> {
         Box::pin(async move {
-            let group = group_id(id);
+            let group = group_id(id, log.config().incarnation);
             name_group(group, id);
             if log.read_meta(super::engine_store::RAFT_META)?.is_none()
                 && log.next_index() > log.first_index()

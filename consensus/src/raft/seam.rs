@@ -19,7 +19,7 @@
 //! ([`engine_config`]), then this factory over its handle.
 
 use super::forward::{self, Forwarder, RemoteRead};
-use super::replica::{group_id, RaftReplication, CONTROLLER_TOPIC};
+use super::replica::{RaftReplication, CONTROLLER_TOPIC};
 use super::transport::Peers;
 use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
@@ -85,7 +85,14 @@ impl Factory for RaftFactory {
         let p = Rc::new(RaftPartitions {
             local: self.local.local(),
             cluster: self.cluster.clone(),
-            forward: Forwarder::new(self.node_id, self.peers.clone()),
+            forward: match &self.cluster {
+                Some(c) => {
+                    let c = Arc::clone(c);
+                    Forwarder::new(self.node_id, self.peers.clone())
+                        .with_incarnations(Arc::new(move |topic| c.incarnation_of(topic)))
+                }
+                None => Forwarder::new(self.node_id, self.peers.clone()),
+            },
         });
         Seam {
             partitions: p.clone(),
@@ -272,7 +279,7 @@ impl RaftPartitions {
         // a state read after it that lacks the topic saw the deletion (read the other way
         // round, a topic created between the two reads would look deleted). Two read locks
         // per append, no view copied.
-        self.forward.board().holds(group_id(id)) && c.lists_topic(&id.topic) == Some(false)
+        self.forward.board().holds_partition(id) && c.lists_topic(&id.topic) == Some(false)
     }
 
     /// True when this node's replica of `id` is stopped: on a failure (its log latched, or
@@ -280,7 +287,7 @@ impl RaftPartitions {
     /// (until space returns).
     fn stopped_here(&self, id: &PartitionId) -> bool {
         // Asked on every append: read in place, the view not copied.
-        self.forward.board().is_stopped(group_id(id))
+        self.forward.board().partition_is_stopped(id)
     }
 
     /// A read of a partition this node holds no replica of, asked of the nodes that hold

@@ -97,7 +97,10 @@ pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
                 .iter()
                 .map(|r| (r.node, s.replica_on(name, p as u32, r.node).shard))
                 .collect();
-            let group = group_id(&PartitionId::new(name.as_str(), p as u32));
+            let group = group_id(
+                &PartitionId::new(name.as_str(), p as u32),
+                t.config.incarnation,
+            );
             let view = board.get(group);
             // Placed here, not open, and its last opening failed.
             let not_open = match view {

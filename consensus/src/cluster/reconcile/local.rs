@@ -86,10 +86,12 @@ pub(super) fn open_held(
     seen: &mut Seen,
     now: Instant,
 ) {
+    // The caller checked that it is the controller's.
+    let incarnation = local_incarnation(engine, name).unwrap_or(0);
     // `held` is ascending (`EngineHandle::held_partitions`).
     for &p in mine.iter().filter(|p| held.binary_search(p).is_ok()) {
         let id = PartitionId::new(name, p);
-        let group = crate::raft::replica::group_id(&id);
+        let group = crate::raft::replica::group_id(&id, incarnation);
         // On the board once its shard's loop has run a round with it (a moment after its
         // open: opening it again meanwhile finds it open).
         if node.peers.board.holds(group) {
@@ -180,13 +182,20 @@ pub(super) fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
             }
             Err(_) => continue,
         };
+        let incarnation = t.config.incarnation;
+        if local_incarnation(engine, &name) != Some(incarnation) {
+            // A copy of another topic of that name (deleted since, or, while this state
+            // lags, created since): none of its replicas is this topic's. An earlier one is
+            // dropped below; a later one waits for the state.
+            continue;
+        }
         sync_retention(engine, &name, &t.config);
         open_held(node, engine, &name, &mine, &held, seen, now);
-        let reopened = closed_but_held(&name, &mine, &held, seen);
+        let reopened = closed_but_held(&name, incarnation, &mine, &held, seen);
         let opened = mine.iter().copied().filter(|p| !held.contains(p));
         for p in opened.chain(reopened.iter().copied()) {
             let id = PartitionId::new(name.as_str(), p);
-            let group = crate::raft::replica::group_id(&id);
+            let group = crate::raft::replica::group_id(&id, incarnation);
             if reopened.contains(&p) {
                 // Remembered until it opens: what put it here is forgotten at the pass's end.
                 seen.reopen.insert(group);
@@ -263,6 +272,29 @@ pub(super) fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
                 continue;
             }
         }
+        // A copy of a topic of that name deleted since (the state's was created after it):
+        // dropped as a deleted one, whatever the new topic places here (its replicas here
+        // are opened afresh by the next pass).
+        let earlier = s
+            .topics
+            .get(&t.name)
+            .is_some_and(|e| t.config.incarnation < e.config.incarnation);
+        if earlier {
+            match futures_lite::future::block_on(engine.delete_topic(&t.name)) {
+                Ok(()) => log::info!(
+                    "dropped topic {:?} (incarnation {}): the controller's topic of that name \
+                     was created after it was deleted (incarnation {})",
+                    t.name,
+                    t.config.incarnation,
+                    s.topics.get(&t.name).map_or(0, |e| e.config.incarnation)
+                ),
+                Err(e) => {
+                    log::warn!("dropping topic {:?}, deleted since: {e}", t.name);
+                    seen.dropping.insert(t.name.clone());
+                }
+            }
+            continue;
+        }
         let hosted = s
             .topics
             .get(&t.name)
@@ -310,12 +342,18 @@ pub(super) fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
 /// whose opening again is still to succeed (`seen.reopen`): the partition stays held, so
 /// nothing else opens it again until a restart. Opening one that is open is a no-op (the
 /// engine finds it open).
-pub(super) fn closed_but_held(name: &str, mine: &[u32], held: &[u32], seen: &Seen) -> Vec<u32> {
+pub(super) fn closed_but_held(
+    name: &str,
+    incarnation: u64,
+    mine: &[u32],
+    held: &[u32],
+    seen: &Seen,
+) -> Vec<u32> {
     mine.iter()
         .copied()
         .filter(|p| held.contains(p))
         .filter(|&p| {
-            let group = crate::raft::replica::group_id(&PartitionId::new(name, p));
+            let group = crate::raft::replica::group_id(&PartitionId::new(name, p), incarnation);
             seen.dropping.contains(name)
                 || seen.closing.contains_key(&group)
                 || seen.reopen.contains(&group)
@@ -379,7 +417,8 @@ pub(super) fn unplaced_decision(
     seen: &mut Seen,
     now: Instant,
 ) -> Unplaced {
-    let group = crate::raft::replica::group_id(id);
+    let incarnation = s.topics.get(&*id.topic).map_or(0, |t| t.config.incarnation);
+    let group = crate::raft::replica::group_id(id, incarnation);
     seen.tracked.insert(group);
     let v = node.peers.board.get(group);
     let leaderless = match v.as_ref().filter(|v| v.leader == raft::INVALID_ID) {
@@ -514,9 +553,14 @@ pub(super) fn close_unplaced(
         let Ok(held) = engine.held_partitions(&name) else {
             continue;
         };
+        let incarnation = s.topics.get(&name).map_or(0, |t| t.config.incarnation);
+        if local_incarnation(engine, &name) != Some(incarnation) {
+            // Another topic of that name: `local` drops it whole (or waits).
+            continue;
+        }
         for p in held.into_iter().filter(|p| !mine.contains(p)) {
             let id = PartitionId::new(name.as_str(), p);
-            let group = crate::raft::replica::group_id(&id);
+            let group = crate::raft::replica::group_id(&id, incarnation);
             if !retry_due(&seen.failed, group, now) {
                 seen.tracked.insert(group);
                 continue;
@@ -601,4 +645,9 @@ pub(super) fn first_failure(
         None => log::Level::Warn,
         Some(_) => log::Level::Debug,
     }
+}
+
+/// The incarnation of topic `name` in this node's catalog (`None`: not held here).
+fn local_incarnation(engine: &engine::EngineHandle, name: &str) -> Option<u64> {
+    engine.topic(name).ok().map(|t| t.config.incarnation)
 }

@@ -400,7 +400,7 @@ fn a_pass_asks_about_a_bounded_number_of_groups() {
         // Held here, placed elsewhere, still counting node 2, no leader heard from.
         node.peers
             .board
-            .set(crate::raft::replica::group_id(id), view(None));
+            .set(crate::raft::replica::group_id(id, 0), view(None));
     }
     let mut seen = Seen::default();
     let t0 = Instant::now();
@@ -490,25 +490,28 @@ fn a_topic_whose_dropping_failed_is_asked_about_again_once_placed_here_again() {
 
 #[test]
 fn a_partition_placed_here_again_while_its_closing_had_failed_is_opened_again() {
-    let group = |p| crate::raft::replica::group_id(&PartitionId::new("t", p));
+    let group = |p| crate::raft::replica::group_id(&PartitionId::new("t", p), 0);
     let mut seen = Seen::default();
     // t/1's closing failed (its replica may be closed); t/0 and t/2 run as ever.
     seen.closing.insert(group(1), Unplaced::Close);
     // Placed here again and still held: opened again. Not placed here: left to closing.
-    assert_eq!(closed_but_held("t", &[0, 1], &[0, 1, 2], &seen), vec![1]);
-    assert!(closed_but_held("t", &[0], &[0, 1, 2], &seen).is_empty());
+    assert_eq!(closed_but_held("t", 0, &[0, 1], &[0, 1, 2], &seen), vec![1]);
+    assert!(closed_but_held("t", 0, &[0], &[0, 1, 2], &seen).is_empty());
     // Not held (its closing completed meanwhile): opened as any replica placed here.
-    assert!(closed_but_held("t", &[1], &[0], &seen).is_empty());
+    assert!(closed_but_held("t", 0, &[1], &[0], &seen).is_empty());
     // Remembered until an opening succeeds: the failed closing is forgotten at the
     // pass's end, the partition not opened yet.
     seen.closing.clear();
     seen.reopen.insert(group(1));
-    assert_eq!(closed_but_held("t", &[0, 1], &[0, 1, 2], &seen), vec![1]);
+    assert_eq!(closed_but_held("t", 0, &[0, 1], &[0, 1, 2], &seen), vec![1]);
     seen.reopen.clear();
     // A topic whose dropping failed: each of its partitions held and placed here again.
     seen.dropping.insert("t".to_owned());
-    assert_eq!(closed_but_held("t", &[0, 2], &[0, 1, 2], &seen), vec![0, 2]);
-    assert!(closed_but_held("u", &[0], &[0], &seen).is_empty());
+    assert_eq!(
+        closed_but_held("t", 0, &[0, 2], &[0, 1, 2], &seen),
+        vec![0, 2]
+    );
+    assert!(closed_but_held("u", 0, &[0], &[0], &seen).is_empty());
 }
 
 #[test]
