@@ -67,6 +67,40 @@ fn produce_and_consume_round_trip() {
         err.contains("OUT_OF_RANGE") && err.contains("default/0 holds offsets 0 to 7"),
         "{err}"
     );
+
+    // A bare --batch (1000 records a call) of records that do not fit one 4 MiB message
+    // together: each call takes what fits (it failed with the message limit before).
+    let line = "b".repeat(900 * 1024);
+    let lines = format!("{line}\n").repeat(5);
+    let (ok, out, err) = s.cli(&["produce", "--batch", "--json"], Some(&lines));
+    assert!(ok, "{err}");
+    let calls: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 2, "{out}");
+    assert_eq!(
+        (&calls[0]["base_offset"], &calls[0]["count"]),
+        (&8.into(), &4.into())
+    );
+    assert_eq!(
+        (&calls[1]["base_offset"], &calls[1]["count"]),
+        (&12.into(), &1.into())
+    );
+    // A record the server refuses ends the command saying what became of its batch.
+    let big = "x".repeat(2 << 20);
+    let (ok, _, err) = s.cli(
+        &["produce", "--batch", "3"],
+        Some(&format!("a\n{big}\nc\n")),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("RESOURCE_EXHAUSTED")
+            && err
+                .contains("the batch of 3 record(s) after the last offset printed were not stored")
+            && err.contains("no input after it was sent"),
+        "{err}"
+    );
 }
 
 /// `proglog consume --follow --count N` against the server, its output piped.

@@ -28,6 +28,13 @@ pub const NO_LEADER_PAUSE: Duration = Duration::from_millis(250);
 /// How long calls without a deadline of their own keep trying to find a server or a leader:
 /// about an election and a configuration change.
 const BUDGET_WITHOUT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a node may hold an append while its partition has no leader before it refuses
+/// it `NO_LEADER` (the server's `LEADER_WAIT`). A write is not tried again with less than
+/// this (and a pause) left before its deadline: the deadline would cut that try, and an
+/// append cut in flight has an unknown outcome, where the refusal before it said for sure
+/// that nothing was stored.
+const SERVER_LEADER_WAIT: Duration = Duration::from_secs(2);
 /// The controller's own group, which DescribeCluster lists first: not a data partition.
 const CONTROLLER_TOPIC: &str = "__cluster";
 /// Discovery asked again for a partition nobody has described, at most this often (a topic
@@ -867,7 +874,8 @@ impl Cluster {
                 Err(st) => st,
             };
             self.report(topic, partition, &addr, &st);
-            if !errors::produce_retryable(&st) || Instant::now() + NO_LEADER_PAUSE >= deadline {
+            let no_time = Instant::now() + NO_LEADER_PAUSE + SERVER_LEADER_WAIT >= deadline;
+            if !errors::produce_retryable(&st) || no_time {
                 return Err(st);
             }
             let named = matches!(

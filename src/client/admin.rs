@@ -49,11 +49,12 @@ pub struct CreateArgs {
     /// caps the topic's record size [default: the server's]
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<ByteSize>,
-    /// Delete the oldest segments beyond this size [default: unlimited]
-    #[arg(long, value_name = "BYTES")]
-    pub retention_bytes: Option<ByteSize>,
-    /// Delete segments older than this [default: forever]
-    #[arg(long, value_name = "MS")]
+    /// Delete the oldest segments beyond this size: BYTES (units as 1GiB) or `unlimited`
+    /// [default: unlimited]
+    #[arg(long, value_name = "BYTES|unlimited", value_parser = retention_bytes)]
+    pub retention_bytes: Option<u64>,
+    /// Delete segments older than this: MS or `forever` [default: forever]
+    #[arg(long, value_name = "MS|forever", value_parser = retention_ms)]
     pub retention_ms: Option<u64>,
     /// Copies of each partition, on distinct nodes, at least 1 [default: min(3, nodes)]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -113,7 +114,7 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                     partitions: a.partitions,
                     durability: durability as i32,
                     segment_bytes: a.segment_bytes.map_or(0, |b| b.0),
-                    retention_bytes: a.retention_bytes.map_or(0, |b| b.0),
+                    retention_bytes: a.retention_bytes.unwrap_or(0),
                     retention_ms: a.retention_ms.unwrap_or(0),
                     flush_interval_ms,
                     replication_factor: a.replication_factor.unwrap_or(0),

@@ -10,6 +10,7 @@ use proto::log::v1::{
 };
 
 use super::Conn;
+use proglog_client::ReadFrom;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -54,6 +55,21 @@ async fn describe_one(conn: &Conn) -> anyhow::Result<DescribeClusterResponse> {
         .await
 }
 
+/// The answer of the node at `addr`, asked once: a node that refuses the connection (killed
+/// a moment ago, still listed live) fails at once, not after being tried again until
+/// `--timeout` as a node being started is.
+async fn describe_at(conn: &Conn, addr: &str) -> anyhow::Result<DescribeClusterResponse> {
+    let cluster = conn.cluster(ReadFrom::Leader)?;
+    let ch = cluster.channel(addr, conn.deadline()).await?;
+    Ok(ch
+        .unary_prost(
+            paths::DESCRIBE_CLUSTER,
+            &DescribeClusterRequest {},
+            conn.opts(),
+        )
+        .await?)
+}
+
 async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
     let first = describe_one(&conn).await?;
     let mut answers = vec![first.clone()];
@@ -64,12 +80,11 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|n| n.id != first.node_id && n.live && !n.removed)
         .map(|n| {
-            let other = Conn {
-                addr: vec![n.rpc_addr.clone()],
-                ..conn.clone()
-            };
-            let (id, addr) = (n.id, n.rpc_addr.clone());
-            glommio::spawn_local(async move { (id, addr, describe_one(&other).await) })
+            let (conn, id, addr) = (conn.clone(), n.id, n.rpc_addr.clone());
+            glommio::spawn_local(async move {
+                let answer = describe_at(&conn, &addr).await;
+                (id, addr, answer)
+            })
         })
         .collect();
     for ask in asks {

@@ -275,7 +275,7 @@ pub enum ClientCommand {
     Produce(ProduceArgs),
     /// Read records from an offset; --follow keeps waiting for new ones like tail -f
     Consume(ConsumeArgs),
-    /// Create, list, describe or delete topics
+    /// Create, list, describe, alter or delete topics
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,

@@ -335,27 +335,50 @@ async fn batches(
     input: &mut mpsc::Receiver<std::io::Result<Bytes>>,
     n: usize,
 ) -> anyhow::Result<()> {
+    // A record read that did not fit the batch before it: the next batch's first.
+    let mut carried: Option<Record> = None;
     loop {
         let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut ended = false;
         while records.len() < n {
-            match input.next().await {
-                Some(v) => records.push(Record {
-                    value: v.context("reading standard input")?,
-                    ..Default::default()
-                }),
-                None => break,
+            let record = match carried.take() {
+                Some(r) => r,
+                None => match input.next().await {
+                    Some(v) => Record {
+                        value: v.context("reading standard input")?,
+                        ..Default::default()
+                    },
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                },
+            };
+            // Each call is one gRPC message, at most `MAX_MESSAGE_BYTES`: a batch of N
+            // records that would not fit is cut before the record that would overflow it
+            // (a record too large alone goes alone, and is refused saying so).
+            let size = record.encoded_len() + RECORD_FRAMING_BYTES;
+            if !records.is_empty() && bytes + size > BATCH_MESSAGE_BYTES {
+                carried = Some(record);
+                break;
             }
+            bytes += size;
+            records.push(record);
         }
         if records.is_empty() {
             return Ok(());
         }
-        let last = records.len() < n;
+        let count = records.len();
         let req = ProduceBatchRequest {
             topic: a.topic.clone(),
             partition: a.partition,
             records,
         };
-        let resp = cluster.produce_batch(&req, a.conn.opts().timeout).await?;
+        let resp = cluster
+            .produce_batch(&req, a.conn.opts().timeout)
+            .await
+            .map_err(|st| batch_in_doubt(st, count))?;
         if a.conn.json {
             crate::out::outln!(
                 "{}",
@@ -366,8 +389,31 @@ async fn batches(
                 crate::out::outln!("{o}")?;
             }
         }
-        if last {
+        if ended {
             return Ok(());
         }
     }
+}
+
+/// What a batch may take of a gRPC message (`net::limits::MAX_MESSAGE_BYTES`, the client's
+/// and the server's default), leaving room for the request's other fields.
+const BATCH_MESSAGE_BYTES: usize = net::limits::MAX_MESSAGE_BYTES - 1024;
+
+/// A record's field tag and length in a `ProduceBatchRequest`, over its own encoding.
+const RECORD_FRAMING_BYTES: usize = 6;
+
+/// A batch call's final error, saying what became of its `count` records (the offsets
+/// printed are those of the batches before it) and that no input after them was sent.
+fn batch_in_doubt(st: net::Status, count: usize) -> anyhow::Error {
+    let fate = if errors::produce_refused(&st) {
+        "were not stored (the batch was refused)"
+    } else if errors::produce_retryable(&st) {
+        "were not stored (no node took them; sending them again cannot duplicate them)"
+    } else {
+        "have an unknown outcome (they may be in the log; not sent again)"
+    };
+    anyhow::anyhow!(
+        "{st}; the batch of {count} record(s) after the last offset printed {fate}, and no \
+         input after it was sent"
+    )
 }

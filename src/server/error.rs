@@ -23,7 +23,8 @@ pub fn to_status(e: seam::Error) -> Status {
         E::NotFound(m) => Status::not_found(m),
         E::AlreadyExists(m) => Status::already_exists(m),
         E::TooLarge { .. } | E::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
-        E::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        // The bare reason: the code says "invalid argument" already.
+        E::InvalidArgument(m) => Status::invalid_argument(m),
         E::Unavailable(m) => Status::unavailable(m),
         E::NotLeader {
             ref leader_id,
@@ -192,6 +193,7 @@ mod tests {
 
     #[test]
     fn the_engine_messages_reach_the_wire_unchanged() {
+        // (An invalid argument's reason alone: the code says what it is.)
         let cases = [
             (
                 engine::Error::UnknownTopic("t".into()),
@@ -218,7 +220,7 @@ mod tests {
             (
                 engine::Error::InvalidArgument("x".into()),
                 Code::InvalidArgument,
-                "invalid argument: x",
+                "x",
             ),
             (
                 engine::Error::ShutDown,

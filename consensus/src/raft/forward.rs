@@ -1615,7 +1615,8 @@ mod tests {
             })
             .collect();
         m.run("forward request", &corpus, iterations(200_000), |b| {
-            let Ok((id, partition, batch, incarnation)) = decode_request(FORWARD_REQUEST, b.to_vec())
+            let Ok((id, partition, batch, incarnation)) =
+                decode_request(FORWARD_REQUEST, b.to_vec())
             else {
                 return;
             };
