@@ -143,7 +143,8 @@ enum StreamEnd {
 /// `NO_LEADER`: after a pause; a stream stops at its first refused batch and appends nothing
 /// after it, see the server's `produce_stream`) or the call could not be started, until
 /// `--timeout` has passed without progress. A stream that fails any other way (a lost
-/// connection, a timeout) is not sent again: what it had in flight may have been appended.
+/// connection, a timeout) with records in flight is not sent again: they may have been
+/// appended. One lost with none in flight goes on on a new stream.
 async fn stream(
     a: &ProduceArgs,
     cluster: &Cluster,
@@ -169,7 +170,11 @@ async fn stream(
             deadline = None;
         }
         let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
-        if (sent && !errors::produce_retryable(&st)) || Instant::now() + NO_LEADER_PAUSE >= until {
+        // A connection lost with every record sent on it acknowledged leaves nothing in
+        // doubt: the input goes on on another stream (to the new leader, once one is known).
+        let nothing_in_doubt = pending.borrow().is_empty() && st.code == net::Code::Unavailable;
+        let retry = !sent || errors::produce_retryable(&st) || nothing_in_doubt;
+        if !retry || Instant::now() + NO_LEADER_PAUSE >= until {
             return Err(in_doubt(st, pending.borrow().len(), sent));
         }
         redirected = super::pause(&st, &addr, redirected).await;
