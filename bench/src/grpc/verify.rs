@@ -107,9 +107,16 @@ pub fn verify(
         // `--inject-fault skip` drops one record as if the server had lost it.
         let skip = (opts.inject_fault == Some(Fault::Skip)).then(|| acks[acks.len() / 2].offset);
         let pattern = Pattern::new(run_id, opts.record_size.max);
-        let ch = Channel::connect(addr, config)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Read back where the load went, else from another node given (any replica serves
+        // what was committed: a leader killed during the run costs not the verification).
+        // None reachable is the verification's failure, reported with the run's figures.
+        let ch = match connect_any(addr, &opts.addrs(), &config).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                r.read_error = Some(format!("reading back: {e}"));
+                return Ok(r);
+            }
+        };
         let req = ConsumeRequest {
             offset: first.offset,
             topic: opts.topic.clone().unwrap_or_default(),
@@ -237,4 +244,25 @@ pub fn verify(
         }
         Ok(r)
     })
+}
+
+/// A connection to `first`, else to the first of `seeds` (`--addr`) that accepts one.
+async fn connect_any(
+    first: SocketAddr,
+    seeds: &[String],
+    config: &ClientConfig,
+) -> std::result::Result<Channel, String> {
+    let others = seeds
+        .iter()
+        .filter_map(|s| std::net::ToSocketAddrs::to_socket_addrs(s).ok())
+        .flatten()
+        .filter(|a| *a != first);
+    let mut errors = Vec::new();
+    for a in std::iter::once(first).chain(others) {
+        match Channel::connect(a, config.clone()).await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => errors.push(format!("{a}: {e}")),
+        }
+    }
+    Err(format!("no node given accepts a connection ({})", errors.join("; ")))
 }
