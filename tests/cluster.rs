@@ -627,6 +627,13 @@ fn a_node_removed_while_it_leads_a_partition_hands_the_partition_over() {
         None,
     );
     assert!(ok, "{out}{err}");
+    // Removed again: nothing changes, and the CLI says so.
+    let (ok, again, err) = common::run_cli(
+        c.nodes[ctl].rpc,
+        &["cluster", "remove", &ids[victim].to_string()],
+        None,
+    );
+    assert!(ok && again.contains("was removed already"), "{again}{err}");
     // The node still runs; the partition's group is down to the two others.
     let stay: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
     let mut left: Vec<u64> = stay.iter().map(|&i| ids[i]).collect();

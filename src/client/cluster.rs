@@ -44,7 +44,11 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             let resp: RemoveNodeResponse = conn
                 .controller_call(paths::REMOVE_NODE, &RemoveNodeRequest { node })
                 .await?;
-            crate::out::outln!("removed node {}", resp.id)?;
+            if resp.already_removed {
+                crate::out::outln!("node {} was removed already", resp.id)?;
+            } else {
+                crate::out::outln!("removed node {}", resp.id)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -264,5 +264,8 @@ async fn connect_any(
             Err(e) => errors.push(format!("{a}: {e}")),
         }
     }
-    Err(format!("no node given accepts a connection ({})", errors.join("; ")))
+    Err(format!(
+        "no node given accepts a connection ({})",
+        errors.join("; ")
+    ))
 }

@@ -1263,8 +1263,9 @@ impl ClusterNode {
     }
 
     /// Removes node `which` (a Raft id or a node name) from the cluster; the reconcile loop
-    /// re-creates its replicas on other live nodes. Returns its Raft id.
-    pub async fn remove_node(&self, which: &str) -> Result<u64, Error> {
+    /// re-creates its replicas on other live nodes. Returns its Raft id, and whether it was
+    /// removed before (a second removal changes nothing).
+    pub async fn remove_node(&self, which: &str) -> Result<(u64, bool), Error> {
         if !self.is_controller_leader() {
             return Err(self.not_leader());
         }
@@ -1274,7 +1275,7 @@ impl ClusterNode {
             _ => node_named(&s, which, &self.live_nodes(&s))?,
         };
         if s.nodes.get(&id).is_some_and(|n| n.removed) {
-            return Ok(id);
+            return Ok((id, true));
         }
         if s.active_nodes() == [id] {
             return Err(Error::Refused(format!(
@@ -1282,7 +1283,7 @@ impl ClusterNode {
             )));
         }
         self.propose(&Command::RemoveNode { id }).await?;
-        Ok(id)
+        Ok((id, false))
     }
 
     /// Proposes a configuration change of `group` (led here, on `shard`).

@@ -22,11 +22,16 @@ pub async fn handle(
             "name the node to remove (a Raft id or a name)",
         ));
     }
-    let id = state
+    let (id, already_removed) = state
         .cluster
         .remove_node(&node)
         .await
         .map_err(|e| to_status(e.into()))?;
-    log::warn!("node {id} ({node}) removed from the cluster on request");
-    Ok(RemoveNodeResponse { id })
+    if !already_removed {
+        log::warn!("node {id} ({node}) removed from the cluster on request");
+    }
+    Ok(RemoveNodeResponse {
+        id,
+        already_removed,
+    })
 }
