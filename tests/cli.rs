@@ -624,3 +624,33 @@ fn a_record_too_large_for_a_message_ends_produce_with_an_error() {
         "nothing after the refused line was sent"
     );
 }
+
+/// The cluster's own topic gets one answer whatever the call (it was NOT_FOUND for some,
+/// INVALID_ARGUMENT for others), and no topic name is `default` for the admin calls too, as
+/// for the Log calls.
+#[test]
+fn the_controller_topic_and_no_topic_name_get_one_answer_each() {
+    let s = TestServer::start();
+    for args in [
+        &["topics", "describe", "__cluster"][..],
+        &["topics", "alter", "__cluster", "--retention-ms", "1"],
+        &["topics", "delete", "__cluster"],
+        &["produce", "--topic", "__cluster", "x"],
+        &["consume", "--topic", "__cluster"],
+    ] {
+        let (ok, _, err) = s.cli(args, None);
+        assert!(
+            !ok && err.contains("INVALID_ARGUMENT") && err.contains("is the cluster's own"),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, out, err) = s.cli(&["topics", "describe", "", "--json"], None);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["name"], "default", "{out}");
+    let (ok, _, err) = s.cli(&["topics", "delete", ""], None);
+    assert!(
+        !ok && err.contains("INVALID_ARGUMENT") && err.contains("default"),
+        "{err}"
+    );
+}

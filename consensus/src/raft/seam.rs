@@ -109,11 +109,16 @@ pub struct RaftPartitions {
     forward: Forwarder,
 }
 
-/// The controller's log is no client's business.
+/// The controller's log is no client's business: every call naming it gets this answer.
 fn check_not_controller(id: &PartitionId) -> Result<()> {
-    if &*id.topic == CONTROLLER_TOPIC {
+    check_not_controller_topic(&id.topic)
+}
+
+fn check_not_controller_topic(topic: &str) -> Result<()> {
+    if topic == CONTROLLER_TOPIC {
         return Err(engine::seam::Error::InvalidArgument(format!(
-            "topic {CONTROLLER_TOPIC:?} is the cluster's own and cannot be read or written"
+            "topic {CONTROLLER_TOPIC:?} is the cluster's own (its controller's log): it cannot \
+             be read, written, described, altered or deleted"
         )));
     }
     Ok(())
@@ -602,11 +607,7 @@ impl Topics for RaftPartitions {
 
     fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            if name == CONTROLLER_TOPIC {
-                return Err(engine::seam::Error::InvalidArgument(format!(
-                    "topic {name:?} is the cluster's own"
-                )));
-            }
+            check_not_controller_topic(name)?;
             if name == proto::log::v1::DEFAULT_TOPIC {
                 // Deleted, every client that names no topic (the book's) would get NOT_FOUND
                 // from then on: nothing creates it again.
@@ -628,11 +629,7 @@ impl Topics for RaftPartitions {
         change: TopicChange,
     ) -> LocalBoxFuture<'a, Result<TopicInfo>> {
         Box::pin(async move {
-            if name == CONTROLLER_TOPIC {
-                return Err(engine::seam::Error::NotFound(format!(
-                    "topic {name:?} does not exist"
-                )));
-            }
+            check_not_controller_topic(name)?;
             let Some(c) = &self.cluster else {
                 return self.local.alter_topic(name, change).await;
             };
@@ -675,11 +672,7 @@ impl Topics for RaftPartitions {
     }
 
     fn topic(&self, name: &str) -> Result<TopicInfo> {
-        if name == CONTROLLER_TOPIC {
-            return Err(engine::seam::Error::NotFound(format!(
-                "topic {name:?} does not exist"
-            )));
-        }
+        check_not_controller_topic(name)?;
         match (self.local.topic(name), &self.cluster) {
             // A topic with no replica here is the cluster's all the same (appends to it are
             // forwarded to its replicas).

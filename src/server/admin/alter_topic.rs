@@ -16,7 +16,9 @@ pub async fn handle(
     req: Request<AlterTopicRequest>,
 ) -> Result<AlterTopicResponse, Status> {
     state.authorize(&req, Action::Admin, Some(&req.message.name))?;
-    let r = req.message;
+    let mut r = req.message;
+    // No name is the `default` topic, as for the Log calls.
+    r.name = proto::log::v1::topic_or_default(&r.name).to_owned();
     let change = TopicChange {
         retention_bytes: r.retention_bytes,
         retention_ms: r.retention_ms,

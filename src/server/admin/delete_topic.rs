@@ -15,7 +15,8 @@ pub async fn handle(
     req: Request<DeleteTopicRequest>,
 ) -> Result<DeleteTopicResponse, Status> {
     state.authorize(&req, Action::Admin, Some(&req.message.name))?;
-    let name = req.message.name;
+    // No name is the `default` topic, as for the Log calls (which refuses it).
+    let name = proto::log::v1::topic_or_default(&req.message.name).to_owned();
     state.topics.delete_topic(&name).await.map_err(to_status)?;
     log::info!("deleted topic {name:?}");
     Ok(DeleteTopicResponse {})

@@ -15,6 +15,9 @@ pub async fn handle(
 ) -> Result<DescribeTopicResponse, Status> {
     state.authorize(&req, Action::Admin, Some(&req.message.name))?;
     Ok(DescribeTopicResponse {
-        topic: Some(super::describe(&state, &req.message.name).await?),
+        // No name is the `default` topic, as for the Log calls.
+        topic: Some(
+            super::describe(&state, proto::log::v1::topic_or_default(&req.message.name)).await?,
+        ),
     })
 }
