@@ -85,8 +85,8 @@ pub struct LogConfig {
     /// controller gives each `CreateTopic` (never 0), part of the partitions' Raft group ids,
     /// so that the groups of a topic deleted and created again under the same name are other
     /// groups, and a copy of the deleted one is never taken for the new one. 0: a topic
-    /// created before incarnations (or the `default` topic), whose group ids stay as they
-    /// were. The log itself ignores it.
+    /// created before incarnations (or outside a cluster's controller), whose group ids stay
+    /// as they were. The log itself ignores it.
     #[serde(skip_serializing_if = "is_zero")]
     pub incarnation: u64,
 }

@@ -190,8 +190,8 @@ impl ReplicationFactory for RaftReplication {
 /// The stable group id of a partition of its topic's `incarnation` (`LogConfig::incarnation`;
 /// never 0, the controller's). A topic deleted and created again under the same name gets
 /// another incarnation, so its partitions are other groups: no message, vote or entry of the
-/// deleted topic's groups reaches them. Incarnation 0 (topics created before incarnations,
-/// and `default`) gives the ids of that time.
+/// deleted topic's groups reaches them. Incarnation 0 (topics created before incarnations)
+/// gives the ids of that time.
 pub fn group_id(id: &PartitionId, incarnation: u64) -> u64 {
     if &*id.topic == CONTROLLER_TOPIC {
         return 0;
