@@ -287,6 +287,23 @@ impl RaftPartitions {
         self.forward.board().holds_partition(id) && c.lists_topic(&id.topic) == Some(false)
     }
 
+    /// True when this node's open replica of `id` belongs to an earlier topic of that name
+    /// than the controller's state lists (deleted and created again: its group is another
+    /// one, `replica::group_id`). The reconcile pass drops it in a moment and opens the new
+    /// topic's; meanwhile it takes no append for the new topic and answers no read of it
+    /// (the deletion's fence, `deleted_here`, no longer holds once the state lists the name
+    /// again).
+    fn stale_here(&self, id: &PartitionId) -> bool {
+        let Some(c) = &self.cluster else {
+            return false;
+        };
+        let Some(group) = self.forward.board().group_of(id) else {
+            return false;
+        };
+        let incarnation = c.incarnation_of(&id.topic);
+        incarnation != 0 && group != super::replica::group_id(id, incarnation)
+    }
+
     /// True when this node's replica of `id` is stopped: on a failure (its log latched, or
     /// `raft.meta` could not be written: until the server restarts), or for want of space
     /// (until space returns).
@@ -402,6 +419,23 @@ impl Partitions for RaftPartitions {
                     &*id.topic
                 )));
             }
+            if self.stale_here(id) {
+                // Its other replicas take it (or name the leader); with none, the new
+                // topic's replica here opens within a reconcile pass.
+                let why = format!(
+                    "partition {id}: this node's replica belongs to a topic of that name \
+                     deleted since"
+                );
+                if self.replicas_elsewhere(id).is_empty() {
+                    return Err(Error::NoLeader(format!(
+                        "{why}; the new topic's replica here opens in a moment: retry"
+                    )));
+                }
+                return self
+                    .append_elsewhere(id, batch, why)
+                    .await
+                    .map_err(|e| self.with_leader_addr(id, e));
+            }
             if self.placed_elsewhere(id) {
                 let why = format!("partition {id} has no replica on this node");
                 return self
@@ -441,9 +475,9 @@ impl Partitions for RaftPartitions {
             check_not_controller(id)?;
             // Past what this replica has applied, the offset may be committed already (a
             // follower learns the commit index a heartbeat late): `read_here` asks.
-            let here = if self.placed_elsewhere(id) {
+            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
-                    "partition {id} has no replica on this node"
+                    "partition {id} has no replica of this topic on this node"
                 )))
             } else {
                 forward::read_here(&self.local, id, from, limits).await
@@ -473,9 +507,9 @@ impl Partitions for RaftPartitions {
     fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            let here = if self.placed_elsewhere(id) {
+            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
-                    "partition {id} has no replica on this node"
+                    "partition {id} has no replica of this topic on this node"
                 )))
             } else {
                 self.local.read_barrier(id).await
@@ -493,9 +527,9 @@ impl Partitions for RaftPartitions {
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            let here = if self.placed_elsewhere(id) {
+            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
-                    "partition {id} has no replica on this node"
+                    "partition {id} has no replica of this topic on this node"
                 )))
             } else {
                 self.local.wait_for(id, offset).await
@@ -518,9 +552,9 @@ impl Partitions for RaftPartitions {
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            let here = if self.placed_elsewhere(id) {
+            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
-                    "partition {id} has no replica on this node"
+                    "partition {id} has no replica of this topic on this node"
                 )))
             } else {
                 self.local.describe(id).await
