@@ -3,6 +3,7 @@
 //! Raft index across segments and reopens, a reset at an index remembered across a restart,
 //! and a data directory of format version 1 refused with its version named.
 
+use crate::common;
 use bytes::Bytes;
 use engine::batch::{self, Kind, NewRecord, Stamp};
 use engine::{Error, FileBudget, Log, LogConfig};
@@ -676,7 +677,7 @@ fn an_interrupted_cut_by_index_is_never_taken_for_damage() {
             for keep in [1u64, 13, 26, 39] {
                 let ctx = format!("values of {value_len} bytes, cut after {keep}");
                 let cut = root.join("cut");
-                copy_dir(&base, &cut);
+                common::copy_dir(&base, &cut);
                 let log = Log::open(&cut, small(), FileBudget::new(8))
                     .await
                     .expect("open");
@@ -711,7 +712,7 @@ fn an_interrupted_cut_by_index_is_never_taken_for_damage() {
                         }
                         mix.truncate(cut_len);
                         let dir = root.join("mix");
-                        copy_dir(&base, &dir);
+                        common::copy_dir(&base, &dir);
                         std::fs::write(dir.join(format!("{:020}.log", 0)), &mix).expect("write");
                         let ctx = format!("{ctx}, sectors {mask:#b} new, file {cut_len} bytes");
                         let log = Log::open(&dir, small(), FileBudget::new(8))
@@ -742,13 +743,4 @@ fn an_interrupted_cut_by_index_is_never_taken_for_damage() {
         }
         eprintln!("{mixes} interrupted cuts opened");
     });
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("list") {
-        let e = e.expect("entry");
-        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-    }
 }

@@ -3,6 +3,7 @@
 //!
 //! The records are random; the seed is printed and `PROGLOG_SEED=<n>` replays it.
 
+use crate::common;
 use bytes::Bytes;
 use engine::{Error, FileBudget, Log, LogConfig, NewRecord, Record};
 use rand::rngs::StdRng;
@@ -61,15 +62,6 @@ fn data_file(dir: &Path, base: u64) -> PathBuf {
 
 fn index_file(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.index"))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("list") {
-        let e = e.expect("entry");
-        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-    }
 }
 
 fn patch(path: &Path, pos: u64, bytes: &[u8]) {
@@ -360,7 +352,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
 
         // 1. Cut at every byte inside the last batch.
         for p in last.start..last.end {
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             set_len(&data_file(&case, 0), p);
             let found = Some(Found::Torn);
             recover_and_continue(&format!("cut at {p}"), &case, keep, true, &extra, found).await;
@@ -372,7 +364,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         flips.extend(last.start..last.start + HEADER_LEN as u64);
         for p in flips {
             let mask = rng.random_range(1..=255u8);
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             patch(&data_file(&case, 0), p, &[data[p as usize] ^ mask]);
             // A flip in the header may change the length the batch claims.
             let found = (p >= last.start + HEADER_LEN as u64)
@@ -383,7 +375,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         }
         // 3. A zero-filled tail from inside the last batch (the file keeps its length).
         for q in (last.start..last.end).step_by(7) {
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             let zeros = vec![0u8; (last.end - q) as usize];
             patch(&data_file(&case, 0), q, &zeros);
             let found = (q >= last.start + HEADER_LEN as u64)
@@ -430,7 +422,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
             ("0xff bytes".into(), last.end, vec![0xff; 64], Some(h)),
         ];
         for (what, at, bytes, judged_len) in garbage {
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             patch(&data_file(&case, 0), at, &bytes);
             let found = match judged_len {
                 Some(n) => judged(&data_file(&case, 0), last.end, last.end + n),
@@ -442,7 +434,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         }
         // A copy of the last batch re-stamped with the next base offset but a stale CRC.
         dup[8..16].copy_from_slice(&base.to_le_bytes());
-        copy_dir(&pristine, &case);
+        common::copy_dir(&pristine, &case);
         patch(&data_file(&case, 0), last.end, &dup);
         let found = judged(&data_file(&case, 0), last.end, last.end + len);
         recover_and_continue(
@@ -459,7 +451,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         for k in [0usize, 3, 7] {
             let b = &batches[k];
             let p = rng.random_range(b.start..b.end);
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             patch(&data_file(&case, 0), p, &[data[p as usize] ^ 0x40]);
             let found = (p >= b.start + h).then(|| judged(&data_file(&case, 0), b.start, b.end));
             recover_and_continue(
@@ -474,7 +466,7 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         }
         // 6. The active segment's index does not matter: it is rebuilt from the data.
         for what in ["garbage", "empty", "missing"] {
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             let idx = index_file(&case, 0);
             match what {
                 "garbage" => {
@@ -565,7 +557,7 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
         let k2 = rng.random_range(bases[1] + 1..bases[2] - 1);
         let case = root.join("case");
         for (k, what) in [(k1, "value"), (k2, "header"), (k1, "crc")] {
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             let b = &batches[k as usize];
             let path = data_file(&case, segment_of(&bases, k));
             let p = match what {
@@ -628,7 +620,7 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
         }
 
         // A sealed data file cut short: records after the cut are Corrupt, before it fine.
-        copy_dir(&pristine, &case);
+        common::copy_dir(&pristine, &case);
         let cut_seg = bases[1];
         let mid = &batches[((bases[1] + bases[2]) / 2) as usize];
         let cut_at = mid.start + 10;
@@ -658,7 +650,7 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
 
         // Sealed indexes full of garbage, empty or missing are rebuilt from the data.
         for what in ["garbage", "empty", "missing", "shuffled"] {
-            copy_dir(&pristine, &case);
+            common::copy_dir(&pristine, &case);
             for &b in &bases[..bases.len() - 1] {
                 let idx = index_file(&case, b);
                 let len = std::fs::metadata(&idx).expect("index").len() as usize;

@@ -102,15 +102,6 @@ fn reopen(dir: &Path) -> (u64, Vec<Bytes>) {
     .expect("executor")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-    }
-}
-
 #[test]
 fn recovery_finds_the_end_of_the_log_in_a_zero_filled_tail() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -170,7 +161,7 @@ fn recovery_finds_the_end_of_the_log_in_a_zero_filled_tail() {
 
     // 1. As the kill left it: the end is the last acknowledged record.
     let case = tmp.path().join("case");
-    copy_dir(&dir, &case);
+    common::copy_dir(&dir, &case);
     let (next, values) = reopen(&case);
     assert_eq!(
         next, RECORDS,
@@ -189,7 +180,7 @@ fn recovery_finds_the_end_of_the_log_in_a_zero_filled_tail() {
     torn[24..32].copy_from_slice(&(raft_index + 1).to_le_bytes());
     torn.truncate(HEADER_LEN + 20);
     for (i, keep) in [(0usize, torn.len()), (1, HEADER_LEN)] {
-        copy_dir(&dir, &case);
+        common::copy_dir(&dir, &case);
         let mut damaged = bytes.clone();
         damaged[data_end as usize..data_end as usize + keep].copy_from_slice(&torn[..keep]);
         std::fs::write(data_file(&case), &damaged).expect("write damaged");
