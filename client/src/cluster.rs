@@ -874,14 +874,20 @@ impl Cluster {
                 Err(st) => st,
             };
             self.report(topic, partition, &addr, &st);
-            let no_time = Instant::now() + NO_LEADER_PAUSE + SERVER_LEADER_WAIT >= deadline;
-            if !errors::produce_retryable(&st) || no_time {
-                return Err(st);
-            }
             let named = matches!(
                 errors::cluster_error(&st),
                 Some(ClusterError::NotLeader { leader_addr: Some(ref a), .. }) if a != &addr
             );
+            // A redirect to the leader named goes at once; a try that may meet a node with
+            // no leader needs time for its wait.
+            let wait = if named && !redirected {
+                Duration::ZERO
+            } else {
+                NO_LEADER_PAUSE + SERVER_LEADER_WAIT
+            };
+            if !errors::produce_retryable(&st) || Instant::now() + wait >= deadline {
+                return Err(st);
+            }
             if !named || redirected {
                 glommio::timer::sleep(NO_LEADER_PAUSE).await;
             }

@@ -452,6 +452,14 @@ impl ClusterNode {
         s.topics.get(topic).map(|t| t.replication_factor)
     }
 
+    /// How the controller's state lists `topic`, without copying the state: `None` while
+    /// this node holds no state yet, `Some(None)` when it does not list it, else its
+    /// incarnation.
+    pub fn listing(&self, topic: &str) -> Option<Option<u64>> {
+        let s = self.state.read().ok()?;
+        (!s.cluster_id.is_empty()).then(|| s.topics.get(topic).map(|t| t.config.incarnation))
+    }
+
     /// The incarnation of `topic` in the controller's state (`LogConfig::incarnation`), 0
     /// when the state does not list it; without copying the state.
     pub fn incarnation_of(&self, topic: &str) -> u64 {
@@ -460,13 +468,6 @@ impl ClusterNode {
             .ok()
             .and_then(|s| s.topics.get(topic).map(|t| t.config.incarnation))
             .unwrap_or(0)
-    }
-
-    /// Whether the controller's state lists `topic`, without copying the state; `None` while
-    /// this node holds no state yet (before it bootstrapped, joined or rebuilt it).
-    pub fn lists_topic(&self, topic: &str) -> Option<bool> {
-        let s = self.state.read().ok()?;
-        (!s.cluster_id.is_empty()).then(|| s.topics.contains_key(topic))
     }
 
     /// Applies registry knowledge learnt outside the log (a join answer), so that the
@@ -1108,6 +1109,12 @@ impl ClusterNode {
             partitions: placed,
         };
         self.propose(&c).await?;
+        // As applied (the incarnation is numbered then).
+        let config = self
+            .state()
+            .topics
+            .get(name)
+            .map_or(config, |t| t.config.clone());
         if !here.is_empty() {
             // Opened here at once (the reconcile loop would too), so that a failure (a full
             // disk) is the caller's answer, and the topic is taken back: a topic whose
@@ -1146,10 +1153,13 @@ impl ClusterNode {
         self.wait_until(
             |s| {
                 let wanted = self.placed_here(s).remove(name).unwrap_or_default();
+                // Held by a copy of this topic, not of an earlier one of that name.
+                let incarnation = s.topics.get(name).map(|t| t.config.incarnation);
                 wanted.is_empty()
-                    || engine
-                        .held_partitions(name)
-                        .is_ok_and(|h| wanted.iter().all(|p| h.contains(p)))
+                    || (engine.topic(name).ok().map(|t| t.config.incarnation) == incarnation
+                        && engine
+                            .held_partitions(name)
+                            .is_ok_and(|h| wanted.iter().all(|p| h.contains(p))))
             },
             "the topic's replicas to open here",
         )

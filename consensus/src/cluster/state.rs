@@ -553,13 +553,19 @@ impl ClusterState {
                 replication_factor,
                 partitions,
             } => {
-                self.next_incarnation = self
-                    .next_incarnation
-                    .max(config.incarnation.saturating_add(1));
+                // Numbered as applied, the same on every node: the number proposed is only a
+                // floor. A leader that had not applied its predecessor's last entries (a
+                // creation and deletion of the same name among them) proposes a number
+                // given already; the next creation's still gets a larger one.
+                let mut config = config.clone();
+                if config.incarnation != 0 && !self.topics.contains_key(name) {
+                    config.incarnation = config.incarnation.max(self.next_incarnation);
+                    self.next_incarnation = config.incarnation.saturating_add(1);
+                }
                 self.topics
                     .entry(name.clone())
                     .or_insert_with(|| TopicEntry {
-                        config: config.clone(),
+                        config,
                         replication_factor: *replication_factor,
                         partitions: partitions.clone(),
                     });

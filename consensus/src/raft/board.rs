@@ -144,12 +144,6 @@ impl Board {
         self.partitions.read().ok()?.get(id).copied()
     }
 
-    /// Whether partition `id` is held here (its group on the board), whichever incarnation
-    /// of its topic it belongs to.
-    pub fn holds_partition(&self, id: &PartitionId) -> bool {
-        self.group_of(id).is_some_and(|g| self.holds(g))
-    }
-
     /// Whether partition `id` is held here and stopped.
     pub fn partition_is_stopped(&self, id: &PartitionId) -> bool {
         self.group_of(id).is_some_and(|g| self.is_stopped(g))

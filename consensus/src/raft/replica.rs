@@ -799,10 +799,7 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
             partition,
             log,
             reply,
-        } => {
-            inner.peers.board.name(&partition, group);
-            open(inner, set, lp, group, &partition, log, reply).await
-        }
+        } => open(inner, set, lp, group, &partition, log, reply).await,
         Cmd::Close { group, reply } => {
             set.remove_group(group);
             lp.logs.remove(&group);
@@ -941,6 +938,7 @@ async fn open(
     }
     lp.logs.insert(group, log);
     inner.peers.directory.insert(group, inner.shard);
+    inner.peers.board.name(partition, group);
     if let Some(e @ Error::LostLog { .. }) = set.failure(group) {
         // Open, and stopped: the node serves its other partitions, and this replica is
         // reported stopped and moved like one that failed while running.

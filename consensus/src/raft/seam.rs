@@ -109,6 +109,13 @@ pub struct RaftPartitions {
     forward: Forwarder,
 }
 
+/// Why a replica open here takes no append for its topic ([`RaftPartitions::fence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    Deleted,
+    Stale,
+}
+
 /// The controller's log is no client's business: every call naming it gets this answer.
 fn check_not_controller(id: &PartitionId) -> Result<()> {
     check_not_controller_topic(&id.topic)
@@ -270,38 +277,39 @@ impl RaftPartitions {
             .is_some_and(|nodes| !nodes.is_empty() && !nodes.contains(&me))
     }
 
-    /// True when this node still holds a replica of `id` whose topic its controller state no
-    /// longer lists: the topic was deleted and the reconcile pass has not dropped the replica
-    /// yet. Appends to it are refused from the moment the deletion applies here (a group is
-    /// open here only for a topic the state listed, and the state drops a topic only when
-    /// deleted), so none is acknowledged after a DeleteTopic answered (it waits for every live
-    /// node to apply it).
-    fn deleted_here(&self, id: &PartitionId) -> bool {
-        let Some(c) = &self.cluster else {
-            return false;
-        };
-        // The board first: a group it holds was opened after the state listed its topic, so
-        // a state read after it that lacks the topic saw the deletion (read the other way
-        // round, a topic created between the two reads would look deleted). Two read locks
-        // per append, no view copied.
-        self.forward.board().holds_partition(id) && c.lists_topic(&id.topic) == Some(false)
+    /// Whether this node's open replica of `id` may not take appends for the topic its
+    /// controller state lists:
+    /// - [`Fence::Deleted`]: the state no longer lists the topic (deleted; the reconcile pass
+    ///   has not dropped the replica yet). Refused from the moment the deletion applies here
+    ///   (a group is open here only for a topic the state listed, and the state drops a
+    ///   topic only when deleted), so none is acknowledged after a DeleteTopic answered (it
+    ///   waits for every live node to apply it).
+    /// - [`Fence::Stale`]: the replica belongs to an earlier topic of that name than the state
+    ///   lists (deleted and created again: its group is another one, `replica::group_id`).
+    ///   The reconcile pass drops it in a moment and opens the new topic's; meanwhile it takes
+    ///   no append for the new topic and answers no read of it.
+    ///
+    /// The board first: a group it holds was opened after the state listed its topic, so a
+    /// state read after it that lacks the topic saw the deletion (read the other way round, a
+    /// topic created between the two reads would look deleted). Three read locks per append,
+    /// no view copied.
+    fn fence(&self, id: &PartitionId) -> Option<Fence> {
+        let c = self.cluster.as_ref()?;
+        let board = self.forward.board();
+        let group = board.group_of(id).filter(|&g| board.holds(g))?;
+        match c.listing(&id.topic)? {
+            None => Some(Fence::Deleted),
+            Some(incarnation)
+                if incarnation != 0 && group != super::replica::group_id(id, incarnation) =>
+            {
+                Some(Fence::Stale)
+            }
+            Some(_) => None,
+        }
     }
 
-    /// True when this node's open replica of `id` belongs to an earlier topic of that name
-    /// than the controller's state lists (deleted and created again: its group is another
-    /// one, `replica::group_id`). The reconcile pass drops it in a moment and opens the new
-    /// topic's; meanwhile it takes no append for the new topic and answers no read of it
-    /// (the deletion's fence, `deleted_here`, no longer holds once the state lists the name
-    /// again).
     fn stale_here(&self, id: &PartitionId) -> bool {
-        let Some(c) = &self.cluster else {
-            return false;
-        };
-        let Some(group) = self.forward.board().group_of(id) else {
-            return false;
-        };
-        let incarnation = c.incarnation_of(&id.topic);
-        incarnation != 0 && group != super::replica::group_id(id, incarnation)
+        self.fence(id) == Some(Fence::Stale)
     }
 
     /// True when this node's replica of `id` is stopped: on a failure (its log latched, or
@@ -413,13 +421,14 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Appended>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            if self.deleted_here(id) {
+            let fence = self.fence(id);
+            if fence == Some(Fence::Deleted) {
                 return Err(Error::NotFound(format!(
                     "topic {:?} was deleted",
                     &*id.topic
                 )));
             }
-            if self.stale_here(id) {
+            if fence == Some(Fence::Stale) {
                 // Its other replicas take it (or name the leader); with none, the new
                 // topic's replica here opens within a reconcile pass.
                 let why = format!(
@@ -707,7 +716,15 @@ impl Topics for RaftPartitions {
 
     fn topic(&self, name: &str) -> Result<TopicInfo> {
         check_not_controller_topic(name)?;
-        match (self.local.topic(name), &self.cluster) {
+        let here = match (self.local.topic(name), &self.cluster) {
+            // A copy of an earlier topic of that name (deleted and created again; dropped by
+            // the next reconcile pass) is not this topic: the state says what it is.
+            (Ok(t), Some(c)) if t.config.incarnation != c.incarnation_of(name) => {
+                Err(Error::NotFound(format!("topic {name:?} is not held here")))
+            }
+            (r, _) => r,
+        };
+        match (here, &self.cluster) {
             // A topic with no replica here is the cluster's all the same (appends to it are
             // forwarded to its replicas).
             (Err(Error::NotFound(why)), Some(c)) => {

@@ -263,6 +263,11 @@ pub(super) fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
         if t.name == engine::CONTROLLER_TOPIC {
             continue;
         }
+        if t.config.incarnation != 0 && t.config.incarnation >= s.next_incarnation {
+            // Created after this pass read the state (on this node, the controller's
+            // leader: its creation opens it at once): not judged on that state.
+            continue;
+        }
         if !seen.known.contains(&t.name) {
             // Deleted while this node was down (the state holds no record of deleted
             // topics), or created here after this pass read the state.
@@ -289,8 +294,9 @@ pub(super) fn local(node: &ClusterNode, s: &ClusterState, seen: &mut Seen) {
                     s.topics.get(&t.name).map_or(0, |e| e.config.incarnation)
                 ),
                 Err(e) => {
-                    log::warn!("dropping topic {:?}, deleted since: {e}", t.name);
-                    seen.dropping.insert(t.name.clone());
+                    if seen.dropping.insert(t.name.clone()) {
+                        log::warn!("dropping topic {:?}, deleted since: {e}", t.name);
+                    }
                 }
             }
             continue;
