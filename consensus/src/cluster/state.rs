@@ -898,6 +898,37 @@ mod tests {
         s
     }
 
+    /// A name deleted and created again gets a larger incarnation, also when the second
+    /// creation proposed the number of the first (its leader had not applied them); topics of
+    /// incarnation 0 (created before incarnations) keep it.
+    #[test]
+    fn incarnations_are_numbered_as_creations_apply() {
+        let mut s = three_nodes();
+        let placed = s.place("x", 1, 1, &[1]).unwrap();
+        let create = |name: &str, incarnation: u64| Command::CreateTopic {
+            name: name.into(),
+            config: LogConfig {
+                incarnation,
+                ..LogConfig::default()
+            },
+            replication_factor: 1,
+            partitions: placed.clone(),
+        };
+        let of = |s: &ClusterState, name: &str| s.topics.get(name).map(|t| t.config.incarnation);
+        s.apply(4, &create("old", 0));
+        assert_eq!((of(&s, "old"), s.next_incarnation), (Some(0), 0));
+        s.apply(5, &create("x", 1));
+        assert_eq!((of(&s, "x"), s.next_incarnation), (Some(1), 2));
+        s.apply(6, &Command::DeleteTopic { name: "x".into() });
+        s.apply(7, &create("x", 1));
+        assert_eq!((of(&s, "x"), s.next_incarnation), (Some(2), 3));
+        // A creation of a name that exists changes nothing.
+        s.apply(8, &create("x", 7));
+        assert_eq!((of(&s, "x"), s.next_incarnation), (Some(2), 3));
+        s.apply(9, &create("y", 5));
+        assert_eq!((of(&s, "y"), s.next_incarnation), (Some(5), 6));
+    }
+
     #[test]
     fn ids_are_assigned_once_and_never_reused() {
         let mut s = bootstrapped();
