@@ -144,20 +144,16 @@ impl Board {
         self.partitions.read().ok()?.get(id).copied()
     }
 
-    /// Whether partition `id` is held here and stopped.
-    pub fn partition_is_stopped(&self, id: &PartitionId) -> bool {
-        self.group_of(id).is_some_and(|g| self.is_stopped(g))
+    /// Partition `id`'s group here, and whether it is stopped, when its group is on the board
+    /// (two read locks, no view copied: asked on every append).
+    pub fn replica_of(&self, id: &PartitionId) -> Option<(u64, bool)> {
+        let group = self.group_of(id)?;
+        let groups = self.groups.read().ok()?;
+        groups.get(&group).map(|v| (group, v.stopped.is_some()))
     }
 
     pub fn get(&self, group: u64) -> Option<GroupView> {
         self.groups.read().ok()?.get(&group).cloned()
-    }
-
-    /// Whether `group` is held here and stopped, without copying its view.
-    pub fn is_stopped(&self, group: u64) -> bool {
-        self.groups
-            .read()
-            .is_ok_and(|g| g.get(&group).is_some_and(|v| v.stopped.is_some()))
     }
 
     /// Whether `group` is held here, without copying its view.

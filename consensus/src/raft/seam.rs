@@ -289,14 +289,13 @@ impl RaftPartitions {
     ///   The reconcile pass drops it in a moment and opens the new topic's; meanwhile it takes
     ///   no append for the new topic and answers no read of it.
     ///
-    /// The board first: a group it holds was opened after the state listed its topic, so a
-    /// state read after it that lacks the topic saw the deletion (read the other way round, a
-    /// topic created between the two reads would look deleted). Three read locks per append,
-    /// no view copied.
-    fn fence(&self, id: &PartitionId) -> Option<Fence> {
+    /// `replica` is this node's open replica of `id` (its group and whether it is stopped,
+    /// `Board::replica_of`), read before the state: a group it holds was opened after the
+    /// state listed its topic, so a state read after it that lacks the topic saw the deletion
+    /// (read the other way round, a topic created between the two reads would look deleted).
+    fn fence(&self, id: &PartitionId, replica: Option<(u64, bool)>) -> Option<Fence> {
         let c = self.cluster.as_ref()?;
-        let board = self.forward.board();
-        let group = board.group_of(id).filter(|&g| board.holds(g))?;
+        let (group, _) = replica?;
         match c.listing(&id.topic)? {
             None => Some(Fence::Deleted),
             Some(incarnation)
@@ -309,15 +308,8 @@ impl RaftPartitions {
     }
 
     fn stale_here(&self, id: &PartitionId) -> bool {
-        self.fence(id) == Some(Fence::Stale)
-    }
-
-    /// True when this node's replica of `id` is stopped: on a failure (its log latched, or
-    /// `raft.meta` could not be written: until the server restarts), or for want of space
-    /// (until space returns).
-    fn stopped_here(&self, id: &PartitionId) -> bool {
-        // Asked on every append: read in place, the view not copied.
-        self.forward.board().partition_is_stopped(id)
+        let replica = self.forward.board().replica_of(id);
+        self.fence(id, replica) == Some(Fence::Stale)
     }
 
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
@@ -421,7 +413,9 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Appended>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            let fence = self.fence(id);
+            // Three read locks per append (the board's two, the state's), no view copied.
+            let replica = self.forward.board().replica_of(id);
+            let fence = self.fence(id, replica);
             if fence == Some(Fence::Deleted) {
                 return Err(Error::NotFound(format!(
                     "topic {:?} was deleted",
@@ -452,7 +446,8 @@ impl Partitions for RaftPartitions {
                     .await
                     .map_err(|e| self.with_leader_addr(id, e));
             }
-            if self.stopped_here(id) && !self.replicas_elsewhere(id).is_empty() {
+            let stopped = replica.is_some_and(|(_, stopped)| stopped);
+            if stopped && !self.replicas_elsewhere(id).is_empty() {
                 // This node's replica stopped (its log failed, or its disk is full), not the
                 // partition: its other replicas elected a leader (or are electing one), which
                 // takes the append as from a node holding no replica. This replica knows no
