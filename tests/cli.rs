@@ -423,35 +423,105 @@ fn calls_any_node_answers_pass_a_node_that_never_answers() {
     }
 }
 
-/// `proglog produce` (a stream) to a node that takes the connection and never answers ends
-/// once `--timeout` passes with records unanswered, saying their outcome is unknown, instead
-/// of waiting for ever.
+/// Waits for `child` to exit, killing it and failing the test if it has not within `cap`
+/// (far past the deadline under test: only a hang gets there).
+fn finish_within(mut child: std::process::Child, cap: Duration) -> std::process::Output {
+    let until = std::time::Instant::now() + cap;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("still running {cap:?} after it started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A produce stream whose server stops answering mid-stream (a paused process) ends once
+/// `--timeout` passes with a record unanswered, saying its outcome is unknown, instead of
+/// waiting for ever.
 #[test]
-fn a_produce_stream_nobody_answers_ends_at_the_timeout() {
-    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+fn a_produce_stream_its_server_stops_answering_ends_at_the_timeout() {
+    use std::io::{BufRead, Write};
+    let mut s = TestServer::start();
     let mut child = Command::new(BIN)
-        .args(["produce", "--addr", &hung.local_addr().unwrap().to_string()])
-        .args(["--timeout", "2", "x"])
+        .args(["produce", "--addr", &s.addr.to_string(), "--timeout", "2"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Far past the 2 s: only a hang gets here.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > until {
-            let _ = child.kill();
-            panic!("proglog produce still waiting 60 s after a 2 s --timeout");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdin.write_all(b"answered\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "0\n");
+    s.pause();
+    stdin.write_all(b"unanswered\n").unwrap();
+    let out = finish_within(child, Duration::from_secs(60));
+    s.resume();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("DEADLINE_EXCEEDED") && err.contains("unknown outcome"),
+        err.contains("DEADLINE_EXCEEDED")
+            && err.contains("1 record(s)")
+            && err.contains("unknown outcome"),
         "{err}"
     );
+}
+
+/// `--timeout` bounds a produce or consume whose only node takes connections and never
+/// answers (paused): finding the partition's leader uses the time, and no call is started
+/// after it with none left (which took a second `--timeout`). Nothing was sent.
+#[test]
+fn a_paused_node_costs_one_timeout_not_two() {
+    let mut s = TestServer::start();
+    s.pause();
+    let timeout = 4.0;
+    for args in [
+        &["produce", "never-sent"][..],
+        &["produce", "--batch", "1", "never-sent"],
+        &["consume", "--from", "0"],
+    ] {
+        let started = std::time::Instant::now();
+        let child = Command::new(BIN)
+            .args(args)
+            .args([
+                "--addr",
+                &s.addr.to_string(),
+                "--timeout",
+                &timeout.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish_within(child, Duration::from_secs(60));
+        let took = started.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains("DEADLINE_EXCEEDED"), "{args:?}: {err}");
+        assert!(!err.contains("unknown outcome"), "{args:?}: {err}");
+        // A deadline is a contract, not a speed: one --timeout and the process's start and
+        // exit, never a second --timeout.
+        assert!(
+            took < 1.75 * timeout,
+            "{args:?} took {took:.1} s with --timeout {timeout}: {err}"
+        );
+    }
+    s.resume();
+    // Nothing reached the log: the next record is the first.
+    let out = Command::new(BIN)
+        .args(["produce", "--addr", &s.addr.to_string(), "first"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
 }
 
 /// `proglog produce` against the server, reading records from a pipe.

@@ -598,7 +598,9 @@ impl Cluster {
 
     /// Refreshes before a pick when the view is known to be wrong or missing (inline, within
     /// the deadline), or in the background when it is merely old.
-    async fn freshen(&self, k: &Key, deadline: Instant) {
+    /// Refreshes the routes when they are stale or unknown (waiting for it), or in the
+    /// background when they are old. The refresh's failure when one was waited for.
+    async fn freshen(&self, k: &Key, deadline: Instant) -> Option<Status> {
         let (now_needed, aged) = {
             let st = self.inner.state.borrow();
             let age = st.refreshed.map(|t| t.elapsed());
@@ -613,6 +615,7 @@ impl Cluster {
         if now_needed {
             if let Err(e) = self.refresh_for(Some(k), deadline).await {
                 log::debug!("refresh: {e}");
+                return Some(e);
             }
         } else if aged && !self.inner.refreshing.get() {
             let me = self.clone();
@@ -624,6 +627,7 @@ impl Cluster {
             })
             .detach();
         }
+        None
     }
 
     /// The server a produce for the partition goes to, connected: its leader; with none
@@ -725,7 +729,19 @@ impl Cluster {
     ) -> Result<(String, Channel), Status> {
         let mut last = None;
         loop {
-            self.freshen(k, deadline).await;
+            // No node answered discovery before the deadline (paused, wedged): a connection
+            // to one of them now would only start a call with no time left to answer it.
+            if let Some(e) = self.freshen(k, deadline).await {
+                if Instant::now() >= deadline {
+                    return Err(Status::new(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "no server answered for {}/{} before the deadline ({})",
+                            k.0, k.1, e.message
+                        ),
+                    ));
+                }
+            }
             let mut order = Vec::new();
             {
                 let mut st = self.inner.state.borrow_mut();
@@ -847,8 +863,9 @@ impl Cluster {
     /// A write sent to the leader, and again only after `NOT_LEADER` (at the leader named,
     /// at once; after a pause when redirected again) or `NO_LEADER` (after a pause), until
     /// the deadline (or, without one, for about an election). A failure to connect is
-    /// retried inside the pick: nothing was sent. Anything else, a timeout or a connection
-    /// lost mid-call included, is returned as it is: the write may have been appended.
+    /// retried inside the pick: nothing was sent (when the pick gives up, its failure is
+    /// marked [`errors::NOT_SENT`]). Anything else, a timeout or a connection lost mid-call
+    /// included, is returned as it is: the write may have been appended.
     async fn unary_write<Req, Resp>(
         &self,
         path: &str,
@@ -864,7 +881,11 @@ impl Cluster {
         let deadline = Instant::now() + timeout.unwrap_or(BUDGET_WITHOUT_DEADLINE);
         let mut redirected = false;
         loop {
-            let (addr, ch) = self.leader(topic, partition, deadline).await?;
+            // Not sent this try, and every earlier try was refused: nothing was stored.
+            let (addr, ch) = self
+                .leader(topic, partition, deadline)
+                .await
+                .map_err(errors::not_sent)?;
             let opts = match timeout {
                 Some(_) => call_options(deadline),
                 None => CallOptions::default(),

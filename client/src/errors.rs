@@ -39,6 +39,50 @@ pub fn cluster_error(status: &Status) -> Option<ClusterError> {
     }
 }
 
+/// The `ErrorInfo` domain of the reasons this client gives statuses it makes itself; no
+/// server sends it.
+pub const CLIENT_DOMAIN: &str = "client.proglog";
+
+/// The reason of a write the client never sent: no server could be reached, or none
+/// answered before the deadline, and every earlier try was refused (`NOT_LEADER`,
+/// `NO_LEADER`). Its records were not stored.
+pub const NOT_SENT: &str = "NOT_SENT";
+
+/// `st` marked as a write that was never sent ([`NOT_SENT`]).
+pub(crate) fn not_sent(mut st: Status) -> Status {
+    let mut details = if st.details.is_empty() {
+        rpc::Status {
+            code: st.code as i32,
+            message: st.message.clone(),
+            details: Vec::new(),
+        }
+    } else {
+        match rpc::Status::decode(st.details.as_ref()) {
+            Ok(d) => d,
+            Err(_) => return st,
+        }
+    };
+    details
+        .details
+        .push(rpc::any_error_info(NOT_SENT, CLIENT_DOMAIN, []));
+    st.details = details.encode_to_vec().into();
+    st
+}
+
+/// Whether a write that failed with `status` was never sent ([`NOT_SENT`]).
+pub fn never_sent(status: &Status) -> bool {
+    if status.details.is_empty() {
+        return false;
+    }
+    rpc::Status::decode(status.details.as_ref()).is_ok_and(|d| {
+        d.details
+            .iter()
+            .filter(|a| a.type_url.ends_with("/google.rpc.ErrorInfo"))
+            .filter_map(|a| rpc::ErrorInfo::decode(a.value.as_slice()).ok())
+            .any(|i| i.domain == CLIENT_DOMAIN && i.reason == NOT_SENT)
+    })
+}
+
 /// Whether a produce that failed with `status` may be sent again without risking a
 /// duplicate: only when the node said it did not take it (`NOT_LEADER`, `NO_LEADER`).
 pub fn produce_retryable(status: &Status) -> bool {

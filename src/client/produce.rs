@@ -157,7 +157,11 @@ async fn stream(
     let mut redirected = false;
     loop {
         let until = *deadline.get_or_insert_with(|| Instant::now() + retry_budget(a));
-        let (addr, ch) = cluster.leader(&a.topic, a.partition, until).await?;
+        // Whatever is pending was refused or never sent (else the loop has ended).
+        let (addr, ch) = match cluster.leader(&a.topic, a.partition, until).await {
+            Ok(found) => found,
+            Err(st) => return Err(in_doubt(st, pending.borrow().len(), false)),
+        };
         let progress = Cell::new(false);
         let (st, sent) = match stream_once(a, &ch, input, &pending, &progress).await {
             Ok(()) => return Ok(()),
@@ -412,7 +416,7 @@ const RECORD_FRAMING_BYTES: usize = 6;
 fn batch_in_doubt(st: net::Status, count: usize) -> anyhow::Error {
     let fate = if errors::produce_refused(&st) {
         "were not stored (the batch was refused)"
-    } else if errors::produce_retryable(&st) {
+    } else if errors::produce_retryable(&st) || errors::never_sent(&st) {
         "were not stored (no node took them; sending them again cannot duplicate them)"
     } else {
         "have an unknown outcome (they may be in the log; not sent again)"

@@ -225,6 +225,19 @@ impl TestServer {
         BlockingChannel::connect(self.addr, self.client.clone()).expect("connect")
     }
 
+    /// Stops the process (SIGSTOP): it keeps its sockets, and the kernel keeps completing
+    /// TCP handshakes, but nothing is read or answered until [`Self::resume`].
+    pub fn pause(&self) {
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet, so it is ours.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGSTOP) };
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGCONT) };
+    }
+
     /// Sends `sig` and waits for the process to exit.
     pub fn signal(&mut self, sig: i32) -> ExitStatus {
         let child = self.child.as_mut().expect("running server");
