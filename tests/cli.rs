@@ -443,7 +443,7 @@ fn finish_within(mut child: std::process::Child, cap: Duration) -> std::process:
 #[test]
 fn a_produce_stream_its_server_stops_answering_ends_at_the_timeout() {
     use std::io::{BufRead, Write};
-    let mut s = TestServer::start();
+    let s = TestServer::start();
     let mut child = Command::new(BIN)
         .args(["produce", "--addr", &s.addr.to_string(), "--timeout", "2"])
         .stdin(Stdio::piped())
@@ -476,7 +476,7 @@ fn a_produce_stream_its_server_stops_answering_ends_at_the_timeout() {
 /// after it with none left (which took a second `--timeout`). Nothing was sent.
 #[test]
 fn a_paused_node_costs_one_timeout_not_two() {
-    let mut s = TestServer::start();
+    let s = TestServer::start();
     s.pause();
     let timeout = 4.0;
     for args in [
