@@ -85,7 +85,17 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&args)?;
+    let settings = match Settings::resolve(&args) {
+        Ok(s) => s,
+        // A config file that cannot be read is not the command line's fault.
+        Err(e @ config::ConfigError::ReadFile { .. }) => return Err(e.into()),
+        // A setting refused is a usage error, with clap's exit status for the flags it
+        // checks itself (2), whichever layer found it.
+        Err(e) => {
+            eprintln!("proglog: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     observe::logging::init(&settings.log_level, settings.log_format)?;
     for (typo, meant) in config::misspelled_env(std::env::vars()) {
         log::warn!("{typo} is not a setting's variable and is ignored: did you mean {meant}?");

@@ -403,7 +403,8 @@ fn cpuset_outside_the_affinity_mask_refuses_to_start() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started: {err}");
+    // A usage error, as for the flags clap checks itself.
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("--cpuset")
             && err.contains(&format!("CPU {outside} is not one this process may run on")),
@@ -417,7 +418,54 @@ fn cpuset_outside_the_affinity_mask_refuses_to_start() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--cpuset"), "{err}");
+    assert!(
+        out.status.code() == Some(2) && err.contains("--cpuset"),
+        "{err}"
+    );
+}
+
+/// Every refused setting is a usage error (exit status 2), whether clap or the settings'
+/// own checks refuse it, and the message names the flag.
+#[test]
+fn a_refused_setting_exits_with_the_usage_status_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, names) in [
+        // clap's own parse.
+        (&["--durability", "interval:abc"][..], "--durability"),
+        // The settings' checks.
+        (&["--dead-node-timeout", "0"], "dead-node-timeout"),
+        (&["--log-level", "warning"], "log-level"),
+        (
+            &["--max-connections-per-shard", "0"],
+            "max-connections-per-shard",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(tmp.path().join("d"))
+            .args(["--admin-addr", "off", "--shards", "1"])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(names) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    // A config file that cannot be read is not a usage error.
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .arg("--config-file")
+        .arg(tmp.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("missing.yaml"), "{err}");
 }
 
 /// Record `i`'s value in [`produce_numbered`]: 1 KiB that starts with `record <i> `.
