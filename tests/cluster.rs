@@ -225,7 +225,30 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
                 .any(|p| p.topic == "orders" && p.commit_index >= 30)
         })
     });
+    let killed = raft_ids(&c)[first];
     c.nodes[first].kill9();
+    // The registry says what gossip knows as soon as it knows it: suspect (for about four
+    // seconds, in which this polls forty times), then unreachable, never live throughout.
+    let witness = &c.nodes[(first + 1) % 3];
+    let state = |d: &proto::log::v1::DescribeClusterResponse| {
+        d.nodes
+            .iter()
+            .find(|n| n.id == killed)
+            .map(|n| (n.live, n.suspect))
+    };
+    let mut seen = Vec::new();
+    wait(
+        "the killed node suspect, then down, in the registry",
+        || {
+            if let Some(s) = witness.describe().as_ref().and_then(state) {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+            }
+            seen.last() == Some(&(false, false))
+        },
+    );
+    assert!(seen.contains(&(true, true)), "never suspect: {seen:?}");
     wait("a new leader for orders/0", || {
         leader_of(&c, "orders", 0, 3).is_some_and(|l| l != first)
     });

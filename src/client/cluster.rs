@@ -166,7 +166,7 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                 "controller_leader": first.controller_leader,
                 "nodes": first.nodes.iter().map(|n| serde_json::json!({
                     "id": n.id, "name": n.name, "rpc_addr": n.rpc_addr,
-                    "member_id": n.member_id, "live": n.live, "removed": n.removed,
+                    "member_id": n.member_id, "live": n.live, "suspect": n.suspect, "removed": n.removed,
                 })).collect::<Vec<_>>(),
                 "partitions": parts.iter().map(|p| serde_json::json!({
                     "topic": p.topic, "partition": p.partition,
@@ -203,6 +203,8 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
     for n in &first.nodes {
         let st = if n.removed {
             "removed"
+        } else if n.suspect {
+            "suspect"
         } else if n.live {
             "live"
         } else {

@@ -78,6 +78,7 @@ fn partition(
 pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
     let s = cluster.state();
     let live = cluster.live_nodes(&s);
+    let up = cluster.up_nodes(&s);
     let board = &cluster.peers.board;
     let controller = board.get(0);
     let mut partitions = vec![partition(
@@ -133,6 +134,7 @@ pub fn describe(cluster: &ClusterNode) -> DescribeClusterResponse {
                 member_id: n.member.clone(),
                 live: live.contains(id),
                 removed: n.removed,
+                suspect: live.contains(id) && !up.contains(id),
             })
             .collect(),
         partitions,
