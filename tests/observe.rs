@@ -652,6 +652,59 @@ fn cancelled_calls_are_counted_as_cancelled() {
     assert!(!s.log().contains("unexpected frame type"), "{}", s.log());
 }
 
+/// What a client sends cannot make each failure a new kind of line: calls to 300 paths the
+/// server does not serve, for 300 topics that are not there, and 300 connections that open
+/// the peer port's byte and say nothing more write a few lines each way (at most four per
+/// method and code per shard, one per peer failure per shard), not 900 (they wrote 1.2 GB of
+/// log in 10 s). The metrics still count every call.
+#[test]
+fn failures_that_vary_what_the_client_sent_are_logged_a_few_times() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    for i in 0..300 {
+        let r: Result<ConsumeResponse, _> =
+            ch.unary_prost(&format!("/x.Y/Nope{i}"), &ConsumeRequest::default(), opts());
+        assert_eq!(r.expect_err("no such method").code, Code::Unimplemented);
+        let r: Result<ConsumeResponse, _> = ch.unary_prost(
+            paths::CONSUME,
+            &ConsumeRequest {
+                topic: format!("missing-{i}"),
+                ..Default::default()
+            },
+            opts(),
+        );
+        assert_eq!(r.expect_err("no such topic").code, Code::NotFound);
+        let mut peer = std::net::TcpStream::connect(s.addr).expect("connect");
+        std::io::Write::write_all(&mut peer, &[0x01]).expect("the peer byte");
+    }
+    let samples = parse_exposition(&http_get(s.admin_addr(), "/metrics").expect("metrics").1);
+    assert_eq!(get(&samples, &rpc("Consume", "NOT_FOUND")), 300.0);
+    // Calls' lines are written as they end, before the metrics were read; the peer
+    // connections' once the server has read their byte: wait for one, then some more.
+    let count = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
+    wait_for(Duration::from_secs(10), || {
+        (count(&s.log(), "first byte 0x01") > 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no peer connection logged:\n{}", s.log()));
+    std::thread::sleep(Duration::from_millis(500));
+    let log = s.log();
+    let count = |what: &str| count(&log, what);
+    let (unknown, missing, peer) = (
+        count("/x.Y/Nope"),
+        count("does not exist"),
+        count("first byte 0x01"),
+    );
+    assert!(
+        (1..=8).contains(&unknown),
+        "{unknown} lines of unknown paths:\n{log}"
+    );
+    assert!(
+        (1..=8).contains(&missing),
+        "{missing} lines of missing topics:\n{log}"
+    );
+    assert!(peer <= 2, "{peer} lines of peer connections:\n{log}");
+}
+
 /// A failure repeated call after call is logged once per window and kind (method, code,
 /// message), not once per call: a producer against a full disk wrote 98 MB of identical
 /// lines in 13 s. Another failure still shows, and the metrics count every call.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// Kinds remembered per executor; past it the memory starts over (a few more lines then).
-const MAX_KINDS: usize = 256;
+const MAX_KINDS: usize = 2048;
 
 #[derive(Default)]
 struct Kind {
@@ -53,8 +53,85 @@ pub fn admit(kind: &str, now: Instant) -> Option<u64> {
     })
 }
 
+/// A group of kinds: how many of its lines were written in its window.
+#[derive(Default)]
+struct Group {
+    window_start: Option<Instant>,
+    lines: u32,
+    /// Lines of kinds not yet admitted held back since the group's last line.
+    suppressed: u64,
+}
+
+thread_local! {
+    static GROUPS: RefCell<HashMap<String, Group>> = RefCell::new(HashMap::new());
+}
+
+/// [`admit`] for a kind that belongs to a `group` named by the server (a method and a status
+/// code), where the kind itself may carry what a client sent (a message quoting its request):
+/// at most `per_window` lines of the group per [`WINDOW`] per executor, whatever the kinds,
+/// and a kind's lines as [`admit`] allows. Kinds held back because the group's lines are
+/// spent are not remembered (a client varying them fills no table) and are counted with the
+/// group; the next line of the group says how many were held back, its own kind's included.
+pub fn admit_in_group(group: &str, per_window: u32, kind: &str, now: Instant) -> Option<u64> {
+    let held_for_kind = KINDS.with(|k| {
+        let mut kinds = k.borrow_mut();
+        match kinds.get_mut(kind) {
+            Some(state)
+                if state
+                    .window_start
+                    .is_some_and(|s| now.duration_since(s) < WINDOW) =>
+            {
+                state.suppressed += 1;
+                None
+            }
+            Some(state) => Some(std::mem::take(&mut state.suppressed)),
+            None => Some(0),
+        }
+    })?;
+    let held_for_group = GROUPS.with(|g| {
+        let mut groups = g.borrow_mut();
+        if !groups.contains_key(group) && groups.len() >= MAX_KINDS {
+            groups.clear();
+        }
+        let state = groups.entry(group.to_owned()).or_default();
+        if state
+            .window_start
+            .is_none_or(|s| now.duration_since(s) >= WINDOW)
+        {
+            state.window_start = Some(now);
+            state.lines = 0;
+        }
+        if state.lines >= per_window {
+            state.suppressed += 1;
+            return None;
+        }
+        state.lines += 1;
+        Some(std::mem::take(&mut state.suppressed))
+    });
+    let Some(held_for_group) = held_for_group else {
+        // The kind's own count was taken: give it back to the group's.
+        GROUPS.with(|g| {
+            if let Some(state) = g.borrow_mut().get_mut(group) {
+                state.suppressed += held_for_kind;
+            }
+        });
+        return None;
+    };
+    KINDS.with(|k| {
+        let mut kinds = k.borrow_mut();
+        if !kinds.contains_key(kind) && kinds.len() >= MAX_KINDS {
+            kinds.clear();
+        }
+        kinds.entry(kind.to_owned()).or_default().window_start = Some(now);
+    });
+    Some(held_for_kind + held_for_group)
+}
+
 /// Writes a connection's log line at `level` unless another of the same `kind` was written
 /// on this executor in the last [`WINDOW`]; the next line written says how many were not.
+/// A kind is named by the server (a constant, or a reason it chose), never made of what the
+/// peer sent: a peer varying it would get a line each time.
+#[macro_export]
 macro_rules! conn_log {
     ($level:expr, $kind:expr, $($arg:tt)+) => {{
         let level: log::Level = $level;
@@ -74,7 +151,6 @@ macro_rules! conn_log {
         }
     }};
 }
-pub(crate) use conn_log;
 
 #[cfg(test)]
 mod tests {
@@ -92,5 +168,27 @@ mod tests {
         assert_eq!(admit("test-kind", t0 + WINDOW), Some(5));
         assert_eq!(admit("test-kind", t0 + WINDOW), None);
         assert_eq!(admit("test-kind", t0 + WINDOW * 2), Some(1));
+    }
+
+    #[test]
+    fn a_group_writes_a_few_lines_per_window_whatever_the_kinds() {
+        let t0 = Instant::now();
+        let g = "test-group";
+        // Two kinds of the group pass, then it is spent: new kinds are held back (and not
+        // remembered), and so is a kind already written.
+        assert_eq!(admit_in_group(g, 2, "a", t0), Some(0));
+        assert_eq!(admit_in_group(g, 2, "b", t0), Some(0));
+        for i in 0..100 {
+            assert_eq!(admit_in_group(g, 2, &format!("c{i}"), t0), None);
+        }
+        assert_eq!(admit_in_group(g, 2, "a", t0), None);
+        KINDS.with(|k| assert!(!k.borrow().contains_key("c7")));
+        // Another group is independent (its kinds carry its name, as callers' do).
+        assert_eq!(admit_in_group("other-group", 2, "other a", t0), Some(0));
+        // Next window: the first line says how many were held back, "a"'s own included.
+        assert_eq!(admit_in_group(g, 2, "a", t0 + WINDOW), Some(101));
+        assert_eq!(admit_in_group(g, 2, "d", t0 + WINDOW), Some(0));
+        assert_eq!(admit_in_group(g, 2, "e", t0 + WINDOW), None);
+        assert_eq!(admit_in_group(g, 2, "e", t0 + WINDOW * 2), Some(1));
     }
 }

@@ -276,17 +276,30 @@ impl CallObserver for ShardObserver {
         let what = slow.unwrap_or_default();
         // A failure repeated call after call (every produce to a full disk, a client asking
         // for a topic that is not there in a loop) is logged once per window per shard and
-        // kind, with the count held back: one line per call buried everything else (98 MB
-        // of log in 13 s against a full disk).
+        // kind (method, code, message), with the count held back: one line per call buried
+        // everything else (98 MB of log in 13 s against a full disk). A message may quote
+        // what a client sent (a topic name), so a client varying it made every call a new
+        // kind (1.2 GB of log in 10 s): a method and code also write at most
+        // `LINES_PER_METHOD_AND_CODE` lines per window, whatever the messages, and an
+        // unknown path is one method. Slow calls likewise: a client can make its own calls
+        // slow (a call whose request never comes), and one line each was another flood.
         let mut held_back = String::new();
-        if status.code != Code::Ok && !is_slow {
-            let kind = format!(
-                "rpc {} {} {}",
-                call.method,
+        if status.code != Code::Ok || is_slow {
+            let group = format!(
+                "rpc {m} {}{}",
                 status.code.name(),
+                if is_slow { " slow" } else { "" }
+            );
+            let kind = format!(
+                "{group} {}",
                 status.message.chars().take(96).collect::<String>()
             );
-            match net::ratelog::admit(&kind, std::time::Instant::now()) {
+            match net::ratelog::admit_in_group(
+                &group,
+                LINES_PER_METHOD_AND_CODE,
+                &kind,
+                std::time::Instant::now(),
+            ) {
                 None => return,
                 Some(0) => {}
                 Some(n) => {
@@ -297,10 +310,18 @@ impl CallObserver for ShardObserver {
                 }
             }
         }
+        // What a client sent is shown bounded: a path the server does not serve and a
+        // message quoting the request (both up to the 16 KiB header list).
+        let method = if m == self.metrics.methods.len() - 1 {
+            bounded(&call.method, LOGGED_PATH_CHARS)
+        } else {
+            call.method.clone()
+        };
+        let message = bounded(&status.message, LOGGED_MESSAGE_CHARS);
         log::log!(
             target: RPC_TARGET,
             level,
-            method = call.method.as_str(),
+            method = method.as_str(),
             code = status.code.name(),
             duration_us = duration_us,
             peer = peer.as_str(),
@@ -309,11 +330,29 @@ impl CallObserver for ShardObserver {
             bytes_out = call.bytes_out(),
             breakdown = breakdown.as_str();
             "{what}{} {} in {elapsed:?}{}{}{held_back}",
-            call.method,
+            method,
             status.code.name(),
-            if status.message.is_empty() { "" } else { ": " },
-            status.message,
+            if message.is_empty() { "" } else { ": " },
+            message,
         );
+    }
+}
+
+/// Failed (or slow) calls' lines per method and code per shard per window, whatever their
+/// messages.
+const LINES_PER_METHOD_AND_CODE: u32 = 4;
+
+/// How much of a path no method has is logged.
+const LOGGED_PATH_CHARS: usize = 96;
+
+/// How much of a failed call's message is logged.
+const LOGGED_MESSAGE_CHARS: usize = 512;
+
+/// `s` cut to `max` characters, saying how much was cut.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}... ({} more bytes)", &s[..at], s.len() - at),
     }
 }
 

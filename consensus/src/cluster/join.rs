@@ -61,7 +61,9 @@ impl JoinService {
             Err(reason) => JoinAnswer::Refused { reason },
         };
         if let JoinAnswer::Refused { reason } = &answer {
-            log::warn!(
+            net::conn_log!(
+                log::Level::Warn,
+                "join-refused",
                 "join request from {} refused: {reason}",
                 net::show_peer(&conn.peer)
             );

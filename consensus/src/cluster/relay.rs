@@ -325,7 +325,9 @@ pub async fn serve(node: &ClusterNode, mut conn: PeerConn, len: usize) {
         }
         Err((unread, why)) => {
             stats.commands_relay_refused.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
+            net::conn_log!(
+                log::Level::Warn,
+                "relay-refused",
                 "controller command from {} refused: {why}",
                 net::show_peer(&conn.peer)
             );
@@ -368,7 +370,9 @@ pub async fn serve_membership(node: &ClusterNode, mut conn: PeerConn, len: usize
             node.stats
                 .membership_questions_refused
                 .fetch_add(1, Ordering::Relaxed);
-            log::warn!(
+            net::conn_log!(
+                log::Level::Warn,
+                "membership-refused",
                 "membership request from {} refused: {why}",
                 net::show_peer(&conn.peer)
             );

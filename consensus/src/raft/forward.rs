@@ -1099,7 +1099,9 @@ pub async fn serve_from(
     let stats = &peers.forward;
     if conn.tls.is_none() && !conn.peer.is_some_and(|a| peers.knows_ip(a.ip())) {
         add(&stats.refused, 1);
-        log::warn!(
+        net::conn_log!(
+            log::Level::Warn,
+            "forward-refused",
             "forwarding: connection from {:?} refused: no peer TLS, and not a known member's \
              address",
             conn.peer

@@ -361,7 +361,9 @@ pub async fn serve(h: &RaftPeerHandler, mut conn: PeerConn, len: usize) {
     let stats = &shared.stats;
     if conn.tls.is_none() && !conn.peer.is_some_and(|a| h.peers.knows_ip(a.ip())) {
         add(stats, &stats.refused);
-        log::warn!(
+        net::conn_log!(
+            log::Level::Warn,
+            "snapshot-refused",
             "snapshot transfer: connection from {:?} refused: no peer TLS, and not a known \
              member's address",
             conn.peer
@@ -395,7 +397,9 @@ pub async fn serve(h: &RaftPeerHandler, mut conn: PeerConn, len: usize) {
         }
         Err(why) => {
             add(stats, &stats.malformed);
-            log::warn!(
+            net::conn_log!(
+                log::Level::Warn,
+                "snapshot-malformed",
                 "snapshot transfer: closing connection from {:?}: {why}",
                 conn.peer
             );

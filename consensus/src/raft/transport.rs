@@ -401,7 +401,9 @@ impl RaftPeerHandler {
                 if !matches!(e, peer::FrameError::Io(_)) {
                     add(&self.peers.stats.malformed, 1);
                 }
-                log::warn!(
+                net::conn_log!(
+                    log::Level::Warn,
+                    "raft-frame",
                     "Raft transport: closing connection from {:?}: {e}",
                     conn.peer
                 );
@@ -450,7 +452,9 @@ impl RaftPeerHandler {
                         peer::FrameError::Io(_) => {}
                         _ => add(&stats.malformed, 1),
                     }
-                    log::warn!(
+                    net::conn_log!(
+                        log::Level::Warn,
+                        "raft-frame",
                         "Raft transport: closing connection from {:?}: {e}",
                         conn.peer
                     );
@@ -568,7 +572,9 @@ impl PeerHandler for PeerRouter {
                 && this.keys.is_none()
                 && !conn.peer.is_some_and(|a| this.raft.peers.knows_ip(a.ip()))
             {
-                log::info!(
+                net::conn_log!(
+                    log::Level::Info,
+                    "peer-stranger",
                     "peer connection from {:?} (first byte 0x01): not a known member, and this \
                      node does not gossip; closing it",
                     conn.peer
@@ -584,14 +590,18 @@ impl PeerHandler for PeerRouter {
                 Ok(Ok(Some(h))) => h,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
-                    log::info!(
+                    net::conn_log!(
+                        log::Level::Info,
+                        "peer-first-frame",
                         "peer connection from {}: {e}; closing it",
                         net::show_peer(&conn.peer)
                     );
                     return;
                 }
                 Err(_) => {
-                    log::info!(
+                    net::conn_log!(
+                        log::Level::Info,
+                        "peer-no-frame",
                         "peer connection from {:?}: no frame in time; closing it",
                         conn.peer
                     );
@@ -621,7 +631,9 @@ impl PeerHandler for PeerRouter {
                 }
                 (_, Some(keys)) => keys.serve_request(conn, len, kind).await,
                 (_, None) => {
-                    log::info!(
+                    net::conn_log!(
+                        log::Level::Info,
+                        "peer-no-gossip",
                         "peer connection from {:?}: a request of kind {kind:#04x}, and this \
                          node does not gossip",
                         conn.peer

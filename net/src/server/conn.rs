@@ -25,10 +25,10 @@ use super::metered::MeteredIo;
 use super::registry::ConnState;
 use super::router::Router;
 use super::{unless_evicted, ServerConfig};
+use crate::conn_log;
 use crate::keepalive::KeepAlive;
 use crate::limits::{EVICT_LINGER, GOAWAY_LINGER};
 use crate::memory::ConnMemory;
-use crate::ratelog::conn_log;
 use crate::tls::TlsInfo;
 use crate::{Error, Shutdown, Status};
 

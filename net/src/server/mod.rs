@@ -49,10 +49,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use balance::Balancer;
 pub use router::{LocalBoxFuture, MessageStream, Request, Response, ResponseSink, Router};
 
+use crate::conn_log;
 use crate::limits;
 use crate::memory::{ConnMemory, MemoryBudget};
 use crate::observe::CallObserver;
-use crate::ratelog::conn_log;
 use crate::socket::Socket;
 use crate::tls::{ServerTls, TlsInfo};
 use crate::{Error, Shutdown, Status};
