@@ -652,6 +652,57 @@ fn cancelled_calls_are_counted_as_cancelled() {
     assert!(!s.log().contains("unexpected frame type"), "{}", s.log());
 }
 
+/// Clients that trickle their request head cannot keep probes and scrapers off the admin
+/// port: one that sends a byte a second is answered 408 once 5 s from its accept have
+/// passed (a per-read timeout kept it for ever), and 24 connections holding a partial head
+/// (more than the 16 slots) leave `/healthz`, `/metrics` and `/readyz` answered (16 such
+/// clients answered every probe 503).
+#[test]
+fn admin_clients_that_trickle_their_request_leave_probes_served() {
+    use std::io::{Read, Write};
+    let s = TestServer::start();
+    let admin = s.admin_addr();
+    let mut trickle = std::net::TcpStream::connect(admin).expect("connect");
+    trickle.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the trickling client still holds its connection: {}",
+            String::from_utf8_lossy(&got)
+        );
+        let _ = trickle.write_all(b"X");
+        match trickle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        let mut c = std::net::TcpStream::connect(admin).expect("connect");
+        c.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        held.push(c);
+    }
+    for path in ["/healthz", "/metrics", "/readyz"] {
+        let (code, body) = http_get(admin, path).expect("admin answers");
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+}
+
 /// What a client sends cannot make each failure a new kind of line: calls to 300 paths the
 /// server does not serve, for 300 topics that are not there, and 300 connections that open
 /// the peer port's byte and say nothing more write a few lines each way (at most four per

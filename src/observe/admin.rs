@@ -5,17 +5,19 @@
 //! yet) and while it drains, and a scrape must not compete with calls on a shard's task
 //! queue for more than the one job per shard that collects partition numbers.
 //!
-//! Bounded everywhere: GET and HEAD only; a request head of at most 8 KiB, read within a
-//! timeout; at most [`ADMIN_MAX_CONNECTIONS`] connections at once (more are answered 503 and
-//! closed); one request per connection (`Connection: close`), which Prometheus and probes
+//! Bounded everywhere: GET and HEAD only; a request head of at most 8 KiB, read within 5 s
+//! of the accept, and the response written within 5 s; at most [`ADMIN_MAX_CONNECTIONS`]
+//! connections at once: at the limit the one reading its head the longest is closed for the
+//! new one (a probe sends its head at once), and only when every slot is writing a response
+//! is the new one answered 503 and closed; one request per connection (`Connection: close`), which Prometheus and probes
 //! handle fine and which leaves no idle connection to time out.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{prom, Observability};
 use crate::limits::{
@@ -104,21 +106,84 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-struct Slot(Arc<AtomicUsize>);
+/// The connections being served, so that a new one can take the slot of one still reading
+/// its head.
+#[derive(Default)]
+struct Slots {
+    open: Mutex<Vec<Open>>,
+    next: AtomicU64,
+}
+
+struct Open {
+    id: u64,
+    accepted: Instant,
+    /// Still reading its request head (a probe or scraper sends it at once).
+    reading: Arc<AtomicBool>,
+    /// To close it from here.
+    stream: TcpStream,
+}
+
+/// A connection's slot, given back when it drops.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    reading: Arc<AtomicBool>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut open) = self.slots.open.lock() {
+            open.retain(|o| o.id != self.id);
+        }
+    }
+}
+
+impl Slots {
+    /// A slot for `stream`: a free one, else the one that has been reading its request
+    /// head the longest, whose connection is shut down (a client trickling its head a byte
+    /// at a time held a slot for ever; 16 of them kept every probe and scrape out). `None`
+    /// when every slot is writing a response.
+    fn take(self: &Arc<Self>, stream: &TcpStream) -> Option<Slot> {
+        let clone = stream.try_clone().ok()?;
+        let mut open = self.open.lock().ok()?;
+        if open.len() >= ADMIN_MAX_CONNECTIONS {
+            let oldest = open
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.reading.load(Ordering::SeqCst))
+                .min_by_key(|(_, o)| o.accepted)
+                .map(|(i, _)| i)?;
+            let evicted = open.swap_remove(oldest);
+            let _ = evicted.stream.shutdown(Shutdown::Both);
+            log::debug!(
+                "admin: closing {:?}, still reading its request after {:?}, for a new connection",
+                evicted.stream.peer_addr().ok(),
+                evicted.accepted.elapsed()
+            );
+        }
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let reading = Arc::new(AtomicBool::new(true));
+        open.push(Open {
+            id,
+            accepted: Instant::now(),
+            reading: reading.clone(),
+            stream: clone,
+        });
+        Some(Slot {
+            slots: self.clone(),
+            id,
+            reading,
+        })
     }
 }
 
 fn accept_loop(listener: TcpListener, obs: Arc<Observability>, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::default());
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let stream = match conn {
+        let mut stream = match conn {
             Ok(s) => s,
             Err(e) => {
                 // Out of descriptors or memory: transient; back off instead of spinning.
@@ -127,32 +192,37 @@ fn accept_loop(listener: TcpListener, obs: Arc<Observability>, stop: Arc<AtomicB
                 continue;
             }
         };
-        let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
-        if active.fetch_add(1, Ordering::SeqCst) >= ADMIN_MAX_CONNECTIONS {
-            let _slot = Slot(active.clone());
-            let mut stream = stream;
+        let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
+        let Some(slot) = slots.take(&stream) else {
             let _ = respond(
                 &mut stream,
                 503,
                 "text/plain",
                 b"too many admin connections\n",
                 false,
+                deadline,
             );
             continue;
-        }
-        let slot = Slot(active.clone());
+        };
         let obs = obs.clone();
         let spawned = std::thread::Builder::new()
             .name("proglog-admin-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                serve(stream, &obs);
-            });
+            .spawn(move || serve(stream, &obs, &slot, deadline));
         if let Err(e) = spawned {
             log::warn!("admin: cannot start a connection thread: {e}");
         }
     }
+}
+
+/// Sets `stream`'s timeouts to what is left until `deadline`; `false` once it has passed.
+fn until(stream: &TcpStream, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    let _ = stream.set_read_timeout(Some(left));
+    let _ = stream.set_write_timeout(Some(left));
+    true
 }
 
 /// A request line we answer: method and path (query string dropped).
@@ -195,7 +265,12 @@ fn parse_head(buf: &[u8]) -> Parse {
     Parse::Done(Ok(RequestLine { head_only, path }))
 }
 
-fn read_head(stream: &mut TcpStream) -> Result<RequestLine, (u16, &'static str)> {
+/// The request head, read by `deadline` as a whole (a per-read timeout let a client that
+/// sends a byte every few seconds hold its slot for ever).
+fn read_head(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> Result<RequestLine, (u16, &'static str)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -206,6 +281,9 @@ fn read_head(stream: &mut TcpStream) -> Result<RequestLine, (u16, &'static str)>
             }
             Parse::Incomplete => {}
         }
+        if !until(stream, deadline) {
+            return Err((408, "request timed out\n"));
+        }
         match stream.read(&mut chunk) {
             Ok(0) => return Err((400, "request ended early\n")),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -214,11 +292,23 @@ fn read_head(stream: &mut TcpStream) -> Result<RequestLine, (u16, &'static str)>
     }
 }
 
-fn serve(mut stream: TcpStream, obs: &Observability) {
-    let req = match read_head(&mut stream) {
+fn serve(mut stream: TcpStream, obs: &Observability, slot: &Slot, deadline: Instant) {
+    let head = read_head(&mut stream, deadline);
+    slot.reading.store(false, Ordering::SeqCst);
+    // The response has a deadline of its own: a scrape's body is written however long the
+    // head took.
+    let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
+    let req = match head {
         Ok(r) => r,
         Err((code, why)) => {
-            let _ = respond(&mut stream, code, "text/plain", why.as_bytes(), false);
+            let _ = respond(
+                &mut stream,
+                code,
+                "text/plain",
+                why.as_bytes(),
+                false,
+                deadline,
+            );
             return;
         }
     };
@@ -239,7 +329,7 @@ fn serve(mut stream: TcpStream, obs: &Observability) {
         ),
         _ => (404, "text/plain", b"not found\n".to_vec()),
     };
-    if let Err(e) = respond(&mut stream, code, ctype, &body, req.head_only) {
+    if let Err(e) = respond(&mut stream, code, ctype, &body, req.head_only, deadline) {
         log::debug!(
             "admin: writing the response to {:?}: {e}",
             stream.peer_addr().ok()
@@ -261,31 +351,45 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// Writes the response by `deadline` as a whole, then closes lingering.
 fn respond(
     stream: &mut TcpStream,
     code: u16,
     ctype: &str,
     body: &[u8],
     head_only: bool,
+    deadline: Instant,
 ) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(code),
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    if !head_only {
-        stream.write_all(body)?;
+    let mut out: &[u8] = head.as_bytes();
+    let mut parts = [out, if head_only { &[][..] } else { body }];
+    for part in &mut parts {
+        out = part;
+        while !out.is_empty() {
+            if !until(stream, deadline) {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            match stream.write(out) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => out = &out[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
     stream.flush()?;
     // Lingering close: half-close, then read what the client still sends (a rejected
     // request's rest) for a moment, so that closing with unread bytes does not reset the
-    // connection before the client has read the response.
+    // connection before the client has read the response. A moment in all, not per read.
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(ADMIN_LINGER));
+    let linger = Instant::now() + ADMIN_LINGER;
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
-    while drained < ADMIN_LINGER_MAX_BYTES {
+    while drained < ADMIN_LINGER_MAX_BYTES && until(stream, linger) {
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
