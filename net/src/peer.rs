@@ -129,10 +129,20 @@ pub async fn read_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     len: usize,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut body = vec![0u8; len.saturating_sub(1)];
-    r.read_exact(&mut body).await.map_err(eof)?;
+    let n = len.saturating_sub(1);
+    let mut body = Vec::new();
+    while body.len() < n {
+        let at = body.len();
+        body.resize(at + (n - at).min(GROW_BY), 0);
+        r.read_exact(&mut body[at..]).await.map_err(eof)?;
+    }
     Ok(body)
 }
+
+/// How much of a frame's payload is made room for at a time: memory follows the bytes that
+/// arrive, not what a header announces (a 9-byte header saying 32 MiB pinned 32 MiB for as
+/// long as its sender kept the connection open).
+const GROW_BY: usize = 1 << 20;
 
 /// [`read_payload`] into memory taken from `buf` and returned as shared bytes, so a decoder
 /// can keep slices of it (prost's `Bytes` fields) instead of copies. `buf` hands its memory
@@ -144,12 +154,16 @@ pub async fn read_payload_shared<R: AsyncRead + Unpin>(
 ) -> Result<Bytes, FrameError> {
     let n = len.saturating_sub(1);
     buf.clear();
-    // Zeroed once, before the first read (`read_exact` fills initialized memory): handed
-    // uninitialized room instead, a reader below (TLS, or `Socket` for small room) may zero
-    // what it is offered at every read, which for a frame arriving in many pieces is many
-    // times its size.
-    buf.resize(n, 0);
-    r.read_exact(&mut buf[..]).await.map_err(eof)?;
+    // Zeroed once, a piece at a time before it is read (`read_exact` fills initialized
+    // memory): handed uninitialized room instead, a reader below (TLS, or `Socket` for
+    // small room) may zero what it is offered at every read, which for a frame arriving in
+    // many pieces is many times its size. A piece at a time, so that memory follows the
+    // bytes that arrive ([`GROW_BY`]).
+    while buf.len() < n {
+        let at = buf.len();
+        buf.resize(at + (n - at).min(GROW_BY), 0);
+        r.read_exact(&mut buf[at..]).await.map_err(eof)?;
+    }
     Ok(buf.split_to(n).freeze())
 }
 
@@ -441,6 +455,40 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_follows_the_bytes_that_arrive_not_the_length_announced() {
+        futures_lite::future::block_on(async {
+            // A header announcing 32 MiB, then ten bytes and the end.
+            let mut data = vec![0u8; 0];
+            data.extend_from_slice(&(32u32 << 20).to_le_bytes());
+            data.push(kind::GOSSIP_KEY);
+            data.extend_from_slice(&[7; 10]);
+            let mut r = data.as_slice();
+            let (len, _) = read_header(&mut r).await.unwrap().unwrap();
+            let mut buf = BytesMut::new();
+            let got = read_payload_shared(&mut r, len, &mut buf).await;
+            assert!(matches!(got, Err(FrameError::Truncated)), "{got:?}");
+            assert!(buf.capacity() <= 2 * GROW_BY, "{}", buf.capacity());
+            let mut r = &data[LENGTH_BYTES + 1..];
+            assert!(matches!(
+                read_payload(&mut r, len).await,
+                Err(FrameError::Truncated)
+            ));
+            // A payload of several pieces is read whole, and exactly.
+            let payload: Vec<u8> = (0..3 * GROW_BY + 5).map(|i| (i % 251) as u8).collect();
+            let mut framed = Vec::new();
+            put_frame(&mut framed, kind::GOSSIP_KEY, &payload).unwrap();
+            framed.extend_from_slice(b"next");
+            let mut r = framed.as_slice();
+            let (len, _) = read_header(&mut r).await.unwrap().unwrap();
+            let got = read_payload_shared(&mut r, len, &mut buf).await.unwrap();
+            assert_eq!(&got[..], &payload[..]);
+            assert_eq!(r, b"next");
+            let mut r = &framed[LENGTH_BYTES + 1..];
+            assert_eq!(read_payload(&mut r, len).await.unwrap(), payload);
+        });
+    }
 
     #[test]
     fn frames_round_trip_and_bad_frames_are_errors() {
