@@ -81,13 +81,93 @@ fn idle_floods_neither_lock_clients_out_nor_flood_the_log() {
     let log = s.log();
     let lines = log
         .lines()
-        .filter(|l| l.contains("timed out") || l.contains("idle the longest"))
+        .filter(|l| l.contains("timed out") || l.contains("quiet the longest"))
         .count();
     assert!(
         lines <= 8,
         "{lines} log lines for 80 connections of the same kinds:\n{log}"
     );
     produce(&ch, "", 0, "still").expect("still served");
+}
+
+/// A literal header field without indexing, names and values shorter than 127 bytes.
+fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// A HEADERS frame (END_HEADERS, not END_STREAM) opening a unary Produce on `stream`: a
+/// call whose request message never comes.
+fn stalled_call(stream: u32) -> Vec<u8> {
+    let mut block = Vec::new();
+    literal(&mut block, ":method", "POST");
+    literal(&mut block, ":scheme", "http");
+    literal(&mut block, ":path", "/log.v1.Log/Produce");
+    literal(&mut block, ":authority", "proglog");
+    literal(&mut block, "content-type", "application/grpc");
+    literal(&mut block, "te", "trailers");
+    let len = block.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, 1, 0x4];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// Calls that never send their request cannot lock clients out or grow without bound:
+/// 40 connections (over a limit of 2 x 8) each opening 16 calls that send their headers and
+/// nothing more leave a new client served (a connection whose calls all wait for their
+/// client is evicted like an idle one; before, every new client was refused with a reset),
+/// and at most 2 x 64 such calls stay open (those waiting the longest end to make room;
+/// before, 1,024 per connection stayed, 12-42 KiB each).
+#[test]
+fn calls_that_never_send_their_request_neither_lock_clients_out_nor_pile_up() {
+    let s = TestServer::start_with(&["--max-connections-per-shard", "8"]);
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(s.addr).expect("connect");
+            let _ = c.write_all(PREFACE);
+            let _ = c.write_all(&EMPTY_SETTINGS);
+            for i in 0..16 {
+                let _ = c.write_all(&stalled_call(1 + 2 * i));
+            }
+            c
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(20);
+    while gauge_sum(&s, "proglog_rpc_streams_open") < 16.0 {
+        assert!(Instant::now() < until, "the stalled calls never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ch = s.channel();
+    produce(&ch, "", 0, "through the flood").expect("served despite the flood");
+    let open = gauge_sum(&s, "proglog_rpc_streams_open");
+    assert!(
+        open <= 128.0 + 1.0,
+        "{open} calls open over a bound of 2 x 64"
+    );
+    // More stalled calls on connections still open: the bound holds, the client is served.
+    for mut c in flood.iter().take(4) {
+        for i in 16..64 {
+            let _ = c.write_all(&stalled_call(1 + 2 * i));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    produce(&ch, "", 0, "still").expect("still served");
+    let open = gauge_sum(&s, "proglog_rpc_streams_open");
+    assert!(
+        open <= 128.0 + 1.0,
+        "{open} calls open over a bound of 2 x 64"
+    );
+    drop(flood);
+    let log = s.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("quiet the longest") || l.contains("waited the longest"))
+        .count();
+    assert!(lines <= 8, "{lines} lines for the flood:\n{log}");
 }
 
 /// Ten connections opened one after another, each making a call and staying open, are

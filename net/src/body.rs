@@ -32,6 +32,8 @@ pub(crate) struct MessageReader {
     mem: Option<Rc<ConnMemory>>,
     /// What is reserved for the message being assembled.
     held: Lease,
+    /// The server's call this body belongs to, told when it waits for its client.
+    call: Option<Rc<crate::server::registry::CallState>>,
 }
 
 impl MessageReader {
@@ -47,6 +49,18 @@ impl MessageReader {
             failed: false,
             mem,
             held: Lease::none(),
+            call: None,
+        }
+    }
+
+    /// Tells `call` when this body waits for its client to send more (see `registry`).
+    pub(crate) fn tell(&mut self, call: Rc<crate::server::registry::CallState>) {
+        self.call = Some(call);
+    }
+
+    fn waiting(&self, waiting: bool) {
+        if let Some(c) = &self.call {
+            c.set_waiting(waiting);
         }
     }
 
@@ -61,6 +75,8 @@ impl MessageReader {
             return Err(Status::internal("message stream already failed"));
         }
         let r = self.next_inner().await;
+        // A message, the end of the body or a failure: the client is not waited for now.
+        self.waiting(false);
         if r.is_err() {
             self.failed = true;
         }
@@ -91,6 +107,7 @@ impl MessageReader {
                 self.decoder.finish()?;
                 return Ok(None);
             }
+            self.waiting(true);
             match self.recv.data().await {
                 Some(Ok(chunk)) => {
                     // The bytes now live in the decoder, which is bounded by

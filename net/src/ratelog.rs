@@ -72,9 +72,17 @@ thread_local! {
 /// and a kind's lines as [`admit`] allows. Kinds held back because the group's lines are
 /// spent are not remembered (a client varying them fills no table) and are counted with the
 /// group; the next line of the group says how many were held back, its own kind's included.
-pub fn admit_in_group(group: &str, per_window: u32, kind: &str, now: Instant) -> Option<u64> {
+/// Without a kind, only the group's bound applies (lines that differ only by what no kind
+/// names, such as each slow call).
+pub fn admit_in_group(
+    group: &str,
+    per_window: u32,
+    kind: Option<&str>,
+    now: Instant,
+) -> Option<u64> {
     let held_for_kind = KINDS.with(|k| {
         let mut kinds = k.borrow_mut();
+        let Some(kind) = kind else { return Some(0) };
         match kinds.get_mut(kind) {
             Some(state)
                 if state
@@ -116,6 +124,9 @@ pub fn admit_in_group(group: &str, per_window: u32, kind: &str, now: Instant) ->
             }
         });
         return None;
+    };
+    let Some(kind) = kind else {
+        return Some(held_for_group);
     };
     KINDS.with(|k| {
         let mut kinds = k.borrow_mut();
@@ -176,19 +187,22 @@ mod tests {
         let g = "test-group";
         // Two kinds of the group pass, then it is spent: new kinds are held back (and not
         // remembered), and so is a kind already written.
-        assert_eq!(admit_in_group(g, 2, "a", t0), Some(0));
-        assert_eq!(admit_in_group(g, 2, "b", t0), Some(0));
+        assert_eq!(admit_in_group(g, 2, Some("a"), t0), Some(0));
+        assert_eq!(admit_in_group(g, 2, Some("b"), t0), Some(0));
         for i in 0..100 {
-            assert_eq!(admit_in_group(g, 2, &format!("c{i}"), t0), None);
+            assert_eq!(admit_in_group(g, 2, Some(&format!("c{i}")), t0), None);
         }
-        assert_eq!(admit_in_group(g, 2, "a", t0), None);
+        assert_eq!(admit_in_group(g, 2, Some("a"), t0), None);
         KINDS.with(|k| assert!(!k.borrow().contains_key("c7")));
         // Another group is independent (its kinds carry its name, as callers' do).
-        assert_eq!(admit_in_group("other-group", 2, "other a", t0), Some(0));
+        assert_eq!(
+            admit_in_group("other-group", 2, Some("other a"), t0),
+            Some(0)
+        );
         // Next window: the first line says how many were held back, "a"'s own included.
-        assert_eq!(admit_in_group(g, 2, "a", t0 + WINDOW), Some(101));
-        assert_eq!(admit_in_group(g, 2, "d", t0 + WINDOW), Some(0));
-        assert_eq!(admit_in_group(g, 2, "e", t0 + WINDOW), None);
-        assert_eq!(admit_in_group(g, 2, "e", t0 + WINDOW * 2), Some(1));
+        assert_eq!(admit_in_group(g, 2, Some("a"), t0 + WINDOW), Some(101));
+        assert_eq!(admit_in_group(g, 2, Some("d"), t0 + WINDOW), Some(0));
+        assert_eq!(admit_in_group(g, 2, Some("e"), t0 + WINDOW), None);
+        assert_eq!(admit_in_group(g, 2, Some("e"), t0 + WINDOW * 2), Some(1));
     }
 }

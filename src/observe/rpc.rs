@@ -294,10 +294,13 @@ impl CallObserver for ShardObserver {
                 "{group} {}",
                 status.message.chars().take(96).collect::<String>()
             );
+            // A slow call's line tells of that call (its breakdown): each may show, within
+            // the group's bound.
+            let kind = (!is_slow).then_some(kind.as_str());
             match net::ratelog::admit_in_group(
                 &group,
                 LINES_PER_METHOD_AND_CODE,
-                &kind,
+                kind,
                 std::time::Instant::now(),
             ) {
                 None => return,

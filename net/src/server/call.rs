@@ -170,7 +170,7 @@ pub(crate) async fn serve_call(
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     conn: Rc<ConnShared>,
-    _running: StreamGuard,
+    running: StreamGuard,
 ) {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
@@ -195,7 +195,7 @@ pub(crate) async fn serve_call(
         out: Out::Headers(respond),
     });
     let Some(observer) = conn.observer.clone() else {
-        let status = run_counted(req, &out, &conn, &path).await;
+        let status = run_counted(req, &out, &conn, &path, &running).await;
         out.borrow_mut().finish(&status);
         log::debug!(
             "{path} from {:?}: {} in {:?}",
@@ -215,7 +215,7 @@ pub(crate) async fn serve_call(
     // line written on its behalf carries its trace id.
     observe::scoped(call.clone(), async {
         observer.call_started(&call);
-        let status = run_counted(req, &out, &conn, &path).await;
+        let status = run_counted(req, &out, &conn, &path, &running).await;
         out.borrow_mut().finish(&status);
         observer.call_finished(&call, &status);
     })
@@ -228,8 +228,9 @@ async fn run_counted(
     out: &RefCell<Responder>,
     conn: &ConnShared,
     path: &str,
+    running: &StreamGuard,
 ) -> Status {
-    match run(req, out, conn, path).await {
+    match run(req, out, conn, path, running).await {
         Ok(()) => Status::ok(),
         Err(status) => {
             if out.borrow_mut().was_reset_by_client() {
@@ -248,6 +249,7 @@ async fn run(
     out: &RefCell<Responder>,
     conn: &ConnShared,
     path: &str,
+    running: &StreamGuard,
 ) -> Result<(), Status> {
     if let Some(st) = &conn.refuse {
         return Err(st.clone());
@@ -278,7 +280,9 @@ async fn run(
 
     let (parts, body) = req.into_parts();
     let cfg = &conn.config;
-    let reader = MessageReader::new(body, cfg.max_recv_message_bytes, Some(conn.memory.clone()));
+    let mut reader =
+        MessageReader::new(body, cfg.max_recv_message_bytes, Some(conn.memory.clone()));
+    reader.tell(running.call().clone());
     let request = Request {
         path: path.to_owned(),
         metadata: parts.headers,
@@ -291,6 +295,15 @@ async fn run(
 
     let main = dispatch(route, request, out, conn);
     let reset = poll_fn(|cx| out.borrow_mut().poll_reset(cx).map(Err));
+    // Ended by the registry to make room for another call, while it waited for its client.
+    let ended = async {
+        let waited = running.call().ended().await;
+        Err(Status::resource_exhausted(format!(
+            "call ended to make room: it had waited {waited:?} for its client to send a message \
+             while this server core had its bound of calls open"
+        )))
+    };
+    let main = futures_lite::future::or(ended, main);
     // The reset first: once the client is gone, a handler woken at the same moment (say by
     // memory returned by calls that just ended) must not start another read.
     match with_deadline(deadline, futures_lite::future::or(reset, main)).await {

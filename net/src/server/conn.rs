@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::serve_call;
 use super::metered::MeteredIo;
-use super::registry::ConnState;
+use super::registry::{CallAdmit, ConnState, Registry};
 use super::router::Router;
 use super::{unless_evicted, ServerConfig};
 use crate::conn_log;
@@ -48,6 +48,8 @@ pub(crate) struct ConnShared {
     pub(crate) observer: Option<Rc<dyn crate::observe::CallObserver>>,
     /// Calls running, idleness, eviction and client resets (see `registry`).
     pub(crate) state: Rc<ConnState>,
+    /// The executor's registry, which bounds its calls.
+    pub(crate) calls: Rc<Registry>,
     /// The connection's share of the memory budget; dropped (returning everything) with
     /// the connection's last call.
     pub(crate) memory: Rc<ConnMemory>,
@@ -163,7 +165,31 @@ where
                         conn.graceful_shutdown();
                     }
                     // Counted from here, so the connection is busy before the task first runs.
-                    let running = shared.state.stream_started();
+                    let running = match shared.calls.start_call(&shared.state) {
+                        CallAdmit::Yes(running, ended) => {
+                            if let Some(waited) = ended {
+                                conn_log!(
+                                    log::Level::Warn,
+                                    "call-ended-for-room",
+                                    "{} calls open on this shard (the bound): ending the one that waited the longest ({waited:?}) for its client to send a message, for a call from {peer:?}",
+                                    shared.calls.calls()
+                                );
+                            }
+                            running
+                        }
+                        CallAdmit::Full => {
+                            conn_log!(
+                                log::Level::Warn,
+                                "call-refused",
+                                "refusing a call from {peer:?}: {} calls open on this shard (the bound), the server working on all of them",
+                                shared.calls.calls()
+                            );
+                            // Not processed: a client may send it again.
+                            let mut respond = respond;
+                            respond.send_reset(Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                    };
                     let shared = shared.clone();
                     glommio::spawn_local(serve_call(req, respond, shared, running)).detach();
                 }

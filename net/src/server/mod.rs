@@ -32,7 +32,7 @@ mod balance;
 mod call;
 mod conn;
 pub(crate) mod metered;
-mod registry;
+pub(crate) mod registry;
 mod router;
 pub mod transport;
 
@@ -145,6 +145,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// Calls open at once on one executor's connections: twice its connections, so that at the
+/// connection limit every client may still run a couple of calls (a tail and a producer),
+/// while streams that never send a message cannot grow without bound (1,024 on each of
+/// thousands of connections): see `registry`.
+fn max_calls_per_shard(cfg: &ServerConfig) -> usize {
+    cfg.max_connections_per_shard.saturating_mul(2).max(64)
+}
+
 /// A server bound to the current executor. Build one per executor: the
 /// router's handlers are `!Send`.
 #[derive(Clone)]
@@ -155,16 +163,25 @@ pub struct Server {
     observer: Option<Rc<dyn CallObserver>>,
     /// The balancer shared with the other executors, and this executor's number in it.
     balance: Option<(Arc<Balancer>, usize)>,
+    /// Refused connections being closed with a FIN (see [`REFUSED_LINGERING`]).
+    lingering: Rc<Cell<usize>>,
 }
+
+/// Refused connections closed gracefully at once per executor (drained for a moment so that
+/// the client sees a close, not a reset); past it a refused connection is dropped, so that a
+/// flood cannot hold descriptors in lingering closes.
+const REFUSED_LINGERING: usize = 64;
 
 impl Server {
     pub fn new(config: ServerConfig, router: Router) -> Server {
+        let max_calls = max_calls_per_shard(&config);
         Server {
             config: Rc::new(config),
             router: Rc::new(router),
-            connections: Rc::new(Registry::default()),
+            connections: Rc::new(Registry::new(max_calls)),
             observer: None,
             balance: None,
+            lingering: Rc::new(Cell::new(0)),
         }
     }
 
@@ -312,7 +329,7 @@ impl Server {
                     conn_log!(
                         log::Level::Info,
                         "conn-evicted",
-                        "{limit} connections open on this shard: closing the one idle the longest ({idle:?}) to accept {peer:?}"
+                        "{limit} connections open on this shard: closing the one quiet the longest ({idle:?}: idle, or its calls waiting for their client) to accept {peer:?}"
                     );
                 }
                 slot
@@ -321,9 +338,20 @@ impl Server {
                 conn_log!(
                     log::Level::Warn,
                     "conn-refused",
-                    "refusing connection from {peer:?}: {limit} connections open on this shard, all running calls"
+                    "refusing connection from {peer:?}: {limit} connections open on this shard, all running calls the server works on"
                 );
-                drop(stream);
+                // With a FIN, not a reset, while few are being closed so.
+                if self.lingering.get() < REFUSED_LINGERING {
+                    let lingering = self.lingering.clone();
+                    lingering.set(lingering.get() + 1);
+                    let closing = async move {
+                        transport::close_gracefully(stream).await;
+                        lingering.set(lingering.get() - 1);
+                    };
+                    if gate.spawn(closing).is_err() {
+                        self.lingering.set(self.lingering.get() - 1);
+                    }
+                }
                 return Ok(());
             }
         };
@@ -380,6 +408,7 @@ impl Server {
             draining: Rc::new(Cell::new(false)),
             observer: self.observer.clone(),
             state: state.clone(),
+            calls: self.connections.clone(),
             memory: ConnMemory::new(
                 self.config.memory.clone(),
                 self.config.connection_memory_bytes,
