@@ -28,12 +28,22 @@ use tokio::io::ReadBuf;
 /// system call, and a small call (a unary request's frames) arrives whole in it.
 pub const ZEROED_READ_BYTES: usize = 16 * 1024;
 
+/// Bytes read without a break (every read finding bytes) before a read yields: it wakes its
+/// task and says Pending, so that the executor runs its other tasks before this connection
+/// goes on. h2 reads and handles frames for as long as bytes are there, and a client sending
+/// control frames back to back (SETTINGS, PING, unknown types: millions a second, each
+/// handled in nanoseconds) kept its connection's task running, and every other connection of
+/// the shard waiting, for seconds (a produce took 17 s).
+pub const READ_BUDGET_BYTES: usize = 64 * 1024;
+
 /// A glommio TCP stream for tokio's I/O traits; see the module documentation.
 pub struct Socket {
     inner: TcpStream,
     /// The last read took fewer bytes than it had room for: the socket is likely empty, and
     /// the next read goes to glommio.
     drained: bool,
+    /// Bytes read since a read last found nothing or yielded ([`READ_BUDGET_BYTES`]).
+    unbroken: usize,
     /// Tests: every how many reads skips the direct `recv` (0: none), so that glommio's path
     /// is taken with large room and bytes waiting.
     #[cfg(test)]
@@ -47,6 +57,7 @@ impl Socket {
         Socket {
             inner,
             drained: false,
+            unbroken: 0,
             #[cfg(test)]
             glommio_every: 0,
             #[cfg(test)]
@@ -110,8 +121,15 @@ impl tokio::io::AsyncRead for Socket {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        if this.unbroken >= READ_BUDGET_BYTES {
+            this.unbroken = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
         if buf.remaining() > ZEROED_READ_BYTES && !this.drained && !this.skip_direct() {
             if let Some(done) = this.recv_now(buf) {
+                this.unbroken += buf.filled().len() - before;
                 return Poll::Ready(done);
             }
         }
@@ -121,12 +139,14 @@ impl tokio::io::AsyncRead for Socket {
             Poll::Ready(Ok(n)) => {
                 buf.advance(n);
                 this.drained = n < want;
+                this.unbroken += n;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 // Woken when bytes arrive: read them directly.
                 this.drained = false;
+                this.unbroken = 0;
                 Poll::Pending
             }
         }
@@ -155,6 +175,63 @@ impl tokio::io::AsyncWrite for Socket {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection whose bytes never run out yields after [`READ_BUDGET_BYTES`]: its read
+    /// says Pending once, having woken its task, and then reads on.
+    #[test]
+    fn reads_that_always_find_bytes_yield_now_and_then() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let ex = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let mut out = Socket::new(TcpStream::connect(addr).await.expect("connect"));
+                let mut conn = Socket::new(listener.accept().await.expect("accept"));
+                let flood = vec![7u8; 4 * READ_BUDGET_BYTES];
+                out.write_all(&flood).await.expect("write");
+                // Everything has arrived before the reads begin.
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                let count = Arc::new(Count(AtomicUsize::new(0)));
+                let waker = std::task::Waker::from(count.clone());
+                let mut cx = Context::from_waker(&waker);
+                let mut read = 0usize;
+                let mut since_yield = 0usize;
+                let mut yields = 0;
+                while read < flood.len() {
+                    let mut room = [0u8; 4096];
+                    let mut buf = ReadBuf::new(&mut room);
+                    match tokio::io::AsyncRead::poll_read(Pin::new(&mut conn), &mut cx, &mut buf) {
+                        Poll::Ready(r) => {
+                            r.expect("read");
+                            read += buf.filled().len();
+                            since_yield += buf.filled().len();
+                            assert!(since_yield <= READ_BUDGET_BYTES + 4096, "{since_yield}");
+                        }
+                        Poll::Pending => {
+                            since_yield = 0;
+                            if count.0.load(Ordering::SeqCst) > yields {
+                                // Woken at once to go on: a yield.
+                                yields += 1;
+                            } else {
+                                // The socket ran dry for a moment (the rest was still in
+                                // the sender's buffer): glommio wakes the task later.
+                                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                }
+                assert!(yields >= 1, "{yields} yields over {read} bytes");
+            })
+            .expect("executor");
+        ex.join().expect("join");
+    }
 
     /// Bytes sent in pieces of every size, with pauses, arrive whole and in order into large
     /// and small room that was never initialized, the end of the stream reading as 0 bytes:
