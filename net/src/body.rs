@@ -83,9 +83,21 @@ impl MessageReader {
         r
     }
 
+    /// A framing error the peer made: on the server the request is malformed
+    /// (INVALID_ARGUMENT), which the client caused, not the server (INTERNAL, which asks an
+    /// operator to look); a client reading a response keeps INTERNAL.
+    fn malformed(&self, st: Status) -> Status {
+        if self.call.is_some() && st.code == crate::Code::Internal {
+            Status::invalid_argument(st.message)
+        } else {
+            st
+        }
+    }
+
     async fn next_inner(&mut self) -> Result<Option<(Bytes, Lease)>, Status> {
         loop {
-            if let Some(m) = self.decoder.next_message()? {
+            let next = self.decoder.next_message().map_err(|e| self.malformed(e))?;
+            if let Some(m) = next {
                 let framed = m.len() + crate::codec::HEADER_LEN;
                 let mut lease = self.held.split(framed);
                 // A message that arrived whole in one chunk was never pending: its bytes
@@ -104,7 +116,7 @@ impl MessageReader {
                 self.decoder.reserve_pending();
             }
             if self.eos {
-                self.decoder.finish()?;
+                self.decoder.finish().map_err(|e| self.malformed(e))?;
                 return Ok(None);
             }
             self.waiting(true);

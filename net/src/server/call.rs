@@ -268,7 +268,11 @@ async fn run(
         None => None,
         Some(v) => match parse_timeout(v.as_bytes()) {
             Some(d) => Some(Instant::now() + d),
-            None => return Err(Status::internal(format!("malformed grpc-timeout: {v:?}"))),
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed grpc-timeout: {v:?}"
+                )))
+            }
         },
     };
     let route = conn
@@ -329,10 +333,10 @@ async fn read_one(reader: &mut MessageReader) -> Result<(Bytes, Lease), Status> 
     let (first, lease) = reader
         .next_leased()
         .await?
-        .ok_or_else(|| Status::internal("missing request message"))?;
+        .ok_or_else(|| Status::invalid_argument("missing request message"))?;
     observe::with_current(|c| c.received(first.len() + crate::codec::HEADER_LEN));
     if reader.next().await?.is_some() {
-        return Err(Status::internal(
+        return Err(Status::invalid_argument(
             "expected exactly one request message, got more",
         ));
     }
