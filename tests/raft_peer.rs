@@ -55,3 +55,42 @@ fn the_peer_channel_routes_raft_and_refuses_strangers() {
     );
     assert!(s.is_running());
 }
+
+/// A join request (kind 0x21) for a node gossip does not list is refused (after waiting a few
+/// seconds for gossip to see it), and registers nothing: a stranger sending them registered
+/// thousands of nodes that never ran, until the answer listing them outgrew its frame and no
+/// real node could join.
+#[test]
+fn a_join_for_a_node_gossip_does_not_list_registers_nothing() {
+    let bind = format!("127.0.0.1:{}", free_port());
+    let mut s = TestServer::start_with(&["--bind-addr", &bind, "--bootstrap"]);
+    for i in 0..3 {
+        let req = serde_json::json!({
+            "cluster_id": null,
+            "node": {
+                "member": format!("00000000-0000-4000-8000-{i:012}"),
+                "name": format!("stranger{i}"),
+                "rpc_addr": "127.0.0.9:1",
+                "gossip_addr": "127.0.0.9:2",
+                "shards": 64,
+            }
+        })
+        .to_string();
+        let mut frame = vec![0x01];
+        frame.extend_from_slice(&(req.len() as u32 + 1).to_le_bytes());
+        frame.push(0x21);
+        frame.extend_from_slice(req.as_bytes());
+        let answer = send_and_read(&s, &frame);
+        let text = String::from_utf8_lossy(answer.get(5..).unwrap_or_default());
+        assert!(
+            text.contains("refused") && text.contains("not seen live through gossip"),
+            "{text}"
+        );
+    }
+    let (ok, out, err) = run_cli(s.addr, &["cluster", "describe", "--json"], None);
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let nodes = d["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1, "{out}");
+    assert!(s.is_running());
+}

@@ -473,6 +473,10 @@ fn join_cluster(
                         break;
                     }
                 }
+                // Gossip there has not seen this node yet: it will.
+                Ok(JoinAnswer::Refused { reason }) if reason.contains(join::NOT_SEEN_YET) => {
+                    last_error = format!("{addr}: {reason}");
+                }
                 Ok(JoinAnswer::Refused { reason }) => {
                     return Err(
                         Refused(format!("joining through {addr} was refused: {reason}")).into(),

@@ -25,6 +25,10 @@ pub const JOIN_ANSWER: u8 = 0x22;
 pub const MAX_JOIN_FRAME: usize = 64 << 10;
 /// Bound on one exchange, either side.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a member waits for gossip to list a node that asks to join.
+pub const GOSSIP_SEEN_WAIT: Duration = Duration::from_secs(5);
+/// What a refusal says of a node gossip does not list yet: the node asks again.
+pub const NOT_SEEN_YET: &str = "is not seen live through gossip here yet";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -106,8 +110,25 @@ impl JoinService {
         let removed = known
             .and_then(|id| s.nodes.get(&id))
             .is_some_and(|n| n.removed);
+        let mut live = node.live_members();
         if let Some(id) = known.filter(|_| unchanged && !removed) {
-            return Ok(joined(&s, id));
+            return Ok(joined(&s, id, &live));
+        }
+        // Registered only once gossip lists it: a node joins gossip first (its
+        // --start-join-addrs), so a real one is seen within a gossip round or two, while a
+        // stranger sending join requests registered thousands of nodes that never ran (and
+        // the answer, listing them all, outgrew its frame: no node could join any more).
+        let waiting_until = std::time::Instant::now() + GOSSIP_SEEN_WAIT;
+        while !live.contains(&req.node.member) {
+            if std::time::Instant::now() >= waiting_until {
+                return Err(format!(
+                    "node {} ({}) {NOT_SEEN_YET}: it joins gossip first (--start-join-addrs), \
+                     then asks again",
+                    req.node.name, req.node.member
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            live = node.live_members();
         }
         if !node.is_controller_leader() {
             let leader = node.controller().map(|v| v.leader).unwrap_or(0);
@@ -128,20 +149,25 @@ impl JoinService {
                     req.node.name,
                     req.node.member
                 );
-                Ok(joined(&s, id))
+                Ok(joined(&s, id, &live))
             }
             None => Err("registration did not apply".into()),
         }
     }
 }
 
-fn joined(s: &super::state::ClusterState, id: u64) -> JoinAnswer {
+/// The answer for node `id`: with the addresses of the registered nodes gossip lists live
+/// (`live`, membership ids) and its own, which is what it needs to reach and accept the
+/// members now; the others reach it with the controller's state. The answer stays small
+/// whatever the registry holds (it must fit [`MAX_JOIN_FRAME`]).
+fn joined(s: &super::state::ClusterState, id: u64, live: &[String]) -> JoinAnswer {
     JoinAnswer::Joined {
         cluster_id: s.cluster_id.clone(),
         node_id: id,
         nodes: s
             .nodes
             .iter()
+            .filter(|(i, n)| **i == id || (!n.removed && live.contains(&n.member)))
             .map(|(i, n)| (*i, n.rpc_addr.clone()))
             .collect(),
     }
