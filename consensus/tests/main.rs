@@ -16,6 +16,7 @@ mod raft_disk_full;
 mod raft_disk_full_reopen;
 mod raft_engine;
 mod raft_forward;
+mod raft_progress;
 mod raft_seam;
 mod raft_sim;
 mod raft_snapshot;

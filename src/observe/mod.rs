@@ -400,7 +400,7 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
     e.single(
         "proglog_raft_follower_lag_max",
         Kind::Gauge,
-        "The largest lag (commit index minus matched index) of a replica of a group led here.",
+        "The largest lag (commit index minus matched index) of a replica of a group led here whose matched index is known (it has answered this leader).",
         max_lag as f64,
     );
     let live = c.live_nodes(&s);

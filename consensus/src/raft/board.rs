@@ -26,7 +26,8 @@ pub struct GroupView {
     pub last_index: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
-    /// On the leader: each replica's matched index; empty elsewhere.
+    /// On the leader: each replica's matched index, for the replicas whose progress it
+    /// knows (not one it has not heard from since it became leader); empty elsewhere.
     pub matched: Vec<(u64, u64)>,
     /// On the leader: the commit index each replica last reported (raft-rs's
     /// `Progress::committed_index`, from its answers); empty elsewhere.

@@ -682,6 +682,12 @@ impl<S: LogStore> GroupSet<S> {
     /// A group's configuration and, on its leader, how far each replica has replicated and
     /// the commit index it last reported: (voters, learners, [(node, matched index)],
     /// [(node, commit index)]).
+    ///
+    /// A replica whose progress the leader does not know is left out of the matched
+    /// indexes: raft-rs resets every follower's progress to probing with matched index 0
+    /// when a node becomes leader, and it stays so until that follower answers (never, while
+    /// it is down or paused). Reporting that 0 made the follower look as far behind as the
+    /// whole log after every leader change.
     pub fn membership(&self, id: u64) -> Option<GroupMembers> {
         let g = self.groups.get(&id)?;
         let r = &g.node.raft;
@@ -691,7 +697,15 @@ impl<S: LogStore> GroupSet<S> {
         let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
         let (matched, committed) = if r.state == StateRole::Leader && g.failed.is_none() {
-            let mut m: Vec<(u64, u64)> = r.prs().iter().map(|(&n, p)| (n, p.matched)).collect();
+            let known = |n: u64, p: &raft::Progress| {
+                n == r.id || p.matched > 0 || p.state != raft::ProgressState::Probe
+            };
+            let mut m: Vec<(u64, u64)> = r
+                .prs()
+                .iter()
+                .filter(|&(&n, p)| known(n, p))
+                .map(|(&n, p)| (n, p.matched))
+                .collect();
             m.sort_unstable();
             let mut c: Vec<(u64, u64)> = r
                 .prs()
