@@ -528,6 +528,20 @@ fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
         "{}",
         e.message
     );
+    // The refusal comes before anything is written: `proglog produce` says the records
+    // were not stored, on a stream and in a batch, rather than calling their outcome unknown.
+    for args in [
+        &["produce", "after the damage"][..],
+        &["produce", "--batch", "2", "after", "the damage"][..],
+    ] {
+        let (ok, _, err) = s.cli(args, None);
+        assert!(
+            !ok && err.contains("DATA_LOSS")
+                && err.contains("were not stored")
+                && !err.contains("unknown outcome"),
+            "{args:?}: {err}"
+        );
+    }
     let kept: Vec<_> = std::fs::read_dir(&dir)
         .expect("list")
         .filter_map(|e| e.ok().map(|e| e.path()))

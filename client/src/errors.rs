@@ -95,7 +95,9 @@ pub fn produce_retryable(status: &Status) -> bool {
 /// Whether a node refused a produce outright: the record was not stored, and on a stream,
 /// neither was anything sent after it (the server ends the stream at its first refused
 /// request). Other failures (a lost connection, a timeout, `OUTCOME_UNKNOWN`) leave what was
-/// in flight in doubt.
+/// in flight in doubt. `DATA_LOSS` is a refusal: an append gets it only from a partition
+/// whose log is marked lost or whose replica stopped on damaged data, before anything is
+/// proposed (an append in flight when a replica stops gets `OUTCOME_UNKNOWN`).
 pub fn produce_refused(status: &Status) -> bool {
     matches!(
         status.code,
@@ -104,5 +106,6 @@ pub fn produce_refused(status: &Status) -> bool {
             | Code::PermissionDenied
             | Code::Unauthenticated
             | Code::ResourceExhausted
+            | Code::DataLoss
     )
 }

@@ -96,6 +96,7 @@ const REFUSED = new Set([
   grpc.status.PERMISSION_DENIED,
   grpc.status.UNAUTHENTICATED,
   grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.DATA_LOSS,
 ]);
 
 function produceStream(client, values, { topic = '', window = 256 } = {}) {
