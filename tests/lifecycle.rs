@@ -542,6 +542,18 @@ fn damage_in_the_active_segment_marks_the_log_lost_and_keeps_what_was_cut() {
             "{args:?}: {err}"
         );
     }
+    // Described as taking no writes, not as writable.
+    let (ok, out, err) = s.cli(&["topics", "describe", "default"], None);
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("0\t"))
+        .unwrap_or_else(|| panic!("no row for partition 0: {out}"));
+    assert!(row.ends_with("\tlost"), "{out}");
+    let (ok, out, err) = s.cli(&["topics", "describe", "default", "--json"], None);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["partition_stats"][0]["write_state"], "lost", "{out}");
     let kept: Vec<_> = std::fs::read_dir(&dir)
         .expect("list")
         .filter_map(|e| e.ok().map(|e| e.path()))

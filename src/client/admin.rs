@@ -256,6 +256,7 @@ fn write_state_text(state: i32) -> &'static str {
         Ok(pb::PartitionWriteState::Writable) => "writable",
         Ok(pb::PartitionWriteState::DiskFull) => "disk-full",
         Ok(pb::PartitionWriteState::Latched) => "latched",
+        Ok(pb::PartitionWriteState::Lost) => "lost",
         Err(_) => "unknown",
     }
 }

@@ -1210,6 +1210,7 @@ impl Replicator for ShardRaft {
             is_leader: s.role == StateRole::Leader,
             commit_index: s.commit,
             applied_index: s.applied,
+            lost: s.lost,
         })
     }
 

@@ -589,6 +589,7 @@ impl Partitions for RaftPartitions {
                         free_bytes: s.free_bytes,
                     },
                     2 => engine::seam::Writability::Latched { cause: s.cause },
+                    3 => engine::seam::Writability::Lost,
                     _ => engine::seam::Writability::Writable,
                 },
                 waiters: 0,

@@ -146,6 +146,10 @@ pub enum Writability {
     Latched {
         cause: String,
     },
+    /// This replica's log is marked lost (records it held were deleted or cut while the
+    /// server was down): its group stays stopped and takes no writes here (appends get
+    /// `DataLoss`, or go to the partition's other replicas) until an operator acts.
+    Lost,
 }
 
 /// Where a partition stands.

@@ -88,13 +88,19 @@ pub(crate) async fn read_barrier(ctx: &ShardCtx, id: &PartitionId) -> Result<u64
 
 pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionReport> {
     let (log, waiters) = ctx.owned(id)?;
+    let replica = ctx.replicator().and_then(|r| r.status(id));
+    // A lost log refuses nothing itself: its replication group, stopped, refuses appends.
+    let writable = match &replica {
+        Some(r) if r.lost => Writability::Lost,
+        _ => log.writability(),
+    };
     Ok(PartitionReport {
         stats: log.stats(),
         visible_end: log.visible_end(),
-        writable: log.writability(),
+        writable,
         waiters: waiters.get(),
         shard: ctx.index,
-        replica: ctx.replicator().and_then(|r| r.status(id)),
+        replica,
     })
 }
 

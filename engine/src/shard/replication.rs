@@ -43,6 +43,8 @@ pub struct ReplicaStatus {
     pub is_leader: bool,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// This replica's log is marked lost: it stays stopped and takes no writes.
+    pub lost: bool,
 }
 
 /// The replication layer of one shard. Futures stay on the shard's executor.

@@ -87,6 +87,7 @@ fn write_state(w: &Writability) -> PartitionWriteState {
         Writability::Writable => PartitionWriteState::Writable,
         Writability::DiskFull { .. } => PartitionWriteState::DiskFull,
         Writability::Latched { .. } => PartitionWriteState::Latched,
+        Writability::Lost => PartitionWriteState::Lost,
     }
 }
 
