@@ -680,6 +680,44 @@ fn a_node_removed_while_it_leads_a_partition_hands_the_partition_over() {
         "{}",
         c.nodes[victim].log()
     );
+    // Asked directly (a client pinned to it, a load balancer not yet told), it refuses
+    // produces and reads at once, saying it was removed: UNAVAILABLE without the NO_LEADER
+    // reason, which would have a client retry there for ever (it waited 2 s for a leader of
+    // a group it no longer follows, then 5 s for a read index). Its log says so once.
+    let first = acked.keys().next().copied().unwrap_or(0);
+    for what in ["produce", "consume"] {
+        let started = std::time::Instant::now();
+        let r = match what {
+            "produce" => produce_to(&c.nodes[victim], "held", part, b"on the removed node").err(),
+            _ => consume_from(&c.nodes[victim], "held", part, first).err(),
+        };
+        let e = r.unwrap_or_else(|| panic!("a {what} on the removed node was served"));
+        assert_eq!(e.code, net::Code::Unavailable, "{what}: {e:?}");
+        assert!(
+            e.message.contains("was removed from the cluster") && e.message.contains("restart it"),
+            "{what}: {e:?}"
+        );
+        assert!(
+            proglog_client::errors::cluster_error(&e).is_none(),
+            "{what}: no NO_LEADER/NOT_LEADER reason: {e:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: refused after {:?}",
+            started.elapsed()
+        );
+    }
+    let log = c.nodes[victim].log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| {
+                l.contains("WARN  consensus::cluster:")
+                    && l.contains("was removed from the cluster")
+            })
+            .count(),
+        1,
+        "{log}"
+    );
 
     // It takes writes on its new leader, and nothing acknowledged before went missing.
     let mut r = Err(Status::unavailable(""));

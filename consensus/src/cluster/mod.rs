@@ -222,6 +222,15 @@ pub struct ClusterStats {
     pub membership_questions_refused: std::sync::atomic::AtomicU64,
 }
 
+/// What a node removed from the cluster says of itself (`/readyz`, gRPC health, the calls it
+/// refuses, its log).
+pub fn removed_message(id: u64) -> String {
+    format!(
+        "this node (node {id}) was removed from the cluster (`proglog cluster remove`, or not \
+         up for --dead-node-timeout); restart it to register again"
+    )
+}
+
 /// This node in its cluster: the controller's state as applied here, and the way to change
 /// it.
 pub struct ClusterNode {
@@ -236,6 +245,11 @@ pub struct ClusterNode {
     /// reports that replica stopped only after it: a registration proposed later would
     /// withdraw the mark before the replica was started afresh.
     pub registered: AtomicBool,
+    /// This run saw its node in the registry, not removed (registered, or as it was).
+    seen_active: AtomicBool,
+    /// The controller removed this node after this run saw it active: it serves no client
+    /// until it restarts (and registers again). See [`ClusterNode::removed_while_running`].
+    removed_running: AtomicBool,
     pub peers: Peers,
     /// Peer TLS is on: names of peers are checked against their certificates.
     pub peer_tls: bool,
@@ -294,6 +308,8 @@ impl ClusterNode {
             me: OnceLock::new(),
             bootstrapper: AtomicBool::new(false),
             registered: AtomicBool::new(false),
+            seen_active: AtomicBool::new(false),
+            removed_running: AtomicBool::new(false),
             peer_tls: peers.tls.is_some(),
             peers,
             state: RwLock::new(ClusterState::default()),
@@ -558,7 +574,43 @@ impl ClusterNode {
         // book would flip back to the dead address at every command applied, and the
         // transport would reconnect there each time.
         self.refresh_addresses(&self.state());
+        self.note_removal();
         self.changed.notify(usize::MAX);
+    }
+
+    /// Notes whether the controller removed this node while it runs, logging it once when it
+    /// learns it. A removal read from the log at start (the node was removed while it was
+    /// down) does not count: the node registers again at start.
+    fn note_removal(&self) {
+        let me = self.id();
+        let removed = match self.state.read() {
+            Ok(s) => s.nodes.get(&me).map(|n| n.removed),
+            Err(_) => return,
+        };
+        match removed {
+            Some(false) => {
+                self.seen_active.store(true, Ordering::Relaxed);
+                self.removed_running.store(false, Ordering::Relaxed);
+            }
+            Some(true)
+                if self.seen_active.load(Ordering::Relaxed)
+                    && !self.removed_running.swap(true, Ordering::Relaxed) =>
+            {
+                log::warn!(
+                    "{}; until then it refuses produces and reads (UNAVAILABLE)",
+                    removed_message(me)
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// True once the controller removed this node (`proglog cluster remove`, or down longer
+    /// than `--dead-node-timeout`) while it runs: its replicas are placed elsewhere and it no
+    /// longer follows the groups it held, so it refuses appends and reads until it restarts
+    /// and registers again.
+    pub fn removed_while_running(&self) -> bool {
+        self.removed_running.load(Ordering::Relaxed)
     }
 
     /// The controller log's committed entries from `first_index` to `last_index` are replayed

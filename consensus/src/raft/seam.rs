@@ -173,12 +173,8 @@ pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
     caught_up(c)?;
     let s = c.state();
     if s.nodes.get(&c.id()).is_some_and(|n| n.removed) {
-        // It serves on from what it holds, but placement no longer counts it.
-        return Err(format!(
-            "this node (node {}) was removed from the cluster (`proglog cluster remove`, or \
-             not up for --dead-node-timeout); restart it to register again",
-            c.id()
-        ));
+        // Placement no longer counts it.
+        return Err(crate::cluster::removed_message(c.id()));
     }
     if let Some(engine) = c.engine() {
         for (name, placed) in c.placed_here(&s) {
@@ -251,6 +247,21 @@ impl RaftPartitions {
                 leader_addr: c.rpc_addr_of(n),
             },
             None => engine::seam::Error::NoLeader(partition_name(topic, partition)),
+        }
+    }
+
+    /// Refuses a client's append or read on a node the controller removed while it runs
+    /// (`ClusterNode::removed_while_running`): at once, UNAVAILABLE saying so, without the
+    /// NO_LEADER reason (a client that retries on it would retry for ever; the node no longer
+    /// follows the groups of the partitions it held, and would wait for a leader, then for a
+    /// read index, that never comes).
+    fn check_not_removed(&self) -> Result<()> {
+        match &self.cluster {
+            Some(c) if c.removed_while_running() => Err(Error::Unavailable(format!(
+                "{}; send the request to another node",
+                crate::cluster::removed_message(c.id())
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -413,6 +424,7 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Appended>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            self.check_not_removed()?;
             // Three read locks per append (the board's two, the state's), no view copied.
             let replica = self.forward.board().replica_of(id);
             let fence = self.fence(id, replica);
@@ -477,6 +489,7 @@ impl Partitions for RaftPartitions {
     ) -> LocalBoxFuture<'a, Result<Chunk>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            self.check_not_removed()?;
             // Past what this replica has applied, the offset may be committed already (a
             // follower learns the commit index a heartbeat late): `read_here` asks.
             let here = if self.placed_elsewhere(id) || self.stale_here(id) {
@@ -511,6 +524,7 @@ impl Partitions for RaftPartitions {
     fn read_barrier<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            self.check_not_removed()?;
             let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
@@ -531,6 +545,7 @@ impl Partitions for RaftPartitions {
     fn wait_for<'a>(&'a self, id: &'a PartitionId, offset: u64) -> LocalBoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             check_not_controller(id)?;
+            self.check_not_removed()?;
             let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
