@@ -25,9 +25,11 @@ pub enum CertCommand {
     Ca {
         #[command(flatten)]
         common: Common,
-        /// Common Name of the CA
-        #[arg(long, default_value = "proglog CA")]
-        cn: String,
+        /// Common Name of the CA [default: "proglog CA " and 8 random hex digits, so that a
+        /// certificate from another CA is refused as from an unknown issuer, not as a bad
+        /// signature of this one]
+        #[arg(long)]
+        cn: Option<String>,
     },
     /// Create a server certificate for HOSTS (DNS names or IP addresses), signed by the CA
     Server {
@@ -82,6 +84,7 @@ pub struct Common {
 pub fn run(cmd: CertCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CertCommand::Ca { common, cn } => {
+            let cn = cn.unwrap_or_else(default_ca_name);
             let key = KeyPair::generate().context("generating the CA key")?;
             let mut params = CertificateParams::default();
             params.distinguished_name = dn(&cn);
@@ -139,6 +142,21 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<ExitCode> {
             sign_leaf(&common, params, &name)
         }
     }
+}
+
+/// "proglog CA 1a2b3c4d": a name of its own for each CA made without `--cn`. Two CAs of one
+/// name look like one issuer to a verifier, which then reports a certificate of the other as
+/// a bad signature rather than an unknown issuer.
+fn default_ca_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hasher: its output is random.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("proglog CA {:08x}", h.finish() as u32)
 }
 
 fn dn(cn: &str) -> DistinguishedName {
