@@ -53,14 +53,16 @@ impl MessageReader {
         }
     }
 
-    /// Tells `call` when this body waits for its client to send more (see `registry`).
+    /// Tells `call` when its request has come (see `registry`).
     pub(crate) fn tell(&mut self, call: Rc<crate::server::registry::CallState>) {
         self.call = Some(call);
     }
 
     fn waiting(&self, waiting: bool) {
         if let Some(c) = &self.call {
-            c.set_waiting(waiting);
+            if !waiting {
+                c.request_came();
+            }
         }
     }
 
@@ -75,7 +77,9 @@ impl MessageReader {
             return Err(Status::internal("message stream already failed"));
         }
         let r = self.next_inner().await;
-        // A message, the end of the body or a failure: the client is not waited for now.
+        // Its first message, the end of the body or a failure: the call no longer waits for
+        // its request (once it has one, the server may be working on it whatever it reads
+        // next: a stream's appends in flight, its answers queued).
         self.waiting(false);
         if r.is_err() {
             self.failed = true;
@@ -119,7 +123,6 @@ impl MessageReader {
                 self.decoder.finish().map_err(|e| self.malformed(e))?;
                 return Ok(None);
             }
-            self.waiting(true);
             match self.recv.data().await {
                 Some(Ok(chunk)) => {
                     // The bytes now live in the decoder, which is bounded by

@@ -187,7 +187,9 @@ settings! {
         /// Admin HTTP address for /metrics, /healthz and /readyz, or `off`
         admin_addr: AdminAddr => Option<SocketAddr>, "ADDR|off", default(DEFAULT_ADMIN_ADDR);
         /// Connections one shard serves at once, handshakes included; at the limit the one
-        /// idle the longest is closed to make room, and a client is refused only when all run calls
+        /// quiet the longest (idle, or its calls all waiting for their request) is closed to
+        /// make room. A shard also holds at most twice this many calls
+        /// (those waiting longest for their request refused first)
         max_connections_per_shard: usize, "N",
             default(net::limits::MAX_CONNECTIONS_PER_SHARD), check(|n| at_least(*n, 1));
         /// Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)

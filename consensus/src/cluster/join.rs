@@ -43,7 +43,7 @@ pub enum JoinAnswer {
     Joined {
         cluster_id: String,
         node_id: u64,
-        /// Raft id -> RPC address of every registered node.
+        /// Raft id -> RPC address of the node and of the registered nodes gossip lists live.
         nodes: Vec<(u64, String)>,
     },
     /// Ask the controller's leader (its RPC address, when known).

@@ -87,6 +87,16 @@ impl Responder {
         }
     }
 
+    /// Refuses the call with RST_STREAM REFUSED_STREAM while nothing was sent on it: the
+    /// client may send it again as it is (gRPC libraries do so by themselves).
+    fn refuse(&mut self) {
+        match std::mem::replace(&mut self.out, Out::Done) {
+            Out::Headers(mut respond) => respond.send_reset(h2::Reason::REFUSED_STREAM),
+            Out::Body(mut stream) => stream.send_reset(h2::Reason::REFUSED_STREAM),
+            Out::Done => {}
+        }
+    }
+
     /// Whether the client reset the stream (asked without waiting; the call is over).
     fn was_reset_by_client(&mut self) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -299,12 +309,15 @@ async fn run(
 
     let main = dispatch(route, request, out, conn);
     let reset = poll_fn(|cx| out.borrow_mut().poll_reset(cx).map(Err));
-    // Ended by the registry to make room for another call, while it waited for its client.
+    // Ended by the registry to make room for another call while it waited for its request:
+    // nothing of it was processed, and it is refused so (REFUSED_STREAM), which clients may
+    // send again; the status is what the call's line logs.
     let ended = async {
         let waited = running.call().ended().await;
-        Err(Status::resource_exhausted(format!(
-            "call ended to make room: it had waited {waited:?} for its client to send a message \
-             while this server core had its bound of calls open"
+        out.borrow_mut().refuse();
+        Err(Status::unavailable(format!(
+            "refused to make room: the call had waited {waited:?} for its request while this \
+             server core had its bound of calls open"
         )))
     };
     let main = futures_lite::future::or(ended, main);

@@ -348,8 +348,12 @@ impl Server {
                         transport::close_gracefully(stream).await;
                         lingering.set(lingering.get() - 1);
                     };
-                    if gate.spawn(closing).is_err() {
-                        self.lingering.set(self.lingering.get() - 1);
+                    match gate.spawn(closing) {
+                        // Detached: a task handle dropped cancels its task.
+                        Ok(task) => {
+                            task.detach();
+                        }
+                        Err(_) => self.lingering.set(self.lingering.get() - 1),
                     }
                 }
                 return Ok(());

@@ -6,19 +6,22 @@
 //! only sent the preface and SETTINGS is idle, and so is one still in its handshake.
 //!
 //! At the limit a new connection is not refused while a quiet one exists: one whose calls, if
-//! it has any, all wait for their client to send a message (a call that sent its headers and
-//! nothing more, a stream between two messages). The connection quiet the longest is told to
-//! close (GOAWAY once HTTP/2 is up, else closed at once) and stops counting at that moment,
-//! and the new one takes its slot. So a flood of idle connections, or of connections that
-//! open a call and never send its request, churns through itself, while connections whose
-//! calls the server is working on (an append, a tail waiting for records) are never closed to
-//! make room. Only when every connection has such a call is a new one refused.
+//! it has any, all wait for their request (they sent their headers and no message yet). The
+//! connection quiet the longest is told to close (GOAWAY once HTTP/2 is up, else closed at
+//! once) and stops counting at that moment, and the new one takes its slot. So a flood of
+//! idle connections, or of connections that open a call and never send its request, churns
+//! through itself, while a connection with a call that has its request (an append, a tail
+//! waiting for records, a stream between two messages, whose earlier ones may be in flight)
+//! is never closed to make room. Only when every connection has such a call is a new one
+//! refused.
 //!
 //! Calls are bounded per executor too (`max_calls`: each holds a task, its request's headers
 //! and HTTP/2 state, 12-42 KiB): at the bound the call that has waited the longest for its
-//! client is ended (RESOURCE_EXHAUSTED) to make room, and a new call is refused only when
-//! the server is working on every open call. Streams that never send a message (1,024 per
-//! connection) took 2.5 GB over 60 connections before.
+//! request is refused (RST_STREAM REFUSED_STREAM: nothing was processed, and clients may send
+//! it again) to make room. When every open call has its request, a new call is still taken
+//! on a connection that holds fewer than [`FAIR_CALLS`] (so a few connections full of tails
+//! cannot lock everyone else out), and refused on the others. Streams that never send a
+//! message (1,024 per connection) took 2.5 GB over 60 connections before.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -32,11 +35,11 @@ use std::time::{Duration, Instant};
 pub(crate) struct ConnState {
     /// Calls running on the connection now.
     streams: Cell<usize>,
-    /// Of those, the calls waiting for their client to send a message.
+    /// Of those, the calls still waiting for their request (no message yet).
     waiting: Cell<usize>,
     /// When the connection last became idle (accept, or its last call ending).
     idle_since: Cell<Instant>,
-    /// When every call it runs last came to be waiting for its client (or it became idle).
+    /// When it last became quiet: every call it runs waiting for its request, or none.
     quiet_since: Cell<Instant>,
     /// Set when the registry closed the connection to make room for a new one.
     evicted: Cell<bool>,
@@ -76,7 +79,7 @@ impl ConnState {
         (self.streams.get() == 0).then(|| self.idle_since.get())
     }
 
-    /// `Some(since)` while every call it runs waits for its client (idle included).
+    /// `Some(since)` while every call it runs waits for its request (idle included).
     pub(crate) fn quiet_since(&self) -> Option<Instant> {
         (self.streams.get() == self.waiting.get()).then(|| self.quiet_since.get())
     }
@@ -147,13 +150,13 @@ impl ConnState {
     }
 }
 
-/// One call's part in its connection's and executor's bounds: whether it waits for its
-/// client, and whether the registry ended it to make room.
+/// One call's part in its connection's and executor's bounds: whether it still waits for its
+/// request, and whether the registry ended it to make room.
 #[derive(Debug)]
 pub(crate) struct CallState {
     conn: Rc<ConnState>,
-    /// Since when it has waited for its client to send a message; `None` while the server
-    /// works on it.
+    /// Since when it has waited for its request; `None` once a message (or the end of its
+    /// body) came, and for a call no registry bounds.
     waiting_since: Cell<Option<Instant>>,
     /// Ended by the registry to make room for a new call.
     ended: Cell<bool>,
@@ -170,24 +173,12 @@ impl CallState {
         }
     }
 
-    /// The call now waits for its client (`true`: a message, its request's first or the
-    /// next), or the server works on it (`false`).
-    pub(crate) fn set_waiting(&self, waiting: bool) {
-        let c = &self.conn;
-        match (waiting, self.waiting_since.get()) {
-            (true, None) => {
-                let now = Instant::now();
-                self.waiting_since.set(Some(now));
-                c.waiting.set(c.waiting.get() + 1);
-                if c.waiting.get() == c.streams.get() {
-                    c.quiet_since.set(now);
-                }
-            }
-            (false, Some(_)) => {
-                self.waiting_since.set(None);
-                c.waiting.set(c.waiting.get().saturating_sub(1));
-            }
-            _ => {}
+    /// Its request came (a message, or the end of its body): from now on the server may be
+    /// working on it, and it is never ended to make room.
+    pub(crate) fn request_came(&self) {
+        if self.waiting_since.take().is_some() {
+            let c = &self.conn;
+            c.waiting.set(c.waiting.get().saturating_sub(1));
         }
     }
 
@@ -228,12 +219,17 @@ impl Drop for StreamGuard {
         if let Some((registry, id)) = &self.counted {
             registry.calls.borrow_mut().remove(id);
         }
-        self.call.set_waiting(false);
         let s = &self.call.conn;
+        let was_quiet = s.quiet_since().is_some();
+        if self.call.waiting_since.take().is_some() {
+            s.waiting.set(s.waiting.get().saturating_sub(1));
+        }
         let n = s.streams.get().saturating_sub(1);
         s.streams.set(n);
         let now = Instant::now();
-        if n == s.waiting.get() {
+        // Quiet from now on if this was its last call with a request; one quiet already
+        // keeps its time (a connection full of stalled calls is not made younger).
+        if !was_quiet && s.quiet_since().is_some() {
             s.quiet_since.set(now);
         }
         if n == 0 {
@@ -262,11 +258,16 @@ impl Default for Registry {
     }
 }
 
+/// Calls a connection may open past the executor's bound while every open call has its
+/// request: a few connections full of calls the server works on (tails, health watches)
+/// cannot lock every other client out.
+pub(crate) const FAIR_CALLS: usize = 8;
+
 /// The outcome of [`Registry::start_call`].
 pub(crate) enum CallAdmit {
-    /// Counted; a call waiting for its client may have been ended for it (`Some(waited)`).
+    /// Counted; a call waiting for its request may have been ended for it (`Some(waited)`).
     Yes(StreamGuard, Option<Duration>),
-    /// At the bound, and the server works on every open call.
+    /// At the bound, every open call has its request, and the connection has its share.
     Full,
 }
 
@@ -299,7 +300,9 @@ impl Registry {
     }
 
     /// Counts a new call on `conn`, waiting for its request until its reader says it came;
-    /// at the bound, the call that has waited the longest for its client is ended for it.
+    /// at the bound, the call that has waited the longest for its request is ended for it,
+    /// or with none waiting, the call is refused unless `conn` holds fewer than
+    /// [`FAIR_CALLS`].
     pub(crate) fn start_call(self: &Rc<Self>, conn: &Rc<ConnState>) -> CallAdmit {
         let mut waited = None;
         if self.calls() >= self.max_calls {
@@ -309,18 +312,24 @@ impl Registry {
                 .filter_map(|(id, w)| w.upgrade().map(|c| (*id, c)))
                 .filter_map(|(id, c)| c.waiting_since.get().map(|t| (id, t, c)))
                 .min_by_key(|(_, t, _)| *t);
-            let Some((id, since, call)) = oldest else {
-                return CallAdmit::Full;
-            };
-            calls.remove(&id);
-            call.ended.set(true);
-            if let Some(w) = call.waker.borrow().as_ref() {
-                w.wake_by_ref();
+            match oldest {
+                Some((id, since, call)) => {
+                    calls.remove(&id);
+                    call.ended.set(true);
+                    if let Some(w) = call.waker.borrow().as_ref() {
+                        w.wake_by_ref();
+                    }
+                    waited = Some(since.elapsed());
+                }
+                None if conn.streams.get() < FAIR_CALLS => {}
+                None => return CallAdmit::Full,
             }
-            waited = Some(since.elapsed());
         }
+        // A call waiting for its request leaves a quiet connection quiet, and one that is
+        // not, not: its quiet time does not change.
         let mut guard = conn.stream_started();
-        guard.call.set_waiting(true);
+        guard.call.waiting_since.set(Some(Instant::now()));
+        conn.waiting.set(conn.waiting.get() + 1);
         let id = self.next_call.get();
         self.next_call.set(id + 1);
         self.calls
@@ -418,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_whose_calls_all_wait_for_their_client_makes_room() {
+    fn a_connection_whose_calls_all_wait_for_their_request_makes_room() {
         let r = Rc::new(Registry::default());
         let Admit::Yes(a, None) = r.admit(2, 10) else {
             panic!("room")
@@ -426,6 +435,7 @@ mod tests {
         let Admit::Yes(b, None) = r.admit(2, 10) else {
             panic!("room")
         };
+        let a_quiet = a.state.quiet_since();
         // a's call never sent its request; b's did, and the server works on it.
         let CallAdmit::Yes(_stalled, None) = r.start_call(&a.state) else {
             panic!("room")
@@ -433,8 +443,10 @@ mod tests {
         let CallAdmit::Yes(working, None) = r.start_call(&b.state) else {
             panic!("room")
         };
-        working.call().set_waiting(false);
-        assert!(a.state.quiet_since().is_some() && a.state.idle_since().is_none());
+        working.call().request_came();
+        // A stalled call leaves a's quiet time as it was.
+        assert_eq!(a.state.quiet_since(), a_quiet);
+        assert!(a.state.idle_since().is_none());
         assert!(b.state.quiet_since().is_none());
         let Admit::Yes(c, Some(_)) = r.admit(2, 10) else {
             panic!("a should make room")
@@ -443,16 +455,16 @@ mod tests {
         let CallAdmit::Yes(w, None) = r.start_call(&c.state) else {
             panic!("room")
         };
-        w.call().set_waiting(false);
+        w.call().request_came();
         assert!(matches!(r.admit(2, 10), Admit::Full));
-        // Waiting again for the client's next message: quiet again.
-        w.call().set_waiting(true);
+        // Its call over, c is quiet again.
+        drop(w);
         assert!(matches!(r.admit(2, 10), Admit::Yes(_, Some(_))));
         assert!(c.state.is_evicted());
     }
 
     #[test]
-    fn at_the_bound_of_calls_the_one_waiting_longest_for_its_client_ends() {
+    fn at_the_bound_of_calls_the_one_waiting_longest_for_its_request_ends() {
         let r = Rc::new(Registry::new(2));
         let conn = r.add(Instant::now(), 10);
         let CallAdmit::Yes(first, None) = r.start_call(&conn.state) else {
@@ -470,19 +482,30 @@ mod tests {
         assert_eq!(r.calls(), 2);
         drop(first);
         assert_eq!(r.calls(), 2);
-        // The server works on both: a fourth is refused.
-        second.call().set_waiting(false);
-        third.call().set_waiting(false);
+        // The server works on both: a connection holding fewer than its fair share still
+        // opens calls past the bound, up to that share.
+        second.call().request_came();
+        third.call().request_came();
+        let mut more = Vec::new();
+        for _ in 2..FAIR_CALLS {
+            let CallAdmit::Yes(g, None) = r.start_call(&conn.state) else {
+                panic!("within the fair share")
+            };
+            g.call().request_came();
+            more.push(g);
+        }
         assert!(matches!(r.start_call(&conn.state), CallAdmit::Full));
+        // Another connection gets its share too.
+        let other = r.add(Instant::now(), 10);
+        assert!(matches!(
+            r.start_call(&other.state),
+            CallAdmit::Yes(_, None)
+        ));
+        drop(more);
         drop(second);
-        assert!(matches!(r.start_call(&conn.state), CallAdmit::Yes(_, None)));
-        assert_eq!(
-            conn.state.streams.get(),
-            1,
-            "the fourth ended with its guard"
-        );
         drop(third);
         assert!(conn.state.idle_since().is_some());
+        assert_eq!(conn.state.waiting.get(), 0);
     }
 
     #[test]
