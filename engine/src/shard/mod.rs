@@ -742,21 +742,35 @@ mod tests {
     #[test]
     fn a_released_lock_is_taken_again_while_other_threads_start_programs() {
         let tmp = tempfile::tempdir().expect("tempdir");
+        use std::sync::atomic::{AtomicU32, Ordering};
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let launched = std::sync::Arc::new(AtomicU32::new(0));
         let spawners: Vec<_> = (0..2)
             .map(|_| {
                 let stop = std::sync::Arc::clone(&stop);
+                let launched = std::sync::Arc::clone(&launched);
                 std::thread::spawn(move || {
                     let mut started = 0u32;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         let status = std::process::Command::new("true").status();
                         assert!(status.is_ok_and(|s| s.success()), "running true");
                         started += 1;
+                        launched.fetch_add(1, Ordering::Relaxed);
                     }
                     started
                 })
             })
             .collect();
+        // The takes begin once programs are being started (on a loaded machine the threads
+        // may start later than 3,000 takes take).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while launched.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "no program started in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let mut refused = Vec::new();
         for i in 0..3000 {
             match super::lock_data_dir(tmp.path()) {
@@ -764,7 +778,7 @@ mod tests {
                 Err(e) => refused.push(format!("take {i}: {e}")),
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         let started: u32 = spawners
             .into_iter()
             .map(|t| t.join().expect("spawner"))
