@@ -512,16 +512,9 @@ fn a_paused_node_costs_one_timeout_not_two() {
     }
     s.resume();
     // Nothing reached the log: the next record is the first.
-    let out = Command::new(BIN)
-        .args(["produce", "--addr", &s.addr.to_string(), "first"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+    let (ok, out, err) = s.cli(&["produce", "first"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "0\n");
 }
 
 /// `proglog produce` against the server, reading records from a pipe.
