@@ -240,7 +240,8 @@ where
             log::debug!("connection {peer:?}: idle, sending GOAWAY");
             conn.graceful_shutdown();
         }
-        // Logged by the registry when it chose this connection. It runs no call, so the
+        // Logged by the registry when it chose this connection. It is quiet: its calls, if
+        // any, still wait for their request and nothing of them was processed, so the
         // one-step GOAWAY (no PING round trip first) loses nothing and closes at once.
         Closing::Evicted => conn.abrupt_shutdown(Reason::NO_ERROR),
         Closing::RapidReset => {
