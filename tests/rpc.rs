@@ -466,3 +466,87 @@ fn linearizable_reads_on_request() {
         bad.message
     );
 }
+
+fn topic_names(ch: &net::blocking::BlockingChannel) -> Vec<String> {
+    let list: ListTopicsResponse = ch
+        .unary_prost(paths::LIST_TOPICS, &ListTopicsRequest {}, opts())
+        .unwrap();
+    list.names
+}
+
+fn delete_topic(ch: &net::blocking::BlockingChannel, name: &str) {
+    let _: DeleteTopicResponse = ch
+        .unary_prost(
+            paths::DELETE_TOPIC,
+            &DeleteTopicRequest { name: name.into() },
+            opts(),
+        )
+        .unwrap();
+}
+
+#[test]
+fn topic_creations_past_the_partition_bound_are_refused_and_leave_nothing() {
+    // Two shards (the harness's) of at most 2 partitions each: `default` holds one.
+    let s = TestServer::start_with(&["--max-partitions-per-shard", "2"]);
+    let ch = s.channel();
+    create_topic(&ch, "a", 3).unwrap();
+    let st = create_topic(&ch, "b", 1).unwrap_err();
+    assert_eq!(st.code, Code::ResourceExhausted, "{st}");
+    for part in [
+        "topic \"b\" (1 partitions x 1 replicas) is not created",
+        "would hold 5 partition replicas, over its limit of 4",
+        "(2 shards x --max-partitions-per-shard 2; it holds 4)",
+    ] {
+        assert!(st.message.contains(part), "{part:?} in {st}");
+    }
+    // A bound, not a failure: nothing of "b" exists, and the rest serves on.
+    assert_eq!(topic_names(&ch), ["a", "default"]);
+    assert_eq!(produce(&ch, "a", 2, "x").unwrap(), 0);
+    assert_eq!(produce(&ch, "", 0, "y").unwrap(), 0);
+    // Room made, the same creation succeeds.
+    delete_topic(&ch, "a");
+    create_topic(&ch, "b", 3).unwrap();
+    assert_eq!(produce(&ch, "b", 2, "z").unwrap(), 0);
+}
+
+#[test]
+fn a_topic_creation_without_file_descriptors_is_resource_exhausted_and_leaves_nothing() {
+    let s = TestServer::start();
+    let ch = s.channel();
+    let pid = s.pid() as libc::pid_t;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64
+    };
+    let mut was = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with no new limit only writes the server's current one into `was`.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let set_nofile = |n: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: n.min(was.rlim_max),
+            rlim_max: was.rlim_max,
+        };
+        // SAFETY: prlimit reads `lim` and writes nothing back (null old limit); the pid is
+        // the server's, a child of this process.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    // Room for a few files, not for 24 partitions' (two each).
+    set_nofile(fds() + 8);
+    let st = create_topic(&ch, "wide", 24).unwrap_err();
+    set_nofile(was.rlim_cur);
+    assert_eq!(st.code, Code::ResourceExhausted, "{st}");
+    assert!(st.message.contains("Too many open files"), "{st}");
+    assert!(st.message.contains("RLIMIT_NOFILE"), "{st}");
+    assert_eq!(topic_names(&ch), ["default"]);
+    // Descriptors back, the same creation succeeds and every partition takes writes.
+    create_topic(&ch, "wide", 24).unwrap();
+    for p in 0..24 {
+        assert_eq!(produce(&ch, "wide", p, "x").unwrap(), 0);
+    }
+}

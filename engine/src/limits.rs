@@ -21,6 +21,13 @@ use std::time::Duration;
 /// segments.
 pub const MAX_PARTITIONS: u32 = 4096;
 
+/// Partition replicas one shard holds by default (`--max-partitions-per-shard`; Redpanda's
+/// `topic_partitions_per_shard` has the same default). A replica costs two descriptors for
+/// its active segment, an index file of up to 1.6 MiB and up to 8 MiB of zeroed blocks ahead
+/// of its writes on disk, and up to 14 MiB of buffers and caches while busy: without a
+/// bound, topic creations alone could take every descriptor, the disk or the memory.
+pub const DEFAULT_MAX_PARTITIONS_PER_SHARD: u32 = 1000;
+
 /// Bytes of a topic name. A topic is a directory named after it, and Linux file systems allow
 /// 255 bytes a name; 249 is also Kafka's limit, so every Kafka topic name is valid here.
 pub const MAX_TOPIC_NAME_BYTES: usize = 249;

@@ -158,6 +158,12 @@ settings! {
         /// process's affinity mask [default: the CPUs of the process's affinity mask]
         cpuset: Cpuset => Option<Cpuset>, "CPUS|none", default(unset),
             check(|v| cpuset_allowed(v.as_ref(), &engine::cpus::allowed()));
+        /// Partition replicas one shard may hold: a topic creation that would place more on a
+        /// node (its shards times this) is refused with RESOURCE_EXHAUSTED (the controller's
+        /// leader's value applies to every node)
+        max_partitions_per_shard: u32, "N",
+            default(engine::limits::DEFAULT_MAX_PARTITIONS_PER_SHARD),
+            check(|n| at_least(*n as usize, 1));
         /// Default durability of new topics: always | interval:<ms> | never
         durability: Durability, "POLICY", default(Durability::Always);
         /// Default segment size of new topics, e.g. 256MiB (64KiB to 2GiB; a record must fit in

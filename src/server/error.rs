@@ -22,7 +22,9 @@ pub fn to_status(e: seam::Error) -> Status {
         E::OffsetOutOfRange { offset, .. } => out_of_range(offset),
         E::NotFound(m) => Status::not_found(m),
         E::AlreadyExists(m) => Status::already_exists(m),
-        E::TooLarge { .. } | E::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
+        E::TooLarge { .. } | E::Overloaded { .. } | E::Exhausted(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
         // The bare reason: the code says "invalid argument" already.
         E::InvalidArgument(m) => Status::invalid_argument(m),
         E::Unavailable(m) => Status::unavailable(m),

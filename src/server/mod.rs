@@ -419,6 +419,7 @@ impl Node {
             settings.stopped_replica_grace,
         );
         cluster_node.set_moved_replica_timeout(settings.moved_replica_timeout);
+        cluster_node.set_max_partitions_per_shard(settings.max_partitions_per_shard);
         let mode = cluster::prepare(settings, &cluster_node)?;
         obs.set_cluster(cluster_node.clone());
         obs.set_forward(raft_peers.forward.clone());

@@ -29,7 +29,7 @@ use raft::StateRole;
 use state::{Applied, CheckpointBody, ClusterState, Command, NodeEntry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A bound of the cluster's resources (the partitions a node may hold) would be exceeded.
+    #[error("{0}")]
+    Exhausted(String),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("controller: {0}")]
@@ -156,6 +159,7 @@ impl From<Error> for seam::Error {
             Error::Refused(m) => seam::Error::InvalidArgument(m),
             Error::NotFound(m) => seam::Error::NotFound(m),
             Error::AlreadyExists(m) => seam::Error::AlreadyExists(m),
+            Error::Exhausted(m) => seam::Error::Exhausted(m),
             Error::Raft(RaftError::NotLeader { leader, .. }) => seam::Error::NotLeader {
                 leader_id: (leader != raft::INVALID_ID).then(|| leader.to_string()),
                 leader_addr: None,
@@ -286,6 +290,9 @@ pub struct ClusterNode {
     /// elsewhere may hear from no leader before it is closed although its group may still
     /// count it (`reconcile::DEFAULT_MOVED_REPLICA_TIMEOUT` unless set).
     moved_replica_timeout_ms: AtomicU64,
+    /// `--max-partitions-per-shard`: a topic creation that would place more replicas on a
+    /// node than its shards times this is refused (the controller's leader's value applies).
+    max_partitions_per_shard: AtomicU32,
     stopping: AtomicBool,
     /// Partitions the reconcile loop is opening here as replicas added after their topic's
     /// creation: their groups open with no configuration (a leader adds them), never with
@@ -327,6 +334,9 @@ impl ClusterNode {
             moved_replica_timeout_ms: AtomicU64::new(
                 reconcile::DEFAULT_MOVED_REPLICA_TIMEOUT.as_millis() as u64,
             ),
+            max_partitions_per_shard: AtomicU32::new(
+                engine::limits::DEFAULT_MAX_PARTITIONS_PER_SHARD,
+            ),
             stopping: AtomicBool::new(false),
             adding: Mutex::new(HashSet::new()),
             open_failures: Mutex::new(HashMap::new()),
@@ -364,6 +374,12 @@ impl ClusterNode {
     pub fn set_moved_replica_timeout(&self, d: Duration) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.moved_replica_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets `--max-partitions-per-shard` (at least 1).
+    pub fn set_max_partitions_per_shard(&self, n: u32) {
+        self.max_partitions_per_shard
+            .store(n.max(1), Ordering::Relaxed);
     }
 
     /// Opens partition `id` here as a replica placed on this node after its topic was
@@ -1145,6 +1161,12 @@ impl ClusterNode {
         let placed = s
             .place(name, partitions, rf, &live)
             .map_err(Error::Refused)?;
+        let per_shard = self.max_partitions_per_shard.load(Ordering::Relaxed);
+        if let Some(why) = s.over_capacity(&placed, per_shard) {
+            return Err(Error::Exhausted(format!(
+                "topic {name:?} ({partitions} partitions x {rf} replicas) is not created: {why}"
+            )));
+        }
         let here: Vec<u32> = placed
             .iter()
             .enumerate()
@@ -1190,6 +1212,17 @@ impl ClusterNode {
                         log::error!(
                             "topic {name:?}: could not be deleted after a failed creation: {d}"
                         );
+                    } else {
+                        // Dropped here at once, as by DeleteTopic (the reconcile loop would
+                        // only later): the partitions that did open hold files and
+                        // descriptors, and the caller's next look must not find the topic.
+                        match engine.delete_topic(name).await {
+                            Ok(()) | Err(engine::Error::UnknownTopic(_)) => {}
+                            Err(d) => log::warn!(
+                                "topic {name:?}: its replicas here are dropped later, by the \
+                                 reconcile loop: {d}"
+                            ),
+                        }
                     }
                     return Err(Error::Local(e));
                 }

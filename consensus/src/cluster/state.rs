@@ -837,6 +837,38 @@ impl ClusterState {
         Ok(out)
     }
 
+    /// Why `placed` (a new topic's partitions) does not fit: the first node it would give
+    /// more replicas than its shards times `per_shard` (`--max-partitions-per-shard`), or
+    /// `None` when it fits. Replicas placed since (moved off a removed node, the `default`
+    /// topic's growing replication factor) are not refused: they restore what was there.
+    pub fn over_capacity(&self, placed: &[PartitionEntry], per_shard: u32) -> Option<String> {
+        let mut load = self.load();
+        for p in placed {
+            for r in &p.replicas {
+                *load.entry(r.node).or_insert(0) += 1;
+            }
+        }
+        let mut new: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in placed.iter().flat_map(|p| &p.replicas) {
+            *new.entry(r.node).or_insert(0) += 1;
+        }
+        new.into_iter().find_map(|(node, added)| {
+            let shards = self.nodes.get(&node).map_or(1, |e| e.shards.max(1));
+            let limit = shards as usize * per_shard as usize;
+            let after = load.get(&node).copied().unwrap_or(added);
+            (after > limit).then(|| {
+                let name = self.nodes.get(&node).map_or("?", |e| e.name.as_str());
+                format!(
+                    "node {name} (id {node}) would hold {after} partition replicas, over its \
+                     limit of {limit} ({shards} shards x --max-partitions-per-shard \
+                     {per_shard}; it holds {held}); delete topics, create this one with \
+                     fewer partitions or replicas, or raise the limit",
+                    held = after - added
+                )
+            })
+        })
+    }
+
     /// A replica of `topic`/`partition` for node `node`.
     pub fn replica_on(&self, topic: &str, partition: u32, node: u64) -> Replica {
         let shards = self.nodes.get(&node).map_or(1, |e| e.shards.max(1));
@@ -1173,6 +1205,27 @@ mod tests {
         let c = recovered(on(2));
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         assert!(String::from_utf8_lossy(&c.encode()).contains(r#""op":"replica_recovered""#));
+    }
+
+    #[test]
+    fn a_placement_over_a_nodes_partition_bound_is_named() {
+        // Two shards a node, two partitions a shard: four replicas a node.
+        let mut s = three_nodes();
+        create_t(&mut s, 3, 3, &[1, 2, 3]);
+        let fits = s.place("u", 1, 3, &[1, 2, 3]).unwrap();
+        assert_eq!(s.over_capacity(&fits, 2), None);
+        // Four more replicas over three nodes holding three each: one gets two.
+        let over = s.place("u", 2, 2, &[1, 2, 3]).unwrap();
+        let why = s.over_capacity(&over, 2).expect("over the bound");
+        assert!(
+            why.contains(
+                "would hold 5 partition replicas, over its limit of 4 (2 shards x \
+                 --max-partitions-per-shard 2; it holds 3)"
+            ),
+            "{why}"
+        );
+        // A larger bound takes it.
+        assert_eq!(s.over_capacity(&over, 3), None);
     }
 
     #[test]

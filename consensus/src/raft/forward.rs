@@ -1025,6 +1025,7 @@ pub fn to_wire(e: &seam::Error) -> ForwardError {
         E::Unavailable(_) => ForwardErrorKind::ForwardErrorUnavailable,
         E::Internal(_) => ForwardErrorKind::ForwardErrorInternal,
         E::DataLoss(_) => ForwardErrorKind::ForwardErrorDataLoss,
+        E::Exhausted(_) => ForwardErrorKind::ForwardErrorExhausted,
     };
     w.kind = kind as i32;
     w
@@ -1082,6 +1083,7 @@ pub fn from_wire(w: ForwardError) -> seam::Error {
         ForwardErrorKind::ForwardErrorOutcomeUnknown => E::OutcomeUnknown(w.message),
         ForwardErrorKind::ForwardErrorUnavailable => E::Unavailable(from_leader(&w.message)),
         ForwardErrorKind::ForwardErrorDataLoss => E::DataLoss(from_leader(&w.message)),
+        ForwardErrorKind::ForwardErrorExhausted => E::Exhausted(from_leader(&w.message)),
         ForwardErrorKind::ForwardErrorInternal | ForwardErrorKind::ForwardErrorUnspecified => {
             E::Internal(from_leader(&w.message))
         }
@@ -1520,6 +1522,15 @@ mod tests {
                 m,
                 "the partition's leader answered: corrupt data in f at byte 4096: checksum \
                  mismatch"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // So does a bound of the leader's resources.
+        let e = seam::Error::Exhausted("no file descriptor left".into());
+        match from_wire(ForwardError::decode(to_wire(&e).encode_to_vec().as_slice()).unwrap()) {
+            seam::Error::Exhausted(m) => assert_eq!(
+                m,
+                "the partition's leader answered: no file descriptor left"
             ),
             other => panic!("{other:?}"),
         }
