@@ -238,3 +238,35 @@ fn a_lone_connection_is_served_on_the_shard_of_the_default_partition() {
         drop(ch);
     }
 }
+
+#[test]
+fn a_silent_connection_is_logged_as_silent_and_a_stalled_preface_as_a_handshake() {
+    let s = TestServer::start_with(&["--handshake-timeout", "300ms"]);
+    let silent = std::net::TcpStream::connect(s.addr).expect("connect");
+    let mut stalled = std::net::TcpStream::connect(s.addr).expect("connect");
+    stalled
+        .write_all(&PREFACE[..8])
+        .expect("part of the preface");
+    let line = |needle: &str| {
+        wait_for(Duration::from_secs(10), || {
+            s.log()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        })
+    };
+    let silent_line = line("timed out before its first byte (nothing within 300ms); closed");
+    let stalled_line = line("HTTP/2 handshake with");
+    assert!(silent_line.is_some(), "{}", s.log());
+    assert!(stalled_line.is_some(), "{}", s.log());
+    // One line each: the silent one is not called an HTTP/2 handshake.
+    let local = silent.local_addr().unwrap().to_string();
+    assert!(
+        !s.log()
+            .lines()
+            .any(|l| l.contains("HTTP/2 handshake") && l.contains(&local)),
+        "{}",
+        s.log()
+    );
+    drop((silent, stalled));
+}

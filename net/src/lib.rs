@@ -105,6 +105,12 @@ pub enum Error {
     },
     #[error("HTTP/2 handshake with {} timed out", show_peer(.0))]
     HandshakeTimeout(Option<SocketAddr>),
+    /// The connection sent nothing (not a TLS hello, not the HTTP/2 preface) in time.
+    #[error("connection from {} timed out before its first byte (nothing within {within:?}); closed", show_peer(.peer))]
+    FirstByteTimeout {
+        peer: Option<SocketAddr>,
+        within: Duration,
+    },
     #[error("HTTP/2 connection with {}: {source}", show_peer(.peer))]
     Connection {
         peer: Option<SocketAddr>,
@@ -197,6 +203,7 @@ impl Error {
             Error::TlsConfig(_) => "tls-config",
             Error::Handshake { .. } => "handshake",
             Error::HandshakeTimeout(_) => "handshake-timeout",
+            Error::FirstByteTimeout { .. } => "first-byte-timeout",
             Error::Connection { .. } => "connection",
             Error::KeepaliveTimeout { .. } => "keepalive-timeout",
             Error::DrainTimeout(..) => "drain-timeout",

@@ -457,7 +457,7 @@ impl Server {
                 log::debug!("connection from {peer:?}: {e}");
                 return Ok(());
             }
-            Some(Err(_)) => return Err(Error::HandshakeTimeout(peer)),
+            Some(Err(_)) => return Err(Error::FirstByteTimeout { peer, within }),
         };
         match (first, &self.config.tls) {
             (REPLICATION_BYTE, _) => match self.config.peer.clone() {
