@@ -641,3 +641,67 @@ fn a_damaged_record_is_data_loss_on_the_wire_and_never_served() {
         2560
     );
 }
+
+/// A data directory whose catalog was deleted is refused at start, naming the file and the
+/// partitions it would have lost, and nothing in it is deleted; a damaged catalog is named
+/// without a guess about io_uring.
+#[test]
+fn a_data_directory_without_its_catalog_is_refused_and_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        let (ok, _, err) = s.cli(&["topics", "create", "t", "--partitions", "2"], None);
+        assert!(ok, "{err}");
+        let ch = s.channel();
+        produce(&ch, "t", 1, "kept").unwrap();
+        produce(&ch, "", 0, "kept too").unwrap();
+        s.sigterm();
+    }
+    let files = |p: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let t1 = dir.join("topics/t/1");
+    let before = files(&t1);
+    std::fs::rename(dir.join("catalog.meta"), tmp.path().join("catalog.meta")).unwrap();
+    let err = start_failure_in(&dir, || Ok(()));
+    for part in [
+        "partition(s) that were opened (",
+        "__cluster/0",
+        "default/0",
+        "t/1",
+        "but no catalog.meta",
+        "Restore",
+    ] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    assert!(!err.contains("it needs io_uring"), "{err}");
+    assert_eq!(
+        files(&t1),
+        before,
+        "the partition's files are left as they were"
+    );
+    // Restored, the server starts with every record.
+    std::fs::rename(tmp.path().join("catalog.meta"), dir.join("catalog.meta")).unwrap();
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        let ch = s.channel();
+        assert_eq!(&consume(&ch, "t", 1, 0).unwrap().value[..], b"kept");
+        assert_eq!(&consume(&ch, "", 0, 0).unwrap().value[..], b"kept too");
+        s.sigterm();
+    }
+    // A damaged catalog is named, with no guess about the host.
+    let path = dir.join("catalog.meta");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let err = start_failure_in(&dir, || Ok(()));
+    assert!(err.contains("catalog.meta"), "{err}");
+    assert!(!err.contains("it needs io_uring"), "{err}");
+}

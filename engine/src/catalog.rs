@@ -165,6 +165,69 @@ pub fn save(dir: &Path, cat: &Catalog) -> Result<()> {
     meta::write(dir, FILE, &bytes)
 }
 
+/// Refuses a data directory that has no catalog but holds partitions that were opened (a
+/// partition's directory holding more than what its creation writes before the catalog names
+/// its topic: the mark and `unopened.meta`). The catalog was then deleted or lost, not yet
+/// written: taken for a new directory, every topic would be missing, and the creation of any
+/// of them again (the controller's, the `default` topic's at start) would delete its data as
+/// the leftovers of a deleted topic; in a cluster the node would bootstrap a controller of its
+/// own and acknowledge appends at offsets its cluster gave out already.
+fn refuse_opened_partitions_without_catalog(data_dir: &Path) -> Result<()> {
+    let topics = data_dir.join("topics");
+    let entries = |dir: &Path| -> Result<Vec<(String, PathBuf)>> {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| {
+                    e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                        .map_err(|e| Error::io("listing", dir, e))
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io("listing", dir, e)),
+        }
+    };
+    let made_before_the_catalog = |name: &str| {
+        name.starts_with(PARTITION_META) || name.starts_with(crate::log::UNOPENED_META)
+    };
+    let mut opened = Vec::new();
+    for (topic, topic_path) in entries(&topics)? {
+        if !topic_path.is_dir() {
+            continue;
+        }
+        for (partition, path) in entries(&topic_path)? {
+            if partition.parse::<u32>().is_err() || !path.is_dir() {
+                continue;
+            }
+            if entries(&path)?
+                .iter()
+                .any(|(f, _)| !made_before_the_catalog(f))
+            {
+                opened.push(format!("{topic}/{partition}"));
+            }
+        }
+    }
+    if opened.is_empty() {
+        return Ok(());
+    }
+    opened.sort();
+    let count = opened.len();
+    let shown: Vec<&str> = opened.iter().take(5).map(String::as_str).collect();
+    Err(Error::Foreign {
+        path: topics,
+        reason: format!(
+            "{count} partition(s) that were opened ({}{}) but no {FILE}, which names every topic: \
+             it was deleted or lost. Not started, rather than taking the directory for a new one \
+             (which would delete those partitions as leftovers and, in a cluster, start a \
+             controller of its own). Restore {} from a backup; or, to start this node afresh \
+             (a cluster node then joins as a new member and is sent its replicas again), move \
+             the data directory away",
+            shown.join(", "),
+            if count > shown.len() { ", ..." } else { "" },
+            data_dir.join(FILE).display()
+        ),
+    })
+}
+
 /// Topic names become directory names: 1 to `MAX_TOPIC_NAME_BYTES` of `[A-Za-z0-9._-]`, not
 /// `.` or `..`.
 pub fn check_topic_name(name: &str) -> Result<()> {
@@ -355,6 +418,9 @@ impl Topics {
     /// caller holds the data directory's lock.
     pub(crate) fn load(data_dir: &Path) -> Result<Topics> {
         let mut cat = load(data_dir)?;
+        if cat.topics.is_empty() && meta::read(data_dir, FILE)?.is_none() {
+            refuse_opened_partitions_without_catalog(data_dir)?;
+        }
         if cat.version == 1 {
             upgrade(data_dir, &mut cat)?;
         }
@@ -742,6 +808,43 @@ fn info(name: &str, t: &TopicEntry) -> TopicInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partitions whose creation a crash cut short (their directories made, the catalog not
+    /// yet written) do not stop a start; a partition that was opened, under no catalog, does.
+    #[test]
+    fn a_missing_catalog_is_refused_only_when_partitions_were_opened() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path();
+        create_partition_dirs(data, "t", &[0, 1]).expect("dirs");
+        let topics = Topics::load(data).expect("a creation cut short starts");
+        assert!(topics.list().expect("list").is_empty());
+        std::fs::write(
+            partition_dir(data, "t", 1).join("00000000000000000000.log"),
+            b"",
+        )
+        .expect("a segment");
+        let e = Topics::load(data).err().expect("refused");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Foreign { .. }), "{e:?}");
+        assert!(
+            msg.contains("1 partition(s) that were opened (t/1) but no catalog.meta"),
+            "{msg}"
+        );
+        // Nothing was removed.
+        assert!(partition_dir(data, "t", 1)
+            .join("00000000000000000000.log")
+            .exists());
+        // A catalog there (even one naming no topic) is authoritative, as before.
+        save(
+            data,
+            &Catalog {
+                version: VERSION,
+                topics: BTreeMap::new(),
+            },
+        )
+        .expect("save");
+        Topics::load(data).expect("an empty catalog loads");
+    }
 
     /// A partition count no topic can have (a hand-edited or damaged catalog) fails the
     /// start naming the file, instead of sizing lists by it.

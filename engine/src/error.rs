@@ -165,6 +165,17 @@ impl Error {
             if matches!(source.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)))
     }
 
+    /// True when the shards' executors could not be started or stopped before they were
+    /// ready without an error of their own: what the host's io_uring, locked memory or
+    /// seccomp profile cause, never what the data directory's files do.
+    pub fn is_executor_failure(&self) -> bool {
+        match self {
+            Error::ShutDown => true,
+            Error::Io { op, .. } => *op == crate::shard::EXECUTOR_OP,
+            _ => false,
+        }
+    }
+
     /// True when the data directory is locked by another process (another proglog on it).
     pub fn is_locked_elsewhere(&self) -> bool {
         matches!(self, Error::Io { op, source, .. }

@@ -433,9 +433,7 @@ impl Node {
         let engine_config = consensus::raft::seam::engine_config(engine_config, replication);
         let engine = engine::Engine::start(engine_config).map_err(|e| {
             // What the engine needs of the host, unless the cause is plainly something else.
-            let hint = if e.is_out_of_space() || e.is_locked_elsewhere() {
-                String::new()
-            } else if e.is_out_of_descriptors() {
+            let hint = if e.is_out_of_descriptors() {
                 let limit = crate::observe::process::ProcessStats::read()
                     .max_fds
                     .map_or_else(|| "?".to_owned(), |n| n.to_string());
@@ -444,10 +442,14 @@ impl Node {
                      partition held here keeps about 2 open and each connection 1; raise the \
                      limit: `ulimit -n`, or LimitNOFILE= in a systemd unit)"
                 )
-            } else {
+            } else if e.is_executor_failure() {
                 " (it needs io_uring, RLIMIT_MEMLOCK >= 512 KiB, and in containers a seccomp \
                  profile allowing io_uring_setup/enter/register)"
                     .to_owned()
+            } else {
+                // The error names its file and cause (a damaged or foreign file, a full
+                // disk, another process's lock): no guess about the host would help.
+                String::new()
             };
             anyhow::Error::new(e).context(format!(
                 "starting the storage engine in {}{hint}",

@@ -49,6 +49,9 @@ use std::time::{Duration, SystemTime};
 /// The operation named in the error of a data directory locked by another process.
 pub(crate) const LOCK_OP: &str = "locking data directory (is another proglog using it?)";
 
+/// The operation of an error starting a shard's executor thread.
+pub(crate) const EXECUTOR_OP: &str = "starting shard executor";
+
 static NEXT_ENGINE_ID: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
@@ -365,13 +368,7 @@ impl Engine {
             let t = LocalExecutorBuilder::new(placement)
                 .name(&format!("proglog-shard-{i}"))
                 .spawn(move || shard_main(i, shared2, rx, waker, ready))
-                .map_err(|e| {
-                    Error::io(
-                        "starting shard executor",
-                        &dir,
-                        std::io::Error::other(e.to_string()),
-                    )
-                })?;
+                .map_err(|e| Error::io(EXECUTOR_OP, &dir, std::io::Error::other(e.to_string())))?;
             threads.push(t);
         }
         drop(ready_tx);
