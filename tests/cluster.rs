@@ -2744,3 +2744,54 @@ fn a_produce_stream_goes_on_when_its_leader_is_killed_between_records() {
         assert_eq!(got.unwrap_or_default().value, v.as_bytes());
     }
 }
+
+/// A node of another cluster that gossips with this one (here a joiner given `--bootstrap`
+/// too on an empty data directory: it bootstraps a cluster of its own, and its join is
+/// refused) is never offered to clients by GetServers: a book client's picker reads from the
+/// servers it lists, and would read the other cluster's records at this one's offsets.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn get_servers_never_lists_a_node_of_another_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::start(tmp.path(), "a1", "127.0.0.27", &["--bootstrap".to_owned()]);
+    wait("a1 serving", || a.serving());
+    let b = Node::start(
+        tmp.path(),
+        "b1",
+        "127.0.0.28",
+        &[
+            "--bootstrap".to_owned(),
+            "--start-join-addrs".to_owned(),
+            a.gossip.clone(),
+        ],
+    );
+    let dump = || format!("a1:\n{}\nb1:\n{}", a.log(), b.log());
+    wait("b1 serving its own cluster", || b.serving());
+    wait("b1's join refused", || {
+        b.log().contains("the node belongs to cluster")
+            || a.log().contains("the node belongs to cluster")
+    });
+    // Each gossips with the other (their members lists hold both) ...
+    wait("a1's gossip listing b1", || {
+        let (ok, out, _) = common::run_cli(a.rpc, &["cluster", "members"], None);
+        ok && out.contains("b1")
+    });
+    let b_value = b"of the other cluster".to_vec();
+    produce(&b, "", &b_value).unwrap();
+    produce(&a, "", b"of this cluster").unwrap();
+    // ... yet GetServers on either lists its own cluster's node alone, as its leader.
+    for (n, own) in [(&a, "a1"), (&b, "b1")] {
+        let r: GetServersResponse = n
+            .channel()
+            .expect("connect")
+            .unary_prost(paths::GET_SERVERS, &GetServersRequest {}, opts())
+            .unwrap();
+        let ids: Vec<(&str, bool)> = r
+            .servers
+            .iter()
+            .map(|s| (s.id.as_str(), s.is_leader))
+            .collect();
+        assert_eq!(ids, [(own, true)], "{}", dump());
+    }
+    assert_eq!(consume(&a, "", 0).unwrap(), b"of this cluster");
+}

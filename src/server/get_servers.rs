@@ -32,8 +32,8 @@ pub async fn handle(
     Ok(GetServersResponse { servers })
 }
 
-/// Every live member: from gossip when the node gossips (a member that has not finished
-/// registering is live all the same), else from the registry; `is_leader` on the member the
+/// Every live member this cluster's controller registered: live by gossip when the node
+/// gossips, else by the registry; `is_leader` on the member the
 /// registry maps the default partition's leader to.
 pub fn servers(cluster: &ClusterNode) -> Vec<Server> {
     let s = cluster.state();
@@ -57,10 +57,14 @@ pub fn servers(cluster: &ClusterNode) -> Vec<Server> {
             .iter()
             .filter(|m| m.state.is_live())
             .filter(|m| {
-                // Not one the controller removed (it is no member until it is admitted again).
-                !s.nodes
-                    .values()
-                    .any(|n| n.removed && n.member == m.node_id.to_string())
+                // Only nodes of this cluster: registered with its controller, and not removed
+                // since (one removed is no member until it is admitted again). Gossip alone
+                // is not enough: a node of another cluster (a reused data directory, a joiner
+                // given --bootstrap too) gossips with this one, its join refused, and a book
+                // client's picker would read that cluster's records from it. A node still
+                // joining is not listed until it registers (it serves no call before).
+                let id = m.node_id.to_string();
+                s.nodes.values().any(|n| !n.removed && n.member == id)
             })
             .map(|m| Server {
                 id: m.name.clone(),
