@@ -147,3 +147,19 @@ fn only_holders_of_a_peer_certificate_gossip() {
     );
     assert!(!stranger.data_dir.join("gossip-key.meta").exists());
 }
+
+/// `in_state_ms` counts to the moment of the answer: a member up for a while reads as up for
+/// that long, not for the time since the list last changed.
+#[test]
+fn time_in_state_grows_while_nothing_changes() {
+    let bind = format!("127.0.0.1:{}", free_port());
+    let s = TestServer::start_with(&["--bind-addr", &bind, "--bootstrap"]);
+    let in_state = || members(&s)[0]["in_state_ms"].as_u64().expect("in_state_ms");
+    let first = in_state();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = in_state();
+    assert!(
+        second >= first + 1400,
+        "in state {first} ms, then {second} ms 1.5 s later"
+    );
+}

@@ -147,9 +147,11 @@ impl Membership {
             settings.join
         );
         let (tx, rx) = mpsc::unbounded();
+        let started = Instant::now();
+        let _ = shared.clock.set(started);
         let driver = Rc::new(Driver {
             socket,
-            started: Instant::now(),
+            started,
             core: RefCell::new(None),
             stopped: Cell::new(false),
             stop: Event::new(),

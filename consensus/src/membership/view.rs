@@ -97,7 +97,9 @@ impl Member {
         }
     }
 
-    /// How long the member has been in its state when the list was taken.
+    /// How long the member had been in its state when the list was taken (the list's
+    /// `as_of` is when it last changed: for how long until now, take
+    /// [`MembershipWatch::clock_now`] minus `since`).
     pub fn in_state_for(&self, list: &MemberList) -> Duration {
         list.as_of.saturating_sub(self.since)
     }
@@ -175,6 +177,9 @@ pub struct Shared {
     list: Mutex<Arc<MemberList>>,
     changed: Event,
     pub stats: GossipStats,
+    /// When the membership clock started (gossip's driver sets it): `MemberList::as_of` and
+    /// `Member::since` count from it.
+    pub(crate) clock: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Shared {
@@ -216,6 +221,16 @@ impl MembershipWatch {
             )],
         });
         MembershipWatch { shared }
+    }
+
+    /// The membership clock's time now (see [`MemberList::as_of`]): later than the latest
+    /// list's `as_of` while the list does not change. Without gossip, the list's time.
+    pub fn clock_now(&self) -> Duration {
+        let list = self.shared.current().as_of;
+        self.shared
+            .clock
+            .get()
+            .map_or(list, |start| start.elapsed().max(list))
     }
 
     /// The latest list.

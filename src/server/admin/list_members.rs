@@ -25,6 +25,8 @@ pub async fn handle(
 ) -> Result<ListMembersResponse, Status> {
     state.authorize(&req, Action::Admin, None)?;
     let list = state.members.members();
+    // As of this answer, not of the list's last change.
+    let now = state.members.clock_now();
     Ok(ListMembersResponse {
         members: list
             .members
@@ -42,7 +44,8 @@ pub async fn handle(
                 state: wire_state(m.state) as i32,
                 generation: m.generation,
                 renewal: m.renewal,
-                in_state_ms: u64::try_from(m.in_state_for(&list).as_millis()).unwrap_or(u64::MAX),
+                in_state_ms: u64::try_from(now.saturating_sub(m.since).as_millis())
+                    .unwrap_or(u64::MAX),
                 is_self: m.is_self,
             })
             .collect(),
