@@ -705,3 +705,34 @@ fn a_data_directory_without_its_catalog_is_refused_and_left_as_it_is() {
     assert!(err.contains("catalog.meta"), "{err}");
     assert!(!err.contains("it needs io_uring"), "{err}");
 }
+
+/// A data directory that lost `node.meta` or `cluster.meta` (the node's identity in its
+/// cluster) is refused at start naming the file, instead of registering a second member or
+/// bootstrapping a cluster over the controller's log; restored, it starts as it was.
+#[test]
+fn a_data_directory_without_its_node_or_cluster_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        produce(&s.channel(), "", 0, "kept").unwrap();
+        s.sigterm();
+    }
+    for (file, says) in [
+        (
+            "node.meta",
+            "missing, while cluster.meta says this data directory's node",
+        ),
+        ("cluster.meta", "is missing, while"),
+    ] {
+        let aside = tmp.path().join(file);
+        std::fs::rename(dir.join(file), &aside).unwrap();
+        let err = start_failure_in(&dir, || Ok(()));
+        assert!(err.contains(file) && err.contains(says), "{file}: {err}");
+        assert!(!dir.join(file).exists(), "{file} was written again: {err}");
+        std::fs::rename(&aside, dir.join(file)).unwrap();
+    }
+    let mut s = TestServer::start_in(&dir, &[]);
+    assert_eq!(&consume(&s.channel(), "", 0, 0).unwrap().value[..], b"kept");
+    s.sigterm();
+}

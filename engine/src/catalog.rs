@@ -165,6 +165,25 @@ pub fn save(dir: &Path, cat: &Catalog) -> Result<()> {
     meta::write(dir, FILE, &bytes)
 }
 
+/// Whether the partition directory `dir` holds more than its creation writes before the
+/// catalog names its topic (the mark and `unopened.meta`): its log was opened (a segment,
+/// `raft.meta`, ...). False when there is no such directory.
+pub fn was_opened(dir: &Path) -> Result<bool> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    for e in rd {
+        let name = e.map_err(|e| Error::io("listing", dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(PARTITION_META) || name.starts_with(crate::log::UNOPENED_META)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Refuses a data directory that has no catalog but holds partitions that were opened (a
 /// partition's directory holding more than what its creation writes before the catalog names
 /// its topic: the mark and `unopened.meta`). The catalog was then deleted or lost, not yet
@@ -186,9 +205,6 @@ fn refuse_opened_partitions_without_catalog(data_dir: &Path) -> Result<()> {
             Err(e) => Err(Error::io("listing", dir, e)),
         }
     };
-    let made_before_the_catalog = |name: &str| {
-        name.starts_with(PARTITION_META) || name.starts_with(crate::log::UNOPENED_META)
-    };
     let mut opened = Vec::new();
     for (topic, topic_path) in entries(&topics)? {
         if !topic_path.is_dir() {
@@ -198,10 +214,7 @@ fn refuse_opened_partitions_without_catalog(data_dir: &Path) -> Result<()> {
             if partition.parse::<u32>().is_err() || !path.is_dir() {
                 continue;
             }
-            if entries(&path)?
-                .iter()
-                .any(|(f, _)| !made_before_the_catalog(f))
-            {
+            if was_opened(&path)? {
                 opened.push(format!("{topic}/{partition}"));
             }
         }

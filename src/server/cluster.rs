@@ -46,6 +46,9 @@ pub enum Mode {
 /// Reads `cluster.meta` and decides the mode; sets the node's Raft id when known.
 pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> {
     let found = identity::read(&settings.data_dir).context("reading cluster.meta")?;
+    if found.is_none() {
+        refuse_a_controller_without_its_cluster(&settings.data_dir)?;
+    }
     let joins = settings.gossip.as_ref().is_some_and(|g| !g.join.is_empty());
     let mode = match found {
         Some(id) => {
@@ -60,9 +63,9 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
         }
         None if joins && !settings.bootstrap => Mode::Join,
         None => {
-            // Written once the engine holds the data directory's lock (in `form`).
+            // Written once the engine holds the data directory's lock (in `form`), and
+            // logged then.
             let cluster_id = identity::new_cluster_id();
-            log::info!("bootstrapping a new cluster {cluster_id} with this node as node 1");
             Mode::New(ClusterIdentity {
                 version: 1,
                 cluster_id,
@@ -81,6 +84,25 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
         Mode::Join => log::info!("joining a cluster: Raft groups wait for this node's Raft id"),
     }
     Ok(mode)
+}
+
+/// Refuses a data directory without `cluster.meta` whose controller partition was opened:
+/// `cluster.meta` is written before the controller's log is first opened, so it was lost. A
+/// start would bootstrap a cluster of its own over that log, or, given join addresses, wait
+/// for ever for a Raft id that the controller's log already holds.
+fn refuse_a_controller_without_its_cluster(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let controller = engine::catalog::partition_dir(data_dir, CONTROLLER_TOPIC, 0);
+    if engine::catalog::was_opened(&controller)? {
+        anyhow::bail!(
+            "{} is missing, while {} holds this node's copy of a cluster's controller log: the \
+             file says which cluster this node belongs to and as which node. Restore it from a \
+             backup; or, to make this a new member (its replicas are sent to it again), move \
+             the data directory away and start with an empty one",
+            data_dir.join(identity::CLUSTER_FILE).display(),
+            controller.display()
+        );
+    }
+    Ok(())
 }
 
 /// The controller partition's settings: every command durable before it is acknowledged,
@@ -150,6 +172,10 @@ pub fn form(
             if matches!(mode, Mode::New(_)) {
                 identity::write(&settings.data_dir, &id.cluster_id, id.node_id)
                     .context("writing cluster.meta")?;
+                log::info!(
+                    "bootstrapping a new cluster {} with this node as node 1",
+                    id.cluster_id
+                );
             }
             open_controller(controller_config(settings), node, engine)?;
             if id.node_id == FIRST_NODE_ID && !controller_awaits_the_cluster(node) {

@@ -28,6 +28,19 @@ pub fn start_generation(dir: &Path) -> Result<(NodeId, u64), MembershipError> {
         reason,
     };
     let (node, generation) = match engine::meta::read(dir, NODE_FILE)? {
+        // A node joins or bootstraps a cluster (writing `cluster.meta`) only after this file
+        // holds its id: without it, the id the cluster knows this node by was lost. A new
+        // one would register a second member at this address while the data (and
+        // `cluster.meta`) stay the old member's, and neither would ever serve again.
+        None if dir.join(crate::cluster::identity::CLUSTER_FILE).exists() => {
+            return Err(bad(format!(
+                "missing, while {} says this data directory's node is a member of a cluster: \
+                 node.meta holds the node id the cluster knows it by. Restore it from a \
+                 backup; or, to make this a new member (its replicas are sent to it again), \
+                 move the data directory away and start with an empty one",
+                crate::cluster::identity::CLUSTER_FILE
+            )))
+        }
         None => (NodeId::random(), 1),
         Some(payload) => decode(dir, &payload)?,
     };
@@ -63,6 +76,21 @@ pub fn decode(dir: &Path, payload: &[u8]) -> Result<(NodeId, u64), MembershipErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_without_its_node_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        start_generation(dir.path()).unwrap();
+        crate::cluster::identity::write(dir.path(), "c", 3).unwrap();
+        start_generation(dir.path()).expect("a member with its node file starts");
+        std::fs::remove_file(dir.path().join(NODE_FILE)).unwrap();
+        let e = start_generation(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("node.meta") && e.contains("missing, while cluster.meta"),
+            "{e}"
+        );
+        assert!(!dir.path().join(NODE_FILE).exists(), "no new id written");
+    }
 
     #[test]
     fn same_node_new_generation_each_start() {
