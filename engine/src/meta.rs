@@ -80,12 +80,27 @@ pub fn encode(payload: &[u8]) -> Vec<u8> {
 
 /// Reads `dir/name`: `Ok(None)` when absent, an error naming the file when damaged.
 pub fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
     let path = dir.join(name);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("reading", &path, e)),
     };
+    // Never more than the largest valid file, whatever the file's size says: a damaged or
+    // foreign file of gigabytes is refused after reading one byte past that bound.
+    let most = (HEADER + MAX_META_PAYLOAD_BYTES) as u64;
+    let mut bytes = Vec::new();
+    file.take(most + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("reading", &path, e))?;
+    if bytes.len() as u64 > most {
+        return Err(Error::corrupt(
+            &path,
+            8,
+            format!("larger than any metadata file (over {most} bytes)"),
+        ));
+    }
     decode(&path, &bytes).map(|p| Some(p.to_vec()))
 }
 
@@ -168,5 +183,23 @@ mod tests {
         assert!(err.to_string().contains("x.meta"), "{err}");
         std::fs::write(&path, b"garbage").expect("write");
         assert!(read(dir.path(), "x.meta").is_err());
+    }
+
+    /// A huge file (sparse: gigabytes of nothing) is refused without reading it whole.
+    #[test]
+    fn a_file_larger_than_any_metadata_is_refused_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "x.meta", b"payload").expect("write");
+        let path = dir.path().join("x.meta");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_len(8 << 30).expect("sparse 8 GiB");
+        let err = read(dir.path(), "x.meta").expect_err("must fail");
+        assert!(
+            err.to_string().contains("larger than any metadata file"),
+            "{err}"
+        );
     }
 }
