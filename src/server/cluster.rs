@@ -154,7 +154,7 @@ pub fn form(
             std::thread::Builder::new()
                 .name("proglog-join".into())
                 .spawn(move || {
-                    let joined = join_cluster(&tls, &node, &engine, &members, &entry, None)
+                    let joined = join_cluster(&tls, &node, &engine, &members, &entry, None, false)
                         .and_then(|j| {
                             identity::write(&data_dir, &j.cluster_id, j.node_id)
                                 .context("writing cluster.meta")?;
@@ -212,9 +212,11 @@ pub fn form(
                                 && n.gossip_addr == entry.gossip_addr
                                 && !n.removed
                         });
-                        let register = || {
+                        // `quiet`: a registration only confirmed, whose wait for other
+                        // members (a first node alone for now) is no trouble to report.
+                        let register = |quiet: bool| {
                             let cluster_id = Some(id.cluster_id.clone());
-                            join_cluster(&tls, &node, &engine, &members, &entry, cluster_id)
+                            join_cluster(&tls, &node, &engine, &members, &entry, cluster_id, quiet)
                         };
                         let known_otherwise = |j: &ClusterIdentity| {
                             log::error!(
@@ -231,7 +233,7 @@ pub fn form(
                             // (`cluster remove` of a stopped node): the members it finds
                             // are asked all the same, which registers it again if so (it
                             // was asked to leave no other way), and changes nothing if not.
-                            match register() {
+                            match register(true) {
                                 Ok(j) if j.node_id == id.node_id => {
                                     log::debug!("registration as node {} confirmed", j.node_id)
                                 }
@@ -248,7 +250,7 @@ pub fn form(
                         // member answers (each attempt lasts up to JOIN_DEADLINE). A refusal
                         // is final: the members belong to another cluster.
                         loop {
-                            match register() {
+                            match register(false) {
                                 Ok(j) if j.node_id == id.node_id => {
                                     node.registered.store(true, Ordering::Relaxed);
                                     log::info!(
@@ -447,6 +449,7 @@ fn join_cluster(
     members: &consensus::membership::MembershipWatch,
     me: &NodeEntry,
     cluster_id: Option<String>,
+    quiet: bool,
 ) -> anyhow::Result<consensus::cluster::identity::ClusterIdentity> {
     let req = JoinRequest {
         cluster_id,
@@ -515,7 +518,11 @@ fn join_cluster(
             bail!("could not join a cluster in {JOIN_DEADLINE:?}: {last_error}");
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
-            log::warn!("still joining: {last_error}");
+            if quiet {
+                log::debug!("confirming this node's registration: {last_error}");
+            } else {
+                log::warn!("still joining: {last_error}");
+            }
             last_log = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(300));

@@ -52,7 +52,9 @@ impl Health {
     pub fn set(&self, s: ServingStatus) {
         let old = self.status.swap(s as i32, Ordering::SeqCst);
         if old != s as i32 {
-            log::info!("health: {}", s.as_str_name());
+            // What clients see also waits for the node to be ready (`effective`): the server
+            // logs when it is ("ready: serving gRPC ...").
+            log::debug!("health flag: {}", s.as_str_name());
             self.changed.notify(usize::MAX);
         }
     }

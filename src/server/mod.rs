@@ -684,6 +684,9 @@ fn start_admin(
     }
 }
 
+/// How often a node listening but not ready yet checks whether it is, to say so in its log.
+const READY_RECHECK: Duration = Duration::from_millis(250);
+
 enum StopReason {
     BindFailed(anyhow::Error),
     Failed(anyhow::Error),
@@ -705,14 +708,43 @@ fn serve_until_signal(
         )));
     }
     let mut bound = 0;
+    // Every shard listens, but the node is not ready yet (joining, catching up): the ready
+    // line is logged once it is, as health answers SERVING and /readyz 200 from then on.
+    let mut not_ready_yet = false;
     loop {
-        match events.recv() {
+        let event = if not_ready_yet {
+            match events.recv_timeout(READY_RECHECK) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if consensus::raft::seam::ready(&state.cluster).is_ok() {
+                        not_ready_yet = false;
+                        log::info!("ready: serving gRPC on {listen} from {shards} shards");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+                Ok(e) => Ok(e),
+            }
+        } else {
+            events.recv()
+        };
+        match event {
             Ok(Event::Bound(_, Ok(()))) => {
                 bound += 1;
                 if bound == shards {
                     obs.set_phase(Phase::Serving);
                     state.health.set(ServingStatus::Serving);
-                    log::info!("ready: serving gRPC on {listen} from {shards} shards");
+                    match consensus::raft::seam::ready(&state.cluster) {
+                        Ok(()) => {
+                            log::info!("ready: serving gRPC on {listen} from {shards} shards")
+                        }
+                        Err(why) => {
+                            not_ready_yet = true;
+                            log::info!(
+                                "gRPC listening on {listen} from {shards} shards, not ready yet \
+                                 ({why}): health answers NOT_SERVING and /readyz 503 until it is"
+                            );
+                        }
+                    }
                 }
             }
             Ok(Event::Bound(i, Err(e))) => {
