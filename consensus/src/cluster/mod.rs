@@ -612,10 +612,15 @@ impl ClusterNode {
                 if self.seen_active.load(Ordering::Relaxed)
                     && !self.removed_running.swap(true, Ordering::Relaxed) =>
             {
-                log::warn!(
-                    "{}; until then it refuses produces and reads (UNAVAILABLE)",
-                    removed_message(me)
-                );
+                if self.stopping() {
+                    // What a clean leave asks for (SIGTERM, --leave-on-shutdown).
+                    log::info!("left the cluster: the controller removed this node (node {me})");
+                } else {
+                    log::warn!(
+                        "{}; until then it refuses produces and reads (UNAVAILABLE)",
+                        removed_message(me)
+                    );
+                }
             }
             _ => {}
         }
