@@ -126,7 +126,9 @@ async fn describe(conn: Conn) -> anyhow::Result<ExitCode> {
                          --stopped-replica-grace, or, the partition's only replica, serves \
                          again once lost.meta is deleted and the node restarted"
                     } else {
-                        "failed; restart the node"
+                        "failed: an I/O error, or damaged data it was to read (the node's \
+                         log names which); moved after --stopped-replica-grace; a restart \
+                         starts it again, but damaged data fails it again when read"
                     };
                     (a.node_id, q.topic.as_str(), q.partition, why)
                 })
