@@ -951,7 +951,10 @@ fn a_leader_whose_log_fails_stops_leading_and_its_node_still_takes_produces() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("stopped: s/0 on node"), "{out}");
     // A failed log, not a lost one: a restart brings it back.
-    assert!(out.contains("failed: an I/O error, or damaged data"), "{out}");
+    assert!(
+        out.contains("failed: an I/O error, or damaged data"),
+        "{out}"
+    );
 }
 
 /// Three nodes formed from `first_ip` with `extra` flags, topic `s` made by

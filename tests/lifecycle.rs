@@ -846,3 +846,67 @@ fn one_partitions_damaged_metadata_file_leaves_the_others_served() {
         s.sigterm();
     }
 }
+
+/// A segment deleted from the middle of a log, the loss accepted: a read of an offset it held
+/// names the missing range and where reading can go on, instead of blaming an index.
+#[test]
+fn a_read_in_the_gap_of_a_deleted_segment_names_the_missing_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        let (ok, _, err) = s.cli(&["topics", "create", "t", "--segment-bytes", "64KiB"], None);
+        assert!(ok, "{err}");
+        let ch = s.channel();
+        for i in 0..300u64 {
+            let v = String::from_utf8(numbered(i).to_vec()).unwrap();
+            assert_eq!(produce(&ch, "t", 0, &v).unwrap(), i);
+        }
+        s.sigterm();
+    }
+    let part = dir.join("topics/t/0");
+    let mut bases: Vec<u64> = std::fs::read_dir(&part)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort();
+    assert!(bases.len() >= 4, "{bases:?}");
+    let (gone, next) = (bases[1], bases[2]);
+    std::fs::remove_file(part.join(format!("{gone:020}.log"))).unwrap();
+    std::fs::remove_file(part.join(format!("{gone:020}.index"))).unwrap();
+    // Found lost at start; the operator accepts the loss.
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        assert_eq!(
+            produce(&s.channel(), "t", 0, "x").unwrap_err().code,
+            Code::DataLoss
+        );
+        s.sigterm();
+    }
+    std::fs::remove_file(part.join("lost.meta")).unwrap();
+    let mut s = TestServer::start_in(&dir, &[]);
+    let ch = s.channel();
+    assert_eq!(
+        consume(&ch, "t", 0, gone - 1).unwrap().value,
+        numbered(gone - 1)
+    );
+    let st = consume(&ch, "t", 0, gone + 1).unwrap_err();
+    assert_eq!(st.code, Code::DataLoss, "{st}");
+    let says = format!(
+        "offset {} is in no segment: this one ends at offset {gone} and the next begins at \
+         offset {next}, so offsets {gone} to {} are missing",
+        gone + 1,
+        next - 1
+    );
+    assert!(st.message.contains(&says), "{st}");
+    assert!(
+        st.message
+            .contains(&format!("reading on from offset {next} works")),
+        "{st}"
+    );
+    assert_eq!(consume(&ch, "t", 0, next).unwrap().value, numbered(next));
+    s.sigterm();
+}

@@ -456,6 +456,8 @@ impl Log {
         let (path, index_path, mut pos, size) = self.locate(base, c.want)?;
         let mut w = Window::new(pos);
         let before = c.want;
+        // The offset after the last batch walked past (all before the one wanted).
+        let mut walked_to = None;
         while pos < size {
             if !w.holds(pos, HEADER_LEN) {
                 c.close_run();
@@ -466,6 +468,7 @@ impl Log {
                 // Before the offset asked for: skip without reading its body. Whatever is
                 // returned is still checked: offset continuity below, the CRC below or, for
                 // a chunk handed to a reader, by the reader.
+                walked_to = Some(header.next_offset());
                 pos += len as u64;
                 continue;
             }
@@ -502,6 +505,28 @@ impl Log {
             }
         }
         if c.want == before {
+            // The whole segment ends before the offset, and the next begins after it: the
+            // segment (or segments) that held it are gone, not this index wrong.
+            let next_base = {
+                let st = self.state.borrow();
+                st.segments.iter().find(|s| s.base > base).map(|s| s.base)
+            };
+            if let (true, Some(end), Some(next)) = (pos >= size, walked_to, next_base) {
+                if (end..next).contains(&c.want) {
+                    return Err(Error::corrupt(
+                        &path,
+                        pos,
+                        format!(
+                            "offset {} is in no segment: this one ends at offset {end} and the \
+                             next begins at offset {next}, so offsets {end} to {} are missing \
+                             (the segment files that held them were deleted or lost); reading \
+                             on from offset {next} works",
+                            c.want,
+                            next - 1
+                        ),
+                    ));
+                }
+            }
             return Err(Error::corrupt(
                 &index_path,
                 0,
