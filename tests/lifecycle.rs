@@ -910,3 +910,58 @@ fn a_read_in_the_gap_of_a_deleted_segment_names_the_missing_offsets() {
     assert_eq!(consume(&ch, "t", 0, next).unwrap().value, numbered(next));
     s.sigterm();
 }
+
+/// A sealed index entry changed so that it still passes the index's checks but points into
+/// the middle of a batch: reads by offset walk the segment from its start and are served,
+/// and the index (not the intact data file) is named, once.
+#[test]
+fn a_damaged_index_entry_is_walked_past_not_blamed_on_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    {
+        let mut s = TestServer::start_in(&dir, &[]);
+        let (ok, _, err) = s.cli(&["topics", "create", "t", "--segment-bytes", "64KiB"], None);
+        assert!(ok, "{err}");
+        let ch = s.channel();
+        for i in 0..200u64 {
+            let v = String::from_utf8(numbered(i).to_vec()).unwrap();
+            assert_eq!(produce(&ch, "t", 0, &v).unwrap(), i);
+        }
+        s.sigterm();
+    }
+    let part = dir.join("topics/t/0");
+    let mut bases: Vec<u64> = std::fs::read_dir(&part)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort();
+    assert!(bases.len() >= 3, "{bases:?}");
+    let (sealed, next) = (bases[1], bases[2]);
+    let index = part.join(format!("{sealed:020}.index"));
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert!(bytes.len() >= 5 * 24, "{} index bytes", bytes.len());
+    // Entry 3's position, one byte on: inside a batch, still between its neighbours.
+    let at = 3 * 24 + 4;
+    let pos = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    bytes[at..at + 4].copy_from_slice(&(pos + 1).to_le_bytes());
+    std::fs::write(&index, bytes).unwrap();
+    let mut s = TestServer::start_in(&dir, &[]);
+    let ch = s.channel();
+    for o in sealed..next {
+        assert_eq!(
+            consume(&ch, "t", 0, o).unwrap().value,
+            numbered(o),
+            "offset {o}"
+        );
+    }
+    let log = s.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&format!("{sealed:020}.index")))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    s.sigterm();
+}

@@ -284,6 +284,10 @@ pub struct Log {
     /// Notified when a leader's write-out ends.
     io_done: Event,
     index_capacity: usize,
+    /// Sealed segments (by base) whose index pointed a read at a position where no batch
+    /// holding the offset starts: their reads walk from the segment's start, and the
+    /// warning is logged once each.
+    distrusted: RefCell<std::collections::BTreeSet<u64>>,
 }
 
 impl Log {
@@ -348,6 +352,7 @@ impl Log {
             appended: Event::new(),
             io_done: Event::new(),
             index_capacity,
+            distrusted: RefCell::new(std::collections::BTreeSet::new()),
         });
         log.recover_last_batch().await?;
         // The segments are recorded as they are from now on: a directory of a version that

@@ -455,6 +455,31 @@ impl Log {
     async fn read_segment(&self, base: u64, c: &mut Collect) -> Result<bool> {
         let (path, index_path, mut pos, size) = self.locate(base, c.want)?;
         let mut w = Window::new(pos);
+        // An index is derived data: where its entry does not lead to a batch at or before
+        // the offset (a damaged entry that passed the index's checks), the segment is walked
+        // from its start instead, and the index, not the intact data file, is named.
+        if pos > 0 && self.distrusted.borrow().contains(&base) {
+            pos = 0;
+            w = Window::new(0);
+        } else if pos > 0 {
+            let leads_there = match self.header_in(base, &path, &mut w, pos, c.window).await {
+                Ok(h) => h.base_offset <= c.want,
+                Err(Error::Corrupt { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            if !leads_there {
+                log::warn!(
+                    "{}: its entry for offset {} points at byte {pos}, where no batch holding \
+                     that offset starts: reads of this segment walk it from its start (delete \
+                     the index file while the server is stopped to have it rebuilt)",
+                    index_path.display(),
+                    c.want
+                );
+                self.distrusted.borrow_mut().insert(base);
+                pos = 0;
+                w = Window::new(0);
+            }
+        }
         let before = c.want;
         // The offset after the last batch walked past (all before the one wanted).
         let mut walked_to = None;
