@@ -60,6 +60,11 @@ def cluster_error(err: grpc.RpcError) -> tuple[str | None, str | None]:
     return None, None
 
 
+# How long grpcio's connectivity poller may still use a channel after its watch ended (it
+# polls in steps of 0.2 s).
+_POLLER_LINGER_S = 0.3
+
+
 def _wait_ready(ch: grpc.Channel, timeout_s: float) -> bool:
     """Connects `ch` if it is not, within `timeout_s`. A refused connection fails at once
     (grpc.channel_ready_future would keep retrying until the timeout): the caller moves on
@@ -103,6 +108,8 @@ class ClusterClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._dropped: list[grpc.Channel] = []
         self._refreshed_at: float | None = None
+        # When a connectivity watch last ended (see `close`).
+        self._watched_at: float | None = None
         self._stale = True
         self._describe_denied = False
         # Round-robin positions: servers tried, followers read from.
@@ -116,7 +123,9 @@ class ClusterClient:
         ch = self._channels.get(addr)
         if ch is None:
             ch = self._channels[addr] = self._make_channel(addr)
-        if not _wait_ready(ch, max(0.0, deadline - time.monotonic())):
+        ready = _wait_ready(ch, max(0.0, deadline - time.monotonic()))
+        self._watched_at = time.monotonic()
+        if not ready:
             self.unreachable(addr)
             raise NoConnection(f"no connection to {addr}")
         return ch
@@ -133,6 +142,13 @@ class ClusterClient:
         self._stale = True
 
     def close(self) -> None:
+        # grpcio's connectivity poller (a thread per watched channel) looks at the channel
+        # again up to 0.2 s after the last watch ended, and raises in that thread ("Channel
+        # closed!") if the channel is closed by then: let it finish first.
+        if self._watched_at is not None:
+            rest = _POLLER_LINGER_S - (time.monotonic() - self._watched_at)
+            if rest > 0:
+                time.sleep(rest)
         for ch in [*self._channels.values(), *self._dropped]:
             ch.close()
         self._channels.clear()
@@ -373,6 +389,10 @@ def main() -> int:
         detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
         print(f"cluster_client: {detail}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): done, as `proglog consume | head` is.
+        sys.stdout = None
+        return 0
     finally:
         client.close()
 
