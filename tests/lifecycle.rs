@@ -791,62 +791,6 @@ fn a_zeroed_sector_before_committed_batches_is_damage_not_a_torn_tail() {
     );
 }
 
-/// A damaged metadata file of one partition costs that partition, not the node: the server
-/// starts, serves the others, and answers calls for that one with the damage named.
-#[test]
-fn one_partitions_damaged_metadata_file_leaves_the_others_served() {
-    for file in ["raft.meta", "segments.meta", "partition.meta"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("d");
-        {
-            let mut s = TestServer::start_in(&dir, &[]);
-            let (ok, _, err) = s.cli(&["topics", "create", "t", "--partitions", "2"], None);
-            assert!(ok, "{err}");
-            let ch = s.channel();
-            produce(&ch, "t", 0, "in the damaged one").unwrap();
-            produce(&ch, "t", 1, "next door").unwrap();
-            produce(&ch, "", 0, "elsewhere").unwrap();
-            s.sigterm();
-        }
-        let path = dir.join("topics/t/0").join(file);
-        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, bytes).unwrap();
-        let mut s = TestServer::start_in(&dir, &[]);
-        let ch = s.channel();
-        assert_eq!(
-            &consume(&ch, "t", 1, 0).unwrap().value[..],
-            b"next door",
-            "{file}"
-        );
-        assert_eq!(
-            &consume(&ch, "", 0, 0).unwrap().value[..],
-            b"elsewhere",
-            "{file}"
-        );
-        produce(&ch, "t", 1, "more").unwrap();
-        for st in [
-            consume(&ch, "t", 0, 0).unwrap_err(),
-            produce(&ch, "t", 0, "x").unwrap_err(),
-        ] {
-            assert_eq!(st.code, Code::DataLoss, "{file}: {st}");
-            assert!(st.message.contains(file), "{file}: {st}");
-        }
-        assert!(
-            s.log().contains("partition \"t\"/0 not opened"),
-            "{file}: {}",
-            s.log()
-        );
-        // Described as lost; its neighbour as it is.
-        let (ok, out, err) = s.cli(&["topics", "describe", "t"], None);
-        assert!(ok, "{file}: {err}");
-        assert!(out.contains("\n0\t0\t0\t0\tlost"), "{file}: {out}");
-        assert!(out.contains("\n1\t0\t2\t"), "{file}: {out}");
-        s.sigterm();
-    }
-}
-
 /// A segment deleted from the middle of a log, the loss accepted: a read of an offset it held
 /// names the missing range and where reading can go on, instead of blaming an index.
 #[test]

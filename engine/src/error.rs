@@ -176,16 +176,6 @@ impl Error {
         }
     }
 
-    /// True when a file's content is wrong (damaged, not ours, another format), as opposed to
-    /// an operation failing: the file's partition cannot open, the rest of the node can.
-    pub fn is_damaged_file(&self) -> bool {
-        match self {
-            Error::Corrupt { .. } | Error::Foreign { .. } | Error::UnsupportedFormat { .. } => true,
-            Error::Replication(e) => matches!(e, crate::seam::Error::DataLoss(_)),
-            _ => false,
-        }
-    }
-
     /// True when the data directory is locked by another process (another proglog on it).
     pub fn is_locked_elsewhere(&self) -> bool {
         matches!(self, Error::Io { op, source, .. }

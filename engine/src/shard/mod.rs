@@ -97,10 +97,6 @@ pub struct ShardCtx {
     /// and the event that tells waiters one is done.
     busy: RefCell<HashSet<PartitionId>>,
     busy_done: Event,
-    /// Partitions held here that did not open at start because a file of theirs is damaged
-    /// or not ours, with the error: calls for them get it (not "no such topic"), and the
-    /// shard serves its other partitions. Taken out when the partition opens.
-    unopened: RefCell<HashMap<PartitionId, Error>>,
 }
 
 /// A partition's turn to be opened or closed on its shard: given back when dropped.
@@ -123,13 +119,7 @@ impl ShardCtx {
             .borrow()
             .get(id)
             .map(|o| (Rc::clone(&o.log), Rc::clone(&o.waiters)))
-            .ok_or_else(|| {
-                self.unopened
-                    .borrow()
-                    .get(id)
-                    .cloned()
-                    .unwrap_or_else(|| Error::UnknownTopic(id.topic.to_string()))
-            })
+            .ok_or_else(|| Error::UnknownTopic(id.topic.to_string()))
     }
 
     pub(crate) fn log(&self, id: &PartitionId) -> Result<Rc<Log>> {
@@ -222,7 +212,6 @@ impl ShardCtx {
                 waiters: Rc::new(Cell::new(0)),
             },
         );
-        self.unopened.borrow_mut().remove(id);
         Ok(log)
     }
 
@@ -550,7 +539,6 @@ async fn shard_main(
         stop: Cell::new(false),
         busy: RefCell::new(HashSet::new()),
         busy_done: Event::new(),
-        unopened: RefCell::new(HashMap::new()),
         replicator: shared
             .config
             .replication
@@ -577,21 +565,7 @@ async fn shard_main(
                     continue;
                 }
             }
-            match ctx.open_log(&id, config).await {
-                Ok(_) => {}
-                // One partition's damaged file costs that partition, not the node (the
-                // controller's excepted: nothing of the node works without it).
-                Err(e) if e.is_damaged_file() && &*id.topic != crate::CONTROLLER_TOPIC => {
-                    log::error!(
-                        "partition {id} not opened: {e}. The node serves its other \
-                         partitions; calls for this one fail with this error until the file \
-                         is repaired (or the partition's directory removed, in a cluster: its \
-                         replica is then sent again) and the server restarts"
-                    );
-                    ctx.unopened.borrow_mut().insert(id, e);
-                }
-                Err(e) => return Err(e),
-            }
+            ctx.open_log(&id, config).await?;
         }
         Ok(())
     }

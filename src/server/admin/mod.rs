@@ -96,21 +96,11 @@ pub async fn describe(state: &ShardState, name: &str) -> Result<TopicDescription
     let info = state.topics.topic(name).map_err(to_status)?;
     let mut partitions = Vec::with_capacity(info.partitions as usize);
     for p in 0..info.partitions {
-        let s = match state.partitions.describe(&PartitionId::new(name, p)).await {
-            Ok(s) => s,
-            // Its files here are damaged (it did not open): described as lost, with nothing
-            // readable, so that the topic's other partitions are still described. Calls for
-            // it get the damage, named.
-            Err(engine::seam::Error::DataLoss(_)) => {
-                partitions.push(PartitionDescription {
-                    partition: p,
-                    write_state: PartitionWriteState::Lost as i32,
-                    ..Default::default()
-                });
-                continue;
-            }
-            Err(e) => return Err(to_status(e)),
-        };
+        let s = state
+            .partitions
+            .describe(&PartitionId::new(name, p))
+            .await
+            .map_err(to_status)?;
         partitions.push(PartitionDescription {
             partition: p,
             lowest_offset: s.lowest_offset,
