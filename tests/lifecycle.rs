@@ -737,60 +737,6 @@ fn a_data_directory_without_its_node_or_cluster_file_is_refused() {
     s.sigterm();
 }
 
-/// A zeroed sector inside the active segment looks like a torn write by itself; the valid
-/// batches after it, whose commit index covers the batch it hit, prove it was damage: the
-/// log is marked lost and the bytes after it kept, never cut with their offsets handed out
-/// again.
-#[test]
-fn a_zeroed_sector_before_committed_batches_is_damage_not_a_torn_tail() {
-    let mut s = TestServer::start();
-    let ch = s.channel();
-    produce_numbered(&ch, 8);
-    assert_eq!(s.sigterm().code(), Some(0));
-    let dir = s.data_dir.join("topics/default/0");
-    let first = dir.join(format!("{:020}.log", 0));
-    let mut bytes = std::fs::read(&first).expect("the only segment");
-    let at = bytes
-        .windows(16)
-        .position(|w| w == b"record 00000150 ")
-        .expect("offset 150's value in the segment");
-    let sector = at / 512 * 512;
-    bytes[sector..sector + 512].fill(0);
-    std::fs::write(&first, &bytes).expect("write the damaged segment back");
-
-    let s = TestServer::start_in(&s.data_dir.clone(), &[]);
-    let ch = s.channel();
-    let e = produce(&ch, "", 0, "after the damage").expect_err("a lost log takes no write");
-    assert_eq!(e.code, Code::DataLoss, "{e:?}");
-    assert!(
-        e.message.contains("a valid batch follows at byte") && e.message.contains("covers index"),
-        "{}",
-        e.message
-    );
-    // Nothing after it was cut away unkept.
-    let kept: Vec<_> = std::fs::read_dir(&dir)
-        .expect("list")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().contains(".log.damaged-at-"))
-        .collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    let cut = std::fs::read(&kept[0]).expect("the kept bytes");
-    assert!(
-        cut.windows(16).any(|w| w == b"record 00000511 "),
-        "offset 511 kept"
-    );
-    // The loss taken, what came before the damaged batch is served.
-    let mut s = s;
-    assert_eq!(s.sigterm().code(), Some(0));
-    std::fs::remove_file(dir.join("lost.meta")).expect("remove the lost mark");
-    let s = TestServer::start_in(&s.data_dir.clone(), &[]);
-    let ch = s.channel();
-    assert_eq!(
-        consume(&ch, "", 0, 127).expect("before").value,
-        numbered(127)
-    );
-}
-
 /// A segment deleted from the middle of a log, the loss accepted: a read of an offset it held
 /// names the missing range and where reading can go on, instead of blaming an index.
 #[test]

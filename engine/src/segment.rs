@@ -324,55 +324,6 @@ pub fn has_unwritten_sector(pos: u64, bytes: &[u8]) -> bool {
     false
 }
 
-/// A valid batch (plausible header, checksum right) at or after `from` and before
-/// `file_len` whose commit index reaches `index`, with its position: proof that the entry at
-/// Raft index `index`, which a scan found no valid batch for before `from`, had been
-/// committed when that later batch was written. A write interrupted by a crash never leaves
-/// such a batch behind it (the commit index a batch carries counts only entries synced
-/// before it was encoded, or acknowledged by a majority), so what stopped the scan at
-/// `from` is damage, not a torn tail. Reads the region once, in chunks.
-pub async fn later_commit_reaching(
-    file: &DmaFile,
-    path: &Path,
-    from: u64,
-    file_len: u64,
-    index: u64,
-) -> Result<Option<(u64, Header)>> {
-    let magic = batch::MAGIC.to_le_bytes();
-    // Past the first byte of the stopped batch: its own header may be intact.
-    let mut pos = from + 1;
-    while pos < file_len {
-        let len = SCAN_CHUNK_BYTES.min((file_len - pos) as usize);
-        let chunk = read_at(file, path, pos, len).await?;
-        if chunk.is_empty() {
-            break;
-        }
-        let mut at = 0;
-        while let Some(i) = chunk[at..].windows(magic.len()).position(|w| w == magic) {
-            let candidate = pos + (at + i) as u64;
-            at += i + 1;
-            let head = read_at(file, path, candidate, HEADER_LEN).await?;
-            let Parsed::Header(h) = batch::parse_header(&head) else {
-                continue;
-            };
-            if h.commit_index < index || candidate + h.batch_len() as u64 > file_len {
-                continue;
-            }
-            let bytes = read_at(file, path, candidate, h.batch_len()).await?;
-            if batch::crc_ok(&h, &bytes) {
-                return Ok(Some((candidate, h)));
-            }
-        }
-        if chunk.len() < len || chunk.len() < magic.len() {
-            break;
-        }
-        // The next chunk overlaps this one's last bytes, so that a magic across the boundary
-        // is seen.
-        pos += (chunk.len() - (magic.len() - 1)) as u64;
-    }
-    Ok(None)
-}
-
 /// What a scan of a data file found.
 pub struct Scan {
     /// Bytes of valid batches from the start of the file.

@@ -38,30 +38,13 @@ fn entry(log: &Log, i: u64, value_len: usize) -> Vec<u8> {
 
 /// [`entry`] at a given offset and Raft index.
 fn entry_at(i: u64, base_offset: u64, raft_index: u64, value_len: usize) -> Vec<u8> {
-    entry_committed(
-        i,
-        base_offset,
-        raft_index,
-        value_len,
-        raft_index.saturating_sub(2),
-    )
-}
-
-/// [`entry_at`] stamped with the commit index `commit_index`.
-fn entry_committed(
-    i: u64,
-    base_offset: u64,
-    raft_index: u64,
-    value_len: usize,
-    commit_index: u64,
-) -> Vec<u8> {
     let term = i / 7 + 1;
     let mut stamp = Stamp {
         kind: Kind::Data,
         base_offset,
         term,
         raft_index,
-        commit_index,
+        commit_index: raft_index.saturating_sub(2),
         timestamp_ms: i as i64,
     };
     let mut out = Vec::new();
@@ -671,10 +654,7 @@ fn batches_given_in_two_pieces_are_stored_as_the_same_batches_given_whole() {
 /// completes may leave the block's 512-byte sectors any mix of old and new, and the file at
 /// either length. Every such mix opens as a torn tail at worst: all the entries before the
 /// cut, then some prefix of the entries cut, never damage (no `lost.meta`, no
-/// `.damaged-at-` copy), and appends continue from there. The entries are stamped as Raft
-/// stamps entries it may cut: with no commit index reaching them (a cut removes only
-/// entries never committed; recovery takes a valid batch whose commit index covers a torn
-/// one before it as proof of damage).
+/// `.damaged-at-` copy), and appends continue from there.
 #[test]
 fn an_interrupted_cut_by_index_is_never_taken_for_damage() {
     const SECTOR: usize = 512;
@@ -688,11 +668,7 @@ fn an_interrupted_cut_by_index_is_never_taken_for_damage() {
                 .await
                 .expect("open");
             let n = 40u64;
-            for i in 0..n {
-                let b = entry_committed(i, log.next_offset(), log.next_index(), value_len, 0);
-                log.append_buffered(&b).await.expect("append");
-            }
-            log.sync().await.expect("sync");
+            fill(&log, n, value_len).await;
             assert_eq!(log.stats().segments, 1, "the test wants one segment");
             log.close().await.expect("close");
             drop(log);

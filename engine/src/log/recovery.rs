@@ -86,32 +86,7 @@ pub(super) async fn recover_active(
     let data = segment::open_dma(&path, false).await?;
     let mut index = Index::open(&seg.index_path, index_capacity)?;
     let expect = (seg.base_index > 0).then_some(seg.base_index);
-    let mut scan =
-        segment::scan(&data, &path, seg.base, expect, &mut index, index_interval).await?;
-    // A "torn" batch followed by a valid one whose commit index covers the entry that batch
-    // would hold was no interrupted write: the entry was committed (synced, acknowledged)
-    // before the later batch was written. Damage, then: kept and marked lost, never cut as a
-    // torn tail while its offsets are handed out again.
-    if let Some(stop) = scan.stopped.as_mut().filter(|s| s.torn) {
-        if scan.next_index > 0 {
-            let later = segment::later_commit_reaching(
-                &data,
-                &path,
-                stop.at,
-                scan.file_len,
-                scan.next_index,
-            )
-            .await?;
-            if let Some((at, h)) = later {
-                stop.torn = false;
-                stop.why = format!(
-                    "{}; a valid batch follows at byte {at} (Raft index {}) whose commit index \
-                     {} covers index {}, which the damaged bytes held",
-                    stop.why, h.raft_index, h.commit_index, scan.next_index
-                );
-            }
-        }
-    }
+    let scan = segment::scan(&data, &path, seg.base, expect, &mut index, index_interval).await?;
     match &scan.stopped {
         Some(stop) if stop.torn => log::warn!(
             "{}: cutting {} bytes after the last valid batch ({stop}); offsets continue at {}",
