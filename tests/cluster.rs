@@ -2322,33 +2322,13 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
     let c = form("replicas opened after a failed creation", 34, &[]);
     let ctl = controller_leader(&c);
     let x = if ctl == 2 { 1 } else { 2 };
-    let pid = c.nodes[x]
-        .child
-        .as_ref()
-        .map(|ch| ch.id())
-        .expect("running") as libc::pid_t;
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count() as u64)
-            .unwrap_or(0)
-    };
-    let mut was = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit with no new limit only writes the node's current one into `was`.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let set_nofile = |n: u64| {
-        let lim = libc::rlimit {
-            rlim_cur: n.min(was.rlim_max),
-            rlim_max: was.rlim_max,
-        };
-        // SAFETY: prlimit reads `lim` and writes nothing back (null old limit); the pid is
-        // the node's, a child of this process.
-        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    };
+    let limit = common::NofileLimit::of(
+        c.nodes[x]
+            .child
+            .as_ref()
+            .map(|ch| ch.id())
+            .expect("running"),
+    );
     let before = c.nodes[x].log().len();
     // Connected before the limit: the node may have no descriptor left for a connection.
     let chx = c.nodes[x].channel().expect("connect");
@@ -2360,7 +2340,7 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
         )
         .ok()
     };
-    set_nofile(fds() + 12);
+    limit.set(limit.open_now() + 12);
     let partitions = 24u32;
     let ch = c.nodes[ctl].channel().expect("connect");
     let r: Result<CreateTopicResponse, Status> = ch.unary_prost(
@@ -2399,7 +2379,7 @@ fn replicas_whose_opening_failed_at_creation_are_opened_once_they_can_be() {
         "{shown:?}"
     );
     std::thread::sleep(Duration::from_secs(1));
-    set_nofile(was.rlim_cur);
+    limit.restore();
     // Every replica of the node open: counted by its group, or stopped (one whose log a
     // failed write latched meanwhile is reported stopped and moved, as any I/O error).
     let entry = |d: &DescribeClusterResponse, p: u32| {

@@ -737,25 +737,22 @@ fn a_data_directory_without_its_node_or_cluster_file_is_refused() {
     s.sigterm();
 }
 
-/// A segment deleted from the middle of a log, the loss accepted: a read of an offset it held
-/// names the missing range and where reading can go on, instead of blaming an index.
-#[test]
-fn a_read_in_the_gap_of_a_deleted_segment_names_the_missing_offsets() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("d");
+/// Topic "t" in a new data directory `dir`, of 64 KiB segments, partition 0 holding records
+/// `numbered(0..n)` (one a produce), the server stopped; its segments' base offsets,
+/// ascending.
+fn segmented_topic(dir: &std::path::Path, n: u64) -> Vec<u64> {
     {
-        let mut s = TestServer::start_in(&dir, &[]);
+        let mut s = TestServer::start_in(dir, &[]);
         let (ok, _, err) = s.cli(&["topics", "create", "t", "--segment-bytes", "64KiB"], None);
         assert!(ok, "{err}");
         let ch = s.channel();
-        for i in 0..300u64 {
+        for i in 0..n {
             let v = String::from_utf8(numbered(i).to_vec()).unwrap();
             assert_eq!(produce(&ch, "t", 0, &v).unwrap(), i);
         }
         s.sigterm();
     }
-    let part = dir.join("topics/t/0");
-    let mut bases: Vec<u64> = std::fs::read_dir(&part)
+    let mut bases: Vec<u64> = std::fs::read_dir(dir.join("topics/t/0"))
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -763,6 +760,17 @@ fn a_read_in_the_gap_of_a_deleted_segment_names_the_missing_offsets() {
         })
         .collect();
     bases.sort();
+    bases
+}
+
+/// A segment deleted from the middle of a log, the loss accepted: a read of an offset it held
+/// names the missing range and where reading can go on, instead of blaming an index.
+#[test]
+fn a_read_in_the_gap_of_a_deleted_segment_names_the_missing_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let bases = segmented_topic(&dir, 300u64);
+    let part = dir.join("topics/t/0");
     assert!(bases.len() >= 4, "{bases:?}");
     let (gone, next) = (bases[1], bases[2]);
     std::fs::remove_file(part.join(format!("{gone:020}.log"))).unwrap();
@@ -808,26 +816,8 @@ fn a_read_in_the_gap_of_a_deleted_segment_names_the_missing_offsets() {
 fn a_damaged_index_entry_is_walked_past_not_blamed_on_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    {
-        let mut s = TestServer::start_in(&dir, &[]);
-        let (ok, _, err) = s.cli(&["topics", "create", "t", "--segment-bytes", "64KiB"], None);
-        assert!(ok, "{err}");
-        let ch = s.channel();
-        for i in 0..200u64 {
-            let v = String::from_utf8(numbered(i).to_vec()).unwrap();
-            assert_eq!(produce(&ch, "t", 0, &v).unwrap(), i);
-        }
-        s.sigterm();
-    }
+    let bases = segmented_topic(&dir, 200u64);
     let part = dir.join("topics/t/0");
-    let mut bases: Vec<u64> = std::fs::read_dir(&part)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".log")?.parse().ok()
-        })
-        .collect();
-    bases.sort();
     assert!(bases.len() >= 3, "{bases:?}");
     let (sealed, next) = (bases[1], bases[2]);
     let index = part.join(format!("{sealed:020}.index"));

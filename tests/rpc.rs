@@ -513,33 +513,11 @@ fn topic_creations_past_the_partition_bound_are_refused_and_leave_nothing() {
 fn a_topic_creation_without_file_descriptors_is_resource_exhausted_and_leaves_nothing() {
     let s = TestServer::start();
     let ch = s.channel();
-    let pid = s.pid() as libc::pid_t;
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count() as u64
-    };
-    let mut was = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit with no new limit only writes the server's current one into `was`.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let set_nofile = |n: u64| {
-        let lim = libc::rlimit {
-            rlim_cur: n.min(was.rlim_max),
-            rlim_max: was.rlim_max,
-        };
-        // SAFETY: prlimit reads `lim` and writes nothing back (null old limit); the pid is
-        // the server's, a child of this process.
-        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    };
+    let limit = NofileLimit::of(s.pid());
     // Room for a few files, not for 24 partitions' (two each).
-    set_nofile(fds() + 8);
+    limit.set(limit.open_now() + 8);
     let st = create_topic(&ch, "wide", 24).unwrap_err();
-    set_nofile(was.rlim_cur);
+    limit.restore();
     assert_eq!(st.code, Code::ResourceExhausted, "{st}");
     assert!(st.message.contains("Too many open files"), "{st}");
     assert!(st.message.contains("RLIMIT_NOFILE"), "{st}");

@@ -518,3 +518,49 @@ pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option
     }
     None
 }
+
+/// A child process's descriptor limit (RLIMIT_NOFILE), lowered under its feet and given back.
+pub struct NofileLimit {
+    pid: libc::pid_t,
+    was: libc::rlimit,
+}
+
+impl NofileLimit {
+    /// The limit of `pid` (a child of this process) as it is now.
+    pub fn of(pid: u32) -> NofileLimit {
+        let pid = pid as libc::pid_t;
+        let mut was = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit with no new limit only writes the process's current one into `was`.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+        NofileLimit { pid, was }
+    }
+
+    /// Descriptors the process has open.
+    pub fn open_now(&self) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Sets the soft limit to `n` (at most the hard one).
+    pub fn set(&self, n: u64) {
+        let lim = libc::rlimit {
+            rlim_cur: n.min(self.was.rlim_max),
+            rlim_max: self.was.rlim_max,
+        };
+        // SAFETY: prlimit reads `lim` and writes nothing back (null old limit); the pid is a
+        // child of this process.
+        let rc =
+            unsafe { libc::prlimit(self.pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    /// Gives the limit back as it was.
+    pub fn restore(&self) {
+        self.set(self.was.rlim_cur);
+    }
+}

@@ -1229,6 +1229,17 @@ impl ClusterNode {
                             ),
                         }
                     }
+                    // No descriptor left for the new partitions' files: nothing of the topic
+                    // is left (deleted above), and the same creation succeeds once files are
+                    // closed or the bound raised.
+                    if e.is_out_of_descriptors() {
+                        return Err(Error::Exhausted(format!(
+                            "topic {name:?} is not created: {e} (this process has no file \
+                             descriptor left, RLIMIT_NOFILE: each partition held here keeps \
+                             about 2 open and each connection 1; raise the limit, `ulimit -n` \
+                             or LimitNOFILE= in a systemd unit, or hold fewer partitions)"
+                        )));
+                    }
                     return Err(Error::Local(e));
                 }
             }

@@ -162,14 +162,6 @@ impl From<crate::Error> for Error {
                     reason: format!("{e} ({free_bytes} bytes free)"),
                 }
             }
-            // No descriptor left to open a new partition's files (or a new segment's): the
-            // process's bound, not a failure of the disk; it passes when files are closed or
-            // the bound is raised.
-            E::Io { .. } if e.is_out_of_descriptors() => Error::Exhausted(format!(
-                "{e} (this process has no file descriptor left, RLIMIT_NOFILE: each partition \
-                 held here keeps about 2 open and each connection 1; raise the limit, `ulimit \
-                 -n` or LimitNOFILE= in a systemd unit, or hold fewer partitions)"
-            )),
             E::Corrupt { .. } => Error::DataLoss(e.to_string()),
             E::Io { .. } | E::Foreign { .. } | E::UnsupportedFormat { .. } => {
                 Error::Internal(e.to_string())
