@@ -210,6 +210,8 @@ impl MembershipWatch {
     /// A list that never changes: this node alone, up (a node that runs no gossip).
     pub fn single(identity: &NodeIdentity) -> MembershipWatch {
         let shared = Arc::new(Shared::default());
+        // Up since now: its time in that state counts from here.
+        let _ = shared.clock.set(std::time::Instant::now());
         shared.publish(MemberList {
             version: 1,
             as_of: Duration::ZERO,
