@@ -592,6 +592,8 @@ fn gossip_envelopes_never_panic() {
 fn identity_files_never_panic() {
     let mut m = Mutator::new();
     let dir = tempfile::tempdir().expect("tempdir");
+    // In the order a node writes them: its id, then its cluster's.
+    crate::membership::store::start_generation(dir.path()).expect("starts");
     crate::cluster::identity::write(dir.path(), "0123abcd", 7).expect("writes");
     let file = |name: &str| {
         let b = std::fs::read(dir.path().join(name)).expect("reads");
@@ -600,7 +602,6 @@ fn identity_files_never_panic() {
             .to_vec()
     };
     let cluster = file(crate::cluster::identity::CLUSTER_FILE);
-    crate::membership::store::start_generation(dir.path()).expect("starts");
     let node = file(crate::membership::store::NODE_FILE);
     key_file_round_trip(dir.path());
     let key = file(crate::membership::key::KEY_FILE);

@@ -232,7 +232,8 @@ fn refuse_opened_partitions_without_catalog(data_dir: &Path) -> Result<()> {
              it was deleted or lost. Not started, rather than taking the directory for a new one \
              (which would delete those partitions as leftovers and, in a cluster, start a \
              controller of its own). Restore {} from a backup; or, to start this node afresh \
-             (a cluster node then joins as a new member and is sent its replicas again), move \
+             (a cluster node then joins as a new member, and the old member's replicas are \
+             re-created on other nodes once it is removed), move \
              the data directory away",
             shown.join(", "),
             if count > shown.len() { ", ..." } else { "" },

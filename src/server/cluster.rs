@@ -96,7 +96,8 @@ fn refuse_a_controller_without_its_cluster(data_dir: &std::path::Path) -> anyhow
         anyhow::bail!(
             "{} is missing, while {} holds this node's copy of a cluster's controller log: the \
              file says which cluster this node belongs to and as which node. Restore it from a \
-             backup; or, to make this a new member (its replicas are sent to it again), move \
+             backup; or, to start it as a new member (the old member's replicas are \
+             re-created on other nodes once it is removed), move \
              the data directory away and start with an empty one",
             data_dir.join(identity::CLUSTER_FILE).display(),
             controller.display()
