@@ -105,11 +105,8 @@ fn admin_topics_lifecycle() {
     }
     assert_eq!(&consume(&ch, "events", 2, 2).unwrap().value[..], b"2-2");
 
-    let list: ListTopicsResponse = ch
-        .unary_prost(paths::LIST_TOPICS, &ListTopicsRequest {}, opts())
-        .unwrap();
     assert_eq!(
-        list.names,
+        topic_names(&ch),
         vec!["default".to_string(), "events".to_string()]
     );
 
@@ -127,15 +124,7 @@ fn admin_topics_lifecycle() {
     assert_eq!(next, vec![1, 2, 3]);
     assert!(parts.iter().all(|p| p.size_bytes > 0));
 
-    let _: DeleteTopicResponse = ch
-        .unary_prost(
-            paths::DELETE_TOPIC,
-            &DeleteTopicRequest {
-                name: "events".into(),
-            },
-            opts(),
-        )
-        .unwrap();
+    delete_topic(&ch, "events");
     let st = ch
         .unary_prost::<_, DescribeTopicResponse>(
             paths::DESCRIBE_TOPIC,

@@ -165,6 +165,13 @@ pub fn save(dir: &Path, cat: &Catalog) -> Result<()> {
     meta::write(dir, FILE, &bytes)
 }
 
+/// What an operator can do about a data directory refused at start because a file that says
+/// what it holds (the catalog, the node's or its cluster's identity) was lost.
+pub const RESTORE_OR_START_AFRESH: &str = "Restore the file from a backup; or, to start this \
+     node afresh (in a cluster it joins as a new member, and the old member's replicas are \
+     re-created on other nodes once it is removed), move the data directory away and start \
+     with an empty one";
+
 /// Whether the partition directory `dir` holds more than its creation writes before the
 /// catalog names its topic (the mark and `unopened.meta`): its log was opened (a segment,
 /// `raft.meta`, ...). False when there is no such directory.
@@ -231,10 +238,7 @@ fn refuse_opened_partitions_without_catalog(data_dir: &Path) -> Result<()> {
             "{count} partition(s) that were opened ({}{}) but no {FILE}, which names every topic: \
              it was deleted or lost. Not started, rather than taking the directory for a new one \
              (which would delete those partitions as leftovers and, in a cluster, start a \
-             controller of its own). Restore {} from a backup; or, to start this node afresh \
-             (a cluster node then joins as a new member, and the old member's replicas are \
-             re-created on other nodes once it is removed), move \
-             the data directory away",
+             controller of its own). {RESTORE_OR_START_AFRESH} (the file: {})",
             shown.join(", "),
             if count > shown.len() { ", ..." } else { "" },
             data_dir.join(FILE).display()
@@ -432,7 +436,8 @@ impl Topics {
     /// caller holds the data directory's lock.
     pub(crate) fn load(data_dir: &Path) -> Result<Topics> {
         let mut cat = load(data_dir)?;
-        if cat.topics.is_empty() && meta::read(data_dir, FILE)?.is_none() {
+        // `load` read it (or found none): no catalog at all, not an empty one.
+        if cat.topics.is_empty() && !data_dir.join(FILE).exists() {
             refuse_opened_partitions_without_catalog(data_dir)?;
         }
         if cat.version == 1 {

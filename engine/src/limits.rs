@@ -22,10 +22,11 @@ use std::time::Duration;
 pub const MAX_PARTITIONS: u32 = 4096;
 
 /// Partition replicas one shard holds by default (`--max-partitions-per-shard`; Redpanda
-/// bounds partitions per shard the same way, `topic_partitions_per_shard`). A replica costs two descriptors for
-/// its active segment, an index file of up to 1.6 MiB and up to 8 MiB of zeroed blocks ahead
-/// of its writes on disk, and up to 14 MiB of buffers and caches while busy: without a
-/// bound, topic creations alone could take every descriptor, the disk or the memory.
+/// bounds partitions per shard the same way, `topic_partitions_per_shard`). A replica costs
+/// two descriptors for its active segment, an index file of up to 1.6 MiB and up to 8 MiB of
+/// zeroed blocks ahead of its writes on disk, and up to 14 MiB of buffers and caches while
+/// busy: without a bound, topic creations alone could take every descriptor, the disk or the
+/// memory.
 pub const DEFAULT_MAX_PARTITIONS_PER_SHARD: u32 = 1000;
 
 /// Bytes of a topic name. A topic is a directory named after it, and Linux file systems allow

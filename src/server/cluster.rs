@@ -95,12 +95,10 @@ fn refuse_a_controller_without_its_cluster(data_dir: &std::path::Path) -> anyhow
     if engine::catalog::was_opened(&controller)? {
         anyhow::bail!(
             "{} is missing, while {} holds this node's copy of a cluster's controller log: the \
-             file says which cluster this node belongs to and as which node. Restore it from a \
-             backup; or, to start it as a new member (the old member's replicas are \
-             re-created on other nodes once it is removed), move \
-             the data directory away and start with an empty one",
+             file says which cluster this node belongs to and as which node. {}",
             data_dir.join(identity::CLUSTER_FILE).display(),
-            controller.display()
+            controller.display(),
+            engine::catalog::RESTORE_OR_START_AFRESH
         );
     }
     Ok(())

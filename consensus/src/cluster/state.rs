@@ -842,28 +842,23 @@ impl ClusterState {
     /// `None` when it fits. Replicas placed since (moved off a removed node, the `default`
     /// topic's growing replication factor) are not refused: they restore what was there.
     pub fn over_capacity(&self, placed: &[PartitionEntry], per_shard: u32) -> Option<String> {
-        let mut load = self.load();
-        for p in placed {
-            for r in &p.replicas {
-                *load.entry(r.node).or_insert(0) += 1;
-            }
-        }
-        let mut new: BTreeMap<u64, usize> = BTreeMap::new();
+        let load = self.load();
+        let mut added: BTreeMap<u64, usize> = BTreeMap::new();
         for r in placed.iter().flat_map(|p| &p.replicas) {
-            *new.entry(r.node).or_insert(0) += 1;
+            *added.entry(r.node).or_insert(0) += 1;
         }
-        new.into_iter().find_map(|(node, added)| {
+        added.into_iter().find_map(|(node, added)| {
             let shards = self.nodes.get(&node).map_or(1, |e| e.shards.max(1));
             let limit = shards as usize * per_shard as usize;
-            let after = load.get(&node).copied().unwrap_or(added);
+            let held = load.get(&node).copied().unwrap_or(0);
+            let after = held + added;
             (after > limit).then(|| {
                 let name = self.nodes.get(&node).map_or("?", |e| e.name.as_str());
                 format!(
                     "node {name} (id {node}) would hold {after} partition replicas, over its \
                      limit of {limit} ({shards} shards x --max-partitions-per-shard \
                      {per_shard}; it holds {held}); delete topics, create this one with \
-                     fewer partitions or replicas, or raise the limit",
-                    held = after - added
+                     fewer partitions or replicas, or raise the limit"
                 )
             })
         })

@@ -35,11 +35,9 @@ pub fn start_generation(dir: &Path) -> Result<(NodeId, u64), MembershipError> {
         None if dir.join(crate::cluster::identity::CLUSTER_FILE).exists() => {
             return Err(bad(format!(
                 "missing, while {} says this data directory's node is a member of a cluster: \
-                 node.meta holds the node id the cluster knows it by. Restore it from a \
-                 backup; or, to start it as a new member (the old member's replicas are \
-                 re-created on other nodes once it is removed), \
-                 move the data directory away and start with an empty one",
-                crate::cluster::identity::CLUSTER_FILE
+                 node.meta holds the node id the cluster knows it by. {}",
+                crate::cluster::identity::CLUSTER_FILE,
+                engine::catalog::RESTORE_OR_START_AFRESH
             )))
         }
         None => (NodeId::random(), 1),

@@ -177,8 +177,8 @@ pub struct Shared {
     list: Mutex<Arc<MemberList>>,
     changed: Event,
     pub stats: GossipStats,
-    /// When the membership clock started (gossip's driver sets it): `MemberList::as_of` and
-    /// `Member::since` count from it.
+    /// When the membership clock started (set by gossip's driver, or with a lone node's
+    /// list): `MemberList::as_of` and `Member::since` count from it.
     pub(crate) clock: std::sync::OnceLock<std::time::Instant>,
 }
 
@@ -226,7 +226,8 @@ impl MembershipWatch {
     }
 
     /// The membership clock's time now (see [`MemberList::as_of`]): later than the latest
-    /// list's `as_of` while the list does not change. Without gossip, the list's time.
+    /// list's `as_of` while the list does not change; the list's time if the clock was
+    /// never started.
     pub fn clock_now(&self) -> Duration {
         let list = self.shared.current().as_of;
         self.shared
