@@ -543,6 +543,14 @@ fn the_first_node_removed_while_down_rejoins_with_its_own_flags() {
             .describe()
             .is_some_and(|d| d.nodes.iter().any(|n| n.id == ids[0] && !n.removed))
     });
+    // Its removal was made while it was down: news to it, but no removal while it runs (it
+    // registers again as it starts), so no warning to restart it.
+    let log = c.nodes[0].log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("was removed from the cluster")),
+        "{log}"
+    );
     wait("the first node back among the controller's voters", || {
         c.nodes[1].describe().is_some_and(|d| {
             d.partitions
@@ -616,7 +624,7 @@ fn a_node_back_after_its_replica_was_re_created_elsewhere_drops_its_copy() {
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_node_removed_while_it_leads_a_partition_hands_the_partition_over() {
-    let c = form("remove a running leader", 101, &[]);
+    let mut c = form("remove a running leader", 101, &[]);
     create_topic(&c, "held", 3, 3);
     let ctl = controller_leader(&c);
     let mut found = None;
@@ -707,17 +715,16 @@ fn a_node_removed_while_it_leads_a_partition_hands_the_partition_over() {
             started.elapsed()
         );
     }
-    let log = c.nodes[victim].log();
-    assert_eq!(
+    let removal_warnings = |log: &str| {
         log.lines()
             .filter(|l| {
                 l.contains("WARN  consensus::cluster:")
                     && l.contains("was removed from the cluster")
             })
-            .count(),
-        1,
-        "{log}"
-    );
+            .count()
+    };
+    let log = c.nodes[victim].log();
+    assert_eq!(removal_warnings(&log), 1, "{log}");
 
     // It takes writes on its new leader, and nothing acknowledged before went missing.
     let mut r = Err(Status::unavailable(""));
@@ -739,6 +746,26 @@ fn a_node_removed_while_it_leads_a_partition_hands_the_partition_over() {
             assert_eq!(got.as_ref().ok(), Some(v), "offset {o} on node {}", ids[i]);
         }
     }
+
+    // Restarted, it registers again; restarted again, its controller log holds the removal
+    // and the registration after it, history that it does not report again as news.
+    c.nodes[victim].kill9();
+    c.nodes[victim].spawn();
+    wait("the removed node registered again", || {
+        c.nodes[victim]
+            .log()
+            .contains("registered with the controller again")
+    });
+    wait("the removed node serving again", || {
+        c.nodes[victim].serving()
+    });
+    for _ in 0..2 {
+        c.nodes[victim].sigterm();
+        c.nodes[victim].spawn();
+        wait("the node serving again", || c.nodes[victim].serving());
+    }
+    let log = c.nodes[victim].log();
+    assert_eq!(removal_warnings(&log), 1, "{log}");
 }
 
 /// A node wiped and added back as a new member is placed on the `default` topic last of all

@@ -52,6 +52,7 @@ impl Machine {
             StateEvent::Replay {
                 first_index,
                 last_index,
+                ..
             } => {
                 self.replays.push((first_index, last_index));
                 self.rebuilding = Some(ClusterState::replaying_from(first_index));

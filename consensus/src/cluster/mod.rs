@@ -254,6 +254,10 @@ pub struct ClusterNode {
     /// The controller removed this node after this run saw it active: it serves no client
     /// until it restarts (and registers again). See [`ClusterNode::removed_while_running`].
     removed_running: AtomicBool,
+    /// The controller log's last index when this run opened it: its commands up to there
+    /// were decided before this run, a removal among them none made while it runs (those
+    /// past the commit index the log showed are applied live, after the replay).
+    history_end: std::sync::OnceLock<u64>,
     pub peers: Peers,
     /// Peer TLS is on: names of peers are checked against their certificates.
     pub peer_tls: bool,
@@ -321,6 +325,7 @@ impl ClusterNode {
             peers,
             state: RwLock::new(ClusterState::default()),
             replay: Mutex::new(None),
+            history_end: std::sync::OnceLock::new(),
             checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
             checkpoint_part_bytes: AtomicUsize::new(MAX_COMMAND_BYTES),
             checkpoint_too_large: AtomicBool::new(false),
@@ -596,20 +601,23 @@ impl ClusterNode {
 
     /// Notes whether the controller removed this node while it runs, logging it once when it
     /// learns it. A removal read from the log at start (the node was removed while it was
-    /// down) does not count: the node registers again at start.
+    /// down), also one past the commit index the log showed then and applied only after the
+    /// replay, does not count: the node registers again at start.
     fn note_removal(&self) {
         let me = self.id();
-        let removed = match self.state.read() {
-            Ok(s) => s.nodes.get(&me).map(|n| n.removed),
+        let (removed, applied) = match self.state.read() {
+            Ok(s) => (s.nodes.get(&me).map(|n| n.removed), s.applied),
             Err(_) => return,
         };
+        let history = self.history_end.get().is_some_and(|&end| applied <= end);
         match removed {
             Some(false) => {
                 self.seen_active.store(true, Ordering::Relaxed);
                 self.removed_running.store(false, Ordering::Relaxed);
             }
             Some(true)
-                if self.seen_active.load(Ordering::Relaxed)
+                if !history
+                    && self.seen_active.load(Ordering::Relaxed)
                     && !self.removed_running.swap(true, Ordering::Relaxed) =>
             {
                 if self.stopping() {
@@ -636,10 +644,13 @@ impl ClusterNode {
 
     /// The controller log's committed entries from `first_index` to `last_index` are replayed
     /// next: a state starts from them, aside.
-    fn replay_start(&self, first_index: u64, last_index: u64) {
+    fn replay_start(&self, first_index: u64, last_index: u64, written_to: u64) {
         log::info!(
             "controller: rebuilding the state from the log's entries {first_index}..={last_index}"
         );
+        // The first replay is the one at open; later ones install a leader's snapshot,
+        // news of this run.
+        let _ = self.history_end.set(written_to);
         if let Ok(mut r) = self.replay.lock() {
             *r = Some(ClusterState::replaying_from(first_index));
         }
@@ -1699,8 +1710,8 @@ impl ClusterHooks for NodeHooks {
         self.0.apply(index, command);
     }
 
-    fn replay_start(&self, first_index: u64, last_index: u64) {
-        self.0.replay_start(first_index, last_index);
+    fn replay_start(&self, first_index: u64, last_index: u64, written_to: u64) {
+        self.0.replay_start(first_index, last_index, written_to);
     }
 
     fn replay_end(&self) {
