@@ -417,7 +417,9 @@ impl RaftPeerHandler {
         let stats = &self.peers.stats;
         if conn.tls.is_none() && !conn.peer.is_some_and(|a| self.peers.knows_ip(a.ip())) {
             add(&stats.refused, 1);
-            log::warn!(
+            net::conn_log!(
+                log::Level::Warn,
+                "raft-refused",
                 "Raft transport: connection from {:?} refused: no peer TLS, and not a known \
                  member's address",
                 conn.peer
@@ -465,7 +467,11 @@ impl RaftPeerHandler {
             add(&stats.bytes_received, payload.len() as u64 + 1);
             if let Err(why) = self.dispatch(kind, payload) {
                 add(&stats.malformed, 1);
-                log::warn!(
+                // Rate-limited: a node wiped and started again at its old address gets the
+                // frames of its old Raft id from every peer until that id is removed.
+                net::conn_log!(
+                    log::Level::Warn,
+                    "raft-dispatch",
                     "Raft transport: closing connection from {:?}: {why}",
                     conn.peer
                 );

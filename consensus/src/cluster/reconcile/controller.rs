@@ -212,7 +212,7 @@ pub(super) fn replace_removed(
                     replicas.push(*r);
                 }
             }
-            replicas.extend(added);
+            replicas.extend(added.iter().copied());
             let moved: Vec<u64> = entry
                 .replicas
                 .iter()
@@ -236,11 +236,27 @@ pub(super) fn replace_removed(
             }
             let nodes: Vec<u64> = replicas.iter().map(|r| r.node).collect();
             if moved.is_empty() {
-                log::warn!(
-                    "{name}/{p}: replicas now on nodes {nodes:?} (replicas of removed nodes \
-                     re-created, replication factor {} restored as far as live nodes allow)",
-                    t.replication_factor
-                );
+                let new: Vec<u64> = added.iter().map(|r| r.node).collect();
+                let rf = t.replication_factor;
+                if nodes.len() as u32 >= rf {
+                    log::info!(
+                        "{name}/{p}: replicas now on nodes {nodes:?}: new ones on {new:?} \
+                         (replication factor {rf})"
+                    );
+                } else if new.is_empty() {
+                    // A removed node's replica dropped, none to put in its place.
+                    log::warn!(
+                        "{name}/{p}: replicas now on nodes {nodes:?}: {} of replication factor \
+                         {rf}, no other live node to hold one (more as nodes join)",
+                        nodes.len()
+                    );
+                } else {
+                    log::warn!(
+                        "{name}/{p}: replicas now on nodes {nodes:?}: new ones on {new:?}, {} of \
+                         replication factor {rf} (no other live node to hold one)",
+                        nodes.len()
+                    );
+                }
             } else {
                 log::warn!(
                     "{name}/{p}: the stopped replica on nodes {moved:?} (its log failed) moves: \
