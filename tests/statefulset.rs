@@ -23,7 +23,8 @@
 //! redirected to the leader, and what pods answer while the `default` topic's replication
 //! factor rises is retried by the CLI); every acknowledged record is on every pod;
 //! restarting pod 1 under a new IP keeps every acknowledged record on every pod, and so does
-//! a full restart of all pods under new IPs (pod 0's `bootstrap: true` is then a no-op). The
+//! a full restart of all pods under new IPs (pod 0's `bootstrap: true` is then a no-op), and
+//! so does pod 0 started on an empty volume (it joins the others' cluster). The
 //! overlay test runs the acl overlay (mutual TLS for clients and peers, the ACL) with
 //! certificates made by `proglog cert` as deploy/README.md says.
 //!
@@ -1197,6 +1198,37 @@ fn statefulset_pods_join_pass_probes_serve_through_the_service_and_keep_records_
         "full restart under new IPs: all {} acknowledged records kept, the three joined again",
         acked.len()
     ));
+
+    // Pod 0's volume is lost (replaced by an empty one): with `bootstrap: true` it finds the
+    // others' cluster and joins it as a new member, and gets every record; a second cluster
+    // would list only itself in GetServers and hold none of them.
+    if c.replication == Replication::On {
+        c.stop_pods(&[0]);
+        for dir in c.pods[0].claims.values() {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+        }
+        c.start_pods(&[0], 4);
+        c.wait_all_ready();
+        let log = c.server_log(0);
+        assert!(
+            log.contains("rather than bootstrapping a second one"),
+            "{log}"
+        );
+        c.check_one_replicated_cluster();
+        c.check_acknowledged(&acked);
+        c.log(&format!(
+            "pod 0 on an empty volume joined the cluster as a new member: all {} acknowledged \
+             records on every pod",
+            acked.len()
+        ));
+    }
     if c.replication == Replication::Gated {
         eprintln!("REPLICATION CHECKS GATED: see the notice above; everything else passed");
     }

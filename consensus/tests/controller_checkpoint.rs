@@ -52,7 +52,6 @@ impl Machine {
             StateEvent::Replay {
                 first_index,
                 last_index,
-                ..
             } => {
                 self.replays.push((first_index, last_index));
                 self.rebuilding = Some(ClusterState::replaying_from(first_index));

@@ -20,6 +20,7 @@ fn settings(dir: &std::path::Path, name: &str, join: Vec<String>) -> MembershipS
         rpc_addr: "127.0.0.1:1".parse().unwrap(),
         join,
         peer_tls: None,
+        create_key_after: None,
         config: MembershipConfig::default(),
     }
 }

@@ -4,8 +4,12 @@
 //! Before the engine ([`prepare`]): `cluster.meta` in the data directory decides. With it the
 //! node restarts as the member it was (its Raft id, its cluster; `--bootstrap` is then a
 //! no-op). Without it, a node given `--start-join-addrs` (and not `--bootstrap`) joins: its
-//! Raft groups wait until the controller gives it a Raft id. Any other node starts a new
-//! cluster as its node 1, a cluster of one through the same code as any other.
+//! Raft groups wait until the controller gives it a Raft id. A node given both, on a data
+//! directory that holds no topic, first asks the members at those addresses whether a
+//! cluster exists ([`BOOTSTRAP_PROBE`]): it joins one it finds (its data directory was
+//! wiped or lost: bootstrapping would start a second cluster beside its own), and
+//! bootstraps only if none answers so. Any other node starts a new cluster as its node 1, a
+//! cluster of one through the same code as any other.
 //!
 //! After the engine and gossip ([`form`]): a joining node asks the members gossip shows
 //! (then the controller leader they name) for its Raft id over the peer channel, in the
@@ -32,6 +36,12 @@ use crate::config::Settings;
 /// after it).
 const JOIN_DEADLINE: Duration = Duration::from_secs(600);
 
+/// How long a node given `--bootstrap` and `--start-join-addrs` on an empty data directory
+/// looks for a cluster at those addresses before it bootstraps one: members that are up
+/// answer within a gossip round or two (a member asks gossip for the asker first, for up to
+/// [`join::GOSSIP_SEEN_WAIT`]), and a first start of the whole cluster waits this long once.
+pub const BOOTSTRAP_PROBE: Duration = Duration::from_secs(10);
+
 /// How the node enters its cluster.
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -41,6 +51,10 @@ pub enum Mode {
     New(ClusterIdentity),
     /// Joining: no Raft id yet.
     Join,
+    /// `--bootstrap` with `--start-join-addrs`, no cluster state, no topic: joins the
+    /// cluster the members at those addresses belong to, if one answers within
+    /// [`BOOTSTRAP_PROBE`]; else starts this new one.
+    NewUnlessFound(ClusterIdentity),
 }
 
 /// Reads `cluster.meta` and decides the mode; sets the node's Raft id when known.
@@ -65,25 +79,38 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
         None => {
             // Written once the engine holds the data directory's lock (in `form`), and
             // logged then.
-            let cluster_id = identity::new_cluster_id();
-            Mode::New(ClusterIdentity {
+            let id = ClusterIdentity {
                 version: 1,
-                cluster_id,
+                cluster_id: identity::new_cluster_id(),
                 node_id: FIRST_NODE_ID,
-            })
+            };
+            // A directory holding topics is an older single node's, upgraded by its
+            // bootstrap: it never joins another cluster with them.
+            let holds_topics = engine::catalog::load(&settings.data_dir)
+                .map(|c| !c.list().is_empty())
+                .context("reading the topic catalog")?;
+            if joins && !holds_topics {
+                Mode::NewUnlessFound(id)
+            } else {
+                Mode::New(id)
+            }
         }
     };
     match &mode {
-        Mode::Member(id) | Mode::New(id) => {
-            node.set_id(id.node_id);
-            node.bootstrapper.store(
-                id.node_id == FIRST_NODE_ID,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+        Mode::Member(id) | Mode::New(id) => set_identity(node, id),
         Mode::Join => log::info!("joining a cluster: Raft groups wait for this node's Raft id"),
+        Mode::NewUnlessFound(_) => log::info!(
+            "--bootstrap with --start-join-addrs and no cluster state here: looking for a \
+             cluster at those addresses for up to {BOOTSTRAP_PROBE:?} before bootstrapping one"
+        ),
     }
     Ok(mode)
+}
+
+fn set_identity(node: &ClusterNode, id: &ClusterIdentity) {
+    node.set_id(id.node_id);
+    node.bootstrapper
+        .store(id.node_id == FIRST_NODE_ID, Ordering::Relaxed);
 }
 
 /// Refuses a data directory without `cluster.meta` whose controller partition was opened:
@@ -142,8 +169,31 @@ pub fn form(
     node.set_me(entry.clone());
     // Before anything waits for placement to be enacted here.
     consensus::cluster::reconcile::spawn(node.clone()).context("starting the reconcile thread")?;
-    match mode {
-        Mode::Join => {
+    let mode = match mode {
+        Mode::NewUnlessFound(id) => {
+            let join = settings.gossip.as_ref().map_or(&[][..], |g| &g.join[..]);
+            if let Some(found) = find_a_cluster(&peer_tls(settings)?, engine, members, &entry, join)
+            {
+                log::info!(
+                    "{found}: joining that cluster rather than bootstrapping a second one \
+                     (--bootstrap acts only where no cluster answers)"
+                );
+                Mode::Join
+            } else {
+                log::info!(
+                    "no member at --start-join-addrs belongs to a cluster: bootstrapping one \
+                     (--bootstrap)"
+                );
+                set_identity(node, id);
+                Mode::New(id.clone())
+            }
+        }
+        m => m.clone(),
+    };
+    match &mode {
+        // (NewUnlessFound is decided above; joining is its side that never starts a
+        // second cluster.)
+        Mode::Join | Mode::NewUnlessFound(_) => {
             // In the background: the node serves (health, its own RPCs) while it asks, so a
             // node started before the bootstrap node, or one that cannot be admitted, is no
             // failed start; its Raft groups wait for their id.
@@ -475,26 +525,23 @@ fn join_cluster(
             let Ok(addr) = t.parse::<std::net::SocketAddr>() else {
                 continue;
             };
-            let (tls, req) = (tls.clone(), req.clone());
-            let answer = futures_lite::future::block_on(engine.on_shard(0, move |_| async move {
-                Ok(join::request(addr, tls.as_ref(), &req).await)
-            }))
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            match answer {
+            match ask(engine, tls, addr, &req) {
                 Ok(JoinAnswer::Joined {
                     cluster_id,
                     node_id,
                     nodes,
+                    applied,
                 }) => {
                     node.learn_addresses(&nodes);
+                    // An older member names no index: caught up is all it can say.
+                    node.note_member_applied(applied.unwrap_or(1));
                     return Ok(ClusterIdentity {
                         version: 1,
                         cluster_id,
                         node_id,
                     });
                 }
-                Ok(JoinAnswer::NotLeader { leader_addr }) => {
+                Ok(JoinAnswer::NotLeader { leader_addr, .. }) => {
                     last_error = format!("{addr} is not the controller's leader");
                     if let Some(a) = leader_addr {
                         redirect = Some(a);
@@ -526,4 +573,94 @@ fn join_cluster(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// One join request to `addr`, sent from shard 0.
+fn ask(
+    engine: &EngineHandle,
+    tls: &Option<net::peer::PeerTls>,
+    addr: std::net::SocketAddr,
+    req: &JoinRequest,
+) -> Result<JoinAnswer, String> {
+    let (tls, req) = (tls.clone(), req.clone());
+    futures_lite::future::block_on(engine.on_shard(0, move |_| async move {
+        Ok(join::request(addr, tls.as_ref(), &req).await)
+    }))
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
+}
+
+/// Asks the live members gossip shows (the `--start-join-addrs` and whom they gossip with)
+/// for up to [`BOOTSTRAP_PROBE`] once gossip runs whether they belong to a cluster, as a
+/// joining node would; says which answered so, if one did. A member that knows no leader, or has not
+/// seen this node through gossip yet, belongs to one all the same; a node still joining,
+/// or bootstrapping after its own probe, does not (yet). A member of a cluster may register
+/// this node while answering: the join that follows then gets the same Raft id.
+fn find_a_cluster(
+    tls: &Option<net::peer::PeerTls>,
+    engine: &EngineHandle,
+    members: &consensus::membership::MembershipWatch,
+    me: &NodeEntry,
+    join: &[String],
+) -> Option<String> {
+    let req = JoinRequest {
+        cluster_id: None,
+        node: me.clone(),
+    };
+    // With peer TLS gossip starts once a member gave the cluster's key, or once none did
+    // in BOOTSTRAP_PROBE (membership then creates it): the probe counts from then. A key
+    // created here because none gave it means that no member at those addresses runs with
+    // it: gossip never talks to them, there is no cluster to find.
+    let _ = wait_for("gossip to start", BOOTSTRAP_PROBE * 2, || {
+        members.gossiping()
+    });
+    if members.key_created_here() {
+        return None;
+    }
+    let until = Instant::now() + BOOTSTRAP_PROBE;
+    // The gossip addresses of members that said they belong to no cluster: once every
+    // join address is one of them (a cluster's first start, every node up), there is
+    // nothing more to wait for.
+    let mut without = std::collections::HashSet::new();
+    while Instant::now() < until {
+        for m in &members.members().members {
+            if m.is_self || !m.state.is_live() {
+                continue;
+            }
+            let addr = m.rpc_addr;
+            match ask(engine, tls, addr, &req) {
+                Ok(JoinAnswer::Joined { cluster_id, .. }) => {
+                    return Some(format!(
+                        "{} ({addr}) is a member of cluster {cluster_id}",
+                        m.name
+                    ))
+                }
+                Ok(JoinAnswer::NotLeader {
+                    leader_addr,
+                    in_cluster,
+                }) if in_cluster || leader_addr.is_some() => {
+                    return Some(format!("{} ({addr}) belongs to a cluster", m.name))
+                }
+                Ok(JoinAnswer::NotLeader { .. }) => {
+                    without.insert(m.gossip_addr);
+                }
+                // Only a member with cluster state gets as far as asking its gossip; any
+                // other refusal (peer TLS on one side only) the join reports again.
+                Ok(JoinAnswer::Refused { reason }) => {
+                    return Some(format!("{} ({addr}) answered: {reason}", m.name))
+                }
+                Err(e) => log::debug!("asking {addr} whether it belongs to a cluster: {e}"),
+            }
+        }
+        let resolved: Vec<std::net::SocketAddr> = join
+            .iter()
+            .filter_map(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok())
+            .flatten()
+            .collect();
+        if resolved.len() >= join.len() && resolved.iter().all(|a| without.contains(a)) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
 }

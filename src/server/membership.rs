@@ -43,10 +43,14 @@ impl Cluster {
     }
 }
 
+/// `may_bootstrap`: this node bootstraps the cluster if no member at its join addresses
+/// belongs to one (`cluster::Mode::NewUnlessFound`): with peer TLS it then creates the
+/// gossip key if none of them gives it in time.
 pub fn start(
     settings: &Settings,
     engine: &engine::EngineHandle,
     obs: &Observability,
+    may_bootstrap: bool,
 ) -> anyhow::Result<Cluster> {
     let (node_id, generation) = store::start_generation(&settings.data_dir)
         .context("reading this node's identity (node.meta)")?;
@@ -90,6 +94,7 @@ pub fn start(
         rpc_addr: settings.advertised_rpc_addr(),
         join: g.join.clone(),
         peer_tls: peer_tls.clone(),
+        create_key_after: may_bootstrap.then_some(super::cluster::BOOTSTRAP_PROBE),
         config: MembershipConfig::default(),
     };
     let shard_keys = keys.clone();

@@ -469,7 +469,8 @@ impl Node {
             .with_cluster(cluster_node.clone())
             .with_peers(cluster_node.id(), raft_peers.clone()),
         );
-        let membership = match membership::start(settings, &handle, obs) {
+        let may_bootstrap = matches!(mode, cluster::Mode::NewUnlessFound(_));
+        let membership = match membership::start(settings, &handle, obs, may_bootstrap) {
             Ok(c) => c,
             Err(e) => {
                 obs.set_engine(None);

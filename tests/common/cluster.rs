@@ -43,7 +43,19 @@ impl Node {
 
     /// A node whose RPC port is chosen by the caller (e.g. one a client already dials).
     pub fn start_on(dir: &Path, name: &str, ip: &str, rpc_port: u16, extra: &[String]) -> Node {
-        let gossip = format!("{ip}:{}", free_port());
+        Node::start_on_ports(dir, name, ip, rpc_port, free_port(), extra)
+    }
+
+    /// A node whose gossip port is chosen by the caller too (one others join already).
+    pub fn start_on_ports(
+        dir: &Path,
+        name: &str,
+        ip: &str,
+        rpc_port: u16,
+        gossip_port: u16,
+        extra: &[String],
+    ) -> Node {
+        let gossip = format!("{ip}:{gossip_port}");
         let mut n = Node {
             child: None,
             ip: ip.to_owned(),
@@ -130,12 +142,7 @@ impl Node {
     }
 
     pub fn serving(&self) -> bool {
-        let Some(ch) = self.channel() else {
-            return false;
-        };
-        let r: Result<HealthCheckResponse, Status> =
-            ch.unary_prost(hpaths::CHECK, &HealthCheckRequest::default(), opts());
-        r.is_ok_and(|r| r.status == ServingStatus::Serving as i32)
+        self.channel().as_ref().is_some_and(serving_on)
     }
 
     pub fn describe(&self) -> Option<DescribeClusterResponse> {
@@ -158,6 +165,13 @@ impl Drop for Node {
     }
 }
 
+/// Whether the server behind `ch` answers gRPC health SERVING.
+pub fn serving_on(ch: &BlockingChannel) -> bool {
+    let r: Result<HealthCheckResponse, Status> =
+        ch.unary_prost(hpaths::CHECK, &HealthCheckRequest::default(), opts());
+    r.is_ok_and(|r| r.status == ServingStatus::Serving as i32)
+}
+
 /// The nodes of a test; their logs are printed when the test fails.
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -167,6 +181,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Nodes a test started itself (in `tmp`), their logs printed should it fail.
+    pub fn of(name: &'static str, tmp: tempfile::TempDir, nodes: Vec<Node>) -> Cluster {
+        Cluster {
+            nodes,
+            started: Instant::now(),
+            name,
+            _tmp: tmp,
+        }
+    }
+
     /// The directory holding the nodes' data directories and logs.
     pub fn dir(&self) -> &Path {
         self._tmp.path()

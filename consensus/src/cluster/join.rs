@@ -45,10 +45,21 @@ pub enum JoinAnswer {
         node_id: u64,
         /// Raft id -> RPC address of the node and of the registered nodes gossip lists live.
         nodes: Vec<(u64, String)>,
+        /// The answering member's applied controller index: the node serves appends and
+        /// reads only once its own controller state has applied as far (a restarted node's
+        /// state may predate a topic's deletion). Absent from older nodes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        applied: Option<u64>,
     },
     /// Ask the controller's leader (its RPC address, when known).
     NotLeader {
         leader_addr: Option<String>,
+        /// Whether the answering node belongs to a cluster (it has a Raft id), though it
+        /// knows no leader to name: a node given `--bootstrap` and `--start-join-addrs` on an
+        /// empty data directory joins the cluster it finds so rather than bootstrapping a
+        /// second one. Absent (false) from older nodes.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_cluster: bool,
     },
     Refused {
         reason: String,
@@ -93,7 +104,12 @@ impl JoinService {
             serde_json::from_slice(&payload).map_err(|e| format!("malformed join request: {e}"))?;
         let s = node.state();
         if s.cluster_id.is_empty() {
-            return Ok(JoinAnswer::NotLeader { leader_addr: None });
+            // A member whose state is not replayed yet (or whose controller replica was
+            // lost) has its Raft id from cluster.meta; a node still joining has none.
+            return Ok(JoinAnswer::NotLeader {
+                leader_addr: None,
+                in_cluster: node.id() != 0,
+            });
         }
         if let Some(c) = req.cluster_id.as_deref().filter(|c| *c != s.cluster_id) {
             return Ok(JoinAnswer::Refused {
@@ -134,6 +150,7 @@ impl JoinService {
             let leader = node.controller().map(|v| v.leader).unwrap_or(0);
             return Ok(JoinAnswer::NotLeader {
                 leader_addr: node.rpc_addr_of(leader),
+                in_cluster: true,
             });
         }
         node.propose(&super::state::Command::Register {
@@ -163,6 +180,7 @@ impl JoinService {
 fn joined(s: &super::state::ClusterState, id: u64, live: &[String]) -> JoinAnswer {
     JoinAnswer::Joined {
         cluster_id: s.cluster_id.clone(),
+        applied: Some(s.applied),
         node_id: id,
         nodes: s
             .nodes
@@ -203,5 +221,45 @@ pub async fn request(
     match glommio::timer::timeout(JOIN_TIMEOUT, async { Ok(exchange.await) }).await {
         Ok(r) => r,
         Err(_) => Err("no answer in time".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JoinAnswer;
+
+    /// `in_cluster` is new: an older node's answer (without it) reads as false, and an
+    /// answer without it set leaves it out, as older nodes wrote it.
+    #[test]
+    fn in_cluster_is_read_when_present_and_left_out_when_false() {
+        let old: JoinAnswer =
+            serde_json::from_str(r#"{"answer": "not_leader", "leader_addr": null}"#).unwrap();
+        assert!(matches!(
+            old,
+            JoinAnswer::NotLeader {
+                leader_addr: None,
+                in_cluster: false
+            }
+        ));
+        let new: JoinAnswer = serde_json::from_str(
+            r#"{"answer": "not_leader", "leader_addr": null, "in_cluster": true}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            new,
+            JoinAnswer::NotLeader {
+                in_cluster: true,
+                ..
+            }
+        ));
+        let written = serde_json::to_string(&JoinAnswer::NotLeader {
+            leader_addr: Some("127.0.0.1:8400".into()),
+            in_cluster: false,
+        })
+        .unwrap();
+        assert_eq!(
+            written,
+            r#"{"answer":"not_leader","leader_addr":"127.0.0.1:8400"}"#
+        );
     }
 }

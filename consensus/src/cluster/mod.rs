@@ -254,10 +254,11 @@ pub struct ClusterNode {
     /// The controller removed this node after this run saw it active: it serves no client
     /// until it restarts (and registers again). See [`ClusterNode::removed_while_running`].
     removed_running: AtomicBool,
-    /// The controller log's last index when this run opened it: its commands up to there
-    /// were decided before this run, a removal among them none made while it runs (those
-    /// past the commit index the log showed are applied live, after the replay).
-    history_end: std::sync::OnceLock<u64>,
+    /// The controller index a member had applied when it answered this run's registration
+    /// (0: no answer yet), and whether this node's state has applied as far since
+    /// ([`crate::raft::seam::fresh`]).
+    member_applied: AtomicU64,
+    fresh: AtomicBool,
     pub peers: Peers,
     /// Peer TLS is on: names of peers are checked against their certificates.
     pub peer_tls: bool,
@@ -325,7 +326,8 @@ impl ClusterNode {
             peers,
             state: RwLock::new(ClusterState::default()),
             replay: Mutex::new(None),
-            history_end: std::sync::OnceLock::new(),
+            member_applied: AtomicU64::new(0),
+            fresh: AtomicBool::new(false),
             checkpoint_every: AtomicU64::new(DEFAULT_CHECKPOINT_EVERY),
             checkpoint_part_bytes: AtomicUsize::new(MAX_COMMAND_BYTES),
             checkpoint_too_large: AtomicBool::new(false),
@@ -461,6 +463,19 @@ impl ClusterNode {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// A member answered this run's registration having applied the controller's log up
+    /// to `applied`.
+    pub fn note_member_applied(&self, applied: u64) {
+        self.member_applied
+            .fetch_max(applied.max(1), Ordering::Relaxed);
+    }
+
+    /// See [`crate::raft::seam::fresh`]: the index to reach (0: none known yet), and the
+    /// latch once reached.
+    pub(crate) fn freshness(&self) -> (u64, &AtomicBool) {
+        (self.member_applied.load(Ordering::Relaxed), &self.fresh)
+    }
+
     /// This node's Raft id (0 until known).
     pub fn id(&self) -> u64 {
         self.peers.self_id.load(Ordering::Relaxed)
@@ -579,45 +594,60 @@ impl ClusterNode {
 
     /// The registry's addresses to the transport, and the news to waiters.
     fn after_change(&self) {
+        // Gossip's view wins over an address the registry has not caught up with yet (a
+        // node restarted under a new IP re-registers only after it runs). Decided before
+        // the book is written: writing the registry's address and then gossip's flipped
+        // the book to the dead address and back at every command applied, and a Raft
+        // message sent in between dropped the live connection and dialled the dead address
+        // (after a full restart under new IPs the controller's leader lost its quorum so).
+        let live = self.members.get().map(|w| w.members());
         let nodes: Vec<(u64, String)> = match self.state.read() {
             Ok(s) => s
                 .nodes
                 .iter()
-                .map(|(id, n)| (*id, n.rpc_addr.clone()))
+                .map(|(id, n)| {
+                    let gossip = live.as_ref().and_then(|l| {
+                        l.members
+                            .iter()
+                            .find(|m| m.state.is_live() && m.node_id.to_string() == n.member)
+                    });
+                    let addr =
+                        gossip.map_or_else(|| n.rpc_addr.clone(), |m| m.rpc_addr.to_string());
+                    (*id, addr)
+                })
                 .collect(),
             Err(_) => return,
         };
         for (id, addr) in nodes {
             self.add_peer(id, &addr);
         }
-        // Gossip's view wins over an address the registry has not caught up with yet (a
-        // node restarted under a new IP re-registers only after it runs): without this, the
-        // book would flip back to the dead address at every command applied, and the
-        // transport would reconnect there each time.
-        self.refresh_addresses(&self.state());
         self.note_removal();
         self.changed.notify(usize::MAX);
     }
 
     /// Notes whether the controller removed this node while it runs, logging it once when it
-    /// learns it. A removal read from the log at start (the node was removed while it was
-    /// down), also one past the commit index the log showed then and applied only after the
-    /// replay, does not count: the node registers again at start.
+    /// learns it. Only a removal applied once this run's state is fresh
+    /// ([`crate::raft::seam::fresh`]: it has applied what a member had applied when it
+    /// answered this run's registration) counts: one read from the log at start, or applied
+    /// while the state catches up (the node was removed while it was down), is news from
+    /// before this run, and the node registers again at start.
     fn note_removal(&self) {
         let me = self.id();
-        let (removed, applied) = match self.state.read() {
-            Ok(s) => (s.nodes.get(&me).map(|n| n.removed), s.applied),
+        // Before the state is read (`fresh` reads it too).
+        let fresh = crate::raft::seam::fresh(self).is_ok();
+        let removed = match self.state.read() {
+            Ok(s) => s.nodes.get(&me).map(|n| n.removed),
             Err(_) => return,
         };
-        let history = self.history_end.get().is_some_and(|&end| applied <= end);
         match removed {
             Some(false) => {
-                self.seen_active.store(true, Ordering::Relaxed);
+                if fresh {
+                    self.seen_active.store(true, Ordering::Relaxed);
+                }
                 self.removed_running.store(false, Ordering::Relaxed);
             }
             Some(true)
-                if !history
-                    && self.seen_active.load(Ordering::Relaxed)
+                if self.seen_active.load(Ordering::Relaxed)
                     && !self.removed_running.swap(true, Ordering::Relaxed) =>
             {
                 if self.stopping() {
@@ -644,13 +674,10 @@ impl ClusterNode {
 
     /// The controller log's committed entries from `first_index` to `last_index` are replayed
     /// next: a state starts from them, aside.
-    fn replay_start(&self, first_index: u64, last_index: u64, written_to: u64) {
+    fn replay_start(&self, first_index: u64, last_index: u64) {
         log::info!(
             "controller: rebuilding the state from the log's entries {first_index}..={last_index}"
         );
-        // The first replay is the one at open; later ones install a leader's snapshot,
-        // news of this run.
-        let _ = self.history_end.set(written_to);
         if let Ok(mut r) = self.replay.lock() {
             *r = Some(ClusterState::replaying_from(first_index));
         }
@@ -1171,9 +1198,23 @@ impl ClusterNode {
             )));
         }
         let live = self.live_nodes(&s);
-        let rf = rf
-            .filter(|&r| r > 0)
-            .unwrap_or_else(|| live.len().clamp(1, 3) as u32);
+        let asked = rf.filter(|&r| r > 0);
+        let rf = asked.unwrap_or_else(|| live.len().clamp(1, 3) as u32);
+        let active = s.active_nodes();
+        if asked.is_none() && (rf as usize) < active.len().min(3) {
+            // A topic keeps its factor: one created while a member is down (a rolling
+            // restart that does not leave) has fewer replicas for good.
+            let down: Vec<u64> = active
+                .iter()
+                .filter(|n| !live.contains(n))
+                .copied()
+                .collect();
+            log::warn!(
+                "topic {name:?}: replication factor {rf} (the default, min(3, live nodes)): \
+                 nodes {down:?} are registered but not live; the topic keeps this factor \
+                 (give --replication-factor to choose it)"
+            );
+        }
         let placed = s
             .place(name, partitions, rf, &live)
             .map_err(Error::Refused)?;
@@ -1710,8 +1751,8 @@ impl ClusterHooks for NodeHooks {
         self.0.apply(index, command);
     }
 
-    fn replay_start(&self, first_index: u64, last_index: u64, written_to: u64) {
-        self.0.replay_start(first_index, last_index, written_to);
+    fn replay_start(&self, first_index: u64, last_index: u64) {
+        self.0.replay_start(first_index, last_index);
     }
 
     fn replay_end(&self) {

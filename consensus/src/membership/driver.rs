@@ -7,8 +7,9 @@
 //! first fetches the key: for each resolved join address it asks the member there for its
 //! RPC address (an unauthenticated query, see [`super::envelope`]), opens the peer channel
 //! to it (mutual TLS, certificate checked against the join host name) and asks for the key;
-//! it retries with backoff until one member gives it. A node without join addresses creates
-//! the key.
+//! it retries with backoff until one member gives it, or, for a node that may bootstrap the
+//! cluster (`create_key_after`), until that long has passed: then it creates the key, as a
+//! node without join addresses does.
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -52,6 +53,10 @@ pub struct MembershipSettings {
     pub join: Vec<String>,
     /// Peer TLS: gossip is authenticated with the cluster key when set.
     pub peer_tls: Option<PeerTls>,
+    /// With peer TLS, join addresses and no key yet: create the key if no member gave it
+    /// within this long (a node given `--bootstrap` too, which bootstraps the cluster when
+    /// no member answers); `None`: keep asking (a joining node).
+    pub create_key_after: Option<Duration>,
     pub config: MembershipConfig,
 }
 
@@ -166,6 +171,7 @@ impl Membership {
             peer_tls: settings.peer_tls.clone(),
             data_dir: settings.data_dir.clone(),
             keys,
+            create_key_after: settings.create_key_after,
         };
         glommio::spawn_local(driver.clone().run(pending)).detach();
         glommio::spawn_local(driver.commands(rx)).detach();
@@ -222,12 +228,21 @@ impl Membership {
 }
 
 /// What the core is made of once the gossip key is known.
+/// What [`Driver::fetch_key`] came back with.
+enum Fetched {
+    Key(GossipKey),
+    /// No member gave it within this long.
+    NoneWithin(Duration),
+    Stopped,
+}
+
 struct PendingCore {
     identity: NodeIdentity,
     key: Option<GossipKey>,
     peer_tls: Option<PeerTls>,
     data_dir: PathBuf,
     keys: KeyService,
+    create_key_after: Option<Duration>,
 }
 
 struct Driver {
@@ -379,15 +394,41 @@ impl Driver {
     async fn run(self: Rc<Self>, mut pending: PendingCore) {
         if pending.key.is_none() {
             if let Some(tls) = pending.peer_tls.clone() {
-                match self.fetch_key(&tls).await {
-                    Some(k) => {
+                match self.fetch_key(&tls, pending.create_key_after).await {
+                    Fetched::Key(k) => {
                         if let Err(e) = k.store(&pending.data_dir) {
                             log::error!("gossip: keeping the gossip key: {e}; it will be fetched again at the next start");
                         }
                         pending.keys.set(k.clone());
                         pending.key = Some(k);
                     }
-                    None => return,
+                    Fetched::NoneWithin(after) => {
+                        let created = GossipKey::generate().and_then(|k| {
+                            k.store(&pending.data_dir)?;
+                            Ok(k)
+                        });
+                        match created {
+                            Ok(k) => {
+                                log::info!(
+                                    "gossip: no member at {:?} gave the cluster's gossip key in \
+                                     {after:?}: created it (id {:08x}) in {}",
+                                    self.join,
+                                    k.id(),
+                                    pending.data_dir.display()
+                                );
+                                pending.keys.set(k.clone());
+                                pending.key = Some(k);
+                                self.shared
+                                    .key_created_here
+                                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                log::error!("gossip: creating the gossip key: {e}; gossip is off");
+                                return;
+                            }
+                        }
+                    }
+                    Fetched::Stopped => return,
                 }
             }
         }
@@ -403,6 +444,10 @@ impl Driver {
         let mut fx = Effects::default();
         core.start(self.now(), &mut fx);
         *self.core.borrow_mut() = Some(core);
+        // Release: whoever sees it running sees the key's origin too.
+        self.shared
+            .gossiping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.act(fx).await;
         self.receive().await;
     }
@@ -458,17 +503,18 @@ impl Driver {
         self.halt();
     }
 
-    /// Asks members behind the join addresses for the key until one gives it; `None` if
-    /// membership stopped first.
-    async fn fetch_key(self: &Rc<Self>, tls: &PeerTls) -> Option<GossipKey> {
+    /// Asks members behind the join addresses for the key until one gives it, until
+    /// membership stops, or until `give_up_after` has passed, if given.
+    async fn fetch_key(self: &Rc<Self>, tls: &PeerTls, give_up_after: Option<Duration>) -> Fetched {
         let mut backoff = self.config.join_backoff_min;
         let mut attempt = 0u64;
+        let started = Instant::now();
         loop {
             attempt += 1;
             GossipStats::add(&self.shared.stats.join_attempts, 1);
             for (host, addr) in resolve(self.join.clone()).await {
                 if self.stopped.get() {
-                    return None;
+                    return Fetched::Stopped;
                 }
                 let Some(rpc) = self.query_rpc_addr(addr).await else {
                     log::debug!("gossip: no RPC address answer from {addr}");
@@ -480,10 +526,13 @@ impl Driver {
                             "obtained the cluster's gossip key (id {:08x}) from {host} ({rpc})",
                             k.id()
                         );
-                        return Some(k);
+                        return Fetched::Key(k);
                     }
                     Err(e) => log::warn!("gossip: {e}"),
                 }
+            }
+            if let Some(after) = give_up_after.filter(|&a| started.elapsed() >= a) {
+                return Fetched::NoneWithin(after);
             }
             if attempt == 1 || attempt.is_multiple_of(10) {
                 log::warn!(
@@ -491,9 +540,16 @@ impl Driver {
                     self.join
                 );
             }
+            // Not past the deadline, if any.
+            let nap = give_up_after.map_or(backoff, |a| {
+                backoff.min(
+                    a.saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(50)),
+                )
+            });
             let slept = or(
                 async {
-                    glommio::timer::sleep(backoff).await;
+                    glommio::timer::sleep(nap).await;
                     true
                 },
                 async {
@@ -503,7 +559,7 @@ impl Driver {
             )
             .await;
             if !slept {
-                return None;
+                return Fetched::Stopped;
             }
             backoff = (backoff * 2).min(self.config.join_backoff_max);
         }

@@ -180,6 +180,11 @@ pub struct Shared {
     /// When the membership clock started (set by gossip's driver, or with a lone node's
     /// list): `MemberList::as_of` and `Member::since` count from it.
     pub(crate) clock: std::sync::OnceLock<std::time::Instant>,
+    /// Gossip runs: the cluster key is known (or not needed), packets go out and in.
+    pub(crate) gossiping: std::sync::atomic::AtomicBool,
+    /// This node created the cluster's gossip key after no member at its join addresses
+    /// gave it (`MembershipSettings::create_key_after`).
+    pub(crate) key_created_here: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -234,6 +239,19 @@ impl MembershipWatch {
             .clock
             .get()
             .map_or(list, |start| start.elapsed().max(list))
+    }
+
+    /// Whether gossip runs: false while a node with peer TLS still asks its join addresses
+    /// for the cluster's key (the list holds this node alone until then), and for a node
+    /// that runs no gossip.
+    pub fn gossiping(&self) -> bool {
+        self.shared.gossiping.load(Ordering::Acquire)
+    }
+
+    /// Whether this node created the cluster's gossip key after no member at its join
+    /// addresses gave it: it gossips with none of them.
+    pub fn key_created_here(&self) -> bool {
+        self.shared.key_created_here.load(Ordering::Relaxed)
     }
 
     /// The latest list.

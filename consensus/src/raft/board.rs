@@ -145,6 +145,17 @@ impl Board {
         self.partitions.read().ok()?.get(id).copied()
     }
 
+    /// The leader this node's replica of `id` knows (its group's view), if it holds one
+    /// and knows one.
+    pub fn leader_of(&self, id: &PartitionId) -> Option<u64> {
+        let group = self.group_of(id)?;
+        let groups = self.groups.read().ok()?;
+        groups
+            .get(&group)
+            .map(|v| v.leader)
+            .filter(|&l| l != raft::INVALID_ID)
+    }
+
     /// Partition `id`'s group here, and whether it is stopped, when its group is on the board
     /// (two read locks, no view copied: asked on every append).
     pub fn replica_of(&self, id: &PartitionId) -> Option<(u64, bool)> {

@@ -803,7 +803,15 @@ pub async fn append_via(
     // How long an append waits for a leader: through a leadership transfer here, or for
     // the successor of a leader that cannot be reached.
     let transfer_until = deadline.min(Instant::now() + LEADER_WAIT);
-    let mut leader = first.or_else(|| fwd.leader_of(id)).unwrap_or(me);
+    // The leader this node's replica knows first: it follows its group's elections, while
+    // the remembered one is only corrected by a forward that fails (a leader paused, not
+    // dead, had every first append through a node after the election forwarded to it and
+    // end at the deadline with an unknown outcome, however long after, even on the new
+    // leader itself). The remembered one serves a node without a replica.
+    let mut leader = first
+        .or_else(|| fwd.board().leader_of(id))
+        .or_else(|| fwd.leader_of(id))
+        .unwrap_or(me);
     loop {
         if leader == me {
             match local.append(id, batch.clone()).await {

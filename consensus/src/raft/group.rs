@@ -318,14 +318,8 @@ pub enum StateEvent {
     /// The state starts over from the log's committed entries `first_index..=last_index`,
     /// which follow (their commands, then [`StateEvent::Replayed`]): at open, and after a
     /// snapshot replaced the log. A log that starts past index 1 was compacted below a
-    /// checkpoint, which is among them. `written_to`: the log's last index then (entries
-    /// past `last_index` were written before, their commit not known yet: they are applied
-    /// as commands once it is, as history all the same).
-    Replay {
-        first_index: u64,
-        last_index: u64,
-        written_to: u64,
-    },
+    /// checkpoint, which is among them.
+    Replay { first_index: u64, last_index: u64 },
     /// A controller command, committed at `index`.
     Command { index: u64, command: Vec<u8> },
     /// The replay announced last is over.
@@ -1700,7 +1694,6 @@ async fn replayed<S: LogStore>(log: &RaftLog<S>, upto: u64) -> Result<Vec<StateE
     let mut out = vec![StateEvent::Replay {
         first_index: first,
         last_index: upto,
-        written_to: log.last_index(),
     }];
     let mut next = first;
     while next <= upto {

@@ -86,9 +86,8 @@ pub trait ClusterHooks: Send + Sync {
     /// A command of the controller's log (group 0), applied on this node, in index order.
     fn applied(&self, index: u64, command: &[u8]);
     /// The controller's state starts over from its log's committed entries
-    /// `first_index..=last_index`, whose commands follow, then [`replay_end`](Self::replay_end);
-    /// the log held entries up to `written_to` (see [`StateEvent::Replay`]).
-    fn replay_start(&self, _first_index: u64, _last_index: u64, _written_to: u64) {}
+    /// `first_index..=last_index`, whose commands follow, then [`replay_end`](Self::replay_end).
+    fn replay_start(&self, _first_index: u64, _last_index: u64) {}
     fn replay_end(&self) {}
     /// The index of the last valid checkpoint applied here (0: none): the controller's log
     /// may be compacted below it.
@@ -482,8 +481,7 @@ async fn run(inner: Rc<Inner>, mut set: GroupSet<Log>, tick: Duration) {
                     StateEvent::Replay {
                         first_index,
                         last_index,
-                        written_to,
-                    } => h.replay_start(first_index, last_index, written_to),
+                    } => h.replay_start(first_index, last_index),
                     StateEvent::Command { index, command } => h.applied(index, &command),
                     StateEvent::Replayed => h.replay_end(),
                 }

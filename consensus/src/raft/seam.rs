@@ -165,12 +165,44 @@ pub fn caught_up(c: &ClusterNode) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Whether this node's controller state is current enough to serve appends and reads of
+/// the replicas it holds, or why not. A restarted node's state is its log's, which may
+/// predate a topic's deletion (and re-creation) while it was down: its replica of the old
+/// topic, alone in its group (replication factor 1), elected itself and acknowledged
+/// appends that the deletion then dropped, at offsets the new topic gave out again. So
+/// after [`caught_up`], the state must also have applied what a member had applied when it
+/// answered this run's registration (`ClusterNode::note_member_applied`; every node with
+/// gossip registers at start), unless this node leads the controller (its state is the
+/// cluster's). Latched once met: from then on the state follows the controller's log
+/// live, as any member's does.
+pub fn fresh(c: &ClusterNode) -> std::result::Result<(), String> {
+    let (member_applied, latch) = c.freshness();
+    if latch.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    caught_up(c)?;
+    let applied = c.state().applied;
+    if !c.is_controller_leader() {
+        if member_applied == 0 {
+            return Err("waiting for a member to answer this node's registration".into());
+        }
+        if applied < member_applied {
+            return Err(format!(
+                "catching up with the controller's state as of this node's registration \
+                 (applied {applied} of {member_applied})"
+            ));
+        }
+    }
+    latch.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// Whether this node is ready for clients (`/readyz`, gRPC health), or why not: caught up
-/// ([`caught_up`]), and what the controller placed here is open (the reconcile loop opens
+/// ([`caught_up`]) and [`fresh`], and what the controller placed here is open (the reconcile loop opens
 /// it just after the placement applies): a ready node serves the replicas it is meant to
 /// hold.
 pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
-    caught_up(c)?;
+    fresh(c)?;
     let s = c.state();
     if s.nodes.get(&c.id()).is_some_and(|n| n.removed) {
         // Placement no longer counts it.
@@ -262,6 +294,18 @@ impl RaftPartitions {
                 crate::cluster::removed_message(c.id())
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// Refuses a client's append or read of `id` until this node's controller state is
+    /// [`fresh`]: NO_LEADER, retryable (nothing was appended).
+    fn check_fresh(&self, id: &PartitionId) -> Result<()> {
+        match &self.cluster {
+            Some(c) => fresh(c).map_err(|why| {
+                log::debug!("partition {id}: refused while {why}");
+                Error::NoLeader(partition_name(&id.topic, Some(id.partition)))
+            }),
+            None => Ok(()),
         }
     }
 
@@ -425,6 +469,7 @@ impl Partitions for RaftPartitions {
         Box::pin(async move {
             check_not_controller(id)?;
             self.check_not_removed()?;
+            self.check_fresh(id)?;
             // Three read locks per append (the board's two, the state's), no view copied.
             let replica = self.forward.board().replica_of(id);
             let fence = self.fence(id, replica);
@@ -490,6 +535,7 @@ impl Partitions for RaftPartitions {
         Box::pin(async move {
             check_not_controller(id)?;
             self.check_not_removed()?;
+            self.check_fresh(id)?;
             // Past what this replica has applied, the offset may be committed already (a
             // follower learns the commit index a heartbeat late): `read_here` asks.
             let here = if self.placed_elsewhere(id) || self.stale_here(id) {
@@ -525,6 +571,7 @@ impl Partitions for RaftPartitions {
         Box::pin(async move {
             check_not_controller(id)?;
             self.check_not_removed()?;
+            self.check_fresh(id)?;
             let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
@@ -546,6 +593,7 @@ impl Partitions for RaftPartitions {
         Box::pin(async move {
             check_not_controller(id)?;
             self.check_not_removed()?;
+            self.check_fresh(id)?;
             let here = if self.placed_elsewhere(id) || self.stale_here(id) {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
