@@ -58,6 +58,23 @@ fn idle_floods_neither_lock_clients_out_nor_flood_the_log() {
             c
         })
         .collect();
+    // Every flood connection accepted first (the count of accepted connections stops
+    // growing): one accepted after the client's, before its first call is read, would find
+    // the client's idle and could close it to make room.
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut seen = gauge_sum(&s, "proglog_connections_total");
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = gauge_sum(&s, "proglog_connections_total");
+        if now == seen && now >= 40.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the flood was never all accepted ({now})"
+        );
+        seen = now;
+    }
     // A new client is served (an idle connection made room for it).
     let ch = s.channel();
     produce(&ch, "", 0, "through the flood").expect("served despite the flood");
