@@ -282,23 +282,33 @@ pub fn form(
                             // (`cluster remove` of a stopped node): the members it finds
                             // are asked all the same, which registers it again if so (it
                             // was asked to leave no other way), and changes nothing if not.
-                            match register(true) {
-                                Ok(j) if j.node_id == id.node_id => {
-                                    log::debug!("registration as node {} confirmed", j.node_id)
+                            // Asked until a member answers: the answer is also what makes
+                            // this node's state fresh (`raft::seam::fresh`), without which it
+                            // serves no client (unless it leads the controller).
+                            while !node.stopping() {
+                                match register(true) {
+                                    Ok(j) if j.node_id == id.node_id => {
+                                        log::debug!("registration as node {} confirmed", j.node_id)
+                                    }
+                                    Ok(j) => known_otherwise(&j),
+                                    Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                                        log::error!("registering with the controller again: {e:#}")
+                                    }
+                                    Err(e) => {
+                                        log::debug!("confirming the registration: {e:#}");
+                                        continue;
+                                    }
                                 }
-                                Ok(j) => known_otherwise(&j),
-                                Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                    log::error!("registering with the controller again: {e:#}")
-                                }
-                                Err(e) => log::debug!("confirming the registration: {e:#}"),
+                                break;
                             }
                             return;
                         }
-                        // A node whose controller replica holds no state (lost, or started
-                        // afresh) recovers it only once registered: it keeps asking while no
-                        // member answers (each attempt lasts up to JOIN_DEADLINE). A refusal
-                        // is final: the members belong to another cluster.
-                        loop {
+                        // A node recovers a controller replica that holds no state (lost, or
+                        // started afresh), and serves clients at all (`raft::seam::fresh`),
+                        // only once registered: it keeps asking while no member answers
+                        // (each attempt lasts up to JOIN_DEADLINE). A refusal is final: the
+                        // members belong to another cluster.
+                        while !node.stopping() {
                             match register(false) {
                                 Ok(j) if j.node_id == id.node_id => {
                                     node.registered.store(true, Ordering::Relaxed);
@@ -310,14 +320,10 @@ pub fn form(
                                 Ok(j) => known_otherwise(&j),
                                 Err(e) => {
                                     log::error!("registering with the controller again: {e:#}");
-                                    let (v, c) = (node.controller(), node.state().cluster_id);
-                                    let stateless =
-                                        consensus::cluster::lost_without_state(v.as_ref(), &c)
-                                            || consensus::cluster::started_afresh(v.as_ref(), &c);
-                                    if stateless && e.downcast_ref::<Refused>().is_none() {
+                                    if e.downcast_ref::<Refused>().is_none() {
                                         log::warn!(
-                                            "the controller's replica here holds no state \
-                                             until this node registers: asking again"
+                                            "this node serves no client until a member answers \
+                                             its registration: asking again"
                                         );
                                         continue;
                                     }
@@ -611,9 +617,13 @@ fn find_a_cluster(
     // in BOOTSTRAP_PROBE (membership then creates it): the probe counts from then. A key
     // created here because none gave it means that no member at those addresses runs with
     // it: gossip never talks to them, there is no cluster to find.
-    let _ = wait_for("gossip to start", BOOTSTRAP_PROBE * 2, || {
-        members.gossiping()
-    });
+    // (Not bootstrapping meanwhile: membership creates the key if none is given in time.)
+    while wait_for("gossip to start", BOOTSTRAP_PROBE, || members.gossiping()).is_err() {
+        log::info!(
+            "--bootstrap: gossip has not started yet (the cluster's gossip key is being \
+             fetched): waiting before looking for a cluster"
+        );
+    }
     if members.key_created_here() {
         return None;
     }

@@ -476,6 +476,20 @@ impl ClusterNode {
         (self.member_applied.load(Ordering::Relaxed), &self.fresh)
     }
 
+    /// This run's state just became fresh: the node counts as active from here when the
+    /// registry holds it so (a removal from now on is one made while it runs, even with no
+    /// command applied in between).
+    pub(crate) fn note_fresh(&self) {
+        let me = self.id();
+        let active = self
+            .state
+            .read()
+            .is_ok_and(|s| s.nodes.get(&me).is_some_and(|n| !n.removed));
+        if active {
+            self.seen_active.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// This node's Raft id (0 until known).
     pub fn id(&self) -> u64 {
         self.peers.self_id.load(Ordering::Relaxed)

@@ -194,6 +194,7 @@ pub fn fresh(c: &ClusterNode) -> std::result::Result<(), String> {
         }
     }
     latch.store(true, std::sync::atomic::Ordering::Relaxed);
+    c.note_fresh();
     Ok(())
 }
 
@@ -202,6 +203,8 @@ pub fn fresh(c: &ClusterNode) -> std::result::Result<(), String> {
 /// it just after the placement applies): a ready node serves the replicas it is meant to
 /// hold.
 pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
+    // Both: `fresh` is latched once met, while readiness follows the controller.
+    caught_up(c)?;
     fresh(c)?;
     let s = c.state();
     if s.nodes.get(&c.id()).is_some_and(|n| n.removed) {
