@@ -301,35 +301,67 @@ pub fn form(
                                 }
                                 break;
                             }
-                            return;
-                        }
-                        // A node recovers a controller replica that holds no state (lost, or
-                        // started afresh), and serves clients at all (`raft::seam::fresh`),
-                        // only once registered: it keeps asking while no member answers
-                        // (each attempt lasts up to JOIN_DEADLINE). A refusal is final: the
-                        // members belong to another cluster.
-                        while !node.stopping() {
-                            match register(false) {
-                                Ok(j) if j.node_id == id.node_id => {
-                                    node.registered.store(true, Ordering::Relaxed);
-                                    log::info!(
-                                        "registered with the controller again as node {}",
-                                        j.node_id
-                                    )
-                                }
-                                Ok(j) => known_otherwise(&j),
-                                Err(e) => {
-                                    log::error!("registering with the controller again: {e:#}");
-                                    if e.downcast_ref::<Refused>().is_none() {
-                                        log::warn!(
+                        } else {
+                            // A node recovers a controller replica that holds no state (lost, or
+                            // started afresh), and serves clients at all (`raft::seam::fresh`),
+                            // only once registered: it keeps asking while no member answers
+                            // (each attempt lasts up to JOIN_DEADLINE). A refusal is final: the
+                            // members belong to another cluster.
+                            while !node.stopping() {
+                                match register(false) {
+                                    Ok(j) if j.node_id == id.node_id => {
+                                        node.registered.store(true, Ordering::Relaxed);
+                                        log::info!(
+                                            "registered with the controller again as node {}",
+                                            j.node_id
+                                        )
+                                    }
+                                    Ok(j) => known_otherwise(&j),
+                                    Err(e) => {
+                                        log::error!("registering with the controller again: {e:#}");
+                                        if e.downcast_ref::<Refused>().is_none() {
+                                            log::warn!(
                                             "this node serves no client until a member answers \
                                              its registration: asking again"
                                         );
-                                        continue;
+                                            continue;
+                                        }
+                                    }
+                                }
+                                break;
+                            }
+                        }
+                        // A removal that lands while this node starts (its registration
+                        // answered before the removal applied here: a restart slower than
+                        // --dead-node-timeout) was made while it was away, as one read from
+                        // its log: once its state is fresh, it registers again.
+                        while !node.stopping() {
+                            if consensus::raft::seam::fresh(&node).is_err() {
+                                std::thread::sleep(Duration::from_millis(200));
+                                continue;
+                            }
+                            let removed = node
+                                .state()
+                                .nodes
+                                .get(&id.node_id)
+                                .is_some_and(|n| n.removed);
+                            if !removed || node.removed_while_running() {
+                                break;
+                            }
+                            match register(false) {
+                                Ok(j) => log::info!(
+                                    "removed while it started: registered with the controller \
+                                     again as node {}",
+                                    j.node_id
+                                ),
+                                Err(e) => {
+                                    log::error!("registering with the controller again: {e:#}");
+                                    if e.downcast_ref::<Refused>().is_some() {
+                                        break;
                                     }
                                 }
                             }
-                            break;
+                            std::thread::sleep(Duration::from_millis(200));
                         }
                     })
                     .context("starting the rejoin thread")?;
