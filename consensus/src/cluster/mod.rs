@@ -499,6 +499,11 @@ impl ClusterNode {
         self.peers.self_id.store(id, Ordering::Relaxed);
     }
 
+    /// The controller log index the state applied here reflects (no copy of the state).
+    pub fn applied_index(&self) -> u64 {
+        self.state.read().map(|s| s.applied).unwrap_or(0)
+    }
+
     /// The controller's state as applied here.
     pub fn state(&self) -> ClusterState {
         self.state.read().map(|s| s.clone()).unwrap_or_default()
@@ -551,12 +556,8 @@ impl ClusterNode {
         let Some(w) = self.members.get() else { return };
         let list = w.members();
         for (id, n) in &s.nodes {
-            if let Some(m) = list
-                .members
-                .iter()
-                .find(|m| m.state.is_live() && m.node_id.to_string() == n.member)
-            {
-                self.add_peer(*id, &m.rpc_addr.to_string());
+            if let Some(addr) = gossip_rpc_addr(&list, &n.member) {
+                self.add_peer(*id, &addr);
             }
         }
     }
@@ -620,13 +621,10 @@ impl ClusterNode {
                 .nodes
                 .iter()
                 .map(|(id, n)| {
-                    let gossip = live.as_ref().and_then(|l| {
-                        l.members
-                            .iter()
-                            .find(|m| m.state.is_live() && m.node_id.to_string() == n.member)
-                    });
-                    let addr =
-                        gossip.map_or_else(|| n.rpc_addr.clone(), |m| m.rpc_addr.to_string());
+                    let addr = live
+                        .as_ref()
+                        .and_then(|l| gossip_rpc_addr(l, &n.member))
+                        .unwrap_or_else(|| n.rpc_addr.clone());
                     (*id, addr)
                 })
                 .collect(),
@@ -1618,6 +1616,14 @@ fn describe_command(c: &Command) -> String {
             _ => format!("checkpoint of the state through index {at}, malformed"),
         },
     }
+}
+
+/// The RPC address gossip lists for `member` (a membership id) while it is live.
+fn gossip_rpc_addr(list: &crate::membership::MemberList, member: &str) -> Option<String> {
+    list.members
+        .iter()
+        .find(|m| m.state.is_live() && m.node_id.to_string() == member)
+        .map(|m| m.rpc_addr.to_string())
 }
 
 fn log_applied(index: u64, c: &Command, outcome: &Applied, replay: bool) {

@@ -181,7 +181,7 @@ pub fn fresh(c: &ClusterNode) -> std::result::Result<(), String> {
         return Ok(());
     }
     caught_up(c)?;
-    let applied = c.state().applied;
+    let applied = c.applied_index();
     if !c.is_controller_leader() {
         if member_applied == 0 {
             return Err("waiting for a member to answer this node's registration".into());
