@@ -153,11 +153,26 @@ impl JoinService {
                 in_cluster: true,
             });
         }
-        node.propose(&super::state::Command::Register {
-            node: req.node.clone(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        if let Err(e) = node
+            .propose(&super::state::Command::Register {
+                node: req.node.clone(),
+            })
+            .await
+        {
+            // Leadership lost around the proposal, or no leader: nothing final, and a
+            // node that starts serves no client until its registration is answered. It
+            // asks again (as after any `not_leader`), never refused for it.
+            log::info!(
+                "join request of {} ({}): the registration was not committed ({e}): asked to try again",
+                req.node.name,
+                req.node.member
+            );
+            let leader = node.controller().map(|v| v.leader).unwrap_or(0);
+            return Ok(JoinAnswer::NotLeader {
+                leader_addr: node.rpc_addr_of(leader),
+                in_cluster: true,
+            });
+        }
         let s = node.state();
         match s.id_of(&req.node.member) {
             Some(id) => {
