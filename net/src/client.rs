@@ -227,6 +227,12 @@ impl Channel {
         self.inner.closed.get()
     }
 
+    /// The flag [`Channel::is_closed`] reads, for a holder that drops every clone of the
+    /// channel and then waits for its connection to end.
+    pub(crate) fn closed_flag(&self) -> Rc<Cell<bool>> {
+        self.inner.closed.clone()
+    }
+
     fn build_request(&self, path: &str, opts: &CallOptions) -> Result<http::Request<()>, Status> {
         let uri = format!("http://{}{}", self.inner.authority, path);
         let mut req = http::Request::post(uri)

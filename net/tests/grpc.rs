@@ -691,3 +691,55 @@ fn pool_of_executors_shares_one_port() {
     shutdown.trigger();
     pool.join().unwrap();
 }
+
+/// Blocking channels opened and dropped in a loop, as a tool polling a server does: each
+/// dropped channel's connection is closed by the time the drop returns, and all of them
+/// share one client thread (a thread with an executor of its own per channel leaked that
+/// executor's eventfds, and a long poll loop ran the process out of file descriptors).
+#[test]
+fn blocking_channels_opened_in_a_loop_share_one_thread_and_close_on_drop() {
+    let s = TestServer::start();
+    let client_threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.filter_map(|t| t.ok())
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim_end() == "grpc-client")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut after_first = 0;
+    for i in 0..300 {
+        let c = net::blocking::BlockingChannel::connect(s.addr, ClientConfig::default())
+            .expect("connect");
+        let m = Bytes::from(i.to_string());
+        assert_eq!(
+            c.unary("/test.Echo/Unary", m.clone(), CallOptions::default())
+                .unwrap(),
+            m
+        );
+        drop(c);
+        // The server hears the close a moment after the client made it.
+        let since = Instant::now();
+        while s.probes.connections_open.load(Ordering::SeqCst) != 0 {
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "channel {i}'s connection still open after its drop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if i == 0 {
+            after_first = client_threads();
+        }
+    }
+    // The client thread, and the helper glommio starts beside its executor.
+    assert!(after_first >= 1, "no client thread");
+    assert_eq!(
+        client_threads(),
+        after_first,
+        "client threads after 300 channels"
+    );
+}
