@@ -285,45 +285,78 @@ pub(super) fn replace_removed(
 }
 
 /// One step towards preferred leaders (a partition's first replica, which its leader hands
-/// leadership to) spread evenly over the nodes gossip lists `up`: a replica set reordered so
-/// that a partition preferring a node with more such partitions than another of its
-/// replicas' nodes (by two or more) prefers that one instead; `None` when none is. Replicas
-/// re-created on other nodes, or added when a node returns, go last in their sets, so
-/// without this the nodes that stayed keep every leadership. Only partitions whose
-/// preferred node is up are reordered: one that is down or suspect (restarting) gets its
-/// leaderships back when it returns. The replica set itself does not change.
+/// leadership to) spread evenly over the nodes gossip lists `up`, within each topic first and
+/// then over all topics: a replica set reordered so that a partition preferring a node with
+/// more of its topic's partitions than another of its replicas' nodes (by two or more)
+/// prefers that one instead; failing such a move, one that narrows a gap of two or more in
+/// the nodes' totals without widening its topic's (the node it moves to leads fewer of the
+/// topic than the one it leaves); `None` when neither is left. Balancing totals alone piled
+/// every partition of the first topics onto a node that returned with none, so a hot topic's
+/// writes all landed on one node after each membership change. Replicas re-created on other
+/// nodes, or added when a node returns, go last in their sets, so without this the nodes
+/// that stayed keep every leadership. Only partitions whose preferred node is up are
+/// reordered: one that is down or suspect (restarting) gets its leaderships back when it
+/// returns. The replica set itself does not change.
+///
+/// Each step lowers the sum over topics of the squared per-topic counts, or leaves it and
+/// lowers the squared totals, so the steps end.
 pub(crate) fn spread_preferred_leaders(s: &ClusterState, up: &[u64]) -> Option<Command> {
-    let mut preferred: BTreeMap<u64, usize> = up.iter().map(|&n| (n, 0)).collect();
-    for t in s.topics.values() {
+    let zero = || -> BTreeMap<u64, usize> { up.iter().map(|&n| (n, 0)).collect() };
+    let mut total = zero();
+    let mut per_topic: BTreeMap<&str, BTreeMap<u64, usize>> = BTreeMap::new();
+    for (name, t) in &s.topics {
+        let mut count = zero();
         for p in &t.partitions {
-            if let Some(c) = p.replicas.first().and_then(|r| preferred.get_mut(&r.node)) {
+            let Some(first) = p.replicas.first() else {
+                continue;
+            };
+            if let Some(c) = count.get_mut(&first.node) {
+                *c += 1;
+            }
+            if let Some(c) = total.get_mut(&first.node) {
                 *c += 1;
             }
         }
+        per_topic.insert(name.as_str(), count);
     }
-    // The move that narrows the gap most (the first such, in topic and partition order).
-    let mut best: Option<(usize, &str, usize, usize)> = None;
+    // The widest gap within a topic (ties: the widest in the totals, then topic and
+    // partition order), else the widest in the totals.
+    let mut in_topic: Option<((usize, isize), &str, usize, usize)> = None;
+    let mut overall: Option<(usize, &str, usize, usize)> = None;
     for (name, t) in &s.topics {
+        let Some(count) = per_topic.get(name.as_str()) else {
+            continue;
+        };
         for (i, p) in t.partitions.iter().enumerate() {
-            let Some(&from) = p.replicas.first().and_then(|r| preferred.get(&r.node)) else {
+            let Some((from, &tf, &gf)) = p
+                .replicas
+                .first()
+                .and_then(|r| Some((r.node, count.get(&r.node)?, total.get(&r.node)?)))
+            else {
                 continue;
             };
-            let better = p
-                .replicas
-                .iter()
-                .enumerate()
-                .skip(1)
-                .filter(|(_, r)| !p.stopped.contains(&r.node))
-                .filter_map(|(j, r)| preferred.get(&r.node).map(|&c| (c, j)))
-                .min();
-            if let Some((to, j)) = better.filter(|&(to, _)| from > to + 1) {
-                if best.is_none_or(|(gap, ..)| from - to > gap) {
-                    best = Some((from - to, name.as_str(), i, j));
+            for (j, r) in p.replicas.iter().enumerate().skip(1) {
+                if r.node == from || p.stopped.contains(&r.node) {
+                    continue;
+                }
+                let (Some(&tt), Some(&gt)) = (count.get(&r.node), total.get(&r.node)) else {
+                    continue;
+                };
+                if tf > tt + 1 {
+                    let key = (tf - tt, gf as isize - gt as isize);
+                    if in_topic.is_none_or(|(k, ..)| key > k) {
+                        in_topic = Some((key, name.as_str(), i, j));
+                    }
+                } else if tt < tf && gf > gt + 1 && overall.is_none_or(|(g, ..)| gf - gt > g) {
+                    overall = Some((gf - gt, name.as_str(), i, j));
                 }
             }
         }
     }
-    let (_, name, i, j) = best?;
+    let (name, i, j) = match (in_topic, overall) {
+        (Some((_, name, i, j)), _) | (None, Some((_, name, i, j))) => (name, i, j),
+        (None, None) => return None,
+    };
     let t = s.topics.get(name)?;
     let p = t.partitions.get(i)?;
     let mut replicas = p.replicas.clone();

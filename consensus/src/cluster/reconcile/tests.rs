@@ -251,6 +251,63 @@ fn preferred_leaders_spread_over_the_nodes_that_are_up() {
     assert_eq!(spread_preferred_leaders(&s, &[1, 2]), None);
 }
 
+/// A node that returns with no leaderships gets its share of each topic, not every partition
+/// of the first topics: balancing the totals alone made node 3 the preferred leader of all
+/// three partitions of `a` (its writes all on one node), `b` keeping the gap.
+#[test]
+fn preferred_leaders_spread_within_each_topic() {
+    let mut s = state();
+    let r = |node| Replica { node, shard: 0 };
+    let topic = |prefs: &[u64]| -> Vec<PartitionEntry> {
+        prefs
+            .iter()
+            .map(|&first| {
+                let nodes = if first == 1 { [1, 2, 3] } else { [2, 1, 3] };
+                PartitionEntry {
+                    initial: nodes.to_vec(),
+                    replicas: nodes.iter().map(|&n| r(n)).collect(),
+                    stopped: Vec::new(),
+                    departed: Vec::new(),
+                }
+            })
+            .collect()
+    };
+    for (i, (name, prefs)) in [("a", &[1, 2, 1][..]), ("b", &[1, 2, 1, 2, 1, 2][..])]
+        .into_iter()
+        .enumerate()
+    {
+        s.apply(
+            4 + i as u64,
+            &Command::CreateTopic {
+                name: name.into(),
+                config: engine::LogConfig::default(),
+                replication_factor: 3,
+                partitions: topic(prefs),
+            },
+        );
+    }
+    let mut index = 6;
+    let mut steps = 0;
+    while let Some(c) = spread_preferred_leaders(&s, &[1, 2, 3]) {
+        s.apply(index, &c);
+        index += 1;
+        steps += 1;
+        assert!(steps < 20, "no fixed point");
+    }
+    let count = |topics: &[&str]| {
+        let mut c = BTreeMap::from([(1, 0), (2, 0), (3, 0)]);
+        for t in topics {
+            for p in &s.topics[*t].partitions {
+                *c.entry(p.replicas[0].node).or_insert(0) += 1;
+            }
+        }
+        c
+    };
+    assert_eq!(count(&["a"]), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+    assert_eq!(count(&["b"]), BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+    assert_eq!(steps, 3, "one move for a, two for b");
+}
+
 /// [`state`] with topic `t` created at index 4: one partition on nodes 1 and 2, factor 2.
 fn with_topic_t() -> ClusterState {
     let mut s = state();
