@@ -3136,3 +3136,88 @@ fn get_servers_never_lists_a_node_of_another_cluster() {
     }
     assert_eq!(consume(&a, "", 0).unwrap(), b"of this cluster");
 }
+
+/// A two-replica partition whose other node is gone for good: `cluster remove` says the
+/// partition is stranded (Raft needs both of two voters to elect a leader or to change its
+/// voters, so the replica re-created elsewhere can never join), `topics describe` says
+/// `no-leader` instead of `writable`, and a produce gets UNAVAILABLE; what it committed
+/// stays readable on the survivor. A three-replica partition on the same node goes on.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn removing_a_node_names_the_two_replica_partitions_it_strands() {
+    let mut c = form("remove strands a two-replica partition", 14, &[]);
+    create_topic(&c, "pair", 1, 2);
+    create_topic(&c, "trio", 1, 3);
+    let ids = raft_ids(&c);
+    let mut leader = None;
+    wait("pair/0 led with two voters", || {
+        leader = leader_of(&c, "pair", 0, 2);
+        leader.is_some()
+    });
+    let l = leader.unwrap_or(0);
+    let mut r = Err(Status::unavailable(""));
+    wait("a produce to pair/0", || {
+        r = produce_to(&c.nodes[l], "pair", 0, b"kept");
+        r.is_ok()
+    });
+    let kept = r.expect("produce");
+    let replicas: Vec<u64> = c.nodes[l]
+        .describe()
+        .and_then(|d| {
+            d.partitions
+                .into_iter()
+                .find(|p| p.topic == "pair" && p.partition == 0)
+        })
+        .map(|p| {
+            p.replicas
+                .iter()
+                .filter(|r| r.voter)
+                .map(|r| r.node)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    // The victim: pair/0's other replica if it does not lead the controller, else this one.
+    let ctl = controller_leader(&c);
+    let holders: Vec<usize> = (0..3).filter(|&i| replicas.contains(&ids[i])).collect();
+    let victim = holders.iter().copied().find(|&i| i != ctl).unwrap_or(l);
+    let survivor = holders.iter().copied().find(|&i| i != victim).unwrap_or(0);
+    wait("the record committed on the survivor too", || {
+        consume_from(&c.nodes[survivor], "pair", 0, kept).is_ok()
+    });
+    let asked = (0..3).find(|&i| i != victim).unwrap_or(0);
+    c.nodes[victim].kill9();
+    let (ok, out, err) = common::run_cli(
+        c.nodes[asked].rpc,
+        &["cluster", "remove", &ids[victim].to_string()],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("too few replicas to elect a leader") && err.contains("pair/0"),
+        "{out}{err}"
+    );
+    assert!(!err.contains("trio/0"), "{err}");
+    // Described by the survivor replica: no leader, not writable.
+    wait("pair/0 described as without a leader", || {
+        let (ok, out, _) =
+            common::run_cli(c.nodes[survivor].rpc, &["topics", "describe", "pair"], None);
+        ok && out
+            .lines()
+            .any(|l| l.starts_with("0\t") && l.ends_with("\tno-leader"))
+    });
+    let e = produce_to(&c.nodes[survivor], "pair", 0, b"refused").expect_err("no leader");
+    assert_eq!(e.code, net::Code::Unavailable, "{e:?}");
+    assert_eq!(
+        consume_from(&c.nodes[survivor], "pair", 0, kept)
+            .ok()
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+    // The three-replica partition goes on with two.
+    let mut r = Err(Status::unavailable(""));
+    wait("a produce to trio/0 after the removal", || {
+        r = produce_to(&c.nodes[survivor], "trio", 0, b"on");
+        r.is_ok()
+    });
+}

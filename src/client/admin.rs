@@ -257,6 +257,7 @@ fn write_state_text(state: i32) -> &'static str {
         Ok(pb::PartitionWriteState::DiskFull) => "disk-full",
         Ok(pb::PartitionWriteState::Latched) => "latched",
         Ok(pb::PartitionWriteState::Lost) => "lost",
+        Ok(pb::PartitionWriteState::NoLeader) => "no-leader",
         Err(_) => "unknown",
     }
 }

@@ -49,6 +49,23 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             } else {
                 crate::out::outln!("removed node {}", resp.id)?;
             }
+            if !resp.stranded.is_empty() {
+                eprintln!(
+                    "warning: without node {} these partitions have too few replicas to elect a \
+                     leader (a partition with two replicas needs both), and take no appends \
+                     from now on (what they committed stays readable): {}",
+                    resp.id,
+                    resp.stranded.join(", ")
+                );
+            }
+            if !resp.lost.is_empty() {
+                eprintln!(
+                    "warning: node {} held the only replica of these partitions; their records \
+                     are gone: {}",
+                    resp.id,
+                    resp.lost.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -754,6 +754,29 @@ impl ClusterState {
             .map(|(id, _)| *id)
     }
 
+    /// What removing node `id` costs, as `T/P` names: the partitions with a replica on it and
+    /// too few others to elect a leader, or to change their voters, without it (a partition
+    /// with two replicas: Raft needs both), which take no appends again; and those whose only
+    /// replica it held, whose records go with it.
+    pub fn stranded_without(&self, id: u64) -> (Vec<String>, Vec<String>) {
+        let (mut stranded, mut lost) = (Vec::new(), Vec::new());
+        for (name, t) in &self.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let nodes = p.nodes();
+                if !nodes.contains(&id) {
+                    continue;
+                }
+                let n = nodes.len();
+                if n == 1 {
+                    lost.push(format!("{name}/{i}"));
+                } else if n - 1 < n / 2 + 1 {
+                    stranded.push(format!("{name}/{i}"));
+                }
+            }
+        }
+        (stranded, lost)
+    }
+
     /// Registered nodes not removed, by id.
     pub fn active_nodes(&self) -> Vec<u64> {
         self.nodes

@@ -1328,6 +1328,7 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
                     Writability::DiskFull { free_bytes } => (1, free_bytes, String::new()),
                     Writability::Latched { cause } => (2, 0, cause),
                     Writability::Lost => (3, 0, String::new()),
+                    Writability::NoLeader => (4, 0, String::new()),
                 };
                 read_response::Outcome::Summary(PartitionSummary {
                     lowest_offset: d.lowest_offset,

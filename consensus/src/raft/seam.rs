@@ -656,6 +656,7 @@ impl Partitions for RaftPartitions {
                     },
                     2 => engine::seam::Writability::Latched { cause: s.cause },
                     3 => engine::seam::Writability::Lost,
+                    4 => engine::seam::Writability::NoLeader,
                     _ => engine::seam::Writability::Writable,
                 },
                 waiters: 0,

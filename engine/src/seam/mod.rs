@@ -150,6 +150,10 @@ pub enum Writability {
     /// server was down): its group stays stopped and takes no writes here (appends get
     /// `DataLoss`, or go to the partition's other replicas) until an operator acts.
     Lost,
+    /// In a cluster: its replication group has no leader this replica knows (an election is
+    /// under way, or too few of its voters are reachable to elect one): appends get
+    /// `NoLeader` until one is elected.
+    NoLeader,
 }
 
 /// Where a partition stands.

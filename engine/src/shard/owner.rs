@@ -89,10 +89,12 @@ pub(crate) async fn read_barrier(ctx: &ShardCtx, id: &PartitionId) -> Result<u64
 pub(crate) fn describe(ctx: &ShardCtx, id: &PartitionId) -> Result<PartitionReport> {
     let (log, waiters) = ctx.owned(id)?;
     let replica = ctx.replicator().and_then(|r| r.status(id));
-    // A lost log refuses nothing itself: its replication group, stopped, refuses appends.
-    let writable = match &replica {
-        Some(r) if r.lost => Writability::Lost,
-        _ => log.writability(),
+    // A lost log refuses nothing itself: its replication group, stopped, refuses appends;
+    // a group without a leader takes none either, however writable the log.
+    let writable = match (&replica, log.writability()) {
+        (Some(r), _) if r.lost => Writability::Lost,
+        (Some(r), Writability::Writable) if r.leader.is_none() => Writability::NoLeader,
+        (_, w) => w,
     };
     Ok(PartitionReport {
         stats: log.stats(),

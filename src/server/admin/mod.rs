@@ -88,6 +88,7 @@ fn write_state(w: &Writability) -> PartitionWriteState {
         Writability::DiskFull { .. } => PartitionWriteState::DiskFull,
         Writability::Latched { .. } => PartitionWriteState::Latched,
         Writability::Lost => PartitionWriteState::Lost,
+        Writability::NoLeader => PartitionWriteState::NoLeader,
     }
 }
 

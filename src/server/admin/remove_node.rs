@@ -22,16 +22,39 @@ pub async fn handle(
             "name the node to remove (a Raft id or a name)",
         ));
     }
+    let before = state.cluster.state();
     let (id, already_removed) = state
         .cluster
         .remove_node(&node)
         .await
         .map_err(|e| to_status(e.into()))?;
+    let (stranded, lost) = if already_removed {
+        (Vec::new(), Vec::new())
+    } else {
+        before.stranded_without(id)
+    };
     if !already_removed {
         log::warn!("node {id} ({node}) removed from the cluster on request");
+    }
+    if !stranded.is_empty() {
+        log::warn!(
+            "removing node {id} leaves {} partition(s) without enough replicas to elect a \
+             leader: they take no appends from now on: {}",
+            stranded.len(),
+            stranded.join(", ")
+        );
+    }
+    if !lost.is_empty() {
+        log::warn!(
+            "node {id} held the only replica of {} partition(s): their records are gone: {}",
+            lost.len(),
+            lost.join(", ")
+        );
     }
     Ok(RemoveNodeResponse {
         id,
         already_removed,
+        stranded,
+        lost,
     })
 }

@@ -18,6 +18,8 @@
 //! - **Replicas of this node that stopped for good** (their log failed: stopped until the
 //!   server restarts): past `--stopped-replica-grace` this node tells the controller
 //!   (`ReplicaStopped`, forwarded to the controller's leader), which moves the replica.
+//! - **Replicas of this node whose group has no leader** for 30 s are logged with the voters
+//!   that are missing (a group whose missing voter was removed cannot elect one again).
 //! - **The controller's leader**: the `default` topic's replication factor rises to
 //!   min(3, live nodes) as nodes join; replicas of removed nodes, and replicas marked
 //!   stopped, are re-created on live nodes that lack one.
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 
 mod controller;
 mod leader;
+mod leaderless;
 mod local;
 mod stopped;
 #[cfg(test)]
@@ -37,6 +40,7 @@ mod tests;
 
 use controller::{controller, Countdown};
 use leader::groups;
+use leaderless::{report_leaderless, LeaderlessHere};
 use local::{local, Seen};
 use stopped::{controller_replica, report_recovered, report_stopped, ControllerHere, StoppedHere};
 
@@ -58,6 +62,7 @@ fn run(node: Arc<ClusterNode>) {
     let mut countdown = Countdown::default();
     let mut stopped_here: HashMap<u64, StoppedHere> = HashMap::new();
     let mut recovered_here: HashMap<u64, Instant> = HashMap::new();
+    let mut leaderless_here: HashMap<u64, LeaderlessHere> = HashMap::new();
     let mut unplaced: BTreeSet<(String, u32)> = BTreeSet::new();
     let mut controller_here = ControllerHere::default();
     while !node.stopping() {
@@ -69,6 +74,7 @@ fn run(node: Arc<ClusterNode>) {
             groups(&node, &s);
             report_stopped(&node, &s, &mut stopped_here, Instant::now());
             report_recovered(&node, &s, &mut recovered_here, Instant::now());
+            report_leaderless(&node, &s, &mut leaderless_here, Instant::now());
             controller_replica(&node, &s, &mut controller_here, Instant::now());
             if node.is_controller_leader() {
                 controller(&node, &s, &mut countdown, &mut unplaced);

@@ -2,6 +2,7 @@
 
 use super::controller::*;
 use super::leader::*;
+use super::leaderless::why_leaderless;
 use super::local::*;
 use super::stopped::*;
 use crate::cluster::state::NodeEntry;
@@ -924,4 +925,63 @@ fn leadership_goes_back_to_a_preferred_replica_only_when_it_is_up() {
         partition_step(2, false, &v, &placed, &[1, 2, 3], &[1, 2, 3]),
         Some(Step::Transfer(1))
     );
+}
+
+/// What a replica without a leader for a while says: a two-replica partition whose other node
+/// was removed cannot elect again (said so); one waiting for nodes that are down elects when
+/// they return; one with enough voters up points at the network.
+#[test]
+fn a_group_without_a_leader_says_why_and_whether_it_lasts() {
+    let t = Duration::from_secs(31);
+    let gone = why_leaderless(t, &[2, 1], &[2, 3], |n| n == 1);
+    assert!(gone.contains("needs 2 of its 2 voters [2, 1]"), "{gone}");
+    assert!(gone.contains("[1] were removed"), "{gone}");
+    assert!(gone.contains("takes no appends again"), "{gone}");
+    let down = why_leaderless(t, &[1, 2, 3], &[3], |_| false);
+    assert!(down.contains("needs 2 of its 3 voters"), "{down}");
+    assert!(down.contains("once enough of nodes [1, 2]"), "{down}");
+    assert!(!down.contains("again"), "{down}");
+    // One removed of three, one down: it elects once the down one returns.
+    let both = why_leaderless(t, &[1, 2, 3], &[3], |n| n == 1);
+    assert!(both.contains("[1] were removed"), "{both}");
+    assert!(both.contains("once enough of nodes [2]"), "{both}");
+    let up = why_leaderless(t, &[1, 2, 3], &[1, 2, 3], |_| false);
+    assert!(up.contains("elections keep failing"), "{up}");
+}
+
+/// `cluster remove` names what a removal strands: two-replica partitions with a replica on
+/// the node, and single-replica ones it held; three-replica ones go on.
+#[test]
+fn a_removal_names_the_partitions_it_strands_and_those_it_loses() {
+    let mut s = state();
+    let r = |node| Replica { node, shard: 0 };
+    let entry = |nodes: &[u64]| PartitionEntry {
+        initial: nodes.to_vec(),
+        replicas: nodes.iter().map(|&n| r(n)).collect(),
+        stopped: Vec::new(),
+        departed: Vec::new(),
+    };
+    for (i, (name, sets)) in [
+        ("three", vec![entry(&[1, 2, 3])]),
+        ("two", vec![entry(&[2, 1]), entry(&[2, 3])]),
+        ("one", vec![entry(&[1]), entry(&[3])]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.apply(
+            4 + i as u64,
+            &Command::CreateTopic {
+                name: name.into(),
+                config: engine::LogConfig::default(),
+                replication_factor: sets[0].replicas.len() as u32,
+                partitions: sets,
+            },
+        );
+    }
+    assert_eq!(
+        s.stranded_without(1),
+        (vec!["two/0".to_owned()], vec!["one/0".to_owned()])
+    );
+    assert_eq!(s.stranded_without(4), (vec![], vec![]));
 }
