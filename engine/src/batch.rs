@@ -12,7 +12,8 @@
 //!   8  u64  base_offset    offset of the first record; of a control batch: the next data offset
 //!  16  u64  term           Raft term of the entry
 //!  24  u64  raft_index     Raft index of the entry (one batch = one entry)
-//!  32  u64  commit_index   the commit index its writer knew, at most raft_index (0: unknown)
+//!  32  u64  commit_index   the commit index its writer knew, at most raft_index and at most
+//!                          the last index its log had synced (0: unknown)
 //!  40  i64  timestamp_ms   append time, Unix milliseconds (set by the proposer)
 //!  48  u32  record_count   >= 1 for data, 0 for every other kind
 //!  52  u32  payload_len    bytes that follow the header

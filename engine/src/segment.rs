@@ -490,7 +490,97 @@ pub async fn scan(
         s.next_index = header.raft_index + 1;
         s.last_term = header.term;
     }
+    // What looks like the end of an interrupted write (a torn batch, or zeros where the next
+    // batch should start with more written after them) is damage when a valid batch further
+    // on was written once the entry expected here was durable: its commit index reaches it
+    // (`batch.rs`: a writer stamps no more than its log had made durable). Zeros followed by
+    // nothing but zeros, in the chunk the scan holds, are the end of the data.
+    let ends_early = match &s.stopped {
+        Some(stop) => stop.torn,
+        None => {
+            s.valid_len < file_len
+                && s.valid_len >= chunk_pos
+                && chunk
+                    .get((s.valid_len - chunk_pos) as usize..)
+                    .is_some_and(|rest| rest.iter().any(|&b| b != 0))
+        }
+    };
+    if ends_early && s.next_index > 0 {
+        let at = s.valid_len;
+        if let Some((later, h)) =
+            later_durable_batch(file, path, at + 1, file_len, s.next, s.next_index).await?
+        {
+            let what = match &s.stopped {
+                Some(stop) => stop.why.clone(),
+                None => format!("zeros at byte {at} where a batch should start"),
+            };
+            s.stopped = Some(Stop::damaged(
+                at,
+                format!(
+                    "{what}, and the valid batch at byte {later} (Raft index {}) was written \
+                     after Raft index {} was durable (its commit index is {}): damage, not \
+                     an interrupted write",
+                    h.raft_index, s.next_index, h.commit_index
+                ),
+            ));
+        } else if s.stopped.is_none() {
+            s.stopped = Some(Stop::torn(
+                at,
+                format!("zeros at byte {at} where a batch should start, then other bytes"),
+            ));
+        }
+    }
     Ok(s)
+}
+
+/// The first valid batch in `file` at or after byte `from` (before `file_len`) that carries
+/// on from offset `next` and Raft index `index` and whose commit index is at least `index`:
+/// proof that the entry at `index` was durable before it was written.
+async fn later_durable_batch(
+    file: &DmaFile,
+    path: &Path,
+    from: u64,
+    file_len: u64,
+    next: u64,
+    index: u64,
+) -> Result<Option<(u64, Header)>> {
+    let magic = batch::MAGIC.to_le_bytes();
+    let mut pos = from;
+    while pos + HEADER_LEN as u64 <= file_len {
+        let want = SCAN_CHUNK_BYTES.min((file_len - pos) as usize);
+        let chunk = read_at(file, path, pos, want).await?;
+        if chunk.len() < HEADER_LEN {
+            break;
+        }
+        let mut i = 0;
+        while let Some(k) = chunk[i..].windows(magic.len()).position(|w| w == magic) {
+            let at = i + k;
+            if at + HEADER_LEN > chunk.len() {
+                // Seen whole in the next chunk, which starts less than a header before.
+                break;
+            }
+            if let Parsed::Header(h) = batch::parse_header(&chunk[at..]) {
+                let p = pos + at as u64;
+                let len = h.batch_len() as u64;
+                if h.commit_index >= index
+                    && h.raft_index > index
+                    && h.base_offset >= next
+                    && p + len <= file_len
+                {
+                    let bytes = read_at(file, path, p, len as usize).await?;
+                    if batch::crc_ok(&h, &bytes) {
+                        return Ok(Some((p, h)));
+                    }
+                }
+            }
+            i = at + 1;
+        }
+        if chunk.len() < want {
+            break;
+        }
+        pos += (chunk.len() - (HEADER_LEN - 1)) as u64;
+    }
+    Ok(None)
 }
 
 /// Adds an index entry for a batch at `pos` when the indexing rule asks for one. False if the

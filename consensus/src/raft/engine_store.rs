@@ -20,6 +20,9 @@ impl LogStore for Log {
     fn next_index(&self) -> u64 {
         Log::next_index(self)
     }
+    fn durable_index(&self) -> u64 {
+        Log::durable_index(self)
+    }
     fn next_offset(&self) -> u64 {
         Log::next_offset(self)
     }

@@ -204,6 +204,10 @@ impl LogStore for MemStore {
     fn next_index(&self) -> u64 {
         self.inner.borrow().next_index()
     }
+    fn durable_index(&self) -> u64 {
+        let st = self.inner.borrow();
+        st.start_index + st.synced as u64
+    }
     fn next_offset(&self) -> u64 {
         self.inner.borrow().next_offset()
     }

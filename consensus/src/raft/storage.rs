@@ -630,6 +630,12 @@ impl<S: LogStore> RaftLog<S> {
             self.cut_after(first.index - 1);
         }
         let mut offset = self.store.next_offset();
+        // The commit index stamped is at most what this log has made durable: a batch found
+        // whole after a crash then proves the entries its commit index covers were synced
+        // here, so a torn-looking one before it is damage (`engine::segment::scan`). A
+        // follower knows the leader's commit index, which may cover entries it is writing in
+        // this very round, still unsynced.
+        let commit = commit.min(self.store.durable_index().saturating_sub(1));
         // Stamped where they are: each data entry's records are copied once, by the store.
         let mut stamped = Vec::with_capacity(entries.len());
         let mut cached = Vec::with_capacity(entries.len());

@@ -38,6 +38,8 @@ pub trait LogStore {
     fn first_index(&self) -> u64;
     /// Raft index the next batch gets.
     fn next_index(&self) -> u64;
+    /// Batches below this Raft index are durable: a crash keeps them.
+    fn durable_index(&self) -> u64;
     /// Offset the next data batch gets.
     fn next_offset(&self) -> u64;
     /// Base offset of the first batch held (`next_offset` when empty).

@@ -363,13 +363,16 @@ impl Log {
         let pos = seg.size;
         let start = w.buf.len();
         // What the single-node path stamps: the next Raft index (the log's own counter, so
-        // indexes stay dense whoever appends), and no commit index (0: unknown).
+        // indexes stay dense whoever appends), and as commit index the last one durable
+        // (0: none), which is what a single node has committed: a recovery that finds this
+        // batch whole knows every batch before that index was synced (`segment::scan`).
+        let durable = st.durable_index.saturating_sub(1).min(raft_index);
         let stamp = |term: u64| Stamp {
             kind: Kind::Data,
             base_offset: base,
             term,
             raft_index,
-            commit_index: 0,
+            commit_index: durable,
             timestamp_ms: now_ms(),
         };
         let (header, count) = match payload {

@@ -35,6 +35,11 @@ impl Log {
         self.state.borrow().next_index
     }
 
+    /// Batches below this Raft index are durable (synced).
+    pub fn durable_index(&self) -> u64 {
+        self.state.borrow().durable_index
+    }
+
     /// Appends whole batches in the on-disk format (checked: header, CRC, offsets and Raft
     /// indexes continuing the log's) to the write-behind buffer, and returns without waiting
     /// for any write or sync, whatever the durability policy: the caller syncs ([`Log::sync`])
