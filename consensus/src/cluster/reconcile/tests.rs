@@ -191,6 +191,38 @@ fn a_new_leader_counts_from_its_own_first_sight() {
     assert_eq!(old.due(&s, 1, &gone, at(t0, 600), TIMEOUT), None);
 }
 
+/// A partition placed on `nodes` (created there, shard 0), the first its preferred leader.
+fn placed(nodes: &[u64]) -> PartitionEntry {
+    PartitionEntry {
+        initial: nodes.to_vec(),
+        replicas: nodes
+            .iter()
+            .map(|&node| Replica { node, shard: 0 })
+            .collect(),
+        stopped: Vec::new(),
+        departed: Vec::new(),
+    }
+}
+
+/// [`state`] with `topics` created at indexes 4, 5, ..., each with the factor of its first
+/// partition's replica count; returns the next index.
+fn with_topics(s: &mut ClusterState, topics: Vec<(&str, Vec<PartitionEntry>)>) -> u64 {
+    let mut index = 4;
+    for (name, partitions) in topics {
+        s.apply(
+            index,
+            &Command::CreateTopic {
+                name: name.into(),
+                config: engine::LogConfig::default(),
+                replication_factor: partitions.first().map_or(0, |p| p.replicas.len() as u32),
+                partitions,
+            },
+        );
+        index += 1;
+    }
+    index
+}
+
 /// Replicas re-created after a node's removal and added back when it returns go last in
 /// their sets: the nodes that stayed would keep every leadership. The controller
 /// reorders sets, one partition a step, until no node is preferred by two partitions
@@ -199,18 +231,12 @@ fn a_new_leader_counts_from_its_own_first_sight() {
 #[test]
 fn preferred_leaders_spread_over_the_nodes_that_are_up() {
     let mut s = state();
-    let r = |node| Replica { node, shard: 0 };
     // Six partitions on nodes 1-3, all preferring node 1 or 2 (node 3 came back).
     let partitions: Vec<PartitionEntry> = [[1, 2, 3], [2, 1, 3], [1, 2, 3]]
         .iter()
         .cycle()
         .take(6)
-        .map(|nodes| PartitionEntry {
-            initial: nodes.to_vec(),
-            replicas: nodes.iter().map(|&n| r(n)).collect(),
-            stopped: Vec::new(),
-            departed: Vec::new(),
-        })
+        .map(|nodes| placed(nodes))
         .collect();
     s.apply(
         4,
@@ -258,36 +284,16 @@ fn preferred_leaders_spread_over_the_nodes_that_are_up() {
 #[test]
 fn preferred_leaders_spread_within_each_topic() {
     let mut s = state();
-    let r = |node| Replica { node, shard: 0 };
     let topic = |prefs: &[u64]| -> Vec<PartitionEntry> {
         prefs
             .iter()
-            .map(|&first| {
-                let nodes = if first == 1 { [1, 2, 3] } else { [2, 1, 3] };
-                PartitionEntry {
-                    initial: nodes.to_vec(),
-                    replicas: nodes.iter().map(|&n| r(n)).collect(),
-                    stopped: Vec::new(),
-                    departed: Vec::new(),
-                }
-            })
+            .map(|&first| placed(if first == 1 { &[1, 2, 3] } else { &[2, 1, 3] }))
             .collect()
     };
-    for (i, (name, prefs)) in [("a", &[1, 2, 1][..]), ("b", &[1, 2, 1, 2, 1, 2][..])]
-        .into_iter()
-        .enumerate()
-    {
-        s.apply(
-            4 + i as u64,
-            &Command::CreateTopic {
-                name: name.into(),
-                config: engine::LogConfig::default(),
-                replication_factor: 3,
-                partitions: topic(prefs),
-            },
-        );
-    }
-    let mut index = 6;
+    let mut index = with_topics(
+        &mut s,
+        vec![("a", topic(&[1, 2, 1])), ("b", topic(&[1, 2, 1, 2, 1, 2]))],
+    );
     let mut steps = 0;
     while let Some(c) = spread_preferred_leaders(&s, &[1, 2, 3]) {
         s.apply(index, &c);
@@ -954,31 +960,14 @@ fn a_group_without_a_leader_says_why_and_whether_it_lasts() {
 #[test]
 fn a_removal_names_the_partitions_it_strands_and_those_it_loses() {
     let mut s = state();
-    let r = |node| Replica { node, shard: 0 };
-    let entry = |nodes: &[u64]| PartitionEntry {
-        initial: nodes.to_vec(),
-        replicas: nodes.iter().map(|&n| r(n)).collect(),
-        stopped: Vec::new(),
-        departed: Vec::new(),
-    };
-    for (i, (name, sets)) in [
-        ("three", vec![entry(&[1, 2, 3])]),
-        ("two", vec![entry(&[2, 1]), entry(&[2, 3])]),
-        ("one", vec![entry(&[1]), entry(&[3])]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        s.apply(
-            4 + i as u64,
-            &Command::CreateTopic {
-                name: name.into(),
-                config: engine::LogConfig::default(),
-                replication_factor: sets[0].replicas.len() as u32,
-                partitions: sets,
-            },
-        );
-    }
+    with_topics(
+        &mut s,
+        vec![
+            ("three", vec![placed(&[1, 2, 3])]),
+            ("two", vec![placed(&[2, 1]), placed(&[2, 3])]),
+            ("one", vec![placed(&[1]), placed(&[3])]),
+        ],
+    );
     assert_eq!(
         s.stranded_without(1),
         (vec!["two/0".to_owned()], vec!["one/0".to_owned()])
