@@ -23,16 +23,26 @@ pub(super) struct LeaderlessHere {
 }
 
 /// One pass over the partitions placed here whose group runs here (a stopped group is
-/// reported as stopped, not here).
+/// reported as stopped, not here), unless this node was removed.
 pub(super) fn report_leaderless(
     node: &ClusterNode,
     s: &ClusterState,
     here: &mut HashMap<u64, LeaderlessHere>,
     now: Instant,
 ) {
+    let me = node.id();
+    if s.nodes.get(&me).is_none_or(|n| n.removed) {
+        // A removed node's groups go without a leader by design.
+        here.clear();
+        return;
+    }
     let up = node.up_nodes(s);
     let mut still = BTreeSet::new();
     for (id, group) in ClusterNode::partitions(s) {
+        if !s.partition(&id).is_some_and(|p| p.nodes().contains(&me)) {
+            // Placed elsewhere (closing here).
+            continue;
+        }
         let Some(v) = node.peers.board.get(group) else {
             continue;
         };
