@@ -348,3 +348,48 @@ fn bad_arguments_give_clear_errors() {
         assert!(r.stdout.contains(needle), "--help lacks {needle:?}");
     }
 }
+
+/// A run outlives a restart of its server: each connection is dialled again once it has
+/// closed, so records are acknowledged again after the restart (without it the run counted
+/// nothing but errors from the kill to its end), and every acknowledged record reads back
+/// intact. Unary calls and produce streams alike.
+#[test]
+fn a_run_dials_again_after_its_server_restarts() {
+    for kind in ["produce", "produce-stream"] {
+        let mut s = Server::start(&[]);
+        let addr = s.addr.to_string();
+        let run = std::thread::spawn(move || {
+            common::bench(&[
+                "--addr",
+                &addr,
+                "--json",
+                "-q",
+                "-w",
+                kind,
+                "--rate",
+                "200",
+                "--duration",
+                "5s",
+                "--warmup",
+                "0s",
+                "--verify",
+            ])
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        s.restart();
+        let r = run.join().expect("bench thread");
+        let j = r.json();
+        let w = workload(&j, kind);
+        // Errors while the server was away, and acknowledgements after it came back: 200/s
+        // for the 3 s or so left is far past the ~300 acknowledged before the kill.
+        assert_ne!(w["errors"], serde_json::json!({}), "{kind}: {w:#}");
+        let v = &j["verify"];
+        assert_eq!(v["passed"], true, "{kind}: {v:#}\n{}", r.stderr);
+        let acked = v["acked"].as_u64().unwrap_or(0);
+        assert!(
+            acked > 600,
+            "{kind}: only {acked} acknowledged: {v:#}\n{}",
+            r.stderr
+        );
+    }
+}

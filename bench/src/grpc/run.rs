@@ -333,7 +333,7 @@ struct Pending {
     _slot: Option<Slot>,
 }
 
-async fn produce_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: usize) {
+async fn produce_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Rc<Dialer>, lane: u32, index: usize) {
     let shared = ctx.shared.clone();
     let window = shared.opts.window;
     let sem = Rc::new(Semaphore::new(window as u64));
@@ -343,6 +343,8 @@ async fn produce_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, 
     let mut finished = false;
     while !finished {
         let (mut tx, mut rx) = match ch
+            .channel()
+            .await
             .streaming(paths::PRODUCE_STREAM, CallOptions::default())
             .await
         {
@@ -464,6 +466,56 @@ async fn produce_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, 
 // --- unary produce, produce-batch, unary consume ---------------------------------------------
 
 /// Runs `call` for every tick with up to `--window` calls in flight, then waits for them.
+/// One connection of the run, dialled again when it has closed (the server restarted, a
+/// load balancer dropped it): unary lanes take the current channel for every call, and
+/// stream lanes for every stream they open again after a failure, so a run
+/// outlives a restart of its server, counting errors only while it is away. Redials are at
+/// least [`REDIAL_EVERY`] apart.
+pub(crate) struct Dialer {
+    addr: SocketAddr,
+    config: ClientConfig,
+    ch: RefCell<Channel>,
+    dialing: Cell<bool>,
+    next_try: Cell<Instant>,
+}
+
+/// The least time between two dials of one connection.
+const REDIAL_EVERY: Duration = Duration::from_millis(200);
+
+impl Dialer {
+    fn new(addr: SocketAddr, config: ClientConfig, ch: Channel) -> Rc<Dialer> {
+        Rc::new(Dialer {
+            addr,
+            config,
+            ch: RefCell::new(ch),
+            dialing: Cell::new(false),
+            next_try: Cell::new(Instant::now()),
+        })
+    }
+
+    /// The channel to call on: the current one, or, when it has closed and no other call is
+    /// dialling, a new one (the closed one if the dial fails: the call then fails at once,
+    /// and is counted as an error).
+    async fn channel(&self) -> Channel {
+        let current = self.ch.borrow().clone();
+        if !current.is_closed() || self.dialing.get() || Instant::now() < self.next_try.get() {
+            return current;
+        }
+        self.dialing.set(true);
+        let dialled = Channel::connect(self.addr, self.config.clone()).await;
+        self.dialing.set(false);
+        self.next_try.set(Instant::now() + REDIAL_EVERY);
+        match dialled {
+            Ok(ch) => {
+                log::info!("connection to {} closed: dialled again", self.addr);
+                *self.ch.borrow_mut() = ch.clone();
+                ch
+            }
+            Err(_) => current,
+        }
+    }
+}
+
 async fn unary_lane<F, Fut>(ctx: Rc<Ctx>, part: usize, index: usize, mut call: F)
 where
     F: FnMut(Instant) -> Fut,
@@ -490,7 +542,7 @@ where
     }
 }
 
-async fn produce_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: usize) {
+async fn produce_lane(ctx: Rc<Ctx>, part: usize, ch: Rc<Dialer>, lane: u32, index: usize) {
     let timeout = ctx.shared.opts.timeout;
     let seq = Rc::new(Cell::new(0u64));
     let rng = Rc::new(RefCell::new(Rng::new(
@@ -511,6 +563,8 @@ async fn produce_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: 
             for _ in 0..copies {
                 let req = produce_request(&ctx.shared, v.clone());
                 let r = ch
+                    .channel()
+                    .await
                     .unary_prost::<_, ProduceResponse>(
                         paths::PRODUCE,
                         &req,
@@ -535,7 +589,7 @@ async fn produce_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: 
     .await;
 }
 
-async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: usize) {
+async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Rc<Dialer>, lane: u32, index: usize) {
     let timeout = ctx.shared.opts.timeout;
     let batch = ctx.shared.opts.batch;
     let seq = Rc::new(Cell::new(0u64));
@@ -562,6 +616,8 @@ async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, i
         };
         async move {
             let r = ch
+                .channel()
+                .await
                 .unary_prost::<_, ProduceBatchResponse>(
                     paths::PRODUCE_BATCH,
                     &req,
@@ -602,7 +658,7 @@ async fn produce_batch_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, i
     .await;
 }
 
-async fn consume_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: usize) {
+async fn consume_lane(ctx: Rc<Ctx>, part: usize, ch: Rc<Dialer>, lane: u32, index: usize) {
     let Some((base, end)) = ctx.shared.prefill else {
         return;
     };
@@ -632,6 +688,8 @@ async fn consume_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, lane: u32, index: 
         };
         async move {
             let r = ch
+                .channel()
+                .await
                 .unary_prost::<_, ConsumeResponse>(
                     paths::CONSUME,
                     &req,
@@ -677,14 +735,14 @@ async fn open_consume_stream(ctx: &Ctx, ch: &Channel, offset: u64) -> Result<Str
 
 /// consume-stream: reads the prefilled range from its start, then reopens; the latency
 /// histogram holds the gaps between consecutive messages.
-async fn consume_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Channel) {
+async fn consume_stream_lane(ctx: Rc<Ctx>, part: usize, ch: Rc<Dialer>) {
     let Some((base, end)) = ctx.shared.prefill else {
         return;
     };
     let stop = ctx.window.end;
     while Instant::now() < stop {
         let opened = Instant::now();
-        let mut rx = match open_consume_stream(&ctx, &ch, base).await {
+        let mut rx = match open_consume_stream(&ctx, &ch.channel().await, base).await {
             Ok(rx) => rx,
             Err(st) => {
                 ctx.error(part, &st, 1);
@@ -725,14 +783,14 @@ const STREAM_REOPEN_EVERY: std::time::Duration = std::time::Duration::from_milli
 
 /// A tailing ConsumeStream from the end of the log until the run ends. With `e2e`, every
 /// record of this run gives a produce-to-receive latency from its stamp.
-async fn tail_lane(ctx: Rc<Ctx>, part: usize, ch: Channel, e2e: bool) {
+async fn tail_lane(ctx: Rc<Ctx>, part: usize, ch: Rc<Dialer>, e2e: bool) {
     let Some(from) = ctx.shared.tail_from else {
         return;
     };
     let stop = ctx.window.end;
     let mut next = from;
     while Instant::now() < stop {
-        let mut rx = match open_consume_stream(&ctx, &ch, next).await {
+        let mut rx = match open_consume_stream(&ctx, &ch.channel().await, next).await {
             Ok(rx) => rx,
             Err(st) => {
                 ctx.error(part, &st, 1);
@@ -865,29 +923,25 @@ fn plan(opts: &Opts) -> (Vec<Part>, Vec<ConnPlan>, Vec<usize>) {
 async fn run_conn(ctx: Rc<Ctx>, plan: ConnPlan, ch: Channel, first_index: usize) {
     let kind = ctx.shared.parts[plan.part].kind;
     let part = plan.part;
+    let d = Dialer::new(ctx.shared.addr, ctx.shared.config.clone(), ch);
     let mut tasks = Vec::new();
     if let Role::Consumer = plan.role {
-        tasks.push(glommio::spawn_local(tail_lane(
-            ctx.clone(),
-            part,
-            ch.clone(),
-            true,
-        )));
+        tasks.push(glommio::spawn_local(tail_lane(ctx.clone(), part, d, true)));
     } else {
         for (k, lane) in plan.lanes.iter().copied().enumerate() {
-            let (ctx, ch) = (ctx.clone(), ch.clone());
+            let (ctx, d) = (ctx.clone(), d.clone());
             let index = first_index + k;
             let t = match kind {
                 Kind::ProduceStream | Kind::EndToEnd => {
-                    glommio::spawn_local(produce_stream_lane(ctx, part, ch, lane, index))
+                    glommio::spawn_local(produce_stream_lane(ctx, part, d, lane, index))
                 }
-                Kind::Produce => glommio::spawn_local(produce_lane(ctx, part, ch, lane, index)),
+                Kind::Produce => glommio::spawn_local(produce_lane(ctx, part, d, lane, index)),
                 Kind::ProduceBatch => {
-                    glommio::spawn_local(produce_batch_lane(ctx, part, ch, lane, index))
+                    glommio::spawn_local(produce_batch_lane(ctx, part, d, lane, index))
                 }
-                Kind::Consume => glommio::spawn_local(consume_lane(ctx, part, ch, lane, index)),
-                Kind::ConsumeStream => glommio::spawn_local(consume_stream_lane(ctx, part, ch)),
-                Kind::Tail => glommio::spawn_local(tail_lane(ctx, part, ch, false)),
+                Kind::Consume => glommio::spawn_local(consume_lane(ctx, part, d, lane, index)),
+                Kind::ConsumeStream => glommio::spawn_local(consume_stream_lane(ctx, part, d)),
+                Kind::Tail => glommio::spawn_local(tail_lane(ctx, part, d, false)),
                 Kind::None => continue,
             };
             tasks.push(t);

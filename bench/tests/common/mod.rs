@@ -70,6 +70,7 @@ pub struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -81,25 +82,29 @@ impl Server {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = dir.path().join("server.log");
-        let logf = std::fs::File::create(&log).expect("server log");
-        let child = Command::new(proglog_bin())
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--shards", "1", "--log-level", "warn"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("log fd"))
-            .stderr(logf)
-            .spawn()
-            .expect("start proglog");
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let child = spawn(addr, dir.path(), &log, &extra);
         let mut s = Server {
             addr,
             child,
             _dir: dir,
             log,
+            extra,
         };
+        s.wait_listening();
+        s
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data directory and port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.addr, self._dir.path(), &self.log, &self.extra);
+        self.wait_listening();
+    }
+
+    fn wait_listening(&mut self) {
+        let (addr, s) = (self.addr, self);
         let until = Instant::now() + Duration::from_secs(30);
         // A connection to itself does not count: connecting to a free port in the ephemeral
         // range can pick that same port as its source and succeed with no server there.
@@ -119,7 +124,6 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        s
     }
 
     pub fn pid(&self) -> u32 {
@@ -129,6 +133,27 @@ impl Server {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Starts `proglog` on `addr` with its data in `dir`, appending its output to `log`.
+fn spawn(addr: SocketAddr, dir: &Path, log: &Path, extra: &[String]) -> Child {
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("server log");
+    Command::new(proglog_bin())
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--shards", "1", "--log-level", "warn"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("log fd"))
+        .stderr(logf)
+        .spawn()
+        .expect("start proglog")
 }
 
 impl Drop for Server {
