@@ -494,21 +494,27 @@ pub async fn scan(
     // batch should start with more written after them) is damage when a valid batch further
     // on was written once the entry expected here was durable: its commit index reaches it
     // (`batch.rs`: a writer stamps no more than its log had made durable). Zeros followed by
-    // nothing but zeros, in the chunk the scan holds, are the end of the data.
+    // nothing but zeros, in the chunk the scan holds and in the [`LOOK_AHEAD`] bytes after
+    // them, are the end of the data.
     let ends_early = match &s.stopped {
         Some(stop) => stop.torn,
-        None => {
-            s.valid_len < file_len
-                && s.valid_len >= chunk_pos
+        None if s.valid_len < file_len => {
+            let nonzero = |b: &[u8]| b.iter().any(|&x| x != 0);
+            let in_chunk = s.valid_len >= chunk_pos
                 && chunk
                     .get((s.valid_len - chunk_pos) as usize..)
-                    .is_some_and(|rest| rest.iter().any(|&b| b != 0))
+                    .is_some_and(nonzero);
+            in_chunk || {
+                let n = LOOK_AHEAD.min(file_len - s.valid_len) as usize;
+                nonzero(&read_at(file, path, s.valid_len, n).await?)
+            }
         }
+        None => false,
     };
     if ends_early && s.next_index > 0 {
         let at = s.valid_len;
         if let Some((later, h)) =
-            later_durable_batch(file, path, at + 1, file_len, s.next, s.next_index).await?
+            later_durable_batch(file, path, at, file_len, s.next, s.next_index).await?
         {
             let what = match &s.stopped {
                 Some(stop) => stop.why.clone(),
@@ -533,18 +539,29 @@ pub async fn scan(
     Ok(s)
 }
 
-/// The first valid batch in `file` at or after byte `from` (before `file_len`) that carries
-/// on from offset `next` and Raft index `index` and whose commit index is at least `index`:
-/// proof that the entry at `index` was durable before it was written.
+/// How far past zeros where a batch should start the scan looks for written bytes, beyond
+/// the chunk it holds: a damaged block is a few KiB, and the zeroed window allocated ahead
+/// of the data (up to 8 MiB) is not read at every open.
+const LOOK_AHEAD: u64 = 64 * 1024;
+
+/// The first valid batch in `file` after byte `at` (from `at + 1`, before `file_len`) that
+/// carries on from offset `next` and Raft index `index` and whose commit index is at least
+/// `index`: proof that the entry at `index` was durable before it was written. A candidate
+/// must be as near as the bytes between allow (every batch takes at least a header, every
+/// record at least its 8-byte prefix), which rules out batches of other logs copied into
+/// record values; and the batches read whole to check their CRCs total at most twice the
+/// bytes searched, whatever headers the bytes claim.
 async fn later_durable_batch(
     file: &DmaFile,
     path: &Path,
-    from: u64,
+    at: u64,
     file_len: u64,
     next: u64,
     index: u64,
 ) -> Result<Option<(u64, Header)>> {
     let magic = batch::MAGIC.to_le_bytes();
+    let from = at + 1;
+    let mut budget = 2 * (file_len - at) + SCAN_CHUNK_BYTES as u64;
     let mut pos = from;
     while pos + HEADER_LEN as u64 <= file_len {
         let want = SCAN_CHUNK_BYTES.min((file_len - pos) as usize);
@@ -554,26 +571,33 @@ async fn later_durable_batch(
         }
         let mut i = 0;
         while let Some(k) = chunk[i..].windows(magic.len()).position(|w| w == magic) {
-            let at = i + k;
-            if at + HEADER_LEN > chunk.len() {
+            let k_at = i + k;
+            if k_at + HEADER_LEN > chunk.len() {
                 // Seen whole in the next chunk, which starts less than a header before.
                 break;
             }
-            if let Parsed::Header(h) = batch::parse_header(&chunk[at..]) {
-                let p = pos + at as u64;
+            if let Parsed::Header(h) = batch::parse_header(&chunk[k_at..]) {
+                let p = pos + k_at as u64;
                 let len = h.batch_len() as u64;
+                let gap = p - at;
                 if h.commit_index >= index
                     && h.raft_index > index
+                    && h.raft_index - index <= gap / HEADER_LEN as u64 + 1
                     && h.base_offset >= next
+                    && h.base_offset - next <= gap / batch::RECORD_OVERHEAD as u64 + 1
                     && p + len <= file_len
                 {
+                    if len > budget {
+                        return Ok(None);
+                    }
+                    budget -= len;
                     let bytes = read_at(file, path, p, len as usize).await?;
                     if batch::crc_ok(&h, &bytes) {
                         return Ok(Some((p, h)));
                     }
                 }
             }
-            i = at + 1;
+            i = k_at + 1;
         }
         if chunk.len() < want {
             break;

@@ -53,7 +53,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "warning: without node {} these partitions have too few replicas to elect a \
                      leader (a partition with two replicas needs both), and take no appends \
-                     from now on (what they committed stays readable): {}",
+                     from now on (what their other replicas applied stays readable): {}",
                     resp.id,
                     resp.stranded.join(", ")
                 );

@@ -756,8 +756,9 @@ impl ClusterState {
 
     /// What removing node `id` costs, as `T/P` names: the partitions with a replica on it and
     /// too few others to elect a leader, or to change their voters, without it (a partition
-    /// with two replicas: Raft needs both), which take no appends again; and those whose only
-    /// replica it held, whose records go with it.
+    /// with two replicas: Raft needs both; one whose other replicas include a removed node or
+    /// a stopped replica), which take no appends again; and those with no other replica that
+    /// can still run, whose records go with it.
     pub fn stranded_without(&self, id: u64) -> (Vec<String>, Vec<String>) {
         let (mut stranded, mut lost) = (Vec::new(), Vec::new());
         for (name, t) in &self.topics {
@@ -766,10 +767,16 @@ impl ClusterState {
                 if !nodes.contains(&id) {
                     continue;
                 }
-                let n = nodes.len();
-                if n == 1 {
+                // The replicas that can still vote: not this node's, not on a node removed
+                // before (no spare took its place), not one marked stopped.
+                let left = nodes
+                    .iter()
+                    .filter(|&&n| n != id && !p.stopped.contains(&n))
+                    .filter(|n| self.nodes.get(n).is_some_and(|e| !e.removed))
+                    .count();
+                if left == 0 {
                     lost.push(format!("{name}/{i}"));
-                } else if n - 1 < n / 2 + 1 {
+                } else if left < nodes.len() / 2 + 1 {
                     stranded.push(format!("{name}/{i}"));
                 }
             }

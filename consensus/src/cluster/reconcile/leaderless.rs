@@ -102,16 +102,16 @@ pub(super) fn why_leaderless(
         .copied()
         .filter(|n| !up.contains(n) && !gone.contains(n))
         .collect();
+    let up_now = match present.len() {
+        0 => "none is up".to_owned(),
+        1 => format!("only {present:?} is up"),
+        _ => format!("{present:?} are up"),
+    };
     let mut out = format!(
-        "no leader for {} s, so it takes no appends (reads of what it committed go on): \
-         electing one needs {need} of its {} voters {voters:?}, and {} {present:?} up",
+        "no leader for {} s, so it takes no appends (reads of what its replicas applied go \
+         on): electing one needs {need} of its {} voters {voters:?}, and {up_now}",
         waited.as_secs(),
         voters.len(),
-        if present.len() == 1 {
-            "only"
-        } else {
-            "these are"
-        },
     );
     if present.len() >= need {
         out.push_str(

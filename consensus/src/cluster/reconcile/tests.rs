@@ -973,4 +973,15 @@ fn a_removal_names_the_partitions_it_strands_and_those_it_loses() {
         (vec!["two/0".to_owned()], vec!["one/0".to_owned()])
     );
     assert_eq!(s.stranded_without(4), (vec![], vec![]));
+    // A three-replica partition whose other replica's node was removed before (no spare
+    // took its place) is stranded by a second removal; one left with only a removed
+    // node's replica is lost.
+    s.nodes.entry(2).and_modify(|n| n.removed = true);
+    assert_eq!(
+        s.stranded_without(1),
+        (
+            vec!["three/0".to_owned()],
+            vec!["one/0".to_owned(), "two/0".to_owned()]
+        )
+    );
 }
