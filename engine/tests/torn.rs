@@ -468,8 +468,8 @@ fn every_torn_tail_of_the_last_batch_recovers() {
         // batches after it were written once it was synced (their commit index, the last
         // Raft index the log had made durable, reaches it), so it is damage: the log is
         // marked lost and the valid batches after it are kept in the damage file, never
-        // cut silently. (Zeros over the segment's first header leave the Raft index expected
-        // there unknown, and are taken for a torn write: docs/format.md.)
+        // cut silently. (Zeros over a lone segment's first header leave the Raft index
+        // expected there unknown, and are taken for a torn write: docs/format.md.)
         for k in [1usize, 4, 9] {
             let b = &batches[k];
             for whole in [false, true] {
@@ -713,6 +713,65 @@ fn damage_in_a_sealed_segment_is_reported_not_returned() {
             verify(&format!("sealed indexes {what}"), &log, &batches).await;
             log.close().await.expect("close");
         }
+    })
+    .expect("executor");
+}
+
+/// Zeros over the first sector of the newest segment, batches after them written once it was
+/// synced: damage, not a torn write. The Raft index expected there comes from the segment
+/// before (the newest one holds no header to say it), and the batches after the zeros prove
+/// the first was durable: the log is marked lost and the bytes kept, never cut silently.
+#[test]
+fn zeros_over_the_newest_segments_first_sector_are_damage() {
+    let seed = seed();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    engine::run_local(tmp.path(), move || async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let log = Log::open(&dir, config(), FileBudget::new(2))
+            .await
+            .expect("open");
+        // Into a second segment, then a few batches more there.
+        let mut first_of_newest = None;
+        while first_of_newest.is_none() || log.next_offset() < first_of_newest.unwrap_or(0) + 6 {
+            let records = random_records(&mut rng, 2, 2000);
+            log.append_with_term(1, &records).await.expect("append");
+            if log.stats().segments == 2 && first_of_newest.is_none() {
+                let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+                    .expect("list")
+                    .filter_map(|e| {
+                        let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".log")?.parse().ok()
+                    })
+                    .collect();
+                bases.sort_unstable();
+                first_of_newest = bases.last().copied();
+            }
+        }
+        let newest = first_of_newest.expect("a second segment");
+        let end = log.next_offset();
+        log.close().await.expect("close");
+        drop(log);
+        let path = data_file(&dir, newest);
+        let before = std::fs::read(&path).expect("read newest");
+        patch(&path, 0, &[0u8; 512]);
+        let log = Log::open(&dir, config(), FileBudget::new(2))
+            .await
+            .expect("reopen");
+        let lost = std::fs::read(dir.join(engine::LOST_META)).ok();
+        let why = String::from_utf8_lossy(lost.as_deref().unwrap_or_default()).into_owned();
+        assert!(
+            why.contains("damage at byte 0"),
+            "newest segment {newest} ({end} offsets): lost mark {why:?}"
+        );
+        let kept = dir.join(format!("{newest:020}.log.damaged-at-0"));
+        let bytes = std::fs::read(&kept).expect("the damaged bytes kept");
+        let mut zeroed = before.clone();
+        zeroed[..512].fill(0);
+        assert!(bytes == zeroed, "the kept file differs from the bytes cut");
+        // The older segment reads as before; the log ends where the newest one began.
+        assert_eq!(log.next_offset(), newest);
+        log.close().await.expect("close");
     })
     .expect("executor");
 }

@@ -328,6 +328,16 @@ impl Log {
             }
         }
         let start_index = recovery::start_index(&dir)?;
+        let n = segments.len();
+        if n >= 2 && segments[n - 1].base_index == 0 {
+            // The newest segment does not start with a batch header (nothing written yet, or
+            // its first sector damaged): the Raft index expected there comes from the one
+            // before, so that damage found there can be told from a torn write.
+            if let Some(i) = recovery::index_after_sealed(&segments[n - 2]).await {
+                segments[n - 1].base_index = i;
+                segments[n - 1].next_index = i;
+            }
+        }
         match segments.last_mut() {
             Some(active) => {
                 let interval = u64::from(config.index_interval_bytes);

@@ -74,6 +74,38 @@ pub(super) fn decode_start(path: &Path, payload: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// The Raft index after the last batch of sealed segment `seg`: from its index's last entry,
+/// the batches to the end of the file, each checked. `None` when that cannot be read or does
+/// not check (reads of the segment report such damage later).
+pub(super) async fn index_after_sealed(seg: &Segment) -> Option<u64> {
+    let (index, _) = Index::open_sealed(&seg.index_path).ok()?;
+    let from = index.last().map(|e| u64::from(e.position)).unwrap_or(0);
+    drop(index);
+    if from >= seg.size {
+        return None;
+    }
+    let data = segment::open_dma(&seg.data_path, false).await.ok()?;
+    let bytes = segment::read_at(&data, &seg.data_path, from, (seg.size - from) as usize).await;
+    let _ = data.close().await;
+    let bytes = bytes.ok()?;
+    let (mut pos, mut last) = (0usize, None);
+    while pos < bytes.len() {
+        let crate::batch::Parsed::Header(h) = crate::batch::parse_header(&bytes[pos..]) else {
+            return None;
+        };
+        let end = pos + h.batch_len();
+        if !bytes
+            .get(pos..end)
+            .is_some_and(|b| crate::batch::crc_ok(&h, b))
+        {
+            return None;
+        }
+        last = Some(h.raft_index);
+        pos = end;
+    }
+    last.map(|i| i + 1)
+}
+
 /// Scans `seg` (a log's last segment), cuts what does not validate, and makes it the active
 /// segment.
 pub(super) async fn recover_active(
