@@ -27,7 +27,7 @@ use std::time::Duration;
 use common::cert;
 use common::cluster::{
     controller_leader, controller_voters, create_topic, form, leader_of, opts, preferred_leader_of,
-    wait, Cluster, Node,
+    wait, wait_for, Cluster, Node,
 };
 use net::blocking::BlockingChannel;
 use net::client::ClientConfig;
@@ -814,12 +814,9 @@ fn a_restarted_node_takes_no_append_for_a_topic_deleted_while_it_was_down() {
 fn an_append_goes_to_the_new_leader_not_to_a_paused_old_one() {
     let c = form("paused leader", 201, &[]);
     create_topic(&c, "p", 1, 3);
-    let mut old = None;
-    wait("p/0 led with three voters by its preferred replica", || {
-        old = preferred_leader_of(&c, "p", 0, 3);
-        old.is_some()
+    let old = wait_for("p/0 led with three voters by its preferred replica", || {
+        preferred_leader_of(&c, "p", 0, 3)
     });
-    let old = old.unwrap_or(0);
     let ids = raft_ids(&c);
     let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
     // Both others forward an append to the leader: each remembers it.
@@ -2939,12 +2936,9 @@ fn appends_through_a_node_whose_replica_is_full_go_to_the_leader() {
 fn a_topic_created_again_never_takes_back_the_deleted_ones_records() {
     let mut c = form("a topic created again", 21, &[]);
     create_topic(&c, "again", 1, 3);
-    let mut leader = None;
-    wait("the topic led with three voters", || {
-        leader = leader_of(&c, "again", 0, 3);
-        leader.is_some()
+    let leader = wait_for("the topic led with three voters", || {
+        leader_of(&c, "again", 0, 3)
     });
-    let leader = leader.unwrap_or(0);
     for i in 0..20 {
         let v = format!("OLD-{i}");
         wait("a produce to the first topic", || {
@@ -3042,12 +3036,9 @@ fn a_produce_stream_goes_on_when_its_leader_is_killed_between_records() {
     use std::io::{BufRead, Write};
     let mut c = form("a produce stream outlives its leader", 24, &[]);
     create_topic(&c, "s", 1, 3);
-    let mut leader = None;
-    wait("the topic led with three voters", || {
-        leader = leader_of(&c, "s", 0, 3);
-        leader.is_some()
+    let leader = wait_for("the topic led with three voters", || {
+        leader_of(&c, "s", 0, 3)
     });
-    let leader = leader.unwrap_or(0);
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.rpc.to_string()).collect();
     let mut cli = std::process::Command::new(common::BIN)
         .args(["produce", "--topic", "s", "--timeout", "30", "--addr"])
@@ -3149,12 +3140,7 @@ fn removing_a_node_names_the_two_replica_partitions_it_strands() {
     create_topic(&c, "pair", 1, 2);
     create_topic(&c, "trio", 1, 3);
     let ids = raft_ids(&c);
-    let mut leader = None;
-    wait("pair/0 led with two voters", || {
-        leader = leader_of(&c, "pair", 0, 2);
-        leader.is_some()
-    });
-    let l = leader.unwrap_or(0);
+    let l = wait_for("pair/0 led with two voters", || leader_of(&c, "pair", 0, 2));
     let mut r = Err(Status::unavailable(""));
     wait("a produce to pair/0", || {
         r = produce_to(&c.nodes[l], "pair", 0, b"kept");

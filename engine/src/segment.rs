@@ -504,10 +504,12 @@ pub async fn scan(
                 && chunk
                     .get((s.valid_len - chunk_pos) as usize..)
                     .is_some_and(nonzero);
-            in_chunk || {
-                let n = LOOK_AHEAD.min(file_len - s.valid_len) as usize;
-                nonzero(&read_at(file, path, s.valid_len, n).await?)
-            }
+            // Read only what the chunk does not cover already (usually nothing).
+            let from = (chunk_pos + chunk.len() as u64).max(s.valid_len);
+            let until = (s.valid_len + LOOK_AHEAD).min(file_len);
+            in_chunk
+                || (from < until
+                    && nonzero(&read_at(file, path, from, (until - from) as usize).await?))
         }
         None => false,
     };
@@ -539,9 +541,9 @@ pub async fn scan(
     Ok(s)
 }
 
-/// How far past zeros where a batch should start the scan looks for written bytes, beyond
-/// the chunk it holds: a damaged block is a few KiB, and the zeroed window allocated ahead
-/// of the data (up to 8 MiB) is not read at every open.
+/// How far past zeros where a batch should start the scan looks for written bytes at least
+/// (the chunk it holds may reach further): a damaged block is a few KiB, and the zeroed
+/// window allocated ahead of the data (up to 8 MiB) is not read at every open.
 const LOOK_AHEAD: u64 = 64 * 1024;
 
 /// The first valid batch in `file` after byte `at` (from `at + 1`, before `file_len`) that

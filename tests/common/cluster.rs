@@ -326,12 +326,17 @@ pub fn preferred_leader_of(
 }
 
 pub fn controller_leader(c: &Cluster) -> usize {
+    wait_for("a controller leader", || leader_of(c, "__cluster", 0, 3))
+}
+
+/// [`wait`] until `find` finds something, and that.
+pub fn wait_for<T>(what: &str, mut find: impl FnMut() -> Option<T>) -> T {
     let mut found = None;
-    wait("a controller leader", || {
-        found = leader_of(c, "__cluster", 0, 3);
+    wait(what, || {
+        found = find();
         found.is_some()
     });
-    found.unwrap_or(0)
+    found.unwrap_or_else(|| unreachable!("wait returns once found"))
 }
 
 pub fn create_topic(c: &Cluster, name: &str, partitions: u32, rf: u32) {
