@@ -1934,8 +1934,9 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
 /// A node started with `--leave-on-shutdown=false` and stopped with SIGTERM stops without
 /// leaving: the controller's leader sees it down but keeps it a member, and keeps its replica
 /// of s/0 where it is although the fourth node is free to take it (a clean leave would have
-/// the node removed and the replica re-created there within a second or two). Restarted, the
-/// node catches up the records acknowledged while it was away, and s/0 keeps its voters.
+/// the node removed and the replica re-created there within a second or two). A topic created
+/// while it is down gets a replica on it too. Restarted, the node catches up the records
+/// acknowledged while it was away, and s/0 keeps its voters.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_node_stopped_without_leaving_keeps_its_replicas_and_catches_up() {
@@ -1993,6 +1994,26 @@ fn a_node_stopped_without_leaving_keeps_its_replicas_and_catches_up() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A topic created meanwhile with a replica on every node, the stopped one too (a rolling
+    // restart must not leave it short for good): the three live nodes are a majority of its
+    // four replicas, so it takes appends at once; the stopped node opens its replica when
+    // it is back, and catches up.
+    common::cluster::create_topic(&c, "r", 1, 4);
+    wait("r/0 with four voters", || {
+        partition_voters(&c, "r", 0).is_some_and(|v| v.len() == 4 && v.contains(&victim_id))
+    });
+    let via = (victim + 1) % c.nodes.len();
+    let mut r_acked = BTreeMap::new();
+    for i in 0..5 {
+        let v = format!("r while node {victim_id} is down: {i}").into_bytes();
+        wait("a produce to r", || match produce(&c.nodes[via], "r", &v) {
+            Ok(offset) => {
+                r_acked.insert(offset, v.clone());
+                true
+            }
+            Err(_) => false,
+        });
+    }
     for _ in 0..5 {
         big.produce_one(&c);
     }
@@ -2017,6 +2038,7 @@ fn a_node_stopped_without_leaving_keeps_its_replicas_and_catches_up() {
         big.acked.len()
     );
     check_everywhere(&c, "s", &big.acked);
+    check_everywhere(&c, "r", &r_acked);
     let log = c.nodes[victim].log();
     assert!(
         log.contains("stopping without leaving the cluster"),

@@ -56,7 +56,7 @@ pub struct CreateArgs {
     /// Delete segments older than this: MS or `forever` [default: forever]
     #[arg(long, value_name = "MS|forever", value_parser = retention_ms)]
     pub retention_ms: Option<u64>,
-    /// Copies of each partition, on distinct nodes, at least 1 [default: min(3, live nodes)]
+    /// Copies of each partition, on distinct nodes, at least 1 [default: min(3, nodes)]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub replication_factor: Option<u32>,
 }

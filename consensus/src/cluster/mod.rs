@@ -27,7 +27,7 @@ use event_listener::Event;
 use futures_channel::oneshot;
 use raft::StateRole;
 use state::{Applied, CheckpointBody, ClusterState, Command, NodeEntry};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -1171,8 +1171,8 @@ impl ClusterNode {
             .collect()
     }
 
-    /// Creates a topic through the controller: `rf` replicas (default min(3, live nodes)) of
-    /// each partition on distinct nodes. Returns once this node has its replicas open (or
+    /// Creates a topic through the controller: `rf` replicas (default min(3, nodes), down
+    /// members counted) of each partition on distinct nodes. Returns once this node has its replicas open (or
     /// holds none).
     pub async fn create_topic(
         &self,
@@ -1209,27 +1209,34 @@ impl ClusterNode {
                 "topic {name:?} already exists"
             )));
         }
+        // The default counts every member (down ones too): a topic created while a member
+        // restarts (a rolling restart that does not leave) keeps its factor for good, so it
+        // must not be lowered for a node that is back in seconds. Replicas go to the live
+        // nodes first, to down ones only for what those lack (`place_on`).
         let live = self.live_nodes(&s);
-        let asked = rf.filter(|&r| r > 0);
-        let rf = asked.unwrap_or_else(|| live.len().clamp(1, 3) as u32);
-        let active = s.active_nodes();
-        if asked.is_none() && (rf as usize) < active.len().min(3) {
-            // A topic keeps its factor: one created while a member is down (a rolling
-            // restart that does not leave) has fewer replicas for good.
-            let down: Vec<u64> = active
-                .iter()
-                .filter(|n| !live.contains(n))
-                .copied()
-                .collect();
+        let down: Vec<u64> = s
+            .active_nodes()
+            .into_iter()
+            .filter(|n| !live.contains(n))
+            .collect();
+        let rf = rf
+            .filter(|&r| r > 0)
+            .unwrap_or_else(|| (live.len() + down.len()).clamp(1, 3) as u32);
+        let placed = s
+            .place_on(name, partitions, rf, &live, &down)
+            .map_err(Error::Refused)?;
+        let on_down: BTreeSet<u64> = placed
+            .iter()
+            .flat_map(|p| p.nodes())
+            .filter(|n| down.contains(n))
+            .collect();
+        if !on_down.is_empty() {
             log::warn!(
-                "topic {name:?}: replication factor {rf} (the default, min(3, live nodes)): \
-                 nodes {down:?} are registered but not live; the topic keeps this factor \
-                 (give --replication-factor to choose it)"
+                "topic {name:?}: replicas placed on nodes {on_down:?}, registered but not live \
+                 now: each opens its replica when it is back (or the replica moves once the \
+                 node is removed); until then those partitions have fewer live replicas"
             );
         }
-        let placed = s
-            .place(name, partitions, rf, &live)
-            .map_err(Error::Refused)?;
         let per_shard = self.max_partitions_per_shard.load(Ordering::Relaxed);
         if let Some(why) = s.over_capacity(&placed, per_shard) {
             return Err(Error::Exhausted(format!(

@@ -829,25 +829,56 @@ impl ClusterState {
         rf: u32,
         nodes: &[u64],
     ) -> Result<Vec<PartitionEntry>, String> {
+        self.place_on(topic, partitions, rf, nodes, &[])
+    }
+
+    /// As [`ClusterState::place`], with `down` (registered nodes that are not live now) taken
+    /// only where `up` holds fewer than `rf` nodes, and only while a majority of each
+    /// partition's replicas is up: its group elects a leader and takes appends at once, and
+    /// a replica on a down node is opened when that node is back (or moved once the node is
+    /// removed). The preferred leader is always an up node. A node restarting during a
+    /// rolling restart so never leaves a topic created meanwhile with fewer replicas for
+    /// good.
+    pub fn place_on(
+        &self,
+        topic: &str,
+        partitions: u32,
+        rf: u32,
+        up: &[u64],
+        down: &[u64],
+    ) -> Result<Vec<PartitionEntry>, String> {
         if rf == 0 {
             return Err("the replication factor must be at least 1".into());
         }
-        if rf as usize > nodes.len() {
+        let nodes = up.len() + down.len();
+        if rf as usize > nodes {
             return Err(format!(
-                "replication factor {rf} needs {rf} live nodes; the cluster has {}",
-                nodes.len()
+                "replication factor {rf} needs {rf} nodes; the cluster has {nodes}"
+            ));
+        }
+        let majority = rf as usize / 2 + 1;
+        if up.len() < majority {
+            return Err(format!(
+                "replication factor {rf} needs {majority} of its replicas' nodes up to elect a \
+                 leader; {} of the cluster's {nodes} nodes are up",
+                up.len()
             ));
         }
         let mut load = self.load();
         let mut out = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let mut order: Vec<u64> = nodes.to_vec();
+        let by_load = |nodes: &[u64], load: &BTreeMap<u64, usize>| {
+            let mut order = nodes.to_vec();
             order.sort_by_key(|n| (load.get(n).copied().unwrap_or(0), *n));
-            let mut chosen: Vec<u64> = order.into_iter().take(rf as usize).collect();
-            // The first replica is the preferred leader: rotated so that leaders spread when
-            // every node holds every partition.
+            order
+        };
+        for p in 0..partitions {
+            let mut chosen: Vec<u64> = by_load(up, &load).into_iter().take(rf as usize).collect();
+            // The first replica is the preferred leader: rotated (among the up ones) so that
+            // leaders spread when every node holds every partition.
             let len = chosen.len().max(1);
             chosen.rotate_left(p as usize % len);
+            let missing = rf as usize - chosen.len();
+            chosen.extend(by_load(down, &load).into_iter().take(missing));
             let mut replicas = Vec::with_capacity(chosen.len());
             for &n in &chosen {
                 *load.entry(n).or_insert(0) += 1;
@@ -1291,6 +1322,32 @@ mod tests {
             String::from_utf8(c.encode()).unwrap(),
             r#"{"op":"alter_topic","name":"t","retention_bytes":1073741824}"#
         );
+    }
+
+    /// With a node down (a rolling restart that does not leave), a topic still gets its
+    /// replicas: the up nodes first, the down one for the rest, never as preferred leader;
+    /// refused when its group could not elect a leader with the nodes that are up.
+    #[test]
+    fn placement_takes_a_down_node_only_for_what_the_up_ones_lack() {
+        let s = three_nodes();
+        let p = s.place_on("t", 4, 3, &[1, 2], &[3]).unwrap();
+        for e in &p {
+            let n = e.nodes();
+            assert_eq!(n.len(), 3, "{n:?}");
+            assert_eq!(n[2], 3, "the down node last: {n:?}");
+            assert_eq!(e.initial, n);
+        }
+        let leaders: BTreeSet<u64> = p.iter().map(|e| e.nodes()[0]).collect();
+        assert_eq!(leaders, BTreeSet::from([1, 2]));
+        // Enough up nodes: the down one is not used.
+        let p = s.place_on("t", 3, 2, &[1, 2], &[3]).unwrap();
+        assert!(p.iter().all(|e| !e.nodes().contains(&3)), "{p:?}");
+        // One up node of three: a three-replica group would have no leader.
+        let e = s.place_on("t", 1, 3, &[1], &[2, 3]).unwrap_err();
+        assert!(e.contains("needs 2 of its replicas' nodes up"), "{e}");
+        assert!(s.place_on("t", 1, 1, &[1], &[2, 3]).is_ok());
+        let e = s.place_on("t", 1, 4, &[1, 2], &[3]).unwrap_err();
+        assert!(e.contains("the cluster has 3"), "{e}");
     }
 
     #[test]
