@@ -1794,6 +1794,16 @@ fn a_follower_with_damage_in_its_active_segment_is_replaced() {
     emptied_follower_is_replaced(Deleted::DamagedActive, "that no interrupted write leaves");
 }
 
+/// A byte inside a record of a follower's sealed segment flipped while it was down, where
+/// recovery does not look: the replica opens and runs; a read of that record on its node is
+/// served by another replica (never the damaged bytes, never an error), and the read stops
+/// the replica for good, its log marked lost, so that it is moved like the others.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_follower_with_damage_in_a_sealed_segment_serves_reads_from_another_replica_and_is_replaced() {
+    emptied_follower_is_replaced(Deleted::DamagedSealed, "this node's replica is damaged");
+}
+
 /// What is deleted of the victim's `topics/s/0` while it is down.
 enum Deleted {
     /// Every file.
@@ -1806,6 +1816,9 @@ enum Deleted {
     SealedSegmentCut,
     /// Nothing deleted: a byte of the third record's value in the active segment flipped.
     DamagedActive,
+    /// Nothing deleted: a byte of the first record's value in the oldest (sealed) segment
+    /// flipped.
+    DamagedSealed,
 }
 
 /// The segment data files (`.log`) in `dir`, oldest first.
@@ -1826,7 +1839,10 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
     let (mut c, ids, _, _, victim) = four_with_a_victim("a data directory emptied", 231, 1, &grace);
     let mut big = BigRecords::default();
     // 2 MiB segments roll every 35 or so of these.
-    let n = if matches!(deleted, Deleted::NewestSegment | Deleted::SealedSegmentCut) {
+    let n = if matches!(
+        deleted,
+        Deleted::NewestSegment | Deleted::SealedSegmentCut | Deleted::DamagedSealed
+    ) {
         45
     } else {
         5
@@ -1837,6 +1853,8 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
     c.nodes[victim].kill9();
     let first_run = c.nodes[victim].log().len();
     let dir = c.nodes[victim].data_dir.join("topics/s/0");
+    // The record whose value was damaged (`DamagedSealed`), by its prefix `r<n>-`.
+    let mut damaged_record = None;
     match deleted {
         Deleted::All => empty_out(&dir),
         Deleted::AllBut(keep) => {
@@ -1858,6 +1876,26 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
             bytes[at] = b'y';
             std::fs::write(active, &bytes).expect("write the damaged segment back");
         }
+        Deleted::DamagedSealed => {
+            let logs = segment_logs(&dir);
+            assert!(logs.len() >= 2, "{} segments: {logs:?}", logs.len());
+            let sealed = &logs[0];
+            let mut bytes = std::fs::read(sealed).expect("read the sealed segment");
+            // The first record's value: `r<n>-` then 'x' to 60,000 bytes.
+            let dash = bytes
+                .windows(9)
+                .position(|w| w == b"-xxxxxxxx")
+                .expect("a record in the sealed segment");
+            let start = bytes[..dash]
+                .iter()
+                .rposition(|&b| b == b'r')
+                .expect("the record's name");
+            damaged_record = Some(bytes[start..=dash].to_vec());
+            let at = dash + 1000;
+            assert_eq!(bytes[at], b'x', "inside the record's value");
+            bytes[at] = b'y';
+            std::fs::write(sealed, &bytes).expect("write the damaged segment back");
+        }
         Deleted::NewestSegment | Deleted::SealedSegmentCut => {
             let logs = segment_logs(&dir);
             assert!(logs.len() >= 2, "{} segments: {logs:?}", logs.len());
@@ -1877,6 +1915,27 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
         }
     }
     c.nodes[victim].spawn();
+    if let Some(name) = &damaged_record {
+        // Read on the damaged replica's node: the acknowledged value, from another replica.
+        let (&offset, value) = big
+            .acked
+            .iter()
+            .find(|(_, v)| v.starts_with(name))
+            .expect("the damaged record was acknowledged");
+        wait("the damaged replica's node serving", || {
+            c.nodes[victim].serving()
+        });
+        let mut got = Err(Status::unavailable("not asked yet"));
+        wait("the damaged record read on its replica's node", || {
+            got = consume(&c.nodes[victim], "s", offset);
+            got.is_ok()
+        });
+        assert_eq!(
+            got.as_ref().ok(),
+            Some(value),
+            "offset {offset} read on the damaged replica's node"
+        );
+    }
     // Stopped, not the node, and said lost (a restart would not help).
     let mut lost = false;
     wait("the emptied replica stopped, not the node", || {

@@ -96,15 +96,27 @@ pub async fn read_chunk(
         max_bytes,
         past_end,
     };
-    let chunk = state
+    let mut chunk = state
         .partitions
         .read(id, offset, limits)
         .await
         .map_err(to_status)?;
-    let records = chunk
-        .records()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(to_status)?;
+    let records = match chunk.records().collect::<Result<Vec<_>, _>>() {
+        Ok(records) => records,
+        // Damaged bytes are never served: read again where a healthy copy is (another
+        // replica), or DATA_LOSS.
+        Err(damage) => {
+            chunk = state
+                .partitions
+                .read_past_damage(id, &chunk, damage)
+                .await
+                .map_err(to_status)?;
+            chunk
+                .records()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?
+        }
+    };
     settle(lease, chunk.stored_len(), &records);
     Ok((records, chunk.visible_end))
 }

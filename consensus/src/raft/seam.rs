@@ -31,6 +31,7 @@ use engine::seam::{
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
 use proto::proglog::raft::v1::read_response;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +94,7 @@ impl Factory for RaftFactory {
                 }
                 None => Forwarder::new(self.node_id, self.peers.clone()),
             },
+            damage_logged: Cell::new(None),
         });
         Seam {
             partitions: p.clone(),
@@ -107,7 +109,13 @@ pub struct RaftPartitions {
     cluster: Option<Arc<ClusterNode>>,
     /// This executor's connections to leaders.
     forward: Forwarder,
+    /// When a read last logged damage in a replica kept in its group (one line per
+    /// `DAMAGE_LOG_EVERY` per executor, however many reads find it).
+    damage_logged: Cell<Option<Instant>>,
 }
+
+/// How often a damaged replica that cannot be stopped is logged by each executor's reads.
+const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a replica open here takes no append for its topic ([`RaftPartitions::fence`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +378,30 @@ impl RaftPartitions {
         self.fence(id, replica) == Some(Fence::Stale)
     }
 
+    /// [`RaftPartitions::read_elsewhere`] of stored batches from `from`.
+    async fn chunk_elsewhere(
+        &self,
+        id: &PartitionId,
+        from: u64,
+        limits: ReadLimits,
+        why: String,
+    ) -> Result<Chunk> {
+        let what = RemoteRead::Read { from, limits };
+        let (node, o) = self.read_elsewhere(id, what, why).await?;
+        match o {
+            read_response::Outcome::Chunk(c) => Ok(Chunk::from_remote(
+                c.runs,
+                from,
+                c.visible_end,
+                limits,
+                &format!("node {node}'s replica of {id}"),
+            )),
+            _ => Err(Error::Internal(format!(
+                "node {node} answered a read of {id} without records"
+            ))),
+        }
+    }
+
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
     /// one, in turn, until one answers. `NotFound` (`why`) when the controller knows no such
     /// partition.
@@ -549,24 +581,64 @@ impl Partitions for RaftPartitions {
                 forward::read_here(&self.local, id, from, limits).await
             };
             match here {
-                Err(Error::NotFound(why)) => {
-                    let what = RemoteRead::Read { from, limits };
-                    let (node, o) = self.read_elsewhere(id, what, why).await?;
-                    match o {
-                        read_response::Outcome::Chunk(c) => Ok(Chunk::from_remote(
-                            c.runs,
-                            from,
-                            c.visible_end,
-                            limits,
-                            &format!("node {node}'s replica of {id}"),
-                        )),
-                        _ => Err(Error::Internal(format!(
-                            "node {node} answered a read of {id} without records"
-                        ))),
-                    }
-                }
+                Err(Error::NotFound(why)) => self.chunk_elsewhere(id, from, limits, why).await,
                 r => r,
             }
+        })
+    }
+
+    /// Damage in this node's own files ([`Chunk::is_from_files`]) is served around: the
+    /// read goes to the partition's other replicas, and this replica is stopped for good
+    /// (its log marked lost, `Replicator::damaged`) so that the controller moves it, where
+    /// the partition keeps a majority without it (three replicas or more; with two, the
+    /// other could not elect a leader alone, so it stays, its reads of the damaged bytes
+    /// served elsewhere, logged). Damage in a chunk another node sent is the answer.
+    fn read_past_damage<'a>(
+        &'a self,
+        id: &'a PartitionId,
+        damaged: &'a Chunk,
+        damage: Error,
+    ) -> LocalBoxFuture<'a, Result<Chunk>> {
+        Box::pin(async move {
+            let others = self.replicas_elsewhere(id);
+            if !damaged.is_from_files() || others.is_empty() {
+                return Err(damage);
+            }
+            let stopped = self
+                .forward
+                .board()
+                .replica_of(id)
+                .is_some_and(|(_, stopped)| stopped);
+            let replicas = others.len() + 1;
+            if !stopped && others.len() > replicas / 2 {
+                log::error!(
+                    "partition {id}: this node's replica is damaged ({damage}); it stops for \
+                     good, its log marked lost, and is moved to another node after \
+                     --stopped-replica-grace; its reads are served by the other replicas"
+                );
+                if let Err(e) = self.local.report_damage(id, &damage.to_string()).await {
+                    log::warn!("partition {id}: reporting the damage: {e}");
+                }
+            } else if !stopped {
+                let now = Instant::now();
+                let due = self
+                    .damage_logged
+                    .get()
+                    .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
+                if due {
+                    self.damage_logged.set(Some(now));
+                    log::error!(
+                        "partition {id}: this node's replica is damaged ({damage}); with \
+                         {replicas} replicas the others could not elect a leader without it, \
+                         so it stays in its group (removing it would leave the partition \
+                         without a leader); reads of the damaged bytes are served by the \
+                         other replica"
+                    );
+                }
+            }
+            let why = format!("this node's replica of {id} is damaged: {damage}");
+            self.chunk_elsewhere(id, damaged.from, damaged.limits, why)
+                .await
         })
     }
 

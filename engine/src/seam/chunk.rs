@@ -70,6 +70,12 @@ impl Chunk {
         }
     }
 
+    /// Whether the chunk was read from this node's own files (not from another node's
+    /// replica, nor from memory).
+    pub fn is_from_files(&self) -> bool {
+        !self.runs.is_empty() && self.runs.iter().all(|r| r.segment.is_some())
+    }
+
     /// True when the read found nothing (at or past the visible end).
     pub fn is_empty(&self) -> bool {
         self.runs.iter().all(|r| r.bytes.is_empty())

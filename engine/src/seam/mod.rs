@@ -199,6 +199,19 @@ pub trait Partitions {
         limits: ReadLimits,
     ) -> LocalBoxFuture<'a, Result<Chunk>>;
 
+    /// The read that gave `damaged`, whose batches failed their checks (`damage`, from
+    /// [`Chunk::records`]), served again where the partition has a healthy copy: another
+    /// replica, when the damage is in this node's own. A partition without one (a single
+    /// node) has the damage for its answer, which is the default.
+    fn read_past_damage<'a>(
+        &'a self,
+        _id: &'a PartitionId,
+        _damaged: &'a Chunk,
+        damage: Error,
+    ) -> LocalBoxFuture<'a, Result<Chunk>> {
+        Box::pin(async move { Err(damage) })
+    }
+
     /// Resolves when the visible end passes `offset`, with the new visible end; fails with
     /// `Unavailable` when the partition closes. Dropping the future cancels the wait where
     /// it is parked (no waiter is left behind).
