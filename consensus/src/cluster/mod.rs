@@ -517,6 +517,31 @@ impl ClusterNode {
         Some(t.partitions.get(partition as usize)?.nodes())
     }
 
+    /// How many replicas of `topic`/`partition` other than `me` can vote now: placed on a
+    /// live member, and not marked stopped.
+    pub fn voting_replicas_besides(&self, topic: &str, partition: u32, me: u64) -> usize {
+        let live = self.live_members();
+        let Ok(s) = self.state.read() else {
+            return 0;
+        };
+        let Some(p) = s
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+        else {
+            return 0;
+        };
+        p.nodes()
+            .into_iter()
+            .filter(|&n| n != me && !p.stopped.contains(&n))
+            .filter(|n| {
+                s.nodes
+                    .get(n)
+                    .is_some_and(|e| !e.removed && live.contains(&e.member))
+            })
+            .count()
+    }
+
     /// The replication factor the registry gives `topic`, without copying the state.
     pub fn replication_factor_of(&self, topic: &str) -> Option<u32> {
         let s = self.state.read().ok()?;

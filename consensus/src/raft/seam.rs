@@ -590,9 +590,11 @@ impl Partitions for RaftPartitions {
     /// Damage in this node's own files ([`Chunk::is_from_files`]) is served around: the
     /// read goes to the partition's other replicas, and this replica is stopped for good
     /// (its log marked lost, `Replicator::damaged`) so that the controller moves it, where
-    /// the partition keeps a majority without it (three replicas or more; with two, the
-    /// other could not elect a leader alone, so it stays, its reads of the damaged bytes
-    /// served elsewhere, logged). Damage in a chunk another node sent is the answer.
+    /// the partition keeps a majority without it: its other replicas on live nodes, not
+    /// stopped, are more than half of its replicas (three replicas or more, all up; with
+    /// two, the other could not elect a leader alone). Otherwise it stays, its reads of the
+    /// damaged bytes served elsewhere, logged. Damage in a chunk another node sent is the
+    /// answer.
     fn read_past_damage<'a>(
         &'a self,
         id: &'a PartitionId,
@@ -609,8 +611,12 @@ impl Partitions for RaftPartitions {
                 .board()
                 .replica_of(id)
                 .is_some_and(|(_, stopped)| stopped);
+            // Stopped only where the replicas that vote now elect a leader without it.
             let replicas = others.len() + 1;
-            if !stopped && others.len() > replicas / 2 {
+            let voting = self.cluster.as_ref().map_or(0, |c| {
+                c.voting_replicas_besides(&id.topic, id.partition, self.forward.node_id())
+            });
+            if !stopped && voting > replicas / 2 {
                 log::error!(
                     "partition {id}: this node's replica is damaged ({damage}); it stops for \
                      good, its log marked lost, and is moved to another node after \
@@ -628,11 +634,10 @@ impl Partitions for RaftPartitions {
                 if due {
                     self.damage_logged.set(Some(now));
                     log::error!(
-                        "partition {id}: this node's replica is damaged ({damage}); with \
-                         {replicas} replicas the others could not elect a leader without it, \
-                         so it stays in its group (removing it would leave the partition \
-                         without a leader); reads of the damaged bytes are served by the \
-                         other replica"
+                        "partition {id}: this node's replica is damaged ({damage}); of its \
+                         {replicas} replicas, {voting} other(s) vote now, too few to elect a \
+                         leader without it, so it stays in its group; reads of the damaged \
+                         bytes are served by the other replicas"
                     );
                 }
             }
