@@ -1311,12 +1311,15 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
                         PastEnd::OutOfRange
                     },
                 };
-                read_here(&local, &id, r.from, limits).await.map(|c| {
-                    read_response::Outcome::Chunk(ReadChunk {
-                        visible_end: c.visible_end,
-                        runs: c.runs.into_iter().map(|run| run.bytes).collect(),
+                read_here(&local, &id, r.from, limits)
+                    .await
+                    .and_then(|c| checked_here(&id, c))
+                    .map(|c| {
+                        read_response::Outcome::Chunk(ReadChunk {
+                            visible_end: c.visible_end,
+                            runs: c.runs.into_iter().map(|run| run.bytes).collect(),
+                        })
                     })
-                })
             }
             (None, ReadMode::Barrier) => local
                 .read_barrier(&id)
@@ -1374,6 +1377,42 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
         out.push(READ_RESPONSE, bytes);
     })
     .detach();
+}
+
+/// How often [`checked_here`] logs damage, per executor.
+const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A chunk this node read for another, checked before it goes: damage in this replica's files
+/// is `Unavailable` naming it, on which the asker asks the partition's next replica (the
+/// damaged bytes never leave; a local read of them stops this replica, `read_past_damage`).
+fn checked_here(id: &PartitionId, c: Chunk) -> seam::Result<Chunk> {
+    match c.verify() {
+        Ok(()) => Ok(c),
+        Err(e) => {
+            thread_local! {
+                static LOGGED: Cell<Option<Instant>> = const { Cell::new(None) };
+            }
+            let now = Instant::now();
+            let due = LOGGED.with(|l| {
+                let due = l
+                    .get()
+                    .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
+                if due {
+                    l.set(Some(now));
+                }
+                due
+            });
+            if due {
+                log::error!(
+                    "partition {id}: this node's replica is damaged ({e}); reads other nodes \
+                     ask of it go to its other replicas (logged at most once a minute)"
+                );
+            }
+            Err(seam::Error::Unavailable(format!(
+                "this node's replica of {id} is damaged: {e}; ask another replica"
+            )))
+        }
+    }
 }
 
 /// A read of this node's replica of `id`, as the Raft seam serves it: a one-shot read that
