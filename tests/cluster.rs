@@ -95,13 +95,43 @@ fn consume_on(
     Ok(r.record.map(|r| r.value.to_vec()).unwrap_or_default())
 }
 
+/// One connection to a node for many reads of partition 0, made again after a call that
+/// found no server (a connection per read made checks of a thousand records take seconds).
+struct NodeReader<'a> {
+    node: &'a Node,
+    ch: Option<BlockingChannel>,
+}
+
+impl<'a> NodeReader<'a> {
+    fn new(node: &'a Node) -> Self {
+        NodeReader { node, ch: None }
+    }
+
+    fn consume(&mut self, topic: &str, offset: u64) -> Result<Vec<u8>, Status> {
+        if self.ch.is_none() {
+            self.ch = self.node.channel();
+        }
+        let Some(ch) = &self.ch else {
+            return Err(Status::unavailable("no connection"));
+        };
+        let r = consume_on(ch, topic, 0, offset);
+        if let Err(s) = &r {
+            if matches!(s.code, net::Code::Unavailable | net::Code::DeadlineExceeded) {
+                self.ch = None;
+            }
+        }
+        r
+    }
+}
+
 /// Every acknowledged offset holds its value on every node (waiting for followers to apply).
 fn check_everywhere(c: &Cluster, topic: &str, acked: &BTreeMap<u64, Vec<u8>>) {
     for n in &c.nodes {
+        let mut reader = NodeReader::new(n);
         for (&offset, value) in acked {
             let mut got = Err(Status::unavailable("not asked yet"));
             wait(&format!("offset {offset} of {topic} on {}", n.rpc), || {
-                got = consume(n, topic, offset);
+                got = reader.consume(topic, offset);
                 got.is_ok()
             });
             assert_eq!(
@@ -281,14 +311,16 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
     // the acknowledged ones hold their values.
     check_everywhere(&c, "orders", &acked);
     let last = *acked.keys().next_back().unwrap_or(&0);
+    let mut reader = NodeReader::new(&c.nodes[(first + 1) % 3]);
     let reference: Vec<Vec<u8>> = (0..=last)
-        .map(|o| consume(&c.nodes[(first + 1) % 3], "orders", o).expect("dense offsets"))
+        .map(|o| reader.consume("orders", o).expect("dense offsets"))
         .collect();
     for n in &c.nodes {
+        let mut reader = NodeReader::new(n);
         for (o, v) in reference.iter().enumerate() {
             let mut got = Err(Status::unavailable(""));
             wait("the same record on every node", || {
-                got = consume(n, "orders", o as u64);
+                got = reader.consume("orders", o as u64);
                 got.is_ok()
             });
             assert_eq!(got.as_ref().ok(), Some(v), "offset {o} on {}", n.rpc);
