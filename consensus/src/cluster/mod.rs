@@ -82,6 +82,10 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// Too few nodes are up now for what was asked (a topic's replicas to elect a leader):
+    /// asking again once members are back succeeds.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bound of the cluster's resources (the partitions a node may hold) would be exceeded.
     #[error("{0}")]
     Exhausted(String),
@@ -157,6 +161,7 @@ impl From<Error> for seam::Error {
             },
             Error::NoLeader => seam::Error::NoLeader(CONTROLLER_PARTITION.into()),
             Error::Refused(m) => seam::Error::InvalidArgument(m),
+            Error::Unavailable(m) => seam::Error::Unavailable(m),
             Error::NotFound(m) => seam::Error::NotFound(m),
             Error::AlreadyExists(m) => seam::Error::AlreadyExists(m),
             Error::Exhausted(m) => seam::Error::Exhausted(m),
@@ -515,31 +520,6 @@ impl ClusterNode {
         let s = self.state.read().ok()?;
         let t = s.topics.get(topic)?;
         Some(t.partitions.get(partition as usize)?.nodes())
-    }
-
-    /// How many replicas of `topic`/`partition` other than `me` can vote now: placed on a
-    /// live member, and not marked stopped.
-    pub fn voting_replicas_besides(&self, topic: &str, partition: u32, me: u64) -> usize {
-        let live = self.live_members();
-        let Ok(s) = self.state.read() else {
-            return 0;
-        };
-        let Some(p) = s
-            .topics
-            .get(topic)
-            .and_then(|t| t.partitions.get(partition as usize))
-        else {
-            return 0;
-        };
-        p.nodes()
-            .into_iter()
-            .filter(|&n| n != me && !p.stopped.contains(&n))
-            .filter(|n| {
-                s.nodes
-                    .get(n)
-                    .is_some_and(|e| !e.removed && live.contains(&e.member))
-            })
-            .count()
     }
 
     /// The replication factor the registry gives `topic`, without copying the state.
@@ -1247,6 +1227,17 @@ impl ClusterNode {
         let rf = rf
             .filter(|&r| r > 0)
             .unwrap_or_else(|| (live.len() + down.len()).clamp(1, 3) as u32);
+        let (nodes, majority) = (live.len() + down.len(), rf as usize / 2 + 1);
+        if rf as usize <= nodes && live.len() < majority {
+            // Members are down (restarting, or for good until --dead-node-timeout removes
+            // them): retried, the creation succeeds once enough are back.
+            return Err(Error::Unavailable(format!(
+                "topic {name:?}: {rf} replicas need {majority} live nodes to elect a leader; \
+                 {} of the cluster's {nodes} nodes are live now (retry once members are back, \
+                 or give a smaller --replication-factor)",
+                live.len()
+            )));
+        }
         let placed = s
             .place_on(name, partitions, rf, &live, &down)
             .map_err(Error::Refused)?;

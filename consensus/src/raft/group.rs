@@ -728,27 +728,6 @@ impl<S: LogStore> GroupSet<S> {
         Ok(())
     }
 
-    /// A read found group `id`'s stored entries damaged (`why`) where recovery does not
-    /// look (a sealed segment): its log is marked lost (kept across restarts: recovery would
-    /// not find the damage again) and the group stops, so that it never votes or serves
-    /// Raft again and its replica is moved (`--stopped-replica-grace`). Nothing for a group
-    /// stopped already or unknown.
-    pub fn damaged(&mut self, id: u64, why: &str) {
-        let Some(g) = self.groups.get_mut(&id) else {
-            return;
-        };
-        if g.failed.is_some() {
-            return;
-        }
-        if let Err(m) = g.log.store().mark_lost(why) {
-            log::error!("{}: marking its log lost: {m}", GroupName(id));
-        }
-        g.fail(Error::LostLog {
-            group: id,
-            why: why.to_owned(),
-        });
-    }
-
     /// The error that stopped a group, if one did.
     pub fn failure(&self, id: u64) -> Option<Error> {
         self.groups.get(&id).and_then(|g| g.failed.clone())

@@ -243,11 +243,6 @@ enum Cmd {
     /// What another node sent this shard's groups.
     Frame(RaftFrame),
     Control(ControlMsg),
-    /// A read found the group's stored entries damaged (`GroupSet::damaged`).
-    Damaged {
-        group: u64,
-        why: String,
-    },
     /// A linearizable read point of the group: its leader's commit index (ReadIndex).
     ReadIndex {
         group: u64,
@@ -773,9 +768,7 @@ fn refuse(cmd: Cmd, e: Error) {
         Cmd::Close { reply, .. } => {
             let _ = reply.send(());
         }
-        // Found again by the next read of the damaged bytes after the restart.
-        Cmd::Damaged { .. }
-        | Cmd::Frame(_)
+        Cmd::Frame(_)
         | Cmd::Control(ControlMsg::TransferLeader { .. })
         | Cmd::Control(ControlMsg::ForwardCommand { .. })
         | Cmd::Control(ControlMsg::Checkpoint) => {}
@@ -823,7 +816,6 @@ async fn handle(inner: &Inner, set: &mut GroupSet<Log>, lp: &mut Loop, cmd: Cmd)
         } => {
             set.propose_encoded(group, &batch, now_ms(), reply);
         }
-        Cmd::Damaged { group, why } => set.damaged(group, &why),
         Cmd::Compact {
             group,
             to,
@@ -1207,15 +1199,6 @@ impl Replicator for ShardRaft {
                 Err(_) => Err(engine::Error::ShutDown),
             }
         })
-    }
-
-    fn damaged(&self, id: &PartitionId, why: &str) {
-        if let Ok(group) = self.group_of(id) {
-            self.inner.push(Cmd::Damaged {
-                group,
-                why: why.to_owned(),
-            });
-        }
     }
 
     fn status(&self, id: &PartitionId) -> Option<ReplicaStatus> {

@@ -25,8 +25,8 @@ use crate::cluster::ClusterNode;
 use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
-    PartitionState, Partitions, ReadLimits, Result, Seam, TopicChange, TopicConfig, TopicInfo,
-    Topics,
+    PartitionState, Partitions, PastEnd, ReadLimits, Result, Seam, TopicChange, TopicConfig,
+    TopicInfo, Topics,
 };
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
@@ -109,12 +109,12 @@ pub struct RaftPartitions {
     cluster: Option<Arc<ClusterNode>>,
     /// This executor's connections to leaders.
     forward: Forwarder,
-    /// When a read last logged damage in a replica kept in its group (one line per
+    /// When a read last logged a replica here that could not serve it (one line per
     /// `DAMAGE_LOG_EVERY` per executor, however many reads find it).
     damage_logged: Cell<Option<Instant>>,
 }
 
-/// How often a damaged replica that cannot be stopped is logged by each executor's reads.
+/// How often each executor's reads log a replica here that could not serve them.
 const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a replica open here takes no append for its topic ([`RaftPartitions::fence`]).
@@ -378,6 +378,60 @@ impl RaftPartitions {
         self.fence(id, replica) == Some(Fence::Stale)
     }
 
+    /// A read of stored batches from `from`, which this node's replica answered with
+    /// `damage` (DATA_LOSS: damaged bytes, or records it lost), served by the partition's
+    /// other replicas; `damage` itself where it has none (a single node). The offset is below
+    /// this replica's visible end, so committed: a replica asked that has not applied it
+    /// yet learns the commit index and waits for it rather than answering an empty chunk
+    /// (the remote read is made with `PastEnd::OutOfRange`; a tailing reader would ask again
+    /// at once). The damage is logged (at most once a minute per core); the replica stays in
+    /// its group: its log is sound for Raft up to its end, and a follower it must send the
+    /// damaged entries to stops it then (docs/replication.md, "damage in a sealed segment").
+    async fn around_damage(
+        &self,
+        id: &PartitionId,
+        from: u64,
+        limits: ReadLimits,
+        damage: Error,
+    ) -> Result<Chunk> {
+        if self.replicas_elsewhere(id).is_empty() {
+            return Err(damage);
+        }
+        let now = Instant::now();
+        let due = self
+            .damage_logged
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
+        if due {
+            self.damage_logged.set(Some(now));
+            log::error!(
+                "partition {id}: this node's replica cannot serve offset {from} ({damage}); \
+                 the read goes to the other replicas (logged at most once a minute). Replace \
+                 the replica: stop the node, delete topics/{}/{} in its data directory, start \
+                 it (the replica is then found lost and moved to a free node, or, with none, \
+                 stays stopped)",
+                id.topic,
+                id.partition
+            );
+        }
+        let why = format!("this node's replica of {id} cannot serve offset {from}: {damage}");
+        let asked = ReadLimits {
+            past_end: PastEnd::OutOfRange,
+            ..limits
+        };
+        let (node, o) = self
+            .read_elsewhere(
+                id,
+                RemoteRead::Read {
+                    from,
+                    limits: asked,
+                },
+                why,
+            )
+            .await?;
+        remote_chunk(node, id, o, from, limits)
+    }
+
     /// [`RaftPartitions::read_elsewhere`] of stored batches from `from`.
     async fn chunk_elsewhere(
         &self,
@@ -388,18 +442,7 @@ impl RaftPartitions {
     ) -> Result<Chunk> {
         let what = RemoteRead::Read { from, limits };
         let (node, o) = self.read_elsewhere(id, what, why).await?;
-        match o {
-            read_response::Outcome::Chunk(c) => Ok(Chunk::from_remote(
-                c.runs,
-                from,
-                c.visible_end,
-                limits,
-                &format!("node {node}'s replica of {id}"),
-            )),
-            _ => Err(Error::Internal(format!(
-                "node {node} answered a read of {id} without records"
-            ))),
-        }
+        remote_chunk(node, id, o, from, limits)
     }
 
     /// A read of a partition this node holds no replica of, asked of the nodes that hold
@@ -495,6 +538,28 @@ impl RaftPartitions {
     }
 }
 
+/// The chunk node `node` answered a read of `id` from `from` with.
+fn remote_chunk(
+    node: u64,
+    id: &PartitionId,
+    o: read_response::Outcome,
+    from: u64,
+    limits: ReadLimits,
+) -> Result<Chunk> {
+    match o {
+        read_response::Outcome::Chunk(c) => Ok(Chunk::from_remote(
+            c.runs,
+            from,
+            c.visible_end,
+            limits,
+            &format!("node {node}'s replica of {id}"),
+        )),
+        _ => Err(Error::Internal(format!(
+            "node {node} answered a read of {id} without records"
+        ))),
+    }
+}
+
 impl Partitions for RaftPartitions {
     fn append<'a>(
         &'a self,
@@ -582,19 +647,18 @@ impl Partitions for RaftPartitions {
             };
             match here {
                 Err(Error::NotFound(why)) => self.chunk_elsewhere(id, from, limits, why).await,
+                // What this replica lost or holds damaged (a batch header that does not
+                // parse, a gap between segments, a log marked lost) another one may hold.
+                Err(e @ Error::DataLoss(_)) => self.around_damage(id, from, limits, e).await,
                 r => r,
             }
         })
     }
 
-    /// Damage in this node's own files ([`Chunk::is_from_files`]) is served around: the
-    /// read goes to the partition's other replicas, and this replica is stopped for good
-    /// (its log marked lost, `Replicator::damaged`) so that the controller moves it, where
-    /// the partition keeps a majority without it: its other replicas on live nodes, not
-    /// stopped, are more than half of its replicas (three replicas or more, all up; with
-    /// two, the other could not elect a leader alone). Otherwise it stays, its reads of the
-    /// damaged bytes served elsewhere, logged. Damage in a chunk another node sent is the
-    /// answer.
+    /// Damage in this node's own log ([`Chunk::is_from_files`]) is served around: the read
+    /// goes to the partition's other replicas ([`RaftPartitions::around_damage`]). Damage in
+    /// a chunk another node sent is the answer (that node checked it before it went,
+    /// `forward::checked_here`, so it is damage on the way or on every replica asked).
     fn read_past_damage<'a>(
         &'a self,
         id: &'a PartitionId,
@@ -602,47 +666,10 @@ impl Partitions for RaftPartitions {
         damage: Error,
     ) -> LocalBoxFuture<'a, Result<Chunk>> {
         Box::pin(async move {
-            let others = self.replicas_elsewhere(id);
-            if !damaged.is_from_files() || others.is_empty() {
+            if !damaged.is_from_files() {
                 return Err(damage);
             }
-            let stopped = self
-                .forward
-                .board()
-                .replica_of(id)
-                .is_some_and(|(_, stopped)| stopped);
-            // Stopped only where the replicas that vote now elect a leader without it.
-            let replicas = others.len() + 1;
-            let voting = self.cluster.as_ref().map_or(0, |c| {
-                c.voting_replicas_besides(&id.topic, id.partition, self.forward.node_id())
-            });
-            if !stopped && voting > replicas / 2 {
-                log::error!(
-                    "partition {id}: this node's replica is damaged ({damage}); it stops for \
-                     good, its log marked lost, and is moved to another node after \
-                     --stopped-replica-grace; its reads are served by the other replicas"
-                );
-                if let Err(e) = self.local.report_damage(id, &damage.to_string()).await {
-                    log::warn!("partition {id}: reporting the damage: {e}");
-                }
-            } else if !stopped {
-                let now = Instant::now();
-                let due = self
-                    .damage_logged
-                    .get()
-                    .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
-                if due {
-                    self.damage_logged.set(Some(now));
-                    log::error!(
-                        "partition {id}: this node's replica is damaged ({damage}); of its \
-                         {replicas} replicas, {voting} other(s) vote now, too few to elect a \
-                         leader without it, so it stays in its group; reads of the damaged \
-                         bytes are served by the other replicas"
-                    );
-                }
-            }
-            let why = format!("this node's replica of {id} is damaged: {damage}");
-            self.chunk_elsewhere(id, damaged.from, damaged.limits, why)
+            self.around_damage(id, damaged.from, damaged.limits, damage)
                 .await
         })
     }

@@ -70,8 +70,8 @@ impl Chunk {
         }
     }
 
-    /// Whether the chunk was read from this node's own files (not from another node's
-    /// replica, nor from memory).
+    /// Whether the chunk was read from this node's own log (its segment files, or the cache
+    /// of its active segment's newest bytes), not sent by another node.
     pub fn is_from_files(&self) -> bool {
         !self.runs.is_empty() && self.runs.iter().all(|r| r.segment.is_some())
     }

@@ -67,15 +67,6 @@ impl LocalPartitions {
         let r = self.engine.describe_routed(self.here.as_ref(), id).await?;
         Ok(r.replica)
     }
-
-    /// Tells the replication layer on `id`'s owner that a read found its stored batches
-    /// damaged (`why`), so that it stops this replica for good (`Replicator::damaged`).
-    pub async fn report_damage(&self, id: &PartitionId, why: &str) -> Result<()> {
-        Ok(self
-            .engine
-            .damaged_routed(self.here.as_ref(), id, why)
-            .await?)
-    }
 }
 
 impl Partitions for LocalPartitions {

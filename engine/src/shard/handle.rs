@@ -292,32 +292,6 @@ impl EngineHandle {
         }
     }
 
-    /// Tells the replication layer of the partition's owner that a read found its stored
-    /// batches damaged (`Replicator::damaged`); nothing without one.
-    pub(crate) async fn damaged_routed(
-        &self,
-        here: Option<&Rc<ShardCtx>>,
-        id: &PartitionId,
-        why: &str,
-    ) -> Result<()> {
-        let shard = self.route(here.map(|c| &**c), &id.topic, id.partition)?;
-        match here.filter(|c| c.index == shard) {
-            Some(ctx) => {
-                if let Some(r) = ctx.replicator() {
-                    r.damaged(id, why);
-                }
-                Ok(())
-            }
-            None => {
-                let msg = ShardMsg::Damaged {
-                    id: id.clone(),
-                    why: why.to_owned(),
-                };
-                self.send_control(shard, msg).await
-            }
-        }
-    }
-
     /// Runs `f` on the shard with index `shard` and returns its result. For the control
     /// plane (starting a shard's gRPC server or membership); data goes through the typed
     /// operations.

@@ -95,12 +95,6 @@ pub(crate) enum ShardMsg {
     Peer {
         payload: Box<dyn std::any::Any + Send>,
     },
-    /// A read found a partition's stored batches damaged: for its replication layer
-    /// (`Replicator::damaged`).
-    Damaged {
-        id: PartitionId,
-        why: String,
-    },
     Run(RunOnShard),
     Stop,
 }
@@ -177,11 +171,6 @@ impl ShardMsg {
             ShardMsg::Peer { payload } => {
                 if let Some(r) = ctx.replicator() {
                     r.receive(payload);
-                }
-            }
-            ShardMsg::Damaged { id, why } => {
-                if let Some(r) = ctx.replicator() {
-                    r.damaged(&id, &why);
                 }
             }
             ShardMsg::Run(f) => f(&ctx),

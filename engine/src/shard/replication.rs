@@ -93,11 +93,6 @@ pub trait Replicator {
     /// delivered by `EngineHandle::deliver`).
     fn receive(&self, payload: Box<dyn std::any::Any + Send>);
 
-    /// A read found stored batches of `id` damaged (`why`: the file, the byte, the check
-    /// that failed) where recovery does not look (a sealed segment): the replica stops for
-    /// good, its log marked lost, so that it is replaced by a copy of a healthy one.
-    fn damaged(&self, _id: &PartitionId, _why: &str) {}
-
     /// Stops the replication loop; every partition is closed after this.
     fn stop(&self) -> LocalBoxFuture<'_, ()>;
 }
