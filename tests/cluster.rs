@@ -375,6 +375,25 @@ fn three_nodes_form_over_peer_mutual_tls() {
     check_everywhere(&c, "secure", &acked);
 }
 
+/// What `n` logged after its first `from` bytes of log.
+fn log_since(n: &Node, from: usize) -> String {
+    n.log().get(from..).unwrap_or_default().to_owned()
+}
+
+/// Whether `node`'s replica of `topic`/0 is a voter its leader (of a group of `voters`)
+/// counts caught up.
+fn caught_up(c: &Cluster, topic: &str, voters: usize, node: u64) -> bool {
+    leader_of(c, topic, 0, voters)
+        .and_then(|l| c.nodes[l].describe())
+        .is_some_and(|d| {
+            d.partitions
+                .iter()
+                .filter(|p| p.topic == topic && p.partition == 0)
+                .flat_map(|p| p.replicas.iter())
+                .any(|r| r.node == node && r.voter && r.progress_known && r.lag == 0)
+        })
+}
+
 /// Voters of `topic`/0 as its leader reports them.
 fn voters_of(c: &Cluster, topic: &str) -> Option<Vec<u64>> {
     partition_voters(c, topic, 0)
@@ -1710,11 +1729,7 @@ fn lose_the_controller_log_and_recover(
     });
     assert_eq!(got.ok(), Some(value));
 
-    let log = c.nodes[victim]
-        .log()
-        .get(first_run..)
-        .unwrap_or_default()
-        .to_owned();
+    let log = log_since(&c.nodes[victim], first_run);
     assert!(log.contains("started afresh"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     assert!(!log.contains("bootstrapping a new cluster"), "{log}");
@@ -1889,22 +1904,10 @@ fn a_follower_with_damage_in_a_sealed_segment_serves_its_reads_from_another_repl
     }
     let victim_id = ids[victim];
     wait("the damaged replica caught up", || {
-        leader_of(&c, "s", 0, 3)
-            .and_then(|l| c.nodes[l].describe())
-            .is_some_and(|d| {
-                d.partitions
-                    .iter()
-                    .filter(|p| p.topic == "s" && p.partition == 0)
-                    .flat_map(|p| p.replicas.iter())
-                    .any(|r| r.node == victim_id && r.voter && r.progress_known && r.lag == 0)
-            })
+        caught_up(&c, "s", 3, victim_id)
     });
     check_everywhere(&c, "s", &big.acked);
-    let log = c.nodes[victim]
-        .log()
-        .get(first_run..)
-        .unwrap_or_default()
-        .to_owned();
+    let log = log_since(&c.nodes[victim], first_run);
     assert!(
         log.contains("this node's replica cannot serve offset") && log.contains("checksum"),
         "{log}"
@@ -2034,11 +2037,7 @@ fn emptied_follower_is_replaced(deleted: Deleted, why: &str) {
         big.acked.len()
     );
     check_everywhere(&c, "s", &big.acked);
-    let log = c.nodes[victim]
-        .log()
-        .get(first_run..)
-        .unwrap_or_default()
-        .to_owned();
+    let log = log_since(&c.nodes[victim], first_run);
     // Found at start and opened stopped, not stopped later by a leader's heartbeat.
     assert!(log.contains(why), "{log}");
     assert!(log.contains("is marked lost"), "{log}");
@@ -2140,28 +2139,12 @@ fn a_node_stopped_without_leaving_keeps_its_replicas_and_catches_up() {
     c.nodes[victim].spawn();
     wait("the restarted node serving", || c.nodes[victim].serving());
     wait("the restarted node caught up on s/0", || {
-        leader_of(&c, "s", 0, 3)
-            .and_then(|l| c.nodes[l].describe())
-            .is_some_and(|d| {
-                d.partitions
-                    .iter()
-                    .filter(|p| p.topic == "s" && p.partition == 0)
-                    .flat_map(|p| p.replicas.iter())
-                    .any(|r| r.node == victim_id && r.voter && r.progress_known && r.lag == 0)
-            })
+        caught_up(&c, "s", 3, victim_id)
     });
     assert_eq!(voters_of(&c, "s").as_deref(), Some(&before[..]));
     // Its replica of r/0, placed while it was down, opened and caught up.
     wait("the restarted node caught up on r/0", || {
-        leader_of(&c, "r", 0, 4)
-            .and_then(|l| c.nodes[l].describe())
-            .is_some_and(|d| {
-                d.partitions
-                    .iter()
-                    .filter(|p| p.topic == "r" && p.partition == 0)
-                    .flat_map(|p| p.replicas.iter())
-                    .any(|r| r.node == victim_id && r.voter && r.progress_known && r.lag == 0)
-            })
+        caught_up(&c, "r", 4, victim_id)
     });
     assert!(
         big.acked.len() >= 8,
