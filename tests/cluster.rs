@@ -610,6 +610,87 @@ fn a_bootstrap_node_given_join_addresses_joins_the_cluster_it_finds_over_peer_tl
     bootstrap_with_join_addresses("bootstrap with join addresses, peer TLS", 165, true);
 }
 
+/// The first node's data directory wiped, and the node started again with `--bootstrap` and
+/// join addresses while every member it names is down: nothing answers its probe, so it
+/// bootstraps a second cluster. Once the others are back (their cluster, without it, elects
+/// as before), their refusal of its registration shows it: it is not ready and refuses
+/// produces, UNAVAILABLE naming the way out, so that no client has a record acknowledged by
+/// it; and its refusals never keep the others from registering with each other.
+#[test]
+#[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
+fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back() {
+    let mut c = form("a second cluster by mistake", 45, &[]);
+    let mut acked = BTreeMap::new();
+    wait("a produce", || match produce(&c.nodes[1], "", b"before") {
+        Ok(offset) => {
+            acked.insert(offset, b"before".to_vec());
+            true
+        }
+        Err(_) => false,
+    });
+    wait("default/0 with three voters", || {
+        leader_of(&c, "default", 0, 3).is_some()
+    });
+    for n in &mut c.nodes {
+        n.kill9();
+    }
+    std::fs::remove_dir_all(&c.nodes[0].data_dir).unwrap();
+    let others = format!("{},{}", c.nodes[1].gossip, c.nodes[2].gossip);
+    c.nodes[0]
+        .args
+        .extend(["--start-join-addrs".to_owned(), others]);
+    let first_run = c.nodes[0].log().len();
+    c.nodes[0].spawn();
+    wait("the wiped node bootstrapping a cluster of its own", || {
+        log_since(&c.nodes[0], first_run).contains("bootstrapping a new cluster")
+    });
+    c.nodes[1].spawn();
+    c.nodes[2].spawn();
+    wait("the second cluster found out", || {
+        log_since(&c.nodes[0], first_run).contains("a second cluster, started by mistake")
+    });
+    let refused = produce(&c.nodes[0], "", b"to the second cluster").expect_err("refused");
+    assert_eq!(refused.code, net::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message.contains("without --bootstrap to join them"),
+        "{refused:?}"
+    );
+    assert!(!c.nodes[0].serving(), "the second cluster reports serving");
+    // The first cluster goes on without it.
+    wait("a produce to the first cluster", || {
+        match produce(&c.nodes[2], "", b"after") {
+            Ok(offset) => {
+                acked.insert(offset, b"after".to_vec());
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    for n in &c.nodes[1..] {
+        let mut reader = NodeReader::new(n);
+        for (&offset, value) in &acked {
+            let mut got = Err(Status::unavailable("not asked yet"));
+            wait("an acknowledged record on the first cluster", || {
+                got = reader.consume("", offset);
+                got.is_ok()
+            });
+            assert_eq!(
+                got.ok().as_ref(),
+                Some(value),
+                "offset {offset} on {}",
+                n.rpc
+            );
+        }
+    }
+    for n in &c.nodes[1..] {
+        let log = n.log();
+        assert!(
+            !log.contains("a second cluster, started by mistake"),
+            "{log}"
+        );
+    }
+}
+
 fn bootstrap_with_join_addresses(name: &'static str, first_ip: u8, peer_tls: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let ips: Vec<String> = (0..3)

@@ -292,7 +292,8 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        log::error!("registering with the controller again: {e:#}")
+                                        log::error!("registering with the controller again: {e:#}");
+                                        node.refused_by_another_cluster(&format!("{e:#}"));
                                     }
                                     Err(e) => {
                                         log::debug!("confirming the registration: {e:#}");
@@ -319,7 +320,9 @@ pub fn form(
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) => {
                                         log::error!("registering with the controller again: {e:#}");
-                                        if e.downcast_ref::<Refused>().is_none() {
+                                        if e.downcast_ref::<Refused>().is_some() {
+                                            node.refused_by_another_cluster(&format!("{e:#}"));
+                                        } else {
                                             log::warn!(
                                             "this node serves no client until a member answers \
                                              its registration: asking again"
@@ -357,6 +360,7 @@ pub fn form(
                                 Err(e) => {
                                     log::error!("registering with the controller again: {e:#}");
                                     if e.downcast_ref::<Refused>().is_some() {
+                                        node.refused_by_another_cluster(&format!("{e:#}"));
                                         break;
                                     }
                                 }
@@ -553,6 +557,10 @@ fn join_cluster(
     let mut last_log = Instant::now();
     let mut redirect: Option<String> = None;
     loop {
+        // A refusal (the member belongs to another cluster) is final only once no other
+        // member of this pass took the node: one stray member (a second cluster started by
+        // mistake beside this one) must not keep a node from its own cluster.
+        let mut refused: Option<String> = None;
         let mut targets: Vec<String> = redirect.take().into_iter().collect();
         for m in &members.members().members {
             if !m.is_self && m.state.is_live() {
@@ -591,11 +599,14 @@ fn join_cluster(
                     last_error = format!("{addr}: {reason}");
                 }
                 Ok(JoinAnswer::Refused { reason }) => {
-                    return Err(
-                        Refused(format!("joining through {addr} was refused: {reason}")).into(),
-                    );
+                    refused.get_or_insert(format!("joining through {addr} was refused: {reason}"));
                 }
                 Err(e) => last_error = format!("{addr}: {e}"),
+            }
+        }
+        if redirect.is_none() {
+            if let Some(r) = refused {
+                return Err(Refused(r).into());
             }
         }
         if Instant::now() >= until {

@@ -259,6 +259,9 @@ pub struct ClusterNode {
     /// The controller removed this node after this run saw it active: it serves no client
     /// until it restarts (and registers again). See [`ClusterNode::removed_while_running`].
     removed_running: AtomicBool,
+    /// Why this node serves no client: it bootstrapped a cluster of its own beside the one
+    /// its join addresses belong to ([`ClusterNode::refused_by_another_cluster`]).
+    foreign: Mutex<Option<String>>,
     /// The controller index a member had applied when it answered this run's registration
     /// (0: no answer yet), and whether this node's state has applied as far since
     /// ([`crate::raft::seam::fresh`]).
@@ -327,6 +330,7 @@ impl ClusterNode {
             registered: AtomicBool::new(false),
             seen_active: AtomicBool::new(false),
             removed_running: AtomicBool::new(false),
+            foreign: Mutex::new(None),
             peer_tls: peers.tls.is_some(),
             peers,
             state: RwLock::new(ClusterState::default()),
@@ -687,6 +691,40 @@ impl ClusterNode {
     /// and registers again.
     pub fn removed_while_running(&self) -> bool {
         self.removed_running.load(Ordering::Relaxed)
+    }
+
+    /// A member refused this node's registration for belonging to another cluster (`why`,
+    /// its answer). Where this node's own cluster holds no other node, it is a second cluster
+    /// started by mistake beside the one its join addresses belong to (a data directory
+    /// wiped, started with `--bootstrap` while every member it names was down): from then
+    /// on it is not ready and refuses produces and reads (UNAVAILABLE, naming the way out),
+    /// so that no client has a record acknowledged by it and lost to the real cluster. A
+    /// node whose cluster has other nodes only logs the refusal (it was asked by a stray).
+    pub fn refused_by_another_cluster(&self, why: &str) {
+        let s = self.state();
+        let me = self.id();
+        if s.cluster_id.is_empty() || s.nodes.iter().any(|(id, n)| *id != me && !n.removed) {
+            return;
+        }
+        let msg = format!(
+            "this node bootstrapped cluster {} and is its only node, while the members at its \
+             --start-join-addrs belong to another cluster ({why}): a second cluster, started \
+             by mistake (a data directory wiped and started with --bootstrap while those \
+             members were down). It serves no client: stop it, empty its data directory, and \
+             start it with --start-join-addrs and without --bootstrap to join them as a new \
+             member",
+            s.cluster_id
+        );
+        log::error!("{msg}");
+        if let Ok(mut f) = self.foreign.lock() {
+            *f = Some(msg);
+        }
+    }
+
+    /// Why this node serves no client, if it is a second cluster started by mistake
+    /// ([`ClusterNode::refused_by_another_cluster`]).
+    pub fn foreign(&self) -> Option<String> {
+        self.foreign.lock().ok().and_then(|f| f.clone())
     }
 
     /// The controller log's committed entries from `first_index` to `last_index` are replayed

@@ -1311,15 +1311,12 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
                         PastEnd::OutOfRange
                     },
                 };
-                read_here(&local, &id, r.from, limits)
-                    .await
-                    .and_then(|c| checked_here(&id, c))
-                    .map(|c| {
-                        read_response::Outcome::Chunk(ReadChunk {
-                            visible_end: c.visible_end,
-                            runs: c.runs.into_iter().map(|run| run.bytes).collect(),
-                        })
+                checked_here(&id, read_here(&local, &id, r.from, limits).await).map(|c| {
+                    read_response::Outcome::Chunk(ReadChunk {
+                        visible_end: c.visible_end,
+                        runs: c.runs.into_iter().map(|run| run.bytes).collect(),
                     })
+                })
             }
             (None, ReadMode::Barrier) => local
                 .read_barrier(&id)
@@ -1384,11 +1381,11 @@ const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A chunk this node read for another, checked before it goes: damage in this replica's files
 /// is `Unavailable` naming it, on which the asker asks the partition's next replica (the
-/// damaged bytes never leave; a local read of them stops this replica, `read_past_damage`).
-fn checked_here(id: &PartitionId, c: Chunk) -> seam::Result<Chunk> {
-    match c.verify() {
-        Ok(()) => Ok(c),
-        Err(e) => {
+/// damaged bytes never leave), as is damage the read itself found (`DataLoss`: a header that
+/// does not parse, a gap between segments, a log marked lost).
+fn checked_here(id: &PartitionId, read: seam::Result<Chunk>) -> seam::Result<Chunk> {
+    match read.and_then(|c| c.verify().map(|()| c)) {
+        Err(e @ seam::Error::DataLoss(_)) => {
             thread_local! {
                 static LOGGED: Cell<Option<Instant>> = const { Cell::new(None) };
             }
@@ -1409,9 +1406,10 @@ fn checked_here(id: &PartitionId, c: Chunk) -> seam::Result<Chunk> {
                 );
             }
             Err(seam::Error::Unavailable(format!(
-                "this node's replica of {id} is damaged: {e}; ask another replica"
+                "this node's replica of {id} cannot serve the read: {e}; ask another replica"
             )))
         }
+        r => r,
     }
 }
 

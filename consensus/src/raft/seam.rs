@@ -211,6 +211,9 @@ pub fn fresh(c: &ClusterNode) -> std::result::Result<(), String> {
 /// it just after the placement applies): a ready node serves the replicas it is meant to
 /// hold.
 pub fn ready(c: &ClusterNode) -> std::result::Result<(), String> {
+    if let Some(why) = c.foreign() {
+        return Err(why);
+    }
     // Both: `fresh` is latched once met, while readiness follows the controller.
     caught_up(c)?;
     fresh(c)?;
@@ -297,14 +300,21 @@ impl RaftPartitions {
     /// (`ClusterNode::removed_while_running`): at once, UNAVAILABLE saying so, without the
     /// NO_LEADER reason (a client that retries on it would retry for ever; the node no longer
     /// follows the groups of the partitions it held, and would wait for a leader, then for a
-    /// read index, that never comes).
+    /// read index, that never comes). Likewise on a node that is a second cluster started by
+    /// mistake (`ClusterNode::foreign`).
     fn check_not_removed(&self) -> Result<()> {
         match &self.cluster {
             Some(c) if c.removed_while_running() => Err(Error::Unavailable(format!(
                 "{}; send the request to another node",
                 crate::cluster::removed_message(c.id())
             ))),
-            _ => Ok(()),
+            Some(c) => match c.foreign() {
+                Some(why) => Err(Error::Unavailable(format!(
+                    "{why}; send the request to another node"
+                ))),
+                None => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 
@@ -406,12 +416,8 @@ impl RaftPartitions {
             self.damage_logged.set(Some(now));
             log::error!(
                 "partition {id}: this node's replica cannot serve offset {from} ({damage}); \
-                 the read goes to the other replicas (logged at most once a minute). Replace \
-                 the replica: stop the node, delete topics/{}/{} in its data directory, start \
-                 it (the replica is then found lost and moved to a free node, or, with none, \
-                 stays stopped)",
-                id.topic,
-                id.partition
+                 the read goes to the other replicas (logged at most once a minute per core; \
+                 what to do: docs/replication.md, \"damage in a sealed segment\")"
             );
         }
         let why = format!("this node's replica of {id} cannot serve offset {from}: {damage}");
@@ -426,9 +432,16 @@ impl RaftPartitions {
                     from,
                     limits: asked,
                 },
-                why,
+                why.clone(),
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Named with the damage here, which is why others were asked.
+                Error::Unavailable(m) | Error::NotFound(m) => {
+                    Error::Unavailable(format!("{why}; no other replica served it: {m}"))
+                }
+                e => e,
+            })?;
         remote_chunk(node, id, o, from, limits)
     }
 
