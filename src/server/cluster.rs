@@ -274,6 +274,8 @@ pub fn form(
                                 id.node_id
                             )
                         };
+                        // Refusals by members of another cluster seen so far.
+                        let mut refusals = 0u32;
                         // With join addresses the members found there are asked anyway:
                         // they must be of this node's cluster.
                         if current && s.cluster_id == id.cluster_id && !joins {
@@ -292,8 +294,9 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        log::error!("registering with the controller again: {e:#}");
-                                        node.refused_by_another_cluster(&format!("{e:#}"));
+                                        if !refusal_is_final(&node, &e, &mut refusals) {
+                                            continue;
+                                        }
                                     }
                                     Err(e) => {
                                         log::debug!("confirming the registration: {e:#}");
@@ -318,17 +321,18 @@ pub fn form(
                                         )
                                     }
                                     Ok(j) => known_otherwise(&j),
+                                    Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                                        if !refusal_is_final(&node, &e, &mut refusals) {
+                                            continue;
+                                        }
+                                    }
                                     Err(e) => {
                                         log::error!("registering with the controller again: {e:#}");
-                                        if e.downcast_ref::<Refused>().is_some() {
-                                            node.refused_by_another_cluster(&format!("{e:#}"));
-                                        } else {
-                                            log::warn!(
+                                        log::warn!(
                                             "this node serves no client until a member answers \
                                              its registration: asking again"
                                         );
-                                            continue;
-                                        }
+                                        continue;
                                     }
                                 }
                                 break;
@@ -357,12 +361,13 @@ pub fn form(
                                      again as node {}",
                                     j.node_id
                                 ),
-                                Err(e) => {
-                                    log::error!("registering with the controller again: {e:#}");
-                                    if e.downcast_ref::<Refused>().is_some() {
-                                        node.refused_by_another_cluster(&format!("{e:#}"));
+                                Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                                    if refusal_is_final(&node, &e, &mut refusals) {
                                         break;
                                     }
+                                }
+                                Err(e) => {
+                                    log::error!("registering with the controller again: {e:#}")
                                 }
                             }
                             std::thread::sleep(Duration::from_millis(200));
@@ -520,6 +525,28 @@ fn bootstrap(
     Ok(())
 }
 
+/// Whether a registration that a member of another cluster refused (`e`) ends this node's
+/// asking: for a node alone in its cluster, which then stops serving
+/// (`ClusterNode::refused_by_another_cluster`), it does; a node whose cluster has other nodes
+/// asks again after a pause (a stray must not keep it from them), the first refusal logged
+/// as an error and the others at debug level.
+fn refusal_is_final(node: &ClusterNode, e: &anyhow::Error, seen: &mut u32) -> bool {
+    let why = format!("{e:#}");
+    if node.refused_by_another_cluster(&why) {
+        return true;
+    }
+    if *seen == 0 {
+        log::error!(
+            "registering with the controller again: {why}; asking this cluster's members again"
+        );
+    } else {
+        log::debug!("registering with the controller again: {why}");
+    }
+    *seen = seen.saturating_add(1);
+    std::thread::sleep(Duration::from_secs(1));
+    false
+}
+
 /// Asks the members gossip shows for a Raft id until one answers (see [`join`]).
 /// A member's refusal to admit this node (another cluster's): asking again does not help.
 #[derive(Debug)]
@@ -557,10 +584,12 @@ fn join_cluster(
     let mut last_log = Instant::now();
     let mut redirect: Option<String> = None;
     loop {
-        // A refusal (the member belongs to another cluster) is final only once no other
-        // member of this pass took the node: one stray member (a second cluster started by
-        // mistake beside this one) must not keep a node from its own cluster.
+        // A refusal (the member belongs to another cluster) is the answer only when no other
+        // member of this pass answered at all: one stray member (a second cluster started by
+        // mistake beside this one) must not keep a node from its own cluster, whose members
+        // may be electing a leader (they answer "not the leader") or not see it yet.
         let mut refused: Option<String> = None;
+        let mut answered_otherwise = false;
         let mut targets: Vec<String> = redirect.take().into_iter().collect();
         for m in &members.members().members {
             if !m.is_self && m.state.is_live() {
@@ -588,6 +617,7 @@ fn join_cluster(
                     });
                 }
                 Ok(JoinAnswer::NotLeader { leader_addr, .. }) => {
+                    answered_otherwise = true;
                     last_error = format!("{addr} is not the controller's leader");
                     if let Some(a) = leader_addr {
                         redirect = Some(a);
@@ -596,6 +626,7 @@ fn join_cluster(
                 }
                 // Gossip there has not seen this node yet: it will.
                 Ok(JoinAnswer::Refused { reason }) if reason.contains(join::NOT_SEEN_YET) => {
+                    answered_otherwise = true;
                     last_error = format!("{addr}: {reason}");
                 }
                 Ok(JoinAnswer::Refused { reason }) => {
@@ -604,7 +635,7 @@ fn join_cluster(
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
         }
-        if redirect.is_none() {
+        if redirect.is_none() && !answered_otherwise {
             if let Some(r) = refused {
                 return Err(Refused(r).into());
             }

@@ -700,11 +700,13 @@ impl ClusterNode {
     /// on it is not ready and refuses produces and reads (UNAVAILABLE, naming the way out),
     /// so that no client has a record acknowledged by it and lost to the real cluster. A
     /// node whose cluster has other nodes only logs the refusal (it was asked by a stray).
-    pub fn refused_by_another_cluster(&self, why: &str) {
+    ///
+    /// Returns whether this node is so fenced.
+    pub fn refused_by_another_cluster(&self, why: &str) -> bool {
         let s = self.state();
         let me = self.id();
         if s.cluster_id.is_empty() || s.nodes.iter().any(|(id, n)| *id != me && !n.removed) {
-            return;
+            return false;
         }
         let msg = format!(
             "this node bootstrapped cluster {} and is its only node, while the members at its \
@@ -719,6 +721,7 @@ impl ClusterNode {
         if let Ok(mut f) = self.foreign.lock() {
             *f = Some(msg);
         }
+        true
     }
 
     /// Why this node serves no client, if it is a second cluster started by mistake
