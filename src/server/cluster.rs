@@ -294,7 +294,7 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        if !refusal_is_final(&node, &e, &mut refusals) {
+                                        if !refusal_is_final(&node, &e, &mut refusals, joins) {
                                             continue;
                                         }
                                     }
@@ -322,7 +322,7 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        if !refusal_is_final(&node, &e, &mut refusals) {
+                                        if !refusal_is_final(&node, &e, &mut refusals, joins) {
                                             continue;
                                         }
                                     }
@@ -362,7 +362,7 @@ pub fn form(
                                     j.node_id
                                 ),
                                 Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                    if refusal_is_final(&node, &e, &mut refusals) {
+                                    if refusal_is_final(&node, &e, &mut refusals, joins) {
                                         break;
                                     }
                                 }
@@ -526,13 +526,19 @@ fn bootstrap(
 }
 
 /// Whether a registration that a member of another cluster refused (`e`) ends this node's
-/// asking: for a node alone in its cluster, which then stops serving
-/// (`ClusterNode::refused_by_another_cluster`), it does; a node whose cluster has other nodes
-/// asks again after a pause (a stray must not keep it from them), the first refusal logged
-/// as an error and the others at debug level.
-fn refusal_is_final(node: &ClusterNode, e: &anyhow::Error, seen: &mut u32) -> bool {
+/// asking. A node alone in its cluster has nobody of its own to ask: it stops, and if it was
+/// started with join addresses (`joins`: it meant to be in theirs) it is a second cluster
+/// started by mistake and stops serving too (`ClusterNode::refused_by_another_cluster`); a
+/// node bootstrapped without them is the cluster a stray was pointed at, and serves on. A
+/// node whose cluster has other nodes asks again after a pause (a stray must not keep it
+/// from them), the first refusal logged as an error and the others at debug level.
+fn refusal_is_final(node: &ClusterNode, e: &anyhow::Error, seen: &mut u32, joins: bool) -> bool {
     let why = format!("{e:#}");
-    if node.refused_by_another_cluster(&why) {
+    if joins && node.refused_by_another_cluster(&why) {
+        return true;
+    }
+    if node.alone_in_cluster() {
+        log::error!("registering with the controller again: {why}");
         return true;
     }
     if *seen == 0 {

@@ -693,8 +693,9 @@ impl ClusterNode {
         self.removed_running.load(Ordering::Relaxed)
     }
 
-    /// A member refused this node's registration for belonging to another cluster (`why`,
-    /// its answer). Where this node's own cluster holds no other node, it is a second cluster
+    /// A member refused the registration of this node, started with join addresses, for
+    /// belonging to another cluster (`why`, its answer). Where this node's own cluster holds
+    /// no other node, it is a second cluster
     /// started by mistake beside the one its join addresses belong to (a data directory
     /// wiped, started with `--bootstrap` while every member it names was down): from then
     /// on it is not ready and refuses produces and reads (UNAVAILABLE, naming the way out),
@@ -703,11 +704,10 @@ impl ClusterNode {
     ///
     /// Returns whether this node is so fenced.
     pub fn refused_by_another_cluster(&self, why: &str) -> bool {
-        let s = self.state();
-        let me = self.id();
-        if s.cluster_id.is_empty() || s.nodes.iter().any(|(id, n)| *id != me && !n.removed) {
+        if !self.alone_in_cluster() {
             return false;
         }
+        let s = self.state();
         let msg = format!(
             "this node bootstrapped cluster {} and is its only node, while the members at its \
              --start-join-addrs belong to another cluster ({why}): a second cluster, started \
@@ -722,6 +722,15 @@ impl ClusterNode {
             *f = Some(msg);
         }
         true
+    }
+
+    /// Whether this node's cluster (as its state shows it) holds no other node that was not
+    /// removed: nobody of its own to register with.
+    pub fn alone_in_cluster(&self) -> bool {
+        let me = self.id();
+        self.state.read().is_ok_and(|s| {
+            !s.cluster_id.is_empty() && !s.nodes.iter().any(|(id, n)| *id != me && !n.removed)
+        })
     }
 
     /// Why this node serves no client, if it is a second cluster started by mistake
