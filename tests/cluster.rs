@@ -3301,9 +3301,10 @@ fn a_produce_stream_goes_on_when_its_leader_is_killed_between_records() {
 /// A node of another cluster that gossips with this one (here a node that bootstrapped a
 /// cluster of its own, started again with this one's address to join: its registration is
 /// refused) is never offered to clients by GetServers: a book client's picker reads from the
-/// servers it lists, and would read the other cluster's records at this one's offsets. Alone
-/// in its cluster, the refused node takes itself for a second cluster started by mistake: it
-/// stops serving (`a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back`).
+/// servers it lists, and would read the other cluster's records at this one's offsets. The
+/// refused node, which served as its own cluster before, serves on (a node fences itself as
+/// a second cluster started by mistake only when it bootstrapped in the same run:
+/// `a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back`).
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn get_servers_never_lists_a_node_of_another_cluster() {
@@ -3312,29 +3313,23 @@ fn get_servers_never_lists_a_node_of_another_cluster() {
     wait("a1 serving", || a.serving());
     let mut b = Node::start(tmp.path(), "b1", "127.0.0.28", &["--bootstrap".to_owned()]);
     wait("b1 serving its own cluster", || b.serving());
-    let b_value = b"of the other cluster".to_vec();
-    wait("a produce to b1's cluster", || {
-        produce(&b, "", &b_value).is_ok()
-    });
     b.kill9();
     b.args
         .extend(["--start-join-addrs".to_owned(), a.gossip.clone()]);
     b.spawn();
     let dump = || format!("a1:\n{}\nb1:\n{}", a.log(), b.log());
+    wait("b1 serving its own cluster again", || b.serving());
     wait("b1's join refused", || {
         b.log().contains("the node belongs to cluster")
             || a.log().contains("the node belongs to cluster")
     });
-    wait("b1 no longer serving", || {
-        b.log().contains("a second cluster, started by mistake") && !b.serving()
-    });
-    let refused = produce(&b, "", b"to b1 again").expect_err("b1 refuses produces");
-    assert_eq!(refused.code, net::Code::Unavailable, "{refused:?}");
     // Each gossips with the other (their members lists hold both) ...
     wait("a1's gossip listing b1", || {
         let (ok, out, _) = common::run_cli(a.rpc, &["cluster", "members"], None);
         ok && out.contains("b1")
     });
+    let b_value = b"of the other cluster".to_vec();
+    produce(&b, "", &b_value).unwrap();
     produce(&a, "", b"of this cluster").unwrap();
     // ... yet GetServers on either lists its own cluster's node alone, as its leader.
     for (n, own) in [(&a, "a1"), (&b, "b1")] {

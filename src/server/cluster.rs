@@ -225,6 +225,7 @@ pub fn form(
                     "bootstrapping a new cluster {} with this node as node 1",
                     id.cluster_id
                 );
+                node.bootstrapped_this_run.store(true, Ordering::Relaxed);
             }
             open_controller(controller_config(settings), node, engine)?;
             if id.node_id == FIRST_NODE_ID && !controller_awaits_the_cluster(node) {
@@ -527,14 +528,16 @@ fn bootstrap(
 
 /// Whether a registration that a member of another cluster refused (`e`) ends this node's
 /// asking. A node alone in its cluster has nobody of its own to ask: it stops, and if it was
-/// started with join addresses (`joins`: it meant to be in theirs) it is a second cluster
-/// started by mistake and stops serving too (`ClusterNode::refused_by_another_cluster`); a
-/// node bootstrapped without them is the cluster a stray was pointed at, and serves on. A
+/// started with join addresses (`joins`: it meant to be in theirs), refused for belonging to
+/// another cluster, and bootstrapped its own in this run, it is a second cluster started by
+/// mistake and stops serving too (`ClusterNode::refused_by_another_cluster`); a node
+/// bootstrapped without them is the cluster a stray was pointed at, and serves on. A
 /// node whose cluster has other nodes asks again after a pause (a stray must not keep it
 /// from them), the first refusal logged as an error and the others at debug level.
 fn refusal_is_final(node: &ClusterNode, e: &anyhow::Error, seen: &mut u32, joins: bool) -> bool {
     let why = format!("{e:#}");
-    if joins && node.refused_by_another_cluster(&why) {
+    let other_cluster = e.downcast_ref::<Refused>().is_some_and(|r| r.other_cluster);
+    if joins && other_cluster && node.refused_by_another_cluster(&why) {
         return true;
     }
     if node.alone_in_cluster() {
@@ -556,11 +559,15 @@ fn refusal_is_final(node: &ClusterNode, e: &anyhow::Error, seen: &mut u32, joins
 /// Asks the members gossip shows for a Raft id until one answers (see [`join`]).
 /// A member's refusal to admit this node (another cluster's): asking again does not help.
 #[derive(Debug)]
-struct Refused(String);
+struct Refused {
+    why: String,
+    /// For belonging to another cluster (not, say, for joining without peer TLS).
+    other_cluster: bool,
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.why)
     }
 }
 
@@ -594,7 +601,7 @@ fn join_cluster(
         // member of this pass answered at all: one stray member (a second cluster started by
         // mistake beside this one) must not keep a node from its own cluster, whose members
         // may be electing a leader (they answer "not the leader") or not see it yet.
-        let mut refused: Option<String> = None;
+        let mut refused: Option<Refused> = None;
         let mut answered_otherwise = false;
         let mut targets: Vec<String> = redirect.take().into_iter().collect();
         for m in &members.members().members {
@@ -636,14 +643,17 @@ fn join_cluster(
                     last_error = format!("{addr}: {reason}");
                 }
                 Ok(JoinAnswer::Refused { reason }) => {
-                    refused.get_or_insert(format!("joining through {addr} was refused: {reason}"));
+                    refused.get_or_insert(Refused {
+                        other_cluster: reason.starts_with(join::OF_ANOTHER_CLUSTER),
+                        why: format!("joining through {addr} was refused: {reason}"),
+                    });
                 }
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
         }
         if redirect.is_none() && !answered_otherwise {
             if let Some(r) = refused {
-                return Err(Refused(r).into());
+                return Err(r.into());
             }
         }
         if Instant::now() >= until {

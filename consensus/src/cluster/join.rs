@@ -29,6 +29,8 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(25);
 pub const GOSSIP_SEEN_WAIT: Duration = Duration::from_secs(5);
 /// What a refusal says of a node gossip does not list yet: the node asks again.
 pub const NOT_SEEN_YET: &str = "is not seen live through gossip here yet";
+/// How a refusal for belonging to another cluster begins (the joiner's cluster id differs).
+pub const OF_ANOTHER_CLUSTER: &str = "the node belongs to cluster";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -113,10 +115,7 @@ impl JoinService {
         }
         if let Some(c) = req.cluster_id.as_deref().filter(|c| *c != s.cluster_id) {
             return Ok(JoinAnswer::Refused {
-                reason: format!(
-                    "the node belongs to cluster {c}; this is cluster {}",
-                    s.cluster_id
-                ),
+                reason: format!("{OF_ANOTHER_CLUSTER} {c}; this is cluster {}", s.cluster_id),
             });
         }
         let known = s.id_of(&req.node.member);

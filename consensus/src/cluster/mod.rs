@@ -249,6 +249,9 @@ pub struct ClusterNode {
     /// This node creates the controller group with itself as its only voter (it
     /// bootstraps the cluster); a joining node creates it empty and learns it.
     pub bootstrapper: AtomicBool,
+    /// This run bootstrapped the cluster (a new cluster id): it holds no client's data from
+    /// before ([`ClusterNode::refused_by_another_cluster`]).
+    pub bootstrapped_this_run: AtomicBool,
     /// This run's registration with the controller is done (the rejoin at start, or none
     /// needed). A node whose controller replica was found lost at start, holding no state,
     /// reports that replica stopped only after it: a registration proposed later would
@@ -327,6 +330,7 @@ impl ClusterNode {
             stats: ClusterStats::default(),
             me: OnceLock::new(),
             bootstrapper: AtomicBool::new(false),
+            bootstrapped_this_run: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             seen_active: AtomicBool::new(false),
             removed_running: AtomicBool::new(false),
@@ -694,8 +698,9 @@ impl ClusterNode {
     }
 
     /// A member refused the registration of this node, started with join addresses, for
-    /// belonging to another cluster (`why`, its answer). Where this node's own cluster holds
-    /// no other node, it is a second cluster
+    /// belonging to another cluster (`why`, its answer). Where this run bootstrapped this
+    /// node's cluster (so it holds no client's data from before: a node that has served is
+    /// never fenced) and that cluster holds no other node, it is a second cluster
     /// started by mistake beside the one its join addresses belong to (a data directory
     /// wiped, started with `--bootstrap` while every member it names was down): from then
     /// on it is not ready and refuses produces and reads (UNAVAILABLE, naming the way out),
@@ -704,7 +709,7 @@ impl ClusterNode {
     ///
     /// Returns whether this node is so fenced.
     pub fn refused_by_another_cluster(&self, why: &str) -> bool {
-        if !self.alone_in_cluster() {
+        if !self.bootstrapped_this_run.load(Ordering::Relaxed) || !self.alone_in_cluster() {
             return false;
         }
         let s = self.state();
