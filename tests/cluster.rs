@@ -122,21 +122,33 @@ impl<'a> NodeReader<'a> {
         }
         r
     }
+
+    /// The value at `offset` of `topic`/0, once a read of it succeeds (waiting for a
+    /// follower to apply it, or a node to serve).
+    fn read_back(&mut self, topic: &str, offset: u64) -> Vec<u8> {
+        let mut got = Err(Status::unavailable("not asked yet"));
+        let what = format!("offset {offset} of {topic} on {}", self.node.rpc);
+        wait(&what, || {
+            got = self.consume(topic, offset);
+            got.is_ok()
+        });
+        got.unwrap_or_default()
+    }
 }
 
 /// Every acknowledged offset holds its value on every node (waiting for followers to apply).
 fn check_everywhere(c: &Cluster, topic: &str, acked: &BTreeMap<u64, Vec<u8>>) {
-    for n in &c.nodes {
+    check_on(&c.nodes, topic, acked);
+}
+
+/// [`check_everywhere`] on `nodes`.
+fn check_on(nodes: &[Node], topic: &str, acked: &BTreeMap<u64, Vec<u8>>) {
+    for n in nodes {
         let mut reader = NodeReader::new(n);
         for (&offset, value) in acked {
-            let mut got = Err(Status::unavailable("not asked yet"));
-            wait(&format!("offset {offset} of {topic} on {}", n.rpc), || {
-                got = reader.consume(topic, offset);
-                got.is_ok()
-            });
             assert_eq!(
-                got.as_ref().ok(),
-                Some(value),
+                &reader.read_back(topic, offset),
+                value,
                 "offset {offset} on {} differs from what was acknowledged",
                 n.rpc
             );
@@ -318,12 +330,8 @@ fn three_nodes_form_replicate_and_lose_nothing_when_the_leader_is_killed() {
     for n in &c.nodes {
         let mut reader = NodeReader::new(n);
         for (o, v) in reference.iter().enumerate() {
-            let mut got = Err(Status::unavailable(""));
-            wait("the same record on every node", || {
-                got = reader.consume("orders", o as u64);
-                got.is_ok()
-            });
-            assert_eq!(got.as_ref().ok(), Some(v), "offset {o} on {}", n.rpc);
+            let got = reader.read_back("orders", o as u64);
+            assert_eq!(&got, v, "offset {o} on {}", n.rpc);
         }
     }
 }
@@ -666,22 +674,7 @@ fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back()
             Err(_) => false,
         }
     });
-    for n in &c.nodes[1..] {
-        let mut reader = NodeReader::new(n);
-        for (&offset, value) in &acked {
-            let mut got = Err(Status::unavailable("not asked yet"));
-            wait("an acknowledged record on the first cluster", || {
-                got = reader.consume("", offset);
-                got.is_ok()
-            });
-            assert_eq!(
-                got.ok().as_ref(),
-                Some(value),
-                "offset {offset} on {}",
-                n.rpc
-            );
-        }
-    }
+    check_on(&c.nodes[1..], "", &acked);
     for n in &c.nodes[1..] {
         let log = n.log();
         assert!(
@@ -1968,15 +1961,9 @@ fn a_follower_with_damage_in_a_sealed_segment_serves_its_reads_from_another_repl
     wait("the damaged replica's node serving", || {
         c.nodes[victim].serving()
     });
-    let mut reader = NodeReader::new(&c.nodes[victim]);
-    let mut got = Err(Status::unavailable("not asked yet"));
-    wait("the damaged record read on its replica's node", || {
-        got = reader.consume("s", offset);
-        got.is_ok()
-    });
+    let got = NodeReader::new(&c.nodes[victim]).read_back("s", offset);
     assert_eq!(
-        got.as_ref().ok(),
-        Some(&value),
+        got, value,
         "offset {offset} read on the damaged replica's node"
     );
     // The replica stays, caught up, in its group.

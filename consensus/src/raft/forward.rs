@@ -1376,8 +1376,26 @@ fn serve_read(local: &Rc<LocalPartitions>, out: &Rc<Outbox>, (r, id): (ReadReque
     .detach();
 }
 
-/// How often [`checked_here`] logs damage, per executor.
+/// How often an executor logs a replica here that could not serve a read for damage.
 const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a read that found damage here logs it: once per [`DAMAGE_LOG_EVERY`] per executor,
+/// however many reads (local, or asked by other nodes) find it.
+pub(super) fn damage_log_due() -> bool {
+    thread_local! {
+        static LOGGED: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    LOGGED.with(|l| {
+        let due = l
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
+        if due {
+            l.set(Some(now));
+        }
+        due
+    })
+}
 
 /// A chunk this node read for another, checked before it goes: damage in this replica's files
 /// is `Unavailable` naming it, on which the asker asks the partition's next replica (the
@@ -1386,20 +1404,7 @@ const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 fn checked_here(id: &PartitionId, read: seam::Result<Chunk>) -> seam::Result<Chunk> {
     match read.and_then(|c| c.verify().map(|()| c)) {
         Err(e @ seam::Error::DataLoss(_)) => {
-            thread_local! {
-                static LOGGED: Cell<Option<Instant>> = const { Cell::new(None) };
-            }
-            let now = Instant::now();
-            let due = LOGGED.with(|l| {
-                let due = l
-                    .get()
-                    .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
-                if due {
-                    l.set(Some(now));
-                }
-                due
-            });
-            if due {
+            if damage_log_due() {
                 log::error!(
                     "partition {id}: this node's replica is damaged ({e}); reads other nodes \
                      ask of it go to its other replicas (logged at most once a minute)"

@@ -31,7 +31,6 @@ use engine::seam::{
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
 use proto::proglog::raft::v1::read_response;
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,7 +93,6 @@ impl Factory for RaftFactory {
                 }
                 None => Forwarder::new(self.node_id, self.peers.clone()),
             },
-            damage_logged: Cell::new(None),
         });
         Seam {
             partitions: p.clone(),
@@ -109,13 +107,7 @@ pub struct RaftPartitions {
     cluster: Option<Arc<ClusterNode>>,
     /// This executor's connections to leaders.
     forward: Forwarder,
-    /// When a read last logged a replica here that could not serve it (one line per
-    /// `DAMAGE_LOG_EVERY` per executor, however many reads find it).
-    damage_logged: Cell<Option<Instant>>,
 }
-
-/// How often each executor's reads log a replica here that could not serve them.
-const DAMAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a replica open here takes no append for its topic ([`RaftPartitions::fence`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,13 +399,7 @@ impl RaftPartitions {
         if self.replicas_elsewhere(id).is_empty() {
             return Err(damage);
         }
-        let now = Instant::now();
-        let due = self
-            .damage_logged
-            .get()
-            .is_none_or(|at| now.duration_since(at) >= DAMAGE_LOG_EVERY);
-        if due {
-            self.damage_logged.set(Some(now));
+        if forward::damage_log_due() {
             log::error!(
                 "partition {id}: this node's replica cannot serve offset {from} ({damage}); \
                  the read goes to the other replicas (logged at most once a minute per core; \
