@@ -620,10 +620,13 @@ fn a_bootstrap_node_given_join_addresses_joins_the_cluster_it_finds_over_peer_tl
 
 /// The first node's data directory wiped, and the node started again with `--bootstrap` and
 /// join addresses while every member it names is down: nothing answers its probe, so it
-/// bootstraps a second cluster. Once the others are back (their cluster, without it, elects
-/// as before), their refusal of its registration shows it: it is not ready and refuses
-/// produces, UNAVAILABLE naming the way out, so that no client has a record acknowledged by
-/// it; and its refusals never keep the others from registering with each other.
+/// bootstraps a second cluster (and, alone, serves it). It is restarted before the others
+/// are back: what it bootstrapped by probing is kept in cluster.meta. Once the others are
+/// back (their cluster, without it, elects as before), their refusal of its registration
+/// shows it: it is not ready and refuses produces, UNAVAILABLE naming the way out; its
+/// refusals never keep the others from registering with each other; and restarted again,
+/// with nobody to refuse it this time, it is fenced from its start (cluster.meta keeps
+/// that too), never acknowledging a produce.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back() {
@@ -652,10 +655,17 @@ fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back()
     wait("the wiped node bootstrapping a cluster of its own", || {
         log_since(&c.nodes[0], first_run).contains("bootstrapping a new cluster")
     });
+    wait("the second cluster serving", || c.nodes[0].serving());
+    c.nodes[0].kill9();
+    let second_run = c.nodes[0].log().len();
+    c.nodes[0].spawn();
+    wait("the stray restarted as its own cluster's node", || {
+        log_since(&c.nodes[0], second_run).contains("already belongs to cluster")
+    });
     c.nodes[1].spawn();
     c.nodes[2].spawn();
     wait("the second cluster found out", || {
-        log_since(&c.nodes[0], first_run).contains("a second cluster, started by mistake")
+        log_since(&c.nodes[0], second_run).contains("a second cluster, started by mistake")
     });
     let refused = produce(&c.nodes[0], "", b"to the second cluster").expect_err("refused");
     assert_eq!(refused.code, net::Code::Unavailable, "{refused:?}");
@@ -682,6 +692,25 @@ fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back()
             "{log}"
         );
     }
+    // Restarted with the first cluster down: nobody refuses it, and it serves nobody.
+    for n in &mut c.nodes {
+        n.kill9();
+    }
+    c.nodes[0].spawn();
+    let mut first_answer = None;
+    wait("the restarted stray answering a produce", || {
+        match produce(&c.nodes[0], "", b"to the second cluster, restarted") {
+            Ok(offset) => first_answer = Some(Ok(offset)),
+            Err(st) if st.message.contains("a second cluster") => first_answer = Some(Err(st)),
+            Err(_) => {}
+        }
+        first_answer.is_some()
+    });
+    let refused = first_answer
+        .unwrap()
+        .expect_err("the restarted stray refuses produces");
+    assert_eq!(refused.code, net::Code::Unavailable, "{refused:?}");
+    assert!(!c.nodes[0].serving(), "the restarted stray reports serving");
 }
 
 fn bootstrap_with_join_addresses(name: &'static str, first_ip: u8, peer_tls: bool) {
@@ -2331,8 +2360,10 @@ fn a_stopped_replica_whose_log_returns_is_kept_and_one_whose_log_is_gone_stops()
 }
 
 /// A topic deleted while one of its replicas' nodes is down (kill -9: the node stays a
-/// member) is dropped on that node once it is back and has caught up with the controller:
-/// its data does not stay on the disk for ever.
+/// member): the answer names that node as one that has not learned of the deletion (it
+/// would take appends to the topic meanwhile, were it only cut off); the topic is dropped
+/// on that node once it is back and has caught up with the controller: its data does not
+/// stay on the disk for ever.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
@@ -2344,6 +2375,7 @@ fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
     }
     let ctl = controller_leader(&c);
     let victim = (0..3).find(|&i| i != ctl).unwrap_or(1);
+    let victim_id = raft_ids(&c)[victim];
     let topic_dir = |n: &Node| n.data_dir.join("topics/s");
     assert!(topic_dir(&c.nodes[victim]).exists());
     c.nodes[victim].kill9();
@@ -2354,7 +2386,8 @@ fn a_topic_deleted_while_a_node_is_down_is_dropped_there_when_it_returns() {
         &DeleteTopicRequest { name: "s".into() },
         net::client::CallOptions::timeout(Duration::from_secs(30)),
     );
-    r.expect("delete topic s");
+    let r = r.expect("delete topic s");
+    assert_eq!(r.not_yet_on, vec![victim_id], "{r:?}");
     wait("the topic's data gone on the running nodes", || {
         (0..3)
             .filter(|&i| i != victim)
@@ -2414,7 +2447,8 @@ fn no_produce_is_acknowledged_after_a_topic_delete_answered() {
             },
             net::client::CallOptions::timeout(Duration::from_secs(30)),
         );
-        r.expect("delete topic");
+        let r = r.expect("delete topic");
+        assert!(r.not_yet_on.is_empty(), "every node up: {r:?}");
         for (&i, ch) in order.iter().zip(&chans) {
             let r: Result<ProduceResponse, Status> = ch.unary_prost(
                 paths::PRODUCE,

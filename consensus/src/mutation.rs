@@ -594,7 +594,11 @@ fn identity_files_never_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     // In the order a node writes them: its id, then its cluster's.
     crate::membership::store::start_generation(dir.path()).expect("starts");
-    crate::cluster::identity::write(dir.path(), "0123abcd", 7).expect("writes");
+    crate::cluster::identity::write(
+        dir.path(),
+        &crate::cluster::identity::ClusterIdentity::new("0123abcd", 7),
+    )
+    .expect("writes");
     let file = |name: &str| {
         let b = std::fs::read(dir.path().join(name)).expect("reads");
         engine::meta::decode(std::path::Path::new(name), &b)
@@ -618,13 +622,9 @@ fn identity_files_never_panic() {
             std::fs::write(dir.path().join(name), &meta).expect("writes");
         }
         if let Ok(Some(id)) = crate::cluster::identity::read(dir.path()) {
-            crate::cluster::identity::write(dir.path(), &id.cluster_id, id.node_id)
-                .expect("writes");
+            crate::cluster::identity::write(dir.path(), &id).expect("writes");
             let again = crate::cluster::identity::read(dir.path()).expect("reads");
-            assert_eq!(
-                again.map(|a| (a.cluster_id, a.node_id)),
-                Some((id.cluster_id, id.node_id))
-            );
+            assert_eq!(again, Some(id));
         }
         let _ = crate::membership::store::decode(dir.path(), b);
         if let Ok(Some(k)) = GossipKey::load(dir.path()) {

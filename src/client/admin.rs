@@ -161,16 +161,27 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TopicsCommand::Delete { conn, name } => {
-            let _: pb::DeleteTopicResponse = conn
+            let resp: pb::DeleteTopicResponse = conn
                 .controller_call(
                     paths::DELETE_TOPIC,
                     &pb::DeleteTopicRequest { name: name.clone() },
                 )
                 .await?;
             if conn.json {
-                crate::out::outln!("{}", serde_json::json!({ "deleted": name }))?;
+                crate::out::outln!(
+                    "{}",
+                    serde_json::json!({ "deleted": name, "not_yet_on": resp.not_yet_on })
+                )?;
             } else {
                 crate::out::outln!("deleted {name}")?;
+            }
+            if !resp.not_yet_on.is_empty() {
+                eprintln!(
+                    "warning: nodes {:?} hold replicas of {name} and had not learned of its \
+                     deletion (down, or cut off from the others): until they do, they may \
+                     still take appends to it, which go with the topic",
+                    resp.not_yet_on
+                );
             }
         }
     }

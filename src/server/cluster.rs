@@ -79,11 +79,7 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
         None => {
             // Written once the engine holds the data directory's lock (in `form`), and
             // logged then.
-            let id = ClusterIdentity {
-                version: 1,
-                cluster_id: identity::new_cluster_id(),
-                node_id: FIRST_NODE_ID,
-            };
+            let id = ClusterIdentity::new(identity::new_cluster_id(), FIRST_NODE_ID);
             // A directory holding topics is an older single node's, upgraded by its
             // bootstrap: it never joins another cluster with them.
             let holds_topics = engine::catalog::load(&settings.data_dir)
@@ -97,7 +93,12 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
         }
     };
     match &mode {
-        Mode::Member(id) | Mode::New(id) => set_identity(node, id),
+        Mode::Member(id) | Mode::New(id) => {
+            set_identity(node, id);
+            if let Some(why) = &id.fenced {
+                node.fence(&id.cluster_id, why);
+            }
+        }
         Mode::Join => log::info!("joining a cluster: Raft groups wait for this node's Raft id"),
         Mode::NewUnlessFound(_) => log::info!(
             "--bootstrap with --start-join-addrs and no cluster state here: looking for a \
@@ -185,7 +186,10 @@ pub fn form(
                      (--bootstrap)"
                 );
                 set_identity(node, id);
-                Mode::New(id.clone())
+                Mode::New(ClusterIdentity {
+                    probed: true,
+                    ..id.clone()
+                })
             }
         }
         m => m.clone(),
@@ -205,8 +209,7 @@ pub fn form(
                 .spawn(move || {
                     let joined = join_cluster(&tls, &node, &engine, &members, &entry, None, false)
                         .and_then(|j| {
-                            identity::write(&data_dir, &j.cluster_id, j.node_id)
-                                .context("writing cluster.meta")?;
+                            identity::write(&data_dir, &j).context("writing cluster.meta")?;
                             node.set_id(j.node_id);
                             log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
                             open_controller(controller, &node, &engine)
@@ -219,14 +222,14 @@ pub fn form(
         }
         Mode::New(id) | Mode::Member(id) => {
             if matches!(mode, Mode::New(_)) {
-                identity::write(&settings.data_dir, &id.cluster_id, id.node_id)
-                    .context("writing cluster.meta")?;
+                identity::write(&settings.data_dir, id).context("writing cluster.meta")?;
                 log::info!(
                     "bootstrapping a new cluster {} with this node as node 1",
                     id.cluster_id
                 );
-                node.bootstrapped_this_run.store(true, Ordering::Relaxed);
             }
+            // Kept in cluster.meta: a restart does not forget it.
+            node.probed.store(id.probed, Ordering::Relaxed);
             open_controller(controller_config(settings), node, engine)?;
             if id.node_id == FIRST_NODE_ID && !controller_awaits_the_cluster(node) {
                 bootstrap(settings, node, engine, &id.cluster_id, &entry)?;
@@ -238,6 +241,7 @@ pub fn form(
                 // finds another cluster says so.
                 let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
                 let (members, entry, id) = (members.clone(), entry.clone(), id.clone());
+                let data_dir = settings.data_dir.clone();
                 let joins = settings.gossip.as_ref().is_some_and(|g| !g.join.is_empty());
                 std::thread::Builder::new()
                     .name("proglog-rejoin".into())
@@ -295,7 +299,13 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        if !refusal_is_final(&node, &e, &mut refusals, joins) {
+                                        if !refusal_is_final(
+                                            &node,
+                                            &e,
+                                            &mut refusals,
+                                            joins,
+                                            (&data_dir, &id),
+                                        ) {
                                             continue;
                                         }
                                     }
@@ -323,7 +333,13 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        if !refusal_is_final(&node, &e, &mut refusals, joins) {
+                                        if !refusal_is_final(
+                                            &node,
+                                            &e,
+                                            &mut refusals,
+                                            joins,
+                                            (&data_dir, &id),
+                                        ) {
                                             continue;
                                         }
                                     }
@@ -363,7 +379,13 @@ pub fn form(
                                     j.node_id
                                 ),
                                 Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                    if refusal_is_final(&node, &e, &mut refusals, joins) {
+                                    if refusal_is_final(
+                                        &node,
+                                        &e,
+                                        &mut refusals,
+                                        joins,
+                                        (&data_dir, &id),
+                                    ) {
                                         break;
                                     }
                                 }
@@ -529,15 +551,34 @@ fn bootstrap(
 /// Whether a registration that a member of another cluster refused (`e`) ends this node's
 /// asking. A node alone in its cluster has nobody of its own to ask: it stops, and if it was
 /// started with join addresses (`joins`: it meant to be in theirs), refused for belonging to
-/// another cluster, and bootstrapped its own in this run, it is a second cluster started by
-/// mistake and stops serving too (`ClusterNode::refused_by_another_cluster`); a node
-/// bootstrapped without them is the cluster a stray was pointed at, and serves on. A
+/// another cluster, and bootstrapped its own only because none of them answered, it is a
+/// second cluster started by mistake and stops serving too
+/// (`ClusterNode::refused_by_another_cluster`); a node bootstrapped without asking is the
+/// cluster a stray was pointed at, and serves on. A
 /// node whose cluster has other nodes asks again after a pause (a stray must not keep it
 /// from them), the first refusal logged as an error and the others at debug level.
-fn refusal_is_final(node: &ClusterNode, e: &anyhow::Error, seen: &mut u32, joins: bool) -> bool {
+/// The fence is kept in cluster.meta (`dir`, this node's identity `id`): it holds after a
+/// restart from the start, before any member is asked again.
+fn refusal_is_final(
+    node: &ClusterNode,
+    e: &anyhow::Error,
+    seen: &mut u32,
+    joins: bool,
+    (dir, id): (&std::path::Path, &ClusterIdentity),
+) -> bool {
     let why = format!("{e:#}");
     let other_cluster = e.downcast_ref::<Refused>().is_some_and(|r| r.other_cluster);
     if joins && other_cluster && node.refused_by_another_cluster(&why) {
+        let fenced = ClusterIdentity {
+            fenced: Some(why),
+            ..id.clone()
+        };
+        if let Err(e) = identity::write(dir, &fenced) {
+            log::error!(
+                "writing the fence into cluster.meta: {e:#} (restarted, this node serves \
+                 again until refused again)"
+            );
+        }
         return true;
     }
     if node.alone_in_cluster() {
@@ -623,11 +664,7 @@ fn join_cluster(
                     node.learn_addresses(&nodes);
                     // An older member names no index: caught up is all it can say.
                     node.note_member_applied(applied.unwrap_or(1));
-                    return Ok(ClusterIdentity {
-                        version: 1,
-                        cluster_id,
-                        node_id,
-                    });
+                    return Ok(ClusterIdentity::new(cluster_id, node_id));
                 }
                 Ok(JoinAnswer::NotLeader { leader_addr, .. }) => {
                     answered_otherwise = true;

@@ -5,7 +5,10 @@
 //! directory has none: the node joins again as a new member with a new Raft id.
 //!
 //! A `.meta` file (layout in docs/format.md) whose payload is JSON:
-//! `{"version":1,"cluster_id":"<id>","node_id":<u64>}`.
+//! `{"version":1,"cluster_id":"<id>","node_id":<u64>}`, plus `"probed":true` where the node
+//! bootstrapped its cluster only after no member at its `--start-join-addrs` answered, and
+//! `"fenced":"<why>"` once such a node was refused by one of them for belonging to another
+//! cluster.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -17,6 +20,30 @@ pub struct ClusterIdentity {
     pub version: u32,
     pub cluster_id: String,
     pub node_id: u64,
+    /// This node bootstrapped the cluster after no member at its `--start-join-addrs`
+    /// answered as one (`--bootstrap` with join addresses on an empty data directory): if
+    /// those members turn out to belong to another cluster, this one was started by mistake
+    /// beside it. Absent (false) in files written before it existed and for every other node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probed: bool,
+    /// Such a node, then refused by a member at its join addresses for belonging to another
+    /// cluster: the refusal. It serves no client from then on, across restarts, until its
+    /// data directory is emptied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+}
+
+impl ClusterIdentity {
+    /// This node's place as node `node_id` of cluster `cluster_id` (not probed).
+    pub fn new(cluster_id: impl Into<String>, node_id: u64) -> ClusterIdentity {
+        ClusterIdentity {
+            version: 1,
+            cluster_id: cluster_id.into(),
+            node_id,
+            probed: false,
+            fenced: None,
+        }
+    }
 }
 
 /// Errors reading or writing the cluster file.
@@ -47,13 +74,8 @@ pub fn read(dir: &Path) -> Result<Option<ClusterIdentity>, IdentityError> {
 }
 
 /// Writes the file durably.
-pub fn write(dir: &Path, cluster_id: &str, node_id: u64) -> Result<(), IdentityError> {
-    let f = ClusterIdentity {
-        version: 1,
-        cluster_id: cluster_id.to_owned(),
-        node_id,
-    };
-    let payload = serde_json::to_vec(&f).map_err(|e| IdentityError::Bad {
+pub fn write(dir: &Path, f: &ClusterIdentity) -> Result<(), IdentityError> {
+    let payload = serde_json::to_vec(f).map_err(|e| IdentityError::Bad {
         path: CLUSTER_FILE.into(),
         reason: e.to_string(),
     })?;
@@ -76,9 +98,24 @@ mod tests {
     fn round_trips() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
-        write(dir.path(), "abc", 3).unwrap();
+        write(dir.path(), &ClusterIdentity::new("abc", 3)).unwrap();
         let f = read(dir.path()).unwrap().unwrap();
-        assert_eq!((f.cluster_id.as_str(), f.node_id), ("abc", 3));
+        assert_eq!(
+            (f.cluster_id.as_str(), f.node_id, f.probed),
+            ("abc", 3, false)
+        );
         assert_ne!(new_cluster_id(), new_cluster_id());
+        // Written without the field (as before it existed) and with it.
+        let raw = engine::meta::read(dir.path(), CLUSTER_FILE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw, br#"{"version":1,"cluster_id":"abc","node_id":3}"#);
+        let probed = ClusterIdentity {
+            probed: true,
+            fenced: Some("refused".into()),
+            ..ClusterIdentity::new("abc", 1)
+        };
+        write(dir.path(), &probed).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(probed));
     }
 }

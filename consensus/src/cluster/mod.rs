@@ -249,9 +249,10 @@ pub struct ClusterNode {
     /// This node creates the controller group with itself as its only voter (it
     /// bootstraps the cluster); a joining node creates it empty and learns it.
     pub bootstrapper: AtomicBool,
-    /// This run bootstrapped the cluster (a new cluster id): it holds no client's data from
-    /// before ([`ClusterNode::refused_by_another_cluster`]).
-    pub bootstrapped_this_run: AtomicBool,
+    /// This node bootstrapped its cluster after no member at its `--start-join-addrs`
+    /// answered (`probed` in cluster.meta, so a restart keeps it):
+    /// [`ClusterNode::refused_by_another_cluster`].
+    pub probed: AtomicBool,
     /// This run's registration with the controller is done (the rejoin at start, or none
     /// needed). A node whose controller replica was found lost at start, holding no state,
     /// reports that replica stopped only after it: a registration proposed later would
@@ -330,7 +331,7 @@ impl ClusterNode {
             stats: ClusterStats::default(),
             me: OnceLock::new(),
             bootstrapper: AtomicBool::new(false),
-            bootstrapped_this_run: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             seen_active: AtomicBool::new(false),
             removed_running: AtomicBool::new(false),
@@ -698,35 +699,54 @@ impl ClusterNode {
     }
 
     /// A member refused the registration of this node, started with join addresses, for
-    /// belonging to another cluster (`why`, its answer). Where this run bootstrapped this
-    /// node's cluster (so it holds no client's data from before: a node that has served is
-    /// never fenced) and that cluster holds no other node, it is a second cluster
-    /// started by mistake beside the one its join addresses belong to (a data directory
-    /// wiped, started with `--bootstrap` while every member it names was down): from then
-    /// on it is not ready and refuses produces and reads (UNAVAILABLE, naming the way out),
-    /// so that no client has a record acknowledged by it and lost to the real cluster. A
-    /// node whose cluster has other nodes only logs the refusal (it was asked by a stray).
+    /// belonging to another cluster (`why`, its answer). Where this node bootstrapped its
+    /// cluster only because no member at its join addresses answered (`probed`, kept in
+    /// cluster.meta) and no other node ever joined that cluster (removed ones count: a
+    /// cluster that held another node is a real one, whatever became of it), it is a second
+    /// cluster started by mistake beside the one its join addresses belong to (a data
+    /// directory wiped, started with `--bootstrap` while every member it names was down):
+    /// from then on, and again after each restart once refused, it is not ready and refuses
+    /// produces and reads (UNAVAILABLE, naming the way out), so that no client has a record
+    /// acknowledged by it and lost to the real cluster. A node whose cluster has held other
+    /// nodes only logs the refusal (it was asked by a stray); so does a node bootstrapped
+    /// without asking (plain `--bootstrap`, or an older single node upgraded with its
+    /// topics), which may hold clients' data.
     ///
     /// Returns whether this node is so fenced.
     pub fn refused_by_another_cluster(&self, why: &str) -> bool {
-        if !self.bootstrapped_this_run.load(Ordering::Relaxed) || !self.alone_in_cluster() {
+        if !self.probed.load(Ordering::Relaxed) || !self.never_joined_by_another() {
             return false;
         }
-        let s = self.state();
+        self.fence(&self.state().cluster_id, why);
+        true
+    }
+
+    /// Stops this node serving clients: its cluster `cluster_id` is a second one started by
+    /// mistake (`why`: the refusal that showed it, in this run or, as cluster.meta keeps it,
+    /// an earlier one).
+    pub fn fence(&self, cluster_id: &str, why: &str) {
         let msg = format!(
-            "this node bootstrapped cluster {} and is its only node, while the members at its \
-             --start-join-addrs belong to another cluster ({why}): a second cluster, started \
+            "this node bootstrapped cluster {cluster_id} and is its only node, while the \
+             members at its --start-join-addrs belong to another cluster ({why}): a second \
+             cluster, started \
              by mistake (a data directory wiped and started with --bootstrap while those \
              members were down). It serves no client: stop it, empty its data directory, and \
              start it with --start-join-addrs and without --bootstrap to join them as a new \
              member",
-            s.cluster_id
         );
         log::error!("{msg}");
         if let Ok(mut f) = self.foreign.lock() {
             *f = Some(msg);
         }
-        true
+    }
+
+    /// Whether this node's cluster (as its state shows it) never held another node, removed
+    /// ones included.
+    fn never_joined_by_another(&self) -> bool {
+        let me = self.id();
+        self.state
+            .read()
+            .is_ok_and(|s| !s.cluster_id.is_empty() && s.nodes.keys().all(|id| *id == me))
     }
 
     /// Whether this node's cluster (as its state shows it) holds no other node that was not
@@ -1409,13 +1429,26 @@ impl ClusterNode {
         .await
     }
 
-    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+    pub async fn delete_topic(&self, name: &str) -> Result<Vec<u64>, Error> {
         if !self.is_controller_leader() {
             return Err(self.not_leader());
         }
-        if !self.state().topics.contains_key(name) {
-            return Err(Error::NotFound(format!("topic {name:?} does not exist")));
-        }
+        // The nodes placed to hold its replicas, waited for down or not.
+        let holders: Vec<u64> = {
+            let s = self.state();
+            let Some(t) = s.topics.get(name) else {
+                return Err(Error::NotFound(format!("topic {name:?} does not exist")));
+            };
+            let mut h: Vec<u64> = t
+                .partitions
+                .iter()
+                .flat_map(|p| p.replicas.iter().map(|r| r.node))
+                .filter(|n| s.nodes.get(n).is_some_and(|e| !e.removed))
+                .collect();
+            h.sort_unstable();
+            h.dedup();
+            h
+        };
         let index = self
             .propose(&Command::DeleteTopic {
                 name: name.to_owned(),
@@ -1427,8 +1460,13 @@ impl ClusterNode {
             Ok(()) | Err(engine::Error::UnknownTopic(_)) => {}
             Err(e) => return Err(Error::Local(e)),
         }
-        self.wait_applied_everywhere(index, DELETE_SPREAD).await;
-        Ok(())
+        let lagging = self
+            .wait_applied_everywhere(index, DELETE_SPREAD, &holders)
+            .await;
+        Ok(lagging
+            .into_iter()
+            .filter(|n| holders.contains(n))
+            .collect())
     }
 
     /// Changes a topic's retention limits: committed in the controller's log, given at once
@@ -1467,7 +1505,8 @@ impl ClusterNode {
             Ok(_) | Err(engine::Error::UnknownTopic(_)) => {}
             Err(e) => return Err(Error::Local(e)),
         }
-        self.wait_applied_everywhere(index, DELETE_SPREAD).await;
+        self.wait_applied_everywhere(index, DELETE_SPREAD, &[])
+            .await;
         Ok(config)
     }
 
@@ -1478,16 +1517,28 @@ impl ClusterNode {
     /// on its way out. Each node's commit index is the one it reported to this leader
     /// (raft-rs tracks it from every answer); a node learns the commit with the leader's
     /// next message, and applies it in the Ready round that makes the entry durable there,
-    /// at most one round after it answered: [`APPLY_SETTLE`] covers that round. A node down
-    /// or cut off is not waited for: until it learns of the deletion it may still take an
-    /// append to the topic (for a partition whose replicas it still reaches), which goes with
-    /// the topic once it does.
-    async fn wait_applied_everywhere(&self, index: u64, within: Duration) {
+    /// at most one round after it answered: [`APPLY_SETTLE`] covers that round. The nodes of
+    /// `also` are waited for whether gossip shows them live or not: a node down or cut off
+    /// that holds replicas of a deleted topic may, until it learns of the deletion, still
+    /// take an append to the topic (for a partition whose replicas it still reaches), which
+    /// goes with the topic once it does. Returns the nodes that had not learned of it.
+    async fn wait_applied_everywhere(
+        &self,
+        index: u64,
+        within: Duration,
+        also: &[u64],
+    ) -> Vec<u64> {
         let until = Instant::now() + within;
         loop {
             let live = {
-                let Ok(s) = self.state.read() else { return };
-                self.live_nodes(&s)
+                let Ok(s) = self.state.read() else {
+                    return Vec::new();
+                };
+                let mut live = self.live_nodes(&s);
+                live.extend_from_slice(also);
+                live.sort_unstable();
+                live.dedup();
+                live
             };
             let view = self.peers.board.get(0);
             let me = self.id();
@@ -1502,14 +1553,14 @@ impl ClusterNode {
                 .collect();
             if lagging.is_empty() {
                 glommio::timer::sleep(APPLY_SETTLE).await;
-                return;
+                return lagging;
             }
             if Instant::now() >= until || self.stopping() {
                 log::warn!(
                     "controller entry {index}: nodes {lagging:?} had not learned of it after \
                      {within:?}; answering without them"
                 );
-                return;
+                return lagging;
             }
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }

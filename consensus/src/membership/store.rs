@@ -80,7 +80,11 @@ mod tests {
     fn a_member_without_its_node_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         start_generation(dir.path()).unwrap();
-        crate::cluster::identity::write(dir.path(), "c", 3).unwrap();
+        crate::cluster::identity::write(
+            dir.path(),
+            &crate::cluster::identity::ClusterIdentity::new("c", 3),
+        )
+        .unwrap();
         start_generation(dir.path()).expect("a member with its node file starts");
         std::fs::remove_file(dir.path().join(NODE_FILE)).unwrap();
         let e = start_generation(dir.path()).unwrap_err().to_string();

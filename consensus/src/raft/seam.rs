@@ -26,7 +26,7 @@ use engine::seam::local::{LocalFactory, LocalPartitions};
 use engine::seam::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
     PartitionState, Partitions, PastEnd, ReadLimits, Result, Seam, TopicChange, TopicConfig,
-    TopicInfo, Topics,
+    TopicDeleted, TopicInfo, Topics,
 };
 use engine::shard::ReplicationHook;
 use engine::{EngineConfig, EngineHandle};
@@ -375,9 +375,19 @@ impl RaftPartitions {
         }
     }
 
-    fn stale_here(&self, id: &PartitionId) -> bool {
+    /// Whether a read of `id` is served by another replica: this node holds none of the
+    /// topic's listed incarnation. A topic whose deletion this node has applied is NOT_FOUND,
+    /// as for an append, rather than served from the replica the next reconcile pass drops.
+    fn read_elsewhere_unless_deleted(&self, id: &PartitionId) -> Result<bool> {
         let replica = self.forward.board().replica_of(id);
-        self.fence(id, replica) == Some(Fence::Stale)
+        match self.fence(id, replica) {
+            Some(Fence::Deleted) => Err(Error::NotFound(format!(
+                "topic {:?} was deleted",
+                &*id.topic
+            ))),
+            Some(Fence::Stale) => Ok(true),
+            None => Ok(self.placed_elsewhere(id)),
+        }
     }
 
     /// A read of stored batches from `from`, which this node's replica answered with
@@ -637,7 +647,7 @@ impl Partitions for RaftPartitions {
             self.check_fresh(id)?;
             // Past what this replica has applied, the offset may be committed already (a
             // follower learns the commit index a heartbeat late): `read_here` asks.
-            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
+            let here = if self.read_elsewhere_unless_deleted(id)? {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
                 )))
@@ -678,7 +688,7 @@ impl Partitions for RaftPartitions {
             check_not_controller(id)?;
             self.check_not_removed()?;
             self.check_fresh(id)?;
-            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
+            let here = if self.read_elsewhere_unless_deleted(id)? {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
                 )))
@@ -700,7 +710,7 @@ impl Partitions for RaftPartitions {
             check_not_controller(id)?;
             self.check_not_removed()?;
             self.check_fresh(id)?;
-            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
+            let here = if self.read_elsewhere_unless_deleted(id)? {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
                 )))
@@ -725,7 +735,7 @@ impl Partitions for RaftPartitions {
     fn describe<'a>(&'a self, id: &'a PartitionId) -> LocalBoxFuture<'a, Result<PartitionState>> {
         Box::pin(async move {
             check_not_controller(id)?;
-            let here = if self.placed_elsewhere(id) || self.stale_here(id) {
+            let here = if self.read_elsewhere_unless_deleted(id)? {
                 Err(Error::NotFound(format!(
                     "partition {id} has no replica of this topic on this node"
                 )))
@@ -814,7 +824,7 @@ impl Topics for RaftPartitions {
         })
     }
 
-    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>> {
+    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<TopicDeleted>> {
         Box::pin(async move {
             check_not_controller_topic(name)?;
             if name == proto::log::v1::DEFAULT_TOPIC {
@@ -826,7 +836,9 @@ impl Topics for RaftPartitions {
                 )));
             }
             match &self.cluster {
-                Some(c) => Ok(c.delete_topic(name).await?),
+                Some(c) => Ok(TopicDeleted {
+                    not_yet_on: c.delete_topic(name).await?,
+                }),
                 None => self.local.delete_topic(name).await,
             }
         })

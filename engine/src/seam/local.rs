@@ -9,8 +9,8 @@
 
 use super::{
     Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef, PartitionId,
-    PartitionState, Partitions, ReadLimits, Result, Seam, TopicChange, TopicConfig, TopicInfo,
-    Topics,
+    PartitionState, Partitions, ReadLimits, Result, Seam, TopicChange, TopicConfig, TopicDeleted,
+    TopicInfo, Topics,
 };
 use crate::shard::{EngineHandle, ReplicaStatus, ShardCtx};
 use std::rc::Rc;
@@ -159,8 +159,11 @@ impl Topics for LocalPartitions {
         Box::pin(async move { Ok(self.engine.create_topic(name, partitions, config).await?) })
     }
 
-    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.engine.delete_topic(name).await?) })
+    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<TopicDeleted>> {
+        Box::pin(async move {
+            self.engine.delete_topic(name).await?;
+            Ok(TopicDeleted::default())
+        })
     }
 
     fn alter_topic<'a>(

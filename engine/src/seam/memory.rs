@@ -8,7 +8,7 @@
 use super::{
     AppendTiming, Appended, Chunk, EncodedBatch, Error, Factory, LocalBoxFuture, NodeRef,
     PartitionId, PartitionState, Partitions, PastEnd, ReadLimits, Result, Run, Seam, TopicChange,
-    TopicConfig, TopicInfo, Topics, Writability,
+    TopicConfig, TopicDeleted, TopicInfo, Topics, Writability,
 };
 use crate::batch::{now_ms, Stamp};
 use crate::limits::MAX_PARTITIONS;
@@ -355,14 +355,14 @@ impl Topics for MemoryPartitions {
         })
     }
 
-    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>> {
+    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<TopicDeleted>> {
         Box::pin(async move {
             self.lock()?
                 .topics
                 .remove(name)
                 .ok_or_else(|| Error::from(crate::Error::UnknownTopic(name.to_owned())))?;
             self.shared.changed.notify(usize::MAX);
-            Ok(())
+            Ok(TopicDeleted::default())
         })
     }
 

@@ -229,6 +229,16 @@ pub trait Partitions {
     }
 }
 
+/// What a topic's deletion could not wait for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicDeleted {
+    /// Nodes (Raft ids) holding replicas of the topic that had not learned of the deletion
+    /// when it answered (down, or cut off from the controller's leader): until they do (at
+    /// once when they are back), each may still take appends to a partition whose replicas
+    /// it reaches, and those records go with the topic. Empty on a single node.
+    pub not_yet_on: Vec<u64>,
+}
+
 /// A change of a topic's settings: each `None` leaves its setting as it is. Only the
 /// retention limits change on a live topic (Kafka's most changed settings); the others shape
 /// how its files are laid out or acknowledged, and are set at creation.
@@ -289,8 +299,9 @@ pub trait Topics {
         self.create_topic(name, partitions, config)
     }
 
-    /// Deletes a topic and its data; once this resolves, the name is unknown everywhere.
-    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<()>>;
+    /// Deletes a topic and its data; once this resolves, the name is unknown on every node
+    /// but those it names ([`TopicDeleted::not_yet_on`]).
+    fn delete_topic<'a>(&'a self, name: &'a str) -> LocalBoxFuture<'a, Result<TopicDeleted>>;
 
     /// Changes a topic's settings (see [`TopicChange`]); resolves with the topic as it is
     /// then, once the partitions held here have the new limits and applied them (with Raft:
