@@ -487,6 +487,7 @@ fn hostile_forward_frames_close_their_connection_and_are_counted() {
         payload_crc: b.payload_crc(),
         payload: b.payload().clone(),
         incarnation: 0,
+        cluster_id: String::new(),
     };
     hostile(target.addr, &frame(FORWARD_REQUEST, &lying.encode_to_vec()));
     // A frame cut short: the connection ends inside it.
@@ -508,9 +509,39 @@ fn hostile_forward_frames_close_their_connection_and_are_counted() {
             &bad_read.encode_to_vec(),
         ),
     );
+    // A good append and a good read, from a node of another cluster (whose ids, groups and
+    // incarnations may equal this one's): the connection is closed, nothing served.
+    target
+        .peers
+        .cluster_id
+        .set("c1".into())
+        .expect("not set yet");
+    let foreign = proto::proglog::raft::v1::ForwardRequest {
+        record_count: 1,
+        cluster_id: "c2".into(),
+        ..lying
+    };
+    hostile(
+        target.addr,
+        &frame(FORWARD_REQUEST, &foreign.encode_to_vec()),
+    );
+    let foreign_read = proto::proglog::raft::v1::ReadRequest {
+        request_id: 1,
+        topic: "t".into(),
+        cluster_id: "c2".into(),
+        ..Default::default()
+    };
+    hostile(
+        target.addr,
+        &frame(
+            consensus::raft::forward::READ_REQUEST,
+            &foreign_read.encode_to_vec(),
+        ),
+    );
     let s = &target.peers.forward;
     assert_eq!(stat(&s.oversized), 1);
     assert_eq!(stat(&s.malformed), 4);
+    assert_eq!(stat(&s.foreign), 2);
     assert_eq!(stat(&s.served), 0, "nothing hostile was appended");
 
     // The cluster goes on: every node takes appends.

@@ -21,6 +21,10 @@ fn three_nodes_replicate_over_the_peer_channel() {
     let _one = common::serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster::start(tmp.path(), 3, Duration::from_secs(30));
+    // Members of one cluster: each connection's first frame says so, and is accepted.
+    for n in &c.nodes {
+        n.peers.cluster_id.set("c1".into()).expect("not set yet");
+    }
     for n in &c.nodes {
         futures_lite::future::block_on(n.handle.create_topic("t", 1, LogConfig::default()))
             .expect("create");
@@ -64,6 +68,33 @@ fn three_nodes_replicate_over_the_peer_channel() {
     let s = &target.peers.stats;
     assert_eq!(stat(s, |s| &s.oversized), 1);
     assert_eq!(stat(s, |s| &s.malformed), 2);
+    // A node of another cluster (its ids and groups may equal this one's): its first frame
+    // says so, the connection is closed and counted, and the message behind it (a heartbeat
+    // of a term far ahead, which would make node 1 follow another leader) is not stepped.
+    let group = consensus::raft::replica::group_id(&engine::seam::PartitionId::new("t", 0), 0);
+    let hello = proto::proglog::raft::v1::RaftFrame {
+        from: 2,
+        to: 1,
+        cluster_id: "c2".into(),
+        ..Default::default()
+    };
+    const FAR: u64 = 1 << 40;
+    let heartbeat = proto::proglog::raft::v1::RaftFrame {
+        from: 2,
+        to: 1,
+        heartbeats: vec![proto::proglog::raft::v1::Heartbeat {
+            group,
+            term: FAR,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut foreign = common::frame(0x20, &prost::Message::encode_to_vec(&hello));
+    foreign
+        .extend_from_slice(&common::frame(0x20, &prost::Message::encode_to_vec(&heartbeat))[1..]);
+    hostile(target.addr, &foreign);
+    assert_eq!(stat(s, |s| &s.foreign), 1);
+    assert_eq!(stat(s, |s| &s.malformed), 2);
 
     // The cluster keeps committing.
     for i in 20..25 {
@@ -74,6 +105,8 @@ fn three_nodes_replicate_over_the_peer_channel() {
     for n in &c.nodes {
         assert_eq!(read_all(n, "t", want.len() as u64), want, "node {}", n.id);
     }
+    let term = target.peers.board.get(group).map(|v| v.term);
+    assert!(term.is_some_and(|t| t < FAR), "node 1's term {term:?}");
 
     // One node stops: the others still form a majority, and report it unreachable.
     c.stop(3);

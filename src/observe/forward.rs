@@ -68,12 +68,13 @@ pub fn render(e: &mut Exposition, s: &ForwardStats) {
         Kind::Counter,
         "Forward connections this node closed for what the peer sent: oversized (a frame over \
          the maximum), malformed (cut short, wrong kind, undecodable, bad records), refused (no \
-         peer TLS and not a known member's address).",
+         peer TLS and not a known member's address), foreign (a node of another cluster).",
     );
     for (reason, c) in [
         ("oversized", &s.oversized),
         ("malformed", &s.malformed),
         ("refused", &s.refused),
+        ("foreign", &s.foreign),
     ] {
         e.sample(
             "proglog_forward_connections_closed_total",

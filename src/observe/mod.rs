@@ -573,6 +573,23 @@ fn render_cluster(e: &mut Exposition, c: &consensus::cluster::ClusterNode) {
         "Raft connection attempts that failed.",
         get(&st.connect_failures) as f64,
     );
+    e.family(
+        "proglog_raft_transport_connections_closed_total",
+        Kind::Counter,
+        "Raft connections this node closed: a frame over the maximum (oversized), one no member sends (malformed), no peer TLS and not a member's address (refused), or from a node of another cluster (foreign).",
+    );
+    for (reason, c) in [
+        ("oversized", &st.oversized),
+        ("malformed", &st.malformed),
+        ("refused", &st.refused),
+        ("foreign", &st.foreign),
+    ] {
+        e.sample(
+            "proglog_raft_transport_connections_closed_total",
+            &[("reason", reason)],
+            get(c) as f64,
+        );
+    }
 }
 
 fn render_membership(e: &mut Exposition, m: &MembershipWatch) {

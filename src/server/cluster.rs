@@ -110,6 +110,7 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
 
 fn set_identity(node: &ClusterNode, id: &ClusterIdentity) {
     node.set_id(id.node_id);
+    node.set_cluster_id(&id.cluster_id);
     node.bootstrapper
         .store(id.node_id == FIRST_NODE_ID, Ordering::Relaxed);
 }
@@ -211,6 +212,7 @@ pub fn form(
                         .and_then(|j| {
                             identity::write(&data_dir, &j).context("writing cluster.meta")?;
                             node.set_id(j.node_id);
+                            node.set_cluster_id(&j.cluster_id);
                             log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
                             open_controller(controller, &node, &engine)
                         });

@@ -513,6 +513,13 @@ impl ClusterNode {
         self.peers.self_id.store(id, Ordering::Relaxed);
     }
 
+    /// This node's cluster id, known from cluster.meta or a join's answer: said to every
+    /// peer, whose traffic is refused if it is of another cluster
+    /// ([`Peers::other_cluster`]). Set once; a node never changes cluster while it runs.
+    pub fn set_cluster_id(&self, cluster_id: &str) {
+        let _ = self.peers.cluster_id.set(cluster_id.to_owned());
+    }
+
     /// The controller log index the state applied here reflects (no copy of the state).
     pub fn applied_index(&self) -> u64 {
         self.state.read().map(|s| s.applied).unwrap_or(0)

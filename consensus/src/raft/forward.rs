@@ -126,6 +126,8 @@ pub struct ForwardStats {
     pub malformed: AtomicU64,
     /// Receiving side: connections refused (no peer TLS, not a known member's address).
     pub refused: AtomicU64,
+    /// Receiving side: connections closed for a request of a node of another cluster.
+    pub foreign: AtomicU64,
     /// Reads that asked the leader's commit index (ReadIndex) before serving.
     pub read_index_waits: AtomicU64,
     /// ReadIndex attempts retried (no leader yet, or one that has not committed in its term).
@@ -415,6 +417,7 @@ impl Forwarder {
             payload_crc: batch.payload_crc(),
             payload: batch.payload().clone(),
             incarnation: self.incarnation(&id.topic),
+            cluster_id: self.peers.cluster_id().to_owned(),
         }
         .encode_to_vec();
         if frame.len() + 1 > MAX_FRAME_BYTES {
@@ -568,6 +571,7 @@ impl Forwarder {
             topic: id.topic.to_string(),
             partition: id.partition,
             incarnation: self.incarnation(&id.topic),
+            cluster_id: self.peers.cluster_id().to_owned(),
             ..ReadRequest::default()
         };
         let mut timeout = FORWARD_TIMEOUT;
@@ -1136,7 +1140,7 @@ pub async fn serve_from(
         waits: Cell::new(0),
     });
     let why = futures_lite::future::or(
-        read_requests(&local, rd, first, &out, stats),
+        read_requests(&local, rd, first, &out, peers),
         write_answers(wr, &out),
     )
     .await;
@@ -1169,8 +1173,17 @@ async fn read_requests(
     mut rd: tokio::io::ReadHalf<Box<dyn peer::PeerIo>>,
     mut first: Option<(usize, u8)>,
     out: &Rc<Outbox>,
-    stats: &ForwardStats,
+    peers: &Peers,
 ) -> String {
+    let stats = &peers.forward;
+    // A node of another cluster (its Raft ids, groups and topics' incarnations may equal
+    // this one's): nothing it asks is served.
+    let foreign = |theirs: &str| {
+        let why = peers.other_cluster(theirs)?;
+        add(&stats.foreign, 1);
+        log::warn!("forwarding: closing a connection: {why}");
+        Some(why)
+    };
     loop {
         // Bounded: past the limit, stop reading (TCP stops the sender).
         loop {
@@ -1209,7 +1222,12 @@ async fn read_requests(
         };
         if kind == READ_REQUEST {
             match decode_read(payload) {
-                Ok(r) => serve_read(local, out, r),
+                Ok(r) => {
+                    if let Some(why) = foreign(&r.0.cluster_id) {
+                        return why;
+                    }
+                    serve_read(local, out, r)
+                }
                 Err(why) => {
                     add(&stats.malformed, 1);
                     log::warn!("forwarding: closing a connection: {why}");
@@ -1226,7 +1244,10 @@ async fn read_requests(
                 return why;
             }
         };
-        let (request_id, id, batch, incarnation) = request;
+        let (request_id, id, batch, incarnation, cluster_id) = request;
+        if let Some(why) = foreign(&cluster_id) {
+            return why;
+        }
         out.in_flight.set(out.in_flight.get() + 1);
         let (local, out2) = (Rc::clone(local), Rc::clone(out));
         glommio::spawn_local(async move {
@@ -1478,12 +1499,13 @@ fn decode_request(kind: u8, payload: Vec<u8>) -> Result<DecodedAppend, String> {
         PartitionId::new(&r.topic, r.partition),
         batch,
         r.incarnation,
+        r.cluster_id,
     ))
 }
 
-/// A forward request decoded and checked: its id, partition, batch and the topic's
-/// incarnation as the sender knows it.
-type DecodedAppend = (u64, PartitionId, EncodedBatch, u64);
+/// A forward request decoded and checked: its id, partition, batch, the topic's
+/// incarnation as the sender knows it, and the sender's cluster id.
+type DecodedAppend = (u64, PartitionId, EncodedBatch, u64, String);
 
 /// NOT_FOUND when this node's replica of `id` belongs to another topic of that name than
 /// the asker's (`incarnation`; 0: not checked): one of the two has not yet learnt that the
@@ -1606,6 +1628,7 @@ mod tests {
             payload_crc: batch.payload_crc(),
             payload: batch.payload().clone(),
             incarnation: 0,
+            cluster_id: String::new(),
         }
         .encode_to_vec();
         let mut frame = Vec::new();
@@ -1633,6 +1656,7 @@ mod tests {
             payload_crc: batch.payload_crc(),
             payload: batch.payload().clone(),
             incarnation: 0,
+            cluster_id: String::new(),
         };
         assert!(decode_request(FORWARD_REQUEST, good.encode_to_vec()).is_ok());
         let wrong_count = ForwardRequest {
@@ -1675,12 +1699,17 @@ mod tests {
                     payload_crc: batch.payload_crc(),
                     payload: batch.payload().clone(),
                     incarnation: i as u64,
+                    cluster_id: if i % 2 == 0 {
+                        String::new()
+                    } else {
+                        "c1".into()
+                    },
                 }
                 .encode_to_vec()
             })
             .collect();
         m.run("forward request", &corpus, iterations(200_000), |b| {
-            let Ok((id, partition, batch, incarnation)) =
+            let Ok((id, partition, batch, incarnation, cluster_id)) =
                 decode_request(FORWARD_REQUEST, b.to_vec())
             else {
                 return;
@@ -1693,10 +1722,11 @@ mod tests {
                 payload_crc: batch.payload_crc(),
                 payload: batch.payload().clone(),
                 incarnation,
+                cluster_id: cluster_id.clone(),
             };
             let again =
                 decode_request(FORWARD_REQUEST, again.encode_to_vec()).expect("decodes again");
-            assert_eq!(again, (id, partition, batch, incarnation));
+            assert_eq!(again, (id, partition, batch, incarnation, cluster_id));
         });
         let corpus: Vec<Vec<u8>> = (0..4)
             .map(|i| {
@@ -1710,6 +1740,11 @@ mod tests {
                     max_bytes: m.rng.random(),
                     past_end_empty: i % 2 == 0,
                     incarnation: u64::from(i as u32),
+                    cluster_id: if i % 2 == 0 {
+                        String::new()
+                    } else {
+                        "c1".into()
+                    },
                 }
                 .encode_to_vec()
             })

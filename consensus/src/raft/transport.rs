@@ -20,7 +20,9 @@
 //! before it is stepped ([`peer_check`](super::peer_check)); nothing a peer sends panics. A decoded frame
 //! is split by group among the shards owning the groups ([`GroupDirectory`]) and delivered to
 //! each as a typed shard message (`EngineHandle::deliver`); frames for groups this node does
-//! not hold are counted and dropped. Without peer TLS, connections are accepted only from the
+//! not hold are counted and dropped. A connection's first frame says which cluster the sender
+//! belongs to (once it knows); a frame naming another cluster than this node's closes the
+//! connection, counted ([`Peers::other_cluster`]). Without peer TLS, connections are accepted only from the
 //! IP addresses of known members (the address book): that is no security boundary (anyone on
 //! such an address can send frames), which is what peer TLS is for.
 //!
@@ -40,6 +42,23 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// Why a Raft connection is closed after a frame.
+#[derive(Debug)]
+enum Refusal {
+    /// The frame is not one a member sends.
+    Malformed(String),
+    /// The sender belongs to another cluster ([`Peers::other_cluster`]).
+    Foreign(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Malformed(why) | Refusal::Foreign(why) => f.write_str(why),
+        }
+    }
+}
 
 /// The peer channel's frame kind of a Raft frame (an encoded `RaftFrame`).
 pub const RAFT_FRAME: u8 = peer::kind::RAFT_FIRST;
@@ -88,6 +107,8 @@ pub struct TransportStats {
     pub malformed: AtomicU64,
     /// Connections refused: no peer TLS and not from a known member's address.
     pub refused: AtomicU64,
+    /// Connections closed for coming from a node of another cluster (its first frame said so).
+    pub foreign: AtomicU64,
     /// Messages for groups this node does not hold, or whose shard was overloaded.
     pub undeliverable: AtomicU64,
 }
@@ -143,9 +164,29 @@ pub struct Peers {
     pub forward: Arc<super::forward::ForwardStats>,
     /// Snapshot transfers' counters and limits.
     pub snapshots: Arc<super::snapshot_transfer::SnapshotShared>,
+    /// This node's cluster id once known (cluster.meta, or the join's answer): said to
+    /// every peer this node connects to, and compared with what peers say.
+    pub cluster_id: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Peers {
+    /// This node's cluster id, empty until known.
+    pub fn cluster_id(&self) -> &str {
+        self.cluster_id.get().map_or("", String::as_str)
+    }
+
+    /// Why a peer that says it belongs to cluster `theirs` is of another cluster than this
+    /// node, if it is: Raft ids, group ids and topics' incarnations repeat from one cluster
+    /// to the next (a node wiped and started as a new cluster's node 1 at its old address
+    /// gets its old cluster's traffic), so the two must exchange no Raft message, append or
+    /// read. An empty id (a node that does not know its cluster yet, or predates the field)
+    /// is not checked.
+    pub fn other_cluster(&self, theirs: &str) -> Option<String> {
+        let ours = self.cluster_id();
+        (!theirs.is_empty() && !ours.is_empty() && theirs != ours)
+            .then(|| format!("the peer belongs to cluster {theirs}, this node to cluster {ours}"))
+    }
+
     /// Where node `node` listens, if the address book knows it.
     pub fn addr_of(&self, node: u64) -> Option<PeerAddr> {
         self.book.read().ok()?.get(&node).cloned()
@@ -310,6 +351,24 @@ async fn send_loop(
             }
         };
         add(&stats.connects, 1);
+        // The first frame says which cluster this node belongs to (once it knows).
+        if !peers.cluster_id().is_empty() {
+            let hello = RaftFrame {
+                from: peers.self_id.load(Ordering::Relaxed),
+                to,
+                cluster_id: peers.cluster_id().to_owned(),
+                ..RaftFrame::default()
+            };
+            let hello = prost::Message::encode_to_vec(&hello);
+            if let Err(e) = peer::write_frame(&mut stream, RAFT_FRAME, &hello).await {
+                log::info!("Raft transport: connection to node {to} failed: {e}");
+                drop_queued(&link, &stats);
+                unreachable.borrow_mut().insert(to);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue 'connect;
+            }
+        }
         backoff = BACKOFF_FIRST;
         loop {
             let next = link.queue.borrow_mut().pop_front();
@@ -466,7 +525,10 @@ impl RaftPeerHandler {
             add(&stats.frames_received, 1);
             add(&stats.bytes_received, payload.len() as u64 + 1);
             if let Err(why) = self.dispatch(kind, payload) {
-                add(&stats.malformed, 1);
+                match why {
+                    Refusal::Foreign(_) => add(&stats.foreign, 1),
+                    Refusal::Malformed(_) => add(&stats.malformed, 1),
+                }
                 // Rate-limited: a node wiped and started again at its old address gets the
                 // frames of its old Raft id from every peer until that id is removed.
                 net::conn_log!(
@@ -481,18 +543,27 @@ impl RaftPeerHandler {
     }
 
     /// Splits a frame among the shards owning its groups.
-    fn dispatch(&self, kind: u8, payload: bytes::Bytes) -> Result<(), String> {
+    fn dispatch(&self, kind: u8, payload: bytes::Bytes) -> Result<(), Refusal> {
+        let malformed = Refusal::Malformed;
         if kind != RAFT_FRAME {
-            return Err(format!("frame of kind {kind:#04x} on a Raft connection"));
+            return Err(malformed(format!(
+                "frame of kind {kind:#04x} on a Raft connection"
+            )));
         }
         // From the frame's own memory: entries keep slices of it, not copies.
-        let frame = wire::decode_frame_shared(payload).map_err(|e| e.to_string())?;
+        let frame = wire::decode_frame_shared(payload).map_err(|e| malformed(e.to_string()))?;
+        if let Some(why) = self.peers.other_cluster(&frame.cluster_id) {
+            return Err(Refusal::Foreign(why));
+        }
         let me = match self.node_id {
             0 => self.peers.self_id.load(Ordering::Relaxed),
             id => id,
         };
         if frame.to != me {
-            return Err(format!("frame for node {}, this is node {me}", frame.to));
+            return Err(malformed(format!(
+                "frame for node {}, this is node {me}",
+                frame.to
+            )));
         }
         let dir = &self.peers.directory;
         let mut by_shard: BTreeMap<usize, RaftFrame> = BTreeMap::new();

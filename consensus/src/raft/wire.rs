@@ -299,8 +299,7 @@ pub fn frame(from: u64, to: u64, messages: &[(u64, eraftpb::Message)]) -> pb::Ra
     let mut f = pb::RaftFrame {
         from,
         to,
-        messages: Vec::new(),
-        heartbeats: Vec::new(),
+        ..pb::RaftFrame::default()
     };
     for (group, m) in messages.iter().filter(|(_, m)| m.from == from) {
         if mergeable_heartbeat(m) && m.to == to {
@@ -578,7 +577,7 @@ mod tests {
                 group: 1,
                 message: Some(message_to_pb(&m)),
             }],
-            heartbeats: Vec::new(),
+            ..Default::default()
         };
         assert!(unframe(speaks_for_another).is_err());
         // An unknown message type, an unknown entry type.
