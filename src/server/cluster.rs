@@ -283,6 +283,9 @@ pub fn form(
                         };
                         // Refusals by members of another cluster seen so far.
                         let mut refusals = 0u32;
+                        let is_final = |e: &anyhow::Error, seen: &mut u32| {
+                            refusal_is_final(&node, e, seen, joins, (&data_dir, &id))
+                        };
                         // With join addresses the members found there are asked anyway:
                         // they must be of this node's cluster.
                         if current && s.cluster_id == id.cluster_id && !joins {
@@ -301,13 +304,7 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        if !refusal_is_final(
-                                            &node,
-                                            &e,
-                                            &mut refusals,
-                                            joins,
-                                            (&data_dir, &id),
-                                        ) {
+                                        if !is_final(&e, &mut refusals) {
                                             continue;
                                         }
                                     }
@@ -335,13 +332,7 @@ pub fn form(
                                     }
                                     Ok(j) => known_otherwise(&j),
                                     Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                        if !refusal_is_final(
-                                            &node,
-                                            &e,
-                                            &mut refusals,
-                                            joins,
-                                            (&data_dir, &id),
-                                        ) {
+                                        if !is_final(&e, &mut refusals) {
                                             continue;
                                         }
                                     }
@@ -381,13 +372,7 @@ pub fn form(
                                     j.node_id
                                 ),
                                 Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                                    if refusal_is_final(
-                                        &node,
-                                        &e,
-                                        &mut refusals,
-                                        joins,
-                                        (&data_dir, &id),
-                                    ) {
+                                    if is_final(&e, &mut refusals) {
                                         break;
                                     }
                                 }
