@@ -626,7 +626,7 @@ fn a_bootstrap_node_given_join_addresses_joins_the_cluster_it_finds_over_peer_tl
 /// shows it: it is not ready and refuses produces, UNAVAILABLE naming the way out; its
 /// refusals never keep the others from registering with each other; and restarted again,
 /// with nobody to refuse it this time, it is fenced from its start (cluster.meta keeps
-/// that too), never acknowledging a produce.
+/// that too), never acknowledging a produce, and admits no new node.
 #[test]
 #[ignore = "multi-node: runs one at a time in scripts/test's cluster phase"]
 fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back() {
@@ -711,6 +711,19 @@ fn a_second_cluster_started_by_mistake_serves_no_client_once_the_first_is_back()
         .expect_err("the restarted stray refuses produces");
     assert_eq!(refused.code, net::Code::Unavailable, "{refused:?}");
     assert!(!c.nodes[0].serving(), "the restarted stray reports serving");
+    // A new node pointed at it is not admitted (it would serve that cluster, unfenced).
+    let join = c.nodes[0].gossip.clone();
+    let n4 = Node::start(
+        c.dir(),
+        "n4",
+        "127.0.0.48",
+        &["--start-join-addrs".to_owned(), join],
+    );
+    c.nodes.push(n4);
+    wait("the new node refused by the stray", || {
+        c.nodes[3].log().contains("which admits no node")
+    });
+    assert!(!c.nodes[3].serving(), "the node the stray refused serves");
 }
 
 fn bootstrap_with_join_addresses(name: &'static str, first_ip: u8, peer_tls: bool) {

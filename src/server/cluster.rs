@@ -109,8 +109,9 @@ pub fn prepare(settings: &Settings, node: &ClusterNode) -> anyhow::Result<Mode> 
 }
 
 fn set_identity(node: &ClusterNode, id: &ClusterIdentity) {
-    node.set_id(id.node_id);
+    // The cluster first: a peer's frames are checked against it once the Raft id is known.
     node.set_cluster_id(&id.cluster_id);
+    node.set_id(id.node_id);
     node.bootstrapper
         .store(id.node_id == FIRST_NODE_ID, Ordering::Relaxed);
 }
@@ -211,8 +212,8 @@ pub fn form(
                     let joined = join_cluster(&tls, &node, &engine, &members, &entry, None, false)
                         .and_then(|j| {
                             identity::write(&data_dir, &j).context("writing cluster.meta")?;
-                            node.set_id(j.node_id);
                             node.set_cluster_id(&j.cluster_id);
+                            node.set_id(j.node_id);
                             log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
                             open_controller(controller, &node, &engine)
                         });

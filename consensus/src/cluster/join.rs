@@ -118,6 +118,18 @@ impl JoinService {
                 reason: format!("{OF_ANOTHER_CLUSTER} {c}; this is cluster {}", s.cluster_id),
             });
         }
+        if node.foreign().is_some() {
+            // A second cluster started by mistake, fenced: a node it admitted would serve
+            // that cluster's clients, unfenced (its cluster no longer holds one node only).
+            return Ok(JoinAnswer::Refused {
+                reason: format!(
+                    "the member asked belongs to cluster {}, a second cluster started by \
+                     mistake, which admits no node: join the cluster its --start-join-addrs \
+                     belong to",
+                    s.cluster_id
+                ),
+            });
+        }
         let known = s.id_of(&req.node.member);
         let unchanged = known.and_then(|id| s.nodes.get(&id)).is_some_and(|n| {
             n.rpc_addr == req.node.rpc_addr && n.gossip_addr == req.node.gossip_addr

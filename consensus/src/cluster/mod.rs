@@ -1536,10 +1536,21 @@ impl ClusterNode {
         also: &[u64],
     ) -> Vec<u64> {
         let until = Instant::now() + within;
+        let me = self.id();
+        // What the last look while leading found (none yet: every node of `also`).
+        let mut last: Vec<u64> = also.iter().copied().filter(|&n| n != me).collect();
         loop {
+            if !self.is_controller_leader() {
+                // Only a leader's board knows the others' commit indexes.
+                log::info!(
+                    "controller entry {index}: this node no longer leads the controller; \
+                     answering with what it saw while it did (nodes {last:?} behind)"
+                );
+                return last;
+            }
             let live = {
                 let Ok(s) = self.state.read() else {
-                    return Vec::new();
+                    return last;
                 };
                 let mut live = self.live_nodes(&s);
                 live.extend_from_slice(also);
@@ -1548,7 +1559,6 @@ impl ClusterNode {
                 live
             };
             let view = self.peers.board.get(0);
-            let me = self.id();
             let lagging: Vec<u64> = live
                 .into_iter()
                 .filter(|&n| n != me)
@@ -1562,6 +1572,7 @@ impl ClusterNode {
                 glommio::timer::sleep(APPLY_SETTLE).await;
                 return lagging;
             }
+            last.clone_from(&lagging);
             if Instant::now() >= until || self.stopping() {
                 log::warn!(
                     "controller entry {index}: nodes {lagging:?} had not learned of it after \

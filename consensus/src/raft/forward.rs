@@ -1181,7 +1181,11 @@ async fn read_requests(
     let foreign = |theirs: &str| {
         let why = peers.other_cluster(theirs)?;
         add(&stats.foreign, 1);
-        log::warn!("forwarding: closing a connection: {why}");
+        net::conn_log!(
+            log::Level::Warn,
+            "forward-foreign",
+            "forwarding: closing a connection: {why}"
+        );
         Some(why)
     };
     loop {
