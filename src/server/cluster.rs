@@ -206,17 +206,22 @@ pub fn form(
             let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
             let (members, entry) = (members.clone(), entry.clone());
             let (data_dir, controller) = (settings.data_dir.clone(), controller_config(settings));
+            let join: Vec<String> = settings
+                .gossip
+                .as_ref()
+                .map_or_else(Vec::new, |g| g.join.clone());
             std::thread::Builder::new()
                 .name("proglog-join".into())
                 .spawn(move || {
-                    let joined = join_cluster(&tls, &node, &engine, &members, &entry, None, false)
-                        .and_then(|j| {
-                            identity::write(&data_dir, &j).context("writing cluster.meta")?;
-                            node.set_cluster_id(&j.cluster_id);
-                            node.set_id(j.node_id);
-                            log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
-                            open_controller(controller, &node, &engine)
-                        });
+                    let joined =
+                        join_cluster(&tls, &node, &engine, &members, &entry, None, false, &join)
+                            .and_then(|j| {
+                                identity::write(&data_dir, &j).context("writing cluster.meta")?;
+                                node.set_cluster_id(&j.cluster_id);
+                                node.set_id(j.node_id);
+                                log::info!("joined cluster {} as node {}", j.cluster_id, j.node_id);
+                                open_controller(controller, &node, &engine)
+                            });
                     if let Err(e) = joined {
                         log::error!("this node did not join a cluster: {e:#}");
                     }
@@ -245,6 +250,10 @@ pub fn form(
                 let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
                 let (members, entry, id) = (members.clone(), entry.clone(), id.clone());
                 let data_dir = settings.data_dir.clone();
+                let join: Vec<String> = settings
+                    .gossip
+                    .as_ref()
+                    .map_or_else(Vec::new, |g| g.join.clone());
                 let joins = settings.gossip.as_ref().is_some_and(|g| !g.join.is_empty());
                 std::thread::Builder::new()
                     .name("proglog-rejoin".into())
@@ -273,7 +282,9 @@ pub fn form(
                         // members (a first node alone for now) is no trouble to report.
                         let register = |quiet: bool| {
                             let cluster_id = Some(id.cluster_id.clone());
-                            join_cluster(&tls, &node, &engine, &members, &entry, cluster_id, quiet)
+                            join_cluster(
+                                &tls, &node, &engine, &members, &entry, cluster_id, quiet, &join,
+                            )
                         };
                         let known_otherwise = |j: &ClusterIdentity| {
                             log::error!(
@@ -602,6 +613,7 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+#[allow(clippy::too_many_arguments)]
 fn join_cluster(
     tls: &Option<net::peer::PeerTls>,
     node: &ClusterNode,
@@ -610,6 +622,7 @@ fn join_cluster(
     me: &NodeEntry,
     cluster_id: Option<String>,
     quiet: bool,
+    join: &[String],
 ) -> anyhow::Result<consensus::cluster::identity::ClusterIdentity> {
     let req = JoinRequest {
         cluster_id,
@@ -636,6 +649,17 @@ fn join_cluster(
         for m in &members.members().members {
             if !m.is_self && m.state.is_live() {
                 targets.push(m.rpc_addr.to_string());
+            }
+        }
+        // A node that bootstrapped because no member at its join addresses answered asks
+        // those addresses too, gossip or not: with peer TLS, members of another cluster
+        // gossip under that cluster's key, which this node's gossip drops (and theirs its
+        // own), so only the join request over peer TLS shows them for what they are.
+        if node.probed.load(Ordering::Relaxed) {
+            for a in join.iter().filter_map(|j| rpc_addr_at(j)) {
+                if !targets.contains(&a.to_string()) {
+                    targets.push(a.to_string());
+                }
             }
         }
         for t in targets {
@@ -709,6 +733,46 @@ fn ask(
     }))
     .map_err(|e| e.to_string())
     .and_then(|r| r)
+}
+
+/// The RPC address that the member at gossip address `join` (a `--start-join-addrs` entry)
+/// advertises, asked as membership asks it before it has a gossip key (a query that needs
+/// none, answered to the asking socket); `None` when nothing answers within a second.
+fn rpc_addr_at(join: &str) -> Option<std::net::SocketAddr> {
+    use consensus::membership::envelope::{self, Opened};
+    use std::net::ToSocketAddrs;
+    let to = join.to_socket_addrs().ok()?.next()?;
+    let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    // Tells this query's answer from a late one to another (no secret: the query is not
+    // authenticated).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut query = Vec::new();
+    envelope::query(nonce, &mut query);
+    socket.send_to(&query, to).ok()?;
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = until.checked_duration_since(Instant::now())?;
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        let (n, from) = socket.recv_from(&mut buf).ok()?;
+        if from != to {
+            continue;
+        }
+        if let Ok(Opened::Answer {
+            nonce: got,
+            rpc_addr,
+        }) = envelope::open(None, &buf[..n])
+        {
+            if got == nonce {
+                return Some(rpc_addr);
+            }
+        }
+    }
 }
 
 /// Asks the live members gossip shows (the `--start-join-addrs` and whom they gossip with)

@@ -369,7 +369,9 @@ async fn send_loop(
                 continue 'connect;
             }
         }
-        backoff = BACKOFF_FIRST;
+        // The backoff starts again only after a connection that lasted: one the peer closes
+        // at once (a node of another cluster, refusing it) is not made again at once.
+        let connected_at = std::time::Instant::now();
         loop {
             let next = link.queue.borrow_mut().pop_front();
             // The node moved (a pod restarted under a new IP: the address book follows the
@@ -430,6 +432,12 @@ async fn send_loop(
                 add(&stats.frames_dropped, frames);
                 drop_queued(&link, &stats);
                 unreachable.borrow_mut().insert(to);
+                if connected_at.elapsed() < BACKOFF_MAX {
+                    glommio::timer::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                } else {
+                    backoff = BACKOFF_FIRST;
+                }
                 continue 'connect;
             }
             add(&stats.frames_sent, frames);
