@@ -655,9 +655,11 @@ fn join_cluster(
         // those addresses too, gossip or not: with peer TLS, members of another cluster
         // gossip under that cluster's key, which this node's gossip drops (and theirs its
         // own), so only the join request over peer TLS shows them for what they are.
-        if node.probed.load(Ordering::Relaxed) {
+        // Only when gossip shows no member to ask (each silent address costs a second), and
+        // never this node itself (a join address list may name every node, this one too).
+        if node.probed.load(Ordering::Relaxed) && targets.is_empty() {
             for a in join.iter().filter_map(|j| rpc_addr_at(j)) {
-                if !targets.contains(&a.to_string()) {
+                if a.to_string() != me.rpc_addr && !targets.contains(&a.to_string()) {
                     targets.push(a.to_string());
                 }
             }
@@ -739,9 +741,13 @@ fn ask(
 /// advertises, asked as membership asks it before it has a gossip key (a query that needs
 /// none, answered to the asking socket); `None` when nothing answers within a second.
 fn rpc_addr_at(join: &str) -> Option<std::net::SocketAddr> {
-    use consensus::membership::envelope::{self, Opened};
     use std::net::ToSocketAddrs;
-    let to = join.to_socket_addrs().ok()?.next()?;
+    join.to_socket_addrs().ok()?.find_map(rpc_addr_from)
+}
+
+/// [`rpc_addr_at`] for one resolved address.
+fn rpc_addr_from(to: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    use consensus::membership::envelope::{self, Opened};
     let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let socket = std::net::UdpSocket::bind(any).ok()?;
     // Tells this query's answer from a late one to another (no secret: the query is not

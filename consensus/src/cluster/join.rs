@@ -118,6 +118,14 @@ impl JoinService {
                 reason: format!("{OF_ANOTHER_CLUSTER} {c}; this is cluster {}", s.cluster_id),
             });
         }
+        if node.removed_while_running() {
+            // Its state stopped following the controller when it was removed: an answer from
+            // it (a node it still lists as registered, say) would be stale. Ask another.
+            return Ok(JoinAnswer::NotLeader {
+                leader_addr: None,
+                in_cluster: true,
+            });
+        }
         if node.foreign().is_some() {
             // A second cluster started by mistake, fenced: a node it admitted would serve
             // that cluster's clients, unfenced (its cluster no longer holds one node only).

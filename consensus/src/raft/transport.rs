@@ -386,6 +386,7 @@ async fn send_loop(
                 if let Some(frame) = next {
                     link.queue.borrow_mut().push_front(frame);
                 }
+                backoff = BACKOFF_FIRST;
                 continue 'connect;
             }
             let Some(frame) = next else {
@@ -442,6 +443,9 @@ async fn send_loop(
             }
             add(&stats.frames_sent, frames);
             add(&stats.bytes_sent, bytes);
+            if connected_at.elapsed() >= BACKOFF_MAX {
+                backoff = BACKOFF_FIRST;
+            }
         }
     }
 }
