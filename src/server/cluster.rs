@@ -170,6 +170,10 @@ pub fn form(
         removed: false,
     };
     node.set_me(entry.clone());
+    let join: Vec<String> = settings
+        .gossip
+        .as_ref()
+        .map_or_else(Vec::new, |g| g.join.clone());
     // Before anything waits for placement to be enacted here.
     consensus::cluster::reconcile::spawn(node.clone()).context("starting the reconcile thread")?;
     let mode = match mode {
@@ -206,10 +210,7 @@ pub fn form(
             let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
             let (members, entry) = (members.clone(), entry.clone());
             let (data_dir, controller) = (settings.data_dir.clone(), controller_config(settings));
-            let join: Vec<String> = settings
-                .gossip
-                .as_ref()
-                .map_or_else(Vec::new, |g| g.join.clone());
+            let join = join.clone();
             std::thread::Builder::new()
                 .name("proglog-join".into())
                 .spawn(move || {
@@ -250,11 +251,7 @@ pub fn form(
                 let (tls, node, engine) = (peer_tls(settings)?, node.clone(), engine.clone());
                 let (members, entry, id) = (members.clone(), entry.clone(), id.clone());
                 let data_dir = settings.data_dir.clone();
-                let join: Vec<String> = settings
-                    .gossip
-                    .as_ref()
-                    .map_or_else(Vec::new, |g| g.join.clone());
-                let joins = settings.gossip.as_ref().is_some_and(|g| !g.join.is_empty());
+                let (join, joins) = (join.clone(), !join.is_empty());
                 std::thread::Builder::new()
                     .name("proglog-rejoin".into())
                     .spawn(move || {
@@ -552,12 +549,12 @@ fn bootstrap(
 /// started with join addresses (`joins`: it meant to be in theirs), refused for belonging to
 /// another cluster, and bootstrapped its own only because none of them answered, it is a
 /// second cluster started by mistake and stops serving too
-/// (`ClusterNode::refused_by_another_cluster`); a node bootstrapped without asking is the
-/// cluster a stray was pointed at, and serves on. A
-/// node whose cluster has other nodes asks again after a pause (a stray must not keep it
-/// from them), the first refusal logged as an error and the others at debug level.
-/// The fence is kept in cluster.meta (`dir`, this node's identity `id`): it holds after a
-/// restart from the start, before any member is asked again.
+/// (`ClusterNode::refused_by_another_cluster`), the fence kept in cluster.meta (`dir`, this
+/// node's identity `id`) so that it holds after a restart from the start, before any member
+/// is asked again; a node bootstrapped without asking is the cluster a stray was pointed at,
+/// and serves on. A node whose cluster has other nodes asks again after a pause (a stray
+/// must not keep it from them), the first refusal logged as an error and the others at
+/// debug level.
 fn refusal_is_final(
     node: &ClusterNode,
     e: &anyhow::Error,
@@ -652,15 +649,16 @@ fn join_cluster(
             }
         }
         // A node that bootstrapped because no member at its join addresses answered asks
-        // those addresses too, gossip or not: with peer TLS, members of another cluster
-        // gossip under that cluster's key, which this node's gossip drops (and theirs its
-        // own), so only the join request over peer TLS shows them for what they are.
-        // Only when gossip shows no member to ask (each silent address costs a second), and
-        // never this node itself (a join address list may name every node, this one too).
+        // those addresses directly when gossip shows no member: with peer TLS, members of
+        // another cluster gossip under that cluster's key, which this node's gossip drops
+        // (and theirs its own), so only a join request over peer TLS shows them for what
+        // they are. Each silent address costs a second; a list naming every node names this
+        // one too, which is not asked.
         if node.probed.load(Ordering::Relaxed) && targets.is_empty() {
             for a in join.iter().filter_map(|j| rpc_addr_at(j)) {
-                if a.to_string() != me.rpc_addr && !targets.contains(&a.to_string()) {
-                    targets.push(a.to_string());
+                let a = a.to_string();
+                if a != me.rpc_addr && !targets.contains(&a) {
+                    targets.push(a);
                 }
             }
         }

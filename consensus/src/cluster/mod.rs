@@ -735,11 +735,10 @@ impl ClusterNode {
         let msg = format!(
             "this node bootstrapped cluster {cluster_id} and is its only node, while the \
              members at its --start-join-addrs belong to another cluster ({why}): a second \
-             cluster, started \
-             by mistake (a data directory wiped and started with --bootstrap while those \
-             members were down). It serves no client: stop it, empty its data directory, and \
-             start it with --start-join-addrs and without --bootstrap to join them as a new \
-             member",
+             cluster, started by mistake (a data directory wiped and started with --bootstrap \
+             while those members were down). It serves no client: stop it, empty its data \
+             directory, and start it with --start-join-addrs and without --bootstrap to join \
+             them as a new member",
         );
         log::error!("{msg}");
         if let Ok(mut f) = self.foreign.lock() {

@@ -109,6 +109,11 @@ pub struct RaftPartitions {
     forward: Forwarder,
 }
 
+/// The answer to an append or read of a topic whose deletion this node has applied.
+fn deleted(id: &PartitionId) -> Error {
+    Error::NotFound(format!("topic {:?} was deleted", &*id.topic))
+}
+
 /// Why a replica open here takes no append for its topic ([`RaftPartitions::fence`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fence {
@@ -381,10 +386,7 @@ impl RaftPartitions {
     fn read_elsewhere_unless_deleted(&self, id: &PartitionId) -> Result<bool> {
         let replica = self.forward.board().replica_of(id);
         match self.fence(id, replica) {
-            Some(Fence::Deleted) => Err(Error::NotFound(format!(
-                "topic {:?} was deleted",
-                &*id.topic
-            ))),
+            Some(Fence::Deleted) => Err(deleted(id)),
             Some(Fence::Stale) => Ok(true),
             None => Ok(self.placed_elsewhere(id)),
         }
@@ -583,10 +585,7 @@ impl Partitions for RaftPartitions {
             let replica = self.forward.board().replica_of(id);
             let fence = self.fence(id, replica);
             if fence == Some(Fence::Deleted) {
-                return Err(Error::NotFound(format!(
-                    "topic {:?} was deleted",
-                    &*id.topic
-                )));
+                return Err(deleted(id));
             }
             if fence == Some(Fence::Stale) {
                 // Its other replicas take it (or name the leader); with none, the new

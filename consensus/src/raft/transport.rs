@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a Raft connection is closed after a frame.
 #[derive(Debug)]
@@ -303,6 +303,27 @@ fn drop_queued(link: &Link, stats: &TransportStats) {
     add(&stats.frames_dropped, n as u64);
 }
 
+/// A connection to `to` failed, or could not be made: what is queued is dropped and the node
+/// reported unreachable. With `wait` (no connection, or one that did not last) the next
+/// attempt waits `backoff`, which doubles up to [`BACKOFF_MAX`]; without, it starts again.
+async fn lost(
+    to: u64,
+    link: &Link,
+    stats: &TransportStats,
+    unreachable: &RefCell<BTreeSet<u64>>,
+    backoff: &mut Duration,
+    wait: bool,
+) {
+    drop_queued(link, stats);
+    unreachable.borrow_mut().insert(to);
+    if wait {
+        glommio::timer::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    } else {
+        *backoff = BACKOFF_FIRST;
+    }
+}
+
 /// One destination's sender: connect, write queued frames, reconnect with backoff.
 async fn send_loop(
     to: u64,
@@ -343,10 +364,7 @@ async fn send_loop(
             Err(e) => {
                 add(&stats.connect_failures, 1);
                 log::debug!("Raft transport: node {to}: {e}");
-                drop_queued(&link, &stats);
-                unreachable.borrow_mut().insert(to);
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                lost(to, &link, &stats, &unreachable, &mut backoff, true).await;
                 continue;
             }
         };
@@ -362,16 +380,13 @@ async fn send_loop(
             let hello = prost::Message::encode_to_vec(&hello);
             if let Err(e) = peer::write_frame(&mut stream, RAFT_FRAME, &hello).await {
                 log::info!("Raft transport: connection to node {to} failed: {e}");
-                drop_queued(&link, &stats);
-                unreachable.borrow_mut().insert(to);
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                lost(to, &link, &stats, &unreachable, &mut backoff, true).await;
                 continue 'connect;
             }
         }
         // The backoff starts again only after a connection that lasted: one the peer closes
         // at once (a node of another cluster, refusing it) is not made again at once.
-        let connected_at = std::time::Instant::now();
+        let connected_at = Instant::now();
         loop {
             let next = link.queue.borrow_mut().pop_front();
             // The node moved (a pod restarted under a new IP: the address book follows the
@@ -431,14 +446,8 @@ async fn send_loop(
             if let Err(e) = written {
                 log::info!("Raft transport: connection to node {to} failed: {e}");
                 add(&stats.frames_dropped, frames);
-                drop_queued(&link, &stats);
-                unreachable.borrow_mut().insert(to);
-                if connected_at.elapsed() < BACKOFF_MAX {
-                    glommio::timer::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                } else {
-                    backoff = BACKOFF_FIRST;
-                }
+                let short = connected_at.elapsed() < BACKOFF_MAX;
+                lost(to, &link, &stats, &unreachable, &mut backoff, short).await;
                 continue 'connect;
             }
             add(&stats.frames_sent, frames);
